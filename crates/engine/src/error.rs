@@ -54,7 +54,7 @@ pub enum EngineError {
     #[error("the object was modified concurrently too many times; retry")]
     Contended,
     #[error("reading the request body failed: {0}")]
-    Body(String),
+    Body(crate::ingest::BodyError),
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error(transparent)]

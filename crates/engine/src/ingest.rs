@@ -101,7 +101,7 @@ pub async fn ingest(
     let mut size: u64 = 0;
     let mut sink = Sink::Memory(BytesMut::new());
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| EngineError::Body(e.to_string()))?;
+        let chunk = chunk.map_err(EngineError::Body)?;
         size += chunk.len() as u64;
         if size > limits.max_size {
             return Err(EngineError::EntityTooLarge {

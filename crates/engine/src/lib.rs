@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use meridian_blob::{BlobId, BlobStore};
-use meridian_meta::{MetaStore, Revision};
+use meridian_meta::MetaStore;
 
 mod bucket;
 pub mod checksum;
@@ -28,6 +28,7 @@ pub mod record;
 
 pub use bucket::validate_bucket_name;
 pub use error::{EngineError, EngineResult};
+pub use meridian_meta::{MetaError, Revision};
 pub use ingest::{Body, BodyError, Integrity, body_from_bytes};
 pub use list::{ListPage, ListRequest, ListedObject};
 pub use multipart::{
