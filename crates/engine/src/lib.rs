@@ -28,9 +28,9 @@ pub mod record;
 
 pub use bucket::validate_bucket_name;
 pub use error::{EngineError, EngineResult};
-pub use meridian_meta::{MetaError, Revision};
 pub use ingest::{Body, BodyError, Integrity, body_from_bytes};
 pub use list::{ListPage, ListRequest, ListedObject};
+pub use meridian_meta::{MetaError, Revision};
 pub use multipart::{
     CompletePart, ListPartsPage, ListUploadsPage, ListUploadsRequest, UploadSummary,
 };

@@ -375,13 +375,14 @@ impl Engine {
                 "You must specify at least one part".into(),
             ));
         }
+        if listed
+            .windows(2)
+            .any(|pair| pair[1].part_number <= pair[0].part_number)
+        {
+            return Err(EngineError::InvalidPartOrder);
+        }
         let mut chosen: Vec<PartRecord> = Vec::with_capacity(listed.len());
-        let mut previous = 0u32;
         for (i, want) in listed.iter().enumerate() {
-            if want.part_number <= previous {
-                return Err(EngineError::InvalidPartOrder);
-            }
-            previous = want.part_number;
             let part = stored
                 .iter()
                 .find(|(n, _, _)| *n == want.part_number)

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 
 use http::{HeaderMap, HeaderValue};
-use meridian_engine::{EngineError, MetaError};
 use meridian_engine::checksum::{ChecksumAlgorithm, ChecksumType, StoredChecksum};
 use meridian_engine::conditions::ETagMatch;
 use meridian_engine::record::ObjectHeaders;
+use meridian_engine::{EngineError, MetaError};
 use s3s::dto::{self, ETag, ETagCondition, Timestamp, TimestampFormat};
 use s3s::{S3Error, S3ErrorCode};
 
@@ -38,7 +38,10 @@ pub fn s3_error(err: EngineError) -> S3Error {
             return e;
         }
         EngineError::PreconditionFailed => C::PreconditionFailed,
-        EngineError::NotModified { etag, last_modified_ms } => {
+        EngineError::NotModified {
+            etag,
+            last_modified_ms,
+        } => {
             let mut e = S3Error::new(C::NotModified);
             let mut headers = HeaderMap::new();
             if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
@@ -78,7 +81,10 @@ fn body_error(source: meridian_engine::BodyError) -> S3Error {
             if text.contains("Signature") || text.contains("signature") {
                 S3Error::with_message(S3ErrorCode::SignatureDoesNotMatch, text)
             } else {
-                S3Error::with_message(S3ErrorCode::IncompleteBody, format!("the request body could not be read: {text}"))
+                S3Error::with_message(
+                    S3ErrorCode::IncompleteBody,
+                    format!("the request body could not be read: {text}"),
+                )
             }
         }
     }
@@ -97,7 +103,8 @@ pub fn etag_match(cond: Option<ETagCondition>) -> Option<ETagMatch> {
 
 pub fn timestamp(ms: i64) -> Timestamp {
     let nanos = i128::from(ms) * 1_000_000;
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     Timestamp::from(t)
 }
 
@@ -145,7 +152,11 @@ impl HeaderInput {
             expires: self.expires.as_ref().and_then(format_expires),
             user_metadata: self
                 .metadata
-                .map(|m| m.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect::<BTreeMap<_, _>>())
+                .map(|m| {
+                    m.into_iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                        .collect::<BTreeMap<_, _>>()
+                })
                 .unwrap_or_default(),
         }
     }
@@ -155,15 +166,28 @@ pub fn metadata(headers: &ObjectHeaders) -> Option<dto::Metadata> {
     if headers.user_metadata.is_empty() {
         return None;
     }
-    Some(headers.user_metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    Some(
+        headers
+            .user_metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )
 }
 
-pub fn checksum_algorithm(alg: Option<&dto::ChecksumAlgorithm>) -> Result<Option<ChecksumAlgorithm>, S3Error> {
+pub fn checksum_algorithm(
+    alg: Option<&dto::ChecksumAlgorithm>,
+) -> Result<Option<ChecksumAlgorithm>, S3Error> {
     match alg {
         None => Ok(None),
         Some(a) => ChecksumAlgorithm::parse(a.as_str())
             .map(Some)
-            .ok_or_else(|| S3Error::with_message(S3ErrorCode::InvalidArgument, format!("unsupported checksum algorithm {:?}", a.as_str()))),
+            .ok_or_else(|| {
+                S3Error::with_message(
+                    S3ErrorCode::InvalidArgument,
+                    format!("unsupported checksum algorithm {:?}", a.as_str()),
+                )
+            }),
     }
 }
 
@@ -222,14 +246,20 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     pub fn new(body: meridian_engine::Body, len: u64) -> Self {
-        ResponseBody { inner: sync_wrapper::SyncWrapper::new(body), remaining: len }
+        ResponseBody {
+            inner: sync_wrapper::SyncWrapper::new(body),
+            remaining: len,
+        }
     }
 }
 
 impl futures::Stream for ResponseBody {
     type Item = Result<bytes::Bytes, s3s::StdError>;
 
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
         let poll = self.inner.get_mut().as_mut().poll_next(cx);
         if let std::task::Poll::Ready(Some(Ok(chunk))) = &poll {
             self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
@@ -240,6 +270,8 @@ impl futures::Stream for ResponseBody {
 
 impl s3s::stream::ByteStream for ResponseBody {
     fn remaining_length(&self) -> s3s::stream::RemainingLength {
-        s3s::stream::RemainingLength::new_exact(usize::try_from(self.remaining).unwrap_or(usize::MAX))
+        s3s::stream::RemainingLength::new_exact(
+            usize::try_from(self.remaining).unwrap_or(usize::MAX),
+        )
     }
 }
