@@ -42,7 +42,7 @@ pub struct ListPage {
 }
 
 enum Entry {
-    Object(ListedObject),
+    Object(Box<ListedObject>),
     Prefix(String),
 }
 
@@ -98,11 +98,12 @@ impl Engine {
                 if record.is_expired(now) {
                     continue;
                 }
-                entries.push(Entry::Object(ListedObject {
+                let object = ListedObject {
                     key,
                     record,
                     revision: kv.mod_revision,
-                }));
+                };
+                entries.push(Entry::Object(Box::new(object)));
                 if entries.len() > max_keys {
                     break;
                 }
@@ -151,7 +152,7 @@ fn finish(
     });
     for entry in entries {
         match entry {
-            Entry::Object(o) => page.objects.push(o),
+            Entry::Object(o) => page.objects.push(*o),
             Entry::Prefix(p) => page.common_prefixes.push(p),
         }
     }

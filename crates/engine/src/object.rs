@@ -571,12 +571,16 @@ pub(crate) struct ExtraTxn {
     >,
 }
 
+/// The inclusive byte range to serve (`None`: all) and, for multipart objects read by part
+/// number, the number of parts.
+type Selection = (Option<(u64, u64)>, Option<usize>);
+
 /// Resolves a Range header or part number against the object.
 fn select_range(
     record: &ObjectRecord,
     range: Option<ByteRange>,
     part_number: Option<u32>,
-) -> EngineResult<(Option<(u64, u64)>, Option<usize>)> {
+) -> EngineResult<Selection> {
     match (range, part_number) {
         (Some(_), Some(_)) => Err(EngineError::InvalidArgument(
             "Range and partNumber cannot both be specified".into(),

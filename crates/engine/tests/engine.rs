@@ -1,5 +1,7 @@
 //! Engine behaviour against the real embedded metadata store and blob store on a temp dir.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -133,10 +133,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let engine = Engine::new(Arc::new(meta), blobs, engine_config);
 
     let (creds, source) = config::admin_credentials(&settings.data)?;
-    let auth = s3s::auth::SimpleAuth::from_single(
-        creds.access_key_id.clone(),
-        creds.secret_access_key.clone(),
-    );
+    let auth = meridian_s3::auth::StaticKeys::new()
+        .with_key(creds.access_key_id.clone(), creds.secret_access_key.clone());
     let options = S3Options {
         domain: settings.domain.clone(),
         region: settings.region.clone(),

@@ -1,5 +1,7 @@
 //! The S3 API through aws-sdk-rust against a real `meridian server`.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
@@ -1320,7 +1322,7 @@ async fn multipart_checksums() {
     let server = Server::start();
     let s3 = server.client();
     s3.create_bucket().bucket("mpsum").send().await.unwrap();
-    let parts = vec![pattern(5 * MIB, 40), pattern(MIB, 41)];
+    let parts = [pattern(5 * MIB, 40), pattern(MIB, 41)];
     let id = s3
         .create_multipart_upload()
         .bucket("mpsum")

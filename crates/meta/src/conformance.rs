@@ -2,6 +2,9 @@
 //! with a fresh, empty store. Keys are namespaced under `conformance/` so a shared cluster
 //! (etcd) can run it too, but revisions are only compared relative to each other.
 
+// A test suite: a failed unwrap is a failed check.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -71,23 +71,38 @@ pub fn s3_error(err: EngineError) -> S3Error {
     S3Error::with_message(code, message)
 }
 
-/// A failure while reading the request body: a bad chunk signature arrives as an S3 error from
-/// s3s and is passed through; anything else means the body was cut short.
+/// A failure while reading the request body. s3s verifies payload hashes and chunk signatures
+/// as the body streams through; its error types are private, so they are recognised by their
+/// messages (checked in the tests) and mapped to the codes S3 uses.
 fn body_error(source: meridian_engine::BodyError) -> S3Error {
-    match source.downcast::<S3Error>() {
-        Ok(e) => *e,
-        Err(other) => {
-            let text = other.to_string();
-            if text.contains("Signature") || text.contains("signature") {
-                S3Error::with_message(S3ErrorCode::SignatureDoesNotMatch, text)
-            } else {
-                S3Error::with_message(
-                    S3ErrorCode::IncompleteBody,
-                    format!("the request body could not be read: {text}"),
-                )
-            }
-        }
+    let source = match source.downcast::<S3Error>() {
+        Ok(e) => return *e,
+        Err(other) => other,
+    };
+    let mut text = source.to_string();
+    let mut cause = source.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
     }
+    if text.contains("Sha256Mismatch") {
+        let mut e = S3Error::with_message(
+            S3ErrorCode::Custom("XAmzContentSHA256Mismatch".into()),
+            "The provided 'x-amz-content-sha256' header does not match what was computed.",
+        );
+        e.set_status_code(http::StatusCode::BAD_REQUEST);
+        return e;
+    }
+    let code = if text.contains("SignatureMismatch") {
+        S3ErrorCode::SignatureDoesNotMatch
+    } else if text.contains("FormatError") || text.contains("TooLarge") || text.contains("TooMany")
+    {
+        S3ErrorCode::InvalidRequest
+    } else {
+        S3ErrorCode::IncompleteBody
+    };
+    S3Error::with_message(code, format!("the request body was refused: {text}"))
 }
 
 pub fn etag(value: &str) -> ETag {

@@ -342,7 +342,6 @@ impl S3 for MeridianS3 {
             .map_err(s3_error)?;
         let output = CreateBucketOutput {
             location: Some(format!("/{}", req.input.bucket)),
-            ..Default::default()
         };
         Ok(with_revision(output, revision))
     }

@@ -101,10 +101,7 @@ fn parse(raw: &[u8]) -> Response {
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(String::from_utf8_lossy(&data[..line_end]).trim(), 16)
             .unwrap_or(0);
         if size == 0 {
@@ -138,6 +135,22 @@ pub fn signed_with(
     access: &str,
     secret: &str,
 ) -> Response {
+    let all = sign_headers(addr, method, path, headers, body, access, secret);
+    let refs: Vec<(&str, String)> = all.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    send(addr, method, path, &refs, body)
+}
+
+/// `headers` plus the SigV4 headers (Authorization, X-Amz-Date, X-Amz-Content-SHA256) for a
+/// request carrying `body`.
+pub fn sign_headers(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+    access: &str,
+    secret: &str,
+) -> Vec<(String, String)> {
     use aws_sigv4::http_request::{
         PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign,
     };
@@ -149,36 +162,60 @@ pub fn signed_with(
     settings.uri_path_normalization_mode =
         aws_sigv4::http_request::UriPathNormalizationMode::Disabled;
     settings.percent_encoding_mode = aws_sigv4::http_request::PercentEncodingMode::Single;
+    // A caller-supplied x-amz-date sets the signing time (to test clock skew).
+    let time = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-amz-date"))
+        .and_then(|(_, v)| parse_amz_date(v))
+        .unwrap_or_else(SystemTime::now);
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region("us-east-1")
         .name("s3")
-        .time(SystemTime::now())
+        .time(time)
         .settings(settings)
         .build()
         .expect("signing params")
         .into();
     let url = format!("http://{addr}{path}");
-    let mut all: Vec<(String, String)> = headers
+    let mut to_sign: Vec<(String, String)> = headers
         .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("x-amz-date"))
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
-    all.push(("host".into(), addr.to_string()));
+    to_sign.push(("host".into(), addr.to_string()));
     let signable = SignableRequest::new(
         method,
         url,
-        all.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        to_sign.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         SignableBody::Bytes(body),
     )
     .expect("signable");
     let (instructions, _) = sign(signable, &params).expect("sign").into_parts();
     let mut out: Vec<(String, String)> = headers
         .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("x-amz-date"))
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
     for (k, v) in instructions.headers() {
         out.push((k.to_string(), v.to_string()));
     }
-    let refs: Vec<(&str, String)> = out.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    send(addr, method, path, &refs, body)
+    out
+}
+
+/// Parses `20240101T000000Z`.
+fn parse_amz_date(value: &str) -> Option<SystemTime> {
+    let iso = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        value.get(0..4)?,
+        value.get(4..6)?,
+        value.get(6..8)?,
+        value.get(9..11)?,
+        value.get(11..13)?,
+        value.get(13..15)?
+    );
+    let dt =
+        aws_smithy_types::DateTime::from_str(&iso, aws_smithy_types::date_time::Format::DateTime)
+            .ok()?;
+    SystemTime::try_from(dt).ok()
 }
