@@ -140,16 +140,29 @@ impl Engine {
     }
 
     async fn bucket_is_empty(&self, name: &str) -> EngineResult<bool> {
-        for prefix in [keys::objects_prefix(name), keys::uploads_prefix(name)] {
-            let resp = self
-                .meta()
-                .range(RangeRequest::prefix(prefix).limit(1))
-                .await?;
-            if !resp.kvs.is_empty() {
+        let uploads = self
+            .meta()
+            .range(RangeRequest::prefix(keys::uploads_prefix(name)).limit(1))
+            .await?;
+        if !uploads.kvs.is_empty() {
+            return Ok(false);
+        }
+        // Markers of recently expired objects do not count.
+        let mut range = RangeRequest::prefix(keys::objects_prefix(name)).limit(64);
+        loop {
+            let resp = self.meta().range(range.clone()).await?;
+            if resp
+                .kvs
+                .iter()
+                .any(|kv| !kv.key.ends_with(keys::EXPIRED_MARKER.as_bytes()))
+            {
                 return Ok(false);
             }
+            match resp.kvs.last() {
+                Some(last) if resp.more => range = range.after(last.key.clone()),
+                _ => return Ok(true),
+            }
         }
-        Ok(true)
     }
 }
 

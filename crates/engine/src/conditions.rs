@@ -100,6 +100,15 @@ pub struct WriteConditions {
     pub if_none_match: Option<ETagMatch>,
     /// Meridian extension: the object's current revision must be exactly this (0 = absent).
     pub if_revision: Option<u64>,
+    /// Meridian extension: the write is refused once a newer token of this lock was granted.
+    pub fence: Option<Fence>,
+}
+
+/// A fencing token of a named lock, carried by a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub lock: String,
+    pub token: u64,
 }
 
 impl WriteConditions {
@@ -121,9 +130,12 @@ impl WriteConditions {
             return Err(EngineError::PreconditionFailed);
         }
         if let Some(want) = self.if_revision {
-            let have = current.map_or(0, |(_, rev)| rev);
-            if have != want {
-                return Err(EngineError::PreconditionFailed);
+            let current = current.map_or(0, |(_, rev)| rev);
+            if current != want {
+                return Err(EngineError::RevisionMismatch {
+                    expected: want,
+                    current,
+                });
             }
         }
         Ok(())

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use meridian_blob::{BlobId, BlobStore};
 use meridian_meta::MetaStore;
 
+mod batch;
 mod bucket;
 pub mod checksum;
 pub mod conditions;
@@ -22,10 +23,14 @@ mod gc;
 pub mod ingest;
 mod keys;
 mod list;
+pub mod locks;
 mod multipart;
 mod object;
 pub mod record;
+pub mod ttl;
+pub mod watch;
 
+pub use batch::{BatchOp, MAX_BATCH_OPS};
 pub use bucket::validate_bucket_name;
 pub use error::{EngineError, EngineResult};
 pub use ingest::{Body, BodyError, Integrity, body_from_bytes};

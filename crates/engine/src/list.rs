@@ -83,6 +83,10 @@ impl Engine {
             let mut jumped = false;
             for kv in &resp.kvs {
                 let key = String::from_utf8_lossy(&kv.key[base.len()..]).into_owned();
+                if key.ends_with(keys::EXPIRED_MARKER) {
+                    start = Bound::Excluded(kv.key.clone());
+                    continue;
+                }
                 if let Some(prefix) = delimiter.and_then(|d| common_prefix(&key, &req.prefix, d)) {
                     entries.push(Entry::Prefix(prefix.clone()));
                     // Skip every other key under this prefix with one jump.

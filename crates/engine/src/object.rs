@@ -139,7 +139,7 @@ impl Current {
     }
 }
 
-fn decode_current(
+pub(crate) fn decode_current(
     record_kv: Option<KeyValue>,
     inline_kv: Option<KeyValue>,
 ) -> EngineResult<Option<Current>> {
@@ -261,9 +261,6 @@ impl Engine {
         conditions: &WriteConditions,
         extra: ExtraTxn,
     ) -> EngineResult<Revision> {
-        let object_key = keys::object(bucket, key);
-        let inline_key = keys::inline(bucket, key);
-        let new_blobs: HashSet<BlobId> = record.data.blobs().into_iter().collect();
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let bucket_revision = self.bucket_for_write(bucket).await?;
             let current = self.read_current(bucket, key).await?;
@@ -274,40 +271,20 @@ impl Engine {
                 .map(|c| (&c.record, c.revision));
             conditions.check(visible)?;
 
-            let old_blobs: Vec<BlobId> = current
-                .as_ref()
-                .map(|c| {
-                    c.record
-                        .data
-                        .blobs()
-                        .into_iter()
-                        .filter(|b| !new_blobs.contains(b))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut txn = Txn::new()
-                .when(Compare::mod_revision_is(
-                    keys::bucket(bucket),
-                    bucket_revision,
-                ))
-                .when(Compare::mod_revision_is(
-                    object_key.clone(),
-                    current.as_ref().map_or(0, |c| c.revision),
-                ))
-                .then(Op::put(object_key.clone(), record::encode(record)));
-            match &inline {
-                Some(bytes) => txn = txn.then(Op::put(inline_key.clone(), bytes.clone())),
-                None if current.as_ref().is_some_and(|c| c.inline.is_some()) => {
-                    txn = txn.then(Op::delete(inline_key.clone()))
-                }
-                None => {}
-            }
-            for blob in &new_blobs {
-                txn = txn.then(Op::put(keys::blob_ref(*blob), object_key.clone()));
-            }
-            for blob in &old_blobs {
-                txn = txn.then(Op::delete(keys::blob_ref(*blob)));
-            }
+            let change = object_change(
+                bucket,
+                key,
+                current.as_ref(),
+                Some((record, inline.as_ref())),
+            );
+            let mut txn = Txn::new().when(Compare::mod_revision_is(
+                keys::bucket(bucket),
+                bucket_revision,
+            ));
+            txn.compares.extend(change.compares);
+            txn.ops.extend(change.ops);
+            let old_blobs = change.freed;
+            txn = with_fence(txn, bucket, conditions);
             txn.compares.extend(extra.compares.iter().cloned());
             txn.ops.extend(extra.ops.iter().cloned());
             let resp = self.meta().txn(txn).await?;
@@ -315,6 +292,7 @@ impl Engine {
                 self.delete_blobs_later(old_blobs);
                 return Ok(resp.revision);
             }
+            check_fence_failure(&resp, conditions)?;
             if let Some(check) = &extra.still_valid {
                 check(self).await?;
             }
@@ -424,7 +402,6 @@ impl Engine {
         conditions: &WriteConditions,
     ) -> EngineResult<DeleteOutcome> {
         validate_key(key)?;
-        let object_key = keys::object(bucket, key);
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let Some(current) = self.read_current(bucket, key).await? else {
                 self.bucket(bucket).await?;
@@ -436,19 +413,12 @@ impl Engine {
             };
             let visible = current.is_visible(now_ms());
             conditions.check(visible.then_some((&current.record, current.revision)))?;
-            let blobs = current.record.data.blobs();
-            let mut txn = Txn::new()
-                .when(Compare::mod_revision_is(
-                    object_key.clone(),
-                    current.revision,
-                ))
-                .then(Op::delete(object_key.clone()));
-            if current.inline.is_some() {
-                txn = txn.then(Op::delete(keys::inline(bucket, key)));
-            }
-            for blob in &blobs {
-                txn = txn.then(Op::delete(keys::blob_ref(*blob)));
-            }
+            let change = object_change(bucket, key, Some(&current), None);
+            let blobs = change.freed;
+            let mut txn = Txn::new();
+            txn.compares.extend(change.compares);
+            txn.ops.extend(change.ops);
+            txn = with_fence(txn, bucket, conditions);
             let resp = self.meta().txn(txn).await?;
             if resp.succeeded {
                 self.delete_blobs_later(blobs);
@@ -457,6 +427,7 @@ impl Engine {
                     existed: visible,
                 });
             }
+            check_fence_failure(&resp, conditions)?;
         }
         Err(EngineError::Contended)
     }
@@ -553,6 +524,126 @@ impl Engine {
             }
         })
     }
+}
+
+/// The compares and writes that replace `current` (read at its revision) by `new` (record and
+/// inline bytes), or delete it when `new` is `None`, plus the blobs no longer referenced.
+pub(crate) struct Change {
+    pub compares: Vec<Compare>,
+    pub ops: Vec<Op>,
+    pub freed: Vec<BlobId>,
+}
+
+pub(crate) fn object_change(
+    bucket: &str,
+    key: &str,
+    current: Option<&Current>,
+    new: Option<(&ObjectRecord, Option<&Bytes>)>,
+) -> Change {
+    let object_key = keys::object(bucket, key);
+    let inline_key = keys::inline(bucket, key);
+    let old_blobs: HashSet<BlobId> = current
+        .map(|c| c.record.data.blobs().into_iter().collect())
+        .unwrap_or_default();
+    let new_blobs: HashSet<BlobId> = new
+        .map(|(r, _)| r.data.blobs().into_iter().collect())
+        .unwrap_or_default();
+    let had_inline = current.is_some_and(|c| c.inline.is_some());
+    let mut txn = Txn::new().when(Compare::mod_revision_is(
+        object_key.clone(),
+        current.map_or(0, |c| c.revision),
+    ));
+    match new {
+        Some((record, inline)) => {
+            txn = txn.then(Op::put(object_key.clone(), record::encode(record)));
+            match inline {
+                Some(bytes) => txn = txn.then(Op::put(inline_key, bytes.clone())),
+                None if had_inline => txn = txn.then(Op::delete(inline_key)),
+                None => {}
+            }
+        }
+        None if current.is_some() => {
+            txn = txn.then(Op::delete(object_key.clone()));
+            if had_inline {
+                txn = txn.then(Op::delete(inline_key));
+            }
+        }
+        None => {}
+    }
+    for blob in new_blobs.difference(&old_blobs) {
+        txn = txn.then(Op::put(keys::blob_ref(*blob), object_key.clone()));
+    }
+    let freed: Vec<BlobId> = old_blobs.difference(&new_blobs).copied().collect();
+    for blob in &freed {
+        txn = txn.then(Op::delete(keys::blob_ref(*blob)));
+    }
+    let old_expiry = current.and_then(|c| c.record.expires_at_ms);
+    let new_expiry = new.and_then(|(r, _)| r.expires_at_ms);
+    txn = with_expiry_index(txn, &object_key, old_expiry, new_expiry);
+    Change {
+        compares: txn.compares,
+        ops: txn.ops,
+        freed,
+    }
+}
+
+/// Keeps the expiry index in step with an object's expiry instant.
+pub(crate) fn with_expiry_index(
+    mut txn: Txn,
+    target: &Bytes,
+    old: Option<i64>,
+    new: Option<i64>,
+) -> Txn {
+    if old == new {
+        return txn;
+    }
+    if let Some(at) = old {
+        txn = txn.then(Op::delete(keys::expiry(at, target)));
+    }
+    if let Some(at) = new {
+        txn = txn.then(Op::put(keys::expiry(at, target), Bytes::new()));
+    }
+    txn
+}
+
+/// Adds the fencing check: the lock's latest token must still be the one the writer holds.
+/// The fence key is read back first on failure, for [`check_fence_failure`].
+pub(crate) fn with_fence(mut txn: Txn, bucket: &str, conditions: &WriteConditions) -> Txn {
+    if let Some(fence) = &conditions.fence {
+        let key = keys::fence(bucket, &fence.lock);
+        txn = txn.when(Compare {
+            key: key.clone(),
+            op: meridian_meta::CompareOp::Equal,
+            target: meridian_meta::CompareTarget::Value(Bytes::from(fence.token.to_string())),
+        });
+        txn.read_on_failure.insert(0, key);
+    }
+    txn
+}
+
+/// After a failed commit: was it the fence? Then no retry can succeed.
+pub(crate) fn check_fence_failure(
+    resp: &meridian_meta::TxnResponse,
+    conditions: &WriteConditions,
+) -> EngineResult<()> {
+    let Some(fence) = &conditions.fence else {
+        return Ok(());
+    };
+    let current = resp
+        .failure_reads
+        .first()
+        .and_then(|kv| kv.as_ref())
+        .and_then(|kv| std::str::from_utf8(&kv.value).ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if current != fence.token {
+        return Err(EngineError::FenceRejected {
+            lock: fence.lock.clone(),
+            token: fence.token,
+            current,
+        });
+    }
+    Ok(())
 }
 
 /// More conditions and writes to fold into an object commit (used by multipart completion),
