@@ -58,7 +58,9 @@ impl NullHttpServer {
                                 let svc = service_fn(move |req| {
                                     let size = shared.0.sample(&mut rand::rng());
                                     let shared = shared.clone();
-                                    async move { Ok::<_, Infallible>(answer(req, size, &shared.1).await) }
+                                    async move {
+                                        Ok::<_, Infallible>(answer(req, size, &shared.1).await)
+                                    }
                                 });
                                 let _ = http1::Builder::new()
                                     .serve_connection(TokioIo::new(stream), svc)
@@ -147,11 +149,14 @@ async fn answer(req: Request<Incoming>, size: u64, payload: &Bytes) -> Response<
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     if etag {
-        resp.headers_mut()
-            .insert("etag", http::HeaderValue::from_static("\"00000000000000000000000000000000\""));
+        resp.headers_mut().insert(
+            "etag",
+            http::HeaderValue::from_static("\"00000000000000000000000000000000\""),
+        );
     }
     if let Some(n) = head_len {
-        resp.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+        resp.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
     }
     resp
 }

@@ -276,7 +276,9 @@ impl Report {
     pub fn totals(ops: &[OpReport], elapsed: Duration) -> Totals {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let counted = ops.iter().filter(|o| o.op.in_total());
-        let (n, e, b) = counted.fold((0, 0, 0), |(n, e, b), o| (n + o.count, e + o.errors, b + o.bytes));
+        let (n, e, b) = counted.fold((0, 0, 0), |(n, e, b), o| {
+            (n + o.count, e + o.errors, b + o.bytes)
+        });
         Totals {
             ops: n,
             errors: e,
@@ -289,7 +291,11 @@ impl Report {
     /// A human-readable table.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
-        let label = self.label.as_deref().map(|l| format!("[{l}] ")).unwrap_or_default();
+        let label = self
+            .label
+            .as_deref()
+            .map(|l| format!("[{l}] "))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
             "{label}{} on {}: size {}, concurrency {}, {:.1}s measured ({} objects prepared in {:.1}s)",
@@ -304,7 +310,16 @@ impl Report {
         let _ = writeln!(
             out,
             "{:<10} {:>9} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
-            "op", "ops", "ops/s", "MiB/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors"
+            "op",
+            "ops",
+            "ops/s",
+            "MiB/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "errors"
         );
         for o in &self.ops {
             let l = &o.latency_ms;
@@ -335,7 +350,11 @@ impl Report {
             }
         }
         if let Some(c) = self.client_cpu_secs {
-            let per_op = if t.ops > 0 { c * 1e6 / t.ops as f64 } else { 0.0 };
+            let per_op = if t.ops > 0 {
+                c * 1e6 / t.ops as f64
+            } else {
+                0.0
+            };
             let _ = writeln!(out, "bench client CPU: {c:.2}s ({per_op:.1} µs per op)");
         }
         if let Some(s) = &self.server {
@@ -391,7 +410,11 @@ mod tests {
         assert!((get.ops_per_sec - 500.0).abs() < 1e-9);
         assert!((get.mib_per_sec - 1000.0 * 4096.0 / 2.0 / 1048576.0).abs() < 1e-9);
         // 1000 evenly spaced values 10 µs .. 10 ms: p50 ≈ 5 ms, p99 ≈ 9.9 ms.
-        assert!((get.latency_ms.p50 - 5.0).abs() < 0.01, "{:?}", get.latency_ms);
+        assert!(
+            (get.latency_ms.p50 - 5.0).abs() < 0.01,
+            "{:?}",
+            get.latency_ms
+        );
         assert!((get.latency_ms.p90 - 9.0).abs() < 0.01);
         assert!((get.latency_ms.p99 - 9.9).abs() < 0.01);
         assert!((get.latency_ms.max - 10.0).abs() < 0.01);

@@ -95,7 +95,10 @@ impl Endpoint {
                 "endpoint {url:?} must be http://HOST:PORT with no path"
             ));
         }
-        let with_port = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        let with_port = if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
             host.to_owned()
         } else {
             format!("{host}:80")
@@ -145,7 +148,12 @@ pub struct Conn {
 
 impl S3Client {
     /// A client for `bucket` at `endpoint`; `creds` `None` sends unsigned requests.
-    pub fn new(endpoint: &Endpoint, bucket: &str, creds: Option<(&str, &str)>, region: &str) -> Arc<Self> {
+    pub fn new(
+        endpoint: &Endpoint,
+        bucket: &str,
+        creds: Option<(&str, &str)>,
+        region: &str,
+    ) -> Arc<Self> {
         Arc::new(Self {
             addr: endpoint.addr,
             host: endpoint.host.clone(),
@@ -190,6 +198,7 @@ impl S3Client {
 
     /// Sends one request on the worker's connection, reconnecting if the
     /// previous one was closed. Non-2xx answers become [`OpError::Http`].
+    #[allow(clippy::too_many_arguments)] // the parts of one S3 request
     pub async fn send(
         &self,
         conn: &mut Conn,
@@ -232,7 +241,14 @@ impl S3Client {
             to_sign.push(("x-amz-date", amz_date));
             to_sign.push(("x-amz-content-sha256", UNSIGNED_PAYLOAD));
             to_sign.extend_from_slice(extra_headers);
-            let signed = signer.sign(method.as_str(), &path, query, &to_sign, UNSIGNED_PAYLOAD, amz_date);
+            let signed = signer.sign(
+                method.as_str(),
+                &path,
+                query,
+                &to_sign,
+                UNSIGNED_PAYLOAD,
+                amz_date,
+            );
             builder = builder.header("authorization", signed.authorization);
         }
         let req = builder
@@ -249,7 +265,9 @@ impl S3Client {
         if sender.ready().await.is_err() {
             conn.sender = None;
             let s = conn.sender.insert(self.connect().await?);
-            s.ready().await.map_err(|e| OpError::Transport(e.to_string()))?;
+            s.ready()
+                .await
+                .map_err(|e| OpError::Transport(e.to_string()))?;
         }
         let Some(sender) = conn.sender.as_mut() else {
             return Err(OpError::Transport("no connection".into()));
@@ -319,9 +337,17 @@ impl S3Client {
 
     /// DELETE an object.
     pub async fn delete(&self, conn: &mut Conn, key: &str) -> Result<(), OpError> {
-        self.send(conn, Method::DELETE, Some(key), &[], &[], Bytes::new(), false)
-            .await
-            .map(|_| ())
+        self.send(
+            conn,
+            Method::DELETE,
+            Some(key),
+            &[],
+            &[],
+            Bytes::new(),
+            false,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// ListObjectsV2, one page.
@@ -334,7 +360,8 @@ impl S3Client {
         max_keys: u32,
     ) -> Result<ListPage, OpError> {
         let mk = max_keys.to_string();
-        let mut q: Vec<(&str, &str)> = vec![("list-type", "2"), ("prefix", prefix), ("max-keys", &mk)];
+        let mut q: Vec<(&str, &str)> =
+            vec![("list-type", "2"), ("prefix", prefix), ("max-keys", &mk)];
         if let Some(sa) = start_after {
             q.push(("start-after", sa));
         }
@@ -344,8 +371,13 @@ impl S3Client {
         let r = self
             .send(conn, Method::GET, None, &q, &[], Bytes::new(), true)
             .await?;
-        if !r.body.starts_with(b"<?xml") && xml_value(&r.body, "ListBucketResult").is_none() && !r.body.is_empty() {
-            return Err(OpError::BadResponse("listing is not a ListBucketResult".into()));
+        if !r.body.starts_with(b"<?xml")
+            && xml_value(&r.body, "ListBucketResult").is_none()
+            && !r.body.is_empty()
+        {
+            return Err(OpError::BadResponse(
+                "listing is not a ListBucketResult".into(),
+            ));
         }
         Ok(parse_list(&r.body))
     }
@@ -353,10 +385,19 @@ impl S3Client {
     /// CreateMultipartUpload; returns the upload id.
     pub async fn create_multipart(&self, conn: &mut Conn, key: &str) -> Result<String, OpError> {
         let r = self
-            .send(conn, Method::POST, Some(key), &[("uploads", "")], &[], Bytes::new(), true)
+            .send(
+                conn,
+                Method::POST,
+                Some(key),
+                &[("uploads", "")],
+                &[],
+                Bytes::new(),
+                true,
+            )
             .await?;
-        xml_value(&r.body, "UploadId")
-            .ok_or_else(|| OpError::BadResponse("CreateMultipartUpload answer has no UploadId".into()))
+        xml_value(&r.body, "UploadId").ok_or_else(|| {
+            OpError::BadResponse("CreateMultipartUpload answer has no UploadId".into())
+        })
     }
 
     /// UploadPart; returns the part's ETag.
@@ -425,10 +466,23 @@ impl S3Client {
     }
 
     /// AbortMultipartUpload.
-    pub async fn abort_multipart(&self, conn: &mut Conn, key: &str, upload_id: &str) -> Result<(), OpError> {
-        self.send(conn, Method::DELETE, Some(key), &[("uploadId", upload_id)], &[], Bytes::new(), false)
-            .await
-            .map(|_| ())
+    pub async fn abort_multipart(
+        &self,
+        conn: &mut Conn,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), OpError> {
+        self.send(
+            conn,
+            Method::DELETE,
+            Some(key),
+            &[("uploadId", upload_id)],
+            &[],
+            Bytes::new(),
+            false,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// DeleteObjects (quiet) for up to 1,000 keys. Returns how many the
@@ -441,7 +495,8 @@ impl S3Client {
             let _ = write!(xml, "<Object><Key>{}</Key></Object>", xml_escape(k));
         }
         xml.push_str("</Delete>");
-        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml.as_bytes()));
+        let md5 =
+            base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml.as_bytes()));
         let r = self
             .send(
                 conn,
@@ -458,9 +513,14 @@ impl S3Client {
 
     /// CreateBucket; an existing bucket we own is fine.
     pub async fn create_bucket(&self, conn: &mut Conn) -> Result<bool, OpError> {
-        match self.send(conn, Method::PUT, None, &[], &[], Bytes::new(), false).await {
+        match self
+            .send(conn, Method::PUT, None, &[], &[], Bytes::new(), false)
+            .await
+        {
             Ok(_) => Ok(true),
-            Err(OpError::Http { code, .. }) if code == "BucketAlreadyOwnedByYou" || code == "BucketAlreadyExists" => {
+            Err(OpError::Http { code, .. })
+                if code == "BucketAlreadyOwnedByYou" || code == "BucketAlreadyExists" =>
+            {
                 Ok(false)
             }
             Err(e) => Err(e),
@@ -549,7 +609,8 @@ mod tests {
         assert_eq!(p.keys, vec!["p/a&b".to_owned(), "p/c".to_owned()]);
         assert!(p.truncated);
         assert_eq!(p.next_token.as_deref(), Some("tok/1="));
-        let empty = parse_list(b"<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>");
+        let empty =
+            parse_list(b"<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>");
         assert!(empty.keys.is_empty() && !empty.truncated && empty.next_token.is_none());
     }
 
@@ -584,7 +645,12 @@ mod tests {
         assert_eq!(e.addr.port(), 9000);
         let e = Endpoint::parse("127.0.0.1").await.unwrap();
         assert_eq!(e.addr.port(), 80);
-        assert!(Endpoint::parse("https://s3.amazonaws.com").await.unwrap_err().contains("https"));
+        assert!(
+            Endpoint::parse("https://s3.amazonaws.com")
+                .await
+                .unwrap_err()
+                .contains("https")
+        );
         assert!(Endpoint::parse("http://h:1/path").await.is_err());
     }
 }

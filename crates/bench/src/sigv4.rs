@@ -62,7 +62,10 @@ impl Signer {
         {
             return *k;
         }
-        let k_date = hmac(format!("AWS4{}", self.secret_key).as_bytes(), date.as_bytes());
+        let k_date = hmac(
+            format!("AWS4{}", self.secret_key).as_bytes(),
+            date.as_bytes(),
+        );
         let k_region = hmac(&k_date, self.region.as_bytes());
         let k_service = hmac(&k_region, self.service.as_bytes());
         let key = hmac(&k_service, b"aws4_request");
@@ -229,7 +232,10 @@ mod tests {
             "GET",
             "/",
             &[],
-            &[("Host", "example.amazonaws.com"), ("X-Amz-Date", SUITE_DATE)],
+            &[
+                ("Host", "example.amazonaws.com"),
+                ("X-Amz-Date", SUITE_DATE),
+            ],
             EMPTY_SHA256,
             SUITE_DATE,
         );
@@ -247,7 +253,10 @@ mod tests {
             "GET",
             "/",
             &[("Param2", "value2"), ("Param1", "value1")],
-            &[("Host", "example.amazonaws.com"), ("X-Amz-Date", SUITE_DATE)],
+            &[
+                ("Host", "example.amazonaws.com"),
+                ("X-Amz-Date", SUITE_DATE),
+            ],
             EMPTY_SHA256,
             SUITE_DATE,
         );
@@ -263,7 +272,10 @@ mod tests {
             "POST",
             "/",
             &[],
-            &[("Host", "example.amazonaws.com"), ("X-Amz-Date", SUITE_DATE)],
+            &[
+                ("Host", "example.amazonaws.com"),
+                ("X-Amz-Date", SUITE_DATE),
+            ],
             EMPTY_SHA256,
             SUITE_DATE,
         );

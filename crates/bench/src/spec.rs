@@ -110,7 +110,9 @@ impl FromStr for SizeSpec {
             let min = parse_size(a)?;
             let max = parse_size(b.trim_start_matches('='))?;
             if min > max {
-                return Err(format!("size range {s:?}: the minimum is above the maximum"));
+                return Err(format!(
+                    "size range {s:?}: the minimum is above the maximum"
+                ));
             }
             Ok(SizeSpec::Range { min, max })
         } else {
@@ -171,7 +173,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn to_duration(secs: f64, s: &str) -> Result<Duration, String> {
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("duration {s:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -304,7 +306,11 @@ mod tests {
         assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
         assert_eq!(parse_size(" 10 B ").unwrap(), 10);
         assert!(parse_size("KiB").is_err());
-        assert!(parse_size("4 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_size("4 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_size("1e3").is_err());
     }
 

@@ -66,7 +66,12 @@ impl Worker {
         }
     }
 
-    async fn list(&mut self, prefix: &str, start_after: Option<&str>, max: u32) -> Result<usize, OpError> {
+    async fn list(
+        &mut self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: u32,
+    ) -> Result<usize, OpError> {
         match &self.backend {
             Backend::S3(c) => c
                 .list(&mut self.conn, prefix, start_after, None, max)
@@ -122,13 +127,18 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     if args.list_max_keys == 0 || args.list_max_keys > 1000 {
         return Err(BenchError::Args("--list-max-keys must be 1..=1000".into()));
     }
-    if args.workload == Workload::Multipart && args.part_size < 5 << 20 && args.target == TargetSpec::S3 {
+    if args.workload == Workload::Multipart
+        && args.part_size < 5 << 20
+        && args.target == TargetSpec::S3
+    {
         return Err(BenchError::Args(
             "--part-size must be at least 5MiB (S3's minimum for all but the last part)".into(),
         ));
     }
     if args.size.max() > 16 << 30 {
-        return Err(BenchError::Args("--size above 16GiB is not supported".into()));
+        return Err(BenchError::Args(
+            "--size above 16GiB is not supported".into(),
+        ));
     }
     let duration = match (args.duration, args.ops) {
         (Some(d), _) => Some(d.0),
@@ -143,7 +153,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         _ => args.size.max(),
     };
     let payload = {
-        let mut v = vec![0u8; usize::try_from(payload_len).map_err(|_| BenchError::Args("size too large".into()))?];
+        let mut v = vec![
+            0u8;
+            usize::try_from(payload_len)
+                .map_err(|_| BenchError::Args("size too large".into()))?
+        ];
         SmallRng::from_os_rng().fill_bytes(&mut v);
         Bytes::from(v)
     };
@@ -158,12 +172,12 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     let mut _null: Option<NullHttpServer> = None;
     let (backend, target_name) = match &args.target {
         TargetSpec::S3 => {
-            let url = args
-                .endpoint
-                .as_deref()
-                .ok_or_else(|| BenchError::Args("--endpoint http://HOST:PORT is required for the s3 target".into()))?;
+            let url = args.endpoint.as_deref().ok_or_else(|| {
+                BenchError::Args("--endpoint http://HOST:PORT is required for the s3 target".into())
+            })?;
             let ep = Endpoint::parse(url).await.map_err(BenchError::Endpoint)?;
-            let (Some(ak), Some(sk)) = (args.access_key.as_deref(), args.secret_key.as_deref()) else {
+            let (Some(ak), Some(sk)) = (args.access_key.as_deref(), args.secret_key.as_deref())
+            else {
                 return Err(BenchError::Args(
                     "credentials missing: pass --access-key and --secret-key or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
                 ));
@@ -178,13 +192,19 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
                 .await
                 .map_err(BenchError::Endpoint)?;
             // Sign with dummy credentials so the client does the same work as for S3.
-            let c = S3Client::new(&ep, &args.bucket, Some(("bench", "bench-secret")), &args.region);
+            let c = S3Client::new(
+                &ep,
+                &args.bucket,
+                Some(("bench", "bench-secret")),
+                &args.region,
+            );
             let name = format!("null-http ({})", srv.addr());
             _null = Some(srv);
             (Backend::S3(c), name)
         }
         TargetSpec::Files(dir) => {
-            let f = FilesTarget::new(dir).map_err(|e| BenchError::Setup(format!("{}: {e}", dir.display())))?;
+            let f = FilesTarget::new(dir)
+                .map_err(|e| BenchError::Setup(format!("{}: {e}", dir.display())))?;
             (Backend::Files(f), format!("files:{}", dir.display()))
         }
     };
@@ -291,7 +311,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
-    let server_cpu = match (server_cpu0, args.server_pid.and_then(|p| read_cpu_secs(&p.to_string()))) {
+    let server_cpu = match (
+        server_cpu0,
+        args.server_pid.and_then(|p| read_cpu_secs(&p.to_string())),
+    ) {
         (Some(a), Some(b)) => b - a,
         _ => 0.0,
     };
@@ -312,7 +335,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         target: target_name,
         workload: args.workload.name().into(),
         size: if args.workload == Workload::Multipart {
-            format!("{} in {} parts", args.size, crate::spec::format_size(args.part_size))
+            format!(
+                "{} in {} parts",
+                args.size,
+                crate::spec::format_size(args.part_size)
+            )
         } else {
             args.size.to_string()
         },
@@ -339,7 +366,9 @@ fn progress_bar(show: bool, sh: &Shared, duration: Option<Duration>) -> Progress
         _ => 0,
     };
     let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {elapsed}  {msg}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {elapsed}  {msg}")
+    {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_prefix(sh.workload.name());
@@ -350,7 +379,9 @@ fn progress_bar(show: bool, sh: &Shared, duration: Option<Duration>) -> Progress
 async fn prepare(shared: &Arc<Shared>, backend: &Backend, show: bool) -> Result<(), BenchError> {
     let pb = if show {
         let pb = ProgressBar::with_draw_target(Some(shared.prepared), ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template("{spinner} prepare [{bar:30}] {pos}/{len} objects {elapsed}") {
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} prepare [{bar:30}] {pos}/{len} objects {elapsed}",
+        ) {
             pb.set_style(style.progress_chars("=> "));
         }
         pb
@@ -464,8 +495,14 @@ async fn worker_loop(sh: Arc<Shared>, w: usize, mut worker: Worker) -> Recorder 
                 next_new += 1;
                 Planned::Multipart(new_key(&sh.prefix, w, next_new))
             }
-            Workload::Get => Planned::Get(prepared_key(&sh.prefix, rng.random_range(0..sh.prepared.max(1)))),
-            Workload::Head => Planned::Head(prepared_key(&sh.prefix, rng.random_range(0..sh.prepared.max(1)))),
+            Workload::Get => Planned::Get(prepared_key(
+                &sh.prefix,
+                rng.random_range(0..sh.prepared.max(1)),
+            )),
+            Workload::Head => Planned::Head(prepared_key(
+                &sh.prefix,
+                rng.random_range(0..sh.prepared.max(1)),
+            )),
             Workload::Delete => {
                 let i = sh.delete_next.fetch_add(1, Ordering::Relaxed);
                 if i >= sh.prepared {
@@ -475,8 +512,12 @@ async fn worker_loop(sh: Arc<Shared>, w: usize, mut worker: Worker) -> Recorder 
             }
             Workload::List => Planned::List(list_start(&sh, &mut rng)),
             Workload::Mixed => match sh.weights.pick(&mut rng) {
-                MixOp::Get if !own.is_empty() => Planned::Get(own[rng.random_range(0..own.len())].clone()),
-                MixOp::Head if !own.is_empty() => Planned::Head(own[rng.random_range(0..own.len())].clone()),
+                MixOp::Get if !own.is_empty() => {
+                    Planned::Get(own[rng.random_range(0..own.len())].clone())
+                }
+                MixOp::Head if !own.is_empty() => {
+                    Planned::Head(own[rng.random_range(0..own.len())].clone())
+                }
                 MixOp::Delete if !own.is_empty() => {
                     let i = rng.random_range(0..own.len());
                     Planned::Delete(own.swap_remove(i))
@@ -604,7 +645,10 @@ async fn multipart(
         let n = body.len() as u64;
         let pn = (i + 1) as u32;
         let t = Instant::now();
-        match client.upload_part(&mut worker.conn, key, &upload_id, pn, body).await {
+        match client
+            .upload_part(&mut worker.conn, key, &upload_id, pn, body)
+            .await
+        {
             Ok(etag) => {
                 rec.ok(OpKind::Part, t.elapsed(), n);
                 etags.push((pn, etag));
@@ -625,7 +669,12 @@ async fn multipart(
 }
 
 /// Deletes everything under the run's prefix; returns how many objects.
-async fn cleanup(sh: &Shared, backend: &Backend, created_bucket: bool, errors: &mut Vec<String>) -> u64 {
+async fn cleanup(
+    sh: &Shared,
+    backend: &Backend,
+    created_bucket: bool,
+    errors: &mut Vec<String>,
+) -> u64 {
     match backend {
         Backend::Files(f) => match f.remove_prefix(&sh.prefix).await {
             Ok(n) => n,
@@ -657,7 +706,12 @@ async fn cleanup(sh: &Shared, backend: &Backend, created_bucket: bool, errors: &
     }
 }
 
-async fn delete_prefix(c: &Arc<S3Client>, prefix: &str, parallel: usize, errors: &mut Vec<String>) -> u64 {
+async fn delete_prefix(
+    c: &Arc<S3Client>,
+    prefix: &str,
+    parallel: usize,
+    errors: &mut Vec<String>,
+) -> u64 {
     let mut conn = Conn::default();
     let mut removed = 0u64;
     let mut batch_delete_works = true;

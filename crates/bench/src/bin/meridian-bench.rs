@@ -5,7 +5,11 @@ use clap::Parser;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "meridian-bench", version, about = "Load generator for any S3 endpoint")]
+#[command(
+    name = "meridian-bench",
+    version,
+    about = "Load generator for any S3 endpoint"
+)]
 struct Cli {
     #[command(flatten)]
     args: meridian_bench::BenchArgs,
@@ -14,7 +18,10 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.args.json;
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meridian-bench: cannot start the runtime: {e}");
