@@ -136,6 +136,9 @@ pub struct BenchArgs {
     /// Objects to prepare, if not `--objects`.
     #[arg(long)]
     pub prepare_objects: Option<u64>,
+    /// Concurrency of the prepare phase (default: the larger of --concurrency and 16).
+    #[arg(long)]
+    pub prepare_concurrency: Option<usize>,
     /// Weights of the mixed workload, e.g. `get=45,put=15,head=30,delete=10`.
     #[arg(long, value_parser = Weights::from_str)]
     pub weights: Option<Weights>,
@@ -188,6 +191,7 @@ impl BenchArgs {
             duration: None,
             ops: None,
             prepare_objects: None,
+            prepare_concurrency: None,
             weights: None,
             part_size: 8 << 20,
             list_max_keys: 1000,

@@ -91,6 +91,7 @@ struct Shared {
     payload: Bytes,
     prepared: u64,
     concurrency: usize,
+    prepare_concurrency: usize,
     list_max_keys: u32,
     weights: Weights,
     timeout: Duration,
@@ -234,6 +235,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         payload,
         prepared,
         concurrency: args.concurrency,
+        prepare_concurrency: args.prepare_concurrency.unwrap_or(args.concurrency.max(16)).max(1),
         list_max_keys: args.list_max_keys,
         weights: args.weights.clone().unwrap_or_default(),
         timeout: args.timeout.0,
@@ -392,7 +394,7 @@ async fn prepare(shared: &Arc<Shared>, backend: &Backend, show: bool) -> Result<
     let failed = Arc::new(AtomicBool::new(false));
     let first_err: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..shared.concurrency {
+    for _ in 0..shared.prepare_concurrency {
         let sh = shared.clone();
         let next = next.clone();
         let failed = failed.clone();
