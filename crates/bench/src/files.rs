@@ -1,6 +1,7 @@
 //! The file-system ceiling: the same workloads on plain files in a
 //! directory, durable the way a careful object store would make them
-//! (write a temporary file, fsync it, rename it into place).
+//! (write a temporary file, fsync it, rename it into place, fsync the
+//! directory so the rename itself is durable).
 
 use crate::s3::OpError;
 use bytes::Bytes;
@@ -19,6 +20,14 @@ pub struct FilesTarget {
 
 fn io(e: std::io::Error) -> OpError {
     OpError::Io(e.to_string())
+}
+
+/// fsync of the directory holding `path`, making a rename into it durable.
+fn sync_parent(path: &Path) -> Result<(), OpError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -66,15 +75,16 @@ impl FilesTarget {
             f.sync_all().map_err(io)?;
             drop(f);
             match std::fs::rename(&tmp, &dest) {
-                Ok(()) => Ok(()),
+                Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     if let Some(parent) = dest.parent() {
                         std::fs::create_dir_all(parent).map_err(io)?;
                     }
-                    std::fs::rename(&tmp, &dest).map_err(io)
+                    std::fs::rename(&tmp, &dest).map_err(io)?;
                 }
-                Err(e) => Err(io(e)),
+                Err(e) => return Err(io(e)),
             }
+            sync_parent(&dest)
         })
         .await
     }
@@ -96,7 +106,8 @@ impl FilesTarget {
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(io)?;
             }
-            std::fs::rename(&tmp, &dest).map_err(io)
+            std::fs::rename(&tmp, &dest).map_err(io)?;
+            sync_parent(&dest)
         })
         .await
     }

@@ -235,7 +235,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         payload,
         prepared,
         concurrency: args.concurrency,
-        prepare_concurrency: args.prepare_concurrency.unwrap_or(args.concurrency.max(16)).max(1),
+        prepare_concurrency: args
+            .prepare_concurrency
+            .unwrap_or(args.concurrency.max(16))
+            .max(1),
         list_max_keys: args.list_max_keys,
         weights: args.weights.clone().unwrap_or_default(),
         timeout: args.timeout.0,
