@@ -110,7 +110,7 @@ fn args(peer: &Peer, bucket: &str, workload: Workload) -> BenchArgs {
     a
 }
 
-fn op<'a>(r: &'a Report, kind: OpKind) -> &'a meridian_bench::OpReport {
+fn op(r: &Report, kind: OpKind) -> &meridian_bench::OpReport {
     r.ops
         .iter()
         .find(|o| o.op == kind)

@@ -91,7 +91,8 @@ fn agrees_with_aws_sigv4_on_s3_requests() {
         uri_encode("meridian-bench/ab12/p000000001", true)
     );
     let odd = format!("/bench/{}", uri_encode("dir/with space+plus&amp=é~", true));
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<(&str, &str)>)> = vec![
+    type Pairs<'a> = Vec<(&'a str, &'a str)>;
+    let cases: Vec<(&str, String, Pairs, Pairs)> = vec![
         ("PUT", key.clone(), vec![], vec![]),
         ("GET", key.clone(), vec![], vec![]),
         ("HEAD", odd.clone(), vec![], vec![]),
