@@ -14,6 +14,8 @@
 #           defaults are off) so it makes the same durability promise Meridian
 #           does, and zstd compression is off (Meridian does not compress; the
 #           bench payload is random anyway).
+#   garage-nofsync  the same with Garage's default fsync settings (off): what
+#           Garage users get out of the box, without single-node durability.
 #   s3s-fs  the file-system sample server of the s3s crate (which Meridian's
 #           S3 front end also uses): a lower bound "S3 over files" with no
 #           metadata database and no fsync. Informative, not a product peer.
@@ -41,9 +43,9 @@ wait_port() { # host port seconds
 
 peer_bin() {
   case "$1" in
-    garage) echo "$PEERS_ROOT/bin/garage" ;;
+    garage|garage-nofsync) echo "$PEERS_ROOT/bin/garage" ;;
     s3s-fs) echo "$PEERS_ROOT/bin/s3s-fs" ;;
-    *) echo "unknown peer $1 (garage, s3s-fs)" >&2; return 2 ;;
+    *) echo "unknown peer $1 (garage, garage-nofsync, s3s-fs)" >&2; return 2 ;;
   esac
 }
 
@@ -53,7 +55,7 @@ peer_install() {
   mkdir -p "$PEERS_ROOT"
   echo "installing peer $1 into $PEERS_ROOT (cargo install; takes a while on 2 cores)" >&2
   case "$1" in
-    garage)
+    garage|garage-nofsync)
       nice -n 10 cargo install --locked --root "$PEERS_ROOT" garage --version "$GARAGE_VERSION" \
         --no-default-features --features bundled-libs,lmdb >&2 ;;
     s3s-fs)
@@ -72,15 +74,16 @@ peer_start() {
   port="$(free_port)"
   PEER_LOG="$dir/$name.log"
   case "$name" in
-    garage)
-      local rpc admin cfg
+    garage|garage-nofsync)
+      local rpc admin cfg fsync=true
+      [[ "$name" == garage-nofsync ]] && fsync=false
       rpc="$(free_port)"; admin="$(free_port)"; cfg="$dir/garage.toml"
       cat >"$cfg" <<EOF
 metadata_dir = "$dir/meta"
 data_dir = "$dir/data"
 db_engine = "lmdb"
-metadata_fsync = true
-data_fsync = true
+metadata_fsync = $fsync
+data_fsync = $fsync
 compression_level = "none"
 replication_factor = 1
 rpc_bind_addr = "127.0.0.1:$rpc"

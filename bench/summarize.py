@@ -9,7 +9,7 @@ import json
 import pathlib
 import sys
 
-ORDER = ["meridian", "garage", "s3s-fs", "files", "null-http"]
+ORDER = ["meridian", "garage", "garage-nofsync", "s3s-fs", "files", "null-http"]
 
 
 def main_op(report):
