@@ -86,9 +86,7 @@ impl FromStr for TargetSpec {
             }
             Ok(TargetSpec::Files(PathBuf::from(dir)))
         } else {
-            Err(format!(
-                "unknown target {s:?}: use s3, files:DIR or null-http"
-            ))
+            Err(format!("unknown target {s:?}: use s3, files:DIR or null-http"))
         }
     }
 }
@@ -232,4 +230,42 @@ pub enum BenchError {
 /// (only on a terminal); the caller prints the report.
 pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     workload::run(args).await
+}
+
+/// Runs the tool as a command: prints the report (a table, or JSON with `--json`) and returns
+/// the exit status. Shared by `meridian bench` and `meridian-bench`.
+pub fn cli_main(args: BenchArgs) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let json = args.json;
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meridian-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("meridian-bench: cannot encode the report: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", report.to_table());
+            }
+            if report.total.ops == 0 {
+                eprintln!("meridian-bench: no operation succeeded");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("meridian-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

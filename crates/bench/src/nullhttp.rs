@@ -39,46 +39,36 @@ impl NullHttpServer {
         let addr = std_listener.local_addr()?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let shared = Arc::new((size, payload));
-        let thread = std::thread::Builder::new()
-            .name("null-http".into())
-            .spawn(move || {
-                rt.block_on(async move {
-                    let listener = match TcpListener::from_std(std_listener) {
-                        Ok(l) => l,
-                        Err(_) => return,
-                    };
-                    let accept = async {
-                        loop {
-                            let Ok((stream, _)) = listener.accept().await else {
-                                continue;
-                            };
-                            let _ = stream.set_nodelay(true);
-                            let shared = shared.clone();
-                            tokio::spawn(async move {
-                                let svc = service_fn(move |req| {
-                                    let size = shared.0.sample(&mut rand::rng());
-                                    let shared = shared.clone();
-                                    async move {
-                                        Ok::<_, Infallible>(answer(req, size, &shared.1).await)
-                                    }
-                                });
-                                let _ = http1::Builder::new()
-                                    .serve_connection(TokioIo::new(stream), svc)
-                                    .await;
+        let thread = std::thread::Builder::new().name("null-http".into()).spawn(move || {
+            rt.block_on(async move {
+                let listener = match TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(_) => return,
+                };
+                let accept = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let _ = stream.set_nodelay(true);
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            let svc = service_fn(move |req| {
+                                let size = shared.0.sample(&mut rand::rng());
+                                let shared = shared.clone();
+                                async move { Ok::<_, Infallible>(answer(req, size, &shared.1).await) }
                             });
-                        }
-                    };
-                    tokio::select! {
-                        _ = accept => {}
-                        _ = stop_rx => {}
+                            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                        });
                     }
-                });
-            })?;
-        Ok(Self {
-            addr,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stop_rx => {}
+                }
+            });
+        })?;
+        Ok(Self { addr, stop: Some(stop_tx), thread: Some(thread) })
     }
 
     /// Where it listens.
@@ -101,12 +91,7 @@ impl Drop for NullHttpServer {
 async fn answer(req: Request<Incoming>, size: u64, payload: &Bytes) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_owned();
-    let has_key = req
-        .uri()
-        .path()
-        .trim_start_matches('/')
-        .split_once('/')
-        .is_some_and(|(_, k)| !k.is_empty());
+    let has_key = req.uri().path().trim_start_matches('/').split_once('/').is_some_and(|(_, k)| !k.is_empty());
     // Drain the request body (PUT payloads) as a real server would.
     let _ = req.into_body().collect().await;
     let len = (size as usize).min(payload.len());
@@ -141,22 +126,15 @@ async fn answer(req: Request<Incoming>, size: u64, payload: &Bytes) -> Response<
         (Method::DELETE, _) => (StatusCode::NO_CONTENT, Bytes::new(), false),
         _ => (StatusCode::OK, Bytes::new(), false),
     };
-    let head_len = if matches!(status, StatusCode::OK) && body.is_empty() && has_key && !etag {
-        Some(len)
-    } else {
-        None
-    };
+    let head_len =
+        if matches!(status, StatusCode::OK) && body.is_empty() && has_key && !etag { Some(len) } else { None };
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     if etag {
-        resp.headers_mut().insert(
-            "etag",
-            http::HeaderValue::from_static("\"00000000000000000000000000000000\""),
-        );
+        resp.headers_mut().insert("etag", http::HeaderValue::from_static("\"00000000000000000000000000000000\""));
     }
     if let Some(n) = head_len {
-        resp.headers_mut()
-            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+        resp.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
     }
     resp
 }

@@ -30,15 +30,8 @@ pub enum OpKind {
 
 impl OpKind {
     /// All kinds, in report order.
-    pub const ALL: [OpKind; 7] = [
-        OpKind::Put,
-        OpKind::Get,
-        OpKind::Head,
-        OpKind::Delete,
-        OpKind::List,
-        OpKind::Multipart,
-        OpKind::Part,
-    ];
+    pub const ALL: [OpKind; 7] =
+        [OpKind::Put, OpKind::Get, OpKind::Head, OpKind::Delete, OpKind::List, OpKind::Multipart, OpKind::Part];
 
     /// Lower-case name.
     pub fn name(self) -> &'static str {
@@ -83,11 +76,7 @@ pub struct OpStats {
 
 impl Default for OpStats {
     fn default() -> Self {
-        Self {
-            hist: new_hist(),
-            bytes: 0,
-            errors: BTreeMap::new(),
-        }
+        Self { hist: new_hist(), bytes: 0, errors: BTreeMap::new() }
     }
 }
 
@@ -276,9 +265,7 @@ impl Report {
     pub fn totals(ops: &[OpReport], elapsed: Duration) -> Totals {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let counted = ops.iter().filter(|o| o.op.in_total());
-        let (n, e, b) = counted.fold((0, 0, 0), |(n, e, b), o| {
-            (n + o.count, e + o.errors, b + o.bytes)
-        });
+        let (n, e, b) = counted.fold((0, 0, 0), |(n, e, b), o| (n + o.count, e + o.errors, b + o.bytes));
         Totals {
             ops: n,
             errors: e,
@@ -291,11 +278,7 @@ impl Report {
     /// A human-readable table.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
-        let label = self
-            .label
-            .as_deref()
-            .map(|l| format!("[{l}] "))
-            .unwrap_or_default();
+        let label = self.label.as_deref().map(|l| format!("[{l}] ")).unwrap_or_default();
         let _ = writeln!(
             out,
             "{label}{} on {}: size {}, concurrency {}, {:.1}s measured ({} objects prepared in {:.1}s)",
@@ -310,16 +293,7 @@ impl Report {
         let _ = writeln!(
             out,
             "{:<10} {:>9} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
-            "op",
-            "ops",
-            "ops/s",
-            "MiB/s",
-            "p50 ms",
-            "p90 ms",
-            "p99 ms",
-            "p99.9 ms",
-            "max ms",
-            "errors"
+            "op", "ops", "ops/s", "MiB/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors"
         );
         for o in &self.ops {
             let l = &o.latency_ms;
@@ -350,11 +324,7 @@ impl Report {
             }
         }
         if let Some(c) = self.client_cpu_secs {
-            let per_op = if t.ops > 0 {
-                c * 1e6 / t.ops as f64
-            } else {
-                0.0
-            };
+            let per_op = if t.ops > 0 { c * 1e6 / t.ops as f64 } else { 0.0 };
             let _ = writeln!(out, "bench client CPU: {c:.2}s ({per_op:.1} µs per op)");
         }
         if let Some(s) = &self.server {
@@ -391,13 +361,7 @@ mod tests {
         for i in 501..=1000u64 {
             b.ok(OpKind::Get, Duration::from_micros(i * 10), 4096);
         }
-        b.err(
-            OpKind::Get,
-            &OpError::Http {
-                status: 503,
-                code: "SlowDown".into(),
-            },
-        );
+        b.err(OpKind::Get, &OpError::Http { status: 503, code: "SlowDown".into() });
         b.err(OpKind::Put, &OpError::Timeout);
         a.merge(&b);
         let reports = a.op_reports(Duration::from_secs(2));
@@ -410,11 +374,7 @@ mod tests {
         assert!((get.ops_per_sec - 500.0).abs() < 1e-9);
         assert!((get.mib_per_sec - 1000.0 * 4096.0 / 2.0 / 1048576.0).abs() < 1e-9);
         // 1000 evenly spaced values 10 µs .. 10 ms: p50 ≈ 5 ms, p99 ≈ 9.9 ms.
-        assert!(
-            (get.latency_ms.p50 - 5.0).abs() < 0.01,
-            "{:?}",
-            get.latency_ms
-        );
+        assert!((get.latency_ms.p50 - 5.0).abs() < 0.01, "{:?}", get.latency_ms);
         assert!((get.latency_ms.p90 - 9.0).abs() < 0.01);
         assert!((get.latency_ms.p99 - 9.9).abs() < 0.01);
         assert!((get.latency_ms.max - 10.0).abs() < 0.01);

@@ -83,22 +83,15 @@ impl Endpoint {
         let rest = if let Some(r) = url.strip_prefix("http://") {
             r
         } else if url.starts_with("https://") {
-            return Err(format!(
-                "endpoint {url:?}: https is not supported by the bench client; use http://"
-            ));
+            return Err(format!("endpoint {url:?}: https is not supported by the bench client; use http://"));
         } else {
             url
         };
         let host = rest.trim_end_matches('/');
         if host.is_empty() || host.contains('/') {
-            return Err(format!(
-                "endpoint {url:?} must be http://HOST:PORT with no path"
-            ));
+            return Err(format!("endpoint {url:?} must be http://HOST:PORT with no path"));
         }
-        let with_port = if host
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
+        let with_port = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
             host.to_owned()
         } else {
             format!("{host}:80")
@@ -108,10 +101,7 @@ impl Endpoint {
             .map_err(|e| format!("endpoint {url:?}: cannot resolve: {e}"))?
             .next()
             .ok_or_else(|| format!("endpoint {url:?}: no address"))?;
-        Ok(Self {
-            addr,
-            host: host.to_owned(),
-        })
+        Ok(Self { addr, host: host.to_owned() })
     }
 }
 
@@ -148,12 +138,7 @@ pub struct Conn {
 
 impl S3Client {
     /// A client for `bucket` at `endpoint`; `creds` `None` sends unsigned requests.
-    pub fn new(
-        endpoint: &Endpoint,
-        bucket: &str,
-        creds: Option<(&str, &str)>,
-        region: &str,
-    ) -> Arc<Self> {
+    pub fn new(endpoint: &Endpoint, bucket: &str, creds: Option<(&str, &str)>, region: &str) -> Arc<Self> {
         Arc::new(Self {
             addr: endpoint.addr,
             host: endpoint.host.clone(),
@@ -168,16 +153,10 @@ impl S3Client {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, OpError> {
-        let stream = TcpStream::connect(self.addr)
-            .await
-            .map_err(|e| OpError::Connect(e.to_string()))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| OpError::Connect(e.to_string()))?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| OpError::Connect(e.to_string()))?;
+        let stream = TcpStream::connect(self.addr).await.map_err(|e| OpError::Connect(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| OpError::Connect(e.to_string()))?;
+        let (sender, conn) =
+            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| OpError::Connect(e.to_string()))?;
         tokio::spawn(async move {
             // The connection ends when the sender is dropped or the peer closes.
             let _ = conn.await;
@@ -215,13 +194,9 @@ impl S3Client {
             uri.push('?');
             uri.push_str(&sigv4::canonical_query(query));
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         if conn.date.0 != now || conn.date.1.is_empty() {
-            let t = time::OffsetDateTime::from_unix_timestamp(now as i64)
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            let t = time::OffsetDateTime::from_unix_timestamp(now as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
             conn.date = (now, sigv4::amz_date(t));
         }
         let amz_date = conn.date.1.as_str();
@@ -241,19 +216,11 @@ impl S3Client {
             to_sign.push(("x-amz-date", amz_date));
             to_sign.push(("x-amz-content-sha256", UNSIGNED_PAYLOAD));
             to_sign.extend_from_slice(extra_headers);
-            let signed = signer.sign(
-                method.as_str(),
-                &path,
-                query,
-                &to_sign,
-                UNSIGNED_PAYLOAD,
-                amz_date,
-            );
+            let signed = signer.sign(method.as_str(), &path, query, &to_sign, UNSIGNED_PAYLOAD, amz_date);
             builder = builder.header("authorization", signed.authorization);
         }
-        let req = builder
-            .body(Full::new(body))
-            .map_err(|e| OpError::BadResponse(format!("cannot build request: {e}")))?;
+        let req =
+            builder.body(Full::new(body)).map_err(|e| OpError::BadResponse(format!("cannot build request: {e}")))?;
 
         let sender = match conn.sender.as_mut() {
             Some(s) if !s.is_closed() => s,
@@ -265,9 +232,7 @@ impl S3Client {
         if sender.ready().await.is_err() {
             conn.sender = None;
             let s = conn.sender.insert(self.connect().await?);
-            s.ready()
-                .await
-                .map_err(|e| OpError::Transport(e.to_string()))?;
+            s.ready().await.map_err(|e| OpError::Transport(e.to_string()))?;
         }
         let Some(sender) = conn.sender.as_mut() else {
             return Err(OpError::Transport("no connection".into()));
@@ -301,53 +266,29 @@ impl S3Client {
         }
         if !success {
             let code = xml_value(&kept, "Code").unwrap_or_default();
-            return Err(OpError::Http {
-                status: parts.status.as_u16(),
-                code,
-            });
+            return Err(OpError::Http { status: parts.status.as_u16(), code });
         }
-        Ok(Response {
-            status: parts.status,
-            headers: parts.headers,
-            body_len: n,
-            body: Bytes::from(kept),
-        })
+        Ok(Response { status: parts.status, headers: parts.headers, body_len: n, body: Bytes::from(kept) })
     }
 
     /// PUT an object.
     pub async fn put(&self, conn: &mut Conn, key: &str, body: Bytes) -> Result<(), OpError> {
-        self.send(conn, Method::PUT, Some(key), &[], &[], body, false)
-            .await
-            .map(|_| ())
+        self.send(conn, Method::PUT, Some(key), &[], &[], body, false).await.map(|_| ())
     }
 
     /// GET an object; returns the number of body bytes received.
     pub async fn get(&self, conn: &mut Conn, key: &str) -> Result<u64, OpError> {
-        self.send(conn, Method::GET, Some(key), &[], &[], Bytes::new(), false)
-            .await
-            .map(|r| r.body_len)
+        self.send(conn, Method::GET, Some(key), &[], &[], Bytes::new(), false).await.map(|r| r.body_len)
     }
 
     /// HEAD an object.
     pub async fn head(&self, conn: &mut Conn, key: &str) -> Result<(), OpError> {
-        self.send(conn, Method::HEAD, Some(key), &[], &[], Bytes::new(), false)
-            .await
-            .map(|_| ())
+        self.send(conn, Method::HEAD, Some(key), &[], &[], Bytes::new(), false).await.map(|_| ())
     }
 
     /// DELETE an object.
     pub async fn delete(&self, conn: &mut Conn, key: &str) -> Result<(), OpError> {
-        self.send(
-            conn,
-            Method::DELETE,
-            Some(key),
-            &[],
-            &[],
-            Bytes::new(),
-            false,
-        )
-        .await
-        .map(|_| ())
+        self.send(conn, Method::DELETE, Some(key), &[], &[], Bytes::new(), false).await.map(|_| ())
     }
 
     /// ListObjectsV2, one page.
@@ -360,44 +301,25 @@ impl S3Client {
         max_keys: u32,
     ) -> Result<ListPage, OpError> {
         let mk = max_keys.to_string();
-        let mut q: Vec<(&str, &str)> =
-            vec![("list-type", "2"), ("prefix", prefix), ("max-keys", &mk)];
+        let mut q: Vec<(&str, &str)> = vec![("list-type", "2"), ("prefix", prefix), ("max-keys", &mk)];
         if let Some(sa) = start_after {
             q.push(("start-after", sa));
         }
         if let Some(t) = token {
             q.push(("continuation-token", t));
         }
-        let r = self
-            .send(conn, Method::GET, None, &q, &[], Bytes::new(), true)
-            .await?;
-        if !r.body.starts_with(b"<?xml")
-            && xml_value(&r.body, "ListBucketResult").is_none()
-            && !r.body.is_empty()
-        {
-            return Err(OpError::BadResponse(
-                "listing is not a ListBucketResult".into(),
-            ));
+        let r = self.send(conn, Method::GET, None, &q, &[], Bytes::new(), true).await?;
+        if !r.body.starts_with(b"<?xml") && xml_value(&r.body, "ListBucketResult").is_none() && !r.body.is_empty() {
+            return Err(OpError::BadResponse("listing is not a ListBucketResult".into()));
         }
         Ok(parse_list(&r.body))
     }
 
     /// CreateMultipartUpload; returns the upload id.
     pub async fn create_multipart(&self, conn: &mut Conn, key: &str) -> Result<String, OpError> {
-        let r = self
-            .send(
-                conn,
-                Method::POST,
-                Some(key),
-                &[("uploads", "")],
-                &[],
-                Bytes::new(),
-                true,
-            )
-            .await?;
-        xml_value(&r.body, "UploadId").ok_or_else(|| {
-            OpError::BadResponse("CreateMultipartUpload answer has no UploadId".into())
-        })
+        let r = self.send(conn, Method::POST, Some(key), &[("uploads", "")], &[], Bytes::new(), true).await?;
+        xml_value(&r.body, "UploadId")
+            .ok_or_else(|| OpError::BadResponse("CreateMultipartUpload answer has no UploadId".into()))
     }
 
     /// UploadPart; returns the part's ETag.
@@ -411,15 +333,7 @@ impl S3Client {
     ) -> Result<String, OpError> {
         let pn = part.to_string();
         let r = self
-            .send(
-                conn,
-                Method::PUT,
-                Some(key),
-                &[("partNumber", &pn), ("uploadId", upload_id)],
-                &[],
-                body,
-                false,
-            )
+            .send(conn, Method::PUT, Some(key), &[("partNumber", &pn), ("uploadId", upload_id)], &[], body, false)
             .await?;
         r.headers
             .get("etag")
@@ -438,24 +352,11 @@ impl S3Client {
     ) -> Result<(), OpError> {
         let mut xml = String::from("<CompleteMultipartUpload>");
         for (n, etag) in parts {
-            let _ = write!(
-                xml,
-                "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>",
-                xml_escape(etag)
-            );
+            let _ = write!(xml, "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>", xml_escape(etag));
         }
         xml.push_str("</CompleteMultipartUpload>");
-        let r = self
-            .send(
-                conn,
-                Method::POST,
-                Some(key),
-                &[("uploadId", upload_id)],
-                &[],
-                Bytes::from(xml),
-                true,
-            )
-            .await?;
+        let r =
+            self.send(conn, Method::POST, Some(key), &[("uploadId", upload_id)], &[], Bytes::from(xml), true).await?;
         // S3 may answer 200 with an error document after a long complete.
         if let Some(code) = xml_value(&r.body, "Code")
             && xml_value(&r.body, "Error").is_some()
@@ -466,23 +367,10 @@ impl S3Client {
     }
 
     /// AbortMultipartUpload.
-    pub async fn abort_multipart(
-        &self,
-        conn: &mut Conn,
-        key: &str,
-        upload_id: &str,
-    ) -> Result<(), OpError> {
-        self.send(
-            conn,
-            Method::DELETE,
-            Some(key),
-            &[("uploadId", upload_id)],
-            &[],
-            Bytes::new(),
-            false,
-        )
-        .await
-        .map(|_| ())
+    pub async fn abort_multipart(&self, conn: &mut Conn, key: &str, upload_id: &str) -> Result<(), OpError> {
+        self.send(conn, Method::DELETE, Some(key), &[("uploadId", upload_id)], &[], Bytes::new(), false)
+            .await
+            .map(|_| ())
     }
 
     /// DeleteObjects (quiet) for up to 1,000 keys. Returns how many the
@@ -495,32 +383,18 @@ impl S3Client {
             let _ = write!(xml, "<Object><Key>{}</Key></Object>", xml_escape(k));
         }
         xml.push_str("</Delete>");
-        let md5 =
-            base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml.as_bytes()));
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml.as_bytes()));
         let r = self
-            .send(
-                conn,
-                Method::POST,
-                None,
-                &[("delete", "")],
-                &[("content-md5", &md5)],
-                Bytes::from(xml),
-                true,
-            )
+            .send(conn, Method::POST, None, &[("delete", "")], &[("content-md5", &md5)], Bytes::from(xml), true)
             .await?;
         Ok(count_tag(&r.body, "<Error>"))
     }
 
     /// CreateBucket; an existing bucket we own is fine.
     pub async fn create_bucket(&self, conn: &mut Conn) -> Result<bool, OpError> {
-        match self
-            .send(conn, Method::PUT, None, &[], &[], Bytes::new(), false)
-            .await
-        {
+        match self.send(conn, Method::PUT, None, &[], &[], Bytes::new(), false).await {
             Ok(_) => Ok(true),
-            Err(OpError::Http { code, .. })
-                if code == "BucketAlreadyOwnedByYou" || code == "BucketAlreadyExists" =>
-            {
+            Err(OpError::Http { code, .. }) if code == "BucketAlreadyOwnedByYou" || code == "BucketAlreadyExists" => {
                 Ok(false)
             }
             Err(e) => Err(e),
@@ -529,9 +403,7 @@ impl S3Client {
 
     /// DeleteBucket.
     pub async fn delete_bucket(&self, conn: &mut Conn) -> Result<(), OpError> {
-        self.send(conn, Method::DELETE, None, &[], &[], Bytes::new(), false)
-            .await
-            .map(|_| ())
+        self.send(conn, Method::DELETE, None, &[], &[], Bytes::new(), false).await.map(|_| ())
     }
 }
 
@@ -573,11 +445,7 @@ pub fn parse_list(xml: &[u8]) -> ListPage {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
 }
 
 fn xml_unescape(s: &str) -> String {
@@ -609,31 +477,17 @@ mod tests {
         assert_eq!(p.keys, vec!["p/a&b".to_owned(), "p/c".to_owned()]);
         assert!(p.truncated);
         assert_eq!(p.next_token.as_deref(), Some("tok/1="));
-        let empty =
-            parse_list(b"<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>");
+        let empty = parse_list(b"<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>");
         assert!(empty.keys.is_empty() && !empty.truncated && empty.next_token.is_none());
     }
 
     #[test]
     fn error_kinds_name_status_and_code() {
-        let e = OpError::Http {
-            status: 503,
-            code: "SlowDown".into(),
-        };
+        let e = OpError::Http { status: 503, code: "SlowDown".into() };
         assert_eq!(e.kind(), "http-503-SlowDown");
-        assert_eq!(
-            OpError::Http {
-                status: 500,
-                code: String::new()
-            }
-            .kind(),
-            "http-500"
-        );
+        assert_eq!(OpError::Http { status: 500, code: String::new() }.kind(), "http-500");
         assert_eq!(OpError::Timeout.kind(), "timeout");
-        assert_eq!(
-            xml_value(b"<Error><Code>NoSuchKey</Code></Error>", "Code").as_deref(),
-            Some("NoSuchKey")
-        );
+        assert_eq!(xml_value(b"<Error><Code>NoSuchKey</Code></Error>", "Code").as_deref(), Some("NoSuchKey"));
         assert_eq!(xml_escape("a<&>\"'"), "a&lt;&amp;&gt;&quot;&apos;");
         assert_eq!(xml_unescape("&amp;lt;"), "&lt;");
     }
@@ -645,12 +499,7 @@ mod tests {
         assert_eq!(e.addr.port(), 9000);
         let e = Endpoint::parse("127.0.0.1").await.unwrap();
         assert_eq!(e.addr.port(), 80);
-        assert!(
-            Endpoint::parse("https://s3.amazonaws.com")
-                .await
-                .unwrap_err()
-                .contains("https")
-        );
+        assert!(Endpoint::parse("https://s3.amazonaws.com").await.unwrap_err().contains("https"));
         assert!(Endpoint::parse("http://h:1/path").await.is_err());
     }
 }

@@ -62,10 +62,7 @@ impl Signer {
         {
             return *k;
         }
-        let k_date = hmac(
-            format!("AWS4{}", self.secret_key).as_bytes(),
-            date.as_bytes(),
-        );
+        let k_date = hmac(format!("AWS4{}", self.secret_key).as_bytes(), date.as_bytes());
         let k_region = hmac(&k_date, self.region.as_bytes());
         let k_service = hmac(&k_region, self.service.as_bytes());
         let key = hmac(&k_service, b"aws4_request");
@@ -100,10 +97,8 @@ impl Signer {
         h.update(canonical_query(query).as_bytes());
         h.update(b"\n");
 
-        let mut hdrs: Vec<(String, String)> = headers
-            .iter()
-            .map(|(n, v)| (n.to_ascii_lowercase(), normalize_value(v)))
-            .collect();
+        let mut hdrs: Vec<(String, String)> =
+            headers.iter().map(|(n, v)| (n.to_ascii_lowercase(), normalize_value(v))).collect();
         hdrs.sort_by(|a, b| a.0.cmp(&b.0));
         let mut signed_headers = String::with_capacity(64);
         for (i, (n, v)) in hdrs.iter().enumerate() {
@@ -129,11 +124,7 @@ impl Signer {
             "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
             self.access_key
         );
-        Signed {
-            authorization,
-            signed_headers,
-            signature,
-        }
+        Signed { authorization, signed_headers, signature }
     }
 }
 
@@ -182,10 +173,8 @@ pub fn uri_encode(s: &str, keep_slash: bool) -> String {
 
 /// The canonical query string: names and values encoded, sorted by name then value.
 pub fn canonical_query(query: &[(&str, &str)]) -> String {
-    let mut pairs: Vec<(String, String)> = query
-        .iter()
-        .map(|(k, v)| (uri_encode(k, false), uri_encode(v, false)))
-        .collect();
+    let mut pairs: Vec<(String, String)> =
+        query.iter().map(|(k, v)| (uri_encode(k, false), uri_encode(v, false))).collect();
     pairs.sort();
     let mut out = String::new();
     for (i, (k, v)) in pairs.iter().enumerate() {
@@ -232,10 +221,7 @@ mod tests {
             "GET",
             "/",
             &[],
-            &[
-                ("Host", "example.amazonaws.com"),
-                ("X-Amz-Date", SUITE_DATE),
-            ],
+            &[("Host", "example.amazonaws.com"), ("X-Amz-Date", SUITE_DATE)],
             EMPTY_SHA256,
             SUITE_DATE,
         );
@@ -253,17 +239,11 @@ mod tests {
             "GET",
             "/",
             &[("Param2", "value2"), ("Param1", "value1")],
-            &[
-                ("Host", "example.amazonaws.com"),
-                ("X-Amz-Date", SUITE_DATE),
-            ],
+            &[("Host", "example.amazonaws.com"), ("X-Amz-Date", SUITE_DATE)],
             EMPTY_SHA256,
             SUITE_DATE,
         );
-        assert_eq!(
-            s.signature,
-            "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500"
-        );
+        assert_eq!(s.signature, "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500");
     }
 
     #[test]
@@ -272,17 +252,11 @@ mod tests {
             "POST",
             "/",
             &[],
-            &[
-                ("Host", "example.amazonaws.com"),
-                ("X-Amz-Date", SUITE_DATE),
-            ],
+            &[("Host", "example.amazonaws.com"), ("X-Amz-Date", SUITE_DATE)],
             EMPTY_SHA256,
             SUITE_DATE,
         );
-        assert_eq!(
-            s.signature,
-            "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b"
-        );
+        assert_eq!(s.signature, "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b");
     }
 
     // The worked examples of the S3 API reference ("Signature Calculations
@@ -322,10 +296,7 @@ mod tests {
     #[test]
     fn s3_doc_put_object_with_escaped_key() {
         let body_hash = hex::encode(Sha256::digest(b"Welcome to Amazon S3."));
-        assert_eq!(
-            body_hash,
-            "44ce7dd67c959e0d3524ffac1771dfbba87d2b6b4b4e99e42034a8b803f8b072"
-        );
+        assert_eq!(body_hash, "44ce7dd67c959e0d3524ffac1771dfbba87d2b6b4b4e99e42034a8b803f8b072");
         let path = format!("/{}", uri_encode("test$file.text", true));
         assert_eq!(path, "/test%24file.text");
         let s = s3().sign(
@@ -342,14 +313,8 @@ mod tests {
             &body_hash,
             S3_DATE,
         );
-        assert_eq!(
-            s.signed_headers,
-            "date;host;x-amz-content-sha256;x-amz-date;x-amz-storage-class"
-        );
-        assert_eq!(
-            s.signature,
-            "98ad721746da40c64f1a55b78f14c238d841ea1380cd77a1b5971af0ece108bd"
-        );
+        assert_eq!(s.signed_headers, "date;host;x-amz-content-sha256;x-amz-date;x-amz-storage-class");
+        assert_eq!(s.signature, "98ad721746da40c64f1a55b78f14c238d841ea1380cd77a1b5971af0ece108bd");
     }
 
     #[test]
@@ -358,18 +323,11 @@ mod tests {
             "GET",
             "/",
             &[("prefix", "J"), ("max-keys", "2")],
-            &[
-                ("Host", S3_HOST),
-                ("x-amz-content-sha256", EMPTY_SHA256),
-                ("x-amz-date", S3_DATE),
-            ],
+            &[("Host", S3_HOST), ("x-amz-content-sha256", EMPTY_SHA256), ("x-amz-date", S3_DATE)],
             EMPTY_SHA256,
             S3_DATE,
         );
-        assert_eq!(
-            s.signature,
-            "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"
-        );
+        assert_eq!(s.signature, "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7");
     }
 
     #[test]
@@ -378,18 +336,11 @@ mod tests {
             "GET",
             "/",
             &[("lifecycle", "")],
-            &[
-                ("Host", S3_HOST),
-                ("x-amz-content-sha256", EMPTY_SHA256),
-                ("x-amz-date", S3_DATE),
-            ],
+            &[("Host", S3_HOST), ("x-amz-content-sha256", EMPTY_SHA256), ("x-amz-date", S3_DATE)],
             EMPTY_SHA256,
             S3_DATE,
         );
-        assert_eq!(
-            s.signature,
-            "fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543"
-        );
+        assert_eq!(s.signature, "fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543");
     }
 
     #[test]

@@ -13,16 +13,12 @@ use std::time::Duration;
 /// accepted; `K`/`M`/`G` alone mean binary, as in most storage tools.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
         return Err(format!("size {s:?} does not start with a number"));
     }
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("size {s:?}: {num:?} is not a number"))?;
+    let n: f64 = num.parse().map_err(|_| format!("size {s:?}: {num:?} is not a number"))?;
     let mult: u64 = match unit.trim() {
         "" | "B" | "b" => 1,
         "K" | "k" | "KiB" | "kiB" | "Ki" => 1 << 10,
@@ -33,9 +29,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "GB" | "gb" => 1_000_000_000,
         "T" | "TiB" => 1 << 40,
         other => {
-            return Err(format!(
-                "size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
-            ));
+            return Err(format!("size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"));
         }
     };
     let bytes = n * mult as f64;
@@ -110,9 +104,7 @@ impl FromStr for SizeSpec {
             let min = parse_size(a)?;
             let max = parse_size(b.trim_start_matches('='))?;
             if min > max {
-                return Err(format!(
-                    "size range {s:?}: the minimum is above the maximum"
-                ));
+                return Err(format!("size range {s:?}: the minimum is above the maximum"));
             }
             Ok(SizeSpec::Range { min, max })
         } else {
@@ -148,12 +140,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("duration {s:?} lacks a unit after its last number"))?;
         let (num, tail) = rest.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("duration {s:?}: {num:?} is not a number"))?;
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
+        let n: f64 = num.parse().map_err(|_| format!("duration {s:?}: {num:?} is not a number"))?;
+        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
         let (unit, after) = tail.split_at(unit_end);
         let secs = match unit {
             "ms" => n / 1000.0,
@@ -161,9 +149,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "m" | "min" => n * 60.0,
             "h" => n * 3600.0,
             other => {
-                return Err(format!(
-                    "duration {s:?}: unknown unit {other:?} (use ms, s, m or h)"
-                ));
+                return Err(format!("duration {s:?}: unknown unit {other:?} (use ms, s, m or h)"));
             }
         };
         total += secs;
@@ -215,13 +201,8 @@ pub struct Weights {
 
 impl Default for Weights {
     fn default() -> Self {
-        Self::from_entries(vec![
-            (MixOp::Get, 45),
-            (MixOp::Put, 15),
-            (MixOp::Head, 30),
-            (MixOp::Delete, 10),
-        ])
-        .unwrap_or_else(|_| unreachable!("the default weights are valid"))
+        Self::from_entries(vec![(MixOp::Get, 45), (MixOp::Put, 15), (MixOp::Head, 30), (MixOp::Delete, 10)])
+            .unwrap_or_else(|_| unreachable!("the default weights are valid"))
     }
 }
 
@@ -249,10 +230,7 @@ impl Weights {
 
     /// The share of each operation, in percent, for reports.
     pub fn shares(&self) -> Vec<(MixOp, f64)> {
-        self.entries
-            .iter()
-            .map(|(op, w)| (*op, 100.0 * f64::from(*w) / f64::from(self.total)))
-            .collect()
+        self.entries.iter().map(|(op, w)| (*op, 100.0 * f64::from(*w) / f64::from(self.total))).collect()
     }
 }
 
@@ -261,9 +239,7 @@ impl FromStr for Weights {
     fn from_str(s: &str) -> Result<Self, String> {
         let mut entries: Vec<(MixOp, u32)> = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, w) = part
-                .split_once(['=', ':'])
-                .ok_or_else(|| format!("weight {part:?} is not NAME=NUMBER"))?;
+            let (name, w) = part.split_once(['=', ':']).ok_or_else(|| format!("weight {part:?} is not NAME=NUMBER"))?;
             let op = match name.trim().to_ascii_lowercase().as_str() {
                 "get" => MixOp::Get,
                 "put" => MixOp::Put,
@@ -271,9 +247,7 @@ impl FromStr for Weights {
                 "delete" | "del" => MixOp::Delete,
                 "list" => MixOp::List,
                 other => {
-                    return Err(format!(
-                        "unknown operation {other:?} in weights (use get, put, head, delete, list)"
-                    ));
+                    return Err(format!("unknown operation {other:?} in weights (use get, put, head, delete, list)"));
                 }
             };
             let w: u32 = w
@@ -306,11 +280,7 @@ mod tests {
         assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
         assert_eq!(parse_size(" 10 B ").unwrap(), 10);
         assert!(parse_size("KiB").is_err());
-        assert!(
-            parse_size("4 parsecs")
-                .unwrap_err()
-                .contains("unknown unit")
-        );
+        assert!(parse_size("4 parsecs").unwrap_err().contains("unknown unit"));
         assert!(parse_size("1e3").is_err());
     }
 
@@ -318,13 +288,7 @@ mod tests {
     fn size_specs_fixed_and_range() {
         assert_eq!("4KiB".parse::<SizeSpec>().unwrap(), SizeSpec::Fixed(4096));
         let r: SizeSpec = "1KiB..1MiB".parse().unwrap();
-        assert_eq!(
-            r,
-            SizeSpec::Range {
-                min: 1024,
-                max: 1 << 20
-            }
-        );
+        assert_eq!(r, SizeSpec::Range { min: 1024, max: 1 << 20 });
         assert_eq!(r.max(), 1 << 20);
         assert!("2MiB..1MiB".parse::<SizeSpec>().is_err());
         assert_eq!(r.to_string(), "1 KiB..1 MiB");
@@ -366,15 +330,7 @@ mod tests {
     fn default_weights_are_warps() {
         let w = Weights::default();
         let shares = w.shares();
-        assert_eq!(
-            shares,
-            vec![
-                (MixOp::Get, 45.0),
-                (MixOp::Put, 15.0),
-                (MixOp::Head, 30.0),
-                (MixOp::Delete, 10.0)
-            ]
-        );
+        assert_eq!(shares, vec![(MixOp::Get, 45.0), (MixOp::Put, 15.0), (MixOp::Head, 30.0), (MixOp::Delete, 10.0)]);
     }
 
     #[test]

@@ -32,10 +32,7 @@ struct Worker {
 
 impl Worker {
     fn new(backend: &Backend) -> Self {
-        Self {
-            backend: backend.clone(),
-            conn: Conn::default(),
-        }
+        Self { backend: backend.clone(), conn: Conn::default() }
     }
 
     async fn put(&mut self, key: &str, body: Bytes) -> Result<(), OpError> {
@@ -66,17 +63,9 @@ impl Worker {
         }
     }
 
-    async fn list(
-        &mut self,
-        prefix: &str,
-        start_after: Option<&str>,
-        max: u32,
-    ) -> Result<usize, OpError> {
+    async fn list(&mut self, prefix: &str, start_after: Option<&str>, max: u32) -> Result<usize, OpError> {
         match &self.backend {
-            Backend::S3(c) => c
-                .list(&mut self.conn, prefix, start_after, None, max)
-                .await
-                .map(|p| p.keys.len()),
+            Backend::S3(c) => c.list(&mut self.conn, prefix, start_after, None, max).await.map(|p| p.keys.len()),
             Backend::Files(f) => f.list(prefix, start_after, max).await.map(|v| v.len()),
         }
     }
@@ -128,18 +117,13 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     if args.list_max_keys == 0 || args.list_max_keys > 1000 {
         return Err(BenchError::Args("--list-max-keys must be 1..=1000".into()));
     }
-    if args.workload == Workload::Multipart
-        && args.part_size < 5 << 20
-        && args.target == TargetSpec::S3
-    {
+    if args.workload == Workload::Multipart && args.part_size < 5 << 20 && args.target == TargetSpec::S3 {
         return Err(BenchError::Args(
             "--part-size must be at least 5MiB (S3's minimum for all but the last part)".into(),
         ));
     }
     if args.size.max() > 16 << 30 {
-        return Err(BenchError::Args(
-            "--size above 16GiB is not supported".into(),
-        ));
+        return Err(BenchError::Args("--size above 16GiB is not supported".into()));
     }
     let duration = match (args.duration, args.ops) {
         (Some(d), _) => Some(d.0),
@@ -154,31 +138,24 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         _ => args.size.max(),
     };
     let payload = {
-        let mut v = vec![
-            0u8;
-            usize::try_from(payload_len)
-                .map_err(|_| BenchError::Args("size too large".into()))?
-        ];
+        let mut v = vec![0u8; usize::try_from(payload_len).map_err(|_| BenchError::Args("size too large".into()))?];
         SmallRng::from_os_rng().fill_bytes(&mut v);
         Bytes::from(v)
     };
 
     let run_id = format!("{:08x}", rand::rng().random::<u32>());
-    let prefix = args
-        .prefix
-        .clone()
-        .unwrap_or_else(|| format!("meridian-bench/{run_id}/"));
+    let prefix = args.prefix.clone().unwrap_or_else(|| format!("meridian-bench/{run_id}/"));
 
     // Target.
     let mut _null: Option<NullHttpServer> = None;
     let (backend, target_name) = match &args.target {
         TargetSpec::S3 => {
-            let url = args.endpoint.as_deref().ok_or_else(|| {
-                BenchError::Args("--endpoint http://HOST:PORT is required for the s3 target".into())
-            })?;
+            let url = args
+                .endpoint
+                .as_deref()
+                .ok_or_else(|| BenchError::Args("--endpoint http://HOST:PORT is required for the s3 target".into()))?;
             let ep = Endpoint::parse(url).await.map_err(BenchError::Endpoint)?;
-            let (Some(ak), Some(sk)) = (args.access_key.as_deref(), args.secret_key.as_deref())
-            else {
+            let (Some(ak), Some(sk)) = (args.access_key.as_deref(), args.secret_key.as_deref()) else {
                 return Err(BenchError::Args(
                     "credentials missing: pass --access-key and --secret-key or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
                 ));
@@ -189,23 +166,15 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         TargetSpec::NullHttp => {
             let srv = NullHttpServer::start(args.size, payload.clone())
                 .map_err(|e| BenchError::Setup(format!("null-http server: {e}")))?;
-            let ep = Endpoint::parse(&format!("http://{}", srv.addr()))
-                .await
-                .map_err(BenchError::Endpoint)?;
+            let ep = Endpoint::parse(&format!("http://{}", srv.addr())).await.map_err(BenchError::Endpoint)?;
             // Sign with dummy credentials so the client does the same work as for S3.
-            let c = S3Client::new(
-                &ep,
-                &args.bucket,
-                Some(("bench", "bench-secret")),
-                &args.region,
-            );
+            let c = S3Client::new(&ep, &args.bucket, Some(("bench", "bench-secret")), &args.region);
             let name = format!("null-http ({})", srv.addr());
             _null = Some(srv);
             (Backend::S3(c), name)
         }
         TargetSpec::Files(dir) => {
-            let f = FilesTarget::new(dir)
-                .map_err(|e| BenchError::Setup(format!("{}: {e}", dir.display())))?;
+            let f = FilesTarget::new(dir).map_err(|e| BenchError::Setup(format!("{}: {e}", dir.display())))?;
             (Backend::Files(f), format!("files:{}", dir.display()))
         }
     };
@@ -235,10 +204,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         payload,
         prepared,
         concurrency: args.concurrency,
-        prepare_concurrency: args
-            .prepare_concurrency
-            .unwrap_or(args.concurrency.max(16))
-            .max(1),
+        prepare_concurrency: args.prepare_concurrency.unwrap_or(args.concurrency.max(16)).max(1),
         list_max_keys: args.list_max_keys,
         weights: args.weights.clone().unwrap_or_default(),
         timeout: args.timeout.0,
@@ -316,10 +282,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
-    let server_cpu = match (
-        server_cpu0,
-        args.server_pid.and_then(|p| read_cpu_secs(&p.to_string())),
-    ) {
+    let server_cpu = match (server_cpu0, args.server_pid.and_then(|p| read_cpu_secs(&p.to_string()))) {
         (Some(a), Some(b)) => b - a,
         _ => 0.0,
     };
@@ -327,11 +290,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
 
     // Clean up (not measured).
     let mut cleanup_errors = Vec::new();
-    let cleaned_up = if args.keep {
-        0
-    } else {
-        cleanup(&shared, &backend, created_bucket, &mut cleanup_errors).await
-    };
+    let cleaned_up = if args.keep { 0 } else { cleanup(&shared, &backend, created_bucket, &mut cleanup_errors).await };
 
     let ops = rec.op_reports(elapsed);
     let total = Report::totals(&ops, elapsed);
@@ -340,11 +299,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         target: target_name,
         workload: args.workload.name().into(),
         size: if args.workload == Workload::Multipart {
-            format!(
-                "{} in {} parts",
-                args.size,
-                crate::spec::format_size(args.part_size)
-            )
+            format!("{} in {} parts", args.size, crate::spec::format_size(args.part_size))
         } else {
             args.size.to_string()
         },
@@ -371,9 +326,7 @@ fn progress_bar(show: bool, sh: &Shared, duration: Option<Duration>) -> Progress
         _ => 0,
     };
     let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {elapsed}  {msg}")
-    {
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {elapsed}  {msg}") {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_prefix(sh.workload.name());
@@ -384,9 +337,7 @@ fn progress_bar(show: bool, sh: &Shared, duration: Option<Duration>) -> Progress
 async fn prepare(shared: &Arc<Shared>, backend: &Backend, show: bool) -> Result<(), BenchError> {
     let pb = if show {
         let pb = ProgressBar::with_draw_target(Some(shared.prepared), ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} prepare [{bar:30}] {pos}/{len} objects {elapsed}",
-        ) {
+        if let Ok(style) = ProgressStyle::with_template("{spinner} prepare [{bar:30}] {pos}/{len} objects {elapsed}") {
             pb.set_style(style.progress_chars("=> "));
         }
         pb
@@ -433,11 +384,7 @@ async fn prepare(shared: &Arc<Shared>, backend: &Backend, show: bool) -> Result<
     while tasks.join_next().await.is_some() {}
     pb.finish_and_clear();
     if failed.load(Ordering::Relaxed) {
-        let msg = first_err
-            .lock()
-            .ok()
-            .and_then(|g| g.clone())
-            .unwrap_or_else(|| "unknown error".into());
+        let msg = first_err.lock().ok().and_then(|g| g.clone()).unwrap_or_else(|| "unknown error".into());
         return Err(BenchError::Prepare(msg));
     }
     Ok(())
@@ -500,14 +447,8 @@ async fn worker_loop(sh: Arc<Shared>, w: usize, mut worker: Worker) -> Recorder 
                 next_new += 1;
                 Planned::Multipart(new_key(&sh.prefix, w, next_new))
             }
-            Workload::Get => Planned::Get(prepared_key(
-                &sh.prefix,
-                rng.random_range(0..sh.prepared.max(1)),
-            )),
-            Workload::Head => Planned::Head(prepared_key(
-                &sh.prefix,
-                rng.random_range(0..sh.prepared.max(1)),
-            )),
+            Workload::Get => Planned::Get(prepared_key(&sh.prefix, rng.random_range(0..sh.prepared.max(1)))),
+            Workload::Head => Planned::Head(prepared_key(&sh.prefix, rng.random_range(0..sh.prepared.max(1)))),
             Workload::Delete => {
                 let i = sh.delete_next.fetch_add(1, Ordering::Relaxed);
                 if i >= sh.prepared {
@@ -517,12 +458,8 @@ async fn worker_loop(sh: Arc<Shared>, w: usize, mut worker: Worker) -> Recorder 
             }
             Workload::List => Planned::List(list_start(&sh, &mut rng)),
             Workload::Mixed => match sh.weights.pick(&mut rng) {
-                MixOp::Get if !own.is_empty() => {
-                    Planned::Get(own[rng.random_range(0..own.len())].clone())
-                }
-                MixOp::Head if !own.is_empty() => {
-                    Planned::Head(own[rng.random_range(0..own.len())].clone())
-                }
+                MixOp::Get if !own.is_empty() => Planned::Get(own[rng.random_range(0..own.len())].clone()),
+                MixOp::Head if !own.is_empty() => Planned::Head(own[rng.random_range(0..own.len())].clone()),
                 MixOp::Delete if !own.is_empty() => {
                     let i = rng.random_range(0..own.len());
                     Planned::Delete(own.swap_remove(i))
@@ -573,11 +510,7 @@ async fn worker_loop(sh: Arc<Shared>, w: usize, mut worker: Worker) -> Recorder 
 
 fn list_start(sh: &Shared, rng: &mut SmallRng) -> Option<String> {
     let span = sh.prepared.saturating_sub(u64::from(sh.list_max_keys));
-    if span == 0 {
-        None
-    } else {
-        Some(prepared_key(&sh.prefix, rng.random_range(0..span)))
-    }
+    if span == 0 { None } else { Some(prepared_key(&sh.prefix, rng.random_range(0..span))) }
 }
 
 /// Runs one operation; returns payload bytes moved.
@@ -599,9 +532,7 @@ async fn execute(
         Planned::Head(key) => worker.head(key).await.map(|_| 0),
         Planned::Delete(key) => worker.delete(key).await.map(|_| 0),
         Planned::List(start) => {
-            let n = worker
-                .list(&sh.prefix, start.as_deref(), sh.list_max_keys)
-                .await?;
+            let n = worker.list(&sh.prefix, start.as_deref(), sh.list_max_keys).await?;
             if n == 0 && sh.prepared > 0 && !sh.is_null {
                 return Err(OpError::BadResponse("listing returned no keys".into()));
             }
@@ -630,10 +561,7 @@ async fn multipart(
     if sizes.is_empty() {
         sizes.push(0);
     }
-    let bodies: Vec<Bytes> = sizes
-        .iter()
-        .map(|&n| sh.payload.slice(..(n as usize).min(sh.payload.len())))
-        .collect();
+    let bodies: Vec<Bytes> = sizes.iter().map(|&n| sh.payload.slice(..(n as usize).min(sh.payload.len()))).collect();
     let client = match &worker.backend {
         Backend::Files(f) => {
             let f = f.clone();
@@ -650,10 +578,7 @@ async fn multipart(
         let n = body.len() as u64;
         let pn = (i + 1) as u32;
         let t = Instant::now();
-        match client
-            .upload_part(&mut worker.conn, key, &upload_id, pn, body)
-            .await
-        {
+        match client.upload_part(&mut worker.conn, key, &upload_id, pn, body).await {
             Ok(etag) => {
                 rec.ok(OpKind::Part, t.elapsed(), n);
                 etags.push((pn, etag));
@@ -664,9 +589,7 @@ async fn multipart(
             }
         }
     }
-    client
-        .complete_multipart(&mut worker.conn, key, &upload_id, &etags)
-        .await?;
+    client.complete_multipart(&mut worker.conn, key, &upload_id, &etags).await?;
     if let Ok(mut g) = sh.inflight_uploads.lock() {
         g.retain(|(k, u)| !(k == key && *u == upload_id));
     }
@@ -674,12 +597,7 @@ async fn multipart(
 }
 
 /// Deletes everything under the run's prefix; returns how many objects.
-async fn cleanup(
-    sh: &Shared,
-    backend: &Backend,
-    created_bucket: bool,
-    errors: &mut Vec<String>,
-) -> u64 {
+async fn cleanup(sh: &Shared, backend: &Backend, created_bucket: bool, errors: &mut Vec<String>) -> u64 {
     match backend {
         Backend::Files(f) => match f.remove_prefix(&sh.prefix).await {
             Ok(n) => n,
@@ -690,11 +608,8 @@ async fn cleanup(
         },
         Backend::S3(c) => {
             let mut conn = Conn::default();
-            let uploads: Vec<(String, String)> = sh
-                .inflight_uploads
-                .lock()
-                .map(|mut g| std::mem::take(&mut *g))
-                .unwrap_or_default();
+            let uploads: Vec<(String, String)> =
+                sh.inflight_uploads.lock().map(|mut g| std::mem::take(&mut *g)).unwrap_or_default();
             for (key, id) in uploads {
                 if let Err(e) = c.abort_multipart(&mut conn, &key, &id).await
                     && !matches!(&e, OpError::Http { status: 404, .. })
@@ -711,12 +626,7 @@ async fn cleanup(
     }
 }
 
-async fn delete_prefix(
-    c: &Arc<S3Client>,
-    prefix: &str,
-    parallel: usize,
-    errors: &mut Vec<String>,
-) -> u64 {
+async fn delete_prefix(c: &Arc<S3Client>, prefix: &str, parallel: usize, errors: &mut Vec<String>) -> u64 {
     let mut conn = Conn::default();
     let mut removed = 0u64;
     let mut batch_delete_works = true;
@@ -798,10 +708,7 @@ fn read_cpu_secs(who: &str) -> Option<f64> {
 
 fn read_status_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+    s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
 }
 
 /// Samples a server's VmRSS every 100 ms until finished.

@@ -7,8 +7,8 @@
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
-    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
-    UriPathNormalizationMode, sign,
+    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode,
+    sign,
 };
 use aws_sigv4::sign::v4;
 use meridian_bench::sigv4::{Signer, UNSIGNED_PAYLOAD, amz_date, canonical_query, uri_encode};
@@ -27,13 +27,7 @@ fn s3_settings() -> SigningSettings {
 }
 
 /// aws-sigv4's signature for `method path?query` at `t`.
-fn reference(
-    method: &str,
-    path: &str,
-    query: &[(&str, &str)],
-    extra: &[(&str, &str)],
-    t: SystemTime,
-) -> String {
+fn reference(method: &str, path: &str, query: &[(&str, &str)], extra: &[(&str, &str)], t: SystemTime) -> String {
     let identity = Credentials::new(AK, SK, None, None, "test").into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
@@ -51,13 +45,7 @@ fn reference(
     }
     let mut headers = vec![("host", HOST)];
     headers.extend_from_slice(extra);
-    let req = SignableRequest::new(
-        method,
-        uri,
-        headers.into_iter(),
-        SignableBody::UnsignedPayload,
-    )
-    .unwrap();
+    let req = SignableRequest::new(method, uri, headers.into_iter(), SignableBody::UnsignedPayload).unwrap();
     let out = sign(req, &params).unwrap();
     out.signature().to_owned()
 }
@@ -71,25 +59,16 @@ fn ours(
     t: SystemTime,
 ) -> String {
     let date = amz_date(time::OffsetDateTime::from(t));
-    let mut headers = vec![
-        ("host", HOST),
-        ("x-amz-date", date.as_str()),
-        ("x-amz-content-sha256", UNSIGNED_PAYLOAD),
-    ];
+    let mut headers = vec![("host", HOST), ("x-amz-date", date.as_str()), ("x-amz-content-sha256", UNSIGNED_PAYLOAD)];
     headers.extend_from_slice(extra);
-    signer
-        .sign(method, path, query, &headers, UNSIGNED_PAYLOAD, &date)
-        .signature
+    signer.sign(method, path, query, &headers, UNSIGNED_PAYLOAD, &date).signature
 }
 
 #[test]
 fn agrees_with_aws_sigv4_on_s3_requests() {
     let signer = Signer::new(AK, SK, "us-east-1", "s3");
     let t = UNIX_EPOCH + Duration::from_secs(1_767_225_600); // 2026-01-01
-    let key = format!(
-        "/bench/{}",
-        uri_encode("meridian-bench/ab12/p000000001", true)
-    );
+    let key = format!("/bench/{}", uri_encode("meridian-bench/ab12/p000000001", true));
     let odd = format!("/bench/{}", uri_encode("dir/with space+plus&amp=é~", true));
     type Pairs<'a> = Vec<(&'a str, &'a str)>;
     let cases: Vec<(&str, String, Pairs, Pairs)> = vec![
@@ -109,25 +88,11 @@ fn agrees_with_aws_sigv4_on_s3_requests() {
             vec![],
         ),
         ("POST", key.clone(), vec![("uploads", "")], vec![]),
-        (
-            "PUT",
-            key.clone(),
-            vec![("partNumber", "3"), ("uploadId", "x/y+z==")],
-            vec![],
-        ),
-        (
-            "POST",
-            "/bench".into(),
-            vec![("delete", "")],
-            vec![("content-md5", "1B2M2Y8AsgTpgAmY7PhCfg==")],
-        ),
+        ("PUT", key.clone(), vec![("partNumber", "3"), ("uploadId", "x/y+z==")], vec![]),
+        ("POST", "/bench".into(), vec![("delete", "")], vec![("content-md5", "1B2M2Y8AsgTpgAmY7PhCfg==")]),
     ];
     for (m, p, q, h) in &cases {
-        assert_eq!(
-            ours(&signer, m, p, q, h, t),
-            reference(m, p, q, h, t),
-            "{m} {p} {q:?}"
-        );
+        assert_eq!(ours(&signer, m, p, q, h, t), reference(m, p, q, h, t), "{m} {p} {q:?}");
     }
 }
 
@@ -136,10 +101,7 @@ fn agrees_with_aws_sigv4_on_s3_requests() {
 fn signing_cost_per_request() {
     let signer = Signer::new(AK, SK, "us-east-1", "s3");
     let t = SystemTime::now();
-    let path = format!(
-        "/bench/{}",
-        uri_encode("meridian-bench/ab12/p000000001", true)
-    );
+    let path = format!("/bench/{}", uri_encode("meridian-bench/ab12/p000000001", true));
     let n = 200_000u32;
     let start = Instant::now();
     for _ in 0..n {

@@ -65,23 +65,14 @@ impl Engine {
         for op in &ops {
             validate_key(op.key())?;
             if !seen.insert(op.key()) {
-                return Err(EngineError::InvalidArgument(format!(
-                    "key {:?} appears twice in the batch",
-                    op.key()
-                )));
+                return Err(EngineError::InvalidArgument(format!("key {:?} appears twice in the batch", op.key())));
             }
         }
         self.bucket_for_write(bucket).await?;
         let prepared = self.prepare_puts(&ops).await?;
         let result = self.commit_batch(bucket, &ops, &prepared).await;
         if result.is_err() {
-            self.delete_blobs_now(
-                prepared
-                    .iter()
-                    .flatten()
-                    .flat_map(|p| p.record.data.blobs())
-                    .collect(),
-            );
+            self.delete_blobs_now(prepared.iter().flatten().flat_map(|p| p.record.data.blobs()).collect());
         }
         result
     }
@@ -93,25 +84,13 @@ impl Engine {
                 out.push(None);
                 continue;
             };
-            let limits = IngestLimits {
-                inline_max: self.config().inline_max,
-                max_size: self.config().max_object_size,
-            };
-            let ingested = ingest(
-                self.blobs(),
-                body_from_bytes(value.clone()),
-                Integrity::default(),
-                limits,
-            )
-            .await;
+            let limits = IngestLimits { inline_max: self.config().inline_max, max_size: self.config().max_object_size };
+            let ingested = ingest(self.blobs(), body_from_bytes(value.clone()), Integrity::default(), limits).await;
             let ingested = match ingested {
                 Ok(i) => i,
                 Err(e) => {
                     self.delete_blobs_now(
-                        out.iter()
-                            .flatten()
-                            .flat_map(|p: &Prepared| p.record.data.blobs())
-                            .collect(),
+                        out.iter().flatten().flat_map(|p: &Prepared| p.record.data.blobs()).collect(),
                     );
                     return Err(e);
                 }
@@ -144,10 +123,7 @@ impl Engine {
             let bucket_revision = self.bucket_for_write(bucket).await?;
             let currents = self.read_currents(bucket, ops).await?;
             let now = now_ms();
-            let mut txn = Txn::new().when(Compare::mod_revision_is(
-                keys::bucket(bucket),
-                bucket_revision,
-            ));
+            let mut txn = Txn::new().when(Compare::mod_revision_is(keys::bucket(bucket), bucket_revision));
             let mut freed = Vec::new();
             for ((op, current), prepared) in ops.iter().zip(&currents).zip(prepared) {
                 let visible = current.as_ref().filter(|c| !c.record.is_expired(now));
@@ -175,11 +151,7 @@ impl Engine {
         Err(EngineError::Contended)
     }
 
-    async fn read_currents(
-        &self,
-        bucket: &str,
-        ops: &[BatchOp],
-    ) -> EngineResult<Vec<Option<Current>>> {
+    async fn read_currents(&self, bucket: &str, ops: &[BatchOp]) -> EngineResult<Vec<Option<Current>>> {
         let mut keys_to_read = Vec::with_capacity(ops.len() * 2);
         for op in ops {
             keys_to_read.push(keys::object(bucket, op.key()));

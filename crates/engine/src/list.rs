@@ -58,11 +58,7 @@ impl Engine {
             None => Bound::Unbounded,
         };
         let mut start = Bound::Included(Bytes::from(full_prefix.clone()));
-        if let Some(after) = req
-            .after
-            .as_deref()
-            .filter(|a| a.as_bytes() >= req.prefix.as_bytes())
-        {
+        if let Some(after) = req.after.as_deref().filter(|a| a.as_bytes() >= req.prefix.as_bytes()) {
             start = start_after(&base, after, &req.prefix, delimiter);
         }
 
@@ -71,14 +67,7 @@ impl Engine {
         let mut entries: Vec<Entry> = Vec::new();
         loop {
             let want = (max_keys + 1 - entries.len()).clamp(16, MAX_LIST_KEYS + 1);
-            let resp = self
-                .meta()
-                .range(RangeRequest {
-                    start: start.clone(),
-                    end: end.clone(),
-                    limit: want,
-                })
-                .await?;
+            let resp = self.meta().range(RangeRequest { start: start.clone(), end: end.clone(), limit: want }).await?;
             page.revision = resp.revision;
             let mut jumped = false;
             for kv in &resp.kvs {
@@ -102,11 +91,7 @@ impl Engine {
                 if record.is_expired(now) {
                     continue;
                 }
-                let object = ListedObject {
-                    key,
-                    record,
-                    revision: kv.mod_revision,
-                };
+                let object = ListedObject { key, record, revision: kv.mod_revision };
                 entries.push(Entry::Object(Box::new(object)));
                 if entries.len() > max_keys {
                     break;
@@ -142,12 +127,7 @@ fn common_prefix(key: &str, prefix: &str, delimiter: &str) -> Option<String> {
     Some(format!("{prefix}{}", &rest[..at + delimiter.len()]))
 }
 
-fn finish(
-    mut page: ListPage,
-    mut entries: Vec<Entry>,
-    max_keys: usize,
-    truncated: bool,
-) -> ListPage {
+fn finish(mut page: ListPage, mut entries: Vec<Entry>, max_keys: usize, truncated: bool) -> ListPage {
     entries.truncate(max_keys);
     page.is_truncated = truncated;
     page.next_after = entries.last().map(|e| match e {
@@ -172,10 +152,7 @@ mod tests {
         assert_eq!(common_prefix("a/b/c", "", "/"), Some("a/".into()));
         assert_eq!(common_prefix("a/b/c", "a/", "/"), Some("a/b/".into()));
         assert_eq!(common_prefix("a/b", "a/", "/"), None);
-        assert_eq!(
-            common_prefix("photos2024x", "photos", "x"),
-            Some("photos2024x".into())
-        );
+        assert_eq!(common_prefix("photos2024x", "photos", "x"), Some("photos2024x".into()));
         assert_eq!(common_prefix("a--b--c", "", "--"), Some("a--".into()));
     }
 }

@@ -43,9 +43,7 @@ pub struct LockInfo {
 pub fn validate_lock_name(name: &str) -> EngineResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 256
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-/:".contains(&b));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:".contains(&b));
     if !ok {
         return Err(EngineError::InvalidArgument(format!(
             "invalid lock name {name:?}: use 1 to 256 characters from A-Z, a-z, 0-9, '.', '_', '-', '/' and ':'"
@@ -75,11 +73,7 @@ fn validate_ttl(ttl: Duration) -> EngineResult<()> {
 
 impl Engine {
     /// The lock record, its revision (0 when absent) and the store revision of the read.
-    async fn read_lock(
-        &self,
-        bucket: &str,
-        name: &str,
-    ) -> EngineResult<(Option<LockRecord>, u64, u64)> {
+    async fn read_lock(&self, bucket: &str, name: &str) -> EngineResult<(Option<LockRecord>, u64, u64)> {
         let (mut kvs, read_revision) = self.meta().get_many(&[keys::lock(bucket, name)]).await?;
         let kv = kvs.pop().flatten();
         let revision = kv.as_ref().map_or(0, |kv| kv.mod_revision);
@@ -134,18 +128,11 @@ impl Engine {
             // Larger than every earlier token: those were at most the revision of their own
             // grant, which this read already sees.
             let token = read_revision + 1;
-            let record = LockRecord {
-                owner: owner.to_string(),
-                token,
-                expires_at_ms: now + ttl.as_millis() as i64,
-            };
+            let record = LockRecord { owner: owner.to_string(), token, expires_at_ms: now + ttl.as_millis() as i64 };
             let txn = Txn::new()
                 .when(Compare::mod_revision_is(keys::lock(bucket, name), revision))
                 .then(Op::put(keys::lock(bucket, name), record::encode(&record)))
-                .then(Op::put(
-                    keys::fence(bucket, name),
-                    Bytes::from(token.to_string()),
-                ));
+                .then(Op::put(keys::fence(bucket, name), Bytes::from(token.to_string())));
             if self.meta().txn(txn).await?.succeeded {
                 return Ok(LockInfo {
                     name: name.to_string(),
@@ -159,25 +146,14 @@ impl Engine {
 
     /// Extends a held lock by `ttl` from now. Fails with `LockNotHeld` if the token is not the
     /// current holder's or the lock already expired.
-    pub async fn renew_lock(
-        &self,
-        bucket: &str,
-        name: &str,
-        token: u64,
-        ttl: Duration,
-    ) -> EngineResult<LockInfo> {
+    pub async fn renew_lock(&self, bucket: &str, name: &str, token: u64, ttl: Duration) -> EngineResult<LockInfo> {
         validate_lock_name(name)?;
         validate_ttl(ttl)?;
-        let not_held = || EngineError::LockNotHeld {
-            name: name.to_string(),
-            token,
-        };
+        let not_held = || EngineError::LockNotHeld { name: name.to_string(), token };
         loop {
             let (current, revision, _) = self.read_lock(bucket, name).await?;
             let now = now_ms();
-            let mut record = current
-                .filter(|l| l.token == token && l.expires_at_ms > now)
-                .ok_or_else(not_held)?;
+            let mut record = current.filter(|l| l.token == token && l.expires_at_ms > now).ok_or_else(not_held)?;
             record.expires_at_ms = now + ttl.as_millis() as i64;
             let txn = Txn::new()
                 .when(Compare::mod_revision_is(keys::lock(bucket, name), revision))
@@ -204,10 +180,7 @@ impl Engine {
         loop {
             let (current, revision, _) = self.read_lock(bucket, name).await?;
             if current.is_none_or(|l| l.token != token) {
-                return Err(EngineError::LockNotHeld {
-                    name: name.to_string(),
-                    token,
-                });
+                return Err(EngineError::LockNotHeld { name: name.to_string(), token });
             }
             let txn = Txn::new()
                 .when(Compare::mod_revision_is(keys::lock(bucket, name), revision))
@@ -223,14 +196,12 @@ impl Engine {
         validate_lock_name(name)?;
         self.bucket(bucket).await?;
         let (current, _, _) = self.read_lock(bucket, name).await?;
-        Ok(current
-            .filter(|l| l.expires_at_ms > now_ms())
-            .map(|l| LockInfo {
-                name: name.to_string(),
-                owner: l.owner,
-                token: l.token,
-                expires_at_ms: l.expires_at_ms,
-            }))
+        Ok(current.filter(|l| l.expires_at_ms > now_ms()).map(|l| LockInfo {
+            name: name.to_string(),
+            owner: l.owner,
+            token: l.token,
+            expires_at_ms: l.expires_at_ms,
+        }))
     }
 }
 
@@ -252,13 +223,8 @@ impl Engine {
         let bucket = req.bucket.clone();
         let name = format!("{KEY_LOCK_PREFIX}{}", req.key);
         let owner = format!("put-transaction/{}", hex::encode(rand::random::<[u8; 8]>()));
-        let lock = self
-            .take_lock(&bucket, &name, &owner, lock_ttl, wait)
-            .await?;
-        req.conditions.fence = Some(crate::conditions::Fence {
-            lock: name.clone(),
-            token: lock.token,
-        });
+        let lock = self.take_lock(&bucket, &name, &owner, lock_ttl, wait).await?;
+        req.conditions.fence = Some(crate::conditions::Fence { lock: name.clone(), token: lock.token });
         let result = self.put_object(req).await;
         if let Err(err) = self.drop_lock(&bucket, &name, lock.token).await {
             // It expires on its own.

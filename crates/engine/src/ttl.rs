@@ -33,9 +33,7 @@ pub fn parse_ttl(text: &str) -> EngineResult<Duration> {
         ))
     };
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: f64 = number.parse().map_err(|_| bad())?;
     let millis = match unit.trim() {
@@ -51,9 +49,7 @@ pub fn parse_ttl(text: &str) -> EngineResult<Duration> {
     }
     let ttl = Duration::from_millis(millis as u64);
     if ttl > MAX_TTL {
-        return Err(EngineError::InvalidArgument(format!(
-            "TTL {text:?} is longer than 100 years"
-        )));
+        return Err(EngineError::InvalidArgument(format!("TTL {text:?} is longer than 100 years")));
     }
     Ok(ttl)
 }
@@ -86,37 +82,20 @@ impl Engine {
         let end = keys::expiry(now + 1, b"");
         let due = self
             .meta()
-            .range(
-                RangeRequest::between(Bytes::from_static(keys::EXPIRY_PREFIX.as_bytes()), end)
-                    .limit(REAP_BATCH),
-            )
+            .range(RangeRequest::between(Bytes::from_static(keys::EXPIRY_PREFIX.as_bytes()), end).limit(REAP_BATCH))
             .await?;
         for kv in &due.kvs {
             let Some((at, target)) = keys::parse_expiry(&kv.key) else {
                 continue;
             };
-            if let Err(err) = self
-                .reap_one(
-                    kv.key.clone(),
-                    kv.mod_revision,
-                    at,
-                    Bytes::copy_from_slice(target),
-                )
-                .await
-            {
+            if let Err(err) = self.reap_one(kv.key.clone(), kv.mod_revision, at, Bytes::copy_from_slice(target)).await {
                 tracing::warn!(error = %err, target = %String::from_utf8_lossy(target), "could not reap an expired entry");
             }
         }
         Ok(due.kvs.len())
     }
 
-    async fn reap_one(
-        &self,
-        index_key: Bytes,
-        index_revision: u64,
-        at: i64,
-        target: Bytes,
-    ) -> EngineResult<()> {
+    async fn reap_one(&self, index_key: Bytes, index_revision: u64, at: i64, target: Bytes) -> EngineResult<()> {
         let drop_index = || {
             Txn::new()
                 .when(Compare::mod_revision_is(index_key.clone(), index_revision))
@@ -125,21 +104,15 @@ impl Engine {
         let text = String::from_utf8_lossy(&target).into_owned();
         if text.ends_with(keys::EXPIRED_MARKER) {
             // A marker has served its purpose.
-            self.meta()
-                .txn(drop_index().then(Op::delete(target)))
-                .await?;
+            self.meta().txn(drop_index().then(Op::delete(target))).await?;
             return Ok(());
         }
-        let Some((bucket, key)) = text
-            .strip_prefix("o/")
-            .and_then(|rest| rest.split_once('/'))
-        else {
+        let Some((bucket, key)) = text.strip_prefix("o/").and_then(|rest| rest.split_once('/')) else {
             self.meta().txn(drop_index()).await?;
             return Ok(());
         };
         let current = self.read_current(bucket, key).await?;
-        let Some(current) =
-            current.filter(|c| c.record.expires_at_ms == Some(at) && c.record.is_expired(now_ms()))
+        let Some(current) = current.filter(|c| c.record.expires_at_ms == Some(at) && c.record.is_expired(now_ms()))
         else {
             // Re-put or deleted since: the entry is stale.
             self.meta().txn(drop_index()).await?;
@@ -150,16 +123,10 @@ impl Engine {
         let blobs = change.freed;
         // The marker goes first so a watch sees the expiry before the removal of the same
         // revision.
-        let marked = ExpiredMarker {
-            revision: current.revision,
-            record: current.record.clone(),
-        };
+        let marked = ExpiredMarker { revision: current.revision, record: current.record.clone() };
         let mut txn = Txn::new()
             .then(Op::put(marker.clone(), record::encode(&marked)))
-            .then(Op::put(
-                keys::expiry(now_ms() + MARKER_LIFETIME_MS, &marker),
-                Bytes::new(),
-            ));
+            .then(Op::put(keys::expiry(now_ms() + MARKER_LIFETIME_MS, &marker), Bytes::new()));
         txn.compares.extend(change.compares);
         txn.ops.extend(change.ops);
         if self.meta().txn(txn).await?.succeeded {
@@ -189,17 +156,7 @@ mod tests {
         assert_eq!(parse_ttl("1.5m").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_ttl("2h").unwrap(), Duration::from_secs(7200));
         assert_eq!(parse_ttl("1d").unwrap(), Duration::from_secs(86_400));
-        for bad in [
-            "",
-            "abc",
-            "-5s",
-            "0",
-            "0s",
-            "10 parsecs",
-            "5x",
-            "1e400",
-            "200000000d",
-        ] {
+        for bad in ["", "abc", "-5s", "0", "0s", "10 parsecs", "5x", "1e400", "200000000d"] {
             assert!(parse_ttl(bad).is_err(), "{bad:?}");
         }
     }

@@ -42,32 +42,19 @@ pub type ChangeStream = Pin<Box<dyn Stream<Item = EngineResult<Change>> + Send>>
 
 fn compacted(err: MetaError) -> EngineError {
     match err {
-        MetaError::Compacted { requested, oldest } => {
-            EngineError::RevisionCompacted { requested, oldest }
-        }
+        MetaError::Compacted { requested, oldest } => EngineError::RevisionCompacted { requested, oldest },
         other => other.into(),
     }
 }
 
 impl Engine {
     /// Changes to keys under `prefix` in `bucket` with revision `>= since` (0: from now on).
-    pub async fn watch(
-        &self,
-        bucket: &str,
-        prefix: &str,
-        since: u64,
-    ) -> EngineResult<ChangeStream> {
+    pub async fn watch(&self, bucket: &str, prefix: &str, since: u64) -> EngineResult<ChangeStream> {
         self.bucket(bucket).await?;
         let base = keys::objects_prefix(bucket);
-        let events = self
-            .meta()
-            .watch(RangeRequest::prefix(format!("{base}{prefix}")), since)
-            .await
-            .map_err(compacted)?;
-        let mut translator = Translator {
-            base_len: base.len(),
-            expired: None,
-        };
+        let events =
+            self.meta().watch(RangeRequest::prefix(format!("{base}{prefix}")), since).await.map_err(compacted)?;
+        let mut translator = Translator { base_len: base.len(), expired: None };
         Ok(Box::pin(events.filter_map(move |event| {
             let change = match event {
                 Ok(event) => translator.translate(event).transpose(),
@@ -87,8 +74,7 @@ struct Translator {
 impl Translator {
     fn translate(&mut self, event: WatchEvent) -> EngineResult<Option<Change>> {
         let raw_key = &event.kv.key;
-        let key =
-            String::from_utf8_lossy(raw_key.get(self.base_len..).unwrap_or_default()).into_owned();
+        let key = String::from_utf8_lossy(raw_key.get(self.base_len..).unwrap_or_default()).into_owned();
         let revision = event.kv.mod_revision;
         if let Some(object_key) = key.strip_suffix(keys::EXPIRED_MARKER) {
             if event.kind == EventKind::Delete {
@@ -97,12 +83,7 @@ impl Translator {
             let marker: ExpiredMarker = record::decode(&event.kv.value)?;
             let object = raw_key.slice(..raw_key.len() - keys::EXPIRED_MARKER.len());
             self.expired = Some((object, revision));
-            return Ok(Some(change(
-                ChangeKind::Expire,
-                object_key.to_string(),
-                revision,
-                Some(&marker.record),
-            )));
+            return Ok(Some(change(ChangeKind::Expire, object_key.to_string(), revision, Some(&marker.record))));
         }
         match event.kind {
             EventKind::Put => {
@@ -110,11 +91,7 @@ impl Translator {
                 Ok(Some(change(ChangeKind::Put, key, revision, Some(&record))))
             }
             EventKind::Delete => {
-                if self
-                    .expired
-                    .as_ref()
-                    .is_some_and(|(k, r)| k == raw_key && *r == revision)
-                {
+                if self.expired.as_ref().is_some_and(|(k, r)| k == raw_key && *r == revision) {
                     return Ok(None);
                 }
                 Ok(Some(change(ChangeKind::Delete, key, revision, None)))

@@ -16,11 +16,14 @@ struct Cli {
 enum Command {
     /// Run a node. With no flags: data in ./meridian-data, S3 on http://127.0.0.1:9400.
     Server(server::ServerArgs),
+    /// Load-test any S3 endpoint (Meridian or another) and report ops/s, MiB/s and latencies.
+    Bench(Box<meridian_bench::BenchArgs>),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Server(args) => server::run(args),
+        Command::Server(args) => server::run(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Bench(args) => Ok(meridian_bench::cli_main(*args)),
     }
 }

@@ -17,8 +17,7 @@ impl StaticKeys {
     }
 
     pub fn with_key(mut self, access_key: impl Into<String>, secret: impl Into<String>) -> Self {
-        self.keys
-            .insert(access_key.into(), SecretKey::from(secret.into()));
+        self.keys.insert(access_key.into(), SecretKey::from(secret.into()));
         self
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod convert;
+pub mod kv;
 pub mod server;
 pub mod service;
 

@@ -86,15 +86,8 @@ impl LinkConfig {
 
     /// The same one-way delay both ways.
     pub fn one_way(delay: Duration) -> Self {
-        let d = Direction {
-            delay,
-            ..Direction::default()
-        };
-        Self {
-            forward: d,
-            backward: d,
-            reset_probability: 0.0,
-        }
+        let d = Direction { delay, ..Direction::default() };
+        Self { forward: d, backward: d, reset_probability: 0.0 }
     }
 
     /// A round-trip time, split evenly between the two directions.
@@ -172,10 +165,7 @@ struct Inner {
 impl Inner {
     fn direction(&self, dir: usize) -> (Direction, f64) {
         let c = self.config.read().map(|c| *c).unwrap_or_default();
-        (
-            if dir == 0 { c.forward } else { c.backward },
-            c.reset_probability,
-        )
+        (if dir == 0 { c.forward } else { c.backward }, c.reset_probability)
     }
 
     fn conn_token(&self) -> CancellationToken {
@@ -217,10 +207,7 @@ pub struct WanHandle {
 
 impl std::fmt::Debug for WanHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WanHandle")
-            .field("addr", &self.addr)
-            .field("upstream", &self.inner.upstream)
-            .finish()
+        f.debug_struct("WanHandle").field("addr", &self.addr).field("upstream", &self.inner.upstream).finish()
     }
 }
 
@@ -230,21 +217,9 @@ pub struct WanProxy;
 impl WanProxy {
     /// Listens on `listen` (use port 0 for a free one) and forwards every
     /// connection to `upstream` through a link configured by `config`.
-    pub async fn start(
-        listen: SocketAddr,
-        upstream: SocketAddr,
-        config: LinkConfig,
-    ) -> Result<WanHandle, WanError> {
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| WanError::Bind {
-                addr: listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| WanError::Bind {
-            addr: listen,
-            source,
-        })?;
+    pub async fn start(listen: SocketAddr, upstream: SocketAddr, config: LinkConfig) -> Result<WanHandle, WanError> {
+        let listener = TcpListener::bind(listen).await.map_err(|source| WanError::Bind { addr: listen, source })?;
+        let addr = listener.local_addr().map_err(|source| WanError::Bind { addr: listen, source })?;
         let root = CancellationToken::new();
         let inner = Arc::new(Inner {
             upstream,
@@ -252,10 +227,7 @@ impl WanProxy {
             partition: watch::Sender::new(None),
             epoch: Mutex::new(root.child_token()),
             root,
-            pacers: [
-                Mutex::new(Pacer { next_free: None }),
-                Mutex::new(Pacer { next_free: None }),
-            ],
+            pacers: [Mutex::new(Pacer { next_free: None }), Mutex::new(Pacer { next_free: None })],
             connections: AtomicU64::new(0),
             bytes: [AtomicU64::new(0), AtomicU64::new(0)],
             resets: AtomicU64::new(0),

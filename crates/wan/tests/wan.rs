@@ -36,10 +36,7 @@ async fn echo_server() -> SocketAddr {
 }
 
 /// A server that reads everything and reports (bytes, first byte, last byte) per connection.
-async fn sink_server() -> (
-    SocketAddr,
-    tokio::sync::mpsc::Receiver<(u64, Instant, Instant)>,
-) {
+async fn sink_server() -> (SocketAddr, tokio::sync::mpsc::Receiver<(u64, Instant, Instant)>) {
     let l = TcpListener::bind(LOCAL).await.unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -74,10 +71,7 @@ async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> Duration {
     let t = Instant::now();
     s.write_all(msg).await.unwrap();
     let mut buf = vec![0u8; msg.len()];
-    timeout(BOUND, s.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    timeout(BOUND, s.read_exact(&mut buf)).await.unwrap().unwrap();
     assert_eq!(buf, msg);
     t.elapsed()
 }
@@ -86,20 +80,8 @@ async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> Duration {
 async fn rtt_through_a_pair_of_proxies_matches_the_configuration() {
     let echo = echo_server().await;
     // Two regions' links in series, 10 ms one way each: RTT 40 ms.
-    let b = WanProxy::start(
-        local(),
-        echo,
-        LinkConfig::one_way(Duration::from_millis(10)),
-    )
-    .await
-    .unwrap();
-    let a = WanProxy::start(
-        local(),
-        b.local_addr(),
-        LinkConfig::one_way(Duration::from_millis(10)),
-    )
-    .await
-    .unwrap();
+    let b = WanProxy::start(local(), echo, LinkConfig::one_way(Duration::from_millis(10))).await.unwrap();
+    let a = WanProxy::start(local(), b.local_addr(), LinkConfig::one_way(Duration::from_millis(10))).await.unwrap();
     let mut s = TcpStream::connect(a.local_addr()).await.unwrap();
     s.set_nodelay(true).unwrap();
     round_trip(&mut s, b"warm").await;
@@ -118,13 +100,7 @@ async fn rtt_through_a_pair_of_proxies_matches_the_configuration() {
 #[tokio::test]
 async fn delay_is_a_delay_line_not_a_per_read_sleep() {
     let (sink, mut done) = sink_server().await;
-    let p = WanProxy::start(
-        local(),
-        sink,
-        LinkConfig::one_way(Duration::from_millis(50)),
-    )
-    .await
-    .unwrap();
+    let p = WanProxy::start(local(), sink, LinkConfig::one_way(Duration::from_millis(50))).await.unwrap();
     let mut s = TcpStream::connect(p.local_addr()).await.unwrap();
     let data = vec![7u8; 32 << 20];
     let t = Instant::now();
@@ -142,9 +118,7 @@ async fn delay_is_a_delay_line_not_a_per_read_sleep() {
 async fn bandwidth_limit_is_within_15_percent() {
     let (sink, mut done) = sink_server().await;
     let rate: u64 = 4 << 20;
-    let p = WanProxy::start(local(), sink, LinkConfig::none().with_bandwidth(rate))
-        .await
-        .unwrap();
+    let p = WanProxy::start(local(), sink, LinkConfig::none().with_bandwidth(rate)).await.unwrap();
     let mut s = TcpStream::connect(p.local_addr()).await.unwrap();
     let total: u64 = 6 << 20;
     let data = vec![1u8; total as usize];
@@ -156,19 +130,14 @@ async fn bandwidth_limit_is_within_15_percent() {
     let secs = (last - t).as_secs_f64();
     let measured = total as f64 / secs;
     let ratio = measured / rate as f64;
-    assert!(
-        (0.85..=1.15).contains(&ratio),
-        "measured {measured:.0} B/s = {ratio:.3} of the limit"
-    );
+    assert!((0.85..=1.15).contains(&ratio), "measured {measured:.0} B/s = {ratio:.3} of the limit");
 }
 
 #[tokio::test]
 async fn bandwidth_is_shared_by_the_connections_of_a_link() {
     let (sink, mut done) = sink_server().await;
     let rate: u64 = 4 << 20;
-    let p = WanProxy::start(local(), sink, LinkConfig::none().with_bandwidth(rate))
-        .await
-        .unwrap();
+    let p = WanProxy::start(local(), sink, LinkConfig::none().with_bandwidth(rate)).await.unwrap();
     let per: u64 = 3 << 20;
     let t = Instant::now();
     let mut senders = Vec::new();
@@ -194,9 +163,7 @@ async fn bandwidth_is_shared_by_the_connections_of_a_link() {
 #[tokio::test]
 async fn blackhole_partition_blocks_and_heal_restores() {
     let echo = echo_server().await;
-    let p = WanProxy::start(local(), echo, LinkConfig::none())
-        .await
-        .unwrap();
+    let p = WanProxy::start(local(), echo, LinkConfig::none()).await.unwrap();
     let mut s = TcpStream::connect(p.local_addr()).await.unwrap();
     round_trip(&mut s, b"before").await;
 
@@ -205,31 +172,19 @@ async fn blackhole_partition_blocks_and_heal_restores() {
     s.write_all(b"during").await.unwrap();
     let mut buf = [0u8; 6];
     assert!(
-        timeout(Duration::from_millis(400), s.read_exact(&mut buf))
-            .await
-            .is_err(),
+        timeout(Duration::from_millis(400), s.read_exact(&mut buf)).await.is_err(),
         "data crossed a partitioned link"
     );
     // A new connection is held, not refused.
     let mut s2 = TcpStream::connect(p.local_addr()).await.unwrap();
     s2.write_all(b"new").await.unwrap();
     let mut buf2 = [0u8; 3];
-    assert!(
-        timeout(Duration::from_millis(200), s2.read_exact(&mut buf2))
-            .await
-            .is_err()
-    );
+    assert!(timeout(Duration::from_millis(200), s2.read_exact(&mut buf2)).await.is_err());
 
     p.heal();
-    timeout(BOUND, s.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    timeout(BOUND, s.read_exact(&mut buf)).await.unwrap().unwrap();
     assert_eq!(&buf, b"during");
-    timeout(BOUND, s2.read_exact(&mut buf2))
-        .await
-        .unwrap()
-        .unwrap();
+    timeout(BOUND, s2.read_exact(&mut buf2)).await.unwrap().unwrap();
     assert_eq!(&buf2, b"new");
     round_trip(&mut s, b"after").await;
 }
@@ -256,9 +211,7 @@ async fn assert_reset(s: &mut TcpStream) {
 #[tokio::test]
 async fn reset_partition_kills_connections_and_refuses_new_ones_until_healed() {
     let echo = echo_server().await;
-    let p = WanProxy::start(local(), echo, LinkConfig::none())
-        .await
-        .unwrap();
+    let p = WanProxy::start(local(), echo, LinkConfig::none()).await.unwrap();
     let mut s = TcpStream::connect(p.local_addr()).await.unwrap();
     round_trip(&mut s, b"hello").await;
 
@@ -276,9 +229,7 @@ async fn reset_partition_kills_connections_and_refuses_new_ones_until_healed() {
 #[tokio::test]
 async fn blackhole_can_refuse_new_connections() {
     let echo = echo_server().await;
-    let p = WanProxy::start(local(), echo, LinkConfig::none())
-        .await
-        .unwrap();
+    let p = WanProxy::start(local(), echo, LinkConfig::none()).await.unwrap();
     let mut s = TcpStream::connect(p.local_addr()).await.unwrap();
     round_trip(&mut s, b"x").await;
     p.partition_with(PartitionMode::Blackhole { refuse_new: true });
@@ -287,11 +238,7 @@ async fn blackhole_can_refuse_new_connections() {
     // The old connection stalls but survives the partition.
     s.write_all(b"y").await.unwrap();
     let mut b = [0u8; 1];
-    assert!(
-        timeout(Duration::from_millis(200), s.read_exact(&mut b))
-            .await
-            .is_err()
-    );
+    assert!(timeout(Duration::from_millis(200), s.read_exact(&mut b)).await.is_err());
     p.heal();
     timeout(BOUND, s.read_exact(&mut b)).await.unwrap().unwrap();
     assert_eq!(&b, b"y");
@@ -300,13 +247,7 @@ async fn blackhole_can_refuse_new_connections() {
 #[tokio::test]
 async fn random_resets_drop_connections() {
     let echo = echo_server().await;
-    let p = WanProxy::start(
-        local(),
-        echo,
-        LinkConfig::none().with_reset_probability(1.0),
-    )
-    .await
-    .unwrap();
+    let p = WanProxy::start(local(), echo, LinkConfig::none().with_reset_probability(1.0)).await.unwrap();
     let mut s = TcpStream::connect(p.local_addr()).await.unwrap();
     s.write_all(b"doomed").await.unwrap();
     assert_reset(&mut s).await;
@@ -319,15 +260,11 @@ async fn random_resets_drop_connections() {
 #[tokio::test]
 async fn config_changes_apply_at_runtime_and_jitter_stays_in_bounds() {
     let echo = echo_server().await;
-    let p = WanProxy::start(local(), echo, LinkConfig::none())
-        .await
-        .unwrap();
+    let p = WanProxy::start(local(), echo, LinkConfig::none()).await.unwrap();
     let mut s = TcpStream::connect(p.local_addr()).await.unwrap();
     s.set_nodelay(true).unwrap();
     assert!(round_trip(&mut s, b"fast").await < Duration::from_millis(20));
-    p.set_config(
-        LinkConfig::one_way(Duration::from_millis(20)).with_jitter(Duration::from_millis(5)),
-    );
+    p.set_config(LinkConfig::one_way(Duration::from_millis(20)).with_jitter(Duration::from_millis(5)));
     assert_eq!(p.config().forward.jitter, Duration::from_millis(5));
     for i in 0..8u8 {
         let rtt = round_trip(&mut s, &[i; 8]).await;
@@ -340,9 +277,7 @@ async fn config_changes_apply_at_runtime_and_jitter_stays_in_bounds() {
 #[tokio::test]
 async fn dropping_the_handle_stops_the_proxy() {
     let echo = echo_server().await;
-    let p = WanProxy::start(local(), echo, LinkConfig::none())
-        .await
-        .unwrap();
+    let p = WanProxy::start(local(), echo, LinkConfig::none()).await.unwrap();
     let addr = p.local_addr();
     let mut s = TcpStream::connect(addr).await.unwrap();
     round_trip(&mut s, b"alive").await;
@@ -363,14 +298,8 @@ async fn dropping_the_handle_stops_the_proxy() {
 #[tokio::test]
 async fn unreachable_upstream_resets_the_client() {
     // Bind and drop to get a port nobody listens on.
-    let dead = TcpListener::bind(LOCAL)
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let p = WanProxy::start(local(), dead, LinkConfig::none())
-        .await
-        .unwrap();
+    let dead = TcpListener::bind(LOCAL).await.unwrap().local_addr().unwrap();
+    let p = WanProxy::start(local(), dead, LinkConfig::none()).await.unwrap();
     let mut s = TcpStream::connect(p.local_addr()).await.unwrap();
     assert_reset(&mut s).await;
 }

@@ -1,95 +1,27 @@
-//! The bench against a real S3 server on loopback: the s3s-fs peer (from
-//! crates.io; `bench/peers.sh install s3s-fs`), which checks every SigV4
-//! signature. Missing peer: the tests FAIL with instructions, unless
-//! MERIDIAN_BENCH_SKIP_PEER_TESTS=1, which skips them with a loud message.
-//! Every run is bounded by --ops or a short --duration.
+//! `meridian bench` (the meridian-bench library) against a real `meridian server` on loopback,
+//! which checks every SigV4 signature. Every run is bounded by --ops or a short --duration.
+//! (bench/run-all.sh drives the same tool against the peer servers.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use meridian_bench::s3::{Conn, Endpoint, S3Client};
-use meridian_bench::{
-    BenchArgs, BenchError, DurationArg, OpKind, Report, SizeSpec, TargetSpec, Workload, run,
-};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use meridian_bench::{BenchArgs, BenchError, DurationArg, OpKind, Report, SizeSpec, TargetSpec, Workload, run};
 use std::time::{Duration, Instant};
 
-const AK: &str = "GKmeridianbench000000001";
-const SK: &str = "meridian-bench-secret-key-0123456789abcdef";
+const AK: &str = common::ACCESS_KEY;
+const SK: &str = common::SECRET_KEY;
 
 struct Peer {
-    child: Child,
     endpoint: String,
-    _dir: tempfile::TempDir,
+    _server: common::Server,
 }
 
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn peer_bin() -> Option<PathBuf> {
-    let root = std::env::var_os("PEERS_ROOT")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/meridian-bench"))
-        })?;
-    let p = root.join("bin/s3s-fs");
-    p.is_file().then_some(p)
-}
-
-/// Starts s3s-fs, or returns None when skipping is explicitly allowed.
+/// Starts a Meridian server to drive.
 fn start_peer() -> Option<Peer> {
-    let Some(bin) = peer_bin() else {
-        if std::env::var_os("MERIDIAN_BENCH_SKIP_PEER_TESTS").is_some() {
-            eprintln!(
-                "\n!!! SKIPPED: s3s-fs peer not installed (MERIDIAN_BENCH_SKIP_PEER_TESTS set); \
-                 the bench was NOT tested against a real S3 server !!!\n"
-            );
-            return None;
-        }
-        panic!(
-            "the s3s-fs peer server is not installed: run `bench/peers.sh install s3s-fs` \
-             (or set MERIDIAN_BENCH_SKIP_PEER_TESTS=1 to skip these tests loudly)"
-        );
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(bin)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--access-key",
-            AK,
-            "--secret-key",
-            SK,
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start s3s-fs");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "s3s-fs did not listen within 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(Peer {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    })
+    let server = common::Server::start();
+    Some(Peer { endpoint: server.endpoint.clone(), _server: server })
 }
 
 fn args(peer: &Peer, bucket: &str, workload: Workload) -> BenchArgs {
@@ -100,10 +32,7 @@ fn args(peer: &Peer, bucket: &str, workload: Workload) -> BenchArgs {
     a.bucket = bucket.into();
     a.create_bucket = true;
     a.concurrency = 4;
-    a.size = SizeSpec::Range {
-        min: 1024,
-        max: 8192,
-    };
+    a.size = SizeSpec::Range { min: 1024, max: 8192 };
     a.objects = 40;
     a.ops = Some(120);
     a.timeout = DurationArg(Duration::from_secs(20));
@@ -111,43 +40,28 @@ fn args(peer: &Peer, bucket: &str, workload: Workload) -> BenchArgs {
 }
 
 fn op(r: &Report, kind: OpKind) -> &meridian_bench::OpReport {
-    r.ops
-        .iter()
-        .find(|o| o.op == kind)
-        .unwrap_or_else(|| panic!("no {kind:?} in {r:#?}"))
+    r.ops.iter().find(|o| o.op == kind).unwrap_or_else(|| panic!("no {kind:?} in {r:#?}"))
 }
 
 async fn keys_under(peer: &Peer, bucket: &str, prefix: &str) -> Result<usize, String> {
     let ep = Endpoint::parse(&peer.endpoint).await?;
     let c = S3Client::new(&ep, bucket, Some((AK, SK)), "us-east-1");
     let mut conn = Conn::default();
-    c.list(&mut conn, prefix, None, None, 1000)
-        .await
-        .map(|p| p.keys.len())
-        .map_err(|e| e.to_string())
+    c.list(&mut conn, prefix, None, None, 1000).await.map(|p| p.keys.len()).map_err(|e| e.to_string())
 }
 
 #[tokio::test]
 async fn every_workload_runs_against_a_real_s3_server_and_cleans_up() {
     let Some(peer) = start_peer() else { return };
-    for (i, w) in [
-        Workload::Put,
-        Workload::Get,
-        Workload::Head,
-        Workload::Mixed,
-        Workload::List,
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, w) in
+        [Workload::Put, Workload::Get, Workload::Head, Workload::Mixed, Workload::List].into_iter().enumerate()
     {
         let bucket = format!("bench-{i}");
         let mut a = args(&peer, &bucket, w);
         a.prefix = Some(format!("run-{i}/"));
         a.keep = true; // keep the bucket to look inside it, then clean by hand below
         a.list_max_keys = 10;
-        let r = run(a.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{w:?}: {e}"));
+        let r = run(a.clone()).await.unwrap_or_else(|e| panic!("{w:?}: {e}"));
         assert_eq!(r.total.errors, 0, "{w:?}: {}", r.to_table());
         assert_eq!(r.total.ops, 120, "{w:?}: {}", r.to_table());
         match w {
@@ -179,12 +93,7 @@ async fn every_workload_runs_against_a_real_s3_server_and_cleans_up() {
         let r = run(a).await.unwrap();
         assert!(r.cleaned_up >= 40.min(r.total.ops), "{}", r.to_table());
         assert!(r.cleanup_errors.is_empty(), "{:?}", r.cleanup_errors);
-        assert_eq!(
-            keys_under(&peer, &bucket, &format!("clean-{i}/"))
-                .await
-                .unwrap(),
-            0
-        );
+        assert_eq!(keys_under(&peer, &bucket, &format!("clean-{i}/")).await.unwrap(), 0);
     }
 }
 
@@ -234,12 +143,7 @@ async fn errors_are_counted_by_kind_and_bad_credentials_are_refused() {
     let r = run(a).await.unwrap();
     let g = op(&r, OpKind::Get);
     assert_eq!(g.count, 0);
-    assert_eq!(
-        g.error_kinds.get("http-404-NoSuchKey"),
-        Some(&20),
-        "{:?}",
-        g.error_kinds
-    );
+    assert_eq!(g.error_kinds.get("http-404-NoSuchKey"), Some(&20), "{:?}", g.error_kinds);
 
     // A wrong secret: the server rejects the signature at bucket creation.
     let mut a = args(&peer, "badsig", Workload::Put);
@@ -261,11 +165,7 @@ async fn ceilings_run_the_same_workloads() {
     let r = run(a).await.unwrap();
     assert_eq!((r.total.ops, r.total.errors), (100, 0), "{}", r.to_table());
     assert!(r.cleaned_up > 0);
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        0,
-        "files left behind"
-    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "files left behind");
 
     // The HTTP ceiling: an in-process server that stores nothing.
     let mut a = BenchArgs::new(TargetSpec::NullHttp, Workload::Get);
