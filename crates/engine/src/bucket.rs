@@ -40,11 +40,16 @@ pub fn validate_bucket_name(name: &str) -> EngineResult<()> {
 }
 
 impl Engine {
-    /// Creates a bucket owned by `owner` (an access key id).
+    /// Creates a private bucket owned by the key named `owner`.
     pub async fn create_bucket(&self, name: &str, owner: &str) -> EngineResult<Revision> {
+        self.create_bucket_with(name, owner, false).await
+    }
+
+    /// Creates a bucket owned by the key named `owner`, optionally readable by anyone.
+    pub async fn create_bucket_with(&self, name: &str, owner: &str, public_read: bool) -> EngineResult<Revision> {
         validate_bucket_name(name)?;
         let key = keys::bucket(name);
-        let record = BucketRecord { created_ms: now_ms(), owner: owner.to_string(), deleting_since_ms: None };
+        let record = BucketRecord { created_ms: now_ms(), owner: owner.to_string(), public_read, ..Default::default() };
         let txn = Txn::new()
             .when(Compare::absent(key.clone()))
             .then(Op::put(key.clone(), record::encode(&record)))

@@ -61,6 +61,12 @@ pub enum EngineError {
     LockNotHeld { name: String, token: u64 },
     #[error("fencing token {token} of lock {lock:?} is stale: token {current} was granted since")]
     FenceRejected { lock: String, token: u64, current: u64 },
+    #[error("no access key named {0:?}")]
+    NoSuchAccessKey(String),
+    #[error("an access key named {0:?} already exists")]
+    AccessKeyExists(String),
+    #[error("access denied: {0}")]
+    AccessDenied(String),
     #[error("revision {requested} is too old to replay: history starts at revision {oldest}")]
     RevisionCompacted { requested: u64, oldest: u64 },
     #[error("reading the request body failed: {0}")]

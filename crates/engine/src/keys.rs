@@ -87,3 +87,15 @@ pub fn lock(bucket: &str, name: &str) -> Bytes {
 pub fn fence(bucket: &str, name: &str) -> Bytes {
     Bytes::from(format!("f/{bucket}/{name}"))
 }
+
+/// `k/n/<key name>` → [`crate::iam::KeyRecord`].
+pub fn key_name(name: &str) -> Bytes {
+    Bytes::from(format!("{KEY_NAMES_PREFIX}{name}"))
+}
+
+pub const KEY_NAMES_PREFIX: &str = "k/n/";
+
+/// `k/a/<access key id>` → the key's name.
+pub fn key_id(access_key_id: &str) -> Bytes {
+    Bytes::from(format!("k/a/{access_key_id}"))
+}

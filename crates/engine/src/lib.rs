@@ -20,6 +20,7 @@ pub mod checksum;
 pub mod conditions;
 mod error;
 mod gc;
+pub mod iam;
 pub mod ingest;
 mod keys;
 mod list;

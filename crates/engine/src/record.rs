@@ -13,7 +13,7 @@ use crate::error::{EngineError, EngineResult};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketRecord {
     pub created_ms: i64,
-    /// Access key id of the creator.
+    /// Name of the key that created the bucket; it owns it.
     #[serde(default)]
     pub owner: String,
     /// Set while a DeleteBucket is checking emptiness: writers that see it treat the bucket as
@@ -21,6 +21,12 @@ pub struct BucketRecord {
     /// before it was set fail their commit and look again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleting_since_ms: Option<i64>,
+    /// Permissions of other keys, by key name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub grants: crate::iam::Grants,
+    /// Anonymous GET/HEAD of objects allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public_read: bool,
 }
 
 /// The standard headers and user metadata stored with an object and returned on reads.

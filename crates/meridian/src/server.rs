@@ -107,10 +107,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let engine = Engine::new(Arc::new(meta), blobs, engine_config);
 
     let (creds, source) = config::admin_credentials(&settings.data)?;
-    let auth =
-        meridian_s3::auth::StaticKeys::new().with_key(creds.access_key_id.clone(), creds.secret_access_key.clone());
+    engine
+        .ensure_admin_key(&creds.access_key_id, &creds.secret_access_key)
+        .await
+        .context("cannot record the admin key in the metadata store")?;
     let options = S3Options { domain: settings.domain.clone(), region: settings.region.clone() };
-    let service = meridian_s3::build_service(engine.clone(), auth, &options);
+    let service = meridian_s3::build_service(engine.clone(), &options);
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| {
         format!("cannot listen on {} (is the port in use? pass --listen ADDR:PORT)", settings.listen)

@@ -58,6 +58,9 @@ pub fn s3_error(err: EngineError) -> S3Error {
         EngineError::BadDigest | EngineError::ChecksumMismatch { .. } => C::BadDigest,
         EngineError::IncompleteBody => C::IncompleteBody,
         EngineError::Contended => C::SlowDown,
+        EngineError::AccessDenied(_) => C::AccessDenied,
+        EngineError::NoSuchAccessKey(_) => C::InvalidAccessKeyId,
+        EngineError::AccessKeyExists(_) => return custom("AccessKeyExists", http::StatusCode::CONFLICT, message),
         EngineError::RevisionMismatch { current, .. } => {
             let mut e = S3Error::with_message(C::PreconditionFailed, message);
             let mut headers = HeaderMap::new();

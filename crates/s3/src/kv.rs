@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use meridian_engine::conditions::{Fence, WriteConditions};
+use meridian_engine::iam::{Access, authorize};
 use meridian_engine::locks::LockInfo;
 use meridian_engine::watch::Change;
 use meridian_engine::{BatchOp, Engine, ListRequest, now_ms, ttl};
@@ -463,6 +464,32 @@ fn ndjson(changes: meridian_engine::watch::ChangeStream, start: u64) -> meridian
 impl S3Route for KvRoute {
     fn is_match(&self, _method: &Method, uri: &Uri, _headers: &HeaderMap, _extensions: &mut http::Extensions) -> bool {
         uri.query().is_some_and(|q| q.split('&').any(|p| p == "meridian" || p.starts_with("meridian=")))
+    }
+
+    async fn check_access(&self, req: &mut S3Request<Body>) -> S3Result<()> {
+        let Some(creds) = &req.credentials else {
+            return Err(S3Error::with_message(S3ErrorCode::AccessDenied, "KV requests must be signed"));
+        };
+        let key = match self.engine.credential(&creds.access_key).await.map_err(engine_error)? {
+            Some((key, _)) => key,
+            None => return Err(s3_error!(InvalidAccessKeyId)),
+        };
+        let pairs = query_pairs(&req.uri);
+        let access = match (req.method.clone(), query(&pairs, "meridian").unwrap_or_default()) {
+            (Method::GET, _) => Access::Read,
+            _ => Access::Write,
+        };
+        let bucket = bucket_of(&req.uri)?;
+        let record = match self.engine.bucket(&bucket).await {
+            Ok((record, _)) => record,
+            Err(meridian_engine::EngineError::NoSuchBucket) => return Ok(()),
+            Err(e) => return Err(engine_error(e)),
+        };
+        if authorize(Some(&key), &record, access) {
+            Ok(())
+        } else {
+            Err(S3Error::with_message(S3ErrorCode::AccessDenied, "Access Denied"))
+        }
     }
 
     async fn call(&self, req: S3Request<Body>) -> S3Result<S3Response<Body>> {

@@ -15,6 +15,8 @@ use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use crate::REVISION_HEADER;
+use crate::access::Principal;
+use meridian_engine::iam::{Access, authorize};
 use crate::convert::{
     ChecksumFields, HeaderInput, ResponseBody, checksum_algorithm, etag, etag_match, metadata, parse_expires, s3_error,
     timestamp, unix_seconds, url_encode,
@@ -41,12 +43,28 @@ impl MeridianS3 {
     pub fn new(engine: Engine, region: impl Into<String>) -> Self {
         MeridianS3 { engine, region: region.into() }
     }
+
+    /// A copy reads its source: the key needs read access there as well.
+    async fn check_source(&self, key: Option<&meridian_engine::iam::KeyRecord>, bucket: &str) -> S3Result<()> {
+        let record = match self.engine.bucket(bucket).await {
+            Ok((record, _)) => record,
+            Err(meridian_engine::EngineError::NoSuchBucket) => return Err(s3_error!(NoSuchBucket)),
+            Err(e) => return Err(s3_error(e)),
+        };
+        if authorize(key, &record, Access::Read) {
+            Ok(())
+        } else {
+            Err(S3Error::with_message(S3ErrorCode::AccessDenied, "Access Denied to the copy source"))
+        }
+    }
 }
 
-/// Builds the s3s service: SigV4 against `auth`, anonymous requests refused.
-pub fn build_service(engine: Engine, auth: impl s3s::auth::S3Auth, options: &S3Options) -> S3Service {
+/// Builds the s3s service: SigV4 against the keys in the metadata store, every operation
+/// checked against the bucket's grants, anonymous access only to public-read buckets.
+pub fn build_service(engine: Engine, options: &S3Options) -> S3Service {
     let mut builder = S3ServiceBuilder::new(MeridianS3::new(engine.clone(), options.region.clone()));
-    builder.set_auth(auth);
+    builder.set_auth(crate::access::MetaAuth::new(engine.clone()));
+    builder.set_access(crate::access::MeridianAccess::new(engine.clone()));
     builder.set_route(crate::kv::KvRoute::new(engine));
     if let Some(domain) = &options.domain {
         builder.set_host(s3s::host::SingleDomain::new(domain).unwrap_or_else(|_| {
@@ -240,8 +258,48 @@ fn content_range(out: &GetOutcome) -> Option<String> {
     out.range.map(|(first, last)| format!("bytes {first}-{last}/{}", out.record.size))
 }
 
-fn owner_of<T>(req: &S3Request<T>) -> String {
-    req.credentials.as_ref().map(|c| c.access_key.clone()).unwrap_or_default()
+/// The canned ACLs Meridian implements: `private` and `public-read` (anonymous GET/HEAD).
+fn bucket_acl_is_public(acl: Option<&BucketCannedACL>) -> S3Result<bool> {
+    match acl.map(BucketCannedACL::as_str) {
+        None | Some(BucketCannedACL::PRIVATE) => Ok(false),
+        Some(BucketCannedACL::PUBLIC_READ) => Ok(true),
+        Some(other) => Err(not_implemented(&format!("the {other:?} canned ACL (use private or public-read)"))),
+    }
+}
+
+/// The ACL S3 clients see: the owner with full control, and everyone with read when public.
+fn acl_grants(owner: &str, public_read: bool) -> (Owner, Vec<Grant>) {
+    let owner = Owner { id: Some(owner.to_string()), display_name: Some(owner.to_string()) };
+    let mut grants = vec![Grant {
+        grantee: Some(Grantee {
+            type_: Type::from_static(Type::CANONICAL_USER),
+            id: owner.id.clone(),
+            display_name: owner.display_name.clone(),
+            email_address: None,
+            uri: None,
+        }),
+        permission: Some(Permission::from_static(Permission::FULL_CONTROL)),
+    }];
+    if public_read {
+        grants.push(Grant {
+            grantee: Some(Grantee {
+                type_: Type::from_static(Type::GROUP),
+                uri: Some("http://acs.amazonaws.com/groups/global/AllUsers".into()),
+                id: None,
+                display_name: None,
+                email_address: None,
+            }),
+            permission: Some(Permission::from_static(Permission::READ)),
+        });
+    }
+    (owner, grants)
+}
+
+fn refuse_acl_details(grants: &[Option<&String>], policy: bool) -> S3Result<()> {
+    if policy || grants.iter().any(Option::is_some) {
+        return Err(not_implemented("explicit ACL grants (use the canned ACLs private or public-read, or `meridian admin bucket allow`)"));
+    }
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -249,30 +307,28 @@ impl S3 for MeridianS3 {
     async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
         let prefix = req.input.prefix.clone().unwrap_or_default();
         let buckets = self.engine.list_buckets().await.map_err(s3_error)?;
+        let key = Principal::of(&req);
         let buckets = buckets
             .into_iter()
-            .filter(|(name, _)| name.starts_with(&prefix))
+            .filter(|(name, record)| name.starts_with(&prefix) && authorize(key, record, Access::Read))
             .map(|(name, record)| Bucket {
                 name: Some(name),
                 creation_date: Some(timestamp(record.created_ms)),
                 bucket_region: Some(self.region.clone()),
             })
             .collect();
-        let owner = Owner { id: Some(owner_of(&req)), display_name: Some(owner_of(&req)) };
+        let owner = Owner { id: Some(Principal::name_of(&req)), display_name: Some(Principal::name_of(&req)) };
         Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), owner: Some(owner), ..Default::default() }))
     }
 
     async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
-        if let Some(acl) = &req.input.acl
-            && acl.as_str() != BucketCannedACL::PRIVATE
-        {
-            return Err(not_implemented(&format!("the {:?} canned ACL", acl.as_str())));
-        }
+        let public_read = bucket_acl_is_public(req.input.acl.as_ref())?;
         if req.input.object_lock_enabled_for_bucket == Some(true) {
             return Err(not_implemented("object lock"));
         }
-        let owner = owner_of(&req);
-        let revision = self.engine.create_bucket(&req.input.bucket, &owner).await.map_err(s3_error)?;
+        let owner = Principal::name_of(&req);
+        let revision =
+            self.engine.create_bucket_with(&req.input.bucket, &owner, public_read).await.map_err(s3_error)?;
         let output = CreateBucketOutput { location: Some(format!("/{}", req.input.bucket)) };
         Ok(with_revision(output, revision))
     }
@@ -545,6 +601,7 @@ impl S3 for MeridianS3 {
     }
 
     async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        let key = Principal::of(&req).cloned();
         let input = req.input;
         refuse_unsupported(
             input.acl.as_ref().map(ObjectCannedACL::as_str),
@@ -554,6 +611,7 @@ impl S3 for MeridianS3 {
             input.tagging.as_ref(),
         )?;
         let (src_bucket, src_key) = source_of(&input.copy_source)?;
+        self.check_source(key.as_ref(), &src_bucket).await?;
         let replace = match input.metadata_directive.as_ref().map(MetadataDirective::as_str) {
             None | Some(MetadataDirective::COPY) => false,
             Some(MetadataDirective::REPLACE) => true,
@@ -604,6 +662,55 @@ impl S3 for MeridianS3 {
         };
         let output = CopyObjectOutput { copy_object_result: Some(result), ..Default::default() };
         Ok(with_revision(output, out.revision))
+    }
+
+    async fn get_bucket_acl(&self, req: S3Request<GetBucketAclInput>) -> S3Result<S3Response<GetBucketAclOutput>> {
+        let (record, _) = self.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
+        let (owner, grants) = acl_grants(&record.owner, record.public_read);
+        Ok(S3Response::new(GetBucketAclOutput { owner: Some(owner), grants: Some(grants) }))
+    }
+
+    async fn put_bucket_acl(&self, req: S3Request<PutBucketAclInput>) -> S3Result<S3Response<PutBucketAclOutput>> {
+        let input = &req.input;
+        refuse_acl_details(
+            &[input.grant_full_control.as_ref(), input.grant_read.as_ref(), input.grant_read_acp.as_ref(), input.grant_write.as_ref(), input.grant_write_acp.as_ref()],
+            input.access_control_policy.is_some(),
+        )?;
+        let public = bucket_acl_is_public(input.acl.as_ref())?;
+        self.engine.set_public_read(&input.bucket, public).await.map_err(s3_error)?;
+        Ok(S3Response::new(PutBucketAclOutput::default()))
+    }
+
+    async fn get_object_acl(&self, req: S3Request<GetObjectAclInput>) -> S3Result<S3Response<GetObjectAclOutput>> {
+        let (record, _) = self.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
+        self.engine
+            .head_object(GetRequest { bucket: req.input.bucket.clone(), key: req.input.key.clone(), ..Default::default() })
+            .await
+            .map_err(s3_error)?;
+        // Objects have no ACL of their own: they share the bucket's.
+        let (owner, grants) = acl_grants(&record.owner, record.public_read);
+        Ok(S3Response::new(GetObjectAclOutput { owner: Some(owner), grants: Some(grants), ..Default::default() }))
+    }
+
+    async fn put_object_acl(&self, req: S3Request<PutObjectAclInput>) -> S3Result<S3Response<PutObjectAclOutput>> {
+        let input = &req.input;
+        refuse_acl_details(
+            &[input.grant_full_control.as_ref(), input.grant_read.as_ref(), input.grant_read_acp.as_ref(), input.grant_write_acp.as_ref()],
+            input.access_control_policy.is_some(),
+        )?;
+        match input.acl.as_ref().map(ObjectCannedACL::as_str) {
+            None | Some(ObjectCannedACL::PRIVATE) => {}
+            Some(other) => {
+                return Err(not_implemented(&format!(
+                    "per-object ACLs ({other:?}); objects share their bucket's ACL: make the bucket public-read instead"
+                )));
+            }
+        }
+        let (record, _) = self.engine.bucket(&input.bucket).await.map_err(s3_error)?;
+        if record.public_read {
+            return Err(not_implemented("making one object private in a public-read bucket"));
+        }
+        Ok(S3Response::new(PutObjectAclOutput::default()))
     }
 
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
@@ -755,8 +862,10 @@ impl S3 for MeridianS3 {
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let key = Principal::of(&req).cloned();
         let input = req.input;
         let (src_bucket, src_key) = source_of(&input.copy_source)?;
+        self.check_source(key.as_ref(), &src_bucket).await?;
         let range = copy_source_range(input.copy_source_range.as_deref())?;
         let part_number = u32::try_from(input.part_number).unwrap_or(0);
         let part = self
