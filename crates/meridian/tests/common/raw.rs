@@ -101,10 +101,7 @@ fn parse(raw: &[u8]) -> Response {
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(String::from_utf8_lossy(&data[..line_end]).trim(), 16)
             .unwrap_or(0);
         if size == 0 {
@@ -138,9 +135,48 @@ pub fn signed_with(
     access: &str,
     secret: &str,
 ) -> Response {
-    use aws_sigv4::http_request::{
-        PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign,
-    };
+    let out = sign(
+        addr,
+        method,
+        path,
+        headers,
+        aws_sigv4::http_request::SignableBody::Bytes(body),
+        access,
+        secret,
+    );
+    let refs: Vec<(&str, String)> = out.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    send(addr, method, path, &refs, body)
+}
+
+/// `headers` plus SigV4 headers for a request whose payload is not signed
+/// (`x-amz-content-sha256: UNSIGNED-PAYLOAD`), as clients do for large streamed bodies.
+pub fn sign_unsigned_payload(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+) -> Vec<(String, String)> {
+    sign(
+        addr,
+        method,
+        path,
+        headers,
+        aws_sigv4::http_request::SignableBody::UnsignedPayload,
+        ACCESS_KEY,
+        SECRET_KEY,
+    )
+}
+
+fn sign(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: aws_sigv4::http_request::SignableBody<'_>,
+    access: &str,
+    secret: &str,
+) -> Vec<(String, String)> {
+    use aws_sigv4::http_request::{PayloadChecksumKind, SignableRequest, SigningSettings, sign};
     use aws_sigv4::sign::v4;
 
     let identity = aws_credential_types::Credentials::new(access, secret, None, None, "raw").into();
@@ -168,7 +204,7 @@ pub fn signed_with(
         method,
         url,
         all.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        SignableBody::Bytes(body),
+        body,
     )
     .expect("signable");
     let (instructions, _) = sign(signable, &params).expect("sign").into_parts();
@@ -179,6 +215,64 @@ pub fn signed_with(
     for (k, v) in instructions.headers() {
         out.push((k.to_string(), v.to_string()));
     }
-    let refs: Vec<(&str, String)> = out.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    send(addr, method, path, &refs, body)
+    out
+}
+
+/// Sends only the head of a request (its headers may announce a body that never comes) and
+/// waits up to `timeout` for the response. `None` if no complete response arrived in time.
+pub fn send_head_only(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Option<Response> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let deadline = std::time::Instant::now() + timeout;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("write head");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if complete(&raw) {
+            return Some(parse(&raw));
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        stream.set_read_timeout(Some(left)).expect("timeout");
+        match stream.read(&mut buf) {
+            // Closed: a response without a length ends here.
+            Ok(0) => {
+                return raw
+                    .windows(4)
+                    .any(|w| w == b"\r\n\r\n")
+                    .then(|| parse(&raw));
+            }
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Whether `raw` holds a whole response (head plus a Content-Length body or a last chunk).
+fn complete(raw: &[u8]) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let body = &raw[split + 4..];
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return body.len() >= len;
+    }
+    head.contains("transfer-encoding: chunked") && body.ends_with(b"0\r\n\r\n")
 }
