@@ -307,8 +307,17 @@ async fn aws_cli_s3_commands() {
     tree.insert("sub/deeper/c.bin".to_string(), pattern(300_000, 4));
     tree.insert("sub/deeper/empty".to_string(), Vec::new());
     tree.insert("with space/d e.txt".to_string(), b"spaces".to_vec());
+    // An hour old: the CLI re-uploads a file whose mtime is newer than the object's
+    // LastModified, and S3 reports LastModified to the second, so a file written in the same
+    // second as its upload would make the no-op resync below flaky.
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
     for (name, data) in &tree {
         write_file(&src, name, data);
+        std::fs::File::options()
+            .write(true)
+            .open(src.join(name))
+            .and_then(|f| f.set_modified(an_hour_ago))
+            .expect("set mtime");
     }
     let sync_up = [
         "s3",
