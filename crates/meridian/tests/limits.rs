@@ -225,10 +225,51 @@ fn oversized_headers(server: &Server, method: &str, path: &str, len: u64) -> Vec
     )
 }
 
+/// The same as current SDKs send it: `aws-chunked` with a CRC32 trailer, where the object size
+/// is `x-amz-decoded-content-length` and Content-Length counts the chunk framing too.
+fn oversized_chunked_headers(
+    server: &Server,
+    method: &str,
+    path: &str,
+    len: u64,
+) -> Vec<(String, String)> {
+    // 64 KiB chunks: "10000\r\n" + data + "\r\n", then "0\r\n", the trailer and "\r\n".
+    let chunks = len.div_ceil(64 << 10);
+    let trailer = "x-amz-checksum-crc32:AAAAAA==\r\n";
+    let encoded = len + chunks * 9 + 3 + trailer.len() as u64 + 2;
+    raw::sign_streaming(
+        &server.addr,
+        method,
+        path,
+        &[
+            ("content-length", encoded.to_string()),
+            ("content-encoding", "aws-chunked".to_string()),
+            ("x-amz-decoded-content-length", len.to_string()),
+            ("x-amz-trailer", "x-amz-checksum-crc32".to_string()),
+            ("x-amz-sdk-checksum-algorithm", "CRC32".to_string()),
+        ],
+        aws_sigv4::http_request::SignableBody::StreamingUnsignedPayloadTrailer,
+    )
+}
+
 /// Sends the head of an oversized request and requires a quick EntityTooLarge: the server must
 /// refuse from the declared length, without waiting for (or reading) the body.
 fn assert_refused_before_body(server: &Server, method: &str, path: &str) {
-    let headers = oversized_headers(server, method, path, MAX_PUT + 1);
+    assert_refused(
+        server,
+        method,
+        path,
+        oversized_headers(server, method, path, MAX_PUT + 1),
+    );
+    assert_refused(
+        server,
+        method,
+        path,
+        oversized_chunked_headers(server, method, path, MAX_PUT + 1),
+    );
+}
+
+fn assert_refused(server: &Server, method: &str, path: &str, headers: Vec<(String, String)>) {
     let started = Instant::now();
     let response = raw::send_head_only(
         &server.addr,
@@ -247,7 +288,7 @@ fn assert_refused_before_body(server: &Server, method: &str, path: &str) {
     assert_eq!(
         (response.status, response.error_code().as_str()),
         (400, "EntityTooLarge"),
-        "{method} {path}: {}",
+        "{method} {path} with {headers:?}: {}",
         response.text()
     );
     assert!(
@@ -306,18 +347,22 @@ async fn oversized_put_and_part_are_refused_before_the_body() {
 
     // Exactly at the limit is not refused up front: the server starts reading the body. (The
     // connection is dropped after the head; nothing is stored.)
-    let headers = oversized_headers(&server, "PUT", "/limits/at-limit", MAX_PUT);
-    let early = raw::send_head_only(
-        &server.addr,
-        "PUT",
-        "/limits/at-limit",
-        &headers,
-        Duration::from_secs(2),
-    );
-    assert!(
-        early.is_none(),
-        "a PUT of exactly 5 GiB must be accepted for reading, got {early:?}"
-    );
+    for headers in [
+        oversized_headers(&server, "PUT", "/limits/at-limit", MAX_PUT),
+        oversized_chunked_headers(&server, "PUT", "/limits/at-limit", MAX_PUT),
+    ] {
+        let early = raw::send_head_only(
+            &server.addr,
+            "PUT",
+            "/limits/at-limit",
+            &headers,
+            Duration::from_secs(2),
+        );
+        assert!(
+            early.is_none(),
+            "a PUT of exactly 5 GiB must be accepted for reading, got {early:?}"
+        );
+    }
 
     // The server is still healthy.
     s3.put_object()

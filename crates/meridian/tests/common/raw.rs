@@ -156,15 +156,26 @@ pub fn sign_unsigned_payload(
     path: &str,
     headers: &[(&str, String)],
 ) -> Vec<(String, String)> {
-    sign(
+    sign_streaming(
         addr,
         method,
         path,
         headers,
         aws_sigv4::http_request::SignableBody::UnsignedPayload,
-        ACCESS_KEY,
-        SECRET_KEY,
     )
+}
+
+/// `headers` plus SigV4 headers for a body that is not hashed up front (`UnsignedPayload`, or
+/// an `aws-chunked` variant such as `StreamingUnsignedPayloadTrailer`), with the test
+/// credentials.
+pub fn sign_streaming(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: aws_sigv4::http_request::SignableBody<'_>,
+) -> Vec<(String, String)> {
+    sign(addr, method, path, headers, body, ACCESS_KEY, SECRET_KEY)
 }
 
 fn sign(
