@@ -118,7 +118,8 @@ pub fn authorize(key: Option<&KeyRecord>, bucket: &BucketRecord, access: Access)
 
 /// Key names: 1–64 characters from `A-Z a-z 0-9 . _ -`.
 pub fn validate_key_name(name: &str) -> EngineResult<()> {
-    let ok = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    let ok =
+        !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if !ok {
         return Err(EngineError::InvalidArgument(format!(
             "invalid key name {name:?}: use 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'"
@@ -158,12 +159,20 @@ impl Engine {
         let name = String::from_utf8_lossy(&kv.value).into_owned();
         let Some((key, _)) = self.read_key(&name).await? else { return Ok(None) };
         let now = now_ms();
-        let secret = key.credentials.iter().find(|c| c.access_key_id == access_key_id && c.is_valid(now)).map(|c| c.secret.clone());
+        let secret = key
+            .credentials
+            .iter()
+            .find(|c| c.access_key_id == access_key_id && c.is_valid(now))
+            .map(|c| c.secret.clone());
         Ok(secret.map(|s| (key, s)))
     }
 
     /// Creates a key with a fresh credential, returned once.
-    pub async fn create_access_key(&self, name: &str, can_create_buckets: bool) -> EngineResult<(KeyRecord, Credential)> {
+    pub async fn create_access_key(
+        &self,
+        name: &str,
+        can_create_buckets: bool,
+    ) -> EngineResult<(KeyRecord, Credential)> {
         validate_key_name(name)?;
         let credential = Credential::generate();
         let key = KeyRecord {
@@ -196,7 +205,11 @@ impl Engine {
                 can_create_buckets: true,
                 credentials: Vec::new(),
             });
-            if key.credentials.iter().any(|c| c.access_key_id == access_key_id && c.secret == secret && c.expires_at_ms.is_none()) {
+            if key
+                .credentials
+                .iter()
+                .any(|c| c.access_key_id == access_key_id && c.secret == secret && c.expires_at_ms.is_none())
+            {
                 return Ok(());
             }
             let replaced: Vec<String> = key.credentials.iter().map(|c| c.access_key_id.clone()).collect();
@@ -234,8 +247,11 @@ impl Engine {
             ));
         }
         loop {
-            let (key, revision) = self.read_key(name).await?.ok_or_else(|| EngineError::NoSuchAccessKey(name.to_string()))?;
-            let mut txn = Txn::new().when(Compare::mod_revision_is(keys::key_name(name), revision)).then(Op::delete(keys::key_name(name)));
+            let (key, revision) =
+                self.read_key(name).await?.ok_or_else(|| EngineError::NoSuchAccessKey(name.to_string()))?;
+            let mut txn = Txn::new()
+                .when(Compare::mod_revision_is(keys::key_name(name), revision))
+                .then(Op::delete(keys::key_name(name)));
             for c in &key.credentials {
                 txn = txn.then(Op::delete(keys::key_id(&c.access_key_id)));
             }
@@ -266,10 +282,12 @@ impl Engine {
             ));
         }
         loop {
-            let (mut key, revision) = self.read_key(name).await?.ok_or_else(|| EngineError::NoSuchAccessKey(name.to_string()))?;
+            let (mut key, revision) =
+                self.read_key(name).await?.ok_or_else(|| EngineError::NoSuchAccessKey(name.to_string()))?;
             let now = now_ms();
             let until = now + grace.as_millis() as i64;
-            let (keep, gone): (Vec<Credential>, Vec<Credential>) = key.credentials.into_iter().partition(|c| c.is_valid(now));
+            let (keep, gone): (Vec<Credential>, Vec<Credential>) =
+                key.credentials.into_iter().partition(|c| c.is_valid(now));
             key.credentials = keep
                 .into_iter()
                 .map(|mut c| {
@@ -296,7 +314,8 @@ impl Engine {
     /// Lets a key create buckets, or not.
     pub async fn set_key_can_create_buckets(&self, name: &str, allowed: bool) -> EngineResult<KeyRecord> {
         loop {
-            let (mut key, revision) = self.read_key(name).await?.ok_or_else(|| EngineError::NoSuchAccessKey(name.to_string()))?;
+            let (mut key, revision) =
+                self.read_key(name).await?.ok_or_else(|| EngineError::NoSuchAccessKey(name.to_string()))?;
             key.can_create_buckets = allowed;
             let txn = Txn::new()
                 .when(Compare::mod_revision_is(keys::key_name(name), revision))
@@ -387,7 +406,8 @@ mod tests {
         let reader = Grant { read: true, ..Default::default() };
         let writer = Grant { write: true, ..Default::default() };
         let b = bucket("alice", &[("bob", reader), ("carol", writer)], false);
-        let (alice, bob, carol, dave, root) = (key("alice", false), key("bob", false), key("carol", false), key("dave", false), key("admin", true));
+        let (alice, bob, carol, dave, root) =
+            (key("alice", false), key("bob", false), key("carol", false), key("dave", false), key("admin", true));
         for access in [Access::Read, Access::Write, Access::Owner] {
             assert!(authorize(Some(&alice), &b, access), "the creator owns the bucket");
             assert!(authorize(Some(&root), &b, access));

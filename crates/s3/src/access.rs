@@ -67,12 +67,26 @@ fn needs(op: &str) -> Needs {
     match op {
         "ListBuckets" => Needs::Authenticated,
         "CreateBucket" => Needs::CreateBucket,
-        "GetObject" | "HeadObject" | "HeadBucket" | "ListObjects" | "ListObjectsV2" | "ListMultipartUploads"
-        | "ListParts" | "GetBucketLocation" | "GetBucketVersioning" | "GetObjectAcl" | "GetBucketAcl" => {
-            Needs::Bucket(Read)
-        }
-        "PutObject" | "DeleteObject" | "DeleteObjects" | "CopyObject" | "CreateMultipartUpload" | "UploadPart"
-        | "UploadPartCopy" | "CompleteMultipartUpload" | "AbortMultipartUpload" => Needs::Bucket(Write),
+        "GetObject"
+        | "HeadObject"
+        | "HeadBucket"
+        | "ListObjects"
+        | "ListObjectsV2"
+        | "ListMultipartUploads"
+        | "ListParts"
+        | "GetBucketLocation"
+        | "GetBucketVersioning"
+        | "GetObjectAcl"
+        | "GetBucketAcl" => Needs::Bucket(Read),
+        "PutObject"
+        | "DeleteObject"
+        | "DeleteObjects"
+        | "CopyObject"
+        | "CreateMultipartUpload"
+        | "UploadPart"
+        | "UploadPartCopy"
+        | "CompleteMultipartUpload"
+        | "AbortMultipartUpload" => Needs::Bucket(Write),
         // Bucket configuration, and anything not listed above: owners only.
         _ => Needs::Bucket(Owner),
     }

@@ -16,12 +16,12 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use crate::REVISION_HEADER;
 use crate::access::Principal;
-use meridian_engine::iam::{Access, authorize};
 use crate::convert::{
     ChecksumFields, HeaderInput, ResponseBody, checksum_algorithm, etag, etag_match, metadata, parse_expires, s3_error,
     timestamp, unix_seconds, url_encode,
 };
 use crate::kv::{KvWrite, expiry_headers};
+use meridian_engine::iam::{Access, authorize};
 
 /// Settings of the S3 front end.
 #[derive(Clone, Debug, Default)]
@@ -297,7 +297,9 @@ fn acl_grants(owner: &str, public_read: bool) -> (Owner, Vec<Grant>) {
 
 fn refuse_acl_details(grants: &[Option<&String>], policy: bool) -> S3Result<()> {
     if policy || grants.iter().any(Option::is_some) {
-        return Err(not_implemented("explicit ACL grants (use the canned ACLs private or public-read, or `meridian admin bucket allow`)"));
+        return Err(not_implemented(
+            "explicit ACL grants (use the canned ACLs private or public-read, or `meridian admin bucket allow`)",
+        ));
     }
     Ok(())
 }
@@ -673,7 +675,13 @@ impl S3 for MeridianS3 {
     async fn put_bucket_acl(&self, req: S3Request<PutBucketAclInput>) -> S3Result<S3Response<PutBucketAclOutput>> {
         let input = &req.input;
         refuse_acl_details(
-            &[input.grant_full_control.as_ref(), input.grant_read.as_ref(), input.grant_read_acp.as_ref(), input.grant_write.as_ref(), input.grant_write_acp.as_ref()],
+            &[
+                input.grant_full_control.as_ref(),
+                input.grant_read.as_ref(),
+                input.grant_read_acp.as_ref(),
+                input.grant_write.as_ref(),
+                input.grant_write_acp.as_ref(),
+            ],
             input.access_control_policy.is_some(),
         )?;
         let public = bucket_acl_is_public(input.acl.as_ref())?;
@@ -684,7 +692,11 @@ impl S3 for MeridianS3 {
     async fn get_object_acl(&self, req: S3Request<GetObjectAclInput>) -> S3Result<S3Response<GetObjectAclOutput>> {
         let (record, _) = self.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
         self.engine
-            .head_object(GetRequest { bucket: req.input.bucket.clone(), key: req.input.key.clone(), ..Default::default() })
+            .head_object(GetRequest {
+                bucket: req.input.bucket.clone(),
+                key: req.input.key.clone(),
+                ..Default::default()
+            })
             .await
             .map_err(s3_error)?;
         // Objects have no ACL of their own: they share the bucket's.
@@ -695,7 +707,12 @@ impl S3 for MeridianS3 {
     async fn put_object_acl(&self, req: S3Request<PutObjectAclInput>) -> S3Result<S3Response<PutObjectAclOutput>> {
         let input = &req.input;
         refuse_acl_details(
-            &[input.grant_full_control.as_ref(), input.grant_read.as_ref(), input.grant_read_acp.as_ref(), input.grant_write_acp.as_ref()],
+            &[
+                input.grant_full_control.as_ref(),
+                input.grant_read.as_ref(),
+                input.grant_read_acp.as_ref(),
+                input.grant_write_acp.as_ref(),
+            ],
             input.access_control_policy.is_some(),
         )?;
         match input.acl.as_ref().map(ObjectCannedACL::as_str) {

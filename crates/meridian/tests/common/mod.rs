@@ -78,6 +78,14 @@ impl Server {
         }
     }
 
+    /// Panics unless the server process is still running (it must never exit on its own).
+    pub fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("server started");
+        if let Some(status) = child.try_wait().expect("wait for server") {
+            panic!("meridian server exited on its own: {status}");
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).expect("server running")
     }
@@ -187,4 +195,48 @@ pub fn require_tool(name: &str, how: &str) -> PathBuf {
     let found = std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file()));
     found.unwrap_or_else(|| panic!("required tool `{name}` is not installed: {how} (scripts/test.sh installs it)"))
+}
+
+/// Runs a command with stdin closed, collecting its output. If it is still running after
+/// `timeout`, its whole process group is killed and the test fails with what it printed.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> std::process::Output {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = reader(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = reader(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            // The child leads its own process group: end it and anything it started.
+            let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", child.id())).status();
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = stdout.join().unwrap_or_default();
+            let err = stderr.join().unwrap_or_default();
+            panic!(
+                "{cmd:?} did not finish within {timeout:?} and was killed\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
 }

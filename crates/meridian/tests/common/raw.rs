@@ -96,9 +96,76 @@ pub fn signed_with(
     access: &str,
     secret: &str,
 ) -> Response {
-    let all = sign_headers(addr, method, path, headers, body, access, secret);
-    let refs: Vec<(&str, String)> = all.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let out = sign(addr, method, path, headers, aws_sigv4::http_request::SignableBody::Bytes(body), access, secret);
+    let refs: Vec<(&str, String)> = out.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     send(addr, method, path, &refs, body)
+}
+
+/// `headers` plus SigV4 headers for a request whose payload is not signed
+/// (`x-amz-content-sha256: UNSIGNED-PAYLOAD`), as clients do for large streamed bodies.
+pub fn sign_unsigned_payload(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+) -> Vec<(String, String)> {
+    sign_streaming(addr, method, path, headers, aws_sigv4::http_request::SignableBody::UnsignedPayload)
+}
+
+/// `headers` plus SigV4 headers for a body that is not hashed up front (`UnsignedPayload`, or
+/// an `aws-chunked` variant such as `StreamingUnsignedPayloadTrailer`), with the test
+/// credentials.
+pub fn sign_streaming(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: aws_sigv4::http_request::SignableBody<'_>,
+) -> Vec<(String, String)> {
+    sign(addr, method, path, headers, body, ACCESS_KEY, SECRET_KEY)
+}
+
+fn sign(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: aws_sigv4::http_request::SignableBody<'_>,
+    access: &str,
+    secret: &str,
+) -> Vec<(String, String)> {
+    use aws_sigv4::http_request::{PayloadChecksumKind, SignableRequest, SigningSettings, sign};
+    use aws_sigv4::sign::v4;
+
+    let identity = aws_credential_types::Credentials::new(access, secret, None, None, "raw").into();
+    let mut settings = SigningSettings::default();
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    settings.uri_path_normalization_mode = aws_sigv4::http_request::UriPathNormalizationMode::Disabled;
+    settings.percent_encoding_mode = aws_sigv4::http_request::PercentEncodingMode::Single;
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("s3")
+        .time(signing_time(headers))
+        .settings(settings)
+        .build()
+        .expect("signing params")
+        .into();
+    let url = format!("http://{addr}{path}");
+    // A caller-supplied x-amz-date only sets the signing time (to test clock skew).
+    let headers: Vec<(&str, String)> =
+        headers.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("x-amz-date")).cloned().collect();
+    let headers = headers.as_slice();
+    let mut all: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    all.push(("host".into(), addr.to_string()));
+    let signable =
+        SignableRequest::new(method, url, all.iter().map(|(k, v)| (k.as_str(), v.as_str())), body).expect("signable");
+    let (instructions, _) = sign(signable, &params).expect("sign").into_parts();
+    let mut out: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    for (k, v) in instructions.headers() {
+        out.push((k.to_string(), v.to_string()));
+    }
+    out
 }
 
 /// `headers` plus the SigV4 headers (Authorization, X-Amz-Date, X-Amz-Content-SHA256) for a
@@ -112,53 +179,16 @@ pub fn sign_headers(
     access: &str,
     secret: &str,
 ) -> Vec<(String, String)> {
-    use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign};
-    use aws_sigv4::sign::v4;
+    sign(addr, method, path, headers, aws_sigv4::http_request::SignableBody::Bytes(body), access, secret)
+}
 
-    let identity = aws_credential_types::Credentials::new(access, secret, None, None, "raw").into();
-    let mut settings = SigningSettings::default();
-    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    settings.uri_path_normalization_mode = aws_sigv4::http_request::UriPathNormalizationMode::Disabled;
-    settings.percent_encoding_mode = aws_sigv4::http_request::PercentEncodingMode::Single;
-    // A caller-supplied x-amz-date sets the signing time (to test clock skew).
-    let time = headers
+/// The signing time: an `x-amz-date` header given by the caller, else now.
+fn signing_time(headers: &[(&str, String)]) -> SystemTime {
+    headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("x-amz-date"))
         .and_then(|(_, v)| parse_amz_date(v))
-        .unwrap_or_else(SystemTime::now);
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region("us-east-1")
-        .name("s3")
-        .time(time)
-        .settings(settings)
-        .build()
-        .expect("signing params")
-        .into();
-    let url = format!("http://{addr}{path}");
-    let mut to_sign: Vec<(String, String)> = headers
-        .iter()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case("x-amz-date"))
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    to_sign.push(("host".into(), addr.to_string()));
-    let signable = SignableRequest::new(
-        method,
-        url,
-        to_sign.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        SignableBody::Bytes(body),
-    )
-    .expect("signable");
-    let (instructions, _) = sign(signable, &params).expect("sign").into_parts();
-    let mut out: Vec<(String, String)> = headers
-        .iter()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case("x-amz-date"))
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    for (k, v) in instructions.headers() {
-        out.push((k.to_string(), v.to_string()));
-    }
-    out
+        .unwrap_or_else(SystemTime::now)
 }
 
 /// Parses `20240101T000000Z`.
@@ -174,4 +204,58 @@ fn parse_amz_date(value: &str) -> Option<SystemTime> {
     );
     let dt = aws_smithy_types::DateTime::from_str(&iso, aws_smithy_types::date_time::Format::DateTime).ok()?;
     SystemTime::try_from(dt).ok()
+}
+
+/// Sends only the head of a request (its headers may announce a body that never comes) and
+/// waits up to `timeout` for the response. `None` if no complete response arrived in time.
+pub fn send_head_only(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Option<Response> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let deadline = std::time::Instant::now() + timeout;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("write head");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if complete(&raw) {
+            return Some(parse(&raw));
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        stream.set_read_timeout(Some(left)).expect("timeout");
+        match stream.read(&mut buf) {
+            // Closed: a response without a length ends here.
+            Ok(0) => {
+                return raw.windows(4).any(|w| w == b"\r\n\r\n").then(|| parse(&raw));
+            }
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Whether `raw` holds a whole response (head plus a Content-Length body or a last chunk).
+fn complete(raw: &[u8]) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let body = &raw[split + 4..];
+    if let Some(len) =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return body.len() >= len;
+    }
+    head.contains("transfer-encoding: chunked") && body.ends_with(b"0\r\n\r\n")
 }

@@ -1,0 +1,657 @@
+//! Real third-party clients against a live `meridian server`: the AWS CLI, boto3 and rclone.
+//! Every tool must be installed (scripts/test.sh installs them); a missing one fails the test.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Server, body_bytes, md5_hex, pattern, require_tool, run_with_timeout};
+use serde_json::Value;
+
+const MIB: usize = 1 << 20;
+const TOOL_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Fails with everything the tool printed unless it succeeded.
+fn expect_success(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// The AWS CLI, isolated from any ~/.aws of the developer running the tests.
+struct AwsCli {
+    bin: PathBuf,
+    endpoint: String,
+    home: tempfile::TempDir,
+}
+
+impl AwsCli {
+    fn new(server: &Server) -> AwsCli {
+        let bin = require_tool("aws", "pip install awscli");
+        AwsCli { bin, endpoint: server.endpoint.clone(), home: tempfile::tempdir().expect("temp dir") }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--endpoint-url").arg(&self.endpoint).args(args);
+        // Only the settings below may apply (no profile, session token, endpoint override...).
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("AWS_") {
+                cmd.env_remove(&var);
+            }
+        }
+        cmd.env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", self.home.path().join("no-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.home.path().join("no-credentials"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_PAGER", "");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        run_with_timeout(&mut self.command(args), TOOL_TIMEOUT)
+    }
+
+    /// Runs and requires success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        expect_success(&format!("aws {}", args.join(" ")), &out);
+        text(&out.stdout)
+    }
+
+    /// Runs an `s3api` call and parses its JSON output.
+    fn json(&self, args: &[&str]) -> Value {
+        let stdout = self.ok(args);
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("aws {} printed no JSON ({e}): {stdout}", args.join(" ")))
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+/// Every file under `root` by relative path (with `/`), with its bytes.
+fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path.strip_prefix(root).expect("under root");
+                let rel = rel.to_str().expect("utf-8 name").replace('\\', "/");
+                out.insert(rel, std::fs::read(&path).expect("read file"));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn write_file(root: &Path, rel: &str, data: &[u8]) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, data).expect("write file");
+}
+
+/// Compares two trees by name and bytes, reporting differences by name and size (not by dumping
+/// megabytes of content).
+fn assert_same_tree(expected: &BTreeMap<String, Vec<u8>>, actual: &BTreeMap<String, Vec<u8>>, what: &str) {
+    let names = |m: &BTreeMap<String, Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(actual), names(expected), "{what}: file names differ");
+    for (name, data) in expected {
+        let got = &actual[name];
+        assert!(
+            got == data,
+            "{what}: {name} differs: {} bytes (md5 {}) instead of {} bytes (md5 {})",
+            got.len(),
+            md5_hex(got),
+            data.len(),
+            md5_hex(data)
+        );
+    }
+}
+
+/// Keys and sizes in a bucket, read with aws-sdk-rust (an independent check of what a tool did).
+async fn list_all(s3: &aws_sdk_s3::Client, bucket: &str) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for object in page.expect("list page").contents() {
+            out.insert(object.key().expect("key").to_string(), object.size().expect("size"));
+        }
+    }
+    out
+}
+
+async fn sdk_get(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
+    body_bytes(
+        s3.get_object().bucket(bucket).key(key).send().await.unwrap_or_else(|e| panic!("get {bucket}/{key}: {e:?}")),
+    )
+    .await
+}
+
+/// Lines of `aws s3 sync`/`cp` output that report a transfer or deletion.
+fn transfer_lines(stdout: &str) -> Vec<String> {
+    let mut lines: Vec<String> = stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.starts_with("upload:") || l.starts_with("download:") || l.starts_with("copy:") || l.starts_with("delete:")
+        })
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+async fn aws_cli_s3_commands() {
+    let server = Server::start();
+    let s3 = server.client();
+    let aws = AwsCli::new(&server);
+    let work = tempfile::tempdir().expect("temp dir");
+    let work = work.path();
+
+    aws.ok(&["s3", "mb", "s3://cli-bucket"]);
+    s3.head_bucket().bucket("cli-bucket").send().await.expect("bucket made by `aws s3 mb` exists");
+    let listing = aws.ok(&["s3", "ls"]);
+    assert!(listing.lines().any(|l| l.trim_end().ends_with(" cli-bucket")), "`aws s3 ls` shows the bucket: {listing}");
+
+    // cp up: a small file and a 20 MiB one, which the CLI uploads in 8 MiB parts.
+    let small = pattern(1234, 1);
+    let big = pattern(20 * MIB, 2);
+    write_file(work, "up/small.txt", &small);
+    write_file(work, "up/big.bin", &big);
+    let cp = ["--no-progress", "--only-show-errors"];
+    aws.ok(
+        &[&["s3", "cp", path_str(&work.join("up/small.txt")), "s3://cli-bucket/docs/small.txt"][..], &cp[..]].concat()
+    );
+    aws.ok(&[&["s3", "cp", path_str(&work.join("up/big.bin")), "s3://cli-bucket/big/big.bin"][..], &cp[..]].concat());
+    assert_eq!(sdk_get(&s3, "cli-bucket", "docs/small.txt").await, small);
+    let head = s3.head_object().bucket("cli-bucket").key("big/big.bin").send().await.unwrap();
+    assert_eq!(head.content_length(), Some(big.len() as i64));
+    assert!(
+        head.e_tag().unwrap_or_default().ends_with("-3\""),
+        "20 MiB went up as a 3-part multipart upload: {:?}",
+        head.e_tag()
+    );
+    assert!(sdk_get(&s3, "cli-bucket", "big/big.bin").await == big);
+
+    // cp down.
+    aws.ok(&[&["s3", "cp", "s3://cli-bucket/docs/small.txt", path_str(&work.join("down/small.txt"))][..], &cp[..]]
+        .concat());
+    aws.ok(&[&["s3", "cp", "s3://cli-bucket/big/big.bin", path_str(&work.join("down/big.bin"))][..], &cp[..]].concat());
+    assert_eq!(std::fs::read(work.join("down/small.txt")).unwrap(), small);
+    assert!(std::fs::read(work.join("down/big.bin")).unwrap() == big);
+
+    // ls, not recursive: the top level shows prefixes only.
+    let top = aws.ok(&["s3", "ls", "s3://cli-bucket/"]);
+    let mut top_lines: Vec<&str> = top.lines().map(str::trim).collect();
+    top_lines.sort();
+    assert_eq!(top_lines, ["PRE big/", "PRE docs/"], "{top}");
+    let docs = aws.ok(&["s3", "ls", "s3://cli-bucket/docs/"]);
+    assert!(
+        docs.lines().any(|l| l.trim_end().ends_with(" 1234 small.txt")),
+        "`aws s3 ls s3://cli-bucket/docs/` shows the file and its size: {docs}"
+    );
+    let recursive = aws.ok(&["s3", "ls", "--recursive", "s3://cli-bucket"]);
+    let mut listed: Vec<(String, String)> = recursive
+        .lines()
+        .map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(parts.len(), 4, "date time size key: {l}");
+            (parts[3].to_string(), parts[2].to_string())
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [("big/big.bin".to_string(), (20 * MIB).to_string()), ("docs/small.txt".to_string(), "1234".to_string())]
+    );
+
+    // sync up a tree with nested prefixes, then again: nothing to do.
+    let src = work.join("tree");
+    let mut tree = BTreeMap::new();
+    tree.insert("a.txt".to_string(), b"alpha\n".to_vec());
+    tree.insert("sub/b.txt".to_string(), pattern(70_000, 3));
+    tree.insert("sub/deeper/c.bin".to_string(), pattern(300_000, 4));
+    tree.insert("sub/deeper/empty".to_string(), Vec::new());
+    tree.insert("with space/d e.txt".to_string(), b"spaces".to_vec());
+    // An hour old: the CLI re-uploads a file whose mtime is newer than the object's
+    // LastModified, and S3 reports LastModified to the second, so a file written in the same
+    // second as its upload would make the no-op resync below flaky.
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for (name, data) in &tree {
+        write_file(&src, name, data);
+        std::fs::File::options()
+            .write(true)
+            .open(src.join(name))
+            .and_then(|f| f.set_modified(an_hour_ago))
+            .expect("set mtime");
+    }
+    let sync_up = ["s3", "sync", "--no-progress", path_str(&src), "s3://cli-bucket/tree"];
+    let out = aws.ok(&sync_up);
+    let uploads = transfer_lines(&out);
+    assert_eq!(uploads.len(), tree.len(), "first sync uploads every file: {out}");
+    assert!(uploads.iter().all(|l| l.starts_with("upload:")), "{out}");
+    let remote: BTreeMap<String, i64> = list_all(&s3, "cli-bucket")
+        .await
+        .into_iter()
+        .filter_map(|(k, size)| k.strip_prefix("tree/").map(|k| (k.to_string(), size)))
+        .collect();
+    let expected: BTreeMap<String, i64> = tree.iter().map(|(k, v)| (k.clone(), v.len() as i64)).collect();
+    assert_eq!(remote, expected, "keys and sizes after sync");
+    for (name, data) in &tree {
+        assert!(&sdk_get(&s3, "cli-bucket", &format!("tree/{name}")).await == data, "{name}");
+    }
+    let out = aws.ok(&sync_up);
+    assert_eq!(transfer_lines(&out), Vec::<String>::new(), "second sync transfers nothing");
+
+    // sync down into a fresh folder, then again: nothing to do.
+    let down = work.join("tree-down");
+    let sync_down = ["s3", "sync", "--no-progress", "s3://cli-bucket/tree", path_str(&down)];
+    let out = aws.ok(&sync_down);
+    assert_eq!(transfer_lines(&out).len(), tree.len(), "{out}");
+    assert_same_tree(&tree, &read_tree(&down), "aws s3 sync down");
+    let out = aws.ok(&sync_down);
+    assert_eq!(transfer_lines(&out), Vec::<String>::new(), "second sync down transfers nothing");
+
+    // A changed and a removed file: sync --delete transfers exactly those.
+    write_file(&src, "a.txt", b"alpha, longer now\n");
+    std::fs::remove_file(src.join("sub/b.txt")).unwrap();
+    let out = aws.ok(&[&sync_up[..], &["--delete"]].concat());
+    let lines = transfer_lines(&out);
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("delete: s3://cli-bucket/tree/sub/b.txt"), "{out}");
+    assert!(lines[1].starts_with("upload: ") && lines[1].ends_with(" to s3://cli-bucket/tree/a.txt"), "{out}");
+    assert_eq!(sdk_get(&s3, "cli-bucket", "tree/a.txt").await, b"alpha, longer now\n");
+    assert!(!list_all(&s3, "cli-bucket").await.contains_key("tree/sub/b.txt"));
+
+    // rm --recursive empties the bucket; rb removes it.
+    aws.ok(&["s3", "rm", "--recursive", "--only-show-errors", "s3://cli-bucket"]);
+    assert_eq!(list_all(&s3, "cli-bucket").await, BTreeMap::new());
+    aws.ok(&["s3", "rb", "s3://cli-bucket"]);
+    let err = s3.head_bucket().bucket("cli-bucket").send().await.unwrap_err();
+    assert_eq!(common::error_status(&err), 404, "bucket gone after `aws s3 rb`");
+}
+
+#[tokio::test]
+async fn aws_cli_s3api_commands() {
+    let server = Server::start();
+    let s3 = server.client();
+    let aws = AwsCli::new(&server);
+    let work = tempfile::tempdir().expect("temp dir");
+    let work = work.path();
+    let b = "api-bucket";
+
+    aws.json(&["s3api", "create-bucket", "--bucket", b]);
+
+    // put-object with metadata and content type; head-object reports them.
+    let body = b"0123456789abcdefghij";
+    write_file(work, "body.txt", body);
+    let put = aws.json(&[
+        "s3api",
+        "put-object",
+        "--bucket",
+        b,
+        "--key",
+        "docs/meta.txt",
+        "--body",
+        path_str(&work.join("body.txt")),
+        "--content-type",
+        "text/x-meridian",
+        "--cache-control",
+        "no-cache",
+        "--metadata",
+        "color=red,shape=round",
+    ]);
+    let etag = format!("\"{}\"", md5_hex(body));
+    assert_eq!(put["ETag"], etag.as_str(), "{put}");
+    let head = aws.json(&["s3api", "head-object", "--bucket", b, "--key", "docs/meta.txt"]);
+    assert_eq!(head["ContentLength"], body.len(), "{head}");
+    assert_eq!(head["ContentType"], "text/x-meridian", "{head}");
+    assert_eq!(head["CacheControl"], "no-cache", "{head}");
+    assert_eq!(head["ETag"], etag.as_str(), "{head}");
+    assert_eq!(head["Metadata"], serde_json::json!({"color": "red", "shape": "round"}), "{head}");
+    assert!(head["LastModified"].is_string(), "{head}");
+
+    // get-object with a range.
+    let ranged_path = work.join("ranged.out");
+    let got = aws.json(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        b,
+        "--key",
+        "docs/meta.txt",
+        "--range",
+        "bytes=5-9",
+        path_str(&ranged_path),
+    ]);
+    assert_eq!(got["ContentRange"], "bytes 5-9/20", "{got}");
+    assert_eq!(got["ContentLength"], 5, "{got}");
+    assert_eq!(std::fs::read(&ranged_path).unwrap(), b"56789");
+
+    // list-objects-v2 with a delimiter.
+    for key in ["a/1", "a/2", "b/x/1", "top"] {
+        s3.put_object().bucket(b).key(key).body(key.as_bytes().to_vec().into()).send().await.unwrap();
+    }
+    let list = aws.json(&["s3api", "list-objects-v2", "--bucket", b, "--delimiter", "/"]);
+    let prefixes: Vec<&str> = list["CommonPrefixes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("CommonPrefixes: {list}"))
+        .iter()
+        .map(|p| p["Prefix"].as_str().unwrap())
+        .collect();
+    assert_eq!(prefixes, ["a/", "b/", "docs/"], "{list}");
+    let keys: Vec<&str> = list["Contents"]
+        .as_array()
+        .unwrap_or_else(|| panic!("Contents: {list}"))
+        .iter()
+        .map(|o| o["Key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["top"], "{list}");
+    let list = aws.json(&["s3api", "list-objects-v2", "--bucket", b, "--prefix", "a/", "--delimiter", "/"]);
+    let keys: Vec<&str> = list["Contents"]
+        .as_array()
+        .unwrap_or_else(|| panic!("Contents: {list}"))
+        .iter()
+        .map(|o| o["Key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["a/1", "a/2"], "{list}");
+
+    // copy-object keeps the metadata by default.
+    let copy = aws.json(&[
+        "s3api",
+        "copy-object",
+        "--bucket",
+        b,
+        "--key",
+        "docs/copy.txt",
+        "--copy-source",
+        &format!("{b}/docs/meta.txt"),
+    ]);
+    assert_eq!(copy["CopyObjectResult"]["ETag"], etag.as_str(), "{copy}");
+    let copied = s3.get_object().bucket(b).key("docs/copy.txt").send().await.unwrap();
+    assert_eq!(copied.content_type(), Some("text/x-meridian"));
+    assert_eq!(copied.metadata().and_then(|m| m.get("color")).map(String::as_str), Some("red"));
+    assert_eq!(body_bytes(copied).await, body);
+
+    // delete-objects.
+    let deleted = aws.json(&[
+        "s3api",
+        "delete-objects",
+        "--bucket",
+        b,
+        "--delete",
+        r#"{"Objects":[{"Key":"a/1"},{"Key":"a/2"},{"Key":"never-existed"}]}"#,
+    ]);
+    let mut gone: Vec<&str> = deleted["Deleted"]
+        .as_array()
+        .unwrap_or_else(|| panic!("Deleted: {deleted}"))
+        .iter()
+        .map(|d| d["Key"].as_str().unwrap())
+        .collect();
+    gone.sort();
+    assert_eq!(gone, ["a/1", "a/2", "never-existed"], "{deleted}");
+    assert!(deleted.get("Errors").is_none(), "{deleted}");
+    let remaining: Vec<String> = list_all(&s3, b).await.into_keys().collect();
+    assert_eq!(remaining, ["b/x/1", "docs/copy.txt", "docs/meta.txt", "top"]);
+
+    // A multipart upload, step by step.
+    let part1 = pattern(5 * MIB, 10);
+    let part2 = pattern(777, 11);
+    write_file(work, "part1", &part1);
+    write_file(work, "part2", &part2);
+    let created = aws.json(&[
+        "s3api",
+        "create-multipart-upload",
+        "--bucket",
+        b,
+        "--key",
+        "mp/object.bin",
+        "--content-type",
+        "application/x-parts",
+    ]);
+    let upload_id = created["UploadId"].as_str().unwrap_or_else(|| panic!("UploadId: {created}")).to_string();
+    let mut parts = Vec::new();
+    for (number, file, data) in [(1, "part1", &part1), (2, "part2", &part2)] {
+        let out = aws.json(&[
+            "s3api",
+            "upload-part",
+            "--bucket",
+            b,
+            "--key",
+            "mp/object.bin",
+            "--upload-id",
+            &upload_id,
+            "--part-number",
+            &number.to_string(),
+            "--body",
+            path_str(&work.join(file)),
+        ]);
+        assert_eq!(out["ETag"], format!("\"{}\"", md5_hex(data)).as_str(), "{out}");
+        parts.push(serde_json::json!({"PartNumber": number, "ETag": out["ETag"]}));
+    }
+    let listed_parts =
+        aws.json(&["s3api", "list-parts", "--bucket", b, "--key", "mp/object.bin", "--upload-id", &upload_id]);
+    assert_eq!(listed_parts["Parts"].as_array().map(Vec::len), Some(2), "{listed_parts}");
+    let completed = aws.json(&[
+        "s3api",
+        "complete-multipart-upload",
+        "--bucket",
+        b,
+        "--key",
+        "mp/object.bin",
+        "--upload-id",
+        &upload_id,
+        "--multipart-upload",
+        &serde_json::json!({ "Parts": parts }).to_string(),
+    ]);
+    let mut md5s = hex::decode(md5_hex(&part1)).unwrap();
+    md5s.extend(hex::decode(md5_hex(&part2)).unwrap());
+    assert_eq!(completed["ETag"], format!("\"{}-2\"", md5_hex(&md5s)).as_str(), "{completed}");
+    let whole = sdk_get(&s3, b, "mp/object.bin").await;
+    assert!(whole == [part1.as_slice(), part2.as_slice()].concat());
+    let head = aws.json(&["s3api", "head-object", "--bucket", b, "--key", "mp/object.bin"]);
+    assert_eq!(head["ContentType"], "application/x-parts", "{head}");
+    assert_eq!(head["ContentLength"], part1.len() + part2.len(), "{head}");
+
+    // Errors: a missing key, a missing bucket.
+    let out =
+        aws.run(&["s3api", "get-object", "--bucket", b, "--key", "no/such/key", path_str(&work.join("missing.out"))]);
+    assert!(!out.status.success(), "get-object of a missing key must fail");
+    assert!(text(&out.stderr).contains("NoSuchKey"), "stderr names NoSuchKey: {}", text(&out.stderr));
+    let out = aws.run(&["s3api", "list-objects-v2", "--bucket", "no-such-bucket-x"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("NoSuchBucket"), "stderr names NoSuchBucket: {}", text(&out.stderr));
+    let out = aws.run(&["s3api", "delete-bucket", "--bucket", b]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("BucketNotEmpty"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn boto3_script() {
+    let python = require_tool("python3", "install Python 3 (apt-get install python3)");
+    let probe = run_with_timeout(Command::new(&python).args(["-c", "import boto3"]), Duration::from_secs(60));
+    assert!(
+        probe.status.success(),
+        "boto3 is not installed for {}: run scripts/test.sh (it pip-installs boto3 and awscli), \
+         or `python3 -m pip install boto3`\n{}",
+        python.display(),
+        text(&probe.stderr)
+    );
+    let server = Server::start();
+    let home = tempfile::tempdir().expect("temp dir");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/boto3_check.py");
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script).arg(&server.endpoint);
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(&var);
+        }
+    }
+    cmd.env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", home.path().join("no-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("no-credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("PYTHONUNBUFFERED", "1");
+    let out = run_with_timeout(&mut cmd, TOOL_TIMEOUT);
+    println!("{}", text(&out.stdout));
+    eprintln!("{}", text(&out.stderr));
+    expect_success("boto3_check.py", &out);
+    assert!(text(&out.stdout).contains("boto3 checks passed"), "the script ran to the end");
+}
+
+/// rclone configured entirely through environment variables (remote name `meridian`).
+struct Rclone {
+    bin: PathBuf,
+    endpoint: String,
+    home: tempfile::TempDir,
+}
+
+impl Rclone {
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args);
+        // rclone's S3 client reads AWS_* variables too (AWS_CA_BUNDLE even breaks it on plain
+        // HTTP); only the settings below may apply.
+        for (var, _) in std::env::vars_os() {
+            let name = var.to_string_lossy();
+            if name.starts_with("AWS_") || name.starts_with("RCLONE_") {
+                cmd.env_remove(&var);
+            }
+        }
+        cmd.env("RCLONE_CONFIG", self.home.path().join("rclone.conf"))
+            .env("RCLONE_CONFIG_MERIDIAN_TYPE", "s3")
+            .env("RCLONE_CONFIG_MERIDIAN_PROVIDER", "Other")
+            .env("RCLONE_CONFIG_MERIDIAN_ENV_AUTH", "false")
+            .env("RCLONE_CONFIG_MERIDIAN_ACCESS_KEY_ID", common::ACCESS_KEY)
+            .env("RCLONE_CONFIG_MERIDIAN_SECRET_ACCESS_KEY", common::SECRET_KEY)
+            .env("RCLONE_CONFIG_MERIDIAN_ENDPOINT", &self.endpoint)
+            .env("RCLONE_CONFIG_MERIDIAN_REGION", "us-east-1")
+            .env("RCLONE_CONFIG_MERIDIAN_FORCE_PATH_STYLE", "true")
+            // Files over 32 MiB go up as multipart uploads in 16 MiB parts.
+            .env("RCLONE_CONFIG_MERIDIAN_UPLOAD_CUTOFF", "32Mi")
+            .env("RCLONE_CONFIG_MERIDIAN_CHUNK_SIZE", "16Mi")
+            .env("RCLONE_CACHE_DIR", self.home.path().join("cache"));
+        run_with_timeout(&mut cmd, TOOL_TIMEOUT)
+    }
+
+    fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        expect_success(&format!("rclone {}", args.join(" ")), &out);
+        out
+    }
+
+    /// `rclone check` must succeed and report every file matching.
+    fn check(&self, local: &Path, remote: &str, files: usize) {
+        let out = self.ok(&["check", path_str(local), remote]);
+        let log = text(&out.stderr);
+        assert!(log.contains("0 differences found"), "rclone check: {log}");
+        assert!(log.contains(&format!("{files} matching files")), "rclone check matched all {files} files: {log}");
+    }
+}
+
+/// Deterministic, fast-to-make bytes for big files: each MiB is a distinct pattern block.
+fn big_data(len: usize, seed: u64) -> Vec<u8> {
+    let block = pattern(MIB, seed);
+    let mut out = Vec::with_capacity(len);
+    let mut index = 0u64;
+    while out.len() < len {
+        let take = (len - out.len()).min(MIB);
+        let start = out.len();
+        out.extend_from_slice(&block[..take]);
+        let stamp = (seed << 32 | index).to_le_bytes();
+        let n = stamp.len().min(take);
+        out[start..start + n].copy_from_slice(&stamp[..n]);
+        index += 1;
+    }
+    out
+}
+
+#[tokio::test]
+async fn rclone_copy_check_sync() {
+    let bin = require_tool("rclone", "apt-get install rclone");
+    let server = Server::start();
+    let s3 = server.client();
+    let rclone = Rclone { bin, endpoint: server.endpoint.clone(), home: tempfile::tempdir().expect("temp dir") };
+    let work = tempfile::tempdir().expect("temp dir");
+    let local = work.path().join("local");
+
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    files.insert("top.txt".into(), b"top level\n".to_vec());
+    files.insert("empty.txt".into(), Vec::new());
+    files.insert("a/zero".into(), Vec::new());
+    files.insert("a/b/c/deep.txt".into(), b"deep down\n".to_vec());
+    files.insert("a/b/medium.bin".into(), pattern(200_000, 5));
+    files.insert("a/b/also-empty".into(), Vec::new());
+    files.insert("with space.txt".into(), b"a name with a space".to_vec());
+    files.insert("dir with space/ünïcødé ✓.txt".into(), "héllo".as_bytes().to_vec());
+    files.insert("日本語/ファイル.txt".into(), "こんにちは".as_bytes().to_vec());
+    files.insert("emoji 🚀/plus+and&amp=.bin".into(), pattern(40_000, 6));
+    files.insert("big/100mib.bin".into(), big_data(100 * MIB, 7));
+    for (name, data) in &files {
+        write_file(&local, name, data);
+    }
+    let remote = "meridian:rclone-bucket";
+
+    rclone.ok(&["copy", path_str(&local), remote]);
+    rclone.check(&local, remote, files.len());
+    let listed = list_all(&s3, "rclone-bucket").await;
+    let expected: BTreeMap<String, i64> = files.iter().map(|(k, v)| (k.clone(), v.len() as i64)).collect();
+    assert_eq!(listed, expected, "what rclone copy stored, seen by aws-sdk-rust");
+    let head = s3.head_object().bucket("rclone-bucket").key("big/100mib.bin").send().await.unwrap();
+    assert!(
+        head.e_tag().unwrap_or_default().ends_with("-7\""),
+        "100 MiB went up in 7 parts of 16 MiB: {:?}",
+        head.e_tag()
+    );
+    assert_eq!(md5_hex(&sdk_get(&s3, "rclone-bucket", "big/100mib.bin").await), md5_hex(&files["big/100mib.bin"]));
+
+    // Change, remove and add files locally, then sync.
+    let changed_top = b"top level, edited to a different length\n".to_vec();
+    let mut changed_medium = files["a/b/medium.bin"].clone();
+    changed_medium[1000] ^= 0xff; // same size, different bytes
+    write_file(&local, "top.txt", &changed_top);
+    write_file(&local, "a/b/medium.bin", &changed_medium);
+    std::fs::remove_file(local.join("with space.txt")).unwrap();
+    std::fs::remove_file(local.join("a/zero")).unwrap();
+    write_file(&local, "new/added.txt", b"added later");
+    files.insert("top.txt".into(), changed_top.clone());
+    files.insert("a/b/medium.bin".into(), changed_medium.clone());
+    files.remove("with space.txt");
+    files.remove("a/zero");
+    files.insert("new/added.txt".into(), b"added later".to_vec());
+
+    rclone.ok(&["sync", path_str(&local), remote]);
+    rclone.check(&local, remote, files.len());
+    let listed: Vec<String> = list_all(&s3, "rclone-bucket").await.into_keys().collect();
+    assert_eq!(listed, files.keys().cloned().collect::<Vec<_>>(), "keys after rclone sync");
+    assert_eq!(sdk_get(&s3, "rclone-bucket", "top.txt").await, changed_top);
+    assert!(sdk_get(&s3, "rclone-bucket", "a/b/medium.bin").await == changed_medium);
+
+    // Copy everything back down into a fresh folder and compare byte for byte.
+    let down = work.path().join("down");
+    rclone.ok(&["copy", remote, path_str(&down)]);
+    assert_same_tree(&files, &read_tree(&down), "rclone copy down");
+    assert_same_tree(&read_tree(&local), &read_tree(&down), "local vs downloaded");
+}
