@@ -7,6 +7,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9400";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9401";
 pub const DEFAULT_DATA: &str = "meridian-data";
 
 /// Everything a node can be told, as it appears in the TOML file.
@@ -17,6 +18,8 @@ pub struct FileConfig {
     pub data: Option<PathBuf>,
     /// S3 listen address.
     pub listen: Option<SocketAddr>,
+    /// Admin API listen address.
+    pub admin_listen: Option<SocketAddr>,
     /// Domain for virtual-host-style bucket addressing (`bucket.<domain>`).
     pub domain: Option<String>,
     /// Region name of this node.
@@ -112,4 +115,20 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// The admin API token: `MERIDIAN_ADMIN_TOKEN`, else the one stored in the data directory, else a
+/// new one stored there (mode 0600). The bool says whether it was generated now.
+pub fn admin_token(data: &Path) -> anyhow::Result<(String, bool)> {
+    if let Some(token) = std::env::var("MERIDIAN_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+        return Ok((token.trim().to_string(), false));
+    }
+    let path = data.join("admin-token");
+    if path.exists() {
+        let token = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok((token.trim().to_string(), false));
+    }
+    let token = random_string("mt_", 40, KEY_CHARS);
+    write_private(&path, &token)?;
+    Ok((token, true))
 }

@@ -18,6 +18,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Load-test any S3 endpoint (Meridian or another) and report ops/s, MiB/s and latencies.
     Bench(Box<meridian_bench::BenchArgs>),
+    /// Manage access keys, bucket permissions and public buckets (through a node's admin API).
+    Admin(meridian_admin::cli::AdminArgs),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -25,5 +27,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Server(args) => server::run(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Bench(args) => Ok(meridian_bench::cli_main(*args)),
+        Command::Admin(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            Ok(runtime.block_on(meridian_admin::cli::run(args)))
+        }
     }
 }

@@ -22,6 +22,9 @@ pub struct ServerArgs {
     /// Address for the S3 endpoint; port 0 picks a free port. Default: 127.0.0.1:9400
     #[arg(long, env = "MERIDIAN_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Address for the admin API (keys, permissions, health). Default: 127.0.0.1:9401
+    #[arg(long, env = "MERIDIAN_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     /// A TOML file with any of these settings (flags win over the file).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -42,6 +45,7 @@ pub struct ServerArgs {
 struct Settings {
     data: PathBuf,
     listen: SocketAddr,
+    admin_listen: SocketAddr,
     domain: Option<String>,
     region: String,
     inline_max: usize,
@@ -65,6 +69,10 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
     Ok(Settings {
         data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA)),
         listen: args.listen.or(file.listen).unwrap_or(default_listen),
+        admin_listen: args
+            .admin_listen
+            .or(file.admin_listen)
+            .unwrap_or(config::DEFAULT_ADMIN_LISTEN.parse().context("default admin listen address")?),
         domain: args.domain.or(file.domain),
         region: args.region.or(file.region).unwrap_or_else(|| "us-east-1".into()),
         inline_max: args.inline_max.or(file.inline_max).unwrap_or(EngineConfig::default().inline_max),
@@ -118,7 +126,26 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         format!("cannot listen on {} (is the port in use? pass --listen ADDR:PORT)", settings.listen)
     })?;
     let addr = listener.local_addr()?;
+    let admin_listener = tokio::net::TcpListener::bind(settings.admin_listen).await.with_context(|| {
+        format!("cannot listen on {} for the admin API (pass --admin-listen ADDR:PORT)", settings.admin_listen)
+    })?;
+    let admin_addr = admin_listener.local_addr()?;
+    let (admin_token, token_generated) = config::admin_token(&settings.data)?;
     print_banner(&settings, addr, &creds, &source);
+    println!("Admin API: http://{admin_addr}");
+    if token_generated {
+        println!(
+            "Admin token: {admin_token} (generated now, saved in {})",
+            settings.data.join("admin-token").display()
+        );
+    }
+    let admin = meridian_admin::AdminApi::new(engine.clone(), admin_token);
+    tokio::spawn(async move {
+        // Runs until the process exits with the S3 server.
+        if let Err(err) = meridian_admin::serve(admin_listener, admin, std::future::pending()).await {
+            tracing::error!(error = %err, "admin API stopped");
+        }
+    });
 
     collect_orphans_in_background(engine.clone(), started);
     engine.spawn_reaper(Duration::from_millis(250));

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 pub const ACCESS_KEY: &str = "MERIDIANTESTKEY00001";
 pub const SECRET_KEY: &str = "meridian/test/secret/key/0000000000000000";
+pub const ADMIN_TOKEN: &str = "meridian-test-admin-token";
 
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_meridian"))
@@ -23,6 +24,8 @@ pub struct Server {
     /// `http://127.0.0.1:PORT`
     pub endpoint: String,
     pub addr: String,
+    /// `http://127.0.0.1:PORT` of the admin API.
+    pub admin_url: String,
     pub data: PathBuf,
     extra_args: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
@@ -37,17 +40,21 @@ impl Server {
     pub fn start_with(extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data = tmp.path().join("data");
-        let mut server = Self::start_in(&data, extra, None);
+        let mut server = Self::start_in(&data, extra, None, None);
         server._tmp = Some(tmp);
         server
     }
 
-    /// A server on `data`, on `listen` if given (to come back on the same port after a kill).
-    pub fn start_in(data: &Path, extra: &[&str], listen: Option<&str>) -> Server {
+    /// A server on `data`, on the given S3 and admin addresses if any (to come back on the same
+    /// ports after a kill).
+    pub fn start_in(data: &Path, extra: &[&str], listen: Option<&str>, admin_listen: Option<&str>) -> Server {
         let listen = listen.unwrap_or("127.0.0.1:0");
+        let admin_listen = admin_listen.unwrap_or("127.0.0.1:0");
         let mut cmd = Command::new(binary());
-        cmd.arg("server").arg("--data").arg(data).arg("--listen").arg(listen).args(extra);
+        cmd.arg("server").arg("--data").arg(data).arg("--listen").arg(listen).arg("--admin-listen").arg(admin_listen);
+        cmd.args(extra);
         cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY).env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+        cmd.env("MERIDIAN_ADMIN_TOKEN", ADMIN_TOKEN);
         cmd.env("RUST_LOG", std::env::var("MERIDIAN_TEST_LOG").unwrap_or_else(|_| "warn,s3s=off".into()));
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn meridian server");
@@ -58,20 +65,28 @@ impl Server {
                 if let Some(url) = line.strip_prefix("S3 endpoint: ") {
                     let _ = tx.send(url.trim().to_string());
                 }
+                if let Some(url) = line.strip_prefix("Admin API: ") {
+                    let _ = tx.send(url.trim().to_string());
+                }
             }
         });
-        let endpoint = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("meridian server did not print its endpoint within 30s");
+        let mut urls = Vec::new();
+        while urls.len() < 2 {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(url) => urls.push(url),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("meridian server did not print its endpoints within 30s");
+                }
             }
-        };
+        }
+        let (endpoint, admin_url) = (urls[0].clone(), urls[1].clone());
         let addr = endpoint.trim_start_matches("http://").to_string();
         Server {
             child: Some(child),
             endpoint,
             addr,
+            admin_url,
             data: data.to_path_buf(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             _tmp: None,
@@ -103,7 +118,8 @@ impl Server {
         self.kill9();
         let extra: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
         let addr = self.addr.clone();
-        let mut next = Server::start_in(&self.data, &extra, Some(&addr));
+        let admin = self.admin_url.trim_start_matches("http://").to_string();
+        let mut next = Server::start_in(&self.data, &extra, Some(&addr), Some(&admin));
         self.child = next.child.take();
         self.endpoint = next.endpoint.clone();
     }

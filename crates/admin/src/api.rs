@@ -1,0 +1,344 @@
+//! The admin HTTP API. JSON in and out; every `/v1/` request needs `Authorization: Bearer
+//! <token>`. `/health` is open, for load balancers.
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `GET /health` | | `{"status":"ok","revision":N}` |
+//! | `POST /v1/keys` | `{"name","can_create_buckets"?}` | the key with its secret (shown only here) |
+//! | `GET /v1/keys` | | all keys (no secrets) |
+//! | `GET /v1/keys/NAME` | | one key and its bucket grants |
+//! | `PATCH /v1/keys/NAME` | `{"can_create_buckets"}` | the key |
+//! | `DELETE /v1/keys/NAME` | | `{"deleted":"NAME"}` |
+//! | `POST /v1/keys/NAME/rotate` | `{"grace":"1h"}` | the new credential (old ones valid for the grace period) |
+//! | `GET /v1/buckets` | | buckets with owner, public flag and grants |
+//! | `POST /v1/buckets` | `{"name","owner"?,"public_read"?}` | the bucket |
+//! | `POST /v1/buckets/NAME/allow` | `{"key","read"?,"write"?,"owner"?}` | the bucket |
+//! | `POST /v1/buckets/NAME/deny` | `{"key","read"?,"write"?,"owner"?}` | the bucket |
+//! | `POST /v1/buckets/NAME/public` | `{"read":true}` | the bucket |
+//!
+//! Errors: `{"error":{"code":"...","message":"..."}}` with 400, 401, 404 or 409.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use meridian_engine::iam::{Credential, Grant, KeyRecord};
+use meridian_engine::record::BucketRecord;
+use meridian_engine::{Engine, EngineError, ttl};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 << 10;
+
+#[derive(Clone)]
+pub struct AdminApi {
+    engine: Engine,
+    token: String,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "InvalidRequest", message)
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let message = e.to_string();
+        let (status, code) = match e {
+            EngineError::NoSuchAccessKey(_) => (StatusCode::NOT_FOUND, "NoSuchKey"),
+            EngineError::NoSuchBucket => (StatusCode::NOT_FOUND, "NoSuchBucket"),
+            EngineError::AccessKeyExists(_) => (StatusCode::CONFLICT, "KeyExists"),
+            EngineError::BucketAlreadyExists | EngineError::BucketAlreadyOwnedByYou => {
+                (StatusCode::CONFLICT, "BucketExists")
+            }
+            EngineError::InvalidArgument(_) | EngineError::InvalidBucketName(_) => {
+                (StatusCode::BAD_REQUEST, "InvalidArgument")
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        };
+        ApiError { status, code, message }
+    }
+}
+
+fn reply<T: Serialize>(status: StatusCode, value: &T) -> Reply {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn error_reply(e: ApiError) -> Reply {
+    reply(e.status, &json!({ "error": { "code": e.code, "message": e.message } }))
+}
+
+#[derive(Serialize)]
+struct KeyView {
+    name: String,
+    access_key_ids: Vec<String>,
+    admin: bool,
+    can_create_buckets: bool,
+    created_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    buckets: Option<Vec<BucketGrantView>>,
+}
+
+impl KeyView {
+    fn new(key: &KeyRecord) -> Self {
+        KeyView {
+            name: key.name.clone(),
+            access_key_ids: key.access_key_ids(),
+            admin: key.admin,
+            can_create_buckets: key.can_create_buckets,
+            created_ms: key.created_ms,
+            buckets: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct BucketGrantView {
+    bucket: String,
+    read: bool,
+    write: bool,
+    owner: bool,
+}
+
+#[derive(Serialize)]
+struct CredentialView {
+    name: String,
+    access_key_id: String,
+    secret_access_key: String,
+}
+
+impl CredentialView {
+    fn new(name: &str, c: &Credential) -> Self {
+        CredentialView {
+            name: name.to_string(),
+            access_key_id: c.access_key_id.clone(),
+            secret_access_key: c.secret.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct BucketView {
+    name: String,
+    owner: String,
+    public_read: bool,
+    created_ms: i64,
+    grants: std::collections::BTreeMap<String, Grant>,
+}
+
+impl BucketView {
+    fn new(name: &str, record: BucketRecord) -> Self {
+        BucketView {
+            name: name.to_string(),
+            owner: record.owner,
+            public_read: record.public_read,
+            created_ms: record.created_ms,
+            grants: record.grants,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    #[serde(default)]
+    can_create_buckets: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateKey {
+    can_create_buckets: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    #[serde(default)]
+    grace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBucket {
+    name: String,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    public_read: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantChange {
+    key: String,
+    #[serde(default)]
+    read: bool,
+    #[serde(default)]
+    write: bool,
+    #[serde(default)]
+    owner: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Public {
+    read: bool,
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same_token(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl AdminApi {
+    pub fn new(engine: Engine, token: String) -> Self {
+        AdminApi { engine, token }
+    }
+
+    /// Serves one request; never fails at the HTTP level.
+    pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Result<Reply, Infallible> {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_string();
+        if parts.method == Method::GET && path == "/health" {
+            return Ok(match self.engine.current_revision().await {
+                Ok(revision) => reply(StatusCode::OK, &json!({ "status": "ok", "revision": revision })),
+                Err(e) => {
+                    reply(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "unavailable", "error": e.to_string() }))
+                }
+            });
+        }
+        let authorized = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| same_token(t.trim().as_bytes(), self.token.as_bytes()));
+        if !authorized {
+            return Ok(error_reply(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "send the admin token as 'Authorization: Bearer <token>'",
+            )));
+        }
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => return Ok(error_reply(ApiError::bad_request("the request body is too large or was cut off"))),
+        };
+        let segments: Vec<String> = path
+            .trim_matches('/')
+            .split('/')
+            .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+            .collect();
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        Ok(match self.route(&parts.method, &segments, &body).await {
+            Ok(resp) => resp,
+            Err(e) => error_reply(e),
+        })
+    }
+
+    async fn route(&self, method: &Method, segments: &[&str], body: &Bytes) -> Result<Reply, ApiError> {
+        let engine = &self.engine;
+        match (method.clone(), segments) {
+            (Method::POST, ["v1", "keys"]) => {
+                let req: CreateKey = parse(body)?;
+                let (key, credential) = engine.create_access_key(&req.name, req.can_create_buckets).await?;
+                Ok(reply(StatusCode::CREATED, &CredentialView::new(&key.name, &credential)))
+            }
+            (Method::GET, ["v1", "keys"]) => {
+                let keys = engine.list_access_keys().await?;
+                Ok(reply(StatusCode::OK, &keys.iter().map(KeyView::new).collect::<Vec<_>>()))
+            }
+            (Method::GET, ["v1", "keys", name]) => {
+                let key = engine.access_key(name).await?;
+                let mut view = KeyView::new(&key);
+                let mut buckets = Vec::new();
+                for (bucket, record) in engine.list_buckets().await? {
+                    let grant = record.grants.get(*name).copied().unwrap_or_default();
+                    let owns = record.owner == *name;
+                    if owns || !grant.is_empty() {
+                        buckets.push(BucketGrantView {
+                            bucket,
+                            read: grant.read || owns,
+                            write: grant.write || owns,
+                            owner: grant.owner || owns,
+                        });
+                    }
+                }
+                view.buckets = Some(buckets);
+                Ok(reply(StatusCode::OK, &view))
+            }
+            (Method::PATCH, ["v1", "keys", name]) => {
+                let req: UpdateKey = parse(body)?;
+                let key = engine.set_key_can_create_buckets(name, req.can_create_buckets).await?;
+                Ok(reply(StatusCode::OK, &KeyView::new(&key)))
+            }
+            (Method::DELETE, ["v1", "keys", name]) => {
+                engine.delete_access_key(name).await?;
+                Ok(reply(StatusCode::OK, &json!({ "deleted": name })))
+            }
+            (Method::POST, ["v1", "keys", name, "rotate"]) => {
+                let req: Rotate = parse(body)?;
+                let grace = match req.grace.as_deref() {
+                    None | Some("0") => Duration::ZERO,
+                    Some(g) => ttl::parse_ttl(g).map_err(ApiError::from)?,
+                };
+                let credential = engine.rotate_access_key(name, grace).await?;
+                Ok(reply(StatusCode::OK, &CredentialView::new(name, &credential)))
+            }
+            (Method::GET, ["v1", "buckets"]) => {
+                let buckets = engine.list_buckets().await?;
+                Ok(reply(StatusCode::OK, &buckets.into_iter().map(|(n, r)| BucketView::new(&n, r)).collect::<Vec<_>>()))
+            }
+            (Method::POST, ["v1", "buckets"]) => {
+                let req: CreateBucket = parse(body)?;
+                let owner = req.owner.unwrap_or_else(|| meridian_engine::iam::ADMIN_KEY.to_string());
+                engine.access_key(&owner).await?;
+                engine.create_bucket_with(&req.name, &owner, req.public_read).await?;
+                let (record, _) = engine.bucket(&req.name).await?;
+                Ok(reply(StatusCode::CREATED, &BucketView::new(&req.name, record)))
+            }
+            (Method::POST, ["v1", "buckets", bucket, action @ ("allow" | "deny")]) => {
+                let req: GrantChange = parse(body)?;
+                let grant = Grant { read: req.read, write: req.write, owner: req.owner };
+                let record = engine.set_grant(bucket, &req.key, grant, *action == "allow").await?;
+                Ok(reply(StatusCode::OK, &BucketView::new(bucket, record)))
+            }
+            (Method::POST, ["v1", "buckets", bucket, "public"]) => {
+                let req: Public = parse(body)?;
+                let record = engine.set_public_read(bucket, req.read).await?;
+                Ok(reply(StatusCode::OK, &BucketView::new(bucket, record)))
+            }
+            _ => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("no admin endpoint {method} /{}", segments.join("/")),
+            )),
+        }
+    }
+}

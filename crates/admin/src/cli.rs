@@ -1,0 +1,311 @@
+//! `meridian admin`: manage access keys and bucket permissions through the admin API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    /// The admin API of a node.
+    #[arg(long, env = "MERIDIAN_ADMIN_URL", default_value = "http://127.0.0.1:9401", global = true)]
+    pub url: String,
+    /// The admin token. Default: MERIDIAN_ADMIN_TOKEN, else the file admin-token in --data.
+    #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Data directory of a local node, to read its admin-token file.
+    #[arg(long, default_value = "meridian-data", global = true)]
+    pub data: PathBuf,
+    /// Print the raw JSON answer.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Access keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Buckets and their permissions.
+    #[command(subcommand)]
+    Bucket(BucketCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Create a key; prints its id and secret once.
+    Create {
+        name: String,
+        /// Allow the key to create buckets (it then owns them).
+        #[arg(long)]
+        can_create_buckets: bool,
+    },
+    /// List keys.
+    List,
+    /// Show a key and the buckets it can use.
+    Info { name: String },
+    /// Delete a key; requests signed with it fail at once.
+    Delete { name: String },
+    /// Issue a new secret; the old one keeps working for the grace period.
+    Rotate {
+        name: String,
+        /// How long the old credential stays valid, e.g. 1h (default: 0, invalid at once).
+        #[arg(long, default_value = "0")]
+        grace: String,
+    },
+    /// Allow or forbid creating buckets.
+    Set {
+        name: String,
+        #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+        can_create_buckets: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BucketCommand {
+    /// List buckets with owners, grants and public access.
+    List,
+    /// Create a bucket owned by a key.
+    Create {
+        name: String,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        public_read: bool,
+    },
+    /// Grant a key permissions on a bucket.
+    Allow(GrantArgs),
+    /// Take permissions away from a key.
+    Deny(GrantArgs),
+    /// Make objects readable without credentials (GET/HEAD only), or private again.
+    Public {
+        bucket: String,
+        #[arg(long, conflicts_with = "private", required_unless_present = "private")]
+        read: bool,
+        #[arg(long)]
+        private: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct GrantArgs {
+    pub bucket: String,
+    #[arg(long)]
+    pub key: String,
+    #[arg(long)]
+    pub read: bool,
+    #[arg(long)]
+    pub write: bool,
+    #[arg(long)]
+    pub owner: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach the admin API at {url}: {message} (is the server running? set --url or MERIDIAN_ADMIN_URL)")]
+    Connect { url: String, message: String },
+    #[error("{code}: {message}")]
+    Api { status: u16, code: String, message: String },
+}
+
+fn token(args: &AdminArgs) -> Result<String, CliError> {
+    if let Some(t) = &args.token {
+        return Ok(t.clone());
+    }
+    let path = args.data.join("admin-token");
+    std::fs::read_to_string(&path).map(|t| t.trim().to_string()).map_err(|_| {
+        CliError::Usage(format!(
+            "no admin token: pass --token, set MERIDIAN_ADMIN_TOKEN, or run from a node's directory (looked for {})",
+            path.display()
+        ))
+    })
+}
+
+async fn call(args: &AdminArgs, method: &str, path: &str, body: Option<Value>) -> Result<Value, CliError> {
+    let token = token(args)?;
+    let url = format!("{}{}", args.url.trim_end_matches('/'), path);
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(&url)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(payload)))
+        .map_err(|e| CliError::Usage(format!("invalid admin URL {url}: {e}")))?;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let resp =
+        client.request(req).await.map_err(|e| CliError::Connect { url: args.url.clone(), message: e.to_string() })?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| CliError::Connect { url: args.url.clone(), message: e.to_string() })?
+        .to_bytes();
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if !status.is_success() {
+        let code = value["error"]["code"].as_str().unwrap_or("Error").to_string();
+        let message = value["error"]["message"].as_str().unwrap_or("request failed").to_string();
+        return Err(CliError::Api { status: status.as_u16(), code, message });
+    }
+    Ok(value)
+}
+
+fn enc(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+async fn execute(args: &AdminArgs) -> Result<(Value, String), CliError> {
+    Ok(match &args.command {
+        AdminCommand::Key(KeyCommand::Create { name, can_create_buckets }) => {
+            let v =
+                call(args, "POST", "/v1/keys", Some(json!({ "name": name, "can_create_buckets": can_create_buckets })))
+                    .await?;
+            let text = format!(
+                "Key {}\nAccess key id:     {}\nSecret access key: {}\n(The secret is shown only now.)",
+                v["name"].as_str().unwrap_or_default(),
+                v["access_key_id"].as_str().unwrap_or_default(),
+                v["secret_access_key"].as_str().unwrap_or_default()
+            );
+            (v, text)
+        }
+        AdminCommand::Key(KeyCommand::List) => {
+            let v = call(args, "GET", "/v1/keys", None).await?;
+            let mut text = format!("{:<24} {:<22} {:<8} {}", "NAME", "ACCESS KEY ID", "ADMIN", "CREATE BUCKETS");
+            for k in v.as_array().into_iter().flatten() {
+                let ids: Vec<&str> =
+                    k["access_key_ids"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                text.push_str(&format!(
+                    "\n{:<24} {:<22} {:<8} {}",
+                    k["name"].as_str().unwrap_or_default(),
+                    ids.join(","),
+                    k["admin"].as_bool().unwrap_or(false),
+                    k["can_create_buckets"].as_bool().unwrap_or(false)
+                ));
+            }
+            (v, text)
+        }
+        AdminCommand::Key(KeyCommand::Info { name }) => {
+            let v = call(args, "GET", &format!("/v1/keys/{}", enc(name)), None).await?;
+            let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+            (v, text)
+        }
+        AdminCommand::Key(KeyCommand::Delete { name }) => {
+            let v = call(args, "DELETE", &format!("/v1/keys/{}", enc(name)), None).await?;
+            (v, format!("Deleted key {name}."))
+        }
+        AdminCommand::Key(KeyCommand::Rotate { name, grace }) => {
+            let v =
+                call(args, "POST", &format!("/v1/keys/{}/rotate", enc(name)), Some(json!({ "grace": grace }))).await?;
+            let text = format!(
+                "New credential for {name}\nAccess key id:     {}\nSecret access key: {}\nThe previous credential stays valid for {grace}.",
+                v["access_key_id"].as_str().unwrap_or_default(),
+                v["secret_access_key"].as_str().unwrap_or_default()
+            );
+            (v, text)
+        }
+        AdminCommand::Key(KeyCommand::Set { name, can_create_buckets }) => {
+            let v = call(
+                args,
+                "PATCH",
+                &format!("/v1/keys/{}", enc(name)),
+                Some(json!({ "can_create_buckets": can_create_buckets })),
+            )
+            .await?;
+            (v, format!("Key {name}: can create buckets = {can_create_buckets}."))
+        }
+        AdminCommand::Bucket(BucketCommand::List) => {
+            let v = call(args, "GET", "/v1/buckets", None).await?;
+            let mut text = format!("{:<32} {:<20} {:<7} {}", "BUCKET", "OWNER", "PUBLIC", "GRANTS");
+            for b in v.as_array().into_iter().flatten() {
+                let grants: Vec<String> = b["grants"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, g)| {
+                        let flags: Vec<&str> =
+                            ["read", "write", "owner"].into_iter().filter(|f| g[*f].as_bool() == Some(true)).collect();
+                        format!("{k}:{}", flags.join("+"))
+                    })
+                    .collect();
+                text.push_str(&format!(
+                    "\n{:<32} {:<20} {:<7} {}",
+                    b["name"].as_str().unwrap_or_default(),
+                    b["owner"].as_str().unwrap_or_default(),
+                    b["public_read"].as_bool().unwrap_or(false),
+                    grants.join(" ")
+                ));
+            }
+            (v, text)
+        }
+        AdminCommand::Bucket(BucketCommand::Create { name, owner, public_read }) => {
+            let v = call(
+                args,
+                "POST",
+                "/v1/buckets",
+                Some(json!({ "name": name, "owner": owner, "public_read": public_read })),
+            )
+            .await?;
+            (v, format!("Created bucket {name}."))
+        }
+        AdminCommand::Bucket(BucketCommand::Allow(g)) | AdminCommand::Bucket(BucketCommand::Deny(g)) => {
+            if !(g.read || g.write || g.owner) {
+                return Err(CliError::Usage("name at least one of --read, --write, --owner".into()));
+            }
+            let action =
+                if matches!(args.command, AdminCommand::Bucket(BucketCommand::Allow(_))) { "allow" } else { "deny" };
+            let body = json!({ "key": g.key, "read": g.read, "write": g.write, "owner": g.owner });
+            let v = call(args, "POST", &format!("/v1/buckets/{}/{action}", enc(&g.bucket)), Some(body)).await?;
+            let grant = &v["grants"][&g.key];
+            let now: Vec<&str> =
+                ["read", "write", "owner"].into_iter().filter(|f| grant[*f].as_bool() == Some(true)).collect();
+            (
+                v.clone(),
+                format!(
+                    "Key {} on bucket {} now has: {}",
+                    g.key,
+                    g.bucket,
+                    if now.is_empty() { "nothing".into() } else { now.join(", ") }
+                ),
+            )
+        }
+        AdminCommand::Bucket(BucketCommand::Public { bucket, read, .. }) => {
+            let v = call(args, "POST", &format!("/v1/buckets/{}/public", enc(bucket)), Some(json!({ "read": read })))
+                .await?;
+            let state = if *read { "public (anonymous GET/HEAD of objects)" } else { "private" };
+            (v, format!("Bucket {bucket} is now {state}."))
+        }
+    })
+}
+
+/// Runs the command; prints the answer (JSON with --json) and returns the exit status:
+/// 0 success, 1 the API refused, 2 usage or connection problem.
+pub async fn run(args: AdminArgs) -> ExitCode {
+    match execute(&args).await {
+        Ok((value, text)) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            } else {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ CliError::Api { .. }) => {
+            eprintln!("meridian admin: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("meridian admin: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
