@@ -97,7 +97,9 @@ impl Engine {
             };
             let (data, inline) = match ingested.data {
                 IngestedData::Inline(bytes) => (DataLayout::Inline, Some(bytes)),
-                IngestedData::Blob(id) => (DataLayout::Blob { id }, None),
+                IngestedData::Blob(id) => {
+                    (DataLayout::Blob { id, digests: ingested.digests.clone(), holders: self.here() }, None)
+                }
             };
             let record = ObjectRecord {
                 size: ingested.size,

@@ -75,6 +75,8 @@ pub enum EngineError {
     Meta(#[from] MetaError),
     #[error(transparent)]
     Blob(#[from] BlobError),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("corrupt metadata record: {0}")]
     Corrupt(String),
 }

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use meridian_blob::{BlobId, BlobStore, BlobWriter};
 
-use crate::checksum::{ChecksumAlgorithm, ChecksumType, Hasher, StoredChecksum, decode_checksum};
+use crate::checksum::{ChecksumAlgorithm, ChecksumType, ChunkDigester, Hasher, StoredChecksum, decode_checksum};
 use crate::error::{EngineError, EngineResult};
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -63,6 +63,8 @@ pub struct Ingested {
     pub md5: [u8; 16],
     pub checksum: Option<StoredChecksum>,
     pub data: IngestedData,
+    /// CRC32C per chunk of the bytes (for blobs; empty when inline).
+    pub digests: Vec<u32>,
 }
 
 impl Ingested {
@@ -96,6 +98,7 @@ pub async fn ingest(
         return Err(EngineError::EntityTooLarge { max: limits.max_size });
     }
     let mut hasher = Hasher::new(integrity.algorithm);
+    let mut digester = ChunkDigester::new(crate::CHUNK_SIZE);
     let mut size: u64 = 0;
     let mut sink = Sink::Memory(BytesMut::new());
     while let Some(chunk) = body.next().await {
@@ -105,6 +108,7 @@ pub async fn ingest(
             return Err(EngineError::EntityTooLarge { max: limits.max_size });
         }
         hasher.update(&chunk);
+        digester.update(&chunk);
         sink = match sink {
             Sink::Memory(mut buf) if buf.len() + chunk.len() <= limits.inline_max => {
                 buf.extend_from_slice(&chunk);
@@ -132,11 +136,11 @@ pub async fn ingest(
     let (md5, extra) = hasher.finish();
     verify_md5(&integrity, &md5)?;
     let checksum = verify_checksum(integrity, extra)?;
-    let data = match sink {
-        Sink::Memory(buf) => IngestedData::Inline(buf.freeze()),
-        Sink::Blob(writer) => IngestedData::Blob(writer.finish().await?),
+    let (data, digests) = match sink {
+        Sink::Memory(buf) => (IngestedData::Inline(buf.freeze()), Vec::new()),
+        Sink::Blob(writer) => (IngestedData::Blob(writer.finish().await?), digester.finish()),
     };
-    Ok(Ingested { size, md5, checksum, data })
+    Ok(Ingested { size, md5, checksum, data, digests })
 }
 
 fn verify_md5(integrity: &Integrity, md5: &[u8; 16]) -> EngineResult<()> {

@@ -38,7 +38,13 @@ pub use ingest::{Body, BodyError, Integrity, body_from_bytes};
 pub use list::{ListPage, ListRequest, ListedObject};
 pub use meridian_meta::{MetaError, Revision};
 pub use multipart::{CompletePart, ListPartsPage, ListUploadsPage, ListUploadsRequest, UploadSummary};
-pub use object::{ByteRange, CopyOutcome, CopyRequest, DeleteOutcome, GetOutcome, GetRequest, PutOutcome, PutRequest};
+pub use object::{
+    ByteRange, CopyOutcome, CopyRequest, DeleteOutcome, GetOutcome, GetRequest, PutOutcome, PutRequest, ReadSource,
+    RemoteReader, Span,
+};
+
+/// Blobs are fetched between nodes, verified and cached in chunks of this size.
+pub const CHUNK_SIZE: u64 = 8 << 20;
 
 /// The largest object key S3 accepts, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -55,6 +61,8 @@ pub struct EngineConfig {
     /// How long replaced blobs stay on disk, so reads that started before the replacement can
     /// finish.
     pub blob_delete_delay: Duration,
+    /// This node: its id and its region. Blobs written here name it as their holder.
+    pub node: record::Holder,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +72,7 @@ impl Default for EngineConfig {
             max_object_size: 5 << 30,
             min_part_size: 5 << 20,
             blob_delete_delay: Duration::from_secs(60),
+            node: record::Holder { node: "local".into(), region: "local".into() },
         }
     }
 }
@@ -78,11 +87,21 @@ struct Inner {
     meta: Arc<dyn MetaStore>,
     blobs: BlobStore,
     config: EngineConfig,
+    remote: std::sync::OnceLock<Arc<dyn object::RemoteReader>>,
 }
 
 impl Engine {
     pub fn new(meta: Arc<dyn MetaStore>, blobs: BlobStore, config: EngineConfig) -> Self {
-        Engine { inner: Arc::new(Inner { meta, blobs, config }) }
+        Engine { inner: Arc::new(Inner { meta, blobs, config, remote: std::sync::OnceLock::new() }) }
+    }
+
+    /// Installs the reader of bytes held on other nodes (once, at start).
+    pub fn set_remote_reader(&self, reader: Arc<dyn object::RemoteReader>) {
+        let _ = self.inner.remote.set(reader);
+    }
+
+    pub(crate) fn remote(&self) -> Option<&Arc<dyn object::RemoteReader>> {
+        self.inner.remote.get()
     }
 
     pub fn meta(&self) -> &Arc<dyn MetaStore> {
@@ -95,6 +114,16 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// The holders of a blob written on this node.
+    pub(crate) fn here(&self) -> Vec<record::Holder> {
+        vec![self.inner.config.node.clone()]
+    }
+
+    /// Whether bytes with these holders are on this node's disk.
+    pub fn is_local(&self, holders: &[record::Holder]) -> bool {
+        holders.is_empty() || holders.iter().any(|h| h.node == self.inner.config.node.node)
     }
 
     /// The newest metadata revision.

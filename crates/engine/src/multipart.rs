@@ -128,6 +128,8 @@ impl Engine {
             etag: hex::encode(ingested.md5),
             modified_ms: now_ms(),
             blob,
+            digests: ingested.digests,
+            holders: self.here(),
             checksum: ingested.checksum,
         };
         self.commit_part(bucket, key, upload_id, part_number, &part).await?;
@@ -164,6 +166,8 @@ impl Engine {
             etag: hex::encode(ingested.md5),
             modified_ms: now_ms(),
             blob,
+            digests: ingested.digests,
+            holders: self.here(),
             checksum: ingested.checksum,
         };
         self.commit_part(bucket, key, upload_id, part_number, &part).await?;
@@ -249,7 +253,15 @@ impl Engine {
             headers: upload.headers.clone(),
             checksum,
             data: DataLayout::Parts {
-                parts: chosen.iter().map(|p| PartLayout { blob: p.blob, size: p.size }).collect(),
+                parts: chosen
+                    .iter()
+                    .map(|p| PartLayout {
+                        blob: p.blob,
+                        size: p.size,
+                        digests: p.digests.clone(),
+                        holders: p.holders.clone(),
+                    })
+                    .collect(),
             },
             expires_at_ms: upload.expires_at_ms,
         };

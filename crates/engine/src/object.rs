@@ -87,6 +87,33 @@ pub struct GetOutcome {
     pub range: Option<(u64, u64)>,
     /// Number of parts, for multipart objects when a part was asked for.
     pub parts_count: Option<usize>,
+    /// Where the bytes came from when not from this node's disk.
+    pub source: Option<ReadSource>,
+}
+
+/// How a read of bytes held elsewhere was served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadSource {
+    /// The region of the node the bytes were read from, or this node's region for a cache hit.
+    pub region: String,
+    /// Whether the (first) bytes came from the local cache.
+    pub cache_hit: bool,
+}
+
+/// One blob of an object, as the read path needs it.
+#[derive(Clone, Debug)]
+pub struct Span {
+    pub blob: BlobId,
+    pub blob_len: u64,
+    pub digests: Vec<u32>,
+    pub holders: Vec<crate::record::Holder>,
+}
+
+/// Reads bytes held on other nodes (through a cache). Installed by the server when the node is
+/// part of a cluster.
+#[async_trait::async_trait]
+pub trait RemoteReader: Send + Sync {
+    async fn read(&self, span: &Span, from: u64, len: u64) -> EngineResult<(Body, ReadSource)>;
 }
 
 impl GetOutcome {
@@ -182,7 +209,9 @@ impl Engine {
         let ingested = ingest(self.blobs(), req.body, req.integrity, limits).await?;
         let (data, inline) = match ingested.data {
             IngestedData::Inline(bytes) => (DataLayout::Inline, Some(bytes)),
-            IngestedData::Blob(id) => (DataLayout::Blob { id }, None),
+            IngestedData::Blob(id) => {
+                (DataLayout::Blob { id, digests: ingested.digests.clone(), holders: self.here() }, None)
+            }
         };
         let record = ObjectRecord {
             size: ingested.size,
@@ -271,9 +300,9 @@ impl Engine {
             let current = self.read_visible(&req.bucket, &req.key).await?;
             req.conditions.check_read(&current.record)?;
             let (range, parts_count) = select_range(&current.record, req.range, req.part_number)?;
-            let body = if with_body {
+            let (body, source) = if with_body {
                 match self.open_body(&current, range).await {
-                    Ok(body) => body,
+                    Ok(opened) => opened,
                     // Replaced between our metadata read and the open: read again.
                     Err(EngineError::Blob(BlobError::NotFound(_))) if attempts < MAX_READ_ATTEMPTS => {
                         continue;
@@ -281,59 +310,91 @@ impl Engine {
                     Err(e) => return Err(e),
                 }
             } else {
-                body_from_bytes(Bytes::new())
+                (body_from_bytes(Bytes::new()), None)
             };
-            return Ok(GetOutcome { record: current.record, revision: current.revision, body, range, parts_count });
+            return Ok(GetOutcome {
+                record: current.record,
+                revision: current.revision,
+                body,
+                range,
+                parts_count,
+                source,
+            });
         }
     }
 
-    /// A stream of the object's bytes in `range` (inclusive), or all of them.
-    async fn open_body(&self, current: &Current, range: Option<(u64, u64)>) -> EngineResult<Body> {
+    /// A stream of the object's bytes in `range` (inclusive), or all of them, and where the
+    /// first bytes come from when not from this node's disk.
+    async fn open_body(
+        &self,
+        current: &Current,
+        range: Option<(u64, u64)>,
+    ) -> EngineResult<(Body, Option<ReadSource>)> {
         let size = current.record.size;
         let (first, last) = match range {
             Some(r) => r,
-            None if size == 0 => return Ok(body_from_bytes(Bytes::new())),
+            None if size == 0 => return Ok((body_from_bytes(Bytes::new()), None)),
             None => (0, size - 1),
         };
-        match &current.record.data {
+        let spans: Vec<Span> = match &current.record.data {
             DataLayout::Inline => {
                 let data = current.inline.clone().unwrap_or_default();
                 let end = (last as usize + 1).min(data.len());
-                Ok(body_from_bytes(data.slice((first as usize).min(end)..end)))
+                return Ok((body_from_bytes(data.slice((first as usize).min(end)..end)), None));
             }
-            DataLayout::Blob { id } => {
-                let stream = self.blobs().read(*id, first, last - first + 1).await?;
-                Ok(Box::pin(stream.map_err(|e| Box::new(e) as BodyError)))
+            DataLayout::Blob { id, digests, holders } => {
+                vec![Span { blob: *id, blob_len: size, digests: digests.clone(), holders: holders.clone() }]
             }
-            DataLayout::Parts { parts } => {
-                let mut segments = Vec::new();
-                let mut part_start = 0u64;
-                for part in parts {
-                    let part_end = part_start + part.size; // exclusive
-                    if part.size > 0 && part_end > first && part_start <= last {
-                        let from = first.max(part_start) - part_start;
-                        let to = (last + 1).min(part_end) - part_start;
-                        segments.push((part.blob, from, to - from));
-                    }
-                    part_start = part_end;
-                }
-                // Open the first part now so a replaced object is noticed before any byte is sent.
-                let mut segments = segments.into_iter();
-                let Some((blob, from, len)) = segments.next() else {
-                    return Ok(body_from_bytes(Bytes::new()));
-                };
-                let head = self.blobs().read(blob, from, len).await?.map_err(|e| Box::new(e) as BodyError);
-                let blobs = self.blobs().clone();
-                let tail = futures::stream::iter(segments)
-                    .then(move |(blob, from, len)| {
-                        let blobs = blobs.clone();
-                        async move { blobs.read(blob, from, len).await }
-                    })
-                    .try_flatten()
-                    .map_err(|e| Box::new(e) as BodyError);
-                Ok(Box::pin(head.chain(tail)))
+            DataLayout::Parts { parts } => parts
+                .iter()
+                .map(|p| Span {
+                    blob: p.blob,
+                    blob_len: p.size,
+                    digests: p.digests.clone(),
+                    holders: p.holders.clone(),
+                })
+                .collect(),
+        };
+        let mut segments = Vec::new();
+        let mut start = 0u64;
+        for span in spans {
+            let end = start + span.blob_len; // exclusive
+            if span.blob_len > 0 && end > first && start <= last {
+                let from = first.max(start) - start;
+                let to = (last + 1).min(end) - start;
+                segments.push((span, from, to - from));
             }
+            start = end;
         }
+        // Open the first segment now so a replaced object is noticed before any byte is sent.
+        let mut segments = segments.into_iter();
+        let Some((span, from, len)) = segments.next() else { return Ok((body_from_bytes(Bytes::new()), None)) };
+        let (head, source) = self.open_span(&span, from, len).await?;
+        let engine = self.clone();
+        let tail = futures::stream::iter(segments)
+            .then(move |(span, from, len)| {
+                let engine = engine.clone();
+                async move { engine.open_span(&span, from, len).await.map(|(body, _)| body) }
+            })
+            .map_err(|e| Box::new(e) as BodyError)
+            .try_flatten();
+        Ok((Box::pin(head.chain(tail)), source))
+    }
+
+    /// `len` bytes of one blob from `from`: from this node's disk, or through the remote reader.
+    async fn open_span(&self, span: &Span, from: u64, len: u64) -> EngineResult<(Body, Option<ReadSource>)> {
+        if self.is_local(&span.holders) {
+            let stream = self.blobs().read(span.blob, from, len).await?;
+            return Ok((Box::pin(stream.map_err(|e| Box::new(e) as BodyError)), None));
+        }
+        let remote = self.remote().ok_or_else(|| {
+            EngineError::Unavailable(format!(
+                "the object's bytes are on node {} and this node has no peer access",
+                span.holders.first().map_or("?", |h| h.node.as_str())
+            ))
+        })?;
+        let (body, source) = remote.read(span, from, len).await?;
+        Ok((body, Some(source)))
     }
 
     /// Deletes an object. Deleting a missing key succeeds, as in S3.
@@ -399,7 +460,7 @@ impl Engine {
             ));
         }
         self.bucket_for_write(&req.dst_bucket).await?;
-        let data = self.duplicate_data(&source.record.data).await?;
+        let data = self.duplicate_data(&source).await?;
         let record = ObjectRecord {
             size: source.record.size,
             etag: source.record.etag.clone(),
@@ -415,15 +476,41 @@ impl Engine {
         Ok(CopyOutcome { etag: record.etag.clone(), modified_ms: record.modified_ms, revision, record })
     }
 
-    async fn duplicate_data(&self, data: &DataLayout) -> EngineResult<DataLayout> {
+    /// The same bytes under new blob ids: hard links when the blobs are on this node, else a
+    /// streamed copy into a local blob.
+    async fn duplicate_data(&self, source: &Current) -> EngineResult<DataLayout> {
+        let data = &source.record.data;
+        let all_local = match data {
+            DataLayout::Inline => true,
+            DataLayout::Blob { holders, .. } => self.is_local(holders),
+            DataLayout::Parts { parts } => parts.iter().all(|p| self.is_local(&p.holders)),
+        };
+        if !all_local {
+            let (body, _) = self.open_body(source, None).await?;
+            let limits = IngestLimits { inline_max: 0, max_size: u64::MAX };
+            let copied = ingest(self.blobs(), body, Integrity::default(), limits).await?;
+            let IngestedData::Blob(id) = copied.data else {
+                return Err(EngineError::Corrupt("a copied object was not written to a blob".into()));
+            };
+            return Ok(DataLayout::Blob { id, digests: copied.digests, holders: self.here() });
+        }
         Ok(match data {
             DataLayout::Inline => DataLayout::Inline,
-            DataLayout::Blob { id } => DataLayout::Blob { id: self.blobs().duplicate(*id).await? },
+            DataLayout::Blob { id, digests, .. } => DataLayout::Blob {
+                id: self.blobs().duplicate(*id).await?,
+                digests: digests.clone(),
+                holders: self.here(),
+            },
             DataLayout::Parts { parts } => {
                 let mut copied = Vec::with_capacity(parts.len());
                 for part in parts {
                     match self.blobs().duplicate(part.blob).await {
-                        Ok(blob) => copied.push(crate::record::PartLayout { blob, size: part.size }),
+                        Ok(blob) => copied.push(crate::record::PartLayout {
+                            blob,
+                            size: part.size,
+                            digests: part.digests.clone(),
+                            holders: self.here(),
+                        }),
                         Err(e) => {
                             self.delete_blobs_now(copied.iter().map(|p| p.blob).collect());
                             return Err(e.into());

@@ -71,8 +71,17 @@ impl ObjectHeaders {
 pub enum DataLayout {
     /// In the metadata store under the object's inline key.
     Inline,
-    /// One local blob.
-    Blob { id: BlobId },
+    /// One blob.
+    Blob {
+        id: BlobId,
+        /// CRC32C of each [`crate::CHUNK_SIZE`] chunk, so a copy fetched from another node can be
+        /// verified chunk by chunk before it is cached.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        digests: Vec<u32>,
+        /// Nodes whose disks hold the blob (empty: this node, in records from before regions).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        holders: Vec<Holder>,
+    },
     /// The blobs of a completed multipart upload, in order.
     Parts { parts: Vec<PartLayout> },
 }
@@ -81,13 +90,17 @@ pub enum DataLayout {
 pub struct PartLayout {
     pub blob: BlobId,
     pub size: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<Holder>,
 }
 
 impl DataLayout {
     pub fn blobs(&self) -> Vec<BlobId> {
         match self {
             DataLayout::Inline => Vec::new(),
-            DataLayout::Blob { id } => vec![*id],
+            DataLayout::Blob { id, .. } => vec![*id],
             DataLayout::Parts { parts } => parts.iter().map(|p| p.blob).collect(),
         }
     }
@@ -108,6 +121,13 @@ pub struct ObjectRecord {
     /// When set, the object is invisible from this instant on (KV TTL / lifecycle expiry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<i64>,
+}
+
+/// A node whose disk holds a blob.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub node: String,
+    pub region: String,
 }
 
 impl ObjectRecord {
@@ -146,6 +166,10 @@ pub struct PartRecord {
     pub etag: String,
     pub modified_ms: i64,
     pub blob: BlobId,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<Holder>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<StoredChecksum>,
 }

@@ -87,7 +87,7 @@ pub fn s3_error(err: EngineError) -> S3Error {
             return e;
         }
         EngineError::Body(source) => return body_error(source),
-        EngineError::Meta(MetaError::Unavailable(_)) => C::ServiceUnavailable,
+        EngineError::Meta(MetaError::Unavailable(_)) | EngineError::Unavailable(_) => C::ServiceUnavailable,
         EngineError::Meta(_) | EngineError::Blob(_) | EngineError::Corrupt(_) => {
             tracing::error!(error = %message, "internal error");
             C::InternalError

@@ -44,6 +44,20 @@ impl MeridianS3 {
         MeridianS3 { engine, region: region.into() }
     }
 
+    /// Where the bytes of a GET came from: `x-meridian-served-from: REGION` and
+    /// `x-meridian-cache: hit` (from this region's disk or cache) or `miss` (fetched now).
+    fn source_headers(&self, source: Option<&meridian_engine::ReadSource>, headers: &mut http::HeaderMap) {
+        let own = &self.engine.config().node.region;
+        let (region, hit) = match source {
+            Some(s) => (s.region.as_str(), s.cache_hit),
+            None => (own.as_str(), true),
+        };
+        if let Ok(v) = http::HeaderValue::from_str(region) {
+            headers.insert("x-meridian-served-from", v);
+        }
+        headers.insert("x-meridian-cache", http::HeaderValue::from_static(if hit { "hit" } else { "miss" }));
+    }
+
     /// A copy reads its source: the key needs read access there as well.
     async fn check_source(&self, key: Option<&meridian_engine::iam::KeyRecord>, bucket: &str) -> S3Result<()> {
         let record = match self.engine.bucket(bucket).await {
@@ -490,10 +504,12 @@ impl S3 for MeridianS3 {
         };
         let revision = out.revision;
         let expires_at = out.record.expires_at_ms;
+        let source = out.source.clone();
         let len = out.content_length();
         let body = StreamingBlob::new(ResponseBody::new(out.body, len));
         let mut resp = with_revision(GetObjectOutput { body: Some(body), ..output }, revision);
         expiry_headers(expires_at, &mut resp.headers);
+        self.source_headers(source.as_ref(), &mut resp.headers);
         Ok(resp)
     }
 
