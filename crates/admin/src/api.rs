@@ -10,6 +10,7 @@
 //! | `PATCH /v1/keys/NAME` | `{"can_create_buckets"}` | the key |
 //! | `DELETE /v1/keys/NAME` | | `{"deleted":"NAME"}` |
 //! | `POST /v1/keys/NAME/rotate` | `{"grace":"1h"}` | the new credential (old ones valid for the grace period) |
+//! | `GET /v1/cluster` | | the nodes of the cluster: region, URL, health, metadata lag, cache |
 //! | `GET /v1/buckets` | | buckets with owner, public flag and grants |
 //! | `POST /v1/buckets` | `{"name","owner"?,"public_read"?}` | the bucket |
 //! | `POST /v1/buckets/NAME/allow` | `{"key","read"?,"write"?,"owner"?}` | the bucket |
@@ -310,6 +311,15 @@ impl AdminApi {
                 };
                 let credential = engine.rotate_access_key(name, grace).await?;
                 Ok(reply(StatusCode::OK, &CredentialView::new(name, &credential)))
+            }
+            (Method::GET, ["v1", "cluster"]) => {
+                let nodes = engine.nodes().await?;
+                let revision = engine.current_revision().await?;
+                let this = &engine.config().node;
+                Ok(reply(
+                    StatusCode::OK,
+                    &json!({ "node": this.node, "region": this.region, "revision": revision, "nodes": nodes }),
+                ))
             }
             (Method::GET, ["v1", "buckets"]) => {
                 let buckets = engine.list_buckets().await?;

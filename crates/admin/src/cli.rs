@@ -309,3 +309,116 @@ pub async fn run(args: AdminArgs) -> ExitCode {
         }
     }
 }
+
+/// `meridian cluster status`.
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub admin: AdminConnection,
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+/// How to reach a node's admin API (shared by `meridian cluster`).
+#[derive(Args, Debug, Clone)]
+pub struct AdminConnection {
+    #[arg(long, env = "MERIDIAN_ADMIN_URL", default_value = "http://127.0.0.1:9401")]
+    pub url: String,
+    #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, default_value = "meridian-data")]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Regions and nodes: health, metadata lag and cache use.
+    Status,
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Formats the answer of `GET /v1/cluster` as a table.
+pub fn cluster_table(v: &Value) -> String {
+    let mut text = format!(
+        "Asked node {} in region {} (metadata revision {})\n{:<12} {:<16} {:<28} {:<8} {:>10} {:>8} {:>22} {:>9}",
+        v["node"].as_str().unwrap_or_default(),
+        v["region"].as_str().unwrap_or_default(),
+        v["revision"],
+        "REGION",
+        "NODE",
+        "URL",
+        "HEALTH",
+        "HEARTBEAT",
+        "LAG",
+        "CACHE",
+        "HIT RATE"
+    );
+    let mut nodes: Vec<&Value> = v["nodes"].as_array().into_iter().flatten().collect();
+    nodes.sort_by_key(|n| {
+        (n["region"].as_str().unwrap_or_default().to_string(), n["id"].as_str().unwrap_or_default().to_string())
+    });
+    for n in nodes {
+        let cache = &n["cache"];
+        let (hits, misses) = (cache["hits"].as_u64().unwrap_or(0), cache["misses"].as_u64().unwrap_or(0));
+        let rate = if hits + misses == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.0}%", 100.0 * hits as f64 / (hits + misses) as f64)
+        };
+        text.push_str(&format!(
+            "\n{:<12} {:<16} {:<28} {:<8} {:>8.1}s {:>8} {:>22} {:>9}",
+            n["region"].as_str().unwrap_or_default(),
+            n["id"].as_str().unwrap_or_default(),
+            n["advertise_url"].as_str().unwrap_or_default(),
+            if n["healthy"].as_bool() == Some(true) { "up" } else { "DOWN" },
+            n["heartbeat_age_ms"].as_i64().unwrap_or(0) as f64 / 1000.0,
+            n["revision_lag"].as_u64().unwrap_or(0),
+            format!(
+                "{} / {}",
+                human_bytes(cache["bytes"].as_u64().unwrap_or(0)),
+                human_bytes(cache["max_bytes"].as_u64().unwrap_or(0))
+            ),
+            rate
+        ));
+    }
+    text
+}
+
+pub async fn run_cluster(args: ClusterArgs) -> ExitCode {
+    let admin = AdminArgs {
+        url: args.admin.url.clone(),
+        token: args.admin.token.clone(),
+        data: args.admin.data.clone(),
+        json: args.admin.json,
+        command: AdminCommand::Bucket(BucketCommand::List),
+    };
+    let result = match args.command {
+        ClusterCommand::Status => call(&admin, "GET", "/v1/cluster", None).await,
+    };
+    match result {
+        Ok(v) => {
+            if args.admin.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                println!("{}", cluster_table(&v));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("meridian cluster: {e}");
+            ExitCode::from(if matches!(e, CliError::Api { .. }) { 1 } else { 2 })
+        }
+    }
+}

@@ -17,6 +17,7 @@ use meridian_meta::MetaStore;
 mod batch;
 mod bucket;
 pub mod checksum;
+pub mod cluster;
 pub mod conditions;
 mod error;
 mod gc;

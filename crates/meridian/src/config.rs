@@ -24,6 +24,10 @@ pub struct FileConfig {
     pub domain: Option<String>,
     /// Region name of this node.
     pub region: Option<String>,
+    /// Id of this node in the cluster.
+    pub node_id: Option<String>,
+    /// URL other nodes reach this node at.
+    pub advertise: Option<String>,
     /// Objects up to this many bytes are stored inline in the metadata store.
     pub inline_max: Option<usize>,
     /// Connection limits.
@@ -131,4 +135,16 @@ pub fn admin_token(data: &Path) -> anyhow::Result<(String, bool)> {
     let token = random_string("mt_", 40, KEY_CHARS);
     write_private(&path, &token)?;
     Ok((token, true))
+}
+
+/// This node's id: stored in the data directory, generated at first start.
+pub fn node_id(data: &Path) -> anyhow::Result<String> {
+    let path = data.join("node-id");
+    if path.exists() {
+        let id = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok(id.trim().to_string());
+    }
+    let id = random_string("node-", 10, b"abcdefghijklmnopqrstuvwxyz0123456789");
+    write_private(&path, &id)?;
+    Ok(id)
 }

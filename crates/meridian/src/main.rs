@@ -20,6 +20,8 @@ enum Command {
     Bench(Box<meridian_bench::BenchArgs>),
     /// Manage access keys, bucket permissions and public buckets (through a node's admin API).
     Admin(meridian_admin::cli::AdminArgs),
+    /// Regions and nodes of the cluster: health, metadata lag, cache use.
+    Cluster(meridian_admin::cli::ClusterArgs),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -30,6 +32,10 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Admin(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             Ok(runtime.block_on(meridian_admin::cli::run(args)))
+        }
+        Command::Cluster(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            Ok(runtime.block_on(meridian_admin::cli::run_cluster(args)))
         }
     }
 }

@@ -31,9 +31,16 @@ pub struct ServerArgs {
     /// Serve virtual-host-style requests (bucket.DOMAIN) as well as path-style ones.
     #[arg(long)]
     domain: Option<String>,
-    /// Region name reported to clients. Default: us-east-1
-    #[arg(long)]
+    /// This node's region: object bytes written here stay in it; reported to S3 clients too.
+    /// Default: us-east-1
+    #[arg(long, env = "MERIDIAN_REGION")]
     region: Option<String>,
+    /// This node's id in the cluster. Default: generated once and kept in DATA/node-id
+    #[arg(long, env = "MERIDIAN_NODE_ID")]
+    node_id: Option<String>,
+    /// URL other nodes reach this node at (peer traffic). Default: http://<listen address>
+    #[arg(long, env = "MERIDIAN_ADVERTISE")]
+    advertise: Option<String>,
     /// Store objects up to this many bytes inline in the metadata store. Default: 32768
     #[arg(long)]
     inline_max: Option<usize>,
@@ -43,6 +50,8 @@ pub struct ServerArgs {
 }
 
 struct Settings {
+    node_id: Option<String>,
+    advertise: Option<String>,
     data: PathBuf,
     listen: SocketAddr,
     admin_listen: SocketAddr,
@@ -67,6 +76,8 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
     }
     let default_listen: SocketAddr = config::DEFAULT_LISTEN.parse().context("default listen address")?;
     Ok(Settings {
+        node_id: args.node_id.or(file.node_id),
+        advertise: args.advertise.or(file.advertise),
         data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA)),
         listen: args.listen.or(file.listen).unwrap_or(default_listen),
         admin_listen: args
@@ -111,7 +122,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         )
     })?;
     let blobs = BlobStore::open(&settings.data).context("cannot open the blob store")?;
-    let engine_config = EngineConfig { inline_max: settings.inline_max, ..EngineConfig::default() };
+    let node_id = match &settings.node_id {
+        Some(id) => id.clone(),
+        None => config::node_id(&settings.data)?,
+    };
+    let node = meridian_engine::record::Holder { node: node_id.clone(), region: settings.region.clone() };
+    let engine_config = EngineConfig { inline_max: settings.inline_max, node, ..EngineConfig::default() };
     let engine = Engine::new(Arc::new(meta), blobs, engine_config);
 
     let (creds, source) = config::admin_credentials(&settings.data)?;
@@ -147,6 +163,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
     });
 
+    let advertise = settings.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
+    println!("Node: {node_id} in region {} (peers reach it at {advertise})", settings.region);
+    let region = settings.region.clone();
+    let started_ms = meridian_engine::now_ms();
+    engine.spawn_heartbeat(move || meridian_engine::cluster::NodeRecord {
+        id: node_id.clone(),
+        region: region.clone(),
+        advertise_url: advertise.clone(),
+        started_ms,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        ..Default::default()
+    });
     collect_orphans_in_background(engine.clone(), started);
     engine.spawn_reaper(Duration::from_millis(250));
     meridian_s3::serve(listener, service, settings.limits.clone(), shutdown_signal()).await?;

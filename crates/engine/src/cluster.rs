@@ -1,0 +1,124 @@
+//! Nodes of a cluster find each other through the metadata store: each node keeps a record
+//! under `n/<node id>` fresh with a heartbeat (its region, the URL peers reach it at, the
+//! metadata revision it has seen, its cache use). A node whose heartbeat is older than
+//! [`NODE_STALE_AFTER`] is reported down.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use meridian_meta::{Op, RangeRequest, Txn};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, EngineResult};
+use crate::record;
+use crate::{Engine, now_ms};
+
+pub const NODES_PREFIX: &str = "n/";
+/// How often a node refreshes its record.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// A node silent for longer than this is considered down.
+pub const NODE_STALE_AFTER: Duration = Duration::from_secs(10);
+
+fn node_key(id: &str) -> Bytes {
+    Bytes::from(format!("{NODES_PREFIX}{id}"))
+}
+
+/// What a node publishes about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub region: String,
+    /// Base URL other nodes use for peer traffic (blob fetches, forwarded writes).
+    pub advertise_url: String,
+    pub started_ms: i64,
+    pub heartbeat_ms: i64,
+    /// The newest metadata revision this node had seen at its last heartbeat.
+    pub revision: u64,
+    #[serde(default)]
+    pub cache: CacheUse,
+    pub version: String,
+}
+
+/// Cache figures published with the heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheUse {
+    pub bytes: u64,
+    pub max_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// A node as seen from here.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeStatus {
+    #[serde(flatten)]
+    pub record: NodeRecord,
+    pub healthy: bool,
+    /// Milliseconds since the last heartbeat.
+    pub heartbeat_age_ms: i64,
+    /// How many revisions behind the newest revision any node reported.
+    pub revision_lag: u64,
+}
+
+impl Engine {
+    /// Publishes this node's record now.
+    pub async fn publish_node(&self, record: &NodeRecord) -> EngineResult<()> {
+        let txn = Txn::new().then(Op::put(node_key(&record.id), record::encode(record)));
+        self.meta().txn(txn).await?;
+        Ok(())
+    }
+
+    /// Keeps this node's record fresh until the process ends. `describe` is called before each
+    /// heartbeat for the current figures.
+    pub fn spawn_heartbeat(&self, describe: impl Fn() -> NodeRecord + Send + 'static) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut record = describe();
+                record.heartbeat_ms = now_ms();
+                record.revision = engine.current_revision().await.unwrap_or(0);
+                if let Err(err) = engine.publish_node(&record).await {
+                    tracing::warn!(error = %err, "could not publish this node's heartbeat");
+                }
+                tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+            }
+        });
+    }
+
+    /// Every node that ever registered, with its health.
+    pub async fn nodes(&self) -> EngineResult<Vec<NodeStatus>> {
+        let resp = self.meta().range(RangeRequest::prefix(NODES_PREFIX)).await?;
+        let records: Vec<NodeRecord> =
+            resp.kvs.iter().map(|kv| record::decode(&kv.value)).collect::<EngineResult<_>>()?;
+        let newest = records.iter().map(|r| r.revision).max().unwrap_or(0);
+        let now = now_ms();
+        Ok(records
+            .into_iter()
+            .map(|record| {
+                let age = now - record.heartbeat_ms;
+                NodeStatus {
+                    healthy: age <= NODE_STALE_AFTER.as_millis() as i64,
+                    heartbeat_age_ms: age,
+                    revision_lag: newest.saturating_sub(record.revision),
+                    record,
+                }
+            })
+            .collect())
+    }
+
+    /// One node's record.
+    pub async fn node(&self, id: &str) -> EngineResult<NodeRecord> {
+        let kv = self
+            .meta()
+            .get(&node_key(id))
+            .await?
+            .ok_or_else(|| EngineError::Unavailable(format!("node {id:?} is not registered in the cluster")))?;
+        record::decode(&kv.value)
+    }
+
+    /// Removes a node's record (a node that left for good).
+    pub async fn forget_node(&self, id: &str) -> EngineResult<()> {
+        self.meta().txn(Txn::new().then(Op::delete(node_key(id)))).await?;
+        Ok(())
+    }
+}
