@@ -68,8 +68,8 @@ impl Engine {
                 return Err(EngineError::InvalidArgument(format!("key {:?} appears twice in the batch", op.key())));
             }
         }
-        self.bucket_for_write(bucket).await?;
-        let prepared = self.prepare_puts(&ops).await?;
+        let (record, _) = self.writable_bucket(bucket).await?;
+        let prepared = self.prepare_puts(&ops, &record.lifecycle).await?;
         let result = self.commit_batch(bucket, &ops, &prepared).await;
         if result.is_err() {
             self.delete_blobs_now(prepared.iter().flatten().flat_map(|p| p.record.data.blobs()).collect());
@@ -77,10 +77,14 @@ impl Engine {
         result
     }
 
-    async fn prepare_puts(&self, ops: &[BatchOp]) -> EngineResult<Vec<Option<Prepared>>> {
+    async fn prepare_puts(
+        &self,
+        ops: &[BatchOp],
+        rules: &[crate::lifecycle::LifecycleRule],
+    ) -> EngineResult<Vec<Option<Prepared>>> {
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
-            let BatchOp::Put { value, ttl, .. } = op else {
+            let BatchOp::Put { key, value, ttl, .. } = op else {
                 out.push(None);
                 continue;
             };
@@ -108,7 +112,10 @@ impl Engine {
                 headers: ObjectHeaders::default(),
                 checksum: ingested.checksum,
                 data,
-                expires_at_ms: ttl.map(expires_after),
+                expires_at_ms: crate::lifecycle::earliest(
+                    ttl.map(expires_after),
+                    crate::lifecycle::object_expiry(rules, key, now_ms()),
+                ),
             };
             out.push(Some(Prepared { record, inline }));
         }

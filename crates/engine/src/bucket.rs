@@ -76,11 +76,16 @@ impl Engine {
 
     /// Like [`Engine::bucket`], but a bucket being deleted counts as gone.
     pub(crate) async fn bucket_for_write(&self, name: &str) -> EngineResult<Revision> {
+        Ok(self.writable_bucket(name).await?.1)
+    }
+
+    /// The bucket's record and revision, unless it is being deleted.
+    pub(crate) async fn writable_bucket(&self, name: &str) -> EngineResult<(BucketRecord, Revision)> {
         let (record, revision) = self.bucket(name).await?;
         if record.deleting_since_ms.is_some_and(|since| now_ms() - since < DELETING_MARK_TTL_MS) {
             return Err(EngineError::NoSuchBucket);
         }
-        Ok(revision)
+        Ok((record, revision))
     }
 
     /// Every bucket, by name.

@@ -24,6 +24,7 @@ mod gc;
 pub mod iam;
 pub mod ingest;
 mod keys;
+pub mod lifecycle;
 mod list;
 pub mod locks;
 mod multipart;

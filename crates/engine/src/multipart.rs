@@ -8,7 +8,8 @@ use crate::checksum::{self, ChecksumAlgorithm, StoredChecksum, decode_checksum};
 use crate::conditions::{ReadConditions, WriteConditions};
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{Body, IngestLimits, IngestedData, Integrity, ingest};
-use crate::object::{ByteRange, ExtraTxn, GetRequest};
+use crate::lifecycle::{earliest, object_expiry, upload_abort};
+use crate::object::{ByteRange, ExtraTxn, GetRequest, with_expiry_index};
 use crate::record::{self, DataLayout, ObjectHeaders, ObjectRecord, PartLayout, PartRecord, UploadRecord};
 use crate::{Engine, keys, now_ms, to_bytes, validate_key};
 
@@ -78,19 +79,23 @@ impl Engine {
     ) -> EngineResult<UploadRecord> {
         validate_key(key)?;
         headers.validate()?;
-        let bucket_revision = self.bucket_for_write(bucket).await?;
+        let (bucket_record, bucket_revision) = self.writable_bucket(bucket).await?;
+        let initiated_ms = now_ms();
         let upload = UploadRecord {
             key: key.to_string(),
             upload_id: hex::encode(rand::random::<[u8; 16]>()),
-            initiated_ms: now_ms(),
+            initiated_ms,
             headers,
             checksum_algorithm,
             full_object_checksum,
             expires_at_ms: None,
+            abort_at_ms: upload_abort(&bucket_record.lifecycle, key, initiated_ms),
         };
+        let upload_key = keys::upload(bucket, key, &upload.upload_id);
         let txn = Txn::new()
             .when(Compare::mod_revision_is(keys::bucket(bucket), bucket_revision))
-            .then(Op::put(keys::upload(bucket, key, &upload.upload_id), record::encode(&upload)));
+            .then(Op::put(upload_key.clone(), record::encode(&upload)));
+        let txn = with_expiry_index(txn, &upload_key, None, upload.abort_at_ms);
         if !self.meta().txn(txn).await?.succeeded {
             return Err(EngineError::NoSuchBucket);
         }
@@ -238,6 +243,7 @@ impl Engine {
         conditions: &WriteConditions,
     ) -> EngineResult<(ObjectRecord, Revision)> {
         let (upload, upload_revision) = self.upload(bucket, key, upload_id).await?;
+        let (bucket_record, _) = self.bucket(bucket).await?;
         let stored = self.all_parts(upload_id).await?;
         let chosen = self.choose_parts(&stored, listed)?;
 
@@ -263,7 +269,7 @@ impl Engine {
                     })
                     .collect(),
             },
-            expires_at_ms: upload.expires_at_ms,
+            expires_at_ms: earliest(upload.expires_at_ms, object_expiry(&bucket_record.lifecycle, key, now_ms())),
         };
         let used: std::collections::HashSet<_> = chosen.iter().map(|p| p.blob).collect();
         let unused: Vec<_> = stored.iter().map(|(_, p, _)| p.blob).filter(|b| !used.contains(b)).collect();
@@ -271,7 +277,10 @@ impl Engine {
         let upload_key = keys::upload(bucket, key, upload_id);
         let mut extra = ExtraTxn::default();
         extra.compares.push(Compare::mod_revision_is(upload_key.clone(), upload_revision));
-        extra.ops.push(Op::delete(upload_key));
+        extra.ops.push(Op::delete(upload_key.clone()));
+        if let Some(at) = upload.abort_at_ms {
+            extra.ops.push(Op::delete(keys::expiry(at, &upload_key)));
+        }
         for (number, _, revision) in &stored {
             extra.compares.push(Compare::mod_revision_is(keys::part(upload_id, *number), *revision));
             extra.ops.push(Op::delete(keys::part(upload_id, *number)));

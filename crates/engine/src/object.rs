@@ -10,6 +10,7 @@ use meridian_meta::{Compare, KeyValue, Op, Revision, Txn};
 use crate::conditions::{ReadConditions, WriteConditions};
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{Body, BodyError, IngestLimits, IngestedData, Integrity, body_from_bytes, ingest};
+use crate::lifecycle::{earliest, object_expiry};
 use crate::record::{self, DataLayout, ObjectHeaders, ObjectRecord};
 use crate::{Engine, keys, now_ms, validate_key};
 
@@ -204,7 +205,7 @@ impl Engine {
         validate_key(&req.key)?;
         req.headers.validate()?;
         // Fail fast, before reading a possibly large body into a bucket that isn't there.
-        self.bucket_for_write(&req.bucket).await?;
+        let (bucket, _) = self.writable_bucket(&req.bucket).await?;
         let limits = IngestLimits { inline_max: self.config().inline_max, max_size: self.config().max_object_size };
         let ingested = ingest(self.blobs(), req.body, req.integrity, limits).await?;
         let (data, inline) = match ingested.data {
@@ -220,7 +221,7 @@ impl Engine {
             headers: req.headers,
             checksum: ingested.checksum,
             data,
-            expires_at_ms: req.expires_at_ms,
+            expires_at_ms: earliest(req.expires_at_ms, object_expiry(&bucket.lifecycle, &req.key, now_ms())),
         };
         let revision =
             self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, ExtraTxn::default()).await?;
@@ -459,7 +460,7 @@ impl Engine {
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.".into(),
             ));
         }
-        self.bucket_for_write(&req.dst_bucket).await?;
+        let (dst_bucket, _) = self.writable_bucket(&req.dst_bucket).await?;
         let data = self.duplicate_data(&source).await?;
         let record = ObjectRecord {
             size: source.record.size,
@@ -468,7 +469,7 @@ impl Engine {
             headers: req.replace_headers.unwrap_or_else(|| source.record.headers.clone()),
             checksum: source.record.checksum.clone(),
             data,
-            expires_at_ms: None,
+            expires_at_ms: object_expiry(&dst_bucket.lifecycle, &req.dst_key, now_ms()),
         };
         let revision = self
             .commit_object(&req.dst_bucket, &req.dst_key, &record, source.inline, &req.conditions, ExtraTxn::default())

@@ -27,6 +27,9 @@ pub struct BucketRecord {
     /// Anonymous GET/HEAD of objects allowed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub public_read: bool,
+    /// Lifecycle rules (expiry and upload abort).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lifecycle: Vec<crate::lifecycle::LifecycleRule>,
 }
 
 /// The standard headers and user metadata stored with an object and returned on reads.
@@ -158,6 +161,9 @@ pub struct UploadRecord {
     pub full_object_checksum: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<i64>,
+    /// When a lifecycle rule aborts the upload if it is still incomplete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_at_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -107,6 +107,11 @@ impl Engine {
             self.meta().txn(drop_index().then(Op::delete(target))).await?;
             return Ok(());
         }
+        if text.starts_with("u/") {
+            self.reap_upload(&target, at).await?;
+            self.meta().txn(drop_index()).await?;
+            return Ok(());
+        }
         let Some((bucket, key)) = text.strip_prefix("o/").and_then(|rest| rest.split_once('/')) else {
             self.meta().txn(drop_index()).await?;
             return Ok(());

@@ -905,3 +905,63 @@ async fn unsupported_operations_say_not_implemented() {
     let err = s3.get_object().bucket("notimpl").key("k").send().await.unwrap_err();
     assert_eq!(error_code(&err), "NoSuchKey", "a refused write stores nothing");
 }
+
+#[tokio::test]
+async fn lifecycle_configuration() {
+    use aws_sdk_s3::types::{
+        AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration,
+        LifecycleRule, LifecycleRuleFilter, Transition, TransitionStorageClass,
+    };
+    let server = Server::start();
+    let s3 = server.client();
+    s3.create_bucket().bucket("lifecycle").send().await.unwrap();
+    let err = s3.get_bucket_lifecycle_configuration().bucket("lifecycle").send().await.unwrap_err();
+    assert_eq!(error_code(&err), "NoSuchLifecycleConfiguration");
+    let rule = LifecycleRule::builder()
+        .id("tmp")
+        .status(ExpirationStatus::Enabled)
+        .filter(LifecycleRuleFilter::builder().prefix("tmp/").build())
+        .expiration(LifecycleExpiration::builder().days(7).build())
+        .abort_incomplete_multipart_upload(AbortIncompleteMultipartUpload::builder().days_after_initiation(1).build())
+        .build()
+        .unwrap();
+    s3.put_bucket_lifecycle_configuration()
+        .bucket("lifecycle")
+        .lifecycle_configuration(BucketLifecycleConfiguration::builder().rules(rule).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let got = s3.get_bucket_lifecycle_configuration().bucket("lifecycle").send().await.unwrap();
+    let rules = got.rules();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].expiration().and_then(|e| e.days()), Some(7));
+    assert_eq!(rules[0].abort_incomplete_multipart_upload().and_then(|a| a.days_after_initiation()), Some(1));
+
+    // New objects under the prefix carry the rule's expiry; others none.
+    put(&s3, "lifecycle", "tmp/a", b"a").await;
+    put(&s3, "lifecycle", "keep/a", b"a").await;
+    let head = |key: &'static str| common::raw::signed(&server.addr, "HEAD", &format!("/lifecycle/{key}"), &[], b"");
+    let expires: i64 = head("tmp/a").header("x-meridian-expires-at").expect("expiry header").parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert!((expires - now - 7 * 86_400_000).abs() < 60_000, "expires in 7 days");
+    assert!(head("keep/a").header("x-meridian-expires-at").is_none());
+
+    let transition = LifecycleRule::builder()
+        .id("cold")
+        .status(ExpirationStatus::Enabled)
+        .filter(LifecycleRuleFilter::builder().prefix("").build())
+        .transitions(Transition::builder().days(30).storage_class(TransitionStorageClass::Glacier).build())
+        .build()
+        .unwrap();
+    let err = s3
+        .put_bucket_lifecycle_configuration()
+        .bucket("lifecycle")
+        .lifecycle_configuration(BucketLifecycleConfiguration::builder().rules(transition).build().unwrap())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&err), "NotImplemented");
+    s3.delete_bucket_lifecycle().bucket("lifecycle").send().await.unwrap();
+    let err = s3.get_bucket_lifecycle_configuration().bucket("lifecycle").send().await.unwrap_err();
+    assert_eq!(error_code(&err), "NoSuchLifecycleConfiguration");
+}

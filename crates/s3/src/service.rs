@@ -272,6 +272,54 @@ fn content_range(out: &GetOutcome) -> Option<String> {
     out.range.map(|(first, last)| format!("bytes {first}-{last}/{}", out.record.size))
 }
 
+/// An S3 lifecycle rule as Meridian stores it; what Meridian does not do is refused.
+fn lifecycle_rule(rule: LifecycleRule) -> S3Result<meridian_engine::lifecycle::LifecycleRule> {
+    if rule.transitions.as_ref().is_some_and(|t| !t.is_empty())
+        || rule.noncurrent_version_transitions.as_ref().is_some_and(|t| !t.is_empty())
+        || rule.noncurrent_version_expiration.is_some()
+    {
+        return Err(not_implemented("lifecycle transitions and noncurrent-version rules"));
+    }
+    let mut prefix = rule.prefix.unwrap_or_default();
+    if let Some(filter) = rule.filter {
+        if filter.and.is_some()
+            || filter.tag.is_some()
+            || filter.object_size_greater_than.is_some()
+            || filter.object_size_less_than.is_some()
+        {
+            return Err(not_implemented("lifecycle filters other than a prefix"));
+        }
+        if let Some(p) = filter.prefix {
+            prefix = p;
+        }
+    }
+    let expiration_days = match rule.expiration {
+        None => None,
+        Some(e) if e.date.is_some() || e.expired_object_delete_marker.is_some() => {
+            return Err(not_implemented("lifecycle expiration by date or of delete markers (use Days)"));
+        }
+        Some(e) => Some(positive_days(e.days, "Expiration Days")?),
+    };
+    let abort_incomplete_days = match rule.abort_incomplete_multipart_upload {
+        None => None,
+        Some(a) => Some(positive_days(a.days_after_initiation, "DaysAfterInitiation")?),
+    };
+    Ok(meridian_engine::lifecycle::LifecycleRule {
+        id: rule.id.unwrap_or_default(),
+        prefix,
+        enabled: rule.status.as_str() == ExpirationStatus::ENABLED,
+        expiration_days,
+        abort_incomplete_days,
+    })
+}
+
+fn positive_days(days: Option<i32>, what: &str) -> S3Result<u32> {
+    match days {
+        Some(d) if d > 0 => Ok(d as u32),
+        _ => Err(S3Error::with_message(S3ErrorCode::InvalidArgument, format!("{what} must be a positive integer"))),
+    }
+}
+
 /// The canned ACLs Meridian implements: `private` and `public-read` (anonymous GET/HEAD).
 fn bucket_acl_is_public(acl: Option<&BucketCannedACL>) -> S3Result<bool> {
     match acl.map(BucketCannedACL::as_str) {
@@ -744,6 +792,61 @@ impl S3 for MeridianS3 {
             return Err(not_implemented("making one object private in a public-read bucket"));
         }
         Ok(S3Response::new(PutObjectAclOutput::default()))
+    }
+
+    async fn put_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<PutBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<PutBucketLifecycleConfigurationOutput>> {
+        let input = req.input;
+        let rules = input.lifecycle_configuration.map(|c| c.rules).unwrap_or_default();
+        let rules = rules.into_iter().map(lifecycle_rule).collect::<S3Result<Vec<_>>>()?;
+        self.engine.set_lifecycle(&input.bucket, rules).await.map_err(s3_error)?;
+        Ok(S3Response::new(PutBucketLifecycleConfigurationOutput::default()))
+    }
+
+    async fn get_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<GetBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<GetBucketLifecycleConfigurationOutput>> {
+        let rules = self.engine.lifecycle(&req.input.bucket).await.map_err(s3_error)?;
+        if rules.is_empty() {
+            return Err(S3Error::with_message(
+                S3ErrorCode::NoSuchLifecycleConfiguration,
+                "The lifecycle configuration does not exist",
+            ));
+        }
+        let rules = rules
+            .into_iter()
+            .map(|r| LifecycleRule {
+                id: Some(r.id),
+                status: ExpirationStatus::from_static(if r.enabled {
+                    ExpirationStatus::ENABLED
+                } else {
+                    ExpirationStatus::DISABLED
+                }),
+                filter: Some(LifecycleRuleFilter { prefix: Some(r.prefix), ..Default::default() }),
+                expiration: r
+                    .expiration_days
+                    .map(|d| LifecycleExpiration { days: Some(d as i32), ..Default::default() }),
+                abort_incomplete_multipart_upload: r
+                    .abort_incomplete_days
+                    .map(|d| AbortIncompleteMultipartUpload { days_after_initiation: Some(d as i32) }),
+                noncurrent_version_expiration: None,
+                noncurrent_version_transitions: None,
+                prefix: None,
+                transitions: None,
+            })
+            .collect();
+        Ok(S3Response::new(GetBucketLifecycleConfigurationOutput { rules: Some(rules), ..Default::default() }))
+    }
+
+    async fn delete_bucket_lifecycle(
+        &self,
+        req: S3Request<DeleteBucketLifecycleInput>,
+    ) -> S3Result<S3Response<DeleteBucketLifecycleOutput>> {
+        self.engine.set_lifecycle(&req.input.bucket, Vec::new()).await.map_err(s3_error)?;
+        Ok(S3Response::new(DeleteBucketLifecycleOutput::default()))
     }
 
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {

@@ -1,0 +1,239 @@
+//! S3 lifecycle rules — expire objects N days after they were written, abort multipart uploads
+//! N days after they started — built on the same expiry machinery as KV TTLs: a rule sets the
+//! expiry instant in the record (and the expiry index), reads hide the object from that instant
+//! on, and the reaper reclaims it. Setting rules on a bucket also applies them to what is
+//! already there.
+
+use bytes::Bytes;
+use meridian_meta::{Compare, Op, RangeRequest, Txn};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, EngineResult};
+use crate::object::{object_change, with_expiry_index};
+use crate::record::{self, ObjectRecord, UploadRecord};
+use crate::{Engine, keys, now_ms};
+
+const DAY_MS: i64 = 86_400_000;
+/// Most rules per bucket, as in S3.
+pub const MAX_RULES: usize = 1000;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleRule {
+    #[serde(default)]
+    pub id: String,
+    /// Applies to keys starting with this.
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// Objects expire this many days after they were written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_days: Option<u32>,
+    /// Incomplete multipart uploads are aborted this many days after they started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_incomplete_days: Option<u32>,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+impl LifecycleRule {
+    fn matches(&self, key: &str) -> bool {
+        self.enabled && key.starts_with(&self.prefix)
+    }
+}
+
+/// When an object written at `modified_ms` expires under `rules` (the earliest rule wins).
+pub fn object_expiry(rules: &[LifecycleRule], key: &str, modified_ms: i64) -> Option<i64> {
+    rules
+        .iter()
+        .filter(|r| r.matches(key))
+        .filter_map(|r| r.expiration_days)
+        .map(|days| modified_ms + i64::from(days) * DAY_MS)
+        .min()
+}
+
+/// When an upload started at `initiated_ms` is aborted under `rules`.
+pub fn upload_abort(rules: &[LifecycleRule], key: &str, initiated_ms: i64) -> Option<i64> {
+    rules
+        .iter()
+        .filter(|r| r.matches(key))
+        .filter_map(|r| r.abort_incomplete_days)
+        .map(|days| initiated_ms + i64::from(days) * DAY_MS)
+        .min()
+}
+
+/// The earlier of two optional instants.
+pub(crate) fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn validate(rules: &[LifecycleRule]) -> EngineResult<()> {
+    if rules.len() > MAX_RULES {
+        return Err(EngineError::InvalidArgument(format!("a bucket has at most {MAX_RULES} lifecycle rules")));
+    }
+    for rule in rules {
+        if rule.expiration_days.is_none() && rule.abort_incomplete_days.is_none() {
+            return Err(EngineError::InvalidArgument(format!(
+                "lifecycle rule {:?} has no action: give Expiration Days or AbortIncompleteMultipartUpload",
+                rule.id
+            )));
+        }
+        if rule.expiration_days == Some(0) || rule.abort_incomplete_days == Some(0) {
+            return Err(EngineError::InvalidArgument(format!("lifecycle rule {:?}: days must be positive", rule.id)));
+        }
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Replaces the bucket's rules, then applies them to the objects and uploads already there.
+    pub async fn set_lifecycle(&self, bucket: &str, rules: Vec<LifecycleRule>) -> EngineResult<()> {
+        validate(&rules)?;
+        self.update_bucket(bucket, |record| {
+            record.lifecycle = rules.clone();
+            Ok(())
+        })
+        .await?;
+        self.apply_lifecycle(bucket, &rules).await
+    }
+
+    pub async fn lifecycle(&self, bucket: &str) -> EngineResult<Vec<LifecycleRule>> {
+        Ok(self.bucket(bucket).await?.0.lifecycle)
+    }
+
+    /// Gives existing objects and uploads the expiry their rules ask for (only ever earlier).
+    async fn apply_lifecycle(&self, bucket: &str, rules: &[LifecycleRule]) -> EngineResult<()> {
+        for rule in rules.iter().filter(|r| r.enabled) {
+            if rule.expiration_days.is_some() {
+                self.expire_existing(bucket, rules, &rule.prefix).await?;
+            }
+            if rule.abort_incomplete_days.is_some() {
+                self.abort_existing(bucket, rules, &rule.prefix).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn expire_existing(&self, bucket: &str, rules: &[LifecycleRule], prefix: &str) -> EngineResult<()> {
+        let mut range = RangeRequest::prefix(format!("{}{prefix}", keys::objects_prefix(bucket))).limit(500);
+        loop {
+            let page = self.meta().range(range.clone()).await?;
+            for kv in &page.kvs {
+                let key = String::from_utf8_lossy(&kv.key[keys::objects_prefix(bucket).len()..]).into_owned();
+                if key.ends_with(keys::EXPIRED_MARKER) {
+                    continue;
+                }
+                let record: ObjectRecord = record::decode(&kv.value)?;
+                let wanted = earliest(record.expires_at_ms, object_expiry(rules, &key, record.modified_ms));
+                if wanted != record.expires_at_ms {
+                    self.set_object_expiry(bucket, &key, kv.mod_revision, wanted).await?;
+                }
+            }
+            match page.kvs.last() {
+                Some(last) if page.more => range = range.after(last.key.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Rewrites one object's expiry, unless it changed since it was read.
+    async fn set_object_expiry(
+        &self,
+        bucket: &str,
+        key: &str,
+        revision: u64,
+        expires_at_ms: Option<i64>,
+    ) -> EngineResult<()> {
+        let Some(current) = self.read_current(bucket, key).await? else { return Ok(()) };
+        if current.revision != revision {
+            return Ok(());
+        }
+        let mut record = current.record.clone();
+        record.expires_at_ms = expires_at_ms;
+        let change = object_change(bucket, key, Some(&current), Some((&record, current.inline.as_ref())));
+        let mut txn = Txn::new();
+        txn.compares.extend(change.compares);
+        txn.ops.extend(change.ops);
+        self.meta().txn(txn).await?;
+        Ok(())
+    }
+
+    async fn abort_existing(&self, bucket: &str, rules: &[LifecycleRule], prefix: &str) -> EngineResult<()> {
+        let range = RangeRequest::prefix(format!("{}{prefix}", keys::uploads_prefix(bucket)));
+        let page = self.meta().range(range).await?;
+        for kv in &page.kvs {
+            let mut upload: UploadRecord = record::decode(&kv.value)?;
+            let wanted = earliest(upload.abort_at_ms, upload_abort(rules, &upload.key, upload.initiated_ms));
+            if wanted == upload.abort_at_ms {
+                continue;
+            }
+            let old = upload.abort_at_ms;
+            upload.abort_at_ms = wanted;
+            let mut txn = Txn::new()
+                .when(Compare::mod_revision_is(kv.key.clone(), kv.mod_revision))
+                .then(Op::put(kv.key.clone(), record::encode(&upload)));
+            txn = with_expiry_index(txn, &kv.key, old, wanted);
+            self.meta().txn(txn).await?;
+        }
+        Ok(())
+    }
+
+    /// Called by the reaper for a due upload index entry: aborts the upload if it is still
+    /// there and still due.
+    pub(crate) async fn reap_upload(&self, target: &Bytes, at: i64) -> EngineResult<()> {
+        let text = String::from_utf8_lossy(target).into_owned();
+        let Some((bucket, rest)) = text.strip_prefix("u/").and_then(|r| r.split_once('/')) else { return Ok(()) };
+        let Some((key, upload_id)) = rest.split_once('\0') else { return Ok(()) };
+        let Some(kv) = self.meta().get(target).await? else { return Ok(()) };
+        let upload: UploadRecord = record::decode(&kv.value)?;
+        if upload.abort_at_ms == Some(at) && at <= now_ms() {
+            match self.abort_multipart_upload(bucket, key, upload_id).await {
+                Ok(()) | Err(EngineError::NoSuchUpload) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earliest_matching_rule_wins() {
+        let rules = vec![
+            LifecycleRule {
+                id: "a".into(),
+                prefix: "logs/".into(),
+                enabled: true,
+                expiration_days: Some(30),
+                abort_incomplete_days: None,
+            },
+            LifecycleRule {
+                id: "b".into(),
+                prefix: "logs/tmp/".into(),
+                enabled: true,
+                expiration_days: Some(1),
+                abort_incomplete_days: Some(2),
+            },
+            LifecycleRule {
+                id: "c".into(),
+                prefix: "".into(),
+                enabled: false,
+                expiration_days: Some(1),
+                abort_incomplete_days: None,
+            },
+        ];
+        assert_eq!(object_expiry(&rules, "logs/x", 0), Some(30 * DAY_MS));
+        assert_eq!(object_expiry(&rules, "logs/tmp/x", 0), Some(DAY_MS));
+        assert_eq!(object_expiry(&rules, "data/x", 0), None, "disabled rules do nothing");
+        assert_eq!(upload_abort(&rules, "logs/tmp/x", 5), Some(5 + 2 * DAY_MS));
+        assert!(validate(&[LifecycleRule { id: "none".into(), ..Default::default() }]).is_err());
+    }
+}
