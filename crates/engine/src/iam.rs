@@ -389,11 +389,10 @@ mod tests {
 
     fn bucket(owner: &str, grants: &[(&str, Grant)], public_read: bool) -> BucketRecord {
         BucketRecord {
-            created_ms: 0,
             owner: owner.into(),
-            deleting_since_ms: None,
             grants: grants.iter().map(|(k, g)| (k.to_string(), *g)).collect(),
             public_read,
+            ..Default::default()
         }
     }
 
