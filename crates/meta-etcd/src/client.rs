@@ -245,6 +245,8 @@ impl Pool {
                     Failure::Ambiguous
                 }
             };
+            // This member failed us: whatever happens next, the next request tries another.
+            self.advance(route, index);
             if failure == Failure::Ambiguous && retry == Retry::IfNotApplied {
                 return Err(CallError::Meta(MetaError::Unavailable(format!(
                     "etcd {what}: the outcome is unknown (it may or may not have been \
@@ -252,7 +254,6 @@ impl Pool {
                 ))));
             }
             tracing::debug!(what, endpoint = url, error = %last_error, "etcd request failed; trying the next member");
-            self.advance(route, index);
             failures_in_round += 1;
             if failures_in_round >= self.members.len() {
                 // Every member failed once: wait a little before the next round.

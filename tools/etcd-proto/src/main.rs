@@ -18,11 +18,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut fds = protox::compile(["etcd/api/etcdserverpb/rpc.proto"], [&proto])?;
     // The HTTP-gateway and OpenAPI annotations are only options on the services: no code needed.
-    fds.file.retain(|f| !f.package().starts_with("google.") && !f.package().starts_with("grpc."));
+    fds.file
+        .retain(|f| !f.package().starts_with("google.") && !f.package().starts_with("grpc."));
     for file in &mut fds.file {
         if file.package() == "etcdserverpb" {
-            file.service
-                .retain(|s| KEEP_SERVICES.contains(&s.name()));
+            file.service.retain(|s| KEEP_SERVICES.contains(&s.name()));
         }
     }
 
