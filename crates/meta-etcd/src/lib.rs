@@ -119,11 +119,11 @@ pub struct EtcdOptions {
     /// How long a keep-alive ping may go unanswered before the connection counts as dead and
     /// its watches move to another member (default 5 s).
     pub keep_alive_timeout: Duration,
-    /// Send etcd's "require leader" marker with every request: a member cut off from the
-    /// leader refuses requests and closes watches instead of serving stale data or hanging, and
-    /// the client moves to another member (default true). With serializable reads this bounds
-    /// how stale a local read can be; turn it off to keep serving (stale) local reads while a
-    /// region is cut off.
+    /// Send etcd's "require leader" marker with every request and watch (default true): a
+    /// voting member that has lost its leader (it is cut off from the majority) refuses
+    /// requests and closes watches instead of hanging, and the client moves to another member.
+    /// A learner never notices the loss of its leader this way (it does not take part in
+    /// elections), so a cut-off learner keeps answering serializable reads from its last state.
     pub require_leader: bool,
     /// The most reads `get_many` puts into one etcd transaction (default 128, etcd's default
     /// `--max-txn-ops`); more keys are read in several transactions at the same revision.

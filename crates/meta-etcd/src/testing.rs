@@ -21,7 +21,7 @@
 //! ```
 //!
 //! Every member runs with `--max-txn-ops 20000 --max-request-bytes 16777216` (what Meridian
-//! requires of production clusters, see `docs/etcd.md`). Data directories live on `/dev/shm`
+//! requires of production clusters, see `docs/etcd.md`) and a 2 s election timeout. Data directories live on `/dev/shm`
 //! when it exists (tmpfs: a `kill -9` of a process keeps what it wrote exactly as a disk would;
 //! power loss is not simulated) — set `MERIDIAN_ETCD_TEST_DIR` to use another directory.
 //!
@@ -43,18 +43,25 @@ use std::time::{Duration, Instant};
 /// The etcd flags every test member gets (Meridian's production requirements).
 pub const REQUIRED_FLAGS: &[&str] = &["--max-txn-ops", "20000", "--max-request-bytes", "16777216"];
 
+/// Flags for a busy test machine: a 2 s election timeout (etcd's default is 1 s) so that a
+/// member starved of CPU for a moment does not start an election. Flags given with
+/// [`EtcdClusterBuilder::arg`] come later and win.
+pub const TEST_FLAGS: &[&str] = &["--heartbeat-interval", "100", "--election-timeout", "2000"];
+
 /// How long a cluster (or a restarted member) may take to become healthy.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Kills etcd when the test process goes away: the guard's `cat` sees end-of-file on its stdin
-/// (a pipe from the test) and the guard then kills etcd, its own child, so the pid cannot have
-/// been reused.
+/// Kills etcd when the test process goes away: the guard waits for a line on its stdin (a pipe
+/// from the test). At end-of-file — the test process is gone, even by `SIGKILL` — it kills etcd
+/// (its own child, so the pid cannot have been reused) and deletes the cluster's directory. A
+/// deliberate kill sends `keep` first, so a restarted member finds its data.
 const GUARD: &str = r#""$0" "$@" >>"$MERIDIAN_ETCD_LOG" 2>&1 </dev/null &
 pid=$!
 echo "$pid"
-cat >/dev/null
+read -r keep || keep=""
 kill -9 "$pid" 2>/dev/null
 wait "$pid"
+[ "$keep" = keep ] || rm -rf "$MERIDIAN_ETCD_DIR"
 "#;
 
 /// Where one member listens and what it tells others. URLs are `http://host:port`.
@@ -162,13 +169,14 @@ struct Process {
 }
 
 impl Process {
-    fn spawn(bin: &Path, args: &[String], log: &Path) -> Process {
+    fn spawn(bin: &Path, args: &[String], log: &Path, dir: &Path) -> Process {
         let mut guard = Command::new("sh")
             .arg("-c")
             .arg(GUARD)
             .arg(bin)
             .args(args)
             .env("MERIDIAN_ETCD_LOG", log)
+            .env("MERIDIAN_ETCD_DIR", dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             // etcd's own output goes to its log; this is only the guard's job-control chatter.
@@ -195,14 +203,19 @@ impl Process {
         assert!(status.success(), "kill -{signal} {} failed", self.pid);
     }
 
-    /// `kill -9`, then wait until the process is gone.
-    fn kill(mut self) {
+    /// `kill -9`, then wait until the process is gone. `keep`: leave the data for a restart.
+    fn kill(mut self, keep: bool) {
         let _ = Command::new("sh")
             .arg("-c")
             .arg(format!("kill -9 {} 2>/dev/null", self.pid))
             .status();
-        // Closing the guard's stdin makes it reap etcd and exit.
-        drop(self.guard.stdin.take());
+        if let Some(mut stdin) = self.guard.stdin.take() {
+            if keep {
+                let _ = stdin.write_all(b"keep\n");
+            }
+            // Closing the guard's stdin makes it reap etcd and exit.
+            drop(stdin);
+        }
         let _ = self.guard.wait();
     }
 
@@ -332,18 +345,20 @@ impl EtcdCluster {
         .map(ToString::to_string)
         .collect();
         args.extend(REQUIRED_FLAGS.iter().map(ToString::to_string));
+        args.extend(TEST_FLAGS.iter().map(ToString::to_string));
         args.extend(self.extra_args.iter().cloned());
         args
     }
 
     fn spawn(&mut self, index: usize) {
         let args = self.args(&self.members[index]);
+        let dir = self.dir.path().to_path_buf();
         let member = &mut self.members[index];
         assert!(
             member.process.is_none(),
             "member {index} is already running"
         );
-        member.process = Some(Process::spawn(&self.bin, &args, &member.log));
+        member.process = Some(Process::spawn(&self.bin, &args, &member.log, &dir));
     }
 
     fn wait_until_healthy(&mut self, members: &[usize]) -> Result<(), Launch> {
@@ -461,7 +476,7 @@ impl EtcdCluster {
             .process
             .take()
             .unwrap_or_else(|| panic!("member {index} is not running"));
-        process.kill();
+        process.kill(true);
     }
 
     /// `SIGSTOP` member `index`: it keeps its connections but answers nothing (a hung machine
@@ -496,7 +511,7 @@ impl EtcdCluster {
     pub fn leader(&self) -> Option<usize> {
         let mut ids = Vec::new();
         let mut leader = None;
-        for (index, member) in self.members.iter().enumerate() {
+        for member in &self.members {
             if member.process.is_none() {
                 ids.push(None);
                 continue;
@@ -522,7 +537,6 @@ impl EtcdCluster {
                     Some(_) => {}
                 }
             }
-            let _ = index;
         }
         let leader = leader?;
         ids.iter().position(|id| *id == Some(leader))
@@ -617,7 +631,7 @@ impl Drop for EtcdCluster {
         }
         for member in &mut self.members {
             if let Some(process) = member.process.take() {
-                process.kill();
+                process.kill(false);
             }
         }
     }
