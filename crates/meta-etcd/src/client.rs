@@ -387,7 +387,7 @@ pub(crate) fn map_status(status: &Status) -> MetaError {
     if text.contains("too many operations in txn request") {
         return MetaError::TooLarge(format!(
             "{text}: the etcd cluster limits the number of operations in one transaction; \
-             start every member with a larger --max-txn-ops (Meridian needs 20000 or more, see \
+             start every member with a larger --max-txn-ops (Meridian needs 32768 or more, see \
              docs/etcd.md)"
         ));
     }

@@ -26,8 +26,9 @@
 //! Start every member with at least:
 //!
 //! ```text
-//! --max-txn-ops 20000           # completing a multipart upload writes one op per part
-//! --max-request-bytes 16777216  # 16 MiB: such a transaction, or an inline object, is large
+//! --max-txn-ops 32768           # completing a 10,000-part upload that replaces a 10,000-part
+//!                               # object writes 30,002 ops in one transaction
+//! --max-request-bytes 16777216  # 16 MiB: such a transaction is ~13 MiB with 1 KiB keys
 //! --auto-compaction-mode revision --auto-compaction-retention 100000   # bounded history
 //! ```
 //!
@@ -43,7 +44,9 @@
 //! asking the leader: fast and local, possibly a little behind the cluster, but never behind
 //! what this process has already seen (its own writes and earlier reads — see
 //! [`EtcdStore::observed_revision`]). [`EtcdStore::with_read_mode`] gives a handle with the
-//! other mode on the same connections, for requests that ask for strong reads.
+//! other mode on the same connections, for requests that ask for strong reads, and
+//! [`EtcdStore::at_least`] one whose reads reflect at least a given revision (read-your-writes
+//! across regions), served locally whenever the local member has caught up.
 //!
 //! # Failures
 //!
@@ -199,6 +202,8 @@ pub struct EtcdStore {
     pool: Arc<Pool>,
     ns: Namespace,
     read_mode: ReadMode,
+    /// Serializable reads through this handle reflect at least this revision.
+    floor: Revision,
     max_txn_ops: usize,
 }
 
@@ -222,6 +227,7 @@ impl EtcdStore {
             pool: Arc::new(Pool::new(&options)?),
             ns: Namespace::new(options.namespace.clone()),
             read_mode: options.read_mode,
+            floor: 0,
             max_txn_ops: options.max_txn_ops.max(1),
         };
         store.current_revision().await?;
@@ -233,6 +239,17 @@ impl EtcdStore {
     pub fn with_read_mode(&self, read_mode: ReadMode) -> Self {
         EtcdStore {
             read_mode,
+            ..self.clone()
+        }
+    }
+
+    /// A handle whose reads reflect at least `revision` (for example a revision a client saw
+    /// in another region: read-your-writes across regions). Serializable reads are still served
+    /// locally when the local member has caught up to it, and go through the leader otherwise.
+    /// Linearizable reads always satisfy it.
+    pub fn at_least(&self, revision: Revision) -> Self {
+        EtcdStore {
+            floor: self.floor.max(revision),
             ..self.clone()
         }
     }
@@ -378,7 +395,7 @@ impl EtcdStore {
     async fn read(&self, mut request: pb::RangeRequest) -> Result<pb::RangeResponse, CallError> {
         if self.read_mode == ReadMode::Serializable {
             request.serializable = true;
-            let floor = self.pool.observed();
+            let floor = self.pool.observed().max(self.floor);
             let mut pause = Duration::from_millis(2);
             for _ in 0..FLOOR_TRIES {
                 let response = self.etcd_range(request.clone(), Route::Local).await?;

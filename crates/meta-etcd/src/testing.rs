@@ -20,7 +20,7 @@
 //! let cluster = builder.start();
 //! ```
 //!
-//! Every member runs with `--max-txn-ops 20000 --max-request-bytes 16777216` (what Meridian
+//! Every member runs with `--max-txn-ops 32768 --max-request-bytes 16777216` (what Meridian
 //! requires of production clusters, see `docs/etcd.md`) and a 2 s election timeout. Data directories live on `/dev/shm`
 //! when it exists (tmpfs: a `kill -9` of a process keeps what it wrote exactly as a disk would;
 //! power loss is not simulated) — set `MERIDIAN_ETCD_TEST_DIR` to use another directory.
@@ -41,7 +41,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The etcd flags every test member gets (Meridian's production requirements).
-pub const REQUIRED_FLAGS: &[&str] = &["--max-txn-ops", "20000", "--max-request-bytes", "16777216"];
+pub const REQUIRED_FLAGS: &[&str] = &["--max-txn-ops", "32768", "--max-request-bytes", "16777216"];
 
 /// Flags for a busy test machine: a 2 s election timeout (etcd's default is 1 s) so that a
 /// member starved of CPU for a moment does not start an election. Flags given with

@@ -173,6 +173,11 @@ async fn serializable_reads_are_served_by_the_local_learner() {
     assert_eq!(listed.kvs.len(), 1);
     assert!(listed.revision >= written);
 
+    // A read that must reflect a revision the learner has not reached needs the leader.
+    let err = local.at_least(written + 1000).get(b"k").await.unwrap_err();
+    assert!(matches!(err, MetaError::Unavailable(_)), "{err}");
+    assert!(local.at_least(written).get(b"k").await.unwrap().is_some());
+
     // What needs the leader fails, within the request timeout.
     let strong = local.with_read_mode(ReadMode::Linearizable);
     let started = Instant::now();
@@ -191,9 +196,9 @@ async fn transactions_over_etcd_limits_fail_with_too_large_naming_the_flag() {
     let cluster = EtcdCluster::start(1);
     let store = connect(&cluster, "/limits/").await;
 
-    // The test cluster runs with --max-txn-ops 20000, as production must.
+    // The test cluster runs with --max-txn-ops 32768, as production must.
     let mut txn = Txn::new();
-    for i in 0..20_000 {
+    for i in 0..32_768 {
         txn = txn.then(Op::put(format!("ops/{i:05}"), "x"));
     }
     store.txn(txn.clone()).await.unwrap();
