@@ -5,7 +5,9 @@
 //! the next member and the request is tried there, until the request's deadline. There are two
 //! cursors: `Route::Voter` for writes, linearizable reads and watches, and `Route::Local` for
 //! serializable reads. With a local learner listed first, serializable reads stay on it while
-//! everything else moves to a voting member after the learner's first refusal.
+//! everything else moves to a voting member after the learner's first refusal. The first member
+//! listed is the preferred one (the closest): a cursor that moved away from it returns to it
+//! after [`RETURN_TO_PREFERRED`], so a member that was down for a moment gets its traffic back.
 //!
 //! Retrying is only safe when etcd cannot have applied the request: a read can always be
 //! retried, a write only when it never reached a member (the connection could not be made) or
@@ -75,11 +77,30 @@ struct Member {
     channel: Channel,
 }
 
+/// How long a cursor stays away from the first (preferred) member before trying it again.
+pub(crate) const RETURN_TO_PREFERRED: Duration = Duration::from_secs(10);
+
+/// A route's current member, and when it last moved (milliseconds since the pool started).
+struct Cursor {
+    index: AtomicUsize,
+    moved_at: AtomicU64,
+}
+
+impl Cursor {
+    fn new() -> Self {
+        Cursor {
+            index: AtomicUsize::new(0),
+            moved_at: AtomicU64::new(0),
+        }
+    }
+}
+
 /// The shared connection state of every clone of a store.
 pub(crate) struct Pool {
     members: Vec<Member>,
-    voter: AtomicUsize,
-    local: AtomicUsize,
+    started: Instant,
+    voter: Cursor,
+    local: Cursor,
     /// The newest revision any response has shown this process; serializable reads never go
     /// back before it.
     observed: AtomicU64,
@@ -117,8 +138,9 @@ impl Pool {
         }
         Ok(Pool {
             members,
-            voter: AtomicUsize::new(0),
-            local: AtomicUsize::new(0),
+            started: Instant::now(),
+            voter: Cursor::new(),
+            local: Cursor::new(),
             observed: AtomicU64::new(0),
             request_timeout: options.request_timeout,
             max_response_bytes: options.max_response_bytes,
@@ -144,16 +166,36 @@ impl Pool {
         self.observed.load(Ordering::SeqCst)
     }
 
-    fn cursor(&self, route: Route) -> &AtomicUsize {
+    fn cursor(&self, route: Route) -> &Cursor {
         match route {
             Route::Voter => &self.voter,
             Route::Local => &self.local,
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// The member the route currently points at.
     pub(crate) fn current(&self, route: Route) -> (usize, Channel, &str) {
-        let index = self.cursor(route).load(Ordering::SeqCst) % self.members.len();
+        let cursor = self.cursor(route);
+        let mut current = cursor.index.load(Ordering::SeqCst) % self.members.len();
+        if current != 0 {
+            let away_ms = self
+                .now_ms()
+                .saturating_sub(cursor.moved_at.load(Ordering::SeqCst));
+            if u128::from(away_ms) >= RETURN_TO_PREFERRED.as_millis()
+                && cursor
+                    .index
+                    .compare_exchange(current, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                cursor.moved_at.store(self.now_ms(), Ordering::SeqCst);
+                current = 0;
+            }
+        }
+        let index = current % self.members.len();
         let member = &self.members[index];
         (index, member.channel.clone(), &member.url)
     }
@@ -168,9 +210,14 @@ impl Pool {
     pub(crate) fn advance(&self, route: Route, from: usize) {
         let next = (from + 1) % self.members.len();
         let cursor = self.cursor(route);
-        let current = cursor.load(Ordering::SeqCst);
-        if current % self.members.len() == from {
-            let _ = cursor.compare_exchange(current, next, Ordering::SeqCst, Ordering::SeqCst);
+        let current = cursor.index.load(Ordering::SeqCst);
+        if current % self.members.len() == from
+            && cursor
+                .index
+                .compare_exchange(current, next, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            cursor.moved_at.store(self.now_ms(), Ordering::SeqCst);
         }
     }
 
@@ -436,6 +483,38 @@ mod tests {
         );
         assert!(normalize_url("https://a:1").is_err());
         assert!(normalize_url("unix://x").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cursors_move_on_failure_and_return_to_the_preferred_member() {
+        let pool = Pool::new(&EtcdOptions::new([
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            "127.0.0.1:3",
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(pool.current(Route::Local).0, 0);
+        pool.advance(Route::Local, 0);
+        assert_eq!(pool.current(Route::Local).0, 1);
+        pool.advance(Route::Local, 0);
+        assert_eq!(
+            pool.current(Route::Local).0,
+            1,
+            "a stale failure report does not move the cursor twice"
+        );
+        assert_eq!(pool.current(Route::Voter).0, 0, "routes move independently");
+        tokio::time::advance(RETURN_TO_PREFERRED - Duration::from_millis(5)).await;
+        assert_eq!(pool.current(Route::Local).0, 1);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(
+            pool.current(Route::Local).0,
+            0,
+            "back to the closest member"
+        );
+        pool.advance(Route::Local, 0);
+        pool.advance(Route::Local, 1);
+        pool.advance(Route::Local, 2);
+        assert_eq!(pool.current(Route::Local).0, 0, "round and round");
     }
 
     #[test]

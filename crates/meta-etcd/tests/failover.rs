@@ -56,7 +56,7 @@ async fn heavy_kill_9_of_the_leader_loses_no_write_and_the_watch_has_no_gap() {
         let mut events = Vec::new();
         while let Some(event) = watch.next().await {
             let event = event.expect("the watch never fails");
-            let done = event.kv.key == Bytes::from("w/zz-done");
+            let done = event.kv.key == "w/zz-done";
             events.push(event);
             if done {
                 break;
