@@ -106,6 +106,7 @@ fn free_port(held: &mut Vec<TcpListener>) -> u16 {
 /// Configures a cluster before starting it.
 pub struct EtcdClusterBuilder {
     specs: Vec<MemberSpec>,
+    bin: Option<PathBuf>,
     extra_args: Vec<String>,
     held: Vec<TcpListener>,
     customized: bool,
@@ -131,10 +132,16 @@ impl EtcdClusterBuilder {
         self
     }
 
+    /// Runs this etcd binary instead of `$ETCD_BIN`, `etcd` on the `PATH` or `/usr/bin/etcd`.
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.bin = Some(path.into());
+        self
+    }
+
     /// Starts every member and waits until all are healthy. Panics (with the members' logs) if
     /// etcd is missing or the cluster does not come up.
     pub fn start(self) -> EtcdCluster {
-        let bin = etcd_binary();
+        let bin = etcd_binary(self.bin.as_deref());
         let mut builder = self;
         for attempt in 1.. {
             let n = builder.specs.len();
@@ -147,6 +154,7 @@ impl EtcdClusterBuilder {
                     eprintln!("etcd test cluster: a port was taken, retrying:\n{report}");
                     builder = EtcdCluster::builder(n);
                     builder.extra_args = extra;
+                    builder.bin = Some(bin.clone());
                 }
                 Err(Launch::PortTaken(report) | Launch::Failed(report)) => {
                     panic!("etcd test cluster did not start:\n{report}")
@@ -264,6 +272,7 @@ impl EtcdCluster {
             .collect();
         EtcdClusterBuilder {
             specs,
+            bin: None,
             extra_args: Vec::new(),
             held,
             customized: false,
@@ -682,9 +691,21 @@ fn http(url: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Res
 }
 
 /// The etcd binary; panics with installation advice when there is none.
-fn etcd_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("ETCD_BIN") {
-        return PathBuf::from(bin);
+fn etcd_binary(chosen: Option<&Path>) -> PathBuf {
+    let missing = |what: String| -> ! {
+        panic!(
+            "{what}, so the etcd tests cannot run: install etcd-server (apt-get install \
+             etcd-server; scripts/test.sh does it) or set ETCD_BIN to an etcd binary"
+        )
+    };
+    let chosen = chosen
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("ETCD_BIN").map(PathBuf::from));
+    if let Some(bin) = chosen {
+        if bin.is_file() {
+            return bin;
+        }
+        missing(format!("etcd binary {} does not exist", bin.display()));
     }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -693,12 +714,7 @@ fn etcd_binary() -> PathBuf {
     });
     on_path
         .or_else(|| Some(PathBuf::from("/usr/bin/etcd")).filter(|p| p.is_file()))
-        .unwrap_or_else(|| {
-            panic!(
-                "etcd is not installed, so the etcd tests cannot run: install etcd-server \
-                 (apt-get install etcd-server; scripts/test.sh does it) or set ETCD_BIN"
-            )
-        })
+        .unwrap_or_else(|| missing("etcd is not installed".into()))
 }
 
 /// Where test clusters keep their data: `$MERIDIAN_ETCD_TEST_DIR`, else `/dev/shm`, else the
