@@ -305,7 +305,10 @@ impl EtcdStore {
         let timeout = pool.request_timeout;
         let asks = (0..pool.len()).map(|index| async move {
             let (channel, url) = pool.member(index);
-            let request = pool.request(pb::StatusRequest {}, timeout);
+            // Without the "require leader" marker: a member that lost its leader must still
+            // report its state.
+            let mut request = tonic::Request::new(pb::StatusRequest {});
+            request.set_timeout(timeout);
             let answer =
                 tokio::time::timeout(timeout, MaintenanceClient::new(channel).status(request))
                     .await;
