@@ -8,7 +8,9 @@
 //!
 //! For WAN tests, [`EtcdCluster::builder`] exposes every member's listen and advertise URLs
 //! before start, so a proxy can sit between clients and members (advertise the proxy's client
-//! URL) or between members (advertise the proxy's peer URL):
+//! URL) or between members (advertise the proxy's peer URL). Peer proxies must be forwarding
+//! before `start()`, which waits for the members to elect a leader. Health checks always use
+//! the listen URLs, so they do not depend on the proxies.
 //!
 //! ```no_run
 //! # use meridian_meta_etcd::testing::EtcdCluster;
