@@ -322,13 +322,17 @@ pub struct ClusterArgs {
 /// How to reach a node's admin API (shared by `meridian cluster`).
 #[derive(Args, Debug, Clone)]
 pub struct AdminConnection {
-    #[arg(long, env = "MERIDIAN_ADMIN_URL", default_value = "http://127.0.0.1:9401")]
+    /// The admin API of a node.
+    #[arg(long, env = "MERIDIAN_ADMIN_URL", default_value = "http://127.0.0.1:9401", global = true)]
     pub url: String,
-    #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
+    /// The admin token. Default: MERIDIAN_ADMIN_TOKEN, else the file admin-token in --data.
+    #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
-    #[arg(long, default_value = "meridian-data")]
+    /// Data directory of a local node, to read its admin-token file.
+    #[arg(long, default_value = "meridian-data", global = true)]
     pub data: PathBuf,
-    #[arg(long)]
+    /// Print the raw JSON answer.
+    #[arg(long, global = true)]
     pub json: bool,
 }
 

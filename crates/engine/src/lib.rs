@@ -79,6 +79,26 @@ impl Default for EngineConfig {
     }
 }
 
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Reflects every write acknowledged anywhere before the read started.
+    #[default]
+    Strong,
+    /// This node's local view of the metadata: fast, possibly behind other regions' newest
+    /// writes, never behind this node's own.
+    Local,
+    /// The local view once it reflects at least this revision (read-your-writes across
+    /// regions): waits for it to catch up, falling back to a strong read.
+    AtLeast(Revision),
+}
+
+/// Metadata store handles for each [`Consistency`] (the etcd backend reads from a nearby
+/// member for `Local`); without one, every read is strong.
+pub trait ReadViews: Send + Sync {
+    fn view(&self, consistency: Consistency) -> Arc<dyn MetaStore>;
+}
+
 /// The object store engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -90,11 +110,33 @@ struct Inner {
     blobs: BlobStore,
     config: EngineConfig,
     remote: std::sync::OnceLock<Arc<dyn object::RemoteReader>>,
+    views: std::sync::OnceLock<Arc<dyn ReadViews>>,
 }
 
 impl Engine {
     pub fn new(meta: Arc<dyn MetaStore>, blobs: BlobStore, config: EngineConfig) -> Self {
-        Engine { inner: Arc::new(Inner { meta, blobs, config, remote: std::sync::OnceLock::new() }) }
+        Engine {
+            inner: Arc::new(Inner {
+                meta,
+                blobs,
+                config,
+                remote: std::sync::OnceLock::new(),
+                views: std::sync::OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Installs the metadata views for local and at-least reads (once, at start).
+    pub fn set_read_views(&self, views: Arc<dyn ReadViews>) {
+        let _ = self.inner.views.set(views);
+    }
+
+    /// The metadata store to read with at `consistency`.
+    pub(crate) fn reader(&self, consistency: Consistency) -> Arc<dyn MetaStore> {
+        match (consistency, self.inner.views.get()) {
+            (Consistency::Strong, _) | (_, None) => Arc::clone(&self.inner.meta),
+            (c, Some(views)) => views.view(c),
+        }
     }
 
     /// Installs the reader of bytes held on other nodes (once, at start).

@@ -21,6 +21,7 @@ pub struct ListRequest {
     /// List keys strictly after this one (start-after, marker, or a continuation point).
     pub after: Option<String>,
     pub max_keys: usize,
+    pub consistency: crate::Consistency,
 }
 
 #[derive(Clone, Debug)]
@@ -49,6 +50,7 @@ enum Entry {
 impl Engine {
     pub async fn list_objects(&self, bucket: &str, req: &ListRequest) -> EngineResult<ListPage> {
         self.bucket(bucket).await?;
+        let reader = self.reader(req.consistency);
         let base = keys::objects_prefix(bucket);
         let max_keys = req.max_keys.min(MAX_LIST_KEYS);
         let delimiter = req.delimiter.as_deref().filter(|d| !d.is_empty());
@@ -67,7 +69,7 @@ impl Engine {
         let mut entries: Vec<Entry> = Vec::new();
         loop {
             let want = (max_keys + 1 - entries.len()).clamp(16, MAX_LIST_KEYS + 1);
-            let resp = self.meta().range(RangeRequest { start: start.clone(), end: end.clone(), limit: want }).await?;
+            let resp = reader.range(RangeRequest { start: start.clone(), end: end.clone(), limit: want }).await?;
             page.revision = resp.revision;
             let mut jumped = false;
             for kv in &resp.kvs {

@@ -12,7 +12,7 @@ use crate::error::{EngineError, EngineResult};
 use crate::ingest::{Body, BodyError, IngestLimits, IngestedData, Integrity, body_from_bytes, ingest};
 use crate::lifecycle::{earliest, object_expiry};
 use crate::record::{self, DataLayout, ObjectHeaders, ObjectRecord};
-use crate::{Engine, keys, now_ms, validate_key};
+use crate::{Consistency, Engine, keys, now_ms, validate_key};
 
 /// How often a write re-reads and retries when other writers keep changing the same key.
 const MAX_COMMIT_ATTEMPTS: usize = 64;
@@ -76,6 +76,7 @@ pub struct GetRequest {
     /// Read only this part of a multipart object (1-based).
     pub part_number: Option<u32>,
     pub conditions: ReadConditions,
+    pub consistency: Consistency,
 }
 
 pub struct GetOutcome {
@@ -182,17 +183,33 @@ pub(crate) fn decode_current(
 }
 
 impl Engine {
-    /// Reads an object's record (and inline bytes) at one revision, expired or not.
+    /// Reads an object's record (and inline bytes) at one revision, expired or not, with
+    /// strong consistency (what writers need).
     pub(crate) async fn read_current(&self, bucket: &str, key: &str) -> EngineResult<Option<Current>> {
-        let (mut kvs, _) = self.meta().get_many(&[keys::object(bucket, key), keys::inline(bucket, key)]).await?;
+        self.read_current_with(bucket, key, Consistency::Strong).await
+    }
+
+    async fn read_current_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        consistency: Consistency,
+    ) -> EngineResult<Option<Current>> {
+        let reader = self.reader(consistency);
+        let (mut kvs, _) = reader.get_many(&[keys::object(bucket, key), keys::inline(bucket, key)]).await?;
         let inline = kvs.pop().flatten();
         let record = kvs.pop().flatten();
         decode_current(record, inline)
     }
 
     /// The object if it exists and has not expired; otherwise `NoSuchKey` or `NoSuchBucket`.
-    pub(crate) async fn read_visible(&self, bucket: &str, key: &str) -> EngineResult<Current> {
-        match self.read_current(bucket, key).await? {
+    pub(crate) async fn read_visible(
+        &self,
+        bucket: &str,
+        key: &str,
+        consistency: Consistency,
+    ) -> EngineResult<Current> {
+        match self.read_current_with(bucket, key, consistency).await? {
             Some(current) if current.is_visible(now_ms()) => Ok(current),
             _ => {
                 self.bucket(bucket).await?;
@@ -298,7 +315,7 @@ impl Engine {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let current = self.read_visible(&req.bucket, &req.key).await?;
+            let current = self.read_visible(&req.bucket, &req.key, req.consistency).await?;
             req.conditions.check_read(&current.record)?;
             let (range, parts_count) = select_range(&current.record, req.range, req.part_number)?;
             let (body, source) = if with_body {
@@ -453,7 +470,7 @@ impl Engine {
         if let Some(headers) = &req.replace_headers {
             headers.validate()?;
         }
-        let source = self.read_visible(&req.src_bucket, &req.src_key).await?;
+        let source = self.read_visible(&req.src_bucket, &req.src_key, Consistency::Strong).await?;
         req.source_conditions.check_copy_source(&source.record)?;
         if req.src_bucket == req.dst_bucket && req.src_key == req.dst_key && req.replace_headers.is_none() {
             return Err(EngineError::InvalidRequest(

@@ -115,6 +115,7 @@ async fn listing_with_delimiter_pages_and_markers() {
         f.engine.put_object(put("bkt", key, "x")).await.unwrap();
     }
     let list = |prefix: &str, delimiter: Option<&str>, after: Option<&str>, max_keys| ListRequest {
+        consistency: Consistency::Strong,
         prefix: prefix.into(),
         delimiter: delimiter.map(Into::into),
         after: after.map(Into::into),

@@ -28,6 +28,11 @@ pub struct FileConfig {
     pub node_id: Option<String>,
     /// URL other nodes reach this node at.
     pub advertise: Option<String>,
+    /// etcd client URLs (join a cluster).
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    pub etcd_namespace: Option<String>,
+    pub cluster_token: Option<String>,
     /// Objects up to this many bytes are stored inline in the metadata store.
     pub inline_max: Option<usize>,
     /// Connection limits.

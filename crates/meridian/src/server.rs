@@ -41,6 +41,16 @@ pub struct ServerArgs {
     /// URL other nodes reach this node at (peer traffic). Default: http://<listen address>
     #[arg(long, env = "MERIDIAN_ADVERTISE")]
     advertise: Option<String>,
+    /// etcd client URLs, comma-separated (closest first): join a cluster whose metadata lives
+    /// in etcd instead of the embedded database.
+    #[arg(long, env = "MERIDIAN_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key prefix of this cluster in etcd. Default: /meridian/
+    #[arg(long, env = "MERIDIAN_ETCD_NAMESPACE")]
+    etcd_namespace: Option<String>,
+    /// Shared secret that nodes present to each other (required with --etcd).
+    #[arg(long, env = "MERIDIAN_CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
     /// Store objects up to this many bytes inline in the metadata store. Default: 32768
     #[arg(long)]
     inline_max: Option<usize>,
@@ -49,7 +59,15 @@ pub struct ServerArgs {
     log_format: Option<String>,
 }
 
+/// On etcd, only small values are stored inline: etcd's database is meant to stay small, and
+/// larger objects reach other regions through the cache instead.
+const ETCD_INLINE_MAX: usize = 1024;
+
 struct Settings {
+    etcd: Vec<String>,
+    etcd_namespace: String,
+    #[allow(dead_code)] // read by the peer endpoint, wired with the cache
+    cluster_token: Option<String>,
     node_id: Option<String>,
     advertise: Option<String>,
     data: PathBuf,
@@ -75,7 +93,21 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         limits.idle_timeout = Duration::from_secs(secs);
     }
     let default_listen: SocketAddr = config::DEFAULT_LISTEN.parse().context("default listen address")?;
+    let etcd = if args.etcd.is_empty() { file.etcd.clone() } else { args.etcd };
+    let cluster_token = args.cluster_token.or(file.cluster_token);
+    if !etcd.is_empty() && cluster_token.is_none() {
+        anyhow::bail!(
+            "a node of a cluster (--etcd) needs the cluster's shared secret: set MERIDIAN_CLUSTER_TOKEN (the same on every node)"
+        );
+    }
+    let inline_default = if etcd.is_empty() { EngineConfig::default().inline_max } else { ETCD_INLINE_MAX };
     Ok(Settings {
+        etcd,
+        etcd_namespace: args
+            .etcd_namespace
+            .or(file.etcd_namespace)
+            .unwrap_or_else(|| meridian_meta_etcd::DEFAULT_NAMESPACE.to_string()),
+        cluster_token,
         node_id: args.node_id.or(file.node_id),
         advertise: args.advertise.or(file.advertise),
         data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA)),
@@ -86,7 +118,7 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             .unwrap_or(config::DEFAULT_ADMIN_LISTEN.parse().context("default admin listen address")?),
         domain: args.domain.or(file.domain),
         region: args.region.or(file.region).unwrap_or_else(|| "us-east-1".into()),
-        inline_max: args.inline_max.or(file.inline_max).unwrap_or(EngineConfig::default().inline_max),
+        inline_max: args.inline_max.or(file.inline_max).unwrap_or(inline_default),
         limits,
         log_format: args.log_format.or(file.log_format).unwrap_or_else(|| "text".into()),
     })
@@ -114,13 +146,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let started = SystemTime::now();
     std::fs::create_dir_all(&settings.data)
         .with_context(|| format!("cannot create the data directory {}", settings.data.display()))?;
-    let meta_path = settings.data.join("meta.redb");
-    let meta = EmbeddedStore::open(&meta_path, EmbeddedOptions::default()).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the metadata database {}: {e} (is another meridian server using this data directory?)",
-            meta_path.display()
-        )
-    })?;
+    let (meta, views) = open_metadata(&settings).await?;
     let blobs = BlobStore::open(&settings.data).context("cannot open the blob store")?;
     let node_id = match &settings.node_id {
         Some(id) => id.clone(),
@@ -128,7 +154,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let node = meridian_engine::record::Holder { node: node_id.clone(), region: settings.region.clone() };
     let engine_config = EngineConfig { inline_max: settings.inline_max, node, ..EngineConfig::default() };
-    let engine = Engine::new(Arc::new(meta), blobs, engine_config);
+    let engine = Engine::new(meta, blobs, engine_config);
+    if let Some(views) = views {
+        engine.set_read_views(views);
+    }
 
     let (creds, source) = config::admin_credentials(&settings.data)?;
     engine
@@ -180,6 +209,46 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     meridian_s3::serve(listener, service, settings.limits.clone(), shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The metadata store: etcd when the node joins a cluster, else the embedded database.
+async fn open_metadata(
+    settings: &Settings,
+) -> anyhow::Result<(Arc<dyn meridian_meta::MetaStore>, Option<Arc<dyn meridian_engine::ReadViews>>)> {
+    if settings.etcd.is_empty() {
+        let path = settings.data.join("meta.redb");
+        let store = EmbeddedStore::open(&path, EmbeddedOptions::default()).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the metadata database {}: {e} (is another meridian server using this data directory?)",
+                path.display()
+            )
+        })?;
+        return Ok((Arc::new(store), None));
+    }
+    let options =
+        meridian_meta_etcd::EtcdOptions::new(settings.etcd.clone()).namespace(settings.etcd_namespace.clone());
+    let store = meridian_meta_etcd::EtcdStore::connect(options)
+        .await
+        .with_context(|| format!("cannot reach etcd at {}", settings.etcd.join(",")))?;
+    tracing::info!(endpoints = %settings.etcd.join(","), namespace = %settings.etcd_namespace, "metadata in etcd");
+    Ok((Arc::new(store.clone()), Some(Arc::new(EtcdViews(store)))))
+}
+
+/// Local and at-least reads from the nearest etcd member; strong reads through the leader.
+struct EtcdViews(meridian_meta_etcd::EtcdStore);
+
+impl meridian_engine::ReadViews for EtcdViews {
+    fn view(&self, consistency: meridian_engine::Consistency) -> Arc<dyn meridian_meta::MetaStore> {
+        use meridian_engine::Consistency;
+        use meridian_meta_etcd::ReadMode;
+        match consistency {
+            Consistency::Strong => Arc::new(self.0.with_read_mode(ReadMode::Linearizable)),
+            Consistency::Local => Arc::new(self.0.with_read_mode(ReadMode::Serializable)),
+            Consistency::AtLeast(revision) => {
+                Arc::new(self.0.with_read_mode(ReadMode::Serializable).at_least(revision))
+            }
+        }
+    }
 }
 
 fn print_banner(settings: &Settings, addr: SocketAddr, creds: &config::Credentials, source: &CredentialSource) {

@@ -88,10 +88,7 @@ struct Cursor {
 
 impl Cursor {
     fn new() -> Self {
-        Cursor {
-            index: AtomicUsize::new(0),
-            moved_at: AtomicU64::new(0),
-        }
+        Cursor { index: AtomicUsize::new(0), moved_at: AtomicU64::new(0) }
     }
 }
 
@@ -131,10 +128,7 @@ impl Pool {
                 // etcd refuses pings on idle connections (grpc-go's enforcement policy answers
                 // them with GOAWAY), so keep-alive only runs while a request or watch is open.
                 .keep_alive_while_idle(false);
-            members.push(Member {
-                url,
-                channel: endpoint.connect_lazy(),
-            });
+            members.push(Member { url, channel: endpoint.connect_lazy() });
         }
         Ok(Pool {
             members,
@@ -158,8 +152,7 @@ impl Pool {
 
     /// Records a revision seen in a response.
     pub(crate) fn observe(&self, revision: i64) {
-        self.observed
-            .fetch_max(to_revision(revision), Ordering::SeqCst);
+        self.observed.fetch_max(to_revision(revision), Ordering::SeqCst);
     }
 
     pub(crate) fn observed(&self) -> Revision {
@@ -182,14 +175,9 @@ impl Pool {
         let cursor = self.cursor(route);
         let mut current = cursor.index.load(Ordering::SeqCst) % self.members.len();
         if current != 0 {
-            let away_ms = self
-                .now_ms()
-                .saturating_sub(cursor.moved_at.load(Ordering::SeqCst));
+            let away_ms = self.now_ms().saturating_sub(cursor.moved_at.load(Ordering::SeqCst));
             if u128::from(away_ms) >= RETURN_TO_PREFERRED.as_millis()
-                && cursor
-                    .index
-                    .compare_exchange(current, 0, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
+                && cursor.index.compare_exchange(current, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
             {
                 cursor.moved_at.store(self.now_ms(), Ordering::SeqCst);
                 current = 0;
@@ -212,10 +200,7 @@ impl Pool {
         let cursor = self.cursor(route);
         let current = cursor.index.load(Ordering::SeqCst);
         if current % self.members.len() == from
-            && cursor
-                .index
-                .compare_exchange(current, next, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
+            && cursor.index.compare_exchange(current, next, Ordering::SeqCst, Ordering::SeqCst).is_ok()
         {
             cursor.moved_at.store(self.now_ms(), Ordering::SeqCst);
         }
@@ -237,9 +222,7 @@ impl Pool {
     /// (and cancels open watches) instead of answering from a possibly stale state or hanging.
     pub(crate) fn mark<T>(&self, request: &mut tonic::Request<T>) {
         if self.require_leader {
-            request
-                .metadata_mut()
-                .insert("hasleader", MetadataValue::from_static("true"));
+            request.metadata_mut().insert("hasleader", MetadataValue::from_static("true"));
         }
     }
 
@@ -305,9 +288,7 @@ impl Pool {
             if failures_in_round >= self.members.len() {
                 // Every member failed once: wait a little before the next round.
                 failures_in_round = 0;
-                let pause = backoff
-                    .next()
-                    .min(deadline.saturating_duration_since(Instant::now()));
+                let pause = backoff.next().min(deadline.saturating_duration_since(Instant::now()));
                 tokio::time::sleep(pause).await;
             }
         }
@@ -323,9 +304,7 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new() -> Self {
-        Backoff {
-            next: Duration::from_millis(25),
-        }
+        Backoff { next: Duration::from_millis(25) }
     }
 
     pub(crate) fn next(&mut self) -> Duration {
@@ -359,9 +338,7 @@ fn normalize_url(raw: &str) -> Result<String, MetaError> {
     if raw.starts_with("http://") {
         Ok(raw.to_string())
     } else if raw.contains("://") {
-        Err(MetaError::Storage(format!(
-            "etcd endpoint {raw}: only http:// URLs are supported"
-        )))
+        Err(MetaError::Storage(format!("etcd endpoint {raw}: only http:// URLs are supported")))
     } else {
         Ok(format!("http://{raw}"))
     }
@@ -395,11 +372,9 @@ fn classify(status: &Status) -> Failure {
         return Failure::NotApplied;
     }
     match status.code() {
-        Code::Unavailable
-        | Code::Unknown
-        | Code::Internal
-        | Code::DeadlineExceeded
-        | Code::Cancelled => Failure::Ambiguous,
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::DeadlineExceeded | Code::Cancelled => {
+            Failure::Ambiguous
+        }
         _ => Failure::Final,
     }
 }
@@ -455,9 +430,7 @@ pub(crate) fn map_status(status: &Status) -> MetaError {
         ));
     }
     if text.contains("duplicate key given in txn request") {
-        return MetaError::Storage(format!(
-            "invalid transaction: a key is written twice ({text})"
-        ));
+        return MetaError::Storage(format!("invalid transaction: a key is written twice ({text})"));
     }
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
@@ -473,44 +446,26 @@ mod tests {
 
     #[test]
     fn urls_get_a_scheme_and_tls_is_refused() {
-        assert_eq!(
-            normalize_url("127.0.0.1:2379").ok(),
-            Some("http://127.0.0.1:2379".to_string())
-        );
-        assert_eq!(
-            normalize_url(" http://a:1/ ").ok(),
-            Some("http://a:1".to_string())
-        );
+        assert_eq!(normalize_url("127.0.0.1:2379").ok(), Some("http://127.0.0.1:2379".to_string()));
+        assert_eq!(normalize_url(" http://a:1/ ").ok(), Some("http://a:1".to_string()));
         assert!(normalize_url("https://a:1").is_err());
         assert!(normalize_url("unix://x").is_err());
     }
 
     #[tokio::test(start_paused = true)]
     async fn cursors_move_on_failure_and_return_to_the_preferred_member() {
-        let pool = Pool::new(&EtcdOptions::new([
-            "127.0.0.1:1",
-            "127.0.0.1:2",
-            "127.0.0.1:3",
-        ]))
-        .unwrap_or_else(|e| panic!("{e}"));
+        let pool = Pool::new(&EtcdOptions::new(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(pool.current(Route::Local).0, 0);
         pool.advance(Route::Local, 0);
         assert_eq!(pool.current(Route::Local).0, 1);
         pool.advance(Route::Local, 0);
-        assert_eq!(
-            pool.current(Route::Local).0,
-            1,
-            "a stale failure report does not move the cursor twice"
-        );
+        assert_eq!(pool.current(Route::Local).0, 1, "a stale failure report does not move the cursor twice");
         assert_eq!(pool.current(Route::Voter).0, 0, "routes move independently");
         tokio::time::advance(RETURN_TO_PREFERRED - Duration::from_millis(5)).await;
         assert_eq!(pool.current(Route::Local).0, 1);
         tokio::time::advance(Duration::from_millis(10)).await;
-        assert_eq!(
-            pool.current(Route::Local).0,
-            0,
-            "back to the closest member"
-        );
+        assert_eq!(pool.current(Route::Local).0, 0, "back to the closest member");
         pool.advance(Route::Local, 0);
         pool.advance(Route::Local, 1);
         pool.advance(Route::Local, 2);
@@ -529,8 +484,6 @@ mod tests {
         assert_eq!(classify(&s), Failure::Final);
         assert!(matches!(map_status(&s), MetaError::TooLarge(m) if m.contains("--max-txn-ops")));
         let s = Status::resource_exhausted("grpc: received message larger than max (1 vs. 2)");
-        assert!(
-            matches!(map_status(&s), MetaError::TooLarge(m) if m.contains("--max-request-bytes"))
-        );
+        assert!(matches!(map_status(&s), MetaError::TooLarge(m) if m.contains("--max-request-bytes")));
     }
 }

@@ -67,8 +67,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use meridian_meta::{
-    Compare, CompareOp, CompareTarget, KeyValue, MetaError, MetaResult, MetaStore, Op,
-    RangeRequest, RangeResponse, Revision, Txn, TxnResponse, WatchStream,
+    Compare, CompareOp, CompareTarget, KeyValue, MetaError, MetaResult, MetaStore, Op, RangeRequest, RangeResponse,
+    Revision, Txn, TxnResponse, WatchStream,
 };
 
 mod client;
@@ -237,10 +237,7 @@ impl EtcdStore {
     /// The same store (same connections, same namespace) with another read mode — for
     /// instance a linearizable handle for requests that ask for strong reads.
     pub fn with_read_mode(&self, read_mode: ReadMode) -> Self {
-        EtcdStore {
-            read_mode,
-            ..self.clone()
-        }
+        EtcdStore { read_mode, ..self.clone() }
     }
 
     /// A handle whose reads reflect at least `revision` (for example a revision a client saw
@@ -248,10 +245,7 @@ impl EtcdStore {
     /// locally when the local member has caught up to it, and go through the leader otherwise.
     /// Linearizable reads always satisfy it.
     pub fn at_least(&self, revision: Revision) -> Self {
-        EtcdStore {
-            floor: self.floor.max(revision),
-            ..self.clone()
-        }
+        EtcdStore { floor: self.floor.max(revision), ..self.clone() }
     }
 
     pub fn read_mode(&self) -> ReadMode {
@@ -282,10 +276,7 @@ impl EtcdStore {
         let result = pool
             .call("compact", Route::Voter, Retry::Always, |channel, budget| {
                 let request = pool.request(
-                    pb::CompactionRequest {
-                        revision: client::to_etcd_revision(revision),
-                        physical: false,
-                    },
+                    pb::CompactionRequest { revision: client::to_etcd_revision(revision), physical: false },
                     budget,
                 );
                 async move { KvClient::new(channel).compact(request).await }
@@ -309,9 +300,7 @@ impl EtcdStore {
             // report its state.
             let mut request = tonic::Request::new(pb::StatusRequest {});
             request.set_timeout(timeout);
-            let answer =
-                tokio::time::timeout(timeout, MaintenanceClient::new(channel).status(request))
-                    .await;
+            let answer = tokio::time::timeout(timeout, MaintenanceClient::new(channel).status(request)).await;
             let mut status = MemberStatus {
                 endpoint: url.to_string(),
                 member_id: None,
@@ -349,11 +338,7 @@ impl EtcdStore {
     // ----- etcd calls ---------------------------------------------------------------------------
 
     /// One etcd `Range` on `route`.
-    async fn etcd_range(
-        &self,
-        request: pb::RangeRequest,
-        route: Route,
-    ) -> Result<pb::RangeResponse, CallError> {
+    async fn etcd_range(&self, request: pb::RangeRequest, route: Route) -> Result<pb::RangeResponse, CallError> {
         let pool = &self.pool;
         let max = pool.max_response_bytes();
         pool.call("read", route, Retry::Always, |channel, budget| {
@@ -370,12 +355,7 @@ impl EtcdStore {
     }
 
     /// One etcd `Txn` on a voting member.
-    async fn etcd_txn(
-        &self,
-        what: &str,
-        request: pb::TxnRequest,
-        retry: Retry,
-    ) -> Result<pb::TxnResponse, CallError> {
+    async fn etcd_txn(&self, what: &str, request: pb::TxnRequest, retry: Retry) -> Result<pb::TxnResponse, CallError> {
         let pool = &self.pool;
         let max = pool.max_response_bytes();
         let response = pool
@@ -421,12 +401,7 @@ impl EtcdStore {
 
     /// The current revision; linearizable when asked, whatever the store's read mode.
     async fn revision(&self, linearizable: bool) -> MetaResult<Revision> {
-        let request = pb::RangeRequest {
-            key: self.ns.probe_key(),
-            limit: 1,
-            keys_only: true,
-            ..Default::default()
-        };
+        let request = pb::RangeRequest { key: self.ns.probe_key(), limit: 1, keys_only: true, ..Default::default() };
         let response = if linearizable {
             let response = self.etcd_range(request, Route::Voter).await?;
             self.pool.observe(header_revision(response.header.as_ref()));
@@ -460,24 +435,16 @@ impl EtcdStore {
     /// The single key a range response holds, if any.
     fn first_kv(&self, op: Option<pb::ResponseOp>) -> MetaResult<Option<KeyValue>> {
         match op.and_then(|op| op.response) {
-            Some(pb::response_op::Response::ResponseRange(range)) => range
-                .kvs
-                .into_iter()
-                .next()
-                .map(|kv| self.convert_kv(kv))
-                .transpose(),
-            _ => Err(MetaError::Storage(
-                "etcd answered a read with something other than a range".into(),
-            )),
+            Some(pb::response_op::Response::ResponseRange(range)) => {
+                range.kvs.into_iter().next().map(|kv| self.convert_kv(kv)).transpose()
+            }
+            _ => Err(MetaError::Storage("etcd answered a read with something other than a range".into())),
         }
     }
 
     /// `get_many` through transactions of ranges on a voting member: the first transaction
     /// fixes the revision, later ones (more than `max_txn_ops` keys) read at that revision.
-    async fn get_many_linearizable(
-        &self,
-        keys: &[Bytes],
-    ) -> Result<(Vec<Option<KeyValue>>, Revision), CallError> {
+    async fn get_many_linearizable(&self, keys: &[Bytes]) -> Result<(Vec<Option<KeyValue>>, Revision), CallError> {
         let mut out = Vec::with_capacity(keys.len());
         let mut at = 0;
         for chunk in keys.chunks(self.max_txn_ops) {
@@ -500,10 +467,7 @@ impl EtcdStore {
 
     /// `get_many` with serializable reads: learners serve ranges but not transactions, so the
     /// first key's read fixes the revision and the others are read at that revision.
-    async fn get_many_serializable(
-        &self,
-        keys: &[Bytes],
-    ) -> Result<(Vec<Option<KeyValue>>, Revision), CallError> {
+    async fn get_many_serializable(&self, keys: &[Bytes]) -> Result<(Vec<Option<KeyValue>>, Revision), CallError> {
         let Some((first, rest)) = keys.split_first() else {
             return Ok((Vec::new(), 0));
         };
@@ -516,32 +480,12 @@ impl EtcdStore {
         let response = self.read(single(first, 0)).await?;
         let at = header_revision(response.header.as_ref());
         let mut out = Vec::with_capacity(keys.len());
-        out.push(
-            response
-                .kvs
-                .into_iter()
-                .next()
-                .map(|kv| self.convert_kv(kv))
-                .transpose()
-                .map_err(CallError::Meta)?,
-        );
-        let requests: Vec<_> = rest
-            .iter()
-            .map(|key| self.etcd_range(single(key, at), Route::Local))
-            .collect();
-        let others: Vec<pb::RangeResponse> = futures::stream::iter(requests)
-            .buffered(16)
-            .try_collect()
-            .await?;
+        out.push(response.kvs.into_iter().next().map(|kv| self.convert_kv(kv)).transpose().map_err(CallError::Meta)?);
+        let requests: Vec<_> = rest.iter().map(|key| self.etcd_range(single(key, at), Route::Local)).collect();
+        let others: Vec<pb::RangeResponse> = futures::stream::iter(requests).buffered(16).try_collect().await?;
         for response in others {
             out.push(
-                response
-                    .kvs
-                    .into_iter()
-                    .next()
-                    .map(|kv| self.convert_kv(kv))
-                    .transpose()
-                    .map_err(CallError::Meta)?,
+                response.kvs.into_iter().next().map(|kv| self.convert_kv(kv)).transpose().map_err(CallError::Meta)?,
             );
         }
         Ok((out, to_revision(at)))
@@ -550,18 +494,13 @@ impl EtcdStore {
     fn compare(&self, compare: &Compare) -> pb::Compare {
         use pb::compare::{CompareResult, CompareTarget as Target, TargetUnion};
         let (target, union) = match &compare.target {
-            CompareTarget::ModRevision(rev) => (
-                Target::Mod,
-                TargetUnion::ModRevision(client::to_etcd_revision(*rev)),
-            ),
-            CompareTarget::CreateRevision(rev) => (
-                Target::Create,
-                TargetUnion::CreateRevision(client::to_etcd_revision(*rev)),
-            ),
-            CompareTarget::Version(version) => (
-                Target::Version,
-                TargetUnion::Version(client::to_etcd_revision(*version)),
-            ),
+            CompareTarget::ModRevision(rev) => (Target::Mod, TargetUnion::ModRevision(client::to_etcd_revision(*rev))),
+            CompareTarget::CreateRevision(rev) => {
+                (Target::Create, TargetUnion::CreateRevision(client::to_etcd_revision(*rev)))
+            }
+            CompareTarget::Version(version) => {
+                (Target::Version, TargetUnion::Version(client::to_etcd_revision(*version)))
+            }
             CompareTarget::Value(value) => (Target::Value, TargetUnion::Value(value.clone())),
         };
         let result = match compare.op {
@@ -586,16 +525,12 @@ impl EtcdStore {
                 value: value.clone(),
                 ..Default::default()
             }),
-            Op::Delete { key } => {
-                pb::request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
-                    key: self.ns.key(key),
-                    ..Default::default()
-                })
-            }
+            Op::Delete { key } => pb::request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                key: self.ns.key(key),
+                ..Default::default()
+            }),
         };
-        pb::RequestOp {
-            request: Some(request),
-        }
+        pb::RequestOp { request: Some(request) }
     }
 }
 
@@ -622,11 +557,7 @@ fn validate(txn: &Txn) -> MetaResult<()> {
 impl MetaStore for EtcdStore {
     async fn range(&self, req: RangeRequest) -> MetaResult<RangeResponse> {
         let Some(range) = self.ns.range(&req) else {
-            return Ok(RangeResponse {
-                kvs: Vec::new(),
-                more: false,
-                revision: self.current_revision().await?,
-            });
+            return Ok(RangeResponse { kvs: Vec::new(), more: false, revision: self.current_revision().await? });
         };
         let request = pb::RangeRequest {
             key: range.key,
@@ -636,16 +567,8 @@ impl MetaStore for EtcdStore {
         };
         let response = self.read(request).await?;
         let revision = to_revision(header_revision(response.header.as_ref()));
-        let kvs = response
-            .kvs
-            .into_iter()
-            .map(|kv| self.convert_kv(kv))
-            .collect::<MetaResult<Vec<_>>>()?;
-        Ok(RangeResponse {
-            kvs,
-            more: response.more,
-            revision,
-        })
+        let kvs = response.kvs.into_iter().map(|kv| self.convert_kv(kv)).collect::<MetaResult<Vec<_>>>()?;
+        Ok(RangeResponse { kvs, more: response.more, revision })
     }
 
     async fn get_many(&self, keys: &[Bytes]) -> MetaResult<(Vec<Option<KeyValue>>, Revision)> {
@@ -657,8 +580,7 @@ impl MetaStore for EtcdStore {
                 Ok(result) => return Ok(result),
                 // The member answering moved behind the revision, or compaction passed it:
                 // read through the leader instead.
-                Err(CallError::Status(status))
-                    if is_future_revision(&status) || is_compacted(&status) => {}
+                Err(CallError::Status(status)) if is_future_revision(&status) || is_compacted(&status) => {}
                 Err(err) => return Err(err.into()),
             }
         }
@@ -680,43 +602,23 @@ impl MetaStore for EtcdStore {
         let request = pb::TxnRequest {
             compare: txn.compares.iter().map(|c| self.compare(c)).collect(),
             success: txn.ops.iter().map(|op| self.write_op(op)).collect(),
-            failure: txn
-                .read_on_failure
-                .iter()
-                .map(|key| self.range_op(key, 0))
-                .collect(),
+            failure: txn.read_on_failure.iter().map(|key| self.range_op(key, 0)).collect(),
         };
         // A transaction without writes changes nothing, so it may be retried like a read.
-        let retry = if txn.ops.is_empty() {
-            Retry::Always
-        } else {
-            Retry::IfNotApplied
-        };
+        let retry = if txn.ops.is_empty() { Retry::Always } else { Retry::IfNotApplied };
         let response = self.etcd_txn("transaction", request, retry).await?;
         let revision = to_revision(header_revision(response.header.as_ref()));
         if response.succeeded {
-            return Ok(TxnResponse {
-                succeeded: true,
-                revision,
-                failure_reads: Vec::new(),
-            });
+            return Ok(TxnResponse { succeeded: true, revision, failure_reads: Vec::new() });
         }
         let mut responses = response.responses.into_iter();
-        let failure_reads = txn
-            .read_on_failure
-            .iter()
-            .map(|_| self.first_kv(responses.next()))
-            .collect::<MetaResult<Vec<_>>>()?;
-        Ok(TxnResponse {
-            succeeded: false,
-            revision,
-            failure_reads,
-        })
+        let failure_reads =
+            txn.read_on_failure.iter().map(|_| self.first_kv(responses.next())).collect::<MetaResult<Vec<_>>>()?;
+        Ok(TxnResponse { succeeded: false, revision, failure_reads })
     }
 
     async fn current_revision(&self) -> MetaResult<Revision> {
-        self.revision(self.read_mode == ReadMode::Linearizable)
-            .await
+        self.revision(self.read_mode == ReadMode::Linearizable).await
     }
 
     async fn watch(&self, range: RangeRequest, from: Revision) -> MetaResult<WatchStream> {

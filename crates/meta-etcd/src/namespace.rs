@@ -42,11 +42,7 @@ impl Namespace {
     /// Any etcd key that is valid to read (etcd refuses empty keys); used when only the
     /// response header (the revision) matters.
     pub(crate) fn probe_key(&self) -> Bytes {
-        if self.prefix.is_empty() {
-            Bytes::from_static(ALL_FROM)
-        } else {
-            self.prefix.clone()
-        }
+        if self.prefix.is_empty() { Bytes::from_static(ALL_FROM) } else { self.prefix.clone() }
     }
 
     /// The caller's key for an etcd key read from inside this namespace.
@@ -82,14 +78,8 @@ impl Namespace {
         }
         match end {
             Some(end) if end <= key => None,
-            Some(end) => Some(EtcdRange {
-                key,
-                range_end: end,
-            }),
-            None => Some(EtcdRange {
-                key,
-                range_end: Bytes::from_static(ALL_FROM),
-            }),
+            Some(end) => Some(EtcdRange { key, range_end: end }),
+            None => Some(EtcdRange { key, range_end: Bytes::from_static(ALL_FROM) }),
         }
     }
 
@@ -114,36 +104,19 @@ mod tests {
     }
 
     fn r(key: &'static [u8], end: &'static [u8]) -> Option<EtcdRange> {
-        Some(EtcdRange {
-            key: Bytes::from_static(key),
-            range_end: Bytes::from_static(end),
-        })
+        Some(EtcdRange { key: Bytes::from_static(key), range_end: Bytes::from_static(end) })
     }
 
     #[test]
     fn prefix_ranges_stay_inside_the_namespace() {
         let n = ns("/m/");
         assert_eq!(n.range(&RangeRequest::prefix("o/")), r(b"/m/o/", b"/m/o0"));
-        assert_eq!(
-            n.range(&RangeRequest::prefix("")),
-            r(b"/m/", b"/m0"),
-            "everything in the namespace"
-        );
-        assert_eq!(
-            n.range(&RangeRequest::prefix("a").after("ab")),
-            r(b"/m/ab\0", b"/m/b")
-        );
-        assert_eq!(
-            n.range(&RangeRequest::between("a", "c")),
-            r(b"/m/a", b"/m/c")
-        );
+        assert_eq!(n.range(&RangeRequest::prefix("")), r(b"/m/", b"/m0"), "everything in the namespace");
+        assert_eq!(n.range(&RangeRequest::prefix("a").after("ab")), r(b"/m/ab\0", b"/m/b"));
+        assert_eq!(n.range(&RangeRequest::between("a", "c")), r(b"/m/a", b"/m/c"));
         assert_eq!(n.range(&RangeRequest::between("c", "a")), None);
         assert_eq!(n.range(&RangeRequest::between("a", "a")), None);
-        let all = RangeRequest {
-            start: Bound::Unbounded,
-            end: Bound::Included(Bytes::from("z")),
-            limit: 0,
-        };
+        let all = RangeRequest { start: Bound::Unbounded, end: Bound::Included(Bytes::from("z")), limit: 0 };
         assert_eq!(n.range(&all), r(b"/m/", b"/m/z\0"));
     }
 

@@ -4,14 +4,7 @@
 //! committed, so building this crate needs no `protoc` (see
 //! `docs/decisions/003-etcd-client.md`). Do not edit them; regenerate instead.
 
-#![allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    dead_code,
-    missing_docs,
-    unreachable_pub
-)]
+#![allow(clippy::all, clippy::pedantic, clippy::unwrap_used, dead_code, missing_docs, unreachable_pub)]
 
 pub mod mvccpb {
     include!("proto/mvccpb.rs");

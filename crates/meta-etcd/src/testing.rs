@@ -194,31 +194,20 @@ impl Process {
             .spawn()
             .expect("spawn sh to run etcd");
         let mut line = String::new();
-        BufReader::new(guard.stdout.take().expect("guard stdout"))
-            .read_line(&mut line)
-            .expect("read etcd's pid");
-        let pid = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("etcd guard printed {line:?} instead of a pid"));
+        BufReader::new(guard.stdout.take().expect("guard stdout")).read_line(&mut line).expect("read etcd's pid");
+        let pid = line.trim().parse().unwrap_or_else(|_| panic!("etcd guard printed {line:?} instead of a pid"));
         Process { guard, pid }
     }
 
     fn signal(&self, signal: &str) {
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!("kill -{signal} {}", self.pid))
-            .status()
-            .expect("run kill");
+        let status =
+            Command::new("sh").arg("-c").arg(format!("kill -{signal} {}", self.pid)).status().expect("run kill");
         assert!(status.success(), "kill -{signal} {} failed", self.pid);
     }
 
     /// `kill -9`, then wait until the process is gone. `keep`: leave the data for a restart.
     fn kill(mut self, keep: bool) {
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!("kill -9 {} 2>/dev/null", self.pid))
-            .status();
+        let _ = Command::new("sh").arg("-c").arg(format!("kill -9 {} 2>/dev/null", self.pid)).status();
         if let Some(mut stdin) = self.guard.stdin.take() {
             if keep {
                 let _ = stdin.write_all(b"keep\n");
@@ -269,16 +258,8 @@ impl EtcdCluster {
     pub fn builder(members: usize) -> EtcdClusterBuilder {
         assert!(members > 0, "an etcd cluster needs at least one member");
         let mut held = Vec::new();
-        let specs = (0..members)
-            .map(|i| MemberSpec::on_free_ports(format!("m{i}"), &mut held))
-            .collect();
-        EtcdClusterBuilder {
-            specs,
-            bin: None,
-            extra_args: Vec::new(),
-            held,
-            customized: false,
-        }
+        let specs = (0..members).map(|i| MemberSpec::on_free_ports(format!("m{i}"), &mut held)).collect();
+        EtcdClusterBuilder { specs, bin: None, extra_args: Vec::new(), held, customized: false }
     }
 
     fn launch(bin: &Path, builder: EtcdClusterBuilder) -> Result<EtcdCluster, Launch> {
@@ -286,17 +267,10 @@ impl EtcdCluster {
             .prefix("meridian-etcd-")
             .tempdir_in(test_dir())
             .expect("create a directory for the etcd test cluster");
-        let token = dir
-            .path()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "meridian-test".into());
-        let initial_cluster = builder
-            .specs
-            .iter()
-            .map(|s| format!("{}={}", s.name, s.advertise_peer_url))
-            .collect::<Vec<_>>()
-            .join(",");
+        let token =
+            dir.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "meridian-test".into());
+        let initial_cluster =
+            builder.specs.iter().map(|s| format!("{}={}", s.name, s.advertise_peer_url)).collect::<Vec<_>>().join(",");
         let mut cluster = EtcdCluster {
             bin: bin.to_path_buf(),
             token,
@@ -365,10 +339,7 @@ impl EtcdCluster {
         let args = self.args(&self.members[index]);
         let dir = self.dir.path().to_path_buf();
         let member = &mut self.members[index];
-        assert!(
-            member.process.is_none(),
-            "member {index} is already running"
-        );
+        assert!(member.process.is_none(), "member {index} is already running");
         member.process = Some(Process::spawn(&self.bin, &args, &member.log, &dir));
     }
 
@@ -396,10 +367,7 @@ impl EtcdCluster {
             }
             if Instant::now() > deadline {
                 let reports: Vec<String> = members.iter().map(|&i| self.report(i)).collect();
-                return Err(Launch::Failed(format!(
-                    "not healthy within {STARTUP_TIMEOUT:?}\n{}",
-                    reports.join("\n")
-                )));
+                return Err(Launch::Failed(format!("not healthy within {STARTUP_TIMEOUT:?}\n{}", reports.join("\n"))));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -411,10 +379,7 @@ impl EtcdCluster {
         match http(&url, "GET", "/health", None) {
             Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
-                .and_then(|v| {
-                    v.get("health")
-                        .and_then(|h| h.as_str().map(|h| h == "true"))
-                })
+                .and_then(|v| v.get("health").and_then(|h| h.as_str().map(|h| h == "true")))
                 .unwrap_or(false),
             _ => false,
         }
@@ -447,10 +412,7 @@ impl EtcdCluster {
 
     /// The advertised client URL of every member, in member order (for [`crate::EtcdOptions`]).
     pub fn client_endpoints(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| m.spec.advertise_client_url.clone())
-            .collect()
+        self.members.iter().map(|m| m.spec.advertise_client_url.clone()).collect()
     }
 
     /// Member `index`'s advertised client URL.
@@ -483,10 +445,7 @@ impl EtcdCluster {
 
     /// `kill -9` member `index` and wait until it is gone.
     pub fn kill(&mut self, index: usize) {
-        let process = self.members[index]
-            .process
-            .take()
-            .unwrap_or_else(|| panic!("member {index} is not running"));
+        let process = self.members[index].process.take().unwrap_or_else(|| panic!("member {index} is not running"));
         process.kill(true);
     }
 
@@ -502,18 +461,13 @@ impl EtcdCluster {
     }
 
     fn process(&self, index: usize) -> &Process {
-        self.members[index]
-            .process
-            .as_ref()
-            .unwrap_or_else(|| panic!("member {index} is not running"))
+        self.members[index].process.as_ref().unwrap_or_else(|| panic!("member {index} is not running"))
     }
 
     /// Starts a killed member again on its old data and waits until it is healthy.
     pub fn restart(&mut self, index: usize) {
         self.spawn(index);
-        if let Err(Launch::PortTaken(report) | Launch::Failed(report)) =
-            self.wait_until_healthy(&[index])
-        {
+        if let Err(Launch::PortTaken(report) | Launch::Failed(report)) = self.wait_until_healthy(&[index]) {
             panic!("etcd member {index} did not come back:\n{report}");
         }
     }
@@ -532,14 +486,8 @@ impl EtcdCluster {
                 .ok()
                 .and_then(|(code, body)| (code == 200).then_some(body))
                 .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok());
-            let id = status
-                .as_ref()
-                .and_then(|s| s.pointer("/header/member_id"))
-                .and_then(json_u64);
-            let member_leader = status
-                .as_ref()
-                .and_then(|s| s.get("leader"))
-                .and_then(json_u64);
+            let id = status.as_ref().and_then(|s| s.pointer("/header/member_id")).and_then(json_u64);
+            let member_leader = status.as_ref().and_then(|s| s.get("leader")).and_then(json_u64);
             ids.push(id);
             if let Some(l) = member_leader.filter(|l| *l != 0) {
                 match leader {
@@ -560,10 +508,7 @@ impl EtcdCluster {
             if let Some(leader) = self.leader() {
                 return leader;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the etcd members did not agree on a leader within {timeout:?}"
-            );
+            assert!(Instant::now() < deadline, "the etcd members did not agree on a leader within {timeout:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -595,8 +540,8 @@ impl EtcdCluster {
         // connected for a few seconds, so a fresh cluster needs a moment.
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            let (code, answer) = http(&url, "POST", "/v3/cluster/member/add", Some(&body))
-                .expect("ask etcd to add a learner");
+            let (code, answer) =
+                http(&url, "POST", "/v3/cluster/member/add", Some(&body)).expect("ask etcd to add a learner");
             if code == 200 {
                 break;
             }
@@ -606,11 +551,8 @@ impl EtcdCluster {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        let mut initial_cluster: Vec<String> = self
-            .members
-            .iter()
-            .map(|m| format!("{}={}", m.spec.name, m.spec.advertise_peer_url))
-            .collect();
+        let mut initial_cluster: Vec<String> =
+            self.members.iter().map(|m| format!("{}={}", m.spec.name, m.spec.advertise_peer_url)).collect();
         initial_cluster.push(format!("{}={}", spec.name, spec.advertise_peer_url));
         let index = self.members.len();
         self.members.push(Member {
@@ -624,9 +566,7 @@ impl EtcdCluster {
         });
         drop(held);
         self.spawn(index);
-        if let Err(Launch::PortTaken(report) | Launch::Failed(report)) =
-            self.wait_until_healthy(&[index])
-        {
+        if let Err(Launch::PortTaken(report) | Launch::Failed(report)) = self.wait_until_healthy(&[index]) {
             panic!("etcd learner did not start:\n{report}");
         }
         index
@@ -650,10 +590,7 @@ impl Drop for EtcdCluster {
 
 fn json_u64(value: &serde_json::Value) -> Option<u64> {
     // The gRPC gateway writes 64-bit integers as strings.
-    value
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .or_else(|| value.as_u64())
+    value.as_str().and_then(|s| s.parse().ok()).or_else(|| value.as_u64())
 }
 
 /// The URL to reach a member directly (not through whatever it advertises).
@@ -664,10 +601,7 @@ fn direct_url(listen: &str) -> String {
 /// A minimal HTTP/1.0 client for etcd's `/health` and JSON gateway (no extra dependencies).
 fn http(url: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
     let host = url.trim_start_matches("http://").trim_end_matches('/');
-    let addr = host
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::other(format!("cannot resolve {host}")))?;
+    let addr = host.to_socket_addrs()?.next().ok_or_else(|| std::io::Error::other(format!("cannot resolve {host}")))?;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
@@ -680,15 +614,8 @@ fn http(url: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Res
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((code, body))
 }
 
@@ -700,9 +627,7 @@ fn etcd_binary(chosen: Option<&Path>) -> PathBuf {
              etcd-server; scripts/test.sh does it) or set ETCD_BIN to an etcd binary"
         )
     };
-    let chosen = chosen
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("ETCD_BIN").map(PathBuf::from));
+    let chosen = chosen.map(Path::to_path_buf).or_else(|| std::env::var_os("ETCD_BIN").map(PathBuf::from));
     if let Some(bin) = chosen {
         if bin.is_file() {
             return bin;
@@ -710,9 +635,7 @@ fn etcd_binary(chosen: Option<&Path>) -> PathBuf {
         missing(format!("etcd binary {} does not exist", bin.display()));
     }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("etcd"))
-            .find(|candidate| candidate.is_file())
+        std::env::split_paths(&paths).map(|dir| dir.join("etcd")).find(|candidate| candidate.is_file())
     });
     on_path
         .or_else(|| Some(PathBuf::from("/usr/bin/etcd")).filter(|p| p.is_file()))
@@ -726,10 +649,6 @@ fn test_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let shm = PathBuf::from("/dev/shm");
-    let writable = shm.is_dir()
-        && tempfile::Builder::new()
-            .prefix("meridian-probe-")
-            .tempfile_in(&shm)
-            .is_ok();
+    let writable = shm.is_dir() && tempfile::Builder::new().prefix("meridian-probe-").tempfile_in(&shm).is_ok();
     if writable { shm } else { std::env::temp_dir() }
 }

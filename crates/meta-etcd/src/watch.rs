@@ -18,16 +18,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use meridian_meta::{
-    EventKind, KeyValue, MetaError, MetaResult, RangeRequest, Revision, WatchEvent, WatchStream,
-};
+use meridian_meta::{EventKind, KeyValue, MetaError, MetaResult, RangeRequest, Revision, WatchEvent, WatchStream};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::EtcdStore;
 use crate::client::{
-    Backoff, CallError, Pool, Route, is_compacted, is_future_revision, map_status,
-    to_etcd_revision, to_revision,
+    Backoff, CallError, Pool, Route, is_compacted, is_future_revision, map_status, to_etcd_revision, to_revision,
 };
 use crate::namespace::{EtcdRange, Namespace};
 use crate::proto::etcdserverpb as pb;
@@ -37,32 +34,18 @@ use crate::proto::mvccpb;
 /// Events buffered between the etcd stream and a slow consumer.
 const BUFFER: usize = 1024;
 
-pub(crate) async fn watch(
-    store: &EtcdStore,
-    range: &RangeRequest,
-    from: Revision,
-) -> MetaResult<WatchStream> {
+pub(crate) async fn watch(store: &EtcdStore, range: &RangeRequest, from: Revision) -> MetaResult<WatchStream> {
     let Some(etcd_range) = store.ns.range(range) else {
         // Nothing can ever change in an empty range.
         return Ok(Box::pin(futures::stream::pending()));
     };
     // "From now on" means after the current revision of the cluster (not of a member that may
     // lag), fixed here so that a stream that breaks before its first event resumes correctly.
-    let (from, replay) = if from == 0 {
-        (store.revision(true).await? + 1, false)
-    } else {
-        (from, true)
-    };
+    let (from, replay) = if from == 0 { (store.revision(true).await? + 1, false) } else { (from, true) };
     let compacted = replay && history_is_compacted(store, from).await?;
 
     let (tx, mut rx) = mpsc::channel(BUFFER);
-    let worker = Worker {
-        pool: Arc::clone(&store.pool),
-        ns: store.ns.clone(),
-        range: etcd_range,
-        next: from,
-        tx,
-    };
+    let worker = Worker { pool: Arc::clone(&store.pool), ns: store.ns.clone(), range: etcd_range, next: from, tx };
     tokio::spawn(worker.run());
     let mut stream: WatchStream = Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
 
@@ -73,10 +56,7 @@ pub(crate) async fn watch(
             Ok(Some(Err(other))) => return Err(other),
             _ => 0,
         };
-        return Err(MetaError::Compacted {
-            requested: from,
-            oldest,
-        });
+        return Err(MetaError::Compacted { requested: from, oldest });
     }
     Ok(stream)
 }
@@ -155,22 +135,18 @@ impl Worker {
     /// One etcd watch stream, from `self.next` until it ends.
     async fn session(&mut self, channel: Channel) -> Ended {
         let create = pb::WatchRequest {
-            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-                pb::WatchCreateRequest {
-                    key: self.range.key.clone(),
-                    range_end: self.range.range_end.clone(),
-                    start_revision: to_etcd_revision(self.next),
-                    ..Default::default()
-                },
-            )),
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(pb::WatchCreateRequest {
+                key: self.range.key.clone(),
+                range_end: self.range.range_end.clone(),
+                start_revision: to_etcd_revision(self.next),
+                ..Default::default()
+            })),
         };
         // The request side stays open (and silent) for as long as the watch lives.
-        let requests =
-            futures::stream::once(std::future::ready(create)).chain(futures::stream::pending());
+        let requests = futures::stream::once(std::future::ready(create)).chain(futures::stream::pending());
         let mut request = tonic::Request::new(requests);
         self.pool.mark(&mut request);
-        let mut client =
-            WatchClient::new(channel).max_decoding_message_size(self.pool.max_response_bytes());
+        let mut client = WatchClient::new(channel).max_decoding_message_size(self.pool.max_response_bytes());
 
         let opened = tokio::time::timeout(self.pool.request_timeout, client.watch(request)).await;
         let mut responses = match opened {
@@ -188,10 +164,7 @@ impl Worker {
             let message = match responses.message().await {
                 Ok(Some(message)) => message,
                 Ok(None) => {
-                    return Ended::Broken {
-                        error: "the member ended the watch stream".into(),
-                        established,
-                    };
+                    return Ended::Broken { error: "the member ended the watch stream".into(), established };
                 }
                 Err(status) => return self.failed(&status, established),
             };
@@ -226,10 +199,7 @@ impl Worker {
             | tonic::Code::OutOfRange
             | tonic::Code::FailedPrecondition
             | tonic::Code::Unimplemented => Ended::Fatal(map_status(status)),
-            _ => Ended::Broken {
-                error: format!("{:?}: {}", status.code(), status.message()),
-                established,
-            },
+            _ => Ended::Broken { error: format!("{:?}: {}", status.code(), status.message()), established },
         }
     }
 
@@ -261,17 +231,12 @@ impl Worker {
     }
 
     fn convert(&self, event: mvccpb::Event) -> MetaResult<WatchEvent> {
-        let kv = event
-            .kv
-            .ok_or_else(|| MetaError::Storage("etcd sent a watch event without a key".into()))?;
+        let kv = event.kv.ok_or_else(|| MetaError::Storage("etcd sent a watch event without a key".into()))?;
         let kind = match mvccpb::event::EventType::try_from(event.r#type) {
             Ok(mvccpb::event::EventType::Put) => EventKind::Put,
             Ok(mvccpb::event::EventType::Delete) => EventKind::Delete,
             Err(_) => {
-                return Err(MetaError::Storage(format!(
-                    "etcd sent an unknown watch event type {}",
-                    event.r#type
-                )));
+                return Err(MetaError::Storage(format!("etcd sent an unknown watch event type {}", event.r#type)));
             }
         };
         let key = self.ns.strip(kv.key)?;

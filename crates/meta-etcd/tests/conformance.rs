@@ -8,11 +8,10 @@ use meridian_meta_etcd::{EtcdOptions, EtcdStore, ReadMode};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_three_members() {
     let cluster = EtcdCluster::start(3);
-    let store = EtcdStore::connect(
-        EtcdOptions::new(cluster.client_endpoints()).namespace("/conformance-linearizable/"),
-    )
-    .await
-    .unwrap();
+    let store =
+        EtcdStore::connect(EtcdOptions::new(cluster.client_endpoints()).namespace("/conformance-linearizable/"))
+            .await
+            .unwrap();
     conformance::run_all(&store).await;
 }
 
@@ -26,9 +25,7 @@ async fn conformance_suite_with_serializable_reads_from_a_learner() {
     let mut endpoints = vec![cluster.client_endpoint(learner)];
     endpoints.extend((0..3).map(|i| cluster.client_endpoint(i)));
     let store = EtcdStore::connect(
-        EtcdOptions::new(endpoints)
-            .namespace("/conformance-serializable/")
-            .read_mode(ReadMode::Serializable),
+        EtcdOptions::new(endpoints).namespace("/conformance-serializable/").read_mode(ReadMode::Serializable),
     )
     .await
     .unwrap();

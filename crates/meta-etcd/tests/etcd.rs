@@ -10,19 +10,11 @@ use meridian_meta_etcd::testing::EtcdCluster;
 use meridian_meta_etcd::{EtcdOptions, EtcdStore, ReadMode};
 
 async fn connect(cluster: &EtcdCluster, namespace: &str) -> EtcdStore {
-    EtcdStore::connect(
-        EtcdOptions::new(cluster.client_endpoints()).namespace(namespace.to_string()),
-    )
-    .await
-    .unwrap()
+    EtcdStore::connect(EtcdOptions::new(cluster.client_endpoints()).namespace(namespace.to_string())).await.unwrap()
 }
 
 async fn put(store: &EtcdStore, key: &str, value: &str) -> u64 {
-    store
-        .txn(Txn::new().then(Op::put(key.to_string(), value.to_string())))
-        .await
-        .unwrap()
-        .revision
+    store.txn(Txn::new().then(Op::put(key.to_string(), value.to_string()))).await.unwrap().revision
 }
 
 #[tokio::test]
@@ -50,24 +42,9 @@ async fn a_watch_from_a_compacted_revision_fails_with_compacted() {
 
     // The oldest revision left is still watchable, and reads are unaffected.
     let mut stream = store.watch(RangeRequest::prefix("k/"), r3).await.unwrap();
-    let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (event.kv.key, event.kv.mod_revision),
-        (Bytes::from("k/3"), r3)
-    );
-    assert_eq!(
-        store
-            .range(RangeRequest::prefix("k/"))
-            .await
-            .unwrap()
-            .kvs
-            .len(),
-        4
-    );
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!((event.kv.key, event.kv.mod_revision), (Bytes::from("k/3"), r3));
+    assert_eq!(store.range(RangeRequest::prefix("k/")).await.unwrap().kvs.len(), 4);
 }
 
 #[tokio::test]
@@ -81,54 +58,26 @@ async fn stores_with_different_namespaces_do_not_see_each_other() {
     put(&a, "only-a", "1").await;
     let rb = put(&b, "shared/key", "from b").await;
 
-    assert_eq!(
-        a.get(b"shared/key").await.unwrap().unwrap().value,
-        Bytes::from("from a")
-    );
-    assert_eq!(
-        b.get(b"shared/key").await.unwrap().unwrap().value,
-        Bytes::from("from b")
-    );
+    assert_eq!(a.get(b"shared/key").await.unwrap().unwrap().value, Bytes::from("from a"));
+    assert_eq!(b.get(b"shared/key").await.unwrap().unwrap().value, Bytes::from("from b"));
     assert!(b.get(b"only-a").await.unwrap().is_none());
-    let keys = |r: meridian_meta::RangeResponse| -> Vec<Bytes> {
-        r.kvs.into_iter().map(|kv| kv.key).collect()
-    };
+    let keys = |r: meridian_meta::RangeResponse| -> Vec<Bytes> { r.kvs.into_iter().map(|kv| kv.key).collect() };
     assert_eq!(
         keys(a.range(RangeRequest::prefix("")).await.unwrap()),
         vec![Bytes::from("only-a"), Bytes::from("shared/key")],
         "keys come back without the namespace prefix"
     );
-    assert_eq!(
-        keys(b.range(RangeRequest::prefix("")).await.unwrap()),
-        vec![Bytes::from("shared/key")]
-    );
+    assert_eq!(keys(b.range(RangeRequest::prefix("")).await.unwrap()), vec![Bytes::from("shared/key")]);
     // Deleting in one namespace leaves the other alone.
-    a.txn(Txn::new().then(Op::delete("shared/key")))
-        .await
-        .unwrap();
+    a.txn(Txn::new().then(Op::delete("shared/key"))).await.unwrap();
     assert!(b.get(b"shared/key").await.unwrap().is_some());
 
     // b's watch sees only b's write.
-    let event = tokio::time::timeout(Duration::from_secs(10), watch_b.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (event.kv.key, event.kv.mod_revision),
-        (Bytes::from("shared/key"), rb)
-    );
+    let event = tokio::time::timeout(Duration::from_secs(10), watch_b.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!((event.kv.key, event.kv.mod_revision), (Bytes::from("shared/key"), rb));
     put(&b, "second", "x").await;
-    let event = tokio::time::timeout(Duration::from_secs(10), watch_b.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        event.kv.key,
-        Bytes::from("second"),
-        "a's delete is invisible to b"
-    );
+    let event = tokio::time::timeout(Duration::from_secs(10), watch_b.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(event.kv.key, Bytes::from("second"), "a's delete is invisible to b");
 
     // Revisions are the cluster's, shared by every namespace.
     assert!(a.current_revision().await.unwrap() == b.current_revision().await.unwrap());
@@ -152,11 +101,7 @@ async fn serializable_reads_are_served_by_the_local_learner() {
     .await
     .unwrap();
     let written = put(&local, "k", "v").await;
-    assert_eq!(
-        local.get(b"k").await.unwrap().unwrap().mod_revision,
-        written,
-        "a node reads its own writes"
-    );
+    assert_eq!(local.get(b"k").await.unwrap().unwrap().mod_revision, written, "a node reads its own writes");
 
     let status = local.member_status().await;
     assert_eq!(status.len(), 4);
@@ -183,10 +128,7 @@ async fn serializable_reads_are_served_by_the_local_learner() {
     let started = Instant::now();
     let err = strong.get(b"k").await.unwrap_err();
     assert!(matches!(err, MetaError::Unavailable(_)), "{err}");
-    let err = local
-        .txn(Txn::new().then(Op::put("k", "w")))
-        .await
-        .unwrap_err();
+    let err = local.txn(Txn::new().then(Op::put("k", "w"))).await.unwrap_err();
     assert!(matches!(err, MetaError::Unavailable(_)), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
@@ -212,20 +154,11 @@ async fn transactions_over_etcd_limits_fail_with_too_large_naming_the_flag() {
 
     // ... and --max-request-bytes 16 MiB.
     let big = vec![7u8; 12 << 20];
-    store
-        .txn(Txn::new().then(Op::put("big", big)))
-        .await
-        .unwrap();
-    assert_eq!(
-        store.get(b"big").await.unwrap().unwrap().value.len(),
-        12 << 20
-    );
+    store.txn(Txn::new().then(Op::put("big", big))).await.unwrap();
+    assert_eq!(store.get(b"big").await.unwrap().unwrap().value.len(), 12 << 20);
     for size in [(16 << 20) + 100, 20 << 20] {
         let too_big = vec![7u8; size];
-        match store
-            .txn(Txn::new().then(Op::put("too-big", too_big)))
-            .await
-        {
+        match store.txn(Txn::new().then(Op::put("too-big", too_big))).await {
             Err(MetaError::TooLarge(message)) => {
                 assert!(message.contains("--max-request-bytes"), "{message}");
             }
@@ -235,9 +168,7 @@ async fn transactions_over_etcd_limits_fail_with_too_large_naming_the_flag() {
     assert!(store.get(b"too-big").await.unwrap().is_none());
 
     // get_many splits more keys than one transaction may hold, still at one revision.
-    let keys: Vec<Bytes> = (0..300)
-        .map(|i| Bytes::from(format!("ops/{i:05}")))
-        .collect();
+    let keys: Vec<Bytes> = (0..300).map(|i| Bytes::from(format!("ops/{i:05}"))).collect();
     let (kvs, revision) = store.get_many(&keys).await.unwrap();
     assert_eq!(kvs.len(), 300);
     assert!(kvs.iter().all(Option::is_some));
@@ -252,10 +183,9 @@ async fn an_unreachable_cluster_is_unavailable_within_the_timeout() {
         listener.local_addr().unwrap().port()
     };
     let started = Instant::now();
-    let result = EtcdStore::connect(
-        EtcdOptions::new([format!("127.0.0.1:{port}")]).request_timeout(Duration::from_secs(1)),
-    )
-    .await;
+    let result =
+        EtcdStore::connect(EtcdOptions::new([format!("127.0.0.1:{port}")]).request_timeout(Duration::from_secs(1)))
+            .await;
     match result {
         Err(MetaError::Unavailable(message)) => {
             assert!(message.contains(&port.to_string()), "{message}");
@@ -263,12 +193,8 @@ async fn an_unreachable_cluster_is_unavailable_within_the_timeout() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(3));
-    let err = EtcdStore::connect(EtcdOptions::new(["https://127.0.0.1:2379"]))
-        .await
-        .unwrap_err();
+    let err = EtcdStore::connect(EtcdOptions::new(["https://127.0.0.1:2379"])).await.unwrap_err();
     assert!(err.to_string().contains("TLS"), "{err}");
-    let err = EtcdStore::connect(EtcdOptions::new(Vec::<String>::new()))
-        .await
-        .unwrap_err();
+    let err = EtcdStore::connect(EtcdOptions::new(Vec::<String>::new())).await.unwrap_err();
     assert!(err.to_string().contains("no etcd endpoints"), "{err}");
 }

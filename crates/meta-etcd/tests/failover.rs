@@ -29,29 +29,17 @@ async fn heavy_kill_9_of_the_leader_loses_no_write_and_the_watch_has_no_gap() {
     let leader = cluster.wait_for_leader(Duration::from_secs(20));
     // The leader is listed first, so it serves every request and the watch.
     let mut endpoints = vec![cluster.client_endpoint(leader)];
-    endpoints.extend(
-        (0..3)
-            .filter(|&i| i != leader)
-            .map(|i| cluster.client_endpoint(i)),
-    );
+    endpoints.extend((0..3).filter(|&i| i != leader).map(|i| cluster.client_endpoint(i)));
     let store = EtcdStore::connect(
-        EtcdOptions::new(endpoints)
-            .namespace("/failover/")
-            .request_timeout(Duration::from_secs(15)),
+        EtcdOptions::new(endpoints).namespace("/failover/").request_timeout(Duration::from_secs(15)),
     )
     .await
     .unwrap();
-    store
-        .txn(Txn::new().then(Op::put("probe", "x")))
-        .await
-        .unwrap();
+    store.txn(Txn::new().then(Op::put("probe", "x"))).await.unwrap();
     let start = store.current_revision().await.unwrap();
 
     // The watch: everything under w/ from the next revision, until the final marker.
-    let mut watch = store
-        .watch(RangeRequest::prefix("w/"), start + 1)
-        .await
-        .unwrap();
+    let mut watch = store.watch(RangeRequest::prefix("w/"), start + 1).await.unwrap();
     let watcher = tokio::spawn(async move {
         let mut events = Vec::new();
         while let Some(event) = watch.next().await {
@@ -80,9 +68,8 @@ async fn heavy_kill_9_of_the_leader_loses_no_write_and_the_watch_has_no_gap() {
                 while !stop.load(Ordering::SeqCst) {
                     i += 1;
                     let key = Bytes::from(format!("w/{w}/{i:06}"));
-                    let txn = Txn::new()
-                        .when(Compare::absent(key.clone()))
-                        .then(Op::put(key.clone(), format!("{w}-{i}")));
+                    let txn =
+                        Txn::new().when(Compare::absent(key.clone())).then(Op::put(key.clone(), format!("{w}-{i}")));
                     match store.txn(txn).await {
                         Ok(resp) => {
                             assert!(resp.succeeded, "{key:?} was written before");
@@ -134,10 +121,7 @@ async fn heavy_kill_9_of_the_leader_loses_no_write_and_the_watch_has_no_gap() {
         logs.push(writer.await.unwrap());
     }
     let (reads_ok, read_errors) = reader.await.unwrap();
-    let done = store
-        .txn(Txn::new().then(Op::put("w/zz-done", "")))
-        .await
-        .unwrap();
+    let done = store.txn(Txn::new().then(Op::put("w/zz-done", ""))).await.unwrap();
     let events = tokio::time::timeout(Duration::from_secs(30), watcher)
         .await
         .expect("the watch delivers the final marker")
@@ -183,29 +167,19 @@ async fn heavy_kill_9_of_the_leader_loses_no_write_and_the_watch_has_no_gap() {
     let mut seen = BTreeMap::new();
     for event in &events {
         assert_eq!(event.kind, EventKind::Put);
-        assert!(
-            event.kv.mod_revision >= last,
-            "watch events go back in revision"
-        );
+        assert!(event.kv.mod_revision >= last, "watch events go back in revision");
         last = event.kv.mod_revision;
         assert!(
-            seen.insert(event.kv.key.clone(), event.kv.mod_revision)
-                .is_none(),
+            seen.insert(event.kv.key.clone(), event.kv.mod_revision).is_none(),
             "duplicate watch event for {:?}",
             event.kv.key
         );
     }
-    assert_eq!(
-        seen, stored,
-        "the watch delivered exactly the stored changes (no gap, nothing extra)"
-    );
+    assert_eq!(seen, stored, "the watch delivered exactly the stored changes (no gap, nothing extra)");
     assert_eq!(seen.get(&Bytes::from("w/zz-done")), Some(&done.revision));
 
     // 3. Reads went on: none failed, and some succeeded after the kill.
-    assert!(
-        read_errors.is_empty(),
-        "reads failed during failover: {read_errors:?}"
-    );
+    assert!(read_errors.is_empty(), "reads failed during failover: {read_errors:?}");
     let reads_after_kill = reads_ok.iter().filter(|t| **t > killed_at).count();
     assert!(reads_after_kill > 0, "reads continue after the kill");
 
@@ -228,10 +202,7 @@ async fn wait_for_writes_after(newest: &AtomicU64, revision: u64, count: u64) ->
         if current >= revision + count {
             return current;
         }
-        assert!(
-            Instant::now() < deadline,
-            "writes stalled at revision {current} (waiting for {revision} + {count})"
-        );
+        assert!(Instant::now() < deadline, "writes stalled at revision {current} (waiting for {revision} + {count})");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -247,44 +218,24 @@ async fn heavy_a_frozen_member_is_left_behind() {
     // Freeze a follower listed first: the cluster keeps its leader, the client must move.
     let frozen = (leader + 1) % 3;
     let mut endpoints = vec![cluster.client_endpoint(frozen)];
-    endpoints.extend(
-        (0..3)
-            .filter(|&i| i != frozen)
-            .map(|i| cluster.client_endpoint(i)),
-    );
-    let mut options = EtcdOptions::new(endpoints)
-        .namespace("/frozen/")
-        .request_timeout(Duration::from_secs(4));
+    endpoints.extend((0..3).filter(|&i| i != frozen).map(|i| cluster.client_endpoint(i)));
+    let mut options = EtcdOptions::new(endpoints).namespace("/frozen/").request_timeout(Duration::from_secs(4));
     options.keep_alive_interval = Duration::from_secs(6);
     options.keep_alive_timeout = Duration::from_secs(2);
     let store = EtcdStore::connect(options).await.unwrap();
 
     let mut watch = store.watch(RangeRequest::prefix("f/"), 0).await.unwrap();
-    let r1 = store
-        .txn(Txn::new().then(Op::put("f/1", "1")))
-        .await
-        .unwrap()
-        .revision;
+    let r1 = store.txn(Txn::new().then(Op::put("f/1", "1"))).await.unwrap().revision;
     assert_eq!(next_event(&mut watch).await.kv.mod_revision, r1);
 
     cluster.freeze(frozen);
     let started = Instant::now();
     let kv = store.get(b"f/1").await.unwrap().unwrap();
     assert_eq!(kv.mod_revision, r1);
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "the read moved on within its budget"
-    );
-    let r2 = store
-        .txn(Txn::new().then(Op::put("f/2", "2")))
-        .await
-        .unwrap()
-        .revision;
+    assert!(started.elapsed() < Duration::from_secs(4), "the read moved on within its budget");
+    let r2 = store.txn(Txn::new().then(Op::put("f/2", "2"))).await.unwrap().revision;
     let event = next_event(&mut watch).await;
-    assert_eq!(
-        (event.kv.key, event.kv.mod_revision),
-        (Bytes::from("f/2"), r2)
-    );
+    assert_eq!((event.kv.key, event.kv.mod_revision), (Bytes::from("f/2"), r2));
     eprintln!("watch resumed {:?} after the freeze", started.elapsed());
     cluster.thaw(frozen);
 }

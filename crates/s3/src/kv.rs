@@ -23,7 +23,7 @@ use meridian_engine::conditions::{Fence, WriteConditions};
 use meridian_engine::iam::{Access, authorize};
 use meridian_engine::locks::LockInfo;
 use meridian_engine::watch::Change;
-use meridian_engine::{BatchOp, Engine, ListRequest, now_ms, ttl};
+use meridian_engine::{BatchOp, Consistency, Engine, ListRequest, now_ms, ttl};
 use s3s::route::S3Route;
 use s3s::{Body, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use serde::{Deserialize, Serialize};
@@ -155,6 +155,52 @@ impl KvWrite {
         conditions.if_revision = self.if_revision;
         conditions.fence = self.fence.clone();
         conditions
+    }
+}
+
+pub const CONSISTENCY_HEADER: &str = "x-meridian-consistency";
+pub const MIN_REVISION_HEADER: &str = "x-meridian-min-revision";
+/// Cookie carrying the revision of a browser session's last write.
+pub const MIN_REVISION_COOKIE: &str = "meridian-min-revision";
+
+/// How fresh a read must be: `x-meridian-consistency: strong|local`, or at least a revision
+/// (`x-meridian-min-revision: R`, or the session cookie) — read-your-writes across regions.
+pub fn read_consistency(headers: &HeaderMap) -> S3Result<Consistency> {
+    if let Some(rev) = header(headers, MIN_REVISION_HEADER)? {
+        return Ok(Consistency::AtLeast(parse_u64(MIN_REVISION_HEADER, rev)?));
+    }
+    match header(headers, CONSISTENCY_HEADER)? {
+        None => {}
+        Some(v) if v.eq_ignore_ascii_case("strong") => return Ok(Consistency::Strong),
+        Some(v) if v.eq_ignore_ascii_case("local") => return Ok(Consistency::Local),
+        Some(other) => {
+            return Err(s3_error!(InvalidArgument, "{CONSISTENCY_HEADER} must be strong or local, got {other:?}"));
+        }
+    }
+    Ok(session_revision(headers).map_or(Consistency::Strong, Consistency::AtLeast))
+}
+
+/// The revision in the session cookie, if the request carries one.
+fn session_revision(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == MIN_REVISION_COOKIE)
+        .and_then(|(_, value)| value.trim().parse().ok())
+}
+
+/// After a write in a browser session (the request carried the cookie): moves the cookie to
+/// this write's revision, so the session's next reads in any region see it.
+pub fn session_cookie(request: &HeaderMap, revision: u64, response: &mut HeaderMap) {
+    if session_revision(request).is_none() {
+        return;
+    }
+    let cookie = format!("{MIN_REVISION_COOKIE}={revision}; Path=/; Max-Age=300; SameSite=Lax");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.insert(http::header::SET_COOKIE, v);
     }
 }
 
@@ -384,6 +430,7 @@ impl KvRoute {
             delimiter: None,
             after: query(pairs, "after").filter(|a| !a.is_empty()).map(String::from),
             max_keys: limit,
+            consistency: Consistency::Strong,
         };
         let page = self.engine.list_objects(bucket, &request).await.map_err(engine_error)?;
         let entries = page

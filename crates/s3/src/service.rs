@@ -20,7 +20,7 @@ use crate::convert::{
     ChecksumFields, HeaderInput, ResponseBody, checksum_algorithm, etag, etag_match, metadata, parse_expires, s3_error,
     timestamp, unix_seconds, url_encode,
 };
-use crate::kv::{KvWrite, expiry_headers};
+use crate::kv::{KvWrite, expiry_headers, read_consistency, session_cookie};
 use meridian_engine::iam::{Access, authorize};
 
 /// Settings of the S3 front end.
@@ -491,10 +491,13 @@ impl S3 for MeridianS3 {
             checksum_type: sums.kind,
             ..Default::default()
         };
-        Ok(with_revision(output, outcome.revision))
+        let mut resp = with_revision(output, outcome.revision);
+        session_cookie(&req.headers, outcome.revision, &mut resp.headers);
+        Ok(resp)
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let consistency = read_consistency(&req.headers)?;
         let input = req.input;
         if input.version_id.as_deref().is_some_and(|v| v != "null") {
             return Err(not_implemented("reading a specific object version"));
@@ -503,6 +506,7 @@ impl S3 for MeridianS3 {
         let out = self
             .engine
             .get_object(GetRequest {
+                consistency,
                 bucket: input.bucket,
                 key: input.key,
                 range: byte_range(input.range),
@@ -562,6 +566,7 @@ impl S3 for MeridianS3 {
     }
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        let consistency = read_consistency(&req.headers)?;
         let input = req.input;
         if input.version_id.as_deref().is_some_and(|v| v != "null") {
             return Err(not_implemented("reading a specific object version"));
@@ -570,6 +575,7 @@ impl S3 for MeridianS3 {
         let out = self
             .engine
             .head_object(GetRequest {
+                consistency,
                 bucket: input.bucket,
                 key: input.key,
                 range: byte_range(input.range),
@@ -627,7 +633,9 @@ impl S3 for MeridianS3 {
         }
         let conditions = kv.conditions(WriteConditions { if_match: etag_match(input.if_match), ..Default::default() });
         let out = self.engine.delete_object(&input.bucket, &input.key, &conditions).await.map_err(s3_error)?;
-        Ok(with_revision(DeleteObjectOutput::default(), out.revision))
+        let mut resp = with_revision(DeleteObjectOutput::default(), out.revision);
+        session_cookie(&req.headers, out.revision, &mut resp.headers);
+        Ok(resp)
     }
 
     async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
@@ -850,6 +858,7 @@ impl S3 for MeridianS3 {
     }
 
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+        let consistency = read_consistency(&req.headers)?;
         let input = req.input;
         let url = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
         let enc = |s: String| if url { url_encode(&s) } else { s };
@@ -858,6 +867,7 @@ impl S3 for MeridianS3 {
             delimiter: input.delimiter.clone(),
             after: input.marker.clone().filter(|m| !m.is_empty()),
             max_keys: max_keys(input.max_keys)?,
+            consistency,
         };
         let page = self.engine.list_objects(&input.bucket, &request).await.map_err(s3_error)?;
         let output = ListObjectsOutput {
@@ -879,6 +889,7 @@ impl S3 for MeridianS3 {
     }
 
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let consistency = read_consistency(&req.headers)?;
         let input = req.input;
         let url = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
         let enc = |s: String| if url { url_encode(&s) } else { s };
@@ -891,6 +902,7 @@ impl S3 for MeridianS3 {
             delimiter: input.delimiter.clone(),
             after,
             max_keys: max_keys(input.max_keys)?,
+            consistency,
         };
         let page = self.engine.list_objects(&input.bucket, &request).await.map_err(s3_error)?;
         let key_count = page.objects.len() + page.common_prefixes.len();
