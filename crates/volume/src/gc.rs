@@ -24,6 +24,9 @@ use crate::replay::Listing;
 use crate::store::PutCondition;
 use crate::volume::Volume;
 
+/// Header-only objects (tombstones, fences) tolerated past the newest checkpoint.
+const TOMBSTONES_PER_CHECKPOINT: usize = 32;
+
 #[derive(Debug, Clone)]
 pub struct GcConfig {
     pub high: f64,
@@ -191,7 +194,18 @@ impl Gc {
     ) -> Result<()> {
         let store = vol.store().clone();
         let layout = vol.layout();
-        let listing = Listing::fetch(store.as_ref(), layout).await?;
+        let mut listing = Listing::fetch(store.as_ref(), layout).await?;
+        // Header-only objects after the newest checkpoint can only go once a newer checkpoint
+        // exists; write one when enough of them piled up.
+        let husks = listing
+            .logs
+            .range(vol.last_checkpoint() + 1..)
+            .filter(|(_, size)| **size == HEADER_BYTES as u64)
+            .count();
+        if husks >= TOMBSTONES_PER_CHECKPOINT {
+            vol.checkpoint().await?;
+            listing = Listing::fetch(store.as_ref(), layout).await?;
+        }
         // Checkpoints replays may start from: the head's and each snapshot's.
         let mut anchors: BTreeSet<u64> = points
             .iter()

@@ -791,7 +791,9 @@ impl Volume {
         self.store
             .put_file(&self.layout.checkpoint(seq), encoded.path())
             .await?;
-        self.lock().last_checkpoint = seq;
+        let mut st = self.lock();
+        st.last_checkpoint = st.last_checkpoint.max(seq);
+        drop(st);
         info!(seq, "checkpoint written");
         Ok(())
     }
