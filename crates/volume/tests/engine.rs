@@ -2,6 +2,8 @@
 //! snapshots, GC and checkpoints. The same behaviours are exercised over real S3 and NBD in
 //! `tests/nbd_s3.rs`.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap (clippy.toml allows it inside #[test] only)
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
