@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -131,7 +131,10 @@ pub async fn serve(
 
 async fn handle(stream: TcpStream, export: Export) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    // Buffered both ways: a request header and its payload then cost one read syscall, and a
+    // burst of replies one write.
+    let mut rd = BufReader::with_capacity(256 * 1024, rd);
     let mut wr = BufWriter::with_capacity(256 * 1024, wr);
     if !handshake(&mut rd, &mut wr, &export).await? {
         return Ok(());
@@ -159,7 +162,7 @@ async fn opt_reply(
 
 /// Runs option haggling; true means "enter transmission".
 async fn handshake(
-    rd: &mut OwnedReadHalf,
+    rd: &mut BufReader<OwnedReadHalf>,
     wr: &mut BufWriter<OwnedWriteHalf>,
     export: &Export,
 ) -> std::io::Result<bool> {
@@ -322,7 +325,7 @@ async fn write_replies(
 }
 
 async fn transmission(
-    mut rd: OwnedReadHalf,
+    mut rd: BufReader<OwnedReadHalf>,
     wr: BufWriter<OwnedWriteHalf>,
     export: Export,
 ) -> std::io::Result<()> {
