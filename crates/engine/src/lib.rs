@@ -1,14 +1,161 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The engine: S3 object semantics (buckets, objects, multipart uploads, listings,
+//! preconditions) expressed over two stores: the [`MetaStore`] for what exists and the
+//! [`BlobStore`] for object bytes. Front ends (S3, KV, web) call the engine and never touch
+//! either store directly.
+//!
+//! Every change is one metadata transaction that compares the revisions it read, so concurrent
+//! writers serialize cleanly and an object is visible whole or not at all: bytes are made
+//! durable first, then a single commit points at them.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use meridian_blob::{BlobId, BlobStore};
+use meridian_meta::MetaStore;
+
+mod bucket;
+pub mod checksum;
+pub mod conditions;
+mod error;
+mod gc;
+pub mod ingest;
+mod keys;
+mod list;
+mod multipart;
+mod object;
+pub mod record;
+
+pub use bucket::validate_bucket_name;
+pub use error::{EngineError, EngineResult};
+pub use ingest::{Body, BodyError, Integrity, body_from_bytes};
+pub use list::{ListPage, ListRequest, ListedObject};
+pub use meridian_meta::{MetaError, Revision};
+pub use multipart::{
+    CompletePart, ListPartsPage, ListUploadsPage, ListUploadsRequest, UploadSummary,
+};
+pub use object::{
+    ByteRange, CopyOutcome, CopyRequest, DeleteOutcome, GetOutcome, GetRequest, PutOutcome,
+    PutRequest,
+};
+
+/// The largest object key S3 accepts, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Objects up to this many bytes are stored inline in the metadata store (one commit, no
+    /// file); larger ones go to blobs.
+    pub inline_max: usize,
+    /// Largest single PUT / UploadPart.
+    pub max_object_size: u64,
+    /// Smallest part allowed in a multipart upload, except the last.
+    pub min_part_size: u64,
+    /// How long replaced blobs stay on disk, so reads that started before the replacement can
+    /// finish.
+    pub blob_delete_delay: Duration,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            inline_max: 32 << 10,
+            max_object_size: 5 << 30,
+            min_part_size: 5 << 20,
+            blob_delete_delay: Duration::from_secs(60),
+        }
     }
+}
+
+/// The object store engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    meta: Arc<dyn MetaStore>,
+    blobs: BlobStore,
+    config: EngineConfig,
+}
+
+impl Engine {
+    pub fn new(meta: Arc<dyn MetaStore>, blobs: BlobStore, config: EngineConfig) -> Self {
+        Engine {
+            inner: Arc::new(Inner {
+                meta,
+                blobs,
+                config,
+            }),
+        }
+    }
+
+    pub fn meta(&self) -> &Arc<dyn MetaStore> {
+        &self.inner.meta
+    }
+
+    pub fn blobs(&self) -> &BlobStore {
+        &self.inner.blobs
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The newest metadata revision.
+    pub async fn current_revision(&self) -> EngineResult<Revision> {
+        Ok(self.inner.meta.current_revision().await?)
+    }
+
+    /// Deletes blobs after the configured delay (see [`EngineConfig::blob_delete_delay`]).
+    fn delete_blobs_later(&self, blobs: Vec<BlobId>) {
+        gc::delete_later(
+            self.inner.blobs.clone(),
+            blobs,
+            self.inner.config.blob_delete_delay,
+        );
+    }
+
+    /// Deletes blobs that no committed record refers to, right away.
+    fn delete_blobs_now(&self, blobs: Vec<BlobId>) {
+        gc::delete_later(self.inner.blobs.clone(), blobs, Duration::ZERO);
+    }
+
+    /// Removes blob files that no metadata refers to (left by a crash between the blob write
+    /// and the metadata commit, or between a delete's commit and its file removal). Only files
+    /// older than `older_than` are considered.
+    pub async fn collect_orphan_blobs(&self, older_than: SystemTime) -> EngineResult<(usize, u64)> {
+        gc::collect_orphans(self, older_than).await
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Checks an object key: non-empty, at most 1024 bytes, no NUL (it separates keys from upload
+/// ids in the key space).
+pub fn validate_key(key: &str) -> EngineResult<()> {
+    if key.is_empty() {
+        return Err(EngineError::InvalidKey(
+            "the object key must not be empty".into(),
+        ));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(EngineError::KeyTooLong(key.len()));
+    }
+    if key.contains('\0') {
+        return Err(EngineError::InvalidKey(
+            "the object key must not contain NUL characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn to_bytes(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
 }

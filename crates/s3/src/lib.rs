@@ -1,14 +1,14 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The S3 front end. [`s3s`] parses requests and checks SigV4 (header, presigned and
+//! `aws-chunked` streaming with trailers); [`service::MeridianS3`] turns each operation into
+//! engine calls and engine errors into S3 XML errors; [`server`] serves it over HTTP with
+//! bounded headers, connections and idle time.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod convert;
+pub mod server;
+pub mod service;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use server::{ServerLimits, serve};
+pub use service::{MeridianS3, S3Options, build_service};
+
+/// Response header carrying the metadata revision a response reflects.
+pub const REVISION_HEADER: &str = "x-meridian-revision";

@@ -1,0 +1,182 @@
+//! Buckets: create, look up, list, delete (only when empty).
+
+use meridian_meta::{Compare, Op, RangeRequest, Revision, Txn};
+
+use crate::error::{EngineError, EngineResult};
+use crate::record::{self, BucketRecord};
+use crate::{Engine, keys, now_ms};
+
+/// A DeleteBucket that crashed mid-way leaves its `deleting` mark; after this long writers
+/// ignore it again.
+const DELETING_MARK_TTL_MS: i64 = 30_000;
+
+/// S3's bucket naming rules.
+pub fn validate_bucket_name(name: &str) -> EngineResult<()> {
+    let fail = |why: &str| Err(EngineError::InvalidBucketName(format!("{name:?}: {why}")));
+    if name.len() < 3 || name.len() > 63 {
+        return fail("bucket names must be between 3 and 63 characters long");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
+        return fail("bucket names may contain only lowercase letters, digits, dots and hyphens");
+    }
+    let first_last_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !first_last_ok(name.as_bytes()[0]) || !first_last_ok(name.as_bytes()[name.len() - 1]) {
+        return fail("bucket names must begin and end with a letter or digit");
+    }
+    if name.contains("..") || name.contains(".-") || name.contains("-.") {
+        return fail("bucket names must not contain adjacent dots or a dot next to a hyphen");
+    }
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return fail("bucket names must not be formatted as an IP address");
+    }
+    if name.starts_with("xn--")
+        || name.starts_with("sthree-")
+        || name.ends_with("-s3alias")
+        || name.ends_with("--ol-s3")
+    {
+        return fail("bucket names must not use a reserved prefix or suffix");
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Creates a bucket owned by `owner` (an access key id).
+    pub async fn create_bucket(&self, name: &str, owner: &str) -> EngineResult<Revision> {
+        validate_bucket_name(name)?;
+        let key = keys::bucket(name);
+        let record = BucketRecord {
+            created_ms: now_ms(),
+            owner: owner.to_string(),
+            deleting_since_ms: None,
+        };
+        let txn = Txn::new()
+            .when(Compare::absent(key.clone()))
+            .then(Op::put(key.clone(), record::encode(&record)))
+            .or_read(key);
+        let resp = self.meta().txn(txn).await?;
+        if resp.succeeded {
+            return Ok(resp.revision);
+        }
+        let existing: Option<BucketRecord> = match resp.failure_reads.first().cloned().flatten() {
+            Some(kv) => Some(record::decode(&kv.value)?),
+            None => None,
+        };
+        match existing {
+            Some(existing) if existing.owner == owner => Err(EngineError::BucketAlreadyOwnedByYou),
+            _ => Err(EngineError::BucketAlreadyExists),
+        }
+    }
+
+    /// The bucket's record and its revision.
+    pub async fn bucket(&self, name: &str) -> EngineResult<(BucketRecord, Revision)> {
+        let kv = self
+            .meta()
+            .get(&keys::bucket(name))
+            .await?
+            .ok_or(EngineError::NoSuchBucket)?;
+        Ok((record::decode(&kv.value)?, kv.mod_revision))
+    }
+
+    /// Like [`Engine::bucket`], but a bucket being deleted counts as gone.
+    pub(crate) async fn bucket_for_write(&self, name: &str) -> EngineResult<Revision> {
+        let (record, revision) = self.bucket(name).await?;
+        if record
+            .deleting_since_ms
+            .is_some_and(|since| now_ms() - since < DELETING_MARK_TTL_MS)
+        {
+            return Err(EngineError::NoSuchBucket);
+        }
+        Ok(revision)
+    }
+
+    /// Every bucket, by name.
+    pub async fn list_buckets(&self) -> EngineResult<Vec<(String, BucketRecord)>> {
+        let resp = self
+            .meta()
+            .range(RangeRequest::prefix(keys::BUCKETS_PREFIX))
+            .await?;
+        resp.kvs
+            .iter()
+            .map(|kv| {
+                let name =
+                    String::from_utf8_lossy(&kv.key[keys::BUCKETS_PREFIX.len()..]).into_owned();
+                Ok((name, record::decode(&kv.value)?))
+            })
+            .collect()
+    }
+
+    /// Deletes an empty bucket. Marks it first so that no write can slip in between the
+    /// emptiness check and the delete (writers compare the bucket's revision on commit).
+    pub async fn delete_bucket(&self, name: &str) -> EngineResult<Revision> {
+        let key = keys::bucket(name);
+        let (mut record, revision) = self.bucket(name).await?;
+        record.deleting_since_ms = Some(now_ms());
+        let mark = Txn::new()
+            .when(Compare::mod_revision_is(key.clone(), revision))
+            .then(Op::put(key.clone(), record::encode(&record)));
+        let marked = self.meta().txn(mark).await?;
+        if !marked.succeeded {
+            return Err(EngineError::Contended);
+        }
+        if !self.bucket_is_empty(name).await? {
+            record.deleting_since_ms = None;
+            let unmark = Txn::new()
+                .when(Compare::mod_revision_is(key.clone(), marked.revision))
+                .then(Op::put(key, record::encode(&record)));
+            self.meta().txn(unmark).await?;
+            return Err(EngineError::BucketNotEmpty);
+        }
+        let delete = Txn::new()
+            .when(Compare::mod_revision_is(key.clone(), marked.revision))
+            .then(Op::delete(key));
+        let resp = self.meta().txn(delete).await?;
+        if !resp.succeeded {
+            return Err(EngineError::Contended);
+        }
+        Ok(resp.revision)
+    }
+
+    async fn bucket_is_empty(&self, name: &str) -> EngineResult<bool> {
+        for prefix in [keys::objects_prefix(name), keys::uploads_prefix(name)] {
+            let resp = self
+                .meta()
+                .range(RangeRequest::prefix(prefix).limit(1))
+                .await?;
+            if !resp.kvs.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names() {
+        for ok in ["abc", "my-bucket.example", "a1b", &"a".repeat(63)] {
+            assert!(validate_bucket_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ab",
+            &"a".repeat(64),
+            "Abc",
+            "a_b",
+            "-ab",
+            "ab-",
+            "a..b",
+            "192.168.1.1",
+            "xn--abc",
+            "a.-b",
+            "abc-s3alias",
+            "ab/c",
+        ] {
+            assert!(validate_bucket_name(bad).is_err(), "{bad}");
+        }
+    }
+}

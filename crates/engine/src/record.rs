@@ -1,0 +1,158 @@
+//! The records the engine keeps in the metadata store, serialized as JSON so that fields can be
+//! added without migrations and an operator can read them with etcdctl.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use meridian_blob::BlobId;
+use serde::{Deserialize, Serialize};
+
+use crate::checksum::StoredChecksum;
+use crate::error::{EngineError, EngineResult};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRecord {
+    pub created_ms: i64,
+    /// Access key id of the creator.
+    #[serde(default)]
+    pub owner: String,
+    /// Set while a DeleteBucket is checking emptiness: writers that see it treat the bucket as
+    /// gone, and because setting it changes the record's revision, writers that read the bucket
+    /// before it was set fail their commit and look again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleting_since_ms: Option<i64>,
+}
+
+/// The standard headers and user metadata stored with an object and returned on reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectHeaders {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_disposition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_language: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+    /// The `Expires` header exactly as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// `x-amz-meta-*` pairs, names lower-cased without the prefix.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_metadata: BTreeMap<String, String>,
+}
+
+/// S3's limit on user metadata (names plus values).
+pub const MAX_USER_METADATA_BYTES: usize = 2048;
+
+impl ObjectHeaders {
+    pub fn validate(&self) -> EngineResult<()> {
+        let size: usize = self
+            .user_metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        if size > MAX_USER_METADATA_BYTES {
+            return Err(EngineError::InvalidArgument(format!(
+                "your metadata headers exceed the maximum allowed metadata size: {size} bytes, the limit is {MAX_USER_METADATA_BYTES}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where an object's bytes are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DataLayout {
+    /// In the metadata store under the object's inline key.
+    Inline,
+    /// One local blob.
+    Blob { id: BlobId },
+    /// The blobs of a completed multipart upload, in order.
+    Parts { parts: Vec<PartLayout> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartLayout {
+    pub blob: BlobId,
+    pub size: u64,
+}
+
+impl DataLayout {
+    pub fn blobs(&self) -> Vec<BlobId> {
+        match self {
+            DataLayout::Inline => Vec::new(),
+            DataLayout::Blob { id } => vec![*id],
+            DataLayout::Parts { parts } => parts.iter().map(|p| p.blob).collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    pub size: u64,
+    /// Hex MD5 of the bytes, or `<hex md5 of part md5s>-<parts>` for multipart objects; without
+    /// quotes.
+    pub etag: String,
+    pub modified_ms: i64,
+    #[serde(default)]
+    pub headers: ObjectHeaders,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<StoredChecksum>,
+    pub data: DataLayout,
+    /// When set, the object is invisible from this instant on (KV TTL / lifecycle expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+}
+
+impl ObjectRecord {
+    /// True when the object has expired at `now_ms`: it must then be treated as absent.
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+
+    /// Sizes of the parts of a multipart object (a single part otherwise).
+    pub fn part_sizes(&self) -> Vec<u64> {
+        match &self.data {
+            DataLayout::Parts { parts } => parts.iter().map(|p| p.size).collect(),
+            _ => vec![self.size],
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated_ms: i64,
+    #[serde(default)]
+    pub headers: ObjectHeaders,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_algorithm: Option<crate::checksum::ChecksumAlgorithm>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full_object_checksum: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRecord {
+    pub size: u64,
+    pub etag: String,
+    pub modified_ms: i64,
+    pub blob: BlobId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<StoredChecksum>,
+}
+
+pub fn encode<T: Serialize>(record: &T) -> Bytes {
+    // Serializing these plain structs cannot fail.
+    Bytes::from(serde_json::to_vec(record).unwrap_or_default())
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(data: &[u8]) -> EngineResult<T> {
+    serde_json::from_slice(data).map_err(|e| EngineError::Corrupt(e.to_string()))
+}

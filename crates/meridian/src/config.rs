@@ -1,0 +1,126 @@
+//! Node settings: defaults, overridden by a TOML file, overridden by flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9400";
+pub const DEFAULT_DATA: &str = "meridian-data";
+
+/// Everything a node can be told, as it appears in the TOML file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory.
+    pub data: Option<PathBuf>,
+    /// S3 listen address.
+    pub listen: Option<SocketAddr>,
+    /// Domain for virtual-host-style bucket addressing (`bucket.<domain>`).
+    pub domain: Option<String>,
+    /// Region name of this node.
+    pub region: Option<String>,
+    /// Objects up to this many bytes are stored inline in the metadata store.
+    pub inline_max: Option<usize>,
+    /// Connection limits.
+    pub max_connections: Option<usize>,
+    pub idle_timeout_secs: Option<u64>,
+    /// Log format: "text" or "json".
+    pub log_format: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+}
+
+/// Access credentials of the admin key.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+pub enum CredentialSource {
+    Environment,
+    Stored(PathBuf),
+    Generated(PathBuf),
+}
+
+/// The admin credentials: from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, else from the data
+/// directory, else freshly generated and stored there (readable by the owner only).
+pub fn admin_credentials(data: &Path) -> anyhow::Result<(Credentials, CredentialSource)> {
+    let env_key = std::env::var("AWS_ACCESS_KEY_ID")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let env_secret = std::env::var("AWS_SECRET_ACCESS_KEY")
+        .ok()
+        .filter(|v| !v.is_empty());
+    match (env_key, env_secret) {
+        (Some(access_key_id), Some(secret_access_key)) => {
+            return Ok((
+                Credentials {
+                    access_key_id,
+                    secret_access_key,
+                },
+                CredentialSource::Environment,
+            ));
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            anyhow::bail!(
+                "set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither (to use stored or generated credentials)"
+            )
+        }
+        (None, None) => {}
+    }
+    let path = data.join("credentials.toml");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let creds: Credentials = toml::from_str(&text)
+            .with_context(|| format!("invalid credentials file {}", path.display()))?;
+        return Ok((creds, CredentialSource::Stored(path)));
+    }
+    let creds = Credentials {
+        access_key_id: random_string("MK", 18, KEY_CHARS),
+        secret_access_key: random_string("", 40, SECRET_CHARS),
+    };
+    write_private(&path, &toml::to_string(&creds)?)?;
+    Ok((creds, CredentialSource::Generated(path)))
+}
+
+const KEY_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+const SECRET_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn random_string(prefix: &str, len: usize, alphabet: &[u8]) -> String {
+    let mut out = String::from(prefix);
+    for _ in 0..len {
+        let i = rand::random_range(0..alphabet.len());
+        out.push(alphabet[i] as char);
+    }
+    out
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

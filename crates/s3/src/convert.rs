@@ -1,0 +1,277 @@
+//! Conversions between engine and s3s types, and engine errors to S3 errors.
+
+use std::collections::BTreeMap;
+
+use http::{HeaderMap, HeaderValue};
+use meridian_engine::checksum::{ChecksumAlgorithm, ChecksumType, StoredChecksum};
+use meridian_engine::conditions::ETagMatch;
+use meridian_engine::record::ObjectHeaders;
+use meridian_engine::{EngineError, MetaError};
+use s3s::dto::{self, ETag, ETagCondition, Timestamp, TimestampFormat};
+use s3s::{S3Error, S3ErrorCode};
+
+pub fn s3_error(err: EngineError) -> S3Error {
+    use S3ErrorCode as C;
+    let message = err.to_string();
+    let code = match err {
+        EngineError::NoSuchBucket => C::NoSuchBucket,
+        EngineError::BucketAlreadyOwnedByYou => C::BucketAlreadyOwnedByYou,
+        EngineError::BucketAlreadyExists => C::BucketAlreadyExists,
+        EngineError::BucketNotEmpty => C::BucketNotEmpty,
+        EngineError::InvalidBucketName(_) => C::InvalidBucketName,
+        EngineError::NoSuchKey => C::NoSuchKey,
+        EngineError::KeyTooLong(_) => C::KeyTooLongError,
+        EngineError::InvalidKey(_) | EngineError::InvalidArgument(_) => C::InvalidArgument,
+        EngineError::InvalidRequest(_) => C::InvalidRequest,
+        EngineError::InvalidRange { size } => {
+            let mut e = S3Error::with_message(C::InvalidRange, message);
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                headers.insert(http::header::CONTENT_RANGE, v);
+            }
+            e.set_headers(headers);
+            return e;
+        }
+        EngineError::InvalidPartNumber => {
+            let mut e = S3Error::with_message(C::Custom("InvalidPartNumber".into()), message);
+            e.set_status_code(http::StatusCode::RANGE_NOT_SATISFIABLE);
+            return e;
+        }
+        EngineError::PreconditionFailed => C::PreconditionFailed,
+        EngineError::NotModified {
+            etag,
+            last_modified_ms,
+        } => {
+            let mut e = S3Error::new(C::NotModified);
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+                headers.insert(http::header::ETAG, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&http_date(last_modified_ms)) {
+                headers.insert(http::header::LAST_MODIFIED, v);
+            }
+            e.set_headers(headers);
+            return e;
+        }
+        EngineError::NoSuchUpload => C::NoSuchUpload,
+        EngineError::InvalidPart(_) => C::InvalidPart,
+        EngineError::InvalidPartOrder => C::InvalidPartOrder,
+        EngineError::EntityTooSmall { .. } => C::EntityTooSmall,
+        EngineError::EntityTooLarge { .. } => C::EntityTooLarge,
+        EngineError::BadDigest | EngineError::ChecksumMismatch { .. } => C::BadDigest,
+        EngineError::IncompleteBody => C::IncompleteBody,
+        EngineError::Contended => C::SlowDown,
+        EngineError::Body(source) => return body_error(source),
+        EngineError::Meta(MetaError::Unavailable(_)) => C::ServiceUnavailable,
+        EngineError::Meta(_) | EngineError::Blob(_) | EngineError::Corrupt(_) => {
+            tracing::error!(error = %message, "internal error");
+            C::InternalError
+        }
+    };
+    S3Error::with_message(code, message)
+}
+
+/// A failure while reading the request body: a bad chunk signature arrives as an S3 error from
+/// s3s and is passed through; anything else means the body was cut short.
+fn body_error(source: meridian_engine::BodyError) -> S3Error {
+    match source.downcast::<S3Error>() {
+        Ok(e) => *e,
+        Err(other) => {
+            let text = other.to_string();
+            if text.contains("Signature") || text.contains("signature") {
+                S3Error::with_message(S3ErrorCode::SignatureDoesNotMatch, text)
+            } else {
+                S3Error::with_message(
+                    S3ErrorCode::IncompleteBody,
+                    format!("the request body could not be read: {text}"),
+                )
+            }
+        }
+    }
+}
+
+pub fn etag(value: &str) -> ETag {
+    ETag::Strong(value.to_string())
+}
+
+pub fn etag_match(cond: Option<ETagCondition>) -> Option<ETagMatch> {
+    cond.map(|c| match c {
+        ETagCondition::Any => ETagMatch::Any,
+        ETagCondition::ETag(tag) => ETagMatch::Tags(vec![tag.value().to_string()]),
+    })
+}
+
+pub fn timestamp(ms: i64) -> Timestamp {
+    let nanos = i128::from(ms) * 1_000_000;
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    Timestamp::from(t)
+}
+
+pub fn unix_seconds(ts: &Timestamp) -> i64 {
+    time::OffsetDateTime::from(ts.clone()).unix_timestamp()
+}
+
+pub fn http_date(ms: i64) -> String {
+    let mut out = Vec::new();
+    match timestamp(ms).format(TimestampFormat::HttpDate, &mut out) {
+        Ok(()) => String::from_utf8(out).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+fn format_expires(ts: &Timestamp) -> Option<String> {
+    let mut out = Vec::new();
+    ts.format(TimestampFormat::HttpDate, &mut out).ok()?;
+    String::from_utf8(out).ok()
+}
+
+pub fn parse_expires(value: &str) -> Option<Timestamp> {
+    Timestamp::parse(TimestampFormat::HttpDate, value).ok()
+}
+
+/// The stored headers of a PUT / CreateMultipartUpload / CopyObject(REPLACE).
+pub struct HeaderInput {
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_language: Option<String>,
+    pub cache_control: Option<String>,
+    pub expires: Option<Timestamp>,
+    pub metadata: Option<dto::Metadata>,
+}
+
+impl HeaderInput {
+    pub fn into_headers(self) -> ObjectHeaders {
+        ObjectHeaders {
+            content_type: self.content_type,
+            content_encoding: self.content_encoding,
+            content_disposition: self.content_disposition,
+            content_language: self.content_language,
+            cache_control: self.cache_control,
+            expires: self.expires.as_ref().and_then(format_expires),
+            user_metadata: self
+                .metadata
+                .map(|m| {
+                    m.into_iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                        .collect::<BTreeMap<_, _>>()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+pub fn metadata(headers: &ObjectHeaders) -> Option<dto::Metadata> {
+    if headers.user_metadata.is_empty() {
+        return None;
+    }
+    Some(
+        headers
+            .user_metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )
+}
+
+pub fn checksum_algorithm(
+    alg: Option<&dto::ChecksumAlgorithm>,
+) -> Result<Option<ChecksumAlgorithm>, S3Error> {
+    match alg {
+        None => Ok(None),
+        Some(a) => ChecksumAlgorithm::parse(a.as_str())
+            .map(Some)
+            .ok_or_else(|| {
+                S3Error::with_message(
+                    S3ErrorCode::InvalidArgument,
+                    format!("unsupported checksum algorithm {:?}", a.as_str()),
+                )
+            }),
+    }
+}
+
+/// The five checksum fields of an S3 output, filled from a stored checksum.
+#[derive(Default)]
+pub struct ChecksumFields {
+    pub crc32: Option<String>,
+    pub crc32c: Option<String>,
+    pub crc64nvme: Option<String>,
+    pub sha1: Option<String>,
+    pub sha256: Option<String>,
+    pub kind: Option<dto::ChecksumType>,
+}
+
+impl ChecksumFields {
+    pub fn from_stored(stored: Option<&StoredChecksum>) -> Self {
+        let mut out = ChecksumFields::default();
+        let Some(stored) = stored else { return out };
+        let value = Some(stored.header_value());
+        match stored.algorithm {
+            ChecksumAlgorithm::Crc32 => out.crc32 = value,
+            ChecksumAlgorithm::Crc32c => out.crc32c = value,
+            ChecksumAlgorithm::Crc64nvme => out.crc64nvme = value,
+            ChecksumAlgorithm::Sha1 => out.sha1 = value,
+            ChecksumAlgorithm::Sha256 => out.sha256 = value,
+        }
+        out.kind = Some(dto::ChecksumType::from(
+            match stored.kind {
+                ChecksumType::FullObject => dto::ChecksumType::FULL_OBJECT,
+                ChecksumType::Composite => dto::ChecksumType::COMPOSITE,
+            }
+            .to_string(),
+        ));
+        out
+    }
+}
+
+/// Percent-encodes a key for `encoding-type=url` listings (S3 leaves `/` alone... and so do we,
+/// matching what clients decode).
+pub fn url_encode(value: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b'/');
+    percent_encoding::utf8_percent_encode(value, SET).to_string()
+}
+
+/// An engine body as an s3s response body, with its exact length so the response gets a
+/// Content-Length.
+pub struct ResponseBody {
+    inner: sync_wrapper::SyncWrapper<meridian_engine::Body>,
+    remaining: u64,
+}
+
+impl ResponseBody {
+    pub fn new(body: meridian_engine::Body, len: u64) -> Self {
+        ResponseBody {
+            inner: sync_wrapper::SyncWrapper::new(body),
+            remaining: len,
+        }
+    }
+}
+
+impl futures::Stream for ResponseBody {
+    type Item = Result<bytes::Bytes, s3s::StdError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let poll = self.inner.get_mut().as_mut().poll_next(cx);
+        if let std::task::Poll::Ready(Some(Ok(chunk))) = &poll {
+            self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
+        }
+        poll
+    }
+}
+
+impl s3s::stream::ByteStream for ResponseBody {
+    fn remaining_length(&self) -> s3s::stream::RemainingLength {
+        s3s::stream::RemainingLength::new_exact(
+            usize::try_from(self.remaining).unwrap_or(usize::MAX),
+        )
+    }
+}
