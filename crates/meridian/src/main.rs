@@ -16,11 +16,29 @@ struct Cli {
 enum Command {
     /// Run a node. With no flags: data in ./meridian-data, S3 on http://127.0.0.1:9400.
     Server(server::ServerArgs),
+    /// Block volumes stored as a log of objects in any S3 bucket, served over NBD.
+    Volume(meridian_volume::cli::VolumeCommand),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Server(args) => server::run(args),
+        Command::Volume(cmd) => volume(cmd),
     }
+}
+
+/// Runs a `meridian volume` command on its own runtime, logging to stderr (RUST_LOG sets the
+/// level; stdout is kept for the command's output).
+fn volume(cmd: meridian_volume::cli::VolumeCommand) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(meridian_volume::cli::run(cmd))?;
+    Ok(())
 }

@@ -267,6 +267,11 @@ impl Volume {
     /// Stops all I/O with `why`; FLUSH waiters wake up with the error.
     fn fail(&self, why: String) {
         error!(%why, "volume stopped");
+        self.stop(why);
+    }
+
+    /// Stops all I/O without calling it an error (clean shutdown).
+    fn stop(&self, why: String) {
         let mut st = self.lock();
         st.failed.get_or_insert(why.clone());
         drop(st);
@@ -810,7 +815,7 @@ impl Volume {
             self.checkpoint().await?;
         }
         self.lease.release().await?;
-        self.fail("volume closed".into());
+        self.stop("volume closed".into());
         let _ = std::fs::remove_file(&self.table_path);
         Ok(())
     }
