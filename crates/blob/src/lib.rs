@@ -88,13 +88,8 @@ struct Dirs {
     tmp: PathBuf,
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> BlobResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| BlobError::Task(e.to_string()))?
-        .map_err(BlobError::Io)
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> BlobResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| BlobError::Task(e.to_string()))?.map_err(BlobError::Io)
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -117,16 +112,11 @@ impl BlobStore {
             removed += 1;
         }
         if removed > 0 {
-            tracing::info!(
-                removed,
-                "removed temporary blob files left by an earlier run"
-            );
+            tracing::info!(removed, "removed temporary blob files left by an earlier run");
         }
         fsync_dir(&blobs)?;
         fsync_dir(root)?;
-        Ok(BlobStore {
-            inner: Arc::new(Dirs { blobs, tmp }),
-        })
+        Ok(BlobStore { inner: Arc::new(Dirs { blobs, tmp }) })
     }
 
     fn path(&self, id: BlobId) -> PathBuf {
@@ -139,13 +129,7 @@ impl BlobStore {
         let id = BlobId::random();
         let tmp_path = self.inner.tmp.join(id.to_string());
         let path = tmp_path.clone();
-        let file = blocking(move || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-        })
-        .await?;
+        let file = blocking(move || std::fs::OpenOptions::new().write(true).create_new(true).open(path)).await?;
         Ok(BlobWriter {
             store: self.clone(),
             id,
@@ -190,9 +174,7 @@ impl BlobStore {
         })
         .await
         .map_err(|e| match e {
-            BlobError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
-                BlobError::NotFound(id)
-            }
+            BlobError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => BlobError::NotFound(id),
             other => other,
         })?;
         let state = Some((file, len));
@@ -235,9 +217,7 @@ impl BlobStore {
         })
         .await
         .map_err(|e| match e {
-            BlobError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
-                BlobError::NotFound(id)
-            }
+            BlobError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => BlobError::NotFound(id),
             other => other,
         })?;
         Ok(copy)
@@ -260,11 +240,7 @@ impl BlobStore {
             for shard in std::fs::read_dir(blobs)? {
                 for entry in std::fs::read_dir(shard?.path())? {
                     let entry = entry?;
-                    let Some(id) = entry
-                        .file_name()
-                        .to_str()
-                        .and_then(|n| n.parse::<BlobId>().ok())
-                    else {
+                    let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<BlobId>().ok()) else {
                         continue;
                     };
                     let meta = entry.metadata()?;
@@ -283,11 +259,7 @@ impl BlobStore {
     /// cut-off (their file is renamed into place just before their metadata commit), so callers
     /// pass a time before the process started, or one well in the past. File times are only as
     /// fine as the kernel tick, so keep the cut-off a second or more older than any live write.
-    pub async fn collect_orphans<F, Fut>(
-        &self,
-        older_than: SystemTime,
-        is_referenced: F,
-    ) -> BlobResult<(usize, u64)>
+    pub async fn collect_orphans<F, Fut>(&self, older_than: SystemTime, is_referenced: F) -> BlobResult<(usize, u64)>
     where
         F: Fn(Vec<BlobId>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<bool>, String>>,
@@ -347,10 +319,7 @@ impl BlobWriter {
     }
 
     async fn write_out(&mut self, data: Bytes) -> BlobResult<()> {
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| BlobError::Task("blob writer already failed".into()))?;
+        let mut file = self.file.take().ok_or_else(|| BlobError::Task("blob writer already failed".into()))?;
         let len = data.len() as u64;
         let file = blocking(move || {
             file.write_all(&data)?;
@@ -369,10 +338,7 @@ impl BlobWriter {
             let rest = self.buffer.split().freeze();
             self.write_out(rest).await?;
         }
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| BlobError::Task("blob writer already failed".into()))?;
+        let file = self.file.take().ok_or_else(|| BlobError::Task("blob writer already failed".into()))?;
         let (tmp, dest) = (self.tmp_path.clone(), self.store.path(self.id));
         blocking(move || {
             file.sync_data()?;
@@ -418,20 +384,11 @@ mod tests {
         assert_eq!(writer.len(), data.len() as u64);
         let id = writer.finish().await.unwrap();
         assert_eq!(store.size(id).await.unwrap(), data.len() as u64);
-        assert_eq!(
-            collect(store.read(id, 0, data.len() as u64).await.unwrap()).await,
-            data
-        );
-        assert_eq!(
-            collect(store.read(id, 1_000_001, 10).await.unwrap()).await,
-            &data[1_000_001..1_000_011]
-        );
+        assert_eq!(collect(store.read(id, 0, data.len() as u64).await.unwrap()).await, data);
+        assert_eq!(collect(store.read(id, 1_000_001, 10).await.unwrap()).await, &data[1_000_001..1_000_011]);
         assert_eq!(store.read_all(id).await.unwrap().as_ref(), data.as_slice());
         store.delete(id).await.unwrap();
-        assert!(matches!(
-            store.read(id, 0, 1).await.err(),
-            Some(BlobError::NotFound(_))
-        ));
+        assert!(matches!(store.read(id, 0, 1).await.err(), Some(BlobError::NotFound(_))));
         store.delete(id).await.unwrap();
     }
 
@@ -443,18 +400,12 @@ mod tests {
         writer.write(Bytes::from_static(b"half")).await.unwrap();
         let id = writer.id();
         drop(writer);
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(store.size(id).await.is_err());
         // A temporary file left by a crash is removed on open.
         std::fs::write(dir.path().join("tmp").join("leftover"), b"x").unwrap();
         BlobStore::open(dir.path()).unwrap();
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
     #[tokio::test]
@@ -480,17 +431,12 @@ mod tests {
         let cutoff = SystemTime::now() - Duration::from_millis(20);
         let young = store.put(Bytes::from_static(b"young")).await.unwrap();
         let (count, bytes) = store
-            .collect_orphans(cutoff, |ids| async move {
-                Ok(ids.iter().map(|id| *id == keep).collect())
-            })
+            .collect_orphans(cutoff, |ids| async move { Ok(ids.iter().map(|id| *id == keep).collect()) })
             .await
             .unwrap();
         assert_eq!((count, bytes), (1, 6));
         assert!(store.size(keep).await.is_ok());
         assert!(store.size(orphan).await.is_err());
-        assert!(
-            store.size(young).await.is_ok(),
-            "blobs newer than the cut-off are never touched"
-        );
+        assert!(store.size(young).await.is_ok(), "blobs newer than the cut-off are never touched");
     }
 }

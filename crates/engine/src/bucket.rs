@@ -16,10 +16,7 @@ pub fn validate_bucket_name(name: &str) -> EngineResult<()> {
     if name.len() < 3 || name.len() > 63 {
         return fail("bucket names must be between 3 and 63 characters long");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-    {
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-') {
         return fail("bucket names may contain only lowercase letters, digits, dots and hyphens");
     }
     let first_last_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
@@ -47,11 +44,7 @@ impl Engine {
     pub async fn create_bucket(&self, name: &str, owner: &str) -> EngineResult<Revision> {
         validate_bucket_name(name)?;
         let key = keys::bucket(name);
-        let record = BucketRecord {
-            created_ms: now_ms(),
-            owner: owner.to_string(),
-            deleting_since_ms: None,
-        };
+        let record = BucketRecord { created_ms: now_ms(), owner: owner.to_string(), deleting_since_ms: None };
         let txn = Txn::new()
             .when(Compare::absent(key.clone()))
             .then(Op::put(key.clone(), record::encode(&record)))
@@ -72,21 +65,14 @@ impl Engine {
 
     /// The bucket's record and its revision.
     pub async fn bucket(&self, name: &str) -> EngineResult<(BucketRecord, Revision)> {
-        let kv = self
-            .meta()
-            .get(&keys::bucket(name))
-            .await?
-            .ok_or(EngineError::NoSuchBucket)?;
+        let kv = self.meta().get(&keys::bucket(name)).await?.ok_or(EngineError::NoSuchBucket)?;
         Ok((record::decode(&kv.value)?, kv.mod_revision))
     }
 
     /// Like [`Engine::bucket`], but a bucket being deleted counts as gone.
     pub(crate) async fn bucket_for_write(&self, name: &str) -> EngineResult<Revision> {
         let (record, revision) = self.bucket(name).await?;
-        if record
-            .deleting_since_ms
-            .is_some_and(|since| now_ms() - since < DELETING_MARK_TTL_MS)
-        {
+        if record.deleting_since_ms.is_some_and(|since| now_ms() - since < DELETING_MARK_TTL_MS) {
             return Err(EngineError::NoSuchBucket);
         }
         Ok(revision)
@@ -94,15 +80,11 @@ impl Engine {
 
     /// Every bucket, by name.
     pub async fn list_buckets(&self) -> EngineResult<Vec<(String, BucketRecord)>> {
-        let resp = self
-            .meta()
-            .range(RangeRequest::prefix(keys::BUCKETS_PREFIX))
-            .await?;
+        let resp = self.meta().range(RangeRequest::prefix(keys::BUCKETS_PREFIX)).await?;
         resp.kvs
             .iter()
             .map(|kv| {
-                let name =
-                    String::from_utf8_lossy(&kv.key[keys::BUCKETS_PREFIX.len()..]).into_owned();
+                let name = String::from_utf8_lossy(&kv.key[keys::BUCKETS_PREFIX.len()..]).into_owned();
                 Ok((name, record::decode(&kv.value)?))
             })
             .collect()
@@ -129,9 +111,7 @@ impl Engine {
             self.meta().txn(unmark).await?;
             return Err(EngineError::BucketNotEmpty);
         }
-        let delete = Txn::new()
-            .when(Compare::mod_revision_is(key.clone(), marked.revision))
-            .then(Op::delete(key));
+        let delete = Txn::new().when(Compare::mod_revision_is(key.clone(), marked.revision)).then(Op::delete(key));
         let resp = self.meta().txn(delete).await?;
         if !resp.succeeded {
             return Err(EngineError::Contended);
@@ -140,16 +120,22 @@ impl Engine {
     }
 
     async fn bucket_is_empty(&self, name: &str) -> EngineResult<bool> {
-        for prefix in [keys::objects_prefix(name), keys::uploads_prefix(name)] {
-            let resp = self
-                .meta()
-                .range(RangeRequest::prefix(prefix).limit(1))
-                .await?;
-            if !resp.kvs.is_empty() {
+        let uploads = self.meta().range(RangeRequest::prefix(keys::uploads_prefix(name)).limit(1)).await?;
+        if !uploads.kvs.is_empty() {
+            return Ok(false);
+        }
+        // Markers of recently expired objects do not count.
+        let mut range = RangeRequest::prefix(keys::objects_prefix(name)).limit(64);
+        loop {
+            let resp = self.meta().range(range.clone()).await?;
+            if resp.kvs.iter().any(|kv| !kv.key.ends_with(keys::EXPIRED_MARKER.as_bytes())) {
                 return Ok(false);
             }
+            match resp.kvs.last() {
+                Some(last) if resp.more => range = range.after(last.key.clone()),
+                _ => return Ok(true),
+            }
         }
-        Ok(true)
     }
 }
 

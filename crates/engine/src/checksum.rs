@@ -39,9 +39,7 @@ impl ChecksumAlgorithm {
     }
 
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|a| a.name().eq_ignore_ascii_case(name))
+        Self::ALL.into_iter().find(|a| a.name().eq_ignore_ascii_case(name))
     }
 
     fn crc(self) -> Option<crc_fast::CrcAlgorithm> {
@@ -120,10 +118,7 @@ mod base64_bytes {
 /// Decodes a base64 checksum header value, checking its length for the algorithm.
 pub fn decode_checksum(algorithm: ChecksumAlgorithm, value: &str) -> EngineResult<Vec<u8>> {
     let raw = BASE64.decode(value.trim()).map_err(|_| {
-        EngineError::InvalidArgument(format!(
-            "the {} checksum is not valid base64: {value:?}",
-            algorithm.name()
-        ))
+        EngineError::InvalidArgument(format!("the {} checksum is not valid base64: {value:?}", algorithm.name()))
     })?;
     if raw.len() != algorithm.digest_len() {
         return Err(EngineError::InvalidArgument(format!(
@@ -158,10 +153,7 @@ impl Hasher {
             };
             (a, running)
         });
-        Hasher {
-            md5: md5::Md5::new(),
-            extra,
-        }
+        Hasher { md5: md5::Md5::new(), extra }
     }
 
     pub fn update(&mut self, data: &[u8]) {
@@ -204,11 +196,7 @@ pub fn md5_hex(data: &[u8]) -> String {
 /// The checksum of a multipart object from its parts' checksums. CRC algorithms combine into a
 /// checksum of the whole object when `full_object` is asked for; otherwise (and always for SHA)
 /// the result is S3's composite form: the checksum of the concatenated part checksums, `-N`.
-pub fn combine_parts(
-    algorithm: ChecksumAlgorithm,
-    parts: &[(Vec<u8>, u64)],
-    full_object: bool,
-) -> StoredChecksum {
+pub fn combine_parts(algorithm: ChecksumAlgorithm, parts: &[(Vec<u8>, u64)], full_object: bool) -> StoredChecksum {
     if full_object && let Some(crc) = algorithm.crc() {
         let mut combined: Option<u64> = None;
         for (raw, len) in parts {
@@ -224,17 +212,9 @@ pub fn combine_parts(
         } else {
             (value as u32).to_be_bytes().to_vec()
         };
-        return StoredChecksum {
-            algorithm,
-            raw,
-            kind: ChecksumType::FullObject,
-            parts: None,
-        };
+        return StoredChecksum { algorithm, raw, kind: ChecksumType::FullObject, parts: None };
     }
-    let concatenated: Vec<u8> = parts
-        .iter()
-        .flat_map(|(raw, _)| raw.iter().copied())
-        .collect();
+    let concatenated: Vec<u8> = parts.iter().flat_map(|(raw, _)| raw.iter().copied()).collect();
     StoredChecksum {
         algorithm,
         raw: algorithm.digest(&concatenated),
@@ -254,41 +234,20 @@ mod tests {
     #[test]
     fn known_vectors() {
         // "123456789" is the standard CRC check input.
-        assert_eq!(
-            ChecksumAlgorithm::Crc32.digest(b"123456789"),
-            0xCBF4_3926u32.to_be_bytes()
-        );
-        assert_eq!(
-            ChecksumAlgorithm::Crc32c.digest(b"123456789"),
-            0xE306_9283u32.to_be_bytes()
-        );
-        assert_eq!(
-            ChecksumAlgorithm::Crc64nvme.digest(b"123456789"),
-            0xAE8B_1486_0A79_9888u64.to_be_bytes()
-        );
-        assert_eq!(
-            b64(ChecksumAlgorithm::Sha256, b""),
-            "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
-        );
-        assert_eq!(
-            b64(ChecksumAlgorithm::Sha1, b"abc"),
-            "qZk+NkcGgWq6PiVxeFDCbJzQ2J0="
-        );
+        assert_eq!(ChecksumAlgorithm::Crc32.digest(b"123456789"), 0xCBF4_3926u32.to_be_bytes());
+        assert_eq!(ChecksumAlgorithm::Crc32c.digest(b"123456789"), 0xE306_9283u32.to_be_bytes());
+        assert_eq!(ChecksumAlgorithm::Crc64nvme.digest(b"123456789"), 0xAE8B_1486_0A79_9888u64.to_be_bytes());
+        assert_eq!(b64(ChecksumAlgorithm::Sha256, b""), "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
+        assert_eq!(b64(ChecksumAlgorithm::Sha1, b"abc"), "qZk+NkcGgWq6PiVxeFDCbJzQ2J0=");
         assert_eq!(md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
     }
 
     #[test]
     fn full_object_crc_equals_crc_of_whole() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        for algorithm in [
-            ChecksumAlgorithm::Crc32,
-            ChecksumAlgorithm::Crc32c,
-            ChecksumAlgorithm::Crc64nvme,
-        ] {
-            let parts: Vec<(Vec<u8>, u64)> = data
-                .chunks(30_000)
-                .map(|c| (algorithm.digest(c), c.len() as u64))
-                .collect();
+        for algorithm in [ChecksumAlgorithm::Crc32, ChecksumAlgorithm::Crc32c, ChecksumAlgorithm::Crc64nvme] {
+            let parts: Vec<(Vec<u8>, u64)> =
+                data.chunks(30_000).map(|c| (algorithm.digest(c), c.len() as u64)).collect();
             let combined = combine_parts(algorithm, &parts, true);
             assert_eq!(combined.raw, algorithm.digest(&data), "{algorithm:?}");
             assert_eq!(combined.header_value(), b64(algorithm, &data));
@@ -300,19 +259,13 @@ mod tests {
         let parts = vec![(vec![1, 2, 3, 4], 5), (vec![5, 6, 7, 8], 5)];
         let c = combine_parts(ChecksumAlgorithm::Crc32, &parts, false);
         assert!(c.header_value().ends_with("-2"));
-        assert_eq!(
-            c.raw,
-            ChecksumAlgorithm::Crc32.digest(&[1, 2, 3, 4, 5, 6, 7, 8])
-        );
+        assert_eq!(c.raw, ChecksumAlgorithm::Crc32.digest(&[1, 2, 3, 4, 5, 6, 7, 8]));
     }
 
     #[test]
     fn bad_checksum_values_are_rejected() {
         assert!(decode_checksum(ChecksumAlgorithm::Crc32, "not base64!").is_err());
-        assert!(
-            decode_checksum(ChecksumAlgorithm::Crc32, "AAAAAAAA").is_err(),
-            "6 bytes is not a CRC32"
-        );
+        assert!(decode_checksum(ChecksumAlgorithm::Crc32, "AAAAAAAA").is_err(), "6 bytes is not a CRC32");
         assert!(decode_checksum(ChecksumAlgorithm::Crc32, "AAAAAA==").is_ok());
     }
 }

@@ -23,12 +23,7 @@ impl ETagMatch {
         ETagMatch::Tags(
             value
                 .split(',')
-                .map(|t| {
-                    t.trim()
-                        .trim_start_matches("W/")
-                        .trim_matches('"')
-                        .to_string()
-                })
+                .map(|t| t.trim().trim_start_matches("W/").trim_matches('"').to_string())
                 .filter(|t| !t.is_empty())
                 .collect(),
         )
@@ -68,10 +63,7 @@ impl ReadConditions {
         {
             return Err(EngineError::PreconditionFailed);
         }
-        let not_modified = EngineError::NotModified {
-            etag: record.etag.clone(),
-            last_modified_ms: record.modified_ms,
-        };
+        let not_modified = EngineError::NotModified { etag: record.etag.clone(), last_modified_ms: record.modified_ms };
         if let Some(if_none_match) = &self.if_none_match {
             if if_none_match.matches(&record.etag) {
                 return Err(not_modified);
@@ -100,6 +92,15 @@ pub struct WriteConditions {
     pub if_none_match: Option<ETagMatch>,
     /// Meridian extension: the object's current revision must be exactly this (0 = absent).
     pub if_revision: Option<u64>,
+    /// Meridian extension: the write is refused once a newer token of this lock was granted.
+    pub fence: Option<Fence>,
+}
+
+/// A fencing token of a named lock, carried by a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub lock: String,
+    pub token: u64,
 }
 
 impl WriteConditions {
@@ -121,9 +122,9 @@ impl WriteConditions {
             return Err(EngineError::PreconditionFailed);
         }
         if let Some(want) = self.if_revision {
-            let have = current.map_or(0, |(_, rev)| rev);
-            if have != want {
-                return Err(EngineError::PreconditionFailed);
+            let current = current.map_or(0, |(_, rev)| rev);
+            if current != want {
+                return Err(EngineError::RevisionMismatch { expected: want, current });
             }
         }
         Ok(())
@@ -150,10 +151,7 @@ mod tests {
     #[test]
     fn parse_etag_lists() {
         assert_eq!(ETagMatch::parse("*"), ETagMatch::Any);
-        assert_eq!(
-            ETagMatch::parse("\"a\", W/\"b\""),
-            ETagMatch::Tags(vec!["a".into(), "b".into()])
-        );
+        assert_eq!(ETagMatch::parse("\"a\", W/\"b\""), ETagMatch::Tags(vec!["a".into(), "b".into()]));
     }
 
     #[test]
@@ -161,60 +159,25 @@ mod tests {
         let r = record("abc", 1000);
         let tag = |t: &str| Some(ETagMatch::parse(t));
         let ok = |c: ReadConditions| c.check_read(&r).is_ok();
-        assert!(ok(ReadConditions {
-            if_match: tag("\"abc\""),
-            ..Default::default()
-        }));
+        assert!(ok(ReadConditions { if_match: tag("\"abc\""), ..Default::default() }));
         assert!(matches!(
-            ReadConditions {
-                if_match: tag("\"x\""),
-                ..Default::default()
-            }
-            .check_read(&r),
+            ReadConditions { if_match: tag("\"x\""), ..Default::default() }.check_read(&r),
             Err(EngineError::PreconditionFailed)
         ));
         // If-Match true wins over a failing If-Unmodified-Since.
-        assert!(ok(ReadConditions {
-            if_match: tag("abc"),
-            if_unmodified_since: Some(10),
-            ..Default::default()
-        }));
-        assert!(!ok(ReadConditions {
-            if_unmodified_since: Some(999),
-            ..Default::default()
-        }));
-        assert!(ok(ReadConditions {
-            if_unmodified_since: Some(1000),
-            ..Default::default()
-        }));
+        assert!(ok(ReadConditions { if_match: tag("abc"), if_unmodified_since: Some(10), ..Default::default() }));
+        assert!(!ok(ReadConditions { if_unmodified_since: Some(999), ..Default::default() }));
+        assert!(ok(ReadConditions { if_unmodified_since: Some(1000), ..Default::default() }));
         assert!(matches!(
-            ReadConditions {
-                if_none_match: tag("abc"),
-                ..Default::default()
-            }
-            .check_read(&r),
+            ReadConditions { if_none_match: tag("abc"), ..Default::default() }.check_read(&r),
             Err(EngineError::NotModified { .. })
         ));
         // If-None-Match false (no match) wins over If-Modified-Since.
-        assert!(ok(ReadConditions {
-            if_none_match: tag("zzz"),
-            if_modified_since: Some(5000),
-            ..Default::default()
-        }));
-        assert!(!ok(ReadConditions {
-            if_modified_since: Some(1000),
-            ..Default::default()
-        }));
-        assert!(ok(ReadConditions {
-            if_modified_since: Some(999),
-            ..Default::default()
-        }));
+        assert!(ok(ReadConditions { if_none_match: tag("zzz"), if_modified_since: Some(5000), ..Default::default() }));
+        assert!(!ok(ReadConditions { if_modified_since: Some(1000), ..Default::default() }));
+        assert!(ok(ReadConditions { if_modified_since: Some(999), ..Default::default() }));
         assert!(matches!(
-            ReadConditions {
-                if_none_match: tag("abc"),
-                ..Default::default()
-            }
-            .check_copy_source(&r),
+            ReadConditions { if_none_match: tag("abc"), ..Default::default() }.check_copy_source(&r),
             Err(EngineError::PreconditionFailed)
         ));
     }
@@ -222,31 +185,16 @@ mod tests {
     #[test]
     fn write_conditions() {
         let r = record("abc", 1);
-        let any = WriteConditions {
-            if_none_match: Some(ETagMatch::Any),
-            ..Default::default()
-        };
+        let any = WriteConditions { if_none_match: Some(ETagMatch::Any), ..Default::default() };
         assert!(any.check(None).is_ok());
-        assert!(matches!(
-            any.check(Some((&r, 5))),
-            Err(EngineError::PreconditionFailed)
-        ));
-        let m = WriteConditions {
-            if_match: Some(ETagMatch::parse("abc")),
-            ..Default::default()
-        };
+        assert!(matches!(any.check(Some((&r, 5))), Err(EngineError::PreconditionFailed)));
+        let m = WriteConditions { if_match: Some(ETagMatch::parse("abc")), ..Default::default() };
         assert!(m.check(Some((&r, 5))).is_ok());
         assert!(matches!(m.check(None), Err(EngineError::NoSuchKey)));
-        let rev = WriteConditions {
-            if_revision: Some(5),
-            ..Default::default()
-        };
+        let rev = WriteConditions { if_revision: Some(5), ..Default::default() };
         assert!(rev.check(Some((&r, 5))).is_ok());
         assert!(rev.check(Some((&r, 6))).is_err());
-        let absent = WriteConditions {
-            if_revision: Some(0),
-            ..Default::default()
-        };
+        let absent = WriteConditions { if_revision: Some(0), ..Default::default() };
         assert!(absent.check(None).is_ok());
     }
 }

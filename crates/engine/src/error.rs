@@ -53,6 +53,16 @@ pub enum EngineError {
     InvalidPartNumber,
     #[error("the object was modified concurrently too many times; retry")]
     Contended,
+    #[error("version mismatch: expected revision {expected}, current is {current}")]
+    RevisionMismatch { expected: u64, current: u64 },
+    #[error("lock {name:?} is held by {owner:?} for another {remaining_ms} ms")]
+    LockContended { name: String, owner: String, remaining_ms: u64 },
+    #[error("lock {name:?} is not held with token {token}")]
+    LockNotHeld { name: String, token: u64 },
+    #[error("fencing token {token} of lock {lock:?} is stale: token {current} was granted since")]
+    FenceRejected { lock: String, token: u64, current: u64 },
+    #[error("revision {requested} is too old to replay: history starts at revision {oldest}")]
+    RevisionCompacted { requested: u64, oldest: u64 },
     #[error("reading the request body failed: {0}")]
     Body(crate::ingest::BodyError),
     #[error(transparent)]

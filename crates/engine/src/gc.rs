@@ -25,10 +25,7 @@ pub(crate) fn delete_later(store: BlobStore, blobs: Vec<BlobId>, delay: Duration
     });
 }
 
-pub(crate) async fn collect_orphans(
-    engine: &Engine,
-    older_than: SystemTime,
-) -> EngineResult<(usize, u64)> {
+pub(crate) async fn collect_orphans(engine: &Engine, older_than: SystemTime) -> EngineResult<(usize, u64)> {
     let meta = engine.meta().clone();
     let result = engine
         .blobs()

@@ -93,9 +93,7 @@ pub async fn ingest(
     if let Some(len) = integrity.content_length
         && len > limits.max_size
     {
-        return Err(EngineError::EntityTooLarge {
-            max: limits.max_size,
-        });
+        return Err(EngineError::EntityTooLarge { max: limits.max_size });
     }
     let mut hasher = Hasher::new(integrity.algorithm);
     let mut size: u64 = 0;
@@ -104,9 +102,7 @@ pub async fn ingest(
         let chunk = chunk.map_err(EngineError::Body)?;
         size += chunk.len() as u64;
         if size > limits.max_size {
-            return Err(EngineError::EntityTooLarge {
-                max: limits.max_size,
-            });
+            return Err(EngineError::EntityTooLarge { max: limits.max_size });
         }
         hasher.update(&chunk);
         sink = match sink {
@@ -140,25 +136,18 @@ pub async fn ingest(
         Sink::Memory(buf) => IngestedData::Inline(buf.freeze()),
         Sink::Blob(writer) => IngestedData::Blob(writer.finish().await?),
     };
-    Ok(Ingested {
-        size,
-        md5,
-        checksum,
-        data,
-    })
+    Ok(Ingested { size, md5, checksum, data })
 }
 
 fn verify_md5(integrity: &Integrity, md5: &[u8; 16]) -> EngineResult<()> {
     let Some(claimed) = &integrity.content_md5 else {
         return Ok(());
     };
-    let claimed = BASE64.decode(claimed.trim()).map_err(|_| {
-        EngineError::InvalidArgument("the Content-MD5 you specified is not valid base64".into())
-    })?;
+    let claimed = BASE64
+        .decode(claimed.trim())
+        .map_err(|_| EngineError::InvalidArgument("the Content-MD5 you specified is not valid base64".into()))?;
     if claimed.len() != 16 {
-        return Err(EngineError::InvalidArgument(
-            "the Content-MD5 you specified is not 16 bytes".into(),
-        ));
+        return Err(EngineError::InvalidArgument("the Content-MD5 you specified is not 16 bytes".into()));
     }
     if claimed != md5 {
         return Err(EngineError::BadDigest);
@@ -186,14 +175,7 @@ fn verify_checksum(
     if let Some(expected) = expected
         && decode_checksum(algorithm, &expected)? != raw
     {
-        return Err(EngineError::ChecksumMismatch {
-            algorithm: algorithm.name(),
-        });
+        return Err(EngineError::ChecksumMismatch { algorithm: algorithm.name() });
     }
-    Ok(Some(StoredChecksum {
-        algorithm,
-        raw,
-        kind: ChecksumType::FullObject,
-        parts: None,
-    }))
+    Ok(Some(StoredChecksum { algorithm, raw, kind: ChecksumType::FullObject, parts: None }))
 }

@@ -49,3 +49,41 @@ pub fn parts_prefix(upload_id: &str) -> String {
 pub fn blob_ref(blob: meridian_blob::BlobId) -> Bytes {
     Bytes::from(format!("x/{blob}"))
 }
+
+/// `e/<expiry instant, ms as 16 hex digits>/<target key>` → empty. Ordered by time, so the
+/// reaper reads only what is due. The target is an object key, an expired-object marker or an
+/// upload key.
+pub fn expiry(at_ms: i64, target: &[u8]) -> Bytes {
+    let mut key = format!("{EXPIRY_PREFIX}{:016x}/", at_ms.max(0)).into_bytes();
+    key.extend_from_slice(target);
+    Bytes::from(key)
+}
+
+pub const EXPIRY_PREFIX: &str = "e/";
+
+/// The instant and target of an expiry index key.
+pub fn parse_expiry(key: &[u8]) -> Option<(i64, &[u8])> {
+    let rest = key.strip_prefix(EXPIRY_PREFIX.as_bytes())?;
+    let (hex, target) = (rest.get(..16)?, rest.get(17..)?);
+    let at = i64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+    Some((at, target))
+}
+
+/// Suffix of the marker left where an object expired; object keys never contain NUL, so markers
+/// never collide with objects, and watches see the marker's creation as the expiry.
+pub const EXPIRED_MARKER: &str = "\0expired";
+
+pub fn expired_marker(bucket: &str, key: &str) -> Bytes {
+    Bytes::from(format!("o/{bucket}/{key}{EXPIRED_MARKER}"))
+}
+
+/// `l/<bucket>/<name>` → [`crate::locks::LockRecord`].
+pub fn lock(bucket: &str, name: &str) -> Bytes {
+    Bytes::from(format!("l/{bucket}/{name}"))
+}
+
+/// `f/<bucket>/<name>` → the lock's latest fencing token, in decimal. Changes only when the lock
+/// is granted, so writes can compare against it.
+pub fn fence(bucket: &str, name: &str) -> Bytes {
+    Bytes::from(format!("f/{bucket}/{name}"))
+}

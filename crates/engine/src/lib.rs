@@ -14,6 +14,7 @@ use bytes::Bytes;
 use meridian_blob::{BlobId, BlobStore};
 use meridian_meta::MetaStore;
 
+mod batch;
 mod bucket;
 pub mod checksum;
 pub mod conditions;
@@ -22,22 +23,21 @@ mod gc;
 pub mod ingest;
 mod keys;
 mod list;
+pub mod locks;
 mod multipart;
 mod object;
 pub mod record;
+pub mod ttl;
+pub mod watch;
 
+pub use batch::{BatchOp, MAX_BATCH_OPS};
 pub use bucket::validate_bucket_name;
 pub use error::{EngineError, EngineResult};
 pub use ingest::{Body, BodyError, Integrity, body_from_bytes};
 pub use list::{ListPage, ListRequest, ListedObject};
 pub use meridian_meta::{MetaError, Revision};
-pub use multipart::{
-    CompletePart, ListPartsPage, ListUploadsPage, ListUploadsRequest, UploadSummary,
-};
-pub use object::{
-    ByteRange, CopyOutcome, CopyRequest, DeleteOutcome, GetOutcome, GetRequest, PutOutcome,
-    PutRequest,
-};
+pub use multipart::{CompletePart, ListPartsPage, ListUploadsPage, ListUploadsRequest, UploadSummary};
+pub use object::{ByteRange, CopyOutcome, CopyRequest, DeleteOutcome, GetOutcome, GetRequest, PutOutcome, PutRequest};
 
 /// The largest object key S3 accepts, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -81,13 +81,7 @@ struct Inner {
 
 impl Engine {
     pub fn new(meta: Arc<dyn MetaStore>, blobs: BlobStore, config: EngineConfig) -> Self {
-        Engine {
-            inner: Arc::new(Inner {
-                meta,
-                blobs,
-                config,
-            }),
-        }
+        Engine { inner: Arc::new(Inner { meta, blobs, config }) }
     }
 
     pub fn meta(&self) -> &Arc<dyn MetaStore> {
@@ -109,11 +103,7 @@ impl Engine {
 
     /// Deletes blobs after the configured delay (see [`EngineConfig::blob_delete_delay`]).
     fn delete_blobs_later(&self, blobs: Vec<BlobId>) {
-        gc::delete_later(
-            self.inner.blobs.clone(),
-            blobs,
-            self.inner.config.blob_delete_delay,
-        );
+        gc::delete_later(self.inner.blobs.clone(), blobs, self.inner.config.blob_delete_delay);
     }
 
     /// Deletes blobs that no committed record refers to, right away.
@@ -131,27 +121,20 @@ impl Engine {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Checks an object key: non-empty, at most 1024 bytes, no NUL (it separates keys from upload
 /// ids in the key space).
 pub fn validate_key(key: &str) -> EngineResult<()> {
     if key.is_empty() {
-        return Err(EngineError::InvalidKey(
-            "the object key must not be empty".into(),
-        ));
+        return Err(EngineError::InvalidKey("the object key must not be empty".into()));
     }
     if key.len() > MAX_KEY_BYTES {
         return Err(EngineError::KeyTooLong(key.len()));
     }
     if key.contains('\0') {
-        return Err(EngineError::InvalidKey(
-            "the object key must not contain NUL characters".into(),
-        ));
+        return Err(EngineError::InvalidKey("the object key must not contain NUL characters".into()));
     }
     Ok(())
 }

@@ -42,7 +42,7 @@ pub struct ListPage {
 }
 
 enum Entry {
-    Object(ListedObject),
+    Object(Box<ListedObject>),
     Prefix(String),
 }
 
@@ -58,11 +58,7 @@ impl Engine {
             None => Bound::Unbounded,
         };
         let mut start = Bound::Included(Bytes::from(full_prefix.clone()));
-        if let Some(after) = req
-            .after
-            .as_deref()
-            .filter(|a| a.as_bytes() >= req.prefix.as_bytes())
-        {
+        if let Some(after) = req.after.as_deref().filter(|a| a.as_bytes() >= req.prefix.as_bytes()) {
             start = start_after(&base, after, &req.prefix, delimiter);
         }
 
@@ -71,18 +67,15 @@ impl Engine {
         let mut entries: Vec<Entry> = Vec::new();
         loop {
             let want = (max_keys + 1 - entries.len()).clamp(16, MAX_LIST_KEYS + 1);
-            let resp = self
-                .meta()
-                .range(RangeRequest {
-                    start: start.clone(),
-                    end: end.clone(),
-                    limit: want,
-                })
-                .await?;
+            let resp = self.meta().range(RangeRequest { start: start.clone(), end: end.clone(), limit: want }).await?;
             page.revision = resp.revision;
             let mut jumped = false;
             for kv in &resp.kvs {
                 let key = String::from_utf8_lossy(&kv.key[base.len()..]).into_owned();
+                if key.ends_with(keys::EXPIRED_MARKER) {
+                    start = Bound::Excluded(kv.key.clone());
+                    continue;
+                }
                 if let Some(prefix) = delimiter.and_then(|d| common_prefix(&key, &req.prefix, d)) {
                     entries.push(Entry::Prefix(prefix.clone()));
                     // Skip every other key under this prefix with one jump.
@@ -98,11 +91,8 @@ impl Engine {
                 if record.is_expired(now) {
                     continue;
                 }
-                entries.push(Entry::Object(ListedObject {
-                    key,
-                    record,
-                    revision: kv.mod_revision,
-                }));
+                let object = ListedObject { key, record, revision: kv.mod_revision };
+                entries.push(Entry::Object(Box::new(object)));
                 if entries.len() > max_keys {
                     break;
                 }
@@ -137,12 +127,7 @@ fn common_prefix(key: &str, prefix: &str, delimiter: &str) -> Option<String> {
     Some(format!("{prefix}{}", &rest[..at + delimiter.len()]))
 }
 
-fn finish(
-    mut page: ListPage,
-    mut entries: Vec<Entry>,
-    max_keys: usize,
-    truncated: bool,
-) -> ListPage {
+fn finish(mut page: ListPage, mut entries: Vec<Entry>, max_keys: usize, truncated: bool) -> ListPage {
     entries.truncate(max_keys);
     page.is_truncated = truncated;
     page.next_after = entries.last().map(|e| match e {
@@ -151,7 +136,7 @@ fn finish(
     });
     for entry in entries {
         match entry {
-            Entry::Object(o) => page.objects.push(o),
+            Entry::Object(o) => page.objects.push(*o),
             Entry::Prefix(p) => page.common_prefixes.push(p),
         }
     }
@@ -167,10 +152,7 @@ mod tests {
         assert_eq!(common_prefix("a/b/c", "", "/"), Some("a/".into()));
         assert_eq!(common_prefix("a/b/c", "a/", "/"), Some("a/b/".into()));
         assert_eq!(common_prefix("a/b", "a/", "/"), None);
-        assert_eq!(
-            common_prefix("photos2024x", "photos", "x"),
-            Some("photos2024x".into())
-        );
+        assert_eq!(common_prefix("photos2024x", "photos", "x"), Some("photos2024x".into()));
         assert_eq!(common_prefix("a--b--c", "", "--"), Some("a--".into()));
     }
 }

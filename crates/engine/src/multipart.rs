@@ -9,9 +9,7 @@ use crate::conditions::{ReadConditions, WriteConditions};
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{Body, IngestLimits, IngestedData, Integrity, ingest};
 use crate::object::{ByteRange, ExtraTxn, GetRequest};
-use crate::record::{
-    self, DataLayout, ObjectHeaders, ObjectRecord, PartLayout, PartRecord, UploadRecord,
-};
+use crate::record::{self, DataLayout, ObjectHeaders, ObjectRecord, PartLayout, PartRecord, UploadRecord};
 use crate::{Engine, keys, now_ms, to_bytes, validate_key};
 
 /// S3's limits on part numbers.
@@ -91,32 +89,17 @@ impl Engine {
             expires_at_ms: None,
         };
         let txn = Txn::new()
-            .when(Compare::mod_revision_is(
-                keys::bucket(bucket),
-                bucket_revision,
-            ))
-            .then(Op::put(
-                keys::upload(bucket, key, &upload.upload_id),
-                record::encode(&upload),
-            ));
+            .when(Compare::mod_revision_is(keys::bucket(bucket), bucket_revision))
+            .then(Op::put(keys::upload(bucket, key, &upload.upload_id), record::encode(&upload)));
         if !self.meta().txn(txn).await?.succeeded {
             return Err(EngineError::NoSuchBucket);
         }
         Ok(upload)
     }
 
-    async fn upload(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-    ) -> EngineResult<(UploadRecord, Revision)> {
+    async fn upload(&self, bucket: &str, key: &str, upload_id: &str) -> EngineResult<(UploadRecord, Revision)> {
         self.bucket(bucket).await?;
-        let kv = self
-            .meta()
-            .get(&keys::upload(bucket, key, upload_id))
-            .await?
-            .ok_or(EngineError::NoSuchUpload)?;
+        let kv = self.meta().get(&keys::upload(bucket, key, upload_id)).await?.ok_or(EngineError::NoSuchUpload)?;
         Ok((record::decode(&kv.value)?, kv.mod_revision))
     }
 
@@ -135,15 +118,10 @@ impl Engine {
         if integrity.algorithm.is_none() {
             integrity.algorithm = upload.checksum_algorithm;
         }
-        let limits = IngestLimits {
-            inline_max: 0,
-            max_size: self.config().max_object_size,
-        };
+        let limits = IngestLimits { inline_max: 0, max_size: self.config().max_object_size };
         let ingested = ingest(self.blobs(), body, integrity, limits).await?;
         let IngestedData::Blob(blob) = ingested.data else {
-            return Err(EngineError::Corrupt(
-                "a part was not written to a blob".into(),
-            ));
+            return Err(EngineError::Corrupt("a part was not written to a blob".into()));
         };
         let part = PartRecord {
             size: ingested.size,
@@ -152,8 +130,7 @@ impl Engine {
             blob,
             checksum: ingested.checksum,
         };
-        self.commit_part(bucket, key, upload_id, part_number, &part)
-            .await?;
+        self.commit_part(bucket, key, upload_id, part_number, &part).await?;
         Ok(part)
     }
 
@@ -173,27 +150,14 @@ impl Engine {
         check_part_number(part_number)?;
         let (upload, _) = self.upload(bucket, key, upload_id).await?;
         let source = self
-            .get_object(GetRequest {
-                bucket: src_bucket.into(),
-                key: src_key.into(),
-                range,
-                ..Default::default()
-            })
+            .get_object(GetRequest { bucket: src_bucket.into(), key: src_key.into(), range, ..Default::default() })
             .await?;
         source_conditions.check_copy_source(&source.record)?;
-        let integrity = Integrity {
-            algorithm: upload.checksum_algorithm,
-            ..Default::default()
-        };
-        let limits = IngestLimits {
-            inline_max: 0,
-            max_size: self.config().max_object_size,
-        };
+        let integrity = Integrity { algorithm: upload.checksum_algorithm, ..Default::default() };
+        let limits = IngestLimits { inline_max: 0, max_size: self.config().max_object_size };
         let ingested = ingest(self.blobs(), source.body, integrity, limits).await?;
         let IngestedData::Blob(blob) = ingested.data else {
-            return Err(EngineError::Corrupt(
-                "a part was not written to a blob".into(),
-            ));
+            return Err(EngineError::Corrupt("a part was not written to a blob".into()));
         };
         let part = PartRecord {
             size: ingested.size,
@@ -202,8 +166,7 @@ impl Engine {
             blob,
             checksum: ingested.checksum,
         };
-        self.commit_part(bucket, key, upload_id, part_number, &part)
-            .await?;
+        self.commit_part(bucket, key, upload_id, part_number, &part).await?;
         Ok(part)
     }
 
@@ -225,10 +188,7 @@ impl Engine {
             };
             let mut txn = Txn::new()
                 .when(Compare::exists(upload_key.clone()))
-                .when(Compare::mod_revision_is(
-                    part_key.clone(),
-                    old.as_ref().map_or(0, |kv| kv.mod_revision),
-                ))
+                .when(Compare::mod_revision_is(part_key.clone(), old.as_ref().map_or(0, |kv| kv.mod_revision)))
                 .then(Op::put(part_key.clone(), record::encode(part)))
                 .then(Op::put(keys::blob_ref(part.blob), part_key.clone()))
                 .or_read(upload_key.clone());
@@ -250,10 +210,7 @@ impl Engine {
     }
 
     async fn all_parts(&self, upload_id: &str) -> EngineResult<Vec<(u32, PartRecord, Revision)>> {
-        let resp = self
-            .meta()
-            .range(RangeRequest::prefix(keys::parts_prefix(upload_id)))
-            .await?;
+        let resp = self.meta().range(RangeRequest::prefix(keys::parts_prefix(upload_id))).await?;
         let prefix_len = keys::parts_prefix(upload_id).len();
         resp.kvs
             .iter()
@@ -282,10 +239,7 @@ impl Engine {
 
         let mut md5s = Vec::with_capacity(chosen.len() * 16);
         for part in &chosen {
-            md5s.extend(
-                hex::decode(&part.etag)
-                    .map_err(|_| EngineError::Corrupt("bad part etag".into()))?,
-            );
+            md5s.extend(hex::decode(&part.etag).map_err(|_| EngineError::Corrupt("bad part etag".into()))?);
         }
         let checksum = object_checksum(&upload, &chosen);
         let record = ObjectRecord {
@@ -295,72 +249,41 @@ impl Engine {
             headers: upload.headers.clone(),
             checksum,
             data: DataLayout::Parts {
-                parts: chosen
-                    .iter()
-                    .map(|p| PartLayout {
-                        blob: p.blob,
-                        size: p.size,
-                    })
-                    .collect(),
+                parts: chosen.iter().map(|p| PartLayout { blob: p.blob, size: p.size }).collect(),
             },
             expires_at_ms: upload.expires_at_ms,
         };
         let used: std::collections::HashSet<_> = chosen.iter().map(|p| p.blob).collect();
-        let unused: Vec<_> = stored
-            .iter()
-            .map(|(_, p, _)| p.blob)
-            .filter(|b| !used.contains(b))
-            .collect();
+        let unused: Vec<_> = stored.iter().map(|(_, p, _)| p.blob).filter(|b| !used.contains(b)).collect();
 
         let upload_key = keys::upload(bucket, key, upload_id);
         let mut extra = ExtraTxn::default();
-        extra.compares.push(Compare::mod_revision_is(
-            upload_key.clone(),
-            upload_revision,
-        ));
+        extra.compares.push(Compare::mod_revision_is(upload_key.clone(), upload_revision));
         extra.ops.push(Op::delete(upload_key));
         for (number, _, revision) in &stored {
-            extra.compares.push(Compare::mod_revision_is(
-                keys::part(upload_id, *number),
-                *revision,
-            ));
+            extra.compares.push(Compare::mod_revision_is(keys::part(upload_id, *number), *revision));
             extra.ops.push(Op::delete(keys::part(upload_id, *number)));
         }
         for blob in &unused {
             extra.ops.push(Op::delete(keys::blob_ref(*blob)));
         }
-        let (bucket_name, key_name, id) =
-            (bucket.to_string(), key.to_string(), upload_id.to_string());
+        let (bucket_name, key_name, id) = (bucket.to_string(), key.to_string(), upload_id.to_string());
         let snapshot: Vec<(u32, Revision)> = stored.iter().map(|(n, _, r)| (*n, *r)).collect();
         extra.still_valid = Some(Box::new(move |engine: &Engine| {
-            let (b, k, u, snapshot) = (
-                bucket_name.clone(),
-                key_name.clone(),
-                id.clone(),
-                snapshot.clone(),
-            );
+            let (b, k, u, snapshot) = (bucket_name.clone(), key_name.clone(), id.clone(), snapshot.clone());
             Box::pin(async move {
                 let (_, revision) = engine.upload(&b, &k, &u).await?;
-                let now: Vec<(u32, Revision)> = engine
-                    .all_parts(&u)
-                    .await?
-                    .iter()
-                    .map(|(n, _, r)| (*n, *r))
-                    .collect();
+                let now: Vec<(u32, Revision)> = engine.all_parts(&u).await?.iter().map(|(n, _, r)| (*n, *r)).collect();
                 if revision != upload_revision || now != snapshot {
                     // A part was added or replaced meanwhile: the client must complete again.
-                    return Err(EngineError::InvalidPart(
-                        "the upload changed while it was being completed".into(),
-                    ));
+                    return Err(EngineError::InvalidPart("the upload changed while it was being completed".into()));
                 }
                 Ok(())
             })
         }));
         // Unlike other writes, a failed completion must not delete the part blobs: the upload
         // still owns them and may be completed again.
-        let revision = self
-            .try_commit_object(bucket, key, &record, None, conditions, extra)
-            .await?;
+        let revision = self.try_commit_object(bucket, key, &record, None, conditions, extra).await?;
         self.delete_blobs_later(unused);
         Ok((record, revision))
     }
@@ -371,14 +294,9 @@ impl Engine {
         listed: &[CompletePart],
     ) -> EngineResult<Vec<PartRecord>> {
         if listed.is_empty() {
-            return Err(EngineError::InvalidRequest(
-                "You must specify at least one part".into(),
-            ));
+            return Err(EngineError::InvalidRequest("You must specify at least one part".into()));
         }
-        if listed
-            .windows(2)
-            .any(|pair| pair[1].part_number <= pair[0].part_number)
-        {
+        if listed.windows(2).any(|pair| pair[1].part_number <= pair[0].part_number) {
             return Err(EngineError::InvalidPartOrder);
         }
         let mut chosen: Vec<PartRecord> = Vec::with_capacity(listed.len());
@@ -417,25 +335,14 @@ impl Engine {
     }
 
     /// Abandons an upload and frees its parts.
-    pub async fn abort_multipart_upload(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-    ) -> EngineResult<()> {
+    pub async fn abort_multipart_upload(&self, bucket: &str, key: &str, upload_id: &str) -> EngineResult<()> {
         let (_, upload_revision) = self.upload(bucket, key, upload_id).await?;
         let stored = self.all_parts(upload_id).await?;
         let upload_key = keys::upload(bucket, key, upload_id);
-        let mut txn = Txn::new()
-            .when(Compare::mod_revision_is(
-                upload_key.clone(),
-                upload_revision,
-            ))
-            .then(Op::delete(upload_key));
+        let mut txn =
+            Txn::new().when(Compare::mod_revision_is(upload_key.clone(), upload_revision)).then(Op::delete(upload_key));
         for (number, part, _) in &stored {
-            txn = txn
-                .then(Op::delete(keys::part(upload_id, *number)))
-                .then(Op::delete(keys::blob_ref(part.blob)));
+            txn = txn.then(Op::delete(keys::part(upload_id, *number))).then(Op::delete(keys::blob_ref(part.blob)));
         }
         if !self.meta().txn(txn).await?.succeeded {
             return Err(EngineError::NoSuchUpload);
@@ -456,20 +363,12 @@ impl Engine {
         let (upload, _) = self.upload(bucket, key, upload_id).await?;
         let max_parts = max_parts.clamp(1, 1000);
         let all = self.all_parts(upload_id).await?;
-        let mut parts: Vec<(u32, PartRecord)> = all
-            .into_iter()
-            .filter(|(n, _, _)| *n > part_number_marker)
-            .map(|(n, p, _)| (n, p))
-            .collect();
+        let mut parts: Vec<(u32, PartRecord)> =
+            all.into_iter().filter(|(n, _, _)| *n > part_number_marker).map(|(n, p, _)| (n, p)).collect();
         let is_truncated = parts.len() > max_parts;
         parts.truncate(max_parts);
         let next_marker = parts.last().map(|(n, _)| *n);
-        Ok(ListPartsPage {
-            upload: Some(upload),
-            parts,
-            is_truncated,
-            next_marker,
-        })
+        Ok(ListPartsPage { upload: Some(upload), parts, is_truncated, next_marker })
     }
 
     pub async fn list_multipart_uploads(
@@ -524,10 +423,7 @@ fn object_checksum(upload: &UploadRecord, parts: &[PartRecord]) -> Option<Stored
     let algorithm = upload.checksum_algorithm?;
     let mut raw_parts = Vec::with_capacity(parts.len());
     for part in parts {
-        let stored = part
-            .checksum
-            .as_ref()
-            .filter(|c| c.algorithm == algorithm)?;
+        let stored = part.checksum.as_ref().filter(|c| c.algorithm == algorithm)?;
         raw_parts.push((stored.raw.clone(), part.size));
     }
     let full_object = upload.full_object_checksum || algorithm == ChecksumAlgorithm::Crc64nvme;

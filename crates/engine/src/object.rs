@@ -9,9 +9,7 @@ use meridian_meta::{Compare, KeyValue, Op, Revision, Txn};
 
 use crate::conditions::{ReadConditions, WriteConditions};
 use crate::error::{EngineError, EngineResult};
-use crate::ingest::{
-    Body, BodyError, IngestLimits, IngestedData, Integrity, body_from_bytes, ingest,
-};
+use crate::ingest::{Body, BodyError, IngestLimits, IngestedData, Integrity, body_from_bytes, ingest};
 use crate::record::{self, DataLayout, ObjectHeaders, ObjectRecord};
 use crate::{Engine, keys, now_ms, validate_key};
 
@@ -139,41 +137,26 @@ impl Current {
     }
 }
 
-fn decode_current(
+pub(crate) fn decode_current(
     record_kv: Option<KeyValue>,
     inline_kv: Option<KeyValue>,
 ) -> EngineResult<Option<Current>> {
     let Some(kv) = record_kv else { return Ok(None) };
     let record: ObjectRecord = record::decode(&kv.value)?;
     let inline = match (&record.data, inline_kv) {
-        (DataLayout::Inline, Some(data)) if data.mod_revision == kv.mod_revision => {
-            Some(data.value)
-        }
+        (DataLayout::Inline, Some(data)) if data.mod_revision == kv.mod_revision => Some(data.value),
         (DataLayout::Inline, _) => {
-            return Err(EngineError::Corrupt(
-                "inline object without matching data".into(),
-            ));
+            return Err(EngineError::Corrupt("inline object without matching data".into()));
         }
         _ => None,
     };
-    Ok(Some(Current {
-        record,
-        revision: kv.mod_revision,
-        inline,
-    }))
+    Ok(Some(Current { record, revision: kv.mod_revision, inline }))
 }
 
 impl Engine {
     /// Reads an object's record (and inline bytes) at one revision, expired or not.
-    pub(crate) async fn read_current(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> EngineResult<Option<Current>> {
-        let (mut kvs, _) = self
-            .meta()
-            .get_many(&[keys::object(bucket, key), keys::inline(bucket, key)])
-            .await?;
+    pub(crate) async fn read_current(&self, bucket: &str, key: &str) -> EngineResult<Option<Current>> {
+        let (mut kvs, _) = self.meta().get_many(&[keys::object(bucket, key), keys::inline(bucket, key)]).await?;
         let inline = kvs.pop().flatten();
         let record = kvs.pop().flatten();
         decode_current(record, inline)
@@ -195,10 +178,7 @@ impl Engine {
         req.headers.validate()?;
         // Fail fast, before reading a possibly large body into a bucket that isn't there.
         self.bucket_for_write(&req.bucket).await?;
-        let limits = IngestLimits {
-            inline_max: self.config().inline_max,
-            max_size: self.config().max_object_size,
-        };
+        let limits = IngestLimits { inline_max: self.config().inline_max, max_size: self.config().max_object_size };
         let ingested = ingest(self.blobs(), req.body, req.integrity, limits).await?;
         let (data, inline) = match ingested.data {
             IngestedData::Inline(bytes) => (DataLayout::Inline, Some(bytes)),
@@ -213,22 +193,9 @@ impl Engine {
             data,
             expires_at_ms: req.expires_at_ms,
         };
-        let revision = self
-            .commit_object(
-                &req.bucket,
-                &req.key,
-                &record,
-                inline,
-                &req.conditions,
-                ExtraTxn::default(),
-            )
-            .await?;
-        Ok(PutOutcome {
-            etag: record.etag.clone(),
-            size: record.size,
-            revision,
-            record,
-        })
+        let revision =
+            self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, ExtraTxn::default()).await?;
+        Ok(PutOutcome { etag: record.etag.clone(), size: record.size, revision, record })
     }
 
     /// Like [`Engine::try_commit_object`], and deletes the new record's blobs when it fails.
@@ -241,9 +208,7 @@ impl Engine {
         conditions: &WriteConditions,
         extra: ExtraTxn,
     ) -> EngineResult<Revision> {
-        let result = self
-            .try_commit_object(bucket, key, record, inline, conditions, extra)
-            .await;
+        let result = self.try_commit_object(bucket, key, record, inline, conditions, extra).await;
         if result.is_err() {
             self.delete_blobs_now(record.data.blobs());
         }
@@ -261,53 +226,19 @@ impl Engine {
         conditions: &WriteConditions,
         extra: ExtraTxn,
     ) -> EngineResult<Revision> {
-        let object_key = keys::object(bucket, key);
-        let inline_key = keys::inline(bucket, key);
-        let new_blobs: HashSet<BlobId> = record.data.blobs().into_iter().collect();
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let bucket_revision = self.bucket_for_write(bucket).await?;
             let current = self.read_current(bucket, key).await?;
             let now = now_ms();
-            let visible = current
-                .as_ref()
-                .filter(|c| c.is_visible(now))
-                .map(|c| (&c.record, c.revision));
+            let visible = current.as_ref().filter(|c| c.is_visible(now)).map(|c| (&c.record, c.revision));
             conditions.check(visible)?;
 
-            let old_blobs: Vec<BlobId> = current
-                .as_ref()
-                .map(|c| {
-                    c.record
-                        .data
-                        .blobs()
-                        .into_iter()
-                        .filter(|b| !new_blobs.contains(b))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut txn = Txn::new()
-                .when(Compare::mod_revision_is(
-                    keys::bucket(bucket),
-                    bucket_revision,
-                ))
-                .when(Compare::mod_revision_is(
-                    object_key.clone(),
-                    current.as_ref().map_or(0, |c| c.revision),
-                ))
-                .then(Op::put(object_key.clone(), record::encode(record)));
-            match &inline {
-                Some(bytes) => txn = txn.then(Op::put(inline_key.clone(), bytes.clone())),
-                None if current.as_ref().is_some_and(|c| c.inline.is_some()) => {
-                    txn = txn.then(Op::delete(inline_key.clone()))
-                }
-                None => {}
-            }
-            for blob in &new_blobs {
-                txn = txn.then(Op::put(keys::blob_ref(*blob), object_key.clone()));
-            }
-            for blob in &old_blobs {
-                txn = txn.then(Op::delete(keys::blob_ref(*blob)));
-            }
+            let change = object_change(bucket, key, current.as_ref(), Some((record, inline.as_ref())));
+            let mut txn = Txn::new().when(Compare::mod_revision_is(keys::bucket(bucket), bucket_revision));
+            txn.compares.extend(change.compares);
+            txn.ops.extend(change.ops);
+            let old_blobs = change.freed;
+            txn = with_fence(txn, bucket, conditions);
             txn.compares.extend(extra.compares.iter().cloned());
             txn.ops.extend(extra.ops.iter().cloned());
             let resp = self.meta().txn(txn).await?;
@@ -315,6 +246,7 @@ impl Engine {
                 self.delete_blobs_later(old_blobs);
                 return Ok(resp.revision);
             }
+            check_fence_failure(&resp, conditions)?;
             if let Some(check) = &extra.still_valid {
                 check(self).await?;
             }
@@ -343,9 +275,7 @@ impl Engine {
                 match self.open_body(&current, range).await {
                     Ok(body) => body,
                     // Replaced between our metadata read and the open: read again.
-                    Err(EngineError::Blob(BlobError::NotFound(_)))
-                        if attempts < MAX_READ_ATTEMPTS =>
-                    {
+                    Err(EngineError::Blob(BlobError::NotFound(_))) if attempts < MAX_READ_ATTEMPTS => {
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -353,13 +283,7 @@ impl Engine {
             } else {
                 body_from_bytes(Bytes::new())
             };
-            return Ok(GetOutcome {
-                record: current.record,
-                revision: current.revision,
-                body,
-                range,
-                parts_count,
-            });
+            return Ok(GetOutcome { record: current.record, revision: current.revision, body, range, parts_count });
         }
     }
 
@@ -398,11 +322,7 @@ impl Engine {
                 let Some((blob, from, len)) = segments.next() else {
                     return Ok(body_from_bytes(Bytes::new()));
                 };
-                let head = self
-                    .blobs()
-                    .read(blob, from, len)
-                    .await?
-                    .map_err(|e| Box::new(e) as BodyError);
+                let head = self.blobs().read(blob, from, len).await?.map_err(|e| Box::new(e) as BodyError);
                 let blobs = self.blobs().clone();
                 let tail = futures::stream::iter(segments)
                     .then(move |(blob, from, len)| {
@@ -424,49 +344,32 @@ impl Engine {
         conditions: &WriteConditions,
     ) -> EngineResult<DeleteOutcome> {
         validate_key(key)?;
-        let object_key = keys::object(bucket, key);
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let Some(current) = self.read_current(bucket, key).await? else {
                 self.bucket(bucket).await?;
                 conditions.check(None)?;
-                return Ok(DeleteOutcome {
-                    revision: self.current_revision().await?,
-                    existed: false,
-                });
+                return Ok(DeleteOutcome { revision: self.current_revision().await?, existed: false });
             };
             let visible = current.is_visible(now_ms());
             conditions.check(visible.then_some((&current.record, current.revision)))?;
-            let blobs = current.record.data.blobs();
-            let mut txn = Txn::new()
-                .when(Compare::mod_revision_is(
-                    object_key.clone(),
-                    current.revision,
-                ))
-                .then(Op::delete(object_key.clone()));
-            if current.inline.is_some() {
-                txn = txn.then(Op::delete(keys::inline(bucket, key)));
-            }
-            for blob in &blobs {
-                txn = txn.then(Op::delete(keys::blob_ref(*blob)));
-            }
+            let change = object_change(bucket, key, Some(&current), None);
+            let blobs = change.freed;
+            let mut txn = Txn::new();
+            txn.compares.extend(change.compares);
+            txn.ops.extend(change.ops);
+            txn = with_fence(txn, bucket, conditions);
             let resp = self.meta().txn(txn).await?;
             if resp.succeeded {
                 self.delete_blobs_later(blobs);
-                return Ok(DeleteOutcome {
-                    revision: resp.revision,
-                    existed: visible,
-                });
+                return Ok(DeleteOutcome { revision: resp.revision, existed: visible });
             }
+            check_fence_failure(&resp, conditions)?;
         }
         Err(EngineError::Contended)
     }
 
     /// Deletes many keys (S3 DeleteObjects); each key succeeds or fails on its own.
-    pub async fn delete_objects(
-        &self,
-        bucket: &str,
-        keys: Vec<String>,
-    ) -> Vec<(String, EngineResult<DeleteOutcome>)> {
+    pub async fn delete_objects(&self, bucket: &str, keys: Vec<String>) -> Vec<(String, EngineResult<DeleteOutcome>)> {
         let none = WriteConditions::default();
         futures::stream::iter(keys)
             .map(|key| {
@@ -490,10 +393,7 @@ impl Engine {
         }
         let source = self.read_visible(&req.src_bucket, &req.src_key).await?;
         req.source_conditions.check_copy_source(&source.record)?;
-        if req.src_bucket == req.dst_bucket
-            && req.src_key == req.dst_key
-            && req.replace_headers.is_none()
-        {
+        if req.src_bucket == req.dst_bucket && req.src_key == req.dst_key && req.replace_headers.is_none() {
             return Err(EngineError::InvalidRequest(
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.".into(),
             ));
@@ -504,45 +404,26 @@ impl Engine {
             size: source.record.size,
             etag: source.record.etag.clone(),
             modified_ms: now_ms(),
-            headers: req
-                .replace_headers
-                .unwrap_or_else(|| source.record.headers.clone()),
+            headers: req.replace_headers.unwrap_or_else(|| source.record.headers.clone()),
             checksum: source.record.checksum.clone(),
             data,
             expires_at_ms: None,
         };
         let revision = self
-            .commit_object(
-                &req.dst_bucket,
-                &req.dst_key,
-                &record,
-                source.inline,
-                &req.conditions,
-                ExtraTxn::default(),
-            )
+            .commit_object(&req.dst_bucket, &req.dst_key, &record, source.inline, &req.conditions, ExtraTxn::default())
             .await?;
-        Ok(CopyOutcome {
-            etag: record.etag.clone(),
-            modified_ms: record.modified_ms,
-            revision,
-            record,
-        })
+        Ok(CopyOutcome { etag: record.etag.clone(), modified_ms: record.modified_ms, revision, record })
     }
 
     async fn duplicate_data(&self, data: &DataLayout) -> EngineResult<DataLayout> {
         Ok(match data {
             DataLayout::Inline => DataLayout::Inline,
-            DataLayout::Blob { id } => DataLayout::Blob {
-                id: self.blobs().duplicate(*id).await?,
-            },
+            DataLayout::Blob { id } => DataLayout::Blob { id: self.blobs().duplicate(*id).await? },
             DataLayout::Parts { parts } => {
                 let mut copied = Vec::with_capacity(parts.len());
                 for part in parts {
                     match self.blobs().duplicate(part.blob).await {
-                        Ok(blob) => copied.push(crate::record::PartLayout {
-                            blob,
-                            size: part.size,
-                        }),
+                        Ok(blob) => copied.push(crate::record::PartLayout { blob, size: part.size }),
                         Err(e) => {
                             self.delete_blobs_now(copied.iter().map(|p| p.blob).collect());
                             return Err(e.into());
@@ -555,6 +436,103 @@ impl Engine {
     }
 }
 
+/// The compares and writes that replace `current` (read at its revision) by `new` (record and
+/// inline bytes), or delete it when `new` is `None`, plus the blobs no longer referenced.
+pub(crate) struct Change {
+    pub compares: Vec<Compare>,
+    pub ops: Vec<Op>,
+    pub freed: Vec<BlobId>,
+}
+
+pub(crate) fn object_change(
+    bucket: &str,
+    key: &str,
+    current: Option<&Current>,
+    new: Option<(&ObjectRecord, Option<&Bytes>)>,
+) -> Change {
+    let object_key = keys::object(bucket, key);
+    let inline_key = keys::inline(bucket, key);
+    let old_blobs: HashSet<BlobId> = current.map(|c| c.record.data.blobs().into_iter().collect()).unwrap_or_default();
+    let new_blobs: HashSet<BlobId> = new.map(|(r, _)| r.data.blobs().into_iter().collect()).unwrap_or_default();
+    let had_inline = current.is_some_and(|c| c.inline.is_some());
+    let mut txn = Txn::new().when(Compare::mod_revision_is(object_key.clone(), current.map_or(0, |c| c.revision)));
+    match new {
+        Some((record, inline)) => {
+            txn = txn.then(Op::put(object_key.clone(), record::encode(record)));
+            match inline {
+                Some(bytes) => txn = txn.then(Op::put(inline_key, bytes.clone())),
+                None if had_inline => txn = txn.then(Op::delete(inline_key)),
+                None => {}
+            }
+        }
+        None if current.is_some() => {
+            txn = txn.then(Op::delete(object_key.clone()));
+            if had_inline {
+                txn = txn.then(Op::delete(inline_key));
+            }
+        }
+        None => {}
+    }
+    for blob in new_blobs.difference(&old_blobs) {
+        txn = txn.then(Op::put(keys::blob_ref(*blob), object_key.clone()));
+    }
+    let freed: Vec<BlobId> = old_blobs.difference(&new_blobs).copied().collect();
+    for blob in &freed {
+        txn = txn.then(Op::delete(keys::blob_ref(*blob)));
+    }
+    let old_expiry = current.and_then(|c| c.record.expires_at_ms);
+    let new_expiry = new.and_then(|(r, _)| r.expires_at_ms);
+    txn = with_expiry_index(txn, &object_key, old_expiry, new_expiry);
+    Change { compares: txn.compares, ops: txn.ops, freed }
+}
+
+/// Keeps the expiry index in step with an object's expiry instant.
+pub(crate) fn with_expiry_index(mut txn: Txn, target: &Bytes, old: Option<i64>, new: Option<i64>) -> Txn {
+    if old == new {
+        return txn;
+    }
+    if let Some(at) = old {
+        txn = txn.then(Op::delete(keys::expiry(at, target)));
+    }
+    if let Some(at) = new {
+        txn = txn.then(Op::put(keys::expiry(at, target), Bytes::new()));
+    }
+    txn
+}
+
+/// Adds the fencing check: the lock's latest token must still be the one the writer holds.
+/// The fence key is read back first on failure, for [`check_fence_failure`].
+pub(crate) fn with_fence(mut txn: Txn, bucket: &str, conditions: &WriteConditions) -> Txn {
+    if let Some(fence) = &conditions.fence {
+        let key = keys::fence(bucket, &fence.lock);
+        txn = txn.when(Compare {
+            key: key.clone(),
+            op: meridian_meta::CompareOp::Equal,
+            target: meridian_meta::CompareTarget::Value(Bytes::from(fence.token.to_string())),
+        });
+        txn.read_on_failure.insert(0, key);
+    }
+    txn
+}
+
+/// After a failed commit: was it the fence? Then no retry can succeed.
+pub(crate) fn check_fence_failure(resp: &meridian_meta::TxnResponse, conditions: &WriteConditions) -> EngineResult<()> {
+    let Some(fence) = &conditions.fence else {
+        return Ok(());
+    };
+    let current = resp
+        .failure_reads
+        .first()
+        .and_then(|kv| kv.as_ref())
+        .and_then(|kv| std::str::from_utf8(&kv.value).ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if current != fence.token {
+        return Err(EngineError::FenceRejected { lock: fence.lock.clone(), token: fence.token, current });
+    }
+    Ok(())
+}
+
 /// More conditions and writes to fold into an object commit (used by multipart completion),
 /// and a check to run when the commit fails, to stop retrying when they can never hold.
 #[derive(Default)]
@@ -562,32 +540,23 @@ pub(crate) struct ExtraTxn {
     pub compares: Vec<Compare>,
     pub ops: Vec<Op>,
     #[allow(clippy::type_complexity)]
-    pub still_valid: Option<
-        Box<
-            dyn for<'a> Fn(&'a Engine) -> futures::future::BoxFuture<'a, EngineResult<()>>
-                + Send
-                + Sync,
-        >,
-    >,
+    pub still_valid:
+        Option<Box<dyn for<'a> Fn(&'a Engine) -> futures::future::BoxFuture<'a, EngineResult<()>> + Send + Sync>>,
 }
 
+/// The inclusive byte range to serve (`None`: all) and, for multipart objects read by part
+/// number, the number of parts.
+type Selection = (Option<(u64, u64)>, Option<usize>);
+
 /// Resolves a Range header or part number against the object.
-fn select_range(
-    record: &ObjectRecord,
-    range: Option<ByteRange>,
-    part_number: Option<u32>,
-) -> EngineResult<(Option<(u64, u64)>, Option<usize>)> {
+fn select_range(record: &ObjectRecord, range: Option<ByteRange>, part_number: Option<u32>) -> EngineResult<Selection> {
     match (range, part_number) {
-        (Some(_), Some(_)) => Err(EngineError::InvalidArgument(
-            "Range and partNumber cannot both be specified".into(),
-        )),
+        (Some(_), Some(_)) => Err(EngineError::InvalidArgument("Range and partNumber cannot both be specified".into())),
         (Some(range), None) => Ok((Some(range.resolve(record.size)?), None)),
         (None, Some(n)) => {
             let sizes = record.part_sizes();
-            let index = (n as usize)
-                .checked_sub(1)
-                .filter(|i| *i < sizes.len())
-                .ok_or(EngineError::InvalidPartNumber)?;
+            let index =
+                (n as usize).checked_sub(1).filter(|i| *i < sizes.len()).ok_or(EngineError::InvalidPartNumber)?;
             let first: u64 = sizes[..index].iter().sum();
             let count = matches!(record.data, DataLayout::Parts { .. }).then_some(sizes.len());
             if sizes[index] == 0 {
@@ -607,24 +576,11 @@ mod tests {
     fn ranges_resolve_like_s3() {
         let r = |first, last| ByteRange::From { first, last };
         assert_eq!(r(0, Some(9)).resolve(100).unwrap(), (0, 9));
-        assert_eq!(
-            r(90, Some(200)).resolve(100).unwrap(),
-            (90, 99),
-            "a last byte past the end is clamped"
-        );
+        assert_eq!(r(90, Some(200)).resolve(100).unwrap(), (90, 99), "a last byte past the end is clamped");
         assert_eq!(r(10, None).resolve(100).unwrap(), (10, 99));
-        assert_eq!(
-            ByteRange::Suffix { len: 10 }.resolve(100).unwrap(),
-            (90, 99)
-        );
-        assert_eq!(
-            ByteRange::Suffix { len: 1000 }.resolve(100).unwrap(),
-            (0, 99)
-        );
-        assert!(matches!(
-            r(100, None).resolve(100),
-            Err(EngineError::InvalidRange { size: 100 })
-        ));
+        assert_eq!(ByteRange::Suffix { len: 10 }.resolve(100).unwrap(), (90, 99));
+        assert_eq!(ByteRange::Suffix { len: 1000 }.resolve(100).unwrap(), (0, 99));
+        assert!(matches!(r(100, None).resolve(100), Err(EngineError::InvalidRange { size: 100 })));
         assert!(r(0, None).resolve(0).is_err());
         assert!(ByteRange::Suffix { len: 0 }.resolve(100).is_err());
     }

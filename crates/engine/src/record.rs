@@ -49,11 +49,7 @@ pub const MAX_USER_METADATA_BYTES: usize = 2048;
 
 impl ObjectHeaders {
     pub fn validate(&self) -> EngineResult<()> {
-        let size: usize = self
-            .user_metadata
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum();
+        let size: usize = self.user_metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
         if size > MAX_USER_METADATA_BYTES {
             return Err(EngineError::InvalidArgument(format!(
                 "your metadata headers exceed the maximum allowed metadata size: {size} bytes, the limit is {MAX_USER_METADATA_BYTES}"

@@ -1,5 +1,7 @@
 //! Engine behaviour against the real embedded metadata store and blob store on a temp dir.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,19 +20,11 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let meta =
-        EmbeddedStore::open(&dir.path().join("meta.redb"), EmbeddedOptions::default()).unwrap();
+    let meta = EmbeddedStore::open(&dir.path().join("meta.redb"), EmbeddedOptions::default()).unwrap();
     let blobs = BlobStore::open(dir.path()).unwrap();
-    let config = EngineConfig {
-        inline_max: 1024,
-        min_part_size: 10,
-        blob_delete_delay: Duration::ZERO,
-        ..Default::default()
-    };
-    Fixture {
-        engine: Engine::new(Arc::new(meta), blobs, config),
-        dir,
-    }
+    let config =
+        EngineConfig { inline_max: 1024, min_part_size: 10, blob_delete_delay: Duration::ZERO, ..Default::default() };
+    Fixture { engine: Engine::new(Arc::new(meta), blobs, config), dir }
 }
 
 fn put(bucket: &str, key: &str, data: impl Into<Bytes>) -> PutRequest {
@@ -46,23 +40,14 @@ fn put(bucket: &str, key: &str, data: impl Into<Bytes>) -> PutRequest {
 }
 
 async fn read(engine: &Engine, bucket: &str, key: &str) -> Vec<u8> {
-    let out = engine
-        .get_object(GetRequest {
-            bucket: bucket.into(),
-            key: key.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let out =
+        engine.get_object(GetRequest { bucket: bucket.into(), key: key.into(), ..Default::default() }).await.unwrap();
     let chunks: Vec<Bytes> = out.body.try_collect().await.unwrap();
     chunks.concat()
 }
 
 fn blob_files(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir.join("blobs"))
-        .unwrap()
-        .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
-        .sum()
+    std::fs::read_dir(dir.join("blobs")).unwrap().map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count()).sum()
 }
 
 #[tokio::test]
@@ -71,64 +56,28 @@ async fn put_get_overwrite_delete_small_and_large() {
     f.engine.create_bucket("bkt", "me").await.unwrap();
     let small = Bytes::from_static(b"hello");
     let large = Bytes::from(vec![7u8; 100_000]);
-    f.engine
-        .put_object(put("bkt", "small", small.clone()))
-        .await
-        .unwrap();
-    let out = f
-        .engine
-        .put_object(put("bkt", "large", large.clone()))
-        .await
-        .unwrap();
+    f.engine.put_object(put("bkt", "small", small.clone())).await.unwrap();
+    let out = f.engine.put_object(put("bkt", "large", large.clone())).await.unwrap();
     assert_eq!(out.etag, hex::encode(md5_of(&large)));
     assert_eq!(read(&f.engine, "bkt", "small").await, small);
     assert_eq!(read(&f.engine, "bkt", "large").await, large);
-    assert_eq!(
-        blob_files(f.dir.path()),
-        1,
-        "small objects are inline, large ones are blobs"
-    );
+    assert_eq!(blob_files(f.dir.path()), 1, "small objects are inline, large ones are blobs");
 
     // Overwrite large with small: the old blob goes away.
-    f.engine
-        .put_object(put("bkt", "large", "now small"))
-        .await
-        .unwrap();
+    f.engine.put_object(put("bkt", "large", "now small")).await.unwrap();
     assert_eq!(read(&f.engine, "bkt", "large").await, b"now small");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(blob_files(f.dir.path()), 0);
 
-    let deleted = f
-        .engine
-        .delete_object("bkt", "small", &WriteConditions::default())
-        .await
-        .unwrap();
+    let deleted = f.engine.delete_object("bkt", "small", &WriteConditions::default()).await.unwrap();
     assert!(deleted.existed);
-    let err = f
-        .engine
-        .get_object(GetRequest {
-            bucket: "bkt".into(),
-            key: "small".into(),
-            ..Default::default()
-        })
-        .await
-        .err();
+    let err =
+        f.engine.get_object(GetRequest { bucket: "bkt".into(), key: "small".into(), ..Default::default() }).await.err();
     assert!(matches!(err, Some(EngineError::NoSuchKey)));
-    let again = f
-        .engine
-        .delete_object("bkt", "small", &WriteConditions::default())
-        .await
-        .unwrap();
+    let again = f.engine.delete_object("bkt", "small", &WriteConditions::default()).await.unwrap();
     assert!(!again.existed, "deleting a missing key succeeds");
-    let err = f
-        .engine
-        .get_object(GetRequest {
-            bucket: "nope".into(),
-            key: "x".into(),
-            ..Default::default()
-        })
-        .await
-        .err();
+    let err =
+        f.engine.get_object(GetRequest { bucket: "nope".into(), key: "x".into(), ..Default::default() }).await.err();
     assert!(matches!(err, Some(EngineError::NoSuchBucket)));
 }
 
@@ -144,18 +93,12 @@ async fn create_only_puts_race_to_exactly_one_winner() {
         let engine = f.engine.clone();
         tokio::spawn(async move {
             let mut req = put("bkt", "lock", format!("writer {i}"));
-            req.conditions = WriteConditions {
-                if_none_match: Some(ETagMatch::Any),
-                ..Default::default()
-            };
+            req.conditions = WriteConditions { if_none_match: Some(ETagMatch::Any), ..Default::default() };
             engine.put_object(req).await
         })
     });
     let results = futures::future::join_all(attempts).await;
-    let winners = results
-        .iter()
-        .filter(|r| r.as_ref().unwrap().is_ok())
-        .count();
+    let winners = results.iter().filter(|r| r.as_ref().unwrap().is_ok()).count();
     assert_eq!(winners, 1);
     assert!(results.iter().all(|r| match r.as_ref().unwrap() {
         Ok(_) => true,
@@ -177,11 +120,7 @@ async fn listing_with_delimiter_pages_and_markers() {
         after: after.map(Into::into),
         max_keys,
     };
-    let page = f
-        .engine
-        .list_objects("bkt", &list("", Some("/"), None, 1000))
-        .await
-        .unwrap();
+    let page = f.engine.list_objects("bkt", &list("", Some("/"), None, 1000)).await.unwrap();
     let objects: Vec<_> = page.objects.iter().map(|o| o.key.as_str()).collect();
     assert_eq!(objects, ["b", "d"]);
     assert_eq!(page.common_prefixes, ["a/", "c/", "e/"]);
@@ -191,11 +130,7 @@ async fn listing_with_delimiter_pages_and_markers() {
     let mut after: Option<String> = None;
     let mut seen = Vec::new();
     loop {
-        let page = f
-            .engine
-            .list_objects("bkt", &list("", Some("/"), after.as_deref(), 2))
-            .await
-            .unwrap();
+        let page = f.engine.list_objects("bkt", &list("", Some("/"), after.as_deref(), 2)).await.unwrap();
         seen.extend(page.objects.iter().map(|o| o.key.clone()));
         seen.extend(page.common_prefixes.iter().cloned());
         if !page.is_truncated {
@@ -205,87 +140,37 @@ async fn listing_with_delimiter_pages_and_markers() {
         assert!(seen.len() < 20, "listing must terminate");
     }
     seen.sort();
-    assert_eq!(
-        seen,
-        ["a/", "b", "c/", "d", "e/"],
-        "no entry twice, none missing"
-    );
+    assert_eq!(seen, ["a/", "b", "c/", "d", "e/"], "no entry twice, none missing");
 
-    let page = f
-        .engine
-        .list_objects("bkt", &list("a/", Some("/"), None, 1000))
-        .await
-        .unwrap();
-    assert_eq!(
-        page.objects
-            .iter()
-            .map(|o| o.key.as_str())
-            .collect::<Vec<_>>(),
-        ["a/1", "a/2"]
-    );
+    let page = f.engine.list_objects("bkt", &list("a/", Some("/"), None, 1000)).await.unwrap();
+    assert_eq!(page.objects.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), ["a/1", "a/2"]);
     assert_eq!(page.common_prefixes, ["a/b/"]);
 
-    let page = f
-        .engine
-        .list_objects("bkt", &list("", None, Some("c/1"), 3))
-        .await
-        .unwrap();
-    assert_eq!(
-        page.objects
-            .iter()
-            .map(|o| o.key.as_str())
-            .collect::<Vec<_>>(),
-        ["c/2", "d", "e/x/y"]
-    );
-    assert!(
-        !page.is_truncated,
-        "exactly the remaining keys is not truncated"
-    );
+    let page = f.engine.list_objects("bkt", &list("", None, Some("c/1"), 3)).await.unwrap();
+    assert_eq!(page.objects.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), ["c/2", "d", "e/x/y"]);
+    assert!(!page.is_truncated, "exactly the remaining keys is not truncated");
 }
 
 #[tokio::test]
 async fn multipart_complete_and_ranges_across_parts() {
     let f = fixture();
     f.engine.create_bucket("bkt", "me").await.unwrap();
-    let upload = f
-        .engine
-        .create_multipart_upload("bkt", "mp", ObjectHeaders::default(), None, false)
-        .await
-        .unwrap();
-    let parts: Vec<Bytes> = (0..3u8)
-        .map(|i| Bytes::from(vec![b'a' + i; 20 + i as usize]))
-        .collect();
+    let upload = f.engine.create_multipart_upload("bkt", "mp", ObjectHeaders::default(), None, false).await.unwrap();
+    let parts: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![b'a' + i; 20 + i as usize])).collect();
     let mut listed = Vec::new();
     for (i, data) in parts.iter().enumerate() {
         let n = i as u32 + 1;
         let part = f
             .engine
-            .upload_part(
-                "bkt",
-                "mp",
-                &upload.upload_id,
-                n,
-                body_from_bytes(data.clone()),
-                Integrity::default(),
-            )
+            .upload_part("bkt", "mp", &upload.upload_id, n, body_from_bytes(data.clone()), Integrity::default())
             .await
             .unwrap();
-        listed.push(CompletePart {
-            part_number: n,
-            etag: part.etag,
-            checksum: None,
-        });
+        listed.push(CompletePart { part_number: n, etag: part.etag, checksum: None });
     }
     let whole: Vec<u8> = parts.concat();
     let (record, _) = f
         .engine
-        .complete_multipart_upload(
-            "bkt",
-            "mp",
-            &upload.upload_id,
-            &listed,
-            &WriteConditions::default(),
-        )
+        .complete_multipart_upload("bkt", "mp", &upload.upload_id, &listed, &WriteConditions::default())
         .await
         .unwrap();
     assert!(record.etag.ends_with("-3"));
@@ -295,57 +180,29 @@ async fn multipart_complete_and_ranges_across_parts() {
         .get_object(GetRequest {
             bucket: "bkt".into(),
             key: "mp".into(),
-            range: Some(ByteRange::From {
-                first: 15,
-                last: Some(45),
-            }),
+            range: Some(ByteRange::From { first: 15, last: Some(45) }),
             ..Default::default()
         })
         .await
         .unwrap();
     let chunks: Vec<Bytes> = out.body.try_collect().await.unwrap();
     assert_eq!(chunks.concat(), &whole[15..=45]);
-    let err = f
-        .engine
-        .list_parts("bkt", "mp", &upload.upload_id, 0, 100)
-        .await
-        .err();
-    assert!(
-        matches!(err, Some(EngineError::NoSuchUpload)),
-        "a completed upload is gone"
-    );
+    let err = f.engine.list_parts("bkt", "mp", &upload.upload_id, 0, 100).await.err();
+    assert!(matches!(err, Some(EngineError::NoSuchUpload)), "a completed upload is gone");
 }
 
 #[tokio::test]
 async fn bucket_delete_requires_empty() {
     let f = fixture();
     f.engine.create_bucket("bkt", "me").await.unwrap();
-    assert!(matches!(
-        f.engine.create_bucket("bkt", "me").await,
-        Err(EngineError::BucketAlreadyOwnedByYou)
-    ));
-    assert!(matches!(
-        f.engine.create_bucket("bkt", "you").await,
-        Err(EngineError::BucketAlreadyExists)
-    ));
+    assert!(matches!(f.engine.create_bucket("bkt", "me").await, Err(EngineError::BucketAlreadyOwnedByYou)));
+    assert!(matches!(f.engine.create_bucket("bkt", "you").await, Err(EngineError::BucketAlreadyExists)));
     f.engine.put_object(put("bkt", "k", "v")).await.unwrap();
-    assert!(matches!(
-        f.engine.delete_bucket("bkt").await,
-        Err(EngineError::BucketNotEmpty)
-    ));
+    assert!(matches!(f.engine.delete_bucket("bkt").await, Err(EngineError::BucketNotEmpty)));
     // The failed delete must not leave the bucket unwritable.
     f.engine.put_object(put("bkt", "k2", "v")).await.unwrap();
-    f.engine
-        .delete_object("bkt", "k", &WriteConditions::default())
-        .await
-        .unwrap();
-    f.engine
-        .delete_object("bkt", "k2", &WriteConditions::default())
-        .await
-        .unwrap();
+    f.engine.delete_object("bkt", "k", &WriteConditions::default()).await.unwrap();
+    f.engine.delete_object("bkt", "k2", &WriteConditions::default()).await.unwrap();
     f.engine.delete_bucket("bkt").await.unwrap();
-    assert!(matches!(
-        f.engine.put_object(put("bkt", "k", "v")).await,
-        Err(EngineError::NoSuchBucket)
-    ));
+    assert!(matches!(f.engine.put_object(put("bkt", "k", "v")).await, Err(EngineError::NoSuchBucket)));
 }

@@ -32,8 +32,8 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 }
@@ -54,21 +54,11 @@ pub enum CredentialSource {
 /// The admin credentials: from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, else from the data
 /// directory, else freshly generated and stored there (readable by the owner only).
 pub fn admin_credentials(data: &Path) -> anyhow::Result<(Credentials, CredentialSource)> {
-    let env_key = std::env::var("AWS_ACCESS_KEY_ID")
-        .ok()
-        .filter(|v| !v.is_empty());
-    let env_secret = std::env::var("AWS_SECRET_ACCESS_KEY")
-        .ok()
-        .filter(|v| !v.is_empty());
+    let env_key = std::env::var("AWS_ACCESS_KEY_ID").ok().filter(|v| !v.is_empty());
+    let env_secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok().filter(|v| !v.is_empty());
     match (env_key, env_secret) {
         (Some(access_key_id), Some(secret_access_key)) => {
-            return Ok((
-                Credentials {
-                    access_key_id,
-                    secret_access_key,
-                },
-                CredentialSource::Environment,
-            ));
+            return Ok((Credentials { access_key_id, secret_access_key }, CredentialSource::Environment));
         }
         (Some(_), None) | (None, Some(_)) => {
             anyhow::bail!(
@@ -79,10 +69,9 @@ pub fn admin_credentials(data: &Path) -> anyhow::Result<(Credentials, Credential
     }
     let path = data.join("credentials.toml");
     if path.exists() {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let creds: Credentials = toml::from_str(&text)
-            .with_context(|| format!("invalid credentials file {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let creds: Credentials =
+            toml::from_str(&text).with_context(|| format!("invalid credentials file {}", path.display()))?;
         return Ok((creds, CredentialSource::Stored(path)));
     }
     let creds = Credentials {

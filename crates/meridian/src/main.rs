@@ -16,15 +16,18 @@ struct Cli {
 enum Command {
     /// Run a node. With no flags: data in ./meridian-data, S3 on http://127.0.0.1:9400.
     Server(server::ServerArgs),
+    /// Load-test any S3 endpoint (Meridian or another) and report ops/s, MiB/s and latencies.
+    Bench(Box<meridian_bench::BenchArgs>),
     /// Block volumes stored as a log of objects in any S3 bucket, served over NBD.
     Volume(meridian_volume::cli::VolumeCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Server(args) => server::run(args),
-        Command::Volume(cmd) => volume(cmd),
+        Command::Server(args) => server::run(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Bench(args) => Ok(meridian_bench::cli_main(*args)),
+        Command::Volume(cmd) => volume(cmd).map(|()| std::process::ExitCode::SUCCESS),
     }
 }
 

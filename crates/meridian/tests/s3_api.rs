@@ -1,39 +1,25 @@
 //! The S3 API through aws-sdk-rust against a real `meridian server`.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, Delete, EncodingType,
-    MetadataDirective, ObjectIdentifier,
+    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, Delete, EncodingType, MetadataDirective,
+    ObjectIdentifier,
 };
 use common::{Server, body_bytes, error_code, error_status, md5_hex, pattern};
 
 const MIB: usize = 1 << 20;
 
 async fn put(client: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8]) -> String {
-    let out = client
-        .put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(ByteStream::from(data.to_vec()))
-        .send()
-        .await
-        .unwrap();
+    let out = client.put_object().bucket(bucket).key(key).body(ByteStream::from(data.to_vec())).send().await.unwrap();
     out.e_tag().unwrap().to_string()
 }
 
 async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
-    body_bytes(
-        client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    body_bytes(client.get_object().bucket(bucket).key(key).send().await.unwrap()).await
 }
 
 #[tokio::test]
@@ -46,15 +32,8 @@ async fn bucket_lifecycle() {
     assert_eq!(error_code(&err), "BucketAlreadyOwnedByYou");
     assert_eq!(error_status(&err), 409);
 
-    let names: Vec<String> = s3
-        .list_buckets()
-        .send()
-        .await
-        .unwrap()
-        .buckets()
-        .iter()
-        .filter_map(|b| b.name().map(String::from))
-        .collect();
+    let names: Vec<String> =
+        s3.list_buckets().send().await.unwrap().buckets().iter().filter_map(|b| b.name().map(String::from)).collect();
     assert_eq!(names, ["alpha", "beta"]);
     s3.head_bucket().bucket("alpha").send().await.unwrap();
     let err = s3.head_bucket().bucket("gamma").send().await.unwrap_err();
@@ -63,44 +42,20 @@ async fn bucket_lifecycle() {
     put(&s3, "alpha", "k", b"v").await;
     let err = s3.delete_bucket().bucket("alpha").send().await.unwrap_err();
     assert_eq!(error_code(&err), "BucketNotEmpty");
-    assert_eq!(
-        get(&s3, "alpha", "k").await,
-        b"v",
-        "a refused delete leaves the data"
-    );
-    s3.delete_object()
-        .bucket("alpha")
-        .key("k")
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(get(&s3, "alpha", "k").await, b"v", "a refused delete leaves the data");
+    s3.delete_object().bucket("alpha").key("k").send().await.unwrap();
     s3.delete_bucket().bucket("alpha").send().await.unwrap();
     let err = s3.delete_bucket().bucket("alpha").send().await.unwrap_err();
     assert_eq!(error_code(&err), "NoSuchBucket");
-    let err = s3
-        .put_object()
-        .bucket("alpha")
-        .key("k")
-        .body(ByteStream::from_static(b"x"))
-        .send()
-        .await
-        .unwrap_err();
+    let err = s3.put_object().bucket("alpha").key("k").body(ByteStream::from_static(b"x")).send().await.unwrap_err();
     assert_eq!(error_code(&err), "NoSuchBucket");
 
     for bad in ["ab", "Upper", "under_score", "-dash", "192.168.0.1", "a..b"] {
         let err = s3.create_bucket().bucket(bad).send().await.unwrap_err();
         assert_eq!(error_code(&err), "InvalidBucketName", "{bad}");
     }
-    let location = s3
-        .get_bucket_location()
-        .bucket("beta")
-        .send()
-        .await
-        .unwrap();
-    let constraint = location
-        .location_constraint()
-        .map(|c| c.as_str().to_string())
-        .unwrap_or_default();
+    let location = s3.get_bucket_location().bucket("beta").send().await.unwrap();
+    let constraint = location.location_constraint().map(|c| c.as_str().to_string()).unwrap_or_default();
     assert_eq!(constraint, "", "us-east-1 reports an empty constraint");
 }
 
@@ -131,40 +86,21 @@ async fn put_get_head_delete_with_headers_and_metadata() {
     assert_eq!(out.e_tag().unwrap(), format!("\"{}\"", md5_hex(&large)));
     put(&s3, "data", "small.txt", &small).await;
 
-    let got = s3
-        .get_object()
-        .bucket("data")
-        .key("dir/large.bin")
-        .send()
-        .await
-        .unwrap();
+    let got = s3.get_object().bucket("data").key("dir/large.bin").send().await.unwrap();
     assert_eq!(got.content_type(), Some("application/x-test"));
     assert_eq!(got.content_encoding(), Some("identity"));
-    assert_eq!(
-        got.content_disposition(),
-        Some("attachment; filename=\"large.bin\"")
-    );
+    assert_eq!(got.content_disposition(), Some("attachment; filename=\"large.bin\""));
     assert_eq!(got.content_language(), Some("en"));
     assert_eq!(got.cache_control(), Some("max-age=60"));
     assert_eq!(got.expires_string(), Some("Sun, 17 Mar 2030 17:46:40 GMT"));
     assert_eq!(got.content_length(), Some(large.len() as i64));
     let meta = got.metadata().unwrap();
     assert_eq!(meta.get("color").map(String::as_str), Some("blue"));
-    assert_eq!(
-        meta.get("owner").map(String::as_str),
-        Some("Ada"),
-        "metadata names are case-insensitive"
-    );
+    assert_eq!(meta.get("owner").map(String::as_str), Some("Ada"), "metadata names are case-insensitive");
     assert_eq!(body_bytes(got).await, large);
     assert_eq!(get(&s3, "data", "small.txt").await, small);
 
-    let head = s3
-        .head_object()
-        .bucket("data")
-        .key("dir/large.bin")
-        .send()
-        .await
-        .unwrap();
+    let head = s3.head_object().bucket("data").key("dir/large.bin").send().await.unwrap();
     assert_eq!(head.content_length(), Some(large.len() as i64));
     assert_eq!(head.e_tag().unwrap(), format!("\"{}\"", md5_hex(&large)));
     assert!(head.last_modified().is_some());
@@ -172,57 +108,20 @@ async fn put_get_head_delete_with_headers_and_metadata() {
     // Overwrite, then delete.
     put(&s3, "data", "dir/large.bin", b"replaced").await;
     assert_eq!(get(&s3, "data", "dir/large.bin").await, b"replaced");
-    let head = s3
-        .head_object()
-        .bucket("data")
-        .key("dir/large.bin")
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        head.metadata().is_none_or(|m| m.is_empty()),
-        "an overwrite replaces the metadata"
-    );
-    s3.delete_object()
-        .bucket("data")
-        .key("dir/large.bin")
-        .send()
-        .await
-        .unwrap();
-    let err = s3
-        .get_object()
-        .bucket("data")
-        .key("dir/large.bin")
-        .send()
-        .await
-        .unwrap_err();
+    let head = s3.head_object().bucket("data").key("dir/large.bin").send().await.unwrap();
+    assert!(head.metadata().is_none_or(|m| m.is_empty()), "an overwrite replaces the metadata");
+    s3.delete_object().bucket("data").key("dir/large.bin").send().await.unwrap();
+    let err = s3.get_object().bucket("data").key("dir/large.bin").send().await.unwrap_err();
     assert_eq!(error_code(&err), "NoSuchKey");
-    let err = s3
-        .head_object()
-        .bucket("data")
-        .key("dir/large.bin")
-        .send()
-        .await
-        .unwrap_err();
+    let err = s3.head_object().bucket("data").key("dir/large.bin").send().await.unwrap_err();
     assert_eq!(error_status(&err), 404);
     // Deleting a missing key succeeds.
-    s3.delete_object()
-        .bucket("data")
-        .key("never-existed")
-        .send()
-        .await
-        .unwrap();
+    s3.delete_object().bucket("data").key("never-existed").send().await.unwrap();
 
     // Empty objects and keys with unusual characters.
     put(&s3, "data", "empty", b"").await;
     assert_eq!(get(&s3, "data", "empty").await, b"");
-    for key in [
-        "spaces in key",
-        "unicode/ünïcødé/ключ",
-        "plus+and&amp?=",
-        "trailing/",
-        "a//double",
-    ] {
+    for key in ["spaces in key", "unicode/ünïcødé/ключ", "plus+and&amp?=", "trailing/", "a//double"] {
         put(&s3, "data", key, key.as_bytes()).await;
         assert_eq!(get(&s3, "data", key).await, key.as_bytes(), "{key}");
     }
@@ -232,33 +131,17 @@ async fn put_get_head_delete_with_headers_and_metadata() {
 async fn every_response_carries_the_revision() {
     use common::raw::signed;
     let server = Server::start();
-    server
-        .client()
-        .create_bucket()
-        .bucket("rev")
-        .send()
-        .await
-        .unwrap();
+    server.client().create_bucket().bucket("rev").send().await.unwrap();
     let revision = |resp: &common::raw::Response| -> u64 {
-        resp.header("x-meridian-revision")
-            .expect("x-meridian-revision header")
-            .parse()
-            .unwrap()
+        resp.header("x-meridian-revision").expect("x-meridian-revision header").parse().unwrap()
     };
     let put1 = signed(&server.addr, "PUT", "/rev/k", &[], b"1");
     assert_eq!(put1.status, 200);
     let r1 = revision(&put1);
-    assert_eq!(
-        revision(&signed(&server.addr, "GET", "/rev/k", &[], b"")),
-        r1,
-        "a read reflects the write it sees"
-    );
+    assert_eq!(revision(&signed(&server.addr, "GET", "/rev/k", &[], b"")), r1, "a read reflects the write it sees");
     let r2 = revision(&signed(&server.addr, "PUT", "/rev/k", &[], b"2"));
     assert!(r2 > r1, "a later write has a higher revision");
-    assert_eq!(
-        revision(&signed(&server.addr, "HEAD", "/rev/k", &[], b"")),
-        r2
-    );
+    assert_eq!(revision(&signed(&server.addr, "HEAD", "/rev/k", &[], b"")), r2);
     assert!(revision(&signed(&server.addr, "GET", "/rev?list-type=2", &[], b"")) >= r2);
     let r3 = revision(&signed(&server.addr, "DELETE", "/rev/k", &[], b""));
     assert!(r3 > r2);
@@ -272,43 +155,21 @@ async fn range_reads() {
     let data = pattern(100_000, 3);
     put(&s3, "ranges", "obj", &data).await;
     put(&s3, "ranges", "tiny", b"0123456789").await;
-    let range = |key: &'static str, r: &'static str| {
-        s3.get_object().bucket("ranges").key(key).range(r).send()
-    };
+    let range = |key: &'static str, r: &'static str| s3.get_object().bucket("ranges").key(key).range(r).send();
 
     let out = range("obj", "bytes=10-19").await.unwrap();
     assert_eq!(out.content_range(), Some("bytes 10-19/100000"));
     assert_eq!(out.content_length(), Some(10));
     assert_eq!(body_bytes(out).await, &data[10..20]);
-    assert_eq!(
-        body_bytes(range("obj", "bytes=99990-").await.unwrap()).await,
-        &data[99_990..]
-    );
-    assert_eq!(
-        body_bytes(range("obj", "bytes=-5").await.unwrap()).await,
-        &data[99_995..]
-    );
-    assert_eq!(
-        body_bytes(range("obj", "bytes=99999-200000").await.unwrap()).await,
-        &data[99_999..],
-        "clamped"
-    );
-    assert_eq!(
-        body_bytes(range("tiny", "bytes=2-4").await.unwrap()).await,
-        b"234",
-        "inline objects too"
-    );
+    assert_eq!(body_bytes(range("obj", "bytes=99990-").await.unwrap()).await, &data[99_990..]);
+    assert_eq!(body_bytes(range("obj", "bytes=-5").await.unwrap()).await, &data[99_995..]);
+    assert_eq!(body_bytes(range("obj", "bytes=99999-200000").await.unwrap()).await, &data[99_999..], "clamped");
+    assert_eq!(body_bytes(range("tiny", "bytes=2-4").await.unwrap()).await, b"234", "inline objects too");
 
     let err = range("obj", "bytes=100000-").await.unwrap_err();
     assert_eq!(error_code(&err), "InvalidRange");
     assert_eq!(error_status(&err), 416);
-    let raw = common::raw::signed(
-        &server.addr,
-        "GET",
-        "/ranges/obj",
-        &[("range", "bytes=200000-300000".into())],
-        b"",
-    );
+    let raw = common::raw::signed(&server.addr, "GET", "/ranges/obj", &[("range", "bytes=200000-300000".into())], b"");
     assert_eq!(raw.status, 416);
     assert_eq!(raw.header("content-range"), Some("bytes */100000"));
 }
@@ -319,108 +180,30 @@ async fn conditional_reads() {
     let s3 = server.client();
     s3.create_bucket().bucket("cond").send().await.unwrap();
     let etag = put(&s3, "cond", "k", b"value").await;
-    let head = s3
-        .head_object()
-        .bucket("cond")
-        .key("k")
-        .send()
-        .await
-        .unwrap();
+    let head = s3.head_object().bucket("cond").key("k").send().await.unwrap();
     let modified = *head.last_modified().unwrap();
     let before = DateTime::from_secs(modified.secs() - 3600);
     let after = DateTime::from_secs(modified.secs() + 3600);
 
-    s3.get_object()
-        .bucket("cond")
-        .key("k")
-        .if_match(&etag)
-        .send()
-        .await
-        .unwrap();
-    let err = s3
-        .get_object()
-        .bucket("cond")
-        .key("k")
-        .if_match("\"nope\"")
-        .send()
-        .await
-        .unwrap_err();
+    s3.get_object().bucket("cond").key("k").if_match(&etag).send().await.unwrap();
+    let err = s3.get_object().bucket("cond").key("k").if_match("\"nope\"").send().await.unwrap_err();
     assert_eq!(error_status(&err), 412);
-    let err = s3
-        .get_object()
-        .bucket("cond")
-        .key("k")
-        .if_none_match(&etag)
-        .send()
-        .await
-        .unwrap_err();
+    let err = s3.get_object().bucket("cond").key("k").if_none_match(&etag).send().await.unwrap_err();
     assert_eq!(error_status(&err), 304);
-    s3.get_object()
-        .bucket("cond")
-        .key("k")
-        .if_none_match("\"other\"")
-        .send()
-        .await
-        .unwrap();
-    let err = s3
-        .get_object()
-        .bucket("cond")
-        .key("k")
-        .if_modified_since(after)
-        .send()
-        .await
-        .unwrap_err();
+    s3.get_object().bucket("cond").key("k").if_none_match("\"other\"").send().await.unwrap();
+    let err = s3.get_object().bucket("cond").key("k").if_modified_since(after).send().await.unwrap_err();
     assert_eq!(error_status(&err), 304);
-    s3.get_object()
-        .bucket("cond")
-        .key("k")
-        .if_modified_since(before)
-        .send()
-        .await
-        .unwrap();
-    let err = s3
-        .get_object()
-        .bucket("cond")
-        .key("k")
-        .if_unmodified_since(before)
-        .send()
-        .await
-        .unwrap_err();
+    s3.get_object().bucket("cond").key("k").if_modified_since(before).send().await.unwrap();
+    let err = s3.get_object().bucket("cond").key("k").if_unmodified_since(before).send().await.unwrap_err();
     assert_eq!(error_status(&err), 412);
-    s3.get_object()
-        .bucket("cond")
-        .key("k")
-        .if_unmodified_since(after)
-        .send()
-        .await
-        .unwrap();
+    s3.get_object().bucket("cond").key("k").if_unmodified_since(after).send().await.unwrap();
     // If-Match true beats a failing If-Unmodified-Since, as in S3.
-    s3.get_object()
-        .bucket("cond")
-        .key("k")
-        .if_match(&etag)
-        .if_unmodified_since(before)
-        .send()
-        .await
-        .unwrap();
-    let err = s3
-        .head_object()
-        .bucket("cond")
-        .key("k")
-        .if_none_match(&etag)
-        .send()
-        .await
-        .unwrap_err();
+    s3.get_object().bucket("cond").key("k").if_match(&etag).if_unmodified_since(before).send().await.unwrap();
+    let err = s3.head_object().bucket("cond").key("k").if_none_match(&etag).send().await.unwrap_err();
     assert_eq!(error_status(&err), 304);
 
     // A 304 has no body but carries the validators.
-    let raw = common::raw::signed(
-        &server.addr,
-        "GET",
-        "/cond/k",
-        &[("if-none-match", etag.clone())],
-        b"",
-    );
+    let raw = common::raw::signed(&server.addr, "GET", "/cond/k", &[("if-none-match", etag.clone())], b"");
     assert_eq!(raw.status, 304);
     assert!(raw.body.is_empty());
     assert_eq!(raw.header("etag"), Some(etag.as_str()));
@@ -442,22 +225,9 @@ async fn conditional_writes() {
     create().await.unwrap();
     let err = create().await.unwrap_err();
     assert_eq!(error_status(&err), 412);
-    assert_eq!(
-        get(&s3, "condwrite", "once").await,
-        b"first",
-        "a refused write changes nothing"
-    );
+    assert_eq!(get(&s3, "condwrite", "once").await, b"first", "a refused write changes nothing");
 
-    let etag = s3
-        .head_object()
-        .bucket("condwrite")
-        .key("once")
-        .send()
-        .await
-        .unwrap()
-        .e_tag()
-        .unwrap()
-        .to_string();
+    let etag = s3.head_object().bucket("condwrite").key("once").send().await.unwrap().e_tag().unwrap().to_string();
     let err = s3
         .put_object()
         .bucket("condwrite")
@@ -529,41 +299,13 @@ async fn copy_object_with_directives_and_source_conditions() {
         .send()
         .await
         .unwrap();
-    let etag = s3
-        .head_object()
-        .bucket("src")
-        .key("orig")
-        .send()
-        .await
-        .unwrap()
-        .e_tag()
-        .unwrap()
-        .to_string();
+    let etag = s3.head_object().bucket("src").key("orig").send().await.unwrap().e_tag().unwrap().to_string();
 
-    let out = s3
-        .copy_object()
-        .bucket("dst")
-        .key("copy")
-        .copy_source("src/orig")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        out.copy_object_result().unwrap().e_tag(),
-        Some(etag.as_str())
-    );
-    let head = s3
-        .head_object()
-        .bucket("dst")
-        .key("copy")
-        .send()
-        .await
-        .unwrap();
+    let out = s3.copy_object().bucket("dst").key("copy").copy_source("src/orig").send().await.unwrap();
+    assert_eq!(out.copy_object_result().unwrap().e_tag(), Some(etag.as_str()));
+    let head = s3.head_object().bucket("dst").key("copy").send().await.unwrap();
     assert_eq!(head.content_type(), Some("text/plain"));
-    assert_eq!(
-        head.metadata().unwrap().get("a").map(String::as_str),
-        Some("1")
-    );
+    assert_eq!(head.metadata().unwrap().get("a").map(String::as_str), Some("1"));
     assert_eq!(get(&s3, "dst", "copy").await, data);
 
     s3.copy_object()
@@ -576,27 +318,13 @@ async fn copy_object_with_directives_and_source_conditions() {
         .send()
         .await
         .unwrap();
-    let head = s3
-        .head_object()
-        .bucket("dst")
-        .key("replaced")
-        .send()
-        .await
-        .unwrap();
+    let head = s3.head_object().bucket("dst").key("replaced").send().await.unwrap();
     assert_eq!(head.content_type(), Some("application/json"));
     let meta = head.metadata().unwrap();
-    assert_eq!(
-        (meta.get("a"), meta.get("b").map(String::as_str)),
-        (None, Some("2"))
-    );
+    assert_eq!((meta.get("a"), meta.get("b").map(String::as_str)), (None, Some("2")));
 
     // Copies are independent of their source.
-    s3.delete_object()
-        .bucket("src")
-        .key("orig")
-        .send()
-        .await
-        .unwrap();
+    s3.delete_object().bucket("src").key("orig").send().await.unwrap();
     assert_eq!(get(&s3, "dst", "copy").await, data);
 
     put(&s3, "src", "k", b"small").await;
@@ -610,25 +338,10 @@ async fn copy_object_with_directives_and_source_conditions() {
         .await
         .unwrap_err();
     assert_eq!(error_status(&err), 412);
-    let err = s3
-        .copy_object()
-        .bucket("dst")
-        .key("c2")
-        .copy_source("src/k")
-        .copy_source_if_none_match(&etag)
-        .send()
-        .await;
+    let err =
+        s3.copy_object().bucket("dst").key("c2").copy_source("src/k").copy_source_if_none_match(&etag).send().await;
     assert!(err.is_ok(), "if-none-match with another etag passes");
-    let small_etag = s3
-        .head_object()
-        .bucket("src")
-        .key("k")
-        .send()
-        .await
-        .unwrap()
-        .e_tag()
-        .unwrap()
-        .to_string();
+    let small_etag = s3.head_object().bucket("src").key("k").send().await.unwrap().e_tag().unwrap().to_string();
     let err = s3
         .copy_object()
         .bucket("dst")
@@ -639,19 +352,8 @@ async fn copy_object_with_directives_and_source_conditions() {
         .await
         .unwrap_err();
     assert_eq!(error_status(&err), 412);
-    let err = s3
-        .copy_object()
-        .bucket("src")
-        .key("k")
-        .copy_source("src/k")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(
-        error_code(&err),
-        "InvalidRequest",
-        "copying onto itself without changes is refused"
-    );
+    let err = s3.copy_object().bucket("src").key("k").copy_source("src/k").send().await.unwrap_err();
+    assert_eq!(error_code(&err), "InvalidRequest", "copying onto itself without changes is refused");
     s3.copy_object()
         .bucket("src")
         .key("k")
@@ -662,14 +364,7 @@ async fn copy_object_with_directives_and_source_conditions() {
         .await
         .unwrap();
     assert_eq!(get(&s3, "src", "k").await, b"small");
-    let err = s3
-        .copy_object()
-        .bucket("dst")
-        .key("x")
-        .copy_source("src/missing")
-        .send()
-        .await
-        .unwrap_err();
+    let err = s3.copy_object().bucket("dst").key("x").copy_source("src/missing").send().await.unwrap_err();
     assert_eq!(error_code(&err), "NoSuchKey");
 }
 
@@ -683,34 +378,18 @@ async fn delete_objects_batch() {
     }
     let ids = |keys: &[&str]| {
         Delete::builder()
-            .set_objects(Some(
-                keys.iter()
-                    .map(|k| ObjectIdentifier::builder().key(*k).build().unwrap())
-                    .collect(),
-            ))
+            .set_objects(Some(keys.iter().map(|k| ObjectIdentifier::builder().key(*k).build().unwrap()).collect()))
             .build()
             .unwrap()
     };
-    let out = s3
-        .delete_objects()
-        .bucket("batch")
-        .delete(ids(&["k0", "k1", "k2", "absent"]))
-        .send()
-        .await
-        .unwrap();
+    let out = s3.delete_objects().bucket("batch").delete(ids(&["k0", "k1", "k2", "absent"])).send().await.unwrap();
     let mut deleted: Vec<&str> = out.deleted().iter().filter_map(|d| d.key()).collect();
     deleted.sort();
     assert_eq!(deleted, ["absent", "k0", "k1", "k2"]);
     assert!(out.errors().is_empty());
     let mut quiet = ids(&["k3", "k4"]);
     quiet.quiet = Some(true);
-    let out = s3
-        .delete_objects()
-        .bucket("batch")
-        .delete(quiet)
-        .send()
-        .await
-        .unwrap();
+    let out = s3.delete_objects().bucket("batch").delete(quiet).send().await.unwrap();
     assert!(out.deleted().is_empty(), "quiet mode lists only errors");
     let left = s3.list_objects_v2().bucket("batch").send().await.unwrap();
     let keys: Vec<&str> = left.contents().iter().filter_map(|o| o.key()).collect();
@@ -738,14 +417,8 @@ async fn listing_v1_and_v2() {
     let mut seen = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let out = s3
-            .list_objects_v2()
-            .bucket("list")
-            .max_keys(7)
-            .set_continuation_token(token.clone())
-            .send()
-            .await
-            .unwrap();
+        let out =
+            s3.list_objects_v2().bucket("list").max_keys(7).set_continuation_token(token.clone()).send().await.unwrap();
         assert!(out.key_count().unwrap() <= 7);
         seen.extend(out.contents().iter().map(|o| o.key().unwrap().to_string()));
         if !out.is_truncated().unwrap() {
@@ -757,18 +430,8 @@ async fn listing_v1_and_v2() {
     assert_eq!(seen, keys);
 
     // Delimiter rolls up prefixes.
-    let out = s3
-        .list_objects_v2()
-        .bucket("list")
-        .delimiter("/")
-        .send()
-        .await
-        .unwrap();
-    let prefixes: Vec<&str> = out
-        .common_prefixes()
-        .iter()
-        .filter_map(|p| p.prefix())
-        .collect();
+    let out = s3.list_objects_v2().bucket("list").delimiter("/").send().await.unwrap();
+    let prefixes: Vec<&str> = out.common_prefixes().iter().filter_map(|p| p.prefix()).collect();
     assert_eq!(prefixes, ["a/", "b/", "c/", "with space/"]);
     let objects: Vec<&str> = out.contents().iter().filter_map(|o| o.key()).collect();
     assert_eq!(objects, ["top1", "top2"]);
@@ -787,11 +450,7 @@ async fn listing_v1_and_v2() {
             .send()
             .await
             .unwrap();
-        entries.extend(
-            out.common_prefixes()
-                .iter()
-                .map(|p| p.prefix().unwrap().to_string()),
-        );
+        entries.extend(out.common_prefixes().iter().map(|p| p.prefix().unwrap().to_string()));
         entries.extend(out.contents().iter().map(|o| o.key().unwrap().to_string()));
         if !out.is_truncated().unwrap() {
             break;
@@ -801,60 +460,27 @@ async fn listing_v1_and_v2() {
     entries.sort();
     assert_eq!(entries, ["a/", "b/", "c/", "top1", "top2", "with space/"]);
 
-    let out = s3
-        .list_objects_v2()
-        .bucket("list")
-        .prefix("b/")
-        .start_after("b/020")
-        .send()
-        .await
-        .unwrap();
+    let out = s3.list_objects_v2().bucket("list").prefix("b/").start_after("b/020").send().await.unwrap();
     let got: Vec<&str> = out.contents().iter().filter_map(|o| o.key()).collect();
     assert_eq!(got, ["b/021", "b/022", "b/023", "b/024"]);
 
-    let out = s3
-        .list_objects_v2()
-        .bucket("list")
-        .prefix("with")
-        .encoding_type(EncodingType::Url)
-        .send()
-        .await
-        .unwrap();
+    let out = s3.list_objects_v2().bucket("list").prefix("with").encoding_type(EncodingType::Url).send().await.unwrap();
     assert_eq!(out.contents()[0].key(), Some("with%20space/%C3%A9"));
 
     // v1 with marker.
-    let out = s3
-        .list_objects()
-        .bucket("list")
-        .prefix("c/")
-        .max_keys(10)
-        .send()
-        .await
-        .unwrap();
+    let out = s3.list_objects().bucket("list").prefix("c/").max_keys(10).send().await.unwrap();
     assert_eq!(out.contents().len(), 10);
     assert!(out.is_truncated().unwrap());
     let marker = out.next_marker().unwrap().to_string();
     assert_eq!(marker, "c/009");
-    let out = s3
-        .list_objects()
-        .bucket("list")
-        .prefix("c/")
-        .marker(marker)
-        .send()
-        .await
-        .unwrap();
+    let out = s3.list_objects().bucket("list").prefix("c/").marker(marker).send().await.unwrap();
     assert_eq!(out.contents().len(), 15);
     assert!(!out.is_truncated().unwrap());
     let obj = &out.contents()[0];
     assert_eq!(obj.size(), Some(1));
     assert_eq!(obj.e_tag(), Some(format!("\"{}\"", md5_hex(b"x")).as_str()));
 
-    let err = s3
-        .list_objects_v2()
-        .bucket("nope")
-        .send()
-        .await
-        .unwrap_err();
+    let err = s3.list_objects_v2().bucket("nope").send().await.unwrap_err();
     assert_eq!(error_code(&err), "NoSuchBucket");
 }
 
@@ -878,9 +504,7 @@ async fn upload_parts(
             .send()
             .await
             .unwrap();
-        let mut part = CompletedPart::builder()
-            .part_number(n)
-            .e_tag(out.e_tag().unwrap());
+        let mut part = CompletedPart::builder().part_number(n).e_tag(out.e_tag().unwrap());
         if let Some(crc) = out.checksum_crc32() {
             part = part.checksum_crc32(crc);
         }
@@ -894,11 +518,7 @@ async fn multipart_upload_full_cycle() {
     let server = Server::start();
     let s3 = server.client();
     s3.create_bucket().bucket("multi").send().await.unwrap();
-    let parts = vec![
-        pattern(5 * MIB, 10),
-        pattern(5 * MIB, 11),
-        pattern(1234, 12),
-    ];
+    let parts = vec![pattern(5 * MIB, 10), pattern(5 * MIB, 11), pattern(1234, 12)];
     let create = s3
         .create_multipart_upload()
         .bucket("multi")
@@ -910,35 +530,15 @@ async fn multipart_upload_full_cycle() {
         .unwrap();
     let upload_id = create.upload_id().unwrap().to_string();
 
-    let listed = s3
-        .list_multipart_uploads()
-        .bucket("multi")
-        .send()
-        .await
-        .unwrap();
+    let listed = s3.list_multipart_uploads().bucket("multi").send().await.unwrap();
     assert_eq!(listed.uploads().len(), 1);
     assert_eq!(listed.uploads()[0].upload_id(), Some(upload_id.as_str()));
 
     let done = upload_parts(&s3, "multi", "big", &upload_id, &parts).await;
-    let listed = s3
-        .list_parts()
-        .bucket("multi")
-        .key("big")
-        .upload_id(&upload_id)
-        .send()
-        .await
-        .unwrap();
+    let listed = s3.list_parts().bucket("multi").key("big").upload_id(&upload_id).send().await.unwrap();
     let sizes: Vec<i64> = listed.parts().iter().map(|p| p.size().unwrap()).collect();
     assert_eq!(sizes, [5 * MIB as i64, 5 * MIB as i64, 1234]);
-    let page = s3
-        .list_parts()
-        .bucket("multi")
-        .key("big")
-        .upload_id(&upload_id)
-        .max_parts(2)
-        .send()
-        .await
-        .unwrap();
+    let page = s3.list_parts().bucket("multi").key("big").upload_id(&upload_id).max_parts(2).send().await.unwrap();
     assert!(page.is_truncated().unwrap());
     assert_eq!(page.next_part_number_marker(), Some("2"));
 
@@ -947,37 +547,17 @@ async fn multipart_upload_full_cycle() {
         .bucket("multi")
         .key("big")
         .upload_id(&upload_id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(done))
-                .build(),
-        )
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
         .send()
         .await
         .unwrap();
-    let md5s: Vec<u8> = parts
-        .iter()
-        .flat_map(|p| hex::decode(md5_hex(p)).unwrap())
-        .collect();
-    assert_eq!(
-        out.e_tag().unwrap(),
-        format!("\"{}-3\"", md5_hex(&md5s)),
-        "multipart etag is md5-of-md5s-N"
-    );
+    let md5s: Vec<u8> = parts.iter().flat_map(|p| hex::decode(md5_hex(p)).unwrap()).collect();
+    assert_eq!(out.e_tag().unwrap(), format!("\"{}-3\"", md5_hex(&md5s)), "multipart etag is md5-of-md5s-N");
 
     let whole: Vec<u8> = parts.concat();
-    let got = s3
-        .get_object()
-        .bucket("multi")
-        .key("big")
-        .send()
-        .await
-        .unwrap();
+    let got = s3.get_object().bucket("multi").key("big").send().await.unwrap();
     assert_eq!(got.content_type(), Some("video/mp4"));
-    assert_eq!(
-        got.metadata().unwrap().get("m").map(String::as_str),
-        Some("v")
-    );
+    assert_eq!(got.metadata().unwrap().get("m").map(String::as_str), Some("v"));
     assert_eq!(body_bytes(got).await, whole);
     // A range spanning the part boundary.
     let r = s3
@@ -990,33 +570,11 @@ async fn multipart_upload_full_cycle() {
         .unwrap();
     assert_eq!(body_bytes(r).await, &whole[5 * MIB - 10..5 * MIB + 10]);
     // GET by part number.
-    let p2 = s3
-        .get_object()
-        .bucket("multi")
-        .key("big")
-        .part_number(2)
-        .send()
-        .await
-        .unwrap();
+    let p2 = s3.get_object().bucket("multi").key("big").part_number(2).send().await.unwrap();
     assert_eq!(p2.parts_count(), Some(3));
     assert_eq!(body_bytes(p2).await, parts[1]);
-    assert!(
-        s3.list_multipart_uploads()
-            .bucket("multi")
-            .send()
-            .await
-            .unwrap()
-            .uploads()
-            .is_empty()
-    );
-    let err = s3
-        .list_parts()
-        .bucket("multi")
-        .key("big")
-        .upload_id(&upload_id)
-        .send()
-        .await
-        .unwrap_err();
+    assert!(s3.list_multipart_uploads().bucket("multi").send().await.unwrap().uploads().is_empty());
+    let err = s3.list_parts().bucket("multi").key("big").upload_id(&upload_id).send().await.unwrap_err();
     assert_eq!(error_code(&err), "NoSuchUpload");
 }
 
@@ -1030,71 +588,29 @@ async fn multipart_rules_and_abort() {
             .bucket("multi")
             .key("k")
             .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .send()
     };
-    let id = s3
-        .create_multipart_upload()
-        .bucket("multi")
-        .key("k")
-        .send()
-        .await
-        .unwrap()
-        .upload_id()
-        .unwrap()
-        .to_string();
-    let small = upload_parts(
-        &s3,
-        "multi",
-        "k",
-        &id,
-        &[pattern(1000, 1), pattern(1000, 2)],
-    )
-    .await;
+    let id =
+        s3.create_multipart_upload().bucket("multi").key("k").send().await.unwrap().upload_id().unwrap().to_string();
+    let small = upload_parts(&s3, "multi", "k", &id, &[pattern(1000, 1), pattern(1000, 2)]).await;
     let err = complete(id.clone(), small.clone()).await.unwrap_err();
-    assert_eq!(
-        error_code(&err),
-        "EntityTooSmall",
-        "non-last parts must be at least 5 MiB"
-    );
+    assert_eq!(error_code(&err), "EntityTooSmall", "non-last parts must be at least 5 MiB");
     let mut reversed = small.clone();
     reversed.reverse();
     let err = complete(id.clone(), reversed).await.unwrap_err();
     assert_eq!(error_code(&err), "InvalidPartOrder");
-    let wrong = vec![
-        CompletedPart::builder()
-            .part_number(1)
-            .e_tag("\"0000\"")
-            .build(),
-    ];
+    let wrong = vec![CompletedPart::builder().part_number(1).e_tag("\"0000\"").build()];
     let err = complete(id.clone(), wrong).await.unwrap_err();
     assert_eq!(error_code(&err), "InvalidPart");
     // The last part alone may be small.
     complete(id.clone(), vec![small[0].clone()]).await.unwrap();
     assert_eq!(get(&s3, "multi", "k").await, pattern(1000, 1));
 
-    let id = s3
-        .create_multipart_upload()
-        .bucket("multi")
-        .key("gone")
-        .send()
-        .await
-        .unwrap()
-        .upload_id()
-        .unwrap()
-        .to_string();
+    let id =
+        s3.create_multipart_upload().bucket("multi").key("gone").send().await.unwrap().upload_id().unwrap().to_string();
     upload_parts(&s3, "multi", "gone", &id, &[pattern(100, 3)]).await;
-    s3.abort_multipart_upload()
-        .bucket("multi")
-        .key("gone")
-        .upload_id(&id)
-        .send()
-        .await
-        .unwrap();
+    s3.abort_multipart_upload().bucket("multi").key("gone").upload_id(&id).send().await.unwrap();
     let err = s3
         .upload_part()
         .bucket("multi")
@@ -1106,35 +622,14 @@ async fn multipart_rules_and_abort() {
         .await
         .unwrap_err();
     assert_eq!(error_code(&err), "NoSuchUpload");
-    let err = s3
-        .get_object()
-        .bucket("multi")
-        .key("gone")
-        .send()
-        .await
-        .unwrap_err();
+    let err = s3.get_object().bucket("multi").key("gone").send().await.unwrap_err();
     assert_eq!(error_code(&err), "NoSuchKey");
-    let err = s3
-        .abort_multipart_upload()
-        .bucket("multi")
-        .key("gone")
-        .upload_id("bogus")
-        .send()
-        .await
-        .unwrap_err();
+    let err = s3.abort_multipart_upload().bucket("multi").key("gone").upload_id("bogus").send().await.unwrap_err();
     assert_eq!(error_code(&err), "NoSuchUpload");
 
     // Create-only completion.
-    let id = s3
-        .create_multipart_upload()
-        .bucket("multi")
-        .key("k")
-        .send()
-        .await
-        .unwrap()
-        .upload_id()
-        .unwrap()
-        .to_string();
+    let id =
+        s3.create_multipart_upload().bucket("multi").key("k").send().await.unwrap().upload_id().unwrap().to_string();
     let parts = upload_parts(&s3, "multi", "k", &id, &[pattern(10, 5)]).await;
     let err = s3
         .complete_multipart_upload()
@@ -1142,20 +637,12 @@ async fn multipart_rules_and_abort() {
         .key("k")
         .upload_id(&id)
         .if_none_match("*")
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(parts.clone()))
-                .build(),
-        )
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts.clone())).build())
         .send()
         .await
         .unwrap_err();
     assert_eq!(error_status(&err), 412);
-    assert_eq!(
-        get(&s3, "multi", "k").await,
-        pattern(1000, 1),
-        "the existing object is untouched"
-    );
+    assert_eq!(get(&s3, "multi", "k").await, pattern(1000, 1), "the existing object is untouched");
     // The upload survives a refused completion and can complete unconditionally.
     complete(id, parts).await.unwrap();
     assert_eq!(get(&s3, "multi", "k").await, pattern(10, 5));
@@ -1179,21 +666,10 @@ async fn upload_part_copy() {
     s3.create_bucket().bucket("upc").send().await.unwrap();
     let source = pattern(12 * MIB, 20);
     put(&s3, "upc", "source", &source).await;
-    let id = s3
-        .create_multipart_upload()
-        .bucket("upc")
-        .key("dest")
-        .send()
-        .await
-        .unwrap()
-        .upload_id()
-        .unwrap()
-        .to_string();
+    let id =
+        s3.create_multipart_upload().bucket("upc").key("dest").send().await.unwrap().upload_id().unwrap().to_string();
     let mut parts = Vec::new();
-    for (n, (first, last)) in [(0, 6 * MIB - 1), (6 * MIB, 12 * MIB - 1)]
-        .into_iter()
-        .enumerate()
-    {
+    for (n, (first, last)) in [(0, 6 * MIB - 1), (6 * MIB, 12 * MIB - 1)].into_iter().enumerate() {
         let out = s3
             .upload_part_copy()
             .bucket("upc")
@@ -1206,22 +682,13 @@ async fn upload_part_copy() {
             .await
             .unwrap();
         let etag = out.copy_part_result().unwrap().e_tag().unwrap().to_string();
-        parts.push(
-            CompletedPart::builder()
-                .part_number(n as i32 + 1)
-                .e_tag(etag)
-                .build(),
-        );
+        parts.push(CompletedPart::builder().part_number(n as i32 + 1).e_tag(etag).build());
     }
     s3.complete_multipart_upload()
         .bucket("upc")
         .key("dest")
         .upload_id(&id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(parts))
-                .build(),
-        )
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
         .send()
         .await
         .unwrap();
@@ -1264,14 +731,7 @@ async fn checksums_are_verified_stored_and_returned() {
         .next()
         .expect("the put response carries the checksum")
         .to_string();
-        let got = s3
-            .get_object()
-            .bucket("sums")
-            .key(&key)
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-            .unwrap();
+        let got = s3.get_object().bucket("sums").key(&key).checksum_mode(ChecksumMode::Enabled).send().await.unwrap();
         let returned = [
             got.checksum_crc32(),
             got.checksum_crc32_c(),
@@ -1320,7 +780,7 @@ async fn multipart_checksums() {
     let server = Server::start();
     let s3 = server.client();
     s3.create_bucket().bucket("mpsum").send().await.unwrap();
-    let parts = vec![pattern(5 * MIB, 40), pattern(MIB, 41)];
+    let parts = [pattern(5 * MIB, 40), pattern(MIB, 41)];
     let id = s3
         .create_multipart_upload()
         .bucket("mpsum")
@@ -1358,25 +818,12 @@ async fn multipart_checksums() {
         .bucket("mpsum")
         .key("k")
         .upload_id(&id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(done))
-                .build(),
-        )
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
         .send()
         .await
         .unwrap();
-    assert!(
-        out.checksum_crc32().unwrap().ends_with("-2"),
-        "composite checksum"
-    );
-    let got = s3
-        .get_object()
-        .bucket("mpsum")
-        .key("k")
-        .send()
-        .await
-        .unwrap();
+    assert!(out.checksum_crc32().unwrap().ends_with("-2"), "composite checksum");
+    let got = s3.get_object().bucket("mpsum").key("k").send().await.unwrap();
     assert_eq!(body_bytes(got).await, parts.concat());
 }
 
@@ -1386,109 +833,50 @@ async fn presigned_urls() {
     let s3 = server.client();
     s3.create_bucket().bucket("pre").send().await.unwrap();
     put(&s3, "pre", "doc", b"presigned body").await;
-    let config = |secs| {
-        aws_sdk_s3::presigning::PresigningConfig::expires_in(std::time::Duration::from_secs(secs))
-            .unwrap()
-    };
+    let config =
+        |secs| aws_sdk_s3::presigning::PresigningConfig::expires_in(std::time::Duration::from_secs(secs)).unwrap();
     let path_of = |uri: &str| uri.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap();
 
-    let req = s3
-        .get_object()
-        .bucket("pre")
-        .key("doc")
-        .presigned(config(60))
-        .await
-        .unwrap();
+    let req = s3.get_object().bucket("pre").key("doc").presigned(config(60)).await.unwrap();
     let resp = common::raw::send(&server.addr, "GET", &path_of(req.uri()), &[], b"");
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, b"presigned body");
 
-    let req = s3
-        .put_object()
-        .bucket("pre")
-        .key("uploaded")
-        .presigned(config(60))
-        .await
-        .unwrap();
-    let resp = common::raw::send(
-        &server.addr,
-        "PUT",
-        &path_of(req.uri()),
-        &[],
-        b"from a browser",
-    );
+    let req = s3.put_object().bucket("pre").key("uploaded").presigned(config(60)).await.unwrap();
+    let resp = common::raw::send(&server.addr, "PUT", &path_of(req.uri()), &[], b"from a browser");
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(get(&s3, "pre", "uploaded").await, b"from a browser");
 
     // Multipart with presigned part URLs, as browsers upload.
-    let id = s3
-        .create_multipart_upload()
-        .bucket("pre")
-        .key("mp")
-        .send()
-        .await
-        .unwrap()
-        .upload_id()
-        .unwrap()
-        .to_string();
+    let id =
+        s3.create_multipart_upload().bucket("pre").key("mp").send().await.unwrap().upload_id().unwrap().to_string();
     let part_data = pattern(5 * MIB, 50);
     let mut parts = Vec::new();
     for (n, data) in [(1, part_data.clone()), (2, b"tail".to_vec())] {
-        let req = s3
-            .upload_part()
-            .bucket("pre")
-            .key("mp")
-            .upload_id(&id)
-            .part_number(n)
-            .presigned(config(60))
-            .await
-            .unwrap();
+        let req =
+            s3.upload_part().bucket("pre").key("mp").upload_id(&id).part_number(n).presigned(config(60)).await.unwrap();
         let resp = common::raw::send(&server.addr, "PUT", &path_of(req.uri()), &[], &data);
         assert_eq!(resp.status, 200, "{}", resp.text());
-        parts.push(
-            CompletedPart::builder()
-                .part_number(n)
-                .e_tag(resp.header("etag").unwrap())
-                .build(),
-        );
+        parts.push(CompletedPart::builder().part_number(n).e_tag(resp.header("etag").unwrap()).build());
     }
     s3.complete_multipart_upload()
         .bucket("pre")
         .key("mp")
         .upload_id(&id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(parts))
-                .build(),
-        )
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        get(&s3, "pre", "mp").await,
-        [part_data, b"tail".to_vec()].concat()
-    );
+    assert_eq!(get(&s3, "pre", "mp").await, [part_data, b"tail".to_vec()].concat());
 
     // Expired URLs are refused.
-    let req = s3
-        .get_object()
-        .bucket("pre")
-        .key("doc")
-        .presigned(config(1))
-        .await
-        .unwrap();
+    let req = s3.get_object().bucket("pre").key("doc").presigned(config(1)).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let resp = common::raw::send(&server.addr, "GET", &path_of(req.uri()), &[], b"");
     assert_eq!(resp.status, 403);
     assert_eq!(resp.error_code(), "AccessDenied");
     // A tampered URL is refused.
-    let req = s3
-        .get_object()
-        .bucket("pre")
-        .key("doc")
-        .presigned(config(60))
-        .await
-        .unwrap();
+    let req = s3.get_object().bucket("pre").key("doc").presigned(config(60)).await.unwrap();
     let tampered = path_of(req.uri()).replace("/pre/doc", "/pre/uploaded");
     let resp = common::raw::send(&server.addr, "GET", &tampered, &[], b"");
     assert_eq!(resp.status, 403);
@@ -1500,20 +888,9 @@ async fn unsupported_operations_say_not_implemented() {
     let server = Server::start();
     let s3 = server.client();
     s3.create_bucket().bucket("notimpl").send().await.unwrap();
-    let err = s3
-        .get_bucket_policy()
-        .bucket("notimpl")
-        .send()
-        .await
-        .unwrap_err();
+    let err = s3.get_bucket_policy().bucket("notimpl").send().await.unwrap_err();
     assert_eq!(error_code(&err), "NotImplemented");
-    let err = s3
-        .get_object_tagging()
-        .bucket("notimpl")
-        .key("k")
-        .send()
-        .await
-        .unwrap_err();
+    let err = s3.get_object_tagging().bucket("notimpl").key("k").send().await.unwrap_err();
     assert_eq!(error_code(&err), "NotImplemented");
     let err = s3
         .put_object()
@@ -1525,16 +902,6 @@ async fn unsupported_operations_say_not_implemented() {
         .await
         .unwrap_err();
     assert_eq!(error_code(&err), "NotImplemented");
-    let err = s3
-        .get_object()
-        .bucket("notimpl")
-        .key("k")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(
-        error_code(&err),
-        "NoSuchKey",
-        "a refused write stores nothing"
-    );
+    let err = s3.get_object().bucket("notimpl").key("k").send().await.unwrap_err();
+    assert_eq!(error_code(&err), "NoSuchKey", "a refused write stores nothing");
 }

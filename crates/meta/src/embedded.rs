@@ -21,8 +21,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::{
-    EventKind, KeyValue, MetaError, MetaResult, MetaStore, Op, RangeRequest, RangeResponse,
-    Revision, Txn, TxnResponse, WatchEvent, WatchStream,
+    EventKind, KeyValue, MetaError, MetaResult, MetaStore, Op, RangeRequest, RangeResponse, Revision, Txn, TxnResponse,
+    WatchEvent, WatchStream,
 };
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
@@ -46,10 +46,7 @@ pub struct EmbeddedOptions {
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions {
-            history_revisions: 100_000,
-            cache_bytes: 64 << 20,
-        }
+        EmbeddedOptions { history_revisions: 100_000, cache_bytes: 64 << 20 }
     }
 }
 
@@ -87,39 +84,24 @@ fn storage<E: std::fmt::Display>(err: E) -> MetaError {
 impl EmbeddedStore {
     /// Opens (or creates) the store in `path` (a file).
     pub fn open(path: &Path, options: EmbeddedOptions) -> MetaResult<Self> {
-        let db = Database::builder()
-            .set_cache_size(options.cache_bytes)
-            .create(path)
-            .map_err(storage)?;
+        let db = Database::builder().set_cache_size(options.cache_bytes).create(path).map_err(storage)?;
         let (revision, oldest) = {
             let wtx = db.begin_write().map_err(storage)?;
             let revision = {
                 let mut meta = wtx.open_table(META).map_err(storage)?;
                 wtx.open_table(KV).map_err(storage)?;
                 let log = wtx.open_table(LOG).map_err(storage)?;
-                let revision = meta
-                    .get(META_REVISION)
-                    .map_err(storage)?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
+                let revision = meta.get(META_REVISION).map_err(storage)?.map(|v| v.value()).unwrap_or(0);
                 meta.insert(META_REVISION, revision).map_err(storage)?;
-                let oldest = log
-                    .first()
-                    .map_err(storage)?
-                    .map(|(k, _)| k.value())
-                    .unwrap_or(revision + 1);
+                let oldest = log.first().map_err(storage)?.map(|(k, _)| k.value()).unwrap_or(revision + 1);
                 (revision, oldest)
             };
             wtx.commit().map_err(storage)?;
             revision
         };
         let (events, _) = broadcast::channel(4096);
-        let shared = Arc::new(Shared {
-            db,
-            revision: AtomicU64::new(revision),
-            oldest: AtomicU64::new(oldest),
-            events,
-        });
+        let shared =
+            Arc::new(Shared { db, revision: AtomicU64::new(revision), oldest: AtomicU64::new(oldest), events });
         let (writer, queue) = mpsc::sync_channel(4096);
         let writer_shared = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -136,11 +118,7 @@ impl EmbeddedStore {
         let start = bound_ref(&req.start);
         let end = bound_ref(&req.end);
         if range_is_empty(start, end) {
-            return Ok(RangeResponse {
-                kvs: Vec::new(),
-                more: false,
-                revision,
-            });
+            return Ok(RangeResponse { kvs: Vec::new(), more: false, revision });
         }
         let mut kvs = Vec::new();
         let mut more = false;
@@ -152,11 +130,7 @@ impl EmbeddedStore {
             }
             kvs.push(decode_kv(k.value(), v.value())?);
         }
-        Ok(RangeResponse {
-            kvs,
-            more,
-            revision,
-        })
+        Ok(RangeResponse { kvs, more, revision })
     }
 
     fn read_many(&self, keys: &[Bytes]) -> MetaResult<(Vec<Option<KeyValue>>, Revision)> {
@@ -175,12 +149,7 @@ impl EmbeddedStore {
     }
 
     /// History events with revision in `[from, to]` whose key is in `range`.
-    fn read_history(
-        &self,
-        range: &RangeRequest,
-        from: Revision,
-        to: Revision,
-    ) -> MetaResult<Vec<WatchEvent>> {
+    fn read_history(&self, range: &RangeRequest, from: Revision, to: Revision) -> MetaResult<Vec<WatchEvent>> {
         let rtx = self.shared.db.begin_read().map_err(storage)?;
         let log = rtx.open_table(LOG).map_err(storage)?;
         let mut out = Vec::new();
@@ -198,11 +167,7 @@ impl EmbeddedStore {
 
 fn read_revision(rtx: &redb::ReadTransaction) -> MetaResult<Revision> {
     let meta = rtx.open_table(META).map_err(storage)?;
-    Ok(meta
-        .get(META_REVISION)
-        .map_err(storage)?
-        .map(|v| v.value())
-        .unwrap_or(0))
+    Ok(meta.get(META_REVISION).map_err(storage)?.map(|v| v.value()).unwrap_or(0))
 }
 
 fn bound_ref(bound: &Bound<Bytes>) -> Bound<&[u8]> {
@@ -228,12 +193,7 @@ fn range_is_empty(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
 
 const KV_HEADER: usize = 24;
 
-fn encode_kv(
-    create_revision: Revision,
-    mod_revision: Revision,
-    version: u64,
-    value: &[u8],
-) -> Vec<u8> {
+fn encode_kv(create_revision: Revision, mod_revision: Revision, version: u64, value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(KV_HEADER + value.len());
     out.put_u64(create_revision);
     out.put_u64(mod_revision);
@@ -244,10 +204,7 @@ fn encode_kv(
 
 fn decode_kv(key: &[u8], data: &[u8]) -> MetaResult<KeyValue> {
     if data.len() < KV_HEADER {
-        return Err(MetaError::Storage(format!(
-            "corrupt record for key {:?}",
-            String::from_utf8_lossy(key)
-        )));
+        return Err(MetaError::Storage(format!("corrupt record for key {:?}", String::from_utf8_lossy(key))));
     }
     let mut header = &data[..KV_HEADER];
     Ok(KeyValue {
@@ -292,16 +249,7 @@ fn decode_events(revision: Revision, mut data: &[u8]) -> MetaResult<Vec<WatchEve
         let version = data.get_u64();
         let key = take_sized(&mut data).ok_or_else(corrupt)?;
         let value = take_sized(&mut data).ok_or_else(corrupt)?;
-        out.push(WatchEvent {
-            kind,
-            kv: KeyValue {
-                key,
-                value,
-                create_revision,
-                mod_revision: revision,
-                version,
-            },
-        });
+        out.push(WatchEvent { kind, kv: KeyValue { key, value, create_revision, mod_revision: revision, version } });
     }
     Ok(out)
 }
@@ -357,11 +305,7 @@ fn writer_loop(shared: &Shared, queue: &mpsc::Receiver<WriteRequest>, history_re
 
 type BatchOutcome = (Vec<MetaResult<TxnResponse>>, Vec<RevisionEvents>);
 
-fn commit_batch(
-    shared: &Shared,
-    txns: &[&Txn],
-    history_revisions: u64,
-) -> MetaResult<BatchOutcome> {
+fn commit_batch(shared: &Shared, txns: &[&Txn], history_revisions: u64) -> MetaResult<BatchOutcome> {
     let wtx = shared.db.begin_write().map_err(storage)?;
     let mut results = Vec::with_capacity(txns.len());
     let mut committed = Vec::new();
@@ -369,11 +313,7 @@ fn commit_batch(
         let mut kv = wtx.open_table(KV).map_err(storage)?;
         let mut log = wtx.open_table(LOG).map_err(storage)?;
         let mut meta = wtx.open_table(META).map_err(storage)?;
-        let mut revision = meta
-            .get(META_REVISION)
-            .map_err(storage)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let mut revision = meta.get(META_REVISION).map_err(storage)?.map(|v| v.value()).unwrap_or(0);
         for txn in txns {
             if let Err(err) = validate(txn) {
                 results.push(Err(err));
@@ -392,25 +332,16 @@ fn commit_batch(
                 for key in &txn.read_on_failure {
                     failure_reads.push(get_kv(&kv, key)?);
                 }
-                results.push(Ok(TxnResponse {
-                    succeeded: false,
-                    revision,
-                    failure_reads,
-                }));
+                results.push(Ok(TxnResponse { succeeded: false, revision, failure_reads }));
                 continue;
             }
             let events = apply_ops(&mut kv, &txn.ops, revision + 1)?;
             if !events.is_empty() {
                 revision += 1;
-                log.insert(revision, encode_events(&events).as_slice())
-                    .map_err(storage)?;
+                log.insert(revision, encode_events(&events).as_slice()).map_err(storage)?;
                 committed.push(RevisionEvents { revision, events });
             }
-            results.push(Ok(TxnResponse {
-                succeeded: true,
-                revision,
-                failure_reads: Vec::new(),
-            }));
+            results.push(Ok(TxnResponse { succeeded: true, revision, failure_reads: Vec::new() }));
         }
         meta.insert(META_REVISION, revision).map_err(storage)?;
         trim_history(shared, &mut log, revision, history_revisions)?;
@@ -440,11 +371,7 @@ fn get_kv(table: &redb::Table<&[u8], &[u8]>, key: &[u8]) -> MetaResult<Option<Ke
     }
 }
 
-fn apply_ops(
-    table: &mut redb::Table<&[u8], &[u8]>,
-    ops: &[Op],
-    revision: Revision,
-) -> MetaResult<Vec<WatchEvent>> {
+fn apply_ops(table: &mut redb::Table<&[u8], &[u8]>, ops: &[Op], revision: Revision) -> MetaResult<Vec<WatchEvent>> {
     let mut events = Vec::with_capacity(ops.len());
     for op in ops {
         let current = get_kv(table, op.key())?;
@@ -455,10 +382,7 @@ fn apply_ops(
                     None => (revision, 1),
                 };
                 table
-                    .insert(
-                        key.as_ref(),
-                        encode_kv(create_revision, revision, version, value).as_slice(),
-                    )
+                    .insert(key.as_ref(), encode_kv(create_revision, revision, version, value).as_slice())
                     .map_err(storage)?;
                 events.push(WatchEvent {
                     kind: EventKind::Put,
@@ -551,10 +475,7 @@ impl MetaStore for EmbeddedStore {
         let from = if from == 0 { current + 1 } else { from };
         let oldest = self.shared.oldest.load(Ordering::SeqCst);
         if from < oldest {
-            return Err(MetaError::Compacted {
-                requested: from,
-                oldest,
-            });
+            return Err(MetaError::Compacted { requested: from, oldest });
         }
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let store = self.clone();
@@ -603,9 +524,7 @@ async fn forward_watch(
                         break;
                     }
                     for event in &batch.events {
-                        if range.contains(&event.kv.key)
-                            && tx.send(Ok(event.clone())).await.is_err()
-                        {
+                        if range.contains(&event.kv.key) && tx.send(Ok(event.clone())).await.is_err() {
                             return Ok(());
                         }
                     }
@@ -634,10 +553,7 @@ async fn replay(
         }
         let oldest = store.shared.oldest.load(Ordering::SeqCst);
         if next < oldest {
-            return Err(MetaError::Compacted {
-                requested: next,
-                oldest,
-            });
+            return Err(MetaError::Compacted { requested: next, oldest });
         }
         let to = current.min(next + REPLAY_CHUNK as u64 - 1);
         for event in store.read_history(range, next, to)? {
@@ -680,10 +596,7 @@ mod tests {
             }
         };
         assert_eq!(store.current_revision().await.unwrap(), 2);
-        assert_eq!(
-            store.get(b"a").await.unwrap().unwrap().value,
-            Bytes::from("1")
-        );
+        assert_eq!(store.get(b"a").await.unwrap().unwrap().value, Bytes::from("1"));
         let resp = store.txn(Txn::new().then(Op::put("c", "3"))).await.unwrap();
         assert_eq!(resp.revision, 3);
     }
@@ -691,27 +604,14 @@ mod tests {
     #[tokio::test]
     async fn history_is_trimmed_and_old_watches_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let options = EmbeddedOptions {
-            history_revisions: 10,
-            ..EmbeddedOptions::default()
-        };
+        let options = EmbeddedOptions { history_revisions: 10, ..EmbeddedOptions::default() };
         let store = EmbeddedStore::open(&dir.path().join("meta.redb"), options).unwrap();
         for i in 0..30 {
-            store
-                .txn(Txn::new().then(Op::put("k", format!("{i}"))))
-                .await
-                .unwrap();
+            store.txn(Txn::new().then(Op::put("k", format!("{i}")))).await.unwrap();
         }
-        let err = store
-            .watch(RangeRequest::prefix("k"), 1)
-            .await
-            .err()
-            .unwrap();
+        let err = store.watch(RangeRequest::prefix("k"), 1).await.err().unwrap();
         match err {
-            MetaError::Compacted {
-                requested: 1,
-                oldest,
-            } => assert!(oldest > 1 && oldest <= 21),
+            MetaError::Compacted { requested: 1, oldest } => assert!(oldest > 1 && oldest <= 21),
             other => panic!("expected Compacted, got {other:?}"),
         }
         assert!(store.watch(RangeRequest::prefix("k"), 25).await.is_ok());

@@ -73,11 +73,7 @@ pub struct Compare {
 impl Compare {
     /// Holds when the key's mod revision is exactly `rev` (`rev == 0`: the key is absent).
     pub fn mod_revision_is(key: impl Into<Bytes>, rev: Revision) -> Self {
-        Compare {
-            key: key.into(),
-            op: CompareOp::Equal,
-            target: CompareTarget::ModRevision(rev),
-        }
+        Compare { key: key.into(), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev) }
     }
 
     /// Holds when the key does not exist.
@@ -87,11 +83,7 @@ impl Compare {
 
     /// Holds when the key exists.
     pub fn exists(key: impl Into<Bytes>) -> Self {
-        Compare {
-            key: key.into(),
-            op: CompareOp::Greater,
-            target: CompareTarget::Version(0),
-        }
+        Compare { key: key.into(), op: CompareOp::Greater, target: CompareTarget::Version(0) }
     }
 
     /// Evaluates the condition against the key's current state (`None` when absent).
@@ -101,9 +93,7 @@ impl Compare {
             (CompareTarget::Value(_), None) => return false,
             (CompareTarget::Value(want), Some(kv)) => kv.value.as_ref().cmp(want.as_ref()),
             (CompareTarget::ModRevision(want), kv) => kv.map_or(0, |kv| kv.mod_revision).cmp(want),
-            (CompareTarget::CreateRevision(want), kv) => {
-                kv.map_or(0, |kv| kv.create_revision).cmp(want)
-            }
+            (CompareTarget::CreateRevision(want), kv) => kv.map_or(0, |kv| kv.create_revision).cmp(want),
             (CompareTarget::Version(want), kv) => kv.map_or(0, |kv| kv.version).cmp(want),
         };
         match self.op {
@@ -124,10 +114,7 @@ pub enum Op {
 
 impl Op {
     pub fn put(key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
-        Op::Put {
-            key: key.into(),
-            value: value.into(),
-        }
+        Op::Put { key: key.into(), value: value.into() }
     }
 
     pub fn delete(key: impl Into<Bytes>) -> Self {
@@ -200,20 +187,12 @@ impl RangeRequest {
             Some(end) => Bound::Excluded(Bytes::from(end)),
             None => Bound::Unbounded,
         };
-        RangeRequest {
-            start: Bound::Included(prefix),
-            end,
-            limit: 0,
-        }
+        RangeRequest { start: Bound::Included(prefix), end, limit: 0 }
     }
 
     /// Keys in `[start, end)`.
     pub fn between(start: impl Into<Bytes>, end: impl Into<Bytes>) -> Self {
-        RangeRequest {
-            start: Bound::Included(start.into()),
-            end: Bound::Excluded(end.into()),
-            limit: 0,
-        }
+        RangeRequest { start: Bound::Included(start.into()), end: Bound::Excluded(end.into()), limit: 0 }
     }
 
     pub fn limit(mut self, limit: usize) -> Self {
@@ -278,10 +257,7 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, MetaError>> 
 pub enum MetaError {
     /// The watch asked for history the store no longer keeps.
     #[error("revision {requested} is compacted: the oldest revision still available is {oldest}")]
-    Compacted {
-        requested: Revision,
-        oldest: Revision,
-    },
+    Compacted { requested: Revision, oldest: Revision },
     /// A watcher fell too far behind the live stream and must resume from `next`.
     #[error("watch fell behind; resume from revision {next}")]
     Lagged { next: Revision },

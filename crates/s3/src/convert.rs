@@ -38,10 +38,7 @@ pub fn s3_error(err: EngineError) -> S3Error {
             return e;
         }
         EngineError::PreconditionFailed => C::PreconditionFailed,
-        EngineError::NotModified {
-            etag,
-            last_modified_ms,
-        } => {
+        EngineError::NotModified { etag, last_modified_ms } => {
             let mut e = S3Error::new(C::NotModified);
             let mut headers = HeaderMap::new();
             if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
@@ -61,6 +58,31 @@ pub fn s3_error(err: EngineError) -> S3Error {
         EngineError::BadDigest | EngineError::ChecksumMismatch { .. } => C::BadDigest,
         EngineError::IncompleteBody => C::IncompleteBody,
         EngineError::Contended => C::SlowDown,
+        EngineError::RevisionMismatch { current, .. } => {
+            let mut e = S3Error::with_message(C::PreconditionFailed, message);
+            let mut headers = HeaderMap::new();
+            headers.insert(crate::REVISION_HEADER, HeaderValue::from(current));
+            e.set_headers(headers);
+            return e;
+        }
+        EngineError::LockContended { ref owner, .. } => {
+            let mut e = custom("LockContended", http::StatusCode::CONFLICT, message.clone());
+            if let Ok(v) = HeaderValue::from_str(owner) {
+                let mut headers = HeaderMap::new();
+                headers.insert("x-meridian-lock-owner", v);
+                e.set_headers(headers);
+            }
+            return e;
+        }
+        EngineError::LockNotHeld { .. } => return custom("LockNotHeld", http::StatusCode::CONFLICT, message),
+        EngineError::FenceRejected { .. } => return custom("FenceRejected", http::StatusCode::CONFLICT, message),
+        EngineError::RevisionCompacted { oldest, .. } => {
+            let mut e = custom("RevisionCompacted", http::StatusCode::GONE, message);
+            let mut headers = HeaderMap::new();
+            headers.insert("x-meridian-oldest-revision", HeaderValue::from(oldest));
+            e.set_headers(headers);
+            return e;
+        }
         EngineError::Body(source) => return body_error(source),
         EngineError::Meta(MetaError::Unavailable(_)) => C::ServiceUnavailable,
         EngineError::Meta(_) | EngineError::Blob(_) | EngineError::Corrupt(_) => {
@@ -71,23 +93,44 @@ pub fn s3_error(err: EngineError) -> S3Error {
     S3Error::with_message(code, message)
 }
 
-/// A failure while reading the request body: a bad chunk signature arrives as an S3 error from
-/// s3s and is passed through; anything else means the body was cut short.
+/// An error code S3 does not have, with its status.
+fn custom(code: &'static str, status: http::StatusCode, message: String) -> S3Error {
+    let mut e = S3Error::with_message(S3ErrorCode::Custom(code.into()), message);
+    e.set_status_code(status);
+    e
+}
+
+/// A failure while reading the request body. s3s verifies payload hashes and chunk signatures
+/// as the body streams through; its error types are private, so they are recognised by their
+/// messages (checked in the tests) and mapped to the codes S3 uses.
 fn body_error(source: meridian_engine::BodyError) -> S3Error {
-    match source.downcast::<S3Error>() {
-        Ok(e) => *e,
-        Err(other) => {
-            let text = other.to_string();
-            if text.contains("Signature") || text.contains("signature") {
-                S3Error::with_message(S3ErrorCode::SignatureDoesNotMatch, text)
-            } else {
-                S3Error::with_message(
-                    S3ErrorCode::IncompleteBody,
-                    format!("the request body could not be read: {text}"),
-                )
-            }
-        }
+    let source = match source.downcast::<S3Error>() {
+        Ok(e) => return *e,
+        Err(other) => other,
+    };
+    let mut text = source.to_string();
+    let mut cause = source.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
     }
+    if text.contains("Sha256Mismatch") {
+        let mut e = S3Error::with_message(
+            S3ErrorCode::Custom("XAmzContentSHA256Mismatch".into()),
+            "The provided 'x-amz-content-sha256' header does not match what was computed.",
+        );
+        e.set_status_code(http::StatusCode::BAD_REQUEST);
+        return e;
+    }
+    let code = if text.contains("SignatureMismatch") {
+        S3ErrorCode::SignatureDoesNotMatch
+    } else if text.contains("FormatError") || text.contains("TooLarge") || text.contains("TooMany") {
+        S3ErrorCode::InvalidRequest
+    } else {
+        S3ErrorCode::IncompleteBody
+    };
+    S3Error::with_message(code, format!("the request body was refused: {text}"))
 }
 
 pub fn etag(value: &str) -> ETag {
@@ -103,8 +146,7 @@ pub fn etag_match(cond: Option<ETagCondition>) -> Option<ETagMatch> {
 
 pub fn timestamp(ms: i64) -> Timestamp {
     let nanos = i128::from(ms) * 1_000_000;
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     Timestamp::from(t)
 }
 
@@ -152,11 +194,7 @@ impl HeaderInput {
             expires: self.expires.as_ref().and_then(format_expires),
             user_metadata: self
                 .metadata
-                .map(|m| {
-                    m.into_iter()
-                        .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                        .collect::<BTreeMap<_, _>>()
-                })
+                .map(|m| m.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect::<BTreeMap<_, _>>())
                 .unwrap_or_default(),
         }
     }
@@ -166,28 +204,18 @@ pub fn metadata(headers: &ObjectHeaders) -> Option<dto::Metadata> {
     if headers.user_metadata.is_empty() {
         return None;
     }
-    Some(
-        headers
-            .user_metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    )
+    Some(headers.user_metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
-pub fn checksum_algorithm(
-    alg: Option<&dto::ChecksumAlgorithm>,
-) -> Result<Option<ChecksumAlgorithm>, S3Error> {
+pub fn checksum_algorithm(alg: Option<&dto::ChecksumAlgorithm>) -> Result<Option<ChecksumAlgorithm>, S3Error> {
     match alg {
         None => Ok(None),
-        Some(a) => ChecksumAlgorithm::parse(a.as_str())
-            .map(Some)
-            .ok_or_else(|| {
-                S3Error::with_message(
-                    S3ErrorCode::InvalidArgument,
-                    format!("unsupported checksum algorithm {:?}", a.as_str()),
-                )
-            }),
+        Some(a) => ChecksumAlgorithm::parse(a.as_str()).map(Some).ok_or_else(|| {
+            S3Error::with_message(
+                S3ErrorCode::InvalidArgument,
+                format!("unsupported checksum algorithm {:?}", a.as_str()),
+            )
+        }),
     }
 }
 
@@ -228,12 +256,8 @@ impl ChecksumFields {
 /// Percent-encodes a key for `encoding-type=url` listings (S3 leaves `/` alone... and so do we,
 /// matching what clients decode).
 pub fn url_encode(value: &str) -> String {
-    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~')
-        .remove(b'/');
+    const SET: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'/');
     percent_encoding::utf8_percent_encode(value, SET).to_string()
 }
 
@@ -241,15 +265,18 @@ pub fn url_encode(value: &str) -> String {
 /// Content-Length.
 pub struct ResponseBody {
     inner: sync_wrapper::SyncWrapper<meridian_engine::Body>,
-    remaining: u64,
+    /// Bytes still to come, when known.
+    remaining: Option<u64>,
 }
 
 impl ResponseBody {
     pub fn new(body: meridian_engine::Body, len: u64) -> Self {
-        ResponseBody {
-            inner: sync_wrapper::SyncWrapper::new(body),
-            remaining: len,
-        }
+        ResponseBody { inner: sync_wrapper::SyncWrapper::new(body), remaining: Some(len) }
+    }
+
+    /// A body of unknown length (sent chunked), such as a watch stream.
+    pub fn streaming(body: meridian_engine::Body) -> Self {
+        ResponseBody { inner: sync_wrapper::SyncWrapper::new(body), remaining: None }
     }
 }
 
@@ -261,8 +288,8 @@ impl futures::Stream for ResponseBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         let poll = self.inner.get_mut().as_mut().poll_next(cx);
-        if let std::task::Poll::Ready(Some(Ok(chunk))) = &poll {
-            self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
+        if let (std::task::Poll::Ready(Some(Ok(chunk))), Some(remaining)) = (&poll, self.remaining) {
+            self.remaining = Some(remaining.saturating_sub(chunk.len() as u64));
         }
         poll
     }
@@ -270,8 +297,9 @@ impl futures::Stream for ResponseBody {
 
 impl s3s::stream::ByteStream for ResponseBody {
     fn remaining_length(&self) -> s3s::stream::RemainingLength {
-        s3s::stream::RemainingLength::new_exact(
-            usize::try_from(self.remaining).unwrap_or(usize::MAX),
-        )
+        match self.remaining {
+            Some(n) => s3s::stream::RemainingLength::new_exact(usize::try_from(n).unwrap_or(usize::MAX)),
+            None => s3s::stream::RemainingLength::unknown(),
+        }
     }
 }

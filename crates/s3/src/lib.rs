@@ -3,7 +3,9 @@
 //! engine calls and engine errors into S3 XML errors; [`server`] serves it over HTTP with
 //! bounded headers, connections and idle time.
 
+pub mod auth;
 mod convert;
+pub mod kv;
 pub mod server;
 pub mod service;
 

@@ -54,10 +54,7 @@ pub async fn serve(
         .max_headers(limits.max_headers)
         .header_read_timeout(limits.header_read_timeout)
         .timer(TokioTimer::new());
-    builder
-        .http2()
-        .max_header_list_size(64 << 10)
-        .timer(TokioTimer::new());
+    builder.http2().max_header_list_size(64 << 10).timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -81,10 +78,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
-        let io = TokioIo::new(Tracked {
-            inner: stream,
-            activity: activity.clone(),
-        });
+        let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone() });
         let svc = service.clone();
         let handler = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let svc = svc.clone();
@@ -99,9 +93,7 @@ pub async fn serve(
                 Ok::<_, s3s::HttpError>(resp)
             }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(io, handler)
-            .into_owned();
+        let conn = builder.serve_connection_with_upgrades(io, handler).into_owned();
         let conn = graceful.watch(conn);
         let idle = limits.idle_timeout;
         tokio::spawn(async move {
@@ -135,15 +127,11 @@ struct Activity {
 
 impl Activity {
     fn new() -> Self {
-        Activity {
-            start: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        }
+        Activity { start: Instant::now(), last_ms: Arc::new(AtomicU64::new(0)) }
     }
 
     fn touch(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Resolves once nothing has moved for `limit`.
@@ -166,11 +154,7 @@ struct Tracked {
 }
 
 impl AsyncRead for Tracked {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -181,11 +165,7 @@ impl AsyncRead for Tracked {
 }
 
 impl AsyncWrite for Tracked {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();

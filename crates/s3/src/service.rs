@@ -7,8 +7,8 @@ use futures::TryStreamExt;
 use meridian_engine::checksum::ChecksumAlgorithm;
 use meridian_engine::conditions::{ReadConditions, WriteConditions};
 use meridian_engine::{
-    Body, BodyError, ByteRange, CompletePart, CopyRequest, Engine, GetOutcome, GetRequest,
-    Integrity, ListRequest, ListUploadsRequest, PutRequest, Revision,
+    Body, BodyError, ByteRange, CompletePart, CopyRequest, Engine, GetOutcome, GetRequest, Integrity, ListRequest,
+    ListUploadsRequest, PutRequest, Revision,
 };
 use s3s::dto::*;
 use s3s::service::{S3Service, S3ServiceBuilder};
@@ -16,9 +16,10 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use crate::REVISION_HEADER;
 use crate::convert::{
-    ChecksumFields, HeaderInput, ResponseBody, checksum_algorithm, etag, etag_match, metadata,
-    parse_expires, s3_error, timestamp, unix_seconds, url_encode,
+    ChecksumFields, HeaderInput, ResponseBody, checksum_algorithm, etag, etag_match, metadata, parse_expires, s3_error,
+    timestamp, unix_seconds, url_encode,
 };
+use crate::kv::{KvWrite, expiry_headers};
 
 /// Settings of the S3 front end.
 #[derive(Clone, Debug, Default)]
@@ -38,21 +39,15 @@ pub struct MeridianS3 {
 
 impl MeridianS3 {
     pub fn new(engine: Engine, region: impl Into<String>) -> Self {
-        MeridianS3 {
-            engine,
-            region: region.into(),
-        }
+        MeridianS3 { engine, region: region.into() }
     }
 }
 
 /// Builds the s3s service: SigV4 against `auth`, anonymous requests refused.
-pub fn build_service(
-    engine: Engine,
-    auth: impl s3s::auth::S3Auth,
-    options: &S3Options,
-) -> S3Service {
-    let mut builder = S3ServiceBuilder::new(MeridianS3::new(engine, options.region.clone()));
+pub fn build_service(engine: Engine, auth: impl s3s::auth::S3Auth, options: &S3Options) -> S3Service {
+    let mut builder = S3ServiceBuilder::new(MeridianS3::new(engine.clone(), options.region.clone()));
     builder.set_auth(auth);
+    builder.set_route(crate::kv::KvRoute::new(engine));
     if let Some(domain) = &options.domain {
         builder.set_host(s3s::host::SingleDomain::new(domain).unwrap_or_else(|_| {
             tracing::warn!(%domain, "invalid virtual-host domain; serving path-style only");
@@ -62,9 +57,7 @@ pub fn build_service(
     let mut config = s3s::config::S3Config::default();
     // Enough for a CompleteMultipartUpload listing 10,000 parts, no more.
     config.xml_max_body_size = 4 << 20;
-    builder.set_config(std::sync::Arc::new(s3s::config::StaticConfigProvider::new(
-        std::sync::Arc::new(config),
-    )));
+    builder.set_config(std::sync::Arc::new(s3s::config::StaticConfigProvider::new(std::sync::Arc::new(config))));
     builder.build()
 }
 
@@ -77,10 +70,7 @@ fn with_revision<T>(output: T, revision: Revision) -> S3Response<T> {
 }
 
 fn not_implemented(what: &str) -> S3Error {
-    S3Error::with_message(
-        S3ErrorCode::NotImplemented,
-        format!("{what} is not implemented by Meridian"),
-    )
+    S3Error::with_message(S3ErrorCode::NotImplemented, format!("{what} is not implemented by Meridian"))
 }
 
 /// Refuses request features we do not implement instead of silently ignoring them.
@@ -102,10 +92,7 @@ fn refuse_unsupported(
     if let Some(class) = storage_class
         && class.as_str() != StorageClass::STANDARD
     {
-        return Err(not_implemented(&format!(
-            "storage class {:?}",
-            class.as_str()
-        )));
+        return Err(not_implemented(&format!("storage class {:?}", class.as_str())));
     }
     if tagging.is_some_and(|t| !t.is_empty()) {
         return Err(not_implemented("object tagging"));
@@ -144,10 +131,8 @@ fn integrity<T>(
         (ChecksumAlgorithm::Sha1, sums.sha1),
         (ChecksumAlgorithm::Sha256, sums.sha256),
     ];
-    let mut given: Vec<(ChecksumAlgorithm, String)> = given
-        .into_iter()
-        .filter_map(|(a, v)| v.map(|v| (a, v)))
-        .collect();
+    let mut given: Vec<(ChecksumAlgorithm, String)> =
+        given.into_iter().filter_map(|(a, v)| v.map(|v| (a, v))).collect();
     if given.len() > 1 {
         return Err(s3_error!(
             InvalidRequest,
@@ -164,12 +149,8 @@ fn integrity<T>(
         out.expected = Some(value);
         return Ok(out);
     }
-    let trailer_name = req
-        .headers
-        .get("x-amz-trailer")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .map(str::to_ascii_lowercase);
+    let trailer_name =
+        req.headers.get("x-amz-trailer").and_then(|v| v.to_str().ok()).map(str::trim).map(str::to_ascii_lowercase);
     if let Some(name) = trailer_name {
         let algorithm = name
             .strip_prefix("x-amz-checksum-")
@@ -180,12 +161,7 @@ fn integrity<T>(
         out.trailer = Some(Box::new(move || {
             let handle = handle?;
             handle
-                .read(|headers| {
-                    headers
-                        .get(name.as_str())
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
-                })
+                .read(|headers| headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(str::to_string))
                 .flatten()
         }));
         return Ok(out);
@@ -195,38 +171,22 @@ fn integrity<T>(
 }
 
 fn continuation(token: &str) -> S3Result<String> {
-    let raw = TOKEN.decode(token).map_err(|_| {
-        s3_error!(
-            InvalidArgument,
-            "The continuation token provided is incorrect"
-        )
-    })?;
-    String::from_utf8(raw).map_err(|_| {
-        s3_error!(
-            InvalidArgument,
-            "The continuation token provided is incorrect"
-        )
-    })
+    let raw =
+        TOKEN.decode(token).map_err(|_| s3_error!(InvalidArgument, "The continuation token provided is incorrect"))?;
+    String::from_utf8(raw).map_err(|_| s3_error!(InvalidArgument, "The continuation token provided is incorrect"))
 }
 
 fn max_keys(value: Option<i32>) -> S3Result<usize> {
     match value {
         None => Ok(1000),
-        Some(n) if n < 0 => Err(s3_error!(
-            InvalidArgument,
-            "max-keys must be a non-negative integer"
-        )),
+        Some(n) if n < 0 => Err(s3_error!(InvalidArgument, "max-keys must be a non-negative integer")),
         Some(n) => Ok(n as usize),
     }
 }
 
 fn source_of(copy_source: &CopySource) -> S3Result<(String, String)> {
     match copy_source {
-        CopySource::Bucket {
-            bucket,
-            key,
-            version_id,
-        } => {
+        CopySource::Bucket { bucket, key, version_id } => {
             if version_id.as_deref().is_some_and(|v| v != "null") {
                 return Err(not_implemented("copying a specific object version"));
             }
@@ -273,30 +233,20 @@ fn copy_source_range(value: Option<&str>) -> S3Result<Option<ByteRange>> {
     if last < first {
         return Err(bad());
     }
-    Ok(Some(ByteRange::From {
-        first,
-        last: Some(last),
-    }))
+    Ok(Some(ByteRange::From { first, last: Some(last) }))
 }
 
 fn content_range(out: &GetOutcome) -> Option<String> {
-    out.range
-        .map(|(first, last)| format!("bytes {first}-{last}/{}", out.record.size))
+    out.range.map(|(first, last)| format!("bytes {first}-{last}/{}", out.record.size))
 }
 
 fn owner_of<T>(req: &S3Request<T>) -> String {
-    req.credentials
-        .as_ref()
-        .map(|c| c.access_key.clone())
-        .unwrap_or_default()
+    req.credentials.as_ref().map(|c| c.access_key.clone()).unwrap_or_default()
 }
 
 #[async_trait::async_trait]
 impl S3 for MeridianS3 {
-    async fn list_buckets(
-        &self,
-        req: S3Request<ListBucketsInput>,
-    ) -> S3Result<S3Response<ListBucketsOutput>> {
+    async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
         let prefix = req.input.prefix.clone().unwrap_or_default();
         let buckets = self.engine.list_buckets().await.map_err(s3_error)?;
         let buckets = buckets
@@ -308,58 +258,28 @@ impl S3 for MeridianS3 {
                 bucket_region: Some(self.region.clone()),
             })
             .collect();
-        let owner = Owner {
-            id: Some(owner_of(&req)),
-            display_name: Some(owner_of(&req)),
-        };
-        Ok(S3Response::new(ListBucketsOutput {
-            buckets: Some(buckets),
-            owner: Some(owner),
-            ..Default::default()
-        }))
+        let owner = Owner { id: Some(owner_of(&req)), display_name: Some(owner_of(&req)) };
+        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), owner: Some(owner), ..Default::default() }))
     }
 
-    async fn create_bucket(
-        &self,
-        req: S3Request<CreateBucketInput>,
-    ) -> S3Result<S3Response<CreateBucketOutput>> {
+    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
         if let Some(acl) = &req.input.acl
             && acl.as_str() != BucketCannedACL::PRIVATE
         {
-            return Err(not_implemented(&format!(
-                "the {:?} canned ACL",
-                acl.as_str()
-            )));
+            return Err(not_implemented(&format!("the {:?} canned ACL", acl.as_str())));
         }
         if req.input.object_lock_enabled_for_bucket == Some(true) {
             return Err(not_implemented("object lock"));
         }
         let owner = owner_of(&req);
-        let revision = self
-            .engine
-            .create_bucket(&req.input.bucket, &owner)
-            .await
-            .map_err(s3_error)?;
-        let output = CreateBucketOutput {
-            location: Some(format!("/{}", req.input.bucket)),
-            ..Default::default()
-        };
+        let revision = self.engine.create_bucket(&req.input.bucket, &owner).await.map_err(s3_error)?;
+        let output = CreateBucketOutput { location: Some(format!("/{}", req.input.bucket)) };
         Ok(with_revision(output, revision))
     }
 
-    async fn head_bucket(
-        &self,
-        req: S3Request<HeadBucketInput>,
-    ) -> S3Result<S3Response<HeadBucketOutput>> {
-        let (_, revision) = self
-            .engine
-            .bucket(&req.input.bucket)
-            .await
-            .map_err(s3_error)?;
-        let output = HeadBucketOutput {
-            bucket_region: Some(self.region.clone()),
-            ..Default::default()
-        };
+    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+        let (_, revision) = self.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
+        let output = HeadBucketOutput { bucket_region: Some(self.region.clone()), ..Default::default() };
         Ok(with_revision(output, revision))
     }
 
@@ -367,16 +287,10 @@ impl S3 for MeridianS3 {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        self.engine
-            .bucket(&req.input.bucket)
-            .await
-            .map_err(s3_error)?;
+        self.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
         // us-east-1 is reported as an empty constraint, as S3 does.
-        let constraint = (self.region != "us-east-1")
-            .then(|| BucketLocationConstraint::from(self.region.clone()));
-        Ok(S3Response::new(GetBucketLocationOutput {
-            location_constraint: constraint,
-        }))
+        let constraint = (self.region != "us-east-1").then(|| BucketLocationConstraint::from(self.region.clone()));
+        Ok(S3Response::new(GetBucketLocationOutput { location_constraint: constraint }))
     }
 
     async fn get_bucket_versioning(
@@ -384,29 +298,16 @@ impl S3 for MeridianS3 {
         req: S3Request<GetBucketVersioningInput>,
     ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
         // Versioning was never enabled on any Meridian bucket; S3 answers that with no status.
-        self.engine
-            .bucket(&req.input.bucket)
-            .await
-            .map_err(s3_error)?;
+        self.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
         Ok(S3Response::new(GetBucketVersioningOutput::default()))
     }
 
-    async fn delete_bucket(
-        &self,
-        req: S3Request<DeleteBucketInput>,
-    ) -> S3Result<S3Response<DeleteBucketOutput>> {
-        let revision = self
-            .engine
-            .delete_bucket(&req.input.bucket)
-            .await
-            .map_err(s3_error)?;
+    async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+        let revision = self.engine.delete_bucket(&req.input.bucket).await.map_err(s3_error)?;
         Ok(with_revision(DeleteBucketOutput::default(), revision))
     }
 
-    async fn put_object(
-        &self,
-        mut req: S3Request<PutObjectInput>,
-    ) -> S3Result<S3Response<PutObjectOutput>> {
+    async fn put_object(&self, mut req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let input = &mut req.input;
         refuse_unsupported(
             input.acl.as_ref().map(ObjectCannedACL::as_str),
@@ -426,12 +327,8 @@ impl S3 for MeridianS3 {
             sha1: input.checksum_sha1.take(),
             sha256: input.checksum_sha256.take(),
         };
-        let integrity = integrity(
-            &req,
-            sums,
-            req.input.content_md5.clone(),
-            req.input.content_length,
-        )?;
+        let integrity = integrity(&req, sums, req.input.content_md5.clone(), req.input.content_length)?;
+        let kv = KvWrite::from_headers(&req.headers)?;
         let input = req.input;
         let headers = HeaderInput {
             content_type: input.content_type.map(|c| c.to_string()),
@@ -443,23 +340,25 @@ impl S3 for MeridianS3 {
             metadata: input.metadata,
         }
         .into_headers();
-        let outcome = self
-            .engine
-            .put_object(PutRequest {
-                bucket: input.bucket,
-                key: input.key,
-                body: request_body(input.body),
-                headers,
-                integrity,
-                conditions: WriteConditions {
-                    if_match: etag_match(input.if_match),
-                    if_none_match: etag_match(input.if_none_match),
-                    if_revision: None,
-                },
-                expires_at_ms: None,
-            })
-            .await
-            .map_err(s3_error)?;
+        let conditions = kv.conditions(WriteConditions {
+            if_match: etag_match(input.if_match),
+            if_none_match: etag_match(input.if_none_match),
+            ..Default::default()
+        });
+        let request = PutRequest {
+            bucket: input.bucket,
+            key: input.key,
+            body: request_body(input.body),
+            headers,
+            integrity,
+            conditions,
+            expires_at_ms: kv.expires_at_ms,
+        };
+        let outcome = match kv.transaction {
+            Some((wait, lock_ttl)) => self.engine.put_transaction(request, wait, lock_ttl).await,
+            None => self.engine.put_object(request).await,
+        }
+        .map_err(s3_error)?;
         let sums = ChecksumFields::from_stored(outcome.record.checksum.as_ref());
         let output = PutObjectOutput {
             e_tag: Some(etag(&outcome.etag)),
@@ -475,18 +374,12 @@ impl S3 for MeridianS3 {
         Ok(with_revision(output, outcome.revision))
     }
 
-    async fn get_object(
-        &self,
-        req: S3Request<GetObjectInput>,
-    ) -> S3Result<S3Response<GetObjectOutput>> {
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
         if input.version_id.as_deref().is_some_and(|v| v != "null") {
             return Err(not_implemented("reading a specific object version"));
         }
-        let want_checksum = input
-            .checksum_mode
-            .as_ref()
-            .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+        let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
         let out = self
             .engine
             .get_object(GetRequest {
@@ -522,21 +415,11 @@ impl S3 for MeridianS3 {
                     .or_else(|| headers.content_type.clone())
                     .unwrap_or_else(|| "binary/octet-stream".into()),
             ),
-            content_encoding: input
-                .response_content_encoding
-                .or_else(|| headers.content_encoding.clone()),
-            content_disposition: input
-                .response_content_disposition
-                .or_else(|| headers.content_disposition.clone()),
-            content_language: input
-                .response_content_language
-                .or_else(|| headers.content_language.clone()),
-            cache_control: input
-                .response_cache_control
-                .or_else(|| headers.cache_control.clone()),
-            expires: input
-                .response_expires
-                .or_else(|| headers.expires.as_deref().and_then(parse_expires)),
+            content_encoding: input.response_content_encoding.or_else(|| headers.content_encoding.clone()),
+            content_disposition: input.response_content_disposition.or_else(|| headers.content_disposition.clone()),
+            content_language: input.response_content_language.or_else(|| headers.content_language.clone()),
+            cache_control: input.response_cache_control.or_else(|| headers.cache_control.clone()),
+            expires: input.response_expires.or_else(|| headers.expires.as_deref().and_then(parse_expires)),
             metadata: metadata(headers),
             parts_count: out.parts_count.map(|n| n as i32),
             checksum_crc32: sums.crc32,
@@ -548,29 +431,20 @@ impl S3 for MeridianS3 {
             ..Default::default()
         };
         let revision = out.revision;
+        let expires_at = out.record.expires_at_ms;
         let len = out.content_length();
         let body = StreamingBlob::new(ResponseBody::new(out.body, len));
-        Ok(with_revision(
-            GetObjectOutput {
-                body: Some(body),
-                ..output
-            },
-            revision,
-        ))
+        let mut resp = with_revision(GetObjectOutput { body: Some(body), ..output }, revision);
+        expiry_headers(expires_at, &mut resp.headers);
+        Ok(resp)
     }
 
-    async fn head_object(
-        &self,
-        req: S3Request<HeadObjectInput>,
-    ) -> S3Result<S3Response<HeadObjectOutput>> {
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
         if input.version_id.as_deref().is_some_and(|v| v != "null") {
             return Err(not_implemented("reading a specific object version"));
         }
-        let want_checksum = input
-            .checksum_mode
-            .as_ref()
-            .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+        let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
         let out = self
             .engine
             .head_object(GetRequest {
@@ -599,12 +473,7 @@ impl S3 for MeridianS3 {
             content_range: content_range(&out),
             e_tag: Some(etag(&out.record.etag)),
             last_modified: Some(timestamp(out.record.modified_ms)),
-            content_type: Some(
-                headers
-                    .content_type
-                    .clone()
-                    .unwrap_or_else(|| "binary/octet-stream".into()),
-            ),
+            content_type: Some(headers.content_type.clone().unwrap_or_else(|| "binary/octet-stream".into())),
             content_encoding: headers.content_encoding.clone(),
             content_disposition: headers.content_disposition.clone(),
             content_language: headers.content_language.clone(),
@@ -620,39 +489,29 @@ impl S3 for MeridianS3 {
             checksum_type: sums.kind,
             ..Default::default()
         };
-        Ok(with_revision(output, out.revision))
+        let mut resp = with_revision(output, out.revision);
+        expiry_headers(out.record.expires_at_ms, &mut resp.headers);
+        Ok(resp)
     }
 
-    async fn delete_object(
-        &self,
-        req: S3Request<DeleteObjectInput>,
-    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let kv = KvWrite::from_headers(&req.headers)?;
+        if kv.expires_at_ms.is_some() || kv.transaction.is_some() {
+            return Err(s3_error!(InvalidArgument, "TTL and transaction headers apply to writes, not deletes"));
+        }
         let input = req.input;
         if input.version_id.as_deref().is_some_and(|v| v != "null") {
             return Err(not_implemented("deleting a specific object version"));
         }
-        let conditions = WriteConditions {
-            if_match: etag_match(input.if_match),
-            ..Default::default()
-        };
-        let out = self
-            .engine
-            .delete_object(&input.bucket, &input.key, &conditions)
-            .await
-            .map_err(s3_error)?;
+        let conditions = kv.conditions(WriteConditions { if_match: etag_match(input.if_match), ..Default::default() });
+        let out = self.engine.delete_object(&input.bucket, &input.key, &conditions).await.map_err(s3_error)?;
         Ok(with_revision(DeleteObjectOutput::default(), out.revision))
     }
 
-    async fn delete_objects(
-        &self,
-        req: S3Request<DeleteObjectsInput>,
-    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let input = req.input;
         if input.delete.objects.len() > 1000 {
-            return Err(s3_error!(
-                MalformedXML,
-                "DeleteObjects accepts at most 1000 keys"
-            ));
+            return Err(s3_error!(MalformedXML, "DeleteObjects accepts at most 1000 keys"));
         }
         let quiet = input.delete.quiet.unwrap_or(false);
         let keys: Vec<String> = input.delete.objects.into_iter().map(|o| o.key).collect();
@@ -667,10 +526,7 @@ impl S3 for MeridianS3 {
                 Ok(out) => {
                     revision = revision.max(out.revision);
                     if !quiet {
-                        deleted.push(DeletedObject {
-                            key: Some(key),
-                            ..Default::default()
-                        });
+                        deleted.push(DeletedObject { key: Some(key), ..Default::default() });
                     }
                 }
                 Err(e) => {
@@ -684,18 +540,11 @@ impl S3 for MeridianS3 {
                 }
             }
         }
-        let output = DeleteObjectsOutput {
-            deleted: Some(deleted),
-            errors: Some(errors),
-            ..Default::default()
-        };
+        let output = DeleteObjectsOutput { deleted: Some(deleted), errors: Some(errors), ..Default::default() };
         Ok(with_revision(output, revision))
     }
 
-    async fn copy_object(
-        &self,
-        req: S3Request<CopyObjectInput>,
-    ) -> S3Result<S3Response<CopyObjectOutput>> {
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
         let input = req.input;
         refuse_unsupported(
             input.acl.as_ref().map(ObjectCannedACL::as_str),
@@ -705,18 +554,11 @@ impl S3 for MeridianS3 {
             input.tagging.as_ref(),
         )?;
         let (src_bucket, src_key) = source_of(&input.copy_source)?;
-        let replace = match input
-            .metadata_directive
-            .as_ref()
-            .map(MetadataDirective::as_str)
-        {
+        let replace = match input.metadata_directive.as_ref().map(MetadataDirective::as_str) {
             None | Some(MetadataDirective::COPY) => false,
             Some(MetadataDirective::REPLACE) => true,
             Some(other) => {
-                return Err(s3_error!(
-                    InvalidArgument,
-                    "Unknown metadata directive {other:?}"
-                ));
+                return Err(s3_error!(InvalidArgument, "Unknown metadata directive {other:?}"));
             }
         };
         let replace_headers = replace.then(|| {
@@ -760,22 +602,13 @@ impl S3 for MeridianS3 {
             checksum_sha256: sums.sha256,
             checksum_type: sums.kind,
         };
-        let output = CopyObjectOutput {
-            copy_object_result: Some(result),
-            ..Default::default()
-        };
+        let output = CopyObjectOutput { copy_object_result: Some(result), ..Default::default() };
         Ok(with_revision(output, out.revision))
     }
 
-    async fn list_objects(
-        &self,
-        req: S3Request<ListObjectsInput>,
-    ) -> S3Result<S3Response<ListObjectsOutput>> {
+    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
-        let url = input
-            .encoding_type
-            .as_ref()
-            .is_some_and(|e| e.as_str() == EncodingType::URL);
+        let url = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
         let enc = |s: String| if url { url_encode(&s) } else { s };
         let request = ListRequest {
             prefix: input.prefix.clone().unwrap_or_default(),
@@ -783,11 +616,7 @@ impl S3 for MeridianS3 {
             after: input.marker.clone().filter(|m| !m.is_empty()),
             max_keys: max_keys(input.max_keys)?,
         };
-        let page = self
-            .engine
-            .list_objects(&input.bucket, &request)
-            .await
-            .map_err(s3_error)?;
+        let page = self.engine.list_objects(&input.bucket, &request).await.map_err(s3_error)?;
         let output = ListObjectsOutput {
             name: Some(input.bucket),
             prefix: Some(enc(request.prefix)),
@@ -795,23 +624,10 @@ impl S3 for MeridianS3 {
             delimiter: input.delimiter.map(enc),
             max_keys: Some(request.max_keys.min(1000) as i32),
             is_truncated: Some(page.is_truncated),
-            next_marker: page
-                .is_truncated
-                .then(|| page.next_after.clone().map(enc))
-                .flatten(),
-            contents: Some(
-                page.objects
-                    .into_iter()
-                    .map(|o| listed_object(o, url))
-                    .collect(),
-            ),
+            next_marker: page.is_truncated.then(|| page.next_after.clone().map(enc)).flatten(),
+            contents: Some(page.objects.into_iter().map(|o| listed_object(o, url)).collect()),
             common_prefixes: Some(
-                page.common_prefixes
-                    .into_iter()
-                    .map(|p| CommonPrefix {
-                        prefix: Some(enc(p)),
-                    })
-                    .collect(),
+                page.common_prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(enc(p)) }).collect(),
             ),
             encoding_type: input.encoding_type,
             ..Default::default()
@@ -819,15 +635,9 @@ impl S3 for MeridianS3 {
         Ok(with_revision(output, page.revision))
     }
 
-    async fn list_objects_v2(
-        &self,
-        req: S3Request<ListObjectsV2Input>,
-    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
-        let url = input
-            .encoding_type
-            .as_ref()
-            .is_some_and(|e| e.as_str() == EncodingType::URL);
+        let url = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
         let enc = |s: String| if url { url_encode(&s) } else { s };
         let after = match &input.continuation_token {
             Some(token) => Some(continuation(token)?),
@@ -839,11 +649,7 @@ impl S3 for MeridianS3 {
             after,
             max_keys: max_keys(input.max_keys)?,
         };
-        let page = self
-            .engine
-            .list_objects(&input.bucket, &request)
-            .await
-            .map_err(s3_error)?;
+        let page = self.engine.list_objects(&input.bucket, &request).await.map_err(s3_error)?;
         let key_count = page.objects.len() + page.common_prefixes.len();
         let output = ListObjectsV2Output {
             name: Some(input.bucket),
@@ -858,19 +664,9 @@ impl S3 for MeridianS3 {
                 .flatten(),
             start_after: input.start_after.map(enc),
             is_truncated: Some(page.is_truncated),
-            contents: Some(
-                page.objects
-                    .into_iter()
-                    .map(|o| listed_object(o, url))
-                    .collect(),
-            ),
+            contents: Some(page.objects.into_iter().map(|o| listed_object(o, url)).collect()),
             common_prefixes: Some(
-                page.common_prefixes
-                    .into_iter()
-                    .map(|p| CommonPrefix {
-                        prefix: Some(enc(p)),
-                    })
-                    .collect(),
+                page.common_prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(enc(p)) }).collect(),
             ),
             encoding_type: input.encoding_type,
             ..Default::default()
@@ -891,20 +687,9 @@ impl S3 for MeridianS3 {
             input.tagging.as_ref(),
         )?;
         let algorithm = checksum_algorithm(input.checksum_algorithm.as_ref())?;
-        let full_object = input
-            .checksum_type
-            .as_ref()
-            .is_some_and(|t| t.as_str() == ChecksumType::FULL_OBJECT);
-        if full_object
-            && matches!(
-                algorithm,
-                Some(ChecksumAlgorithm::Sha1 | ChecksumAlgorithm::Sha256)
-            )
-        {
-            return Err(s3_error!(
-                InvalidRequest,
-                "The FULL_OBJECT checksum type is not supported for SHA checksums"
-            ));
+        let full_object = input.checksum_type.as_ref().is_some_and(|t| t.as_str() == ChecksumType::FULL_OBJECT);
+        if full_object && matches!(algorithm, Some(ChecksumAlgorithm::Sha1 | ChecksumAlgorithm::Sha256)) {
+            return Err(s3_error!(InvalidRequest, "The FULL_OBJECT checksum type is not supported for SHA checksums"));
         }
         let headers = HeaderInput {
             content_type: input.content_type.map(|c| c.to_string()),
@@ -932,10 +717,7 @@ impl S3 for MeridianS3 {
         Ok(S3Response::new(output))
     }
 
-    async fn upload_part(
-        &self,
-        mut req: S3Request<UploadPartInput>,
-    ) -> S3Result<S3Response<UploadPartOutput>> {
+    async fn upload_part(&self, mut req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         let input = &mut req.input;
         if input.sse_customer_algorithm.is_some() {
             return Err(not_implemented("server-side encryption"));
@@ -948,24 +730,12 @@ impl S3 for MeridianS3 {
             sha1: input.checksum_sha1.take(),
             sha256: input.checksum_sha256.take(),
         };
-        let integrity = integrity(
-            &req,
-            sums,
-            req.input.content_md5.clone(),
-            req.input.content_length,
-        )?;
+        let integrity = integrity(&req, sums, req.input.content_md5.clone(), req.input.content_length)?;
         let input = req.input;
         let part_number = u32::try_from(input.part_number).unwrap_or(0);
         let part = self
             .engine
-            .upload_part(
-                &input.bucket,
-                &input.key,
-                &input.upload_id,
-                part_number,
-                request_body(input.body),
-                integrity,
-            )
+            .upload_part(&input.bucket, &input.key, &input.upload_id, part_number, request_body(input.body), integrity)
             .await
             .map_err(s3_error)?;
         let sums = ChecksumFields::from_stored(part.checksum.as_ref());
@@ -1018,10 +788,7 @@ impl S3 for MeridianS3 {
             checksum_sha1: sums.sha1,
             checksum_sha256: sums.sha256,
         };
-        Ok(S3Response::new(UploadPartCopyOutput {
-            copy_part_result: Some(result),
-            ..Default::default()
-        }))
+        Ok(S3Response::new(UploadPartCopyOutput { copy_part_result: Some(result), ..Default::default() }))
     }
 
     async fn complete_multipart_upload(
@@ -1029,10 +796,7 @@ impl S3 for MeridianS3 {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let input = req.input;
-        let listed = input
-            .multipart_upload
-            .and_then(|m| m.parts)
-            .unwrap_or_default();
+        let listed = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
         let mut parts = Vec::with_capacity(listed.len());
         for part in listed {
             let part_number = part
@@ -1049,26 +813,16 @@ impl S3 for MeridianS3 {
                 .or(part.checksum_crc64nvme)
                 .or(part.checksum_sha1)
                 .or(part.checksum_sha256);
-            parts.push(CompletePart {
-                part_number,
-                etag,
-                checksum,
-            });
+            parts.push(CompletePart { part_number, etag, checksum });
         }
         let conditions = WriteConditions {
             if_match: etag_match(input.if_match),
             if_none_match: etag_match(input.if_none_match),
-            if_revision: None,
+            ..Default::default()
         };
         let (record, revision) = self
             .engine
-            .complete_multipart_upload(
-                &input.bucket,
-                &input.key,
-                &input.upload_id,
-                &parts,
-                &conditions,
-            )
+            .complete_multipart_upload(&input.bucket, &input.key, &input.upload_id, &parts, &conditions)
             .await
             .map_err(s3_error)?;
         let sums = ChecksumFields::from_stored(record.checksum.as_ref());
@@ -1093,30 +847,18 @@ impl S3 for MeridianS3 {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let input = req.input;
-        self.engine
-            .abort_multipart_upload(&input.bucket, &input.key, &input.upload_id)
-            .await
-            .map_err(s3_error)?;
+        self.engine.abort_multipart_upload(&input.bucket, &input.key, &input.upload_id).await.map_err(s3_error)?;
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
 
-    async fn list_parts(
-        &self,
-        req: S3Request<ListPartsInput>,
-    ) -> S3Result<S3Response<ListPartsOutput>> {
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
         let input = req.input;
         let marker = u32::try_from(input.part_number_marker.unwrap_or(0))
             .map_err(|_| s3_error!(InvalidArgument, "part-number-marker must not be negative"))?;
         let max_parts = input.max_parts.map_or(1000, |m| m.max(0) as usize);
         let page = self
             .engine
-            .list_parts(
-                &input.bucket,
-                &input.key,
-                &input.upload_id,
-                marker,
-                max_parts,
-            )
+            .list_parts(&input.bucket, &input.key, &input.upload_id, marker, max_parts)
             .await
             .map_err(s3_error)?;
         let algorithm = page.upload.as_ref().and_then(|u| u.checksum_algorithm);
@@ -1166,11 +908,7 @@ impl S3 for MeridianS3 {
             upload_id_marker: input.upload_id_marker.clone().filter(|m| !m.is_empty()),
             max_uploads: input.max_uploads.map_or(1000, |m| m.max(0) as usize),
         };
-        let page = self
-            .engine
-            .list_multipart_uploads(&input.bucket, &request)
-            .await
-            .map_err(s3_error)?;
+        let page = self.engine.list_multipart_uploads(&input.bucket, &request).await.map_err(s3_error)?;
         let uploads = page
             .uploads
             .into_iter()
@@ -1193,12 +931,7 @@ impl S3 for MeridianS3 {
             next_key_marker: page.next_key_marker,
             next_upload_id_marker: page.next_upload_id_marker,
             uploads: Some(uploads),
-            common_prefixes: Some(
-                page.common_prefixes
-                    .into_iter()
-                    .map(|p| CommonPrefix { prefix: Some(p) })
-                    .collect(),
-            ),
+            common_prefixes: Some(page.common_prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
             encoding_type: input.encoding_type,
             ..Default::default()
         };
@@ -1212,19 +945,13 @@ fn ChecksumAlgorithm_from(name: &str) -> s3s::dto::ChecksumAlgorithm {
 }
 
 fn listed_object(o: meridian_engine::ListedObject, url: bool) -> Object {
-    let checksum_algorithm = o
-        .record
-        .checksum
-        .as_ref()
-        .map(|c| vec![ChecksumAlgorithm_from(c.algorithm.name())]);
+    let checksum_algorithm = o.record.checksum.as_ref().map(|c| vec![ChecksumAlgorithm_from(c.algorithm.name())]);
     Object {
         key: Some(if url { url_encode(&o.key) } else { o.key }),
         e_tag: Some(etag(&o.record.etag)),
         last_modified: Some(timestamp(o.record.modified_ms)),
         size: Some(o.record.size as i64),
-        storage_class: Some(ObjectStorageClass::from_static(
-            ObjectStorageClass::STANDARD,
-        )),
+        storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
         checksum_algorithm,
         ..Default::default()
     }

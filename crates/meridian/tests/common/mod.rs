@@ -46,18 +46,9 @@ impl Server {
     pub fn start_in(data: &Path, extra: &[&str], listen: Option<&str>) -> Server {
         let listen = listen.unwrap_or("127.0.0.1:0");
         let mut cmd = Command::new(binary());
-        cmd.arg("server")
-            .arg("--data")
-            .arg(data)
-            .arg("--listen")
-            .arg(listen)
-            .args(extra);
-        cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("MERIDIAN_TEST_LOG").unwrap_or_else(|_| "warn,s3s=off".into()),
-        );
+        cmd.arg("server").arg("--data").arg(data).arg("--listen").arg(listen).args(extra);
+        cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY).env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+        cmd.env("RUST_LOG", std::env::var("MERIDIAN_TEST_LOG").unwrap_or_else(|_| "warn,s3s=off".into()));
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn meridian server");
         let stdout = child.stdout.take().expect("stdout");
@@ -111,8 +102,7 @@ impl Server {
 
     /// Resident memory of the server process (current, peak) in KiB.
     pub fn rss_kib(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         let field = |name: &str| {
             status
                 .lines()
@@ -136,8 +126,7 @@ impl Drop for Server {
 }
 
 pub fn client_for(endpoint: &str, access: &str, secret: &str) -> aws_sdk_s3::Client {
-    let creds =
-        aws_credential_types::Credentials::new(access, secret, None, None, "meridian-tests");
+    let creds = aws_credential_types::Credentials::new(access, secret, None, None, "meridian-tests");
     let config = aws_sdk_s3::Config::builder()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
@@ -155,9 +144,7 @@ where
     R: std::fmt::Debug,
 {
     match err {
-        aws_sdk_s3::error::SdkError::ServiceError(e) => {
-            e.err().code().unwrap_or("<no code>").to_string()
-        }
+        aws_sdk_s3::error::SdkError::ServiceError(e) => e.err().code().unwrap_or("<no code>").to_string(),
         other => format!("<not a service error: {other:?}>"),
     }
 }
@@ -174,9 +161,7 @@ pub fn error_status<E, R: std::fmt::Debug>(
 
 /// Deterministic pseudo-random bytes.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -193,23 +178,13 @@ pub fn md5_hex(data: &[u8]) -> String {
 }
 
 pub async fn body_bytes(out: aws_sdk_s3::operation::get_object::GetObjectOutput) -> Vec<u8> {
-    out.body
-        .collect()
-        .await
-        .expect("read body")
-        .into_bytes()
-        .to_vec()
+    out.body.collect().await.expect("read body").into_bytes().to_vec()
 }
 
 /// Finds a command on PATH or fails the test with how to get it: a missing tool must never
 /// turn into a silent pass.
 pub fn require_tool(name: &str, how: &str) -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!("required tool `{name}` is not installed: {how} (scripts/test.sh installs it)")
-    })
+    let found = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file()));
+    found.unwrap_or_else(|| panic!("required tool `{name}` is not installed: {how} (scripts/test.sh installs it)"))
 }

@@ -16,10 +16,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -29,30 +26,16 @@ impl Response {
     /// The `<Code>` of an S3 XML error body.
     pub fn error_code(&self) -> String {
         let text = self.text();
-        text.split("<Code>")
-            .nth(1)
-            .and_then(|rest| rest.split("</Code>").next())
-            .unwrap_or("")
-            .to_string()
+        text.split("<Code>").nth(1).and_then(|rest| rest.split("</Code>").next()).unwrap_or("").to_string()
     }
 }
 
 /// Sends one request and reads the whole response (the connection is closed after it).
-pub fn send(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> Response {
+pub fn send(addr: &str, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Response {
     let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    let has_length = headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+    let has_length = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -69,44 +52,25 @@ pub fn send(
 }
 
 fn parse(raw: &[u8]) -> Response {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("complete response head");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("complete response head");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let status = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     let mut body = raw[split + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     if chunked {
         body = dechunk(&body);
     }
-    Response {
-        status,
-        headers,
-        body,
-    }
+    Response { status, headers, body }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..line_end]).trim(), 16)
-            .unwrap_or(0);
+    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..line_end]).trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
         }
@@ -119,13 +83,7 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 
 /// Sends a SigV4-signed request (payload hash included) with the test credentials, or with
 /// `secret` when given.
-pub fn signed(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> Response {
+pub fn signed(addr: &str, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Response {
     signed_with(addr, method, path, headers, body, ACCESS_KEY, SECRET_KEY)
 }
 
@@ -138,47 +96,82 @@ pub fn signed_with(
     access: &str,
     secret: &str,
 ) -> Response {
-    use aws_sigv4::http_request::{
-        PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign,
-    };
+    let all = sign_headers(addr, method, path, headers, body, access, secret);
+    let refs: Vec<(&str, String)> = all.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    send(addr, method, path, &refs, body)
+}
+
+/// `headers` plus the SigV4 headers (Authorization, X-Amz-Date, X-Amz-Content-SHA256) for a
+/// request carrying `body`.
+pub fn sign_headers(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+    access: &str,
+    secret: &str,
+) -> Vec<(String, String)> {
+    use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign};
     use aws_sigv4::sign::v4;
 
     let identity = aws_credential_types::Credentials::new(access, secret, None, None, "raw").into();
     let mut settings = SigningSettings::default();
     settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    settings.uri_path_normalization_mode =
-        aws_sigv4::http_request::UriPathNormalizationMode::Disabled;
+    settings.uri_path_normalization_mode = aws_sigv4::http_request::UriPathNormalizationMode::Disabled;
     settings.percent_encoding_mode = aws_sigv4::http_request::PercentEncodingMode::Single;
+    // A caller-supplied x-amz-date sets the signing time (to test clock skew).
+    let time = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-amz-date"))
+        .and_then(|(_, v)| parse_amz_date(v))
+        .unwrap_or_else(SystemTime::now);
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region("us-east-1")
         .name("s3")
-        .time(SystemTime::now())
+        .time(time)
         .settings(settings)
         .build()
         .expect("signing params")
         .into();
     let url = format!("http://{addr}{path}");
-    let mut all: Vec<(String, String)> = headers
+    let mut to_sign: Vec<(String, String)> = headers
         .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("x-amz-date"))
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
-    all.push(("host".into(), addr.to_string()));
+    to_sign.push(("host".into(), addr.to_string()));
     let signable = SignableRequest::new(
         method,
         url,
-        all.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        to_sign.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         SignableBody::Bytes(body),
     )
     .expect("signable");
     let (instructions, _) = sign(signable, &params).expect("sign").into_parts();
     let mut out: Vec<(String, String)> = headers
         .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("x-amz-date"))
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
     for (k, v) in instructions.headers() {
         out.push((k.to_string(), v.to_string()));
     }
-    let refs: Vec<(&str, String)> = out.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    send(addr, method, path, &refs, body)
+    out
+}
+
+/// Parses `20240101T000000Z`.
+fn parse_amz_date(value: &str) -> Option<SystemTime> {
+    let iso = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        value.get(0..4)?,
+        value.get(4..6)?,
+        value.get(6..8)?,
+        value.get(9..11)?,
+        value.get(11..13)?,
+        value.get(13..15)?
+    );
+    let dt = aws_smithy_types::DateTime::from_str(&iso, aws_smithy_types::date_time::Format::DateTime).ok()?;
+    SystemTime::try_from(dt).ok()
 }

@@ -1,0 +1,168 @@
+//! Atomic batches: puts and deletes of many keys in one transaction, all or nothing, each with
+//! an optional condition on the key's current revision.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use meridian_meta::{Compare, Revision, Txn};
+
+use crate::error::{EngineError, EngineResult};
+use crate::ingest::{IngestLimits, IngestedData, Integrity, body_from_bytes, ingest};
+use crate::object::{Current, object_change};
+use crate::record::{DataLayout, ObjectHeaders, ObjectRecord};
+use crate::ttl::expires_after;
+use crate::{Engine, keys, now_ms, validate_key};
+
+/// Most operations in one batch.
+pub const MAX_BATCH_OPS: usize = 1000;
+
+#[derive(Clone, Debug)]
+pub enum BatchOp {
+    Put {
+        key: String,
+        value: Bytes,
+        /// The key's revision must be exactly this (0: the key must not exist).
+        if_revision: Option<u64>,
+        ttl: Option<Duration>,
+    },
+    Delete {
+        key: String,
+        if_revision: Option<u64>,
+    },
+}
+
+impl BatchOp {
+    pub fn key(&self) -> &str {
+        match self {
+            BatchOp::Put { key, .. } | BatchOp::Delete { key, .. } => key,
+        }
+    }
+
+    fn if_revision(&self) -> Option<u64> {
+        match self {
+            BatchOp::Put { if_revision, .. } | BatchOp::Delete { if_revision, .. } => *if_revision,
+        }
+    }
+}
+
+/// A put prepared before the transaction: its record and inline bytes.
+struct Prepared {
+    record: ObjectRecord,
+    inline: Option<Bytes>,
+}
+
+impl Engine {
+    /// Applies every op or none. Returns the batch's revision.
+    pub async fn batch(&self, bucket: &str, ops: Vec<BatchOp>) -> EngineResult<Revision> {
+        if ops.is_empty() || ops.len() > MAX_BATCH_OPS {
+            return Err(EngineError::InvalidArgument(format!(
+                "a batch holds 1 to {MAX_BATCH_OPS} operations, got {}",
+                ops.len()
+            )));
+        }
+        let mut seen = HashSet::new();
+        for op in &ops {
+            validate_key(op.key())?;
+            if !seen.insert(op.key()) {
+                return Err(EngineError::InvalidArgument(format!("key {:?} appears twice in the batch", op.key())));
+            }
+        }
+        self.bucket_for_write(bucket).await?;
+        let prepared = self.prepare_puts(&ops).await?;
+        let result = self.commit_batch(bucket, &ops, &prepared).await;
+        if result.is_err() {
+            self.delete_blobs_now(prepared.iter().flatten().flat_map(|p| p.record.data.blobs()).collect());
+        }
+        result
+    }
+
+    async fn prepare_puts(&self, ops: &[BatchOp]) -> EngineResult<Vec<Option<Prepared>>> {
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            let BatchOp::Put { value, ttl, .. } = op else {
+                out.push(None);
+                continue;
+            };
+            let limits = IngestLimits { inline_max: self.config().inline_max, max_size: self.config().max_object_size };
+            let ingested = ingest(self.blobs(), body_from_bytes(value.clone()), Integrity::default(), limits).await;
+            let ingested = match ingested {
+                Ok(i) => i,
+                Err(e) => {
+                    self.delete_blobs_now(
+                        out.iter().flatten().flat_map(|p: &Prepared| p.record.data.blobs()).collect(),
+                    );
+                    return Err(e);
+                }
+            };
+            let (data, inline) = match ingested.data {
+                IngestedData::Inline(bytes) => (DataLayout::Inline, Some(bytes)),
+                IngestedData::Blob(id) => (DataLayout::Blob { id }, None),
+            };
+            let record = ObjectRecord {
+                size: ingested.size,
+                etag: hex::encode(ingested.md5),
+                modified_ms: now_ms(),
+                headers: ObjectHeaders::default(),
+                checksum: ingested.checksum,
+                data,
+                expires_at_ms: ttl.map(expires_after),
+            };
+            out.push(Some(Prepared { record, inline }));
+        }
+        Ok(out)
+    }
+
+    async fn commit_batch(
+        &self,
+        bucket: &str,
+        ops: &[BatchOp],
+        prepared: &[Option<Prepared>],
+    ) -> EngineResult<Revision> {
+        for _ in 0..64 {
+            let bucket_revision = self.bucket_for_write(bucket).await?;
+            let currents = self.read_currents(bucket, ops).await?;
+            let now = now_ms();
+            let mut txn = Txn::new().when(Compare::mod_revision_is(keys::bucket(bucket), bucket_revision));
+            let mut freed = Vec::new();
+            for ((op, current), prepared) in ops.iter().zip(&currents).zip(prepared) {
+                let visible = current.as_ref().filter(|c| !c.record.is_expired(now));
+                if let Some(want) = op.if_revision() {
+                    let have = visible.map_or(0, |c| c.revision);
+                    if have != want {
+                        return Err(EngineError::InvalidRequest(format!(
+                            "batch refused: key {:?} is at revision {have}, the batch expected {want}",
+                            op.key()
+                        )));
+                    }
+                }
+                let new = prepared.as_ref().map(|p| (&p.record, p.inline.as_ref()));
+                let change = object_change(bucket, op.key(), current.as_ref(), new);
+                txn.compares.extend(change.compares);
+                txn.ops.extend(change.ops);
+                freed.extend(change.freed);
+            }
+            let resp = self.meta().txn(txn).await?;
+            if resp.succeeded {
+                self.delete_blobs_later(freed);
+                return Ok(resp.revision);
+            }
+        }
+        Err(EngineError::Contended)
+    }
+
+    async fn read_currents(&self, bucket: &str, ops: &[BatchOp]) -> EngineResult<Vec<Option<Current>>> {
+        let mut keys_to_read = Vec::with_capacity(ops.len() * 2);
+        for op in ops {
+            keys_to_read.push(keys::object(bucket, op.key()));
+            keys_to_read.push(keys::inline(bucket, op.key()));
+        }
+        let (kvs, _) = self.meta().get_many(&keys_to_read).await?;
+        let mut out = Vec::with_capacity(ops.len());
+        let mut it = kvs.into_iter();
+        while let (Some(record), Some(inline)) = (it.next(), it.next()) {
+            out.push(crate::object::decode_current(record, inline)?);
+        }
+        Ok(out)
+    }
+}

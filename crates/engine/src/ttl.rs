@@ -1,0 +1,163 @@
+//! Expiry: TTLs on objects and the reaper that removes expired objects.
+//!
+//! An object with a TTL carries its expiry instant in its record. Reads and listings treat it as
+//! absent from that instant on, on every node at once, whatever the reaper is doing. Re-putting
+//! the key writes a new record (with its own expiry or none), so an old TTL can never remove a
+//! newer value. The reaper only reclaims space: it walks a time-ordered index, and deletes an
+//! object with a transaction that compares the revision it checked, leaving a short-lived
+//! marker that watches report as an `expire` event.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use meridian_meta::{Compare, Op, RangeRequest, Txn};
+
+use crate::error::{EngineError, EngineResult};
+use crate::object::object_change;
+use crate::record::{self, ObjectRecord};
+use crate::{Engine, keys, now_ms};
+
+/// How long an expired-object marker stays before the reaper removes it. Watches resume from
+/// history, so this only needs to outlast the commit.
+const MARKER_LIFETIME_MS: i64 = 60_000;
+/// Index entries handled per reaper step.
+const REAP_BATCH: usize = 256;
+/// The longest TTL accepted (100 years).
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Parses a TTL such as `500ms`, `90s`, `5m`, `2h`, `7d`, or a bare number of seconds.
+pub fn parse_ttl(text: &str) -> EngineResult<Duration> {
+    let bad = || {
+        EngineError::InvalidArgument(format!(
+            "invalid TTL {text:?}: use a positive number with a unit, e.g. 500ms, 90s, 5m, 2h or 7d"
+        ))
+    };
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let millis = match unit.trim() {
+        "ms" => value,
+        "" | "s" => value * 1e3,
+        "m" => value * 60e3,
+        "h" => value * 3600e3,
+        "d" => value * 86_400e3,
+        _ => return Err(bad()),
+    };
+    if !millis.is_finite() || millis < 1.0 {
+        return Err(bad());
+    }
+    let ttl = Duration::from_millis(millis as u64);
+    if ttl > MAX_TTL {
+        return Err(EngineError::InvalidArgument(format!("TTL {text:?} is longer than 100 years")));
+    }
+    Ok(ttl)
+}
+
+/// The expiry instant (Unix ms) of a TTL starting now.
+pub fn expires_after(ttl: Duration) -> i64 {
+    now_ms().saturating_add(ttl.as_millis() as i64)
+}
+
+impl Engine {
+    /// Runs the reaper until the process ends. `interval` is how often it looks for due entries.
+    pub fn spawn_reaper(&self, interval: Duration) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match engine.reap_due().await {
+                    // More may be due right away.
+                    Ok(n) if n >= REAP_BATCH => continue,
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "expiry reaper step failed"),
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+    }
+
+    /// Handles index entries that are due now; returns how many it looked at.
+    pub async fn reap_due(&self) -> EngineResult<usize> {
+        let now = now_ms();
+        let end = keys::expiry(now + 1, b"");
+        let due = self
+            .meta()
+            .range(RangeRequest::between(Bytes::from_static(keys::EXPIRY_PREFIX.as_bytes()), end).limit(REAP_BATCH))
+            .await?;
+        for kv in &due.kvs {
+            let Some((at, target)) = keys::parse_expiry(&kv.key) else {
+                continue;
+            };
+            if let Err(err) = self.reap_one(kv.key.clone(), kv.mod_revision, at, Bytes::copy_from_slice(target)).await {
+                tracing::warn!(error = %err, target = %String::from_utf8_lossy(target), "could not reap an expired entry");
+            }
+        }
+        Ok(due.kvs.len())
+    }
+
+    async fn reap_one(&self, index_key: Bytes, index_revision: u64, at: i64, target: Bytes) -> EngineResult<()> {
+        let drop_index = || {
+            Txn::new()
+                .when(Compare::mod_revision_is(index_key.clone(), index_revision))
+                .then(Op::delete(index_key.clone()))
+        };
+        let text = String::from_utf8_lossy(&target).into_owned();
+        if text.ends_with(keys::EXPIRED_MARKER) {
+            // A marker has served its purpose.
+            self.meta().txn(drop_index().then(Op::delete(target))).await?;
+            return Ok(());
+        }
+        let Some((bucket, key)) = text.strip_prefix("o/").and_then(|rest| rest.split_once('/')) else {
+            self.meta().txn(drop_index()).await?;
+            return Ok(());
+        };
+        let current = self.read_current(bucket, key).await?;
+        let Some(current) = current.filter(|c| c.record.expires_at_ms == Some(at) && c.record.is_expired(now_ms()))
+        else {
+            // Re-put or deleted since: the entry is stale.
+            self.meta().txn(drop_index()).await?;
+            return Ok(());
+        };
+        let marker = keys::expired_marker(bucket, key);
+        let change = object_change(bucket, key, Some(&current), None);
+        let blobs = change.freed;
+        // The marker goes first so a watch sees the expiry before the removal of the same
+        // revision.
+        let marked = ExpiredMarker { revision: current.revision, record: current.record.clone() };
+        let mut txn = Txn::new()
+            .then(Op::put(marker.clone(), record::encode(&marked)))
+            .then(Op::put(keys::expiry(now_ms() + MARKER_LIFETIME_MS, &marker), Bytes::new()));
+        txn.compares.extend(change.compares);
+        txn.ops.extend(change.ops);
+        if self.meta().txn(txn).await?.succeeded {
+            self.delete_blobs_later(blobs);
+        }
+        Ok(())
+    }
+}
+
+/// What an expired-object marker holds: the record as it was when it expired.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ExpiredMarker {
+    /// The revision of the write that expired.
+    pub revision: u64,
+    pub record: ObjectRecord,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_syntax() {
+        assert_eq!(parse_ttl("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_ttl("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_ttl("1.5m").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_ttl("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_ttl("1d").unwrap(), Duration::from_secs(86_400));
+        for bad in ["", "abc", "-5s", "0", "0s", "10 parsecs", "5x", "1e400", "200000000d"] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?}");
+        }
+    }
+}

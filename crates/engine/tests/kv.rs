@@ -1,0 +1,283 @@
+//! KV semantics on the engine: TTL and the reaper, locks and fencing, put_transaction, watch,
+//! batches. Real embedded metadata store and blob store on a temp dir.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use meridian_blob::BlobStore;
+use meridian_engine::conditions::{Fence, WriteConditions};
+use meridian_engine::record::ObjectHeaders;
+use meridian_engine::watch::{Change, ChangeKind};
+use meridian_engine::*;
+use meridian_meta::embedded::{EmbeddedOptions, EmbeddedStore};
+
+fn engine() -> (Engine, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = EmbeddedStore::open(&dir.path().join("meta.redb"), EmbeddedOptions::default()).unwrap();
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    let config = EngineConfig { inline_max: 64, blob_delete_delay: Duration::ZERO, ..Default::default() };
+    (Engine::new(Arc::new(meta), blobs, config), dir)
+}
+
+fn put_req(key: &str, value: &[u8], ttl: Option<Duration>) -> PutRequest {
+    PutRequest {
+        bucket: "kvs".into(),
+        key: key.into(),
+        body: body_from_bytes(Bytes::copy_from_slice(value)),
+        headers: ObjectHeaders::default(),
+        integrity: Integrity::default(),
+        conditions: WriteConditions::default(),
+        expires_at_ms: ttl.map(ttl::expires_after),
+    }
+}
+
+async fn get(engine: &Engine, key: &str) -> Option<Vec<u8>> {
+    match engine.get_object(GetRequest { bucket: "kvs".into(), key: key.into(), ..Default::default() }).await {
+        Ok(out) => {
+            let chunks: Vec<Bytes> = futures::TryStreamExt::try_collect(out.body).await.unwrap();
+            Some(chunks.concat())
+        }
+        Err(EngineError::NoSuchKey) => None,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+async fn listed(engine: &Engine) -> Vec<String> {
+    let page = engine.list_objects("kvs", &ListRequest { max_keys: 1000, ..Default::default() }).await.unwrap();
+    page.objects.into_iter().map(|o| o.key).collect()
+}
+
+async fn next(stream: &mut watch::ChangeStream) -> Change {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("event in time")
+        .expect("open")
+        .expect("ok")
+}
+
+#[tokio::test]
+async fn ttl_hides_at_once_and_the_reaper_cleans_up() {
+    let (engine, dir) = engine();
+    engine.create_bucket("kvs", "me").await.unwrap();
+    let mut changes = engine.watch("kvs", "", 0).await.unwrap();
+    let big = vec![9u8; 1000]; // stored as a blob
+    let put = engine.put_object(put_req("short", &big, Some(Duration::from_millis(300)))).await.unwrap();
+    engine.put_object(put_req("forever", b"v", None)).await.unwrap();
+    assert_eq!(get(&engine, "short").await.as_deref(), Some(&big[..]));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    // Invisible at once, before any reaper ran.
+    assert_eq!(get(&engine, "short").await, None);
+    assert_eq!(listed(&engine).await, ["forever"]);
+    let blob_files = || -> usize {
+        std::fs::read_dir(dir.path().join("blobs"))
+            .unwrap()
+            .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+            .sum()
+    };
+    assert_eq!(blob_files(), 1, "the expired object's bytes are still on disk before the reaper runs");
+    engine.reap_due().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(blob_files(), 0, "the reaper reclaims the expired object's bytes");
+
+    let e = next(&mut changes).await;
+    assert_eq!((e.kind, e.key.as_str(), e.revision), (ChangeKind::Put, "short", put.revision));
+    assert_eq!(next(&mut changes).await.key, "forever");
+    let e = next(&mut changes).await;
+    assert_eq!((e.kind, e.key.as_str()), (ChangeKind::Expire, "short"), "an expiry is reported as such, once");
+    assert_eq!(e.size, Some(1000));
+    // The marker is not an object and does not block deleting the bucket.
+    engine.delete_object("kvs", "forever", &WriteConditions::default()).await.unwrap();
+    let e = next(&mut changes).await;
+    assert_eq!((e.kind, e.key.as_str()), (ChangeKind::Delete, "forever"));
+    engine.delete_bucket("kvs").await.unwrap();
+}
+
+#[tokio::test]
+async fn reput_is_never_undone_by_an_old_ttl() {
+    let (engine, _dir) = engine();
+    engine.create_bucket("kvs", "me").await.unwrap();
+    engine.put_object(put_req("a", b"old", Some(Duration::from_millis(200)))).await.unwrap();
+    engine.put_object(put_req("a", b"new, no ttl", None)).await.unwrap();
+    engine.put_object(put_req("b", b"old", Some(Duration::from_millis(200)))).await.unwrap();
+    engine.put_object(put_req("b", b"new, longer", Some(Duration::from_secs(30)))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    engine.reap_due().await.unwrap();
+    assert_eq!(get(&engine, "a").await.as_deref(), Some(&b"new, no ttl"[..]));
+    assert_eq!(get(&engine, "b").await.as_deref(), Some(&b"new, longer"[..]));
+}
+
+#[tokio::test]
+async fn locks_contend_expire_and_fence() {
+    let (engine, _dir) = engine();
+    engine.create_bucket("kvs", "me").await.unwrap();
+    let ttl = Duration::from_millis(300);
+    let first = engine.acquire_lock("kvs", "db", "alice", ttl, Duration::ZERO).await.unwrap();
+    match engine.acquire_lock("kvs", "db", "bob", ttl, Duration::ZERO).await {
+        Err(EngineError::LockContended { owner, .. }) => assert_eq!(owner, "alice"),
+        other => panic!("expected LockContended, got {other:?}"),
+    }
+    assert_eq!(engine.lock_owner("kvs", "db").await.unwrap().unwrap().owner, "alice");
+
+    // A fenced write with the current token passes.
+    let mut req = put_req("data", b"by alice", None);
+    req.conditions.fence = Some(Fence { lock: "db".into(), token: first.token });
+    engine.put_object(req).await.unwrap();
+
+    // Alice stalls; her lock expires and Bob takes it (waiting for it).
+    let second = engine.acquire_lock("kvs", "db", "bob", ttl, Duration::from_secs(2)).await.unwrap();
+    assert!(second.token > first.token, "tokens increase with every grant");
+    let mut req = put_req("data", b"stale alice", None);
+    req.conditions.fence = Some(Fence { lock: "db".into(), token: first.token });
+    match engine.put_object(req).await {
+        Err(EngineError::FenceRejected { current, .. }) => assert_eq!(current, second.token),
+        other => panic!("expected FenceRejected, got {other:?}"),
+    }
+    assert_eq!(get(&engine, "data").await.as_deref(), Some(&b"by alice"[..]));
+    assert!(matches!(engine.renew_lock("kvs", "db", first.token, ttl).await, Err(EngineError::LockNotHeld { .. })));
+    assert!(matches!(engine.release_lock("kvs", "db", first.token).await, Err(EngineError::LockNotHeld { .. })));
+    engine.renew_lock("kvs", "db", second.token, Duration::from_secs(10)).await.unwrap();
+    engine.release_lock("kvs", "db", second.token).await.unwrap();
+    assert!(engine.lock_owner("kvs", "db").await.unwrap().is_none());
+    let third = engine.acquire_lock("kvs", "db", "carol", ttl, Duration::ZERO).await.unwrap();
+    assert!(third.token > second.token, "tokens keep increasing after a release");
+
+    for bad in ["", "has space", "new\nline", &"x".repeat(300)] {
+        assert!(
+            matches!(
+                engine.acquire_lock("kvs", bad, "o", ttl, Duration::ZERO).await,
+                Err(EngineError::InvalidArgument(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(engine.acquire_lock("kvs", "ok", "o", Duration::ZERO, Duration::ZERO).await.is_err());
+}
+
+#[tokio::test]
+async fn put_transaction_contention_has_one_winner() {
+    let (engine, _dir) = engine();
+    engine.create_bucket("kvs", "me").await.unwrap();
+    // Hold the key's lock as a slow writer would, then race ten transactions.
+    let name = format!("{}counter", locks::KEY_LOCK_PREFIX);
+    let held = engine.acquire_lock("kvs", &name, "slow-writer", Duration::from_secs(5), Duration::ZERO).await.unwrap();
+    let attempts = (0..10).map(|i| {
+        let engine = engine.clone();
+        async move {
+            engine
+                .put_transaction(
+                    put_req("counter", format!("{i}").as_bytes(), None),
+                    Duration::ZERO,
+                    Duration::from_secs(5),
+                )
+                .await
+        }
+    });
+    let results = futures::future::join_all(attempts).await;
+    assert!(results.iter().all(|r| matches!(r, Err(EngineError::LockContended { .. }))));
+    engine.release_lock("kvs", &name, held.token).await.unwrap();
+    engine.put_transaction(put_req("counter", b"won", None), Duration::ZERO, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(get(&engine, "counter").await.as_deref(), Some(&b"won"[..]));
+    assert!(
+        engine.lock_owner("kvs", &name).await.is_err() || engine.lock_owner("kvs", &name).await.unwrap().is_none(),
+        "released after the write"
+    );
+}
+
+#[tokio::test]
+async fn watch_resumes_exactly() {
+    let (engine, _dir) = engine();
+    engine.create_bucket("kvs", "me").await.unwrap();
+    let mut revisions = Vec::new();
+    for i in 0..20 {
+        revisions.push(engine.put_object(put_req(&format!("w/{i:02}"), b"x", None)).await.unwrap().revision);
+    }
+    engine.put_object(put_req("other/x", b"x", None)).await.unwrap();
+    let del = engine.delete_object("kvs", "w/03", &WriteConditions::default()).await.unwrap();
+    let mut from_ten = engine.watch("kvs", "w/", revisions[10]).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let c = next(&mut from_ten).await;
+        assert_eq!(c.kind, ChangeKind::Put);
+        seen.push(c.revision);
+    }
+    assert_eq!(seen, revisions[10..]);
+    let c = next(&mut from_ten).await;
+    assert_eq!(
+        (c.kind, c.key.as_str(), c.revision),
+        (ChangeKind::Delete, "w/03", del.revision),
+        "other prefixes are filtered out"
+    );
+}
+
+#[tokio::test]
+async fn batches_are_all_or_nothing() {
+    let (engine, _dir) = engine();
+    engine.create_bucket("kvs", "me").await.unwrap();
+    let a = engine.put_object(put_req("a", b"a0", None)).await.unwrap();
+    let put = |key: &str, value: &[u8], if_revision| BatchOp::Put {
+        key: key.into(),
+        value: Bytes::copy_from_slice(value),
+        if_revision,
+        ttl: None,
+    };
+    let rev = engine
+        .batch(
+            "kvs",
+            vec![
+                put("a", b"a1", Some(a.revision)),
+                put("b", &[7u8; 500], Some(0)),
+                BatchOp::Delete { key: "zz".into(), if_revision: None },
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(get(&engine, "a").await.as_deref(), Some(&b"a1"[..]));
+    assert_eq!(get(&engine, "b").await.unwrap().len(), 500);
+    // One stale condition: nothing applies.
+    let err = engine
+        .batch("kvs", vec![put("a", b"a2", Some(rev)), put("c", b"c", None), put("b", b"b2", Some(a.revision))])
+        .await;
+    assert!(matches!(err, Err(EngineError::InvalidRequest(_))), "{err:?}");
+    assert_eq!(get(&engine, "a").await.as_deref(), Some(&b"a1"[..]));
+    assert_eq!(get(&engine, "c").await, None);
+    let dup = engine.batch("kvs", vec![put("x", b"1", None), put("x", b"2", None)]).await;
+    assert!(matches!(dup, Err(EngineError::InvalidArgument(_))));
+}
+
+#[tokio::test]
+async fn if_revision_compare_and_set_counts_exactly() {
+    let (engine, _dir) = engine();
+    engine.create_bucket("kvs", "me").await.unwrap();
+    engine.put_object(put_req("n", b"0", None)).await.unwrap();
+    let workers = (0..8).map(|_| {
+        let engine = engine.clone();
+        async move {
+            for _ in 0..25 {
+                loop {
+                    let cur = engine
+                        .get_object(GetRequest { bucket: "kvs".into(), key: "n".into(), ..Default::default() })
+                        .await
+                        .unwrap();
+                    let rev = cur.revision;
+                    let chunks: Vec<Bytes> = futures::TryStreamExt::try_collect(cur.body).await.unwrap();
+                    let n: u64 = String::from_utf8(chunks.concat()).unwrap().parse().unwrap();
+                    let mut req = put_req("n", (n + 1).to_string().as_bytes(), None);
+                    req.conditions.if_revision = Some(rev);
+                    match engine.put_object(req).await {
+                        Ok(_) => break,
+                        Err(EngineError::RevisionMismatch { current, .. }) => {
+                            assert!(current > rev)
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        }
+    });
+    futures::future::join_all(workers).await;
+    assert_eq!(get(&engine, "n").await.as_deref(), Some(&b"200"[..]));
+}
