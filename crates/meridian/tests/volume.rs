@@ -50,21 +50,10 @@ fn require(tool: &str) {
 fn tool(name: &str, args: &[&str]) -> String {
     require(name);
     let out = Command::new(name).args(args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{name} {args:?} failed: {}\n{text}",
-        out.status
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{name} {args:?} failed: {}\n{text}", out.status);
     // qemu-io prints pattern mismatches but exits 0 on some versions.
-    assert!(
-        !text.contains("Pattern verification failed"),
-        "{name} {args:?}: {text}"
-    );
+    assert!(!text.contains("Pattern verification failed"), "{name} {args:?}: {text}");
     text
 }
 
@@ -78,12 +67,8 @@ impl Env {
     fn new() -> Env {
         let s3 = Server::start();
         let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(s3.client().create_bucket().bucket(BUCKET).send())
-            .expect("create bucket");
-        Env {
-            s3,
-            tmp: tempfile::tempdir().unwrap(),
-        }
+        rt.block_on(s3.client().create_bucket().bucket(BUCKET).send()).expect("create bucket");
+        Env { s3, tmp: tempfile::tempdir().unwrap() }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -95,10 +80,7 @@ impl Env {
             .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .env("MERIDIAN_VOLUME_BUCKET", BUCKET)
             .env("MERIDIAN_VOLUME_CACHE", self.tmp.path().join("cache"))
-            .env(
-                "RUST_LOG",
-                std::env::var("MERIDIAN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            );
+            .env("RUST_LOG", std::env::var("MERIDIAN_TEST_LOG").unwrap_or_else(|_| "warn".into()));
         c
     }
 
@@ -128,12 +110,7 @@ impl Env {
     fn serve(&self, name: &str, extra: &[&str]) -> Serve {
         let mut args = vec!["serve", name, "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut child = self
-            .cmd(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let mut child = self.cmd(&args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -151,17 +128,8 @@ impl Env {
                 panic!("meridian volume serve {name} did not start within 60s");
             }
         };
-        let addr = url
-            .trim_start_matches("nbd://")
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
-        Serve {
-            child: Some(child),
-            url,
-            addr,
-        }
+        let addr = url.trim_start_matches("nbd://").split('/').next().unwrap().to_string();
+        Serve { child: Some(child), url, addr }
     }
 
     /// Sum of object sizes under the volume's log/ prefix.
@@ -180,11 +148,7 @@ impl Env {
                     .send()
                     .await
                     .unwrap();
-                total += resp
-                    .contents()
-                    .iter()
-                    .map(|o| o.size().unwrap_or(0) as u64)
-                    .sum::<u64>();
+                total += resp.contents().iter().map(|o| o.size().unwrap_or(0) as u64).sum::<u64>();
                 match resp.next_continuation_token() {
                     Some(t) => token = Some(t.to_string()),
                     None => return total,
@@ -197,13 +161,7 @@ impl Env {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let client = self.s3.client();
         rt.block_on(async {
-            let out = client
-                .get_object()
-                .bucket(BUCKET)
-                .key(key)
-                .send()
-                .await
-                .unwrap();
+            let out = client.get_object().bucket(BUCKET).key(key).send().await.unwrap();
             out.body.collect().await.unwrap().into_bytes().to_vec()
         })
     }
@@ -349,10 +307,8 @@ fn random_file(path: &Path, bytes: u64, seed: u64) {
 }
 
 fn same_files(a: &Path, b: &Path) -> bool {
-    let (mut fa, mut fb) = (
-        BufReader::new(std::fs::File::open(a).unwrap()),
-        BufReader::new(std::fs::File::open(b).unwrap()),
-    );
+    let (mut fa, mut fb) =
+        (BufReader::new(std::fs::File::open(a).unwrap()), BufReader::new(std::fs::File::open(b).unwrap()));
     let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
     loop {
         let na = fa.read(&mut ba).unwrap();
@@ -381,18 +337,7 @@ fn volume_format_first_object_parses_by_hand() {
     let env = Env::new();
     env.create("fmt", "64MiB", &[]);
     let srv = env.serve("fmt", &[]);
-    tool(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &srv.url,
-            "-c",
-            "write -P 0x5a 1M 8k",
-            "-c",
-            "flush",
-        ],
-    );
+    tool("qemu-io", &["-f", "raw", &srv.url, "-c", "write -P 0x5a 1M 8k", "-c", "flush"]);
     srv.stop();
     // Object 1 is the writer's fence: a bare header whose first entry ends the list.
     let fence = env.get_object("fmt/log/0000000000000001");
@@ -408,10 +353,7 @@ fn volume_format_first_object_parses_by_hand() {
     };
     assert_eq!(entry(0), (1 << 20, 8192), "one entry: address 1 MiB, 8 KiB");
     assert_eq!(entry(1).1, 0, "a zero length ends the list");
-    assert!(
-        obj[12 * 1024..].iter().all(|&b| b == 0x5a),
-        "data after the header"
-    );
+    assert!(obj[12 * 1024..].iter().all(|&b| b == 0x5a), "data after the header");
 }
 
 #[test]
@@ -481,11 +423,7 @@ fn volume_qemu_pattern_survives_restart() {
 /// nbdcopy a random image in and out; byte-for-byte equal after a restart in between.
 #[test]
 fn heavy_volume_nbdcopy_round_trip() {
-    let size: u64 = std::env::var("MERIDIAN_VOLUME_COPY_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024)
-        * MIB;
+    let size: u64 = std::env::var("MERIDIAN_VOLUME_COPY_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024) * MIB;
     let env = Env::new();
     env.create("big", &format!("{size}"), &[]);
     let input = env.path("in.img");
@@ -497,10 +435,7 @@ fn heavy_volume_nbdcopy_round_trip() {
     let srv = env.serve("big", &[]);
     tool("nbdcopy", &[&srv.url, output.to_str().unwrap()]);
     srv.stop();
-    assert!(
-        same_files(&input, &output),
-        "image differs after the round trip"
-    );
+    assert!(same_files(&input, &output), "image differs after the round trip");
     // Offline export (disaster recovery) gives the same bytes.
     let exported = env.path("export.img");
     env.ok(&["export", "big", "--output", exported.to_str().unwrap()]);
@@ -517,23 +452,11 @@ struct Mount {
 impl Mount {
     fn start(tool_name: &str, args: &[&str], dir: &Path, ready: impl Fn() -> bool) -> Mount {
         require(tool_name);
-        let child = Command::new(tool_name)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let m = Mount {
-            dir: dir.to_path_buf(),
-            child: Some(child),
-        };
+        let child = Command::new(tool_name).args(args).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
+        let m = Mount { dir: dir.to_path_buf(), child: Some(child) };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ready() {
-            assert!(
-                Instant::now() < deadline,
-                "{tool_name} did not mount {}",
-                dir.display()
-            );
+            assert!(Instant::now() < deadline, "{tool_name} did not mount {}", dir.display());
             std::thread::sleep(Duration::from_millis(100));
         }
         m
@@ -585,12 +508,9 @@ fn volume_ext4_through_nbdfuse() {
     // Mount the filesystem with fuse2fs and write ordinary files through it.
     let fsdir = env.path("fs");
     std::fs::create_dir_all(&fsdir).unwrap();
-    let ext4 = Mount::start(
-        "fuse2fs",
-        &["-f", &devs, fsdir.to_str().unwrap(), "-o", "fakeroot"],
-        &fsdir,
-        || is_mountpoint(&fsdir),
-    );
+    let ext4 = Mount::start("fuse2fs", &["-f", &devs, fsdir.to_str().unwrap(), "-o", "fakeroot"], &fsdir, || {
+        is_mountpoint(&fsdir)
+    });
     let mut files = Vec::new();
     for i in 0..20u64 {
         let len = 1000 + (i as usize) * 37_000;
@@ -605,14 +525,8 @@ fn volume_ext4_through_nbdfuse() {
         assert!(fsck.contains("31/"), "e2fsck: {fsck}");
         for (i, data) in files.iter().enumerate() {
             let out = env.path(&format!("dump{i}"));
-            tool(
-                "debugfs",
-                &["-R", &format!("dump /file{i}.bin {}", out.display()), image],
-            );
-            assert!(
-                std::fs::read(&out).unwrap() == *data,
-                "file{i} differs in {image}"
-            );
+            tool("debugfs", &["-R", &format!("dump /file{i}.bin {}", out.display()), image]);
+            assert!(std::fs::read(&out).unwrap() == *data, "file{i} differs in {image}");
         }
     };
     check(&devs);
@@ -631,9 +545,7 @@ struct RunWrites {
 }
 
 fn stamps(disk: &[u8]) -> Vec<u64> {
-    disk.chunks(4096)
-        .map(|b| u64::from_be_bytes(b[..8].try_into().unwrap()))
-        .collect()
+    disk.chunks(4096).map(|b| u64::from_be_bytes(b[..8].try_into().unwrap())).collect()
 }
 
 /// `found` must be `base` with the first k writes applied, for some k covering every flushed one.
@@ -659,16 +571,9 @@ fn check_prefix(run: u64, base: &[u64], w: &RunWrites, found: &[u64]) {
 #[test]
 fn heavy_volume_crash_kill9_leaves_a_prefix() {
     const SECTORS: u64 = 512;
-    let runs: u64 = std::env::var("MERIDIAN_VOLUME_CRASH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let runs: u64 = std::env::var("MERIDIAN_VOLUME_CRASH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let env = Env::new();
-    env.create(
-        "crash",
-        &format!("{}", SECTORS * 4096),
-        &["--object-size", "64KiB"],
-    );
+    env.create("crash", &format!("{}", SECTORS * 4096), &["--object-size", "64KiB"]);
     let mut rng = rand::rngs::StdRng::seed_from_u64(2024);
     let mut base = vec![0u64; SECTORS as usize];
     let mut last = RunWrites::default();
@@ -716,10 +621,7 @@ fn heavy_volume_crash_kill9_leaves_a_prefix() {
         total_writes += last.writes.len();
         srv.kill9();
     }
-    assert!(
-        total_writes > runs as usize * 5,
-        "too few writes to mean anything"
-    );
+    assert!(total_writes > runs as usize * 5, "too few writes to mean anything");
 }
 
 #[test]
@@ -727,52 +629,20 @@ fn volume_snapshot_export_and_rollback() {
     let env = Env::new();
     env.create("snap", "64MiB", &[]);
     let srv = env.serve("snap", &[]);
-    tool(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &srv.url,
-            "-c",
-            "write -P 0xa1 0 64M",
-            "-c",
-            "flush",
-        ],
-    );
+    tool("qemu-io", &["-f", "raw", &srv.url, "-c", "write -P 0xa1 0 64M", "-c", "flush"]);
     let out = env.ok(&["snapshot", "snap", "--label", "first"]);
     assert!(out.contains("snapshot first"), "{out}");
     let at_first = env.path("first-device.img");
     tool("nbdcopy", &[&srv.url, at_first.to_str().unwrap()]);
-    tool(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &srv.url,
-            "-c",
-            "write -P 0xb2 1M 2M",
-            "-c",
-            "flush",
-        ],
-    );
+    tool("qemu-io", &["-f", "raw", &srv.url, "-c", "write -P 0xb2 1M 2M", "-c", "flush"]);
     env.ok(&["snapshot", "snap", "--label", "second"]);
     let dup = env.run(&["snapshot", "snap", "--label", "second"]);
     assert!(!dup.status.success());
     assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
     // Export while the writer runs equals what the device read at the snapshot.
     let exported = env.path("first-export.img");
-    env.ok(&[
-        "export",
-        "snap",
-        "--at",
-        "first",
-        "--output",
-        exported.to_str().unwrap(),
-    ]);
-    assert!(
-        same_files(&at_first, &exported),
-        "export at snapshot differs from device read"
-    );
+    env.ok(&["export", "snap", "--at", "first", "--output", exported.to_str().unwrap()]);
+    assert!(same_files(&at_first, &exported), "export at snapshot differs from device read");
     // Rollback needs the writer gone; while it runs it is refused.
     let busy = env.run(&["rollback", "snap", "--to", "first"]);
     assert!(!busy.status.success());
@@ -782,25 +652,11 @@ fn volume_snapshot_export_and_rollback() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no snapshot named"));
     env.ok(&["rollback", "snap", "--to", "first"]);
     let srv = env.serve("snap", &[]);
-    tool(
-        "qemu-io",
-        &["-f", "raw", &srv.url, "-c", "read -P 0xa1 0 64M"],
-    );
+    tool("qemu-io", &["-f", "raw", &srv.url, "-c", "read -P 0xa1 0 64M"]);
     srv.stop();
     env.ok(&["rollback", "snap", "--to", "second"]);
     let srv = env.serve("snap", &[]);
-    tool(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &srv.url,
-            "-c",
-            "read -P 0xb2 1M 2M",
-            "-c",
-            "read -P 0xa1 3M 1M",
-        ],
-    );
+    tool("qemu-io", &["-f", "raw", &srv.url, "-c", "read -P 0xb2 1M 2M", "-c", "read -P 0xa1 3M 1M"]);
     srv.stop();
     let list = env.ok(&["snapshots", "snap"]);
     assert!(list.contains("first") && list.contains("second"), "{list}");
@@ -815,8 +671,7 @@ fn volume_second_writer_is_refused() {
     assert!(!second.status.success(), "second serve started");
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(
-        err.contains("being served by")
-            && err.contains(&format!(":{} (nbd://{})", srv.pid(), srv.addr)),
+        err.contains("being served by") && err.contains(&format!(":{} (nbd://{})", srv.pid(), srv.addr)),
         "refusal must name the holder: {err}"
     );
     let inspect = env.ok(&["inspect", "one"]);
@@ -853,10 +708,7 @@ fn heavy_volume_gc_bounds_the_bucket() {
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut bytes = env.log_bytes("gc");
     while bytes as f64 > 1.5 * SIZE as f64 {
-        assert!(
-            Instant::now() < deadline,
-            "log still {bytes} bytes for {SIZE} live after 90s"
-        );
+        assert!(Instant::now() < deadline, "log still {bytes} bytes for {SIZE} live after 90s");
         std::thread::sleep(Duration::from_millis(500));
         bytes = env.log_bytes("gc");
     }

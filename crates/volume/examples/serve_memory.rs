@@ -19,25 +19,12 @@ async fn main() {
     let size = parse_size(&args.next().unwrap_or_else(|| "1GiB".into())).unwrap();
     let store = Arc::new(MemStore::new());
     let layout = Layout::new("", "disk").unwrap();
-    manage::create(store.as_ref(), &layout, "disk", size, 4 << 20)
-        .await
-        .unwrap();
+    manage::create(store.as_ref(), &layout, "disk", size, 4 << 20).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let vol = Volume::open(
-        store,
-        layout,
-        WriterConfig::new(dir.path().into(), "mem".into()),
-    )
-    .await
-    .unwrap();
+    let vol = Volume::open(store, layout, WriterConfig::new(dir.path().into(), "mem".into())).await.unwrap();
     let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
     println!("serving nbd://{}/disk", listener.local_addr().unwrap());
-    let export = Export {
-        name: "disk".into(),
-        description: "in-memory".into(),
-        volume: vol,
-        read_only: false,
-    };
+    let export = Export { name: "disk".into(), description: "in-memory".into(), volume: vol, read_only: false };
     nbd::serve(listener, export, async {
         let _ = tokio::signal::ctrl_c().await;
     })

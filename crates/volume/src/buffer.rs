@@ -39,10 +39,7 @@ impl OpenObject {
         let end = sector + sectors;
         self.carve(sector, end);
         let mut start = sector;
-        let mut ext = Extent {
-            sectors,
-            data: data.map(<[u8]>::to_vec),
-        };
+        let mut ext = Extent { sectors, data: data.map(<[u8]>::to_vec) };
         // Merge with the left neighbour when it ends exactly here and is of the same kind.
         if let Some((&ls, left)) = self.extents.range(..sector).next_back()
             && ls + left.sectors == sector
@@ -95,10 +92,7 @@ impl OpenObject {
                 let skip = end - s;
                 let tail = Extent {
                     sectors: e - end,
-                    data: ext
-                        .data
-                        .as_ref()
-                        .map(|d| d[(skip * SECTOR) as usize..].to_vec()),
+                    data: ext.data.as_ref().map(|d| d[(skip * SECTOR) as usize..].to_vec()),
                 };
                 if let Some(d) = &tail.data {
                     self.data_bytes += d.len() as u64;
@@ -129,11 +123,7 @@ impl OpenObject {
         self.data_bytes = 0;
         let entries = extents
             .iter()
-            .map(|(&s, e)| Entry {
-                addr: s * SECTOR,
-                len: (e.sectors * SECTOR) as u32,
-                zero: e.data.is_none(),
-            })
+            .map(|(&s, e)| Entry { addr: s * SECTOR, len: (e.sectors * SECTOR) as u32, zero: e.data.is_none() })
             .collect();
         (entries, extents.into_iter().collect())
     }
@@ -148,8 +138,7 @@ mod tests {
     }
 
     fn read(o: &OpenObject, sector: u64) -> Option<u8> {
-        o.lookup(sector)
-            .map(|(e, off)| e.data.as_ref().map_or(0, |d| d[(off * SECTOR) as usize]))
+        o.lookup(sector).map(|(e, off)| e.data.as_ref().map_or(0, |d| d[(off * SECTOR) as usize]))
     }
 
     #[test]
@@ -160,10 +149,7 @@ mod tests {
         assert_eq!(o.entries(), 1, "adjacent writes merge");
         o.insert(1, 2, Some(&sec(3, 2)));
         assert_eq!(o.entries(), 1, "overlapping write merges");
-        assert_eq!(
-            (0..4).map(|s| read(&o, s)).collect::<Vec<_>>(),
-            vec![Some(1), Some(3), Some(3), Some(2)]
-        );
+        assert_eq!((0..4).map(|s| read(&o, s)).collect::<Vec<_>>(), vec![Some(1), Some(3), Some(3), Some(2)]);
         assert_eq!(o.data_bytes(), 4 * SECTOR);
         o.insert(10, 1, Some(&sec(4, 1)));
         assert_eq!(o.entries(), 2);

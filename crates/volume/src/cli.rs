@@ -39,14 +39,18 @@ pub struct BucketArgs {
 }
 
 impl BucketArgs {
-    pub fn store(&self) -> Arc<dyn ObjectStore> {
-        Arc::new(S3Store::new(&S3Config {
+    pub fn s3(&self) -> S3Store {
+        S3Store::new(&S3Config {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             bucket: self.bucket.clone(),
             access_key: self.access_key.clone(),
             secret_key: self.secret_key.clone(),
-        }))
+        })
+    }
+
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(self.s3())
     }
 
     pub fn layout(&self, name: &str) -> Result<Layout> {
@@ -72,6 +76,9 @@ pub enum VolumeSubcommand {
         /// Target data per log object.
         #[arg(long, default_value = "4MiB")]
         object_size: String,
+        /// Create the bucket first if it does not exist.
+        #[arg(long)]
+        create_bucket: bool,
         #[command(flatten)]
         bucket: BucketArgs,
     },
@@ -202,11 +209,7 @@ fn human(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
@@ -214,32 +217,19 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
 }
 
 fn holder(extra: &str) -> String {
-    format!(
-        "{}:{} ({extra})",
-        crate::lease::hostname(),
-        std::process::id()
-    )
+    format!("{}:{} ({extra})", crate::lease::hostname(), std::process::id())
 }
 
 /// Runs one `meridian volume` command.
 pub async fn run(cmd: VolumeCommand) -> Result<()> {
     match cmd.command {
-        VolumeSubcommand::Create {
-            name,
-            size,
-            object_size,
-            bucket,
-        } => {
+        VolumeSubcommand::Create { name, size, object_size, create_bucket, bucket } => {
             let size = format::parse_size(&size)?;
             let object_bytes = format::parse_size(&object_size)?;
-            let m = manage::create(
-                bucket.store().as_ref(),
-                &bucket.layout(&name)?,
-                &name,
-                size,
-                object_bytes,
-            )
-            .await?;
+            if create_bucket {
+                bucket.s3().create_bucket().await?;
+            }
+            let m = manage::create(bucket.store().as_ref(), &bucket.layout(&name)?, &name, size, object_bytes).await?;
             println!(
                 "created volume {name}: {} ({} bytes) at s3://{}/{}{name}/",
                 human(m.size),
@@ -249,31 +239,19 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
             );
         }
         VolumeSubcommand::Serve(args) => serve(args).await?,
-        VolumeSubcommand::Snapshot {
-            name,
-            label,
-            delete,
-            bucket,
-        } => {
+        VolumeSubcommand::Snapshot { name, label, delete, bucket } => {
             let (store, layout) = (bucket.store(), bucket.layout(&name)?);
             if delete {
                 let label = label.unwrap_or_default();
                 manage::delete_snapshot(store.as_ref(), &layout, &label).await?;
                 println!("deleted snapshot {label}");
             } else {
-                let s = manage::snapshot(
-                    store.as_ref(),
-                    &layout,
-                    label.as_deref(),
-                    Duration::from_secs(30),
-                )
-                .await?;
+                let s = manage::snapshot(store.as_ref(), &layout, label.as_deref(), Duration::from_secs(30)).await?;
                 println!("snapshot {} at log position {}", s.label, s.seq);
             }
         }
         VolumeSubcommand::Snapshots { name, json, bucket } => {
-            let snaps =
-                manage::list_snapshots(bucket.store().as_ref(), &bucket.layout(&name)?).await?;
+            let snaps = manage::list_snapshots(bucket.store().as_ref(), &bucket.layout(&name)?).await?;
             if json {
                 println!("{}", to_json(&snaps)?);
             } else {
@@ -283,35 +261,14 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
                 }
             }
         }
-        VolumeSubcommand::Rollback {
-            name,
-            to,
-            force_takeover,
-            bucket,
-        } => {
-            let seq = manage::rollback(
-                bucket.store(),
-                &bucket.layout(&name)?,
-                &to,
-                &holder("rollback"),
-                force_takeover,
-            )
-            .await?;
+        VolumeSubcommand::Rollback { name, to, force_takeover, bucket } => {
+            let seq =
+                manage::rollback(bucket.store(), &bucket.layout(&name)?, &to, &holder("rollback"), force_takeover)
+                    .await?;
             println!("rolled {name} back to snapshot {to} (new log position {seq})");
         }
-        VolumeSubcommand::Export {
-            name,
-            at,
-            output,
-            bucket,
-        } => {
-            let st = manage::export(
-                bucket.store().as_ref(),
-                &bucket.layout(&name)?,
-                at.as_deref(),
-                &output,
-            )
-            .await?;
+        VolumeSubcommand::Export { name, at, output, bucket } => {
+            let st = manage::export(bucket.store().as_ref(), &bucket.layout(&name)?, at.as_deref(), &output).await?;
             println!(
                 "exported {} ({} mapped) at log position {} to {}",
                 human(st.size),
@@ -328,30 +285,14 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
                 print_inspection(&i);
             }
         }
-        VolumeSubcommand::Gc {
-            name,
-            grace,
-            force_takeover,
-            bucket,
-        } => gc_offline(&name, grace, force_takeover, &bucket).await?,
-        VolumeSubcommand::Resize {
-            name,
-            size,
-            allow_shrink,
-            force_takeover,
-            bucket,
-        } => {
+        VolumeSubcommand::Gc { name, grace, force_takeover, bucket } => {
+            gc_offline(&name, grace, force_takeover, &bucket).await?
+        }
+        VolumeSubcommand::Resize { name, size, allow_shrink, force_takeover, bucket } => {
             let size = format::parse_size(&size)?;
             let mut cfg = WriterConfig::new(default_cache_dir(), holder("resize"));
             cfg.force_takeover = force_takeover;
-            let m = manage::resize(
-                bucket.store(),
-                &bucket.layout(&name)?,
-                size,
-                cfg,
-                allow_shrink,
-            )
-            .await?;
+            let m = manage::resize(bucket.store(), &bucket.layout(&name)?, size, cfg, allow_shrink).await?;
             println!("{name} is now {} ({} bytes)", human(m.size), m.size);
         }
     }
@@ -362,18 +303,8 @@ fn print_inspection(i: &manage::Inspection) {
     let m = &i.manifest;
     println!("volume      {} (id {})", m.name, m.volume_id);
     println!("size        {} ({} bytes)", human(m.size), m.size);
-    println!(
-        "log         {} objects, {}, end at {}",
-        i.log_objects,
-        human(i.log_bytes),
-        i.end
-    );
-    println!(
-        "checkpoints {} ({}), replay starts at {}",
-        i.checkpoints,
-        human(i.checkpoint_bytes),
-        i.base_checkpoint
-    );
+    println!("log         {} objects, {}, end at {}", i.log_objects, human(i.log_bytes), i.end);
+    println!("checkpoints {} ({}), replay starts at {}", i.checkpoints, human(i.checkpoint_bytes), i.base_checkpoint);
     println!("live        {}", human(i.live_bytes));
     println!("garbage     {}", human(i.garbage_bytes));
     match &i.lease {
@@ -391,10 +322,7 @@ async fn gc_offline(name: &str, grace: u64, force: bool, bucket: &BucketArgs) ->
     let mut cfg = WriterConfig::new(default_cache_dir(), holder("gc"));
     cfg.force_takeover = force;
     let vol = Volume::open(bucket.store(), bucket.layout(name)?, cfg).await?;
-    let gc_cfg = GcConfig {
-        grace: Duration::from_secs(grace),
-        ..GcConfig::default()
-    };
+    let gc_cfg = GcConfig { grace: Duration::from_secs(grace), ..GcConfig::default() };
     let mut gc = Gc::new();
     let res = async {
         let first = gc.run(&vol, &gc_cfg).await?;
@@ -424,10 +352,8 @@ async fn gc_offline(name: &str, grace: u64, force: bool, bucket: &BucketArgs) ->
 async fn serve(args: ServeArgs) -> Result<()> {
     let listener = TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
-    let mut cfg = WriterConfig::new(
-        args.cache_dir.clone().unwrap_or_else(default_cache_dir),
-        holder(&format!("nbd://{addr}")),
-    );
+    let mut cfg =
+        WriterConfig::new(args.cache_dir.clone().unwrap_or_else(default_cache_dir), holder(&format!("nbd://{addr}")));
     cfg.cache_pages = (args.map_cache_mib.max(1) << 20) / 4096;
     cfg.uploads = args.uploads.max(1);
     cfg.lease_ttl = Duration::from_secs(args.lease_ttl.max(3));
@@ -437,10 +363,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     tokio::spawn(vol.clone().run_background());
     if args.gc_interval > 0 {
         let (vol, interval) = (vol.clone(), Duration::from_secs(args.gc_interval));
-        let gc_cfg = GcConfig {
-            grace: Duration::from_secs(args.gc_grace),
-            ..GcConfig::default()
-        };
+        let gc_cfg = GcConfig { grace: Duration::from_secs(args.gc_grace), ..GcConfig::default() };
         tokio::spawn(async move {
             let mut gc = Gc::new();
             loop {
@@ -461,12 +384,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         read_only: false,
     };
     // Tests and scripts read this line to learn the port.
-    println!(
-        "meridian volume: serving {} ({} bytes) on nbd://{addr}/{}",
-        args.name,
-        vol.size(),
-        args.name
-    );
+    println!("meridian volume: serving {} ({} bytes) on nbd://{addr}/{}", args.name, vol.size(), args.name);
     let failed = {
         let vol = vol.clone();
         async move { vol.wait_failed().await }
@@ -494,10 +412,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
         (Ok(mut i), Ok(mut t)) => {
             tokio::select! {
                 _ = i.recv() => {},

@@ -27,9 +27,7 @@ pub enum VolumeError {
     Store(#[from] StoreError),
     #[error("local I/O error: {0}")]
     Io(#[from] std::io::Error),
-    #[error(
-        "volume {0} does not exist in this bucket/prefix (create it with `meridian volume create`)"
-    )]
+    #[error("volume {0} does not exist in this bucket/prefix (create it with `meridian volume create`)")]
     NoSuchVolume(String),
     #[error("volume {0} already exists")]
     AlreadyExists(String),
@@ -43,11 +41,7 @@ pub enum VolumeError {
         "volume is being served by {holder} (epoch {epoch}, lease valid for another {remaining_secs}s); \
          stop that writer, wait for its lease to expire, or pass --force-takeover if it is certainly dead"
     )]
-    LeaseHeld {
-        holder: String,
-        epoch: u64,
-        remaining_secs: u64,
-    },
+    LeaseHeld { holder: String, epoch: u64, remaining_secs: u64 },
     #[error("this writer lost its lease (fenced by epoch {0}); no further writes are accepted")]
     Fenced(u64),
     #[error("no snapshot named {0:?} (list them with `meridian volume snapshots`)")]

@@ -81,11 +81,7 @@ pub struct Header {
 impl Header {
     /// Bytes of data following the header.
     pub fn data_bytes(&self) -> u64 {
-        self.entries
-            .iter()
-            .filter(|e| !e.zero)
-            .map(|e| u64::from(e.len))
-            .sum()
+        self.entries.iter().filter(|e| !e.zero).map(|e| u64::from(e.len)).sum()
     }
 }
 
@@ -123,19 +119,13 @@ fn be_u32(b: &[u8]) -> u32 {
 }
 
 fn corrupt(what: &str, detail: impl Into<String>) -> VolumeError {
-    VolumeError::Corrupt {
-        what: what.to_string(),
-        detail: detail.into(),
-    }
+    VolumeError::Corrupt { what: what.to_string(), detail: detail.into() }
 }
 
 /// Parses a header and its Meridian trailer.
 pub fn decode_header(what: &str, h: &[u8]) -> Result<Header> {
     if h.len() < HEADER_BYTES {
-        return Err(corrupt(
-            what,
-            format!("header is {} bytes, want {HEADER_BYTES}", h.len()),
-        ));
+        return Err(corrupt(what, format!("header is {} bytes, want {HEADER_BYTES}", h.len())));
     }
     let mut entries = Vec::new();
     for i in 0..HEADER_ENTRIES {
@@ -145,47 +135,26 @@ pub fn decode_header(what: &str, h: &[u8]) -> Result<Header> {
             break;
         }
         let raw = be_u64(&h[at..]);
-        let e = Entry {
-            addr: raw & !ZERO_FLAG,
-            len,
-            zero: raw & ZERO_FLAG != 0,
-        };
+        let e = Entry { addr: raw & !ZERO_FLAG, len, zero: raw & ZERO_FLAG != 0 };
         if !e.addr.is_multiple_of(SECTOR) || u64::from(e.len) % SECTOR != 0 {
-            return Err(corrupt(
-                what,
-                format!("entry {i} ({}+{}) is not 4 KiB aligned", e.addr, e.len),
-            ));
+            return Err(corrupt(what, format!("entry {i} ({}+{}) is not 4 KiB aligned", e.addr, e.len)));
         }
         entries.push(e);
     }
     let t = &h[TRAILER_OFFSET..HEADER_BYTES];
     if &t[0..8] != TRAILER_MAGIC {
-        return Err(corrupt(
-            what,
-            "no Meridian trailer (not written by Meridian)",
-        ));
+        return Err(corrupt(what, "no Meridian trailer (not written by Meridian)"));
     }
     let version = be_u32(&t[8..]);
     if version != FORMAT_VERSION {
         return Err(corrupt(what, format!("unknown format version {version}")));
     }
-    let kind = ObjectKind::from_u32(be_u32(&t[20..]))
-        .ok_or_else(|| corrupt(what, "unknown object kind"))?;
+    let kind = ObjectKind::from_u32(be_u32(&t[20..])).ok_or_else(|| corrupt(what, "unknown object kind"))?;
     let count = be_u32(&t[32..]) as usize;
     if count != entries.len() || count > MAX_DATA_ENTRIES {
-        return Err(corrupt(
-            what,
-            format!("trailer says {count} entries, header has {}", entries.len()),
-        ));
+        return Err(corrupt(what, format!("trailer says {count} entries, header has {}", entries.len())));
     }
-    Ok(Header {
-        entries,
-        trailer: Trailer {
-            epoch: be_u64(&t[12..]),
-            seq: be_u64(&t[24..]),
-            kind,
-        },
-    })
+    Ok(Header { entries, trailer: Trailer { epoch: be_u64(&t[12..]), seq: be_u64(&t[24..]), kind } })
 }
 
 /// Object keys of one volume: everything lives under `{prefix}{name}/`.
@@ -197,9 +166,7 @@ pub struct Layout {
 impl Layout {
     pub fn new(prefix: &str, name: &str) -> Result<Self> {
         validate_name(name)?;
-        Ok(Self {
-            root: format!("{prefix}{name}/"),
-        })
+        Ok(Self { root: format!("{prefix}{name}/") })
     }
     pub fn root(&self) -> &str {
         &self.root
@@ -245,14 +212,8 @@ pub fn validate_name(name: &str) -> Result<()> {
         && name.len() <= 64
         && name != "."
         && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(VolumeError::BadName(name.to_string()))
-    }
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok { Ok(()) } else { Err(VolumeError::BadName(name.to_string())) }
 }
 
 /// The superblock: `volume.json`.
@@ -366,12 +327,7 @@ pub fn encode_run(r: &Run, out: &mut Vec<u8>) {
 }
 
 pub fn decode_run(b: &[u8]) -> Run {
-    Run {
-        sector: be_u64(b),
-        len: be_u32(&b[8..]),
-        seq: be_u64(&b[12..]),
-        obj_sector: be_u32(&b[20..]),
-    }
+    Run { sector: be_u64(b), len: be_u32(&b[8..]), seq: be_u64(&b[12..]), obj_sector: be_u32(&b[20..]) }
 }
 
 /// Parses sizes like `100GiB`, `512MiB`, `4096`, `1T` (binary units; a bare number is bytes).
@@ -379,9 +335,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| VolumeError::BadSize(format!("{s:?} is not a size (try 10GiB)")))?;
+    let n: u64 = num.parse().map_err(|_| VolumeError::BadSize(format!("{s:?} is not a size (try 10GiB)")))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" | "kb" => 1 << 10,
@@ -389,21 +343,16 @@ pub fn parse_size(s: &str) -> Result<u64> {
         "g" | "gib" | "gb" => 1 << 30,
         "t" | "tib" | "tb" => 1 << 40,
         other => {
-            return Err(VolumeError::BadSize(format!(
-                "unknown unit {other:?} in {s:?} (use KiB, MiB, GiB or TiB)"
-            )));
+            return Err(VolumeError::BadSize(format!("unknown unit {other:?} in {s:?} (use KiB, MiB, GiB or TiB)")));
         }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| VolumeError::BadSize(format!("{s:?} overflows")))
+    n.checked_mul(mult).ok_or_else(|| VolumeError::BadSize(format!("{s:?} overflows")))
 }
 
 /// Checks a volume size: whole sectors, non-zero, and addressable by the table encoding.
 pub fn check_size(size: u64) -> Result<()> {
     if size == 0 || !size.is_multiple_of(SECTOR) {
-        return Err(VolumeError::BadSize(format!(
-            "{size} bytes: a volume size must be a positive multiple of 4096"
-        )));
+        return Err(VolumeError::BadSize(format!("{size} bytes: a volume size must be a positive multiple of 4096")));
     }
     // 2^62 bytes keeps every address clear of the zero-extent flag with room to spare.
     if size > (1u64 << 62) {
@@ -418,23 +367,9 @@ mod tests {
 
     #[test]
     fn header_roundtrip_and_terminator() {
-        let entries = vec![
-            Entry {
-                addr: 8192,
-                len: 8192,
-                zero: false,
-            },
-            Entry {
-                addr: 1 << 30,
-                len: 4096 * 100,
-                zero: true,
-            },
-        ];
-        let t = Trailer {
-            epoch: 7,
-            seq: 42,
-            kind: ObjectKind::Data,
-        };
+        let entries =
+            vec![Entry { addr: 8192, len: 8192, zero: false }, Entry { addr: 1 << 30, len: 4096 * 100, zero: true }];
+        let t = Trailer { epoch: 7, seq: 42, kind: ObjectKind::Data };
         let h = encode_header(&entries, t);
         assert_eq!(h.len(), HEADER_BYTES);
         // Slot 2 is the seed-format terminator: zero length.
@@ -447,38 +382,19 @@ mod tests {
 
     #[test]
     fn full_header_keeps_terminator() {
-        let entries: Vec<Entry> = (0..MAX_DATA_ENTRIES as u64)
-            .map(|i| Entry {
-                addr: i * 8192,
-                len: 4096,
-                zero: false,
-            })
-            .collect();
-        let t = Trailer {
-            epoch: 1,
-            seq: 1,
-            kind: ObjectKind::Data,
-        };
+        let entries: Vec<Entry> =
+            (0..MAX_DATA_ENTRIES as u64).map(|i| Entry { addr: i * 8192, len: 4096, zero: false }).collect();
+        let t = Trailer { epoch: 1, seq: 1, kind: ObjectKind::Data };
         let h = encode_header(&entries, t);
         assert_eq!(be_u32(&h[MAX_DATA_ENTRIES * 12 + 8..]), 0);
-        assert_eq!(
-            decode_header("x", &h).unwrap().entries.len(),
-            MAX_DATA_ENTRIES
-        );
+        assert_eq!(decode_header("x", &h).unwrap().entries.len(), MAX_DATA_ENTRIES);
     }
 
     #[test]
     fn rejects_garbage() {
         assert!(decode_header("x", &[0u8; 100]).is_err());
         assert!(decode_header("x", &[0u8; HEADER_BYTES]).is_err());
-        let mut h = encode_header(
-            &[],
-            Trailer {
-                epoch: 1,
-                seq: 1,
-                kind: ObjectKind::Fence,
-            },
-        );
+        let mut h = encode_header(&[], Trailer { epoch: 1, seq: 1, kind: ObjectKind::Fence });
         h[8..12].copy_from_slice(&100u32.to_be_bytes()); // misaligned length
         assert!(decode_header("x", &h).is_err());
     }

@@ -38,12 +38,7 @@ pub struct GcConfig {
 
 impl Default for GcConfig {
     fn default() -> Self {
-        Self {
-            high: 1.3,
-            low: 1.1,
-            grace: Duration::from_secs(30),
-            max_rewrite_bytes: 256 << 20,
-        }
+        Self { high: 1.3, low: 1.1, grace: Duration::from_secs(30), max_rewrite_bytes: 256 << 20 }
     }
 }
 
@@ -78,17 +73,13 @@ impl Gc {
         let snaps = manage::list_snapshots(vol.store().as_ref(), vol.layout()).await?;
         let mut keep = BTreeSet::new();
         let mut points = Vec::new();
-        let wanted: BTreeSet<(String, u64)> =
-            snaps.iter().map(|s| (s.label.clone(), s.seq)).collect();
+        let wanted: BTreeSet<(String, u64)> = snaps.iter().map(|s| (s.label.clone(), s.seq)).collect();
         self.snapshot_refs.retain(|k, _| wanted.contains(k));
         for s in &snaps {
             let k = (s.label.clone(), s.seq);
             if !self.snapshot_refs.contains_key(&k) {
-                let live =
-                    manage::objects_at(vol.store().as_ref(), vol.layout(), vol.manifest(), s.seq)
-                        .await?;
-                self.snapshot_refs
-                    .insert(k.clone(), live.into_keys().collect());
+                let live = manage::objects_at(vol.store().as_ref(), vol.layout(), vol.manifest(), s.seq).await?;
+                self.snapshot_refs.insert(k.clone(), live.into_keys().collect());
             }
             if let Some(refs) = self.snapshot_refs.get(&k) {
                 keep.extend(refs.iter().copied());
@@ -142,11 +133,7 @@ impl Gc {
             .map(|(&seq, o)| (seq, o.live_sectors, o.bytes))
             .collect();
         // Least live data first: each byte rewritten frees the most.
-        candidates.sort_by(|a, b| {
-            (a.1 as f64 / a.2 as f64)
-                .total_cmp(&(b.1 as f64 / b.2 as f64))
-                .then(a.0.cmp(&b.0))
-        });
+        candidates.sort_by(|a, b| (a.1 as f64 / a.2 as f64).total_cmp(&(b.1 as f64 / b.2 as f64)).then(a.0.cmp(&b.0)));
         let mut projected = total;
         let mut chosen = Vec::new();
         let mut budget = cfg.max_rewrite_bytes;
@@ -197,20 +184,14 @@ impl Gc {
         let mut listing = Listing::fetch(store.as_ref(), layout).await?;
         // Header-only objects after the newest checkpoint can only go once a newer checkpoint
         // exists; write one when enough of them piled up.
-        let husks = listing
-            .logs
-            .range(vol.last_checkpoint() + 1..)
-            .filter(|(_, size)| **size == HEADER_BYTES as u64)
-            .count();
+        let husks =
+            listing.logs.range(vol.last_checkpoint() + 1..).filter(|(_, size)| **size == HEADER_BYTES as u64).count();
         if husks >= TOMBSTONES_PER_CHECKPOINT {
             vol.checkpoint().await?;
             listing = Listing::fetch(store.as_ref(), layout).await?;
         }
         // Checkpoints replays may start from: the head's and each snapshot's.
-        let mut anchors: BTreeSet<u64> = points
-            .iter()
-            .filter_map(|&p| listing.base_checkpoint(p))
-            .collect();
+        let mut anchors: BTreeSet<u64> = points.iter().filter_map(|&p| listing.base_checkpoint(p)).collect();
         let head_base = vol.last_checkpoint();
         anchors.insert(head_base);
         let min_anchor = points
@@ -220,12 +201,8 @@ impl Gc {
             .min()
             .unwrap_or(0);
         let objects = vol.objects();
-        let ripe: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, since)| since.elapsed() >= cfg.grace)
-            .map(|(&s, _)| s)
-            .collect();
+        let ripe: Vec<u64> =
+            self.pending.iter().filter(|(_, since)| since.elapsed() >= cfg.grace).map(|(&s, _)| s).collect();
         for seq in ripe {
             let still_dead = objects.get(&seq).is_none_or(|o| o.live_sectors == 0);
             if !still_dead || keep.contains(&seq) {
@@ -237,14 +214,8 @@ impl Gc {
                 vol.drop_object(seq);
                 report.deleted += 1;
             } else {
-                let header = format::encode_header(
-                    &[],
-                    Trailer {
-                        epoch: vol.epoch(),
-                        seq,
-                        kind: ObjectKind::Tombstone,
-                    },
-                );
+                let header =
+                    format::encode_header(&[], Trailer { epoch: vol.epoch(), seq, kind: ObjectKind::Tombstone });
                 put_tombstone(vol, seq, Bytes::from(header)).await?;
                 vol.forget_object(seq, HEADER_BYTES as u64);
                 report.tombstoned += 1;
@@ -282,8 +253,6 @@ async fn put_tombstone(vol: &Volume, seq: u64, body: Bytes) -> Result<()> {
     if h.trailer.epoch > vol.epoch() {
         return Err(VolumeError::Fenced(h.trailer.epoch));
     }
-    vol.store()
-        .put(&key, body, PutCondition::IfMatch(cur.etag))
-        .await?;
+    vol.store().put(&key, body, PutCondition::IfMatch(cur.etag)).await?;
     Ok(())
 }

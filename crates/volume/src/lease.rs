@@ -14,10 +14,7 @@ use crate::format::{Layout, Lease};
 use crate::store::{ObjectStore, PutCondition};
 
 pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 pub fn hostname() -> String {
@@ -32,9 +29,7 @@ pub fn hostname() -> String {
 /// A lease whose holder ran on this host with a pid that no longer exists was left by a crash
 /// (e.g. `kill -9`): taking it over at once is safe and saves waiting out the TTL.
 fn holder_is_dead_local_process(l: &Lease) -> bool {
-    l.host == hostname()
-        && l.pid != std::process::id()
-        && !std::path::Path::new(&format!("/proc/{}", l.pid)).exists()
+    l.host == hostname() && l.pid != std::process::id() && !std::path::Path::new(&format!("/proc/{}", l.pid)).exists()
 }
 
 /// A held lease.
@@ -63,11 +58,8 @@ impl LeaseHandle {
         for _ in 0..16 {
             let (current, cond) = match store.get(&key).await {
                 Ok(f) => {
-                    let l: Lease =
-                        serde_json::from_slice(&f.data).map_err(|e| VolumeError::Corrupt {
-                            what: key.clone(),
-                            detail: e.to_string(),
-                        })?;
+                    let l: Lease = serde_json::from_slice(&f.data)
+                        .map_err(|e| VolumeError::Corrupt { what: key.clone(), detail: e.to_string() })?;
                     (Some(l), PutCondition::IfMatch(f.etag))
                 }
                 Err(StoreError::NotFound(_)) => (None, PutCondition::IfAbsent),
@@ -100,21 +92,14 @@ impl LeaseHandle {
             match store.put(&key, encode(&lease)?, cond).await {
                 Ok(etag) => {
                     info!(epoch, holder, "writer lease acquired");
-                    return Ok(Self {
-                        store,
-                        key,
-                        epoch,
-                        state: Mutex::new((lease, etag)),
-                    });
+                    return Ok(Self { store, key, epoch, state: Mutex::new((lease, etag)) });
                 }
                 // Someone changed it between our read and write: look again.
                 Err(StoreError::PreconditionFailed(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(VolumeError::Invalid(
-            "the lease object kept changing while acquiring it; another writer is racing".into(),
-        ))
+        Err(VolumeError::Invalid("the lease object kept changing while acquiring it; another writer is racing".into()))
     }
 
     /// Renews the lease. `Err(Fenced)` means someone else took it: stop writing.
@@ -122,15 +107,7 @@ impl LeaseHandle {
         let mut st = self.state.lock().await;
         let mut next = st.0.clone();
         next.renewed_unix = now_unix();
-        match self
-            .store
-            .put(
-                &self.key,
-                encode(&next)?,
-                PutCondition::IfMatch(st.1.clone()),
-            )
-            .await
-        {
+        match self.store.put(&self.key, encode(&next)?, PutCondition::IfMatch(st.1.clone())).await {
             Ok(etag) => {
                 *st = (next, etag);
                 Ok(())
@@ -145,14 +122,7 @@ impl LeaseHandle {
         let mut st = self.state.lock().await;
         let mut next = st.0.clone();
         next.released = true;
-        let etag = self
-            .store
-            .put(
-                &self.key,
-                encode(&next)?,
-                PutCondition::IfMatch(st.1.clone()),
-            )
-            .await?;
+        let etag = self.store.put(&self.key, encode(&next)?, PutCondition::IfMatch(st.1.clone())).await?;
         *st = (next, etag);
         info!(epoch = st.0.epoch, "writer lease released");
         Ok(())
@@ -164,20 +134,16 @@ impl LeaseHandle {
 }
 
 fn encode(l: &Lease) -> Result<Bytes> {
-    serde_json::to_vec_pretty(l)
-        .map(Bytes::from)
-        .map_err(|e| VolumeError::Invalid(e.to_string()))
+    serde_json::to_vec_pretty(l).map(Bytes::from).map_err(|e| VolumeError::Invalid(e.to_string()))
 }
 
 /// Reads the current lease, if any (for `inspect`).
 pub async fn read_lease(store: &dyn ObjectStore, layout: &Layout) -> Result<Option<Lease>> {
     match store.get(&layout.lease()).await {
-        Ok(f) => Ok(Some(serde_json::from_slice(&f.data).map_err(|e| {
-            VolumeError::Corrupt {
-                what: layout.lease(),
-                detail: e.to_string(),
-            }
-        })?)),
+        Ok(f) => Ok(Some(
+            serde_json::from_slice(&f.data)
+                .map_err(|e| VolumeError::Corrupt { what: layout.lease(), detail: e.to_string() })?,
+        )),
         Err(StoreError::NotFound(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }

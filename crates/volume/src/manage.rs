@@ -14,8 +14,7 @@ use tracing::info;
 
 use crate::error::{Result, StoreError, VolumeError};
 use crate::format::{
-    self, CheckpointHeader, HEADER_BYTES, Layout, Lease, Manifest, ObjectKind, SECTOR, Snapshot,
-    Trailer,
+    self, CheckpointHeader, HEADER_BYTES, Layout, Lease, Manifest, ObjectKind, SECTOR, Snapshot, Trailer,
 };
 use crate::lease::{self, LeaseHandle, now_unix};
 use crate::replay::{self, Listing};
@@ -30,10 +29,7 @@ pub async fn read_manifest(store: &dyn ObjectStore, layout: &Layout) -> Result<M
     Ok(read_manifest_etag(store, layout).await?.0)
 }
 
-async fn read_manifest_etag(
-    store: &dyn ObjectStore,
-    layout: &Layout,
-) -> Result<(Manifest, String)> {
+async fn read_manifest_etag(store: &dyn ObjectStore, layout: &Layout) -> Result<(Manifest, String)> {
     let key = layout.manifest();
     let f = match store.get(&key).await {
         Ok(f) => f,
@@ -42,26 +38,19 @@ async fn read_manifest_etag(
         }
         Err(e) => return Err(e.into()),
     };
-    let m: Manifest = serde_json::from_slice(&f.data).map_err(|e| VolumeError::Corrupt {
-        what: key.clone(),
-        detail: e.to_string(),
-    })?;
+    let m: Manifest = serde_json::from_slice(&f.data)
+        .map_err(|e| VolumeError::Corrupt { what: key.clone(), detail: e.to_string() })?;
     if m.format != format::FORMAT_VERSION || m.sector_size != SECTOR {
         return Err(VolumeError::Corrupt {
             what: key,
-            detail: format!(
-                "format {} with {}-byte sectors is not supported",
-                m.format, m.sector_size
-            ),
+            detail: format!("format {} with {}-byte sectors is not supported", m.format, m.sector_size),
         });
     }
     Ok((m, f.etag))
 }
 
 fn json<T: Serialize>(v: &T) -> Result<Bytes> {
-    serde_json::to_vec_pretty(v)
-        .map(Bytes::from)
-        .map_err(|e| VolumeError::Invalid(e.to_string()))
+    serde_json::to_vec_pretty(v).map(Bytes::from).map_err(|e| VolumeError::Invalid(e.to_string()))
 }
 
 /// Records a new volume (create-only, so an existing volume is never clobbered).
@@ -88,10 +77,7 @@ pub async fn create(
         created_unix: now_unix(),
         encryption: None,
     };
-    match store
-        .put(&layout.manifest(), json(&manifest)?, PutCondition::IfAbsent)
-        .await
-    {
+    match store.put(&layout.manifest(), json(&manifest)?, PutCondition::IfAbsent).await {
         Ok(_) => Ok(manifest),
         Err(StoreError::PreconditionFailed(_)) => Err(VolumeError::AlreadyExists(name.into())),
         Err(e) => Err(e.into()),
@@ -110,12 +96,7 @@ pub fn encode_checkpoint_file(
     let mut runs = 0u64;
     {
         let mut w = BufWriter::new(out.as_file_mut());
-        let placeholder = CheckpointHeader {
-            seq,
-            epoch,
-            sectors,
-            runs: 0,
-        };
+        let placeholder = CheckpointHeader { seq, epoch, sectors, runs: 0 };
         w.write_all(&format::encode_checkpoint_header(&placeholder))?;
         let mut buf = Vec::with_capacity(format::RUN_BYTES);
         table::for_each_run_in_file(std::fs::File::open(table_copy)?, sectors, |r| {
@@ -129,12 +110,7 @@ pub fn encode_checkpoint_file(
     }
     let f = out.as_file_mut();
     f.seek(SeekFrom::Start(0))?;
-    f.write_all(&format::encode_checkpoint_header(&CheckpointHeader {
-        seq,
-        epoch,
-        sectors,
-        runs,
-    }))?;
+    f.write_all(&format::encode_checkpoint_header(&CheckpointHeader { seq, epoch, sectors, runs }))?;
     f.sync_all()?;
     Ok(out)
 }
@@ -170,11 +146,7 @@ pub async fn snapshot(
         None => format!("snap-{}-{end:x}", now_unix()),
     };
     format::validate_name(&label)?;
-    let snap = Snapshot {
-        label: label.clone(),
-        seq: end,
-        created_unix: now_unix(),
-    };
+    let snap = Snapshot { label: label.clone(), seq: end, created_unix: now_unix() };
     let key = layout.snapshot(&label);
     match store.put(&key, json(&snap)?, PutCondition::IfAbsent).await {
         Ok(_) => {}
@@ -202,27 +174,19 @@ pub async fn list_snapshots(store: &dyn ObjectStore, layout: &Layout) -> Result<
             Err(StoreError::NotFound(_)) => continue,
             Err(e) => return Err(e.into()),
         };
-        let s: Snapshot = serde_json::from_slice(&f.data).map_err(|e| VolumeError::Corrupt {
-            what: o.key.clone(),
-            detail: e.to_string(),
-        })?;
+        let s: Snapshot = serde_json::from_slice(&f.data)
+            .map_err(|e| VolumeError::Corrupt { what: o.key.clone(), detail: e.to_string() })?;
         out.push(s);
     }
     out.sort_by(|a, b| (a.seq, a.created_unix, &a.label).cmp(&(b.seq, b.created_unix, &b.label)));
     Ok(out)
 }
 
-pub async fn find_snapshot(
-    store: &dyn ObjectStore,
-    layout: &Layout,
-    label: &str,
-) -> Result<Snapshot> {
+pub async fn find_snapshot(store: &dyn ObjectStore, layout: &Layout, label: &str) -> Result<Snapshot> {
     format::validate_name(label).map_err(|_| VolumeError::UnknownSnapshot(label.into()))?;
     match store.get(&layout.snapshot(label)).await {
-        Ok(f) => serde_json::from_slice(&f.data).map_err(|e| VolumeError::Corrupt {
-            what: layout.snapshot(label),
-            detail: e.to_string(),
-        }),
+        Ok(f) => serde_json::from_slice(&f.data)
+            .map_err(|e| VolumeError::Corrupt { what: layout.snapshot(label), detail: e.to_string() }),
         Err(StoreError::NotFound(_)) => Err(VolumeError::UnknownSnapshot(label.into())),
         Err(e) => Err(e.into()),
     }
@@ -241,18 +205,8 @@ async fn replay_temp(
     manifest: &Manifest,
     limit: u64,
 ) -> Result<(tempfile::TempDir, replay::Replayed)> {
-    let dir = tempfile::Builder::new()
-        .prefix("meridian-volume-")
-        .tempdir()?;
-    let r = replay::replay(
-        store,
-        layout,
-        manifest,
-        &dir.path().join("map"),
-        1024,
-        limit,
-    )
-    .await?;
+    let dir = tempfile::Builder::new().prefix("meridian-volume-").tempdir()?;
+    let r = replay::replay(store, layout, manifest, &dir.path().join("map"), 1024, limit).await?;
     Ok((dir, r))
 }
 
@@ -268,15 +222,7 @@ pub async fn rollback(
 ) -> Result<u64> {
     let manifest = read_manifest(store.as_ref(), layout).await?;
     let snap = find_snapshot(store.as_ref(), layout, label).await?;
-    let lease = LeaseHandle::acquire(
-        store.clone(),
-        layout,
-        holder,
-        Duration::from_secs(60),
-        force,
-        0,
-    )
-    .await?;
+    let lease = LeaseHandle::acquire(store.clone(), layout, holder, Duration::from_secs(60), force, 0).await?;
     let result = rollback_locked(store.as_ref(), layout, &manifest, &snap, lease.epoch()).await;
     lease.release().await?;
     result
@@ -291,10 +237,7 @@ async fn rollback_locked(
 ) -> Result<u64> {
     let (_head_dir, head) = replay_temp(store, layout, manifest, u64::MAX).await?;
     if head.epoch >= epoch {
-        return Err(VolumeError::Invalid(format!(
-            "log epoch {} is not below the lease epoch {epoch}",
-            head.epoch
-        )));
+        return Err(VolumeError::Invalid(format!("log epoch {} is not below the lease epoch {epoch}", head.epoch)));
     }
     let (dir, mut at) = replay_temp(store, layout, manifest, snap.seq).await?;
     for (&seq, _) in head.listing.logs.range(head.end + 1..) {
@@ -309,27 +252,9 @@ async fn rollback_locked(
     let ckpt = encode_checkpoint_file(&copy, at.table.sectors(), seq, epoch)?;
     // Checkpoint first: it only counts once the Rollback object below exists.
     store.put_file(&layout.checkpoint(seq), ckpt.path()).await?;
-    let header = format::encode_header(
-        &[],
-        Trailer {
-            epoch,
-            seq,
-            kind: ObjectKind::Rollback,
-        },
-    );
-    store
-        .put(
-            &layout.log(seq),
-            Bytes::from(header),
-            PutCondition::IfAbsent,
-        )
-        .await?;
-    info!(
-        label = snap.label,
-        snapshot_seq = snap.seq,
-        new_seq = seq,
-        "rolled back"
-    );
+    let header = format::encode_header(&[], Trailer { epoch, seq, kind: ObjectKind::Rollback });
+    store.put(&layout.log(seq), Bytes::from(header), PutCondition::IfAbsent).await?;
+    info!(label = snap.label, snapshot_seq = snap.seq, new_seq = seq, "rolled back");
     Ok(seq)
 }
 
@@ -346,12 +271,7 @@ pub struct ExportStats {
 
 /// Writes the disk as of `at` (a snapshot label; None = the end of the log) to a raw image.
 /// Works offline, with only read access to the bucket: this is the disaster-recovery path.
-pub async fn export(
-    store: &dyn ObjectStore,
-    layout: &Layout,
-    at: Option<&str>,
-    output: &Path,
-) -> Result<ExportStats> {
+pub async fn export(store: &dyn ObjectStore, layout: &Layout, at: Option<&str>, output: &Path) -> Result<ExportStats> {
     let manifest = read_manifest(store, layout).await?;
     let limit = match at {
         Some(label) => find_snapshot(store, layout, label).await?.seq,
@@ -368,11 +288,7 @@ pub async fn export(
     })?;
     runs.sort_by_key(|r| (r.seq, r.obj_sector));
     let groups = group_runs(&runs);
-    let mut stats = ExportStats {
-        seq: r.end,
-        size: manifest.size,
-        ..Default::default()
-    };
+    let mut stats = ExportStats { seq: r.end, size: manifest.size, ..Default::default() };
     let mut fetches = futures::stream::iter(groups.iter().map(|g| async move {
         let (seq, first, last) = (g[0].seq, g[0].obj_sector, g[g.len() - 1]);
         let end = u64::from(last.obj_sector) + u64::from(last.len);
@@ -398,11 +314,7 @@ pub async fn export(
         stats.requests += 1;
     }
     out.sync_all()?;
-    info!(
-        seq = stats.seq,
-        mapped = stats.mapped_bytes,
-        "export complete"
-    );
+    info!(seq = stats.seq, mapped = stats.mapped_bytes, "export complete");
     Ok(stats)
 }
 
@@ -419,8 +331,7 @@ fn group_runs(runs: &[format::Run]) -> Vec<&[format::Run]> {
             let a_end = u64::from(a.obj_sector) + u64::from(a.len);
             b.seq != a.seq
                 || u64::from(b.obj_sector) > a_end + MAX_GAP
-                || u64::from(b.obj_sector) + u64::from(b.len) - u64::from(first.obj_sector)
-                    > MAX_SPAN
+                || u64::from(b.obj_sector) + u64::from(b.len) - u64::from(first.obj_sector) > MAX_SPAN
         };
         if split {
             out.push(&runs[start..i]);
@@ -452,19 +363,12 @@ pub struct Inspection {
 pub async fn inspect(store: &dyn ObjectStore, layout: &Layout) -> Result<Inspection> {
     let manifest = read_manifest(store, layout).await?;
     let lease = lease::read_lease(store, layout).await?;
-    let lease_live = lease
-        .as_ref()
-        .is_some_and(|l| !l.released && now_unix() < l.renewed_unix + l.ttl_secs);
+    let lease_live = lease.as_ref().is_some_and(|l| !l.released && now_unix() < l.renewed_unix + l.ttl_secs);
     let snapshots = list_snapshots(store, layout).await?;
     let (_dir, mut r) = replay_temp(store, layout, &manifest, u64::MAX).await?;
     let live: u64 = replay::live_sectors(&mut r.table)?.values().sum::<u64>() * SECTOR;
     let log_bytes: u64 = r.listing.logs.values().sum();
-    let data_bytes: u64 = r
-        .listing
-        .logs
-        .values()
-        .map(|b| b.saturating_sub(HEADER_BYTES as u64))
-        .sum();
+    let data_bytes: u64 = r.listing.logs.values().map(|b| b.saturating_sub(HEADER_BYTES as u64)).sum();
     Ok(Inspection {
         lease,
         lease_live,
@@ -521,9 +425,7 @@ pub async fn resize(
         // Re-read under the lease so a concurrent edit is not overwritten.
         let (mut m, etag) = read_manifest_etag(store.as_ref(), layout).await?;
         m.size = new_size;
-        store
-            .put(&layout.manifest(), json(&m)?, PutCondition::IfMatch(etag))
-            .await?;
+        store.put(&layout.manifest(), json(&m)?, PutCondition::IfMatch(etag)).await?;
         info!(old = old.size, new = new_size, "resized");
         Ok::<_, VolumeError>(m)
     }

@@ -105,11 +105,7 @@ impl Export {
 }
 
 /// Accepts connections until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    export: Export,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, export: Export, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -146,12 +142,7 @@ fn proto_err(msg: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
 }
 
-async fn opt_reply(
-    wr: &mut BufWriter<OwnedWriteHalf>,
-    opt: u32,
-    kind: u32,
-    data: &[u8],
-) -> std::io::Result<()> {
+async fn opt_reply(wr: &mut BufWriter<OwnedWriteHalf>, opt: u32, kind: u32, data: &[u8]) -> std::io::Result<()> {
     wr.write_u64(OPT_REPLY_MAGIC).await?;
     wr.write_u32(opt).await?;
     wr.write_u32(kind).await?;
@@ -182,9 +173,7 @@ async fn handshake(
         let opt = rd.read_u32().await?;
         let len = rd.read_u32().await?;
         if len > MAX_OPTION {
-            return Err(proto_err(format!(
-                "option {opt} of {len} bytes is too long"
-            )));
+            return Err(proto_err(format!("option {opt} of {len} bytes is too long")));
         }
         let mut data = vec![0u8; len as usize];
         rd.read_exact(&mut data).await?;
@@ -246,10 +235,7 @@ async fn info_or_go(
         if reqs.len() != n * 2 {
             return None;
         }
-        let reqs: Vec<u16> = reqs
-            .chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-            .collect();
+        let reqs: Vec<u16> = reqs.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
         Some((name.to_vec(), reqs))
     })();
     let Some((name, reqs)) = parsed else {
@@ -257,11 +243,8 @@ async fn info_or_go(
         return Ok(false);
     };
     if !export.matches(&name) {
-        let msg = format!(
-            "no export named {:?}; this server exports {:?}",
-            String::from_utf8_lossy(&name),
-            export.name
-        );
+        let msg =
+            format!("no export named {:?}; this server exports {:?}", String::from_utf8_lossy(&name), export.name);
         opt_reply(wr, opt, REP_ERR_UNKNOWN, msg.as_bytes()).await?;
         return Ok(false);
     }
@@ -348,18 +331,11 @@ async fn transmission(
         let handle = u64::from_be_bytes(hdr[8..16].try_into().unwrap_or_default());
         let offset = u64::from_be_bytes(hdr[16..24].try_into().unwrap_or_default());
         let len = u32::from_be_bytes([hdr[24], hdr[25], hdr[26], hdr[27]]);
-        let reply = |error: u32| Reply {
-            handle,
-            error,
-            data: None,
-            _permit: None,
-        };
+        let reply = |error: u32| Reply { handle, error, data: None, _permit: None };
         // A WRITE's payload must be consumed whatever we answer, or the stream desyncs.
         let payload = if cmd == CMD_WRITE {
             if len > MAX_PAYLOAD {
-                break Err(proto_err(format!(
-                    "write of {len} bytes exceeds the maximum"
-                )));
+                break Err(proto_err(format!("write of {len} bytes exceeds the maximum")));
             }
             let mut p = vec![0u8; len as usize];
             if let Err(e) = rd.read_exact(&mut p).await {
@@ -377,9 +353,7 @@ async fn transmission(
             CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
             _ => 0,
         };
-        let in_range = offset
-            .checked_add(u64::from(len))
-            .is_some_and(|e| e <= size);
+        let in_range = offset.checked_add(u64::from(len)).is_some_and(|e| e <= size);
         let verdict = match cmd {
             _ if flags & !allowed != 0 => Some(EINVAL),
             CMD_READ | CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES if len == 0 => Some(EINVAL),
@@ -396,31 +370,17 @@ async fn transmission(
         }
         match cmd {
             CMD_READ => {
-                let permit = match budget
-                    .clone()
-                    .acquire_many_owned(len.div_ceil(1024).max(1))
-                    .await
-                {
+                let permit = match budget.clone().acquire_many_owned(len.div_ceil(1024).max(1)).await {
                     Ok(p) => p,
                     Err(_) => break Ok(()),
                 };
                 let (vol, tx) = (vol.clone(), tx.clone());
                 tokio::spawn(async move {
                     let r = match vol.read(offset, u64::from(len)).await {
-                        Ok(data) => Reply {
-                            handle,
-                            error: 0,
-                            data: Some(data),
-                            _permit: Some(permit),
-                        },
+                        Ok(data) => Reply { handle, error: 0, data: Some(data), _permit: Some(permit) },
                         Err(e) => {
                             warn!(offset, len, error = %e, "read failed");
-                            Reply {
-                                handle,
-                                error: errno(&e),
-                                data: None,
-                                _permit: None,
-                            }
+                            Reply { handle, error: errno(&e), data: None, _permit: None }
                         }
                     };
                     let _ = tx.send(r);
@@ -466,11 +426,6 @@ fn spawn_flush(vol: &Arc<Volume>, tx: &mpsc::UnboundedSender<Reply>, handle: u64
                 EIO
             }
         };
-        let _ = tx.send(Reply {
-            handle,
-            error,
-            data: None,
-            _permit: None,
-        });
+        let _ = tx.send(Reply { handle, error, data: None, _permit: None });
     });
 }

@@ -9,9 +9,7 @@ use futures::StreamExt;
 use tracing::{debug, info};
 
 use crate::error::{Result, StoreError, VolumeError};
-use crate::format::{
-    self, CHECKPOINT_HEADER, HEADER_BYTES, Header, Layout, Manifest, RUN_BYTES, SECTOR,
-};
+use crate::format::{self, CHECKPOINT_HEADER, HEADER_BYTES, Header, Layout, Manifest, RUN_BYTES, SECTOR};
 use crate::store::ObjectStore;
 use crate::table::{self, ExtentTable};
 
@@ -45,11 +43,7 @@ impl Listing {
     /// Newest checkpoint at or before `limit` whose log object exists (a checkpoint written
     /// before its log object, e.g. by an interrupted rollback, does not count).
     pub fn base_checkpoint(&self, limit: u64) -> Option<u64> {
-        self.checkpoints
-            .range(..=limit)
-            .rev()
-            .map(|(s, _)| *s)
-            .find(|s| self.logs.contains_key(s))
+        self.checkpoints.range(..=limit).rev().map(|(s, _)| *s).find(|s| self.logs.contains_key(s))
     }
 }
 
@@ -71,10 +65,7 @@ pub async fn fetch_header(store: &dyn ObjectStore, layout: &Layout, seq: u64) ->
     let raw = store.get_range(&key, 0, HEADER_BYTES as u64).await?;
     let h = format::decode_header(&key, &raw)?;
     if h.trailer.seq != seq {
-        return Err(VolumeError::Corrupt {
-            what: key,
-            detail: format!("trailer says it is object {}", h.trailer.seq),
-        });
+        return Err(VolumeError::Corrupt { what: key, detail: format!("trailer says it is object {}", h.trailer.seq) });
     }
     Ok(h)
 }
@@ -92,11 +83,7 @@ pub fn apply_header(table: &mut ExtentTable, seq: u64, h: &Header) -> Result<()>
             if s >= sectors {
                 break;
             }
-            let v = if e.zero {
-                0
-            } else {
-                table::encode(seq, data_sector + i)
-            };
+            let v = if e.zero { 0 } else { table::encode(seq, data_sector + i) };
             table.set(s, v)?;
         }
         if !e.zero {
@@ -121,10 +108,7 @@ async fn load_checkpoint(
     if h.seq != seq || want != size {
         return Err(VolumeError::Corrupt {
             what: key,
-            detail: format!(
-                "checkpoint header (seq {}, {} runs) does not match",
-                h.seq, h.runs
-            ),
+            detail: format!("checkpoint header (seq {}, {} runs) does not match", h.seq, h.runs),
         });
     }
     // Stream the runs in bounded chunks: a checkpoint of a large, fragmented volume can be
@@ -170,15 +154,11 @@ pub async fn replay(
         epoch = load_checkpoint(store, layout, base, size, &mut table).await?;
         debug!(base, "checkpoint loaded");
     }
-    let seqs: Vec<u64> = (base + 1..=limit)
-        .take_while(|s| listing.logs.contains_key(s))
-        .collect();
+    let seqs: Vec<u64> = (base + 1..=limit).take_while(|s| listing.logs.contains_key(s)).collect();
     // Fetch headers eight at a time but apply them strictly in order.
-    let mut headers = futures::stream::iter(
-        seqs.into_iter()
-            .map(|seq| async move { (seq, fetch_header(store, layout, seq).await) }),
-    )
-    .buffered(8);
+    let mut headers =
+        futures::stream::iter(seqs.into_iter().map(|seq| async move { (seq, fetch_header(store, layout, seq).await) }))
+            .buffered(8);
     let mut end = base;
     while let Some((seq, h)) = headers.next().await {
         let h = match h {
@@ -188,25 +168,14 @@ pub async fn replay(
             Err(e) => return Err(e),
         };
         if h.trailer.epoch < epoch {
-            info!(
-                seq,
-                epoch = h.trailer.epoch,
-                newest = epoch,
-                "log object from a fenced writer ends the log"
-            );
+            info!(seq, epoch = h.trailer.epoch, newest = epoch, "log object from a fenced writer ends the log");
             break;
         }
         epoch = h.trailer.epoch;
         apply_header(&mut table, seq, &h)?;
         end = seq;
     }
-    Ok(Replayed {
-        table,
-        end,
-        epoch,
-        base,
-        listing,
-    })
+    Ok(Replayed { table, end, epoch, base, listing })
 }
 
 /// Live sectors per object, from a full scan of the table.

@@ -35,13 +35,7 @@ pub struct S3Store {
 
 impl S3Store {
     pub fn new(cfg: &S3Config) -> Self {
-        let creds = Credentials::new(
-            cfg.access_key.clone(),
-            cfg.secret_key.clone(),
-            None,
-            None,
-            "meridian-volume",
-        );
+        let creds = Credentials::new(cfg.access_key.clone(), cfg.secret_key.clone(), None, None, "meridian-volume");
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(cfg.region.clone()))
@@ -54,9 +48,17 @@ impl S3Store {
         if let Some(ep) = &cfg.endpoint {
             builder = builder.endpoint_url(ep.clone());
         }
-        Self {
-            client: Client::from_conf(builder.build()),
-            bucket: cfg.bucket.clone(),
+        Self { client: Client::from_conf(builder.build()), bucket: cfg.bucket.clone() }
+    }
+}
+
+impl S3Store {
+    /// Creates the bucket; an existing bucket owned by us is fine.
+    pub async fn create_bucket(&self) -> Result<(), StoreError> {
+        match self.client.create_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou")) => Ok(()),
+            Err(e) => Err(map_err(&self.bucket, e)),
         }
     }
 }
@@ -69,20 +71,14 @@ where
     let status = err.raw_response().map(|r| r.status().as_u16());
     let code = err.code().map(str::to_string);
     match (status, code.as_deref()) {
-        (Some(412), _) | (_, Some("PreconditionFailed")) => {
-            StoreError::PreconditionFailed(key.to_string())
-        }
-        (Some(404), _) | (_, Some("NoSuchKey")) | (_, Some("NotFound")) => {
-            StoreError::NotFound(key.to_string())
-        }
+        (Some(412), _) | (_, Some("PreconditionFailed")) => StoreError::PreconditionFailed(key.to_string()),
+        (Some(404), _) | (_, Some("NoSuchKey")) | (_, Some("NotFound")) => StoreError::NotFound(key.to_string()),
         _ => StoreError::Backend {
             key: key.to_string(),
             message: format!(
                 "{}{}",
                 code.map(|c| format!("{c}: ")).unwrap_or_default(),
-                err.message()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| describe(&err))
+                err.message().map(str::to_string).unwrap_or_else(|| describe(&err))
             ),
         },
     }
@@ -103,12 +99,7 @@ fn describe(err: &dyn std::error::Error) -> String {
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn put(&self, key: &str, body: Bytes, cond: PutCondition) -> Result<String, StoreError> {
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(ByteStream::from(body));
+        let mut req = self.client.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(body));
         req = match cond {
             PutCondition::None => req,
             PutCondition::IfAbsent => req.if_none_match("*"),
@@ -119,9 +110,8 @@ impl ObjectStore for S3Store {
     }
 
     async fn put_file(&self, key: &str, path: &Path) -> Result<String, StoreError> {
-        let body = ByteStream::from_path(path)
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        let body =
+            ByteStream::from_path(path).await.map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
         let out = self
             .client
             .put_object()
@@ -135,23 +125,13 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Fetched, StoreError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| map_err(key, e))?;
+        let out = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| map_err(key, e))?;
         let etag = out.e_tag().unwrap_or_default().to_string();
         let data = out
             .body
             .collect()
             .await
-            .map_err(|e| StoreError::Backend {
-                key: key.to_string(),
-                message: describe(&e),
-            })?
+            .map_err(|e| StoreError::Backend { key: key.to_string(), message: describe(&e) })?
             .into_bytes();
         Ok(Fetched { data, etag })
     }
@@ -173,10 +153,7 @@ impl ObjectStore for S3Store {
             .body
             .collect()
             .await
-            .map_err(|e| StoreError::Backend {
-                key: key.to_string(),
-                message: describe(&e),
-            })?
+            .map_err(|e| StoreError::Backend { key: key.to_string(), message: describe(&e) })?
             .into_bytes();
         if data.len() as u64 != len {
             return Err(StoreError::Backend {
@@ -218,13 +195,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| map_err(key, e))?;
+        self.client.delete_object().bucket(&self.bucket).key(key).send().await.map_err(|e| map_err(key, e))?;
         Ok(())
     }
 }

@@ -69,9 +69,7 @@ impl MemStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (Bytes, String)>> {
         // A poisoned map only means another test thread panicked; the data is still usable.
-        self.objects
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.objects.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Total bytes stored under `prefix` (tests use it to check GC).
@@ -88,10 +86,7 @@ impl MemStore {
 impl ObjectStore for MemStore {
     async fn put(&self, key: &str, body: Bytes, cond: PutCondition) -> Result<String, StoreError> {
         if self.fail_puts.load(Ordering::Relaxed) {
-            return Err(StoreError::Backend {
-                key: key.to_string(),
-                message: "injected failure".into(),
-            });
+            return Err(StoreError::Backend { key: key.to_string(), message: "injected failure".into() });
         }
         let mut map = self.lock();
         let current = map.get(key).map(|(_, e)| e.clone());
@@ -117,18 +112,13 @@ impl ObjectStore for MemStore {
     async fn get(&self, key: &str) -> Result<Fetched, StoreError> {
         self.lock()
             .get(key)
-            .map(|(data, etag)| Fetched {
-                data: data.clone(),
-                etag: etag.clone(),
-            })
+            .map(|(data, etag)| Fetched { data: data.clone(), etag: etag.clone() })
             .ok_or_else(|| StoreError::NotFound(key.to_string()))
     }
 
     async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
         let map = self.lock();
-        let (data, _) = map
-            .get(key)
-            .ok_or_else(|| StoreError::NotFound(key.to_string()))?;
+        let (data, _) = map.get(key).ok_or_else(|| StoreError::NotFound(key.to_string()))?;
         let end = start.saturating_add(len);
         if end > data.len() as u64 {
             return Err(StoreError::Backend {
@@ -144,10 +134,7 @@ impl ObjectStore for MemStore {
             .lock()
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, (v, _))| Listed {
-                key: k.clone(),
-                size: v.len() as u64,
-            })
+            .map(|(k, (v, _))| Listed { key: k.clone(), size: v.len() as u64 })
             .collect())
     }
 

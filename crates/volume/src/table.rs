@@ -53,21 +53,9 @@ pub struct ExtentTable {
 impl ExtentTable {
     /// Creates an empty (all-unmapped) table at `path`, replacing anything there.
     pub fn create(path: &Path, sectors: u64, cache_pages: usize) -> Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
         file.set_len(sectors * 8)?;
-        Ok(Self {
-            file,
-            sectors,
-            index: HashMap::new(),
-            slots: Vec::new(),
-            hand: 0,
-            capacity: cache_pages.max(4),
-        })
+        Ok(Self { file, sectors, index: HashMap::new(), slots: Vec::new(), hand: 0, capacity: cache_pages.max(4) })
     }
 
     pub fn sectors(&self) -> u64 {
@@ -96,28 +84,16 @@ impl ExtentTable {
         let start = page * PAGE_BYTES;
         let want = PAGE_BYTES.min(file_len.saturating_sub(start)) as usize;
         self.file.read_exact_at(&mut buf[..want], start)?;
-        let entries: Box<[u64]> = buf
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
+        let entries: Box<[u64]> =
+            buf.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
         let slot = if self.slots.len() < self.capacity {
-            self.slots.push(Slot {
-                page,
-                entries,
-                dirty: false,
-                referenced: true,
-            });
+            self.slots.push(Slot { page, entries, dirty: false, referenced: true });
             self.slots.len() - 1
         } else {
             let victim = self.pick_victim();
             self.write_back(victim)?;
             self.index.remove(&self.slots[victim].page);
-            self.slots[victim] = Slot {
-                page,
-                entries,
-                dirty: false,
-                referenced: true,
-            };
+            self.slots[victim] = Slot { page, entries, dirty: false, referenced: true };
             victim
         };
         self.index.insert(page, slot);
@@ -200,11 +176,7 @@ impl ExtentTable {
 
 /// Walks a table file (live or a copy) as maximal runs of consecutive sectors stored
 /// consecutively in one object.
-pub fn for_each_run_in_file(
-    mut file: File,
-    sectors: u64,
-    mut f: impl FnMut(Run) -> Result<()>,
-) -> Result<()> {
+pub fn for_each_run_in_file(mut file: File, sectors: u64, mut f: impl FnMut(Run) -> Result<()>) -> Result<()> {
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut cur: Option<Run> = None;
@@ -226,12 +198,7 @@ pub fn for_each_run_in_file(
                 if let Some(r) = cur.take() {
                     f(r)?;
                 }
-                cur = next.map(|(seq, off)| Run {
-                    sector,
-                    len: 1,
-                    seq,
-                    obj_sector: off as u32,
-                });
+                cur = next.map(|(seq, off)| Run { sector, len: 1, seq, obj_sector: off as u32 });
             }
         }
     }
@@ -273,18 +240,8 @@ mod tests {
         assert_eq!(
             runs,
             vec![
-                Run {
-                    sector: 20,
-                    len: 10,
-                    seq: 5,
-                    obj_sector: 100
-                },
-                Run {
-                    sector: 30,
-                    len: 1,
-                    seq: 6,
-                    obj_sector: 0
-                }
+                Run { sector: 20, len: 10, seq: 5, obj_sector: 100 },
+                Run { sector: 30, len: 1, seq: 6, obj_sector: 0 }
             ]
         );
         t.resize(25).unwrap();

@@ -13,9 +13,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::buffer::OpenObject;
 use crate::error::{Result, StoreError, VolumeError};
-use crate::format::{
-    self, Entry, HEADER_BYTES, Layout, MAX_DATA_ENTRIES, Manifest, ObjectKind, SECTOR, Trailer,
-};
+use crate::format::{self, Entry, HEADER_BYTES, Layout, MAX_DATA_ENTRIES, Manifest, ObjectKind, SECTOR, Trailer};
 use crate::lease::LeaseHandle;
 use crate::replay::{self, Listing};
 use crate::store::{ObjectStore, PutCondition};
@@ -117,33 +115,14 @@ pub struct Volume {
 impl Volume {
     /// Opens `layout` for writing: takes the lease, recovers the log, removes what lies past the
     /// recovery point and fences the log with an object of the new epoch.
-    pub async fn open(
-        store: Arc<dyn ObjectStore>,
-        layout: Layout,
-        cfg: WriterConfig,
-    ) -> Result<Arc<Self>> {
+    pub async fn open(store: Arc<dyn ObjectStore>, layout: Layout, cfg: WriterConfig) -> Result<Arc<Self>> {
         let manifest = crate::manage::read_manifest(store.as_ref(), &layout).await?;
-        let lease = LeaseHandle::acquire(
-            store.clone(),
-            &layout,
-            &cfg.holder,
-            cfg.lease_ttl,
-            cfg.force_takeover,
-            0,
-        )
-        .await?;
+        let lease =
+            LeaseHandle::acquire(store.clone(), &layout, &cfg.holder, cfg.lease_ttl, cfg.force_takeover, 0).await?;
         std::fs::create_dir_all(&cfg.cache_dir)?;
         let table_path = cfg.cache_dir.join(format!("{}.map", manifest.volume_id));
         let started = Instant::now();
-        let mut r = replay::replay(
-            store.as_ref(),
-            &layout,
-            &manifest,
-            &table_path,
-            cfg.cache_pages,
-            u64::MAX,
-        )
-        .await?;
+        let mut r = replay::replay(store.as_ref(), &layout, &manifest, &table_path, cfg.cache_pages, u64::MAX).await?;
         if r.epoch >= lease.epoch() {
             return Err(VolumeError::Invalid(format!(
                 "the log holds epoch {} but the lease only {}; was lease.json edited? \
@@ -152,12 +131,7 @@ impl Volume {
                 lease.epoch()
             )));
         }
-        info!(
-            end = r.end,
-            base = r.base,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "recovery complete"
-        );
+        info!(end = r.end, base = r.base, elapsed_ms = started.elapsed().as_millis() as u64, "recovery complete");
         remove_past(store.as_ref(), &layout, &r.listing, r.end).await?;
         let live = replay::live_sectors(&mut r.table)?;
         let objects = r
@@ -167,14 +141,7 @@ impl Volume {
             .map(|(&seq, &bytes)| {
                 let live_sectors = live.get(&seq).copied().unwrap_or(0);
                 let data_sectors = bytes.saturating_sub(HEADER_BYTES as u64) / SECTOR;
-                (
-                    seq,
-                    ObjStat {
-                        live_sectors,
-                        data_sectors,
-                        bytes,
-                    },
-                )
+                (seq, ObjStat { live_sectors, data_sectors, bytes })
             })
             .collect();
         let epoch = lease.epoch();
@@ -236,8 +203,7 @@ impl Volume {
             Ok(g) => g,
             Err(p) => {
                 let mut g = p.into_inner();
-                g.failed
-                    .get_or_insert_with(|| "internal panic while updating the map".into());
+                g.failed.get_or_insert_with(|| "internal panic while updating the map".into());
                 g
             }
         }
@@ -251,15 +217,8 @@ impl Volume {
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > self.manifest.size)
-        {
-            return Err(VolumeError::OutOfRange {
-                offset,
-                len,
-                size: self.manifest.size,
-            });
+        if offset.checked_add(len).is_none_or(|end| end > self.manifest.size) {
+            return Err(VolumeError::OutOfRange { offset, len, size: self.manifest.size });
         }
         Ok(())
     }
@@ -300,14 +259,8 @@ impl Volume {
         let pieces = self.resolve(first, n, &mut out)?;
         let fetches = pieces.into_iter().map(|p| async move {
             let key = self.layout.log(p.seq);
-            let data = self
-                .store
-                .get_range(
-                    &key,
-                    HEADER_BYTES as u64 + p.obj_sector * SECTOR,
-                    p.sectors * SECTOR,
-                )
-                .await?;
+            let data =
+                self.store.get_range(&key, HEADER_BYTES as u64 + p.obj_sector * SECTOR, p.sectors * SECTOR).await?;
             Ok::<_, VolumeError>((p.out_sector, data))
         });
         for (at, data) in futures::future::try_join_all(fetches).await? {
@@ -342,19 +295,10 @@ impl Volume {
                 continue;
             }
             match pieces.last_mut() {
-                Some(p)
-                    if p.seq == seq
-                        && p.out_sector + p.sectors == i
-                        && p.obj_sector + p.sectors == obj_sector =>
-                {
+                Some(p) if p.seq == seq && p.out_sector + p.sectors == i && p.obj_sector + p.sectors == obj_sector => {
                     p.sectors += 1;
                 }
-                _ => pieces.push(RemotePiece {
-                    out_sector: i,
-                    sectors: 1,
-                    seq,
-                    obj_sector,
-                }),
+                _ => pieces.push(RemotePiece { out_sector: i, sectors: 1, seq, obj_sector }),
             }
         }
         Ok(pieces)
@@ -407,8 +351,7 @@ impl Volume {
         }
         if !end.is_multiple_of(SECTOR) {
             let tail = end - inner_end * SECTOR;
-            self.write(inner_end * SECTOR, &vec![0u8; tail as usize])
-                .await?;
+            self.write(inner_end * SECTOR, &vec![0u8; tail as usize]).await?;
         }
         Ok(())
     }
@@ -449,9 +392,7 @@ impl Volume {
     /// Adds a write to the open object, sealing it first if one more write might not fit and
     /// after if it reached its target size.
     async fn insert(self: &Arc<Self>, sector: u64, n: u64, data: Option<&[u8]>) -> Result<()> {
-        self.insert_if(sector, n, data, |_| Ok(true))
-            .await
-            .map(|_| ())
+        self.insert_if(sector, n, data, |_| Ok(true)).await.map(|_| ())
     }
 
     /// [`Self::insert`], but only if `pred` holds, checked under the same lock as the insert.
@@ -474,10 +415,7 @@ impl Volume {
                     }
                     st.open.insert(sector, n, data);
                     st.open_since.get_or_insert_with(Instant::now);
-                    Some(
-                        st.open.data_bytes() >= self.manifest.object_bytes
-                            || st.open.entries() + 2 > MAX_DATA_ENTRIES,
-                    )
+                    Some(st.open.data_bytes() >= self.manifest.object_bytes || st.open.entries() + 2 > MAX_DATA_ENTRIES)
                 } else {
                     None
                 }
@@ -497,20 +435,14 @@ impl Volume {
     async fn seal_when_full(self: &Arc<Self>) -> Result<()> {
         let permit = self.upload_permit().await?;
         let mut st = self.lock();
-        if st.open.data_bytes() >= self.manifest.object_bytes
-            || st.open.entries() + 2 > MAX_DATA_ENTRIES
-        {
+        if st.open.data_bytes() >= self.manifest.object_bytes || st.open.entries() + 2 > MAX_DATA_ENTRIES {
             self.seal(&mut st, permit)?;
         }
         Ok(())
     }
 
     async fn upload_permit(&self) -> Result<OwnedSemaphorePermit> {
-        self.uploads
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| VolumeError::Failed("volume closed".into()))
+        self.uploads.clone().acquire_owned().await.map_err(|_| VolumeError::Failed("volume closed".into()))
     }
 
     /// Turns the open object into log object `next_seq`, points the map at it and starts its
@@ -523,29 +455,15 @@ impl Volume {
         st.next_seq += 1;
         st.open_since = None;
         let (entries, extents) = st.open.take();
-        let header = format::encode_header(
-            &entries,
-            Trailer {
-                epoch: self.epoch,
-                seq,
-                kind: ObjectKind::Data,
-            },
-        );
-        let data_bytes: usize = extents
-            .iter()
-            .filter_map(|(_, e)| e.data.as_ref().map(Vec::len))
-            .sum();
+        let header = format::encode_header(&entries, Trailer { epoch: self.epoch, seq, kind: ObjectKind::Data });
+        let data_bytes: usize = extents.iter().filter_map(|(_, e)| e.data.as_ref().map(Vec::len)).sum();
         let mut body = BytesMut::with_capacity(HEADER_BYTES + data_bytes);
         body.extend_from_slice(&header);
         let mut obj_sector = 0u64;
         let mut data_sectors = 0u64;
         for (start, ext) in &extents {
             for i in 0..ext.sectors {
-                let v = if ext.data.is_some() {
-                    table::encode(seq, obj_sector + i)
-                } else {
-                    0
-                };
+                let v = if ext.data.is_some() { table::encode(seq, obj_sector + i) } else { 0 };
                 let old = st.table.set(start + i, v)?;
                 if let Some((old_seq, _)) = table::decode(old)
                     && let Some(o) = st.objects.get_mut(&old_seq)
@@ -560,17 +478,9 @@ impl Volume {
             }
         }
         let body = body.freeze();
-        st.objects.insert(
-            seq,
-            ObjStat {
-                live_sectors: data_sectors,
-                data_sectors,
-                bytes: body.len() as u64,
-            },
-        );
+        st.objects.insert(seq, ObjStat { live_sectors: data_sectors, data_sectors, bytes: body.len() as u64 });
         st.log_bytes_since_checkpoint += body.len() as u64;
-        st.inflight
-            .insert(seq, Arc::new(Sealed { body: body.clone() }));
+        st.inflight.insert(seq, Arc::new(Sealed { body: body.clone() }));
         debug!(seq, entries = entries.len(), bytes = body.len(), "sealed");
         let vol = self.clone();
         tokio::spawn(async move {
@@ -592,23 +502,9 @@ impl Volume {
             st.next_seq += 1;
             seq
         };
-        let header = format::encode_header(
-            &[],
-            Trailer {
-                epoch: self.epoch,
-                seq,
-                kind,
-            },
-        );
+        let header = format::encode_header(&[], Trailer { epoch: self.epoch, seq, kind });
         self.put_log(seq, Bytes::from(header)).await?;
-        self.lock().objects.insert(
-            seq,
-            ObjStat {
-                live_sectors: 0,
-                data_sectors: 0,
-                bytes: HEADER_BYTES as u64,
-            },
-        );
+        self.lock().objects.insert(seq, ObjStat { live_sectors: 0, data_sectors: 0, bytes: HEADER_BYTES as u64 });
         self.mark_durable(seq);
         Ok(())
     }
@@ -639,12 +535,7 @@ impl Volume {
                     if theirs > self.epoch {
                         return Err(VolumeError::Fenced(theirs));
                     }
-                    warn!(
-                        seq,
-                        theirs,
-                        ours = self.epoch,
-                        "replacing an object of a fenced writer"
-                    );
+                    warn!(seq, theirs, ours = self.epoch, "replacing an object of a fenced writer");
                     cond = PutCondition::IfMatch(existing.etag);
                 }
                 Err(e) if attempt < 10 => {
@@ -655,9 +546,7 @@ impl Volume {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(VolumeError::Failed(format!(
-            "log object {seq} could not be written"
-        )))
+        Err(VolumeError::Failed(format!("log object {seq} could not be written")))
     }
 
     fn mark_durable(self: &Arc<Self>, seq: u64) {
@@ -673,9 +562,8 @@ impl Volume {
             st.inflight.remove(&next);
         }
         let durable = st.durable;
-        let want_checkpoint = !st.checkpointing
-            && st.failed.is_none()
-            && st.log_bytes_since_checkpoint >= self.cfg.checkpoint_bytes;
+        let want_checkpoint =
+            !st.checkpointing && st.failed.is_none() && st.log_bytes_since_checkpoint >= self.cfg.checkpoint_bytes;
         if want_checkpoint {
             st.checkpointing = true;
         }
@@ -725,9 +613,7 @@ impl Volume {
                 Progress::Durable(d) if *d >= target => return Ok(()),
                 Progress::Durable(_) => {}
             }
-            rx.changed()
-                .await
-                .map_err(|_| VolumeError::Failed("volume closed".into()))?;
+            rx.changed().await.map_err(|_| VolumeError::Failed("volume closed".into()))?;
         }
     }
 
@@ -744,10 +630,7 @@ impl Volume {
             if self.lock().failed.is_some() {
                 return;
             }
-            let stale = self
-                .lock()
-                .open_since
-                .is_some_and(|t| t.elapsed() >= self.cfg.max_dirty_age);
+            let stale = self.lock().open_since.is_some_and(|t| t.elapsed() >= self.cfg.max_dirty_age);
             if stale && let Ok(permit) = self.upload_permit().await {
                 let mut st = self.lock();
                 if let Err(e) = self.seal(&mut st, permit) {
@@ -775,9 +658,7 @@ impl Volume {
 
     /// Writes a checkpoint of the map as of the last sealed object.
     pub async fn checkpoint(self: &Arc<Self>) -> Result<()> {
-        let tmp = tempfile::Builder::new()
-            .prefix("checkpoint-")
-            .tempfile_in(&self.cfg.cache_dir)?;
+        let tmp = tempfile::Builder::new().prefix("checkpoint-").tempfile_in(&self.cfg.cache_dir)?;
         let (seq, sectors) = {
             let mut st = self.lock();
             Self::check_ok(&st)?;
@@ -788,14 +669,11 @@ impl Volume {
         self.wait_durable(seq).await?;
         let copy = tmp.path().to_path_buf();
         let epoch = self.epoch;
-        let encoded = tokio::task::spawn_blocking(move || {
-            crate::manage::encode_checkpoint_file(&copy, sectors, seq, epoch)
-        })
-        .await
-        .map_err(|e| VolumeError::Invalid(e.to_string()))??;
-        self.store
-            .put_file(&self.layout.checkpoint(seq), encoded.path())
-            .await?;
+        let encoded =
+            tokio::task::spawn_blocking(move || crate::manage::encode_checkpoint_file(&copy, sectors, seq, epoch))
+                .await
+                .map_err(|e| VolumeError::Invalid(e.to_string()))??;
+        self.store.put_file(&self.layout.checkpoint(seq), encoded.path()).await?;
         let mut st = self.lock();
         st.last_checkpoint = st.last_checkpoint.max(seq);
         drop(st);
@@ -879,9 +757,7 @@ impl Volume {
             let n = u64::from(e.len) / SECTOR;
             for i in 0..n {
                 let s = first + i;
-                if s < sectors
-                    && st.open.lookup(s).is_none()
-                    && st.table.get(s)? == table::encode(seq, obj_sector + i)
+                if s < sectors && st.open.lookup(s).is_none() && st.table.get(s)? == table::encode(seq, obj_sector + i)
                 {
                     out.push((s, obj_sector + i));
                 }
@@ -913,12 +789,7 @@ impl Volume {
 
 /// Deletes log objects and checkpoints past the recovery point: leftovers of a crashed writer
 /// (uploads that landed after a gap) that must never be mistaken for a continuation of the log.
-async fn remove_past(
-    store: &dyn ObjectStore,
-    layout: &Layout,
-    listing: &Listing,
-    end: u64,
-) -> Result<()> {
+async fn remove_past(store: &dyn ObjectStore, layout: &Layout, listing: &Listing, end: u64) -> Result<()> {
     let mut n = 0;
     for (&seq, _) in listing.logs.range(end + 1..) {
         store.delete(&layout.log(seq)).await?;
@@ -929,11 +800,7 @@ async fn remove_past(
         n += 1;
     }
     if n > 0 {
-        info!(
-            removed = n,
-            after = end,
-            "removed objects past the recovery point"
-        );
+        info!(removed = n, after = end, "removed objects past the recovery point");
     }
     Ok(())
 }

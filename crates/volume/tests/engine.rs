@@ -28,9 +28,7 @@ fn cfg(dir: &tempfile::TempDir, who: &str) -> WriterConfig {
 
 async fn new_volume(store: &Arc<MemStore>, size: u64, object_bytes: u64) -> Layout {
     let layout = Layout::new("vols/", "v").unwrap();
-    manage::create(store.as_ref(), &layout, "v", size, object_bytes)
-        .await
-        .unwrap();
+    manage::create(store.as_ref(), &layout, "v", size, object_bytes).await.unwrap();
     layout
 }
 
@@ -44,9 +42,7 @@ async fn write_read_flush_reopen() {
     let store = Arc::new(MemStore::new());
     let layout = new_volume(&store, 64 * MIB, 256 * 1024).await;
     let dir = tempfile::tempdir().unwrap();
-    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a"))
-        .await
-        .unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
     let mut model = vec![0u8; (64 * MIB) as usize];
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     for i in 0..400u64 {
@@ -79,22 +75,14 @@ async fn write_read_flush_reopen() {
         }
         let check = rng.random_range(0..(64 * MIB) as usize - 70_000);
         let got = vol.read(check as u64, 70_000).await.unwrap();
-        assert!(
-            got == model[check..check + 70_000],
-            "read mismatch after write {i}"
-        );
+        assert!(got == model[check..check + 70_000], "read mismatch after write {i}");
     }
     vol.close().await.unwrap();
-    let vol = Volume::open(store.clone(), layout, cfg(&dir, "b"))
-        .await
-        .unwrap();
+    let vol = Volume::open(store.clone(), layout, cfg(&dir, "b")).await.unwrap();
     let all = vol.read(0, 64 * MIB).await.unwrap();
     assert!(all == model, "data differs after reopen");
     // Out-of-range I/O is refused with a clear error.
-    assert!(matches!(
-        vol.write(64 * MIB - 4096, &[0u8; 8192]).await,
-        Err(VolumeError::OutOfRange { .. })
-    ));
+    assert!(matches!(vol.write(64 * MIB - 4096, &[0u8; 8192]).await, Err(VolumeError::OutOfRange { .. })));
     vol.close().await.unwrap();
 }
 
@@ -103,9 +91,7 @@ async fn first_data_object_matches_the_seed_format() {
     let store = Arc::new(MemStore::new());
     let layout = new_volume(&store, 16 * MIB, 4 * MIB).await;
     let dir = tempfile::tempdir().unwrap();
-    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a"))
-        .await
-        .unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
     let data = pattern(9, 8192);
     vol.write(1 << 20, &data).await.unwrap();
     vol.flush().await.unwrap();
@@ -171,16 +157,11 @@ async fn crash_leaves_a_prefix_containing_every_flushed_write() {
     for run in 0..30u64 {
         let mem = Arc::new(MemStore::new());
         let layout = new_volume(&mem, SECTORS * 4096, 64 * 1024).await;
-        let store = Arc::new(Killable {
-            inner: mem.clone(),
-            frozen: AtomicBool::new(false),
-        });
+        let store = Arc::new(Killable { inner: mem.clone(), frozen: AtomicBool::new(false) });
         let dir = tempfile::tempdir().unwrap();
         let mut c = cfg(&dir, "victim");
         c.uploads = 4;
-        let vol = Volume::open(store.clone(), layout.clone(), c)
-            .await
-            .unwrap();
+        let vol = Volume::open(store.clone(), layout.clone(), c).await.unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(run);
         let total = rng.random_range(20..300u64);
         let mut writes = Vec::new();
@@ -204,10 +185,7 @@ async fn crash_leaves_a_prefix_containing_every_flushed_write() {
         c.force_takeover = true; // same process, so the crashed holder's pid looks alive
         let vol = Volume::open(mem.clone(), layout.clone(), c).await.unwrap();
         let disk = vol.read(0, SECTORS * 4096).await.unwrap();
-        let stamps: Vec<u64> = disk
-            .chunks(4096)
-            .map(|b| u64::from_be_bytes(b[..8].try_into().unwrap()))
-            .collect();
+        let stamps: Vec<u64> = disk.chunks(4096).map(|b| u64::from_be_bytes(b[..8].try_into().unwrap())).collect();
         let prefix = (flushed..=writes.len()).find(|&k| {
             let mut model = vec![0u64; SECTORS as usize];
             for (i, &s) in writes[..k].iter().enumerate() {
@@ -229,9 +207,7 @@ async fn second_writer_is_refused_and_a_stale_writer_is_fenced() {
     let store = Arc::new(MemStore::new());
     let layout = new_volume(&store, 16 * MIB, 256 * 1024).await;
     let dir = tempfile::tempdir().unwrap();
-    let a = Volume::open(store.clone(), layout.clone(), cfg(&dir, "writer-a"))
-        .await
-        .unwrap();
+    let a = Volume::open(store.clone(), layout.clone(), cfg(&dir, "writer-a")).await.unwrap();
     a.write(0, &[1u8; 4096]).await.unwrap();
     a.flush().await.unwrap();
     let dir_b = tempfile::tempdir().unwrap();
@@ -243,22 +219,15 @@ async fn second_writer_is_refused_and_a_stale_writer_is_fenced() {
     // B takes over by force; A is now stale and must not make anything visible.
     let mut c = cfg(&dir_b, "writer-b");
     c.force_takeover = true;
-    let b = Volume::open(store.clone(), layout.clone(), c)
-        .await
-        .unwrap();
+    let b = Volume::open(store.clone(), layout.clone(), c).await.unwrap();
     a.write(4096, &[2u8; 4096]).await.unwrap();
     let err = a.flush().await.unwrap_err();
-    assert!(
-        err.to_string().contains("fenced") || err.to_string().contains("epoch"),
-        "stale flush error: {err}"
-    );
+    assert!(err.to_string().contains("fenced") || err.to_string().contains("epoch"), "stale flush error: {err}");
     assert_eq!(b.read(4096, 4096).await.unwrap(), vec![0u8; 4096]);
     b.write(8192, &[3u8; 4096]).await.unwrap();
     b.close().await.unwrap();
     let dir_c = tempfile::tempdir().unwrap();
-    let c = Volume::open(store.clone(), layout, cfg(&dir_c, "writer-c"))
-        .await
-        .unwrap();
+    let c = Volume::open(store.clone(), layout, cfg(&dir_c, "writer-c")).await.unwrap();
     assert_eq!(c.read(0, 4096).await.unwrap(), vec![1u8; 4096]);
     assert_eq!(c.read(4096, 4096).await.unwrap(), vec![0u8; 4096]);
     assert_eq!(c.read(8192, 4096).await.unwrap(), vec![3u8; 4096]);
@@ -270,16 +239,12 @@ async fn snapshots_rollback_and_export() {
     let store = Arc::new(MemStore::new());
     let layout = new_volume(&store, 8 * MIB, 256 * 1024).await;
     let dir = tempfile::tempdir().unwrap();
-    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a"))
-        .await
-        .unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
     let v1 = pattern(1, (8 * MIB) as usize);
     vol.write(0, &v1).await.unwrap();
     vol.flush().await.unwrap();
     let grace = Duration::from_secs(30);
-    manage::snapshot(store.as_ref(), &layout, Some("one"), grace)
-        .await
-        .unwrap();
+    manage::snapshot(store.as_ref(), &layout, Some("one"), grace).await.unwrap();
     assert!(matches!(
         manage::snapshot(store.as_ref(), &layout, Some("one"), grace).await,
         Err(VolumeError::SnapshotExists(_))
@@ -287,46 +252,29 @@ async fn snapshots_rollback_and_export() {
     let v2 = pattern(2, MIB as usize);
     vol.write(MIB, &v2).await.unwrap();
     vol.flush().await.unwrap();
-    manage::snapshot(store.as_ref(), &layout, Some("two"), grace)
-        .await
-        .unwrap();
+    manage::snapshot(store.as_ref(), &layout, Some("two"), grace).await.unwrap();
     vol.close().await.unwrap();
 
     let out = dir.path().join("one.img");
-    manage::export(store.as_ref(), &layout, Some("one"), &out)
-        .await
-        .unwrap();
+    manage::export(store.as_ref(), &layout, Some("one"), &out).await.unwrap();
     assert!(std::fs::read(&out).unwrap() == v1);
     assert!(matches!(
         manage::export(store.as_ref(), &layout, Some("nope"), &out).await,
         Err(VolumeError::UnknownSnapshot(_))
     ));
 
-    manage::rollback(store.clone(), &layout, "one", "rb", false)
-        .await
-        .unwrap();
-    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "b"))
-        .await
-        .unwrap();
+    manage::rollback(store.clone(), &layout, "one", "rb", false).await.unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "b")).await.unwrap();
     assert!(vol.read(0, 8 * MIB).await.unwrap() == v1, "rollback to one");
     vol.close().await.unwrap();
     // Later snapshots survive a rollback: roll forward again.
-    manage::rollback(store.clone(), &layout, "two", "rb", false)
-        .await
-        .unwrap();
-    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "c"))
-        .await
-        .unwrap();
+    manage::rollback(store.clone(), &layout, "two", "rb", false).await.unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "c")).await.unwrap();
     let got = vol.read(MIB, MIB).await.unwrap();
     assert!(got == v2, "rollback to two");
     vol.close().await.unwrap();
-    let snaps = manage::list_snapshots(store.as_ref(), &layout)
-        .await
-        .unwrap();
-    assert_eq!(
-        snaps.iter().map(|s| s.label.as_str()).collect::<Vec<_>>(),
-        ["one", "two"]
-    );
+    let snaps = manage::list_snapshots(store.as_ref(), &layout).await.unwrap();
+    assert_eq!(snaps.iter().map(|s| s.label.as_str()).collect::<Vec<_>>(), ["one", "two"]);
 }
 
 #[tokio::test]
@@ -336,15 +284,11 @@ async fn checkpoints_bound_replay() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(&dir, "a");
     c.checkpoint_bytes = 2 * MIB;
-    let vol = Volume::open(store.clone(), layout.clone(), c)
-        .await
-        .unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), c).await.unwrap();
     let data = pattern(5, (16 * MIB) as usize);
     for chunk in 0..16u64 {
         let at = (chunk * MIB) as usize;
-        vol.write(chunk * MIB, &data[at..at + MIB as usize])
-            .await
-            .unwrap();
+        vol.write(chunk * MIB, &data[at..at + MIB as usize]).await.unwrap();
         vol.flush().await.unwrap();
     }
     // Give the background checkpoint a moment, then crash (no close).
@@ -367,28 +311,16 @@ async fn gc_keeps_the_bucket_near_live_data_and_spares_snapshots() {
     const SIZE: u64 = 8 * MIB;
     let layout = new_volume(&store, SIZE, 256 * 1024).await;
     let dir = tempfile::tempdir().unwrap();
-    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a"))
-        .await
-        .unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
     let mut model = vec![0u8; SIZE as usize];
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let gc_cfg = GcConfig {
-        grace: Duration::ZERO,
-        ..GcConfig::default()
-    };
+    let gc_cfg = GcConfig { grace: Duration::ZERO, ..GcConfig::default() };
     let mut gc = Gc::new();
     // Fill, snapshot, then overwrite randomly ~6x the volume.
     vol.write(0, &pattern(0, SIZE as usize)).await.unwrap();
     model.copy_from_slice(&pattern(0, SIZE as usize));
     vol.flush().await.unwrap();
-    manage::snapshot(
-        store.as_ref(),
-        &layout,
-        Some("base"),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    manage::snapshot(store.as_ref(), &layout, Some("base"), Duration::from_secs(30)).await.unwrap();
     for i in 0..(6 * SIZE / 16384) {
         let off = rng.random_range(0..SIZE / 16384) * 16384;
         let d = pattern(i + 100, 16384);
@@ -401,27 +333,17 @@ async fn gc_keeps_the_bucket_near_live_data_and_spares_snapshots() {
     }
     vol.flush().await.unwrap();
     // The snapshot pins the first fill, so drop it and collect for real.
-    manage::delete_snapshot(store.as_ref(), &layout, "base")
-        .await
-        .unwrap();
+    manage::delete_snapshot(store.as_ref(), &layout, "base").await.unwrap();
     let mut last = None;
     for _ in 0..3 {
         last = Some(gc.run(&vol, &gc_cfg).await.unwrap());
     }
     let bytes = store.bytes_under(&format!("{}log/", layout.root()));
-    assert!(
-        (bytes as f64) <= 1.5 * SIZE as f64,
-        "log holds {bytes} bytes for {SIZE} live; last pass: {last:?}"
-    );
+    assert!((bytes as f64) <= 1.5 * SIZE as f64, "log holds {bytes} bytes for {SIZE} live; last pass: {last:?}");
     assert!(vol.read(0, SIZE).await.unwrap() == model, "gc changed data");
     vol.close().await.unwrap();
-    let vol = Volume::open(store.clone(), layout, cfg(&dir, "b"))
-        .await
-        .unwrap();
-    assert!(
-        vol.read(0, SIZE).await.unwrap() == model,
-        "data after gc + reopen"
-    );
+    let vol = Volume::open(store.clone(), layout, cfg(&dir, "b")).await.unwrap();
+    assert!(vol.read(0, SIZE).await.unwrap() == model, "data after gc + reopen");
     vol.close().await.unwrap();
 }
 
@@ -431,41 +353,22 @@ async fn gc_never_breaks_a_snapshot() {
     const SIZE: u64 = 4 * MIB;
     let layout = new_volume(&store, SIZE, 256 * 1024).await;
     let dir = tempfile::tempdir().unwrap();
-    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a"))
-        .await
-        .unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
     let first = pattern(7, SIZE as usize);
     vol.write(0, &first).await.unwrap();
     vol.flush().await.unwrap();
-    manage::snapshot(
-        store.as_ref(),
-        &layout,
-        Some("keep"),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    let gc_cfg = GcConfig {
-        grace: Duration::ZERO,
-        ..GcConfig::default()
-    };
+    manage::snapshot(store.as_ref(), &layout, Some("keep"), Duration::from_secs(30)).await.unwrap();
+    let gc_cfg = GcConfig { grace: Duration::ZERO, ..GcConfig::default() };
     let mut gc = Gc::new();
     for round in 0..4u64 {
-        vol.write(0, &pattern(round + 50, SIZE as usize))
-            .await
-            .unwrap();
+        vol.write(0, &pattern(round + 50, SIZE as usize)).await.unwrap();
         vol.flush().await.unwrap();
         gc.run(&vol, &gc_cfg).await.unwrap();
     }
     vol.close().await.unwrap();
     let out = dir.path().join("keep.img");
-    manage::export(store.as_ref(), &layout, Some("keep"), &out)
-        .await
-        .unwrap();
-    assert!(
-        std::fs::read(&out).unwrap() == first,
-        "snapshot broken by gc"
-    );
+    manage::export(store.as_ref(), &layout, Some("keep"), &out).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == first, "snapshot broken by gc");
 }
 
 #[tokio::test]
@@ -473,28 +376,18 @@ async fn resize_grows_and_shrinks_without_resurrecting_data() {
     let store = Arc::new(MemStore::new());
     let layout = new_volume(&store, 8 * MIB, 256 * 1024).await;
     let dir = tempfile::tempdir().unwrap();
-    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a"))
-        .await
-        .unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
     vol.write(7 * MIB, &[9u8; 4096]).await.unwrap();
     vol.close().await.unwrap();
-    let err = manage::resize(store.clone(), &layout, 4 * MIB, cfg(&dir, "r"), false)
-        .await
-        .unwrap_err();
+    let err = manage::resize(store.clone(), &layout, 4 * MIB, cfg(&dir, "r"), false).await.unwrap_err();
     assert!(matches!(err, VolumeError::BadSize(_)), "{err}");
     assert!(matches!(
         manage::resize(store.clone(), &layout, 4 * MIB + 1, cfg(&dir, "r"), true).await,
         Err(VolumeError::BadSize(_))
     ));
-    manage::resize(store.clone(), &layout, 4 * MIB, cfg(&dir, "r"), true)
-        .await
-        .unwrap();
-    manage::resize(store.clone(), &layout, 16 * MIB, cfg(&dir, "r"), false)
-        .await
-        .unwrap();
-    let vol = Volume::open(store.clone(), layout, cfg(&dir, "b"))
-        .await
-        .unwrap();
+    manage::resize(store.clone(), &layout, 4 * MIB, cfg(&dir, "r"), true).await.unwrap();
+    manage::resize(store.clone(), &layout, 16 * MIB, cfg(&dir, "r"), false).await.unwrap();
+    let vol = Volume::open(store.clone(), layout, cfg(&dir, "b")).await.unwrap();
     assert_eq!(vol.size(), 16 * MIB);
     assert_eq!(vol.read(7 * MIB, 4096).await.unwrap(), vec![0u8; 4096]);
     vol.write(15 * MIB, &[1u8; 4096]).await.unwrap();
@@ -505,17 +398,9 @@ async fn resize_grows_and_shrinks_without_resurrecting_data() {
 async fn bad_input_gets_clear_errors() {
     let store = Arc::new(MemStore::new());
     let layout = Layout::new("", "v").unwrap();
-    assert!(matches!(
-        manage::create(store.as_ref(), &layout, "v", 1000, 4 * MIB).await,
-        Err(VolumeError::BadSize(_))
-    ));
-    assert!(matches!(
-        manage::create(store.as_ref(), &layout, "v", MIB, 1000).await,
-        Err(VolumeError::BadSize(_))
-    ));
-    manage::create(store.as_ref(), &layout, "v", MIB, 64 * 1024)
-        .await
-        .unwrap();
+    assert!(matches!(manage::create(store.as_ref(), &layout, "v", 1000, 4 * MIB).await, Err(VolumeError::BadSize(_))));
+    assert!(matches!(manage::create(store.as_ref(), &layout, "v", MIB, 1000).await, Err(VolumeError::BadSize(_))));
+    manage::create(store.as_ref(), &layout, "v", MIB, 64 * 1024).await.unwrap();
     assert!(matches!(
         manage::create(store.as_ref(), &layout, "v", MIB, 64 * 1024).await,
         Err(VolumeError::AlreadyExists(_))
@@ -523,10 +408,7 @@ async fn bad_input_gets_clear_errors() {
     assert!(Layout::new("", "../etc").is_err());
     let other = Layout::new("", "missing").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(
-        Volume::open(store.clone(), other, cfg(&dir, "x")).await,
-        Err(VolumeError::NoSuchVolume(_))
-    ));
+    assert!(matches!(Volume::open(store.clone(), other, cfg(&dir, "x")).await, Err(VolumeError::NoSuchVolume(_))));
     assert!(matches!(
         manage::rollback(store.clone(), &layout, "nope", "x", false).await,
         Err(VolumeError::UnknownSnapshot(_))

@@ -29,26 +29,15 @@ impl Server {
     async fn start(size: u64) -> Self {
         let store = Arc::new(MemStore::new());
         let layout = Layout::new("", "disk").unwrap();
-        manage::create(store.as_ref(), &layout, "disk", size, 1 << 20)
-            .await
-            .unwrap();
+        manage::create(store.as_ref(), &layout, "disk", size, 1 << 20).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let vol = Volume::open(
-            store,
-            layout,
-            WriterConfig::new(dir.path().to_path_buf(), "test".into()),
-        )
-        .await
-        .unwrap();
+        let vol =
+            Volume::open(store, layout, WriterConfig::new(dir.path().to_path_buf(), "test".into())).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let export = Export {
-            name: "disk".into(),
-            description: "test disk".into(),
-            volume: vol.clone(),
-            read_only: false,
-        };
+        let export =
+            Export { name: "disk".into(), description: "test disk".into(), volume: vol.clone(), read_only: false };
         let task = tokio::spawn(async move {
             nbd::serve(listener, export, async {
                 let _ = rx.await;
@@ -56,13 +45,7 @@ impl Server {
             .await
             .unwrap();
         });
-        Self {
-            addr,
-            stop: Some(tx),
-            task,
-            vol,
-            _dir: dir,
-        }
+        Self { addr, stop: Some(tx), task, vol, _dir: dir }
     }
 
     fn url(&self) -> String {

@@ -25,23 +25,14 @@ pub fn require(tool: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(
-        found,
-        "required tool `{tool}` is missing: install it with `apt-get install -y {}`",
-        package_of(tool)
-    );
+    assert!(found, "required tool `{tool}` is missing: install it with `apt-get install -y {}`", package_of(tool));
 }
 
 /// Runs a tool to completion off the async runtime; panics with its output on failure.
 pub async fn run_tool(tool: &str, args: &[&str]) -> String {
     require(tool);
-    let (tool, args): (String, Vec<String>) = (
-        tool.to_string(),
-        args.iter().map(|s| s.to_string()).collect(),
-    );
-    tokio::task::spawn_blocking(move || run_blocking(&tool, &args))
-        .await
-        .unwrap()
+    let (tool, args): (String, Vec<String>) = (tool.to_string(), args.iter().map(|s| s.to_string()).collect());
+    tokio::task::spawn_blocking(move || run_blocking(&tool, &args)).await.unwrap()
 }
 
 pub fn run_blocking(tool: &str, args: &[String]) -> String {
@@ -49,11 +40,7 @@ pub fn run_blocking(tool: &str, args: &[String]) -> String {
     let out = Command::new(tool).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
+    assert!(out.status.success(), "{tool} {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
     // qemu-io reports pattern mismatches on stdout but still exits 0.
     assert!(
         !stdout.contains("Pattern verification failed") && !stdout.contains("failed:"),
