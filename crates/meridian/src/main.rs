@@ -27,13 +27,13 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Server(args) => server::run(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Bench(args) => Ok(meridian_bench::cli_main(*args)),
-        Command::Volume(cmd) => volume(cmd).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Volume(cmd) => volume(cmd),
     }
 }
 
 /// Runs a `meridian volume` command on its own runtime, logging to stderr (RUST_LOG sets the
 /// level; stdout is kept for the command's output).
-fn volume(cmd: meridian_volume::cli::VolumeCommand) -> anyhow::Result<()> {
+fn volume(cmd: meridian_volume::cli::VolumeCommand) -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -42,6 +42,13 @@ fn volume(cmd: meridian_volume::cli::VolumeCommand) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(meridian_volume::cli::run(cmd))?;
-    Ok(())
+    // Volume errors are written for people ("volume is being served by ..."): print them as
+    // they are, without anyhow's debug chain and backtrace.
+    match runtime.block_on(meridian_volume::cli::run(cmd)) {
+        Ok(()) => Ok(std::process::ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(std::process::ExitCode::FAILURE)
+        }
+    }
 }

@@ -8,7 +8,8 @@
 # Env: MERIDIAN_BIN (default target/release/meridian; build with `cargo build --release -p
 # meridian`), BENCH_DIR (scratch, default a temp dir), RUNTIME (seconds per timed job, 30),
 # JOB_SIZE (bytes per job / volume size for the throughput jobs, 4G), FILL_SIZE (16G; the RSS
-# fill; 0 skips it). --quick: RUNTIME=10, JOB_SIZE=1G, FILL_SIZE=2G.
+# fill; 0 skips it), SKIP_JOBS=1 (only the fill). Compare the fill's RSS at two sizes for the
+# per-GiB cost. --quick: RUNTIME=10, JOB_SIZE=1G, FILL_SIZE=2G.
 # Needs: fio, qemu-utils (qemu-nbd), libnbd-bin. Only loopback addresses are used.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -49,7 +50,8 @@ run_fio() {
         --output-format=json 2>/dev/null)
     python3 -c '
 import json,sys
-j=json.loads(sys.stdin.read())["jobs"][0]
+raw=sys.stdin.read()
+j=json.loads(raw[raw.index("{"):])["jobs"][0]  # fio nbd prints a line before the JSON
 side=j["write"] if j["write"]["io_bytes"]>0 else j["read"]
 print("%.0f %.1f" % (side["iops"], side["bw"]/1024))' <<<"$out"
 }
@@ -61,6 +63,7 @@ jobs() { # uri
 }
 
 # --- Meridian volume -------------------------------------------------------------------------
+if [ -z "${SKIP_JOBS:-}" ]; then
 "$BIN" volume create bench --size "$JOB_SIZE" --create-bucket >/dev/null
 NBD_PORT=$(free_port)
 "$BIN" volume serve bench --listen 127.0.0.1:"$NBD_PORT" --gc-interval 0 >"$DIR/serve.log" 2>&1 &
@@ -90,10 +93,11 @@ paste -d' ' <(echo "$MERIDIAN") <(echo "$BASELINE") | while read -r name mi mb _
     printf "%-20s %12s %6s %14s %6s   %5.0f%%\n" "$name" "$mi" "$mb" "$qi" "$qb" \
         "$(python3 -c "print(100*$mi/$qi)")"
 done
+fi
 
 # --- RSS after a full random fill ------------------------------------------------------------
 if [ "$FILL_SIZE" != "0" ]; then
-    "$BIN" volume create fill --size "$FILL_SIZE" >/dev/null
+    "$BIN" volume create fill --size "$FILL_SIZE" --create-bucket >/dev/null
     F_PORT=$(free_port)
     "$BIN" volume serve fill --listen 127.0.0.1:"$F_PORT" --gc-interval 0 >"$DIR/fill.log" 2>&1 &
     FPID=$!; PIDS+=($FPID)
@@ -107,6 +111,6 @@ if [ "$FILL_SIZE" != "0" ]; then
     hwm=$(awk '/VmHWM/{print $2}' /proc/$FPID/status)
     gib=$(python3 -c "import re;s='$FILL_SIZE';m=re.match(r'(\d+)([GMT]?)',s);n=int(m[1]);print(n*{'':1/2**30,'M':1/1024,'G':1,'T':1024}[m[2]])")
     echo
-    echo "random 4k fill of $FILL_SIZE: ${secs}s; serve RSS ${rss} KiB (peak ${hwm} KiB) = $(python3 -c "print(round($rss/$gib))") KiB per GiB"
+    echo "random 4k fill of $FILL_SIZE ($gib GiB): ${secs}s; serve RSS ${rss} KiB (peak ${hwm} KiB)"
     kill -TERM $FPID; wait $FPID || true
 fi

@@ -71,6 +71,10 @@ where
     let status = err.raw_response().map(|r| r.status().as_u16());
     let code = err.code().map(str::to_string);
     match (status, code.as_deref()) {
+        (_, Some("NoSuchBucket")) => StoreError::Backend {
+            key: key.to_string(),
+            message: "the bucket does not exist (create it, e.g. with `meridian volume create --create-bucket`)".into(),
+        },
         (Some(412), _) | (_, Some("PreconditionFailed")) => StoreError::PreconditionFailed(key.to_string()),
         (Some(404), _) | (_, Some("NoSuchKey")) | (_, Some("NotFound")) => StoreError::NotFound(key.to_string()),
         _ => StoreError::Backend {
