@@ -68,14 +68,17 @@ impl LeaseHandle {
             if let Some(l) = &current {
                 let expires = l.renewed_unix + l.ttl_secs;
                 let live = !l.released && now_unix() < expires;
-                if live && !force && !holder_is_dead_local_process(l) {
+                let dead = holder_is_dead_local_process(l);
+                if live && !force && !dead {
                     return Err(VolumeError::LeaseHeld {
                         holder: l.holder.clone(),
                         epoch: l.epoch,
                         remaining_secs: expires.saturating_sub(now_unix()),
                     });
                 }
-                if live {
+                if live && dead {
+                    info!(holder = %l.holder, epoch = l.epoch, "previous writer is no longer running; taking over");
+                } else if live {
                     warn!(holder = %l.holder, epoch = l.epoch, "taking over a lease that has not expired");
                 }
             }
