@@ -22,6 +22,8 @@ enum Command {
     Admin(meridian_admin::cli::AdminArgs),
     /// Regions and nodes of the cluster: health, metadata lag, cache use.
     Cluster(meridian_admin::cli::ClusterArgs),
+    /// Block volumes stored as a log of objects in any S3 bucket, served over NBD.
+    Volume(meridian_volume::cli::VolumeCommand),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -36,6 +38,29 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Cluster(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             Ok(runtime.block_on(meridian_admin::cli::run_cluster(args)))
+        }
+        Command::Volume(cmd) => volume(cmd),
+    }
+}
+
+/// Runs a `meridian volume` command on its own runtime, logging to stderr (RUST_LOG sets the
+/// level; stdout is kept for the command's output).
+fn volume(cmd: meridian_volume::cli::VolumeCommand) -> anyhow::Result<std::process::ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    // Volume errors are written for people ("volume is being served by ..."): print them as
+    // they are, without anyhow's debug chain and backtrace.
+    match runtime.block_on(meridian_volume::cli::run(cmd)) {
+        Ok(()) => Ok(std::process::ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(std::process::ExitCode::FAILURE)
         }
     }
 }

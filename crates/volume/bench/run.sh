@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Volume benchmark: fio's nbd engine against `meridian volume serve` backed by a local
+# `meridian server`, next to the same jobs on a plain local file exported by `qemu-nbd`; then the
+# RSS of `serve` after a full 4 KiB random fill of a large volume.
+#
+#   crates/volume/bench/run.sh [--quick]
+#
+# Env: MERIDIAN_BIN (default target/release/meridian; build with `cargo build --release -p
+# meridian`), BENCH_DIR (scratch, default a temp dir), RUNTIME (seconds per timed job, 30),
+# JOB_SIZE (bytes per job / volume size for the throughput jobs, 4G), FILL_SIZE (16G; the RSS
+# fill; 0 skips it), SKIP_JOBS=1 (only the fill). Compare the fill's RSS at two sizes for the
+# per-GiB cost. --quick: RUNTIME=10, JOB_SIZE=1G, FILL_SIZE=2G.
+# Needs: fio, qemu-utils (qemu-nbd), libnbd-bin. Only loopback addresses are used.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+
+RUNTIME=${RUNTIME:-30}
+JOB_SIZE=${JOB_SIZE:-4G}
+FILL_SIZE=${FILL_SIZE:-16G}
+if [ "${1:-}" = "--quick" ]; then RUNTIME=10 JOB_SIZE=1G FILL_SIZE=2G; fi
+BIN=${MERIDIAN_BIN:-${CARGO_TARGET_DIR:-target}/release/meridian}
+for t in fio qemu-nbd nbdinfo; do
+    command -v $t >/dev/null || { echo "missing $t: apt-get install -y fio qemu-utils libnbd-bin" >&2; exit 1; }
+done
+[ -x "$BIN" ] || { echo "no $BIN: cargo build --release -p meridian" >&2; exit 1; }
+
+DIR=${BENCH_DIR:-$(mktemp -d /tmp/meridian-volume-bench.XXXXXX)}
+mkdir -p "$DIR"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecretbenchsecret
+export MERIDIAN_VOLUME_BUCKET=bench MERIDIAN_VOLUME_CACHE="$DIR/cache" RUST_LOG=warn
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+S3_PORT=$(free_port)
+"$BIN" server --data "$DIR/s3" --listen 127.0.0.1:"$S3_PORT" >"$DIR/server.log" 2>&1 &
+PIDS+=($!)
+wait_port "$S3_PORT"
+export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
+
+# fio job: name rw bs iodepth size uri -> "IOPS MiB/s"
+run_fio() {
+    local out
+    out=$(fio --name="$1" --ioengine=nbd --uri="$6" --rw="$2" --bs="$3" --iodepth="$4" \
+        --size="$5" --time_based --runtime="$RUNTIME" --ramp_time=2 --group_reporting \
+        --output-format=json 2>/dev/null)
+    python3 -c '
+import json,sys
+raw=sys.stdin.read()
+j=json.loads(raw[raw.index("{"):])["jobs"][0]  # fio nbd prints a line before the JSON
+side=j["write"] if j["write"]["io_bytes"]>0 else j["read"]
+print("%.0f %.1f" % (side["iops"], side["bw"]/1024))' <<<"$out"
+}
+
+jobs() { # uri
+    echo "randwrite-4k-qd32 $(run_fio rw4k randwrite 4k 32 "$JOB_SIZE" "$1")"
+    echo "write-1m-qd8 $(run_fio seqw write 1M 8 "$JOB_SIZE" "$1")"
+    echo "read-1m-qd8 $(run_fio seqr read 1M 8 "$JOB_SIZE" "$1")"
+}
+
+# --- Meridian volume -------------------------------------------------------------------------
+if [ -z "${SKIP_JOBS:-}" ]; then
+"$BIN" volume create bench --size "$JOB_SIZE" --create-bucket >/dev/null
+NBD_PORT=$(free_port)
+"$BIN" volume serve bench --listen 127.0.0.1:"$NBD_PORT" --gc-interval 0 >"$DIR/serve.log" 2>&1 &
+SERVE=$!; PIDS+=($SERVE)
+wait_port "$NBD_PORT"
+# The read job reads what the write jobs wrote: fill first so reads hit real data.
+fio --name=prefill --ioengine=nbd --uri=nbd://127.0.0.1:$NBD_PORT/bench --rw=write --bs=1M \
+    --iodepth=8 --size="$JOB_SIZE" >/dev/null 2>&1
+MERIDIAN=$(jobs nbd://127.0.0.1:$NBD_PORT/bench)
+kill -TERM $SERVE; wait $SERVE || true
+
+# --- qemu-nbd on a plain local file ----------------------------------------------------------
+truncate -s "$JOB_SIZE" "$DIR/plain.img"
+Q_PORT=$(free_port)
+qemu-nbd -f raw -x plain -b 127.0.0.1 -p "$Q_PORT" -t "$DIR/plain.img" >"$DIR/qemu-nbd.log" 2>&1 &
+QPID=$!; PIDS+=($QPID)
+wait_port "$Q_PORT"
+fio --name=prefill --ioengine=nbd --uri=nbd://127.0.0.1:$Q_PORT/plain --rw=write --bs=1M \
+    --iodepth=8 --size="$JOB_SIZE" >/dev/null 2>&1
+BASELINE=$(jobs nbd://127.0.0.1:$Q_PORT/plain)
+kill $QPID; wait $QPID 2>/dev/null || true
+rm -f "$DIR/plain.img"
+
+echo
+echo "job                 meridian IOPS  MiB/s   qemu-nbd IOPS  MiB/s   ratio(IOPS)"
+paste -d' ' <(echo "$MERIDIAN") <(echo "$BASELINE") | while read -r name mi mb _ qi qb; do
+    printf "%-20s %12s %6s %14s %6s   %5.0f%%\n" "$name" "$mi" "$mb" "$qi" "$qb" \
+        "$(python3 -c "print(100*$mi/$qi)")"
+done
+fi
+
+# --- RSS after a full random fill ------------------------------------------------------------
+if [ "$FILL_SIZE" != "0" ]; then
+    "$BIN" volume create fill --size "$FILL_SIZE" --create-bucket >/dev/null
+    F_PORT=$(free_port)
+    "$BIN" volume serve fill --listen 127.0.0.1:"$F_PORT" --gc-interval 0 >"$DIR/fill.log" 2>&1 &
+    FPID=$!; PIDS+=($FPID)
+    wait_port "$F_PORT"
+    start=$(date +%s)
+    # fio's random map makes a randwrite job of --size cover every 4 KiB block exactly once.
+    fio --name=fill --ioengine=nbd --uri=nbd://127.0.0.1:$F_PORT/fill --rw=randwrite --bs=4k \
+        --iodepth=32 --size="$FILL_SIZE" >/dev/null 2>&1
+    secs=$(( $(date +%s) - start ))
+    rss=$(awk '/VmRSS/{print $2}' /proc/$FPID/status)
+    hwm=$(awk '/VmHWM/{print $2}' /proc/$FPID/status)
+    gib=$(python3 -c "import re;s='$FILL_SIZE';m=re.match(r'(\d+)([GMT]?)',s);n=int(m[1]);print(n*{'':1/2**30,'M':1/1024,'G':1,'T':1024}[m[2]])")
+    echo
+    echo "random 4k fill of $FILL_SIZE ($gib GiB): ${secs}s; serve RSS ${rss} KiB (peak ${hwm} KiB)"
+    kill -TERM $FPID; wait $FPID || true
+fi

@@ -1,0 +1,427 @@
+//! `meridian volume ...`: clap types and the async entry point, so the `meridian` binary can
+//! embed them as a subcommand (`meridian volume create|serve|...`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::error::{Result, VolumeError};
+use crate::format::{self, Layout};
+use crate::gc::{Gc, GcConfig};
+use crate::manage;
+use crate::nbd::{self, Export};
+use crate::s3::{S3Config, S3Store};
+use crate::store::ObjectStore;
+use crate::volume::{Volume, WriterConfig};
+
+/// Where the volume's bucket is.
+#[derive(Debug, Clone, Args)]
+pub struct BucketArgs {
+    /// S3 endpoint URL (Meridian, MinIO, R2...). Omit for AWS.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub endpoint: Option<String>,
+    /// Bucket holding the volume.
+    #[arg(long, env = "MERIDIAN_VOLUME_BUCKET")]
+    pub bucket: String,
+    /// Key prefix inside the bucket; the volume lives under PREFIX + NAME + "/".
+    #[arg(long, env = "MERIDIAN_VOLUME_PREFIX", default_value = "")]
+    pub prefix: String,
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub region: String,
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub access_key: String,
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub secret_key: String,
+}
+
+impl BucketArgs {
+    pub fn s3(&self) -> S3Store {
+        S3Store::new(&S3Config {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            bucket: self.bucket.clone(),
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+        })
+    }
+
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(self.s3())
+    }
+
+    pub fn layout(&self, name: &str) -> Result<Layout> {
+        Layout::new(&self.prefix, name)
+    }
+}
+
+/// `meridian volume`.
+#[derive(Debug, Args)]
+pub struct VolumeCommand {
+    #[command(subcommand)]
+    pub command: VolumeSubcommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeSubcommand {
+    /// Record a new volume in the bucket.
+    Create {
+        name: String,
+        /// Size, e.g. 100GiB (a multiple of 4 KiB).
+        #[arg(long)]
+        size: String,
+        /// Target data per log object.
+        #[arg(long, default_value = "4MiB")]
+        object_size: String,
+        /// Create the bucket first if it does not exist.
+        #[arg(long)]
+        create_bucket: bool,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
+    /// Serve the volume over NBD (takes the writer lease).
+    Serve(ServeArgs),
+    /// Record the current end of the log as a snapshot.
+    Snapshot {
+        name: String,
+        /// Snapshot name (default: generated).
+        #[arg(long)]
+        label: Option<String>,
+        /// Remove the snapshot LABEL instead of creating one.
+        #[arg(long, requires = "label")]
+        delete: bool,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
+    /// List snapshots.
+    Snapshots {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
+    /// Make the disk what it was at a snapshot (offline; later snapshots are kept).
+    Rollback {
+        name: String,
+        /// Snapshot label.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        force_takeover: bool,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
+    /// Write the disk (now or at a snapshot) to a raw image; needs only read access.
+    Export {
+        name: String,
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long)]
+        output: PathBuf,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
+    /// Show objects, live and garbage bytes, snapshots and the writer.
+    Inspect {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
+    /// Collect garbage now (offline: takes the writer lease).
+    Gc {
+        name: String,
+        /// Seconds a dead object waits before removal (see docs/volumes.md).
+        #[arg(long, default_value_t = 30)]
+        grace: u64,
+        #[arg(long)]
+        force_takeover: bool,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
+    /// Change the size (offline). Grow, then grow the filesystem (e.g. resize2fs).
+    Resize {
+        name: String,
+        #[arg(long)]
+        size: String,
+        #[arg(long)]
+        allow_shrink: bool,
+        #[arg(long)]
+        force_takeover: bool,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    pub name: String,
+    /// Address for NBD clients (port 0 picks a free port; the chosen one is printed).
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub listen: String,
+    /// Directory for the local extent map (rebuilt on each start).
+    #[arg(long, env = "MERIDIAN_VOLUME_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+    /// Memory for cached extent-map pages, in MiB.
+    #[arg(long, default_value_t = 4)]
+    pub map_cache_mib: usize,
+    /// Log objects uploading at once.
+    #[arg(long, default_value_t = 6)]
+    pub uploads: usize,
+    /// Lease time-to-live in seconds; renewed every third of it.
+    #[arg(long, default_value_t = 30)]
+    pub lease_ttl: u64,
+    /// Take the lease even if another writer seems alive. Only if it is certainly dead.
+    #[arg(long)]
+    pub force_takeover: bool,
+    /// Seconds between GC passes (0 disables background GC).
+    #[arg(long, default_value_t = 60)]
+    pub gc_interval: u64,
+    #[arg(long, default_value_t = 30)]
+    pub gc_grace: u64,
+    /// Write a checkpoint after this much log data.
+    #[arg(long, default_value = "1GiB")]
+    pub checkpoint_every: String,
+    #[command(flatten)]
+    pub bucket: BucketArgs,
+}
+
+fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(x).join("meridian/volumes");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".cache/meridian/volumes");
+    }
+    std::env::temp_dir().join("meridian-volumes")
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string_pretty(v).map_err(|e| VolumeError::Invalid(e.to_string()))
+}
+
+fn holder(extra: &str) -> String {
+    format!("{}:{} ({extra})", crate::lease::hostname(), std::process::id())
+}
+
+/// Runs one `meridian volume` command.
+pub async fn run(cmd: VolumeCommand) -> Result<()> {
+    match cmd.command {
+        VolumeSubcommand::Create { name, size, object_size, create_bucket, bucket } => {
+            let size = format::parse_size(&size)?;
+            let object_bytes = format::parse_size(&object_size)?;
+            if create_bucket {
+                bucket.s3().create_bucket().await?;
+            }
+            let m = manage::create(bucket.store().as_ref(), &bucket.layout(&name)?, &name, size, object_bytes).await?;
+            println!(
+                "created volume {name}: {} ({} bytes) at s3://{}/{}{name}/",
+                human(m.size),
+                m.size,
+                bucket.bucket,
+                bucket.prefix
+            );
+        }
+        VolumeSubcommand::Serve(args) => serve(args).await?,
+        VolumeSubcommand::Snapshot { name, label, delete, bucket } => {
+            let (store, layout) = (bucket.store(), bucket.layout(&name)?);
+            if delete {
+                let label = label.unwrap_or_default();
+                manage::delete_snapshot(store.as_ref(), &layout, &label).await?;
+                println!("deleted snapshot {label}");
+            } else {
+                let s = manage::snapshot(store.as_ref(), &layout, label.as_deref(), Duration::from_secs(30)).await?;
+                println!("snapshot {} at log position {}", s.label, s.seq);
+            }
+        }
+        VolumeSubcommand::Snapshots { name, json, bucket } => {
+            let snaps = manage::list_snapshots(bucket.store().as_ref(), &bucket.layout(&name)?).await?;
+            if json {
+                println!("{}", to_json(&snaps)?);
+            } else {
+                println!("{:<32} {:>12} {:>12}", "LABEL", "POSITION", "CREATED");
+                for s in snaps {
+                    println!("{:<32} {:>12} {:>12}", s.label, s.seq, s.created_unix);
+                }
+            }
+        }
+        VolumeSubcommand::Rollback { name, to, force_takeover, bucket } => {
+            let seq =
+                manage::rollback(bucket.store(), &bucket.layout(&name)?, &to, &holder("rollback"), force_takeover)
+                    .await?;
+            println!("rolled {name} back to snapshot {to} (new log position {seq})");
+        }
+        VolumeSubcommand::Export { name, at, output, bucket } => {
+            let st = manage::export(bucket.store().as_ref(), &bucket.layout(&name)?, at.as_deref(), &output).await?;
+            println!(
+                "exported {} ({} mapped) at log position {} to {}",
+                human(st.size),
+                human(st.mapped_bytes),
+                st.seq,
+                output.display()
+            );
+        }
+        VolumeSubcommand::Inspect { name, json, bucket } => {
+            let i = manage::inspect(bucket.store().as_ref(), &bucket.layout(&name)?).await?;
+            if json {
+                println!("{}", to_json(&i)?);
+            } else {
+                print_inspection(&i);
+            }
+        }
+        VolumeSubcommand::Gc { name, grace, force_takeover, bucket } => {
+            gc_offline(&name, grace, force_takeover, &bucket).await?
+        }
+        VolumeSubcommand::Resize { name, size, allow_shrink, force_takeover, bucket } => {
+            let size = format::parse_size(&size)?;
+            let mut cfg = WriterConfig::new(default_cache_dir(), holder("resize"));
+            cfg.force_takeover = force_takeover;
+            let m = manage::resize(bucket.store(), &bucket.layout(&name)?, size, cfg, allow_shrink).await?;
+            println!("{name} is now {} ({} bytes)", human(m.size), m.size);
+        }
+    }
+    Ok(())
+}
+
+fn print_inspection(i: &manage::Inspection) {
+    let m = &i.manifest;
+    println!("volume      {} (id {})", m.name, m.volume_id);
+    println!("size        {} ({} bytes)", human(m.size), m.size);
+    println!("log         {} objects, {}, end at {}", i.log_objects, human(i.log_bytes), i.end);
+    println!("checkpoints {} ({}), replay starts at {}", i.checkpoints, human(i.checkpoint_bytes), i.base_checkpoint);
+    println!("live        {}", human(i.live_bytes));
+    println!("garbage     {}", human(i.garbage_bytes));
+    match &i.lease {
+        Some(l) if i.lease_live => println!("writer      {} (epoch {}), active", l.holder, l.epoch),
+        Some(l) => println!("writer      none (last: {} epoch {})", l.holder, l.epoch),
+        None => println!("writer      none"),
+    }
+    println!("snapshots   {}", i.snapshots.len());
+    for s in &i.snapshots {
+        println!("  {:<30} at {}", s.label, s.seq);
+    }
+}
+
+async fn gc_offline(name: &str, grace: u64, force: bool, bucket: &BucketArgs) -> Result<()> {
+    let mut cfg = WriterConfig::new(default_cache_dir(), holder("gc"));
+    cfg.force_takeover = force;
+    let vol = Volume::open(bucket.store(), bucket.layout(name)?, cfg).await?;
+    let gc_cfg = GcConfig { grace: Duration::from_secs(grace), ..GcConfig::default() };
+    let mut gc = Gc::new();
+    let res = async {
+        let first = gc.run(&vol, &gc_cfg).await?;
+        if first.pending > 0 {
+            println!(
+                "rewrote {} objects; waiting {grace}s before removing {} dead objects",
+                first.rewritten_objects, first.pending
+            );
+            tokio::time::sleep(Duration::from_secs(grace)).await;
+        }
+        gc.run(&vol, &gc_cfg).await
+    }
+    .await;
+    vol.close().await?;
+    let r = res?;
+    println!(
+        "gc done: log {} for {} live; deleted {}, tombstoned {}, checkpoints deleted {}",
+        human(r.log_bytes),
+        human(r.live_bytes),
+        r.deleted,
+        r.tombstoned,
+        r.checkpoints_deleted
+    );
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let listener = TcpListener::bind(&args.listen).await?;
+    let addr = listener.local_addr()?;
+    let mut cfg =
+        WriterConfig::new(args.cache_dir.clone().unwrap_or_else(default_cache_dir), holder(&format!("nbd://{addr}")));
+    cfg.cache_pages = (args.map_cache_mib.max(1) << 20) / 4096;
+    cfg.uploads = args.uploads.max(1);
+    cfg.lease_ttl = Duration::from_secs(args.lease_ttl.max(3));
+    cfg.force_takeover = args.force_takeover;
+    cfg.checkpoint_bytes = format::parse_size(&args.checkpoint_every)?;
+    let vol = Volume::open(args.bucket.store(), args.bucket.layout(&args.name)?, cfg).await?;
+    tokio::spawn(vol.clone().run_background());
+    if args.gc_interval > 0 {
+        let (vol, interval) = (vol.clone(), Duration::from_secs(args.gc_interval));
+        let gc_cfg = GcConfig { grace: Duration::from_secs(args.gc_grace), ..GcConfig::default() };
+        tokio::spawn(async move {
+            let mut gc = Gc::new();
+            loop {
+                tokio::time::sleep(interval).await;
+                if let Err(e) = gc.run(&vol, &gc_cfg).await {
+                    if vol.is_failed() {
+                        return;
+                    }
+                    warn!(error = %e, "gc pass failed");
+                }
+            }
+        });
+    }
+    let export = Export {
+        name: args.name.clone(),
+        description: format!("meridian volume {}", args.name),
+        volume: vol.clone(),
+        read_only: false,
+    };
+    // Tests and scripts read this line to learn the port.
+    println!("meridian volume: serving {} ({} bytes) on nbd://{addr}/{}", args.name, vol.size(), args.name);
+    let failed = {
+        let vol = vol.clone();
+        async move { vol.wait_failed().await }
+    };
+    let stop = async {
+        tokio::select! {
+            _ = shutdown_signal() => None,
+            why = failed => Some(why),
+        }
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<Option<String>>();
+    let server = nbd::serve(listener, export, async move {
+        let why = stop.await;
+        let _ = tx.send(why);
+    });
+    server.await?;
+    match rx.await.ok().flatten() {
+        Some(why) => Err(VolumeError::Failed(why)),
+        None => {
+            info!("shutting down: flushing, checkpointing, releasing the lease");
+            vol.close().await
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut i), Ok(mut t)) => {
+            tokio::select! {
+                _ = i.recv() => {},
+                _ = t.recv() => {},
+            }
+        }
+        _ => {
+            // Without signal handlers we can only run until killed.
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Meridian volumes: a block device whose data lives as a log of objects in any S3 bucket
+//! (seed 004 format), served over NBD. See `docs/volumes.md`.
+
+pub mod buffer;
+pub mod cli;
+pub mod error;
+pub mod format;
+pub mod gc;
+pub mod lease;
+pub mod manage;
+pub mod nbd;
+pub mod replay;
+pub mod s3;
+pub mod store;
+pub mod table;
+pub mod volume;
+
+pub use error::{Result, StoreError, VolumeError};
+pub use store::{MemStore, ObjectStore};
+pub use volume::{Volume, WriterConfig};

@@ -1,0 +1,435 @@
+//! Volume administration: create, snapshots, rollback, export, inspect, resize.
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+use tracing::info;
+
+use crate::error::{Result, StoreError, VolumeError};
+use crate::format::{
+    self, CheckpointHeader, HEADER_BYTES, Layout, Lease, Manifest, ObjectKind, SECTOR, Snapshot, Trailer,
+};
+use crate::lease::{self, LeaseHandle, now_unix};
+use crate::replay::{self, Listing};
+use crate::store::{ObjectStore, PutCondition};
+use crate::table;
+use crate::volume::{Volume, WriterConfig};
+
+/// Default target of data bytes per log object.
+pub const DEFAULT_OBJECT_BYTES: u64 = 4 << 20;
+
+pub async fn read_manifest(store: &dyn ObjectStore, layout: &Layout) -> Result<Manifest> {
+    Ok(read_manifest_etag(store, layout).await?.0)
+}
+
+async fn read_manifest_etag(store: &dyn ObjectStore, layout: &Layout) -> Result<(Manifest, String)> {
+    let key = layout.manifest();
+    let f = match store.get(&key).await {
+        Ok(f) => f,
+        Err(StoreError::NotFound(_)) => {
+            return Err(VolumeError::NoSuchVolume(layout.root().to_string()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let m: Manifest = serde_json::from_slice(&f.data)
+        .map_err(|e| VolumeError::Corrupt { what: key.clone(), detail: e.to_string() })?;
+    if m.format != format::FORMAT_VERSION || m.sector_size != SECTOR {
+        return Err(VolumeError::Corrupt {
+            what: key,
+            detail: format!("format {} with {}-byte sectors is not supported", m.format, m.sector_size),
+        });
+    }
+    Ok((m, f.etag))
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Bytes> {
+    serde_json::to_vec_pretty(v).map(Bytes::from).map_err(|e| VolumeError::Invalid(e.to_string()))
+}
+
+/// Records a new volume (create-only, so an existing volume is never clobbered).
+pub async fn create(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    name: &str,
+    size: u64,
+    object_bytes: u64,
+) -> Result<Manifest> {
+    format::check_size(size)?;
+    if !(64 * 1024..=(1 << 30)).contains(&object_bytes) || !object_bytes.is_multiple_of(SECTOR) {
+        return Err(VolumeError::BadSize(format!(
+            "object size {object_bytes}: use a multiple of 4 KiB between 64 KiB and 1 GiB"
+        )));
+    }
+    let manifest = Manifest {
+        format: format::FORMAT_VERSION,
+        name: name.to_string(),
+        volume_id: format!("{:032x}", rand::random::<u128>()),
+        size,
+        sector_size: SECTOR,
+        object_bytes,
+        created_unix: now_unix(),
+        encryption: None,
+    };
+    match store.put(&layout.manifest(), json(&manifest)?, PutCondition::IfAbsent).await {
+        Ok(_) => Ok(manifest),
+        Err(StoreError::PreconditionFailed(_)) => Err(VolumeError::AlreadyExists(name.into())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Encodes a table file (a copy of the live map) as a checkpoint file next to it.
+pub fn encode_checkpoint_file(
+    table_copy: &Path,
+    sectors: u64,
+    seq: u64,
+    epoch: u64,
+) -> Result<tempfile::NamedTempFile> {
+    let dir = table_copy.parent().unwrap_or(Path::new("."));
+    let mut out = tempfile::Builder::new().prefix("ckpt-").tempfile_in(dir)?;
+    let mut runs = 0u64;
+    {
+        let mut w = BufWriter::new(out.as_file_mut());
+        let placeholder = CheckpointHeader { seq, epoch, sectors, runs: 0 };
+        w.write_all(&format::encode_checkpoint_header(&placeholder))?;
+        let mut buf = Vec::with_capacity(format::RUN_BYTES);
+        table::for_each_run_in_file(std::fs::File::open(table_copy)?, sectors, |r| {
+            buf.clear();
+            format::encode_run(&r, &mut buf);
+            w.write_all(&buf)?;
+            runs += 1;
+            Ok(())
+        })?;
+        w.flush()?;
+    }
+    let f = out.as_file_mut();
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(&format::encode_checkpoint_header(&CheckpointHeader { seq, epoch, sectors, runs }))?;
+    f.sync_all()?;
+    Ok(out)
+}
+
+// ---- snapshots ----------------------------------------------------------------------------
+
+/// The last log position with no gap before it (from the newest checkpoint on).
+pub fn contiguous_end(listing: &Listing) -> u64 {
+    let base = listing.base_checkpoint(u64::MAX).unwrap_or(0);
+    let mut end = base;
+    while listing.logs.contains_key(&(end + 1)) {
+        end += 1;
+    }
+    end
+}
+
+/// Records the current durable end of the log as a snapshot. With a writer running this is a
+/// crash-consistent point: everything its last FLUSH covered, maybe more.
+///
+/// GC deletes an object only after a grace period during which a new snapshot would have become
+/// visible to it; if listing and recording took longer than half of that, we undo and fail.
+pub async fn snapshot(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    label: Option<&str>,
+    grace: Duration,
+) -> Result<Snapshot> {
+    read_manifest(store, layout).await?;
+    let t0 = Instant::now();
+    let end = contiguous_end(&Listing::fetch(store, layout).await?);
+    let label = match label {
+        Some(l) => l.to_string(),
+        None => format!("snap-{}-{end:x}", now_unix()),
+    };
+    format::validate_name(&label)?;
+    let snap = Snapshot { label: label.clone(), seq: end, created_unix: now_unix() };
+    let key = layout.snapshot(&label);
+    match store.put(&key, json(&snap)?, PutCondition::IfAbsent).await {
+        Ok(_) => {}
+        Err(StoreError::PreconditionFailed(_)) => return Err(VolumeError::SnapshotExists(label)),
+        Err(e) => return Err(e.into()),
+    }
+    if t0.elapsed() > grace / 2 {
+        store.delete(&key).await?;
+        return Err(VolumeError::Invalid(
+            "the bucket was too slow to take a snapshot safely alongside GC; retry".into(),
+        ));
+    }
+    info!(label, seq = end, "snapshot recorded");
+    Ok(snap)
+}
+
+pub async fn list_snapshots(store: &dyn ObjectStore, layout: &Layout) -> Result<Vec<Snapshot>> {
+    let mut out = Vec::new();
+    for o in store.list(&layout.snapshot_prefix()).await? {
+        if !o.key.ends_with(".json") {
+            continue;
+        }
+        let f = match store.get(&o.key).await {
+            Ok(f) => f,
+            Err(StoreError::NotFound(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let s: Snapshot = serde_json::from_slice(&f.data)
+            .map_err(|e| VolumeError::Corrupt { what: o.key.clone(), detail: e.to_string() })?;
+        out.push(s);
+    }
+    out.sort_by(|a, b| (a.seq, a.created_unix, &a.label).cmp(&(b.seq, b.created_unix, &b.label)));
+    Ok(out)
+}
+
+pub async fn find_snapshot(store: &dyn ObjectStore, layout: &Layout, label: &str) -> Result<Snapshot> {
+    format::validate_name(label).map_err(|_| VolumeError::UnknownSnapshot(label.into()))?;
+    match store.get(&layout.snapshot(label)).await {
+        Ok(f) => serde_json::from_slice(&f.data)
+            .map_err(|e| VolumeError::Corrupt { what: layout.snapshot(label), detail: e.to_string() }),
+        Err(StoreError::NotFound(_)) => Err(VolumeError::UnknownSnapshot(label.into())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn delete_snapshot(store: &dyn ObjectStore, layout: &Layout, label: &str) -> Result<()> {
+    find_snapshot(store, layout, label).await?;
+    store.delete(&layout.snapshot(label)).await?;
+    Ok(())
+}
+
+/// Rebuilds the map at `limit` into a temporary table.
+async fn replay_temp(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    manifest: &Manifest,
+    limit: u64,
+) -> Result<(tempfile::TempDir, replay::Replayed)> {
+    let dir = tempfile::Builder::new().prefix("meridian-volume-").tempdir()?;
+    let r = replay::replay(store, layout, manifest, &dir.path().join("map"), 1024, limit).await?;
+    Ok((dir, r))
+}
+
+/// Makes the disk what it was at `label`, without destroying anything: the state at the
+/// snapshot is written as a checkpoint at a new log position, marked by a Rollback object, so
+/// later snapshots stay valid and a rollback can itself be rolled back.
+pub async fn rollback(
+    store: Arc<dyn ObjectStore>,
+    layout: &Layout,
+    label: &str,
+    holder: &str,
+    force: bool,
+) -> Result<u64> {
+    let manifest = read_manifest(store.as_ref(), layout).await?;
+    let snap = find_snapshot(store.as_ref(), layout, label).await?;
+    let lease = LeaseHandle::acquire(store.clone(), layout, holder, Duration::from_secs(60), force, 0).await?;
+    let result = rollback_locked(store.as_ref(), layout, &manifest, &snap, lease.epoch()).await;
+    lease.release().await?;
+    result
+}
+
+async fn rollback_locked(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    manifest: &Manifest,
+    snap: &Snapshot,
+    epoch: u64,
+) -> Result<u64> {
+    let (_head_dir, head) = replay_temp(store, layout, manifest, u64::MAX).await?;
+    if head.epoch >= epoch {
+        return Err(VolumeError::Invalid(format!("log epoch {} is not below the lease epoch {epoch}", head.epoch)));
+    }
+    let (dir, mut at) = replay_temp(store, layout, manifest, snap.seq).await?;
+    for (&seq, _) in head.listing.logs.range(head.end + 1..) {
+        store.delete(&layout.log(seq)).await?;
+    }
+    for (&seq, _) in head.listing.checkpoints.range(head.end + 1..) {
+        store.delete(&layout.checkpoint(seq)).await?;
+    }
+    let seq = head.end + 1;
+    let copy = dir.path().join("copy");
+    at.table.copy_to(&copy)?;
+    let ckpt = encode_checkpoint_file(&copy, at.table.sectors(), seq, epoch)?;
+    // Checkpoint first: it only counts once the Rollback object below exists.
+    store.put_file(&layout.checkpoint(seq), ckpt.path()).await?;
+    let header = format::encode_header(&[], Trailer { epoch, seq, kind: ObjectKind::Rollback });
+    store.put(&layout.log(seq), Bytes::from(header), PutCondition::IfAbsent).await?;
+    info!(label = snap.label, snapshot_seq = snap.seq, new_seq = seq, "rolled back");
+    Ok(seq)
+}
+
+// ---- export -------------------------------------------------------------------------------
+
+/// Totals of an export.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ExportStats {
+    pub seq: u64,
+    pub size: u64,
+    pub mapped_bytes: u64,
+    pub requests: u64,
+}
+
+/// Writes the disk as of `at` (a snapshot label; None = the end of the log) to a raw image.
+/// Works offline, with only read access to the bucket: this is the disaster-recovery path.
+pub async fn export(store: &dyn ObjectStore, layout: &Layout, at: Option<&str>, output: &Path) -> Result<ExportStats> {
+    let manifest = read_manifest(store, layout).await?;
+    let limit = match at {
+        Some(label) => find_snapshot(store, layout, label).await?.seq,
+        None => u64::MAX,
+    };
+    let (_dir, mut r) = replay_temp(store, layout, &manifest, limit).await?;
+    let out = std::fs::File::create(output)?;
+    out.set_len(manifest.size)?;
+    // Group the map's runs by object so each object is fetched with few range requests.
+    let mut runs = Vec::new();
+    r.table.for_each_run(|run| {
+        runs.push(run);
+        Ok(())
+    })?;
+    runs.sort_by_key(|r| (r.seq, r.obj_sector));
+    let groups = group_runs(&runs);
+    let mut stats = ExportStats { seq: r.end, size: manifest.size, ..Default::default() };
+    let mut fetches = futures::stream::iter(groups.iter().map(|g| async move {
+        let (seq, first, last) = (g[0].seq, g[0].obj_sector, g[g.len() - 1]);
+        let end = u64::from(last.obj_sector) + u64::from(last.len);
+        let data = store
+            .get_range(
+                &layout.log(seq),
+                HEADER_BYTES as u64 + u64::from(first) * SECTOR,
+                (end - u64::from(first)) * SECTOR,
+            )
+            .await?;
+        Ok::<_, VolumeError>((g, data))
+    }))
+    .buffer_unordered(8);
+    while let Some(res) = fetches.next().await {
+        let (g, data) = res?;
+        let base = u64::from(g[0].obj_sector);
+        for run in g.iter() {
+            let from = ((u64::from(run.obj_sector) - base) * SECTOR) as usize;
+            let len = (u64::from(run.len) * SECTOR) as usize;
+            out.write_all_at(&data[from..from + len], run.sector * SECTOR)?;
+            stats.mapped_bytes += len as u64;
+        }
+        stats.requests += 1;
+    }
+    out.sync_all()?;
+    info!(seq = stats.seq, mapped = stats.mapped_bytes, "export complete");
+    Ok(stats)
+}
+
+/// Splits runs (sorted by object and offset) into fetch groups: same object, gaps of at most
+/// 256 KiB (cheaper to read through than to ask again), at most 16 MiB per request.
+fn group_runs(runs: &[format::Run]) -> Vec<&[format::Run]> {
+    const MAX_GAP: u64 = 64;
+    const MAX_SPAN: u64 = 4096;
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=runs.len() {
+        let split = i == runs.len() || {
+            let (a, b, first) = (runs[i - 1], runs[i], runs[start]);
+            let a_end = u64::from(a.obj_sector) + u64::from(a.len);
+            b.seq != a.seq
+                || u64::from(b.obj_sector) > a_end + MAX_GAP
+                || u64::from(b.obj_sector) + u64::from(b.len) - u64::from(first.obj_sector) > MAX_SPAN
+        };
+        if split {
+            out.push(&runs[start..i]);
+            start = i;
+        }
+    }
+    out
+}
+
+// ---- inspect ------------------------------------------------------------------------------
+
+/// What `inspect` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub manifest: Manifest,
+    pub lease: Option<Lease>,
+    pub lease_live: bool,
+    pub log_objects: u64,
+    pub log_bytes: u64,
+    pub checkpoints: u64,
+    pub checkpoint_bytes: u64,
+    pub end: u64,
+    pub base_checkpoint: u64,
+    pub live_bytes: u64,
+    pub garbage_bytes: u64,
+    pub snapshots: Vec<Snapshot>,
+}
+
+pub async fn inspect(store: &dyn ObjectStore, layout: &Layout) -> Result<Inspection> {
+    let manifest = read_manifest(store, layout).await?;
+    let lease = lease::read_lease(store, layout).await?;
+    let lease_live = lease.as_ref().is_some_and(|l| !l.released && now_unix() < l.renewed_unix + l.ttl_secs);
+    let snapshots = list_snapshots(store, layout).await?;
+    let (_dir, mut r) = replay_temp(store, layout, &manifest, u64::MAX).await?;
+    let live: u64 = replay::live_sectors(&mut r.table)?.values().sum::<u64>() * SECTOR;
+    let log_bytes: u64 = r.listing.logs.values().sum();
+    let data_bytes: u64 = r.listing.logs.values().map(|b| b.saturating_sub(HEADER_BYTES as u64)).sum();
+    Ok(Inspection {
+        lease,
+        lease_live,
+        log_objects: r.listing.logs.len() as u64,
+        log_bytes,
+        checkpoints: r.listing.checkpoints.len() as u64,
+        checkpoint_bytes: r.listing.checkpoints.values().sum(),
+        end: r.end,
+        base_checkpoint: r.base,
+        live_bytes: live,
+        garbage_bytes: data_bytes.saturating_sub(live),
+        snapshots,
+        manifest,
+    })
+}
+
+/// Live objects per snapshot position, for GC (which must not delete them).
+pub async fn objects_at(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    manifest: &Manifest,
+    seq: u64,
+) -> Result<BTreeMap<u64, u64>> {
+    let (_dir, mut r) = replay_temp(store, layout, manifest, seq).await?;
+    replay::live_sectors(&mut r.table)
+}
+
+// ---- resize -------------------------------------------------------------------------------
+
+/// Changes the size. Shrinking needs `allow_shrink` and discards the tail through the log
+/// first, so growing again later cannot resurrect old data.
+pub async fn resize(
+    store: Arc<dyn ObjectStore>,
+    layout: &Layout,
+    new_size: u64,
+    cfg: WriterConfig,
+    allow_shrink: bool,
+) -> Result<Manifest> {
+    format::check_size(new_size)?;
+    let (old, _) = read_manifest_etag(store.as_ref(), layout).await?;
+    if new_size < old.size && !allow_shrink {
+        return Err(VolumeError::BadSize(format!(
+            "{new_size} is smaller than the current {} bytes: shrinking discards data past the \
+             new end; pass --allow-shrink if that is what you want",
+            old.size
+        )));
+    }
+    let vol = Volume::open(store.clone(), layout.clone(), cfg).await?;
+    let res = async {
+        if new_size < old.size {
+            vol.trim(new_size, old.size - new_size).await?;
+        }
+        vol.flush().await?;
+        // Re-read under the lease so a concurrent edit is not overwritten.
+        let (mut m, etag) = read_manifest_etag(store.as_ref(), layout).await?;
+        m.size = new_size;
+        store.put(&layout.manifest(), json(&m)?, PutCondition::IfMatch(etag)).await?;
+        info!(old = old.size, new = new_size, "resized");
+        Ok::<_, VolumeError>(m)
+    }
+    .await;
+    vol.close().await?;
+    res
+}

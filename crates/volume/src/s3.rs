@@ -1,0 +1,205 @@
+//! [`ObjectStore`] over the real S3 protocol with `aws-sdk-s3`: path-style addressing, a custom
+//! endpoint and static credentials, so it runs against Meridian, AWS, R2 or MinIO alike.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+
+use crate::error::StoreError;
+use crate::store::{Fetched, Listed, ObjectStore, PutCondition};
+
+/// Where the bucket is and how to sign for it.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    /// Full endpoint URL, e.g. `http://127.0.0.1:9000`. `None` means AWS's default endpoint.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// An S3 bucket.
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub fn new(cfg: &S3Config) -> Self {
+        let creds = Credentials::new(cfg.access_key.clone(), cfg.secret_key.clone(), None, None, "meridian-volume");
+        let mut builder = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(cfg.region.clone()))
+            .credentials_provider(creds)
+            .force_path_style(true)
+            // Integrity of each object is covered by the transport and the store; extra
+            // checksums cost CPU on every 4 MiB log object and not every S3 clone accepts them.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(ep) = &cfg.endpoint {
+            builder = builder.endpoint_url(ep.clone());
+        }
+        Self { client: Client::from_conf(builder.build()), bucket: cfg.bucket.clone() }
+    }
+}
+
+impl S3Store {
+    /// Creates the bucket; an existing bucket owned by us is fine.
+    pub async fn create_bucket(&self) -> Result<(), StoreError> {
+        match self.client.create_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou")) => Ok(()),
+            Err(e) => Err(map_err(&self.bucket, e)),
+        }
+    }
+}
+
+/// Maps an SDK error to the store's error kinds, keeping the service's own message.
+fn map_err<E>(key: &str, err: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.code().map(str::to_string);
+    match (status, code.as_deref()) {
+        (_, Some("NoSuchBucket")) => StoreError::Backend {
+            key: key.to_string(),
+            message: "the bucket does not exist (create it, e.g. with `meridian volume create --create-bucket`)".into(),
+        },
+        (Some(412), _) | (_, Some("PreconditionFailed")) => StoreError::PreconditionFailed(key.to_string()),
+        (Some(404), _) | (_, Some("NoSuchKey")) | (_, Some("NotFound")) => StoreError::NotFound(key.to_string()),
+        _ => StoreError::Backend {
+            key: key.to_string(),
+            message: format!(
+                "{}{}",
+                code.map(|c| format!("{c}: ")).unwrap_or_default(),
+                err.message().map(str::to_string).unwrap_or_else(|| describe(&err))
+            ),
+        },
+    }
+}
+
+/// Flattens an error's source chain: the SDK's top-level Display is often just "dispatch failure".
+fn describe(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut src = err.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn put(&self, key: &str, body: Bytes, cond: PutCondition) -> Result<String, StoreError> {
+        let mut req = self.client.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(body));
+        req = match cond {
+            PutCondition::None => req,
+            PutCondition::IfAbsent => req.if_none_match("*"),
+            PutCondition::IfMatch(etag) => req.if_match(etag),
+        };
+        let out = req.send().await.map_err(|e| map_err(key, e))?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    async fn put_file(&self, key: &str, path: &Path) -> Result<String, StoreError> {
+        let body =
+            ByteStream::from_path(path).await.map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    async fn get(&self, key: &str) -> Result<Fetched, StoreError> {
+        let out = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| map_err(key, e))?;
+        let etag = out.e_tag().unwrap_or_default().to_string();
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Backend { key: key.to_string(), message: describe(&e) })?
+            .into_bytes();
+        Ok(Fetched { data, etag })
+    }
+
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", start, start + len - 1))
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Backend { key: key.to_string(), message: describe(&e) })?
+            .into_bytes();
+        if data.len() as u64 != len {
+            return Err(StoreError::Backend {
+                key: key.to_string(),
+                message: format!("asked for {len} bytes at {start}, got {}", data.len()),
+            });
+        }
+        Ok(data)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let resp = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| map_err(prefix, e))?;
+            for obj in resp.contents() {
+                if let Some(key) = obj.key() {
+                    out.push(Listed {
+                        key: key.to_string(),
+                        size: u64::try_from(obj.size().unwrap_or(0)).unwrap_or(0),
+                    });
+                }
+            }
+            match resp.next_continuation_token() {
+                Some(t) if resp.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client.delete_object().bucket(&self.bucket).key(key).send().await.map_err(|e| map_err(key, e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! The narrow slice of the S3 protocol a volume needs, behind a trait so the log logic can be
+//! unit-tested against memory while production (and the integration tests) speak real S3.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::StoreError;
+
+/// Condition attached to a PUT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutCondition {
+    /// Unconditional overwrite.
+    None,
+    /// `If-None-Match: *`: create only.
+    IfAbsent,
+    /// `If-Match: <etag>`: replace only the version we read.
+    IfMatch(String),
+}
+
+/// An object read whole, with its ETag for later compare-and-swap.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub data: Bytes,
+    pub etag: String,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+}
+
+/// What the volume needs from a bucket. Keys are full keys (the prefix is already applied).
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Stores `body` at `key`, honouring `cond`; returns the new ETag.
+    async fn put(&self, key: &str, body: Bytes, cond: PutCondition) -> Result<String, StoreError>;
+    /// Stores the content of a local file (used for checkpoints, which can be large).
+    async fn put_file(&self, key: &str, path: &Path) -> Result<String, StoreError>;
+    /// Reads a whole object.
+    async fn get(&self, key: &str) -> Result<Fetched, StoreError>;
+    /// Reads `len` bytes at `start`. A range past the end is an error.
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError>;
+    /// Lists every key under `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
+    /// Deletes `key`; deleting a missing key succeeds, as in S3.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// An in-memory store for unit tests.
+#[derive(Default)]
+pub struct MemStore {
+    objects: Mutex<BTreeMap<String, (Bytes, String)>>,
+    etags: AtomicU64,
+    /// When set, every PUT fails: simulates an unreachable bucket.
+    pub fail_puts: std::sync::atomic::AtomicBool,
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (Bytes, String)>> {
+        // A poisoned map only means another test thread panicked; the data is still usable.
+        self.objects.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Total bytes stored under `prefix` (tests use it to check GC).
+    pub fn bytes_under(&self, prefix: &str) -> u64 {
+        self.lock()
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, (v, _))| v.len() as u64)
+            .sum()
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MemStore {
+    async fn put(&self, key: &str, body: Bytes, cond: PutCondition) -> Result<String, StoreError> {
+        if self.fail_puts.load(Ordering::Relaxed) {
+            return Err(StoreError::Backend { key: key.to_string(), message: "injected failure".into() });
+        }
+        let mut map = self.lock();
+        let current = map.get(key).map(|(_, e)| e.clone());
+        let ok = match (&cond, &current) {
+            (PutCondition::None, _) => true,
+            (PutCondition::IfAbsent, existing) => existing.is_none(),
+            (PutCondition::IfMatch(want), Some(have)) => want == have,
+            (PutCondition::IfMatch(_), None) => false,
+        };
+        if !ok {
+            return Err(StoreError::PreconditionFailed(key.to_string()));
+        }
+        let etag = format!("\"{}\"", self.etags.fetch_add(1, Ordering::Relaxed) + 1);
+        map.insert(key.to_string(), (body, etag.clone()));
+        Ok(etag)
+    }
+
+    async fn put_file(&self, key: &str, path: &Path) -> Result<String, StoreError> {
+        let data = tokio::fs::read(path).await?;
+        self.put(key, Bytes::from(data), PutCondition::None).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Fetched, StoreError> {
+        self.lock()
+            .get(key)
+            .map(|(data, etag)| Fetched { data: data.clone(), etag: etag.clone() })
+            .ok_or_else(|| StoreError::NotFound(key.to_string()))
+    }
+
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        let map = self.lock();
+        let (data, _) = map.get(key).ok_or_else(|| StoreError::NotFound(key.to_string()))?;
+        let end = start.saturating_add(len);
+        if end > data.len() as u64 {
+            return Err(StoreError::Backend {
+                key: key.to_string(),
+                message: format!("range {start}+{len} beyond object size {}", data.len()),
+            });
+        }
+        Ok(data.slice(start as usize..end as usize))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        Ok(self
+            .lock()
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (v, _))| Listed { key: k.clone(), size: v.len() as u64 })
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.lock().remove(key);
+        Ok(())
+    }
+}

@@ -1,0 +1,806 @@
+//! The writable volume: buffers writes into the open log object, seals it into an immutable
+//! numbered object, uploads sealed objects concurrently, and tracks which prefix of the log is
+//! durable so FLUSH can answer exactly.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{OwnedSemaphorePermit, RwLock, Semaphore, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::buffer::OpenObject;
+use crate::error::{Result, StoreError, VolumeError};
+use crate::format::{self, Entry, HEADER_BYTES, Layout, MAX_DATA_ENTRIES, Manifest, ObjectKind, SECTOR, Trailer};
+use crate::lease::LeaseHandle;
+use crate::replay::{self, Listing};
+use crate::store::{ObjectStore, PutCondition};
+use crate::table::{self, ExtentTable};
+
+/// Tunables of a writer.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Directory for the local extent-map file (a cache rebuilt on every open).
+    pub cache_dir: PathBuf,
+    /// Pages of the extent map kept in memory (4 KiB each).
+    pub cache_pages: usize,
+    /// Log objects uploading at once; also bounds buffered memory.
+    pub uploads: usize,
+    pub lease_ttl: Duration,
+    pub force_takeover: bool,
+    /// Who we are, as shown to a refused second writer.
+    pub holder: String,
+    /// Log bytes written between checkpoints.
+    pub checkpoint_bytes: u64,
+    /// Seal the open object when it has held data this long, bounding what a crash can lose
+    /// even if the client never flushes.
+    pub max_dirty_age: Duration,
+}
+
+impl WriterConfig {
+    pub fn new(cache_dir: PathBuf, holder: String) -> Self {
+        Self {
+            cache_dir,
+            cache_pages: 1024,
+            uploads: 6,
+            lease_ttl: Duration::from_secs(30),
+            force_takeover: false,
+            holder,
+            checkpoint_bytes: 1 << 30,
+            max_dirty_age: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A sealed log object still uploading; reads of its sectors are served from here.
+struct Sealed {
+    body: Bytes,
+}
+
+/// Per-object accounting for GC and `inspect`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ObjStat {
+    pub live_sectors: u64,
+    pub data_sectors: u64,
+    pub bytes: u64,
+}
+
+struct State {
+    open: OpenObject,
+    open_since: Option<Instant>,
+    next_seq: u64,
+    inflight: HashMap<u64, Arc<Sealed>>,
+    done: BTreeSet<u64>,
+    durable: u64,
+    table: ExtentTable,
+    objects: BTreeMap<u64, ObjStat>,
+    failed: Option<String>,
+    log_bytes_since_checkpoint: u64,
+    checkpointing: bool,
+    last_checkpoint: u64,
+}
+
+/// Durable log position, or the reason the volume stopped.
+#[derive(Debug, Clone)]
+enum Progress {
+    Durable(u64),
+    Failed(String),
+}
+
+/// Where a sector's bytes come from, resolved under the lock and fetched outside it.
+struct RemotePiece {
+    out_sector: u64,
+    sectors: u64,
+    seq: u64,
+    obj_sector: u64,
+}
+
+pub struct Volume {
+    store: Arc<dyn ObjectStore>,
+    layout: Layout,
+    manifest: Manifest,
+    lease: LeaseHandle,
+    epoch: u64,
+    cfg: WriterConfig,
+    state: Mutex<State>,
+    progress: watch::Sender<Progress>,
+    uploads: Arc<Semaphore>,
+    /// Writers hold it shared; unaligned read-modify-write holds it exclusively.
+    rmw: RwLock<()>,
+    table_path: PathBuf,
+}
+
+impl Volume {
+    /// Opens `layout` for writing: takes the lease, recovers the log, removes what lies past the
+    /// recovery point and fences the log with an object of the new epoch.
+    pub async fn open(store: Arc<dyn ObjectStore>, layout: Layout, cfg: WriterConfig) -> Result<Arc<Self>> {
+        let manifest = crate::manage::read_manifest(store.as_ref(), &layout).await?;
+        let lease =
+            LeaseHandle::acquire(store.clone(), &layout, &cfg.holder, cfg.lease_ttl, cfg.force_takeover, 0).await?;
+        std::fs::create_dir_all(&cfg.cache_dir)?;
+        let table_path = cfg.cache_dir.join(format!("{}.map", manifest.volume_id));
+        let started = Instant::now();
+        let mut r = replay::replay(store.as_ref(), &layout, &manifest, &table_path, cfg.cache_pages, u64::MAX).await?;
+        if r.epoch >= lease.epoch() {
+            return Err(VolumeError::Invalid(format!(
+                "the log holds epoch {} but the lease only {}; was lease.json edited? \
+                 remove it and retry",
+                r.epoch,
+                lease.epoch()
+            )));
+        }
+        info!(end = r.end, base = r.base, elapsed_ms = started.elapsed().as_millis() as u64, "recovery complete");
+        remove_past(store.as_ref(), &layout, &r.listing, r.end).await?;
+        let live = replay::live_sectors(&mut r.table)?;
+        let objects = r
+            .listing
+            .logs
+            .range(..=r.end)
+            .map(|(&seq, &bytes)| {
+                let live_sectors = live.get(&seq).copied().unwrap_or(0);
+                let data_sectors = bytes.saturating_sub(HEADER_BYTES as u64) / SECTOR;
+                (seq, ObjStat { live_sectors, data_sectors, bytes })
+            })
+            .collect();
+        let epoch = lease.epoch();
+        let (progress, _) = watch::channel(Progress::Durable(r.end));
+        let vol = Arc::new(Self {
+            store,
+            layout,
+            manifest,
+            lease,
+            epoch,
+            uploads: Arc::new(Semaphore::new(cfg.uploads.max(1))),
+            cfg,
+            state: Mutex::new(State {
+                open: OpenObject::default(),
+                open_since: None,
+                next_seq: r.end + 1,
+                inflight: HashMap::new(),
+                done: BTreeSet::new(),
+                durable: r.end,
+                table: r.table,
+                objects,
+                failed: None,
+                log_bytes_since_checkpoint: 0,
+                checkpointing: false,
+                last_checkpoint: r.base,
+            }),
+            progress,
+            rmw: RwLock::new(()),
+            table_path,
+        });
+        vol.write_marker(ObjectKind::Fence).await?;
+        Ok(vol)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.manifest.size
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state suspect; we stop the volume rather
+        // than risk serving a half-updated map.
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => {
+                let mut g = p.into_inner();
+                g.failed.get_or_insert_with(|| "internal panic while updating the map".into());
+                g
+            }
+        }
+    }
+
+    fn check_ok(st: &State) -> Result<()> {
+        match &st.failed {
+            Some(why) => Err(VolumeError::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.manifest.size) {
+            return Err(VolumeError::OutOfRange { offset, len, size: self.manifest.size });
+        }
+        Ok(())
+    }
+
+    /// Stops all I/O with `why`; FLUSH waiters wake up with the error.
+    fn fail(&self, why: String) {
+        error!(%why, "volume stopped");
+        self.stop(why);
+    }
+
+    /// Stops all I/O without calling it an error (clean shutdown).
+    fn stop(&self, why: String) {
+        let mut st = self.lock();
+        st.failed.get_or_insert(why.clone());
+        drop(st);
+        self.progress.send_replace(Progress::Failed(why));
+    }
+
+    // ---- reads ---------------------------------------------------------------------------
+
+    /// Reads `len` bytes at `offset` (any alignment).
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let first = offset / SECTOR;
+        let last = (offset + len).div_ceil(SECTOR);
+        let mut buf = self.read_sectors(first, last - first).await?;
+        let skip = (offset - first * SECTOR) as usize;
+        buf.drain(..skip);
+        buf.truncate(len as usize);
+        Ok(buf)
+    }
+
+    async fn read_sectors(&self, first: u64, n: u64) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; (n * SECTOR) as usize];
+        let pieces = self.resolve(first, n, &mut out)?;
+        let fetches = pieces.into_iter().map(|p| async move {
+            let key = self.layout.log(p.seq);
+            let data =
+                self.store.get_range(&key, HEADER_BYTES as u64 + p.obj_sector * SECTOR, p.sectors * SECTOR).await?;
+            Ok::<_, VolumeError>((p.out_sector, data))
+        });
+        for (at, data) in futures::future::try_join_all(fetches).await? {
+            let at = (at * SECTOR) as usize;
+            out[at..at + data.len()].copy_from_slice(&data);
+        }
+        Ok(out)
+    }
+
+    /// Fills what memory holds (open object, uploading objects) and returns what must be read
+    /// from the bucket, coalesced into ranges.
+    fn resolve(&self, first: u64, n: u64, out: &mut [u8]) -> Result<Vec<RemotePiece>> {
+        let mut st = self.lock();
+        Self::check_ok(&st)?;
+        let mut pieces: Vec<RemotePiece> = Vec::new();
+        for i in 0..n {
+            let at = (i * SECTOR) as usize;
+            let dst = &mut out[at..at + SECTOR as usize];
+            if let Some((ext, off)) = st.open.lookup(first + i) {
+                if let Some(d) = &ext.data {
+                    let o = (off * SECTOR) as usize;
+                    dst.copy_from_slice(&d[o..o + SECTOR as usize]);
+                }
+                continue;
+            }
+            let Some((seq, obj_sector)) = table::decode(st.table.get(first + i)?) else {
+                continue; // never written: zeros
+            };
+            if let Some(s) = st.inflight.get(&seq) {
+                let o = HEADER_BYTES + (obj_sector * SECTOR) as usize;
+                dst.copy_from_slice(&s.body[o..o + SECTOR as usize]);
+                continue;
+            }
+            match pieces.last_mut() {
+                Some(p) if p.seq == seq && p.out_sector + p.sectors == i && p.obj_sector + p.sectors == obj_sector => {
+                    p.sectors += 1;
+                }
+                _ => pieces.push(RemotePiece { out_sector: i, sectors: 1, seq, obj_sector }),
+            }
+        }
+        Ok(pieces)
+    }
+
+    // ---- writes --------------------------------------------------------------------------
+
+    /// Writes `data` at `offset` (any alignment; partial sectors are read, merged, rewritten).
+    pub async fn write(self: &Arc<Self>, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        if offset.is_multiple_of(SECTOR) && (data.len() as u64).is_multiple_of(SECTOR) {
+            let _shared = self.rmw.read().await;
+            return self.put_sectors(offset / SECTOR, Some(data)).await;
+        }
+        let _excl = self.rmw.write().await;
+        let first = offset / SECTOR;
+        let last = (offset + data.len() as u64).div_ceil(SECTOR);
+        let mut buf = self.read_sectors(first, last - first).await?;
+        let skip = (offset - first * SECTOR) as usize;
+        buf[skip..skip + data.len()].copy_from_slice(data);
+        self.put_sectors(first, Some(&buf)).await
+    }
+
+    /// Makes [offset, offset+len) read as zeros. Whole sectors become zero extents (no data in
+    /// the log); partial sectors at the edges are rewritten with zeros.
+    pub async fn write_zeroes(self: &Arc<Self>, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        let end = offset + len;
+        let inner_first = offset.div_ceil(SECTOR);
+        let inner_end = end / SECTOR;
+        if inner_first >= inner_end {
+            return self.write(offset, &vec![0u8; len as usize]).await;
+        }
+        if !offset.is_multiple_of(SECTOR) {
+            let head = inner_first * SECTOR - offset;
+            self.write(offset, &vec![0u8; head as usize]).await?;
+        }
+        {
+            let _shared = self.rmw.read().await;
+            // Large zero ranges are chunked so one entry never exceeds u32 bytes.
+            let mut s = inner_first;
+            while s < inner_end {
+                let n = (inner_end - s).min(1 << 18);
+                self.put_zero(s, n).await?;
+                s += n;
+            }
+        }
+        if !end.is_multiple_of(SECTOR) {
+            let tail = end - inner_end * SECTOR;
+            self.write(inner_end * SECTOR, &vec![0u8; tail as usize]).await?;
+        }
+        Ok(())
+    }
+
+    /// TRIM: advisory, so only whole sectors are discarded (they then read as zeros).
+    pub async fn trim(self: &Arc<Self>, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        let first = offset.div_ceil(SECTOR);
+        let end = (offset + len) / SECTOR;
+        let _shared = self.rmw.read().await;
+        let mut s = first;
+        while s < end {
+            let n = (end - s).min(1 << 18);
+            self.put_zero(s, n).await?;
+            s += n;
+        }
+        Ok(())
+    }
+
+    async fn put_zero(self: &Arc<Self>, sector: u64, n: u64) -> Result<()> {
+        self.insert(sector, n, None).await
+    }
+
+    async fn put_sectors(self: &Arc<Self>, sector: u64, data: Option<&[u8]>) -> Result<()> {
+        let n = data.map_or(0, |d| d.len() as u64 / SECTOR);
+        // Bound an entry to what the header's u32 length can describe.
+        const MAX_CHUNK: u64 = 1 << 18;
+        let mut done = 0;
+        while done < n {
+            let k = (n - done).min(MAX_CHUNK);
+            let slice = data.map(|d| &d[(done * SECTOR) as usize..((done + k) * SECTOR) as usize]);
+            self.insert(sector + done, k, slice).await?;
+            done += k;
+        }
+        Ok(())
+    }
+
+    /// Adds a write to the open object, sealing it first if one more write might not fit and
+    /// after if it reached its target size.
+    async fn insert(self: &Arc<Self>, sector: u64, n: u64, data: Option<&[u8]>) -> Result<()> {
+        self.insert_if(sector, n, data, |_| Ok(true)).await.map(|_| ())
+    }
+
+    /// [`Self::insert`], but only if `pred` holds, checked under the same lock as the insert.
+    async fn insert_if(
+        self: &Arc<Self>,
+        sector: u64,
+        n: u64,
+        data: Option<&[u8]>,
+        pred: impl Fn(&mut State) -> Result<bool>,
+    ) -> Result<bool> {
+        loop {
+            // None: no room yet; Some(full): inserted (or refused by `pred`).
+            let outcome = {
+                let mut st = self.lock();
+                Self::check_ok(&st)?;
+                // A write can split one extent into three: keep two spare header slots.
+                if st.open.entries() + 2 <= MAX_DATA_ENTRIES {
+                    if !pred(&mut st)? {
+                        return Ok(false);
+                    }
+                    st.open.insert(sector, n, data);
+                    st.open_since.get_or_insert_with(Instant::now);
+                    Some(st.open.data_bytes() >= self.manifest.object_bytes || st.open.entries() + 2 > MAX_DATA_ENTRIES)
+                } else {
+                    None
+                }
+            };
+            match outcome {
+                Some(full) => {
+                    if full {
+                        self.seal_when_full().await?;
+                    }
+                    return Ok(true);
+                }
+                None => self.seal_when_full().await?,
+            }
+        }
+    }
+
+    async fn seal_when_full(self: &Arc<Self>) -> Result<()> {
+        let permit = self.upload_permit().await?;
+        let mut st = self.lock();
+        if st.open.data_bytes() >= self.manifest.object_bytes || st.open.entries() + 2 > MAX_DATA_ENTRIES {
+            self.seal(&mut st, permit)?;
+        }
+        Ok(())
+    }
+
+    async fn upload_permit(&self) -> Result<OwnedSemaphorePermit> {
+        self.uploads.clone().acquire_owned().await.map_err(|_| VolumeError::Failed("volume closed".into()))
+    }
+
+    /// Turns the open object into log object `next_seq`, points the map at it and starts its
+    /// upload.
+    fn seal(self: &Arc<Self>, st: &mut State, permit: OwnedSemaphorePermit) -> Result<()> {
+        if st.open.is_empty() {
+            return Ok(());
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.open_since = None;
+        let (entries, extents) = st.open.take();
+        let header = format::encode_header(&entries, Trailer { epoch: self.epoch, seq, kind: ObjectKind::Data });
+        let data_bytes: usize = extents.iter().filter_map(|(_, e)| e.data.as_ref().map(Vec::len)).sum();
+        let mut body = BytesMut::with_capacity(HEADER_BYTES + data_bytes);
+        body.extend_from_slice(&header);
+        let mut obj_sector = 0u64;
+        let mut data_sectors = 0u64;
+        for (start, ext) in &extents {
+            for i in 0..ext.sectors {
+                let v = if ext.data.is_some() { table::encode(seq, obj_sector + i) } else { 0 };
+                let old = st.table.set(start + i, v)?;
+                if let Some((old_seq, _)) = table::decode(old)
+                    && let Some(o) = st.objects.get_mut(&old_seq)
+                {
+                    o.live_sectors = o.live_sectors.saturating_sub(1);
+                }
+            }
+            if let Some(d) = &ext.data {
+                body.extend_from_slice(d);
+                obj_sector += ext.sectors;
+                data_sectors += ext.sectors;
+            }
+        }
+        let body = body.freeze();
+        st.objects.insert(seq, ObjStat { live_sectors: data_sectors, data_sectors, bytes: body.len() as u64 });
+        st.log_bytes_since_checkpoint += body.len() as u64;
+        st.inflight.insert(seq, Arc::new(Sealed { body: body.clone() }));
+        debug!(seq, entries = entries.len(), bytes = body.len(), "sealed");
+        let vol = self.clone();
+        tokio::spawn(async move {
+            let res = vol.put_log(seq, body).await;
+            drop(permit);
+            match res {
+                Ok(()) => vol.mark_durable(seq),
+                Err(e) => vol.fail(format!("uploading log object {seq}: {e}")),
+            }
+        });
+        Ok(())
+    }
+
+    /// Writes an empty log object of `kind` (a fence) and waits until it is durable.
+    async fn write_marker(self: &Arc<Self>, kind: ObjectKind) -> Result<()> {
+        let seq = {
+            let mut st = self.lock();
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            seq
+        };
+        let header = format::encode_header(&[], Trailer { epoch: self.epoch, seq, kind });
+        self.put_log(seq, Bytes::from(header)).await?;
+        self.lock().objects.insert(seq, ObjStat { live_sectors: 0, data_sectors: 0, bytes: HEADER_BYTES as u64 });
+        self.mark_durable(seq);
+        Ok(())
+    }
+
+    /// Create-only PUT of a log object, with retries. A conflict means another writer: if it
+    /// is older than us (a fenced writer that raced us), we replace its object; if it is us
+    /// (a retried request that had succeeded), fine; if newer, we are fenced.
+    async fn put_log(&self, seq: u64, body: Bytes) -> Result<()> {
+        let key = self.layout.log(seq);
+        let mut cond = PutCondition::IfAbsent;
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=10 {
+            match self.store.put(&key, body.clone(), cond.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::PreconditionFailed(_)) => {
+                    let existing = match self.store.get(&key).await {
+                        Ok(f) => f,
+                        Err(StoreError::NotFound(_)) => {
+                            cond = PutCondition::IfAbsent;
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    let theirs = format::decode_header(&key, &existing.data)?.trailer.epoch;
+                    if theirs == self.epoch {
+                        return Ok(());
+                    }
+                    if theirs > self.epoch {
+                        return Err(VolumeError::Fenced(theirs));
+                    }
+                    warn!(seq, theirs, ours = self.epoch, "replacing an object of a fenced writer");
+                    cond = PutCondition::IfMatch(existing.etag);
+                }
+                Err(e) if attempt < 10 => {
+                    warn!(seq, attempt, error = %e, "log upload failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(VolumeError::Failed(format!("log object {seq} could not be written")))
+    }
+
+    fn mark_durable(self: &Arc<Self>, seq: u64) {
+        let mut st = self.lock();
+        st.done.insert(seq);
+        let before = st.durable;
+        loop {
+            let next = st.durable + 1;
+            if !st.done.remove(&next) {
+                break;
+            }
+            st.durable = next;
+            st.inflight.remove(&next);
+        }
+        let durable = st.durable;
+        let want_checkpoint =
+            !st.checkpointing && st.failed.is_none() && st.log_bytes_since_checkpoint >= self.cfg.checkpoint_bytes;
+        if want_checkpoint {
+            st.checkpointing = true;
+        }
+        drop(st);
+        if durable != before {
+            self.progress.send_if_modified(|p| match p {
+                Progress::Durable(d) => {
+                    *d = durable;
+                    true
+                }
+                Progress::Failed(_) => false,
+            });
+        }
+        if want_checkpoint {
+            let vol = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = vol.checkpoint().await {
+                    warn!(error = %e, "checkpoint failed; will retry after more writes");
+                }
+                vol.lock().checkpointing = false;
+            });
+        }
+    }
+
+    /// Seals the open object (if any) and waits until every write accepted so far is durable.
+    pub async fn flush(self: &Arc<Self>) -> Result<()> {
+        let needs_seal = !self.lock().open.is_empty();
+        if needs_seal {
+            let permit = self.upload_permit().await?;
+            let mut st = self.lock();
+            Self::check_ok(&st)?;
+            self.seal(&mut st, permit)?;
+        }
+        let target = {
+            let st = self.lock();
+            Self::check_ok(&st)?;
+            st.next_seq - 1
+        };
+        self.wait_durable(target).await
+    }
+
+    async fn wait_durable(&self, target: u64) -> Result<()> {
+        let mut rx = self.progress.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                Progress::Failed(why) => return Err(VolumeError::Failed(why.clone())),
+                Progress::Durable(d) if *d >= target => return Ok(()),
+                Progress::Durable(_) => {}
+            }
+            rx.changed().await.map_err(|_| VolumeError::Failed("volume closed".into()))?;
+        }
+    }
+
+    // ---- background duties ---------------------------------------------------------------
+
+    /// Seals an object that has held data for too long (bounds what a crash loses without a
+    /// FLUSH) and renews the lease. Runs until the volume fails.
+    pub async fn run_background(self: Arc<Self>) {
+        let renew_every = self.lease.ttl().await / 3;
+        let mut last_renew = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            if self.lock().failed.is_some() {
+                return;
+            }
+            let stale = self.lock().open_since.is_some_and(|t| t.elapsed() >= self.cfg.max_dirty_age);
+            if stale && let Ok(permit) = self.upload_permit().await {
+                let mut st = self.lock();
+                if let Err(e) = self.seal(&mut st, permit) {
+                    drop(st);
+                    self.fail(format!("sealing: {e}"));
+                }
+            }
+            if last_renew.elapsed() >= renew_every {
+                match self.lease.renew().await {
+                    Ok(()) => last_renew = Instant::now(),
+                    Err(VolumeError::Fenced(e)) => {
+                        self.fail(format!("lease taken over (by epoch > {e})"));
+                        return;
+                    }
+                    Err(e) if last_renew.elapsed() >= renew_every * 3 => {
+                        // The lease may have expired: another writer could own the volume now.
+                        self.fail(format!("could not renew the lease before it expired: {e}"));
+                        return;
+                    }
+                    Err(e) => warn!(error = %e, "lease renewal failed; retrying"),
+                }
+            }
+        }
+    }
+
+    /// Writes a checkpoint of the map as of the last sealed object.
+    pub async fn checkpoint(self: &Arc<Self>) -> Result<()> {
+        let tmp = tempfile::Builder::new().prefix("checkpoint-").tempfile_in(&self.cfg.cache_dir)?;
+        let (seq, sectors) = {
+            let mut st = self.lock();
+            Self::check_ok(&st)?;
+            st.table.copy_to(tmp.path())?;
+            st.log_bytes_since_checkpoint = 0;
+            (st.next_seq - 1, st.table.sectors())
+        };
+        self.wait_durable(seq).await?;
+        let copy = tmp.path().to_path_buf();
+        let epoch = self.epoch;
+        let encoded =
+            tokio::task::spawn_blocking(move || crate::manage::encode_checkpoint_file(&copy, sectors, seq, epoch))
+                .await
+                .map_err(|e| VolumeError::Invalid(e.to_string()))??;
+        self.store.put_file(&self.layout.checkpoint(seq), encoded.path()).await?;
+        let mut st = self.lock();
+        st.last_checkpoint = st.last_checkpoint.max(seq);
+        drop(st);
+        info!(seq, "checkpoint written");
+        Ok(())
+    }
+
+    /// Flushes, writes a final checkpoint when anything changed since the last one, and
+    /// releases the lease so the next `serve` starts at once.
+    pub async fn close(self: &Arc<Self>) -> Result<()> {
+        self.flush().await?;
+        let changed = {
+            let st = self.lock();
+            st.log_bytes_since_checkpoint > 0 && st.last_checkpoint < st.next_seq - 1
+        };
+        if changed {
+            self.checkpoint().await?;
+        }
+        self.lease.release().await?;
+        self.stop("volume closed".into());
+        let _ = std::fs::remove_file(&self.table_path);
+        Ok(())
+    }
+
+    /// True once the volume stopped accepting I/O (fenced, upload failure, closed).
+    pub fn is_failed(&self) -> bool {
+        self.lock().failed.is_some()
+    }
+
+    /// Resolves with the reason when the volume stops accepting I/O.
+    pub async fn wait_failed(&self) -> String {
+        let mut rx = self.progress.subscribe();
+        loop {
+            if let Progress::Failed(why) = &*rx.borrow_and_update() {
+                return why.clone();
+            }
+            if rx.changed().await.is_err() {
+                return "volume dropped".into();
+            }
+        }
+    }
+
+    // ---- accounting (GC, inspect) ----------------------------------------------------------
+
+    /// Per-object accounting snapshot.
+    pub fn objects(&self) -> BTreeMap<u64, ObjStat> {
+        self.lock().objects.clone()
+    }
+
+    /// Last durable log position.
+    pub fn durable(&self) -> u64 {
+        self.lock().durable
+    }
+
+    pub(crate) fn last_checkpoint(&self) -> u64 {
+        self.lock().last_checkpoint
+    }
+
+    pub(crate) fn forget_object(&self, seq: u64, bytes: u64) {
+        if let Some(o) = self.lock().objects.get_mut(&seq) {
+            o.bytes = bytes;
+            o.data_sectors = 0;
+            o.live_sectors = 0;
+        }
+    }
+
+    pub(crate) fn drop_object(&self, seq: u64) {
+        self.lock().objects.remove(&seq);
+    }
+
+    /// For GC: the sectors of object `seq`'s entries that the map still points at, as
+    /// (volume sector, object sector) pairs.
+    pub(crate) fn live_in(&self, seq: u64, entries: &[Entry]) -> Result<Vec<(u64, u64)>> {
+        let mut st = self.lock();
+        Self::check_ok(&st)?;
+        let sectors = st.table.sectors();
+        let mut out = Vec::new();
+        let mut obj_sector = 0;
+        for e in entries.iter().filter(|e| !e.zero) {
+            let first = e.addr / SECTOR;
+            let n = u64::from(e.len) / SECTOR;
+            for i in 0..n {
+                let s = first + i;
+                if s < sectors && st.open.lookup(s).is_none() && st.table.get(s)? == table::encode(seq, obj_sector + i)
+                {
+                    out.push((s, obj_sector + i));
+                }
+            }
+            obj_sector += n;
+        }
+        Ok(out)
+    }
+
+    /// For GC: re-writes `data` at `sector` only where the map still points into `seq` at the
+    /// same place and no newer write is buffered, so a concurrent user write always wins.
+    pub(crate) async fn rewrite_if_unchanged(
+        self: &Arc<Self>,
+        seq: u64,
+        moves: &[(u64, u64)],
+        data: &[Bytes],
+    ) -> Result<()> {
+        let _shared = self.rmw.read().await;
+        for (&(sector, obj_sector), d) in moves.iter().zip(data) {
+            let want = table::encode(seq, obj_sector);
+            self.insert_if(sector, 1, Some(d), |st| {
+                Ok(st.open.lookup(sector).is_none() && st.table.get(sector)? == want)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes log objects and checkpoints past the recovery point: leftovers of a crashed writer
+/// (uploads that landed after a gap) that must never be mistaken for a continuation of the log.
+async fn remove_past(store: &dyn ObjectStore, layout: &Layout, listing: &Listing, end: u64) -> Result<()> {
+    let mut n = 0;
+    for (&seq, _) in listing.logs.range(end + 1..) {
+        store.delete(&layout.log(seq)).await?;
+        n += 1;
+    }
+    for (&seq, _) in listing.checkpoints.range(end + 1..) {
+        store.delete(&layout.checkpoint(seq)).await?;
+        n += 1;
+    }
+    if n > 0 {
+        info!(removed = n, after = end, "removed objects past the recovery point");
+    }
+    Ok(())
+}

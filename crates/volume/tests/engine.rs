@@ -1,0 +1,416 @@
+//! Volume logic against the in-memory store: fast checks of the log, recovery, fencing,
+//! snapshots, GC and checkpoints. The same behaviours are exercised over real S3 and NBD in
+//! `tests/nbd_s3.rs`.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap (clippy.toml allows it inside #[test] only)
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use meridian_volume::error::StoreError;
+use meridian_volume::format::{self, HEADER_BYTES, Layout, ObjectKind};
+use meridian_volume::gc::{Gc, GcConfig};
+use meridian_volume::manage;
+use meridian_volume::store::{Fetched, Listed, MemStore, ObjectStore, PutCondition};
+use meridian_volume::{Volume, VolumeError, WriterConfig};
+use rand::{Rng, SeedableRng};
+
+const MIB: u64 = 1 << 20;
+
+fn cfg(dir: &tempfile::TempDir, who: &str) -> WriterConfig {
+    let mut c = WriterConfig::new(dir.path().to_path_buf(), who.to_string());
+    c.cache_pages = 8;
+    c
+}
+
+async fn new_volume(store: &Arc<MemStore>, size: u64, object_bytes: u64) -> Layout {
+    let layout = Layout::new("vols/", "v").unwrap();
+    manage::create(store.as_ref(), &layout, "v", size, object_bytes).await.unwrap();
+    layout
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len).map(|_| r.random()).collect()
+}
+
+#[tokio::test]
+async fn write_read_flush_reopen() {
+    let store = Arc::new(MemStore::new());
+    let layout = new_volume(&store, 64 * MIB, 256 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
+    let mut model = vec![0u8; (64 * MIB) as usize];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    for i in 0..400u64 {
+        // Mixed sizes and alignments, so writes land in the open object, in uploading
+        // objects and in the bucket, and exercise read-modify-write.
+        let len = rng.random_range(1..200_000usize);
+        let off = rng.random_range(0..(64 * MIB) as usize - len);
+        match i % 10 {
+            7 => {
+                vol.write_zeroes(off as u64, len as u64).await.unwrap();
+                model[off..off + len].fill(0);
+            }
+            8 => {
+                // TRIM discards whole sectors only.
+                vol.trim(off as u64, len as u64).await.unwrap();
+                let a = off.div_ceil(4096) * 4096;
+                let b = (off + len) / 4096 * 4096;
+                if a < b {
+                    model[a..b].fill(0);
+                }
+            }
+            _ => {
+                let d = pattern(i, len);
+                vol.write(off as u64, &d).await.unwrap();
+                model[off..off + len].copy_from_slice(&d);
+            }
+        }
+        if i % 50 == 0 {
+            vol.flush().await.unwrap();
+        }
+        let check = rng.random_range(0..(64 * MIB) as usize - 70_000);
+        let got = vol.read(check as u64, 70_000).await.unwrap();
+        assert!(got == model[check..check + 70_000], "read mismatch after write {i}");
+    }
+    vol.close().await.unwrap();
+    let vol = Volume::open(store.clone(), layout, cfg(&dir, "b")).await.unwrap();
+    let all = vol.read(0, 64 * MIB).await.unwrap();
+    assert!(all == model, "data differs after reopen");
+    // Out-of-range I/O is refused with a clear error.
+    assert!(matches!(vol.write(64 * MIB - 4096, &[0u8; 8192]).await, Err(VolumeError::OutOfRange { .. })));
+    vol.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn first_data_object_matches_the_seed_format() {
+    let store = Arc::new(MemStore::new());
+    let layout = new_volume(&store, 16 * MIB, 4 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
+    let data = pattern(9, 8192);
+    vol.write(1 << 20, &data).await.unwrap();
+    vol.flush().await.unwrap();
+    // Object 1 is the writer's fence: a header whose first entry already ends the list.
+    let fence = store.get(&layout.log(1)).await.unwrap().data;
+    assert_eq!(fence.len(), HEADER_BYTES);
+    assert_eq!(&fence[8..12], &[0, 0, 0, 0]);
+    // Object 2 holds the write, parsed here by hand, not with the crate's decoder.
+    let obj = store.get(&layout.log(2)).await.unwrap().data;
+    assert_eq!(obj.len(), 12 * 1024 + 8192);
+    let addr = u64::from_be_bytes(obj[0..8].try_into().unwrap());
+    let len = u32::from_be_bytes(obj[8..12].try_into().unwrap());
+    let next_len = u32::from_be_bytes(obj[20..24].try_into().unwrap());
+    assert_eq!((addr, len, next_len), (1 << 20, 8192, 0));
+    assert_eq!(&obj[12 * 1024..], &data[..]);
+    let h = format::decode_header("obj", &obj).unwrap();
+    assert_eq!(h.trailer.kind, ObjectKind::Data);
+    vol.close().await.unwrap();
+}
+
+/// Wraps a store so a test can "kill" the writer: after `freeze`, PUTs never complete, as if
+/// the process died with them in flight. PUTs also take random time so they land out of order.
+struct Killable {
+    inner: Arc<MemStore>,
+    frozen: AtomicBool,
+}
+
+#[async_trait]
+impl ObjectStore for Killable {
+    async fn put(&self, key: &str, body: Bytes, cond: PutCondition) -> Result<String, StoreError> {
+        let delay = rand::random_range(0..3u64);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        if self.frozen.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.put(key, body, cond).await
+    }
+    async fn put_file(&self, key: &str, path: &std::path::Path) -> Result<String, StoreError> {
+        if self.frozen.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.put_file(key, path).await
+    }
+    async fn get(&self, key: &str) -> Result<Fetched, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        self.inner.get_range(key, start, len).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+}
+
+/// Sequence-stamped writes, a "crash" at a random point, recovery: the disk must equal the
+/// state after some prefix of the writes that includes every write acknowledged by a FLUSH.
+#[tokio::test]
+async fn crash_leaves_a_prefix_containing_every_flushed_write() {
+    const SECTORS: u64 = 64;
+    for run in 0..30u64 {
+        let mem = Arc::new(MemStore::new());
+        let layout = new_volume(&mem, SECTORS * 4096, 64 * 1024).await;
+        let store = Arc::new(Killable { inner: mem.clone(), frozen: AtomicBool::new(false) });
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(&dir, "victim");
+        c.uploads = 4;
+        let vol = Volume::open(store.clone(), layout.clone(), c).await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(run);
+        let total = rng.random_range(20..300u64);
+        let mut writes = Vec::new();
+        let mut flushed = 0usize;
+        for i in 0..total {
+            let sector = rng.random_range(0..SECTORS);
+            let mut block = vec![0u8; 4096];
+            block[..8].copy_from_slice(&(i + 1).to_be_bytes());
+            vol.write(sector * 4096, &block).await.unwrap();
+            writes.push(sector);
+            if rng.random_ratio(1, 25) {
+                vol.flush().await.unwrap();
+                flushed = writes.len();
+            }
+        }
+        // Let a random number of uploads land, then "kill" the writer.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..5))).await;
+        store.frozen.store(true, Ordering::SeqCst);
+        drop(vol);
+        let mut c = cfg(&dir, "recoverer");
+        c.force_takeover = true; // same process, so the crashed holder's pid looks alive
+        let vol = Volume::open(mem.clone(), layout.clone(), c).await.unwrap();
+        let disk = vol.read(0, SECTORS * 4096).await.unwrap();
+        let stamps: Vec<u64> = disk.chunks(4096).map(|b| u64::from_be_bytes(b[..8].try_into().unwrap())).collect();
+        let prefix = (flushed..=writes.len()).find(|&k| {
+            let mut model = vec![0u64; SECTORS as usize];
+            for (i, &s) in writes[..k].iter().enumerate() {
+                model[s as usize] = i as u64 + 1;
+            }
+            model == stamps
+        });
+        assert!(
+            prefix.is_some(),
+            "run {run}: recovered disk is no prefix of the {} writes with at least the {flushed} flushed ones",
+            writes.len()
+        );
+        vol.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn second_writer_is_refused_and_a_stale_writer_is_fenced() {
+    let store = Arc::new(MemStore::new());
+    let layout = new_volume(&store, 16 * MIB, 256 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Volume::open(store.clone(), layout.clone(), cfg(&dir, "writer-a")).await.unwrap();
+    a.write(0, &[1u8; 4096]).await.unwrap();
+    a.flush().await.unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    match Volume::open(store.clone(), layout.clone(), cfg(&dir_b, "writer-b")).await {
+        Err(VolumeError::LeaseHeld { holder, .. }) => assert_eq!(holder, "writer-a"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("second writer was not refused"),
+    }
+    // B takes over by force; A is now stale and must not make anything visible.
+    let mut c = cfg(&dir_b, "writer-b");
+    c.force_takeover = true;
+    let b = Volume::open(store.clone(), layout.clone(), c).await.unwrap();
+    a.write(4096, &[2u8; 4096]).await.unwrap();
+    let err = a.flush().await.unwrap_err();
+    assert!(err.to_string().contains("fenced") || err.to_string().contains("epoch"), "stale flush error: {err}");
+    assert_eq!(b.read(4096, 4096).await.unwrap(), vec![0u8; 4096]);
+    b.write(8192, &[3u8; 4096]).await.unwrap();
+    b.close().await.unwrap();
+    let dir_c = tempfile::tempdir().unwrap();
+    let c = Volume::open(store.clone(), layout, cfg(&dir_c, "writer-c")).await.unwrap();
+    assert_eq!(c.read(0, 4096).await.unwrap(), vec![1u8; 4096]);
+    assert_eq!(c.read(4096, 4096).await.unwrap(), vec![0u8; 4096]);
+    assert_eq!(c.read(8192, 4096).await.unwrap(), vec![3u8; 4096]);
+    c.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn snapshots_rollback_and_export() {
+    let store = Arc::new(MemStore::new());
+    let layout = new_volume(&store, 8 * MIB, 256 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
+    let v1 = pattern(1, (8 * MIB) as usize);
+    vol.write(0, &v1).await.unwrap();
+    vol.flush().await.unwrap();
+    let grace = Duration::from_secs(30);
+    manage::snapshot(store.as_ref(), &layout, Some("one"), grace).await.unwrap();
+    assert!(matches!(
+        manage::snapshot(store.as_ref(), &layout, Some("one"), grace).await,
+        Err(VolumeError::SnapshotExists(_))
+    ));
+    let v2 = pattern(2, MIB as usize);
+    vol.write(MIB, &v2).await.unwrap();
+    vol.flush().await.unwrap();
+    manage::snapshot(store.as_ref(), &layout, Some("two"), grace).await.unwrap();
+    vol.close().await.unwrap();
+
+    let out = dir.path().join("one.img");
+    manage::export(store.as_ref(), &layout, Some("one"), &out).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == v1);
+    assert!(matches!(
+        manage::export(store.as_ref(), &layout, Some("nope"), &out).await,
+        Err(VolumeError::UnknownSnapshot(_))
+    ));
+
+    manage::rollback(store.clone(), &layout, "one", "rb", false).await.unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "b")).await.unwrap();
+    assert!(vol.read(0, 8 * MIB).await.unwrap() == v1, "rollback to one");
+    vol.close().await.unwrap();
+    // Later snapshots survive a rollback: roll forward again.
+    manage::rollback(store.clone(), &layout, "two", "rb", false).await.unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "c")).await.unwrap();
+    let got = vol.read(MIB, MIB).await.unwrap();
+    assert!(got == v2, "rollback to two");
+    vol.close().await.unwrap();
+    let snaps = manage::list_snapshots(store.as_ref(), &layout).await.unwrap();
+    assert_eq!(snaps.iter().map(|s| s.label.as_str()).collect::<Vec<_>>(), ["one", "two"]);
+}
+
+#[tokio::test]
+async fn checkpoints_bound_replay() {
+    let store = Arc::new(MemStore::new());
+    let layout = new_volume(&store, 16 * MIB, 256 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(&dir, "a");
+    c.checkpoint_bytes = 2 * MIB;
+    let vol = Volume::open(store.clone(), layout.clone(), c).await.unwrap();
+    let data = pattern(5, (16 * MIB) as usize);
+    for chunk in 0..16u64 {
+        let at = (chunk * MIB) as usize;
+        vol.write(chunk * MIB, &data[at..at + MIB as usize]).await.unwrap();
+        vol.flush().await.unwrap();
+    }
+    // Give the background checkpoint a moment, then crash (no close).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(vol);
+    let info = manage::inspect(store.as_ref(), &layout).await.unwrap();
+    assert!(info.checkpoints > 0, "no checkpoint written");
+    assert!(info.base_checkpoint > 0);
+    assert_eq!(info.live_bytes, 16 * MIB);
+    let mut c = cfg(&dir, "b");
+    c.force_takeover = true;
+    let vol = Volume::open(store.clone(), layout, c).await.unwrap();
+    assert!(vol.read(0, 16 * MIB).await.unwrap() == data);
+    vol.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn gc_keeps_the_bucket_near_live_data_and_spares_snapshots() {
+    let store = Arc::new(MemStore::new());
+    const SIZE: u64 = 8 * MIB;
+    let layout = new_volume(&store, SIZE, 256 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let gc_cfg = GcConfig { grace: Duration::ZERO, ..GcConfig::default() };
+    let mut gc = Gc::new();
+    // Fill, snapshot, then overwrite randomly ~6x the volume.
+    vol.write(0, &pattern(0, SIZE as usize)).await.unwrap();
+    model.copy_from_slice(&pattern(0, SIZE as usize));
+    vol.flush().await.unwrap();
+    manage::snapshot(store.as_ref(), &layout, Some("base"), Duration::from_secs(30)).await.unwrap();
+    for i in 0..(6 * SIZE / 16384) {
+        let off = rng.random_range(0..SIZE / 16384) * 16384;
+        let d = pattern(i + 100, 16384);
+        vol.write(off, &d).await.unwrap();
+        model[off as usize..off as usize + 16384].copy_from_slice(&d);
+        if i % 256 == 0 {
+            vol.flush().await.unwrap();
+            gc.run(&vol, &gc_cfg).await.unwrap();
+        }
+    }
+    vol.flush().await.unwrap();
+    // The snapshot pins the first fill, so drop it and collect for real.
+    manage::delete_snapshot(store.as_ref(), &layout, "base").await.unwrap();
+    let mut last = None;
+    for _ in 0..3 {
+        last = Some(gc.run(&vol, &gc_cfg).await.unwrap());
+    }
+    let bytes = store.bytes_under(&format!("{}log/", layout.root()));
+    assert!((bytes as f64) <= 1.5 * SIZE as f64, "log holds {bytes} bytes for {SIZE} live; last pass: {last:?}");
+    assert!(vol.read(0, SIZE).await.unwrap() == model, "gc changed data");
+    vol.close().await.unwrap();
+    let vol = Volume::open(store.clone(), layout, cfg(&dir, "b")).await.unwrap();
+    assert!(vol.read(0, SIZE).await.unwrap() == model, "data after gc + reopen");
+    vol.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn gc_never_breaks_a_snapshot() {
+    let store = Arc::new(MemStore::new());
+    const SIZE: u64 = 4 * MIB;
+    let layout = new_volume(&store, SIZE, 256 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
+    let first = pattern(7, SIZE as usize);
+    vol.write(0, &first).await.unwrap();
+    vol.flush().await.unwrap();
+    manage::snapshot(store.as_ref(), &layout, Some("keep"), Duration::from_secs(30)).await.unwrap();
+    let gc_cfg = GcConfig { grace: Duration::ZERO, ..GcConfig::default() };
+    let mut gc = Gc::new();
+    for round in 0..4u64 {
+        vol.write(0, &pattern(round + 50, SIZE as usize)).await.unwrap();
+        vol.flush().await.unwrap();
+        gc.run(&vol, &gc_cfg).await.unwrap();
+    }
+    vol.close().await.unwrap();
+    let out = dir.path().join("keep.img");
+    manage::export(store.as_ref(), &layout, Some("keep"), &out).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == first, "snapshot broken by gc");
+}
+
+#[tokio::test]
+async fn resize_grows_and_shrinks_without_resurrecting_data() {
+    let store = Arc::new(MemStore::new());
+    let layout = new_volume(&store, 8 * MIB, 256 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
+    vol.write(7 * MIB, &[9u8; 4096]).await.unwrap();
+    vol.close().await.unwrap();
+    let err = manage::resize(store.clone(), &layout, 4 * MIB, cfg(&dir, "r"), false).await.unwrap_err();
+    assert!(matches!(err, VolumeError::BadSize(_)), "{err}");
+    assert!(matches!(
+        manage::resize(store.clone(), &layout, 4 * MIB + 1, cfg(&dir, "r"), true).await,
+        Err(VolumeError::BadSize(_))
+    ));
+    manage::resize(store.clone(), &layout, 4 * MIB, cfg(&dir, "r"), true).await.unwrap();
+    manage::resize(store.clone(), &layout, 16 * MIB, cfg(&dir, "r"), false).await.unwrap();
+    let vol = Volume::open(store.clone(), layout, cfg(&dir, "b")).await.unwrap();
+    assert_eq!(vol.size(), 16 * MIB);
+    assert_eq!(vol.read(7 * MIB, 4096).await.unwrap(), vec![0u8; 4096]);
+    vol.write(15 * MIB, &[1u8; 4096]).await.unwrap();
+    vol.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let store = Arc::new(MemStore::new());
+    let layout = Layout::new("", "v").unwrap();
+    assert!(matches!(manage::create(store.as_ref(), &layout, "v", 1000, 4 * MIB).await, Err(VolumeError::BadSize(_))));
+    assert!(matches!(manage::create(store.as_ref(), &layout, "v", MIB, 1000).await, Err(VolumeError::BadSize(_))));
+    manage::create(store.as_ref(), &layout, "v", MIB, 64 * 1024).await.unwrap();
+    assert!(matches!(
+        manage::create(store.as_ref(), &layout, "v", MIB, 64 * 1024).await,
+        Err(VolumeError::AlreadyExists(_))
+    ));
+    assert!(Layout::new("", "../etc").is_err());
+    let other = Layout::new("", "missing").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(Volume::open(store.clone(), other, cfg(&dir, "x")).await, Err(VolumeError::NoSuchVolume(_))));
+    assert!(matches!(
+        manage::rollback(store.clone(), &layout, "nope", "x", false).await,
+        Err(VolumeError::UnknownSnapshot(_))
+    ));
+}
