@@ -323,9 +323,10 @@ impl ChunkCache {
                     continue;
                 }
                 let name = entry.file_name();
-                let key = name.to_str().and_then(parse_entry_name).filter(|_| {
-                    name.to_str().is_some_and(|n| n.starts_with(&shard_name)) && meta.len() >= TRAILER_LEN
-                });
+                let key = name
+                    .to_str()
+                    .and_then(parse_entry_name)
+                    .filter(|_| name.to_str().is_some_and(|n| n.starts_with(&shard_name)) && meta.len() >= TRAILER_LEN);
                 match key {
                     Some(key) => found.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), key, meta.len())),
                     None => {
@@ -345,12 +346,7 @@ impl ChunkCache {
                 dir: dir.to_path_buf(),
                 tmp,
                 options,
-                state: Mutex::new(State {
-                    index,
-                    inflight: HashMap::new(),
-                    reserved: 0,
-                    unlinking: HashSet::new(),
-                }),
+                state: Mutex::new(State { index, inflight: HashMap::new(), reserved: 0, unlinking: HashSet::new() }),
                 counters: Counters::default(),
             }),
         };
@@ -595,8 +591,8 @@ impl ChunkCache {
         }
         let tmp_path = self.shared.tmp.join(format!("{}.{chunk}.{:016x}", ctx.blob, rand::random::<u64>()));
         let path = tmp_path.clone();
-        let file = blocking(move || std::fs::File::options().read(true).write(true).create_new(true).open(path))
-            .await??;
+        let file =
+            blocking(move || std::fs::File::options().read(true).write(true).create_new(true).open(path)).await??;
         let len = ctx.len(chunk);
         let (fetch, victims) = {
             let mut state = self.lock();
@@ -1083,7 +1079,7 @@ mod tests {
         let blob = "0123456789abcdef0123456789abcdef";
         assert_eq!(parse_entry_name(&format!("{blob}.17")).map(|k| k.chunk), Some(17));
         for bad in [
-            format!("{blob}"),
+            blob.to_string(),
             format!("{blob}."),
             format!("{blob}.x"),
             format!("{blob}.+1"),

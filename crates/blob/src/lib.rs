@@ -100,9 +100,12 @@ impl BlobError {
                 expected: *expected,
                 got: *got,
             },
-            BlobError::SourceStalled { blob, chunk, source_name, seconds } => {
-                BlobError::SourceStalled { blob: *blob, chunk: *chunk, source_name: source_name.clone(), seconds: *seconds }
-            }
+            BlobError::SourceStalled { blob, chunk, source_name, seconds } => BlobError::SourceStalled {
+                blob: *blob,
+                chunk: *chunk,
+                source_name: source_name.clone(),
+                seconds: *seconds,
+            },
             BlobError::Peer { peer, failure } => BlobError::Peer { peer: peer.clone(), failure: failure.clone() },
         }
     }

@@ -358,7 +358,9 @@ impl ChunkSource for PeerClient {
                         )),
                         Ok(None) if received == len => return None,
                         Ok(None) => PeerFailure::Transfer(format!("connection closed after {received} of {len} bytes")),
-                        Ok(Some(Err(e))) => PeerFailure::Transfer(format!("after {received} of {len} bytes: {}", chain(&e))),
+                        Ok(Some(Err(e))) => {
+                            PeerFailure::Transfer(format!("after {received} of {len} bytes: {}", chain(&e)))
+                        }
                         Ok(Some(Ok(frame))) => match frame.into_data() {
                             Ok(data) => {
                                 let received = received + data.len() as u64;

@@ -1,4 +1,5 @@
 //! The chunk cache against in-memory sources: real files in temporary directories.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Node-to-node fetch: the real peer HTTP server on loopback, the PeerClient, the chunk cache.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
@@ -154,7 +155,10 @@ async fn the_endpoint_answers_each_bad_request_with_its_own_status() {
         assert_eq!(status, 416);
         assert!(text.contains("content-range: bytes */1000\r\n"), "{text}");
         assert_eq!(raw(addr, &req("GET", &format!("{path}?offset=1001"), Some(TOKEN))).await.0, 416);
-        assert_eq!(raw(addr, &req("GET", &format!("{path}?offset=18446744073709551615&len=2"), Some(TOKEN))).await.0, 416);
+        assert_eq!(
+            raw(addr, &req("GET", &format!("{path}?offset=18446744073709551615&len=2"), Some(TOKEN))).await.0,
+            416
+        );
         let (status, text) = raw(addr, &req("PUT", &path, Some(TOKEN))).await;
         assert_eq!(status, 405);
         assert!(text.contains("allow: GET, HEAD\r\n"));
@@ -224,8 +228,8 @@ async fn a_peer_killed_mid_transfer_fails_the_read_and_leaves_nothing() {
 async fn unreachable_silent_and_stalled_peers_fail_with_their_reason() {
     bounded(30, async {
         let cache_dir = tempfile::tempdir().unwrap();
-        let cache = ChunkCache::open(cache_dir.path(), CacheOptions { chunk_size: MIB, ..CacheOptions::default() })
-            .unwrap();
+        let cache =
+            ChunkCache::open(cache_dir.path(), CacheOptions { chunk_size: MIB, ..CacheOptions::default() }).unwrap();
         let data = data(4 * MIB, 104);
 
         // Nobody listening.
@@ -252,11 +256,17 @@ async fn unreachable_silent_and_stalled_peers_fail_with_their_reason() {
         let peer_dir = tempfile::tempdir().unwrap();
         let (store, blob) = store_with(peer_dir.path(), &data).await;
         let (addr, _server) = start_peer(&store).await;
-        let link =
-            WanProxy::start("127.0.0.1:0".parse().unwrap(), addr, LinkConfig::none().with_bandwidth(MIB)).await.unwrap();
+        let link = WanProxy::start("127.0.0.1:0".parse().unwrap(), addr, LinkConfig::none().with_bandwidth(MIB))
+            .await
+            .unwrap();
         let peer = Arc::new(
-            PeerClient::with_timeouts(&format!("http://{}", link.local_addr()), TOKEN, idle, Duration::from_millis(500))
-                .unwrap(),
+            PeerClient::with_timeouts(
+                &format!("http://{}", link.local_addr()),
+                TOKEN,
+                idle,
+                Duration::from_millis(500),
+            )
+            .unwrap(),
         );
         let digests = chunk_digests(&data, MIB);
         let mut stream = cache.read(blob, 4 * MIB, &digests, 0, MIB, peer).await.unwrap();
@@ -267,7 +277,10 @@ async fn unreachable_silent_and_stalled_peers_fail_with_their_reason() {
                 break e;
             }
         };
-        assert!(matches!(&err, BlobError::Peer { failure: PeerFailure::Timeout(m), .. } if m.contains("no data for 0.5s")), "{err}");
+        assert!(
+            matches!(&err, BlobError::Peer { failure: PeerFailure::Timeout(m), .. } if m.contains("no data for 0.5s")),
+            "{err}"
+        );
         assert_eq!(cache.stats().entries, 0);
         assert_eq!(tmp_files(cache_dir.path()), 0);
     })

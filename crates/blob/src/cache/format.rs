@@ -116,7 +116,13 @@ pub(crate) struct BlockHasher {
 
 impl BlockHasher {
     pub fn new() -> Self {
-        BlockHasher { block: crc_fast::Digest::new(Crc32Iscsi), fill: 0, block_crcs: Vec::new(), chunk_crc: 0, total: 0 }
+        BlockHasher {
+            block: crc_fast::Digest::new(Crc32Iscsi),
+            fill: 0,
+            block_crcs: Vec::new(),
+            chunk_crc: 0,
+            total: 0,
+        }
     }
 
     pub fn update(&mut self, mut data: &[u8]) {
@@ -175,7 +181,12 @@ mod tests {
 
     #[test]
     fn footer_round_trips_and_rejects_damage() {
-        let footer = Footer { chunk_start: 8 << 20, chunk_len: 3 * BLOCK + 5, chunk_crc: 0xdead_beef, block_crcs: vec![1, 2, 3, 4] };
+        let footer = Footer {
+            chunk_start: 8 << 20,
+            chunk_len: 3 * BLOCK + 5,
+            chunk_crc: 0xdead_beef,
+            block_crcs: vec![1, 2, 3, 4],
+        };
         let bytes = footer.encode();
         assert_eq!(bytes.len() as u64, footer_len(footer.chunk_len));
         assert_eq!(Footer::decode(&bytes).unwrap(), footer);
