@@ -160,9 +160,10 @@ impl Default for CacheOptions {
 /// Counters since the cache was opened (`bytes_cached` and `entries` are current values).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Chunks served from disk.
+    /// Chunks a read served from entries that were on disk when the read began.
     pub hits: u64,
-    /// Chunks a read needed that were not on disk (served by a fetch, new or shared).
+    /// Chunks a read needed that were not on disk when it began (served by a fetch: its own, a
+    /// shared one, or one its read-ahead started).
     pub misses: u64,
     /// Bytes of entries on disk, footers included.
     pub bytes_cached: u64,
@@ -173,7 +174,8 @@ pub struct CacheStats {
     /// Fetches started (one per chunk, however many readers share it).
     pub fetches: u64,
     pub fetch_errors: u64,
-    /// Entries found damaged on read (and so dropped and fetched again).
+    /// Entries found damaged on read (and so dropped and fetched again; a read that finds the
+    /// damage part way through a chunk counted that chunk as a hit).
     pub corrupt: u64,
 }
 
@@ -255,6 +257,9 @@ struct ReadCtx {
     last_chunk: u64,
     /// Digests of chunks `first_chunk..=last_chunk`.
     digests: Vec<u32>,
+    /// Which of those chunks were cached when the read began: a chunk counts as a hit only if it
+    /// was, so chunks fetched ahead for this read are misses of this read.
+    cached_at_start: Vec<bool>,
     source: Arc<dyn ChunkSource>,
 }
 
@@ -269,6 +274,10 @@ impl ReadCtx {
 
     fn digest(&self, chunk: u64) -> u32 {
         self.digests[(chunk - self.first_chunk) as usize]
+    }
+
+    fn was_cached(&self, chunk: u64) -> bool {
+        self.cached_at_start[(chunk - self.first_chunk) as usize]
     }
 
     fn key(&self, chunk: u64) -> Key {
@@ -422,6 +431,11 @@ impl ChunkCache {
             return Ok(CacheReadStream { inner: futures::stream::empty().boxed(), cache_hit: true, len: 0 });
         }
         let (first_chunk, last_chunk) = (offset / chunk_size, (end - 1) / chunk_size);
+        let cached_at_start: Vec<bool> = {
+            let state = self.lock();
+            (first_chunk..=last_chunk).map(|chunk| state.index.contains(&Key { blob, chunk })).collect()
+        };
+        let cache_hit = cached_at_start.iter().all(|cached| *cached);
         let ctx = Arc::new(ReadCtx {
             blob,
             blob_len,
@@ -429,12 +443,9 @@ impl ChunkCache {
             first_chunk,
             last_chunk,
             digests: digests[first_chunk as usize..=last_chunk as usize].to_vec(),
+            cached_at_start,
             source,
         });
-        let cache_hit = {
-            let state = self.lock();
-            (first_chunk..=last_chunk).all(|chunk| state.index.contains(&ctx.key(chunk)))
-        };
         let mut reader = Reader { cache: self.clone(), ctx, pos: offset, end, current: None, failed: false };
         reader.open_current().await?;
         if let Some(Current::Following { rx, .. }) = &mut reader.current {
@@ -522,10 +533,15 @@ impl ChunkCache {
     }
 
     /// Opens chunk `chunk` for reading: from the cache if it is there and sound, else by joining
-    /// or starting its fetch. Counts a hit or a miss.
+    /// or starting its fetch. Counts a hit (read from an entry that existed when the read began)
+    /// or a miss.
     async fn open_chunk(&self, ctx: &Arc<ReadCtx>, chunk: u64) -> BlobResult<Current> {
         let key = ctx.key(chunk);
         let mut try_cache = true;
+        let counter = |hit: bool| {
+            let counters = &self.shared.counters;
+            if hit { &counters.hits } else { &counters.misses }.fetch_add(1, Relaxed);
+        };
         for _ in 0..3 {
             if try_cache {
                 let hit = self.lock().index.touch(&key, SystemTime::now());
@@ -534,7 +550,7 @@ impl ChunkCache {
                     let (start, len, digest) = (ctx.start(chunk), ctx.len(chunk), ctx.digest(chunk));
                     match blocking(move || open_entry(&path, start, len, digest, hit.persist)).await? {
                         Opened::Valid(file, blocks) => {
-                            self.shared.counters.hits.fetch_add(1, Relaxed);
+                            counter(ctx.was_cached(chunk));
                             return Ok(Current::Cached {
                                 file: Arc::new(file),
                                 blocks: Arc::new(blocks),
@@ -550,7 +566,7 @@ impl ChunkCache {
             }
             match self.fetch_chunk(ctx, chunk, try_cache).await? {
                 Some(fetch) => {
-                    self.shared.counters.misses.fetch_add(1, Relaxed);
+                    counter(false);
                     let rx = fetch.progress.subscribe();
                     return Ok(Current::Following { fetch, rx });
                 }
@@ -956,7 +972,6 @@ impl Reader {
                         .fetch_chunk(&ctx, chunk, false)
                         .await?
                         .ok_or_else(|| BlobError::Task("refetch of a damaged chunk did not start".into()))?;
-                    self.cache.shared.counters.misses.fetch_add(1, Relaxed);
                     let rx = fetch.progress.subscribe();
                     self.current = Some(Current::Following { fetch, rx });
                 }
