@@ -6,6 +6,11 @@
 //! either a complete, durable blob or nothing that metadata refers to. Files left behind by a
 //! crash (temporary files, and blobs whose metadata commit never happened or whose object was
 //! since deleted) are removed by [`BlobStore::collect_orphans`].
+//!
+//! Bytes that live on other nodes are read through [`ChunkCache`] (a bounded, verified,
+//! restart-surviving cache of remote chunks with one shared fetch per missing chunk) from a
+//! [`ChunkSource`], usually a [`PeerClient`] talking to another node's [`serve_blob_request`].
+//! See `docs/cache.md`.
 
 use std::fmt;
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -304,6 +304,38 @@ async fn entries_survive_a_restart_and_still_verify() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recency_survives_a_restart() {
+    bounded(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let chunk = MIB;
+        let (a, b) = ((BlobId::random(), data(chunk, 21)), (BlobId::random(), data(chunk, 22)));
+        let source = TestSource::new(vec![a.clone(), b.clone()]);
+        let cache = ChunkCache::open(dir.path(), options(chunk, 1 << 30)).unwrap();
+        read_range(&cache, a.0, &a.1, chunk, 0, chunk, source.clone()).await.unwrap();
+        read_range(&cache, b.0, &b.1, chunk, 0, chunk, source.clone()).await.unwrap();
+        drop(cache);
+        // Both were last used long ago, a before b.
+        let now = std::time::SystemTime::now();
+        for (blob, age) in [(a.0, 7200), (b.0, 3600)] {
+            let path = dir.path().join(&blob.to_string()[..2]).join(format!("{blob}.0"));
+            let file = std::fs::File::options().write(true).open(path).unwrap();
+            file.set_modified(now - Duration::from_secs(age)).unwrap();
+        }
+        // A hit on a refreshes its file time (coarsely: at most once a minute per entry)...
+        let cache = ChunkCache::open(dir.path(), options(chunk, 1 << 30)).unwrap();
+        read_range(&cache, a.0, &a.1, chunk, 0, chunk, source.clone()).await.unwrap();
+        drop(cache);
+        // ...so after a restart with room for one entry, b (now the least recently used) goes.
+        let cache = ChunkCache::open(dir.path(), options(chunk, chunk + 4096)).unwrap();
+        assert_eq!(cache.stats().entries, 1);
+        let fetches = source.fetches();
+        read_range(&cache, a.0, &a.1, chunk, 0, chunk, source.clone()).await.unwrap();
+        assert_eq!(source.fetches(), fetches, "a survived");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leftovers_of_a_crash_are_removed_on_open() {
     bounded(60, async {
         let dir = tempfile::tempdir().unwrap();
