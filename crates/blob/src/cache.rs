@@ -406,7 +406,7 @@ impl ChunkCache {
     ///
     /// Returns once the first chunk is readable, so an unreachable source is an `Err` here rather
     /// than a failed stream. Later failures end the stream with an `Err` item. Bytes of a fetched
-    /// chunk are passed on as they arrive, except that the last piece of the range within each
+    /// chunk are passed on as they arrive, except that the last byte of the range within each
     /// chunk is held back until the whole chunk has verified: a stream that ends without an error
     /// only ever carried verified bytes.
     pub async fn read(
