@@ -6,6 +6,11 @@
 //! either a complete, durable blob or nothing that metadata refers to. Files left behind by a
 //! crash (temporary files, and blobs whose metadata commit never happened or whose object was
 //! since deleted) are removed by [`BlobStore::collect_orphans`].
+//!
+//! Bytes that live on other nodes are read through [`ChunkCache`] (a bounded, verified,
+//! restart-surviving cache of remote chunks with one shared fetch per missing chunk) from a
+//! [`ChunkSource`], usually a [`PeerClient`] talking to another node's [`serve_blob_request`].
+//! See `docs/cache.md`.
 
 use std::fmt;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -16,6 +21,15 @@ use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
+
+pub mod cache;
+pub mod peer;
+
+pub use cache::{
+    CacheOptions, CacheReadStream, CacheStats, ChunkCache, ChunkHasher, ChunkSource, DEFAULT_CHUNK_SIZE, chunk_count,
+    chunk_digests, crc32c,
+};
+pub use peer::{PeerBody, PeerClient, PeerFailure, serve_blob_request, serve_peer};
 
 /// Bytes gathered before each write to the file; large writes keep the syscall count low.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -30,6 +44,76 @@ pub enum BlobError {
     Io(#[from] std::io::Error),
     #[error("blob store task failed: {0}")]
     Task(String),
+    /// A cache or peer setting that cannot work (e.g. a zero chunk size, a malformed peer URL).
+    #[error("invalid blob store configuration: {0}")]
+    Config(String),
+    /// A range that does not lie inside the blob.
+    #[error("blob {blob}: range of {len} bytes at offset {offset} is outside its {size} bytes")]
+    InvalidRange { blob: BlobId, offset: u64, len: u64, size: u64 },
+    /// The caller's chunk digests do not fit the blob's length at the cache's chunk size (the
+    /// digests were computed with another chunk size).
+    #[error(
+        "blob {blob}: {got} chunk digests given, but {blob_len} bytes in chunks of {chunk_size} bytes make {expected}"
+    )]
+    DigestCount { blob: BlobId, blob_len: u64, chunk_size: u64, expected: u64, got: u64 },
+    /// The bytes a source sent for a chunk do not have the chunk's CRC32C; nothing was cached.
+    #[error(
+        "blob {blob} chunk {chunk} from {source_name}: CRC32C {actual:08x} does not match the expected {expected:08x}; nothing was cached"
+    )]
+    DigestMismatch { blob: BlobId, chunk: u64, source_name: String, expected: u32, actual: u32 },
+    /// A source sent more or fewer bytes than asked for; nothing was cached.
+    #[error("blob {blob} chunk {chunk} from {source_name}: sent {got} bytes where {expected} were expected")]
+    SourceLength { blob: BlobId, chunk: u64, source_name: String, expected: u64, got: u64 },
+    /// A source made no progress for too long; nothing was cached.
+    #[error("blob {blob} chunk {chunk} from {source_name}: no data for {seconds:.1}s; gave up")]
+    SourceStalled { blob: BlobId, chunk: u64, source_name: String, seconds: f64 },
+    /// A request to another node failed; `peer` is the base URL of the node.
+    #[error("peer {peer}: {failure}")]
+    Peer { peer: String, failure: peer::PeerFailure },
+}
+
+impl BlobError {
+    /// A copy of this error for the other readers of a shared fetch (`std::io::Error` is not
+    /// `Clone`, so I/O errors are rebuilt from their kind and message).
+    pub fn duplicate(&self) -> BlobError {
+        match self {
+            BlobError::NotFound(id) => BlobError::NotFound(*id),
+            BlobError::Io(e) => BlobError::Io(std::io::Error::new(e.kind(), e.to_string())),
+            BlobError::Task(m) => BlobError::Task(m.clone()),
+            BlobError::Config(m) => BlobError::Config(m.clone()),
+            BlobError::InvalidRange { blob, offset, len, size } => {
+                BlobError::InvalidRange { blob: *blob, offset: *offset, len: *len, size: *size }
+            }
+            BlobError::DigestCount { blob, blob_len, chunk_size, expected, got } => BlobError::DigestCount {
+                blob: *blob,
+                blob_len: *blob_len,
+                chunk_size: *chunk_size,
+                expected: *expected,
+                got: *got,
+            },
+            BlobError::DigestMismatch { blob, chunk, source_name, expected, actual } => BlobError::DigestMismatch {
+                blob: *blob,
+                chunk: *chunk,
+                source_name: source_name.clone(),
+                expected: *expected,
+                actual: *actual,
+            },
+            BlobError::SourceLength { blob, chunk, source_name, expected, got } => BlobError::SourceLength {
+                blob: *blob,
+                chunk: *chunk,
+                source_name: source_name.clone(),
+                expected: *expected,
+                got: *got,
+            },
+            BlobError::SourceStalled { blob, chunk, source_name, seconds } => BlobError::SourceStalled {
+                blob: *blob,
+                chunk: *chunk,
+                source_name: source_name.clone(),
+                seconds: *seconds,
+            },
+            BlobError::Peer { peer, failure } => BlobError::Peer { peer: peer.clone(), failure: failure.clone() },
+        }
+    }
 }
 
 pub type BlobResult<T> = Result<T, BlobError>;

@@ -1,0 +1,425 @@
+//! Node-to-node blob fetch over HTTP/1.1.
+//!
+//! `GET /_meridian/blob/<32 hex blob id>?offset=N&len=M` with the header
+//! `x-meridian-cluster-token: <token>` answers the bytes `[N, N+M)` of a local blob as a streamed
+//! body with a Content-Length (`offset` defaults to 0, `len` to the rest of the blob; `HEAD`
+//! answers the headers only). Errors: 401 missing or wrong token, 400 malformed id or query,
+//! 404 unknown blob, 405 other methods, 416 range outside the blob (with
+//! `Content-Range: bytes */size`). Every answer carries `x-meridian-blob-size` when the blob
+//! exists. Bucket names cannot start with `_`, so `/_meridian/` never clashes with S3 paths.
+//!
+//! [`PeerClient`] is the other end, and a [`ChunkSource`] for the chunk cache.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, stream};
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use subtle::ConstantTimeEq;
+use sync_wrapper::SyncWrapper;
+use tokio::net::TcpListener;
+
+use crate::cache::ChunkSource;
+use crate::{BlobError, BlobId, BlobResult, BlobStore};
+
+/// Path prefix of the blob endpoint.
+pub const BLOB_PATH: &str = "/_meridian/blob/";
+/// Header carrying the cluster token.
+pub const TOKEN_HEADER: &str = "x-meridian-cluster-token";
+/// Header carrying the whole blob's size on answers about an existing blob.
+pub const BLOB_SIZE_HEADER: &str = "x-meridian-blob-size";
+/// Default time to establish a connection to a peer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time a peer may send nothing (before the headers, or between body frames).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a request to a peer failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerFailure {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("refused the cluster token (HTTP 401); every node must be started with the same cluster token")]
+    Unauthorized,
+    #[error("does not have blob {0} (HTTP 404)")]
+    NotFound(BlobId),
+    #[error("refused the byte range (HTTP 416)")]
+    BadRange,
+    #[error("answered HTTP {0}")]
+    Status(u16),
+    #[error("request failed: {0}")]
+    Request(String),
+    #[error("transfer failed: {0}")]
+    Transfer(String),
+    #[error("sent {got} bytes where {expected} were asked for")]
+    Length { expected: u64, got: u64 },
+}
+
+/// The body of a peer endpoint answer: `Send + Sync`, so it fits `s3s::Body::http_body`.
+pub struct PeerBody {
+    inner: Option<SyncWrapper<BoxStream<'static, BlobResult<Bytes>>>>,
+    remaining: u64,
+}
+
+impl PeerBody {
+    pub fn empty() -> Self {
+        PeerBody { inner: None, remaining: 0 }
+    }
+
+    fn text(text: &str) -> Self {
+        let bytes = Bytes::from(format!("{text}\n"));
+        let len = bytes.len() as u64;
+        PeerBody::stream(stream::once(async move { Ok(bytes) }).boxed(), len)
+    }
+
+    fn stream(stream: BoxStream<'static, BlobResult<Bytes>>, len: u64) -> Self {
+        PeerBody { inner: Some(SyncWrapper::new(stream)), remaining: len }
+    }
+}
+
+impl http_body::Body for PeerBody {
+    type Data = Bytes;
+    type Error = BlobError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BlobError>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        match ready!(inner.get_mut().poll_next_unpin(cx)) {
+            Some(Ok(bytes)) => {
+                this.remaining = this.remaining.saturating_sub(bytes.len() as u64);
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Some(Err(e)) => {
+                this.inner = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                this.inner = None;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<PeerBody> {
+    let mut resp = Response::new(PeerBody::text(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn token_ok(expected: &str, headers: &HeaderMap) -> bool {
+    let Some(given) = headers.get(TOKEN_HEADER) else { return false };
+    // An empty configured token accepts nobody.
+    !expected.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+/// Parses `offset` and `len` from a query string.
+fn range_query(query: Option<&str>) -> Result<(Option<u64>, Option<u64>), String> {
+    let (mut offset, mut len) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match name {
+            "offset" => &mut offset,
+            "len" => &mut len,
+            _ => continue,
+        };
+        let parsed = value
+            .parse::<u64>()
+            .ok()
+            .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| format!("{name}={value} is not a byte count"))?;
+        *slot = Some(parsed);
+    }
+    Ok((offset, len))
+}
+
+/// Answers one request to the peer blob endpoint from the local blob store. Mount it for every
+/// path that starts with [`BLOB_PATH`] (or `/_meridian/`), before S3 routing and S3 auth: the
+/// cluster token is its authentication.
+pub async fn serve_blob_request<B>(store: &BlobStore, token: &str, req: Request<B>) -> Response<PeerBody> {
+    if !token_ok(token, req.headers()) {
+        return plain(StatusCode::UNAUTHORIZED, &format!("missing or wrong {TOKEN_HEADER}"));
+    }
+    let head = req.method() == Method::HEAD;
+    if !head && req.method() != Method::GET {
+        let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
+        resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    let Some(name) = req.uri().path().strip_prefix(BLOB_PATH) else {
+        return plain(StatusCode::NOT_FOUND, "no such peer endpoint");
+    };
+    let id = match name.parse::<BlobId>() {
+        Ok(id) if name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit()) => id,
+        _ => return plain(StatusCode::BAD_REQUEST, "not a blob id (32 hex digits)"),
+    };
+    let (offset, len) = match range_query(req.uri().query()) {
+        Ok(range) => range,
+        Err(reason) => return plain(StatusCode::BAD_REQUEST, &reason),
+    };
+    let size = match store.size(id).await {
+        Ok(size) => size,
+        Err(BlobError::NotFound(_)) => return plain(StatusCode::NOT_FOUND, &format!("blob {id} not found")),
+        Err(e) => {
+            tracing::warn!(blob = %id, error = %e, "peer blob request failed");
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, "blob store error");
+        }
+    };
+    let offset = offset.unwrap_or(0);
+    let len = len.unwrap_or(size.saturating_sub(offset));
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        let mut resp = plain(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            &format!("{len} bytes at offset {offset} are outside the blob's {size} bytes"),
+        );
+        resp.headers_mut().insert(CONTENT_RANGE, header_value(format!("bytes */{size}")));
+        resp.headers_mut().insert(BLOB_SIZE_HEADER, header_value(size.to_string()));
+        return resp;
+    }
+    let body = if head {
+        PeerBody::empty()
+    } else {
+        match store.read(id, offset, len).await {
+            Ok(stream) => PeerBody::stream(stream.boxed(), len),
+            Err(BlobError::NotFound(_)) => return plain(StatusCode::NOT_FOUND, &format!("blob {id} not found")),
+            Err(e) => {
+                tracing::warn!(blob = %id, error = %e, "peer blob request failed");
+                return plain(StatusCode::INTERNAL_SERVER_ERROR, "blob store error");
+            }
+        }
+    };
+    let mut resp = Response::new(body);
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_LENGTH, header_value(len.to_string()));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(BLOB_SIZE_HEADER, header_value(size.to_string()));
+    resp
+}
+
+fn header_value(text: String) -> HeaderValue {
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Serves only the peer blob endpoint on `listener` until dropped or aborted; open transfers end
+/// with it. The node itself mounts [`serve_blob_request`] in its main server; this is for tests
+/// and tools.
+pub async fn serve_peer(listener: TcpListener, store: BlobStore, token: String) -> std::io::Result<()> {
+    let token: Arc<str> = token.into();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "peer accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        while connections.try_join_next().is_some() {}
+        let _ = stream.set_nodelay(true);
+        let (store, token) = (store.clone(), token.clone());
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let (store, token) = (store.clone(), token.clone());
+                async move { Ok::<_, Infallible>(serve_blob_request(&store, &token, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "peer connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Fetches blob bytes from one other node. Cheap to clone; connections are pooled.
+#[derive(Clone)]
+pub struct PeerClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    base: String,
+    token: HeaderValue,
+    idle: Duration,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl PeerClient {
+    /// A client of the node at `base_url` (`http://host:port`), with the default timeouts.
+    pub fn new(base_url: &str, token: &str) -> BlobResult<PeerClient> {
+        PeerClient::with_timeouts(base_url, token, CONNECT_TIMEOUT, IDLE_TIMEOUT)
+    }
+
+    pub fn with_timeouts(base_url: &str, token: &str, connect: Duration, idle: Duration) -> BlobResult<PeerClient> {
+        let base = base_url.trim_end_matches('/').to_string();
+        let uri: http::Uri =
+            base.parse().map_err(|e| BlobError::Config(format!("peer URL {base_url:?} is not a URL: {e}")))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() || !matches!(uri.path(), "" | "/") {
+            return Err(BlobError::Config(format!("peer URL {base_url:?} must look like http://host:port")));
+        }
+        let mut token = HeaderValue::from_str(token)
+            .map_err(|_| BlobError::Config("the cluster token must be printable ASCII".into()))?;
+        token.set_sensitive(true);
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(PeerClient { inner: Arc::new(ClientInner { base, token, idle, client }) })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    fn error(&self, failure: PeerFailure) -> BlobError {
+        BlobError::Peer { peer: self.inner.base.clone(), failure }
+    }
+}
+
+/// An error and its sources, on one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[async_trait::async_trait]
+impl ChunkSource for PeerClient {
+    async fn fetch(&self, blob: BlobId, offset: u64, len: u64) -> BlobResult<BoxStream<'static, BlobResult<Bytes>>> {
+        let inner = &self.inner;
+        let uri = format!("{}{BLOB_PATH}{blob}?offset={offset}&len={len}", inner.base);
+        let req = Request::get(uri)
+            .header(TOKEN_HEADER, inner.token.clone())
+            .body(Empty::new())
+            .map_err(|e| self.error(PeerFailure::Request(e.to_string())))?;
+        let resp = match tokio::time::timeout(inner.idle, inner.client.request(req)).await {
+            Err(_) => {
+                let waited = inner.idle.as_secs_f64();
+                return Err(self.error(PeerFailure::Timeout(format!("no response within {waited:.1}s"))));
+            }
+            Ok(Err(e)) if e.is_connect() => return Err(self.error(PeerFailure::Connect(chain(&e)))),
+            Ok(Err(e)) => return Err(self.error(PeerFailure::Request(chain(&e)))),
+            Ok(Ok(resp)) => resp,
+        };
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::UNAUTHORIZED => return Err(self.error(PeerFailure::Unauthorized)),
+            StatusCode::NOT_FOUND => return Err(self.error(PeerFailure::NotFound(blob))),
+            StatusCode::RANGE_NOT_SATISFIABLE => return Err(self.error(PeerFailure::BadRange)),
+            status => return Err(self.error(PeerFailure::Status(status.as_u16()))),
+        }
+        let announced = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let Some(got) = announced.filter(|n| *n != len) {
+            return Err(self.error(PeerFailure::Length { expected: len, got }));
+        }
+        let (this, idle) = (self.clone(), inner.idle);
+        let body = resp.into_body();
+        let stream = stream::unfold(Some((body, 0u64)), move |state| {
+            let this = this.clone();
+            async move {
+                let (mut body, received) = state?;
+                loop {
+                    let failure = match tokio::time::timeout(idle, body.frame()).await {
+                        Err(_) => PeerFailure::Timeout(format!(
+                            "no data for {:.1}s after {received} of {len} bytes",
+                            idle.as_secs_f64()
+                        )),
+                        Ok(None) if received == len => return None,
+                        Ok(None) => PeerFailure::Transfer(format!("connection closed after {received} of {len} bytes")),
+                        Ok(Some(Err(e))) => {
+                            PeerFailure::Transfer(format!("after {received} of {len} bytes: {}", chain(&e)))
+                        }
+                        Ok(Some(Ok(frame))) => match frame.into_data() {
+                            Ok(data) => {
+                                let received = received + data.len() as u64;
+                                if received > len {
+                                    PeerFailure::Length { expected: len, got: received }
+                                } else {
+                                    return Some((Ok(data), Some((body, received))));
+                                }
+                            }
+                            Err(_) => continue, // trailers
+                        },
+                    };
+                    return Some((Err(this.error(failure)), None));
+                }
+            }
+        });
+        Ok(stream.boxed())
+    }
+
+    fn name(&self) -> String {
+        format!("peer {}", self.inner.base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_queries_parse_strictly() {
+        assert_eq!(range_query(None), Ok((None, None)));
+        assert_eq!(range_query(Some("offset=5&len=10")), Ok((Some(5), Some(10))));
+        assert_eq!(range_query(Some("len=10&x=y")), Ok((None, Some(10))));
+        assert!(range_query(Some("offset=-1")).is_err());
+        assert!(range_query(Some("offset=+1")).is_err());
+        assert!(range_query(Some("len=")).is_err());
+        assert!(range_query(Some("len=99999999999999999999999")).is_err());
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        let mut headers = HeaderMap::new();
+        assert!(!token_ok("secret", &headers));
+        headers.insert(TOKEN_HEADER, HeaderValue::from_static("secret"));
+        assert!(token_ok("secret", &headers));
+        assert!(!token_ok("secret2", &headers));
+        assert!(!token_ok("secre", &headers));
+        assert!(!token_ok("", &headers));
+        headers.insert(TOKEN_HEADER, HeaderValue::from_static(""));
+        assert!(!token_ok("", &headers));
+    }
+
+    #[test]
+    fn peer_urls_are_checked() {
+        assert!(PeerClient::new("http://127.0.0.1:1", "t").is_ok());
+        assert!(PeerClient::new("http://127.0.0.1:1/", "t").is_ok());
+        for bad in ["127.0.0.1:1", "https://x:1", "http://x:1/prefix", "not a url", "ftp://x"] {
+            assert!(matches!(PeerClient::new(bad, "t"), Err(BlobError::Config(_))), "{bad}");
+        }
+        assert!(matches!(PeerClient::new("http://x:1", "bad\ntoken"), Err(BlobError::Config(_))));
+    }
+}
