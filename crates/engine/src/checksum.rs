@@ -188,48 +188,6 @@ impl Hasher {
     }
 }
 
-/// CRC32C of each `chunk_size` piece of a stream (the last may be short), computed as the bytes
-/// go by.
-pub struct ChunkDigester {
-    chunk_size: u64,
-    filled: u64,
-    current: crc_fast::Digest,
-    done: Vec<u32>,
-}
-
-impl ChunkDigester {
-    pub fn new(chunk_size: u64) -> Self {
-        ChunkDigester {
-            chunk_size,
-            filled: 0,
-            current: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi),
-            done: Vec::new(),
-        }
-    }
-
-    pub fn update(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let room = (self.chunk_size - self.filled) as usize;
-            let take = room.min(data.len());
-            self.current.update(&data[..take]);
-            self.filled += take as u64;
-            data = &data[take..];
-            if self.filled == self.chunk_size {
-                self.done.push(self.current.finalize() as u32);
-                self.current = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-                self.filled = 0;
-            }
-        }
-    }
-
-    pub fn finish(mut self) -> Vec<u32> {
-        if self.filled > 0 {
-            self.done.push(self.current.finalize() as u32);
-        }
-        self.done
-    }
-}
-
 /// MD5 of `data`, hex.
 pub fn md5_hex(data: &[u8]) -> String {
     hex::encode(md5::Md5::digest(data))
@@ -294,21 +252,6 @@ mod tests {
             assert_eq!(combined.raw, algorithm.digest(&data), "{algorithm:?}");
             assert_eq!(combined.header_value(), b64(algorithm, &data));
         }
-    }
-
-    #[test]
-    fn chunk_digests_split_at_chunk_boundaries() {
-        let data: Vec<u8> = (0..2500u32).map(|i| (i % 256) as u8).collect();
-        let mut d = ChunkDigester::new(1000);
-        for piece in data.chunks(333) {
-            d.update(piece);
-        }
-        let want: Vec<u32> = data
-            .chunks(1000)
-            .map(|c| u32::from_be_bytes(ChecksumAlgorithm::Crc32c.digest(c).try_into().unwrap()))
-            .collect();
-        assert_eq!(d.finish(), want);
-        assert!(ChunkDigester::new(1000).finish().is_empty(), "an empty blob has no chunks");
     }
 
     #[test]

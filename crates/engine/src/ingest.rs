@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use meridian_blob::{BlobId, BlobStore, BlobWriter};
 
-use crate::checksum::{ChecksumAlgorithm, ChecksumType, ChunkDigester, Hasher, StoredChecksum, decode_checksum};
+use crate::checksum::{ChecksumAlgorithm, ChecksumType, Hasher, StoredChecksum, decode_checksum};
 use crate::error::{EngineError, EngineResult};
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -98,7 +98,7 @@ pub async fn ingest(
         return Err(EngineError::EntityTooLarge { max: limits.max_size });
     }
     let mut hasher = Hasher::new(integrity.algorithm);
-    let mut digester = ChunkDigester::new(crate::CHUNK_SIZE);
+    let mut digester = meridian_blob::ChunkHasher::new(crate::CHUNK_SIZE);
     let mut size: u64 = 0;
     let mut sink = Sink::Memory(BytesMut::new());
     while let Some(chunk) = body.next().await {

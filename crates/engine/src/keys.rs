@@ -15,6 +15,9 @@ pub fn object(bucket: &str, key: &str) -> Bytes {
     Bytes::from(format!("o/{bucket}/{key}"))
 }
 
+/// Every object record of every bucket.
+pub const OBJECTS_ROOT: &str = "o/";
+
 pub fn objects_prefix(bucket: &str) -> String {
     format!("o/{bucket}/")
 }

@@ -29,6 +29,7 @@ mod list;
 pub mod locks;
 mod multipart;
 mod object;
+pub mod peer;
 pub mod record;
 pub mod ttl;
 pub mod watch;
@@ -46,7 +47,7 @@ pub use object::{
 };
 
 /// Blobs are fetched between nodes, verified and cached in chunks of this size.
-pub const CHUNK_SIZE: u64 = 8 << 20;
+pub const CHUNK_SIZE: u64 = meridian_blob::DEFAULT_CHUNK_SIZE;
 
 /// The largest object key S3 accepts, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;

@@ -343,7 +343,7 @@ impl Engine {
 
     /// A stream of the object's bytes in `range` (inclusive), or all of them, and where the
     /// first bytes come from when not from this node's disk.
-    async fn open_body(
+    pub(crate) async fn open_body(
         &self,
         current: &Current,
         range: Option<(u64, u64)>,

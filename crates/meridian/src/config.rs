@@ -33,6 +33,10 @@ pub struct FileConfig {
     pub etcd: Vec<String>,
     pub etcd_namespace: Option<String>,
     pub cluster_token: Option<String>,
+    /// Cache of bytes held by other regions, in bytes.
+    pub cache_max_bytes: Option<u64>,
+    /// Objects up to this size are copied to every region after they are written.
+    pub replicate_small_bytes: Option<u64>,
     /// Objects up to this many bytes are stored inline in the metadata store.
     pub inline_max: Option<usize>,
     /// Connection limits.

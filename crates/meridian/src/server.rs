@@ -51,6 +51,13 @@ pub struct ServerArgs {
     /// Shared secret that nodes present to each other (required with --etcd).
     #[arg(long, env = "MERIDIAN_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+    /// Most bytes kept in the cache of objects held by other regions. Default: 10 GiB
+    #[arg(long)]
+    cache_max_bytes: Option<u64>,
+    /// Objects up to this size are copied to every region right after they are written.
+    /// Default: 131072
+    #[arg(long)]
+    replicate_small_bytes: Option<u64>,
     /// Store objects up to this many bytes inline in the metadata store. Default: 32768
     #[arg(long)]
     inline_max: Option<usize>,
@@ -64,9 +71,10 @@ pub struct ServerArgs {
 const ETCD_INLINE_MAX: usize = 1024;
 
 struct Settings {
+    cache_max_bytes: u64,
+    replicate_small_bytes: u64,
     etcd: Vec<String>,
     etcd_namespace: String,
-    #[allow(dead_code)] // read by the peer endpoint, wired with the cache
     cluster_token: Option<String>,
     node_id: Option<String>,
     advertise: Option<String>,
@@ -102,6 +110,11 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
     }
     let inline_default = if etcd.is_empty() { EngineConfig::default().inline_max } else { ETCD_INLINE_MAX };
     Ok(Settings {
+        cache_max_bytes: args
+            .cache_max_bytes
+            .or(file.cache_max_bytes)
+            .unwrap_or(meridian_blob::cache::DEFAULT_MAX_BYTES),
+        replicate_small_bytes: args.replicate_small_bytes.or(file.replicate_small_bytes).unwrap_or(128 << 10),
         etcd,
         etcd_namespace: args
             .etcd_namespace
@@ -194,21 +207,57 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let advertise = settings.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
     println!("Node: {node_id} in region {} (peers reach it at {advertise})", settings.region);
+    let (peer_endpoint, cache) = match &settings.cluster_token {
+        Some(token) => {
+            let cache = join_cluster(&engine, &settings, token)?;
+            (Some(meridian_s3::PeerEndpoint { blobs: engine.blobs().clone(), token: token.clone() }), Some(cache))
+        }
+        None => (None, None),
+    };
     let region = settings.region.clone();
     let started_ms = meridian_engine::now_ms();
-    engine.spawn_heartbeat(move || meridian_engine::cluster::NodeRecord {
-        id: node_id.clone(),
-        region: region.clone(),
-        advertise_url: advertise.clone(),
-        started_ms,
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        ..Default::default()
+    engine.spawn_heartbeat(move || {
+        let cache = cache.as_ref().map(|c| {
+            let stats = c.stats();
+            meridian_engine::cluster::CacheUse {
+                bytes: stats.bytes_cached,
+                max_bytes: c.options().max_bytes,
+                hits: stats.hits,
+                misses: stats.misses,
+            }
+        });
+        meridian_engine::cluster::NodeRecord {
+            id: node_id.clone(),
+            region: region.clone(),
+            advertise_url: advertise.clone(),
+            started_ms,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            cache: cache.unwrap_or_default(),
+            ..Default::default()
+        }
     });
     collect_orphans_in_background(engine.clone(), started);
     engine.spawn_reaper(Duration::from_millis(250));
-    meridian_s3::serve(listener, service, settings.limits.clone(), shutdown_signal()).await?;
+    meridian_s3::serve(listener, service, peer_endpoint, settings.limits.clone(), shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads of bytes held elsewhere go through a local chunk cache, and small objects written in
+/// other regions are copied here right after they are written.
+fn join_cluster(engine: &Engine, settings: &Settings, token: &str) -> anyhow::Result<meridian_blob::ChunkCache> {
+    let options = meridian_blob::CacheOptions {
+        max_bytes: settings.cache_max_bytes,
+        chunk_size: meridian_engine::CHUNK_SIZE,
+        ..Default::default()
+    };
+    let dir = settings.data.join("cache");
+    let cache = meridian_blob::ChunkCache::open(&dir, options)
+        .with_context(|| format!("cannot open the cache in {}", dir.display()))?;
+    let reader = meridian_engine::peer::PeerReader::new(engine.clone(), cache.clone(), token.to_string());
+    engine.set_remote_reader(Arc::new(reader));
+    engine.spawn_prefetch(settings.replicate_small_bytes);
+    Ok(cache)
 }
 
 /// The metadata store: etcd when the node joins a cluster, else the embedded database.

@@ -9,7 +9,7 @@ pub mod kv;
 pub mod server;
 pub mod service;
 
-pub use server::{ServerLimits, serve};
+pub use server::{PeerEndpoint, ServerLimits, serve};
 pub use service::{MeridianS3, S3Options, build_service};
 
 /// Response header carrying the metadata revision a response reflects.

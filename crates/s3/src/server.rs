@@ -42,9 +42,18 @@ impl Default for ServerLimits {
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves, then lets open requests finish.
+/// The node-to-node endpoint (`/_meridian/...`): the local blob store and the cluster token
+/// peers must present. Bucket names cannot start with `_`, so it never shadows S3.
+#[derive(Clone)]
+pub struct PeerEndpoint {
+    pub blobs: meridian_blob::BlobStore,
+    pub token: String,
+}
+
 pub async fn serve(
     listener: TcpListener,
     service: S3Service,
+    peer_endpoint: Option<PeerEndpoint>,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
@@ -80,9 +89,25 @@ pub async fn serve(
         let activity = Activity::new();
         let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone() });
         let svc = service.clone();
+        let endpoint = peer_endpoint.clone();
         let handler = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let svc = svc.clone();
+            let endpoint = endpoint.clone();
             async move {
+                if req.uri().path().starts_with("/_meridian/") {
+                    return Ok(match &endpoint {
+                        Some(p) => {
+                            meridian_blob::serve_blob_request(&p.blobs, &p.token, req).await.map(s3s::Body::http_body)
+                        }
+                        None => {
+                            let mut resp = http::Response::new(s3s::Body::from(
+                                "this node is not part of a cluster\n".to_string(),
+                            ));
+                            *resp.status_mut() = StatusCode::NOT_FOUND;
+                            resp
+                        }
+                    });
+                }
                 let mut resp = hyper::service::Service::call(&svc, req).await?;
                 if resp.status() == StatusCode::NOT_MODIFIED {
                     // s3s renders 304 as an XML error; a 304 carries no body.

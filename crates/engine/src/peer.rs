@@ -1,0 +1,138 @@
+//! Reading bytes held by other nodes: through the local chunk cache, fetching from a holder
+//! (this region's first, then the others) over the node-to-node protocol, and keeping one
+//! client per peer so connections are reused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::TryStreamExt;
+use meridian_blob::{ChunkCache, ChunkSource, PeerClient};
+
+use crate::Engine;
+use crate::error::{EngineError, EngineResult};
+use crate::ingest::{Body, BodyError};
+use crate::object::{ReadSource, RemoteReader, Span};
+use crate::record::Holder;
+
+/// The [`RemoteReader`] of a cluster node.
+pub struct PeerReader {
+    engine: Engine,
+    cache: ChunkCache,
+    token: String,
+    clients: Mutex<HashMap<String, Arc<PeerClient>>>,
+}
+
+impl PeerReader {
+    pub fn new(engine: Engine, cache: ChunkCache, token: String) -> Self {
+        PeerReader { engine, cache, token, clients: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn cache(&self) -> &ChunkCache {
+        &self.cache
+    }
+
+    /// The client for a node, looked up in the cluster registry the first time.
+    async fn client(&self, node: &str) -> EngineResult<Arc<PeerClient>> {
+        if let Some(client) = self.clients.lock().ok().and_then(|c| c.get(node).cloned()) {
+            return Ok(client);
+        }
+        let record = self.engine.node(node).await?;
+        let client = Arc::new(PeerClient::new(&record.advertise_url, &self.token)?);
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.insert(node.to_string(), Arc::clone(&client));
+        }
+        Ok(client)
+    }
+
+    /// Holders in the order to try them: this region first.
+    fn ordered<'a>(&self, holders: &'a [Holder]) -> Vec<&'a Holder> {
+        let here = &self.engine.config().node.region;
+        let mut ordered: Vec<&Holder> = holders.iter().filter(|h| &h.region == here).collect();
+        ordered.extend(holders.iter().filter(|h| &h.region != here));
+        ordered
+    }
+}
+
+#[async_trait::async_trait]
+impl RemoteReader for PeerReader {
+    async fn read(&self, span: &Span, from: u64, len: u64) -> EngineResult<(Body, ReadSource)> {
+        let mut last_error = None;
+        for holder in self.ordered(&span.holders) {
+            let client = match self.client(&holder.node).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            let source: Arc<dyn ChunkSource> = client;
+            match self.cache.read(span.blob, span.blob_len, &span.digests, from, len, source).await {
+                Ok(stream) => {
+                    let hit = stream.cache_hit();
+                    let region = if hit { self.engine.config().node.region.clone() } else { holder.region.clone() };
+                    let body: Body = Box::pin(stream.map_err(|e| Box::new(e) as BodyError));
+                    return Ok((body, ReadSource { region, cache_hit: hit }));
+                }
+                // The holder is unreachable or lost the blob: try the next one.
+                Err(e) => {
+                    tracing::warn!(node = %holder.node, region = %holder.region, error = %e, "could not read from a holder");
+                    last_error = Some(e.into());
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| EngineError::Unavailable("the object has no holder to read from".into())))
+    }
+}
+
+impl Engine {
+    /// Copies small objects written in other regions into this node's cache as soon as they are
+    /// written, so they are local everywhere (objects up to `max_size` bytes).
+    pub fn spawn_prefetch(&self, max_size: u64) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(err) = engine.prefetch_loop(max_size).await {
+                    tracing::warn!(error = %err, "small-object prefetch stopped; restarting");
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    async fn prefetch_loop(&self, max_size: u64) -> EngineResult<()> {
+        use futures::StreamExt;
+        let limit = Arc::new(tokio::sync::Semaphore::new(8));
+        let mut events = self.meta().watch(meridian_meta::RangeRequest::prefix(crate::keys::OBJECTS_ROOT), 0).await?;
+        while let Some(event) = events.next().await {
+            let event = event?;
+            if event.kind != meridian_meta::EventKind::Put
+                || event.kv.key.ends_with(crate::keys::EXPIRED_MARKER.as_bytes())
+            {
+                continue;
+            }
+            let Ok(record) = crate::record::decode::<crate::record::ObjectRecord>(&event.kv.value) else { continue };
+            let remote = match &record.data {
+                crate::record::DataLayout::Blob { holders, .. } => !self.is_local(holders),
+                crate::record::DataLayout::Parts { parts } => parts.iter().any(|p| !self.is_local(&p.holders)),
+                crate::record::DataLayout::Inline => false,
+            };
+            if !remote || record.size > max_size || record.size == 0 {
+                continue;
+            }
+            let Ok(permit) = Arc::clone(&limit).acquire_owned().await else { return Ok(()) };
+            let engine = self.clone();
+            let current = crate::object::Current { record, revision: event.kv.mod_revision, inline: None };
+            tokio::spawn(async move {
+                let _permit = permit;
+                match engine.open_body(&current, None).await {
+                    Ok((body, _)) => {
+                        // Reading it through fills the cache.
+                        let _ = body.try_for_each(|_| async { Ok(()) }).await;
+                    }
+                    Err(err) => tracing::debug!(error = %err, "prefetch of a small object failed"),
+                }
+            });
+        }
+        Ok(())
+    }
+}
