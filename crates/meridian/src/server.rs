@@ -180,6 +180,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let options = S3Options { domain: settings.domain.clone(), region: settings.region.clone() };
     let service = meridian_s3::build_service(engine.clone(), &options);
 
+    let (peer_endpoint, cache) = match &settings.cluster_token {
+        Some(token) => {
+            let cache = join_cluster(&engine, &settings, token)?;
+            (Some(meridian_s3::PeerEndpoint { blobs: engine.blobs().clone(), token: token.clone() }), Some(cache))
+        }
+        None => (None, None),
+    };
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| {
         format!("cannot listen on {} (is the port in use? pass --listen ADDR:PORT)", settings.listen)
     })?;
@@ -207,13 +214,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let advertise = settings.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
     println!("Node: {node_id} in region {} (peers reach it at {advertise})", settings.region);
-    let (peer_endpoint, cache) = match &settings.cluster_token {
-        Some(token) => {
-            let cache = join_cluster(&engine, &settings, token)?;
-            (Some(meridian_s3::PeerEndpoint { blobs: engine.blobs().clone(), token: token.clone() }), Some(cache))
-        }
-        None => (None, None),
-    };
     let region = settings.region.clone();
     let started_ms = meridian_engine::now_ms();
     engine.spawn_heartbeat(move || {

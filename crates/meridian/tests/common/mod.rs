@@ -20,6 +20,8 @@ pub fn binary() -> PathBuf {
 }
 
 pub struct Server {
+    /// In cluster mode: the etcd cluster and the nodes of the other regions.
+    _cluster: Option<Box<ClusterContext>>,
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`
     pub endpoint: String,
@@ -37,11 +39,41 @@ impl Server {
         Self::start_with(&[])
     }
 
+    /// With `MERIDIAN_TEST_CLUSTER=1` the server is a node of a three-region cluster on a fresh
+    /// three-member etcd cluster (the other two regions' nodes run alongside), so the same tests
+    /// check a clustered node.
     pub fn start_with(extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data = tmp.path().join("data");
+        if clustered() {
+            return Self::start_clustered(tmp, extra);
+        }
         let mut server = Self::start_in(&data, extra, None, None);
         server._tmp = Some(tmp);
+        server
+    }
+
+    fn start_clustered(tmp: tempfile::TempDir, extra: &[&str]) -> Server {
+        let etcd = meridian_meta_etcd::testing::EtcdCluster::builder(3)
+            .arg("--max-txn-ops=32768")
+            .arg("--max-request-bytes=16777216")
+            .start();
+        let endpoints = etcd.client_endpoints().join(",");
+        let peers: Vec<Server> = ["region-b", "region-c"]
+            .iter()
+            .map(|region| {
+                let data = tmp.path().join(region);
+                let args = cluster_args(&endpoints, region);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                Server::start_in(&data, &args, None, None)
+            })
+            .collect();
+        let mut args = cluster_args(&endpoints, "region-a");
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut server = Server::start_in(&tmp.path().join("data"), &args, None, None);
+        server._tmp = Some(tmp);
+        server._cluster = Some(Box::new(ClusterContext { _peers: peers, _etcd: etcd }));
         server
     }
 
@@ -83,6 +115,7 @@ impl Server {
         let (endpoint, admin_url) = (urls[0].clone(), urls[1].clone());
         let addr = endpoint.trim_start_matches("http://").to_string();
         Server {
+            _cluster: None,
             child: Some(child),
             endpoint,
             addr,
@@ -147,6 +180,32 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// What a clustered test server needs alive beside it. Dropped after the server: peers first,
+/// then etcd.
+pub struct ClusterContext {
+    _peers: Vec<Server>,
+    _etcd: meridian_meta_etcd::testing::EtcdCluster,
+}
+
+/// Whether tests run against a node of a three-region cluster (`MERIDIAN_TEST_CLUSTER=1`).
+pub fn clustered() -> bool {
+    std::env::var("MERIDIAN_TEST_CLUSTER").is_ok_and(|v| v == "1")
+}
+
+pub const CLUSTER_TOKEN: &str = "meridian-test-cluster-token";
+
+/// Flags of a node in `region` of the test cluster.
+pub fn cluster_args(etcd_endpoints: &str, region: &str) -> Vec<String> {
+    vec![
+        "--etcd".into(),
+        etcd_endpoints.into(),
+        "--region".into(),
+        region.into(),
+        "--cluster-token".into(),
+        CLUSTER_TOKEN.into(),
+    ]
 }
 
 pub fn client_for(endpoint: &str, access: &str, secret: &str) -> aws_sdk_s3::Client {

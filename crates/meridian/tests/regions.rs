@@ -1,0 +1,235 @@
+//! Three regions on one machine: three etcd members and three Meridian nodes, with the project's
+//! WAN proxy (20 ms each way, so 40 ms RTT) on every link between regions — etcd peer traffic,
+//! node-to-etcd traffic across regions, and node-to-node blob fetches.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use common::{CLUSTER_TOKEN, Server, body_bytes, error_code, md5_hex, pattern};
+use meridian_meta_etcd::testing::EtcdCluster;
+use meridian_wan::{LinkConfig, WanHandle, WanProxy};
+
+const ONE_WAY: Duration = Duration::from_millis(20);
+const REGIONS: [&str; 3] = ["region-a", "region-b", "region-c"];
+
+struct Cluster {
+    nodes: Vec<Server>,
+    /// The proxy in front of each node's S3 port (what the other nodes use).
+    node_links: Vec<WanHandle>,
+    _etcd_links: Vec<WanHandle>,
+    _etcd: EtcdCluster,
+    _tmp: tempfile::TempDir,
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn addr_of(url: &str) -> SocketAddr {
+    url.trim_start_matches("http://").parse().unwrap()
+}
+
+async fn proxy(to: SocketAddr, config: LinkConfig) -> WanHandle {
+    WanProxy::start("127.0.0.1:0".parse().unwrap(), to, config).await.unwrap()
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let link = LinkConfig::one_way(ONE_WAY);
+        // etcd peers reach each other through proxies.
+        let mut builder = EtcdCluster::builder(3).arg("--max-txn-ops=32768").arg("--max-request-bytes=16777216");
+        let mut etcd_links = Vec::new();
+        for i in 0..3 {
+            let peer = addr_of(&builder.member(i).listen_peer_url);
+            let p = proxy(peer, link.clone()).await;
+            builder.member_mut(i).advertise_peer_url = format!("http://{}", p.local_addr());
+            etcd_links.push(p);
+        }
+        let etcd = tokio::task::spawn_blocking(move || builder.start()).await.unwrap();
+        // Each node talks to its own region's member directly, to the others through proxies.
+        let mut client_links = Vec::new();
+        for i in 0..3 {
+            client_links.push(proxy(addr_of(&etcd.client_endpoint(i)), link.clone()).await);
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        let mut node_links = Vec::new();
+        for (i, region) in REGIONS.iter().enumerate() {
+            let mut endpoints = vec![etcd.client_endpoint(i)];
+            for (j, l) in client_links.iter().enumerate() {
+                if j != i {
+                    endpoints.push(format!("http://{}", l.local_addr()));
+                }
+            }
+            let listen = free_addr();
+            let node_link = proxy(listen, link.clone()).await;
+            let args = vec![
+                "--etcd".to_string(),
+                endpoints.join(","),
+                "--region".into(),
+                region.to_string(),
+                "--cluster-token".into(),
+                CLUSTER_TOKEN.into(),
+                "--advertise".into(),
+                format!("http://{}", node_link.local_addr()),
+            ];
+            let data = tmp.path().join(region);
+            let listen = listen.to_string();
+            let node = tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                Server::start_in(&data, &args, Some(&listen), None)
+            })
+            .await
+            .unwrap();
+            nodes.push(node);
+            node_links.push(node_link);
+        }
+        etcd_links.extend(client_links);
+        Cluster { nodes, node_links, _etcd_links: etcd_links, _etcd: etcd, _tmp: tmp }
+    }
+
+    fn client(&self, i: usize) -> aws_sdk_s3::Client {
+        self.nodes[i].client()
+    }
+}
+
+/// GET through the raw client: (status, body, headers).
+fn raw_get(server: &Server, path: &str) -> common::raw::Response {
+    common::raw::signed(&server.addr, "GET", path, &[], b"")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_writes_are_readable_everywhere_at_once_and_overwrites_and_deletes_too() {
+    let cluster = Cluster::start().await;
+    let (a, b, c) = (cluster.client(0), cluster.client(1), cluster.client(2));
+    a.create_bucket().bucket("global").send().await.unwrap();
+
+    for (n, size) in [100usize, 50_000, 2 << 20, 20 << 20].into_iter().enumerate() {
+        let key = format!("obj-{size}");
+        let data = pattern(size, n as u64);
+        let put = a.put_object().bucket("global").key(&key).body(ByteStream::from(data.clone())).send().await.unwrap();
+        // Immediately after the write returns, the other regions read it (c only the small ones
+        // here: it reads the large one below, to see it come from region a).
+        let readers: Vec<(usize, &aws_sdk_s3::Client)> =
+            if size > 10 << 20 { vec![(1, &b)] } else { vec![(1, &b), (2, &c)] };
+        for (i, client) in readers {
+            let got = client.get_object().bucket("global").key(&key).send().await.unwrap();
+            assert_eq!(got.e_tag(), put.e_tag(), "region {i}, {size} bytes");
+            assert_eq!(md5_hex(&body_bytes(got).await), md5_hex(&data), "region {i}, {size} bytes");
+        }
+    }
+
+    // A large object read in region b came from region a, then from b's cache.
+    let first = raw_get(&cluster.nodes[2], "/global/obj-20971520");
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-meridian-served-from"), Some("region-a"));
+    assert_eq!(first.header("x-meridian-cache"), Some("miss"));
+    let again = raw_get(&cluster.nodes[2], "/global/obj-20971520");
+    assert_eq!(
+        (again.header("x-meridian-served-from"), again.header("x-meridian-cache")),
+        (Some("region-c"), Some("hit"))
+    );
+    assert_eq!(md5_hex(&again.body), md5_hex(&pattern(20 << 20, 3)));
+
+    // Overwrite in a, read in b and c: never the old value once the write has returned.
+    for round in 0..5u64 {
+        let data = pattern(300_000, 100 + round);
+        let put = common::raw::signed(&cluster.nodes[0].addr, "PUT", "/global/hot", &[], &data);
+        assert_eq!(put.status, 200);
+        let written: u64 = put.header("x-meridian-revision").unwrap().parse().unwrap();
+        for node in &cluster.nodes[1..] {
+            let got = raw_get(node, "/global/hot");
+            let seen: u64 = got.header("x-meridian-revision").unwrap().parse().unwrap();
+            assert!(seen >= written, "a read after the write reflects it");
+            assert_eq!(md5_hex(&got.body), md5_hex(&data), "round {round}: the new bytes, never the old");
+        }
+    }
+
+    // Delete in c: gone everywhere, at once.
+    c.delete_object().bucket("global").key("obj-2097152").send().await.unwrap();
+    for client in [&a, &b] {
+        let err = client.get_object().bucket("global").key("obj-2097152").send().await.unwrap_err();
+        assert_eq!(error_code(&err), "NoSuchKey", "a delete is never followed by a read of the old bytes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_range_reads_fetch_only_what_they_need_and_small_objects_are_everywhere() {
+    let cluster = Cluster::start().await;
+    let (a, b) = (cluster.client(0), cluster.client(1));
+    a.create_bucket().bucket("video").send().await.unwrap();
+    let size = 48 << 20;
+    let data = pattern(size, 7);
+    a.put_object().bucket("video").key("movie.mp4").body(ByteStream::from(data.clone())).send().await.unwrap();
+    let before = cluster.node_links[0].stats();
+    let got = b.get_object().bucket("video").key("movie.mp4").range("bytes=30000000-30000999").send().await.unwrap();
+    assert_eq!(body_bytes(got).await, &data[30_000_000..30_001_000]);
+    let after = cluster.node_links[0].stats();
+    let fetched = after.backward_bytes - before.backward_bytes;
+    assert!(
+        fetched < 3 * (8 << 20),
+        "a small range of an uncached 48 MiB object fetches at most a chunk or two, got {fetched} bytes"
+    );
+
+    // Small objects are pushed to every region right after the write.
+    a.put_object().bucket("video").key("thumb.jpg").body(ByteStream::from(pattern(60_000, 8))).send().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = raw_get(&cluster.nodes[2], "/video/thumb.jpg");
+        if got.header("x-meridian-cache") == Some("hit") {
+            assert_eq!(got.header("x-meridian-served-from"), Some("region-c"));
+            assert_eq!(got.body, pattern(60_000, 8));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the small object was not prefetched into region c");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_kill9_mid_fetch_leaves_no_partial_cache_entry() {
+    let mut cluster = Cluster::start().await;
+    let a = cluster.client(0);
+    a.create_bucket().bucket("big").send().await.unwrap();
+    let size = 40 << 20;
+    let data = pattern(size, 9);
+    a.put_object().bucket("big").key("blob").body(ByteStream::from(data.clone())).send().await.unwrap();
+    // Slow the link from a so the fetch is still running when b dies.
+    cluster.node_links[0].set_config(LinkConfig::one_way(ONE_WAY).with_bandwidth(6 << 20));
+    let addr = cluster.nodes[1].addr.clone();
+    let reader = std::thread::spawn(move || common::raw::signed(&addr, "GET", "/big/blob", &[], b""));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    cluster.nodes[1].kill9();
+    let _ = reader.join();
+    cluster.node_links[0].set_config(LinkConfig::one_way(ONE_WAY));
+
+    // Whatever the cache holds after the crash is whole: tmp is empty after a restart, and every
+    // entry it serves verifies.
+    cluster.nodes[1].restart();
+    let cache = cluster.nodes[1].data.join("cache");
+    let tmp_files = std::fs::read_dir(cache.join("tmp")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(tmp_files, 0, "no half-fetched chunk survives a restart");
+    let got = raw_get(&cluster.nodes[1], "/big/blob");
+    assert_eq!(got.status, 200);
+    assert_eq!(md5_hex(&got.body), md5_hex(&data), "the object reads back whole and right after the crash");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_cluster_status_shows_every_region() {
+    let cluster = Cluster::start().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut cmd = std::process::Command::new(common::binary());
+    cmd.args(["cluster", "status", "--json", "--url", &cluster.nodes[1].admin_url, "--token", common::ADMIN_TOKEN]);
+    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut regions: Vec<&str> = v["nodes"].as_array().unwrap().iter().map(|n| n["region"].as_str().unwrap()).collect();
+    regions.sort();
+    assert_eq!(regions, REGIONS);
+    assert!(v["nodes"].as_array().unwrap().iter().all(|n| n["healthy"] == true), "{v}");
+}
