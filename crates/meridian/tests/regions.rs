@@ -46,7 +46,7 @@ impl Cluster {
         let mut etcd_links = Vec::new();
         for i in 0..3 {
             let peer = addr_of(&builder.member(i).listen_peer_url);
-            let p = proxy(peer, link.clone()).await;
+            let p = proxy(peer, link).await;
             builder.member_mut(i).advertise_peer_url = format!("http://{}", p.local_addr());
             etcd_links.push(p);
         }
@@ -54,7 +54,7 @@ impl Cluster {
         // Each node talks to its own region's member directly, to the others through proxies.
         let mut client_links = Vec::new();
         for i in 0..3 {
-            client_links.push(proxy(addr_of(&etcd.client_endpoint(i)), link.clone()).await);
+            client_links.push(proxy(addr_of(&etcd.client_endpoint(i)), link).await);
         }
         let tmp = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
@@ -67,7 +67,7 @@ impl Cluster {
                 }
             }
             let listen = free_addr();
-            let node_link = proxy(listen, link.clone()).await;
+            let node_link = proxy(listen, link).await;
             let args = vec![
                 "--etcd".to_string(),
                 endpoints.join(","),
