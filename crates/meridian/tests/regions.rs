@@ -68,7 +68,7 @@ impl Cluster {
             }
             let listen = free_addr();
             let node_link = proxy(listen, link).await;
-            let args = vec![
+            let args = [
                 "--etcd".to_string(),
                 endpoints.join(","),
                 "--region".into(),
