@@ -3,7 +3,7 @@
 use meridian_meta::{Compare, Op, RangeRequest, Revision, Txn};
 
 use crate::error::{EngineError, EngineResult};
-use crate::record::{self, BucketRecord};
+use crate::record::{self, BucketRecord, Location};
 use crate::{Engine, keys, now_ms};
 
 /// A DeleteBucket that crashed mid-way leaves its `deleting` mark; after this long writers
@@ -47,9 +47,15 @@ impl Engine {
 
     /// Creates a bucket owned by the key named `owner`, optionally readable by anyone.
     pub async fn create_bucket_with(&self, name: &str, owner: &str, public_read: bool) -> EngineResult<Revision> {
+        self.create_bucket_at(name, owner, public_read, Location::Global).await
+    }
+
+    /// Creates a bucket with a location type (see [`Location`]).
+    pub async fn create_bucket_at(&self, name: &str, owner: &str, public_read: bool, location: Location) -> EngineResult<Revision> {
         validate_bucket_name(name)?;
         let key = keys::bucket(name);
-        let record = BucketRecord { created_ms: now_ms(), owner: owner.to_string(), public_read, ..Default::default() };
+        let record =
+            BucketRecord { created_ms: now_ms(), owner: owner.to_string(), public_read, location, ..Default::default() };
         let txn = Txn::new()
             .when(Compare::absent(key.clone()))
             .then(Op::put(key.clone(), record::encode(&record)))

@@ -30,6 +30,64 @@ pub struct BucketRecord {
     /// Lifecycle rules (expiry and upload abort).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lifecycle: Vec<crate::lifecycle::LifecycleRule>,
+    /// Where the bucket's bytes live.
+    #[serde(default, skip_serializing_if = "Location::is_global")]
+    pub location: Location,
+}
+
+/// A bucket's location type: the consistency and durability model of its objects' bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Location {
+    /// Bytes stay in the region that wrote them and follow readers through caches.
+    #[default]
+    Global,
+    /// Every write (and every strong read) is served by a node of this region; other regions
+    /// forward to it.
+    Pinned { region: String },
+    /// A write is acknowledged only once its bytes are durable in every one of these regions,
+    /// so losing a region loses nothing.
+    MultiRegion { regions: Vec<String> },
+}
+
+impl Location {
+    pub fn is_global(&self) -> bool {
+        *self == Location::Global
+    }
+
+    /// Parses `global`, `pinned:REGION` or `multi:R1,R2,...`.
+    pub fn parse(text: &str) -> EngineResult<Location> {
+        let bad = || {
+            EngineError::InvalidArgument(format!(
+                "invalid bucket location {text:?}: use global, pinned:REGION or multi:REGION1,REGION2[,...]"
+            ))
+        };
+        let valid = |r: &str| !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        match text.split_once(':') {
+            None if text == "global" => Ok(Location::Global),
+            Some(("pinned", region)) if valid(region) => Ok(Location::Pinned { region: region.to_string() }),
+            Some(("multi", list)) => {
+                let mut regions: Vec<String> = list.split(',').map(|r| r.trim().to_string()).collect();
+                regions.sort();
+                regions.dedup();
+                if regions.len() < 2 || !regions.iter().all(|r| valid(r)) {
+                    return Err(bad());
+                }
+                Ok(Location::MultiRegion { regions })
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Global => write!(f, "global"),
+            Location::Pinned { region } => write!(f, "pinned:{region}"),
+            Location::MultiRegion { regions } => write!(f, "multi:{}", regions.join(",")),
+        }
+    }
 }
 
 /// The standard headers and user metadata stored with an object and returned on reads.
