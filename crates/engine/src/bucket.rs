@@ -51,11 +51,22 @@ impl Engine {
     }
 
     /// Creates a bucket with a location type (see [`Location`]).
-    pub async fn create_bucket_at(&self, name: &str, owner: &str, public_read: bool, location: Location) -> EngineResult<Revision> {
+    pub async fn create_bucket_at(
+        &self,
+        name: &str,
+        owner: &str,
+        public_read: bool,
+        location: Location,
+    ) -> EngineResult<Revision> {
         validate_bucket_name(name)?;
         let key = keys::bucket(name);
-        let record =
-            BucketRecord { created_ms: now_ms(), owner: owner.to_string(), public_read, location, ..Default::default() };
+        let record = BucketRecord {
+            created_ms: now_ms(),
+            owner: owner.to_string(),
+            public_read,
+            location,
+            ..Default::default()
+        };
         let txn = Txn::new()
             .when(Compare::absent(key.clone()))
             .then(Op::put(key.clone(), record::encode(&record)))
@@ -78,6 +89,15 @@ impl Engine {
     pub async fn bucket(&self, name: &str) -> EngineResult<(BucketRecord, Revision)> {
         let kv = self.meta().get(&keys::bucket(name)).await?.ok_or(EngineError::NoSuchBucket)?;
         Ok((record::decode(&kv.value)?, kv.mod_revision))
+    }
+
+    /// The bucket's location type from this node's local view of the metadata (buckets' location
+    /// never changes after creation, so a local read is enough); `None` for a missing bucket.
+    pub async fn bucket_location(&self, name: &str) -> EngineResult<Option<Location>> {
+        match self.reader(crate::Consistency::Local).get(&keys::bucket(name)).await? {
+            Some(kv) => Ok(Some(record::decode::<BucketRecord>(&kv.value)?.location)),
+            None => Ok(None),
+        }
     }
 
     /// Like [`Engine::bucket`], but a bucket being deleted counts as gone.

@@ -62,7 +62,9 @@ impl Location {
                 "invalid bucket location {text:?}: use global, pinned:REGION or multi:REGION1,REGION2[,...]"
             ))
         };
-        let valid = |r: &str| !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let valid = |r: &str| {
+            !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
         match text.split_once(':') {
             None if text == "global" => Ok(Location::Global),
             Some(("pinned", region)) if valid(region) => Ok(Location::Pinned { region: region.to_string() }),

@@ -238,7 +238,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     });
     collect_orphans_in_background(engine.clone(), started);
     engine.spawn_reaper(Duration::from_millis(250));
-    meridian_s3::serve(listener, service, peer_endpoint, settings.limits.clone(), shutdown_signal()).await?;
+    let forwarder =
+        peer_endpoint.as_ref().map(|_| meridian_s3::forward::Forwarder::new(engine.clone(), settings.domain.clone()));
+    meridian_s3::serve(listener, service, peer_endpoint, forwarder, settings.limits.clone(), shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

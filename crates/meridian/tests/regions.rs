@@ -233,3 +233,56 @@ async fn heavy_cluster_status_shows_every_region() {
     assert_eq!(regions, REGIONS);
     assert!(v["nodes"].as_array().unwrap().iter().all(|n| n["healthy"] == true), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_pinned_bucket_takes_writes_in_its_region_only() {
+    use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+    let cluster = Cluster::start().await;
+    let (a, c) = (cluster.client(0), cluster.client(2));
+    let pinned_to = |region: &str| {
+        CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(region)).build()
+    };
+    // Created from region a, pinned to region b.
+    a.create_bucket().bucket("ledger").create_bucket_configuration(pinned_to("region-b")).send().await.unwrap();
+    let where_ = c.get_bucket_location().bucket("ledger").send().await.unwrap();
+    assert_eq!(where_.location_constraint().map(|l| l.as_str()), Some("region-b"));
+    // A region nobody runs is refused, and so is a malformed location type.
+    for bad in ["pinned:region-z", "multi:region-a", "pinned:"] {
+        let err = a.create_bucket().bucket("nowhere").create_bucket_configuration(pinned_to(bad)).send().await;
+        assert_eq!(error_code(&err.unwrap_err()), "InvalidLocationConstraint", "{bad}");
+    }
+
+    // A write sent to region a is forwarded to b and its bytes land there.
+    let data = pattern(200_000, 11);
+    let put = common::raw::signed(&cluster.nodes[0].addr, "PUT", "/ledger/entry", &[], &data);
+    assert_eq!(put.status, 200, "{}", String::from_utf8_lossy(&put.body));
+    assert_eq!(put.header("x-meridian-forwarded-to"), Some("region-b"));
+    let in_b = raw_get(&cluster.nodes[1], "/ledger/entry");
+    assert_eq!(
+        (in_b.header("x-meridian-served-from"), in_b.header("x-meridian-cache")),
+        (Some("region-b"), Some("hit"))
+    );
+    assert_eq!(in_b.body, data);
+    // Plain reads anywhere are served locally (pulled from b); a strong read goes to b.
+    let in_c = raw_get(&cluster.nodes[2], "/ledger/entry");
+    assert_eq!((in_c.status, in_c.header("x-meridian-served-from")), (200, Some("region-b")));
+    assert_eq!(in_c.header("x-meridian-forwarded-to"), None);
+    let strong = common::raw::signed(
+        &cluster.nodes[2].addr,
+        "GET",
+        "/ledger/entry",
+        &[("x-meridian-consistency", "strong".to_string())],
+        b"",
+    );
+    assert_eq!((strong.status, strong.header("x-meridian-forwarded-to")), (200, Some("region-b")));
+    assert_eq!(strong.body, data);
+
+    // With region b cut off, a write to the pinned bucket fails clearly instead of landing elsewhere.
+    cluster.node_links[1].partition_with(meridian_wan::PartitionMode::Reset);
+    let cut = common::raw::signed(&cluster.nodes[0].addr, "PUT", "/ledger/entry", &[], b"lost?");
+    assert_eq!(cut.status, 503, "{}", String::from_utf8_lossy(&cut.body));
+    assert!(String::from_utf8_lossy(&cut.body).contains("ServiceUnavailable"));
+    cluster.node_links[1].heal();
+    let after = raw_get(&cluster.nodes[1], "/ledger/entry");
+    assert_eq!(after.body, data, "the refused write changed nothing");
+}

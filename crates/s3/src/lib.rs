@@ -5,6 +5,7 @@
 
 pub mod access;
 mod convert;
+pub mod forward;
 pub mod kv;
 pub mod server;
 pub mod service;

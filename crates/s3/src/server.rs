@@ -54,6 +54,7 @@ pub async fn serve(
     listener: TcpListener,
     service: S3Service,
     peer_endpoint: Option<PeerEndpoint>,
+    forwarder: Option<crate::forward::Forwarder>,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
@@ -90,10 +91,20 @@ pub async fn serve(
         let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone() });
         let svc = service.clone();
         let endpoint = peer_endpoint.clone();
+        let forwarder = forwarder.clone();
         let handler = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let svc = svc.clone();
             let endpoint = endpoint.clone();
+            let forwarder = forwarder.clone();
             async move {
+                if let Some(fw) = &forwarder
+                    && let Some(target) = fw.target(&req).await
+                {
+                    return Ok(match target {
+                        Ok((region, url)) => fw.forward(req, &region, &url).await,
+                        Err(refused) => refused,
+                    });
+                }
                 if req.uri().path().starts_with("/_meridian/") {
                     return Ok(match &endpoint {
                         Some(p) => {

@@ -22,6 +22,7 @@ use crate::convert::{
 };
 use crate::kv::{KvWrite, expiry_headers, read_consistency, session_cookie};
 use meridian_engine::iam::{Access, authorize};
+use meridian_engine::record::Location;
 
 /// Settings of the S3 front end.
 #[derive(Clone, Debug, Default)]
@@ -56,6 +57,31 @@ impl MeridianS3 {
             headers.insert("x-meridian-served-from", v);
         }
         headers.insert("x-meridian-cache", http::HeaderValue::from_static(if hit { "hit" } else { "miss" }));
+    }
+
+    /// The location type asked for by CreateBucket's `LocationConstraint`: `global`,
+    /// `pinned:REGION` or `multi:R1,R2` explicitly; a bare name of a region of this cluster pins
+    /// the bucket there. Any other bare name (SDKs send their configured region, e.g.
+    /// `eu-west-1`) and no constraint mean a global bucket.
+    async fn location_from_constraint(&self, constraint: Option<&str>) -> S3Result<Location> {
+        let Some(text) = constraint.map(str::trim).filter(|c| !c.is_empty()) else { return Ok(Location::Global) };
+        let invalid = |message: String| S3Error::with_message(S3ErrorCode::InvalidLocationConstraint, message);
+        let nodes = self.engine.nodes().await.map_err(s3_error)?;
+        let known = |region: &str| nodes.iter().any(|n| n.record.region == region);
+        if text != "global" && !text.contains(':') {
+            let pinned = known(text).then(|| Location::Pinned { region: text.to_string() });
+            return Ok(pinned.unwrap_or(Location::Global));
+        }
+        let location = Location::parse(text).map_err(|e| invalid(e.to_string()))?;
+        let regions = match &location {
+            Location::Global => vec![],
+            Location::Pinned { region } => vec![region.clone()],
+            Location::MultiRegion { regions } => regions.clone(),
+        };
+        match regions.iter().find(|r| !known(r)) {
+            Some(unknown) => Err(invalid(format!("no node of this cluster is in region {unknown:?}"))),
+            None => Ok(location),
+        }
     }
 
     /// A copy reads its source: the key needs read access there as well.
@@ -391,8 +417,10 @@ impl S3 for MeridianS3 {
             return Err(not_implemented("object lock"));
         }
         let owner = Principal::name_of(&req);
+        let constraint = req.input.create_bucket_configuration.as_ref().and_then(|c| c.location_constraint.as_ref());
+        let location = self.location_from_constraint(constraint.map(|c| c.as_str())).await?;
         let revision =
-            self.engine.create_bucket_with(&req.input.bucket, &owner, public_read).await.map_err(s3_error)?;
+            self.engine.create_bucket_at(&req.input.bucket, &owner, public_read, location).await.map_err(s3_error)?;
         let output = CreateBucketOutput { location: Some(format!("/{}", req.input.bucket)) };
         Ok(with_revision(output, revision))
     }
@@ -407,9 +435,15 @@ impl S3 for MeridianS3 {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        self.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
-        // us-east-1 is reported as an empty constraint, as S3 does.
-        let constraint = (self.region != "us-east-1").then(|| BucketLocationConstraint::from(self.region.clone()));
+        let (record, _) = self.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
+        // A pinned bucket lives in its region; a multi-region bucket reports its type; a global
+        // one the region of the node asked. us-east-1 is an empty constraint, as S3 does.
+        let region = match record.location {
+            Location::Global => self.region.clone(),
+            Location::Pinned { region } => region,
+            multi @ Location::MultiRegion { .. } => multi.to_string(),
+        };
+        let constraint = (region != "us-east-1").then(|| BucketLocationConstraint::from(region));
         Ok(S3Response::new(GetBucketLocationOutput { location_constraint: constraint }))
     }
 

@@ -1,0 +1,127 @@
+//! Forwarding requests that belong to another region: writes (and strong reads) of a bucket
+//! pinned to a region are sent, unchanged, to a healthy node of that region. The request keeps
+//! its Host header and signature, so the target verifies it exactly as the client sent it.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use meridian_engine::Engine;
+use meridian_engine::record::Location;
+
+/// Set on a forwarded request (the forwarding node's id), so it is never forwarded again.
+pub const FORWARDED_HEADER: &str = "x-meridian-forwarded-by";
+/// Set on the response: the region that served a forwarded request.
+pub const FORWARDED_TO_HEADER: &str = "x-meridian-forwarded-to";
+
+/// How long a forwarded request may take until the target's response headers arrive (the
+/// upload of a large body included).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Clone)]
+pub struct Forwarder {
+    engine: Engine,
+    domain: Option<String>,
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Forwarder {
+    pub fn new(engine: Engine, domain: Option<String>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
+        Forwarder { engine, domain, client }
+    }
+
+    /// The bucket a request addresses: the host's first label under the configured domain,
+    /// else the first path segment.
+    fn bucket_of<B>(&self, req: &Request<B>) -> Option<String> {
+        if let Some(domain) = &self.domain {
+            let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+            let host = host.split(':').next().unwrap_or_default();
+            if let Some(bucket) = host.strip_suffix(domain.as_str()).and_then(|b| b.strip_suffix('.')) {
+                return Some(bucket.to_string());
+            }
+        }
+        let segment = req.uri().path().trim_start_matches('/').split('/').next()?;
+        (!segment.is_empty()).then(|| percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned())
+    }
+
+    /// Where to send `req`, if it belongs to another region: (region, base URL) of a healthy
+    /// node there, or an error response when that region has none.
+    pub async fn target<B>(&self, req: &Request<B>) -> Option<Result<(String, String), Response<s3s::Body>>> {
+        if req.headers().contains_key(FORWARDED_HEADER) || req.uri().path().starts_with("/_meridian/") {
+            return None;
+        }
+        let bucket = self.bucket_of(req)?;
+        let Location::Pinned { region } = self.engine.bucket_location(&bucket).await.ok()?? else { return None };
+        if region == self.engine.config().node.region {
+            return None;
+        }
+        let strong_read = req
+            .headers()
+            .get(crate::kv::CONSISTENCY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("strong"));
+        let is_write = !matches!(*req.method(), Method::GET | Method::HEAD);
+        if !is_write && !strong_read {
+            return None;
+        }
+        let nodes = self.engine.nodes().await.unwrap_or_default();
+        let node = nodes.into_iter().find(|n| n.healthy && n.record.region == region);
+        Some(match node {
+            Some(n) => Ok((region, n.record.advertise_url)),
+            None => Err(unavailable(&format!(
+                "bucket {bucket:?} is pinned to region {region}, which has no reachable node; the request was not applied"
+            ))),
+        })
+    }
+
+    /// Sends the request to `base_url` and streams the answer back.
+    pub async fn forward(&self, req: Request<Incoming>, region: &str, base_url: &str) -> Response<s3s::Body> {
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let uri = match format!("{}{}", base_url.trim_end_matches('/'), path).parse::<http::Uri>() {
+            Ok(uri) => uri,
+            Err(_) => return unavailable(&format!("cannot forward to {base_url}: invalid URL")),
+        };
+        parts.uri = uri;
+        let node =
+            HeaderValue::from_str(&self.engine.config().node.node).unwrap_or(HeaderValue::from_static("unknown"));
+        parts.headers.insert(FORWARDED_HEADER, node);
+        let sent = tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(Request::from_parts(parts, body))).await;
+        let Ok(sent) = sent else {
+            return unavailable(&format!(
+                "region {region} ({base_url}) did not answer within {}s; the request may have been applied",
+                FORWARD_TIMEOUT.as_secs()
+            ));
+        };
+        match sent {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                if let Ok(v) = HeaderValue::from_str(region) {
+                    parts.headers.insert(FORWARDED_TO_HEADER, v);
+                }
+                Response::from_parts(parts, s3s::Body::http_body(body))
+            }
+            Err(err) => unavailable(&format!(
+                "forwarding to region {region} ({base_url}) failed: {err}; the request may not have been applied"
+            )),
+        }
+    }
+}
+
+fn unavailable(message: &str) -> Response<s3s::Body> {
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>ServiceUnavailable</Code><Message>{}</Message></Error>",
+        message.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    );
+    let mut resp = Response::new(s3s::Body::from(xml));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+    resp
+}
