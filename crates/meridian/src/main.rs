@@ -18,6 +18,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Load-test any S3 endpoint (Meridian or another) and report ops/s, MiB/s and latencies.
     Bench(Box<meridian_bench::BenchArgs>),
+    /// The KV API: get, put (CAS, TTL, put_transaction), delete, ls, locks, watch, batch.
+    Kv(Box<meridian_client::cli::KvArgs>),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -25,5 +27,6 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Server(args) => server::run(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Bench(args) => Ok(meridian_bench::cli_main(*args)),
+        Command::Kv(args) => Ok(meridian_client::cli::main(*args)),
     }
 }
