@@ -37,6 +37,9 @@ pub struct ServerArgs {
     /// Log format: text or json. Default: text (logs go to stderr; RUST_LOG sets the level)
     #[arg(long)]
     log_format: Option<String>,
+    /// Revisions of change history kept for watches. Default: 100000
+    #[arg(long, hide = true)]
+    history_revisions: Option<u64>,
 }
 
 struct Settings {
@@ -47,6 +50,7 @@ struct Settings {
     inline_max: usize,
     limits: ServerLimits,
     log_format: String,
+    history_revisions: u64,
 }
 
 fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
@@ -70,6 +74,11 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         inline_max: args.inline_max.or(file.inline_max).unwrap_or(EngineConfig::default().inline_max),
         limits,
         log_format: args.log_format.or(file.log_format).unwrap_or_else(|| "text".into()),
+        history_revisions: args
+            .history_revisions
+            .or(file.history_revisions)
+            .unwrap_or(EmbeddedOptions::default().history_revisions)
+            .max(1),
     })
 }
 
@@ -96,7 +105,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data)
         .with_context(|| format!("cannot create the data directory {}", settings.data.display()))?;
     let meta_path = settings.data.join("meta.redb");
-    let meta = EmbeddedStore::open(&meta_path, EmbeddedOptions::default()).map_err(|e| {
+    let options = EmbeddedOptions { history_revisions: settings.history_revisions, ..EmbeddedOptions::default() };
+    let meta = EmbeddedStore::open(&meta_path, options).map_err(|e| {
         anyhow::anyhow!(
             "cannot open the metadata database {}: {e} (is another meridian server using this data directory?)",
             meta_path.display()

@@ -58,7 +58,7 @@ pub fn s3_error(err: EngineError) -> S3Error {
         EngineError::BadDigest | EngineError::ChecksumMismatch { .. } => C::BadDigest,
         EngineError::IncompleteBody => C::IncompleteBody,
         EngineError::Contended => C::SlowDown,
-        EngineError::RevisionMismatch { current, .. } => {
+        EngineError::RevisionMismatch { current, .. } | EngineError::BatchRevisionMismatch { current, .. } => {
             let mut e = S3Error::with_message(C::PreconditionFailed, message);
             let mut headers = HeaderMap::new();
             headers.insert(crate::REVISION_HEADER, HeaderValue::from(current));
