@@ -522,7 +522,7 @@ fn read_value(put: &PutArgs) -> Result<Bytes, Failure> {
 }
 
 async fn watch(kv: &Client, prefix: String, since: Option<u64>, endpoint: &str) -> CmdResult {
-    let mut events = kv.watch_resumable(&prefix, since);
+    let mut events = kv.watch_resumable(&prefix, since).await.map_err(|e| failure(e, endpoint))?;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {

@@ -69,7 +69,7 @@
 //! use futures::StreamExt;
 //! // From now on, reconnecting (exactly, no gap, no duplicate) if the connection or the server
 //! // goes away.
-//! let mut events = kv.watch_resumable("sessions/", None);
+//! let mut events = kv.watch_resumable("sessions/", None).await?;
 //! while let Some(item) = events.next().await {
 //!     match item {
 //!         Ok(event) => println!("{:?} {} v{}", event.kind, event.key, event.revision),
@@ -132,7 +132,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, St
         "d" => value * 86_400e3,
         _ => return Err(bad()),
     };
-    if !millis.is_finite() || millis < 1.0 || millis > 100.0 * 365.0 * 86_400e3 {
+    if !millis.is_finite() || !(1.0..=100.0 * 365.0 * 86_400e3).contains(&millis) {
         return Err(bad());
     }
     Ok(std::time::Duration::from_millis(millis as u64))

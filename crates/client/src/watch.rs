@@ -229,26 +229,34 @@ impl Client {
     /// delivers every later event exactly once, in order — no gap, no duplicate, even if the
     /// connection broke in the middle of a batch.
     ///
-    /// `since`: the first revision wanted (inclusive); `None` means "from now on" (the current
-    /// revision is read first, so nothing committed after the call is missed).
+    /// `since`: the first revision wanted (inclusive); `None` means "from now on": the current
+    /// revision is read before this returns, so nothing committed after the call is missed.
+    /// The first connection is made before this returns, and its errors are returned as they
+    /// are (e.g. [`Error::Compacted`], [`Error::NoSuchBucket`], or a transport error when the
+    /// server is down).
     ///
-    /// Transport errors are yielded as items for the caller to log; the stream goes on after
-    /// them. Any other error ([`Error::Compacted`], [`Error::NoSuchBucket`], authentication)
-    /// ends it. Drop the stream to stop.
-    pub fn watch_resumable(&self, prefix: &str, since: Option<u64>) -> WatchStream {
+    /// Later transport errors are yielded as items for the caller to log; the stream goes on
+    /// after them. Any other error ([`Error::Compacted`] when the history it needs is gone,
+    /// authentication) ends it. Drop the stream to stop.
+    pub async fn watch_resumable(&self, prefix: &str, since: Option<u64>) -> Result<WatchStream> {
+        let since = match since {
+            Some(s) => s,
+            None => self.revision().await? + 1,
+        };
+        let inner = self.watch(prefix, since).await?;
         let state = Resume {
             client: self.clone(),
             prefix: prefix.to_string(),
             start: since,
             last: None,
-            inner: None,
+            inner: Some(inner),
             backoff: Duration::ZERO,
             done: false,
         };
-        Box::pin(futures::stream::unfold(state, |mut state| async move {
+        Ok(Box::pin(futures::stream::unfold(state, |mut state| async move {
             let item = state.next().await?;
             Some((item, state))
-        }))
+        })))
     }
 }
 
@@ -256,7 +264,7 @@ struct Resume {
     client: Client,
     prefix: String,
     /// First revision wanted, until the first event arrives.
-    start: Option<u64>,
+    start: u64,
     /// The revision of the last event delivered and the keys delivered at that revision.
     last: Option<(u64, HashSet<String>)>,
     inner: Option<WatchStream>,
@@ -319,16 +327,8 @@ impl Resume {
     }
 
     async fn connect(&mut self) -> Result<WatchStream> {
-        let since = match (&self.last, self.start) {
-            // Inclusive: the rest of a batch cut off mid-way comes again; seen keys are skipped.
-            (Some((rev, _)), _) => *rev,
-            (None, Some(since)) => since,
-            (None, None) => {
-                let since = self.client.revision().await? + 1;
-                self.start = Some(since);
-                since
-            }
-        };
+        // Inclusive: the rest of a batch cut off mid-way comes again; seen keys are skipped.
+        let since = self.last.as_ref().map_or(self.start, |(rev, _)| *rev);
         self.client.watch(&self.prefix, since).await
     }
 }
