@@ -65,7 +65,7 @@ pub struct BenchArgs {
     /// Concurrent writers during the watch workload (1: one write at a time).
     #[arg(long, default_value_t = 1)]
     pub watch_writers: usize,
-    /// Key prefix of the run (default: kv-bench/<random>/).
+    /// Key prefix of the run (default: `kv-bench/RANDOM/`).
     #[arg(long)]
     pub prefix: Option<String>,
     /// Keep the keys afterwards.

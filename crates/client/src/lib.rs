@@ -91,7 +91,7 @@
 //! ## The `meridian kv` command
 //!
 //! [`cli`] holds the command line (`meridian kv get|put|delete|ls|lock|renew|release|owner|watch|batch|bench`),
-//! its documented exit codes and a benchmark ([`bench`]); see `docs/kv.md` in the repository.
+//! its documented exit codes and a benchmark ([`mod@bench`]); see `docs/kv.md` in the repository.
 
 #![warn(missing_docs)]
 
