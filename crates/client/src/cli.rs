@@ -50,22 +50,22 @@ Durations: 500ms, 90s, 5m, 2h, 7d (fractions allowed: 1.5s).";
 #[command(after_help = EXIT_CODES)]
 pub struct KvArgs {
     /// Meridian endpoint.
-    #[arg(long, env = "MERIDIAN_ENDPOINT", default_value = DEFAULT_ENDPOINT, global = true)]
+    #[arg(long, env = "MERIDIAN_ENDPOINT", default_value = DEFAULT_ENDPOINT, global = true, help_heading = "Connection")]
     pub endpoint: String,
     /// Bucket holding the keys (required).
-    #[arg(long, env = "MERIDIAN_BUCKET", global = true)]
+    #[arg(long, env = "MERIDIAN_BUCKET", global = true, help_heading = "Connection")]
     pub bucket: Option<String>,
     /// Access key id.
-    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true, global = true)]
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true, global = true, help_heading = "Connection")]
     pub access_key: Option<String>,
     /// Secret access key.
-    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true, global = true)]
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true, global = true, help_heading = "Connection")]
     pub secret_key: Option<String>,
     /// Region used in signatures.
-    #[arg(long, env = "AWS_REGION", default_value = "us-east-1", global = true)]
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1", global = true, help_heading = "Connection")]
     pub region: String,
     /// Per-request timeout (lock waits are added to it).
-    #[arg(long, default_value = "60s", value_parser = duration_arg, global = true)]
+    #[arg(long, default_value = "60s", value_parser = duration_arg, global = true, help_heading = "Connection")]
     pub timeout: Duration,
     /// The operation.
     #[command(subcommand)]

@@ -272,6 +272,19 @@ struct Resume {
     done: bool,
 }
 
+/// Whether a (re)delivered event is new, given the revision of the last event delivered and the
+/// keys delivered at that revision; records it if so.
+fn admit(last: &mut Option<(u64, HashSet<String>)>, event: &Event) -> bool {
+    match last {
+        Some((rev, _)) if event.revision < *rev => false,
+        Some((rev, keys)) if event.revision == *rev => keys.insert(event.key.clone()),
+        _ => {
+            *last = Some((event.revision, HashSet::from([event.key.clone()])));
+            true
+        }
+    }
+}
+
 impl Resume {
     async fn next(&mut self) -> Option<Result<Event>> {
         loop {
@@ -293,16 +306,9 @@ impl Resume {
             match inner.next().await {
                 Some(Ok(event)) => {
                     self.backoff = Duration::ZERO;
-                    match &mut self.last {
-                        Some((rev, _)) if event.revision < *rev => continue,
-                        Some((rev, keys)) if event.revision == *rev => {
-                            if !keys.insert(event.key.clone()) {
-                                continue;
-                            }
-                        }
-                        _ => self.last = Some((event.revision, HashSet::from([event.key.clone()]))),
+                    if admit(&mut self.last, &event) {
+                        return Some(Ok(event));
                     }
-                    return Some(Ok(event));
                 }
                 Some(Err(e)) => {
                     self.inner = None;
@@ -336,6 +342,30 @@ impl Resume {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resuming_mid_batch_skips_exactly_what_was_delivered() {
+        let ev = |key: &str, revision| Event {
+            kind: EventKind::Put,
+            key: key.into(),
+            revision,
+            size: None,
+            etag: None,
+            expires_at_ms: None,
+        };
+        let mut last = None;
+        // First connection: 9, then the first two keys of batch 10 before it broke.
+        assert!(admit(&mut last, &ev("x", 9)));
+        assert!(admit(&mut last, &ev("a", 10)));
+        assert!(admit(&mut last, &ev("b", 10)));
+        // Reconnected from 10 (inclusive): the whole batch comes again.
+        assert!(!admit(&mut last, &ev("a", 10)));
+        assert!(!admit(&mut last, &ev("b", 10)));
+        assert!(admit(&mut last, &ev("c", 10)), "the rest of the batch is delivered");
+        assert!(!admit(&mut last, &ev("x", 9)), "older revisions are never repeated");
+        assert!(admit(&mut last, &ev("a", 11)));
+        assert!(!admit(&mut last, &ev("c", 10)));
+    }
 
     #[test]
     fn lines() {

@@ -237,7 +237,7 @@ async fn heavy_fencing_rejects_a_paused_holder() {
     // A: take the lock, say the token, wait for a line on stdin, then write under the fence.
     let script = format!(
         r#"set -u
-token=$("{bin}" kv lock db/primary --ttl 1s --owner process-a) || exit 10
+token=$("{bin}" kv lock db/primary --ttl 2s --owner process-a) || exit 10
 echo "$token"
 read -r _
 "{bin}" kv put db/state "written by A" --fence-lock db/primary --fence "$token"
@@ -263,7 +263,7 @@ read -r _
     signal("-STOP");
     a.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     assert_eq!(client.owner("db/primary").await.unwrap().unwrap().owner, "process-a");
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
 
     // B: A's lock has expired; B takes it and writes under its own fence.
     let out = kv(&server, &["lock", "db/primary", "--ttl", "30s", "--owner", "process-b"]);
