@@ -870,8 +870,11 @@ async fn cli_commands_and_exit_codes() {
         std::io::BufReader::new(out).lines().take(3).map(Result::unwrap).collect::<Vec<_>>()
     });
     let lines = tokio::time::timeout(Duration::from_secs(10), lines).await.unwrap().unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    // Ctrl-C ends it cleanly.
+    let interrupted = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(interrupted.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert_eq!(status.code(), Some(0), "watch exits 0 on Ctrl-C");
     let events: Vec<Event> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(
         events.iter().map(|e| (e.kind, e.key.as_str())).collect::<Vec<_>>(),
