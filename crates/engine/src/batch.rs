@@ -139,10 +139,11 @@ impl Engine {
                 if let Some(want) = op.if_revision() {
                     let have = visible.map_or(0, |c| c.revision);
                     if have != want {
-                        return Err(EngineError::InvalidRequest(format!(
-                            "batch refused: key {:?} is at revision {have}, the batch expected {want}",
-                            op.key()
-                        )));
+                        return Err(EngineError::BatchRevisionMismatch {
+                            key: op.key().to_string(),
+                            expected: want,
+                            current: have,
+                        });
                     }
                 }
                 let new = prepared.as_ref().map(|p| (&p.record, p.inline.as_ref()));

@@ -55,6 +55,8 @@ pub enum EngineError {
     Contended,
     #[error("version mismatch: expected revision {expected}, current is {current}")]
     RevisionMismatch { expected: u64, current: u64 },
+    #[error("batch refused: key {key:?} is at revision {current}, the batch expected {expected}")]
+    BatchRevisionMismatch { key: String, expected: u64, current: u64 },
     #[error("lock {name:?} is held by {owner:?} for another {remaining_ms} ms")]
     LockContended { name: String, owner: String, remaining_ms: u64 },
     #[error("lock {name:?} is not held with token {token}")]

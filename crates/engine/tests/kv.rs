@@ -241,7 +241,7 @@ async fn batches_are_all_or_nothing() {
     let err = engine
         .batch("kvs", vec![put("a", b"a2", Some(rev)), put("c", b"c", None), put("b", b"b2", Some(a.revision))])
         .await;
-    assert!(matches!(err, Err(EngineError::InvalidRequest(_))), "{err:?}");
+    assert!(matches!(err, Err(EngineError::BatchRevisionMismatch { current, .. }) if current == rev), "{err:?}");
     assert_eq!(get(&engine, "a").await.as_deref(), Some(&b"a1"[..]));
     assert_eq!(get(&engine, "c").await, None);
     let dup = engine.batch("kvs", vec![put("x", b"1", None), put("x", b"2", None)]).await;

@@ -44,6 +44,8 @@ pub struct FileConfig {
     pub idle_timeout_secs: Option<u64>,
     /// Log format: "text" or "json".
     pub log_format: Option<String>,
+    /// Revisions of change history kept for watches (older `since` values get 410).
+    pub history_revisions: Option<u64>,
 }
 
 impl FileConfig {

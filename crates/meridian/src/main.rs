@@ -24,6 +24,8 @@ enum Command {
     Cluster(meridian_admin::cli::ClusterArgs),
     /// Block volumes stored as a log of objects in any S3 bucket, served over NBD.
     Volume(meridian_volume::cli::VolumeCommand),
+    /// The KV API: get, put (CAS, TTL, put_transaction), delete, ls, locks, watch, batch.
+    Kv(Box<meridian_client::cli::KvArgs>),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -40,6 +42,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             Ok(runtime.block_on(meridian_admin::cli::run_cluster(args)))
         }
         Command::Volume(cmd) => volume(cmd),
+        Command::Kv(args) => Ok(meridian_client::cli::main(*args)),
     }
 }
 

@@ -64,6 +64,9 @@ pub struct ServerArgs {
     /// Log format: text or json. Default: text (logs go to stderr; RUST_LOG sets the level)
     #[arg(long)]
     log_format: Option<String>,
+    /// Revisions of change history kept for watches. Default: 100000
+    #[arg(long, hide = true)]
+    history_revisions: Option<u64>,
 }
 
 /// On etcd, only small values are stored inline: etcd's database is meant to stay small, and
@@ -86,6 +89,7 @@ struct Settings {
     inline_max: usize,
     limits: ServerLimits,
     log_format: String,
+    history_revisions: u64,
 }
 
 fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
@@ -134,6 +138,11 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         inline_max: args.inline_max.or(file.inline_max).unwrap_or(inline_default),
         limits,
         log_format: args.log_format.or(file.log_format).unwrap_or_else(|| "text".into()),
+        history_revisions: args
+            .history_revisions
+            .or(file.history_revisions)
+            .unwrap_or(EmbeddedOptions::default().history_revisions)
+            .max(1),
     })
 }
 
@@ -268,7 +277,8 @@ async fn open_metadata(
 ) -> anyhow::Result<(Arc<dyn meridian_meta::MetaStore>, Option<Arc<dyn meridian_engine::ReadViews>>)> {
     if settings.etcd.is_empty() {
         let path = settings.data.join("meta.redb");
-        let store = EmbeddedStore::open(&path, EmbeddedOptions::default()).map_err(|e| {
+        let options = EmbeddedOptions { history_revisions: settings.history_revisions, ..EmbeddedOptions::default() };
+        let store = EmbeddedStore::open(&path, options).map_err(|e| {
             anyhow::anyhow!(
                 "cannot open the metadata database {}: {e} (is another meridian server using this data directory?)",
                 path.display()

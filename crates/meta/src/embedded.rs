@@ -556,7 +556,14 @@ async fn replay(
             return Err(MetaError::Compacted { requested: next, oldest });
         }
         let to = current.min(next + REPLAY_CHUNK as u64 - 1);
-        for event in store.read_history(range, next, to)? {
+        let events = store.read_history(range, next, to)?;
+        // The writer publishes a new `oldest` before it commits the trim, so if history from
+        // `next` was trimmed before our read snapshot, this sees it: never skip events silently.
+        let oldest = store.shared.oldest.load(Ordering::SeqCst);
+        if next < oldest {
+            return Err(MetaError::Compacted { requested: next, oldest });
+        }
+        for event in events {
             if tx.send(Ok(event)).await.is_err() {
                 return Ok(to + 1);
             }

@@ -61,7 +61,7 @@ pub fn s3_error(err: EngineError) -> S3Error {
         EngineError::AccessDenied(_) => C::AccessDenied,
         EngineError::NoSuchAccessKey(_) => C::InvalidAccessKeyId,
         EngineError::AccessKeyExists(_) => return custom("AccessKeyExists", http::StatusCode::CONFLICT, message),
-        EngineError::RevisionMismatch { current, .. } => {
+        EngineError::RevisionMismatch { current, .. } | EngineError::BatchRevisionMismatch { current, .. } => {
             let mut e = S3Error::with_message(C::PreconditionFailed, message);
             let mut headers = HeaderMap::new();
             headers.insert(crate::REVISION_HEADER, HeaderValue::from(current));

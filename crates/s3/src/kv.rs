@@ -492,11 +492,13 @@ fn ndjson(changes: meridian_engine::watch::ChangeStream, start: u64) -> meridian
                 None => serde_json::json!({ "type": "heartbeat", "revision": state.0 }),
                 Some(Err(err)) => {
                     state.1 = true;
-                    let code = match &err {
-                        meridian_engine::EngineError::RevisionCompacted { .. } => "RevisionCompacted",
-                        _ => "InternalError",
-                    };
-                    serde_json::json!({ "type": "error", "code": code, "message": err.to_string() })
+                    let mut line =
+                        serde_json::json!({ "type": "error", "code": "InternalError", "message": err.to_string() });
+                    if let meridian_engine::EngineError::RevisionCompacted { oldest, .. } = &err {
+                        line["code"] = "RevisionCompacted".into();
+                        line["oldest"] = (*oldest).into();
+                    }
+                    line
                 }
             };
             let mut line = value.to_string().into_bytes();
