@@ -85,9 +85,10 @@ impl Engine {
         }
     }
 
-    /// The bucket's record and its revision.
+    /// The bucket's record and its revision, from this node's local view (writers compare the
+    /// revision on commit, so a stale view costs a retry, never a wrong write).
     pub async fn bucket(&self, name: &str) -> EngineResult<(BucketRecord, Revision)> {
-        let kv = self.meta().get(&keys::bucket(name)).await?.ok_or(EngineError::NoSuchBucket)?;
+        let kv = self.get_local_confirmed(&keys::bucket(name)).await?.ok_or(EngineError::NoSuchBucket)?;
         Ok((record::decode(&kv.value)?, kv.mod_revision))
     }
 

@@ -141,7 +141,7 @@ fn random_string(prefix: &str, len: usize, alphabet: &[u8]) -> String {
 
 impl Engine {
     async fn read_key(&self, name: &str) -> EngineResult<Option<(KeyRecord, Revision)>> {
-        match self.meta().get(&keys::key_name(name)).await? {
+        match self.get_local_confirmed(&keys::key_name(name)).await? {
             Some(kv) => Ok(Some((record::decode(&kv.value)?, kv.mod_revision))),
             None => Ok(None),
         }
@@ -155,7 +155,7 @@ impl Engine {
 
     /// The key owning a valid credential with this access key id, and its secret.
     pub async fn credential(&self, access_key_id: &str) -> EngineResult<Option<(KeyRecord, String)>> {
-        let Some(kv) = self.meta().get(&keys::key_id(access_key_id)).await? else { return Ok(None) };
+        let Some(kv) = self.get_local_confirmed(&keys::key_id(access_key_id)).await? else { return Ok(None) };
         let name = String::from_utf8_lossy(&kv.value).into_owned();
         let Some((key, _)) = self.read_key(&name).await? else { return Ok(None) };
         let now = now_ms();

@@ -140,6 +140,19 @@ impl Engine {
         }
     }
 
+    /// Reads `key` from this node's local view of the metadata. A miss there is confirmed with
+    /// a strong read: the key may have been created elsewhere a moment ago, and "it does not
+    /// exist" must not be answered from a lagging replica.
+    pub(crate) async fn get_local_confirmed(&self, key: &[u8]) -> EngineResult<Option<meridian_meta::KeyValue>> {
+        if self.inner.views.get().is_none() {
+            return Ok(self.meta().get(key).await?);
+        }
+        match self.reader(Consistency::Local).get(key).await? {
+            Some(kv) => Ok(Some(kv)),
+            None => Ok(self.meta().get(key).await?),
+        }
+    }
+
     /// Installs the reader of bytes held on other nodes (once, at start).
     pub fn set_remote_reader(&self, reader: Arc<dyn object::RemoteReader>) {
         let _ = self.inner.remote.set(reader);

@@ -209,7 +209,12 @@ impl Engine {
         key: &str,
         consistency: Consistency,
     ) -> EngineResult<Current> {
-        match self.read_current_with(bucket, key, consistency).await? {
+        let mut found = self.read_current_with(bucket, key, consistency).await?;
+        if consistency != Consistency::Strong && !found.as_ref().is_some_and(|c| c.is_visible(now_ms())) {
+            // A miss in the local view may be a key just written elsewhere: confirm it.
+            found = self.read_current_with(bucket, key, Consistency::Strong).await?;
+        }
+        match found {
             Some(current) if current.is_visible(now_ms()) => Ok(current),
             _ => {
                 self.bucket(bucket).await?;
@@ -273,12 +278,22 @@ impl Engine {
         conditions: &WriteConditions,
         extra: ExtraTxn,
     ) -> EngineResult<Revision> {
+        // The first attempt reads the local view (one metadata round trip in all: the commit);
+        // the transaction compares every revision it read, so a stale view only costs a retry,
+        // which reads strongly. A failed condition is never reported from the local view.
+        let mut consistency = Consistency::Local;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let bucket_revision = self.bucket_for_write(bucket).await?;
-            let current = self.read_current(bucket, key).await?;
+            let current = self.read_current_with(bucket, key, consistency).await?;
             let now = now_ms();
             let visible = current.as_ref().filter(|c| c.is_visible(now)).map(|c| (&c.record, c.revision));
-            conditions.check(visible)?;
+            if let Err(failed) = conditions.check(visible) {
+                if consistency == Consistency::Strong {
+                    return Err(failed);
+                }
+                consistency = Consistency::Strong;
+                continue;
+            }
 
             let change = object_change(bucket, key, current.as_ref(), Some((record, inline.as_ref())));
             let mut txn = Txn::new().when(Compare::mod_revision_is(keys::bucket(bucket), bucket_revision));
@@ -297,6 +312,7 @@ impl Engine {
             if let Some(check) = &extra.still_valid {
                 check(self).await?;
             }
+            consistency = Consistency::Strong;
         }
         Err(EngineError::Contended)
     }
@@ -423,14 +439,23 @@ impl Engine {
         conditions: &WriteConditions,
     ) -> EngineResult<DeleteOutcome> {
         validate_key(key)?;
+        // Local view first, as in `try_commit_object`; anything answered without a commit
+        // (a missing key, a failed condition) is confirmed with a strong read.
+        let mut consistency = Consistency::Local;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
-            let Some(current) = self.read_current(bucket, key).await? else {
+            let found = self.read_current_with(bucket, key, consistency).await?;
+            let visible = found.as_ref().is_some_and(|c| c.is_visible(now_ms()));
+            let checked = conditions.check(found.as_ref().filter(|_| visible).map(|c| (&c.record, c.revision)));
+            if consistency != Consistency::Strong && (found.is_none() || checked.is_err()) {
+                consistency = Consistency::Strong;
+                continue;
+            }
+            let Some(current) = found else {
                 self.bucket(bucket).await?;
-                conditions.check(None)?;
+                checked?;
                 return Ok(DeleteOutcome { revision: self.current_revision().await?, existed: false });
             };
-            let visible = current.is_visible(now_ms());
-            conditions.check(visible.then_some((&current.record, current.revision)))?;
+            checked?;
             let change = object_change(bucket, key, Some(&current), None);
             let blobs = change.freed;
             let mut txn = Txn::new();
@@ -443,6 +468,7 @@ impl Engine {
                 return Ok(DeleteOutcome { revision: resp.revision, existed: visible });
             }
             check_fence_failure(&resp, conditions)?;
+            consistency = Consistency::Strong;
         }
         Err(EngineError::Contended)
     }

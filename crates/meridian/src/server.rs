@@ -292,22 +292,35 @@ async fn open_metadata(
         .await
         .with_context(|| format!("cannot reach etcd at {}", settings.etcd.join(",")))?;
     tracing::info!(endpoints = %settings.etcd.join(","), namespace = %settings.etcd_namespace, "metadata in etcd");
-    Ok((Arc::new(store.clone()), Some(Arc::new(EtcdViews(store)))))
+    Ok((Arc::new(store.clone()), Some(Arc::new(EtcdViews::new(&store)))))
 }
 
 /// Local and at-least reads from the nearest etcd member; strong reads through the leader.
-struct EtcdViews(meridian_meta_etcd::EtcdStore);
+struct EtcdViews {
+    local: Arc<dyn meridian_meta::MetaStore>,
+    strong: Arc<dyn meridian_meta::MetaStore>,
+    serializable: meridian_meta_etcd::EtcdStore,
+}
+
+impl EtcdViews {
+    fn new(store: &meridian_meta_etcd::EtcdStore) -> Self {
+        use meridian_meta_etcd::ReadMode;
+        let serializable = store.with_read_mode(ReadMode::Serializable);
+        EtcdViews {
+            local: Arc::new(serializable.clone()),
+            strong: Arc::new(store.with_read_mode(ReadMode::Linearizable)),
+            serializable,
+        }
+    }
+}
 
 impl meridian_engine::ReadViews for EtcdViews {
     fn view(&self, consistency: meridian_engine::Consistency) -> Arc<dyn meridian_meta::MetaStore> {
         use meridian_engine::Consistency;
-        use meridian_meta_etcd::ReadMode;
         match consistency {
-            Consistency::Strong => Arc::new(self.0.with_read_mode(ReadMode::Linearizable)),
-            Consistency::Local => Arc::new(self.0.with_read_mode(ReadMode::Serializable)),
-            Consistency::AtLeast(revision) => {
-                Arc::new(self.0.with_read_mode(ReadMode::Serializable).at_least(revision))
-            }
+            Consistency::Strong => Arc::clone(&self.strong),
+            Consistency::Local => Arc::clone(&self.local),
+            Consistency::AtLeast(revision) => Arc::new(self.serializable.at_least(revision)),
         }
     }
 }

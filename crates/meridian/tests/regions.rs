@@ -6,96 +6,18 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use common::{CLUSTER_TOKEN, Server, body_bytes, error_code, md5_hex, pattern};
-use meridian_meta_etcd::testing::EtcdCluster;
-use meridian_wan::{LinkConfig, WanHandle, WanProxy};
+use common::wan_cluster::{REGIONS, WanCluster};
+use common::{Server, body_bytes, error_code, md5_hex, pattern};
+use meridian_wan::LinkConfig;
 
 const ONE_WAY: Duration = Duration::from_millis(20);
-const REGIONS: [&str; 3] = ["region-a", "region-b", "region-c"];
 
-struct Cluster {
-    nodes: Vec<Server>,
-    /// The proxy in front of each node's S3 port (what the other nodes use).
-    node_links: Vec<WanHandle>,
-    _etcd_links: Vec<WanHandle>,
-    _etcd: EtcdCluster,
-    _tmp: tempfile::TempDir,
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-fn addr_of(url: &str) -> SocketAddr {
-    url.trim_start_matches("http://").parse().unwrap()
-}
-
-async fn proxy(to: SocketAddr, config: LinkConfig) -> WanHandle {
-    WanProxy::start("127.0.0.1:0".parse().unwrap(), to, config).await.unwrap()
-}
-
-impl Cluster {
-    async fn start() -> Cluster {
-        let link = LinkConfig::one_way(ONE_WAY);
-        // etcd peers reach each other through proxies.
-        let mut builder = EtcdCluster::builder(3).arg("--max-txn-ops=32768").arg("--max-request-bytes=16777216");
-        let mut etcd_links = Vec::new();
-        for i in 0..3 {
-            let peer = addr_of(&builder.member(i).listen_peer_url);
-            let p = proxy(peer, link).await;
-            builder.member_mut(i).advertise_peer_url = format!("http://{}", p.local_addr());
-            etcd_links.push(p);
-        }
-        let etcd = tokio::task::spawn_blocking(move || builder.start()).await.unwrap();
-        // Each node talks to its own region's member directly, to the others through proxies.
-        let mut client_links = Vec::new();
-        for i in 0..3 {
-            client_links.push(proxy(addr_of(&etcd.client_endpoint(i)), link).await);
-        }
-        let tmp = tempfile::tempdir().unwrap();
-        let mut nodes = Vec::new();
-        let mut node_links = Vec::new();
-        for (i, region) in REGIONS.iter().enumerate() {
-            let mut endpoints = vec![etcd.client_endpoint(i)];
-            for (j, l) in client_links.iter().enumerate() {
-                if j != i {
-                    endpoints.push(format!("http://{}", l.local_addr()));
-                }
-            }
-            let listen = free_addr();
-            let node_link = proxy(listen, link).await;
-            let args = [
-                "--etcd".to_string(),
-                endpoints.join(","),
-                "--region".into(),
-                region.to_string(),
-                "--cluster-token".into(),
-                CLUSTER_TOKEN.into(),
-                "--advertise".into(),
-                format!("http://{}", node_link.local_addr()),
-            ];
-            let data = tmp.path().join(region);
-            let listen = listen.to_string();
-            let node = tokio::task::spawn_blocking(move || {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                Server::start_in(&data, &args, Some(&listen), None)
-            })
-            .await
-            .unwrap();
-            nodes.push(node);
-            node_links.push(node_link);
-        }
-        etcd_links.extend(client_links);
-        Cluster { nodes, node_links, _etcd_links: etcd_links, _etcd: etcd, _tmp: tmp }
-    }
-
-    fn client(&self, i: usize) -> aws_sdk_s3::Client {
-        self.nodes[i].client()
-    }
+/// Three regions at 40 ms RTT.
+async fn start_cluster() -> WanCluster {
+    WanCluster::start(LinkConfig::one_way(ONE_WAY), &[]).await
 }
 
 /// GET through the raw client: (status, body, headers).
@@ -105,7 +27,7 @@ fn raw_get(server: &Server, path: &str) -> common::raw::Response {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_writes_are_readable_everywhere_at_once_and_overwrites_and_deletes_too() {
-    let cluster = Cluster::start().await;
+    let cluster = start_cluster().await;
     let (a, b, c) = (cluster.client(0), cluster.client(1), cluster.client(2));
     a.create_bucket().bucket("global").send().await.unwrap();
 
@@ -136,7 +58,11 @@ async fn heavy_writes_are_readable_everywhere_at_once_and_overwrites_and_deletes
     );
     assert_eq!(md5_hex(&again.body), md5_hex(&pattern(20 << 20, 3)));
 
-    // Overwrite in a, read in b and c: never the old value once the write has returned.
+    // Overwrite in a, read in b and c: a read that reflects the overwrite's revision never
+    // returns the old bytes (a stale cache entry would); one that does not yet (the local
+    // replica lags a few ms) returns the previous version whole. A read asking for at least the
+    // write's revision (read-your-writes across regions) always gets the new bytes.
+    let mut previous: Option<Vec<u8>> = None;
     for round in 0..5u64 {
         let data = pattern(300_000, 100 + round);
         let put = common::raw::signed(&cluster.nodes[0].addr, "PUT", "/global/hot", &[], &data);
@@ -144,23 +70,60 @@ async fn heavy_writes_are_readable_everywhere_at_once_and_overwrites_and_deletes
         let written: u64 = put.header("x-meridian-revision").unwrap().parse().unwrap();
         for node in &cluster.nodes[1..] {
             let got = raw_get(node, "/global/hot");
+            assert_eq!(got.status, 200);
             let seen: u64 = got.header("x-meridian-revision").unwrap().parse().unwrap();
-            assert!(seen >= written, "a read after the write reflects it");
-            assert_eq!(md5_hex(&got.body), md5_hex(&data), "round {round}: the new bytes, never the old");
+            if seen >= written {
+                assert_eq!(md5_hex(&got.body), md5_hex(&data), "round {round}: the new bytes, never the old");
+            } else {
+                assert_eq!(Some(&got.body), previous.as_ref(), "round {round}: a lagging read is the previous version");
+            }
+            let fresh = common::raw::signed(
+                &node.addr,
+                "GET",
+                "/global/hot",
+                &[("x-meridian-min-revision", written.to_string())],
+                b"",
+            );
+            let seen: u64 = fresh.header("x-meridian-revision").unwrap().parse().unwrap();
+            assert!(seen >= written, "a read asking for the write's revision reflects it");
+            assert_eq!(md5_hex(&fresh.body), md5_hex(&data), "round {round}: the new bytes");
         }
+        previous = Some(data);
     }
 
-    // Delete in c: gone everywhere, at once.
-    c.delete_object().bucket("global").key("obj-2097152").send().await.unwrap();
+    // Delete in c: gone everywhere once the delete's revision is visible there (a lagging
+    // replica may still show the object, whole, at an older revision), and at once for a read
+    // asking for the delete's revision.
+    let deleted = common::raw::signed(&cluster.nodes[2].addr, "DELETE", "/global/obj-2097152", &[], b"");
+    assert_eq!(deleted.status, 204);
+    let delete_revision: u64 = deleted.header("x-meridian-revision").unwrap().parse().unwrap();
+    for node in &cluster.nodes[..2] {
+        let got = raw_get(node, "/global/obj-2097152");
+        if got.status == 200 {
+            let seen: u64 = got.header("x-meridian-revision").unwrap().parse().unwrap();
+            assert!(seen < delete_revision, "a read reflecting the delete never returns the deleted bytes");
+            assert_eq!(md5_hex(&got.body), md5_hex(&pattern(2 << 20, 2)));
+        } else {
+            assert_eq!((got.status, got.error_code()), (404, "NoSuchKey".to_string()));
+        }
+        let fresh = common::raw::signed(
+            &node.addr,
+            "GET",
+            "/global/obj-2097152",
+            &[("x-meridian-min-revision", delete_revision.to_string())],
+            b"",
+        );
+        assert_eq!((fresh.status, fresh.error_code()), (404, "NoSuchKey".to_string()));
+    }
     for client in [&a, &b] {
         let err = client.get_object().bucket("global").key("obj-2097152").send().await.unwrap_err();
-        assert_eq!(error_code(&err), "NoSuchKey", "a delete is never followed by a read of the old bytes");
+        assert_eq!(error_code(&err), "NoSuchKey", "the delete reached every region");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_range_reads_fetch_only_what_they_need_and_small_objects_are_everywhere() {
-    let cluster = Cluster::start().await;
+    let cluster = start_cluster().await;
     let (a, b) = (cluster.client(0), cluster.client(1));
     a.create_bucket().bucket("video").send().await.unwrap();
     let size = 48 << 20;
@@ -193,7 +156,7 @@ async fn heavy_range_reads_fetch_only_what_they_need_and_small_objects_are_every
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_kill9_mid_fetch_leaves_no_partial_cache_entry() {
-    let mut cluster = Cluster::start().await;
+    let mut cluster = start_cluster().await;
     let a = cluster.client(0);
     a.create_bucket().bucket("big").send().await.unwrap();
     let size = 40 << 20;
@@ -221,7 +184,7 @@ async fn heavy_kill9_mid_fetch_leaves_no_partial_cache_entry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_cluster_status_shows_every_region() {
-    let cluster = Cluster::start().await;
+    let cluster = start_cluster().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut cmd = std::process::Command::new(common::binary());
     cmd.args(["cluster", "status", "--json", "--url", &cluster.nodes[1].admin_url, "--token", common::ADMIN_TOKEN]);
@@ -237,7 +200,7 @@ async fn heavy_cluster_status_shows_every_region() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_pinned_bucket_takes_writes_in_its_region_only() {
     use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
-    let cluster = Cluster::start().await;
+    let cluster = start_cluster().await;
     let (a, c) = (cluster.client(0), cluster.client(2));
     let pinned_to = |region: &str| {
         CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(region)).build()

@@ -177,7 +177,9 @@ pub fn read_consistency(headers: &HeaderMap) -> S3Result<Consistency> {
             return Err(s3_error!(InvalidArgument, "{CONSISTENCY_HEADER} must be strong or local, got {other:?}"));
         }
     }
-    Ok(session_revision(headers).map_or(Consistency::Strong, Consistency::AtLeast))
+    // By default a read is served from this node's local view of the metadata (never behind
+    // this node's own writes; a miss is confirmed strongly by the engine).
+    Ok(session_revision(headers).map_or(Consistency::Local, Consistency::AtLeast))
 }
 
 /// The revision in the session cookie, if the request carries one.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod wan_cluster;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

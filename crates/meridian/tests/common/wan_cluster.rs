@@ -1,0 +1,111 @@
+//! Three regions on one machine: three etcd members and three Meridian nodes, with the project's
+//! WAN proxy on every link between regions — etcd peer traffic, node-to-etcd traffic across
+//! regions, and node-to-node blob fetches. Used by the region tests and the region benchmark.
+
+#![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use meridian_meta_etcd::testing::EtcdCluster;
+use meridian_wan::{LinkConfig, WanHandle, WanProxy};
+
+use super::{CLUSTER_TOKEN, Server};
+
+pub const REGIONS: [&str; 3] = ["region-a", "region-b", "region-c"];
+
+pub struct WanCluster {
+    pub nodes: Vec<Server>,
+    /// The proxy in front of each node's S3 port (what the other nodes use).
+    pub node_links: Vec<WanHandle>,
+    /// etcd peer links, then node-to-etcd links across regions.
+    pub etcd_links: Vec<WanHandle>,
+    pub etcd: EtcdCluster,
+    _tmp: tempfile::TempDir,
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn addr_of(url: &str) -> SocketAddr {
+    url.trim_start_matches("http://").parse().unwrap()
+}
+
+async fn proxy(to: SocketAddr, config: LinkConfig) -> WanHandle {
+    WanProxy::start("127.0.0.1:0".parse().unwrap(), to, config).await.unwrap()
+}
+
+impl WanCluster {
+    /// Starts the cluster with `link` on every cross-region link and `node_args` added to every
+    /// node's flags.
+    pub async fn start(link: LinkConfig, node_args: &[&str]) -> WanCluster {
+        // etcd peers reach each other through proxies.
+        let mut builder = EtcdCluster::builder(3).arg("--max-txn-ops=32768").arg("--max-request-bytes=16777216");
+        let mut etcd_links = Vec::new();
+        for i in 0..3 {
+            let peer = addr_of(&builder.member(i).listen_peer_url);
+            let p = proxy(peer, link).await;
+            builder.member_mut(i).advertise_peer_url = format!("http://{}", p.local_addr());
+            etcd_links.push(p);
+        }
+        let etcd = tokio::task::spawn_blocking(move || builder.start()).await.unwrap();
+        // Each node talks to its own region's member directly, to the others through proxies.
+        let mut client_links = Vec::new();
+        for i in 0..3 {
+            client_links.push(proxy(addr_of(&etcd.client_endpoint(i)), link).await);
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        let mut node_links = Vec::new();
+        for (i, region) in REGIONS.iter().enumerate() {
+            let mut endpoints = vec![etcd.client_endpoint(i)];
+            for (j, l) in client_links.iter().enumerate() {
+                if j != i {
+                    endpoints.push(format!("http://{}", l.local_addr()));
+                }
+            }
+            let listen = free_addr();
+            let node_link = proxy(listen, link).await;
+            let mut args = vec![
+                "--etcd".to_string(),
+                endpoints.join(","),
+                "--region".into(),
+                region.to_string(),
+                "--cluster-token".into(),
+                CLUSTER_TOKEN.into(),
+                "--advertise".into(),
+                format!("http://{}", node_link.local_addr()),
+            ];
+            args.extend(node_args.iter().map(|a| a.to_string()));
+            let data = tmp.path().join(region);
+            let listen = listen.to_string();
+            let node = tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                Server::start_in(&data, &args, Some(&listen), None)
+            })
+            .await
+            .unwrap();
+            nodes.push(node);
+            node_links.push(node_link);
+        }
+        etcd_links.extend(client_links);
+        WanCluster { nodes, node_links, etcd_links, etcd, _tmp: tmp }
+    }
+
+    pub fn client(&self, i: usize) -> aws_sdk_s3::Client {
+        self.nodes[i].client()
+    }
+}
+
+/// Waits up to `timeout` for every node to see all three regions' nodes healthy.
+pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
