@@ -19,9 +19,9 @@ struct Peer {
 }
 
 /// Starts a Meridian server to drive.
-fn start_peer() -> Option<Peer> {
+fn start_peer() -> Peer {
     let server = common::Server::start();
-    Some(Peer { endpoint: server.endpoint.clone(), _server: server })
+    Peer { endpoint: server.endpoint.clone(), _server: server }
 }
 
 fn args(peer: &Peer, bucket: &str, workload: Workload) -> BenchArgs {
@@ -52,7 +52,7 @@ async fn keys_under(peer: &Peer, bucket: &str, prefix: &str) -> Result<usize, St
 
 #[tokio::test]
 async fn every_workload_runs_against_a_real_s3_server_and_cleans_up() {
-    let Some(peer) = start_peer() else { return };
+    let peer = start_peer();
     for (i, w) in
         [Workload::Put, Workload::Get, Workload::Head, Workload::Mixed, Workload::List].into_iter().enumerate()
     {
@@ -91,7 +91,9 @@ async fn every_workload_runs_against_a_real_s3_server_and_cleans_up() {
         a.create_bucket = false;
         a.prefix = Some(format!("clean-{i}/"));
         let r = run(a).await.unwrap();
-        assert!(r.cleaned_up >= 40.min(r.total.ops), "{}", r.to_table());
+        // Mixed deletes some of its prepared objects itself, so fewer may be left to clean.
+        let least = if w == Workload::Mixed { 1 } else { 40.min(r.total.ops) };
+        assert!(r.cleaned_up >= least, "{}", r.to_table());
         assert!(r.cleanup_errors.is_empty(), "{:?}", r.cleanup_errors);
         assert_eq!(keys_under(&peer, &bucket, &format!("clean-{i}/")).await.unwrap(), 0);
     }
@@ -99,7 +101,7 @@ async fn every_workload_runs_against_a_real_s3_server_and_cleans_up() {
 
 #[tokio::test]
 async fn delete_multipart_and_the_duration_bound() {
-    let Some(peer) = start_peer() else { return };
+    let peer = start_peer();
 
     let mut a = args(&peer, "bench-del", Workload::Delete);
     a.ops = None;
@@ -134,7 +136,7 @@ async fn delete_multipart_and_the_duration_bound() {
 
 #[tokio::test]
 async fn errors_are_counted_by_kind_and_bad_credentials_are_refused() {
-    let Some(peer) = start_peer() else { return };
+    let peer = start_peer();
 
     // GETs of keys that were never written: every op is a 404 NoSuchKey.
     let mut a = args(&peer, "missing", Workload::Get);
