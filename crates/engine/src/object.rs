@@ -283,8 +283,9 @@ impl Engine {
         // which reads strongly. A failed condition is never reported from the local view.
         let mut consistency = Consistency::Local;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
-            let bucket_revision = self.bucket_for_write(bucket).await?;
-            let current = self.read_current_with(bucket, key, consistency).await?;
+            // Two independent reads: in parallel, as each may be a network round trip.
+            let (bucket_revision, current) =
+                futures::try_join!(self.bucket_for_write(bucket), self.read_current_with(bucket, key, consistency))?;
             let now = now_ms();
             let visible = current.as_ref().filter(|c| c.is_visible(now)).map(|c| (&c.record, c.revision));
             if let Err(failed) = conditions.check(visible) {

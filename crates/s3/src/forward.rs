@@ -57,11 +57,8 @@ impl Forwarder {
         if req.headers().contains_key(FORWARDED_HEADER) || req.uri().path().starts_with("/_meridian/") {
             return None;
         }
-        let bucket = self.bucket_of(req)?;
-        let Location::Pinned { region } = self.engine.bucket_location(&bucket).await.ok()?? else { return None };
-        if region == self.engine.config().node.region {
-            return None;
-        }
+        // Plain reads are served here whatever the bucket's type: decide that before any
+        // metadata read.
         let strong_read = req
             .headers()
             .get(crate::kv::CONSISTENCY_HEADER)
@@ -69,6 +66,11 @@ impl Forwarder {
             .is_some_and(|v| v.eq_ignore_ascii_case("strong"));
         let is_write = !matches!(*req.method(), Method::GET | Method::HEAD);
         if !is_write && !strong_read {
+            return None;
+        }
+        let bucket = self.bucket_of(req)?;
+        let Location::Pinned { region } = self.engine.bucket_location(&bucket).await.ok()?? else { return None };
+        if region == self.engine.config().node.region {
             return None;
         }
         let nodes = self.engine.nodes().await.unwrap_or_default();
