@@ -68,21 +68,26 @@ impl Engine {
         Ok(())
     }
 
-    /// Keeps this node's record fresh until the process ends. `describe` is called before each
-    /// heartbeat for the current figures.
-    pub fn spawn_heartbeat(&self, describe: impl Fn() -> NodeRecord + Send + 'static) {
+    /// Publishes this node's record now, then keeps it fresh until the process ends.
+    /// `describe` is called before each heartbeat for the current figures.
+    pub async fn start_heartbeat(&self, describe: impl Fn() -> NodeRecord + Send + Sync + 'static) {
+        self.heartbeat(&describe).await;
         let engine = self.clone();
         tokio::spawn(async move {
             loop {
-                let mut record = describe();
-                record.heartbeat_ms = now_ms();
-                record.revision = engine.current_revision().await.unwrap_or(0);
-                if let Err(err) = engine.publish_node(&record).await {
-                    tracing::warn!(error = %err, "could not publish this node's heartbeat");
-                }
                 tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+                engine.heartbeat(&describe).await;
             }
         });
+    }
+
+    async fn heartbeat(&self, describe: &impl Fn() -> NodeRecord) {
+        let mut record = describe();
+        record.heartbeat_ms = now_ms();
+        record.revision = self.current_revision().await.unwrap_or(0);
+        if let Err(err) = self.publish_node(&record).await {
+            tracing::warn!(error = %err, "could not publish this node's heartbeat");
+        }
     }
 
     /// Every node that ever registered, with its health.

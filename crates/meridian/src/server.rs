@@ -205,6 +205,34 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     })?;
     let admin_addr = admin_listener.local_addr()?;
     let (admin_token, token_generated) = config::admin_token(&settings.data)?;
+    let advertise = settings.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
+    println!("Node: {node_id} in region {} (peers reach it at {advertise})", settings.region);
+    let region = settings.region.clone();
+    let started_ms = meridian_engine::now_ms();
+    // Registered before the endpoints are printed: once a node says it is up, every node of
+    // the cluster knows it (and its region).
+    engine
+        .start_heartbeat(move || {
+            let cache = cache.as_ref().map(|c| {
+                let stats = c.stats();
+                meridian_engine::cluster::CacheUse {
+                    bytes: stats.bytes_cached,
+                    max_bytes: c.options().max_bytes,
+                    hits: stats.hits,
+                    misses: stats.misses,
+                }
+            });
+            meridian_engine::cluster::NodeRecord {
+                id: node_id.clone(),
+                region: region.clone(),
+                advertise_url: advertise.clone(),
+                started_ms,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                cache: cache.unwrap_or_default(),
+                ..Default::default()
+            }
+        })
+        .await;
     print_banner(&settings, addr, &creds, &source);
     println!("Admin API: http://{admin_addr}");
     if token_generated {
@@ -221,30 +249,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
     });
 
-    let advertise = settings.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
-    println!("Node: {node_id} in region {} (peers reach it at {advertise})", settings.region);
-    let region = settings.region.clone();
-    let started_ms = meridian_engine::now_ms();
-    engine.spawn_heartbeat(move || {
-        let cache = cache.as_ref().map(|c| {
-            let stats = c.stats();
-            meridian_engine::cluster::CacheUse {
-                bytes: stats.bytes_cached,
-                max_bytes: c.options().max_bytes,
-                hits: stats.hits,
-                misses: stats.misses,
-            }
-        });
-        meridian_engine::cluster::NodeRecord {
-            id: node_id.clone(),
-            region: region.clone(),
-            advertise_url: advertise.clone(),
-            started_ms,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            cache: cache.unwrap_or_default(),
-            ..Default::default()
-        }
-    });
     collect_orphans_in_background(engine.clone(), started);
     engine.spawn_reaper(Duration::from_millis(250));
     let forwarder =
