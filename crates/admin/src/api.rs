@@ -71,6 +71,7 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidArgument(_) | EngineError::InvalidBucketName(_) => {
                 (StatusCode::BAD_REQUEST, "InvalidArgument")
             }
+            EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         };
         ApiError { status, code, message }

@@ -92,6 +92,12 @@ impl Engine {
         Ok((record::decode(&kv.value)?, kv.mod_revision))
     }
 
+    /// The bucket's record for an access check (see [`Engine::get_for_access`]).
+    pub async fn bucket_for_access(&self, name: &str) -> EngineResult<BucketRecord> {
+        let kv = self.get_for_access(&keys::bucket(name)).await?.ok_or(EngineError::NoSuchBucket)?;
+        record::decode(&kv.value)
+    }
+
     /// The bucket's location type from this node's local view of the metadata (buckets' location
     /// never changes after creation, so a local read is enough); `None` for a missing bucket.
     pub async fn bucket_location(&self, name: &str) -> EngineResult<Option<Location>> {

@@ -65,6 +65,7 @@ impl Engine {
     pub async fn publish_node(&self, record: &NodeRecord) -> EngineResult<()> {
         let txn = Txn::new().then(Op::put(node_key(&record.id), record::encode(record)));
         self.meta().txn(txn).await?;
+        self.note_commit();
         Ok(())
     }
 

@@ -141,7 +141,7 @@ fn random_string(prefix: &str, len: usize, alphabet: &[u8]) -> String {
 
 impl Engine {
     async fn read_key(&self, name: &str) -> EngineResult<Option<(KeyRecord, Revision)>> {
-        match self.get_local_confirmed(&keys::key_name(name)).await? {
+        match self.get_for_access(&keys::key_name(name)).await? {
             Some(kv) => Ok(Some((record::decode(&kv.value)?, kv.mod_revision))),
             None => Ok(None),
         }
@@ -155,7 +155,7 @@ impl Engine {
 
     /// The key owning a valid credential with this access key id, and its secret.
     pub async fn credential(&self, access_key_id: &str) -> EngineResult<Option<(KeyRecord, String)>> {
-        let Some(kv) = self.get_local_confirmed(&keys::key_id(access_key_id)).await? else { return Ok(None) };
+        let Some(kv) = self.get_for_access(&keys::key_id(access_key_id)).await? else { return Ok(None) };
         let name = String::from_utf8_lossy(&kv.value).into_owned();
         let Some((key, _)) = self.read_key(&name).await? else { return Ok(None) };
         let now = now_ms();
@@ -268,7 +268,7 @@ impl Engine {
                 .await?;
             }
         }
-        Ok(())
+        self.settle().await
     }
 
     /// Adds a new credential to a key; the current ones stay valid for `grace`.
@@ -306,6 +306,7 @@ impl Engine {
                 txn = txn.then(Op::delete(keys::key_id(&c.access_key_id)));
             }
             if self.meta().txn(txn).await?.succeeded {
+                self.settle().await?;
                 return Ok(fresh);
             }
         }
@@ -321,6 +322,7 @@ impl Engine {
                 .when(Compare::mod_revision_is(keys::key_name(name), revision))
                 .then(Op::put(keys::key_name(name), record::encode(&key)));
             if self.meta().txn(txn).await?.succeeded {
+                self.settle().await?;
                 return Ok(key);
             }
         }
@@ -350,33 +352,39 @@ impl Engine {
             return Err(EngineError::InvalidArgument("name at least one of read, write or owner".into()));
         }
         self.access_key(name).await?;
-        self.update_bucket(bucket, |record| {
-            let entry = record.grants.entry(name.to_string()).or_default();
-            if allow {
-                entry.read |= grant.read;
-                entry.write |= grant.write;
-                entry.owner |= grant.owner;
-            } else {
-                entry.read &= !grant.read;
-                entry.write &= !grant.write;
-                entry.owner &= !grant.owner;
-            }
-            if entry.is_empty() {
-                record.grants.remove(name);
-            }
-            Ok(())
-        })
-        .await
+        let record = self
+            .update_bucket(bucket, |record| {
+                let entry = record.grants.entry(name.to_string()).or_default();
+                if allow {
+                    entry.read |= grant.read;
+                    entry.write |= grant.write;
+                    entry.owner |= grant.owner;
+                } else {
+                    entry.read &= !grant.read;
+                    entry.write &= !grant.write;
+                    entry.owner &= !grant.owner;
+                }
+                if entry.is_empty() {
+                    record.grants.remove(name);
+                }
+                Ok(())
+            })
+            .await?;
+        self.settle().await?;
+        Ok(record)
     }
 
     /// Makes anonymous GET/HEAD of a bucket's objects allowed (or not). Listing and writes
     /// always need a key.
     pub async fn set_public_read(&self, bucket: &str, public: bool) -> EngineResult<BucketRecord> {
-        self.update_bucket(bucket, |record| {
-            record.public_read = public;
-            Ok(())
-        })
-        .await
+        let record = self
+            .update_bucket(bucket, |record| {
+                record.public_read = public;
+                Ok(())
+            })
+            .await?;
+        self.settle().await?;
+        Ok(record)
     }
 }
 

@@ -80,6 +80,13 @@ impl Default for EngineConfig {
     }
 }
 
+/// How long after its last committed write a node still trusts its local metadata view for
+/// access checks (three heartbeats).
+pub const ACCESS_VIEW_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// How long an admin change waits for every metadata replica to apply it.
+pub const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Consistency {
@@ -96,8 +103,13 @@ pub enum Consistency {
 
 /// Metadata store handles for each [`Consistency`] (the etcd backend reads from a nearby
 /// member for `Local`); without one, every read is strong.
+#[async_trait::async_trait]
 pub trait ReadViews: Send + Sync {
     fn view(&self, consistency: Consistency) -> Arc<dyn MetaStore>;
+
+    /// Waits until every replica that serves local reads has applied `revision`; on timeout,
+    /// describes the replicas that have not.
+    async fn wait_applied(&self, revision: Revision, timeout: std::time::Duration) -> Result<(), String>;
 }
 
 /// The object store engine. Cheap to clone.
@@ -112,6 +124,9 @@ struct Inner {
     config: EngineConfig,
     remote: std::sync::OnceLock<Arc<dyn object::RemoteReader>>,
     views: std::sync::OnceLock<Arc<dyn ReadViews>>,
+    /// When this node last committed a write (its heartbeat): its local view is at most that
+    /// old, so access checks may trust it (ms since the epoch; 0: never).
+    last_commit_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Engine {
@@ -123,6 +138,7 @@ impl Engine {
                 config,
                 remote: std::sync::OnceLock::new(),
                 views: std::sync::OnceLock::new(),
+                last_commit_ms: std::sync::atomic::AtomicI64::new(0),
             }),
         }
     }
@@ -151,6 +167,38 @@ impl Engine {
             Some(kv) => Ok(Some(kv)),
             None => Ok(self.meta().get(key).await?),
         }
+    }
+
+    /// Like [`Engine::get_local_confirmed`], for access checks (credentials, grants): the local
+    /// view only while this node has recently committed a write through the leader (so its view
+    /// is at most [`ACCESS_VIEW_MAX_AGE`] behind); a node cut off from the cluster reads
+    /// strongly and fails closed rather than honour a key or grant revoked elsewhere.
+    pub(crate) async fn get_for_access(&self, key: &[u8]) -> EngineResult<Option<meridian_meta::KeyValue>> {
+        let last = self.inner.last_commit_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if self.inner.views.get().is_some() && now_ms() - last > ACCESS_VIEW_MAX_AGE.as_millis() as i64 {
+            return Ok(self.meta().get(key).await?);
+        }
+        self.get_local_confirmed(key).await
+    }
+
+    /// Records that a write of this node just committed (see [`Engine::get_for_access`]).
+    pub(crate) fn note_commit(&self) {
+        self.inner.last_commit_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Returns once every replica serving local reads reflects everything committed so far, so
+    /// a change made through the admin API (a deleted key, a revoked grant) holds on every node
+    /// the moment the call returns. Without replicas (one node) there is nothing to wait for.
+    pub async fn settle(&self) -> EngineResult<()> {
+        let Some(views) = self.inner.views.get() else { return Ok(()) };
+        let revision = self.meta().current_revision().await?;
+        views.wait_applied(revision, SETTLE_TIMEOUT).await.map_err(|lagging| {
+            EngineError::Unavailable(format!(
+                "the change is committed, but these metadata replicas have not applied it within {}s: {lagging}; \
+                 nodes reading from them may act on the old state until they catch up",
+                SETTLE_TIMEOUT.as_secs()
+            ))
+        })
     }
 
     /// Installs the reader of bytes held on other nodes (once, at start).

@@ -318,7 +318,16 @@ impl EtcdViews {
     }
 }
 
+#[async_trait::async_trait]
 impl meridian_engine::ReadViews for EtcdViews {
+    async fn wait_applied(
+        &self,
+        revision: meridian_meta::Revision,
+        timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        self.serializable.wait_applied(revision, timeout).await.map_err(|lagging| lagging.join(", "))
+    }
+
     fn view(&self, consistency: meridian_engine::Consistency) -> Arc<dyn meridian_meta::MetaStore> {
         use meridian_engine::Consistency;
         match consistency {

@@ -9,46 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
+use common::admin::{Key, admin, admin_ok, client, create_key};
 use common::raw::{send, signed_with};
-use common::{ADMIN_TOKEN, Server, body_bytes, client_for, error_code, run_with_timeout};
-
-/// Runs `meridian admin ...` against the server; returns (exit code, stdout, stderr).
-fn admin(server: &Server, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(common::binary());
-    cmd.arg("admin").arg("--url").arg(&server.admin_url).arg("--token").arg(ADMIN_TOKEN).args(args);
-    let out = run_with_timeout(&mut cmd, Duration::from_secs(30));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn admin_ok(server: &Server, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let (code, out, err) = admin(server, &all);
-    assert_eq!(code, 0, "meridian admin {args:?} failed: {err}");
-    serde_json::from_str(&out).unwrap()
-}
-
-struct Key {
-    id: String,
-    secret: String,
-}
-
-fn create_key(server: &Server, name: &str, can_create: bool) -> Key {
-    let mut args = vec!["key", "create", name];
-    if can_create {
-        args.push("--can-create-buckets");
-    }
-    let v = admin_ok(server, &args);
-    Key { id: v["access_key_id"].as_str().unwrap().into(), secret: v["secret_access_key"].as_str().unwrap().into() }
-}
-
-fn client(server: &Server, key: &Key) -> aws_sdk_s3::Client {
-    client_for(&server.endpoint, &key.id, &key.secret)
-}
+use common::{ADMIN_TOKEN, Server, body_bytes, client_for, error_code};
 
 async fn bucket_names(s3: &aws_sdk_s3::Client) -> Vec<String> {
     s3.list_buckets().send().await.unwrap().buckets().iter().filter_map(|b| b.name().map(String::from)).collect()

@@ -249,3 +249,45 @@ async fn heavy_pinned_bucket_takes_writes_in_its_region_only() {
     let after = raw_get(&cluster.nodes[1], "/ledger/entry");
     assert_eq!(after.body, data, "the refused write changed nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_revoked_grants_and_deleted_keys_stop_working_at_once_in_every_region() {
+    use common::admin::{admin_ok, client, create_key};
+    let cluster = start_cluster().await;
+    cluster.client(0).create_bucket().bucket("shared").send().await.unwrap();
+    let key = create_key(&cluster.nodes[0], "app", false);
+    admin_ok(&cluster.nodes[0], &["bucket", "allow", "shared", "--key", "app", "--read", "--write"]);
+    let clients: Vec<aws_sdk_s3::Client> = cluster.nodes.iter().map(|n| client(n, &key)).collect();
+    // A key created in region a works everywhere at once.
+    for (i, s3) in clients.iter().enumerate() {
+        s3.put_object()
+            .bucket("shared")
+            .key(format!("from-{i}"))
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    // Messages from the etcd leader now take 400 ms to reach the other members (their acks are
+    // not slowed): the leader commits, and answers its own region, long before the others apply.
+    let leader = cluster.etcd.wait_for_leader(Duration::from_secs(10));
+    cluster.etcd_links[leader].set_config(LinkConfig::one_way(Duration::from_millis(400)));
+    let admin_node = &cluster.nodes[leader];
+
+    // Write access revoked in the leader's region: refused in every region the moment the
+    // command returns.
+    admin_ok(admin_node, &["bucket", "deny", "shared", "--key", "app", "--write"]);
+    for (i, s3) in clients.iter().enumerate() {
+        let err = s3.put_object().bucket("shared").key("late").body(ByteStream::from_static(b"y")).send().await;
+        assert_eq!(error_code(&err.unwrap_err()), "AccessDenied", "region {i}");
+        s3.get_object().bucket("shared").key("from-0").send().await.unwrap();
+    }
+
+    // The key deleted: refused in every region the moment the command returns.
+    admin_ok(admin_node, &["key", "delete", "app"]);
+    for (i, s3) in clients.iter().enumerate() {
+        let err = s3.get_object().bucket("shared").key("from-0").send().await;
+        assert_eq!(error_code(&err.unwrap_err()), "InvalidAccessKeyId", "region {i}");
+    }
+}

@@ -335,6 +335,32 @@ impl EtcdStore {
         futures::future::join_all(asks).await
     }
 
+    /// Waits until every configured member has applied `revision`, so that reads from any of
+    /// them — serializable reads in every region included — reflect it. On timeout, returns
+    /// each member that had not (endpoint, applied revision or why it did not answer).
+    pub async fn wait_applied(&self, revision: Revision, timeout: Duration) -> Result<(), Vec<String>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let lagging: Vec<String> = self
+                .member_status()
+                .await
+                .into_iter()
+                .filter(|m| m.member_id.is_none() || m.revision < revision)
+                .map(|m| match m.member_id {
+                    Some(_) => format!("{} (at revision {})", m.endpoint, m.revision),
+                    None => format!("{} ({})", m.endpoint, m.errors.join("; ")),
+                })
+                .collect();
+            if lagging.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(lagging);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     // ----- etcd calls ---------------------------------------------------------------------------
 
     /// One etcd `Range` on `route`.

@@ -119,8 +119,8 @@ impl MeridianAccess {
     /// Checks `access` on `bucket` for `key`. A bucket that does not exist passes, so the
     /// operation itself answers NoSuchBucket.
     pub async fn check_bucket(&self, key: Option<&KeyRecord>, bucket: &str, access: Access) -> S3Result<()> {
-        let record = match self.engine.bucket(bucket).await {
-            Ok((record, _)) => record,
+        let record = match self.engine.bucket_for_access(bucket).await {
+            Ok(record) => record,
             Err(EngineError::NoSuchBucket) if key.is_some() => return Ok(()),
             Err(EngineError::NoSuchBucket) => return Err(denied()),
             Err(e) => return Err(s3_error(e)),

@@ -1,0 +1,112 @@
+//! Access checks on a node whose local metadata view lags: a revoked key must not be honoured
+//! from a stale replica, and admin changes report replicas that have not applied them.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use meridian_blob::BlobStore;
+use meridian_engine::cluster::NodeRecord;
+use meridian_engine::*;
+use meridian_meta::embedded::{EmbeddedOptions, EmbeddedStore};
+use meridian_meta::{MetaStore, Op, RangeRequest, Revision, Txn};
+
+/// Strong reads from the real store; local reads from a replica frozen at some earlier state.
+struct LaggingViews {
+    strong: Arc<dyn MetaStore>,
+    replica: Arc<dyn MetaStore>,
+    replica_caught_up: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl ReadViews for LaggingViews {
+    fn view(&self, consistency: Consistency) -> Arc<dyn MetaStore> {
+        match consistency {
+            Consistency::Strong => Arc::clone(&self.strong),
+            _ => Arc::clone(&self.replica),
+        }
+    }
+
+    async fn wait_applied(&self, _revision: Revision, _timeout: Duration) -> Result<(), String> {
+        if self.replica_caught_up.load(Ordering::SeqCst) { Ok(()) } else { Err("replica-c (behind)".into()) }
+    }
+}
+
+fn store(dir: &std::path::Path, name: &str) -> Arc<dyn MetaStore> {
+    Arc::new(EmbeddedStore::open(&dir.join(name), EmbeddedOptions::default()).unwrap())
+}
+
+/// Copies every key of `from` into `to` (the replica catching up once).
+async fn replicate(from: &Arc<dyn MetaStore>, to: &Arc<dyn MetaStore>) {
+    let all = from.range(RangeRequest::prefix(bytes::Bytes::new())).await.unwrap();
+    let mut txn = Txn::new();
+    for kv in all.kvs {
+        txn = txn.then(Op::put(kv.key, kv.value));
+    }
+    to.txn(txn).await.unwrap();
+}
+
+fn node_record() -> NodeRecord {
+    NodeRecord {
+        id: "node-c".into(),
+        region: "region-c".into(),
+        advertise_url: "http://127.0.0.1:1".into(),
+        started_ms: now_ms(),
+        heartbeat_ms: now_ms(),
+        revision: 0,
+        cache: Default::default(),
+        version: "test".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_cut_off_node_does_not_honour_a_revoked_key_from_its_stale_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let (strong, replica) = (store(dir.path(), "meta.redb"), store(dir.path(), "replica.redb"));
+    let engine = Engine::new(Arc::clone(&strong), BlobStore::open(dir.path()).unwrap(), EngineConfig::default());
+    let views = Arc::new(LaggingViews {
+        strong: Arc::clone(&strong),
+        replica: Arc::clone(&replica),
+        replica_caught_up: AtomicBool::new(true),
+    });
+    engine.set_read_views(views.clone());
+
+    let (_, credential) = engine.create_access_key("app", false).await.unwrap();
+    replicate(&strong, &replica).await;
+    views.replica_caught_up.store(false, Ordering::SeqCst);
+
+    // The delete commits, but one replica has not applied it: the admin call says so.
+    let err = engine.delete_access_key("app").await.unwrap_err();
+    assert!(matches!(err, EngineError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("replica-c (behind)"), "{err}");
+
+    // This node has not committed anything lately (no heartbeat got through): its view may be
+    // arbitrarily old, so the credential is checked strongly and is gone.
+    assert!(engine.credential(&credential.access_key_id).await.unwrap().is_none());
+
+    // Once its heartbeat commits, the node trusts its local view again for a while — and the
+    // stale replica still holds the key, which is exactly what the check above refused to use.
+    engine.publish_node(&node_record()).await.unwrap();
+    assert!(engine.credential(&credential.access_key_id).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn admin_changes_return_once_every_replica_has_applied_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (strong, replica) = (store(dir.path(), "meta.redb"), store(dir.path(), "replica.redb"));
+    let engine = Engine::new(Arc::clone(&strong), BlobStore::open(dir.path()).unwrap(), EngineConfig::default());
+    let views = Arc::new(LaggingViews { strong, replica, replica_caught_up: AtomicBool::new(true) });
+    engine.set_read_views(views.clone());
+    engine.create_access_key("app", false).await.unwrap();
+    engine.create_bucket("data", "app").await.unwrap();
+    engine.set_grant("data", "app", iam::Grant { read: true, ..Default::default() }, true).await.unwrap();
+    engine.rotate_access_key("app", Duration::from_secs(60)).await.unwrap();
+
+    views.replica_caught_up.store(false, Ordering::SeqCst);
+    let revoke = engine.set_grant("data", "app", iam::Grant { read: true, ..Default::default() }, false).await;
+    assert!(matches!(revoke, Err(EngineError::Unavailable(_))), "{revoke:?}");
+    assert!(matches!(engine.set_public_read("data", false).await, Err(EngineError::Unavailable(_))));
+    assert!(matches!(engine.rotate_access_key("app", Duration::from_secs(60)).await, Err(EngineError::Unavailable(_))));
+}
