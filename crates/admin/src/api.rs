@@ -17,7 +17,8 @@
 //! | `POST /v1/buckets/NAME/deny` | `{"key","read"?,"write"?,"owner"?}` | the bucket |
 //! | `POST /v1/buckets/NAME/public` | `{"read":true}` | the bucket |
 //!
-//! Errors: `{"error":{"code":"...","message":"..."}}` with 400, 401, 404 or 409.
+//! Errors: `{"error":{"code":"...","message":"..."}}` with 400, 401, 404, 409, or 503 (a change committed but not
+//! yet applied by every metadata replica).
 
 use std::convert::Infallible;
 use std::time::Duration;
