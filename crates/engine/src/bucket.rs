@@ -93,18 +93,9 @@ impl Engine {
     }
 
     /// The bucket's record for an access check (see [`Engine::get_for_access`]).
-    pub async fn bucket_for_access(&self, name: &str) -> EngineResult<BucketRecord> {
+    pub async fn bucket_for_access(&self, name: &str) -> EngineResult<(BucketRecord, Revision)> {
         let kv = self.get_for_access(&keys::bucket(name)).await?.ok_or(EngineError::NoSuchBucket)?;
-        record::decode(&kv.value)
-    }
-
-    /// The bucket's location type from this node's local view of the metadata (buckets' location
-    /// never changes after creation, so a local read is enough); `None` for a missing bucket.
-    pub async fn bucket_location(&self, name: &str) -> EngineResult<Option<Location>> {
-        match self.reader(crate::Consistency::Local).get(&keys::bucket(name)).await? {
-            Some(kv) => Ok(Some(record::decode::<BucketRecord>(&kv.value)?.location)),
-            None => Ok(None),
-        }
+        Ok((record::decode(&kv.value)?, kv.mod_revision))
     }
 
     /// Like [`Engine::bucket`], but a bucket being deleted counts as gone.
@@ -114,11 +105,7 @@ impl Engine {
 
     /// The bucket's record and revision, unless it is being deleted.
     pub(crate) async fn writable_bucket(&self, name: &str) -> EngineResult<(BucketRecord, Revision)> {
-        let (record, revision) = self.bucket(name).await?;
-        if record.deleting_since_ms.is_some_and(|since| now_ms() - since < DELETING_MARK_TTL_MS) {
-            return Err(EngineError::NoSuchBucket);
-        }
-        Ok((record, revision))
+        writable(self.bucket(name).await?)
     }
 
     /// Every bucket, by name.
@@ -180,6 +167,14 @@ impl Engine {
             }
         }
     }
+}
+
+/// `bucket` (a record and its revision), unless it is being deleted.
+pub(crate) fn writable(bucket: (BucketRecord, Revision)) -> EngineResult<(BucketRecord, Revision)> {
+    if bucket.0.deleting_since_ms.is_some_and(|since| now_ms() - since < DELETING_MARK_TTL_MS) {
+        return Err(EngineError::NoSuchBucket);
+    }
+    Ok(bucket)
 }
 
 #[cfg(test)]

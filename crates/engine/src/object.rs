@@ -11,7 +11,7 @@ use crate::conditions::{ReadConditions, WriteConditions};
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{Body, BodyError, IngestLimits, IngestedData, Integrity, body_from_bytes, ingest};
 use crate::lifecycle::{earliest, object_expiry};
-use crate::record::{self, DataLayout, ObjectHeaders, ObjectRecord};
+use crate::record::{self, BucketRecord, DataLayout, ObjectHeaders, ObjectRecord};
 use crate::{Consistency, Engine, keys, now_ms, validate_key};
 
 /// How often a write re-reads and retries when other writers keep changing the same key.
@@ -224,10 +224,23 @@ impl Engine {
     }
 
     pub async fn put_object(&self, req: PutRequest) -> EngineResult<PutOutcome> {
+        self.put_object_in(None, req).await
+    }
+
+    /// Like [`Engine::put_object`], with the bucket's record and revision when the caller has
+    /// just read them (a stale record only costs the commit a retry).
+    pub async fn put_object_in(
+        &self,
+        bucket: Option<(BucketRecord, Revision)>,
+        req: PutRequest,
+    ) -> EngineResult<PutOutcome> {
         validate_key(&req.key)?;
         req.headers.validate()?;
         // Fail fast, before reading a possibly large body into a bucket that isn't there.
-        let (bucket, _) = self.writable_bucket(&req.bucket).await?;
+        let (bucket, _) = match bucket {
+            Some(seen) => crate::bucket::writable(seen)?,
+            None => self.writable_bucket(&req.bucket).await?,
+        };
         let limits = IngestLimits { inline_max: self.config().inline_max, max_size: self.config().max_object_size };
         let ingested = ingest(self.blobs(), req.body, req.integrity, limits).await?;
         let (data, inline) = match ingested.data {

@@ -2,7 +2,13 @@
 //! operation is checked against the bucket's grants before it runs. Anonymous requests may only
 //! GET or HEAD objects of a public-read bucket.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meridian_engine::Revision;
 use meridian_engine::iam::{Access, KeyRecord, authorize};
+use meridian_engine::record::BucketRecord;
 use meridian_engine::{Engine, EngineError};
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
@@ -11,15 +17,51 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Result, s3_error};
 
 use crate::convert::s3_error;
 
+/// The bucket record a request's bucket was read as before the S3 layer ran (by the
+/// forwarder), kept in the request's extensions so the access check and the handler do not read
+/// it again.
+#[derive(Clone, Debug)]
+pub struct SeenBucket {
+    pub name: String,
+    pub record: BucketRecord,
+    pub revision: Revision,
+}
+
+/// Keys just looked up to verify a signature, handed to the access check of the same request
+/// so it does not look them up a second time. Entries are taken once and live at most
+/// [`KEY_MEMO_TTL`]: the memo never stretches a key's life beyond the request that looked it up.
+#[derive(Default)]
+pub struct KeyMemo {
+    keys: Mutex<HashMap<String, (Instant, KeyRecord)>>,
+}
+
+const KEY_MEMO_TTL: Duration = Duration::from_secs(1);
+
+impl KeyMemo {
+    fn put(&self, access_key_id: &str, key: KeyRecord) {
+        let Ok(mut keys) = self.keys.lock() else { return };
+        if keys.len() >= 1024 {
+            keys.retain(|_, (at, _)| at.elapsed() < KEY_MEMO_TTL);
+        }
+        keys.insert(access_key_id.to_string(), (Instant::now(), key));
+    }
+
+    fn take(&self, access_key_id: &str) -> Option<KeyRecord> {
+        let (at, key) = self.keys.lock().ok()?.remove(access_key_id)?;
+        (at.elapsed() < KEY_MEMO_TTL).then_some(key)
+    }
+}
+
 /// Looks up secrets of the keys stored in the metadata store.
 #[derive(Clone)]
 pub struct MetaAuth {
     engine: Engine,
+    memo: Arc<KeyMemo>,
 }
 
 impl MetaAuth {
-    pub fn new(engine: Engine) -> Self {
-        MetaAuth { engine }
+    pub fn new(engine: Engine, memo: Arc<KeyMemo>) -> Self {
+        MetaAuth { engine, memo }
     }
 }
 
@@ -27,7 +69,10 @@ impl MetaAuth {
 impl S3Auth for MetaAuth {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
         match self.engine.credential(access_key).await.map_err(s3_error)? {
-            Some((_, secret)) => Ok(SecretKey::from(secret)),
+            Some((key, secret)) => {
+                self.memo.put(access_key, key);
+                Ok(SecretKey::from(secret))
+            }
             None => Err(S3Error::with_message(
                 S3ErrorCode::InvalidAccessKeyId,
                 "The AWS Access Key Id you provided does not exist in our records.",
@@ -101,31 +146,46 @@ fn anonymous_allowed(op: &str) -> bool {
 #[derive(Clone)]
 pub struct MeridianAccess {
     engine: Engine,
+    memo: Arc<KeyMemo>,
 }
 
 impl MeridianAccess {
-    pub fn new(engine: Engine) -> Self {
-        MeridianAccess { engine }
+    pub fn new(engine: Engine, memo: Arc<KeyMemo>) -> Self {
+        MeridianAccess { engine, memo }
     }
 
     async fn principal(&self, access_key_id: Option<&str>) -> S3Result<Option<KeyRecord>> {
         let Some(id) = access_key_id else { return Ok(None) };
+        if let Some(key) = self.memo.take(id) {
+            return Ok(Some(key));
+        }
         match self.engine.credential(id).await.map_err(s3_error)? {
             Some((key, _)) => Ok(Some(key)),
             None => Err(s3_error!(InvalidAccessKeyId)),
         }
     }
 
-    /// Checks `access` on `bucket` for `key`. A bucket that does not exist passes, so the
-    /// operation itself answers NoSuchBucket.
-    pub async fn check_bucket(&self, key: Option<&KeyRecord>, bucket: &str, access: Access) -> S3Result<()> {
-        let record = match self.engine.bucket_for_access(bucket).await {
-            Ok(record) => record,
-            Err(EngineError::NoSuchBucket) if key.is_some() => return Ok(()),
-            Err(EngineError::NoSuchBucket) => return Err(denied()),
-            Err(e) => return Err(s3_error(e)),
-        };
-        if authorize(key, &record, access) { Ok(()) } else { Err(denied()) }
+    /// The bucket's record (`None`: no such bucket), unless the request already carries it.
+    async fn bucket_record(&self, bucket: &str, seen: Option<BucketRecord>) -> S3Result<Option<BucketRecord>> {
+        if seen.is_some() {
+            return Ok(seen);
+        }
+        match self.engine.bucket_for_access(bucket).await {
+            Ok((record, _)) => Ok(Some(record)),
+            Err(EngineError::NoSuchBucket) => Ok(None),
+            Err(e) => Err(s3_error(e)),
+        }
+    }
+}
+
+/// Checks `access` on a bucket for `key`. A bucket that does not exist passes for a key, so
+/// the operation itself answers NoSuchBucket.
+fn check_bucket(key: Option<&KeyRecord>, record: Option<&BucketRecord>, access: Access) -> S3Result<()> {
+    match record {
+        None if key.is_some() => Ok(()),
+        None => Err(denied()),
+        Some(record) if authorize(key, record, access) => Ok(()),
+        Some(_) => Err(denied()),
     }
 }
 
@@ -136,14 +196,30 @@ fn denied() -> S3Error {
 #[async_trait::async_trait]
 impl S3Access for MeridianAccess {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
-        let key = self.principal(cx.credentials().map(|c| c.access_key.as_str())).await?;
         let op = cx.s3_op().name().to_string();
         let bucket = match cx.s3_path() {
             S3Path::Root => None,
             S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => Some(bucket.to_string()),
         };
+        let anonymous = cx.credentials().is_none();
+        let record = match &bucket {
+            Some(name) if anonymous || matches!(needs(&op), Needs::Bucket(_)) => {
+                let seen =
+                    cx.extensions_mut().get::<SeenBucket>().filter(|s| &s.name == name).map(|s| s.record.clone());
+                Some(self.bucket_record(name, seen))
+            }
+            _ => None,
+        };
+        // The key and the bucket are independent reads: in parallel.
+        let (key, record) = tokio::join!(self.principal(cx.credentials().map(|c| c.access_key.as_str())), async {
+            match record {
+                Some(read) => read.await,
+                None => Ok(None),
+            }
+        });
+        let (key, record) = (key?, record?);
         let verdict = match (&key, needs(&op), bucket) {
-            (None, _, Some(bucket)) if anonymous_allowed(&op) => self.check_bucket(None, &bucket, Access::Read).await,
+            (None, _, Some(_)) if anonymous_allowed(&op) => check_bucket(None, record.as_ref(), Access::Read),
             (None, _, _) => Err(denied()),
             (Some(_), Needs::Authenticated, _) => Ok(()),
             (Some(k), Needs::CreateBucket, _) => {
@@ -153,7 +229,7 @@ impl S3Access for MeridianAccess {
                     Err(S3Error::with_message(S3ErrorCode::AccessDenied, "this key may not create buckets"))
                 }
             }
-            (Some(k), Needs::Bucket(access), Some(bucket)) => self.check_bucket(Some(k), &bucket, access).await,
+            (Some(k), Needs::Bucket(access), Some(_)) => check_bucket(Some(k), record.as_ref(), access),
             (Some(_), Needs::Bucket(_), None) => Err(denied()),
         };
         cx.extensions_mut().insert(Principal(key));

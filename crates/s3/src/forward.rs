@@ -12,6 +12,8 @@ use hyper_util::rt::TokioExecutor;
 use meridian_engine::Engine;
 use meridian_engine::record::Location;
 
+use crate::access::SeenBucket;
+
 /// Set on a forwarded request (the forwarding node's id), so it is never forwarded again.
 pub const FORWARDED_HEADER: &str = "x-meridian-forwarded-by";
 /// Set on the response: the region that served a forwarded request.
@@ -52,8 +54,9 @@ impl Forwarder {
     }
 
     /// Where to send `req`, if it belongs to another region: (region, base URL) of a healthy
-    /// node there, or an error response when that region has none.
-    pub async fn target<B>(&self, req: &Request<B>) -> Option<Result<(String, String), Response<s3s::Body>>> {
+    /// node there, or an error response when that region has none. A request served here
+    /// keeps the bucket record read to decide ([`SeenBucket`]) for the access check and handler.
+    pub async fn target<B>(&self, req: &mut Request<B>) -> Option<Result<(String, String), Response<s3s::Body>>> {
         if req.headers().contains_key(FORWARDED_HEADER) || req.uri().path().starts_with("/_meridian/") {
             return None;
         }
@@ -69,8 +72,13 @@ impl Forwarder {
             return None;
         }
         let bucket = self.bucket_of(req)?;
-        let Location::Pinned { region } = self.engine.bucket_location(&bucket).await.ok()?? else { return None };
+        let (record, revision) = self.engine.bucket_for_access(&bucket).await.ok()?;
+        let Location::Pinned { region } = record.location.clone() else {
+            req.extensions_mut().insert(SeenBucket { name: bucket, record, revision });
+            return None;
+        };
         if region == self.engine.config().node.region {
+            req.extensions_mut().insert(SeenBucket { name: bucket, record, revision });
             return None;
         }
         let nodes = self.engine.nodes().await.unwrap_or_default();

@@ -97,8 +97,9 @@ pub async fn serve(
             let endpoint = endpoint.clone();
             let forwarder = forwarder.clone();
             async move {
+                let mut req = req;
                 if let Some(fw) = &forwarder
-                    && let Some(target) = fw.target(&req).await
+                    && let Some(target) = fw.target(&mut req).await
                 {
                     return Ok(match target {
                         Ok((region, url)) => fw.forward(req, &region, &url).await,

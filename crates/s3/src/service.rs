@@ -103,8 +103,9 @@ impl MeridianS3 {
 /// checked against the bucket's grants, anonymous access only to public-read buckets.
 pub fn build_service(engine: Engine, options: &S3Options) -> S3Service {
     let mut builder = S3ServiceBuilder::new(MeridianS3::new(engine.clone(), options.region.clone()));
-    builder.set_auth(crate::access::MetaAuth::new(engine.clone()));
-    builder.set_access(crate::access::MeridianAccess::new(engine.clone()));
+    let memo = std::sync::Arc::new(crate::access::KeyMemo::default());
+    builder.set_auth(crate::access::MetaAuth::new(engine.clone(), memo.clone()));
+    builder.set_access(crate::access::MeridianAccess::new(engine.clone(), memo));
     builder.set_route(crate::kv::KvRoute::new(engine));
     if let Some(domain) = &options.domain {
         builder.set_host(s3s::host::SingleDomain::new(domain).unwrap_or_else(|_| {
@@ -499,6 +500,11 @@ impl S3 for MeridianS3 {
             if_none_match: etag_match(input.if_none_match),
             ..Default::default()
         });
+        let seen = req
+            .extensions
+            .get::<crate::access::SeenBucket>()
+            .filter(|s| s.name == input.bucket)
+            .map(|s| (s.record.clone(), s.revision));
         let request = PutRequest {
             bucket: input.bucket,
             key: input.key,
@@ -510,7 +516,7 @@ impl S3 for MeridianS3 {
         };
         let outcome = match kv.transaction {
             Some((wait, lock_ttl)) => self.engine.put_transaction(request, wait, lock_ttl).await,
-            None => self.engine.put_object(request).await,
+            None => self.engine.put_object_in(seen, request).await,
         }
         .map_err(s3_error)?;
         let sums = ChecksumFields::from_stored(outcome.record.checksum.as_ref());

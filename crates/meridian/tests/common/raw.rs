@@ -34,6 +34,9 @@ impl Response {
 pub fn send(addr: &str, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Response {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    // Like real HTTP clients: the body follows the head at once instead of waiting (Nagle)
+    // for the server to acknowledge the head.
+    stream.set_nodelay(true).expect("nodelay");
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     let has_length = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
     for (k, v) in headers {
