@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
 use meridian_meta::{Compare, Op, RangeRequest, Revision, Txn};
 use serde::{Deserialize, Serialize};
 
@@ -139,6 +138,20 @@ fn random_string(prefix: &str, len: usize, alphabet: &[u8]) -> String {
     out
 }
 
+/// Writing a key: its record, and a copy under each of its credentials' access key ids (what a
+/// request's signature check reads).
+trait PutKey {
+    fn then_put_key(self, key: &KeyRecord) -> Txn;
+}
+
+impl PutKey for Txn {
+    fn then_put_key(self, key: &KeyRecord) -> Txn {
+        let encoded = record::encode(key);
+        let txn = self.then(Op::put(keys::key_name(&key.name), encoded.clone()));
+        key.credentials.iter().fold(txn, |txn, c| txn.then(Op::put(keys::key_id(&c.access_key_id), encoded.clone())))
+    }
+}
+
 impl Engine {
     async fn read_key(&self, name: &str) -> EngineResult<Option<(KeyRecord, Revision)>> {
         match self.get_for_access(&keys::key_name(name)).await? {
@@ -153,11 +166,18 @@ impl Engine {
         self.read_key(name).await?.map(|(k, _)| k).ok_or_else(|| EngineError::NoSuchAccessKey(name.to_string()))
     }
 
-    /// The key owning a valid credential with this access key id, and its secret.
+    /// The key owning a valid credential with this access key id, and its secret: one read, as
+    /// every credential's entry holds a copy of its key's record.
     pub async fn credential(&self, access_key_id: &str) -> EngineResult<Option<(KeyRecord, String)>> {
         let Some(kv) = self.get_for_access(&keys::key_id(access_key_id)).await? else { return Ok(None) };
-        let name = String::from_utf8_lossy(&kv.value).into_owned();
-        let Some((key, _)) = self.read_key(&name).await? else { return Ok(None) };
+        let key = match record::decode::<KeyRecord>(&kv.value) {
+            Ok(key) => key,
+            // Written before entries carried the record: just the key's name.
+            Err(_) => match self.read_key(&String::from_utf8_lossy(&kv.value)).await? {
+                Some((key, _)) => key,
+                None => return Ok(None),
+            },
+        };
         let now = now_ms();
         let secret = key
             .credentials
@@ -185,8 +205,7 @@ impl Engine {
         let txn = Txn::new()
             .when(Compare::absent(keys::key_name(name)))
             .when(Compare::absent(keys::key_id(&credential.access_key_id)))
-            .then(Op::put(keys::key_name(name), record::encode(&key)))
-            .then(Op::put(keys::key_id(&credential.access_key_id), Bytes::from(name.to_string())));
+            .then_put_key(&key);
         if !self.meta().txn(txn).await?.succeeded {
             return Err(EngineError::AccessKeyExists(name.to_string()));
         }
@@ -224,9 +243,7 @@ impl Engine {
             for id in replaced.iter().filter(|id| id.as_str() != access_key_id) {
                 txn = txn.then(Op::delete(keys::key_id(id)));
             }
-            txn = txn
-                .then(Op::put(keys::key_name(ADMIN_KEY), record::encode(&key)))
-                .then(Op::put(keys::key_id(access_key_id), Bytes::from(ADMIN_KEY)));
+            txn = txn.then_put_key(&key);
             if self.meta().txn(txn).await?.succeeded {
                 return Ok(());
             }
@@ -300,8 +317,7 @@ impl Engine {
             let mut txn = Txn::new()
                 .when(Compare::mod_revision_is(keys::key_name(name), revision))
                 .when(Compare::absent(keys::key_id(&fresh.access_key_id)))
-                .then(Op::put(keys::key_name(name), record::encode(&key)))
-                .then(Op::put(keys::key_id(&fresh.access_key_id), Bytes::from(name.to_string())));
+                .then_put_key(&key);
             for c in &gone {
                 txn = txn.then(Op::delete(keys::key_id(&c.access_key_id)));
             }
@@ -318,9 +334,7 @@ impl Engine {
             let (mut key, revision) =
                 self.read_key(name).await?.ok_or_else(|| EngineError::NoSuchAccessKey(name.to_string()))?;
             key.can_create_buckets = allowed;
-            let txn = Txn::new()
-                .when(Compare::mod_revision_is(keys::key_name(name), revision))
-                .then(Op::put(keys::key_name(name), record::encode(&key)));
+            let txn = Txn::new().when(Compare::mod_revision_is(keys::key_name(name), revision)).then_put_key(&key);
             if self.meta().txn(txn).await?.succeeded {
                 self.settle().await?;
                 return Ok(key);
@@ -394,6 +408,26 @@ pub type Grants = BTreeMap<String, Grant>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn credentials_written_before_entries_carried_the_record_still_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta =
+            meridian_meta::embedded::EmbeddedStore::open(&dir.path().join("m.redb"), Default::default()).unwrap();
+        let engine = Engine::new(
+            std::sync::Arc::new(meta),
+            meridian_blob::BlobStore::open(dir.path()).unwrap(),
+            Default::default(),
+        );
+        let (key, credential) = engine.create_access_key("old", false).await.unwrap();
+        let id = &credential.access_key_id;
+        // The earlier layout: the access key id's entry names the key.
+        let txn = Txn::new().then(Op::put(keys::key_id(id), bytes::Bytes::from_static(b"old")));
+        engine.meta().txn(txn).await.unwrap();
+        assert_eq!(engine.credential(id).await.unwrap(), Some((key, credential.secret.clone())));
+        engine.delete_access_key("old").await.unwrap();
+        assert_eq!(engine.credential(id).await.unwrap(), None);
+    }
 
     fn bucket(owner: &str, grants: &[(&str, Grant)], public_read: bool) -> BucketRecord {
         BucketRecord {

@@ -197,4 +197,25 @@ fn main() {
         100.0 * mib_s / link_mib_s
     );
     drop(cluster);
+    home_region(&runtime, link, samples, &rtt);
+}
+
+/// Writes in the home-region layout (docs/etcd.md): a quorum of voters in region a, a learner
+/// in region b. A write from region b is one WAN round trip to the voters.
+fn home_region(runtime: &tokio::runtime::Runtime, link: LinkConfig, samples: u64, rtt: &Summary) {
+    let cluster = runtime.block_on(WanCluster::start_home_region(link, &[]));
+    let nodes = &cluster.nodes;
+    timed(&nodes[0], "PUT", "/bench", b"");
+    let small = pattern(4096, 1);
+    println!(
+        "
+Home-region layout: 3 voters in region-a, a learner in region-b, one node in each
+"
+    );
+    println!("| operation | p50 / p90 / p99 / max | bar |\n|---|---|---|");
+    for (i, region) in ["region-a (voters)", "region-b (learner)"].iter().enumerate() {
+        let s = measure(samples, |n| timed(&nodes[i], "PUT", &format!("/bench/h{i}-{n}"), &small).0);
+        let bar = if i == 0 { "–".to_string() } else { format!("≤ RTT + 5 ms = {:.1} ms", rtt.p50() + 5.0) };
+        println!("| PUT 4 KiB in {region} | {} | {bar} |", s.row());
+    }
 }

@@ -36,6 +36,38 @@ async fn proxy(to: SocketAddr, config: LinkConfig) -> WanHandle {
     WanProxy::start("127.0.0.1:0".parse().unwrap(), to, config).await.unwrap()
 }
 
+/// Starts one region's node on `endpoints`, behind a WAN proxy for the other nodes.
+async fn start_node(
+    dir: &std::path::Path,
+    region: &str,
+    endpoints: &[String],
+    link: LinkConfig,
+    node_args: &[&str],
+) -> (Server, WanHandle) {
+    let listen = free_addr();
+    let node_link = proxy(listen, link).await;
+    let mut args = vec![
+        "--etcd".to_string(),
+        endpoints.join(","),
+        "--region".into(),
+        region.to_string(),
+        "--cluster-token".into(),
+        CLUSTER_TOKEN.into(),
+        "--advertise".into(),
+        format!("http://{}", node_link.local_addr()),
+    ];
+    args.extend(node_args.iter().map(|a| a.to_string()));
+    let data = dir.join(region);
+    let listen = listen.to_string();
+    let node = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start_in(&data, &args, Some(&listen), None)
+    })
+    .await
+    .unwrap();
+    (node, node_link)
+}
+
 impl WanCluster {
     /// Starts the cluster with `link` on every cross-region link and `node_args` added to every
     /// node's flags.
@@ -65,32 +97,45 @@ impl WanCluster {
                     endpoints.push(format!("http://{}", l.local_addr()));
                 }
             }
-            let listen = free_addr();
-            let node_link = proxy(listen, link).await;
-            let mut args = vec![
-                "--etcd".to_string(),
-                endpoints.join(","),
-                "--region".into(),
-                region.to_string(),
-                "--cluster-token".into(),
-                CLUSTER_TOKEN.into(),
-                "--advertise".into(),
-                format!("http://{}", node_link.local_addr()),
-            ];
-            args.extend(node_args.iter().map(|a| a.to_string()));
-            let data = tmp.path().join(region);
-            let listen = listen.to_string();
-            let node = tokio::task::spawn_blocking(move || {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                Server::start_in(&data, &args, Some(&listen), None)
-            })
-            .await
-            .unwrap();
+            let (node, node_link) = start_node(tmp.path(), region, &endpoints, link, node_args).await;
             nodes.push(node);
             node_links.push(node_link);
         }
         etcd_links.extend(client_links);
         WanCluster { nodes, node_links, etcd_links, etcd, _tmp: tmp }
+    }
+
+    /// The "home region" layout of docs/etcd.md: three voting members in region a (a quorum
+    /// without crossing the WAN), a learner in region b for its local reads, one node in each
+    /// region. Region b's node reaches the voters through the WAN proxy. The learner's own peer
+    /// links are not delayed (etcd members dial each other's single advertised URL, so one proxy
+    /// cannot delay only the cross-region pairs): its replication lag looks smaller than on a
+    /// real WAN, while every write from region b still crosses the WAN to the voters and back.
+    pub async fn start_home_region(link: LinkConfig, node_args: &[&str]) -> WanCluster {
+        let builder = EtcdCluster::builder(3).arg("--max-txn-ops=32768").arg("--max-request-bytes=16777216");
+        let etcd = tokio::task::spawn_blocking(move || {
+            let mut etcd = builder.start();
+            etcd.add_learner();
+            etcd
+        })
+        .await
+        .unwrap();
+        let mut client_links = Vec::new();
+        for i in 0..3 {
+            client_links.push(proxy(addr_of(&etcd.client_endpoint(i)), link).await);
+        }
+        let voters_direct: Vec<String> = (0..3).map(|i| etcd.client_endpoint(i)).collect();
+        let mut region_b = vec![etcd.client_endpoint(3)];
+        region_b.extend(client_links.iter().map(|l| format!("http://{}", l.local_addr())));
+        let tmp = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        let mut node_links = Vec::new();
+        for (region, endpoints) in [("region-a", voters_direct), ("region-b", region_b)] {
+            let (node, node_link) = start_node(tmp.path(), region, &endpoints, link, node_args).await;
+            nodes.push(node);
+            node_links.push(node_link);
+        }
+        WanCluster { nodes, node_links, etcd_links: client_links, etcd, _tmp: tmp }
     }
 
     pub fn client(&self, i: usize) -> aws_sdk_s3::Client {
