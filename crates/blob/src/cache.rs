@@ -151,7 +151,7 @@ impl Default for CacheOptions {
         CacheOptions {
             max_bytes: DEFAULT_MAX_BYTES,
             chunk_size: DEFAULT_CHUNK_SIZE,
-            readahead: 1,
+            readahead: 2,
             fetch_idle_timeout: Duration::from_secs(30),
         }
     }

@@ -143,6 +143,9 @@ pub struct WanStats {
     pub resets: u64,
 }
 
+/// How much idle link time pacing may catch up on (tokio's timers have 1 ms granularity).
+const PACING_SLACK: Duration = Duration::from_millis(5);
+
 /// Pacing state of one direction's bandwidth limit.
 #[derive(Debug)]
 struct Pacer {
@@ -184,7 +187,9 @@ impl Inner {
         *e = self.root.child_token();
     }
 
-    /// Reserves the link for `n` bytes; returns when they may go.
+    /// Reserves the link for `n` bytes; returns when they may go. A link left idle for less than
+    /// [`PACING_SLACK`] (a timer that woke late, a reader that was busy) has not lost that time:
+    /// the next bytes may use it, so the long-run rate is the configured one.
     fn pace(&self, dir: usize, n: usize, rate: Option<u64>) -> Option<Instant> {
         let rate = rate.filter(|r| *r > 0)?;
         let now = Instant::now();
@@ -192,7 +197,8 @@ impl Inner {
             Ok(p) => p,
             Err(p) => p.into_inner(),
         };
-        let start = p.next_free.map_or(now, |t| t.max(now));
+        let earliest = now.checked_sub(PACING_SLACK).unwrap_or(now);
+        let start = p.next_free.map_or(now, |t| t.max(earliest));
         p.next_free = Some(start + Duration::from_secs_f64(n as f64 / rate as f64));
         Some(start)
     }
