@@ -6,7 +6,7 @@
 #   crates/volume/bench/run.sh [--quick]
 #
 # Env: MERIDIAN_BIN (default target/release/meridian; build with `cargo build --release -p
-# meridian`), BENCH_DIR (scratch, default a temp dir), RUNTIME (seconds per timed job, 30),
+# meridian`), BENCH_DIR (scratch, kept; default a temp dir removed at exit), RUNTIME (seconds per timed job, 30),
 # JOB_SIZE (bytes per job / volume size for the throughput jobs, 4G), FILL_SIZE (16G; the RSS
 # fill; 0 skips it), SKIP_JOBS=1 (only the fill). Compare the fill's RSS at two sizes for the
 # per-GiB cost. --quick: RUNTIME=10, JOB_SIZE=1G, FILL_SIZE=2G.
@@ -24,10 +24,17 @@ for t in fio qemu-nbd nbdinfo; do
 done
 [ -x "$BIN" ] || { echo "no $BIN: cargo build --release -p meridian" >&2; exit 1; }
 
-DIR=${BENCH_DIR:-$(mktemp -d /tmp/meridian-volume-bench.XXXXXX)}
+# A scratch directory we made is removed at exit (a 16 GiB fill leaves ~17 GiB in it).
+OWN_DIR=""
+if [ -z "${BENCH_DIR:-}" ]; then OWN_DIR=$(mktemp -d /tmp/meridian-volume-bench.XXXXXX); fi
+DIR=${BENCH_DIR:-$OWN_DIR}
 mkdir -p "$DIR"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ -n "$OWN_DIR" ]; then rm -rf "$OWN_DIR"; fi
+}
 trap cleanup EXIT
 
 export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecretbenchsecret

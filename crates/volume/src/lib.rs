@@ -9,6 +9,7 @@ pub mod gc;
 pub mod lease;
 pub mod manage;
 pub mod nbd;
+mod readahead;
 pub mod replay;
 pub mod s3;
 pub mod store;

@@ -277,7 +277,7 @@ async fn info_or_go(
 struct Reply {
     handle: u64,
     error: u32,
-    data: Option<Vec<u8>>,
+    data: Option<bytes::Bytes>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 

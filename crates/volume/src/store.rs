@@ -60,6 +60,9 @@ pub struct MemStore {
     etags: AtomicU64,
     /// When set, every PUT fails: simulates an unreachable bucket.
     pub fail_puts: std::sync::atomic::AtomicBool,
+    /// Range reads served, and their bytes (tests of read patterns reset and check them).
+    pub range_reads: AtomicU64,
+    pub range_bytes: AtomicU64,
 }
 
 impl MemStore {
@@ -117,6 +120,8 @@ impl ObjectStore for MemStore {
     }
 
     async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        self.range_reads.fetch_add(1, Ordering::Relaxed);
+        self.range_bytes.fetch_add(len, Ordering::Relaxed);
         let map = self.lock();
         let (data, _) = map.get(key).ok_or_else(|| StoreError::NotFound(key.to_string()))?;
         let end = start.saturating_add(len);

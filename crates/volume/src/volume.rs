@@ -15,6 +15,7 @@ use crate::buffer::OpenObject;
 use crate::error::{Result, StoreError, VolumeError};
 use crate::format::{self, Entry, HEADER_BYTES, Layout, MAX_DATA_ENTRIES, Manifest, ObjectKind, SECTOR, Trailer};
 use crate::lease::LeaseHandle;
+use crate::readahead::{ObjectSpan, ReadAhead};
 use crate::replay::{self, Listing};
 use crate::store::{ObjectStore, PutCondition};
 use crate::table::{self, ExtentTable};
@@ -95,6 +96,8 @@ struct RemotePiece {
     sectors: u64,
     seq: u64,
     obj_sector: u64,
+    /// Data sectors of object `seq`, as far as this writer knows (0: unknown).
+    object_sectors: u64,
 }
 
 pub struct Volume {
@@ -110,6 +113,7 @@ pub struct Volume {
     /// Writers hold it shared; unaligned read-modify-write holds it exclusively.
     rmw: RwLock<()>,
     table_path: PathBuf,
+    readahead: ReadAhead,
 }
 
 impl Volume {
@@ -171,6 +175,7 @@ impl Volume {
             progress,
             rmw: RwLock::new(()),
             table_path,
+            readahead: ReadAhead::default(),
         });
         vol.write_marker(ObjectKind::Fence).await?;
         Ok(vol)
@@ -240,49 +245,72 @@ impl Volume {
     // ---- reads ---------------------------------------------------------------------------
 
     /// Reads `len` bytes at `offset` (any alignment).
-    pub async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
         self.check_range(offset, len)?;
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         let first = offset / SECTOR;
         let last = (offset + len).div_ceil(SECTOR);
-        let mut buf = self.read_sectors(first, last - first).await?;
+        let sequential = self.readahead.note_read(offset, len);
+        let buf = self.read_sectors(first, last - first, sequential).await?;
         let skip = (offset - first * SECTOR) as usize;
-        buf.drain(..skip);
-        buf.truncate(len as usize);
-        Ok(buf)
+        Ok(buf.slice(skip..skip + len as usize))
     }
 
-    async fn read_sectors(&self, first: u64, n: u64) -> Result<Vec<u8>> {
-        let mut out = vec![0u8; (n * SECTOR) as usize];
-        let pieces = self.resolve(first, n, &mut out)?;
-        let fetches = pieces.into_iter().map(|p| async move {
-            let key = self.layout.log(p.seq);
-            let data =
-                self.store.get_range(&key, HEADER_BYTES as u64 + p.obj_sector * SECTOR, p.sectors * SECTOR).await?;
-            Ok::<_, VolumeError>((p.out_sector, data))
-        });
+    /// Reads sectors `first..first + n`; a `sequential` read goes through the read-ahead. A
+    /// read served by one stretch of one object returns the fetched bytes as they are (no copy).
+    async fn read_sectors(&self, first: u64, n: u64, sequential: bool) -> Result<Bytes> {
+        let mut held = None;
+        let pieces = self.resolve(first, n, &mut held)?;
+        if held.is_none() && pieces.len() == 1 && pieces[0].sectors == n {
+            return self.fetch_piece(&pieces[0], sequential).await;
+        }
+        let mut out = held.unwrap_or_else(|| vec![0u8; (n * SECTOR) as usize]);
+        let fetches = pieces
+            .iter()
+            .map(|p| async move { Ok::<_, VolumeError>((p.out_sector, self.fetch_piece(p, sequential).await?)) });
         for (at, data) in futures::future::try_join_all(fetches).await? {
             let at = (at * SECTOR) as usize;
             out[at..at + data.len()].copy_from_slice(&data);
         }
-        Ok(out)
+        Ok(Bytes::from(out))
     }
 
-    /// Fills what memory holds (open object, uploading objects) and returns what must be read
-    /// from the bucket, coalesced into ranges.
-    fn resolve(&self, first: u64, n: u64, out: &mut [u8]) -> Result<Vec<RemotePiece>> {
+    /// The bytes of `p` from the bucket, through the read-ahead when `sequential`.
+    async fn fetch_piece(&self, p: &RemotePiece, sequential: bool) -> Result<Bytes> {
+        let key = self.layout.log(p.seq);
+        if sequential {
+            let span = ObjectSpan {
+                key: &key,
+                seq: p.seq,
+                object_sectors: p.object_sectors,
+                first: p.obj_sector,
+                sectors: p.sectors,
+            };
+            if let Some(data) = self.readahead.read(&self.store, span).await {
+                return Ok(data?);
+            }
+        }
+        let from = HEADER_BYTES as u64 + p.obj_sector * SECTOR;
+        Ok(self.store.get_range(&key, from, p.sectors * SECTOR).await?)
+    }
+
+    /// Copies what memory holds (open object, uploading objects) into `held` (allocated, zeroed,
+    /// on the first such sector) and returns what must be read from the bucket, coalesced into
+    /// ranges. Sectors never written stay zero.
+    fn resolve(&self, first: u64, n: u64, held: &mut Option<Vec<u8>>) -> Result<Vec<RemotePiece>> {
         let mut st = self.lock();
         Self::check_ok(&st)?;
         let mut pieces: Vec<RemotePiece> = Vec::new();
+        let len = (n * SECTOR) as usize;
         for i in 0..n {
             let at = (i * SECTOR) as usize;
-            let dst = &mut out[at..at + SECTOR as usize];
             if let Some((ext, off)) = st.open.lookup(first + i) {
+                // A zeroed extent leaves the sector zero; it is never read from the bucket.
                 if let Some(d) = &ext.data {
                     let o = (off * SECTOR) as usize;
-                    dst.copy_from_slice(&d[o..o + SECTOR as usize]);
+                    sector_mut(held, len, at).copy_from_slice(&d[o..o + SECTOR as usize]);
                 }
                 continue;
             }
@@ -291,14 +319,17 @@ impl Volume {
             };
             if let Some(s) = st.inflight.get(&seq) {
                 let o = HEADER_BYTES + (obj_sector * SECTOR) as usize;
-                dst.copy_from_slice(&s.body[o..o + SECTOR as usize]);
+                sector_mut(held, len, at).copy_from_slice(&s.body[o..o + SECTOR as usize]);
                 continue;
             }
             match pieces.last_mut() {
                 Some(p) if p.seq == seq && p.out_sector + p.sectors == i && p.obj_sector + p.sectors == obj_sector => {
                     p.sectors += 1;
                 }
-                _ => pieces.push(RemotePiece { out_sector: i, sectors: 1, seq, obj_sector }),
+                _ => {
+                    let object_sectors = st.objects.get(&seq).map_or(0, |o| o.data_sectors);
+                    pieces.push(RemotePiece { out_sector: i, sectors: 1, seq, obj_sector, object_sectors });
+                }
             }
         }
         Ok(pieces)
@@ -319,7 +350,7 @@ impl Volume {
         let _excl = self.rmw.write().await;
         let first = offset / SECTOR;
         let last = (offset + data.len() as u64).div_ceil(SECTOR);
-        let mut buf = self.read_sectors(first, last - first).await?;
+        let mut buf = self.read_sectors(first, last - first, false).await?.to_vec();
         let skip = (offset - first * SECTOR) as usize;
         buf[skip..skip + data.len()].copy_from_slice(data);
         self.put_sectors(first, Some(&buf)).await
@@ -803,4 +834,9 @@ async fn remove_past(store: &dyn ObjectStore, layout: &Layout, listing: &Listing
         info!(removed = n, after = end, "removed objects past the recovery point");
     }
     Ok(())
+}
+
+/// The sector at byte `at` of a read buffer of `len` bytes, allocated (zeroed) on first use.
+fn sector_mut(held: &mut Option<Vec<u8>>, len: usize, at: usize) -> &mut [u8] {
+    &mut held.get_or_insert_with(|| vec![0u8; len])[at..at + SECTOR as usize]
 }

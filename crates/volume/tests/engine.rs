@@ -112,6 +112,46 @@ async fn first_data_object_matches_the_seed_format() {
     vol.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn sequential_reads_fetch_whole_windows_and_random_reads_only_what_they_need() {
+    let store = Arc::new(MemStore::new());
+    let layout = new_volume(&store, 64 * MIB, 4 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(9, (16 * MIB) as usize);
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
+    vol.write(0, &data).await.unwrap();
+    vol.close().await.unwrap();
+    // A fresh writer: nothing in memory, every read goes to the bucket.
+    let vol = Volume::open(store.clone(), layout, cfg(&dir, "b")).await.unwrap();
+    store.range_reads.store(0, Ordering::SeqCst);
+    store.range_bytes.store(0, Ordering::SeqCst);
+
+    // 16 MiB as 1 MiB reads, four in flight at a time like a queue of depth 4.
+    let mut got = Vec::new();
+    for batch in 0..4u64 {
+        let reads = (0..4u64).map(|i| vol.read((batch * 4 + i) * MIB, MIB));
+        for r in futures::future::join_all(reads).await {
+            got.extend(r.unwrap());
+        }
+    }
+    assert!(got == data, "sequential reads return the written bytes");
+    let (reads, bytes) = (store.range_reads.load(Ordering::SeqCst), store.range_bytes.load(Ordering::SeqCst));
+    // One GET per 1 MiB read would be 16; the stream's first read is direct, then whole
+    // windows (an object may straddle two), each fetched once.
+    assert!(reads <= 10, "{reads} range reads for 16 sequential 1 MiB reads");
+    assert!(bytes <= 17 * MIB, "{bytes} bytes fetched for 16 MiB read");
+
+    // Random small reads fetch exactly what they ask for.
+    store.range_reads.store(0, Ordering::SeqCst);
+    store.range_bytes.store(0, Ordering::SeqCst);
+    for k in [5u64, 1000, 37, 3001, 77] {
+        let at = (k * 7919 * 4096) % (16 * MIB);
+        assert_eq!(vol.read(at, 4096).await.unwrap(), data[at as usize..at as usize + 4096]);
+    }
+    assert_eq!(store.range_bytes.load(Ordering::SeqCst), 5 * 4096);
+    vol.close().await.unwrap();
+}
+
 /// Wraps a store so a test can "kill" the writer: after `freeze`, PUTs never complete, as if
 /// the process died with them in flight. PUTs also take random time so they land out of order.
 struct Killable {
