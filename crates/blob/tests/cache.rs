@@ -473,61 +473,41 @@ async fn a_removal_during_a_fetch_keeps_nothing() {
     .await;
 }
 
+/// Reads `len` bytes at `start` of an 8 MiB blob in 1 MiB chunks, takes only the first piece
+/// and drops the stream once two chunks are cached; returns (entries, fetches, bytes served).
+async fn first_piece_then_drop(readahead: u64, start: u64, len: u64) -> (usize, u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ChunkCache::open(dir.path(), CacheOptions { readahead, ..options(MIB, 1 << 30) }).unwrap();
+    let blob = BlobId::random();
+    let data = data(8 * MIB, 60);
+    let source = TestSource::new(vec![(blob, data.clone())]);
+    let digests = chunk_digests(&data, MIB);
+    let mut stream = cache.read(blob, 8 * MIB, &digests, start, len, source.clone()).await.unwrap();
+    stream.next().await.unwrap().unwrap();
+    for _ in 0..200 {
+        if cache.stats().entries == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    (cache.stats().entries as usize, source.fetches() as u64, source.served() as u64)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_ahead_fetches_the_next_chunk_of_the_range_only() {
-    bounded(60, async {
-        let dir = tempfile::tempdir().unwrap();
-        let chunk = MIB;
-        let cache = ChunkCache::open(dir.path(), CacheOptions { readahead: 1, ..options(chunk, 1 << 30) }).unwrap();
-        let blob = BlobId::random();
-        let data = data(8 * MIB, 60);
-        let source = TestSource::new(vec![(blob, data.clone())]);
-        let digests = chunk_digests(&data, chunk);
-        // A read of chunks 2..=4 that takes only the first byte: with a read-ahead of one chunk,
-        // chunk 3 is fetched ahead, nothing past it ever is.
-        let mut stream = cache.read(blob, 8 * MIB, &digests, 2 * MIB, 3 * MIB, source.clone()).await.unwrap();
-        stream.next().await.unwrap().unwrap();
-        for _ in 0..200 {
-            if cache.stats().entries == 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(cache.stats().entries, 2);
-        drop(stream);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(source.fetches(), 2);
-        assert_eq!(source.served(), 2 * MIB);
-    })
-    .await;
+    // Chunks 2..=4, only the first piece taken: with a read-ahead of one chunk, chunk 3 is
+    // fetched ahead, nothing past it ever is.
+    bounded(60, async { assert_eq!(first_piece_then_drop(1, 2 * MIB, 3 * MIB).await, (2, 2, 2 * MIB)) }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_ahead_never_fetches_past_the_range() {
-    bounded(60, async {
-        let dir = tempfile::tempdir().unwrap();
-        let chunk = MIB;
-        let cache = ChunkCache::open(dir.path(), options(chunk, 1 << 30)).unwrap();
-        assert_eq!(CacheOptions::default().readahead, 2);
-        let blob = BlobId::random();
-        let data = data(8 * MIB, 61);
-        let source = TestSource::new(vec![(blob, data.clone())]);
-        let digests = chunk_digests(&data, chunk);
-        // Chunks 2..=3 read one byte at a time: the read-ahead (two chunks) would reach chunk
-        // 4, which is past the range, so only 2 and 3 are ever fetched.
-        let mut stream = cache.read(blob, 8 * MIB, &digests, 2 * MIB, 2 * MIB, source.clone()).await.unwrap();
-        stream.next().await.unwrap().unwrap();
-        for _ in 0..200 {
-            if cache.stats().entries == 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        drop(stream);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!((cache.stats().entries, source.fetches(), source.served()), (2, 2, 2 * MIB));
-    })
-    .await;
+    // Chunks 2..=3 with the default read-ahead (two chunks): it would reach chunk 4, which is
+    // past the range, so only 2 and 3 are ever fetched.
+    assert_eq!(CacheOptions::default().readahead, 2);
+    bounded(60, async { assert_eq!(first_piece_then_drop(2, 2 * MIB, 2 * MIB).await, (2, 2, 2 * MIB)) }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
