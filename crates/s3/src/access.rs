@@ -178,6 +178,16 @@ impl MeridianAccess {
     }
 }
 
+impl MeridianAccess {
+    /// Checks `access` on `bucket` for the key of a verified signature (KV requests): the key
+    /// and the bucket are read in parallel; a missing bucket passes, so the operation answers
+    /// NoSuchBucket.
+    pub async fn check_key_on_bucket(&self, access_key_id: &str, bucket: &str, access: Access) -> S3Result<()> {
+        let (key, record) = tokio::join!(self.principal(Some(access_key_id)), self.bucket_record(bucket, None));
+        check_bucket(key?.as_ref(), record?.as_ref(), access)
+    }
+}
+
 /// Checks `access` on a bucket for `key`. A bucket that does not exist passes for a key, so
 /// the operation itself answers NoSuchBucket.
 fn check_bucket(key: Option<&KeyRecord>, record: Option<&BucketRecord>, access: Access) -> S3Result<()> {

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use meridian_engine::conditions::{Fence, WriteConditions};
-use meridian_engine::iam::{Access, authorize};
+use meridian_engine::iam::Access;
 use meridian_engine::locks::LockInfo;
 use meridian_engine::watch::Change;
 use meridian_engine::{BatchOp, Consistency, Engine, ListRequest, now_ms, ttl};
@@ -222,11 +222,13 @@ pub fn expiry_headers(expires_at_ms: Option<i64>, headers: &mut HeaderMap) {
 /// The `?meridian=...` endpoints.
 pub struct KvRoute {
     engine: Engine,
+    access: crate::access::MeridianAccess,
 }
 
 impl KvRoute {
-    pub fn new(engine: Engine) -> Self {
-        KvRoute { engine }
+    /// `access`: the S3 access check, whose key and grant lookups KV requests share.
+    pub fn new(engine: Engine, access: crate::access::MeridianAccess) -> Self {
+        KvRoute { engine, access }
     }
 }
 
@@ -521,26 +523,12 @@ impl S3Route for KvRoute {
         let Some(creds) = &req.credentials else {
             return Err(S3Error::with_message(S3ErrorCode::AccessDenied, "KV requests must be signed"));
         };
-        let key = match self.engine.credential(&creds.access_key).await.map_err(engine_error)? {
-            Some((key, _)) => key,
-            None => return Err(s3_error!(InvalidAccessKeyId)),
-        };
-        let pairs = query_pairs(&req.uri);
-        let access = match (req.method.clone(), query(&pairs, "meridian").unwrap_or_default()) {
-            (Method::GET, _) => Access::Read,
+        let access = match req.method {
+            Method::GET => Access::Read,
             _ => Access::Write,
         };
         let bucket = bucket_of(&req.uri)?;
-        let record = match self.engine.bucket(&bucket).await {
-            Ok((record, _)) => record,
-            Err(meridian_engine::EngineError::NoSuchBucket) => return Ok(()),
-            Err(e) => return Err(engine_error(e)),
-        };
-        if authorize(Some(&key), &record, access) {
-            Ok(())
-        } else {
-            Err(S3Error::with_message(S3ErrorCode::AccessDenied, "Access Denied"))
-        }
+        self.access.check_key_on_bucket(&creds.access_key, &bucket, access).await
     }
 
     async fn call(&self, req: S3Request<Body>) -> S3Result<S3Response<Body>> {

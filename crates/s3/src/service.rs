@@ -104,9 +104,10 @@ impl MeridianS3 {
 pub fn build_service(engine: Engine, options: &S3Options) -> S3Service {
     let mut builder = S3ServiceBuilder::new(MeridianS3::new(engine.clone(), options.region.clone()));
     let memo = std::sync::Arc::new(crate::access::KeyMemo::default());
-    builder.set_auth(crate::access::MetaAuth::new(engine.clone(), memo.clone()));
-    builder.set_access(crate::access::MeridianAccess::new(engine.clone(), memo));
-    builder.set_route(crate::kv::KvRoute::new(engine));
+    let access = crate::access::MeridianAccess::new(engine.clone(), memo.clone());
+    builder.set_auth(crate::access::MetaAuth::new(engine.clone(), memo));
+    builder.set_access(access.clone());
+    builder.set_route(crate::kv::KvRoute::new(engine, access));
     if let Some(domain) = &options.domain {
         builder.set_host(s3s::host::SingleDomain::new(domain).unwrap_or_else(|_| {
             tracing::warn!(%domain, "invalid virtual-host domain; serving path-style only");
