@@ -86,7 +86,7 @@ impl MeridianS3 {
 
     /// A copy reads its source: the key needs read access there as well.
     async fn check_source(&self, key: Option<&meridian_engine::iam::KeyRecord>, bucket: &str) -> S3Result<()> {
-        let record = match self.engine.bucket(bucket).await {
+        let record = match self.engine.bucket_for_access(bucket).await {
             Ok((record, _)) => record,
             Err(meridian_engine::EngineError::NoSuchBucket) => return Err(s3_error!(NoSuchBucket)),
             Err(e) => return Err(s3_error(e)),
