@@ -542,23 +542,8 @@ async fn watch(kv: &Client, prefix: String, since: Option<u64>, endpoint: &str) 
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum BatchFile {
-    Wrapped { ops: Vec<BatchEntry> },
-    Bare(Vec<BatchEntry>),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchEntry {
-    op: String,
-    key: String,
-    #[serde(default)]
-    value: Option<String>,
-    #[serde(default)]
-    value_base64: Option<String>,
-    #[serde(default)]
-    if_revision: Option<u64>,
-    #[serde(default)]
-    ttl: Option<String>,
+    Wrapped { ops: Vec<meridian_kv_types::BatchEntry> },
+    Bare(Vec<meridian_kv_types::BatchEntry>),
 }
 
 /// Parses a batch file.
@@ -577,32 +562,7 @@ fn parse_batch(text: &[u8]) -> Result<Vec<BatchOp>, String> {
     entries
         .into_iter()
         .enumerate()
-        .map(|(i, e)| {
-            let at = format!("operation {} (key {:?})", i + 1, e.key);
-            match e.op.as_str() {
-                "put" => {
-                    let value = match (e.value, e.value_base64) {
-                        (Some(v), None) => Bytes::from(v),
-                        (None, Some(b)) => Bytes::from(
-                            base64::engine::general_purpose::STANDARD
-                                .decode(b)
-                                .map_err(|_| format!("{at}: value_base64 is not valid base64"))?,
-                        ),
-                        _ => return Err(format!("{at}: a put needs exactly one of value or value_base64")),
-                    };
-                    let ttl =
-                        e.ttl.as_deref().map(crate::parse_duration).transpose().map_err(|m| format!("{at}: {m}"))?;
-                    Ok(BatchOp::Put { key: e.key, value, if_revision: e.if_revision, ttl })
-                }
-                "delete" => {
-                    if e.value.is_some() || e.value_base64.is_some() || e.ttl.is_some() {
-                        return Err(format!("{at}: a delete takes no value or ttl"));
-                    }
-                    Ok(BatchOp::Delete { key: e.key, if_revision: e.if_revision })
-                }
-                other => Err(format!("{at}: unknown op {other:?}: use put or delete")),
-            }
-        })
+        .map(|(i, entry)| entry.into_op().map_err(|m| format!("operation {}: {m}", i + 1)))
         .collect()
 }
 
@@ -659,7 +619,7 @@ mod tests {
         assert!(
             parse_batch(br#"[{"op":"put","key":"a","value":"v","ttl":"5 parsecs"}]"#).unwrap_err().contains("parsecs")
         );
-        assert!(parse_batch(br#"[{"op":"upsert","key":"a"}]"#).unwrap_err().contains("unknown op"));
+        assert!(parse_batch(br#"[{"op":"upsert","key":"a"}]"#).unwrap_err().contains("operation 1: unknown batch op"));
         assert!(parse_batch(b"[]").is_err());
         assert!(parse_batch(b"{").unwrap_err().contains("malformed"));
     }

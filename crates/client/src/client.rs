@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -217,97 +216,13 @@ impl Lock {
     }
 }
 
-/// One operation of an atomic [`Client::batch`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BatchOp {
-    /// Write a value.
-    Put {
-        /// The key.
-        key: String,
-        /// The value.
-        value: Bytes,
-        /// Only if the key is at exactly this revision (0: absent).
-        if_revision: Option<u64>,
-        /// The key expires this long after the batch.
-        ttl: Option<Duration>,
-    },
-    /// Remove a key.
-    Delete {
-        /// The key.
-        key: String,
-        /// Only if the key is at exactly this revision.
-        if_revision: Option<u64>,
-    },
-}
+pub use meridian_kv_types::BatchOp;
+pub(crate) use meridian_kv_types::format_duration;
 
-impl BatchOp {
-    /// A put without conditions.
-    pub fn put(key: impl Into<String>, value: impl Into<Bytes>) -> Self {
-        BatchOp::Put { key: key.into(), value: value.into(), if_revision: None, ttl: None }
-    }
-
-    /// A delete without conditions.
-    pub fn delete(key: impl Into<String>) -> Self {
-        BatchOp::Delete { key: key.into(), if_revision: None }
-    }
-
-    /// Adds a condition on the key's revision (0: the key must be absent).
-    pub fn if_revision(mut self, revision: u64) -> Self {
-        match &mut self {
-            BatchOp::Put { if_revision, .. } | BatchOp::Delete { if_revision, .. } => *if_revision = Some(revision),
-        }
-        self
-    }
-
-    /// Adds a TTL to a put (no effect on a delete).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        if let BatchOp::Put { ttl: t, .. } = &mut self {
-            *t = Some(ttl);
-        }
-        self
-    }
-
-    /// The key the operation touches.
-    pub fn key(&self) -> &str {
-        match self {
-            BatchOp::Put { key, .. } | BatchOp::Delete { key, .. } => key,
-        }
-    }
-
-    fn to_json(&self) -> serde_json::Value {
-        let mut obj = serde_json::Map::new();
-        match self {
-            BatchOp::Put { key, value, if_revision, ttl } => {
-                obj.insert("op".into(), "put".into());
-                obj.insert("key".into(), key.clone().into());
-                match std::str::from_utf8(value) {
-                    Ok(text) => obj.insert("value".into(), text.into()),
-                    Err(_) => obj
-                        .insert("value_base64".into(), base64::engine::general_purpose::STANDARD.encode(value).into()),
-                };
-                if let Some(rev) = if_revision {
-                    obj.insert("if_revision".into(), (*rev).into());
-                }
-                if let Some(ttl) = ttl {
-                    obj.insert("ttl".into(), format_duration(*ttl).into());
-                }
-            }
-            BatchOp::Delete { key, if_revision } => {
-                obj.insert("op".into(), "delete".into());
-                obj.insert("key".into(), key.clone().into());
-                if let Some(rev) = if_revision {
-                    obj.insert("if_revision".into(), (*rev).into());
-                }
-            }
-        }
-        serde_json::Value::Object(obj)
-    }
-}
-
-/// A duration as the server parses it: whole milliseconds, at least 1 ms.
-pub(crate) fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis().max(1);
-    format!("{ms}ms")
+/// The JSON body of a batch request.
+fn batch_body(ops: &[BatchOp]) -> serde_json::Value {
+    let entries: Vec<meridian_kv_types::BatchEntry> = ops.iter().map(Into::into).collect();
+    serde_json::json!({ "ops": entries })
 }
 
 fn unix_ms(t: SystemTime) -> Result<i64> {
@@ -771,7 +686,7 @@ impl Client {
         for op in &ops {
             check_key(op.key())?;
         }
-        let body = serde_json::json!({ "ops": ops.iter().map(BatchOp::to_json).collect::<Vec<_>>() });
+        let body = batch_body(&ops);
         let answer: Answer = self.post_json("batch", &body, Duration::ZERO).await?;
         Ok(answer.revision)
     }
@@ -810,9 +725,11 @@ mod tests {
     fn batch_json() {
         let op = BatchOp::put("k", vec![0xffu8, 0]).if_revision(3).ttl(Duration::from_millis(1500));
         assert_eq!(
-            op.to_json(),
-            serde_json::json!({"op": "put", "key": "k", "value_base64": "/wA=", "if_revision": 3, "ttl": "1500ms"})
+            batch_body(&[op, BatchOp::delete("d")]),
+            serde_json::json!({"ops": [
+                {"op": "put", "key": "k", "value_base64": "/wA=", "if_revision": 3, "ttl": "1500ms"},
+                {"op": "delete", "key": "d"},
+            ]})
         );
-        assert_eq!(BatchOp::delete("d").to_json(), serde_json::json!({"op": "delete", "key": "d"}));
     }
 }

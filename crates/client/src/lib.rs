@@ -119,21 +119,6 @@ pub use watch::{Event, EventKind, WATCH_IDLE_TIMEOUT, WatchStream};
 /// assert!(meridian_client::parse_duration("5 parsecs").is_err());
 /// ```
 pub fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
-    let bad = || format!("invalid duration {text:?}: use a positive number with a unit, e.g. 500ms, 90s, 5m, 2h or 7d");
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let millis = match unit.trim() {
-        "ms" => value,
-        "" | "s" => value * 1e3,
-        "m" => value * 60e3,
-        "h" => value * 3600e3,
-        "d" => value * 86_400e3,
-        _ => return Err(bad()),
-    };
-    if !millis.is_finite() || !(1.0..=100.0 * 365.0 * 86_400e3).contains(&millis) {
-        return Err(bad());
-    }
-    Ok(std::time::Duration::from_millis(millis as u64))
+    meridian_kv_types::parse_duration(text)
+        .map_err(|_| format!("invalid duration {text:?}: {}", meridian_kv_types::DURATION_HELP))
 }

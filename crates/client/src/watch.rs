@@ -13,7 +13,7 @@ use futures::{Stream, StreamExt};
 use http::Method;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::client::Client;
 use crate::error::{Error, Result, oldest_from_message};
@@ -24,40 +24,7 @@ pub const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 /// Longest line accepted.
 const MAX_LINE: usize = 1 << 20;
 
-/// What happened to a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    /// A new value was written.
-    Put,
-    /// The key was deleted.
-    Delete,
-    /// The key's TTL ran out (reported when the reaper removes it; reads stopped seeing the key
-    /// at the expiry instant already).
-    Expire,
-}
-
-/// One change to one key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    /// Put, delete or expire.
-    #[serde(rename = "type")]
-    pub kind: EventKind,
-    /// The key.
-    pub key: String,
-    /// The revision of the change; for a put, the key's new version. Events arrive in revision
-    /// order; a batch's events share one revision.
-    pub revision: u64,
-    /// Size of the new value (put) or of the value that expired.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    /// ETag of the new value (put) or of the value that expired.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etag: Option<String>,
-    /// Expiry instant (Unix ms) of the new value, if it has a TTL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at_ms: Option<i64>,
-}
+pub use meridian_kv_types::{Event, EventKind};
 
 /// A stream of watch events.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Event>> + Send>>;

@@ -2,7 +2,6 @@
 //! an optional condition on the key's current revision.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use bytes::Bytes;
 use meridian_meta::{Compare, Revision, Txn};
@@ -17,34 +16,7 @@ use crate::{Engine, keys, now_ms, validate_key};
 /// Most operations in one batch.
 pub const MAX_BATCH_OPS: usize = 1000;
 
-#[derive(Clone, Debug)]
-pub enum BatchOp {
-    Put {
-        key: String,
-        value: Bytes,
-        /// The key's revision must be exactly this (0: the key must not exist).
-        if_revision: Option<u64>,
-        ttl: Option<Duration>,
-    },
-    Delete {
-        key: String,
-        if_revision: Option<u64>,
-    },
-}
-
-impl BatchOp {
-    pub fn key(&self) -> &str {
-        match self {
-            BatchOp::Put { key, .. } | BatchOp::Delete { key, .. } => key,
-        }
-    }
-
-    fn if_revision(&self) -> Option<u64> {
-        match self {
-            BatchOp::Put { if_revision, .. } | BatchOp::Delete { if_revision, .. } => *if_revision,
-        }
-    }
-}
+pub use meridian_kv_types::BatchOp;
 
 /// A put prepared before the transaction: its record and inline bytes.
 struct Prepared {
@@ -136,7 +108,7 @@ impl Engine {
             let mut freed = Vec::new();
             for ((op, current), prepared) in ops.iter().zip(&currents).zip(prepared) {
                 let visible = current.as_ref().filter(|c| !c.record.is_expired(now));
-                if let Some(want) = op.if_revision() {
+                if let Some(want) = op.condition() {
                     let have = visible.map_or(0, |c| c.revision);
                     if have != want {
                         return Err(EngineError::BatchRevisionMismatch {

@@ -16,42 +16,23 @@ use crate::error::{EngineError, EngineResult};
 use crate::object::object_change;
 use crate::record::{self, ObjectRecord};
 use crate::{Engine, keys, now_ms};
+use meridian_kv_types::{DURATION_HELP, DurationError};
 
 /// How long an expired-object marker stays before the reaper removes it. Watches resume from
 /// history, so this only needs to outlast the commit.
 const MARKER_LIFETIME_MS: i64 = 60_000;
 /// Index entries handled per reaper step.
 const REAP_BATCH: usize = 256;
-/// The longest TTL accepted (100 years).
-pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub use meridian_kv_types::MAX_TTL;
 
 /// Parses a TTL such as `500ms`, `90s`, `5m`, `2h`, `7d`, or a bare number of seconds.
 pub fn parse_ttl(text: &str) -> EngineResult<Duration> {
-    let bad = || {
-        EngineError::InvalidArgument(format!(
-            "invalid TTL {text:?}: use a positive number with a unit, e.g. 500ms, 90s, 5m, 2h or 7d"
-        ))
-    };
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let millis = match unit.trim() {
-        "ms" => value,
-        "" | "s" => value * 1e3,
-        "m" => value * 60e3,
-        "h" => value * 3600e3,
-        "d" => value * 86_400e3,
-        _ => return Err(bad()),
-    };
-    if !millis.is_finite() || millis < 1.0 {
-        return Err(bad());
-    }
-    let ttl = Duration::from_millis(millis as u64);
-    if ttl > MAX_TTL {
-        return Err(EngineError::InvalidArgument(format!("TTL {text:?} is longer than 100 years")));
-    }
-    Ok(ttl)
+    meridian_kv_types::parse_duration(text).map_err(|e| {
+        EngineError::InvalidArgument(match e {
+            DurationError::Malformed => format!("invalid TTL {text:?}: {DURATION_HELP}"),
+            DurationError::TooLong => format!("TTL {text:?} is longer than 100 years"),
+        })
+    })
 }
 
 /// The expiry instant (Unix ms) of a TTL starting now.

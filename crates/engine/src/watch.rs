@@ -6,37 +6,15 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use meridian_meta::{EventKind, MetaError, RangeRequest, WatchEvent};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, EngineResult};
 use crate::record::{self, ObjectRecord};
 use crate::ttl::ExpiredMarker;
 use crate::{Engine, keys};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChangeKind {
-    Put,
-    Delete,
-    Expire,
-}
-
-/// One change to one key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Change {
-    #[serde(rename = "type")]
-    pub kind: ChangeKind,
-    pub key: String,
-    /// The revision of the change (for puts, the key's new version).
-    pub revision: u64,
-    /// Size and ETag of the new value (puts) or of the value that expired.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etag: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at_ms: Option<i64>,
-}
+/// One change to one key: the KV wire type (the name `Change` keeps it apart from the metadata
+/// store's own watch events).
+pub use meridian_kv_types::{Event as Change, EventKind as ChangeKind};
 
 pub type ChangeStream = Pin<Box<dyn Stream<Item = EngineResult<Change>> + Send>>;
 

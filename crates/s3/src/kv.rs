@@ -15,7 +15,6 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -23,7 +22,8 @@ use meridian_engine::conditions::{Fence, WriteConditions};
 use meridian_engine::iam::Access;
 use meridian_engine::locks::LockInfo;
 use meridian_engine::watch::Change;
-use meridian_engine::{BatchOp, Consistency, Engine, ListRequest, now_ms, ttl};
+use meridian_engine::{Consistency, Engine, ListRequest, now_ms, ttl};
+use meridian_kv_types::BatchEntry;
 use s3s::route::S3Route;
 use s3s::{Body, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use serde::{Deserialize, Serialize};
@@ -311,51 +311,6 @@ struct BatchRequest {
     ops: Vec<BatchEntry>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchEntry {
-    op: String,
-    key: String,
-    /// UTF-8 value.
-    #[serde(default)]
-    value: Option<String>,
-    /// Binary value, base64.
-    #[serde(default)]
-    value_base64: Option<String>,
-    #[serde(default)]
-    if_revision: Option<u64>,
-    #[serde(default)]
-    ttl: Option<String>,
-}
-
-impl BatchEntry {
-    fn into_op(self) -> S3Result<BatchOp> {
-        match self.op.as_str() {
-            "put" => {
-                let value = match (self.value, self.value_base64) {
-                    (Some(v), None) => Bytes::from(v),
-                    (None, Some(b)) => {
-                        Bytes::from(base64::engine::general_purpose::STANDARD.decode(b).map_err(|_| {
-                            s3_error!(InvalidArgument, "value_base64 of key {:?} is not valid base64", self.key)
-                        })?)
-                    }
-                    _ => {
-                        return Err(s3_error!(
-                            InvalidArgument,
-                            "put of key {:?} needs exactly one of value or value_base64",
-                            self.key
-                        ));
-                    }
-                };
-                let ttl = self.ttl.as_deref().map(|t| parse_duration("ttl", t)).transpose()?;
-                Ok(BatchOp::Put { key: self.key, value, if_revision: self.if_revision, ttl })
-            }
-            "delete" => Ok(BatchOp::Delete { key: self.key, if_revision: self.if_revision }),
-            other => Err(s3_error!(InvalidArgument, "unknown batch op {other:?}: use put or delete")),
-        }
-    }
-}
-
 #[derive(Serialize)]
 struct ListEntry {
     key: String,
@@ -391,7 +346,11 @@ impl KvRoute {
             }
             (Method::POST, "batch") => {
                 let body: BatchRequest = json_body(&mut req).await?;
-                let ops = body.ops.into_iter().map(BatchEntry::into_op).collect::<S3Result<Vec<_>>>()?;
+                let ops = body
+                    .ops
+                    .into_iter()
+                    .map(|entry| entry.into_op().map_err(|m| S3Error::with_message(S3ErrorCode::InvalidArgument, m)))
+                    .collect::<S3Result<Vec<_>>>()?;
                 let revision = self.engine.batch(&bucket, ops).await.map_err(engine_error)?;
                 json_response(&serde_json::json!({ "revision": revision }))
             }
