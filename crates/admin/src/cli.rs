@@ -12,18 +12,8 @@ use serde_json::{Value, json};
 
 #[derive(Args, Debug)]
 pub struct AdminArgs {
-    /// The admin API of a node.
-    #[arg(long, env = "MERIDIAN_ADMIN_URL", default_value = "http://127.0.0.1:9401", global = true)]
-    pub url: String,
-    /// The admin token. Default: MERIDIAN_ADMIN_TOKEN, else the file admin-token in --data.
-    #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true, global = true)]
-    pub token: Option<String>,
-    /// Data directory of a local node, to read its admin-token file.
-    #[arg(long, default_value = "meridian-data", global = true)]
-    pub data: PathBuf,
-    /// Print the raw JSON answer.
-    #[arg(long, global = true)]
-    pub json: bool,
+    #[command(flatten)]
+    pub connection: AdminConnection,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -117,7 +107,7 @@ pub enum CliError {
     Api { status: u16, code: String, message: String },
 }
 
-fn token(args: &AdminArgs) -> Result<String, CliError> {
+fn token(args: &AdminConnection) -> Result<String, CliError> {
     if let Some(t) = &args.token {
         return Ok(t.clone());
     }
@@ -130,7 +120,7 @@ fn token(args: &AdminArgs) -> Result<String, CliError> {
     })
 }
 
-async fn call(args: &AdminArgs, method: &str, path: &str, body: Option<Value>) -> Result<Value, CliError> {
+async fn call(args: &AdminConnection, method: &str, path: &str, body: Option<Value>) -> Result<Value, CliError> {
     let token = token(args)?;
     let url = format!("{}{}", args.url.trim_end_matches('/'), path);
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
@@ -164,8 +154,8 @@ fn enc(segment: &str) -> String {
     percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-async fn execute(args: &AdminArgs) -> Result<(Value, String), CliError> {
-    Ok(match &args.command {
+async fn execute(command: &AdminCommand, args: &AdminConnection) -> Result<(Value, String), CliError> {
+    Ok(match command {
         AdminCommand::Key(KeyCommand::Create { name, can_create_buckets }) => {
             let v =
                 call(args, "POST", "/v1/keys", Some(json!({ "name": name, "can_create_buckets": can_create_buckets })))
@@ -262,7 +252,7 @@ async fn execute(args: &AdminArgs) -> Result<(Value, String), CliError> {
                 return Err(CliError::Usage("name at least one of --read, --write, --owner".into()));
             }
             let action =
-                if matches!(args.command, AdminCommand::Bucket(BucketCommand::Allow(_))) { "allow" } else { "deny" };
+                if matches!(command, AdminCommand::Bucket(BucketCommand::Allow(_))) { "allow" } else { "deny" };
             let body = json!({ "key": g.key, "read": g.read, "write": g.write, "owner": g.owner });
             let v = call(args, "POST", &format!("/v1/buckets/{}/{action}", enc(&g.bucket)), Some(body)).await?;
             let grant = &v["grants"][&g.key];
@@ -290,9 +280,9 @@ async fn execute(args: &AdminArgs) -> Result<(Value, String), CliError> {
 /// Runs the command; prints the answer (JSON with --json) and returns the exit status:
 /// 0 success, 1 the API refused, 2 usage or connection problem.
 pub async fn run(args: AdminArgs) -> ExitCode {
-    match execute(&args).await {
+    match execute(&args.command, &args.connection).await {
         Ok((value, text)) => {
-            if args.json {
+            if args.connection.json {
                 println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
             } else {
                 println!("{text}");
@@ -401,15 +391,8 @@ pub fn cluster_table(v: &Value) -> String {
 }
 
 pub async fn run_cluster(args: ClusterArgs) -> ExitCode {
-    let admin = AdminArgs {
-        url: args.admin.url.clone(),
-        token: args.admin.token.clone(),
-        data: args.admin.data.clone(),
-        json: args.admin.json,
-        command: AdminCommand::Bucket(BucketCommand::List),
-    };
     let result = match args.command {
-        ClusterCommand::Status => call(&admin, "GET", "/v1/cluster", None).await,
+        ClusterCommand::Status => call(&args.admin, "GET", "/v1/cluster", None).await,
     };
     match result {
         Ok(v) => {

@@ -7,9 +7,9 @@ use bytes::Bytes;
 use meridian_meta::{Compare, Revision, Txn};
 
 use crate::error::{EngineError, EngineResult};
-use crate::ingest::{IngestLimits, IngestedData, Integrity, body_from_bytes, ingest};
+use crate::ingest::{IngestLimits, Integrity, body_from_bytes, ingest};
 use crate::object::{Current, object_change};
-use crate::record::{DataLayout, ObjectHeaders, ObjectRecord};
+use crate::record::{ObjectHeaders, ObjectRecord};
 use crate::ttl::expires_after;
 use crate::{Engine, keys, now_ms, validate_key};
 
@@ -71,24 +71,11 @@ impl Engine {
                     return Err(e);
                 }
             };
-            let (data, inline) = match ingested.data {
-                IngestedData::Inline(bytes) => (DataLayout::Inline, Some(bytes)),
-                IngestedData::Blob(id) => {
-                    (DataLayout::Blob { id, digests: ingested.digests.clone(), holders: self.here() }, None)
-                }
-            };
-            let record = ObjectRecord {
-                size: ingested.size,
-                etag: hex::encode(ingested.md5),
-                modified_ms: now_ms(),
-                headers: ObjectHeaders::default(),
-                checksum: ingested.checksum,
-                data,
-                expires_at_ms: crate::lifecycle::earliest(
-                    ttl.map(expires_after),
-                    crate::lifecycle::object_expiry(rules, key, now_ms()),
-                ),
-            };
+            let expires_at_ms = crate::lifecycle::earliest(
+                ttl.map(expires_after),
+                crate::lifecycle::object_expiry(rules, key, now_ms()),
+            );
+            let (record, inline) = self.new_record(ingested, ObjectHeaders::default(), expires_at_ms);
             out.push(Some(Prepared { record, inline }));
         }
         Ok(out)

@@ -9,7 +9,7 @@ use meridian_meta::{Compare, KeyValue, Op, Revision, Txn};
 
 use crate::conditions::{ReadConditions, WriteConditions};
 use crate::error::{EngineError, EngineResult};
-use crate::ingest::{Body, BodyError, IngestLimits, IngestedData, Integrity, body_from_bytes, ingest};
+use crate::ingest::{Body, BodyError, IngestLimits, Ingested, IngestedData, Integrity, body_from_bytes, ingest};
 use crate::lifecycle::{earliest, object_expiry};
 use crate::record::{self, BucketRecord, DataLayout, ObjectHeaders, ObjectRecord};
 use crate::{Consistency, Engine, keys, now_ms, validate_key};
@@ -243,24 +243,34 @@ impl Engine {
         };
         let limits = IngestLimits { inline_max: self.config().inline_max, max_size: self.config().max_object_size };
         let ingested = ingest(self.blobs(), req.body, req.integrity, limits).await?;
+        let expires_at_ms = earliest(req.expires_at_ms, object_expiry(&bucket.lifecycle, &req.key, now_ms()));
+        let (record, inline) = self.new_record(ingested, req.headers, expires_at_ms);
+        let revision =
+            self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, ExtraTxn::default()).await?;
+        Ok(PutOutcome { etag: record.etag.clone(), size: record.size, revision, record })
+    }
+
+    /// The record of freshly ingested bytes, and the bytes themselves when they are stored inline.
+    pub(crate) fn new_record(
+        &self,
+        ingested: Ingested,
+        headers: ObjectHeaders,
+        expires_at_ms: Option<i64>,
+    ) -> (ObjectRecord, Option<Bytes>) {
         let (data, inline) = match ingested.data {
             IngestedData::Inline(bytes) => (DataLayout::Inline, Some(bytes)),
-            IngestedData::Blob(id) => {
-                (DataLayout::Blob { id, digests: ingested.digests.clone(), holders: self.here() }, None)
-            }
+            IngestedData::Blob(id) => (DataLayout::Blob { id, digests: ingested.digests, holders: self.here() }, None),
         };
         let record = ObjectRecord {
             size: ingested.size,
             etag: hex::encode(ingested.md5),
             modified_ms: now_ms(),
-            headers: req.headers,
+            headers,
             checksum: ingested.checksum,
             data,
-            expires_at_ms: earliest(req.expires_at_ms, object_expiry(&bucket.lifecycle, &req.key, now_ms())),
+            expires_at_ms,
         };
-        let revision =
-            self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, ExtraTxn::default()).await?;
-        Ok(PutOutcome { etag: record.etag.clone(), size: record.size, revision, record })
+        (record, inline)
     }
 
     /// Like [`Engine::try_commit_object`], and deletes the new record's blobs when it fails.

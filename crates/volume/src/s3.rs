@@ -88,6 +88,14 @@ where
     }
 }
 
+/// The whole body of a GET.
+async fn read_body(key: &str, body: ByteStream) -> Result<Bytes, StoreError> {
+    match body.collect().await {
+        Ok(data) => Ok(data.into_bytes()),
+        Err(e) => Err(StoreError::Backend { key: key.to_string(), message: describe(&e) }),
+    }
+}
+
 /// Flattens an error's source chain: the SDK's top-level Display is often just "dispatch failure".
 fn describe(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
@@ -131,12 +139,7 @@ impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Fetched, StoreError> {
         let out = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| map_err(key, e))?;
         let etag = out.e_tag().unwrap_or_default().to_string();
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Backend { key: key.to_string(), message: describe(&e) })?
-            .into_bytes();
+        let data = read_body(key, out.body).await?;
         Ok(Fetched { data, etag })
     }
 
@@ -153,12 +156,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| map_err(key, e))?;
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Backend { key: key.to_string(), message: describe(&e) })?
-            .into_bytes();
+        let data = read_body(key, out.body).await?;
         if data.len() as u64 != len {
             return Err(StoreError::Backend {
                 key: key.to_string(),

@@ -99,7 +99,7 @@ pub fn signed_with(
     access: &str,
     secret: &str,
 ) -> Response {
-    let out = sign(addr, method, path, headers, aws_sigv4::http_request::SignableBody::Bytes(body), access, secret);
+    let out = sign_headers(addr, method, path, headers, body, access, secret);
     let refs: Vec<(&str, String)> = out.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     send(addr, method, path, &refs, body)
 }
