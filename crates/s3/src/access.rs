@@ -213,7 +213,9 @@ impl S3Access for MeridianAccess {
         };
         let anonymous = cx.credentials().is_none();
         let record = match &bucket {
-            Some(name) if anonymous || matches!(needs(&op), Needs::Bucket(_)) => {
+            Some(name)
+                if (anonymous && anonymous_allowed(&op)) || (!anonymous && matches!(needs(&op), Needs::Bucket(_))) =>
+            {
                 let seen =
                     cx.extensions_mut().get::<SeenBucket>().filter(|s| &s.name == name).map(|s| s.record.clone());
                 Some(self.bucket_record(name, seen))
