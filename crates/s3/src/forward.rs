@@ -73,14 +73,13 @@ impl Forwarder {
         }
         let bucket = self.bucket_of(req)?;
         let (record, revision) = self.engine.bucket_for_access(&bucket).await.ok()?;
-        let Location::Pinned { region } = record.location.clone() else {
-            req.extensions_mut().insert(SeenBucket { name: bucket, record, revision });
-            return None;
+        let region = match &record.location {
+            Location::Pinned { region } if *region != self.engine.config().node.region => region.clone(),
+            _ => {
+                req.extensions_mut().insert(SeenBucket { name: bucket, record, revision });
+                return None;
+            }
         };
-        if region == self.engine.config().node.region {
-            req.extensions_mut().insert(SeenBucket { name: bucket, record, revision });
-            return None;
-        }
         let nodes = self.engine.nodes().await.unwrap_or_default();
         let node = nodes.into_iter().find(|n| n.healthy && n.record.region == region);
         Some(match node {
