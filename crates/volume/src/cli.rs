@@ -173,6 +173,14 @@ pub struct ServeArgs {
     /// Log objects uploading at once.
     #[arg(long, default_value_t = 6)]
     pub uploads: usize,
+    /// Writes the local write-back journal (in --cache-dir) absorbs before it starts uploading
+    /// them; overwrites of the same sectors merge there. Disk use stays under about twice this.
+    #[arg(long, default_value = "8GiB")]
+    pub journal_size: String,
+    /// Seconds after which unflushed writes are uploaded even without a FLUSH (what a crash of
+    /// `serve` can lose at most; flushed writes are never lost).
+    #[arg(long, default_value_t = 30)]
+    pub max_dirty_age: u64,
     /// Lease time-to-live in seconds; renewed every third of it.
     #[arg(long, default_value_t = 30)]
     pub lease_ttl: u64,
@@ -359,6 +367,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cfg.lease_ttl = Duration::from_secs(args.lease_ttl.max(3));
     cfg.force_takeover = args.force_takeover;
     cfg.checkpoint_bytes = format::parse_size(&args.checkpoint_every)?;
+    cfg.journal_bytes = format::parse_size(&args.journal_size)?.max(2 << 20);
+    cfg.max_dirty_age = Duration::from_secs(args.max_dirty_age.max(1));
     let vol = Volume::open(args.bucket.store(), args.bucket.layout(&args.name)?, cfg).await?;
     tokio::spawn(vol.clone().run_background());
     if args.gc_interval > 0 {

@@ -7,6 +7,9 @@
 //! * at most [`MAX_DATA_ENTRIES`] entries are used, so slot 1020 is always a terminator and the
 //!   last three slots (after it, hence ignored by such readers) hold a trailer with a magic, the
 //!   writer's fencing epoch, the object's sequence number and its kind;
+//! * the address bytes of slot 1020 (a terminator, so never read as an entry) say where the
+//!   object sits in a *commit unit*: a run of consecutive objects written from one cut of the
+//!   write-back journal, which recovery applies all together or not at all;
 //! * an entry whose address has bit 63 set is a *zero extent* (TRIM / WRITE_ZEROES): it reads as
 //!   zeros and has no data in the body. No real disk reaches 2^63 bytes, so a naive reader would
 //!   reject such an entry rather than misplace data.
@@ -25,6 +28,8 @@ pub const MAX_DATA_ENTRIES: usize = 1020;
 pub const ZERO_FLAG: u64 = 1 << 63;
 const TRAILER_MAGIC: &[u8; 8] = b"MRDNVLOG";
 const TRAILER_OFFSET: usize = HEADER_BYTES - 3 * ENTRY_BYTES;
+/// The address bytes of the always-terminating slot 1020 hold the object's [`UnitPos`].
+const UNIT_OFFSET: usize = MAX_DATA_ENTRIES * ENTRY_BYTES;
 pub const FORMAT_VERSION: u32 = 1;
 
 /// What a log object is for.
@@ -69,6 +74,29 @@ pub struct Trailer {
     pub epoch: u64,
     pub seq: u64,
     pub kind: ObjectKind,
+    pub unit: UnitPos,
+}
+
+impl Trailer {
+    /// A trailer for an object that is a unit of its own.
+    pub fn single(epoch: u64, seq: u64, kind: ObjectKind) -> Self {
+        Self { epoch, seq, kind, unit: UnitPos::default() }
+    }
+}
+
+/// Where an object sits in its commit unit: how many objects of the same unit come before and
+/// after it. `0, 0` is a unit of one (every object written before units existed reads so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnitPos {
+    pub before: u32,
+    pub after: u32,
+}
+
+impl UnitPos {
+    /// First and last sequence number of the unit of object `seq`.
+    pub fn span(self, seq: u64) -> (u64, u64) {
+        (seq.saturating_sub(u64::from(self.before)), seq.saturating_add(u64::from(self.after)))
+    }
 }
 
 /// A parsed header.
@@ -95,6 +123,8 @@ pub fn encode_header(entries: &[Entry], trailer: Trailer) -> Vec<u8> {
         h[at..at + 8].copy_from_slice(&addr.to_be_bytes());
         h[at + 8..at + 12].copy_from_slice(&e.len.to_be_bytes());
     }
+    h[UNIT_OFFSET..UNIT_OFFSET + 4].copy_from_slice(&trailer.unit.before.to_be_bytes());
+    h[UNIT_OFFSET + 4..UNIT_OFFSET + 8].copy_from_slice(&trailer.unit.after.to_be_bytes());
     let t = &mut h[TRAILER_OFFSET..];
     t[0..8].copy_from_slice(TRAILER_MAGIC);
     t[8..12].copy_from_slice(&FORMAT_VERSION.to_be_bytes());
@@ -154,7 +184,8 @@ pub fn decode_header(what: &str, h: &[u8]) -> Result<Header> {
     if count != entries.len() || count > MAX_DATA_ENTRIES {
         return Err(corrupt(what, format!("trailer says {count} entries, header has {}", entries.len())));
     }
-    Ok(Header { entries, trailer: Trailer { epoch: be_u64(&t[12..]), seq: be_u64(&t[24..]), kind } })
+    let unit = UnitPos { before: be_u32(&h[UNIT_OFFSET..]), after: be_u32(&h[UNIT_OFFSET + 4..]) };
+    Ok(Header { entries, trailer: Trailer { epoch: be_u64(&t[12..]), seq: be_u64(&t[24..]), kind, unit } })
 }
 
 /// Object keys of one volume: everything lives under `{prefix}{name}/`.
@@ -369,9 +400,10 @@ mod tests {
     fn header_roundtrip_and_terminator() {
         let entries =
             vec![Entry { addr: 8192, len: 8192, zero: false }, Entry { addr: 1 << 30, len: 4096 * 100, zero: true }];
-        let t = Trailer { epoch: 7, seq: 42, kind: ObjectKind::Data };
+        let t = Trailer { epoch: 7, seq: 42, kind: ObjectKind::Data, unit: UnitPos { before: 3, after: 5 } };
         let h = encode_header(&entries, t);
         assert_eq!(h.len(), HEADER_BYTES);
+        assert_eq!(t.unit.span(42), (39, 47));
         // Slot 2 is the seed-format terminator: zero length.
         assert_eq!(&h[2 * 12 + 8..2 * 12 + 12], &[0, 0, 0, 0]);
         let parsed = decode_header("x", &h).unwrap();
@@ -384,17 +416,20 @@ mod tests {
     fn full_header_keeps_terminator() {
         let entries: Vec<Entry> =
             (0..MAX_DATA_ENTRIES as u64).map(|i| Entry { addr: i * 8192, len: 4096, zero: false }).collect();
-        let t = Trailer { epoch: 1, seq: 1, kind: ObjectKind::Data };
+        let t = Trailer { epoch: 1, seq: 1, kind: ObjectKind::Data, unit: UnitPos { before: 0, after: 1 } };
         let h = encode_header(&entries, t);
+        // The unit position lives in slot 1020's address; its length stays the terminator.
         assert_eq!(be_u32(&h[MAX_DATA_ENTRIES * 12 + 8..]), 0);
-        assert_eq!(decode_header("x", &h).unwrap().entries.len(), MAX_DATA_ENTRIES);
+        let parsed = decode_header("x", &h).unwrap();
+        assert_eq!(parsed.entries.len(), MAX_DATA_ENTRIES);
+        assert_eq!(parsed.trailer, t);
     }
 
     #[test]
     fn rejects_garbage() {
         assert!(decode_header("x", &[0u8; 100]).is_err());
         assert!(decode_header("x", &[0u8; HEADER_BYTES]).is_err());
-        let mut h = encode_header(&[], Trailer { epoch: 1, seq: 1, kind: ObjectKind::Fence });
+        let mut h = encode_header(&[], Trailer::single(1, 1, ObjectKind::Fence));
         h[8..12].copy_from_slice(&100u32.to_be_bytes()); // misaligned length
         assert!(decode_header("x", &h).is_err());
     }

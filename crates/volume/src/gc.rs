@@ -214,8 +214,7 @@ impl Gc {
                 vol.drop_object(seq);
                 report.deleted += 1;
             } else {
-                let header =
-                    format::encode_header(&[], Trailer { epoch: vol.epoch(), seq, kind: ObjectKind::Tombstone });
+                let header = format::encode_header(&[], Trailer::single(vol.epoch(), seq, ObjectKind::Tombstone));
                 put_tombstone(vol, seq, Bytes::from(header)).await?;
                 vol.forget_object(seq, HEADER_BYTES as u64);
                 report.tombstoned += 1;

@@ -1,11 +1,11 @@
 //! Meridian volumes: a block device whose data lives as a log of objects in any S3 bucket
 //! (seed 004 format), served over NBD. See `docs/volumes.md`.
 
-pub mod buffer;
 pub mod cli;
 pub mod error;
 pub mod format;
 pub mod gc;
+pub mod journal;
 pub mod lease;
 pub mod manage;
 pub mod nbd;

@@ -117,14 +117,20 @@ pub fn encode_checkpoint_file(
 
 // ---- snapshots ----------------------------------------------------------------------------
 
-/// The last log position with no gap before it (from the newest checkpoint on).
-pub fn contiguous_end(listing: &Listing) -> u64 {
+/// The last log position with no gap before it (from the newest checkpoint on) that does not
+/// cut a commit unit in two: if the last object's unit is incomplete, the position before the
+/// unit (recovery would stop there too).
+pub async fn committed_end(store: &dyn ObjectStore, layout: &Layout, listing: &Listing) -> Result<u64> {
     let base = listing.base_checkpoint(u64::MAX).unwrap_or(0);
     let mut end = base;
     while listing.logs.contains_key(&(end + 1)) {
         end += 1;
     }
-    end
+    if end == base {
+        return Ok(end);
+    }
+    let (first, last) = replay::fetch_header(store, layout, end).await?.trailer.unit.span(end);
+    Ok(if last > end { first.saturating_sub(1).max(base) } else { end })
 }
 
 /// Records the current durable end of the log as a snapshot. With a writer running this is a
@@ -140,7 +146,7 @@ pub async fn snapshot(
 ) -> Result<Snapshot> {
     read_manifest(store, layout).await?;
     let t0 = Instant::now();
-    let end = contiguous_end(&Listing::fetch(store, layout).await?);
+    let end = committed_end(store, layout, &Listing::fetch(store, layout).await?).await?;
     let label = match label {
         Some(l) => l.to_string(),
         None => format!("snap-{}-{end:x}", now_unix()),
@@ -252,7 +258,7 @@ async fn rollback_locked(
     let ckpt = encode_checkpoint_file(&copy, at.table.sectors(), seq, epoch)?;
     // Checkpoint first: it only counts once the Rollback object below exists.
     store.put_file(&layout.checkpoint(seq), ckpt.path()).await?;
-    let header = format::encode_header(&[], Trailer { epoch, seq, kind: ObjectKind::Rollback });
+    let header = format::encode_header(&[], Trailer::single(epoch, seq, ObjectKind::Rollback));
     store.put(&layout.log(seq), Bytes::from(header), PutCondition::IfAbsent).await?;
     info!(label = snap.label, snapshot_seq = snap.seq, new_seq = seq, "rolled back");
     Ok(seq)

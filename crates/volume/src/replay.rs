@@ -159,7 +159,11 @@ pub async fn replay(
     let mut headers =
         futures::stream::iter(seqs.into_iter().map(|seq| async move { (seq, fetch_header(store, layout, seq).await) }))
             .buffered(8);
+    // Objects of a commit unit are held back until its last object has been seen: a unit is
+    // applied whole or not at all.
     let mut end = base;
+    let mut unit: Vec<(u64, Header)> = Vec::new();
+    let mut unit_last = 0u64;
     while let Some((seq, h)) = headers.next().await {
         let h = match h {
             Ok(h) => h,
@@ -172,8 +176,17 @@ pub async fn replay(
             break;
         }
         epoch = h.trailer.epoch;
-        apply_header(&mut table, seq, &h)?;
-        end = seq;
+        unit_last = unit_last.max(h.trailer.unit.span(seq).1);
+        unit.push((seq, h));
+        if seq >= unit_last {
+            for (seq, h) in unit.drain(..) {
+                apply_header(&mut table, seq, &h)?;
+            }
+            end = seq;
+        }
+    }
+    if let Some((first, _)) = unit.first() {
+        info!(first, last = unit_last, "incomplete commit unit ends the log");
     }
     Ok(Replayed { table, end, epoch, base, listing })
 }

@@ -1,19 +1,24 @@
-//! The writable volume: buffers writes into the open log object, seals it into an immutable
-//! numbered object, uploads sealed objects concurrently, and tracks which prefix of the log is
-//! durable so FLUSH can answer exactly.
+//! The writable volume: absorbs writes into the local write-back journal, cuts the journal into
+//! commit units of immutable numbered log objects, uploads them concurrently, and tracks which
+//! prefix of the log is durable so FLUSH can answer exactly.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{OwnedSemaphorePermit, RwLock, Semaphore, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::buffer::OpenObject;
 use crate::error::{Result, StoreError, VolumeError};
-use crate::format::{self, Entry, HEADER_BYTES, Layout, MAX_DATA_ENTRIES, Manifest, ObjectKind, SECTOR, Trailer};
+use crate::format::{
+    self, Entry, HEADER_BYTES, Layout, MAX_DATA_ENTRIES, Manifest, ObjectKind, SECTOR, Trailer, UnitPos,
+};
+use crate::journal::{Generation, PlannedObject};
 use crate::lease::LeaseHandle;
 use crate::readahead::{ObjectSpan, ReadAhead};
 use crate::replay::{self, Listing};
@@ -35,9 +40,14 @@ pub struct WriterConfig {
     pub holder: String,
     /// Log bytes written between checkpoints.
     pub checkpoint_bytes: u64,
-    /// Seal the open object when it has held data this long, bounding what a crash can lose
-    /// even if the client never flushes.
+    /// Cut the journal when it has held data this long, bounding what a crash can lose even if
+    /// the client never flushes (the kernel's page cache writes back after 30 s too).
     pub max_dirty_age: Duration,
+    /// Bytes the journal's open generation may hold on local disk before it is cut; with the
+    /// cut generations still uploading, local disk use stays under about twice this.
+    pub journal_bytes: u64,
+    /// Extents the open generation may hold before it is cut (bounds the index in memory).
+    pub journal_extents: usize,
 }
 
 impl WriterConfig {
@@ -50,14 +60,22 @@ impl WriterConfig {
             force_takeover: false,
             holder,
             checkpoint_bytes: 1 << 30,
-            max_dirty_age: Duration::from_secs(2),
+            max_dirty_age: Duration::from_secs(30),
+            journal_bytes: 8 << 30,
+            journal_extents: 16 * MAX_DATA_ENTRIES,
         }
     }
 }
 
-/// A sealed log object still uploading; reads of its sectors are served from here.
-struct Sealed {
-    body: Bytes,
+/// Cut generations uploading at once; one more cut waits (and so do writes that need it).
+const MAX_CUT: usize = 4;
+
+/// A cut of the journal: commit unit `first..=last`, uploading. Until it is durable, reads of
+/// its sectors are served from its file.
+struct CutUnit {
+    journal: Generation,
+    first: u64,
+    last: u64,
 }
 
 /// Per-object accounting for GC and `inspect`.
@@ -69,11 +87,19 @@ pub struct ObjStat {
 }
 
 struct State {
-    open: OpenObject,
+    /// The journal generation taking writes.
+    open: Generation,
     open_since: Option<Instant>,
+    /// Cut generations still uploading, oldest first.
+    cut: VecDeque<Arc<CutUnit>>,
     next_seq: u64,
-    inflight: HashMap<u64, Arc<Sealed>>,
+    /// Uploaded objects past `uploaded`.
     done: BTreeSet<u64>,
+    /// Objects 1..=uploaded are all in the bucket.
+    uploaded: u64,
+    /// Last objects of units not yet durable.
+    unit_ends: BTreeSet<u64>,
+    /// The end of the last complete unit within `uploaded`: what recovery would reach.
     durable: u64,
     table: ExtentTable,
     objects: BTreeMap<u64, ObjStat>,
@@ -90,7 +116,20 @@ enum Progress {
     Failed(String),
 }
 
-/// Where a sector's bytes come from, resolved under the lock and fetched outside it.
+/// Where a run of sectors' bytes come from, resolved under the lock and read outside it.
+enum Piece {
+    Remote(RemotePiece),
+    Journal(JournalPiece),
+}
+
+/// Sectors held by a journal generation, at byte `at` of its file.
+struct JournalPiece {
+    out_sector: u64,
+    sectors: u64,
+    file: Arc<File>,
+    at: u64,
+}
+
 struct RemotePiece {
     out_sector: u64,
     sectors: u64,
@@ -157,13 +196,14 @@ impl Volume {
             lease,
             epoch,
             uploads: Arc::new(Semaphore::new(cfg.uploads.max(1))),
-            cfg,
             state: Mutex::new(State {
-                open: OpenObject::default(),
+                open: Generation::create(&cfg.cache_dir)?,
                 open_since: None,
+                cut: VecDeque::new(),
                 next_seq: r.end + 1,
-                inflight: HashMap::new(),
                 done: BTreeSet::new(),
+                uploaded: r.end,
+                unit_ends: BTreeSet::new(),
                 durable: r.end,
                 table: r.table,
                 objects,
@@ -172,6 +212,7 @@ impl Volume {
                 checkpointing: false,
                 last_checkpoint: r.base,
             }),
+            cfg,
             progress,
             rmw: RwLock::new(()),
             table_path,
@@ -234,6 +275,13 @@ impl Volume {
         self.stop(why);
     }
 
+    /// [`Self::fail`] with the state already locked.
+    fn fail_locked(&self, st: &mut State, why: String) {
+        error!(%why, "volume stopped");
+        st.failed.get_or_insert(why.clone());
+        self.progress.send_replace(Progress::Failed(why));
+    }
+
     /// Stops all I/O without calling it an error (clean shutdown).
     fn stop(&self, why: String) {
         let mut st = self.lock();
@@ -261,14 +309,25 @@ impl Volume {
     /// Reads sectors `first..first + n`; a `sequential` read goes through the read-ahead. A
     /// read served by one stretch of one object returns the fetched bytes as they are (no copy).
     async fn read_sectors(&self, first: u64, n: u64, sequential: bool) -> Result<Bytes> {
-        let mut held = None;
-        let pieces = self.resolve(first, n, &mut held)?;
-        if held.is_none() && pieces.len() == 1 && pieces[0].sectors == n {
-            return self.fetch_piece(&pieces[0], sequential).await;
+        let pieces = self.resolve(first, n)?;
+        if let [Piece::Remote(p)] = pieces.as_slice()
+            && p.sectors == n
+        {
+            return self.fetch_piece(p, sequential).await;
         }
-        let mut out = held.unwrap_or_else(|| vec![0u8; (n * SECTOR) as usize]);
-        let fetches = pieces
-            .iter()
+        let mut out = vec![0u8; (n * SECTOR) as usize];
+        let mut remote = Vec::new();
+        for piece in &pieces {
+            match piece {
+                Piece::Journal(j) => {
+                    let at = (j.out_sector * SECTOR) as usize;
+                    j.file.read_exact_at(&mut out[at..at + (j.sectors * SECTOR) as usize], j.at)?;
+                }
+                Piece::Remote(p) => remote.push(p),
+            }
+        }
+        let fetches = remote
+            .into_iter()
             .map(|p| async move { Ok::<_, VolumeError>((p.out_sector, self.fetch_piece(p, sequential).await?)) });
         for (at, data) in futures::future::try_join_all(fetches).await? {
             let at = (at * SECTOR) as usize;
@@ -296,39 +355,54 @@ impl Volume {
         Ok(self.store.get_range(&key, from, p.sectors * SECTOR).await?)
     }
 
-    /// Copies what memory holds (open object, uploading objects) into `held` (allocated, zeroed,
-    /// on the first such sector) and returns what must be read from the bucket, coalesced into
-    /// ranges. Sectors never written stay zero.
-    fn resolve(&self, first: u64, n: u64, held: &mut Option<Vec<u8>>) -> Result<Vec<RemotePiece>> {
+    /// Where each sector's bytes are: the journal (open generation, then cut ones, newest
+    /// first), else the bucket; runs are coalesced. Sectors never written (or zeroed) are in no
+    /// piece and read as zeros.
+    fn resolve(&self, first: u64, n: u64) -> Result<Vec<Piece>> {
         let mut st = self.lock();
         Self::check_ok(&st)?;
-        let mut pieces: Vec<RemotePiece> = Vec::new();
-        let len = (n * SECTOR) as usize;
+        let State { open, cut, table, objects, .. } = &mut *st;
+        let gens: Vec<&Generation> =
+            std::iter::once(&*open).chain(cut.iter().rev().map(|u| &u.journal)).filter(|g| !g.is_empty()).collect();
+        let mut pieces: Vec<Piece> = Vec::new();
         for i in 0..n {
-            let at = (i * SECTOR) as usize;
-            if let Some((ext, off)) = st.open.lookup(first + i) {
-                // A zeroed extent leaves the sector zero; it is never read from the bucket.
-                if let Some(d) = &ext.data {
-                    let o = (off * SECTOR) as usize;
-                    sector_mut(held, len, at).copy_from_slice(&d[o..o + SECTOR as usize]);
+            if let Some((source, held)) = gens.iter().find_map(|g| g.lookup(first + i).map(|h| (g, h))) {
+                let Some(at) = held else { continue }; // zeroed in the journal
+                match pieces.last_mut() {
+                    Some(Piece::Journal(j))
+                        if Arc::ptr_eq(&j.file, source.file())
+                            && j.out_sector + j.sectors == i
+                            && j.at + j.sectors * SECTOR == at =>
+                    {
+                        j.sectors += 1;
+                    }
+                    _ => pieces.push(Piece::Journal(JournalPiece {
+                        out_sector: i,
+                        sectors: 1,
+                        file: source.file().clone(),
+                        at,
+                    })),
                 }
                 continue;
             }
-            let Some((seq, obj_sector)) = table::decode(st.table.get(first + i)?) else {
+            let Some((seq, obj_sector)) = table::decode(table.get(first + i)?) else {
                 continue; // never written: zeros
             };
-            if let Some(s) = st.inflight.get(&seq) {
-                let o = HEADER_BYTES + (obj_sector * SECTOR) as usize;
-                sector_mut(held, len, at).copy_from_slice(&s.body[o..o + SECTOR as usize]);
-                continue;
-            }
             match pieces.last_mut() {
-                Some(p) if p.seq == seq && p.out_sector + p.sectors == i && p.obj_sector + p.sectors == obj_sector => {
+                Some(Piece::Remote(p))
+                    if p.seq == seq && p.out_sector + p.sectors == i && p.obj_sector + p.sectors == obj_sector =>
+                {
                     p.sectors += 1;
                 }
                 _ => {
-                    let object_sectors = st.objects.get(&seq).map_or(0, |o| o.data_sectors);
-                    pieces.push(RemotePiece { out_sector: i, sectors: 1, seq, obj_sector, object_sectors });
+                    let object_sectors = objects.get(&seq).map_or(0, |o| o.data_sectors);
+                    pieces.push(Piece::Remote(RemotePiece {
+                        out_sector: i,
+                        sectors: 1,
+                        seq,
+                        obj_sector,
+                        object_sectors,
+                    }));
                 }
             }
         }
@@ -420,8 +494,8 @@ impl Volume {
         Ok(())
     }
 
-    /// Adds a write to the open object, sealing it first if one more write might not fit and
-    /// after if it reached its target size.
+    /// Adds a write to the journal, cutting the open generation first if the write does not fit
+    /// and after if it is full.
     async fn insert(self: &Arc<Self>, sector: u64, n: u64, data: Option<&[u8]>) -> Result<()> {
         self.insert_if(sector, n, data, |_| Ok(true)).await.map(|_| ())
     }
@@ -434,95 +508,149 @@ impl Volume {
         data: Option<&[u8]>,
         pred: impl Fn(&mut State) -> Result<bool>,
     ) -> Result<bool> {
+        let bytes = if data.is_some() { n * SECTOR } else { 0 };
         loop {
-            // None: no room yet; Some(full): inserted (or refused by `pred`).
-            let outcome = {
+            // Subscribed before looking, so a cut finishing in between still wakes us.
+            let mut progress = self.progress.subscribe();
+            let placed = {
                 let mut st = self.lock();
                 Self::check_ok(&st)?;
-                // A write can split one extent into three: keep two spare header slots.
-                if st.open.entries() + 2 <= MAX_DATA_ENTRIES {
+                let fits = st.open.is_empty()
+                    || (st.open.extents() + 2 <= self.cfg.journal_extents
+                        && st.open.file_bytes() + bytes <= self.cfg.journal_bytes);
+                if fits {
                     if !pred(&mut st)? {
                         return Ok(false);
                     }
-                    st.open.insert(sector, n, data);
+                    let guard = st
+                        .open
+                        .writer_guard()
+                        .ok_or_else(|| VolumeError::Failed("the open journal generation was cut early".into()))?;
+                    let places = match data {
+                        Some(_) => st.open.insert_data(sector, n),
+                        None => {
+                            st.open.insert_zero(sector, n);
+                            Vec::new()
+                        }
+                    };
                     st.open_since.get_or_insert_with(Instant::now);
-                    Some(st.open.data_bytes() >= self.manifest.object_bytes || st.open.entries() + 2 > MAX_DATA_ENTRIES)
+                    let file = st.open.file().clone();
+                    let full = st.open.extents() + 2 > self.cfg.journal_extents
+                        || st.open.file_bytes() >= self.cfg.journal_bytes;
+                    if full && st.cut.len() < MAX_CUT {
+                        self.cut(&mut st)?;
+                    }
+                    Some((guard, file, places))
+                } else if st.cut.len() < MAX_CUT {
+                    self.cut(&mut st)?;
+                    continue;
                 } else {
                     None
                 }
             };
-            match outcome {
-                Some(full) => {
-                    if full {
-                        self.seal_when_full().await?;
+            let Some((guard, file, places)) = placed else {
+                // Every cut slot is busy uploading: wait for one to finish.
+                progress.changed().await.map_err(|_| VolumeError::Failed("volume closed".into()))?;
+                continue;
+            };
+            if let Some(data) = data {
+                for p in places {
+                    if let Err(e) = file.write_all_at(&data[p.src..p.src + p.len], p.at) {
+                        self.fail(format!("writing the local journal in {}: {e}", self.cfg.cache_dir.display()));
+                        return Err(e.into());
                     }
-                    return Ok(true);
                 }
-                None => self.seal_when_full().await?,
             }
+            drop(guard);
+            return Ok(true);
         }
-    }
-
-    async fn seal_when_full(self: &Arc<Self>) -> Result<()> {
-        let permit = self.upload_permit().await?;
-        let mut st = self.lock();
-        if st.open.data_bytes() >= self.manifest.object_bytes || st.open.entries() + 2 > MAX_DATA_ENTRIES {
-            self.seal(&mut st, permit)?;
-        }
-        Ok(())
     }
 
     async fn upload_permit(&self) -> Result<OwnedSemaphorePermit> {
         self.uploads.clone().acquire_owned().await.map_err(|_| VolumeError::Failed("volume closed".into()))
     }
 
-    /// Turns the open object into log object `next_seq`, points the map at it and starts its
-    /// upload.
-    fn seal(self: &Arc<Self>, st: &mut State, permit: OwnedSemaphorePermit) -> Result<()> {
+    /// Cuts the open generation into the next commit unit, points the map at its objects and
+    /// starts uploading them. On failure the volume stops (the map may be half updated).
+    fn cut(self: &Arc<Self>, st: &mut State) -> Result<()> {
         if st.open.is_empty() {
             return Ok(());
         }
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        st.open_since = None;
-        let (entries, extents) = st.open.take();
-        let header = format::encode_header(&entries, Trailer { epoch: self.epoch, seq, kind: ObjectKind::Data });
-        let data_bytes: usize = extents.iter().filter_map(|(_, e)| e.data.as_ref().map(Vec::len)).sum();
-        let mut body = BytesMut::with_capacity(HEADER_BYTES + data_bytes);
-        body.extend_from_slice(&header);
-        let mut obj_sector = 0u64;
-        let mut data_sectors = 0u64;
-        for (start, ext) in &extents {
-            for i in 0..ext.sectors {
-                let v = if ext.data.is_some() { table::encode(seq, obj_sector + i) } else { 0 };
-                let old = st.table.set(start + i, v)?;
-                if let Some((old_seq, _)) = table::decode(old)
-                    && let Some(o) = st.objects.get_mut(&old_seq)
-                {
-                    o.live_sectors = o.live_sectors.saturating_sub(1);
-                }
+        match self.plan_cut(st) {
+            Ok((unit, plan)) => {
+                let vol = self.clone();
+                tokio::spawn(async move { vol.upload_unit(unit, plan).await });
+                Ok(())
             }
-            if let Some(d) = &ext.data {
-                body.extend_from_slice(d);
-                obj_sector += ext.sectors;
-                data_sectors += ext.sectors;
+            Err(e) => {
+                self.fail_locked(st, format!("cutting the journal: {e}"));
+                Err(e)
             }
         }
-        let body = body.freeze();
-        st.objects.insert(seq, ObjStat { live_sectors: data_sectors, data_sectors, bytes: body.len() as u64 });
-        st.log_bytes_since_checkpoint += body.len() as u64;
-        st.inflight.insert(seq, Arc::new(Sealed { body: body.clone() }));
-        debug!(seq, entries = entries.len(), bytes = body.len(), "sealed");
-        let vol = self.clone();
-        tokio::spawn(async move {
-            let res = vol.put_log(seq, body).await;
-            drop(permit);
-            match res {
-                Ok(()) => vol.mark_durable(seq),
-                Err(e) => vol.fail(format!("uploading log object {seq}: {e}")),
+    }
+
+    fn plan_cut(&self, st: &mut State) -> Result<(Arc<CutUnit>, Vec<PlannedObject>)> {
+        let fresh = Generation::create(&self.cfg.cache_dir)?;
+        let journal = std::mem::replace(&mut st.open, fresh);
+        st.open_since = None;
+        let plan = journal.plan(self.manifest.object_bytes / SECTOR, MAX_DATA_ENTRIES);
+        let first = st.next_seq;
+        let last = first + plan.len() as u64 - 1;
+        st.next_seq = last + 1;
+        for (seq, obj) in (first..).zip(&plan) {
+            let mut obj_sector = 0u64;
+            for e in &obj.entries {
+                for i in 0..e.sectors {
+                    let v = if e.at.is_some() { table::encode(seq, obj_sector + i) } else { 0 };
+                    let old = st.table.set(e.sector + i, v)?;
+                    if let Some((old_seq, _)) = table::decode(old)
+                        && let Some(o) = st.objects.get_mut(&old_seq)
+                    {
+                        o.live_sectors = o.live_sectors.saturating_sub(1);
+                    }
+                }
+                if e.at.is_some() {
+                    obj_sector += e.sectors;
+                }
             }
-        });
-        Ok(())
+            let bytes = HEADER_BYTES as u64 + obj.data_sectors * SECTOR;
+            st.objects.insert(seq, ObjStat { live_sectors: obj.data_sectors, data_sectors: obj.data_sectors, bytes });
+            st.log_bytes_since_checkpoint += bytes;
+        }
+        st.unit_ends.insert(last);
+        let unit = Arc::new(CutUnit { journal, first, last });
+        st.cut.push_back(unit.clone());
+        debug!(first, last, "journal cut");
+        Ok((unit, plan))
+    }
+
+    /// Uploads the objects of a cut, `uploads` at a time, once every write placed in it is in
+    /// its file.
+    async fn upload_unit(self: Arc<Self>, unit: Arc<CutUnit>, plan: Vec<PlannedObject>) {
+        unit.journal.wait_writers().await;
+        let count = plan.len() as u32;
+        let uploads = futures::stream::iter((0u32..).zip(plan))
+            .map(|(i, obj)| {
+                let (vol, unit) = (self.clone(), unit.clone());
+                async move {
+                    let _permit = vol.upload_permit().await?;
+                    let seq = unit.first + u64::from(i);
+                    let pos = UnitPos { before: i, after: count - 1 - i };
+                    let trailer = Trailer { epoch: vol.epoch, seq, kind: ObjectKind::Data, unit: pos };
+                    let header = format::encode_header(&obj.header_entries(), trailer);
+                    let reader = unit.clone();
+                    let body = tokio::task::spawn_blocking(move || reader.journal.object_body(&obj, &header))
+                        .await
+                        .map_err(|e| VolumeError::Failed(format!("journal reader: {e}")))??;
+                    vol.put_log(seq, body).await?;
+                    vol.mark_uploaded(seq);
+                    Ok::<_, VolumeError>(())
+                }
+            })
+            .buffer_unordered(self.cfg.uploads.max(1));
+        if let Err(e) = uploads.try_collect::<()>().await {
+            self.fail(format!("uploading log objects {}..={}: {e}", unit.first, unit.last));
+        }
     }
 
     /// Writes an empty log object of `kind` (a fence) and waits until it is durable.
@@ -531,12 +659,13 @@ impl Volume {
             let mut st = self.lock();
             let seq = st.next_seq;
             st.next_seq += 1;
+            st.unit_ends.insert(seq);
             seq
         };
-        let header = format::encode_header(&[], Trailer { epoch: self.epoch, seq, kind });
+        let header = format::encode_header(&[], Trailer::single(self.epoch, seq, kind));
         self.put_log(seq, Bytes::from(header)).await?;
         self.lock().objects.insert(seq, ObjStat { live_sectors: 0, data_sectors: 0, bytes: HEADER_BYTES as u64 });
-        self.mark_durable(seq);
+        self.mark_uploaded(seq);
         Ok(())
     }
 
@@ -580,17 +709,25 @@ impl Volume {
         Err(VolumeError::Failed(format!("log object {seq} could not be written")))
     }
 
-    fn mark_durable(self: &Arc<Self>, seq: u64) {
+    /// Records that object `seq` is in the bucket. The durable position moves to the end of
+    /// the last unit whose objects are all there; cuts up to it no longer need their files.
+    fn mark_uploaded(self: &Arc<Self>, seq: u64) {
         let mut st = self.lock();
         st.done.insert(seq);
         let before = st.durable;
         loop {
-            let next = st.durable + 1;
+            let next = st.uploaded + 1;
             if !st.done.remove(&next) {
                 break;
             }
-            st.durable = next;
-            st.inflight.remove(&next);
+            st.uploaded = next;
+        }
+        if let Some(&end) = st.unit_ends.range(..=st.uploaded).next_back() {
+            st.durable = end;
+            st.unit_ends = st.unit_ends.split_off(&(end + 1));
+        }
+        while st.cut.front().is_some_and(|u| u.last <= st.durable) {
+            st.cut.pop_front();
         }
         let durable = st.durable;
         let want_checkpoint =
@@ -619,19 +756,23 @@ impl Volume {
         }
     }
 
-    /// Seals the open object (if any) and waits until every write accepted so far is durable.
+    /// Cuts the journal (if it holds anything) and waits until every write accepted so far is
+    /// durable.
     pub async fn flush(self: &Arc<Self>) -> Result<()> {
-        let needs_seal = !self.lock().open.is_empty();
-        if needs_seal {
-            let permit = self.upload_permit().await?;
-            let mut st = self.lock();
-            Self::check_ok(&st)?;
-            self.seal(&mut st, permit)?;
-        }
-        let target = {
-            let st = self.lock();
-            Self::check_ok(&st)?;
-            st.next_seq - 1
+        let target = loop {
+            let mut progress = self.progress.subscribe();
+            {
+                let mut st = self.lock();
+                Self::check_ok(&st)?;
+                if st.open.is_empty() {
+                    break st.next_seq - 1;
+                }
+                if st.cut.len() < MAX_CUT {
+                    self.cut(&mut st)?;
+                    break st.next_seq - 1;
+                }
+            }
+            progress.changed().await.map_err(|_| VolumeError::Failed("volume closed".into()))?;
         };
         self.wait_durable(target).await
     }
@@ -650,7 +791,7 @@ impl Volume {
 
     // ---- background duties ---------------------------------------------------------------
 
-    /// Seals an object that has held data for too long (bounds what a crash loses without a
+    /// Cuts a journal that has held data for too long (bounds what a crash loses without a
     /// FLUSH) and renews the lease. Runs until the volume fails.
     pub async fn run_background(self: Arc<Self>) {
         let renew_every = self.lease.ttl().await / 3;
@@ -662,11 +803,11 @@ impl Volume {
                 return;
             }
             let stale = self.lock().open_since.is_some_and(|t| t.elapsed() >= self.cfg.max_dirty_age);
-            if stale && let Ok(permit) = self.upload_permit().await {
+            if stale {
                 let mut st = self.lock();
-                if let Err(e) = self.seal(&mut st, permit) {
-                    drop(st);
-                    self.fail(format!("sealing: {e}"));
+                if st.cut.len() < MAX_CUT {
+                    // A failed cut stops the volume; the next tick sees it.
+                    let _ = self.cut(&mut st);
                 }
             }
             if last_renew.elapsed() >= renew_every {
@@ -687,7 +828,7 @@ impl Volume {
         }
     }
 
-    /// Writes a checkpoint of the map as of the last sealed object.
+    /// Writes a checkpoint of the map as of the last cut.
     pub async fn checkpoint(self: &Arc<Self>) -> Result<()> {
         let tmp = tempfile::Builder::new().prefix("checkpoint-").tempfile_in(&self.cfg.cache_dir)?;
         let (seq, sectors) = {
@@ -806,7 +947,9 @@ impl Volume {
         moves: &[(u64, u64)],
         data: &[Bytes],
     ) -> Result<()> {
-        let _shared = self.rmw.read().await;
+        // Exclusive: a user write racing ours could otherwise land in the same journal bytes
+        // first and then be overwritten by the older data we are moving.
+        let _excl = self.rmw.write().await;
         for (&(sector, obj_sector), d) in moves.iter().zip(data) {
             let want = table::encode(seq, obj_sector);
             self.insert_if(sector, 1, Some(d), |st| {
@@ -834,9 +977,4 @@ async fn remove_past(store: &dyn ObjectStore, layout: &Layout, listing: &Listing
         info!(removed = n, after = end, "removed objects past the recovery point");
     }
     Ok(())
-}
-
-/// The sector at byte `at` of a read buffer of `len` bytes, allocated (zeroed) on first use.
-fn sector_mut(held: &mut Option<Vec<u8>>, len: usize, at: usize) -> &mut [u8] {
-    &mut held.get_or_insert_with(|| vec![0u8; len])[at..at + SECTOR as usize]
 }

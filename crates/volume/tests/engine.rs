@@ -39,15 +39,21 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn write_read_flush_reopen() {
-    let store = Arc::new(MemStore::new());
-    let layout = new_volume(&store, 64 * MIB, 256 * 1024).await;
+    let mem = Arc::new(MemStore::new());
+    let layout = new_volume(&mem, 64 * MIB, 256 * 1024).await;
     let dir = tempfile::tempdir().unwrap();
-    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
+    // Slow uploads and a small journal: reads meet data in the open generation, in cuts still
+    // uploading and in the bucket.
+    let store = Arc::new(Killable::new(mem.clone()));
+    let mut c = cfg(&dir, "a");
+    c.journal_bytes = MIB;
+    c.journal_extents = 64;
+    let vol = Volume::open(store.clone(), layout.clone(), c).await.unwrap();
     let mut model = vec![0u8; (64 * MIB) as usize];
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     for i in 0..400u64 {
-        // Mixed sizes and alignments, so writes land in the open object, in uploading
-        // objects and in the bucket, and exercise read-modify-write.
+        // Mixed sizes and alignments, so writes land on sectors in every stage, and exercise
+        // read-modify-write.
         let len = rng.random_range(1..200_000usize);
         let off = rng.random_range(0..(64 * MIB) as usize - len);
         match i % 10 {
@@ -78,7 +84,7 @@ async fn write_read_flush_reopen() {
         assert!(got == model[check..check + 70_000], "read mismatch after write {i}");
     }
     vol.close().await.unwrap();
-    let vol = Volume::open(store.clone(), layout, cfg(&dir, "b")).await.unwrap();
+    let vol = Volume::open(mem.clone(), layout, cfg(&dir, "b")).await.unwrap();
     let all = vol.read(0, 64 * MIB).await.unwrap();
     assert!(all == model, "data differs after reopen");
     // Out-of-range I/O is refused with a clear error.
@@ -153,10 +159,18 @@ async fn sequential_reads_fetch_whole_windows_and_random_reads_only_what_they_ne
 }
 
 /// Wraps a store so a test can "kill" the writer: after `freeze`, PUTs never complete, as if
-/// the process died with them in flight. PUTs also take random time so they land out of order.
+/// the process died with them in flight; so does a PUT of the `held` key. PUTs also take
+/// random time so they land out of order.
 struct Killable {
     inner: Arc<MemStore>,
     frozen: AtomicBool,
+    held: std::sync::Mutex<Option<String>>,
+}
+
+impl Killable {
+    fn new(inner: Arc<MemStore>) -> Self {
+        Self { inner, frozen: AtomicBool::new(false), held: std::sync::Mutex::new(None) }
+    }
 }
 
 #[async_trait]
@@ -164,7 +178,8 @@ impl ObjectStore for Killable {
     async fn put(&self, key: &str, body: Bytes, cond: PutCondition) -> Result<String, StoreError> {
         let delay = rand::random_range(0..3u64);
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        if self.frozen.load(Ordering::SeqCst) {
+        let held = self.held.lock().unwrap().as_deref() == Some(key);
+        if held || self.frozen.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
         self.inner.put(key, body, cond).await
@@ -193,32 +208,46 @@ impl ObjectStore for Killable {
 /// state after some prefix of the writes that includes every write acknowledged by a FLUSH.
 #[tokio::test]
 async fn crash_leaves_a_prefix_containing_every_flushed_write() {
-    const SECTORS: u64 = 64;
-    for run in 0..30u64 {
+    const SECTORS: u64 = 256;
+    for run in 0..60u64 {
         let mem = Arc::new(MemStore::new());
         let layout = new_volume(&mem, SECTORS * 4096, 64 * 1024).await;
-        let store = Arc::new(Killable { inner: mem.clone(), frozen: AtomicBool::new(false) });
+        let store = Arc::new(Killable::new(mem.clone()));
         let dir = tempfile::tempdir().unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(run);
         let mut c = cfg(&dir, "victim");
         c.uploads = 4;
+        // A small journal, so cuts of several objects (commit units) are uploading, out of
+        // order, when the writer dies.
+        c.journal_bytes = rng.random_range(4..=40) * 16 * 1024;
+        c.journal_extents = rng.random_range(3..=200);
         let vol = Volume::open(store.clone(), layout.clone(), c).await.unwrap();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(run);
         let total = rng.random_range(20..300u64);
+        let crash_at = rng.random_range(0..total);
         let mut writes = Vec::new();
         let mut flushed = 0usize;
         for i in 0..total {
+            // Die at a random point, but while a cut is uploading, where dying is hardest.
+            let uploading = vol.objects().keys().last().is_some_and(|&last| last > vol.durable());
+            if i >= crash_at && uploading {
+                break;
+            }
             let sector = rng.random_range(0..SECTORS);
             let mut block = vec![0u8; 4096];
             block[..8].copy_from_slice(&(i + 1).to_be_bytes());
             vol.write(sector * 4096, &block).await.unwrap();
             writes.push(sector);
-            if rng.random_ratio(1, 25) {
+            if rng.random_ratio(1, 50) {
                 vol.flush().await.unwrap();
                 flushed = writes.len();
             }
+            if rng.random_ratio(1, 8) {
+                // Let uploads of earlier cuts make progress while writing goes on.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
         // Let a random number of uploads land, then "kill" the writer.
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..5))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..2))).await;
         store.frozen.store(true, Ordering::SeqCst);
         drop(vol);
         let mut c = cfg(&dir, "recoverer");
@@ -240,6 +269,71 @@ async fn crash_leaves_a_prefix_containing_every_flushed_write() {
         );
         vol.close().await.unwrap();
     }
+}
+
+/// One cut of the journal becomes several log objects (a commit unit). If the writer dies
+/// with one of them missing, neither recovery nor a snapshot taken from the bucket may see any
+/// of the others: the disk would otherwise mix old and new halves of one write.
+#[tokio::test]
+async fn a_cut_of_several_objects_is_recovered_whole_or_not_at_all() {
+    let mem = Arc::new(MemStore::new());
+    let layout = new_volume(&mem, 4 * MIB, 64 * 1024).await;
+    let store = Arc::new(Killable::new(mem.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "victim")).await.unwrap();
+    // Object 1 is the fence; this write becomes objects 2..=5 (64 KiB each).
+    let old = pattern(1, 256 * 1024);
+    vol.write(0, &old).await.unwrap();
+    vol.flush().await.unwrap();
+    // The next cut is objects 6..=9; object 8 never arrives.
+    *store.held.lock().unwrap() = Some(layout.log(8));
+    vol.write(0, &pattern(2, 256 * 1024)).await.unwrap();
+    let flush = tokio::spawn({
+        let vol = vol.clone();
+        async move { vol.flush().await }
+    });
+    for _ in 0..500 {
+        if [6, 7, 9].iter().all(|&s| mem.bytes_under(&layout.log(s)) > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!([6, 7, 9].iter().all(|&s| mem.bytes_under(&layout.log(s)) > 0), "the other objects landed");
+    assert!(!flush.is_finished(), "FLUSH waits for the whole unit");
+    assert_eq!(vol.durable(), 5);
+    flush.abort();
+    drop(vol); // the writer dies
+
+    let snap = manage::snapshot(mem.as_ref(), &layout, Some("after-crash"), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(snap.seq, 5, "a snapshot never ends inside a unit");
+    let mut c = cfg(&dir, "recoverer");
+    c.force_takeover = true;
+    let vol = Volume::open(mem.clone(), layout.clone(), c).await.unwrap();
+    assert!(vol.read(0, 256 * 1024).await.unwrap() == old, "none of the incomplete unit is visible");
+    assert_eq!(mem.bytes_under(&layout.log(7)), 0, "orphans past the recovery point are removed");
+    assert_eq!(mem.bytes_under(&layout.log(9)), 0);
+    vol.close().await.unwrap();
+}
+
+/// Writes between FLUSHes are merged in the journal: rewriting the same 8 MiB twenty times
+/// uploads it once.
+#[tokio::test]
+async fn overwrites_merge_in_the_journal_before_upload() {
+    let mem = Arc::new(MemStore::new());
+    let layout = new_volume(&mem, 64 * MIB, 4 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vol = Volume::open(mem.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
+    for round in 0..20 {
+        for piece in 0..8u64 {
+            vol.write(piece * MIB, &pattern(round * 8 + piece, MIB as usize)).await.unwrap();
+        }
+    }
+    vol.flush().await.unwrap();
+    let log = mem.bytes_under(&layout.log_prefix());
+    assert!(log <= 8 * MIB + 3 * HEADER_BYTES as u64, "log holds {log} bytes for 8 MiB of data");
+    let want: Vec<u8> = (0..8).flat_map(|p| pattern(19 * 8 + p, MIB as usize)).collect();
+    assert!(vol.read(0, 8 * MIB).await.unwrap() == want);
+    vol.close().await.unwrap();
 }
 
 #[tokio::test]
