@@ -49,7 +49,16 @@ PIDS+=($!)
 wait_port "$S3_PORT"
 export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
 
-# fio job: name rw bs iodepth size uri -> "IOPS MiB/s"
+# NBD FLUSH through qemu-io; prints the seconds it took. Both servers then hold nothing unwritten:
+# qemu-nbd has fsynced its file, Meridian has uploaded its journal.
+flush_secs() {
+    local t0
+    t0=$(date +%s.%N)
+    qemu-io -f raw -c flush "$1" >/dev/null
+    python3 -c "import time; print('%.1f' % (time.time() - $t0))"
+}
+
+# fio job: name rw bs iodepth size uri -> "IOPS MiB/s MiB"
 run_fio() {
     local out
     out=$(fio --name="$1" --ioengine=nbd --uri="$6" --rw="$2" --bs="$3" --iodepth="$4" \
@@ -60,13 +69,23 @@ import json,sys
 raw=sys.stdin.read()
 j=json.loads(raw[raw.index("{"):])["jobs"][0]  # fio nbd prints a line before the JSON
 side=j["write"] if j["write"]["io_bytes"]>0 else j["read"]
-print("%.0f %.1f" % (side["iops"], side["bw"]/1024))' <<<"$out"
+print("%.0f %.1f %.0f" % (side["iops"], side["bw"]/1024, side["io_bytes"]/2**20))' <<<"$out"
+}
+
+# One job, then a FLUSH: "name IOPS MiB/s flush-seconds sustained-MiB/s", where sustained counts
+# the flush time (what reached the disk or the bucket per second).
+job() { # name rw bs iodepth uri
+    local r f
+    r=$(run_fio "$1" "$2" "$3" "$4" "$JOB_SIZE" "$5")
+    f=$(flush_secs "$5")
+    set -- "$1" $r "$f"
+    echo "$1 $2 $3 $5 $(python3 -c "print('%.1f' % ($4 / ($RUNTIME + $5)))")"
 }
 
 jobs() { # uri
-    echo "randwrite-4k-qd32 $(run_fio rw4k randwrite 4k 32 "$JOB_SIZE" "$1")"
-    echo "write-1m-qd8 $(run_fio seqw write 1M 8 "$JOB_SIZE" "$1")"
-    echo "read-1m-qd8 $(run_fio seqr read 1M 8 "$JOB_SIZE" "$1")"
+    job randwrite-4k-qd32 randwrite 4k 32 "$1"
+    job write-1m-qd8 write 1M 8 "$1"
+    job read-1m-qd8 read 1M 8 "$1"
 }
 
 # --- Meridian volume -------------------------------------------------------------------------
@@ -79,6 +98,7 @@ wait_port "$NBD_PORT"
 # The read job reads what the write jobs wrote: fill first so reads hit real data.
 fio --name=prefill --ioengine=nbd --uri=nbd://127.0.0.1:$NBD_PORT/bench --rw=write --bs=1M \
     --iodepth=8 --size="$JOB_SIZE" >/dev/null 2>&1
+flush_secs nbd://127.0.0.1:$NBD_PORT/bench >/dev/null
 MERIDIAN=$(jobs nbd://127.0.0.1:$NBD_PORT/bench)
 kill -TERM $SERVE; wait $SERVE || true
 
@@ -90,15 +110,17 @@ QPID=$!; PIDS+=($QPID)
 wait_port "$Q_PORT"
 fio --name=prefill --ioengine=nbd --uri=nbd://127.0.0.1:$Q_PORT/plain --rw=write --bs=1M \
     --iodepth=8 --size="$JOB_SIZE" >/dev/null 2>&1
+flush_secs nbd://127.0.0.1:$Q_PORT/plain >/dev/null
 BASELINE=$(jobs nbd://127.0.0.1:$Q_PORT/plain)
 kill $QPID; wait $QPID 2>/dev/null || true
 rm -f "$DIR/plain.img"
 
 echo
-echo "job                 meridian IOPS  MiB/s   qemu-nbd IOPS  MiB/s   ratio(IOPS)"
-paste -d' ' <(echo "$MERIDIAN") <(echo "$BASELINE") | while read -r name mi mb _ qi qb; do
-    printf "%-20s %12s %6s %14s %6s   %5.0f%%\n" "$name" "$mi" "$mb" "$qi" "$qb" \
-        "$(python3 -c "print(100*$mi/$qi)")"
+echo "Each job is followed by an NBD FLUSH; 'sustained' = MiB written / (runtime + flush time)."
+echo "job                 meridian IOPS  MiB/s flush(s) sustained   qemu-nbd IOPS  MiB/s flush(s) sustained   ratio"
+paste -d' ' <(echo "$MERIDIAN") <(echo "$BASELINE") | while read -r name mi mb mf ms _ qi qb qf qs; do
+    printf "%-20s %12s %6s %8s %9s %14s %6s %8s %9s   %5.0f%%\n" "$name" "$mi" "$mb" "$mf" "$ms" \
+        "$qi" "$qb" "$qf" "$qs" "$(python3 -c "print(100*$mi/$qi)")"
 done
 fi
 

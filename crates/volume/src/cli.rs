@@ -367,7 +367,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cfg.lease_ttl = Duration::from_secs(args.lease_ttl.max(3));
     cfg.force_takeover = args.force_takeover;
     cfg.checkpoint_bytes = format::parse_size(&args.checkpoint_every)?;
-    cfg.journal_bytes = format::parse_size(&args.journal_size)?.max(2 << 20);
+    cfg.journal_bytes = format::parse_size(&args.journal_size)?;
     cfg.max_dirty_age = Duration::from_secs(args.max_dirty_age.max(1));
     let vol = Volume::open(args.bucket.store(), args.bucket.layout(&args.name)?, cfg).await?;
     tokio::spawn(vol.clone().run_background());
