@@ -177,6 +177,10 @@ pub struct ServeArgs {
     /// them; overwrites of the same sectors merge there. Disk use stays under about twice this.
     #[arg(long, default_value = "8GiB")]
     pub journal_size: String,
+    /// Uploaded data kept on local disk (the journal files of recent cuts) to serve reads of it
+    /// without a GET; 0 disables.
+    #[arg(long, default_value = "8GiB")]
+    pub cache_size: String,
     /// Seconds after which unflushed writes are uploaded even without a FLUSH (what a crash of
     /// `serve` can lose at most; flushed writes are never lost).
     #[arg(long, default_value_t = 30)]
@@ -368,6 +372,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cfg.force_takeover = args.force_takeover;
     cfg.checkpoint_bytes = format::parse_size(&args.checkpoint_every)?;
     cfg.journal_bytes = format::parse_size(&args.journal_size)?;
+    cfg.cache_bytes = format::parse_size(&args.cache_size)?;
     cfg.max_dirty_age = Duration::from_secs(args.max_dirty_age.max(1));
     let vol = Volume::open(args.bucket.store(), args.bucket.layout(&args.name)?, cfg).await?;
     tokio::spawn(vol.clone().run_background());

@@ -65,6 +65,58 @@ impl PlannedObject {
     }
 }
 
+/// Where the data of a cut's objects lies in its journal file, so that once uploaded the file
+/// can keep serving reads of them as a local cache (log objects never change).
+#[derive(Debug, Default)]
+pub struct UnitIndex {
+    first: u64,
+    /// Per object of the unit: data runs as (object sector, sectors, file offset), in order.
+    objects: Vec<Vec<(u64, u64, u64)>>,
+}
+
+impl UnitIndex {
+    /// The index of a unit whose first object is `first`, planned as `plan`.
+    pub fn new(first: u64, plan: &[PlannedObject]) -> Self {
+        let objects = plan
+            .iter()
+            .map(|obj| {
+                let mut obj_sector = 0;
+                obj.entries
+                    .iter()
+                    .filter_map(|e| {
+                        let at = e.at?;
+                        let run = (obj_sector, e.sectors, at);
+                        obj_sector += e.sectors;
+                        Some(run)
+                    })
+                    .collect()
+            })
+            .collect();
+        Self { first, objects }
+    }
+
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    pub fn last(&self) -> u64 {
+        self.first + self.objects.len() as u64 - 1
+    }
+
+    /// Data runs held (what the index costs in memory).
+    pub fn runs(&self) -> usize {
+        self.objects.iter().map(Vec::len).sum()
+    }
+
+    /// File offset of sector `obj_sector` of object `seq`, if this unit holds it.
+    pub fn locate(&self, seq: u64, obj_sector: u64) -> Option<u64> {
+        let runs = self.objects.get(usize::try_from(seq.checked_sub(self.first)?).ok()?)?;
+        let i = runs.partition_point(|&(start, n, _)| start + n <= obj_sector);
+        let &(start, _, at) = runs.get(i)?;
+        (start <= obj_sector).then(|| at + (obj_sector - start) * SECTOR)
+    }
+}
+
 pub struct Generation {
     file: Arc<File>,
     extents: BTreeMap<u64, Ext>,
@@ -326,5 +378,23 @@ mod tests {
         let body = g.object_body(&plan[0], &[0u8; HEADER_BYTES]).unwrap();
         assert_eq!(body.len(), HEADER_BYTES + 4 * SECTOR as usize);
         assert!(body[HEADER_BYTES..].iter().all(|&b| b == 1));
+        // The unit index finds every data sector of every object where the file holds it.
+        let index = UnitIndex::new(7, &plan);
+        assert_eq!((index.first(), index.last()), (7, 7 + plan.len() as u64 - 1));
+        let mut found = 0;
+        for (seq, obj) in (7..).zip(&plan) {
+            let mut obj_sector = 0;
+            for e in obj.entries.iter().filter(|e| e.at.is_some()) {
+                for i in 0..e.sectors {
+                    assert_eq!(index.locate(seq, obj_sector + i), g.lookup(e.sector + i).flatten());
+                    found += 1;
+                }
+                obj_sector += e.sectors;
+            }
+            assert_eq!(index.locate(seq, obj_sector), None, "past the object's data");
+        }
+        assert_eq!(found, 15);
+        assert_eq!(index.locate(6, 0), None);
+        assert_eq!(index.locate(7 + plan.len() as u64, 0), None);
     }
 }

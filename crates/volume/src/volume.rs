@@ -18,7 +18,7 @@ use crate::error::{Result, StoreError, VolumeError};
 use crate::format::{
     self, Entry, HEADER_BYTES, Layout, MAX_DATA_ENTRIES, Manifest, ObjectKind, SECTOR, Trailer, UnitPos,
 };
-use crate::journal::{Generation, PlannedObject};
+use crate::journal::{Generation, PlannedObject, UnitIndex};
 use crate::lease::LeaseHandle;
 use crate::readahead::{ObjectSpan, ReadAhead};
 use crate::replay::{self, Listing};
@@ -48,6 +48,8 @@ pub struct WriterConfig {
     pub journal_bytes: u64,
     /// Extents the open generation may hold before it is cut (bounds the index in memory).
     pub journal_extents: usize,
+    /// Bytes of uploaded cuts whose journal files are kept as a local read cache (0: none).
+    pub cache_bytes: u64,
 }
 
 impl WriterConfig {
@@ -63,6 +65,7 @@ impl WriterConfig {
             max_dirty_age: Duration::from_secs(30),
             journal_bytes: 8 << 30,
             journal_extents: 16 * MAX_DATA_ENTRIES,
+            cache_bytes: 8 << 30,
         }
     }
 }
@@ -76,6 +79,17 @@ struct CutUnit {
     journal: Generation,
     first: u64,
     last: u64,
+    index: Arc<UnitIndex>,
+}
+
+/// Data runs the read cache may index in all (about 24 bytes each in memory).
+const MAX_CACHED_RUNS: usize = 1 << 16;
+
+/// An uploaded cut whose journal file still serves reads of its objects.
+struct CachedUnit {
+    file: Arc<File>,
+    index: Arc<UnitIndex>,
+    bytes: u64,
 }
 
 /// Per-object accounting for GC and `inspect`.
@@ -92,6 +106,10 @@ struct State {
     open_since: Option<Instant>,
     /// Cut generations still uploading, oldest first.
     cut: VecDeque<Arc<CutUnit>>,
+    /// Uploaded cuts kept as a read cache, oldest first, with their total bytes and runs.
+    cached: VecDeque<CachedUnit>,
+    cached_bytes: u64,
+    cached_runs: usize,
     next_seq: u64,
     /// Uploaded objects past `uploaded`.
     done: BTreeSet<u64>,
@@ -200,6 +218,9 @@ impl Volume {
                 open: Generation::create(&cfg.cache_dir)?,
                 open_since: None,
                 cut: VecDeque::new(),
+                cached: VecDeque::new(),
+                cached_bytes: 0,
+                cached_runs: 0,
                 next_seq: r.end + 1,
                 done: BTreeSet::new(),
                 uploaded: r.end,
@@ -361,7 +382,7 @@ impl Volume {
     fn resolve(&self, first: u64, n: u64) -> Result<Vec<Piece>> {
         let mut st = self.lock();
         Self::check_ok(&st)?;
-        let State { open, cut, table, objects, .. } = &mut *st;
+        let State { open, cut, cached, table, objects, .. } = &mut *st;
         let gens: Vec<&Generation> =
             std::iter::once(&*open).chain(cut.iter().rev().map(|u| &u.journal)).filter(|g| !g.is_empty()).collect();
         let mut pieces: Vec<Piece> = Vec::new();
@@ -388,6 +409,21 @@ impl Volume {
             let Some((seq, obj_sector)) = table::decode(table.get(first + i)?) else {
                 continue; // never written: zeros
             };
+            if let Some((file, at)) = Self::cached_at(cached, seq, obj_sector) {
+                match pieces.last_mut() {
+                    Some(Piece::Journal(j))
+                        if Arc::ptr_eq(&j.file, file)
+                            && j.out_sector + j.sectors == i
+                            && j.at + j.sectors * SECTOR == at =>
+                    {
+                        j.sectors += 1;
+                    }
+                    _ => {
+                        pieces.push(Piece::Journal(JournalPiece { out_sector: i, sectors: 1, file: file.clone(), at }))
+                    }
+                }
+                continue;
+            }
             match pieces.last_mut() {
                 Some(Piece::Remote(p))
                     if p.seq == seq && p.out_sector + p.sectors == i && p.obj_sector + p.sectors == obj_sector =>
@@ -407,6 +443,13 @@ impl Volume {
             }
         }
         Ok(pieces)
+    }
+
+    /// The read cache's file and offset for sector `obj_sector` of object `seq`, if cached.
+    fn cached_at(cached: &VecDeque<CachedUnit>, seq: u64, obj_sector: u64) -> Option<(&Arc<File>, u64)> {
+        let i = cached.partition_point(|u| u.index.last() < seq);
+        let unit = cached.get(i)?;
+        unit.index.locate(seq, obj_sector).map(|at| (&unit.file, at))
     }
 
     // ---- writes --------------------------------------------------------------------------
@@ -618,7 +661,8 @@ impl Volume {
             st.log_bytes_since_checkpoint += bytes;
         }
         st.unit_ends.insert(last);
-        let unit = Arc::new(CutUnit { journal, first, last });
+        let index = Arc::new(UnitIndex::new(first, &plan));
+        let unit = Arc::new(CutUnit { journal, first, last, index });
         st.cut.push_back(unit.clone());
         debug!(first, last, "journal cut");
         Ok((unit, plan))
@@ -727,7 +771,9 @@ impl Volume {
             st.unit_ends = st.unit_ends.split_off(&(end + 1));
         }
         while st.cut.front().is_some_and(|u| u.last <= st.durable) {
-            st.cut.pop_front();
+            if let Some(unit) = st.cut.pop_front() {
+                self.keep_cached(&mut st, &unit);
+            }
         }
         let durable = st.durable;
         let want_checkpoint =
@@ -753,6 +799,22 @@ impl Volume {
                 }
                 vol.lock().checkpointing = false;
             });
+        }
+    }
+
+    /// Keeps an uploaded cut's file as read cache, dropping the oldest beyond the budget.
+    fn keep_cached(&self, st: &mut State, unit: &CutUnit) {
+        let bytes = unit.journal.file_bytes();
+        if bytes > self.cfg.cache_bytes || unit.index.runs() > MAX_CACHED_RUNS {
+            return;
+        }
+        st.cached_bytes += bytes;
+        st.cached_runs += unit.index.runs();
+        st.cached.push_back(CachedUnit { file: unit.journal.file().clone(), index: unit.index.clone(), bytes });
+        while st.cached_bytes > self.cfg.cache_bytes || st.cached_runs > MAX_CACHED_RUNS {
+            let Some(old) = st.cached.pop_front() else { break };
+            st.cached_bytes -= old.bytes;
+            st.cached_runs -= old.index.runs();
         }
     }
 

@@ -158,6 +158,51 @@ async fn sequential_reads_fetch_whole_windows_and_random_reads_only_what_they_ne
     vol.close().await.unwrap();
 }
 
+/// Uploaded cuts keep serving reads from their journal files (within the cache budget), so
+/// reading back what was just written costs no GET; beyond the budget the oldest go first.
+#[tokio::test]
+async fn reads_of_uploaded_cuts_come_from_the_local_cache() {
+    let store = Arc::new(MemStore::new());
+    let layout = new_volume(&store, 64 * MIB, 4 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(&dir, "a");
+    c.cache_bytes = 6 * MIB;
+    let vol = Volume::open(store.clone(), layout.clone(), c).await.unwrap();
+    let mut model = pattern(1, (4 * MIB) as usize);
+    vol.write(0, &model).await.unwrap();
+    vol.flush().await.unwrap();
+    let patch = pattern(2, MIB as usize);
+    vol.write(MIB, &patch).await.unwrap();
+    vol.flush().await.unwrap();
+    model[MIB as usize..2 * MIB as usize].copy_from_slice(&patch);
+    let gets = || store.range_reads.load(Ordering::SeqCst);
+    let before = gets();
+    assert!(vol.read(0, 4 * MIB).await.unwrap() == model);
+    assert_eq!(gets(), before, "both cuts are served from the cache");
+
+    // A third cut of 4 MiB pushes the first out of the 6 MiB budget.
+    let later = pattern(3, (4 * MIB) as usize);
+    vol.write(8 * MIB, &later).await.unwrap();
+    vol.flush().await.unwrap();
+    let before = gets();
+    assert!(vol.read(8 * MIB, 4 * MIB).await.unwrap() == later);
+    assert_eq!(gets(), before);
+    assert!(vol.read(0, 4 * MIB).await.unwrap() == model);
+    assert!(gets() > before, "the oldest cut was evicted, so its sectors come from the bucket");
+    vol.close().await.unwrap();
+
+    // Without a cache every read of uploaded data is a GET.
+    let mut c = cfg(&dir, "b");
+    c.cache_bytes = 0;
+    let vol = Volume::open(store.clone(), layout, c).await.unwrap();
+    vol.write(16 * MIB, &later).await.unwrap();
+    vol.flush().await.unwrap();
+    let before = gets();
+    assert!(vol.read(16 * MIB, 4 * MIB).await.unwrap() == later);
+    assert!(gets() > before);
+    vol.close().await.unwrap();
+}
+
 /// Wraps a store so a test can "kill" the writer: after `freeze`, PUTs never complete, as if
 /// the process died with them in flight; so does a PUT of the `held` key. PUTs also take
 /// random time so they land out of order.
