@@ -88,30 +88,51 @@ jobs() { # uri
     job read-1m-qd8 read 1M 8 "$1"
 }
 
+# The kernel's page cache is dropped before a cold read when we may (root); otherwise the
+# servers' files stay cached and "cold" only means a restarted server.
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || echo "note: cannot drop the page cache" >&2; }
+
+start_serve() {
+    NBD_PORT=$(free_port)
+    "$BIN" volume serve bench --listen 127.0.0.1:"$NBD_PORT" --gc-interval 0 >>"$DIR/serve.log" 2>&1 &
+    SERVE=$!; PIDS+=($SERVE)
+    wait_port "$NBD_PORT"
+}
+
+start_qemu() {
+    Q_PORT=$(free_port)
+    qemu-nbd -f raw -x plain -b 127.0.0.1 -p "$Q_PORT" -t "$DIR/plain.img" >"$DIR/qemu-nbd.log" 2>&1 &
+    QPID=$!; PIDS+=($QPID)
+    wait_port "$Q_PORT"
+}
+
 # --- Meridian volume -------------------------------------------------------------------------
 if [ -z "${SKIP_JOBS:-}" ]; then
 "$BIN" volume create bench --size "$JOB_SIZE" --create-bucket >/dev/null
-NBD_PORT=$(free_port)
-"$BIN" volume serve bench --listen 127.0.0.1:"$NBD_PORT" --gc-interval 0 >"$DIR/serve.log" 2>&1 &
-SERVE=$!; PIDS+=($SERVE)
-wait_port "$NBD_PORT"
+start_serve
 # The read job reads what the write jobs wrote: fill first so reads hit real data.
 fio --name=prefill --ioengine=nbd --uri=nbd://127.0.0.1:$NBD_PORT/bench --rw=write --bs=1M \
     --iodepth=8 --size="$JOB_SIZE" >/dev/null 2>&1
 flush_secs nbd://127.0.0.1:$NBD_PORT/bench >/dev/null
 MERIDIAN=$(jobs nbd://127.0.0.1:$NBD_PORT/bench)
 kill -TERM $SERVE; wait $SERVE || true
+# Cold: a new serve has an empty local cache, so every read is a GET on the bucket.
+drop_caches
+start_serve
+MERIDIAN+=$'\n'$(job read-1m-qd8-cold read 1M 8 nbd://127.0.0.1:$NBD_PORT/bench)
+kill -TERM $SERVE; wait $SERVE || true
 
 # --- qemu-nbd on a plain local file ----------------------------------------------------------
 truncate -s "$JOB_SIZE" "$DIR/plain.img"
-Q_PORT=$(free_port)
-qemu-nbd -f raw -x plain -b 127.0.0.1 -p "$Q_PORT" -t "$DIR/plain.img" >"$DIR/qemu-nbd.log" 2>&1 &
-QPID=$!; PIDS+=($QPID)
-wait_port "$Q_PORT"
+start_qemu
 fio --name=prefill --ioengine=nbd --uri=nbd://127.0.0.1:$Q_PORT/plain --rw=write --bs=1M \
     --iodepth=8 --size="$JOB_SIZE" >/dev/null 2>&1
 flush_secs nbd://127.0.0.1:$Q_PORT/plain >/dev/null
 BASELINE=$(jobs nbd://127.0.0.1:$Q_PORT/plain)
+kill $QPID; wait $QPID 2>/dev/null || true
+drop_caches
+start_qemu
+BASELINE+=$'\n'$(job read-1m-qd8-cold read 1M 8 nbd://127.0.0.1:$Q_PORT/plain)
 kill $QPID; wait $QPID 2>/dev/null || true
 rm -f "$DIR/plain.img"
 

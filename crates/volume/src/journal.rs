@@ -17,10 +17,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
-use crate::format::{Entry, HEADER_BYTES, SECTOR};
+use crate::format::{Entry, SECTOR};
 
 /// Largest extent one header entry can describe (its length is a u32 of bytes).
 const MAX_ENTRY_SECTORS: u64 = 1 << 18;
@@ -286,19 +285,25 @@ impl Generation {
         out
     }
 
-    /// The body of a planned object: `header`, then the data of its entries read from the file.
-    pub fn object_body(&self, obj: &PlannedObject, header: &[u8]) -> std::io::Result<Bytes> {
-        let mut body = BytesMut::zeroed(HEADER_BYTES + (obj.data_sectors * SECTOR) as usize);
-        body[..HEADER_BYTES].copy_from_slice(header);
-        let mut pos = HEADER_BYTES;
+    /// Bytes of data a planned object carries.
+    pub fn data_len(obj: &PlannedObject) -> usize {
+        (obj.data_sectors * SECTOR) as usize
+    }
+
+    /// Reads the data of a planned object's entries, in order, into `out` (exactly
+    /// [`Self::data_len`] bytes). The caller allocates `out`, so that the buffer comes from its
+    /// own thread's allocator arena rather than a blocking-pool thread's, which glibc would
+    /// keep around.
+    pub fn read_object_data(&self, obj: &PlannedObject, out: &mut [u8]) -> std::io::Result<()> {
+        let mut pos = 0;
         for e in &obj.entries {
             if let Some(at) = e.at {
                 let len = (e.sectors * SECTOR) as usize;
-                self.file.read_exact_at(&mut body[pos..pos + len], at)?;
+                self.file.read_exact_at(&mut out[pos..pos + len], at)?;
                 pos += len;
             }
         }
-        Ok(body.freeze())
+        Ok(())
     }
 }
 
@@ -375,9 +380,10 @@ mod tests {
         // Entries come out in address order and cover each written sector once.
         let addrs: Vec<u64> = plan.iter().flat_map(|o| &o.entries).map(|e| e.sector).collect();
         assert!(addrs.windows(2).all(|w| w[0] < w[1]));
-        let body = g.object_body(&plan[0], &[0u8; HEADER_BYTES]).unwrap();
-        assert_eq!(body.len(), HEADER_BYTES + 4 * SECTOR as usize);
-        assert!(body[HEADER_BYTES..].iter().all(|&b| b == 1));
+        let mut body = vec![0u8; Generation::data_len(&plan[0])];
+        g.read_object_data(&plan[0], &mut body).unwrap();
+        assert_eq!(body.len(), 4 * SECTOR as usize);
+        assert!(body.iter().all(|&b| b == 1));
         // The unit index finds every data sector of every object where the file holds it.
         let index = UnitIndex::new(7, &plan);
         assert_eq!((index.first(), index.last()), (7, 7 + plan.len() as u64 - 1));

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{OwnedSemaphorePermit, RwLock, Semaphore, watch};
 use tracing::{debug, error, info, warn};
@@ -64,7 +64,7 @@ impl WriterConfig {
             checkpoint_bytes: 1 << 30,
             max_dirty_age: Duration::from_secs(30),
             journal_bytes: 8 << 30,
-            journal_extents: 16 * MAX_DATA_ENTRIES,
+            journal_extents: 8 * MAX_DATA_ENTRIES,
             cache_bytes: 8 << 30,
         }
     }
@@ -83,7 +83,7 @@ struct CutUnit {
 }
 
 /// Data runs the read cache may index in all (about 24 bytes each in memory).
-const MAX_CACHED_RUNS: usize = 1 << 16;
+const MAX_CACHED_RUNS: usize = 1 << 14;
 
 /// An uploaded cut whose journal file still serves reads of its objects.
 struct CachedUnit {
@@ -681,11 +681,14 @@ impl Volume {
                     let seq = unit.first + u64::from(i);
                     let pos = UnitPos { before: i, after: count - 1 - i };
                     let trailer = Trailer { epoch: vol.epoch, seq, kind: ObjectKind::Data, unit: pos };
-                    let header = format::encode_header(&obj.header_entries(), trailer);
+                    let mut body = BytesMut::zeroed(HEADER_BYTES + Generation::data_len(&obj));
+                    body[..HEADER_BYTES].copy_from_slice(&format::encode_header(&obj.header_entries(), trailer));
                     let reader = unit.clone();
-                    let body = tokio::task::spawn_blocking(move || reader.journal.object_body(&obj, &header))
-                        .await
-                        .map_err(|e| VolumeError::Failed(format!("journal reader: {e}")))??;
+                    let body = tokio::task::spawn_blocking(move || {
+                        reader.journal.read_object_data(&obj, &mut body[HEADER_BYTES..]).map(|()| body.freeze())
+                    })
+                    .await
+                    .map_err(|e| VolumeError::Failed(format!("journal reader: {e}")))??;
                     vol.put_log(seq, body).await?;
                     vol.mark_uploaded(seq);
                     Ok::<_, VolumeError>(())
