@@ -389,39 +389,14 @@ impl Volume {
         for i in 0..n {
             if let Some((source, held)) = gens.iter().find_map(|g| g.lookup(first + i).map(|h| (g, h))) {
                 let Some(at) = held else { continue }; // zeroed in the journal
-                match pieces.last_mut() {
-                    Some(Piece::Journal(j))
-                        if Arc::ptr_eq(&j.file, source.file())
-                            && j.out_sector + j.sectors == i
-                            && j.at + j.sectors * SECTOR == at =>
-                    {
-                        j.sectors += 1;
-                    }
-                    _ => pieces.push(Piece::Journal(JournalPiece {
-                        out_sector: i,
-                        sectors: 1,
-                        file: source.file().clone(),
-                        at,
-                    })),
-                }
+                push_journal(&mut pieces, i, source.file(), at);
                 continue;
             }
             let Some((seq, obj_sector)) = table::decode(table.get(first + i)?) else {
                 continue; // never written: zeros
             };
             if let Some((file, at)) = Self::cached_at(cached, seq, obj_sector) {
-                match pieces.last_mut() {
-                    Some(Piece::Journal(j))
-                        if Arc::ptr_eq(&j.file, file)
-                            && j.out_sector + j.sectors == i
-                            && j.at + j.sectors * SECTOR == at =>
-                    {
-                        j.sectors += 1;
-                    }
-                    _ => {
-                        pieces.push(Piece::Journal(JournalPiece { out_sector: i, sectors: 1, file: file.clone(), at }))
-                    }
-                }
+                push_journal(&mut pieces, i, file, at);
                 continue;
             }
             match pieces.last_mut() {
@@ -524,17 +499,9 @@ impl Volume {
     }
 
     async fn put_sectors(self: &Arc<Self>, sector: u64, data: Option<&[u8]>) -> Result<()> {
+        // The journal's plan splits extents to what one header entry can describe.
         let n = data.map_or(0, |d| d.len() as u64 / SECTOR);
-        // Bound an entry to what the header's u32 length can describe.
-        const MAX_CHUNK: u64 = 1 << 18;
-        let mut done = 0;
-        while done < n {
-            let k = (n - done).min(MAX_CHUNK);
-            let slice = data.map(|d| &d[(done * SECTOR) as usize..((done + k) * SECTOR) as usize]);
-            self.insert(sector + done, k, slice).await?;
-            done += k;
-        }
-        Ok(())
+        self.insert(sector, n, data).await
     }
 
     /// Adds a write to the journal, cutting the open generation first if the write does not fit
@@ -1042,4 +1009,18 @@ async fn remove_past(store: &dyn ObjectStore, layout: &Layout, listing: &Listing
         info!(removed = n, after = end, "removed objects past the recovery point");
     }
     Ok(())
+}
+
+/// Adds output sector `i`, held at byte `at` of a journal `file`, extending the last piece when
+/// it continues it (same file, next sector, next bytes).
+fn push_journal(pieces: &mut Vec<Piece>, i: u64, file: &Arc<File>, at: u64) {
+    if let Some(Piece::Journal(j)) = pieces.last_mut()
+        && Arc::ptr_eq(&j.file, file)
+        && j.out_sector + j.sectors == i
+        && j.at + j.sectors * SECTOR == at
+    {
+        j.sectors += 1;
+        return;
+    }
+    pieces.push(Piece::Journal(JournalPiece { out_sector: i, sectors: 1, file: file.clone(), at }));
 }
