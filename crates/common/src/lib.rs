@@ -1,0 +1,5 @@
+//! The leaf of the workspace: pure functions (no I/O, no async) that several layers need and
+//! that must mean the same thing everywhere. One module per input kind; before writing a parser
+//! or formatter elsewhere, look here.
+
+pub mod errors;
