@@ -2,6 +2,8 @@
 //! starve another, shutdown drains, TLS works with HTTP/2 by ALPN and picks up a renewed
 //! certificate, and every request gets an id and a report.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
