@@ -225,9 +225,15 @@ impl AdminApi {
     }
 
     /// Serves one request; never fails at the HTTP level.
-    pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Result<Reply, Infallible> {
+    pub async fn handle<B>(&self, req: Request<B>, notes: &meridian_http::Notes) -> Result<Reply, Infallible>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
+        let resource = path.trim_matches('/').split('/').nth(1).unwrap_or("health");
+        notes.set_operation(format!("admin.{resource}"));
         if parts.method == Method::GET && path == "/health" {
             return Ok(match self.engine.current_revision().await {
                 Ok(revision) => reply(StatusCode::OK, &json!({ "status": "ok", "revision": revision })),
@@ -242,7 +248,9 @@ impl AdminApi {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|t| same_token(t.trim().as_bytes(), self.token.as_bytes()));
-        if !authorized {
+        if authorized {
+            notes.set_principal("admin-token");
+        } else {
             return Ok(error_reply(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "Unauthorized",

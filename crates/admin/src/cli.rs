@@ -131,7 +131,10 @@ async fn call(args: &AdminConnection, method: &str, path: &str, body: Option<Val
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(payload)))
         .map_err(|e| CliError::Usage(format!("invalid admin URL {url}: {e}")))?;
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let tls = meridian_http::ClientTls::new(args.ca_file.as_deref())
+        .map_err(|e| CliError::Usage(format!("cannot use --ca-file: {e}")))?;
+    let connector = meridian_http::client::connector(&tls, std::time::Duration::from_secs(10), false);
+    let client = Client::builder(TokioExecutor::new()).build(connector);
     let resp =
         client.request(req).await.map_err(|e| CliError::Connect { url: args.url.clone(), message: e.to_string() })?;
     let status = resp.status();
@@ -315,6 +318,9 @@ pub struct AdminConnection {
     /// The admin API of a node.
     #[arg(long, env = "MERIDIAN_ADMIN_URL", default_value = "http://127.0.0.1:9401", global = true)]
     pub url: String,
+    /// A PEM file of CA certificates to trust (besides the system's) for an https:// URL.
+    #[arg(long, env = "MERIDIAN_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// The admin token. Default: MERIDIAN_ADMIN_TOKEN, else the file admin-token in --data.
     #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,

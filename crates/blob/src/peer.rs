@@ -10,7 +10,6 @@
 //!
 //! [`PeerClient`] is the other end, and a [`ChunkSource`] for the chunk cache.
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -24,8 +23,8 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use meridian_http::ClientTls;
 use subtle::ConstantTimeEq;
 use sync_wrapper::SyncWrapper;
 use tokio::net::TcpListener;
@@ -221,37 +220,42 @@ fn header_value(text: String) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-/// Serves only the peer blob endpoint on `listener` until dropped or aborted; open transfers end
-/// with it. The node itself mounts [`serve_blob_request`] in its main server; this is for tests
-/// and tools.
-pub async fn serve_peer(listener: TcpListener, store: BlobStore, token: String) -> std::io::Result<()> {
+/// Serves only the peer blob endpoint on `listener` (with [`meridian_http::Policy::peer`])
+/// until `shutdown` resolves. A node mounts [`serve_blob_request`] on its S3 listener instead;
+/// this is for tests and tools.
+pub async fn serve_peer(
+    listener: TcpListener,
+    store: BlobStore,
+    token: String,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
     let token: Arc<str> = token.into();
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "peer accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        while connections.try_join_next().is_some() {}
-        let _ = stream.set_nodelay(true);
+    let handler = meridian_http::handler_fn(move |req, info: meridian_http::RequestInfo| {
         let (store, token) = (store.clone(), token.clone());
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let (store, token) = (store.clone(), token.clone());
-                async move { Ok::<_, Infallible>(serve_blob_request(&store, &token, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "peer connection ended with an error");
-            }
-        });
+        async move {
+            info.notes.set_operation("peer.blob");
+            serve_blob_request(&store, &token, req).await.map(meridian_http::boxed)
+        }
+    });
+    meridian_http::Server::new(meridian_http::Policy::peer()).serve(listener, handler, shutdown).await
+}
+
+/// How this node reaches the others: the cluster token it presents and whom it trusts when a
+/// peer's URL is `https://`.
+#[derive(Clone)]
+pub struct PeerAccess {
+    token: String,
+    tls: ClientTls,
+}
+
+impl PeerAccess {
+    pub fn new(token: impl Into<String>, tls: ClientTls) -> PeerAccess {
+        PeerAccess { token: token.into(), tls }
+    }
+
+    /// A client of the node at `base_url`.
+    pub fn client(&self, base_url: &str) -> BlobResult<PeerClient> {
+        PeerClient::new(base_url, &self.token, &self.tls)
     }
 }
 
@@ -265,28 +269,33 @@ struct ClientInner {
     base: String,
     token: HeaderValue,
     idle: Duration,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<meridian_http::client::Connector, Empty<Bytes>>,
 }
 
 impl PeerClient {
-    /// A client of the node at `base_url` (`http://host:port`), with the default timeouts.
-    pub fn new(base_url: &str, token: &str) -> BlobResult<PeerClient> {
-        PeerClient::with_timeouts(base_url, token, CONNECT_TIMEOUT, IDLE_TIMEOUT)
+    /// A client of the node at `base_url` (`http://host:port` or `https://host:port`, verified
+    /// against `tls`), with the default timeouts.
+    pub fn new(base_url: &str, token: &str, tls: &ClientTls) -> BlobResult<PeerClient> {
+        PeerClient::with_timeouts(base_url, token, tls, CONNECT_TIMEOUT, IDLE_TIMEOUT)
     }
 
-    pub fn with_timeouts(base_url: &str, token: &str, connect: Duration, idle: Duration) -> BlobResult<PeerClient> {
+    pub fn with_timeouts(
+        base_url: &str,
+        token: &str,
+        tls: &ClientTls,
+        connect: Duration,
+        idle: Duration,
+    ) -> BlobResult<PeerClient> {
         let base = base_url.trim_end_matches('/').to_string();
         let uri: http::Uri =
             base.parse().map_err(|e| BlobError::Config(format!("peer URL {base_url:?} is not a URL: {e}")))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() || !matches!(uri.path(), "" | "/") {
-            return Err(BlobError::Config(format!("peer URL {base_url:?} must look like http://host:port")));
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() || !matches!(uri.path(), "" | "/") {
+            return Err(BlobError::Config(format!("peer URL {base_url:?} must look like http(s)://host:port")));
         }
         let mut token = HeaderValue::from_str(token)
             .map_err(|_| BlobError::Config("the cluster token must be printable ASCII".into()))?;
         token.set_sensitive(true);
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect));
-        connector.set_nodelay(true);
+        let connector = meridian_http::client::connector(tls, connect, true);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
@@ -415,11 +424,13 @@ mod tests {
 
     #[test]
     fn peer_urls_are_checked() {
-        assert!(PeerClient::new("http://127.0.0.1:1", "t").is_ok());
-        assert!(PeerClient::new("http://127.0.0.1:1/", "t").is_ok());
-        for bad in ["127.0.0.1:1", "https://x:1", "http://x:1/prefix", "not a url", "ftp://x"] {
-            assert!(matches!(PeerClient::new(bad, "t"), Err(BlobError::Config(_))), "{bad}");
+        let tls = ClientTls::new(None).expect("system roots");
+        assert!(PeerClient::new("http://127.0.0.1:1", "t", &tls).is_ok());
+        assert!(PeerClient::new("http://127.0.0.1:1/", "t", &tls).is_ok());
+        assert!(PeerClient::new("https://x:1", "t", &tls).is_ok());
+        for bad in ["127.0.0.1:1", "http://x:1/prefix", "not a url", "ftp://x"] {
+            assert!(matches!(PeerClient::new(bad, "t", &tls), Err(BlobError::Config(_))), "{bad}");
         }
-        assert!(matches!(PeerClient::new("http://x:1", "bad\ntoken"), Err(BlobError::Config(_))));
+        assert!(matches!(PeerClient::new("http://x:1", "bad\ntoken", &tls), Err(BlobError::Config(_))));
     }
 }

@@ -21,11 +21,15 @@ const TOKEN: &str = "test-cluster-token";
 async fn start_peer(store: &BlobStore) -> (SocketAddr, JoinHandle<std::io::Result<()>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    (addr, tokio::spawn(serve_peer(listener, store.clone(), TOKEN.to_string())))
+    (addr, tokio::spawn(serve_peer(listener, store.clone(), TOKEN.to_string(), std::future::pending())))
+}
+
+fn tls() -> meridian_http::ClientTls {
+    meridian_http::ClientTls::new(None).unwrap()
 }
 
 fn client(addr: SocketAddr) -> Arc<PeerClient> {
-    Arc::new(PeerClient::new(&format!("http://{addr}"), TOKEN).unwrap())
+    Arc::new(PeerClient::new(&format!("http://{addr}"), TOKEN, &tls()).unwrap())
 }
 
 /// A store holding one blob.
@@ -86,7 +90,7 @@ async fn a_wrong_token_is_a_clear_error() {
         let (store, blob) = store_with(peer_dir.path(), &data).await;
         let (addr, _server) = start_peer(&store).await;
         let cache = ChunkCache::open(cache_dir.path(), options(MIB, 1 << 30)).unwrap();
-        let wrong = Arc::new(PeerClient::new(&format!("http://{addr}"), "not-the-token").unwrap());
+        let wrong = Arc::new(PeerClient::new(&format!("http://{addr}"), "not-the-token", &tls()).unwrap());
         let (err, _) = read_range(&cache, blob, &data, MIB, 0, MIB, wrong).await.unwrap_err();
         assert!(matches!(&err, BlobError::Peer { failure: PeerFailure::Unauthorized, peer } if *peer == format!("http://{addr}")));
         let text = err.to_string();
@@ -247,7 +251,7 @@ async fn unreachable_silent_and_stalled_peers_fail_with_their_reason() {
             }
         });
         let idle = Duration::from_millis(300);
-        let slow = Arc::new(PeerClient::with_timeouts(&format!("http://{silent_addr}"), TOKEN, idle, idle).unwrap());
+        let slow = Arc::new(PeerClient::with_timeouts(&format!("http://{silent_addr}"), TOKEN, &tls(), idle, idle).unwrap());
         let (err, _) = read_range(&cache, BlobId::random(), &data, MIB, 0, 10, slow).await.unwrap_err();
         assert!(matches!(err, BlobError::Peer { failure: PeerFailure::Timeout(_), .. }), "{err}");
         assert!(err.to_string().contains("no response within 0.3s"), "{err}");
@@ -263,6 +267,7 @@ async fn unreachable_silent_and_stalled_peers_fail_with_their_reason() {
             PeerClient::with_timeouts(
                 &format!("http://{}", link.local_addr()),
                 TOKEN,
+                &tls(),
                 idle,
                 Duration::from_millis(500),
             )

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
-use meridian_blob::{ChunkCache, ChunkSource, PeerClient};
+use meridian_blob::{ChunkCache, ChunkSource, PeerAccess, PeerClient};
 
 use crate::Engine;
 use crate::error::{EngineError, EngineResult};
@@ -18,13 +18,13 @@ use crate::record::Holder;
 pub struct PeerReader {
     engine: Engine,
     cache: ChunkCache,
-    token: String,
+    access: PeerAccess,
     clients: Mutex<HashMap<String, Arc<PeerClient>>>,
 }
 
 impl PeerReader {
-    pub fn new(engine: Engine, cache: ChunkCache, token: String) -> Self {
-        PeerReader { engine, cache, token, clients: Mutex::new(HashMap::new()) }
+    pub fn new(engine: Engine, cache: ChunkCache, access: PeerAccess) -> Self {
+        PeerReader { engine, cache, access, clients: Mutex::new(HashMap::new()) }
     }
 
     pub fn cache(&self) -> &ChunkCache {
@@ -37,7 +37,7 @@ impl PeerReader {
             return Ok(client);
         }
         let record = self.engine.node(node).await?;
-        let client = Arc::new(PeerClient::new(&record.advertise_url, &self.token)?);
+        let client = Arc::new(self.access.client(&record.advertise_url)?);
         if let Ok(mut clients) = self.clients.lock() {
             clients.insert(node.to_string(), Arc::clone(&client));
         }

@@ -39,9 +39,19 @@ pub struct FileConfig {
     pub replicate_small_bytes: Option<u64>,
     /// Objects up to this many bytes are stored inline in the metadata store.
     pub inline_max: Option<usize>,
-    /// Connection limits.
+    /// Connection limits, applied to every listener (each keeps its own defaults otherwise).
     pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
     pub idle_timeout_secs: Option<u64>,
+    /// Time allowed for a request's head (and TLS handshake) while connections are plentiful.
+    pub header_read_timeout_ms: Option<u64>,
+    /// How long a shutdown waits for open requests.
+    pub drain_deadline_secs: Option<u64>,
+    /// TLS certificate chain and key (PEM) for every listener.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for connections to other nodes and to etcd.
+    pub ca_file: Option<PathBuf>,
     /// Log format: "text" or "json".
     pub log_format: Option<String>,
     /// Revisions of change history kept for watches (older `since` values get 410).
@@ -49,6 +59,26 @@ pub struct FileConfig {
 }
 
 impl FileConfig {
+    /// A listener's policy with the limits this file sets.
+    pub fn apply_limits(&self, mut policy: meridian_http::Policy) -> meridian_http::Policy {
+        if let Some(n) = self.max_connections {
+            policy.max_connections = n;
+        }
+        if let Some(n) = self.max_connections_per_address {
+            policy.max_connections_per_address = n;
+        }
+        if let Some(secs) = self.idle_timeout_secs {
+            policy.idle_timeout = std::time::Duration::from_secs(secs);
+        }
+        if let Some(ms) = self.header_read_timeout_ms {
+            policy.header_read_timeout = std::time::Duration::from_millis(ms);
+        }
+        if let Some(secs) = self.drain_deadline_secs {
+            policy.drain_deadline = std::time::Duration::from_secs(secs);
+        }
+        policy
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;

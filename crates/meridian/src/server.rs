@@ -10,7 +10,8 @@ use clap::Args;
 use meridian_blob::BlobStore;
 use meridian_engine::{Engine, EngineConfig};
 use meridian_meta::embedded::{EmbeddedOptions, EmbeddedStore};
-use meridian_s3::{S3Options, ServerLimits};
+use meridian_http::{ClientTls, Policy, ServerTls, TlsFiles};
+use meridian_s3::S3Options;
 
 use crate::config::{self, CredentialSource, FileConfig};
 
@@ -61,6 +62,17 @@ pub struct ServerArgs {
     /// Store objects up to this many bytes inline in the metadata store. Default: 32768
     #[arg(long)]
     inline_max: Option<usize>,
+    /// TLS certificate chain (PEM) for every listener; with --tls-key, the node speaks only
+    /// HTTPS. Reloaded when the file changes or on SIGHUP.
+    #[arg(long, env = "MERIDIAN_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) matching --tls-cert.
+    #[arg(long, env = "MERIDIAN_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) to trust, besides the system's, when this node connects to other
+    /// nodes and to etcd over https://.
+    #[arg(long, env = "MERIDIAN_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Log format: text or json. Default: text (logs go to stderr; RUST_LOG sets the level)
     #[arg(long)]
     log_format: Option<String>,
@@ -87,7 +99,10 @@ struct Settings {
     domain: Option<String>,
     region: String,
     inline_max: usize,
-    limits: ServerLimits,
+    s3_policy: Policy,
+    admin_policy: Policy,
+    tls: Option<TlsFiles>,
+    ca_file: Option<PathBuf>,
     log_format: String,
     history_revisions: u64,
 }
@@ -97,13 +112,13 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    let mut limits = ServerLimits::default();
-    if let Some(n) = file.max_connections {
-        limits.max_connections = n;
-    }
-    if let Some(secs) = file.idle_timeout_secs {
-        limits.idle_timeout = Duration::from_secs(secs);
-    }
+    let s3_policy = file.apply_limits(Policy::s3());
+    let admin_policy = file.apply_limits(Policy::admin());
+    let tls = match (args.tls_cert.or(file.tls_cert.clone()), args.tls_key.or(file.tls_key.clone())) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both a certificate and a key: set tls_cert and tls_key (or --tls-cert and --tls-key)"),
+    };
     let default_listen: SocketAddr = config::DEFAULT_LISTEN.parse().context("default listen address")?;
     let etcd = if args.etcd.is_empty() { file.etcd.clone() } else { args.etcd };
     let cluster_token = args.cluster_token.or(file.cluster_token);
@@ -136,7 +151,10 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         domain: args.domain.or(file.domain),
         region: args.region.or(file.region).unwrap_or_else(|| "us-east-1".into()),
         inline_max: args.inline_max.or(file.inline_max).unwrap_or(inline_default),
-        limits,
+        s3_policy,
+        admin_policy,
+        tls,
+        ca_file: args.ca_file.or(file.ca_file),
         log_format: args.log_format.or(file.log_format).unwrap_or_else(|| "text".into()),
         history_revisions: args
             .history_revisions
@@ -189,13 +207,19 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let options = S3Options { domain: settings.domain.clone(), region: settings.region.clone() };
     let service = meridian_s3::build_service(engine.clone(), &options);
 
+    let client_tls = ClientTls::new(settings.ca_file.as_deref()).context("cannot use the CA file (ca_file)")?;
+    let server_tls = match &settings.tls {
+        Some(files) => Some(ServerTls::load(files.clone()).context("cannot use the TLS certificate and key")?),
+        None => None,
+    };
     let (peer_endpoint, cache) = match &settings.cluster_token {
         Some(token) => {
-            let cache = join_cluster(&engine, &settings, token)?;
-            (Some(meridian_s3::PeerEndpoint { blobs: engine.blobs().clone(), token: token.clone() }), Some(cache))
+            let cache = join_cluster(&engine, &settings, meridian_blob::PeerAccess::new(token.clone(), client_tls.clone()))?;
+            (Some(PeerEndpoint { blobs: engine.blobs().clone(), token: token.clone() }), Some(cache))
         }
         None => (None, None),
     };
+    let scheme = if server_tls.is_some() { "https" } else { "http" };
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| {
         format!("cannot listen on {} (is the port in use? pass --listen ADDR:PORT)", settings.listen)
     })?;
@@ -205,7 +229,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     })?;
     let admin_addr = admin_listener.local_addr()?;
     let (admin_token, token_generated) = config::admin_token(&settings.data)?;
-    let advertise = settings.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let advertise = settings.advertise.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
     println!("Node: {node_id} in region {} (peers reach it at {advertise})", settings.region);
     let region = settings.region.clone();
     let started_ms = meridian_engine::now_ms();
@@ -233,8 +257,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             }
         })
         .await;
-    print_banner(&settings, addr, &creds, &source);
-    println!("Admin API: http://{admin_addr}");
+    print_banner(&settings, &format!("{scheme}://{addr}"), &creds, &source);
+    println!("Admin API: {scheme}://{admin_addr}");
     if token_generated {
         println!(
             "Admin token: {admin_token} (generated now, saved in {})",
@@ -242,25 +266,73 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
     }
     let admin = meridian_admin::AdminApi::new(engine.clone(), admin_token);
-    tokio::spawn(async move {
-        // Runs until the process exits with the S3 server.
-        if let Err(err) = meridian_admin::serve(admin_listener, admin, std::future::pending()).await {
-            tracing::error!(error = %err, "admin API stopped");
-        }
-    });
 
     collect_orphans_in_background(engine.clone(), started);
     engine.spawn_reaper(Duration::from_millis(250));
-    let forwarder =
-        peer_endpoint.as_ref().map(|_| meridian_s3::forward::Forwarder::new(engine.clone(), settings.domain.clone()));
-    meridian_s3::serve(listener, service, peer_endpoint, forwarder, settings.limits.clone(), shutdown_signal()).await?;
+    let forwarder = peer_endpoint
+        .as_ref()
+        .map(|_| meridian_s3::forward::Forwarder::new(engine.clone(), settings.domain.clone(), &client_tls));
+    let node = NodeHandler { s3: meridian_s3::S3Handler::new(service, forwarder), peer: peer_endpoint };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let s3_server = meridian_http::Server::new(settings.s3_policy.clone()).tls(server_tls.clone());
+    let admin_server = meridian_http::Server::new(settings.admin_policy.clone()).tls(server_tls);
+    let s3 = s3_server.serve(listener, node, until_stopped(stopped.clone()));
+    let admin = admin_server.serve(admin_listener, admin, until_stopped(stopped));
+    let signal = async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    };
+    let (s3, admin, ()) = tokio::join!(s3, admin, signal);
+    s3.context("the S3 listener failed")?;
+    admin.context("the admin listener failed")?;
     tracing::info!("stopped");
     Ok(())
 }
 
+/// The node-to-node endpoint (`/_meridian/...`): the local blob store and the cluster token
+/// peers must present. It shares the S3 port; bucket names cannot start with `_`, so it never
+/// shadows S3.
+struct PeerEndpoint {
+    blobs: BlobStore,
+    token: String,
+}
+
+/// What the S3 port serves: the node-to-node endpoint, and S3 (with KV) for everything else.
+struct NodeHandler {
+    s3: meridian_s3::S3Handler,
+    peer: Option<PeerEndpoint>,
+}
+
+impl meridian_http::Handler for NodeHandler {
+    async fn handle(
+        &self,
+        req: http::Request<meridian_http::RequestBody>,
+        info: meridian_http::RequestInfo,
+    ) -> http::Response<meridian_http::ResponseBody> {
+        if !req.uri().path().starts_with("/_meridian/") {
+            return self.s3.handle(req, info).await;
+        }
+        info.notes.set_operation("peer.blob");
+        match &self.peer {
+            Some(peer) => {
+                info.notes.set_principal("peer");
+                meridian_blob::serve_blob_request(&peer.blobs, &peer.token, req).await.map(meridian_http::boxed)
+            }
+            None => meridian_http::text_response(http::StatusCode::NOT_FOUND, "this node is not part of a cluster"),
+        }
+    }
+}
+
 /// Reads of bytes held elsewhere go through a local chunk cache, and small objects written in
 /// other regions are copied here right after they are written.
-fn join_cluster(engine: &Engine, settings: &Settings, token: &str) -> anyhow::Result<meridian_blob::ChunkCache> {
+fn join_cluster(
+    engine: &Engine,
+    settings: &Settings,
+    access: meridian_blob::PeerAccess,
+) -> anyhow::Result<meridian_blob::ChunkCache> {
     let options = meridian_blob::CacheOptions {
         max_bytes: settings.cache_max_bytes,
         chunk_size: meridian_engine::CHUNK_SIZE,
@@ -269,7 +341,7 @@ fn join_cluster(engine: &Engine, settings: &Settings, token: &str) -> anyhow::Re
     let dir = settings.data.join("cache");
     let cache = meridian_blob::ChunkCache::open(&dir, options)
         .with_context(|| format!("cannot open the cache in {}", dir.display()))?;
-    let reader = meridian_engine::peer::PeerReader::new(engine.clone(), cache.clone(), token.to_string());
+    let reader = meridian_engine::peer::PeerReader::new(engine.clone(), cache.clone(), access);
     engine.set_remote_reader(Arc::new(reader));
     engine.spawn_prefetch(settings.replicate_small_bytes);
     Ok(cache)
@@ -338,9 +410,9 @@ impl meridian_engine::ReadViews for EtcdViews {
     }
 }
 
-fn print_banner(settings: &Settings, addr: SocketAddr, creds: &config::Credentials, source: &CredentialSource) {
+fn print_banner(settings: &Settings, endpoint: &str, creds: &config::Credentials, source: &CredentialSource) {
     println!("Meridian {} is running.", env!("CARGO_PKG_VERSION"));
-    println!("S3 endpoint: http://{addr}");
+    println!("S3 endpoint: {endpoint}");
     println!("Data directory: {}", settings.data.display());
     println!("Region: {}", settings.region);
     println!("Access key: {}", creds.access_key_id);
@@ -352,7 +424,7 @@ fn print_banner(settings: &Settings, addr: SocketAddr, creds: &config::Credentia
         }
     }
     println!(
-        "Try: AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY=... aws --endpoint-url http://{addr} s3 mb s3://my-bucket",
+        "Try: AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY=... aws --endpoint-url {endpoint} s3 mb s3://my-bucket",
         creds.access_key_id
     );
 }

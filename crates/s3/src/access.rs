@@ -207,6 +207,10 @@ fn denied() -> S3Error {
 impl S3Access for MeridianAccess {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
         let op = cx.s3_op().name().to_string();
+        let notes = cx.extensions_mut().get::<meridian_http::RequestInfo>().map(|info| info.notes.clone());
+        if let Some(notes) = &notes {
+            notes.set_operation(op.as_str());
+        }
         let bucket = match cx.s3_path() {
             S3Path::Root => None,
             S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => Some(bucket.to_string()),
@@ -230,6 +234,9 @@ impl S3Access for MeridianAccess {
             }
         });
         let (key, record) = (key?, record?);
+        if let Some(notes) = &notes {
+            notes.set_principal(key.as_ref().map_or("anonymous", |k| k.name.as_str()));
+        }
         let verdict = match (&key, needs(&op), bucket) {
             (None, _, Some(_)) if anonymous_allowed(&op) => check_bucket(None, record.as_ref(), Access::Read),
             (None, _, _) => Err(denied()),

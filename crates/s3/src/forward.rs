@@ -5,11 +5,10 @@
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use meridian_engine::Engine;
+use meridian_http::{ClientTls, RequestBody};
 use meridian_engine::record::Location;
 
 use crate::access::SeenBucket;
@@ -27,14 +26,13 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Forwarder {
     engine: Engine,
     domain: Option<String>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<meridian_http::client::Connector, RequestBody>,
 }
 
 impl Forwarder {
-    pub fn new(engine: Engine, domain: Option<String>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_nodelay(true);
+    /// `tls`: whom to trust when the target node's URL is `https://`.
+    pub fn new(engine: Engine, domain: Option<String>, tls: &ClientTls) -> Self {
+        let connector = meridian_http::client::connector(tls, Duration::from_secs(5), false);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
         Forwarder { engine, domain, client }
     }
@@ -91,7 +89,7 @@ impl Forwarder {
     }
 
     /// Sends the request to `base_url` and streams the answer back.
-    pub async fn forward(&self, req: Request<Incoming>, region: &str, base_url: &str) -> Response<s3s::Body> {
+    pub async fn forward(&self, req: Request<RequestBody>, region: &str, base_url: &str) -> Response<s3s::Body> {
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let uri = match format!("{}{}", base_url.trim_end_matches('/'), path).parse::<http::Uri>() {

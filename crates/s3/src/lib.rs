@@ -1,7 +1,7 @@
 //! The S3 front end. [`s3s`] parses requests and checks SigV4 (header, presigned and
 //! `aws-chunked` streaming with trailers); [`service::MeridianS3`] turns each operation into
-//! engine calls and engine errors into S3 XML errors; [`server`] serves it over HTTP with
-//! bounded headers, connections and idle time.
+//! engine calls and engine errors into S3 XML errors; [`server::S3Handler`] is what the node's
+//! S3 listener (the shared [`meridian_http`] layer) calls for every request.
 
 pub mod access;
 mod convert;
@@ -10,7 +10,7 @@ pub mod kv;
 pub mod server;
 pub mod service;
 
-pub use server::{PeerEndpoint, ServerLimits, serve};
+pub use server::S3Handler;
 pub use service::{MeridianS3, S3Options, build_service};
 
 /// Response header carrying the metadata revision a response reflects.
