@@ -289,7 +289,10 @@ impl PeerClient {
         let base = base_url.trim_end_matches('/').to_string();
         let uri: http::Uri =
             base.parse().map_err(|e| BlobError::Config(format!("peer URL {base_url:?} is not a URL: {e}")))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() || !matches!(uri.path(), "" | "/") {
+        if !matches!(uri.scheme_str(), Some("http" | "https"))
+            || uri.authority().is_none()
+            || !matches!(uri.path(), "" | "/")
+        {
             return Err(BlobError::Config(format!("peer URL {base_url:?} must look like http(s)://host:port")));
         }
         let mut token = HeaderValue::from_str(token)

@@ -101,7 +101,9 @@ async fn run() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(serve_peer(listener, store.clone(), "t".into(), std::future::pending()));
-    let peer = Arc::new(PeerClient::new(&format!("http://{addr}"), "t", &meridian_http::ClientTls::new(None).unwrap()).unwrap());
+    let peer = Arc::new(
+        PeerClient::new(&format!("http://{addr}"), "t", &meridian_http::ClientTls::new(None).unwrap()).unwrap(),
+    );
     let cache =
         ChunkCache::open(cache_dir.path(), CacheOptions { chunk_size: CHUNK, ..CacheOptions::default() }).unwrap();
     // Warm up the connection pool and the runtime's lazily built parts.

@@ -251,7 +251,8 @@ async fn unreachable_silent_and_stalled_peers_fail_with_their_reason() {
             }
         });
         let idle = Duration::from_millis(300);
-        let slow = Arc::new(PeerClient::with_timeouts(&format!("http://{silent_addr}"), TOKEN, &tls(), idle, idle).unwrap());
+        let slow =
+            Arc::new(PeerClient::with_timeouts(&format!("http://{silent_addr}"), TOKEN, &tls(), idle, idle).unwrap());
         let (err, _) = read_range(&cache, BlobId::random(), &data, MIB, 0, 10, slow).await.unwrap_err();
         assert!(matches!(err, BlobError::Peer { failure: PeerFailure::Timeout(_), .. }), "{err}");
         assert!(err.to_string().contains("no response within 0.3s"), "{err}");

@@ -61,6 +61,9 @@ pub struct KvArgs {
     /// Secret access key.
     #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true, global = true, help_heading = "Connection")]
     pub secret_key: Option<String>,
+    /// CA certificates (PEM) to trust, besides the system's, for an https:// endpoint.
+    #[arg(long, env = "MERIDIAN_CA_FILE", global = true, help_heading = "Connection")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Region used in signatures.
     #[arg(long, env = "AWS_REGION", default_value = "us-east-1", global = true, help_heading = "Connection")]
     pub region: String,
@@ -301,7 +304,9 @@ fn client(args: &KvArgs) -> Result<Client, Failure> {
             ));
         }
     };
-    let client = Client::new(&args.endpoint, bucket, Credentials::new(key, secret))
+    let tls = meridian_http::ClientTls::new(args.ca_file.as_deref())
+        .map_err(|e| Failure::new(exit::USAGE, format!("error: --ca-file: {e}")))?;
+    let client = Client::with_tls(&args.endpoint, bucket, Credentials::new(key, secret), &tls)
         .map_err(|e| Failure::new(exit::USAGE, format!("error: {e}")))?;
     Ok(client.with_region(&args.region).with_timeout(Some(args.timeout)))
 }

@@ -8,8 +8,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use meridian_http::ClientTls;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +30,7 @@ const MAX_ERROR_BODY: usize = 64 << 10;
 /// Largest JSON answer read (a list page of 1,000 long keys fits many times).
 const MAX_JSON_BODY: usize = 64 << 20;
 
-pub(crate) type Http = HyperClient<HttpConnector, Full<Bytes>>;
+pub(crate) type Http = HyperClient<meridian_http::client::Connector, Full<Bytes>>;
 
 /// A client of one bucket of a Meridian node, seen as a key-value store.
 ///
@@ -230,21 +230,17 @@ fn unix_ms(t: SystemTime) -> Result<i64> {
     i64::try_from(d.as_millis()).map_err(|_| Error::InvalidInput("expiry instant too far in the future".into()))
 }
 
-/// Parses `http://host:port[/]` into (base URL, Host header).
+/// Parses `http(s)://host:port[/]` (no scheme: `http://`) into (base URL, Host header).
 fn parse_endpoint(endpoint: &str) -> Result<(String, String)> {
     let trimmed = endpoint.trim().trim_end_matches('/');
-    if trimmed.starts_with("https://") {
-        return Err(Error::InvalidInput(format!(
-            "endpoint {endpoint:?}: this client speaks plain http:// only; reach a TLS endpoint through a local proxy"
-        )));
-    }
     let with_scheme = if trimmed.contains("://") { trimmed.to_string() } else { format!("http://{trimmed}") };
     let uri: http::Uri = with_scheme.parse().map_err(|e| {
         Error::InvalidInput(format!("endpoint {endpoint:?} is not a URL like http://127.0.0.1:9400: {e}"))
     })?;
-    if uri.scheme_str() != Some("http") {
-        return Err(Error::InvalidInput(format!("endpoint {endpoint:?}: use an http:// URL")));
-    }
+    let scheme = match uri.scheme_str() {
+        Some(scheme @ ("http" | "https")) => scheme,
+        _ => return Err(Error::InvalidInput(format!("endpoint {endpoint:?}: use an http:// or https:// URL"))),
+    };
     let authority = uri
         .authority()
         .ok_or_else(|| Error::InvalidInput(format!("endpoint {endpoint:?} has no host")))?
@@ -255,7 +251,7 @@ fn parse_endpoint(endpoint: &str) -> Result<(String, String)> {
             "endpoint {endpoint:?} has a path: give only the scheme, host and port (buckets are addressed path-style)"
         )));
     }
-    Ok((format!("http://{authority}"), authority))
+    Ok((format!("{scheme}://{authority}"), authority))
 }
 
 fn check_key(key: &str) -> Result<()> {
@@ -289,15 +285,21 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl Client {
-    /// A client of `bucket` at `endpoint` (`http://host:port`). Creates no connection yet.
+    /// A client of `bucket` at `endpoint` (`http://host:port` or `https://host:port`, verified
+    /// against the system's roots and the CA file named by `MERIDIAN_CA_FILE`, if set). Creates
+    /// no connection yet.
     pub fn new(endpoint: &str, bucket: &str, credentials: Credentials) -> Result<Self> {
+        let tls = ClientTls::from_env().map_err(|e| Error::InvalidInput(format!("MERIDIAN_CA_FILE: {e}")))?;
+        Client::with_tls(endpoint, bucket, credentials, &tls)
+    }
+
+    /// Like [`Client::new`], trusting `tls` for an `https://` endpoint.
+    pub fn with_tls(endpoint: &str, bucket: &str, credentials: Credentials, tls: &ClientTls) -> Result<Self> {
         if bucket.is_empty() || bucket.contains('/') {
             return Err(Error::InvalidInput(format!("invalid bucket name {bucket:?}")));
         }
         let (base, host) = parse_endpoint(endpoint)?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        let connector = meridian_http::client::connector(tls, Duration::from_secs(10), true);
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -709,8 +711,10 @@ mod tests {
             ("http://127.0.0.1:9400".into(), "127.0.0.1:9400".into())
         );
         assert_eq!(parse_endpoint("localhost:9").unwrap(), ("http://localhost:9".into(), "localhost:9".into()));
-        assert!(parse_endpoint("https://x").is_err());
+        assert_eq!(parse_endpoint("https://x").unwrap(), ("https://x".into(), "x".into()));
         assert!(parse_endpoint("http://x/path").is_err());
+        assert_eq!(parse_endpoint("https://h:9").unwrap(), ("https://h:9".into(), "h:9".into()));
+        assert!(parse_endpoint("ftp://h:9").is_err());
         assert!(parse_endpoint("ftp://x").is_err());
     }
 

@@ -82,7 +82,9 @@
 //!
 //! ## Transport
 //!
-//! Plain `http://` over HTTP/1.1 keep-alive connections (hyper's pooled client, TCP_NODELAY),
+//! `http://` or `https://` (rustls; the system's roots plus the CA file named by
+//! `MERIDIAN_CA_FILE`, or any [`meridian_http::ClientTls`] through [`Client::with_tls`]) over
+//! HTTP/1.1 keep-alive connections (hyper's pooled client, TCP_NODELAY),
 //! requests signed with AWS SigV4 (`aws-sigv4`, service `s3`, region `us-east-1` unless
 //! [`Client::with_region`]). Keys are percent-encoded once, `/` kept. Nothing is retried
 //! automatically except by [`Client::watch_resumable`]: after an [`Error::Transport`] on a

@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::Args;
 use meridian_blob::BlobStore;
 use meridian_engine::{Engine, EngineConfig};
-use meridian_meta::embedded::{EmbeddedOptions, EmbeddedStore};
 use meridian_http::{ClientTls, Policy, ServerTls, TlsFiles};
+use meridian_meta::embedded::{EmbeddedOptions, EmbeddedStore};
 use meridian_s3::S3Options;
 
 use crate::config::{self, CredentialSource, FileConfig};
@@ -117,7 +117,9 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
     let tls = match (args.tls_cert.or(file.tls_cert.clone()), args.tls_key.or(file.tls_key.clone())) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
-        _ => anyhow::bail!("TLS needs both a certificate and a key: set tls_cert and tls_key (or --tls-cert and --tls-key)"),
+        _ => anyhow::bail!(
+            "TLS needs both a certificate and a key: set tls_cert and tls_key (or --tls-cert and --tls-key)"
+        ),
     };
     let default_listen: SocketAddr = config::DEFAULT_LISTEN.parse().context("default listen address")?;
     let etcd = if args.etcd.is_empty() { file.etcd.clone() } else { args.etcd };
@@ -214,7 +216,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let (peer_endpoint, cache) = match &settings.cluster_token {
         Some(token) => {
-            let cache = join_cluster(&engine, &settings, meridian_blob::PeerAccess::new(token.clone(), client_tls.clone()))?;
+            let cache =
+                join_cluster(&engine, &settings, meridian_blob::PeerAccess::new(token.clone(), client_tls.clone()))?;
             (Some(PeerEndpoint { blobs: engine.blobs().clone(), token: token.clone() }), Some(cache))
         }
         None => (None, None),

@@ -29,22 +29,6 @@ fn expect_success(what: &str, out: &Output) {
     );
 }
 
-/// Clears every `AWS_*` variable of `cmd` and sets only the test credentials, region and empty
-/// config files under `home` (no profile, session token or endpoint override may apply).
-fn aws_env_only_ours(cmd: &mut Command, home: &Path) {
-    for (var, _) in std::env::vars_os() {
-        if var.to_string_lossy().starts_with("AWS_") {
-            cmd.env_remove(&var);
-        }
-    }
-    cmd.env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", home.join("no-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("no-credentials"))
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-}
-
 /// The AWS CLI, isolated from any ~/.aws of the developer running the tests.
 struct AwsCli {
     bin: PathBuf,
@@ -61,7 +45,7 @@ impl AwsCli {
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--endpoint-url").arg(&self.endpoint).args(args);
-        aws_env_only_ours(&mut cmd, self.home.path());
+        common::aws_env_only_ours(&mut cmd, self.home.path());
         cmd.env("AWS_PAGER", "");
         cmd
     }
@@ -507,7 +491,7 @@ fn boto3_script() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/boto3_check.py");
     let mut cmd = Command::new(&python);
     cmd.arg(&script).arg(&server.endpoint);
-    aws_env_only_ours(&mut cmd, home.path());
+    common::aws_env_only_ours(&mut cmd, home.path());
     cmd.env("PYTHONUNBUFFERED", "1");
     let out = run_with_timeout(&mut cmd, TOOL_TIMEOUT);
     println!("{}", text(&out.stdout));

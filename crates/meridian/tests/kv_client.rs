@@ -188,7 +188,7 @@ async fn errors_for_missing_bucket_bad_credentials_and_dead_server() {
     let unknown = Client::new(&server.endpoint, BUCKET, Credentials::new("NOSUCHKEY", "x")).unwrap();
     assert!(matches!(unknown.put("k", "v").await, Err(Error::Service { status: 403, .. })));
     assert!(matches!(
-        Client::new("https://example.com", BUCKET, Credentials::new("a", "b")),
+        Client::new("ftp://example.com", BUCKET, Credentials::new("a", "b")),
         Err(Error::InvalidInput(_))
     ));
     assert!(matches!(Client::new(&server.endpoint, "", Credentials::new("a", "b")), Err(Error::InvalidInput(_))));

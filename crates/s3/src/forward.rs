@@ -8,8 +8,8 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use meridian_engine::Engine;
-use meridian_http::{ClientTls, RequestBody};
 use meridian_engine::record::Location;
+use meridian_http::{ClientTls, RequestBody};
 
 use crate::access::SeenBucket;
 

@@ -115,7 +115,7 @@ impl Server {
             }
         }
         let (endpoint, admin_url) = (urls[0].clone(), urls[1].clone());
-        let addr = endpoint.trim_start_matches("http://").to_string();
+        let addr = endpoint.split_once("://").map_or(endpoint.as_str(), |(_, rest)| rest).to_string();
         Server {
             _cluster: None,
             child: Some(child),
@@ -136,6 +136,20 @@ impl Server {
         }
     }
 
+    /// Waits up to `limit` for the server to exit by itself; its exit status, if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).expect("server running")
     }
@@ -153,7 +167,7 @@ impl Server {
         self.kill9();
         let extra: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
         let addr = self.addr.clone();
-        let admin = self.admin_url.trim_start_matches("http://").to_string();
+        let admin = self.admin_url.split_once("://").map_or(self.admin_url.as_str(), |(_, rest)| rest).to_string();
         let mut next = Server::start_in(&self.data, &extra, Some(&addr), Some(&admin));
         self.child = next.child.take();
         self.endpoint = next.endpoint.clone();
@@ -316,4 +330,20 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> std::process::O
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
     }
+}
+
+/// Clears every `AWS_*` variable of `cmd` and sets only the test credentials, region and empty
+/// config files under `home` (no profile, session token or endpoint override may apply).
+pub fn aws_env_only_ours(cmd: &mut Command, home: &Path) {
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(&var);
+        }
+    }
+    cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", home.join("no-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("no-credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true");
 }
