@@ -111,13 +111,7 @@ fn body_error(source: meridian_engine::BodyError) -> S3Error {
         Ok(e) => return *e,
         Err(other) => other,
     };
-    let mut text = source.to_string();
-    let mut cause = source.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
+    let text = meridian_common::errors::chain(&*source);
     if text.contains("Sha256Mismatch") {
         let mut e = S3Error::with_message(
             S3ErrorCode::Custom("XAmzContentSHA256Mismatch".into()),
