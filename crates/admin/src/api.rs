@@ -17,8 +17,10 @@
 //! | `POST /v1/buckets/NAME/deny` | `{"key","read"?,"write"?,"owner"?}` | the bucket |
 //! | `POST /v1/buckets/NAME/public` | `{"read":true}` | the bucket |
 //!
-//! Errors: `{"error":{"code":"...","message":"..."}}` with 400, 401, 404, 409, or 503 (a change committed but not
-//! yet applied by every metadata replica).
+//! Errors: `{"error":{"code":"...","message":"..."}}`. The status follows the engine error's kind:
+//! 400 invalid, 403 denied, 404 not found, 409 conflict, 503 contended or unavailable (e.g. a
+//! change committed but not yet applied by every metadata replica: retry), 500 internal; 401
+//! without the token.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -28,7 +30,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use meridian_engine::iam::{Credential, Grant, KeyRecord};
 use meridian_engine::record::BucketRecord;
-use meridian_engine::{Engine, EngineError, ttl};
+use meridian_engine::{Engine, EngineError, ErrorKind, ttl};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -60,22 +62,33 @@ impl ApiError {
 }
 
 impl From<EngineError> for ApiError {
+    /// The status comes from the error's kind; a few variants keep a more specific code.
     fn from(e: EngineError) -> Self {
-        let message = e.to_string();
-        let (status, code) = match e {
-            EngineError::NoSuchAccessKey(_) => (StatusCode::NOT_FOUND, "NoSuchKey"),
-            EngineError::NoSuchBucket => (StatusCode::NOT_FOUND, "NoSuchBucket"),
-            EngineError::AccessKeyExists(_) => (StatusCode::CONFLICT, "KeyExists"),
-            EngineError::BucketAlreadyExists | EngineError::BucketAlreadyOwnedByYou => {
-                (StatusCode::CONFLICT, "BucketExists")
-            }
-            EngineError::InvalidArgument(_) | EngineError::InvalidBucketName(_) => {
-                (StatusCode::BAD_REQUEST, "InvalidArgument")
-            }
-            EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        let (status, kind_code) = kind_status(e.kind());
+        let code = match e {
+            EngineError::NoSuchAccessKey(_) => "NoSuchKey",
+            EngineError::NoSuchBucket => "NoSuchBucket",
+            EngineError::AccessKeyExists(_) => "KeyExists",
+            EngineError::BucketAlreadyExists | EngineError::BucketAlreadyOwnedByYou => "BucketExists",
+            _ => kind_code,
         };
-        ApiError { status, code, message }
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "internal error");
+        }
+        ApiError { status, code, message: e.to_string() }
+    }
+}
+
+/// The admin API's status and code for each kind of engine error.
+fn kind_status(kind: ErrorKind) -> (StatusCode, &'static str) {
+    match kind {
+        ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "InvalidArgument"),
+        ErrorKind::Denied => (StatusCode::FORBIDDEN, "AccessDenied"),
+        ErrorKind::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
+        ErrorKind::Conflict => (StatusCode::CONFLICT, "Conflict"),
+        ErrorKind::Contended => (StatusCode::SERVICE_UNAVAILABLE, "Contended"),
+        ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
+        ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
     }
 }
 
@@ -360,5 +373,45 @@ impl AdminApi {
                 format!("no admin endpoint {method} /{}", segments.join("/")),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_engine::MetaError;
+
+    fn status_and_code(e: EngineError) -> (StatusCode, &'static str) {
+        let e = ApiError::from(e);
+        (e.status, e.code)
+    }
+
+    #[test]
+    fn errors_that_were_internal_get_the_status_of_their_kind() {
+        // All of these answered 500 InternalError before errors had kinds.
+        assert_eq!(status_and_code(EngineError::BucketNotEmpty), (StatusCode::CONFLICT, "Conflict"));
+        assert_eq!(status_and_code(EngineError::Contended), (StatusCode::SERVICE_UNAVAILABLE, "Contended"));
+        assert_eq!(status_and_code(EngineError::AccessDenied("no".into())), (StatusCode::FORBIDDEN, "AccessDenied"));
+        assert_eq!(status_and_code(EngineError::InvalidKey("k".into())), (StatusCode::BAD_REQUEST, "InvalidArgument"));
+        assert_eq!(
+            status_and_code(EngineError::Meta(MetaError::Unavailable("no quorum".into()))),
+            (StatusCode::SERVICE_UNAVAILABLE, "Unavailable")
+        );
+        assert_eq!(
+            status_and_code(EngineError::Corrupt("bad record".into())),
+            (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
+        );
+    }
+
+    #[test]
+    fn specific_codes_are_kept() {
+        assert_eq!(status_and_code(EngineError::NoSuchAccessKey("k".into())), (StatusCode::NOT_FOUND, "NoSuchKey"));
+        assert_eq!(status_and_code(EngineError::NoSuchBucket), (StatusCode::NOT_FOUND, "NoSuchBucket"));
+        assert_eq!(status_and_code(EngineError::AccessKeyExists("k".into())), (StatusCode::CONFLICT, "KeyExists"));
+        assert_eq!(status_and_code(EngineError::BucketAlreadyExists), (StatusCode::CONFLICT, "BucketExists"));
+        assert_eq!(
+            status_and_code(EngineError::InvalidBucketName("B".into())),
+            (StatusCode::BAD_REQUEST, "InvalidArgument")
+        );
     }
 }

@@ -25,6 +25,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use meridian_http::ClientTls;
+use meridian_common::errors::chain;
 use subtle::ConstantTimeEq;
 use sync_wrapper::SyncWrapper;
 use tokio::net::TcpListener;
@@ -313,18 +314,6 @@ impl PeerClient {
     fn error(&self, failure: PeerFailure) -> BlobError {
         BlobError::Peer { peer: self.inner.base.clone(), failure }
     }
-}
-
-/// An error and its sources, on one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 #[async_trait::async_trait]

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use meridian_http::ClientTls;
+use meridian_common::errors::chain;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 
@@ -269,19 +270,6 @@ fn revision_of(headers: &http::HeaderMap) -> Result<u64> {
     header_str(headers, "x-meridian-revision").and_then(|v| v.parse().ok()).ok_or_else(|| {
         Error::Protocol("the response has no x-meridian-revision header (is this a Meridian server?)".into())
     })
-}
-
-/// Formats an error with its sources, for transport errors ("client error (Connect): tcp
-/// connect error: Connection refused").
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 impl Client {

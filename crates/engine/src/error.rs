@@ -1,8 +1,33 @@
-use meridian_blob::BlobError;
+use meridian_blob::{BlobError, PeerFailure};
 use meridian_meta::MetaError;
 
+/// What the caller of a failed operation should do, whatever the detail. Every front end turns
+/// a kind into its protocol's status the same way, and uses the detail ([`EngineError`]) only
+/// where its protocol has a more specific code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The request is wrong (argument, name, size, checksum, body): fix it before sending it
+    /// again.
+    Invalid,
+    /// The credentials may not do this: use other ones, or get a grant.
+    Denied,
+    /// What the request names does not exist (or no longer does, like compacted history).
+    NotFound,
+    /// The request contradicts the current state (already exists, not empty, a condition or
+    /// revision that does not hold, a lock or fence token that is not current): read the state
+    /// again and decide.
+    Conflict,
+    /// Others are changing the same thing right now: retry the same request after a pause.
+    Contended,
+    /// A dependency (the metadata store, another node) cannot answer now: retry later.
+    Unavailable,
+    /// A fault on the server's side (storage, corrupt record, configuration): retrying will not
+    /// help; it is logged for the operator.
+    Internal,
+}
+
 /// Everything an engine operation can refuse or fail with. Front ends map these onto their
-/// protocol's errors (S3 error codes, HTTP statuses).
+/// protocol's errors through [`EngineError::kind`] (S3 error codes, HTTP statuses).
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("the specified bucket does not exist")]
@@ -84,3 +109,185 @@ pub enum EngineError {
 }
 
 pub type EngineResult<T> = Result<T, EngineError>;
+
+impl EngineError {
+    /// The kind of this error; no wildcard, so a new variant must choose one.
+    pub fn kind(&self) -> ErrorKind {
+        use EngineError as E;
+        use ErrorKind as K;
+        match self {
+            E::InvalidBucketName(_)
+            | E::KeyTooLong(_)
+            | E::InvalidKey(_)
+            | E::InvalidRange { .. }
+            | E::InvalidPart(_)
+            | E::InvalidPartOrder
+            | E::EntityTooSmall { .. }
+            | E::EntityTooLarge { .. }
+            | E::BadDigest
+            | E::ChecksumMismatch { .. }
+            | E::IncompleteBody
+            | E::InvalidArgument(_)
+            | E::InvalidRequest(_)
+            | E::InvalidPartNumber
+            | E::Body(_) => K::Invalid,
+            E::AccessDenied(_) => K::Denied,
+            E::NoSuchBucket | E::NoSuchKey | E::NoSuchUpload | E::NoSuchAccessKey(_) | E::RevisionCompacted { .. } => {
+                K::NotFound
+            }
+            E::BucketAlreadyOwnedByYou
+            | E::BucketAlreadyExists
+            | E::BucketNotEmpty
+            | E::AccessKeyExists(_)
+            | E::PreconditionFailed
+            | E::NotModified { .. }
+            | E::RevisionMismatch { .. }
+            | E::BatchRevisionMismatch { .. }
+            | E::LockNotHeld { .. }
+            | E::FenceRejected { .. } => K::Conflict,
+            E::Contended | E::LockContended { .. } => K::Contended,
+            E::Unavailable(_) => K::Unavailable,
+            E::Corrupt(_) => K::Internal,
+            E::Meta(e) => meta_kind(e),
+            E::Blob(e) => blob_kind(e),
+        }
+    }
+}
+
+fn meta_kind(error: &MetaError) -> ErrorKind {
+    match error {
+        MetaError::TooLarge(_) => ErrorKind::Invalid,
+        MetaError::Compacted { .. } => ErrorKind::NotFound,
+        MetaError::Unavailable(_) | MetaError::Closed | MetaError::Lagged { .. } => ErrorKind::Unavailable,
+        MetaError::Storage(_) => ErrorKind::Internal,
+    }
+}
+
+/// A blob read that failed at another node, or whose source misbehaved, may succeed later;
+/// the rest are faults of this node's storage or configuration.
+fn blob_kind(error: &BlobError) -> ErrorKind {
+    match error {
+        BlobError::Peer { failure: PeerFailure::Unauthorized, .. } => ErrorKind::Internal,
+        BlobError::Peer { .. }
+        | BlobError::SourceStalled { .. }
+        | BlobError::SourceLength { .. }
+        | BlobError::DigestMismatch { .. } => ErrorKind::Unavailable,
+        BlobError::NotFound(_)
+        | BlobError::Io(_)
+        | BlobError::Task(_)
+        | BlobError::Config(_)
+        | BlobError::InvalidRange { .. }
+        | BlobError::DigestCount { .. } => ErrorKind::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_blob::BlobId;
+
+    fn kinds(errors: Vec<EngineError>) -> Vec<ErrorKind> {
+        errors.iter().map(EngineError::kind).collect()
+    }
+
+    #[test]
+    fn request_errors_are_invalid() {
+        let body: crate::BodyError = "cut off".into();
+        let errors = vec![
+            EngineError::InvalidBucketName("x".into()),
+            EngineError::KeyTooLong(2000),
+            EngineError::InvalidKey("".into()),
+            EngineError::InvalidRange { size: 1 },
+            EngineError::InvalidPart("p".into()),
+            EngineError::InvalidPartOrder,
+            EngineError::EntityTooSmall { part: 1, size: 1, min: 5 },
+            EngineError::EntityTooLarge { max: 5 },
+            EngineError::BadDigest,
+            EngineError::ChecksumMismatch { algorithm: "CRC32" },
+            EngineError::IncompleteBody,
+            EngineError::InvalidArgument("a".into()),
+            EngineError::InvalidRequest("r".into()),
+            EngineError::InvalidPartNumber,
+            EngineError::Body(body),
+            EngineError::Meta(MetaError::TooLarge("t".into())),
+        ];
+        let n = errors.len();
+        assert_eq!(kinds(errors), vec![ErrorKind::Invalid; n]);
+    }
+
+    #[test]
+    fn missing_things_are_not_found_and_refusals_denied() {
+        let errors = vec![
+            EngineError::NoSuchBucket,
+            EngineError::NoSuchKey,
+            EngineError::NoSuchUpload,
+            EngineError::NoSuchAccessKey("k".into()),
+            EngineError::RevisionCompacted { requested: 1, oldest: 5 },
+            EngineError::Meta(MetaError::Compacted { requested: 1, oldest: 5 }),
+        ];
+        let n = errors.len();
+        assert_eq!(kinds(errors), vec![ErrorKind::NotFound; n]);
+        assert_eq!(EngineError::AccessDenied("no".into()).kind(), ErrorKind::Denied);
+    }
+
+    #[test]
+    fn state_disagreements_are_conflicts() {
+        let errors = vec![
+            EngineError::BucketAlreadyOwnedByYou,
+            EngineError::BucketAlreadyExists,
+            EngineError::BucketNotEmpty,
+            EngineError::AccessKeyExists("k".into()),
+            EngineError::PreconditionFailed,
+            EngineError::NotModified { etag: "e".into(), last_modified_ms: 0 },
+            EngineError::RevisionMismatch { expected: 1, current: 2 },
+            EngineError::BatchRevisionMismatch { key: "k".into(), expected: 1, current: 2 },
+            EngineError::LockNotHeld { name: "l".into(), token: 1 },
+            EngineError::FenceRejected { lock: "l".into(), token: 1, current: 2 },
+        ];
+        let n = errors.len();
+        assert_eq!(kinds(errors), vec![ErrorKind::Conflict; n]);
+    }
+
+    #[test]
+    fn retryable_errors_are_contended_or_unavailable() {
+        let lock = EngineError::LockContended { name: "l".into(), owner: "o".into(), remaining_ms: 1 };
+        assert_eq!(kinds(vec![EngineError::Contended, lock]), vec![ErrorKind::Contended; 2]);
+        let blob = BlobId::random();
+        let errors = vec![
+            EngineError::Unavailable("u".into()),
+            EngineError::Meta(MetaError::Unavailable("u".into())),
+            EngineError::Meta(MetaError::Closed),
+            EngineError::Meta(MetaError::Lagged { next: 3 }),
+            EngineError::Blob(BlobError::Peer { peer: "p".into(), failure: PeerFailure::Timeout("t".into()) }),
+            EngineError::Blob(BlobError::SourceStalled { blob, chunk: 0, source_name: "s".into(), seconds: 1.0 }),
+            EngineError::Blob(BlobError::SourceLength { blob, chunk: 0, source_name: "s".into(), expected: 2, got: 1 }),
+            EngineError::Blob(BlobError::DigestMismatch {
+                blob,
+                chunk: 0,
+                source_name: "s".into(),
+                expected: 1,
+                actual: 2,
+            }),
+        ];
+        let n = errors.len();
+        assert_eq!(kinds(errors), vec![ErrorKind::Unavailable; n]);
+    }
+
+    #[test]
+    fn server_faults_are_internal() {
+        let blob = BlobId::random();
+        let errors = vec![
+            EngineError::Corrupt("c".into()),
+            EngineError::Meta(MetaError::Storage("s".into())),
+            EngineError::Blob(BlobError::Peer { peer: "p".into(), failure: PeerFailure::Unauthorized }),
+            EngineError::Blob(BlobError::NotFound(blob)),
+            EngineError::Blob(BlobError::Io(std::io::Error::other("disk"))),
+            EngineError::Blob(BlobError::Task("t".into())),
+            EngineError::Blob(BlobError::Config("c".into())),
+            EngineError::Blob(BlobError::InvalidRange { blob, offset: 0, len: 1, size: 0 }),
+            EngineError::Blob(BlobError::DigestCount { blob, blob_len: 1, chunk_size: 1, expected: 1, got: 2 }),
+        ];
+        let n = errors.len();
+        assert_eq!(kinds(errors), vec![ErrorKind::Internal; n]);
+    }
+}

@@ -36,7 +36,7 @@ pub mod watch;
 
 pub use batch::{BatchOp, MAX_BATCH_OPS};
 pub use bucket::validate_bucket_name;
-pub use error::{EngineError, EngineResult};
+pub use error::{EngineError, EngineResult, ErrorKind};
 pub use ingest::{Body, BodyError, Integrity, body_from_bytes};
 pub use list::{ListPage, ListRequest, ListedObject};
 pub use meridian_meta::{MetaError, Revision};

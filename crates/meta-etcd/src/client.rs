@@ -18,6 +18,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use meridian_common::errors::chain;
 use meridian_meta::{MetaError, Revision};
 use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
@@ -379,18 +380,14 @@ fn classify(status: &Status) -> Failure {
     }
 }
 
+/// The status code and message, then the transport error behind them (a status's own Display
+/// is verbose and says nothing of its sources).
 fn describe(status: &Status) -> String {
-    let mut text = format!("{:?}: {}", status.code(), status.message());
-    let mut source = std::error::Error::source(status);
-    while let Some(err) = source {
-        let more = err.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = err.source();
+    let head = format!("{:?}: {}", status.code(), status.message());
+    match std::error::Error::source(status).map(chain) {
+        Some(sources) if !head.contains(&sources) => format!("{head}: {sources}"),
+        _ => head,
     }
-    text
 }
 
 /// True when etcd refused a read at a revision that compaction removed.

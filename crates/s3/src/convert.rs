@@ -6,13 +6,19 @@ use http::{HeaderMap, HeaderValue};
 use meridian_engine::checksum::{ChecksumAlgorithm, ChecksumType, StoredChecksum};
 use meridian_engine::conditions::ETagMatch;
 use meridian_engine::record::ObjectHeaders;
-use meridian_engine::{EngineError, MetaError};
+use meridian_engine::{EngineError, ErrorKind};
 use s3s::dto::{self, ETag, ETagCondition, Timestamp, TimestampFormat};
 use s3s::{S3Error, S3ErrorCode};
 
+/// An engine error as S3 answers it: the specific code where S3 (or Meridian's KV extension)
+/// has one for the variant, otherwise the code and status of its [`ErrorKind`].
 pub fn s3_error(err: EngineError) -> S3Error {
     use S3ErrorCode as C;
+    let kind = err.kind();
     let message = err.to_string();
+    if kind == ErrorKind::Internal {
+        tracing::error!(error = %message, "internal error");
+    }
     let code = match err {
         EngineError::NoSuchBucket => C::NoSuchBucket,
         EngineError::BucketAlreadyOwnedByYou => C::BucketAlreadyOwnedByYou,
@@ -57,7 +63,6 @@ pub fn s3_error(err: EngineError) -> S3Error {
         EngineError::EntityTooLarge { .. } => C::EntityTooLarge,
         EngineError::BadDigest | EngineError::ChecksumMismatch { .. } => C::BadDigest,
         EngineError::IncompleteBody => C::IncompleteBody,
-        EngineError::Contended => C::SlowDown,
         EngineError::AccessDenied(_) => C::AccessDenied,
         EngineError::NoSuchAccessKey(_) => C::InvalidAccessKeyId,
         EngineError::AccessKeyExists(_) => return custom("AccessKeyExists", http::StatusCode::CONFLICT, message),
@@ -87,11 +92,26 @@ pub fn s3_error(err: EngineError) -> S3Error {
             return e;
         }
         EngineError::Body(source) => return body_error(source),
-        EngineError::Meta(MetaError::Unavailable(_)) | EngineError::Unavailable(_) => C::ServiceUnavailable,
-        EngineError::Meta(_) | EngineError::Blob(_) | EngineError::Corrupt(_) => {
-            tracing::error!(error = %message, "internal error");
-            C::InternalError
-        }
+        EngineError::Contended
+        | EngineError::Unavailable(_)
+        | EngineError::Meta(_)
+        | EngineError::Blob(_)
+        | EngineError::Corrupt(_) => return kind_error(kind, message),
+    };
+    S3Error::with_message(code, message)
+}
+
+/// The S3 answer to an error of `kind` that has no more specific code.
+fn kind_error(kind: ErrorKind, message: String) -> S3Error {
+    use S3ErrorCode as C;
+    let code = match kind {
+        ErrorKind::Invalid => C::InvalidRequest,
+        ErrorKind::Denied => C::AccessDenied,
+        ErrorKind::NotFound => return custom("NotFound", http::StatusCode::NOT_FOUND, message),
+        ErrorKind::Conflict => C::OperationAborted,
+        ErrorKind::Contended => C::SlowDown,
+        ErrorKind::Unavailable => C::ServiceUnavailable,
+        ErrorKind::Internal => C::InternalError,
     };
     S3Error::with_message(code, message)
 }
@@ -111,13 +131,7 @@ fn body_error(source: meridian_engine::BodyError) -> S3Error {
         Ok(e) => return *e,
         Err(other) => other,
     };
-    let mut text = source.to_string();
-    let mut cause = source.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
+    let text = meridian_common::errors::chain(&*source);
     if text.contains("Sha256Mismatch") {
         let mut e = S3Error::with_message(
             S3ErrorCode::Custom("XAmzContentSHA256Mismatch".into()),
@@ -304,5 +318,46 @@ impl s3s::stream::ByteStream for ResponseBody {
             Some(n) => s3s::stream::RemainingLength::new_exact(usize::try_from(n).unwrap_or(usize::MAX)),
             None => s3s::stream::RemainingLength::unknown(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_engine::MetaError;
+
+    fn code_and_status(e: EngineError) -> (String, Option<http::StatusCode>) {
+        let e = s3_error(e);
+        (e.code().as_str().to_string(), e.status_code())
+    }
+
+    #[test]
+    fn specific_variants_keep_their_s3_codes() {
+        let (code, _) = code_and_status(EngineError::NoSuchKey);
+        assert_eq!(code, "NoSuchKey");
+        let (code, _) = code_and_status(EngineError::NoSuchBucket);
+        assert_eq!(code, "NoSuchBucket");
+        let mismatch = s3_error(EngineError::RevisionMismatch { expected: 1, current: 7 });
+        assert_eq!(mismatch.code().as_str(), "PreconditionFailed");
+        assert_eq!(
+            mismatch.headers().and_then(|h| h.get(crate::REVISION_HEADER)).map(|v| v.as_bytes()),
+            Some(&b"7"[..])
+        );
+    }
+
+    #[test]
+    fn other_variants_answer_with_their_kind() {
+        let unavailable = code_and_status(EngineError::Meta(MetaError::Unavailable("no quorum".into())));
+        assert_eq!(unavailable.0, "ServiceUnavailable");
+        let closed = code_and_status(EngineError::Meta(MetaError::Closed));
+        assert_eq!(closed.0, "ServiceUnavailable");
+        let too_large = code_and_status(EngineError::Meta(MetaError::TooLarge("10000 ops".into())));
+        assert_eq!(too_large.0, "InvalidRequest");
+        let (code, _) = code_and_status(EngineError::Contended);
+        assert_eq!(code, "SlowDown");
+        let (code, _) = code_and_status(EngineError::Corrupt("bad record".into()));
+        assert_eq!(code, "InternalError");
+        let (code, status) = code_and_status(EngineError::Meta(MetaError::Compacted { requested: 1, oldest: 9 }));
+        assert_eq!((code.as_str(), status), ("NotFound", Some(http::StatusCode::NOT_FOUND)));
     }
 }

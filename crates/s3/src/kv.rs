@@ -58,6 +58,9 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> S3Result<Option<&'a str>> {
     }
 }
 
+/// KV endpoints answer in S3's error format (s3s routes them, and clients parse S3 codes), so
+/// an engine error translates exactly as on S3: by variant where a code exists, by kind
+/// otherwise.
 fn engine_error(e: meridian_engine::EngineError) -> S3Error {
     s3_error(e)
 }
@@ -455,13 +458,7 @@ fn ndjson(changes: meridian_engine::watch::ChangeStream, start: u64) -> meridian
                 None => serde_json::json!({ "type": "heartbeat", "revision": state.0 }),
                 Some(Err(err)) => {
                     state.1 = true;
-                    let mut line =
-                        serde_json::json!({ "type": "error", "code": "InternalError", "message": err.to_string() });
-                    if let meridian_engine::EngineError::RevisionCompacted { oldest, .. } = &err {
-                        line["code"] = "RevisionCompacted".into();
-                        line["oldest"] = (*oldest).into();
-                    }
-                    line
+                    watch_error_line(err)
                 }
             };
             let mut line = value.to_string().into_bytes();
@@ -470,6 +467,21 @@ fn ndjson(changes: meridian_engine::watch::ChangeStream, start: u64) -> meridian
         },
     );
     Box::pin(lines)
+}
+
+/// The last line of a failed watch, with the code an HTTP answer would carry for the same error.
+fn watch_error_line(err: meridian_engine::EngineError) -> serde_json::Value {
+    let oldest = match &err {
+        meridian_engine::EngineError::RevisionCompacted { oldest, .. } => Some(*oldest),
+        _ => None,
+    };
+    let message = err.to_string();
+    let code = engine_error(err).code().as_str().to_string();
+    let mut line = serde_json::json!({ "type": "error", "code": code, "message": message });
+    if let Some(oldest) = oldest {
+        line["oldest"] = oldest.into();
+    }
+    line
 }
 
 #[async_trait::async_trait]
@@ -496,5 +508,21 @@ impl S3Route for KvRoute {
             resp.status = Some(StatusCode::OK);
         }
         Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watch_error_line;
+    use meridian_engine::{EngineError, MetaError};
+
+    #[test]
+    fn a_failed_watch_ends_with_the_code_of_its_error() {
+        let compacted = watch_error_line(EngineError::RevisionCompacted { requested: 2, oldest: 77 });
+        assert_eq!(compacted["code"], "RevisionCompacted");
+        assert_eq!(compacted["oldest"], 77);
+        let unavailable = watch_error_line(EngineError::Meta(MetaError::Unavailable("no quorum".into())));
+        assert_eq!(unavailable["code"], "ServiceUnavailable");
+        assert!(unavailable.get("oldest").is_none());
     }
 }

@@ -12,6 +12,7 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
+use meridian_common::errors::chain;
 
 use crate::error::StoreError;
 use crate::store::{Fetched, Listed, ObjectStore, PutCondition};
@@ -82,7 +83,7 @@ where
             message: format!(
                 "{}{}",
                 code.map(|c| format!("{c}: ")).unwrap_or_default(),
-                err.message().map(str::to_string).unwrap_or_else(|| describe(&err))
+                err.message().map(str::to_string).unwrap_or_else(|| chain(&err))
             ),
         },
     }
@@ -92,20 +93,8 @@ where
 async fn read_body(key: &str, body: ByteStream) -> Result<Bytes, StoreError> {
     match body.collect().await {
         Ok(data) => Ok(data.into_bytes()),
-        Err(e) => Err(StoreError::Backend { key: key.to_string(), message: describe(&e) }),
+        Err(e) => Err(StoreError::Backend { key: key.to_string(), message: chain(&e) }),
     }
-}
-
-/// Flattens an error's source chain: the SDK's top-level Display is often just "dispatch failure".
-fn describe(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut src = err.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
 }
 
 #[async_trait]

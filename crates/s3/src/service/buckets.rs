@@ -1,0 +1,107 @@
+//! Bucket operations: ListBuckets, CreateBucket, HeadBucket, GetBucketLocation and
+//! DeleteBucket.
+
+use meridian_engine::iam::{Access, authorize};
+use meridian_engine::record::Location;
+use s3s::dto::*;
+use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
+
+use super::MeridianS3;
+use super::shared::{bucket_acl_is_public, not_implemented, with_revision};
+use crate::access::Principal;
+use crate::convert::{s3_error, timestamp};
+
+pub(super) async fn list_buckets(
+    s3: &MeridianS3,
+    req: S3Request<ListBucketsInput>,
+) -> S3Result<S3Response<ListBucketsOutput>> {
+    let prefix = req.input.prefix.clone().unwrap_or_default();
+    let buckets = s3.engine.list_buckets().await.map_err(s3_error)?;
+    let key = Principal::of(&req);
+    let buckets = buckets
+        .into_iter()
+        .filter(|(name, record)| name.starts_with(&prefix) && authorize(key, record, Access::Read))
+        .map(|(name, record)| Bucket {
+            name: Some(name),
+            creation_date: Some(timestamp(record.created_ms)),
+            bucket_region: Some(s3.region.clone()),
+        })
+        .collect();
+    let owner = Owner { id: Some(Principal::name_of(&req)), display_name: Some(Principal::name_of(&req)) };
+    Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), owner: Some(owner), ..Default::default() }))
+}
+
+pub(super) async fn create_bucket(
+    s3: &MeridianS3,
+    req: S3Request<CreateBucketInput>,
+) -> S3Result<S3Response<CreateBucketOutput>> {
+    let public_read = bucket_acl_is_public(req.input.acl.as_ref())?;
+    if req.input.object_lock_enabled_for_bucket == Some(true) {
+        return Err(not_implemented("object lock"));
+    }
+    let owner = Principal::name_of(&req);
+    let constraint = req.input.create_bucket_configuration.as_ref().and_then(|c| c.location_constraint.as_ref());
+    let location = location_from_constraint(s3, constraint.map(|c| c.as_str())).await?;
+    let revision =
+        s3.engine.create_bucket_at(&req.input.bucket, &owner, public_read, location).await.map_err(s3_error)?;
+    let output = CreateBucketOutput { location: Some(format!("/{}", req.input.bucket)) };
+    Ok(with_revision(output, revision))
+}
+
+pub(super) async fn head_bucket(
+    s3: &MeridianS3,
+    req: S3Request<HeadBucketInput>,
+) -> S3Result<S3Response<HeadBucketOutput>> {
+    let (_, revision) = s3.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
+    let output = HeadBucketOutput { bucket_region: Some(s3.region.clone()), ..Default::default() };
+    Ok(with_revision(output, revision))
+}
+
+pub(super) async fn get_bucket_location(
+    s3: &MeridianS3,
+    req: S3Request<GetBucketLocationInput>,
+) -> S3Result<S3Response<GetBucketLocationOutput>> {
+    let (record, _) = s3.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
+    // A pinned bucket lives in its region; a multi-region bucket reports its type; a global
+    // one the region of the node asked. us-east-1 is an empty constraint, as S3 does.
+    let region = match record.location {
+        Location::Global => s3.region.clone(),
+        Location::Pinned { region } => region,
+        multi @ Location::MultiRegion { .. } => multi.to_string(),
+    };
+    let constraint = (region != "us-east-1").then(|| BucketLocationConstraint::from(region));
+    Ok(S3Response::new(GetBucketLocationOutput { location_constraint: constraint }))
+}
+
+pub(super) async fn delete_bucket(
+    s3: &MeridianS3,
+    req: S3Request<DeleteBucketInput>,
+) -> S3Result<S3Response<DeleteBucketOutput>> {
+    let revision = s3.engine.delete_bucket(&req.input.bucket).await.map_err(s3_error)?;
+    Ok(with_revision(DeleteBucketOutput::default(), revision))
+}
+
+/// The location type asked for by CreateBucket's `LocationConstraint`: `global`,
+/// `pinned:REGION` or `multi:R1,R2` explicitly; a bare name of a region of this cluster pins
+/// the bucket there. Any other bare name (SDKs send their configured region, e.g.
+/// `eu-west-1`) and no constraint mean a global bucket.
+async fn location_from_constraint(s3: &MeridianS3, constraint: Option<&str>) -> S3Result<Location> {
+    let Some(text) = constraint.map(str::trim).filter(|c| !c.is_empty()) else { return Ok(Location::Global) };
+    let invalid = |message: String| S3Error::with_message(S3ErrorCode::InvalidLocationConstraint, message);
+    let nodes = s3.engine.nodes().await.map_err(s3_error)?;
+    let known = |region: &str| nodes.iter().any(|n| n.record.region == region);
+    if text != "global" && !text.contains(':') {
+        let pinned = known(text).then(|| Location::Pinned { region: text.to_string() });
+        return Ok(pinned.unwrap_or(Location::Global));
+    }
+    let location = Location::parse(text).map_err(|e| invalid(e.to_string()))?;
+    let regions = match &location {
+        Location::Global => vec![],
+        Location::Pinned { region } => vec![region.clone()],
+        Location::MultiRegion { regions } => regions.clone(),
+    };
+    match regions.iter().find(|r| !known(r)) {
+        Some(unknown) => Err(invalid(format!("no node of this cluster is in region {unknown:?}"))),
+        None => Ok(location),
+    }
+}

@@ -1,0 +1,230 @@
+//! Access control and bucket configuration: bucket and object ACLs (the canned `private` and
+//! `public-read`), lifecycle rules, and versioning (never enabled). Other configuration
+//! operations fall through to s3s's `NotImplemented`.
+
+use meridian_engine::GetRequest;
+use s3s::dto::*;
+use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
+
+use super::MeridianS3;
+use super::shared::{bucket_acl_is_public, not_implemented};
+use crate::convert::s3_error;
+
+pub(super) async fn get_bucket_acl(
+    s3: &MeridianS3,
+    req: S3Request<GetBucketAclInput>,
+) -> S3Result<S3Response<GetBucketAclOutput>> {
+    let (record, _) = s3.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
+    let (owner, grants) = acl_grants(&record.owner, record.public_read);
+    Ok(S3Response::new(GetBucketAclOutput { owner: Some(owner), grants: Some(grants) }))
+}
+
+pub(super) async fn put_bucket_acl(
+    s3: &MeridianS3,
+    req: S3Request<PutBucketAclInput>,
+) -> S3Result<S3Response<PutBucketAclOutput>> {
+    let input = &req.input;
+    refuse_acl_details(
+        &[
+            input.grant_full_control.as_ref(),
+            input.grant_read.as_ref(),
+            input.grant_read_acp.as_ref(),
+            input.grant_write.as_ref(),
+            input.grant_write_acp.as_ref(),
+        ],
+        input.access_control_policy.is_some(),
+    )?;
+    let public = bucket_acl_is_public(input.acl.as_ref())?;
+    s3.engine.set_public_read(&input.bucket, public).await.map_err(s3_error)?;
+    Ok(S3Response::new(PutBucketAclOutput::default()))
+}
+
+pub(super) async fn get_object_acl(
+    s3: &MeridianS3,
+    req: S3Request<GetObjectAclInput>,
+) -> S3Result<S3Response<GetObjectAclOutput>> {
+    let (record, _) = s3.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
+    s3.engine
+        .head_object(GetRequest { bucket: req.input.bucket.clone(), key: req.input.key.clone(), ..Default::default() })
+        .await
+        .map_err(s3_error)?;
+    // Objects have no ACL of their own: they share the bucket's.
+    let (owner, grants) = acl_grants(&record.owner, record.public_read);
+    Ok(S3Response::new(GetObjectAclOutput { owner: Some(owner), grants: Some(grants), ..Default::default() }))
+}
+
+pub(super) async fn put_object_acl(
+    s3: &MeridianS3,
+    req: S3Request<PutObjectAclInput>,
+) -> S3Result<S3Response<PutObjectAclOutput>> {
+    let input = &req.input;
+    refuse_acl_details(
+        &[
+            input.grant_full_control.as_ref(),
+            input.grant_read.as_ref(),
+            input.grant_read_acp.as_ref(),
+            input.grant_write_acp.as_ref(),
+        ],
+        input.access_control_policy.is_some(),
+    )?;
+    match input.acl.as_ref().map(ObjectCannedACL::as_str) {
+        None | Some(ObjectCannedACL::PRIVATE) => {}
+        Some(other) => {
+            return Err(not_implemented(&format!(
+                "per-object ACLs ({other:?}); objects share their bucket's ACL: make the bucket public-read instead"
+            )));
+        }
+    }
+    let (record, _) = s3.engine.bucket(&input.bucket).await.map_err(s3_error)?;
+    if record.public_read {
+        return Err(not_implemented("making one object private in a public-read bucket"));
+    }
+    Ok(S3Response::new(PutObjectAclOutput::default()))
+}
+
+pub(super) async fn put_bucket_lifecycle_configuration(
+    s3: &MeridianS3,
+    req: S3Request<PutBucketLifecycleConfigurationInput>,
+) -> S3Result<S3Response<PutBucketLifecycleConfigurationOutput>> {
+    let input = req.input;
+    let rules = input.lifecycle_configuration.map(|c| c.rules).unwrap_or_default();
+    let rules = rules.into_iter().map(lifecycle_rule).collect::<S3Result<Vec<_>>>()?;
+    s3.engine.set_lifecycle(&input.bucket, rules).await.map_err(s3_error)?;
+    Ok(S3Response::new(PutBucketLifecycleConfigurationOutput::default()))
+}
+
+pub(super) async fn get_bucket_lifecycle_configuration(
+    s3: &MeridianS3,
+    req: S3Request<GetBucketLifecycleConfigurationInput>,
+) -> S3Result<S3Response<GetBucketLifecycleConfigurationOutput>> {
+    let rules = s3.engine.lifecycle(&req.input.bucket).await.map_err(s3_error)?;
+    if rules.is_empty() {
+        return Err(S3Error::with_message(
+            S3ErrorCode::NoSuchLifecycleConfiguration,
+            "The lifecycle configuration does not exist",
+        ));
+    }
+    let rules = rules
+        .into_iter()
+        .map(|r| LifecycleRule {
+            id: Some(r.id),
+            status: ExpirationStatus::from_static(if r.enabled {
+                ExpirationStatus::ENABLED
+            } else {
+                ExpirationStatus::DISABLED
+            }),
+            filter: Some(LifecycleRuleFilter { prefix: Some(r.prefix), ..Default::default() }),
+            expiration: r.expiration_days.map(|d| LifecycleExpiration { days: Some(d as i32), ..Default::default() }),
+            abort_incomplete_multipart_upload: r
+                .abort_incomplete_days
+                .map(|d| AbortIncompleteMultipartUpload { days_after_initiation: Some(d as i32) }),
+            noncurrent_version_expiration: None,
+            noncurrent_version_transitions: None,
+            prefix: None,
+            transitions: None,
+        })
+        .collect();
+    Ok(S3Response::new(GetBucketLifecycleConfigurationOutput { rules: Some(rules), ..Default::default() }))
+}
+
+pub(super) async fn delete_bucket_lifecycle(
+    s3: &MeridianS3,
+    req: S3Request<DeleteBucketLifecycleInput>,
+) -> S3Result<S3Response<DeleteBucketLifecycleOutput>> {
+    s3.engine.set_lifecycle(&req.input.bucket, Vec::new()).await.map_err(s3_error)?;
+    Ok(S3Response::new(DeleteBucketLifecycleOutput::default()))
+}
+
+pub(super) async fn get_bucket_versioning(
+    s3: &MeridianS3,
+    req: S3Request<GetBucketVersioningInput>,
+) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+    // Versioning was never enabled on any Meridian bucket; S3 answers that with no status.
+    s3.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
+    Ok(S3Response::new(GetBucketVersioningOutput::default()))
+}
+
+/// An S3 lifecycle rule as Meridian stores it; what Meridian does not do is refused.
+fn lifecycle_rule(rule: LifecycleRule) -> S3Result<meridian_engine::lifecycle::LifecycleRule> {
+    if rule.transitions.as_ref().is_some_and(|t| !t.is_empty())
+        || rule.noncurrent_version_transitions.as_ref().is_some_and(|t| !t.is_empty())
+        || rule.noncurrent_version_expiration.is_some()
+    {
+        return Err(not_implemented("lifecycle transitions and noncurrent-version rules"));
+    }
+    let mut prefix = rule.prefix.unwrap_or_default();
+    if let Some(filter) = rule.filter {
+        if filter.and.is_some()
+            || filter.tag.is_some()
+            || filter.object_size_greater_than.is_some()
+            || filter.object_size_less_than.is_some()
+        {
+            return Err(not_implemented("lifecycle filters other than a prefix"));
+        }
+        if let Some(p) = filter.prefix {
+            prefix = p;
+        }
+    }
+    let expiration_days = match rule.expiration {
+        None => None,
+        Some(e) if e.date.is_some() || e.expired_object_delete_marker.is_some() => {
+            return Err(not_implemented("lifecycle expiration by date or of delete markers (use Days)"));
+        }
+        Some(e) => Some(positive_days(e.days, "Expiration Days")?),
+    };
+    let abort_incomplete_days = match rule.abort_incomplete_multipart_upload {
+        None => None,
+        Some(a) => Some(positive_days(a.days_after_initiation, "DaysAfterInitiation")?),
+    };
+    Ok(meridian_engine::lifecycle::LifecycleRule {
+        id: rule.id.unwrap_or_default(),
+        prefix,
+        enabled: rule.status.as_str() == ExpirationStatus::ENABLED,
+        expiration_days,
+        abort_incomplete_days,
+    })
+}
+
+fn positive_days(days: Option<i32>, what: &str) -> S3Result<u32> {
+    match days {
+        Some(d) if d > 0 => Ok(d as u32),
+        _ => Err(S3Error::with_message(S3ErrorCode::InvalidArgument, format!("{what} must be a positive integer"))),
+    }
+}
+
+/// The ACL S3 clients see: the owner with full control, and everyone with read when public.
+fn acl_grants(owner: &str, public_read: bool) -> (Owner, Vec<Grant>) {
+    let owner = Owner { id: Some(owner.to_string()), display_name: Some(owner.to_string()) };
+    let mut grants = vec![Grant {
+        grantee: Some(Grantee {
+            type_: Type::from_static(Type::CANONICAL_USER),
+            id: owner.id.clone(),
+            display_name: owner.display_name.clone(),
+            email_address: None,
+            uri: None,
+        }),
+        permission: Some(Permission::from_static(Permission::FULL_CONTROL)),
+    }];
+    if public_read {
+        grants.push(Grant {
+            grantee: Some(Grantee {
+                type_: Type::from_static(Type::GROUP),
+                uri: Some("http://acs.amazonaws.com/groups/global/AllUsers".into()),
+                id: None,
+                display_name: None,
+                email_address: None,
+            }),
+            permission: Some(Permission::from_static(Permission::READ)),
+        });
+    }
+    (owner, grants)
+}
+
+fn refuse_acl_details(grants: &[Option<&String>], policy: bool) -> S3Result<()> {
+    if policy || grants.iter().any(Option::is_some) {
+        return Err(not_implemented(
+            "explicit ACL grants (use the canned ACLs private or public-read, or `meridian admin bucket allow`)",
+        ));
+    }
+    Ok(())
+}

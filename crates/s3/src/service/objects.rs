@@ -1,0 +1,378 @@
+//! Object operations: PutObject, GetObject, HeadObject, DeleteObject, DeleteObjects and
+//! CopyObject.
+
+use meridian_engine::conditions::WriteConditions;
+use meridian_engine::{ByteRange, CopyRequest, GetOutcome, GetRequest, PutRequest};
+use s3s::dto::*;
+use s3s::{S3Request, S3Response, S3Result, s3_error};
+
+use super::MeridianS3;
+use super::shared::{
+    ChecksumHeaders, check_source, integrity, not_implemented, read_conditions, refuse_unsupported, request_body,
+    source_of, with_revision,
+};
+use crate::access::Principal;
+use crate::convert::{
+    ChecksumFields, HeaderInput, ResponseBody, checksum_algorithm, etag, etag_match, metadata, parse_expires, s3_error,
+    timestamp,
+};
+use crate::kv::{KvWrite, expiry_headers, read_consistency, session_cookie};
+
+pub(super) async fn put_object(
+    s3: &MeridianS3,
+    mut req: S3Request<PutObjectInput>,
+) -> S3Result<S3Response<PutObjectOutput>> {
+    let input = &mut req.input;
+    refuse_unsupported(
+        input.acl.as_ref().map(ObjectCannedACL::as_str),
+        input.server_side_encryption.as_ref(),
+        input.sse_customer_algorithm.as_ref(),
+        input.storage_class.as_ref(),
+        input.tagging.as_ref(),
+    )?;
+    if input.write_offset_bytes.is_some() {
+        return Err(not_implemented("appending with x-amz-write-offset-bytes"));
+    }
+    let sums = ChecksumHeaders {
+        algorithm: checksum_algorithm(input.checksum_algorithm.as_ref())?,
+        crc32: input.checksum_crc32.take(),
+        crc32c: input.checksum_crc32c.take(),
+        crc64nvme: input.checksum_crc64nvme.take(),
+        sha1: input.checksum_sha1.take(),
+        sha256: input.checksum_sha256.take(),
+    };
+    let integrity = integrity(&req, sums, req.input.content_md5.clone(), req.input.content_length)?;
+    let kv = KvWrite::from_headers(&req.headers)?;
+    let input = req.input;
+    let headers = HeaderInput {
+        content_type: input.content_type.map(|c| c.to_string()),
+        content_encoding: input.content_encoding,
+        content_disposition: input.content_disposition,
+        content_language: input.content_language,
+        cache_control: input.cache_control,
+        expires: input.expires,
+        metadata: input.metadata,
+    }
+    .into_headers();
+    let conditions = kv.conditions(WriteConditions {
+        if_match: etag_match(input.if_match),
+        if_none_match: etag_match(input.if_none_match),
+        ..Default::default()
+    });
+    let seen = req
+        .extensions
+        .get::<crate::access::SeenBucket>()
+        .filter(|s| s.name == input.bucket)
+        .map(|s| (s.record.clone(), s.revision));
+    let request = PutRequest {
+        bucket: input.bucket,
+        key: input.key,
+        body: request_body(input.body),
+        headers,
+        integrity,
+        conditions,
+        expires_at_ms: kv.expires_at_ms,
+    };
+    let outcome = match kv.transaction {
+        Some((wait, lock_ttl)) => s3.engine.put_transaction(request, wait, lock_ttl).await,
+        None => s3.engine.put_object_in(seen, request).await,
+    }
+    .map_err(s3_error)?;
+    let sums = ChecksumFields::from_stored(outcome.record.checksum.as_ref());
+    let output = PutObjectOutput {
+        e_tag: Some(etag(&outcome.etag)),
+        size: Some(outcome.size as i64),
+        checksum_crc32: sums.crc32,
+        checksum_crc32c: sums.crc32c,
+        checksum_crc64nvme: sums.crc64nvme,
+        checksum_sha1: sums.sha1,
+        checksum_sha256: sums.sha256,
+        checksum_type: sums.kind,
+        ..Default::default()
+    };
+    let mut resp = with_revision(output, outcome.revision);
+    session_cookie(&req.headers, outcome.revision, &mut resp.headers);
+    Ok(resp)
+}
+
+pub(super) async fn get_object(
+    s3: &MeridianS3,
+    req: S3Request<GetObjectInput>,
+) -> S3Result<S3Response<GetObjectOutput>> {
+    let consistency = read_consistency(&req.headers)?;
+    let input = req.input;
+    if input.version_id.as_deref().is_some_and(|v| v != "null") {
+        return Err(not_implemented("reading a specific object version"));
+    }
+    let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+    let out = s3
+        .engine
+        .get_object(GetRequest {
+            consistency,
+            bucket: input.bucket,
+            key: input.key,
+            range: byte_range(input.range),
+            part_number: input.part_number.map(|n| n.max(0) as u32),
+            conditions: read_conditions(
+                input.if_match,
+                input.if_none_match,
+                input.if_modified_since.as_ref(),
+                input.if_unmodified_since.as_ref(),
+            ),
+        })
+        .await
+        .map_err(s3_error)?;
+    let whole = out.range.is_none();
+    let sums = if want_checksum && whole {
+        ChecksumFields::from_stored(out.record.checksum.as_ref())
+    } else {
+        ChecksumFields::default()
+    };
+    let headers = &out.record.headers;
+    let output = GetObjectOutput {
+        accept_ranges: Some("bytes".into()),
+        content_length: Some(out.content_length() as i64),
+        content_range: content_range(&out),
+        e_tag: Some(etag(&out.record.etag)),
+        last_modified: Some(timestamp(out.record.modified_ms)),
+        content_type: Some(
+            input
+                .response_content_type
+                .or_else(|| headers.content_type.clone())
+                .unwrap_or_else(|| "binary/octet-stream".into()),
+        ),
+        content_encoding: input.response_content_encoding.or_else(|| headers.content_encoding.clone()),
+        content_disposition: input.response_content_disposition.or_else(|| headers.content_disposition.clone()),
+        content_language: input.response_content_language.or_else(|| headers.content_language.clone()),
+        cache_control: input.response_cache_control.or_else(|| headers.cache_control.clone()),
+        expires: input.response_expires.or_else(|| headers.expires.as_deref().and_then(parse_expires)),
+        metadata: metadata(headers),
+        parts_count: out.parts_count.map(|n| n as i32),
+        checksum_crc32: sums.crc32,
+        checksum_crc32c: sums.crc32c,
+        checksum_crc64nvme: sums.crc64nvme,
+        checksum_sha1: sums.sha1,
+        checksum_sha256: sums.sha256,
+        checksum_type: sums.kind,
+        ..Default::default()
+    };
+    let revision = out.revision;
+    let expires_at = out.record.expires_at_ms;
+    let source = out.source.clone();
+    let len = out.content_length();
+    let body = StreamingBlob::new(ResponseBody::new(out.body, len));
+    let mut resp = with_revision(GetObjectOutput { body: Some(body), ..output }, revision);
+    expiry_headers(expires_at, &mut resp.headers);
+    source_headers(s3, source.as_ref(), &mut resp.headers);
+    Ok(resp)
+}
+
+pub(super) async fn head_object(
+    s3: &MeridianS3,
+    req: S3Request<HeadObjectInput>,
+) -> S3Result<S3Response<HeadObjectOutput>> {
+    let consistency = read_consistency(&req.headers)?;
+    let input = req.input;
+    if input.version_id.as_deref().is_some_and(|v| v != "null") {
+        return Err(not_implemented("reading a specific object version"));
+    }
+    let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+    let out = s3
+        .engine
+        .head_object(GetRequest {
+            consistency,
+            bucket: input.bucket,
+            key: input.key,
+            range: byte_range(input.range),
+            part_number: input.part_number.map(|n| n.max(0) as u32),
+            conditions: read_conditions(
+                input.if_match,
+                input.if_none_match,
+                input.if_modified_since.as_ref(),
+                input.if_unmodified_since.as_ref(),
+            ),
+        })
+        .await
+        .map_err(s3_error)?;
+    let sums = if want_checksum && out.range.is_none() {
+        ChecksumFields::from_stored(out.record.checksum.as_ref())
+    } else {
+        ChecksumFields::default()
+    };
+    let headers = &out.record.headers;
+    let output = HeadObjectOutput {
+        accept_ranges: Some("bytes".into()),
+        content_length: Some(out.content_length() as i64),
+        content_range: content_range(&out),
+        e_tag: Some(etag(&out.record.etag)),
+        last_modified: Some(timestamp(out.record.modified_ms)),
+        content_type: Some(headers.content_type.clone().unwrap_or_else(|| "binary/octet-stream".into())),
+        content_encoding: headers.content_encoding.clone(),
+        content_disposition: headers.content_disposition.clone(),
+        content_language: headers.content_language.clone(),
+        cache_control: headers.cache_control.clone(),
+        expires: headers.expires.as_deref().and_then(parse_expires),
+        metadata: metadata(headers),
+        parts_count: out.parts_count.map(|n| n as i32),
+        checksum_crc32: sums.crc32,
+        checksum_crc32c: sums.crc32c,
+        checksum_crc64nvme: sums.crc64nvme,
+        checksum_sha1: sums.sha1,
+        checksum_sha256: sums.sha256,
+        checksum_type: sums.kind,
+        ..Default::default()
+    };
+    let mut resp = with_revision(output, out.revision);
+    expiry_headers(out.record.expires_at_ms, &mut resp.headers);
+    Ok(resp)
+}
+
+pub(super) async fn delete_object(
+    s3: &MeridianS3,
+    req: S3Request<DeleteObjectInput>,
+) -> S3Result<S3Response<DeleteObjectOutput>> {
+    let kv = KvWrite::from_headers(&req.headers)?;
+    if kv.expires_at_ms.is_some() || kv.transaction.is_some() {
+        return Err(s3_error!(InvalidArgument, "TTL and transaction headers apply to writes, not deletes"));
+    }
+    let input = req.input;
+    if input.version_id.as_deref().is_some_and(|v| v != "null") {
+        return Err(not_implemented("deleting a specific object version"));
+    }
+    let conditions = kv.conditions(WriteConditions { if_match: etag_match(input.if_match), ..Default::default() });
+    let out = s3.engine.delete_object(&input.bucket, &input.key, &conditions).await.map_err(s3_error)?;
+    let mut resp = with_revision(DeleteObjectOutput::default(), out.revision);
+    session_cookie(&req.headers, out.revision, &mut resp.headers);
+    Ok(resp)
+}
+
+pub(super) async fn delete_objects(
+    s3: &MeridianS3,
+    req: S3Request<DeleteObjectsInput>,
+) -> S3Result<S3Response<DeleteObjectsOutput>> {
+    let input = req.input;
+    if input.delete.objects.len() > 1000 {
+        return Err(s3_error!(MalformedXML, "DeleteObjects accepts at most 1000 keys"));
+    }
+    let quiet = input.delete.quiet.unwrap_or(false);
+    let keys: Vec<String> = input.delete.objects.into_iter().map(|o| o.key).collect();
+    // A missing bucket fails the whole request, as in S3.
+    s3.engine.bucket(&input.bucket).await.map_err(s3_error)?;
+    let results = s3.engine.delete_objects(&input.bucket, keys).await;
+    let mut deleted = Vec::new();
+    let mut errors = Vec::new();
+    let mut revision = 0;
+    for (key, result) in results {
+        match result {
+            Ok(out) => {
+                revision = revision.max(out.revision);
+                if !quiet {
+                    deleted.push(DeletedObject { key: Some(key), ..Default::default() });
+                }
+            }
+            Err(e) => {
+                let e = s3_error(e);
+                errors.push(Error {
+                    code: Some(e.code().as_str().to_string()),
+                    key: Some(key),
+                    message: e.message().map(str::to_string),
+                    version_id: None,
+                });
+            }
+        }
+    }
+    let output = DeleteObjectsOutput { deleted: Some(deleted), errors: Some(errors), ..Default::default() };
+    Ok(with_revision(output, revision))
+}
+
+pub(super) async fn copy_object(
+    s3: &MeridianS3,
+    req: S3Request<CopyObjectInput>,
+) -> S3Result<S3Response<CopyObjectOutput>> {
+    let key = Principal::of(&req).cloned();
+    let input = req.input;
+    refuse_unsupported(
+        input.acl.as_ref().map(ObjectCannedACL::as_str),
+        input.server_side_encryption.as_ref(),
+        input.sse_customer_algorithm.as_ref(),
+        input.storage_class.as_ref(),
+        input.tagging.as_ref(),
+    )?;
+    let (src_bucket, src_key) = source_of(&input.copy_source)?;
+    check_source(s3, key.as_ref(), &src_bucket).await?;
+    let replace = match input.metadata_directive.as_ref().map(MetadataDirective::as_str) {
+        None | Some(MetadataDirective::COPY) => false,
+        Some(MetadataDirective::REPLACE) => true,
+        Some(other) => {
+            return Err(s3_error!(InvalidArgument, "Unknown metadata directive {other:?}"));
+        }
+    };
+    let replace_headers = replace.then(|| {
+        HeaderInput {
+            content_type: input.content_type.map(|c| c.to_string()),
+            content_encoding: input.content_encoding,
+            content_disposition: input.content_disposition,
+            content_language: input.content_language,
+            cache_control: input.cache_control,
+            expires: input.expires,
+            metadata: input.metadata,
+        }
+        .into_headers()
+    });
+    let out = s3
+        .engine
+        .copy_object(CopyRequest {
+            src_bucket,
+            src_key,
+            dst_bucket: input.bucket,
+            dst_key: input.key,
+            source_conditions: read_conditions(
+                input.copy_source_if_match,
+                input.copy_source_if_none_match,
+                input.copy_source_if_modified_since.as_ref(),
+                input.copy_source_if_unmodified_since.as_ref(),
+            ),
+            replace_headers,
+            conditions: WriteConditions::default(),
+        })
+        .await
+        .map_err(s3_error)?;
+    let sums = ChecksumFields::from_stored(out.record.checksum.as_ref());
+    let result = CopyObjectResult {
+        e_tag: Some(etag(&out.etag)),
+        last_modified: Some(timestamp(out.modified_ms)),
+        checksum_crc32: sums.crc32,
+        checksum_crc32c: sums.crc32c,
+        checksum_crc64nvme: sums.crc64nvme,
+        checksum_sha1: sums.sha1,
+        checksum_sha256: sums.sha256,
+        checksum_type: sums.kind,
+    };
+    let output = CopyObjectOutput { copy_object_result: Some(result), ..Default::default() };
+    Ok(with_revision(output, out.revision))
+}
+
+/// Where the bytes of a GET came from: `x-meridian-served-from: REGION` and
+/// `x-meridian-cache: hit` (from this region's disk or cache) or `miss` (fetched now).
+fn source_headers(s3: &MeridianS3, source: Option<&meridian_engine::ReadSource>, headers: &mut http::HeaderMap) {
+    let own = &s3.engine.config().node.region;
+    let (region, hit) = match source {
+        Some(s) => (s.region.as_str(), s.cache_hit),
+        None => (own.as_str(), true),
+    };
+    if let Ok(v) = http::HeaderValue::from_str(region) {
+        headers.insert("x-meridian-served-from", v);
+    }
+    headers.insert("x-meridian-cache", http::HeaderValue::from_static(if hit { "hit" } else { "miss" }));
+}
+
+fn byte_range(range: Option<Range>) -> Option<ByteRange> {
+    range.map(|r| match r {
+        Range::Int { first, last } => ByteRange::From { first, last },
+        Range::Suffix { length } => ByteRange::Suffix { len: length },
+    })
+}
+
+fn content_range(out: &GetOutcome) -> Option<String> {
+    out.range.map(|(first, last)| format!("bytes {first}-{last}/{}", out.record.size))
+}

@@ -1,0 +1,180 @@
+//! Request parsing and response helpers several operation groups share.
+
+use futures::TryStreamExt;
+use meridian_engine::checksum::ChecksumAlgorithm;
+use meridian_engine::conditions::ReadConditions;
+use meridian_engine::iam::{Access, authorize};
+use meridian_engine::{Body, BodyError, Integrity, Revision};
+use s3s::dto::*;
+use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
+
+use super::MeridianS3;
+use crate::REVISION_HEADER;
+use crate::convert::{etag_match, s3_error, unix_seconds};
+
+/// A copy reads its source: the key needs read access there as well.
+pub(super) async fn check_source(
+    s3: &MeridianS3,
+    key: Option<&meridian_engine::iam::KeyRecord>,
+    bucket: &str,
+) -> S3Result<()> {
+    let record = match s3.engine.bucket_for_access(bucket).await {
+        Ok((record, _)) => record,
+        Err(meridian_engine::EngineError::NoSuchBucket) => return Err(s3_error!(NoSuchBucket)),
+        Err(e) => return Err(s3_error(e)),
+    };
+    if authorize(key, &record, Access::Read) {
+        Ok(())
+    } else {
+        Err(S3Error::with_message(S3ErrorCode::AccessDenied, "Access Denied to the copy source"))
+    }
+}
+
+pub(super) fn with_revision<T>(output: T, revision: Revision) -> S3Response<T> {
+    let mut resp = S3Response::new(output);
+    if let Ok(value) = http::HeaderValue::from_str(&revision.to_string()) {
+        resp.headers.insert(REVISION_HEADER, value);
+    }
+    resp
+}
+
+pub(super) fn not_implemented(what: &str) -> S3Error {
+    S3Error::with_message(S3ErrorCode::NotImplemented, format!("{what} is not implemented by Meridian"))
+}
+
+/// Refuses request features we do not implement instead of silently ignoring them.
+pub(super) fn refuse_unsupported(
+    acl: Option<&str>,
+    sse: Option<&ServerSideEncryption>,
+    sse_customer: Option<&String>,
+    storage_class: Option<&StorageClass>,
+    tagging: Option<&String>,
+) -> S3Result<()> {
+    if let Some(acl) = acl
+        && acl != ObjectCannedACL::PRIVATE
+    {
+        return Err(not_implemented(&format!("the {acl:?} canned ACL")));
+    }
+    if sse.is_some() || sse_customer.is_some() {
+        return Err(not_implemented("server-side encryption"));
+    }
+    if let Some(class) = storage_class
+        && class.as_str() != StorageClass::STANDARD
+    {
+        return Err(not_implemented(&format!("storage class {:?}", class.as_str())));
+    }
+    if tagging.is_some_and(|t| !t.is_empty()) {
+        return Err(not_implemented("object tagging"));
+    }
+    Ok(())
+}
+
+pub(super) fn request_body(body: Option<StreamingBlob>) -> Body {
+    match body {
+        Some(blob) => Box::pin(blob.map_err(|e| e as BodyError)),
+        None => meridian_engine::body_from_bytes(bytes::Bytes::new()),
+    }
+}
+
+/// What the request says about its checksum: a header value, or a trailer to read after the
+/// body, or just the algorithm the SDK wants computed.
+pub(super) struct ChecksumHeaders {
+    pub(super) algorithm: Option<ChecksumAlgorithm>,
+    pub(super) crc32: Option<String>,
+    pub(super) crc32c: Option<String>,
+    pub(super) crc64nvme: Option<String>,
+    pub(super) sha1: Option<String>,
+    pub(super) sha256: Option<String>,
+}
+
+pub(super) fn integrity<T>(
+    req: &S3Request<T>,
+    sums: ChecksumHeaders,
+    content_md5: Option<String>,
+    content_length: Option<i64>,
+) -> S3Result<Integrity> {
+    let given = [
+        (ChecksumAlgorithm::Crc32, sums.crc32),
+        (ChecksumAlgorithm::Crc32c, sums.crc32c),
+        (ChecksumAlgorithm::Crc64nvme, sums.crc64nvme),
+        (ChecksumAlgorithm::Sha1, sums.sha1),
+        (ChecksumAlgorithm::Sha256, sums.sha256),
+    ];
+    let mut given: Vec<(ChecksumAlgorithm, String)> =
+        given.into_iter().filter_map(|(a, v)| v.map(|v| (a, v))).collect();
+    if given.len() > 1 {
+        return Err(s3_error!(
+            InvalidRequest,
+            "Expecting a single x-amz-checksum- header. Multiple checksum types are not allowed."
+        ));
+    }
+    let mut out = Integrity {
+        content_md5,
+        content_length: content_length.and_then(|l| u64::try_from(l).ok()),
+        ..Default::default()
+    };
+    if let Some((algorithm, value)) = given.pop() {
+        out.algorithm = Some(algorithm);
+        out.expected = Some(value);
+        return Ok(out);
+    }
+    let trailer_name =
+        req.headers.get("x-amz-trailer").and_then(|v| v.to_str().ok()).map(str::trim).map(str::to_ascii_lowercase);
+    if let Some(name) = trailer_name {
+        let algorithm = name
+            .strip_prefix("x-amz-checksum-")
+            .and_then(ChecksumAlgorithm::parse)
+            .ok_or_else(|| s3_error!(InvalidRequest, "unsupported x-amz-trailer {name:?}"))?;
+        let handle = req.trailing_headers.clone();
+        out.algorithm = Some(algorithm);
+        out.trailer = Some(Box::new(move || {
+            let handle = handle?;
+            handle
+                .read(|headers| headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(str::to_string))
+                .flatten()
+        }));
+        return Ok(out);
+    }
+    out.algorithm = sums.algorithm;
+    Ok(out)
+}
+
+pub(super) fn source_of(copy_source: &CopySource) -> S3Result<(String, String)> {
+    match copy_source {
+        CopySource::Bucket { bucket, key, version_id } => {
+            if version_id.as_deref().is_some_and(|v| v != "null") {
+                return Err(not_implemented("copying a specific object version"));
+            }
+            Ok((bucket.to_string(), key.to_string()))
+        }
+        _ => Err(not_implemented("access point copy sources")),
+    }
+}
+
+pub(super) fn read_conditions(
+    if_match: Option<ETagCondition>,
+    if_none_match: Option<ETagCondition>,
+    if_modified_since: Option<&Timestamp>,
+    if_unmodified_since: Option<&Timestamp>,
+) -> ReadConditions {
+    ReadConditions {
+        if_match: etag_match(if_match),
+        if_none_match: etag_match(if_none_match),
+        if_modified_since: if_modified_since.map(unix_seconds),
+        if_unmodified_since: if_unmodified_since.map(unix_seconds),
+    }
+}
+
+/// The canned ACLs Meridian implements: `private` and `public-read` (anonymous GET/HEAD).
+pub(super) fn bucket_acl_is_public(acl: Option<&BucketCannedACL>) -> S3Result<bool> {
+    match acl.map(BucketCannedACL::as_str) {
+        None | Some(BucketCannedACL::PRIVATE) => Ok(false),
+        Some(BucketCannedACL::PUBLIC_READ) => Ok(true),
+        Some(other) => Err(not_implemented(&format!("the {other:?} canned ACL (use private or public-read)"))),
+    }
+}
+
+#[allow(non_snake_case)]
+pub(super) fn ChecksumAlgorithm_from(name: &str) -> s3s::dto::ChecksumAlgorithm {
+    s3s::dto::ChecksumAlgorithm::from(name.to_string())
+}
