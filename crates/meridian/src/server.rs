@@ -51,16 +51,18 @@ pub struct ServerArgs {
     /// Shared secret that nodes present to each other (required with --etcd).
     #[arg(long, env = "MERIDIAN_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
-    /// Most bytes kept in the cache of objects held by other regions. Default: 10 GiB
-    #[arg(long)]
+    /// Most bytes kept in the cache of objects held by other regions (a size: 10GiB, 500MB or
+    /// a number of bytes). Default: 10GiB
+    #[arg(long, value_parser = meridian_common::size::parse_size)]
     cache_max_bytes: Option<u64>,
     /// Objects up to this size are copied to every region right after they are written.
-    /// Default: 131072
-    #[arg(long)]
+    /// Default: 128KiB
+    #[arg(long, value_parser = meridian_common::size::parse_size)]
     replicate_small_bytes: Option<u64>,
-    /// Store objects up to this many bytes inline in the metadata store. Default: 32768
-    #[arg(long)]
-    inline_max: Option<usize>,
+    /// Store objects up to this size inline in the metadata store. Default: 32KiB (1KiB with
+    /// --etcd)
+    #[arg(long, value_parser = meridian_common::size::parse_size)]
+    inline_max: Option<u64>,
     /// Log format: text or json. Default: text (logs go to stderr; RUST_LOG sets the level)
     #[arg(long)]
     log_format: Option<String>,
@@ -116,9 +118,12 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
     Ok(Settings {
         cache_max_bytes: args
             .cache_max_bytes
-            .or(file.cache_max_bytes)
+            .or(file.cache_max_bytes.map(u64::from))
             .unwrap_or(meridian_blob::cache::DEFAULT_MAX_BYTES),
-        replicate_small_bytes: args.replicate_small_bytes.or(file.replicate_small_bytes).unwrap_or(128 << 10),
+        replicate_small_bytes: args
+            .replicate_small_bytes
+            .or(file.replicate_small_bytes.map(u64::from))
+            .unwrap_or(128 << 10),
         etcd,
         etcd_namespace: args
             .etcd_namespace
@@ -135,7 +140,10 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             .unwrap_or(config::DEFAULT_ADMIN_LISTEN.parse().context("default admin listen address")?),
         domain: args.domain.or(file.domain),
         region: args.region.or(file.region).unwrap_or_else(|| "us-east-1".into()),
-        inline_max: args.inline_max.or(file.inline_max).unwrap_or(inline_default),
+        inline_max: match args.inline_max.or(file.inline_max.map(u64::from)) {
+            Some(bytes) => usize::try_from(bytes).context("--inline-max is too large for this machine")?,
+            None => inline_default,
+        },
         limits,
         log_format: args.log_format.or(file.log_format).unwrap_or_else(|| "text".into()),
         history_revisions: args
