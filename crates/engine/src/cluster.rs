@@ -5,23 +5,18 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use meridian_meta::{Op, RangeRequest, Txn};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, EngineResult};
+use crate::keys::{self, NODES_PREFIX};
 use crate::record;
 use crate::{Engine, now_ms};
 
-pub const NODES_PREFIX: &str = "n/";
 /// How often a node refreshes its record.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// A node silent for longer than this is considered down.
 pub const NODE_STALE_AFTER: Duration = Duration::from_secs(10);
-
-fn node_key(id: &str) -> Bytes {
-    Bytes::from(format!("{NODES_PREFIX}{id}"))
-}
 
 /// What a node publishes about itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +58,7 @@ pub struct NodeStatus {
 impl Engine {
     /// Publishes this node's record now.
     pub async fn publish_node(&self, record: &NodeRecord) -> EngineResult<()> {
-        let txn = Txn::new().then(Op::put(node_key(&record.id), record::encode(record)));
+        let txn = Txn::new().then(Op::put(keys::node(&record.id), record::encode(record)));
         self.meta().txn(txn).await?;
         self.note_commit();
         Ok(())
@@ -116,7 +111,7 @@ impl Engine {
     pub async fn node(&self, id: &str) -> EngineResult<NodeRecord> {
         let kv = self
             .meta()
-            .get(&node_key(id))
+            .get(&keys::node(id))
             .await?
             .ok_or_else(|| EngineError::Unavailable(format!("node {id:?} is not registered in the cluster")))?;
         record::decode(&kv.value)
@@ -124,7 +119,7 @@ impl Engine {
 
     /// Removes a node's record (a node that left for good).
     pub async fn forget_node(&self, id: &str) -> EngineResult<()> {
-        self.meta().txn(Txn::new().then(Op::delete(node_key(id)))).await?;
+        self.meta().txn(Txn::new().then(Op::delete(keys::node(id)))).await?;
         Ok(())
     }
 }

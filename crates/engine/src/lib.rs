@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use meridian_blob::{BlobId, BlobStore};
 use meridian_meta::MetaStore;
 
@@ -23,7 +22,7 @@ mod error;
 mod gc;
 pub mod iam;
 pub mod ingest;
-mod keys;
+pub mod keys;
 pub mod lifecycle;
 mod list;
 pub mod locks;
@@ -273,8 +272,4 @@ pub fn validate_key(key: &str) -> EngineResult<()> {
         return Err(EngineError::InvalidKey("the object key must not contain NUL characters".into()));
     }
     Ok(())
-}
-
-fn to_bytes(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
 }

@@ -105,9 +105,7 @@ impl Engine {
         let mut events = self.meta().watch(meridian_meta::RangeRequest::prefix(crate::keys::OBJECTS_ROOT), 0).await?;
         while let Some(event) = events.next().await {
             let event = event?;
-            if event.kind != meridian_meta::EventKind::Put
-                || event.kv.key.ends_with(crate::keys::EXPIRED_MARKER.as_bytes())
-            {
+            if event.kind != meridian_meta::EventKind::Put || crate::keys::parse_object_key(&event.kv.key).is_none() {
                 continue;
             }
             let Ok(record) = crate::record::decode::<crate::record::ObjectRecord>(&event.kv.value) else { continue };
