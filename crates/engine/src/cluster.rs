@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use meridian_meta::{Op, RangeRequest, Txn};
+use meridian_meta::{MetaStore, Op, RangeRequest, Txn};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, EngineResult};
@@ -17,6 +17,16 @@ use crate::{Engine, now_ms};
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// A node silent for longer than this is considered down.
 pub const NODE_STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// One node's record, straight from the store (the peer reader needs it before its engine
+/// exists).
+pub(crate) async fn read_node(meta: &dyn MetaStore, id: &str) -> EngineResult<NodeRecord> {
+    let kv = meta
+        .get(&keys::node(id))
+        .await?
+        .ok_or_else(|| EngineError::Unavailable(format!("node {id:?} is not registered in the cluster")))?;
+    record::decode(&kv.value)
+}
 
 /// What a node publishes about itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,12 +119,7 @@ impl Engine {
 
     /// One node's record.
     pub async fn node(&self, id: &str) -> EngineResult<NodeRecord> {
-        let kv = self
-            .meta()
-            .get(&keys::node(id))
-            .await?
-            .ok_or_else(|| EngineError::Unavailable(format!("node {id:?} is not registered in the cluster")))?;
-        record::decode(&kv.value)
+        read_node(self.meta().as_ref(), id).await
     }
 
     /// Removes a node's record (a node that left for good).

@@ -43,8 +43,9 @@ pub fn expires_after(ttl: Duration) -> i64 {
 }
 
 impl Engine {
-    /// Runs the reaper until the process ends. `interval` is how often it looks for due entries.
-    pub fn spawn_reaper(&self, interval: Duration) {
+    /// Runs the reaper until the process ends (started by [`crate::EngineBuilder::reaper`]).
+    /// `interval` is how often it looks for due entries.
+    pub(crate) fn spawn_reaper(&self, interval: Duration) {
         let engine = self.clone();
         tokio::spawn(async move {
             loop {

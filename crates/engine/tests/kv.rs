@@ -20,7 +20,7 @@ fn engine() -> (Engine, tempfile::TempDir) {
     let meta = EmbeddedStore::open(&dir.path().join("meta.redb"), EmbeddedOptions::default()).unwrap();
     let blobs = BlobStore::open(dir.path()).unwrap();
     let config = EngineConfig { inline_max: 64, blob_delete_delay: Duration::ZERO, ..Default::default() };
-    (Engine::new(Arc::new(meta), blobs, config), dir)
+    (Engine::builder(Metadata::single(Arc::new(meta)), blobs, config).build(), dir)
 }
 
 fn put_req(key: &str, value: &[u8], ttl: Option<Duration>) -> PutRequest {
@@ -123,6 +123,25 @@ async fn an_old_layout_marker_is_ignored_and_reaped() {
     assert!(index.kvs.is_empty());
     engine.delete_object("kvs", "kept", &WriteConditions::default()).await.unwrap();
     engine.delete_bucket("kvs").await.unwrap();
+}
+
+/// The reaper is part of the engine as built: nothing has to start it afterwards.
+#[tokio::test]
+async fn an_engine_built_with_a_reaper_reaps_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = EmbeddedStore::open(&dir.path().join("meta.redb"), EmbeddedOptions::default()).unwrap();
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    let engine = Engine::builder(Metadata::single(Arc::new(meta)), blobs, EngineConfig::default())
+        .reaper(Duration::from_millis(20))
+        .build();
+    engine.create_bucket("kvs", "me").await.unwrap();
+    engine.put_object(put_req("short", b"v", Some(Duration::from_millis(50)))).await.unwrap();
+    let record = keys::object("kvs", "short");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while engine.meta().get(&record).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the built-in reaper never removed the record");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use clap::Args;
 use meridian_blob::BlobStore;
-use meridian_engine::{Engine, EngineConfig};
+use meridian_engine::{Engine, EngineConfig, Metadata};
 use meridian_meta::embedded::{EmbeddedOptions, EmbeddedStore};
 use meridian_s3::{S3Options, ServerLimits};
 
@@ -176,7 +176,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let started = SystemTime::now();
     std::fs::create_dir_all(&settings.data)
         .with_context(|| format!("cannot create the data directory {}", settings.data.display()))?;
-    let (meta, views) = open_metadata(&settings).await?;
+    let metadata = open_metadata(&settings).await?;
     let blobs = BlobStore::open(&settings.data).context("cannot open the blob store")?;
     let node_id = match &settings.node_id {
         Some(id) => id.clone(),
@@ -184,10 +184,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let node = meridian_engine::record::Holder { node: node_id.clone(), region: settings.region.clone() };
     let engine_config = EngineConfig { inline_max: settings.inline_max, node, ..EngineConfig::default() };
-    let engine = Engine::new(meta, blobs, engine_config);
-    if let Some(views) = views {
-        engine.set_read_views(views);
-    }
+    let mut builder = Engine::builder(metadata.clone(), blobs, engine_config).reaper(Duration::from_millis(250));
+    let cache = match &settings.cluster_token {
+        Some(token) => {
+            let (reader, cache) = peer_reader(&metadata, &settings, token)?;
+            builder = builder.remote_reader(reader, settings.replicate_small_bytes);
+            Some(cache)
+        }
+        None => None,
+    };
+    let engine = builder.build();
 
     let (creds, source) = config::admin_credentials(&settings.data)?;
     engine
@@ -197,13 +203,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let options = S3Options { domain: settings.domain.clone(), region: settings.region.clone() };
     let service = meridian_s3::build_service(engine.clone(), &options);
 
-    let (peer_endpoint, cache) = match &settings.cluster_token {
-        Some(token) => {
-            let cache = join_cluster(&engine, &settings, token)?;
-            (Some(meridian_s3::PeerEndpoint { blobs: engine.blobs().clone(), token: token.clone() }), Some(cache))
-        }
-        None => (None, None),
-    };
+    let peer_endpoint = settings
+        .cluster_token
+        .as_ref()
+        .map(|token| meridian_s3::PeerEndpoint { blobs: engine.blobs().clone(), token: token.clone() });
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| {
         format!("cannot listen on {} (is the port in use? pass --listen ADDR:PORT)", settings.listen)
     })?;
@@ -258,7 +261,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     });
 
     collect_orphans_in_background(engine.clone(), started);
-    engine.spawn_reaper(Duration::from_millis(250));
     let forwarder =
         peer_endpoint.as_ref().map(|_| meridian_s3::forward::Forwarder::new(engine.clone(), settings.domain.clone()));
     meridian_s3::serve(listener, service, peer_endpoint, forwarder, settings.limits.clone(), shutdown_signal()).await?;
@@ -266,9 +268,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads of bytes held elsewhere go through a local chunk cache, and small objects written in
-/// other regions are copied here right after they are written.
-fn join_cluster(engine: &Engine, settings: &Settings, token: &str) -> anyhow::Result<meridian_blob::ChunkCache> {
+/// Reads of bytes held elsewhere go through a local chunk cache (small objects written in other
+/// regions are copied into it right after they are written: see `--replicate-small-bytes`).
+fn peer_reader(
+    metadata: &Metadata,
+    settings: &Settings,
+    token: &str,
+) -> anyhow::Result<(Arc<meridian_engine::peer::PeerReader>, meridian_blob::ChunkCache)> {
     let options = meridian_blob::CacheOptions {
         max_bytes: settings.cache_max_bytes,
         chunk_size: meridian_engine::CHUNK_SIZE,
@@ -277,16 +283,18 @@ fn join_cluster(engine: &Engine, settings: &Settings, token: &str) -> anyhow::Re
     let dir = settings.data.join("cache");
     let cache = meridian_blob::ChunkCache::open(&dir, options)
         .with_context(|| format!("cannot open the cache in {}", dir.display()))?;
-    let reader = meridian_engine::peer::PeerReader::new(engine.clone(), cache.clone(), token.to_string());
-    engine.set_remote_reader(Arc::new(reader));
-    engine.spawn_prefetch(settings.replicate_small_bytes);
-    Ok(cache)
+    let reader = meridian_engine::peer::PeerReader::new(
+        Arc::clone(metadata.store()),
+        settings.region.clone(),
+        cache.clone(),
+        token.to_string(),
+    );
+    Ok((Arc::new(reader), cache))
 }
 
-/// The metadata store: etcd when the node joins a cluster, else the embedded database.
-async fn open_metadata(
-    settings: &Settings,
-) -> anyhow::Result<(Arc<dyn meridian_meta::MetaStore>, Option<Arc<dyn meridian_engine::ReadViews>>)> {
+/// The metadata store: etcd (replicated: local reads from the nearest member) when the node
+/// joins a cluster, else the embedded database (a single store).
+async fn open_metadata(settings: &Settings) -> anyhow::Result<Metadata> {
     if settings.etcd.is_empty() {
         let path = settings.data.join("meta.redb");
         let options = EmbeddedOptions { history_revisions: settings.history_revisions, ..EmbeddedOptions::default() };
@@ -296,7 +304,7 @@ async fn open_metadata(
                 path.display()
             )
         })?;
-        return Ok((Arc::new(store), None));
+        return Ok(Metadata::single(Arc::new(store)));
     }
     let options =
         meridian_meta_etcd::EtcdOptions::new(settings.etcd.clone()).namespace(settings.etcd_namespace.clone());
@@ -304,7 +312,7 @@ async fn open_metadata(
         .await
         .with_context(|| format!("cannot reach etcd at {}", settings.etcd.join(",")))?;
     tracing::info!(endpoints = %settings.etcd.join(","), namespace = %settings.etcd_namespace, "metadata in etcd");
-    Ok((Arc::new(store.clone()), Some(Arc::new(EtcdViews::new(&store)))))
+    Ok(Metadata::replicated(Arc::new(store.clone()), Arc::new(EtcdViews::new(&store))))
 }
 
 /// Local and at-least reads from the nearest etcd member; strong reads through the leader.
