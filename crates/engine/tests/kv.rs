@@ -93,6 +93,10 @@ async fn ttl_hides_at_once_and_the_reaper_cleans_up() {
     let scan = engine.meta().range(meridian_meta::RangeRequest::prefix(keys::objects_prefix("kvs"))).await.unwrap();
     let scanned: Vec<_> = scan.kvs.iter().map(|kv| kv.key.clone()).collect();
     assert_eq!(scanned, [keys::object("kvs", "forever")]);
+    // Replayed from history, the removal is still an expiry.
+    let mut replay = engine.watch("kvs", "", put.revision).await.unwrap();
+    let kinds = [next(&mut replay).await.kind, next(&mut replay).await.kind, next(&mut replay).await.kind];
+    assert_eq!(kinds, [ChangeKind::Put, ChangeKind::Put, ChangeKind::Expire]);
     // A plain delete is reported as a delete; the marker does not block deleting the bucket.
     engine.delete_object("kvs", "forever", &WriteConditions::default()).await.unwrap();
     let e = next(&mut changes).await;
