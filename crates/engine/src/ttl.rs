@@ -37,6 +37,17 @@ pub fn parse_ttl(text: &str) -> EngineResult<Duration> {
     })
 }
 
+/// Parses how long to wait for a lock: a duration like a TTL's, or zero (`0`, `0s`) for not at
+/// all.
+pub fn parse_wait(text: &str) -> EngineResult<Duration> {
+    meridian_kv_types::parse_wait(text).map_err(|e| {
+        EngineError::InvalidArgument(match e {
+            DurationError::Malformed => format!("invalid wait {text:?}: {DURATION_HELP}"),
+            DurationError::TooLong => format!("wait {text:?} is longer than 100 years"),
+        })
+    })
+}
+
 /// The expiry instant (Unix ms) of a TTL starting now.
 pub fn expires_after(ttl: Duration) -> i64 {
     now_ms().saturating_add(ttl.as_millis() as i64)

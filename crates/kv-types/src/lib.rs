@@ -51,6 +51,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     Ok(parsed)
 }
 
+/// Parses how long to wait for a lock: a duration as [`parse_duration`] reads it, or zero in
+/// any spelling (`0`, `0s`, `0ms`) for not waiting at all.
+///
+/// ```
+/// use std::time::Duration;
+/// use meridian_kv_types::parse_wait;
+/// assert_eq!(parse_wait("0s"), Ok(Duration::ZERO));
+/// assert_eq!(parse_wait("1m30s"), Ok(Duration::from_secs(90)));
+/// ```
+pub fn parse_wait(text: &str) -> Result<Duration, DurationError> {
+    match meridian_common::duration::parse_duration(text) {
+        Ok(wait) if wait.is_zero() => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
+}
+
 /// A duration as [`parse_duration`] reads it back: whole milliseconds, at least 1 ms.
 pub fn format_duration(d: Duration) -> String {
     format!("{}ms", d.as_millis().max(1))
@@ -286,5 +302,10 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("5min"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration(&format_duration(Duration::from_micros(1))), Ok(Duration::from_millis(1)));
+        for zero in ["0", "0s", "0ms", " 0 "] {
+            assert_eq!(parse_wait(zero), Ok(Duration::ZERO), "{zero:?}");
+        }
+        assert_eq!(parse_wait("0.5ms"), Err(DurationError::Malformed));
+        assert_eq!(parse_wait("36501d"), Err(DurationError::TooLong));
     }
 }
