@@ -5,9 +5,9 @@
 //!
 //! | key | value | written by |
 //! |---|---|---|
-//! | `b/<bucket>` | [`crate::record::BucketRecord`] | bucket create/delete, bucket settings |
-//! | `o/<bucket>/<key>` | [`crate::record::ObjectRecord`] | put, copy, complete multipart, delete, lifecycle, reaper |
-//! | `i/<bucket>/<key>` | the bytes of an object stored inline | put/copy of small objects (same txn as its `o/`) |
+//! | `b/<bucket>` | [`crate::record::BucketRecord`] (owner, grants, public read, lifecycle rules, location) | bucket create/delete and settings, grant changes, key deletion (drops its grants) |
+//! | `o/<bucket>/<key>` | [`crate::record::ObjectRecord`] | put, copy, complete multipart, delete, KV batch, lifecycle, reaper |
+//! | `i/<bucket>/<key>` | the bytes of an object stored inline | put/copy/KV batch of small objects (same txn as its `o/`) |
 //! | `u/<bucket>/<key>\0<upload id>` | [`crate::record::UploadRecord`] | create/complete/abort multipart |
 //! | `p/<upload id>/<part number, 5 digits>` | [`crate::record::PartRecord`] | upload part, complete/abort |
 //! | `x/<blob id>` | the key of the record that owns the blob | every write that stores or frees a blob |
@@ -16,9 +16,9 @@
 //! | `o/<bucket>/<key>\0expired` | [`crate::ttl::ExpiredMarker`] | nothing any more: the layout before `m/`; still recognized and reaped |
 //! | `l/<bucket>/<name>` | [`crate::locks::LockRecord`] | lock acquire/renew/release |
 //! | `f/<bucket>/<name>` | the lock's latest fencing token, in decimal | lock acquire |
-//! | `k/n/<key name>` | [`crate::iam::KeyRecord`] | access key create/rotate/delete, grants |
-//! | `k/a/<access key id>` | the key's name | access key create/rotate/delete |
-//! | `n/<node id>` | [`crate::cluster::NodeRecord`] | each node's heartbeat |
+//! | `k/n/<key name>` | [`crate::iam::KeyRecord`] | access key create/rotate/delete/settings, the admin key at start |
+//! | `k/a/<access key id>` | a copy of the [`crate::iam::KeyRecord`] (older databases: the key's name) | the same transactions as its `k/n/` |
+//! | `n/<node id>` | [`crate::cluster::NodeRecord`] | each node's heartbeat; `forget_node` deletes |
 
 use bytes::Bytes;
 
@@ -199,7 +199,8 @@ pub fn key_name(name: &str) -> Bytes {
 
 pub const KEY_NAMES_PREFIX: &str = "k/n/";
 
-/// `k/a/<access key id>` → the key's name.
+/// `k/a/<access key id>` → a copy of the key's [`crate::iam::KeyRecord`], so a signature check
+/// is one read (written by older versions: just the key's name).
 pub fn key_id(access_key_id: &str) -> Bytes {
     Bytes::from(format!("k/a/{access_key_id}"))
 }
