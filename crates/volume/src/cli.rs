@@ -183,8 +183,8 @@ pub struct ServeArgs {
     /// without a GET; 0 disables.
     #[arg(long, default_value = "8GiB")]
     pub cache_size: String,
-    /// How long after which unflushed writes are uploaded even without a FLUSH (what a crash
-    /// of `serve` can lose at most; flushed writes are never lost). At least 1s.
+    /// Unflushed writes this old are uploaded even without a FLUSH (what a crash of `serve` can
+    /// lose at most; flushed writes are never lost), e.g. 30s. At least 1s.
     #[arg(long, default_value = "30s", value_parser = duration_arg)]
     pub max_dirty_age: Duration,
     /// Lease time-to-live; renewed every third of it. At least 3s.
