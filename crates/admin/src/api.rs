@@ -30,7 +30,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use meridian_engine::iam::{Credential, Grant, KeyRecord};
 use meridian_engine::record::BucketRecord;
-use meridian_engine::{Engine, EngineError, ErrorKind, ttl};
+use meridian_engine::{Engine, EngineError, ErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -329,8 +329,11 @@ impl AdminApi {
             (Method::POST, ["v1", "keys", name, "rotate"]) => {
                 let req: Rotate = parse(body)?;
                 let grace = match req.grace.as_deref() {
-                    None | Some("0") => Duration::ZERO,
-                    Some(g) => ttl::parse_ttl(g).map_err(ApiError::from)?,
+                    None => Duration::ZERO,
+                    // Zero is a valid grace (the old credential stops at once), unlike a TTL.
+                    Some(g) => meridian_common::duration::parse_duration(g).map_err(|e| {
+                        ApiError::new(StatusCode::BAD_REQUEST, "InvalidArgument", format!("grace: {e}"))
+                    })?,
                 };
                 let credential = engine.rotate_access_key(name, grace).await?;
                 Ok(reply(StatusCode::OK, &CredentialView::new(name, &credential)))

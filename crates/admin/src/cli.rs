@@ -338,17 +338,6 @@ pub enum ClusterCommand {
     Status,
 }
 
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 /// Formats the answer of `GET /v1/cluster` as a table.
 pub fn cluster_table(v: &Value) -> String {
     let mut text = format!(
@@ -387,8 +376,8 @@ pub fn cluster_table(v: &Value) -> String {
             n["revision_lag"].as_u64().unwrap_or(0),
             format!(
                 "{} / {}",
-                human_bytes(cache["bytes"].as_u64().unwrap_or(0)),
-                human_bytes(cache["max_bytes"].as_u64().unwrap_or(0))
+                meridian_common::size::format_size(cache["bytes"].as_u64().unwrap_or(0)),
+                meridian_common::size::format_size(cache["max_bytes"].as_u64().unwrap_or(0))
             ),
             rate
         ));

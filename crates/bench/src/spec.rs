@@ -1,5 +1,5 @@
-//! Parsing of the small value languages on the command line: sizes
-//! (`4KiB`, `1KiB..1MiB`), durations (`30s`, `1m`, `500ms`) and mixed
+//! Parsing of the small value languages on the command line: size specs
+//! (`4KiB`, `1KiB..1MiB`, through the shared size parser), durations and mixed
 //! workload weights (`get=45,put=15,head=30,delete=10`).
 
 use rand::Rng;
@@ -7,53 +7,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// A size in bytes, parsed from `4096`, `4KiB`, `4kb`, `64MiB`, `1.5GiB`...
-///
-/// Binary (`KiB`, `K`, `k`) and decimal (`KB`, `kB`) prefixes are both
-/// accepted; `K`/`M`/`G` alone mean binary, as in most storage tools.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
-        return Err(format!("size {s:?} does not start with a number"));
-    }
-    let n: f64 = num.parse().map_err(|_| format!("size {s:?}: {num:?} is not a number"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" | "b" => 1,
-        "K" | "k" | "KiB" | "kiB" | "Ki" => 1 << 10,
-        "KB" | "kB" | "kb" => 1_000,
-        "M" | "m" | "MiB" | "Mi" => 1 << 20,
-        "MB" | "mb" => 1_000_000,
-        "G" | "g" | "GiB" | "Gi" => 1 << 30,
-        "GB" | "gb" => 1_000_000_000,
-        "T" | "TiB" => 1 << 40,
-        other => {
-            return Err(format!("size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"));
-        }
-    };
-    let bytes = n * mult as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > (1u64 << 50) as f64 {
-        return Err(format!("size {s:?} is out of range"));
-    }
-    Ok(bytes.round() as u64)
-}
-
-/// Formats a byte count with a binary unit, e.g. `4 KiB`, `64 MiB`, `1.5 MiB`.
-pub fn format_size(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if (v - v.round()).abs() < 1e-9 {
-        format!("{} {}", v.round() as u64, UNITS[u])
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use meridian_common::duration::parse_duration;
+/// Sizes and durations use Meridian's one grammar each: `10MB` is 10^6 bytes here as in
+/// every other command (see [`meridian_common::size`]).
+pub use meridian_common::size::{format_size, parse_size};
 
 /// An object size: fixed, or drawn log-uniformly from an inclusive range
 /// (so `1KiB..1MiB` gives as many objects in 1–32 KiB as in 32 KiB–1 MiB,
@@ -101,14 +58,14 @@ impl FromStr for SizeSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         if let Some((a, b)) = s.split_once("..") {
-            let min = parse_size(a)?;
-            let max = parse_size(b.trim_start_matches('='))?;
+            let min = parse_size(a).map_err(|e| e.to_string())?;
+            let max = parse_size(b.trim_start_matches('=')).map_err(|e| e.to_string())?;
             if min > max {
                 return Err(format!("size range {s:?}: the minimum is above the maximum"));
             }
             Ok(SizeSpec::Range { min, max })
         } else {
-            Ok(SizeSpec::Fixed(parse_size(s)?))
+            Ok(SizeSpec::Fixed(parse_size(s).map_err(|e| e.to_string())?))
         }
     }
 }
@@ -124,47 +81,6 @@ impl fmt::Display for SizeSpec {
     }
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h`, `1m30s` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if t.is_empty() {
-        return Err("empty duration".into());
-    }
-    if let Ok(secs) = t.parse::<f64>() {
-        return to_duration(secs, s);
-    }
-    let mut total = 0.0f64;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let split = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("duration {s:?} lacks a unit after its last number"))?;
-        let (num, tail) = rest.split_at(split);
-        let n: f64 = num.parse().map_err(|_| format!("duration {s:?}: {num:?} is not a number"))?;
-        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
-        let (unit, after) = tail.split_at(unit_end);
-        let secs = match unit {
-            "ms" => n / 1000.0,
-            "s" => n,
-            "m" | "min" => n * 60.0,
-            "h" => n * 3600.0,
-            other => {
-                return Err(format!("duration {s:?}: unknown unit {other:?} (use ms, s, m or h)"));
-            }
-        };
-        total += secs;
-        rest = after;
-    }
-    to_duration(total, s)
-}
-
-fn to_duration(secs: f64, s: &str) -> Result<Duration, String> {
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("duration {s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// A duration on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DurationArg(pub Duration);
@@ -172,7 +88,7 @@ pub struct DurationArg(pub Duration);
 impl FromStr for DurationArg {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        parse_duration(s).map(DurationArg)
+        parse_duration(s).map(DurationArg).map_err(|e| e.to_string())
     }
 }
 
@@ -280,7 +196,9 @@ mod tests {
         assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
         assert_eq!(parse_size(" 10 B ").unwrap(), 10);
         assert!(parse_size("KiB").is_err());
-        assert!(parse_size("4 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("4 parsecs").unwrap_err().to_string().contains("unknown unit"));
+        // SI means SI here too (before the shared parser, `meridian volume` read it as 2^20).
+        assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
         assert!(parse_size("1e3").is_err());
     }
 

@@ -232,7 +232,8 @@ fn duration_arg(text: &str) -> Result<Duration, String> {
 }
 
 fn wait_arg(text: &str) -> Result<Duration, String> {
-    if text.trim() == "0" { Ok(Duration::ZERO) } else { crate::parse_duration(text) }
+    meridian_kv_types::parse_wait(text)
+        .map_err(|_| format!("invalid wait {text:?}: 0 or {}", meridian_kv_types::DURATION_HELP))
 }
 
 fn instant_arg(text: &str) -> Result<SystemTime, String> {

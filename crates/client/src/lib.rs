@@ -112,8 +112,8 @@ pub use error::{Error, Result};
 pub use sign::Credentials;
 pub use watch::{Event, EventKind, WATCH_IDLE_TIMEOUT, WatchStream};
 
-/// Parses a duration the way the server does: `500ms`, `90s`, `5m`, `2h`, `7d`, fractions
-/// (`1.5s`), or a bare number of seconds.
+/// Parses a duration the way the server does: `500ms`, `90s`, `5m`, `2h`, `7d`, compounds
+/// (`1m30s`), fractions (`1.5s`), or a bare number of seconds; at least 1 ms.
 ///
 /// ```
 /// use std::time::Duration;

@@ -2,4 +2,7 @@
 //! that must mean the same thing everywhere. One module per input kind; before writing a parser
 //! or formatter elsewhere, look here.
 
+mod decimal;
+pub mod duration;
 pub mod errors;
+pub mod size;

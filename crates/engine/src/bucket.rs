@@ -114,8 +114,9 @@ impl Engine {
         resp.kvs
             .iter()
             .map(|kv| {
-                let name = String::from_utf8_lossy(&kv.key[keys::BUCKETS_PREFIX.len()..]).into_owned();
-                Ok((name, record::decode(&kv.value)?))
+                let name =
+                    keys::parse_bucket_key(&kv.key).ok_or_else(|| EngineError::Corrupt("bad bucket key".into()))?;
+                Ok((name.to_string(), record::decode(&kv.value)?))
             })
             .collect()
     }
@@ -154,11 +155,11 @@ impl Engine {
         if !uploads.kvs.is_empty() {
             return Ok(false);
         }
-        // Markers of recently expired objects do not count.
+        // Markers of recently expired objects in the old layout (under `o/`) do not count.
         let mut range = RangeRequest::prefix(keys::objects_prefix(name)).limit(64);
         loop {
             let resp = self.meta().range(range.clone()).await?;
-            if resp.kvs.iter().any(|kv| !kv.key.ends_with(keys::EXPIRED_MARKER.as_bytes())) {
+            if resp.kvs.iter().any(|kv| keys::parse_object_key(&kv.key).is_some()) {
                 return Ok(false);
             }
             match resp.kvs.last() {

@@ -5,22 +5,27 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use meridian_meta::{Op, RangeRequest, Txn};
+use meridian_meta::{MetaStore, Op, RangeRequest, Txn};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, EngineResult};
+use crate::keys::{self, NODES_PREFIX};
 use crate::record;
 use crate::{Engine, now_ms};
 
-pub const NODES_PREFIX: &str = "n/";
 /// How often a node refreshes its record.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// A node silent for longer than this is considered down.
 pub const NODE_STALE_AFTER: Duration = Duration::from_secs(10);
 
-fn node_key(id: &str) -> Bytes {
-    Bytes::from(format!("{NODES_PREFIX}{id}"))
+/// One node's record, straight from the store (the peer reader needs it before its engine
+/// exists).
+pub(crate) async fn read_node(meta: &dyn MetaStore, id: &str) -> EngineResult<NodeRecord> {
+    let kv = meta
+        .get(&keys::node(id))
+        .await?
+        .ok_or_else(|| EngineError::Unavailable(format!("node {id:?} is not registered in the cluster")))?;
+    record::decode(&kv.value)
 }
 
 /// What a node publishes about itself.
@@ -63,7 +68,7 @@ pub struct NodeStatus {
 impl Engine {
     /// Publishes this node's record now.
     pub async fn publish_node(&self, record: &NodeRecord) -> EngineResult<()> {
-        let txn = Txn::new().then(Op::put(node_key(&record.id), record::encode(record)));
+        let txn = Txn::new().then(Op::put(keys::node(&record.id), record::encode(record)));
         self.meta().txn(txn).await?;
         self.note_commit();
         Ok(())
@@ -114,17 +119,12 @@ impl Engine {
 
     /// One node's record.
     pub async fn node(&self, id: &str) -> EngineResult<NodeRecord> {
-        let kv = self
-            .meta()
-            .get(&node_key(id))
-            .await?
-            .ok_or_else(|| EngineError::Unavailable(format!("node {id:?} is not registered in the cluster")))?;
-        record::decode(&kv.value)
+        read_node(self.meta().as_ref(), id).await
     }
 
     /// Removes a node's record (a node that left for good).
     pub async fn forget_node(&self, id: &str) -> EngineResult<()> {
-        self.meta().txn(Txn::new().then(Op::delete(node_key(id)))).await?;
+        self.meta().txn(Txn::new().then(Op::delete(keys::node(id)))).await?;
         Ok(())
     }
 }

@@ -414,11 +414,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta =
             meridian_meta::embedded::EmbeddedStore::open(&dir.path().join("m.redb"), Default::default()).unwrap();
-        let engine = Engine::new(
-            std::sync::Arc::new(meta),
+        let engine = Engine::builder(
+            crate::Metadata::single(std::sync::Arc::new(meta)),
             meridian_blob::BlobStore::open(dir.path()).unwrap(),
             Default::default(),
-        );
+        )
+        .build();
         let (key, credential) = engine.create_access_key("old", false).await.unwrap();
         let id = &credential.access_key_id;
         // The earlier layout: the access key id's entry names the key.

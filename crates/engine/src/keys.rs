@@ -1,25 +1,56 @@
-//! How engine state is laid out in the metadata store's key space. Bucket names never contain
-//! `/`, so `<prefix>/<bucket>/` ranges never overlap between buckets.
+//! How engine state is laid out in the metadata store's key space: every prefix, every key
+//! builder and every key parse of the engine lives here, and nowhere else. Bucket names never
+//! contain `/`, so `<prefix>/<bucket>/` ranges never overlap between buckets; object keys never
+//! contain NUL, so NUL separates a key from what follows it.
+//!
+//! | key | value | written by |
+//! |---|---|---|
+//! | `b/<bucket>` | [`crate::record::BucketRecord`] (owner, grants, public read, lifecycle rules, location) | bucket create/delete and settings, grant changes, key deletion (drops its grants) |
+//! | `o/<bucket>/<key>` | [`crate::record::ObjectRecord`] | put, copy, complete multipart, delete, KV batch, lifecycle, reaper |
+//! | `i/<bucket>/<key>` | the bytes of an object stored inline | put/copy/KV batch of small objects (same txn as its `o/`) |
+//! | `u/<bucket>/<key>\0<upload id>` | [`crate::record::UploadRecord`] | create/complete/abort multipart |
+//! | `p/<upload id>/<part number, 5 digits>` | [`crate::record::PartRecord`] | upload part, complete/abort |
+//! | `x/<blob id>` | the key of the record that owns the blob | every write that stores or frees a blob |
+//! | `e/<instant, ms as 16 hex digits>/<target key>` | empty | writes with a TTL, lifecycle, the reaper (targets: `o/`, `m/` and `u/` keys) |
+//! | `m/<bucket>/<key>\0<revision, 16 hex digits>` | [`crate::ttl::ExpiredMarker`] | the reaper, when it removes an expired object (revision: of the write that expired) |
+//! | `o/<bucket>/<key>\0expired` | [`crate::ttl::ExpiredMarker`] | nothing any more: the layout before `m/`; still recognized and reaped |
+//! | `l/<bucket>/<name>` | [`crate::locks::LockRecord`] | lock acquire/renew/release |
+//! | `f/<bucket>/<name>` | the lock's latest fencing token, in decimal | lock acquire |
+//! | `k/n/<key name>` | [`crate::iam::KeyRecord`] | access key create/rotate/delete/settings, the admin key at start |
+//! | `k/a/<access key id>` | a copy of the [`crate::iam::KeyRecord`] (older databases: the key's name) | the same transactions as its `k/n/` |
+//! | `n/<node id>` | [`crate::cluster::NodeRecord`] | each node's heartbeat; `forget_node` deletes |
 
 use bytes::Bytes;
 
 /// `b/<bucket>` → [`crate::record::BucketRecord`].
 pub fn bucket(bucket: &str) -> Bytes {
-    Bytes::from(format!("b/{bucket}"))
+    Bytes::from(format!("{BUCKETS_PREFIX}{bucket}"))
 }
 
 pub const BUCKETS_PREFIX: &str = "b/";
 
+/// The bucket name of a bucket record's key.
+pub fn parse_bucket_key(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key.strip_prefix(BUCKETS_PREFIX.as_bytes())?).ok()
+}
+
 /// `o/<bucket>/<key>` → [`crate::record::ObjectRecord`].
 pub fn object(bucket: &str, key: &str) -> Bytes {
-    Bytes::from(format!("o/{bucket}/{key}"))
+    Bytes::from(format!("{OBJECTS_ROOT}{bucket}/{key}"))
 }
 
 /// Every object record of every bucket.
 pub const OBJECTS_ROOT: &str = "o/";
 
 pub fn objects_prefix(bucket: &str) -> String {
-    format!("o/{bucket}/")
+    format!("{OBJECTS_ROOT}{bucket}/")
+}
+
+/// The bucket and object key of an object record's key; `None` for anything else, including
+/// expired-object markers of the old layout that still sit under `o/`.
+pub fn parse_object_key(key: &[u8]) -> Option<(&str, &str)> {
+    let (bucket, object) = split_bucket(key, OBJECTS_ROOT)?;
+    (!object.contains('\0')).then_some((bucket, object))
 }
 
 /// `i/<bucket>/<key>` → the bytes of a small object stored inline in metadata. Kept apart from
@@ -31,11 +62,19 @@ pub fn inline(bucket: &str, key: &str) -> Bytes {
 /// `u/<bucket>/<key>\0<upload id>` → [`crate::record::UploadRecord`]; ordered by key like S3's
 /// ListMultipartUploads.
 pub fn upload(bucket: &str, key: &str, upload_id: &str) -> Bytes {
-    Bytes::from(format!("u/{bucket}/{key}\0{upload_id}"))
+    Bytes::from(format!("{UPLOADS_ROOT}{bucket}/{key}\0{upload_id}"))
 }
 
+const UPLOADS_ROOT: &str = "u/";
+
 pub fn uploads_prefix(bucket: &str) -> String {
-    format!("u/{bucket}/")
+    format!("{UPLOADS_ROOT}{bucket}/")
+}
+
+/// The first key after every upload of `key` (upload ids follow the NUL, and `\u{1}` sorts
+/// right after it).
+pub fn past_uploads_of(bucket: &str, key: &str) -> Bytes {
+    Bytes::from(format!("{UPLOADS_ROOT}{bucket}/{key}\u{1}"))
 }
 
 /// `p/<upload id>/<part number, 5 digits>` → [`crate::record::PartRecord`].
@@ -45,6 +84,12 @@ pub fn part(upload_id: &str, part_number: u32) -> Bytes {
 
 pub fn parts_prefix(upload_id: &str) -> String {
     format!("p/{upload_id}/")
+}
+
+/// The upload id and part number of a part record's key.
+pub fn parse_part_key(key: &[u8]) -> Option<(&str, u32)> {
+    let (upload_id, number) = split_bucket(key, "p/")?;
+    Some((upload_id, number.parse().ok()?))
 }
 
 /// `x/<blob id>` → the key of the record that owns the blob. Lets orphan collection ask "is this
@@ -72,12 +117,68 @@ pub fn parse_expiry(key: &[u8]) -> Option<(i64, &[u8])> {
     Some((at, target))
 }
 
-/// Suffix of the marker left where an object expired; object keys never contain NUL, so markers
-/// never collide with objects, and watches see the marker's creation as the expiry.
-pub const EXPIRED_MARKER: &str = "\0expired";
+/// `m/<bucket>/<key>\0<revision>` → [`crate::ttl::ExpiredMarker`]: left by the reaper in the
+/// transaction that removes an expired object (whose write had `revision`), so a watch can
+/// report that removal as an expiry. Outside `o/`, so object scans never meet markers.
+pub fn expired_marker(bucket: &str, key: &str, revision: u64) -> Bytes {
+    Bytes::from(format!("{}{revision:016x}", expired_markers_of(bucket, key)))
+}
 
-pub fn expired_marker(bucket: &str, key: &str) -> Bytes {
-    Bytes::from(format!("o/{bucket}/{key}{EXPIRED_MARKER}"))
+const MARKERS_ROOT: &str = "m/";
+
+/// Every marker of one object key, whatever the revision.
+pub fn expired_markers_of(bucket: &str, key: &str) -> String {
+    format!("{MARKERS_ROOT}{bucket}/{key}\0")
+}
+
+/// Suffix of the markers of the old layout, `o/<bucket>/<key>\0expired`.
+const LEGACY_MARKER_SUFFIX: &str = "\0expired";
+
+/// `u/<bucket>/<key>\0<upload id>` split into its parts.
+pub struct UploadKey<'a> {
+    pub bucket: &'a str,
+    pub key: &'a str,
+    pub upload_id: &'a str,
+}
+
+/// What an expiry index entry points at.
+pub enum ExpiryTarget<'a> {
+    Object {
+        bucket: &'a str,
+        key: &'a str,
+    },
+    Upload(UploadKey<'a>),
+    /// A marker (either layout): removed when due.
+    ExpiredMarker,
+}
+
+/// Reads the target of an expiry index entry; `None` if it is none of the kinds above.
+pub fn parse_expiry_target(target: &[u8]) -> Option<ExpiryTarget<'_>> {
+    if target.starts_with(MARKERS_ROOT.as_bytes()) || is_legacy_marker(target) {
+        return Some(ExpiryTarget::ExpiredMarker);
+    }
+    if let Some((bucket, key)) = parse_object_key(target) {
+        return Some(ExpiryTarget::Object { bucket, key });
+    }
+    parse_upload_key(target).map(ExpiryTarget::Upload)
+}
+
+/// The parts of an upload record's key.
+pub fn parse_upload_key(key: &[u8]) -> Option<UploadKey<'_>> {
+    let (bucket, rest) = split_bucket(key, UPLOADS_ROOT)?;
+    let (key, upload_id) = rest.split_once('\0')?;
+    Some(UploadKey { bucket, key, upload_id })
+}
+
+/// Whether `key` is an expired-object marker of the old layout (under `o/`).
+pub fn is_legacy_marker(key: &[u8]) -> bool {
+    key.starts_with(OBJECTS_ROOT.as_bytes()) && key.ends_with(LEGACY_MARKER_SUFFIX.as_bytes())
+}
+
+/// `<root><first>/<rest>` → `(first, rest)`.
+fn split_bucket<'a>(key: &'a [u8], root: &str) -> Option<(&'a str, &'a str)> {
+    let rest = std::str::from_utf8(key.strip_prefix(root.as_bytes())?).ok()?;
+    rest.split_once('/')
 }
 
 /// `l/<bucket>/<name>` → [`crate::locks::LockRecord`].
@@ -98,7 +199,53 @@ pub fn key_name(name: &str) -> Bytes {
 
 pub const KEY_NAMES_PREFIX: &str = "k/n/";
 
-/// `k/a/<access key id>` → the key's name.
+/// `k/a/<access key id>` → a copy of the key's [`crate::iam::KeyRecord`], so a signature check
+/// is one read (written by older versions: just the key's name).
 pub fn key_id(access_key_id: &str) -> Bytes {
     Bytes::from(format!("k/a/{access_key_id}"))
+}
+
+/// `n/<node id>` → [`crate::cluster::NodeRecord`].
+pub fn node(id: &str) -> Bytes {
+    Bytes::from(format!("{NODES_PREFIX}{id}"))
+}
+
+pub const NODES_PREFIX: &str = "n/";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_keys_round_trip_and_markers_are_not_objects() {
+        assert_eq!(parse_object_key(&object("b", "dir/k")), Some(("b", "dir/k")));
+        assert_eq!(parse_object_key(b"o/b/k\0expired"), None);
+        assert_eq!(parse_object_key(&upload("b", "k", "id")), None);
+        assert_eq!(parse_object_key(b"o/no-slash"), None);
+        assert!(!expired_marker("b", "k", 7).starts_with(OBJECTS_ROOT.as_bytes()));
+        assert!(expired_marker("b", "k", 7).starts_with(expired_markers_of("b", "k").as_bytes()));
+    }
+
+    #[test]
+    fn expiry_targets_are_told_apart() {
+        let at = expiry(1234, &object("b", "k"));
+        let (when, target) = parse_expiry(&at).unwrap();
+        assert_eq!(when, 1234);
+        assert!(matches!(parse_expiry_target(target), Some(ExpiryTarget::Object { bucket: "b", key: "k" })));
+        let upload_key = upload("b", "dir/k", "u1");
+        let Some(ExpiryTarget::Upload(u)) = parse_expiry_target(&upload_key) else { panic!("not an upload") };
+        assert_eq!((u.bucket, u.key, u.upload_id), ("b", "dir/k", "u1"));
+        assert!(matches!(parse_expiry_target(&expired_marker("b", "k", 3)), Some(ExpiryTarget::ExpiredMarker)));
+        assert!(matches!(parse_expiry_target(b"o/b/k\0expired"), Some(ExpiryTarget::ExpiredMarker)));
+        assert!(parse_expiry_target(b"zz/what").is_none());
+    }
+
+    #[test]
+    fn buckets_parts_and_uploads_parse_back() {
+        assert_eq!(parse_bucket_key(&bucket("photos")), Some("photos"));
+        assert_eq!(parse_part_key(&part("up-1", 42)), Some(("up-1", 42)));
+        assert_eq!(parse_part_key(b"p/up-1/x"), None);
+        assert!(past_uploads_of("b", "k") > upload("b", "k", "zzzz"));
+        assert!(past_uploads_of("b", "k") < upload("b", "k/", "a"));
+    }
 }

@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use meridian_blob::{BlobId, BlobStore};
 use meridian_meta::MetaStore;
 
@@ -23,7 +22,7 @@ mod error;
 mod gc;
 pub mod iam;
 pub mod ingest;
-mod keys;
+pub mod keys;
 pub mod lifecycle;
 mod list;
 pub mod locks;
@@ -101,8 +100,8 @@ pub enum Consistency {
     AtLeast(Revision),
 }
 
-/// Metadata store handles for each [`Consistency`] (the etcd backend reads from a nearby
-/// member for `Local`); without one, every read is strong.
+/// Metadata store handles for each [`Consistency`] of a replicated store (the etcd backend
+/// reads from a nearby member for `Local`).
 #[async_trait::async_trait]
 pub trait ReadViews: Send + Sync {
     fn view(&self, consistency: Consistency) -> Arc<dyn MetaStore>;
@@ -112,6 +111,90 @@ pub trait ReadViews: Send + Sync {
     async fn wait_applied(&self, revision: Revision, timeout: std::time::Duration) -> Result<(), String>;
 }
 
+/// The metadata store, and where reads at each [`Consistency`] go. Chosen explicitly when an
+/// engine is built: there is no default.
+#[derive(Clone)]
+pub struct Metadata {
+    store: Arc<dyn MetaStore>,
+    /// `None`: the store is its own only replica.
+    replicas: Option<Arc<dyn ReadViews>>,
+}
+
+impl Metadata {
+    /// A store that is its own only replica (the embedded database of a single node): its one
+    /// view is both the local and the strong one, so reads at every consistency go to it and
+    /// there are no replicas to wait for.
+    pub fn single(store: Arc<dyn MetaStore>) -> Self {
+        Metadata { store, replicas: None }
+    }
+
+    /// A replicated store (etcd): writes and strong reads through `store`, local and at-least
+    /// reads through `views`.
+    pub fn replicated(store: Arc<dyn MetaStore>, views: Arc<dyn ReadViews>) -> Self {
+        Metadata { store, replicas: Some(views) }
+    }
+
+    /// The store writes and strong reads go to.
+    pub fn store(&self) -> &Arc<dyn MetaStore> {
+        &self.store
+    }
+}
+
+/// What an [`Engine`] is made of, gathered before it exists: [`Engine::builder`], the optional
+/// parts, then [`EngineBuilder::build`].
+pub struct EngineBuilder {
+    metadata: Metadata,
+    blobs: BlobStore,
+    config: EngineConfig,
+    remote: Option<RemoteReading>,
+    reaper_interval: Option<Duration>,
+}
+
+struct RemoteReading {
+    reader: Arc<dyn object::RemoteReader>,
+    prefetch_up_to: u64,
+}
+
+impl EngineBuilder {
+    /// Reads bytes held on other nodes through `reader`, and copies objects of at most
+    /// `prefetch_up_to` bytes written on other nodes into this node's cache as soon as they are
+    /// written (0: none). Without a remote reader, reading such bytes fails with
+    /// [`EngineError::Unavailable`].
+    pub fn remote_reader(mut self, reader: Arc<dyn object::RemoteReader>, prefetch_up_to: u64) -> Self {
+        self.remote = Some(RemoteReading { reader, prefetch_up_to });
+        self
+    }
+
+    /// Runs the expiry reaper (see [`ttl`]) every `interval`. Without it, expired objects stay
+    /// invisible but keep their space until [`Engine::reap_due`] is called.
+    pub fn reaper(mut self, interval: Duration) -> Self {
+        self.reaper_interval = Some(interval);
+        self
+    }
+
+    /// The engine, complete, with its background tasks (reaper, prefetch) running: those need a
+    /// Tokio runtime.
+    pub fn build(self) -> Engine {
+        let prefetch_up_to = self.remote.as_ref().map_or(0, |r| r.prefetch_up_to);
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                metadata: self.metadata,
+                blobs: self.blobs,
+                config: self.config,
+                remote: self.remote.map(|r| r.reader),
+                last_commit_ms: std::sync::atomic::AtomicI64::new(0),
+            }),
+        };
+        if let Some(interval) = self.reaper_interval {
+            engine.spawn_reaper(interval);
+        }
+        if prefetch_up_to > 0 {
+            engine.spawn_prefetch(prefetch_up_to);
+        }
+        engine
+    }
+}
+
 /// The object store engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -119,39 +202,30 @@ pub struct Engine {
 }
 
 struct Inner {
-    meta: Arc<dyn MetaStore>,
+    metadata: Metadata,
     blobs: BlobStore,
     config: EngineConfig,
-    remote: std::sync::OnceLock<Arc<dyn object::RemoteReader>>,
-    views: std::sync::OnceLock<Arc<dyn ReadViews>>,
+    remote: Option<Arc<dyn object::RemoteReader>>,
     /// When this node last committed a write (its heartbeat): its local view is at most that
     /// old, so access checks may trust it (ms since the epoch; 0: never).
     last_commit_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Engine {
-    pub fn new(meta: Arc<dyn MetaStore>, blobs: BlobStore, config: EngineConfig) -> Self {
-        Engine {
-            inner: Arc::new(Inner {
-                meta,
-                blobs,
-                config,
-                remote: std::sync::OnceLock::new(),
-                views: std::sync::OnceLock::new(),
-                last_commit_ms: std::sync::atomic::AtomicI64::new(0),
-            }),
-        }
+    /// Starts building an engine over `metadata` and `blobs`.
+    pub fn builder(metadata: Metadata, blobs: BlobStore, config: EngineConfig) -> EngineBuilder {
+        EngineBuilder { metadata, blobs, config, remote: None, reaper_interval: None }
     }
 
-    /// Installs the metadata views for local and at-least reads (once, at start).
-    pub fn set_read_views(&self, views: Arc<dyn ReadViews>) {
-        let _ = self.inner.views.set(views);
+    /// The read views of a replicated metadata store; `None` for a single store.
+    fn replicas(&self) -> Option<&Arc<dyn ReadViews>> {
+        self.inner.metadata.replicas.as_ref()
     }
 
     /// The metadata store to read with at `consistency`.
     pub(crate) fn reader(&self, consistency: Consistency) -> Arc<dyn MetaStore> {
-        match (consistency, self.inner.views.get()) {
-            (Consistency::Strong, _) | (_, None) => Arc::clone(&self.inner.meta),
+        match (consistency, self.replicas()) {
+            (Consistency::Strong, _) | (_, None) => Arc::clone(self.meta()),
             (c, Some(views)) => views.view(c),
         }
     }
@@ -160,7 +234,7 @@ impl Engine {
     /// a strong read: the key may have been created elsewhere a moment ago, and "it does not
     /// exist" must not be answered from a lagging replica.
     pub(crate) async fn get_local_confirmed(&self, key: &[u8]) -> EngineResult<Option<meridian_meta::KeyValue>> {
-        if self.inner.views.get().is_none() {
+        if self.replicas().is_none() {
             return Ok(self.meta().get(key).await?);
         }
         match self.reader(Consistency::Local).get(key).await? {
@@ -175,7 +249,7 @@ impl Engine {
     /// strongly and fails closed rather than honour a key or grant revoked elsewhere.
     pub(crate) async fn get_for_access(&self, key: &[u8]) -> EngineResult<Option<meridian_meta::KeyValue>> {
         let last = self.inner.last_commit_ms.load(std::sync::atomic::Ordering::Relaxed);
-        if self.inner.views.get().is_some() && now_ms() - last > ACCESS_VIEW_MAX_AGE.as_millis() as i64 {
+        if self.replicas().is_some() && now_ms() - last > ACCESS_VIEW_MAX_AGE.as_millis() as i64 {
             return Ok(self.meta().get(key).await?);
         }
         self.get_local_confirmed(key).await
@@ -190,7 +264,7 @@ impl Engine {
     /// a change made through the admin API (a deleted key, a revoked grant) holds on every node
     /// the moment the call returns. Without replicas (one node) there is nothing to wait for.
     pub async fn settle(&self) -> EngineResult<()> {
-        let Some(views) = self.inner.views.get() else { return Ok(()) };
+        let Some(views) = self.replicas() else { return Ok(()) };
         let revision = self.meta().current_revision().await?;
         views.wait_applied(revision, SETTLE_TIMEOUT).await.map_err(|lagging| {
             EngineError::Unavailable(format!(
@@ -201,17 +275,12 @@ impl Engine {
         })
     }
 
-    /// Installs the reader of bytes held on other nodes (once, at start).
-    pub fn set_remote_reader(&self, reader: Arc<dyn object::RemoteReader>) {
-        let _ = self.inner.remote.set(reader);
-    }
-
     pub(crate) fn remote(&self) -> Option<&Arc<dyn object::RemoteReader>> {
-        self.inner.remote.get()
+        self.inner.remote.as_ref()
     }
 
     pub fn meta(&self) -> &Arc<dyn MetaStore> {
-        &self.inner.meta
+        self.inner.metadata.store()
     }
 
     pub fn blobs(&self) -> &BlobStore {
@@ -234,7 +303,7 @@ impl Engine {
 
     /// The newest metadata revision.
     pub async fn current_revision(&self) -> EngineResult<Revision> {
-        Ok(self.inner.meta.current_revision().await?)
+        Ok(self.meta().current_revision().await?)
     }
 
     /// Deletes blobs after the configured delay (see [`EngineConfig::blob_delete_delay`]).
@@ -273,8 +342,4 @@ pub fn validate_key(key: &str) -> EngineResult<()> {
         return Err(EngineError::InvalidKey("the object key must not contain NUL characters".into()));
     }
     Ok(())
-}
-
-fn to_bytes(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
 }

@@ -4,7 +4,6 @@
 //! on, and the reaper reclaims it. Setting rules on a bucket also applies them to what is
 //! already there.
 
-use bytes::Bytes;
 use meridian_meta::{Compare, Op, RangeRequest, Txn};
 use serde::{Deserialize, Serialize};
 
@@ -124,10 +123,9 @@ impl Engine {
         loop {
             let page = self.meta().range(range.clone()).await?;
             for kv in &page.kvs {
-                let key = String::from_utf8_lossy(&kv.key[keys::objects_prefix(bucket).len()..]).into_owned();
-                if key.ends_with(keys::EXPIRED_MARKER) {
-                    continue;
-                }
+                // Skips markers of the old layout, which sit under `o/`.
+                let Some((_, key)) = keys::parse_object_key(&kv.key) else { continue };
+                let key = key.to_string();
                 let record: ObjectRecord = record::decode(&kv.value)?;
                 let wanted = earliest(record.expires_at_ms, object_expiry(rules, &key, record.modified_ms));
                 if wanted != record.expires_at_ms {
@@ -185,10 +183,8 @@ impl Engine {
 
     /// Called by the reaper for a due upload index entry: aborts the upload if it is still
     /// there and still due.
-    pub(crate) async fn reap_upload(&self, target: &Bytes, at: i64) -> EngineResult<()> {
-        let text = String::from_utf8_lossy(target).into_owned();
-        let Some((bucket, rest)) = text.strip_prefix("u/").and_then(|r| r.split_once('/')) else { return Ok(()) };
-        let Some((key, upload_id)) = rest.split_once('\0') else { return Ok(()) };
+    pub(crate) async fn reap_upload(&self, target: &[u8], at: i64) -> EngineResult<()> {
+        let Some(keys::UploadKey { bucket, key, upload_id }) = keys::parse_upload_key(target) else { return Ok(()) };
         let Some(kv) = self.meta().get(target).await? else { return Ok(()) };
         let upload: UploadRecord = record::decode(&kv.value)?;
         if upload.abort_at_ms == Some(at) && at <= now_ms() {

@@ -73,11 +73,12 @@ impl Engine {
             page.revision = resp.revision;
             let mut jumped = false;
             for kv in &resp.kvs {
-                let key = String::from_utf8_lossy(&kv.key[base.len()..]).into_owned();
-                if key.ends_with(keys::EXPIRED_MARKER) {
+                // Skips markers of the old layout, which sit under `o/`.
+                let Some((_, key)) = keys::parse_object_key(&kv.key) else {
                     start = Bound::Excluded(kv.key.clone());
                     continue;
-                }
+                };
+                let key = key.to_string();
                 if let Some(prefix) = delimiter.and_then(|d| common_prefix(&key, &req.prefix, d)) {
                     entries.push(Entry::Prefix(prefix.clone()));
                     // Skip every other key under this prefix with one jump.

@@ -11,7 +11,7 @@ use crate::ingest::{Body, IngestLimits, IngestedData, Integrity, ingest};
 use crate::lifecycle::{earliest, object_expiry, upload_abort};
 use crate::object::{ByteRange, ExtraTxn, GetRequest, with_expiry_index};
 use crate::record::{self, DataLayout, ObjectHeaders, ObjectRecord, PartLayout, PartRecord, UploadRecord};
-use crate::{Engine, keys, now_ms, to_bytes, validate_key};
+use crate::{Engine, keys, now_ms, validate_key};
 
 /// S3's limits on part numbers.
 pub const MAX_PART_NUMBER: u32 = 10_000;
@@ -220,14 +220,11 @@ impl Engine {
 
     async fn all_parts(&self, upload_id: &str) -> EngineResult<Vec<(u32, PartRecord, Revision)>> {
         let resp = self.meta().range(RangeRequest::prefix(keys::parts_prefix(upload_id))).await?;
-        let prefix_len = keys::parts_prefix(upload_id).len();
         resp.kvs
             .iter()
             .map(|kv| {
-                let number = std::str::from_utf8(&kv.key[prefix_len..])
-                    .ok()
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| EngineError::Corrupt("bad part key".into()))?;
+                let (_, number) =
+                    keys::parse_part_key(&kv.key).ok_or_else(|| EngineError::Corrupt("bad part key".into()))?;
                 Ok((number, record::decode(&kv.value)?, kv.mod_revision))
             })
             .collect()
@@ -404,8 +401,8 @@ impl Engine {
         if let Some(marker) = &req.key_marker {
             // Uploads of the marker key after the upload-id marker, then later keys.
             range = match &req.upload_id_marker {
-                Some(id) => range.after(to_bytes(&format!("{base}{marker}\0{id}"))),
-                None => range.from(to_bytes(&format!("{base}{marker}\u{1}"))),
+                Some(id) => range.after(keys::upload(bucket, marker, id)),
+                None => range.from(keys::past_uploads_of(bucket, marker)),
             };
         }
         let resp = self.meta().range(range).await?;

@@ -111,8 +111,8 @@ pub struct Span {
     pub holders: Vec<crate::record::Holder>,
 }
 
-/// Reads bytes held on other nodes (through a cache). Installed by the server when the node is
-/// part of a cluster.
+/// Reads bytes held on other nodes (through a cache). Given to the engine's builder by the
+/// server when the node is part of a cluster.
 #[async_trait::async_trait]
 pub trait RemoteReader: Send + Sync {
     async fn read(&self, span: &Span, from: u64, len: u64) -> EngineResult<(Body, ReadSource)>;

@@ -8,23 +8,28 @@ use std::sync::{Arc, Mutex};
 use futures::TryStreamExt;
 use meridian_blob::{ChunkCache, ChunkSource, PeerAccess, PeerClient};
 
+use meridian_meta::MetaStore;
+
 use crate::Engine;
+use crate::cluster::read_node;
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{Body, BodyError};
 use crate::object::{ReadSource, RemoteReader, Span};
 use crate::record::Holder;
 
-/// The [`RemoteReader`] of a cluster node.
+/// The [`RemoteReader`] of a cluster node. Built before the engine it serves, from what it
+/// needs: the metadata store (to find peers in the cluster registry) and this node's region.
 pub struct PeerReader {
-    engine: Engine,
+    meta: Arc<dyn MetaStore>,
+    region: String,
     cache: ChunkCache,
     access: PeerAccess,
     clients: Mutex<HashMap<String, Arc<PeerClient>>>,
 }
 
 impl PeerReader {
-    pub fn new(engine: Engine, cache: ChunkCache, access: PeerAccess) -> Self {
-        PeerReader { engine, cache, access, clients: Mutex::new(HashMap::new()) }
+    pub fn new(meta: Arc<dyn MetaStore>, region: String, cache: ChunkCache, access: PeerAccess) -> Self {
+        PeerReader { meta, region, cache, access, clients: Mutex::new(HashMap::new()) }
     }
 
     pub fn cache(&self) -> &ChunkCache {
@@ -36,7 +41,7 @@ impl PeerReader {
         if let Some(client) = self.clients.lock().ok().and_then(|c| c.get(node).cloned()) {
             return Ok(client);
         }
-        let record = self.engine.node(node).await?;
+        let record = read_node(self.meta.as_ref(), node).await?;
         let client = Arc::new(self.access.client(&record.advertise_url)?);
         if let Ok(mut clients) = self.clients.lock() {
             clients.insert(node.to_string(), Arc::clone(&client));
@@ -46,7 +51,7 @@ impl PeerReader {
 
     /// Holders in the order to try them: this region first.
     fn ordered<'a>(&self, holders: &'a [Holder]) -> Vec<&'a Holder> {
-        let here = &self.engine.config().node.region;
+        let here = &self.region;
         let mut ordered: Vec<&Holder> = holders.iter().filter(|h| &h.region == here).collect();
         ordered.extend(holders.iter().filter(|h| &h.region != here));
         ordered
@@ -69,7 +74,7 @@ impl RemoteReader for PeerReader {
             match self.cache.read(span.blob, span.blob_len, &span.digests, from, len, source).await {
                 Ok(stream) => {
                     let hit = stream.cache_hit();
-                    let region = if hit { self.engine.config().node.region.clone() } else { holder.region.clone() };
+                    let region = if hit { self.region.clone() } else { holder.region.clone() };
                     let body: Body = Box::pin(stream.map_err(|e| Box::new(e) as BodyError));
                     return Ok((body, ReadSource { region, cache_hit: hit }));
                 }
@@ -86,8 +91,9 @@ impl RemoteReader for PeerReader {
 
 impl Engine {
     /// Copies small objects written in other regions into this node's cache as soon as they are
-    /// written, so they are local everywhere (objects up to `max_size` bytes).
-    pub fn spawn_prefetch(&self, max_size: u64) {
+    /// written, so they are local everywhere (objects up to `max_size` bytes). Started by
+    /// [`crate::EngineBuilder::remote_reader`].
+    pub(crate) fn spawn_prefetch(&self, max_size: u64) {
         let engine = self.clone();
         tokio::spawn(async move {
             loop {
@@ -105,9 +111,7 @@ impl Engine {
         let mut events = self.meta().watch(meridian_meta::RangeRequest::prefix(crate::keys::OBJECTS_ROOT), 0).await?;
         while let Some(event) = events.next().await {
             let event = event?;
-            if event.kind != meridian_meta::EventKind::Put
-                || event.kv.key.ends_with(crate::keys::EXPIRED_MARKER.as_bytes())
-            {
+            if event.kind != meridian_meta::EventKind::Put || crate::keys::parse_object_key(&event.kv.key).is_none() {
                 continue;
             }
             let Ok(record) = crate::record::decode::<crate::record::ObjectRecord>(&event.kv.value) else { continue };

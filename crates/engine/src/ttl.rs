@@ -5,7 +5,8 @@
 //! the key writes a new record (with its own expiry or none), so an old TTL can never remove a
 //! newer value. The reaper only reclaims space: it walks a time-ordered index, and deletes an
 //! object with a transaction that compares the revision it checked, leaving a short-lived
-//! marker that watches report as an `expire` event.
+//! marker (under its own `m/` prefix, so object scans never see it) by which watches report
+//! that removal as an `expire` event.
 
 use std::time::Duration;
 
@@ -18,9 +19,10 @@ use crate::record::{self, ObjectRecord};
 use crate::{Engine, keys, now_ms};
 use meridian_kv_types::{DURATION_HELP, DurationError};
 
-/// How long an expired-object marker stays before the reaper removes it. Watches resume from
-/// history, so this only needs to outlast the commit.
-const MARKER_LIFETIME_MS: i64 = 60_000;
+/// How long an expired-object marker stays before the reaper removes it: a watch tells an
+/// expiry from a delete by finding the marker, so this is how far back in history (or how far
+/// behind a slow watcher) an expiry is still reported as one.
+pub const MARKER_LIFETIME: Duration = Duration::from_secs(300);
 /// Index entries handled per reaper step.
 const REAP_BATCH: usize = 256;
 pub use meridian_kv_types::MAX_TTL;
@@ -35,14 +37,26 @@ pub fn parse_ttl(text: &str) -> EngineResult<Duration> {
     })
 }
 
+/// Parses how long to wait for a lock: a duration like a TTL's, or zero (`0`, `0s`) for not at
+/// all.
+pub fn parse_wait(text: &str) -> EngineResult<Duration> {
+    meridian_kv_types::parse_wait(text).map_err(|e| {
+        EngineError::InvalidArgument(match e {
+            DurationError::Malformed => format!("invalid wait {text:?}: {DURATION_HELP}"),
+            DurationError::TooLong => format!("wait {text:?} is longer than 100 years"),
+        })
+    })
+}
+
 /// The expiry instant (Unix ms) of a TTL starting now.
 pub fn expires_after(ttl: Duration) -> i64 {
     now_ms().saturating_add(ttl.as_millis() as i64)
 }
 
 impl Engine {
-    /// Runs the reaper until the process ends. `interval` is how often it looks for due entries.
-    pub fn spawn_reaper(&self, interval: Duration) {
+    /// Runs the reaper until the process ends (started by [`crate::EngineBuilder::reaper`]).
+    /// `interval` is how often it looks for due entries.
+    pub(crate) fn spawn_reaper(&self, interval: Duration) {
         let engine = self.clone();
         tokio::spawn(async move {
             loop {
@@ -82,20 +96,22 @@ impl Engine {
                 .when(Compare::mod_revision_is(index_key.clone(), index_revision))
                 .then(Op::delete(index_key.clone()))
         };
-        let text = String::from_utf8_lossy(&target).into_owned();
-        if text.ends_with(keys::EXPIRED_MARKER) {
-            // A marker has served its purpose.
-            self.meta().txn(drop_index().then(Op::delete(target))).await?;
-            return Ok(());
-        }
-        if text.starts_with("u/") {
-            self.reap_upload(&target, at).await?;
-            self.meta().txn(drop_index()).await?;
-            return Ok(());
-        }
-        let Some((bucket, key)) = text.strip_prefix("o/").and_then(|rest| rest.split_once('/')) else {
-            self.meta().txn(drop_index()).await?;
-            return Ok(());
+        let (bucket, key) = match keys::parse_expiry_target(&target) {
+            Some(keys::ExpiryTarget::Object { bucket, key }) => (bucket, key),
+            Some(keys::ExpiryTarget::ExpiredMarker) => {
+                // A marker has served its purpose.
+                self.meta().txn(drop_index().then(Op::delete(target.clone()))).await?;
+                return Ok(());
+            }
+            Some(keys::ExpiryTarget::Upload(_)) => {
+                self.reap_upload(&target, at).await?;
+                self.meta().txn(drop_index()).await?;
+                return Ok(());
+            }
+            None => {
+                self.meta().txn(drop_index()).await?;
+                return Ok(());
+            }
         };
         let current = self.read_current(bucket, key).await?;
         let Some(current) = current.filter(|c| c.record.expires_at_ms == Some(at) && c.record.is_expired(now_ms()))
@@ -104,15 +120,14 @@ impl Engine {
             self.meta().txn(drop_index()).await?;
             return Ok(());
         };
-        let marker = keys::expired_marker(bucket, key);
+        let marker = keys::expired_marker(bucket, key, current.revision);
         let change = object_change(bucket, key, Some(&current), None);
         let blobs = change.freed;
-        // The marker goes first so a watch sees the expiry before the removal of the same
-        // revision.
+        // Same transaction as the removal: a watch finds the marker at the delete's revision.
         let marked = ExpiredMarker { revision: current.revision, record: current.record.clone() };
         let mut txn = Txn::new()
             .then(Op::put(marker.clone(), record::encode(&marked)))
-            .then(Op::put(keys::expiry(now_ms() + MARKER_LIFETIME_MS, &marker), Bytes::new()));
+            .then(Op::put(keys::expiry(now_ms() + MARKER_LIFETIME.as_millis() as i64, &marker), Bytes::new()));
         txn.compares.extend(change.compares);
         txn.ops.extend(change.ops);
         if self.meta().txn(txn).await?.succeeded {

@@ -1,11 +1,15 @@
 //! A stream of changes to the objects under a prefix, in revision order: puts, deletes and
 //! expiries, resumable from any revision still in history.
+//!
+//! The store's watch sees the reaper's removal of an expired object as a delete; the marker the
+//! reaper writes in the same transaction (under `m/`, see [`crate::keys`]) tells the two apart.
+//! Markers live for [`crate::ttl::MARKER_LIFETIME`], so an expiry replayed from further back in
+//! history is reported as a delete.
 
 use std::pin::Pin;
 
-use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use meridian_meta::{EventKind, MetaError, RangeRequest, WatchEvent};
+use meridian_meta::{EventKind, MetaError, RangeRequest, Revision, WatchEvent};
 
 use crate::error::{EngineError, EngineResult};
 use crate::record::{self, ObjectRecord};
@@ -29,59 +33,51 @@ impl Engine {
     /// Changes to keys under `prefix` in `bucket` with revision `>= since` (0: from now on).
     pub async fn watch(&self, bucket: &str, prefix: &str, since: u64) -> EngineResult<ChangeStream> {
         self.bucket(bucket).await?;
-        let base = keys::objects_prefix(bucket);
-        let events =
-            self.meta().watch(RangeRequest::prefix(format!("{base}{prefix}")), since).await.map_err(compacted)?;
-        let mut translator = Translator { base_len: base.len(), expired: None };
-        Ok(Box::pin(events.filter_map(move |event| {
-            let change = match event {
-                Ok(event) => translator.translate(event).transpose(),
-                Err(err) => Some(Err(compacted(err))),
-            };
-            futures::future::ready(change)
-        })))
-    }
-}
-
-struct Translator {
-    base_len: usize,
-    /// The object key and revision of the last expiry, whose paired delete is not reported.
-    expired: Option<(Bytes, u64)>,
-}
-
-impl Translator {
-    fn translate(&mut self, event: WatchEvent) -> EngineResult<Option<Change>> {
-        let raw_key = &event.kv.key;
-        let key = String::from_utf8_lossy(raw_key.get(self.base_len..).unwrap_or_default()).into_owned();
-        let revision = event.kv.mod_revision;
-        if let Some(object_key) = key.strip_suffix(keys::EXPIRED_MARKER) {
-            if event.kind == EventKind::Delete {
-                return Ok(None);
+        let range = RangeRequest::prefix(format!("{}{prefix}", keys::objects_prefix(bucket)));
+        let events = self.meta().watch(range, since).await.map_err(compacted)?;
+        let engine = self.clone();
+        let changes = events.then(move |event| {
+            let engine = engine.clone();
+            async move {
+                match event {
+                    Ok(event) => engine.change_of(event).await.transpose(),
+                    Err(err) => Some(Err(compacted(err))),
+                }
             }
-            let marker: ExpiredMarker = record::decode(&event.kv.value)?;
-            let object = raw_key.slice(..raw_key.len() - keys::EXPIRED_MARKER.len());
-            self.expired = Some((object, revision));
-            return Ok(Some(change(ChangeKind::Expire, object_key.to_string(), revision, Some(&marker.record))));
-        }
-        match event.kind {
+        });
+        Ok(Box::pin(changes.filter_map(futures::future::ready)))
+    }
+
+    /// The change a store event stands for; `None` for keys that are not objects (markers of
+    /// the old layout, which sat under `o/`).
+    async fn change_of(&self, event: WatchEvent) -> EngineResult<Option<Change>> {
+        let Some((bucket, key)) = keys::parse_object_key(&event.kv.key) else { return Ok(None) };
+        let revision = event.kv.mod_revision;
+        let change = match event.kind {
             EventKind::Put => {
                 let record: ObjectRecord = record::decode(&event.kv.value)?;
-                Ok(Some(change(ChangeKind::Put, key, revision, Some(&record))))
+                change(ChangeKind::Put, key, revision, Some(&record))
             }
-            EventKind::Delete => {
-                if self.expired.as_ref().is_some_and(|(k, r)| k == raw_key && *r == revision) {
-                    return Ok(None);
-                }
-                Ok(Some(change(ChangeKind::Delete, key, revision, None)))
-            }
-        }
+            EventKind::Delete => match self.expiry_at(bucket, key, revision).await? {
+                Some(marker) => change(ChangeKind::Expire, key, revision, Some(&marker.record)),
+                None => change(ChangeKind::Delete, key, revision, None),
+            },
+        };
+        Ok(Some(change))
+    }
+
+    /// The marker of `bucket/key` written at `revision`: present when the delete at that
+    /// revision was the reaper removing the object on expiry.
+    async fn expiry_at(&self, bucket: &str, key: &str, revision: Revision) -> EngineResult<Option<ExpiredMarker>> {
+        let markers = self.meta().range(RangeRequest::prefix(keys::expired_markers_of(bucket, key))).await?;
+        markers.kvs.iter().find(|kv| kv.mod_revision == revision).map(|kv| record::decode(&kv.value)).transpose()
     }
 }
 
-fn change(kind: ChangeKind, key: String, revision: u64, record: Option<&ObjectRecord>) -> Change {
+fn change(kind: ChangeKind, key: &str, revision: u64, record: Option<&ObjectRecord>) -> Change {
     Change {
         kind,
-        key,
+        key: key.to_string(),
         revision,
         size: record.map(|r| r.size),
         etag: record.map(|r| r.etag.clone()),

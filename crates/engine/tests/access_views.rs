@@ -65,13 +65,13 @@ fn node_record() -> NodeRecord {
 async fn a_cut_off_node_does_not_honour_a_revoked_key_from_its_stale_view() {
     let dir = tempfile::tempdir().unwrap();
     let (strong, replica) = (store(dir.path(), "meta.redb"), store(dir.path(), "replica.redb"));
-    let engine = Engine::new(Arc::clone(&strong), BlobStore::open(dir.path()).unwrap(), EngineConfig::default());
     let views = Arc::new(LaggingViews {
         strong: Arc::clone(&strong),
         replica: Arc::clone(&replica),
         replica_caught_up: AtomicBool::new(true),
     });
-    engine.set_read_views(views.clone());
+    let metadata = Metadata::replicated(Arc::clone(&strong), views.clone());
+    let engine = Engine::builder(metadata, BlobStore::open(dir.path()).unwrap(), EngineConfig::default()).build();
 
     let (_, credential) = engine.create_access_key("app", false).await.unwrap();
     replicate(&strong, &replica).await;
@@ -96,9 +96,10 @@ async fn a_cut_off_node_does_not_honour_a_revoked_key_from_its_stale_view() {
 async fn admin_changes_return_once_every_replica_has_applied_them() {
     let dir = tempfile::tempdir().unwrap();
     let (strong, replica) = (store(dir.path(), "meta.redb"), store(dir.path(), "replica.redb"));
-    let engine = Engine::new(Arc::clone(&strong), BlobStore::open(dir.path()).unwrap(), EngineConfig::default());
-    let views = Arc::new(LaggingViews { strong, replica, replica_caught_up: AtomicBool::new(true) });
-    engine.set_read_views(views.clone());
+    let views =
+        Arc::new(LaggingViews { strong: Arc::clone(&strong), replica, replica_caught_up: AtomicBool::new(true) });
+    let metadata = Metadata::replicated(strong, views.clone());
+    let engine = Engine::builder(metadata, BlobStore::open(dir.path()).unwrap(), EngineConfig::default()).build();
     engine.create_access_key("app", false).await.unwrap();
     engine.create_bucket("data", "app").await.unwrap();
     engine.set_grant("data", "app", iam::Grant { read: true, ..Default::default() }, true).await.unwrap();

@@ -24,7 +24,7 @@ fn fixture() -> Fixture {
     let blobs = BlobStore::open(dir.path()).unwrap();
     let config =
         EngineConfig { inline_max: 1024, min_part_size: 10, blob_delete_delay: Duration::ZERO, ..Default::default() };
-    Fixture { engine: Engine::new(Arc::new(meta), blobs, config), dir }
+    Fixture { engine: Engine::builder(Metadata::single(Arc::new(meta)), blobs, config).build(), dir }
 }
 
 fn put(bucket: &str, key: &str, data: impl Into<Bytes>) -> PutRequest {

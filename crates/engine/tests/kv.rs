@@ -20,7 +20,7 @@ fn engine() -> (Engine, tempfile::TempDir) {
     let meta = EmbeddedStore::open(&dir.path().join("meta.redb"), EmbeddedOptions::default()).unwrap();
     let blobs = BlobStore::open(dir.path()).unwrap();
     let config = EngineConfig { inline_max: 64, blob_delete_delay: Duration::ZERO, ..Default::default() };
-    (Engine::new(Arc::new(meta), blobs, config), dir)
+    (Engine::builder(Metadata::single(Arc::new(meta)), blobs, config).build(), dir)
 }
 
 fn put_req(key: &str, value: &[u8], ttl: Option<Duration>) -> PutRequest {
@@ -89,11 +89,63 @@ async fn ttl_hides_at_once_and_the_reaper_cleans_up() {
     let e = next(&mut changes).await;
     assert_eq!((e.kind, e.key.as_str()), (ChangeKind::Expire, "short"), "an expiry is reported as such, once");
     assert_eq!(e.size, Some(1000));
-    // The marker is not an object and does not block deleting the bucket.
+    // The marker sits outside the objects' key range: a raw scan of it sees objects only.
+    let scan = engine.meta().range(meridian_meta::RangeRequest::prefix(keys::objects_prefix("kvs"))).await.unwrap();
+    let scanned: Vec<_> = scan.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(scanned, [keys::object("kvs", "forever")]);
+    // Replayed from history, the removal is still an expiry.
+    let mut replay = engine.watch("kvs", "", put.revision).await.unwrap();
+    let kinds = [next(&mut replay).await.kind, next(&mut replay).await.kind, next(&mut replay).await.kind];
+    assert_eq!(kinds, [ChangeKind::Put, ChangeKind::Put, ChangeKind::Expire]);
+    // A plain delete is reported as a delete; the marker does not block deleting the bucket.
     engine.delete_object("kvs", "forever", &WriteConditions::default()).await.unwrap();
     let e = next(&mut changes).await;
     assert_eq!((e.kind, e.key.as_str()), (ChangeKind::Delete, "forever"));
     engine.delete_bucket("kvs").await.unwrap();
+}
+
+/// Databases written before markers moved to `m/` may still hold one under `o/` (with its index
+/// entry): object scans, listings and watches ignore it, and the reaper removes it.
+#[tokio::test]
+async fn an_old_layout_marker_is_ignored_and_reaped() {
+    use meridian_meta::{Op, RangeRequest, Txn};
+    let (engine, _dir) = engine();
+    engine.create_bucket("kvs", "me").await.unwrap();
+    let mut changes = engine.watch("kvs", "", 0).await.unwrap();
+    let legacy = Bytes::from_static(b"o/kvs/gone\0expired");
+    let txn = Txn::new()
+        .then(Op::put(legacy.clone(), Bytes::from_static(b"{}")))
+        .then(Op::put(keys::expiry(now_ms() - 1, &legacy), Bytes::new()));
+    engine.meta().txn(txn).await.unwrap();
+    engine.put_object(put_req("kept", b"v", None)).await.unwrap();
+    assert_eq!(listed(&engine).await, ["kept"]);
+    let e = next(&mut changes).await;
+    assert_eq!((e.kind, e.key.as_str()), (ChangeKind::Put, "kept"), "the marker is no change");
+    engine.reap_due().await.unwrap();
+    assert!(engine.meta().get(&legacy).await.unwrap().is_none(), "the reaper removed the old marker");
+    let index = engine.meta().range(RangeRequest::prefix(keys::EXPIRY_PREFIX)).await.unwrap();
+    assert!(index.kvs.is_empty());
+    engine.delete_object("kvs", "kept", &WriteConditions::default()).await.unwrap();
+    engine.delete_bucket("kvs").await.unwrap();
+}
+
+/// The reaper is part of the engine as built: nothing has to start it afterwards.
+#[tokio::test]
+async fn an_engine_built_with_a_reaper_reaps_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = EmbeddedStore::open(&dir.path().join("meta.redb"), EmbeddedOptions::default()).unwrap();
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    let engine = Engine::builder(Metadata::single(Arc::new(meta)), blobs, EngineConfig::default())
+        .reaper(Duration::from_millis(20))
+        .build();
+    engine.create_bucket("kvs", "me").await.unwrap();
+    engine.put_object(put_req("short", b"v", Some(Duration::from_millis(50)))).await.unwrap();
+    let record = keys::object("kvs", "short");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while engine.meta().get(&record).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the built-in reaper never removed the record");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -291,10 +343,10 @@ async fn age_record(engine: &Engine, key: &[u8], field: &str, days: i64) {
     value[field] = serde_json::json!(old - days * 86_400_000);
     let mut txn = Txn::new().then(Op::put(Bytes::copy_from_slice(key), serde_json::to_vec(&value).unwrap()));
     // An inline object's bytes must keep the record's revision.
-    if let Some(rest) = key.strip_prefix(b"o/") {
-        let inline = [b"i/".as_slice(), rest].concat();
+    if let Some((bucket, object)) = meridian_engine::keys::parse_object_key(key) {
+        let inline = meridian_engine::keys::inline(bucket, object);
         if let Some(data) = engine.meta().get(&inline).await.unwrap() {
-            txn = txn.then(Op::put(Bytes::from(inline), data.value));
+            txn = txn.then(Op::put(inline, data.value));
         }
     }
     engine.meta().txn(txn).await.unwrap();
@@ -307,11 +359,12 @@ async fn lifecycle_rules_expire_objects_and_abort_uploads() {
     engine.create_bucket("kvs", "me").await.unwrap();
     engine.put_object(put_req("logs/old", b"old", None)).await.unwrap();
     engine.put_object(put_req("keep/old", b"old", None)).await.unwrap();
-    age_record(&engine, b"o/kvs/logs/old", "modified_ms", 3).await;
-    age_record(&engine, b"o/kvs/keep/old", "modified_ms", 3).await;
+    age_record(&engine, &meridian_engine::keys::object("kvs", "logs/old"), "modified_ms", 3).await;
+    age_record(&engine, &meridian_engine::keys::object("kvs", "keep/old"), "modified_ms", 3).await;
     let upload =
         engine.create_multipart_upload("kvs", "logs/upload", ObjectHeaders::default(), None, false).await.unwrap();
-    age_record(&engine, format!("u/kvs/logs/upload\0{}", upload.upload_id).as_bytes(), "initiated_ms", 3).await;
+    age_record(&engine, &meridian_engine::keys::upload("kvs", "logs/upload", &upload.upload_id), "initiated_ms", 3)
+        .await;
 
     let rule = LifecycleRule {
         id: "logs".into(),

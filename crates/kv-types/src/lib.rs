@@ -11,49 +11,60 @@ use serde::{Deserialize, Serialize};
 /// The longest TTL accepted (100 years).
 pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// Why a duration did not parse.
+/// Why a TTL-style duration was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DurationError {
-    /// Not a positive number with a known unit.
+    /// Not a duration in [`meridian_common::duration`]'s grammar, or shorter than 1 ms.
     Malformed,
     /// Longer than [`MAX_TTL`].
     TooLong,
 }
 
 /// What a duration looks like, for error messages.
-pub const DURATION_HELP: &str = "use a positive number with a unit, e.g. 500ms, 90s, 5m, 2h or 7d";
+pub use meridian_common::duration::DURATION_HELP;
 
-/// Parses `500ms`, `90s`, `5m`, `2h`, `7d` or a bare number of seconds (fractions allowed); at
-/// least 1 ms, at most [`MAX_TTL`].
+/// Parses a TTL-style duration with the one duration grammar of
+/// [`meridian_common::duration::parse_duration`] (`500ms`, `90s`, `5m`, `2h`, `7d`, `1m30s`,
+/// fractions, a bare number of seconds), then bounds it: at least 1 ms, at most [`MAX_TTL`].
 ///
 /// ```
 /// use std::time::Duration;
 /// use meridian_kv_types::{DurationError, parse_duration};
 /// assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+/// assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
 /// assert_eq!(parse_duration("5 parsecs"), Err(DurationError::Malformed));
 /// assert_eq!(parse_duration("200y"), Err(DurationError::Malformed));
 /// assert_eq!(parse_duration("40000d"), Err(DurationError::TooLong));
 /// ```
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| DurationError::Malformed)?;
-    let millis = match unit.trim() {
-        "ms" => value,
-        "" | "s" => value * 1e3,
-        "m" => value * 60e3,
-        "h" => value * 3600e3,
-        "d" => value * 86_400e3,
-        _ => return Err(DurationError::Malformed),
-    };
-    if !millis.is_finite() || millis < 1.0 {
+    use meridian_common::duration::{self, DurationError as Grammar};
+    let parsed = duration::parse_duration(text).map_err(|e| match e {
+        Grammar::Overflow(_) => DurationError::TooLong,
+        _ => DurationError::Malformed,
+    })?;
+    if parsed < Duration::from_millis(1) {
         return Err(DurationError::Malformed);
     }
-    if millis > MAX_TTL.as_millis() as f64 {
+    if parsed > MAX_TTL {
         return Err(DurationError::TooLong);
     }
-    Ok(Duration::from_millis(millis as u64))
+    Ok(parsed)
+}
+
+/// Parses how long to wait for a lock: a duration as [`parse_duration`] reads it, or zero in
+/// any spelling (`0`, `0s`, `0ms`) for not waiting at all.
+///
+/// ```
+/// use std::time::Duration;
+/// use meridian_kv_types::parse_wait;
+/// assert_eq!(parse_wait("0s"), Ok(Duration::ZERO));
+/// assert_eq!(parse_wait("1m30s"), Ok(Duration::from_secs(90)));
+/// ```
+pub fn parse_wait(text: &str) -> Result<Duration, DurationError> {
+    match meridian_common::duration::parse_duration(text) {
+        Ok(wait) if wait.is_zero() => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
 }
 
 /// A duration as [`parse_duration`] reads it back: whole milliseconds, at least 1 ms.
@@ -287,6 +298,14 @@ mod tests {
             assert_eq!(parse_duration(bad), Err(DurationError::Malformed), "{bad:?}");
         }
         assert_eq!(parse_duration("36501d"), Err(DurationError::TooLong));
+        assert_eq!(parse_duration("99999999999999999999999d"), Err(DurationError::TooLong));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("5min"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration(&format_duration(Duration::from_micros(1))), Ok(Duration::from_millis(1)));
+        for zero in ["0", "0s", "0ms", " 0 "] {
+            assert_eq!(parse_wait(zero), Ok(Duration::ZERO), "{zero:?}");
+        }
+        assert_eq!(parse_wait("0.5ms"), Err(DurationError::Malformed));
+        assert_eq!(parse_wait("36501d"), Err(DurationError::TooLong));
     }
 }

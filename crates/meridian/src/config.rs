@@ -33,12 +33,12 @@ pub struct FileConfig {
     pub etcd: Vec<String>,
     pub etcd_namespace: Option<String>,
     pub cluster_token: Option<String>,
-    /// Cache of bytes held by other regions, in bytes.
-    pub cache_max_bytes: Option<u64>,
+    /// Cache of bytes held by other regions.
+    pub cache_max_bytes: Option<ByteSize>,
     /// Objects up to this size are copied to every region after they are written.
-    pub replicate_small_bytes: Option<u64>,
-    /// Objects up to this many bytes are stored inline in the metadata store.
-    pub inline_max: Option<usize>,
+    pub replicate_small_bytes: Option<ByteSize>,
+    /// Objects up to this size are stored inline in the metadata store.
+    pub inline_max: Option<ByteSize>,
     /// Connection limits, applied to every listener (each keeps its own defaults otherwise).
     pub max_connections: Option<usize>,
     pub max_connections_per_address: Option<usize>,
@@ -56,6 +56,35 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// Revisions of change history kept for watches (older `since` values get 410).
     pub history_revisions: Option<u64>,
+}
+
+/// A size in the TOML file: a number of bytes (`65536`) or a string in the one size grammar
+/// (`"64KiB"`, `"10GB"`; see [`meridian_common::size`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "u64")]
+pub struct ByteSize(pub u64);
+
+impl From<ByteSize> for u64 {
+    fn from(size: ByteSize) -> u64 {
+        size.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Bytes(n) => Ok(ByteSize(n)),
+            Written::Text(text) => {
+                meridian_common::size::parse_size(&text).map(ByteSize).map_err(serde::de::Error::custom)
+            }
+        }
+    }
 }
 
 impl FileConfig {
@@ -188,4 +217,21 @@ pub fn node_id(data: &Path) -> anyhow::Result<String> {
     let id = random_string("node-", 10, b"abcdefghijklmnopqrstuvwxyz0123456789");
     write_private(&path, &id)?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_in_the_file_are_numbers_or_unit_strings() {
+        let file: FileConfig =
+            toml::from_str("cache_max_bytes = \"10GiB\"\nreplicate_small_bytes = \"64KB\"\ninline_max = 65536\n")
+                .unwrap();
+        assert_eq!(file.cache_max_bytes, Some(ByteSize(10 << 30)));
+        assert_eq!(file.replicate_small_bytes, Some(ByteSize(64_000)));
+        assert_eq!(file.inline_max, Some(ByteSize(65_536)));
+        let junk = toml::from_str::<FileConfig>("inline_max = \"lots\"").unwrap_err().to_string();
+        assert!(junk.contains("invalid size \"lots\""), "{junk}");
+    }
 }

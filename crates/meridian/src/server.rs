@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use clap::Args;
 use meridian_blob::BlobStore;
-use meridian_engine::{Engine, EngineConfig};
+use meridian_engine::{Engine, EngineConfig, Metadata};
 use meridian_http::{ClientTls, Policy, ServerTls, TlsFiles};
 use meridian_meta::embedded::{EmbeddedOptions, EmbeddedStore};
 use meridian_s3::S3Options;
@@ -52,16 +52,18 @@ pub struct ServerArgs {
     /// Shared secret that nodes present to each other (required with --etcd).
     #[arg(long, env = "MERIDIAN_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
-    /// Most bytes kept in the cache of objects held by other regions. Default: 10 GiB
-    #[arg(long)]
+    /// Most bytes kept in the cache of objects held by other regions (a size: 10GiB, 500MB or
+    /// a number of bytes). Default: 10GiB
+    #[arg(long, value_parser = meridian_common::size::parse_size)]
     cache_max_bytes: Option<u64>,
     /// Objects up to this size are copied to every region right after they are written.
-    /// Default: 131072
-    #[arg(long)]
+    /// Default: 128KiB
+    #[arg(long, value_parser = meridian_common::size::parse_size)]
     replicate_small_bytes: Option<u64>,
-    /// Store objects up to this many bytes inline in the metadata store. Default: 32768
-    #[arg(long)]
-    inline_max: Option<usize>,
+    /// Store objects up to this size inline in the metadata store. Default: 32KiB (1KiB with
+    /// --etcd)
+    #[arg(long, value_parser = meridian_common::size::parse_size)]
+    inline_max: Option<u64>,
     /// TLS certificate chain (PEM) for every listener; with --tls-key, the node speaks only
     /// HTTPS. Reloaded when the file changes or on SIGHUP.
     #[arg(long, env = "MERIDIAN_TLS_CERT", requires = "tls_key")]
@@ -133,9 +135,12 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
     Ok(Settings {
         cache_max_bytes: args
             .cache_max_bytes
-            .or(file.cache_max_bytes)
+            .or(file.cache_max_bytes.map(u64::from))
             .unwrap_or(meridian_blob::cache::DEFAULT_MAX_BYTES),
-        replicate_small_bytes: args.replicate_small_bytes.or(file.replicate_small_bytes).unwrap_or(128 << 10),
+        replicate_small_bytes: args
+            .replicate_small_bytes
+            .or(file.replicate_small_bytes.map(u64::from))
+            .unwrap_or(128 << 10),
         etcd,
         etcd_namespace: args
             .etcd_namespace
@@ -152,7 +157,10 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             .unwrap_or(config::DEFAULT_ADMIN_LISTEN.parse().context("default admin listen address")?),
         domain: args.domain.or(file.domain),
         region: args.region.or(file.region).unwrap_or_else(|| "us-east-1".into()),
-        inline_max: args.inline_max.or(file.inline_max).unwrap_or(inline_default),
+        inline_max: match args.inline_max.or(file.inline_max.map(u64::from)) {
+            Some(bytes) => usize::try_from(bytes).context("--inline-max is too large for this machine")?,
+            None => inline_default,
+        },
         s3_policy,
         admin_policy,
         tls,
@@ -188,7 +196,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let started = SystemTime::now();
     std::fs::create_dir_all(&settings.data)
         .with_context(|| format!("cannot create the data directory {}", settings.data.display()))?;
-    let (meta, views) = open_metadata(&settings).await?;
+    let metadata = open_metadata(&settings).await?;
     let blobs = BlobStore::open(&settings.data).context("cannot open the blob store")?;
     let node_id = match &settings.node_id {
         Some(id) => id.clone(),
@@ -196,10 +204,23 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let node = meridian_engine::record::Holder { node: node_id.clone(), region: settings.region.clone() };
     let engine_config = EngineConfig { inline_max: settings.inline_max, node, ..EngineConfig::default() };
-    let engine = Engine::new(meta, blobs, engine_config);
-    if let Some(views) = views {
-        engine.set_read_views(views);
-    }
+    let client_tls = ClientTls::new(settings.ca_file.as_deref()).context("cannot use the CA file (ca_file)")?;
+    let server_tls = match &settings.tls {
+        Some(files) => Some(ServerTls::load(files.clone()).context("cannot use the TLS certificate and key")?),
+        None => None,
+    };
+    let scheme = if server_tls.is_some() { "https" } else { "http" };
+    let mut builder = Engine::builder(metadata.clone(), blobs, engine_config).reaper(Duration::from_millis(250));
+    let cache = match &settings.cluster_token {
+        Some(token) => {
+            let access = meridian_blob::PeerAccess::new(token.clone(), client_tls.clone());
+            let (reader, cache) = peer_reader(&metadata, &settings, access)?;
+            builder = builder.remote_reader(reader, settings.replicate_small_bytes);
+            Some(cache)
+        }
+        None => None,
+    };
+    let engine = builder.build();
 
     let (creds, source) = config::admin_credentials(&settings.data)?;
     engine
@@ -209,20 +230,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let options = S3Options { domain: settings.domain.clone(), region: settings.region.clone() };
     let service = meridian_s3::build_service(engine.clone(), &options);
 
-    let client_tls = ClientTls::new(settings.ca_file.as_deref()).context("cannot use the CA file (ca_file)")?;
-    let server_tls = match &settings.tls {
-        Some(files) => Some(ServerTls::load(files.clone()).context("cannot use the TLS certificate and key")?),
-        None => None,
-    };
-    let (peer_endpoint, cache) = match &settings.cluster_token {
-        Some(token) => {
-            let cache =
-                join_cluster(&engine, &settings, meridian_blob::PeerAccess::new(token.clone(), client_tls.clone()))?;
-            (Some(PeerEndpoint { blobs: engine.blobs().clone(), token: token.clone() }), Some(cache))
-        }
-        None => (None, None),
-    };
-    let scheme = if server_tls.is_some() { "https" } else { "http" };
+    let peer_endpoint = settings
+        .cluster_token
+        .as_ref()
+        .map(|token| PeerEndpoint { blobs: engine.blobs().clone(), token: token.clone() });
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| {
         format!("cannot listen on {} (is the port in use? pass --listen ADDR:PORT)", settings.listen)
     })?;
@@ -271,7 +282,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let admin = meridian_admin::AdminApi::new(engine.clone(), admin_token);
 
     collect_orphans_in_background(engine.clone(), started);
-    engine.spawn_reaper(Duration::from_millis(250));
     let forwarder = peer_endpoint
         .as_ref()
         .map(|_| meridian_s3::forward::Forwarder::new(engine.clone(), settings.domain.clone(), &client_tls));
@@ -329,13 +339,13 @@ impl meridian_http::Handler for NodeHandler {
     }
 }
 
-/// Reads of bytes held elsewhere go through a local chunk cache, and small objects written in
-/// other regions are copied here right after they are written.
-fn join_cluster(
-    engine: &Engine,
+/// Reads of bytes held elsewhere go through a local chunk cache (small objects written in other
+/// regions are copied into it right after they are written: see `--replicate-small-bytes`).
+fn peer_reader(
+    metadata: &Metadata,
     settings: &Settings,
     access: meridian_blob::PeerAccess,
-) -> anyhow::Result<meridian_blob::ChunkCache> {
+) -> anyhow::Result<(Arc<meridian_engine::peer::PeerReader>, meridian_blob::ChunkCache)> {
     let options = meridian_blob::CacheOptions {
         max_bytes: settings.cache_max_bytes,
         chunk_size: meridian_engine::CHUNK_SIZE,
@@ -344,16 +354,18 @@ fn join_cluster(
     let dir = settings.data.join("cache");
     let cache = meridian_blob::ChunkCache::open(&dir, options)
         .with_context(|| format!("cannot open the cache in {}", dir.display()))?;
-    let reader = meridian_engine::peer::PeerReader::new(engine.clone(), cache.clone(), access);
-    engine.set_remote_reader(Arc::new(reader));
-    engine.spawn_prefetch(settings.replicate_small_bytes);
-    Ok(cache)
+    let reader = meridian_engine::peer::PeerReader::new(
+        Arc::clone(metadata.store()),
+        settings.region.clone(),
+        cache.clone(),
+        access,
+    );
+    Ok((Arc::new(reader), cache))
 }
 
-/// The metadata store: etcd when the node joins a cluster, else the embedded database.
-async fn open_metadata(
-    settings: &Settings,
-) -> anyhow::Result<(Arc<dyn meridian_meta::MetaStore>, Option<Arc<dyn meridian_engine::ReadViews>>)> {
+/// The metadata store: etcd (replicated: local reads from the nearest member) when the node
+/// joins a cluster, else the embedded database (a single store).
+async fn open_metadata(settings: &Settings) -> anyhow::Result<Metadata> {
     if settings.etcd.is_empty() {
         let path = settings.data.join("meta.redb");
         let options = EmbeddedOptions { history_revisions: settings.history_revisions, ..EmbeddedOptions::default() };
@@ -363,7 +375,7 @@ async fn open_metadata(
                 path.display()
             )
         })?;
-        return Ok((Arc::new(store), None));
+        return Ok(Metadata::single(Arc::new(store)));
     }
     let options =
         meridian_meta_etcd::EtcdOptions::new(settings.etcd.clone()).namespace(settings.etcd_namespace.clone());
@@ -371,7 +383,7 @@ async fn open_metadata(
         .await
         .with_context(|| format!("cannot reach etcd at {}", settings.etcd.join(",")))?;
     tracing::info!(endpoints = %settings.etcd.join(","), namespace = %settings.etcd_namespace, "metadata in etcd");
-    Ok((Arc::new(store.clone()), Some(Arc::new(EtcdViews::new(&store)))))
+    Ok(Metadata::replicated(Arc::new(store.clone()), Arc::new(EtcdViews::new(&store))))
 }
 
 /// Local and at-least reads from the nearest etcd member; strong reads through the leader.

@@ -739,5 +739,5 @@ fn volume_cli_rejects_bad_input() {
     assert!(String::from_utf8_lossy(&shrink.stderr).contains("--allow-shrink"));
     env.ok(&["resize", "v", "--size", "2GiB"]);
     let inspect = env.ok(&["inspect", "v"]);
-    assert!(inspect.contains("2.0 GiB"), "{inspect}");
+    assert!(inspect.contains("2 GiB"), "{inspect}");
 }

@@ -78,6 +78,10 @@ fn parse_duration(name: &str, value: &str) -> S3Result<Duration> {
     ttl::parse_ttl(value).map_err(|e| S3Error::with_message(S3ErrorCode::InvalidArgument, format!("{name}: {e}")))
 }
 
+fn parse_wait(name: &str, value: &str) -> S3Result<Duration> {
+    ttl::parse_wait(value).map_err(|e| S3Error::with_message(S3ErrorCode::InvalidArgument, format!("{name}: {e}")))
+}
+
 /// Parses `x-meridian-expires`: an RFC 3339 date-time or Unix milliseconds.
 fn parse_expires(value: &str) -> S3Result<i64> {
     let ms = match value.parse::<i64>() {
@@ -136,8 +140,7 @@ impl KvWrite {
             None => {}
             Some(v) if v.eq_ignore_ascii_case("lock") => {
                 let wait = match header(headers, LOCK_WAIT_HEADER)? {
-                    Some("0") => Duration::ZERO,
-                    Some(w) => parse_duration(LOCK_WAIT_HEADER, w)?,
+                    Some(w) => parse_wait(LOCK_WAIT_HEADER, w)?,
                     None => Duration::ZERO,
                 };
                 let lock_ttl = match header(headers, LOCK_TTL_HEADER)? {
@@ -362,8 +365,8 @@ impl KvRoute {
                 let owner = body.owner.ok_or_else(|| s3_error!(InvalidArgument, "a lock request needs an owner"))?;
                 let ttl = parse_duration("ttl", body.ttl.as_deref().unwrap_or("30s"))?;
                 let wait = match body.wait.as_deref() {
-                    None | Some("0") => Duration::ZERO,
-                    Some(w) => parse_duration("wait", w)?,
+                    None => Duration::ZERO,
+                    Some(w) => parse_wait("wait", w)?,
                 };
                 let lock =
                     self.engine.acquire_lock(&bucket, &body.name, &owner, ttl, wait).await.map_err(engine_error)?;

@@ -9,6 +9,8 @@ use clap::{Args, Subcommand};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use meridian_common::size::format_size;
+
 use crate::error::{Result, VolumeError};
 use crate::format::{self, Layout};
 use crate::gc::{Gc, GcConfig};
@@ -136,9 +138,9 @@ pub enum VolumeSubcommand {
     /// Collect garbage now (offline: takes the writer lease).
     Gc {
         name: String,
-        /// Seconds a dead object waits before removal (see docs/volumes.md).
-        #[arg(long, default_value_t = 30)]
-        grace: u64,
+        /// How long a dead object waits before removal, e.g. 30s (see docs/volumes.md).
+        #[arg(long, default_value = "30s", value_parser = duration_arg)]
+        grace: Duration,
         #[arg(long)]
         force_takeover: bool,
         #[command(flatten)]
@@ -181,26 +183,33 @@ pub struct ServeArgs {
     /// without a GET; 0 disables.
     #[arg(long, default_value = "8GiB")]
     pub cache_size: String,
-    /// Seconds after which unflushed writes are uploaded even without a FLUSH (what a crash of
-    /// `serve` can lose at most; flushed writes are never lost).
-    #[arg(long, default_value_t = 30)]
-    pub max_dirty_age: u64,
-    /// Lease time-to-live in seconds; renewed every third of it.
-    #[arg(long, default_value_t = 30)]
-    pub lease_ttl: u64,
+    /// Unflushed writes this old are uploaded even without a FLUSH (what a crash of `serve` can
+    /// lose at most; flushed writes are never lost), e.g. 30s. At least 1s.
+    #[arg(long, default_value = "30s", value_parser = duration_arg)]
+    pub max_dirty_age: Duration,
+    /// Lease time-to-live; renewed every third of it. At least 3s.
+    #[arg(long, default_value = "30s", value_parser = duration_arg)]
+    pub lease_ttl: Duration,
     /// Take the lease even if another writer seems alive. Only if it is certainly dead.
     #[arg(long)]
     pub force_takeover: bool,
-    /// Seconds between GC passes (0 disables background GC).
-    #[arg(long, default_value_t = 60)]
-    pub gc_interval: u64,
-    #[arg(long, default_value_t = 30)]
-    pub gc_grace: u64,
+    /// Time between GC passes, e.g. 60s (0 disables background GC).
+    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    pub gc_interval: Duration,
+    /// How long a dead object waits before background GC removes it.
+    #[arg(long, default_value = "30s", value_parser = duration_arg)]
+    pub gc_grace: Duration,
     /// Write a checkpoint after this much log data.
     #[arg(long, default_value = "1GiB")]
     pub checkpoint_every: String,
     #[command(flatten)]
     pub bucket: BucketArgs,
+}
+
+/// Durations on the command line: Meridian's one duration grammar (`30s`, `1m30s`; a bare number
+/// is seconds, so `--gc-interval 60` still means a minute).
+fn duration_arg(text: &str) -> std::result::Result<Duration, meridian_common::duration::DurationError> {
+    meridian_common::duration::parse_duration(text)
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -211,17 +220,6 @@ fn default_cache_dir() -> PathBuf {
         return PathBuf::from(h).join(".cache/meridian/volumes");
     }
     std::env::temp_dir().join("meridian-volumes")
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
@@ -244,7 +242,7 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
             let m = manage::create(bucket.store().as_ref(), &bucket.layout(&name)?, &name, size, object_bytes).await?;
             println!(
                 "created volume {name}: {} ({} bytes) at s3://{}/{}{name}/",
-                human(m.size),
+                format_size(m.size),
                 m.size,
                 bucket.bucket,
                 bucket.prefix
@@ -283,8 +281,8 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
             let st = manage::export(bucket.store().as_ref(), &bucket.layout(&name)?, at.as_deref(), &output).await?;
             println!(
                 "exported {} ({} mapped) at log position {} to {}",
-                human(st.size),
-                human(st.mapped_bytes),
+                format_size(st.size),
+                format_size(st.mapped_bytes),
                 st.seq,
                 output.display()
             );
@@ -305,7 +303,7 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
             let mut cfg = WriterConfig::new(default_cache_dir(), holder("resize"));
             cfg.force_takeover = force_takeover;
             let m = manage::resize(bucket.store(), &bucket.layout(&name)?, size, cfg, allow_shrink).await?;
-            println!("{name} is now {} ({} bytes)", human(m.size), m.size);
+            println!("{name} is now {} ({} bytes)", format_size(m.size), m.size);
         }
     }
     Ok(())
@@ -314,11 +312,16 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
 fn print_inspection(i: &manage::Inspection) {
     let m = &i.manifest;
     println!("volume      {} (id {})", m.name, m.volume_id);
-    println!("size        {} ({} bytes)", human(m.size), m.size);
-    println!("log         {} objects, {}, end at {}", i.log_objects, human(i.log_bytes), i.end);
-    println!("checkpoints {} ({}), replay starts at {}", i.checkpoints, human(i.checkpoint_bytes), i.base_checkpoint);
-    println!("live        {}", human(i.live_bytes));
-    println!("garbage     {}", human(i.garbage_bytes));
+    println!("size        {} ({} bytes)", format_size(m.size), m.size);
+    println!("log         {} objects, {}, end at {}", i.log_objects, format_size(i.log_bytes), i.end);
+    println!(
+        "checkpoints {} ({}), replay starts at {}",
+        i.checkpoints,
+        format_size(i.checkpoint_bytes),
+        i.base_checkpoint
+    );
+    println!("live        {}", format_size(i.live_bytes));
+    println!("garbage     {}", format_size(i.garbage_bytes));
     match &i.lease {
         Some(l) if i.lease_live => println!("writer      {} (epoch {}), active", l.holder, l.epoch),
         Some(l) => println!("writer      none (last: {} epoch {})", l.holder, l.epoch),
@@ -330,20 +333,20 @@ fn print_inspection(i: &manage::Inspection) {
     }
 }
 
-async fn gc_offline(name: &str, grace: u64, force: bool, bucket: &BucketArgs) -> Result<()> {
+async fn gc_offline(name: &str, grace: Duration, force: bool, bucket: &BucketArgs) -> Result<()> {
     let mut cfg = WriterConfig::new(default_cache_dir(), holder("gc"));
     cfg.force_takeover = force;
     let vol = Volume::open(bucket.store(), bucket.layout(name)?, cfg).await?;
-    let gc_cfg = GcConfig { grace: Duration::from_secs(grace), ..GcConfig::default() };
+    let gc_cfg = GcConfig { grace, ..GcConfig::default() };
     let mut gc = Gc::new();
     let res = async {
         let first = gc.run(&vol, &gc_cfg).await?;
         if first.pending > 0 {
             println!(
-                "rewrote {} objects; waiting {grace}s before removing {} dead objects",
+                "rewrote {} objects; waiting {grace:?} before removing {} dead objects",
                 first.rewritten_objects, first.pending
             );
-            tokio::time::sleep(Duration::from_secs(grace)).await;
+            tokio::time::sleep(grace).await;
         }
         gc.run(&vol, &gc_cfg).await
     }
@@ -352,8 +355,8 @@ async fn gc_offline(name: &str, grace: u64, force: bool, bucket: &BucketArgs) ->
     let r = res?;
     println!(
         "gc done: log {} for {} live; deleted {}, tombstoned {}, checkpoints deleted {}",
-        human(r.log_bytes),
-        human(r.live_bytes),
+        format_size(r.log_bytes),
+        format_size(r.live_bytes),
         r.deleted,
         r.tombstoned,
         r.checkpoints_deleted
@@ -368,17 +371,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
         WriterConfig::new(args.cache_dir.clone().unwrap_or_else(default_cache_dir), holder(&format!("nbd://{addr}")));
     cfg.cache_pages = (args.map_cache_mib.max(1) << 20) / 4096;
     cfg.uploads = args.uploads.max(1);
-    cfg.lease_ttl = Duration::from_secs(args.lease_ttl.max(3));
+    cfg.lease_ttl = args.lease_ttl.max(Duration::from_secs(3));
     cfg.force_takeover = args.force_takeover;
     cfg.checkpoint_bytes = format::parse_size(&args.checkpoint_every)?;
     cfg.journal_bytes = format::parse_size(&args.journal_size)?;
     cfg.cache_bytes = format::parse_size(&args.cache_size)?;
-    cfg.max_dirty_age = Duration::from_secs(args.max_dirty_age.max(1));
+    cfg.max_dirty_age = args.max_dirty_age.max(Duration::from_secs(1));
     let vol = Volume::open(args.bucket.store(), args.bucket.layout(&args.name)?, cfg).await?;
     tokio::spawn(vol.clone().run_background());
-    if args.gc_interval > 0 {
-        let (vol, interval) = (vol.clone(), Duration::from_secs(args.gc_interval));
-        let gc_cfg = GcConfig { grace: Duration::from_secs(args.gc_grace), ..GcConfig::default() };
+    if !args.gc_interval.is_zero() {
+        let (vol, interval) = (vol.clone(), args.gc_interval);
+        let gc_cfg = GcConfig { grace: args.gc_grace, ..GcConfig::default() };
         tokio::spawn(async move {
             let mut gc = Gc::new();
             loop {

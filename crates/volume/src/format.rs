@@ -361,23 +361,10 @@ pub fn decode_run(b: &[u8]) -> Run {
     Run { sector: be_u64(b), len: be_u32(&b[8..]), seq: be_u64(&b[12..]), obj_sector: be_u32(&b[20..]) }
 }
 
-/// Parses sizes like `100GiB`, `512MiB`, `4096`, `1T` (binary units; a bare number is bytes).
+/// Parses a size with Meridian's one size grammar (`100GiB`, `4G`, `4096`; `10MB` is SI, 10^6
+/// bytes; see [`meridian_common::size`]).
 pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| VolumeError::BadSize(format!("{s:?} is not a size (try 10GiB)")))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        "t" | "tib" | "tb" => 1 << 40,
-        other => {
-            return Err(VolumeError::BadSize(format!("unknown unit {other:?} in {s:?} (use KiB, MiB, GiB or TiB)")));
-        }
-    };
-    n.checked_mul(mult).ok_or_else(|| VolumeError::BadSize(format!("{s:?} overflows")))
+    meridian_common::size::parse_size(s).map_err(|e| VolumeError::BadSize(e.to_string()))
 }
 
 /// Checks a volume size: whole sectors, non-zero, and addressable by the table encoding.
@@ -441,6 +428,9 @@ mod tests {
         assert_eq!(parse_size("1t").unwrap(), 1 << 40);
         assert!(parse_size("ten").is_err());
         assert!(parse_size("10XB").is_err());
+        // SI units are SI here as everywhere (this parser once read `MB` as MiB).
+        assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
+        assert_eq!(parse_size("4G").unwrap(), 4 << 30);
         assert!(check_size(4095).is_err());
         assert!(check_size(0).is_err());
         assert!(check_size(1 << 20).is_ok());
