@@ -273,8 +273,25 @@ pub enum MetaError {
 
 pub type MetaResult<T> = Result<T, MetaError>;
 
-/// The metadata store. All methods are linearizable: a read reflects every write acknowledged
-/// before it started.
+/// The metadata store.
+///
+/// What every implementation guarantees:
+/// - `txn` is linearizable and atomic: its compares and its writes happen at one point between
+///   the call and its answer, and every successful write transaction gets the next global
+///   revision.
+/// - `get_many` and each `range` answer come from one revision (a consistent snapshot).
+/// - `watch` delivers every change in revision order, without gaps or duplicates.
+///
+/// How fresh reads are depends on the handle, and each handle says so:
+/// - the embedded store and the etcd store in `ReadMode::Linearizable` (its default): reads
+///   are **linearizable** — they reflect every write acknowledged anywhere before they started;
+/// - the etcd store in `ReadMode::Serializable`: reads are **serializable** — a consistent
+///   snapshot from the nearest member, possibly behind the cluster, but never behind any
+///   revision this process has already seen (its own writes included);
+/// - the etcd store's `at_least(R)` handle: serializable reads that reflect at least revision R.
+///
+/// The engine picks a handle per request (`meridian_engine::Consistency`); the node wires
+/// strong reads to a linearizable handle.
 #[async_trait::async_trait]
 pub trait MetaStore: Send + Sync + 'static {
     /// Keys in the range, in byte order.
