@@ -94,7 +94,8 @@ impl FromStr for TargetSpec {
 /// Command-line arguments of `meridian bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// S3 endpoint, `http://HOST:PORT` (path-style addressing).
+    /// S3 endpoint, `http://HOST:PORT` or `https://HOST:PORT` (path-style addressing; HTTPS
+    /// trusts the system's roots and the CA file named by `MERIDIAN_CA_FILE`).
     #[arg(long, env = "MERIDIAN_BENCH_ENDPOINT")]
     pub endpoint: Option<String>,
     /// What to drive: `s3` (the endpoint), `files:DIR` (plain files, the disk

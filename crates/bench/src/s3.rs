@@ -61,48 +61,74 @@ impl OpError {
 /// Where and as whom to talk S3.
 #[derive(Debug)]
 pub struct S3Client {
-    addr: SocketAddr,
-    host: String,
+    endpoint: Endpoint,
     bucket: String,
     signer: Option<Signer>,
 }
 
-/// A parsed `http://host:port` endpoint.
-#[derive(Debug, Clone)]
+/// A parsed `http://host:port` or `https://host:port` endpoint.
+#[derive(Clone)]
 pub struct Endpoint {
     /// Resolved address.
     pub addr: SocketAddr,
     /// `host[:port]` as the Host header carries it.
     pub host: String,
+    /// For `https://`: the TLS client and the name the certificate must carry.
+    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("addr", &self.addr)
+            .field("host", &self.host)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Endpoint {
-    /// Parses and resolves `http://host:port`. HTTPS is refused: this client
-    /// carries no TLS stack (it is for loopback and LAN measurements).
+    /// Parses and resolves `http://host:port` (no scheme: `http://`) or `https://host:port`;
+    /// HTTPS verifies the server against the system's roots and the CA file named by
+    /// `MERIDIAN_CA_FILE`, and speaks HTTP/1.1 like the plain client.
     pub async fn parse(url: &str) -> Result<Self, String> {
-        let rest = if let Some(r) = url.strip_prefix("http://") {
-            r
-        } else if url.starts_with("https://") {
-            return Err(format!("endpoint {url:?}: https is not supported by the bench client; use http://"));
-        } else {
-            url
+        let (secure, rest) = match url.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
+            Some((scheme, _)) => return Err(format!("endpoint {url:?}: use http:// or https://, not {scheme}://")),
+            None => (false, url),
         };
         let host = rest.trim_end_matches('/');
         if host.is_empty() || host.contains('/') {
-            return Err(format!("endpoint {url:?} must be http://HOST:PORT with no path"));
+            return Err(format!("endpoint {url:?} must be http(s)://HOST:PORT with no path"));
         }
+        let default_port = if secure { 443 } else { 80 };
         let with_port = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
             host.to_owned()
         } else {
-            format!("{host}:80")
+            format!("{host}:{default_port}")
         };
         let addr = tokio::net::lookup_host(&with_port)
             .await
             .map_err(|e| format!("endpoint {url:?}: cannot resolve: {e}"))?
             .next()
             .ok_or_else(|| format!("endpoint {url:?}: no address"))?;
-        Ok(Self { addr, host: host.to_owned() })
+        let tls = if secure { Some(tls_client(url, host)?) } else { None };
+        Ok(Self { addr, host: host.to_owned(), tls })
     }
+}
+
+fn tls_client(
+    url: &str,
+    host: &str,
+) -> Result<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>), String> {
+    let trust = meridian_http::ClientTls::from_env().map_err(|e| format!("endpoint {url:?}: {e}"))?;
+    let mut config = (*trust.config()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name).trim_matches(['[', ']']);
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned())
+        .map_err(|e| format!("endpoint {url:?}: {name:?} is not a TLS server name: {e}"))?;
+    Ok((tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)), name))
 }
 
 /// One response, body counted and optionally kept.
@@ -129,6 +155,20 @@ pub struct ListPage {
     pub next_token: Option<String>,
 }
 
+/// An HTTP/1.1 connection over `io`, driven by a task of its own.
+async fn handshake<I>(io: I) -> Result<SendRequest<Full<Bytes>>, OpError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(|e| OpError::Connect(e.to_string()))?;
+    tokio::spawn(async move {
+        // The connection ends when the sender is dropped or the peer closes.
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
 /// A worker's connection and per-second date cache.
 #[derive(Default)]
 pub struct Conn {
@@ -140,8 +180,7 @@ impl S3Client {
     /// A client for `bucket` at `endpoint`; `creds` `None` sends unsigned requests.
     pub fn new(endpoint: &Endpoint, bucket: &str, creds: Option<(&str, &str)>, region: &str) -> Arc<Self> {
         Arc::new(Self {
-            addr: endpoint.addr,
-            host: endpoint.host.clone(),
+            endpoint: endpoint.clone(),
             bucket: bucket.to_owned(),
             signer: creds.map(|(ak, sk)| Signer::new(ak, sk, region, "s3")),
         })
@@ -153,15 +192,15 @@ impl S3Client {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, OpError> {
-        let stream = TcpStream::connect(self.addr).await.map_err(|e| OpError::Connect(e.to_string()))?;
+        let stream = TcpStream::connect(self.endpoint.addr).await.map_err(|e| OpError::Connect(e.to_string()))?;
         stream.set_nodelay(true).map_err(|e| OpError::Connect(e.to_string()))?;
-        let (sender, conn) =
-            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| OpError::Connect(e.to_string()))?;
-        tokio::spawn(async move {
-            // The connection ends when the sender is dropped or the peer closes.
-            let _ = conn.await;
-        });
-        Ok(sender)
+        match &self.endpoint.tls {
+            None => handshake(stream).await,
+            Some((connector, name)) => {
+                let tls = connector.connect(name.clone(), stream).await.map_err(|e| OpError::Connect(e.to_string()))?;
+                handshake(tls).await
+            }
+        }
     }
 
     fn path(&self, key: Option<&str>) -> String {
@@ -204,7 +243,7 @@ impl S3Client {
         let mut builder = Request::builder()
             .method(method.clone())
             .uri(&uri)
-            .header("host", &self.host)
+            .header("host", &self.endpoint.host)
             .header("x-amz-date", amz_date)
             .header("x-amz-content-sha256", UNSIGNED_PAYLOAD);
         for (n, v) in extra_headers {
@@ -212,7 +251,7 @@ impl S3Client {
         }
         if let Some(signer) = &self.signer {
             let mut to_sign: Vec<(&str, &str)> = Vec::with_capacity(3 + extra_headers.len());
-            to_sign.push(("host", &self.host));
+            to_sign.push(("host", &self.endpoint.host));
             to_sign.push(("x-amz-date", amz_date));
             to_sign.push(("x-amz-content-sha256", UNSIGNED_PAYLOAD));
             to_sign.extend_from_slice(extra_headers);
@@ -499,7 +538,8 @@ mod tests {
         assert_eq!(e.addr.port(), 9000);
         let e = Endpoint::parse("127.0.0.1").await.unwrap();
         assert_eq!(e.addr.port(), 80);
-        assert!(Endpoint::parse("https://s3.amazonaws.com").await.unwrap_err().contains("https"));
+        assert!(Endpoint::parse("https://127.0.0.1:9000").await.unwrap().tls.is_some());
+        assert!(Endpoint::parse("ftp://h:1").await.unwrap_err().contains("ftp"));
         assert!(Endpoint::parse("http://h:1/path").await.is_err());
     }
 }
