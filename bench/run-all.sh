@@ -13,7 +13,8 @@
 #                  reported as pending.
 #   PEERS          peers to run (default "garage garage-nofsync s3s-fs"; see bench/peers.sh);
 #                  missing peers are installed with cargo install.
-#   TARGETS        subset of "meridian peers files null-http" (default all)
+#   TARGETS        subset of "meridian meridian-tls peers files null-http" (default all
+#                  but meridian-tls, which needs openssl)
 #   WORKLOADS      subset of the names below (default all)
 #   DURATION       measured time per run (default 20s; QUICK=1: 3s)
 #   LIST_OBJECTS   bucket size for the LIST bar (default 100000; QUICK=1: 10000)
@@ -113,6 +114,24 @@ for t in $TARGETS; do
         kill "$mpid"; wait "$mpid" 2>/dev/null || true
       else
         echo "== meridian: MERIDIAN_BIN not set or not executable; Meridian rows stay pending" >&2
+      fi
+      ;;
+    meridian-tls)
+      # The same node behind TLS (HTTP/1.1, one TLS session per bench connection).
+      if [[ -n "${MERIDIAN_BIN:-}" && -x "${MERIDIAN_BIN}" ]]; then
+        port="$(free_port)"; mdir="$BENCH_DIR/meridian-tls"; mkdir -p "$mdir"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+          -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
+          -keyout "$mdir/node.key" -out "$mdir/node.crt" 2>/dev/null
+        "$MERIDIAN_BIN" server --data "$mdir" --listen "127.0.0.1:$port" \
+          --tls-cert "$mdir/node.crt" --tls-key "$mdir/node.key" >"$OUT/meridian-tls.log" 2>&1 &
+        mpid=$!; started_pids+=("$mpid")
+        wait_port 127.0.0.1 "$port" 60 || { echo "meridian did not start; see $OUT/meridian-tls.log" >&2; exit 1; }
+        MERIDIAN_CA_FILE="$mdir/node.crt" run_matrix meridian-tls \
+          "--endpoint https://127.0.0.1:$port --bucket bench --create-bucket" "$mpid"
+        kill "$mpid"; wait "$mpid" 2>/dev/null || true
+      else
+        echo "== meridian-tls: MERIDIAN_BIN not set or not executable; rows stay pending" >&2
       fi
       ;;
     peers)
