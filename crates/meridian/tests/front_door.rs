@@ -9,11 +9,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Server, aws_env_only_ours, md5_hex, pattern, require_tool, run_with_timeout};
+use common::{Server, TestCert, aws_env_only_ours, md5_hex, pattern, require_tool, run_with_timeout};
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -32,38 +32,6 @@ fn expect_success(what: &str, out: &Output) -> String {
     text(&out.stdout)
 }
 
-/// A certificate for 127.0.0.1 made now, and its key, as PEM files.
-struct TestCert {
-    dir: tempfile::TempDir,
-}
-
-impl TestCert {
-    fn new() -> TestCert {
-        let dir = tempfile::tempdir().unwrap();
-        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-        std::fs::write(dir.path().join("node.crt"), cert.cert.pem()).unwrap();
-        std::fs::write(dir.path().join("node.key"), cert.signing_key.serialize_pem()).unwrap();
-        TestCert { dir }
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.dir.path().join("node.crt")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.dir.path().join("node.key")
-    }
-
-    fn cert_str(&self) -> String {
-        self.cert().to_str().unwrap().to_string()
-    }
-}
-
-fn tls_server(cert: &TestCert) -> Server {
-    let (c, k) = (cert.cert_str(), cert.key().to_str().unwrap().to_string());
-    Server::start_with(&["--tls-cert", &c, "--tls-key", &k])
-}
-
 fn aws(server: &Server, ca: &Path, home: &Path, args: &[&str]) -> String {
     let bin = require_tool("aws", "pip install awscli");
     let mut cmd = Command::new(bin);
@@ -76,7 +44,7 @@ fn aws(server: &Server, ca: &Path, home: &Path, args: &[&str]) -> String {
 #[test]
 fn tls_only_node_serves_the_aws_cli_boto3_rclone_kv_and_admin() {
     let cert = TestCert::new();
-    let server = tls_server(&cert);
+    let server = Server::start_tls(&cert);
     assert!(server.endpoint.starts_with("https://"), "{}", server.endpoint);
     assert!(server.admin_url.starts_with("https://"), "{}", server.admin_url);
 

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{ACCESS_KEY, SECRET_KEY, Server};
+use common::{ACCESS_KEY, SECRET_KEY, Server, TestCert, run_with_timeout};
 use rand::{Rng, RngCore, SeedableRng};
 
 const MIB: u64 = 1 << 20;
@@ -80,7 +80,11 @@ impl Env {
             .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .env("MERIDIAN_VOLUME_BUCKET", BUCKET)
             .env("MERIDIAN_VOLUME_CACHE", self.tmp.path().join("cache"))
-            .env("RUST_LOG", std::env::var("MERIDIAN_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+            .env("RUST_LOG", std::env::var("MERIDIAN_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            // Only what a test passes decides which certificates are trusted.
+            .env_remove("MERIDIAN_CA_FILE")
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR");
         c
     }
 
@@ -740,4 +744,65 @@ fn volume_cli_rejects_bad_input() {
     env.ok(&["resize", "v", "--size", "2GiB"]);
     let inspect = env.ok(&["inspect", "v"]);
     assert!(inspect.contains("2 GiB"), "{inspect}");
+}
+
+/// A volume in a bucket of a TLS-only node, over https: trusted through --ca-file or
+/// MERIDIAN_CA_FILE; without them the certificate is refused at once; a bad CA file is named.
+#[test]
+fn volume_over_https_with_ca_file() {
+    let cert = TestCert::new();
+    let env = Env { s3: Server::start_tls(&cert), tmp: tempfile::tempdir().unwrap() };
+    assert!(env.s3.endpoint.starts_with("https://"), "{}", env.s3.endpoint);
+    let ca = cert.cert_str();
+
+    let started = Instant::now();
+    let untrusted = run_with_timeout(
+        &mut env.cmd(&["create", "tls", "--size", "64MiB", "--create-bucket"]),
+        Duration::from_secs(120),
+    );
+    let err = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(!untrusted.status.success(), "an untrusted certificate was accepted");
+    assert!(err.contains("TLS") && err.contains("certificate"), "no certificate error: {err}");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}: {err}", started.elapsed());
+
+    let garbage = env.path("garbage.pem");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    let bad = env.run(&["inspect", "tls", "--ca-file", garbage.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("CA file") && err.contains("garbage.pem"), "{err}");
+
+    env.ok(&["create", "tls", "--size", "64MiB", "--create-bucket", "--ca-file", &ca]);
+    let srv = env.serve("tls", &["--ca-file", &ca]);
+    tool(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &srv.url,
+            "-c",
+            "write -P 0x5c 0 8M",
+            "-c",
+            "write -P 0x3d 20M 1M",
+            "-c",
+            "flush",
+            "-c",
+            "read -P 0x5c 0 8M",
+            "-c",
+            "read -P 0x3d 20M 1M",
+        ],
+    );
+    srv.stop();
+
+    // Export after the writer stopped, trusting the node through the environment variable.
+    let image = env.path("tls.img");
+    let out = env.cmd(&["export", "tls", "--output", image.to_str().unwrap()]).env("MERIDIAN_CA_FILE", &ca).output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "export failed: {}", String::from_utf8_lossy(&out.stderr));
+    let disk = std::fs::read(&image).unwrap();
+    assert_eq!(disk.len() as u64, 64 * MIB);
+    let (a, b) = ((8 * MIB) as usize, (20 * MIB) as usize);
+    assert!(disk[..a].iter().all(|&x| x == 0x5c), "first 8 MiB");
+    assert!(disk[a..b].iter().all(|&x| x == 0), "the gap reads as zeros");
+    assert!(disk[b..b + MIB as usize].iter().all(|&x| x == 0x3d), "1 MiB at 20 MiB");
+    assert!(disk[b + MIB as usize..].iter().all(|&x| x == 0), "the rest reads as zeros");
 }

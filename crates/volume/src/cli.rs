@@ -38,21 +38,25 @@ pub struct BucketArgs {
     pub access_key: String,
     #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub secret_key: String,
+    /// CA certificates (PEM) to trust, besides the system's, for an https:// endpoint.
+    #[arg(long, env = "MERIDIAN_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl BucketArgs {
-    pub fn s3(&self) -> S3Store {
-        S3Store::new(&S3Config {
+    pub fn s3(&self) -> Result<S3Store> {
+        Ok(S3Store::new(&S3Config {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             bucket: self.bucket.clone(),
             access_key: self.access_key.clone(),
             secret_key: self.secret_key.clone(),
-        })
+            ca_file: self.ca_file.clone(),
+        })?)
     }
 
-    pub fn store(&self) -> Arc<dyn ObjectStore> {
-        Arc::new(self.s3())
+    pub fn store(&self) -> Result<Arc<dyn ObjectStore>> {
+        Ok(Arc::new(self.s3()?))
     }
 
     pub fn layout(&self, name: &str) -> Result<Layout> {
@@ -236,10 +240,11 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
         VolumeSubcommand::Create { name, size, object_size, create_bucket, bucket } => {
             let size = format::parse_size(&size)?;
             let object_bytes = format::parse_size(&object_size)?;
+            let s3 = bucket.s3()?;
             if create_bucket {
-                bucket.s3().create_bucket().await?;
+                s3.create_bucket().await?;
             }
-            let m = manage::create(bucket.store().as_ref(), &bucket.layout(&name)?, &name, size, object_bytes).await?;
+            let m = manage::create(&s3, &bucket.layout(&name)?, &name, size, object_bytes).await?;
             println!(
                 "created volume {name}: {} ({} bytes) at s3://{}/{}{name}/",
                 format_size(m.size),
@@ -250,7 +255,7 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
         }
         VolumeSubcommand::Serve(args) => serve(args).await?,
         VolumeSubcommand::Snapshot { name, label, delete, bucket } => {
-            let (store, layout) = (bucket.store(), bucket.layout(&name)?);
+            let (store, layout) = (bucket.store()?, bucket.layout(&name)?);
             if delete {
                 let label = label.unwrap_or_default();
                 manage::delete_snapshot(store.as_ref(), &layout, &label).await?;
@@ -261,7 +266,7 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
             }
         }
         VolumeSubcommand::Snapshots { name, json, bucket } => {
-            let snaps = manage::list_snapshots(bucket.store().as_ref(), &bucket.layout(&name)?).await?;
+            let snaps = manage::list_snapshots(bucket.store()?.as_ref(), &bucket.layout(&name)?).await?;
             if json {
                 println!("{}", to_json(&snaps)?);
             } else {
@@ -273,12 +278,12 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
         }
         VolumeSubcommand::Rollback { name, to, force_takeover, bucket } => {
             let seq =
-                manage::rollback(bucket.store(), &bucket.layout(&name)?, &to, &holder("rollback"), force_takeover)
+                manage::rollback(bucket.store()?, &bucket.layout(&name)?, &to, &holder("rollback"), force_takeover)
                     .await?;
             println!("rolled {name} back to snapshot {to} (new log position {seq})");
         }
         VolumeSubcommand::Export { name, at, output, bucket } => {
-            let st = manage::export(bucket.store().as_ref(), &bucket.layout(&name)?, at.as_deref(), &output).await?;
+            let st = manage::export(bucket.store()?.as_ref(), &bucket.layout(&name)?, at.as_deref(), &output).await?;
             println!(
                 "exported {} ({} mapped) at log position {} to {}",
                 format_size(st.size),
@@ -288,7 +293,7 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
             );
         }
         VolumeSubcommand::Inspect { name, json, bucket } => {
-            let i = manage::inspect(bucket.store().as_ref(), &bucket.layout(&name)?).await?;
+            let i = manage::inspect(bucket.store()?.as_ref(), &bucket.layout(&name)?).await?;
             if json {
                 println!("{}", to_json(&i)?);
             } else {
@@ -302,7 +307,7 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
             let size = format::parse_size(&size)?;
             let mut cfg = WriterConfig::new(default_cache_dir(), holder("resize"));
             cfg.force_takeover = force_takeover;
-            let m = manage::resize(bucket.store(), &bucket.layout(&name)?, size, cfg, allow_shrink).await?;
+            let m = manage::resize(bucket.store()?, &bucket.layout(&name)?, size, cfg, allow_shrink).await?;
             println!("{name} is now {} ({} bytes)", format_size(m.size), m.size);
         }
     }
@@ -336,7 +341,7 @@ fn print_inspection(i: &manage::Inspection) {
 async fn gc_offline(name: &str, grace: Duration, force: bool, bucket: &BucketArgs) -> Result<()> {
     let mut cfg = WriterConfig::new(default_cache_dir(), holder("gc"));
     cfg.force_takeover = force;
-    let vol = Volume::open(bucket.store(), bucket.layout(name)?, cfg).await?;
+    let vol = Volume::open(bucket.store()?, bucket.layout(name)?, cfg).await?;
     let gc_cfg = GcConfig { grace, ..GcConfig::default() };
     let mut gc = Gc::new();
     let res = async {
@@ -377,7 +382,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cfg.journal_bytes = format::parse_size(&args.journal_size)?;
     cfg.cache_bytes = format::parse_size(&args.cache_size)?;
     cfg.max_dirty_age = args.max_dirty_age.max(Duration::from_secs(1));
-    let vol = Volume::open(args.bucket.store(), args.bucket.layout(&args.name)?, cfg).await?;
+    let vol = Volume::open(args.bucket.store()?, args.bucket.layout(&args.name)?, cfg).await?;
     tokio::spawn(vol.clone().run_background());
     if !args.gc_interval.is_zero() {
         let (vol, interval) = (vol.clone(), args.gc_interval);

@@ -15,6 +15,9 @@ pub enum StoreError {
     /// The bucket could not be reached or answered with an unexpected error.
     #[error("object store error on {key}: {message}")]
     Backend { key: String, message: String },
+    /// The CA file given for an https endpoint is unreadable or holds no usable certificate.
+    #[error("cannot use the CA file {path}: {reason}")]
+    CaFile { path: std::path::PathBuf, reason: String },
     /// A local file used for an upload could not be read.
     #[error("local I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -1,7 +1,8 @@
 //! [`ObjectStore`] over the real S3 protocol with `aws-sdk-s3`: path-style addressing, a custom
-//! endpoint and static credentials, so it runs against Meridian, AWS, R2 or MinIO alike.
+//! endpoint and static credentials, so it runs against Meridian, AWS, R2 or MinIO alike. An
+//! optional CA file adds trusted certificates for an `https://` endpoint.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -11,6 +12,8 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
+use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore};
 use bytes::Bytes;
 use meridian_common::errors::chain;
 
@@ -26,6 +29,9 @@ pub struct S3Config {
     pub bucket: String,
     pub access_key: String,
     pub secret_key: String,
+    /// PEM CA certificates trusted besides the system's roots. `None` keeps the SDK's default
+    /// HTTP client.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// An S3 bucket.
@@ -35,7 +41,8 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    pub fn new(cfg: &S3Config) -> Self {
+    /// Fails only if `ca_file` is set and unreadable or holds no usable CA certificate.
+    pub fn new(cfg: &S3Config) -> Result<Self, StoreError> {
         let creds = Credentials::new(cfg.access_key.clone(), cfg.secret_key.clone(), None, None, "meridian-volume");
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -49,8 +56,42 @@ impl S3Store {
         if let Some(ep) = &cfg.endpoint {
             builder = builder.endpoint_url(ep.clone());
         }
-        Self { client: Client::from_conf(builder.build()), bucket: cfg.bucket.clone() }
+        if let Some(path) = &cfg.ca_file {
+            builder = builder.http_client(https_client(path)?);
+        }
+        Ok(Self { client: Client::from_conf(builder.build()), bucket: cfg.bucket.clone() })
     }
+}
+
+/// The SDK's HTTPS client (rustls with aws-lc, as by default) trusting the system's roots plus
+/// the certificates in `ca_file`.
+fn https_client(ca_file: &Path) -> Result<aws_sdk_s3::config::SharedHttpClient, StoreError> {
+    let bad = |reason: String| StoreError::CaFile { path: ca_file.to_path_buf(), reason };
+    let pem = std::fs::read(ca_file).map_err(|e| bad(e.to_string()))?;
+    check_ca_pem(&pem).map_err(bad)?;
+    let trust = TrustStore::default().with_pem_certificate(pem);
+    let tls = TlsContext::builder().with_trust_store(trust).build().map_err(|e| bad(chain(&e)))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(tls)
+        .build_https())
+}
+
+/// The SDK parses the PEM only when it first connects and panics if that fails, so the same
+/// parse is done here first: at least one certificate, each usable as a trust anchor.
+fn check_ca_pem(pem: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    Ok(())
 }
 
 impl S3Store {
@@ -188,5 +229,49 @@ impl ObjectStore for S3Store {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.client.delete_object().bucket(&self.bucket).key(key).send().await.map_err(|e| map_err(key, e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(ca_file: &Path) -> S3Config {
+        S3Config {
+            endpoint: Some("https://127.0.0.1:1".into()),
+            region: "us-east-1".into(),
+            bucket: "b".into(),
+            access_key: "k".into(),
+            secret_key: "s".into(),
+            ca_file: Some(ca_file.to_path_buf()),
+        }
+    }
+
+    /// The error for `pem` as the CA file's contents (`None`: no such file).
+    fn ca_error(pem: Option<&str>) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ca.pem");
+        if let Some(pem) = pem {
+            std::fs::write(&path, pem).expect("write");
+        }
+        match S3Store::new(&config(&path)) {
+            Ok(_) => panic!("{pem:?} was accepted as a CA file"),
+            Err(e) => {
+                assert!(matches!(e, StoreError::CaFile { .. }), "{e}");
+                let text = e.to_string();
+                assert!(text.contains(&path.display().to_string()), "the file is not named: {text}");
+                text
+            }
+        }
+    }
+
+    #[test]
+    fn bad_ca_files_are_errors_naming_the_file() {
+        assert!(ca_error(None).contains("No such file"));
+        assert!(ca_error(Some("")).contains("no PEM certificate"));
+        assert!(ca_error(Some("just text\n")).contains("no PEM certificate"));
+        // Valid PEM around bytes that are no certificate: the SDK would panic on it when connecting.
+        let bad_der = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(ca_error(Some(bad_der)).contains("not a usable CA certificate"));
     }
 }

@@ -192,6 +192,42 @@ impl Server {
     }
 }
 
+/// A self-signed certificate for 127.0.0.1 and localhost made now, and its key, as PEM files.
+pub struct TestCert {
+    dir: tempfile::TempDir,
+}
+
+impl TestCert {
+    pub fn new() -> TestCert {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("self-signed certificate");
+        std::fs::write(dir.path().join("node.crt"), cert.cert.pem()).expect("write certificate");
+        std::fs::write(dir.path().join("node.key"), cert.signing_key.serialize_pem()).expect("write key");
+        TestCert { dir }
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("node.crt")
+    }
+
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("node.key")
+    }
+
+    pub fn cert_str(&self) -> String {
+        self.cert().to_str().expect("UTF-8 temp path").to_string()
+    }
+}
+
+impl Server {
+    /// A fresh TLS-only server (S3 and admin listeners) with `cert`.
+    pub fn start_tls(cert: &TestCert) -> Server {
+        let (c, k) = (cert.cert_str(), cert.key().to_str().expect("UTF-8 temp path").to_string());
+        Server::start_with(&["--tls-cert", &c, "--tls-key", &k])
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
