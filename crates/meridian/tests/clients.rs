@@ -509,25 +509,8 @@ struct Rclone {
 
 impl Rclone {
     fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(args);
-        // rclone's S3 client reads AWS_* variables too (AWS_CA_BUNDLE even breaks it on plain
-        // HTTP); only the settings below may apply.
-        for (var, _) in std::env::vars_os() {
-            let name = var.to_string_lossy();
-            if name.starts_with("AWS_") || name.starts_with("RCLONE_") {
-                cmd.env_remove(&var);
-            }
-        }
-        cmd.env("RCLONE_CONFIG", self.home.path().join("rclone.conf"))
-            .env("RCLONE_CONFIG_MERIDIAN_TYPE", "s3")
-            .env("RCLONE_CONFIG_MERIDIAN_PROVIDER", "Other")
-            .env("RCLONE_CONFIG_MERIDIAN_ENV_AUTH", "false")
-            .env("RCLONE_CONFIG_MERIDIAN_ACCESS_KEY_ID", common::ACCESS_KEY)
-            .env("RCLONE_CONFIG_MERIDIAN_SECRET_ACCESS_KEY", common::SECRET_KEY)
-            .env("RCLONE_CONFIG_MERIDIAN_ENDPOINT", &self.endpoint)
-            .env("RCLONE_CONFIG_MERIDIAN_REGION", "us-east-1")
-            .env("RCLONE_CONFIG_MERIDIAN_FORCE_PATH_STYLE", "true")
+        let mut cmd = common::rclone_command(&self.bin, self.home.path(), &self.endpoint);
+        cmd.args(args)
             // Files over 32 MiB go up as multipart uploads in 16 MiB parts.
             .env("RCLONE_CONFIG_MERIDIAN_UPLOAD_CUTOFF", "32Mi")
             .env("RCLONE_CONFIG_MERIDIAN_CHUNK_SIZE", "16Mi")

@@ -86,28 +86,13 @@ fn tls_only_node_serves_the_aws_cli_boto3_rclone_kv_and_admin() {
     std::fs::write(tree.join("a.txt"), b"alpha").unwrap();
     std::fs::write(tree.join("sub/b.bin"), pattern(300_000, 3)).unwrap();
     let rclone_run = |args: &[&str]| {
-        let mut cmd = Command::new(&rclone);
+        let mut cmd = common::rclone_command(&rclone, home.path(), &server.endpoint);
         cmd.args(args).arg("--ca-cert").arg(cert.cert());
-        for (var, _) in std::env::vars_os() {
-            let name = var.to_string_lossy();
-            if name.starts_with("AWS_") || name.starts_with("RCLONE_") {
-                cmd.env_remove(&var);
-            }
-        }
-        cmd.env("RCLONE_CONFIG", home.path().join("rclone.conf"))
-            .env("RCLONE_CONFIG_M_TYPE", "s3")
-            .env("RCLONE_CONFIG_M_PROVIDER", "Other")
-            .env("RCLONE_CONFIG_M_ENV_AUTH", "false")
-            .env("RCLONE_CONFIG_M_ACCESS_KEY_ID", common::ACCESS_KEY)
-            .env("RCLONE_CONFIG_M_SECRET_ACCESS_KEY", common::SECRET_KEY)
-            .env("RCLONE_CONFIG_M_ENDPOINT", &server.endpoint)
-            .env("RCLONE_CONFIG_M_REGION", "us-east-1")
-            .env("RCLONE_CONFIG_M_FORCE_PATH_STYLE", "true");
         let out = run_with_timeout(&mut cmd, TOOL_TIMEOUT);
         (expect_success(&format!("rclone {}", args.join(" ")), &out), text(&out.stderr))
     };
-    rclone_run(&["copy", tree.to_str().unwrap(), "m:tls/tree"]);
-    let (_, log) = rclone_run(&["check", tree.to_str().unwrap(), "m:tls/tree"]);
+    rclone_run(&["copy", tree.to_str().unwrap(), "meridian:tls/tree"]);
+    let (_, log) = rclone_run(&["check", tree.to_str().unwrap(), "meridian:tls/tree"]);
     assert!(log.contains("0 differences found"), "{log}");
 
     // `meridian admin` and `meridian kv` with --ca-file.

@@ -383,3 +383,27 @@ pub fn aws_env_only_ours(cmd: &mut Command, home: &Path) {
         .env("AWS_SHARED_CREDENTIALS_FILE", home.join("no-credentials"))
         .env("AWS_EC2_METADATA_DISABLED", "true");
 }
+
+/// rclone with one S3 remote, `meridian:`, pointing at `endpoint` with the test credentials,
+/// configured entirely through the environment. rclone's S3 client reads `AWS_*` variables too
+/// (`AWS_CA_BUNDLE` even breaks it on plain HTTP), so those and any `RCLONE_*` of the caller are
+/// removed: only these settings apply.
+pub fn rclone_command(bin: &Path, home: &Path, endpoint: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    for (var, _) in std::env::vars_os() {
+        let name = var.to_string_lossy();
+        if name.starts_with("AWS_") || name.starts_with("RCLONE_") {
+            cmd.env_remove(&var);
+        }
+    }
+    cmd.env("RCLONE_CONFIG", home.join("rclone.conf"))
+        .env("RCLONE_CONFIG_MERIDIAN_TYPE", "s3")
+        .env("RCLONE_CONFIG_MERIDIAN_PROVIDER", "Other")
+        .env("RCLONE_CONFIG_MERIDIAN_ENV_AUTH", "false")
+        .env("RCLONE_CONFIG_MERIDIAN_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("RCLONE_CONFIG_MERIDIAN_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("RCLONE_CONFIG_MERIDIAN_ENDPOINT", endpoint)
+        .env("RCLONE_CONFIG_MERIDIAN_REGION", "us-east-1")
+        .env("RCLONE_CONFIG_MERIDIAN_FORCE_PATH_STYLE", "true");
+    cmd
+}
