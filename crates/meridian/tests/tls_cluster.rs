@@ -49,6 +49,18 @@ impl TlsCluster {
         TlsCluster { nodes, etcd, _tmp: tmp }
     }
 
+    /// Runs a fourth node like the others but without `--ca-file`, until it exits.
+    fn start_without_ca(&self) -> std::process::Output {
+        let data = self._tmp.path().join("no-ca");
+        let cert = self.etcd.tls_cert().unwrap();
+        let mut cmd = std::process::Command::new(common::binary());
+        cmd.arg("server").arg("--data").arg(&data).args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+        cmd.args(cluster_args(&self.etcd.client_endpoints().join(","), "region-a"));
+        cmd.arg("--tls-cert").arg(&cert.cert).arg("--tls-key").arg(&cert.key);
+        cmd.env_remove("MERIDIAN_CA_FILE");
+        common::run_with_timeout(&mut cmd, Duration::from_secs(60))
+    }
+
     fn ca(&self) -> &Path {
         &self.etcd.tls_cert().unwrap().cert
     }
@@ -107,4 +119,10 @@ fn heavy_three_regions_run_with_tls_between_nodes_and_to_etcd() {
     let in_b = cluster.request(1, "GET", "/ledger/entry", b"");
     assert_eq!(in_b.header("x-meridian-served-from"), Some("region-b"));
     assert_eq!(in_b.body, entry);
+
+    // Without the CA file, a node cannot trust etcd's certificate: it stops at start, saying so.
+    let out = cluster.start_without_ca();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a node trusted etcd without the CA file: {stderr}");
+    assert!(stderr.contains("cannot reach etcd") && stderr.contains("invalid peer certificate"), "{stderr}");
 }
