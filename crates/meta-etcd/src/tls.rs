@@ -68,3 +68,16 @@ fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<(), TlsError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_with_no_trusted_ca_is_refused() {
+        let trust = Trust { roots: RootCertStore::empty() };
+        let err = trust.config("https://etcd:2379", std::time::Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(&err, TlsError::NoTrust { endpoint } if endpoint == "https://etcd:2379"), "{err}");
+        assert!(err.to_string().contains("--ca-file"), "{err}");
+    }
+}
