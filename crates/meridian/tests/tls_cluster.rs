@@ -1,6 +1,7 @@
-//! Three regions with TLS everywhere: etcd serves clients over `https://` only, and every node
-//! serves S3, admin and node-to-node traffic over `https://` with one certificate (127.0.0.1),
-//! trusted through `--ca-file` by the nodes' connections to etcd and to each other.
+//! Three regions with TLS everywhere: etcd serves clients (and its members each other) over
+//! `https://` only, and every node serves S3, admin and node-to-node traffic over `https://`,
+//! all with one certificate (127.0.0.1), trusted through `--ca-file` by the nodes' connections
+//! to etcd and to each other.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -22,10 +23,10 @@ struct TlsCluster {
 }
 
 impl TlsCluster {
-    /// Three etcd members (TLS-only client URLs) and one node per region, each listing its own
+    /// Three etcd members (TLS-only client and peer URLs) and one node per region, each listing its own
     /// region's member first.
     fn start() -> TlsCluster {
-        let etcd = EtcdCluster::builder(3).client_tls().start();
+        let etcd = EtcdCluster::builder(3).peer_tls().start();
         assert!(etcd.client_endpoints().iter().all(|e| e.starts_with("https://")));
         let cert = etcd.tls_cert().unwrap();
         let files = [&cert.cert, &cert.key].map(|p| p.to_str().unwrap().to_string());

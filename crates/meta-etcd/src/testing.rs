@@ -30,7 +30,8 @@
 //! [`EtcdClusterBuilder::client_tls`] makes the client URLs `https://` only, with a certificate
 //! for 127.0.0.1 and localhost made at start ([`TestCert`]; its file is also the CA file clients
 //! trust). The harness's own health and status requests then use TLS too. Peer traffic between
-//! members stays plain `http://`.
+//! members stays plain `http://` unless [`EtcdClusterBuilder::peer_tls`] asks for `https://`
+//! there too, with the same certificate.
 //!
 //! If `etcd` is not installed, starting a cluster panics and says how to install it: tests that
 //! need etcd never pass silently. `ETCD_BIN` overrides the binary.
@@ -148,11 +149,48 @@ impl MemberSpec {
     /// The client URLs with `https://`.
     fn with_tls(mut self) -> Self {
         for url in [&mut self.listen_client_url, &mut self.advertise_client_url] {
-            if let Some(rest) = url.strip_prefix("http://") {
-                *url = format!("https://{rest}");
-            }
+            *url = https(url);
         }
         self
+    }
+
+    /// The peer URLs with `https://`.
+    fn with_peer_tls(mut self) -> Self {
+        for url in [&mut self.listen_peer_url, &mut self.advertise_peer_url] {
+            *url = https(url);
+        }
+        self
+    }
+
+    /// The URLs the cluster's TLS settings call for.
+    fn secured(self, tls: &TlsSettings) -> Self {
+        let spec = if tls.cert.is_some() { self.with_tls() } else { self };
+        if tls.peer { spec.with_peer_tls() } else { spec }
+    }
+}
+
+fn https(url: &str) -> String {
+    url.strip_prefix("http://").map_or_else(|| url.to_string(), |rest| format!("https://{rest}"))
+}
+
+/// [`EtcdClusterBuilder::client_tls`] and [`EtcdClusterBuilder::peer_tls`].
+#[derive(Clone, Default)]
+struct TlsSettings {
+    cert: Option<Arc<TestCert>>,
+    peer: bool,
+}
+
+impl TlsSettings {
+    /// etcd's TLS flags.
+    fn args(&self) -> Vec<String> {
+        let Some(cert) = &self.cert else { return Vec::new() };
+        let (cert, key) = (cert.cert.to_string_lossy().into_owned(), cert.key.to_string_lossy().into_owned());
+        let mut args = vec!["--cert-file".into(), cert.clone(), "--key-file".into(), key.clone()];
+        if self.peer {
+            args.extend(["--peer-cert-file".into(), cert.clone(), "--peer-key-file".into(), key]);
+            args.extend(["--peer-trusted-ca-file".into(), cert]);
+        }
+        args
     }
 }
 
@@ -171,7 +209,7 @@ pub struct EtcdClusterBuilder {
     extra_args: Vec<String>,
     held: Vec<TcpListener>,
     customized: bool,
-    tls: Option<Arc<TestCert>>,
+    tls: TlsSettings,
 }
 
 impl EtcdClusterBuilder {
@@ -199,7 +237,18 @@ impl EtcdClusterBuilder {
     /// ([`EtcdCluster::tls_cert`]).
     pub fn client_tls(mut self) -> Self {
         self.specs = self.specs.into_iter().map(MemberSpec::with_tls).collect();
-        self.tls = Some(Arc::new(TestCert::new()));
+        self.tls.cert = Some(Arc::new(TestCert::new()));
+        self
+    }
+
+    /// Also encrypts traffic between members: `https://` peer URLs with the same certificate
+    /// (implies [`EtcdClusterBuilder::client_tls`]; call this before changing a member's URLs).
+    pub fn peer_tls(mut self) -> Self {
+        if self.tls.cert.is_none() {
+            self = self.client_tls();
+        }
+        self.specs = self.specs.into_iter().map(MemberSpec::with_peer_tls).collect();
+        self.tls.peer = true;
         self
     }
 
@@ -225,10 +274,8 @@ impl EtcdClusterBuilder {
                 Err(Launch::PortTaken(report)) if !customized && attempt < 4 => {
                     eprintln!("etcd test cluster: a port was taken, retrying:\n{report}");
                     builder = EtcdCluster::builder(n);
-                    if let Some(tls) = tls {
-                        builder.specs = builder.specs.into_iter().map(MemberSpec::with_tls).collect();
-                        builder.tls = Some(tls);
-                    }
+                    builder.specs = builder.specs.into_iter().map(|spec| spec.secured(&tls)).collect();
+                    builder.tls = tls;
                     builder.extra_args = extra;
                     builder.bin = Some(bin.clone());
                 }
@@ -320,7 +367,7 @@ pub struct EtcdCluster {
     token: String,
     extra_args: Vec<String>,
     members: Vec<Member>,
-    tls: Option<Arc<TestCert>>,
+    tls: TlsSettings,
     /// Trusts `tls`'s certificate, for the harness's own requests.
     tls_client: Option<Arc<rustls::ClientConfig>>,
 }
@@ -336,7 +383,14 @@ impl EtcdCluster {
         assert!(members > 0, "an etcd cluster needs at least one member");
         let mut held = Vec::new();
         let specs = (0..members).map(|i| MemberSpec::on_free_ports(format!("m{i}"), &mut held)).collect();
-        EtcdClusterBuilder { specs, bin: None, extra_args: Vec::new(), held, customized: false, tls: None }
+        EtcdClusterBuilder {
+            specs,
+            bin: None,
+            extra_args: Vec::new(),
+            held,
+            customized: false,
+            tls: TlsSettings::default(),
+        }
     }
 
     fn launch(bin: &Path, builder: EtcdClusterBuilder) -> Result<EtcdCluster, Launch> {
@@ -366,7 +420,7 @@ impl EtcdCluster {
                 })
                 .collect(),
             dir,
-            tls_client: builder.tls.as_ref().map(|cert| cert.client_config()),
+            tls_client: builder.tls.cert.as_ref().map(|cert| cert.client_config()),
             tls: builder.tls,
         };
         // Free the reserved ports just before etcd binds them.
@@ -408,12 +462,7 @@ impl EtcdCluster {
         .iter()
         .map(ToString::to_string)
         .collect();
-        if let Some(tls) = &self.tls {
-            for (flag, path) in [("--cert-file", &tls.cert), ("--key-file", &tls.key)] {
-                args.push(flag.to_string());
-                args.push(path.to_string_lossy().into_owned());
-            }
-        }
+        args.extend(self.tls.args());
         args.extend(REQUIRED_FLAGS.iter().map(ToString::to_string));
         args.extend(TEST_FLAGS.iter().map(ToString::to_string));
         args.extend(self.extra_args.iter().cloned());
@@ -513,7 +562,7 @@ impl EtcdCluster {
     /// With [`EtcdClusterBuilder::client_tls`]: the members' certificate, which is also the CA
     /// file their clients trust.
     pub fn tls_cert(&self) -> Option<&TestCert> {
-        self.tls.as_deref()
+        self.tls.cert.as_deref()
     }
 
     /// An etcd request from the harness (TLS for `https://` URLs).
@@ -614,10 +663,7 @@ impl EtcdCluster {
     /// ports, waits until it is healthy and returns its index.
     pub fn add_learner(&mut self) -> usize {
         let mut held = Vec::new();
-        let mut spec = MemberSpec::on_free_ports(format!("m{}", self.members.len()), &mut held);
-        if self.tls.is_some() {
-            spec = spec.with_tls();
-        }
+        let spec = MemberSpec::on_free_ports(format!("m{}", self.members.len()), &mut held).secured(&self.tls);
         self.add_learner_with(spec, held)
     }
 

@@ -38,6 +38,20 @@ async fn a_store_works_over_https_with_the_ca_file() {
     assert!(store.member_status().await.iter().all(|m| m.member_id.is_some() && m.errors.is_empty()));
 }
 
+/// Members talk to each other over TLS too, and a learner joins over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_can_use_tls_between_themselves_too() {
+    let mut cluster = EtcdCluster::builder(3).peer_tls().start();
+    assert!((0..3).all(|i| cluster.member(i).advertise_peer_url.starts_with("https://")));
+    let learner = cluster.add_learner();
+    assert!(cluster.member(learner).advertise_peer_url.starts_with("https://"));
+    let ca = cluster.tls_cert().unwrap().cert.clone();
+    let store = EtcdStore::connect(EtcdOptions::new(cluster.client_endpoints()).ca_file(&ca)).await.unwrap();
+    exercise(&store).await;
+    let written = store.current_revision().await.unwrap();
+    store.wait_applied(written, Duration::from_secs(10)).await.unwrap();
+}
+
 /// Connecting without a CA that signed etcd's certificate fails within the request deadline,
 /// naming the certificate problem.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
