@@ -377,8 +377,10 @@ async fn open_metadata(settings: &Settings) -> anyhow::Result<Metadata> {
         })?;
         return Ok(Metadata::single(Arc::new(store)));
     }
-    let options =
+    let mut options =
         meridian_meta_etcd::EtcdOptions::new(settings.etcd.clone()).namespace(settings.etcd_namespace.clone());
+    // The one CA file of the node: etcd's https:// endpoints are checked against it too.
+    options.ca_file = settings.ca_file.clone();
     let store = meridian_meta_etcd::EtcdStore::connect(options)
         .await
         .with_context(|| format!("cannot reach etcd at {}", settings.etcd.join(",")))?;

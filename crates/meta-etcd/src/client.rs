@@ -26,6 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::EtcdOptions;
+use crate::tls::{TlsError, Trust};
 
 /// Which endpoint cursor a request follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,19 +117,11 @@ impl Pool {
                     .into(),
             ));
         }
+        let trust = load_trust(options)?;
         let mut members = Vec::with_capacity(options.endpoints.len());
         for raw in &options.endpoints {
             let url = normalize_url(raw)?;
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|err| MetaError::Storage(format!("invalid etcd endpoint {raw:?}: {err}")))?
-                .connect_timeout(options.connect_timeout)
-                .tcp_nodelay(true)
-                .tcp_keepalive(Some(options.keep_alive_interval))
-                .http2_keep_alive_interval(options.keep_alive_interval)
-                .keep_alive_timeout(options.keep_alive_timeout)
-                // etcd refuses pings on idle connections (grpc-go's enforcement policy answers
-                // them with GOAWAY), so keep-alive only runs while a request or watch is open.
-                .keep_alive_while_idle(false);
+            let endpoint = endpoint(raw, &url, options, trust.as_ref())?;
             members.push(Member { url, channel: endpoint.connect_lazy() });
         }
         Ok(Pool {
@@ -296,6 +289,42 @@ impl Pool {
     }
 }
 
+/// The trusted CAs, when an endpoint uses https:// or a CA file is given (which must then be
+/// usable, even if no endpoint needs it yet).
+fn load_trust(options: &EtcdOptions) -> Result<Option<Trust>, TlsError> {
+    let https = options.endpoints.iter().any(|raw| raw.trim().starts_with("https://"));
+    if !https && options.ca_file.is_none() {
+        return Ok(None);
+    }
+    Trust::load(options.ca_file.as_deref()).map(Some)
+}
+
+/// One member's channel settings (TLS for https:// URLs).
+fn endpoint(raw: &str, url: &str, options: &EtcdOptions, trust: Option<&Trust>) -> Result<Endpoint, MetaError> {
+    let invalid =
+        |err: tonic::transport::Error| MetaError::Storage(format!("invalid etcd endpoint {raw:?}: {}", chain(&err)));
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(invalid)?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true)
+        .tcp_keepalive(Some(options.keep_alive_interval))
+        .http2_keep_alive_interval(options.keep_alive_interval)
+        .keep_alive_timeout(options.keep_alive_timeout)
+        // etcd refuses pings on idle connections (grpc-go's enforcement policy answers
+        // them with GOAWAY), so keep-alive only runs while a request or watch is open.
+        .keep_alive_while_idle(false);
+    if let Some(trust) = trust.filter(|_| url.starts_with("https://")) {
+        endpoint = endpoint.tls_config(trust.config(url, options.connect_timeout)?).map_err(invalid)?;
+    }
+    Ok(endpoint)
+}
+
+impl From<TlsError> for MetaError {
+    fn from(err: TlsError) -> Self {
+        MetaError::Storage(format!("etcd TLS: {err}"))
+    }
+}
+
 const ONE_SECOND: Duration = Duration::from_secs(1);
 
 /// Exponential backoff between rounds of attempts: 25 ms doubling up to 1 s.
@@ -331,15 +360,10 @@ pub(crate) fn to_etcd_revision(revision: Revision) -> i64 {
 
 fn normalize_url(raw: &str) -> Result<String, MetaError> {
     let raw = raw.trim().trim_end_matches('/');
-    if raw.starts_with("https://") {
-        return Err(MetaError::Storage(format!(
-            "etcd endpoint {raw}: TLS is not supported yet; use http:// on a private network"
-        )));
-    }
-    if raw.starts_with("http://") {
+    if raw.starts_with("http://") || raw.starts_with("https://") {
         Ok(raw.to_string())
     } else if raw.contains("://") {
-        Err(MetaError::Storage(format!("etcd endpoint {raw}: only http:// URLs are supported")))
+        Err(MetaError::Storage(format!("etcd endpoint {raw}: only http:// and https:// URLs are supported")))
     } else {
         Ok(format!("http://{raw}"))
     }
@@ -442,10 +466,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_get_a_scheme_and_tls_is_refused() {
+    fn urls_get_a_scheme() {
         assert_eq!(normalize_url("127.0.0.1:2379").ok(), Some("http://127.0.0.1:2379".to_string()));
         assert_eq!(normalize_url(" http://a:1/ ").ok(), Some("http://a:1".to_string()));
-        assert!(normalize_url("https://a:1").is_err());
+        assert_eq!(normalize_url("https://a:1/").ok(), Some("https://a:1".to_string()));
         assert!(normalize_url("unix://x").is_err());
     }
 

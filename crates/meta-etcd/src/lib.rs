@@ -56,11 +56,21 @@
 //! retried only when etcd certainly did not apply it. Otherwise the write fails with
 //! [`MetaError::Unavailable`] saying that its outcome is unknown — re-read before retrying.
 //!
+//! # TLS
+//!
+//! `https://` endpoints are checked against the system's CA certificates plus those of
+//! [`EtcdOptions::ca_file`]. A CA file that cannot be read or holds no usable certificate, or an
+//! `https://` endpoint with no trusted CA at all, fails [`EtcdStore::connect`] with a
+//! [`MetaError::Storage`] saying so (a [`TlsError`]'s message); a certificate no trusted CA
+//! signed fails the connection to that member like any other connection failure, so a request
+//! fails with [`MetaError::Unavailable`] naming the certificate error once its deadline passes.
+//!
 //! # Testing
 //!
 //! With the `test-cluster` feature, [`testing::EtcdCluster`] starts real etcd processes for
 //! tests, kills and restarts members, and adds learners.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,7 +86,10 @@ mod namespace;
 mod proto;
 #[cfg(feature = "test-cluster")]
 pub mod testing;
+mod tls;
 mod watch;
+
+pub use tls::TlsError;
 
 use client::{CallError, Pool, Retry, Route, is_compacted, is_future_revision, to_revision};
 use namespace::Namespace;
@@ -105,9 +118,13 @@ pub enum ReadMode {
 /// How to reach the etcd cluster.
 #[derive(Clone, Debug)]
 pub struct EtcdOptions {
-    /// Client URLs of etcd members (`http://host:2379` or `host:2379`). Requests go to the
-    /// first one that works; list the closest member (for instance a local learner) first.
+    /// Client URLs of etcd members (`http://host:2379`, `https://host:2379` or `host:2379`).
+    /// Requests go to the first one that works; list the closest member (for instance a local
+    /// learner) first.
     pub endpoints: Vec<String>,
+    /// CA certificates (PEM) trusted for `https://` endpoints besides the system's. When set,
+    /// the file must hold at least one usable certificate.
+    pub ca_file: Option<PathBuf>,
     /// Prefix of every key of this store in the etcd keyspace (default `/meridian/`).
     pub namespace: Bytes,
     /// Linearizable (default) or serializable reads.
@@ -143,6 +160,7 @@ impl EtcdOptions {
     {
         EtcdOptions {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
+            ca_file: None,
             namespace: Bytes::from_static(DEFAULT_NAMESPACE.as_bytes()),
             read_mode: ReadMode::Linearizable,
             request_timeout: Duration::from_secs(5),
@@ -158,6 +176,12 @@ impl EtcdOptions {
     /// Sets the namespace prefix.
     pub fn namespace(mut self, prefix: impl Into<Bytes>) -> Self {
         self.namespace = prefix.into();
+        self
+    }
+
+    /// Trusts the certificates of this PEM file for `https://` endpoints (besides the system's).
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
         self
     }
 

@@ -27,6 +27,12 @@
 //! when it exists (tmpfs: a `kill -9` of a process keeps what it wrote exactly as a disk would;
 //! power loss is not simulated) — set `MERIDIAN_ETCD_TEST_DIR` to use another directory.
 //!
+//! [`EtcdClusterBuilder::client_tls`] makes the client URLs `https://` only, with a certificate
+//! for 127.0.0.1 and localhost made at start ([`TestCert`]; its file is also the CA file clients
+//! trust). The harness's own health and status requests then use TLS too. Peer traffic between
+//! members stays plain `http://` unless [`EtcdClusterBuilder::peer_tls`] asks for `https://`
+//! there too, with the same certificate.
+//!
 //! If `etcd` is not installed, starting a cluster panics and says how to install it: tests that
 //! need etcd never pass silently. `ETCD_BIN` overrides the binary.
 //!
@@ -40,7 +46,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
 
 /// The etcd flags every test member gets (Meridian's production requirements).
 pub const REQUIRED_FLAGS: &[&str] = &["--max-txn-ops", "32768", "--max-request-bytes", "16777216"];
@@ -66,7 +75,48 @@ wait "$pid"
 [ "$keep" = keep ] || rm -rf "$MERIDIAN_ETCD_DIR"
 "#;
 
-/// Where one member listens and what it tells others. URLs are `http://host:port`.
+/// A self-signed certificate for 127.0.0.1 and localhost, made at test time, as PEM files: a
+/// server's certificate and key, and the CA file its clients trust. Deleted when dropped.
+pub struct TestCert {
+    _dir: tempfile::TempDir,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCert {
+    pub fn new() -> TestCert {
+        let dir = tempfile::tempdir().expect("create a directory for a test certificate");
+        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("make a self-signed certificate");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, made.cert.pem()).expect("write the test certificate");
+        std::fs::write(&key, made.signing_key.serialize_pem()).expect("write the test key");
+        TestCert { _dir: dir, cert, key }
+    }
+
+    /// A rustls client configuration trusting only this certificate.
+    fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        let cert = rustls::pki_types::CertificateDer::from_pem_file(&self.cert).expect("read the test certificate");
+        roots.add(cert).expect("the test certificate is a usable root");
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        Arc::new(config)
+    }
+}
+
+impl Default for TestCert {
+    fn default() -> Self {
+        TestCert::new()
+    }
+}
+
+/// Where one member listens and what it tells others. URLs are `http://host:port`, client URLs
+/// `https://host:port` with [`EtcdClusterBuilder::client_tls`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberSpec {
     pub name: String,
@@ -95,6 +145,53 @@ impl MemberSpec {
             advertise_peer_url: format!("http://127.0.0.1:{peer}"),
         }
     }
+
+    /// The client URLs with `https://`.
+    fn with_tls(mut self) -> Self {
+        for url in [&mut self.listen_client_url, &mut self.advertise_client_url] {
+            *url = https(url);
+        }
+        self
+    }
+
+    /// The peer URLs with `https://`.
+    fn with_peer_tls(mut self) -> Self {
+        for url in [&mut self.listen_peer_url, &mut self.advertise_peer_url] {
+            *url = https(url);
+        }
+        self
+    }
+
+    /// The URLs the cluster's TLS settings call for.
+    fn secured(self, tls: &TlsSettings) -> Self {
+        let spec = if tls.cert.is_some() { self.with_tls() } else { self };
+        if tls.peer { spec.with_peer_tls() } else { spec }
+    }
+}
+
+fn https(url: &str) -> String {
+    url.strip_prefix("http://").map_or_else(|| url.to_string(), |rest| format!("https://{rest}"))
+}
+
+/// [`EtcdClusterBuilder::client_tls`] and [`EtcdClusterBuilder::peer_tls`].
+#[derive(Clone, Default)]
+struct TlsSettings {
+    cert: Option<Arc<TestCert>>,
+    peer: bool,
+}
+
+impl TlsSettings {
+    /// etcd's TLS flags.
+    fn args(&self) -> Vec<String> {
+        let Some(cert) = &self.cert else { return Vec::new() };
+        let (cert, key) = (cert.cert.to_string_lossy().into_owned(), cert.key.to_string_lossy().into_owned());
+        let mut args = vec!["--cert-file".into(), cert.clone(), "--key-file".into(), key.clone()];
+        if self.peer {
+            args.extend(["--peer-cert-file".into(), cert.clone(), "--peer-key-file".into(), key]);
+            args.extend(["--peer-trusted-ca-file".into(), cert]);
+        }
+        args
+    }
 }
 
 /// Reserves a free loopback port; the listener is kept until the member starts.
@@ -112,6 +209,7 @@ pub struct EtcdClusterBuilder {
     extra_args: Vec<String>,
     held: Vec<TcpListener>,
     customized: bool,
+    tls: TlsSettings,
 }
 
 impl EtcdClusterBuilder {
@@ -134,6 +232,26 @@ impl EtcdClusterBuilder {
         self
     }
 
+    /// Serves clients over TLS only: every member's client URLs become `https://` (call this
+    /// before changing a member's URLs), with a [`TestCert`] made now
+    /// ([`EtcdCluster::tls_cert`]).
+    pub fn client_tls(mut self) -> Self {
+        self.specs = self.specs.into_iter().map(MemberSpec::with_tls).collect();
+        self.tls.cert = Some(Arc::new(TestCert::new()));
+        self
+    }
+
+    /// Also encrypts traffic between members: `https://` peer URLs with the same certificate
+    /// (implies [`EtcdClusterBuilder::client_tls`]; call this before changing a member's URLs).
+    pub fn peer_tls(mut self) -> Self {
+        if self.tls.cert.is_none() {
+            self = self.client_tls();
+        }
+        self.specs = self.specs.into_iter().map(MemberSpec::with_peer_tls).collect();
+        self.tls.peer = true;
+        self
+    }
+
     /// Runs this etcd binary instead of `$ETCD_BIN`, `etcd` on the `PATH` or `/usr/bin/etcd`.
     pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.bin = Some(path.into());
@@ -149,12 +267,15 @@ impl EtcdClusterBuilder {
             let n = builder.specs.len();
             let extra = builder.extra_args.clone();
             let customized = builder.customized;
+            let tls = builder.tls.clone();
             match EtcdCluster::launch(&bin, builder) {
                 Ok(cluster) => return cluster,
                 // Another process took one of the ports between reservation and start.
                 Err(Launch::PortTaken(report)) if !customized && attempt < 4 => {
                     eprintln!("etcd test cluster: a port was taken, retrying:\n{report}");
                     builder = EtcdCluster::builder(n);
+                    builder.specs = builder.specs.into_iter().map(|spec| spec.secured(&tls)).collect();
+                    builder.tls = tls;
                     builder.extra_args = extra;
                     builder.bin = Some(bin.clone());
                 }
@@ -246,6 +367,9 @@ pub struct EtcdCluster {
     token: String,
     extra_args: Vec<String>,
     members: Vec<Member>,
+    tls: TlsSettings,
+    /// Trusts `tls`'s certificate, for the harness's own requests.
+    tls_client: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl EtcdCluster {
@@ -259,7 +383,14 @@ impl EtcdCluster {
         assert!(members > 0, "an etcd cluster needs at least one member");
         let mut held = Vec::new();
         let specs = (0..members).map(|i| MemberSpec::on_free_ports(format!("m{i}"), &mut held)).collect();
-        EtcdClusterBuilder { specs, bin: None, extra_args: Vec::new(), held, customized: false }
+        EtcdClusterBuilder {
+            specs,
+            bin: None,
+            extra_args: Vec::new(),
+            held,
+            customized: false,
+            tls: TlsSettings::default(),
+        }
     }
 
     fn launch(bin: &Path, builder: EtcdClusterBuilder) -> Result<EtcdCluster, Launch> {
@@ -289,6 +420,8 @@ impl EtcdCluster {
                 })
                 .collect(),
             dir,
+            tls_client: builder.tls.cert.as_ref().map(|cert| cert.client_config()),
+            tls: builder.tls,
         };
         // Free the reserved ports just before etcd binds them.
         drop(builder.held);
@@ -329,6 +462,7 @@ impl EtcdCluster {
         .iter()
         .map(ToString::to_string)
         .collect();
+        args.extend(self.tls.args());
         args.extend(REQUIRED_FLAGS.iter().map(ToString::to_string));
         args.extend(TEST_FLAGS.iter().map(ToString::to_string));
         args.extend(self.extra_args.iter().cloned());
@@ -376,7 +510,7 @@ impl EtcdCluster {
     /// True when member `index` answers `/health` with `true` (it is running and has a leader).
     pub fn healthy(&self, index: usize) -> bool {
         let url = direct_url(&self.members[index].spec.listen_client_url);
-        match http(&url, "GET", "/health", None) {
+        match self.http(&url, "GET", "/health", None) {
             Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("health").and_then(|h| h.as_str().map(|h| h == "true")))
@@ -423,6 +557,17 @@ impl EtcdCluster {
     /// Member `index`'s URLs and name.
     pub fn member(&self, index: usize) -> &MemberSpec {
         &self.members[index].spec
+    }
+
+    /// With [`EtcdClusterBuilder::client_tls`]: the members' certificate, which is also the CA
+    /// file their clients trust.
+    pub fn tls_cert(&self) -> Option<&TestCert> {
+        self.tls.cert.as_deref()
+    }
+
+    /// An etcd request from the harness (TLS for `https://` URLs).
+    fn http(&self, url: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
+        http(url, self.tls_client.as_ref(), method, path, body)
     }
 
     pub fn is_learner(&self, index: usize) -> bool {
@@ -482,7 +627,8 @@ impl EtcdCluster {
                 continue;
             }
             let url = direct_url(&member.spec.listen_client_url);
-            let status = http(&url, "POST", "/v3/maintenance/status", Some("{}"))
+            let status = self
+                .http(&url, "POST", "/v3/maintenance/status", Some("{}"))
                 .ok()
                 .and_then(|(code, body)| (code == 200).then_some(body))
                 .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok());
@@ -517,7 +663,7 @@ impl EtcdCluster {
     /// ports, waits until it is healthy and returns its index.
     pub fn add_learner(&mut self) -> usize {
         let mut held = Vec::new();
-        let spec = MemberSpec::on_free_ports(format!("m{}", self.members.len()), &mut held);
+        let spec = MemberSpec::on_free_ports(format!("m{}", self.members.len()), &mut held).secured(&self.tls);
         self.add_learner_with(spec, held)
     }
 
@@ -541,7 +687,7 @@ impl EtcdCluster {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             let (code, answer) =
-                http(&url, "POST", "/v3/cluster/member/add", Some(&body)).expect("ask etcd to add a learner");
+                self.http(&url, "POST", "/v3/cluster/member/add", Some(&body)).expect("ask etcd to add a learner");
             if code == 200 {
                 break;
             }
@@ -598,25 +744,56 @@ fn direct_url(listen: &str) -> String {
     listen.replace("0.0.0.0", "127.0.0.1")
 }
 
-/// A minimal HTTP/1.0 client for etcd's `/health` and JSON gateway (no extra dependencies).
-fn http(url: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
-    let host = url.trim_start_matches("http://").trim_end_matches('/');
+/// A minimal HTTP/1.0 client for etcd's `/health` and JSON gateway (no extra dependencies),
+/// over TLS for `https://` URLs.
+fn http(
+    url: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let (secure, host) = match url.strip_prefix("https://") {
+        Some(host) => (true, host),
+        None => (false, url.trim_start_matches("http://")),
+    };
+    let host = host.trim_end_matches('/');
     let addr = host.to_socket_addrs()?.next().ok_or_else(|| std::io::Error::other(format!("cannot resolve {host}")))?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let body = body.unwrap_or("");
-    write!(
-        stream,
+    let request = format!(
         "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    );
+    let response = match (secure, tls) {
+        (false, _) => exchange(stream, &request)?,
+        (true, Some(config)) => {
+            let tls =
+                rustls::ClientConnection::new(Arc::clone(config), addr.ip().into()).map_err(std::io::Error::other)?;
+            exchange(rustls::StreamOwned::new(tls, stream), &request)?
+        }
+        (true, None) => return Err(std::io::Error::other(format!("{url}: https but the cluster has no certificate"))),
+    };
     let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((code, body))
+}
+
+/// Sends `request` and reads the response until the server closes the connection.
+fn exchange(mut stream: impl Read + Write, request: &str) -> std::io::Result<String> {
+    stream.write_all(request.as_bytes())?;
+    stream.flush()?;
+    let mut response = Vec::new();
+    match stream.read_to_end(&mut response) {
+        Ok(_) => {}
+        // A TLS peer that closes without a close_notify after a whole HTTP/1.0 response.
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+        Err(err) => return Err(err),
+    }
+    Ok(String::from_utf8_lossy(&response).into_owned())
 }
 
 /// The etcd binary; panics with installation advice when there is none.

@@ -32,11 +32,26 @@ impl Response {
 
 /// Sends one request and reads the whole response (the connection is closed after it).
 pub fn send(addr: &str, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Response {
-    let mut stream = TcpStream::connect(addr).expect("connect");
+    exchange(connect(addr), addr, method, path, headers, body)
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
     // Like real HTTP clients: the body follows the head at once instead of waiting (Nagle)
     // for the server to acknowledge the head.
     stream.set_nodelay(true).expect("nodelay");
+    stream
+}
+
+fn exchange(
+    mut stream: impl Read + Write,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Response {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     let has_length = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
     for (k, v) in headers {
@@ -49,9 +64,28 @@ pub fn send(addr: &str, method: &str, path: &str, headers: &[(&str, String)], bo
     stream.write_all(head.as_bytes()).expect("write head");
     // The server may answer and close before reading a body it refuses.
     let _ = stream.write_all(body);
+    let _ = stream.flush();
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
     parse(&raw)
+}
+
+/// [`signed`] over TLS (HTTP/1.1), trusting the system's CAs and the PEM file `ca`.
+pub fn signed_tls(
+    addr: &str,
+    ca: &std::path::Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Response {
+    let out = sign_headers(addr, method, path, headers, body, ACCESS_KEY, SECRET_KEY);
+    let refs: Vec<(&str, String)> = out.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let config = meridian_http::ClientTls::new(Some(ca)).expect("CA file").config();
+    let stream = connect(addr);
+    let ip = stream.peer_addr().expect("peer address").ip();
+    let tls = rustls::ClientConnection::new(config, ip.into()).expect("TLS client");
+    exchange(rustls::StreamOwned::new(tls, stream), addr, method, path, &refs, body)
 }
 
 fn parse(raw: &[u8]) -> Response {
