@@ -180,7 +180,9 @@ impl S3Access for MeridianAccess {
         }
         let grant = decide(op, key.as_ref(), bucket.is_some(), record.as_ref().map(|b| &b.record))?;
         let principal = key.map_or(Principal::Anonymous, Principal::Key);
-        context.set_bucket(record);
+        if wanted.is_some() {
+            context.set_bucket(record);
+        }
         context.decide(AccessDecision { principal, grant });
         Ok(())
     }

@@ -1,10 +1,11 @@
 //! How often one S3 request reads the metadata store: a single-node PUT, from the handler
-//! through SigV4, the access check and the engine's commit, reads its bucket record once.
+//! through SigV4, the access check and the engine's commit, reads its bucket record and its
+//! key once.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_sigv4::http_request::{
@@ -14,33 +15,46 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use bytes::Bytes;
 use meridian_blob::BlobStore;
+use meridian_engine::iam::Credential;
 use meridian_engine::{Engine, EngineConfig, Metadata, keys};
-use meridian_http::{Notes, RequestBody, RequestId, RequestInfo};
+use meridian_http::{ClientTls, Notes, RequestBody, RequestId, RequestInfo};
 use meridian_meta::embedded::{EmbeddedOptions, EmbeddedStore};
 use meridian_meta::{KeyValue, MetaResult, MetaStore, RangeRequest, Revision, Txn, TxnResponse, WatchStream};
+use meridian_s3::forward::Forwarder;
 use meridian_s3::{S3Handler, S3Options, build_service};
 
-/// The embedded store, counting the reads that return one watched key.
+/// The embedded store, counting the reads that return the watched keys.
 struct CountingStore {
     inner: EmbeddedStore,
-    watched: Bytes,
-    reads: AtomicUsize,
+    watched: Mutex<HashMap<Bytes, usize>>,
 }
 
 impl CountingStore {
-    fn count_if_watched(&self, keys: &[Bytes]) {
-        if keys.contains(&self.watched) {
-            self.reads.fetch_add(1, Ordering::SeqCst);
+    fn watch(&self, key: Bytes) {
+        self.watched.lock().unwrap().insert(key, 0);
+    }
+
+    fn reads(&self, key: &Bytes) -> usize {
+        self.watched.lock().unwrap()[key]
+    }
+
+    fn count(&self, read: impl Fn(&Bytes) -> bool) {
+        for (key, reads) in self.watched.lock().unwrap().iter_mut() {
+            if read(key) {
+                *reads += 1;
+            }
         }
+    }
+
+    fn count_if_watched(&self, keys: &[Bytes]) {
+        self.count(|key| keys.contains(key));
     }
 }
 
 #[async_trait::async_trait]
 impl MetaStore for CountingStore {
     async fn range(&self, req: RangeRequest) -> MetaResult<meridian_meta::RangeResponse> {
-        if req.contains(&self.watched) {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-        }
+        self.count(|key| req.contains(key));
         self.inner.range(req).await
     }
 
@@ -93,29 +107,58 @@ fn request_info() -> RequestInfo {
     }
 }
 
-#[tokio::test]
-async fn a_single_node_put_reads_its_bucket_record_once() {
+/// A node over a counting store, with a key `writer` and its bucket `counted`.
+struct Node {
+    engine: Engine,
+    store: Arc<CountingStore>,
+    credential: Credential,
+    _dir: tempfile::TempDir,
+}
+
+async fn node() -> Node {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(CountingStore {
         inner: EmbeddedStore::open(&dir.path().join("meta.redb"), EmbeddedOptions::default()).unwrap(),
-        watched: keys::bucket("counted"),
-        reads: AtomicUsize::new(0),
+        watched: Mutex::default(),
     });
     let config = EngineConfig { blob_delete_delay: Duration::ZERO, ..Default::default() };
     let engine = Engine::builder(Metadata::single(store.clone()), BlobStore::open(dir.path()).unwrap(), config).build();
     let (_, credential) = engine.create_access_key("writer", true).await.unwrap();
     engine.create_bucket("counted", "writer").await.unwrap();
-    let handler = S3Handler::new(build_service(engine.clone(), &S3Options::default()), None);
+    store.watch(keys::bucket("counted"));
+    store.watch(keys::key_id(&credential.access_key_id));
+    Node { engine, store, credential, _dir: dir }
+}
 
+/// Sends a signed PUT of `counted/some-key` through `handler`.
+async fn put(handler: &S3Handler, credential: &Credential) -> http::StatusCode {
     let host = "127.0.0.1:9000";
     let url = format!("http://{host}/counted/some-key");
     let mut req = http::Request::put(&url).header("host", host);
     for (name, value) in signed_headers("PUT", &url, host, &credential.access_key_id, &credential.secret) {
         req = req.header(name, value);
     }
-    store.reads.store(0, Ordering::SeqCst);
-    let resp = handler.handle(req.body(RequestBody::empty()).unwrap(), request_info()).await;
+    handler.handle(req.body(RequestBody::empty()).unwrap(), request_info()).await.status()
+}
 
-    assert_eq!(resp.status(), http::StatusCode::OK);
-    assert_eq!(store.reads.load(Ordering::SeqCst), 1, "reads of b/counted during one PUT");
+#[tokio::test]
+async fn a_single_node_put_reads_its_bucket_record_and_its_key_once() {
+    let node = node().await;
+    let handler = S3Handler::new(build_service(node.engine.clone(), &S3Options::default()), None);
+
+    assert_eq!(put(&handler, &node.credential).await, http::StatusCode::OK);
+    assert_eq!(node.store.reads(&keys::bucket("counted")), 1, "reads of the bucket record");
+    assert_eq!(node.store.reads(&keys::key_id(&node.credential.access_key_id)), 1, "reads of the key");
+}
+
+#[tokio::test]
+async fn a_put_served_after_the_forwarding_decision_reads_its_bucket_record_once() {
+    let node = node().await;
+    let tls = ClientTls::new(None).unwrap();
+    let forwarder = Forwarder::new(node.engine.clone(), None, &tls);
+    let handler = S3Handler::new(build_service(node.engine.clone(), &S3Options::default()), Some(forwarder));
+
+    assert_eq!(put(&handler, &node.credential).await, http::StatusCode::OK);
+    assert_eq!(node.store.reads(&keys::bucket("counted")), 1, "reads of the bucket record");
+    assert_eq!(node.store.reads(&keys::key_id(&node.credential.access_key_id)), 1, "reads of the key");
 }
