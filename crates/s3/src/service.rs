@@ -215,3 +215,26 @@ impl S3 for MeridianS3 {
         config::delete_bucket_lifecycle(self, req).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use s3s::host::{S3Host, SingleDomain};
+
+    use super::VirtualHostDomain;
+
+    /// Under the domain, s3s's own parser and ours find the same bucket (ours also ignores a
+    /// port and letter case, and reads any other host as path style where s3s would take the
+    /// whole host for a bucket name).
+    #[test]
+    fn virtual_hosts_under_the_domain_name_the_bucket_s3s_would() {
+        let ours = VirtualHostDomain { domain: "s3.example.com".into() };
+        let theirs = SingleDomain::new("s3.example.com").unwrap();
+        for host in ["photos.s3.example.com", "my.dotted.bucket.s3.example.com", "s3.example.com"] {
+            let (a, b) = (ours.parse_host_header(host).unwrap(), theirs.parse_host_header(host).unwrap());
+            assert_eq!(a.bucket(), b.bucket(), "{host}");
+            assert_eq!(a.domain(), b.domain(), "{host}");
+        }
+        assert_eq!(ours.parse_host_header("photos.s3.example.com:9000").unwrap().bucket(), Some("photos"));
+        assert_eq!(ours.parse_host_header("node-1:9000").unwrap().bucket(), None);
+    }
+}
