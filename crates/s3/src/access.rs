@@ -124,11 +124,23 @@ impl MeridianAccess {
 
 impl MeridianAccess {
     /// Checks `access` on `bucket` for the key of a verified signature (KV requests): the key
-    /// and the bucket are read in parallel; a missing bucket passes, so the operation answers
-    /// NoSuchBucket.
-    pub async fn check_key_on_bucket(&self, access_key_id: &str, bucket: &str, access: Access) -> S3Result<()> {
-        let (key, bucket) = tokio::join!(self.principal(Some(access_key_id)), self.bucket_record(bucket));
-        check_bucket(key?.as_ref(), bucket?.as_ref().map(|b| &b.record), access)
+    /// and the bucket (unless `seen`, as the request read it already) are read in parallel; a
+    /// missing bucket passes, so the operation answers NoSuchBucket.
+    pub async fn check_key_on_bucket(
+        &self,
+        access_key_id: &str,
+        bucket: &str,
+        seen: Option<&BucketView>,
+        access: Access,
+    ) -> S3Result<()> {
+        let record = async {
+            match seen {
+                Some(seen) => Ok(Some(seen.clone())),
+                None => self.bucket_record(bucket).await,
+            }
+        };
+        let (key, record) = tokio::join!(self.principal(Some(access_key_id)), record);
+        check_bucket(key?.as_ref(), record?.as_ref().map(|b| &b.record), access)
     }
 }
 

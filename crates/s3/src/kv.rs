@@ -29,6 +29,7 @@ use s3s::route::S3Route;
 use s3s::{Body, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use serde::{Deserialize, Serialize};
 
+use crate::context::RequestContext;
 use crate::convert::{ResponseBody, s3_error};
 
 pub const TTL_HEADER: &str = "x-meridian-ttl";
@@ -507,7 +508,8 @@ impl S3Route for KvRoute {
             _ => Access::Write,
         };
         let bucket = self.bucket_of(req)?;
-        self.access.check_key_on_bucket(&creds.access_key, &bucket, access).await
+        let seen = req.extensions.get::<RequestContext>().and_then(|context| context.bucket(&bucket));
+        self.access.check_key_on_bucket(&creds.access_key, &bucket, seen, access).await
     }
 
     async fn call(&self, req: S3Request<Body>) -> S3Result<S3Response<Body>> {
