@@ -163,3 +163,72 @@ pub(crate) fn take_verified_key(access_key_id: &str) -> Option<KeyRecord> {
     let key = VERIFIED_KEY.try_with(RefCell::take).ok().flatten()?;
     key.credentials.iter().any(|c| c.access_key_id == access_key_id).then_some(key)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(context: Option<RequestContext>) -> S3Request<()> {
+        let mut extensions = http::Extensions::new();
+        if let Some(context) = context {
+            extensions.insert(context);
+        }
+        S3Request {
+            input: (),
+            method: http::Method::GET,
+            uri: http::Uri::from_static("/bkt/key"),
+            headers: http::HeaderMap::new(),
+            extensions,
+            credentials: None,
+            region: None,
+            service: None,
+            trailing_headers: None,
+        }
+    }
+
+    #[test]
+    fn operations_see_only_a_context_the_access_check_completed() {
+        let missing = request(None);
+        assert_eq!(RequestContext::of(&missing).err().map(|e| e.code().clone()), Some(S3ErrorCode::InternalError));
+        let unchecked = request(Some(RequestContext::arriving(Forwarding::NotConsidered, None)));
+        assert_eq!(RequestContext::of(&unchecked).err().map(|e| e.code().clone()), Some(S3ErrorCode::InternalError));
+
+        let mut context = RequestContext::arriving(Forwarding::ServedHere, None);
+        context.decide(AccessDecision { principal: Principal::Anonymous, grant: Grant::Bucket(Access::Read) });
+        let checked = request(Some(context));
+        let seen = RequestContext::of(&checked).unwrap();
+        assert_eq!(seen.forwarding, &Forwarding::ServedHere);
+        assert!(seen.key().is_none());
+        assert!(seen.key_name().is_err(), "an anonymous request has no key name to own things by");
+    }
+
+    #[tokio::test]
+    async fn a_verified_key_is_kept_for_its_own_request_only() {
+        let key = |access_key_id: &str| KeyRecord {
+            name: "k".into(),
+            created_ms: 0,
+            admin: false,
+            can_create_buckets: false,
+            credentials: vec![meridian_engine::iam::Credential {
+                access_key_id: access_key_id.into(),
+                secret: "s".into(),
+                created_ms: 0,
+                expires_at_ms: None,
+            }],
+        };
+        remember_verified_key(key("AK1"));
+        assert!(take_verified_key("AK1").is_none(), "outside a request there is no slot");
+        with_key_slot(async {
+            remember_verified_key(key("AK1"));
+            assert!(take_verified_key("AK2").is_none(), "another access key id");
+        })
+        .await;
+        let taken = with_key_slot(async {
+            assert!(take_verified_key("AK1").is_none(), "a new request starts empty");
+            remember_verified_key(key("AK1"));
+            take_verified_key("AK1")
+        })
+        .await;
+        assert_eq!(taken, Some(key("AK1")), "the key verified in this request");
+    }
+}
