@@ -143,6 +143,9 @@ pub struct CopyRequest {
     /// New headers (metadata directive REPLACE); `None` copies the source's.
     pub replace_headers: Option<ObjectHeaders>,
     pub conditions: WriteConditions,
+    /// The destination bucket's record and revision when the caller has just read them (a
+    /// stale record only costs the commit a retry); `None`: read here.
+    pub dst_bucket_seen: Option<(BucketRecord, Revision)>,
 }
 
 #[derive(Clone, Debug)]
@@ -530,7 +533,10 @@ impl Engine {
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.".into(),
             ));
         }
-        let (dst_bucket, dst_revision) = self.writable_bucket(&req.dst_bucket).await?;
+        let (dst_bucket, dst_revision) = match req.dst_bucket_seen {
+            Some(seen) => crate::bucket::writable(seen)?,
+            None => self.writable_bucket(&req.dst_bucket).await?,
+        };
         let data = self.duplicate_data(&source).await?;
         let record = ObjectRecord {
             size: source.record.size,

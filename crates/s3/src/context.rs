@@ -119,6 +119,11 @@ impl Checked<'_> {
         self.bucket.filter(|b| b.name == name)
     }
 
+    /// [`Checked::bucket`] as the engine's writes take it.
+    pub fn seen_bucket(&self, name: &str) -> Option<(BucketRecord, Revision)> {
+        self.bucket(name).map(|b| (b.record.clone(), b.revision))
+    }
+
     /// The verified key, `None` for an anonymous request.
     pub fn key(&self) -> Option<&KeyRecord> {
         match self.principal {

@@ -76,8 +76,15 @@ impl MetaStore for CountingStore {
     }
 }
 
-/// A SigV4 `Authorization` (and date and payload hash) for an empty-bodied request.
-fn signed_headers(method: &str, url: &str, host: &str, id: &str, secret: &str) -> Vec<(&'static str, String)> {
+/// A SigV4 `Authorization` (and date and payload hash) for an empty-bodied request with these
+/// headers.
+fn signed_headers(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    id: &str,
+    secret: &str,
+) -> Vec<(&'static str, String)> {
     let mut settings = SigningSettings::default();
     settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
     settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
@@ -92,7 +99,7 @@ fn signed_headers(method: &str, url: &str, host: &str, id: &str, secret: &str) -
         .build()
         .unwrap()
         .into();
-    let signable = SignableRequest::new(method, url, [("host", host)].into_iter(), SignableBody::Bytes(b"")).unwrap();
+    let signable = SignableRequest::new(method, url, headers.iter().copied(), SignableBody::Bytes(b"")).unwrap();
     let (instructions, _) = sign(signable, &params).unwrap().into_parts();
     instructions.into_parts().0.into_iter().map(|h| (h.name(), h.value().to_string())).collect()
 }
@@ -136,9 +143,22 @@ async fn put(handler: &S3Handler, credential: &Credential) -> http::StatusCode {
 }
 
 async fn put_at(handler: &S3Handler, credential: &Credential, host: &str, path: &str) -> http::StatusCode {
-    let url = format!("http://{host}{path}");
-    let mut req = http::Request::put(&url).header("host", host);
-    for (name, value) in signed_headers("PUT", &url, host, &credential.access_key_id, &credential.secret) {
+    put_with(handler, credential, &[("host", host)], path).await
+}
+
+/// Sends a signed PUT of `path` with `headers` (`host` first) through `handler`.
+async fn put_with(
+    handler: &S3Handler,
+    credential: &Credential,
+    headers: &[(&str, &str)],
+    path: &str,
+) -> http::StatusCode {
+    let url = format!("http://{}{path}", headers[0].1);
+    let mut req = http::Request::put(&url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    for (name, value) in signed_headers("PUT", &url, headers, &credential.access_key_id, &credential.secret) {
         req = req.header(name, value);
     }
     handler.handle(req.body(RequestBody::empty()).unwrap(), request_info()).await.status()
@@ -152,6 +172,18 @@ async fn a_single_node_put_reads_its_bucket_record_and_its_key_once() {
     assert_eq!(put(&handler, &node.credential).await, http::StatusCode::OK);
     assert_eq!(node.store.reads(&keys::bucket("counted")), 1, "reads of the bucket record");
     assert_eq!(node.store.reads(&keys::key_id(&node.credential.access_key_id)), 1, "reads of the key");
+}
+
+#[tokio::test]
+async fn a_copy_within_a_bucket_reads_its_bucket_record_once() {
+    let node = node().await;
+    let handler = S3Handler::new(build_service(node.engine.clone(), &S3Options::default()), None);
+    assert_eq!(put(&handler, &node.credential).await, http::StatusCode::OK);
+    node.store.watch(keys::bucket("counted"));
+
+    let headers = [("host", "127.0.0.1:9000"), ("x-amz-copy-source", "counted/some-key")];
+    assert_eq!(put_with(&handler, &node.credential, &headers, "/counted/copy").await, http::StatusCode::OK);
+    assert_eq!(node.store.reads(&keys::bucket("counted")), 1, "reads of the bucket record");
 }
 
 #[tokio::test]

@@ -43,7 +43,7 @@ pub(super) async fn put_object(
     };
     let integrity = integrity(&req, sums, req.input.content_md5.clone(), req.input.content_length)?;
     let kv = KvWrite::from_headers(&req.headers)?;
-    let seen = RequestContext::of(&req)?.bucket(&req.input.bucket).map(|b| (b.record.clone(), b.revision));
+    let seen = RequestContext::of(&req)?.seen_bucket(&req.input.bucket);
     let input = req.input;
     let headers = HeaderInput {
         content_type: input.content_type.map(|c| c.to_string()),
@@ -294,7 +294,9 @@ pub(super) async fn copy_object(
         input.tagging.as_ref(),
     )?;
     let (src_bucket, src_key) = source_of(&input.copy_source)?;
-    check_source(s3, &RequestContext::of(&req)?, &src_bucket).await?;
+    let context = RequestContext::of(&req)?;
+    check_source(s3, &context, &src_bucket).await?;
+    let dst_bucket_seen = context.seen_bucket(&input.bucket);
     let input = req.input;
     let replace = match input.metadata_directive.as_ref().map(MetadataDirective::as_str) {
         None | Some(MetadataDirective::COPY) => false,
@@ -330,6 +332,7 @@ pub(super) async fn copy_object(
             ),
             replace_headers,
             conditions: WriteConditions::default(),
+            dst_bucket_seen,
         })
         .await
         .map_err(s3_error)?;
