@@ -121,7 +121,7 @@ for t in $TARGETS; do
       if [[ -n "${MERIDIAN_BIN:-}" && -x "${MERIDIAN_BIN}" ]]; then
         port="$(free_port)"; mdir="$BENCH_DIR/meridian-tls"; mkdir -p "$mdir"
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-          -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
+          -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" \
           -keyout "$mdir/node.key" -out "$mdir/node.crt" 2>/dev/null
         "$MERIDIAN_BIN" server --data "$mdir" --listen "127.0.0.1:$port" \
           --tls-cert "$mdir/node.crt" --tls-key "$mdir/node.key" >"$OUT/meridian-tls.log" 2>&1 &

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use meridian_common::bucket_address;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,7 +92,7 @@ impl Drop for NullHttpServer {
 async fn answer(req: Request<Incoming>, size: u64, payload: &Bytes) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_owned();
-    let has_key = req.uri().path().trim_start_matches('/').split_once('/').is_some_and(|(_, k)| !k.is_empty());
+    let has_key = bucket_address::parse(None, req.uri().path(), None).is_ok_and(|address| address.key.is_some());
     // Drain the request body (PUT payloads) as a real server would.
     let _ = req.into_body().collect().await;
     let len = (size as usize).min(payload.len());

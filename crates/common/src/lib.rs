@@ -2,6 +2,7 @@
 //! that must mean the same thing everywhere. One module per input kind; before writing a parser
 //! or formatter elsewhere, look here.
 
+pub mod bucket_address;
 mod decimal;
 pub mod duration;
 pub mod errors;

@@ -103,6 +103,15 @@ impl Engine {
         Ok(self.writable_bucket(name).await?.1)
     }
 
+    /// `seen` (a revision of the bucket the caller has just read), else what
+    /// [`Engine::bucket_for_write`] reads.
+    pub(crate) async fn bucket_revision_for_write(&self, name: &str, seen: Option<Revision>) -> EngineResult<Revision> {
+        match seen {
+            Some(revision) => Ok(revision),
+            None => self.bucket_for_write(name).await,
+        }
+    }
+
     /// The bucket's record and revision, unless it is being deleted.
     pub(crate) async fn writable_bucket(&self, name: &str) -> EngineResult<(BucketRecord, Revision)> {
         writable(self.bucket(name).await?)

@@ -143,6 +143,9 @@ pub struct CopyRequest {
     /// New headers (metadata directive REPLACE); `None` copies the source's.
     pub replace_headers: Option<ObjectHeaders>,
     pub conditions: WriteConditions,
+    /// The destination bucket's record and revision when the caller has just read them (a
+    /// stale record only costs the commit a retry); `None`: read here.
+    pub dst_bucket_seen: Option<(BucketRecord, Revision)>,
 }
 
 #[derive(Clone, Debug)]
@@ -237,7 +240,7 @@ impl Engine {
         validate_key(&req.key)?;
         req.headers.validate()?;
         // Fail fast, before reading a possibly large body into a bucket that isn't there.
-        let (bucket, _) = match bucket {
+        let (bucket, bucket_revision) = match bucket {
             Some(seen) => crate::bucket::writable(seen)?,
             None => self.writable_bucket(&req.bucket).await?,
         };
@@ -245,8 +248,8 @@ impl Engine {
         let ingested = ingest(self.blobs(), req.body, req.integrity, limits).await?;
         let expires_at_ms = earliest(req.expires_at_ms, object_expiry(&bucket.lifecycle, &req.key, now_ms()));
         let (record, inline) = self.new_record(ingested, req.headers, expires_at_ms);
-        let revision =
-            self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, ExtraTxn::default()).await?;
+        let extra = ExtraTxn::seen_bucket(bucket_revision);
+        let revision = self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, extra).await?;
         Ok(PutOutcome { etag: record.etag.clone(), size: record.size, revision, record })
     }
 
@@ -305,10 +308,13 @@ impl Engine {
         // the transaction compares every revision it read, so a stale view only costs a retry,
         // which reads strongly. A failed condition is never reported from the local view.
         let mut consistency = Consistency::Local;
+        let mut seen_bucket = extra.bucket_revision;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             // Two independent reads: in parallel, as each may be a network round trip.
-            let (bucket_revision, current) =
-                futures::try_join!(self.bucket_for_write(bucket), self.read_current_with(bucket, key, consistency))?;
+            let (bucket_revision, current) = futures::try_join!(
+                self.bucket_revision_for_write(bucket, seen_bucket.take()),
+                self.read_current_with(bucket, key, consistency)
+            )?;
             let now = now_ms();
             let visible = current.as_ref().filter(|c| c.is_visible(now)).map(|c| (&c.record, c.revision));
             if let Err(failed) = conditions.check(visible) {
@@ -527,7 +533,10 @@ impl Engine {
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.".into(),
             ));
         }
-        let (dst_bucket, _) = self.writable_bucket(&req.dst_bucket).await?;
+        let (dst_bucket, dst_revision) = match req.dst_bucket_seen {
+            Some(seen) => crate::bucket::writable(seen)?,
+            None => self.writable_bucket(&req.dst_bucket).await?,
+        };
         let data = self.duplicate_data(&source).await?;
         let record = ObjectRecord {
             size: source.record.size,
@@ -538,9 +547,9 @@ impl Engine {
             data,
             expires_at_ms: object_expiry(&dst_bucket.lifecycle, &req.dst_key, now_ms()),
         };
-        let revision = self
-            .commit_object(&req.dst_bucket, &req.dst_key, &record, source.inline, &req.conditions, ExtraTxn::default())
-            .await?;
+        let extra = ExtraTxn::seen_bucket(dst_revision);
+        let revision =
+            self.commit_object(&req.dst_bucket, &req.dst_key, &record, source.inline, &req.conditions, extra).await?;
         Ok(CopyOutcome { etag: record.etag.clone(), modified_ms: record.modified_ms, revision, record })
     }
 
@@ -689,7 +698,8 @@ pub(crate) fn check_fence_failure(resp: &meridian_meta::TxnResponse, conditions:
 }
 
 /// More conditions and writes to fold into an object commit (used by multipart completion),
-/// and a check to run when the commit fails, to stop retrying when they can never hold.
+/// a check to run when the commit fails, to stop retrying when they can never hold, and the
+/// bucket revision the caller has already read.
 #[derive(Default)]
 pub(crate) struct ExtraTxn {
     pub compares: Vec<Compare>,
@@ -697,6 +707,16 @@ pub(crate) struct ExtraTxn {
     #[allow(clippy::type_complexity)]
     pub still_valid:
         Option<Box<dyn for<'a> Fn(&'a Engine) -> futures::future::BoxFuture<'a, EngineResult<()>> + Send + Sync>>,
+    /// The bucket record's revision as the caller read it: the first attempt compares it
+    /// instead of reading the record again; a stale one fails the commit, and the retry reads it.
+    pub bucket_revision: Option<Revision>,
+}
+
+impl ExtraTxn {
+    /// Nothing extra but the bucket revision the caller has read.
+    pub(crate) fn seen_bucket(revision: Revision) -> Self {
+        ExtraTxn { bucket_revision: Some(revision), ..Default::default() }
+    }
 }
 
 /// The inclusive byte range to serve (`None`: all) and, for multipart objects read by part

@@ -207,3 +207,20 @@ async fn bucket_delete_requires_empty() {
     f.engine.delete_bucket("bkt").await.unwrap();
     assert!(matches!(f.engine.put_object(put("bkt", "k", "v")).await, Err(EngineError::NoSuchBucket)));
 }
+
+#[tokio::test]
+async fn a_put_with_a_bucket_record_read_before_the_bucket_changed_does_not_apply_it() {
+    let f = fixture();
+    f.engine.create_bucket("bkt", "me").await.unwrap();
+    let seen = f.engine.bucket_for_access("bkt").await.unwrap();
+    f.engine.delete_bucket("bkt").await.unwrap();
+    let put_late = f.engine.put_object_in(Some(seen), put("bkt", "k", "v")).await;
+    assert!(matches!(put_late, Err(EngineError::NoSuchBucket)), "{put_late:?}");
+
+    // Recreated meanwhile: the write lands in the new bucket, after re-reading it.
+    f.engine.create_bucket("bkt", "me").await.unwrap();
+    let seen = f.engine.bucket_for_access("bkt").await.unwrap();
+    f.engine.set_public_read("bkt", true).await.unwrap();
+    f.engine.put_object_in(Some(seen), put("bkt", "k", "v")).await.unwrap();
+    assert_eq!(read(&f.engine, "bkt", "k").await, b"v");
+}

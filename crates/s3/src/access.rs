@@ -2,66 +2,28 @@
 //! operation is checked against the bucket's grants before it runs. Anonymous requests may only
 //! GET or HEAD objects of a public-read bucket.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use meridian_engine::Revision;
 use meridian_engine::iam::{Access, KeyRecord, authorize};
 use meridian_engine::record::BucketRecord;
 use meridian_engine::{Engine, EngineError};
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::path::S3Path;
-use s3s::{S3Error, S3ErrorCode, S3Request, S3Result, s3_error};
+use s3s::{S3Error, S3ErrorCode, S3Result, s3_error};
 
+use crate::context::{
+    AccessDecision, BucketView, Grant, Principal, RequestContext, remember_verified_key, take_verified_key,
+};
 use crate::convert::s3_error;
-
-/// The bucket record a request's bucket was read as before the S3 layer ran (by the
-/// forwarder), kept in the request's extensions so the access check and the handler do not read
-/// it again.
-#[derive(Clone, Debug)]
-pub struct SeenBucket {
-    pub name: String,
-    pub record: BucketRecord,
-    pub revision: Revision,
-}
-
-/// Keys just looked up to verify a signature, handed to the access check of the same request
-/// so it does not look them up a second time. Entries are taken once and live at most
-/// [`KEY_MEMO_TTL`]: the memo never stretches a key's life beyond the request that looked it up.
-#[derive(Default)]
-pub struct KeyMemo {
-    keys: Mutex<HashMap<String, (Instant, KeyRecord)>>,
-}
-
-const KEY_MEMO_TTL: Duration = Duration::from_secs(1);
-
-impl KeyMemo {
-    fn put(&self, access_key_id: &str, key: KeyRecord) {
-        let Ok(mut keys) = self.keys.lock() else { return };
-        if keys.len() >= 1024 {
-            keys.retain(|_, (at, _)| at.elapsed() < KEY_MEMO_TTL);
-        }
-        keys.insert(access_key_id.to_string(), (Instant::now(), key));
-    }
-
-    fn take(&self, access_key_id: &str) -> Option<KeyRecord> {
-        let (at, key) = self.keys.lock().ok()?.remove(access_key_id)?;
-        (at.elapsed() < KEY_MEMO_TTL).then_some(key)
-    }
-}
 
 /// Looks up secrets of the keys stored in the metadata store.
 #[derive(Clone)]
 pub struct MetaAuth {
     engine: Engine,
-    memo: Arc<KeyMemo>,
 }
 
 impl MetaAuth {
-    pub fn new(engine: Engine, memo: Arc<KeyMemo>) -> Self {
-        MetaAuth { engine, memo }
+    pub fn new(engine: Engine) -> Self {
+        MetaAuth { engine }
     }
 }
 
@@ -70,7 +32,7 @@ impl S3Auth for MetaAuth {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
         match self.engine.credential(access_key).await.map_err(s3_error)? {
             Some((key, secret)) => {
-                self.memo.put(access_key, key);
+                remember_verified_key(key);
                 Ok(SecretKey::from(secret))
             }
             None => Err(S3Error::with_message(
@@ -78,22 +40,6 @@ impl S3Auth for MetaAuth {
                 "The AWS Access Key Id you provided does not exist in our records.",
             )),
         }
-    }
-}
-
-/// The key a request was signed with (`None`: anonymous), resolved once by the access check
-/// and kept in the request's extensions for the handlers.
-#[derive(Clone, Debug)]
-pub struct Principal(pub Option<KeyRecord>);
-
-impl Principal {
-    pub fn of<T>(req: &S3Request<T>) -> Option<&KeyRecord> {
-        req.extensions.get::<Principal>().and_then(|p| p.0.as_ref())
-    }
-
-    /// The key name for ownership, `admin` for requests that carry no resolved key.
-    pub fn name_of<T>(req: &S3Request<T>) -> String {
-        Self::of(req).map_or_else(|| meridian_engine::iam::ADMIN_KEY.to_string(), |k| k.name.clone())
     }
 }
 
@@ -146,17 +92,18 @@ fn anonymous_allowed(op: &str) -> bool {
 #[derive(Clone)]
 pub struct MeridianAccess {
     engine: Engine,
-    memo: Arc<KeyMemo>,
 }
 
 impl MeridianAccess {
-    pub fn new(engine: Engine, memo: Arc<KeyMemo>) -> Self {
-        MeridianAccess { engine, memo }
+    pub fn new(engine: Engine) -> Self {
+        MeridianAccess { engine }
     }
 
+    /// The key that signed the request (`None`: anonymous), as its signature check looked it
+    /// up, else read.
     async fn principal(&self, access_key_id: Option<&str>) -> S3Result<Option<KeyRecord>> {
         let Some(id) = access_key_id else { return Ok(None) };
-        if let Some(key) = self.memo.take(id) {
+        if let Some(key) = take_verified_key(id) {
             return Ok(Some(key));
         }
         match self.engine.credential(id).await.map_err(s3_error)? {
@@ -165,13 +112,10 @@ impl MeridianAccess {
         }
     }
 
-    /// The bucket's record (`None`: no such bucket), unless the request already carries it.
-    async fn bucket_record(&self, bucket: &str, seen: Option<BucketRecord>) -> S3Result<Option<BucketRecord>> {
-        if seen.is_some() {
-            return Ok(seen);
-        }
+    /// The bucket's record (`None`: no such bucket).
+    async fn bucket_record(&self, bucket: &str) -> S3Result<Option<BucketView>> {
         match self.engine.bucket_for_access(bucket).await {
-            Ok((record, _)) => Ok(Some(record)),
+            Ok((record, revision)) => Ok(Some(BucketView { name: bucket.to_string(), record, revision })),
             Err(EngineError::NoSuchBucket) => Ok(None),
             Err(e) => Err(s3_error(e)),
         }
@@ -180,11 +124,23 @@ impl MeridianAccess {
 
 impl MeridianAccess {
     /// Checks `access` on `bucket` for the key of a verified signature (KV requests): the key
-    /// and the bucket are read in parallel; a missing bucket passes, so the operation answers
-    /// NoSuchBucket.
-    pub async fn check_key_on_bucket(&self, access_key_id: &str, bucket: &str, access: Access) -> S3Result<()> {
-        let (key, record) = tokio::join!(self.principal(Some(access_key_id)), self.bucket_record(bucket, None));
-        check_bucket(key?.as_ref(), record?.as_ref(), access)
+    /// and the bucket (unless `seen`, as the request read it already) are read in parallel; a
+    /// missing bucket passes, so the operation answers NoSuchBucket.
+    pub async fn check_key_on_bucket(
+        &self,
+        access_key_id: &str,
+        bucket: &str,
+        seen: Option<&BucketView>,
+        access: Access,
+    ) -> S3Result<()> {
+        let record = async {
+            match seen {
+                Some(seen) => Ok(Some(seen.clone())),
+                None => self.bucket_record(bucket).await,
+            }
+        };
+        let (key, record) = tokio::join!(self.principal(Some(access_key_id)), record);
+        check_bucket(key?.as_ref(), record?.as_ref().map(|b| &b.record), access)
     }
 }
 
@@ -205,53 +161,69 @@ fn denied() -> S3Error {
 
 #[async_trait::async_trait]
 impl S3Access for MeridianAccess {
+    /// Completes the request's [`RequestContext`]: the key, the bucket record (unless the
+    /// forwarding decision read it already) and the grant.
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
         let op = cx.s3_op().name().to_string();
+        let op = op.as_str();
         let notes = cx.extensions_mut().get::<meridian_http::RequestInfo>().map(|info| info.notes.clone());
         if let Some(notes) = &notes {
-            notes.set_operation(op.as_str());
+            notes.set_operation(op);
         }
         let bucket = match cx.s3_path() {
             S3Path::Root => None,
             S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => Some(bucket.to_string()),
         };
-        let anonymous = cx.credentials().is_none();
-        let record = match &bucket {
-            Some(name)
-                if (anonymous && anonymous_allowed(&op)) || (!anonymous && matches!(needs(&op), Needs::Bucket(_))) =>
-            {
-                let seen =
-                    cx.extensions_mut().get::<SeenBucket>().filter(|s| &s.name == name).map(|s| s.record.clone());
-                Some(self.bucket_record(name, seen))
-            }
-            _ => None,
-        };
+        let access_key_id = cx.credentials().map(|c| c.access_key.clone());
+        let context = cx.extensions_mut().get_mut::<RequestContext>().ok_or_else(no_context)?;
+        let wanted = bucket.as_deref().filter(|_| needs_bucket_record(op, access_key_id.is_none()));
+        let seen = wanted.and_then(|name| context.bucket(name)).cloned();
         // The key and the bucket are independent reads: in parallel.
-        let (key, record) = tokio::join!(self.principal(cx.credentials().map(|c| c.access_key.as_str())), async {
-            match record {
-                Some(read) => read.await,
-                None => Ok(None),
+        let (key, record) = tokio::join!(self.principal(access_key_id.as_deref()), async {
+            match (wanted, seen) {
+                (_, Some(seen)) => Ok(Some(seen)),
+                (Some(name), None) => self.bucket_record(name).await,
+                (None, None) => Ok(None),
             }
         });
         let (key, record) = (key?, record?);
         if let Some(notes) = &notes {
             notes.set_principal(key.as_ref().map_or("anonymous", |k| k.name.as_str()));
         }
-        let verdict = match (&key, needs(&op), bucket) {
-            (None, _, Some(_)) if anonymous_allowed(&op) => check_bucket(None, record.as_ref(), Access::Read),
-            (None, _, _) => Err(denied()),
-            (Some(_), Needs::Authenticated, _) => Ok(()),
-            (Some(k), Needs::CreateBucket, _) => {
-                if k.admin || k.can_create_buckets {
-                    Ok(())
-                } else {
-                    Err(S3Error::with_message(S3ErrorCode::AccessDenied, "this key may not create buckets"))
-                }
-            }
-            (Some(k), Needs::Bucket(access), Some(_)) => check_bucket(Some(k), record.as_ref(), access),
-            (Some(_), Needs::Bucket(_), None) => Err(denied()),
-        };
-        cx.extensions_mut().insert(Principal(key));
-        verdict
+        let grant = decide(op, key.as_ref(), bucket.is_some(), record.as_ref().map(|b| &b.record))?;
+        let principal = key.map_or(Principal::Anonymous, Principal::Key);
+        if wanted.is_some() {
+            context.set_bucket(record);
+        }
+        context.decide(AccessDecision { principal, grant });
+        Ok(())
     }
+}
+
+/// Whether deciding on `op` needs the bucket's record.
+fn needs_bucket_record(op: &str, anonymous: bool) -> bool {
+    if anonymous { anonymous_allowed(op) } else { matches!(needs(op), Needs::Bucket(_)) }
+}
+
+/// What `key` (`None`: anonymous) is granted for `op`, given the record of the request's bucket
+/// when the request addresses one.
+fn decide(op: &str, key: Option<&KeyRecord>, addresses_bucket: bool, record: Option<&BucketRecord>) -> S3Result<Grant> {
+    match (key, needs(op), addresses_bucket) {
+        (None, _, true) if anonymous_allowed(op) => {
+            check_bucket(None, record, Access::Read).map(|()| Grant::Bucket(Access::Read))
+        }
+        (None, _, _) => Err(denied()),
+        (Some(_), Needs::Authenticated, _) => Ok(Grant::Authenticated),
+        (Some(k), Needs::CreateBucket, _) if k.admin || k.can_create_buckets => Ok(Grant::CreateBucket),
+        (Some(_), Needs::CreateBucket, _) => {
+            Err(S3Error::with_message(S3ErrorCode::AccessDenied, "this key may not create buckets"))
+        }
+        (Some(k), Needs::Bucket(access), true) => check_bucket(Some(k), record, access).map(|()| Grant::Bucket(access)),
+        (Some(_), Needs::Bucket(_), false) => Err(denied()),
+    }
+}
+
+fn no_context() -> S3Error {
+    tracing::error!("an S3 request reached the access check without a request context");
+    S3Error::with_message(S3ErrorCode::InternalError, "internal error: the request carries no request context")
 }

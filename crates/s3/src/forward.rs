@@ -11,7 +11,9 @@ use meridian_engine::Engine;
 use meridian_engine::record::Location;
 use meridian_http::{ClientTls, RequestBody};
 
-use crate::access::SeenBucket;
+use meridian_common::bucket_address;
+
+use crate::context::{BucketView, Forwarding};
 
 /// Set on a forwarded request (the forwarding node's id), so it is never forwarded again.
 pub const FORWARDED_HEADER: &str = "x-meridian-forwarded-by";
@@ -21,6 +23,32 @@ pub const FORWARDED_TO_HEADER: &str = "x-meridian-forwarded-to";
 /// How long a forwarded request may take until the target's response headers arrive (the
 /// upload of a large body included).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where a request is served.
+pub enum Route {
+    /// By this node; `bucket`: the record read to decide, if one was.
+    Here { forwarding: Forwarding, bucket: Option<BucketView> },
+    /// By a node of another region.
+    There { region: String, base_url: String },
+    /// By a region with no reachable node: this answer.
+    Unreachable(Response<s3s::Body>),
+}
+
+impl Route {
+    fn here() -> Route {
+        Route::Here { forwarding: Forwarding::NotConsidered, bucket: None }
+    }
+}
+
+/// Plain reads are served here whatever the bucket's type: decided before any metadata read.
+fn may_change_or_read_strongly<B>(req: &Request<B>) -> bool {
+    let strong_read = req
+        .headers()
+        .get(crate::kv::CONSISTENCY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("strong"));
+    strong_read || !matches!(*req.method(), Method::GET | Method::HEAD)
+}
 
 #[derive(Clone)]
 pub struct Forwarder {
@@ -37,55 +65,39 @@ impl Forwarder {
         Forwarder { engine, domain, client }
     }
 
-    /// The bucket a request addresses: the host's first label under the configured domain,
-    /// else the first path segment.
+    /// The bucket a request addresses, if any.
     fn bucket_of<B>(&self, req: &Request<B>) -> Option<String> {
-        if let Some(domain) = &self.domain {
-            let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-            let host = host.split(':').next().unwrap_or_default();
-            if let Some(bucket) = host.strip_suffix(domain.as_str()).and_then(|b| b.strip_suffix('.')) {
-                return Some(bucket.to_string());
-            }
-        }
-        let segment = req.uri().path().trim_start_matches('/').split('/').next()?;
-        (!segment.is_empty()).then(|| percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned())
+        let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok());
+        bucket_address::parse(host, req.uri().path(), self.domain.as_deref()).ok()?.bucket
     }
 
-    /// Where to send `req`, if it belongs to another region: (region, base URL) of a healthy
-    /// node there, or an error response when that region has none. A request served here
-    /// keeps the bucket record read to decide ([`SeenBucket`]) for the access check and handler.
-    pub async fn target<B>(&self, req: &mut Request<B>) -> Option<Result<(String, String), Response<s3s::Body>>> {
-        if req.headers().contains_key(FORWARDED_HEADER) || req.uri().path().starts_with("/_meridian/") {
-            return None;
+    /// Where `req` is served. Deciding may read the bucket's record; a request served here
+    /// keeps it, for the access check and the operation.
+    pub async fn route<B>(&self, req: &Request<B>) -> Route {
+        if let Some(by) = req.headers().get(FORWARDED_HEADER) {
+            let by = by.to_str().unwrap_or("(not UTF-8)").to_string();
+            return Route::Here { forwarding: Forwarding::ForwardedBy(by), bucket: None };
         }
-        // Plain reads are served here whatever the bucket's type: decide that before any
-        // metadata read.
-        let strong_read = req
-            .headers()
-            .get(crate::kv::CONSISTENCY_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("strong"));
-        let is_write = !matches!(*req.method(), Method::GET | Method::HEAD);
-        if !is_write && !strong_read {
-            return None;
+        if req.uri().path().starts_with("/_meridian/") || !may_change_or_read_strongly(req) {
+            return Route::here();
         }
-        let bucket = self.bucket_of(req)?;
-        let (record, revision) = self.engine.bucket_for_access(&bucket).await.ok()?;
+        let Some(name) = self.bucket_of(req) else { return Route::here() };
+        // A missing bucket or a failed read: served here, where the operation reports it.
+        let Ok((record, revision)) = self.engine.bucket_for_access(&name).await else { return Route::here() };
         let region = match &record.location {
             Location::Pinned { region } if *region != self.engine.config().node.region => region.clone(),
             _ => {
-                req.extensions_mut().insert(SeenBucket { name: bucket, record, revision });
-                return None;
+                let bucket = BucketView { name, record, revision };
+                return Route::Here { forwarding: Forwarding::ServedHere, bucket: Some(bucket) };
             }
         };
         let nodes = self.engine.nodes().await.unwrap_or_default();
-        let node = nodes.into_iter().find(|n| n.healthy && n.record.region == region);
-        Some(match node {
-            Some(n) => Ok((region, n.record.advertise_url)),
-            None => Err(unavailable(&format!(
-                "bucket {bucket:?} is pinned to region {region}, which has no reachable node; the request was not applied"
+        match nodes.into_iter().find(|n| n.healthy && n.record.region == region) {
+            Some(n) => Route::There { region, base_url: n.record.advertise_url },
+            None => Route::Unreachable(unavailable(&format!(
+                "bucket {name:?} is pinned to region {region}, which has no reachable node; the request was not applied"
             ))),
-        })
+        }
     }
 
     /// Sends the request to `base_url` and streams the answer back.

@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use meridian_common::bucket_address;
 use meridian_engine::conditions::{Fence, WriteConditions};
 use meridian_engine::iam::Access;
 use meridian_engine::locks::LockInfo;
@@ -28,6 +29,7 @@ use s3s::route::S3Route;
 use s3s::{Body, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use serde::{Deserialize, Serialize};
 
+use crate::context::RequestContext;
 use crate::convert::{ResponseBody, s3_error};
 
 pub const TTL_HEADER: &str = "x-meridian-ttl";
@@ -229,12 +231,26 @@ pub fn expiry_headers(expires_at_ms: Option<i64>, headers: &mut HeaderMap) {
 pub struct KvRoute {
     engine: Engine,
     access: crate::access::MeridianAccess,
+    domain: Option<String>,
 }
 
 impl KvRoute {
-    /// `access`: the S3 access check, whose key and grant lookups KV requests share.
-    pub fn new(engine: Engine, access: crate::access::MeridianAccess) -> Self {
-        KvRoute { engine, access }
+    /// `access`: the S3 access check, whose key and grant lookups KV requests share;
+    /// `domain`: as for S3 requests, for virtual-host-style bucket addressing.
+    pub fn new(engine: Engine, access: crate::access::MeridianAccess, domain: Option<String>) -> Self {
+        KvRoute { engine, access, domain }
+    }
+
+    /// The bucket a KV request addresses (`/BUCKET?meridian=...`, or `/?meridian=...` on
+    /// `BUCKET.<domain>`); an object path is refused.
+    fn bucket_of<T>(&self, req: &S3Request<T>) -> S3Result<String> {
+        let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
+        let address = bucket_address::parse(host, req.uri.path(), self.domain.as_deref())
+            .map_err(|e| s3_error!(InvalidURI, "{e}"))?;
+        match (address.bucket, address.key) {
+            (Some(bucket), None) => Ok(bucket),
+            _ => Err(s3_error!(InvalidRequest, "KV endpoints are addressed as /BUCKET?meridian=...")),
+        }
     }
 }
 
@@ -253,16 +269,6 @@ fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
 
 fn query<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
-/// The bucket of a path-style `/bucket` request.
-fn bucket_of(uri: &Uri) -> S3Result<String> {
-    let path = uri.path().trim_start_matches('/');
-    let bucket = path.trim_end_matches('/');
-    if bucket.is_empty() || bucket.contains('/') {
-        return Err(s3_error!(InvalidRequest, "KV endpoints are addressed as /BUCKET?meridian=..."));
-    }
-    Ok(percent_encoding::percent_decode_str(bucket).decode_utf8_lossy().into_owned())
 }
 
 fn json_response<T: Serialize>(value: &T) -> S3Result<S3Response<Body>> {
@@ -341,7 +347,7 @@ impl KvRoute {
     async fn handle(&self, mut req: S3Request<Body>) -> S3Result<S3Response<Body>> {
         let pairs = query_pairs(&req.uri);
         let action = query(&pairs, "meridian").unwrap_or_default().to_string();
-        let bucket = bucket_of(&req.uri)?;
+        let bucket = self.bucket_of(&req)?;
         match (req.method.clone(), action.as_str()) {
             (Method::GET, "watch") => self.watch(&bucket, &pairs).await,
             (Method::GET, "list") => self.list(&bucket, &pairs).await,
@@ -501,8 +507,9 @@ impl S3Route for KvRoute {
             Method::GET => Access::Read,
             _ => Access::Write,
         };
-        let bucket = bucket_of(&req.uri)?;
-        self.access.check_key_on_bucket(&creds.access_key, &bucket, access).await
+        let bucket = self.bucket_of(req)?;
+        let seen = req.extensions.get::<RequestContext>().and_then(|context| context.bucket(&bucket));
+        self.access.check_key_on_bucket(&creds.access_key, &bucket, seen, access).await
     }
 
     async fn call(&self, req: S3Request<Body>) -> S3Result<S3Response<Body>> {

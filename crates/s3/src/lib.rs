@@ -4,12 +4,14 @@
 //! S3 listener (the shared [`meridian_http`] layer) calls for every request.
 
 pub mod access;
+pub mod context;
 mod convert;
 pub mod forward;
 pub mod kv;
 pub mod server;
 pub mod service;
 
+pub use context::RequestContext;
 pub use server::S3Handler;
 pub use service::{MeridianS3, S3Options, build_service};
 

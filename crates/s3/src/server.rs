@@ -6,7 +6,8 @@ use http::{Request, Response, StatusCode};
 use meridian_http::{RequestBody, RequestInfo, ResponseBody};
 use s3s::service::S3Service;
 
-use crate::forward::Forwarder;
+use crate::context::{Forwarding, RequestContext, with_key_slot};
+use crate::forward::{Forwarder, Route};
 
 /// Serves S3 (and the KV extensions riding on it) for one node.
 #[derive(Clone)]
@@ -23,18 +24,23 @@ impl S3Handler {
     }
 
     pub async fn handle(&self, mut req: Request<RequestBody>, info: RequestInfo) -> Response<ResponseBody> {
-        if let Some(fw) = &self.forwarder
-            && let Some(target) = fw.target(&mut req).await
-        {
-            info.notes.set_operation("forward");
-            let resp = match target {
-                Ok((region, url)) => fw.forward(req, &region, &url).await,
-                Err(refused) => refused,
-            };
-            return resp.map(meridian_http::boxed);
-        }
+        let (forwarding, bucket) = match &self.forwarder {
+            None => (Forwarding::NotConsidered, None),
+            Some(fw) => match fw.route(&req).await {
+                Route::Here { forwarding, bucket } => (forwarding, bucket),
+                Route::There { region, base_url } => {
+                    info.notes.set_operation("forward");
+                    return fw.forward(req, &region, &base_url).await.map(meridian_http::boxed);
+                }
+                Route::Unreachable(refused) => {
+                    info.notes.set_operation("forward");
+                    return refused.map(meridian_http::boxed);
+                }
+            },
+        };
+        req.extensions_mut().insert(RequestContext::arriving(forwarding, bucket));
         let req = req.map(s3s::Body::http_body_unsync);
-        match self.service.call(req).await {
+        match with_key_slot(self.service.call(req)).await {
             Ok(resp) => without_body_if_not_modified(resp).map(meridian_http::boxed),
             Err(err) => {
                 tracing::error!(request_id = %info.id, error = ?err, "S3 request failed inside s3s");

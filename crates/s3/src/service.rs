@@ -40,22 +40,35 @@ impl MeridianS3 {
 /// checked against the bucket's grants, anonymous access only to public-read buckets.
 pub fn build_service(engine: Engine, options: &S3Options) -> S3Service {
     let mut builder = S3ServiceBuilder::new(MeridianS3::new(engine.clone(), options.region.clone()));
-    let memo = std::sync::Arc::new(crate::access::KeyMemo::default());
-    let access = crate::access::MeridianAccess::new(engine.clone(), memo.clone());
-    builder.set_auth(crate::access::MetaAuth::new(engine.clone(), memo));
+    let access = crate::access::MeridianAccess::new(engine.clone());
+    builder.set_auth(crate::access::MetaAuth::new(engine.clone()));
     builder.set_access(access.clone());
-    builder.set_route(crate::kv::KvRoute::new(engine, access));
+    builder.set_route(crate::kv::KvRoute::new(engine, access, options.domain.clone()));
     if let Some(domain) = &options.domain {
-        builder.set_host(s3s::host::SingleDomain::new(domain).unwrap_or_else(|_| {
-            tracing::warn!(%domain, "invalid virtual-host domain; serving path-style only");
-            s3s::host::SingleDomain::new("localhost").expect("localhost is a valid domain")
-        }));
+        builder.set_host(VirtualHostDomain { domain: domain.clone() });
     }
     let mut config = s3s::config::S3Config::default();
     // Enough for a CompleteMultipartUpload listing 10,000 parts, no more.
     config.xml_max_body_size = 4 << 20;
     builder.set_config(std::sync::Arc::new(s3s::config::StaticConfigProvider::new(std::sync::Arc::new(config))));
     builder.build()
+}
+
+/// s3s's view of virtual-host-style requests, from the parser the rest of Meridian uses
+/// ([`meridian_common::bucket_address`]): a Host under the domain names a bucket, any other
+/// Host is path style.
+struct VirtualHostDomain {
+    domain: String,
+}
+
+impl s3s::host::S3Host for VirtualHostDomain {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> S3Result<s3s::host::VirtualHost<'a>> {
+        let found = s3s::host::VirtualHost::new(self.domain.as_str());
+        Ok(match meridian_common::bucket_address::virtual_host_bucket(host, &self.domain) {
+            Some(bucket) => found.with_bucket(bucket),
+            None => found,
+        })
+    }
 }
 
 #[async_trait::async_trait]
@@ -200,5 +213,28 @@ impl S3 for MeridianS3 {
         req: S3Request<DeleteBucketLifecycleInput>,
     ) -> S3Result<S3Response<DeleteBucketLifecycleOutput>> {
         config::delete_bucket_lifecycle(self, req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use s3s::host::{S3Host, SingleDomain};
+
+    use super::VirtualHostDomain;
+
+    /// Under the domain, s3s's own parser and ours find the same bucket (ours also ignores a
+    /// port and letter case, and reads any other host as path style where s3s would take the
+    /// whole host for a bucket name).
+    #[test]
+    fn virtual_hosts_under_the_domain_name_the_bucket_s3s_would() {
+        let ours = VirtualHostDomain { domain: "s3.example.com".into() };
+        let theirs = SingleDomain::new("s3.example.com").unwrap();
+        for host in ["photos.s3.example.com", "my.dotted.bucket.s3.example.com", "s3.example.com"] {
+            let (a, b) = (ours.parse_host_header(host).unwrap(), theirs.parse_host_header(host).unwrap());
+            assert_eq!(a.bucket(), b.bucket(), "{host}");
+            assert_eq!(a.domain(), b.domain(), "{host}");
+        }
+        assert_eq!(ours.parse_host_header("photos.s3.example.com:9000").unwrap().bucket(), Some("photos"));
+        assert_eq!(ours.parse_host_header("node-1:9000").unwrap().bucket(), None);
     }
 }

@@ -8,7 +8,7 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::MeridianS3;
 use super::shared::{bucket_acl_is_public, not_implemented, with_revision};
-use crate::access::Principal;
+use crate::context::RequestContext;
 use crate::convert::{s3_error, timestamp};
 
 pub(super) async fn list_buckets(
@@ -17,7 +17,8 @@ pub(super) async fn list_buckets(
 ) -> S3Result<S3Response<ListBucketsOutput>> {
     let prefix = req.input.prefix.clone().unwrap_or_default();
     let buckets = s3.engine.list_buckets().await.map_err(s3_error)?;
-    let key = Principal::of(&req);
+    let context = RequestContext::of(&req)?;
+    let key = context.key();
     let buckets = buckets
         .into_iter()
         .filter(|(name, record)| name.starts_with(&prefix) && authorize(key, record, Access::Read))
@@ -27,7 +28,8 @@ pub(super) async fn list_buckets(
             bucket_region: Some(s3.region.clone()),
         })
         .collect();
-    let owner = Owner { id: Some(Principal::name_of(&req)), display_name: Some(Principal::name_of(&req)) };
+    let name = context.key_name()?.to_string();
+    let owner = Owner { id: Some(name.clone()), display_name: Some(name) };
     Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), owner: Some(owner), ..Default::default() }))
 }
 
@@ -39,7 +41,7 @@ pub(super) async fn create_bucket(
     if req.input.object_lock_enabled_for_bucket == Some(true) {
         return Err(not_implemented("object lock"));
     }
-    let owner = Principal::name_of(&req);
+    let owner = RequestContext::of(&req)?.key_name()?.to_string();
     let constraint = req.input.create_bucket_configuration.as_ref().and_then(|c| c.location_constraint.as_ref());
     let location = location_from_constraint(s3, constraint.map(|c| c.as_str())).await?;
     let revision =

@@ -12,7 +12,7 @@ use super::shared::{
     ChecksumAlgorithm_from, ChecksumHeaders, check_source, integrity, not_implemented, read_conditions,
     refuse_unsupported, request_body, source_of, with_revision,
 };
-use crate::access::Principal;
+use crate::context::RequestContext;
 use crate::convert::{ChecksumFields, HeaderInput, checksum_algorithm, etag, etag_match, s3_error, timestamp};
 
 pub(super) async fn create_multipart_upload(
@@ -99,10 +99,9 @@ pub(super) async fn upload_part_copy(
     s3: &MeridianS3,
     req: S3Request<UploadPartCopyInput>,
 ) -> S3Result<S3Response<UploadPartCopyOutput>> {
-    let key = Principal::of(&req).cloned();
+    let (src_bucket, src_key) = source_of(&req.input.copy_source)?;
+    check_source(s3, &RequestContext::of(&req)?, &src_bucket).await?;
     let input = req.input;
-    let (src_bucket, src_key) = source_of(&input.copy_source)?;
-    check_source(s3, key.as_ref(), &src_bucket).await?;
     let range = copy_source_range(input.copy_source_range.as_deref())?;
     let part_number = u32::try_from(input.part_number).unwrap_or(0);
     let part = s3

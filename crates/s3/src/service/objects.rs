@@ -11,7 +11,7 @@ use super::shared::{
     ChecksumHeaders, check_source, integrity, not_implemented, read_conditions, refuse_unsupported, request_body,
     source_of, with_revision,
 };
-use crate::access::Principal;
+use crate::context::RequestContext;
 use crate::convert::{
     ChecksumFields, HeaderInput, ResponseBody, checksum_algorithm, etag, etag_match, metadata, parse_expires, s3_error,
     timestamp,
@@ -43,6 +43,7 @@ pub(super) async fn put_object(
     };
     let integrity = integrity(&req, sums, req.input.content_md5.clone(), req.input.content_length)?;
     let kv = KvWrite::from_headers(&req.headers)?;
+    let seen = RequestContext::of(&req)?.seen_bucket(&req.input.bucket);
     let input = req.input;
     let headers = HeaderInput {
         content_type: input.content_type.map(|c| c.to_string()),
@@ -59,11 +60,6 @@ pub(super) async fn put_object(
         if_none_match: etag_match(input.if_none_match),
         ..Default::default()
     });
-    let seen = req
-        .extensions
-        .get::<crate::access::SeenBucket>()
-        .filter(|s| s.name == input.bucket)
-        .map(|s| (s.record.clone(), s.revision));
     let request = PutRequest {
         bucket: input.bucket,
         key: input.key,
@@ -289,8 +285,7 @@ pub(super) async fn copy_object(
     s3: &MeridianS3,
     req: S3Request<CopyObjectInput>,
 ) -> S3Result<S3Response<CopyObjectOutput>> {
-    let key = Principal::of(&req).cloned();
-    let input = req.input;
+    let input = &req.input;
     refuse_unsupported(
         input.acl.as_ref().map(ObjectCannedACL::as_str),
         input.server_side_encryption.as_ref(),
@@ -299,7 +294,10 @@ pub(super) async fn copy_object(
         input.tagging.as_ref(),
     )?;
     let (src_bucket, src_key) = source_of(&input.copy_source)?;
-    check_source(s3, key.as_ref(), &src_bucket).await?;
+    let context = RequestContext::of(&req)?;
+    check_source(s3, &context, &src_bucket).await?;
+    let dst_bucket_seen = context.seen_bucket(&input.bucket);
+    let input = req.input;
     let replace = match input.metadata_directive.as_ref().map(MetadataDirective::as_str) {
         None | Some(MetadataDirective::COPY) => false,
         Some(MetadataDirective::REPLACE) => true,
@@ -334,6 +332,7 @@ pub(super) async fn copy_object(
             ),
             replace_headers,
             conditions: WriteConditions::default(),
+            dst_bucket_seen,
         })
         .await
         .map_err(s3_error)?;

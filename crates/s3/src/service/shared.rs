@@ -10,20 +10,21 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use super::MeridianS3;
 use crate::REVISION_HEADER;
+use crate::context::Checked;
 use crate::convert::{etag_match, s3_error, unix_seconds};
 
-/// A copy reads its source: the key needs read access there as well.
-pub(super) async fn check_source(
-    s3: &MeridianS3,
-    key: Option<&meridian_engine::iam::KeyRecord>,
-    bucket: &str,
-) -> S3Result<()> {
-    let record = match s3.engine.bucket_for_access(bucket).await {
-        Ok((record, _)) => record,
-        Err(meridian_engine::EngineError::NoSuchBucket) => return Err(s3_error!(NoSuchBucket)),
-        Err(e) => return Err(s3_error(e)),
+/// A copy reads its source: the key needs read access there as well. The source bucket's
+/// record is read unless it is the request's own bucket, which the access check has read.
+pub(super) async fn check_source(s3: &MeridianS3, context: &Checked<'_>, bucket: &str) -> S3Result<()> {
+    let record = match context.bucket(bucket) {
+        Some(seen) => seen.record.clone(),
+        None => match s3.engine.bucket_for_access(bucket).await {
+            Ok((record, _)) => record,
+            Err(meridian_engine::EngineError::NoSuchBucket) => return Err(s3_error!(NoSuchBucket)),
+            Err(e) => return Err(s3_error(e)),
+        },
     };
-    if authorize(key, &record, Access::Read) {
+    if authorize(context.key(), &record, Access::Read) {
         Ok(())
     } else {
         Err(S3Error::with_message(S3ErrorCode::AccessDenied, "Access Denied to the copy source"))
