@@ -174,21 +174,30 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
     })
 }
 
-fn init_logging(format: &str) -> anyhow::Result<()> {
+/// Logs go to stderr through a writer thread: request threads only queue a formatted line
+/// (the access log writes one per request), and nothing is dropped — a full queue makes the
+/// logging thread wait. Colours only on a terminal. The guard flushes the queue when dropped.
+fn init_logging(format: &str) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,s3s=off,hyper=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (writer, guard) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         "json" => builder.json().init(),
         "text" => builder.init(),
         other => anyhow::bail!("unknown log format {other:?}: use text or json"),
     }
-    Ok(())
+    Ok(guard)
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let settings = settings(args)?;
-    init_logging(&settings.log_format)?;
+    let _flush_logs_at_exit = init_logging(&settings.log_format)?;
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(settings))
 }
 
