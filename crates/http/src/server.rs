@@ -259,6 +259,8 @@ impl<H: Handler> Shared<H> {
             }
         };
         tokio::select! {
+            // The connection is polled first: the timers only matter when it is idle.
+            biased;
             () = connection => {}
             () = activity_idle(&watched, idle) => tracing::debug!(listener = name, %peer, "closing idle connection"),
             () = first_request_late(&first_request, header_timeout) => {

@@ -39,7 +39,10 @@ impl S3Handler {
             },
         };
         req.extensions_mut().insert(RequestContext::arriving(forwarding, bucket));
-        let req = req.map(s3s::Body::http_body_unsync);
+        // Most requests (GET, HEAD, DELETE) have no body: skip boxing one.
+        let req = req.map(|body| {
+            if hyper::body::Body::is_end_stream(&body) { s3s::Body::empty() } else { s3s::Body::http_body_unsync(body) }
+        });
         match with_key_slot(self.service.call(req)).await {
             Ok(resp) => without_body_if_not_modified(resp).map(meridian_http::boxed),
             Err(err) => {
