@@ -65,12 +65,6 @@ impl RequestBody {
     pub fn empty() -> RequestBody {
         RequestBody { inner: None, limit: 0, seen: 0, counted: Arc::default() }
     }
-
-    /// The raw connection body, for handlers that pass it on unchanged (forwarding) and
-    /// enforce no limit of their own; `None` for [`RequestBody::empty`].
-    pub fn into_incoming(self) -> Option<Incoming> {
-        self.inner
-    }
 }
 
 impl Body for RequestBody {

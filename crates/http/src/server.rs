@@ -93,10 +93,6 @@ impl Server {
         self
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
     /// Serves `handler` on `listener` until `shutdown` resolves; then stops accepting, lets open
     /// requests finish for up to the policy's drain deadline and closes what is left.
     pub async fn serve<H: Handler>(
@@ -262,7 +258,7 @@ impl<H: Handler> Shared<H> {
             // The connection is polled first: the timers only matter when it is idle.
             biased;
             () = connection => {}
-            () = activity_idle(&watched, idle) => tracing::debug!(listener = name, %peer, "closing idle connection"),
+            () = watched.idle_for(idle) => tracing::debug!(listener = name, %peer, "closing idle connection"),
             () = first_request_late(&first_request, header_timeout) => {
                 tracing::debug!(listener = name, %peer, "closing connection: no request within {header_timeout:?}");
             }
@@ -331,10 +327,6 @@ impl<H: Handler> Shared<H> {
         resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         Some(resp)
     }
-}
-
-async fn activity_idle(activity: &Activity, limit: Duration) {
-    activity.idle_for(limit).await
 }
 
 /// Resolves when the connection has sent no complete request head within `limit` (covers the

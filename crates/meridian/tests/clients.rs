@@ -8,26 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Server, body_bytes, md5_hex, pattern, require_tool, run_with_timeout};
+use common::{Server, body_bytes, expect_success, md5_hex, pattern, require_tool, run_with_timeout, text};
 use serde_json::Value;
 
 const MIB: usize = 1 << 20;
 const TOOL_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Fails with everything the tool printed unless it succeeded.
-fn expect_success(what: &str, out: &Output) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
 
 /// The AWS CLI, isolated from any ~/.aws of the developer running the tests.
 struct AwsCli {

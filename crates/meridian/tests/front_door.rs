@@ -10,27 +10,14 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, TestCert, aws_env_only_ours, md5_hex, pattern, require_tool, run_with_timeout};
+use common::{
+    Server, TestCert, aws_env_only_ours, expect_success, md5_hex, pattern, require_tool, run_with_timeout, text,
+};
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn expect_success(what: &str, out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
 
 fn aws(server: &Server, ca: &Path, home: &Path, args: &[&str]) -> String {
     let bin = require_tool("aws", "pip install awscli");
@@ -55,7 +42,7 @@ fn tls_only_node_serves_the_aws_cli_boto3_rclone_kv_and_admin() {
         plain.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
         let mut got = Vec::new();
         let _ = plain.read_to_end(&mut got);
-        assert!(!text(&got).starts_with("HTTP/1.1 2"), "plain HTTP served on {addr}: {}", text(&got));
+        assert!(!text(&got).starts_with("HTTP/"), "plain HTTP answered on {addr}: {}", text(&got));
     }
 
     // The AWS CLI with --ca-bundle: a multipart upload (9 MiB) and the download of it.

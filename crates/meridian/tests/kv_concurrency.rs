@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ACCESS_KEY, SECRET_KEY, Server, raw};
+use common::{ACCESS_KEY, SECRET_KEY, Server, raw, text};
 use meridian_client::{Client, Credentials};
 
 const BUCKET: &str = "kvc";
@@ -28,10 +28,6 @@ fn kv_command(server: &Server) -> Command {
 
 fn kv(server: &Server, args: &[&str]) -> Output {
     kv_command(server).args(args).output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 async fn setup() -> (Server, Client) {

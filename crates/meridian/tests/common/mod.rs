@@ -407,3 +407,20 @@ pub fn rclone_command(bin: &Path, home: &Path, endpoint: &str) -> Command {
         .env("RCLONE_CONFIG_MERIDIAN_FORCE_PATH_STYLE", "true");
     cmd
 }
+
+/// A tool's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Fails with everything the tool printed unless it succeeded; its stdout otherwise.
+pub fn expect_success(what: &str, out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
