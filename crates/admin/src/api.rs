@@ -1,9 +1,11 @@
 //! The admin HTTP API. JSON in and out; every `/v1/` request needs `Authorization: Bearer
-//! <token>`. `/health` is open, for load balancers.
+//! <token>`. `/health` is open, for load balancers. `GET /metrics` (Prometheus text) takes the
+//! admin token or the read-only status token, which opens nothing else.
 //!
 //! | method and path | body | answer |
 //! |---|---|---|
 //! | `GET /health` | | `{"status":"ok","revision":N}` |
+//! | `GET /metrics` | | every metric of this node (Prometheus text; OpenMetrics if asked for) |
 //! | `POST /v1/keys` | `{"name","can_create_buckets"?}` | the key with its secret (shown only here) |
 //! | `GET /v1/keys` | | all keys (no secrets) |
 //! | `GET /v1/keys/NAME` | | one key and its bucket grants |
@@ -41,6 +43,17 @@ const MAX_BODY: usize = 64 << 10;
 pub struct AdminApi {
     engine: Engine,
     token: String,
+    /// Opens `GET /metrics` (and nothing that changes or reveals keys or buckets).
+    status_token: Option<String>,
+    metrics: Option<std::sync::Arc<meridian_metrics::Metrics>>,
+}
+
+/// Which token a request presented.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Admin,
+    Status,
+    Nobody,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -234,7 +247,37 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
 
 impl AdminApi {
     pub fn new(engine: Engine, token: String) -> Self {
-        AdminApi { engine, token }
+        AdminApi { engine, token, status_token: None, metrics: None }
+    }
+
+    /// Also accepts `token` for the read-only endpoints (`GET /metrics`).
+    pub fn status_token(mut self, token: Option<String>) -> Self {
+        self.status_token = token;
+        self
+    }
+
+    /// Serves `metrics` at `GET /metrics`.
+    pub fn metrics(mut self, metrics: std::sync::Arc<meridian_metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn caller(&self, headers: &http::HeaderMap) -> Caller {
+        let Some(presented) = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().as_bytes())
+        else {
+            return Caller::Nobody;
+        };
+        if same_token(presented, self.token.as_bytes()) {
+            Caller::Admin
+        } else if self.status_token.as_ref().is_some_and(|t| same_token(presented, t.as_bytes())) {
+            Caller::Status
+        } else {
+            Caller::Nobody
+        }
     }
 
     /// Serves one request; never fails at the HTTP level.
@@ -245,8 +288,7 @@ impl AdminApi {
     {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
-        let resource = path.trim_matches('/').split('/').nth(1).unwrap_or("health");
-        notes.set_operation(format!("admin.{resource}"));
+        notes.set_operation(operation_name(&path));
         if parts.method == Method::GET && path == "/health" {
             return Ok(match self.engine.current_revision().await {
                 Ok(revision) => reply(StatusCode::OK, &json!({ "status": "ok", "revision": revision })),
@@ -255,20 +297,30 @@ impl AdminApi {
                 }
             });
         }
-        let authorized = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| same_token(t.trim().as_bytes(), self.token.as_bytes()));
-        if authorized {
-            notes.set_principal("admin-token");
-        } else {
-            return Ok(error_reply(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "send the admin token as 'Authorization: Bearer <token>'",
-            )));
+        let caller = self.caller(&parts.headers);
+        let read_only = parts.method == Method::GET && path == "/metrics";
+        match caller {
+            Caller::Admin => notes.set_principal("admin-token"),
+            Caller::Status if read_only => notes.set_principal("status-token"),
+            Caller::Status => {
+                notes.set_principal("status-token");
+                return Ok(error_reply(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "AccessDenied",
+                    "the status token only reads metrics and status; this needs the admin token",
+                )));
+            }
+            Caller::Nobody => {
+                return Ok(error_reply(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    "send the admin token (or, for /metrics, the status token) as 'Authorization: Bearer <token>'",
+                )));
+            }
+        }
+        if read_only {
+            let accept = parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok());
+            return Ok(self.metrics_reply(accept));
         }
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -284,6 +336,14 @@ impl AdminApi {
             Ok(resp) => resp,
             Err(e) => error_reply(e),
         })
+    }
+
+    /// `GET /metrics`: this node's metrics, or 404 when the node keeps none.
+    fn metrics_reply(&self, accept: Option<&str>) -> Reply {
+        let Some(metrics) = &self.metrics else {
+            return error_reply(ApiError::new(StatusCode::NOT_FOUND, "NotFound", "this node keeps no metrics"));
+        };
+        metrics_response(metrics, accept)
     }
 
     async fn route(&self, method: &Method, segments: &[&str], body: &Bytes) -> Result<Reply, ApiError> {
@@ -376,6 +436,29 @@ impl AdminApi {
                 format!("no admin endpoint {method} /{}", segments.join("/")),
             )),
         }
+    }
+}
+
+/// A response with `metrics` in the format `accept` asks for (see
+/// [`meridian_metrics::Metrics::encode_for`]).
+pub fn metrics_response(metrics: &meridian_metrics::Metrics, accept: Option<&str>) -> Reply {
+    let (body, content_type) = metrics.encode_for(accept);
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    resp
+}
+
+/// The operation noted for a request (a metric label, so a fixed set: never a path segment a
+/// client chose).
+fn operation_name(path: &str) -> &'static str {
+    let mut segments = path.trim_matches('/').split('/');
+    match (segments.next(), segments.next()) {
+        (Some("health"), None) => "admin.health",
+        (Some("metrics"), None) => "admin.metrics",
+        (Some("v1"), Some("keys")) => "admin.keys",
+        (Some("v1"), Some("buckets")) => "admin.buckets",
+        (Some("v1"), Some("cluster")) => "admin.cluster",
+        _ => "admin.other",
     }
 }
 

@@ -81,6 +81,13 @@ pub struct ServerArgs {
     /// Revisions of change history kept for watches. Default: 100000
     #[arg(long, hide = true)]
     history_revisions: Option<u64>,
+    /// A read-only token accepted (besides the admin token) for GET /metrics on the admin
+    /// listener, and for nothing else there.
+    #[arg(long, env = "MERIDIAN_STATUS_TOKEN", hide_env_values = true)]
+    status_token: Option<String>,
+    /// Also serve GET /metrics on this address, WITHOUT a token: for a private network only.
+    #[arg(long, env = "MERIDIAN_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// On etcd, only small values are stored inline: etcd's database is meant to stay small, and
@@ -107,6 +114,8 @@ struct Settings {
     ca_file: Option<PathBuf>,
     log_format: String,
     history_revisions: u64,
+    status_token: Option<String>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
@@ -171,6 +180,8 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             .or(file.history_revisions)
             .unwrap_or(EmbeddedOptions::default().history_revisions)
             .max(1),
+        status_token: args.status_token.or(file.status_token),
+        metrics_listen: args.metrics_listen.or(file.metrics_listen),
     })
 }
 
@@ -207,7 +218,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let started = SystemTime::now();
     std::fs::create_dir_all(&settings.data)
         .with_context(|| format!("cannot create the data directory {}", settings.data.display()))?;
-    let metadata = open_metadata(&settings).await?;
+    let metrics = Arc::new(meridian_metrics::Metrics::new());
+    let metadata = open_metadata(&settings, &metrics).await?;
     let blobs = BlobStore::open(&settings.data).context("cannot open the blob store")?;
     let node_id = match &settings.node_id {
         Some(id) => id.clone(),
@@ -221,11 +233,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
     let scheme = if server_tls.is_some() { "https" } else { "http" };
-    let mut builder = Engine::builder(metadata.clone(), blobs, engine_config).reaper(Duration::from_millis(250));
+    let mut builder = Engine::builder(metadata.clone(), blobs, engine_config)
+        .reaper(Duration::from_millis(250))
+        .metrics(metrics.engine.clone());
     let cache = match &settings.cluster_token {
         Some(token) => {
             let access = meridian_blob::PeerAccess::new(token.clone(), client_tls.clone());
-            let (reader, cache) = peer_reader(&metadata, &settings, access)?;
+            let (reader, cache) = peer_reader(&metadata, &settings, access, &metrics)?;
+            crate::metrics::watch_cache(&metrics, cache.clone());
             builder = builder.remote_reader(reader, settings.replicate_small_bytes);
             Some(cache)
         }
@@ -290,7 +305,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             settings.data.join("admin-token").display()
         );
     }
-    let admin = meridian_admin::AdminApi::new(engine.clone(), admin_token);
+    let admin = meridian_admin::AdminApi::new(engine.clone(), admin_token)
+        .status_token(settings.status_token.clone())
+        .metrics(Arc::clone(&metrics));
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => {
+            let listener = crate::metrics::bind_metrics_listener(addr).await?;
+            println!("Metrics: {scheme}://{}/metrics (no token: keep this address private)", listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
 
     collect_orphans_in_background(engine.clone(), started);
     let forwarder = peer_endpoint
@@ -301,17 +326,24 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let s3_server = meridian_http::Server::new(settings.s3_policy.clone()).tls(server_tls.clone());
-    let admin_server = meridian_http::Server::new(settings.admin_policy.clone()).tls(server_tls);
+    let s3_server = crate::metrics::observed_server(&metrics, settings.s3_policy.clone()).tls(server_tls.clone());
+    let admin_server = crate::metrics::observed_server(&metrics, settings.admin_policy.clone()).tls(server_tls.clone());
     let s3 = s3_server.serve(listener, node, until_stopped(stopped.clone()));
-    let admin = admin_server.serve(admin_listener, admin, until_stopped(stopped));
+    let admin = admin_server.serve(admin_listener, admin, until_stopped(stopped.clone()));
+    let metrics_only = async {
+        let Some(listener) = metrics_listener else { return Ok(()) };
+        let policy = meridian_http::Policy { name: "metrics", ..settings.admin_policy.clone() };
+        let server = crate::metrics::observed_server(&metrics, policy).tls(server_tls);
+        crate::metrics::serve_metrics(Arc::clone(&metrics), server, listener, until_stopped(stopped)).await
+    };
     let signal = async move {
         shutdown_signal().await;
         let _ = stop.send(true);
     };
-    let (s3, admin, ()) = tokio::join!(s3, admin, signal);
+    let (s3, admin, metrics_only, ()) = tokio::join!(s3, admin, metrics_only, signal);
     s3.context("the S3 listener failed")?;
     admin.context("the admin listener failed")?;
+    metrics_only.context("the metrics listener failed")?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -356,6 +388,7 @@ fn peer_reader(
     metadata: &Metadata,
     settings: &Settings,
     access: meridian_blob::PeerAccess,
+    metrics: &meridian_metrics::Metrics,
 ) -> anyhow::Result<(Arc<meridian_engine::peer::PeerReader>, meridian_blob::ChunkCache)> {
     let options = meridian_blob::CacheOptions {
         max_bytes: settings.cache_max_bytes,
@@ -370,16 +403,21 @@ fn peer_reader(
         settings.region.clone(),
         cache.clone(),
         access,
-    );
+    )
+    .metrics(metrics.cache.clone());
     Ok((Arc::new(reader), cache))
 }
 
 /// The metadata store: etcd (replicated: local reads from the nearest member) when the node
 /// joins a cluster, else the embedded database (a single store).
-async fn open_metadata(settings: &Settings) -> anyhow::Result<Metadata> {
+async fn open_metadata(settings: &Settings, metrics: &meridian_metrics::Metrics) -> anyhow::Result<Metadata> {
     if settings.etcd.is_empty() {
         let path = settings.data.join("meta.redb");
-        let options = EmbeddedOptions { history_revisions: settings.history_revisions, ..EmbeddedOptions::default() };
+        let options = EmbeddedOptions {
+            history_revisions: settings.history_revisions,
+            metrics: metrics.embedded.clone(),
+            ..EmbeddedOptions::default()
+        };
         let store = EmbeddedStore::open(&path, options).map_err(|e| {
             anyhow::anyhow!(
                 "cannot open the metadata database {}: {e} (is another meridian server using this data directory?)",
@@ -392,6 +430,7 @@ async fn open_metadata(settings: &Settings) -> anyhow::Result<Metadata> {
         meridian_meta_etcd::EtcdOptions::new(settings.etcd.clone()).namespace(settings.etcd_namespace.clone());
     // The one CA file of the node: etcd's https:// endpoints are checked against it too.
     options.ca_file = settings.ca_file.clone();
+    options.metrics = metrics.etcd.clone();
     let store = meridian_meta_etcd::EtcdStore::connect(options)
         .await
         .with_context(|| format!("cannot reach etcd at {}", settings.etcd.join(",")))?;
@@ -426,6 +465,15 @@ impl meridian_engine::ReadViews for EtcdViews {
         timeout: std::time::Duration,
     ) -> Result<(), String> {
         self.serializable.wait_applied(revision, timeout).await.map_err(|lagging| lagging.join(", "))
+    }
+
+    async fn applied_revisions(&self) -> Result<meridian_engine::lag::AppliedRevisions, String> {
+        let applied = self.serializable.applied_revisions().await.map_err(|e| e.to_string())?;
+        Ok(meridian_engine::lag::AppliedRevisions { newest: applied.newest, local: applied.local })
+    }
+
+    async fn local_applied_revision(&self) -> Result<meridian_meta::Revision, String> {
+        self.serializable.local_applied_revision().await.map_err(|e| e.to_string())
     }
 
     fn view(&self, consistency: meridian_engine::Consistency) -> Arc<dyn meridian_meta::MetaStore> {
