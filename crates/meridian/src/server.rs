@@ -472,10 +472,6 @@ impl meridian_engine::ReadViews for EtcdViews {
         Ok(meridian_engine::lag::AppliedRevisions { newest: applied.newest, local: applied.local })
     }
 
-    async fn local_applied_revision(&self) -> Result<meridian_meta::Revision, String> {
-        self.serializable.local_applied_revision().await.map_err(|e| e.to_string())
-    }
-
     fn view(&self, consistency: meridian_engine::Consistency) -> Arc<dyn meridian_meta::MetaStore> {
         use meridian_engine::Consistency;
         match consistency {
