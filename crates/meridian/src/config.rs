@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use meridian_common::private_files;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9400";
@@ -171,15 +172,22 @@ fn random_string(prefix: &str, len: usize, alphabet: &[u8]) -> String {
     out
 }
 
+/// Creates the data directory (mode 0700) or checks that an existing one, and what lies directly
+/// in it, is the owner's alone: it holds every secret (access keys in `meta.redb`, the admin
+/// credentials and token) and every byte stored.
+pub fn open_data_dir(data: &Path) -> anyhow::Result<()> {
+    private_files::create_dir_all(data)
+        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    private_files::check_private_dir(data).context("refusing to start on a data directory open to other users")
+}
+
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
+    let mut file = private_files::file_options()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     file.write_all(text.as_bytes())?;

@@ -205,8 +205,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let started = SystemTime::now();
-    std::fs::create_dir_all(&settings.data)
-        .with_context(|| format!("cannot create the data directory {}", settings.data.display()))?;
+    config::open_data_dir(&settings.data)?;
     let metadata = open_metadata(&settings).await?;
     let blobs = BlobStore::open(&settings.data).context("cannot open the blob store")?;
     let node_id = match &settings.node_id {
