@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9400";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9401";
 pub const DEFAULT_DATA: &str = "meridian-data";
+/// What `--print-config` shows instead of a secret.
+pub const REDACTED: &str = "<redacted>";
 
 /// Everything a node can be told, as it appears in the TOML file.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -241,5 +243,37 @@ mod tests {
         assert_eq!(file.inline_max, Some(ByteSize(65_536)));
         let junk = toml::from_str::<FileConfig>("inline_max = \"lots\"").unwrap_err().to_string();
         assert!(junk.contains("invalid size \"lots\""), "{junk}");
+    }
+
+    /// The TOML keys named in the node settings table of docs/configuration.md (its second
+    /// column).
+    fn documented_keys() -> std::collections::BTreeSet<String> {
+        let doc = include_str!("../../../docs/configuration.md");
+        let table = doc.split("| Flag | TOML key |").nth(1).expect("the settings table");
+        table
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .filter_map(|row| row.split('|').nth(2))
+            .filter_map(|cell| cell.split('`').nth(1))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_config_file_key_is_documented_and_no_other() {
+        // Every field of FileConfig, as serde names it (None and empty fields included).
+        let fields = serde_json::to_value(FileConfig::default()).unwrap();
+        let keys: std::collections::BTreeSet<String> = fields.as_object().unwrap().keys().cloned().collect();
+        assert!(keys.len() >= 20, "{keys:?}");
+        let documented = documented_keys();
+        let missing: Vec<_> = keys.difference(&documented).collect();
+        assert!(missing.is_empty(), "keys missing from docs/configuration.md: {missing:?}");
+        let unknown: Vec<_> = documented.difference(&keys).collect();
+        assert!(unknown.is_empty(), "docs/configuration.md names keys the file does not accept: {unknown:?}");
+        for key in &keys {
+            let refused = toml::from_str::<FileConfig>(&format!("{key}x = 1")).unwrap_err().to_string();
+            assert!(refused.contains("unknown field"), "{refused}");
+        }
     }
 }
