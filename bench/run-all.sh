@@ -106,7 +106,7 @@ for t in $TARGETS; do
   case "$t" in
     meridian)
       if [[ -n "${MERIDIAN_BIN:-}" && -x "${MERIDIAN_BIN}" ]]; then
-        port="$(free_port)"; mdir="$BENCH_DIR/meridian"; mkdir -p "$mdir"
+        port="$(free_port)"; mdir="$BENCH_DIR/meridian"; mkdir -p -m 700 "$mdir"  # a node refuses an open data dir
         "$MERIDIAN_BIN" server --data "$mdir" --listen "127.0.0.1:$port" >"$OUT/meridian.log" 2>&1 &
         mpid=$!; started_pids+=("$mpid")
         wait_port 127.0.0.1 "$port" 60 || { echo "meridian did not start; see $OUT/meridian.log" >&2; exit 1; }
@@ -119,15 +119,16 @@ for t in $TARGETS; do
     meridian-tls)
       # The same node behind TLS (HTTP/1.1, one TLS session per bench connection).
       if [[ -n "${MERIDIAN_BIN:-}" && -x "${MERIDIAN_BIN}" ]]; then
-        port="$(free_port)"; mdir="$BENCH_DIR/meridian-tls"; mkdir -p "$mdir"
+        port="$(free_port)"; mdir="$BENCH_DIR/meridian-tls"; mkdir -p -m 700 "$mdir"
+        cdir="$BENCH_DIR/meridian-tls-cert"; mkdir -p "$cdir"
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
           -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" \
-          -keyout "$mdir/node.key" -out "$mdir/node.crt" 2>/dev/null
+          -keyout "$cdir/node.key" -out "$cdir/node.crt" 2>/dev/null
         "$MERIDIAN_BIN" server --data "$mdir" --listen "127.0.0.1:$port" \
-          --tls-cert "$mdir/node.crt" --tls-key "$mdir/node.key" >"$OUT/meridian-tls.log" 2>&1 &
+          --tls-cert "$cdir/node.crt" --tls-key "$cdir/node.key" >"$OUT/meridian-tls.log" 2>&1 &
         mpid=$!; started_pids+=("$mpid")
         wait_port 127.0.0.1 "$port" 60 || { echo "meridian did not start; see $OUT/meridian-tls.log" >&2; exit 1; }
-        MERIDIAN_CA_FILE="$mdir/node.crt" run_matrix meridian-tls \
+        MERIDIAN_CA_FILE="$cdir/node.crt" run_matrix meridian-tls \
           "--endpoint https://127.0.0.1:$port --bucket bench --create-bucket" "$mpid"
         kill "$mpid"; wait "$mpid" 2>/dev/null || true
       else

@@ -83,6 +83,9 @@ impl From<EngineError> for ApiError {
             EngineError::NoSuchBucket => "NoSuchBucket",
             EngineError::AccessKeyExists(_) => "KeyExists",
             EngineError::BucketAlreadyExists | EngineError::BucketAlreadyOwnedByYou => "BucketExists",
+            EngineError::BucketNotEmpty => "BucketNotEmpty",
+            EngineError::NoSuchNode(_) => "NoSuchNode",
+            EngineError::NodeIsLive { .. } => "NodeIsLive",
             _ => kind_code,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -234,6 +237,13 @@ struct GrantChange {
 #[serde(deny_unknown_fields)]
 struct Public {
     read: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Forget {
+    #[serde(default)]
+    force: bool,
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
@@ -407,6 +417,11 @@ impl AdminApi {
                     &json!({ "node": this.node, "region": this.region, "revision": revision, "nodes": nodes }),
                 ))
             }
+            (Method::POST, ["v1", "cluster", "nodes", id, "forget"]) => {
+                let req: Forget = parse(body)?;
+                let record = engine.forget_node(id, req.force).await?;
+                Ok(reply(StatusCode::OK, &json!({ "forgotten": record })))
+            }
             (Method::GET, ["v1", "buckets"]) => {
                 let buckets = engine.list_buckets().await?;
                 Ok(reply(StatusCode::OK, &buckets.into_iter().map(|(n, r)| BucketView::new(&n, r)).collect::<Vec<_>>()))
@@ -418,6 +433,10 @@ impl AdminApi {
                 engine.create_bucket_with(&req.name, &owner, req.public_read).await?;
                 let (record, _) = engine.bucket(&req.name).await?;
                 Ok(reply(StatusCode::CREATED, &BucketView::new(&req.name, record)))
+            }
+            (Method::DELETE, ["v1", "buckets", bucket]) => {
+                engine.delete_bucket(bucket).await?;
+                Ok(reply(StatusCode::OK, &json!({ "deleted": bucket })))
             }
             (Method::POST, ["v1", "buckets", bucket, action @ ("allow" | "deny")]) => {
                 let req: GrantChange = parse(body)?;

@@ -70,6 +70,9 @@ pub enum BucketCommand {
         #[arg(long)]
         public_read: bool,
     },
+    /// Delete an empty bucket (one holding objects or unfinished multipart uploads is refused,
+    /// as S3's DeleteBucket does: delete or expire them first).
+    Delete { name: String },
     /// Grant a key permissions on a bucket.
     Allow(GrantArgs),
     /// Take permissions away from a key.
@@ -250,6 +253,10 @@ async fn execute(command: &AdminCommand, args: &AdminConnection) -> Result<(Valu
             .await?;
             (v, format!("Created bucket {name}."))
         }
+        AdminCommand::Bucket(BucketCommand::Delete { name }) => {
+            let v = call(args, "DELETE", &format!("/v1/buckets/{}", enc(name)), None).await?;
+            (v, format!("Deleted bucket {name}."))
+        }
         AdminCommand::Bucket(BucketCommand::Allow(g)) | AdminCommand::Bucket(BucketCommand::Deny(g)) => {
             if !(g.read || g.write || g.owner) {
                 return Err(CliError::Usage("name at least one of --read, --write, --owner".into()));
@@ -336,6 +343,15 @@ pub struct AdminConnection {
 pub enum ClusterCommand {
     /// Regions and nodes: health, measured replication lag and cache use.
     Status,
+    /// Remove a node that left for good from the cluster's list of nodes.
+    Forget {
+        /// The node's id (the NODE column of `meridian cluster status`).
+        node: String,
+        /// Also when the node still heartbeats (it registers again at its next heartbeat
+        /// unless it is stopped).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Formats the answer of `GET /v1/cluster` as a table.
@@ -395,15 +411,25 @@ fn lag_cell(lag_ms: &Value) -> String {
 }
 
 pub async fn run_cluster(args: ClusterArgs) -> ExitCode {
-    let result = match args.command {
-        ClusterCommand::Status => call(&args.admin, "GET", "/v1/cluster", None).await,
+    let result = match &args.command {
+        ClusterCommand::Status => call(&args.admin, "GET", "/v1/cluster", None).await.map(|v| {
+            let text = cluster_table(&v);
+            (v, text)
+        }),
+        ClusterCommand::Forget { node, force } => {
+            let path = format!("/v1/cluster/nodes/{}/forget", enc(node));
+            call(&args.admin, "POST", &path, Some(json!({ "force": force }))).await.map(|v| {
+                let region = v["forgotten"]["region"].as_str().unwrap_or_default().to_string();
+                (v, format!("Forgot node {node} (region {region})."))
+            })
+        }
     };
     match result {
-        Ok(v) => {
+        Ok((v, text)) => {
             if args.admin.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!("{}", cluster_table(&v));
+                println!("{text}");
             }
             ExitCode::SUCCESS
         }

@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{FutureExt, Stream, StreamExt};
+use meridian_common::private_files;
 use tokio::sync::watch;
 
 pub use self::format::crc32c;
@@ -308,7 +309,7 @@ impl ChunkCache {
             )));
         }
         let tmp = dir.join("tmp");
-        std::fs::create_dir_all(&tmp)?;
+        private_files::create_dir_all(&tmp)?;
         let mut removed = 0usize;
         for entry in std::fs::read_dir(&tmp)? {
             let entry = entry?;
@@ -324,7 +325,7 @@ impl ChunkCache {
         for shard in 0..=255u8 {
             let shard_name = format!("{shard:02x}");
             let shard_dir = dir.join(&shard_name);
-            std::fs::create_dir_all(&shard_dir)?;
+            private_files::create_dir_all(&shard_dir)?;
             for entry in std::fs::read_dir(&shard_dir)? {
                 let entry = entry?;
                 let meta = entry.metadata()?;
@@ -607,8 +608,8 @@ impl ChunkCache {
         }
         let tmp_path = self.shared.tmp.join(format!("{}.{chunk}.{:016x}", ctx.blob, rand::random::<u64>()));
         let path = tmp_path.clone();
-        let file =
-            blocking(move || std::fs::File::options().read(true).write(true).create_new(true).open(path)).await??;
+        let file = blocking(move || private_files::file_options().read(true).write(true).create_new(true).open(path))
+            .await??;
         let len = ctx.len(chunk);
         let (fetch, victims) = {
             let mut state = self.lock();

@@ -21,6 +21,7 @@ use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
+use meridian_common::private_files;
 
 pub mod cache;
 pub mod peer;
@@ -186,9 +187,9 @@ impl BlobStore {
     pub fn open(root: &Path) -> BlobResult<Self> {
         let blobs = root.join("blobs");
         let tmp = root.join("tmp");
-        std::fs::create_dir_all(&tmp)?;
+        private_files::create_dir_all(&tmp)?;
         for shard in 0..=255u8 {
-            std::fs::create_dir_all(blobs.join(format!("{shard:02x}")))?;
+            private_files::create_dir_all(&blobs.join(format!("{shard:02x}")))?;
         }
         let mut removed = 0usize;
         for entry in std::fs::read_dir(&tmp)? {
@@ -213,7 +214,7 @@ impl BlobStore {
         let id = BlobId::random();
         let tmp_path = self.inner.tmp.join(id.to_string());
         let path = tmp_path.clone();
-        let file = blocking(move || std::fs::OpenOptions::new().write(true).create_new(true).open(path)).await?;
+        let file = blocking(move || private_files::file_options().write(true).create_new(true).open(path)).await?;
         Ok(BlobWriter {
             store: self.clone(),
             id,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use meridian_meta::{MetaStore, Op, RangeRequest, Txn};
+use meridian_meta::{Compare, MetaStore, Op, RangeRequest, Txn};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, EngineResult};
@@ -123,9 +123,24 @@ impl Engine {
         read_node(self.meta().as_ref(), id).await
     }
 
-    /// Removes a node's record (a node that left for good).
-    pub async fn forget_node(&self, id: &str) -> EngineResult<()> {
-        self.meta().txn(Txn::new().then(Op::delete(keys::node(id)))).await?;
-        Ok(())
+    /// Removes the record of a node that left for good, so it is no longer listed (or reported
+    /// down). A node that still heartbeats is refused unless `force`: a running node writes its
+    /// record again at its next heartbeat anyway. Returns the record removed.
+    pub async fn forget_node(&self, id: &str, force: bool) -> EngineResult<NodeRecord> {
+        let key = keys::node(id);
+        let kv = self.meta().get(&key).await?.ok_or_else(|| EngineError::NoSuchNode(id.to_string()))?;
+        let record: NodeRecord = record::decode(&kv.value)?;
+        let age_ms = now_ms() - record.heartbeat_ms;
+        if !force && age_ms <= NODE_STALE_AFTER.as_millis() as i64 {
+            return Err(EngineError::NodeIsLive { id: id.to_string(), heartbeat_age_ms: age_ms });
+        }
+        // Unless forced, only the record judged stale: a heartbeat in between means it is back.
+        let txn =
+            if force { Txn::new() } else { Txn::new().when(Compare::mod_revision_is(key.clone(), kv.mod_revision)) };
+        if !self.meta().txn(txn.then(Op::delete(key))).await?.succeeded {
+            return Err(EngineError::NodeIsLive { id: id.to_string(), heartbeat_age_ms: 0 });
+        }
+        self.note_commit();
+        Ok(record)
     }
 }

@@ -102,6 +102,12 @@ pub enum EngineError {
     Meta(#[from] MetaError),
     #[error(transparent)]
     Blob(#[from] BlobError),
+    #[error("no node {0:?} is registered in the cluster (see `meridian cluster status`)")]
+    NoSuchNode(String),
+    #[error(
+        "node {id:?} is alive (last heartbeat {heartbeat_age_ms} ms ago): stop it first, or pass --force (a running node registers again at its next heartbeat)"
+    )]
+    NodeIsLive { id: String, heartbeat_age_ms: i64 },
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("corrupt metadata record: {0}")]
@@ -132,9 +138,12 @@ impl EngineError {
             | E::InvalidPartNumber
             | E::Body(_) => K::Invalid,
             E::AccessDenied(_) => K::Denied,
-            E::NoSuchBucket | E::NoSuchKey | E::NoSuchUpload | E::NoSuchAccessKey(_) | E::RevisionCompacted { .. } => {
-                K::NotFound
-            }
+            E::NoSuchBucket
+            | E::NoSuchKey
+            | E::NoSuchUpload
+            | E::NoSuchAccessKey(_)
+            | E::NoSuchNode(_)
+            | E::RevisionCompacted { .. } => K::NotFound,
             E::BucketAlreadyOwnedByYou
             | E::BucketAlreadyExists
             | E::BucketNotEmpty
@@ -144,7 +153,8 @@ impl EngineError {
             | E::RevisionMismatch { .. }
             | E::BatchRevisionMismatch { .. }
             | E::LockNotHeld { .. }
-            | E::FenceRejected { .. } => K::Conflict,
+            | E::FenceRejected { .. }
+            | E::NodeIsLive { .. } => K::Conflict,
             E::Contended | E::LockContended { .. } => K::Contended,
             E::Unavailable(_) => K::Unavailable,
             E::Corrupt(_) => K::Internal,

@@ -4,11 +4,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use meridian_common::private_files;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9400";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9401";
 pub const DEFAULT_DATA: &str = "meridian-data";
+/// What `--print-config` shows instead of a secret.
+pub const REDACTED: &str = "<redacted>";
 
 /// Everything a node can be told, as it appears in the TOML file.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -175,15 +178,22 @@ fn random_string(prefix: &str, len: usize, alphabet: &[u8]) -> String {
     out
 }
 
+/// Creates the data directory (mode 0700) or checks that an existing one, and what lies directly
+/// in it, is the owner's alone: it holds every secret (access keys in `meta.redb`, the admin
+/// credentials and token) and every byte stored.
+pub fn open_data_dir(data: &Path) -> anyhow::Result<()> {
+    private_files::create_dir_all(data)
+        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    private_files::check_private_dir(data).context("refusing to start on a data directory open to other users")
+}
+
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
+    let mut file = private_files::file_options()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     file.write_all(text.as_bytes())?;
@@ -237,5 +247,37 @@ mod tests {
         assert_eq!(file.inline_max, Some(ByteSize(65_536)));
         let junk = toml::from_str::<FileConfig>("inline_max = \"lots\"").unwrap_err().to_string();
         assert!(junk.contains("invalid size \"lots\""), "{junk}");
+    }
+
+    /// The TOML keys named in the node settings table of docs/configuration.md (its second
+    /// column).
+    fn documented_keys() -> std::collections::BTreeSet<String> {
+        let doc = include_str!("../../../docs/configuration.md");
+        let table = doc.split("| Flag | TOML key |").nth(1).expect("the settings table");
+        table
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .filter_map(|row| row.split('|').nth(2))
+            .filter_map(|cell| cell.split('`').nth(1))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_config_file_key_is_documented_and_no_other() {
+        // Every field of FileConfig, as serde names it (None and empty fields included).
+        let fields = serde_json::to_value(FileConfig::default()).unwrap();
+        let keys: std::collections::BTreeSet<String> = fields.as_object().unwrap().keys().cloned().collect();
+        assert!(keys.len() >= 20, "{keys:?}");
+        let documented = documented_keys();
+        let missing: Vec<_> = keys.difference(&documented).collect();
+        assert!(missing.is_empty(), "keys missing from docs/configuration.md: {missing:?}");
+        let unknown: Vec<_> = documented.difference(&keys).collect();
+        assert!(unknown.is_empty(), "docs/configuration.md names keys the file does not accept: {unknown:?}");
+        for key in &keys {
+            let refused = toml::from_str::<FileConfig>(&format!("{key}x = 1")).unwrap_err().to_string();
+            assert!(refused.contains("unknown field"), "{refused}");
+        }
     }
 }

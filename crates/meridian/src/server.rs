@@ -78,8 +78,9 @@ pub struct ServerArgs {
     /// Log format: text or json. Default: text (logs go to stderr; RUST_LOG sets the level)
     #[arg(long)]
     log_format: Option<String>,
-    /// Revisions of change history kept for watches. Default: 100000
-    #[arg(long, hide = true)]
+    /// Revisions of change history kept for watches (older `since` values get 410).
+    /// Default: 100000
+    #[arg(long)]
     history_revisions: Option<u64>,
     /// A read-only token accepted (besides the admin token) for GET /metrics on the admin
     /// listener, and for nothing else there.
@@ -88,6 +89,10 @@ pub struct ServerArgs {
     /// Also serve GET /metrics on this address, WITHOUT a token: for a private network only.
     #[arg(long, env = "MERIDIAN_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Print the effective configuration (defaults, file, environment and flags merged) as
+    /// TOML, with secrets redacted, and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 /// On etcd, only small values are stored inline: etcd's database is meant to stay small, and
@@ -116,6 +121,8 @@ struct Settings {
     history_revisions: u64,
     status_token: Option<String>,
     metrics_listen: Option<SocketAddr>,
+    /// The same settings as a config file would write them, secrets redacted (`--print-config`).
+    printable: FileConfig,
 }
 
 fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
@@ -141,7 +148,15 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         );
     }
     let inline_default = if etcd.is_empty() { EngineConfig::default().inline_max } else { ETCD_INLINE_MAX };
-    Ok(Settings {
+    let limits = FileConfig {
+        max_connections: file.max_connections,
+        max_connections_per_address: file.max_connections_per_address,
+        idle_timeout_secs: file.idle_timeout_secs,
+        header_read_timeout_ms: file.header_read_timeout_ms,
+        drain_deadline_secs: file.drain_deadline_secs,
+        ..FileConfig::default()
+    };
+    let mut settings = Settings {
         cache_max_bytes: args
             .cache_max_bytes
             .or(file.cache_max_bytes.map(u64::from))
@@ -182,7 +197,40 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             .max(1),
         status_token: args.status_token.or(file.status_token),
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
-    })
+        printable: FileConfig::default(),
+    };
+    settings.printable = settings.printable_config(limits);
+    Ok(settings)
+}
+
+impl Settings {
+    /// These settings in the config file's shape, every secret replaced by [`config::REDACTED`];
+    /// `limits` are the file's listener limits (each listener keeps its own defaults otherwise).
+    fn printable_config(&self, limits: FileConfig) -> FileConfig {
+        FileConfig {
+            data: Some(self.data.clone()),
+            listen: Some(self.listen),
+            admin_listen: Some(self.admin_listen),
+            domain: self.domain.clone(),
+            region: Some(self.region.clone()),
+            node_id: self.node_id.clone(),
+            advertise: self.advertise.clone(),
+            etcd: self.etcd.clone(),
+            etcd_namespace: Some(self.etcd_namespace.clone()),
+            cluster_token: self.cluster_token.as_ref().map(|_| config::REDACTED.to_string()),
+            cache_max_bytes: Some(config::ByteSize(self.cache_max_bytes)),
+            replicate_small_bytes: Some(config::ByteSize(self.replicate_small_bytes)),
+            inline_max: Some(config::ByteSize(self.inline_max as u64)),
+            tls_cert: self.tls.as_ref().map(|files| files.cert.clone()),
+            tls_key: self.tls.as_ref().map(|files| files.key.clone()),
+            ca_file: self.ca_file.clone(),
+            log_format: Some(self.log_format.clone()),
+            history_revisions: Some(self.history_revisions),
+            status_token: self.status_token.as_ref().map(|_| config::REDACTED.to_string()),
+            metrics_listen: self.metrics_listen,
+            ..limits
+        }
+    }
 }
 
 /// Logs go to stderr through a writer thread: request threads only queue a formatted line
@@ -209,15 +257,19 @@ fn init_logging(format: &str) -> anyhow::Result<tracing_appender::non_blocking::
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let print_config = args.print_config;
     let settings = settings(args)?;
+    if print_config {
+        print!("{}", toml::to_string(&settings.printable).context("cannot format the configuration")?);
+        return Ok(());
+    }
     let _flush_logs_at_exit = init_logging(&settings.log_format)?;
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(settings))
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let started = SystemTime::now();
-    std::fs::create_dir_all(&settings.data)
-        .with_context(|| format!("cannot create the data directory {}", settings.data.display()))?;
+    config::open_data_dir(&settings.data)?;
     let metrics = Arc::new(meridian_metrics::Metrics::new());
     let metadata = open_metadata(&settings, &metrics).await?;
     let blobs = BlobStore::open(&settings.data).context("cannot open the blob store")?;

@@ -112,9 +112,18 @@ impl Env {
     }
 
     fn serve(&self, name: &str, extra: &[&str]) -> Serve {
+        self.serve_command(self.serve_cmd(name, extra), name)
+    }
+
+    fn serve_cmd(&self, name: &str, extra: &[&str]) -> Command {
         let mut args = vec!["serve", name, "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut child = self.cmd(&args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        self.cmd(&args)
+    }
+
+    /// Starts a `meridian volume serve` command line and waits for its NBD address.
+    fn serve_command(&self, mut cmd: Command, name: &str) -> Serve {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -805,4 +814,37 @@ fn volume_over_https_with_ca_file() {
     assert!(disk[a..b].iter().all(|&x| x == 0), "the gap reads as zeros");
     assert!(disk[b..b + MIB as usize].iter().all(|&x| x == 0x3d), "1 MiB at 20 MiB");
     assert!(disk[b + MIB as usize..].iter().all(|&x| x == 0), "the rest reads as zeros");
+}
+
+/// The cache directory holds the disk's data: created 0700 with files 0600 even under umask 000,
+/// and a directory open to others is refused (before the lease is taken) with the chmod to run.
+#[test]
+fn volume_cache_dir_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.create("private", "16MiB", &[]);
+    let cache = env.tmp.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let refused = run_with_timeout(&mut env.serve_cmd("private", &[]), Duration::from_secs(60));
+    assert!(!refused.status.success(), "serve started on an open cache directory");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("readable by other users (mode 0755)"), "{err}");
+    assert!(err.contains(&format!("chmod -R go-rwx {}", cache.display())), "{err}");
+    assert!(env.ok(&["inspect", "private"]).contains("writer      none"), "the refused serve took the lease");
+
+    std::fs::remove_dir(&cache).unwrap();
+    let srv = env.serve_command(common::under_umask("000", &env.serve_cmd("private", &[])), "private");
+    let mut nbd = Nbd::connect(&srv.addr, "private").unwrap();
+    let block = vec![7u8; 65536];
+    for i in 0..16 {
+        nbd.write(i * 65536, &block).unwrap();
+    }
+    nbd.flush().unwrap();
+    assert_eq!(nbd.read(0, 4096).unwrap(), block[..4096]);
+    // The journal is an unnamed temporary file (mode 0600, never visible); the extent map is not.
+    assert!(common::assert_owner_only(&cache) >= 1, "the extent map is missing from the cache directory");
+    drop(nbd);
+    srv.stop();
+    common::assert_owner_only(&cache);
 }

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use meridian_common::private_files;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
@@ -88,9 +89,19 @@ fn storage<E: std::fmt::Display>(err: E) -> MetaError {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `path` (a file).
+    /// Opens (or creates, mode 0600: it holds every secret of the node) the store in `path`
+    /// (a file).
     pub fn open(path: &Path, options: EmbeddedOptions) -> MetaResult<Self> {
-        let db = Database::builder().set_cache_size(options.cache_bytes).create(path).map_err(storage)?;
+        let file = private_files::file_options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(storage)?;
+        let backend = redb::backends::FileBackend::new(file).map_err(storage)?;
+        let db =
+            Database::builder().set_cache_size(options.cache_bytes).create_with_backend(backend).map_err(storage)?;
         let (revision, oldest) = {
             let wtx = db.begin_write().map_err(storage)?;
             let revision = {

@@ -92,7 +92,10 @@ pub fn s3_error(err: EngineError) -> S3Error {
             return e;
         }
         EngineError::Body(source) => return body_error(source),
+        // Cluster administration errors do not arise from S3 requests; they keep their kind.
         EngineError::Contended
+        | EngineError::NoSuchNode(_)
+        | EngineError::NodeIsLive { .. }
         | EngineError::Unavailable(_)
         | EngineError::Meta(_)
         | EngineError::Blob(_)

@@ -30,6 +30,9 @@ pub enum VolumeError {
     Store(#[from] StoreError),
     #[error("local I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The cache directory (journal, extent map, cached data) is open to other users.
+    #[error("refusing the volume cache directory: {0}")]
+    CacheDirNotPrivate(#[from] meridian_common::private_files::NotPrivate),
     #[error("volume {0} does not exist in this bucket/prefix (create it with `meridian volume create`)")]
     NoSuchVolume(String),
     #[error("volume {0} already exists")]

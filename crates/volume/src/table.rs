@@ -16,6 +16,8 @@ use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use meridian_common::private_files;
+
 use crate::error::Result;
 use crate::format::Run;
 
@@ -53,7 +55,7 @@ pub struct ExtentTable {
 impl ExtentTable {
     /// Creates an empty (all-unmapped) table at `path`, replacing anything there.
     pub fn create(path: &Path, sectors: u64, cache_pages: usize) -> Result<Self> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+        let file = private_files::file_options().read(true).write(true).create(true).truncate(true).open(path)?;
         file.set_len(sectors * 8)?;
         Ok(Self { file, sectors, index: HashMap::new(), slots: Vec::new(), hand: 0, capacity: cache_pages.max(4) })
     }
@@ -160,7 +162,7 @@ impl ExtentTable {
     pub fn copy_to(&mut self, dest: &Path) -> Result<()> {
         self.flush()?;
         let mut src = self.file.try_clone()?;
-        let mut out = File::create(dest)?;
+        let mut out = private_files::file_options().write(true).create(true).truncate(true).open(dest)?;
         std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(0))?;
         std::io::copy(&mut src, &mut out)?;
         Ok(())

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
+use meridian_common::private_files;
 use tokio::sync::{OwnedSemaphorePermit, RwLock, Semaphore, watch};
 use tracing::{debug, error, info, warn};
 
@@ -178,9 +179,11 @@ impl Volume {
     /// recovery point and fences the log with an object of the new epoch.
     pub async fn open(store: Arc<dyn ObjectStore>, layout: Layout, cfg: WriterConfig) -> Result<Arc<Self>> {
         let manifest = crate::manage::read_manifest(store.as_ref(), &layout).await?;
+        // The cache holds the disk's data: owner-only, checked before the lease is taken.
+        private_files::create_dir_all(&cfg.cache_dir)?;
+        private_files::check_private_dir(&cfg.cache_dir)?;
         let lease =
             LeaseHandle::acquire(store.clone(), &layout, &cfg.holder, cfg.lease_ttl, cfg.force_takeover, 0).await?;
-        std::fs::create_dir_all(&cfg.cache_dir)?;
         let table_path = cfg.cache_dir.join(format!("{}.map", manifest.volume_id));
         let started = Instant::now();
         let mut r = replay::replay(store.as_ref(), &layout, &manifest, &table_path, cfg.cache_pages, u64::MAX).await?;

@@ -82,6 +82,16 @@ impl Server {
     /// A server on `data`, on the given S3 and admin addresses if any (to come back on the same
     /// ports after a kill).
     pub fn start_in(data: &Path, extra: &[&str], listen: Option<&str>, admin_listen: Option<&str>) -> Server {
+        Self::start_command(Self::command(data, extra, listen, admin_listen), data, extra)
+    }
+
+    /// A server on `data` on free ports, run with the process umask `umask` (see [`under_umask`]).
+    pub fn start_with_umask(umask: &str, data: &Path, extra: &[&str]) -> Server {
+        Self::start_command(under_umask(umask, &Self::command(data, extra, None, None)), data, extra)
+    }
+
+    /// The `meridian server` command line of [`Server::start_in`].
+    pub fn command(data: &Path, extra: &[&str], listen: Option<&str>, admin_listen: Option<&str>) -> Command {
         let listen = listen.unwrap_or("127.0.0.1:0");
         let admin_listen = admin_listen.unwrap_or("127.0.0.1:0");
         let mut cmd = Command::new(binary());
@@ -90,6 +100,12 @@ impl Server {
         cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY).env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
         cmd.env("MERIDIAN_ADMIN_TOKEN", ADMIN_TOKEN);
         cmd.env("RUST_LOG", std::env::var("MERIDIAN_TEST_LOG").unwrap_or_else(|_| "warn,s3s=off".into()));
+        cmd
+    }
+
+    /// Starts `cmd` (a `meridian server` command line, e.g. from [`Server::command`]) and waits
+    /// for its endpoints.
+    pub fn start_command(mut cmd: Command, data: &Path, extra: &[&str]) -> Server {
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn meridian server");
         let stdout = child.stdout.take().expect("stdout");
@@ -314,6 +330,55 @@ pub fn md5_hex(data: &[u8]) -> String {
 
 pub async fn body_bytes(out: aws_sdk_s3::operation::get_object::GetObjectOutput) -> Vec<u8> {
     out.body.collect().await.expect("read body").into_bytes().to_vec()
+}
+
+/// `cmd` (program, arguments and environment) run through `sh` with the process umask set to
+/// `umask` first; `exec` keeps the process id. With `000` every file gets exactly the mode its
+/// program asks for, so a test sees modes the program set, not ones the umask hid.
+pub fn under_umask(umask: &str, cmd: &Command) -> Command {
+    let mut wrapped = Command::new("sh");
+    wrapped.arg("-c").arg(format!("umask {umask} && exec \"$0\" \"$@\"")).arg(cmd.get_program());
+    wrapped.args(cmd.get_args());
+    for (name, value) in cmd.get_envs() {
+        match value {
+            Some(value) => wrapped.env(name, value),
+            None => wrapped.env_remove(name),
+        };
+    }
+    wrapped
+}
+
+/// Every file and directory under `root` (itself included, symbolic links skipped) with its
+/// permission bits.
+pub fn modes_under(root: &Path) -> Vec<(PathBuf, std::fs::FileType, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read dir") {
+                pending.push(entry.expect("dir entry").path());
+            }
+        }
+        if !meta.file_type().is_symlink() {
+            found.push((path, meta.file_type(), meta.permissions().mode() & 0o7777));
+        }
+    }
+    found
+}
+
+/// Panics unless every directory under `root` is 0700 and every file 0600; returns how many
+/// files there are.
+pub fn assert_owner_only(root: &Path) -> usize {
+    let all = modes_under(root);
+    let wrong: Vec<String> = all
+        .iter()
+        .filter(|(_, kind, mode)| *mode != if kind.is_dir() { 0o700 } else { 0o600 })
+        .map(|(path, _, mode)| format!("{} {mode:04o}", path.display()))
+        .collect();
+    assert!(wrong.is_empty(), "open to other users under {}:\n{}", root.display(), wrong.join("\n"));
+    all.iter().filter(|(_, kind, _)| kind.is_file()).count()
 }
 
 /// Finds a command on PATH or fails the test with how to get it: a missing tool must never
