@@ -22,6 +22,7 @@ install_debian_packages() {
     command -v fuse2fs >/dev/null || missing+=(fuse2fs)
     command -v chromium >/dev/null || missing+=(chromium)
     command -v nginx >/dev/null || missing+=(nginx)
+    command -v ffmpeg >/dev/null || missing+=(ffmpeg)
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Debian packages: ${missing[*]}"
     local sudo=()

@@ -465,3 +465,74 @@ async fn heavy_every_region_edge_serves_overwrites_and_deletes_whole() {
         until("the delete from region b", i, None);
     }
 }
+
+/// A page the browser loads from the edge: it writes what it got (the image's width, the
+/// video's state after a seek) into its DOM, as JSON in `<pre id="out">`.
+const BROWSER_PAGE: &str = r#"<!doctype html><html><body>
+<img id="img" src="img.png">
+<video id="vid" src="clip.webm" preload="metadata" muted></video>
+<pre id="out">pending</pre>
+<script>
+const report = {};
+const show = () => { document.getElementById('out').textContent = JSON.stringify(report); };
+const img = document.getElementById('img');
+img.onload = () => { report.img = img.naturalWidth; show(); };
+img.onerror = () => { report.img = -1; show(); };
+const vid = document.getElementById('vid');
+vid.addEventListener('loadedmetadata', () => { report.duration = vid.duration; vid.currentTime = 7.5; show(); });
+vid.addEventListener('seeked', () => { report.seeked = vid.currentTime; report.readyState = vid.readyState; show(); });
+vid.addEventListener('error', () => { report.error = vid.error && vid.error.code; show(); });
+</script></body></html>"#;
+
+/// Makes a file from ffmpeg's test sources (`args` after the input), for the browser test.
+fn ffmpeg(dir: &std::path::Path, name: &str, input: &str, args: &[&str]) -> Vec<u8> {
+    let bin = common::require_tool("ffmpeg", "apt-get install ffmpeg");
+    let out = dir.join(name);
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", input]).args(args).arg(&out);
+    common::expect_success("ffmpeg", &common::run_with_timeout(&mut cmd, Duration::from_secs(120)));
+    std::fs::read(out).expect("ffmpeg output")
+}
+
+/// Debian's Chromium, headless, loads a page from the edge with an image and a video (the
+/// edge serves media with Range) and seeks the video; the page's DOM says what it received.
+#[tokio::test]
+async fn a_real_browser_loads_a_page_with_an_image_and_seeks_a_video() {
+    let chromium = common::require_tool("chromium", "apt-get install chromium");
+    let (server, dir) = start_edge("");
+    let s3 = server.client();
+    s3.create_bucket().bucket("xedn").send().await.expect("create bucket");
+    let png = ffmpeg(dir.path(), "img.png", "testsrc=size=64x48:rate=1", &["-frames:v", "1"]);
+    // 10 s of VP8 with a key frame every second.
+    let clip =
+        ffmpeg(dir.path(), "clip.webm", "testsrc=duration=10:size=320x240:rate=25", &["-c:v", "libvpx", "-g", "25"]);
+    put(&s3, "xedn", "page/img.png", &png, None).await;
+    put(&s3, "xedn", "page/clip.webm", &clip, None).await;
+    put(&s3, "xedn", "page/index.html", BROWSER_PAGE.as_bytes(), None).await;
+
+    let profile = tempfile::tempdir().expect("profile dir");
+    let url = format!("http://{}/file/christine-static/page/", web(&server));
+    let mut cmd = std::process::Command::new(chromium);
+    cmd.args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--mute-audio"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=10000", "--dump-dom"])
+        .arg(&url);
+    // Killed (its process group, by pid) if it has not finished in time.
+    let out = tokio::task::spawn_blocking(move || common::run_with_timeout(&mut cmd, Duration::from_secs(90)))
+        .await
+        .expect("chromium");
+    let dom = common::expect_success("chromium --dump-dom", &out);
+    let report = dom
+        .split("<pre id=\"out\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</pre>").next())
+        .unwrap_or_else(|| panic!("no report in the DOM: {dom}"));
+    let report: serde_json::Value =
+        serde_json::from_str(report).unwrap_or_else(|e| panic!("the page did not finish ({e}): {report}"));
+    assert_eq!(report["img"], 64, "the image loaded: {report}");
+    let duration = report["duration"].as_f64().expect("video duration");
+    assert!((duration - 10.0).abs() < 0.5, "the video's metadata loaded: {report}");
+    let seeked = report["seeked"].as_f64().unwrap_or_else(|| panic!("the video never finished seeking: {report}"));
+    assert!((seeked - 7.5).abs() < 0.1, "the seek landed at 7.5 s: {report}");
+    assert!(report["readyState"].as_u64() >= Some(2), "the frame at 7.5 s is there: {report}");
+}
