@@ -30,6 +30,8 @@ mkdir -p "$OUT"
 own_dir=""
 if [[ -z "${BENCH_DIR:-}" ]]; then BENCH_DIR="$(mktemp -d /var/tmp/meridian-edge-bench.XXXXXX)"; own_dir=1; fi
 mkdir -p "$BENCH_DIR/www" "$BENCH_DIR/nginx"
+# nginx started as root serves from unprivileged workers: they must be able to enter the tree.
+chmod 755 "$BENCH_DIR"
 
 pids=()
 cleanup() {
