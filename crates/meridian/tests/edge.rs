@@ -112,6 +112,34 @@ async fn xedn_site_from_the_config_file_keeps_its_urls() {
     }
 }
 
+/// The node's TLS settings apply to the edge too: HTTPS only.
+#[tokio::test]
+async fn the_edge_speaks_tls_when_the_node_does() {
+    let cert = common::TestCert::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("meridian.toml");
+    std::fs::write(&config, "[[site]]\nname = \"xedn\"\nbucket = \"xedn\"\n").expect("write config");
+    let (c, k) = (cert.cert_str(), cert.key().to_str().expect("utf-8 path").to_string());
+    let config = config.to_str().expect("utf-8 path").to_string();
+    let args = ["--tls-cert", &c, "--tls-key", &k, "--web-listen", "127.0.0.1:0", "--config", &config];
+    let server = Server::start_with(&args);
+    let put = raw::signed_tls(&server.addr, &cert.cert(), "PUT", "/xedn", &[], b"");
+    assert_eq!(put.status, 200, "create bucket: {}", put.text());
+    let put = raw::signed_tls(&server.addr, &cert.cert(), "PUT", "/xedn/hello.txt", &[], b"over tls");
+    assert_eq!(put.status, 200, "put: {}", put.text());
+    let resp = raw::signed_tls(web(&server), &cert.cert(), "GET", "/hello.txt", &[], b"");
+    assert_eq!((resp.status, resp.body.as_slice()), (200, &b"over tls"[..]));
+    assert_eq!(resp.header("content-type"), Some("text/plain"));
+    // Plain HTTP gets no HTTP answer.
+    use std::io::{Read, Write};
+    let mut plain = std::net::TcpStream::connect(web(&server)).expect("connect");
+    plain.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    plain.write_all(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/"), "plain HTTP was answered: {}", String::from_utf8_lossy(&answer));
+}
+
 #[tokio::test]
 async fn sites_from_the_admin_cli_are_served_until_deleted() {
     let (server, _dir) = start_edge("");
