@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::aws::{AwsCli, TOOL_TIMEOUT};
 use common::{Server, body_bytes, expect_success, md5_hex, pattern, require_tool, run_with_timeout, text};
-use serde_json::Value;
 
 const MIB: usize = 1 << 20;
 
