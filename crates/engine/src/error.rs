@@ -90,6 +90,8 @@ pub enum EngineError {
     FenceRejected { lock: String, token: u64, current: u64 },
     #[error("no access key named {0:?}")]
     NoSuchAccessKey(String),
+    #[error("no site named {0:?}")]
+    NoSuchSite(String),
     #[error("an access key named {0:?} already exists")]
     AccessKeyExists(String),
     #[error("access denied: {0}")]
@@ -143,6 +145,7 @@ impl EngineError {
             | E::NoSuchUpload
             | E::NoSuchAccessKey(_)
             | E::NoSuchNode(_)
+            | E::NoSuchSite(_)
             | E::RevisionCompacted { .. } => K::NotFound,
             E::BucketAlreadyOwnedByYou
             | E::BucketAlreadyExists
@@ -232,6 +235,7 @@ mod tests {
             EngineError::NoSuchKey,
             EngineError::NoSuchUpload,
             EngineError::NoSuchAccessKey("k".into()),
+            EngineError::NoSuchSite("s".into()),
             EngineError::RevisionCompacted { requested: 1, oldest: 5 },
             EngineError::Meta(MetaError::Compacted { requested: 1, oldest: 5 }),
         ];

@@ -26,6 +26,14 @@ pub struct ServerArgs {
     /// Address for the admin API (keys, permissions, health). Default: 127.0.0.1:9401
     #[arg(long, env = "MERIDIAN_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+    /// Address for the web edge (buckets and sites served as websites over plain HTTP, or HTTPS
+    /// with --tls-cert). Default: no edge
+    #[arg(long, env = "MERIDIAN_WEB_LISTEN")]
+    web_listen: Option<SocketAddr>,
+    /// Serve public-read buckets that have a website configuration at BUCKET.DOMAIN on the
+    /// web edge.
+    #[arg(long, env = "MERIDIAN_WEB_DOMAIN")]
+    web_domain: Option<String>,
     /// A TOML file with any of these settings (flags win over the file).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -110,11 +118,15 @@ struct Settings {
     data: PathBuf,
     listen: SocketAddr,
     admin_listen: SocketAddr,
+    web_listen: Option<SocketAddr>,
+    web_domain: Option<String>,
+    sites: Vec<meridian_engine::website::SiteRecord>,
     domain: Option<String>,
     region: String,
     inline_max: usize,
     s3_policy: Policy,
     admin_policy: Policy,
+    web_policy: Policy,
     tls: Option<TlsFiles>,
     ca_file: Option<PathBuf>,
     log_format: String,
@@ -132,6 +144,7 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
     };
     let s3_policy = file.apply_limits(Policy::s3());
     let admin_policy = file.apply_limits(Policy::admin());
+    let web_policy = file.apply_limits(Policy::web());
     let tls = match (args.tls_cert.or(file.tls_cert.clone()), args.tls_key.or(file.tls_key.clone())) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
@@ -179,6 +192,9 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             .admin_listen
             .or(file.admin_listen)
             .unwrap_or(config::DEFAULT_ADMIN_LISTEN.parse().context("default admin listen address")?),
+        web_listen: args.web_listen.or(file.web_listen),
+        web_domain: args.web_domain.or(file.web_domain),
+        sites: file.sites,
         domain: args.domain.or(file.domain),
         region: args.region.or(file.region).unwrap_or_else(|| "us-east-1".into()),
         inline_max: match args.inline_max.or(file.inline_max.map(u64::from)) {
@@ -187,6 +203,7 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         },
         s3_policy,
         admin_policy,
+        web_policy,
         tls,
         ca_file: args.ca_file.or(file.ca_file),
         log_format: args.log_format.or(file.log_format).unwrap_or_else(|| "text".into()),
@@ -228,6 +245,9 @@ impl Settings {
             history_revisions: Some(self.history_revisions),
             status_token: self.status_token.as_ref().map(|_| config::REDACTED.to_string()),
             metrics_listen: self.metrics_listen,
+            web_listen: self.web_listen,
+            web_domain: self.web_domain.clone(),
+            sites: self.sites.clone(),
             ..limits
         }
     }
@@ -320,6 +340,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         format!("cannot listen on {} for the admin API (pass --admin-listen ADDR:PORT)", settings.admin_listen)
     })?;
     let admin_addr = admin_listener.local_addr()?;
+    let web_listener = match settings.web_listen {
+        Some(web_listen) => Some(tokio::net::TcpListener::bind(web_listen).await.with_context(|| {
+            format!("cannot listen on {web_listen} for the web edge (pass --web-listen ADDR:PORT)")
+        })?),
+        None => None,
+    };
     let (admin_token, token_generated) = config::admin_token(&settings.data)?;
     let advertise = settings.advertise.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
     println!("Node: {node_id} in region {} (peers reach it at {advertise})", settings.region);
@@ -351,6 +377,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await;
     print_banner(&settings, &format!("{scheme}://{addr}"), &creds, &source);
     println!("Admin API: {scheme}://{admin_addr}");
+    if let Some(web) = &web_listener {
+        println!("Web edge: {scheme}://{}", web.local_addr()?);
+    }
     if token_generated {
         println!(
             "Admin token: {admin_token} (generated now, saved in {})",
@@ -368,6 +397,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let edge_options =
+        meridian_edge::EdgeOptions { web_domain: settings.web_domain.clone(), sites: settings.sites.clone() };
+    let edge = meridian_edge::Edge::start(engine.clone(), edge_options).await.context("invalid web edge settings")?;
 
     collect_orphans_in_background(engine.clone(), started);
     let forwarder = peer_endpoint
@@ -385,17 +417,23 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let metrics_only = async {
         let Some(listener) = metrics_listener else { return Ok(()) };
         let policy = meridian_http::Policy { name: "metrics", ..settings.admin_policy.clone() };
-        let server = crate::metrics::observed_server(&metrics, policy).tls(server_tls);
-        crate::metrics::serve_metrics(Arc::clone(&metrics), server, listener, until_stopped(stopped)).await
+        let server = crate::metrics::observed_server(&metrics, policy).tls(server_tls.clone());
+        crate::metrics::serve_metrics(Arc::clone(&metrics), server, listener, until_stopped(stopped.clone())).await
+    };
+    let web = async {
+        let Some(web_listener) = web_listener else { return Ok(()) };
+        let server = crate::metrics::observed_server(&metrics, settings.web_policy.clone()).tls(server_tls.clone());
+        server.serve(web_listener, edge, until_stopped(stopped.clone())).await
     };
     let signal = async move {
         shutdown_signal().await;
         let _ = stop.send(true);
     };
-    let (s3, admin, metrics_only, ()) = tokio::join!(s3, admin, metrics_only, signal);
+    let (s3, admin, metrics_only, web, ()) = tokio::join!(s3, admin, metrics_only, web, signal);
     s3.context("the S3 listener failed")?;
     admin.context("the admin listener failed")?;
     metrics_only.context("the metrics listener failed")?;
+    web.context("the web edge listener failed")?;
     tracing::info!("stopped");
     Ok(())
 }
