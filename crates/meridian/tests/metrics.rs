@@ -143,8 +143,9 @@ async fn heavy_s3_kv_and_remote_reads_move_the_right_metrics_on_every_region() {
     }
     assert!(s3.get_object().bucket("metered").key("missing").send().await.is_err());
     // KV: one batch, one list.
-    let kv = meridian_client::Client::new(&a.endpoint, "metered", meridian_client::Credentials::new(ACCESS_KEY, SECRET_KEY))
-        .unwrap();
+    let kv =
+        meridian_client::Client::new(&a.endpoint, "metered", meridian_client::Credentials::new(ACCESS_KEY, SECRET_KEY))
+            .unwrap();
     kv.batch(vec![meridian_client::BatchOp::put("kv-1", "one"), meridian_client::BatchOp::put("kv-2", "two")])
         .await
         .unwrap();
@@ -205,10 +206,11 @@ async fn heavy_s3_kv_and_remote_reads_move_the_right_metrics_on_every_region() {
 
     // Every node measures its lag, and every node's output passes promtool.
     assert!(
-        wait_until(Duration::from_secs(10), || cluster
-            .nodes
-            .iter()
-            .all(|n| sample(&scrape(n), "meridian_replication_lag_measured_seconds_count", &[]) >= 1.0)),
+        wait_until(Duration::from_secs(10), || cluster.nodes.iter().all(|n| sample(
+            &scrape(n),
+            "meridian_replication_lag_measured_seconds_count",
+            &[]
+        ) >= 1.0)),
         "a node never measured its replication lag"
     );
     for node in &cluster.nodes {
