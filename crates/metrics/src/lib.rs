@@ -159,6 +159,9 @@ struct OperationHandles {
     bytes_out: Counter,
 }
 
+/// Resolved handles by listener, then operation.
+type HandlesByListener = HashMap<&'static str, HashMap<String, Arc<OperationHandles>>>;
+
 /// One finished request, as the HTTP layer reports it.
 pub struct RequestDone<'a> {
     pub listener: &'static str,
@@ -179,7 +182,7 @@ pub struct HttpMetrics {
     bytes_out: Family<OperationLabels, Counter>,
     pub in_flight: Family<ListenerLabels, Gauge>,
     pub connections: Family<ListenerLabels, Gauge>,
-    handles: Arc<RwLock<HashMap<&'static str, HashMap<String, Arc<OperationHandles>>>>>,
+    handles: Arc<RwLock<HandlesByListener>>,
 }
 
 impl Default for HttpMetrics {
