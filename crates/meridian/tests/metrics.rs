@@ -257,7 +257,7 @@ async fn heavy_replication_lag_rises_while_an_etcd_link_is_slow_and_falls_after(
         "the lag of a healthy cluster should be measured and small"
     );
 
-    // Writes keep coming while the leader's peer link is delayed 500 ms each way.
+    // Writes keep coming while the leader's peer link is delayed 800 ms each way.
     let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let writes = {
         let writing = writing.clone();
@@ -270,7 +270,7 @@ async fn heavy_replication_lag_rises_while_an_etcd_link_is_slow_and_falls_after(
             }
         })
     };
-    cluster.etcd_links[leader].set_config(LinkConfig::one_way(Duration::from_millis(500)));
+    cluster.etcd_links[leader].set_config(LinkConfig::one_way(Duration::from_millis(800)));
     assert!(
         wait_until(Duration::from_secs(15), || lag_seconds(lagging) >= 0.3),
         "the lag never rose while the link was slow (now {}s)",
