@@ -160,6 +160,12 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             "a node of a cluster (--etcd) needs the cluster's shared secret: set MERIDIAN_CLUSTER_TOKEN (the same on every node)"
         );
     }
+    let status_token = args.status_token.or(file.status_token);
+    if status_token.as_deref().is_some_and(|t| t.trim().len() < 8) {
+        anyhow::bail!(
+            "the status token (--status-token, MERIDIAN_STATUS_TOKEN, status_token) must be at least 8 characters"
+        );
+    }
     let inline_default = if etcd.is_empty() { EngineConfig::default().inline_max } else { ETCD_INLINE_MAX };
     let limits = FileConfig {
         max_connections: file.max_connections,
@@ -212,7 +218,7 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             .or(file.history_revisions)
             .unwrap_or(EmbeddedOptions::default().history_revisions)
             .max(1),
-        status_token: args.status_token.or(file.status_token),
+        status_token,
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
         printable: FileConfig::default(),
     };

@@ -143,8 +143,9 @@ async fn heavy_s3_kv_and_remote_reads_move_the_right_metrics_on_every_region() {
     }
     assert!(s3.get_object().bucket("metered").key("missing").send().await.is_err());
     // KV: one batch, one list.
-    let kv = meridian_client::Client::new(&a.endpoint, "metered", meridian_client::Credentials::new(ACCESS_KEY, SECRET_KEY))
-        .unwrap();
+    let kv =
+        meridian_client::Client::new(&a.endpoint, "metered", meridian_client::Credentials::new(ACCESS_KEY, SECRET_KEY))
+            .unwrap();
     kv.batch(vec![meridian_client::BatchOp::put("kv-1", "one"), meridian_client::BatchOp::put("kv-2", "two")])
         .await
         .unwrap();
@@ -205,10 +206,11 @@ async fn heavy_s3_kv_and_remote_reads_move_the_right_metrics_on_every_region() {
 
     // Every node measures its lag, and every node's output passes promtool.
     assert!(
-        wait_until(Duration::from_secs(10), || cluster
-            .nodes
-            .iter()
-            .all(|n| sample(&scrape(n), "meridian_replication_lag_measured_seconds_count", &[]) >= 1.0)),
+        wait_until(Duration::from_secs(10), || cluster.nodes.iter().all(|n| sample(
+            &scrape(n),
+            "meridian_replication_lag_measured_seconds_count",
+            &[]
+        ) >= 1.0)),
         "a node never measured its replication lag"
     );
     for node in &cluster.nodes {
@@ -255,7 +257,7 @@ async fn heavy_replication_lag_rises_while_an_etcd_link_is_slow_and_falls_after(
         "the lag of a healthy cluster should be measured and small"
     );
 
-    // Writes keep coming while the leader's peer link is delayed 500 ms each way.
+    // Writes keep coming while the leader's peer link is delayed 800 ms each way.
     let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let writes = {
         let writing = writing.clone();
@@ -268,7 +270,7 @@ async fn heavy_replication_lag_rises_while_an_etcd_link_is_slow_and_falls_after(
             }
         })
     };
-    cluster.etcd_links[leader].set_config(LinkConfig::one_way(Duration::from_millis(500)));
+    cluster.etcd_links[leader].set_config(LinkConfig::one_way(Duration::from_millis(800)));
     assert!(
         wait_until(Duration::from_secs(15), || lag_seconds(lagging) >= 0.3),
         "the lag never rose while the link was slow (now {}s)",

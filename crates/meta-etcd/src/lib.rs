@@ -442,7 +442,12 @@ impl EtcdStore {
     }
 
     /// One etcd `Txn` on a voting member.
-    async fn etcd_txn(&self, what: &'static str, request: pb::TxnRequest, retry: Retry) -> Result<pb::TxnResponse, CallError> {
+    async fn etcd_txn(
+        &self,
+        what: &'static str,
+        request: pb::TxnRequest,
+        retry: Retry,
+    ) -> Result<pb::TxnResponse, CallError> {
         let pool = &self.pool;
         let max = pool.max_response_bytes();
         let response = pool
