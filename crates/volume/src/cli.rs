@@ -221,7 +221,12 @@ fn duration_arg(text: &str) -> std::result::Result<Duration, meridian_common::du
     meridian_common::duration::parse_duration(text)
 }
 
+/// The cache directory of commands without `--cache-dir` (gc, resize) and of `serve` without
+/// it: `MERIDIAN_VOLUME_CACHE`, else the user's cache directory.
 fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MERIDIAN_VOLUME_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(x).join("meridian/volumes");
     }
