@@ -518,7 +518,7 @@ mod tests {
     #[test]
     fn errors_that_were_internal_get_the_status_of_their_kind() {
         // All of these answered 500 InternalError before errors had kinds.
-        assert_eq!(status_and_code(EngineError::BucketNotEmpty), (StatusCode::CONFLICT, "Conflict"));
+        assert_eq!(status_and_code(EngineError::PreconditionFailed), (StatusCode::CONFLICT, "Conflict"));
         assert_eq!(status_and_code(EngineError::Contended), (StatusCode::SERVICE_UNAVAILABLE, "Contended"));
         assert_eq!(status_and_code(EngineError::AccessDenied("no".into())), (StatusCode::FORBIDDEN, "AccessDenied"));
         assert_eq!(status_and_code(EngineError::InvalidKey("k".into())), (StatusCode::BAD_REQUEST, "InvalidArgument"));
@@ -538,6 +538,12 @@ mod tests {
         assert_eq!(status_and_code(EngineError::NoSuchBucket), (StatusCode::NOT_FOUND, "NoSuchBucket"));
         assert_eq!(status_and_code(EngineError::AccessKeyExists("k".into())), (StatusCode::CONFLICT, "KeyExists"));
         assert_eq!(status_and_code(EngineError::BucketAlreadyExists), (StatusCode::CONFLICT, "BucketExists"));
+        assert_eq!(status_and_code(EngineError::BucketNotEmpty), (StatusCode::CONFLICT, "BucketNotEmpty"));
+        assert_eq!(status_and_code(EngineError::NoSuchNode("n".into())), (StatusCode::NOT_FOUND, "NoSuchNode"));
+        assert_eq!(
+            status_and_code(EngineError::NodeIsLive { id: "n".into(), heartbeat_age_ms: 1 }),
+            (StatusCode::CONFLICT, "NodeIsLive")
+        );
         assert_eq!(
             status_and_code(EngineError::InvalidBucketName("B".into())),
             (StatusCode::BAD_REQUEST, "InvalidArgument")

@@ -35,6 +35,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub etcd: Vec<String>,
     pub etcd_namespace: Option<String>,
+    /// Client certificate and key (PEM) presented to etcd over https://.
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
     pub cluster_token: Option<String>,
     /// Cache of bytes held by other regions.
     pub cache_max_bytes: Option<ByteSize>,

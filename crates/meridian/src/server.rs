@@ -57,6 +57,13 @@ pub struct ServerArgs {
     /// Key prefix of this cluster in etcd. Default: /meridian/
     #[arg(long, env = "MERIDIAN_ETCD_NAMESPACE")]
     etcd_namespace: Option<String>,
+    /// Client certificate (PEM) this node presents to etcd over https://, for etcd run with
+    /// --client-cert-auth.
+    #[arg(long, env = "MERIDIAN_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(long, env = "MERIDIAN_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// Shared secret that nodes present to each other (required with --etcd).
     #[arg(long, env = "MERIDIAN_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
@@ -112,6 +119,7 @@ struct Settings {
     replicate_small_bytes: u64,
     etcd: Vec<String>,
     etcd_namespace: String,
+    etcd_identity: Option<meridian_meta_etcd::ClientIdentityFiles>,
     cluster_token: Option<String>,
     node_id: Option<String>,
     advertise: Option<String>,
@@ -154,6 +162,13 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
     };
     let default_listen: SocketAddr = config::DEFAULT_LISTEN.parse().context("default listen address")?;
     let etcd = if args.etcd.is_empty() { file.etcd.clone() } else { args.etcd };
+    let etcd_identity = match (args.etcd_cert.or(file.etcd_cert.clone()), args.etcd_key.or(file.etcd_key.clone())) {
+        (Some(cert), Some(key)) => Some(meridian_meta_etcd::ClientIdentityFiles { cert, key }),
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "an etcd client certificate needs its key: set etcd_cert and etcd_key (or --etcd-cert and --etcd-key)"
+        ),
+    };
     let cluster_token = args.cluster_token.or(file.cluster_token);
     if !etcd.is_empty() && cluster_token.is_none() {
         anyhow::bail!(
@@ -189,6 +204,7 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             .etcd_namespace
             .or(file.etcd_namespace)
             .unwrap_or_else(|| meridian_meta_etcd::DEFAULT_NAMESPACE.to_string()),
+        etcd_identity,
         cluster_token,
         node_id: args.node_id.or(file.node_id),
         advertise: args.advertise.or(file.advertise),
@@ -240,6 +256,8 @@ impl Settings {
             advertise: self.advertise.clone(),
             etcd: self.etcd.clone(),
             etcd_namespace: Some(self.etcd_namespace.clone()),
+            etcd_cert: self.etcd_identity.as_ref().map(|files| files.cert.clone()),
+            etcd_key: self.etcd_identity.as_ref().map(|files| files.key.clone()),
             cluster_token: self.cluster_token.as_ref().map(|_| config::REDACTED.to_string()),
             cache_max_bytes: Some(config::ByteSize(self.cache_max_bytes)),
             replicate_small_bytes: Some(config::ByteSize(self.replicate_small_bytes)),
@@ -527,6 +545,7 @@ async fn open_metadata(settings: &Settings, metrics: &meridian_metrics::Metrics)
     // The one CA file of the node: etcd's https:// endpoints are checked against it too.
     options.ca_file = settings.ca_file.clone();
     options.metrics = metrics.etcd.clone();
+    options.client_identity = settings.etcd_identity.clone();
     let store = meridian_meta_etcd::EtcdStore::connect(options)
         .await
         .with_context(|| format!("cannot reach etcd at {}", settings.etcd.join(",")))?;

@@ -127,3 +127,28 @@ fn heavy_three_regions_run_with_tls_between_nodes_and_to_etcd() {
     assert!(!out.status.success(), "a node trusted etcd without the CA file: {stderr}");
     assert!(stderr.contains("cannot reach etcd") && stderr.contains("invalid peer certificate"), "{stderr}");
 }
+
+/// etcd run with `--client-cert-auth`: a node with `--etcd-cert`/`--etcd-key` joins and serves;
+/// without them it stops at start with the TLS refusal.
+#[test]
+fn a_node_reaches_etcd_with_a_client_certificate() {
+    let etcd = EtcdCluster::builder(1).client_cert_auth().start();
+    let cert = etcd.tls_cert().unwrap();
+    let (cert_file, key_file) = (cert.cert.to_str().unwrap(), cert.key.to_str().unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = cluster_args(&etcd.client_endpoints().join(","), "region-a");
+    args.extend(["--ca-file", cert_file].map(String::from));
+    let with_identity: Vec<String> =
+        args.iter().cloned().chain(["--etcd-cert", cert_file, "--etcd-key", key_file].map(String::from)).collect();
+    let with_identity: Vec<&str> = with_identity.iter().map(String::as_str).collect();
+    let node = Server::start_in(&tmp.path().join("a"), &with_identity, None, None);
+    let created = common::raw::signed(&node.addr, "PUT", "/certified", &[], b"");
+    assert_eq!(created.status, 200, "{}", created.text());
+
+    let mut cmd =
+        Server::command(&tmp.path().join("b"), &args.iter().map(String::as_str).collect::<Vec<_>>(), None, None);
+    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a node without a client certificate got into etcd: {stderr}");
+    assert!(stderr.contains("cannot reach etcd"), "{stderr}");
+}

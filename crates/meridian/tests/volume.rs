@@ -128,21 +128,31 @@ impl Env {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(pos) = line.find(" on nbd://") {
-                    let _ = tx.send(line[pos + 4..].trim().to_string());
-                }
+                let _ = tx.send(line);
             }
         });
-        let url = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("meridian volume serve {name} did not start within 60s");
+        // The metrics line, if any, comes before the NBD one.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut metrics_addr = None;
+        let url = loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains(" on nbd://") => {
+                    break line[line.find(" on nbd://").unwrap() + 4..].trim().to_string();
+                }
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("meridian volume: metrics on http://") {
+                        metrics_addr = Some(url.trim_end_matches("/metrics").to_string());
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("meridian volume serve {name} did not start within 60s");
+                }
             }
         };
         let addr = url.trim_start_matches("nbd://").split('/').next().unwrap().to_string();
-        Serve { child: Some(child), url, addr }
+        Serve { child: Some(child), url, addr, metrics_addr }
     }
 
     /// Sum of object sizes under the volume's log/ prefix.
@@ -189,6 +199,8 @@ struct Serve {
     child: Option<Child>,
     url: String,
     addr: String,
+    /// `host:port` of `--metrics-listen`, when given.
+    metrics_addr: Option<String>,
 }
 
 impl Serve {
@@ -847,4 +859,100 @@ fn volume_cache_dir_is_owner_only() {
     drop(nbd);
     srv.stop();
     common::assert_owner_only(&cache);
+}
+
+/// `GET /metrics` of a served volume: the exposition text.
+fn scrape(srv: &Serve) -> String {
+    let addr = srv.metrics_addr.as_deref().expect("serve was given --metrics-listen");
+    let got = common::raw::send(addr, "GET", "/metrics", &[], b"");
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    got.text()
+}
+
+/// The value of one series (`name{labels}` exactly as exposed); 0 when absent.
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// `volume serve --metrics-listen`: NBD requests by operation and result, bytes, flush time,
+/// dirty journal bytes and lease renewals move by exactly what the client did; promtool
+/// accepts the exposition.
+#[test]
+fn volume_serve_metrics_count_nbd_io() {
+    let promtool = common::require_tool("promtool", "apt-get install prometheus");
+    let env = Env::new();
+    env.create("metered", "16MiB", &[]);
+    let srv = env.serve("metered", &["--metrics-listen", "127.0.0.1:0", "--lease-ttl", "3s"]);
+    let requests = |text: &str, op: &str, result: &str| {
+        series(text, &format!("meridian_volume_nbd_requests_total{{op=\"{op}\",result=\"{result}\"}}"))
+    };
+    let before = scrape(&srv);
+    assert_eq!(requests(&before, "write", "ok"), 0.0);
+
+    let mut nbd = Nbd::connect(&srv.addr, "metered").unwrap();
+    let block = vec![5u8; 65536];
+    for i in 0..8 {
+        nbd.write(i * 65536, &block).unwrap();
+    }
+    assert_eq!(nbd.read(0, 4096).unwrap(), block[..4096]);
+    assert_eq!(nbd.read(65536, 4096).unwrap(), block[..4096]);
+    assert_eq!(nbd.read(0, 65536).unwrap(), block);
+    assert_eq!(nbd.request(4, MIB, 4096, &[]).unwrap(), 0, "trim");
+    assert_eq!(nbd.request(6, 2 * MIB, 8192, &[]).unwrap(), 0, "write zeroes");
+    assert_eq!(nbd.request(0, 16 * MIB, 4096, &[]).unwrap(), 22, "a read past the end is refused");
+    let dirty = scrape(&srv);
+    assert!(series(&dirty, "meridian_volume_journal_dirty_bytes") >= 8.0 * 65536.0, "{dirty}");
+    nbd.flush().unwrap();
+
+    let after = scrape(&srv);
+    for (op, result, count) in [
+        ("write", "ok", 8.0),
+        ("read", "ok", 3.0),
+        ("read", "error", 1.0),
+        ("trim", "ok", 1.0),
+        ("write_zeroes", "ok", 1.0),
+        ("flush", "ok", 1.0),
+    ] {
+        assert_eq!(requests(&after, op, result), count, "{op} {result}:\n{after}");
+    }
+    assert_eq!(series(&after, "meridian_volume_nbd_request_duration_seconds_count{op=\"write\"}"), 8.0);
+    assert_eq!(series(&after, "meridian_volume_nbd_written_bytes_total"), 8.0 * 65536.0);
+    assert_eq!(series(&after, "meridian_volume_nbd_read_bytes_total"), 4096.0 * 2.0 + 65536.0);
+    assert_eq!(series(&after, "meridian_volume_flush_duration_seconds_count"), 1.0);
+    assert!(series(&after, "meridian_volume_flush_duration_seconds_sum") > 0.0);
+    assert_eq!(series(&after, "meridian_volume_journal_dirty_bytes"), 0.0, "everything is durable after FLUSH");
+    assert_eq!(series(&after, "meridian_volume_upload_queue_units"), 0.0);
+    drop(nbd);
+
+    // A real client: qemu-io writes 1 MiB more and flushes.
+    tool("qemu-io", &["-f", "raw", "-c", "write -P 7 4M 1M", "-c", "flush", &srv.url]);
+    // The lease (3 s TTL) is renewed every second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let last = loop {
+        let text = scrape(&srv);
+        if series(&text, "meridian_volume_lease_renewals_total{result=\"ok\"}") >= 1.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no lease renewal counted within 10 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(series(&last, "meridian_volume_nbd_written_bytes_total") >= 8.0 * 65536.0 + MIB as f64, "{last}");
+    assert_eq!(series(&last, "meridian_volume_lease_renewals_total{result=\"failed\"}"), 0.0);
+
+    let mut check = Command::new(promtool);
+    check.args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = check.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(last.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{last}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(common::raw::send(srv.metrics_addr.as_deref().unwrap(), "GET", "/other", &[], b"").status, 404);
+    srv.stop();
 }

@@ -310,14 +310,14 @@ impl Pool {
     }
 }
 
-/// The trusted CAs, when an endpoint uses https:// or a CA file is given (which must then be
-/// usable, even if no endpoint needs it yet).
+/// The trusted CAs and the client identity, when an endpoint uses https:// or a CA file or
+/// client certificate is given (which must then be usable, even if no endpoint needs it yet).
 fn load_trust(options: &EtcdOptions) -> Result<Option<Trust>, TlsError> {
     let https = options.endpoints.iter().any(|raw| raw.trim().starts_with("https://"));
-    if !https && options.ca_file.is_none() {
+    if !https && options.ca_file.is_none() && options.client_identity.is_none() {
         return Ok(None);
     }
-    Trust::load(options.ca_file.as_deref()).map(Some)
+    Trust::load(options.ca_file.as_deref(), options.client_identity.as_ref()).map(Some)
 }
 
 /// One member's channel settings (TLS for https:// URLs).

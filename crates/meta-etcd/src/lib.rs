@@ -59,7 +59,8 @@
 //! # TLS
 //!
 //! `https://` endpoints are checked against the system's CA certificates plus those of
-//! [`EtcdOptions::ca_file`]. A CA file that cannot be read or holds no usable certificate, or an
+//! [`EtcdOptions::ca_file`]; with [`EtcdOptions::client_identity`] the client presents a
+//! certificate, for etcd run with `--client-cert-auth`. A CA file that cannot be read or holds no usable certificate, or an
 //! `https://` endpoint with no trusted CA at all, fails [`EtcdStore::connect`] with a
 //! [`MetaError::Storage`] saying so (a [`TlsError`]'s message); a certificate no trusted CA
 //! signed fails the connection to that member like any other connection failure, so a request
@@ -89,7 +90,7 @@ pub mod testing;
 mod tls;
 mod watch;
 
-pub use tls::TlsError;
+pub use tls::{ClientIdentityFiles, TlsError};
 
 use client::{CallError, Pool, Retry, Route, is_compacted, is_future_revision, to_revision};
 use namespace::Namespace;
@@ -125,6 +126,10 @@ pub struct EtcdOptions {
     /// CA certificates (PEM) trusted for `https://` endpoints besides the system's. When set,
     /// the file must hold at least one usable certificate.
     pub ca_file: Option<PathBuf>,
+    /// The client certificate and key presented to `https://` endpoints, for etcd run with
+    /// `--client-cert-auth` (etcd then refuses clients without a certificate its
+    /// `--trusted-ca-file` signed).
+    pub client_identity: Option<ClientIdentityFiles>,
     /// Prefix of every key of this store in the etcd keyspace (default `/meridian/`).
     pub namespace: Bytes,
     /// Linearizable (default) or serializable reads.
@@ -163,6 +168,7 @@ impl EtcdOptions {
         EtcdOptions {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             ca_file: None,
+            client_identity: None,
             namespace: Bytes::from_static(DEFAULT_NAMESPACE.as_bytes()),
             read_mode: ReadMode::Linearizable,
             request_timeout: Duration::from_secs(5),
@@ -185,6 +191,12 @@ impl EtcdOptions {
     /// Trusts the certificates of this PEM file for `https://` endpoints (besides the system's).
     pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents this client certificate (PEM chain) and key to `https://` endpoints.
+    pub fn client_identity(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_identity = Some(ClientIdentityFiles { cert: cert.into(), key: key.into() });
         self
     }
 

@@ -31,7 +31,8 @@
 //! for 127.0.0.1 and localhost made at start ([`TestCert`]; its file is also the CA file clients
 //! trust). The harness's own health and status requests then use TLS too. Peer traffic between
 //! members stays plain `http://` unless [`EtcdClusterBuilder::peer_tls`] asks for `https://`
-//! there too, with the same certificate.
+//! there too, with the same certificate. [`EtcdClusterBuilder::client_cert_auth`] also makes
+//! the members refuse clients without a certificate they trust (the same one again).
 //!
 //! If `etcd` is not installed, starting a cluster panics and says how to install it: tests that
 //! need etcd never pass silently. `ETCD_BIN` overrides the binary.
@@ -94,17 +95,23 @@ impl TestCert {
         TestCert { _dir: dir, cert, key }
     }
 
-    /// A rustls client configuration trusting only this certificate.
-    fn client_config(&self) -> Arc<rustls::ClientConfig> {
+    /// A rustls client configuration trusting only this certificate; with `present_it`, it
+    /// also presents this certificate as its client certificate.
+    fn client_config(&self, present_it: bool) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         let cert = rustls::pki_types::CertificateDer::from_pem_file(&self.cert).expect("read the test certificate");
-        roots.add(cert).expect("the test certificate is a usable root");
-        let config =
+        roots.add(cert.clone()).expect("the test certificate is a usable root");
+        let builder =
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
                 .with_safe_default_protocol_versions()
                 .expect("TLS versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+                .with_root_certificates(roots);
+        let config = if present_it {
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&self.key).expect("read the test key");
+            builder.with_client_auth_cert(vec![cert], key).expect("the test certificate and key match")
+        } else {
+            builder.with_no_client_auth()
+        };
         Arc::new(config)
     }
 }
@@ -178,6 +185,7 @@ fn https(url: &str) -> String {
 struct TlsSettings {
     cert: Option<Arc<TestCert>>,
     peer: bool,
+    client_cert_auth: bool,
 }
 
 impl TlsSettings {
@@ -186,6 +194,9 @@ impl TlsSettings {
         let Some(cert) = &self.cert else { return Vec::new() };
         let (cert, key) = (cert.cert.to_string_lossy().into_owned(), cert.key.to_string_lossy().into_owned());
         let mut args = vec!["--cert-file".into(), cert.clone(), "--key-file".into(), key.clone()];
+        if self.client_cert_auth {
+            args.extend(["--client-cert-auth".into(), "--trusted-ca-file".into(), cert.clone()]);
+        }
         if self.peer {
             args.extend(["--peer-cert-file".into(), cert.clone(), "--peer-key-file".into(), key]);
             args.extend(["--peer-trusted-ca-file".into(), cert]);
@@ -249,6 +260,17 @@ impl EtcdClusterBuilder {
         }
         self.specs = self.specs.into_iter().map(MemberSpec::with_peer_tls).collect();
         self.tls.peer = true;
+        self
+    }
+
+    /// Also requires clients to present a certificate signed by the members' certificate
+    /// (etcd's `--client-cert-auth --trusted-ca-file`; implies [`EtcdClusterBuilder::client_tls`]).
+    /// The [`TestCert`] itself is such a client certificate: its key is the client key.
+    pub fn client_cert_auth(mut self) -> Self {
+        if self.tls.cert.is_none() {
+            self = self.client_tls();
+        }
+        self.tls.client_cert_auth = true;
         self
     }
 
@@ -420,7 +442,7 @@ impl EtcdCluster {
                 })
                 .collect(),
             dir,
-            tls_client: builder.tls.cert.as_ref().map(|cert| cert.client_config()),
+            tls_client: builder.tls.cert.as_ref().map(|cert| cert.client_config(builder.tls.client_cert_auth)),
             tls: builder.tls,
         };
         // Free the reserved ports just before etcd binds them.

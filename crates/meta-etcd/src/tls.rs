@@ -1,12 +1,13 @@
 //! What an `https://` etcd endpoint is checked against: the system's CA certificates plus the
-//! certificates of an optional CA file (a private CA, or etcd's own self-signed certificate).
+//! certificates of an optional CA file (a private CA, or etcd's own self-signed certificate);
+//! and the client certificate this node presents, for etcd run with `--client-cert-auth`.
 
 use std::path::{Path, PathBuf};
 
 use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use tonic::transport::ClientTlsConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::transport::{ClientTlsConfig, Identity};
 
 /// Why TLS to etcd cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -22,23 +23,38 @@ pub enum TlsError {
          the system has no CA certificates and no CA file was given (--ca-file)"
     )]
     NoTrust { endpoint: String },
+    #[error("cannot read the etcd client {what} {path}: {source}")]
+    ReadIdentity { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("the etcd client {what} {path} holds no usable PEM {what}{reason}")]
+    BadIdentity { what: &'static str, path: PathBuf, reason: String },
+}
+
+/// The client certificate (chain) and its private key, PEM files, that this node presents to
+/// etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentityFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The trusted CAs, loaded once for every https:// endpoint.
 pub(crate) struct Trust {
     roots: RootCertStore,
+    identity: Option<Identity>,
 }
 
 impl Trust {
-    /// The system's CA certificates plus every certificate in `ca_file`.
-    pub(crate) fn load(ca_file: Option<&Path>) -> Result<Trust, TlsError> {
+    /// The system's CA certificates plus every certificate in `ca_file`, and the client
+    /// identity, if any.
+    pub(crate) fn load(ca_file: Option<&Path>, identity: Option<&ClientIdentityFiles>) -> Result<Trust, TlsError> {
         let mut roots = RootCertStore::empty();
         // A system certificate rustls cannot parse is skipped, as every TLS client does.
         roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
         if let Some(path) = ca_file {
             add_ca_file(&mut roots, path)?;
         }
-        Ok(Trust { roots })
+        let identity = identity.map(load_identity).transpose()?;
+        Ok(Trust { roots, identity })
     }
 
     /// tonic's TLS settings for `endpoint`; fails when nothing is trusted.
@@ -50,8 +66,33 @@ impl Trust {
         if self.roots.is_empty() {
             return Err(TlsError::NoTrust { endpoint: endpoint.to_string() });
         }
-        Ok(ClientTlsConfig::new().trust_anchors(self.roots.roots.iter().cloned()).timeout(handshake_timeout))
+        let config = ClientTlsConfig::new().trust_anchors(self.roots.roots.iter().cloned()).timeout(handshake_timeout);
+        Ok(match &self.identity {
+            Some(identity) => config.identity(identity.clone()),
+            None => config,
+        })
     }
+}
+
+/// Reads the client certificate and key, checking that each holds what it should (tonic would
+/// only find out at the first handshake).
+fn load_identity(files: &ClientIdentityFiles) -> Result<Identity, TlsError> {
+    let read = |what: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::ReadIdentity { what, path: path.to_path_buf(), source })
+    };
+    let (cert, key) = (read("certificate", &files.cert)?, read("key", &files.key)?);
+    let bad = |what: &'static str, path: &Path, reason: String| TlsError::BadIdentity {
+        what,
+        path: path.to_path_buf(),
+        reason: if reason.is_empty() { reason } else { format!(" ({reason})") },
+    };
+    match CertificateDer::pem_slice_iter(&cert).collect::<Result<Vec<_>, _>>() {
+        Ok(certs) if !certs.is_empty() => {}
+        Ok(_) => return Err(bad("certificate", &files.cert, String::new())),
+        Err(e) => return Err(bad("certificate", &files.cert, e.to_string())),
+    }
+    PrivateKeyDer::from_pem_slice(&key).map_err(|e| bad("key", &files.key, e.to_string()))?;
+    Ok(Identity::from_pem(cert, key))
 }
 
 /// Every certificate of a PEM file, each checked to be usable as a CA.
@@ -75,7 +116,7 @@ mod tests {
 
     #[test]
     fn https_with_no_trusted_ca_is_refused() {
-        let trust = Trust { roots: RootCertStore::empty() };
+        let trust = Trust { roots: RootCertStore::empty(), identity: None };
         let err = trust.config("https://etcd:2379", std::time::Duration::from_secs(1)).unwrap_err();
         assert!(matches!(&err, TlsError::NoTrust { endpoint } if endpoint == "https://etcd:2379"), "{err}");
         assert!(err.to_string().contains("--ca-file"), "{err}");

@@ -100,3 +100,46 @@ async fn plain_http_still_works_beside_a_ca_file() {
     let store = EtcdStore::connect(EtcdOptions::new(cluster.client_endpoints()).ca_file(&cert.cert)).await.unwrap();
     exercise(&store).await;
 }
+
+/// etcd run with `--client-cert-auth`: a store presenting the client certificate works; one
+/// without a certificate, or with one etcd does not trust, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_client_cert_auth_only_a_trusted_client_certificate_gets_in() {
+    let cluster = EtcdCluster::builder(1).client_cert_auth().start();
+    let cert = cluster.tls_cert().unwrap();
+    let options = || EtcdOptions::new(cluster.client_endpoints()).ca_file(&cert.cert);
+    let store = EtcdStore::connect(options().client_identity(&cert.cert, &cert.key)).await.unwrap();
+    exercise(&store).await;
+
+    let stranger = TestCert::new();
+    for refused in [options(), options().client_identity(&stranger.cert, &stranger.key)] {
+        let refused = refused.request_timeout(Duration::from_secs(2));
+        let err = match EtcdStore::connect(refused).await {
+            Ok(store) => store.get(b"k/1").await.unwrap_err(),
+            Err(err) => err,
+        };
+        assert!(matches!(err, MetaError::Unavailable(_)), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_or_invalid_client_certificate_or_key_is_refused_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::new();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not PEM\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (client_cert, client_key, expected) in [
+        (&missing, &cert.key, "cannot read the etcd client certificate"),
+        (&cert.cert, &missing, "cannot read the etcd client key"),
+        (&garbage, &cert.key, "holds no usable PEM certificate"),
+        (&cert.cert, &garbage, "holds no usable PEM key"),
+    ] {
+        let options =
+            EtcdOptions::new(["https://127.0.0.1:1"]).ca_file(&cert.cert).client_identity(client_cert, client_key);
+        match EtcdStore::connect(options).await {
+            Err(MetaError::Storage(message)) => assert!(message.contains(expected), "{message}"),
+            other => panic!("expected a refusal naming {expected:?}, got {:?}", other.map(|_| ())),
+        }
+    }
+}

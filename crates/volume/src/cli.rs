@@ -206,6 +206,11 @@ pub struct ServeArgs {
     /// Write a checkpoint after this much log data.
     #[arg(long, default_value = "1GiB")]
     pub checkpoint_every: String,
+    /// Serve this volume's Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9500;
+    /// port 0 picks a free port, printed). No authentication: bind it to loopback or a trusted
+    /// network.
+    #[arg(long, env = "MERIDIAN_VOLUME_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub bucket: BucketArgs,
 }
@@ -216,7 +221,12 @@ fn duration_arg(text: &str) -> std::result::Result<Duration, meridian_common::du
     meridian_common::duration::parse_duration(text)
 }
 
+/// The cache directory of commands without `--cache-dir` (gc, resize) and of `serve` without
+/// it: `MERIDIAN_VOLUME_CACHE`, else the user's cache directory.
 fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MERIDIAN_VOLUME_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(x).join("meridian/volumes");
     }
@@ -400,6 +410,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
         });
     }
+    let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+    if let Some(addr) = args.metrics_listen {
+        serve_metrics(addr, vol.clone(), metrics_stopped).await?;
+    }
     let export = Export {
         name: args.name.clone(),
         description: format!("meridian volume {}", args.name),
@@ -424,12 +438,63 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let _ = tx.send(why);
     });
     server.await?;
+    let _ = stop_metrics.send(true);
     match rx.await.ok().flatten() {
         Some(why) => Err(VolumeError::Failed(why)),
         None => {
             info!("shutting down: flushing, checkpointing, releasing the lease");
             vol.close().await
         }
+    }
+}
+
+/// Serves `GET /metrics` for `vol` on `addr` through the shared HTTP layer (admin limits)
+/// until `stopped` turns true.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    vol: Arc<Volume>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| VolumeError::Invalid(format!("cannot listen on {addr} for metrics (--metrics-listen): {e}")))?;
+    // Tests and scripts read this line to learn the port.
+    println!("meridian volume: metrics on http://{}/metrics", listener.local_addr()?);
+    let handler = meridian_http::handler_fn(move |req, info| {
+        let vol = vol.clone();
+        async move {
+            info.notes.set_operation("metrics");
+            metrics_response(&vol, &req)
+        }
+    });
+    let server = meridian_http::Server::new(meridian_http::Policy::admin());
+    tokio::spawn(async move {
+        let until_stopped = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = server.serve(listener, handler, until_stopped).await {
+            warn!(error = %e, "the metrics listener failed");
+        }
+    });
+    Ok(())
+}
+
+fn metrics_response<B>(vol: &Volume, req: &http::Request<B>) -> http::Response<meridian_http::ResponseBody> {
+    use http::StatusCode;
+    if req.uri().path() != "/metrics" {
+        return meridian_http::text_response(StatusCode::NOT_FOUND, "only /metrics is served here");
+    }
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        return meridian_http::text_response(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+    }
+    match vol.metrics().encode(vol.backlog()) {
+        Ok(text) => {
+            let mut resp = http::Response::new(meridian_http::full(text));
+            resp.headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+            resp
+        }
+        Err(e) => meridian_http::text_response(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding failed: {e}")),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod gc;
 pub mod journal;
 pub mod lease;
 pub mod manage;
+pub mod metrics;
 pub mod nbd;
 mod readahead;
 pub mod replay;

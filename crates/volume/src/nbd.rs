@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -18,6 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::error::VolumeError;
+use crate::metrics::Request;
 use crate::volume::Volume;
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
@@ -281,6 +283,24 @@ struct Reply {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+/// The operation label of a command, for the metrics.
+fn op_name(cmd: u16) -> &'static str {
+    match cmd {
+        CMD_READ => "read",
+        CMD_WRITE => "write",
+        CMD_FLUSH => "flush",
+        CMD_TRIM => "trim",
+        CMD_WRITE_ZEROES => "write_zeroes",
+        _ => "other",
+    }
+}
+
+/// Records a request answered with `error` (0: success) `started` ago.
+fn record(vol: &Volume, cmd: u16, error: u32, started: Instant) {
+    let result = if error == 0 { "ok" } else { "error" };
+    vol.metrics().request(Request { op: op_name(cmd), result }, started.elapsed());
+}
+
 fn errno(e: &VolumeError) -> u32 {
     match e {
         VolumeError::OutOfRange { .. } | VolumeError::Invalid(_) => EINVAL,
@@ -331,7 +351,11 @@ async fn transmission(
         let handle = u64::from_be_bytes(hdr[8..16].try_into().unwrap_or_default());
         let offset = u64::from_be_bytes(hdr[16..24].try_into().unwrap_or_default());
         let len = u32::from_be_bytes([hdr[24], hdr[25], hdr[26], hdr[27]]);
-        let reply = |error: u32| Reply { handle, error, data: None, _permit: None };
+        let started = Instant::now();
+        let reply = |error: u32| {
+            record(&vol, cmd, error, started);
+            Reply { handle, error, data: None, _permit: None }
+        };
         // A WRITE's payload must be consumed whatever we answer, or the stream desyncs.
         let payload = if cmd == CMD_WRITE {
             if len > MAX_PAYLOAD {
@@ -377,28 +401,35 @@ async fn transmission(
                 let (vol, tx) = (vol.clone(), tx.clone());
                 tokio::spawn(async move {
                     let r = match vol.read(offset, u64::from(len)).await {
-                        Ok(data) => Reply { handle, error: 0, data: Some(data), _permit: Some(permit) },
+                        Ok(data) => {
+                            vol.metrics().read(data.len() as u64);
+                            Reply { handle, error: 0, data: Some(data), _permit: Some(permit) }
+                        }
                         Err(e) => {
                             warn!(offset, len, error = %e, "read failed");
                             Reply { handle, error: errno(&e), data: None, _permit: None }
                         }
                     };
+                    record(&vol, cmd, r.error, started);
                     let _ = tx.send(r);
                 });
             }
-            CMD_FLUSH => spawn_flush(&vol, &tx, handle),
+            CMD_FLUSH => spawn_flush(&vol, &tx, handle, cmd, started),
             _ => {
                 let res = match cmd {
                     CMD_WRITE => vol.write(offset, payload.as_deref().unwrap_or(&[])).await,
                     CMD_TRIM => vol.trim(offset, u64::from(len)).await,
                     _ => vol.write_zeroes(offset, u64::from(len)).await,
                 };
+                if res.is_ok() && cmd == CMD_WRITE {
+                    vol.metrics().written(u64::from(len));
+                }
                 match res {
                     Err(e) => {
                         warn!(cmd, offset, len, error = %e, "write failed");
                         let _ = tx.send(reply(errno(&e)));
                     }
-                    Ok(()) if flags & CMD_FLAG_FUA != 0 => spawn_flush(&vol, &tx, handle),
+                    Ok(()) if flags & CMD_FLAG_FUA != 0 => spawn_flush(&vol, &tx, handle, cmd, started),
                     Ok(()) => {
                         let _ = tx.send(reply(0));
                     }
@@ -415,8 +446,9 @@ async fn transmission(
     }
 }
 
-/// FLUSH (and FUA): reply once everything written before it is durable in the bucket.
-fn spawn_flush(vol: &Arc<Volume>, tx: &mpsc::UnboundedSender<Reply>, handle: u64) {
+/// FLUSH (and FUA, after the write of `cmd`): reply once everything written before it is
+/// durable in the bucket.
+fn spawn_flush(vol: &Arc<Volume>, tx: &mpsc::UnboundedSender<Reply>, handle: u64, cmd: u16, started: Instant) {
     let (vol, tx) = (vol.clone(), tx.clone());
     tokio::spawn(async move {
         let error = match vol.flush().await {
@@ -426,6 +458,7 @@ fn spawn_flush(vol: &Arc<Volume>, tx: &mpsc::UnboundedSender<Reply>, handle: u64
                 EIO
             }
         };
+        record(&vol, cmd, error, started);
         let _ = tx.send(Reply { handle, error, data: None, _permit: None });
     });
 }

@@ -21,6 +21,7 @@ use crate::format::{
 };
 use crate::journal::{Generation, PlannedObject, UnitIndex};
 use crate::lease::LeaseHandle;
+use crate::metrics::{Backlog, VolumeMetrics};
 use crate::readahead::{ObjectSpan, ReadAhead};
 use crate::replay::{self, Listing};
 use crate::store::{ObjectStore, PutCondition};
@@ -172,6 +173,7 @@ pub struct Volume {
     rmw: RwLock<()>,
     table_path: PathBuf,
     readahead: ReadAhead,
+    metrics: VolumeMetrics,
 }
 
 impl Volume {
@@ -241,6 +243,7 @@ impl Volume {
             rmw: RwLock::new(()),
             table_path,
             readahead: ReadAhead::default(),
+            metrics: VolumeMetrics::default(),
         });
         vol.write_marker(ObjectKind::Fence).await?;
         Ok(vol)
@@ -264,6 +267,21 @@ impl Volume {
 
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    pub fn metrics(&self) -> &VolumeMetrics {
+        &self.metrics
+    }
+
+    /// What is waiting to reach the bucket, for the metrics.
+    pub fn backlog(&self) -> Backlog {
+        let st = self.lock();
+        let cut_bytes: u64 = st.cut.iter().map(|unit| unit.journal.file_bytes()).sum();
+        Backlog {
+            dirty_bytes: st.open.file_bytes() + cut_bytes,
+            queued_units: st.cut.len() as u64,
+            uploads_in_flight: self.cfg.uploads.max(1).saturating_sub(self.uploads.available_permits()) as u64,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -794,6 +812,7 @@ impl Volume {
     /// Cuts the journal (if it holds anything) and waits until every write accepted so far is
     /// durable.
     pub async fn flush(self: &Arc<Self>) -> Result<()> {
+        let started = Instant::now();
         let target = loop {
             let mut progress = self.progress.subscribe();
             {
@@ -809,7 +828,9 @@ impl Volume {
             }
             progress.changed().await.map_err(|_| VolumeError::Failed("volume closed".into()))?;
         };
-        self.wait_durable(target).await
+        self.wait_durable(target).await?;
+        self.metrics.flushed(started.elapsed());
+        Ok(())
     }
 
     async fn wait_durable(&self, target: u64) -> Result<()> {
@@ -846,7 +867,9 @@ impl Volume {
                 }
             }
             if last_renew.elapsed() >= renew_every {
-                match self.lease.renew().await {
+                let renewed = self.lease.renew().await;
+                self.metrics.lease_renewal(renewed.is_ok());
+                match renewed {
                     Ok(()) => last_renew = Instant::now(),
                     Err(VolumeError::Fenced(e)) => {
                         self.fail(format!("lease taken over (by epoch > {e})"));

@@ -20,8 +20,9 @@ use rand::{Rng, SeedableRng};
 
 const MIB: u64 = 1 << 20;
 
+/// A writer whose cache directory the volume creates (owner-only) inside `dir`.
 fn cfg(dir: &tempfile::TempDir, who: &str) -> WriterConfig {
-    let mut c = WriterConfig::new(dir.path().to_path_buf(), who.to_string());
+    let mut c = WriterConfig::new(dir.path().join("cache"), who.to_string());
     c.cache_pages = 8;
     c
 }

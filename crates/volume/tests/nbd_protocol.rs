@@ -32,7 +32,7 @@ impl Server {
         manage::create(store.as_ref(), &layout, "disk", size, 1 << 20).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let vol =
-            Volume::open(store, layout, WriterConfig::new(dir.path().to_path_buf(), "test".into())).await.unwrap();
+            Volume::open(store, layout, WriterConfig::new(dir.path().join("cache"), "test".into())).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
