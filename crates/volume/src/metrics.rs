@@ -142,40 +142,12 @@ impl VolumeMetrics {
         self.uploads_in_flight.set(gauge(backlog.uploads_in_flight));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
-        Ok(openmetrics_to_prometheus(&text))
+        Ok(meridian_metrics::openmetrics_to_prometheus_text(&text))
     }
 }
 
 /// The content type of [`VolumeMetrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// prometheus-client writes OpenMetrics, where a counter family is named without its `_total`
-/// samples' suffix. Prometheus' own text format — what `promtool check metrics` and every
-/// scraper read — names HELP and TYPE after the samples, and has no UNIT or EOF lines.
-fn openmetrics_to_prometheus(text: &str) -> String {
-    let counters: Vec<&str> =
-        text.lines().filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| Some((p, line.strip_prefix(p)?)));
-        match meta {
-            Some((prefix, rest)) => {
-                let name = rest.split(' ').next().unwrap_or_default();
-                let rest = &rest[name.len()..];
-                let suffix = if counters.contains(&name) { "_total" } else { "" };
-                out.push_str(&format!("{prefix}{name}{suffix}{rest}\n"));
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
+pub const CONTENT_TYPE: &str = meridian_metrics::TEXT_CONTENT_TYPE;
 
 #[cfg(test)]
 mod tests {
