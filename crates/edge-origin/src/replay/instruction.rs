@@ -441,7 +441,8 @@ mod tests {
     #[test]
     fn malformed_headers_are_clear_errors() {
         use InstructionError::*;
-        let cases: [(&str, fn(&InstructionError) -> bool); 10] = [
+        type Check = fn(&InstructionError) -> bool;
+        let cases: [(&str, Check); 10] = [
             ("", |e| matches!(e, Empty)),
             ("region", |e| matches!(e, MissingValue(_))),
             ("app=other", |e| matches!(e, UnknownField(f) if f == "app")),
