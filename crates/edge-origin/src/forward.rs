@@ -14,18 +14,20 @@ use meridian_http::client::Connector;
 use meridian_http::{ClientTls, ResponseBody, boxed};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Headers only an edge may set: dropped from clients' requests (and from answers to them).
-pub const EDGE_ONLY: [&str; 6] = [
-    "fly-replay-src",
-    "fly-replay-failed",
-    PEER_TOKEN,
-    PEER_INSTANCE,
-    PEER_HOPS,
-    UNDELIVERABLE,
-];
+pub const EDGE_ONLY: [&str; 6] =
+    ["fly-replay-src", "fly-replay-failed", PEER_TOKEN, PEER_INSTANCE, PEER_HOPS, UNDELIVERABLE];
 
 /// The cluster token proving a request comes from another region's edge.
 pub const PEER_TOKEN: &str = "x-meridian-replay-token";
@@ -107,7 +109,10 @@ pub fn from_client(headers: &HeaderMap, client: SocketAddr, secure: bool) -> Hea
     if let Some(host) = headers.get(header::HOST) {
         out.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
-    out.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(if secure { "https" } else { "http" }));
+    out.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if secure { "https" } else { "http" }),
+    );
     out
 }
 

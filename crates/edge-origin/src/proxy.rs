@@ -169,7 +169,9 @@ struct Inner {
 impl OriginProxy {
     pub fn new(config: ProxyConfig, tls: &ClientTls) -> OriginProxy {
         let forwarder = Forwarder::new(tls, config.connect_timeout);
-        OriginProxy { inner: Arc::new(Inner { config, forwarder, cache: ReplayCache::default(), next: AtomicUsize::new(0) }) }
+        OriginProxy {
+            inner: Arc::new(Inner { config, forwarder, cache: ReplayCache::default(), next: AtomicUsize::new(0) }),
+        }
     }
 
     pub fn topology(&self) -> &Topology {
@@ -192,11 +194,19 @@ impl OriginProxy {
         let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).or(parts.uri.host()).unwrap_or("");
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let peer = self.is_peer(&parts.headers);
-        let headers =
-            if peer { forward::from_peer(&parts.headers) } else { forward::from_client(&parts.headers, client, secure) };
-        let hops = if peer { header_text(&parts.headers, PEER_HOPS).and_then(|h| h.parse().ok()).unwrap_or(0) } else { 0 };
-        let pending =
-            Pending { out: Outgoing { method: parts.method.clone(), path_and_query, headers }, spool, host: host.into(), hops };
+        let headers = if peer {
+            forward::from_peer(&parts.headers)
+        } else {
+            forward::from_client(&parts.headers, client, secure)
+        };
+        let hops =
+            if peer { header_text(&parts.headers, PEER_HOPS).and_then(|h| h.parse().ok()).unwrap_or(0) } else { 0 };
+        let pending = Pending {
+            out: Outgoing { method: parts.method.clone(), path_and_query, headers },
+            spool,
+            host: host.into(),
+            hops,
+        };
         if peer {
             let instance = header_text(&parts.headers, PEER_INSTANCE).map(str::to_string);
             return self.serve_peer(pending, instance).await;
@@ -297,7 +307,12 @@ impl OriginProxy {
     }
 
     /// The client's answer to what `responder` answered: as is, or the replay it asks for.
-    fn follow(&self, pending: Pending, resp: Response<Incoming>, responder: Instance) -> BoxFuture<'_, Response<ResponseBody>> {
+    fn follow(
+        &self,
+        pending: Pending,
+        resp: Response<Incoming>,
+        responder: Instance,
+    ) -> BoxFuture<'_, Response<ResponseBody>> {
         async move {
             let (instruction, headers) = match detect(resp).await {
                 Detected::Answer(resp) => {
@@ -336,12 +351,19 @@ impl OriginProxy {
                 self.inner.cache.remember(&rule, &pending.lookup(), replay);
             }
             Ok(None) => {}
-            Err(err) => tracing::warn!(instance = %responder.id, error = %err, "origin asked for an invalid replay cache"),
+            Err(err) => {
+                tracing::warn!(instance = %responder.id, error = %err, "origin asked for an invalid replay cache")
+            }
         }
     }
 
     /// Replays `pending` as `ins` says (asked by instance `asked_by`).
-    async fn replay(&self, pending: &Pending, ins: &Instruction, asked_by: &str) -> Result<Response<ResponseBody>, Failure> {
+    async fn replay(
+        &self,
+        pending: &Pending,
+        ins: &Instruction,
+        asked_by: &str,
+    ) -> Result<Response<ResponseBody>, Failure> {
         let replayed = pending.replayed(ins, asked_by, &self.topology().local);
         let excluded = if ins.elsewhere { vec![asked_by.to_string()] } else { Vec::new() };
         let queue = self.plan(ins, &excluded, asked_by);
@@ -426,10 +448,16 @@ impl OriginProxy {
         Err(Failure { reason, region, instance, elapsed: start.elapsed() })
     }
 
-    async fn send(&self, pending: &Pending, candidate: &Candidate) -> Result<Response<Incoming>, forward::ForwardError> {
+    async fn send(
+        &self,
+        pending: &Pending,
+        candidate: &Candidate,
+    ) -> Result<Response<Incoming>, forward::ForwardError> {
         let body = pending.spool.body();
         match candidate {
-            Candidate::Local(instance) => self.inner.forwarder.send(&instance.url, &pending.out, HeaderMap::new(), body).await,
+            Candidate::Local(instance) => {
+                self.inner.forwarder.send(&instance.url, &pending.out, HeaderMap::new(), body).await
+            }
             Candidate::Remote { edge, instance, .. } => {
                 let mut extra = HeaderMap::new();
                 forward::insert(&mut extra, PEER_TOKEN, &self.inner.config.peer_token);
@@ -481,16 +509,16 @@ fn target_of(candidate: Option<&Candidate>, local: &str) -> (String, Option<Stri
 /// Whether an answer is `fly-replay: elsewhere=true` and nothing more (load shedding).
 fn sheds_load(headers: &HeaderMap) -> bool {
     let Some(text) = headers.get("fly-replay").and_then(|v| v.to_str().ok()) else { return false };
-    Instruction::from_header(text).is_ok_and(|i| {
-        i.elsewhere && i.regions.is_empty() && i.instance.is_none() && i.prefer_instance.is_none()
-    })
+    Instruction::from_header(text)
+        .is_ok_and(|i| i.elsewhere && i.regions.is_empty() && i.instance.is_none() && i.prefer_instance.is_none())
 }
 
 async fn detect(resp: Response<Incoming>) -> Detected {
     if let Some(value) = resp.headers().get("fly-replay") {
-        let parsed = value.to_str().map_err(|_| "not text".to_string()).and_then(|text| {
-            Instruction::from_header(text).map_err(|e| e.to_string())
-        });
+        let parsed = value
+            .to_str()
+            .map_err(|_| "not text".to_string())
+            .and_then(|text| Instruction::from_header(text).map_err(|e| e.to_string()));
         return match parsed {
             Ok(instruction) => Detected::Replay(Box::new(instruction), resp.headers().clone()),
             Err(why) => Detected::Invalid(why),

@@ -169,12 +169,19 @@ mod tests {
 
     #[test]
     fn candidates_by_instance_and_region() {
-        let t = Topology::new("ams", vec![region("ams", None, &["a1", "a2"]), region("sjc", Some("http://127.0.0.1:2"), &["s1"])])
-            .expect("valid");
+        let t = Topology::new(
+            "ams",
+            vec![region("ams", None, &["a1", "a2"]), region("sjc", Some("http://127.0.0.1:2"), &["s1"])],
+        )
+        .expect("valid");
         assert!(matches!(t.instance("a2"), Some(Candidate::Local(i)) if i.id == "a2"));
         assert_eq!(
             t.instance("s1"),
-            Some(Candidate::Remote { region: "sjc".into(), edge: "http://127.0.0.1:2".into(), instance: Some("s1".into()) })
+            Some(Candidate::Remote {
+                region: "sjc".into(),
+                edge: "http://127.0.0.1:2".into(),
+                instance: Some("s1".into())
+            })
         );
         assert_eq!(t.instance("nope"), None);
         assert_eq!(t.into_region("ams", &["a1".into()]).len(), 1);
@@ -186,7 +193,10 @@ mod tests {
     fn invalid_topologies_are_refused() {
         let err = |regions| Topology::new("ams", regions).expect_err("invalid");
         assert_eq!(err(vec![region("ams", None, &[])]), TopologyError::NoLocalInstances("ams".into()));
-        assert_eq!(err(vec![region("ams", None, &["a"]), region("sjc", None, &[])]), TopologyError::Unreachable("sjc".into()));
+        assert_eq!(
+            err(vec![region("ams", None, &["a"]), region("sjc", None, &[])]),
+            TopologyError::Unreachable("sjc".into())
+        );
         assert_eq!(err(vec![region("ams", None, &["a", "a"])]), TopologyError::DuplicateInstance("a".into()));
         assert!(matches!(err(vec![region("ams", Some("ftp://x"), &["a"])]), TopologyError::BadUrl { .. }));
         assert!(matches!(err(vec![region("a b", None, &["a"])]), TopologyError::BadRegionName(_)));

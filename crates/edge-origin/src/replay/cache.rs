@@ -125,8 +125,8 @@ pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use crate::replay::instruction::RegionChoice;
+    use std::time::Duration;
 
     const TEST_TTL: Duration = Duration::from_secs(30);
 
