@@ -58,7 +58,7 @@ pub fn virtual_host_bucket(host: &str, domain: &str) -> Option<String> {
 }
 
 /// `host` without a trailing `:port`; an IPv6 literal (`[::1]:80`) keeps its brackets.
-fn without_port(host: &str) -> &str {
+pub fn without_port(host: &str) -> &str {
     match host.rsplit_once(':') {
         Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => name,
         Some((name, port)) if name.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => name,
@@ -66,7 +66,8 @@ fn without_port(host: &str) -> &str {
     }
 }
 
-fn percent_decode(path: &str) -> Result<String, AddressError> {
+/// The percent-decoded path, which must be UTF-8.
+pub fn percent_decode(path: &str) -> Result<String, AddressError> {
     percent_encoding::percent_decode_str(path)
         .decode_utf8()
         .map(|decoded| decoded.into_owned())

@@ -90,6 +90,8 @@ pub enum EngineError {
     FenceRejected { lock: String, token: u64, current: u64 },
     #[error("no access key named {0:?}")]
     NoSuchAccessKey(String),
+    #[error("no site named {0:?}")]
+    NoSuchSite(String),
     #[error("an access key named {0:?} already exists")]
     AccessKeyExists(String),
     #[error("access denied: {0}")]
@@ -132,9 +134,12 @@ impl EngineError {
             | E::InvalidPartNumber
             | E::Body(_) => K::Invalid,
             E::AccessDenied(_) => K::Denied,
-            E::NoSuchBucket | E::NoSuchKey | E::NoSuchUpload | E::NoSuchAccessKey(_) | E::RevisionCompacted { .. } => {
-                K::NotFound
-            }
+            E::NoSuchBucket
+            | E::NoSuchKey
+            | E::NoSuchUpload
+            | E::NoSuchAccessKey(_)
+            | E::NoSuchSite(_)
+            | E::RevisionCompacted { .. } => K::NotFound,
             E::BucketAlreadyOwnedByYou
             | E::BucketAlreadyExists
             | E::BucketNotEmpty
@@ -222,6 +227,7 @@ mod tests {
             EngineError::NoSuchKey,
             EngineError::NoSuchUpload,
             EngineError::NoSuchAccessKey("k".into()),
+            EngineError::NoSuchSite("s".into()),
             EngineError::RevisionCompacted { requested: 1, oldest: 5 },
             EngineError::Meta(MetaError::Compacted { requested: 1, oldest: 5 }),
         ];

@@ -19,6 +19,7 @@
 //! | `k/n/<key name>` | [`crate::iam::KeyRecord`] | access key create/rotate/delete/settings, the admin key at start |
 //! | `k/a/<access key id>` | a copy of the [`crate::iam::KeyRecord`] (older databases: the key's name) | the same transactions as its `k/n/` |
 //! | `n/<node id>` | [`crate::cluster::NodeRecord`] | each node's heartbeat; `forget_node` deletes |
+//! | `s/<site name>` | [`crate::website::SiteRecord`] | `meridian admin site put/delete` |
 
 use bytes::Bytes;
 
@@ -211,6 +212,13 @@ pub fn node(id: &str) -> Bytes {
 }
 
 pub const NODES_PREFIX: &str = "n/";
+
+/// `s/<site name>` → [`crate::website::SiteRecord`]: a site the web edge serves.
+pub fn site(name: &str) -> Bytes {
+    Bytes::from(format!("{SITES_PREFIX}{name}"))
+}
+
+pub const SITES_PREFIX: &str = "s/";
 
 #[cfg(test)]
 mod tests {

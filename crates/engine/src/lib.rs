@@ -32,6 +32,7 @@ pub mod peer;
 pub mod record;
 pub mod ttl;
 pub mod watch;
+pub mod website;
 
 pub use batch::{BatchOp, MAX_BATCH_OPS};
 pub use bucket::validate_bucket_name;

@@ -33,6 +33,10 @@ pub struct BucketRecord {
     /// Where the bucket's bytes live.
     #[serde(default, skip_serializing_if = "Location::is_global")]
     pub location: Location,
+    /// S3's website configuration (PutBucketWebsite); the web edge serves a public-read bucket
+    /// that has one at `<bucket>.<web domain>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub website: Option<crate::website::WebsiteConfig>,
 }
 
 /// A bucket's location type: the consistency and durability model of its objects' bytes.

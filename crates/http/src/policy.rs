@@ -79,6 +79,25 @@ impl Policy {
         }
     }
 
+    /// The web edge: many browsers, each opening a few connections; GET and HEAD only, so no
+    /// request bodies.
+    pub fn web() -> Policy {
+        Policy {
+            name: "web",
+            max_connections: 4096,
+            max_connections_per_address: 256,
+            max_headers: 100,
+            max_header_bytes: 32 << 10,
+            header_read_timeout: Duration::from_secs(20),
+            min_header_read_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(75),
+            max_body_bytes: 0,
+            max_concurrent_streams: 256,
+            drain_deadline: Duration::from_secs(30),
+            request_id_header: "x-request-id",
+        }
+    }
+
     /// Node-to-node traffic: a few peers with pooled connections, no request bodies.
     pub fn peer() -> Policy {
         Policy {

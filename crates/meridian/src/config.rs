@@ -56,6 +56,13 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// Revisions of change history kept for watches (older `since` values get 410).
     pub history_revisions: Option<u64>,
+    /// Address of the web edge (buckets served as websites); no edge when absent.
+    pub web_listen: Option<SocketAddr>,
+    /// Buckets with a website configuration are served at `<bucket>.<web_domain>`.
+    pub web_domain: Option<String>,
+    /// Sites the web edge serves (`[[site]]` tables).
+    #[serde(default, rename = "site")]
+    pub sites: Vec<meridian_engine::website::SiteRecord>,
 }
 
 /// A size in the TOML file: a number of bytes (`65536`) or a string in the one size grammar
@@ -233,5 +240,17 @@ mod tests {
         assert_eq!(file.inline_max, Some(ByteSize(65_536)));
         let junk = toml::from_str::<FileConfig>("inline_max = \"lots\"").unwrap_err().to_string();
         assert!(junk.contains("invalid size \"lots\""), "{junk}");
+    }
+
+    #[test]
+    fn sites_are_tables_of_the_file() {
+        let text = "web_listen = \"127.0.0.1:0\"\n[[site]]\nname = \"xedn\"\nbucket = \"xedn\"\npath_prefix = \"/file/christine-static\"\n[[site]]\nname = \"www\"\nhost = \"www.example.com\"\nbucket = \"www\"\ncache_control = \"public, max-age=60\"\n";
+        let file: FileConfig = toml::from_str(text).unwrap();
+        assert_eq!(file.sites.len(), 2);
+        assert_eq!(file.sites[0].path_prefix.as_deref(), Some("/file/christine-static"));
+        assert_eq!(file.sites[1].host.as_deref(), Some("www.example.com"));
+        let typo =
+            toml::from_str::<FileConfig>("[[site]]\nname = \"a\"\nbucket = \"b\"\nprefix = \"/x\"\n").unwrap_err();
+        assert!(typo.to_string().contains("unknown field `prefix`"), "{typo}");
     }
 }

@@ -26,6 +26,14 @@ pub struct ServerArgs {
     /// Address for the admin API (keys, permissions, health). Default: 127.0.0.1:9401
     #[arg(long, env = "MERIDIAN_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+    /// Address for the web edge (buckets and sites served as websites over plain HTTP, or HTTPS
+    /// with --tls-cert). Default: no edge
+    #[arg(long, env = "MERIDIAN_WEB_LISTEN")]
+    web_listen: Option<SocketAddr>,
+    /// Serve public-read buckets that have a website configuration at BUCKET.DOMAIN on the
+    /// web edge.
+    #[arg(long, env = "MERIDIAN_WEB_DOMAIN")]
+    web_domain: Option<String>,
     /// A TOML file with any of these settings (flags win over the file).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -98,11 +106,15 @@ struct Settings {
     data: PathBuf,
     listen: SocketAddr,
     admin_listen: SocketAddr,
+    web_listen: Option<SocketAddr>,
+    web_domain: Option<String>,
+    sites: Vec<meridian_engine::website::SiteRecord>,
     domain: Option<String>,
     region: String,
     inline_max: usize,
     s3_policy: Policy,
     admin_policy: Policy,
+    web_policy: Policy,
     tls: Option<TlsFiles>,
     ca_file: Option<PathBuf>,
     log_format: String,
@@ -116,6 +128,7 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
     };
     let s3_policy = file.apply_limits(Policy::s3());
     let admin_policy = file.apply_limits(Policy::admin());
+    let web_policy = file.apply_limits(Policy::web());
     let tls = match (args.tls_cert.or(file.tls_cert.clone()), args.tls_key.or(file.tls_key.clone())) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
@@ -155,6 +168,9 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             .admin_listen
             .or(file.admin_listen)
             .unwrap_or(config::DEFAULT_ADMIN_LISTEN.parse().context("default admin listen address")?),
+        web_listen: args.web_listen.or(file.web_listen),
+        web_domain: args.web_domain.or(file.web_domain),
+        sites: file.sites,
         domain: args.domain.or(file.domain),
         region: args.region.or(file.region).unwrap_or_else(|| "us-east-1".into()),
         inline_max: match args.inline_max.or(file.inline_max.map(u64::from)) {
@@ -163,6 +179,7 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         },
         s3_policy,
         admin_policy,
+        web_policy,
         tls,
         ca_file: args.ca_file.or(file.ca_file),
         log_format: args.log_format.or(file.log_format).unwrap_or_else(|| "text".into()),
@@ -253,6 +270,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         format!("cannot listen on {} for the admin API (pass --admin-listen ADDR:PORT)", settings.admin_listen)
     })?;
     let admin_addr = admin_listener.local_addr()?;
+    let web_listener = match settings.web_listen {
+        Some(web_listen) => Some(tokio::net::TcpListener::bind(web_listen).await.with_context(|| {
+            format!("cannot listen on {web_listen} for the web edge (pass --web-listen ADDR:PORT)")
+        })?),
+        None => None,
+    };
     let (admin_token, token_generated) = config::admin_token(&settings.data)?;
     let advertise = settings.advertise.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
     println!("Node: {node_id} in region {} (peers reach it at {advertise})", settings.region);
@@ -284,6 +307,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await;
     print_banner(&settings, &format!("{scheme}://{addr}"), &creds, &source);
     println!("Admin API: {scheme}://{admin_addr}");
+    if let Some(web) = &web_listener {
+        println!("Web edge: {scheme}://{}", web.local_addr()?);
+    }
     if token_generated {
         println!(
             "Admin token: {admin_token} (generated now, saved in {})",
@@ -291,6 +317,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
     }
     let admin = meridian_admin::AdminApi::new(engine.clone(), admin_token);
+    let edge_options =
+        meridian_edge::EdgeOptions { web_domain: settings.web_domain.clone(), sites: settings.sites.clone() };
+    let edge = meridian_edge::Edge::start(engine.clone(), edge_options).await.context("invalid web edge settings")?;
 
     collect_orphans_in_background(engine.clone(), started);
     let forwarder = peer_endpoint
@@ -302,16 +331,22 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
     let s3_server = meridian_http::Server::new(settings.s3_policy.clone()).tls(server_tls.clone());
-    let admin_server = meridian_http::Server::new(settings.admin_policy.clone()).tls(server_tls);
+    let admin_server = meridian_http::Server::new(settings.admin_policy.clone()).tls(server_tls.clone());
     let s3 = s3_server.serve(listener, node, until_stopped(stopped.clone()));
-    let admin = admin_server.serve(admin_listener, admin, until_stopped(stopped));
+    let admin = admin_server.serve(admin_listener, admin, until_stopped(stopped.clone()));
+    let web = async {
+        let Some(web_listener) = web_listener else { return Ok(()) };
+        let server = meridian_http::Server::new(settings.web_policy.clone()).tls(server_tls);
+        server.serve(web_listener, edge, until_stopped(stopped)).await
+    };
     let signal = async move {
         shutdown_signal().await;
         let _ = stop.send(true);
     };
-    let (s3, admin, ()) = tokio::join!(s3, admin, signal);
+    let (s3, admin, web, ()) = tokio::join!(s3, admin, web, signal);
     s3.context("the S3 listener failed")?;
     admin.context("the admin listener failed")?;
+    web.context("the web edge listener failed")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -65,6 +65,7 @@ pub fn s3_error(err: EngineError) -> S3Error {
         EngineError::IncompleteBody => C::IncompleteBody,
         EngineError::AccessDenied(_) => C::AccessDenied,
         EngineError::NoSuchAccessKey(_) => C::InvalidAccessKeyId,
+        EngineError::NoSuchSite(_) => return custom("NoSuchSite", http::StatusCode::NOT_FOUND, message),
         EngineError::AccessKeyExists(_) => return custom("AccessKeyExists", http::StatusCode::CONFLICT, message),
         EngineError::RevisionMismatch { current, .. } | EngineError::BatchRevisionMismatch { current, .. } => {
             let mut e = S3Error::with_message(C::PreconditionFailed, message);
