@@ -6,12 +6,12 @@
 //! may be reachable only from there). The binary fills this from the site's configuration; the
 //! edge URLs can be the other nodes' advertised web addresses.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::replay::instruction::is_region_name;
 
 /// One origin instance.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Instance {
     pub id: String,
@@ -20,7 +20,7 @@ pub struct Instance {
 }
 
 /// One region's origin instances and edge.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Region {
     pub name: String,
