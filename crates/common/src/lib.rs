@@ -3,6 +3,7 @@
 //! or formatter elsewhere, look here.
 
 pub mod bucket_address;
+pub mod cookie;
 mod decimal;
 pub mod duration;
 pub mod errors;

@@ -117,6 +117,14 @@ impl Edge {
             if let Some(resp) = serve::stored(&self.engine, target, &ask).await {
                 return resp;
             }
+            if let Some((variant, names)) = origin::current_variant(&self.engine, target, req.headers()).await
+                && let Some(mut resp) = serve::stored(&self.engine, &variant, &ask).await
+            {
+                if let Ok(value) = http::HeaderValue::from_str(&names.join(", ")) {
+                    resp.headers_mut().insert(header::VARY, value);
+                }
+                return resp;
+            }
             match origin::join_flight(&self.origins, target) {
                 Some(origin::flight::Flight::Follower(leader)) if !head => origin::flight::wait(leader).await,
                 Some(origin::flight::Flight::Leader(guard)) if !head => {

@@ -319,14 +319,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
     }
     let admin = meridian_admin::AdminApi::new(engine.clone(), admin_token);
-    let edge_options =
-        meridian_edge::EdgeOptions {
-            web_domain: settings.web_domain.clone(),
-            sites: settings.sites.clone(),
-            origins: settings.origins.clone(),
-            region: settings.region.clone(),
-            peer_token: settings.cluster_token.clone(),
-        };
+    let edge_options = meridian_edge::EdgeOptions {
+        web_domain: settings.web_domain.clone(),
+        sites: settings.sites.clone(),
+        origins: settings.origins.clone(),
+        region: settings.region.clone(),
+        peer_token: settings.cluster_token.clone(),
+    };
     let edge = meridian_edge::Edge::start(engine.clone(), edge_options).await.context("invalid web edge settings")?;
 
     collect_orphans_in_background(engine.clone(), started);

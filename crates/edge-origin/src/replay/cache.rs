@@ -112,14 +112,8 @@ fn without_port(host: &str) -> &str {
 
 /// The value of cookie `name` in the request's `Cookie` headers.
 pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.to_string())
+    let values = headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok());
+    meridian_common::cookie::cookie_value(values, name).map(str::to_string)
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub struct StoreAt {
     pub bucket: String,
     pub key: String,
     pub ttl: Duration,
+    /// User metadata of the stored object (a variant's source).
+    pub metadata: std::collections::BTreeMap<String, String>,
     /// Released (waking the followers) once the write has committed or failed.
     pub guard: Option<FlightGuard>,
 }
@@ -50,32 +52,42 @@ enum Piece {
 }
 
 /// `resp` with its body copied into the bucket as it streams.
-pub fn tee(resp: Response<ResponseBody>, at: StoreAt) -> Response<ResponseBody> {
+pub fn tee(resp: Response<ResponseBody>, mut at: StoreAt) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     parts.headers.remove(STORE_HEADER);
     let (pieces, received) = mpsc::channel(QUEUE);
-    let object_headers = object_headers(&parts.headers);
+    let mut object_headers = object_headers(&parts.headers);
+    object_headers.user_metadata = std::mem::take(&mut at.metadata);
     let content_length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     tokio::spawn(store(at, object_headers, content_length, received));
-    Response::from_parts(parts, copy_to(body, pieces))
+    Response::from_parts(parts, copy_to(body, pieces, content_length))
 }
 
-/// The client's body, each data frame also sent to `pieces`, then `End` if it finished.
-fn copy_to(body: ResponseBody, pieces: mpsc::Sender<Piece>) -> ResponseBody {
+/// The client's body, each data frame also sent to `pieces`, then `End` once it finished: at
+/// the end of the stream, or as soon as `length` bytes went by (the server stops reading a
+/// body with a declared length once it has them all).
+fn copy_to(body: ResponseBody, pieces: mpsc::Sender<Piece>, length: Option<u64>) -> ResponseBody {
     let frames = BodyStream::new(body);
-    let stream = futures::stream::unfold((frames, Some(pieces)), |(mut frames, mut pieces)| async move {
+    let start = (frames, Some(pieces), 0u64);
+    let stream = futures::stream::unfold(start, move |(mut frames, mut pieces, mut copied)| async move {
         match frames.next().await {
             Some(Ok(frame)) => {
-                if let (Some(data), Some(sender)) = (frame.data_ref(), pieces.as_ref())
-                    && sender.send(Piece::Data(data.clone())).await.is_err()
-                {
-                    // The write gave up; the client still gets the whole answer.
-                    pieces = None;
+                if let (Some(data), Some(sender)) = (frame.data_ref(), pieces.as_ref()) {
+                    copied += data.len() as u64;
+                    if sender.send(Piece::Data(data.clone())).await.is_err() {
+                        // The write gave up; the client still gets the whole answer.
+                        pieces = None;
+                    }
                 }
-                Some((Ok(frame), (frames, pieces)))
+                if length == Some(copied)
+                    && let Some(sender) = pieces.take()
+                {
+                    let _ = sender.send(Piece::End).await;
+                }
+                Some((Ok(frame), (frames, pieces, copied)))
             }
             // No `End`: the write is aborted.
-            Some(Err(err)) => Some((Err(err), (frames, None))),
+            Some(Err(err)) => Some((Err(err), (frames, None, copied))),
             None => {
                 if let Some(sender) = pieces.take() {
                     let _ = sender.send(Piece::End).await;
@@ -110,8 +122,12 @@ async fn store(at: StoreAt, headers: ObjectHeaders, content_length: Option<u64>,
         expires_at_ms,
     };
     match at.engine.put_object(req).await {
-        Ok(outcome) => tracing::debug!(bucket = %at.bucket, key = %at.key, size = outcome.size, "stored the origin's answer"),
-        Err(err) => tracing::warn!(bucket = %at.bucket, key = %at.key, error = %err, "the origin's answer was not stored"),
+        Ok(outcome) => {
+            tracing::debug!(bucket = %at.bucket, key = %at.key, size = outcome.size, "stored the origin's answer")
+        }
+        Err(err) => {
+            tracing::warn!(bucket = %at.bucket, key = %at.key, error = %err, "the origin's answer was not stored")
+        }
     }
 }
 
