@@ -47,6 +47,11 @@ impl Origins {
         for origin in origins {
             let invalid = |why: String| EdgeError::Origin { site: origin.site.clone(), why };
             let topology = Topology::new(region, origin.regions.clone()).map_err(|e| invalid(e.to_string()))?;
+            let replays_elsewhere = topology.regions.iter().any(|r| r.name != region && r.edge.is_some());
+            if replays_elsewhere && peer_token.is_none() {
+                // Edges prove a replay to each other with the cluster token.
+                return Err(invalid("replays to other regions' edges need the cluster token (--cluster-token)".into()));
+            }
             let config = ProxyConfig::new(topology, peer_token.unwrap_or_default().to_string());
             if by_site.insert(origin.site.clone(), OriginProxy::new(config, &tls)).is_some() {
                 return Err(invalid("the site has two origins".into()));
