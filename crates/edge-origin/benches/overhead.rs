@@ -30,7 +30,11 @@ fn serve_edge(listener: TcpListener, region: &str, regions: Vec<Region>) {
         let proxy = proxy.clone();
         async move { proxy.handle(req, info.peer, info.secure).await }
     });
-    tokio::spawn(Server::new(Policy { name: "bench-edge", ..Policy::peer() }).serve(listener, handler, std::future::pending()));
+    tokio::spawn(Server::new(Policy { name: "bench-edge", ..Policy::peer() }).serve(
+        listener,
+        handler,
+        std::future::pending(),
+    ));
 }
 
 async fn origin(instance: &str, region: &str) -> TestOrigin {
@@ -78,9 +82,13 @@ async fn main() {
     let remote = origin("sjc-1", "sjc").await;
     let ams = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let sjc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let link = WanProxy::start("127.0.0.1:0".parse().expect("addr"), sjc.local_addr().expect("addr"), LinkConfig::rtt(Duration::from_millis(40)))
-        .await
-        .expect("WAN link");
+    let link = WanProxy::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        sjc.local_addr().expect("addr"),
+        LinkConfig::rtt(Duration::from_millis(40)),
+    )
+    .await
+    .expect("WAN link");
     let regions = vec![
         Region { name: "ams".into(), edge: None, instances: vec![Instance { id: "ams-1".into(), url: local.url() }] },
         Region {

@@ -55,7 +55,14 @@ pub struct ProxyConfig {
     /// The most candidates one replay tries.
     pub max_attempts: usize,
     pub connect_timeout: Duration,
+    /// After a write (any method but GET, HEAD and OPTIONS) replayed to another region, the
+    /// client gets the [`PIN_COOKIE`] naming that region for this long, and its requests go
+    /// to that region's edge first while the cookie lasts (read your own writes).
+    pub pin: Option<Duration>,
 }
+
+/// The cookie pinning a session to the region of its last replayed write.
+pub const PIN_COOKIE: &str = "meridian-region";
 
 impl ProxyConfig {
     pub fn new(topology: Topology, peer_token: String) -> ProxyConfig {
@@ -66,6 +73,7 @@ impl ProxyConfig {
             default_timeout: Duration::from_secs(10),
             max_attempts: 5,
             connect_timeout: Duration::from_secs(3),
+            pin: None,
         }
     }
 }
@@ -249,13 +257,18 @@ impl OriginProxy {
         }
     }
 
-    /// `fly-force-region` / `fly-prefer-region` naming another region: that region's edge
-    /// answers. `None`: serve here.
+    /// `fly-force-region` / `fly-prefer-region` (or, when pinning is on, the pin cookie)
+    /// naming another region: that region's edge answers. `None`: serve here.
     async fn client_region(&self, pending: &Pending, headers: &HeaderMap) -> Option<Response<ResponseBody>> {
+        let pinned = || {
+            self.inner.config.pin?;
+            let values = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok());
+            meridian_common::cookie::cookie_value(values, PIN_COOKIE)
+        };
         let forced = header_text(headers, "fly-force-region");
         let (region, forced) = match forced {
             Some(region) => (region, true),
-            None => (header_text(headers, "fly-prefer-region")?, false),
+            None => (header_text(headers, "fly-prefer-region").or_else(pinned)?, false),
         };
         let region = region.trim();
         if region == self.topology().local {
@@ -440,12 +453,28 @@ impl OriginProxy {
             };
             match candidate {
                 Candidate::Remote { .. } if resp.headers().contains_key(UNDELIVERABLE) => transport_failed = true,
-                Candidate::Remote { .. } => return Ok(forward::to_client(resp)),
+                Candidate::Remote { region, .. } => {
+                    let mut resp = forward::to_client(resp);
+                    self.pin(&pending.out.method, &region, &mut resp);
+                    return Ok(resp);
+                }
                 Candidate::Local(target) if sheds_load(resp.headers()) => excluded.push(target.id),
                 Candidate::Local(target) => return Ok(self.follow(pending.clone(), resp, target).await),
             }
         };
         Err(Failure { reason, region, instance, elapsed: start.elapsed() })
+    }
+
+    /// Pins the client to `region` after a write served there (when pinning is on).
+    fn pin(&self, method: &http::Method, region: &str, resp: &mut Response<ResponseBody>) {
+        let Some(pin) = self.inner.config.pin else { return };
+        if matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS) {
+            return;
+        }
+        let cookie = format!("{PIN_COOKIE}={region}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax", pin.as_secs());
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().append(header::SET_COOKIE, value);
+        }
     }
 
     async fn send(

@@ -74,6 +74,7 @@ impl Cluster {
             let topology = Topology::new(region, regions.clone()).expect("topology");
             let mut config = ProxyConfig::new(topology, TOKEN.into());
             config.spool = SpoolLimits { memory: 1 << 20, max_total: MAX_BODY, dir: std::env::temp_dir() };
+            config.pin = Some(Duration::from_secs(30));
             let proxy = OriginProxy::new(config, &ClientTls::new(None).expect("client TLS"));
             let (stop, stopped) = oneshot::channel::<()>();
             let handler = handler_fn(move |req, info: meridian_http::RequestInfo| {
@@ -328,4 +329,30 @@ async fn a_cached_replay_skips_the_origin_by_path_prefix_and_by_session() {
     };
     assert_eq!(send(plain("alice")).await.echo().region, "fra");
     assert_eq!(send(plain("bob")).await.echo().region, "ams");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_replayed_elsewhere_pins_the_session_to_that_region() {
+    let cluster = Cluster::start().await;
+    let url = cluster.url("ams", &format!("/posts?replay={}&replay_in=ams", q("region=sjc")));
+    let answer = send(Request::post(url).body(Full::new(Bytes::from_static(b"hello"))).expect("request")).await;
+    assert_eq!(answer.echo().region, "sjc");
+    let cookie = answer.headers["set-cookie"].to_str().expect("text").to_string();
+    assert!(cookie.starts_with("meridian-region=sjc; Max-Age=30;"), "{cookie}");
+    let pair = cookie.split(';').next().expect("name=value").to_string();
+
+    let read = |with_cookie: bool| {
+        let mut req = Request::get(cluster.url("ams", "/posts/1"));
+        if with_cookie {
+            req = req.header("cookie", format!("theme=dark; {pair}"));
+        }
+        req.body(Full::default()).expect("request")
+    };
+    assert_eq!(send(read(true)).await.echo().region, "sjc", "the pinned session reads where it wrote");
+    assert_eq!(send(read(false)).await.echo().region, "ams");
+
+    let get_replayed = cluster.url("ams", &format!("/posts/2?replay={}&replay_in=ams", q("region=fra")));
+    let answer = send(Request::get(get_replayed).body(Full::default()).expect("request")).await;
+    assert_eq!(answer.echo().region, "fra");
+    assert!(!answer.headers.contains_key("set-cookie"), "a replayed read does not pin");
 }

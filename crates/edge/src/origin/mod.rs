@@ -30,6 +30,10 @@ pub struct SiteOrigin {
     pub site: String,
     #[serde(rename = "region")]
     pub regions: Vec<Region>,
+    /// Pin a session (cookie `meridian-region`) to the region of its last write replayed
+    /// there, for this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_seconds: Option<u64>,
 }
 
 /// The origin proxies of the sites that have one, and the flights of their misses.
@@ -52,7 +56,8 @@ impl Origins {
                 // Edges prove a replay to each other with the cluster token.
                 return Err(invalid("replays to other regions' edges need the cluster token (--cluster-token)".into()));
             }
-            let config = ProxyConfig::new(topology, peer_token.unwrap_or_default().to_string());
+            let mut config = ProxyConfig::new(topology, peer_token.unwrap_or_default().to_string());
+            config.pin = origin.pin_seconds.map(std::time::Duration::from_secs);
             if by_site.insert(origin.site.clone(), OriginProxy::new(config, &tls)).is_some() {
                 return Err(invalid("the site has two origins".into()));
             }
