@@ -16,6 +16,10 @@
 //! | `POST /v1/buckets/NAME/allow` | `{"key","read"?,"write"?,"owner"?}` | the bucket |
 //! | `POST /v1/buckets/NAME/deny` | `{"key","read"?,"write"?,"owner"?}` | the bucket |
 //! | `POST /v1/buckets/NAME/public` | `{"read":true}` | the bucket |
+//! | `GET /v1/sites` | | the sites stored for the web edge (not those of TOML files) |
+//! | `GET /v1/sites/NAME` | | one stored site |
+//! | `PUT /v1/sites/NAME` | `{"bucket","host"?,"path_prefix"?,"key_prefix"?,"cache_control"?,"index_document"?,"error_document"?}` | the site |
+//! | `DELETE /v1/sites/NAME` | | `{"deleted":"NAME"}` |
 //!
 //! Errors: `{"error":{"code":"...","message":"..."}}`. The status follows the engine error's kind:
 //! 400 invalid, 403 denied, 404 not found, 409 conflict, 503 contended or unavailable (e.g. a
@@ -30,6 +34,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use meridian_engine::iam::{Credential, Grant, KeyRecord};
 use meridian_engine::record::BucketRecord;
+use meridian_engine::website::SiteRecord;
 use meridian_engine::{Engine, EngineError, ErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -68,6 +73,7 @@ impl From<EngineError> for ApiError {
         let code = match e {
             EngineError::NoSuchAccessKey(_) => "NoSuchKey",
             EngineError::NoSuchBucket => "NoSuchBucket",
+            EngineError::NoSuchSite(_) => "NoSuchSite",
             EngineError::AccessKeyExists(_) => "KeyExists",
             EngineError::BucketAlreadyExists | EngineError::BucketAlreadyOwnedByYou => "BucketExists",
             _ => kind_code,
@@ -369,6 +375,24 @@ impl AdminApi {
                 let req: Public = parse(body)?;
                 let record = engine.set_public_read(bucket, req.read).await?;
                 Ok(reply(StatusCode::OK, &BucketView::new(bucket, record)))
+            }
+            (Method::GET, ["v1", "sites"]) => Ok(reply(StatusCode::OK, &engine.list_sites().await?)),
+            (Method::GET, ["v1", "sites", name]) => Ok(reply(StatusCode::OK, &engine.site(name).await?)),
+            (Method::PUT, ["v1", "sites", name]) => {
+                let mut site: SiteRecord = parse(body)?;
+                if !site.name.is_empty() && site.name != *name {
+                    return Err(ApiError::bad_request(format!(
+                        "the body names site {:?} but the URL names {name:?}",
+                        site.name
+                    )));
+                }
+                site.name = name.to_string();
+                engine.put_site(site.clone()).await?;
+                Ok(reply(StatusCode::OK, &site))
+            }
+            (Method::DELETE, ["v1", "sites", name]) => {
+                engine.delete_site(name).await?;
+                Ok(reply(StatusCode::OK, &json!({ "deleted": name })))
             }
             _ => Err(ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -26,6 +26,47 @@ pub enum AdminCommand {
     /// Buckets and their permissions.
     #[command(subcommand)]
     Bucket(BucketCommand),
+    /// Sites the web edge serves (stored in the cluster: every node and region serves them).
+    #[command(subcommand)]
+    Site(SiteCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SiteCommand {
+    /// Create or replace a site: a host name and/or URL path prefix served from a bucket.
+    Put(SiteArgs),
+    /// Show a site.
+    Get { name: String },
+    /// List the stored sites.
+    List,
+    /// Delete a site; the edge stops serving it.
+    Delete { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct SiteArgs {
+    pub name: String,
+    /// The bucket the site serves.
+    #[arg(long)]
+    pub bucket: String,
+    /// Serve only requests for this host name (any host when absent).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Serve requests under this URL path, e.g. /file/christine-static (default: /).
+    #[arg(long)]
+    pub path_prefix: Option<String>,
+    /// Prepended to the rest of the path to form object keys.
+    #[arg(long)]
+    pub key_prefix: Option<String>,
+    /// Cache-Control for objects stored without one.
+    #[arg(long)]
+    pub cache_control: Option<String>,
+    /// Index document for "directories" (default: index.html).
+    #[arg(long)]
+    pub index_document: Option<String>,
+    /// Key served with status 404 for missing keys.
+    #[arg(long)]
+    pub error_document: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -159,6 +200,7 @@ fn enc(segment: &str) -> String {
 
 async fn execute(command: &AdminCommand, args: &AdminConnection) -> Result<(Value, String), CliError> {
     Ok(match command {
+        AdminCommand::Site(site) => return execute_site(site, args).await,
         AdminCommand::Key(KeyCommand::Create { name, can_create_buckets }) => {
             let v =
                 call(args, "POST", "/v1/keys", Some(json!({ "name": name, "can_create_buckets": can_create_buckets })))
@@ -276,6 +318,56 @@ async fn execute(command: &AdminCommand, args: &AdminConnection) -> Result<(Valu
                 .await?;
             let state = if *read { "public (anonymous GET/HEAD of objects)" } else { "private" };
             (v, format!("Bucket {bucket} is now {state}."))
+        }
+    })
+}
+
+fn site_text(site: &Value) -> String {
+    let field = |name: &str| site[name].as_str().unwrap_or("-").to_string();
+    format!(
+        "{:<20} {:<24} {:<28} {}/{}",
+        field("name"),
+        field("host"),
+        field("path_prefix"),
+        field("bucket"),
+        site["key_prefix"].as_str().unwrap_or("")
+    )
+}
+
+async fn execute_site(command: &SiteCommand, args: &AdminConnection) -> Result<(Value, String), CliError> {
+    let header = format!("{:<20} {:<24} {:<28} {}", "SITE", "HOST", "PATH PREFIX", "BUCKET/KEY PREFIX");
+    Ok(match command {
+        SiteCommand::Put(site) => {
+            let body = json!({
+                "bucket": site.bucket,
+                "host": site.host,
+                "path_prefix": site.path_prefix,
+                "key_prefix": site.key_prefix.clone().unwrap_or_default(),
+                "cache_control": site.cache_control,
+                "index_document": site.index_document,
+                "error_document": site.error_document,
+            });
+            let v = call(args, "PUT", &format!("/v1/sites/{}", enc(&site.name)), Some(body)).await?;
+            let text = format!("Site {} saved.\n{header}\n{}", site.name, site_text(&v));
+            (v, text)
+        }
+        SiteCommand::Get { name } => {
+            let v = call(args, "GET", &format!("/v1/sites/{}", enc(name)), None).await?;
+            let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+            (v, text)
+        }
+        SiteCommand::List => {
+            let v = call(args, "GET", "/v1/sites", None).await?;
+            let mut text = header;
+            for site in v.as_array().into_iter().flatten() {
+                text.push('\n');
+                text.push_str(&site_text(site));
+            }
+            (v, text)
+        }
+        SiteCommand::Delete { name } => {
+            let v = call(args, "DELETE", &format!("/v1/sites/{}", enc(name)), None).await?;
+            (v, format!("Deleted site {name}."))
         }
     })
 }

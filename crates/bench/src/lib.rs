@@ -171,6 +171,19 @@ pub struct BenchArgs {
     /// Sample RSS and CPU of this server process (Linux /proc) during the run.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Send the measured GETs and HEADs unsigned to this web server (`GET URL/BUCKET/KEY`)
+    /// instead of the S3 endpoint: Meridian's web edge with a site mounted at `/BUCKET`, or any
+    /// static file server. Objects are still prepared (and removed) through `--endpoint`.
+    #[arg(long)]
+    pub read_endpoint: Option<String>,
+    /// Also write every prepared object to `DIR/BUCKET/KEY`, so that a static file server
+    /// rooted at DIR serves the same bytes at the same paths.
+    #[arg(long)]
+    pub mirror_dir: Option<PathBuf>,
+    /// The objects exist already (an earlier run with `--keep`, the same `--prefix` and
+    /// `--objects`): skip preparing them.
+    #[arg(long)]
+    pub prepared: bool,
 }
 
 impl BenchArgs {
@@ -202,6 +215,9 @@ impl BenchArgs {
             no_progress: true,
             label: None,
             server_pid: None,
+            read_endpoint: None,
+            mirror_dir: None,
+            prepared: false,
         }
     }
 }

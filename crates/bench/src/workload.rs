@@ -24,15 +24,21 @@ enum Backend {
     Files(Arc<FilesTarget>),
 }
 
-/// One worker's connection to the backend.
+/// One worker's connection to the backend (and to the web server reads go to, if any).
 struct Worker {
     backend: Backend,
     conn: Conn,
+    reader: Option<(Arc<S3Client>, Conn)>,
 }
 
 impl Worker {
     fn new(backend: &Backend) -> Self {
-        Self { backend: backend.clone(), conn: Conn::default() }
+        Self { backend: backend.clone(), conn: Conn::default(), reader: None }
+    }
+
+    /// A worker whose GETs and HEADs go to `reader` (unsigned).
+    fn reading_from(backend: &Backend, reader: Option<&Arc<S3Client>>) -> Self {
+        Self { reader: reader.map(|r| (r.clone(), Conn::default())), ..Self::new(backend) }
     }
 
     async fn put(&mut self, key: &str, body: Bytes) -> Result<(), OpError> {
@@ -43,6 +49,9 @@ impl Worker {
     }
 
     async fn get(&mut self, key: &str) -> Result<u64, OpError> {
+        if let Some((reader, conn)) = &mut self.reader {
+            return reader.get(conn, key).await;
+        }
         match &self.backend {
             Backend::S3(c) => c.get(&mut self.conn, key).await,
             Backend::Files(f) => f.get(key).await,
@@ -50,6 +59,9 @@ impl Worker {
     }
 
     async fn head(&mut self, key: &str) -> Result<(), OpError> {
+        if let Some((reader, conn)) = &mut self.reader {
+            return reader.head(conn, key).await;
+        }
         match &self.backend {
             Backend::S3(c) => c.head(&mut self.conn, key).await,
             Backend::Files(f) => f.head(key).await,
@@ -99,6 +111,35 @@ struct Shared {
 impl Shared {
     fn deadline(&self) -> Option<TokioInstant> {
         self.deadline.get().copied().flatten()
+    }
+}
+
+/// Where prepared objects are mirrored as files: `DIR/BUCKET/PREFIX` + the prepared key's
+/// name. Only the bench's own key names (and a prefix without `..`) become paths.
+#[derive(Clone)]
+struct Mirror {
+    dir: std::path::PathBuf,
+    prefix: String,
+}
+
+impl Mirror {
+    fn new(root: &std::path::Path, bucket: &str, prefix: &str) -> Result<Mirror, BenchError> {
+        if prefix.split('/').any(|part| part == ".." || part == ".") || prefix.starts_with('/') {
+            return Err(BenchError::Args(format!(
+                "--mirror-dir needs a prefix without '.', '..' or a leading '/': {prefix:?}"
+            )));
+        }
+        let (dirs, name_start) = match prefix.rsplit_once('/') {
+            Some((dirs, name_start)) => (dirs, name_start),
+            None => ("", prefix),
+        };
+        let dir = root.join(bucket).join(dirs);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Mirror { dir, prefix: name_start.to_string() })
+    }
+
+    async fn write(&self, i: u64, body: &Bytes) -> std::io::Result<()> {
+        tokio::fs::write(self.dir.join(prepared_key(&self.prefix, i)), body).await
     }
 }
 
@@ -196,6 +237,17 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         Workload::Put | Workload::Multipart => 0,
         _ => args.prepare_objects.unwrap_or(args.objects),
     };
+    let reader = match &args.read_endpoint {
+        Some(url) => {
+            let ep = Endpoint::parse(url).await.map_err(BenchError::Endpoint)?;
+            Some(S3Client::new(&ep, &args.bucket, None, &args.region))
+        }
+        None => None,
+    };
+    let mirror = match &args.mirror_dir {
+        Some(dir) => Some(Mirror::new(dir, &args.bucket, &prefix)?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         workload: args.workload,
         prefix: prefix.clone(),
@@ -221,8 +273,8 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
 
     // Prepare (not measured).
     let prep_start = Instant::now();
-    if prepared > 0 {
-        let r = prepare(&shared, &backend, show_progress).await;
+    if prepared > 0 && !args.prepared {
+        let r = prepare(&shared, &backend, mirror.as_ref(), show_progress).await;
         if let Err(e) = r {
             let mut errs = Vec::new();
             cleanup(&shared, &backend, created_bucket, &mut errs).await;
@@ -265,7 +317,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..args.concurrency {
         let sh = shared.clone();
-        let worker = Worker::new(&backend);
+        let worker = Worker::reading_from(&backend, reader.as_ref());
         tasks.spawn(worker_loop(sh, w, worker));
     }
     let mut rec = Recorder::default();
@@ -334,7 +386,12 @@ fn progress_bar(show: bool, sh: &Shared, duration: Option<Duration>) -> Progress
     pb
 }
 
-async fn prepare(shared: &Arc<Shared>, backend: &Backend, show: bool) -> Result<(), BenchError> {
+async fn prepare(
+    shared: &Arc<Shared>,
+    backend: &Backend,
+    mirror: Option<&Mirror>,
+    show: bool,
+) -> Result<(), BenchError> {
     let pb = if show {
         let pb = ProgressBar::with_draw_target(Some(shared.prepared), ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template("{spinner} prepare [{bar:30}] {pos}/{len} objects {elapsed}") {
@@ -355,6 +412,7 @@ async fn prepare(shared: &Arc<Shared>, backend: &Backend, show: bool) -> Result<
         let first_err = first_err.clone();
         let pb = pb.clone();
         let mut worker = Worker::new(backend);
+        let mirror = mirror.cloned();
         tasks.spawn(async move {
             let mut rng = SmallRng::from_os_rng();
             loop {
@@ -368,6 +426,15 @@ async fn prepare(shared: &Arc<Shared>, backend: &Backend, show: bool) -> Result<
                 let size = sh.size.sample(&mut rng) as usize;
                 let body = sh.payload.slice(..size.min(sh.payload.len()));
                 let key = prepared_key(&sh.prefix, i);
+                if let Some(mirror) = &mirror
+                    && let Err(e) = mirror.write(i, &body).await
+                {
+                    failed.store(true, Ordering::Relaxed);
+                    if let Ok(mut g) = first_err.lock() {
+                        g.get_or_insert_with(|| format!("mirror {key}: {e}"));
+                    }
+                    break;
+                }
                 let r = tokio::time::timeout(sh.timeout, worker.put(&key, body)).await;
                 let r = r.unwrap_or(Err(OpError::Timeout));
                 if let Err(e) = r {

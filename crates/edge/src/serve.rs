@@ -289,10 +289,15 @@ impl Reply<'_> {
         }
     }
 
-    /// The stored type, unless none (or S3's "unknown", `binary/octet-stream`) was stored or a
+    /// The stored type, unless none or only "some bytes" (S3's default `binary/octet-stream`,
+    /// or `application/octet-stream`, which SDKs send when told nothing) was stored, or a
     /// sibling is served: then the type guessed from the key's extension.
     fn content_type(&self, record: &ObjectRecord) -> String {
-        let stored = record.headers.content_type.as_deref().filter(|t| *t != "binary/octet-stream");
+        let stored = record
+            .headers
+            .content_type
+            .as_deref()
+            .filter(|t| !matches!(*t, "binary/octet-stream" | "application/octet-stream"));
         match stored {
             Some(stored) if self.encoding.is_none() => stored.to_string(),
             _ => mime_guess::from_path(self.key).first_raw().unwrap_or("application/octet-stream").to_string(),

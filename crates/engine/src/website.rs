@@ -144,6 +144,8 @@ fn validate_index(suffix: &str) -> EngineResult<()> {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteRecord {
+    /// Required; the admin API fills it in from the URL.
+    #[serde(default)]
     pub name: String,
     /// Exact host name (no port, any case); any host when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

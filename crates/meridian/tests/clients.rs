@@ -8,51 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::aws::{AwsCli, TOOL_TIMEOUT};
 use common::{Server, body_bytes, expect_success, md5_hex, pattern, require_tool, run_with_timeout, text};
-use serde_json::Value;
 
 const MIB: usize = 1 << 20;
-const TOOL_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// The AWS CLI, isolated from any ~/.aws of the developer running the tests.
-struct AwsCli {
-    bin: PathBuf,
-    endpoint: String,
-    home: tempfile::TempDir,
-}
-
-impl AwsCli {
-    fn new(server: &Server) -> AwsCli {
-        let bin = require_tool("aws", "pip install awscli");
-        AwsCli { bin, endpoint: server.endpoint.clone(), home: tempfile::tempdir().expect("temp dir") }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("--endpoint-url").arg(&self.endpoint).args(args);
-        common::aws_env_only_ours(&mut cmd, self.home.path());
-        cmd.env("AWS_PAGER", "");
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        run_with_timeout(&mut self.command(args), TOOL_TIMEOUT)
-    }
-
-    /// Runs and requires success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        expect_success(&format!("aws {}", args.join(" ")), &out);
-        text(&out.stdout)
-    }
-
-    /// Runs an `s3api` call and parses its JSON output.
-    fn json(&self, args: &[&str]) -> Value {
-        let stdout = self.ok(args);
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("aws {} printed no JSON ({e}): {stdout}", args.join(" ")))
-    }
-}
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")

@@ -8,6 +8,7 @@ mod listing;
 mod multipart;
 mod objects;
 mod shared;
+mod website;
 
 use meridian_engine::Engine;
 use s3s::dto::*;
@@ -213,6 +214,27 @@ impl S3 for MeridianS3 {
         req: S3Request<DeleteBucketLifecycleInput>,
     ) -> S3Result<S3Response<DeleteBucketLifecycleOutput>> {
         config::delete_bucket_lifecycle(self, req).await
+    }
+
+    async fn put_bucket_website(
+        &self,
+        req: S3Request<PutBucketWebsiteInput>,
+    ) -> S3Result<S3Response<PutBucketWebsiteOutput>> {
+        website::put_bucket_website(self, req).await
+    }
+
+    async fn get_bucket_website(
+        &self,
+        req: S3Request<GetBucketWebsiteInput>,
+    ) -> S3Result<S3Response<GetBucketWebsiteOutput>> {
+        website::get_bucket_website(self, req).await
+    }
+
+    async fn delete_bucket_website(
+        &self,
+        req: S3Request<DeleteBucketWebsiteInput>,
+    ) -> S3Result<S3Response<DeleteBucketWebsiteOutput>> {
+        website::delete_bucket_website(self, req).await
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod aws;
 pub mod raw;
 pub mod wan_cluster;
 
@@ -30,6 +31,8 @@ pub struct Server {
     pub addr: String,
     /// `http://127.0.0.1:PORT` of the admin API.
     pub admin_url: String,
+    /// `127.0.0.1:PORT` of the web edge, when started with `--web-listen`.
+    pub web_addr: Option<String>,
     pub data: PathBuf,
     extra_args: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
@@ -96,16 +99,16 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("S3 endpoint: ") {
-                    let _ = tx.send(url.trim().to_string());
-                }
-                if let Some(url) = line.strip_prefix("Admin API: ") {
-                    let _ = tx.send(url.trim().to_string());
+                for prefix in ["S3 endpoint: ", "Admin API: ", "Web edge: "] {
+                    if let Some(url) = line.strip_prefix(prefix) {
+                        let _ = tx.send(url.trim().to_string());
+                    }
                 }
             }
         });
+        let with_web = extra.iter().any(|a| a.starts_with("--web-listen"));
         let mut urls = Vec::new();
-        while urls.len() < 2 {
+        while urls.len() < 2 + usize::from(with_web) {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(url) => urls.push(url),
                 Err(_) => {
@@ -115,13 +118,16 @@ impl Server {
             }
         }
         let (endpoint, admin_url) = (urls[0].clone(), urls[1].clone());
-        let addr = endpoint.split_once("://").map_or(endpoint.as_str(), |(_, rest)| rest).to_string();
+        let host_port = |url: &str| url.split_once("://").map_or(url, |(_, rest)| rest).to_string();
+        let addr = host_port(&endpoint);
+        let web_addr = urls.get(2).map(|url| host_port(url));
         Server {
             _cluster: None,
             child: Some(child),
             endpoint,
             addr,
             admin_url,
+            web_addr,
             data: data.to_path_buf(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             _tmp: None,

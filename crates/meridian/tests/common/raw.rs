@@ -35,6 +35,11 @@ pub fn send(addr: &str, method: &str, path: &str, headers: &[(&str, String)], bo
     exchange(connect(addr), addr, method, path, headers, body)
 }
 
+/// [`send`] with another `Host` header than the address connected to (virtual hosts).
+pub fn send_as(addr: &str, host: &str, method: &str, path: &str, headers: &[(&str, String)]) -> Response {
+    exchange(connect(addr), host, method, path, headers, &[])
+}
+
 fn connect(addr: &str) -> TcpStream {
     let stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");

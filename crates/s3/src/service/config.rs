@@ -1,6 +1,6 @@
 //! Access control and bucket configuration: bucket and object ACLs (the canned `private` and
-//! `public-read`), lifecycle rules, and versioning (never enabled). Other configuration
-//! operations fall through to s3s's `NotImplemented`.
+//! `public-read`), lifecycle rules, and versioning (never enabled). The website configuration
+//! is in `website.rs`; other configuration operations fall through to s3s's `NotImplemented`.
 
 use meridian_engine::GetRequest;
 use s3s::dto::*;
