@@ -4,6 +4,7 @@
 //! look here.
 
 pub mod bucket_address;
+pub mod cookie;
 mod decimal;
 pub mod duration;
 pub mod errors;

@@ -11,8 +11,11 @@
 //! 2. [`serve::answer`]: the object the target names, with index documents, the error
 //!    document, preconditions, ranges and precompressed siblings.
 //!
-//! A later stage (origin fall-through) slots in after step 2 where it finds no object.
+//! 3. [`origin`]: for a site with an origin app, what the bucket does not have (and every
+//!    request but GET and HEAD, and replays from other regions' edges) goes to the origin,
+//!    with write-back, single flight and fly-replay.
 
+pub mod origin;
 mod range;
 mod redirect;
 mod serve;
@@ -33,6 +36,12 @@ pub struct EdgeOptions {
     pub web_domain: Option<String>,
     /// Sites from the node's configuration file (stored sites come from the engine).
     pub sites: Vec<meridian_engine::website::SiteRecord>,
+    /// The origin apps of sites (`[[origin]]` tables).
+    pub origins: Vec<origin::SiteOrigin>,
+    /// This node's region (which origin instances are local).
+    pub region: String,
+    /// The cluster token: requests carrying it are replays from other regions' edges.
+    pub peer_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +50,8 @@ pub enum EdgeError {
     InvalidSite { name: String, source: meridian_engine::EngineError },
     #[error("two sites in the configuration are named {0:?}")]
     DuplicateSite(String),
+    #[error("the origin of site {site:?} in the configuration: {why}")]
+    Origin { site: String, why: String },
 }
 
 /// The edge's request handler.
@@ -48,22 +59,19 @@ pub enum EdgeError {
 pub struct Edge {
     engine: Engine,
     sites: Arc<SiteTable>,
+    origins: Arc<origin::Origins>,
 }
 
 impl Edge {
     /// Checks the configured sites, loads the stored ones and keeps them fresh in the
     /// background (for as long as the edge lives).
     pub async fn start(engine: Engine, options: EdgeOptions) -> Result<Edge, EdgeError> {
+        let origins = origin::Origins::new(&options.origins, &options.region, options.peer_token.as_deref())?;
         let sites = SiteTable::start(engine.clone(), options).await?;
-        Ok(Edge { engine, sites })
+        Ok(Edge { engine, sites, origins: Arc::new(origins) })
     }
 
-    async fn answer(&self, req: &Request<RequestBody>, info: &RequestInfo) -> Response<ResponseBody> {
-        let head = match *req.method() {
-            Method::GET => false,
-            Method::HEAD => true,
-            _ => return method_not_allowed(),
-        };
+    async fn answer(&self, req: Request<RequestBody>, info: &RequestInfo) -> Response<ResponseBody> {
         info.notes.set_principal("anonymous");
         let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().host()).unwrap_or("");
         let target = match self.sites.resolve(host, req.uri().path()).await {
@@ -71,15 +79,69 @@ impl Edge {
             Ok(None) => return serve::not_found(),
             Err(resp) => return resp,
         };
+        let proxy = self.origins.proxy(target.site.as_deref());
+        let head = match *req.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => {
+                let Some(proxy) = proxy else { return method_not_allowed() };
+                info.notes.set_operation("web.origin");
+                return proxy.handle(req, info.peer, info.secure).await;
+            }
+        };
         info.notes.set_operation(if head { "web.head" } else { "web.get" });
-        let ask = serve::Ask { head, headers: req.headers(), host, https: info.secure };
-        serve::answer(&self.engine, &target, &ask).await
+        let Some(proxy) = proxy else {
+            let ask = serve::Ask { head, headers: req.headers(), host, https: info.secure };
+            return serve::answer(&self.engine, &target, &ask).await;
+        };
+        if proxy.is_peer(req.headers()) {
+            // A replay from another region's edge is for the origin, never the bucket.
+            return proxy.handle(req, info.peer, info.secure).await;
+        }
+        self.answer_with_origin(proxy, &target, req, info).await
+    }
+
+    /// The bucket's object, else the origin's answer (one origin request per key at a time:
+    /// concurrent misses wait for the first one's write-back, then read the bucket again).
+    async fn answer_with_origin(
+        &self,
+        proxy: &meridian_edge_origin::OriginProxy,
+        target: &sites::Target,
+        req: Request<RequestBody>,
+        info: &RequestInfo,
+    ) -> Response<ResponseBody> {
+        let head = req.method() == Method::HEAD;
+        for _ in 0..2 {
+            let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+            let ask = serve::Ask { head, headers: req.headers(), host, https: info.secure };
+            if let Some(resp) = serve::stored(&self.engine, target, &ask).await {
+                return resp;
+            }
+            if let Some((variant, names)) = origin::current_variant(&self.engine, target, req.headers()).await
+                && let Some(mut resp) = serve::stored(&self.engine, &variant, &ask).await
+            {
+                if let Ok(value) = http::HeaderValue::from_str(&names.join(", ")) {
+                    resp.headers_mut().insert(header::VARY, value);
+                }
+                return resp;
+            }
+            match origin::join_flight(&self.origins, target) {
+                Some(origin::flight::Flight::Follower(leader)) if !head => origin::flight::wait(leader).await,
+                Some(origin::flight::Flight::Leader(guard)) if !head => {
+                    info.notes.set_operation("web.origin");
+                    return origin::fall_through(&self.engine, proxy, target, req, info, Some(guard)).await;
+                }
+                _ => break,
+            }
+        }
+        info.notes.set_operation("web.origin");
+        origin::fall_through(&self.engine, proxy, target, req, info, None).await
     }
 }
 
 impl Handler for Edge {
     async fn handle(&self, req: Request<RequestBody>, info: RequestInfo) -> Response<ResponseBody> {
-        self.answer(&req, &info).await
+        self.answer(req, &info).await
     }
 }
 

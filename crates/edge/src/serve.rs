@@ -39,20 +39,37 @@ const MAX_PINNED_ATTEMPTS: usize = 4;
 
 /// The answer for `target`.
 pub async fn answer(engine: &Engine, target: &Target, ask: &Ask<'_>) -> Response<ResponseBody> {
+    match stored(engine, target, ask).await {
+        Some(resp) => resp,
+        None => missing(engine, target, ask).await,
+    }
+}
+
+/// The answer from what the bucket holds for `target`; `None` when it holds nothing there
+/// (the origin fall-through's turn).
+pub async fn stored(engine: &Engine, target: &Target, ask: &Ask<'_>) -> Option<Response<ResponseBody>> {
     let origin = Origin { https: ask.https, host: ask.host };
     let rules = target.website.as_ref().map(|w| w.routing_rules.as_slice()).unwrap_or_default();
     if let Some(all) = target.website.as_ref().and_then(|w| w.redirect_all.as_ref()) {
-        return redirect::redirect_all(all, &target.rest, &origin);
+        return Some(redirect::redirect_all(all, &target.rest, &origin));
     }
     if let Some(resp) = redirect::routing(rules, &target.rest, None, &origin) {
-        return resp;
+        return Some(resp);
     }
     for rest in candidates(&target.rest, target.index.as_deref()) {
         let key = format!("{}{rest}", target.key_prefix);
         if let Some(resp) = send(engine, target, &key, ask, Purpose::Requested).await {
-            return resp;
+            return Some(resp);
         }
     }
+    None
+}
+
+/// The answer when the bucket holds nothing for `target`: a 404 routing rule, the error
+/// document, or a plain 404.
+async fn missing(engine: &Engine, target: &Target, ask: &Ask<'_>) -> Response<ResponseBody> {
+    let origin = Origin { https: ask.https, host: ask.host };
+    let rules = target.website.as_ref().map(|w| w.routing_rules.as_slice()).unwrap_or_default();
     if let Some(resp) = redirect::routing(rules, &target.rest, Some(404), &origin) {
         return resp;
     }

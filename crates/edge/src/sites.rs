@@ -22,6 +22,8 @@ pub const DEFAULT_INDEX: &str = "index.html";
 /// Where a request's object lives, and how to serve it.
 #[derive(Clone, Debug)]
 pub struct Target {
+    /// The site's name (none for a bucket website).
+    pub site: Option<String>,
     pub bucket: String,
     /// Prepended to [`Target::rest`] (and to the error document) to form object keys.
     pub key_prefix: String,
@@ -100,6 +102,7 @@ impl SiteTable {
         };
         let Some(website) = record.website.filter(|_| record.public_read) else { return Ok(None) };
         Ok(Some(Target {
+            site: None,
             bucket,
             key_prefix: String::new(),
             rest: path.trim_start_matches('/').to_string(),
@@ -147,6 +150,7 @@ fn mounted_rest<'a>(mount: &str, path: &'a str) -> Option<&'a str> {
 
 fn site_target(site: &SiteRecord, rest: &str) -> Target {
     Target {
+        site: Some(site.name.clone()),
         bucket: site.bucket.clone(),
         key_prefix: site.key_prefix.clone(),
         rest: rest.to_string(),

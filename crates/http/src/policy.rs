@@ -91,7 +91,9 @@ impl Policy {
             header_read_timeout: Duration::from_secs(20),
             min_header_read_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(75),
-            max_body_bytes: 0,
+            // Request bodies go only to origin apps (uploads, replayed writes); the edge keeps
+            // them for a replay up to the same bound.
+            max_body_bytes: 5 << 30,
             max_concurrent_streams: 256,
             drain_deadline: Duration::from_secs(30),
             request_id_header: "x-request-id",

@@ -73,6 +73,9 @@ pub struct FileConfig {
     /// Sites the web edge serves (`[[site]]` tables).
     #[serde(default, rename = "site")]
     pub sites: Vec<meridian_engine::website::SiteRecord>,
+    /// Origin apps of sites (`[[origin]]` tables, each with `[[origin.region]]` tables).
+    #[serde(default, rename = "origin")]
+    pub origins: Vec<meridian_edge::origin::SiteOrigin>,
 }
 
 /// A size in the TOML file: a number of bytes (`65536`) or a string in the one size grammar

@@ -129,6 +129,7 @@ struct Settings {
     web_listen: Option<SocketAddr>,
     web_domain: Option<String>,
     sites: Vec<meridian_engine::website::SiteRecord>,
+    origins: Vec<meridian_edge::origin::SiteOrigin>,
     domain: Option<String>,
     region: String,
     inline_max: usize,
@@ -217,6 +218,7 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         web_listen: args.web_listen.or(file.web_listen),
         web_domain: args.web_domain.or(file.web_domain),
         sites: file.sites,
+        origins: file.origins,
         domain: args.domain.or(file.domain),
         region: args.region.or(file.region).unwrap_or_else(|| "us-east-1".into()),
         inline_max: match args.inline_max.or(file.inline_max.map(u64::from)) {
@@ -272,6 +274,7 @@ impl Settings {
             web_listen: self.web_listen,
             web_domain: self.web_domain.clone(),
             sites: self.sites.clone(),
+            origins: self.origins.clone(),
             ..limits
         }
     }
@@ -421,8 +424,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let edge_options =
-        meridian_edge::EdgeOptions { web_domain: settings.web_domain.clone(), sites: settings.sites.clone() };
+    let edge_options = meridian_edge::EdgeOptions {
+        web_domain: settings.web_domain.clone(),
+        sites: settings.sites.clone(),
+        origins: settings.origins.clone(),
+        region: settings.region.clone(),
+        peer_token: settings.cluster_token.clone(),
+    };
     let edge = meridian_edge::Edge::start(engine.clone(), edge_options).await.context("invalid web edge settings")?;
 
     collect_orphans_in_background(engine.clone(), started);

@@ -192,14 +192,8 @@ pub fn read_consistency(headers: &HeaderMap) -> S3Result<Consistency> {
 
 /// The revision in the session cookie, if the request carries one.
 fn session_revision(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == MIN_REVISION_COOKIE)
-        .and_then(|(_, value)| value.trim().parse().ok())
+    let values = headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok());
+    meridian_common::cookie::cookie_value(values, MIN_REVISION_COOKIE).and_then(|value| value.trim().parse().ok())
 }
 
 /// After a write in a browser session (the request carried the cookie): moves the cookie to

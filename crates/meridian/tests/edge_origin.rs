@@ -1,0 +1,204 @@
+//! The edge's origin fall-through on the real binary: a site whose misses go to the test origin
+//! app, write-back of `x-meridian-store` answers, single flight, and `kill -9` in the middle of
+//! a write-back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::Server;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use meridian_test_origin::{Echo, OriginConfig, TestOrigin, avatar, pattern};
+
+const BUCKET: &str = "avatars";
+
+struct Edge {
+    server: Server,
+    web: String,
+    origin: TestOrigin,
+    _config: tempfile::TempDir,
+}
+
+/// A node whose site `avatars` (bucket `avatars`, mounted at `/`) falls through to a test
+/// origin in the node's region.
+async fn start() -> Edge {
+    let origin = TestOrigin::start(OriginConfig { instance: "app-1".into(), region: "us-east-1".into() })
+        .await
+        .expect("origin starts");
+    let web_port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("meridian.toml");
+    let text = format!(
+        "web_listen = \"127.0.0.1:{web_port}\"\n\
+         [[site]]\nname = \"avatars\"\nbucket = \"{BUCKET}\"\n\
+         [[origin]]\nsite = \"avatars\"\n\
+         [[origin.region]]\nname = \"us-east-1\"\ninstances = [{{ id = \"app-1\", url = \"{}\" }}]\n",
+        origin.url()
+    );
+    std::fs::write(&config, text).expect("write config");
+    let server = Server::start_with(&["--config", config.to_str().expect("path"), "--region", "us-east-1"]);
+    server.client().create_bucket().bucket(BUCKET).send().await.expect("create bucket");
+    Edge { server, web: format!("http://127.0.0.1:{web_port}"), origin, _config: dir }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn get(url: String) -> (http::response::Parts, Bytes) {
+    let req = Request::get(url).header("host", "avatars.example").body(Full::default()).expect("request");
+    let resp = client().request(req).await.expect("edge answers");
+    let (parts, body) = resp.into_parts();
+    (parts, body.collect().await.expect("body").to_bytes())
+}
+
+/// The stored object's bytes, once the write-back has committed (polled for up to 10 s).
+async fn stored(edge: &Edge, key: &str) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match edge.server.client().get_object().bucket(BUCKET).key(key).send().await {
+            Ok(out) => return Some(common::body_bytes(out).await),
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_key_falls_through_to_the_origin_and_is_stored_for_the_next_reader() {
+    let edge = start().await;
+    let (parts, body) = get(format!("{}/avatar/aoi.png", edge.web)).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(parts.headers["content-type"], "image/png");
+    assert!(!parts.headers.contains_key("x-meridian-store"), "the directive is the edge's, not the client's");
+    assert_eq!(body, avatar("aoi.png"));
+    let asked = edge.origin.received();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].path_and_query, "/avatar/aoi.png", "the original path");
+    assert_eq!(asked[0].headers["x-forwarded-host"], "avatars.example");
+    assert_eq!(asked[0].headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(asked[0].headers["x-forwarded-proto"], "http");
+
+    assert_eq!(stored(&edge, "avatar/aoi.png").await.map(|b| b == avatar("aoi.png")), Some(true));
+    let (parts, again) = get(format!("{}/avatar/aoi.png", edge.web)).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(again, body);
+    assert!(parts.headers.contains_key("etag"), "served from the bucket");
+    assert_eq!(edge.origin.request_count(), 1, "the second reader never reached the origin");
+
+    // Answers without the directive are passed through, not stored; other methods go to the origin.
+    let (_, echo) = get(format!("{}/profile/42", edge.web)).await;
+    let echo: Echo = serde_json::from_slice(&echo).expect("echo");
+    assert_eq!(echo.path, "/profile/42");
+    let req = Request::post(format!("{}/profile/42", edge.web)).body(Full::new(Bytes::from_static(b"name=aoi")));
+    let resp = client().request(req.expect("request")).await.expect("edge answers");
+    let echo: Echo = serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes()).expect("echo");
+    assert_eq!((echo.method.as_str(), echo.body_len), ("POST", 8));
+    assert!(edge.server.client().head_object().bucket(BUCKET).key("profile/42").send().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_misses_on_one_key_send_one_origin_request() {
+    let edge = start().await;
+    let url = format!("{}/avatar/crowd.png?sleep_ms=400", edge.web);
+    let answers = futures::future::join_all((0..8).map(|_| get(url.clone()))).await;
+    for (parts, body) in &answers {
+        assert_eq!(parts.status, StatusCode::OK);
+        assert!(body == &avatar("crowd.png"));
+    }
+    assert_eq!(edge.origin.count_path("/avatar/crowd.png"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_during_a_write_back_stores_nothing_half() {
+    let mut edge = start().await;
+    let len = 8 << 20;
+    // 128 chunks of 64 KiB, 20 ms apart: the answer takes about 2.5 s.
+    let url = format!("{}/big/video.bin?bytes={len}&chunk_ms=20&store=ttl%3D1h", edge.web);
+    let req = Request::get(url).body(Full::default()).expect("request");
+    let resp = client().request(req).await.expect("edge answers");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut received = 0usize;
+    while received < 1 << 20 {
+        let frame = body.frame().await.expect("a frame").expect("streaming");
+        received += frame.data_ref().map_or(0, Bytes::len);
+    }
+    edge.server.kill9();
+    drop(body);
+    edge.server.restart();
+    match edge.server.client().get_object().bucket(BUCKET).key("big/video.bin").send().await {
+        Ok(out) => assert!(common::body_bytes(out).await == pattern(len), "stored, so stored whole"),
+        Err(err) => assert_eq!(common::error_code(&err), "NoSuchKey"),
+    }
+    // After the restart the key falls through again and is stored whole.
+    let (parts, bytes) = get(format!("{}/big/video.bin?bytes={len}&store=ttl%3D1h", edge.web)).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(bytes.len(), len);
+    assert_eq!(stored(&edge, "big/video.bin").await.map(|b| b == pattern(len)), Some(true));
+}
+
+async fn get_accepting(edge: &Edge, accept: &str) -> (http::response::Parts, Bytes) {
+    let url = format!("{}/sticker/aoi/grin.png?source=stickers/aoi/grin.png", edge.web);
+    let req = Request::get(url).header("accept", accept).body(Full::default()).expect("request");
+    let resp = client().request(req).await.expect("edge answers");
+    let (parts, body) = resp.into_parts();
+    (parts, body.collect().await.expect("body").to_bytes())
+}
+
+/// Waits until `n` variants of the sticker are stored.
+async fn variants_stored(edge: &Edge, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed =
+            edge.server.client().list_objects_v2().bucket(BUCKET).prefix("sticker/aoi/grin.png;vary=").send().await;
+        let count = listed.map(|l| l.contents().len()).unwrap_or(0);
+        if count >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{count} of {n} variants stored after 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_that_vary_by_accept_are_cached_per_variant_until_their_source_changes() {
+    use aws_sdk_s3::primitives::ByteStream;
+    let edge = start().await;
+    let s3 = edge.server.client();
+    let put_source = |bytes: &'static [u8]| {
+        s3.put_object().bucket(BUCKET).key("stickers/aoi/grin.png").body(ByteStream::from_static(bytes)).send()
+    };
+    put_source(b"source v1").await.expect("put source");
+    let asked = || edge.origin.count_path("/sticker/aoi/grin.png");
+
+    let (parts, webp) = get_accepting(&edge, "image/webp,*/*").await;
+    assert_eq!(parts.headers["content-type"], "image/webp");
+    assert!(webp == meridian_test_origin::sticker_bytes("stickers/aoi/grin.png", "image/webp"));
+    variants_stored(&edge, 1).await;
+    let (parts, _) = get_accepting(&edge, "image/avif,image/webp,*/*").await;
+    assert_eq!(parts.headers["content-type"], "image/avif");
+    variants_stored(&edge, 2).await;
+    assert_eq!(asked(), 2);
+
+    let (parts, cached) = get_accepting(&edge, "*/* , IMAGE/WEBP").await;
+    assert_eq!((parts.status, parts.headers["content-type"].to_str().expect("text")), (StatusCode::OK, "image/webp"));
+    assert_eq!(parts.headers["vary"], "accept");
+    assert!(parts.headers.contains_key("etag"), "served from the bucket");
+    assert!(cached == webp);
+    let (parts, _) = get_accepting(&edge, "image/avif,image/webp,*/*").await;
+    assert_eq!(parts.headers["content-type"], "image/avif");
+    assert_eq!(asked(), 2, "both variants came from the edge's cache");
+
+    put_source(b"source v2").await.expect("overwrite source");
+    get_accepting(&edge, "image/webp,*/*").await;
+    assert_eq!(asked(), 3, "overwriting the source invalidated the variant");
+    s3.delete_object().bucket(BUCKET).key("stickers/aoi/grin.png").send().await.expect("delete source");
+    get_accepting(&edge, "image/avif,image/webp,*/*").await;
+    assert_eq!(asked(), 4, "deleting the source invalidated the other variant");
+}
