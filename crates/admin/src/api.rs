@@ -1,9 +1,10 @@
 //! The admin HTTP API. JSON in and out; every `/v1/` request needs `Authorization: Bearer
-//! <token>`. `/health` is open, for load balancers.
+//! <token>`. `/health` and `/ready` are open, for load balancers (see [`crate::health`]).
 //!
 //! | method and path | body | answer |
 //! |---|---|---|
-//! | `GET /health` | | `{"status":"ok","revision":N}` |
+//! | `GET /health` | | liveness: `{"status":"ok","node","region"}` |
+//! | `GET /ready` | | readiness: 200 or 503, `{"ready","checks":[{"name","ok","reason"?,"took_ms"}]}` |
 //! | `POST /v1/keys` | `{"name","can_create_buckets"?}` | the key with its secret (shown only here) |
 //! | `GET /v1/keys` | | all keys (no secrets) |
 //! | `GET /v1/keys/NAME` | | one key and its bucket grants |
@@ -23,16 +24,20 @@
 //! without the token.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use meridian_engine::health::ReadinessProbe;
 use meridian_engine::iam::{Credential, Grant, KeyRecord};
 use meridian_engine::record::BucketRecord;
 use meridian_engine::{Engine, EngineError, ErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+use crate::health::Probe;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 << 10;
@@ -41,9 +46,10 @@ const MAX_BODY: usize = 64 << 10;
 pub struct AdminApi {
     engine: Engine,
     token: String,
+    readiness: Arc<ReadinessProbe>,
 }
 
-type Reply = Response<Full<Bytes>>;
+pub(crate) type Reply = Response<Full<Bytes>>;
 
 struct ApiError {
     status: StatusCode,
@@ -92,11 +98,14 @@ fn kind_status(kind: ErrorKind) -> (StatusCode, &'static str) {
     }
 }
 
-fn reply<T: Serialize>(status: StatusCode, value: &T) -> Reply {
+/// A JSON answer; never cached (every answer describes the node or its data as it is now).
+pub(crate) fn reply<T: Serialize>(status: StatusCode, value: &T) -> Reply {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    let headers = resp.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
     resp
 }
 
@@ -233,8 +242,10 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl AdminApi {
-    pub fn new(engine: Engine, token: String) -> Self {
-        AdminApi { engine, token }
+    /// The API of `readiness`'s engine; `readiness` answers `/ready` (shared with the S3 port's
+    /// probe, so both see one cached answer).
+    pub fn new(token: String, readiness: Arc<ReadinessProbe>) -> Self {
+        AdminApi { engine: readiness.engine().clone(), token, readiness }
     }
 
     /// Serves one request; never fails at the HTTP level.
@@ -245,16 +256,12 @@ impl AdminApi {
     {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
-        let resource = path.trim_matches('/').split('/').nth(1).unwrap_or("health");
-        notes.set_operation(format!("admin.{resource}"));
-        if parts.method == Method::GET && path == "/health" {
-            return Ok(match self.engine.current_revision().await {
-                Ok(revision) => reply(StatusCode::OK, &json!({ "status": "ok", "revision": revision })),
-                Err(e) => {
-                    reply(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "unavailable", "error": e.to_string() }))
-                }
-            });
+        if let Some(probe) = Probe::from_request(&parts.method, &path, "") {
+            notes.set_operation(probe.operation());
+            return Ok(crate::health::answer(probe, &self.readiness).await);
         }
+        let resource = path.trim_matches('/').split('/').nth(1).unwrap_or("root");
+        notes.set_operation(format!("admin.{resource}"));
         let authorized = parts
             .headers
             .get(http::header::AUTHORIZATION)

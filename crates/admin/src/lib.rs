@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod health;
 
 use http::{Request, Response};
 use meridian_http::{RequestBody, RequestInfo, ResponseBody};

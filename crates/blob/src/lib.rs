@@ -180,6 +180,11 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The same I/O error with what was being done in front of it.
+fn annotate(e: std::io::Error, doing: &str) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{doing}: {e}"))
+}
+
 impl BlobStore {
     /// Opens the store under `root`, creating its directories. Temporary files from an earlier
     /// run are deleted: nothing can refer to them.
@@ -223,6 +228,27 @@ impl BlobStore {
             written: 0,
             finished: false,
         })
+    }
+
+    /// Checks that blobs can be written now, the way a blob write does: a small file created in
+    /// `tmp/`, written, fsynced and removed, then the directory fsynced. Fails on a full disk, a
+    /// read-only file system or a `tmp/` that is no longer a writable directory. The probe file
+    /// is named like a temporary blob, so a crash midway leaves nothing `open` keeps.
+    pub async fn probe_writable(&self) -> BlobResult<()> {
+        let dir = self.inner.tmp.clone();
+        blocking(move || {
+            let path = dir.join(format!("probe-{}", BlobId::random()));
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .and_then(|mut file| file.write_all(b"meridian readiness probe").and_then(|()| file.sync_all()));
+            let removed = std::fs::remove_file(&path);
+            written.map_err(|e| annotate(e, &format!("cannot write a probe file in {}", dir.display())))?;
+            removed.map_err(|e| annotate(e, &format!("cannot remove the probe file {}", path.display())))?;
+            fsync_dir(&dir).map_err(|e| annotate(e, &format!("cannot fsync {}", dir.display())))
+        })
+        .await
     }
 
     /// Writes a whole blob from memory and makes it durable.

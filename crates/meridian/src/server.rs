@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
+use meridian_admin::health::Probe;
 use meridian_blob::BlobStore;
 use meridian_engine::{Engine, EngineConfig, Metadata};
 use meridian_http::{ClientTls, Policy, ServerTls, TlsFiles};
@@ -107,6 +108,7 @@ struct Settings {
     ca_file: Option<PathBuf>,
     log_format: String,
     history_revisions: u64,
+    readiness: meridian_engine::health::ReadinessLimits,
 }
 
 fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
@@ -171,6 +173,7 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             .or(file.history_revisions)
             .unwrap_or(EmbeddedOptions::default().history_revisions)
             .max(1),
+        readiness: meridian_engine::health::ReadinessLimits::default(),
     })
 }
 
@@ -290,13 +293,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             settings.data.join("admin-token").display()
         );
     }
-    let admin = meridian_admin::AdminApi::new(engine.clone(), admin_token);
+    let readiness = Arc::new(meridian_engine::health::ReadinessProbe::new(engine.clone(), settings.readiness.clone()));
+    let admin = meridian_admin::AdminApi::new(admin_token, Arc::clone(&readiness));
 
     collect_orphans_in_background(engine.clone(), started);
     let forwarder = peer_endpoint
         .as_ref()
         .map(|_| meridian_s3::forward::Forwarder::new(engine.clone(), settings.domain.clone(), &client_tls));
-    let node = NodeHandler { s3: meridian_s3::S3Handler::new(service, forwarder), peer: peer_endpoint };
+    let node = NodeHandler { s3: meridian_s3::S3Handler::new(service, forwarder), peer: peer_endpoint, readiness };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
@@ -324,10 +328,13 @@ struct PeerEndpoint {
     token: String,
 }
 
-/// What the S3 port serves: the node-to-node endpoint, and S3 (with KV) for everything else.
+/// What the S3 port serves: liveness and readiness (`/_meridian/health`, `/_meridian/ready`,
+/// open), the node-to-node endpoint (the rest of `/_meridian/`, with the cluster token), and S3
+/// (with KV) for everything else.
 struct NodeHandler {
     s3: meridian_s3::S3Handler,
     peer: Option<PeerEndpoint>,
+    readiness: Arc<meridian_engine::health::ReadinessProbe>,
 }
 
 impl meridian_http::Handler for NodeHandler {
@@ -338,6 +345,10 @@ impl meridian_http::Handler for NodeHandler {
     ) -> http::Response<meridian_http::ResponseBody> {
         if !req.uri().path().starts_with("/_meridian/") {
             return self.s3.handle(req, info).await;
+        }
+        if let Some(probe) = Probe::from_request(req.method(), req.uri().path(), "/_meridian") {
+            info.notes.set_operation(probe.operation());
+            return meridian_admin::health::answer(probe, &self.readiness).await.map(meridian_http::boxed);
         }
         info.notes.set_operation("peer.blob");
         match &self.peer {
