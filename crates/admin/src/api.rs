@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::health::Probe;
+use crate::status::StatusPage;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 << 10;
@@ -47,6 +48,7 @@ pub struct AdminApi {
     engine: Engine,
     token: String,
     readiness: Arc<ReadinessProbe>,
+    status: Option<Arc<StatusPage>>,
 }
 
 pub(crate) type Reply = Response<Full<Bytes>>;
@@ -236,8 +238,20 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
 
+/// A request body of at most [`MAX_BODY`] bytes.
+async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(_) => Err(ApiError::bad_request("the request body is too large or was cut off")),
+    }
+}
+
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same_token(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_token(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -245,20 +259,34 @@ impl AdminApi {
     /// The API of `readiness`'s engine; `readiness` answers `/ready` (shared with the S3 port's
     /// probe, so both see one cached answer).
     pub fn new(token: String, readiness: Arc<ReadinessProbe>) -> Self {
-        AdminApi { engine: readiness.engine().clone(), token, readiness }
+        AdminApi { engine: readiness.engine().clone(), token, readiness, status: None }
+    }
+
+    /// Serves the live status page (`/status`, see [`crate::status`]) too.
+    pub fn with_status_page(mut self, page: Arc<StatusPage>) -> Self {
+        self.status = Some(page);
+        self
     }
 
     /// Serves one request; never fails at the HTTP level.
-    pub async fn handle<B>(&self, req: Request<B>, notes: &meridian_http::Notes) -> Result<Reply, Infallible>
+    pub async fn handle<B>(&self, req: Request<B>, info: &meridian_http::RequestInfo) -> Result<Reply, Infallible>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let notes = &info.notes;
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
         if let Some(probe) = Probe::from_request(&parts.method, &path, "") {
             notes.set_operation(probe.operation());
             return Ok(crate::health::answer(probe, &self.readiness).await);
+        }
+        if let Some(page) = self.status.as_ref().filter(|_| StatusPage::serves(&path)) {
+            notes.set_operation("admin.status");
+            return Ok(match read_body(body).await {
+                Ok(body) => page.handle(&parts.method, &path, &parts.headers, &body, info.secure).await,
+                Err(e) => error_reply(e),
+            });
         }
         let resource = path.trim_matches('/').split('/').nth(1).unwrap_or("root");
         notes.set_operation(format!("admin.{resource}"));
@@ -277,9 +305,9 @@ impl AdminApi {
                 "send the admin token as 'Authorization: Bearer <token>'",
             )));
         }
-        let body = match Limited::new(body, MAX_BODY).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => return Ok(error_reply(ApiError::bad_request("the request body is too large or was cut off"))),
+        let body = match read_body(body).await {
+            Ok(body) => body,
+            Err(e) => return Ok(error_reply(e)),
         };
         let segments: Vec<String> = path
             .trim_matches('/')

@@ -180,6 +180,14 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The file system under the blob store, in bytes.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct DiskSpace {
+    pub total_bytes: u64,
+    /// What this process may still write (blocks reserved for root excluded).
+    pub free_bytes: u64,
+}
+
 /// The same I/O error with what was being done in front of it.
 fn annotate(e: std::io::Error, doing: &str) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{doing}: {e}"))
@@ -247,6 +255,19 @@ impl BlobStore {
             written.map_err(|e| annotate(e, &format!("cannot write a probe file in {}", dir.display())))?;
             removed.map_err(|e| annotate(e, &format!("cannot remove the probe file {}", path.display())))?;
             fsync_dir(&dir).map_err(|e| annotate(e, &format!("cannot fsync {}", dir.display())))
+        })
+        .await
+    }
+
+    /// Size and free space of the file system holding the blobs.
+    pub async fn disk_space(&self) -> BlobResult<DiskSpace> {
+        let dir = self.inner.blobs.clone();
+        blocking(move || {
+            let stat = rustix::fs::statvfs(&dir)?;
+            Ok(DiskSpace {
+                total_bytes: stat.f_blocks.saturating_mul(stat.f_frsize),
+                free_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+            })
         })
         .await
     }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use meridian_blob::DiskSpace;
 use serde::Serialize;
 
 use crate::Engine;
@@ -85,6 +86,13 @@ impl Engine {
             )),
         };
         Check::timed("data_dir", started, outcome)
+    }
+}
+
+impl Engine {
+    /// Size and free space of the file system holding this node's object bytes.
+    pub async fn disk_space(&self) -> crate::EngineResult<DiskSpace> {
+        Ok(self.blobs().disk_space().await?)
     }
 }
 

@@ -208,6 +208,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let started = SystemTime::now();
+    let metrics = Arc::new(meridian_metrics::Metrics::new());
     std::fs::create_dir_all(&settings.data)
         .with_context(|| format!("cannot create the data directory {}", settings.data.display()))?;
     let metadata = open_metadata(&settings).await?;
@@ -294,7 +295,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
     }
     let readiness = Arc::new(meridian_engine::health::ReadinessProbe::new(engine.clone(), settings.readiness.clone()));
-    let admin = meridian_admin::AdminApi::new(admin_token, Arc::clone(&readiness));
+    let status_page = Arc::new(meridian_admin::status::StatusPage::new(
+        Arc::clone(&readiness),
+        Arc::clone(&metrics),
+        vec![admin_token.clone()],
+    ));
+    let admin = meridian_admin::AdminApi::new(admin_token, Arc::clone(&readiness)).with_status_page(Arc::clone(&status_page));
 
     collect_orphans_in_background(engine.clone(), started);
     let forwarder = peer_endpoint
@@ -305,8 +311,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let s3_server = meridian_http::Server::new(settings.s3_policy.clone()).tls(server_tls.clone());
-    let admin_server = meridian_http::Server::new(settings.admin_policy.clone()).tls(server_tls);
+    let s3_server =
+        meridian_http::Server::new(settings.s3_policy.clone()).tls(server_tls.clone()).observer(status_page.errors());
+    let admin_server =
+        meridian_http::Server::new(settings.admin_policy.clone()).tls(server_tls).observer(status_page.errors());
     let s3 = s3_server.serve(listener, node, until_stopped(stopped.clone()));
     let admin = admin_server.serve(admin_listener, admin, until_stopped(stopped));
     let signal = async move {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod browser;
 pub mod raw;
 pub mod wan_cluster;
 
