@@ -1,10 +1,13 @@
 //! The admin HTTP API. JSON in and out; every `/v1/` request needs `Authorization: Bearer
 //! <token>`. `/health` and `/ready` are open, for load balancers (see [`crate::health`]).
+//! `GET /metrics` (Prometheus text) takes the admin token or the read-only status token, which
+//! opens nothing else but the status page (`/status`, see [`crate::status`]).
 //!
 //! | method and path | body | answer |
 //! |---|---|---|
 //! | `GET /health` | | liveness: `{"status":"ok","node","region"}` |
 //! | `GET /ready` | | readiness: 200 or 503, `{"ready","checks":[{"name","ok","reason"?,"took_ms"}]}` |
+//! | `GET /metrics` | | every metric of this node (Prometheus text; OpenMetrics if asked for) |
 //! | `POST /v1/keys` | `{"name","can_create_buckets"?}` | the key with its secret (shown only here) |
 //! | `GET /v1/keys` | | all keys (no secrets) |
 //! | `GET /v1/keys/NAME` | | one key and its bucket grants |
@@ -49,6 +52,17 @@ pub struct AdminApi {
     token: String,
     readiness: Arc<ReadinessProbe>,
     status: Option<Arc<StatusPage>>,
+    /// Opens `GET /metrics` (and nothing that changes or reveals keys or buckets).
+    status_token: Option<String>,
+    metrics: Option<std::sync::Arc<meridian_metrics::Metrics>>,
+}
+
+/// Which token a request presented.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Admin,
+    Status,
+    Nobody,
 }
 
 pub(crate) type Reply = Response<Full<Bytes>>;
@@ -259,13 +273,50 @@ impl AdminApi {
     /// The API of `readiness`'s engine; `readiness` answers `/ready` (shared with the S3 port's
     /// probe, so both see one cached answer).
     pub fn new(token: String, readiness: Arc<ReadinessProbe>) -> Self {
-        AdminApi { engine: readiness.engine().clone(), token, readiness, status: None }
+        AdminApi {
+            engine: readiness.engine().clone(),
+            token,
+            readiness,
+            status: None,
+            status_token: None,
+            metrics: None,
+        }
     }
 
     /// Serves the live status page (`/status`, see [`crate::status`]) too.
     pub fn with_status_page(mut self, page: Arc<StatusPage>) -> Self {
         self.status = Some(page);
         self
+    }
+
+    /// Also accepts `token` for the read-only endpoints (`GET /metrics`).
+    pub fn status_token(mut self, token: Option<String>) -> Self {
+        self.status_token = token;
+        self
+    }
+
+    /// Serves `metrics` at `GET /metrics`.
+    pub fn metrics(mut self, metrics: std::sync::Arc<meridian_metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn caller(&self, headers: &http::HeaderMap) -> Caller {
+        let Some(presented) = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().as_bytes())
+        else {
+            return Caller::Nobody;
+        };
+        if same_token(presented, self.token.as_bytes()) {
+            Caller::Admin
+        } else if self.status_token.as_ref().is_some_and(|t| same_token(presented, t.as_bytes())) {
+            Caller::Status
+        } else {
+            Caller::Nobody
+        }
     }
 
     /// Serves one request; never fails at the HTTP level.
@@ -288,22 +339,31 @@ impl AdminApi {
                 Err(e) => error_reply(e),
             });
         }
-        let resource = path.trim_matches('/').split('/').nth(1).unwrap_or("root");
-        notes.set_operation(format!("admin.{resource}"));
-        let authorized = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| same_token(t.trim().as_bytes(), self.token.as_bytes()));
-        if authorized {
-            notes.set_principal("admin-token");
-        } else {
-            return Ok(error_reply(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "send the admin token as 'Authorization: Bearer <token>'",
-            )));
+        notes.set_operation(operation_name(&path));
+        let caller = self.caller(&parts.headers);
+        let read_only = parts.method == Method::GET && path == "/metrics";
+        match caller {
+            Caller::Admin => notes.set_principal("admin-token"),
+            Caller::Status if read_only => notes.set_principal("status-token"),
+            Caller::Status => {
+                notes.set_principal("status-token");
+                return Ok(error_reply(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "AccessDenied",
+                    "the status token only reads metrics and status; this needs the admin token",
+                )));
+            }
+            Caller::Nobody => {
+                return Ok(error_reply(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    "send the admin token (or, for /metrics, the status token) as 'Authorization: Bearer <token>'",
+                )));
+            }
+        }
+        if read_only {
+            let accept = parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok());
+            return Ok(self.metrics_reply(accept));
         }
         let body = match read_body(body).await {
             Ok(body) => body,
@@ -319,6 +379,14 @@ impl AdminApi {
             Ok(resp) => resp,
             Err(e) => error_reply(e),
         })
+    }
+
+    /// `GET /metrics`: this node's metrics, or 404 when the node keeps none.
+    fn metrics_reply(&self, accept: Option<&str>) -> Reply {
+        let Some(metrics) = &self.metrics else {
+            return error_reply(ApiError::new(StatusCode::NOT_FOUND, "NotFound", "this node keeps no metrics"));
+        };
+        metrics_response(metrics, accept)
     }
 
     async fn route(&self, method: &Method, segments: &[&str], body: &Bytes) -> Result<Reply, ApiError> {
@@ -411,6 +479,29 @@ impl AdminApi {
                 format!("no admin endpoint {method} /{}", segments.join("/")),
             )),
         }
+    }
+}
+
+/// A response with `metrics` in the format `accept` asks for (see
+/// [`meridian_metrics::Metrics::encode_for`]).
+pub fn metrics_response(metrics: &meridian_metrics::Metrics, accept: Option<&str>) -> Reply {
+    let (body, content_type) = metrics.encode_for(accept);
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    resp
+}
+
+/// The operation noted for a request (a metric label, so a fixed set: never a path segment a
+/// client chose).
+fn operation_name(path: &str) -> &'static str {
+    let mut segments = path.trim_matches('/').split('/');
+    match (segments.next(), segments.next()) {
+        (Some("health"), None) => "admin.health",
+        (Some("metrics"), None) => "admin.metrics",
+        (Some("v1"), Some("keys")) => "admin.keys",
+        (Some("v1"), Some("buckets")) => "admin.buckets",
+        (Some("v1"), Some("cluster")) => "admin.cluster",
+        _ => "admin.other",
     }
 }
 

@@ -334,7 +334,7 @@ pub struct AdminConnection {
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// Regions and nodes: health, metadata lag and cache use.
+    /// Regions and nodes: health, measured replication lag and cache use.
     Status,
 }
 
@@ -373,7 +373,7 @@ pub fn cluster_table(v: &Value) -> String {
             n["advertise_url"].as_str().unwrap_or_default(),
             if n["healthy"].as_bool() == Some(true) { "up" } else { "DOWN" },
             n["heartbeat_age_ms"].as_i64().unwrap_or(0) as f64 / 1000.0,
-            n["revision_lag"].as_u64().unwrap_or(0),
+            lag_cell(&n["lag_ms"]),
             format!(
                 "{} / {}",
                 meridian_common::size::format_size(cache["bytes"].as_u64().unwrap_or(0)),
@@ -383,6 +383,15 @@ pub fn cluster_table(v: &Value) -> String {
         ));
     }
     text
+}
+
+/// A node's measured replication lag (seconds), or `-` when it has none (a single node, or
+/// before its first measurement).
+fn lag_cell(lag_ms: &Value) -> String {
+    match lag_ms.as_u64() {
+        Some(ms) => format!("{:.3}s", ms as f64 / 1000.0),
+        None => "-".to_string(),
+    }
 }
 
 pub async fn run_cluster(args: ClusterArgs) -> ExitCode {

@@ -1,7 +1,7 @@
 //! Nodes of a cluster find each other through the metadata store: each node keeps a record
 //! under `n/<node id>` fresh with a heartbeat (its region, the URL peers reach it at, the
-//! metadata revision it has seen, its cache use). A node whose heartbeat is older than
-//! [`NODE_STALE_AFTER`] is reported down.
+//! metadata revision it has seen, its measured replication lag, its cache use). A node whose
+//! heartbeat is older than [`NODE_STALE_AFTER`] is reported down.
 
 use std::time::Duration;
 
@@ -42,6 +42,10 @@ pub struct NodeRecord {
     #[serde(default)]
     pub cache: CacheUse,
     pub version: String,
+    /// This node's measured replication lag at its last heartbeat, in milliseconds
+    /// ([`Engine::view_lag`]); absent before the first measurement and on a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
 }
 
 /// Cache figures published with the heartbeat.
@@ -61,8 +65,6 @@ pub struct NodeStatus {
     pub healthy: bool,
     /// Milliseconds since the last heartbeat.
     pub heartbeat_age_ms: i64,
-    /// How many revisions behind the newest revision any node reported.
-    pub revision_lag: u64,
 }
 
 impl Engine {
@@ -91,6 +93,7 @@ impl Engine {
         let mut record = describe();
         record.heartbeat_ms = now_ms();
         record.revision = self.current_revision().await.unwrap_or(0);
+        record.lag_ms = self.view_lag().map(|lag| u64::try_from(lag.as_millis()).unwrap_or(u64::MAX));
         if let Err(err) = self.publish_node(&record).await {
             tracing::warn!(error = %err, "could not publish this node's heartbeat");
         }
@@ -101,7 +104,6 @@ impl Engine {
         let resp = self.meta().range(RangeRequest::prefix(NODES_PREFIX)).await?;
         let records: Vec<NodeRecord> =
             resp.kvs.iter().map(|kv| record::decode(&kv.value)).collect::<EngineResult<_>>()?;
-        let newest = records.iter().map(|r| r.revision).max().unwrap_or(0);
         let now = now_ms();
         Ok(records
             .into_iter()
@@ -110,7 +112,6 @@ impl Engine {
                 NodeStatus {
                     healthy: age <= NODE_STALE_AFTER.as_millis() as i64,
                     heartbeat_age_ms: age,
-                    revision_lag: newest.saturating_sub(record.revision),
                     record,
                 }
             })

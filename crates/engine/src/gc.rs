@@ -3,13 +3,14 @@
 use std::time::{Duration, SystemTime};
 
 use meridian_blob::{BlobId, BlobStore};
+use meridian_metrics::Counter;
 
 use crate::error::EngineResult;
 use crate::{Engine, keys};
 
 /// Deletes `blobs` after `delay`, in the background. If the process dies first, the orphan scan
 /// at the next start removes them.
-pub(crate) fn delete_later(store: BlobStore, blobs: Vec<BlobId>, delay: Duration) {
+pub(crate) fn delete_later(store: BlobStore, blobs: Vec<BlobId>, delay: Duration, deleted: Counter) {
     if blobs.is_empty() {
         return;
     }
@@ -18,8 +19,13 @@ pub(crate) fn delete_later(store: BlobStore, blobs: Vec<BlobId>, delay: Duration
             tokio::time::sleep(delay).await;
         }
         for blob in blobs {
-            if let Err(err) = store.delete(blob).await {
-                tracing::warn!(%blob, error = %err, "could not delete a replaced blob; the orphan scan will retry");
+            match store.delete(blob).await {
+                Ok(()) => {
+                    deleted.inc();
+                }
+                Err(err) => {
+                    tracing::warn!(%blob, error = %err, "could not delete a replaced blob; the orphan scan will retry");
+                }
             }
         }
     });
@@ -38,5 +44,6 @@ pub(crate) async fn collect_orphans(engine: &Engine, older_than: SystemTime) -> 
             }
         })
         .await?;
+    engine.metrics().gc_orphans_removed.inc_by(result.0 as u64);
     Ok(result)
 }

@@ -1,7 +1,8 @@
 //! Readiness: whether this node can serve requests now. Each check is a real round trip:
 //! a strong read of the metadata revision through the metadata store (a linearizable etcd read
 //! on a cluster) within a time bound, and a probe file written, fsynced and removed where blob
-//! writes go. [`ReadinessProbe`] caches the answer briefly so a flood of probes costs one check.
+//! writes go; on a cluster, the measured replication lag of this node's view
+//! ([`Engine::view_lag`]) must also be within a bound. [`ReadinessProbe`] caches the answer briefly so a flood of probes costs one check.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,11 +19,20 @@ pub struct ReadinessLimits {
     pub metadata_timeout: Duration,
     /// How long the disk probe may take (a hung disk is not a ready one).
     pub disk_timeout: Duration,
+    /// The most replication lag ([`Engine::view_lag`]) of a ready node (replicated stores only).
+    pub max_view_lag: Duration,
 }
+
+/// The default of [`ReadinessLimits::max_view_lag`].
+pub const DEFAULT_MAX_VIEW_LAG: Duration = Duration::from_secs(10);
 
 impl Default for ReadinessLimits {
     fn default() -> Self {
-        ReadinessLimits { metadata_timeout: Duration::from_secs(2), disk_timeout: Duration::from_secs(2) }
+        ReadinessLimits {
+            metadata_timeout: Duration::from_secs(2),
+            disk_timeout: Duration::from_secs(2),
+            max_view_lag: DEFAULT_MAX_VIEW_LAG,
+        }
     }
 }
 
@@ -61,7 +71,10 @@ impl Engine {
     /// Runs every readiness check now (concurrently); never waits longer than the limits.
     pub async fn readiness(&self, limits: &ReadinessLimits) -> Readiness {
         let (metadata, disk) = tokio::join!(self.check_metadata(limits.metadata_timeout), self.check_disk(limits));
-        let checks = vec![metadata, disk];
+        let mut checks = vec![metadata, disk];
+        if self.replicas().is_some() {
+            checks.push(self.check_view_lag(limits.max_view_lag));
+        }
         Readiness { ready: checks.iter().all(|c| c.ok), checks, checked_ms: crate::now_ms() }
     }
 
@@ -73,6 +86,22 @@ impl Engine {
             Err(_) => Err(format!("the metadata store did not answer within {} ms", timeout.as_millis())),
         };
         Check::timed("metadata", started, outcome)
+    }
+
+    /// The lag as last measured (a measurement waiting for a lagging replica counts the time
+    /// waited so far). No measurement yet is no evidence of lag: the metadata check covers a
+    /// store that does not answer at all.
+    fn check_view_lag(&self, max: Duration) -> Check {
+        let started = Instant::now();
+        let outcome = match self.view_lag() {
+            Some(lag) if lag > max => Err(format!(
+                "this node's metadata view lags {} ms behind the newest commit (more than the {} ms allowed)",
+                lag.as_millis(),
+                max.as_millis()
+            )),
+            _ => Ok(()),
+        };
+        Check::timed("replication_lag", started, outcome)
     }
 
     async fn check_disk(&self, limits: &ReadinessLimits) -> Check {

@@ -24,6 +24,7 @@ pub mod health;
 pub mod iam;
 pub mod ingest;
 pub mod keys;
+pub mod lag;
 pub mod lifecycle;
 mod list;
 pub mod locks;
@@ -110,6 +111,18 @@ pub trait ReadViews: Send + Sync {
     /// Waits until every replica that serves local reads has applied `revision`; on timeout,
     /// describes the replicas that have not.
     async fn wait_applied(&self, revision: Revision, timeout: std::time::Duration) -> Result<(), String>;
+
+    /// The newest revision any replica has applied and the one the replica serving local reads
+    /// has applied, asked together (the replication lag measurement: [`lag`]). A store that
+    /// cannot tell leaves the lag unmeasured.
+    async fn applied_revisions(&self) -> Result<lag::AppliedRevisions, String> {
+        Err("this metadata store does not report applied revisions".into())
+    }
+
+    /// The revision the replica serving local reads has applied.
+    async fn local_applied_revision(&self) -> Result<Revision, String> {
+        Err("this metadata store does not report applied revisions".into())
+    }
 }
 
 /// The metadata store, and where reads at each [`Consistency`] go. Chosen explicitly when an
@@ -149,6 +162,7 @@ pub struct EngineBuilder {
     config: EngineConfig,
     remote: Option<RemoteReading>,
     reaper_interval: Option<Duration>,
+    metrics: meridian_metrics::EngineMetrics,
 }
 
 struct RemoteReading {
@@ -173,8 +187,15 @@ impl EngineBuilder {
         self
     }
 
-    /// The engine, complete, with its background tasks (reaper, prefetch) running: those need a
-    /// Tokio runtime.
+    /// Records replication lag, pushes, garbage collection and reaper activity in `metrics`
+    /// (without it they go to metrics nobody exports).
+    pub fn metrics(mut self, metrics: meridian_metrics::EngineMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The engine, complete, with its background tasks (reaper, prefetch, lag measurement)
+    /// running: those need a Tokio runtime.
     pub fn build(self) -> Engine {
         let prefetch_up_to = self.remote.as_ref().map_or(0, |r| r.prefetch_up_to);
         let engine = Engine {
@@ -184,8 +205,11 @@ impl EngineBuilder {
                 config: self.config,
                 remote: self.remote.map(|r| r.reader),
                 last_commit_ms: std::sync::atomic::AtomicI64::new(0),
+                metrics: self.metrics,
+                lag: lag::LagState::default(),
             }),
         };
+        engine.spawn_lag_probe();
         if let Some(interval) = self.reaper_interval {
             engine.spawn_reaper(interval);
         }
@@ -210,12 +234,21 @@ struct Inner {
     /// When this node last committed a write (its heartbeat): its local view is at most that
     /// old, so access checks may trust it (ms since the epoch; 0: never).
     last_commit_ms: std::sync::atomic::AtomicI64,
+    metrics: meridian_metrics::EngineMetrics,
+    lag: lag::LagState,
 }
 
 impl Engine {
     /// Starts building an engine over `metadata` and `blobs`.
     pub fn builder(metadata: Metadata, blobs: BlobStore, config: EngineConfig) -> EngineBuilder {
-        EngineBuilder { metadata, blobs, config, remote: None, reaper_interval: None }
+        EngineBuilder {
+            metadata,
+            blobs,
+            config,
+            remote: None,
+            reaper_interval: None,
+            metrics: meridian_metrics::EngineMetrics::default(),
+        }
     }
 
     /// The read views of a replicated metadata store; `None` for a single store.
@@ -276,6 +309,10 @@ impl Engine {
         })
     }
 
+    pub(crate) fn metrics(&self) -> &meridian_metrics::EngineMetrics {
+        &self.inner.metrics
+    }
+
     pub(crate) fn remote(&self) -> Option<&Arc<dyn object::RemoteReader>> {
         self.inner.remote.as_ref()
     }
@@ -309,12 +346,13 @@ impl Engine {
 
     /// Deletes blobs after the configured delay (see [`EngineConfig::blob_delete_delay`]).
     fn delete_blobs_later(&self, blobs: Vec<BlobId>) {
-        gc::delete_later(self.inner.blobs.clone(), blobs, self.inner.config.blob_delete_delay);
+        let deleted = self.inner.metrics.gc_blobs_deleted.clone();
+        gc::delete_later(self.inner.blobs.clone(), blobs, self.inner.config.blob_delete_delay, deleted);
     }
 
     /// Deletes blobs that no committed record refers to, right away.
     fn delete_blobs_now(&self, blobs: Vec<BlobId>) {
-        gc::delete_later(self.inner.blobs.clone(), blobs, Duration::ZERO);
+        gc::delete_later(self.inner.blobs.clone(), blobs, Duration::ZERO, self.inner.metrics.gc_blobs_deleted.clone());
     }
 
     /// Removes blob files that no metadata refers to (left by a crash between the blob write

@@ -25,11 +25,25 @@ pub struct PeerReader {
     cache: ChunkCache,
     access: PeerAccess,
     clients: Mutex<HashMap<String, Arc<PeerClient>>>,
+    metrics: meridian_metrics::CacheMetrics,
 }
 
 impl PeerReader {
     pub fn new(meta: Arc<dyn MetaStore>, region: String, cache: ChunkCache, access: PeerAccess) -> Self {
-        PeerReader { meta, region, cache, access, clients: Mutex::new(HashMap::new()) }
+        PeerReader {
+            meta,
+            region,
+            cache,
+            access,
+            clients: Mutex::new(HashMap::new()),
+            metrics: meridian_metrics::CacheMetrics::default(),
+        }
+    }
+
+    /// Counts reads by the region that holds the bytes, hit or miss, in `metrics`.
+    pub fn metrics(mut self, metrics: meridian_metrics::CacheMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn cache(&self) -> &ChunkCache {
@@ -74,6 +88,7 @@ impl RemoteReader for PeerReader {
             match self.cache.read(span.blob, span.blob_len, &span.digests, from, len, source).await {
                 Ok(stream) => {
                     let hit = stream.cache_hit();
+                    self.metrics.read(&holder.region, hit, len);
                     let region = if hit { self.region.clone() } else { holder.region.clone() };
                     let body: Body = Box::pin(stream.map_err(|e| Box::new(e) as BodyError));
                     return Ok((body, ReadSource { region, cache_hit: hit }));
@@ -123,17 +138,29 @@ impl Engine {
             if !remote || record.size > max_size || record.size == 0 {
                 continue;
             }
+            let metrics = self.metrics().clone();
+            let seen = std::time::Instant::now();
+            metrics.push_queue.inc();
             let Ok(permit) = Arc::clone(&limit).acquire_owned().await else { return Ok(()) };
             let engine = self.clone();
             let current = crate::object::Current { record, revision: event.kv.mod_revision, inline: None };
             tokio::spawn(async move {
                 let _permit = permit;
-                match engine.open_body(&current, None).await {
-                    Ok((body, _)) => {
-                        // Reading it through fills the cache.
-                        let _ = body.try_for_each(|_| async { Ok(()) }).await;
+                let pushed = match engine.open_body(&current, None).await {
+                    // Reading it through fills the cache.
+                    Ok((body, _)) => body.try_for_each(|_| async { Ok(()) }).await.map_err(|e| e.to_string()),
+                    Err(err) => Err(err.to_string()),
+                };
+                metrics.push_queue.dec();
+                match pushed {
+                    Ok(()) => {
+                        metrics.pushes.inc();
+                        metrics.push_duration.observe(seen.elapsed().as_secs_f64());
                     }
-                    Err(err) => tracing::debug!(error = %err, "prefetch of a small object failed"),
+                    Err(err) => {
+                        metrics.push_errors.inc();
+                        tracing::debug!(error = %err, "prefetch of a small object failed");
+                    }
                 }
             });
         }

@@ -73,20 +73,29 @@ impl Engine {
 
     /// Handles index entries that are due now; returns how many it looked at.
     pub async fn reap_due(&self) -> EngineResult<usize> {
+        let started = std::time::Instant::now();
         let now = now_ms();
         let end = keys::expiry(now + 1, b"");
         let due = self
             .meta()
             .range(RangeRequest::between(Bytes::from_static(keys::EXPIRY_PREFIX.as_bytes()), end).limit(REAP_BATCH))
             .await?;
+        let mut removed = 0;
         for kv in &due.kvs {
             let Some((at, target)) = keys::parse_expiry(&kv.key) else {
                 continue;
             };
-            if let Err(err) = self.reap_one(kv.key.clone(), kv.mod_revision, at, Bytes::copy_from_slice(target)).await {
-                tracing::warn!(error = %err, target = %String::from_utf8_lossy(target), "could not reap an expired entry");
+            match self.reap_one(kv.key.clone(), kv.mod_revision, at, Bytes::copy_from_slice(target)).await {
+                Ok(()) => removed += 1,
+                Err(err) => {
+                    tracing::warn!(error = %err, target = %String::from_utf8_lossy(target), "could not reap an expired entry");
+                }
             }
         }
+        let metrics = self.metrics();
+        metrics.reaper_runs.inc();
+        metrics.reaper_removed.inc_by(removed);
+        metrics.reaper_duration.observe(started.elapsed().as_secs_f64());
         Ok(due.kvs.len())
     }
 

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
-use crate::request::{Observer, RequestInfo, RequestRecord};
+use crate::request::{Counted, Observer, RequestInfo, RequestRecord};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -108,6 +108,8 @@ pub(crate) struct Pending {
     pub(crate) started: Instant,
     pub(crate) bytes_in: Arc<AtomicU64>,
     pub(crate) observers: Arc<[Arc<dyn Observer>]>,
+    /// The request's place in the listener's in-flight count, given up with the report.
+    pub(crate) _in_flight: Counted,
 }
 
 impl Pending {

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -122,5 +123,51 @@ impl Observer for AccessLog {
             principal = r.principal.as_deref().unwrap_or("-"),
             operation = r.operation.as_deref().unwrap_or("-"),
         );
+    }
+}
+
+/// What a listener is doing right now (read by metrics at scrape time).
+#[derive(Default, Debug)]
+pub struct Load {
+    in_flight: AtomicI64,
+    connections: AtomicI64,
+}
+
+impl Load {
+    /// Requests received whose response body has not ended yet.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted under the listener's limits and not closed yet.
+    pub fn connections(&self) -> i64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn request(self: &Arc<Self>) -> Counted {
+        Counted::new(Arc::clone(self), |load| &load.in_flight)
+    }
+
+    pub(crate) fn connection(self: &Arc<Self>) -> Counted {
+        Counted::new(Arc::clone(self), |load| &load.connections)
+    }
+}
+
+/// One request or connection counted in a [`Load`] until dropped.
+pub(crate) struct Counted {
+    load: Arc<Load>,
+    counter: fn(&Load) -> &AtomicI64,
+}
+
+impl Counted {
+    fn new(load: Arc<Load>, counter: fn(&Load) -> &AtomicI64) -> Counted {
+        counter(&load).fetch_add(1, Ordering::Relaxed);
+        Counted { load, counter }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        (self.counter)(&self.load).fetch_sub(1, Ordering::Relaxed);
     }
 }

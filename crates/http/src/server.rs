@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use crate::body::{Pending, Reported, RequestBody, ResponseBody, full};
 use crate::conn::{Activity, AddressSlot, PerAddress, Tracked};
 use crate::policy::Policy;
-use crate::request::{AccessLog, Notes, Observer, RequestId, RequestInfo};
+use crate::request::{AccessLog, Load, Notes, Observer, RequestId, RequestInfo};
 use crate::tls::ServerTls;
 
 /// Serves the requests of one listener.
@@ -73,12 +73,18 @@ pub struct Server {
     policy: Policy,
     tls: Option<ServerTls>,
     observers: Vec<Arc<dyn Observer>>,
+    load: Arc<Load>,
 }
 
 impl Server {
     /// A server with the access log as its only observer.
     pub fn new(policy: Policy) -> Server {
-        Server { policy, tls: None, observers: vec![Arc::new(AccessLog)] }
+        Server { policy, tls: None, observers: vec![Arc::new(AccessLog)], load: Arc::default() }
+    }
+
+    /// The listener's current load (requests in flight, connections open), for metrics.
+    pub fn load(&self) -> Arc<Load> {
+        Arc::clone(&self.load)
     }
 
     /// Serves TLS only (plain HTTP connections fail the handshake).
@@ -111,6 +117,7 @@ impl Server {
             policy: self.policy,
             tls: self.tls,
             observers: self.observers.into(),
+            load: self.load,
             handler,
         });
         let graceful = GracefulShutdown::new();
@@ -194,6 +201,7 @@ struct Shared<H> {
     permits: Arc<Semaphore>,
     per_address: PerAddress,
     observers: Arc<[Arc<dyn Observer>]>,
+    load: Arc<Load>,
     handler: H,
 }
 
@@ -232,6 +240,7 @@ async fn refuse<H>(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared<H
 impl<H: Handler> Shared<H> {
     async fn run(self: Arc<Self>, accepted: Accepted) {
         let Accepted { stream, peer, header_timeout, watcher, _permit, _slot } = accepted;
+        let _open = self.load.connection();
         let activity = Activity::new();
         let first_request = Arc::new(AtomicBool::new(false));
         let timing = Timing { header_timeout, watcher, served: Arc::clone(&first_request) };
@@ -287,6 +296,7 @@ impl<H: Handler> Shared<H> {
 
     async fn respond(&self, req: Request<Incoming>, peer: SocketAddr, secure: bool) -> Response<Reported> {
         let started = Instant::now();
+        let in_flight = self.load.request();
         let info =
             RequestInfo { id: RequestId::random(), peer, secure, listener: self.policy.name, notes: Notes::default() };
         let method = req.method().clone();
@@ -306,7 +316,7 @@ impl<H: Handler> Shared<H> {
         }
         let status = resp.status();
         let observers = Arc::clone(&self.observers);
-        let pending = Pending { info, method, path, status, started, bytes_in, observers };
+        let pending = Pending { info, method, path, status, started, bytes_in, observers, _in_flight: in_flight };
         resp.map(|body| Reported::new(body, pending))
     }
 

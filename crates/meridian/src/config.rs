@@ -56,6 +56,12 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// Revisions of change history kept for watches (older `since` values get 410).
     pub history_revisions: Option<u64>,
+    /// Read-only token for `GET /metrics` on the admin listener.
+    pub status_token: Option<String>,
+    /// Address of a listener serving `/metrics` without a token.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Most measured replication lag (ms) of a cluster node that is still ready.
+    pub ready_max_lag_ms: Option<u64>,
 }
 
 /// A size in the TOML file: a number of bytes (`65536`) or a string in the one size grammar

@@ -1,6 +1,7 @@
 //! The `meridian` command: one binary for the server and every tool around it.
 
 mod config;
+mod metrics;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -20,7 +21,7 @@ enum Command {
     Bench(Box<meridian_bench::BenchArgs>),
     /// Manage access keys, bucket permissions and public buckets (through a node's admin API).
     Admin(meridian_admin::cli::AdminArgs),
-    /// Regions and nodes of the cluster: health, metadata lag, cache use.
+    /// Regions and nodes of the cluster: health, measured replication lag, cache use.
     Cluster(meridian_admin::cli::ClusterArgs),
     /// Block volumes stored as a log of objects in any S3 bucket, served over NBD.
     Volume(meridian_volume::cli::VolumeCommand),

@@ -82,6 +82,17 @@ pub struct ServerArgs {
     /// Revisions of change history kept for watches. Default: 100000
     #[arg(long, hide = true)]
     history_revisions: Option<u64>,
+    /// A read-only token accepted (besides the admin token) for GET /metrics and the status page
+    /// (/status) on the admin listener, and for nothing else there.
+    #[arg(long, env = "MERIDIAN_STATUS_TOKEN", hide_env_values = true)]
+    status_token: Option<String>,
+    /// Also serve GET /metrics on this address, WITHOUT a token: for a private network only.
+    #[arg(long, env = "MERIDIAN_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// A cluster node whose metadata view lags more than this (measured replication lag) is
+    /// not ready (/ready answers 503). A duration: 10s, 500ms. Default: 10s
+    #[arg(long, env = "MERIDIAN_READY_MAX_LAG", value_parser = meridian_common::duration::parse_duration)]
+    ready_max_lag: Option<Duration>,
 }
 
 /// On etcd, only small values are stored inline: etcd's database is meant to stay small, and
@@ -109,6 +120,8 @@ struct Settings {
     log_format: String,
     history_revisions: u64,
     readiness: meridian_engine::health::ReadinessLimits,
+    status_token: Option<String>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
@@ -173,7 +186,15 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             .or(file.history_revisions)
             .unwrap_or(EmbeddedOptions::default().history_revisions)
             .max(1),
-        readiness: meridian_engine::health::ReadinessLimits::default(),
+        readiness: meridian_engine::health::ReadinessLimits {
+            max_view_lag: args
+                .ready_max_lag
+                .or(file.ready_max_lag_ms.map(Duration::from_millis))
+                .unwrap_or(meridian_engine::health::DEFAULT_MAX_VIEW_LAG),
+            ..Default::default()
+        },
+        status_token: args.status_token.or(file.status_token),
+        metrics_listen: args.metrics_listen.or(file.metrics_listen),
     })
 }
 
@@ -208,10 +229,10 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let started = SystemTime::now();
-    let metrics = Arc::new(meridian_metrics::Metrics::new());
     std::fs::create_dir_all(&settings.data)
         .with_context(|| format!("cannot create the data directory {}", settings.data.display()))?;
-    let metadata = open_metadata(&settings).await?;
+    let metrics = Arc::new(meridian_metrics::Metrics::new());
+    let metadata = open_metadata(&settings, &metrics).await?;
     let blobs = BlobStore::open(&settings.data).context("cannot open the blob store")?;
     let node_id = match &settings.node_id {
         Some(id) => id.clone(),
@@ -225,11 +246,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
     let scheme = if server_tls.is_some() { "https" } else { "http" };
-    let mut builder = Engine::builder(metadata.clone(), blobs, engine_config).reaper(Duration::from_millis(250));
+    let mut builder = Engine::builder(metadata.clone(), blobs, engine_config)
+        .reaper(Duration::from_millis(250))
+        .metrics(metrics.engine.clone());
     let cache = match &settings.cluster_token {
         Some(token) => {
             let access = meridian_blob::PeerAccess::new(token.clone(), client_tls.clone());
-            let (reader, cache) = peer_reader(&metadata, &settings, access)?;
+            let (reader, cache) = peer_reader(&metadata, &settings, access, &metrics)?;
+            crate::metrics::watch_cache(&metrics, cache.clone());
             builder = builder.remote_reader(reader, settings.replicate_small_bytes);
             Some(cache)
         }
@@ -295,12 +319,21 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
     }
     let readiness = Arc::new(meridian_engine::health::ReadinessProbe::new(engine.clone(), settings.readiness.clone()));
-    let status_page = Arc::new(meridian_admin::status::StatusPage::new(
-        Arc::clone(&readiness),
-        Arc::clone(&metrics),
-        vec![admin_token.clone()],
-    ));
-    let admin = meridian_admin::AdminApi::new(admin_token, Arc::clone(&readiness)).with_status_page(Arc::clone(&status_page));
+    let page_tokens = std::iter::once(admin_token.clone()).chain(settings.status_token.clone()).collect();
+    let status_page =
+        Arc::new(meridian_admin::status::StatusPage::new(Arc::clone(&readiness), Arc::clone(&metrics), page_tokens));
+    let admin = meridian_admin::AdminApi::new(admin_token, Arc::clone(&readiness))
+        .with_status_page(Arc::clone(&status_page))
+        .status_token(settings.status_token.clone())
+        .metrics(Arc::clone(&metrics));
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => {
+            let listener = crate::metrics::bind_metrics_listener(addr).await?;
+            println!("Metrics: {scheme}://{}/metrics (no token: keep this address private)", listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
 
     collect_orphans_in_background(engine.clone(), started);
     let forwarder = peer_endpoint
@@ -311,19 +344,28 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let s3_server =
-        meridian_http::Server::new(settings.s3_policy.clone()).tls(server_tls.clone()).observer(status_page.errors());
-    let admin_server =
-        meridian_http::Server::new(settings.admin_policy.clone()).tls(server_tls).observer(status_page.errors());
+    let s3_server = crate::metrics::observed_server(&metrics, settings.s3_policy.clone())
+        .tls(server_tls.clone())
+        .observer(status_page.errors());
+    let admin_server = crate::metrics::observed_server(&metrics, settings.admin_policy.clone())
+        .tls(server_tls.clone())
+        .observer(status_page.errors());
     let s3 = s3_server.serve(listener, node, until_stopped(stopped.clone()));
-    let admin = admin_server.serve(admin_listener, admin, until_stopped(stopped));
+    let admin = admin_server.serve(admin_listener, admin, until_stopped(stopped.clone()));
+    let metrics_only = async {
+        let Some(listener) = metrics_listener else { return Ok(()) };
+        let policy = meridian_http::Policy { name: "metrics", ..settings.admin_policy.clone() };
+        let server = crate::metrics::observed_server(&metrics, policy).tls(server_tls);
+        crate::metrics::serve_metrics(Arc::clone(&metrics), server, listener, until_stopped(stopped)).await
+    };
     let signal = async move {
         shutdown_signal().await;
         let _ = stop.send(true);
     };
-    let (s3, admin, ()) = tokio::join!(s3, admin, signal);
+    let (s3, admin, metrics_only, ()) = tokio::join!(s3, admin, metrics_only, signal);
     s3.context("the S3 listener failed")?;
     admin.context("the admin listener failed")?;
+    metrics_only.context("the metrics listener failed")?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -375,6 +417,7 @@ fn peer_reader(
     metadata: &Metadata,
     settings: &Settings,
     access: meridian_blob::PeerAccess,
+    metrics: &meridian_metrics::Metrics,
 ) -> anyhow::Result<(Arc<meridian_engine::peer::PeerReader>, meridian_blob::ChunkCache)> {
     let options = meridian_blob::CacheOptions {
         max_bytes: settings.cache_max_bytes,
@@ -389,16 +432,21 @@ fn peer_reader(
         settings.region.clone(),
         cache.clone(),
         access,
-    );
+    )
+    .metrics(metrics.cache.clone());
     Ok((Arc::new(reader), cache))
 }
 
 /// The metadata store: etcd (replicated: local reads from the nearest member) when the node
 /// joins a cluster, else the embedded database (a single store).
-async fn open_metadata(settings: &Settings) -> anyhow::Result<Metadata> {
+async fn open_metadata(settings: &Settings, metrics: &meridian_metrics::Metrics) -> anyhow::Result<Metadata> {
     if settings.etcd.is_empty() {
         let path = settings.data.join("meta.redb");
-        let options = EmbeddedOptions { history_revisions: settings.history_revisions, ..EmbeddedOptions::default() };
+        let options = EmbeddedOptions {
+            history_revisions: settings.history_revisions,
+            metrics: metrics.embedded.clone(),
+            ..EmbeddedOptions::default()
+        };
         let store = EmbeddedStore::open(&path, options).map_err(|e| {
             anyhow::anyhow!(
                 "cannot open the metadata database {}: {e} (is another meridian server using this data directory?)",
@@ -411,6 +459,7 @@ async fn open_metadata(settings: &Settings) -> anyhow::Result<Metadata> {
         meridian_meta_etcd::EtcdOptions::new(settings.etcd.clone()).namespace(settings.etcd_namespace.clone());
     // The one CA file of the node: etcd's https:// endpoints are checked against it too.
     options.ca_file = settings.ca_file.clone();
+    options.metrics = metrics.etcd.clone();
     let store = meridian_meta_etcd::EtcdStore::connect(options)
         .await
         .with_context(|| format!("cannot reach etcd at {}", settings.etcd.join(",")))?;
@@ -445,6 +494,15 @@ impl meridian_engine::ReadViews for EtcdViews {
         timeout: std::time::Duration,
     ) -> Result<(), String> {
         self.serializable.wait_applied(revision, timeout).await.map_err(|lagging| lagging.join(", "))
+    }
+
+    async fn applied_revisions(&self) -> Result<meridian_engine::lag::AppliedRevisions, String> {
+        let applied = self.serializable.applied_revisions().await.map_err(|e| e.to_string())?;
+        Ok(meridian_engine::lag::AppliedRevisions { newest: applied.newest, local: applied.local })
+    }
+
+    async fn local_applied_revision(&self) -> Result<meridian_meta::Revision, String> {
+        self.serializable.local_applied_revision().await.map_err(|e| e.to_string())
     }
 
     fn view(&self, consistency: meridian_engine::Consistency) -> Arc<dyn meridian_meta::MetaStore> {

@@ -186,8 +186,10 @@ fn readiness_answers_are_cached_briefly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_readiness_follows_a_nodes_link_to_etcd() {
-    let cluster = WanCluster::start(LinkConfig::one_way(Duration::from_millis(20)), &[]).await;
-    let (node, _link) = cluster.start_node_through_wan("region-a-2", "region-a").await;
+    let link = LinkConfig::one_way(Duration::from_millis(20));
+    let args = ["--ready-max-lag", "400ms"];
+    let cluster = WanCluster::start(link, &args).await;
+    let (node, _link) = cluster.start_node_through_wan("region-a-2", "region-a", &args).await;
     let other = &cluster.nodes[1];
     assert_ready(&Probes::of(&node).wait_async(true, Duration::from_secs(10)).await);
     // The node-to-node endpoint under the same prefix still wants the cluster token.
@@ -218,4 +220,20 @@ async fn heavy_readiness_follows_a_nodes_link_to_etcd() {
         link.heal();
     }
     assert_ready(&Probes::of(&node).wait_async(true, Duration::from_secs(15)).await);
+
+    // A lagging view: etcd's messages to a follower take 800 ms, so the node reading from that
+    // member sees every write 800 ms late, over the 400 ms it allows itself.
+    let leader = cluster.etcd.wait_for_leader(Duration::from_secs(10));
+    let follower = (leader + 1) % 3;
+    cluster.etcd_links[follower].set_config(LinkConfig::one_way(Duration::from_millis(800)));
+    let lagging = Probes::of(&cluster.nodes[follower]);
+    for (status, v) in &lagging.wait_async(false, Duration::from_secs(15)).await {
+        assert_eq!(*status, 503, "{v}");
+        let lag = check(v, "replication_lag");
+        assert_eq!(lag["ok"], false, "{v}");
+        assert!(lag["reason"].as_str().unwrap().contains("more than the 400 ms allowed"), "{v}");
+        assert_eq!(check(v, "metadata")["ok"], true, "{v}");
+    }
+    cluster.etcd_links[follower].set_config(link);
+    assert_ready(&lagging.wait_async(true, Duration::from_secs(15)).await);
 }

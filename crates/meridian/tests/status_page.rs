@@ -16,6 +16,8 @@ use common::{ADMIN_TOKEN, Server, pattern};
 use meridian_wan::LinkConfig;
 use serde_json::{Value, json};
 
+const STATUS_TOKEN: &str = "meridian-test-status-token";
+
 /// What the page shows: every table's rows as cell texts, and the single figures.
 const PAGE_STATE: &str = r#"(() => {
   const rows = (id) => [...document.querySelectorAll('#' + id + ' tbody tr')].map((tr) => [...tr.cells].map((td) => td.textContent));
@@ -76,7 +78,8 @@ fn save_screenshot(browser: &mut Browser, name: &str, min_width: u32) {
 #[test]
 fn heavy_the_status_page_shows_a_three_region_cluster_live_in_a_real_browser() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let cluster = runtime.block_on(WanCluster::start(LinkConfig::one_way(Duration::from_millis(5)), &[]));
+    let link = LinkConfig::one_way(Duration::from_millis(5));
+    let cluster = runtime.block_on(WanCluster::start(link, &["--status-token", STATUS_TOKEN]));
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     assert_eq!(signed(&a.addr, "PUT", "/status-demo", &[], b"").status, 200);
     for i in 0..5 {
@@ -95,18 +98,23 @@ fn heavy_the_status_page_shows_a_three_region_cluster_live_in_a_real_browser() {
     let wrong = send(&admin_addr(a), "POST", "/status/login", &[("content-type", "application/x-www-form-urlencoded".into())], b"token=nope");
     assert_eq!(wrong.status, 401);
     assert!(wrong.header("set-cookie").is_none());
+    // Tools may send either token as a bearer token instead.
+    for token in [ADMIN_TOKEN, STATUS_TOKEN] {
+        let figures = send(&admin_addr(a), "GET", "/status.json", &[("authorization", format!("Bearer {token}"))], b"");
+        assert_eq!(figures.status, 200, "{}", figures.text());
+    }
 
     let mut browser = Browser::start();
     browser.navigate(&format!("{}/status", a.admin_url));
     assert_eq!(browser.wait_for("document.getElementById('token') !== null", Duration::from_secs(20)), json!(true));
     browser.eval(&format!(
         "document.getElementById('token').value = {}; document.getElementById('login').submit(); true",
-        json!(ADMIN_TOKEN)
+        json!(STATUS_TOKEN)
     ));
     let three_nodes = "document.querySelectorAll('#nodes tbody tr').length === 3 && document.querySelectorAll('#operations tbody tr').length > 0";
     assert_eq!(browser.wait_for(three_nodes, Duration::from_secs(30)), json!(true), "{}", browser.eval(PAGE_STATE));
     assert_eq!(browser.eval("location.pathname"), json!("/status"));
-    assert!(!browser.eval("location.href").as_str().unwrap().contains(ADMIN_TOKEN), "the token is never in a URL");
+    assert!(!browser.eval("location.href").as_str().unwrap().contains(STATUS_TOKEN), "the token is never in a URL");
     assert_eq!(browser.eval("document.cookie"), json!(""), "the session cookie is HttpOnly");
     browser.eval("window.notReloaded = true");
 
@@ -169,6 +177,8 @@ fn heavy_the_status_page_shows_a_three_region_cluster_live_in_a_real_browser() {
         let shown = state["nodes"].as_array().unwrap().iter().find(|r| r[0].as_str().unwrap().starts_with(id));
         let shown = shown.unwrap_or_else(|| panic!("node {id} not shown: {state}"));
         assert_eq!((shown[1].as_str(), shown[2].as_str()), (node["region"].as_str(), Some("up")));
+        let lag = shown[3].as_str().unwrap();
+        assert!(lag.ends_with(" ms") || lag.ends_with(" s"), "node {id}'s measured replication lag: {lag}");
     }
     assert_eq!(state["readiness"], "ready");
     assert!(

@@ -106,6 +106,7 @@ pub(crate) struct Pool {
     pub(crate) request_timeout: Duration,
     max_response_bytes: usize,
     require_leader: bool,
+    metrics: meridian_metrics::EtcdMetrics,
 }
 
 impl Pool {
@@ -133,6 +134,7 @@ impl Pool {
             request_timeout: options.request_timeout,
             max_response_bytes: options.max_response_bytes,
             require_leader: options.require_leader,
+            metrics: options.metrics.clone(),
         })
     }
 
@@ -222,7 +224,26 @@ impl Pool {
 
     /// Runs `attempt` against members of `route` until it succeeds, fails for good, or the
     /// request timeout passes. `attempt` gets the channel and the time it may take.
+    /// One request (`what` names it in the metrics and errors), retried on other members as
+    /// `retry` allows, within the request timeout.
     pub(crate) async fn call<T, F, Fut>(
+        &self,
+        what: &'static str,
+        route: Route,
+        retry: Retry,
+        attempt: F,
+    ) -> Result<T, CallError>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let started = Instant::now();
+        let result = self.call_with_retries(what, route, retry, attempt).await;
+        self.metrics.request(what, started.elapsed(), result.is_ok());
+        result
+    }
+
+    async fn call_with_retries<T, F, Fut>(
         &self,
         what: &str,
         route: Route,

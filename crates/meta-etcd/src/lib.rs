@@ -148,6 +148,8 @@ pub struct EtcdOptions {
     /// The most reads `get_many` puts into one etcd transaction (default 128, etcd's default
     /// `--max-txn-ops`); more keys are read in several transactions at the same revision.
     pub max_txn_ops: usize,
+    /// Where request latencies and errors are recorded.
+    pub metrics: meridian_metrics::EtcdMetrics,
     /// The largest response accepted from etcd (default 2 GiB, like etcd's Go client).
     pub max_response_bytes: usize,
 }
@@ -169,6 +171,7 @@ impl EtcdOptions {
             keep_alive_timeout: Duration::from_secs(5),
             require_leader: true,
             max_txn_ops: 128,
+            metrics: meridian_metrics::EtcdMetrics::default(),
             max_response_bytes: i32::MAX as usize,
         }
     }
@@ -199,6 +202,15 @@ impl EtcdOptions {
         self.require_leader = require;
         self
     }
+}
+
+/// See [`EtcdStore::applied_revisions`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppliedRevisions {
+    /// The newest revision any member has applied.
+    pub newest: Revision,
+    /// The revision the member serving this process's serializable reads has applied.
+    pub local: Revision,
 }
 
 /// One member's view of the cluster, from etcd's `Status` call.
@@ -316,47 +328,76 @@ impl EtcdStore {
     /// Asks every configured member for its status (for `meridian cluster status`: leader,
     /// applied revision — hence lag —, learner or voter, database size, alarms).
     pub async fn member_status(&self) -> Vec<MemberStatus> {
+        futures::future::join_all((0..self.pool.len()).map(|index| self.status_of(index))).await
+    }
+
+    /// The status of configured member `index`.
+    async fn status_of(&self, index: usize) -> MemberStatus {
         let pool = &self.pool;
         let timeout = pool.request_timeout;
-        let asks = (0..pool.len()).map(|index| async move {
-            let (channel, url) = pool.member(index);
-            // Without the "require leader" marker: a member that lost its leader must still
-            // report its state.
-            let mut request = tonic::Request::new(pb::StatusRequest {});
-            request.set_timeout(timeout);
-            let answer = tokio::time::timeout(timeout, MaintenanceClient::new(channel).status(request)).await;
-            let mut status = MemberStatus {
-                endpoint: url.to_string(),
-                member_id: None,
-                leader: 0,
-                revision: 0,
-                raft_index: 0,
-                raft_applied_index: 0,
-                is_learner: false,
-                db_size: 0,
-                version: String::new(),
-                errors: Vec::new(),
-            };
-            match answer {
-                Ok(Ok(response)) => {
-                    let response = response.into_inner();
-                    let header = response.header.unwrap_or_default();
-                    status.member_id = Some(header.member_id);
-                    status.leader = response.leader;
-                    status.revision = to_revision(header.revision);
-                    status.raft_index = response.raft_index;
-                    status.raft_applied_index = response.raft_applied_index;
-                    status.is_learner = response.is_learner;
-                    status.db_size = response.db_size;
-                    status.version = response.version;
-                    status.errors = response.errors;
-                }
-                Ok(Err(err)) => status.errors.push(err.message().to_string()),
-                Err(_) => status.errors.push(format!("no answer within {timeout:?}")),
+        let (channel, url) = pool.member(index);
+        // Without the "require leader" marker: a member that lost its leader must still
+        // report its state.
+        let mut request = tonic::Request::new(pb::StatusRequest {});
+        request.set_timeout(timeout);
+        let answer = tokio::time::timeout(timeout, MaintenanceClient::new(channel).status(request)).await;
+        let mut status = MemberStatus {
+            endpoint: url.to_string(),
+            member_id: None,
+            leader: 0,
+            revision: 0,
+            raft_index: 0,
+            raft_applied_index: 0,
+            is_learner: false,
+            db_size: 0,
+            version: String::new(),
+            errors: Vec::new(),
+        };
+        match answer {
+            Ok(Ok(response)) => {
+                let response = response.into_inner();
+                let header = response.header.unwrap_or_default();
+                status.member_id = Some(header.member_id);
+                status.leader = response.leader;
+                status.revision = to_revision(header.revision);
+                status.raft_index = response.raft_index;
+                status.raft_applied_index = response.raft_applied_index;
+                status.is_learner = response.is_learner;
+                status.db_size = response.db_size;
+                status.version = response.version;
+                status.errors = response.errors;
             }
-            status
-        });
-        futures::future::join_all(asks).await
+            Ok(Err(err)) => status.errors.push(err.message().to_string()),
+            Err(_) => status.errors.push(format!("no answer within {timeout:?}")),
+        }
+        status
+    }
+
+    /// The revisions replication lag is measured with, asked of every member at once: the
+    /// newest revision any member has applied (the leader's, when it answers: every committed
+    /// write), and the revision applied by the member this process's serializable reads go to.
+    pub async fn applied_revisions(&self) -> MetaResult<AppliedRevisions> {
+        let (local, _, _) = self.pool.current(Route::Local);
+        let statuses = self.member_status().await;
+        let newest = statuses.iter().filter(|s| s.member_id.is_some()).map(|s| s.revision).max();
+        let local = statuses.get(local).filter(|s| s.member_id.is_some()).map(|s| s.revision);
+        match (newest, local) {
+            (Some(newest), Some(local)) => Ok(AppliedRevisions { newest, local }),
+            _ => Err(MetaError::Unavailable(format!(
+                "etcd status: {}",
+                statuses.iter().map(|s| format!("{} ({})", s.endpoint, s.errors.join("; "))).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// The revision applied by the member this process's serializable reads go to.
+    pub async fn local_applied_revision(&self) -> MetaResult<Revision> {
+        let (local, _, _) = self.pool.current(Route::Local);
+        let status = self.status_of(local).await;
+        match status.member_id {
+            Some(_) => Ok(status.revision),
+            None => Err(MetaError::Unavailable(format!("etcd status: {} ({})", status.endpoint, status.errors.join("; ")))),
+        }
     }
 
     /// Waits until every configured member has applied `revision`, so that reads from any of
@@ -405,7 +446,7 @@ impl EtcdStore {
     }
 
     /// One etcd `Txn` on a voting member.
-    async fn etcd_txn(&self, what: &str, request: pb::TxnRequest, retry: Retry) -> Result<pb::TxnResponse, CallError> {
+    async fn etcd_txn(&self, what: &'static str, request: pb::TxnRequest, retry: Retry) -> Result<pb::TxnResponse, CallError> {
         let pool = &self.pool;
         let max = pool.max_response_bytes();
         let response = pool

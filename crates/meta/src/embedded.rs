@@ -42,11 +42,17 @@ pub struct EmbeddedOptions {
     pub history_revisions: u64,
     /// redb page cache size in bytes.
     pub cache_bytes: usize,
+    /// Where group-commit batch sizes and commit times are recorded.
+    pub metrics: meridian_metrics::EmbeddedMetrics,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions { history_revisions: 100_000, cache_bytes: 64 << 20 }
+        EmbeddedOptions {
+            history_revisions: 100_000,
+            cache_bytes: 64 << 20,
+            metrics: meridian_metrics::EmbeddedMetrics::default(),
+        }
     }
 }
 
@@ -106,7 +112,7 @@ impl EmbeddedStore {
         let writer_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("meta-writer".into())
-            .spawn(move || writer_loop(&writer_shared, &queue, options.history_revisions))
+            .spawn(move || writer_loop(&writer_shared, &queue, options.history_revisions, &options.metrics))
             .map_err(storage)?;
         Ok(EmbeddedStore { shared, writer })
     }
@@ -269,7 +275,12 @@ fn take_sized(data: &mut &[u8]) -> Option<Bytes> {
 
 // ----- the writer -------------------------------------------------------------------------------
 
-fn writer_loop(shared: &Shared, queue: &mpsc::Receiver<WriteRequest>, history_revisions: u64) {
+fn writer_loop(
+    shared: &Shared,
+    queue: &mpsc::Receiver<WriteRequest>,
+    history_revisions: u64,
+    metrics: &meridian_metrics::EmbeddedMetrics,
+) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -279,7 +290,12 @@ fn writer_loop(shared: &Shared, queue: &mpsc::Receiver<WriteRequest>, history_re
             }
         }
         let txns: Vec<&Txn> = batch.iter().map(|r| &r.txn).collect();
-        match commit_batch(shared, &txns, history_revisions) {
+        let started = std::time::Instant::now();
+        let outcome = commit_batch(shared, &txns, history_revisions);
+        metrics.commit_duration.observe(started.elapsed().as_secs_f64());
+        metrics.batch_size.observe(txns.len() as f64);
+        metrics.commits.inc();
+        match outcome {
             Ok((results, committed)) => {
                 let newest = committed.last().map(|c| c.revision);
                 if let Some(newest) = newest {

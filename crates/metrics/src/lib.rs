@@ -11,11 +11,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -114,6 +114,19 @@ impl Metrics {
     }
 }
 
+/// The groups print as their name only (their figures are in [`Metrics::encode`]).
+macro_rules! debug_as_name {
+    ($($group:ident),*) => {$(
+        impl std::fmt::Debug for $group {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(stringify!($group))
+            }
+        }
+    )*};
+}
+
+debug_as_name!(Metrics, HttpMetrics, CacheMetrics, EngineMetrics, EtcdMetrics, EmbeddedMetrics);
+
 // ----- HTTP ----------------------------------------------------------------------------------------
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,9 +150,11 @@ pub struct ListenerLabels {
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// The handles of one listener's operation, resolved once so a request only looks up a map.
+/// A status class gets its samples the first time it happens.
 struct OperationHandles {
-    requests: [Counter; 5],
-    durations: [Histogram; 5],
+    listener: &'static str,
+    operation: String,
+    by_class: [OnceLock<(Counter, Histogram)>; 5],
     bytes_in: Counter,
     bytes_out: Counter,
 }
@@ -210,8 +225,16 @@ impl HttpMetrics {
         let operation = done.operation.unwrap_or("none");
         let handles = self.handles(done.listener, operation);
         let class = (usize::from(done.status / 100)).clamp(1, 5) - 1;
-        handles.requests[class].inc();
-        handles.durations[class].observe(done.duration.as_secs_f64());
+        let (requests, duration) = handles.by_class[class].get_or_init(|| {
+            let labels = RequestLabels {
+                listener: handles.listener,
+                operation: handles.operation.clone(),
+                status_class: STATUS_CLASSES[class],
+            };
+            (self.requests.get_or_create_owned(&labels), self.durations.get_or_create_owned(&labels))
+        });
+        requests.inc();
+        duration.observe(done.duration.as_secs_f64());
         handles.bytes_in.inc_by(done.bytes_in);
         handles.bytes_out.inc_by(done.bytes_out);
     }
@@ -236,11 +259,11 @@ impl HttpMetrics {
     }
 
     fn resolve(&self, listener: &'static str, operation: &str) -> OperationHandles {
-        let labels = |class: &'static str| RequestLabels { listener, operation: operation.to_string(), status_class: class };
         let per_operation = OperationLabels { listener, operation: operation.to_string() };
         OperationHandles {
-            requests: STATUS_CLASSES.map(|class| self.requests.get_or_create_owned(&labels(class))),
-            durations: STATUS_CLASSES.map(|class| self.durations.get_or_create_owned(&labels(class))),
+            listener,
+            operation: operation.to_string(),
+            by_class: Default::default(),
             bytes_in: self.bytes_in.get_or_create_owned(&per_operation),
             bytes_out: self.bytes_out.get_or_create_owned(&per_operation),
         }
@@ -276,7 +299,6 @@ pub struct CacheTotals {
     pub fill_bytes: u64,
     pub fill_errors: u64,
     pub evictions: u64,
-    pub evicted_bytes: u64,
     pub bytes: u64,
     pub max_bytes: u64,
 }
@@ -292,7 +314,6 @@ pub struct CacheMetrics {
     fill_bytes: Counter,
     fill_errors: Counter,
     evictions: Counter,
-    evicted_bytes: Counter,
     bytes: Gauge,
     max_bytes: Gauge,
 }
@@ -316,7 +337,6 @@ impl CacheMetrics {
         r.register_with_unit("cache_fill", "Bytes fetched from holders", Unit::Bytes, self.fill_bytes.clone());
         r.register("cache_fill_errors", "Chunk fetches that failed", self.fill_errors.clone());
         r.register("cache_evictions", "Chunks evicted to stay within the cache size", self.evictions.clone());
-        r.register_with_unit("cache_evicted", "Bytes evicted", Unit::Bytes, self.evicted_bytes.clone());
         r.register_with_unit("cache_size", "Bytes the cache holds now", Unit::Bytes, self.bytes.clone());
         r.register_with_unit("cache_capacity", "Most bytes the cache may hold", Unit::Bytes, self.max_bytes.clone());
     }
@@ -337,7 +357,6 @@ impl CacheMetrics {
         store(&self.fill_bytes, t.fill_bytes);
         store(&self.fill_errors, t.fill_errors);
         store(&self.evictions, t.evictions);
-        store(&self.evicted_bytes, t.evicted_bytes);
         self.bytes.set(i64::try_from(t.bytes).unwrap_or(i64::MAX));
         self.max_bytes.set(i64::try_from(t.max_bytes).unwrap_or(i64::MAX));
     }

@@ -63,7 +63,7 @@ function render(d) {
     n.id + (n.this ? " (this node)" : ""),
     n.region,
     el("span", n.healthy ? "up" : "DOWN", n.healthy ? "good" : "bad"),
-    num(n.replication_lag_seconds === undefined ? n.revision_lag + " rev" : seconds(n.replication_lag_seconds)),
+    num(seconds(n.replication_lag_seconds)),
     num((n.heartbeat_age_ms / 1000).toFixed(1) + " s ago"),
     num(bytes(n.cache_bytes) + " / " + bytes(n.cache_max_bytes)),
   ]));

@@ -254,7 +254,9 @@ struct NodeView {
     this: bool,
     healthy: bool,
     heartbeat_age_ms: i64,
-    revision_lag: u64,
+    /// The node's measured replication lag at its last heartbeat; `None` before its first
+    /// measurement and on a single node.
+    replication_lag_seconds: Option<f64>,
     advertise_url: String,
     version: String,
     cache_bytes: u64,
@@ -272,7 +274,7 @@ impl NodeView {
             this: r.id == this,
             healthy: n.healthy,
             heartbeat_age_ms: n.heartbeat_age_ms,
-            revision_lag: n.revision_lag,
+            replication_lag_seconds: r.lag_ms.map(|ms| ms as f64 / 1000.0),
             advertise_url: r.advertise_url.clone(),
             version: r.version.clone(),
             cache_bytes: r.cache.bytes,

@@ -142,12 +142,12 @@ impl WanCluster {
     /// Another node in `region` (data in `name`), reaching every etcd member through the WAN
     /// proxies in front of their client ports (`etcd_links[3..6]`), so partitioning those cuts
     /// it off from etcd while the three regions' own nodes keep their local member.
-    pub async fn start_node_through_wan(&self, name: &str, region: &str) -> (Server, WanHandle) {
+    pub async fn start_node_through_wan(&self, name: &str, region: &str, node_args: &[&str]) -> (Server, WanHandle) {
         let endpoints: Vec<String> =
             self.etcd_links[3..6].iter().map(|l| format!("http://{}", l.local_addr())).collect();
         let link = self.etcd_links[3].config();
         let dir = self._tmp.path().join(name);
-        start_node(&dir, region, &endpoints, link, &[]).await
+        start_node(&dir, region, &endpoints, link, node_args).await
     }
 
     pub fn client(&self, i: usize) -> aws_sdk_s3::Client {
