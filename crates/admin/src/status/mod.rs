@@ -48,6 +48,9 @@ const MAX_SESSIONS: usize = 256;
 const WINDOW: Duration = Duration::from_secs(30);
 /// Snapshots closer together than this are not kept (many viewers polling at once).
 const MIN_SNAPSHOT_GAP: Duration = Duration::from_millis(500);
+/// How long the page waits for the cluster registry (a node cut off from etcd still shows
+/// its own figures).
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Error responses remembered.
 pub const RECENT_ERRORS: usize = 64;
 
@@ -182,16 +185,21 @@ impl StatusPage {
             }
             (operations, window)
         };
-        let (readiness, nodes, disk) =
-            tokio::join!(self.readiness.check(), self.engine.nodes(), self.engine.disk_space());
+        let nodes = tokio::time::timeout(REGISTRY_TIMEOUT, self.engine.nodes());
+        let (readiness, nodes, disk) = tokio::join!(self.readiness.check(), nodes, self.engine.disk_space());
         let this = &self.engine.config().node;
         let (nodes, regions, cluster_error) = match nodes {
-            Ok(nodes) => {
+            Ok(Ok(nodes)) => {
                 let views: Vec<NodeView> = nodes.iter().map(|n| NodeView::new(n, &this.node)).collect();
                 let regions = RegionView::all(&views);
                 (views, regions, None)
             }
-            Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
+            Ok(Err(e)) => (Vec::new(), Vec::new(), Some(format!("cannot read the cluster registry: {e}"))),
+            Err(_) => (
+                Vec::new(),
+                Vec::new(),
+                Some(format!("the cluster registry did not answer within {} s", REGISTRY_TIMEOUT.as_secs())),
+            ),
         };
         Figures {
             node: this.node.clone(),
