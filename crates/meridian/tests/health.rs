@@ -57,11 +57,7 @@ impl Probes {
     }
 
     /// Polls both ports until both answers pass `done` (up to `limit`); the last answers.
-    fn wait_until(
-        &self,
-        done: impl Fn(&serde_json::Value) -> bool,
-        limit: Duration,
-    ) -> [(u16, serde_json::Value); 2] {
+    fn wait_until(&self, done: impl Fn(&serde_json::Value) -> bool, limit: Duration) -> [(u16, serde_json::Value); 2] {
         let deadline = Instant::now() + limit;
         loop {
             let answers = self.readiness();

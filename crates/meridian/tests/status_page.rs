@@ -36,11 +36,14 @@ fn admin_addr(server: &Server) -> String {
 
 /// The sum of every sample of `family` whose labels include all of `labels` (`name="value"`).
 fn metric_sum(metrics: &str, family: &str, labels: &[&str]) -> f64 {
-    metrics
+    let samples: Vec<f64> = metrics
         .lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")) && labels.iter().all(|want| l.contains(want)))
+        .filter(|l| l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect();
+    assert!(!samples.is_empty(), "no {family} {labels:?} in /metrics");
+    samples.iter().fold(0.0, |sum, v| sum + v)
 }
 
 fn scrape(server: &Server) -> String {
@@ -51,7 +54,12 @@ fn scrape(server: &Server) -> String {
 
 /// The row of `table` whose first cells are `key`.
 fn row<'a>(state: &'a Value, table: &str, key: &[&str]) -> Option<&'a Vec<Value>> {
-    state[table].as_array().unwrap().iter().map(|r| r.as_array().unwrap()).find(|r| key.iter().zip(r.iter()).all(|(k, c)| c == k))
+    state[table]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap())
+        .find(|r| key.iter().zip(r.iter()).all(|(k, c)| c == k))
 }
 
 fn total_shown(state: &Value, listener: &str, operation: &str) -> Option<u64> {
@@ -67,12 +75,12 @@ fn artifacts() -> std::path::PathBuf {
 
 fn save_screenshot(browser: &mut Browser, name: &str, min_width: u32) {
     let png = browser.screenshot();
-    let (width, height) = png_size(&png);
-    assert!(width >= min_width && height >= 600, "{name}: {width}x{height}");
-    assert!(png.len() > 30_000, "{name}: a {} byte PNG cannot show the tables", png.len());
     let path = artifacts().join(name);
     std::fs::write(&path, &png).unwrap();
+    let (width, height) = png_size(&png);
     eprintln!("screenshot: {} ({width}x{height}, {} bytes)", path.display(), png.len());
+    assert!(width >= min_width && height >= 600, "{name}: {width}x{height}");
+    assert!(png.len() > 30_000, "{name}: a {} byte PNG cannot show the tables", png.len());
 }
 
 #[test]
@@ -95,7 +103,13 @@ fn heavy_the_status_page_shows_a_three_region_cluster_live_in_a_real_browser() {
 
     // Not logged in: the page is the login form, the figures are refused.
     assert_eq!(send(&admin_addr(a), "GET", "/status.json", &[], b"").status, 401);
-    let wrong = send(&admin_addr(a), "POST", "/status/login", &[("content-type", "application/x-www-form-urlencoded".into())], b"token=nope");
+    let wrong = send(
+        &admin_addr(a),
+        "POST",
+        "/status/login",
+        &[("content-type", "application/x-www-form-urlencoded".into())],
+        b"token=nope",
+    );
     assert_eq!(wrong.status, 401);
     assert!(wrong.header("set-cookie").is_none());
     // Tools may send either token as a bearer token instead.
@@ -156,7 +170,11 @@ fn heavy_the_status_page_shows_a_three_region_cluster_live_in_a_real_browser() {
     }
     let reads = row(&state, "cacheReads", &["region-b"]).unwrap_or_else(|| panic!("no region-b reads: {state}"));
     for (cell, result) in [(1, "hit"), (2, "miss")] {
-        let want = metric_sum(&metrics, "meridian_cache_reads_total", &["region=\"region-b\"", &format!("result=\"{result}\"")]);
+        let want = metric_sum(
+            &metrics,
+            "meridian_cache_reads_total",
+            &["region=\"region-b\"", &format!("result=\"{result}\"")],
+        );
         assert_eq!(reads[cell].as_str().unwrap().parse::<f64>().unwrap(), want, "region-b {result}s");
         assert!(want >= 1.0, "the remote reads were counted as {result}s: {metrics}");
     }
@@ -186,7 +204,7 @@ fn heavy_the_status_page_shows_a_three_region_cluster_live_in_a_real_browser() {
         "the 404 is among the recent errors: {state}"
     );
 
-    save_screenshot(&mut browser, "status-page.png", 1280);
+    save_screenshot(&mut browser, "status-page.png", 1200);
     // On a phone: nothing wider than the screen (wide tables scroll inside their box).
     browser.emulate_phone(390, 844);
     std::thread::sleep(Duration::from_millis(500));

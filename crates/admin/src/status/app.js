@@ -15,7 +15,10 @@ function fill(tableId, rows) {
   const body = document.querySelector("#" + tableId + " tbody");
   body.replaceChildren(...rows.map((cells) => {
     const tr = el("tr");
-    for (const c of cells) tr.append(c instanceof Node ? wrap(c) : el("td", c));
+    for (const c of cells) {
+      if (c instanceof HTMLTableCellElement) tr.append(c);
+      else tr.append(c instanceof Node ? wrap(c) : el("td", c));
+    }
     return tr;
   }));
 }

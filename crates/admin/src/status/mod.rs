@@ -143,7 +143,10 @@ impl StatusPage {
     fn login(&self, body: &Bytes, secure: bool) -> Reply {
         let token = form_urlencoded::parse(body).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned());
         if !token.is_some_and(|t| self.token_ok(&t)) {
-            return html(StatusCode::UNAUTHORIZED, login_page("That token is not the admin or status token of this node."));
+            return html(
+                StatusCode::UNAUTHORIZED,
+                login_page("That token is not the admin or status token of this node."),
+            );
         }
         let id = new_session_id();
         {
