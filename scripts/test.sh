@@ -21,6 +21,7 @@ install_debian_packages() {
     command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
     command -v fuse2fs >/dev/null || missing+=(fuse2fs)
     command -v chromium >/dev/null || missing+=(chromium)
+    command -v promtool >/dev/null || missing+=(prometheus)
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Debian packages: ${missing[*]}"
     local sudo=()

@@ -14,7 +14,7 @@
 //! | `PATCH /v1/keys/NAME` | `{"can_create_buckets"}` | the key |
 //! | `DELETE /v1/keys/NAME` | | `{"deleted":"NAME"}` |
 //! | `POST /v1/keys/NAME/rotate` | `{"grace":"1h"}` | the new credential (old ones valid for the grace period) |
-//! | `GET /v1/cluster` | | the nodes of the cluster: region, URL, health, metadata lag, cache |
+//! | `GET /v1/cluster` | | the nodes of the cluster: region, URL, health, measured replication lag (`lag_ms`), cache |
 //! | `GET /v1/buckets` | | buckets with owner, public flag and grants |
 //! | `POST /v1/buckets` | `{"name","owner"?,"public_read"?}` | the bucket |
 //! | `POST /v1/buckets/NAME/allow` | `{"key","read"?,"write"?,"owner"?}` | the bucket |

@@ -413,3 +413,33 @@ pub async fn run_cluster(args: ClusterArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_column_shows_each_nodes_measured_lag_in_seconds() {
+        let node = |id: &str, lag: Option<u64>| {
+            let mut n = serde_json::json!({
+                "id": id, "region": "r", "advertise_url": "http://x", "healthy": true, "heartbeat_age_ms": 500,
+                "cache": { "bytes": 0, "max_bytes": 0, "hits": 0, "misses": 0 }
+            });
+            if let Some(ms) = lag {
+                n["lag_ms"] = ms.into();
+            }
+            n
+        };
+        let status = serde_json::json!({
+            "node": "a", "region": "r", "revision": 9,
+            "nodes": [node("a", Some(1234)), node("b", None)]
+        });
+        let table = cluster_table(&status);
+        let row = |id: &str| {
+            let mut rows = table.lines().filter(|l| l.starts_with("r "));
+            rows.find(|l| l.contains(&format!(" {id} "))).unwrap_or_default().to_string()
+        };
+        assert!(row("a").contains(" 1.234s "), "{table}");
+        assert!(row("b").contains("      - "), "{table}");
+    }
+}

@@ -109,11 +109,7 @@ impl Engine {
             .into_iter()
             .map(|record| {
                 let age = now - record.heartbeat_ms;
-                NodeStatus {
-                    healthy: age <= NODE_STALE_AFTER.as_millis() as i64,
-                    heartbeat_age_ms: age,
-                    record,
-                }
+                NodeStatus { healthy: age <= NODE_STALE_AFTER.as_millis() as i64, heartbeat_age_ms: age, record }
             })
             .collect())
     }

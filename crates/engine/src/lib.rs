@@ -112,15 +112,10 @@ pub trait ReadViews: Send + Sync {
     /// describes the replicas that have not.
     async fn wait_applied(&self, revision: Revision, timeout: std::time::Duration) -> Result<(), String>;
 
-    /// The newest revision any replica has applied and the one the replica serving local reads
-    /// has applied, asked together (the replication lag measurement: [`lag`]). A store that
-    /// cannot tell leaves the lag unmeasured.
+    /// The revision the leader has applied and the one the replica serving local reads has
+    /// applied, asked together (the replication lag measurement: [`lag`]). A store that cannot
+    /// tell leaves the lag unmeasured.
     async fn applied_revisions(&self) -> Result<lag::AppliedRevisions, String> {
-        Err("this metadata store does not report applied revisions".into())
-    }
-
-    /// The revision the replica serving local reads has applied.
-    async fn local_applied_revision(&self) -> Result<Revision, String> {
         Err("this metadata store does not report applied revisions".into())
     }
 }

@@ -58,6 +58,7 @@ fn node_record() -> NodeRecord {
         revision: 0,
         cache: Default::default(),
         version: "test".into(),
+        lag_ms: None,
     }
 }
 

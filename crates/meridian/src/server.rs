@@ -146,6 +146,12 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             "a node of a cluster (--etcd) needs the cluster's shared secret: set MERIDIAN_CLUSTER_TOKEN (the same on every node)"
         );
     }
+    let status_token = args.status_token.or(file.status_token);
+    if status_token.as_deref().is_some_and(|t| t.trim().len() < 8) {
+        anyhow::bail!(
+            "the status token (--status-token, MERIDIAN_STATUS_TOKEN, status_token) must be at least 8 characters"
+        );
+    }
     let inline_default = if etcd.is_empty() { EngineConfig::default().inline_max } else { ETCD_INLINE_MAX };
     Ok(Settings {
         cache_max_bytes: args
@@ -193,7 +199,7 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
                 .unwrap_or(meridian_engine::health::DEFAULT_MAX_VIEW_LAG),
             ..Default::default()
         },
-        status_token: args.status_token.or(file.status_token),
+        status_token,
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
     })
 }
@@ -499,10 +505,6 @@ impl meridian_engine::ReadViews for EtcdViews {
     async fn applied_revisions(&self) -> Result<meridian_engine::lag::AppliedRevisions, String> {
         let applied = self.serializable.applied_revisions().await.map_err(|e| e.to_string())?;
         Ok(meridian_engine::lag::AppliedRevisions { newest: applied.newest, local: applied.local })
-    }
-
-    async fn local_applied_revision(&self) -> Result<meridian_meta::Revision, String> {
-        self.serializable.local_applied_revision().await.map_err(|e| e.to_string())
     }
 
     fn view(&self, consistency: meridian_engine::Consistency) -> Arc<dyn meridian_meta::MetaStore> {

@@ -207,7 +207,7 @@ impl EtcdOptions {
 /// See [`EtcdStore::applied_revisions`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppliedRevisions {
-    /// The newest revision any member has applied.
+    /// The revision the leader has applied.
     pub newest: Revision,
     /// The revision the member serving this process's serializable reads has applied.
     pub local: Revision,
@@ -374,29 +374,25 @@ impl EtcdStore {
     }
 
     /// The revisions replication lag is measured with, asked of every member at once: the
-    /// newest revision any member has applied (the leader's, when it answers: every committed
-    /// write), and the revision applied by the member this process's serializable reads go to.
+    /// leader's applied revision (every committed write, as soon as the leader applies it) and
+    /// the revision applied by the member this process's serializable reads go to. Fails
+    /// unless both answer: a member cut off from the leader must not count as up to date.
     pub async fn applied_revisions(&self) -> MetaResult<AppliedRevisions> {
         let (local, _, _) = self.pool.current(Route::Local);
         let statuses = self.member_status().await;
-        let newest = statuses.iter().filter(|s| s.member_id.is_some()).map(|s| s.revision).max();
+        let leader = statuses.iter().find(|s| s.member_id.is_some() && s.leader != 0).map(|s| s.leader);
+        let newest = statuses.iter().find(|s| s.member_id.is_some() && s.member_id == leader).map(|s| s.revision);
         let local = statuses.get(local).filter(|s| s.member_id.is_some()).map(|s| s.revision);
         match (newest, local) {
             (Some(newest), Some(local)) => Ok(AppliedRevisions { newest, local }),
             _ => Err(MetaError::Unavailable(format!(
-                "etcd status: {}",
-                statuses.iter().map(|s| format!("{} ({})", s.endpoint, s.errors.join("; "))).collect::<Vec<_>>().join(", ")
+                "etcd status (the leader and the local member must answer): {}",
+                statuses
+                    .iter()
+                    .map(|s| format!("{} (leader {:x}; {})", s.endpoint, s.leader, s.errors.join("; ")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
-        }
-    }
-
-    /// The revision applied by the member this process's serializable reads go to.
-    pub async fn local_applied_revision(&self) -> MetaResult<Revision> {
-        let (local, _, _) = self.pool.current(Route::Local);
-        let status = self.status_of(local).await;
-        match status.member_id {
-            Some(_) => Ok(status.revision),
-            None => Err(MetaError::Unavailable(format!("etcd status: {} ({})", status.endpoint, status.errors.join("; ")))),
         }
     }
 
@@ -446,7 +442,12 @@ impl EtcdStore {
     }
 
     /// One etcd `Txn` on a voting member.
-    async fn etcd_txn(&self, what: &'static str, request: pb::TxnRequest, retry: Retry) -> Result<pb::TxnResponse, CallError> {
+    async fn etcd_txn(
+        &self,
+        what: &'static str,
+        request: pb::TxnRequest,
+        retry: Retry,
+    ) -> Result<pb::TxnResponse, CallError> {
         let pool = &self.pool;
         let max = pool.max_response_bytes();
         let response = pool

@@ -159,6 +159,9 @@ struct OperationHandles {
     bytes_out: Counter,
 }
 
+/// Resolved handles by listener, then operation.
+type HandlesByListener = HashMap<&'static str, HashMap<String, Arc<OperationHandles>>>;
+
 /// One finished request, as the HTTP layer reports it.
 pub struct RequestDone<'a> {
     pub listener: &'static str,
@@ -179,7 +182,7 @@ pub struct HttpMetrics {
     bytes_out: Family<OperationLabels, Counter>,
     pub in_flight: Family<ListenerLabels, Gauge>,
     pub connections: Family<ListenerLabels, Gauge>,
-    handles: Arc<RwLock<HashMap<&'static str, HashMap<String, Arc<OperationHandles>>>>>,
+    handles: Arc<RwLock<HandlesByListener>>,
 }
 
 impl Default for HttpMetrics {
@@ -209,12 +212,7 @@ impl HttpMetrics {
             Unit::Seconds,
             self.durations.clone(),
         );
-        r.register_with_unit(
-            "http_request_body",
-            "Request body bytes received",
-            Unit::Bytes,
-            self.bytes_in.clone(),
-        );
+        r.register_with_unit("http_request_body", "Request body bytes received", Unit::Bytes, self.bytes_in.clone());
         r.register_with_unit("http_response_body", "Response body bytes sent", Unit::Bytes, self.bytes_out.clone());
         r.register("http_requests_in_flight", "Requests being served now", self.in_flight.clone());
         r.register("http_connections_open", "Client connections open now", self.connections.clone());
@@ -424,7 +422,11 @@ impl EngineMetrics {
             "Replication lag measurements that failed (the metadata store did not answer)",
             self.replication_probe_errors.clone(),
         );
-        r.register("push_queue_depth", "Small objects waiting to be pushed into this node's cache", self.push_queue.clone());
+        r.register(
+            "push_queue_depth",
+            "Small objects waiting to be pushed into this node's cache",
+            self.push_queue.clone(),
+        );
         r.register_with_unit(
             "push_duration",
             "Time from an object's commit reaching this node to its bytes being in the cache",
@@ -433,11 +435,28 @@ impl EngineMetrics {
         );
         r.register("pushes", "Small objects pushed into this node's cache", self.pushes.clone());
         r.register("push_errors", "Small-object pushes that failed", self.push_errors.clone());
-        r.register("gc_blobs_deleted", "Blob files deleted after their object was replaced or removed", self.gc_blobs_deleted.clone());
-        r.register("gc_orphans_removed", "Blob files removed at start because no metadata owned them", self.gc_orphans_removed.clone());
+        r.register(
+            "gc_blobs_deleted",
+            "Blob files deleted after their object was replaced or removed",
+            self.gc_blobs_deleted.clone(),
+        );
+        r.register(
+            "gc_orphans_removed",
+            "Blob files removed at start because no metadata owned them",
+            self.gc_orphans_removed.clone(),
+        );
         r.register("reaper_runs", "Passes of the TTL and lifecycle reaper", self.reaper_runs.clone());
-        r.register("reaper_removed", "Expired objects, markers and uploads the reaper removed", self.reaper_removed.clone());
-        r.register_with_unit("reaper_duration", "Time one reaper pass took", Unit::Seconds, self.reaper_duration.clone());
+        r.register(
+            "reaper_removed",
+            "Expired objects, markers and uploads the reaper removed",
+            self.reaper_removed.clone(),
+        );
+        r.register_with_unit(
+            "reaper_duration",
+            "Time one reaper pass took",
+            Unit::Seconds,
+            self.reaper_duration.clone(),
+        );
     }
 }
 

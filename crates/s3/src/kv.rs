@@ -493,10 +493,29 @@ fn watch_error_line(err: meridian_engine::EngineError) -> serde_json::Value {
     line
 }
 
+/// The operation of a KV request, for logs and metrics: `kv.<action>` for the actions there
+/// are (a fixed set, so a client cannot add label values), `kv.other` for anything else.
+fn kv_operation(uri: &Uri) -> &'static str {
+    let pairs = query_pairs(uri);
+    match query(&pairs, "meridian").unwrap_or_default() {
+        "watch" => "kv.watch",
+        "list" => "kv.list",
+        "lock" => "kv.lock",
+        "batch" => "kv.batch",
+        "renew" => "kv.renew",
+        "release" => "kv.release",
+        _ => "kv.other",
+    }
+}
+
 #[async_trait::async_trait]
 impl S3Route for KvRoute {
-    fn is_match(&self, _method: &Method, uri: &Uri, _headers: &HeaderMap, _extensions: &mut http::Extensions) -> bool {
-        uri.query().is_some_and(|q| q.split('&').any(|p| p == "meridian" || p.starts_with("meridian=")))
+    fn is_match(&self, _method: &Method, uri: &Uri, _headers: &HeaderMap, extensions: &mut http::Extensions) -> bool {
+        let matched = uri.query().is_some_and(|q| q.split('&').any(|p| p == "meridian" || p.starts_with("meridian=")));
+        if let Some(info) = extensions.get::<meridian_http::RequestInfo>().filter(|_| matched) {
+            info.notes.set_operation(kv_operation(uri));
+        }
+        matched
     }
 
     async fn check_access(&self, req: &mut S3Request<Body>) -> S3Result<()> {
