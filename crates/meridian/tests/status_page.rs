@@ -85,9 +85,12 @@ fn save_screenshot(browser: &mut Browser, name: &str, min_width: u32) {
 
 #[test]
 fn heavy_the_status_page_shows_a_three_region_cluster_live_in_a_real_browser() {
+    let started = Instant::now();
+    let stage = |what: &str| eprintln!("{:>6.1}s {what}", started.elapsed().as_secs_f64());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let link = LinkConfig::one_way(Duration::from_millis(5));
     let cluster = runtime.block_on(WanCluster::start(link, &["--status-token", STATUS_TOKEN]));
+    stage("cluster up");
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     assert_eq!(signed(&a.addr, "PUT", "/status-demo", &[], b"").status, 200);
     for i in 0..5 {
@@ -118,7 +121,9 @@ fn heavy_the_status_page_shows_a_three_region_cluster_live_in_a_real_browser() {
         assert_eq!(figures.status, 200, "{}", figures.text());
     }
 
+    stage("traffic sent");
     let mut browser = Browser::start();
+    stage("browser up");
     browser.navigate(&format!("{}/status", a.admin_url));
     assert_eq!(browser.wait_for("document.getElementById('token') !== null", Duration::from_secs(20)), json!(true));
     browser.eval(&format!(
@@ -131,6 +136,7 @@ fn heavy_the_status_page_shows_a_three_region_cluster_live_in_a_real_browser() {
     assert!(!browser.eval("location.href").as_str().unwrap().contains(STATUS_TOKEN), "the token is never in a URL");
     assert_eq!(browser.eval("document.cookie"), json!(""), "the session cookie is HttpOnly");
     browser.eval("window.notReloaded = true");
+    stage("logged in, figures shown");
 
     // Live: more traffic shows up without a reload.
     let before = browser.eval(PAGE_STATE);
@@ -148,6 +154,7 @@ fn heavy_the_status_page_shows_a_three_region_cluster_live_in_a_real_browser() {
         assert!(Instant::now() < deadline, "the page did not update: {state}");
         std::thread::sleep(Duration::from_millis(250));
     };
+    stage("live update seen");
     assert_eq!(state["notReloaded"], true, "the page updated itself, without a reload");
     assert_eq!(total_shown(&state, "s3", "GetObject"), Some(gets_before + 5), "{state}");
     let rate_and_p99 = row(&state, "operations", &["s3", "GetObject"]).unwrap();
@@ -204,6 +211,7 @@ fn heavy_the_status_page_shows_a_three_region_cluster_live_in_a_real_browser() {
         "the 404 is among the recent errors: {state}"
     );
 
+    stage("figures checked");
     save_screenshot(&mut browser, "status-page.png", 1200);
     // On a phone: nothing wider than the screen (wide tables scroll inside their box).
     browser.emulate_phone(390, 844);
@@ -211,8 +219,10 @@ fn heavy_the_status_page_shows_a_three_region_cluster_live_in_a_real_browser() {
     assert_eq!(browser.eval("document.documentElement.scrollWidth <= window.innerWidth"), json!(true));
     save_screenshot(&mut browser, "status-page-phone.png", 390);
 
+    stage("screenshots taken");
     // Logging out ends the session: the figures are refused again.
     browser.eval("document.querySelector('form[action=\"/status/logout\"]').submit(); true");
     assert_eq!(browser.wait_for("document.getElementById('token') !== null", Duration::from_secs(20)), json!(true));
     assert_eq!(browser.eval("fetch('/status.json').then((r) => r.status)"), json!(401));
+    stage("logged out");
 }

@@ -150,8 +150,7 @@ fn page_socket_url(port: u16) -> String {
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let list = super::raw::send(&addr, "GET", "/json/list", &[], b"");
-        if let Ok(targets) = serde_json::from_slice::<Vec<Value>>(&list.body)
+        if let Ok(targets) = serde_json::from_slice::<Vec<Value>>(&http_get(&addr, "/json/list"))
             && let Some(page) = targets.iter().find(|t| t["type"] == "page")
         {
             return page["webSocketDebuggerUrl"].as_str().unwrap().to_string();
@@ -159,6 +158,33 @@ fn page_socket_url(port: u16) -> String {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("chromium has no tab to drive");
+}
+
+/// The body of a GET to Chromium's DevTools HTTP server, read up to its Content-Length (the
+/// server keeps the connection open, so reading to the end would wait for a timeout).
+fn http_get(addr: &str, path: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect(addr) else { return Vec::new() };
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).is_err() {
+        return Vec::new();
+    }
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    while let Ok(n @ 1..) = stream.read(&mut chunk) {
+        got.extend_from_slice(&chunk[..n]);
+        let Some(head) = got.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let length = String::from_utf8_lossy(&got[..head])
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+            .and_then(|v| v.parse::<usize>().ok());
+        if let Some(length) = length
+            && got.len() >= head + 4 + length
+        {
+            return got[head + 4..head + 4 + length].to_vec();
+        }
+    }
+    Vec::new()
 }
 
 /// Width and height of a PNG, from its header; panics unless `png` is a PNG.
