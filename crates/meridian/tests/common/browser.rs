@@ -1,6 +1,6 @@
 //! A real headless Chromium driven over the DevTools protocol (a WebSocket on a loopback port):
-//! navigate, run JavaScript in the page, take screenshots. Chromium runs in its own process
-//! group with a temporary profile; dropping the [`Browser`] kills that group.
+//! navigate, run JavaScript in the page, take screenshots. Chromium runs with a temporary
+//! profile; dropping the [`Browser`] kills it and every process it started, each by its pid.
 
 #![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test
 
@@ -42,7 +42,6 @@ impl Browser {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().expect("start chromium");
         let port = devtools_port(profile.path());
         let url = page_socket_url(port);
@@ -124,12 +123,38 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // The whole group: the browser and its renderer, GPU and zygote processes.
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-KILL", &group]).status();
+        // The browser and every process it started (renderer, GPU, zygote), each by its pid.
+        let descendants = descendants_of(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !descendants.is_empty() {
+            let pids: Vec<String> = descendants.iter().map(u32::to_string).collect();
+            let _ = Command::new("kill").arg("-KILL").args(&pids).stderr(Stdio::null()).status();
+        }
     }
+}
+
+/// The pids of every process descending from `root` (from `/proc/*/stat`).
+fn descendants_of(root: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The fields after the command name (which may hold spaces) start after the last ')'.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(pid, _)| *pid));
+        i += 1;
+    }
+    found.retain(|pid| *pid != root && *pid > 1);
+    found
 }
 
 /// The port Chromium chose, from the `DevToolsActivePort` file it writes into its profile.
