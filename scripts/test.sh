@@ -20,6 +20,7 @@ install_debian_packages() {
     command -v fio >/dev/null || missing+=(fio)
     command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
     command -v fuse2fs >/dev/null || missing+=(fuse2fs)
+    command -v chromium >/dev/null || missing+=(chromium)
     command -v promtool >/dev/null || missing+=(prometheus)
     command -v chromium >/dev/null || missing+=(chromium)
     command -v nginx >/dev/null || missing+=(nginx)

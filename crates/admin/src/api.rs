@@ -1,10 +1,12 @@
 //! The admin HTTP API. JSON in and out; every `/v1/` request needs `Authorization: Bearer
-//! <token>`. `/health` is open, for load balancers. `GET /metrics` (Prometheus text) takes the
-//! admin token or the read-only status token, which opens nothing else.
+//! <token>`. `/health` and `/ready` are open, for load balancers (see [`crate::health`]).
+//! `GET /metrics` (Prometheus text) takes the admin token or the read-only status token, which
+//! opens nothing else but the status page (`/status`, see [`crate::status`]).
 //!
 //! | method and path | body | answer |
 //! |---|---|---|
-//! | `GET /health` | | `{"status":"ok","revision":N}` |
+//! | `GET /health` | | liveness: `{"status":"ok","node","region"}` |
+//! | `GET /ready` | | readiness: 200 or 503, `{"ready","checks":[{"name","ok","reason"?,"took_ms"}]}` |
 //! | `GET /metrics` | | every metric of this node (Prometheus text; OpenMetrics if asked for) |
 //! | `POST /v1/keys` | `{"name","can_create_buckets"?}` | the key with its secret (shown only here) |
 //! | `GET /v1/keys` | | all keys (no secrets) |
@@ -29,17 +31,22 @@
 //! without the token.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use meridian_engine::health::ReadinessProbe;
 use meridian_engine::iam::{Credential, Grant, KeyRecord};
 use meridian_engine::record::BucketRecord;
 use meridian_engine::website::SiteRecord;
 use meridian_engine::{Engine, EngineError, ErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+use crate::health::Probe;
+use crate::status::StatusPage;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 << 10;
@@ -48,6 +55,8 @@ const MAX_BODY: usize = 64 << 10;
 pub struct AdminApi {
     engine: Engine,
     token: String,
+    readiness: Arc<ReadinessProbe>,
+    status: Option<Arc<StatusPage>>,
     /// Opens `GET /metrics` (and nothing that changes or reveals keys or buckets).
     status_token: Option<String>,
     metrics: Option<std::sync::Arc<meridian_metrics::Metrics>>,
@@ -61,7 +70,7 @@ enum Caller {
     Nobody,
 }
 
-type Reply = Response<Full<Bytes>>;
+pub(crate) type Reply = Response<Full<Bytes>>;
 
 struct ApiError {
     status: StatusCode,
@@ -114,11 +123,14 @@ fn kind_status(kind: ErrorKind) -> (StatusCode, &'static str) {
     }
 }
 
-fn reply<T: Serialize>(status: StatusCode, value: &T) -> Reply {
+/// A JSON answer; never cached (every answer describes the node or its data as it is now).
+pub(crate) fn reply<T: Serialize>(status: StatusCode, value: &T) -> Reply {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    let headers = resp.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
     resp
 }
 
@@ -256,14 +268,41 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
 
+/// A request body of at most [`MAX_BODY`] bytes.
+async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(_) => Err(ApiError::bad_request("the request body is too large or was cut off")),
+    }
+}
+
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same_token(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_token(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl AdminApi {
-    pub fn new(engine: Engine, token: String) -> Self {
-        AdminApi { engine, token, status_token: None, metrics: None }
+    /// The API of `readiness`'s engine; `readiness` answers `/ready` (shared with the S3 port's
+    /// probe, so both see one cached answer).
+    pub fn new(token: String, readiness: Arc<ReadinessProbe>) -> Self {
+        AdminApi {
+            engine: readiness.engine().clone(),
+            token,
+            readiness,
+            status: None,
+            status_token: None,
+            metrics: None,
+        }
+    }
+
+    /// Serves the live status page (`/status`, see [`crate::status`]) too.
+    pub fn with_status_page(mut self, page: Arc<StatusPage>) -> Self {
+        self.status = Some(page);
+        self
     }
 
     /// Also accepts `token` for the read-only endpoints (`GET /metrics`).
@@ -297,22 +336,26 @@ impl AdminApi {
     }
 
     /// Serves one request; never fails at the HTTP level.
-    pub async fn handle<B>(&self, req: Request<B>, notes: &meridian_http::Notes) -> Result<Reply, Infallible>
+    pub async fn handle<B>(&self, req: Request<B>, info: &meridian_http::RequestInfo) -> Result<Reply, Infallible>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let notes = &info.notes;
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
-        notes.set_operation(operation_name(&path));
-        if parts.method == Method::GET && path == "/health" {
-            return Ok(match self.engine.current_revision().await {
-                Ok(revision) => reply(StatusCode::OK, &json!({ "status": "ok", "revision": revision })),
-                Err(e) => {
-                    reply(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "unavailable", "error": e.to_string() }))
-                }
+        if let Some(probe) = Probe::from_request(&parts.method, &path, "") {
+            notes.set_operation(probe.operation());
+            return Ok(crate::health::answer(probe, &self.readiness).await);
+        }
+        if let Some(page) = self.status.as_ref().filter(|_| StatusPage::serves(&path)) {
+            notes.set_operation("admin.status");
+            return Ok(match read_body(body).await {
+                Ok(body) => page.handle(&parts.method, &path, &parts.headers, &body, info.secure).await,
+                Err(e) => error_reply(e),
             });
         }
+        notes.set_operation(operation_name(&path));
         let caller = self.caller(&parts.headers);
         let read_only = parts.method == Method::GET && path == "/metrics";
         match caller {
@@ -338,9 +381,9 @@ impl AdminApi {
             let accept = parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok());
             return Ok(self.metrics_reply(accept));
         }
-        let body = match Limited::new(body, MAX_BODY).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => return Ok(error_reply(ApiError::bad_request("the request body is too large or was cut off"))),
+        let body = match read_body(body).await {
+            Ok(body) => body,
+            Err(e) => return Ok(error_reply(e)),
         };
         let segments: Vec<String> = path
             .trim_matches('/')

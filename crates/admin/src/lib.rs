@@ -4,6 +4,8 @@
 
 pub mod api;
 pub mod cli;
+pub mod health;
+pub mod status;
 
 use http::{Request, Response};
 use meridian_http::{RequestBody, RequestInfo, ResponseBody};
@@ -12,7 +14,7 @@ pub use api::AdminApi;
 
 impl meridian_http::Handler for AdminApi {
     async fn handle(&self, req: Request<RequestBody>, info: RequestInfo) -> Response<ResponseBody> {
-        match AdminApi::handle(self, req, &info.notes).await {
+        match AdminApi::handle(self, req, &info).await {
             Ok(resp) => resp.map(meridian_http::boxed),
             Err(never) => match never {},
         }

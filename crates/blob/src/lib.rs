@@ -181,6 +181,19 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The file system under the blob store, in bytes.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct DiskSpace {
+    pub total_bytes: u64,
+    /// What this process may still write (blocks reserved for root excluded).
+    pub free_bytes: u64,
+}
+
+/// The same I/O error with what was being done in front of it.
+fn annotate(e: std::io::Error, doing: &str) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{doing}: {e}"))
+}
+
 impl BlobStore {
     /// Opens the store under `root`, creating its directories. Temporary files from an earlier
     /// run are deleted: nothing can refer to them.
@@ -224,6 +237,40 @@ impl BlobStore {
             written: 0,
             finished: false,
         })
+    }
+
+    /// Checks that blobs can be written now, the way a blob write does: a small file created in
+    /// `tmp/`, written, fsynced and removed, then the directory fsynced. Fails on a full disk, a
+    /// read-only file system or a `tmp/` that is no longer a writable directory. The probe file
+    /// is named like a temporary blob, so a crash midway leaves nothing `open` keeps.
+    pub async fn probe_writable(&self) -> BlobResult<()> {
+        let dir = self.inner.tmp.clone();
+        blocking(move || {
+            let path = dir.join(format!("probe-{}", BlobId::random()));
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .and_then(|mut file| file.write_all(b"meridian readiness probe").and_then(|()| file.sync_all()));
+            let removed = std::fs::remove_file(&path);
+            written.map_err(|e| annotate(e, &format!("cannot write a probe file in {}", dir.display())))?;
+            removed.map_err(|e| annotate(e, &format!("cannot remove the probe file {}", path.display())))?;
+            fsync_dir(&dir).map_err(|e| annotate(e, &format!("cannot fsync {}", dir.display())))
+        })
+        .await
+    }
+
+    /// Size and free space of the file system holding the blobs.
+    pub async fn disk_space(&self) -> BlobResult<DiskSpace> {
+        let dir = self.inner.blobs.clone();
+        blocking(move || {
+            let stat = rustix::fs::statvfs(&dir)?;
+            Ok(DiskSpace {
+                total_bytes: stat.f_blocks.saturating_mul(stat.f_frsize),
+                free_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+            })
+        })
+        .await
     }
 
     /// Writes a whole blob from memory and makes it durable.

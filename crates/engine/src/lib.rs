@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod conditions;
 mod error;
 mod gc;
+pub mod health;
 pub mod iam;
 pub mod ingest;
 pub mod keys;

@@ -76,6 +76,8 @@ pub struct FileConfig {
     /// Origin apps of sites (`[[origin]]` tables, each with `[[origin.region]]` tables).
     #[serde(default, rename = "origin")]
     pub origins: Vec<meridian_edge::origin::SiteOrigin>,
+    /// Most measured replication lag (ms) of a cluster node that is still ready.
+    pub ready_max_lag_ms: Option<u64>,
 }
 
 /// A size in the TOML file: a number of bytes (`65536`) or a string in the one size grammar

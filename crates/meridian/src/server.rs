@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
+use meridian_admin::health::Probe;
 use meridian_blob::BlobStore;
 use meridian_engine::{Engine, EngineConfig, Metadata};
 use meridian_http::{ClientTls, Policy, ServerTls, TlsFiles};
@@ -97,8 +98,8 @@ pub struct ServerArgs {
     /// Default: 100000
     #[arg(long)]
     history_revisions: Option<u64>,
-    /// A read-only token accepted (besides the admin token) for GET /metrics on the admin
-    /// listener, and for nothing else there.
+    /// A read-only token accepted (besides the admin token) for GET /metrics and the status page
+    /// (/status) on the admin listener, and for nothing else there.
     #[arg(long, env = "MERIDIAN_STATUS_TOKEN", hide_env_values = true)]
     status_token: Option<String>,
     /// Also serve GET /metrics on this address, WITHOUT a token: for a private network only.
@@ -108,6 +109,10 @@ pub struct ServerArgs {
     /// TOML, with secrets redacted, and exit.
     #[arg(long)]
     print_config: bool,
+    /// A cluster node whose metadata view lags more than this (measured replication lag) is
+    /// not ready (/ready answers 503). A duration: 10s, 500ms. Default: 10s
+    #[arg(long, env = "MERIDIAN_READY_MAX_LAG", value_parser = meridian_common::duration::parse_duration)]
+    ready_max_lag: Option<Duration>,
 }
 
 /// On etcd, only small values are stored inline: etcd's database is meant to stay small, and
@@ -140,6 +145,7 @@ struct Settings {
     ca_file: Option<PathBuf>,
     log_format: String,
     history_revisions: u64,
+    readiness: meridian_engine::health::ReadinessLimits,
     status_token: Option<String>,
     metrics_listen: Option<SocketAddr>,
     /// The same settings as a config file would write them, secrets redacted (`--print-config`).
@@ -236,6 +242,13 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             .or(file.history_revisions)
             .unwrap_or(EmbeddedOptions::default().history_revisions)
             .max(1),
+        readiness: meridian_engine::health::ReadinessLimits {
+            max_view_lag: args
+                .ready_max_lag
+                .or(file.ready_max_lag_ms.map(Duration::from_millis))
+                .unwrap_or(meridian_engine::health::DEFAULT_MAX_VIEW_LAG),
+            ..Default::default()
+        },
         status_token,
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
         printable: FileConfig::default(),
@@ -275,6 +288,7 @@ impl Settings {
             web_domain: self.web_domain.clone(),
             sites: self.sites.clone(),
             origins: self.origins.clone(),
+            ready_max_lag_ms: Some(self.readiness.max_view_lag.as_millis() as u64),
             ..limits
         }
     }
@@ -413,7 +427,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             settings.data.join("admin-token").display()
         );
     }
-    let admin = meridian_admin::AdminApi::new(engine.clone(), admin_token)
+    let readiness = Arc::new(meridian_engine::health::ReadinessProbe::new(engine.clone(), settings.readiness.clone()));
+    let page_tokens = std::iter::once(admin_token.clone()).chain(settings.status_token.clone()).collect();
+    let status_page =
+        Arc::new(meridian_admin::status::StatusPage::new(Arc::clone(&readiness), Arc::clone(&metrics), page_tokens));
+    let admin = meridian_admin::AdminApi::new(admin_token, Arc::clone(&readiness))
+        .with_status_page(Arc::clone(&status_page))
         .status_token(settings.status_token.clone())
         .metrics(Arc::clone(&metrics));
     let metrics_listener = match settings.metrics_listen {
@@ -437,13 +456,21 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let forwarder = peer_endpoint
         .as_ref()
         .map(|_| meridian_s3::forward::Forwarder::new(engine.clone(), settings.domain.clone(), &client_tls));
-    let node = NodeHandler { s3: meridian_s3::S3Handler::new(service, forwarder), peer: peer_endpoint };
+    let node = NodeHandler {
+        s3: meridian_s3::S3Handler::new(service, forwarder),
+        peer: peer_endpoint,
+        readiness: Arc::clone(&readiness),
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let s3_server = crate::metrics::observed_server(&metrics, settings.s3_policy.clone()).tls(server_tls.clone());
-    let admin_server = crate::metrics::observed_server(&metrics, settings.admin_policy.clone()).tls(server_tls.clone());
+    let s3_server = crate::metrics::observed_server(&metrics, settings.s3_policy.clone())
+        .tls(server_tls.clone())
+        .observer(status_page.errors());
+    let admin_server = crate::metrics::observed_server(&metrics, settings.admin_policy.clone())
+        .tls(server_tls.clone())
+        .observer(status_page.errors());
     let s3 = s3_server.serve(listener, node, until_stopped(stopped.clone()));
     let admin = admin_server.serve(admin_listener, admin, until_stopped(stopped.clone()));
     let metrics_only = async {
@@ -454,8 +481,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let web = async {
         let Some(web_listener) = web_listener else { return Ok(()) };
-        let server = crate::metrics::observed_server(&metrics, settings.web_policy.clone()).tls(server_tls.clone());
-        server.serve(web_listener, edge, until_stopped(stopped.clone())).await
+        let server = crate::metrics::observed_server(&metrics, settings.web_policy.clone())
+            .tls(server_tls.clone())
+            .observer(status_page.errors());
+        let web = WebHandler { edge, readiness: Arc::clone(&readiness) };
+        server.serve(web_listener, web, until_stopped(stopped.clone())).await
     };
     let signal = async move {
         shutdown_signal().await;
@@ -478,10 +508,13 @@ struct PeerEndpoint {
     token: String,
 }
 
-/// What the S3 port serves: the node-to-node endpoint, and S3 (with KV) for everything else.
+/// What the S3 port serves: liveness and readiness (`/_meridian/health`, `/_meridian/ready`,
+/// open), the node-to-node endpoint (the rest of `/_meridian/`, with the cluster token), and S3
+/// (with KV) for everything else.
 struct NodeHandler {
     s3: meridian_s3::S3Handler,
     peer: Option<PeerEndpoint>,
+    readiness: Arc<meridian_engine::health::ReadinessProbe>,
 }
 
 impl meridian_http::Handler for NodeHandler {
@@ -493,6 +526,10 @@ impl meridian_http::Handler for NodeHandler {
         if !req.uri().path().starts_with("/_meridian/") {
             return self.s3.handle(req, info).await;
         }
+        if let Some(probe) = Probe::from_request(req.method(), req.uri().path(), "/_meridian") {
+            info.notes.set_operation(probe.operation());
+            return meridian_admin::health::answer(probe, &self.readiness).await.map(meridian_http::boxed);
+        }
         info.notes.set_operation("peer.blob");
         match &self.peer {
             Some(peer) => {
@@ -501,6 +538,27 @@ impl meridian_http::Handler for NodeHandler {
             }
             None => meridian_http::text_response(http::StatusCode::NOT_FOUND, "this node is not part of a cluster"),
         }
+    }
+}
+
+/// What the web port serves: liveness and readiness under the reserved prefix
+/// (`/_meridian/health`, `/_meridian/ready`, open, as on the S3 port), the edge for everything else.
+struct WebHandler {
+    edge: meridian_edge::Edge,
+    readiness: Arc<meridian_engine::health::ReadinessProbe>,
+}
+
+impl meridian_http::Handler for WebHandler {
+    async fn handle(
+        &self,
+        req: http::Request<meridian_http::RequestBody>,
+        info: meridian_http::RequestInfo,
+    ) -> http::Response<meridian_http::ResponseBody> {
+        if let Some(probe) = Probe::from_request(req.method(), req.uri().path(), "/_meridian") {
+            info.notes.set_operation(probe.operation());
+            return meridian_admin::health::answer(probe, &self.readiness).await.map(meridian_http::boxed);
+        }
+        self.edge.handle(req, info).await
     }
 }
 

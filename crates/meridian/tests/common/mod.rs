@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod aws;
+pub mod browser;
 pub mod raw;
 pub mod wan_cluster;
 

@@ -36,7 +36,8 @@ async fn proxy(to: SocketAddr, config: LinkConfig) -> WanHandle {
     WanProxy::start("127.0.0.1:0".parse().unwrap(), to, config).await.unwrap()
 }
 
-/// Starts one region's node on `endpoints`, behind a WAN proxy for the other nodes.
+/// Starts one region's node on `endpoints` (data in `dir/region`), behind a WAN proxy for the
+/// other nodes.
 async fn start_node(
     dir: &std::path::Path,
     region: &str,
@@ -136,6 +137,17 @@ impl WanCluster {
             node_links.push(node_link);
         }
         WanCluster { nodes, node_links, etcd_links: client_links, etcd, _tmp: tmp }
+    }
+
+    /// Another node in `region` (data in `name`), reaching every etcd member through the WAN
+    /// proxies in front of their client ports (`etcd_links[3..6]`), so partitioning those cuts
+    /// it off from etcd while the three regions' own nodes keep their local member.
+    pub async fn start_node_through_wan(&self, name: &str, region: &str, node_args: &[&str]) -> (Server, WanHandle) {
+        let endpoints: Vec<String> =
+            self.etcd_links[3..6].iter().map(|l| format!("http://{}", l.local_addr())).collect();
+        let link = self.etcd_links[3].config();
+        let dir = self._tmp.path().join(name);
+        start_node(&dir, region, &endpoints, link, node_args).await
     }
 
     pub fn client(&self, i: usize) -> aws_sdk_s3::Client {
