@@ -57,6 +57,23 @@ fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// The web port answers liveness and readiness under the reserved prefix, like the S3 port, and
+/// a site's own `/health` path is still the site's.
+#[test]
+fn the_web_port_answers_health_and_readiness_under_the_reserved_prefix() {
+    let (server, _dir) = start_edge("");
+    let live = get(&server, "/_meridian/health", &[]);
+    assert_eq!(live.status, 200, "{}", live.text());
+    let ready = get(&server, "/_meridian/ready", &[]);
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    let body: serde_json::Value = serde_json::from_slice(&ready.body).expect("readiness is JSON");
+    assert_eq!(body["ready"], serde_json::Value::Bool(true), "{body}");
+    assert!(body["checks"].to_string().contains("data_dir"), "{body}");
+    // Not a probe: the edge answers it (no site serves this host, so not the readiness JSON).
+    let other = get(&server, "/health", &[]);
+    assert!(!other.text().contains("data_dir"), "{}", other.text());
+}
+
 #[tokio::test]
 async fn xedn_site_from_the_config_file_keeps_its_urls() {
     let (server, _dir) = start_edge("");
