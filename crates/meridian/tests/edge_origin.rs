@@ -153,10 +153,14 @@ async fn get_accepting(edge: &Edge, accept: &str) -> (http::response::Parts, Byt
 
 /// Waits until `n` variants of the sticker are stored.
 async fn variants_stored(edge: &Edge, n: usize) {
+    variants_stored_at(edge, "sticker/aoi/grin.png;vary=", n).await;
+}
+
+/// Waits until `n` objects under `prefix` (a key's variants) are stored.
+async fn variants_stored_at(edge: &Edge, prefix: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let listed =
-            edge.server.client().list_objects_v2().bucket(BUCKET).prefix("sticker/aoi/grin.png;vary=").send().await;
+        let listed = edge.server.client().list_objects_v2().bucket(BUCKET).prefix(prefix).send().await;
         let count = listed.map(|l| l.contents().len()).unwrap_or(0);
         if count >= n {
             return;
@@ -201,4 +205,69 @@ async fn answers_that_vary_by_accept_are_cached_per_variant_until_their_source_c
     s3.delete_object().bucket(BUCKET).key("stickers/aoi/grin.png").send().await.expect("delete source");
     get_accepting(&edge, "image/avif,image/webp,*/*").await;
     assert_eq!(asked(), 4, "deleting the source invalidated the other variant");
+}
+
+/// The page of the browser test: an avatar the bucket does not have yet, and a sticker from a
+/// "resizer" that converts to WebP or PNG by `Accept`.
+const AVATAR_PAGE: &str = r#"<!doctype html><html><body>
+<img id="avatar" src="/avatar/browser.png">
+<img id="sticker" src="/sticker/aoi/wave.png?source=stickers/aoi/wave.png&formats=image/webp,image/png">
+</body></html>"#;
+
+/// Debian's headless Chromium loads a page from the edge: the avatar falls through to the
+/// origin and is stored, the sticker comes back as the WebP variant for the browser's own
+/// `Accept`, and both decode in the browser.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_browser_gets_fallen_through_avatars_stored_and_stickers_as_webp() {
+    use aws_sdk_s3::primitives::ByteStream;
+    let edge = start().await;
+    let s3 = edge.server.client();
+    let objects = [
+        ("stickers/aoi/wave.png", "image/png", b"source".as_slice()),
+        ("page/index.html", "text/html", AVATAR_PAGE.as_bytes()),
+    ];
+    for (key, content_type, bytes) in objects {
+        let body = ByteStream::from(bytes.to_vec());
+        s3.put_object().bucket(BUCKET).key(key).content_type(content_type).body(body).send().await.expect("put");
+    }
+
+    let page = format!("{}/page/", edge.web);
+    let widths = tokio::task::spawn_blocking(move || {
+        let mut browser = common::browser::Browser::start();
+        browser.navigate(&page);
+        let loaded = "[...document.images].length == 2 && [...document.images].every(i => i.complete)";
+        assert_eq!(browser.wait_for(loaded, Duration::from_secs(30)), serde_json::json!(true), "the images loaded");
+        browser.eval("[...document.images].map(i => i.naturalWidth)")
+    })
+    .await
+    .expect("browser");
+    let avatar_width = common::browser::png_size(&avatar("browser.png")).0;
+    assert_eq!(widths, serde_json::json!([avatar_width, meridian_test_origin::WEBP_SIDE]), "both images decoded");
+
+    // The avatar fell through once and is now in the bucket.
+    assert_eq!(edge.origin.count_path("/avatar/browser.png"), 1);
+    assert_eq!(stored(&edge, "avatar/browser.png").await.map(|b| b == avatar("browser.png")), Some(true));
+
+    // The sticker: the origin saw Chromium's image Accept, answered WebP, and the edge stored
+    // that variant; the same Accept now gets those bytes from the bucket, not the origin.
+    let asked = edge.origin.received();
+    let sticker =
+        asked.iter().find(|r| r.path_and_query.starts_with("/sticker/")).expect("the sticker reached the origin");
+    let accept = sticker.headers["accept"].to_str().expect("text").to_string();
+    assert!(accept.contains("image/webp") && accept.contains("image/avif"), "Chromium's image Accept: {accept}");
+    variants_stored_at(&edge, "sticker/aoi/wave.png;vary=", 1).await;
+    let listed = s3.list_objects_v2().bucket(BUCKET).prefix("sticker/aoi/wave.png;vary=").send().await.expect("list");
+    let variant = listed.contents()[0].key().expect("key").to_string();
+    let head = s3.head_object().bucket(BUCKET).key(&variant).send().await.expect("head variant");
+    assert_eq!(head.content_type(), Some("image/webp"));
+    let url = format!("{}/sticker/aoi/wave.png?source=stickers/aoi/wave.png&formats=image/webp,image/png", edge.web);
+    let req = Request::get(url).header("accept", &accept).body(Full::default()).expect("request");
+    let (parts, body) = client().request(req).await.expect("edge answers").into_parts();
+    assert_eq!(parts.headers["content-type"], "image/webp");
+    assert!(parts.headers.contains_key("etag"), "served from the bucket");
+    assert!(
+        body.collect().await.expect("body").to_bytes()
+            == meridian_test_origin::sticker_bytes("stickers/aoi/wave.png", "image/webp")
+    );
+    assert_eq!(edge.origin.count_path("/sticker/aoi/wave.png"), 1, "one origin request for the sticker");
 }

@@ -5,7 +5,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `/avatar/<name>.png` | a deterministic PNG for `<name>`, `x-meridian-store: ttl=1h` |
-//! | `/sticker/<path>` | the image in the best of `image/avif`, `image/webp`, `image/png` the `Accept` header allows, `Vary: Accept`, `x-meridian-derived-from: <source>` (query `source`, else `<path>`), `x-meridian-store: ttl=1h` |
+//! | `/sticker/<path>` | the image in the best of `image/avif`, `image/webp`, `image/png` (or of those the query's `formats` lists) the `Accept` header allows, `Vary: Accept`, `x-meridian-derived-from: <source>` (query `source`, else `<path>`), `x-meridian-store: ttl=1h` |
 //! | anything else | JSON echo: instance, region, method, path, headers, body length and SHA-256 |
 //!
 //! Query parameters (any path): `replay=<fly-replay value>` answers `409` with that
@@ -19,6 +19,9 @@
 //! `x-origin-region`.
 
 mod png;
+mod webp;
+
+pub use webp::SIDE as WEBP_SIDE;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -238,7 +241,7 @@ fn answer(
         return image_response("image/png", png::avatar(name));
     }
     if let Some(source) = path.strip_prefix("/sticker/") {
-        return sticker(parts, query.get("source").map_or(source, String::as_str));
+        return sticker(parts, query, query.get("source").map_or(source, String::as_str));
     }
     json(StatusCode::OK, &echo)
 }
@@ -346,23 +349,37 @@ const STICKER_FORMATS: [&str; 3] = ["image/avif", "image/webp", "image/png"];
 
 /// The best format the `Accept` header allows (PNG when it names none of them).
 pub fn negotiate(accept: Option<&str>) -> &'static str {
-    let accept = accept.unwrap_or("");
-    STICKER_FORMATS.into_iter().find(|format| accept.contains(format)).unwrap_or("image/png")
+    negotiate_among(accept, &STICKER_FORMATS)
 }
 
-/// The deterministic bytes of `source` converted to `format` (what `/sticker/` answers).
+/// The best of `offered` (best first) the `Accept` header allows; PNG when it names none.
+pub fn negotiate_among(accept: Option<&str>, offered: &[&str]) -> &'static str {
+    let accept = accept.unwrap_or("");
+    STICKER_FORMATS
+        .into_iter()
+        .filter(|format| offered.contains(format))
+        .find(|format| accept.contains(format))
+        .unwrap_or("image/png")
+}
+
+/// The deterministic bytes of `source` converted to `format` (what `/sticker/` answers): the
+/// PNG, a real WebP of one colour ([`WEBP_SIDE`] wide), or, for AVIF, the PNG behind an AVIF
+/// signature (not decodable: only its type and bytes are compared).
 pub fn sticker_bytes(source: &str, format: &str) -> Vec<u8> {
     let png = png::avatar(source);
     match format {
         "image/avif" => [b"\0\0\0\x1cftypavif".as_slice(), &png].concat(),
-        "image/webp" => [b"RIFF\0\0\0\0WEBPVP8L".as_slice(), &png].concat(),
+        "image/webp" => webp::solid(source),
         _ => png,
     }
 }
 
-fn sticker(parts: &http::request::Parts, source: &str) -> Response<ResponseBody> {
+fn sticker(parts: &http::request::Parts, query: &HashMap<String, String>, source: &str) -> Response<ResponseBody> {
     let accept = parts.headers.get(header::ACCEPT).and_then(|a| a.to_str().ok());
-    let format = negotiate(accept);
+    let format = match query.get("formats") {
+        Some(offered) => negotiate_among(accept, &offered.split(',').collect::<Vec<_>>()),
+        None => negotiate(accept),
+    };
     let mut resp = image_response(format, sticker_bytes(source, format));
     resp.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept"));
     resp.headers_mut().insert("x-meridian-derived-from", value(source));
