@@ -271,3 +271,101 @@ async fn a_real_browser_gets_fallen_through_avatars_stored_and_stickers_as_webp(
     );
     assert_eq!(edge.origin.count_path("/sticker/aoi/wave.png"), 1, "one origin request for the sticker");
 }
+
+/// Node `i`'s configuration for [`a_session_is_held_for_its_write_revision_in_every_region`]:
+/// site `app` whose origin is this region's test origin; the other regions through their edges.
+fn region_config(i: usize, web_ports: &[u16], origins: &[TestOrigin]) -> String {
+    use common::wan_cluster::REGIONS;
+    let mut text = format!(
+        "web_listen = \"127.0.0.1:{}\"\n[[site]]\nname = \"app\"\nbucket = \"app\"\n\
+         [[origin]]\nsite = \"app\"\nrevision_wait_ms = 1000\n",
+        web_ports[i]
+    );
+    for (j, region) in REGIONS.iter().enumerate() {
+        text.push_str(&format!("[[origin.region]]\nname = \"{region}\"\n"));
+        if i == j {
+            text.push_str(&format!(
+                "instances = [{{ id = \"{}\", url = \"{}\" }}]\n",
+                origins[j].instance(),
+                origins[j].url()
+            ));
+        } else {
+            text.push_str(&format!("edge = \"http://127.0.0.1:{}\"\n", web_ports[j]));
+        }
+    }
+    text
+}
+
+/// Read your own writes by revision, on three regions behind the WAN proxy: the origin in
+/// region a answers a write with its revision, the edge turns it into the session cookie, and
+/// region b's edge holds the session's read until its view has that revision (then region b's
+/// local view has the object); a revision region b cannot reach within the site's wait sends
+/// the read to region a's edge.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_is_held_for_its_write_revision_in_every_region() {
+    use common::raw;
+    use common::wan_cluster::{REGIONS, WanCluster};
+    let mut origins = Vec::new();
+    for (i, region) in REGIONS.iter().enumerate() {
+        let config = OriginConfig { instance: format!("app-{i}"), region: region.to_string() };
+        origins.push(TestOrigin::start(config).await.expect("origin starts"));
+    }
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let web_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let configs: Vec<String> = (0..3)
+        .map(|i| {
+            let path = dir.path().join(format!("region-{i}.toml"));
+            std::fs::write(&path, region_config(i, &web_ports, &origins)).expect("write config");
+            path.display().to_string()
+        })
+        .collect();
+    let link = meridian_wan::LinkConfig::one_way(Duration::from_millis(20));
+    let cluster = WanCluster::start_each(link, |i| vec!["--config".into(), configs[i].clone()]).await;
+    cluster.client(0).create_bucket().bucket("app").send().await.expect("create bucket");
+    // The etcd leader's messages now reach the other members late: they apply writes late.
+    let leader = cluster.etcd.wait_for_leader(Duration::from_secs(10));
+    cluster.etcd_links[leader].set_config(meridian_wan::LinkConfig::one_way(Duration::from_millis(300)));
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let web = |i: usize| format!("127.0.0.1:{}", web_ports[i]);
+
+    // The origin of region a writes through Meridian and answers with the write's revision.
+    let written = raw::signed(&a.addr, "PUT", "/app/profile/aoi.json", &[], b"{\"name\":\"aoi\"}");
+    assert_eq!(written.status, 200, "{}", written.text());
+    let revision: u64 = written.header("x-meridian-revision").expect("revision").parse().expect("number");
+    let saved = raw::send(&web(0), "POST", &format!("/profile/aoi?revision={revision}"), &[], b"name=aoi");
+    assert_eq!((saved.status, saved.header("x-origin-region")), (200, Some("region-a")));
+    assert!(saved.header("x-meridian-revision").is_none(), "the revision is the edge's, not the client's");
+    let cookie = saved.header("set-cookie").expect("the session cookie").to_string();
+    assert_eq!(
+        cookie,
+        format!("meridian-edge-revision={revision}:region-a; Max-Age=300; Path=/; HttpOnly; SameSite=Lax")
+    );
+    let session = cookie.split(';').next().expect("name=value").to_string();
+
+    // Right after, region b's edge holds the session's read until its view has the write.
+    let read = raw::send(&web(1), "GET", "/api/me", &[("cookie", session.clone())], &[]);
+    assert_eq!((read.status, read.header("x-origin-region")), (200, Some("region-b")));
+    let hold = read.header("x-meridian-revision-hold").expect("the read was held");
+    assert!(hold.starts_with("reached;waited_ms="), "{hold}");
+    let local =
+        raw::signed(&b.addr, "GET", "/app/profile/aoi.json", &[("x-meridian-consistency", "local".into())], &[]);
+    assert_eq!((local.status, local.text().as_str()), (200, "{\"name\":\"aoi\"}"), "region b's local view has it");
+
+    // A revision region b's view does not reach within the wait: region a's edge answers.
+    let far = format!("meridian-edge-revision={}:region-a", revision + 1_000_000_000);
+    let started = Instant::now();
+    let read = raw::send(&web(1), "GET", "/api/me", &[("cookie", far)], &[]);
+    assert_eq!((read.status, read.header("x-origin-region")), (200, Some("region-a")));
+    let hold = read.header("x-meridian-revision-hold").expect("held");
+    assert!(hold.starts_with("replayed;region=region-a;waited_ms="), "{hold}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "held for the site's wait first");
+    // Behind its own region's write, there is nowhere to go: served here after the wait.
+    let own = format!("meridian-edge-revision={}:region-b", revision + 1_000_000_000);
+    let read = raw::send(&web(1), "GET", "/api/me", &[("cookie", own)], &[]);
+    assert_eq!(read.header("x-origin-region"), Some("region-b"));
+    assert!(read.header("x-meridian-revision-hold").is_some_and(|h| h.starts_with("behind;")));
+    // Without the cookie nothing is held.
+    let read = raw::send(&web(1), "GET", "/api/me", &[], &[]);
+    assert_eq!((read.status, read.header("x-meridian-revision-hold")), (200, None));
+}

@@ -15,7 +15,8 @@
 //! `replay_cache_ttl` add `fly-replay-cache` / `fly-replay-cache-ttl-secs` to that answer;
 //! `sleep_ms=N` waits first; `status=N` answers that status (with the echo);
 //! `bytes=N` answers N bytes of [`pattern`] (`chunk_ms=M` waits M ms between 64 KiB chunks);
-//! `store=<value>` sets `x-meridian-store`. Every answer carries `x-origin-instance` and
+//! `store=<value>` sets `x-meridian-store`; `revision=<R>` sets `x-meridian-revision` (the
+//! revision of a write the test made through Meridian, as an origin writing there would). Every answer carries `x-origin-instance` and
 //! `x-origin-region`.
 
 mod png;
@@ -204,6 +205,9 @@ async fn handle(state: Arc<State>, req: Request<RequestBody>) -> Response<Respon
     headers.insert("x-origin-region", value(&state.config.region));
     if let Some(store) = query.get("store") {
         headers.insert("x-meridian-store", value(store));
+    }
+    if let Some(revision) = query.get("revision") {
+        headers.insert("x-meridian-revision", value(revision));
     }
     resp
 }
