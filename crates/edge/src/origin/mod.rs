@@ -185,3 +185,29 @@ pub fn stored_key(target: &Target) -> Option<String> {
 pub fn join_flight(origins: &Origins, target: &Target) -> Option<Flight> {
     stored_key(target).map(|key| origins.flights.join(format!("{}/{key}", target.bucket)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_edge_origin::Instance;
+
+    fn origin(revision_wait_ms: Option<u64>) -> SiteOrigin {
+        let instance = Instance { id: "app-1".into(), url: "http://127.0.0.1:3000".into() };
+        SiteOrigin {
+            site: "app".into(),
+            regions: vec![Region { name: "ams".into(), edge: None, instances: vec![instance] }],
+            pin_seconds: None,
+            revision_wait_ms,
+        }
+    }
+
+    #[test]
+    fn the_revision_wait_defaults_to_two_seconds_and_is_bounded() {
+        let origins = Origins::new(&[origin(None)], "ams", None).expect("valid");
+        assert_eq!(origins.revision_wait(Some("app")), revision::DEFAULT_WAIT);
+        let origins = Origins::new(&[origin(Some(250))], "ams", None).expect("valid");
+        assert_eq!(origins.revision_wait(Some("app")), std::time::Duration::from_millis(250));
+        let refused = Origins::new(&[origin(Some(30_001))], "ams", None).err().map(|e| e.to_string());
+        assert!(refused.is_some_and(|e| e.contains("revision_wait_ms is at most 30000")));
+    }
+}

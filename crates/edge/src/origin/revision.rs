@@ -69,10 +69,11 @@ pub async fn hold(engine: &Engine, revision: u64, wait: Duration) -> Hold {
         {
             return Hold::Reached(start.elapsed());
         }
-        if Instant::now() + POLL >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Hold::Behind(start.elapsed());
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(POLL.min(left)).await;
     }
 }
 
