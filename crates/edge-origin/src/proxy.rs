@@ -194,10 +194,23 @@ impl OriginProxy {
 
     /// Sends `req` (from `client`) to the origin, replaying it as the origin says.
     pub async fn handle(&self, req: Request<RequestBody>, client: SocketAddr, secure: bool) -> Response<ResponseBody> {
+        self.handle_preferring(req, client, secure, None).await.0
+    }
+
+    /// Like [`OriginProxy::handle`], sending a client's request to `region`'s edge first (as
+    /// `fly-prefer-region` does): this region serves it when that edge does not answer. Also
+    /// says whether `region`'s edge answered.
+    pub async fn handle_preferring(
+        &self,
+        req: Request<RequestBody>,
+        client: SocketAddr,
+        secure: bool,
+        region: Option<&str>,
+    ) -> (Response<ResponseBody>, bool) {
         let (parts, body) = req.into_parts();
         let spool = match Spool::read(body, &self.inner.config.spool).await {
             Ok(spool) => spool,
-            Err(err) => return spool_failure(&err),
+            Err(err) => return (spool_failure(&err), false),
         };
         let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).or(parts.uri.host()).unwrap_or("");
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
@@ -217,9 +230,25 @@ impl OriginProxy {
         };
         if peer {
             let instance = header_text(&parts.headers, PEER_INSTANCE).map(str::to_string);
-            return self.serve_peer(pending, instance).await;
+            return (self.serve_peer(pending, instance).await, false);
         }
-        self.serve_client(pending, &parts.headers).await
+        if let Some(resp) = self.preferred_region(&pending, region).await {
+            return (resp, true);
+        }
+        (self.serve_client(pending, &parts.headers).await, false)
+    }
+
+    /// `region`'s answer when it is another region and its edge answers.
+    async fn preferred_region(&self, pending: &Pending, region: Option<&str>) -> Option<Response<ResponseBody>> {
+        let region = region.filter(|r| *r != self.topology().local && self.topology().region(r).is_some())?;
+        self.to_region(pending, region).await.ok()
+    }
+
+    /// Sends the request to `region`'s edge (within the default replay timeout).
+    async fn to_region(&self, pending: &Pending, region: &str) -> Result<Response<ResponseBody>, Failure> {
+        let queue = self.topology().into_region(region, &[]).into();
+        let deadline = Instant::now() + self.inner.config.default_timeout;
+        self.route(pending, queue, deadline, Vec::new()).await
     }
 
     async fn serve_client(&self, pending: Pending, client_headers: &HeaderMap) -> Response<ResponseBody> {
@@ -278,9 +307,7 @@ impl OriginProxy {
             let text = format!("fly-force-region names {region:?}, which is not one of this site's regions");
             return forced.then(|| plain(StatusCode::BAD_REQUEST, &text));
         }
-        let queue = self.topology().into_region(region, &[]).into();
-        let deadline = Instant::now() + self.inner.config.default_timeout;
-        match self.route(pending, queue, deadline, Vec::new()).await {
+        match self.to_region(pending, region).await {
             Ok(resp) => Some(resp),
             Err(failure) if forced => Some(failed(&failure)),
             Err(_) => None,

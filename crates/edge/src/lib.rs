@@ -79,26 +79,61 @@ impl Edge {
             Ok(None) => return serve::not_found(),
             Err(resp) => return resp,
         };
-        let proxy = self.origins.proxy(target.site.as_deref());
-        let head = match *req.method() {
-            Method::GET => false,
-            Method::HEAD => true,
-            _ => {
-                let Some(proxy) = proxy else { return method_not_allowed() };
-                info.notes.set_operation("web.origin");
-                return proxy.handle(req, info.peer, info.secure).await;
-            }
-        };
-        info.notes.set_operation(if head { "web.head" } else { "web.get" });
-        let Some(proxy) = proxy else {
+        let Some(proxy) = self.origins.proxy(target.site.as_deref()) else {
+            let head = match *req.method() {
+                Method::GET => false,
+                Method::HEAD => true,
+                _ => return method_not_allowed(),
+            };
+            info.notes.set_operation(if head { "web.head" } else { "web.get" });
             let ask = serve::Ask { head, headers: req.headers(), host, https: info.secure };
             return serve::answer(&self.engine, &target, &ask).await;
         };
-        if proxy.is_peer(req.headers()) {
+        let mut resp = self.answer_for_origin_site(proxy, &target, req, info).await;
+        origin::revision::remember(resp.headers_mut(), &proxy.topology().local);
+        resp
+    }
+
+    /// A request to a site with an origin: a write goes to the origin; a read is held for the
+    /// session's last write ([`origin::revision`]), then served from the bucket or the origin.
+    async fn answer_for_origin_site(
+        &self,
+        proxy: &meridian_edge_origin::OriginProxy,
+        target: &sites::Target,
+        req: Request<RequestBody>,
+        info: &RequestInfo,
+    ) -> Response<ResponseBody> {
+        let read = matches!(*req.method(), Method::GET | Method::HEAD);
+        if !read || proxy.is_peer(req.headers()) {
             // A replay from another region's edge is for the origin, never the bucket.
+            info.notes.set_operation("web.origin");
             return proxy.handle(req, info.peer, info.secure).await;
         }
-        self.answer_with_origin(proxy, &target, req, info).await
+        info.notes.set_operation(if req.method() == Method::HEAD { "web.head" } else { "web.get" });
+        let Some((revision, writer)) = origin::revision::session(req.headers()) else {
+            return self.answer_with_origin(proxy, target, req, info).await;
+        };
+        let wait = self.origins.revision_wait(target.site.as_deref());
+        let (mut resp, outcome) = match origin::revision::hold(&self.engine, revision, wait).await {
+            origin::revision::Hold::Reached(waited) => {
+                let resp = self.answer_with_origin(proxy, target, req, info).await;
+                (resp, format!("reached;waited_ms={}", waited.as_millis()))
+            }
+            origin::revision::Hold::Behind(waited) if writer != proxy.topology().local => {
+                // This view is behind the session's write: the writer's region answers (this
+                // one, from the origin, when that region's edge does not).
+                info.notes.set_operation("web.origin");
+                let (resp, there) = proxy.handle_preferring(req, info.peer, info.secure, Some(&writer)).await;
+                let outcome = if there { format!("replayed;region={writer}") } else { "behind".to_string() };
+                (resp, format!("{outcome};waited_ms={}", waited.as_millis()))
+            }
+            origin::revision::Hold::Behind(waited) => {
+                let resp = self.answer_with_origin(proxy, target, req, info).await;
+                (resp, format!("behind;waited_ms={}", waited.as_millis()))
+            }
+        };
+        origin::revision::note(resp.headers_mut(), &outcome);
+        resp
     }
 
     /// The bucket's object, else the origin's answer (one origin request per key at a time:

@@ -340,6 +340,12 @@ impl Engine {
         Ok(self.meta().current_revision().await?)
     }
 
+    /// The revision this node's local view of the metadata reflects (what reads at
+    /// [`Consistency::Local`] see): the newest revision without replicas.
+    pub async fn local_revision(&self) -> EngineResult<Revision> {
+        Ok(self.reader(Consistency::Local).current_revision().await?)
+    }
+
     /// Deletes blobs after the configured delay (see [`EngineConfig::blob_delete_delay`]).
     fn delete_blobs_later(&self, blobs: Vec<BlobId>) {
         let deleted = self.inner.metrics.gc_blobs_deleted.clone();

@@ -153,10 +153,14 @@ async fn get_accepting(edge: &Edge, accept: &str) -> (http::response::Parts, Byt
 
 /// Waits until `n` variants of the sticker are stored.
 async fn variants_stored(edge: &Edge, n: usize) {
+    variants_stored_at(edge, "sticker/aoi/grin.png;vary=", n).await;
+}
+
+/// Waits until `n` objects under `prefix` (a key's variants) are stored.
+async fn variants_stored_at(edge: &Edge, prefix: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let listed =
-            edge.server.client().list_objects_v2().bucket(BUCKET).prefix("sticker/aoi/grin.png;vary=").send().await;
+        let listed = edge.server.client().list_objects_v2().bucket(BUCKET).prefix(prefix).send().await;
         let count = listed.map(|l| l.contents().len()).unwrap_or(0);
         if count >= n {
             return;
@@ -201,4 +205,171 @@ async fn answers_that_vary_by_accept_are_cached_per_variant_until_their_source_c
     s3.delete_object().bucket(BUCKET).key("stickers/aoi/grin.png").send().await.expect("delete source");
     get_accepting(&edge, "image/avif,image/webp,*/*").await;
     assert_eq!(asked(), 4, "deleting the source invalidated the other variant");
+}
+
+/// The page of the browser test: an avatar the bucket does not have yet, and a sticker from a
+/// "resizer" that converts to WebP or PNG by `Accept`.
+const AVATAR_PAGE: &str = r#"<!doctype html><html><body>
+<img id="avatar" src="/avatar/browser.png">
+<img id="sticker" src="/sticker/aoi/wave.png?source=stickers/aoi/wave.png&formats=image/webp,image/png">
+</body></html>"#;
+
+/// Debian's headless Chromium loads a page from the edge: the avatar falls through to the
+/// origin and is stored, the sticker comes back as the WebP variant for the browser's own
+/// `Accept`, and both decode in the browser.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_browser_gets_fallen_through_avatars_stored_and_stickers_as_webp() {
+    use aws_sdk_s3::primitives::ByteStream;
+    let edge = start().await;
+    let s3 = edge.server.client();
+    let objects = [
+        ("stickers/aoi/wave.png", "image/png", b"source".as_slice()),
+        ("page/index.html", "text/html", AVATAR_PAGE.as_bytes()),
+    ];
+    for (key, content_type, bytes) in objects {
+        let body = ByteStream::from(bytes.to_vec());
+        s3.put_object().bucket(BUCKET).key(key).content_type(content_type).body(body).send().await.expect("put");
+    }
+
+    let page = format!("{}/page/", edge.web);
+    let widths = tokio::task::spawn_blocking(move || {
+        let mut browser = common::browser::Browser::start();
+        browser.navigate(&page);
+        let loaded = "[...document.images].length == 2 && [...document.images].every(i => i.complete)";
+        assert_eq!(browser.wait_for(loaded, Duration::from_secs(30)), serde_json::json!(true), "the images loaded");
+        browser.eval("[...document.images].map(i => i.naturalWidth)")
+    })
+    .await
+    .expect("browser");
+    let avatar_width = common::browser::png_size(&avatar("browser.png")).0;
+    assert_eq!(widths, serde_json::json!([avatar_width, meridian_test_origin::WEBP_SIDE]), "both images decoded");
+
+    // The avatar fell through once and is now in the bucket.
+    assert_eq!(edge.origin.count_path("/avatar/browser.png"), 1);
+    assert_eq!(stored(&edge, "avatar/browser.png").await.map(|b| b == avatar("browser.png")), Some(true));
+
+    // The sticker: the origin saw Chromium's image Accept, answered WebP, and the edge stored
+    // that variant; the same Accept now gets those bytes from the bucket, not the origin.
+    let asked = edge.origin.received();
+    let sticker =
+        asked.iter().find(|r| r.path_and_query.starts_with("/sticker/")).expect("the sticker reached the origin");
+    let accept = sticker.headers["accept"].to_str().expect("text").to_string();
+    assert!(accept.contains("image/webp") && accept.contains("image/avif"), "Chromium's image Accept: {accept}");
+    variants_stored_at(&edge, "sticker/aoi/wave.png;vary=", 1).await;
+    let listed = s3.list_objects_v2().bucket(BUCKET).prefix("sticker/aoi/wave.png;vary=").send().await.expect("list");
+    let variant = listed.contents()[0].key().expect("key").to_string();
+    let head = s3.head_object().bucket(BUCKET).key(&variant).send().await.expect("head variant");
+    assert_eq!(head.content_type(), Some("image/webp"));
+    let url = format!("{}/sticker/aoi/wave.png?source=stickers/aoi/wave.png&formats=image/webp,image/png", edge.web);
+    let req = Request::get(url).header("accept", &accept).body(Full::default()).expect("request");
+    let (parts, body) = client().request(req).await.expect("edge answers").into_parts();
+    assert_eq!(parts.headers["content-type"], "image/webp");
+    assert!(parts.headers.contains_key("etag"), "served from the bucket");
+    assert!(
+        body.collect().await.expect("body").to_bytes()
+            == meridian_test_origin::sticker_bytes("stickers/aoi/wave.png", "image/webp")
+    );
+    assert_eq!(edge.origin.count_path("/sticker/aoi/wave.png"), 1, "one origin request for the sticker");
+}
+
+/// Node `i`'s configuration for [`heavy_a_session_is_held_for_its_write_revision_in_every_region`]:
+/// site `app` whose origin is this region's test origin; the other regions through their edges.
+fn region_config(i: usize, web_ports: &[u16], origins: &[TestOrigin]) -> String {
+    use common::wan_cluster::REGIONS;
+    let mut text = format!(
+        "web_listen = \"127.0.0.1:{}\"\n[[site]]\nname = \"app\"\nbucket = \"app\"\n\
+         [[origin]]\nsite = \"app\"\nrevision_wait_ms = 3000\n",
+        web_ports[i]
+    );
+    for (j, region) in REGIONS.iter().enumerate() {
+        text.push_str(&format!("[[origin.region]]\nname = \"{region}\"\n"));
+        if i == j {
+            text.push_str(&format!(
+                "instances = [{{ id = \"{}\", url = \"{}\" }}]\n",
+                origins[j].instance(),
+                origins[j].url()
+            ));
+        } else {
+            text.push_str(&format!("edge = \"http://127.0.0.1:{}\"\n", web_ports[j]));
+        }
+    }
+    text
+}
+
+/// Read your own writes by revision, on three regions behind the WAN proxy: the origin in
+/// region a answers a write with its revision, the edge turns it into the session cookie, and
+/// region b's edge holds the session's read until its view has that revision (then region b's
+/// local view has the object); a revision region b cannot reach within the site's wait sends
+/// the read to region a's edge.
+#[tokio::test(flavor = "multi_thread")]
+async fn heavy_a_session_is_held_for_its_write_revision_in_every_region() {
+    use common::raw;
+    use common::wan_cluster::{REGIONS, WanCluster};
+    let mut origins = Vec::new();
+    for (i, region) in REGIONS.iter().enumerate() {
+        let config = OriginConfig { instance: format!("app-{i}"), region: region.to_string() };
+        origins.push(TestOrigin::start(config).await.expect("origin starts"));
+    }
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let web_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let configs: Vec<String> = (0..3)
+        .map(|i| {
+            let path = dir.path().join(format!("region-{i}.toml"));
+            std::fs::write(&path, region_config(i, &web_ports, &origins)).expect("write config");
+            path.display().to_string()
+        })
+        .collect();
+    let link = meridian_wan::LinkConfig::one_way(Duration::from_millis(20));
+    let cluster = WanCluster::start_each(link, |i| vec!["--config".into(), configs[i].clone()]).await;
+    cluster.client(0).create_bucket().bucket("app").send().await.expect("create bucket");
+    // The etcd leader's messages now reach the other members late: they apply writes late.
+    let leader = cluster.etcd.wait_for_leader(Duration::from_secs(10));
+    cluster.etcd_links[leader].set_config(meridian_wan::LinkConfig::one_way(Duration::from_millis(300)));
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let web = |i: usize| format!("127.0.0.1:{}", web_ports[i]);
+
+    // The origin of region a writes through Meridian and answers with the write's revision.
+    let written = raw::signed(&a.addr, "PUT", "/app/profile/aoi.json", &[], b"{\"name\":\"aoi\"}");
+    assert_eq!(written.status, 200, "{}", written.text());
+    let revision: u64 = written.header("x-meridian-revision").expect("revision").parse().expect("number");
+    let saved = raw::send(&web(0), "POST", &format!("/profile/aoi?revision={revision}"), &[], b"name=aoi");
+    assert_eq!((saved.status, saved.header("x-origin-region")), (200, Some("region-a")));
+    assert!(saved.header("x-meridian-revision").is_none(), "the revision is the edge's, not the client's");
+    let cookie = saved.header("set-cookie").expect("the session cookie").to_string();
+    assert_eq!(
+        cookie,
+        format!("meridian-edge-revision={revision}:region-a; Max-Age=300; Path=/; HttpOnly; SameSite=Lax")
+    );
+    let session = cookie.split(';').next().expect("name=value").to_string();
+
+    // Right after, region b's edge holds the session's read until its view has the write.
+    let read = raw::send(&web(1), "GET", "/api/me", &[("cookie", session.clone())], &[]);
+    assert_eq!((read.status, read.header("x-origin-region")), (200, Some("region-b")));
+    let hold = read.header("x-meridian-revision-hold").expect("the read was held");
+    assert!(hold.starts_with("reached;waited_ms="), "{hold}");
+    let local =
+        raw::signed(&b.addr, "GET", "/app/profile/aoi.json", &[("x-meridian-consistency", "local".into())], &[]);
+    assert_eq!((local.status, local.text().as_str()), (200, "{\"name\":\"aoi\"}"), "region b's local view has it");
+
+    // A revision region b's view does not reach within the wait: region a's edge answers.
+    let far = format!("meridian-edge-revision={}:region-a", revision + 1_000_000_000);
+    let started = Instant::now();
+    let read = raw::send(&web(1), "GET", "/api/me", &[("cookie", far)], &[]);
+    assert_eq!((read.status, read.header("x-origin-region")), (200, Some("region-a")));
+    let hold = read.header("x-meridian-revision-hold").expect("held");
+    assert!(hold.starts_with("replayed;region=region-a;waited_ms="), "{hold}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "held for the site's wait first: {hold}, {:?}",
+        started.elapsed()
+    );
+    // Behind its own region's write, there is nowhere to go: served here after the wait.
+    let own = format!("meridian-edge-revision={}:region-b", revision + 1_000_000_000);
+    let read = raw::send(&web(1), "GET", "/api/me", &[("cookie", own)], &[]);
+    assert_eq!(read.header("x-origin-region"), Some("region-b"));
+    assert!(read.header("x-meridian-revision-hold").is_some_and(|h| h.starts_with("behind;")));
+    // Without the cookie nothing is held.
+    let read = raw::send(&web(1), "GET", "/api/me", &[], &[]);
+    assert_eq!((read.status, read.header("x-meridian-revision-hold")), (200, None));
 }

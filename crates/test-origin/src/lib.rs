@@ -5,7 +5,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `/avatar/<name>.png` | a deterministic PNG for `<name>`, `x-meridian-store: ttl=1h` |
-//! | `/sticker/<path>` | the image in the best of `image/avif`, `image/webp`, `image/png` the `Accept` header allows, `Vary: Accept`, `x-meridian-derived-from: <source>` (query `source`, else `<path>`), `x-meridian-store: ttl=1h` |
+//! | `/sticker/<path>` | the image in the best of `image/avif`, `image/webp`, `image/png` (or of those the query's `formats` lists) the `Accept` header allows, `Vary: Accept`, `x-meridian-derived-from: <source>` (query `source`, else `<path>`), `x-meridian-store: ttl=1h` |
 //! | anything else | JSON echo: instance, region, method, path, headers, body length and SHA-256 |
 //!
 //! Query parameters (any path): `replay=<fly-replay value>` answers `409` with that
@@ -15,10 +15,14 @@
 //! `replay_cache_ttl` add `fly-replay-cache` / `fly-replay-cache-ttl-secs` to that answer;
 //! `sleep_ms=N` waits first; `status=N` answers that status (with the echo);
 //! `bytes=N` answers N bytes of [`pattern`] (`chunk_ms=M` waits M ms between 64 KiB chunks);
-//! `store=<value>` sets `x-meridian-store`. Every answer carries `x-origin-instance` and
+//! `store=<value>` sets `x-meridian-store`; `revision=<R>` sets `x-meridian-revision` (the
+//! revision of a write the test made through Meridian, as an origin writing there would). Every answer carries `x-origin-instance` and
 //! `x-origin-region`.
 
 mod png;
+mod webp;
+
+pub use webp::SIDE as WEBP_SIDE;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -202,6 +206,9 @@ async fn handle(state: Arc<State>, req: Request<RequestBody>) -> Response<Respon
     if let Some(store) = query.get("store") {
         headers.insert("x-meridian-store", value(store));
     }
+    if let Some(revision) = query.get("revision") {
+        headers.insert("x-meridian-revision", value(revision));
+    }
     resp
 }
 
@@ -238,7 +245,7 @@ fn answer(
         return image_response("image/png", png::avatar(name));
     }
     if let Some(source) = path.strip_prefix("/sticker/") {
-        return sticker(parts, query.get("source").map_or(source, String::as_str));
+        return sticker(parts, query, query.get("source").map_or(source, String::as_str));
     }
     json(StatusCode::OK, &echo)
 }
@@ -346,23 +353,37 @@ const STICKER_FORMATS: [&str; 3] = ["image/avif", "image/webp", "image/png"];
 
 /// The best format the `Accept` header allows (PNG when it names none of them).
 pub fn negotiate(accept: Option<&str>) -> &'static str {
-    let accept = accept.unwrap_or("");
-    STICKER_FORMATS.into_iter().find(|format| accept.contains(format)).unwrap_or("image/png")
+    negotiate_among(accept, &STICKER_FORMATS)
 }
 
-/// The deterministic bytes of `source` converted to `format` (what `/sticker/` answers).
+/// The best of `offered` (best first) the `Accept` header allows; PNG when it names none.
+pub fn negotiate_among(accept: Option<&str>, offered: &[&str]) -> &'static str {
+    let accept = accept.unwrap_or("");
+    STICKER_FORMATS
+        .into_iter()
+        .filter(|format| offered.contains(format))
+        .find(|format| accept.contains(format))
+        .unwrap_or("image/png")
+}
+
+/// The deterministic bytes of `source` converted to `format` (what `/sticker/` answers): the
+/// PNG, a real WebP of one colour ([`WEBP_SIDE`] wide), or, for AVIF, the PNG behind an AVIF
+/// signature (not decodable: only its type and bytes are compared).
 pub fn sticker_bytes(source: &str, format: &str) -> Vec<u8> {
     let png = png::avatar(source);
     match format {
         "image/avif" => [b"\0\0\0\x1cftypavif".as_slice(), &png].concat(),
-        "image/webp" => [b"RIFF\0\0\0\0WEBPVP8L".as_slice(), &png].concat(),
+        "image/webp" => webp::solid(source),
         _ => png,
     }
 }
 
-fn sticker(parts: &http::request::Parts, source: &str) -> Response<ResponseBody> {
+fn sticker(parts: &http::request::Parts, query: &HashMap<String, String>, source: &str) -> Response<ResponseBody> {
     let accept = parts.headers.get(header::ACCEPT).and_then(|a| a.to_str().ok());
-    let format = negotiate(accept);
+    let format = match query.get("formats") {
+        Some(offered) => negotiate_among(accept, &offered.split(',').collect::<Vec<_>>()),
+        None => negotiate(accept),
+    };
     let mut resp = image_response(format, sticker_bytes(source, format));
     resp.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept"));
     resp.headers_mut().insert("x-meridian-derived-from", value(source));

@@ -5,6 +5,7 @@
 //! ([`writeback`]); concurrent misses on one key send one origin request ([`flight`]).
 
 pub mod flight;
+pub mod revision;
 pub mod vary;
 pub mod writeback;
 
@@ -34,11 +35,15 @@ pub struct SiteOrigin {
     /// there, for this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_seconds: Option<u64>,
+    /// How long a session's read waits for this node's view to reach the revision of its last
+    /// write ([`revision`]) before going to the writer's region; 2000 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_wait_ms: Option<u64>,
 }
 
 /// The origin proxies of the sites that have one, and the flights of their misses.
 pub struct Origins {
-    by_site: HashMap<String, OriginProxy>,
+    by_site: HashMap<String, (OriginProxy, std::time::Duration)>,
     flights: Flights,
 }
 
@@ -58,7 +63,11 @@ impl Origins {
             }
             let mut config = ProxyConfig::new(topology, peer_token.unwrap_or_default().to_string());
             config.pin = origin.pin_seconds.map(std::time::Duration::from_secs);
-            if by_site.insert(origin.site.clone(), OriginProxy::new(config, &tls)).is_some() {
+            let wait = origin.revision_wait_ms.map_or(revision::DEFAULT_WAIT, std::time::Duration::from_millis);
+            if wait > revision::MAX_WAIT {
+                return Err(invalid(format!("revision_wait_ms is at most {}", revision::MAX_WAIT.as_millis())));
+            }
+            if by_site.insert(origin.site.clone(), (OriginProxy::new(config, &tls), wait)).is_some() {
                 return Err(invalid("the site has two origins".into()));
             }
         }
@@ -67,7 +76,12 @@ impl Origins {
 
     /// The origin of `site`, if it has one.
     pub fn proxy(&self, site: Option<&str>) -> Option<&OriginProxy> {
-        self.by_site.get(site?)
+        self.by_site.get(site?).map(|(proxy, _)| proxy)
+    }
+
+    /// How long a read of `site` is held for its session's last write ([`revision`]).
+    pub fn revision_wait(&self, site: Option<&str>) -> std::time::Duration {
+        site.and_then(|s| self.by_site.get(s)).map_or(revision::DEFAULT_WAIT, |(_, wait)| *wait)
     }
 }
 
@@ -170,4 +184,30 @@ pub fn stored_key(target: &Target) -> Option<String> {
 /// This request's part in the flight of `target`'s key.
 pub fn join_flight(origins: &Origins, target: &Target) -> Option<Flight> {
     stored_key(target).map(|key| origins.flights.join(format!("{}/{key}", target.bucket)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_edge_origin::Instance;
+
+    fn origin(revision_wait_ms: Option<u64>) -> SiteOrigin {
+        let instance = Instance { id: "app-1".into(), url: "http://127.0.0.1:3000".into() };
+        SiteOrigin {
+            site: "app".into(),
+            regions: vec![Region { name: "ams".into(), edge: None, instances: vec![instance] }],
+            pin_seconds: None,
+            revision_wait_ms,
+        }
+    }
+
+    #[test]
+    fn the_revision_wait_defaults_to_two_seconds_and_is_bounded() {
+        let origins = Origins::new(&[origin(None)], "ams", None).expect("valid");
+        assert_eq!(origins.revision_wait(Some("app")), revision::DEFAULT_WAIT);
+        let origins = Origins::new(&[origin(Some(250))], "ams", None).expect("valid");
+        assert_eq!(origins.revision_wait(Some("app")), std::time::Duration::from_millis(250));
+        let refused = Origins::new(&[origin(Some(30_001))], "ams", None).err().map(|e| e.to_string());
+        assert!(refused.is_some_and(|e| e.contains("revision_wait_ms is at most 30000")));
+    }
 }

@@ -73,6 +73,12 @@ impl WanCluster {
     /// Starts the cluster with `link` on every cross-region link and `node_args` added to every
     /// node's flags.
     pub async fn start(link: LinkConfig, node_args: &[&str]) -> WanCluster {
+        let args: Vec<String> = node_args.iter().map(|a| a.to_string()).collect();
+        WanCluster::start_each(link, |_| args.clone()).await
+    }
+
+    /// Like [`WanCluster::start`], with each node's own flags (`node_args(i)` for region `i`).
+    pub async fn start_each(link: LinkConfig, node_args: impl Fn(usize) -> Vec<String>) -> WanCluster {
         // etcd peers reach each other through proxies.
         let mut builder = EtcdCluster::builder(3).arg("--max-txn-ops=32768").arg("--max-request-bytes=16777216");
         let mut etcd_links = Vec::new();
@@ -98,7 +104,9 @@ impl WanCluster {
                     endpoints.push(format!("http://{}", l.local_addr()));
                 }
             }
-            let (node, node_link) = start_node(tmp.path(), region, &endpoints, link, node_args).await;
+            let args = node_args(i);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (node, node_link) = start_node(tmp.path(), region, &endpoints, link, &args).await;
             nodes.push(node);
             node_links.push(node_link);
         }
