@@ -11,7 +11,7 @@ use futures::{Stream, TryStreamExt};
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use meridian_engine::conditions::{ETagMatch, ReadConditions};
 use meridian_engine::record::ObjectRecord;
-use meridian_engine::{BodyError, ByteRange, Engine, EngineError, ErrorKind, GetOutcome, GetRequest};
+use meridian_engine::{BodyError, ByteRange, Consistency, Engine, EngineError, ErrorKind, GetOutcome, GetRequest};
 use meridian_http::ResponseBody;
 
 use crate::range::{self, Multipart};
@@ -147,7 +147,15 @@ async fn read(engine: &Engine, bucket: &str, key: &str, reply: &Reply<'_>) -> Re
     let headers = reply.ask.headers;
     let conditions = if honour_request { read_conditions(headers) } else { ReadConditions::default() };
     let ranges = honour_request.then(|| header_str(headers, header::RANGE).and_then(range::parse)).flatten();
-    let base = GetRequest { bucket: bucket.to_string(), key: key.to_string(), conditions, ..Default::default() };
+    // The local view: an edge answers from its own region's metadata replica (never behind this
+    // node's own writes; a miss is confirmed strongly by the engine before it falls through).
+    let base = GetRequest {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        conditions,
+        consistency: Consistency::Local,
+        ..Default::default()
+    };
     match ranges {
         Some(ranges) if ranges.len() > 1 || headers.contains_key(header::IF_RANGE) => {
             read_pinned(engine, base, &ranges, reply).await

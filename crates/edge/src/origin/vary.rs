@@ -7,7 +7,7 @@
 //! every region (the check reads the source's record, which every region knows).
 
 use http::HeaderMap;
-use meridian_engine::{Engine, GetRequest};
+use meridian_engine::{Consistency, Engine, GetRequest};
 use sha2::{Digest, Sha256};
 
 /// The response header tying an answer to its source object (a key in the site's bucket).
@@ -79,7 +79,12 @@ pub fn variant_key(key: &str, names: &[String], request: &HeaderMap) -> String {
 
 /// The header names stored in `key`'s marker, if it has one.
 pub async fn stored_names(engine: &Engine, bucket: &str, key: &str) -> Option<Vec<String>> {
-    let req = GetRequest { bucket: bucket.to_string(), key: marker_key(key), ..Default::default() };
+    let req = GetRequest {
+        bucket: bucket.to_string(),
+        key: marker_key(key),
+        consistency: Consistency::Local,
+        ..Default::default()
+    };
     let outcome = engine.get_object(req).await.ok()?;
     let bytes = collect(outcome.body).await?;
     let text = String::from_utf8(bytes).ok()?;
@@ -90,7 +95,12 @@ pub async fn stored_names(engine: &Engine, bucket: &str, key: &str) -> Option<Ve
 /// the one it was derived from.
 pub async fn is_current(engine: &Engine, bucket: &str, variant: &str) -> bool {
     let head = |key: &str| {
-        engine.head_object(GetRequest { bucket: bucket.to_string(), key: key.to_string(), ..Default::default() })
+        engine.head_object(GetRequest {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            consistency: Consistency::Local,
+            ..Default::default()
+        })
     };
     let Ok(found) = head(variant).await else { return false };
     let meta = &found.record.headers.user_metadata;
@@ -103,7 +113,12 @@ pub async fn is_current(engine: &Engine, bucket: &str, variant: &str) -> bool {
 
 /// The source's current ETag, for a variant about to be stored.
 pub async fn source_etag(engine: &Engine, bucket: &str, source: &str) -> Option<String> {
-    let req = GetRequest { bucket: bucket.to_string(), key: source.to_string(), ..Default::default() };
+    let req = GetRequest {
+        bucket: bucket.to_string(),
+        key: source.to_string(),
+        consistency: Consistency::Local,
+        ..Default::default()
+    };
     engine.head_object(req).await.ok().map(|o| o.record.etag)
 }
 
