@@ -209,6 +209,12 @@ async fn heavy_pinned_bucket_takes_writes_in_its_region_only() {
     a.create_bucket().bucket("ledger").create_bucket_configuration(pinned_to("region-b")).send().await.unwrap();
     let where_ = c.get_bucket_location().bucket("ledger").send().await.unwrap();
     assert_eq!(where_.location_constraint().map(|l| l.as_str()), Some("region-b"));
+    // ListBuckets and HeadBucket name the bucket's region, not the answering node's.
+    let listed = c.list_buckets().send().await.unwrap();
+    let ledger = listed.buckets().iter().find(|b| b.name() == Some("ledger")).expect("ledger listed");
+    assert_eq!(ledger.bucket_region(), Some("region-b"));
+    let head = common::raw::signed(&cluster.nodes[2].addr, "HEAD", "/ledger", &[], b"");
+    assert_eq!((head.status, head.header("x-amz-bucket-region")), (200, Some("region-b")));
     // A region nobody runs is refused, and so is a malformed location type.
     for bad in ["pinned:region-z", "multi:region-a", "pinned:"] {
         let err = a.create_bucket().bucket("nowhere").create_bucket_configuration(pinned_to(bad)).send().await;

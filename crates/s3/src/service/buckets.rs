@@ -25,7 +25,7 @@ pub(super) async fn list_buckets(
         .map(|(name, record)| Bucket {
             name: Some(name),
             creation_date: Some(timestamp(record.created_ms)),
-            bucket_region: Some(s3.region.clone()),
+            bucket_region: Some(client_region(s3, &record.location)),
         })
         .collect();
     let name = context.key_name()?.to_string();
@@ -54,8 +54,9 @@ pub(super) async fn head_bucket(
     s3: &MeridianS3,
     req: S3Request<HeadBucketInput>,
 ) -> S3Result<S3Response<HeadBucketOutput>> {
-    let (_, revision) = s3.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
-    let output = HeadBucketOutput { bucket_region: Some(s3.region.clone()), ..Default::default() };
+    let (record, revision) = s3.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
+    let output =
+        HeadBucketOutput { bucket_region: Some(client_region(s3, &record.location)), ..Default::default() };
     Ok(with_revision(output, revision))
 }
 
@@ -67,12 +68,25 @@ pub(super) async fn get_bucket_location(
     // A pinned bucket lives in its region; a multi-region bucket reports its type; a global
     // one the region of the node asked. us-east-1 is an empty constraint, as S3 does.
     let region = match record.location {
-        Location::Global => s3.region.clone(),
-        Location::Pinned { region } => region,
         multi @ Location::MultiRegion { .. } => multi.to_string(),
+        single => client_region(s3, &single),
     };
     let constraint = (region != "us-east-1").then(|| BucketLocationConstraint::from(region));
     Ok(S3Response::new(GetBucketLocationOutput { location_constraint: constraint }))
+}
+
+/// The region a client should address for a bucket (`x-amz-bucket-region` of ListBuckets and
+/// HeadBucket): a pinned bucket's region; a multi-region bucket's, this node's region when it is
+/// one of them, else the first; a global bucket's, this node's.
+fn client_region(s3: &MeridianS3, location: &Location) -> String {
+    match location {
+        Location::Global => s3.region.clone(),
+        Location::Pinned { region } => region.clone(),
+        Location::MultiRegion { regions } => match regions.iter().find(|r| **r == s3.region) {
+            Some(here) => here.clone(),
+            None => regions.first().cloned().unwrap_or_else(|| s3.region.clone()),
+        },
+    }
 }
 
 pub(super) async fn delete_bucket(
