@@ -119,6 +119,24 @@ async fn heavy_writes_are_readable_everywhere_at_once_and_overwrites_and_deletes
         let err = client.get_object().bucket("global").key("obj-2097152").send().await.unwrap_err();
         assert_eq!(error_code(&err), "NoSuchKey", "the delete reached every region");
     }
+
+    // A write without any cookie issues the session cookie (read-your-writes for browsers, no
+    // custom headers): it names the write's revision, and a read carrying it in any region
+    // reflects the write.
+    let note = pattern(3000, 9);
+    let put = common::raw::signed(&cluster.nodes[2].addr, "PUT", "/global/session-note", &[], &note);
+    assert_eq!(put.status, 200, "{}", String::from_utf8_lossy(&put.body));
+    let revision = put.header("x-meridian-revision").expect("a write names its revision").to_string();
+    let cookie = put.header("set-cookie").expect("a write sets the session cookie");
+    assert!(cookie.starts_with(&format!("meridian-min-revision={revision};")), "{cookie}");
+    let cookie = cookie.split(';').next().unwrap_or_default().to_string();
+    for node in &cluster.nodes[..2] {
+        let got = common::raw::signed(&node.addr, "GET", "/global/session-note", &[("cookie", cookie.clone())], b"");
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+        let seen: u64 = got.header("x-meridian-revision").unwrap().parse().unwrap();
+        assert!(seen >= revision.parse::<u64>().unwrap(), "the cookie's read reflects the write");
+        assert_eq!(got.body, note);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

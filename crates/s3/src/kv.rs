@@ -196,12 +196,9 @@ fn session_revision(headers: &HeaderMap) -> Option<u64> {
     meridian_common::cookie::cookie_value(values, MIN_REVISION_COOKIE).and_then(|value| value.trim().parse().ok())
 }
 
-/// After a write in a browser session (the request carried the cookie): moves the cookie to
-/// this write's revision, so the session's next reads in any region see it.
-pub fn session_cookie(request: &HeaderMap, revision: u64, response: &mut HeaderMap) {
-    if session_revision(request).is_none() {
-        return;
-    }
+/// The session cookie of a write: the write's revision, which later reads carrying it wait for
+/// (read-your-writes across regions). Clients that keep no cookies ignore it.
+pub fn session_cookie(revision: u64, response: &mut HeaderMap) {
     let cookie = format!("{MIN_REVISION_COOKIE}={revision}; Path=/; Max-Age=300; SameSite=Lax");
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.insert(http::header::SET_COOKIE, v);

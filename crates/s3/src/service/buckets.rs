@@ -55,8 +55,7 @@ pub(super) async fn head_bucket(
     req: S3Request<HeadBucketInput>,
 ) -> S3Result<S3Response<HeadBucketOutput>> {
     let (record, revision) = s3.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
-    let output =
-        HeadBucketOutput { bucket_region: Some(client_region(s3, &record.location)), ..Default::default() };
+    let output = HeadBucketOutput { bucket_region: Some(client_region(s3, &record.location)), ..Default::default() };
     Ok(with_revision(output, revision))
 }
 

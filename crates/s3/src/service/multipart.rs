@@ -10,7 +10,7 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 use super::MeridianS3;
 use super::shared::{
     ChecksumAlgorithm_from, ChecksumHeaders, check_source, integrity, not_implemented, read_conditions,
-    refuse_unsupported, request_body, source_of, with_revision,
+    refuse_unsupported, request_body, source_of, written,
 };
 use crate::context::RequestContext;
 use crate::convert::{ChecksumFields, HeaderInput, checksum_algorithm, etag, etag_match, s3_error, timestamp};
@@ -184,7 +184,7 @@ pub(super) async fn complete_multipart_upload(
         checksum_type: sums.kind,
         ..Default::default()
     };
-    Ok(with_revision(output, revision))
+    Ok(written(output, revision))
 }
 
 pub(super) async fn abort_multipart_upload(

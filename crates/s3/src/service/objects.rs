@@ -9,14 +9,14 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 use super::MeridianS3;
 use super::shared::{
     ChecksumHeaders, check_source, integrity, not_implemented, read_conditions, refuse_unsupported, request_body,
-    source_of, with_revision,
+    source_of, with_revision, written,
 };
 use crate::context::RequestContext;
 use crate::convert::{
     ChecksumFields, HeaderInput, ResponseBody, checksum_algorithm, etag, etag_match, metadata, parse_expires, s3_error,
     timestamp,
 };
-use crate::kv::{KvWrite, expiry_headers, read_consistency, session_cookie};
+use crate::kv::{KvWrite, expiry_headers, read_consistency};
 
 pub(super) async fn put_object(
     s3: &MeridianS3,
@@ -86,9 +86,7 @@ pub(super) async fn put_object(
         checksum_type: sums.kind,
         ..Default::default()
     };
-    let mut resp = with_revision(output, outcome.revision);
-    session_cookie(&req.headers, outcome.revision, &mut resp.headers);
-    Ok(resp)
+    Ok(written(output, outcome.revision))
 }
 
 pub(super) async fn get_object(
@@ -237,9 +235,7 @@ pub(super) async fn delete_object(
     }
     let conditions = kv.conditions(WriteConditions { if_match: etag_match(input.if_match), ..Default::default() });
     let out = s3.engine.delete_object(&input.bucket, &input.key, &conditions).await.map_err(s3_error)?;
-    let mut resp = with_revision(DeleteObjectOutput::default(), out.revision);
-    session_cookie(&req.headers, out.revision, &mut resp.headers);
-    Ok(resp)
+    Ok(written(DeleteObjectOutput::default(), out.revision))
 }
 
 pub(super) async fn delete_objects(
@@ -278,7 +274,7 @@ pub(super) async fn delete_objects(
         }
     }
     let output = DeleteObjectsOutput { deleted: Some(deleted), errors: Some(errors), ..Default::default() };
-    Ok(with_revision(output, revision))
+    Ok(written(output, revision))
 }
 
 pub(super) async fn copy_object(
@@ -348,7 +344,7 @@ pub(super) async fn copy_object(
         checksum_type: sums.kind,
     };
     let output = CopyObjectOutput { copy_object_result: Some(result), ..Default::default() };
-    Ok(with_revision(output, out.revision))
+    Ok(written(output, out.revision))
 }
 
 /// Where the bytes of a GET came from: `x-meridian-served-from: REGION` and

@@ -39,6 +39,14 @@ pub(super) fn with_revision<T>(output: T, revision: Revision) -> S3Response<T> {
     resp
 }
 
+/// The answer to a write: its revision, and the session cookie moved to it, so a browser's next
+/// reads in any region reflect the write without custom headers (LiteFS's `__txid` idea).
+pub(super) fn written<T>(output: T, revision: Revision) -> S3Response<T> {
+    let mut resp = with_revision(output, revision);
+    crate::kv::session_cookie(revision, &mut resp.headers);
+    resp
+}
+
 pub(super) fn not_implemented(what: &str) -> S3Error {
     S3Error::with_message(S3ErrorCode::NotImplemented, format!("{what} is not implemented by Meridian"))
 }
