@@ -80,6 +80,7 @@ impl Engine {
         validate_key(key)?;
         headers.validate()?;
         let (bucket_record, bucket_revision) = self.writable_bucket(bucket).await?;
+        self.check_residency(bucket, &bucket_record)?;
         let initiated_ms = now_ms();
         let upload = UploadRecord {
             key: key.to_string(),
@@ -241,6 +242,7 @@ impl Engine {
     ) -> EngineResult<(ObjectRecord, Revision)> {
         let (upload, upload_revision) = self.upload(bucket, key, upload_id).await?;
         let (bucket_record, _) = self.bucket(bucket).await?;
+        self.check_residency(bucket, &bucket_record)?;
         let stored = self.all_parts(upload_id).await?;
         let chosen = self.choose_parts(&stored, listed)?;
 
