@@ -272,6 +272,11 @@ async fn writes_to_a_bucket_pinned_to_another_region_are_refused_by_the_engine()
     };
     refused(a.copy_object(copy).await.map(drop));
     refused(a.create_multipart_upload("ledger", "mp2", ObjectHeaders::default(), None, false).await.map(drop));
+    let part =
+        a.upload_part("ledger", "mp", &upload.upload_id, 2, body_from_bytes(vec![4u8; 50]), Integrity::default());
+    refused(part.await.map(drop));
+    let part_copy = a.upload_part_copy("ledger", "mp", &upload.upload_id, 2, "ledger", "src", None, Default::default());
+    refused(part_copy.await.map(drop));
     let no_conditions = WriteConditions::default();
     refused(a.complete_multipart_upload("ledger", "mp", &upload.upload_id, &listed, &no_conditions).await.map(drop));
     // Nothing was committed, and region a's disk holds no bytes of the bucket.
