@@ -117,6 +117,20 @@ impl Engine {
         writable(self.bucket(name).await?)
     }
 
+    /// Refuses to store objects of `bucket` on this node when the bucket is pinned to another
+    /// region (data residency): whatever routed the request here, its bytes must not land here.
+    pub(crate) fn check_residency(&self, bucket: &str, record: &BucketRecord) -> EngineResult<()> {
+        let here = &self.config().node.region;
+        match &record.location {
+            Location::Pinned { region } if region != here => Err(EngineError::PinnedElsewhere {
+                bucket: bucket.to_string(),
+                pinned: region.clone(),
+                here: here.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Every bucket, by name.
     pub async fn list_buckets(&self) -> EngineResult<Vec<(String, BucketRecord)>> {
         let resp = self.meta().range(RangeRequest::prefix(keys::BUCKETS_PREFIX)).await?;

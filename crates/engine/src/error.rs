@@ -96,6 +96,10 @@ pub enum EngineError {
     AccessKeyExists(String),
     #[error("access denied: {0}")]
     AccessDenied(String),
+    #[error(
+        "bucket {bucket:?} is pinned to region {pinned}; this node is in region {here} and does not store its objects"
+    )]
+    PinnedElsewhere { bucket: String, pinned: String, here: String },
     #[error("revision {requested} is too old to replay: history starts at revision {oldest}")]
     RevisionCompacted { requested: u64, oldest: u64 },
     #[error("reading the request body failed: {0}")]
@@ -139,7 +143,7 @@ impl EngineError {
             | E::InvalidRequest(_)
             | E::InvalidPartNumber
             | E::Body(_) => K::Invalid,
-            E::AccessDenied(_) => K::Denied,
+            E::AccessDenied(_) | E::PinnedElsewhere { .. } => K::Denied,
             E::NoSuchBucket
             | E::NoSuchKey
             | E::NoSuchUpload

@@ -80,6 +80,7 @@ impl Engine {
         validate_key(key)?;
         headers.validate()?;
         let (bucket_record, bucket_revision) = self.writable_bucket(bucket).await?;
+        self.check_residency(bucket, &bucket_record)?;
         let initiated_ms = now_ms();
         let upload = UploadRecord {
             key: key.to_string(),
@@ -103,7 +104,26 @@ impl Engine {
     }
 
     async fn upload(&self, bucket: &str, key: &str, upload_id: &str) -> EngineResult<(UploadRecord, Revision)> {
-        self.bucket(bucket).await?;
+        self.upload_checked(bucket, key, upload_id, false).await
+    }
+
+    /// An upload that parts are about to be stored for: refused in a bucket pinned to another
+    /// region, so no part's bytes land here.
+    async fn upload_for_part(&self, bucket: &str, key: &str, upload_id: &str) -> EngineResult<UploadRecord> {
+        Ok(self.upload_checked(bucket, key, upload_id, true).await?.0)
+    }
+
+    async fn upload_checked(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        storing_here: bool,
+    ) -> EngineResult<(UploadRecord, Revision)> {
+        let (record, _) = self.bucket(bucket).await?;
+        if storing_here {
+            self.check_residency(bucket, &record)?;
+        }
         let kv = self.meta().get(&keys::upload(bucket, key, upload_id)).await?.ok_or(EngineError::NoSuchUpload)?;
         Ok((record::decode(&kv.value)?, kv.mod_revision))
     }
@@ -119,7 +139,7 @@ impl Engine {
         mut integrity: Integrity,
     ) -> EngineResult<PartRecord> {
         check_part_number(part_number)?;
-        let (upload, _) = self.upload(bucket, key, upload_id).await?;
+        let upload = self.upload_for_part(bucket, key, upload_id).await?;
         if integrity.algorithm.is_none() {
             integrity.algorithm = upload.checksum_algorithm;
         }
@@ -155,7 +175,7 @@ impl Engine {
         source_conditions: ReadConditions,
     ) -> EngineResult<PartRecord> {
         check_part_number(part_number)?;
-        let (upload, _) = self.upload(bucket, key, upload_id).await?;
+        let upload = self.upload_for_part(bucket, key, upload_id).await?;
         let source = self
             .get_object(GetRequest { bucket: src_bucket.into(), key: src_key.into(), range, ..Default::default() })
             .await?;
@@ -241,6 +261,7 @@ impl Engine {
     ) -> EngineResult<(ObjectRecord, Revision)> {
         let (upload, upload_revision) = self.upload(bucket, key, upload_id).await?;
         let (bucket_record, _) = self.bucket(bucket).await?;
+        self.check_residency(bucket, &bucket_record)?;
         let stored = self.all_parts(upload_id).await?;
         let chosen = self.choose_parts(&stored, listed)?;
 

@@ -244,6 +244,7 @@ impl Engine {
             Some(seen) => crate::bucket::writable(seen)?,
             None => self.writable_bucket(&req.bucket).await?,
         };
+        self.check_residency(&req.bucket, &bucket)?;
         let limits = IngestLimits { inline_max: self.config().inline_max, max_size: self.config().max_object_size };
         let ingested = ingest(self.blobs(), req.body, req.integrity, limits).await?;
         let expires_at_ms = earliest(req.expires_at_ms, object_expiry(&bucket.lifecycle, &req.key, now_ms()));
@@ -537,6 +538,7 @@ impl Engine {
             Some(seen) => crate::bucket::writable(seen)?,
             None => self.writable_bucket(&req.dst_bucket).await?,
         };
+        self.check_residency(&req.dst_bucket, &dst_bucket)?;
         let data = self.duplicate_data(&source).await?;
         let record = ObjectRecord {
             size: source.record.size,

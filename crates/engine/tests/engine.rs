@@ -224,3 +224,68 @@ async fn a_put_with_a_bucket_record_read_before_the_bucket_changed_does_not_appl
     f.engine.put_object_in(Some(seen), put("bkt", "k", "v")).await.unwrap();
     assert_eq!(read(&f.engine, "bkt", "k").await, b"v");
 }
+
+/// Two engines over one metadata store, as two nodes of a cluster: one in `region-a`, one in
+/// `region-b`.
+fn two_regions() -> (Engine, Engine, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let meta: Arc<dyn meridian_meta::MetaStore> =
+        Arc::new(EmbeddedStore::open(&dir.path().join("meta.redb"), EmbeddedOptions::default()).unwrap());
+    let engine_in = |region: &str| {
+        let blobs = BlobStore::open(&dir.path().join(region)).unwrap();
+        let node = record::Holder { node: format!("node-{region}"), region: region.into() };
+        let config = EngineConfig { inline_max: 1024, min_part_size: 10, node, ..Default::default() };
+        Engine::builder(Metadata::single(meta.clone()), blobs, config).build()
+    };
+    (engine_in("region-a"), engine_in("region-b"), dir)
+}
+
+#[tokio::test]
+async fn writes_to_a_bucket_pinned_to_another_region_are_refused_by_the_engine() {
+    let (a, b, dir) = two_regions();
+    let pinned = record::Location::Pinned { region: "region-b".into() };
+    b.create_bucket_at("ledger", "me", false, pinned).await.unwrap();
+    b.put_object(put("ledger", "src", vec![1u8; 5000])).await.unwrap();
+    let upload = b.create_multipart_upload("ledger", "mp", ObjectHeaders::default(), None, false).await.unwrap();
+    let part = b
+        .upload_part("ledger", "mp", &upload.upload_id, 1, body_from_bytes(vec![2u8; 50]), Integrity::default())
+        .await
+        .unwrap();
+    let listed = [CompletePart { part_number: 1, etag: part.etag, checksum: None }];
+
+    let refused = |result: EngineResult<()>| match result {
+        Err(EngineError::PinnedElsewhere { bucket, pinned, here }) => {
+            assert_eq!((bucket.as_str(), pinned.as_str(), here.as_str()), ("ledger", "region-b", "region-a"));
+        }
+        other => panic!("expected PinnedElsewhere, got {other:?}"),
+    };
+    refused(a.put_object(put("ledger", "k", vec![3u8; 5000])).await.map(drop));
+    let copy = CopyRequest {
+        src_bucket: "ledger".into(),
+        src_key: "src".into(),
+        dst_bucket: "ledger".into(),
+        dst_key: "copy".into(),
+        source_conditions: Default::default(),
+        replace_headers: None,
+        conditions: WriteConditions::default(),
+        dst_bucket_seen: None,
+    };
+    refused(a.copy_object(copy).await.map(drop));
+    refused(a.create_multipart_upload("ledger", "mp2", ObjectHeaders::default(), None, false).await.map(drop));
+    let part =
+        a.upload_part("ledger", "mp", &upload.upload_id, 2, body_from_bytes(vec![4u8; 50]), Integrity::default());
+    refused(part.await.map(drop));
+    let part_copy = a.upload_part_copy("ledger", "mp", &upload.upload_id, 2, "ledger", "src", None, Default::default());
+    refused(part_copy.await.map(drop));
+    let no_conditions = WriteConditions::default();
+    refused(a.complete_multipart_upload("ledger", "mp", &upload.upload_id, &listed, &no_conditions).await.map(drop));
+    // Nothing was committed, and region a's disk holds no bytes of the bucket.
+    for key in ["k", "copy", "mp"] {
+        let missing = a.head_object(GetRequest { bucket: "ledger".into(), key: key.into(), ..Default::default() });
+        assert!(matches!(missing.await, Err(EngineError::NoSuchKey)), "{key}");
+    }
+    assert_eq!(blob_files(&dir.path().join("region-a")), 0);
+    // In its own region the bucket takes writes as usual, the refused completion included.
+    b.put_object(put("ledger", "k", vec![3u8; 5000])).await.unwrap();
+    b.complete_multipart_upload("ledger", "mp", &upload.upload_id, &listed, &no_conditions).await.unwrap();
+}

@@ -453,9 +453,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let edge = meridian_edge::Edge::start(engine.clone(), edge_options).await.context("invalid web edge settings")?;
 
     collect_orphans_in_background(engine.clone(), started);
-    let forwarder = peer_endpoint
-        .as_ref()
-        .map(|_| meridian_s3::forward::Forwarder::new(engine.clone(), settings.domain.clone(), &client_tls));
+    let forwarder = peer_endpoint.as_ref().map(|peer| {
+        meridian_s3::forward::Forwarder::new(engine.clone(), settings.domain.clone(), &client_tls, &peer.token)
+    });
     let node = NodeHandler {
         s3: meridian_s3::S3Handler::new(service, forwarder),
         peer: peer_endpoint,

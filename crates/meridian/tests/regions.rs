@@ -275,6 +275,55 @@ async fn heavy_pinned_bucket_takes_writes_in_its_region_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_client_claiming_to_be_a_node_cannot_store_a_pinned_bucket_outside_its_region() {
+    use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+    let cluster = start_cluster().await;
+    let pinned = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from("region-b"));
+    cluster
+        .client(0)
+        .create_bucket()
+        .bucket("resident")
+        .create_bucket_configuration(pinned.build())
+        .send()
+        .await
+        .unwrap();
+    let region_a = &cluster.nodes[0].addr;
+
+    // The forwarding header alone is ignored: the write still goes to region b, header intact.
+    let data = pattern(150_000, 3);
+    let claimed = [("x-meridian-forwarded-by", "node-b".to_string())];
+    let put = common::raw::signed(region_a, "PUT", "/resident/doc", &claimed, &data);
+    assert_eq!(put.status, 200, "{}", String::from_utf8_lossy(&put.body));
+    assert_eq!(put.header("x-meridian-forwarded-to"), Some("region-b"));
+    let in_b = raw_get(&cluster.nodes[1], "/resident/doc");
+    assert_eq!(
+        (in_b.header("x-meridian-served-from"), in_b.header("x-meridian-cache")),
+        (Some("region-b"), Some("hit"))
+    );
+    assert_eq!(in_b.body, data);
+    // Region a holds no copy: its read is pulled from b.
+    let in_a = raw_get(&cluster.nodes[0], "/resident/doc");
+    assert_eq!((in_a.status, in_a.header("x-meridian-served-from")), (200, Some("region-b")));
+
+    // A forged proof is refused outright.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let forged = [
+        ("x-meridian-forwarded-by", "node-b".to_string()),
+        ("x-meridian-forward-proof", format!("{now}:{}:node-b", "ab".repeat(32))),
+    ];
+    let put = common::raw::signed(region_a, "PUT", "/resident/doc", &forged, b"forged");
+    assert_eq!(put.status, 403, "{}", String::from_utf8_lossy(&put.body));
+    assert!(String::from_utf8_lossy(&put.body).contains("x-meridian-forward-proof"));
+
+    // With region b cut off, the claimed header still gets no local write.
+    cluster.node_links[1].partition_with(meridian_wan::PartitionMode::Reset);
+    let cut = common::raw::signed(region_a, "PUT", "/resident/doc", &claimed, b"lost?");
+    assert_eq!(cut.status, 503, "{}", String::from_utf8_lossy(&cut.body));
+    cluster.node_links[1].heal();
+    assert_eq!(raw_get(&cluster.nodes[1], "/resident/doc").body, data, "refused writes changed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_revoked_grants_and_deleted_keys_stop_working_at_once_in_every_region() {
     use common::admin::{admin_ok, client, create_key};
     let cluster = start_cluster().await;

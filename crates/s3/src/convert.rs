@@ -64,6 +64,9 @@ pub fn s3_error(err: EngineError) -> S3Error {
         EngineError::BadDigest | EngineError::ChecksumMismatch { .. } => C::BadDigest,
         EngineError::IncompleteBody => C::IncompleteBody,
         EngineError::AccessDenied(_) => C::AccessDenied,
+        EngineError::PinnedElsewhere { .. } => {
+            return custom("PinnedToAnotherRegion", http::StatusCode::FORBIDDEN, message);
+        }
         EngineError::NoSuchAccessKey(_) => C::InvalidAccessKeyId,
         EngineError::NoSuchSite(_) => return custom("NoSuchSite", http::StatusCode::NOT_FOUND, message),
         EngineError::AccessKeyExists(_) => return custom("AccessKeyExists", http::StatusCode::CONFLICT, message),

@@ -1,22 +1,37 @@
 //! Forwarding requests that belong to another region: writes (and strong reads) of a bucket
 //! pinned to a region are sent, unchanged, to a healthy node of that region. The request keeps
 //! its Host header and signature, so the target verifies it exactly as the client sent it.
+//!
+//! A forwarded request is served where it arrives (never forwarded again) only when it carries
+//! a valid proof that a node of the cluster sent it ([`FORWARD_PROOF_HEADER`]): an HMAC-SHA256,
+//! keyed with the cluster token, over the method, path and query, the forwarding node's id and
+//! a timestamp at most [`MAX_PROOF_SKEW_SECS`] away from the receiver's clock. A request with
+//! an invalid proof is refused; a client's `x-meridian-forwarded-by` is ignored (the request
+//! is routed like any other, and forwarded with that header unchanged, so its signature holds).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use hmac::{Hmac, Mac};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use meridian_engine::Engine;
 use meridian_engine::record::Location;
 use meridian_http::{ClientTls, RequestBody};
+use sha2::Sha256;
 
 use meridian_common::bucket_address;
 
 use crate::context::{BucketView, Forwarding};
 
-/// Set on a forwarded request (the forwarding node's id), so it is never forwarded again.
+/// Set on a forwarded request that has none (the forwarding node's id), for the logs; it
+/// proves nothing.
 pub const FORWARDED_HEADER: &str = "x-meridian-forwarded-by";
+/// Set on a forwarded request: `UNIX_SECONDS:HEX_HMAC:NODE_ID`, proving that node of the
+/// cluster sent it, so it is served where it arrives and never forwarded again.
+pub const FORWARD_PROOF_HEADER: &str = "x-meridian-forward-proof";
+/// How far a proof's timestamp may be from the receiver's clock (either way).
+pub const MAX_PROOF_SKEW_SECS: u64 = 300;
 /// Set on the response: the region that served a forwarded request.
 pub const FORWARDED_TO_HEADER: &str = "x-meridian-forwarded-to";
 
@@ -32,6 +47,8 @@ pub enum Route {
     There { region: String, base_url: String },
     /// By a region with no reachable node: this answer.
     Unreachable(Response<s3s::Body>),
+    /// Not at all (a forged or stale forwarding proof): this answer.
+    Refused(Response<s3s::Body>),
 }
 
 impl Route {
@@ -55,14 +72,34 @@ pub struct Forwarder {
     engine: Engine,
     domain: Option<String>,
     client: Client<meridian_http::client::Connector, RequestBody>,
+    /// The cluster token: the key of forwarding proofs.
+    token: String,
 }
 
 impl Forwarder {
-    /// `tls`: whom to trust when the target node's URL is `https://`.
-    pub fn new(engine: Engine, domain: Option<String>, tls: &ClientTls) -> Self {
+    /// `tls`: whom to trust when the target node's URL is `https://`; `token`: the cluster
+    /// token, which proves forwarded requests (an empty one proves nothing).
+    pub fn new(engine: Engine, domain: Option<String>, tls: &ClientTls, token: &str) -> Self {
         let connector = meridian_http::client::connector(tls, Duration::from_secs(5), false);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
-        Forwarder { engine, domain, client }
+        Forwarder { engine, domain, client, token: token.to_string() }
+    }
+
+    /// `None` when `req` carries no forwarding proof; else the forwarding node's id if the
+    /// proof holds, or the refusal to answer if it does not.
+    fn proven_forwarder<B>(&self, req: &Request<B>) -> Option<Result<String, Response<s3s::Body>>> {
+        let proof = req.headers().get(FORWARD_PROOF_HEADER)?;
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let node = proof.to_str().ok().and_then(|p| verify_proof(&self.token, req.method(), path, p, unix_now()));
+        Some(node.ok_or_else(|| {
+            error_response(
+                StatusCode::FORBIDDEN,
+                "AccessDenied",
+                &format!(
+                    "invalid {FORWARD_PROOF_HEADER}: only nodes of this cluster send it, with the same cluster token and clocks within {MAX_PROOF_SKEW_SECS} s of each other"
+                ),
+            )
+        }))
     }
 
     /// The bucket a request addresses, if any.
@@ -74,9 +111,10 @@ impl Forwarder {
     /// Where `req` is served. Deciding may read the bucket's record; a request served here
     /// keeps it, for the access check and the operation.
     pub async fn route<B>(&self, req: &Request<B>) -> Route {
-        if let Some(by) = req.headers().get(FORWARDED_HEADER) {
-            let by = by.to_str().unwrap_or("(not UTF-8)").to_string();
-            return Route::Here { forwarding: Forwarding::ForwardedBy(by), bucket: None };
+        match self.proven_forwarder(req) {
+            Some(Ok(by)) => return Route::Here { forwarding: Forwarding::ForwardedBy(by), bucket: None },
+            Some(Err(refused)) => return Route::Refused(refused),
+            None => {}
         }
         if req.uri().path().starts_with("/_meridian/") || !may_change_or_read_strongly(req) {
             return Route::here();
@@ -103,15 +141,25 @@ impl Forwarder {
     /// Sends the request to `base_url` and streams the answer back.
     pub async fn forward(&self, req: Request<RequestBody>, region: &str, base_url: &str) -> Response<s3s::Body> {
         let (mut parts, body) = req.into_parts();
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let uri = match format!("{}{}", base_url.trim_end_matches('/'), path).parse::<http::Uri>() {
             Ok(uri) => uri,
             Err(_) => return unavailable(&format!("cannot forward to {base_url}: invalid URL")),
         };
         parts.uri = uri;
-        let node =
-            HeaderValue::from_str(&self.engine.config().node.node).unwrap_or(HeaderValue::from_static("unknown"));
-        parts.headers.insert(FORWARDED_HEADER, node);
+        let node = &self.engine.config().node.node;
+        let proof = prove(&self.token, &parts.method, &path, node, unix_now());
+        match (HeaderValue::from_str(node), HeaderValue::from_str(&proof)) {
+            (Ok(node), Ok(proof)) => {
+                parts.headers.entry(FORWARDED_HEADER).or_insert(node);
+                parts.headers.insert(FORWARD_PROOF_HEADER, proof);
+            }
+            _ => {
+                return unavailable(&format!(
+                    "cannot forward to region {region}: this node's id {node:?} is not a valid header value"
+                ));
+            }
+        }
         let sent = tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(Request::from_parts(parts, body))).await;
         let Ok(sent) = sent else {
             return unavailable(&format!(
@@ -134,13 +182,87 @@ impl Forwarder {
     }
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The keyed MAC of a forwarded request; `None` when there is no token to key it with.
+fn proof_mac(token: &str, method: &Method, path: &str, node: &str, unix_secs: u64) -> Option<Hmac<Sha256>> {
+    if token.is_empty() {
+        return None;
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).ok()?;
+    // Header values hold no newline, so the fields cannot run into each other.
+    mac.update(format!("{method}\n{path}\n{node}\n{unix_secs}").as_bytes());
+    Some(mac)
+}
+
+/// The proof a forwarding node sends: `UNIX_SECONDS:HEX_HMAC:NODE_ID`.
+fn prove(token: &str, method: &Method, path: &str, node: &str, unix_secs: u64) -> String {
+    let mac = proof_mac(token, method, path, node, unix_secs).map(|m| hex::encode(m.finalize().into_bytes()));
+    format!("{unix_secs}:{}:{node}", mac.unwrap_or_default())
+}
+
+/// The forwarding node's id if `proof` was made with `token` for this request, within
+/// [`MAX_PROOF_SKEW_SECS`] of `now` (the MAC compared in constant time).
+fn verify_proof(token: &str, method: &Method, path: &str, proof: &str, now: u64) -> Option<String> {
+    let mut fields = proof.splitn(3, ':');
+    let (secs, mac_hex, node) = (fields.next()?, fields.next()?, fields.next()?);
+    let (secs, given) = (secs.parse::<u64>().ok()?, hex::decode(mac_hex).ok()?);
+    if secs.abs_diff(now) > MAX_PROOF_SKEW_SECS {
+        return None;
+    }
+    let mac = proof_mac(token, method, path, node, secs)?;
+    mac.verify_slice(&given).ok().map(|()| node.to_string())
+}
+
 fn unavailable(message: &str) -> Response<s3s::Body> {
+    error_response(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", message)
+}
+
+/// An S3 error document.
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
     let xml = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>ServiceUnavailable</Code><Message>{}</Message></Error>",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{}</Message></Error>",
         message.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
     );
     let mut resp = Response::new(s3s::Body::from(xml));
-    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    *resp.status_mut() = status;
     resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+    const PATH: &str = "/b/k?x=1";
+
+    fn proof() -> String {
+        prove("token", &Method::PUT, PATH, "node:a", NOW)
+    }
+
+    #[test]
+    fn a_proof_holds_for_its_request_only() {
+        assert_eq!(verify_proof("token", &Method::PUT, PATH, &proof(), NOW + 10).as_deref(), Some("node:a"));
+        assert_eq!(verify_proof("other", &Method::PUT, PATH, &proof(), NOW), None);
+        assert_eq!(verify_proof("token", &Method::POST, PATH, &proof(), NOW), None);
+        assert_eq!(verify_proof("token", &Method::PUT, "/b/k?x=2", &proof(), NOW), None);
+        let other_node = proof().replace("node:a", "node:b");
+        assert_eq!(verify_proof("token", &Method::PUT, PATH, &other_node, NOW), None);
+    }
+
+    #[test]
+    fn stale_forged_and_tokenless_proofs_fail() {
+        let skew = MAX_PROOF_SKEW_SECS + 1;
+        assert_eq!(verify_proof("token", &Method::PUT, PATH, &proof(), NOW + skew), None);
+        assert_eq!(verify_proof("token", &Method::PUT, PATH, &proof(), NOW - skew), None);
+        let zeros = format!("{NOW}:{}:node-a", "00".repeat(32));
+        for forged in ["", "node-a", "1800000000:node-a", "1800000000::node-a", "x:00:node-a", &zeros] {
+            assert_eq!(verify_proof("token", &Method::PUT, PATH, forged, NOW), None, "{forged}");
+        }
+        let tokenless = prove("", &Method::PUT, PATH, "node-a", NOW);
+        assert_eq!(verify_proof("", &Method::PUT, PATH, &tokenless, NOW), None);
+    }
 }

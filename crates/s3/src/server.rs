@@ -32,7 +32,7 @@ impl S3Handler {
                     info.notes.set_operation("forward");
                     return fw.forward(req, &region, &base_url).await.map(meridian_http::boxed);
                 }
-                Route::Unreachable(refused) => {
+                Route::Unreachable(refused) | Route::Refused(refused) => {
                     info.notes.set_operation("forward");
                     return refused.map(meridian_http::boxed);
                 }

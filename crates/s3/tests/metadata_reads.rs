@@ -190,7 +190,7 @@ async fn a_copy_within_a_bucket_reads_its_bucket_record_once() {
 async fn a_put_served_after_the_forwarding_decision_reads_its_bucket_record_once() {
     let node = node().await;
     let tls = ClientTls::new(None).unwrap();
-    let forwarder = Forwarder::new(node.engine.clone(), None, &tls);
+    let forwarder = Forwarder::new(node.engine.clone(), None, &tls, "test-token");
     let handler = S3Handler::new(build_service(node.engine.clone(), &S3Options::default()), Some(forwarder));
 
     assert_eq!(put(&handler, &node.credential).await, http::StatusCode::OK);
@@ -203,7 +203,7 @@ async fn the_forwarder_and_s3s_agree_on_a_virtual_host_bucket() {
     let node = node().await;
     let tls = ClientTls::new(None).unwrap();
     let domain = Some("s3.test".to_string());
-    let forwarder = Forwarder::new(node.engine.clone(), domain.clone(), &tls);
+    let forwarder = Forwarder::new(node.engine.clone(), domain.clone(), &tls, "test-token");
     let options = S3Options { domain, ..Default::default() };
     let handler = S3Handler::new(build_service(node.engine.clone(), &options), Some(forwarder));
 
