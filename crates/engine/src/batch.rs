@@ -41,6 +41,10 @@ impl Engine {
             }
         }
         let (record, _) = self.writable_bucket(bucket).await?;
+        if ops.iter().any(|op| matches!(op, BatchOp::Put { .. })) {
+            // Values are object bytes: they stay in a pinned bucket's region.
+            self.check_residency(bucket, &record)?;
+        }
         let prepared = self.prepare_puts(&ops, &record.lifecycle).await?;
         let result = self.commit_batch(bucket, &ops, &prepared).await;
         if result.is_err() {

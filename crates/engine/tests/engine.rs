@@ -279,8 +279,10 @@ async fn writes_to_a_bucket_pinned_to_another_region_are_refused_by_the_engine()
     refused(part_copy.await.map(drop));
     let no_conditions = WriteConditions::default();
     refused(a.complete_multipart_upload("ledger", "mp", &upload.upload_id, &listed, &no_conditions).await.map(drop));
+    let kv_put = BatchOp::Put { key: "kv".into(), value: Bytes::from(vec![5u8; 5000]), if_revision: None, ttl: None };
+    refused(a.batch("ledger", vec![kv_put]).await.map(drop));
     // Nothing was committed, and region a's disk holds no bytes of the bucket.
-    for key in ["k", "copy", "mp"] {
+    for key in ["k", "copy", "mp", "kv"] {
         let missing = a.head_object(GetRequest { bucket: "ledger".into(), key: key.into(), ..Default::default() });
         assert!(matches!(missing.await, Err(EngineError::NoSuchKey)), "{key}");
     }
