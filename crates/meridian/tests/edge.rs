@@ -542,7 +542,7 @@ fn ffmpeg(dir: &std::path::Path, name: &str, input: &str, args: &[&str]) -> Vec<
 /// Debian's Chromium, headless, loads a page from the edge with an image and a video (the
 /// edge serves media with Range) and seeks the video; the page's DOM says what it received.
 #[tokio::test]
-async fn a_real_browser_loads_a_page_with_an_image_and_seeks_a_video() {
+async fn heavy_a_real_browser_loads_a_page_with_an_image_and_seeks_a_video() {
     let chromium = common::require_tool("chromium", "apt-get install chromium");
     let (server, dir) = start_edge("");
     let s3 = server.client();
@@ -560,7 +560,7 @@ async fn a_real_browser_loads_a_page_with_an_image_and_seeks_a_video() {
     let mut cmd = std::process::Command::new(chromium);
     cmd.args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--mute-audio"])
         .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--virtual-time-budget=10000", "--dump-dom"])
+        .args(["--virtual-time-budget=30000", "--dump-dom"])
         .arg(&url);
     // Killed (its process group, by pid) if it has not finished in time.
     let out = tokio::task::spawn_blocking(move || common::run_with_timeout(&mut cmd, Duration::from_secs(90)))
