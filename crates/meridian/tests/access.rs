@@ -63,6 +63,10 @@ async fn three_keys_with_different_grants() {
     assert_eq!(denied.status, 403);
     let allowed = signed_with(&server.addr, "POST", "/alpha?meridian=batch", &[], batch, &carol.id, &carol.secret);
     assert_eq!(allowed.status, 200, "{}", allowed.text());
+    // A batch is a write: it issues the read-your-writes session cookie at its revision.
+    let revision = serde_json::from_slice::<serde_json::Value>(&allowed.body).expect("JSON")["revision"].to_string();
+    let cookie = allowed.header("set-cookie").expect("a batch sets the session cookie");
+    assert!(cookie.starts_with(&format!("meridian-min-revision={revision};")), "{cookie}");
 
     // Taking a grant away works at once.
     admin_ok(&server, &["bucket", "deny", "alpha", "--key", "bob", "--read"]);

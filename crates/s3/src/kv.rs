@@ -355,7 +355,9 @@ impl KvRoute {
                     .map(|entry| entry.into_op().map_err(|m| S3Error::with_message(S3ErrorCode::InvalidArgument, m)))
                     .collect::<S3Result<Vec<_>>>()?;
                 let revision = self.engine.batch(&bucket, ops).await.map_err(engine_error)?;
-                json_response(&serde_json::json!({ "revision": revision }))
+                let mut resp = json_response(&serde_json::json!({ "revision": revision }))?;
+                session_cookie(revision, &mut resp.headers);
+                Ok(resp)
             }
             (Method::POST, "lock") => {
                 let body: LockRequest = json_body(&mut req).await?;
