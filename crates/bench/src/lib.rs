@@ -135,6 +135,10 @@ pub struct BenchArgs {
     /// Objects to prepare, if not `--objects`.
     #[arg(long)]
     pub prepare_objects: Option<u64>,
+    /// put workload: write only these many keys, shared by every worker (1: all workers
+    /// overwrite one hot key), instead of a new key per PUT.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub put_keys: Option<u64>,
     /// Concurrency of the prepare phase (default: the larger of --concurrency and 16).
     #[arg(long)]
     pub prepare_concurrency: Option<usize>,
@@ -218,6 +222,7 @@ impl BenchArgs {
             read_endpoint: None,
             mirror_dir: None,
             prepared: false,
+            put_keys: None,
         }
     }
 }

@@ -91,6 +91,8 @@ struct Shared {
     part_size: u64,
     payload: Bytes,
     prepared: u64,
+    /// `--put-keys`: PUTs go to this many shared keys.
+    put_keys: Option<u64>,
     concurrency: usize,
     prepare_concurrency: usize,
     list_max_keys: u32,
@@ -255,6 +257,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         part_size: args.part_size,
         payload,
         prepared,
+        put_keys: args.put_keys,
         concurrency: args.concurrency,
         prepare_concurrency: args.prepare_concurrency.unwrap_or(args.concurrency.max(16)).max(1),
         list_max_keys: args.list_max_keys,
@@ -506,10 +509,13 @@ async fn worker_loop(sh: Arc<Shared>, w: usize, mut worker: Worker) -> Recorder 
             break;
         }
         let planned = match sh.workload {
-            Workload::Put => {
-                next_new += 1;
-                Planned::Put(new_key(&sh.prefix, w, next_new))
-            }
+            Workload::Put => match sh.put_keys {
+                Some(keys) => Planned::Put(format!("{}shared-{:06}", sh.prefix, rng.random_range(0..keys))),
+                None => {
+                    next_new += 1;
+                    Planned::Put(new_key(&sh.prefix, w, next_new))
+                }
+            },
             Workload::Multipart => {
                 next_new += 1;
                 Planned::Multipart(new_key(&sh.prefix, w, next_new))

@@ -104,6 +104,11 @@ pub struct Fence {
 }
 
 impl WriteConditions {
+    /// True when the write holds whatever the current object is.
+    pub fn is_unconditional(&self) -> bool {
+        *self == WriteConditions::default()
+    }
+
     /// Checks against the current object (`None` when absent) and its revision.
     pub fn check(&self, current: Option<(&ObjectRecord, u64)>) -> EngineResult<()> {
         if let Some(if_match) = &self.if_match {

@@ -35,6 +35,7 @@ pub mod record;
 pub mod ttl;
 pub mod watch;
 pub mod website;
+mod write_queue;
 
 pub use batch::{BatchOp, MAX_BATCH_OPS};
 pub use bucket::validate_bucket_name;
@@ -203,6 +204,7 @@ impl EngineBuilder {
                 last_commit_ms: std::sync::atomic::AtomicI64::new(0),
                 metrics: self.metrics,
                 lag: lag::LagState::default(),
+                write_queues: write_queue::WriteQueues::default(),
             }),
         };
         engine.spawn_lag_probe();
@@ -232,6 +234,8 @@ struct Inner {
     last_commit_ms: std::sync::atomic::AtomicI64,
     metrics: meridian_metrics::EngineMetrics,
     lag: lag::LagState,
+    /// This node's queued unconditional writes, by key.
+    write_queues: write_queue::WriteQueues,
 }
 
 impl Engine {
@@ -315,6 +319,10 @@ impl Engine {
 
     pub fn meta(&self) -> &Arc<dyn MetaStore> {
         self.inner.metadata.store()
+    }
+
+    pub(crate) fn write_queues(&self) -> &write_queue::WriteQueues {
+        &self.inner.write_queues
     }
 
     pub fn blobs(&self) -> &BlobStore {

@@ -12,6 +12,7 @@ use crate::error::{EngineError, EngineResult};
 use crate::ingest::{Body, BodyError, IngestLimits, Ingested, IngestedData, Integrity, body_from_bytes, ingest};
 use crate::lifecycle::{earliest, object_expiry};
 use crate::record::{self, BucketRecord, DataLayout, ObjectHeaders, ObjectRecord};
+use crate::write_queue::Queueing;
 use crate::{Consistency, Engine, keys, now_ms, validate_key};
 
 /// How often a write re-reads and retries when other writers keep changing the same key.
@@ -192,7 +193,7 @@ impl Engine {
         self.read_current_with(bucket, key, Consistency::Strong).await
     }
 
-    async fn read_current_with(
+    pub(crate) async fn read_current_with(
         &self,
         bucket: &str,
         key: &str,
@@ -305,6 +306,14 @@ impl Engine {
         conditions: &WriteConditions,
         extra: ExtraTxn,
     ) -> EngineResult<Revision> {
+        if conditions.is_unconditional() && extra.is_only_bucket_revision() {
+            // Ordered behind this node's other writes of the key instead of racing them.
+            match self.commit_queued(bucket, key, record, inline.clone(), extra.bucket_revision).await {
+                Queueing::Committed(revision) => return Ok(revision),
+                Queueing::Contended => return Err(EngineError::Contended),
+                Queueing::Alone => {}
+            }
+        }
         // The first attempt reads the local view (one metadata round trip in all: the commit);
         // the transaction compares every revision it read, so a stale view only costs a retry,
         // which reads strongly. A failed condition is never reported from the local view.
@@ -718,6 +727,11 @@ impl ExtraTxn {
     /// Nothing extra but the bucket revision the caller has read.
     pub(crate) fn seen_bucket(revision: Revision) -> Self {
         ExtraTxn { bucket_revision: Some(revision), ..Default::default() }
+    }
+
+    /// True when there is nothing to fold into the commit but the bucket revision.
+    fn is_only_bucket_revision(&self) -> bool {
+        self.compares.is_empty() && self.ops.is_empty() && self.still_valid.is_none()
     }
 }
 

@@ -291,3 +291,99 @@ async fn writes_to_a_bucket_pinned_to_another_region_are_refused_by_the_engine()
     b.put_object(put("ledger", "k", vec![3u8; 5000])).await.unwrap();
     b.complete_multipart_upload("ledger", "mp", &upload.upload_id, &listed, &no_conditions).await.unwrap();
 }
+
+/// The embedded store, counting the transactions whose comparisons failed.
+struct FailedCommits {
+    inner: EmbeddedStore,
+    failed: std::sync::atomic::AtomicUsize,
+}
+
+impl FailedCommits {
+    fn count(&self, response: &meridian_meta::MetaResult<meridian_meta::TxnResponse>) {
+        if response.as_ref().is_ok_and(|r| !r.succeeded) {
+            self.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl meridian_meta::MetaStore for FailedCommits {
+    async fn range(&self, req: meridian_meta::RangeRequest) -> meridian_meta::MetaResult<meridian_meta::RangeResponse> {
+        self.inner.range(req).await
+    }
+
+    async fn get_many(
+        &self,
+        keys: &[Bytes],
+    ) -> meridian_meta::MetaResult<(Vec<Option<meridian_meta::KeyValue>>, Revision)> {
+        self.inner.get_many(keys).await
+    }
+
+    async fn txn(&self, txn: meridian_meta::Txn) -> meridian_meta::MetaResult<meridian_meta::TxnResponse> {
+        let response = self.inner.txn(txn).await;
+        self.count(&response);
+        response
+    }
+
+    async fn txns_in_order(
+        &self,
+        txns: Vec<meridian_meta::Txn>,
+    ) -> Vec<meridian_meta::MetaResult<meridian_meta::TxnResponse>> {
+        let responses = self.inner.txns_in_order(txns).await;
+        responses.iter().for_each(|r| self.count(r));
+        responses
+    }
+
+    async fn current_revision(&self) -> meridian_meta::MetaResult<Revision> {
+        self.inner.current_revision().await
+    }
+
+    async fn watch(
+        &self,
+        range: meridian_meta::RangeRequest,
+        from: Revision,
+    ) -> meridian_meta::MetaResult<meridian_meta::WatchStream> {
+        self.inner.watch(range, from).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unconditional_writes_of_one_key_are_ordered_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = EmbeddedStore::open(&dir.path().join("meta.redb"), EmbeddedOptions::default()).unwrap();
+    let store = Arc::new(FailedCommits { inner, failed: Default::default() });
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    let config = EngineConfig { inline_max: 1024, blob_delete_delay: Duration::ZERO, ..Default::default() };
+    let engine = Engine::builder(Metadata::single(store.clone()), blobs, config).build();
+    engine.create_bucket("bkt", "me").await.unwrap();
+
+    // 32 writers, 8 writes each, inline and blob-sized bodies mixed.
+    let writers = (0..32).map(|w| {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            for n in 0..8 {
+                let body = Bytes::from(format!("writer {w} write {n} ").repeat(if n % 2 == 0 { 1 } else { 200 }));
+                let out = engine.put_object(put("bkt", "hot", body.clone())).await;
+                written.push((out.map(|o| o.revision), body));
+            }
+            written
+        })
+    });
+    let mut written = Vec::new();
+    for writer in futures::future::join_all(writers).await {
+        written.extend(writer.unwrap());
+    }
+    let failures: Vec<_> = written.iter().filter_map(|(r, _)| r.as_ref().err()).collect();
+    assert!(failures.is_empty(), "{} of 256 writes failed: {failures:?}", failures.len());
+    assert_eq!(store.failed.load(std::sync::atomic::Ordering::Relaxed), 0, "no commit lost a race");
+    let mut revisions: Vec<Revision> = written.iter().map(|(r, _)| *r.as_ref().unwrap()).collect();
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(revisions.len(), 256, "every write has its own revision");
+    let (_, last) = written.iter().max_by_key(|(r, _)| *r.as_ref().unwrap()).unwrap();
+    assert_eq!(read(&engine, "bkt", "hot").await, last.to_vec(), "the last revision's bytes are what is read");
+    // Every replaced blob was freed: at most the current object's remains.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(blob_files(dir.path()) <= 1, "{} blob files left", blob_files(dir.path()));
+}

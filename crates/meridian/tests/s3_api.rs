@@ -150,6 +150,36 @@ async fn every_response_carries_the_revision() {
     assert!(r3 > r2);
 }
 
+/// 32 clients overwriting one key: none is refused, and a read returns what the write with the
+/// highest revision stored.
+#[tokio::test]
+async fn concurrent_overwrites_of_one_key_all_succeed() {
+    let server = Server::start();
+    server.client().create_bucket().bucket("hot").send().await.unwrap();
+    let writers: Vec<_> = (0..32)
+        .map(|w| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                (0..8)
+                    .map(|n| {
+                        let body = format!("writer {w} write {n}").repeat(if n % 2 == 0 { 1 } else { 2000 });
+                        let resp = common::raw::signed(&addr, "PUT", "/hot/key", &[], body.as_bytes());
+                        (resp, body)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let written: Vec<_> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let refused: Vec<String> =
+        written.iter().filter(|(r, _)| r.status != 200).map(|(r, _)| format!("{} {}", r.status, r.text())).collect();
+    assert!(refused.is_empty(), "{} of {} writes refused: {:?}", refused.len(), written.len(), refused.first());
+    let revision = |r: &common::raw::Response| r.header("x-meridian-revision").unwrap().parse::<u64>().unwrap();
+    let (_, last) = written.iter().max_by_key(|(r, _)| revision(r)).unwrap();
+    let read = common::raw::signed(&server.addr, "GET", "/hot/key", &[], b"");
+    assert_eq!(read.text(), *last, "the bytes of the last write are read");
+}
+
 #[tokio::test]
 async fn range_reads() {
     let server = Server::start();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::{Compare, CompareOp, CompareTarget, EventKind, MetaError, MetaStore, Op, RangeRequest, Txn};
+use crate::{Compare, CompareOp, CompareTarget, EventKind, MetaError, MetaStore, Op, RangeRequest, Txn, TxnResponse};
 
 const NS: &str = "conformance/";
 
@@ -23,6 +23,7 @@ pub async fn run_all(store: &dyn MetaStore) {
     put_get_and_bookkeeping(store).await;
     range_order_limits_and_bounds(store).await;
     compare_and_swap(store).await;
+    chained_txns_apply_in_order(store).await;
     failed_txn_changes_nothing(store).await;
     duplicate_keys_in_txn_are_refused(store).await;
     revisions_are_monotonic_under_concurrency(store).await;
@@ -155,6 +156,36 @@ async fn compare_and_swap(store: &dyn MetaStore) {
     let before = store.current_revision().await.unwrap();
     store.txn(Txn::new().when(Compare::exists(key.clone()))).await.unwrap();
     assert_eq!(store.current_revision().await.unwrap(), before);
+}
+
+/// `txns_in_order`: each transaction sees the ones before it; a broken link fails the rest.
+async fn chained_txns_apply_in_order(store: &dyn MetaStore) {
+    let key = k("chain/x");
+    let value_is = |v: &'static str| Compare {
+        key: key.clone(),
+        op: CompareOp::Equal,
+        target: CompareTarget::Value(Bytes::from(v)),
+    };
+    let first = Txn::new().when(Compare::absent(key.clone())).then(Op::put(key.clone(), "a"));
+    let chain = vec![
+        first,
+        Txn::new().when(value_is("a")).then(Op::put(key.clone(), "b")),
+        Txn::new().when(value_is("b")).then(Op::put(key.clone(), "c")),
+    ];
+    let responses: Vec<TxnResponse> = store.txns_in_order(chain).await.into_iter().map(Result::unwrap).collect();
+    assert!(responses.iter().all(|r| r.succeeded), "every link of the chain holds in order: {responses:?}");
+    assert!(responses.windows(2).all(|w| w[0].revision < w[1].revision), "each gets its own, later revision");
+    let stored = store.get(&key).await.unwrap().unwrap();
+    assert_eq!((stored.value, stored.mod_revision), (Bytes::from("c"), responses[2].revision));
+
+    let broken = vec![
+        Txn::new().when(value_is("a")).then(Op::put(key.clone(), "x")),
+        Txn::new().when(value_is("x")).then(Op::put(key.clone(), "y")),
+        Txn::new().when(value_is("c")).then(Op::put(key.clone(), "d")),
+    ];
+    let held: Vec<bool> = store.txns_in_order(broken).await.into_iter().map(|r| r.unwrap().succeeded).collect();
+    assert_eq!(held, [false, false, true], "a failed link changes nothing; later ones see the real state");
+    assert_eq!(store.get(&key).await.unwrap().unwrap().value, Bytes::from("d"));
 }
 
 async fn failed_txn_changes_nothing(store: &dyn MetaStore) {

@@ -462,17 +462,9 @@ fn trim_history(
 
 // ----- the trait --------------------------------------------------------------------------------
 
-#[async_trait::async_trait]
-impl MetaStore for EmbeddedStore {
-    async fn range(&self, req: RangeRequest) -> MetaResult<RangeResponse> {
-        self.read_range(&req)
-    }
-
-    async fn get_many(&self, keys: &[Bytes]) -> MetaResult<(Vec<Option<KeyValue>>, Revision)> {
-        self.read_many(keys)
-    }
-
-    async fn txn(&self, txn: Txn) -> MetaResult<TxnResponse> {
+impl EmbeddedStore {
+    /// Puts a transaction in the writer's queue; the receiver gets its response.
+    async fn enqueue(&self, txn: Txn) -> MetaResult<oneshot::Receiver<MetaResult<TxnResponse>>> {
         let (reply, response) = oneshot::channel();
         let writer = self.writer.clone();
         // The queue is bounded; a full queue means the disk is the bottleneck, so wait off the
@@ -487,7 +479,40 @@ impl MetaStore for EmbeddedStore {
             }
             Err(mpsc::TrySendError::Disconnected(_)) => return Err(MetaError::Closed),
         }
+        Ok(response)
+    }
+}
+
+#[async_trait::async_trait]
+impl MetaStore for EmbeddedStore {
+    async fn range(&self, req: RangeRequest) -> MetaResult<RangeResponse> {
+        self.read_range(&req)
+    }
+
+    async fn get_many(&self, keys: &[Bytes]) -> MetaResult<(Vec<Option<KeyValue>>, Revision)> {
+        self.read_many(keys)
+    }
+
+    async fn txn(&self, txn: Txn) -> MetaResult<TxnResponse> {
+        let response = self.enqueue(txn).await?;
         response.await.map_err(|_| MetaError::Closed)?
+    }
+
+    async fn txns_in_order(&self, txns: Vec<Txn>) -> Vec<MetaResult<TxnResponse>> {
+        // The writer applies its queue in order, so queueing them all before awaiting any keeps
+        // the order and lets them share a group commit.
+        let mut pending = Vec::with_capacity(txns.len());
+        for txn in txns {
+            pending.push(self.enqueue(txn).await);
+        }
+        let mut responses = Vec::with_capacity(pending.len());
+        for queued in pending {
+            responses.push(match queued {
+                Ok(response) => response.await.unwrap_or(Err(MetaError::Closed)),
+                Err(err) => Err(err),
+            });
+        }
+        responses
     }
 
     async fn current_revision(&self) -> MetaResult<Revision> {

@@ -303,6 +303,18 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Runs a transaction atomically.
     async fn txn(&self, txn: Txn) -> MetaResult<TxnResponse>;
 
+    /// Runs transactions one after the other, in this order, each atomically and with its own
+    /// revision, as if each were sent once the previous one had answered. A store that can
+    /// queue them together (the embedded store: one group commit) does, so a chain of writes
+    /// to one key costs one commit, not one each.
+    async fn txns_in_order(&self, txns: Vec<Txn>) -> Vec<MetaResult<TxnResponse>> {
+        let mut responses = Vec::with_capacity(txns.len());
+        for txn in txns {
+            responses.push(self.txn(txn).await);
+        }
+        responses
+    }
+
     /// The current global revision.
     async fn current_revision(&self) -> MetaResult<Revision>;
 
