@@ -74,6 +74,10 @@ pub enum EngineError {
     InvalidArgument(String),
     #[error("{0}")]
     InvalidRequest(String),
+    #[error("The XML you provided was not well-formed or did not validate against our published schema")]
+    MalformedXml,
+    #[error("{0}")]
+    InvalidTag(String),
     #[error("the requested partnumber is not satisfiable")]
     InvalidPartNumber,
     #[error("the object was modified concurrently too many times; retry")]
@@ -137,6 +141,8 @@ impl EngineError {
             | E::EntityTooSmall { .. }
             | E::EntityTooLarge { .. }
             | E::BadDigest
+            | E::MalformedXml
+            | E::InvalidTag(_)
             | E::ChecksumMismatch { .. }
             | E::IncompleteBody
             | E::InvalidArgument(_)

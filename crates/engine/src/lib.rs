@@ -18,6 +18,7 @@ mod bucket;
 pub mod checksum;
 pub mod cluster;
 pub mod conditions;
+pub mod cors;
 mod error;
 mod gc;
 pub mod health;

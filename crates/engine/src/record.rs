@@ -37,6 +37,9 @@ pub struct BucketRecord {
     /// that has one at `<bucket>.<web domain>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub website: Option<crate::website::WebsiteConfig>,
+    /// S3's CORS configuration (PutBucketCors), answered by the S3 front end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<crate::cors::CorsConfig>,
 }
 
 /// A bucket's location type: the consistency and durability model of its objects' bytes.

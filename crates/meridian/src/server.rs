@@ -457,7 +457,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         meridian_s3::forward::Forwarder::new(engine.clone(), settings.domain.clone(), &client_tls, &peer.token)
     });
     let node = NodeHandler {
-        s3: meridian_s3::S3Handler::new(service, forwarder),
+        s3: meridian_s3::S3Handler::new(
+            service,
+            meridian_s3::cors::Cors::new(engine.clone(), settings.domain.clone()),
+            forwarder,
+        ),
         peer: peer_endpoint,
         readiness: Arc::clone(&readiness),
     };

@@ -29,6 +29,8 @@ pub fn s3_error(err: EngineError) -> S3Error {
         EngineError::KeyTooLong(_) => C::KeyTooLongError,
         EngineError::InvalidKey(_) | EngineError::InvalidArgument(_) => C::InvalidArgument,
         EngineError::InvalidRequest(_) => C::InvalidRequest,
+        EngineError::MalformedXml => C::MalformedXML,
+        EngineError::InvalidTag(_) => C::InvalidTag,
         EngineError::InvalidRange { size } => {
             let mut e = S3Error::with_message(C::InvalidRange, message);
             let mut headers = HeaderMap::new();

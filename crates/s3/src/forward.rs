@@ -221,7 +221,7 @@ fn unavailable(message: &str) -> Response<s3s::Body> {
 }
 
 /// An S3 error document.
-fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
+pub(crate) fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
     let xml = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{}</Message></Error>",
         message.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod context;
 mod convert;
+pub mod cors;
 pub mod forward;
 pub mod kv;
 pub mod server;

@@ -2,39 +2,54 @@
 //! belong to another region are forwarded, the rest go through s3s (SigV4, routing) to
 //! [`crate::MeridianS3`].
 
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use meridian_http::{RequestBody, RequestInfo, ResponseBody};
 use s3s::service::S3Service;
 
 use crate::context::{Forwarding, RequestContext, with_key_slot};
+use crate::cors::Cors;
 use crate::forward::{Forwarder, Route};
 
 /// Serves S3 (and the KV extensions riding on it) for one node.
 #[derive(Clone)]
 pub struct S3Handler {
     service: S3Service,
+    cors: Cors,
     forwarder: Option<Forwarder>,
 }
 
 impl S3Handler {
     /// `forwarder`: set on a node of a cluster, where writes to a bucket pinned elsewhere are
     /// sent to that region.
-    pub fn new(service: S3Service, forwarder: Option<Forwarder>) -> S3Handler {
-        S3Handler { service, forwarder }
+    pub fn new(service: S3Service, cors: Cors, forwarder: Option<Forwarder>) -> S3Handler {
+        S3Handler { service, cors, forwarder }
     }
 
-    pub async fn handle(&self, mut req: Request<RequestBody>, info: RequestInfo) -> Response<ResponseBody> {
+    pub async fn handle(&self, req: Request<RequestBody>, info: RequestInfo) -> Response<ResponseBody> {
+        if req.method() == Method::OPTIONS {
+            info.notes.set_operation("PreflightCors");
+            return self.cors.preflight(&req).await.map(meridian_http::boxed);
+        }
+        let cors = self.cors.actual_request(&req);
+        let mut resp = self.serve(req, info).await;
+        if let Some(cors) = cors {
+            self.cors.decorate(cors, &mut resp).await;
+        }
+        resp.map(meridian_http::boxed)
+    }
+
+    async fn serve(&self, mut req: Request<RequestBody>, info: RequestInfo) -> Response<s3s::Body> {
         let (forwarding, bucket) = match &self.forwarder {
             None => (Forwarding::NotConsidered, None),
             Some(fw) => match fw.route(&req).await {
                 Route::Here { forwarding, bucket } => (forwarding, bucket),
                 Route::There { region, base_url } => {
                     info.notes.set_operation("forward");
-                    return fw.forward(req, &region, &base_url).await.map(meridian_http::boxed);
+                    return fw.forward(req, &region, &base_url).await;
                 }
                 Route::Unreachable(refused) | Route::Refused(refused) => {
                     info.notes.set_operation("forward");
-                    return refused.map(meridian_http::boxed);
+                    return refused;
                 }
             },
         };
@@ -44,10 +59,10 @@ impl S3Handler {
             if hyper::body::Body::is_end_stream(&body) { s3s::Body::empty() } else { s3s::Body::http_body_unsync(body) }
         });
         match with_key_slot(self.service.call(req)).await {
-            Ok(resp) => without_body_if_not_modified(resp).map(meridian_http::boxed),
+            Ok(resp) => without_body_if_not_modified(resp),
             Err(err) => {
                 tracing::error!(request_id = %info.id, error = ?err, "S3 request failed inside s3s");
-                meridian_http::text_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                crate::forward::error_response(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "internal error")
             }
         }
     }

@@ -20,6 +20,7 @@ use meridian_engine::{Engine, EngineConfig, Metadata, keys};
 use meridian_http::{ClientTls, Notes, RequestBody, RequestId, RequestInfo};
 use meridian_meta::embedded::{EmbeddedOptions, EmbeddedStore};
 use meridian_meta::{KeyValue, MetaResult, MetaStore, RangeRequest, Revision, Txn, TxnResponse, WatchStream};
+use meridian_s3::cors::Cors;
 use meridian_s3::forward::Forwarder;
 use meridian_s3::{S3Handler, S3Options, build_service};
 
@@ -167,7 +168,11 @@ async fn put_with(
 #[tokio::test]
 async fn a_single_node_put_reads_its_bucket_record_and_its_key_once() {
     let node = node().await;
-    let handler = S3Handler::new(build_service(node.engine.clone(), &S3Options::default()), None);
+    let handler = S3Handler::new(
+        build_service(node.engine.clone(), &S3Options::default()),
+        Cors::new(node.engine.clone(), None),
+        None,
+    );
 
     assert_eq!(put(&handler, &node.credential).await, http::StatusCode::OK);
     assert_eq!(node.store.reads(&keys::bucket("counted")), 1, "reads of the bucket record");
@@ -177,7 +182,11 @@ async fn a_single_node_put_reads_its_bucket_record_and_its_key_once() {
 #[tokio::test]
 async fn a_copy_within_a_bucket_reads_its_bucket_record_once() {
     let node = node().await;
-    let handler = S3Handler::new(build_service(node.engine.clone(), &S3Options::default()), None);
+    let handler = S3Handler::new(
+        build_service(node.engine.clone(), &S3Options::default()),
+        Cors::new(node.engine.clone(), None),
+        None,
+    );
     assert_eq!(put(&handler, &node.credential).await, http::StatusCode::OK);
     node.store.watch(keys::bucket("counted"));
 
@@ -191,7 +200,11 @@ async fn a_put_served_after_the_forwarding_decision_reads_its_bucket_record_once
     let node = node().await;
     let tls = ClientTls::new(None).unwrap();
     let forwarder = Forwarder::new(node.engine.clone(), None, &tls, "test-token");
-    let handler = S3Handler::new(build_service(node.engine.clone(), &S3Options::default()), Some(forwarder));
+    let handler = S3Handler::new(
+        build_service(node.engine.clone(), &S3Options::default()),
+        Cors::new(node.engine.clone(), None),
+        Some(forwarder),
+    );
 
     assert_eq!(put(&handler, &node.credential).await, http::StatusCode::OK);
     assert_eq!(node.store.reads(&keys::bucket("counted")), 1, "reads of the bucket record");
@@ -205,7 +218,11 @@ async fn the_forwarder_and_s3s_agree_on_a_virtual_host_bucket() {
     let domain = Some("s3.test".to_string());
     let forwarder = Forwarder::new(node.engine.clone(), domain.clone(), &tls, "test-token");
     let options = S3Options { domain, ..Default::default() };
-    let handler = S3Handler::new(build_service(node.engine.clone(), &options), Some(forwarder));
+    let handler = S3Handler::new(
+        build_service(node.engine.clone(), &options),
+        Cors::new(node.engine.clone(), None),
+        Some(forwarder),
+    );
 
     assert_eq!(put_at(&handler, &node.credential, "counted.s3.test:9000", "/vh-key").await, http::StatusCode::OK);
     // One read: the forwarder's, which the access check and the write reuse because s3s

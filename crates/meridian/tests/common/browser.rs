@@ -218,3 +218,30 @@ pub fn png_size(png: &[u8]) -> (u32, u32) {
     let be = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
     (be(16), be(20))
 }
+
+/// Serves `html` for every request on a loopback port, from a thread of its own, and returns
+/// the origin (`http://127.0.0.1:PORT`): a page of another origin than the server under test.
+/// The thread ends with the test process; it only answers connections the test's browser makes.
+pub fn serve_page(html: &str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+        html.len()
+    );
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            // The request head (browsers send no body with these GETs).
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 64 << 10 && matches!(stream.read(&mut byte), Ok(1)) {
+                head.push(byte[0]);
+            }
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    origin
+}
