@@ -33,6 +33,7 @@ mod multipart;
 mod object;
 pub mod peer;
 pub mod record;
+pub mod tagging;
 pub mod ttl;
 pub mod watch;
 pub mod website;

@@ -143,6 +143,8 @@ pub struct CopyRequest {
     pub source_conditions: ReadConditions,
     /// New headers (metadata directive REPLACE); `None` copies the source's.
     pub replace_headers: Option<ObjectHeaders>,
+    /// New tags (tagging directive REPLACE); `None` copies the source's, whatever the headers.
+    pub replace_tags: Option<crate::tagging::Tags>,
     pub conditions: WriteConditions,
     /// The destination bucket's record and revision when the caller has just read them (a
     /// stale record only costs the commit a retry); `None`: read here.
@@ -533,12 +535,13 @@ impl Engine {
     pub async fn copy_object(&self, req: CopyRequest) -> EngineResult<CopyOutcome> {
         validate_key(&req.src_key)?;
         validate_key(&req.dst_key)?;
-        if let Some(headers) = &req.replace_headers {
-            headers.validate()?;
-        }
         let source = self.read_visible(&req.src_bucket, &req.src_key, Consistency::Strong).await?;
         req.source_conditions.check_copy_source(&source.record)?;
-        if req.src_bucket == req.dst_bucket && req.src_key == req.dst_key && req.replace_headers.is_none() {
+        let unchanged = req.replace_headers.is_none() && req.replace_tags.is_none();
+        let mut headers = req.replace_headers.unwrap_or_else(|| source.record.headers.clone());
+        headers.tags = req.replace_tags.unwrap_or_else(|| source.record.headers.tags.clone());
+        headers.validate()?;
+        if req.src_bucket == req.dst_bucket && req.src_key == req.dst_key && unchanged {
             return Err(EngineError::InvalidRequest(
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.".into(),
             ));
@@ -553,7 +556,7 @@ impl Engine {
             size: source.record.size,
             etag: source.record.etag.clone(),
             modified_ms: now_ms(),
-            headers: req.replace_headers.unwrap_or_else(|| source.record.headers.clone()),
+            headers,
             checksum: source.record.checksum.clone(),
             data,
             expires_at_ms: object_expiry(&dst_bucket.lifecycle, &req.dst_key, now_ms()),

@@ -40,6 +40,9 @@ pub struct BucketRecord {
     /// S3's CORS configuration (PutBucketCors), answered by the S3 front end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<crate::cors::CorsConfig>,
+    /// The bucket's tags (PutBucketTagging).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: crate::tagging::Tags,
 }
 
 /// A bucket's location type: the consistency and durability model of its objects' bytes.
@@ -118,6 +121,9 @@ pub struct ObjectHeaders {
     /// `x-amz-meta-*` pairs, names lower-cased without the prefix.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub user_metadata: BTreeMap<String, String>,
+    /// The object's tags (`x-amz-tagging`, PutObjectTagging).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: crate::tagging::Tags,
 }
 
 /// S3's limit on user metadata (names plus values).
@@ -131,7 +137,7 @@ impl ObjectHeaders {
                 "your metadata headers exceed the maximum allowed metadata size: {size} bytes, the limit is {MAX_USER_METADATA_BYTES}"
             )));
         }
-        Ok(())
+        crate::tagging::validate_object_tags(&self.tags)
     }
 }
 

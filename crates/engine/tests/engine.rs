@@ -267,6 +267,7 @@ async fn writes_to_a_bucket_pinned_to_another_region_are_refused_by_the_engine()
         dst_key: "copy".into(),
         source_conditions: Default::default(),
         replace_headers: None,
+        replace_tags: None,
         conditions: WriteConditions::default(),
         dst_bucket_seen: None,
     };

@@ -419,8 +419,9 @@ async fn aws_cli_s3api_commands() {
     assert!(text(&out.stderr).contains("BucketNotEmpty"), "{}", text(&out.stderr));
 }
 
-#[test]
-fn boto3_script() {
+/// Runs `tests/clients/SCRIPT` with boto3 against a fresh server; it prints `DONE` as its last
+/// check.
+fn run_boto3_script(script: &str, done: &str) {
     let python = require_tool("python3", "install Python 3 (apt-get install python3)");
     let probe = run_with_timeout(Command::new(&python).args(["-c", "import boto3"]), Duration::from_secs(60));
     assert!(
@@ -432,7 +433,7 @@ fn boto3_script() {
     );
     let server = Server::start();
     let home = tempfile::tempdir().expect("temp dir");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/boto3_check.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients").join(script);
     let mut cmd = Command::new(&python);
     cmd.arg(&script).arg(&server.endpoint);
     common::aws_env_only_ours(&mut cmd, home.path());
@@ -440,8 +441,19 @@ fn boto3_script() {
     let out = run_with_timeout(&mut cmd, TOOL_TIMEOUT);
     println!("{}", text(&out.stdout));
     eprintln!("{}", text(&out.stderr));
-    expect_success("boto3_check.py", &out);
-    assert!(text(&out.stdout).contains("boto3 checks passed"), "the script ran to the end");
+    expect_success(&script.display().to_string(), &out);
+    assert!(text(&out.stdout).contains(done), "the script ran to the end");
+}
+
+#[test]
+fn boto3_script() {
+    run_boto3_script("boto3_check.py", "boto3 checks passed");
+}
+
+/// Object and bucket tagging and GetObjectAttributes through boto3.
+#[test]
+fn boto3_tagging_and_attributes() {
+    run_boto3_script("boto3_tagging.py", "tagging checks passed");
 }
 
 /// rclone configured entirely through environment variables (remote name `meridian`).

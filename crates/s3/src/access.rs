@@ -68,6 +68,8 @@ fn needs(op: &str) -> Needs {
         | "GetBucketLocation"
         | "GetBucketVersioning"
         | "GetObjectAcl"
+        | "GetObjectTagging"
+        | "GetObjectAttributes"
         | "GetBucketAcl" => Needs::Bucket(Read),
         "PutObject"
         | "DeleteObject"
@@ -77,7 +79,9 @@ fn needs(op: &str) -> Needs {
         | "UploadPart"
         | "UploadPartCopy"
         | "CompleteMultipartUpload"
-        | "AbortMultipartUpload" => Needs::Bucket(Write),
+        | "AbortMultipartUpload"
+        | "PutObjectTagging"
+        | "DeleteObjectTagging" => Needs::Bucket(Write),
         // Bucket configuration, and anything not listed above: owners only.
         _ => Needs::Bucket(Owner),
     }

@@ -207,6 +207,8 @@ pub struct HeaderInput {
     pub cache_control: Option<String>,
     pub expires: Option<Timestamp>,
     pub metadata: Option<dto::Metadata>,
+    /// Parsed from `x-amz-tagging`.
+    pub tags: meridian_engine::tagging::Tags,
 }
 
 impl HeaderInput {
@@ -222,6 +224,7 @@ impl HeaderInput {
                 .metadata
                 .map(|m| m.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect::<BTreeMap<_, _>>())
                 .unwrap_or_default(),
+            tags: self.tags,
         }
     }
 }

@@ -12,6 +12,7 @@ use super::shared::{
     ChecksumAlgorithm_from, ChecksumHeaders, check_source, integrity, not_implemented, read_conditions,
     refuse_unsupported, request_body, source_of, written,
 };
+use super::tagging::tags_from_header;
 use crate::context::RequestContext;
 use crate::convert::{ChecksumFields, HeaderInput, checksum_algorithm, etag, etag_match, s3_error, timestamp};
 
@@ -25,7 +26,6 @@ pub(super) async fn create_multipart_upload(
         input.server_side_encryption.as_ref(),
         input.sse_customer_algorithm.as_ref(),
         input.storage_class.as_ref(),
-        input.tagging.as_ref(),
     )?;
     let algorithm = checksum_algorithm(input.checksum_algorithm.as_ref())?;
     let full_object = input.checksum_type.as_ref().is_some_and(|t| t.as_str() == ChecksumType::FULL_OBJECT);
@@ -40,6 +40,7 @@ pub(super) async fn create_multipart_upload(
         cache_control: input.cache_control,
         expires: input.expires,
         metadata: input.metadata,
+        tags: tags_from_header(input.tagging.as_deref())?,
     }
     .into_headers();
     let upload = s3

@@ -11,6 +11,7 @@ use super::shared::{
     ChecksumHeaders, check_source, integrity, not_implemented, read_conditions, refuse_unsupported, request_body,
     source_of, with_revision, written,
 };
+use super::tagging::{tag_count, tags_from_header};
 use crate::context::RequestContext;
 use crate::convert::{
     ChecksumFields, HeaderInput, ResponseBody, checksum_algorithm, etag, etag_match, metadata, parse_expires, s3_error,
@@ -28,7 +29,6 @@ pub(super) async fn put_object(
         input.server_side_encryption.as_ref(),
         input.sse_customer_algorithm.as_ref(),
         input.storage_class.as_ref(),
-        input.tagging.as_ref(),
     )?;
     if input.write_offset_bytes.is_some() {
         return Err(not_implemented("appending with x-amz-write-offset-bytes"));
@@ -53,6 +53,7 @@ pub(super) async fn put_object(
         cache_control: input.cache_control,
         expires: input.expires,
         metadata: input.metadata,
+        tags: tags_from_header(input.tagging.as_deref())?,
     }
     .into_headers();
     let conditions = kv.conditions(WriteConditions {
@@ -141,6 +142,7 @@ pub(super) async fn get_object(
         cache_control: input.response_cache_control.or_else(|| headers.cache_control.clone()),
         expires: input.response_expires.or_else(|| headers.expires.as_deref().and_then(parse_expires)),
         metadata: metadata(headers),
+        tag_count: tag_count(&headers.tags),
         parts_count: out.parts_count.map(|n| n as i32),
         checksum_crc32: sums.crc32,
         checksum_crc32c: sums.crc32c,
@@ -218,6 +220,10 @@ pub(super) async fn head_object(
     };
     let mut resp = with_revision(output, out.revision);
     expiry_headers(out.record.expires_at_ms, &mut resp.headers);
+    // s3s's HeadObjectOutput has no field for it.
+    if let Some(count) = tag_count(&out.record.headers.tags) {
+        resp.headers.insert("x-amz-tagging-count", http::HeaderValue::from(count));
+    }
     Ok(resp)
 }
 
@@ -287,7 +293,6 @@ pub(super) async fn copy_object(
         input.server_side_encryption.as_ref(),
         input.sse_customer_algorithm.as_ref(),
         input.storage_class.as_ref(),
-        input.tagging.as_ref(),
     )?;
     let (src_bucket, src_key) = source_of(&input.copy_source)?;
     let context = RequestContext::of(&req)?;
@@ -310,9 +315,15 @@ pub(super) async fn copy_object(
             cache_control: input.cache_control,
             expires: input.expires,
             metadata: input.metadata,
+            tags: Default::default(),
         }
         .into_headers()
     });
+    let replace_tags = match input.tagging_directive.as_ref().map(TaggingDirective::as_str) {
+        None | Some(TaggingDirective::COPY) => None,
+        Some(TaggingDirective::REPLACE) => Some(tags_from_header(input.tagging.as_deref())?),
+        Some(other) => return Err(s3_error!(InvalidArgument, "Unknown tagging directive {other:?}")),
+    };
     let out = s3
         .engine
         .copy_object(CopyRequest {
@@ -327,6 +338,7 @@ pub(super) async fn copy_object(
                 input.copy_source_if_unmodified_since.as_ref(),
             ),
             replace_headers,
+            replace_tags,
             conditions: WriteConditions::default(),
             dst_bucket_seen,
         })

@@ -57,7 +57,6 @@ pub(super) fn refuse_unsupported(
     sse: Option<&ServerSideEncryption>,
     sse_customer: Option<&String>,
     storage_class: Option<&StorageClass>,
-    tagging: Option<&String>,
 ) -> S3Result<()> {
     if let Some(acl) = acl
         && acl != ObjectCannedACL::PRIVATE
@@ -71,9 +70,6 @@ pub(super) fn refuse_unsupported(
         && class.as_str() != StorageClass::STANDARD
     {
         return Err(not_implemented(&format!("storage class {:?}", class.as_str())));
-    }
-    if tagging.is_some_and(|t| !t.is_empty()) {
-        return Err(not_implemented("object tagging"));
     }
     Ok(())
 }
