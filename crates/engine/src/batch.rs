@@ -77,7 +77,7 @@ impl Engine {
             };
             let expires_at_ms = crate::lifecycle::earliest(
                 ttl.map(expires_after),
-                crate::lifecycle::object_expiry(rules, key, now_ms()),
+                crate::lifecycle::object_expiry(rules, key, &crate::tagging::Tags::new(), now_ms()),
             );
             let (record, inline) = self.new_record(ingested, ObjectHeaders::default(), expires_at_ms);
             out.push(Some(Prepared { record, inline }));

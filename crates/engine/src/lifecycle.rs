@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{EngineError, EngineResult};
 use crate::object::{object_change, with_expiry_index};
 use crate::record::{self, ObjectRecord, UploadRecord};
+use crate::tagging::Tags;
 use crate::{Engine, keys, now_ms};
 
 const DAY_MS: i64 = 86_400_000;
@@ -31,6 +32,9 @@ pub struct LifecycleRule {
     /// Incomplete multipart uploads are aborted this many days after they started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort_incomplete_days: Option<u32>,
+    /// Applies only to objects carrying every one of these tags.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: Tags,
 }
 
 fn enabled() -> bool {
@@ -41,13 +45,18 @@ impl LifecycleRule {
     fn matches(&self, key: &str) -> bool {
         self.enabled && key.starts_with(&self.prefix)
     }
+
+    fn matches_object(&self, key: &str, tags: &Tags) -> bool {
+        self.matches(key) && self.tags.iter().all(|(k, v)| tags.get(k) == Some(v))
+    }
 }
 
-/// When an object written at `modified_ms` expires under `rules` (the earliest rule wins).
-pub fn object_expiry(rules: &[LifecycleRule], key: &str, modified_ms: i64) -> Option<i64> {
+/// When an object with `tags` written at `modified_ms` expires under `rules` (the earliest
+/// rule wins).
+pub fn object_expiry(rules: &[LifecycleRule], key: &str, tags: &Tags, modified_ms: i64) -> Option<i64> {
     rules
         .iter()
-        .filter(|r| r.matches(key))
+        .filter(|r| r.matches_object(key, tags))
         .filter_map(|r| r.expiration_days)
         .map(|days| modified_ms + i64::from(days) * DAY_MS)
         .min()
@@ -81,6 +90,12 @@ fn validate(rules: &[LifecycleRule]) -> EngineResult<()> {
                 "lifecycle rule {:?} has no action: give Expiration Days or AbortIncompleteMultipartUpload",
                 rule.id
             )));
+        }
+        if rule.abort_incomplete_days.is_some() && !rule.tags.is_empty() {
+            // S3's rule and message: uploads have no tags to match.
+            return Err(EngineError::InvalidRequest(
+                "AbortIncompleteMultipartUpload cannot be specified with Tags.".into(),
+            ));
         }
         if rule.expiration_days == Some(0) || rule.abort_incomplete_days == Some(0) {
             return Err(EngineError::InvalidArgument(format!("lifecycle rule {:?}: days must be positive", rule.id)));
@@ -127,7 +142,8 @@ impl Engine {
                 let Some((_, key)) = keys::parse_object_key(&kv.key) else { continue };
                 let key = key.to_string();
                 let record: ObjectRecord = record::decode(&kv.value)?;
-                let wanted = earliest(record.expires_at_ms, object_expiry(rules, &key, record.modified_ms));
+                let tags = &record.headers.tags;
+                let wanted = earliest(record.expires_at_ms, object_expiry(rules, &key, tags, record.modified_ms));
                 if wanted != record.expires_at_ms {
                     self.set_object_expiry(bucket, &key, kv.mod_revision, wanted).await?;
                 }
@@ -210,6 +226,7 @@ mod tests {
                 enabled: true,
                 expiration_days: Some(30),
                 abort_incomplete_days: None,
+                tags: Tags::new(),
             },
             LifecycleRule {
                 id: "b".into(),
@@ -217,6 +234,7 @@ mod tests {
                 enabled: true,
                 expiration_days: Some(1),
                 abort_incomplete_days: Some(2),
+                tags: Tags::new(),
             },
             LifecycleRule {
                 id: "c".into(),
@@ -224,12 +242,36 @@ mod tests {
                 enabled: false,
                 expiration_days: Some(1),
                 abort_incomplete_days: None,
+                tags: Tags::new(),
             },
         ];
-        assert_eq!(object_expiry(&rules, "logs/x", 0), Some(30 * DAY_MS));
-        assert_eq!(object_expiry(&rules, "logs/tmp/x", 0), Some(DAY_MS));
-        assert_eq!(object_expiry(&rules, "data/x", 0), None, "disabled rules do nothing");
+        let none = Tags::new();
+        assert_eq!(object_expiry(&rules, "logs/x", &none, 0), Some(30 * DAY_MS));
+        assert_eq!(object_expiry(&rules, "logs/tmp/x", &none, 0), Some(DAY_MS));
+        assert_eq!(object_expiry(&rules, "data/x", &none, 0), None, "disabled rules do nothing");
         assert_eq!(upload_abort(&rules, "logs/tmp/x", 5), Some(5 + 2 * DAY_MS));
         assert!(validate(&[LifecycleRule { id: "none".into(), ..Default::default() }]).is_err());
+    }
+
+    #[test]
+    fn tag_filters_need_every_tag() {
+        let tag = |k: &str, v: &str| Tags::from([(k.to_string(), v.to_string())]);
+        let mut wanted = tag("class", "temp");
+        wanted.insert("team".into(), "ops".into());
+        let rules = vec![LifecycleRule {
+            prefix: "logs/".into(),
+            enabled: true,
+            expiration_days: Some(1),
+            tags: wanted.clone(),
+            ..Default::default()
+        }];
+        assert_eq!(object_expiry(&rules, "logs/a", &wanted, 0), Some(DAY_MS));
+        let mut more = wanted.clone();
+        more.insert("extra".into(), "x".into());
+        assert_eq!(object_expiry(&rules, "logs/a", &more, 0), Some(DAY_MS), "other tags do not matter");
+        assert_eq!(object_expiry(&rules, "logs/a", &tag("class", "temp"), 0), None, "every tag is needed");
+        assert_eq!(object_expiry(&rules, "data/a", &wanted, 0), None, "and the prefix");
+        let abort_with_tags = LifecycleRule { abort_incomplete_days: Some(1), tags: wanted, ..Default::default() };
+        assert!(matches!(validate(&[abort_with_tags]), Err(EngineError::InvalidRequest(_))));
     }
 }

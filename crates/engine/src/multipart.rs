@@ -287,7 +287,10 @@ impl Engine {
                     })
                     .collect(),
             },
-            expires_at_ms: earliest(upload.expires_at_ms, object_expiry(&bucket_record.lifecycle, key, now_ms())),
+            expires_at_ms: earliest(
+                upload.expires_at_ms,
+                object_expiry(&bucket_record.lifecycle, key, &upload.headers.tags, now_ms()),
+            ),
         };
         let used: std::collections::HashSet<_> = chosen.iter().map(|p| p.blob).collect();
         let unused: Vec<_> = stored.iter().map(|(_, p, _)| p.blob).filter(|b| !used.contains(b)).collect();

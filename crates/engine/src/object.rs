@@ -250,7 +250,8 @@ impl Engine {
         self.check_residency(&req.bucket, &bucket)?;
         let limits = IngestLimits { inline_max: self.config().inline_max, max_size: self.config().max_object_size };
         let ingested = ingest(self.blobs(), req.body, req.integrity, limits).await?;
-        let expires_at_ms = earliest(req.expires_at_ms, object_expiry(&bucket.lifecycle, &req.key, now_ms()));
+        let lifecycle_expiry = object_expiry(&bucket.lifecycle, &req.key, &req.headers.tags, now_ms());
+        let expires_at_ms = earliest(req.expires_at_ms, lifecycle_expiry);
         let (record, inline) = self.new_record(ingested, req.headers, expires_at_ms);
         let extra = ExtraTxn::seen_bucket(bucket_revision);
         let revision = self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, extra).await?;
@@ -556,10 +557,10 @@ impl Engine {
             size: source.record.size,
             etag: source.record.etag.clone(),
             modified_ms: now_ms(),
+            expires_at_ms: object_expiry(&dst_bucket.lifecycle, &req.dst_key, &headers.tags, now_ms()),
             headers,
             checksum: source.record.checksum.clone(),
             data,
-            expires_at_ms: object_expiry(&dst_bucket.lifecycle, &req.dst_key, now_ms()),
         };
         let extra = ExtraTxn::seen_bucket(dst_revision);
         let revision =

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use meridian_meta::{Revision, Txn};
 
 use crate::error::{EngineError, EngineResult};
+use crate::lifecycle::{earliest, object_expiry};
 use crate::object::object_change;
 use crate::record::ObjectRecord;
 use crate::{Consistency, Engine, validate_key};
@@ -84,9 +85,14 @@ impl Engine {
         validate_key(key)?;
         validate_object_tags(&tags)?;
         for _ in 0..MAX_ATTEMPTS {
-            let current = self.read_visible(bucket, key, Consistency::Strong).await?;
+            let (current, (bucket_record, _)) =
+                futures::try_join!(self.read_visible(bucket, key, Consistency::Strong), self.bucket(bucket))?;
+            // A lifecycle rule the new tags match applies from the object's write, as in S3; an
+            // expiry already set stays (it may come from a TTL or an earlier rule).
+            let rule_expiry = object_expiry(&bucket_record.lifecycle, key, &tags, current.record.modified_ms);
             let record = ObjectRecord {
                 headers: crate::record::ObjectHeaders { tags: tags.clone(), ..current.record.headers.clone() },
+                expires_at_ms: earliest(current.record.expires_at_ms, rule_expiry),
                 ..current.record.clone()
             };
             let change = object_change(bucket, key, Some(&current), Some((&record, current.inline.as_ref())));

@@ -127,6 +127,30 @@ def main():
                         "NoSuchKey", 404, "attributes of a missing key")
     print("ok: get_object_attributes")
 
+    # Lifecycle rules filtered by tags (and a prefix).
+    def expires(key):
+        return s3.head_object(Bucket=BUCKET, Key=key)["ResponseMetadata"]["HTTPHeaders"].get("x-meridian-expires-at")
+
+    temp = {"Key": "class", "Value": "temp"}
+    rule = {"ID": "temp-logs", "Status": "Enabled", "Expiration": {"Days": 1},
+            "Filter": {"And": {"Prefix": "logs/", "Tags": [temp]}}}
+    s3.put_bucket_lifecycle_configuration(Bucket=BUCKET, LifecycleConfiguration={"Rules": [rule]})
+    got = s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"][0]["Filter"]
+    check_eq(got, {"And": {"Prefix": "logs/", "Tags": [temp]}}, "stored tag filter")
+    s3.put_object(Bucket=BUCKET, Key="logs/temp", Body=b"x", Tagging="class=temp")
+    s3.put_object(Bucket=BUCKET, Key="logs/kept", Body=b"x", Tagging="class=audit")
+    s3.put_object(Bucket=BUCKET, Key="other/temp", Body=b"x", Tagging="class=temp")
+    check(expires("logs/temp") is not None, "a tagged object under the prefix expires")
+    check(expires("logs/kept") is None and expires("other/temp") is None, "others do not")
+    s3.put_object_tagging(Bucket=BUCKET, Key="logs/kept", Tagging=tag_set({"class": "temp"}))
+    check(expires("logs/kept") is not None, "retagging makes the rule apply")
+    abort_rule = {"ID": "bad", "Status": "Enabled", "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+                  "Filter": {"Tag": temp}}
+    expect_client_error(lambda: s3.put_bucket_lifecycle_configuration(
+        Bucket=BUCKET, LifecycleConfiguration={"Rules": [abort_rule]}), "InvalidRequest", 400, "abort with tags")
+    s3.delete_bucket_lifecycle(Bucket=BUCKET)
+    print("ok: lifecycle tag filters")
+
     # Bucket tagging.
     expect_client_error(lambda: s3.get_bucket_tagging(Bucket=BUCKET), "NoSuchTagSet", 404, "no bucket tags yet")
     s3.put_bucket_tagging(Bucket=BUCKET, Tagging=tag_set({"cost-center": "42", "env": "test"}))

@@ -3,6 +3,7 @@
 //! is in `website.rs`; other configuration operations fall through to s3s's `NotImplemented`.
 
 use meridian_engine::GetRequest;
+use meridian_engine::tagging::{TagTarget, tags_from_pairs};
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
@@ -113,7 +114,7 @@ pub(super) async fn get_bucket_lifecycle_configuration(
             } else {
                 ExpirationStatus::DISABLED
             }),
-            filter: Some(LifecycleRuleFilter { prefix: Some(r.prefix), ..Default::default() }),
+            filter: Some(lifecycle_filter(r.prefix, r.tags)),
             expiration: r.expiration_days.map(|d| LifecycleExpiration { days: Some(d as i32), ..Default::default() }),
             abort_incomplete_multipart_upload: r
                 .abort_incomplete_days
@@ -153,18 +154,30 @@ fn lifecycle_rule(rule: LifecycleRule) -> S3Result<meridian_engine::lifecycle::L
         return Err(not_implemented("lifecycle transitions and noncurrent-version rules"));
     }
     let mut prefix = rule.prefix.unwrap_or_default();
+    let mut tags = Vec::new();
     if let Some(filter) = rule.filter {
-        if filter.and.is_some()
-            || filter.tag.is_some()
-            || filter.object_size_greater_than.is_some()
+        let sized = |and: &LifecycleRuleAndOperator| {
+            and.object_size_greater_than.is_some() || and.object_size_less_than.is_some()
+        };
+        if filter.object_size_greater_than.is_some()
             || filter.object_size_less_than.is_some()
+            || filter.and.as_ref().is_some_and(sized)
         {
-            return Err(not_implemented("lifecycle filters other than a prefix"));
+            return Err(not_implemented("lifecycle filters by object size"));
         }
         if let Some(p) = filter.prefix {
             prefix = p;
         }
+        if let Some(tag) = filter.tag {
+            tags.push(tag);
+        }
+        if let Some(and) = filter.and {
+            prefix = and.prefix.unwrap_or(prefix);
+            tags.extend(and.tags.unwrap_or_default());
+        }
     }
+    let pairs = tags.into_iter().map(|t| (t.key.unwrap_or_default(), t.value.unwrap_or_default())).collect();
+    let tags = tags_from_pairs(pairs, TagTarget::Object).map_err(s3_error)?;
     let expiration_days = match rule.expiration {
         None => None,
         Some(e) if e.date.is_some() || e.expired_object_delete_marker.is_some() => {
@@ -182,7 +195,26 @@ fn lifecycle_rule(rule: LifecycleRule) -> S3Result<meridian_engine::lifecycle::L
         enabled: rule.status.as_str() == ExpirationStatus::ENABLED,
         expiration_days,
         abort_incomplete_days,
+        tags,
     })
+}
+
+/// A stored rule's filter as S3 writes it: a prefix, one tag, or both (or several tags) under
+/// `And`.
+fn lifecycle_filter(prefix: String, tags: meridian_engine::tagging::Tags) -> LifecycleRuleFilter {
+    let mut set: Vec<Tag> = tags.into_iter().map(|(k, v)| Tag { key: Some(k), value: Some(v) }).collect();
+    match set.len() {
+        0 => LifecycleRuleFilter { prefix: Some(prefix), ..Default::default() },
+        1 if prefix.is_empty() => LifecycleRuleFilter { tag: set.pop(), ..Default::default() },
+        _ => LifecycleRuleFilter {
+            and: Some(LifecycleRuleAndOperator {
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                tags: Some(set),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    }
 }
 
 fn positive_days(days: Option<i32>, what: &str) -> S3Result<u32> {
