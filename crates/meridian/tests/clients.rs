@@ -456,6 +456,12 @@ fn boto3_tagging_and_attributes() {
     run_boto3_script("boto3_tagging.py", "tagging checks passed");
 }
 
+/// Browser-style form uploads (POST object) with boto3's generate_presigned_post.
+#[test]
+fn boto3_post_object() {
+    run_boto3_script("boto3_post.py", "post checks passed");
+}
+
 /// rclone configured entirely through environment variables (remote name `meridian`).
 struct Rclone {
     bin: PathBuf,

@@ -72,6 +72,7 @@ fn needs(op: &str) -> Needs {
         | "GetObjectAttributes"
         | "GetBucketAcl" => Needs::Bucket(Read),
         "PutObject"
+        | "PostObject"
         | "DeleteObject"
         | "DeleteObjects"
         | "CopyObject"
@@ -200,6 +201,18 @@ impl S3Access for MeridianAccess {
             context.set_bucket(record);
         }
         context.decide(AccessDecision { principal, grant });
+        Ok(())
+    }
+
+    /// POST (form) uploads: s3s names the object by the form's `key` as given, so a key that
+    /// asks for the file's name (`${filename}`) is refused rather than stored under that text.
+    async fn post_object(&self, req: &mut s3s::S3Request<s3s::dto::PostObjectInput>) -> S3Result<()> {
+        if req.input.key.contains("${filename}") {
+            return Err(S3Error::with_message(
+                S3ErrorCode::NotImplemented,
+                "${filename} in a POST form's key is not implemented by Meridian: give the whole key",
+            ));
+        }
         Ok(())
     }
 }

@@ -58,7 +58,11 @@ impl S3Handler {
         let req = req.map(|body| {
             if hyper::body::Body::is_end_stream(&body) { s3s::Body::empty() } else { s3s::Body::http_body_unsync(body) }
         });
+        let post = req.method() == Method::POST;
         match with_key_slot(self.service.call(req)).await {
+            Ok(resp) if post && resp.status() == StatusCode::BAD_REQUEST => {
+                as_aws_refuses_policy_conditions(resp).await
+            }
             Ok(resp) => without_body_if_not_modified(resp),
             Err(err) => {
                 tracing::error!(request_id = %info.id, error = ?err, "S3 request failed inside s3s");
@@ -71,6 +75,30 @@ impl S3Handler {
 impl meridian_http::Handler for S3Handler {
     async fn handle(&self, req: Request<RequestBody>, info: RequestInfo) -> Response<ResponseBody> {
         S3Handler::handle(self, req, info).await
+    }
+}
+
+/// s3s refuses a POST (form) upload whose fields break a policy condition with
+/// `400 InvalidPolicyDocument`; S3 answers `403 AccessDenied` ("Invalid according to Policy").
+async fn as_aws_refuses_policy_conditions(resp: Response<s3s::Body>) -> Response<s3s::Body> {
+    use http_body_util::BodyExt;
+    let (parts, body) = resp.into_parts();
+    let Ok(collected) = body.collect().await else {
+        return crate::forward::error_response(StatusCode::BAD_REQUEST, "InvalidRequest", "bad request");
+    };
+    let bytes = collected.to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    let condition = text
+        .split_once("<Code>InvalidPolicyDocument</Code><Message>Policy condition ")
+        .and_then(|(_, rest)| rest.split_once("</Message>"))
+        .map(|(message, _)| message.to_string());
+    match condition {
+        Some(failed) => crate::forward::error_response(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            &format!("Invalid according to Policy: Policy Condition failed: {failed}"),
+        ),
+        None => Response::from_parts(parts, s3s::Body::from(bytes)),
     }
 }
 

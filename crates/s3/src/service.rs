@@ -18,6 +18,10 @@ use s3s::dto::*;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{S3, S3Request, S3Response, S3Result};
 
+/// The largest file a POST (HTML form) upload may carry: it is held in memory until the policy
+/// has been checked. Larger uploads use PUT or multipart.
+pub const POST_OBJECT_MAX_BYTES: u64 = 64 << 20;
+
 /// Settings of the S3 front end.
 #[derive(Clone, Debug, Default)]
 pub struct S3Options {
@@ -54,6 +58,8 @@ pub fn build_service(engine: Engine, options: &S3Options) -> S3Service {
     let mut config = s3s::config::S3Config::default();
     // Enough for a CompleteMultipartUpload listing 10,000 parts, no more.
     config.xml_max_body_size = 4 << 20;
+    // s3s holds a POST (browser form) upload's file in memory while it checks the policy.
+    config.post_object_max_file_size = POST_OBJECT_MAX_BYTES;
     builder.set_config(std::sync::Arc::new(s3s::config::StaticConfigProvider::new(std::sync::Arc::new(config))));
     builder.build()
 }
