@@ -151,3 +151,64 @@ async fn cors_configuration_and_preflights_follow_s3() {
     let resp = preflight("https://anyone.net", "GET", "");
     assert_eq!(resp.status, 403);
 }
+
+/// A presigned POST form from boto3's generate_presigned_post: `{"url": ..., "fields": {...}}`.
+fn presigned_post(server: &Server, bucket: &str, key: &str) -> serde_json::Value {
+    let python = common::require_tool("python3", "install Python 3 with boto3 (scripts/test.sh does)");
+    let home = tempfile::tempdir().unwrap();
+    let script = format!(
+        "import boto3, json\n\
+         from botocore.config import Config\n\
+         s3 = boto3.client('s3', endpoint_url={endpoint:?}, config=Config(signature_version='s3v4', s3={{'addressing_style': 'path'}}))\n\
+         print(json.dumps(s3.generate_presigned_post({bucket:?}, {key:?}, \
+             Fields={{'success_action_status': '201', 'Content-Type': 'text/plain'}}, \
+             Conditions=[{{'success_action_status': '201'}}, ['starts-with', '$Content-Type', 'text/'], ['content-length-range', 1, 4096]], \
+             ExpiresIn=300)))",
+        endpoint = server.endpoint
+    );
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg("-c").arg(script);
+    common::aws_env_only_ours(&mut cmd, home.path());
+    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(60));
+    serde_json::from_str(&common::expect_success("generate_presigned_post", &out)).unwrap()
+}
+
+#[tokio::test]
+async fn a_page_on_another_origin_uploads_with_a_signed_form() {
+    let server = Server::start();
+    let s3 = server.client();
+    s3.create_bucket().bucket("forms").send().await.unwrap();
+    let post = presigned_post(&server, "forms", "from-form.txt");
+    let hidden: String = post["fields"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, value)| format!("<input type=hidden name=\"{name}\" value=\"{}\">", value.as_str().unwrap()))
+        .collect();
+    let page = format!(
+        "<html><body><form id=upload method=post enctype=multipart/form-data action=\"{}\">{hidden}\
+         <input id=file type=file name=file></form>ready</body></html>",
+        post["url"].as_str().unwrap()
+    );
+    let origin = serve_page(&page);
+    let mut browser = Browser::start();
+    browser.navigate(&origin);
+    browser.wait_for("document.getElementById('upload') != null", Duration::from_secs(20));
+    // A file chosen as a user would (DataTransfer), then the form submitted: a navigation.
+    browser.eval(
+        "(() => { const t = new DataTransfer(); \
+           t.items.add(new File(['hello from a form'], 'hello.txt', {type: 'text/plain'})); \
+           document.getElementById('file').files = t.files; \
+           document.getElementById('upload').submit(); return true; })()",
+    );
+    let answer = browser.wait_for(
+        "document.documentElement && document.documentElement.textContent.includes('from-form.txt') \
+           && document.documentElement.textContent",
+        Duration::from_secs(20),
+    );
+    let answer = answer.as_str().unwrap_or_default().to_string();
+    assert!(answer.contains("forms") && answer.contains("from-form.txt"), "the PostResponse: {answer}");
+    let stored = s3.get_object().bucket("forms").key("from-form.txt").send().await.unwrap();
+    assert_eq!(stored.content_type(), Some("text/plain"));
+    assert_eq!(body_bytes(stored).await, b"hello from a form");
+}
