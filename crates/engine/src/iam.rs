@@ -400,6 +400,24 @@ impl Engine {
         self.settle().await?;
         Ok(record)
     }
+
+    /// Replaces every grant of the bucket and its public-read flag at once (S3's PutBucketAcl
+    /// with grant headers); each key named must exist.
+    pub async fn replace_acl(&self, bucket: &str, grants: Grants, public: bool) -> EngineResult<BucketRecord> {
+        for name in grants.keys() {
+            self.access_key(name).await?;
+        }
+        let grants: Grants = grants.into_iter().filter(|(_, g)| !g.is_empty()).collect();
+        let record = self
+            .update_bucket(bucket, |record| {
+                record.grants = grants.clone();
+                record.public_read = public;
+                Ok(())
+            })
+            .await?;
+        self.settle().await?;
+        Ok(record)
+    }
 }
 
 /// Grants as stored in a bucket record.

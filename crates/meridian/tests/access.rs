@@ -305,3 +305,75 @@ print("boto3 permissions OK")
     assert!(out.status.success(), "boto3 script failed:\n{seen}{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("boto3 permissions OK"));
 }
+
+/// PutBucketAcl's grant headers name keys (`id="NAME"`) and AllUsers READ; they replace the
+/// bucket's grants. What has no Meridian equivalent is refused with a clear error.
+#[tokio::test]
+async fn acl_grant_headers_map_onto_key_grants() {
+    use aws_sdk_s3::types::BucketCannedAcl;
+    let server = Server::start();
+    let root = server.client();
+    let (reader, writer) = (create_key(&server, "reader", false), create_key(&server, "writer", false));
+    let (r, w) = (client(&server, &reader), client(&server, &writer));
+    root.create_bucket().bucket("granted").send().await.unwrap();
+    root.put_object().bucket("granted").key("doc").body(ByteStream::from_static(b"shared")).send().await.unwrap();
+    let all_users = "uri=\"http://acs.amazonaws.com/groups/global/AllUsers\"";
+    root.put_bucket_acl()
+        .bucket("granted")
+        .grant_read(format!("id=\"reader\", {all_users}"))
+        .grant_write("id=\"writer\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body_bytes(r.get_object().bucket("granted").key("doc").send().await.unwrap()).await, b"shared");
+    let err = r.put_object().bucket("granted").key("x").body(ByteStream::from_static(b"x")).send().await.unwrap_err();
+    assert_eq!(error_code(&err), "AccessDenied", "read is not write");
+    w.put_object().bucket("granted").key("w").body(ByteStream::from_static(b"w")).send().await.unwrap();
+    assert_eq!(send(&server.addr, "GET", "/granted/doc", &[], b"").status, 200, "AllUsers READ: public");
+    let acl = root.get_bucket_acl().bucket("granted").send().await.unwrap();
+    let listed: Vec<(String, String)> = acl
+        .grants()
+        .iter()
+        .map(|g| {
+            let who = g.grantee().and_then(|e| e.id().or(e.uri())).unwrap_or_default().to_string();
+            (who, g.permission().map(|p| p.as_str().to_string()).unwrap_or_default())
+        })
+        .collect();
+    for expected in
+        [("reader", "READ"), ("writer", "WRITE"), ("http://acs.amazonaws.com/groups/global/AllUsers", "READ")]
+    {
+        assert!(listed.contains(&(expected.0.into(), expected.1.into())), "{expected:?} in {listed:?}");
+    }
+
+    // The headers replace the ACL: the reader not named again loses its grant.
+    root.put_bucket_acl().bucket("granted").grant_full_control("id=\"writer\"").send().await.unwrap();
+    let err = r.get_object().bucket("granted").key("doc").send().await.unwrap_err();
+    assert_eq!(error_code(&err), "AccessDenied");
+    assert_eq!(send(&server.addr, "GET", "/granted/doc", &[], b"").status, 403, "no longer public");
+    w.put_bucket_acl().bucket("granted").grant_read("id=\"writer\"").send().await.expect("FULL_CONTROL: an owner");
+
+    let refusals = [
+        (root.put_bucket_acl().bucket("granted").grant_read("id=\"nobody\"").send().await, "InvalidArgument"),
+        (root.put_bucket_acl().bucket("granted").grant_write(all_users).send().await, "NotImplemented"),
+        (root.put_bucket_acl().bucket("granted").grant_read("emailAddress=\"a@b.c\"").send().await, "NotImplemented"),
+        (root.put_bucket_acl().bucket("granted").acl(BucketCannedAcl::PublicReadWrite).send().await, "NotImplemented"),
+        (
+            root.put_bucket_acl().bucket("granted").acl(BucketCannedAcl::AuthenticatedRead).send().await,
+            "NotImplemented",
+        ),
+        (
+            root.put_bucket_acl()
+                .bucket("granted")
+                .acl(BucketCannedAcl::PublicRead)
+                .grant_read("id=\"writer\"")
+                .send()
+                .await,
+            "InvalidRequest",
+        ),
+    ];
+    for (i, (result, code)) in refusals.into_iter().enumerate() {
+        assert_eq!(error_code(&result.unwrap_err()), code, "refusal {i}");
+    }
+    let err = root.create_bucket().bucket("with-grants").grant_read("id=\"reader\"").send().await.unwrap_err();
+    assert_eq!(error_code(&err), "NotImplemented", "grant headers are not ignored on CreateBucket");
+}

@@ -6,6 +6,7 @@ mod attributes;
 mod buckets;
 mod config;
 mod cors;
+mod grants;
 mod listing;
 mod multipart;
 mod objects;

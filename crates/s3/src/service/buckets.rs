@@ -38,6 +38,13 @@ pub(super) async fn create_bucket(
     req: S3Request<CreateBucketInput>,
 ) -> S3Result<S3Response<CreateBucketOutput>> {
     let public_read = bucket_acl_is_public(req.input.acl.as_ref())?;
+    let input = &req.input;
+    if [&input.grant_full_control, &input.grant_read, &input.grant_read_acp, &input.grant_write, &input.grant_write_acp]
+        .iter()
+        .any(|g| g.is_some())
+    {
+        return Err(not_implemented("grant headers on CreateBucket (create the bucket, then PutBucketAcl)"));
+    }
     if req.input.object_lock_enabled_for_bucket == Some(true) {
         return Err(not_implemented("object lock"));
     }

@@ -2,12 +2,14 @@
 //! `public-read`), lifecycle rules, and versioning (never enabled). The website configuration
 //! is in `website.rs`; other configuration operations fall through to s3s's `NotImplemented`.
 
-use meridian_engine::GetRequest;
+use meridian_engine::record::BucketRecord;
 use meridian_engine::tagging::{TagTarget, tags_from_pairs};
+use meridian_engine::{EngineError, GetRequest};
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::MeridianS3;
+use super::grants::{self, Permission};
 use super::shared::{bucket_acl_is_public, not_implemented};
 use crate::convert::s3_error;
 
@@ -16,7 +18,7 @@ pub(super) async fn get_bucket_acl(
     req: S3Request<GetBucketAclInput>,
 ) -> S3Result<S3Response<GetBucketAclOutput>> {
     let (record, _) = s3.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
-    let (owner, grants) = acl_grants(&record.owner, record.public_read);
+    let (owner, grants) = acl_grants(&record);
     Ok(S3Response::new(GetBucketAclOutput { owner: Some(owner), grants: Some(grants) }))
 }
 
@@ -25,18 +27,39 @@ pub(super) async fn put_bucket_acl(
     req: S3Request<PutBucketAclInput>,
 ) -> S3Result<S3Response<PutBucketAclOutput>> {
     let input = &req.input;
-    refuse_acl_details(
-        &[
-            input.grant_full_control.as_ref(),
-            input.grant_read.as_ref(),
-            input.grant_read_acp.as_ref(),
-            input.grant_write.as_ref(),
-            input.grant_write_acp.as_ref(),
-        ],
-        input.access_control_policy.is_some(),
-    )?;
-    let public = bucket_acl_is_public(input.acl.as_ref())?;
-    s3.engine.set_public_read(&input.bucket, public).await.map_err(s3_error)?;
+    if input.access_control_policy.is_some() {
+        return Err(not_implemented(
+            "ACL documents (AccessControlPolicy); use a canned ACL or the x-amz-grant-* headers",
+        ));
+    }
+    let headers = grants::from_headers(&[
+        (input.grant_read.as_ref(), Permission::Read),
+        (input.grant_write.as_ref(), Permission::Write),
+        (input.grant_full_control.as_ref(), Permission::FullControl),
+        (input.grant_read_acp.as_ref(), Permission::ReadAcp),
+        (input.grant_write_acp.as_ref(), Permission::WriteAcp),
+    ])?;
+    match headers {
+        None => {
+            let public = bucket_acl_is_public(input.acl.as_ref())?;
+            s3.engine.set_public_read(&input.bucket, public).await.map_err(s3_error)?;
+        }
+        Some(_) if input.acl.is_some() => {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidRequest,
+                "Specifying both Canned ACLs and Header Grants is not allowed",
+            ));
+        }
+        // S3 replaces the whole ACL: keys not named lose their grants.
+        Some(acl) => {
+            s3.engine.replace_acl(&input.bucket, acl.grants, acl.public_read).await.map_err(|e| match e {
+                EngineError::NoSuchAccessKey(name) => {
+                    S3Error::with_message(S3ErrorCode::InvalidArgument, format!("Invalid id: no key named {name:?}"))
+                }
+                other => s3_error(other),
+            })?;
+        }
+    }
     Ok(S3Response::new(PutBucketAclOutput::default()))
 }
 
@@ -50,7 +73,7 @@ pub(super) async fn get_object_acl(
         .await
         .map_err(s3_error)?;
     // Objects have no ACL of their own: they share the bucket's.
-    let (owner, grants) = acl_grants(&record.owner, record.public_read);
+    let (owner, grants) = acl_grants(&record);
     Ok(S3Response::new(GetObjectAclOutput { owner: Some(owner), grants: Some(grants), ..Default::default() }))
 }
 
@@ -224,20 +247,34 @@ fn positive_days(days: Option<i32>, what: &str) -> S3Result<u32> {
     }
 }
 
-/// The ACL S3 clients see: the owner with full control, and everyone with read when public.
-fn acl_grants(owner: &str, public_read: bool) -> (Owner, Vec<Grant>) {
-    let owner = Owner { id: Some(owner.to_string()), display_name: Some(owner.to_string()) };
-    let mut grants = vec![Grant {
+/// The ACL S3 clients see: the owner with full control, each key's grants (its name as the
+/// canonical user id), and everyone with read when public.
+fn acl_grants(record: &BucketRecord) -> (Owner, Vec<Grant>) {
+    let owner = Owner { id: Some(record.owner.clone()), display_name: Some(record.owner.clone()) };
+    let user = |name: &str, permission: &'static str| Grant {
         grantee: Some(Grantee {
             type_: Type::from_static(Type::CANONICAL_USER),
-            id: owner.id.clone(),
-            display_name: owner.display_name.clone(),
+            id: Some(name.to_string()),
+            display_name: Some(name.to_string()),
             email_address: None,
             uri: None,
         }),
-        permission: Some(Permission::from_static(Permission::FULL_CONTROL)),
-    }];
-    if public_read {
+        permission: Some(s3s::dto::Permission::from_static(permission)),
+    };
+    let mut grants = vec![user(&record.owner, s3s::dto::Permission::FULL_CONTROL)];
+    for (name, grant) in &record.grants {
+        if grant.owner {
+            grants.push(user(name, s3s::dto::Permission::FULL_CONTROL));
+            continue;
+        }
+        if grant.read {
+            grants.push(user(name, s3s::dto::Permission::READ));
+        }
+        if grant.write {
+            grants.push(user(name, s3s::dto::Permission::WRITE));
+        }
+    }
+    if record.public_read {
         grants.push(Grant {
             grantee: Some(Grantee {
                 type_: Type::from_static(Type::GROUP),
@@ -246,7 +283,7 @@ fn acl_grants(owner: &str, public_read: bool) -> (Owner, Vec<Grant>) {
                 display_name: None,
                 email_address: None,
             }),
-            permission: Some(Permission::from_static(Permission::READ)),
+            permission: Some(s3s::dto::Permission::from_static(s3s::dto::Permission::READ)),
         });
     }
     (owner, grants)

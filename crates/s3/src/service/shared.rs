@@ -175,6 +175,12 @@ pub(super) fn bucket_acl_is_public(acl: Option<&BucketCannedACL>) -> S3Result<bo
     match acl.map(BucketCannedACL::as_str) {
         None | Some(BucketCannedACL::PRIVATE) => Ok(false),
         Some(BucketCannedACL::PUBLIC_READ) => Ok(true),
+        Some(BucketCannedACL::PUBLIC_READ_WRITE) => Err(not_implemented(
+            "the \"public-read-write\" canned ACL: anonymous requests never write (grant write to a key with x-amz-grant-write: id=\"KEY-NAME\")",
+        )),
+        Some(BucketCannedACL::AUTHENTICATED_READ) => Err(not_implemented(
+            "the \"authenticated-read\" canned ACL: there is no grant to every key (grant read to each with x-amz-grant-read: id=\"KEY-NAME\")",
+        )),
         Some(other) => Err(not_implemented(&format!("the {other:?} canned ACL (use private or public-read)"))),
     }
 }
