@@ -372,6 +372,7 @@ async fn lifecycle_rules_expire_objects_and_abort_uploads() {
         enabled: true,
         expiration_days: Some(2),
         abort_incomplete_days: Some(1),
+        ..Default::default()
     };
     engine.set_lifecycle("kvs", vec![rule.clone()]).await.unwrap();
     assert_eq!(engine.lifecycle("kvs").await.unwrap(), vec![rule]);

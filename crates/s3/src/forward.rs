@@ -42,7 +42,7 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(300);
 /// Where a request is served.
 pub enum Route {
     /// By this node; `bucket`: the record read to decide, if one was.
-    Here { forwarding: Forwarding, bucket: Option<BucketView> },
+    Here { forwarding: Forwarding, bucket: Option<Box<BucketView>> },
     /// By a node of another region.
     There { region: String, base_url: String },
     /// By a region with no reachable node: this answer.
@@ -126,7 +126,7 @@ impl Forwarder {
             Location::Pinned { region } if *region != self.engine.config().node.region => region.clone(),
             _ => {
                 let bucket = BucketView { name, record, revision };
-                return Route::Here { forwarding: Forwarding::ServedHere, bucket: Some(bucket) };
+                return Route::Here { forwarding: Forwarding::ServedHere, bucket: Some(Box::new(bucket)) };
             }
         };
         let nodes = self.engine.nodes().await.unwrap_or_default();

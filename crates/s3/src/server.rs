@@ -42,7 +42,7 @@ impl S3Handler {
         let (forwarding, bucket) = match &self.forwarder {
             None => (Forwarding::NotConsidered, None),
             Some(fw) => match fw.route(&req).await {
-                Route::Here { forwarding, bucket } => (forwarding, bucket),
+                Route::Here { forwarding, bucket } => (forwarding, bucket.map(|b| *b)),
                 Route::There { region, base_url } => {
                     info.notes.set_operation("forward");
                     return fw.forward(req, &region, &base_url).await;

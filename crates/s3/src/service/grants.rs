@@ -2,7 +2,7 @@
 //! onto Meridian's grants: a key name (`id`) gets read, write or owner; AllUsers READ is a
 //! public-read bucket. What Meridian cannot express is refused with `NotImplemented`.
 
-use meridian_engine::iam::{Grant, Grants};
+use meridian_engine::iam::Grants;
 use s3s::{S3Result, s3_error};
 
 use super::shared::not_implemented;
@@ -60,7 +60,7 @@ fn grant(acl: &mut HeaderAcl, kind: &str, name: &str, permission: Permission) ->
             Err(not_implemented("grants to every authenticated key (name each key with id=\"KEY-NAME\")"))
         }
         ("id", name, permission) if !name.is_empty() => {
-            let entry = acl.grants.entry(name.to_string()).or_insert_with(Grant::default);
+            let entry = acl.grants.entry(name.to_string()).or_default();
             match permission {
                 Permission::Read => entry.read = true,
                 Permission::Write => entry.write = true,
