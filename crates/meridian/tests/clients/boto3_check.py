@@ -271,13 +271,30 @@ def main():
     print("boto3 checks passed")
 
 
-if __name__ == "__main__":
+def run(main):
+    """Runs a check script's main; any unexpected exception is a failure with its traceback."""
     try:
         main()
     except SystemExit:
         raise
-    except Exception as err:  # any unexpected exception is a failure with its traceback
+    except Exception as err:
         import traceback
 
         traceback.print_exc()
         fail(f"unexpected {type(err).__name__}: {err}")
+
+
+def client_from_argv(script):
+    """The boto3 S3 client of the endpoint given as the only argument (path style, no retries)."""
+    if len(sys.argv) != 2:
+        fail(f"usage: {script} ENDPOINT_URL")
+    return boto3.client(
+        "s3",
+        endpoint_url=sys.argv[1],
+        region_name="us-east-1",
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+
+
+if __name__ == "__main__":
+    run(main)

@@ -14,11 +14,9 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import boto3  # noqa: E402
 import urllib3  # noqa: E402
-from botocore.config import Config  # noqa: E402
 
-from boto3_check import check, check_eq, fail  # noqa: E402
+from boto3_check import check, check_eq, client_from_argv, fail, run  # noqa: E402
 
 BUCKET = "boto3-post"
 HTTP = urllib3.PoolManager(retries=False)
@@ -38,14 +36,7 @@ def error_code(resp):
 
 
 def main():
-    if len(sys.argv) != 2:
-        fail("usage: boto3_post.py ENDPOINT_URL")
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=sys.argv[1],
-        region_name="us-east-1",
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
+    s3 = client_from_argv("boto3_post.py")
     s3.create_bucket(Bucket=BUCKET)
     conditions = [
         {"success_action_status": "201"},
@@ -118,12 +109,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SystemExit:
-        raise
-    except Exception as err:  # any unexpected exception is a failure with its traceback
-        import traceback
-
-        traceback.print_exc()
-        fail(f"unexpected {type(err).__name__}: {err}")
+    run(main)

@@ -11,10 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import boto3  # noqa: E402
-from botocore.config import Config  # noqa: E402
 
-from boto3_check import check, check_eq, expect_client_error, fail  # noqa: E402
+from boto3_check import check, check_eq, client_from_argv, expect_client_error, run  # noqa: E402
 
 MIB = 1024 * 1024
 BUCKET = "boto3-tagging"
@@ -29,14 +27,7 @@ def tag_set(mapping):
 
 
 def main():
-    if len(sys.argv) != 2:
-        fail("usage: boto3_tagging.py ENDPOINT_URL")
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=sys.argv[1],
-        region_name="us-east-1",
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
+    s3 = client_from_argv("boto3_tagging.py")
     s3.create_bucket(Bucket=BUCKET)
 
     # x-amz-tagging on PUT; the count on GET and HEAD.
@@ -167,12 +158,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SystemExit:
-        raise
-    except Exception as err:  # any unexpected exception is a failure with its traceback
-        import traceback
-
-        traceback.print_exc()
-        fail(f"unexpected {type(err).__name__}: {err}")
+    run(main)
