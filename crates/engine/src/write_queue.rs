@@ -103,8 +103,11 @@ impl Engine {
             let chain: Vec<Queued> = {
                 let mut busy = self.write_queues().lock();
                 let Some(queue) = busy.get_mut(&object_key) else { return };
-                // Writers that gave up (request dropped) need no commit.
-                queue.retain(|q| !q.reply.is_closed());
+                // Writers that gave up (request dropped) need no commit; their bytes go.
+                let (abandoned, waiting): (VecDeque<Queued>, VecDeque<Queued>) =
+                    std::mem::take(queue).into_iter().partition(|q| q.reply.is_closed());
+                *queue = waiting;
+                self.delete_blobs_now(abandoned.iter().flat_map(|q| q.record.data.blobs()).collect());
                 if queue.is_empty() {
                     busy.remove(&object_key);
                     return;
