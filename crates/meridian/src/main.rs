@@ -1,6 +1,7 @@
 //! The `meridian` command: one binary for the server and every tool around it.
 
 mod config;
+mod log_writer;
 mod metrics;
 mod server;
 

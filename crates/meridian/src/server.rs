@@ -294,17 +294,15 @@ impl Settings {
     }
 }
 
-/// Logs go to stderr through a writer thread: request threads only queue a formatted line
-/// (the access log writes one per request), and nothing is dropped — a full queue makes the
-/// logging thread wait. Colours only on a terminal. The guard flushes the queue when dropped.
-fn init_logging(format: &str) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+/// Logs go to stderr through a writer thread ([`crate::log_writer`]): request threads only
+/// append a formatted line to a buffer (the access log writes one per request) that the writer
+/// thread writes every few milliseconds; nothing is dropped. Colours only on a terminal. The
+/// guard writes what is buffered when dropped.
+fn init_logging(format: &str) -> anyhow::Result<crate::log_writer::FlushGuard> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,s3s=off,hyper=warn"));
-    // Buffered: under load the writer thread batches many lines per write; it flushes every
-    // time its queue runs empty, so a quiet node's lines still appear at once.
-    let stderr = std::io::BufWriter::with_capacity(64 << 10, std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(stderr);
+    let (writer, guard) = crate::log_writer::stderr().context("cannot start the log writer thread")?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
