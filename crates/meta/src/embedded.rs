@@ -72,6 +72,8 @@ struct Shared {
     oldest: AtomicU64,
     /// Every committed revision's events, in order.
     events: broadcast::Sender<Arc<RevisionEvents>>,
+    /// Recently read keys (point reads), kept exact by the writer.
+    hot: crate::hot::HotKeys,
 }
 
 struct RevisionEvents {
@@ -117,8 +119,13 @@ impl EmbeddedStore {
             revision
         };
         let (events, _) = broadcast::channel(4096);
-        let shared =
-            Arc::new(Shared { db, revision: AtomicU64::new(revision), oldest: AtomicU64::new(oldest), events });
+        let shared = Arc::new(Shared {
+            db,
+            revision: AtomicU64::new(revision),
+            oldest: AtomicU64::new(oldest),
+            events,
+            hot: crate::hot::HotKeys::new(),
+        });
         let (writer, queue) = mpsc::sync_channel(4096);
         let writer_shared = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -151,6 +158,17 @@ impl EmbeddedStore {
     }
 
     fn read_many(&self, keys: &[Bytes]) -> MetaResult<(Vec<Option<KeyValue>>, Revision)> {
+        let hot = &self.shared.hot;
+        if let Some(hit) = hot.get_all(keys, &self.shared.revision) {
+            return Ok(hit);
+        }
+        let ticket = hot.ticket();
+        let (values, revision) = self.read_many_from_snapshot(keys)?;
+        hot.fill(ticket, keys, &values);
+        Ok((values, revision))
+    }
+
+    fn read_many_from_snapshot(&self, keys: &[Bytes]) -> MetaResult<(Vec<Option<KeyValue>>, Revision)> {
         let rtx = self.shared.db.begin_read().map_err(storage)?;
         let revision = read_revision(&rtx)?;
         let table = rtx.open_table(KV).map_err(storage)?;
@@ -309,9 +327,8 @@ fn writer_loop(
         match outcome {
             Ok((results, committed)) => {
                 let newest = committed.last().map(|c| c.revision);
-                if let Some(newest) = newest {
-                    shared.revision.store(newest, Ordering::SeqCst);
-                }
+                let written = committed.iter().flat_map(|c| c.events.iter().map(|e| &e.kv.key));
+                shared.hot.publish(Some(written), newest, &shared.revision);
                 for (req, result) in batch.into_iter().zip(results) {
                     let _ = req.reply.send(result);
                 }
@@ -322,6 +339,8 @@ fn writer_loop(
             }
             Err(err) => {
                 tracing::error!(error = %err, "metadata commit failed");
+                // Whether redb kept any of it is unknown: forget every cached value.
+                shared.hot.publish(None::<std::iter::Empty<&Bytes>>, None, &shared.revision);
                 for req in batch {
                     let _ = req.reply.send(Err(MetaError::Storage(err.to_string())));
                 }
