@@ -287,9 +287,9 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
             }
         }
         VolumeSubcommand::Rollback { name, to, force_takeover, bucket } => {
-            let seq =
-                manage::rollback(bucket.store()?, &bucket.layout(&name)?, &to, &holder("rollback"), force_takeover)
-                    .await?;
+            let mut cfg = WriterConfig::new(default_cache_dir(), holder("rollback"));
+            cfg.force_takeover = force_takeover;
+            let seq = manage::rollback(bucket.store()?, &bucket.layout(&name)?, &to, cfg).await?;
             println!("rolled {name} back to snapshot {to} (new log position {seq})");
         }
         VolumeSubcommand::Export { name, at, output, bucket } => {

@@ -78,7 +78,7 @@ impl Gc {
         for s in &snaps {
             let k = (s.label.clone(), s.seq);
             if !self.snapshot_refs.contains_key(&k) {
-                let live = manage::objects_at(vol.store().as_ref(), vol.layout(), vol.manifest(), s.seq).await?;
+                let live = manage::objects_at(vol.store().as_ref(), vol.layout(), vol.manifest(), s).await?;
                 self.snapshot_refs.insert(k.clone(), live.into_keys().collect());
             }
             if let Some(refs) = self.snapshot_refs.get(&k) {

@@ -13,10 +13,8 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::error::{Result, StoreError, VolumeError};
-use crate::format::{
-    self, CheckpointHeader, HEADER_BYTES, Layout, Lease, Manifest, ObjectKind, SECTOR, Snapshot, Trailer,
-};
-use crate::lease::{self, LeaseHandle, now_unix};
+use crate::format::{self, CheckpointHeader, HEADER_BYTES, Layout, Lease, Manifest, SECTOR, Snapshot};
+use crate::lease::{self, now_unix};
 use crate::replay::{self, Listing};
 use crate::store::{ObjectStore, PutCondition};
 use crate::table;
@@ -144,7 +142,7 @@ pub async fn snapshot(
     label: Option<&str>,
     grace: Duration,
 ) -> Result<Snapshot> {
-    read_manifest(store, layout).await?;
+    let manifest = read_manifest(store, layout).await?;
     let t0 = Instant::now();
     let end = committed_end(store, layout, &Listing::fetch(store, layout).await?).await?;
     let label = match label {
@@ -152,7 +150,7 @@ pub async fn snapshot(
         None => format!("snap-{}-{end:x}", now_unix()),
     };
     format::validate_name(&label)?;
-    let snap = Snapshot { label: label.clone(), seq: end, created_unix: now_unix() };
+    let snap = Snapshot { label: label.clone(), seq: end, created_unix: now_unix(), size: Some(manifest.size) };
     let key = layout.snapshot(&label);
     match store.put(&key, json(&snap)?, PutCondition::IfAbsent).await {
         Ok(_) => {}
@@ -216,52 +214,28 @@ async fn replay_temp(
     Ok((dir, r))
 }
 
-/// Makes the disk what it was at `label`, without destroying anything: the state at the
-/// snapshot is written as a checkpoint at a new log position, marked by a Rollback object, so
-/// later snapshots stay valid and a rollback can itself be rolled back.
-pub async fn rollback(
-    store: Arc<dyn ObjectStore>,
-    layout: &Layout,
-    label: &str,
-    holder: &str,
-    force: bool,
-) -> Result<u64> {
+/// Makes the disk what it was at `label`, without destroying anything: every sector whose
+/// content differs from the snapshot's is written again, through the log, with the snapshot's
+/// bytes (zeros where the snapshot had nothing). Later snapshots stay valid, a rollback can
+/// itself be rolled back, and the log stays a plain sequence of writes that any reader of the
+/// seed format replays to the rolled-back disk. Returns the log position after it.
+pub async fn rollback(store: Arc<dyn ObjectStore>, layout: &Layout, label: &str, cfg: WriterConfig) -> Result<u64> {
     let manifest = read_manifest(store.as_ref(), layout).await?;
     let snap = find_snapshot(store.as_ref(), layout, label).await?;
-    let lease = LeaseHandle::acquire(store.clone(), layout, holder, Duration::from_secs(60), force, 0).await?;
-    let result = rollback_locked(store.as_ref(), layout, &manifest, &snap, lease.epoch()).await;
-    lease.release().await?;
-    result
-}
-
-async fn rollback_locked(
-    store: &dyn ObjectStore,
-    layout: &Layout,
-    manifest: &Manifest,
-    snap: &Snapshot,
-    epoch: u64,
-) -> Result<u64> {
-    let (_head_dir, head) = replay_temp(store, layout, manifest, u64::MAX).await?;
-    if head.epoch >= epoch {
-        return Err(VolumeError::Invalid(format!("log epoch {} is not below the lease epoch {epoch}", head.epoch)));
+    let vol = Volume::open(store.clone(), layout.clone(), cfg).await?;
+    let res = async {
+        // Past the snapshot's own size the disk had nothing then: replaying there could only
+        // find data from before an earlier shrink.
+        let at_size = Manifest { size: manifest.size.min(snap.size.unwrap_or(manifest.size)), ..manifest.clone() };
+        let (_dir, mut at) = replay_temp(store.as_ref(), layout, &at_size, snap.seq).await?;
+        let bytes = vol.revert_to(&mut at.table).await?;
+        vol.flush().await?;
+        info!(label = snap.label, snapshot_seq = snap.seq, rewritten = bytes, "rolled back");
+        Ok::<_, VolumeError>(vol.durable())
     }
-    let (dir, mut at) = replay_temp(store, layout, manifest, snap.seq).await?;
-    for (&seq, _) in head.listing.logs.range(head.end + 1..) {
-        store.delete(&layout.log(seq)).await?;
-    }
-    for (&seq, _) in head.listing.checkpoints.range(head.end + 1..) {
-        store.delete(&layout.checkpoint(seq)).await?;
-    }
-    let seq = head.end + 1;
-    let copy = dir.path().join("copy");
-    at.table.copy_to(&copy)?;
-    let ckpt = encode_checkpoint_file(&copy, at.table.sectors(), seq, epoch)?;
-    // Checkpoint first: it only counts once the Rollback object below exists.
-    store.put_file(&layout.checkpoint(seq), ckpt.path()).await?;
-    let header = format::encode_header(&[], Trailer::single(epoch, seq, ObjectKind::Rollback));
-    store.put(&layout.log(seq), Bytes::from(header), PutCondition::IfAbsent).await?;
-    info!(label = snap.label, snapshot_seq = snap.seq, new_seq = seq, "rolled back");
-    Ok(seq)
+    .await;
+    vol.close().await?;
+    res
 }
 
 // ---- export -------------------------------------------------------------------------------
@@ -391,14 +365,17 @@ pub async fn inspect(store: &dyn ObjectStore, layout: &Layout) -> Result<Inspect
     })
 }
 
-/// Live objects per snapshot position, for GC (which must not delete them).
+/// Live objects of a snapshot, for GC (which must not delete them). The map is rebuilt at the
+/// larger of the snapshot's size and today's, so a shrink never exposes what a snapshot of the
+/// larger disk still reads.
 pub async fn objects_at(
     store: &dyn ObjectStore,
     layout: &Layout,
     manifest: &Manifest,
-    seq: u64,
+    snap: &Snapshot,
 ) -> Result<BTreeMap<u64, u64>> {
-    let (_dir, mut r) = replay_temp(store, layout, manifest, seq).await?;
+    let size = manifest.size.max(snap.size.unwrap_or(0));
+    let (_dir, mut r) = replay_temp(store, layout, &Manifest { size, ..manifest.clone() }, snap.seq).await?;
     replay::live_sectors(&mut r.table)
 }
 
@@ -422,7 +399,7 @@ pub async fn resize(
             old.size
         )));
     }
-    let vol = Volume::open(store.clone(), layout.clone(), cfg).await?;
+    let vol = Volume::open(store.clone(), layout.clone(), cfg.clone()).await?;
     let res = async {
         if new_size < old.size {
             vol.trim(new_size, old.size - new_size).await?;
@@ -437,5 +414,62 @@ pub async fn resize(
     }
     .await;
     vol.close().await?;
+    let m = res?;
+    if new_size > old.size {
+        zero_logged_tail(store, layout, old.size / SECTOR, cfg).await?;
+    }
+    Ok(m)
+}
+
+/// After growing past `from` sectors: log object still in the bucket may hold data past the
+/// old end (written before an earlier shrink, whose zeros GC may since have removed). Meridian
+/// never reads it (its map ends at the old size), but a reader of the raw log that applies
+/// every object would; writing zeros as data over exactly those ranges makes the raw log say
+/// what the disk holds.
+async fn zero_logged_tail(store: Arc<dyn ObjectStore>, layout: &Layout, from: u64, cfg: WriterConfig) -> Result<()> {
+    let vol = Volume::open(store.clone(), layout.clone(), cfg).await?;
+    let res = async {
+        let ranges = logged_ranges(store.as_ref(), layout, from, vol.size() / SECTOR).await?;
+        let zeros = vec![0u8; 1 << 20];
+        for (start, end) in &ranges {
+            let mut at = start * SECTOR;
+            while at < end * SECTOR {
+                let n = (end * SECTOR - at).min(zeros.len() as u64);
+                vol.write(at, &zeros[..n as usize]).await?;
+                at += n;
+            }
+        }
+        if !ranges.is_empty() {
+            info!(ranges = ranges.len(), "zeroed data the log held past the old end");
+        }
+        Ok::<_, VolumeError>(())
+    }
+    .await;
+    vol.close().await?;
     res
+}
+
+/// Merged sector ranges within [from, to) that some log object's entries write.
+async fn logged_ranges(store: &dyn ObjectStore, layout: &Layout, from: u64, to: u64) -> Result<Vec<(u64, u64)>> {
+    let listing = Listing::fetch(store, layout).await?;
+    let mut ranges = Vec::new();
+    let mut headers = futures::stream::iter(listing.logs.keys().map(|&seq| replay::fetch_header(store, layout, seq)))
+        .buffer_unordered(16);
+    while let Some(h) = headers.next().await {
+        for e in h?.entries.iter().filter(|e| !e.zero) {
+            let (a, b) = ((e.addr / SECTOR).max(from), ((e.addr + u64::from(e.len)) / SECTOR).min(to));
+            if a < b {
+                ranges.push((a, b));
+            }
+        }
+    }
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in ranges {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    Ok(merged)
 }

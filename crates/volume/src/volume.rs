@@ -469,8 +469,9 @@ impl Volume {
         self.put_sectors(first, Some(&buf)).await
     }
 
-    /// Makes [offset, offset+len) read as zeros. Whole sectors become zero extents (no data in
-    /// the log); partial sectors at the edges are rewritten with zeros.
+    /// Makes [offset, offset+len) read as zeros. Whole sectors become zero extents of the
+    /// journal (logged as zero data where they cover written sectors, not at all elsewhere);
+    /// partial sectors at the edges are rewritten with zeros.
     pub async fn write_zeroes(self: &Arc<Self>, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
         let end = offset + len;
@@ -608,11 +609,12 @@ impl Volume {
             return Ok(());
         }
         match self.plan_cut(st) {
-            Ok((unit, plan)) => {
+            Ok(Some((unit, plan))) => {
                 let vol = self.clone();
                 tokio::spawn(async move { vol.upload_unit(unit, plan).await });
                 Ok(())
             }
+            Ok(None) => Ok(()),
             Err(e) => {
                 self.fail_locked(st, format!("cutting the journal: {e}"));
                 Err(e)
@@ -620,10 +622,16 @@ impl Volume {
         }
     }
 
-    fn plan_cut(&self, st: &mut State) -> Result<(Arc<CutUnit>, Vec<PlannedObject>)> {
+    /// Plans the cut; `None` when nothing in the open generation needs logging.
+    fn plan_cut(&self, st: &mut State) -> Result<Option<(Arc<CutUnit>, Vec<PlannedObject>)>> {
         let fresh = Generation::create(&self.cfg.cache_dir)?;
-        let journal = std::mem::replace(&mut st.open, fresh);
+        let mut journal = std::mem::replace(&mut st.open, fresh);
         st.open_since = None;
+        drop_zeros_over_unmapped(&mut journal, &mut st.table)?;
+        if journal.is_empty() {
+            // Only zeros over sectors that were zeros already: nothing to log.
+            return Ok(None);
+        }
         let plan = journal.plan(self.manifest.object_bytes / SECTOR, MAX_DATA_ENTRIES);
         let first = st.next_seq;
         let last = first + plan.len() as u64 - 1;
@@ -632,17 +640,14 @@ impl Volume {
             let mut obj_sector = 0u64;
             for e in &obj.entries {
                 for i in 0..e.sectors {
-                    let v = if e.at.is_some() { table::encode(seq, obj_sector + i) } else { 0 };
-                    let old = st.table.set(e.sector + i, v)?;
+                    let old = st.table.set(e.sector + i, table::encode(seq, obj_sector + i))?;
                     if let Some((old_seq, _)) = table::decode(old)
                         && let Some(o) = st.objects.get_mut(&old_seq)
                     {
                         o.live_sectors = o.live_sectors.saturating_sub(1);
                     }
                 }
-                if e.at.is_some() {
-                    obj_sector += e.sectors;
-                }
+                obj_sector += e.sectors;
             }
             let bytes = HEADER_BYTES as u64 + obj.data_sectors * SECTOR;
             st.objects.insert(seq, ObjStat { live_sectors: obj.data_sectors, data_sectors: obj.data_sectors, bytes });
@@ -653,7 +658,7 @@ impl Volume {
         let unit = Arc::new(CutUnit { journal, first, last, index });
         st.cut.push_back(unit.clone());
         debug!(first, last, "journal cut");
-        Ok((unit, plan))
+        Ok(Some((unit, plan)))
     }
 
     /// Uploads the objects of a cut, `uploads` at a time, once every write placed in it is in
@@ -997,6 +1002,34 @@ impl Volume {
         Ok(out)
     }
 
+    /// For rollback: writes again, as data, every sector whose map entry differs from
+    /// `target`'s (a map of the same volume at a snapshot; sectors past its end count as
+    /// unmapped), with the bytes `target` points at or zeros. Returns the bytes written.
+    pub(crate) async fn revert_to(self: &Arc<Self>, target: &mut ExtentTable) -> Result<u64> {
+        /// Longest run fetched and written at once (1 MiB).
+        const MAX_RUN: u64 = 256;
+        let sectors = self.lock().table.sectors();
+        let mut next = 0;
+        let mut written = 0;
+        loop {
+            let run = {
+                let mut st = self.lock();
+                Self::check_ok(&st)?;
+                differing_run(&mut st.table, target, &mut next, sectors, MAX_RUN)?
+            };
+            let Some((start, n, want)) = run else { return Ok(written) };
+            let data = match table::decode(want) {
+                Some((seq, obj_sector)) => {
+                    let from = HEADER_BYTES as u64 + obj_sector * SECTOR;
+                    self.store.get_range(&self.layout.log(seq), from, n * SECTOR).await?.to_vec()
+                }
+                None => vec![0u8; (n * SECTOR) as usize],
+            };
+            self.write(start * SECTOR, &data).await?;
+            written += n * SECTOR;
+        }
+    }
+
     /// For GC: re-writes `data` at `sector` only where the map still points into `seq` at the
     /// same place and no newer write is buffered, so a concurrent user write always wins.
     pub(crate) async fn rewrite_if_unchanged(
@@ -1019,6 +1052,34 @@ impl Volume {
     }
 }
 
+/// The next run of at most `max` sectors from `*next` on whose `head` entry differs from
+/// `target`'s and whose `target` entries are one stretch of one object (or all unmapped), as
+/// (first sector, sectors, first target entry); `*next` moves past it.
+fn differing_run(
+    head: &mut ExtentTable,
+    target: &mut ExtentTable,
+    next: &mut u64,
+    sectors: u64,
+    max: u64,
+) -> Result<Option<(u64, u64, u64)>> {
+    let mut run: Option<(u64, u64, u64)> = None;
+    while *next < sectors {
+        let s = *next;
+        let want = if s < target.sectors() { target.get(s)? } else { 0 };
+        let differs = head.get(s)? != want;
+        match run {
+            None if !differs => {}
+            None => run = Some((s, 1, want)),
+            Some((start, n, first)) if differs && n < max && want == if first == 0 { 0 } else { first + n } => {
+                run = Some((start, n + 1, first));
+            }
+            Some(_) => break,
+        }
+        *next += 1;
+    }
+    Ok(run)
+}
+
 /// Deletes log objects and checkpoints past the recovery point: leftovers of a crashed writer
 /// (uploads that landed after a gap) that must never be mistaken for a continuation of the log.
 async fn remove_past(store: &dyn ObjectStore, layout: &Layout, listing: &Listing, end: u64) -> Result<()> {
@@ -1033,6 +1094,29 @@ async fn remove_past(store: &dyn ObjectStore, layout: &Layout, listing: &Listing
     }
     if n > 0 {
         info!(removed = n, after = end, "removed objects past the recovery point");
+    }
+    Ok(())
+}
+
+/// Removes from a generation being cut its zeros over sectors the map has never pointed
+/// anywhere: they read as zeros already, and no log object holds data for them (zeros over
+/// written sectors are logged as data and stay mapped), so a reader of the raw log needs no
+/// entry for them either.
+fn drop_zeros_over_unmapped(journal: &mut Generation, table: &mut ExtentTable) -> Result<()> {
+    for (start, n) in journal.zero_extents() {
+        let end = start + n;
+        let mut s = start;
+        while s < end {
+            let unmapped = table.get(s)? == 0;
+            let mut e = s + 1;
+            while e < end && (table.get(e)? == 0) == unmapped {
+                e += 1;
+            }
+            if unmapped {
+                journal.forget(s, e);
+            }
+            s = e;
+        }
     }
     Ok(())
 }

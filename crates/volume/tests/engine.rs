@@ -443,12 +443,12 @@ async fn snapshots_rollback_and_export() {
         Err(VolumeError::UnknownSnapshot(_))
     ));
 
-    manage::rollback(store.clone(), &layout, "one", "rb", false).await.unwrap();
+    manage::rollback(store.clone(), &layout, "one", cfg(&dir, "rb")).await.unwrap();
     let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "b")).await.unwrap();
     assert!(vol.read(0, 8 * MIB).await.unwrap() == v1, "rollback to one");
     vol.close().await.unwrap();
     // Later snapshots survive a rollback: roll forward again.
-    manage::rollback(store.clone(), &layout, "two", "rb", false).await.unwrap();
+    manage::rollback(store.clone(), &layout, "two", cfg(&dir, "rb")).await.unwrap();
     let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "c")).await.unwrap();
     let got = vol.read(MIB, MIB).await.unwrap();
     assert!(got == v2, "rollback to two");
@@ -590,7 +590,7 @@ async fn bad_input_gets_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(Volume::open(store.clone(), other, cfg(&dir, "x")).await, Err(VolumeError::NoSuchVolume(_))));
     assert!(matches!(
-        manage::rollback(store.clone(), &layout, "nope", "x", false).await,
+        manage::rollback(store.clone(), &layout, "nope", cfg(&dir, "x")).await,
         Err(VolumeError::UnknownSnapshot(_))
     ));
 }
