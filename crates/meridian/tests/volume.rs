@@ -9,6 +9,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -157,24 +158,31 @@ impl Env {
 
     /// Sum of object sizes under the volume's log/ prefix.
     fn log_bytes(&self, name: &str) -> u64 {
+        self.list(&format!("{name}/log/")).iter().map(|(_, size)| size).sum()
+    }
+
+    /// Keys and sizes of the bucket's objects under `prefix`.
+    fn list(&self, prefix: &str) -> Vec<(String, u64)> {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let client = self.s3.client();
         rt.block_on(async {
-            let mut total = 0u64;
+            let mut out = Vec::new();
             let mut token = None;
             loop {
                 let resp = client
                     .list_objects_v2()
                     .bucket(BUCKET)
-                    .prefix(format!("{name}/log/"))
+                    .prefix(prefix)
                     .set_continuation_token(token)
                     .send()
                     .await
                     .unwrap();
-                total += resp.contents().iter().map(|o| o.size().unwrap_or(0) as u64).sum::<u64>();
+                out.extend(
+                    resp.contents().iter().map(|o| (o.key().unwrap_or("").to_string(), o.size().unwrap_or(0) as u64)),
+                );
                 match resp.next_continuation_token() {
                     Some(t) => token = Some(t.to_string()),
-                    None => return total,
+                    None => return out,
                 }
             }
         })
@@ -691,6 +699,50 @@ fn volume_snapshot_export_and_rollback() {
 }
 
 #[test]
+fn volume_encrypted_bucket_holds_no_plaintext_and_refuses_wrong_keys() {
+    let env = Env::new();
+    let key_file = |name: &str, hex: &str| {
+        let path = env.path(name);
+        std::fs::write(&path, hex).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (key, wrong) = (key_file("key", &"5e".repeat(32)), key_file("wrong", &"5f".repeat(32)));
+    let out = env.ok(&["create", "sec", "--size", "16MiB", "--encryption-key-file", &key]);
+    assert!(out.contains("encrypted"), "{out}");
+    for (args, want) in [
+        (vec!["serve", "sec", "--listen", "127.0.0.1:0"], "is encrypted: pass its key with --encryption-key-file"),
+        (vec!["serve", "sec", "--listen", "127.0.0.1:0", "--encryption-key-file", &wrong], "does not match"),
+        (vec!["export", "sec", "--output", "/dev/null"], "is encrypted"),
+        (vec!["export", "sec", "--output", "/dev/null", "--encryption-key-file", &wrong], "does not match"),
+    ] {
+        let out = env.run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{args:?}: {err}");
+    }
+    let marker = b"MERIDIAN-SECRET-TEXT-19";
+    let text: Vec<u8> = marker.iter().copied().cycle().take(1 << 20).collect();
+    let src = env.path("text");
+    std::fs::write(&src, &text).unwrap();
+    let srv = env.serve("sec", &["--encryption-key-file", &key]);
+    let write = format!("write -s {} 2M 1M", src.display());
+    tool("qemu-io", &["-f", "raw", &srv.url, "-c", &write, "-c", "flush"]);
+    env.ok(&["snapshot", "sec", "--label", "s1", "--encryption-key-file", &key]);
+    srv.stop();
+    let objects = env.list("sec/");
+    assert!(objects.iter().any(|(k, _)| k.contains("/checkpoint/")), "{objects:?}");
+    for (k, _) in &objects {
+        let body = env.get_object(k);
+        let hit = body.windows(marker.len()).any(|w| w == marker) || body.windows(8).any(|w| w == b"MRDNVLOG");
+        assert!(!hit, "{k} holds plaintext");
+    }
+    let image = env.path("sec.img");
+    env.ok(&["export", "sec", "--at", "s1", "--output", image.to_str().unwrap(), "--encryption-key-file", &key]);
+    let disk = std::fs::read(&image).unwrap();
+    assert!(disk[2 << 20..3 << 20] == text[..], "export with the key reads the text back");
+}
+
+#[test]
 fn volume_second_writer_is_refused() {
     let env = Env::new();
     env.create("one", "16MiB", &[]);
@@ -832,7 +884,6 @@ fn volume_over_https_with_ca_file() {
 /// and a directory open to others is refused (before the lease is taken) with the chmod to run.
 #[test]
 fn volume_cache_dir_is_owner_only() {
-    use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
     env.create("private", "16MiB", &[]);
     let cache = env.tmp.path().join("cache");

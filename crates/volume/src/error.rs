@@ -60,6 +60,12 @@ pub enum VolumeError {
     Failed(String),
     #[error("encryption: {0}")]
     Crypto(String),
+    #[error("volume {0} is encrypted: pass its key with --encryption-key-file FILE (or MERIDIAN_VOLUME_KEY_FILE)")]
+    KeyRequired(String),
+    #[error("the encryption key does not match volume {0}: wrong key file")]
+    WrongKey(String),
+    #[error("volume {0} is not encrypted, but an encryption key was given: drop --encryption-key-file")]
+    NotEncrypted(String),
     #[error("{0}")]
     Invalid(String),
 }

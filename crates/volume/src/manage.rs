@@ -12,8 +12,9 @@ use futures::StreamExt;
 use serde::Serialize;
 use tracing::info;
 
+use crate::crypt::{self, EncryptedStore, VolumeKey};
 use crate::error::{Result, StoreError, VolumeError};
-use crate::format::{self, CheckpointHeader, HEADER_BYTES, Layout, Lease, Manifest, SECTOR, Snapshot};
+use crate::format::{self, CheckpointHeader, EncryptionInfo, HEADER_BYTES, Layout, Lease, Manifest, SECTOR, Snapshot};
 use crate::lease::{self, now_unix};
 use crate::replay::{self, Listing};
 use crate::store::{ObjectStore, PutCondition};
@@ -47,6 +48,34 @@ async fn read_manifest_etag(store: &dyn ObjectStore, layout: &Layout) -> Result<
     Ok((m, f.etag))
 }
 
+/// The store through which the volume at `layout` is read and written: the bucket itself, or
+/// for an encrypted volume a sealing layer over it, once `key` is checked against the
+/// manifest. A missing, wrong or superfluous key is refused here, before anything is read.
+pub async fn volume_store(
+    store: Arc<dyn ObjectStore>,
+    layout: &Layout,
+    key: Option<Arc<VolumeKey>>,
+) -> Result<Arc<dyn ObjectStore>> {
+    let m = read_manifest(store.as_ref(), layout).await?;
+    match (&m.encryption, key) {
+        (None, None) => Ok(store),
+        (None, Some(_)) => Err(VolumeError::NotEncrypted(m.name)),
+        (Some(_), None) => Err(VolumeError::KeyRequired(m.name)),
+        (Some(info), Some(key)) => {
+            if info.cipher != crypt::CIPHER {
+                return Err(VolumeError::Crypto(format!(
+                    "volume {} uses cipher {:?}, which this build does not know",
+                    m.name, info.cipher
+                )));
+            }
+            if !key.verify(&m.volume_id, &info.key_check) {
+                return Err(VolumeError::WrongKey(m.name));
+            }
+            Ok(Arc::new(EncryptedStore::new(store, key, layout, &m.volume_id)))
+        }
+    }
+}
+
 fn json<T: Serialize>(v: &T) -> Result<Bytes> {
     serde_json::to_vec_pretty(v).map(Bytes::from).map_err(|e| VolumeError::Invalid(e.to_string()))
 }
@@ -59,21 +88,39 @@ pub async fn create(
     size: u64,
     object_bytes: u64,
 ) -> Result<Manifest> {
+    create_with_key(store, layout, name, size, object_bytes, None).await
+}
+
+/// [`create`], encrypted with `key` when given (the manifest records the cipher and a check
+/// of the key, never the key).
+pub async fn create_with_key(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    name: &str,
+    size: u64,
+    object_bytes: u64,
+    key: Option<&VolumeKey>,
+) -> Result<Manifest> {
     format::check_size(size)?;
     if !(64 * 1024..=(1 << 30)).contains(&object_bytes) || !object_bytes.is_multiple_of(SECTOR) {
         return Err(VolumeError::BadSize(format!(
             "object size {object_bytes}: use a multiple of 4 KiB between 64 KiB and 1 GiB"
         )));
     }
+    let volume_id = format!("{:032x}", rand::random::<u128>());
+    let encryption = match key {
+        Some(key) => Some(EncryptionInfo { cipher: crypt::CIPHER.to_string(), key_check: key.check(&volume_id)? }),
+        None => None,
+    };
     let manifest = Manifest {
         format: format::FORMAT_VERSION,
         name: name.to_string(),
-        volume_id: format!("{:032x}", rand::random::<u128>()),
+        volume_id,
         size,
         sector_size: SECTOR,
         object_bytes,
         created_unix: now_unix(),
-        encryption: None,
+        encryption,
     };
     match store.put(&layout.manifest(), json(&manifest)?, PutCondition::IfAbsent).await {
         Ok(_) => Ok(manifest),
