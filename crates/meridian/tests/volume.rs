@@ -696,6 +696,18 @@ fn volume_snapshot_export_and_rollback() {
     srv.stop();
     let list = env.ok(&["snapshots", "snap"]);
     assert!(list.contains("first") && list.contains("second"), "{list}");
+    // A fork at a snapshot starts as that disk, copies nothing, and diverges on its own.
+    let out = env.ok(&["fork", "snap@first", "copy"]);
+    assert!(out.contains("forked snap@first into copy"), "{out}");
+    assert_eq!(env.log_bytes("copy"), 0, "a fork copies no data");
+    let srv = env.serve("copy", &[]);
+    tool("qemu-io", &["-f", "raw", &srv.url, "-c", "read -P 0xa1 0 64M", "-c", "write -P 0xc3 0 1M", "-c", "flush"]);
+    srv.stop();
+    let srv = env.serve("snap", &[]);
+    tool("qemu-io", &["-f", "raw", &srv.url, "-c", "read -P 0xa1 0 1M", "-c", "read -P 0xb2 1M 2M"]);
+    srv.stop();
+    let missing = env.run(&["fork", "snap@nope", "other"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no snapshot named"));
 }
 
 #[test]

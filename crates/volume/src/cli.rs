@@ -78,6 +78,7 @@ impl BucketArgs {
     pub async fn volume(&self, name: &str) -> Result<(Arc<dyn ObjectStore>, Layout)> {
         let layout = self.layout(name)?;
         let store = manage::volume_store(self.store()?, &layout, self.key()?).await?;
+        let layout = manage::resolve_layout(store.as_ref(), &layout).await?;
         Ok((store, layout))
     }
 }
@@ -165,6 +166,16 @@ pub enum VolumeSubcommand {
         grace: Duration,
         #[arg(long)]
         force_takeover: bool,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
+    /// Create NEW as a writable copy of SOURCE (at SOURCE@SNAPSHOT, else at its current durable
+    /// end) in constant time: no data is copied; NEW reads SOURCE's log objects up to that
+    /// point, whose GC keeps them, and diverges independently.
+    Fork {
+        /// SOURCE or SOURCE@SNAPSHOT.
+        source: String,
+        new: String,
         #[command(flatten)]
         bucket: BucketArgs,
     },
@@ -285,6 +296,16 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
             );
         }
         VolumeSubcommand::Serve(args) => serve(args).await?,
+        VolumeSubcommand::Fork { source, new, bucket } => {
+            let (name, at) = match source.split_once('@') {
+                Some((name, snap)) => (name, Some(snap)),
+                None => (source.as_str(), None),
+            };
+            let (store, layout) = bucket.volume(name).await?;
+            let m = manage::fork(store.as_ref(), &layout, at, &new, GcConfig::default().grace).await?;
+            let point = m.parent.as_ref().map_or(0, |p| p.seq);
+            println!("forked {source} into {new} ({}) at log position {point}", format_size(m.size));
+        }
         VolumeSubcommand::Snapshot { name, label, delete, bucket } => {
             let (store, layout) = bucket.volume(&name).await?;
             if delete {

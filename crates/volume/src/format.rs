@@ -204,19 +204,55 @@ pub fn decode_header(what: &str, h: &[u8]) -> Result<Header> {
     Ok(Header { entries, trailer: Trailer { epoch: be_u64(&t[12..]), seq: be_u64(&t[24..]), kind, unit } })
 }
 
-/// Object keys of one volume: everything lives under `{prefix}{name}/`.
+/// Object keys of one volume: everything lives under `{prefix}{name}/`. A fork's log objects up
+/// to its fork point are its ancestors' ([`Self::with_ancestors`]).
 #[derive(Debug, Clone)]
 pub struct Layout {
+    prefix: String,
     root: String,
+    /// For a fork: (fork point, root) of the parent, then of the parent's parent..., with
+    /// decreasing fork points. Object `seq` ≤ a fork point belongs to that ancestor.
+    ancestors: Vec<(u64, String)>,
 }
 
 impl Layout {
     pub fn new(prefix: &str, name: &str) -> Result<Self> {
         validate_name(name)?;
-        Ok(Self { root: format!("{prefix}{name}/") })
+        Ok(Self { prefix: prefix.to_string(), root: format!("{prefix}{name}/"), ancestors: Vec::new() })
+    }
+    /// The layout of volume `name` beside this one (same bucket and prefix).
+    pub fn sibling(&self, name: &str) -> Result<Self> {
+        Self::new(&self.prefix, name)
+    }
+    /// This layout with its log objects up to `point` read from `parent` (itself resolved).
+    pub fn with_ancestors(&self, point: u64, parent: &Layout) -> Self {
+        let mut ancestors = vec![(point, parent.root.clone())];
+        ancestors.extend(parent.ancestors.iter().filter(|(p, _)| *p < point).cloned());
+        Self { prefix: self.prefix.clone(), root: self.root.clone(), ancestors }
     }
     pub fn root(&self) -> &str {
         &self.root
+    }
+    /// The parent's layout, from this (resolved) fork's: its ancestors are this one's past the
+    /// first. Callers pass the parent's plain layout.
+    pub fn with_ancestors_of(mut self, child: &Layout) -> Self {
+        self.ancestors = child.ancestors.iter().skip(1).cloned().collect();
+        self
+    }
+    /// A fork's fork point (its own log starts after it); 0 for other volumes.
+    pub fn fork_point(&self) -> u64 {
+        self.ancestors.first().map_or(0, |(point, _)| *point)
+    }
+    /// Root of the volume holding log object `seq`.
+    fn log_root(&self, seq: u64) -> &str {
+        let mut root = &self.root;
+        for (point, ancestor) in &self.ancestors {
+            if seq > *point {
+                break;
+            }
+            root = ancestor;
+        }
+        root
     }
     pub fn manifest(&self) -> String {
         format!("{}volume.json", self.root)
@@ -228,7 +264,7 @@ impl Layout {
         format!("{}log/", self.root)
     }
     pub fn log(&self, seq: u64) -> String {
-        format!("{}log/{seq:016x}", self.root)
+        format!("{}log/{seq:016x}", self.log_root(seq))
     }
     pub fn checkpoint_prefix(&self) -> String {
         format!("{}checkpoint/", self.root)
@@ -241,6 +277,13 @@ impl Layout {
     }
     pub fn snapshot(&self, label: &str) -> String {
         format!("{}snapshots/{label}.json", self.root)
+    }
+    /// Records of this volume's forks: each keeps what its fork point reads from GC.
+    pub fn fork_prefix(&self) -> String {
+        format!("{}forks/", self.root)
+    }
+    pub fn fork(&self, child: &str) -> String {
+        format!("{}forks/{child}.json", self.root)
     }
 }
 
@@ -279,6 +322,20 @@ pub struct Manifest {
     /// Present when data is encrypted client side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptionInfo>,
+    /// Present for a fork: the volume it started as, and where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
+}
+
+/// A fork's parent: its log objects up to `seq` are the fork's too.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ParentRef {
+    /// Volume name, beside the fork (same bucket and prefix).
+    pub name: String,
+    /// The parent's volume id, so a parent deleted and re-created under the same name is noticed.
+    pub volume_id: String,
+    /// The fork point: the parent's log position the fork started from.
+    pub seq: u64,
 }
 
 /// How data is encrypted; the key itself never goes to the bucket.
@@ -480,5 +537,13 @@ mod tests {
         let l = Layout::new("p/", "v").unwrap();
         assert_eq!(l.log(26), "p/v/log/000000000000001a");
         assert_eq!(parse_seq(&l.log(26), &l.log_prefix()), Some(26));
+        // A fork of a fork: objects up to each fork point belong to that ancestor.
+        let a = l.sibling("a").unwrap().with_ancestors(10, &l);
+        let b = l.sibling("b").unwrap().with_ancestors(20, &a);
+        assert_eq!(b.log(21), "p/b/log/0000000000000015");
+        assert_eq!(b.log(20), "p/a/log/0000000000000014");
+        assert_eq!(b.log(11), "p/a/log/000000000000000b");
+        assert_eq!(b.log(10), "p/v/log/000000000000000a");
+        assert_eq!(b.log_prefix(), "p/b/log/");
     }
 }

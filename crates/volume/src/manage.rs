@@ -14,7 +14,9 @@ use tracing::info;
 
 use crate::crypt::{self, EncryptedStore, VolumeKey};
 use crate::error::{Result, StoreError, VolumeError};
-use crate::format::{self, CheckpointHeader, EncryptionInfo, HEADER_BYTES, Layout, Lease, Manifest, SECTOR, Snapshot};
+use crate::format::{
+    self, CheckpointHeader, EncryptionInfo, HEADER_BYTES, Layout, Lease, Manifest, ParentRef, SECTOR, Snapshot,
+};
 use crate::lease::{self, now_unix};
 use crate::replay::{self, Listing};
 use crate::store::{ObjectStore, PutCondition};
@@ -76,6 +78,94 @@ pub async fn volume_store(
     }
 }
 
+/// Ancestors a fork may have: bounds the walk over parents (and a cycle someone edited in).
+const MAX_FORK_DEPTH: usize = 64;
+
+/// `layout` with its fork ancestry, read from the manifests: a fork's log objects up to its
+/// fork point are read from its parent (and so on up). Other volumes come back unchanged.
+pub async fn resolve_layout(store: &dyn ObjectStore, layout: &Layout) -> Result<Layout> {
+    let mut chain = Vec::new();
+    let mut cur = layout.clone();
+    loop {
+        let m = read_manifest(store, &cur).await?;
+        let Some(parent) = m.parent else { break };
+        if chain.len() >= MAX_FORK_DEPTH {
+            return Err(VolumeError::Invalid(format!("{} has more than {MAX_FORK_DEPTH} ancestors", layout.root())));
+        }
+        let parent_layout = cur.sibling(&parent.name)?;
+        let pm = read_manifest(store, &parent_layout).await?;
+        if pm.volume_id != parent.volume_id {
+            return Err(VolumeError::Corrupt {
+                what: cur.manifest(),
+                detail: format!("its parent {} was deleted and re-created; the fork's history is gone", parent.name),
+            });
+        }
+        chain.push((cur, parent.seq));
+        cur = parent_layout;
+    }
+    // Rebuild from the oldest ancestor down, each child pointing at its resolved parent.
+    let mut resolved = cur;
+    while let Some((child, point)) = chain.pop() {
+        resolved = child.with_ancestors(point, &resolved);
+    }
+    Ok(resolved)
+}
+
+/// Creates volume `new` as a fork of `source` at snapshot `at` (or its current durable end):
+/// no data is copied. The fork reads the source's log objects up to that point and writes its
+/// own after it; a record in the source (`forks/NEW.json`) makes the source's GC keep what the
+/// fork point reads.
+pub async fn fork(
+    store: &dyn ObjectStore,
+    source: &Layout,
+    at: Option<&str>,
+    new_name: &str,
+    grace: Duration,
+) -> Result<Manifest> {
+    let source = resolve_layout(store, source).await?;
+    let sm = read_manifest(store, &source).await?;
+    if sm.encryption.is_some() {
+        return Err(VolumeError::Invalid(format!(
+            "volume {} is encrypted: forks of encrypted volumes are not supported",
+            sm.name
+        )));
+    }
+    let new = source.sibling(new_name)?;
+    let t0 = Instant::now();
+    let (seq, size) = match at {
+        Some(label) => {
+            let snap = find_snapshot(store, &source, label).await?;
+            (snap.seq, snap.size.unwrap_or(sm.size))
+        }
+        None => (committed_end(store, &source, &Listing::fetch(store, &source).await?).await?, sm.size),
+    };
+    let point = Snapshot { label: new_name.to_string(), seq, created_unix: now_unix(), size: Some(size) };
+    record_point(store, &source.fork(new_name), &point, t0, grace).await?;
+    let manifest = Manifest {
+        format: format::FORMAT_VERSION,
+        name: new_name.to_string(),
+        volume_id: format!("{:032x}", rand::random::<u128>()),
+        size,
+        sector_size: SECTOR,
+        object_bytes: sm.object_bytes,
+        created_unix: now_unix(),
+        encryption: None,
+        parent: Some(ParentRef { name: sm.name.clone(), volume_id: sm.volume_id.clone(), seq }),
+    };
+    match store.put(&new.manifest(), json(&manifest)?, PutCondition::IfAbsent).await {
+        Ok(_) => {}
+        Err(e) => {
+            store.delete(&source.fork(new_name)).await?;
+            return Err(match e {
+                StoreError::PreconditionFailed(_) => VolumeError::AlreadyExists(new_name.to_string()),
+                e => e.into(),
+            });
+        }
+    }
+    info!(source = sm.name, new = new_name, seq, "forked");
+    Ok(manifest)
+}
+
 fn json<T: Serialize>(v: &T) -> Result<Bytes> {
     serde_json::to_vec_pretty(v).map(Bytes::from).map_err(|e| VolumeError::Invalid(e.to_string()))
 }
@@ -121,6 +211,7 @@ pub async fn create_with_key(
         object_bytes,
         created_unix: now_unix(),
         encryption,
+        parent: None,
     };
     match store.put(&layout.manifest(), json(&manifest)?, PutCondition::IfAbsent).await {
         Ok(_) => Ok(manifest),
@@ -166,7 +257,7 @@ pub fn encode_checkpoint_file(
 /// cut a commit unit in two: if the last object's unit is incomplete, the position before the
 /// unit (recovery would stop there too).
 pub async fn committed_end(store: &dyn ObjectStore, layout: &Layout, listing: &Listing) -> Result<u64> {
-    let base = listing.base_checkpoint(u64::MAX).unwrap_or(0);
+    let base = listing.base_checkpoint(u64::MAX).unwrap_or(layout.fork_point());
     let mut end = base;
     while listing.logs.contains_key(&(end + 1)) {
         end += 1;
@@ -190,6 +281,7 @@ pub async fn snapshot(
     grace: Duration,
 ) -> Result<Snapshot> {
     let manifest = read_manifest(store, layout).await?;
+    let layout = &resolve_layout(store, layout).await?;
     let t0 = Instant::now();
     let end = committed_end(store, layout, &Listing::fetch(store, layout).await?).await?;
     let label = match label {
@@ -198,25 +290,50 @@ pub async fn snapshot(
     };
     format::validate_name(&label)?;
     let snap = Snapshot { label: label.clone(), seq: end, created_unix: now_unix(), size: Some(manifest.size) };
-    let key = layout.snapshot(&label);
-    match store.put(&key, json(&snap)?, PutCondition::IfAbsent).await {
-        Ok(_) => {}
-        Err(StoreError::PreconditionFailed(_)) => return Err(VolumeError::SnapshotExists(label)),
-        Err(e) => return Err(e.into()),
-    }
-    if t0.elapsed() > grace / 2 {
-        store.delete(&key).await?;
-        return Err(VolumeError::Invalid(
-            "the bucket was too slow to take a snapshot safely alongside GC; retry".into(),
-        ));
-    }
+    record_point(store, &layout.snapshot(&label), &snap, t0, grace).await.map_err(|e| match e {
+        VolumeError::AlreadyExists(_) => VolumeError::SnapshotExists(label.clone()),
+        e => e,
+    })?;
     info!(label, seq = end, "snapshot recorded");
     Ok(snap)
 }
 
+/// Writes a position GC must keep (a snapshot or a fork record) at `key`, create-only. GC
+/// deletes an object only after a grace period during which a new record would have become
+/// visible to it; if everything since `t0` took longer than half of that, undo and fail.
+async fn record_point(
+    store: &dyn ObjectStore,
+    key: &str,
+    point: &Snapshot,
+    t0: Instant,
+    grace: Duration,
+) -> Result<()> {
+    match store.put(key, json(point)?, PutCondition::IfAbsent).await {
+        Ok(_) => {}
+        Err(StoreError::PreconditionFailed(_)) => return Err(VolumeError::AlreadyExists(point.label.clone())),
+        Err(e) => return Err(e.into()),
+    }
+    if t0.elapsed() > grace / 2 {
+        store.delete(key).await?;
+        return Err(VolumeError::Invalid(
+            "the bucket was too slow to record a snapshot or fork safely alongside GC; retry".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn list_snapshots(store: &dyn ObjectStore, layout: &Layout) -> Result<Vec<Snapshot>> {
+    list_points(store, &layout.snapshot_prefix()).await
+}
+
+/// The forks taken of this volume (their labels are the forks' names).
+pub async fn list_forks(store: &dyn ObjectStore, layout: &Layout) -> Result<Vec<Snapshot>> {
+    list_points(store, &layout.fork_prefix()).await
+}
+
+async fn list_points(store: &dyn ObjectStore, prefix: &str) -> Result<Vec<Snapshot>> {
     let mut out = Vec::new();
-    for o in store.list(&layout.snapshot_prefix()).await? {
+    for o in store.list(prefix).await? {
         if !o.key.ends_with(".json") {
             continue;
         }
@@ -257,7 +374,8 @@ async fn replay_temp(
     limit: u64,
 ) -> Result<(tempfile::TempDir, replay::Replayed)> {
     let dir = tempfile::Builder::new().prefix("meridian-volume-").tempdir()?;
-    let r = replay::replay(store, layout, manifest, &dir.path().join("map"), 1024, limit).await?;
+    let layout = resolve_layout(store, layout).await?;
+    let r = replay::replay(store, &layout, manifest, &dir.path().join("map"), 1024, limit).await?;
     Ok((dir, r))
 }
 
@@ -299,6 +417,7 @@ pub struct ExportStats {
 /// Writes the disk as of `at` (a snapshot label; None = the end of the log) to a raw image.
 /// Works offline, with only read access to the bucket: this is the disaster-recovery path.
 pub async fn export(store: &dyn ObjectStore, layout: &Layout, at: Option<&str>, output: &Path) -> Result<ExportStats> {
+    let layout = &resolve_layout(store, layout).await?;
     let manifest = read_manifest(store, layout).await?;
     let limit = match at {
         Some(label) => find_snapshot(store, layout, label).await?.seq,

@@ -180,6 +180,7 @@ impl Volume {
     /// Opens `layout` for writing: takes the lease, recovers the log, removes what lies past the
     /// recovery point and fences the log with an object of the new epoch.
     pub async fn open(store: Arc<dyn ObjectStore>, layout: Layout, cfg: WriterConfig) -> Result<Arc<Self>> {
+        let layout = crate::manage::resolve_layout(store.as_ref(), &layout).await?;
         let manifest = crate::manage::read_manifest(store.as_ref(), &layout).await?;
         // The cache holds the disk's data: owner-only, checked before the lease is taken.
         private_files::create_dir_all(&cfg.cache_dir)?;
