@@ -123,15 +123,28 @@ impl Env {
     }
 
     /// Starts a `meridian volume serve` command line and waits for its NBD address.
-    fn serve_command(&self, mut cmd: Command, name: &str) -> Serve {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+    fn serve_command(&self, cmd: Command, name: &str) -> Serve {
+        let (child, rx) = spawn_lines(cmd);
+        wait_serving(child, &rx, name)
+    }
+}
+
+/// Spawns a command whose stdout lines arrive on the returned channel.
+fn spawn_lines(mut cmd: Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Waits (60 s at most) for a spawned `serve` to print its NBD address.
+fn wait_serving(mut child: Child, rx: &mpsc::Receiver<String>, name: &str) -> Serve {
+    {
         // The metrics line, if any, comes before the NBD one.
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut metrics_addr = None;
@@ -155,7 +168,9 @@ impl Env {
         let addr = url.trim_start_matches("nbd://").split('/').next().unwrap().to_string();
         Serve { child: Some(child), url, addr, metrics_addr }
     }
+}
 
+impl Env {
     /// Sum of object sizes under the volume's log/ prefix.
     fn log_bytes(&self, name: &str) -> u64 {
         self.list(&format!("{name}/log/")).iter().map(|(_, size)| size).sum()
@@ -752,6 +767,75 @@ fn volume_encrypted_bucket_holds_no_plaintext_and_refuses_wrong_keys() {
     env.ok(&["export", "sec", "--at", "s1", "--output", image.to_str().unwrap(), "--encryption-key-file", &key]);
     let disk = std::fs::read(&image).unwrap();
     assert!(disk[2 << 20..3 << 20] == text[..], "export with the key reads the text back");
+}
+
+/// Waits (30 s at most) for a line containing `what` from a spawned command.
+fn wait_line(rx: &mpsc::Receiver<String>, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains(what) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line with {what:?} within 30s: {e}"),
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+}
+
+/// A standby `serve` waits while the writer lives and takes over when it dies (kill -9) or
+/// stops renewing (SIGSTOP past its TTL), serving everything up to the last FLUSH; the paused
+/// writer, once resumed, refuses the write it is sent.
+#[test]
+fn volume_standby_takes_over_and_fences_the_old_writer() {
+    let env = Env::new();
+    env.create("ha", "16MiB", &[]);
+    let ttl = ["--lease-ttl", "3s"];
+    let first = env.serve("ha", &ttl);
+    tool("qemu-io", &["-f", "raw", &first.url, "-c", "write -P 0xa1 0 2M", "-c", "flush"]);
+    // Same host, same cache directory: each process keeps its own map file there.
+    let (child, rx) = spawn_lines(env.serve_cmd("ha", &["--lease-ttl", "3s", "--standby"]));
+    let line = wait_line(&rx, "standing by");
+    assert!(line.contains("epoch 1"), "{line}");
+    // The writer dies without a word: the standby takes over and has every flushed write.
+    let mut first = first;
+    first.kill9();
+    let second = wait_serving(child, &rx, "ha");
+    tool("qemu-io", &["-f", "raw", &second.url, "-c", "read -P 0xa1 0 2M", "-c", "write -P 0xb2 2M 1M", "-c", "flush"]);
+
+    // Now pause the new writer past its lease; a third standby takes over.
+    let mut old = Nbd::connect(&second.addr, "ha").unwrap();
+    old.write(3 << 20, &[0xc3; 4096]).unwrap();
+    old.flush().unwrap();
+    let (child, rx) = spawn_lines(env.serve_cmd("ha", &["--lease-ttl", "3s", "--standby"]));
+    wait_line(&rx, "standing by");
+    signal(second.pid(), "-STOP");
+    let paused = Instant::now();
+    let third = wait_serving(child, &rx, "ha");
+    assert!(paused.elapsed() >= Duration::from_secs(2), "took over a live lease after {:?}", paused.elapsed());
+    signal(second.pid(), "-CONT");
+    // The resumed writer refuses what it is sent (or is already gone): nothing is acknowledged.
+    let write = old.write(4 << 20, &[0xd4; 4096]);
+    assert!(write.is_err(), "the fenced writer acknowledged a write");
+    tool(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &third.url,
+            "-c",
+            "read -P 0xa1 0 2M",
+            "-c",
+            "read -P 0xb2 2M 1M",
+            "-c",
+            "read -P 0xc3 3M 4k",
+            "-c",
+            "read -P 0 4M 4k",
+        ],
+    );
+    third.stop();
 }
 
 #[test]

@@ -226,6 +226,10 @@ pub struct ServeArgs {
     /// Take the lease even if another writer seems alive. Only if it is certainly dead.
     #[arg(long)]
     pub force_takeover: bool,
+    /// If another writer holds the lease, wait and take over when it stops renewing it (its
+    /// TTL ran out, or its process on this host is gone), then serve from the last FLUSH.
+    #[arg(long, conflicts_with = "force_takeover")]
+    pub standby: bool,
     /// Time between GC passes, e.g. 60s (0 disables background GC).
     #[arg(long, default_value = "60s", value_parser = duration_arg)]
     pub gc_interval: Duration,
@@ -427,6 +431,30 @@ async fn gc_offline(name: &str, grace: Duration, force: bool, bucket: &BucketArg
     Ok(())
 }
 
+/// How often a standby looks at the lease (sooner when it is about to expire).
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+
+/// Opens the volume once its lease is free: while another writer holds it, waits and retries.
+async fn open_standby(store: Arc<dyn ObjectStore>, layout: Layout, cfg: WriterConfig) -> Result<Arc<Volume>> {
+    let mut announced = false;
+    loop {
+        match Volume::open(store.clone(), layout.clone(), cfg.clone()).await {
+            Err(VolumeError::LeaseHeld { holder, epoch, remaining_secs }) => {
+                if !announced {
+                    println!(
+                        "meridian volume: standing by: served by {holder} (epoch {epoch}); taking over when its lease \
+                         runs out"
+                    );
+                    announced = true;
+                }
+                let wait = Duration::from_secs(remaining_secs).clamp(Duration::from_millis(200), STANDBY_POLL);
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
     let listener = TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
@@ -441,7 +469,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cfg.cache_bytes = format::parse_size(&args.cache_size)?;
     cfg.max_dirty_age = args.max_dirty_age.max(Duration::from_secs(1));
     let (store, layout) = args.bucket.volume(&args.name).await?;
-    let vol = Volume::open(store, layout, cfg).await?;
+    let vol =
+        if args.standby { open_standby(store, layout, cfg).await? } else { Volume::open(store, layout, cfg).await? };
     tokio::spawn(vol.clone().run_background());
     if !args.gc_interval.is_zero() {
         let (vol, interval) = (vol.clone(), args.gc_interval);

@@ -36,6 +36,8 @@ pub struct WriterConfig {
     pub cache_pages: usize,
     /// Log objects uploading at once; also bounds buffered memory.
     pub uploads: usize,
+    /// The writer acts on its lease for 90% of (this − 1 s) after each renewal: keep it at
+    /// least a few seconds (`serve` takes 3 s at least).
     pub lease_ttl: Duration,
     pub force_takeover: bool,
     /// Who we are, as shown to a refused second writer.
@@ -124,6 +126,10 @@ struct State {
     table: ExtentTable,
     objects: BTreeMap<u64, ObjStat>,
     failed: Option<String>,
+    /// Until when this writer may act on its lease: the last successful renewal's start plus
+    /// most of the TTL, on the monotonic clock (which runs on while the process is stopped, so
+    /// a writer resumed after a long SIGSTOP refuses I/O before it learns it was fenced).
+    lease_until: Instant,
     log_bytes_since_checkpoint: u64,
     checkpointing: bool,
     last_checkpoint: u64,
@@ -185,9 +191,11 @@ impl Volume {
         // The cache holds the disk's data: owner-only, checked before the lease is taken.
         private_files::create_dir_all(&cfg.cache_dir)?;
         private_files::check_private_dir(&cfg.cache_dir)?;
+        let asked = Instant::now();
         let lease =
             LeaseHandle::acquire(store.clone(), &layout, &cfg.holder, cfg.lease_ttl, cfg.force_takeover, 0).await?;
-        let table_path = cfg.cache_dir.join(format!("{}.map", manifest.volume_id));
+        let lease_until = asked + lease_margin(lease.ttl().await);
+        let table_path = map_path(&cfg.cache_dir, &manifest.volume_id)?;
         let started = Instant::now();
         let mut r = replay::replay(store.as_ref(), &layout, &manifest, &table_path, cfg.cache_pages, u64::MAX).await?;
         if r.epoch >= lease.epoch() {
@@ -235,6 +243,7 @@ impl Volume {
                 table: r.table,
                 objects,
                 failed: None,
+                lease_until,
                 log_bytes_since_checkpoint: 0,
                 checkpointing: false,
                 last_checkpoint: r.base,
@@ -299,10 +308,13 @@ impl Volume {
     }
 
     fn check_ok(st: &State) -> Result<()> {
-        match &st.failed {
-            Some(why) => Err(VolumeError::Failed(why.clone())),
-            None => Ok(()),
+        if let Some(why) = &st.failed {
+            return Err(VolumeError::Failed(why.clone()));
         }
+        if Instant::now() >= st.lease_until {
+            return Err(VolumeError::LeaseExpired);
+        }
+        Ok(())
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
@@ -835,6 +847,9 @@ impl Volume {
             progress.changed().await.map_err(|_| VolumeError::Failed("volume closed".into()))?;
         };
         self.wait_durable(target).await?;
+        // Acknowledge only under a valid lease: a writer that was paused past it may have been
+        // replaced by one whose recovery did not see these objects.
+        Self::check_ok(&self.lock())?;
         self.metrics.flushed(started.elapsed());
         Ok(())
     }
@@ -856,8 +871,10 @@ impl Volume {
     /// Cuts a journal that has held data for too long (bounds what a crash loses without a
     /// FLUSH) and renews the lease. Runs until the volume fails.
     pub async fn run_background(self: Arc<Self>) {
-        let renew_every = self.lease.ttl().await / 3;
-        let mut last_renew = Instant::now();
+        let ttl = self.lease.ttl().await;
+        let renew_every = ttl / 3;
+        // Renew at once: recovery may have taken a good part of the TTL.
+        let mut last_renew = Instant::now().checked_sub(renew_every).unwrap_or_else(Instant::now);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tick.tick().await;
@@ -873,10 +890,14 @@ impl Volume {
                 }
             }
             if last_renew.elapsed() >= renew_every {
+                let sent = Instant::now();
                 let renewed = self.lease.renew().await;
                 self.metrics.lease_renewal(renewed.is_ok());
                 match renewed {
-                    Ok(()) => last_renew = Instant::now(),
+                    Ok(()) => {
+                        last_renew = Instant::now();
+                        self.lock().lease_until = sent + lease_margin(ttl);
+                    }
                     Err(VolumeError::Fenced(e)) => {
                         self.fail(format!("lease taken over (by epoch > {e})"));
                         return;
@@ -1097,6 +1118,35 @@ async fn remove_past(store: &dyn ObjectStore, layout: &Layout, listing: &Listing
         info!(removed = n, after = end, "removed objects past the recovery point");
     }
     Ok(())
+}
+
+/// This process's extent-map file for volume `id` in `dir`. Each process has its own (a
+/// standby on the same host shares the cache directory with the writer it replaces, which may
+/// only be paused); files left by processes that no longer exist are removed.
+fn map_path(dir: &std::path::Path, id: &str) -> Result<PathBuf> {
+    let pid = std::process::id();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(other) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&format!("{id}.")))
+            .and_then(|n| n.strip_suffix(".map"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if other != pid && !std::path::Path::new(&format!("/proc/{other}")).exists() {
+            let _ = std::fs::remove_file(dir.join(&name));
+        }
+    }
+    Ok(dir.join(format!("{id}.{pid}.map")))
+}
+
+/// How long after asking for (or renewing) a lease of `ttl` a writer still acts on it. The
+/// lease records its renewal in whole seconds, so another writer may take it over as early as
+/// `ttl` minus one second after the renewal was sent; stop at 90% of that.
+fn lease_margin(ttl: Duration) -> Duration {
+    ttl.saturating_sub(Duration::from_secs(1)).mul_f64(0.9)
 }
 
 /// Removes from a generation being cut its zeros over sectors the map has never pointed
