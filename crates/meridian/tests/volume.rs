@@ -40,11 +40,11 @@ fn require(tool: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(
-        ok,
-        "required tool `{tool}` is missing: install it with `apt-get install -y {}` (scripts/test.sh does)",
-        package_of(tool)
-    );
+    let install = match tool {
+        "moto_server" => "python3 -m pip install 'moto[server]'".to_string(),
+        _ => format!("apt-get install -y {}", package_of(tool)),
+    };
+    assert!(ok, "required tool `{tool}` is missing: install it with `{install}` (scripts/test.sh does)");
 }
 
 /// Runs an external tool; panics with its output unless it succeeds.
@@ -73,20 +73,7 @@ impl Env {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(common::binary());
-        c.arg("volume")
-            .args(args)
-            .env("AWS_ENDPOINT_URL", &self.s3.endpoint)
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .env("MERIDIAN_VOLUME_BUCKET", BUCKET)
-            .env("MERIDIAN_VOLUME_CACHE", self.tmp.path().join("cache"))
-            .env("RUST_LOG", std::env::var("MERIDIAN_TEST_LOG").unwrap_or_else(|_| "warn".into()))
-            // Only what a test passes decides which certificates are trusted.
-            .env_remove("MERIDIAN_CA_FILE")
-            .env_remove("SSL_CERT_FILE")
-            .env_remove("SSL_CERT_DIR");
-        c
+        volume_command(&self.s3.endpoint, &self.tmp.path().join("cache"), args)
     }
 
     /// Runs `meridian volume ARGS`, returning its output whatever the exit status.
@@ -127,6 +114,25 @@ impl Env {
         let (child, rx) = spawn_lines(cmd);
         wait_serving(child, &rx, name)
     }
+}
+
+/// `meridian volume ARGS` against the S3 service at `endpoint` (bucket `volumes`, the test
+/// credentials), with its cache directory at `cache`.
+fn volume_command(endpoint: &str, cache: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(common::binary());
+    c.arg("volume")
+        .args(args)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("MERIDIAN_VOLUME_BUCKET", BUCKET)
+        .env("MERIDIAN_VOLUME_CACHE", cache)
+        .env("RUST_LOG", std::env::var("MERIDIAN_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        // Only what a test passes decides which certificates are trusted.
+        .env_remove("MERIDIAN_CA_FILE")
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR");
+    c
 }
 
 /// Spawns a command whose stdout lines arrive on the returned channel.
@@ -836,6 +842,109 @@ fn volume_standby_takes_over_and_fences_the_old_writer() {
         ],
     );
     third.stop();
+}
+
+/// moto's S3 server (`moto_server`) on a free loopback port; killed on drop.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        require("moto_server");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not listen on {port} within 30s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// "Any S3": a volume on moto's S3 server, which Meridian did not write: create (with the
+/// bucket), serve, writes, zeroes and trims, a second writer refused (conditional PUTs), a
+/// restart that keeps every flushed write, a snapshot and an export.
+#[test]
+fn volume_on_moto_server() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let run = |args: &[&str]| {
+        let out = volume_command(&moto.endpoint, &cache, args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let ok = |args: &[&str]| {
+        let (success, text) = run(args);
+        assert!(success, "meridian volume {args:?} on moto failed:\n{text}");
+        text
+    };
+    ok(&["create", "m", "--size", "32MiB", "--object-size", "1MiB", "--create-bucket"]);
+    let serve = |name: &str| {
+        let (child, rx) =
+            spawn_lines(volume_command(&moto.endpoint, &cache, &["serve", name, "--listen", "127.0.0.1:0"]));
+        wait_serving(child, &rx, name)
+    };
+    let srv = serve("m");
+    tool(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &srv.url,
+            "-c",
+            "write -P 0x5a 0 8M",
+            "-c",
+            "write -P 0x6b 1000 5000",
+            "-c",
+            "write -z 2M 1M",
+            "-c",
+            "discard 4M 1M",
+            "-c",
+            "flush",
+        ],
+    );
+    let (refused, text) = run(&["serve", "m", "--listen", "127.0.0.1:0"]);
+    assert!(!refused && text.contains("being served by"), "a second writer on moto: {text}");
+    ok(&["snapshot", "m", "--label", "one"]);
+    srv.stop();
+    let srv = serve("m");
+    let reads = [
+        "read -P 0x5a 0 1000",
+        "read -P 0x6b 1000 5000",
+        "read -P 0x5a 6000 2000000",
+        "read -P 0 2M 1M",
+        "read -P 0x5a 3M 1M",
+        "read -P 0 4M 1M",
+        "read -P 0x5a 5M 3M",
+    ];
+    let mut args = vec!["-f", "raw", srv.url.as_str()];
+    for r in &reads {
+        args.extend(["-c", r]);
+    }
+    tool("qemu-io", &args);
+    let image = tmp.path().join("m.img");
+    let device = tmp.path().join("device.img");
+    tool("nbdcopy", &[&srv.url, device.to_str().unwrap()]);
+    srv.stop();
+    ok(&["export", "m", "--at", "one", "--output", image.to_str().unwrap()]);
+    assert!(same_files(&image, &device), "export from moto differs from what NBD read");
 }
 
 #[test]
