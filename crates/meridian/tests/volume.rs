@@ -23,6 +23,15 @@ const BUCKET: &str = "volumes";
 
 // ---- harness --------------------------------------------------------------------------------
 
+/// Runs qemu-io on raw `url` with one `-c` per command.
+fn qemu_io(url: &str, cmds: &[&str]) -> String {
+    let mut args = vec!["-f", "raw", url];
+    for c in cmds {
+        args.extend(["-c", c]);
+    }
+    tool("qemu-io", &args)
+}
+
 /// Debian package for each external tool.
 fn package_of(tool: &str) -> &'static str {
     match tool {
@@ -825,22 +834,7 @@ fn volume_standby_takes_over_and_fences_the_old_writer() {
     // The resumed writer refuses what it is sent (or is already gone): nothing is acknowledged.
     let write = old.write(4 << 20, &[0xd4; 4096]);
     assert!(write.is_err(), "the fenced writer acknowledged a write");
-    tool(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &third.url,
-            "-c",
-            "read -P 0xa1 0 2M",
-            "-c",
-            "read -P 0xb2 2M 1M",
-            "-c",
-            "read -P 0xc3 3M 4k",
-            "-c",
-            "read -P 0 4M 4k",
-        ],
-    );
+    qemu_io(&third.url, &["read -P 0xa1 0 2M", "read -P 0xb2 2M 1M", "read -P 0xc3 3M 4k", "read -P 0 4M 4k"]);
     third.stop();
 }
 
@@ -902,24 +896,8 @@ fn volume_on_moto_server() {
         wait_serving(child, &rx, name)
     };
     let srv = serve("m");
-    tool(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &srv.url,
-            "-c",
-            "write -P 0x5a 0 8M",
-            "-c",
-            "write -P 0x6b 1000 5000",
-            "-c",
-            "write -z 2M 1M",
-            "-c",
-            "discard 4M 1M",
-            "-c",
-            "flush",
-        ],
-    );
+    let writes = ["write -P 0x5a 0 8M", "write -P 0x6b 1000 5000", "write -z 2M 1M", "discard 4M 1M", "flush"];
+    qemu_io(&srv.url, &writes);
     let (refused, text) = run(&["serve", "m", "--listen", "127.0.0.1:0"]);
     assert!(!refused && text.contains("being served by"), "a second writer on moto: {text}");
     ok(&["snapshot", "m", "--label", "one"]);
@@ -934,11 +912,7 @@ fn volume_on_moto_server() {
         "read -P 0 4M 1M",
         "read -P 0x5a 5M 3M",
     ];
-    let mut args = vec!["-f", "raw", srv.url.as_str()];
-    for r in &reads {
-        args.extend(["-c", r]);
-    }
-    tool("qemu-io", &args);
+    qemu_io(&srv.url, &reads);
     let image = tmp.path().join("m.img");
     let device = tmp.path().join("device.img");
     tool("nbdcopy", &[&srv.url, device.to_str().unwrap()]);
