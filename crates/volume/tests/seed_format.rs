@@ -5,7 +5,8 @@
 //! big-endian u64 byte address and u32 byte length (a zero length ends the list), then the data
 //! of the entries in the same order; applying the objects in order gives the disk. After a
 //! random mix of writes, WRITE_ZEROES, TRIMs (through NBD, by qemu-io), GC passes, resizes and
-//! a rollback, the disk it rebuilds from the raw objects must equal what NBD reads.
+//! a rollback, the disk it rebuilds from the raw objects must equal what NBD reads; and a fork's
+//! disk is its source's objects up to the fork point followed by its own.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
@@ -144,6 +145,7 @@ async fn a_reader_written_from_the_seed_rebuilds_the_disk_nbd_serves() {
     let mut model = vec![0u8; sizes[0] as usize];
     let mut snapshot_model = Vec::new();
     let (mut removed, mut zeroing) = (0, 0);
+    let mut fork = None;
     for (round, &size) in sizes.iter().enumerate() {
         if size != model.len() as u64 {
             manage::resize(store.clone(), &layout, size, cfg(), true).await.unwrap();
@@ -167,12 +169,33 @@ async fn a_reader_written_from_the_seed_rebuilds_the_disk_nbd_serves() {
             manage::snapshot(store.as_ref(), &layout, Some("round1"), Duration::from_secs(30)).await.unwrap();
             snapshot_model.clone_from(&model);
         }
+        if round == 2 {
+            let m = manage::fork(store.as_ref(), &layout, None, "copy", Duration::from_secs(30)).await.unwrap();
+            fork = Some((m.parent.unwrap().seq, model.clone()));
+        }
         let served = nbd_image(&srv, &dir).await;
         srv.stop().await;
         assert!(served == model, "round {round}: NBD reads differ from what was written");
         let rebuilt = seed_replay(&raw_log(&store, &layout).await, model.len());
         assert!(rebuilt == served, "round {round}: the seed-format replay of the raw log differs from the disk");
     }
+    // The fork taken in round 2, written and collected on its own while its source went on:
+    // the source's objects up to the fork point, then the fork's, rebuild it.
+    let (point, mut copy_model) = fork.unwrap();
+    let copy = Layout::new("", "copy").unwrap();
+    let srv = Server::start(store.clone(), copy.clone(), cfg(), None).await;
+    qemu_io(&srv, &random_io(&mut rng, &mut copy_model, 60)).await;
+    Gc::new().run(&srv.vol, &gc_cfg).await.unwrap();
+    let served = nbd_image(&srv, &dir).await;
+    srv.stop().await;
+    assert!(served == copy_model, "the fork's NBD reads differ from what was written");
+    let mut objects: Vec<_> = raw_log(&store, &layout)
+        .await
+        .into_iter()
+        .filter(|(name, _)| u64::from_str_radix(name, 16).unwrap() <= point)
+        .collect();
+    objects.extend(raw_log(&store, &copy).await);
+    assert!(seed_replay(&objects, copy_model.len()) == served, "the seed-format replay of the fork differs");
     assert!(zeroing > 50, "the mix holds WRITE_ZEROES and TRIMs ({zeroing})");
     assert!(removed > 0, "GC removed objects, so the replay ran over a log with holes filled by tombstones");
 }
