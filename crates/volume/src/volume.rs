@@ -426,9 +426,10 @@ impl Volume {
                 push_journal(&mut pieces, i, source.file(), at);
                 continue;
             }
-            let Some((seq, obj_sector)) = table::decode(table.get(first + i)?) else {
-                continue; // never written: zeros
-            };
+            if table.reads_as_zeros(first + i)? {
+                continue; // never written, or logged as zeros
+            }
+            let Some((seq, obj_sector)) = table::decode(table.get(first + i)?) else { continue };
             if let Some((file, at)) = Self::cached_at(cached, seq, obj_sector) {
                 push_journal(&mut pieces, i, file, at);
                 continue;
@@ -640,7 +641,7 @@ impl Volume {
         let fresh = Generation::create(&self.cfg.cache_dir)?;
         let mut journal = std::mem::replace(&mut st.open, fresh);
         st.open_since = None;
-        drop_zeros_over_unmapped(&mut journal, &mut st.table)?;
+        drop_zeros_over_zeros(&mut journal, &mut st.table)?;
         if journal.is_empty() {
             // Only zeros over sectors that were zeros already: nothing to log.
             return Ok(None);
@@ -653,7 +654,11 @@ impl Volume {
             let mut obj_sector = 0u64;
             for e in &obj.entries {
                 for i in 0..e.sectors {
-                    let old = st.table.set(e.sector + i, table::encode(seq, obj_sector + i))?;
+                    let at = table::encode(seq, obj_sector + i);
+                    let old = match e.at {
+                        Some(_) => st.table.set(e.sector + i, at)?,
+                        None => st.table.set_zeros(e.sector + i, at)?,
+                    };
                     if let Some((old_seq, _)) = table::decode(old)
                         && let Some(o) = st.objects.get_mut(&old_seq)
                     {
@@ -1149,21 +1154,21 @@ fn lease_margin(ttl: Duration) -> Duration {
     ttl.saturating_sub(Duration::from_secs(1)).mul_f64(0.9)
 }
 
-/// Removes from a generation being cut its zeros over sectors the map has never pointed
-/// anywhere: they read as zeros already, and no log object holds data for them (zeros over
-/// written sectors are logged as data and stay mapped), so a reader of the raw log needs no
-/// entry for them either.
-fn drop_zeros_over_unmapped(journal: &mut Generation, table: &mut ExtentTable) -> Result<()> {
+/// Removes from a generation being cut its zeros over sectors that read as zeros already:
+/// never written (no log object holds data for them: zeros over written sectors are logged as
+/// data and stay mapped), or mapped to zero data this process logged. A reader of the raw log
+/// needs no entry for them either, and repeated TRIMs of free space upload nothing.
+fn drop_zeros_over_zeros(journal: &mut Generation, table: &mut ExtentTable) -> Result<()> {
     for (start, n) in journal.zero_extents() {
         let end = start + n;
         let mut s = start;
         while s < end {
-            let unmapped = table.get(s)? == 0;
+            let zeros = table.reads_as_zeros(s)?;
             let mut e = s + 1;
-            while e < end && (table.get(e)? == 0) == unmapped {
+            while e < end && table.reads_as_zeros(e)? == zeros {
                 e += 1;
             }
-            if unmapped {
+            if zeros {
                 journal.forget(s, e);
             }
             s = e;

@@ -622,3 +622,39 @@ async fn volumes_written_by_log_version_1_still_open() {
     assert!(vol.read(0, MIB + 4096).await.unwrap() == model, "and writing goes on in version 2");
     vol.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn zeroing_written_data_logs_zeros_once() {
+    let store = Arc::new(MemStore::new());
+    let layout = new_volume(&store, 8 * MIB, 256 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
+    let log = || store.bytes_under(&layout.log_prefix());
+    // Zeroing never-written space logs nothing.
+    let empty = log();
+    vol.trim(0, 8 * MIB).await.unwrap();
+    vol.flush().await.unwrap();
+    assert_eq!(log(), empty);
+    // Zeroing written data logs its zeros (as data, so a raw reader sees them) once.
+    vol.write(0, &pattern(3, MIB as usize)).await.unwrap();
+    vol.flush().await.unwrap();
+    let written = log();
+    vol.trim(0, MIB).await.unwrap();
+    vol.flush().await.unwrap();
+    let zeroed = log();
+    assert!(zeroed >= written + MIB, "the zeros are in the log: {written} -> {zeroed}");
+    for _ in 0..3 {
+        vol.trim(0, MIB).await.unwrap();
+        vol.write_zeroes(0, MIB).await.unwrap();
+        vol.flush().await.unwrap();
+    }
+    assert_eq!(log(), zeroed, "zeroing zeros again logs nothing");
+    // Known zeros are read without asking the bucket.
+    store.range_reads.store(0, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(vol.read(0, MIB).await.unwrap(), vec![0u8; MIB as usize]);
+    assert_eq!(store.range_reads.load(std::sync::atomic::Ordering::Relaxed), 0);
+    vol.close().await.unwrap();
+    let vol = Volume::open(store.clone(), layout, cfg(&dir, "b")).await.unwrap();
+    assert_eq!(vol.read(0, MIB).await.unwrap(), vec![0u8; MIB as usize]);
+    vol.close().await.unwrap();
+}
