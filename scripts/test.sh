@@ -43,6 +43,9 @@ install_python_packages() {
     local missing=()
     python3 -c 'import boto3' 2>/dev/null || missing+=(boto3)
     command -v aws >/dev/null || missing+=(awscli)
+    # moto's S3 server: the volume test against an S3 service Meridian did not write.
+    { command -v moto_server >/dev/null && python3 -c 'import moto.server, flask' 2>/dev/null; } ||
+        missing+=('moto[server]')
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Python packages: ${missing[*]}"
     python3 -m pip install --quiet "${missing[@]}"
