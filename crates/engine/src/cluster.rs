@@ -133,7 +133,10 @@ impl Engine {
         // Unless forced, only the record judged stale: a heartbeat in between means it is back.
         let txn =
             if force { Txn::new() } else { Txn::new().when(Compare::mod_revision_is(key.clone(), kv.mod_revision)) };
-        if !self.meta().txn(txn.then(Op::delete(key))).await?.succeeded {
+        // The node's change cursor goes with it: a node that comes back under this id starts
+        // from the current revision.
+        let txn = txn.then(Op::delete(key)).then(Op::delete(keys::change_cursor(id)));
+        if !self.meta().txn(txn).await?.succeeded {
             return Err(EngineError::NodeIsLive { id: id.to_string(), heartbeat_age_ms: 0 });
         }
         self.note_commit();
