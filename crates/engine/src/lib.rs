@@ -16,6 +16,7 @@ use meridian_meta::MetaStore;
 mod batch;
 mod bucket;
 pub mod checksum;
+pub mod clock;
 pub mod cluster;
 pub mod conditions;
 mod error;
@@ -214,6 +215,9 @@ impl EngineBuilder {
             engine.spawn_reaper(interval);
         }
         engine.spawn_change_follower(prefetch_up_to);
+        if engine.remote().is_some() {
+            engine.spawn_clock();
+        }
         engine
     }
 }
@@ -369,9 +373,11 @@ impl Engine {
     }
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch on the cluster's clock: this machine's wall clock corrected
+/// by the offset [`clock`] measures against the other nodes (none on a single node).
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    wall + clock::offset_ms()
 }
 
 /// Checks an object key: non-empty, at most 1024 bytes, no NUL (it separates keys from upload

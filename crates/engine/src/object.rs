@@ -124,6 +124,9 @@ pub trait RemoteReader: Send + Sync {
 
     /// Every blob this node has cached bytes of.
     fn cached_blobs(&self) -> Vec<BlobId>;
+
+    /// Measures another node's wall clock against this one's ([`crate::clock`]).
+    async fn clock_sample(&self, node: &str) -> EngineResult<meridian_blob::ClockSample>;
 }
 
 impl GetOutcome {

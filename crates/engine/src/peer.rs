@@ -109,4 +109,8 @@ impl RemoteReader for PeerReader {
     fn cached_blobs(&self) -> Vec<BlobId> {
         self.cache.blobs()
     }
+
+    async fn clock_sample(&self, node: &str) -> EngineResult<meridian_blob::ClockSample> {
+        Ok(self.client(node).await?.clock_sample().await?)
+    }
 }

@@ -60,6 +60,7 @@ fn node_record() -> NodeRecord {
         cache: Default::default(),
         version: "test".into(),
         lag_ms: None,
+        clock_offset_ms: None,
     }
 }
 

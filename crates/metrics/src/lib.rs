@@ -381,6 +381,8 @@ pub struct EngineMetrics {
     pub cache_invalidated_chunks: Counter,
     /// Scans the change follower ran because the history after its cursor was compacted.
     pub change_scans: Counter,
+    /// What this node adds to its wall clock to follow the cluster's median clock.
+    pub clock_offset: SecondsGauge,
     pub gc_blobs_deleted: Counter,
     pub gc_orphans_removed: Counter,
     pub reaper_runs: Counter,
@@ -400,6 +402,7 @@ impl Default for EngineMetrics {
             push_errors: Counter::default(),
             cache_invalidated_chunks: Counter::default(),
             change_scans: Counter::default(),
+            clock_offset: SecondsGauge::default(),
             gc_blobs_deleted: Counter::default(),
             gc_orphans_removed: Counter::default(),
             reaper_runs: Counter::default(),
@@ -450,6 +453,12 @@ impl EngineMetrics {
             "change_scans",
             "Scans of every object the change follower ran because the history after its cursor was compacted",
             self.change_scans.clone(),
+        );
+        r.register_with_unit(
+            "clock_offset",
+            "What this node adds to its wall clock to follow the cluster's median clock",
+            Unit::Seconds,
+            self.clock_offset.clone(),
         );
         r.register(
             "gc_blobs_deleted",
