@@ -288,8 +288,11 @@ impl Follower {
         let Some((bucket, key)) = keys::parse_object_key(&event.kv.key) else { return Ok(()) };
         let revision = event.kv.mod_revision;
         if event.kind == EventKind::Put {
-            let record: ObjectRecord = record::decode(&event.kv.value)?;
-            self.push(record, revision, revision).await;
+            match record::decode::<ObjectRecord>(&event.kv.value) {
+                Ok(record) => self.push(record, revision, revision).await,
+                // Retrying would not help: skip the push, still announce the change.
+                Err(err) => tracing::warn!(bucket, key, revision, error = %err, "unreadable object record; not pushed"),
+            }
         }
         self.announce(bucket, key, revision, event.kind).await
     }
