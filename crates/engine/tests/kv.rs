@@ -444,4 +444,10 @@ async fn one_node_announces_every_object_change_on_commit_and_saves_its_cursor()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(saved >= expired.revision, "cursor {saved} is behind the last change {}", expired.revision);
+
+    // Forgetting the node forgets its cursor too.
+    let node = cluster::NodeRecord { id: engine.config().node.node.clone(), ..Default::default() };
+    engine.publish_node(&node).await.unwrap();
+    engine.forget_node(&node.id, true).await.unwrap();
+    assert!(engine.meta().get(&cursor).await.unwrap().is_none(), "the cursor went with the node record");
 }
