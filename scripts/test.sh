@@ -25,6 +25,7 @@ install_debian_packages() {
     command -v chromium >/dev/null || missing+=(chromium)
     command -v nginx >/dev/null || missing+=(nginx)
     command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+    command -v faketime >/dev/null || missing+=(faketime)
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Debian packages: ${missing[*]}"
     local sudo=()

@@ -30,7 +30,7 @@ pub use cache::{
     CacheOptions, CacheReadStream, CacheStats, ChunkCache, ChunkHasher, ChunkSource, DEFAULT_CHUNK_SIZE, chunk_count,
     chunk_digests, crc32c,
 };
-pub use peer::{PeerAccess, PeerBody, PeerClient, PeerFailure, serve_blob_request, serve_peer};
+pub use peer::{ClockSample, PeerAccess, PeerBody, PeerClient, PeerFailure, serve_blob_request, serve_peer};
 
 /// Bytes gathered before each write to the file; large writes keep the syscall count low.
 const WRITE_BUFFER: usize = 1 << 20;
