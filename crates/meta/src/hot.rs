@@ -6,7 +6,9 @@
 //! cache's lock, before it publishes the commit's revision or acknowledges it. A reader that
 //! missed fills the cache only if no commit was published since it started reading (the
 //! `epoch`), so a value read from an older snapshot is never put back after its key was
-//! invalidated. Absent keys are cached too (a small object's record has no blob and a large
+//! invalidated; and a reader whose snapshot already holds a commit not yet published waits for
+//! the publication before it returns (`EmbeddedStore::published`), so no read returns an older
+//! state than one an earlier read returned. Absent keys are cached too (a small object's record has no blob and a large
 //! one has no inline bytes: both are looked up on every read).
 
 use std::num::NonZeroUsize;
