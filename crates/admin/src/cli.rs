@@ -34,7 +34,7 @@ pub enum AdminCommand {
 #[derive(Subcommand, Debug)]
 pub enum SiteCommand {
     /// Create or replace a site: a host name and/or URL path prefix served from a bucket.
-    Put(SiteArgs),
+    Put(Box<SiteArgs>),
     /// Show a site.
     Get { name: String },
     /// List the stored sites.
@@ -67,6 +67,75 @@ pub struct SiteArgs {
     /// Key served with status 404 for missing keys.
     #[arg(long)]
     pub error_document: Option<String>,
+    /// An origin instance: REGION=URL (its id is REGION-N, N counting that region's
+    /// instances from 1) or REGION/ID=URL. Repeat for more instances and regions; the site
+    /// then sends what its bucket does not have, and every write, to its origin app.
+    #[arg(long = "origin", value_name = "REGION[/ID]=URL")]
+    pub origins: Vec<String>,
+    /// The edge URL of a region of the origin, REGION=URL (default: the edges the region's
+    /// nodes publish in the cluster).
+    #[arg(long = "origin-edge", value_name = "REGION=URL")]
+    pub origin_edges: Vec<String>,
+    /// Pin a session to the region of its last replayed write for this many seconds.
+    #[arg(long)]
+    pub pin_seconds: Option<u64>,
+    /// How long a session's read waits for its last write's revision (ms; default 2000).
+    #[arg(long)]
+    pub revision_wait_ms: Option<u64>,
+}
+
+/// One region of `--origin`/`--origin-edge`: name, edge URL, instances.
+type OriginRegionArgs = (String, Option<String>, Vec<Value>);
+
+/// The index of region `name` in `regions`, added when new.
+fn region_at(name: &str, regions: &mut Vec<OriginRegionArgs>) -> usize {
+    if let Some(i) = regions.iter().position(|r| r.0 == name) {
+        return i;
+    }
+    regions.push((name.to_string(), None, Vec::new()));
+    regions.len() - 1
+}
+
+impl SiteArgs {
+    /// The `origin` of the site's JSON body (null without `--origin`/`--origin-edge`).
+    fn origin(&self) -> Result<Value, CliError> {
+        let usage = |what: &str, arg: &str| {
+            CliError::Usage(format!(
+                "invalid {what} {arg:?}: use {}",
+                match what {
+                    "--origin" => "REGION=URL or REGION/ID=URL",
+                    _ => "REGION=URL",
+                }
+            ))
+        };
+        let mut regions: Vec<OriginRegionArgs> = Vec::new();
+        for arg in &self.origins {
+            let (target, url) = arg.split_once('=').ok_or_else(|| usage("--origin", arg))?;
+            let (region, id) = match target.split_once('/') {
+                Some((region, id)) => (region, Some(id.to_string())),
+                None => (target, None),
+            };
+            let i = region_at(region, &mut regions);
+            let id = id.unwrap_or_else(|| format!("{region}-{}", regions[i].2.len() + 1));
+            regions[i].2.push(json!({"id": id, "url": url}));
+        }
+        for arg in &self.origin_edges {
+            let (region, url) = arg.split_once('=').ok_or_else(|| usage("--origin-edge", arg))?;
+            let i = region_at(region, &mut regions);
+            regions[i].1 = Some(url.to_string());
+        }
+        if regions.is_empty() {
+            if self.pin_seconds.is_some() || self.revision_wait_ms.is_some() {
+                return Err(CliError::Usage("--pin-seconds and --revision-wait-ms need an --origin".into()));
+            }
+            return Ok(Value::Null);
+        }
+        let region: Vec<Value> = regions
+            .into_iter()
+            .map(|(name, edge, instances)| json!({"name": name, "edge": edge, "instances": instances}))
+            .collect();
+        Ok(json!({"region": region, "pin_seconds": self.pin_seconds, "revision_wait_ms": self.revision_wait_ms}))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -353,6 +422,7 @@ async fn execute_site(command: &SiteCommand, args: &AdminConnection) -> Result<(
                 "cache_control": site.cache_control,
                 "index_document": site.index_document,
                 "error_document": site.error_document,
+                "origin": site.origin()?,
             });
             let v = call(args, "PUT", &format!("/v1/sites/{}", enc(&site.name)), Some(body)).await?;
             let text = format!("Site {} saved.\n{header}\n{}", site.name, site_text(&v));

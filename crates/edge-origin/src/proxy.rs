@@ -182,6 +182,11 @@ impl OriginProxy {
         }
     }
 
+    /// Whether both are the same proxy (not a copy built alike).
+    pub fn same_as(&self, other: &OriginProxy) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     pub fn topology(&self) -> &Topology {
         &self.inner.config.topology
     }
@@ -262,18 +267,32 @@ impl OriginProxy {
                 return resp;
             }
         }
+        if self.topology().local_instances().is_empty() {
+            return self.elsewhere_first(&pending).await;
+        }
         match self.deliver_local(&pending, self.local_rotation(None)).await {
             Ok((resp, instance)) => self.follow(pending, resp, instance).await,
             Err(why) => plain(StatusCode::BAD_GATEWAY, &format!("no origin instance answered: {why}")),
         }
     }
 
+    /// The app runs no instance in this region: the site's other regions' edges, in their
+    /// configured order, deliver the request.
+    async fn elsewhere_first(&self, pending: &Pending) -> Response<ResponseBody> {
+        let topology = self.topology();
+        let queue = topology.regions.iter().flat_map(|r| topology.into_region(&r.name, &[])).collect();
+        let deadline = Instant::now() + self.inner.config.default_timeout;
+        match self.route(pending, queue, deadline, Vec::new()).await {
+            Ok(resp) => resp,
+            Err(failure) => failed(&failure),
+        }
+    }
+
     async fn serve_peer(&self, pending: Pending, instance: Option<String>) -> Response<ResponseBody> {
         let candidates = match &instance {
-            Some(id) => match self.topology().instance(id) {
-                Some(Candidate::Local(found)) => vec![found],
-                _ => Vec::new(),
-            },
+            Some(id) => (self.topology().instance(id).into_iter())
+                .filter_map(|c| if let Candidate::Local(found) = c { Some(found) } else { None })
+                .collect(),
             None => self.local_rotation(None),
         };
         match self.deliver_local(&pending, candidates).await {
@@ -415,9 +434,9 @@ impl OriginProxy {
     fn plan(&self, ins: &Instruction, excluded: &[String], asked_by: &str) -> VecDeque<Candidate> {
         let topology = self.topology();
         if let Some(id) = &ins.instance {
-            return topology.instance(id).into_iter().collect();
+            return topology.instance(id).into();
         }
-        let mut planned: Vec<Candidate> = ins.prefer_instance.iter().filter_map(|id| topology.instance(id)).collect();
+        let mut planned: Vec<Candidate> = ins.prefer_instance.iter().flat_map(|id| topology.instance(id)).collect();
         for choice in &ins.regions {
             match choice {
                 RegionChoice::Named(region) => planned.extend(topology.into_region(region, excluded)),

@@ -166,6 +166,9 @@ pub struct SiteRecord {
     /// Key (within the key prefix) served with status 404 for missing keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_document: Option<String>,
+    /// The origin app that answers what the bucket does not have (and every write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<meridian_common::origin::Origin>,
 }
 
 impl SiteRecord {
@@ -205,6 +208,9 @@ impl SiteRecord {
         }
         if let Some(key) = &self.error_document {
             validate_key(key)?;
+        }
+        if let Some(origin) = &self.origin {
+            origin.check().map_err(|e| EngineError::InvalidArgument(format!("invalid origin: {e}")))?;
         }
         Ok(())
     }

@@ -223,10 +223,7 @@ fn parse_regions(list: &str) -> Result<Vec<RegionChoice>, InstructionError> {
         .collect()
 }
 
-/// Whether `name` can be a region name.
-pub fn is_region_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+pub use meridian_common::origin::is_region_name;
 
 /// Instance ids and state travel in headers: printable ASCII without `;`, `"` or `,`.
 fn checked_token(field: &'static str, value: String) -> Result<String, InstructionError> {
