@@ -34,7 +34,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use meridian_http::{ClientTls, RequestBody, ResponseBody};
 
-use crate::forward::{self, Forwarder, Outgoing, PEER_HOPS, PEER_INSTANCE, PEER_TOKEN, UNDELIVERABLE};
+use crate::forward::{self, Forwarder, Outgoing, PEER_HOPS, PEER_INSTANCE, PEER_SITE, PEER_TOKEN, UNDELIVERABLE};
 use crate::replay::cache::{CachedReplay, Lookup, ReplayCache};
 use crate::replay::instruction::{CacheRule, Fallback, Instruction, JSON_CONTENT_TYPE, MAX_JSON_BYTES, RegionChoice};
 use crate::spool::{Spool, SpoolError, SpoolLimits};
@@ -59,6 +59,23 @@ pub struct ProxyConfig {
     /// client gets the [`PIN_COOKIE`] naming that region for this long, and its requests go
     /// to that region's edge first while the cookie lasts (read your own writes).
     pub pin: Option<Duration>,
+    /// The site this proxy is the origin of; other regions' edges are told it on replays.
+    pub site: String,
+    /// The other sites' origins, for `fly-replay: app=<site>`.
+    pub apps: Option<Apps>,
+}
+
+/// Finds the origin proxy of a site by name (Fly's apps are Meridian's sites).
+#[derive(Clone)]
+pub struct Apps(pub Arc<FindApp>);
+
+/// The lookup behind [`Apps`].
+pub type FindApp = dyn Fn(&str) -> Option<OriginProxy> + Send + Sync;
+
+impl std::fmt::Debug for Apps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Apps")
+    }
 }
 
 /// The cookie pinning a session to the region of its last replayed write.
@@ -74,6 +91,8 @@ impl ProxyConfig {
             max_attempts: 5,
             connect_timeout: Duration::from_secs(3),
             pin: None,
+            site: String::new(),
+            apps: None,
         }
     }
 }
@@ -260,8 +279,9 @@ impl OriginProxy {
         if let Some(resp) = self.client_region(&pending, client_headers).await {
             return resp;
         }
-        let cached = self.inner.cache.find(&pending.lookup());
-        if let Some(CachedReplay { instruction, asked_by }) = cached {
+        let skip = header_text(client_headers, "fly-replay-cache-control").is_some_and(|v| v.trim() == "skip");
+        let cached = self.inner.cache.find(&pending.lookup()).filter(|c| !(skip && c.allow_bypass));
+        if let Some(CachedReplay { instruction, asked_by, .. }) = cached {
             // A failed cached replay goes the normal way: the cache is only a shortcut.
             if let Ok(resp) = self.replay(&pending, &instruction, &asked_by).await {
                 return resp;
@@ -406,7 +426,10 @@ impl OriginProxy {
     fn remember(&self, pending: &Pending, answer: &HeaderMap, instruction: &Instruction, responder: &Instance) {
         match CacheRule::from_headers(answer) {
             Ok(Some(rule)) => {
-                let replay = CachedReplay { instruction: instruction.clone(), asked_by: responder.id.clone() };
+                let allow_bypass = instruction.allow_bypass
+                    || header_text(answer, "fly-replay-cache-allow-bypass").is_some_and(|v| v.trim() == "yes");
+                let replay =
+                    CachedReplay { instruction: instruction.clone(), asked_by: responder.id.clone(), allow_bypass };
                 self.inner.cache.remember(&rule, &pending.lookup(), replay);
             }
             Ok(None) => {}
@@ -416,8 +439,30 @@ impl OriginProxy {
         }
     }
 
-    /// Replays `pending` as `ins` says (asked by instance `asked_by`).
+    /// Replays `pending` as `ins` says (asked by instance `asked_by`): to this site's origin,
+    /// or to the origin of the site `ins.app` names.
     async fn replay(
+        &self,
+        pending: &Pending,
+        ins: &Instruction,
+        asked_by: &str,
+    ) -> Result<Response<ResponseBody>, Failure> {
+        let config = &self.inner.config;
+        let Some(app) = ins.app.as_deref().filter(|app| *app != config.site) else {
+            return self.replay_here(pending, ins, asked_by).await;
+        };
+        match config.apps.as_ref().and_then(|apps| (apps.0)(app)) {
+            Some(target) => target.replay_here(pending, ins, asked_by).await,
+            None => {
+                tracing::warn!(app, "fly-replay names an app that is no site with an origin");
+                let region = self.topology().local.clone();
+                Err(Failure { reason: FailReason::NoCandidate, region, instance: None, elapsed: Duration::ZERO })
+            }
+        }
+    }
+
+    /// Replays `pending` to this site's origin.
+    async fn replay_here(
         &self,
         pending: &Pending,
         ins: &Instruction,
@@ -537,6 +582,9 @@ impl OriginProxy {
                 let mut extra = HeaderMap::new();
                 forward::insert(&mut extra, PEER_TOKEN, &self.inner.config.peer_token);
                 forward::insert(&mut extra, PEER_HOPS, &pending.hops.to_string());
+                if !self.inner.config.site.is_empty() {
+                    forward::insert(&mut extra, PEER_SITE, &self.inner.config.site);
+                }
                 if let Some(instance) = instance {
                     forward::insert(&mut extra, PEER_INSTANCE, instance);
                 }

@@ -331,6 +331,47 @@ async fn a_cached_replay_skips_the_origin_by_path_prefix_and_by_session() {
     assert_eq!(send(plain("bob")).await.echo().region, "ams");
 }
 
+/// `fly-replay-cache-control: skip` from a client skips a cached replay only when the origin
+/// allowed it (`fly-replay-cache-allow-bypass: yes` or JSON `allow_bypass`), as Fly documents.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_skips_a_cached_replay_only_when_the_origin_allows_bypass() {
+    let cluster = Cluster::start().await;
+    let asked =
+        |c: &Cluster| -> u64 { ["ams-1", "ams-2", "ams-3"].iter().map(|id| c.origin(id).request_count()).sum() };
+    let skipping = |path: &str| {
+        let req = Request::get(cluster.url("ams", path)).header("fly-replay-cache-control", "skip");
+        req.body(Full::default()).expect("request")
+    };
+    // Not allowed: the skip is ignored, the cached replay is used.
+    let cache = |prefix: &str, extra: &str| {
+        format!("?replay={}&replay_in=ams&replay_cache={}&replay_cache_ttl=60{extra}", q("region=sjc"), q(prefix))
+    };
+    assert_eq!(get(cluster.url("ams", &format!("/strict/1{}", cache("/strict/*", "")))).await.echo().region, "sjc");
+    let before = asked(&cluster);
+    assert_eq!(send(skipping("/strict/2")).await.echo().region, "sjc");
+    assert_eq!(asked(&cluster), before, "no bypass without the origin's consent");
+
+    // Allowed by header: the skipping client is served here; others still use the cache.
+    assert_eq!(
+        get(cluster.url("ams", &format!("/loose/1{}", cache("/loose/*", "&replay_cache_bypass=yes"))))
+            .await
+            .echo()
+            .region,
+        "sjc"
+    );
+    assert_eq!(send(skipping("/loose/2")).await.echo().region, "ams", "the skip reached this region's origin");
+    let before = asked(&cluster);
+    assert_eq!(get(cluster.url("ams", "/loose/3")).await.echo().region, "sjc");
+    assert_eq!(asked(&cluster), before, "the cache was skipped, not invalidated");
+
+    // Allowed by the JSON form's allow_bypass.
+    let json = q(r#"{"region":"fra","allow_bypass":true}"#);
+    let url = format!("/json/1?replay_json={json}&replay_in=ams&replay_cache={}&replay_cache_ttl=60", q("/json/*"));
+    assert_eq!(get(cluster.url("ams", &url)).await.echo().region, "fra");
+    assert_eq!(send(skipping("/json/2")).await.echo().region, "ams");
+    assert_eq!(get(cluster.url("ams", "/json/3")).await.echo().region, "fra");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_replayed_elsewhere_pins_the_session_to_that_region() {
     let cluster = Cluster::start().await;

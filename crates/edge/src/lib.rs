@@ -69,7 +69,6 @@ impl Edge {
         let origins =
             origin::Origins::new(&options.origins, &options.sites, &options.region, options.peer_token.as_deref())?;
         let sites = SiteTable::start(engine.clone(), options).await?;
-        let origins = Arc::new(origins);
         origin::refresh(&engine, &origins, &sites).await;
         tokio::spawn(origin::keep_fresh(engine.clone(), Arc::downgrade(&origins), Arc::downgrade(&sites)));
         Ok(Edge { engine, sites, origins })
@@ -77,6 +76,13 @@ impl Edge {
 
     async fn answer(&self, req: Request<RequestBody>, info: &RequestInfo) -> Response<ResponseBody> {
         info.notes.set_principal("anonymous");
+        if let Some(proxy) = self.origins.peer_site(req.headers()) {
+            // A replay from another region's edge to a named site (`fly-replay: app=`).
+            info.notes.set_operation("web.origin");
+            let mut resp = proxy.handle(req, info.peer, info.secure).await;
+            origin::revision::remember(resp.headers_mut(), &proxy.topology().local);
+            return resp;
+        }
         let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().host()).unwrap_or("");
         let target = match self.sites.resolve(host, req.uri().path()).await {
             Ok(Some(target)) => target,

@@ -64,6 +64,18 @@ impl Regions {
         args.extend(origin_args.iter().map(String::as_str));
         let site = common::admin::admin_ok(&cluster.nodes[0], &args);
         assert_eq!(site["origin"]["region"][0]["instances"][2]["id"], "a-3", "{site}");
+        // Another app (Fly's `app=`): site `billing`, with instances in regions a and c only.
+        let mut billing_args =
+            vec!["site".to_string(), "put".into(), "billing".into(), "--bucket".into(), "app".into()];
+        billing_args.extend(["--host".into(), "billing.example".into()]);
+        for (region, id) in [("region-a", "billing-a"), ("region-c", "billing-c")] {
+            let config = OriginConfig { instance: id.to_string(), region: region.to_string() };
+            let origin = TestOrigin::start(config).await.expect("origin starts");
+            billing_args.push(format!("--origin={region}/{id}={}", origin.url()));
+            origins.insert(id.to_string(), origin);
+        }
+        let billing_args: Vec<&str> = billing_args.iter().map(String::as_str).collect();
+        common::admin::admin_ok(&cluster.nodes[0], &billing_args);
         let web = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let regions = Regions { cluster, web, web_links, origins };
         regions.wait_for_published_edges();
@@ -136,6 +148,18 @@ async fn heavy_real_nodes_replay_by_region_instance_and_elsewhere_through_publis
         replayed_here += usize::from(got.headers.contains_key("fly-replay-src"));
     }
     assert!(replayed_here >= 2, "round robin sent a-1 and a-2 requests they replayed to a-3");
+
+    // Another app: the origin of site `billing`, here and in region c (whose edge is told
+    // the site: the request's host would name site `app` there).
+    let app_asks = |instruction: &str| replaying_in("/invoice/7", instruction, "a-1,a-2,a-3");
+    let got = echo(&raw::send(a, "GET", &app_asks("app=billing"), &[], &[]));
+    assert_eq!(got.instance, "billing-a");
+    assert!(fields(&got.headers["fly-replay-src"])["instance"].starts_with("a-"));
+    let got = echo(&raw::send(a, "GET", &app_asks("app=billing;region=region-c"), &[], &[]));
+    assert_eq!((got.instance.as_str(), got.path.split('?').next()), ("billing-c", Some("/invoice/7")));
+    let resp = raw::send(a, "GET", &app_asks("app=nosuch"), &[], &[]);
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert_eq!(fields(resp.header("fly-replay-failed").expect("failed"))["reason"], "no_candidate");
 
     // Load shedding: a-1 and a-2 answer every request with `elsewhere=true`; every request
     // ends at a-3, whichever instance the edge tried first.

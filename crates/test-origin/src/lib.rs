@@ -12,7 +12,8 @@
 //! `fly-replay` header, `replay_json=<json>` answers with the JSON form instead, both only in
 //! the instances or regions listed in `replay_in` (comma separated; all when absent) and never
 //! to a fallback delivery (`fly-replay-failed` present); `replay_cache` and
-//! `replay_cache_ttl` add `fly-replay-cache` / `fly-replay-cache-ttl-secs` to that answer;
+//! `replay_cache_ttl` add `fly-replay-cache` / `fly-replay-cache-ttl-secs` to that answer
+//! (`replay_cache_bypass` adds `fly-replay-cache-allow-bypass`);
 //! `sleep_ms=N` waits first; `status=N` answers that status (with the echo);
 //! `bytes=N` answers N bytes of [`pattern`] (`chunk_ms=M` waits M ms between 64 KiB chunks);
 //! `store=<value>` sets `x-meridian-store`; `revision=<R>` sets `x-meridian-revision` (the
@@ -337,6 +338,9 @@ fn add_replay_cache(resp: &mut Response<ResponseBody>, query: &HashMap<String, S
     }
     if let Some(ttl) = query.get("replay_cache_ttl") {
         resp.headers_mut().insert("fly-replay-cache-ttl-secs", value(ttl));
+    }
+    if let Some(bypass) = query.get("replay_cache_bypass") {
+        resp.headers_mut().insert("fly-replay-cache-allow-bypass", value(bypass));
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use meridian_common::origin::Origin;
+use meridian_edge_origin::proxy::Apps;
 use meridian_edge_origin::{OriginProxy, ProxyConfig, Region, Topology};
 use meridian_engine::Engine;
 use meridian_engine::website::SiteRecord;
@@ -67,6 +68,8 @@ struct Built {
 /// proxy (its round robin and replay cache) is kept for as long as its origin and topology
 /// stay the same.
 pub struct Origins {
+    /// This table itself, for the proxies' `fly-replay: app=` lookups.
+    me: Weak<Origins>,
     region: String,
     peer_token: Option<String>,
     tls: ClientTls,
@@ -85,9 +88,10 @@ impl Origins {
         sites: &[SiteRecord],
         region: &str,
         peer_token: Option<&str>,
-    ) -> Result<Origins, EdgeError> {
+    ) -> Result<Arc<Origins>, EdgeError> {
         let tls = ClientTls::from_env().map_err(|e| EdgeError::Origin { site: String::new(), why: e.to_string() })?;
         let origins = Origins {
+            me: Weak::new(),
             region: region.to_string(),
             peer_token: peer_token.map(str::to_string),
             tls,
@@ -99,7 +103,7 @@ impl Origins {
         for table in overrides {
             let (site, origin) = (&table.site, table.origin());
             let invalid = |why: String| EdgeError::Origin { site: site.clone(), why };
-            origins.build(&origin, &PublishedEdges::new()).map_err(invalid)?;
+            origins.build(site, &origin, &PublishedEdges::new()).map_err(invalid)?;
             if by_site.insert(site.clone(), origin).is_some() {
                 return Err(invalid("the site has two origins".into()));
             }
@@ -107,14 +111,14 @@ impl Origins {
         for site in sites {
             if let Some(origin) = &site.origin {
                 let invalid = |why: String| EdgeError::Origin { site: site.name.clone(), why };
-                origins.build(origin, &PublishedEdges::new()).map_err(invalid)?;
+                origins.build(&site.name, origin, &PublishedEdges::new()).map_err(invalid)?;
             }
         }
-        Ok(Origins { overrides: by_site, ..origins })
+        Ok(Arc::new_cyclic(|me| Origins { me: me.clone(), overrides: by_site, ..origins }))
     }
 
-    /// The proxy of `origin` as this node sees it.
-    fn build(&self, origin: &Origin, published: &PublishedEdges) -> Result<Built, String> {
+    /// The proxy of `site`'s `origin` as this node sees it.
+    fn build(&self, site: &str, origin: &Origin, published: &PublishedEdges) -> Result<Built, String> {
         origin.check().map_err(|e| e.to_string())?;
         let topology = Topology::new(&self.region, origin.regions.clone()).map_err(|e| e.to_string())?;
         let configured_edges = topology.regions.iter().any(|r| r.name != self.region && r.edge.is_some());
@@ -123,7 +127,7 @@ impl Origins {
                 // Edges prove a replay to each other with the cluster token.
                 return Err("replays to other regions' edges need the cluster token (--cluster-token)".into());
             }
-            return self.proxy_for(origin, topology, String::new());
+            return self.proxy_for(site, origin, topology, String::new());
         };
         let mine: PublishedEdges = published
             .iter()
@@ -131,12 +135,15 @@ impl Origins {
             .map(|(r, e)| (r.clone(), e.clone()))
             .collect();
         let topology = topology.with_edges(mine);
-        self.proxy_for(origin, topology, token.clone())
+        self.proxy_for(site, origin, topology, token.clone())
     }
 
-    fn proxy_for(&self, origin: &Origin, topology: Topology, token: String) -> Result<Built, String> {
+    fn proxy_for(&self, site: &str, origin: &Origin, topology: Topology, token: String) -> Result<Built, String> {
         let mut config = ProxyConfig::new(topology.clone(), token);
         config.pin = origin.pin_seconds.map(Duration::from_secs);
+        config.site = site.to_string();
+        let me = self.me.clone();
+        config.apps = Some(Apps(Arc::new(move |app| me.upgrade()?.proxy(Some(app)))));
         let wait = origin.revision_wait_ms.map_or(revision::DEFAULT_WAIT, Duration::from_millis);
         let proxy = OriginProxy::new(config, &self.tls);
         Ok(Built { topology, origin: origin.clone(), proxy, wait })
@@ -152,7 +159,7 @@ impl Origins {
         let current = self.by_site.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut next = HashMap::new();
         for (site, origin) in wanted {
-            let built = match self.build(origin, published) {
+            let built = match self.build(site, origin, published) {
                 Ok(built) => built,
                 Err(why) => {
                     tracing::warn!(site, why = %why, "the site's origin is not usable; its misses get 404");
@@ -163,6 +170,13 @@ impl Origins {
             next.insert(site.to_string(), kept.cloned().unwrap_or_else(|| Arc::new(built)));
         }
         *self.by_site.write().unwrap_or_else(|e| e.into_inner()) = next;
+    }
+
+    /// For a replay from another region's edge naming a site (`fly-replay: app=`): that
+    /// site's origin, when the request carries the cluster token.
+    pub fn peer_site(&self, headers: &http::HeaderMap) -> Option<OriginProxy> {
+        let site = headers.get(meridian_edge_origin::forward::PEER_SITE)?.to_str().ok()?;
+        self.proxy(Some(site)).filter(|proxy| proxy.is_peer(headers))
     }
 
     /// The origin of `site`, if it has one.
@@ -338,7 +352,7 @@ mod tests {
         }
     }
 
-    fn origins(table: SiteOrigin) -> Result<Origins, EdgeError> {
+    fn origins(table: SiteOrigin) -> Result<Arc<Origins>, EdgeError> {
         let origins = Origins::new(&[table], &[], "ams", Some("token"))?;
         origins.update(&[], &PublishedEdges::new());
         Ok(origins)
