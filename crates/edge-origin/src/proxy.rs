@@ -2,7 +2,8 @@
 //! `fly-replay` instruction, replays the request where it says instead of answering the client
 //! with it.
 //!
-//! 1. The request body is spooled ([`crate::spool`]) so it can be sent more than once.
+//! 1. The request body is spooled ([`crate::spool`]) so it can be sent more than once; it
+//!    streams to the origin while it arrives.
 //! 2. A client's `fly-force-region` / `fly-prefer-region` naming another region sends the
 //!    request to that region's edge first; a cached replay (`fly-replay-cache`) sends it
 //!    straight to its target; otherwise one of this region's instances gets it (round robin,
@@ -232,10 +233,27 @@ impl OriginProxy {
         region: Option<&str>,
     ) -> (Response<ResponseBody>, bool) {
         let (parts, body) = req.into_parts();
-        let spool = match Spool::read(body, &self.inner.config.spool).await {
+        // The body goes to the origin as it arrives, and is kept for a replay.
+        let spool = match Spool::start(body, &self.inner.config.spool) {
             Ok(spool) => spool,
             Err(err) => return (spool_failure(&err), false),
         };
+        let (resp, there) = self.handle_spooled(parts, spool.clone(), client, secure, region).await;
+        match spool.failure() {
+            // The origin could not be reached because the body could not be: say why.
+            Some(err) if resp.status() == StatusCode::BAD_GATEWAY => (spool_failure(&err), false),
+            _ => (resp, there),
+        }
+    }
+
+    async fn handle_spooled(
+        &self,
+        parts: http::request::Parts,
+        spool: Spool,
+        client: SocketAddr,
+        secure: bool,
+        region: Option<&str>,
+    ) -> (Response<ResponseBody>, bool) {
         let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).or(parts.uri.host()).unwrap_or("");
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let peer = self.is_peer(&parts.headers);

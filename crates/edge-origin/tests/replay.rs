@@ -397,3 +397,71 @@ async fn a_write_replayed_elsewhere_pins_the_session_to_that_region() {
     assert_eq!(answer.echo().region, "fra");
     assert!(!answer.headers.contains_key("set-cookie"), "a replayed read does not pin");
 }
+
+/// A request body the test sends frame by frame.
+type FedBody = http_body_util::StreamBody<
+    futures::stream::PollFn<
+        Box<
+            dyn FnMut(
+                    &mut std::task::Context<'_>,
+                ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>>
+                + Send
+                + Unpin,
+        >,
+    >,
+>;
+
+/// Uploads `body` to `url` in 64 KiB frames, holding the last frame until `received()` says
+/// the origin has `wanted` bytes (up to 10 s): the upload can only finish when the edge
+/// streams it on while it arrives. Returns the answer.
+async fn upload_holding_the_end(url: String, body: &[u8], wanted: u64, received: impl Fn() -> u64) -> Answer {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let poll: Box<dyn FnMut(&mut std::task::Context<'_>) -> _ + Send + Unpin> =
+        Box::new(move |cx: &mut std::task::Context<'_>| {
+            rx.poll_recv(cx).map(|c| c.map(|c| Ok(http_body::Frame::data(c))))
+        });
+    let fed: FedBody = http_body_util::StreamBody::new(futures::stream::poll_fn(poll));
+    let client: Client<HttpConnector, FedBody> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(url).header("host", "site.example").body(fed).expect("request");
+    let answer = tokio::spawn(async move {
+        let resp = client.request(req).await.expect("edge answers");
+        let (parts, body) = resp.into_parts();
+        Answer { status: parts.status, headers: parts.headers, body: body.collect().await.expect("body").to_bytes() }
+    });
+    let (head, last) = body.split_at(body.len() - (64 << 10));
+    for chunk in head.chunks(64 << 10) {
+        tx.send(Bytes::copy_from_slice(chunk)).await.expect("the edge reads the upload");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while received() < wanted {
+        assert!(std::time::Instant::now() < deadline, "the origin got {} of the first {wanted} bytes", received());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tx.send(Bytes::copy_from_slice(last)).await.expect("last frame");
+    drop(tx);
+    answer.await.expect("answer")
+}
+
+/// Request bodies stream to the origin while the client sends them (the client holds its
+/// last 64 KiB until the origin has most of the rest), are read by a slow origin intact, and
+/// are still replayed whole from the spool (memory, then the 0600 file) afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_stream_to_the_origin_while_they_arrive_and_replay_from_the_spool() {
+    let cluster = Cluster::start().await;
+    let body: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let digest = hex::encode(Sha256::digest(&body));
+    let ams = || -> u64 { ["ams-1", "ams-2", "ams-3"].iter().map(|id| cluster.origin(id).body_bytes()).sum() };
+
+    // To this region's origin, read slowly (1 ms after each frame).
+    let answer = upload_holding_the_end(cluster.url("ams", "/upload?read_ms=1"), &body, 2 << 20, ams).await;
+    let echo = answer.echo();
+    assert_eq!((echo.region.as_str(), echo.body_len, echo.body_sha256.as_str()), ("ams", 3 << 20, digest.as_str()));
+
+    // Replayed: ams reads it as it arrives, answers fly-replay, and fra gets it from the spool.
+    let before = ams();
+    let url = cluster.url("ams", &format!("/upload?replay={}&replay_in=ams&read_ms=1", q("region=fra")));
+    let answer = upload_holding_the_end(url, &body, 2 << 20, || ams() - before).await;
+    let echo = answer.echo();
+    assert_eq!((echo.region.as_str(), echo.body_len, echo.body_sha256.as_str()), ("fra", 3 << 20, digest.as_str()));
+    assert_eq!(ams() - before, 3 << 20, "the asking instance read the whole body first");
+}
