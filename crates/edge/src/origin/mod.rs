@@ -103,7 +103,7 @@ impl Origins {
         for table in overrides {
             let (site, origin) = (&table.site, table.origin());
             let invalid = |why: String| EdgeError::Origin { site: site.clone(), why };
-            origins.build(site, &origin, &PublishedEdges::new()).map_err(invalid)?;
+            origins.topology(&origin, &PublishedEdges::new()).map_err(invalid)?;
             if by_site.insert(site.clone(), origin).is_some() {
                 return Err(invalid("the site has two origins".into()));
             }
@@ -111,42 +111,41 @@ impl Origins {
         for site in sites {
             if let Some(origin) = &site.origin {
                 let invalid = |why: String| EdgeError::Origin { site: site.name.clone(), why };
-                origins.build(&site.name, origin, &PublishedEdges::new()).map_err(invalid)?;
+                origins.topology(origin, &PublishedEdges::new()).map_err(invalid)?;
             }
         }
         Ok(Arc::new_cyclic(|me| Origins { me: me.clone(), overrides: by_site, ..origins }))
     }
 
-    /// The proxy of `site`'s `origin` as this node sees it.
-    fn build(&self, site: &str, origin: &Origin, published: &PublishedEdges) -> Result<Built, String> {
+    /// `origin`'s regions as this node sees them: checked, other regions reached through the
+    /// `published` edges (with a cluster token only).
+    fn topology(&self, origin: &Origin, published: &PublishedEdges) -> Result<Topology, String> {
         origin.check().map_err(|e| e.to_string())?;
         let topology = Topology::new(&self.region, origin.regions.clone()).map_err(|e| e.to_string())?;
-        let configured_edges = topology.regions.iter().any(|r| r.name != self.region && r.edge.is_some());
-        let Some(token) = &self.peer_token else {
-            if configured_edges {
+        if self.peer_token.is_none() {
+            if topology.regions.iter().any(|r| r.name != self.region && r.edge.is_some()) {
                 // Edges prove a replay to each other with the cluster token.
                 return Err("replays to other regions' edges need the cluster token (--cluster-token)".into());
             }
-            return self.proxy_for(site, origin, topology, String::new());
-        };
+            return Ok(topology);
+        }
         let mine: PublishedEdges = published
             .iter()
             .filter(|(region, _)| topology.region(region).is_some())
             .map(|(r, e)| (r.clone(), e.clone()))
             .collect();
-        let topology = topology.with_edges(mine);
-        self.proxy_for(site, origin, topology, token.clone())
+        Ok(topology.with_edges(mine))
     }
 
-    fn proxy_for(&self, site: &str, origin: &Origin, topology: Topology, token: String) -> Result<Built, String> {
-        let mut config = ProxyConfig::new(topology.clone(), token);
+    fn proxy_for(&self, site: &str, origin: &Origin, topology: Topology) -> Built {
+        let mut config = ProxyConfig::new(topology.clone(), self.peer_token.clone().unwrap_or_default());
         config.pin = origin.pin_seconds.map(Duration::from_secs);
         config.site = site.to_string();
         let me = self.me.clone();
         config.apps = Some(Apps(Arc::new(move |app| me.upgrade()?.proxy(Some(app)))));
         let wait = origin.revision_wait_ms.map_or(revision::DEFAULT_WAIT, Duration::from_millis);
         let proxy = OriginProxy::new(config, &self.tls);
-        Ok(Built { topology, origin: origin.clone(), proxy, wait })
+        Built { topology, origin: origin.clone(), proxy, wait }
     }
 
     /// Rebuilds the proxies for the current `sites` (configured and stored) and the other
@@ -159,15 +158,18 @@ impl Origins {
         let current = self.by_site.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut next = HashMap::new();
         for (site, origin) in wanted {
-            let built = match self.build(site, origin, published) {
-                Ok(built) => built,
+            let topology = match self.topology(origin, published) {
+                Ok(topology) => topology,
                 Err(why) => {
-                    tracing::warn!(site, why = %why, "the site's origin is not usable; its misses get 404");
+                    tracing::warn!(site, why = %why, "the site's origin is not usable; the site is served without it");
                     continue;
                 }
             };
-            let kept = current.get(site).filter(|old| old.origin == built.origin && old.topology == built.topology);
-            next.insert(site.to_string(), kept.cloned().unwrap_or_else(|| Arc::new(built)));
+            let built = match current.get(site) {
+                Some(old) if old.origin == *origin && old.topology == topology => old.clone(),
+                _ => Arc::new(self.proxy_for(site, origin, topology)),
+            };
+            next.insert(site.to_string(), built);
         }
         *self.by_site.write().unwrap_or_else(|e| e.into_inner()) = next;
     }
