@@ -607,6 +607,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn origin_flags_become_the_sites_origin() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            site: SiteArgs,
+        }
+        let parse = |args: &[&str]| {
+            let mut all = vec!["site", "www", "--bucket", "www"];
+            all.extend_from_slice(args);
+            Cli::parse_from(all).site.origin()
+        };
+        let origin = parse(&[
+            "--origin=ams=http://a:1",
+            "--origin=ams=http://a:2",
+            "--origin=sjc/app-7=http://s:1",
+            "--origin-edge=sjc=http://sjc-edge:8080",
+            "--pin-seconds=30",
+        ])
+        .expect("valid");
+        assert_eq!(origin["region"][0]["instances"][1], json!({"id": "ams-2", "url": "http://a:2"}));
+        assert_eq!(origin["region"][1]["instances"][0]["id"], "app-7");
+        assert_eq!(origin["region"][1]["edge"], "http://sjc-edge:8080");
+        assert_eq!(origin["pin_seconds"], 30);
+        assert_eq!(parse(&[]).expect("no origin"), Value::Null);
+        assert!(parse(&["--origin=http://a:1"]).is_err_and(|e| e.to_string().contains("REGION=URL")));
+        assert!(parse(&["--pin-seconds=3"]).is_err(), "options need an origin");
+    }
+
+    #[test]
     fn the_lag_column_shows_each_nodes_measured_lag_in_seconds() {
         let node = |id: &str, lag: Option<u64>| {
             let mut n = serde_json::json!({

@@ -297,6 +297,26 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_origin_is_checked_with_the_site() {
+        use meridian_common::origin::{Instance, Origin, Region};
+        let region = |url: &str| Region {
+            name: "ams".into(),
+            edge: None,
+            instances: vec![Instance { id: "ams-1".into(), url: url.into() }],
+        };
+        let with = |origin| SiteRecord { origin: Some(origin), ..site() };
+        assert!(
+            with(Origin { regions: vec![region("http://10.0.0.5:3000")], ..Default::default() }).validate().is_ok()
+        );
+        let err = with(Origin { regions: vec![region("http://10.0.0.5")], ..Default::default() }).validate();
+        assert!(err.is_err_and(|e| e.to_string().contains("invalid origin")));
+        let waits =
+            Origin { regions: vec![region("http://h:1")], revision_wait_ms: Some(60_000), ..Default::default() };
+        assert!(with(waits).validate().is_err());
+        assert!(with(Origin::default()).validate().is_err(), "an origin needs a region");
+    }
+
+    #[test]
     fn website_configurations_follow_s3s_rules() {
         let index = WebsiteConfig { index_suffix: Some("index.html".into()), ..Default::default() };
         assert!(index.validate().is_ok());
