@@ -122,7 +122,7 @@ pub fn from_client(headers: &HeaderMap, client: SocketAddr, secure: bool) -> Hea
 /// forwarding headers are already there; the peer's own headers are dropped.
 pub fn from_peer(headers: &HeaderMap) -> HeaderMap {
     let mut out = without_hop_by_hop(headers);
-    for name in [PEER_TOKEN, PEER_INSTANCE, PEER_HOPS] {
+    for name in [PEER_TOKEN, PEER_INSTANCE, PEER_HOPS, PEER_SITE] {
         out.remove(name);
     }
     out

@@ -157,6 +157,7 @@ async fn heavy_real_nodes_replay_by_region_instance_and_elsewhere_through_publis
     assert!(fields(&got.headers["fly-replay-src"])["instance"].starts_with("a-"));
     let got = echo(&raw::send(a, "GET", &app_asks("app=billing;region=region-c"), &[], &[]));
     assert_eq!((got.instance.as_str(), got.path.split('?').next()), ("billing-c", Some("/invoice/7")));
+    assert!(!got.headers.keys().any(|h| h.starts_with("x-meridian-replay")), "edge-to-edge headers stay between edges");
     // Region b runs no billing instance: its edge sends billing's requests to the origin's
     // first region (a), through a's edge.
     let got = echo(&raw::send_as(&regions.web[1], "billing.example", "GET", "/invoice/8", &[]));
