@@ -371,6 +371,17 @@ mod tests {
     }
 
     #[test]
+    fn an_origin_table_replaces_the_sites_own_origin() {
+        let table = origin(Some(250));
+        let origins = Origins::new(std::slice::from_ref(&table), &[], "ams", Some("token")).expect("valid");
+        let own = Origin { regions: table.regions[..1].to_vec(), revision_wait_ms: Some(900), ..Default::default() };
+        let site = SiteRecord { name: "app".into(), bucket: "b".into(), origin: Some(own), ..Default::default() };
+        origins.update(&[site], &PublishedEdges::new());
+        assert_eq!(origins.revision_wait(Some("app")), Duration::from_millis(250), "the [[origin]] table's");
+        assert!(origins.proxy(Some("app")).is_some_and(|p| p.topology().region("sjc").is_some()));
+    }
+
+    #[test]
     fn stored_sites_get_origins_and_keep_their_proxy_while_nothing_changes() {
         let origins = Origins::new(&[], &[], "ams", Some("token")).expect("valid");
         let site = SiteRecord {
