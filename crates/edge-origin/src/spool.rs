@@ -95,6 +95,9 @@ impl Spool {
         B::Error: Into<BoxError> + Send,
     {
         if body.size_hint().lower() > limits.max_total {
+            // Refused before reading; the client may still be sending: read and drop what it
+            // sends for a while so that it gets to read the answer (a lingering close).
+            tokio::spawn(linger(body));
             return Err(SpoolError::TooLarge { limit: limits.max_total });
         }
         let shared = Arc::new(Shared {
@@ -204,6 +207,15 @@ impl Shared {
     fn end(&self, end: Result<(), SpoolError>) {
         self.progress.send_modify(|p| p.end = Some(end.map_err(Arc::new)));
     }
+}
+
+/// How long a refused body is read and dropped, at most.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and drops `body` for at most [`LINGER`].
+async fn linger<B: Body + Unpin>(mut body: B) {
+    let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// The rest of the chunk holding byte `offset` of `chunks`.
