@@ -398,48 +398,10 @@ async fn a_write_replayed_elsewhere_pins_the_session_to_that_region() {
     assert!(!answer.headers.contains_key("set-cookie"), "a replayed read does not pin");
 }
 
-/// A request body the test sends frame by frame.
-type FedBody = http_body_util::StreamBody<
-    futures::stream::PollFn<
-        Box<
-            dyn FnMut(
-                    &mut std::task::Context<'_>,
-                ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>>
-                + Send
-                + Unpin,
-        >,
-    >,
->;
-
-/// Uploads `body` to `url` in 64 KiB frames, holding the last frame until `received()` says
-/// the origin has `wanted` bytes (up to 10 s): the upload can only finish when the edge
-/// streams it on while it arrives. Returns the answer.
+/// [`meridian_test_origin::upload::upload_holding_the_end`] to `url` as an [`Answer`].
 async fn upload_holding_the_end(url: String, body: &[u8], wanted: u64, received: impl Fn() -> u64) -> Answer {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let poll: Box<dyn FnMut(&mut std::task::Context<'_>) -> _ + Send + Unpin> =
-        Box::new(move |cx: &mut std::task::Context<'_>| {
-            rx.poll_recv(cx).map(|c| c.map(|c| Ok(http_body::Frame::data(c))))
-        });
-    let fed: FedBody = http_body_util::StreamBody::new(futures::stream::poll_fn(poll));
-    let client: Client<HttpConnector, FedBody> = Client::builder(TokioExecutor::new()).build_http();
-    let req = Request::post(url).header("host", "site.example").body(fed).expect("request");
-    let answer = tokio::spawn(async move {
-        let resp = client.request(req).await.expect("edge answers");
-        let (parts, body) = resp.into_parts();
-        Answer { status: parts.status, headers: parts.headers, body: body.collect().await.expect("body").to_bytes() }
-    });
-    let (head, last) = body.split_at(body.len() - (64 << 10));
-    for chunk in head.chunks(64 << 10) {
-        tx.send(Bytes::copy_from_slice(chunk)).await.expect("the edge reads the upload");
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while received() < wanted {
-        assert!(std::time::Instant::now() < deadline, "the origin got {} of the first {wanted} bytes", received());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tx.send(Bytes::copy_from_slice(last)).await.expect("last frame");
-    drop(tx);
-    answer.await.expect("answer")
+    let up = meridian_test_origin::upload::upload_holding_the_end(&url, "site.example", body, wanted, received).await;
+    Answer { status: up.status, headers: up.headers, body: up.body }
 }
 
 /// Request bodies stream to the origin while the client sends them (the client holds its

@@ -1,4 +1,5 @@
-//! An origin app for the edge's tests and benchmarks. A test starts one per region (or several
+//! An origin app for the edge's tests and benchmarks (and, in [`upload`], a client that
+//! checks an upload is streamed on while it is sent). A test starts one per region (or several
 //! instances per region) on a loopback port; what it answers is driven by the request path and
 //! query, or by a per-instance [`Script`]:
 //!
@@ -21,6 +22,7 @@
 //! `x-origin-region`.
 
 mod png;
+pub mod upload;
 mod webp;
 
 pub use webp::SIDE as WEBP_SIDE;
