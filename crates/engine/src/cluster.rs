@@ -35,6 +35,10 @@ pub struct NodeRecord {
     pub region: String,
     /// Base URL other nodes use for peer traffic (blob fetches, forwarded writes).
     pub advertise_url: String,
+    /// Base URL other regions' edges reach this node's web edge at (replays); none without
+    /// an edge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_url: Option<String>,
     pub started_ms: i64,
     pub heartbeat_ms: i64,
     /// The newest metadata revision this node had seen at its last heartbeat.

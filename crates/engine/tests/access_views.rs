@@ -54,6 +54,7 @@ fn node_record() -> NodeRecord {
         id: "node-c".into(),
         region: "region-c".into(),
         advertise_url: "http://127.0.0.1:1".into(),
+        web_url: None,
         started_ms: now_ms(),
         heartbeat_ms: now_ms(),
         revision: 0,

@@ -31,6 +31,10 @@ pub struct ServerArgs {
     /// with --tls-cert). Default: no edge
     #[arg(long, env = "MERIDIAN_WEB_LISTEN")]
     web_listen: Option<SocketAddr>,
+    /// URL other regions' edges reach this node's web edge at (request replays); published in
+    /// the cluster. Default: http(s)://<web listen address>
+    #[arg(long, env = "MERIDIAN_WEB_ADVERTISE")]
+    web_advertise: Option<String>,
     /// Serve public-read buckets that have a website configuration at BUCKET.DOMAIN on the
     /// web edge.
     #[arg(long, env = "MERIDIAN_WEB_DOMAIN")]
@@ -132,6 +136,7 @@ struct Settings {
     listen: SocketAddr,
     admin_listen: SocketAddr,
     web_listen: Option<SocketAddr>,
+    web_advertise: Option<String>,
     web_domain: Option<String>,
     sites: Vec<meridian_engine::website::SiteRecord>,
     origins: Vec<meridian_edge::origin::SiteOrigin>,
@@ -188,6 +193,10 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             "the status token (--status-token, MERIDIAN_STATUS_TOKEN, status_token) must be at least 8 characters"
         );
     }
+    let web_advertise = args.web_advertise.or(file.web_advertise);
+    if let Some(url) = &web_advertise {
+        meridian_common::origin::check_url("web advertise (--web-advertise)", url)?;
+    }
     let inline_default = if etcd.is_empty() { EngineConfig::default().inline_max } else { ETCD_INLINE_MAX };
     let limits = FileConfig {
         max_connections: file.max_connections,
@@ -222,6 +231,7 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             .or(file.admin_listen)
             .unwrap_or(config::DEFAULT_ADMIN_LISTEN.parse().context("default admin listen address")?),
         web_listen: args.web_listen.or(file.web_listen),
+        web_advertise,
         web_domain: args.web_domain.or(file.web_domain),
         sites: file.sites,
         origins: file.origins,
@@ -285,6 +295,7 @@ impl Settings {
             status_token: self.status_token.as_ref().map(|_| config::REDACTED.to_string()),
             metrics_listen: self.metrics_listen,
             web_listen: self.web_listen,
+            web_advertise: self.web_advertise.clone(),
             web_domain: self.web_domain.clone(),
             sites: self.sites.clone(),
             origins: self.origins.clone(),
@@ -387,6 +398,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let (admin_token, token_generated) = config::admin_token(&settings.data)?;
     let advertise = settings.advertise.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
+    let web_url = match &web_listener {
+        Some(web) => Some(settings.web_advertise.clone().unwrap_or(format!("{scheme}://{}", web.local_addr()?))),
+        None => None,
+    };
     println!("Node: {node_id} in region {} (peers reach it at {advertise})", settings.region);
     let region = settings.region.clone();
     let started_ms = meridian_engine::now_ms();
@@ -407,6 +422,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
                 id: node_id.clone(),
                 region: region.clone(),
                 advertise_url: advertise.clone(),
+                web_url: web_url.clone(),
                 started_ms,
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 cache: cache.unwrap_or_default(),
