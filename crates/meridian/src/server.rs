@@ -318,6 +318,7 @@ fn init_logging(format: &str) -> anyhow::Result<crate::log_writer::FlushGuard> {
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
+    meridian_http::structured_access_log(format == "json");
     match format {
         "json" => builder.json().init(),
         "text" => builder.init(),
