@@ -25,6 +25,7 @@ install_debian_packages() {
     command -v chromium >/dev/null || missing+=(chromium)
     command -v nginx >/dev/null || missing+=(nginx)
     command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+    command -v faketime >/dev/null || missing+=(faketime)
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Debian packages: ${missing[*]}"
     local sudo=()
@@ -43,6 +44,9 @@ install_python_packages() {
     local missing=()
     python3 -c 'import boto3' 2>/dev/null || missing+=(boto3)
     command -v aws >/dev/null || missing+=(awscli)
+    # moto's S3 server: the volume test against an S3 service Meridian did not write.
+    { command -v moto_server >/dev/null && python3 -c 'import moto.server, flask' 2>/dev/null; } ||
+        missing+=('moto[server]')
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Python packages: ${missing[*]}"
     python3 -m pip install --quiet "${missing[@]}"

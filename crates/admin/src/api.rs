@@ -22,7 +22,7 @@
 //! | `POST /v1/buckets/NAME/public` | `{"read":true}` | the bucket |
 //! | `GET /v1/sites` | | the sites stored for the web edge (not those of TOML files) |
 //! | `GET /v1/sites/NAME` | | one stored site |
-//! | `PUT /v1/sites/NAME` | `{"bucket","host"?,"path_prefix"?,"key_prefix"?,"cache_control"?,"index_document"?,"error_document"?}` | the site |
+//! | `PUT /v1/sites/NAME` | `{"bucket","host"?,"path_prefix"?,"key_prefix"?,"cache_control"?,"index_document"?,"error_document"?,"origin"?}` (`origin`: `{"region":[{"name","edge"?,"instances":[{"id","url"}]}],"pin_seconds"?,"revision_wait_ms"?}`) | the site |
 //! | `DELETE /v1/sites/NAME` | | `{"deleted":"NAME"}` |
 //!
 //! Errors: `{"error":{"code":"...","message":"..."}}`. The status follows the engine error's kind:

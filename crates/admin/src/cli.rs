@@ -34,7 +34,7 @@ pub enum AdminCommand {
 #[derive(Subcommand, Debug)]
 pub enum SiteCommand {
     /// Create or replace a site: a host name and/or URL path prefix served from a bucket.
-    Put(SiteArgs),
+    Put(Box<SiteArgs>),
     /// Show a site.
     Get { name: String },
     /// List the stored sites.
@@ -67,6 +67,75 @@ pub struct SiteArgs {
     /// Key served with status 404 for missing keys.
     #[arg(long)]
     pub error_document: Option<String>,
+    /// An origin instance: REGION=URL (its id is REGION-N, N counting that region's
+    /// instances from 1) or REGION/ID=URL. Repeat for more instances and regions; the site
+    /// then sends what its bucket does not have, and every write, to its origin app.
+    #[arg(long = "origin", value_name = "REGION[/ID]=URL")]
+    pub origins: Vec<String>,
+    /// The edge URL of a region of the origin, REGION=URL (default: the edges the region's
+    /// nodes publish in the cluster).
+    #[arg(long = "origin-edge", value_name = "REGION=URL")]
+    pub origin_edges: Vec<String>,
+    /// Pin a session to the region of its last replayed write for this many seconds.
+    #[arg(long)]
+    pub pin_seconds: Option<u64>,
+    /// How long a session's read waits for its last write's revision (ms; default 2000).
+    #[arg(long)]
+    pub revision_wait_ms: Option<u64>,
+}
+
+/// One region of `--origin`/`--origin-edge`: name, edge URL, instances.
+type OriginRegionArgs = (String, Option<String>, Vec<Value>);
+
+/// The index of region `name` in `regions`, added when new.
+fn region_at(name: &str, regions: &mut Vec<OriginRegionArgs>) -> usize {
+    if let Some(i) = regions.iter().position(|r| r.0 == name) {
+        return i;
+    }
+    regions.push((name.to_string(), None, Vec::new()));
+    regions.len() - 1
+}
+
+impl SiteArgs {
+    /// The `origin` of the site's JSON body (null without `--origin`/`--origin-edge`).
+    fn origin(&self) -> Result<Value, CliError> {
+        let usage = |what: &str, arg: &str| {
+            CliError::Usage(format!(
+                "invalid {what} {arg:?}: use {}",
+                match what {
+                    "--origin" => "REGION=URL or REGION/ID=URL",
+                    _ => "REGION=URL",
+                }
+            ))
+        };
+        let mut regions: Vec<OriginRegionArgs> = Vec::new();
+        for arg in &self.origins {
+            let (target, url) = arg.split_once('=').ok_or_else(|| usage("--origin", arg))?;
+            let (region, id) = match target.split_once('/') {
+                Some((region, id)) => (region, Some(id.to_string())),
+                None => (target, None),
+            };
+            let i = region_at(region, &mut regions);
+            let id = id.unwrap_or_else(|| format!("{region}-{}", regions[i].2.len() + 1));
+            regions[i].2.push(json!({"id": id, "url": url}));
+        }
+        for arg in &self.origin_edges {
+            let (region, url) = arg.split_once('=').ok_or_else(|| usage("--origin-edge", arg))?;
+            let i = region_at(region, &mut regions);
+            regions[i].1 = Some(url.to_string());
+        }
+        if regions.is_empty() {
+            if self.pin_seconds.is_some() || self.revision_wait_ms.is_some() {
+                return Err(CliError::Usage("--pin-seconds and --revision-wait-ms need an --origin".into()));
+            }
+            return Ok(Value::Null);
+        }
+        let region: Vec<Value> = regions
+            .into_iter()
+            .map(|(name, edge, instances)| json!({"name": name, "edge": edge, "instances": instances}))
+            .collect();
+        Ok(json!({"region": region, "pin_seconds": self.pin_seconds, "revision_wait_ms": self.revision_wait_ms}))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -353,6 +422,7 @@ async fn execute_site(command: &SiteCommand, args: &AdminConnection) -> Result<(
                 "cache_control": site.cache_control,
                 "index_document": site.index_document,
                 "error_document": site.error_document,
+                "origin": site.origin()?,
             });
             let v = call(args, "PUT", &format!("/v1/sites/{}", enc(&site.name)), Some(body)).await?;
             let text = format!("Site {} saved.\n{header}\n{}", site.name, site_text(&v));
@@ -535,6 +605,36 @@ pub async fn run_cluster(args: ClusterArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origin_flags_become_the_sites_origin() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            site: SiteArgs,
+        }
+        let parse = |args: &[&str]| {
+            let mut all = vec!["site", "www", "--bucket", "www"];
+            all.extend_from_slice(args);
+            Cli::parse_from(all).site.origin()
+        };
+        let origin = parse(&[
+            "--origin=ams=http://a:1",
+            "--origin=ams=http://a:2",
+            "--origin=sjc/app-7=http://s:1",
+            "--origin-edge=sjc=http://sjc-edge:8080",
+            "--pin-seconds=30",
+        ])
+        .expect("valid");
+        assert_eq!(origin["region"][0]["instances"][1], json!({"id": "ams-2", "url": "http://a:2"}));
+        assert_eq!(origin["region"][1]["instances"][0]["id"], "app-7");
+        assert_eq!(origin["region"][1]["edge"], "http://sjc-edge:8080");
+        assert_eq!(origin["pin_seconds"], 30);
+        assert_eq!(parse(&[]).expect("no origin"), Value::Null);
+        assert!(parse(&["--origin=http://a:1"]).is_err_and(|e| e.to_string().contains("REGION=URL")));
+        assert!(parse(&["--pin-seconds=3"]).is_err(), "options need an origin");
+    }
 
     #[test]
     fn the_lag_column_shows_each_nodes_measured_lag_in_seconds() {

@@ -213,6 +213,39 @@ struct State {
     /// Entries removed from the index whose files are being deleted; a fetch of the same chunk
     /// that finishes meanwhile is not kept (its rename could race with the delete).
     unlinking: HashSet<Key>,
+    /// Blobs removed with [`ChunkCache::remove_blob`], newest last: a fetch of one of them that
+    /// finishes later (a reader that saw the old record just before the change) is not kept.
+    /// Blob ids are never reused, so a removed blob never becomes valid again; the list is
+    /// bounded by [`REMOVED_BLOBS_REMEMBERED`].
+    removed: Removed,
+}
+
+/// How many removed blobs the cache remembers (16 bytes each, twice).
+pub const REMOVED_BLOBS_REMEMBERED: usize = 65_536;
+
+/// A bounded set of removed blob ids, oldest forgotten first.
+#[derive(Default)]
+struct Removed {
+    order: std::collections::VecDeque<BlobId>,
+    set: HashSet<BlobId>,
+}
+
+impl Removed {
+    fn insert(&mut self, blob: BlobId) {
+        if !self.set.insert(blob) {
+            return;
+        }
+        self.order.push_back(blob);
+        if self.order.len() > REMOVED_BLOBS_REMEMBERED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.set.remove(&oldest);
+        }
+    }
+
+    fn contains(&self, blob: &BlobId) -> bool {
+        self.set.contains(blob)
+    }
 }
 
 /// One fetch of one chunk, followed by every reader that needs the chunk meanwhile.
@@ -356,7 +389,13 @@ impl ChunkCache {
                 dir: dir.to_path_buf(),
                 tmp,
                 options,
-                state: Mutex::new(State { index, inflight: HashMap::new(), reserved: 0, unlinking: HashSet::new() }),
+                state: Mutex::new(State {
+                    index,
+                    inflight: HashMap::new(),
+                    reserved: 0,
+                    unlinking: HashSet::new(),
+                    removed: Removed::default(),
+                }),
                 counters: Counters::default(),
             }),
         };
@@ -467,11 +506,14 @@ impl ChunkCache {
         Ok(CacheReadStream { inner, cache_hit, len })
     }
 
-    /// Drops every cached chunk of a blob (the engine calls this when the blob is replaced or
-    /// deleted). Fetches of the blob in progress finish for their readers but are not kept.
-    pub async fn remove_blob(&self, blob: BlobId) -> BlobResult<()> {
+    /// Drops every cached chunk of a blob (the engine calls this when no record refers to the
+    /// blob any more: overwrite, delete, expiry). Fetches of the blob in progress, and fetches
+    /// of it started later, finish for their readers but are not kept.
+    /// Returns the number of chunks dropped.
+    pub async fn remove_blob(&self, blob: BlobId) -> BlobResult<usize> {
         let keys = {
             let mut state = self.lock();
+            state.removed.insert(blob);
             for (key, fetch) in &state.inflight {
                 if key.blob == blob {
                     fetch.discard.store(true, Relaxed);
@@ -484,7 +526,14 @@ impl ChunkCache {
             }
             keys
         };
-        self.unlink(keys).await
+        let dropped = keys.len();
+        self.unlink(keys).await?;
+        Ok(dropped)
+    }
+
+    /// Every blob with at least one chunk in the cache, in id order.
+    pub fn blobs(&self) -> Vec<BlobId> {
+        self.lock().index.blobs()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -839,6 +888,7 @@ impl FetchGuard {
             let mut state = cache.lock();
             fetch.release(&mut state);
             let keep = !fetch.discard.load(Relaxed)
+                && !state.removed.contains(&fetch.key.blob)
                 && size <= cache.shared.options.max_bytes
                 && !state.unlinking.contains(&fetch.key);
             if !keep {

@@ -13,7 +13,7 @@
 //! See `docs/cache.md`.
 
 use std::fmt;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ pub use cache::{
     CacheOptions, CacheReadStream, CacheStats, ChunkCache, ChunkHasher, ChunkSource, DEFAULT_CHUNK_SIZE, chunk_count,
     chunk_digests, crc32c,
 };
-pub use peer::{PeerAccess, PeerBody, PeerClient, PeerFailure, serve_blob_request, serve_peer};
+pub use peer::{ClockSample, PeerAccess, PeerBody, PeerClient, PeerFailure, serve_blob_request, serve_peer};
 
 /// Bytes gathered before each write to the file; large writes keep the syscall count low.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -173,6 +173,32 @@ struct Dirs {
     tmp: PathBuf,
 }
 
+/// The size of the next chunk of a read with `remaining` bytes to go.
+fn remaining_chunk(remaining: u64) -> usize {
+    remaining.min(READ_CHUNK as u64) as usize
+}
+
+/// Exactly `want` bytes at `offset`, read into fresh memory without zeroing it first.
+fn read_chunk_at(file: &std::fs::File, offset: u64, want: usize) -> std::io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(want);
+    while buf.len() < want {
+        let at = offset + buf.len() as u64;
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the blob is shorter than its record",
+                ));
+            }
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The capacity may exceed `want`: bytes past it belong to no one here.
+    buf.truncate(want);
+    Ok(Bytes::from(buf))
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> BlobResult<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| BlobError::Task(e.to_string()))?.map_err(BlobError::Io)
 }
@@ -299,34 +325,35 @@ impl BlobStore {
         len: u64,
     ) -> BlobResult<impl Stream<Item = BlobResult<Bytes>> + Send + use<>> {
         let path = self.path(id);
-        let file = blocking(move || {
-            let mut file = std::fs::File::open(path)?;
-            file.seek(SeekFrom::Start(offset))?;
-            Ok(file)
+        // Opening and the first chunk share one trip to the blocking pool (a small object's
+        // whole read is one trip).
+        let first = remaining_chunk(len);
+        let (file, head) = blocking(move || {
+            let file = std::fs::File::open(path)?;
+            let head = read_chunk_at(&file, offset, first)?;
+            Ok((file, head))
         })
         .await
         .map_err(|e| match e {
             BlobError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => BlobError::NotFound(id),
             other => other,
         })?;
-        let state = Some((file, len));
-        Ok(futures::stream::unfold(state, move |state| async move {
-            let (mut file, remaining) = state?;
-            if remaining == 0 {
-                return None;
+        let file = Arc::new(file);
+        let head = futures::stream::iter((first > 0).then_some(Ok::<_, BlobError>(head)));
+        let tail = futures::stream::unfold((offset + first as u64, len - first as u64), move |(at, remaining)| {
+            let file = Arc::clone(&file);
+            async move {
+                if remaining == 0 {
+                    return None;
+                }
+                let want = remaining_chunk(remaining);
+                match blocking(move || read_chunk_at(&file, at, want)).await {
+                    Ok(chunk) => Some((Ok(chunk), (at + want as u64, remaining - want as u64))),
+                    Err(e) => Some((Err(e), (at, 0))),
+                }
             }
-            let want = remaining.min(READ_CHUNK as u64) as usize;
-            let result = blocking(move || {
-                let mut buf = vec![0u8; want];
-                file.read_exact(&mut buf)?;
-                Ok((file, Bytes::from(buf)))
-            })
-            .await;
-            match result {
-                Ok((file, chunk)) => Some((Ok(chunk), Some((file, remaining - want as u64)))),
-                Err(e) => Some((Err(e), None)),
-            }
-        }))
+        });
+        Ok(futures::StreamExt::chain(head, tail))
     }
 
     /// Reads a whole blob into memory (for small blobs).

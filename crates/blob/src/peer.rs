@@ -39,6 +39,11 @@ pub const BLOB_PATH: &str = "/_meridian/blob/";
 pub const TOKEN_HEADER: &str = "x-meridian-cluster-token";
 /// Header carrying the whole blob's size on answers about an existing blob.
 pub const BLOB_SIZE_HEADER: &str = "x-meridian-blob-size";
+/// `GET /_meridian/clock` (with the cluster token): the node's wall clock, for other nodes to
+/// measure their offset from it.
+pub const CLOCK_PATH: &str = "/_meridian/clock";
+/// The answer's header carrying the node's wall clock, in milliseconds since the Unix epoch.
+pub const CLOCK_HEADER: &str = "x-meridian-clock-ms";
 /// Default time to establish a connection to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time a peer may send nothing (before the headers, or between body frames).
@@ -167,6 +172,11 @@ pub async fn serve_blob_request<B>(store: &BlobStore, token: &str, req: Request<
         resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
+    if req.uri().path() == CLOCK_PATH {
+        let mut resp = Response::new(PeerBody::empty());
+        resp.headers_mut().insert(CLOCK_HEADER, header_value(wall_clock_ms().to_string()));
+        return resp;
+    }
     let Some(name) = req.uri().path().strip_prefix(BLOB_PATH) else {
         return plain(StatusCode::NOT_FOUND, "no such peer endpoint");
     };
@@ -215,6 +225,20 @@ pub async fn serve_blob_request<B>(store: &BlobStore, token: &str, req: Request<
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert(BLOB_SIZE_HEADER, header_value(size.to_string()));
     resp
+}
+
+/// This machine's wall clock, uncorrected, in milliseconds since the Unix epoch.
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One measurement of another node's clock against this one's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockSample {
+    /// The other clock minus this one, in milliseconds, assuming the answer was read half way
+    /// through the round trip: wrong by at most half of `round_trip_ms`.
+    pub offset_ms: i64,
+    pub round_trip_ms: i64,
 }
 
 fn header_value(text: String) -> HeaderValue {
@@ -313,6 +337,35 @@ impl PeerClient {
 
     fn error(&self, failure: PeerFailure) -> BlobError {
         BlobError::Peer { peer: self.inner.base.clone(), failure }
+    }
+
+    /// Measures the peer's wall clock against this machine's (one round trip to
+    /// [`CLOCK_PATH`]).
+    pub async fn clock_sample(&self) -> BlobResult<ClockSample> {
+        let inner = &self.inner;
+        let req = Request::get(format!("{}{CLOCK_PATH}", inner.base))
+            .header(TOKEN_HEADER, inner.token.clone())
+            .body(Empty::new())
+            .map_err(|e| self.error(PeerFailure::Request(e.to_string())))?;
+        let sent = wall_clock_ms();
+        let resp = match tokio::time::timeout(inner.idle, inner.client.request(req)).await {
+            Err(_) => return Err(self.error(PeerFailure::Timeout("no clock answer".into()))),
+            Ok(Err(e)) if e.is_connect() => return Err(self.error(PeerFailure::Connect(chain(&e)))),
+            Ok(Err(e)) => return Err(self.error(PeerFailure::Request(chain(&e)))),
+            Ok(Ok(resp)) => resp,
+        };
+        let received = wall_clock_ms();
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::UNAUTHORIZED => return Err(self.error(PeerFailure::Unauthorized)),
+            status => return Err(self.error(PeerFailure::Status(status.as_u16()))),
+        }
+        let peer: i64 = resp
+            .headers()
+            .get(CLOCK_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .ok_or_else(|| self.error(PeerFailure::Request(format!("the answer has no valid {CLOCK_HEADER}"))))?;
+        Ok(ClockSample { offset_ms: peer - (sent + received) / 2, round_trip_ms: received - sent })
     }
 }
 

@@ -443,8 +443,13 @@ async fn remove_blob_drops_its_chunks() {
         let fetches = source.fetches();
         read_range(&cache, b, &data_b, chunk, 0, 2 * MIB, source.clone()).await.unwrap();
         assert_eq!(source.fetches(), fetches);
+        assert_eq!(cache.blobs(), vec![b], "only blob b has chunks left");
+        // A reader that still holds the old record gets the bytes, but they are not kept: the
+        // blob was removed for good (ids are never reused).
         read_range(&cache, a, &data_a, chunk, 0, MIB, source.clone()).await.unwrap();
         assert_eq!(source.fetches(), fetches + 1);
+        assert_eq!(cache.stats().entries, 2, "a removed blob is not cached again");
+        assert_eq!(cache.blobs(), vec![b]);
     })
     .await;
 }

@@ -292,3 +292,18 @@ async fn unreachable_silent_and_stalled_peers_fail_with_their_reason() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_peer_tells_its_clock_to_holders_of_the_token_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    let (addr, server) = start_peer(&store).await;
+    let sample = client(addr).clock_sample().await.unwrap();
+    // Same machine, same clock: the offset is within the measurement's own error.
+    assert!(sample.round_trip_ms >= 0);
+    assert!(sample.offset_ms.abs() <= sample.round_trip_ms / 2 + 1, "{sample:?}");
+    let stranger = PeerClient::new(&format!("http://{addr}"), "wrong", &tls()).unwrap();
+    let err = stranger.clock_sample().await.unwrap_err();
+    assert!(matches!(err, meridian_blob::BlobError::Peer { failure: PeerFailure::Unauthorized, .. }), "{err}");
+    server.abort();
+}

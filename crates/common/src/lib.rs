@@ -8,5 +8,6 @@ pub mod cookie;
 mod decimal;
 pub mod duration;
 pub mod errors;
+pub mod origin;
 pub mod private_files;
 pub mod size;

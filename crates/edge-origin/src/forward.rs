@@ -26,13 +26,15 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// Headers only an edge may set: dropped from clients' requests (and from answers to them).
-pub const EDGE_ONLY: [&str; 6] =
-    ["fly-replay-src", "fly-replay-failed", PEER_TOKEN, PEER_INSTANCE, PEER_HOPS, UNDELIVERABLE];
+pub const EDGE_ONLY: [&str; 7] =
+    ["fly-replay-src", "fly-replay-failed", PEER_TOKEN, PEER_INSTANCE, PEER_HOPS, PEER_SITE, UNDELIVERABLE];
 
 /// The cluster token proving a request comes from another region's edge.
 pub const PEER_TOKEN: &str = "x-meridian-replay-token";
 /// The instance a peer edge asks for.
 pub const PEER_INSTANCE: &str = "x-meridian-replay-instance";
+/// The site whose origin a peer edge is asked to deliver to (a replay to another app).
+pub const PEER_SITE: &str = "x-meridian-replay-site";
 /// How many replays the request has been through.
 pub const PEER_HOPS: &str = "x-meridian-replay-hops";
 /// On a peer edge's answer: it could not deliver the request to any of its instances.
@@ -120,7 +122,7 @@ pub fn from_client(headers: &HeaderMap, client: SocketAddr, secure: bool) -> Hea
 /// forwarding headers are already there; the peer's own headers are dropped.
 pub fn from_peer(headers: &HeaderMap) -> HeaderMap {
     let mut out = without_hop_by_hop(headers);
-    for name in [PEER_TOKEN, PEER_INSTANCE, PEER_HOPS] {
+    for name in [PEER_TOKEN, PEER_INSTANCE, PEER_HOPS, PEER_SITE] {
         out.remove(name);
     }
     out

@@ -2,7 +2,8 @@
 //! `fly-replay` instruction, replays the request where it says instead of answering the client
 //! with it.
 //!
-//! 1. The request body is spooled ([`crate::spool`]) so it can be sent more than once.
+//! 1. The request body is spooled ([`crate::spool`]) so it can be sent more than once; it
+//!    streams to the origin while it arrives.
 //! 2. A client's `fly-force-region` / `fly-prefer-region` naming another region sends the
 //!    request to that region's edge first; a cached replay (`fly-replay-cache`) sends it
 //!    straight to its target; otherwise one of this region's instances gets it (round robin,
@@ -34,7 +35,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use meridian_http::{ClientTls, RequestBody, ResponseBody};
 
-use crate::forward::{self, Forwarder, Outgoing, PEER_HOPS, PEER_INSTANCE, PEER_TOKEN, UNDELIVERABLE};
+use crate::forward::{self, Forwarder, Outgoing, PEER_HOPS, PEER_INSTANCE, PEER_SITE, PEER_TOKEN, UNDELIVERABLE};
 use crate::replay::cache::{CachedReplay, Lookup, ReplayCache};
 use crate::replay::instruction::{CacheRule, Fallback, Instruction, JSON_CONTENT_TYPE, MAX_JSON_BYTES, RegionChoice};
 use crate::spool::{Spool, SpoolError, SpoolLimits};
@@ -59,6 +60,23 @@ pub struct ProxyConfig {
     /// client gets the [`PIN_COOKIE`] naming that region for this long, and its requests go
     /// to that region's edge first while the cookie lasts (read your own writes).
     pub pin: Option<Duration>,
+    /// The site this proxy is the origin of; other regions' edges are told it on replays.
+    pub site: String,
+    /// The other sites' origins, for `fly-replay: app=<site>`.
+    pub apps: Option<Apps>,
+}
+
+/// Finds the origin proxy of a site by name (Fly's apps are Meridian's sites).
+#[derive(Clone)]
+pub struct Apps(pub Arc<FindApp>);
+
+/// The lookup behind [`Apps`].
+pub type FindApp = dyn Fn(&str) -> Option<OriginProxy> + Send + Sync;
+
+impl std::fmt::Debug for Apps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Apps")
+    }
 }
 
 /// The cookie pinning a session to the region of its last replayed write.
@@ -74,6 +92,8 @@ impl ProxyConfig {
             max_attempts: 5,
             connect_timeout: Duration::from_secs(3),
             pin: None,
+            site: String::new(),
+            apps: None,
         }
     }
 }
@@ -182,6 +202,11 @@ impl OriginProxy {
         }
     }
 
+    /// Whether both are the same proxy (not a copy built alike).
+    pub fn same_as(&self, other: &OriginProxy) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     pub fn topology(&self) -> &Topology {
         &self.inner.config.topology
     }
@@ -208,10 +233,27 @@ impl OriginProxy {
         region: Option<&str>,
     ) -> (Response<ResponseBody>, bool) {
         let (parts, body) = req.into_parts();
-        let spool = match Spool::read(body, &self.inner.config.spool).await {
+        // The body goes to the origin as it arrives, and is kept for a replay.
+        let spool = match Spool::start(body, &self.inner.config.spool) {
             Ok(spool) => spool,
             Err(err) => return (spool_failure(&err), false),
         };
+        let (resp, there) = self.handle_spooled(parts, spool.clone(), client, secure, region).await;
+        match spool.failure() {
+            // The origin could not be reached because the body could not be: say why.
+            Some(err) if resp.status() == StatusCode::BAD_GATEWAY => (spool_failure(&err), false),
+            _ => (resp, there),
+        }
+    }
+
+    async fn handle_spooled(
+        &self,
+        parts: http::request::Parts,
+        spool: Spool,
+        client: SocketAddr,
+        secure: bool,
+        region: Option<&str>,
+    ) -> (Response<ResponseBody>, bool) {
         let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).or(parts.uri.host()).unwrap_or("");
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let peer = self.is_peer(&parts.headers);
@@ -255,12 +297,16 @@ impl OriginProxy {
         if let Some(resp) = self.client_region(&pending, client_headers).await {
             return resp;
         }
-        let cached = self.inner.cache.find(&pending.lookup());
-        if let Some(CachedReplay { instruction, asked_by }) = cached {
+        let skip = header_text(client_headers, "fly-replay-cache-control").is_some_and(|v| v.trim() == "skip");
+        let cached = self.inner.cache.find(&pending.lookup()).filter(|c| !(skip && c.allow_bypass));
+        if let Some(CachedReplay { instruction, asked_by, .. }) = cached {
             // A failed cached replay goes the normal way: the cache is only a shortcut.
             if let Ok(resp) = self.replay(&pending, &instruction, &asked_by).await {
                 return resp;
             }
+        }
+        if self.topology().local_instances().is_empty() {
+            return self.elsewhere_first(&pending).await;
         }
         match self.deliver_local(&pending, self.local_rotation(None)).await {
             Ok((resp, instance)) => self.follow(pending, resp, instance).await,
@@ -268,12 +314,23 @@ impl OriginProxy {
         }
     }
 
+    /// The app runs no instance in this region: the site's other regions' edges, in their
+    /// configured order, deliver the request.
+    async fn elsewhere_first(&self, pending: &Pending) -> Response<ResponseBody> {
+        let topology = self.topology();
+        let queue = topology.regions.iter().flat_map(|r| topology.into_region(&r.name, &[])).collect();
+        let deadline = Instant::now() + self.inner.config.default_timeout;
+        match self.route(pending, queue, deadline, Vec::new()).await {
+            Ok(resp) => resp,
+            Err(failure) => failed(&failure),
+        }
+    }
+
     async fn serve_peer(&self, pending: Pending, instance: Option<String>) -> Response<ResponseBody> {
         let candidates = match &instance {
-            Some(id) => match self.topology().instance(id) {
-                Some(Candidate::Local(found)) => vec![found],
-                _ => Vec::new(),
-            },
+            Some(id) => (self.topology().instance(id).into_iter())
+                .filter_map(|c| if let Candidate::Local(found) = c { Some(found) } else { None })
+                .collect(),
             None => self.local_rotation(None),
         };
         match self.deliver_local(&pending, candidates).await {
@@ -387,7 +444,10 @@ impl OriginProxy {
     fn remember(&self, pending: &Pending, answer: &HeaderMap, instruction: &Instruction, responder: &Instance) {
         match CacheRule::from_headers(answer) {
             Ok(Some(rule)) => {
-                let replay = CachedReplay { instruction: instruction.clone(), asked_by: responder.id.clone() };
+                let allow_bypass = instruction.allow_bypass
+                    || header_text(answer, "fly-replay-cache-allow-bypass").is_some_and(|v| v.trim() == "yes");
+                let replay =
+                    CachedReplay { instruction: instruction.clone(), asked_by: responder.id.clone(), allow_bypass };
                 self.inner.cache.remember(&rule, &pending.lookup(), replay);
             }
             Ok(None) => {}
@@ -397,8 +457,30 @@ impl OriginProxy {
         }
     }
 
-    /// Replays `pending` as `ins` says (asked by instance `asked_by`).
+    /// Replays `pending` as `ins` says (asked by instance `asked_by`): to this site's origin,
+    /// or to the origin of the site `ins.app` names.
     async fn replay(
+        &self,
+        pending: &Pending,
+        ins: &Instruction,
+        asked_by: &str,
+    ) -> Result<Response<ResponseBody>, Failure> {
+        let config = &self.inner.config;
+        let Some(app) = ins.app.as_deref().filter(|app| *app != config.site) else {
+            return self.replay_here(pending, ins, asked_by).await;
+        };
+        match config.apps.as_ref().and_then(|apps| (apps.0)(app)) {
+            Some(target) => target.replay_here(pending, ins, asked_by).await,
+            None => {
+                tracing::warn!(app, "fly-replay names an app that is no site with an origin");
+                let region = self.topology().local.clone();
+                Err(Failure { reason: FailReason::NoCandidate, region, instance: None, elapsed: Duration::ZERO })
+            }
+        }
+    }
+
+    /// Replays `pending` to this site's origin.
+    async fn replay_here(
         &self,
         pending: &Pending,
         ins: &Instruction,
@@ -415,9 +497,9 @@ impl OriginProxy {
     fn plan(&self, ins: &Instruction, excluded: &[String], asked_by: &str) -> VecDeque<Candidate> {
         let topology = self.topology();
         if let Some(id) = &ins.instance {
-            return topology.instance(id).into_iter().collect();
+            return topology.instance(id).into();
         }
-        let mut planned: Vec<Candidate> = ins.prefer_instance.iter().filter_map(|id| topology.instance(id)).collect();
+        let mut planned: Vec<Candidate> = ins.prefer_instance.iter().flat_map(|id| topology.instance(id)).collect();
         for choice in &ins.regions {
             match choice {
                 RegionChoice::Named(region) => planned.extend(topology.into_region(region, excluded)),
@@ -518,6 +600,9 @@ impl OriginProxy {
                 let mut extra = HeaderMap::new();
                 forward::insert(&mut extra, PEER_TOKEN, &self.inner.config.peer_token);
                 forward::insert(&mut extra, PEER_HOPS, &pending.hops.to_string());
+                if !self.inner.config.site.is_empty() {
+                    forward::insert(&mut extra, PEER_SITE, &self.inner.config.site);
+                }
                 if let Some(instance) = instance {
                     forward::insert(&mut extra, PEER_INSTANCE, instance);
                 }

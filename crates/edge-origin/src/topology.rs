@@ -1,35 +1,14 @@
 //! Where a site's origin apps run and how the edge reaches other regions.
 //!
 //! Each region lists its origin instances (an id, as `fly-replay: instance=` names them, and a
-//! base URL) and the base URL of its edge. An edge calls only its own region's instances; a
-//! replay to another region goes to that region's edge, which calls its own instances (they
-//! may be reachable only from there). The binary fills this from the site's configuration; the
-//! edge URLs can be the other nodes' advertised web addresses.
+//! base URL) and, optionally, the base URL of its edge. An edge calls only its own region's
+//! instances; a replay to another region goes to that region's edge, which calls its own
+//! instances (they may be reachable only from there). A region without a configured edge URL
+//! is reached through the edges its nodes publish in the cluster ([`Topology::with_edges`]).
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-use crate::replay::instruction::is_region_name;
-
-/// One origin instance.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Instance {
-    pub id: String,
-    /// `http(s)://host:port`
-    pub url: String,
-}
-
-/// One region's origin instances and edge.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Region {
-    pub name: String,
-    /// The region's edge, `http(s)://host:port` (unused for the local region).
-    #[serde(default)]
-    pub edge: Option<String>,
-    #[serde(default)]
-    pub instances: Vec<Instance>,
-}
+pub use meridian_common::origin::{Instance, OriginError as TopologyError, Region};
 
 /// Every region of a site, and which one this edge serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,22 +16,8 @@ pub struct Topology {
     pub local: String,
     /// In order of preference for `region=any` (the local region is always tried first).
     pub regions: Vec<Region>,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TopologyError {
-    #[error("origin region {0:?} is not a region name")]
-    BadRegionName(String),
-    #[error("origin region {0:?} is listed twice")]
-    DuplicateRegion(String),
-    #[error("origin instance {0:?} is listed twice")]
-    DuplicateInstance(String),
-    #[error("the local region {0:?} has no origin instances")]
-    NoLocalInstances(String),
-    #[error("origin region {0:?} has neither an edge URL nor instances")]
-    Unreachable(String),
-    #[error("{what} URL {url:?} must look like http(s)://host:port")]
-    BadUrl { what: &'static str, url: String },
+    /// Edges published in the cluster, per region: used for regions without an `edge` URL.
+    pub published: BTreeMap<String, Vec<String>>,
 }
 
 /// Where a replay or a first delivery goes.
@@ -65,34 +30,18 @@ pub enum Candidate {
 }
 
 impl Topology {
-    /// Checks names and URLs.
+    /// Checks names and URLs. The local region may have no instances: requests then go to
+    /// the other regions' edges.
     pub fn new(local: &str, regions: Vec<Region>) -> Result<Topology, TopologyError> {
-        let mut seen_regions = std::collections::HashSet::new();
-        let mut seen_instances = std::collections::HashSet::new();
-        for region in &regions {
-            if !is_region_name(&region.name) {
-                return Err(TopologyError::BadRegionName(region.name.clone()));
-            }
-            if !seen_regions.insert(region.name.as_str()) {
-                return Err(TopologyError::DuplicateRegion(region.name.clone()));
-            }
-            for instance in &region.instances {
-                check_url("origin instance", &instance.url)?;
-                if !seen_instances.insert(instance.id.as_str()) {
-                    return Err(TopologyError::DuplicateInstance(instance.id.clone()));
-                }
-            }
-            if let Some(edge) = &region.edge {
-                check_url("edge", edge)?;
-            } else if region.name != local && region.instances.is_empty() {
-                return Err(TopologyError::Unreachable(region.name.clone()));
-            }
-        }
-        let topology = Topology { local: local.to_string(), regions };
-        if topology.local_instances().is_empty() {
-            return Err(TopologyError::NoLocalInstances(local.to_string()));
-        }
-        Ok(topology)
+        meridian_common::origin::check_regions(&regions)?;
+        Ok(Topology { local: local.to_string(), regions, published: BTreeMap::new() })
+    }
+
+    /// The same topology, reaching regions without an `edge` URL through `published` (region
+    /// to edge URLs, from the cluster's node records).
+    pub fn with_edges(mut self, published: BTreeMap<String, Vec<String>>) -> Topology {
+        self.published = published;
+        self
     }
 
     pub fn local_instances(&self) -> &[Instance] {
@@ -108,17 +57,27 @@ impl Topology {
         self.regions.iter().find(|r| r.instances.iter().any(|i| i.id == instance))
     }
 
-    /// The way to `instance`, wherever it runs.
-    pub fn instance(&self, id: &str) -> Option<Candidate> {
-        let region = self.region_of(id)?;
-        if region.name == self.local {
-            return region.instances.iter().find(|i| i.id == id).cloned().map(Candidate::Local);
+    /// The edges of another region: its configured one, else those its nodes publish.
+    pub fn edges(&self, region: &Region) -> Vec<String> {
+        match &region.edge {
+            Some(edge) => vec![edge.clone()],
+            None => self.published.get(&region.name).cloned().unwrap_or_default(),
         }
-        let edge = region.edge.clone()?;
-        Some(Candidate::Remote { region: region.name.clone(), edge, instance: Some(id.to_string()) })
     }
 
-    /// The ways into `region`: its instances when local (except `excluded`), else its edge.
+    /// The ways to `instance`, wherever it runs.
+    pub fn instance(&self, id: &str) -> Vec<Candidate> {
+        let Some(region) = self.region_of(id) else { return Vec::new() };
+        if region.name == self.local {
+            return region.instances.iter().filter(|i| i.id == id).cloned().map(Candidate::Local).collect();
+        }
+        self.edges(region)
+            .into_iter()
+            .map(|edge| Candidate::Remote { region: region.name.clone(), edge, instance: Some(id.to_string()) })
+            .collect()
+    }
+
+    /// The ways into `region`: its instances when local (except `excluded`), else its edges.
     pub fn into_region(&self, name: &str, excluded: &[String]) -> Vec<Candidate> {
         let Some(region) = self.region(name) else { return Vec::new() };
         if region.name == self.local {
@@ -130,11 +89,9 @@ impl Topology {
                 .map(Candidate::Local)
                 .collect();
         }
-        region
-            .edge
-            .clone()
-            .map(|edge| Candidate::Remote { region: region.name.clone(), edge, instance: None })
+        self.edges(region)
             .into_iter()
+            .map(|edge| Candidate::Remote { region: region.name.clone(), edge, instance: None })
             .collect()
     }
 
@@ -143,16 +100,6 @@ impl Topology {
         let local = self.regions.iter().filter(|r| r.name == self.local);
         local.chain(self.regions.iter().filter(|r| r.name != self.local))
     }
-}
-
-fn check_url(what: &'static str, url: &str) -> Result<(), TopologyError> {
-    let bad = || TopologyError::BadUrl { what, url: url.to_string() };
-    let uri: http::Uri = url.parse().map_err(|_| bad())?;
-    let ok = matches!(uri.scheme_str(), Some("http" | "https"))
-        && uri.authority().is_some()
-        && matches!(uri.path(), "" | "/")
-        && uri.query().is_none();
-    if ok { Ok(()) } else { Err(bad()) }
 }
 
 #[cfg(test)]
@@ -174,31 +121,41 @@ mod tests {
             vec![region("ams", None, &["a1", "a2"]), region("sjc", Some("http://127.0.0.1:2"), &["s1"])],
         )
         .expect("valid");
-        assert!(matches!(t.instance("a2"), Some(Candidate::Local(i)) if i.id == "a2"));
+        assert!(matches!(t.instance("a2").as_slice(), [Candidate::Local(i)] if i.id == "a2"));
         assert_eq!(
             t.instance("s1"),
-            Some(Candidate::Remote {
+            vec![Candidate::Remote {
                 region: "sjc".into(),
                 edge: "http://127.0.0.1:2".into(),
                 instance: Some("s1".into())
-            })
+            }]
         );
-        assert_eq!(t.instance("nope"), None);
+        assert_eq!(t.instance("nope"), Vec::new());
         assert_eq!(t.into_region("ams", &["a1".into()]).len(), 1);
         assert_eq!(t.into_region("sjc", &[]).len(), 1);
         assert!(t.into_region("fra", &[]).is_empty());
     }
 
     #[test]
-    fn invalid_topologies_are_refused() {
-        let err = |regions| Topology::new("ams", regions).expect_err("invalid");
-        assert_eq!(err(vec![region("ams", None, &[])]), TopologyError::NoLocalInstances("ams".into()));
-        assert_eq!(
-            err(vec![region("ams", None, &["a"]), region("sjc", None, &[])]),
-            TopologyError::Unreachable("sjc".into())
-        );
-        assert_eq!(err(vec![region("ams", None, &["a", "a"])]), TopologyError::DuplicateInstance("a".into()));
-        assert!(matches!(err(vec![region("ams", Some("ftp://x"), &["a"])]), TopologyError::BadUrl { .. }));
-        assert!(matches!(err(vec![region("a b", None, &["a"])]), TopologyError::BadRegionName(_)));
+    fn regions_without_an_edge_url_use_the_published_edges() {
+        let regions =
+            vec![region("ams", None, &["a1"]), region("sjc", None, &["s1"]), region("fra", Some("http://f:1"), &[])];
+        let published = BTreeMap::from([
+            ("sjc".to_string(), vec!["http://s:1".to_string(), "http://s:2".to_string()]),
+            ("fra".to_string(), vec!["http://ignored:1".to_string()]),
+        ]);
+        let t = Topology::new("ams", regions).expect("valid").with_edges(published);
+        let edges = |c: Vec<Candidate>| {
+            c.into_iter()
+                .map(|c| match c {
+                    Candidate::Remote { edge, .. } => edge,
+                    Candidate::Local(i) => i.id,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(edges(t.into_region("sjc", &[])), ["http://s:1", "http://s:2"]);
+        assert_eq!(edges(t.instance("s1")), ["http://s:1", "http://s:2"]);
+        assert_eq!(edges(t.into_region("fra", &[])), ["http://f:1"], "a configured edge URL wins");
+        assert_eq!(edges(t.into_region("ams", &[])), ["a1"]);
     }
 }

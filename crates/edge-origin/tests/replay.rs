@@ -331,6 +331,47 @@ async fn a_cached_replay_skips_the_origin_by_path_prefix_and_by_session() {
     assert_eq!(send(plain("bob")).await.echo().region, "ams");
 }
 
+/// `fly-replay-cache-control: skip` from a client skips a cached replay only when the origin
+/// allowed it (`fly-replay-cache-allow-bypass: yes` or JSON `allow_bypass`), as Fly documents.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_skips_a_cached_replay_only_when_the_origin_allows_bypass() {
+    let cluster = Cluster::start().await;
+    let asked =
+        |c: &Cluster| -> u64 { ["ams-1", "ams-2", "ams-3"].iter().map(|id| c.origin(id).request_count()).sum() };
+    let skipping = |path: &str| {
+        let req = Request::get(cluster.url("ams", path)).header("fly-replay-cache-control", "skip");
+        req.body(Full::default()).expect("request")
+    };
+    // Not allowed: the skip is ignored, the cached replay is used.
+    let cache = |prefix: &str, extra: &str| {
+        format!("?replay={}&replay_in=ams&replay_cache={}&replay_cache_ttl=60{extra}", q("region=sjc"), q(prefix))
+    };
+    assert_eq!(get(cluster.url("ams", &format!("/strict/1{}", cache("/strict/*", "")))).await.echo().region, "sjc");
+    let before = asked(&cluster);
+    assert_eq!(send(skipping("/strict/2")).await.echo().region, "sjc");
+    assert_eq!(asked(&cluster), before, "no bypass without the origin's consent");
+
+    // Allowed by header: the skipping client is served here; others still use the cache.
+    assert_eq!(
+        get(cluster.url("ams", &format!("/loose/1{}", cache("/loose/*", "&replay_cache_bypass=yes"))))
+            .await
+            .echo()
+            .region,
+        "sjc"
+    );
+    assert_eq!(send(skipping("/loose/2")).await.echo().region, "ams", "the skip reached this region's origin");
+    let before = asked(&cluster);
+    assert_eq!(get(cluster.url("ams", "/loose/3")).await.echo().region, "sjc");
+    assert_eq!(asked(&cluster), before, "the cache was skipped, not invalidated");
+
+    // Allowed by the JSON form's allow_bypass.
+    let json = q(r#"{"region":"fra","allow_bypass":true}"#);
+    let url = format!("/json/1?replay_json={json}&replay_in=ams&replay_cache={}&replay_cache_ttl=60", q("/json/*"));
+    assert_eq!(get(cluster.url("ams", &url)).await.echo().region, "fra");
+    assert_eq!(send(skipping("/json/2")).await.echo().region, "ams");
+    assert_eq!(get(cluster.url("ams", "/json/3")).await.echo().region, "fra");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_replayed_elsewhere_pins_the_session_to_that_region() {
     let cluster = Cluster::start().await;
@@ -355,4 +396,34 @@ async fn a_write_replayed_elsewhere_pins_the_session_to_that_region() {
     let answer = send(Request::get(get_replayed).body(Full::default()).expect("request")).await;
     assert_eq!(answer.echo().region, "fra");
     assert!(!answer.headers.contains_key("set-cookie"), "a replayed read does not pin");
+}
+
+/// [`meridian_test_origin::upload::upload_holding_the_end`] to `url` as an [`Answer`].
+async fn upload_holding_the_end(url: String, body: &[u8], wanted: u64, received: impl Fn() -> u64) -> Answer {
+    let up = meridian_test_origin::upload::upload_holding_the_end(&url, "site.example", body, wanted, received).await;
+    Answer { status: up.status, headers: up.headers, body: up.body }
+}
+
+/// Request bodies stream to the origin while the client sends them (the client holds its
+/// last 64 KiB until the origin has most of the rest), are read by a slow origin intact, and
+/// are still replayed whole from the spool (memory, then the 0600 file) afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_stream_to_the_origin_while_they_arrive_and_replay_from_the_spool() {
+    let cluster = Cluster::start().await;
+    let body: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let digest = hex::encode(Sha256::digest(&body));
+    let ams = || -> u64 { ["ams-1", "ams-2", "ams-3"].iter().map(|id| cluster.origin(id).body_bytes()).sum() };
+
+    // To this region's origin, read slowly (1 ms after each frame).
+    let answer = upload_holding_the_end(cluster.url("ams", "/upload?read_ms=1"), &body, 2 << 20, ams).await;
+    let echo = answer.echo();
+    assert_eq!((echo.region.as_str(), echo.body_len, echo.body_sha256.as_str()), ("ams", 3 << 20, digest.as_str()));
+
+    // Replayed: ams reads it as it arrives, answers fly-replay, and fra gets it from the spool.
+    let before = ams();
+    let url = cluster.url("ams", &format!("/upload?replay={}&replay_in=ams&read_ms=1", q("region=fra")));
+    let answer = upload_holding_the_end(url, &body, 2 << 20, || ams() - before).await;
+    let echo = answer.echo();
+    assert_eq!((echo.region.as_str(), echo.body_len, echo.body_sha256.as_str()), ("fra", 3 << 20, digest.as_str()));
+    assert_eq!(ams() - before, 3 << 20, "the asking instance read the whole body first");
 }

@@ -36,7 +36,7 @@ pub struct EdgeOptions {
     pub web_domain: Option<String>,
     /// Sites from the node's configuration file (stored sites come from the engine).
     pub sites: Vec<meridian_engine::website::SiteRecord>,
-    /// The origin apps of sites (`[[origin]]` tables).
+    /// Origin apps replacing the sites' own (`[[origin]]` tables).
     pub origins: Vec<origin::SiteOrigin>,
     /// This node's region (which origin instances are local).
     pub region: String,
@@ -66,13 +66,23 @@ impl Edge {
     /// Checks the configured sites, loads the stored ones and keeps them fresh in the
     /// background (for as long as the edge lives).
     pub async fn start(engine: Engine, options: EdgeOptions) -> Result<Edge, EdgeError> {
-        let origins = origin::Origins::new(&options.origins, &options.region, options.peer_token.as_deref())?;
+        let origins =
+            origin::Origins::new(&options.origins, &options.sites, &options.region, options.peer_token.as_deref())?;
         let sites = SiteTable::start(engine.clone(), options).await?;
-        Ok(Edge { engine, sites, origins: Arc::new(origins) })
+        origin::refresh(&engine, &origins, &sites).await;
+        tokio::spawn(origin::keep_fresh(engine.clone(), Arc::downgrade(&origins), Arc::downgrade(&sites)));
+        Ok(Edge { engine, sites, origins })
     }
 
     async fn answer(&self, req: Request<RequestBody>, info: &RequestInfo) -> Response<ResponseBody> {
         info.notes.set_principal("anonymous");
+        if let Some(proxy) = self.origins.peer_site(req.headers()) {
+            // A replay from another region's edge to a named site (`fly-replay: app=`).
+            info.notes.set_operation("web.origin");
+            let mut resp = proxy.handle(req, info.peer, info.secure).await;
+            origin::revision::remember(resp.headers_mut(), &proxy.topology().local);
+            return resp;
+        }
         let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().host()).unwrap_or("");
         let target = match self.sites.resolve(host, req.uri().path()).await {
             Ok(Some(target)) => target,
@@ -89,7 +99,7 @@ impl Edge {
             let ask = serve::Ask { head, headers: req.headers(), host, https: info.secure };
             return serve::answer(&self.engine, &target, &ask).await;
         };
-        let mut resp = self.answer_for_origin_site(proxy, &target, req, info).await;
+        let mut resp = self.answer_for_origin_site(&proxy, &target, req, info).await;
         origin::revision::remember(resp.headers_mut(), &proxy.topology().local);
         resp
     }

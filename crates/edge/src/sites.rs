@@ -75,6 +75,12 @@ impl SiteTable {
         }
     }
 
+    /// Every site: the configured ones, then the stored ones.
+    pub fn all(&self) -> Vec<SiteRecord> {
+        let stored = Arc::clone(&self.stored.read().unwrap_or_else(|e| e.into_inner()));
+        self.configured.iter().chain(stored.iter()).cloned().collect()
+    }
+
     /// The target of a request for `path` on `host`: the most specific site (one naming the
     /// host beats one for any host, then the longest mount point; configured before stored),
     /// else a public-read bucket with a website configuration at `<bucket>.<web domain>`.

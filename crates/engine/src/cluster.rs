@@ -35,6 +35,10 @@ pub struct NodeRecord {
     pub region: String,
     /// Base URL other nodes use for peer traffic (blob fetches, forwarded writes).
     pub advertise_url: String,
+    /// Base URL other regions' edges reach this node's web edge at (replays); none without
+    /// an edge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_url: Option<String>,
     pub started_ms: i64,
     pub heartbeat_ms: i64,
     /// The newest metadata revision this node had seen at its last heartbeat.
@@ -46,6 +50,10 @@ pub struct NodeRecord {
     /// ([`Engine::view_lag`]); absent before the first measurement and on a single node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_ms: Option<u64>,
+    /// What this node adds to its wall clock to follow the cluster's median clock, in
+    /// milliseconds ([`crate::clock`]); absent before the first measurement and on a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// Cache figures published with the heartbeat.
@@ -94,6 +102,7 @@ impl Engine {
         record.heartbeat_ms = now_ms();
         record.revision = self.current_revision().await.unwrap_or(0);
         record.lag_ms = self.view_lag().map(|lag| u64::try_from(lag.as_millis()).unwrap_or(u64::MAX));
+        record.clock_offset_ms = crate::clock::measured_offset_ms();
         if let Err(err) = self.publish_node(&record).await {
             tracing::warn!(error = %err, "could not publish this node's heartbeat");
         }
@@ -133,7 +142,10 @@ impl Engine {
         // Unless forced, only the record judged stale: a heartbeat in between means it is back.
         let txn =
             if force { Txn::new() } else { Txn::new().when(Compare::mod_revision_is(key.clone(), kv.mod_revision)) };
-        if !self.meta().txn(txn.then(Op::delete(key))).await?.succeeded {
+        // The node's change cursor goes with it: a node that comes back under this id starts
+        // from the current revision.
+        let txn = txn.then(Op::delete(key)).then(Op::delete(keys::change_cursor(id)));
+        if !self.meta().txn(txn).await?.succeeded {
             return Err(EngineError::NodeIsLive { id: id.to_string(), heartbeat_age_ms: 0 });
         }
         self.note_commit();

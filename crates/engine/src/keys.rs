@@ -19,6 +19,7 @@
 //! | `k/n/<key name>` | [`crate::iam::KeyRecord`] | access key create/rotate/delete/settings, the admin key at start |
 //! | `k/a/<access key id>` | a copy of the [`crate::iam::KeyRecord`] (older databases: the key's name) | the same transactions as its `k/n/` |
 //! | `n/<node id>` | [`crate::cluster::NodeRecord`] | each node's heartbeat; `forget_node` deletes |
+//! | `c/<node id>` | the node's change cursor: the revision, in decimal, through which it has handled every object change ([`crate::follow`]) | the node's change follower, at most once a second; `forget_node` deletes |
 //! | `s/<site name>` | [`crate::website::SiteRecord`] | `meridian admin site put/delete` |
 
 use bytes::Bytes;
@@ -96,7 +97,7 @@ pub fn parse_part_key(key: &[u8]) -> Option<(&str, u32)> {
 /// `x/<blob id>` → the key of the record that owns the blob. Lets orphan collection ask "is this
 /// blob referenced?" without scanning every record.
 pub fn blob_ref(blob: meridian_blob::BlobId) -> Bytes {
-    Bytes::from(format!("x/{blob}"))
+    Bytes::from(format!("{BLOB_REFS_PREFIX}{blob}"))
 }
 
 /// `e/<expiry instant, ms as 16 hex digits>/<target key>` → empty. Ordered by time, so the
@@ -213,6 +214,26 @@ pub fn node(id: &str) -> Bytes {
 
 pub const NODES_PREFIX: &str = "n/";
 
+/// `c/<node id>` → the revision (decimal) through which the node's change follower has handled
+/// every object change. Outside the range the follower watches, so writing it is no change.
+pub fn change_cursor(node_id: &str) -> Bytes {
+    Bytes::from(format!("c/{node_id}"))
+}
+
+/// The first key of the range the change follower watches: object records (`o/`) through blob
+/// owners (`x/`). Uploads (`u/`), parts (`p/`) and sites (`s/`) sort in between; the follower
+/// skips them.
+pub const CHANGES_FROM: &str = OBJECTS_ROOT;
+/// The end (exclusive) of that range: just past every `x/` key.
+pub const CHANGES_TO: &str = "x0";
+/// Prefix of `x/<blob id>`.
+pub const BLOB_REFS_PREFIX: &str = "x/";
+
+/// The blob of an `x/<blob id>` key.
+pub fn parse_blob_ref(key: &[u8]) -> Option<meridian_blob::BlobId> {
+    std::str::from_utf8(key.strip_prefix(BLOB_REFS_PREFIX.as_bytes())?).ok()?.parse().ok()
+}
+
 /// `s/<site name>` → [`crate::website::SiteRecord`]: a site the web edge serves.
 pub fn site(name: &str) -> Bytes {
     Bytes::from(format!("{SITES_PREFIX}{name}"))
@@ -253,6 +274,12 @@ mod tests {
         assert_eq!(parse_bucket_key(&bucket("photos")), Some("photos"));
         assert_eq!(parse_part_key(&part("up-1", 42)), Some(("up-1", 42)));
         assert_eq!(parse_part_key(b"p/up-1/x"), None);
+        let blob = meridian_blob::BlobId::random();
+        assert_eq!(parse_blob_ref(&blob_ref(blob)), Some(blob));
+        assert_eq!(parse_blob_ref(b"x/zz"), None);
+        let watched = CHANGES_FROM.as_bytes()..CHANGES_TO.as_bytes();
+        assert!(watched.contains(&object("b", "k").as_ref()) && watched.contains(&blob_ref(blob).as_ref()));
+        assert!(!watched.contains(&change_cursor("n1").as_ref()), "writing a cursor is not a change");
         assert!(past_uploads_of("b", "k") > upload("b", "k", "zzzz"));
         assert!(past_uploads_of("b", "k") < upload("b", "k/", "a"));
     }

@@ -16,10 +16,12 @@ use meridian_meta::MetaStore;
 mod batch;
 mod bucket;
 pub mod checksum;
+pub mod clock;
 pub mod cluster;
 pub mod conditions;
 pub mod cors;
 mod error;
+pub mod follow;
 mod gc;
 pub mod health;
 pub mod iam;
@@ -42,6 +44,7 @@ mod write_queue;
 pub use batch::{BatchOp, MAX_BATCH_OPS};
 pub use bucket::validate_bucket_name;
 pub use error::{EngineError, EngineResult, ErrorKind};
+pub use follow::{ObjectChange, ObjectEvent};
 pub use ingest::{Body, BodyError, Integrity, body_from_bytes};
 pub use list::{ListPage, ListRequest, ListedObject};
 pub use meridian_meta::{MetaError, Revision};
@@ -193,10 +196,11 @@ impl EngineBuilder {
         self
     }
 
-    /// The engine, complete, with its background tasks (reaper, prefetch, lag measurement)
-    /// running: those need a Tokio runtime.
+    /// The engine, complete, with its background tasks (reaper, change follower, lag
+    /// measurement) running: those need a Tokio runtime.
     pub fn build(self) -> Engine {
         let prefetch_up_to = self.remote.as_ref().map_or(0, |r| r.prefetch_up_to);
+        let (feed, _) = tokio::sync::broadcast::channel(follow::FEED_CAPACITY);
         let engine = Engine {
             inner: Arc::new(Inner {
                 metadata: self.metadata,
@@ -207,14 +211,16 @@ impl EngineBuilder {
                 metrics: self.metrics,
                 lag: lag::LagState::default(),
                 write_queues: write_queue::WriteQueues::default(),
+                feed,
             }),
         };
         engine.spawn_lag_probe();
         if let Some(interval) = self.reaper_interval {
             engine.spawn_reaper(interval);
         }
-        if prefetch_up_to > 0 {
-            engine.spawn_prefetch(prefetch_up_to);
+        engine.spawn_change_follower(prefetch_up_to);
+        if engine.remote().is_some() {
+            engine.spawn_clock();
         }
         engine
     }
@@ -238,6 +244,8 @@ struct Inner {
     lag: lag::LagState,
     /// This node's queued unconditional writes, by key.
     write_queues: write_queue::WriteQueues,
+    /// Object changes, as the change follower handles them ([`Engine::subscribe_object_changes`]).
+    feed: tokio::sync::broadcast::Sender<follow::ObjectEvent>,
 }
 
 impl Engine {
@@ -375,9 +383,11 @@ impl Engine {
     }
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch on the cluster's clock: this machine's wall clock corrected
+/// by the offset [`clock`] measures against the other nodes (none on a single node).
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    wall + clock::offset_ms()
 }
 
 /// Checks an object key: non-empty, at most 1024 bytes, no NUL (it separates keys from upload

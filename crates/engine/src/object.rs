@@ -117,6 +117,17 @@ pub struct Span {
 #[async_trait::async_trait]
 pub trait RemoteReader: Send + Sync {
     async fn read(&self, span: &Span, from: u64, len: u64) -> EngineResult<(Body, ReadSource)>;
+
+    /// Drops every cached byte of a blob no record refers to any more (overwritten, deleted,
+    /// expired), for good: bytes of it fetched later are not kept either. Returns the number of
+    /// chunks dropped.
+    async fn forget_blob(&self, blob: BlobId) -> EngineResult<usize>;
+
+    /// Every blob this node has cached bytes of.
+    fn cached_blobs(&self) -> Vec<BlobId>;
+
+    /// Measures another node's wall clock against this one's ([`crate::clock`]).
+    async fn clock_sample(&self, node: &str) -> EngineResult<meridian_blob::ClockSample>;
 }
 
 impl GetOutcome {

@@ -6,11 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
-use meridian_blob::{ChunkCache, ChunkSource, PeerAccess, PeerClient};
+use meridian_blob::{BlobId, ChunkCache, ChunkSource, PeerAccess, PeerClient};
 
 use meridian_meta::MetaStore;
 
-use crate::Engine;
 use crate::cluster::read_node;
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{Body, BodyError};
@@ -102,68 +101,16 @@ impl RemoteReader for PeerReader {
         }
         Err(last_error.unwrap_or_else(|| EngineError::Unavailable("the object has no holder to read from".into())))
     }
-}
 
-impl Engine {
-    /// Copies small objects written in other regions into this node's cache as soon as they are
-    /// written, so they are local everywhere (objects up to `max_size` bytes). Started by
-    /// [`crate::EngineBuilder::remote_reader`].
-    pub(crate) fn spawn_prefetch(&self, max_size: u64) {
-        let engine = self.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(err) = engine.prefetch_loop(max_size).await {
-                    tracing::warn!(error = %err, "small-object prefetch stopped; restarting");
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        });
+    async fn forget_blob(&self, blob: BlobId) -> EngineResult<usize> {
+        Ok(self.cache.remove_blob(blob).await?)
     }
 
-    async fn prefetch_loop(&self, max_size: u64) -> EngineResult<()> {
-        use futures::StreamExt;
-        let limit = Arc::new(tokio::sync::Semaphore::new(8));
-        let mut events = self.meta().watch(meridian_meta::RangeRequest::prefix(crate::keys::OBJECTS_ROOT), 0).await?;
-        while let Some(event) = events.next().await {
-            let event = event?;
-            if event.kind != meridian_meta::EventKind::Put || crate::keys::parse_object_key(&event.kv.key).is_none() {
-                continue;
-            }
-            let Ok(record) = crate::record::decode::<crate::record::ObjectRecord>(&event.kv.value) else { continue };
-            let remote = match &record.data {
-                crate::record::DataLayout::Blob { holders, .. } => !self.is_local(holders),
-                crate::record::DataLayout::Parts { parts } => parts.iter().any(|p| !self.is_local(&p.holders)),
-                crate::record::DataLayout::Inline => false,
-            };
-            if !remote || record.size > max_size || record.size == 0 {
-                continue;
-            }
-            let metrics = self.metrics().clone();
-            let seen = std::time::Instant::now();
-            metrics.push_queue.inc();
-            let Ok(permit) = Arc::clone(&limit).acquire_owned().await else { return Ok(()) };
-            let engine = self.clone();
-            let current = crate::object::Current { record, revision: event.kv.mod_revision, inline: None };
-            tokio::spawn(async move {
-                let _permit = permit;
-                let pushed = match engine.open_body(&current, None).await {
-                    // Reading it through fills the cache.
-                    Ok((body, _)) => body.try_for_each(|_| async { Ok(()) }).await.map_err(|e| e.to_string()),
-                    Err(err) => Err(err.to_string()),
-                };
-                metrics.push_queue.dec();
-                match pushed {
-                    Ok(()) => {
-                        metrics.pushes.inc();
-                        metrics.push_duration.observe(seen.elapsed().as_secs_f64());
-                    }
-                    Err(err) => {
-                        metrics.push_errors.inc();
-                        tracing::debug!(error = %err, "prefetch of a small object failed");
-                    }
-                }
-            });
-        }
-        Ok(())
+    fn cached_blobs(&self) -> Vec<BlobId> {
+        self.cache.blobs()
+    }
+
+    async fn clock_sample(&self, node: &str) -> EngineResult<meridian_blob::ClockSample> {
+        Ok(self.client(node).await?.clock_sample().await?)
     }
 }

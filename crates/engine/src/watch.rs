@@ -68,7 +68,12 @@ impl Engine {
 
     /// The marker of `bucket/key` written at `revision`: present when the delete at that
     /// revision was the reaper removing the object on expiry.
-    async fn expiry_at(&self, bucket: &str, key: &str, revision: Revision) -> EngineResult<Option<ExpiredMarker>> {
+    pub(crate) async fn expiry_at(
+        &self,
+        bucket: &str,
+        key: &str,
+        revision: Revision,
+    ) -> EngineResult<Option<ExpiredMarker>> {
         let markers = self.meta().range(RangeRequest::prefix(keys::expired_markers_of(bucket, key))).await?;
         markers.kvs.iter().find(|kv| kv.mod_revision == revision).map(|kv| record::decode(&kv.value)).transpose()
     }

@@ -166,6 +166,9 @@ pub struct SiteRecord {
     /// Key (within the key prefix) served with status 404 for missing keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_document: Option<String>,
+    /// The origin app that answers what the bucket does not have (and every write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<meridian_common::origin::Origin>,
 }
 
 impl SiteRecord {
@@ -205,6 +208,9 @@ impl SiteRecord {
         }
         if let Some(key) = &self.error_document {
             validate_key(key)?;
+        }
+        if let Some(origin) = &self.origin {
+            origin.check().map_err(|e| EngineError::InvalidArgument(format!("invalid origin: {e}")))?;
         }
         Ok(())
     }
@@ -288,6 +294,26 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_stored_origin_is_checked_with_the_site() {
+        use meridian_common::origin::{Instance, Origin, Region};
+        let region = |url: &str| Region {
+            name: "ams".into(),
+            edge: None,
+            instances: vec![Instance { id: "ams-1".into(), url: url.into() }],
+        };
+        let with = |origin| SiteRecord { origin: Some(origin), ..site() };
+        assert!(
+            with(Origin { regions: vec![region("http://10.0.0.5:3000")], ..Default::default() }).validate().is_ok()
+        );
+        let err = with(Origin { regions: vec![region("http://10.0.0.5")], ..Default::default() }).validate();
+        assert!(err.is_err_and(|e| e.to_string().contains("invalid origin")));
+        let waits =
+            Origin { regions: vec![region("http://h:1")], revision_wait_ms: Some(60_000), ..Default::default() };
+        assert!(with(waits).validate().is_err());
+        assert!(with(Origin::default()).validate().is_err(), "an origin needs a region");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Access checks on a node whose local metadata view lags: a revoked key must not be honoured
-//! from a stale replica, and admin changes report replicas that have not applied them.
+//! from a stale replica, admin changes report replicas that have not applied them, and object
+//! changes are announced to subscribers only once the local view reflects them.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -53,12 +54,14 @@ fn node_record() -> NodeRecord {
         id: "node-c".into(),
         region: "region-c".into(),
         advertise_url: "http://127.0.0.1:1".into(),
+        web_url: None,
         started_ms: now_ms(),
         heartbeat_ms: now_ms(),
         revision: 0,
         cache: Default::default(),
         version: "test".into(),
         lag_ms: None,
+        clock_offset_ms: None,
     }
 }
 
@@ -111,4 +114,121 @@ async fn admin_changes_return_once_every_replica_has_applied_them() {
     assert!(matches!(revoke, Err(EngineError::Unavailable(_))), "{revoke:?}");
     assert!(matches!(engine.set_public_read("data", false).await, Err(EngineError::Unavailable(_))));
     assert!(matches!(engine.rotate_access_key("app", Duration::from_secs(60)).await, Err(EngineError::Unavailable(_))));
+}
+
+/// A replica that reports having applied a revision only once the test says so, the way an
+/// etcd member serving at-least reads holds them until it has caught up.
+struct GatedReplica {
+    replica: Arc<dyn MetaStore>,
+    applied: Arc<std::sync::atomic::AtomicU64>,
+    floor: Revision,
+}
+
+#[async_trait::async_trait]
+impl MetaStore for GatedReplica {
+    async fn range(&self, req: RangeRequest) -> meridian_meta::MetaResult<meridian_meta::RangeResponse> {
+        self.replica.range(req).await
+    }
+
+    async fn get_many(
+        &self,
+        keys: &[bytes::Bytes],
+    ) -> meridian_meta::MetaResult<(Vec<Option<meridian_meta::KeyValue>>, Revision)> {
+        self.replica.get_many(keys).await
+    }
+
+    async fn txn(&self, txn: Txn) -> meridian_meta::MetaResult<meridian_meta::TxnResponse> {
+        self.replica.txn(txn).await
+    }
+
+    async fn current_revision(&self) -> meridian_meta::MetaResult<Revision> {
+        for _ in 0..1000 {
+            let applied = self.applied.load(Ordering::SeqCst);
+            if applied >= self.floor {
+                return Ok(applied);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(meridian_meta::MetaError::Unavailable("the replica never caught up".into()))
+    }
+
+    async fn watch(
+        &self,
+        range: RangeRequest,
+        from: Revision,
+    ) -> meridian_meta::MetaResult<meridian_meta::WatchStream> {
+        self.replica.watch(range, from).await
+    }
+}
+
+struct GatedViews {
+    strong: Arc<dyn MetaStore>,
+    replica: Arc<dyn MetaStore>,
+    applied: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl ReadViews for GatedViews {
+    fn view(&self, consistency: Consistency) -> Arc<dyn MetaStore> {
+        match consistency {
+            Consistency::Strong => Arc::clone(&self.strong),
+            Consistency::Local => Arc::clone(&self.replica),
+            Consistency::AtLeast(floor) => {
+                Arc::new(GatedReplica { replica: Arc::clone(&self.replica), applied: Arc::clone(&self.applied), floor })
+            }
+        }
+    }
+
+    async fn wait_applied(&self, _revision: Revision, _timeout: Duration) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+async fn read_local(engine: &Engine, key: &str) -> Vec<u8> {
+    let request =
+        GetRequest { bucket: "data".into(), key: key.into(), consistency: Consistency::Local, ..Default::default() };
+    let out = engine.get_object(request).await.unwrap();
+    let chunks: Vec<bytes::Bytes> = futures::TryStreamExt::try_collect(out.body).await.unwrap();
+    chunks.concat()
+}
+
+fn put_request(key: &str, value: &'static [u8]) -> PutRequest {
+    PutRequest {
+        bucket: "data".into(),
+        key: key.into(),
+        body: body_from_bytes(bytes::Bytes::from_static(value)),
+        headers: Default::default(),
+        integrity: Integrity::default(),
+        conditions: Default::default(),
+        expires_at_ms: None,
+    }
+}
+
+#[tokio::test]
+async fn an_object_change_is_announced_only_once_the_local_view_reflects_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (strong, replica) = (store(dir.path(), "meta.redb"), store(dir.path(), "replica.redb"));
+    let applied = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let views =
+        Arc::new(GatedViews { strong: Arc::clone(&strong), replica: Arc::clone(&replica), applied: applied.clone() });
+    let metadata = Metadata::replicated(Arc::clone(&strong), views);
+    let engine = Engine::builder(metadata, BlobStore::open(dir.path()).unwrap(), EngineConfig::default()).build();
+    engine.create_bucket("data", "me").await.unwrap();
+    engine.put_object(put_request("page", b"v1")).await.unwrap();
+    replicate(&strong, &replica).await;
+    applied.store(strong.current_revision().await.unwrap(), Ordering::SeqCst);
+
+    let mut feed = engine.subscribe_object_changes();
+    let written = engine.put_object(put_request("page", b"v2")).await.unwrap();
+    // The local view still shows v1: no event yet.
+    let early = tokio::time::timeout(Duration::from_millis(500), feed.recv()).await;
+    assert!(early.is_err(), "announced before the local view had the change: {early:?}");
+    assert_eq!(read_local(&engine, "page").await, b"v1");
+
+    replicate(&strong, &replica).await;
+    applied.store(written.revision, Ordering::SeqCst);
+    let event = tokio::time::timeout(Duration::from_secs(5), feed.recv()).await.unwrap().unwrap();
+    let ObjectEvent::Changed(change) = event else { panic!("expected a change, got {event:?}") };
+    assert_eq!((change.key.as_str(), change.revision), ("page", written.revision));
+    assert_eq!(read_local(&engine, "page").await, b"v2", "a local read after the event sees the change");
 }

@@ -394,3 +394,61 @@ async fn lifecycle_rules_expire_objects_and_abort_uploads() {
     engine.set_lifecycle("kvs", Vec::new()).await.unwrap();
     assert!(engine.lifecycle("kvs").await.unwrap().is_empty());
 }
+
+async fn next_object_event(feed: &mut tokio::sync::broadcast::Receiver<ObjectEvent>) -> ObjectChange {
+    match tokio::time::timeout(Duration::from_secs(5), feed.recv()).await.expect("event in time").expect("received") {
+        ObjectEvent::Changed(change) => change,
+        other => panic!("expected a change, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn one_node_announces_every_object_change_on_commit_and_saves_its_cursor() {
+    let (engine, _dir) = engine();
+    engine.create_bucket("kvs", "me").await.unwrap();
+    let mut feed = engine.subscribe_object_changes();
+    let first = engine.put_object(put_req("a", &[1; 500], None)).await.unwrap();
+    let second = engine.put_object(put_req("a", b"v2", None)).await.unwrap();
+    let deleted = engine.delete_object("kvs", "a", &WriteConditions::default()).await.unwrap();
+    engine.put_object(put_req("short", b"lived", Some(Duration::from_millis(10)))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    engine.reap_due().await.unwrap();
+
+    let expected = [
+        ("a", first.revision, ChangeKind::Put),
+        ("a", second.revision, ChangeKind::Put),
+        ("a", deleted.revision, ChangeKind::Delete),
+    ];
+    for (key, revision, kind) in expected {
+        let change = next_object_event(&mut feed).await;
+        assert_eq!(
+            (change.bucket.as_str(), change.key.as_str(), change.revision, change.kind),
+            ("kvs", key, revision, kind)
+        );
+    }
+    let written = next_object_event(&mut feed).await;
+    assert_eq!((written.key.as_str(), written.kind), ("short", ChangeKind::Put));
+    let expired = next_object_event(&mut feed).await;
+    assert_eq!((expired.key.as_str(), expired.kind), ("short", ChangeKind::Expire));
+    assert!(expired.revision > written.revision);
+
+    // The cursor is saved within a second or two, at or past the last change.
+    let cursor = keys::change_cursor(&engine.config().node.node);
+    let mut saved = 0;
+    for _ in 0..40 {
+        if let Some(kv) = engine.meta().get(&cursor).await.unwrap() {
+            saved = String::from_utf8_lossy(&kv.value).parse().unwrap();
+            if saved >= expired.revision {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saved >= expired.revision, "cursor {saved} is behind the last change {}", expired.revision);
+
+    // Forgetting the node forgets its cursor too.
+    let node = cluster::NodeRecord { id: engine.config().node.node.clone(), ..Default::default() };
+    engine.publish_node(&node).await.unwrap();
+    engine.forget_node(&node.id, true).await.unwrap();
+    assert!(engine.meta().get(&cursor).await.unwrap().is_none(), "the cursor went with the node record");
+}

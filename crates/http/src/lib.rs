@@ -23,6 +23,6 @@ pub mod tls;
 
 pub use body::{BodyError, BoxError, RequestBody, ResponseBody, boxed, empty, full};
 pub use policy::Policy;
-pub use request::{AccessLog, Load, Notes, Observer, RequestId, RequestInfo, RequestRecord};
+pub use request::{AccessLog, Load, Notes, Observer, RequestId, RequestInfo, RequestRecord, structured_access_log};
 pub use server::{FnHandler, Handler, Server, handler_fn, text_response};
 pub use tls::{ClientTls, ServerTls, TlsError, TlsFiles};

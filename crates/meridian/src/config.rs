@@ -68,6 +68,8 @@ pub struct FileConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Address of the web edge (buckets served as websites); no edge when absent.
     pub web_listen: Option<SocketAddr>,
+    /// URL other regions' edges reach this node's edge at.
+    pub web_advertise: Option<String>,
     /// Buckets with a website configuration are served at `<bucket>.<web_domain>`.
     pub web_domain: Option<String>,
     /// Sites the web edge serves (`[[site]]` tables).

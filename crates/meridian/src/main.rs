@@ -1,6 +1,7 @@
 //! The `meridian` command: one binary for the server and every tool around it.
 
 mod config;
+mod log_writer;
 mod metrics;
 mod server;
 
@@ -16,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node. With no flags: data in ./meridian-data, S3 on http://127.0.0.1:9400.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Load-test any S3 endpoint (Meridian or another) and report ops/s, MiB/s and latencies.
     Bench(Box<meridian_bench::BenchArgs>),
     /// Manage access keys, bucket permissions and public buckets (through a node's admin API).
@@ -24,7 +25,7 @@ enum Command {
     /// Regions and nodes of the cluster: health, measured replication lag, cache use.
     Cluster(meridian_admin::cli::ClusterArgs),
     /// Block volumes stored as a log of objects in any S3 bucket, served over NBD.
-    Volume(meridian_volume::cli::VolumeCommand),
+    Volume(Box<meridian_volume::cli::VolumeCommand>),
     /// The KV API: get, put (CAS, TTL, put_transaction), delete, ls, locks, watch, batch.
     Kv(Box<meridian_client::cli::KvArgs>),
 }
@@ -32,7 +33,7 @@ enum Command {
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Server(args) => server::run(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Server(args) => server::run(*args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Bench(args) => Ok(meridian_bench::cli_main(*args)),
         Command::Admin(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -42,7 +43,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             Ok(runtime.block_on(meridian_admin::cli::run_cluster(args)))
         }
-        Command::Volume(cmd) => volume(cmd),
+        Command::Volume(cmd) => volume(*cmd),
         Command::Kv(args) => Ok(meridian_client::cli::main(*args)),
     }
 }

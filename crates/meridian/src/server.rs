@@ -31,6 +31,10 @@ pub struct ServerArgs {
     /// with --tls-cert). Default: no edge
     #[arg(long, env = "MERIDIAN_WEB_LISTEN")]
     web_listen: Option<SocketAddr>,
+    /// URL other regions' edges reach this node's web edge at (request replays); published in
+    /// the cluster. Default: http(s)://<web listen address>
+    #[arg(long, env = "MERIDIAN_WEB_ADVERTISE")]
+    web_advertise: Option<String>,
     /// Serve public-read buckets that have a website configuration at BUCKET.DOMAIN on the
     /// web edge.
     #[arg(long, env = "MERIDIAN_WEB_DOMAIN")]
@@ -132,6 +136,7 @@ struct Settings {
     listen: SocketAddr,
     admin_listen: SocketAddr,
     web_listen: Option<SocketAddr>,
+    web_advertise: Option<String>,
     web_domain: Option<String>,
     sites: Vec<meridian_engine::website::SiteRecord>,
     origins: Vec<meridian_edge::origin::SiteOrigin>,
@@ -188,6 +193,10 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             "the status token (--status-token, MERIDIAN_STATUS_TOKEN, status_token) must be at least 8 characters"
         );
     }
+    let web_advertise = args.web_advertise.or(file.web_advertise);
+    if let Some(url) = &web_advertise {
+        meridian_common::origin::check_url("web advertise (--web-advertise)", url)?;
+    }
     let inline_default = if etcd.is_empty() { EngineConfig::default().inline_max } else { ETCD_INLINE_MAX };
     let limits = FileConfig {
         max_connections: file.max_connections,
@@ -222,6 +231,7 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
             .or(file.admin_listen)
             .unwrap_or(config::DEFAULT_ADMIN_LISTEN.parse().context("default admin listen address")?),
         web_listen: args.web_listen.or(file.web_listen),
+        web_advertise,
         web_domain: args.web_domain.or(file.web_domain),
         sites: file.sites,
         origins: file.origins,
@@ -285,6 +295,7 @@ impl Settings {
             status_token: self.status_token.as_ref().map(|_| config::REDACTED.to_string()),
             metrics_listen: self.metrics_listen,
             web_listen: self.web_listen,
+            web_advertise: self.web_advertise.clone(),
             web_domain: self.web_domain.clone(),
             sites: self.sites.clone(),
             origins: self.origins.clone(),
@@ -294,21 +305,20 @@ impl Settings {
     }
 }
 
-/// Logs go to stderr through a writer thread: request threads only queue a formatted line
-/// (the access log writes one per request), and nothing is dropped — a full queue makes the
-/// logging thread wait. Colours only on a terminal. The guard flushes the queue when dropped.
-fn init_logging(format: &str) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+/// Logs go to stderr through a writer thread ([`crate::log_writer`]): request threads only
+/// append a formatted line to a buffer (the access log writes one per request) that the writer
+/// thread writes every few milliseconds; nothing is dropped. Colours only on a terminal. The
+/// guard writes what is buffered when dropped.
+fn init_logging(format: &str) -> anyhow::Result<crate::log_writer::FlushGuard> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,s3s=off,hyper=warn"));
-    // Buffered: under load the writer thread batches many lines per write; it flushes every
-    // time its queue runs empty, so a quiet node's lines still appear at once.
-    let stderr = std::io::BufWriter::with_capacity(64 << 10, std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(stderr);
+    let (writer, guard) = crate::log_writer::stderr().context("cannot start the log writer thread")?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
+    meridian_http::structured_access_log(format == "json");
     match format {
         "json" => builder.json().init(),
         "text" => builder.init(),
@@ -389,6 +399,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let (admin_token, token_generated) = config::admin_token(&settings.data)?;
     let advertise = settings.advertise.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
+    let web_url = match &web_listener {
+        Some(web) => Some(settings.web_advertise.clone().unwrap_or(format!("{scheme}://{}", web.local_addr()?))),
+        None => None,
+    };
     println!("Node: {node_id} in region {} (peers reach it at {advertise})", settings.region);
     let region = settings.region.clone();
     let started_ms = meridian_engine::now_ms();
@@ -409,6 +423,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
                 id: node_id.clone(),
                 region: region.clone(),
                 advertise_url: advertise.clone(),
+                web_url: web_url.clone(),
                 started_ms,
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 cache: cache.unwrap_or_default(),

@@ -152,3 +152,33 @@ fn print_config_shows_the_merged_settings_with_secrets_redacted() {
     );
     assert_eq!(again, printed);
 }
+
+/// The edge's cluster settings: `--web-advertise` (checked), and a site's own origin in its
+/// `[[site]]` table, printed back as a config file that reads the same.
+#[test]
+fn web_advertise_and_a_sites_origin_are_configuration_like_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("meridian.toml");
+    std::fs::write(
+        &file,
+        "[[site]]\nname = \"app\"\nbucket = \"app\"\n[site.origin]\npin_seconds = 30\n\
+         [[site.origin.region]]\nname = \"ams\"\ninstances = [{ id = \"ams-1\", url = \"http://10.0.0.5:3000\" }]\n",
+    )
+    .unwrap();
+    let file_arg = file.to_str().unwrap();
+    let printed = expect_success(
+        "--print-config",
+        &print_config(&["--config", file_arg, "--web-advertise", "http://edge-a:8080"], &[]),
+    );
+    assert!(printed.lines().any(|l| l == "web_advertise = \"http://edge-a:8080\""), "{printed}");
+    assert!(printed.contains("pin_seconds = 30") && printed.contains("http://10.0.0.5:3000"), "{printed}");
+    let again_file = tmp.path().join("printed.toml");
+    std::fs::write(&again_file, &printed).unwrap();
+    let again = expect_success("the printed file", &print_config(&["--config", again_file.to_str().unwrap()], &[]));
+    assert_eq!(again, printed);
+
+    let refused = print_config(&["--web-advertise", "edge-a:8080"], &[]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--web-advertise") && stderr.contains("http(s)://host:port"), "{stderr}");
+}

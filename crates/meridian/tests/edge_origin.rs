@@ -102,6 +102,24 @@ async fn a_missing_key_falls_through_to_the_origin_and_is_stored_for_the_next_re
     assert!(edge.server.client().head_object().bucket(BUCKET).key("profile/42").send().await.is_err());
 }
 
+/// The node's edge streams an upload to the origin while the client sends it: the client holds
+/// its last 64 KiB until the (slowly reading) origin has 2 MiB; the origin's digest matches.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_reach_the_origin_while_the_client_is_still_sending() {
+    use sha2::Digest;
+    let edge = start().await;
+    let body = common::pattern(3 << 20, 7);
+    let url = format!("{}/profile/upload?read_ms=1", edge.web);
+    let up = meridian_test_origin::upload::upload_holding_the_end(&url, "avatars.example", &body, 2 << 20, || {
+        edge.origin.body_bytes()
+    })
+    .await;
+    assert_eq!(up.status, StatusCode::OK);
+    let echo: Echo = serde_json::from_slice(&up.body).expect("echo");
+    assert_eq!((echo.method.as_str(), echo.body_len), ("POST", 3 << 20));
+    assert_eq!(echo.body_sha256, hex::encode(sha2::Sha256::digest(&body)));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_misses_on_one_key_send_one_origin_request() {
     let edge = start().await;

@@ -9,6 +9,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -21,6 +22,15 @@ const MIB: u64 = 1 << 20;
 const BUCKET: &str = "volumes";
 
 // ---- harness --------------------------------------------------------------------------------
+
+/// Runs qemu-io on raw `url` with one `-c` per command.
+fn qemu_io(url: &str, cmds: &[&str]) -> String {
+    let mut args = vec!["-f", "raw", url];
+    for c in cmds {
+        args.extend(["-c", c]);
+    }
+    tool("qemu-io", &args)
+}
 
 /// Debian package for each external tool.
 fn package_of(tool: &str) -> &'static str {
@@ -39,11 +49,11 @@ fn require(tool: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(
-        ok,
-        "required tool `{tool}` is missing: install it with `apt-get install -y {}` (scripts/test.sh does)",
-        package_of(tool)
-    );
+    let install = match tool {
+        "moto_server" => "python3 -m pip install 'moto[server]'".to_string(),
+        _ => format!("apt-get install -y {}", package_of(tool)),
+    };
+    assert!(ok, "required tool `{tool}` is missing: install it with `{install}` (scripts/test.sh does)");
 }
 
 /// Runs an external tool; panics with its output unless it succeeds.
@@ -72,20 +82,7 @@ impl Env {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(common::binary());
-        c.arg("volume")
-            .args(args)
-            .env("AWS_ENDPOINT_URL", &self.s3.endpoint)
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .env("MERIDIAN_VOLUME_BUCKET", BUCKET)
-            .env("MERIDIAN_VOLUME_CACHE", self.tmp.path().join("cache"))
-            .env("RUST_LOG", std::env::var("MERIDIAN_TEST_LOG").unwrap_or_else(|_| "warn".into()))
-            // Only what a test passes decides which certificates are trusted.
-            .env_remove("MERIDIAN_CA_FILE")
-            .env_remove("SSL_CERT_FILE")
-            .env_remove("SSL_CERT_DIR");
-        c
+        volume_command(&self.s3.endpoint, &self.tmp.path().join("cache"), args)
     }
 
     /// Runs `meridian volume ARGS`, returning its output whatever the exit status.
@@ -122,15 +119,47 @@ impl Env {
     }
 
     /// Starts a `meridian volume serve` command line and waits for its NBD address.
-    fn serve_command(&self, mut cmd: Command, name: &str) -> Serve {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+    fn serve_command(&self, cmd: Command, name: &str) -> Serve {
+        let (child, rx) = spawn_lines(cmd);
+        wait_serving(child, &rx, name)
+    }
+}
+
+/// `meridian volume ARGS` against the S3 service at `endpoint` (bucket `volumes`, the test
+/// credentials), with its cache directory at `cache`.
+fn volume_command(endpoint: &str, cache: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(common::binary());
+    c.arg("volume")
+        .args(args)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("MERIDIAN_VOLUME_BUCKET", BUCKET)
+        .env("MERIDIAN_VOLUME_CACHE", cache)
+        .env("RUST_LOG", std::env::var("MERIDIAN_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        // Only what a test passes decides which certificates are trusted.
+        .env_remove("MERIDIAN_CA_FILE")
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR");
+    c
+}
+
+/// Spawns a command whose stdout lines arrive on the returned channel.
+fn spawn_lines(mut cmd: Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Waits (60 s at most) for a spawned `serve` to print its NBD address.
+fn wait_serving(mut child: Child, rx: &mpsc::Receiver<String>, name: &str) -> Serve {
+    {
         // The metrics line, if any, comes before the NBD one.
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut metrics_addr = None;
@@ -154,27 +183,36 @@ impl Env {
         let addr = url.trim_start_matches("nbd://").split('/').next().unwrap().to_string();
         Serve { child: Some(child), url, addr, metrics_addr }
     }
+}
 
+impl Env {
     /// Sum of object sizes under the volume's log/ prefix.
     fn log_bytes(&self, name: &str) -> u64 {
+        self.list(&format!("{name}/log/")).iter().map(|(_, size)| size).sum()
+    }
+
+    /// Keys and sizes of the bucket's objects under `prefix`.
+    fn list(&self, prefix: &str) -> Vec<(String, u64)> {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let client = self.s3.client();
         rt.block_on(async {
-            let mut total = 0u64;
+            let mut out = Vec::new();
             let mut token = None;
             loop {
                 let resp = client
                     .list_objects_v2()
                     .bucket(BUCKET)
-                    .prefix(format!("{name}/log/"))
+                    .prefix(prefix)
                     .set_continuation_token(token)
                     .send()
                     .await
                     .unwrap();
-                total += resp.contents().iter().map(|o| o.size().unwrap_or(0) as u64).sum::<u64>();
+                out.extend(
+                    resp.contents().iter().map(|o| (o.key().unwrap_or("").to_string(), o.size().unwrap_or(0) as u64)),
+                );
                 match resp.next_continuation_token() {
                     Some(t) => token = Some(t.to_string()),
-                    None => return total,
+                    None => return out,
                 }
             }
         })
@@ -688,6 +726,199 @@ fn volume_snapshot_export_and_rollback() {
     srv.stop();
     let list = env.ok(&["snapshots", "snap"]);
     assert!(list.contains("first") && list.contains("second"), "{list}");
+    // A fork at a snapshot starts as that disk, copies nothing, and diverges on its own.
+    let out = env.ok(&["fork", "snap@first", "copy"]);
+    assert!(out.contains("forked snap@first into copy"), "{out}");
+    assert_eq!(env.log_bytes("copy"), 0, "a fork copies no data");
+    let srv = env.serve("copy", &[]);
+    tool("qemu-io", &["-f", "raw", &srv.url, "-c", "read -P 0xa1 0 64M", "-c", "write -P 0xc3 0 1M", "-c", "flush"]);
+    srv.stop();
+    let srv = env.serve("snap", &[]);
+    tool("qemu-io", &["-f", "raw", &srv.url, "-c", "read -P 0xa1 0 1M", "-c", "read -P 0xb2 1M 2M"]);
+    srv.stop();
+    let missing = env.run(&["fork", "snap@nope", "other"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no snapshot named"));
+}
+
+#[test]
+fn volume_encrypted_bucket_holds_no_plaintext_and_refuses_wrong_keys() {
+    let env = Env::new();
+    let key_file = |name: &str, hex: &str| {
+        let path = env.path(name);
+        std::fs::write(&path, hex).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (key, wrong) = (key_file("key", &"5e".repeat(32)), key_file("wrong", &"5f".repeat(32)));
+    let out = env.ok(&["create", "sec", "--size", "16MiB", "--encryption-key-file", &key]);
+    assert!(out.contains("encrypted"), "{out}");
+    for (args, want) in [
+        (vec!["serve", "sec", "--listen", "127.0.0.1:0"], "is encrypted: pass its key with --encryption-key-file"),
+        (vec!["serve", "sec", "--listen", "127.0.0.1:0", "--encryption-key-file", &wrong], "does not match"),
+        (vec!["export", "sec", "--output", "/dev/null"], "is encrypted"),
+        (vec!["export", "sec", "--output", "/dev/null", "--encryption-key-file", &wrong], "does not match"),
+    ] {
+        let out = env.run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{args:?}: {err}");
+    }
+    let marker = b"MERIDIAN-SECRET-TEXT-19";
+    let text: Vec<u8> = marker.iter().copied().cycle().take(1 << 20).collect();
+    let src = env.path("text");
+    std::fs::write(&src, &text).unwrap();
+    let srv = env.serve("sec", &["--encryption-key-file", &key]);
+    let write = format!("write -s {} 2M 1M", src.display());
+    tool("qemu-io", &["-f", "raw", &srv.url, "-c", &write, "-c", "flush"]);
+    env.ok(&["snapshot", "sec", "--label", "s1", "--encryption-key-file", &key]);
+    srv.stop();
+    let objects = env.list("sec/");
+    assert!(objects.iter().any(|(k, _)| k.contains("/checkpoint/")), "{objects:?}");
+    for (k, _) in &objects {
+        let body = env.get_object(k);
+        let hit = body.windows(marker.len()).any(|w| w == marker) || body.windows(8).any(|w| w == b"MRDNVLOG");
+        assert!(!hit, "{k} holds plaintext");
+    }
+    let image = env.path("sec.img");
+    env.ok(&["export", "sec", "--at", "s1", "--output", image.to_str().unwrap(), "--encryption-key-file", &key]);
+    let disk = std::fs::read(&image).unwrap();
+    assert!(disk[2 << 20..3 << 20] == text[..], "export with the key reads the text back");
+}
+
+/// Waits (30 s at most) for a line containing `what` from a spawned command.
+fn wait_line(rx: &mpsc::Receiver<String>, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains(what) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line with {what:?} within 30s: {e}"),
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+}
+
+/// A standby `serve` waits while the writer lives and takes over when it dies (kill -9) or
+/// stops renewing (SIGSTOP past its TTL), serving everything up to the last FLUSH; the paused
+/// writer, once resumed, refuses the write it is sent.
+#[test]
+fn volume_standby_takes_over_and_fences_the_old_writer() {
+    let env = Env::new();
+    env.create("ha", "16MiB", &[]);
+    let ttl = ["--lease-ttl", "3s"];
+    let first = env.serve("ha", &ttl);
+    tool("qemu-io", &["-f", "raw", &first.url, "-c", "write -P 0xa1 0 2M", "-c", "flush"]);
+    // Same host, same cache directory: each process keeps its own map file there.
+    let (child, rx) = spawn_lines(env.serve_cmd("ha", &["--lease-ttl", "3s", "--standby"]));
+    let line = wait_line(&rx, "standing by");
+    assert!(line.contains("epoch 1"), "{line}");
+    // The writer dies without a word: the standby takes over and has every flushed write.
+    let mut first = first;
+    first.kill9();
+    let second = wait_serving(child, &rx, "ha");
+    tool("qemu-io", &["-f", "raw", &second.url, "-c", "read -P 0xa1 0 2M", "-c", "write -P 0xb2 2M 1M", "-c", "flush"]);
+
+    // Now pause the new writer past its lease; a third standby takes over.
+    let mut old = Nbd::connect(&second.addr, "ha").unwrap();
+    old.write(3 << 20, &[0xc3; 4096]).unwrap();
+    old.flush().unwrap();
+    let (child, rx) = spawn_lines(env.serve_cmd("ha", &["--lease-ttl", "3s", "--standby"]));
+    wait_line(&rx, "standing by");
+    signal(second.pid(), "-STOP");
+    let paused = Instant::now();
+    let third = wait_serving(child, &rx, "ha");
+    assert!(paused.elapsed() >= Duration::from_secs(2), "took over a live lease after {:?}", paused.elapsed());
+    signal(second.pid(), "-CONT");
+    // The resumed writer refuses what it is sent (or is already gone): nothing is acknowledged.
+    let write = old.write(4 << 20, &[0xd4; 4096]);
+    assert!(write.is_err(), "the fenced writer acknowledged a write");
+    qemu_io(&third.url, &["read -P 0xa1 0 2M", "read -P 0xb2 2M 1M", "read -P 0xc3 3M 4k", "read -P 0 4M 4k"]);
+    third.stop();
+}
+
+/// moto's S3 server (`moto_server`) on a free loopback port; killed on drop.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        require("moto_server");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not listen on {port} within 30s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// "Any S3": a volume on moto's S3 server, which Meridian did not write: create (with the
+/// bucket), serve, writes, zeroes and trims, a second writer refused (conditional PUTs), a
+/// restart that keeps every flushed write, a snapshot and an export.
+#[test]
+fn volume_on_moto_server() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let run = |args: &[&str]| {
+        let out = volume_command(&moto.endpoint, &cache, args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let ok = |args: &[&str]| {
+        let (success, text) = run(args);
+        assert!(success, "meridian volume {args:?} on moto failed:\n{text}");
+        text
+    };
+    ok(&["create", "m", "--size", "32MiB", "--object-size", "1MiB", "--create-bucket"]);
+    let serve = |name: &str| {
+        let (child, rx) =
+            spawn_lines(volume_command(&moto.endpoint, &cache, &["serve", name, "--listen", "127.0.0.1:0"]));
+        wait_serving(child, &rx, name)
+    };
+    let srv = serve("m");
+    let writes = ["write -P 0x5a 0 8M", "write -P 0x6b 1000 5000", "write -z 2M 1M", "discard 4M 1M", "flush"];
+    qemu_io(&srv.url, &writes);
+    let (refused, text) = run(&["serve", "m", "--listen", "127.0.0.1:0"]);
+    assert!(!refused && text.contains("being served by"), "a second writer on moto: {text}");
+    ok(&["snapshot", "m", "--label", "one"]);
+    srv.stop();
+    let srv = serve("m");
+    let reads = [
+        "read -P 0x5a 0 1000",
+        "read -P 0x6b 1000 5000",
+        "read -P 0x5a 6000 2000000",
+        "read -P 0 2M 1M",
+        "read -P 0x5a 3M 1M",
+        "read -P 0 4M 1M",
+        "read -P 0x5a 5M 3M",
+    ];
+    qemu_io(&srv.url, &reads);
+    let image = tmp.path().join("m.img");
+    let device = tmp.path().join("device.img");
+    tool("nbdcopy", &[&srv.url, device.to_str().unwrap()]);
+    srv.stop();
+    ok(&["export", "m", "--at", "one", "--output", image.to_str().unwrap()]);
+    assert!(same_files(&image, &device), "export from moto differs from what NBD read");
 }
 
 #[test]
@@ -832,7 +1063,6 @@ fn volume_over_https_with_ca_file() {
 /// and a directory open to others is refused (before the lease is taken) with the chmod to run.
 #[test]
 fn volume_cache_dir_is_owner_only() {
-    use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
     env.create("private", "16MiB", &[]);
     let cache = env.tmp.path().join("cache");

@@ -72,6 +72,8 @@ struct Shared {
     oldest: AtomicU64,
     /// Every committed revision's events, in order.
     events: broadcast::Sender<Arc<RevisionEvents>>,
+    /// Recently read keys (point reads), kept exact by the writer.
+    hot: crate::hot::HotKeys,
 }
 
 struct RevisionEvents {
@@ -83,6 +85,9 @@ struct WriteRequest {
     txn: Txn,
     reply: oneshot::Sender<MetaResult<TxnResponse>>,
 }
+
+/// How long a read waits for the writer to publish a commit its snapshot already holds.
+const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn storage<E: std::fmt::Display>(err: E) -> MetaError {
     MetaError::Storage(err.to_string())
@@ -117,8 +122,13 @@ impl EmbeddedStore {
             revision
         };
         let (events, _) = broadcast::channel(4096);
-        let shared =
-            Arc::new(Shared { db, revision: AtomicU64::new(revision), oldest: AtomicU64::new(oldest), events });
+        let shared = Arc::new(Shared {
+            db,
+            revision: AtomicU64::new(revision),
+            oldest: AtomicU64::new(oldest),
+            events,
+            hot: crate::hot::HotKeys::new(),
+        });
         let (writer, queue) = mpsc::sync_channel(4096);
         let writer_shared = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -148,6 +158,24 @@ impl EmbeddedStore {
             kvs.push(decode_kv(k.value(), v.value())?);
         }
         Ok(RangeResponse { kvs, more, revision })
+    }
+
+    /// Returns once the writer has published `revision`. A snapshot can hold a commit the
+    /// writer has not published yet (nor removed from the hot-key cache, whose hits still
+    /// answer the revision before it); a read that saw it waits, so no read that starts after
+    /// it returns can see older state. The wait is the few microseconds between redb's commit
+    /// and the publication.
+    async fn published(&self, revision: Revision) -> MetaResult<()> {
+        let started = std::time::Instant::now();
+        while self.shared.revision.load(Ordering::SeqCst) < revision {
+            if started.elapsed() > PUBLISH_WAIT {
+                return Err(MetaError::Storage(format!(
+                    "the metadata writer committed revision {revision} but did not publish it within {PUBLISH_WAIT:?}"
+                )));
+            }
+            tokio::task::yield_now().await;
+        }
+        Ok(())
     }
 
     fn read_many(&self, keys: &[Bytes]) -> MetaResult<(Vec<Option<KeyValue>>, Revision)> {
@@ -309,9 +337,8 @@ fn writer_loop(
         match outcome {
             Ok((results, committed)) => {
                 let newest = committed.last().map(|c| c.revision);
-                if let Some(newest) = newest {
-                    shared.revision.store(newest, Ordering::SeqCst);
-                }
+                let written = committed.iter().flat_map(|c| c.events.iter().map(|e| &e.kv.key));
+                shared.hot.publish(Some(written), newest, &shared.revision);
                 for (req, result) in batch.into_iter().zip(results) {
                     let _ = req.reply.send(result);
                 }
@@ -322,6 +349,8 @@ fn writer_loop(
             }
             Err(err) => {
                 tracing::error!(error = %err, "metadata commit failed");
+                // Whether redb kept any of it is unknown: forget every cached value.
+                shared.hot.publish(None::<std::iter::Empty<&Bytes>>, None, &shared.revision);
                 for req in batch {
                     let _ = req.reply.send(Err(MetaError::Storage(err.to_string())));
                 }
@@ -486,11 +515,21 @@ impl EmbeddedStore {
 #[async_trait::async_trait]
 impl MetaStore for EmbeddedStore {
     async fn range(&self, req: RangeRequest) -> MetaResult<RangeResponse> {
-        self.read_range(&req)
+        let resp = self.read_range(&req)?;
+        self.published(resp.revision).await?;
+        Ok(resp)
     }
 
     async fn get_many(&self, keys: &[Bytes]) -> MetaResult<(Vec<Option<KeyValue>>, Revision)> {
-        self.read_many(keys)
+        let hot = &self.shared.hot;
+        if let Some(hit) = hot.get_all(keys, &self.shared.revision) {
+            return Ok(hit);
+        }
+        let ticket = hot.ticket();
+        let (values, revision) = self.read_many(keys)?;
+        self.published(revision).await?;
+        hot.fill(ticket, keys, &values);
+        Ok((values, revision))
     }
 
     async fn txn(&self, txn: Txn) -> MetaResult<TxnResponse> {
@@ -637,6 +676,40 @@ mod tests {
     async fn conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
         conformance::run_all(&open(&dir)).await;
+    }
+
+    /// Each commit writes the same counter to `a` and `b`; a reader that reads `a` and then
+    /// `b` must never find `b` older than `a` (the hot-key cache must not answer a state older
+    /// than one a previous read returned).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sequential_reads_never_go_back_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+        let counter =
+            |kv: &Option<KeyValue>| kv.as_ref().map_or(0, |kv| u64::from_be_bytes(kv.value[..].try_into().unwrap()));
+        let writer = {
+            let (store, a, b) = (store.clone(), a.clone(), b.clone());
+            tokio::spawn(async move {
+                for i in 1..=1500u64 {
+                    let value = Bytes::copy_from_slice(&i.to_be_bytes());
+                    let mut txn = Txn::new();
+                    txn.ops.push(Op::Put { key: a.clone(), value: value.clone() });
+                    txn.ops.push(Op::Put { key: b.clone(), value });
+                    store.txn(txn).await.unwrap();
+                }
+            })
+        };
+        let mut reads = 0;
+        while !writer.is_finished() {
+            let (first, rev_a) = store.get_many(std::slice::from_ref(&a)).await.unwrap();
+            let (second, rev_b) = store.get_many(std::slice::from_ref(&b)).await.unwrap();
+            assert!(counter(&second[0]) >= counter(&first[0]), "read b={:?} after a={:?}", second[0], first[0]);
+            assert!(rev_b >= rev_a, "revision {rev_b} after {rev_a}");
+            reads += 1;
+        }
+        writer.await.unwrap();
+        assert!(reads > 100, "only {reads} rounds of reads ran beside the writer");
     }
 
     #[tokio::test]

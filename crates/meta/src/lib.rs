@@ -21,6 +21,7 @@ use futures::Stream;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
+mod hot;
 mod keys;
 
 pub use keys::prefix_end;

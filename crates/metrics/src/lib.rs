@@ -377,6 +377,12 @@ pub struct EngineMetrics {
     pub push_duration: Histogram,
     pub pushes: Counter,
     pub push_errors: Counter,
+    /// Cached chunks dropped because no record refers to their blob any more.
+    pub cache_invalidated_chunks: Counter,
+    /// Scans the change follower ran because the history after its cursor was compacted.
+    pub change_scans: Counter,
+    /// What this node adds to its wall clock to follow the cluster's median clock.
+    pub clock_offset: SecondsGauge,
     pub gc_blobs_deleted: Counter,
     pub gc_orphans_removed: Counter,
     pub reaper_runs: Counter,
@@ -394,6 +400,9 @@ impl Default for EngineMetrics {
             push_duration: latency_histogram(),
             pushes: Counter::default(),
             push_errors: Counter::default(),
+            cache_invalidated_chunks: Counter::default(),
+            change_scans: Counter::default(),
+            clock_offset: SecondsGauge::default(),
             gc_blobs_deleted: Counter::default(),
             gc_orphans_removed: Counter::default(),
             reaper_runs: Counter::default(),
@@ -435,6 +444,22 @@ impl EngineMetrics {
         );
         r.register("pushes", "Small objects pushed into this node's cache", self.pushes.clone());
         r.register("push_errors", "Small-object pushes that failed", self.push_errors.clone());
+        r.register(
+            "cache_invalidated_chunks",
+            "Cached chunks dropped because their object was overwritten, deleted or expired",
+            self.cache_invalidated_chunks.clone(),
+        );
+        r.register(
+            "change_scans",
+            "Scans of every object the change follower ran because the history after its cursor was compacted",
+            self.change_scans.clone(),
+        );
+        r.register_with_unit(
+            "clock_offset",
+            "What this node adds to its wall clock to follow the cluster's median clock",
+            Unit::Seconds,
+            self.clock_offset.clone(),
+        );
         r.register(
             "gc_blobs_deleted",
             "Blob files deleted after their object was replaced or removed",

@@ -1,4 +1,5 @@
-//! An origin app for the edge's tests and benchmarks. A test starts one per region (or several
+//! An origin app for the edge's tests and benchmarks (and, in [`upload`], a client that
+//! checks an upload is streamed on while it is sent). A test starts one per region (or several
 //! instances per region) on a loopback port; what it answers is driven by the request path and
 //! query, or by a per-instance [`Script`]:
 //!
@@ -12,14 +13,16 @@
 //! `fly-replay` header, `replay_json=<json>` answers with the JSON form instead, both only in
 //! the instances or regions listed in `replay_in` (comma separated; all when absent) and never
 //! to a fallback delivery (`fly-replay-failed` present); `replay_cache` and
-//! `replay_cache_ttl` add `fly-replay-cache` / `fly-replay-cache-ttl-secs` to that answer;
-//! `sleep_ms=N` waits first; `status=N` answers that status (with the echo);
+//! `replay_cache_ttl` add `fly-replay-cache` / `fly-replay-cache-ttl-secs` to that answer
+//! (`replay_cache_bypass` adds `fly-replay-cache-allow-bypass`);
+//! `read_ms=N` reads the request body slowly (N ms after each frame); `sleep_ms=N` waits first; `status=N` answers that status (with the echo);
 //! `bytes=N` answers N bytes of [`pattern`] (`chunk_ms=M` waits M ms between 64 KiB chunks);
 //! `store=<value>` sets `x-meridian-store`; `revision=<R>` sets `x-meridian-revision` (the
 //! revision of a write the test made through Meridian, as an origin writing there would). Every answer carries `x-origin-instance` and
 //! `x-origin-region`.
 
 mod png;
+pub mod upload;
 mod webp;
 
 pub use webp::SIDE as WEBP_SIDE;
@@ -94,6 +97,8 @@ struct State {
     config: OriginConfig,
     script: Mutex<Script>,
     requests: AtomicU64,
+    /// Request body bytes received so far, over every request (counted as they arrive).
+    body_bytes: AtomicU64,
     log: Mutex<Vec<Received>>,
 }
 
@@ -113,8 +118,13 @@ impl TestOrigin {
     /// Starts an origin on `listener`.
     pub fn start_on(listener: TcpListener, config: OriginConfig) -> io::Result<TestOrigin> {
         let addr = listener.local_addr()?;
-        let state =
-            Arc::new(State { config, script: Mutex::default(), requests: AtomicU64::new(0), log: Mutex::default() });
+        let state = Arc::new(State {
+            config,
+            script: Mutex::default(),
+            requests: AtomicU64::new(0),
+            body_bytes: AtomicU64::new(0),
+            log: Mutex::default(),
+        });
         let (stop, stopped) = oneshot::channel();
         let handler_state = state.clone();
         let handler = handler_fn(move |req, _info| handle(handler_state.clone(), req));
@@ -145,6 +155,11 @@ impl TestOrigin {
     /// How many requests this instance has received.
     pub fn request_count(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Request body bytes this instance has received so far (while bodies arrive, too).
+    pub fn body_bytes(&self) -> u64 {
+        self.state.body_bytes.load(Ordering::SeqCst)
     }
 
     /// How many received requests had exactly this path (query excluded).
@@ -181,7 +196,8 @@ async fn handle(state: Arc<State>, req: Request<RequestBody>) -> Response<Respon
     let (parts, body) = req.into_parts();
     let query: HashMap<String, String> =
         form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
-    let (body_len, body_sha256) = match hash_body(body).await {
+    let pause = Duration::from_millis(query.get("read_ms").and_then(|v| v.parse().ok()).unwrap_or(0));
+    let (body_len, body_sha256) = match hash_body(&state, body, pause).await {
         Ok(hashed) => hashed,
         Err(e) => return text(StatusCode::BAD_REQUEST, &format!("reading the body failed: {e}")),
     };
@@ -261,13 +277,23 @@ fn status_or_500(status: u16) -> StatusCode {
     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-async fn hash_body(mut body: RequestBody) -> Result<(u64, String), meridian_http::BodyError> {
+/// Reads the body (waiting `pause` after each frame: a slow reader), counting its bytes in
+/// `state` as they arrive.
+async fn hash_body(
+    state: &State,
+    mut body: RequestBody,
+    pause: Duration,
+) -> Result<(u64, String), meridian_http::BodyError> {
     let mut hasher = Sha256::new();
     let mut len = 0u64;
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
             len += data.len() as u64;
+            state.body_bytes.fetch_add(data.len() as u64, Ordering::SeqCst);
             hasher.update(&data);
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
         }
     }
     Ok((len, hex::encode(hasher.finalize())))
@@ -337,6 +363,9 @@ fn add_replay_cache(resp: &mut Response<ResponseBody>, query: &HashMap<String, S
     }
     if let Some(ttl) = query.get("replay_cache_ttl") {
         resp.headers_mut().insert("fly-replay-cache-ttl-secs", value(ttl));
+    }
+    if let Some(bypass) = query.get("replay_cache_bypass") {
+        resp.headers_mut().insert("fly-replay-cache-allow-bypass", value(bypass));
     }
 }
 

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use meridian_common::size::format_size;
 
+use crate::crypt::VolumeKey;
 use crate::error::{Result, VolumeError};
 use crate::format::{self, Layout};
 use crate::gc::{Gc, GcConfig};
@@ -41,6 +42,10 @@ pub struct BucketArgs {
     /// CA certificates (PEM) to trust, besides the system's, for an https:// endpoint.
     #[arg(long, env = "MERIDIAN_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// The volume's encryption key: a file (mode 0600) of 64 hex digits. `create` with it makes
+    /// an encrypted volume; every other command needs it for an encrypted one.
+    #[arg(long, env = "MERIDIAN_VOLUME_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl BucketArgs {
@@ -61,6 +66,20 @@ impl BucketArgs {
 
     pub fn layout(&self, name: &str) -> Result<Layout> {
         Layout::new(&self.prefix, name)
+    }
+
+    /// The key from `--encryption-key-file`, if given.
+    pub fn key(&self) -> Result<Option<Arc<VolumeKey>>> {
+        self.encryption_key_file.as_deref().map(|path| VolumeKey::from_file(path).map(Arc::new)).transpose()
+    }
+
+    /// The store and layout of volume `name`, through its encryption when it has some (a
+    /// missing or wrong key is refused here).
+    pub async fn volume(&self, name: &str) -> Result<(Arc<dyn ObjectStore>, Layout)> {
+        let layout = self.layout(name)?;
+        let store = manage::volume_store(self.store()?, &layout, self.key()?).await?;
+        let layout = manage::resolve_layout(store.as_ref(), &layout).await?;
+        Ok((store, layout))
     }
 }
 
@@ -150,6 +169,16 @@ pub enum VolumeSubcommand {
         #[command(flatten)]
         bucket: BucketArgs,
     },
+    /// Create NEW as a writable copy of SOURCE (at SOURCE@SNAPSHOT, else at its current durable
+    /// end) in constant time: no data is copied; NEW reads SOURCE's log objects up to that
+    /// point, whose GC keeps them, and diverges independently.
+    Fork {
+        /// SOURCE or SOURCE@SNAPSHOT.
+        source: String,
+        new: String,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
     /// Change the size (offline). Grow, then grow the filesystem (e.g. resize2fs).
     Resize {
         name: String,
@@ -197,6 +226,10 @@ pub struct ServeArgs {
     /// Take the lease even if another writer seems alive. Only if it is certainly dead.
     #[arg(long)]
     pub force_takeover: bool,
+    /// If another writer holds the lease, wait and take over when it stops renewing it (its
+    /// TTL ran out, or its process on this host is gone), then serve from the last FLUSH.
+    #[arg(long, conflicts_with = "force_takeover")]
+    pub standby: bool,
     /// Time between GC passes, e.g. 60s (0 disables background GC).
     #[arg(long, default_value = "60s", value_parser = duration_arg)]
     pub gc_interval: Duration,
@@ -250,22 +283,35 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
         VolumeSubcommand::Create { name, size, object_size, create_bucket, bucket } => {
             let size = format::parse_size(&size)?;
             let object_bytes = format::parse_size(&object_size)?;
+            let key = bucket.key()?;
             let s3 = bucket.s3()?;
             if create_bucket {
                 s3.create_bucket().await?;
             }
-            let m = manage::create(&s3, &bucket.layout(&name)?, &name, size, object_bytes).await?;
+            let m =
+                manage::create_with_key(&s3, &bucket.layout(&name)?, &name, size, object_bytes, key.as_deref()).await?;
             println!(
-                "created volume {name}: {} ({} bytes) at s3://{}/{}{name}/",
+                "created volume {name}: {} ({} bytes) at s3://{}/{}{name}/{}",
                 format_size(m.size),
                 m.size,
                 bucket.bucket,
-                bucket.prefix
+                bucket.prefix,
+                if m.encryption.is_some() { ", encrypted" } else { "" }
             );
         }
         VolumeSubcommand::Serve(args) => serve(args).await?,
+        VolumeSubcommand::Fork { source, new, bucket } => {
+            let (name, at) = match source.split_once('@') {
+                Some((name, snap)) => (name, Some(snap)),
+                None => (source.as_str(), None),
+            };
+            let (store, layout) = bucket.volume(name).await?;
+            let m = manage::fork(store.as_ref(), &layout, at, &new, GcConfig::default().grace).await?;
+            let point = m.parent.as_ref().map_or(0, |p| p.seq);
+            println!("forked {source} into {new} ({}) at log position {point}", format_size(m.size));
+        }
         VolumeSubcommand::Snapshot { name, label, delete, bucket } => {
-            let (store, layout) = (bucket.store()?, bucket.layout(&name)?);
+            let (store, layout) = bucket.volume(&name).await?;
             if delete {
                 let label = label.unwrap_or_default();
                 manage::delete_snapshot(store.as_ref(), &layout, &label).await?;
@@ -276,7 +322,8 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
             }
         }
         VolumeSubcommand::Snapshots { name, json, bucket } => {
-            let snaps = manage::list_snapshots(bucket.store()?.as_ref(), &bucket.layout(&name)?).await?;
+            let (store, layout) = bucket.volume(&name).await?;
+            let snaps = manage::list_snapshots(store.as_ref(), &layout).await?;
             if json {
                 println!("{}", to_json(&snaps)?);
             } else {
@@ -287,13 +334,15 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
             }
         }
         VolumeSubcommand::Rollback { name, to, force_takeover, bucket } => {
-            let seq =
-                manage::rollback(bucket.store()?, &bucket.layout(&name)?, &to, &holder("rollback"), force_takeover)
-                    .await?;
+            let mut cfg = WriterConfig::new(default_cache_dir(), holder("rollback"));
+            cfg.force_takeover = force_takeover;
+            let (store, layout) = bucket.volume(&name).await?;
+            let seq = manage::rollback(store, &layout, &to, cfg).await?;
             println!("rolled {name} back to snapshot {to} (new log position {seq})");
         }
         VolumeSubcommand::Export { name, at, output, bucket } => {
-            let st = manage::export(bucket.store()?.as_ref(), &bucket.layout(&name)?, at.as_deref(), &output).await?;
+            let (store, layout) = bucket.volume(&name).await?;
+            let st = manage::export(store.as_ref(), &layout, at.as_deref(), &output).await?;
             println!(
                 "exported {} ({} mapped) at log position {} to {}",
                 format_size(st.size),
@@ -303,7 +352,8 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
             );
         }
         VolumeSubcommand::Inspect { name, json, bucket } => {
-            let i = manage::inspect(bucket.store()?.as_ref(), &bucket.layout(&name)?).await?;
+            let (store, layout) = bucket.volume(&name).await?;
+            let i = manage::inspect(store.as_ref(), &layout).await?;
             if json {
                 println!("{}", to_json(&i)?);
             } else {
@@ -317,7 +367,8 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
             let size = format::parse_size(&size)?;
             let mut cfg = WriterConfig::new(default_cache_dir(), holder("resize"));
             cfg.force_takeover = force_takeover;
-            let m = manage::resize(bucket.store()?, &bucket.layout(&name)?, size, cfg, allow_shrink).await?;
+            let (store, layout) = bucket.volume(&name).await?;
+            let m = manage::resize(store, &layout, size, cfg, allow_shrink).await?;
             println!("{name} is now {} ({} bytes)", format_size(m.size), m.size);
         }
     }
@@ -351,7 +402,8 @@ fn print_inspection(i: &manage::Inspection) {
 async fn gc_offline(name: &str, grace: Duration, force: bool, bucket: &BucketArgs) -> Result<()> {
     let mut cfg = WriterConfig::new(default_cache_dir(), holder("gc"));
     cfg.force_takeover = force;
-    let vol = Volume::open(bucket.store()?, bucket.layout(name)?, cfg).await?;
+    let (store, layout) = bucket.volume(name).await?;
+    let vol = Volume::open(store, layout, cfg).await?;
     let gc_cfg = GcConfig { grace, ..GcConfig::default() };
     let mut gc = Gc::new();
     let res = async {
@@ -379,6 +431,30 @@ async fn gc_offline(name: &str, grace: Duration, force: bool, bucket: &BucketArg
     Ok(())
 }
 
+/// How often a standby looks at the lease (sooner when it is about to expire).
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+
+/// Opens the volume once its lease is free: while another writer holds it, waits and retries.
+async fn open_standby(store: Arc<dyn ObjectStore>, layout: Layout, cfg: WriterConfig) -> Result<Arc<Volume>> {
+    let mut announced = false;
+    loop {
+        match Volume::open(store.clone(), layout.clone(), cfg.clone()).await {
+            Err(VolumeError::LeaseHeld { holder, epoch, remaining_secs }) => {
+                if !announced {
+                    println!(
+                        "meridian volume: standing by: served by {holder} (epoch {epoch}); taking over when its lease \
+                         runs out"
+                    );
+                    announced = true;
+                }
+                let wait = Duration::from_secs(remaining_secs).clamp(Duration::from_millis(200), STANDBY_POLL);
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
     let listener = TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
@@ -392,7 +468,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cfg.journal_bytes = format::parse_size(&args.journal_size)?;
     cfg.cache_bytes = format::parse_size(&args.cache_size)?;
     cfg.max_dirty_age = args.max_dirty_age.max(Duration::from_secs(1));
-    let vol = Volume::open(args.bucket.store()?, args.bucket.layout(&args.name)?, cfg).await?;
+    let (store, layout) = args.bucket.volume(&args.name).await?;
+    let vol =
+        if args.standby { open_standby(store, layout, cfg).await? } else { Volume::open(store, layout, cfg).await? };
     tokio::spawn(vol.clone().run_background());
     if !args.gc_interval.is_zero() {
         let (vol, interval) = (vol.clone(), args.gc_interval);

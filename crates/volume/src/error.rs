@@ -48,6 +48,8 @@ pub enum VolumeError {
          stop that writer, wait for its lease to expire, or pass --force-takeover if it is certainly dead"
     )]
     LeaseHeld { holder: String, epoch: u64, remaining_secs: u64 },
+    #[error("this writer's lease ran out before it could renew it; no I/O until a renewal succeeds")]
+    LeaseExpired,
     #[error("this writer lost its lease (fenced by epoch {0}); no further writes are accepted")]
     Fenced(u64),
     #[error("no snapshot named {0:?} (list them with `meridian volume snapshots`)")]
@@ -60,6 +62,12 @@ pub enum VolumeError {
     Failed(String),
     #[error("encryption: {0}")]
     Crypto(String),
+    #[error("volume {0} is encrypted: pass its key with --encryption-key-file FILE (or MERIDIAN_VOLUME_KEY_FILE)")]
+    KeyRequired(String),
+    #[error("the encryption key does not match volume {0}: wrong key file")]
+    WrongKey(String),
+    #[error("volume {0} is not encrypted, but an encryption key was given: drop --encryption-key-file")]
+    NotEncrypted(String),
     #[error("{0}")]
     Invalid(String),
 }

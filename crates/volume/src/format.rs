@@ -2,17 +2,19 @@
 //!
 //! Log objects follow the seed 004 layout exactly: a 12 KiB header of 1,024 entries of
 //! (u64 BE byte address, u32 BE byte length), a zero length ending the list, then the data of the
-//! entries in header order. Meridian adds two things a seed-004 reader never sees:
+//! entries in header order. Every entry Meridian writes means exactly what the seed says: data
+//! at an address. Meridian adds two things a seed-004 reader never sees:
 //!
 //! * at most [`MAX_DATA_ENTRIES`] entries are used, so slot 1020 is always a terminator and the
 //!   last three slots (after it, hence ignored by such readers) hold a trailer with a magic, the
 //!   writer's fencing epoch, the object's sequence number and its kind;
 //! * the address bytes of slot 1020 (a terminator, so never read as an entry) say where the
 //!   object sits in a *commit unit*: a run of consecutive objects written from one cut of the
-//!   write-back journal, which recovery applies all together or not at all;
-//! * an entry whose address has bit 63 set is a *zero extent* (TRIM / WRITE_ZEROES): it reads as
-//!   zeros and has no data in the body. No real disk reaches 2^63 bytes, so a naive reader would
-//!   reject such an entry rather than misplace data.
+//!   write-back journal, which recovery applies all together or not at all.
+//!
+//! Objects of log version 1 (before zeroing was written as data) may also hold *zero extents*:
+//! entries whose address has bit 63 set and which carry no data. They are still read; version 2
+//! objects never hold one (see docs/decisions/012-volume-log-zeros-as-data.md).
 
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +32,12 @@ const TRAILER_MAGIC: &[u8; 8] = b"MRDNVLOG";
 const TRAILER_OFFSET: usize = HEADER_BYTES - 3 * ENTRY_BYTES;
 /// The address bytes of the always-terminating slot 1020 hold the object's [`UnitPos`].
 const UNIT_OFFSET: usize = MAX_DATA_ENTRIES * ENTRY_BYTES;
+/// Version of the manifest and checkpoint layouts.
 pub const FORMAT_VERSION: u32 = 1;
+/// Version written in log object trailers: 2 never uses zero extents.
+pub const LOG_VERSION: u32 = 2;
+/// Oldest log version still read (its zero extents are understood).
+const OLDEST_LOG_VERSION: u32 = 1;
 
 /// What a log object is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +47,7 @@ pub enum ObjectKind {
     /// Empty object a new writer puts at the end of the log when it takes the lease.
     Fence = 1,
     /// Empty object marking a rollback; a checkpoint with the same number holds the state.
+    /// Only written by log version 1 (rollbacks now write the data through the log).
     Rollback = 2,
     /// Replaces an object whose data GC found dead at every retained point.
     Tombstone = 3,
@@ -60,7 +68,8 @@ impl ObjectKind {
     }
 }
 
-/// One header entry. `addr` and `len` are in bytes, sector aligned.
+/// One header entry. `addr` and `len` are in bytes, sector aligned. `zero` is only ever set by
+/// objects of log version 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub addr: u64,
@@ -113,21 +122,22 @@ impl Header {
     }
 }
 
-/// Encodes a header. Callers guarantee at most [`MAX_DATA_ENTRIES`] aligned entries.
+/// Encodes a header. Callers guarantee at most [`MAX_DATA_ENTRIES`] aligned data entries (never
+/// zero extents: the current version writes zeros as data).
 pub fn encode_header(entries: &[Entry], trailer: Trailer) -> Vec<u8> {
     debug_assert!(entries.len() <= MAX_DATA_ENTRIES);
+    debug_assert!(entries.iter().all(|e| !e.zero));
     let mut h = vec![0u8; HEADER_BYTES];
     for (i, e) in entries.iter().enumerate() {
         let at = i * ENTRY_BYTES;
-        let addr = if e.zero { e.addr | ZERO_FLAG } else { e.addr };
-        h[at..at + 8].copy_from_slice(&addr.to_be_bytes());
+        h[at..at + 8].copy_from_slice(&e.addr.to_be_bytes());
         h[at + 8..at + 12].copy_from_slice(&e.len.to_be_bytes());
     }
     h[UNIT_OFFSET..UNIT_OFFSET + 4].copy_from_slice(&trailer.unit.before.to_be_bytes());
     h[UNIT_OFFSET + 4..UNIT_OFFSET + 8].copy_from_slice(&trailer.unit.after.to_be_bytes());
     let t = &mut h[TRAILER_OFFSET..];
     t[0..8].copy_from_slice(TRAILER_MAGIC);
-    t[8..12].copy_from_slice(&FORMAT_VERSION.to_be_bytes());
+    t[8..12].copy_from_slice(&LOG_VERSION.to_be_bytes());
     t[12..20].copy_from_slice(&trailer.epoch.to_be_bytes());
     t[20..24].copy_from_slice(&(trailer.kind as u32).to_be_bytes());
     t[24..32].copy_from_slice(&trailer.seq.to_be_bytes());
@@ -176,8 +186,14 @@ pub fn decode_header(what: &str, h: &[u8]) -> Result<Header> {
         return Err(corrupt(what, "no Meridian trailer (not written by Meridian)"));
     }
     let version = be_u32(&t[8..]);
-    if version != FORMAT_VERSION {
-        return Err(corrupt(what, format!("unknown format version {version}")));
+    if !(OLDEST_LOG_VERSION..=LOG_VERSION).contains(&version) {
+        return Err(corrupt(
+            what,
+            format!("log format version {version} is not supported (this build reads 1 to {LOG_VERSION})"),
+        ));
+    }
+    if version >= 2 && entries.iter().any(|e| e.zero) {
+        return Err(corrupt(what, format!("a version {version} object holds a zero extent")));
     }
     let kind = ObjectKind::from_u32(be_u32(&t[20..])).ok_or_else(|| corrupt(what, "unknown object kind"))?;
     let count = be_u32(&t[32..]) as usize;
@@ -188,19 +204,55 @@ pub fn decode_header(what: &str, h: &[u8]) -> Result<Header> {
     Ok(Header { entries, trailer: Trailer { epoch: be_u64(&t[12..]), seq: be_u64(&t[24..]), kind, unit } })
 }
 
-/// Object keys of one volume: everything lives under `{prefix}{name}/`.
+/// Object keys of one volume: everything lives under `{prefix}{name}/`. A fork's log objects up
+/// to its fork point are its ancestors' ([`Self::with_ancestors`]).
 #[derive(Debug, Clone)]
 pub struct Layout {
+    prefix: String,
     root: String,
+    /// For a fork: (fork point, root) of the parent, then of the parent's parent..., with
+    /// decreasing fork points. Object `seq` ≤ a fork point belongs to that ancestor.
+    ancestors: Vec<(u64, String)>,
 }
 
 impl Layout {
     pub fn new(prefix: &str, name: &str) -> Result<Self> {
         validate_name(name)?;
-        Ok(Self { root: format!("{prefix}{name}/") })
+        Ok(Self { prefix: prefix.to_string(), root: format!("{prefix}{name}/"), ancestors: Vec::new() })
+    }
+    /// The layout of volume `name` beside this one (same bucket and prefix).
+    pub fn sibling(&self, name: &str) -> Result<Self> {
+        Self::new(&self.prefix, name)
+    }
+    /// This layout with its log objects up to `point` read from `parent` (itself resolved).
+    pub fn with_ancestors(&self, point: u64, parent: &Layout) -> Self {
+        let mut ancestors = vec![(point, parent.root.clone())];
+        ancestors.extend(parent.ancestors.iter().filter(|(p, _)| *p < point).cloned());
+        Self { prefix: self.prefix.clone(), root: self.root.clone(), ancestors }
     }
     pub fn root(&self) -> &str {
         &self.root
+    }
+    /// The parent's layout, from this (resolved) fork's: its ancestors are this one's past the
+    /// first. Callers pass the parent's plain layout.
+    pub fn with_ancestors_of(mut self, child: &Layout) -> Self {
+        self.ancestors = child.ancestors.iter().skip(1).cloned().collect();
+        self
+    }
+    /// A fork's fork point (its own log starts after it); 0 for other volumes.
+    pub fn fork_point(&self) -> u64 {
+        self.ancestors.first().map_or(0, |(point, _)| *point)
+    }
+    /// Root of the volume holding log object `seq`.
+    fn log_root(&self, seq: u64) -> &str {
+        let mut root = &self.root;
+        for (point, ancestor) in &self.ancestors {
+            if seq > *point {
+                break;
+            }
+            root = ancestor;
+        }
+        root
     }
     pub fn manifest(&self) -> String {
         format!("{}volume.json", self.root)
@@ -212,7 +264,7 @@ impl Layout {
         format!("{}log/", self.root)
     }
     pub fn log(&self, seq: u64) -> String {
-        format!("{}log/{seq:016x}", self.root)
+        format!("{}log/{seq:016x}", self.log_root(seq))
     }
     pub fn checkpoint_prefix(&self) -> String {
         format!("{}checkpoint/", self.root)
@@ -225,6 +277,13 @@ impl Layout {
     }
     pub fn snapshot(&self, label: &str) -> String {
         format!("{}snapshots/{label}.json", self.root)
+    }
+    /// Records of this volume's forks: each keeps what its fork point reads from GC.
+    pub fn fork_prefix(&self) -> String {
+        format!("{}forks/", self.root)
+    }
+    pub fn fork(&self, child: &str) -> String {
+        format!("{}forks/{child}.json", self.root)
     }
 }
 
@@ -263,6 +322,20 @@ pub struct Manifest {
     /// Present when data is encrypted client side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptionInfo>,
+    /// Present for a fork: the volume it started as, and where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
+}
+
+/// A fork's parent: its log objects up to `seq` are the fork's too.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ParentRef {
+    /// Volume name, beside the fork (same bucket and prefix).
+    pub name: String,
+    /// The parent's volume id, so a parent deleted and re-created under the same name is noticed.
+    pub volume_id: String,
+    /// The fork point: the parent's log position the fork started from.
+    pub seq: u64,
 }
 
 /// How data is encrypted; the key itself never goes to the bucket.
@@ -299,6 +372,9 @@ pub struct Snapshot {
     pub label: String,
     pub seq: u64,
     pub created_unix: u64,
+    /// The volume's size when the snapshot was taken (absent in snapshots of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 /// Checkpoint file layout: magic, version, seq, epoch of log object `seq`, volume sectors, run
@@ -386,7 +462,7 @@ mod tests {
     #[test]
     fn header_roundtrip_and_terminator() {
         let entries =
-            vec![Entry { addr: 8192, len: 8192, zero: false }, Entry { addr: 1 << 30, len: 4096 * 100, zero: true }];
+            vec![Entry { addr: 8192, len: 8192, zero: false }, Entry { addr: 1 << 30, len: 4096 * 100, zero: false }];
         let t = Trailer { epoch: 7, seq: 42, kind: ObjectKind::Data, unit: UnitPos { before: 3, after: 5 } };
         let h = encode_header(&entries, t);
         assert_eq!(h.len(), HEADER_BYTES);
@@ -396,7 +472,23 @@ mod tests {
         let parsed = decode_header("x", &h).unwrap();
         assert_eq!(parsed.entries, entries);
         assert_eq!(parsed.trailer, t);
-        assert_eq!(parsed.data_bytes(), 8192);
+        assert_eq!(parsed.data_bytes(), 8192 + 4096 * 100);
+    }
+
+    #[test]
+    fn version_1_zero_extents_are_still_read() {
+        let mut h =
+            encode_header(&[Entry { addr: 4096, len: 8192, zero: false }], Trailer::single(1, 5, ObjectKind::Data));
+        h[0..8].copy_from_slice(&(4096 | ZERO_FLAG).to_be_bytes());
+        // As version 2 it is refused: the current format never writes zero extents.
+        assert!(decode_header("x", &h).is_err());
+        h[TRAILER_OFFSET + 8..TRAILER_OFFSET + 12].copy_from_slice(&1u32.to_be_bytes());
+        let parsed = decode_header("x", &h).unwrap();
+        assert_eq!(parsed.entries, vec![Entry { addr: 4096, len: 8192, zero: true }]);
+        assert_eq!(parsed.data_bytes(), 0);
+        h[TRAILER_OFFSET + 8..TRAILER_OFFSET + 12].copy_from_slice(&3u32.to_be_bytes());
+        let err = decode_header("x", &h).unwrap_err().to_string();
+        assert!(err.contains("version 3 is not supported"), "{err}");
     }
 
     #[test]
@@ -445,5 +537,13 @@ mod tests {
         let l = Layout::new("p/", "v").unwrap();
         assert_eq!(l.log(26), "p/v/log/000000000000001a");
         assert_eq!(parse_seq(&l.log(26), &l.log_prefix()), Some(26));
+        // A fork of a fork: objects up to each fork point belong to that ancestor.
+        let a = l.sibling("a").unwrap().with_ancestors(10, &l);
+        let b = l.sibling("b").unwrap().with_ancestors(20, &a);
+        assert_eq!(b.log(21), "p/b/log/0000000000000015");
+        assert_eq!(b.log(20), "p/a/log/0000000000000014");
+        assert_eq!(b.log(11), "p/a/log/000000000000000b");
+        assert_eq!(b.log(10), "p/v/log/000000000000000a");
+        assert_eq!(b.log_prefix(), "p/b/log/");
     }
 }

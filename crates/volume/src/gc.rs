@@ -68,9 +68,11 @@ impl Gc {
         Self::default()
     }
 
-    /// Objects some snapshot needs, computing (once) the ones not seen before.
+    /// Objects some snapshot or fork needs, computing (once) the ones not seen before.
     async fn protected(&mut self, vol: &Volume) -> Result<(BTreeSet<u64>, Vec<u64>)> {
-        let snaps = manage::list_snapshots(vol.store().as_ref(), vol.layout()).await?;
+        // Forks are kept like snapshots: each reads the log as it was at its fork point.
+        let mut snaps = manage::list_snapshots(vol.store().as_ref(), vol.layout()).await?;
+        snaps.extend(manage::list_forks(vol.store().as_ref(), vol.layout()).await?);
         let mut keep = BTreeSet::new();
         let mut points = Vec::new();
         let wanted: BTreeSet<(String, u64)> = snaps.iter().map(|s| (s.label.clone(), s.seq)).collect();
@@ -78,7 +80,7 @@ impl Gc {
         for s in &snaps {
             let k = (s.label.clone(), s.seq);
             if !self.snapshot_refs.contains_key(&k) {
-                let live = manage::objects_at(vol.store().as_ref(), vol.layout(), vol.manifest(), s.seq).await?;
+                let live = manage::objects_at(vol.store().as_ref(), vol.layout(), vol.manifest(), s).await?;
                 self.snapshot_refs.insert(k.clone(), live.into_keys().collect());
             }
             if let Some(refs) = self.snapshot_refs.get(&k) {

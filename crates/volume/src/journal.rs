@@ -40,7 +40,7 @@ pub struct Placement {
 }
 
 /// One entry of a planned log object: `sectors` at volume `sector`, from file offset `at`
-/// (`None`: a zero extent).
+/// (`None`: zeros, written into the object as data like any other).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlanEntry {
     pub sector: u64,
@@ -59,7 +59,7 @@ impl PlannedObject {
     pub fn header_entries(&self) -> Vec<Entry> {
         self.entries
             .iter()
-            .map(|e| Entry { addr: e.sector * SECTOR, len: (e.sectors * SECTOR) as u32, zero: e.at.is_none() })
+            .map(|e| Entry { addr: e.sector * SECTOR, len: (e.sectors * SECTOR) as u32, zero: false })
             .collect()
     }
 }
@@ -83,10 +83,9 @@ impl UnitIndex {
                 obj.entries
                     .iter()
                     .filter_map(|e| {
-                        let at = e.at?;
-                        let run = (obj_sector, e.sectors, at);
+                        let run = e.at.map(|at| (obj_sector, e.sectors, at));
                         obj_sector += e.sectors;
-                        Some(run)
+                        run
                     })
                     .collect()
             })
@@ -203,6 +202,17 @@ impl Generation {
         self.put(sector, Ext { sectors, at: None });
     }
 
+    /// The zero extents held, as (sector, sectors).
+    pub fn zero_extents(&self) -> Vec<(u64, u64)> {
+        self.extents.iter().filter(|(_, e)| e.at.is_none()).map(|(&s, e)| (s, e.sectors)).collect()
+    }
+
+    /// Drops whatever the generation holds for [start, end): those sectors are no longer
+    /// part of it (used for zeros over sectors that read as zeros anyway).
+    pub fn forget(&mut self, start: u64, end: u64) {
+        self.carve(start, end);
+    }
+
     /// What the generation holds for `sector`: `Some(None)` zeros, `Some(Some(at))` the bytes
     /// at file offset `at`, `None` nothing.
     pub fn lookup(&self, sector: u64) -> Option<Option<u64>> {
@@ -259,23 +269,22 @@ impl Generation {
     }
 
     /// Splits the generation into log objects of at most `object_sectors` data sectors and
-    /// `max_entries` entries each, in address order.
+    /// `max_entries` entries each, in address order. Zero extents become data (zero bytes), so
+    /// every entry means what the seed format says.
     pub fn plan(&self, object_sectors: u64, max_entries: usize) -> Vec<PlannedObject> {
         let mut out = Vec::new();
         let mut obj = PlannedObject::default();
         for (&start, e) in &self.extents {
             let mut done = 0;
             while done < e.sectors {
-                let room = if e.at.is_some() { object_sectors - obj.data_sectors } else { u64::MAX };
+                let room = object_sectors - obj.data_sectors;
                 if room == 0 || obj.entries.len() >= max_entries {
                     out.push(std::mem::take(&mut obj));
                     continue;
                 }
                 let n = (e.sectors - done).min(room).min(MAX_ENTRY_SECTORS);
                 obj.entries.push(PlanEntry { sector: start + done, sectors: n, at: e.at.map(|at| at + done * SECTOR) });
-                if e.at.is_some() {
-                    obj.data_sectors += n;
-                }
+                obj.data_sectors += n;
                 done += n;
             }
         }
@@ -291,17 +300,17 @@ impl Generation {
     }
 
     /// Reads the data of a planned object's entries, in order, into `out` (exactly
-    /// [`Self::data_len`] bytes). The caller allocates `out`, so that the buffer comes from its
-    /// own thread's allocator arena rather than a blocking-pool thread's, which glibc would
-    /// keep around.
+    /// [`Self::data_len`] bytes, zeroed: zero entries are left as they are). The caller
+    /// allocates `out`, so that the buffer comes from its own thread's allocator arena rather
+    /// than a blocking-pool thread's, which glibc would keep around.
     pub fn read_object_data(&self, obj: &PlannedObject, out: &mut [u8]) -> std::io::Result<()> {
         let mut pos = 0;
         for e in &obj.entries {
+            let len = (e.sectors * SECTOR) as usize;
             if let Some(at) = e.at {
-                let len = (e.sectors * SECTOR) as usize;
                 self.file.read_exact_at(&mut out[pos..pos + len], at)?;
-                pos += len;
             }
+            pos += len;
         }
         Ok(())
     }
@@ -369,13 +378,14 @@ mod tests {
         for i in 0..5 {
             write(&mut g, 100 + 2 * i, &sec(2, 1));
         }
-        g.insert_zero(1000, 1 << 20);
+        g.insert_zero(1000, 10);
         let plan = g.plan(4, 3);
         let data: u64 = plan.iter().map(|o| o.data_sectors).sum();
-        assert_eq!(data, 15);
+        assert_eq!(data, 25, "zeros are planned as data");
         assert!(plan.iter().all(|o| o.data_sectors <= 4 && o.entries.len() <= 3));
         let zero: u64 = plan.iter().flat_map(|o| &o.entries).filter(|e| e.at.is_none()).map(|e| e.sectors).sum();
-        assert_eq!(zero, 1 << 20);
+        assert_eq!(zero, 10);
+        assert!(plan.iter().flat_map(|o| o.header_entries()).all(|e| !e.zero));
         assert!(plan.iter().flat_map(|o| &o.entries).all(|e| e.sectors <= MAX_ENTRY_SECTORS));
         // Entries come out in address order and cover each written sector once.
         let addrs: Vec<u64> = plan.iter().flat_map(|o| &o.entries).map(|e| e.sector).collect();
@@ -390,10 +400,10 @@ mod tests {
         let mut found = 0;
         for (seq, obj) in (7..).zip(&plan) {
             let mut obj_sector = 0;
-            for e in obj.entries.iter().filter(|e| e.at.is_some()) {
+            for e in &obj.entries {
                 for i in 0..e.sectors {
                     assert_eq!(index.locate(seq, obj_sector + i), g.lookup(e.sector + i).flatten());
-                    found += 1;
+                    found += u64::from(e.at.is_some());
                 }
                 obj_sector += e.sectors;
             }

@@ -2,6 +2,7 @@
 //! (seed 004 format), served over NBD. See `docs/volumes.md`.
 
 pub mod cli;
+pub mod crypt;
 pub mod error;
 pub mod format;
 pub mod gc;

@@ -12,11 +12,12 @@ use futures::StreamExt;
 use serde::Serialize;
 use tracing::info;
 
+use crate::crypt::{self, EncryptedStore, VolumeKey};
 use crate::error::{Result, StoreError, VolumeError};
 use crate::format::{
-    self, CheckpointHeader, HEADER_BYTES, Layout, Lease, Manifest, ObjectKind, SECTOR, Snapshot, Trailer,
+    self, CheckpointHeader, EncryptionInfo, HEADER_BYTES, Layout, Lease, Manifest, ParentRef, SECTOR, Snapshot,
 };
-use crate::lease::{self, LeaseHandle, now_unix};
+use crate::lease::{self, now_unix};
 use crate::replay::{self, Listing};
 use crate::store::{ObjectStore, PutCondition};
 use crate::table;
@@ -49,6 +50,122 @@ async fn read_manifest_etag(store: &dyn ObjectStore, layout: &Layout) -> Result<
     Ok((m, f.etag))
 }
 
+/// The store through which the volume at `layout` is read and written: the bucket itself, or
+/// for an encrypted volume a sealing layer over it, once `key` is checked against the
+/// manifest. A missing, wrong or superfluous key is refused here, before anything is read.
+pub async fn volume_store(
+    store: Arc<dyn ObjectStore>,
+    layout: &Layout,
+    key: Option<Arc<VolumeKey>>,
+) -> Result<Arc<dyn ObjectStore>> {
+    let m = read_manifest(store.as_ref(), layout).await?;
+    match (&m.encryption, key) {
+        (None, None) => Ok(store),
+        (None, Some(_)) => Err(VolumeError::NotEncrypted(m.name)),
+        (Some(_), None) => Err(VolumeError::KeyRequired(m.name)),
+        (Some(info), Some(key)) => {
+            if info.cipher != crypt::CIPHER {
+                return Err(VolumeError::Crypto(format!(
+                    "volume {} uses cipher {:?}, which this build does not know",
+                    m.name, info.cipher
+                )));
+            }
+            if !key.verify(&m.volume_id, &info.key_check) {
+                return Err(VolumeError::WrongKey(m.name));
+            }
+            Ok(Arc::new(EncryptedStore::new(store, key, layout, &m.volume_id)))
+        }
+    }
+}
+
+/// Ancestors a fork may have: bounds the walk over parents (and a cycle someone edited in).
+const MAX_FORK_DEPTH: usize = 64;
+
+/// `layout` with its fork ancestry, read from the manifests: a fork's log objects up to its
+/// fork point are read from its parent (and so on up). Other volumes come back unchanged.
+pub async fn resolve_layout(store: &dyn ObjectStore, layout: &Layout) -> Result<Layout> {
+    let mut chain = Vec::new();
+    let mut cur = layout.clone();
+    loop {
+        let m = read_manifest(store, &cur).await?;
+        let Some(parent) = m.parent else { break };
+        if chain.len() >= MAX_FORK_DEPTH {
+            return Err(VolumeError::Invalid(format!("{} has more than {MAX_FORK_DEPTH} ancestors", layout.root())));
+        }
+        let parent_layout = cur.sibling(&parent.name)?;
+        let pm = read_manifest(store, &parent_layout).await?;
+        if pm.volume_id != parent.volume_id {
+            return Err(VolumeError::Corrupt {
+                what: cur.manifest(),
+                detail: format!("its parent {} was deleted and re-created; the fork's history is gone", parent.name),
+            });
+        }
+        chain.push((cur, parent.seq));
+        cur = parent_layout;
+    }
+    // Rebuild from the oldest ancestor down, each child pointing at its resolved parent.
+    let mut resolved = cur;
+    while let Some((child, point)) = chain.pop() {
+        resolved = child.with_ancestors(point, &resolved);
+    }
+    Ok(resolved)
+}
+
+/// Creates volume `new` as a fork of `source` at snapshot `at` (or its current durable end):
+/// no data is copied. The fork reads the source's log objects up to that point and writes its
+/// own after it; a record in the source (`forks/NEW.json`) makes the source's GC keep what the
+/// fork point reads.
+pub async fn fork(
+    store: &dyn ObjectStore,
+    source: &Layout,
+    at: Option<&str>,
+    new_name: &str,
+    grace: Duration,
+) -> Result<Manifest> {
+    let source = resolve_layout(store, source).await?;
+    let sm = read_manifest(store, &source).await?;
+    if sm.encryption.is_some() {
+        return Err(VolumeError::Invalid(format!(
+            "volume {} is encrypted: forks of encrypted volumes are not supported",
+            sm.name
+        )));
+    }
+    let new = source.sibling(new_name)?;
+    let t0 = Instant::now();
+    let (seq, size) = match at {
+        Some(label) => {
+            let snap = find_snapshot(store, &source, label).await?;
+            (snap.seq, snap.size.unwrap_or(sm.size))
+        }
+        None => (committed_end(store, &source, &Listing::fetch(store, &source).await?).await?, sm.size),
+    };
+    let point = Snapshot { label: new_name.to_string(), seq, created_unix: now_unix(), size: Some(size) };
+    record_point(store, &source.fork(new_name), &point, t0, grace).await?;
+    let manifest = Manifest {
+        format: format::FORMAT_VERSION,
+        name: new_name.to_string(),
+        volume_id: format!("{:032x}", rand::random::<u128>()),
+        size,
+        sector_size: SECTOR,
+        object_bytes: sm.object_bytes,
+        created_unix: now_unix(),
+        encryption: None,
+        parent: Some(ParentRef { name: sm.name.clone(), volume_id: sm.volume_id.clone(), seq }),
+    };
+    match store.put(&new.manifest(), json(&manifest)?, PutCondition::IfAbsent).await {
+        Ok(_) => {}
+        Err(e) => {
+            store.delete(&source.fork(new_name)).await?;
+            return Err(match e {
+                StoreError::PreconditionFailed(_) => VolumeError::AlreadyExists(new_name.to_string()),
+                e => e.into(),
+            });
+        }
+    }
+    info!(source = sm.name, new = new_name, seq, "forked");
+    Ok(manifest)
+}
+
 fn json<T: Serialize>(v: &T) -> Result<Bytes> {
     serde_json::to_vec_pretty(v).map(Bytes::from).map_err(|e| VolumeError::Invalid(e.to_string()))
 }
@@ -61,21 +178,40 @@ pub async fn create(
     size: u64,
     object_bytes: u64,
 ) -> Result<Manifest> {
+    create_with_key(store, layout, name, size, object_bytes, None).await
+}
+
+/// [`create`], encrypted with `key` when given (the manifest records the cipher and a check
+/// of the key, never the key).
+pub async fn create_with_key(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    name: &str,
+    size: u64,
+    object_bytes: u64,
+    key: Option<&VolumeKey>,
+) -> Result<Manifest> {
     format::check_size(size)?;
     if !(64 * 1024..=(1 << 30)).contains(&object_bytes) || !object_bytes.is_multiple_of(SECTOR) {
         return Err(VolumeError::BadSize(format!(
             "object size {object_bytes}: use a multiple of 4 KiB between 64 KiB and 1 GiB"
         )));
     }
+    let volume_id = format!("{:032x}", rand::random::<u128>());
+    let encryption = match key {
+        Some(key) => Some(EncryptionInfo { cipher: crypt::CIPHER.to_string(), key_check: key.check(&volume_id)? }),
+        None => None,
+    };
     let manifest = Manifest {
         format: format::FORMAT_VERSION,
         name: name.to_string(),
-        volume_id: format!("{:032x}", rand::random::<u128>()),
+        volume_id,
         size,
         sector_size: SECTOR,
         object_bytes,
         created_unix: now_unix(),
-        encryption: None,
+        encryption,
+        parent: None,
     };
     match store.put(&layout.manifest(), json(&manifest)?, PutCondition::IfAbsent).await {
         Ok(_) => Ok(manifest),
@@ -121,7 +257,7 @@ pub fn encode_checkpoint_file(
 /// cut a commit unit in two: if the last object's unit is incomplete, the position before the
 /// unit (recovery would stop there too).
 pub async fn committed_end(store: &dyn ObjectStore, layout: &Layout, listing: &Listing) -> Result<u64> {
-    let base = listing.base_checkpoint(u64::MAX).unwrap_or(0);
+    let base = listing.base_checkpoint(u64::MAX).unwrap_or(layout.fork_point());
     let mut end = base;
     while listing.logs.contains_key(&(end + 1)) {
         end += 1;
@@ -144,7 +280,8 @@ pub async fn snapshot(
     label: Option<&str>,
     grace: Duration,
 ) -> Result<Snapshot> {
-    read_manifest(store, layout).await?;
+    let manifest = read_manifest(store, layout).await?;
+    let layout = &resolve_layout(store, layout).await?;
     let t0 = Instant::now();
     let end = committed_end(store, layout, &Listing::fetch(store, layout).await?).await?;
     let label = match label {
@@ -152,26 +289,51 @@ pub async fn snapshot(
         None => format!("snap-{}-{end:x}", now_unix()),
     };
     format::validate_name(&label)?;
-    let snap = Snapshot { label: label.clone(), seq: end, created_unix: now_unix() };
-    let key = layout.snapshot(&label);
-    match store.put(&key, json(&snap)?, PutCondition::IfAbsent).await {
-        Ok(_) => {}
-        Err(StoreError::PreconditionFailed(_)) => return Err(VolumeError::SnapshotExists(label)),
-        Err(e) => return Err(e.into()),
-    }
-    if t0.elapsed() > grace / 2 {
-        store.delete(&key).await?;
-        return Err(VolumeError::Invalid(
-            "the bucket was too slow to take a snapshot safely alongside GC; retry".into(),
-        ));
-    }
+    let snap = Snapshot { label: label.clone(), seq: end, created_unix: now_unix(), size: Some(manifest.size) };
+    record_point(store, &layout.snapshot(&label), &snap, t0, grace).await.map_err(|e| match e {
+        VolumeError::AlreadyExists(_) => VolumeError::SnapshotExists(label.clone()),
+        e => e,
+    })?;
     info!(label, seq = end, "snapshot recorded");
     Ok(snap)
 }
 
+/// Writes a position GC must keep (a snapshot or a fork record) at `key`, create-only. GC
+/// deletes an object only after a grace period during which a new record would have become
+/// visible to it; if everything since `t0` took longer than half of that, undo and fail.
+async fn record_point(
+    store: &dyn ObjectStore,
+    key: &str,
+    point: &Snapshot,
+    t0: Instant,
+    grace: Duration,
+) -> Result<()> {
+    match store.put(key, json(point)?, PutCondition::IfAbsent).await {
+        Ok(_) => {}
+        Err(StoreError::PreconditionFailed(_)) => return Err(VolumeError::AlreadyExists(point.label.clone())),
+        Err(e) => return Err(e.into()),
+    }
+    if t0.elapsed() > grace / 2 {
+        store.delete(key).await?;
+        return Err(VolumeError::Invalid(
+            "the bucket was too slow to record a snapshot or fork safely alongside GC; retry".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn list_snapshots(store: &dyn ObjectStore, layout: &Layout) -> Result<Vec<Snapshot>> {
+    list_points(store, &layout.snapshot_prefix()).await
+}
+
+/// The forks taken of this volume (their labels are the forks' names).
+pub async fn list_forks(store: &dyn ObjectStore, layout: &Layout) -> Result<Vec<Snapshot>> {
+    list_points(store, &layout.fork_prefix()).await
+}
+
+async fn list_points(store: &dyn ObjectStore, prefix: &str) -> Result<Vec<Snapshot>> {
     let mut out = Vec::new();
-    for o in store.list(&layout.snapshot_prefix()).await? {
+    for o in store.list(prefix).await? {
         if !o.key.ends_with(".json") {
             continue;
         }
@@ -212,56 +374,33 @@ async fn replay_temp(
     limit: u64,
 ) -> Result<(tempfile::TempDir, replay::Replayed)> {
     let dir = tempfile::Builder::new().prefix("meridian-volume-").tempdir()?;
-    let r = replay::replay(store, layout, manifest, &dir.path().join("map"), 1024, limit).await?;
+    let layout = resolve_layout(store, layout).await?;
+    let r = replay::replay(store, &layout, manifest, &dir.path().join("map"), 1024, limit).await?;
     Ok((dir, r))
 }
 
-/// Makes the disk what it was at `label`, without destroying anything: the state at the
-/// snapshot is written as a checkpoint at a new log position, marked by a Rollback object, so
-/// later snapshots stay valid and a rollback can itself be rolled back.
-pub async fn rollback(
-    store: Arc<dyn ObjectStore>,
-    layout: &Layout,
-    label: &str,
-    holder: &str,
-    force: bool,
-) -> Result<u64> {
+/// Makes the disk what it was at `label`, without destroying anything: every sector whose
+/// content differs from the snapshot's is written again, through the log, with the snapshot's
+/// bytes (zeros where the snapshot had nothing). Later snapshots stay valid, a rollback can
+/// itself be rolled back, and the log stays a plain sequence of writes that any reader of the
+/// seed format replays to the rolled-back disk. Returns the log position after it.
+pub async fn rollback(store: Arc<dyn ObjectStore>, layout: &Layout, label: &str, cfg: WriterConfig) -> Result<u64> {
     let manifest = read_manifest(store.as_ref(), layout).await?;
     let snap = find_snapshot(store.as_ref(), layout, label).await?;
-    let lease = LeaseHandle::acquire(store.clone(), layout, holder, Duration::from_secs(60), force, 0).await?;
-    let result = rollback_locked(store.as_ref(), layout, &manifest, &snap, lease.epoch()).await;
-    lease.release().await?;
-    result
-}
-
-async fn rollback_locked(
-    store: &dyn ObjectStore,
-    layout: &Layout,
-    manifest: &Manifest,
-    snap: &Snapshot,
-    epoch: u64,
-) -> Result<u64> {
-    let (_head_dir, head) = replay_temp(store, layout, manifest, u64::MAX).await?;
-    if head.epoch >= epoch {
-        return Err(VolumeError::Invalid(format!("log epoch {} is not below the lease epoch {epoch}", head.epoch)));
+    let vol = Volume::open(store.clone(), layout.clone(), cfg).await?;
+    let res = async {
+        // Past the snapshot's own size the disk had nothing then: replaying there could only
+        // find data from before an earlier shrink.
+        let at_size = Manifest { size: manifest.size.min(snap.size.unwrap_or(manifest.size)), ..manifest.clone() };
+        let (_dir, mut at) = replay_temp(store.as_ref(), layout, &at_size, snap.seq).await?;
+        let bytes = vol.revert_to(&mut at.table).await?;
+        vol.flush().await?;
+        info!(label = snap.label, snapshot_seq = snap.seq, rewritten = bytes, "rolled back");
+        Ok::<_, VolumeError>(vol.durable())
     }
-    let (dir, mut at) = replay_temp(store, layout, manifest, snap.seq).await?;
-    for (&seq, _) in head.listing.logs.range(head.end + 1..) {
-        store.delete(&layout.log(seq)).await?;
-    }
-    for (&seq, _) in head.listing.checkpoints.range(head.end + 1..) {
-        store.delete(&layout.checkpoint(seq)).await?;
-    }
-    let seq = head.end + 1;
-    let copy = dir.path().join("copy");
-    at.table.copy_to(&copy)?;
-    let ckpt = encode_checkpoint_file(&copy, at.table.sectors(), seq, epoch)?;
-    // Checkpoint first: it only counts once the Rollback object below exists.
-    store.put_file(&layout.checkpoint(seq), ckpt.path()).await?;
-    let header = format::encode_header(&[], Trailer::single(epoch, seq, ObjectKind::Rollback));
-    store.put(&layout.log(seq), Bytes::from(header), PutCondition::IfAbsent).await?;
-    info!(label = snap.label, snapshot_seq = snap.seq, new_seq = seq, "rolled back");
-    Ok(seq)
+    .await;
+    vol.close().await?;
+    res
 }
 
 // ---- export -------------------------------------------------------------------------------
@@ -278,6 +417,7 @@ pub struct ExportStats {
 /// Writes the disk as of `at` (a snapshot label; None = the end of the log) to a raw image.
 /// Works offline, with only read access to the bucket: this is the disaster-recovery path.
 pub async fn export(store: &dyn ObjectStore, layout: &Layout, at: Option<&str>, output: &Path) -> Result<ExportStats> {
+    let layout = &resolve_layout(store, layout).await?;
     let manifest = read_manifest(store, layout).await?;
     let limit = match at {
         Some(label) => find_snapshot(store, layout, label).await?.seq,
@@ -391,14 +531,17 @@ pub async fn inspect(store: &dyn ObjectStore, layout: &Layout) -> Result<Inspect
     })
 }
 
-/// Live objects per snapshot position, for GC (which must not delete them).
+/// Live objects of a snapshot, for GC (which must not delete them). The map is rebuilt at the
+/// larger of the snapshot's size and today's, so a shrink never exposes what a snapshot of the
+/// larger disk still reads.
 pub async fn objects_at(
     store: &dyn ObjectStore,
     layout: &Layout,
     manifest: &Manifest,
-    seq: u64,
+    snap: &Snapshot,
 ) -> Result<BTreeMap<u64, u64>> {
-    let (_dir, mut r) = replay_temp(store, layout, manifest, seq).await?;
+    let size = manifest.size.max(snap.size.unwrap_or(0));
+    let (_dir, mut r) = replay_temp(store, layout, &Manifest { size, ..manifest.clone() }, snap.seq).await?;
     replay::live_sectors(&mut r.table)
 }
 
@@ -422,7 +565,7 @@ pub async fn resize(
             old.size
         )));
     }
-    let vol = Volume::open(store.clone(), layout.clone(), cfg).await?;
+    let vol = Volume::open(store.clone(), layout.clone(), cfg.clone()).await?;
     let res = async {
         if new_size < old.size {
             vol.trim(new_size, old.size - new_size).await?;
@@ -437,5 +580,62 @@ pub async fn resize(
     }
     .await;
     vol.close().await?;
+    let m = res?;
+    if new_size > old.size {
+        zero_logged_tail(store, layout, old.size / SECTOR, cfg).await?;
+    }
+    Ok(m)
+}
+
+/// After growing past `from` sectors: log object still in the bucket may hold data past the
+/// old end (written before an earlier shrink, whose zeros GC may since have removed). Meridian
+/// never reads it (its map ends at the old size), but a reader of the raw log that applies
+/// every object would; writing zeros as data over exactly those ranges makes the raw log say
+/// what the disk holds.
+async fn zero_logged_tail(store: Arc<dyn ObjectStore>, layout: &Layout, from: u64, cfg: WriterConfig) -> Result<()> {
+    let vol = Volume::open(store.clone(), layout.clone(), cfg).await?;
+    let res = async {
+        let ranges = logged_ranges(store.as_ref(), layout, from, vol.size() / SECTOR).await?;
+        let zeros = vec![0u8; 1 << 20];
+        for (start, end) in &ranges {
+            let mut at = start * SECTOR;
+            while at < end * SECTOR {
+                let n = (end * SECTOR - at).min(zeros.len() as u64);
+                vol.write(at, &zeros[..n as usize]).await?;
+                at += n;
+            }
+        }
+        if !ranges.is_empty() {
+            info!(ranges = ranges.len(), "zeroed data the log held past the old end");
+        }
+        Ok::<_, VolumeError>(())
+    }
+    .await;
+    vol.close().await?;
     res
+}
+
+/// Merged sector ranges within [from, to) that some log object's entries write.
+async fn logged_ranges(store: &dyn ObjectStore, layout: &Layout, from: u64, to: u64) -> Result<Vec<(u64, u64)>> {
+    let listing = Listing::fetch(store, layout).await?;
+    let mut ranges = Vec::new();
+    let mut headers = futures::stream::iter(listing.logs.keys().map(|&seq| replay::fetch_header(store, layout, seq)))
+        .buffer_unordered(16);
+    while let Some(h) = headers.next().await {
+        for e in h?.entries.iter().filter(|e| !e.zero) {
+            let (a, b) = ((e.addr / SECTOR).max(from), ((e.addr + u64::from(e.len)) / SECTOR).min(to));
+            if a < b {
+                ranges.push((a, b));
+            }
+        }
+    }
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in ranges {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    Ok(merged)
 }

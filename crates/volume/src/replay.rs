@@ -9,7 +9,7 @@ use futures::StreamExt;
 use tracing::{debug, info};
 
 use crate::error::{Result, StoreError, VolumeError};
-use crate::format::{self, CHECKPOINT_HEADER, HEADER_BYTES, Header, Layout, Manifest, RUN_BYTES, SECTOR};
+use crate::format::{self, CHECKPOINT_HEADER, HEADER_BYTES, Header, Layout, Manifest, ParentRef, RUN_BYTES, SECTOR};
 use crate::store::ObjectStore;
 use crate::table::{self, ExtentTable};
 
@@ -149,19 +149,24 @@ pub async fn replay(
     let mut table = ExtentTable::create(table_path, manifest.sectors(), cache_pages)?;
     let base = listing.base_checkpoint(limit).unwrap_or(0);
     let mut epoch = 0;
+    // Where the volume's own log starts: after its checkpoint, or after a fork's fork point.
+    let mut start = base;
     if base > 0 {
         let size = listing.checkpoints.get(&base).copied().unwrap_or(0);
         epoch = load_checkpoint(store, layout, base, size, &mut table).await?;
         debug!(base, "checkpoint loaded");
+    } else if let Some(parent) = &manifest.parent {
+        Box::pin(load_parent(store, layout, parent, table_path, cache_pages, &mut table)).await?;
+        start = parent.seq;
     }
-    let seqs: Vec<u64> = (base + 1..=limit).take_while(|s| listing.logs.contains_key(s)).collect();
+    let seqs: Vec<u64> = (start + 1..=limit).take_while(|s| listing.logs.contains_key(s)).collect();
     // Fetch headers eight at a time but apply them strictly in order.
     let mut headers =
         futures::stream::iter(seqs.into_iter().map(|seq| async move { (seq, fetch_header(store, layout, seq).await) }))
             .buffered(8);
     // Objects of a commit unit are held back until its last object has been seen: a unit is
     // applied whole or not at all.
-    let mut end = base;
+    let mut end = start;
     let mut unit: Vec<(u64, Header)> = Vec::new();
     let mut unit_last = 0u64;
     while let Some((seq, h)) = headers.next().await {
@@ -189,6 +194,39 @@ pub async fn replay(
         info!(first, last = unit_last, "incomplete commit unit ends the log");
     }
     Ok(Replayed { table, end, epoch, base, listing })
+}
+
+/// Fills `table` with a fork's starting map: its parent's at the fork point, replayed at the
+/// larger of the two sizes (a parent shrunk since keeps what the fork point read).
+async fn load_parent(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    parent: &ParentRef,
+    table_path: &Path,
+    cache_pages: usize,
+    table: &mut ExtentTable,
+) -> Result<()> {
+    let parent_layout = layout.sibling(&parent.name)?.with_ancestors_of(layout);
+    let mut pm = crate::manage::read_manifest(store, &parent_layout).await?;
+    pm.size = pm.size.max(table.sectors() * SECTOR);
+    let path = table_path.with_extension("parent");
+    let mut r = replay(store, &parent_layout, &pm, &path, cache_pages, parent.seq).await?;
+    let _ = std::fs::remove_file(&path);
+    if r.end < parent.seq {
+        return Err(VolumeError::Corrupt {
+            what: layout.manifest(),
+            detail: format!("the parent {}'s log ends at {} before the fork point {}", parent.name, r.end, parent.seq),
+        });
+    }
+    let sectors = table.sectors();
+    r.table.for_each_run(|run| {
+        for i in 0..u64::from(run.len).min(sectors.saturating_sub(run.sector)) {
+            table.set(run.sector + i, table::encode(run.seq, u64::from(run.obj_sector) + i))?;
+        }
+        Ok(())
+    })?;
+    debug!(parent = parent.name, point = parent.seq, "fork point loaded");
+    Ok(())
 }
 
 /// Live sectors per object, from a full scan of the table.

@@ -41,6 +41,22 @@ pub struct S3Store {
 }
 
 impl S3Store {
+    /// A ranged GET of at most `len` bytes at `start` (S3 stops at the object's end).
+    async fn range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", start, start + len - 1))
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        read_body(key, out.body).await
+    }
     /// Fails only if `ca_file` is set and unreadable or holds no usable CA certificate.
     pub fn new(cfg: &S3Config) -> Result<Self, StoreError> {
         let creds = Credentials::new(cfg.access_key.clone(), cfg.secret_key.clone(), None, None, "meridian-volume");
@@ -174,19 +190,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", start, start + len - 1))
-            .send()
-            .await
-            .map_err(|e| map_err(key, e))?;
-        let data = read_body(key, out.body).await?;
+        let data = self.range(key, start, len).await?;
         if data.len() as u64 != len {
             return Err(StoreError::Backend {
                 key: key.to_string(),
@@ -194,6 +198,11 @@ impl ObjectStore for S3Store {
             });
         }
         Ok(data)
+    }
+
+    async fn get_range_upto(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        // S3 answers a range running past the end with the bytes up to it.
+        self.range(key, start, len).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {

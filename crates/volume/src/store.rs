@@ -47,6 +47,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Fetched, StoreError>;
     /// Reads `len` bytes at `start`. A range past the end is an error.
     async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError>;
+    /// Reads up to `len` bytes at `start` (fewer where the object ends first; `start` must lie
+    /// inside it). Stores that cannot tell answer as [`Self::get_range`] does.
+    async fn get_range_upto(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        self.get_range(key, start, len).await
+    }
     /// Lists every key under `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
     /// Deletes `key`; deleting a missing key succeeds, as in S3.
@@ -132,6 +137,12 @@ impl ObjectStore for MemStore {
             });
         }
         Ok(data.slice(start as usize..end as usize))
+    }
+
+    async fn get_range_upto(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        let size = self.lock().get(key).map(|(data, _)| data.len() as u64);
+        let len = size.map_or(len, |size| len.min(size.saturating_sub(start)));
+        self.get_range(key, start, len).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {

@@ -8,7 +8,11 @@
 //! (checkpoint + log) every time a volume is opened.
 //!
 //! Entry encoding: `seq << 24 | sector offset within the object's data`, 0 = never written
-//! (reads as zeros). Sequence numbers start at 1, so a mapped entry is never 0.
+//! (reads as zeros). Sequence numbers start at 1, so a mapped entry is never 0. Bit 63 of the
+//! stored value marks a sector whose logged data is known to be zeros (a TRIM or WRITE_ZEROES
+//! logged as zero data): it reads as zeros without a GET, and zeroing it again logs nothing.
+//! The mark lives only in this local file (checkpoints and replays drop it); [`ExtentTable::get`]
+//! and [`decode`] never show it.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -31,7 +35,11 @@ pub fn encode(seq: u64, obj_sector: u64) -> u64 {
     (seq << OFFSET_BITS) | obj_sector
 }
 
+/// Marks a stored entry whose data is zeros (see the module doc).
+const ZERO_DATA: u64 = 1 << 63;
+
 pub fn decode(v: u64) -> Option<(u64, u64)> {
+    let v = v & !ZERO_DATA;
     (v != 0).then_some((v >> OFFSET_BITS, v & (MAX_OBJECT_SECTORS - 1)))
 }
 
@@ -133,12 +141,33 @@ impl ExtentTable {
 
     /// The entry for `sector` (must be < `sectors()`).
     pub fn get(&mut self, sector: u64) -> Result<u64> {
+        Ok(self.get_raw(sector)? & !ZERO_DATA)
+    }
+
+    /// Whether `sector` reads as zeros without fetching anything: never written, or logged as
+    /// zero data by this process.
+    pub fn reads_as_zeros(&mut self, sector: u64) -> Result<bool> {
+        let raw = self.get_raw(sector)?;
+        Ok(raw == 0 || raw & ZERO_DATA != 0)
+    }
+
+    fn get_raw(&mut self, sector: u64) -> Result<u64> {
         let slot = self.load(sector / PAGE_ENTRIES)?;
         Ok(self.slots[slot].entries[(sector % PAGE_ENTRIES) as usize])
     }
 
     /// Sets the entry for `sector`, returning the previous one.
     pub fn set(&mut self, sector: u64, value: u64) -> Result<u64> {
+        self.set_raw(sector, value)
+    }
+
+    /// Sets the entry for `sector` to `value`, whose logged data is zeros; returns the previous
+    /// entry.
+    pub fn set_zeros(&mut self, sector: u64, value: u64) -> Result<u64> {
+        self.set_raw(sector, value | ZERO_DATA)
+    }
+
+    fn set_raw(&mut self, sector: u64, value: u64) -> Result<u64> {
         let slot = self.load(sector / PAGE_ENTRIES)?;
         let s = &mut self.slots[slot];
         let i = (sector % PAGE_ENTRIES) as usize;
@@ -147,7 +176,7 @@ impl ExtentTable {
             s.entries[i] = value;
             s.dirty = true;
         }
-        Ok(old)
+        Ok(old & !ZERO_DATA)
     }
 
     /// Writes every dirty page to the file.
@@ -246,6 +275,13 @@ mod tests {
                 Run { sector: 30, len: 1, seq: 6, obj_sector: 0 }
             ]
         );
+        // Zero data: mapped like any data, but known to read as zeros.
+        assert!(t.reads_as_zeros(0).unwrap() && !t.reads_as_zeros(20).unwrap());
+        t.set_zeros(40, encode(7, 2)).unwrap();
+        assert_eq!(t.get(40).unwrap(), encode(7, 2));
+        assert!(t.reads_as_zeros(40).unwrap());
+        assert_eq!(t.set(40, encode(8, 0)).unwrap(), encode(7, 2));
+        assert!(!t.reads_as_zeros(40).unwrap());
         t.resize(25).unwrap();
         assert_eq!(t.get(24).unwrap(), encode(5, 104));
         t.resize(100).unwrap();

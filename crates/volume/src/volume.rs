@@ -36,6 +36,8 @@ pub struct WriterConfig {
     pub cache_pages: usize,
     /// Log objects uploading at once; also bounds buffered memory.
     pub uploads: usize,
+    /// The writer acts on its lease for 90% of (this − 1 s) after each renewal: keep it at
+    /// least a few seconds (`serve` takes 3 s at least).
     pub lease_ttl: Duration,
     pub force_takeover: bool,
     /// Who we are, as shown to a refused second writer.
@@ -124,6 +126,10 @@ struct State {
     table: ExtentTable,
     objects: BTreeMap<u64, ObjStat>,
     failed: Option<String>,
+    /// Until when this writer may act on its lease: the last successful renewal's start plus
+    /// most of the TTL, on the monotonic clock (which runs on while the process is stopped, so
+    /// a writer resumed after a long SIGSTOP refuses I/O before it learns it was fenced).
+    lease_until: Instant,
     log_bytes_since_checkpoint: u64,
     checkpointing: bool,
     last_checkpoint: u64,
@@ -180,13 +186,16 @@ impl Volume {
     /// Opens `layout` for writing: takes the lease, recovers the log, removes what lies past the
     /// recovery point and fences the log with an object of the new epoch.
     pub async fn open(store: Arc<dyn ObjectStore>, layout: Layout, cfg: WriterConfig) -> Result<Arc<Self>> {
+        let layout = crate::manage::resolve_layout(store.as_ref(), &layout).await?;
         let manifest = crate::manage::read_manifest(store.as_ref(), &layout).await?;
         // The cache holds the disk's data: owner-only, checked before the lease is taken.
         private_files::create_dir_all(&cfg.cache_dir)?;
         private_files::check_private_dir(&cfg.cache_dir)?;
+        let asked = Instant::now();
         let lease =
             LeaseHandle::acquire(store.clone(), &layout, &cfg.holder, cfg.lease_ttl, cfg.force_takeover, 0).await?;
-        let table_path = cfg.cache_dir.join(format!("{}.map", manifest.volume_id));
+        let lease_until = asked + lease_margin(lease.ttl().await);
+        let table_path = map_path(&cfg.cache_dir, &manifest.volume_id)?;
         let started = Instant::now();
         let mut r = replay::replay(store.as_ref(), &layout, &manifest, &table_path, cfg.cache_pages, u64::MAX).await?;
         if r.epoch >= lease.epoch() {
@@ -234,6 +243,7 @@ impl Volume {
                 table: r.table,
                 objects,
                 failed: None,
+                lease_until,
                 log_bytes_since_checkpoint: 0,
                 checkpointing: false,
                 last_checkpoint: r.base,
@@ -298,10 +308,13 @@ impl Volume {
     }
 
     fn check_ok(st: &State) -> Result<()> {
-        match &st.failed {
-            Some(why) => Err(VolumeError::Failed(why.clone())),
-            None => Ok(()),
+        if let Some(why) = &st.failed {
+            return Err(VolumeError::Failed(why.clone()));
         }
+        if Instant::now() >= st.lease_until {
+            return Err(VolumeError::LeaseExpired);
+        }
+        Ok(())
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
@@ -413,9 +426,10 @@ impl Volume {
                 push_journal(&mut pieces, i, source.file(), at);
                 continue;
             }
-            let Some((seq, obj_sector)) = table::decode(table.get(first + i)?) else {
-                continue; // never written: zeros
-            };
+            if table.reads_as_zeros(first + i)? {
+                continue; // never written, or logged as zeros
+            }
+            let Some((seq, obj_sector)) = table::decode(table.get(first + i)?) else { continue };
             if let Some((file, at)) = Self::cached_at(cached, seq, obj_sector) {
                 push_journal(&mut pieces, i, file, at);
                 continue;
@@ -469,8 +483,9 @@ impl Volume {
         self.put_sectors(first, Some(&buf)).await
     }
 
-    /// Makes [offset, offset+len) read as zeros. Whole sectors become zero extents (no data in
-    /// the log); partial sectors at the edges are rewritten with zeros.
+    /// Makes [offset, offset+len) read as zeros. Whole sectors become zero extents of the
+    /// journal (logged as zero data where they cover written sectors, not at all elsewhere);
+    /// partial sectors at the edges are rewritten with zeros.
     pub async fn write_zeroes(self: &Arc<Self>, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
         let end = offset + len;
@@ -608,11 +623,12 @@ impl Volume {
             return Ok(());
         }
         match self.plan_cut(st) {
-            Ok((unit, plan)) => {
+            Ok(Some((unit, plan))) => {
                 let vol = self.clone();
                 tokio::spawn(async move { vol.upload_unit(unit, plan).await });
                 Ok(())
             }
+            Ok(None) => Ok(()),
             Err(e) => {
                 self.fail_locked(st, format!("cutting the journal: {e}"));
                 Err(e)
@@ -620,10 +636,16 @@ impl Volume {
         }
     }
 
-    fn plan_cut(&self, st: &mut State) -> Result<(Arc<CutUnit>, Vec<PlannedObject>)> {
+    /// Plans the cut; `None` when nothing in the open generation needs logging.
+    fn plan_cut(&self, st: &mut State) -> Result<Option<(Arc<CutUnit>, Vec<PlannedObject>)>> {
         let fresh = Generation::create(&self.cfg.cache_dir)?;
-        let journal = std::mem::replace(&mut st.open, fresh);
+        let mut journal = std::mem::replace(&mut st.open, fresh);
         st.open_since = None;
+        drop_zeros_over_zeros(&mut journal, &mut st.table)?;
+        if journal.is_empty() {
+            // Only zeros over sectors that were zeros already: nothing to log.
+            return Ok(None);
+        }
         let plan = journal.plan(self.manifest.object_bytes / SECTOR, MAX_DATA_ENTRIES);
         let first = st.next_seq;
         let last = first + plan.len() as u64 - 1;
@@ -632,17 +654,18 @@ impl Volume {
             let mut obj_sector = 0u64;
             for e in &obj.entries {
                 for i in 0..e.sectors {
-                    let v = if e.at.is_some() { table::encode(seq, obj_sector + i) } else { 0 };
-                    let old = st.table.set(e.sector + i, v)?;
+                    let at = table::encode(seq, obj_sector + i);
+                    let old = match e.at {
+                        Some(_) => st.table.set(e.sector + i, at)?,
+                        None => st.table.set_zeros(e.sector + i, at)?,
+                    };
                     if let Some((old_seq, _)) = table::decode(old)
                         && let Some(o) = st.objects.get_mut(&old_seq)
                     {
                         o.live_sectors = o.live_sectors.saturating_sub(1);
                     }
                 }
-                if e.at.is_some() {
-                    obj_sector += e.sectors;
-                }
+                obj_sector += e.sectors;
             }
             let bytes = HEADER_BYTES as u64 + obj.data_sectors * SECTOR;
             st.objects.insert(seq, ObjStat { live_sectors: obj.data_sectors, data_sectors: obj.data_sectors, bytes });
@@ -653,7 +676,7 @@ impl Volume {
         let unit = Arc::new(CutUnit { journal, first, last, index });
         st.cut.push_back(unit.clone());
         debug!(first, last, "journal cut");
-        Ok((unit, plan))
+        Ok(Some((unit, plan)))
     }
 
     /// Uploads the objects of a cut, `uploads` at a time, once every write placed in it is in
@@ -829,6 +852,9 @@ impl Volume {
             progress.changed().await.map_err(|_| VolumeError::Failed("volume closed".into()))?;
         };
         self.wait_durable(target).await?;
+        // Acknowledge only under a valid lease: a writer that was paused past it may have been
+        // replaced by one whose recovery did not see these objects.
+        Self::check_ok(&self.lock())?;
         self.metrics.flushed(started.elapsed());
         Ok(())
     }
@@ -850,8 +876,10 @@ impl Volume {
     /// Cuts a journal that has held data for too long (bounds what a crash loses without a
     /// FLUSH) and renews the lease. Runs until the volume fails.
     pub async fn run_background(self: Arc<Self>) {
-        let renew_every = self.lease.ttl().await / 3;
-        let mut last_renew = Instant::now();
+        let ttl = self.lease.ttl().await;
+        let renew_every = ttl / 3;
+        // Renew at once: recovery may have taken a good part of the TTL.
+        let mut last_renew = Instant::now().checked_sub(renew_every).unwrap_or_else(Instant::now);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tick.tick().await;
@@ -867,10 +895,14 @@ impl Volume {
                 }
             }
             if last_renew.elapsed() >= renew_every {
+                let sent = Instant::now();
                 let renewed = self.lease.renew().await;
                 self.metrics.lease_renewal(renewed.is_ok());
                 match renewed {
-                    Ok(()) => last_renew = Instant::now(),
+                    Ok(()) => {
+                        last_renew = Instant::now();
+                        self.lock().lease_until = sent + lease_margin(ttl);
+                    }
                     Err(VolumeError::Fenced(e)) => {
                         self.fail(format!("lease taken over (by epoch > {e})"));
                         return;
@@ -997,6 +1029,34 @@ impl Volume {
         Ok(out)
     }
 
+    /// For rollback: writes again, as data, every sector whose map entry differs from
+    /// `target`'s (a map of the same volume at a snapshot; sectors past its end count as
+    /// unmapped), with the bytes `target` points at or zeros. Returns the bytes written.
+    pub(crate) async fn revert_to(self: &Arc<Self>, target: &mut ExtentTable) -> Result<u64> {
+        /// Longest run fetched and written at once (1 MiB).
+        const MAX_RUN: u64 = 256;
+        let sectors = self.lock().table.sectors();
+        let mut next = 0;
+        let mut written = 0;
+        loop {
+            let run = {
+                let mut st = self.lock();
+                Self::check_ok(&st)?;
+                differing_run(&mut st.table, target, &mut next, sectors, MAX_RUN)?
+            };
+            let Some((start, n, want)) = run else { return Ok(written) };
+            let data = match table::decode(want) {
+                Some((seq, obj_sector)) => {
+                    let from = HEADER_BYTES as u64 + obj_sector * SECTOR;
+                    self.store.get_range(&self.layout.log(seq), from, n * SECTOR).await?.to_vec()
+                }
+                None => vec![0u8; (n * SECTOR) as usize],
+            };
+            self.write(start * SECTOR, &data).await?;
+            written += n * SECTOR;
+        }
+    }
+
     /// For GC: re-writes `data` at `sector` only where the map still points into `seq` at the
     /// same place and no newer write is buffered, so a concurrent user write always wins.
     pub(crate) async fn rewrite_if_unchanged(
@@ -1019,6 +1079,34 @@ impl Volume {
     }
 }
 
+/// The next run of at most `max` sectors from `*next` on whose `head` entry differs from
+/// `target`'s and whose `target` entries are one stretch of one object (or all unmapped), as
+/// (first sector, sectors, first target entry); `*next` moves past it.
+fn differing_run(
+    head: &mut ExtentTable,
+    target: &mut ExtentTable,
+    next: &mut u64,
+    sectors: u64,
+    max: u64,
+) -> Result<Option<(u64, u64, u64)>> {
+    let mut run: Option<(u64, u64, u64)> = None;
+    while *next < sectors {
+        let s = *next;
+        let want = if s < target.sectors() { target.get(s)? } else { 0 };
+        let differs = head.get(s)? != want;
+        match run {
+            None if !differs => {}
+            None => run = Some((s, 1, want)),
+            Some((start, n, first)) if differs && n < max && want == if first == 0 { 0 } else { first + n } => {
+                run = Some((start, n + 1, first));
+            }
+            Some(_) => break,
+        }
+        *next += 1;
+    }
+    Ok(run)
+}
+
 /// Deletes log objects and checkpoints past the recovery point: leftovers of a crashed writer
 /// (uploads that landed after a gap) that must never be mistaken for a continuation of the log.
 async fn remove_past(store: &dyn ObjectStore, layout: &Layout, listing: &Listing, end: u64) -> Result<()> {
@@ -1033,6 +1121,58 @@ async fn remove_past(store: &dyn ObjectStore, layout: &Layout, listing: &Listing
     }
     if n > 0 {
         info!(removed = n, after = end, "removed objects past the recovery point");
+    }
+    Ok(())
+}
+
+/// This process's extent-map file for volume `id` in `dir`. Each process has its own (a
+/// standby on the same host shares the cache directory with the writer it replaces, which may
+/// only be paused); files left by processes that no longer exist are removed.
+fn map_path(dir: &std::path::Path, id: &str) -> Result<PathBuf> {
+    let pid = std::process::id();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(other) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&format!("{id}.")))
+            .and_then(|n| n.strip_suffix(".map"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if other != pid && !std::path::Path::new(&format!("/proc/{other}")).exists() {
+            let _ = std::fs::remove_file(dir.join(&name));
+        }
+    }
+    Ok(dir.join(format!("{id}.{pid}.map")))
+}
+
+/// How long after asking for (or renewing) a lease of `ttl` a writer still acts on it. The
+/// lease records its renewal in whole seconds, so another writer may take it over as early as
+/// `ttl` minus one second after the renewal was sent; stop at 90% of that.
+fn lease_margin(ttl: Duration) -> Duration {
+    ttl.saturating_sub(Duration::from_secs(1)).mul_f64(0.9)
+}
+
+/// Removes from a generation being cut its zeros over sectors that read as zeros already:
+/// never written (no log object holds data for them: zeros over written sectors are logged as
+/// data and stay mapped), or mapped to zero data this process logged. A reader of the raw log
+/// needs no entry for them either, and repeated TRIMs of free space upload nothing.
+fn drop_zeros_over_zeros(journal: &mut Generation, table: &mut ExtentTable) -> Result<()> {
+    for (start, n) in journal.zero_extents() {
+        let end = start + n;
+        let mut s = start;
+        while s < end {
+            let zeros = table.reads_as_zeros(s)?;
+            let mut e = s + 1;
+            while e < end && table.reads_as_zeros(e)? == zeros {
+                e += 1;
+            }
+            if zeros {
+                journal.forget(s, e);
+            }
+            s = e;
+        }
     }
     Ok(())
 }

@@ -443,12 +443,12 @@ async fn snapshots_rollback_and_export() {
         Err(VolumeError::UnknownSnapshot(_))
     ));
 
-    manage::rollback(store.clone(), &layout, "one", "rb", false).await.unwrap();
+    manage::rollback(store.clone(), &layout, "one", cfg(&dir, "rb")).await.unwrap();
     let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "b")).await.unwrap();
     assert!(vol.read(0, 8 * MIB).await.unwrap() == v1, "rollback to one");
     vol.close().await.unwrap();
     // Later snapshots survive a rollback: roll forward again.
-    manage::rollback(store.clone(), &layout, "two", "rb", false).await.unwrap();
+    manage::rollback(store.clone(), &layout, "two", cfg(&dir, "rb")).await.unwrap();
     let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "c")).await.unwrap();
     let got = vol.read(MIB, MIB).await.unwrap();
     assert!(got == v2, "rollback to two");
@@ -590,7 +590,71 @@ async fn bad_input_gets_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(Volume::open(store.clone(), other, cfg(&dir, "x")).await, Err(VolumeError::NoSuchVolume(_))));
     assert!(matches!(
-        manage::rollback(store.clone(), &layout, "nope", "x", false).await,
+        manage::rollback(store.clone(), &layout, "nope", cfg(&dir, "x")).await,
         Err(VolumeError::UnknownSnapshot(_))
     ));
+}
+
+#[tokio::test]
+async fn volumes_written_by_log_version_1_still_open() {
+    let store = Arc::new(MemStore::new());
+    let layout = new_volume(&store, 8 * MIB, 256 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
+    let mut model = pattern(11, MIB as usize);
+    vol.write(0, &model).await.unwrap();
+    vol.close().await.unwrap();
+    // What a version-1 writer logged for a TRIM of 128 KiB at 64 KiB: a zero extent (address
+    // bit 63 set, no data), in an object whose trailer says version 1. Built by hand here.
+    let next = store.list(&layout.log_prefix()).await.unwrap().len() as u64 + 1;
+    let entry = format::Entry { addr: 64 * 1024, len: 128 * 1024, zero: false };
+    let mut header = format::encode_header(&[entry], format::Trailer::single(1, next, ObjectKind::Data));
+    header[0..8].copy_from_slice(&((64 * 1024) | format::ZERO_FLAG).to_be_bytes());
+    header[HEADER_BYTES - 36 + 8..HEADER_BYTES - 36 + 12].copy_from_slice(&1u32.to_be_bytes());
+    store.put(&layout.log(next), Bytes::from(header), PutCondition::IfAbsent).await.unwrap();
+    model[64 * 1024..192 * 1024].fill(0);
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "b")).await.unwrap();
+    assert!(vol.read(0, MIB).await.unwrap() == model, "the version-1 zero extent is applied");
+    vol.write(MIB, &[5u8; 4096]).await.unwrap();
+    vol.close().await.unwrap();
+    model.extend_from_slice(&[5u8; 4096]);
+    let vol = Volume::open(store.clone(), layout, cfg(&dir, "c")).await.unwrap();
+    assert!(vol.read(0, MIB + 4096).await.unwrap() == model, "and writing goes on in version 2");
+    vol.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn zeroing_written_data_logs_zeros_once() {
+    let store = Arc::new(MemStore::new());
+    let layout = new_volume(&store, 8 * MIB, 256 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
+    let log = || store.bytes_under(&layout.log_prefix());
+    // Zeroing never-written space logs nothing.
+    let empty = log();
+    vol.trim(0, 8 * MIB).await.unwrap();
+    vol.flush().await.unwrap();
+    assert_eq!(log(), empty);
+    // Zeroing written data logs its zeros (as data, so a raw reader sees them) once.
+    vol.write(0, &pattern(3, MIB as usize)).await.unwrap();
+    vol.flush().await.unwrap();
+    let written = log();
+    vol.trim(0, MIB).await.unwrap();
+    vol.flush().await.unwrap();
+    let zeroed = log();
+    assert!(zeroed >= written + MIB, "the zeros are in the log: {written} -> {zeroed}");
+    for _ in 0..3 {
+        vol.trim(0, MIB).await.unwrap();
+        vol.write_zeroes(0, MIB).await.unwrap();
+        vol.flush().await.unwrap();
+    }
+    assert_eq!(log(), zeroed, "zeroing zeros again logs nothing");
+    // Known zeros are read without asking the bucket.
+    store.range_reads.store(0, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(vol.read(0, MIB).await.unwrap(), vec![0u8; MIB as usize]);
+    assert_eq!(store.range_reads.load(std::sync::atomic::Ordering::Relaxed), 0);
+    vol.close().await.unwrap();
+    let vol = Volume::open(store.clone(), layout, cfg(&dir, "b")).await.unwrap();
+    assert_eq!(vol.read(0, MIB).await.unwrap(), vec![0u8; MIB as usize]);
+    vol.close().await.unwrap();
 }

@@ -8,57 +8,23 @@ mod common;
 
 use std::sync::Arc;
 
+use common::Server;
 use meridian_volume::format::Layout;
 use meridian_volume::manage;
-use meridian_volume::nbd::{self, Export};
-use meridian_volume::{MemStore, Volume, WriterConfig};
+use meridian_volume::{MemStore, WriterConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const MIB: u64 = 1 << 20;
 
-struct Server {
-    addr: std::net::SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-    vol: Arc<Volume>,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start(size: u64) -> Self {
-        let store = Arc::new(MemStore::new());
-        let layout = Layout::new("", "disk").unwrap();
-        manage::create(store.as_ref(), &layout, "disk", size, 1 << 20).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let vol =
-            Volume::open(store, layout, WriterConfig::new(dir.path().join("cache"), "test".into())).await.unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let export =
-            Export { name: "disk".into(), description: "test disk".into(), volume: vol.clone(), read_only: false };
-        let task = tokio::spawn(async move {
-            nbd::serve(listener, export, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        Self { addr, stop: Some(tx), task, vol, _dir: dir }
-    }
-
-    fn url(&self) -> String {
-        format!("nbd://{}/disk", self.addr)
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        self.task.await.unwrap();
-        self.vol.close().await.unwrap();
-    }
+/// A volume "disk" of `size` bytes in a fresh in-memory bucket, served over NBD.
+async fn start_server(size: u64) -> Server {
+    let store = Arc::new(MemStore::new());
+    let layout = Layout::new("", "disk").unwrap();
+    manage::create(store.as_ref(), &layout, "disk", size, 1 << 20).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WriterConfig::new(dir.path().join("cache"), "test".into());
+    Server::start(store, layout, cfg, Some(dir)).await
 }
 
 /// Connects and completes the fixed-newstyle greeting; returns the stream.
@@ -119,7 +85,7 @@ async fn simple_reply(s: &mut TcpStream) -> (u32, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_options_and_refusals() {
-    let srv = Server::start(16 * MIB).await;
+    let srv = start_server(16 * MIB).await;
     let mut s = greet(srv.addr).await;
     // LIST names the export.
     send_opt(&mut s, 3, &[]).await;
@@ -211,7 +177,7 @@ async fn handshake_options_and_refusals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_io_and_nbdinfo_interoperate() {
-    let srv = Server::start(64 * MIB).await;
+    let srv = start_server(64 * MIB).await;
     let url = srv.url();
     let info = common::run_tool("nbdinfo", &["--json", &url]).await;
     assert!(info.contains("\"export-size\": 67108864"), "{info}");

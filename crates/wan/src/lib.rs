@@ -31,6 +31,8 @@
 
 #![warn(missing_docs)]
 
+mod timer;
+
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -487,6 +489,7 @@ async fn writer(
 ) {
     let mut part = inner.partition.subscribe();
     let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
+    let timer = timer::PreciseTimer::new();
     loop {
         let chunk = tokio::select! {
             c = rx.recv() => c,
@@ -497,7 +500,7 @@ async fn writer(
             Chunk::Data(_, due) | Chunk::Eof(due) => *due,
         };
         tokio::select! {
-            _ = tokio::time::sleep_until(due) => {}
+            _ = timer.sleep_until(due) => {}
             _ = token.cancelled() => break,
         }
         tokio::select! {

@@ -173,6 +173,13 @@ impl Index {
         self.entries.range(Key { blob, chunk: 0 }..=Key { blob, chunk: u64::MAX }).map(|(k, _)| *k).collect()
     }
 
+    /// Every blob with at least one entry, in id order.
+    pub fn blobs(&self) -> Vec<BlobId> {
+        let mut blobs: Vec<BlobId> = self.entries.keys().map(|k| k.blob).collect();
+        blobs.dedup();
+        blobs
+    }
+
     /// Removes and returns the next entry to evict.
     pub fn pop_victim(&mut self) -> Option<(Key, u64)> {
         let key = match self.probation.first_key_value() {

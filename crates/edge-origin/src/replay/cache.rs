@@ -25,6 +25,9 @@ enum Key {
 pub struct CachedReplay {
     pub instruction: Instruction,
     pub asked_by: String,
+    /// A client sending `fly-replay-cache-control: skip` goes the normal way instead
+    /// (`fly-replay-cache-allow-bypass: yes`, or JSON `allow_bypass`).
+    pub allow_bypass: bool,
 }
 
 struct Entry {
@@ -126,7 +129,7 @@ mod tests {
 
     fn replay(region: &str) -> CachedReplay {
         let instruction = Instruction { regions: vec![RegionChoice::Named(region.into())], ..Default::default() };
-        CachedReplay { instruction, asked_by: "a1".into() }
+        CachedReplay { instruction, asked_by: "a1".into(), allow_bypass: false }
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub struct Instruction {
     pub state: Option<String>,
     pub timeout: Option<Duration>,
     pub fallback: Option<Fallback>,
+    /// Another app: the origin of the Meridian site of that name (Fly's `app`).
+    pub app: Option<String>,
+    /// JSON `allow_bypass`: a cached replay of this instruction may be skipped by a client
+    /// sending `fly-replay-cache-control: skip` (as `fly-replay-cache-allow-bypass: yes`).
+    pub allow_bypass: bool,
     pub transform: Transform,
 }
 
@@ -85,7 +90,7 @@ pub enum InstructionError {
     #[error("fly-replay field {0:?} has no value (expected name=value)")]
     MissingValue(String),
     #[error(
-        "fly-replay field {0:?} is not supported (known: region, instance, prefer_instance, elsewhere, state, timeout, fallback)"
+        "fly-replay field {0:?} is not supported (known: region, instance, prefer_instance, elsewhere, app, state, timeout, fallback)"
     )]
     UnknownField(String),
     #[error("fly-replay field {0:?} appears twice")]
@@ -98,7 +103,7 @@ pub enum InstructionError {
     BadValue { field: &'static str, value: String, why: String },
     #[error("fly-replay timeout is invalid: {0}")]
     BadTimeout(DurationError),
-    #[error("fly-replay names no target: give region, instance, prefer_instance or elsewhere=true")]
+    #[error("fly-replay names no target: give region, instance, prefer_instance, app or elsewhere=true")]
     NoTarget,
     #[error("fly-replay JSON is invalid: {0}")]
     Json(String),
@@ -126,7 +131,10 @@ impl Instruction {
         }
         let json: JsonInstruction = serde_json::from_slice(body).map_err(|e| InstructionError::Json(e.to_string()))?;
         let transform = json.transform.clone().map(JsonTransform::into_transform).transpose()?.unwrap_or_default();
-        json.into_fields()?.into_instruction(transform)
+        let allow_bypass = json.allow_bypass.unwrap_or(false);
+        let mut instruction = json.into_fields()?.into_instruction(transform)?;
+        instruction.allow_bypass = allow_bypass;
+        Ok(instruction)
     }
 }
 
@@ -140,6 +148,7 @@ struct RawFields {
     state: Option<String>,
     timeout: Option<String>,
     fallback: Option<String>,
+    app: Option<String>,
 }
 
 impl RawFields {
@@ -152,6 +161,7 @@ impl RawFields {
             "state" => &mut self.state,
             "timeout" => &mut self.timeout,
             "fallback" => &mut self.fallback,
+            "app" => &mut self.app,
             _ => return Err(InstructionError::UnknownField(name.to_string())),
         };
         if slot.replace(value).is_some() {
@@ -169,9 +179,12 @@ impl RawFields {
             state: self.state.map(|v| checked_token("state", v)).transpose()?,
             timeout: self.timeout.as_deref().map(parse_timeout).transpose()?,
             fallback: self.fallback.as_deref().map(parse_fallback).transpose()?,
+            app: self.app.map(parse_app).transpose()?,
+            allow_bypass: false,
             transform,
         };
-        let has_target = !instruction.regions.is_empty()
+        let has_target = instruction.app.is_some()
+            || !instruction.regions.is_empty()
             || instruction.instance.is_some()
             || instruction.prefer_instance.is_some()
             || instruction.elsewhere;
@@ -223,10 +236,7 @@ fn parse_regions(list: &str) -> Result<Vec<RegionChoice>, InstructionError> {
         .collect()
 }
 
-/// Whether `name` can be a region name.
-pub fn is_region_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+pub use meridian_common::origin::is_region_name;
 
 /// Instance ids and state travel in headers: printable ASCII without `;`, `"` or `,`.
 fn checked_token(field: &'static str, value: String) -> Result<String, InstructionError> {
@@ -253,6 +263,18 @@ fn parse_bool(value: &str) -> Result<bool, InstructionError> {
             why: "expected true or false".into(),
         }),
     }
+}
+
+/// An app is a Meridian site: 1 to 64 letters, digits, `-`, `_` or `.`.
+fn parse_app(value: String) -> Result<String, InstructionError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        return Ok(value);
+    }
+    let why = "expected a site name (1 to 64 letters, digits, '-', '_' or '.')".to_string();
+    Err(InstructionError::BadValue { field: "app", value, why })
 }
 
 fn parse_timeout(value: &str) -> Result<Duration, InstructionError> {
@@ -286,6 +308,8 @@ struct JsonInstruction {
     state: Option<String>,
     timeout: Option<String>,
     fallback: Option<String>,
+    app: Option<String>,
+    allow_bypass: Option<bool>,
     transform: Option<JsonTransform>,
 }
 
@@ -299,6 +323,7 @@ impl JsonInstruction {
             state: self.state,
             timeout: self.timeout,
             fallback: self.fallback,
+            app: self.app,
         })
     }
 }
@@ -445,7 +470,7 @@ mod tests {
         let cases: [(&str, Check); 10] = [
             ("", |e| matches!(e, Empty)),
             ("region", |e| matches!(e, MissingValue(_))),
-            ("app=other", |e| matches!(e, UnknownField(f) if f == "app")),
+            ("colour=red", |e| matches!(e, UnknownField(f) if f == "colour")),
             ("region=a;region=b", |e| matches!(e, Repeated(_))),
             ("region=\"a,b", |e| matches!(e, UnterminatedQuote)),
             ("region=s c", |e| matches!(e, BadRegion(_))),
@@ -461,6 +486,18 @@ mod tests {
         }
         assert!(matches!(Instruction::from_header("elsewhere=maybe"), Err(BadValue { field: "elsewhere", .. })));
         assert!(matches!(Instruction::from_header("instance=a b"), Err(BadValue { field: "instance", .. })));
+        assert!(matches!(Instruction::from_header("app=a/b"), Err(BadValue { field: "app", .. })));
+    }
+
+    #[test]
+    fn app_is_a_target_alone_or_with_a_region() {
+        let alone = Instruction::from_header("app=billing").expect("parses");
+        assert_eq!((alone.app.as_deref(), alone.regions.len()), (Some("billing"), 0));
+        let both = Instruction::from_header("region=sjc;app=billing").expect("parses");
+        assert_eq!((both.app.as_deref(), both.regions), (Some("billing"), vec![named("sjc")]));
+        let json = Instruction::from_json(br#"{"app":"billing","allow_bypass":true}"#).expect("parses");
+        assert!(json.allow_bypass && json.app.as_deref() == Some("billing"));
+        assert!(!Instruction::from_json(br#"{"app":"billing"}"#).expect("parses").allow_bypass);
     }
 
     #[test]

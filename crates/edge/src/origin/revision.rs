@@ -20,8 +20,6 @@ pub const COOKIE_LIFETIME: Duration = Duration::from_secs(300);
 pub const HOLD_HEADER: &str = "x-meridian-revision-hold";
 /// The default bound of a hold.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(2);
-/// The largest wait a site may configure.
-pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// How often the local view is asked again while holding.
 const POLL: Duration = Duration::from_millis(10);
 

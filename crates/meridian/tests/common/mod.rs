@@ -355,6 +355,22 @@ pub fn under_umask(umask: &str, cmd: &Command) -> Command {
     wrapped
 }
 
+/// Moves `cmd`'s wall clock by `skew` (libfaketime's format: `+6s`, `-4s`) by preloading
+/// libfaketime (Debian package `faketime`) into it — not through the `faketime` tool, which
+/// forks, so that killing the child kills the program. Monotonic clocks are left alone.
+pub fn under_faketime(skew: &str, mut cmd: Command) -> Command {
+    require_tool("faketime", "apt-get install faketime");
+    let library = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|dir| dir.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|path| path.is_file())
+        .expect("libfaketimeMT.so.1 is not under /usr/lib/*/faketime: install the Debian package faketime");
+    cmd.env("LD_PRELOAD", library).env("FAKETIME", skew).env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    cmd
+}
+
 /// Every file and directory under `root` (itself included, symbolic links skipped) with its
 /// permission bits.
 pub fn modes_under(root: &Path) -> Vec<(PathBuf, std::fs::FileType, u32)> {

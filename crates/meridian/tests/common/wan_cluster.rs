@@ -44,6 +44,7 @@ async fn start_node(
     endpoints: &[String],
     link: LinkConfig,
     node_args: &[&str],
+    clock_skew: Option<&str>,
 ) -> (Server, WanHandle) {
     let listen = free_addr();
     let node_link = proxy(listen, link).await;
@@ -60,9 +61,15 @@ async fn start_node(
     args.extend(node_args.iter().map(|a| a.to_string()));
     let data = dir.join(region);
     let listen = listen.to_string();
+    let clock_skew = clock_skew.map(str::to_string);
     let node = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Server::start_in(&data, &args, Some(&listen), None)
+        let cmd = Server::command(&data, &args, Some(&listen), None);
+        let cmd = match &clock_skew {
+            Some(skew) => super::under_faketime(skew, cmd),
+            None => cmd,
+        };
+        Server::start_command(cmd, &data, &args)
     })
     .await
     .unwrap();
@@ -79,6 +86,16 @@ impl WanCluster {
 
     /// Like [`WanCluster::start`], with each node's own flags (`node_args(i)` for region `i`).
     pub async fn start_each(link: LinkConfig, node_args: impl Fn(usize) -> Vec<String>) -> WanCluster {
+        WanCluster::start_skewed(link, node_args, [None; 3]).await
+    }
+
+    /// Like [`WanCluster::start_each`], with node `i`'s wall clock moved by `clock_skews[i]`
+    /// (see [`super::under_faketime`]; a restarted node runs without it).
+    pub async fn start_skewed(
+        link: LinkConfig,
+        node_args: impl Fn(usize) -> Vec<String>,
+        clock_skews: [Option<&str>; 3],
+    ) -> WanCluster {
         // etcd peers reach each other through proxies.
         let mut builder = EtcdCluster::builder(3).arg("--max-txn-ops=32768").arg("--max-request-bytes=16777216");
         let mut etcd_links = Vec::new();
@@ -106,7 +123,7 @@ impl WanCluster {
             }
             let args = node_args(i);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (node, node_link) = start_node(tmp.path(), region, &endpoints, link, &args).await;
+            let (node, node_link) = start_node(tmp.path(), region, &endpoints, link, &args, clock_skews[i]).await;
             nodes.push(node);
             node_links.push(node_link);
         }
@@ -140,7 +157,7 @@ impl WanCluster {
         let mut nodes = Vec::new();
         let mut node_links = Vec::new();
         for (region, endpoints) in [("region-a", voters_direct), ("region-b", region_b)] {
-            let (node, node_link) = start_node(tmp.path(), region, &endpoints, link, node_args).await;
+            let (node, node_link) = start_node(tmp.path(), region, &endpoints, link, node_args, None).await;
             nodes.push(node);
             node_links.push(node_link);
         }
@@ -155,7 +172,7 @@ impl WanCluster {
             self.etcd_links[3..6].iter().map(|l| format!("http://{}", l.local_addr())).collect();
         let link = self.etcd_links[3].config();
         let dir = self._tmp.path().join(name);
-        start_node(&dir, region, &endpoints, link, node_args).await
+        start_node(&dir, region, &endpoints, link, node_args, None).await
     }
 
     pub fn client(&self, i: usize) -> aws_sdk_s3::Client {

@@ -48,3 +48,52 @@ pub fn run_blocking(tool: &str, args: &[String]) -> String {
     );
     stdout + &stderr
 }
+
+/// A volume served over NBD in process on a loopback port, as export "disk".
+pub struct Server {
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    pub vol: std::sync::Arc<meridian_volume::Volume>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Opens the volume at `layout` for writing and serves it; `dir` (holding the cache) lives
+    /// as long as the server.
+    pub async fn start(
+        store: std::sync::Arc<dyn meridian_volume::store::ObjectStore>,
+        layout: meridian_volume::format::Layout,
+        cfg: meridian_volume::WriterConfig,
+        dir: Option<tempfile::TempDir>,
+    ) -> Self {
+        use meridian_volume::nbd::{self, Export};
+        let vol = meridian_volume::Volume::open(store, layout, cfg).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let export =
+            Export { name: "disk".into(), description: "test disk".into(), volume: vol.clone(), read_only: false };
+        let task = tokio::spawn(async move {
+            nbd::serve(listener, export, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self { addr, stop: Some(tx), task, vol, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nbd://{}/disk", self.addr)
+    }
+
+    /// Stops serving and closes the volume cleanly (flush, checkpoint, lease released).
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        (&mut self.task).await.unwrap();
+        self.vol.close().await.unwrap();
+    }
+}

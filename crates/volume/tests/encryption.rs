@@ -1,0 +1,142 @@
+//! Client-side encryption: the bucket holds nothing of the disk's content or the volume's own
+//! metadata in the clear, and a missing, wrong or altered key or object is refused clearly.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Server;
+use meridian_volume::crypt::VolumeKey;
+use meridian_volume::format::Layout;
+use meridian_volume::gc::{Gc, GcConfig};
+use meridian_volume::manage;
+use meridian_volume::store::{MemStore, ObjectStore, PutCondition};
+use meridian_volume::{Volume, VolumeError, WriterConfig};
+
+const MIB: u64 = 1 << 20;
+const MARKER: &[u8] = b"MERIDIAN-PLAINTEXT-MARKER-4f1c";
+const HOLDER: &str = "holder-name-that-must-stay-secret";
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every object of the bucket, raw, as its owner sees it.
+async fn raw_objects(store: &MemStore) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for o in store.list("").await.unwrap() {
+        out.push((o.key.clone(), store.get(&o.key).await.unwrap().data.to_vec()));
+    }
+    out
+}
+
+fn key_file(dir: &tempfile::TempDir, name: &str, hex: &str, mode: u32) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, format!("{hex}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bucket_sees_only_sizes_and_a_wrong_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Arc::new(VolumeKey::from_file(&key_file(&dir, "key", &"3c".repeat(32), 0o600)).unwrap());
+    let raw = Arc::new(MemStore::new());
+    let layout = Layout::new("", "disk").unwrap();
+    manage::create_with_key(raw.as_ref(), &layout, "disk", 16 * MIB, 256 * 1024, Some(&key)).await.unwrap();
+    let store = manage::volume_store(raw.clone(), &layout, Some(key.clone())).await.unwrap();
+    let cfg = || {
+        let mut c = WriterConfig::new(dir.path().join("cache"), HOLDER.into());
+        c.journal_bytes = MIB;
+        c
+    };
+
+    // Plaintext in through NBD: a text file written at several places, some overwritten (GC).
+    let text: Vec<u8> = MARKER.iter().copied().cycle().take(256 * 1024).collect();
+    let src = dir.path().join("marker.txt");
+    std::fs::write(&src, &text).unwrap();
+    let src = src.to_str().unwrap();
+    let srv = Server::start(store.clone(), layout.clone(), cfg(), None).await;
+    let url = srv.url();
+    let mut args = vec!["-f".to_string(), "raw".into(), url.clone()];
+    for at in ["0", "1M", "3M", "1M", "5M", "8M"] {
+        args.extend(["-c".into(), format!("write -s {src} {at} 256k")]);
+    }
+    args.extend(["-c".into(), "write -z 5M 64k".into(), "-c".into(), "flush".into()]);
+    common::run_tool("qemu-io", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    manage::snapshot(store.as_ref(), &layout, Some("snap"), Duration::from_secs(30)).await.unwrap();
+    let gc_cfg = GcConfig { high: 1.0, low: 1.0, grace: Duration::ZERO, ..GcConfig::default() };
+    Gc::new().run(&srv.vol, &gc_cfg).await.unwrap();
+    srv.vol.checkpoint().await.unwrap();
+    let served = srv.vol.read(0, 16 * MIB).await.unwrap();
+    srv.stop().await;
+    assert_eq!(&served[MIB as usize..MIB as usize + text.len()], &text[..], "the disk holds the text");
+
+    // The owner of the bucket: no content, no log headers, checkpoints, lease or snapshot
+    // bodies in the clear; only the manifest is readable, and it holds no key.
+    let objects = raw_objects(&raw).await;
+    let kinds = ["log/", "checkpoint/", "snapshots/", "lease.json"];
+    for kind in kinds {
+        assert!(objects.iter().any(|(k, _)| k.contains(kind)), "the bucket holds {kind} objects: {objects:?}");
+    }
+    for (k, body) in &objects {
+        if k == &layout.manifest() {
+            let m: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(m["encryption"]["cipher"], "xchacha20poly1305-4k");
+            assert!(!contains(body, "3c3c3c3c".as_bytes()), "the key is not in the manifest");
+            continue;
+        }
+        for needle in [MARKER, &MARKER[4..20], HOLDER.as_bytes(), b"MRDNVLOG", b"MRDNVCKP", b"\"seq\"", b"\"epoch\""] {
+            assert!(!contains(body, needle), "{k} holds {:?} in the clear", String::from_utf8_lossy(needle));
+        }
+    }
+
+    // The right key reads everything back, after a restart and at the snapshot.
+    let store = manage::volume_store(raw.clone(), &layout, Some(key.clone())).await.unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg()).await.unwrap();
+    assert!(vol.read(0, 16 * MIB).await.unwrap() == served, "reopened with the key");
+    vol.close().await.unwrap();
+    let image = dir.path().join("snap.img");
+    manage::export(store.as_ref(), &layout, Some("snap"), &image).await.unwrap();
+    assert!(std::fs::read(&image).unwrap() == served, "export at the snapshot");
+
+    // A wrong key, no key, or a key for a plain volume: refused before anything is read.
+    let wrong = Arc::new(VolumeKey::from_bytes(&[0x3d; 32]));
+    let err = manage::volume_store(raw.clone(), &layout, Some(wrong)).await.err().unwrap();
+    assert!(matches!(err, VolumeError::WrongKey(_)), "{err}");
+    let err = manage::volume_store(raw.clone(), &layout, None).await.err().unwrap();
+    assert!(matches!(err, VolumeError::KeyRequired(_)), "{err}");
+    assert!(err.to_string().contains("--encryption-key-file"), "{err}");
+    let plain = Layout::new("", "plain").unwrap();
+    manage::create(raw.as_ref(), &plain, "plain", MIB, 256 * 1024).await.unwrap();
+    let err = manage::volume_store(raw.clone(), &plain, Some(key.clone())).await.err().unwrap();
+    assert!(matches!(err, VolumeError::NotEncrypted(_)), "{err}");
+
+    // An altered object fails authentication instead of reading as garbage: flip a bit in the
+    // header and in the first data chunk of every log object holding data.
+    for (k, body) in objects.iter().filter(|(k, b)| k.contains("/log/") && b.len() > 4 * 4136) {
+        let mut body = body.clone();
+        body[100] ^= 1;
+        body[3 * 4136 + 100] ^= 1;
+        raw.put(k, body.into(), PutCondition::None).await.unwrap();
+    }
+    let err = manage::export(store.as_ref(), &layout, None, &image).await.unwrap_err().to_string();
+    assert!(err.contains("fails authentication"), "{err}");
+}
+
+#[test]
+fn key_files_must_be_private_hex() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = key_file(&dir, "open", &"ab".repeat(32), 0o644);
+    let err = VolumeKey::from_file(&open).unwrap_err().to_string();
+    assert!(err.contains("chmod 600"), "{err}");
+    let short = key_file(&dir, "short", "abcd", 0o600);
+    let err = VolumeKey::from_file(&short).unwrap_err().to_string();
+    assert!(err.contains("64 hex digits"), "{err}");
+    let err = VolumeKey::from_file(&dir.path().join("missing")).unwrap_err().to_string();
+    assert!(err.contains("cannot read the key file"), "{err}");
+}
