@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use meridian_meta_etcd::testing::EtcdCluster;
 use aws_sdk_s3::primitives::ByteStream;
+use meridian_meta_etcd::testing::EtcdCluster;
 use meridian_wan::{LinkConfig, WanHandle, WanProxy};
 
 use super::{CLUSTER_TOKEN, Server, md5_hex};
