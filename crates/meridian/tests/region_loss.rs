@@ -81,7 +81,8 @@ async fn heavy_losing_a_region_keeps_the_others_going_and_it_catches_up_when_it_
         assert_eq!(got.status, 200, "{key} at node {node}: {}", got.text());
         assert_eq!(got.body, *data, "{key} at node {node}");
         assert_eq!(got.header("x-meridian-cache"), Some("hit"), "{key} at node {node}");
-        assert!(took < Duration::from_secs(1), "{key} at node {node} took {took:?}");
+        // Asking the vanished holder would hang for the peer idle timeout (30 s).
+        assert!(took < Duration::from_secs(5), "{key} at node {node} took {took:?}");
     }
 
     // Then its etcd member: two of three are left, a quorum.
