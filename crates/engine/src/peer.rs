@@ -32,9 +32,10 @@ pub struct PeerReader {
     metrics: meridian_metrics::CacheMetrics,
 }
 
-/// How long a node's registry record is reused to judge whether the node is alive: a node that
-/// died is known down at most this long after its heartbeat went stale, and one that came back
-/// is used again at most this long after its first heartbeat.
+/// How long a node's registry record is reused to judge whether the node is alive. The age of
+/// its heartbeat is judged on the current time, so a node that died is known down as soon as
+/// its heartbeat is stale; one that came back is used again at most this long after its first
+/// heartbeat.
 pub const LIVENESS_REFRESH: Duration = Duration::from_secs(1);
 
 /// A peer as last read from the cluster registry.
