@@ -783,6 +783,8 @@ impl FetchGuard {
         }
         match self.transfer(&ctx).await {
             Ok(()) => self.commit().await,
+            // A source known down was not asked: its reader's 503 says so, no need to warn.
+            Err(e @ BlobError::Peer { failure: crate::PeerFailure::Down { .. }, .. }) => self.fail(Arc::new(e)),
             Err(e) => {
                 tracing::warn!(blob = %ctx.blob, chunk = self.fetch.key.chunk, error = %e, "chunk fetch failed");
                 self.fail(Arc::new(e));

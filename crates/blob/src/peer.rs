@@ -70,6 +70,9 @@ pub enum PeerFailure {
     Transfer(String),
     #[error("sent {got} bytes where {expected} were asked for")]
     Length { expected: u64, got: u64 },
+    /// The cluster registry reports the node down: it was not asked.
+    #[error("is down (no heartbeat for {silent_ms} ms); not asked")]
+    Down { silent_ms: i64 },
 }
 
 /// The body of a peer endpoint answer: `Send + Sync`, so it fits `s3s::Body::http_body`.

@@ -8,11 +8,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aws_sdk_s3::primitives::ByteStream;
-use common::wan_cluster::WanCluster;
-use common::{Server, md5_hex, pattern};
+use common::wan_cluster::{WanCluster, assert_left_cache, assert_pushed, cache_entries, put, read_whole, within};
+use common::{Server, pattern};
 use meridian_meta::MetaStore;
 use meridian_wan::LinkConfig;
 
@@ -23,51 +22,9 @@ async fn start_cluster() -> WanCluster {
     WanCluster::start(LinkConfig::one_way(ONE_WAY), &[]).await
 }
 
-/// The names of the chunk files in a node's cache.
-fn cache_entries(node: &Server) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let Ok(shards) = std::fs::read_dir(node.data.join("cache")) else { return names };
-    for shard in shards.flatten() {
-        if shard.file_name() == "tmp" || !shard.path().is_dir() {
-            continue;
-        }
-        for entry in std::fs::read_dir(shard.path()).unwrap().flatten() {
-            names.insert(entry.file_name().to_string_lossy().to_string());
-        }
-    }
-    names
-}
-
 /// The cache entries of `node` that are not in `before`.
 fn added_since(node: &Server, before: &BTreeSet<String>) -> BTreeSet<String> {
     cache_entries(node).difference(before).cloned().collect()
-}
-
-/// Waits (up to 10 s: the node is starting) until none of `chunks` is in `node`'s cache.
-async fn assert_left_cache(node: &Server, chunks: &BTreeSet<String>, what: &str) {
-    within(Duration::from_secs(10), what, || cache_entries(node).is_disjoint(chunks)).await;
-}
-
-/// Polls `check` every 20 ms until it holds or `limit` passed; returns how long it took.
-async fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    started.elapsed()
-}
-
-async fn put(client: &aws_sdk_s3::Client, key: &str, data: Vec<u8>) {
-    client.put_object().bucket("media").key(key).body(ByteStream::from(data)).send().await.unwrap();
-}
-
-/// Reads the whole object at `node` and checks its bytes.
-fn read_whole(node: &Server, key: &str, expected: &[u8]) -> common::raw::Response {
-    let got = common::raw::signed(&node.addr, "GET", &format!("/media/{key}"), &[], b"");
-    assert_eq!(got.status, 200, "{key}: {}", String::from_utf8_lossy(&got.body));
-    assert_eq!(md5_hex(&got.body), md5_hex(expected), "{key} reads back whole");
-    got
 }
 
 /// Writes `count` small objects at region a.
@@ -79,17 +36,6 @@ async fn put_small_objects(cluster: &WanCluster, prefix: &str, count: u64) -> Ve
         objects.push((key, data));
     }
     objects
-}
-
-/// Waits until `node`'s cache holds `extra` more entries than `before`, then checks each object
-/// is a local hit there on its first read.
-async fn assert_pushed(node: &Server, before: usize, objects: &[(String, Vec<u8>)], limit: Duration) {
-    let want = before + objects.len();
-    within(limit, "small objects pushed without a read", || cache_entries(node).len() >= want).await;
-    for (key, data) in objects {
-        let got = read_whole(node, key, data);
-        assert_eq!(got.header("x-meridian-cache"), Some("hit"), "{key} was in the cache before it was read");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,21 +9,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::wan_cluster::WanCluster;
+use common::wan_cluster::{WanCluster, cluster_status};
 use common::{Server, raw};
 use meridian_wan::LinkConfig;
 
 const SKEW: &str = "+6s";
 const TTL: Duration = Duration::from_secs(4);
-
-/// `cluster status --json` asked of `node`.
-fn cluster_status(node: &Server) -> serde_json::Value {
-    let mut cmd = std::process::Command::new(common::binary());
-    cmd.args(["cluster", "status", "--json", "--url", &node.admin_url, "--token", common::ADMIN_TOKEN]);
-    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(30));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 /// The clock offset `region`'s node published, once it has measured one.
 fn published_offset(status: &serde_json::Value, region: &str) -> Option<i64> {

@@ -204,11 +204,7 @@ async fn heavy_kill9_mid_fetch_leaves_no_partial_cache_entry() {
 async fn heavy_cluster_status_shows_every_region() {
     let cluster = start_cluster().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut cmd = std::process::Command::new(common::binary());
-    cmd.args(["cluster", "status", "--json", "--url", &cluster.nodes[1].admin_url, "--token", common::ADMIN_TOKEN]);
-    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(30));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::wan_cluster::cluster_status(&cluster.nodes[1]);
     let mut regions: Vec<&str> = v["nodes"].as_array().unwrap().iter().map(|n| n["region"].as_str().unwrap()).collect();
     regions.sort();
     assert_eq!(regions, REGIONS);

@@ -4,13 +4,15 @@
 
 #![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use aws_sdk_s3::primitives::ByteStream;
 use meridian_meta_etcd::testing::EtcdCluster;
 use meridian_wan::{LinkConfig, WanHandle, WanProxy};
 
-use super::{CLUSTER_TOKEN, Server};
+use super::{CLUSTER_TOKEN, Server, md5_hex};
 
 pub const REGIONS: [&str; 3] = ["region-a", "region-b", "region-c"];
 
@@ -190,4 +192,67 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     false
+}
+
+/// The names of the chunk files in a node's cache.
+pub fn cache_entries(node: &Server) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let Ok(shards) = std::fs::read_dir(node.data.join("cache")) else { return names };
+    for shard in shards.flatten() {
+        if shard.file_name() == "tmp" || !shard.path().is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            names.insert(entry.file_name().to_string_lossy().to_string());
+        }
+    }
+    names
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passed; returns how long it took.
+pub async fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// `cluster status --json` asked of `node`.
+pub fn cluster_status(node: &Server) -> serde_json::Value {
+    let mut cmd = std::process::Command::new(super::binary());
+    cmd.args(["cluster", "status", "--json", "--url", &node.admin_url, "--token", super::ADMIN_TOKEN]);
+    let out = super::run_with_timeout(&mut cmd, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Writes an object into bucket `media`.
+pub async fn put(client: &aws_sdk_s3::Client, key: &str, data: Vec<u8>) {
+    client.put_object().bucket("media").key(key).body(ByteStream::from(data)).send().await.unwrap();
+}
+
+/// Reads the whole object of bucket `media` at `node` and checks its bytes.
+pub fn read_whole(node: &Server, key: &str, expected: &[u8]) -> super::raw::Response {
+    let got = super::raw::signed(&node.addr, "GET", &format!("/media/{key}"), &[], b"");
+    assert_eq!(got.status, 200, "{key}: {}", String::from_utf8_lossy(&got.body));
+    assert_eq!(md5_hex(&got.body), md5_hex(expected), "{key} reads back whole");
+    got
+}
+
+/// Waits until `node`'s cache holds `extra` more entries than `before`, then checks each object
+/// is a local hit there on its first read.
+pub async fn assert_pushed(node: &Server, before: usize, objects: &[(String, Vec<u8>)], limit: Duration) {
+    let want = before + objects.len();
+    within(limit, "small objects pushed without a read", || cache_entries(node).len() >= want).await;
+    for (key, data) in objects {
+        let got = read_whole(node, key, data);
+        assert_eq!(got.header("x-meridian-cache"), Some("hit"), "{key} was in the cache before it was read");
+    }
+}
+
+/// Waits (up to 10 s: the node is starting) until none of `chunks` is in `node`'s cache.
+pub async fn assert_left_cache(node: &Server, chunks: &BTreeSet<String>, what: &str) {
+    within(Duration::from_secs(10), what, || cache_entries(node).is_disjoint(chunks)).await;
 }
