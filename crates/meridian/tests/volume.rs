@@ -812,6 +812,20 @@ fn volume_encrypted_bucket_holds_no_plaintext_and_refuses_wrong_keys() {
     env.ok(&["export", "sec", "--at", "s1", "--output", image.to_str().unwrap(), "--encryption-key-file", &key]);
     let disk = std::fs::read(&image).unwrap();
     assert!(disk[2 << 20..3 << 20] == text[..], "export with the key reads the text back");
+
+    // A fork needs the key and reads the source's sealed data through it.
+    for (extra, want) in [(vec![], "--encryption-key-file"), (vec!["--encryption-key-file", &wrong], "does not match")] {
+        let out = env.run(&[&["fork", "sec@s1", "sec2"][..], &extra].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "fork {extra:?}: {err}");
+    }
+    env.ok(&["fork", "sec@s1", "sec2", "--encryption-key-file", &key]);
+    let fork = env.serve("sec2", &["--encryption-key-file", &key]);
+    tool("qemu-io", &["-f", "raw", &fork.url, "-c", "read -P 0 0 2M"]);
+    let mut nbd = Nbd::connect(&fork.addr, "sec2").unwrap();
+    assert!(nbd.read(2 << 20, 1 << 20).unwrap() == text, "the fork reads the source's text");
+    drop(nbd);
+    fork.stop();
 }
 
 /// Waits (30 s at most) for a line containing `what` from a spawned command.

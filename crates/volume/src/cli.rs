@@ -305,8 +305,8 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
                 Some((name, snap)) => (name, Some(snap)),
                 None => (source.as_str(), None),
             };
-            let (store, layout) = bucket.volume(name).await?;
-            let m = manage::fork(store.as_ref(), &layout, at, &new, GcConfig::default().grace).await?;
+            let layout = bucket.layout(name)?;
+            let m = manage::fork(bucket.store()?, bucket.key()?, &layout, at, &new, GcConfig::default().grace).await?;
             let point = m.parent.as_ref().map_or(0, |p| p.seq);
             println!("forked {source} into {new} ({}) at log position {point}", format_size(m.size));
         }
