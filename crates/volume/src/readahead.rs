@@ -1,9 +1,12 @@
 //! Read-ahead for sequential streams. A read that starts where a recent read ended continues a
 //! stream; its bytes are fetched as whole windows (4 MiB) of the log object they live in, so a
 //! stream of 1 MiB reads costs one GET per window instead of one per read, and the next reads
-//! find their bytes in memory. Concurrent readers of a window share its fetch. Log objects never
-//! change once written, so a window stays valid as long as it is kept (a few, most recent).
-//! Random reads bypass it: they fetch exactly what they need.
+//! find their bytes in memory. The volume also starts the fetches of the windows holding the
+//! next [`AHEAD_SECTORS`] of the stream ([`ReadAhead::prefetch`]), so several ranged GETs are in
+//! flight ahead of the reader. Concurrent readers of a window share its fetch. Log objects never
+//! change once written, so a window stays valid as long as it is kept ([`WINDOWS_KEPT`], most
+//! recent; memory is bounded by them and by the windows reads in flight still hold). Random
+//! reads bypass it: they fetch exactly what they need.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,8 +21,11 @@ use crate::store::ObjectStore;
 
 /// Sectors per window (4 MiB).
 pub const WINDOW_SECTORS: u64 = 1024;
-/// Windows kept in memory: 16 MiB at most.
-const WINDOWS_KEPT: usize = 4;
+/// Volume sectors past a stream's last read whose windows are fetched ahead (16 MiB).
+pub const AHEAD_SECTORS: u64 = 4 * WINDOW_SECTORS;
+/// Windows kept in memory, fetched or being fetched: 32 MiB at most. More than the windows
+/// ahead of a stream plus the one being read, so a prefetched window is not dropped before use.
+pub const WINDOWS_KEPT: usize = 8;
 /// Read ends remembered to recognise a stream (several streams, and out-of-order dispatch of
 /// a deep queue).
 const RECENT_ENDS: usize = 32;
@@ -28,7 +34,8 @@ type WindowFetch = Shared<BoxFuture<'static, Result<Bytes, String>>>;
 
 #[derive(Default)]
 pub(crate) struct ReadAhead {
-    state: Mutex<State>,
+    /// Shared with the tasks running fetches ahead (they drop a window that failed).
+    state: Arc<Mutex<State>>,
 }
 
 #[derive(Default)]
@@ -37,6 +44,8 @@ struct State {
     recent_ends: VecDeque<u64>,
     /// ((log object, window index), its bytes or their fetch), oldest first.
     windows: VecDeque<((u64, u64), WindowFetch)>,
+    /// Volume sector up to which the last stream's next sectors were prefetched.
+    prefetched_to: u64,
 }
 
 /// Where a piece of a read lives in the bucket.
@@ -51,7 +60,37 @@ pub(crate) struct ObjectSpan<'a> {
 
 impl ReadAhead {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
+    }
+
+    /// The part of volume sectors `end..stop` (the next sectors of a stream whose last read
+    /// ended at `end`) not already prefetched for it; records them as prefetched.
+    pub fn claim_ahead(&self, end: u64, stop: u64) -> std::ops::Range<u64> {
+        let mut st = self.lock();
+        let from = if (end..=stop).contains(&st.prefetched_to) { st.prefetched_to } else { end };
+        st.prefetched_to = stop;
+        from..stop
+    }
+
+    /// Starts fetching the windows holding `span` (unless kept or being fetched), without
+    /// waiting for them. A fetch that fails is dropped, so a read retries it.
+    pub fn prefetch(&self, store: &Arc<dyn ObjectStore>, span: ObjectSpan<'_>) {
+        let end = (span.first + span.sectors).min(span.object_sectors);
+        let mut window = span.first / WINDOW_SECTORS;
+        while window * WINDOW_SECTORS < end {
+            let start = window * WINDOW_SECTORS;
+            let stop = (start + WINDOW_SECTORS).min(span.object_sectors);
+            let (fetch, started) = self.fetch(store, span.key, span.seq, window, start, stop);
+            if started {
+                let (state, id) = (Arc::clone(&self.state), (span.seq, window));
+                tokio::spawn(async move {
+                    if fetch.await.is_err() {
+                        lock(&state).windows.retain(|(k, _)| *k != id);
+                    }
+                });
+            }
+            window += 1;
+        }
     }
 
     /// Records a read of `len` bytes at `offset`; true when it continues a recent read.
@@ -112,26 +151,7 @@ impl ReadAhead {
         stop: u64,
     ) -> Result<Bytes, String> {
         let id = (seq, window);
-        let fetch = {
-            let mut st = self.lock();
-            match st.windows.iter().find(|(k, _)| *k == id) {
-                Some((_, fetch)) => fetch.clone(),
-                None => {
-                    let (store, key) = (Arc::clone(store), key.to_string());
-                    let fetch = async move {
-                        let from = HEADER_BYTES as u64 + start * SECTOR;
-                        store.get_range(&key, from, (stop - start) * SECTOR).await.map_err(|e| e.to_string())
-                    }
-                    .boxed()
-                    .shared();
-                    st.windows.push_back((id, fetch.clone()));
-                    if st.windows.len() > WINDOWS_KEPT {
-                        st.windows.pop_front();
-                    }
-                    fetch
-                }
-            }
-        };
+        let (fetch, _) = self.fetch(store, key, seq, window, start, stop);
         let result = fetch.await;
         if result.is_err() {
             // Not kept: the next read tries again.
@@ -139,4 +159,44 @@ impl ReadAhead {
         }
         result
     }
+
+    /// The fetch of window `window` (sectors `start..stop`) of object `seq`: kept, or started
+    /// now (then true), dropping the oldest kept window past [`WINDOWS_KEPT`].
+    fn fetch(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        key: &str,
+        seq: u64,
+        window: u64,
+        start: u64,
+        stop: u64,
+    ) -> (WindowFetch, bool) {
+        let id = (seq, window);
+        let mut st = self.lock();
+        if let Some((_, fetch)) = st.windows.iter().find(|(k, _)| *k == id) {
+            return (fetch.clone(), false);
+        }
+        let (store, key) = (Arc::clone(store), key.to_string());
+        let fetch = async move {
+            let from = HEADER_BYTES as u64 + start * SECTOR;
+            store.get_range(&key, from, (stop - start) * SECTOR).await.map_err(|e| e.to_string())
+        }
+        .boxed()
+        .shared();
+        st.windows.push_back((id, fetch.clone()));
+        if st.windows.len() > WINDOWS_KEPT {
+            st.windows.pop_front();
+        }
+        (fetch, true)
+    }
+
+    /// Windows kept now (fetched or being fetched).
+    #[cfg(test)]
+    pub fn windows_kept(&self) -> usize {
+        self.lock().windows.len()
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -22,7 +22,7 @@ use crate::format::{
 use crate::journal::{Generation, PlannedObject, UnitIndex};
 use crate::lease::LeaseHandle;
 use crate::metrics::{Backlog, VolumeMetrics};
-use crate::readahead::{ObjectSpan, ReadAhead};
+use crate::readahead::{self, ObjectSpan, ReadAhead};
 use crate::replay::{self, Listing};
 use crate::store::{ObjectStore, PutCondition};
 use crate::table::{self, ExtentTable};
@@ -356,6 +356,9 @@ impl Volume {
         let first = offset / SECTOR;
         let last = (offset + len).div_ceil(SECTOR);
         let sequential = self.readahead.note_read(offset, len);
+        if sequential {
+            self.read_ahead(last);
+        }
         let buf = self.read_sectors(first, last - first, sequential).await?;
         let skip = (offset - first * SECTOR) as usize;
         Ok(buf.slice(skip..skip + len as usize))
@@ -389,6 +392,29 @@ impl Volume {
             out[at..at + data.len()].copy_from_slice(&data);
         }
         Ok(Bytes::from(out))
+    }
+
+    /// Starts fetching, in the background, the bucket's windows holding the sectors after
+    /// `end` (where a sequential read ends) not already asked for. Best effort: a failure here
+    /// is the next read's to meet.
+    fn read_ahead(&self, end: u64) {
+        let stop = (end + readahead::AHEAD_SECTORS).min(self.manifest.size / SECTOR);
+        let ahead = self.readahead.claim_ahead(end, stop);
+        if ahead.is_empty() {
+            return;
+        }
+        let Ok(pieces) = self.resolve(ahead.start, ahead.end - ahead.start) else { return };
+        for p in pieces.iter().filter_map(|p| if let Piece::Remote(p) = p { Some(p) } else { None }) {
+            let key = self.layout.log(p.seq);
+            let span = ObjectSpan {
+                key: &key,
+                seq: p.seq,
+                object_sectors: p.object_sectors,
+                first: p.obj_sector,
+                sectors: p.sectors,
+            };
+            self.readahead.prefetch(&self.store, span);
+        }
     }
 
     /// The bytes of `p` from the bucket, through the read-ahead when `sequential`.
