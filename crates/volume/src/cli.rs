@@ -216,6 +216,11 @@ pub struct ServeArgs {
     /// without a GET; 0 disables.
     #[arg(long, default_value = "8GiB")]
     pub cache_size: String,
+    /// How far past a sequential stream's last read its windows are fetched in the background,
+    /// rounded up to 4 MiB windows, at most 64MiB; 0 fetches only what reads ask for. Memory:
+    /// four windows more than this.
+    #[arg(long, default_value = "16MiB")]
+    pub read_ahead: String,
     /// Unflushed writes this old are uploaded even without a FLUSH (what a crash of `serve` can
     /// lose at most; flushed writes are never lost), e.g. 30s. At least 1s.
     #[arg(long, default_value = "30s", value_parser = duration_arg)]
@@ -467,6 +472,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cfg.checkpoint_bytes = format::parse_size(&args.checkpoint_every)?;
     cfg.journal_bytes = format::parse_size(&args.journal_size)?;
     cfg.cache_bytes = format::parse_size(&args.cache_size)?;
+    cfg.read_ahead_bytes = format::parse_size(&args.read_ahead)?;
     cfg.max_dirty_age = args.max_dirty_age.max(Duration::from_secs(1));
     let (store, layout) = args.bucket.volume(&args.name).await?;
     let vol =

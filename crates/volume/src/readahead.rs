@@ -2,11 +2,12 @@
 //! stream; its bytes are fetched as whole windows (4 MiB) of the log object they live in, so a
 //! stream of 1 MiB reads costs one GET per window instead of one per read, and the next reads
 //! find their bytes in memory. The volume also starts the fetches of the windows holding the
-//! next [`AHEAD_SECTORS`] of the stream ([`ReadAhead::prefetch`]), so several ranged GETs are in
-//! flight ahead of the reader. Concurrent readers of a window share its fetch. Log objects never
-//! change once written, so a window stays valid as long as it is kept ([`WINDOWS_KEPT`], most
-//! recent; memory is bounded by them and by the windows reads in flight still hold). Random
-//! reads bypass it: they fetch exactly what they need.
+//! stream's next sectors (`--read-ahead`, 16 MiB by default; [`ReadAhead::prefetch`]), so
+//! several ranged GETs are in flight ahead of the reader. Concurrent readers of a window share
+//! its fetch. Log objects never change once written, so a window stays valid as long as it is
+//! kept (the most recent: four more than the read-ahead's; memory is bounded by them and by the
+//! windows reads in flight still hold). Random reads bypass it: they fetch exactly what they
+//! need.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,21 +22,24 @@ use crate::store::ObjectStore;
 
 /// Sectors per window (4 MiB).
 pub const WINDOW_SECTORS: u64 = 1024;
-/// Volume sectors past a stream's last read whose windows are fetched ahead (16 MiB).
-pub const AHEAD_SECTORS: u64 = 4 * WINDOW_SECTORS;
-/// Windows kept in memory, fetched or being fetched: 32 MiB at most. More than the windows
-/// ahead of a stream plus the one being read, so a prefetched window is not dropped before use.
-pub const WINDOWS_KEPT: usize = 8;
+/// Largest read-ahead: 16 windows (64 MiB).
+const MAX_AHEAD_WINDOWS: u64 = 16;
+/// Windows kept beyond the read-ahead's, so a prefetched window is not dropped before the
+/// reader (or a second stream) gets to it.
+const SPARE_WINDOWS: usize = 4;
 /// Read ends remembered to recognise a stream (several streams, and out-of-order dispatch of
 /// a deep queue).
 const RECENT_ENDS: usize = 32;
 
 type WindowFetch = Shared<BoxFuture<'static, Result<Bytes, String>>>;
 
-#[derive(Default)]
 pub(crate) struct ReadAhead {
     /// Shared with the tasks running fetches ahead (they drop a window that failed).
     state: Arc<Mutex<State>>,
+    /// Volume sectors past a stream's last read whose windows are fetched ahead.
+    ahead_sectors: u64,
+    /// Windows kept in memory, fetched or being fetched.
+    kept: usize,
 }
 
 #[derive(Default)]
@@ -59,6 +63,20 @@ pub(crate) struct ObjectSpan<'a> {
 }
 
 impl ReadAhead {
+    /// Read-ahead of `bytes` past a stream's reads, rounded up to whole windows (at most 64 MiB).
+    pub fn new(bytes: u64) -> Self {
+        let windows = bytes.div_ceil(WINDOW_SECTORS * SECTOR).min(MAX_AHEAD_WINDOWS);
+        Self {
+            state: Arc::default(),
+            ahead_sectors: windows * WINDOW_SECTORS,
+            kept: windows as usize + SPARE_WINDOWS,
+        }
+    }
+
+    pub fn ahead_sectors(&self) -> u64 {
+        self.ahead_sectors
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
     }
@@ -161,7 +179,7 @@ impl ReadAhead {
     }
 
     /// The fetch of window `window` (sectors `start..stop`) of object `seq`: kept, or started
-    /// now (then true), dropping the oldest kept window past [`WINDOWS_KEPT`].
+    /// now (then true), dropping the oldest kept window past the number kept.
     fn fetch(
         &self,
         store: &Arc<dyn ObjectStore>,
@@ -184,17 +202,12 @@ impl ReadAhead {
         .boxed()
         .shared();
         st.windows.push_back((id, fetch.clone()));
-        if st.windows.len() > WINDOWS_KEPT {
+        if st.windows.len() > self.kept {
             st.windows.pop_front();
         }
         (fetch, true)
     }
 
-    /// Windows kept now (fetched or being fetched).
-    #[cfg(test)]
-    pub fn windows_kept(&self) -> usize {
-        self.lock().windows.len()
-    }
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {

@@ -22,7 +22,7 @@ use crate::format::{
 use crate::journal::{Generation, PlannedObject, UnitIndex};
 use crate::lease::LeaseHandle;
 use crate::metrics::{Backlog, VolumeMetrics};
-use crate::readahead::{self, ObjectSpan, ReadAhead};
+use crate::readahead::{ObjectSpan, ReadAhead};
 use crate::replay::{self, Listing};
 use crate::store::{ObjectStore, PutCondition};
 use crate::table::{self, ExtentTable};
@@ -54,6 +54,9 @@ pub struct WriterConfig {
     pub journal_extents: usize,
     /// Bytes of uploaded cuts whose journal files are kept as a local read cache (0: none).
     pub cache_bytes: u64,
+    /// How far past a sequential stream's last read the bucket's windows are prefetched (see
+    /// [`ReadAhead`]; 0: none).
+    pub read_ahead_bytes: u64,
 }
 
 impl WriterConfig {
@@ -70,6 +73,7 @@ impl WriterConfig {
             journal_bytes: 8 << 30,
             journal_extents: 8 * MAX_DATA_ENTRIES,
             cache_bytes: 8 << 30,
+            read_ahead_bytes: 16 << 20,
         }
     }
 }
@@ -248,11 +252,11 @@ impl Volume {
                 checkpointing: false,
                 last_checkpoint: r.base,
             }),
+            readahead: ReadAhead::new(cfg.read_ahead_bytes),
             cfg,
             progress,
             rmw: RwLock::new(()),
             table_path,
-            readahead: ReadAhead::default(),
             metrics: VolumeMetrics::default(),
         });
         vol.write_marker(ObjectKind::Fence).await?;
@@ -398,7 +402,7 @@ impl Volume {
     /// `end` (where a sequential read ends) not already asked for. Best effort: a failure here
     /// is the next read's to meet.
     fn read_ahead(&self, end: u64) {
-        let stop = (end + readahead::AHEAD_SECTORS).min(self.manifest.size / SECTOR);
+        let stop = (end + self.readahead.ahead_sectors()).min(self.manifest.size / SECTOR);
         let ahead = self.readahead.claim_ahead(end, stop);
         if ahead.is_empty() {
             return;
