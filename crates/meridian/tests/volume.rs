@@ -814,7 +814,8 @@ fn volume_encrypted_bucket_holds_no_plaintext_and_refuses_wrong_keys() {
     assert!(disk[2 << 20..3 << 20] == text[..], "export with the key reads the text back");
 
     // A fork needs the key and reads the source's sealed data through it.
-    for (extra, want) in [(vec![], "--encryption-key-file"), (vec!["--encryption-key-file", &wrong], "does not match")] {
+    for (extra, want) in [(vec![], "--encryption-key-file"), (vec!["--encryption-key-file", &wrong], "does not match")]
+    {
         let out = env.run(&[&["fork", "sec@s1", "sec2"][..], &extra].concat());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(want), "fork {extra:?}: {err}");

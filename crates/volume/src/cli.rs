@@ -108,7 +108,7 @@ pub enum VolumeSubcommand {
         bucket: BucketArgs,
     },
     /// Serve the volume over NBD (takes the writer lease).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Record the current end of the log as a snapshot.
     Snapshot {
         name: String,
@@ -304,7 +304,7 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
                 if m.encryption.is_some() { ", encrypted" } else { "" }
             );
         }
-        VolumeSubcommand::Serve(args) => serve(args).await?,
+        VolumeSubcommand::Serve(args) => serve(*args).await?,
         VolumeSubcommand::Fork { source, new, bucket } => {
             let (name, at) = match source.split_once('@') {
                 Some((name, snap)) => (name, Some(snap)),

@@ -66,11 +66,7 @@ impl ReadAhead {
     /// Read-ahead of `bytes` past a stream's reads, rounded up to whole windows (at most 64 MiB).
     pub fn new(bytes: u64) -> Self {
         let windows = bytes.div_ceil(WINDOW_SECTORS * SECTOR).min(MAX_AHEAD_WINDOWS);
-        Self {
-            state: Arc::default(),
-            ahead_sectors: windows * WINDOW_SECTORS,
-            kept: windows as usize + SPARE_WINDOWS,
-        }
+        Self { state: Arc::default(), ahead_sectors: windows * WINDOW_SECTORS, kept: windows as usize + SPARE_WINDOWS }
     }
 
     pub fn ahead_sectors(&self) -> u64 {
@@ -207,7 +203,6 @@ impl ReadAhead {
         }
         (fetch, true)
     }
-
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
