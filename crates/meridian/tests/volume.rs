@@ -1249,7 +1249,10 @@ fn heavy_volume_memory_bar_16gib_random_fill() {
     const BAR_KIB: u64 = 96 * 1024;
     let region_kib: u64 =
         std::env::var("MERIDIAN_VOLUME_MEMORY_REGION_KIB").ok().and_then(|v| v.parse().ok()).unwrap_or(128);
-    assert!(region_kib >= 4 && region_kib.is_multiple_of(4), "MERIDIAN_VOLUME_MEMORY_REGION_KIB must be a multiple of 4");
+    assert!(
+        region_kib >= 4 && region_kib.is_multiple_of(4),
+        "MERIDIAN_VOLUME_MEMORY_REGION_KIB must be a multiple of 4"
+    );
     let region = region_kib * 1024;
     let regions = SIZE / region;
     let env = Env::new();

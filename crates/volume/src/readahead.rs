@@ -62,6 +62,21 @@ pub(crate) struct ObjectSpan<'a> {
     pub sectors: u64,
 }
 
+/// Window `window` of object `seq` (at `key`): its data sectors `start..stop`.
+struct Window<'a> {
+    key: &'a str,
+    seq: u64,
+    window: u64,
+    start: u64,
+    stop: u64,
+}
+
+impl ObjectSpan<'_> {
+    fn window(&self, window: u64, start: u64, stop: u64) -> Window<'_> {
+        Window { key: self.key, seq: self.seq, window, start, stop }
+    }
+}
+
 impl ReadAhead {
     /// Read-ahead of `bytes` past a stream's reads, rounded up to whole windows (at most 64 MiB).
     pub fn new(bytes: u64) -> Self {
@@ -94,7 +109,7 @@ impl ReadAhead {
         while window * WINDOW_SECTORS < end {
             let start = window * WINDOW_SECTORS;
             let stop = (start + WINDOW_SECTORS).min(span.object_sectors);
-            let (fetch, started) = self.fetch(store, span.key, span.seq, window, start, stop);
+            let (fetch, started) = self.fetch(store, &span.window(window, start, stop));
             if started {
                 let (state, id) = (Arc::clone(&self.state), (span.seq, window));
                 tokio::spawn(async move {
@@ -131,7 +146,7 @@ impl ReadAhead {
             let start = window * WINDOW_SECTORS;
             let stop = (start + WINDOW_SECTORS).min(span.object_sectors);
             return Some(
-                self.window(store, span.key, span.seq, window, start, stop)
+                self.window(store, &span.window(window, start, stop))
                     .await
                     .map(|data| data.slice(((span.first - start) * SECTOR) as usize..((end - start) * SECTOR) as usize))
                     .map_err(|message| StoreError::Backend { key: span.key.to_string(), message }),
@@ -143,7 +158,7 @@ impl ReadAhead {
             let window = at / WINDOW_SECTORS;
             let start = window * WINDOW_SECTORS;
             let stop = (start + WINDOW_SECTORS).min(span.object_sectors);
-            let data = match self.window(store, span.key, span.seq, window, start, stop).await {
+            let data = match self.window(store, &span.window(window, start, stop)).await {
                 Ok(data) => data,
                 Err(message) => return Some(Err(StoreError::Backend { key: span.key.to_string(), message })),
             };
@@ -155,17 +170,9 @@ impl ReadAhead {
     }
 
     /// The bytes of sectors `start..stop` of object `seq`: kept, being fetched, or fetched now.
-    async fn window(
-        &self,
-        store: &Arc<dyn ObjectStore>,
-        key: &str,
-        seq: u64,
-        window: u64,
-        start: u64,
-        stop: u64,
-    ) -> Result<Bytes, String> {
-        let id = (seq, window);
-        let (fetch, _) = self.fetch(store, key, seq, window, start, stop);
+    async fn window(&self, store: &Arc<dyn ObjectStore>, w: &Window<'_>) -> Result<Bytes, String> {
+        let id = (w.seq, w.window);
+        let (fetch, _) = self.fetch(store, w);
         let result = fetch.await;
         if result.is_err() {
             // Not kept: the next read tries again.
@@ -176,16 +183,9 @@ impl ReadAhead {
 
     /// The fetch of window `window` (sectors `start..stop`) of object `seq`: kept, or started
     /// now (then true), dropping the oldest kept window past the number kept.
-    fn fetch(
-        &self,
-        store: &Arc<dyn ObjectStore>,
-        key: &str,
-        seq: u64,
-        window: u64,
-        start: u64,
-        stop: u64,
-    ) -> (WindowFetch, bool) {
-        let id = (seq, window);
+    fn fetch(&self, store: &Arc<dyn ObjectStore>, w: &Window<'_>) -> (WindowFetch, bool) {
+        let id = (w.seq, w.window);
+        let (key, start, stop) = (w.key, w.start, w.stop);
         let mut st = self.lock();
         if let Some((_, fetch)) = st.windows.iter().find(|(k, _)| *k == id) {
             return (fetch.clone(), false);

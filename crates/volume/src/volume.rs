@@ -169,6 +169,19 @@ struct RemotePiece {
     object_sectors: u64,
 }
 
+impl RemotePiece {
+    /// Where the piece lives in log object `key`, for the read-ahead.
+    fn span<'a>(&self, key: &'a str) -> ObjectSpan<'a> {
+        ObjectSpan {
+            key,
+            seq: self.seq,
+            object_sectors: self.object_sectors,
+            first: self.obj_sector,
+            sectors: self.sectors,
+        }
+    }
+}
+
 pub struct Volume {
     store: Arc<dyn ObjectStore>,
     layout: Layout,
@@ -409,32 +422,15 @@ impl Volume {
         }
         let Ok(pieces) = self.resolve(ahead.start, ahead.end - ahead.start) else { return };
         for p in pieces.iter().filter_map(|p| if let Piece::Remote(p) = p { Some(p) } else { None }) {
-            let key = self.layout.log(p.seq);
-            let span = ObjectSpan {
-                key: &key,
-                seq: p.seq,
-                object_sectors: p.object_sectors,
-                first: p.obj_sector,
-                sectors: p.sectors,
-            };
-            self.readahead.prefetch(&self.store, span);
+            self.readahead.prefetch(&self.store, p.span(&self.layout.log(p.seq)));
         }
     }
 
     /// The bytes of `p` from the bucket, through the read-ahead when `sequential`.
     async fn fetch_piece(&self, p: &RemotePiece, sequential: bool) -> Result<Bytes> {
         let key = self.layout.log(p.seq);
-        if sequential {
-            let span = ObjectSpan {
-                key: &key,
-                seq: p.seq,
-                object_sectors: p.object_sectors,
-                first: p.obj_sector,
-                sectors: p.sectors,
-            };
-            if let Some(data) = self.readahead.read(&self.store, span).await {
-                return Ok(data?);
-            }
+        if sequential && let Some(data) = self.readahead.read(&self.store, p.span(&key)).await {
+            return Ok(data?);
         }
         let from = HEADER_BYTES as u64 + p.obj_sector * SECTOR;
         Ok(self.store.get_range(&key, from, p.sectors * SECTOR).await?)
