@@ -9,7 +9,8 @@
 # meridian`), BENCH_DIR (scratch, kept; default a temp dir removed at exit), RUNTIME (seconds per timed job, 30),
 # JOB_SIZE (bytes per job / volume size for the throughput jobs, 4G), FILL_SIZE (16G; the RSS
 # fill; 0 skips it), SKIP_JOBS=1 (only the fill), COLD_ONLY=1 (of the jobs, only the cold read
-# after the prefill, on both sides: the quick check of cold reads). Compare the fill's RSS at two sizes for the
+# after the prefill, on both sides: the quick check of cold reads), SERVE_ARGS (extra flags of
+# the benchmarked `volume serve`, e.g. "--read-ahead 0"). Compare the fill's RSS at two sizes for the
 # per-GiB cost. --quick: RUNTIME=10, JOB_SIZE=1G, FILL_SIZE=2G.
 # Needs: fio, qemu-utils (qemu-nbd), libnbd-bin. Only loopback addresses are used.
 set -euo pipefail
@@ -95,7 +96,8 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || echo "note
 
 start_serve() {
     NBD_PORT=$(free_port)
-    "$BIN" volume serve bench --listen 127.0.0.1:"$NBD_PORT" --gc-interval 0 >>"$DIR/serve.log" 2>&1 &
+    # shellcheck disable=SC2086 # SERVE_ARGS is a list of flags
+    "$BIN" volume serve bench --listen 127.0.0.1:"$NBD_PORT" --gc-interval 0 ${SERVE_ARGS:-} >>"$DIR/serve.log" 2>&1 &
     SERVE=$!; PIDS+=($SERVE)
     wait_port "$NBD_PORT"
 }
