@@ -8,7 +8,9 @@
 # Env: MERIDIAN_BIN (default target/release/meridian; build with `cargo build --release -p
 # meridian`), BENCH_DIR (scratch, kept; default a temp dir removed at exit), RUNTIME (seconds per timed job, 30),
 # JOB_SIZE (bytes per job / volume size for the throughput jobs, 4G), FILL_SIZE (16G; the RSS
-# fill; 0 skips it), SKIP_JOBS=1 (only the fill). Compare the fill's RSS at two sizes for the
+# fill; 0 skips it), SKIP_JOBS=1 (only the fill), COLD_ONLY=1 (of the jobs, only the cold read
+# after the prefill, on both sides: the quick check of cold reads), SERVE_ARGS (extra flags of
+# the benchmarked `volume serve`, e.g. "--read-ahead 0"). Compare the fill's RSS at two sizes for the
 # per-GiB cost. --quick: RUNTIME=10, JOB_SIZE=1G, FILL_SIZE=2G.
 # Needs: fio, qemu-utils (qemu-nbd), libnbd-bin. Only loopback addresses are used.
 set -euo pipefail
@@ -94,7 +96,8 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || echo "note
 
 start_serve() {
     NBD_PORT=$(free_port)
-    "$BIN" volume serve bench --listen 127.0.0.1:"$NBD_PORT" --gc-interval 0 >>"$DIR/serve.log" 2>&1 &
+    # shellcheck disable=SC2086 # SERVE_ARGS is a list of flags
+    "$BIN" volume serve bench --listen 127.0.0.1:"$NBD_PORT" --gc-interval 0 ${SERVE_ARGS:-} >>"$DIR/serve.log" 2>&1 &
     SERVE=$!; PIDS+=($SERVE)
     wait_port "$NBD_PORT"
 }
@@ -114,12 +117,13 @@ start_serve
 fio --name=prefill --ioengine=nbd --uri=nbd://127.0.0.1:$NBD_PORT/bench --rw=write --bs=1M \
     --iodepth=8 --size="$JOB_SIZE" >/dev/null 2>&1
 flush_secs nbd://127.0.0.1:$NBD_PORT/bench >/dev/null
-MERIDIAN=$(jobs nbd://127.0.0.1:$NBD_PORT/bench)
+MERIDIAN=""
+if [ -z "${COLD_ONLY:-}" ]; then MERIDIAN=$(jobs nbd://127.0.0.1:$NBD_PORT/bench)$'\n'; fi
 kill -TERM $SERVE; wait $SERVE || true
 # Cold: a new serve has an empty local cache, so every read is a GET on the bucket.
 drop_caches
 start_serve
-MERIDIAN+=$'\n'$(job read-1m-qd8-cold read 1M 8 nbd://127.0.0.1:$NBD_PORT/bench)
+MERIDIAN+=$(job read-1m-qd8-cold read 1M 8 nbd://127.0.0.1:$NBD_PORT/bench)
 kill -TERM $SERVE; wait $SERVE || true
 
 # --- qemu-nbd on a plain local file ----------------------------------------------------------
@@ -128,11 +132,12 @@ start_qemu
 fio --name=prefill --ioengine=nbd --uri=nbd://127.0.0.1:$Q_PORT/plain --rw=write --bs=1M \
     --iodepth=8 --size="$JOB_SIZE" >/dev/null 2>&1
 flush_secs nbd://127.0.0.1:$Q_PORT/plain >/dev/null
-BASELINE=$(jobs nbd://127.0.0.1:$Q_PORT/plain)
+BASELINE=""
+if [ -z "${COLD_ONLY:-}" ]; then BASELINE=$(jobs nbd://127.0.0.1:$Q_PORT/plain)$'\n'; fi
 kill $QPID; wait $QPID 2>/dev/null || true
 drop_caches
 start_qemu
-BASELINE+=$'\n'$(job read-1m-qd8-cold read 1M 8 nbd://127.0.0.1:$Q_PORT/plain)
+BASELINE+=$(job read-1m-qd8-cold read 1M 8 nbd://127.0.0.1:$Q_PORT/plain)
 kill $QPID; wait $QPID 2>/dev/null || true
 rm -f "$DIR/plain.img"
 

@@ -108,7 +108,7 @@ pub enum VolumeSubcommand {
         bucket: BucketArgs,
     },
     /// Serve the volume over NBD (takes the writer lease).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Record the current end of the log as a snapshot.
     Snapshot {
         name: String,
@@ -216,6 +216,11 @@ pub struct ServeArgs {
     /// without a GET; 0 disables.
     #[arg(long, default_value = "8GiB")]
     pub cache_size: String,
+    /// How far past a sequential stream's last read its windows are fetched in the background,
+    /// rounded up to 4 MiB windows, at most 64MiB; 0 fetches only what reads ask for. Memory:
+    /// four windows more than this.
+    #[arg(long, default_value = "16MiB")]
+    pub read_ahead: String,
     /// Unflushed writes this old are uploaded even without a FLUSH (what a crash of `serve` can
     /// lose at most; flushed writes are never lost), e.g. 30s. At least 1s.
     #[arg(long, default_value = "30s", value_parser = duration_arg)]
@@ -299,14 +304,14 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
                 if m.encryption.is_some() { ", encrypted" } else { "" }
             );
         }
-        VolumeSubcommand::Serve(args) => serve(args).await?,
+        VolumeSubcommand::Serve(args) => serve(*args).await?,
         VolumeSubcommand::Fork { source, new, bucket } => {
             let (name, at) = match source.split_once('@') {
                 Some((name, snap)) => (name, Some(snap)),
                 None => (source.as_str(), None),
             };
-            let (store, layout) = bucket.volume(name).await?;
-            let m = manage::fork(store.as_ref(), &layout, at, &new, GcConfig::default().grace).await?;
+            let layout = bucket.layout(name)?;
+            let m = manage::fork(bucket.store()?, bucket.key()?, &layout, at, &new, GcConfig::default().grace).await?;
             let point = m.parent.as_ref().map_or(0, |p| p.seq);
             println!("forked {source} into {new} ({}) at log position {point}", format_size(m.size));
         }
@@ -467,6 +472,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cfg.checkpoint_bytes = format::parse_size(&args.checkpoint_every)?;
     cfg.journal_bytes = format::parse_size(&args.journal_size)?;
     cfg.cache_bytes = format::parse_size(&args.cache_size)?;
+    cfg.read_ahead_bytes = format::parse_size(&args.read_ahead)?;
     cfg.max_dirty_age = args.max_dirty_age.max(Duration::from_secs(1));
     let (store, layout) = args.bucket.volume(&args.name).await?;
     let vol =

@@ -125,10 +125,17 @@ pub fn plain_len(sealed: u64) -> u64 {
 }
 
 /// A store that seals every object of one volume but its manifest on the way out and opens
-/// them on the way in.
+/// them on the way in. A fork's store also opens its ancestors' objects (which it reads up to
+/// its fork point): each object is sealed under the volume it belongs to.
 pub struct EncryptedStore {
     inner: Arc<dyn ObjectStore>,
     key: Arc<VolumeKey>,
+    /// The volume itself first, then its ancestors.
+    volumes: Vec<Sealed>,
+}
+
+/// A volume whose objects a store seals: its root, manifest key and id.
+struct Sealed {
     root: String,
     manifest: String,
     volume_id: String,
@@ -136,19 +143,28 @@ pub struct EncryptedStore {
 
 impl EncryptedStore {
     pub fn new(inner: Arc<dyn ObjectStore>, key: Arc<VolumeKey>, layout: &Layout, volume_id: &str) -> Self {
-        Self {
-            inner,
-            key,
-            root: layout.root().to_string(),
-            manifest: layout.manifest(),
-            volume_id: volume_id.to_string(),
-        }
+        Self { inner, key, volumes: vec![Sealed::new(layout, volume_id)] }
+    }
+
+    /// Also opens the objects of `layout`, an ancestor of this (forked) volume, sealed under
+    /// the same key.
+    pub fn with_ancestor(mut self, layout: &Layout, volume_id: &str) -> Self {
+        self.volumes.push(Sealed::new(layout, volume_id));
+        self
+    }
+
+    fn is_manifest(&self, key: &str) -> bool {
+        self.volumes.iter().any(|v| v.manifest == key)
     }
 
     fn aad(&self, key: &str, chunk: u64) -> Vec<u8> {
-        let rel = key.strip_prefix(&self.root).unwrap_or(key);
-        let mut aad = Vec::with_capacity(self.volume_id.len() + rel.len() + 10);
-        aad.extend_from_slice(self.volume_id.as_bytes());
+        let (volume_id, rel) = self
+            .volumes
+            .iter()
+            .find_map(|v| key.strip_prefix(&v.root).map(|rel| (&v.volume_id, rel)))
+            .unwrap_or((&self.volumes[0].volume_id, key));
+        let mut aad = Vec::with_capacity(volume_id.len() + rel.len() + 10);
+        aad.extend_from_slice(volume_id.as_bytes());
         aad.push(0);
         aad.extend_from_slice(rel.as_bytes());
         aad.push(0);
@@ -221,6 +237,12 @@ impl EncryptedStore {
     }
 }
 
+impl Sealed {
+    fn new(layout: &Layout, volume_id: &str) -> Self {
+        Self { root: layout.root().to_string(), manifest: layout.manifest(), volume_id: volume_id.to_string() }
+    }
+}
+
 /// Reads until `buf` is full or the reader ends; returns the bytes read.
 fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -236,7 +258,7 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 #[async_trait]
 impl ObjectStore for EncryptedStore {
     async fn put(&self, key: &str, body: Bytes, cond: PutCondition) -> Result<String, StoreError> {
-        if key == self.manifest {
+        if self.is_manifest(key) {
             return self.inner.put(key, body, cond).await;
         }
         self.inner.put(key, self.seal(key, &body)?, cond).await
@@ -249,7 +271,7 @@ impl ObjectStore for EncryptedStore {
 
     async fn get(&self, key: &str) -> Result<Fetched, StoreError> {
         let f = self.inner.get(key).await?;
-        if key == self.manifest {
+        if self.is_manifest(key) {
             return Ok(f);
         }
         Ok(Fetched { data: Bytes::from(self.open(key, &f.data, 0)?), etag: f.etag })
@@ -265,7 +287,7 @@ impl ObjectStore for EncryptedStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         let mut listed = self.inner.list(prefix).await?;
-        for o in listed.iter_mut().filter(|o| o.key != self.manifest) {
+        for o in listed.iter_mut().filter(|o| !self.is_manifest(&o.key)) {
             o.size = plain_len(o.size);
         }
         Ok(listed)

@@ -52,30 +52,47 @@ async fn read_manifest_etag(store: &dyn ObjectStore, layout: &Layout) -> Result<
 
 /// The store through which the volume at `layout` is read and written: the bucket itself, or
 /// for an encrypted volume a sealing layer over it, once `key` is checked against the
-/// manifest. A missing, wrong or superfluous key is refused here, before anything is read.
+/// manifest (and, for a fork, against every ancestor's, whose objects it reads). A missing,
+/// wrong or superfluous key is refused here, before anything is read.
 pub async fn volume_store(
     store: Arc<dyn ObjectStore>,
     layout: &Layout,
     key: Option<Arc<VolumeKey>>,
 ) -> Result<Arc<dyn ObjectStore>> {
     let m = read_manifest(store.as_ref(), layout).await?;
-    match (&m.encryption, key) {
-        (None, None) => Ok(store),
-        (None, Some(_)) => Err(VolumeError::NotEncrypted(m.name)),
-        (Some(_), None) => Err(VolumeError::KeyRequired(m.name)),
-        (Some(info), Some(key)) => {
-            if info.cipher != crypt::CIPHER {
-                return Err(VolumeError::Crypto(format!(
-                    "volume {} uses cipher {:?}, which this build does not know",
-                    m.name, info.cipher
-                )));
-            }
-            if !key.verify(&m.volume_id, &info.key_check) {
-                return Err(VolumeError::WrongKey(m.name));
-            }
-            Ok(Arc::new(EncryptedStore::new(store, key, layout, &m.volume_id)))
-        }
+    let key = match (&m.encryption, key) {
+        (None, None) => return Ok(store),
+        (None, Some(_)) => return Err(VolumeError::NotEncrypted(m.name)),
+        (Some(_), None) => return Err(VolumeError::KeyRequired(m.name)),
+        (Some(_), Some(key)) => key,
+    };
+    check_key(&m, &key)?;
+    let mut sealed = EncryptedStore::new(store.clone(), key.clone(), layout, &m.volume_id);
+    let (mut cur, mut parent) = (layout.clone(), m.parent);
+    for _ in 0..MAX_FORK_DEPTH {
+        let Some(p) = parent else { break };
+        cur = cur.sibling(&p.name)?;
+        let pm = read_manifest(store.as_ref(), &cur).await?;
+        check_key(&pm, &key)?;
+        sealed = sealed.with_ancestor(&cur, &pm.volume_id);
+        parent = pm.parent;
     }
+    Ok(Arc::new(sealed))
+}
+
+/// Refuses `key` unless it is the key volume `m` is encrypted with.
+fn check_key(m: &Manifest, key: &VolumeKey) -> Result<()> {
+    let Some(info) = &m.encryption else { return Err(VolumeError::NotEncrypted(m.name.clone())) };
+    if info.cipher != crypt::CIPHER {
+        return Err(VolumeError::Crypto(format!(
+            "volume {} uses cipher {:?}, which this build does not know",
+            m.name, info.cipher
+        )));
+    }
+    if !key.verify(&m.volume_id, &info.key_check) {
+        return Err(VolumeError::WrongKey(m.name.clone()));
+    }
+    Ok(())
 }
 
 /// Ancestors a fork may have: bounds the walk over parents (and a cycle someone edited in).
@@ -114,22 +131,27 @@ pub async fn resolve_layout(store: &dyn ObjectStore, layout: &Layout) -> Result<
 /// Creates volume `new` as a fork of `source` at snapshot `at` (or its current durable end):
 /// no data is copied. The fork reads the source's log objects up to that point and writes its
 /// own after it; a record in the source (`forks/NEW.json`) makes the source's GC keep what the
-/// fork point reads.
+/// fork point reads. `bucket` is the bucket itself; a fork of an encrypted volume needs its
+/// `key` and is encrypted with the same key.
 pub async fn fork(
-    store: &dyn ObjectStore,
+    bucket: Arc<dyn ObjectStore>,
+    key: Option<Arc<VolumeKey>>,
     source: &Layout,
     at: Option<&str>,
     new_name: &str,
     grace: Duration,
 ) -> Result<Manifest> {
+    let store = volume_store(bucket.clone(), source, key.clone()).await?;
+    let store = store.as_ref();
     let source = resolve_layout(store, source).await?;
     let sm = read_manifest(store, &source).await?;
-    if sm.encryption.is_some() {
-        return Err(VolumeError::Invalid(format!(
-            "volume {} is encrypted: forks of encrypted volumes are not supported",
-            sm.name
-        )));
-    }
+    let volume_id = format!("{:032x}", rand::random::<u128>());
+    let encryption = match (&sm.encryption, &key) {
+        (Some(info), Some(key)) => {
+            Some(EncryptionInfo { cipher: info.cipher.clone(), key_check: key.check(&volume_id)? })
+        }
+        _ => None,
+    };
     let new = source.sibling(new_name)?;
     let t0 = Instant::now();
     let (seq, size) = match at {
@@ -144,15 +166,15 @@ pub async fn fork(
     let manifest = Manifest {
         format: format::FORMAT_VERSION,
         name: new_name.to_string(),
-        volume_id: format!("{:032x}", rand::random::<u128>()),
+        volume_id,
         size,
         sector_size: SECTOR,
         object_bytes: sm.object_bytes,
         created_unix: now_unix(),
-        encryption: None,
+        encryption,
         parent: Some(ParentRef { name: sm.name.clone(), volume_id: sm.volume_id.clone(), seq }),
     };
-    match store.put(&new.manifest(), json(&manifest)?, PutCondition::IfAbsent).await {
+    match bucket.put(&new.manifest(), json(&manifest)?, PutCondition::IfAbsent).await {
         Ok(_) => {}
         Err(e) => {
             store.delete(&source.fork(new_name)).await?;

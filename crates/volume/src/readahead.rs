@@ -1,9 +1,13 @@
 //! Read-ahead for sequential streams. A read that starts where a recent read ended continues a
 //! stream; its bytes are fetched as whole windows (4 MiB) of the log object they live in, so a
 //! stream of 1 MiB reads costs one GET per window instead of one per read, and the next reads
-//! find their bytes in memory. Concurrent readers of a window share its fetch. Log objects never
-//! change once written, so a window stays valid as long as it is kept (a few, most recent).
-//! Random reads bypass it: they fetch exactly what they need.
+//! find their bytes in memory. The volume also starts the fetches of the windows holding the
+//! stream's next sectors (`--read-ahead`, 16 MiB by default; [`ReadAhead::prefetch`]), so
+//! several ranged GETs are in flight ahead of the reader. Concurrent readers of a window share
+//! its fetch. Log objects never change once written, so a window stays valid as long as it is
+//! kept (the most recent: four more than the read-ahead's; memory is bounded by them and by the
+//! windows reads in flight still hold). Random reads bypass it: they fetch exactly what they
+//! need.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,17 +22,24 @@ use crate::store::ObjectStore;
 
 /// Sectors per window (4 MiB).
 pub const WINDOW_SECTORS: u64 = 1024;
-/// Windows kept in memory: 16 MiB at most.
-const WINDOWS_KEPT: usize = 4;
+/// Largest read-ahead: 16 windows (64 MiB).
+const MAX_AHEAD_WINDOWS: u64 = 16;
+/// Windows kept beyond the read-ahead's, so a prefetched window is not dropped before the
+/// reader (or a second stream) gets to it.
+const SPARE_WINDOWS: usize = 4;
 /// Read ends remembered to recognise a stream (several streams, and out-of-order dispatch of
 /// a deep queue).
 const RECENT_ENDS: usize = 32;
 
 type WindowFetch = Shared<BoxFuture<'static, Result<Bytes, String>>>;
 
-#[derive(Default)]
 pub(crate) struct ReadAhead {
-    state: Mutex<State>,
+    /// Shared with the tasks running fetches ahead (they drop a window that failed).
+    state: Arc<Mutex<State>>,
+    /// Volume sectors past a stream's last read whose windows are fetched ahead.
+    ahead_sectors: u64,
+    /// Windows kept in memory, fetched or being fetched.
+    kept: usize,
 }
 
 #[derive(Default)]
@@ -37,6 +48,8 @@ struct State {
     recent_ends: VecDeque<u64>,
     /// ((log object, window index), its bytes or their fetch), oldest first.
     windows: VecDeque<((u64, u64), WindowFetch)>,
+    /// Volume sector up to which the last stream's next sectors were prefetched.
+    prefetched_to: u64,
 }
 
 /// Where a piece of a read lives in the bucket.
@@ -49,9 +62,64 @@ pub(crate) struct ObjectSpan<'a> {
     pub sectors: u64,
 }
 
+/// Window `window` of object `seq` (at `key`): its data sectors `start..stop`.
+struct Window<'a> {
+    key: &'a str,
+    seq: u64,
+    window: u64,
+    start: u64,
+    stop: u64,
+}
+
+impl ObjectSpan<'_> {
+    fn window(&self, window: u64, start: u64, stop: u64) -> Window<'_> {
+        Window { key: self.key, seq: self.seq, window, start, stop }
+    }
+}
+
 impl ReadAhead {
+    /// Read-ahead of `bytes` past a stream's reads, rounded up to whole windows (at most 64 MiB).
+    pub fn new(bytes: u64) -> Self {
+        let windows = bytes.div_ceil(WINDOW_SECTORS * SECTOR).min(MAX_AHEAD_WINDOWS);
+        Self { state: Arc::default(), ahead_sectors: windows * WINDOW_SECTORS, kept: windows as usize + SPARE_WINDOWS }
+    }
+
+    pub fn ahead_sectors(&self) -> u64 {
+        self.ahead_sectors
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
+    }
+
+    /// The part of volume sectors `end..stop` (the next sectors of a stream whose last read
+    /// ended at `end`) not already prefetched for it; records them as prefetched.
+    pub fn claim_ahead(&self, end: u64, stop: u64) -> std::ops::Range<u64> {
+        let mut st = self.lock();
+        let from = if (end..=stop).contains(&st.prefetched_to) { st.prefetched_to } else { end };
+        st.prefetched_to = stop;
+        from..stop
+    }
+
+    /// Starts fetching the windows holding `span` (unless kept or being fetched), without
+    /// waiting for them. A fetch that fails is dropped, so a read retries it.
+    pub fn prefetch(&self, store: &Arc<dyn ObjectStore>, span: ObjectSpan<'_>) {
+        let end = (span.first + span.sectors).min(span.object_sectors);
+        let mut window = span.first / WINDOW_SECTORS;
+        while window * WINDOW_SECTORS < end {
+            let start = window * WINDOW_SECTORS;
+            let stop = (start + WINDOW_SECTORS).min(span.object_sectors);
+            let (fetch, started) = self.fetch(store, &span.window(window, start, stop));
+            if started {
+                let (state, id) = (Arc::clone(&self.state), (span.seq, window));
+                tokio::spawn(async move {
+                    if fetch.await.is_err() {
+                        lock(&state).windows.retain(|(k, _)| *k != id);
+                    }
+                });
+            }
+            window += 1;
+        }
     }
 
     /// Records a read of `len` bytes at `offset`; true when it continues a recent read.
@@ -78,7 +146,7 @@ impl ReadAhead {
             let start = window * WINDOW_SECTORS;
             let stop = (start + WINDOW_SECTORS).min(span.object_sectors);
             return Some(
-                self.window(store, span.key, span.seq, window, start, stop)
+                self.window(store, &span.window(window, start, stop))
                     .await
                     .map(|data| data.slice(((span.first - start) * SECTOR) as usize..((end - start) * SECTOR) as usize))
                     .map_err(|message| StoreError::Backend { key: span.key.to_string(), message }),
@@ -90,7 +158,7 @@ impl ReadAhead {
             let window = at / WINDOW_SECTORS;
             let start = window * WINDOW_SECTORS;
             let stop = (start + WINDOW_SECTORS).min(span.object_sectors);
-            let data = match self.window(store, span.key, span.seq, window, start, stop).await {
+            let data = match self.window(store, &span.window(window, start, stop)).await {
                 Ok(data) => data,
                 Err(message) => return Some(Err(StoreError::Backend { key: span.key.to_string(), message })),
             };
@@ -102,36 +170,9 @@ impl ReadAhead {
     }
 
     /// The bytes of sectors `start..stop` of object `seq`: kept, being fetched, or fetched now.
-    async fn window(
-        &self,
-        store: &Arc<dyn ObjectStore>,
-        key: &str,
-        seq: u64,
-        window: u64,
-        start: u64,
-        stop: u64,
-    ) -> Result<Bytes, String> {
-        let id = (seq, window);
-        let fetch = {
-            let mut st = self.lock();
-            match st.windows.iter().find(|(k, _)| *k == id) {
-                Some((_, fetch)) => fetch.clone(),
-                None => {
-                    let (store, key) = (Arc::clone(store), key.to_string());
-                    let fetch = async move {
-                        let from = HEADER_BYTES as u64 + start * SECTOR;
-                        store.get_range(&key, from, (stop - start) * SECTOR).await.map_err(|e| e.to_string())
-                    }
-                    .boxed()
-                    .shared();
-                    st.windows.push_back((id, fetch.clone()));
-                    if st.windows.len() > WINDOWS_KEPT {
-                        st.windows.pop_front();
-                    }
-                    fetch
-                }
-            }
-        };
+    async fn window(&self, store: &Arc<dyn ObjectStore>, w: &Window<'_>) -> Result<Bytes, String> {
+        let id = (w.seq, w.window);
+        let (fetch, _) = self.fetch(store, w);
         let result = fetch.await;
         if result.is_err() {
             // Not kept: the next read tries again.
@@ -139,4 +180,31 @@ impl ReadAhead {
         }
         result
     }
+
+    /// The fetch of window `window` (sectors `start..stop`) of object `seq`: kept, or started
+    /// now (then true), dropping the oldest kept window past the number kept.
+    fn fetch(&self, store: &Arc<dyn ObjectStore>, w: &Window<'_>) -> (WindowFetch, bool) {
+        let id = (w.seq, w.window);
+        let (key, start, stop) = (w.key, w.start, w.stop);
+        let mut st = self.lock();
+        if let Some((_, fetch)) = st.windows.iter().find(|(k, _)| *k == id) {
+            return (fetch.clone(), false);
+        }
+        let (store, key) = (Arc::clone(store), key.to_string());
+        let fetch = async move {
+            let from = HEADER_BYTES as u64 + start * SECTOR;
+            store.get_range(&key, from, (stop - start) * SECTOR).await.map_err(|e| e.to_string())
+        }
+        .boxed()
+        .shared();
+        st.windows.push_back((id, fetch.clone()));
+        if st.windows.len() > self.kept {
+            st.windows.pop_front();
+        }
+        (fetch, true)
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

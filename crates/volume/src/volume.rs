@@ -54,6 +54,9 @@ pub struct WriterConfig {
     pub journal_extents: usize,
     /// Bytes of uploaded cuts whose journal files are kept as a local read cache (0: none).
     pub cache_bytes: u64,
+    /// How far past a sequential stream's last read the bucket's windows are prefetched (see
+    /// [`ReadAhead`]; 0: none).
+    pub read_ahead_bytes: u64,
 }
 
 impl WriterConfig {
@@ -70,6 +73,7 @@ impl WriterConfig {
             journal_bytes: 8 << 30,
             journal_extents: 8 * MAX_DATA_ENTRIES,
             cache_bytes: 8 << 30,
+            read_ahead_bytes: 16 << 20,
         }
     }
 }
@@ -165,6 +169,19 @@ struct RemotePiece {
     object_sectors: u64,
 }
 
+impl RemotePiece {
+    /// Where the piece lives in log object `key`, for the read-ahead.
+    fn span<'a>(&self, key: &'a str) -> ObjectSpan<'a> {
+        ObjectSpan {
+            key,
+            seq: self.seq,
+            object_sectors: self.object_sectors,
+            first: self.obj_sector,
+            sectors: self.sectors,
+        }
+    }
+}
+
 pub struct Volume {
     store: Arc<dyn ObjectStore>,
     layout: Layout,
@@ -248,11 +265,11 @@ impl Volume {
                 checkpointing: false,
                 last_checkpoint: r.base,
             }),
+            readahead: ReadAhead::new(cfg.read_ahead_bytes),
             cfg,
             progress,
             rmw: RwLock::new(()),
             table_path,
-            readahead: ReadAhead::default(),
             metrics: VolumeMetrics::default(),
         });
         vol.write_marker(ObjectKind::Fence).await?;
@@ -356,6 +373,9 @@ impl Volume {
         let first = offset / SECTOR;
         let last = (offset + len).div_ceil(SECTOR);
         let sequential = self.readahead.note_read(offset, len);
+        if sequential {
+            self.read_ahead(last);
+        }
         let buf = self.read_sectors(first, last - first, sequential).await?;
         let skip = (offset - first * SECTOR) as usize;
         Ok(buf.slice(skip..skip + len as usize))
@@ -391,20 +411,26 @@ impl Volume {
         Ok(Bytes::from(out))
     }
 
+    /// Starts fetching, in the background, the bucket's windows holding the sectors after
+    /// `end` (where a sequential read ends) not already asked for. Best effort: a failure here
+    /// is the next read's to meet.
+    fn read_ahead(&self, end: u64) {
+        let stop = (end + self.readahead.ahead_sectors()).min(self.manifest.size / SECTOR);
+        let ahead = self.readahead.claim_ahead(end, stop);
+        if ahead.is_empty() {
+            return;
+        }
+        let Ok(pieces) = self.resolve(ahead.start, ahead.end - ahead.start) else { return };
+        for p in pieces.iter().filter_map(|p| if let Piece::Remote(p) = p { Some(p) } else { None }) {
+            self.readahead.prefetch(&self.store, p.span(&self.layout.log(p.seq)));
+        }
+    }
+
     /// The bytes of `p` from the bucket, through the read-ahead when `sequential`.
     async fn fetch_piece(&self, p: &RemotePiece, sequential: bool) -> Result<Bytes> {
         let key = self.layout.log(p.seq);
-        if sequential {
-            let span = ObjectSpan {
-                key: &key,
-                seq: p.seq,
-                object_sectors: p.object_sectors,
-                first: p.obj_sector,
-                sectors: p.sectors,
-            };
-            if let Some(data) = self.readahead.read(&self.store, span).await {
-                return Ok(data?);
-            }
+        if sequential && let Some(data) = self.readahead.read(&self.store, p.span(&key)).await {
+            return Ok(data?);
         }
         let from = HEADER_BYTES as u64 + p.obj_sector * SECTOR;
         Ok(self.store.get_range(&key, from, p.sectors * SECTOR).await?)

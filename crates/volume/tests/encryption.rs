@@ -140,3 +140,60 @@ fn key_files_must_be_private_hex() {
     let err = VolumeKey::from_file(&dir.path().join("missing")).unwrap_err().to_string();
     assert!(err.contains("cannot read the key file"), "{err}");
 }
+
+/// A fork of an encrypted volume: made with the same key, encrypted with it, reading the
+/// source's sealed objects up to the fork point and diverging; no or another key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_volume_forks_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Arc::new(VolumeKey::from_bytes(&[0x5a; 32]));
+    let raw = Arc::new(MemStore::new());
+    let src = Layout::new("", "src").unwrap();
+    manage::create_with_key(raw.as_ref(), &src, "src", 4 * MIB, 256 * 1024, Some(&key)).await.unwrap();
+    let cfg = |name: &str| WriterConfig::new(dir.path().join(name), HOLDER.into());
+    let text: Vec<u8> = MARKER.iter().copied().cycle().take(MIB as usize).collect();
+    let store = manage::volume_store(raw.clone(), &src, Some(key.clone())).await.unwrap();
+    let vol = Volume::open(store.clone(), src.clone(), cfg("a")).await.unwrap();
+    vol.write(0, &text).await.unwrap();
+    vol.close().await.unwrap();
+
+    let wrong = Arc::new(VolumeKey::from_bytes(&[0x5b; 32]));
+    let err = manage::fork(raw.clone(), Some(wrong.clone()), &src, None, "f", GRACE).await.unwrap_err();
+    assert!(matches!(err, VolumeError::WrongKey(_)), "{err}");
+    let err = manage::fork(raw.clone(), None, &src, None, "f", GRACE).await.unwrap_err();
+    assert!(matches!(err, VolumeError::KeyRequired(_)), "{err}");
+    let m = manage::fork(raw.clone(), Some(key.clone()), &src, None, "f", GRACE).await.unwrap();
+    assert_eq!(m.encryption.as_ref().map(|e| e.cipher.as_str()), Some("xchacha20poly1305-4k"));
+
+    // The fork reads the source's data with the key, and its own writes stay its own.
+    let fork = Layout::new("", "f").unwrap();
+    for bad in [None, Some(wrong)] {
+        assert!(manage::volume_store(raw.clone(), &fork, bad).await.is_err(), "the fork needs the key");
+    }
+    let fstore = manage::volume_store(raw.clone(), &fork, Some(key.clone())).await.unwrap();
+    let fvol = Volume::open(fstore, fork.clone(), cfg("b")).await.unwrap();
+    assert!(fvol.read(0, MIB).await.unwrap() == text, "the fork starts as the source");
+    fvol.write(0, &[0xee; 4096]).await.unwrap();
+    fvol.close().await.unwrap();
+    let fstore = manage::volume_store(raw.clone(), &fork, Some(key.clone())).await.unwrap();
+    let fvol = Volume::open(fstore, fork.clone(), cfg("c")).await.unwrap();
+    let got = fvol.read(0, MIB).await.unwrap();
+    assert!(got[..4096] == [0xee; 4096] && got[4096..] == text[4096..], "the fork diverged");
+    fvol.close().await.unwrap();
+    let vol = Volume::open(store.clone(), src.clone(), cfg("d")).await.unwrap();
+    assert!(vol.read(0, MIB).await.unwrap() == text, "the source is unchanged");
+    // The source's GC reads the (sealed) fork record and keeps what the fork reads.
+    let gc_cfg = GcConfig { high: 1.0, low: 1.0, grace: Duration::ZERO, ..GcConfig::default() };
+    Gc::new().run(&vol, &gc_cfg).await.unwrap();
+    vol.close().await.unwrap();
+    let fstore = manage::volume_store(raw.clone(), &fork, Some(key.clone())).await.unwrap();
+    let fvol = Volume::open(fstore, fork, cfg("e")).await.unwrap();
+    assert!(fvol.read(0, MIB).await.unwrap() == got, "the fork reads the same after the source's GC");
+    fvol.close().await.unwrap();
+
+    for (k, body) in raw_objects(&raw).await {
+        assert!(!contains(&body, &MARKER[4..20]), "{k} holds the text in the clear");
+    }
+}
+
+const GRACE: Duration = Duration::from_secs(30);

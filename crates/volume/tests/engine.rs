@@ -159,6 +159,73 @@ async fn sequential_reads_fetch_whole_windows_and_random_reads_only_what_they_ne
     vol.close().await.unwrap();
 }
 
+/// Cold reads with read-ahead: a sequential stream gets the windows ahead of it fetched in the
+/// background (bounded: the bytes fetched but not yet read stay under the read-ahead window plus
+/// a window or two), and sequential, concurrent and random reads all return the written bytes
+/// over a layout fragmented by overwrites.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_reads_prefetch_ahead_of_streams_within_a_bound() {
+    const SIZE: u64 = 96 * MIB;
+    let store = Arc::new(MemStore::new());
+    let layout = new_volume(&store, SIZE, 4 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = pattern(11, (64 * MIB) as usize);
+    data.resize(SIZE as usize, 0);
+    let vol = Volume::open(store.clone(), layout.clone(), cfg(&dir, "a")).await.unwrap();
+    vol.write(0, &data[..(64 * MIB) as usize]).await.unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    for i in 0..64u64 {
+        let at = rng.random_range(0..SIZE / 65536) * 65536;
+        let block = pattern(100 + i, 65536);
+        vol.write(at, &block).await.unwrap();
+        data[at as usize..at as usize + 65536].copy_from_slice(&block);
+    }
+    vol.close().await.unwrap();
+    let cold = |who: &'static str| {
+        let (store, layout) = (store.clone(), layout.clone());
+        let mut c = cfg(&dir, who);
+        c.cache_bytes = 0;
+        async move { Volume::open(store, layout, c).await.unwrap() }
+    };
+
+    // One stream of 1 MiB reads, one at a time.
+    let vol = cold("b").await;
+    store.range_bytes.store(0, Ordering::SeqCst);
+    for i in 0..SIZE / MIB {
+        let got = vol.read(i * MIB, MIB).await.unwrap();
+        assert!(got[..] == data[(i * MIB) as usize..((i + 1) * MIB) as usize], "sequential read {i}");
+        if i == 1 {
+            // The second read continued a stream: the next 16 MiB are being fetched.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while store.range_bytes.load(Ordering::SeqCst) < 16 * MIB {
+                assert!(std::time::Instant::now() < deadline, "nothing fetched ahead of the stream");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let ahead = store.range_bytes.load(Ordering::SeqCst).saturating_sub((i + 1) * MIB);
+        assert!(ahead <= 26 * MIB, "{ahead} bytes fetched ahead of the reader after read {i}");
+    }
+    let fetched = store.range_bytes.load(Ordering::SeqCst);
+    assert!(fetched <= 72 * MIB, "{fetched} bytes fetched for 64 MiB of data read once");
+    vol.close().await.unwrap();
+
+    // Two interleaved streams and random reads of any size, on a cold volume.
+    let vol = cold("c").await;
+    for i in 0..24u64 {
+        let (a, b) = (i * MIB, 48 * MIB + i * 512 * 1024);
+        let (ra, rb) = futures::future::join(vol.read(a, MIB), vol.read(b, 512 * 1024)).await;
+        assert!(ra.unwrap()[..] == data[a as usize..(a + MIB) as usize], "stream a at {a}");
+        assert!(rb.unwrap()[..] == data[b as usize..(b + 512 * 1024) as usize], "stream b at {b}");
+    }
+    for _ in 0..200 {
+        let len = rng.random_range(1..=256 * 1024u64);
+        let at = rng.random_range(0..SIZE - len);
+        let got = vol.read(at, len).await.unwrap();
+        assert!(got[..] == data[at as usize..(at + len) as usize], "random read of {len} at {at}");
+    }
+    vol.close().await.unwrap();
+}
+
 /// Uploaded cuts keep serving reads from their journal files (within the cache budget), so
 /// reading back what was just written costs no GET; beyond the budget the oldest go first.
 #[tokio::test]

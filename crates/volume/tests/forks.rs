@@ -88,15 +88,15 @@ async fn forks_start_in_constant_time_read_through_and_diverge() {
     // Constant time: a fork adds two small JSON objects (its manifest, the source's record of
     // it), whatever the source holds.
     let before = (store.list("").await.unwrap().len(), store.bytes_under(""));
-    manage::fork(store.as_ref(), &src, Some("s1"), "f1", GRACE).await.unwrap();
-    manage::fork(store.as_ref(), &src, None, "f2", GRACE).await.unwrap();
+    manage::fork(store.clone(), None, &src, Some("s1"), "f1", GRACE).await.unwrap();
+    manage::fork(store.clone(), None, &src, None, "f2", GRACE).await.unwrap();
     let after = (store.list("").await.unwrap().len(), store.bytes_under(""));
     assert_eq!(after.0, before.0 + 4, "two forks, two objects each");
     assert!(after.1 - before.1 < 4096, "forks copied no data: {} bytes", after.1 - before.1);
     assert!(store.list("f1/log/").await.unwrap().is_empty());
-    let err = manage::fork(store.as_ref(), &src, Some("nope"), "f3", GRACE).await.unwrap_err();
+    let err = manage::fork(store.clone(), None, &src, Some("nope"), "f3", GRACE).await.unwrap_err();
     assert!(matches!(err, VolumeError::UnknownSnapshot(_)), "{err}");
-    let err = manage::fork(store.as_ref(), &src, None, "f1", GRACE).await.unwrap_err();
+    let err = manage::fork(store.clone(), None, &src, None, "f1", GRACE).await.unwrap_err();
     assert!(matches!(err, VolumeError::AlreadyExists(_)), "{err}");
 
     // Each fork reads the source as it was, then diverges on its own.
@@ -118,7 +118,7 @@ async fn forks_start_in_constant_time_read_through_and_diverge() {
     assert!(disk(&store, &dir, "src").await == head, "the source did not see f1's writes");
 
     // A fork of a fork reads through two levels.
-    manage::fork(store.as_ref(), &Layout::new("", "f1").unwrap(), None, "f1a", GRACE).await.unwrap();
+    manage::fork(store.clone(), None, &Layout::new("", "f1").unwrap(), None, "f1a", GRACE).await.unwrap();
     let mut f1a = f1.clone();
     with_volume(&store, &dir, "f1a", |vol| {
         let f1a = &mut f1a;

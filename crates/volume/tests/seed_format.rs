@@ -170,7 +170,7 @@ async fn a_reader_written_from_the_seed_rebuilds_the_disk_nbd_serves() {
             snapshot_model.clone_from(&model);
         }
         if round == 2 {
-            let m = manage::fork(store.as_ref(), &layout, None, "copy", Duration::from_secs(30)).await.unwrap();
+            let m = manage::fork(store.clone(), None, &layout, None, "copy", Duration::from_secs(30)).await.unwrap();
             fork = Some((m.parent.unwrap().seq, model.clone()));
         }
         let served = nbd_image(&srv, &dir).await;

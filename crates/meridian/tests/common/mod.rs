@@ -198,16 +198,7 @@ impl Server {
 
     /// Resident memory of the server process (current, peak) in KiB.
     pub fn rss_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        rss_kib_of(self.pid())
     }
 
     pub fn client(&self) -> aws_sdk_s3::Client {
@@ -265,6 +256,20 @@ pub struct ClusterContext {
 }
 
 /// Whether tests run against a node of a three-region cluster (`MERIDIAN_TEST_CLUSTER=1`).
+/// Resident memory of process `pid` (current `VmRSS`, peak `VmHWM`) in KiB.
+pub fn rss_kib_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 pub fn clustered() -> bool {
     std::env::var("MERIDIAN_TEST_CLUSTER").is_ok_and(|v| v == "1")
 }
