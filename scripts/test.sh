@@ -22,7 +22,6 @@ install_debian_packages() {
     command -v fuse2fs >/dev/null || missing+=(fuse2fs)
     command -v chromium >/dev/null || missing+=(chromium)
     command -v promtool >/dev/null || missing+=(prometheus)
-    command -v chromium >/dev/null || missing+=(chromium)
     command -v nginx >/dev/null || missing+=(nginx)
     command -v ffmpeg >/dev/null || missing+=(ffmpeg)
     command -v faketime >/dev/null || missing+=(faketime)
