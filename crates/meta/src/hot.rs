@@ -88,11 +88,8 @@ impl HotKeys {
                 state.bytes -= value_size(key, old.as_ref());
             }
             state.bytes += size;
-            while state.bytes > MAX_BYTES || state.entries.len() > MAX_ENTRIES {
-                let Some(victim) = state.entries.keys().next().cloned() else { break };
-                if let Some(old) = state.entries.remove(&victim) {
-                    state.bytes -= value_size(&victim, old.as_ref());
-                }
+            if state.bytes > MAX_BYTES || state.entries.len() > MAX_ENTRIES {
+                state.evict();
             }
         }
     }
@@ -122,6 +119,25 @@ impl HotKeys {
         state.epoch += 1;
         if let Some(revision) = revision {
             published.store(revision, Ordering::SeqCst);
+        }
+    }
+}
+
+impl State {
+    /// Drops a sixteenth of the entries (whichever the table yields first) until within bounds:
+    /// one scan per batch, not one from the table's start per entry.
+    fn evict(&mut self) {
+        while self.bytes > MAX_BYTES || self.entries.len() > MAX_ENTRIES {
+            let batch = (self.entries.len() / 16).max(1);
+            let victims: Vec<Bytes> = self.entries.keys().take(batch).cloned().collect();
+            if victims.is_empty() {
+                return;
+            }
+            for victim in victims {
+                if let Some(old) = self.entries.remove(&victim) {
+                    self.bytes -= value_size(&victim, old.as_ref());
+                }
+            }
         }
     }
 }
