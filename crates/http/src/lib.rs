@@ -19,10 +19,12 @@ mod conn;
 mod policy;
 mod request;
 mod server;
+mod shutdown;
 pub mod tls;
 
 pub use body::{BodyError, BoxError, RequestBody, ResponseBody, boxed, empty, full};
 pub use policy::Policy;
 pub use request::{AccessLog, Load, Notes, Observer, RequestId, RequestInfo, RequestRecord, structured_access_log};
 pub use server::{FnHandler, Handler, Server, handler_fn, text_response};
+pub use shutdown::shutdown_signal;
 pub use tls::{ClientTls, ServerTls, TlsError, TlsFiles};

@@ -340,6 +340,9 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let started = SystemTime::now();
+    // Registered before anything is announced: a SIGTERM sent as soon as the node prints its
+    // addresses must stop it gracefully, not kill it.
+    let signalled = meridian_http::shutdown_signal();
     config::open_data_dir(&settings.data)?;
     let metrics = Arc::new(meridian_metrics::Metrics::new());
     let metadata = open_metadata(&settings, &metrics).await?;
@@ -507,7 +510,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         server.serve(web_listener, web, until_stopped(stopped.clone())).await
     };
     let signal = async move {
-        shutdown_signal().await;
+        signalled.await;
+        tracing::info!("shutting down");
         let _ = stop.send(true);
     };
     let (s3, admin, metrics_only, web, ()) = tokio::join!(s3, admin, metrics_only, web, signal);
@@ -712,25 +716,4 @@ fn collect_orphans_in_background(engine: Engine, started: SystemTime) {
             Err(err) => tracing::warn!(error = %err, "orphan blob collection failed"),
         }
     });
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
 }

@@ -504,6 +504,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         volume: vol.clone(),
         read_only: false,
     };
+    // Before the line below, so a signal sent as soon as it appears is caught.
+    let signalled = meridian_http::shutdown_signal();
     // Tests and scripts read this line to learn the port.
     println!("meridian volume: serving {} ({} bytes) on nbd://{addr}/{}", args.name, vol.size(), args.name);
     let failed = {
@@ -512,7 +514,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     let stop = async {
         tokio::select! {
-            _ = shutdown_signal() => None,
+            _ = signalled => None,
             why = failed => Some(why),
         }
     };
@@ -579,21 +581,5 @@ fn metrics_response<B>(vol: &Volume, req: &http::Request<B>) -> http::Response<m
             resp
         }
         Err(e) => meridian_http::text_response(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding failed: {e}")),
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut i), Ok(mut t)) => {
-            tokio::select! {
-                _ = i.recv() => {},
-                _ = t.recv() => {},
-            }
-        }
-        _ => {
-            // Without signal handlers we can only run until killed.
-            std::future::pending::<()>().await;
-        }
     }
 }
