@@ -30,7 +30,10 @@ pub use cache::{
     CacheOptions, CacheReadStream, CacheStats, ChunkCache, ChunkHasher, ChunkSource, DEFAULT_CHUNK_SIZE, chunk_count,
     chunk_digests, crc32c,
 };
-pub use peer::{ClockSample, PeerAccess, PeerBody, PeerClient, PeerFailure, serve_blob_request, serve_peer};
+pub use peer::{
+    ClockSample, PeerAccess, PeerBody, PeerClient, PeerFailure, StoredCopy, digest_of_digests, serve_blob_request,
+    serve_peer,
+};
 
 /// Bytes gathered before each write to the file; large writes keep the syscall count low.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -41,6 +44,9 @@ pub const READ_CHUNK: usize = 256 << 10;
 pub enum BlobError {
     #[error("blob {0} not found")]
     NotFound(BlobId),
+    /// A named blob (a copy received from another node) that is already here.
+    #[error("blob {0} already exists")]
+    Exists(BlobId),
     #[error("blob store I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("blob store task failed: {0}")]
@@ -113,6 +119,7 @@ impl BlobError {
                 seconds: *seconds,
             },
             BlobError::Peer { peer, failure } => BlobError::Peer { peer: peer.clone(), failure: failure.clone() },
+            BlobError::Exists(id) => BlobError::Exists(*id),
         }
     }
 }
@@ -250,10 +257,23 @@ impl BlobStore {
 
     /// Starts a new blob.
     pub async fn create(&self) -> BlobResult<BlobWriter> {
-        let id = BlobId::random();
+        self.create_named(BlobId::random()).await
+    }
+
+    /// Starts a new blob with a chosen id: a copy of a blob another node holds under the same
+    /// id. Refused when this store already has a blob (or a write in progress) of that id.
+    pub async fn create_named(&self, id: BlobId) -> BlobResult<BlobWriter> {
+        if tokio::fs::try_exists(self.path(id)).await? {
+            return Err(BlobError::Exists(id));
+        }
         let tmp_path = self.inner.tmp.join(id.to_string());
         let path = tmp_path.clone();
-        let file = blocking(move || private_files::file_options().write(true).create_new(true).open(path)).await?;
+        let file = blocking(move || private_files::file_options().write(true).create_new(true).open(path))
+            .await
+            .map_err(|e| match e {
+                BlobError::Io(io) if io.kind() == std::io::ErrorKind::AlreadyExists => BlobError::Exists(id),
+                other => other,
+            })?;
         Ok(BlobWriter {
             store: self.clone(),
             id,

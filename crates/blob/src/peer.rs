@@ -8,6 +8,14 @@
 //! `Content-Range: bytes */size`). Every answer carries `x-meridian-blob-size` when the blob
 //! exists. Bucket names cannot start with `_`, so `/_meridian/` never clashes with S3 paths.
 //!
+//! `PUT /_meridian/blob/<id>?chunk=N` (with the token) stores the streamed body as a local blob
+//! of that id — a synchronous copy made while the writing node ingests the object — and answers
+//! `201` once it is durable, with `x-meridian-blob-size` and `x-meridian-blob-digest` (see
+//! [`digest_of_digests`]; `N` is the chunk size of the CRC32C digests it covers), so the sender
+//! checks the copy against what it ingested. `409` when that blob is already here, `400` when
+//! the body broke off (nothing is kept). `DELETE /_meridian/blob/<id>` removes a copy (`204`,
+//! also when there was none): the writer's clean-up when its commit failed.
+//!
 //! [`PeerClient`] is the other end, and a [`ChunkSource`] for the chunk cache.
 
 use std::pin::Pin;
@@ -39,6 +47,8 @@ pub const BLOB_PATH: &str = "/_meridian/blob/";
 pub const TOKEN_HEADER: &str = "x-meridian-cluster-token";
 /// Header carrying the whole blob's size on answers about an existing blob.
 pub const BLOB_SIZE_HEADER: &str = "x-meridian-blob-size";
+/// Header of a stored copy's answer: [`digest_of_digests`] of its chunks, 8 hex digits.
+pub const BLOB_DIGEST_HEADER: &str = "x-meridian-blob-digest";
 /// `GET /_meridian/clock` (with the cluster token): the node's wall clock, for other nodes to
 /// measure their offset from it.
 pub const CLOCK_PATH: &str = "/_meridian/clock";
@@ -165,14 +175,25 @@ fn range_query(query: Option<&str>) -> Result<(Option<u64>, Option<u64>), String
 /// Answers one request to the peer blob endpoint from the local blob store. Mount it for every
 /// path that starts with [`BLOB_PATH`] (or `/_meridian/`), before S3 routing and S3 auth: the
 /// cluster token is its authentication.
-pub async fn serve_blob_request<B>(store: &BlobStore, token: &str, req: Request<B>) -> Response<PeerBody> {
+pub async fn serve_blob_request<B>(store: &BlobStore, token: &str, req: Request<B>) -> Response<PeerBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin,
+    B::Error: std::fmt::Display,
+{
     if !token_ok(token, req.headers()) {
         return plain(StatusCode::UNAUTHORIZED, &format!("missing or wrong {TOKEN_HEADER}"));
     }
     let head = req.method() == Method::HEAD;
+    if req.method() == Method::PUT || req.method() == Method::DELETE {
+        return match blob_of(&req) {
+            Ok(id) if req.method() == Method::PUT => receive_blob(store, id, req).await,
+            Ok(id) => delete_blob(store, id).await,
+            Err(refused) => refused,
+        };
+    }
     if !head && req.method() != Method::GET {
-        let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
-        resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET, HEAD, PUT and DELETE");
+        resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT, DELETE"));
         return resp;
     }
     if req.uri().path() == CLOCK_PATH {
@@ -180,12 +201,9 @@ pub async fn serve_blob_request<B>(store: &BlobStore, token: &str, req: Request<
         resp.headers_mut().insert(CLOCK_HEADER, header_value(wall_clock_ms().to_string()));
         return resp;
     }
-    let Some(name) = req.uri().path().strip_prefix(BLOB_PATH) else {
-        return plain(StatusCode::NOT_FOUND, "no such peer endpoint");
-    };
-    let id = match name.parse::<BlobId>() {
-        Ok(id) if name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit()) => id,
-        _ => return plain(StatusCode::BAD_REQUEST, "not a blob id (32 hex digits)"),
+    let id = match blob_of(&req) {
+        Ok(id) => id,
+        Err(refused) => return refused,
     };
     let (offset, len) = match range_query(req.uri().query()) {
         Ok(range) => range,
@@ -228,6 +246,90 @@ pub async fn serve_blob_request<B>(store: &BlobStore, token: &str, req: Request<
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert(BLOB_SIZE_HEADER, header_value(size.to_string()));
     resp
+}
+
+/// The blob a request's path names, or the answer refusing it.
+fn blob_of<B>(req: &Request<B>) -> Result<BlobId, Response<PeerBody>> {
+    let Some(name) = req.uri().path().strip_prefix(BLOB_PATH) else {
+        return Err(plain(StatusCode::NOT_FOUND, "no such peer endpoint"));
+    };
+    match name.parse::<BlobId>() {
+        Ok(id) if name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(id),
+        _ => Err(plain(StatusCode::BAD_REQUEST, "not a blob id (32 hex digits)")),
+    }
+}
+
+/// One CRC32C over a blob's chunk digests (each as 4 big-endian bytes): what a node that
+/// stored a copy reports, so the sender compares every chunk of it in one value.
+pub fn digest_of_digests(digests: &[u32]) -> u32 {
+    let bytes: Vec<u8> = digests.iter().flat_map(|d| d.to_be_bytes()).collect();
+    crate::crc32c(&bytes)
+}
+
+/// Stores a streamed copy of blob `id`, durably, and answers its size and digest.
+async fn receive_blob<B>(store: &BlobStore, id: BlobId, req: Request<B>) -> Response<PeerBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let chunk_size = match chunk_query(req.uri().query()) {
+        Ok(size) => size,
+        Err(reason) => return plain(StatusCode::BAD_REQUEST, &reason),
+    };
+    let mut writer = match store.create_named(id).await {
+        Ok(writer) => writer,
+        Err(BlobError::Exists(_)) => return plain(StatusCode::CONFLICT, &format!("blob {id} is already here")),
+        Err(e) => return store_error(id, &e),
+    };
+    let mut hasher = crate::ChunkHasher::new(chunk_size);
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let data = match frame.map(Frame::into_data) {
+            Ok(Ok(data)) => data,
+            Ok(Err(_)) => continue, // trailers
+            Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("the copy's body broke off: {e}")),
+        };
+        hasher.update(&data);
+        if let Err(e) = writer.write(data).await {
+            return store_error(id, &e);
+        }
+    }
+    let size = writer.len();
+    if let Err(e) = writer.finish().await {
+        return store_error(id, &e);
+    }
+    let mut resp = Response::new(PeerBody::empty());
+    *resp.status_mut() = StatusCode::CREATED;
+    resp.headers_mut().insert(BLOB_SIZE_HEADER, header_value(size.to_string()));
+    let digest = digest_of_digests(&hasher.finish());
+    resp.headers_mut().insert(BLOB_DIGEST_HEADER, header_value(format!("{digest:08x}")));
+    resp
+}
+
+async fn delete_blob(store: &BlobStore, id: BlobId) -> Response<PeerBody> {
+    match store.delete(id).await {
+        Ok(()) => {
+            let mut resp = Response::new(PeerBody::empty());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            resp
+        }
+        Err(e) => store_error(id, &e),
+    }
+}
+
+fn store_error(id: BlobId, e: &BlobError) -> Response<PeerBody> {
+    tracing::warn!(blob = %id, error = %e, "peer blob request failed");
+    plain(StatusCode::INTERNAL_SERVER_ERROR, "blob store error")
+}
+
+/// The `chunk` parameter of a copy: the chunk size its digest covers.
+fn chunk_query(query: Option<&str>) -> Result<u64, String> {
+    let value = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("chunk="))
+        .ok_or("a copy needs chunk=<digest chunk size>")?;
+    value.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| format!("chunk={value} is not a chunk size"))
 }
 
 /// This machine's wall clock, uncorrected, in milliseconds since the Unix epoch.
@@ -298,6 +400,19 @@ struct ClientInner {
     token: HeaderValue,
     idle: Duration,
     client: Client<meridian_http::client::Connector, Empty<Bytes>>,
+    /// Sends copies (streamed request bodies) on connections of their own.
+    upload: Client<meridian_http::client::Connector, UploadBody>,
+}
+
+/// The body of a copy sent to a peer.
+type UploadBody = http_body_util::StreamBody<BoxStream<'static, Result<Frame<Bytes>, BlobError>>>;
+
+/// What a peer reported about a copy it stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredCopy {
+    pub size: u64,
+    /// [`digest_of_digests`] of its chunks.
+    pub digest: u32,
 }
 
 impl PeerClient {
@@ -330,8 +445,12 @@ impl PeerClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector.clone());
+        let upload = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Ok(PeerClient { inner: Arc::new(ClientInner { base, token, idle, client }) })
+        Ok(PeerClient { inner: Arc::new(ClientInner { base, token, idle, client, upload }) })
     }
 
     pub fn base_url(&self) -> &str {
@@ -340,6 +459,55 @@ impl PeerClient {
 
     fn error(&self, failure: PeerFailure) -> BlobError {
         BlobError::Peer { peer: self.inner.base.clone(), failure }
+    }
+
+    /// Streams `body` to the peer as its copy of `blob` and returns once the peer has made it
+    /// durable (`chunk_size`: the chunk size of the digest it reports). No time limit of its
+    /// own: the caller bounds the whole copy.
+    pub async fn put_blob(
+        &self,
+        blob: BlobId,
+        chunk_size: u64,
+        body: BoxStream<'static, Result<Bytes, BlobError>>,
+    ) -> BlobResult<StoredCopy> {
+        let inner = &self.inner;
+        let frames: BoxStream<'static, Result<Frame<Bytes>, BlobError>> = body.map(|r| r.map(Frame::data)).boxed();
+        let req = Request::put(format!("{}{BLOB_PATH}{blob}?chunk={chunk_size}", inner.base))
+            .header(TOKEN_HEADER, inner.token.clone())
+            .body(http_body_util::StreamBody::new(frames))
+            .map_err(|e| self.error(PeerFailure::Request(e.to_string())))?;
+        let resp = match inner.upload.request(req).await {
+            Ok(resp) => resp,
+            Err(e) if e.is_connect() => return Err(self.error(PeerFailure::Connect(chain(&e)))),
+            Err(e) => return Err(self.error(PeerFailure::Request(chain(&e)))),
+        };
+        match resp.status() {
+            StatusCode::CREATED => {}
+            StatusCode::UNAUTHORIZED => return Err(self.error(PeerFailure::Unauthorized)),
+            status => return Err(self.error(PeerFailure::Status(status.as_u16()))),
+        }
+        let header = |name: &str, radix: u32| {
+            resp.headers().get(name).and_then(|v| u64::from_str_radix(v.to_str().ok()?, radix).ok())
+        };
+        match (header(BLOB_SIZE_HEADER, 10), header(BLOB_DIGEST_HEADER, 16)) {
+            (Some(size), Some(digest)) => Ok(StoredCopy { size, digest: digest as u32 }),
+            _ => Err(self.error(PeerFailure::Request("the copy's answer has no size or digest".into()))),
+        }
+    }
+
+    /// Removes the peer's copy of `blob` (none is fine), within the idle timeout.
+    pub async fn delete_blob(&self, blob: BlobId) -> BlobResult<()> {
+        let inner = &self.inner;
+        let req = Request::delete(format!("{}{BLOB_PATH}{blob}", inner.base))
+            .header(TOKEN_HEADER, inner.token.clone())
+            .body(Empty::new())
+            .map_err(|e| self.error(PeerFailure::Request(e.to_string())))?;
+        match tokio::time::timeout(inner.idle, inner.client.request(req)).await {
+            Err(_) => Err(self.error(PeerFailure::Timeout("no answer to a delete".into()))),
+            Ok(Err(e)) => Err(self.error(PeerFailure::Request(chain(&e)))),
+            Ok(Ok(resp)) if resp.status() == StatusCode::NO_CONTENT => Ok(()),
+            Ok(Ok(resp)) => Err(self.error(PeerFailure::Status(resp.status().as_u16()))),
+        }
     }
 
     /// Measures the peer's wall clock against this machine's (one round trip to

@@ -163,9 +163,11 @@ async fn the_endpoint_answers_each_bad_request_with_its_own_status() {
             raw(addr, &req("GET", &format!("{path}?offset=18446744073709551615&len=2"), Some(TOKEN))).await.0,
             416
         );
-        let (status, text) = raw(addr, &req("PUT", &path, Some(TOKEN))).await;
+        let (status, text) = raw(addr, &req("POST", &path, Some(TOKEN))).await;
         assert_eq!(status, 405);
-        assert!(text.contains("allow: GET, HEAD\r\n"));
+        assert!(text.contains("allow: GET, HEAD, PUT, DELETE\r\n"));
+        assert_eq!(raw(addr, &req("PUT", &path, None)).await.0, 401, "copies need the token too");
+        assert_eq!(raw(addr, &req("DELETE", &path, Some("wrong"))).await.0, 401);
 
         // The client maps them to typed failures.
         let peer = client(addr);
@@ -306,4 +308,38 @@ async fn a_peer_tells_its_clock_to_holders_of_the_token_only() {
     let err = stranger.clock_sample().await.unwrap_err();
     assert!(matches!(err, meridian_blob::BlobError::Peer { failure: PeerFailure::Unauthorized, .. }), "{err}");
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_stored_under_its_id_checked_and_deleted() {
+    bounded(30, async {
+        let peer_dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(peer_dir.path()).unwrap();
+        let (addr, _server) = start_peer(&store).await;
+        let peer = client(addr);
+        let data = data(3 * MIB + 17, 105);
+        let blob = BlobId::random();
+        let chunks: Vec<Result<Bytes, BlobError>> =
+            data.chunks(100_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let stored = peer.put_blob(blob, MIB, futures::stream::iter(chunks).boxed()).await.unwrap();
+        assert_eq!(stored.size, data.len() as u64);
+        assert_eq!(stored.digest, meridian_blob::digest_of_digests(&chunk_digests(&data, MIB)));
+        assert_eq!(store.read_all(blob).await.unwrap(), data, "stored under the sender's id");
+
+        let again = futures::stream::iter(vec![Ok(data.clone())]).boxed();
+        let err = peer.put_blob(blob, MIB, again).await.unwrap_err();
+        assert!(matches!(err, BlobError::Peer { failure: PeerFailure::Status(409), .. }), "{err}");
+
+        // A body that breaks off leaves nothing.
+        let broken = BlobId::random();
+        let parts = vec![Ok(Bytes::from_static(b"half")), Err(BlobError::Task("client went away".into()))];
+        assert!(peer.put_blob(broken, MIB, futures::stream::iter(parts).boxed()).await.is_err());
+        assert!(matches!(store.size(broken).await, Err(BlobError::NotFound(_))));
+        assert_eq!(std::fs::read_dir(peer_dir.path().join("tmp")).unwrap().count(), 0);
+
+        peer.delete_blob(blob).await.unwrap();
+        assert!(matches!(store.size(blob).await, Err(BlobError::NotFound(_))));
+        peer.delete_blob(blob).await.unwrap();
+    })
+    .await;
 }

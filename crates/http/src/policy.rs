@@ -100,7 +100,8 @@ impl Policy {
         }
     }
 
-    /// Node-to-node traffic: a few peers with pooled connections, no request bodies.
+    /// Node-to-node traffic: a few peers with pooled connections; request bodies are blob
+    /// copies, up to an object's largest size.
     pub fn peer() -> Policy {
         Policy {
             name: "peer",
@@ -111,7 +112,7 @@ impl Policy {
             header_read_timeout: Duration::from_secs(10),
             min_header_read_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(120),
-            max_body_bytes: 0,
+            max_body_bytes: S3_MAX_BODY,
             max_concurrent_streams: 256,
             drain_deadline: Duration::from_secs(30),
             request_id_header: "x-request-id",
