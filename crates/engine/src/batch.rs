@@ -7,7 +7,7 @@ use bytes::Bytes;
 use meridian_meta::{Compare, Revision, Txn};
 
 use crate::error::{EngineError, EngineResult};
-use crate::ingest::{IngestLimits, Integrity, body_from_bytes, ingest};
+use crate::ingest::{IngestLimits, Integrity, body_from_bytes};
 use crate::object::{Current, object_change};
 use crate::record::{ObjectHeaders, ObjectRecord};
 use crate::ttl::expires_after;
@@ -45,33 +45,34 @@ impl Engine {
             // Values are object bytes: they stay in a pinned bucket's region.
             self.check_residency(bucket, &record)?;
         }
-        let prepared = self.prepare_puts(&ops, &record.lifecycle).await?;
+        let prepared = self.prepare_puts(bucket, &ops, &record).await?;
         let result = self.commit_batch(bucket, &ops, &prepared).await;
         if result.is_err() {
-            self.delete_blobs_now(prepared.iter().flatten().flat_map(|p| p.record.data.blobs()).collect());
+            prepared.iter().flatten().for_each(|p| self.discard_data(&p.record.data));
         }
         result
     }
 
     async fn prepare_puts(
         &self,
+        bucket: &str,
         ops: &[BatchOp],
-        rules: &[crate::lifecycle::LifecycleRule],
+        record: &crate::record::BucketRecord,
     ) -> EngineResult<Vec<Option<Prepared>>> {
+        let rules = &record.lifecycle;
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
             let BatchOp::Put { key, value, ttl, .. } = op else {
                 out.push(None);
                 continue;
             };
-            let limits = IngestLimits { inline_max: self.config().inline_max, max_size: self.config().max_object_size };
-            let ingested = ingest(self.blobs(), body_from_bytes(value.clone()), Integrity::default(), limits).await;
-            let ingested = match ingested {
+            let limits = IngestLimits { inline_max: self.config().inline_max, max_size: self.config().max_object_size, blob_id: None };
+            let body = body_from_bytes(value.clone());
+            let ingested = self.ingest_placed(bucket, &record.location, body, Integrity::default(), limits).await;
+            let (ingested, holders) = match ingested {
                 Ok(i) => i,
                 Err(e) => {
-                    self.delete_blobs_now(
-                        out.iter().flatten().flat_map(|p: &Prepared| p.record.data.blobs()).collect(),
-                    );
+                    out.iter().flatten().for_each(|p: &Prepared| self.discard_data(&p.record.data));
                     return Err(e);
                 }
             };
@@ -79,7 +80,7 @@ impl Engine {
                 ttl.map(expires_after),
                 crate::lifecycle::object_expiry(rules, key, &crate::tagging::Tags::new(), now_ms()),
             );
-            let (record, inline) = self.new_record(ingested, ObjectHeaders::default(), expires_at_ms);
+            let (record, inline) = self.new_record(ingested, holders, ObjectHeaders::default(), expires_at_ms);
             out.push(Some(Prepared { record, inline }));
         }
         Ok(out)

@@ -127,6 +127,11 @@ impl Engine {
                 pinned: region.clone(),
                 here: here.clone(),
             }),
+            Location::MultiRegion { regions, .. } if !regions.contains(here) => Err(EngineError::OutsideRegions {
+                bucket: bucket.to_string(),
+                regions: regions.join(","),
+                here: here.clone(),
+            }),
             _ => Ok(()),
         }
     }

@@ -110,7 +110,13 @@ impl Engine {
 
     /// Every node that ever registered, with its health.
     pub async fn nodes(&self) -> EngineResult<Vec<NodeStatus>> {
-        let resp = self.meta().range(RangeRequest::prefix(NODES_PREFIX)).await?;
+        self.nodes_at(crate::Consistency::Strong).await
+    }
+
+    /// Like [`Engine::nodes`], read at `consistency` (the local view saves a WAN round trip
+    /// where a heartbeat or two behind does not matter).
+    pub(crate) async fn nodes_at(&self, consistency: crate::Consistency) -> EngineResult<Vec<NodeStatus>> {
+        let resp = self.reader(consistency).range(RangeRequest::prefix(NODES_PREFIX)).await?;
         let records: Vec<NodeRecord> =
             resp.kvs.iter().map(|kv| record::decode(&kv.value)).collect::<EngineResult<_>>()?;
         let now = now_ms();

@@ -104,6 +104,14 @@ pub enum EngineError {
         "bucket {bucket:?} is pinned to region {pinned}; this node is in region {here} and does not store its objects"
     )]
     PinnedElsewhere { bucket: String, pinned: String, here: String },
+    #[error(
+        "bucket {bucket:?} keeps its objects in regions {regions}; this node is in region {here} and does not store them"
+    )]
+    OutsideRegions { bucket: String, regions: String, here: String },
+    /// A write to a multi-region bucket could not make its copies in enough regions; nothing
+    /// was committed.
+    #[error("bucket {bucket:?} needs copies in {needed} of regions {regions}: {reasons}; the write was not applied")]
+    RegionUnavailable { bucket: String, regions: String, needed: usize, reasons: String },
     #[error("revision {requested} is too old to replay: history starts at revision {oldest}")]
     RevisionCompacted { requested: u64, oldest: u64 },
     #[error("reading the request body failed: {0}")]
@@ -149,7 +157,7 @@ impl EngineError {
             | E::InvalidRequest(_)
             | E::InvalidPartNumber
             | E::Body(_) => K::Invalid,
-            E::AccessDenied(_) | E::PinnedElsewhere { .. } => K::Denied,
+            E::AccessDenied(_) | E::PinnedElsewhere { .. } | E::OutsideRegions { .. } => K::Denied,
             E::NoSuchBucket
             | E::NoSuchKey
             | E::NoSuchUpload
@@ -169,7 +177,7 @@ impl EngineError {
             | E::FenceRejected { .. }
             | E::NodeIsLive { .. } => K::Conflict,
             E::Contended | E::LockContended { .. } => K::Contended,
-            E::Unavailable(_) => K::Unavailable,
+            E::Unavailable(_) | E::RegionUnavailable { .. } => K::Unavailable,
             E::Corrupt(_) => K::Internal,
             E::Meta(e) => meta_kind(e),
             E::Blob(e) => blob_kind(e),
@@ -200,7 +208,8 @@ fn blob_kind(error: &BlobError) -> ErrorKind {
         | BlobError::Task(_)
         | BlobError::Config(_)
         | BlobError::InvalidRange { .. }
-        | BlobError::DigestCount { .. } => ErrorKind::Internal,
+        | BlobError::DigestCount { .. }
+        | BlobError::Exists(_) => ErrorKind::Internal,
     }
 }
 

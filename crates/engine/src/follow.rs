@@ -289,7 +289,7 @@ impl Follower {
         let revision = event.kv.mod_revision;
         if event.kind == EventKind::Put {
             match record::decode::<ObjectRecord>(&event.kv.value) {
-                Ok(record) => self.push(record, revision, revision).await,
+                Ok(record) => self.push(bucket, record, revision, revision).await,
                 // Retrying would not help: skip the push, still announce the change.
                 Err(err) => tracing::warn!(bucket, key, revision, error = %err, "unreadable object record; not pushed"),
             }
@@ -299,6 +299,8 @@ impl Follower {
 
     /// Drops a blob no record refers to any more from the cache.
     async fn forget(&self, blob: BlobId) {
+        // A copy of it made here for a multi-region bucket goes too (none is fine).
+        self.engine.delete_blobs_later(vec![blob]);
         let Some(remote) = self.engine.remote() else { return };
         match remote.forget_blob(blob).await {
             Ok(chunks) => {
@@ -340,13 +342,17 @@ impl Follower {
 
     /// Queues a push of the object written at `revision` if it is small and held elsewhere; the
     /// cursor stays below `hold_at` until it is done.
-    async fn push(&self, record: ObjectRecord, revision: Revision, hold_at: Revision) {
+    async fn push(&self, bucket: &str, record: ObjectRecord, revision: Revision, hold_at: Revision) {
         let remote = match &record.data {
             DataLayout::Blob { holders, .. } => !self.engine.is_local(holders),
             DataLayout::Parts { parts } => parts.iter().any(|p| !self.engine.is_local(&p.holders)),
             DataLayout::Inline => false,
         };
         if !remote || record.size > self.push_up_to || record.size == 0 || self.engine.remote().is_none() {
+            return;
+        }
+        // A multi-region bucket's bytes stay in its regions: no copy in this node's cache.
+        if !self.may_cache(bucket).await {
             return;
         }
         let Ok(queued) = Arc::clone(&self.queue).acquire_owned().await else { return };
@@ -370,6 +376,20 @@ impl Follower {
             }
             drop((queued, hold));
         });
+    }
+
+    /// Whether objects of `bucket` may be cached here: not when it is a multi-region bucket
+    /// this node's region is not one of (when the record cannot be read, no).
+    async fn may_cache(&self, bucket: &str) -> bool {
+        match self.engine.bucket(bucket).await {
+            Ok((record, _)) => match record.location {
+                crate::record::Location::MultiRegion { regions, .. } => {
+                    regions.contains(&self.engine.config().node.region)
+                }
+                _ => true,
+            },
+            Err(_) => false,
+        }
     }
 
     /// Reads the object through the cache (which keeps it), retrying with a growing pause while
@@ -446,11 +466,9 @@ impl Follower {
         loop {
             let page = self.engine.meta().range(range.clone()).await?;
             for kv in &page.kvs {
-                if keys::parse_object_key(&kv.key).is_none() {
-                    continue;
-                }
+                let Some((bucket, _)) = keys::parse_object_key(&kv.key) else { continue };
                 if let Ok(record) = record::decode::<ObjectRecord>(&kv.value) {
-                    self.push(record, kv.mod_revision, hold_at).await;
+                    self.push(bucket, record, kv.mod_revision, hold_at).await;
                 }
             }
             match page.kvs.last() {

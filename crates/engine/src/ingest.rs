@@ -78,6 +78,9 @@ pub struct IngestLimits {
     pub inline_max: usize,
     /// Larger bodies are refused with `EntityTooLarge`.
     pub max_size: u64,
+    /// The id of the blob to write (a multi-region write names it before the bytes arrive, so
+    /// its copies in other regions carry the same id); `None`: a fresh one.
+    pub blob_id: Option<BlobId>,
 }
 
 enum Sink {
@@ -115,7 +118,10 @@ pub async fn ingest(
                 Sink::Memory(buf)
             }
             Sink::Memory(buf) => {
-                let mut writer = blobs.create().await?;
+                let mut writer = match limits.blob_id {
+                    Some(id) => blobs.create_named(id).await?,
+                    None => blobs.create().await?,
+                };
                 if !buf.is_empty() {
                     writer.write(buf.freeze()).await?;
                 }

@@ -35,6 +35,7 @@ mod multipart;
 mod object;
 pub mod peer;
 pub mod record;
+pub mod replicate;
 pub mod tagging;
 pub mod ttl;
 pub mod watch;

@@ -7,7 +7,7 @@ use meridian_meta::{Compare, Op, RangeRequest, Revision, Txn};
 use crate::checksum::{self, ChecksumAlgorithm, StoredChecksum, decode_checksum};
 use crate::conditions::{ReadConditions, WriteConditions};
 use crate::error::{EngineError, EngineResult};
-use crate::ingest::{Body, IngestLimits, IngestedData, Integrity, ingest};
+use crate::ingest::{Body, IngestLimits, IngestedData, Integrity};
 use crate::lifecycle::{earliest, object_expiry, upload_abort};
 use crate::object::{ByteRange, ExtraTxn, GetRequest, with_expiry_index};
 use crate::record::{self, DataLayout, ObjectHeaders, ObjectRecord, PartLayout, PartRecord, UploadRecord};
@@ -109,8 +109,16 @@ impl Engine {
 
     /// An upload that parts are about to be stored for: refused in a bucket pinned to another
     /// region, so no part's bytes land here.
-    async fn upload_for_part(&self, bucket: &str, key: &str, upload_id: &str) -> EngineResult<UploadRecord> {
-        Ok(self.upload_checked(bucket, key, upload_id, true).await?.0)
+    /// The upload a part is stored for, and its bucket's location (where the part's bytes go).
+    async fn upload_for_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> EngineResult<(UploadRecord, crate::record::Location)> {
+        let (record, _) = self.bucket(bucket).await?;
+        self.check_residency(bucket, &record)?;
+        Ok((self.upload_checked(bucket, key, upload_id, false).await?.0, record.location))
     }
 
     async fn upload_checked(
@@ -139,12 +147,12 @@ impl Engine {
         mut integrity: Integrity,
     ) -> EngineResult<PartRecord> {
         check_part_number(part_number)?;
-        let upload = self.upload_for_part(bucket, key, upload_id).await?;
+        let (upload, location) = self.upload_for_part(bucket, key, upload_id).await?;
         if integrity.algorithm.is_none() {
             integrity.algorithm = upload.checksum_algorithm;
         }
-        let limits = IngestLimits { inline_max: 0, max_size: self.config().max_object_size };
-        let ingested = ingest(self.blobs(), body, integrity, limits).await?;
+        let limits = IngestLimits { inline_max: 0, max_size: self.config().max_object_size, blob_id: None };
+        let (ingested, holders) = self.ingest_placed(bucket, &location, body, integrity, limits).await?;
         let IngestedData::Blob(blob) = ingested.data else {
             return Err(EngineError::Corrupt("a part was not written to a blob".into()));
         };
@@ -154,7 +162,7 @@ impl Engine {
             modified_ms: now_ms(),
             blob,
             digests: ingested.digests,
-            holders: self.here(),
+            holders,
             checksum: ingested.checksum,
         };
         self.commit_part(bucket, key, upload_id, part_number, &part).await?;
@@ -175,14 +183,14 @@ impl Engine {
         source_conditions: ReadConditions,
     ) -> EngineResult<PartRecord> {
         check_part_number(part_number)?;
-        let upload = self.upload_for_part(bucket, key, upload_id).await?;
+        let (upload, location) = self.upload_for_part(bucket, key, upload_id).await?;
         let source = self
             .get_object(GetRequest { bucket: src_bucket.into(), key: src_key.into(), range, ..Default::default() })
             .await?;
         source_conditions.check_copy_source(&source.record)?;
         let integrity = Integrity { algorithm: upload.checksum_algorithm, ..Default::default() };
-        let limits = IngestLimits { inline_max: 0, max_size: self.config().max_object_size };
-        let ingested = ingest(self.blobs(), source.body, integrity, limits).await?;
+        let limits = IngestLimits { inline_max: 0, max_size: self.config().max_object_size, blob_id: None };
+        let (ingested, holders) = self.ingest_placed(bucket, &location, source.body, integrity, limits).await?;
         let IngestedData::Blob(blob) = ingested.data else {
             return Err(EngineError::Corrupt("a part was not written to a blob".into()));
         };
@@ -192,7 +200,7 @@ impl Engine {
             modified_ms: now_ms(),
             blob,
             digests: ingested.digests,
-            holders: self.here(),
+            holders,
             checksum: ingested.checksum,
         };
         self.commit_part(bucket, key, upload_id, part_number, &part).await?;
@@ -233,6 +241,7 @@ impl Engine {
             }
             if resp.failure_reads.first().is_none_or(Option::is_none) {
                 self.delete_blobs_now(vec![part.blob]);
+                self.forget_copies(&part.holders, part.blob);
                 return Err(EngineError::NoSuchUpload);
             }
         }

@@ -128,6 +128,19 @@ pub trait RemoteReader: Send + Sync {
 
     /// Measures another node's wall clock against this one's ([`crate::clock`]).
     async fn clock_sample(&self, node: &str) -> EngineResult<meridian_blob::ClockSample>;
+
+    /// Streams `body` to `node` as its copy of `blob`; returns once the node has it durably,
+    /// with what it stored (digest over chunks of `chunk_size`).
+    async fn send_copy(
+        &self,
+        node: &str,
+        blob: BlobId,
+        chunk_size: u64,
+        body: Body,
+    ) -> EngineResult<meridian_blob::StoredCopy>;
+
+    /// Deletes `node`'s copy of `blob` (none is fine).
+    async fn delete_copy(&self, node: &str, blob: BlobId) -> EngineResult<()>;
 }
 
 impl GetOutcome {
@@ -259,11 +272,12 @@ impl Engine {
             None => self.writable_bucket(&req.bucket).await?,
         };
         self.check_residency(&req.bucket, &bucket)?;
-        let limits = IngestLimits { inline_max: self.config().inline_max, max_size: self.config().max_object_size };
-        let ingested = ingest(self.blobs(), req.body, req.integrity, limits).await?;
+        let limits = IngestLimits { inline_max: self.config().inline_max, max_size: self.config().max_object_size, blob_id: None };
+        let (ingested, holders) =
+            self.ingest_placed(&req.bucket, &bucket.location, req.body, req.integrity, limits).await?;
         let lifecycle_expiry = object_expiry(&bucket.lifecycle, &req.key, &req.headers.tags, now_ms());
         let expires_at_ms = earliest(req.expires_at_ms, lifecycle_expiry);
-        let (record, inline) = self.new_record(ingested, req.headers, expires_at_ms);
+        let (record, inline) = self.new_record(ingested, holders, req.headers, expires_at_ms);
         let extra = ExtraTxn::seen_bucket(bucket_revision);
         let revision = self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, extra).await?;
         Ok(PutOutcome { etag: record.etag.clone(), size: record.size, revision, record })
@@ -273,12 +287,13 @@ impl Engine {
     pub(crate) fn new_record(
         &self,
         ingested: Ingested,
+        holders: Vec<record::Holder>,
         headers: ObjectHeaders,
         expires_at_ms: Option<i64>,
     ) -> (ObjectRecord, Option<Bytes>) {
         let (data, inline) = match ingested.data {
             IngestedData::Inline(bytes) => (DataLayout::Inline, Some(bytes)),
-            IngestedData::Blob(id) => (DataLayout::Blob { id, digests: ingested.digests, holders: self.here() }, None),
+            IngestedData::Blob(id) => (DataLayout::Blob { id, digests: ingested.digests, holders }, None),
         };
         let record = ObjectRecord {
             size: ingested.size,
@@ -304,7 +319,7 @@ impl Engine {
     ) -> EngineResult<Revision> {
         let result = self.try_commit_object(bucket, key, record, inline, conditions, extra).await;
         if result.is_err() {
-            self.delete_blobs_now(record.data.blobs());
+            self.discard_data(&record.data);
         }
         result
     }
@@ -563,7 +578,11 @@ impl Engine {
             None => self.writable_bucket(&req.dst_bucket).await?,
         };
         self.check_residency(&req.dst_bucket, &dst_bucket)?;
-        let data = self.duplicate_data(&source).await?;
+        let data = match &dst_bucket.location {
+            multi @ record::Location::MultiRegion { .. } => self.copy_to_regions(&source, &req.dst_bucket, multi).await?,
+            _ => self.duplicate_data(&source).await?,
+        };
+        let inline = source.inline.filter(|_| matches!(data, DataLayout::Inline));
         let record = ObjectRecord {
             size: source.record.size,
             etag: source.record.etag.clone(),
@@ -575,8 +594,25 @@ impl Engine {
         };
         let extra = ExtraTxn::seen_bucket(dst_revision);
         let revision =
-            self.commit_object(&req.dst_bucket, &req.dst_key, &record, source.inline, &req.conditions, extra).await?;
+            self.commit_object(&req.dst_bucket, &req.dst_key, &record, inline, &req.conditions, extra).await?;
         Ok(CopyOutcome { etag: record.etag.clone(), modified_ms: record.modified_ms, revision, record })
+    }
+
+    /// The source's bytes streamed into a new blob with its copies in a multi-region bucket's
+    /// other regions (a hard link would leave them in this region only).
+    async fn copy_to_regions(
+        &self,
+        source: &Current,
+        bucket: &str,
+        location: &record::Location,
+    ) -> EngineResult<DataLayout> {
+        let (body, _) = self.open_body(source, None).await?;
+        let limits = IngestLimits { inline_max: 0, max_size: u64::MAX, blob_id: None };
+        let (copied, holders) = self.ingest_placed(bucket, location, body, Integrity::default(), limits).await?;
+        match copied.data {
+            IngestedData::Blob(id) => Ok(DataLayout::Blob { id, digests: copied.digests, holders }),
+            IngestedData::Inline(_) => Ok(DataLayout::Inline), // an empty object
+        }
     }
 
     /// The same bytes under new blob ids: hard links when the blobs are on this node, else a
@@ -590,7 +626,7 @@ impl Engine {
         };
         if !all_local {
             let (body, _) = self.open_body(source, None).await?;
-            let limits = IngestLimits { inline_max: 0, max_size: u64::MAX };
+            let limits = IngestLimits { inline_max: 0, max_size: u64::MAX, blob_id: None };
             let copied = ingest(self.blobs(), body, Integrity::default(), limits).await?;
             let IngestedData::Blob(id) = copied.data else {
                 return Err(EngineError::Corrupt("a copied object was not written to a blob".into()));

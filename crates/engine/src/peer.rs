@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use futures::stream::BoxStream;
 use meridian_blob::{BlobError, BlobId, BlobResult, ChunkCache, ChunkSource, PeerAccess, PeerClient, PeerFailure};
 
@@ -202,5 +202,20 @@ impl RemoteReader for PeerReader {
 
     async fn clock_sample(&self, node: &str) -> EngineResult<meridian_blob::ClockSample> {
         Ok(self.client(node).await?.clock_sample().await?)
+    }
+
+    async fn send_copy(
+        &self,
+        node: &str,
+        blob: BlobId,
+        chunk_size: u64,
+        body: Body,
+    ) -> EngineResult<meridian_blob::StoredCopy> {
+        let body = body.map_err(|e| BlobError::Task(e.to_string())).boxed();
+        Ok(self.client(node).await?.put_blob(blob, chunk_size, body).await?)
+    }
+
+    async fn delete_copy(&self, node: &str, blob: BlobId) -> EngineResult<()> {
+        Ok(self.client(node).await?.delete_blob(blob).await?)
     }
 }

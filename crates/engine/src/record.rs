@@ -55,9 +55,15 @@ pub enum Location {
     /// Every write (and every strong read) is served by a node of this region; other regions
     /// forward to it.
     Pinned { region: String },
-    /// A write is acknowledged only once its bytes are durable in every one of these regions,
-    /// so losing a region loses nothing.
-    MultiRegion { regions: Vec<String> },
+    /// A write is acknowledged only once its bytes are durable in every one of these regions
+    /// (or in `write_quorum` of them), so losing a region loses nothing.
+    MultiRegion {
+        regions: Vec<String>,
+        /// How many of the regions must hold the bytes before a write is acknowledged (`None`:
+        /// all of them); the others get their copy in the background.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        write_quorum: Option<usize>,
+    },
 }
 
 impl Location {
@@ -65,13 +71,30 @@ impl Location {
         *self == Location::Global
     }
 
-    /// Parses `global`, `pinned:REGION` or `multi:R1,R2,...`.
+    /// How many regions must hold an object's bytes before its write is acknowledged (1 but
+    /// for multi-region buckets).
+    pub fn write_quorum(&self) -> usize {
+        match self {
+            Location::MultiRegion { regions, write_quorum } => write_quorum.unwrap_or(regions.len()),
+            _ => 1,
+        }
+    }
+
+    /// Parses `global`, `pinned:REGION` or `multi:R1,R2,...[;quorum=N]`.
     pub fn parse(text: &str) -> EngineResult<Location> {
         let bad = || {
             EngineError::InvalidArgument(format!(
-                "invalid bucket location {text:?}: use global, pinned:REGION or multi:REGION1,REGION2[,...]"
+                "invalid bucket location {text:?}: use global, pinned:REGION or multi:REGION1,REGION2[,...][;quorum=N] \
+                 (N from 1 to the number of regions)"
             ))
         };
+        let (text, quorum) = match text.split_once(";quorum=") {
+            Some((list, n)) => (list, Some(n.parse::<usize>().map_err(|_| bad())?)),
+            None => (text, None),
+        };
+        if quorum.is_some() && !text.starts_with("multi:") {
+            return Err(bad());
+        }
         let valid = |r: &str| {
             !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
@@ -82,10 +105,13 @@ impl Location {
                 let mut regions: Vec<String> = list.split(',').map(|r| r.trim().to_string()).collect();
                 regions.sort();
                 regions.dedup();
-                if regions.len() < 2 || !regions.iter().all(|r| valid(r)) {
+                if regions.len() < 2
+                    || !regions.iter().all(|r| valid(r))
+                    || quorum.is_some_and(|n| n == 0 || n > regions.len())
+                {
                     return Err(bad());
                 }
-                Ok(Location::MultiRegion { regions })
+                Ok(Location::MultiRegion { regions, write_quorum: quorum })
             }
             _ => Err(bad()),
         }
@@ -97,7 +123,10 @@ impl std::fmt::Display for Location {
         match self {
             Location::Global => write!(f, "global"),
             Location::Pinned { region } => write!(f, "pinned:{region}"),
-            Location::MultiRegion { regions } => write!(f, "multi:{}", regions.join(",")),
+            Location::MultiRegion { regions, write_quorum: None } => write!(f, "multi:{}", regions.join(",")),
+            Location::MultiRegion { regions, write_quorum: Some(n) } => {
+                write!(f, "multi:{};quorum={n}", regions.join(","))
+            }
         }
     }
 }

@@ -66,8 +66,11 @@ pub fn s3_error(err: EngineError) -> S3Error {
         EngineError::BadDigest | EngineError::ChecksumMismatch { .. } => C::BadDigest,
         EngineError::IncompleteBody => C::IncompleteBody,
         EngineError::AccessDenied(_) => C::AccessDenied,
-        EngineError::PinnedElsewhere { .. } => {
+        EngineError::PinnedElsewhere { .. } | EngineError::OutsideRegions { .. } => {
             return custom("PinnedToAnotherRegion", http::StatusCode::FORBIDDEN, message);
+        }
+        EngineError::RegionUnavailable { .. } => {
+            return custom("RegionUnavailable", http::StatusCode::SERVICE_UNAVAILABLE, message);
         }
         EngineError::NoSuchAccessKey(_) => C::InvalidAccessKeyId,
         EngineError::NoSuchSite(_) => return custom("NoSuchSite", http::StatusCode::NOT_FOUND, message),

@@ -116,24 +116,30 @@ impl Forwarder {
             Some(Err(refused)) => return Route::Refused(refused),
             None => {}
         }
-        if req.uri().path().starts_with("/_meridian/") || !may_change_or_read_strongly(req) {
+        if req.uri().path().starts_with("/_meridian/") {
             return Route::here();
         }
         let Some(name) = self.bucket_of(req) else { return Route::here() };
         // A missing bucket or a failed read: served here, where the operation reports it.
         let Ok((record, revision)) = self.engine.bucket_for_access(&name).await else { return Route::here() };
-        let region = match &record.location {
-            Location::Pinned { region } if *region != self.engine.config().node.region => region.clone(),
+        let here = &self.engine.config().node.region;
+        let regions = match &record.location {
+            Location::Pinned { region } if region != here && may_change_or_read_strongly(req) => vec![region.clone()],
+            // Every request: the bucket's bytes must not be cached outside its regions either.
+            Location::MultiRegion { regions, .. } if !regions.contains(here) => regions.clone(),
             _ => {
                 let bucket = BucketView { name, record, revision };
                 return Route::Here { forwarding: Forwarding::ServedHere, bucket: Some(Box::new(bucket)) };
             }
         };
+        // A multi-region bucket's request goes to the first listed region with a live node.
         let nodes = self.engine.nodes().await.unwrap_or_default();
-        match nodes.into_iter().find(|n| n.healthy && n.record.region == region) {
-            Some(n) => Route::There { region, base_url: n.record.advertise_url },
+        let target = regions.iter().find_map(|r| nodes.iter().find(|n| n.healthy && n.record.region == *r));
+        match target {
+            Some(n) => Route::There { region: n.record.region.clone(), base_url: n.record.advertise_url.clone() },
             None => Route::Unreachable(unavailable(&format!(
-                "bucket {name:?} is pinned to region {region}, which has no reachable node; the request was not applied"
+                "bucket {name:?} is kept in region(s) {}, which have no reachable node; the request was not applied",
+                regions.join(",")
             ))),
         }
     }

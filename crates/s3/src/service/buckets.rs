@@ -88,7 +88,7 @@ fn client_region(s3: &MeridianS3, location: &Location) -> String {
     match location {
         Location::Global => s3.region.clone(),
         Location::Pinned { region } => region.clone(),
-        Location::MultiRegion { regions } => match regions.iter().find(|r| **r == s3.region) {
+        Location::MultiRegion { regions, .. } => match regions.iter().find(|r| **r == s3.region) {
             Some(here) => here.clone(),
             None => regions.first().cloned().unwrap_or_else(|| s3.region.clone()),
         },
@@ -120,7 +120,7 @@ async fn location_from_constraint(s3: &MeridianS3, constraint: Option<&str>) -> 
     let regions = match &location {
         Location::Global => vec![],
         Location::Pinned { region } => vec![region.clone()],
-        Location::MultiRegion { regions } => regions.clone(),
+        Location::MultiRegion { regions, .. } => regions.clone(),
     };
     match regions.iter().find(|r| !known(r)) {
         Some(unknown) => Err(invalid(format!("no node of this cluster is in region {unknown:?}"))),

@@ -2,7 +2,7 @@
 //! CopyObject.
 
 use meridian_engine::conditions::WriteConditions;
-use meridian_engine::{ByteRange, CopyRequest, GetOutcome, GetRequest, PutRequest};
+use meridian_engine::{ByteRange, Consistency, CopyRequest, GetOutcome, GetRequest, PutRequest};
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -90,11 +90,20 @@ pub(super) async fn put_object(
     Ok(written(output, outcome.revision))
 }
 
+/// How fresh an object read must be: as the request asks, except that reads of a multi-region
+/// bucket are always strong (its promise: every region reads the newest acknowledged write).
+fn object_read_consistency<T>(req: &S3Request<T>, bucket: &str) -> S3Result<Consistency> {
+    let asked = read_consistency(&req.headers)?;
+    let context = RequestContext::of(req)?;
+    let multi = context.bucket(bucket).is_some_and(|b| matches!(b.record.location, meridian_engine::record::Location::MultiRegion { .. }));
+    Ok(if multi { Consistency::Strong } else { asked })
+}
+
 pub(super) async fn get_object(
     s3: &MeridianS3,
     req: S3Request<GetObjectInput>,
 ) -> S3Result<S3Response<GetObjectOutput>> {
-    let consistency = read_consistency(&req.headers)?;
+    let consistency = object_read_consistency(&req, &req.input.bucket)?;
     let input = req.input;
     if input.version_id.as_deref().is_some_and(|v| v != "null") {
         return Err(not_implemented("reading a specific object version"));
@@ -167,7 +176,7 @@ pub(super) async fn head_object(
     s3: &MeridianS3,
     req: S3Request<HeadObjectInput>,
 ) -> S3Result<S3Response<HeadObjectOutput>> {
-    let consistency = read_consistency(&req.headers)?;
+    let consistency = object_read_consistency(&req, &req.input.bucket)?;
     let input = req.input;
     if input.version_id.as_deref().is_some_and(|v| v != "null") {
         return Err(not_implemented("reading a specific object version"));

@@ -1,0 +1,126 @@
+//! Multi-region buckets (`multi:R1,R2[;quorum=N]`) with three regions behind the WAN proxy
+//! (20 ms each way) and a real etcd: a write is durable in every listed region before it is
+//! acknowledged, survives losing the region that took it, fails fast naming a listed region
+//! that is down (or succeeds on the bucket's quorum), and its bytes never reach an unlisted
+//! region.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+use common::wan_cluster::{WanCluster, cache_entries, within};
+use common::{Server, md5_hex, pattern};
+use meridian_wan::LinkConfig;
+
+/// The blob files on a node's disk, by size.
+fn blob_sizes(node: &Server) -> Vec<u64> {
+    let mut sizes = Vec::new();
+    let Ok(shards) = std::fs::read_dir(node.data.join("blobs")) else { return sizes };
+    for shard in shards.flatten() {
+        for blob in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            sizes.push(blob.metadata().unwrap().len());
+        }
+    }
+    sizes
+}
+
+/// How many blob files of exactly `size` bytes the node has.
+fn blobs_of_size(node: &Server, size: usize) -> usize {
+    blob_sizes(node).iter().filter(|s| **s == size as u64).count()
+}
+
+async fn create(client: &aws_sdk_s3::Client, bucket: &str, location: &str) {
+    let config =
+        CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(location)).build();
+    client.create_bucket().bucket(bucket).create_bucket_configuration(config).send().await.unwrap();
+}
+
+fn put(node: &Server, path: &str, data: &[u8]) -> (common::raw::Response, Duration) {
+    let started = Instant::now();
+    let got = common::raw::signed(&node.addr, "PUT", path, &[], data);
+    (got, started.elapsed())
+}
+
+fn get(node: &Server, path: &str) -> common::raw::Response {
+    common::raw::signed(&node.addr, "GET", path, &[], b"")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_multi_region_write_is_in_every_listed_region_and_nowhere_else() {
+    let mut cluster = WanCluster::start(LinkConfig::one_way(Duration::from_millis(20)), &[]).await;
+    let a = cluster.client(0);
+    create(&a, "media", "multi:region-a,region-b").await;
+    let location = cluster.client(2).get_bucket_location().bucket("media").send().await.unwrap();
+    assert_eq!(location.location_constraint().map(|l| l.as_str()), Some("multi:region-a,region-b"));
+
+    // Acknowledged once both listed regions have the bytes: b holds them the moment the PUT
+    // returns (no read, no background copy).
+    let big = pattern(3 << 20, 1);
+    let (put_a, _) = put(&cluster.nodes[0], "/media/big.bin", &big);
+    assert_eq!(put_a.status, 200, "{}", put_a.text());
+    assert_eq!(blobs_of_size(&cluster.nodes[0], big.len()), 1);
+    assert_eq!(blobs_of_size(&cluster.nodes[1], big.len()), 1, "region b has its copy when the write returns");
+    // Small objects are blobs too (not inline in etcd, whose members are in every region).
+    let small = pattern(2_000, 2);
+    assert_eq!(put(&cluster.nodes[1], "/media/small.txt", &small).0.status, 200);
+    assert_eq!((blobs_of_size(&cluster.nodes[0], 2_000), blobs_of_size(&cluster.nodes[1], 2_000)), (1, 1));
+
+    // Region c is not listed: its writes and reads are served by a listed region.
+    let via_c = pattern(200_000, 3);
+    let (put_c, _) = put(&cluster.nodes[2], "/media/via-c.bin", &via_c);
+    assert_eq!((put_c.status, put_c.header("x-meridian-forwarded-to")), (200, Some("region-a")), "{}", put_c.text());
+    let read_c = get(&cluster.nodes[2], "/media/big.bin");
+    assert_eq!((read_c.status, read_c.header("x-meridian-forwarded-to")), (200, Some("region-a")));
+    assert_eq!(md5_hex(&read_c.body), md5_hex(&big));
+    tokio::time::sleep(Duration::from_secs(2)).await; // the change follower's pushes
+    assert!(blob_sizes(&cluster.nodes[2]).is_empty(), "no blob in region c: {:?}", blob_sizes(&cluster.nodes[2]));
+    assert!(cache_entries(&cluster.nodes[2]).is_empty(), "nothing cached in region c");
+    assert_eq!(blobs_of_size(&cluster.nodes[1], via_c.len()), 1);
+
+    // The region that took the write dies: the other listed region serves it from its disk.
+    cluster.nodes[0].kill9();
+    let read_b = get(&cluster.nodes[1], "/media/big.bin");
+    assert_eq!(read_b.status, 200, "{}", read_b.text());
+    assert_eq!(md5_hex(&read_b.body), md5_hex(&big));
+    assert_eq!(read_b.header("x-meridian-served-from"), None, "served from region b's own disk");
+    assert_eq!(get(&cluster.nodes[1], "/media/small.txt").body, small);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_listed_region_down_fails_writes_fast_naming_it_or_they_succeed_on_the_quorum() {
+    let mut cluster = WanCluster::start(LinkConfig::one_way(Duration::from_millis(20)), &[]).await;
+    let a = cluster.client(0);
+    create(&a, "both", "multi:region-a,region-b").await;
+    create(&a, "quorum", "multi:region-a,region-b,region-c;quorum=2").await;
+    let data = pattern(300_000, 5);
+    assert_eq!(put(&cluster.nodes[0], "/both/before", &data).0.status, 200);
+
+    cluster.nodes[1].kill9();
+    // Not yet known down: the copy's connection is refused, the write fails at once.
+    let (refused, took) = put(&cluster.nodes[0], "/both/during", &data);
+    assert_eq!((refused.status, refused.error_code().as_str()), (503, "RegionUnavailable"), "{}", refused.text());
+    assert!(refused.text().contains("region region-b"), "{}", refused.text());
+    assert!(took < Duration::from_secs(2), "failed in {took:?}");
+    assert_eq!(get(&cluster.nodes[0], "/both/during").status, 404, "nothing was committed");
+    // With a quorum of 2 of 3 the write goes on in a and c.
+    let (quorum, _) = put(&cluster.nodes[0], "/quorum/during", &data);
+    assert_eq!(quorum.status, 200, "{}", quorum.text());
+    assert_eq!(blobs_of_size(&cluster.nodes[2], data.len()), 1, "region c has its copy");
+    assert_eq!(get(&cluster.nodes[2], "/quorum/during").body, data);
+
+    // Known down (no heartbeat for 10 s): refused before the body is read, naming the region.
+    within(Duration::from_secs(20), "region b known down", || {
+        let (got, _) = put(&cluster.nodes[0], "/both/later", b"x");
+        got.text().contains("is down (no heartbeat")
+    })
+    .await;
+    let (down, took) = put(&cluster.nodes[0], "/both/later", &data);
+    assert_eq!(down.status, 503, "{}", down.text());
+    assert!(down.text().contains("region region-b is down"), "{}", down.text());
+    assert!(took < Duration::from_millis(500), "failed in {took:?}");
+    // Only the objects written before are in region a: the refused ones left nothing.
+    assert_eq!(blobs_of_size(&cluster.nodes[0], data.len()), 2, "before + quorum/during");
+}
