@@ -85,7 +85,8 @@ async fn heavy_a_multi_region_write_is_in_every_listed_region_and_nowhere_else()
     let read_b = get(&cluster.nodes[1], "/media/big.bin");
     assert_eq!(read_b.status, 200, "{}", read_b.text());
     assert_eq!(md5_hex(&read_b.body), md5_hex(&big));
-    assert_eq!(read_b.header("x-meridian-served-from"), None, "served from region b's own disk");
+    assert_eq!(read_b.header("x-meridian-served-from"), Some("region-b"));
+    assert!(cache_entries(&cluster.nodes[1]).is_empty(), "served from region b's own copy, not a cache");
     assert_eq!(get(&cluster.nodes[1], "/media/small.txt").body, small);
 }
 
