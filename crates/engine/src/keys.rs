@@ -226,6 +226,21 @@ pub fn change_cursor(node_id: &str) -> Bytes {
 pub const CHANGES_FROM: &str = OBJECTS_ROOT;
 /// The end (exclusive) of that range: just past every `x/` key.
 pub const CHANGES_TO: &str = "x0";
+/// `y/<bucket>/<key>` → a [`crate::repair::Repair`]: regions of a multi-region bucket that
+/// missed the object's write (it was acknowledged on the quorum) and must still get a copy.
+/// Outside the range the change follower watches.
+pub fn repair(bucket: &str, key: &str) -> Bytes {
+    Bytes::from(format!("{REPAIRS_PREFIX}{bucket}/{key}"))
+}
+
+/// Prefix of every `y/` key.
+pub const REPAIRS_PREFIX: &str = "y/";
+
+/// The bucket and object key of a `y/` key.
+pub fn parse_repair_key(key: &[u8]) -> Option<(&str, &str)> {
+    split_bucket(key, REPAIRS_PREFIX)
+}
+
 /// Prefix of `x/<blob id>`.
 pub const BLOB_REFS_PREFIX: &str = "x/";
 

@@ -35,6 +35,7 @@ mod multipart;
 mod object;
 pub mod peer;
 pub mod record;
+pub mod repair;
 pub mod replicate;
 pub mod tagging;
 pub mod ttl;
@@ -222,6 +223,7 @@ impl EngineBuilder {
         engine.spawn_change_follower(prefetch_up_to);
         if engine.remote().is_some() {
             engine.spawn_clock();
+            engine.spawn_repairs();
         }
         engine
     }

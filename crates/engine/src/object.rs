@@ -278,7 +278,8 @@ impl Engine {
         let lifecycle_expiry = object_expiry(&bucket.lifecycle, &req.key, &req.headers.tags, now_ms());
         let expires_at_ms = earliest(req.expires_at_ms, lifecycle_expiry);
         let (record, inline) = self.new_record(ingested, holders, req.headers, expires_at_ms);
-        let extra = ExtraTxn::seen_bucket(bucket_revision);
+        let mut extra = ExtraTxn::seen_bucket(bucket_revision);
+        extra.ops.extend(self.repair_op(&req.bucket, &req.key, &bucket.location, &record.data));
         let revision = self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, extra).await?;
         Ok(PutOutcome { etag: record.etag.clone(), size: record.size, revision, record })
     }
@@ -592,7 +593,8 @@ impl Engine {
             checksum: source.record.checksum.clone(),
             data,
         };
-        let extra = ExtraTxn::seen_bucket(dst_revision);
+        let mut extra = ExtraTxn::seen_bucket(dst_revision);
+        extra.ops.extend(self.repair_op(&req.dst_bucket, &req.dst_key, &dst_bucket.location, &record.data));
         let revision =
             self.commit_object(&req.dst_bucket, &req.dst_key, &record, inline, &req.conditions, extra).await?;
         Ok(CopyOutcome { etag: record.etag.clone(), modified_ms: record.modified_ms, revision, record })

@@ -254,7 +254,7 @@ impl Engine {
             let remote = Arc::clone(&remote);
             tokio::spawn(async move {
                 if let Err(e) = remote.delete_copy(&holder.node, blob).await {
-                    tracing::warn!(%blob, node = %holder.node, error = %e, "could not delete a copy; its orphan scan will");
+                    tracing::debug!(%blob, node = %holder.node, error = %e, "could not delete a copy; its orphan scan will");
                 }
             });
         }

@@ -124,4 +124,15 @@ async fn heavy_a_listed_region_down_fails_writes_fast_naming_it_or_they_succeed_
     assert!(took < Duration::from_millis(500), "failed in {took:?}");
     // Only the objects written before are in region a: the refused ones left nothing.
     assert_eq!(blobs_of_size(&cluster.nodes[0], data.len()), 2, "before + quorum/during");
+
+    // Region b returns and gets the copy of the write it missed, in the background.
+    cluster.nodes[1].restart();
+    within(Duration::from_secs(20), "region b's copy of quorum/during", || {
+        blobs_of_size(&cluster.nodes[1], data.len()) == 2
+    })
+    .await;
+    cluster.nodes[0].kill9();
+    cluster.nodes[2].kill9();
+    let repaired = get(&cluster.nodes[1], "/quorum/during");
+    assert_eq!((repaired.status, repaired.body == data), (200, true), "{}", repaired.text());
 }
