@@ -1,0 +1,133 @@
+//! Multi-region bucket benchmark (issue 15): three regions, three etcd members and three nodes
+//! on one machine, the project's WAN proxy on every cross-region link. Measures PUT latency of
+//! 4 KiB and 64 MiB into a global bucket and into multi-region buckets of two and three regions
+//! (all written in region a), and how long reads take to fail over once region a's node is
+//! killed. Prints Markdown tables.
+//!
+//! ```sh
+//! cargo bench -p meridian --bench multi_region
+//! ONE_WAY_MS=20 SAMPLES=30 BIG_SAMPLES=3 BIG_MIB=64 cargo bench -p meridian --bench multi_region
+//! ```
+
+#![allow(clippy::unwrap_used)] // a benchmark: a failed unwrap is a failed run
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::raw::{Response, signed};
+use common::wan_cluster::WanCluster;
+use common::{Server, pattern};
+use meridian_wan::LinkConfig;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// p50 / p90 / max in milliseconds.
+fn summary(mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!("{:.1} / {:.1} / {:.1}", ms(at(0.5)), ms(at(0.9)), ms(at(1.0)))
+}
+
+fn p50_ms(mut samples: Vec<Duration>) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_secs_f64() * 1000.0
+}
+
+/// Times one signed request; panics unless it answers 200.
+fn timed(server: &Server, method: &str, path: &str, body: &[u8]) -> (Duration, Response) {
+    let started = Instant::now();
+    let resp = signed(&server.addr, method, path, &[], body);
+    let took = started.elapsed();
+    assert_eq!(resp.status, 200, "{method} {path}: {}", resp.text());
+    (took, resp)
+}
+
+fn create(node: &Server, bucket: &str, location: &str) {
+    let body = format!(
+        "<CreateBucketConfiguration><LocationConstraint>{location}</LocationConstraint></CreateBucketConfiguration>"
+    );
+    timed(node, "PUT", &format!("/{bucket}"), body.as_bytes());
+}
+
+fn puts(node: &Server, bucket: &str, name: &str, data: &[u8], samples: u64) -> Vec<Duration> {
+    (0..samples).map(|n| timed(node, "PUT", &format!("/{bucket}/{name}-{n}"), data).0).collect()
+}
+
+/// How long after `since` a GET of `path` at `node` first answers 200 (polled every 10 ms, at
+/// most 30 s), and how long that GET took.
+fn first_success(node: &Server, path: &str, since: Instant) -> (Duration, Duration) {
+    loop {
+        let started = Instant::now();
+        let resp = signed(&node.addr, "GET", path, &[], b"");
+        if resp.status == 200 {
+            return (since.elapsed(), started.elapsed());
+        }
+        assert!(since.elapsed() < Duration::from_secs(30), "{path} never served again: {}", resp.text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn main() {
+    let one_way = Duration::from_millis(env_u64("ONE_WAY_MS", 20));
+    let samples = env_u64("SAMPLES", 30).max(1);
+    let big_samples = env_u64("BIG_SAMPLES", 3).max(1);
+    let big = (env_u64("BIG_MIB", 64) << 20) as usize;
+    let rtt_ms = 2.0 * one_way.as_secs_f64() * 1000.0;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let link = LinkConfig::one_way(one_way);
+    let mut cluster = runtime.block_on(WanCluster::start(link, &[]));
+    let a = &cluster.nodes[0];
+    create(a, "global", "global");
+    create(a, "two", "multi:region-a,region-b");
+    create(a, "three", "multi:region-a,region-b,region-c");
+
+    let small = pattern(4096, 1);
+    let large = pattern(big, 2);
+    println!("\nMulti-region PUTs from region-a, {rtt_ms:.0} ms RTT between regions (WAN proxy, no bandwidth limit)");
+    println!("one request at a time, a new client connection each; latency p50 / p90 / max in ms\n");
+    println!("| bucket | PUT 4 KiB ({samples}×) | PUT {} MiB ({big_samples}×) |\n|---|---|---|", big >> 20);
+    let mut large_p50 = Vec::new();
+    for bucket in ["global", "two", "three"] {
+        let s = puts(a, bucket, "small", &small, samples);
+        let l = puts(a, bucket, "large", &large, big_samples);
+        large_p50.push(p50_ms(l.clone()));
+        let name = match bucket {
+            "global" => "global (bytes stay in region-a)",
+            "two" => "multi:region-a,region-b",
+            _ => "multi:region-a,region-b,region-c",
+        };
+        println!("| {name} | {} | {} |", summary(s), summary(l));
+    }
+    println!(
+        "\n{} MiB: multi over global {:+.0} ms (two regions), {:+.0} ms (three); one RTT is {rtt_ms:.0} ms",
+        big >> 20,
+        large_p50[1] - large_p50[0],
+        large_p50[2] - large_p50[0]
+    );
+
+    // Failover: region a's node dies; reads of an object written there.
+    timed(a, "PUT", "/two/failover", &small);
+    timed(a, "PUT", "/three/failover", &small);
+    timed(a, "PUT", "/global/failover", &small);
+    let _ = timed(&cluster.nodes[2], "GET", "/global/failover", b""); // cached in region c
+    cluster.nodes[0].kill9();
+    let killed = Instant::now();
+    let rows = [
+        ("multi:a,b read in region-b (its own copy)", 1, "/two/failover"),
+        ("multi:a,b,c read in region-c (its own copy)", 2, "/three/failover"),
+        ("global read in region-c (cached before)", 2, "/global/failover"),
+        ("multi:a,b read in region-c (forwarded to a listed region)", 2, "/two/failover"),
+    ];
+    println!("\nReads after region-a's node is killed (kill -9); time from the kill to the first 200\n");
+    println!("| read | first 200 after the kill (ms) | that GET took (ms) |\n|---|---|---|");
+    for (name, node, path) in rows {
+        let (after, took) = first_success(&cluster.nodes[node], path, killed);
+        println!("| {name} | {:.0} | {:.1} |", after.as_secs_f64() * 1000.0, took.as_secs_f64() * 1000.0);
+    }
+}
