@@ -26,8 +26,8 @@ pub struct BucketView {
 /// Why a request is served by this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Forwarding {
-    /// Never considered for forwarding: a node without a forwarder (single node), a plain
-    /// read, a Meridian-internal path or a request that addresses no existing bucket.
+    /// Never considered for forwarding: a node without a forwarder (single node), a
+    /// Meridian-internal path or a request that addresses no existing bucket.
     NotConsidered,
     /// The bucket is served by this node's region.
     ServedHere,

@@ -57,7 +57,8 @@ impl Route {
     }
 }
 
-/// Plain reads are served here whatever the bucket's type: decided before any metadata read.
+/// Whether a request for a bucket pinned to another region goes there: writes and strong
+/// reads (plain reads are served here, through the cache).
 fn may_change_or_read_strongly<B>(req: &Request<B>) -> bool {
     let strong_read = req
         .headers()

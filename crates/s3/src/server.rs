@@ -19,8 +19,8 @@ pub struct S3Handler {
 }
 
 impl S3Handler {
-    /// `forwarder`: set on a node of a cluster, where writes to a bucket pinned elsewhere are
-    /// sent to that region.
+    /// `forwarder`: set on a node of a cluster, where writes to a bucket pinned elsewhere, and
+    /// every request for a multi-region bucket outside its regions, are sent there.
     pub fn new(service: S3Service, cors: Cors, forwarder: Option<Forwarder>) -> S3Handler {
         S3Handler { service, cors, forwarder }
     }
