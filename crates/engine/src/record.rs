@@ -290,3 +290,28 @@ pub fn encode<T: Serialize>(record: &T) -> Bytes {
 pub fn decode<T: for<'de> Deserialize<'de>>(data: &[u8]) -> EngineResult<T> {
     serde_json::from_slice(data).map_err(|e| EngineError::Corrupt(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_with_an_optional_write_quorum() {
+        let multi = |regions: &[&str], write_quorum| Location::MultiRegion {
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+            write_quorum,
+        };
+        assert_eq!(Location::parse("multi:b,a").unwrap(), multi(&["a", "b"], None));
+        let quorum = Location::parse("multi:a,b,c;quorum=2").unwrap();
+        assert_eq!(quorum, multi(&["a", "b", "c"], Some(2)));
+        assert_eq!((quorum.write_quorum(), quorum.to_string()), (2, "multi:a,b,c;quorum=2".to_string()));
+        assert_eq!(multi(&["a", "b"], None).write_quorum(), 2, "all regions by default");
+        assert_eq!(Location::Global.write_quorum(), 1);
+        for bad in ["multi:a,b;quorum=0", "multi:a,b;quorum=3", "multi:a,b;quorum=x", "global;quorum=1", "multi:a"] {
+            assert!(Location::parse(bad).is_err(), "{bad}");
+        }
+        // Records written before the quorum existed still read.
+        let old: Location = serde_json::from_str(r#"{"type":"multi_region","regions":["a","b"]}"#).unwrap();
+        assert_eq!(old, multi(&["a", "b"], None));
+    }
+}
