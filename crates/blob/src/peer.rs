@@ -188,7 +188,7 @@ where
         return match blob_of(&req) {
             Ok(id) if req.method() == Method::PUT => receive_blob(store, id, req).await,
             Ok(id) => delete_blob(store, id).await,
-            Err(refused) => refused,
+            Err((status, reason)) => plain(status, reason),
         };
     }
     if !head && req.method() != Method::GET {
@@ -203,7 +203,7 @@ where
     }
     let id = match blob_of(&req) {
         Ok(id) => id,
-        Err(refused) => return refused,
+        Err((status, reason)) => return plain(status, reason),
     };
     let (offset, len) = match range_query(req.uri().query()) {
         Ok(range) => range,
@@ -248,14 +248,14 @@ where
     resp
 }
 
-/// The blob a request's path names, or the answer refusing it.
-fn blob_of<B>(req: &Request<B>) -> Result<BlobId, Response<PeerBody>> {
+/// The blob a request's path names, or the status and reason refusing it.
+fn blob_of<B>(req: &Request<B>) -> Result<BlobId, (StatusCode, &'static str)> {
     let Some(name) = req.uri().path().strip_prefix(BLOB_PATH) else {
-        return Err(plain(StatusCode::NOT_FOUND, "no such peer endpoint"));
+        return Err((StatusCode::NOT_FOUND, "no such peer endpoint"));
     };
     match name.parse::<BlobId>() {
         Ok(id) if name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(id),
-        _ => Err(plain(StatusCode::BAD_REQUEST, "not a blob id (32 hex digits)")),
+        _ => Err((StatusCode::BAD_REQUEST, "not a blob id (32 hex digits)")),
     }
 }
 

@@ -66,7 +66,11 @@ impl Engine {
                 out.push(None);
                 continue;
             };
-            let limits = IngestLimits { inline_max: self.config().inline_max, max_size: self.config().max_object_size, blob_id: None };
+            let limits = IngestLimits {
+                inline_max: self.config().inline_max,
+                max_size: self.config().max_object_size,
+                blob_id: None,
+            };
             let body = body_from_bytes(value.clone());
             let ingested = self.ingest_placed(bucket, &record.location, body, Integrity::default(), limits).await;
             let (ingested, holders) = match ingested {

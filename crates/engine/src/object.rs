@@ -272,7 +272,11 @@ impl Engine {
             None => self.writable_bucket(&req.bucket).await?,
         };
         self.check_residency(&req.bucket, &bucket)?;
-        let limits = IngestLimits { inline_max: self.config().inline_max, max_size: self.config().max_object_size, blob_id: None };
+        let limits = IngestLimits {
+            inline_max: self.config().inline_max,
+            max_size: self.config().max_object_size,
+            blob_id: None,
+        };
         let (ingested, holders) =
             self.ingest_placed(&req.bucket, &bucket.location, req.body, req.integrity, limits).await?;
         let lifecycle_expiry = object_expiry(&bucket.lifecycle, &req.key, &req.headers.tags, now_ms());
@@ -580,7 +584,9 @@ impl Engine {
         };
         self.check_residency(&req.dst_bucket, &dst_bucket)?;
         let data = match &dst_bucket.location {
-            multi @ record::Location::MultiRegion { .. } => self.copy_to_regions(&source, &req.dst_bucket, multi).await?,
+            multi @ record::Location::MultiRegion { .. } => {
+                self.copy_to_regions(&source, &req.dst_bucket, multi).await?
+            }
             _ => self.duplicate_data(&source).await?,
         };
         let inline = source.inline.filter(|_| matches!(data, DataLayout::Inline));

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use meridian_blob::{BlobError, BlobId, BlobResult, ChunkCache, ChunkSource, PeerAccess, PeerClient, PeerFailure};
 
 use meridian_meta::MetaStore;

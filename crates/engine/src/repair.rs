@@ -77,7 +77,8 @@ impl Engine {
         let here = self.config().node.clone();
         let current = self.read_current(bucket, key).await?;
         let marker_key = keys::repair(bucket, key);
-        let still = current.as_ref().filter(|c| matches!(&c.record.data, DataLayout::Blob { id, .. } if *id == marker.blob));
+        let still =
+            current.as_ref().filter(|c| matches!(&c.record.data, DataLayout::Blob { id, .. } if *id == marker.blob));
         let Some(current) = still else {
             // Overwritten or deleted since: nothing left to copy.
             let txn = Txn::new().when(Compare::mod_revision_is(marker_key.clone(), marker_revision));
@@ -94,7 +95,10 @@ impl Engine {
         {
             holders.push(Holder { node: here.node.clone(), region: here.region.clone() });
         }
-        let rest = Repair { blob: marker.blob, regions: marker.regions.iter().filter(|r| **r != here.region).cloned().collect() };
+        let rest = Repair {
+            blob: marker.blob,
+            regions: marker.regions.iter().filter(|r| **r != here.region).cloned().collect(),
+        };
         let object_key = keys::object(bucket, key);
         let mut txn = Txn::new()
             .when(Compare::mod_revision_is(object_key.clone(), current.revision))

@@ -197,7 +197,7 @@ impl Engine {
         for failed in copies.copies.iter().filter(|c| c.failure.is_some()) {
             tracing::warn!(bucket, region = %failed.holder.region, node = %failed.holder.node,
                 reason = failed.failure.as_deref().unwrap_or(""), "a multi-region copy failed");
-            self.forget_copies(&[failed.holder.clone()], blob);
+            self.forget_copies(std::slice::from_ref(&failed.holder), blob);
         }
         if holders.len() < copies.quorum {
             self.forget_copies(&holders[1..], blob);
@@ -231,7 +231,8 @@ impl Engine {
             let holder = Holder { node: node.record.id.clone(), region: region.clone() };
             let (sender, receiver) = mpsc::channel(COPY_BUFFER);
             let (remote, node_id) = (Arc::clone(&remote), holder.node.clone());
-            let task = tokio::spawn(async move { remote.send_copy(&node_id, blob, CHUNK_SIZE, pieces(receiver)).await });
+            let task =
+                tokio::spawn(async move { remote.send_copy(&node_id, blob, CHUNK_SIZE, pieces(receiver)).await });
             copies.copies.push(Copy { holder, sender: Some(sender), task, failure: None });
         }
         Ok(copies)

@@ -95,7 +95,9 @@ pub(super) async fn put_object(
 fn object_read_consistency<T>(req: &S3Request<T>, bucket: &str) -> S3Result<Consistency> {
     let asked = read_consistency(&req.headers)?;
     let context = RequestContext::of(req)?;
-    let multi = context.bucket(bucket).is_some_and(|b| matches!(b.record.location, meridian_engine::record::Location::MultiRegion { .. }));
+    let multi = context
+        .bucket(bucket)
+        .is_some_and(|b| matches!(b.record.location, meridian_engine::record::Location::MultiRegion { .. }));
     Ok(if multi { Consistency::Strong } else { asked })
 }
 
