@@ -130,14 +130,8 @@ pub trait RemoteReader: Send + Sync {
     async fn clock_sample(&self, node: &str) -> EngineResult<meridian_blob::ClockSample>;
 
     /// Streams `body` to `node` as its copy of `blob`; returns once the node has it durably,
-    /// with what it stored (digest over chunks of `chunk_size`).
-    async fn send_copy(
-        &self,
-        node: &str,
-        blob: BlobId,
-        chunk_size: u64,
-        body: Body,
-    ) -> EngineResult<meridian_blob::StoredCopy>;
+    /// with what it stored (digest over chunks of [`crate::CHUNK_SIZE`]).
+    async fn send_copy(&self, node: &str, blob: BlobId, body: Body) -> EngineResult<meridian_blob::StoredCopy>;
 
     /// Deletes `node`'s copy of `blob` (none is fine).
     async fn delete_copy(&self, node: &str, blob: BlobId) -> EngineResult<()>;

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{Body, BodyError, IngestLimits, Ingested, IngestedData, Integrity, ingest};
 use crate::record::{Holder, Location};
-use crate::{CHUNK_SIZE, Consistency, Engine};
+use crate::{Consistency, Engine};
 
 /// How long a region's copy may accept no bytes before the write gives up on it.
 pub const COPY_STALL: Duration = Duration::from_secs(5);
@@ -231,8 +231,7 @@ impl Engine {
             let holder = Holder { node: node.record.id.clone(), region: region.clone() };
             let (sender, receiver) = mpsc::channel(COPY_BUFFER);
             let (remote, node_id) = (Arc::clone(&remote), holder.node.clone());
-            let task =
-                tokio::spawn(async move { remote.send_copy(&node_id, blob, CHUNK_SIZE, pieces(receiver)).await });
+            let task = tokio::spawn(async move { remote.send_copy(&node_id, blob, pieces(receiver)).await });
             copies.copies.push(Copy { holder, sender: Some(sender), task, failure: None });
         }
         Ok(copies)

@@ -18,7 +18,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::raw::{Response, signed};
+use common::raw::Response;
 use common::wan_cluster::{REGIONS, WanCluster};
 use common::{Server, md5_hex, pattern};
 use meridian_wan::LinkConfig;
@@ -50,11 +50,7 @@ impl Summary {
 
 /// Times one signed request; panics unless it answers 200.
 fn timed(server: &Server, method: &str, path: &str, body: &[u8]) -> (Duration, Response) {
-    let started = Instant::now();
-    let resp = signed(&server.addr, method, path, &[], body);
-    let took = started.elapsed();
-    assert_eq!(resp.status, 200, "{method} {path}: {}", resp.text());
-    (took, resp)
+    common::raw::timed_ok(&server.addr, method, path, body)
 }
 
 fn measure(count: u64, op: impl FnMut(u64) -> Duration) -> Summary {

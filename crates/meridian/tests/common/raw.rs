@@ -125,6 +125,15 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 
 /// Sends a SigV4-signed request (payload hash included) with the test credentials, or with
 /// `secret` when given.
+/// Times one signed request to the last byte; panics unless it answers 200 (benchmarks).
+pub fn timed_ok(addr: &str, method: &str, path: &str, body: &[u8]) -> (Duration, Response) {
+    let started = std::time::Instant::now();
+    let resp = signed(addr, method, path, &[], body);
+    let took = started.elapsed();
+    assert_eq!(resp.status, 200, "{method} {path}: {}", resp.text());
+    (took, resp)
+}
+
 pub fn signed(addr: &str, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Response {
     signed_with(addr, method, path, headers, body, ACCESS_KEY, SECRET_KEY)
 }
