@@ -88,6 +88,12 @@ async fn heavy_a_multi_region_write_is_in_every_listed_region_and_nowhere_else()
     assert_eq!(read_b.header("x-meridian-served-from"), Some("region-b"));
     assert!(cache_entries(&cluster.nodes[1]).is_empty(), "served from region b's own copy, not a cache");
     assert_eq!(get(&cluster.nodes[1], "/media/small.txt").body, small);
+    // Region c's reads, forwarded to region a until now, go to b at once (a is not yet known down).
+    let started = Instant::now();
+    let read_c = get(&cluster.nodes[2], "/media/big.bin");
+    assert_eq!((read_c.status, read_c.header("x-meridian-forwarded-to")), (200, Some("region-b")), "{}", read_c.text());
+    assert_eq!(md5_hex(&read_c.body), md5_hex(&big));
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

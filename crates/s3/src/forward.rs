@@ -43,8 +43,9 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(300);
 pub enum Route {
     /// By this node; `bucket`: the record read to decide, if one was.
     Here { forwarding: Forwarding, bucket: Option<Box<BucketView>> },
-    /// By a node of another region.
-    There { region: String, base_url: String },
+    /// By a node of another region: the first of these `(region, base URL)` that answers
+    /// (later ones are tried only for reads, which carry no body).
+    There { targets: Vec<(String, String)> },
     /// By a region with no reachable node: this answer.
     Unreachable(Response<s3s::Body>),
     /// Not at all (a forged or stale forwarding proof): this answer.
@@ -135,23 +136,61 @@ impl Forwarder {
         };
         // A multi-region bucket's request goes to the first listed region with a live node.
         let nodes = self.engine.nodes().await.unwrap_or_default();
-        let target = regions.iter().find_map(|r| nodes.iter().find(|n| n.healthy && n.record.region == *r));
-        match target {
-            Some(n) => Route::There { region: n.record.region.clone(), base_url: n.record.advertise_url.clone() },
-            None => Route::Unreachable(unavailable(&format!(
+        let targets: Vec<(String, String)> = regions
+            .iter()
+            .filter_map(|r| nodes.iter().find(|n| n.healthy && n.record.region == *r))
+            .map(|n| (n.record.region.clone(), n.record.advertise_url.clone()))
+            .collect();
+        match targets.is_empty() {
+            false => Route::There { targets },
+            true => Route::Unreachable(unavailable(&format!(
                 "bucket {name:?} is kept in region(s) {}, which have no reachable node; the request was not applied",
                 regions.join(",")
             ))),
         }
     }
 
-    /// Sends the request to `base_url` and streams the answer back.
-    pub async fn forward(&self, req: Request<RequestBody>, region: &str, base_url: &str) -> Response<s3s::Body> {
+    /// Sends the request to the first of `targets` (region, base URL) and streams the answer
+    /// back. A GET or HEAD whose target cannot be reached (a node that died and is not yet
+    /// known down) is sent to the next one.
+    pub async fn forward(&self, req: Request<RequestBody>, targets: &[(String, String)]) -> Response<s3s::Body> {
+        let bodiless = matches!(*req.method(), Method::GET | Method::HEAD);
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body);
+        let mut failed = None;
+        for (i, (region, base_url)) in targets.iter().enumerate() {
+            let may_retry = bodiless && i + 1 < targets.len();
+            let mut copy = Request::new(if may_retry {
+                RequestBody::empty()
+            } else {
+                body.take().unwrap_or_else(RequestBody::empty)
+            });
+            *copy.method_mut() = parts.method.clone();
+            *copy.uri_mut() = parts.uri.clone();
+            *copy.version_mut() = parts.version;
+            *copy.headers_mut() = parts.headers.clone();
+            match self.forward_one(copy, region, base_url).await {
+                Ok(resp) => return resp,
+                Err(unreachable) if may_retry => failed = Some(unreachable),
+                Err(unreachable) => return unreachable,
+            }
+        }
+        failed.unwrap_or_else(|| unavailable("no region to forward to"))
+    }
+
+    /// Sends the request to `base_url`: its answer, or (`Err`) the 503 of a request that got
+    /// none.
+    async fn forward_one(
+        &self,
+        req: Request<RequestBody>,
+        region: &str,
+        base_url: &str,
+    ) -> Result<Response<s3s::Body>, Response<s3s::Body>> {
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let uri = match format!("{}{}", base_url.trim_end_matches('/'), path).parse::<http::Uri>() {
             Ok(uri) => uri,
-            Err(_) => return unavailable(&format!("cannot forward to {base_url}: invalid URL")),
+            Err(_) => return Ok(unavailable(&format!("cannot forward to {base_url}: invalid URL"))),
         };
         parts.uri = uri;
         let node = &self.engine.config().node.node;
@@ -162,17 +201,17 @@ impl Forwarder {
                 parts.headers.insert(FORWARD_PROOF_HEADER, proof);
             }
             _ => {
-                return unavailable(&format!(
+                return Ok(unavailable(&format!(
                     "cannot forward to region {region}: this node's id {node:?} is not a valid header value"
-                ));
+                )));
             }
         }
         let sent = tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(Request::from_parts(parts, body))).await;
         let Ok(sent) = sent else {
-            return unavailable(&format!(
+            return Ok(unavailable(&format!(
                 "region {region} ({base_url}) did not answer within {}s; the request may have been applied",
                 FORWARD_TIMEOUT.as_secs()
-            ));
+            )));
         };
         match sent {
             Ok(resp) => {
@@ -180,11 +219,11 @@ impl Forwarder {
                 if let Ok(v) = HeaderValue::from_str(region) {
                     parts.headers.insert(FORWARDED_TO_HEADER, v);
                 }
-                Response::from_parts(parts, s3s::Body::http_body(body))
+                Ok(Response::from_parts(parts, s3s::Body::http_body(body)))
             }
-            Err(err) => unavailable(&format!(
+            Err(err) => Err(unavailable(&format!(
                 "forwarding to region {region} ({base_url}) failed: {err}; the request may not have been applied"
-            )),
+            ))),
         }
     }
 }

@@ -43,9 +43,9 @@ impl S3Handler {
             None => (Forwarding::NotConsidered, None),
             Some(fw) => match fw.route(&req).await {
                 Route::Here { forwarding, bucket } => (forwarding, bucket.map(|b| *b)),
-                Route::There { region, base_url } => {
+                Route::There { targets } => {
                     info.notes.set_operation("forward");
-                    return fw.forward(req, &region, &base_url).await;
+                    return fw.forward(req, &targets).await;
                 }
                 Route::Unreachable(refused) | Route::Refused(refused) => {
                     info.notes.set_operation("forward");
