@@ -56,21 +56,27 @@ impl Engine {
         });
     }
 
-    /// Makes this region's copy of every object whose marker names it.
+    /// Makes this region's copy of every object whose marker names it (every marker is read,
+    /// a page at a time).
     async fn repair_round(&self) -> EngineResult<()> {
-        let request = RangeRequest::prefix(keys::REPAIRS_PREFIX).limit(REPAIR_PAGE);
-        let page = self.reader(Consistency::Local).range(request).await?;
         let here = self.config().node.region.clone();
-        for kv in page.kvs {
-            let Some((bucket, key)) = keys::parse_repair_key(&kv.key) else { continue };
-            let marker: Repair = record::decode(&kv.value)?;
-            if marker.regions.contains(&here)
-                && let Err(e) = self.repair_one(bucket, key, &marker, kv.mod_revision).await
-            {
-                tracing::warn!(bucket, key, error = %e, "could not make this region's copy; retried");
+        let mut request = RangeRequest::prefix(keys::REPAIRS_PREFIX).limit(REPAIR_PAGE);
+        loop {
+            let page = self.reader(Consistency::Local).range(request.clone()).await?;
+            for kv in &page.kvs {
+                let Some((bucket, key)) = keys::parse_repair_key(&kv.key) else { continue };
+                let marker: Repair = record::decode(&kv.value)?;
+                if marker.regions.contains(&here)
+                    && let Err(e) = self.repair_one(bucket, key, &marker, kv.mod_revision).await
+                {
+                    tracing::warn!(bucket, key, error = %e, "could not make this region's copy; retried");
+                }
+            }
+            match page.kvs.last() {
+                Some(last) if page.more => request = request.after(last.key.clone()),
+                _ => return Ok(()),
             }
         }
-        Ok(())
     }
 
     async fn repair_one(&self, bucket: &str, key: &str, marker: &Repair, marker_revision: u64) -> EngineResult<()> {
