@@ -394,3 +394,45 @@ fn byte_range(range: Option<Range>) -> Option<ByteRange> {
 fn content_range(out: &GetOutcome) -> Option<String> {
     out.range.map(|(first, last)| format!("bytes {first}-{last}/{}", out.record.size))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::{AccessDecision, BucketView, Forwarding, Grant, Principal};
+    use meridian_engine::iam::Access;
+    use meridian_engine::record::{BucketRecord, Location};
+
+    /// A GET of `bkt` whose access check saw a bucket at `location`, asking `consistency`.
+    fn read_of(location: Location, consistency: &str) -> S3Request<()> {
+        let bucket =
+            BucketView { name: "bkt".into(), record: BucketRecord { location, ..Default::default() }, revision: 1 };
+        let mut context = RequestContext::arriving(Forwarding::ServedHere, Some(bucket));
+        context.decide(AccessDecision { principal: Principal::Anonymous, grant: Grant::Bucket(Access::Read) });
+        let mut extensions = http::Extensions::new();
+        extensions.insert(context);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(crate::kv::CONSISTENCY_HEADER, http::HeaderValue::from_str(consistency).unwrap());
+        S3Request {
+            input: (),
+            method: http::Method::GET,
+            uri: http::Uri::from_static("/bkt/key"),
+            headers,
+            extensions,
+            credentials: None,
+            region: None,
+            service: None,
+            trailing_headers: None,
+        }
+    }
+
+    #[test]
+    fn reads_of_multi_region_buckets_are_always_strong() {
+        let multi = Location::MultiRegion { regions: vec!["a".into(), "b".into()], write_quorum: None };
+        let asked_local = read_of(multi, "local");
+        assert_eq!(object_read_consistency(&asked_local, "bkt").unwrap(), Consistency::Strong);
+        let global = read_of(Location::Global, "local");
+        assert_eq!(object_read_consistency(&global, "bkt").unwrap(), Consistency::Local);
+        let pinned = read_of(Location::Pinned { region: "a".into() }, "local");
+        assert_eq!(object_read_consistency(&pinned, "bkt").unwrap(), Consistency::Local);
+    }
+}
