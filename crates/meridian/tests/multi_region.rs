@@ -68,6 +68,37 @@ async fn heavy_a_multi_region_write_is_in_every_listed_region_and_nowhere_else()
     assert_eq!(put(&cluster.nodes[1], "/media/small.txt", &small).0.status, 200);
     assert_eq!((blobs_of_size(&cluster.nodes[0], 2_000), blobs_of_size(&cluster.nodes[1], 2_000)), (1, 1));
 
+    // CopyObject and multipart parts make their copies the same way.
+    a.copy_object().bucket("media").key("copy.bin").copy_source("media/big.bin").send().await.unwrap();
+    assert_eq!(blobs_of_size(&cluster.nodes[1], big.len()), 2, "the copy's bytes are in region b too");
+    let upload = a.create_multipart_upload().bucket("media").key("parts.bin").send().await.unwrap();
+    let part = pattern(5 << 20, 6);
+    let id = upload.upload_id().unwrap();
+    let etag = a
+        .upload_part()
+        .bucket("media")
+        .key("parts.bin")
+        .upload_id(id)
+        .part_number(1)
+        .body(part.clone().into())
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap()
+        .to_string();
+    assert_eq!(blobs_of_size(&cluster.nodes[1], part.len()), 1, "region b has the part when UploadPart returns");
+    let done = aws_sdk_s3::types::CompletedPart::builder().part_number(1).e_tag(etag).build();
+    let parts = aws_sdk_s3::types::CompletedMultipartUpload::builder().parts(done).build();
+    a.complete_multipart_upload()
+        .bucket("media")
+        .key("parts.bin")
+        .upload_id(id)
+        .multipart_upload(parts)
+        .send()
+        .await
+        .unwrap();
+
     // Region c is not listed: its writes and reads are served by a listed region.
     let via_c = pattern(200_000, 3);
     let (put_c, _) = put(&cluster.nodes[2], "/media/via-c.bin", &via_c);
@@ -88,6 +119,8 @@ async fn heavy_a_multi_region_write_is_in_every_listed_region_and_nowhere_else()
     assert_eq!(read_b.header("x-meridian-served-from"), Some("region-b"));
     assert!(cache_entries(&cluster.nodes[1]).is_empty(), "served from region b's own copy, not a cache");
     assert_eq!(get(&cluster.nodes[1], "/media/small.txt").body, small);
+    assert_eq!(md5_hex(&get(&cluster.nodes[1], "/media/parts.bin").body), md5_hex(&part));
+    assert_eq!(md5_hex(&get(&cluster.nodes[1], "/media/copy.bin").body), md5_hex(&big));
     // Region c's reads, forwarded to region a until now, go to b at once (a is not yet known down).
     let started = Instant::now();
     let read_c = get(&cluster.nodes[2], "/media/big.bin");
