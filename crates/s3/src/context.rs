@@ -169,26 +169,32 @@ pub(crate) fn take_verified_key(access_key_id: &str) -> Option<KeyRecord> {
     key.credentials.iter().any(|c| c.access_key_id == access_key_id).then_some(key)
 }
 
+/// A GET of `/bkt/key` carrying `context` (unit tests of operations).
+#[cfg(test)]
+pub(crate) fn test_request(context: Option<RequestContext>, headers: http::HeaderMap) -> S3Request<()> {
+    let mut extensions = http::Extensions::new();
+    if let Some(context) = context {
+        extensions.insert(context);
+    }
+    S3Request {
+        input: (),
+        method: http::Method::GET,
+        uri: http::Uri::from_static("/bkt/key"),
+        headers,
+        extensions,
+        credentials: None,
+        region: None,
+        service: None,
+        trailing_headers: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn request(context: Option<RequestContext>) -> S3Request<()> {
-        let mut extensions = http::Extensions::new();
-        if let Some(context) = context {
-            extensions.insert(context);
-        }
-        S3Request {
-            input: (),
-            method: http::Method::GET,
-            uri: http::Uri::from_static("/bkt/key"),
-            headers: http::HeaderMap::new(),
-            extensions,
-            credentials: None,
-            region: None,
-            service: None,
-            trailing_headers: None,
-        }
+        test_request(context, http::HeaderMap::new())
     }
 
     #[test]

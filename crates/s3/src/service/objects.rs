@@ -408,21 +408,9 @@ mod tests {
             BucketView { name: "bkt".into(), record: BucketRecord { location, ..Default::default() }, revision: 1 };
         let mut context = RequestContext::arriving(Forwarding::ServedHere, Some(bucket));
         context.decide(AccessDecision { principal: Principal::Anonymous, grant: Grant::Bucket(Access::Read) });
-        let mut extensions = http::Extensions::new();
-        extensions.insert(context);
         let mut headers = http::HeaderMap::new();
         headers.insert(crate::kv::CONSISTENCY_HEADER, http::HeaderValue::from_str(consistency).unwrap());
-        S3Request {
-            input: (),
-            method: http::Method::GET,
-            uri: http::Uri::from_static("/bkt/key"),
-            headers,
-            extensions,
-            credentials: None,
-            region: None,
-            service: None,
-            trailing_headers: None,
-        }
+        crate::context::test_request(Some(context), headers)
     }
 
     #[test]
