@@ -139,13 +139,15 @@ async fn send(
         let sibling = format!("{key}{suffix}");
         match read(engine, &target.bucket, &sibling, &reply).await {
             Err(Failure::Missing) => seen.push((sibling, None)),
-            result => return Some(reply.respond_kept(result, seen, sibling, cache_key.map(|k| (cache, k))).await),
+            result => {
+                return Some(reply.respond_kept(engine, result, seen, sibling, cache_key.map(|k| (cache, k))).await);
+            }
         }
     }
     reply.encoding = None;
     match read(engine, &target.bucket, key, &reply).await {
         Err(Failure::Missing) => None,
-        result => Some(reply.respond_kept(result, seen, key.to_string(), cache_key.map(|k| (cache, k))).await),
+        result => Some(reply.respond_kept(engine, result, seen, key.to_string(), cache_key.map(|k| (cache, k))).await),
     }
 }
 
@@ -325,14 +327,18 @@ impl Reply<'_> {
     /// had no record.
     async fn respond_kept(
         &self,
+        engine: &Engine,
         result: Result<Served, Failure>,
         mut seen: Vec<(String, Option<meridian_engine::Revision>)>,
         served_key: String,
         keep_in: Option<(&ResponseCache, CacheKey)>,
     ) -> Response<ResponseBody> {
+        // A missing sibling can only be trusted later where the local view is the strong one.
+        let misses_trusted = seen.is_empty() || engine.local_view_is_strong();
         let (cache, cache_key, mut served) = match (result, keep_in) {
             (Ok(served), Some((cache, cache_key)))
-                if served.multipart.is_none()
+                if misses_trusted
+                    && served.multipart.is_none()
                     && served.outcome.range.is_none()
                     && served.outcome.record.data == DataLayout::Inline =>
             {

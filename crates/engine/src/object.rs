@@ -247,13 +247,18 @@ impl Engine {
     /// metadata store): elsewhere a local miss may be a key just written in another region, which
     /// a read confirms strongly, so `false`.
     pub async fn objects_unchanged(&self, bucket: &str, seen: &[(String, Option<Revision>)]) -> EngineResult<bool> {
-        let local_is_strong = self.replicas().is_none();
-        if !local_is_strong && seen.iter().any(|(_, revision)| revision.is_none()) {
+        if !self.local_view_is_strong() && seen.iter().any(|(_, revision)| revision.is_none()) {
             return Ok(false);
         }
         let keys: Vec<Bytes> = seen.iter().map(|(key, _)| keys::object(bucket, key)).collect();
         let (now, _) = self.reader(Consistency::Local).get_many(&keys).await?;
         Ok(now.iter().zip(seen).all(|(kv, (_, revision))| kv.as_ref().map(|kv| kv.mod_revision) == *revision))
+    }
+
+    /// Whether reads at [`Consistency::Local`] are strong reads (one metadata store, no
+    /// replicas): then a local miss needs no confirmation.
+    pub fn local_view_is_strong(&self) -> bool {
+        self.replicas().is_none()
     }
 
     pub async fn put_object(&self, req: PutRequest) -> EngineResult<PutOutcome> {
