@@ -122,12 +122,12 @@ async fn send(
     let encodings =
         if purpose == Purpose::Requested && compressible { accepted_encodings(ask.headers) } else { Vec::new() };
     let cache_key = cacheable(ask, purpose).then(|| CacheKey {
-        bucket: target.bucket.clone(),
-        key: key.to_string(),
-        encodings: encodings.iter().map(|(name, _)| *name).collect(),
-        site_cache_control: target.cache_control.clone(),
+        bucket: &target.bucket,
+        key,
+        encodings: encodings.iter().fold(0, |bits, (name, _)| bits | encoding_bit(name)),
+        site_cache_control: target.cache_control.as_deref(),
     });
-    if let Some(cache_key) = &cache_key
+    if let Some(cache_key) = cache_key
         && let Some(resp) = cache.get(engine, cache_key).await
     {
         return Some(resp);
@@ -148,6 +148,15 @@ async fn send(
     match read(engine, &target.bucket, key, &reply).await {
         Err(Failure::Missing) => None,
         result => Some(reply.respond_kept(engine, result, seen, key.to_string(), cache_key.map(|k| (cache, k))).await),
+    }
+}
+
+/// A bit per precompressed encoding, for [`CacheKey::encodings`].
+fn encoding_bit(name: &str) -> u8 {
+    match name {
+        "br" => 1,
+        "gzip" => 2,
+        _ => 4,
     }
 }
 
@@ -331,7 +340,7 @@ impl Reply<'_> {
         result: Result<Served, Failure>,
         mut seen: Vec<(String, Option<meridian_engine::Revision>)>,
         served_key: String,
-        keep_in: Option<(&ResponseCache, CacheKey)>,
+        keep_in: Option<(&ResponseCache, CacheKey<'_>)>,
     ) -> Response<ResponseBody> {
         // A missing sibling can only be trusted later where the local view is the strong one.
         let misses_trusted = seen.is_empty() || engine.local_view_is_strong();
@@ -357,8 +366,7 @@ impl Reply<'_> {
         let expires_at_ms = served.outcome.record.expires_at_ms;
         seen.push((served_key, Some(served.outcome.revision)));
         let resp = self.object(served);
-        let entry = Entry { seen, expires_at_ms, status: resp.status(), headers: resp.headers().clone(), body };
-        cache.insert(cache_key, entry);
+        cache.insert(Entry::new(cache_key, seen, expires_at_ms, (resp.status(), resp.headers().clone(), body)));
         resp
     }
 
