@@ -9,12 +9,14 @@
 //!    public-read bucket with an S3 website configuration (`<bucket>.<web domain>`) the
 //!    request's host and path name, giving a [`sites::Target`];
 //! 2. [`serve::answer`]: the object the target names, with index documents, the error
-//!    document, preconditions, ranges and precompressed siblings.
+//!    document, preconditions, ranges and precompressed siblings; plain GETs of small objects
+//!    are answered from [`cache`] while the records they were built from are unchanged.
 //!
 //! 3. [`origin`]: for a site with an origin app, what the bucket does not have (and every
 //!    request but GET and HEAD, and replays from other regions' edges) goes to the origin,
 //!    with write-back, single flight and fly-replay.
 
+mod cache;
 pub mod origin;
 mod range;
 mod redirect;
@@ -60,6 +62,8 @@ pub struct Edge {
     engine: Engine,
     sites: Arc<SiteTable>,
     origins: Arc<origin::Origins>,
+    /// Finished answers for small objects (exact: see [`cache`]).
+    cache: Arc<cache::ResponseCache>,
 }
 
 impl Edge {
@@ -71,7 +75,7 @@ impl Edge {
         let sites = SiteTable::start(engine.clone(), options).await?;
         origin::refresh(&engine, &origins, &sites).await;
         tokio::spawn(origin::keep_fresh(engine.clone(), Arc::downgrade(&origins), Arc::downgrade(&sites)));
-        Ok(Edge { engine, sites, origins })
+        Ok(Edge { engine, sites, origins, cache: Arc::default() })
     }
 
     async fn answer(&self, req: Request<RequestBody>, info: &RequestInfo) -> Response<ResponseBody> {
@@ -97,7 +101,7 @@ impl Edge {
             };
             info.notes.set_operation(if head { "web.head" } else { "web.get" });
             let ask = serve::Ask { head, headers: req.headers(), host, https: info.secure };
-            return serve::answer(&self.engine, &target, &ask).await;
+            return serve::answer(&self.engine, &self.cache, &target, &ask).await;
         };
         let mut resp = self.answer_for_origin_site(&proxy, &target, req, info).await;
         origin::revision::remember(resp.headers_mut(), &proxy.topology().local);
@@ -159,11 +163,11 @@ impl Edge {
         for _ in 0..2 {
             let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
             let ask = serve::Ask { head, headers: req.headers(), host, https: info.secure };
-            if let Some(resp) = serve::stored(&self.engine, target, &ask).await {
+            if let Some(resp) = serve::stored(&self.engine, &self.cache, target, &ask).await {
                 return resp;
             }
             if let Some((variant, names)) = origin::current_variant(&self.engine, target, req.headers()).await
-                && let Some(mut resp) = serve::stored(&self.engine, &variant, &ask).await
+                && let Some(mut resp) = serve::stored(&self.engine, &self.cache, &variant, &ask).await
             {
                 if let Ok(value) = http::HeaderValue::from_str(&names.join(", ")) {
                     resp.headers_mut().insert(header::VARY, value);

@@ -10,10 +10,11 @@ use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use meridian_engine::conditions::{ETagMatch, ReadConditions};
-use meridian_engine::record::ObjectRecord;
+use meridian_engine::record::{DataLayout, ObjectRecord};
 use meridian_engine::{BodyError, ByteRange, Consistency, Engine, EngineError, ErrorKind, GetOutcome, GetRequest};
 use meridian_http::ResponseBody;
 
+use crate::cache::{CacheKey, Entry, ResponseCache};
 use crate::range::{self, Multipart};
 use crate::redirect::{self, Origin};
 use crate::sites::Target;
@@ -38,16 +39,21 @@ pub const ASSET_CACHE_CONTROL: &str = "public, max-age=3600";
 const MAX_PINNED_ATTEMPTS: usize = 4;
 
 /// The answer for `target`.
-pub async fn answer(engine: &Engine, target: &Target, ask: &Ask<'_>) -> Response<ResponseBody> {
-    match stored(engine, target, ask).await {
+pub async fn answer(engine: &Engine, cache: &ResponseCache, target: &Target, ask: &Ask<'_>) -> Response<ResponseBody> {
+    match stored(engine, cache, target, ask).await {
         Some(resp) => resp,
-        None => missing(engine, target, ask).await,
+        None => missing(engine, cache, target, ask).await,
     }
 }
 
 /// The answer from what the bucket holds for `target`; `None` when it holds nothing there
 /// (the origin fall-through's turn).
-pub async fn stored(engine: &Engine, target: &Target, ask: &Ask<'_>) -> Option<Response<ResponseBody>> {
+pub async fn stored(
+    engine: &Engine,
+    cache: &ResponseCache,
+    target: &Target,
+    ask: &Ask<'_>,
+) -> Option<Response<ResponseBody>> {
     let origin = Origin { https: ask.https, host: ask.host };
     let rules = target.website.as_ref().map(|w| w.routing_rules.as_slice()).unwrap_or_default();
     if let Some(all) = target.website.as_ref().and_then(|w| w.redirect_all.as_ref()) {
@@ -58,7 +64,7 @@ pub async fn stored(engine: &Engine, target: &Target, ask: &Ask<'_>) -> Option<R
     }
     for rest in candidates(&target.rest, target.index.as_deref()) {
         let key = format!("{}{rest}", target.key_prefix);
-        if let Some(resp) = send(engine, target, &key, ask, Purpose::Requested).await {
+        if let Some(resp) = send(engine, cache, target, &key, ask, Purpose::Requested).await {
             return Some(resp);
         }
     }
@@ -67,7 +73,7 @@ pub async fn stored(engine: &Engine, target: &Target, ask: &Ask<'_>) -> Option<R
 
 /// The answer when the bucket holds nothing for `target`: a 404 routing rule, the error
 /// document, or a plain 404.
-async fn missing(engine: &Engine, target: &Target, ask: &Ask<'_>) -> Response<ResponseBody> {
+async fn missing(engine: &Engine, cache: &ResponseCache, target: &Target, ask: &Ask<'_>) -> Response<ResponseBody> {
     let origin = Origin { https: ask.https, host: ask.host };
     let rules = target.website.as_ref().map(|w| w.routing_rules.as_slice()).unwrap_or_default();
     if let Some(resp) = redirect::routing(rules, &target.rest, Some(404), &origin) {
@@ -75,7 +81,7 @@ async fn missing(engine: &Engine, target: &Target, ask: &Ask<'_>) -> Response<Re
     }
     if let Some(error_key) = &target.error_key {
         let key = format!("{}{error_key}", target.key_prefix);
-        if let Some(resp) = send(engine, target, &key, ask, Purpose::ErrorDocument).await {
+        if let Some(resp) = send(engine, cache, target, &key, ask, Purpose::ErrorDocument).await {
             return resp;
         }
     }
@@ -105,6 +111,7 @@ enum Purpose {
 /// The answer from `key` (or a precompressed sibling), `None` if the key does not exist.
 async fn send(
     engine: &Engine,
+    cache: &ResponseCache,
     target: &Target,
     key: &str,
     ask: &Ask<'_>,
@@ -112,21 +119,57 @@ async fn send(
 ) -> Option<Response<ResponseBody>> {
     let guessed = mime_guess::from_path(key).first_raw();
     let compressible = guessed.is_some_and(is_compressible);
+    let encodings =
+        if purpose == Purpose::Requested && compressible { accepted_encodings(ask.headers) } else { Vec::new() };
+    let cache_key = cacheable(ask, purpose).then(|| CacheKey {
+        bucket: &target.bucket,
+        key,
+        encodings: encodings.iter().fold(0, |bits, (name, _)| bits | encoding_bit(name)),
+        site_cache_control: target.cache_control.as_deref(),
+    });
+    if let Some(cache_key) = cache_key
+        && let Some(resp) = cache.get(engine, cache_key).await
+    {
+        return Some(resp);
+    }
     let mut reply = Reply { target, key, ask, purpose, compressible, encoding: None };
-    if purpose == Purpose::Requested && compressible {
-        for (encoding, suffix) in accepted_encodings(ask.headers) {
-            reply.encoding = Some(encoding);
-            match read(engine, &target.bucket, &format!("{key}{suffix}"), &reply).await {
-                Err(Failure::Missing) => continue,
-                result => return Some(reply.respond(result)),
+    let mut seen = Vec::new();
+    for (encoding, suffix) in encodings {
+        reply.encoding = Some(encoding);
+        let sibling = format!("{key}{suffix}");
+        match read(engine, &target.bucket, &sibling, &reply).await {
+            Err(Failure::Missing) => seen.push((sibling, None)),
+            result => {
+                return Some(reply.respond_kept(engine, result, seen, sibling, cache_key.map(|k| (cache, k))).await);
             }
         }
-        reply.encoding = None;
     }
+    reply.encoding = None;
     match read(engine, &target.bucket, key, &reply).await {
         Err(Failure::Missing) => None,
-        result => Some(reply.respond(result)),
+        result => Some(reply.respond_kept(engine, result, seen, key.to_string(), cache_key.map(|k| (cache, k))).await),
     }
+}
+
+/// A bit per precompressed encoding, for [`CacheKey::encodings`].
+fn encoding_bit(name: &str) -> u8 {
+    match name {
+        "br" => 1,
+        "gzip" => 2,
+        _ => 4,
+    }
+}
+
+/// Whether the answer to this request may be kept: a plain GET of the object asked for.
+fn cacheable(ask: &Ask<'_>, purpose: Purpose) -> bool {
+    const DECIDING: [header::HeaderName; 5] = [
+        header::RANGE,
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+    ];
+    !ask.head && purpose == Purpose::Requested && !DECIDING.iter().any(|name| ask.headers.contains_key(name))
 }
 
 /// One object's read, as the response needs it.
@@ -288,6 +331,45 @@ struct Reply<'a> {
 }
 
 impl Reply<'_> {
+    /// [`Reply::respond`], keeping the answer in the target's cache under `cache_key` when it
+    /// is a whole object stored inline. `seen`: the keys consulted before `served_key`, which
+    /// had no record.
+    async fn respond_kept(
+        &self,
+        engine: &Engine,
+        result: Result<Served, Failure>,
+        mut seen: Vec<(String, Option<meridian_engine::Revision>)>,
+        served_key: String,
+        keep_in: Option<(&ResponseCache, CacheKey<'_>)>,
+    ) -> Response<ResponseBody> {
+        // A missing sibling can only be trusted later where the local view is the strong one.
+        let misses_trusted = seen.is_empty() || engine.local_view_is_strong();
+        let (cache, cache_key, mut served) = match (result, keep_in) {
+            (Ok(served), Some((cache, cache_key)))
+                if misses_trusted
+                    && served.multipart.is_none()
+                    && served.outcome.range.is_none()
+                    && served.outcome.record.data == DataLayout::Inline =>
+            {
+                (cache, cache_key, served)
+            }
+            (result, _) => return self.respond(result),
+        };
+        let body = match served.outcome.body.try_collect::<Vec<Bytes>>().await {
+            Ok(chunks) => chunks.concat().into(),
+            Err(e) => {
+                tracing::error!(error = %e, "the edge could not read an object's inline bytes");
+                return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            }
+        };
+        served.outcome.body = meridian_engine::body_from_bytes(Bytes::clone(&body));
+        let expires_at_ms = served.outcome.record.expires_at_ms;
+        seen.push((served_key, Some(served.outcome.revision)));
+        let resp = self.object(served);
+        cache.insert(Entry::new(cache_key, seen, expires_at_ms, (resp.status(), resp.headers().clone(), body)));
+        resp
+    }
+
     fn respond(&self, result: Result<Served, Failure>) -> Response<ResponseBody> {
         match result {
             Ok(served) => self.object(served),

@@ -247,6 +247,27 @@ impl Engine {
         }
     }
 
+    /// Whether each `(key, revision)` of `bucket` still names exactly the object record it did
+    /// when read at [`Consistency::Local`] (`None`: there was none), so that a caller may keep
+    /// what it derived from those reads. Answers from the local view without decoding records.
+    /// "Still absent" is only confirmed where the local view is the strong one (a single
+    /// metadata store): elsewhere a local miss may be a key just written in another region, which
+    /// a read confirms strongly, so `false`.
+    pub async fn objects_unchanged(&self, bucket: &str, seen: &[(String, Option<Revision>)]) -> EngineResult<bool> {
+        if !self.local_view_is_strong() && seen.iter().any(|(_, revision)| revision.is_none()) {
+            return Ok(false);
+        }
+        let keys: Vec<Bytes> = seen.iter().map(|(key, _)| keys::object(bucket, key)).collect();
+        let (now, _) = self.reader(Consistency::Local).get_many(&keys).await?;
+        Ok(now.iter().zip(seen).all(|(kv, (_, revision))| kv.as_ref().map(|kv| kv.mod_revision) == *revision))
+    }
+
+    /// Whether reads at [`Consistency::Local`] are strong reads (one metadata store, no
+    /// replicas): then a local miss needs no confirmation.
+    pub fn local_view_is_strong(&self) -> bool {
+        self.replicas().is_none()
+    }
+
     pub async fn put_object(&self, req: PutRequest) -> EngineResult<PutOutcome> {
         self.put_object_in(None, req).await
     }

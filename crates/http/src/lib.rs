@@ -13,6 +13,7 @@
 //! The client side ([`client`]) gives every Meridian client `https://` with the same trust
 //! settings.
 
+mod access_log;
 mod body;
 pub mod client;
 mod conn;
@@ -22,9 +23,10 @@ mod server;
 mod shutdown;
 pub mod tls;
 
+pub use access_log::{AccessLog, structured_access_log, text_access_log_to};
 pub use body::{BodyError, BoxError, RequestBody, ResponseBody, boxed, empty, full};
 pub use policy::Policy;
-pub use request::{AccessLog, Load, Notes, Observer, RequestId, RequestInfo, RequestRecord, structured_access_log};
+pub use request::{Load, Notes, Observer, RequestId, RequestInfo, RequestRecord};
 pub use server::{FnHandler, Handler, Server, handler_fn, text_response};
 pub use shutdown::shutdown_signal;
 pub use tls::{ClientTls, ServerTls, TlsError, TlsFiles};

@@ -4,13 +4,13 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// A request's id: 16 hex digits, unique enough to find one request in the logs of a cluster.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RequestId(u64);
+pub struct RequestId(pub(crate) u64);
 
 impl RequestId {
     pub fn random() -> RequestId {
@@ -101,116 +101,6 @@ pub struct RequestRecord {
 /// Told about every request a listener finishes: the access log is one, metrics another.
 pub trait Observer: Send + Sync {
     fn request_done(&self, record: &RequestRecord);
-}
-
-/// Writes one log line per request (target `meridian::access`, level INFO).
-///
-/// With structured (JSON) logs each fact is a field of the event. Otherwise the line is
-/// formatted here in one go and logged as the event's message, in the same `name=value` shape:
-/// recording thirteen fields one by one through tracing's visitor cost a quarter of the CPU of
-/// serving a small object.
-pub struct AccessLog;
-
-static STRUCTURED: AtomicBool = AtomicBool::new(false);
-
-/// Whether access log lines carry their facts as separate fields (for JSON logs).
-pub fn structured_access_log(on: bool) {
-    STRUCTURED.store(on, Ordering::Relaxed);
-}
-
-thread_local! {
-    /// The line being formatted, reused from request to request.
-    static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-}
-
-impl Observer for AccessLog {
-    fn request_done(&self, r: &RequestRecord) {
-        if STRUCTURED.load(Ordering::Relaxed) {
-            log_fields(r);
-            return;
-        }
-        if !tracing::enabled!(target: "meridian::access", tracing::Level::INFO) {
-            return;
-        }
-        LINE.with(|line| {
-            let Ok(mut line) = line.try_borrow_mut() else { return log_fields(r) };
-            line.clear();
-            // Writing to a String cannot fail.
-            let _ = write_line(&mut line, r);
-            tracing::info!(target: "meridian::access", "{}", line.as_str());
-        });
-    }
-}
-
-fn write_line(out: &mut String, r: &RequestRecord) -> fmt::Result {
-    use fmt::Write;
-    let nanos = r.duration.as_nanos();
-    write!(
-        out,
-        "listener={:?} request_id={} peer={} method={} path={} status={} bytes_in={} bytes_out={} \
-         duration_ms={}.{:06} completed={} principal={:?} operation={:?}",
-        r.listener,
-        r.id,
-        r.peer,
-        r.method,
-        r.path,
-        r.status.as_u16(),
-        r.bytes_in,
-        r.bytes_out,
-        nanos / 1_000_000,
-        nanos % 1_000_000,
-        r.completed,
-        r.principal.as_deref().unwrap_or("-"),
-        r.operation.as_deref().unwrap_or("-"),
-    )
-}
-
-fn log_fields(r: &RequestRecord) {
-    tracing::info!(
-        target: "meridian::access",
-        listener = r.listener,
-        request_id = %r.id,
-        peer = %r.peer,
-        method = %r.method,
-        path = %r.path,
-        status = r.status.as_u16(),
-        bytes_in = r.bytes_in,
-        bytes_out = r.bytes_out,
-        duration_ms = r.duration.as_secs_f64() * 1e3,
-        completed = r.completed,
-        principal = r.principal.as_deref().unwrap_or("-"),
-        operation = r.operation.as_deref().unwrap_or("-"),
-    );
-}
-
-#[cfg(test)]
-mod access_line_tests {
-    use super::*;
-
-    #[test]
-    fn the_line_names_every_fact() {
-        let record = RequestRecord {
-            listener: "web",
-            id: RequestId(0xAB),
-            peer: "127.0.0.1:4000".parse().unwrap(),
-            method: http::Method::GET,
-            path: "/a b\"".into(),
-            status: http::StatusCode::NOT_FOUND,
-            bytes_in: 3,
-            bytes_out: 9,
-            duration: Duration::from_micros(21_314),
-            completed: true,
-            principal: Some("ann\"x".into()),
-            operation: None,
-        };
-        let mut line = String::new();
-        write_line(&mut line, &record).unwrap();
-        assert_eq!(
-            line,
-            "listener=\"web\" request_id=00000000000000AB peer=127.0.0.1:4000 method=GET path=/a b\" status=404 \
-             bytes_in=3 bytes_out=9 duration_ms=21.314000 completed=true principal=\"ann\\\"x\" operation=\"-\""
-        );
-    }
 }
 
 /// What a listener is doing right now (read by metrics at scrape time).

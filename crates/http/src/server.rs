@@ -19,10 +19,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::access_log::AccessLog;
 use crate::body::{Pending, Reported, RequestBody, ResponseBody, full};
 use crate::conn::{Activity, AddressSlot, PerAddress, Tracked};
 use crate::policy::Policy;
-use crate::request::{AccessLog, Load, Notes, Observer, RequestId, RequestInfo};
+use crate::request::{Load, Notes, Observer, RequestId, RequestInfo};
 use crate::tls::ServerTls;
 
 /// Serves the requests of one listener.

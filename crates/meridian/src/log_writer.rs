@@ -40,7 +40,8 @@ impl Shared {
     }
 }
 
-/// The `MakeWriter` handed to `tracing_subscriber`.
+/// The `MakeWriter` handed to `tracing_subscriber` (and, cloned, the access log's sink).
+#[derive(Clone)]
 pub struct BatchedStderr {
     shared: Arc<Shared>,
 }

@@ -314,11 +314,17 @@ fn init_logging(format: &str) -> anyhow::Result<crate::log_writer::FlushGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,s3s=off,hyper=warn"));
     let (writer, guard) = crate::log_writer::stderr().context("cannot start the log writer thread")?;
+    let access_sink = writer.clone();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     meridian_http::structured_access_log(format == "json");
+    meridian_http::text_access_log_to(move |line| {
+        use std::io::Write;
+        // The batched writer never fails; a lost access line is not worth failing a request.
+        let _ = (&access_sink).write_all(line);
+    });
     match format {
         "json" => builder.json().init(),
         "text" => builder.init(),

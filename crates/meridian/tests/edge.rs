@@ -378,6 +378,75 @@ async fn precompressed_siblings_follow_accept_encoding() {
     assert_ne!(br.header("etag"), plain.header("etag"));
 }
 
+/// Small objects' answers are kept by the edge (decided per GET from the records they were built
+/// from): an overwrite, a delete, a new precompressed sibling or an expiry shows at once, and
+/// concurrent overwrites never give an answer whose ETag does not name its bytes.
+#[tokio::test]
+async fn kept_answers_of_small_objects_are_never_stale() {
+    let (server, _dir) = start_edge("");
+    let s3 = server.client();
+    s3.create_bucket().bucket("xedn").send().await.expect("create bucket");
+    let path = "/file/christine-static/logo.png";
+    for round in 0..20u8 {
+        let body = vec![round; 100 + usize::from(round)];
+        put(&s3, "xedn", "logo.png", &body, Some("image/png")).await;
+        for _ in 0..2 {
+            let resp = get(&server, path, &[]);
+            assert_eq!(resp.status, 200);
+            assert_eq!(resp.body, body, "round {round}: the write just acknowledged is served");
+            assert_eq!(resp.header("etag"), Some(format!("\"{}\"", md5_hex(&body)).as_str()));
+        }
+    }
+    s3.delete_object().bucket("xedn").key("logo.png").send().await.expect("delete");
+    assert_eq!(get(&server, path, &[]).status, 404, "a deleted object is gone at once");
+
+    // A sibling that did not exist when the answer was kept is served as soon as it does.
+    put(&s3, "xedn", "app.js", b"plain javascript", Some("application/javascript")).await;
+    let br = [("Accept-Encoding", "br".to_string())];
+    let js = "/file/christine-static/app.js";
+    assert_eq!(get(&server, js, &br).body, b"plain javascript");
+    assert_eq!(get(&server, js, &br).body, b"plain javascript");
+    put(&s3, "xedn", "app.js.br", b"brotli bytes", None).await;
+    let resp = get(&server, js, &br);
+    assert_eq!((resp.body.as_slice(), resp.header("content-encoding")), (&b"brotli bytes"[..], Some("br")));
+
+    // An object that expires stops being served when it does, kept or not.
+    let brief_put = raw::signed(&server.addr, "PUT", "/xedn/brief.txt", &[("x-meridian-ttl", "2s".into())], b"brief");
+    assert_eq!(brief_put.status, 200, "{}", brief_put.text());
+    let brief = "/file/christine-static/brief.txt";
+    assert_eq!(get(&server, brief, &[]).body, b"brief");
+    eventually("the expired object is gone", Duration::from_secs(10), || get(&server, brief, &[]).status == 404);
+
+    // Readers racing a writer: every answer is one version whole, named by its ETag.
+    let versions: Vec<Vec<u8>> = (0..2u8).map(|v| vec![b'a' + v; 2048]).collect();
+    let writer = {
+        let (s3, versions) = (s3.clone(), versions.clone());
+        tokio::spawn(async move {
+            for round in 0..40 {
+                put(&s3, "xedn", "race.png", &versions[round % 2], Some("image/png")).await;
+            }
+        })
+    };
+    let addr = web(&server).to_string();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut served = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while served < 200 && Instant::now() < deadline {
+            let resp = raw::send(&addr, "GET", "/file/christine-static/race.png", &[], &[]);
+            if resp.status == 404 {
+                continue; // not written yet
+            }
+            assert_eq!(resp.status, 200);
+            assert_eq!(resp.header("etag"), Some(format!("\"{}\"", md5_hex(&resp.body)).as_str()));
+            served += 1;
+        }
+        served
+    });
+    writer.await.expect("writer");
+    assert!(reader.await.expect("reader") >= 50, "too few reads to mean anything");
+    assert_eq!(get(&server, "/file/christine-static/race.png", &[]).body, versions[1], "the last write is served");
+}
+
 #[tokio::test]
 async fn concurrent_overwrites_never_mix_versions() {
     let (server, _dir) = start_edge("");

@@ -302,3 +302,59 @@ async fn heavy_replication_lag_rises_while_an_etcd_link_is_slow_and_falls_after(
     writing.store(false, std::sync::atomic::Ordering::Relaxed);
     writes.join().unwrap();
 }
+
+/// Starts a node with `log_args` and `RUST_LOG`, sends one signed GET of a missing bucket and
+/// returns its request id and the node's stderr lines after a clean stop.
+fn access_lines(log_args: &[&str], rust_log: &str) -> (String, Vec<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = Server::command(&tmp.path().join("data"), log_args, None, None);
+    cmd.env("RUST_LOG", rust_log).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let endpoint =
+        stdout.by_ref().map_while(Result::ok).find_map(|line| line.strip_prefix("S3 endpoint: ").map(str::to_string));
+    // The node prints more after the endpoint: keep its stdout open.
+    std::thread::spawn(move || stdout.for_each(drop));
+    let Some(endpoint) = endpoint else {
+        let out = child.wait_with_output().unwrap();
+        panic!("the node did not start ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    };
+    let resp = raw::signed(addr_of(&endpoint), "GET", "/no-such-bucket/k", &[], b"");
+    assert_eq!(resp.status, 404, "{}", resp.text());
+    let id = resp.header("x-amz-request-id").expect("request id").to_string();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the node stops cleanly on SIGTERM: {}", out.status);
+    (id, String::from_utf8_lossy(&out.stderr).lines().map(str::to_string).collect())
+}
+
+#[test]
+fn access_log_lines_name_each_request_in_text_and_json() {
+    let (id, lines) = access_lines(&[], "warn,meridian::access=info");
+    let line = lines.iter().find(|l| l.contains(&format!("request_id={id}"))).unwrap_or_else(|| {
+        panic!("no access line for request {id}: {lines:#?}");
+    });
+    // `<RFC 3339 time, UTC, microseconds>  INFO meridian::access: facts`, as tracing writes lines.
+    let (stamp, rest) = line.split_once("  INFO meridian::access: ").expect("the line's prefix");
+    let at = time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).unwrap();
+    let age = time::OffsetDateTime::now_utc() - at;
+    assert!(age >= time::Duration::ZERO && age < time::Duration::seconds(60), "{stamp} is now");
+    assert_eq!(stamp.len(), "2026-12-06T00:00:31.162081Z".len(), "{stamp}");
+    assert!(rest.starts_with("listener=\"s3\" request_id="), "{rest}");
+    for fact in ["method=GET", "path=/no-such-bucket/k", "status=404", "completed=true", "principal=\"admin\""] {
+        assert!(rest.contains(fact), "{fact} in {rest}");
+    }
+
+    let (id, lines) = access_lines(&["--log-format", "json"], "warn,meridian::access=info");
+    let event = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["request_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no JSON access event for request {id}: {lines:#?}"));
+    assert_eq!(event["target"], "meridian::access");
+    assert_eq!(event["fields"]["status"], 404);
+    assert_eq!(event["fields"]["path"], "/no-such-bucket/k");
+
+    let (id, lines) = access_lines(&[], "warn,meridian::access=off");
+    assert!(!lines.iter().any(|l| l.contains(&id)), "RUST_LOG turned the access log off: {lines:#?}");
+}
