@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use aws_sdk_s3::config::StalledStreamProtectionConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use common::{ACCESS_KEY, SECRET_KEY, Server, body_bytes, cluster_args, pattern};
@@ -147,8 +148,8 @@ fn stalled_put(node: &Server, key: &str, len: usize, sent: usize) -> tokio::sync
         }
     });
     let body = http_body_util::StreamBody::new(frames);
-    let request = node
-        .client()
+    let patient = node.client().config().to_builder().stalled_stream_protection(StalledStreamProtectionConfig::disabled());
+    let request = aws_sdk_s3::Client::from_conf(patient.build())
         .put_object()
         .bucket("b")
         .key(key)
