@@ -349,7 +349,7 @@ mod tests {
     use futures::TryStreamExt;
     use std::time::Duration;
 
-    async fn collect(stream: impl Stream<Item = BlobResult<Bytes>>) -> Vec<u8> {
+    async fn collect(stream: impl futures::Stream<Item = BlobResult<Bytes>>) -> Vec<u8> {
         let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
         chunks.concat()
     }
