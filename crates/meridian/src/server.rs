@@ -205,6 +205,12 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
     let s3_policy = file.apply_limits(Policy::s3());
     let admin_policy = file.apply_limits(Policy::admin());
     let web_policy = file.apply_limits(Policy::web());
+    let orphan_grace = args
+        .blob_s3
+        .blob_orphan_grace
+        .or(file.blob_orphan_grace_secs.map(Duration::from_secs))
+        .unwrap_or(DEFAULT_ORPHAN_GRACE);
+    let blob_s3 = blob_s3_settings(args.blob_s3, &file, orphan_grace)?;
     let tls = match (args.tls_cert.or(file.tls_cert.clone()), args.tls_key.or(file.tls_key.clone())) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
@@ -237,12 +243,6 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
     if let Some(url) = &web_advertise {
         meridian_common::origin::check_url("web advertise (--web-advertise)", url)?;
     }
-    let orphan_grace = args
-        .blob_s3
-        .blob_orphan_grace
-        .or(file.blob_orphan_grace_secs.map(Duration::from_secs))
-        .unwrap_or(DEFAULT_ORPHAN_GRACE);
-    let blob_s3 = blob_s3_settings(args.blob_s3, &file, orphan_grace)?;
     let inline_default = if etcd.is_empty() { EngineConfig::default().inline_max } else { ETCD_INLINE_MAX };
     let limits = FileConfig {
         max_connections: file.max_connections,
