@@ -61,7 +61,7 @@ async fn backend_blobs(backend: &aws_sdk_s3::Client, bucket: &str) -> (usize, us
 async fn put(node: &Server, key: &str, data: &[u8]) {
     node.client()
         .put_object()
-        .bucket("b")
+        .bucket("objects")
         .key(key)
         .body(ByteStream::from(data.to_vec()))
         .send()
@@ -70,7 +70,7 @@ async fn put(node: &Server, key: &str, data: &[u8]) {
 }
 
 async fn get(node: &Server, key: &str) -> Vec<u8> {
-    let out = node.client().get_object().bucket("b").key(key).send().await;
+    let out = node.client().get_object().bucket("objects").key(key).send().await;
     body_bytes(out.unwrap_or_else(|e| panic!("GET {key}: {e:?}"))).await
 }
 
@@ -78,15 +78,15 @@ async fn get(node: &Server, key: &str) -> Vec<u8> {
 /// multipart object through `node`, and reads them back. Returns the objects.
 async fn write_and_read(node: &Server) -> Vec<(String, Vec<u8>)> {
     let s3 = node.client();
-    s3.create_bucket().bucket("b").send().await.unwrap();
+    s3.create_bucket().bucket("objects").send().await.unwrap();
     let objects = vec![("small".to_string(), pattern(100 * KIB, 1)), ("large".to_string(), pattern(20 * MIB + 7, 2))];
     for (key, data) in &objects {
         put(node, key, data).await;
         assert!(get(node, key).await == *data, "{key} read back differs");
     }
-    s3.copy_object().bucket("b").key("copy").copy_source("b/large").send().await.unwrap();
+    s3.copy_object().bucket("objects").key("copy").copy_source("objects/large").send().await.unwrap();
     assert!(get(node, "copy").await == objects[1].1, "the copy differs");
-    let range = s3.get_object().bucket("b").key("large").range("bytes=9437180-9437199").send().await.unwrap();
+    let range = s3.get_object().bucket("objects").key("large").range("bytes=9437180-9437199").send().await.unwrap();
     assert_eq!(body_bytes(range).await, &objects[1].1[9_437_180..9_437_200]);
     let mut all = objects;
     all.push(("copy".to_string(), all[1].1.clone()));
@@ -151,7 +151,7 @@ fn stalled_put(node: &Server, key: &str, len: usize, sent: usize) -> tokio::sync
     let patient = node.client().config().to_builder().stalled_stream_protection(StalledStreamProtectionConfig::disabled());
     let request = aws_sdk_s3::Client::from_conf(patient.build())
         .put_object()
-        .bucket("b")
+        .bucket("objects")
         .key(key)
         .content_length(len as i64)
         .body(ByteStream::from_body_1_x(body));
@@ -209,7 +209,7 @@ async fn kill9_on_a_moto_bucket_loses_nothing_acknowledged_and_leftovers_are_col
     for (key, data) in &objects[1..] {
         assert!(get(&node, key).await == *data, "{key} after the kill");
     }
-    let missing = node.client().head_object().bucket("b").key("unfinished").send().await;
+    let missing = node.client().head_object().bucket("objects").key("unfinished").send().await;
     assert!(missing.is_err(), "an interrupted upload is not visible");
 }
 
@@ -241,7 +241,7 @@ async fn two_nodes_share_a_moto_bucket_and_survive_a_kill9() {
                 for round in 0..1000u64 {
                     let key = format!("busy-{task}-{round}");
                     let data = pattern(3 * MIB + 11, task * 1000 + round);
-                    let sent = s3.put_object().bucket("b").key(&key).body(ByteStream::from(data)).send().await;
+                    let sent = s3.put_object().bucket("objects").key(&key).body(ByteStream::from(data)).send().await;
                     if sent.is_err() {
                         return;
                     }
@@ -272,7 +272,7 @@ async fn two_nodes_share_a_moto_bucket_and_survive_a_kill9() {
     }
     // Every object is inline-free on etcd (1 KiB), so each listed object owns one blob; any
     // other blob, and any upload, is a leftover of the kill.
-    let listed = b.client().list_objects_v2().bucket("b").send().await.unwrap().key_count().unwrap_or(0) as usize;
+    let listed = b.client().list_objects_v2().bucket("objects").send().await.unwrap().key_count().unwrap_or(0) as usize;
     eventually(Duration::from_secs(20), "B collects what A left", || async {
         match backend_blobs(&backend, "shared").await {
             (blobs, 0) if blobs == listed => Ok(()),
