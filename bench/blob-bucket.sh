@@ -6,7 +6,8 @@
 #
 #   MERIDIAN_BIN=target/release/meridian bench/blob-bucket.sh
 #
-# Environment: MERIDIAN_BIN, BENCH_BIN (default $CARGO_TARGET_DIR/release/...), DURATION
+# Environment: MERIDIAN_BIN (default $CARGO_TARGET_DIR/release/meridian), BENCH_BIN (default
+# `$MERIDIAN_BIN bench`), DURATION
 # (default 10s per run), OUT (default bench/results/blob-bucket-DATE). Needs moto_server
 # (pip install 'moto[server]') and curl.
 set -euo pipefail
@@ -18,12 +19,12 @@ source "$here/peers.sh"
 
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 MERIDIAN_BIN="${MERIDIAN_BIN:-$target_dir/release/meridian}"
-BENCH_BIN="${BENCH_BIN:-$target_dir/release/meridian-bench}"
 DURATION="${DURATION:-10s}"
 OUT="${OUT:-$repo/bench/results/blob-bucket-$(date -u +%Y%m%dT%H%M%SZ)}"
 command -v moto_server >/dev/null || { echo "moto_server is missing (pip install 'moto[server]')" >&2; exit 1; }
 [[ -x "$MERIDIAN_BIN" ]] || { echo "MERIDIAN_BIN=$MERIDIAN_BIN is not executable (cargo build --release -p meridian)" >&2; exit 1; }
-[[ -x "$BENCH_BIN" ]] || { echo "BENCH_BIN=$BENCH_BIN is not executable (cargo build --release -p meridian-bench)" >&2; exit 1; }
+# The load generator: BENCH_BIN if set, else `meridian bench` of MERIDIAN_BIN.
+if [[ -n "${BENCH_BIN:-}" ]]; then bench=("$BENCH_BIN"); else bench=("$MERIDIAN_BIN" bench); fi
 mkdir -p "$OUT"
 scratch="$(mktemp -d /var/tmp/meridian-blob-bucket.XXXXXX)"
 pids=()
@@ -53,7 +54,7 @@ create_bucket() { # endpoint bucket
 }
 
 run() { # label endpoint workload size objects
-  "$BENCH_BIN" --endpoint "$2" --bucket "bench-$RANDOM" --create-bucket --workload "$3" --size "$4" \
+  "${bench[@]}" --endpoint "$2" --bucket "bench-$RANDOM" --create-bucket --workload "$3" --size "$4" \
     --objects "$5" --concurrency 8 --duration "$DURATION" --json --label "$1" >"$OUT/$1.json" 2>"$OUT/$1.log"
   python3 -c 'import json,sys; o=json.load(open(sys.argv[1]))["ops"][0]; l=o["latency_ms"]; print("| %s | %.0f | %.1f | %.2f | %.2f | %d |" % (sys.argv[2], o["ops_per_sec"], o.get("mib_per_sec", 0), l["p50"], l["p99"], o["errors"]))' "$OUT/$1.json" "$1"
 }

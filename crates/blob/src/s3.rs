@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
@@ -94,6 +95,12 @@ impl Bucket {
         if is_not_found(&err) { BlobError::NotFound(id) } else { self.fail(doing, err) }
     }
 
+    /// A GET of blob `id`, of `range` (`bytes=A-B`) or the whole.
+    async fn get(&self, id: BlobId, range: Option<String>) -> BlobResult<GetObjectOutput> {
+        let request = self.client.get_object().bucket(&self.bucket).key(self.blob_key(id)).set_range(range);
+        request.send().await.map_err(|e| self.fail_for(id, "GET", e))
+    }
+
     async fn abort(&self, key: &str, upload_id: &str) -> BlobResult<()> {
         self.client
             .abort_multipart_upload()
@@ -144,7 +151,13 @@ impl S3Backend {
         let name = format!("s3://{}/{prefix} at {at}", cfg.bucket);
         let inner = Arc::new(Bucket { client, bucket: cfg.bucket.clone(), prefix, name });
         let store_id = store_id(&inner).await?;
-        Ok(S3Backend { inner, seen_uploads: Default::default(), store_id, part_size: cfg.part_size, max_write_age: cfg.max_write_age })
+        Ok(S3Backend {
+            inner,
+            seen_uploads: Default::default(),
+            store_id,
+            part_size: cfg.part_size,
+            max_write_age: cfg.max_write_age,
+        })
     }
 }
 
@@ -238,15 +251,7 @@ impl BlobBackend for S3Backend {
             return Ok(Box::pin(futures::stream::empty()));
         }
         let b = &self.inner;
-        let out = b
-            .client
-            .get_object()
-            .bucket(&b.bucket)
-            .key(b.blob_key(id))
-            .range(format!("bytes={offset}-{}", offset + len - 1))
-            .send()
-            .await
-            .map_err(|e| b.fail_for(id, "GET", e))?;
+        let out = b.get(id, Some(format!("bytes={offset}-{}", offset + len - 1))).await?;
         let bucket = Arc::clone(b);
         let chunks = futures::stream::unfold((Some(out.body), len), move |(body, left)| {
             let bucket = Arc::clone(&bucket);
@@ -278,18 +283,12 @@ impl BlobBackend for S3Backend {
 
     async fn read_all(&self, id: BlobId) -> BlobResult<Bytes> {
         let b = &self.inner;
-        let out = b
-            .client
-            .get_object()
-            .bucket(&b.bucket)
-            .key(b.blob_key(id))
-            .send()
+        let out = b.get(id, None).await?;
+        let data = out
+            .body
+            .collect()
             .await
-            .map_err(|e| b.fail_for(id, "GET", e))?;
-        let data = out.body.collect().await.map_err(|e| BlobError::Backend {
-            store: b.name.clone(),
-            message: format!("GET {id}: {}", chain(&e)),
-        })?;
+            .map_err(|e| BlobError::Backend { store: b.name.clone(), message: format!("GET {id}: {}", chain(&e)) })?;
         Ok(data.into_bytes())
     }
 

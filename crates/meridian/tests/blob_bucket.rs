@@ -1,6 +1,7 @@
 //! Object bytes in an S3 bucket (`--blob-s3-bucket`): on moto's S3 server (a service Meridian
 //! did not write) and on another Meridian node; one node, and two nodes of one region on one
 //! shared bucket with real etcd; `kill -9` during uploads; leftovers collected.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
@@ -148,7 +149,8 @@ fn stalled_put(node: &Server, key: &str, len: usize, sent: usize) -> tokio::sync
         }
     });
     let body = http_body_util::StreamBody::new(frames);
-    let patient = node.client().config().to_builder().stalled_stream_protection(StalledStreamProtectionConfig::disabled());
+    let patient =
+        node.client().config().to_builder().stalled_stream_protection(StalledStreamProtectionConfig::disabled());
     let request = aws_sdk_s3::Client::from_conf(patient.build())
         .put_object()
         .bucket("objects")
