@@ -144,6 +144,12 @@ impl S3Backend {
                 cfg.part_size
             )));
         }
+        if !cfg.prefix.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-/".contains(&c)) {
+            return Err(BlobError::Config(format!(
+                "the blob bucket prefix {:?} may hold only letters, digits, '.', '_', '-' and '/'",
+                cfg.prefix
+            )));
+        }
         let client = meridian_s3_client::client(&cfg.endpoint, "meridian-blob-store")
             .map_err(|e| BlobError::Config(e.to_string()))?;
         let prefix = normalize_prefix(&cfg.prefix);

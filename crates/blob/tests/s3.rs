@@ -106,6 +106,8 @@ async fn one_store_id() {
     assert!(a.shared_id().is_some());
     assert_eq!(a.shared_id(), b.shared_id());
     assert_ne!(a.shared_id(), other.shared_id());
+    let odd = S3Backend::open(&config(&moto, "a b?")).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(odd.contains("may hold only letters"), "a prefix that would need escaping is refused: {odd}");
     // A blob written by one opener is read by the other.
     let id = a.put(Bytes::from_static(b"shared")).await.unwrap();
     assert_eq!(b.read_all(id).await.unwrap().as_ref(), b"shared");
