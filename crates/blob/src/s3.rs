@@ -3,8 +3,7 @@
 //!
 //! A blob is the object `<prefix>blobs/<32 hex id>`: names come from blob ids only. A blob of
 //! less than one part is one PutObject; a larger one a multipart upload of `part_size` parts,
-//! sent while the body streams in (two at a time), so a write holds at most three parts in
-//! memory. Either way the
+//! sent while the body streams in, so a write holds at most one part in memory. Either way the
 //! object exists only once the PUT or the CompleteMultipartUpload has been acknowledged, which
 //! is when [`BackendWriter::finish`] returns: an interrupted write leaves nothing visible, only
 //! an incomplete multipart upload, which [`BlobBackend::collect_stale_writes`] aborts.
@@ -13,7 +12,6 @@
 //! `<prefix>meridian-store-id` (the first one writes it, with `If-None-Match: *`), so they know
 //! they share the store and read each other's blobs straight from it.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -26,7 +24,6 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
 use meridian_common::errors::chain;
 use meridian_s3_client::S3Endpoint;
-use tokio::task::JoinHandle;
 
 use crate::backend::{BackendWriter, BlobBackend, BlobStream};
 use crate::{BlobError, BlobId, BlobResult};
@@ -402,28 +399,10 @@ impl BlobBackend for S3Backend {
     }
 }
 
-/// Parts of one upload being sent at once: while they travel the next one fills, so a write
-/// holds at most this many parts plus one in memory.
-const PARTS_IN_FLIGHT: usize = 2;
-
 /// A multipart upload in progress.
 struct Upload {
     id: String,
-    /// Parts acknowledged, in order.
     parts: Vec<CompletedPart>,
-    /// Parts being sent, oldest first.
-    sending: VecDeque<JoinHandle<BlobResult<CompletedPart>>>,
-    next_number: i32,
-}
-
-impl Upload {
-    /// Waits for the oldest part being sent.
-    async fn settle_oldest(&mut self) -> BlobResult<()> {
-        let Some(oldest) = self.sending.pop_front() else { return Ok(()) };
-        let part = oldest.await.map_err(|e| BlobError::Task(e.to_string()))??;
-        self.parts.push(part);
-        Ok(())
-    }
 }
 
 /// One blob being written: bytes gather until a part is full; the first full part starts a
@@ -439,26 +418,7 @@ struct S3Writer {
     max_age: Duration,
 }
 
-impl Bucket {
-    async fn upload_part(&self, key: &str, upload_id: &str, number: i32, data: Bytes) -> BlobResult<CompletedPart> {
-        let sent = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number)
-            .body(ByteStream::from(data))
-            .send()
-            .await
-            .map_err(|e| self.fail("uploading a part", e))?;
-        Ok(CompletedPart::builder().part_number(number).set_e_tag(sent.e_tag).build())
-    }
-}
-
 impl S3Writer {
-    /// Starts sending `data` as the next part (starting the upload first if need be), once
-    /// fewer than [`PARTS_IN_FLIGHT`] parts are on their way.
     async fn send_part(&mut self, data: Bytes) -> BlobResult<()> {
         let b = Arc::clone(&self.bucket);
         let upload = match &mut self.upload {
@@ -473,15 +433,22 @@ impl S3Writer {
                     .await
                     .map_err(|e| b.fail("starting a multipart upload", e))?;
                 let id = created.upload_id().unwrap_or_default().to_string();
-                self.upload.insert(Upload { id, parts: Vec::new(), sending: VecDeque::new(), next_number: 1 })
+                self.upload.insert(Upload { id, parts: Vec::new() })
             }
         };
-        while upload.sending.len() >= PARTS_IN_FLIGHT {
-            upload.settle_oldest().await?;
-        }
-        let (number, id, key) = (upload.next_number, upload.id.clone(), self.key.clone());
-        upload.next_number += 1;
-        upload.sending.push_back(tokio::spawn(async move { b.upload_part(&key, &id, number, data).await }));
+        let number = upload.parts.len() as i32 + 1;
+        let sent = b
+            .client
+            .upload_part()
+            .bucket(&b.bucket)
+            .key(&self.key)
+            .upload_id(&upload.id)
+            .part_number(number)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| b.fail("uploading a part", e))?;
+        upload.parts.push(CompletedPart::builder().part_number(number).set_e_tag(sent.e_tag).build());
         Ok(())
     }
 
@@ -524,11 +491,6 @@ impl S3Writer {
         if !rest.is_empty() {
             self.send_part(rest).await?;
         }
-        if let Some(upload) = &mut self.upload {
-            while !upload.sending.is_empty() {
-                upload.settle_oldest().await?;
-            }
-        }
         let Some(upload) = self.upload.take() else { return Ok(()) };
         let parts = CompletedMultipartUpload::builder().set_parts(Some(upload.parts)).build();
         let done = b
@@ -548,8 +510,7 @@ impl S3Writer {
                 Ok(())
             }
             Err(e) => {
-                self.upload =
-                    Some(Upload { id: upload.id, parts: Vec::new(), sending: VecDeque::new(), next_number: 0 });
+                self.upload = Some(Upload { id: upload.id, parts: Vec::new() });
                 Err(b.fail("completing a multipart upload", e))
             }
         }
@@ -588,9 +549,6 @@ impl Drop for S3Writer {
         let (Some(upload), Ok(runtime)) = (self.upload.take(), tokio::runtime::Handle::try_current()) else {
             return;
         };
-        for part in &upload.sending {
-            part.abort();
-        }
         let (bucket, key) = (Arc::clone(&self.bucket), std::mem::take(&mut self.key));
         runtime.spawn(async move {
             if let Err(e) = bucket.abort(&key, &upload.id).await {
