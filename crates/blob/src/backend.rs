@@ -55,8 +55,10 @@ pub trait BlobBackend: Send + Sync {
     /// Every blob last written before `older_than`, with its size.
     async fn list_older_than(&self, older_than: SystemTime) -> BlobResult<Vec<(BlobId, u64)>>;
 
-    /// Removes what writes started before `older_than` and never finished left behind
-    /// (temporary files, incomplete multipart uploads). Returns how many were removed.
+    /// Removes what unfinished writes left behind (temporary files, incomplete multipart
+    /// uploads) once they are older than `older_than` — as far as the backend can tell: a
+    /// bucket's uploads must also have been seen unfinished by this backend since then.
+    /// Returns how many were removed.
     async fn collect_stale_writes(&self, older_than: SystemTime) -> BlobResult<usize>;
 }
 
