@@ -1,11 +1,14 @@
-//! Object bytes on the local disk.
+//! Object bytes: where they are kept, and how other nodes' bytes are read.
 //!
-//! A blob is an immutable file named by a random id (never by an object key, so keys can never
-//! become paths). Writing one goes: stream into `tmp/`, fsync, rename into `blobs/xx/`, fsync the
-//! directory. Only after that may metadata point at the blob, so a crash at any moment leaves
-//! either a complete, durable blob or nothing that metadata refers to. Files left behind by a
-//! crash (temporary files, and blobs whose metadata commit never happened or whose object was
-//! since deleted) are removed by [`BlobStore::collect_orphans`].
+//! A blob is immutable and named by a random id (never by an object key, so keys can never
+//! become paths or backend names). [`BlobStore`] keeps blobs in one [`BlobBackend`]: the local
+//! disk ([`disk::DiskBackend`], the default) or an S3-compatible bucket ([`s3::S3Backend`]) that
+//! several nodes of a region may share. Either way a blob becomes visible only when its writer's
+//! [`BlobWriter::finish`] returns, complete and durable; only after that may metadata point at
+//! it, so a crash at any moment leaves either a complete, durable blob or nothing that metadata
+//! refers to. What a crash leaves behind (temporary files, incomplete multipart uploads, and
+//! blobs whose metadata commit never happened or whose object was since deleted) is removed by
+//! [`BlobStore::collect_orphans`].
 //!
 //! Bytes that live on other nodes are read through [`ChunkCache`] (a bounded, verified,
 //! restart-surviving cache of remote chunks with one shared fetch per missing chunk) from a
@@ -13,18 +16,20 @@
 //! See `docs/cache.md`.
 
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
-use futures::Stream;
-use meridian_common::private_files;
+use bytes::Bytes;
 
+pub mod backend;
 pub mod cache;
+pub mod disk;
 pub mod peer;
+pub mod s3;
+
+pub use backend::{BackendWriter, BlobBackend, BlobStream};
 
 pub use cache::{
     CacheOptions, CacheReadStream, CacheStats, ChunkCache, ChunkHasher, ChunkSource, DEFAULT_CHUNK_SIZE, chunk_count,
@@ -35,8 +40,6 @@ pub use peer::{
     serve_peer,
 };
 
-/// Bytes gathered before each write to the file; large writes keep the syscall count low.
-const WRITE_BUFFER: usize = 1 << 20;
 /// Size of each chunk when streaming a blob out.
 pub const READ_CHUNK: usize = 256 << 10;
 
@@ -77,6 +80,9 @@ pub enum BlobError {
     /// A request to another node failed; `peer` is the base URL of the node.
     #[error("peer {peer}: {failure}")]
     Peer { peer: String, failure: peer::PeerFailure },
+    /// The S3 service holding the blobs failed or refused a request.
+    #[error("blob store {store}: {message}")]
+    Backend { store: String, message: String },
 }
 
 impl BlobError {
@@ -120,6 +126,9 @@ impl BlobError {
             },
             BlobError::Peer { peer, failure } => BlobError::Peer { peer: peer.clone(), failure: failure.clone() },
             BlobError::Exists(id) => BlobError::Exists(*id),
+            BlobError::Backend { store, message } => {
+                BlobError::Backend { store: store.clone(), message: message.clone() }
+            }
         }
     }
 }
@@ -169,52 +178,7 @@ impl FromStr for BlobId {
     }
 }
 
-/// The local blob directory.
-#[derive(Clone)]
-pub struct BlobStore {
-    inner: Arc<Dirs>,
-}
-
-struct Dirs {
-    blobs: PathBuf,
-    tmp: PathBuf,
-}
-
-/// The size of the next chunk of a read with `remaining` bytes to go.
-fn remaining_chunk(remaining: u64) -> usize {
-    remaining.min(READ_CHUNK as u64) as usize
-}
-
-/// Exactly `want` bytes at `offset`, read into fresh memory without zeroing it first.
-fn read_chunk_at(file: &std::fs::File, offset: u64, want: usize) -> std::io::Result<Bytes> {
-    let mut buf = Vec::with_capacity(want);
-    while buf.len() < want {
-        let at = offset + buf.len() as u64;
-        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
-            Ok(0) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the blob is shorter than its record",
-                ));
-            }
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    // The capacity may exceed `want`: bytes past it belong to no one here.
-    buf.truncate(want);
-    Ok(Bytes::from(buf))
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> BlobResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| BlobError::Task(e.to_string()))?.map_err(BlobError::Io)
-}
-
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// The file system under the blob store, in bytes.
+/// The file system under the data directory, in bytes.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct DiskSpace {
     pub total_bytes: u64,
@@ -222,37 +186,33 @@ pub struct DiskSpace {
     pub free_bytes: u64,
 }
 
-/// The same I/O error with what was being done in front of it.
-fn annotate(e: std::io::Error, doing: &str) -> std::io::Error {
-    std::io::Error::new(e.kind(), format!("{doing}: {e}"))
+/// Where this node's blobs are: one backend, and the node's data directory (for its disk
+/// space). Cheap to clone.
+#[derive(Clone)]
+pub struct BlobStore {
+    backend: Arc<dyn BlobBackend>,
+    root: Arc<PathBuf>,
 }
 
 impl BlobStore {
-    /// Opens the store under `root`, creating its directories. Temporary files from an earlier
-    /// run are deleted: nothing can refer to them.
+    /// Blobs on the local disk under `root` (see [`disk::DiskBackend::open`]).
     pub fn open(root: &Path) -> BlobResult<Self> {
-        let blobs = root.join("blobs");
-        let tmp = root.join("tmp");
-        private_files::create_dir_all(&tmp)?;
-        for shard in 0..=255u8 {
-            private_files::create_dir_all(&blobs.join(format!("{shard:02x}")))?;
-        }
-        let mut removed = 0usize;
-        for entry in std::fs::read_dir(&tmp)? {
-            std::fs::remove_file(entry?.path())?;
-            removed += 1;
-        }
-        if removed > 0 {
-            tracing::info!(removed, "removed temporary blob files left by an earlier run");
-        }
-        fsync_dir(&blobs)?;
-        fsync_dir(root)?;
-        Ok(BlobStore { inner: Arc::new(Dirs { blobs, tmp }) })
+        Ok(Self::with_backend(root, Arc::new(disk::DiskBackend::open(root)?)))
     }
 
-    fn path(&self, id: BlobId) -> PathBuf {
-        let name = id.to_string();
-        self.inner.blobs.join(&name[..2]).join(name)
+    /// Blobs in `backend`; `root` is the node's data directory.
+    pub fn with_backend(root: &Path, backend: Arc<dyn BlobBackend>) -> Self {
+        BlobStore { backend, root: Arc::new(root.to_path_buf()) }
+    }
+
+    /// Where the blobs are, for logs.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// The identity of a store other nodes share (see [`BlobBackend::shared_id`]).
+    pub fn shared_id(&self) -> Option<&str> {
+        self.backend.shared_id()
     }
 
     /// Starts a new blob.
@@ -261,56 +221,31 @@ impl BlobStore {
     }
 
     /// Starts a new blob with a chosen id: a copy of a blob another node holds under the same
-    /// id. Refused when this store already has a blob (or a write in progress) of that id.
+    /// id. Refused when this store already has a blob (or, on disk, a write in progress) of
+    /// that id.
     pub async fn create_named(&self, id: BlobId) -> BlobResult<BlobWriter> {
-        if tokio::fs::try_exists(self.path(id)).await? {
-            return Err(BlobError::Exists(id));
+        match self.backend.size(id).await {
+            Ok(_) => return Err(BlobError::Exists(id)),
+            Err(BlobError::NotFound(_)) => {}
+            Err(other) => return Err(other),
         }
-        let tmp_path = self.inner.tmp.join(id.to_string());
-        let path = tmp_path.clone();
-        let file = blocking(move || private_files::file_options().write(true).create_new(true).open(path))
-            .await
-            .map_err(|e| match e {
-                BlobError::Io(io) if io.kind() == std::io::ErrorKind::AlreadyExists => BlobError::Exists(id),
-                other => other,
-            })?;
-        Ok(BlobWriter {
-            store: self.clone(),
-            id,
-            tmp_path,
-            file: Some(file),
-            buffer: BytesMut::with_capacity(WRITE_BUFFER),
-            written: 0,
-            finished: false,
-        })
+        let inner = self.backend.create(id).await.map_err(|e| match e {
+            BlobError::Io(io) if io.kind() == std::io::ErrorKind::AlreadyExists => BlobError::Exists(id),
+            other => other,
+        })?;
+        Ok(BlobWriter { id, inner, written: 0 })
     }
 
-    /// Checks that blobs can be written now, the way a blob write does: a small file created in
-    /// `tmp/`, written, fsynced and removed, then the directory fsynced. Fails on a full disk, a
-    /// read-only file system or a `tmp/` that is no longer a writable directory. The probe file
-    /// is named like a temporary blob, so a crash midway leaves nothing `open` keeps.
+    /// Checks that blobs can be written now, the way a blob write does.
     pub async fn probe_writable(&self) -> BlobResult<()> {
-        let dir = self.inner.tmp.clone();
-        blocking(move || {
-            let path = dir.join(format!("probe-{}", BlobId::random()));
-            let written = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .and_then(|mut file| file.write_all(b"meridian readiness probe").and_then(|()| file.sync_all()));
-            let removed = std::fs::remove_file(&path);
-            written.map_err(|e| annotate(e, &format!("cannot write a probe file in {}", dir.display())))?;
-            removed.map_err(|e| annotate(e, &format!("cannot remove the probe file {}", path.display())))?;
-            fsync_dir(&dir).map_err(|e| annotate(e, &format!("cannot fsync {}", dir.display())))
-        })
-        .await
+        self.backend.probe_writable().await
     }
 
-    /// Size and free space of the file system holding the blobs.
+    /// Size and free space of the file system holding the data directory.
     pub async fn disk_space(&self) -> BlobResult<DiskSpace> {
-        let dir = self.inner.blobs.clone();
-        blocking(move || {
-            let stat = rustix::fs::statvfs(&dir)?;
+        let dir = Arc::clone(&self.root);
+        disk::blocking(move || {
+            let stat = rustix::fs::statvfs(dir.as_path())?;
             Ok(DiskSpace {
                 total_bytes: stat.f_blocks.saturating_mul(stat.f_frsize),
                 free_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
@@ -328,121 +263,54 @@ impl BlobStore {
 
     /// Size of a blob in bytes.
     pub async fn size(&self, id: BlobId) -> BlobResult<u64> {
-        let path = self.path(id);
-        match tokio::fs::metadata(&path).await {
-            Ok(meta) => Ok(meta.len()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BlobError::NotFound(id)),
-            Err(e) => Err(e.into()),
-        }
+        self.backend.size(id).await
     }
 
-    /// Streams `len` bytes of a blob starting at `offset`, in chunks of at most [`READ_CHUNK`].
-    /// The file is opened before this returns, so a later delete cannot cut the stream short.
-    pub async fn read(
-        &self,
-        id: BlobId,
-        offset: u64,
-        len: u64,
-    ) -> BlobResult<impl Stream<Item = BlobResult<Bytes>> + Send + use<>> {
-        let path = self.path(id);
-        // Opening and the first chunk share one trip to the blocking pool (a small object's
-        // whole read is one trip).
-        let first = remaining_chunk(len);
-        let (file, head) = blocking(move || {
-            let file = std::fs::File::open(path)?;
-            let head = read_chunk_at(&file, offset, first)?;
-            Ok((file, head))
-        })
-        .await
-        .map_err(|e| match e {
-            BlobError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => BlobError::NotFound(id),
-            other => other,
-        })?;
-        let file = Arc::new(file);
-        let head = futures::stream::iter((first > 0).then_some(Ok::<_, BlobError>(head)));
-        let tail = futures::stream::unfold((offset + first as u64, len - first as u64), move |(at, remaining)| {
-            let file = Arc::clone(&file);
-            async move {
-                if remaining == 0 {
-                    return None;
-                }
-                let want = remaining_chunk(remaining);
-                match blocking(move || read_chunk_at(&file, at, want)).await {
-                    Ok(chunk) => Some((Ok(chunk), (at + want as u64, remaining - want as u64))),
-                    Err(e) => Some((Err(e), (at, 0))),
-                }
-            }
-        });
-        Ok(futures::StreamExt::chain(head, tail))
+    /// Streams `len` bytes of a blob starting at `offset`. The blob is opened before this
+    /// returns, so a later delete cannot cut the stream short.
+    pub async fn read(&self, id: BlobId, offset: u64, len: u64) -> BlobResult<BlobStream> {
+        self.backend.read(id, offset, len).await
     }
 
     /// Reads a whole blob into memory (for small blobs).
     pub async fn read_all(&self, id: BlobId) -> BlobResult<Bytes> {
-        let path = self.path(id);
-        match tokio::fs::read(&path).await {
-            Ok(data) => Ok(Bytes::from(data)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BlobError::NotFound(id)),
-            Err(e) => Err(e.into()),
-        }
+        self.backend.read_all(id).await
     }
 
-    /// A new blob with the same bytes, sharing storage through a hard link (blobs are immutable).
+    /// A new blob with the same bytes (blobs are immutable, so backends share or copy them
+    /// without this node reading them).
     pub async fn duplicate(&self, id: BlobId) -> BlobResult<BlobId> {
         let copy = BlobId::random();
-        let (from, to) = (self.path(id), self.path(copy));
-        blocking(move || {
-            std::fs::hard_link(&from, &to)?;
-            fsync_dir(to.parent().unwrap_or(Path::new(".")))
-        })
-        .await
-        .map_err(|e| match e {
-            BlobError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => BlobError::NotFound(id),
-            other => other,
-        })?;
+        self.backend.duplicate(id, copy).await?;
         Ok(copy)
     }
 
     /// Deletes a blob; deleting a missing blob is not an error.
     pub async fn delete(&self, id: BlobId) -> BlobResult<()> {
-        match tokio::fs::remove_file(self.path(id)).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        self.backend.delete(id).await
     }
 
-    /// Every blob whose file was last modified before `older_than`, with its size.
+    /// Every blob last written before `older_than`, with its size.
     pub async fn list_older_than(&self, older_than: SystemTime) -> BlobResult<Vec<(BlobId, u64)>> {
-        let blobs = self.inner.blobs.clone();
-        blocking(move || {
-            let mut out = Vec::new();
-            for shard in std::fs::read_dir(blobs)? {
-                for entry in std::fs::read_dir(shard?.path())? {
-                    let entry = entry?;
-                    let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<BlobId>().ok()) else {
-                        continue;
-                    };
-                    let meta = entry.metadata()?;
-                    if meta.modified()? < older_than {
-                        out.push((id, meta.len()));
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.backend.list_older_than(older_than).await
     }
 
-    /// Deletes every blob older than `older_than` for which `is_referenced` says no. Returns the
-    /// number of blobs and bytes removed. Blobs being written right now are younger than the
-    /// cut-off (their file is renamed into place just before their metadata commit), so callers
-    /// pass a time before the process started, or one well in the past. File times are only as
-    /// fine as the kernel tick, so keep the cut-off a second or more older than any live write.
+    /// Removes what unfinished writes started before `older_than` left, then deletes every blob
+    /// older than `older_than` for which `is_referenced` says no. Returns the number of blobs
+    /// and bytes removed. Blobs being written right now are younger than the cut-off (a blob
+    /// appears just before its metadata commit), so callers pass a time before the process
+    /// started, or — for a store other nodes write to — one a grace period in the past. File
+    /// times are only as fine as the kernel tick, so keep the cut-off a second or more older
+    /// than any live write.
     pub async fn collect_orphans<F, Fut>(&self, older_than: SystemTime, is_referenced: F) -> BlobResult<(usize, u64)>
     where
         F: Fn(Vec<BlobId>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<bool>, String>>,
     {
+        let stale = self.backend.collect_stale_writes(older_than).await?;
+        if stale > 0 {
+            tracing::info!(stale, store = %self.describe(), "removed unfinished blob writes");
+        }
         let candidates = self.list_older_than(older_than).await?;
         let (mut count, mut bytes) = (0usize, 0u64);
         for chunk in candidates.chunks(256) {
@@ -460,15 +328,11 @@ impl BlobStore {
     }
 }
 
-/// A blob being written. Dropping it without [`BlobWriter::finish`] removes the temporary file.
+/// A blob being written. Dropping it without [`BlobWriter::finish`] leaves nothing visible.
 pub struct BlobWriter {
-    store: BlobStore,
     id: BlobId,
-    tmp_path: PathBuf,
-    file: Option<std::fs::File>,
-    buffer: BytesMut,
+    inner: Box<dyn BackendWriter>,
     written: u64,
-    finished: bool,
 }
 
 impl BlobWriter {
@@ -478,7 +342,7 @@ impl BlobWriter {
 
     /// Bytes accepted so far.
     pub fn len(&self) -> u64 {
-        self.written + self.buffer.len() as u64
+        self.written
     }
 
     pub fn is_empty(&self) -> bool {
@@ -486,57 +350,17 @@ impl BlobWriter {
     }
 
     pub async fn write(&mut self, data: Bytes) -> BlobResult<()> {
-        if self.buffer.is_empty() && data.len() >= WRITE_BUFFER {
-            return self.write_out(data).await;
-        }
-        self.buffer.extend_from_slice(&data);
-        if self.buffer.len() >= WRITE_BUFFER {
-            let full = self.buffer.split().freeze();
-            self.write_out(full).await?;
-        }
-        Ok(())
-    }
-
-    async fn write_out(&mut self, data: Bytes) -> BlobResult<()> {
-        let mut file = self.file.take().ok_or_else(|| BlobError::Task("blob writer already failed".into()))?;
         let len = data.len() as u64;
-        let file = blocking(move || {
-            file.write_all(&data)?;
-            Ok(file)
-        })
-        .await?;
-        self.file = Some(file);
+        self.inner.write(data).await?;
         self.written += len;
         Ok(())
     }
 
-    /// Flushes, fsyncs, and moves the blob into place; after this returns the blob survives a
-    /// crash and metadata may point at it.
-    pub async fn finish(mut self) -> BlobResult<BlobId> {
-        if !self.buffer.is_empty() {
-            let rest = self.buffer.split().freeze();
-            self.write_out(rest).await?;
-        }
-        let file = self.file.take().ok_or_else(|| BlobError::Task("blob writer already failed".into()))?;
-        let (tmp, dest) = (self.tmp_path.clone(), self.store.path(self.id));
-        blocking(move || {
-            file.sync_data()?;
-            drop(file);
-            std::fs::rename(&tmp, &dest)?;
-            fsync_dir(dest.parent().unwrap_or(Path::new(".")))
-        })
-        .await?;
-        self.finished = true;
+    /// Makes the blob complete and durable; after this returns the blob survives a crash and
+    /// metadata may point at it.
+    pub async fn finish(self) -> BlobResult<BlobId> {
+        self.inner.finish().await?;
         Ok(self.id)
-    }
-}
-
-impl Drop for BlobWriter {
-    fn drop(&mut self) {
-        if !self.finished {
-            // Best effort; a leftover temporary file is removed at the next start anyway.
-            let _ = std::fs::remove_file(&self.tmp_path);
-        }
     }
 }
 
@@ -546,7 +370,7 @@ mod tests {
     use futures::TryStreamExt;
     use std::time::Duration;
 
-    async fn collect(stream: impl Stream<Item = BlobResult<Bytes>>) -> Vec<u8> {
+    async fn collect(stream: impl futures::Stream<Item = BlobResult<Bytes>>) -> Vec<u8> {
         let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
         chunks.concat()
     }

@@ -194,15 +194,17 @@ fn meta_kind(error: &MetaError) -> ErrorKind {
     }
 }
 
-/// A blob read that failed at another node, or whose source misbehaved, may succeed later;
-/// the rest are faults of this node's storage or configuration.
+/// A blob read that failed at another node, or whose source misbehaved, and a request the
+/// blob bucket's service refused or did not answer may succeed later; the rest are faults of
+/// this node's storage or configuration.
 fn blob_kind(error: &BlobError) -> ErrorKind {
     match error {
         BlobError::Peer { failure: PeerFailure::Unauthorized, .. } => ErrorKind::Internal,
         BlobError::Peer { .. }
         | BlobError::SourceStalled { .. }
         | BlobError::SourceLength { .. }
-        | BlobError::DigestMismatch { .. } => ErrorKind::Unavailable,
+        | BlobError::DigestMismatch { .. }
+        | BlobError::Backend { .. } => ErrorKind::Unavailable,
         BlobError::NotFound(_)
         | BlobError::Io(_)
         | BlobError::Task(_)

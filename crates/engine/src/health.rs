@@ -108,11 +108,10 @@ impl Engine {
         let started = Instant::now();
         let outcome = match tokio::time::timeout(limits.disk_timeout, self.blobs().probe_writable()).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("the data directory is not writable: {e}")),
-            Err(_) => Err(format!(
-                "a probe write to the data directory took longer than {} ms",
-                limits.disk_timeout.as_millis()
-            )),
+            Ok(Err(e)) => Err(format!("the blob store is not writable: {e}")),
+            Err(_) => {
+                Err(format!("a probe write to the blob store took longer than {} ms", limits.disk_timeout.as_millis()))
+            }
         };
         Check::timed("data_dir", started, outcome)
     }

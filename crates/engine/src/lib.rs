@@ -85,7 +85,7 @@ impl Default for EngineConfig {
             max_object_size: 5 << 30,
             min_part_size: 5 << 20,
             blob_delete_delay: Duration::from_secs(60),
-            node: record::Holder { node: "local".into(), region: "local".into() },
+            node: record::Holder { node: "local".into(), region: "local".into(), store: None },
         }
     }
 }
@@ -346,14 +346,21 @@ impl Engine {
         &self.inner.config
     }
 
-    /// The holders of a blob written on this node.
+    /// The holders of a blob written on this node: this node, and the shared store its blob
+    /// store is, if it is one.
     pub(crate) fn here(&self) -> Vec<record::Holder> {
-        vec![self.inner.config.node.clone()]
+        let store = self.blobs().shared_id().map(str::to_string);
+        vec![record::Holder { store, ..self.inner.config.node.clone() }]
     }
 
-    /// Whether bytes with these holders are on this node's disk.
+    /// Whether bytes with these holders are in this node's blob store: written here, or written
+    /// by any node to the shared store this node uses too.
     pub fn is_local(&self, holders: &[record::Holder]) -> bool {
-        holders.is_empty() || holders.iter().any(|h| h.node == self.inner.config.node.node)
+        let shared = self.blobs().shared_id();
+        holders.is_empty()
+            || holders
+                .iter()
+                .any(|h| h.node == self.inner.config.node.node || (h.store.is_some() && h.store.as_deref() == shared))
     }
 
     /// The newest metadata revision.

@@ -183,7 +183,8 @@ pub enum DataLayout {
         /// verified chunk by chunk before it is cached.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         digests: Vec<u32>,
-        /// Nodes whose disks hold the blob (empty: this node, in records from before regions).
+        /// Nodes (and shared stores) holding the blob (empty: this node, in records from before
+        /// regions).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         holders: Vec<Holder>,
     },
@@ -228,11 +229,16 @@ pub struct ObjectRecord {
     pub expires_at_ms: Option<i64>,
 }
 
-/// A node whose disk holds a blob.
+/// A node whose blob store holds a blob.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
     pub node: String,
     pub region: String,
+    /// The id of the shared blob store (an S3 bucket and prefix) the node wrote the blob to:
+    /// every node on that store reads it from there, whether the writer is alive or not. `None`:
+    /// the node's own disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 impl ObjectRecord {

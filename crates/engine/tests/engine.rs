@@ -233,7 +233,7 @@ fn two_regions() -> (Engine, Engine, tempfile::TempDir) {
         Arc::new(EmbeddedStore::open(&dir.path().join("meta.redb"), EmbeddedOptions::default()).unwrap());
     let engine_in = |region: &str| {
         let blobs = BlobStore::open(&dir.path().join(region)).unwrap();
-        let node = record::Holder { node: format!("node-{region}"), region: region.into() };
+        let node = record::Holder { node: format!("node-{region}"), region: region.into(), store: None };
         let config = EngineConfig { inline_max: 1024, min_part_size: 10, node, ..Default::default() };
         Engine::builder(Metadata::single(meta.clone()), blobs, config).build()
     };

@@ -80,6 +80,16 @@ pub struct FileConfig {
     pub origins: Vec<meridian_edge::origin::SiteOrigin>,
     /// Most measured replication lag (ms) of a cluster node that is still ready.
     pub ready_max_lag_ms: Option<u64>,
+    /// Object bytes in this S3 bucket instead of the data directory.
+    pub blob_s3_bucket: Option<String>,
+    pub blob_s3_endpoint: Option<String>,
+    pub blob_s3_prefix: Option<String>,
+    pub blob_s3_region: Option<String>,
+    pub blob_s3_access_key: Option<String>,
+    pub blob_s3_secret_key: Option<String>,
+    pub blob_s3_ca_file: Option<PathBuf>,
+    /// Age (seconds) at which the orphan scan of a blob bucket removes unreferenced blobs.
+    pub blob_orphan_grace_secs: Option<u64>,
 }
 
 /// A size in the TOML file: a number of bytes (`65536`) or a string in the one size grammar

@@ -117,7 +117,44 @@ pub struct ServerArgs {
     /// not ready (/ready answers 503). A duration: 10s, 500ms. Default: 10s
     #[arg(long, env = "MERIDIAN_READY_MAX_LAG", value_parser = meridian_common::duration::parse_duration)]
     ready_max_lag: Option<Duration>,
+    #[command(flatten)]
+    blob_s3: BlobS3Args,
 }
+
+/// Where object bytes go instead of DATA/blobs.
+#[derive(Args, Debug)]
+struct BlobS3Args {
+    /// Keep object bytes in this bucket of an S3 service instead of DATA/blobs; every node of
+    /// a region given the same bucket and prefix shares them. Default: none (the local disk)
+    #[arg(long, env = "MERIDIAN_BLOB_S3_BUCKET")]
+    blob_s3_bucket: Option<String>,
+    /// Endpoint URL of the blob bucket's S3 service. Default: AWS
+    #[arg(long, env = "MERIDIAN_BLOB_S3_ENDPOINT")]
+    blob_s3_endpoint: Option<String>,
+    /// Key prefix of this store's objects in the blob bucket. Default: none
+    #[arg(long, env = "MERIDIAN_BLOB_S3_PREFIX")]
+    blob_s3_prefix: Option<String>,
+    /// Region the blob bucket's requests are signed for. Default: us-east-1
+    #[arg(long, env = "MERIDIAN_BLOB_S3_REGION")]
+    blob_s3_region: Option<String>,
+    /// Access key id for the blob bucket.
+    #[arg(long, env = "MERIDIAN_BLOB_S3_ACCESS_KEY")]
+    blob_s3_access_key: Option<String>,
+    /// Secret key for the blob bucket (prefer the environment variable).
+    #[arg(long, env = "MERIDIAN_BLOB_S3_SECRET_KEY", hide_env_values = true)]
+    blob_s3_secret_key: Option<String>,
+    /// CA certificates (PEM) to trust, besides the system's, for an https:// blob endpoint.
+    #[arg(long, env = "MERIDIAN_BLOB_S3_CA_FILE")]
+    blob_s3_ca_file: Option<PathBuf>,
+    /// With a blob bucket: how old a blob or upload that no metadata refers to must be before
+    /// the orphan scan, which runs this often, removes it. A duration. Default: 1h
+    #[arg(long, env = "MERIDIAN_BLOB_ORPHAN_GRACE", value_parser = meridian_common::duration::parse_duration)]
+    blob_orphan_grace: Option<Duration>,
+}
+
+/// Orphan scans of a shared blob store wait this long by default (far longer than any request
+/// may take between its last byte and its metadata commit).
+const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(3600);
 
 /// On etcd, only small values are stored inline: etcd's database is meant to stay small, and
 /// larger objects reach other regions through the cache instead.
@@ -153,6 +190,9 @@ struct Settings {
     readiness: meridian_engine::health::ReadinessLimits,
     status_token: Option<String>,
     metrics_listen: Option<SocketAddr>,
+    /// Object bytes in an S3 bucket instead of the data directory.
+    blob_s3: Option<meridian_blob::s3::S3BackendConfig>,
+    orphan_grace: Duration,
     /// The same settings as a config file would write them, secrets redacted (`--print-config`).
     printable: FileConfig,
 }
@@ -165,6 +205,12 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
     let s3_policy = file.apply_limits(Policy::s3());
     let admin_policy = file.apply_limits(Policy::admin());
     let web_policy = file.apply_limits(Policy::web());
+    let orphan_grace = args
+        .blob_s3
+        .blob_orphan_grace
+        .or(file.blob_orphan_grace_secs.map(Duration::from_secs))
+        .unwrap_or(DEFAULT_ORPHAN_GRACE);
+    let blob_s3 = blob_s3_settings(args.blob_s3, &file, orphan_grace)?;
     let tls = match (args.tls_cert.or(file.tls_cert.clone()), args.tls_key.or(file.tls_key.clone())) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
@@ -261,10 +307,60 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         },
         status_token,
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
+        blob_s3,
+        orphan_grace,
         printable: FileConfig::default(),
     };
     settings.printable = settings.printable_config(limits);
     Ok(settings)
+}
+
+/// The blob bucket from flags, environment and file; `None` without a bucket. A bucket needs
+/// both keys.
+fn blob_s3_settings(
+    args: BlobS3Args,
+    file: &FileConfig,
+    grace: Duration,
+) -> anyhow::Result<Option<meridian_blob::s3::S3BackendConfig>> {
+    let Some(bucket) = args.blob_s3_bucket.or(file.blob_s3_bucket.clone()) else {
+        return Ok(None);
+    };
+    let (Some(access_key), Some(secret_key)) = (
+        args.blob_s3_access_key.or(file.blob_s3_access_key.clone()),
+        args.blob_s3_secret_key.or(file.blob_s3_secret_key.clone()),
+    ) else {
+        anyhow::bail!(
+            "a blob bucket needs its keys: set MERIDIAN_BLOB_S3_ACCESS_KEY and MERIDIAN_BLOB_S3_SECRET_KEY (or blob_s3_access_key and blob_s3_secret_key)"
+        );
+    };
+    if grace < Duration::from_secs(1) {
+        anyhow::bail!("the orphan grace period (--blob-orphan-grace) must be at least 1s");
+    }
+    Ok(Some(meridian_blob::s3::S3BackendConfig {
+        endpoint: meridian_s3_client::S3Endpoint {
+            endpoint: args.blob_s3_endpoint.or(file.blob_s3_endpoint.clone()),
+            region: args.blob_s3_region.or(file.blob_s3_region.clone()).unwrap_or_else(|| "us-east-1".into()),
+            access_key,
+            secret_key,
+            ca_file: args.blob_s3_ca_file.or(file.blob_s3_ca_file.clone()),
+        },
+        bucket,
+        prefix: args.blob_s3_prefix.or(file.blob_s3_prefix.clone()).unwrap_or_default(),
+        part_size: meridian_blob::s3::DEFAULT_PART_SIZE,
+        // Half the grace: a write must end with time to spare for its commit.
+        max_write_age: grace / 2,
+    }))
+}
+
+/// The node's blob store: the bucket of `--blob-s3-bucket`, else the data directory.
+async fn open_blob_store(settings: &Settings) -> anyhow::Result<BlobStore> {
+    let Some(s3) = &settings.blob_s3 else {
+        return BlobStore::open(&settings.data).context("cannot open the blob store");
+    };
+    let backend = meridian_blob::s3::S3Backend::open(s3)
+        .await
+        .with_context(|| format!("cannot open the blob bucket {}", s3.bucket))?;
+    Ok(BlobStore::with_backend(&settings.data, Arc::new(backend)))
 }
 
 impl Settings {
@@ -300,6 +396,14 @@ impl Settings {
             sites: self.sites.clone(),
             origins: self.origins.clone(),
             ready_max_lag_ms: Some(self.readiness.max_view_lag.as_millis() as u64),
+            blob_s3_bucket: self.blob_s3.as_ref().map(|s3| s3.bucket.clone()),
+            blob_s3_endpoint: self.blob_s3.as_ref().and_then(|s3| s3.endpoint.endpoint.clone()),
+            blob_s3_prefix: self.blob_s3.as_ref().map(|s3| s3.prefix.clone()),
+            blob_s3_region: self.blob_s3.as_ref().map(|s3| s3.endpoint.region.clone()),
+            blob_s3_access_key: self.blob_s3.as_ref().map(|s3| s3.endpoint.access_key.clone()),
+            blob_s3_secret_key: self.blob_s3.as_ref().map(|_| config::REDACTED.to_string()),
+            blob_s3_ca_file: self.blob_s3.as_ref().and_then(|s3| s3.endpoint.ca_file.clone()),
+            blob_orphan_grace_secs: self.blob_s3.as_ref().map(|_| self.orphan_grace.as_secs()),
             ..limits
         }
     }
@@ -352,12 +456,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     config::open_data_dir(&settings.data)?;
     let metrics = Arc::new(meridian_metrics::Metrics::new());
     let metadata = open_metadata(&settings, &metrics).await?;
-    let blobs = BlobStore::open(&settings.data).context("cannot open the blob store")?;
+    let blobs = open_blob_store(&settings).await?;
     let node_id = match &settings.node_id {
         Some(id) => id.clone(),
         None => config::node_id(&settings.data)?,
     };
-    let node = meridian_engine::record::Holder { node: node_id.clone(), region: settings.region.clone() };
+    let node = meridian_engine::record::Holder { node: node_id.clone(), region: settings.region.clone(), store: None };
     let engine_config = EngineConfig { inline_max: settings.inline_max, node, ..EngineConfig::default() };
     let client_tls = ClientTls::new(settings.ca_file.as_deref()).context("cannot use the CA file (ca_file)")?;
     let server_tls = match &settings.tls {
@@ -476,7 +580,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let edge = meridian_edge::Edge::start(engine.clone(), edge_options).await.context("invalid web edge settings")?;
 
-    collect_orphans_in_background(engine.clone(), started);
+    match engine.blobs().shared_id() {
+        Some(_) => collect_orphans_periodically(engine.clone(), settings.orphan_grace),
+        None => collect_orphans_in_background(engine.clone(), started),
+    }
     let forwarder = peer_endpoint.as_ref().map(|peer| {
         meridian_s3::forward::Forwarder::new(engine.clone(), settings.domain.clone(), &client_tls, &peer.token)
     });
@@ -709,6 +816,24 @@ fn print_banner(settings: &Settings, endpoint: &str, creds: &config::Credentials
         "Try: AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY=... aws --endpoint-url {endpoint} s3 mb s3://my-bucket",
         creds.access_key_id
     );
+}
+
+/// Removes what crashes of any node left in a shared blob store — blobs no metadata refers to,
+/// unfinished multipart uploads — once they are `grace` old, every `grace`. Writes of other
+/// nodes in flight are younger than that (a blob appears just before its commit, and a write
+/// that took half the grace fails instead of finishing).
+fn collect_orphans_periodically(engine: Engine, grace: Duration) {
+    tokio::spawn(async move {
+        loop {
+            let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+            match engine.collect_orphan_blobs(cutoff).await {
+                Ok((0, _)) => {}
+                Ok((count, bytes)) => tracing::info!(count, bytes, "removed orphaned blobs from the shared blob store"),
+                Err(err) => tracing::warn!(error = %err, "orphan blob collection failed"),
+            }
+            tokio::time::sleep(grace).await;
+        }
+    });
 }
 
 /// Removes blob files a crash left without metadata. Only files from before this process

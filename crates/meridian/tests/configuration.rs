@@ -182,3 +182,41 @@ fn web_advertise_and_a_sites_origin_are_configuration_like_the_rest() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("--web-advertise") && stderr.contains("http(s)://host:port"), "{stderr}");
 }
+
+/// The blob bucket merges file, environment and flags like the rest, its secret key is
+/// redacted, and a bucket without its keys is refused naming the settings to set.
+#[test]
+fn a_blob_bucket_is_configuration_like_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, file) = (tmp.path().join("data"), tmp.path().join("meridian.toml"));
+    let toml = "blob_s3_bucket = \"bytes\"\nblob_s3_prefix = \"region-a\"\nblob_s3_access_key = \"file-key\"\n";
+    std::fs::write(&file, toml).unwrap();
+    let (file_arg, data_arg) = (file.to_str().unwrap(), data.to_str().unwrap());
+    let args = [
+        "--config",
+        file_arg,
+        "--data",
+        data_arg,
+        "--blob-s3-endpoint",
+        "http://127.0.0.1:9",
+        "--blob-orphan-grace",
+        "90s",
+    ];
+    let printed =
+        expect_success("--print-config", &print_config(&args, &[("MERIDIAN_BLOB_S3_SECRET_KEY", "env-secret-9876")]));
+    assert!(!printed.contains("secret-9876"), "the secret key leaked:\n{printed}");
+    for line in [
+        "blob_s3_bucket = \"bytes\"",
+        "blob_s3_prefix = \"region-a\"",
+        "blob_s3_access_key = \"file-key\"",
+        "blob_s3_secret_key = \"<redacted>\"",
+        "blob_s3_endpoint = \"http://127.0.0.1:9\"",
+        "blob_s3_region = \"us-east-1\"",
+        "blob_orphan_grace_secs = 90",
+    ] {
+        assert!(printed.lines().any(|l| l == line), "{line:?} missing from:\n{printed}");
+    }
+    let refused = print_config(&args, &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("MERIDIAN_BLOB_S3_SECRET_KEY"), "{stderr}");
+}

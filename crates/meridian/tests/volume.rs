@@ -883,45 +883,13 @@ fn volume_standby_takes_over_and_fences_the_old_writer() {
     third.stop();
 }
 
-/// moto's S3 server (`moto_server`) on a free loopback port; killed on drop.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        require("moto_server");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not listen on {port} within 30s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        moto
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// "Any S3": a volume on moto's S3 server, which Meridian did not write: create (with the
 /// bucket), serve, writes, zeroes and trims, a second writer refused (conditional PUTs), a
 /// restart that keeps every flushed write, a snapshot and an export.
 #[test]
 fn volume_on_moto_server() {
-    let moto = Moto::start();
+    require("moto_server");
+    let moto = meridian_s3_client::testing::Moto::start();
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let run = |args: &[&str]| {

@@ -7,15 +7,11 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
-use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore};
 use bytes::Bytes;
 use meridian_common::errors::chain;
+use meridian_s3_client::S3Endpoint;
 
 use crate::error::StoreError;
 use crate::store::{Fetched, Listed, ObjectStore, PutCondition};
@@ -59,55 +55,17 @@ impl S3Store {
     }
     /// Fails only if `ca_file` is set and unreadable or holds no usable CA certificate.
     pub fn new(cfg: &S3Config) -> Result<Self, StoreError> {
-        let creds = Credentials::new(cfg.access_key.clone(), cfg.secret_key.clone(), None, None, "meridian-volume");
-        let mut builder = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(cfg.region.clone()))
-            .credentials_provider(creds)
-            .force_path_style(true)
-            // Integrity of each object is covered by the transport and the store; extra
-            // checksums cost CPU on every 4 MiB log object and not every S3 clone accepts them.
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        if let Some(ep) = &cfg.endpoint {
-            builder = builder.endpoint_url(ep.clone());
-        }
-        if let Some(path) = &cfg.ca_file {
-            builder = builder.http_client(https_client(path)?);
-        }
-        Ok(Self { client: Client::from_conf(builder.build()), bucket: cfg.bucket.clone() })
+        let endpoint = S3Endpoint {
+            endpoint: cfg.endpoint.clone(),
+            region: cfg.region.clone(),
+            access_key: cfg.access_key.clone(),
+            secret_key: cfg.secret_key.clone(),
+            ca_file: cfg.ca_file.clone(),
+        };
+        let client = meridian_s3_client::client(&endpoint, "meridian-volume")
+            .map_err(|e| StoreError::CaFile { path: e.path, reason: e.reason })?;
+        Ok(Self { client, bucket: cfg.bucket.clone() })
     }
-}
-
-/// The SDK's HTTPS client (rustls with aws-lc, as by default) trusting the system's roots plus
-/// the certificates in `ca_file`.
-fn https_client(ca_file: &Path) -> Result<aws_sdk_s3::config::SharedHttpClient, StoreError> {
-    let bad = |reason: String| StoreError::CaFile { path: ca_file.to_path_buf(), reason };
-    let pem = std::fs::read(ca_file).map_err(|e| bad(e.to_string()))?;
-    check_ca_pem(&pem).map_err(bad)?;
-    let trust = TrustStore::default().with_pem_certificate(pem);
-    let tls = TlsContext::builder().with_trust_store(trust).build().map_err(|e| bad(chain(&e)))?;
-    Ok(aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-        .tls_context(tls)
-        .build_https())
-}
-
-/// The SDK parses the PEM only when it first connects and panics if that fails, so the same
-/// parse is done here first: at least one certificate, each usable as a trust anchor.
-fn check_ca_pem(pem: &[u8]) -> Result<(), String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-
-    let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-    if certs.is_empty() {
-        return Err("no PEM certificate in it".into());
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs {
-        roots.add(cert).map_err(|e| format!("not a usable CA certificate: {e}"))?;
-    }
-    Ok(())
 }
 
 impl S3Store {
