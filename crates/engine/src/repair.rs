@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{IngestLimits, IngestedData, Integrity, ingest};
 use crate::object::Current;
-use crate::record::{self, DataLayout, Holder, Location};
+use crate::record::{self, DataLayout, Location};
 use crate::{Consistency, Engine, keys};
 
 /// How often a node looks for copies its region still owes.
@@ -99,7 +99,7 @@ impl Engine {
         if let DataLayout::Blob { holders, .. } = &mut record.data
             && !holders.iter().any(|h| h.node == here.node)
         {
-            holders.push(Holder { node: here.node.clone(), region: here.region.clone() });
+            holders.extend(self.here());
         }
         let rest = Repair {
             blob: marker.blob,

@@ -228,7 +228,9 @@ impl Engine {
                 copies.missing.push((region.clone(), why));
                 continue;
             };
-            let holder = Holder { node: node.record.id.clone(), region: region.clone() };
+            // The copy goes through that node's peer endpoint, so readers find it through the node
+            // (not through a shared store it may use).
+            let holder = Holder { node: node.record.id.clone(), region: region.clone(), store: None };
             let (sender, receiver) = mpsc::channel(COPY_BUFFER);
             let (remote, node_id) = (Arc::clone(&remote), holder.node.clone());
             let task = tokio::spawn(async move { remote.send_copy(&node_id, blob, pieces(receiver)).await });
