@@ -36,6 +36,18 @@ pub struct Listed {
     pub size: u64,
 }
 
+/// Under which key an object is sealed (see [`ObjectStore::key_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Sealed under the volume's current key, or not sealed at all (a plain store).
+    Current,
+    /// Sealed under the key a rotation in progress retires; from [`ObjectStore::reseal`]: it
+    /// was, and is now sealed under the current key.
+    Retiring,
+    /// Not there (deleted, or replaced meanwhile).
+    Gone,
+}
+
 /// What the volume needs from a bucket. Keys are full keys (the prefix is already applied).
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
@@ -56,6 +68,15 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
     /// Deletes `key`; deleting a missing key succeeds, as in S3.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Under which key `key` is sealed. Stores that do not seal answer `Current`.
+    async fn key_state(&self, _key: &str) -> Result<KeyState, StoreError> {
+        Ok(KeyState::Current)
+    }
+    /// Seals `key` again under the current key if it is under a retiring one (key rotation);
+    /// answers what it was. Stores that do not seal answer `Current`.
+    async fn reseal(&self, _key: &str) -> Result<KeyState, StoreError> {
+        Ok(KeyState::Current)
+    }
 }
 
 /// An in-memory store for unit tests.
