@@ -192,6 +192,15 @@ pub enum VolumeSubcommand {
         #[command(flatten)]
         bucket: BucketArgs,
     },
+    /// Delete the volume and every object it owns (offline: takes the writer lease). Refused
+    /// while it is served or while forks read its objects.
+    Delete {
+        name: String,
+        #[arg(long)]
+        force_takeover: bool,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
     /// Start moving an encrypted volume to a new key (offline: takes the writer lease). From
     /// then on everything is sealed under the new key; GC (`gc`, or serve's) seals the older
     /// objects again, and until it has, commands need both keys (--encryption-key-file NEW
@@ -395,6 +404,14 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
         }
         VolumeSubcommand::Gc { name, grace, force_takeover, bucket } => {
             gc_offline(&name, grace, force_takeover, &bucket).await?
+        }
+        VolumeSubcommand::Delete { name, force_takeover, bucket } => {
+            let mut cfg = WriterConfig::new(default_cache_dir(), holder("delete"));
+            cfg.force_takeover = force_takeover;
+            let store = manage::volume_store_rotating(bucket.store()?, &bucket.layout(&name)?, bucket.key()?, bucket.old_key()?)
+                .await?;
+            let d = manage::delete(store, &bucket.layout(&name)?, &cfg).await?;
+            println!("deleted volume {name}: {} objects ({})", d.objects, format_size(d.bytes));
         }
         VolumeSubcommand::RotateKey { name, new_key_file, force_takeover, bucket } => {
             let old = bucket.key()?.ok_or_else(|| {

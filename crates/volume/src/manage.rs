@@ -142,6 +142,55 @@ fn retiring_key(m: &Manifest, old: Option<Arc<VolumeKey>>) -> Result<Option<Arc<
     Ok(Some(old))
 }
 
+// ---- delete -------------------------------------------------------------------------------
+
+/// What `delete` removed.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Deleted {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// Deletes the volume at `layout` and every object it owns. Refused while a writer holds its
+/// lease (it is taken for the deletion, so none starts meanwhile) or while forks read its
+/// objects. A fork's record in its parent is removed, so the parent's GC frees what only the
+/// fork needed. The manifest goes last: a deletion cut short leaves a volume `delete` finishes
+/// when run again, never a name `create` could reuse over old log objects.
+pub async fn delete(store: Arc<dyn ObjectStore>, layout: &Layout, cfg: &WriterConfig) -> Result<Deleted> {
+    let m = read_manifest(store.as_ref(), layout).await?;
+    let forks: Vec<String> = store
+        .list(&layout.fork_prefix())
+        .await?
+        .iter()
+        .filter_map(|o| o.key.strip_prefix(&layout.fork_prefix())?.strip_suffix(".json").map(str::to_string))
+        .collect();
+    if !forks.is_empty() {
+        return Err(VolumeError::Invalid(format!(
+            "volume {} has forks ({}) that read its objects: delete them first",
+            m.name,
+            forks.join(", ")
+        )));
+    }
+    let lease = LeaseHandle::acquire(store.clone(), layout, &cfg.holder, cfg.lease_ttl, cfg.force_takeover, 0).await?;
+    let (manifest_key, lease_key) = (layout.manifest(), layout.lease());
+    let mut deleted = Deleted::default();
+    for o in store.list(layout.root()).await? {
+        if o.key != manifest_key && o.key != lease_key {
+            store.delete(&o.key).await?;
+            deleted.objects += 1;
+            deleted.bytes += o.size;
+        }
+    }
+    drop(lease);
+    store.delete(&lease_key).await?;
+    if let Some(p) = &m.parent {
+        store.delete(&layout.sibling(&p.name)?.fork(&m.name)).await?;
+    }
+    store.delete(&manifest_key).await?;
+    info!(volume = m.name, objects = deleted.objects, bytes = deleted.bytes, "volume deleted");
+    Ok(deleted)
+}
+
 // ---- key rotation -------------------------------------------------------------------------
 
 /// Retired keys a manifest remembers (to name them when given by mistake).
