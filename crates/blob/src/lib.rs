@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::io::Write;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -36,6 +37,9 @@ pub use peer::{ClockSample, PeerAccess, PeerBody, PeerClient, PeerFailure, serve
 const WRITE_BUFFER: usize = 1 << 20;
 /// Size of each chunk when streaming a blob out.
 pub const READ_CHUNK: usize = 256 << 10;
+/// How far past a stream's current chunk the kernel is asked to read ahead (a volume's log
+/// object is 4 MiB: a ranged GET of a whole window is requested from the disk at once).
+const READ_AHEAD: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -178,6 +182,19 @@ fn remaining_chunk(remaining: u64) -> usize {
     remaining.min(READ_CHUNK as u64) as usize
 }
 
+/// Asks the kernel to start reading `file` up to [`READ_AHEAD`] past `from` (bounded by
+/// `end`) into the page cache, beyond `advised` (where the previous advice stopped); returns
+/// where this advice stops. Advice only: a file system that ignores it just reads on demand.
+fn advise_ahead(file: &std::fs::File, from: u64, advised: u64, end: u64) -> u64 {
+    let target = (from + READ_AHEAD).min(end);
+    if target <= advised {
+        return advised;
+    }
+    let start = advised.max(from);
+    let _ = rustix::fs::fadvise(file, start, NonZeroU64::new(target - start), rustix::fs::Advice::WillNeed);
+    target
+}
+
 /// Exactly `want` bytes at `offset`, read into fresh memory without zeroing it first.
 fn read_chunk_at(file: &std::fs::File, offset: u64, want: usize) -> std::io::Result<Bytes> {
     let mut buf = Vec::with_capacity(want);
@@ -318,6 +335,8 @@ impl BlobStore {
 
     /// Streams `len` bytes of a blob starting at `offset`, in chunks of at most [`READ_CHUNK`].
     /// The file is opened before this returns, so a later delete cannot cut the stream short.
+    /// The kernel is asked to read [`READ_AHEAD`] past each chunk into the page cache ahead of
+    /// the stream, so a large read from a cold disk overlaps the disk with the sending.
     pub async fn read(
         &self,
         id: BlobId,
@@ -325,13 +344,15 @@ impl BlobStore {
         len: u64,
     ) -> BlobResult<impl Stream<Item = BlobResult<Bytes>> + Send + use<>> {
         let path = self.path(id);
+        let end = offset + len;
         // Opening and the first chunk share one trip to the blocking pool (a small object's
         // whole read is one trip).
         let first = remaining_chunk(len);
-        let (file, head) = blocking(move || {
+        let (file, head, advised) = blocking(move || {
             let file = std::fs::File::open(path)?;
+            let advised = advise_ahead(&file, offset + first as u64, offset + first as u64, end);
             let head = read_chunk_at(&file, offset, first)?;
-            Ok((file, head))
+            Ok((file, head, advised))
         })
         .await
         .map_err(|e| match e {
@@ -340,16 +361,20 @@ impl BlobStore {
         })?;
         let file = Arc::new(file);
         let head = futures::stream::iter((first > 0).then_some(Ok::<_, BlobError>(head)));
-        let tail = futures::stream::unfold((offset + first as u64, len - first as u64), move |(at, remaining)| {
+        let tail = futures::stream::unfold((offset + first as u64, advised), move |(at, advised)| {
             let file = Arc::clone(&file);
             async move {
-                if remaining == 0 {
+                if at >= end {
                     return None;
                 }
-                let want = remaining_chunk(remaining);
-                match blocking(move || read_chunk_at(&file, at, want)).await {
-                    Ok(chunk) => Some((Ok(chunk), (at + want as u64, remaining - want as u64))),
-                    Err(e) => Some((Err(e), (at, 0))),
+                let want = remaining_chunk(end - at);
+                let read = blocking(move || {
+                    let advised = advise_ahead(&file, at + want as u64, advised, end);
+                    Ok((read_chunk_at(&file, at, want)?, advised))
+                });
+                match read.await {
+                    Ok((chunk, advised)) => Some((Ok(chunk), (at + want as u64, advised))),
+                    Err(e) => Some((Err(e), (end, end))),
                 }
             }
         });
@@ -549,6 +574,38 @@ mod tests {
         store.delete(id).await.unwrap();
         assert!(matches!(store.read(id, 0, 1).await.err(), Some(BlobError::NotFound(_))));
         store.delete(id).await.unwrap();
+    }
+
+    /// Bytes of `path` in the page cache, per util-linux's `fincore`.
+    fn resident_bytes(path: &Path) -> u64 {
+        let out = std::process::Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
+            .arg(path)
+            .output()
+            .expect("fincore (util-linux) must be installed");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// Opening a large read asks the kernel for the next READ_AHEAD bytes at once, so a cold
+    /// read of a whole volume window reaches the disk as one request, not chunk by chunk.
+    #[tokio::test]
+    async fn a_large_read_asks_the_kernel_to_read_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let id = store.put(Bytes::from(vec![7u8; 12 << 20])).await.unwrap();
+        let path = store.path(id);
+        let file = std::fs::File::open(&path).unwrap();
+        // The blob is fsynced, so its pages are clean and dropping them works (except on a
+        // file system that keeps everything in memory, where the check below holds anyway).
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let cold = resident_bytes(&path);
+        let stream = store.read(id, 0, 12 << 20).await.unwrap();
+        let resident = resident_bytes(&path);
+        assert!(
+            resident >= READ_CHUNK as u64 + READ_AHEAD || cold == 12 << 20,
+            "after opening the read only {resident} bytes are being read (cold: {cold})"
+        );
+        assert_eq!(collect(stream).await, vec![7u8; 12 << 20]);
     }
 
     #[tokio::test]

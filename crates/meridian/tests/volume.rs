@@ -102,6 +102,14 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// An owner-only key file holding `hex`; returns its path.
+    fn key_file(&self, name: &str, hex: &str) -> String {
+        let path = self.path(name);
+        std::fs::write(&path, hex).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
     fn create(&self, name: &str, size: &str, extra: &[&str]) {
         let mut args = vec!["create", name, "--size", size];
         args.extend_from_slice(extra);
@@ -773,13 +781,7 @@ fn volume_snapshot_export_and_rollback() {
 #[test]
 fn volume_encrypted_bucket_holds_no_plaintext_and_refuses_wrong_keys() {
     let env = Env::new();
-    let key_file = |name: &str, hex: &str| {
-        let path = env.path(name);
-        std::fs::write(&path, hex).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        path.to_str().unwrap().to_string()
-    };
-    let (key, wrong) = (key_file("key", &"5e".repeat(32)), key_file("wrong", &"5f".repeat(32)));
+    let (key, wrong) = (env.key_file("key", &"5e".repeat(32)), env.key_file("wrong", &"5f".repeat(32)));
     let out = env.ok(&["create", "sec", "--size", "16MiB", "--encryption-key-file", &key]);
     assert!(out.contains("encrypted"), "{out}");
     for (args, want) in [
@@ -835,13 +837,7 @@ fn volume_encrypted_bucket_holds_no_plaintext_and_refuses_wrong_keys() {
 #[test]
 fn volume_key_rotation_through_the_cli() {
     let env = Env::new();
-    let key_file = |name: &str, hex: &str| {
-        let path = env.path(name);
-        std::fs::write(&path, hex).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        path.to_str().unwrap().to_string()
-    };
-    let (old, new) = (key_file("old", &"7a".repeat(32)), key_file("new", &"7b".repeat(32)));
+    let (old, new) = (env.key_file("old", &"7a".repeat(32)), env.key_file("new", &"7b".repeat(32)));
     env.ok(&["create", "rot", "--size", "8MiB", "--encryption-key-file", &old]);
     let marker = b"MERIDIAN-ROTATED-TEXT-19";
     let text: Vec<u8> = marker.iter().copied().cycle().take(1 << 20).collect();

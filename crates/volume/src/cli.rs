@@ -408,8 +408,13 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
         VolumeSubcommand::Delete { name, force_takeover, bucket } => {
             let mut cfg = WriterConfig::new(default_cache_dir(), holder("delete"));
             cfg.force_takeover = force_takeover;
-            let store = manage::volume_store_rotating(bucket.store()?, &bucket.layout(&name)?, bucket.key()?, bucket.old_key()?)
-                .await?;
+            let store = manage::volume_store_rotating(
+                bucket.store()?,
+                &bucket.layout(&name)?,
+                bucket.key()?,
+                bucket.old_key()?,
+            )
+            .await?;
             let d = manage::delete(store, &bucket.layout(&name)?, &cfg).await?;
             println!("deleted volume {name}: {} objects ({})", d.objects, format_size(d.bytes));
         }
@@ -468,7 +473,11 @@ fn print_inspection(i: &manage::Inspection) {
             (None, Some(old)) => format!("the old key (generation {old}) is no longer needed"),
             (None, None) => "no rotation".to_string(),
         };
-        println!("encryption  {}, key generation {}; {state}", m.encryption.as_ref().map_or("", |e| &e.cipher), k.generation);
+        println!(
+            "encryption  {}, key generation {}; {state}",
+            m.encryption.as_ref().map_or("", |e| &e.cipher),
+            k.generation
+        );
     }
     println!("snapshots   {}", i.snapshots.len());
     for s in &i.snapshots {

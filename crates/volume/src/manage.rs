@@ -15,8 +15,7 @@ use tracing::info;
 use crate::crypt::{self, EncryptedStore, VolumeKey};
 use crate::error::{Result, StoreError, VolumeError};
 use crate::format::{
-    self, CheckpointHeader, EncryptionInfo, HEADER_BYTES, KeyRef, Layout, Lease, Manifest, ParentRef, SECTOR,
-    Snapshot,
+    self, CheckpointHeader, EncryptionInfo, HEADER_BYTES, KeyRef, Layout, Lease, Manifest, ParentRef, SECTOR, Snapshot,
 };
 use crate::lease::{self, LeaseHandle, now_unix};
 use crate::replay::{self, Listing};
@@ -110,11 +109,9 @@ fn check_key(m: &Manifest, key: &VolumeKey) -> Result<()> {
     }
     let retired = info.rotating_from.iter().chain(info.retired.iter().rev());
     match retired.into_iter().find(|r| key.verify(&m.volume_id, &r.key_check)) {
-        Some(r) => Err(VolumeError::RetiredKey {
-            name: m.name.clone(),
-            generation: r.generation,
-            current: info.generation,
-        }),
+        Some(r) => {
+            Err(VolumeError::RetiredKey { name: m.name.clone(), generation: r.generation, current: info.generation })
+        }
         None => Err(VolumeError::WrongKey(m.name.clone())),
     }
 }
@@ -232,7 +229,8 @@ pub async fn rotate_key(
     let lease = LeaseHandle::acquire(store, layout, &cfg.holder, cfg.lease_ttl, cfg.force_takeover, 0).await?;
     let res = async {
         let (mut m, etag) = read_manifest_etag(bucket.as_ref(), layout).await?;
-        let info = m.encryption.as_mut().ok_or_else(|| VolumeError::Invalid("the volume lost its encryption".into()))?;
+        let info =
+            m.encryption.as_mut().ok_or_else(|| VolumeError::Invalid("the volume lost its encryption".into()))?;
         info.rotating_from = Some(KeyRef { generation: info.generation, key_check: info.key_check.clone() });
         info.generation += 1;
         info.key_check = new.check(&m.volume_id)?;
@@ -348,22 +346,21 @@ pub async fn fork(
     new_name: &str,
     grace: Duration,
 ) -> Result<Manifest> {
+    let plain = read_manifest(bucket.as_ref(), source).await?;
+    if let Some(from) = plain.encryption.as_ref().and_then(|e| e.rotating_from.as_ref()) {
+        return Err(VolumeError::Invalid(format!(
+            "volume {} is rotating away from key generation {}: finish the rotation (`meridian volume gc` with both \
+             keys) before forking it",
+            plain.name, from.generation
+        )));
+    }
     let store = volume_store(bucket.clone(), source, key.clone()).await?;
     let store = store.as_ref();
     let source = resolve_layout(store, source).await?;
     let sm = read_manifest(store, &source).await?;
     let volume_id = format!("{:032x}", rand::random::<u128>());
     let encryption = match (&sm.encryption, &key) {
-        (Some(info), Some(key)) => {
-            if let Some(from) = &info.rotating_from {
-                return Err(VolumeError::Invalid(format!(
-                    "volume {} is rotating away from key generation {}: finish the rotation (`meridian volume gc`) \
-                     before forking it",
-                    sm.name, from.generation
-                )));
-            }
-            Some(EncryptionInfo::new(&info.cipher, key.check(&volume_id)?))
-        }
+        (Some(info), Some(key)) => Some(EncryptionInfo::new(&info.cipher, key.check(&volume_id)?)),
         _ => None,
     };
     let new = source.sibling(new_name)?;
@@ -762,8 +759,7 @@ pub struct KeyStatus {
 async fn key_status(store: &dyn ObjectStore, layout: &Layout, m: &Manifest) -> Result<Option<KeyStatus>> {
     let Some(info) = &m.encryption else { return Ok(None) };
     let rotating_from = info.rotating_from.as_ref().map(|r| r.generation);
-    let objects_under_old_key =
-        if rotating_from.is_some() { objects_under_old_key(store, layout).await? } else { 0 };
+    let objects_under_old_key = if rotating_from.is_some() { objects_under_old_key(store, layout).await? } else { 0 };
     Ok(Some(KeyStatus {
         generation: info.generation,
         rotating_from,

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use meridian_common::errors::chain;
 
 use crate::error::StoreError;
-use crate::store::{Fetched, Listed, ObjectStore, PutCondition};
+use crate::store::{Fetched, Listed, ObjectStore, Parts, PutCondition};
 
 /// Where the bucket is and how to sign for it.
 #[derive(Debug, Clone)]
@@ -57,6 +57,34 @@ impl S3Store {
             .map_err(|e| map_err(key, e))?;
         read_body(key, out.body).await
     }
+    /// A ranged GET of exactly `len` bytes at `start`, kept as the body's chunks (no copy).
+    async fn range_parts(&self, key: &str, start: u64, len: u64) -> Result<Parts, StoreError> {
+        let mut parts = Parts::default();
+        if len == 0 {
+            return Ok(parts);
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", start, start + len - 1))
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        let mut body = out.body;
+        while let Some(chunk) = body.next().await {
+            parts.push(chunk.map_err(|e| StoreError::Backend { key: key.to_string(), message: chain(&e) })?);
+        }
+        if parts.len() as u64 != len {
+            return Err(StoreError::Backend {
+                key: key.to_string(),
+                message: format!("asked for {len} bytes at {start}, got {}", parts.len()),
+            });
+        }
+        Ok(parts)
+    }
+
     /// Fails only if `ca_file` is set and unreadable or holds no usable CA certificate.
     pub fn new(cfg: &S3Config) -> Result<Self, StoreError> {
         let creds = Credentials::new(cfg.access_key.clone(), cfg.secret_key.clone(), None, None, "meridian-volume");
@@ -198,6 +226,10 @@ impl ObjectStore for S3Store {
             });
         }
         Ok(data)
+    }
+
+    async fn get_range_parts(&self, key: &str, start: u64, len: u64) -> Result<Parts, StoreError> {
+        self.range_parts(key, start, len).await
     }
 
     async fn get_range_upto(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {

@@ -240,6 +240,8 @@ async fn a_rotated_key_replaces_the_old_one_after_gc() {
     let wrong = Some(Arc::new(VolumeKey::from_bytes(&[0x44; 32])));
     let err = manage::volume_store_rotating(raw.clone(), &layout, Some(new.clone()), wrong).await.err().unwrap();
     assert!(matches!(err, VolumeError::WrongOldKey { .. }), "{err}");
+    let err = manage::fork(raw.clone(), Some(new.clone()), &layout, None, "f", GRACE).await.unwrap_err();
+    assert!(err.to_string().contains("finish the rotation"), "{err}");
 
     // With both keys: old objects read, new writes go under the new key, inspect counts what
     // is left under the old one.
