@@ -41,38 +41,28 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    /// A ranged GET of at most `len` bytes at `start` (S3 stops at the object's end).
+    /// The body of a ranged GET of `len` (> 0) bytes at `start` (S3 stops at the object's end).
+    async fn ranged_get(&self, key: &str, start: u64, len: u64) -> Result<ByteStream, StoreError> {
+        let range = format!("bytes={}-{}", start, start + len - 1);
+        let get = self.client.get_object().bucket(&self.bucket).key(key).range(range);
+        Ok(get.send().await.map_err(|e| map_err(key, e))?.body)
+    }
+
+    /// A ranged GET of at most `len` bytes at `start`.
     async fn range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", start, start + len - 1))
-            .send()
-            .await
-            .map_err(|e| map_err(key, e))?;
-        read_body(key, out.body).await
+        read_body(key, self.ranged_get(key, start, len).await?).await
     }
+
     /// A ranged GET of exactly `len` bytes at `start`, kept as the body's chunks (no copy).
     async fn range_parts(&self, key: &str, start: u64, len: u64) -> Result<Parts, StoreError> {
         let mut parts = Parts::default();
         if len == 0 {
             return Ok(parts);
         }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", start, start + len - 1))
-            .send()
-            .await
-            .map_err(|e| map_err(key, e))?;
-        let mut body = out.body;
+        let mut body = self.ranged_get(key, start, len).await?;
         while let Some(chunk) = body.next().await {
             parts.push(chunk.map_err(|e| StoreError::Backend { key: key.to_string(), message: chain(&e) })?);
         }
