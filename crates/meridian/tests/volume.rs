@@ -102,6 +102,14 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// An owner-only key file holding `hex`; returns its path.
+    fn key_file(&self, name: &str, hex: &str) -> String {
+        let path = self.path(name);
+        std::fs::write(&path, hex).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
     fn create(&self, name: &str, size: &str, extra: &[&str]) {
         let mut args = vec!["create", name, "--size", size];
         args.extend_from_slice(extra);
@@ -773,13 +781,7 @@ fn volume_snapshot_export_and_rollback() {
 #[test]
 fn volume_encrypted_bucket_holds_no_plaintext_and_refuses_wrong_keys() {
     let env = Env::new();
-    let key_file = |name: &str, hex: &str| {
-        let path = env.path(name);
-        std::fs::write(&path, hex).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        path.to_str().unwrap().to_string()
-    };
-    let (key, wrong) = (key_file("key", &"5e".repeat(32)), key_file("wrong", &"5f".repeat(32)));
+    let (key, wrong) = (env.key_file("key", &"5e".repeat(32)), env.key_file("wrong", &"5f".repeat(32)));
     let out = env.ok(&["create", "sec", "--size", "16MiB", "--encryption-key-file", &key]);
     assert!(out.contains("encrypted"), "{out}");
     for (args, want) in [
@@ -827,6 +829,57 @@ fn volume_encrypted_bucket_holds_no_plaintext_and_refuses_wrong_keys() {
     assert!(nbd.read(2 << 20, 1 << 20).unwrap() == text, "the fork reads the source's text");
     drop(nbd);
     fork.stop();
+}
+
+/// `rotate-key` through the CLI: both keys needed until `gc` has sealed every object again,
+/// then `serve` and `export` with the new key alone read the data back, the old key alone is
+/// refused as retired, and the bucket holds no plaintext.
+#[test]
+fn volume_key_rotation_through_the_cli() {
+    let env = Env::new();
+    let (old, new) = (env.key_file("old", &"7a".repeat(32)), env.key_file("new", &"7b".repeat(32)));
+    env.ok(&["create", "rot", "--size", "8MiB", "--encryption-key-file", &old]);
+    let marker = b"MERIDIAN-ROTATED-TEXT-19";
+    let text: Vec<u8> = marker.iter().copied().cycle().take(1 << 20).collect();
+    let src = env.path("text");
+    std::fs::write(&src, &text).unwrap();
+    let srv = env.serve("rot", &["--encryption-key-file", &old]);
+    tool("qemu-io", &["-f", "raw", &srv.url, "-c", &format!("write -s {} 1M 1M", src.display()), "-c", "flush"]);
+    srv.stop();
+
+    let out = env.ok(&["rotate-key", "rot", "--encryption-key-file", &old, "--new-key-file", &new]);
+    assert!(out.contains("key generation 2"), "{out}");
+    let both = ["--encryption-key-file", &new, "--old-key-file", &old];
+    for (args, want) in [
+        (vec!["serve", "rot", "--listen", "127.0.0.1:0", "--encryption-key-file", &new], "--old-key-file"),
+        (vec!["export", "rot", "--output", "/dev/null", "--encryption-key-file", &old], "retired key"),
+    ] {
+        let out = env.run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{args:?}: {err}");
+    }
+    let out = env.ok(&[&["inspect", "rot"][..], &both].concat());
+    assert!(out.contains("rotating from generation 1"), "{out}");
+    let out = env.ok(&[&["gc", "rot", "--grace", "0s"][..], &both].concat());
+    assert!(out.contains("key rotation complete"), "{out}");
+    let out = env.ok(&["inspect", "rot", "--encryption-key-file", &new]);
+    assert!(out.contains("the old key (generation 1) is no longer needed"), "{out}");
+
+    let srv = env.serve("rot", &["--encryption-key-file", &new]);
+    let mut nbd = Nbd::connect(&srv.addr, "rot").unwrap();
+    assert!(nbd.read(1 << 20, 1 << 20).unwrap() == text, "serve with the new key alone");
+    drop(nbd);
+    srv.stop();
+    let image = env.path("rot.img");
+    env.ok(&["export", "rot", "--output", image.to_str().unwrap(), "--encryption-key-file", &new]);
+    assert!(std::fs::read(&image).unwrap()[1 << 20..2 << 20] == text[..], "export with the new key alone");
+    let out = env.run(&["serve", "rot", "--listen", "127.0.0.1:0", "--encryption-key-file", &old]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("retired key (generation 1)"), "{err}");
+    for (k, _) in env.list("rot/") {
+        let body = env.get_object(&k);
+        assert!(!body.windows(marker.len()).any(|w| w == marker), "{k} holds plaintext");
+    }
 }
 
 /// Waits (30 s at most) for a line containing `what` from a spawned command.

@@ -46,6 +46,10 @@ pub struct BucketArgs {
     /// an encrypted volume; every other command needs it for an encrypted one.
     #[arg(long, env = "MERIDIAN_VOLUME_KEY_FILE")]
     pub encryption_key_file: Option<PathBuf>,
+    /// While a key rotation is in progress (`rotate-key`, until GC has sealed every object
+    /// again): the key being retired, besides the current one in --encryption-key-file.
+    #[arg(long, env = "MERIDIAN_VOLUME_OLD_KEY_FILE")]
+    pub old_key_file: Option<PathBuf>,
 }
 
 impl BucketArgs {
@@ -70,17 +74,26 @@ impl BucketArgs {
 
     /// The key from `--encryption-key-file`, if given.
     pub fn key(&self) -> Result<Option<Arc<VolumeKey>>> {
-        self.encryption_key_file.as_deref().map(|path| VolumeKey::from_file(path).map(Arc::new)).transpose()
+        key_from(self.encryption_key_file.as_deref())
+    }
+
+    /// The key from `--old-key-file`, if given.
+    pub fn old_key(&self) -> Result<Option<Arc<VolumeKey>>> {
+        key_from(self.old_key_file.as_deref())
     }
 
     /// The store and layout of volume `name`, through its encryption when it has some (a
     /// missing or wrong key is refused here).
     pub async fn volume(&self, name: &str) -> Result<(Arc<dyn ObjectStore>, Layout)> {
         let layout = self.layout(name)?;
-        let store = manage::volume_store(self.store()?, &layout, self.key()?).await?;
+        let store = manage::volume_store_rotating(self.store()?, &layout, self.key()?, self.old_key()?).await?;
         let layout = manage::resolve_layout(store.as_ref(), &layout).await?;
         Ok((store, layout))
     }
+}
+
+fn key_from(path: Option<&std::path::Path>) -> Result<Option<Arc<VolumeKey>>> {
+    path.map(|path| VolumeKey::from_file(path).map(Arc::new)).transpose()
 }
 
 /// `meridian volume`.
@@ -176,6 +189,30 @@ pub enum VolumeSubcommand {
         /// SOURCE or SOURCE@SNAPSHOT.
         source: String,
         new: String,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
+    /// Delete the volume and every object it owns (offline: takes the writer lease). Refused
+    /// while it is served or while forks read its objects.
+    Delete {
+        name: String,
+        #[arg(long)]
+        force_takeover: bool,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
+    /// Start moving an encrypted volume to a new key (offline: takes the writer lease). From
+    /// then on everything is sealed under the new key; GC (`gc`, or serve's) seals the older
+    /// objects again, and until it has, commands need both keys (--encryption-key-file NEW
+    /// --old-key-file OLD). `inspect` tells when the old key is no longer needed.
+    RotateKey {
+        name: String,
+        /// The new key: a file (mode 0600) of 64 hex digits. The current key is
+        /// --encryption-key-file.
+        #[arg(long)]
+        new_key_file: PathBuf,
+        #[arg(long)]
+        force_takeover: bool,
         #[command(flatten)]
         bucket: BucketArgs,
     },
@@ -368,6 +405,34 @@ pub async fn run(cmd: VolumeCommand) -> Result<()> {
         VolumeSubcommand::Gc { name, grace, force_takeover, bucket } => {
             gc_offline(&name, grace, force_takeover, &bucket).await?
         }
+        VolumeSubcommand::Delete { name, force_takeover, bucket } => {
+            let mut cfg = WriterConfig::new(default_cache_dir(), holder("delete"));
+            cfg.force_takeover = force_takeover;
+            let store = manage::volume_store_rotating(
+                bucket.store()?,
+                &bucket.layout(&name)?,
+                bucket.key()?,
+                bucket.old_key()?,
+            )
+            .await?;
+            let d = manage::delete(store, &bucket.layout(&name)?, &cfg).await?;
+            println!("deleted volume {name}: {} objects ({})", d.objects, format_size(d.bytes));
+        }
+        VolumeSubcommand::RotateKey { name, new_key_file, force_takeover, bucket } => {
+            let old = bucket.key()?.ok_or_else(|| {
+                VolumeError::Invalid("rotate-key needs the current key: pass it with --encryption-key-file".into())
+            })?;
+            let new = VolumeKey::from_file(&new_key_file)?;
+            let mut cfg = WriterConfig::new(default_cache_dir(), holder("rotate-key"));
+            cfg.force_takeover = force_takeover;
+            let m = manage::rotate_key(bucket.store()?, &bucket.layout(&name)?, old, &new, &cfg).await?;
+            let generation = m.encryption.as_ref().map_or(0, |e| e.generation);
+            println!(
+                "{name} now seals everything under key generation {generation}; until GC (`meridian volume gc {name}`, \
+                 or serve's) has sealed the older objects again, pass the new key with --encryption-key-file and the \
+                 old one with --old-key-file; `meridian volume inspect {name}` tells when the old key is no longer needed"
+            );
+        }
         VolumeSubcommand::Resize { name, size, allow_shrink, force_takeover, bucket } => {
             let size = format::parse_size(&size)?;
             let mut cfg = WriterConfig::new(default_cache_dir(), holder("resize"));
@@ -398,6 +463,22 @@ fn print_inspection(i: &manage::Inspection) {
         Some(l) => println!("writer      none (last: {} epoch {})", l.holder, l.epoch),
         None => println!("writer      none"),
     }
+    if let Some(k) = &i.keys {
+        let state = match (k.rotating_from, k.retired) {
+            (Some(from), _) => format!(
+                "rotating from generation {from}: {} objects still sealed under it; keep both keys until gc has sealed \
+                 them again",
+                k.objects_under_old_key
+            ),
+            (None, Some(old)) => format!("the old key (generation {old}) is no longer needed"),
+            (None, None) => "no rotation".to_string(),
+        };
+        println!(
+            "encryption  {}, key generation {}; {state}",
+            m.encryption.as_ref().map_or("", |e| &e.cipher),
+            k.generation
+        );
+    }
     println!("snapshots   {}", i.snapshots.len());
     for s in &i.snapshots {
         println!("  {:<30} at {}", s.label, s.seq);
@@ -411,8 +492,10 @@ async fn gc_offline(name: &str, grace: Duration, force: bool, bucket: &BucketArg
     let vol = Volume::open(store, layout, cfg).await?;
     let gc_cfg = GcConfig { grace, ..GcConfig::default() };
     let mut gc = Gc::new();
+    let mut first_stats = (0, false);
     let res = async {
         let first = gc.run(&vol, &gc_cfg).await?;
+        first_stats = (first.resealed, first.rotation_finished);
         if first.pending > 0 {
             println!(
                 "rewrote {} objects; waiting {grace:?} before removing {} dead objects",
@@ -425,6 +508,7 @@ async fn gc_offline(name: &str, grace: Duration, force: bool, bucket: &BucketArg
     .await;
     vol.close().await?;
     let r = res?;
+    let (first_resealed, first_finished) = first_stats;
     println!(
         "gc done: log {} for {} live; deleted {}, tombstoned {}, checkpoints deleted {}",
         format_size(r.log_bytes),
@@ -433,6 +517,12 @@ async fn gc_offline(name: &str, grace: Duration, force: bool, bucket: &BucketArg
         r.tombstoned,
         r.checkpoints_deleted
     );
+    if r.resealed > 0 || r.rotation_finished {
+        println!("key rotation: sealed {} objects again under the new key", first_resealed + r.resealed);
+    }
+    if r.rotation_finished || first_finished {
+        println!("key rotation complete: the old key is no longer needed");
+    }
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use crate::error::{Result, StoreError, VolumeError};
 use crate::format::Layout;
-use crate::store::{Fetched, Listed, ObjectStore, PutCondition};
+use crate::store::{Fetched, KeyState, Listed, ObjectStore, PutCondition};
 
 /// The `cipher` recorded in the manifest of an encrypted volume.
 pub const CIPHER: &str = "xchacha20poly1305-4k";
@@ -130,6 +130,9 @@ pub fn plain_len(sealed: u64) -> u64 {
 pub struct EncryptedStore {
     inner: Arc<dyn ObjectStore>,
     key: Arc<VolumeKey>,
+    /// During a key rotation, the key being retired: objects written before the rotation that
+    /// GC has not re-sealed yet open under it (see [`ObjectStore::reseal`]).
+    retiring: Option<Arc<VolumeKey>>,
     /// The volume itself first, then its ancestors.
     volumes: Vec<Sealed>,
 }
@@ -143,7 +146,14 @@ struct Sealed {
 
 impl EncryptedStore {
     pub fn new(inner: Arc<dyn ObjectStore>, key: Arc<VolumeKey>, layout: &Layout, volume_id: &str) -> Self {
-        Self { inner, key, volumes: vec![Sealed::new(layout, volume_id)] }
+        Self { inner, key, retiring: None, volumes: vec![Sealed::new(layout, volume_id)] }
+    }
+
+    /// Also opens chunks sealed under `old`, the key a rotation in progress retires. Everything
+    /// is still sealed under the current key.
+    pub fn with_retiring_key(mut self, old: Arc<VolumeKey>) -> Self {
+        self.retiring = Some(old);
+        self
     }
 
     /// Also opens the objects of `layout`, an ancestor of this (forked) volume, sealed under
@@ -180,20 +190,31 @@ impl EncryptedStore {
         Ok(Bytes::from(out))
     }
 
-    /// Opens sealed chunks `first..` of `key`.
+    /// Opens sealed chunks `first..` of `key`, under the current key or else the retiring one.
     fn open(&self, key: &str, sealed: &[u8], first: u64) -> Result<Vec<u8>, StoreError> {
         let mut out = Vec::with_capacity(sealed.len());
         for (i, chunk) in (first..).zip(sealed.chunks(SEALED_CHUNK as usize)) {
-            let plain = self.key.open_chunk(&self.aad(key, i), chunk).ok_or_else(|| StoreError::Backend {
-                key: key.to_string(),
-                message: format!(
-                    "chunk {i} fails authentication with this volume's key: the object was altered or \
-                     written with another key"
-                ),
-            })?;
+            let aad = self.aad(key, i);
+            let plain = self
+                .key
+                .open_chunk(&aad, chunk)
+                .or_else(|| self.retiring.as_ref().and_then(|old| old.open_chunk(&aad, chunk)))
+                .ok_or_else(|| StoreError::Backend {
+                    key: key.to_string(),
+                    message: format!(
+                        "chunk {i} fails authentication with this volume's key: the object was altered or \
+                         written with another key"
+                    ),
+                })?;
             out.extend_from_slice(&plain);
         }
         Ok(out)
+    }
+
+    /// Whether the first chunk of `raw` (an object's stored bytes from its start) is sealed
+    /// under the current key. An empty object has no chunk and counts as current.
+    fn first_chunk_is_current(&self, key: &str, raw: &[u8]) -> bool {
+        raw.is_empty() || self.key.open_chunk(&self.aad(key, 0), &raw[..raw.len().min(SEALED_CHUNK as usize)]).is_some()
     }
 
     /// Seals the file at `path` into a temporary file beside it, chunk by chunk.
@@ -295,6 +316,41 @@ impl ObjectStore for EncryptedStore {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.inner.delete(key).await
+    }
+
+    async fn key_state(&self, key: &str) -> Result<KeyState, StoreError> {
+        if self.is_manifest(key) {
+            return Ok(KeyState::Current);
+        }
+        let raw = match self.inner.get_range_upto(key, 0, SEALED_CHUNK).await {
+            Ok(raw) => raw,
+            Err(StoreError::NotFound(_)) => return Ok(KeyState::Gone),
+            Err(e) => return Err(e),
+        };
+        Ok(if self.first_chunk_is_current(key, &raw) { KeyState::Current } else { KeyState::Retiring })
+    }
+
+    /// Objects are written whole under one key, so the first chunk tells which. One under the
+    /// retiring key is opened and sealed again under the current key, replaced only if it is
+    /// still the version read (a writer replacing it meanwhile already sealed it anew).
+    async fn reseal(&self, key: &str) -> Result<KeyState, StoreError> {
+        if self.is_manifest(key) {
+            return Ok(KeyState::Current);
+        }
+        let f = match self.inner.get(key).await {
+            Ok(f) => f,
+            Err(StoreError::NotFound(_)) => return Ok(KeyState::Gone),
+            Err(e) => return Err(e),
+        };
+        if self.first_chunk_is_current(key, &f.data) {
+            return Ok(KeyState::Current);
+        }
+        let plain = self.open(key, &f.data, 0)?;
+        match self.inner.put(key, self.seal(key, &plain)?, PutCondition::IfMatch(f.etag)).await {
+            Ok(_) => Ok(KeyState::Retiring),
+            Err(StoreError::PreconditionFailed(_) | StoreError::NotFound(_)) => Ok(KeyState::Gone),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -68,6 +68,20 @@ pub enum VolumeError {
     WrongKey(String),
     #[error("volume {0} is not encrypted, but an encryption key was given: drop --encryption-key-file")]
     NotEncrypted(String),
+    #[error(
+        "the encryption key given is volume {name}'s retired key (generation {generation}); `meridian volume \
+         rotate-key` replaced it with generation {current}: pass that key with --encryption-key-file (and this one \
+         with --old-key-file while `inspect` says the rotation is in progress)"
+    )]
+    RetiredKey { name: String, generation: u32, current: u32 },
+    #[error(
+        "volume {name} is in the middle of a key rotation: some objects are still sealed under its previous key \
+         (generation {generation}) until GC seals them again; pass that key with --old-key-file FILE (or \
+         MERIDIAN_VOLUME_OLD_KEY_FILE) besides the current one"
+    )]
+    OldKeyRequired { name: String, generation: u32 },
+    #[error("the key given with --old-key-file is not the key volume {name} is retiring (generation {generation})")]
+    WrongOldKey { name: String, generation: u32 },
     #[error("{0}")]
     Invalid(String),
 }

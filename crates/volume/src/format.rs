@@ -344,6 +344,35 @@ pub struct EncryptionInfo {
     pub cipher: String,
     /// Hex of a keyed hash of the key, to refuse a wrong key with a clear error.
     pub key_check: String,
+    /// Which key this is: 1 at creation, one more at each `rotate-key`.
+    #[serde(default = "first_key_generation")]
+    pub generation: u32,
+    /// A rotation in progress: the key being retired, which objects written before the rotation
+    /// may still be sealed under until GC has sealed each again under the current key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotating_from: Option<KeyRef>,
+    /// Keys retired by completed rotations (the newest last), so a retired key is refused as
+    /// such rather than as an unknown one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<KeyRef>,
+}
+
+/// A key other than the current one, by generation and key check.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyRef {
+    pub generation: u32,
+    pub key_check: String,
+}
+
+fn first_key_generation() -> u32 {
+    1
+}
+
+impl EncryptionInfo {
+    /// A volume's first key.
+    pub fn new(cipher: &str, key_check: String) -> Self {
+        Self { cipher: cipher.to_string(), key_check, generation: 1, rotating_from: None, retired: Vec::new() }
+    }
 }
 
 impl Manifest {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::Serialize;
 use tracing::{debug, info};
 
@@ -21,7 +22,7 @@ use crate::error::{Result, StoreError, VolumeError};
 use crate::format::{self, HEADER_BYTES, ObjectKind, SECTOR, Trailer};
 use crate::manage;
 use crate::replay::Listing;
-use crate::store::PutCondition;
+use crate::store::{KeyState, PutCondition};
 use crate::volume::Volume;
 
 /// Header-only objects (tombstones, fences) tolerated past the newest checkpoint.
@@ -49,6 +50,8 @@ pub struct Gc {
     pending: BTreeMap<u64, Instant>,
     /// Objects each snapshot reads, keyed by (label, seq).
     snapshot_refs: HashMap<(String, u64), BTreeSet<u64>>,
+    /// A key rotation this volume was opened in the middle of has been completed.
+    rotation_done: bool,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -61,6 +64,10 @@ pub struct GcReport {
     pub pending: u64,
     pub log_bytes: u64,
     pub live_bytes: u64,
+    /// Objects sealed again under the current key (key rotation).
+    pub resealed: u64,
+    /// Whether this pass completed a key rotation (the old key is no longer needed).
+    pub rotation_finished: bool,
 }
 
 impl Gc {
@@ -97,6 +104,7 @@ impl Gc {
         let (keep, points) = self.protected(vol).await?;
         self.rewrite(vol, cfg, &keep, &mut report).await?;
         self.remove(vol, cfg, &keep, &points, &mut report).await?;
+        self.reseal(vol, &mut report).await?;
         let objects = vol.objects();
         report.log_bytes = objects.values().map(|o| o.bytes).sum();
         report.live_bytes = objects.values().map(|o| o.live_sectors * SECTOR).sum();
@@ -171,6 +179,38 @@ impl Gc {
         vol.rewrite_if_unchanged(seq, &moves, &data).await?;
         debug!(seq, sectors = moves.len(), "rewrote live data");
         Ok(moves.len() as u64 * SECTOR)
+    }
+
+    /// During a key rotation: seals every object of the volume still under the retiring key
+    /// again under the current one (the lease is the holder's to renew, and was written under
+    /// the current key when it was taken), then ends the rotation. Everything written since the
+    /// rotation started is under the current key already, so one complete walk suffices.
+    async fn reseal(&mut self, vol: &Volume, report: &mut GcReport) -> Result<()> {
+        let rotating = vol.manifest().encryption.as_ref().is_some_and(|e| e.rotating_from.is_some());
+        if !rotating || self.rotation_done {
+            return Ok(());
+        }
+        let (store, layout) = (vol.store().as_ref(), vol.layout());
+        if !manage::rotation_in_progress(store, layout).await? {
+            self.rotation_done = true;
+            return Ok(());
+        }
+        let lease = layout.lease();
+        let keys: Vec<String> =
+            store.list(layout.root()).await?.into_iter().map(|o| o.key).filter(|k| *k != lease).collect();
+        let mut resealing = futures::stream::iter(keys.into_iter().map(|k| {
+            let store = vol.store().clone();
+            async move { store.reseal(&k).await }
+        }))
+        .buffer_unordered(4);
+        while let Some(state) = resealing.next().await {
+            if state? == KeyState::Retiring {
+                report.resealed += 1;
+            }
+        }
+        report.rotation_finished = manage::finish_rotation(store, layout).await?;
+        self.rotation_done = true;
+        Ok(())
     }
 
     async fn remove(

@@ -15,11 +15,11 @@ use tracing::info;
 use crate::crypt::{self, EncryptedStore, VolumeKey};
 use crate::error::{Result, StoreError, VolumeError};
 use crate::format::{
-    self, CheckpointHeader, EncryptionInfo, HEADER_BYTES, Layout, Lease, Manifest, ParentRef, SECTOR, Snapshot,
+    self, CheckpointHeader, EncryptionInfo, HEADER_BYTES, KeyRef, Layout, Lease, Manifest, ParentRef, SECTOR, Snapshot,
 };
-use crate::lease::{self, now_unix};
+use crate::lease::{self, LeaseHandle, now_unix};
 use crate::replay::{self, Listing};
-use crate::store::{ObjectStore, PutCondition};
+use crate::store::{KeyState, ObjectStore, PutCondition};
 use crate::table;
 use crate::volume::{Volume, WriterConfig};
 
@@ -59,6 +59,17 @@ pub async fn volume_store(
     layout: &Layout,
     key: Option<Arc<VolumeKey>>,
 ) -> Result<Arc<dyn ObjectStore>> {
+    volume_store_rotating(store, layout, key, None).await
+}
+
+/// [`volume_store`] for a volume whose key may be rotating: `old` is the key the rotation
+/// retires, needed (and checked) while one is in progress, ignored once it is complete.
+pub async fn volume_store_rotating(
+    store: Arc<dyn ObjectStore>,
+    layout: &Layout,
+    key: Option<Arc<VolumeKey>>,
+    old: Option<Arc<VolumeKey>>,
+) -> Result<Arc<dyn ObjectStore>> {
     let m = read_manifest(store.as_ref(), layout).await?;
     let key = match (&m.encryption, key) {
         (None, None) => return Ok(store),
@@ -68,6 +79,9 @@ pub async fn volume_store(
     };
     check_key(&m, &key)?;
     let mut sealed = EncryptedStore::new(store.clone(), key.clone(), layout, &m.volume_id);
+    if let Some(old) = retiring_key(&m, old)? {
+        sealed = sealed.with_retiring_key(old);
+    }
     let (mut cur, mut parent) = (layout.clone(), m.parent);
     for _ in 0..MAX_FORK_DEPTH {
         let Some(p) = parent else { break };
@@ -80,7 +94,8 @@ pub async fn volume_store(
     Ok(Arc::new(sealed))
 }
 
-/// Refuses `key` unless it is the key volume `m` is encrypted with.
+/// Refuses `key` unless it is the key volume `m` is encrypted with; a key it retired is named
+/// as such.
 fn check_key(m: &Manifest, key: &VolumeKey) -> Result<()> {
     let Some(info) = &m.encryption else { return Err(VolumeError::NotEncrypted(m.name.clone())) };
     if info.cipher != crypt::CIPHER {
@@ -89,10 +104,200 @@ fn check_key(m: &Manifest, key: &VolumeKey) -> Result<()> {
             m.name, info.cipher
         )));
     }
-    if !key.verify(&m.volume_id, &info.key_check) {
-        return Err(VolumeError::WrongKey(m.name.clone()));
+    if key.verify(&m.volume_id, &info.key_check) {
+        return Ok(());
+    }
+    let retired = info.rotating_from.iter().chain(info.retired.iter().rev());
+    match retired.into_iter().find(|r| key.verify(&m.volume_id, &r.key_check)) {
+        Some(r) => {
+            Err(VolumeError::RetiredKey { name: m.name.clone(), generation: r.generation, current: info.generation })
+        }
+        None => Err(VolumeError::WrongKey(m.name.clone())),
+    }
+}
+
+/// The key a rotation in progress retires (required then), checked; None when there is no
+/// rotation (an old key that was retired is then simply not needed).
+fn retiring_key(m: &Manifest, old: Option<Arc<VolumeKey>>) -> Result<Option<Arc<VolumeKey>>> {
+    let Some(info) = &m.encryption else { return Ok(None) };
+    let Some(from) = &info.rotating_from else {
+        if let Some(old) = &old
+            && !info.retired.iter().any(|r| old.verify(&m.volume_id, &r.key_check))
+        {
+            return Err(VolumeError::Invalid(format!(
+                "the key given with --old-key-file is not one volume {} retired; drop --old-key-file",
+                m.name
+            )));
+        }
+        return Ok(None);
+    };
+    let (name, generation) = (m.name.clone(), from.generation);
+    let old = old.ok_or_else(|| VolumeError::OldKeyRequired { name: name.clone(), generation })?;
+    if !old.verify(&m.volume_id, &from.key_check) {
+        return Err(VolumeError::WrongOldKey { name, generation });
+    }
+    Ok(Some(old))
+}
+
+// ---- delete -------------------------------------------------------------------------------
+
+/// What `delete` removed.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Deleted {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// Deletes the volume at `layout` and every object it owns. Refused while a writer holds its
+/// lease (it is taken for the deletion, so none starts meanwhile) or while forks read its
+/// objects. A fork's record in its parent is removed, so the parent's GC frees what only the
+/// fork needed. The manifest goes last: a deletion cut short leaves a volume `delete` finishes
+/// when run again, never a name `create` could reuse over old log objects.
+pub async fn delete(store: Arc<dyn ObjectStore>, layout: &Layout, cfg: &WriterConfig) -> Result<Deleted> {
+    let m = read_manifest(store.as_ref(), layout).await?;
+    let forks: Vec<String> = store
+        .list(&layout.fork_prefix())
+        .await?
+        .iter()
+        .filter_map(|o| o.key.strip_prefix(&layout.fork_prefix())?.strip_suffix(".json").map(str::to_string))
+        .collect();
+    if !forks.is_empty() {
+        return Err(VolumeError::Invalid(format!(
+            "volume {} has forks ({}) that read its objects: delete them first",
+            m.name,
+            forks.join(", ")
+        )));
+    }
+    let lease = LeaseHandle::acquire(store.clone(), layout, &cfg.holder, cfg.lease_ttl, cfg.force_takeover, 0).await?;
+    let (manifest_key, lease_key) = (layout.manifest(), layout.lease());
+    let mut deleted = Deleted::default();
+    for o in store.list(layout.root()).await? {
+        if o.key != manifest_key && o.key != lease_key {
+            store.delete(&o.key).await?;
+            deleted.objects += 1;
+            deleted.bytes += o.size;
+        }
+    }
+    drop(lease);
+    store.delete(&lease_key).await?;
+    if let Some(p) = &m.parent {
+        store.delete(&layout.sibling(&p.name)?.fork(&m.name)).await?;
+    }
+    store.delete(&manifest_key).await?;
+    info!(volume = m.name, objects = deleted.objects, bytes = deleted.bytes, "volume deleted");
+    Ok(deleted)
+}
+
+// ---- key rotation -------------------------------------------------------------------------
+
+/// Retired keys a manifest remembers (to name them when given by mistake).
+const RETIRED_KEYS_KEPT: usize = 8;
+
+/// Starts rotating the key of the encrypted volume at `layout` from `old` (its current key) to
+/// `new`: from now on everything is sealed under `new`, and GC seals every object written
+/// before again under it ([`finish_rotation`] then drops `old`). Takes the writer lease for
+/// the switch, so no writer holding only the old key is running. Refused for forks and for
+/// volumes with forks: they share the key and read each other's objects.
+pub async fn rotate_key(
+    bucket: Arc<dyn ObjectStore>,
+    layout: &Layout,
+    old: Arc<VolumeKey>,
+    new: &VolumeKey,
+    cfg: &WriterConfig,
+) -> Result<Manifest> {
+    let m = read_manifest(bucket.as_ref(), layout).await?;
+    let Some(info) = &m.encryption else {
+        return Err(VolumeError::Invalid(format!("volume {} is not encrypted: there is no key to rotate", m.name)));
+    };
+    if let Some(from) = &info.rotating_from {
+        return Err(VolumeError::Invalid(format!(
+            "volume {} is still rotating away from key generation {}: run `meridian volume gc {}` (with both keys) \
+             until `inspect` says the old key is no longer needed, then rotate again",
+            m.name, from.generation, m.name
+        )));
+    }
+    check_key(&m, &old)?;
+    if new.verify(&m.volume_id, &info.key_check) || info.retired.iter().any(|r| new.verify(&m.volume_id, &r.key_check))
+    {
+        return Err(VolumeError::Invalid(format!(
+            "the new key is volume {}'s current key or one it retired: make a fresh one (openssl rand -hex 32)",
+            m.name
+        )));
+    }
+    let store = volume_store(bucket.clone(), layout, Some(old)).await?;
+    refuse_rotation_of_fork_family(store.as_ref(), layout, &m).await?;
+    let lease = LeaseHandle::acquire(store, layout, &cfg.holder, cfg.lease_ttl, cfg.force_takeover, 0).await?;
+    let res = async {
+        let (mut m, etag) = read_manifest_etag(bucket.as_ref(), layout).await?;
+        let info =
+            m.encryption.as_mut().ok_or_else(|| VolumeError::Invalid("the volume lost its encryption".into()))?;
+        info.rotating_from = Some(KeyRef { generation: info.generation, key_check: info.key_check.clone() });
+        info.generation += 1;
+        info.key_check = new.check(&m.volume_id)?;
+        let generation = info.generation;
+        bucket.put(&layout.manifest(), json(&m)?, PutCondition::IfMatch(etag)).await?;
+        info!(volume = m.name, generation, "key rotation started");
+        Ok::<_, VolumeError>(m)
+    }
+    .await;
+    lease.release().await?;
+    res
+}
+
+/// Forks read their source's objects sealed under the key they share: rotating either side
+/// would lock the other out of them.
+async fn refuse_rotation_of_fork_family(store: &dyn ObjectStore, layout: &Layout, m: &Manifest) -> Result<()> {
+    if let Some(p) = &m.parent {
+        return Err(VolumeError::Invalid(format!(
+            "volume {} is a fork of {} and reads its objects under the key they share, so its key cannot be rotated; \
+             export it and copy it into a new volume created with the new key",
+            m.name, p.name
+        )));
+    }
+    let forks = list_forks(store, layout).await?;
+    if !forks.is_empty() {
+        let names: Vec<&str> = forks.iter().map(|f| f.label.as_str()).collect();
+        return Err(VolumeError::Invalid(format!(
+            "volume {} has forks ({}) that read its objects under the key they share, so its key cannot be rotated \
+             while they exist; export and re-create instead",
+            m.name,
+            names.join(", ")
+        )));
     }
     Ok(())
+}
+
+/// Ends a rotation once GC has sealed every object again under the current key: the old key
+/// is no longer needed (the manifest keeps its check, to refuse it by name). Returns whether a
+/// rotation was ended.
+pub async fn finish_rotation(store: &dyn ObjectStore, layout: &Layout) -> Result<bool> {
+    let (mut m, etag) = read_manifest_etag(store, layout).await?;
+    let Some(info) = m.encryption.as_mut() else { return Ok(false) };
+    let Some(from) = info.rotating_from.take() else { return Ok(false) };
+    info.retired.push(from);
+    let excess = info.retired.len().saturating_sub(RETIRED_KEYS_KEPT);
+    info.retired.drain(..excess);
+    let generation = info.generation;
+    store.put(&layout.manifest(), json(&m)?, PutCondition::IfMatch(etag)).await?;
+    info!(volume = m.name, generation, "key rotation complete: the old key is no longer needed");
+    Ok(true)
+}
+
+/// Whether a rotation is in progress, per the manifest in the bucket now.
+pub async fn rotation_in_progress(store: &dyn ObjectStore, layout: &Layout) -> Result<bool> {
+    let m = read_manifest(store, layout).await?;
+    Ok(m.encryption.is_some_and(|e| e.rotating_from.is_some()))
+}
+
+/// Objects of the volume (not its ancestors) still sealed under the key a rotation retires.
+pub async fn objects_under_old_key(store: &dyn ObjectStore, layout: &Layout) -> Result<u64> {
+    let mut n = 0;
+    for o in store.list(layout.root()).await? {
+        if store.key_state(&o.key).await? == KeyState::Retiring {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Ancestors a fork may have: bounds the walk over parents (and a cycle someone edited in).
@@ -141,15 +346,21 @@ pub async fn fork(
     new_name: &str,
     grace: Duration,
 ) -> Result<Manifest> {
+    let plain = read_manifest(bucket.as_ref(), source).await?;
+    if let Some(from) = plain.encryption.as_ref().and_then(|e| e.rotating_from.as_ref()) {
+        return Err(VolumeError::Invalid(format!(
+            "volume {} is rotating away from key generation {}: finish the rotation (`meridian volume gc` with both \
+             keys) before forking it",
+            plain.name, from.generation
+        )));
+    }
     let store = volume_store(bucket.clone(), source, key.clone()).await?;
     let store = store.as_ref();
     let source = resolve_layout(store, source).await?;
     let sm = read_manifest(store, &source).await?;
     let volume_id = format!("{:032x}", rand::random::<u128>());
     let encryption = match (&sm.encryption, &key) {
-        (Some(info), Some(key)) => {
-            Some(EncryptionInfo { cipher: info.cipher.clone(), key_check: key.check(&volume_id)? })
-        }
+        (Some(info), Some(key)) => Some(EncryptionInfo::new(&info.cipher, key.check(&volume_id)?)),
         _ => None,
     };
     let new = source.sibling(new_name)?;
@@ -221,7 +432,7 @@ pub async fn create_with_key(
     }
     let volume_id = format!("{:032x}", rand::random::<u128>());
     let encryption = match key {
-        Some(key) => Some(EncryptionInfo { cipher: crypt::CIPHER.to_string(), key_check: key.check(&volume_id)? }),
+        Some(key) => Some(EncryptionInfo::new(crypt::CIPHER, key.check(&volume_id)?)),
         None => None,
     };
     let manifest = Manifest {
@@ -526,6 +737,36 @@ pub struct Inspection {
     pub live_bytes: u64,
     pub garbage_bytes: u64,
     pub snapshots: Vec<Snapshot>,
+    /// For an encrypted volume: its key generation and how far a rotation is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeyStatus>,
+}
+
+/// Where an encrypted volume's keys stand.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyStatus {
+    pub generation: u32,
+    /// The generation a rotation in progress retires.
+    pub rotating_from: Option<u32>,
+    /// Objects still sealed under that key (0 when no rotation is in progress).
+    pub objects_under_old_key: u64,
+    /// Whether the previous key is still needed (`--old-key-file`).
+    pub old_key_needed: bool,
+    /// The newest retired generation, no longer needed.
+    pub retired: Option<u32>,
+}
+
+async fn key_status(store: &dyn ObjectStore, layout: &Layout, m: &Manifest) -> Result<Option<KeyStatus>> {
+    let Some(info) = &m.encryption else { return Ok(None) };
+    let rotating_from = info.rotating_from.as_ref().map(|r| r.generation);
+    let objects_under_old_key = if rotating_from.is_some() { objects_under_old_key(store, layout).await? } else { 0 };
+    Ok(Some(KeyStatus {
+        generation: info.generation,
+        rotating_from,
+        objects_under_old_key,
+        old_key_needed: rotating_from.is_some(),
+        retired: info.retired.last().map(|r| r.generation),
+    }))
 }
 
 pub async fn inspect(store: &dyn ObjectStore, layout: &Layout) -> Result<Inspection> {
@@ -535,6 +776,7 @@ pub async fn inspect(store: &dyn ObjectStore, layout: &Layout) -> Result<Inspect
     let snapshots = list_snapshots(store, layout).await?;
     let (_dir, mut r) = replay_temp(store, layout, &manifest, u64::MAX).await?;
     let live: u64 = replay::live_sectors(&mut r.table)?.values().sum::<u64>() * SECTOR;
+    let keys = key_status(store, layout, &manifest).await?;
     let log_bytes: u64 = r.listing.logs.values().sum();
     let data_bytes: u64 = r.listing.logs.values().map(|b| b.saturating_sub(HEADER_BYTES as u64)).sum();
     Ok(Inspection {
@@ -549,6 +791,7 @@ pub async fn inspect(store: &dyn ObjectStore, layout: &Layout) -> Result<Inspect
         live_bytes: live,
         garbage_bytes: data_bytes.saturating_sub(live),
         snapshots,
+        keys,
         manifest,
     })
 }

@@ -9,6 +9,7 @@
 //! which lets pipelining clients (qemu, nbdcopy, the kernel) keep many requests in flight.
 
 use std::future::Future;
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -279,7 +280,7 @@ async fn info_or_go(
 struct Reply {
     handle: u64,
     error: u32,
-    data: Option<bytes::Bytes>,
+    data: Option<crate::store::Parts>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -308,16 +309,49 @@ fn errno(e: &VolumeError) -> u32 {
     }
 }
 
+/// Replies carrying at least this much data are written past the buffer (no copy into it).
+const DIRECT_REPLY_BYTES: usize = 64 * 1024;
+/// Slices per vectored write (the kernel refuses more than IOV_MAX, 1,024).
+const SLICES_PER_WRITE: usize = 256;
+
+/// Writes `header` and `parts` to the socket with vectored writes, after what the buffer holds.
+async fn write_direct(
+    wr: &mut BufWriter<OwnedWriteHalf>,
+    header: &[u8],
+    parts: &[bytes::Bytes],
+) -> std::io::Result<()> {
+    wr.flush().await?;
+    let socket = wr.get_mut();
+    let mut slices: Vec<IoSlice<'_>> =
+        std::iter::once(header).chain(parts.iter().map(|p| &p[..])).map(IoSlice::new).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = socket.write_vectored(&rest[..rest.len().min(SLICES_PER_WRITE)]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
+}
+
 async fn write_replies(
     mut wr: BufWriter<OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<Reply>,
 ) -> std::io::Result<()> {
     while let Some(r) = rx.recv().await {
-        wr.write_u32(SIMPLE_REPLY_MAGIC).await?;
-        wr.write_u32(r.error).await?;
-        wr.write_u64(r.handle).await?;
-        if let Some(d) = &r.data {
-            wr.write_all(d).await?;
+        let mut header = [0u8; 16];
+        header[..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+        header[4..8].copy_from_slice(&r.error.to_be_bytes());
+        header[8..].copy_from_slice(&r.handle.to_be_bytes());
+        match &r.data {
+            Some(d) if d.len() >= DIRECT_REPLY_BYTES => write_direct(&mut wr, &header, d.parts()).await?,
+            data => {
+                wr.write_all(&header).await?;
+                for part in data.iter().flat_map(|d| d.parts()) {
+                    wr.write_all(part).await?;
+                }
+            }
         }
         drop(r);
         if rx.is_empty() {
@@ -400,7 +434,7 @@ async fn transmission(
                 };
                 let (vol, tx) = (vol.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let r = match vol.read(offset, u64::from(len)).await {
+                    let r = match vol.read_parts(offset, u64::from(len)).await {
                         Ok(data) => {
                             vol.metrics().read(data.len() as u64);
                             Reply { handle, error: 0, data: Some(data), _permit: Some(permit) }

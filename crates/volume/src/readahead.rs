@@ -12,13 +12,12 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
 use crate::error::StoreError;
 use crate::format::{HEADER_BYTES, SECTOR};
-use crate::store::ObjectStore;
+use crate::store::{ObjectStore, Parts};
 
 /// Sectors per window (4 MiB).
 pub const WINDOW_SECTORS: u64 = 1024;
@@ -31,7 +30,7 @@ const SPARE_WINDOWS: usize = 4;
 /// a deep queue).
 const RECENT_ENDS: usize = 32;
 
-type WindowFetch = Shared<BoxFuture<'static, Result<Bytes, String>>>;
+type WindowFetch = Shared<BoxFuture<'static, Result<Parts, String>>>;
 
 pub(crate) struct ReadAhead {
     /// Shared with the tasks running fetches ahead (they drop a window that failed).
@@ -133,26 +132,14 @@ impl ReadAhead {
         continues
     }
 
-    /// Reads `span` through windows. `None` when the span does not fit the object's windows
-    /// (the caller reads it directly).
-    pub async fn read(&self, store: &Arc<dyn ObjectStore>, span: ObjectSpan<'_>) -> Option<Result<Bytes, StoreError>> {
+    /// Reads `span` through windows, as slices of the windows' pieces (no copy). `None` when
+    /// the span does not fit the object's windows (the caller reads it directly).
+    pub async fn read(&self, store: &Arc<dyn ObjectStore>, span: ObjectSpan<'_>) -> Option<Result<Parts, StoreError>> {
         let end = span.first + span.sectors;
         if end > span.object_sectors {
             return None;
         }
-        // Within one window (the usual case): a slice of it, no copy.
-        let window = span.first / WINDOW_SECTORS;
-        if (end - 1) / WINDOW_SECTORS == window {
-            let start = window * WINDOW_SECTORS;
-            let stop = (start + WINDOW_SECTORS).min(span.object_sectors);
-            return Some(
-                self.window(store, &span.window(window, start, stop))
-                    .await
-                    .map(|data| data.slice(((span.first - start) * SECTOR) as usize..((end - start) * SECTOR) as usize))
-                    .map_err(|message| StoreError::Backend { key: span.key.to_string(), message }),
-            );
-        }
-        let mut out = BytesMut::with_capacity((span.sectors * SECTOR) as usize);
+        let mut out = Parts::default();
         let mut at = span.first;
         while at < end {
             let window = at / WINDOW_SECTORS;
@@ -163,14 +150,14 @@ impl ReadAhead {
                 Err(message) => return Some(Err(StoreError::Backend { key: span.key.to_string(), message })),
             };
             let take = end.min(stop);
-            out.extend_from_slice(&data[((at - start) * SECTOR) as usize..((take - start) * SECTOR) as usize]);
+            out.extend(data.slice(((at - start) * SECTOR) as usize..((take - start) * SECTOR) as usize));
             at = take;
         }
-        Some(Ok(out.freeze()))
+        Some(Ok(out))
     }
 
     /// The bytes of sectors `start..stop` of object `seq`: kept, being fetched, or fetched now.
-    async fn window(&self, store: &Arc<dyn ObjectStore>, w: &Window<'_>) -> Result<Bytes, String> {
+    async fn window(&self, store: &Arc<dyn ObjectStore>, w: &Window<'_>) -> Result<Parts, String> {
         let id = (w.seq, w.window);
         let (fetch, _) = self.fetch(store, w);
         let result = fetch.await;
@@ -193,7 +180,7 @@ impl ReadAhead {
         let (store, key) = (Arc::clone(store), key.to_string());
         let fetch = async move {
             let from = HEADER_BYTES as u64 + start * SECTOR;
-            store.get_range(&key, from, (stop - start) * SECTOR).await.map_err(|e| e.to_string())
+            store.get_range_parts(&key, from, (stop - start) * SECTOR).await.map_err(|e| e.to_string())
         }
         .boxed()
         .shared();

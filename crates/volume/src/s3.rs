@@ -14,7 +14,7 @@ use meridian_common::errors::chain;
 use meridian_s3_client::S3Endpoint;
 
 use crate::error::StoreError;
-use crate::store::{Fetched, Listed, ObjectStore, PutCondition};
+use crate::store::{Fetched, Listed, ObjectStore, Parts, PutCondition};
 
 /// Where the bucket is and how to sign for it.
 #[derive(Debug, Clone)]
@@ -37,22 +37,40 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    /// A ranged GET of at most `len` bytes at `start` (S3 stops at the object's end).
+    /// The body of a ranged GET of `len` (> 0) bytes at `start` (S3 stops at the object's end).
+    async fn ranged_get(&self, key: &str, start: u64, len: u64) -> Result<ByteStream, StoreError> {
+        let range = format!("bytes={}-{}", start, start + len - 1);
+        let get = self.client.get_object().bucket(&self.bucket).key(key).range(range);
+        Ok(get.send().await.map_err(|e| map_err(key, e))?.body)
+    }
+
+    /// A ranged GET of at most `len` bytes at `start`.
     async fn range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", start, start + len - 1))
-            .send()
-            .await
-            .map_err(|e| map_err(key, e))?;
-        read_body(key, out.body).await
+        read_body(key, self.ranged_get(key, start, len).await?).await
     }
+
+    /// A ranged GET of exactly `len` bytes at `start`, kept as the body's chunks (no copy).
+    async fn range_parts(&self, key: &str, start: u64, len: u64) -> Result<Parts, StoreError> {
+        let mut parts = Parts::default();
+        if len == 0 {
+            return Ok(parts);
+        }
+        let mut body = self.ranged_get(key, start, len).await?;
+        while let Some(chunk) = body.next().await {
+            parts.push(chunk.map_err(|e| StoreError::Backend { key: key.to_string(), message: chain(&e) })?);
+        }
+        if parts.len() as u64 != len {
+            return Err(StoreError::Backend {
+                key: key.to_string(),
+                message: format!("asked for {len} bytes at {start}, got {}", parts.len()),
+            });
+        }
+        Ok(parts)
+    }
+
     /// Fails only if `ca_file` is set and unreadable or holds no usable CA certificate.
     pub fn new(cfg: &S3Config) -> Result<Self, StoreError> {
         let endpoint = S3Endpoint {
@@ -156,6 +174,10 @@ impl ObjectStore for S3Store {
             });
         }
         Ok(data)
+    }
+
+    async fn get_range_parts(&self, key: &str, start: u64, len: u64) -> Result<Parts, StoreError> {
+        self.range_parts(key, start, len).await
     }
 
     async fn get_range_upto(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {

@@ -24,7 +24,7 @@ use crate::lease::LeaseHandle;
 use crate::metrics::{Backlog, VolumeMetrics};
 use crate::readahead::{ObjectSpan, ReadAhead};
 use crate::replay::{self, Listing};
-use crate::store::{ObjectStore, PutCondition};
+use crate::store::{ObjectStore, Parts, PutCondition};
 use crate::table::{self, ExtentTable};
 
 /// Tunables of a writer.
@@ -366,9 +366,15 @@ impl Volume {
 
     /// Reads `len` bytes at `offset` (any alignment).
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
+        Ok(self.read_parts(offset, len).await?.to_bytes())
+    }
+
+    /// [`Self::read`] as pieces: bytes fetched from the bucket are not gathered into one
+    /// buffer (the NBD server writes the pieces out as they are).
+    pub async fn read_parts(&self, offset: u64, len: u64) -> Result<Parts> {
         self.check_range(offset, len)?;
         if len == 0 {
-            return Ok(Bytes::new());
+            return Ok(Parts::default());
         }
         let first = offset / SECTOR;
         let last = (offset + len).div_ceil(SECTOR);
@@ -382,13 +388,19 @@ impl Volume {
     }
 
     /// Reads sectors `first..first + n`; a `sequential` read goes through the read-ahead. A
-    /// read served by one stretch of one object returns the fetched bytes as they are (no copy).
-    async fn read_sectors(&self, first: u64, n: u64, sequential: bool) -> Result<Bytes> {
+    /// read served wholly by the bucket returns the fetched bytes as they are (no copy).
+    async fn read_sectors(&self, first: u64, n: u64, sequential: bool) -> Result<Parts> {
         let pieces = self.resolve(first, n)?;
-        if let [Piece::Remote(p)] = pieces.as_slice()
-            && p.sectors == n
-        {
-            return self.fetch_piece(p, sequential).await;
+        // Wholly in the bucket (pieces come in sector order): the fetched pieces as they are.
+        let remote: Vec<&RemotePiece> =
+            pieces.iter().filter_map(|p| if let Piece::Remote(p) = p { Some(p) } else { None }).collect();
+        if remote.len() == pieces.len() && remote.iter().map(|p| p.sectors).sum::<u64>() == n {
+            let fetches = remote.iter().map(|p| self.fetch_piece(p, sequential));
+            let mut out = Parts::default();
+            for data in futures::future::try_join_all(fetches).await? {
+                out.extend(data);
+            }
+            return Ok(out);
         }
         let mut out = vec![0u8; (n * SECTOR) as usize];
         let mut remote = Vec::new();
@@ -406,9 +418,9 @@ impl Volume {
             .map(|p| async move { Ok::<_, VolumeError>((p.out_sector, self.fetch_piece(p, sequential).await?)) });
         for (at, data) in futures::future::try_join_all(fetches).await? {
             let at = (at * SECTOR) as usize;
-            out[at..at + data.len()].copy_from_slice(&data);
+            data.copy_to(&mut out[at..at + data.len()]);
         }
-        Ok(Bytes::from(out))
+        Ok(Parts::from(Bytes::from(out)))
     }
 
     /// Starts fetching, in the background, the bucket's windows holding the sectors after
@@ -427,13 +439,13 @@ impl Volume {
     }
 
     /// The bytes of `p` from the bucket, through the read-ahead when `sequential`.
-    async fn fetch_piece(&self, p: &RemotePiece, sequential: bool) -> Result<Bytes> {
+    async fn fetch_piece(&self, p: &RemotePiece, sequential: bool) -> Result<Parts> {
         let key = self.layout.log(p.seq);
         if sequential && let Some(data) = self.readahead.read(&self.store, p.span(&key)).await {
             return Ok(data?);
         }
         let from = HEADER_BYTES as u64 + p.obj_sector * SECTOR;
-        Ok(self.store.get_range(&key, from, p.sectors * SECTOR).await?)
+        Ok(Parts::from(self.store.get_range(&key, from, p.sectors * SECTOR).await?))
     }
 
     /// Where each sector's bytes are: the journal (open generation, then cut ones, newest
@@ -503,7 +515,9 @@ impl Volume {
         let _excl = self.rmw.write().await;
         let first = offset / SECTOR;
         let last = (offset + data.len() as u64).div_ceil(SECTOR);
-        let mut buf = self.read_sectors(first, last - first, false).await?.to_vec();
+        let old = self.read_sectors(first, last - first, false).await?;
+        let mut buf = vec![0u8; old.len()];
+        old.copy_to(&mut buf);
         let skip = (offset - first * SECTOR) as usize;
         buf[skip..skip + data.len()].copy_from_slice(data);
         self.put_sectors(first, Some(&buf)).await

@@ -197,3 +197,112 @@ async fn an_encrypted_volume_forks_with_its_key() {
 }
 
 const GRACE: Duration = Duration::from_secs(30);
+
+/// Key rotation: after `rotate_key` new objects are sealed under the new key, both keys are
+/// needed until GC has sealed every older object again, and then the new key alone reads
+/// everything back (head, snapshot, export) while the old key alone is refused by name and
+/// opens nothing in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_replaces_the_old_one_after_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (Arc::new(VolumeKey::from_bytes(&[0x11; 32])), Arc::new(VolumeKey::from_bytes(&[0x22; 32])));
+    let raw = Arc::new(MemStore::new());
+    let layout = Layout::new("", "disk").unwrap();
+    manage::create_with_key(raw.as_ref(), &layout, "disk", 4 * MIB, 256 * 1024, Some(&old)).await.unwrap();
+    let cfg = |name: &str| WriterConfig::new(dir.path().join(name), HOLDER.into());
+    let text: Vec<u8> = MARKER.iter().copied().cycle().take(2 * MIB as usize).collect();
+    let store = manage::volume_store(raw.clone(), &layout, Some(old.clone())).await.unwrap();
+    let vol = Volume::open(store.clone(), layout.clone(), cfg("a")).await.unwrap();
+    vol.write(0, &text).await.unwrap();
+    vol.write(MIB, &[0x33; 8192]).await.unwrap();
+    vol.flush().await.unwrap();
+    manage::snapshot(store.as_ref(), &layout, Some("before"), GRACE).await.unwrap();
+    vol.close().await.unwrap();
+    let at_snapshot = {
+        let mut d = text.clone();
+        d[MIB as usize..MIB as usize + 8192].fill(0x33);
+        d.resize(4 * MIB as usize, 0);
+        d
+    };
+
+    let m = manage::rotate_key(raw.clone(), &layout, old.clone(), &new, &cfg("r")).await.unwrap();
+    let info = m.encryption.unwrap();
+    assert_eq!((info.generation, info.rotating_from.map(|r| r.generation)), (2, Some(1)));
+    let err = manage::rotate_key(raw.clone(), &layout, new.clone(), &old, &cfg("r")).await.unwrap_err();
+    assert!(err.to_string().contains("still rotating"), "{err}");
+
+    // Mid-rotation: the new key alone, the old key alone and a wrong old key are refused.
+    let err = manage::volume_store(raw.clone(), &layout, Some(new.clone())).await.err().unwrap();
+    assert!(matches!(err, VolumeError::OldKeyRequired { generation: 1, .. }), "{err}");
+    assert!(err.to_string().contains("--old-key-file"), "{err}");
+    let err = manage::volume_store(raw.clone(), &layout, Some(old.clone())).await.err().unwrap();
+    assert!(matches!(err, VolumeError::RetiredKey { generation: 1, current: 2, .. }), "{err}");
+    let wrong = Some(Arc::new(VolumeKey::from_bytes(&[0x44; 32])));
+    let err = manage::volume_store_rotating(raw.clone(), &layout, Some(new.clone()), wrong).await.err().unwrap();
+    assert!(matches!(err, VolumeError::WrongOldKey { .. }), "{err}");
+    let err = manage::fork(raw.clone(), Some(new.clone()), &layout, None, "f", GRACE).await.unwrap_err();
+    assert!(err.to_string().contains("finish the rotation"), "{err}");
+
+    // With both keys: old objects read, new writes go under the new key, inspect counts what
+    // is left under the old one.
+    let both = manage::volume_store_rotating(raw.clone(), &layout, Some(new.clone()), Some(old.clone())).await.unwrap();
+    let vol = Volume::open(both.clone(), layout.clone(), cfg("b")).await.unwrap();
+    assert!(vol.read(0, 4 * MIB).await.unwrap() == at_snapshot, "old objects read with both keys");
+    vol.write(3 * MIB, &text[..MIB as usize]).await.unwrap();
+    vol.flush().await.unwrap();
+    let keys = manage::inspect(both.as_ref(), &layout).await.unwrap().keys.unwrap();
+    assert!(keys.old_key_needed && keys.objects_under_old_key >= 4, "{keys:?}");
+    let gc_cfg = GcConfig { high: 1.0, low: 1.0, grace: Duration::ZERO, ..GcConfig::default() };
+    let report = Gc::new().run(&vol, &gc_cfg).await.unwrap();
+    assert!(report.rotation_finished && report.resealed >= 4, "{report:?}");
+    let head = vol.read(0, 4 * MIB).await.unwrap().to_vec();
+    vol.close().await.unwrap();
+    assert!(head[3 * MIB as usize..] == text[..MIB as usize], "the write under the new key");
+
+    // Rotation complete: the new key alone reads the head, the snapshot and an export.
+    let store = manage::volume_store(raw.clone(), &layout, Some(new.clone())).await.unwrap();
+    let keys = manage::inspect(store.as_ref(), &layout).await.unwrap().keys.unwrap();
+    assert!(!keys.old_key_needed && keys.objects_under_old_key == 0 && keys.retired == Some(1), "{keys:?}");
+    let vol = Volume::open(store.clone(), layout.clone(), cfg("c")).await.unwrap();
+    assert!(vol.read(0, 4 * MIB).await.unwrap() == head, "reopened with the new key alone");
+    vol.close().await.unwrap();
+    for (at, want) in [(Some("before"), &at_snapshot), (None, &head)] {
+        let image = dir.path().join("out.img");
+        manage::export(store.as_ref(), &layout, at, &image).await.unwrap();
+        assert!(std::fs::read(&image).unwrap() == *want, "export at {at:?} with the new key alone");
+    }
+    let err = manage::volume_store(raw.clone(), &layout, Some(old.clone())).await.err().unwrap();
+    assert!(matches!(err, VolumeError::RetiredKey { generation: 1, .. }), "{err}");
+
+    // The bucket: no plaintext, and not one object the old key still opens.
+    let m = manage::read_manifest(raw.as_ref(), &layout).await.unwrap();
+    let old_only = meridian_volume::crypt::EncryptedStore::new(raw.clone(), old, &layout, &m.volume_id);
+    for (k, body) in raw_objects(&raw).await {
+        assert!(!contains(&body, &MARKER[4..20]), "{k} holds the text in the clear");
+        if k != layout.manifest() {
+            let err = old_only.get(&k).await.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("fails authentication"), "{k} still opens under the old key");
+        }
+    }
+}
+
+/// Forks share their source's key and read its objects: neither side can rotate alone.
+#[tokio::test]
+async fn forks_and_their_sources_refuse_key_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, new) = (Arc::new(VolumeKey::from_bytes(&[0x55; 32])), VolumeKey::from_bytes(&[0x66; 32]));
+    let raw = Arc::new(MemStore::new());
+    let src = Layout::new("", "src").unwrap();
+    manage::create_with_key(raw.as_ref(), &src, "src", MIB, 256 * 1024, Some(&key)).await.unwrap();
+    manage::fork(raw.clone(), Some(key.clone()), &src, None, "f", GRACE).await.unwrap();
+    let cfg = WriterConfig::new(dir.path().join("c"), HOLDER.into());
+    let err = manage::rotate_key(raw.clone(), &src, key.clone(), &new, &cfg).await.unwrap_err().to_string();
+    assert!(err.contains("has forks (f)"), "{err}");
+    let fork = Layout::new("", "f").unwrap();
+    let err = manage::rotate_key(raw.clone(), &fork, key.clone(), &new, &cfg).await.unwrap_err().to_string();
+    assert!(err.contains("is a fork of src"), "{err}");
+    let plain = Layout::new("", "plain").unwrap();
+    manage::create(raw.as_ref(), &plain, "plain", MIB, 256 * 1024).await.unwrap();
+    let err = manage::rotate_key(raw.clone(), &plain, key, &new, &cfg).await.unwrap_err().to_string();
+    assert!(err.contains("not encrypted"), "{err}");
+}

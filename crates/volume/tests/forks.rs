@@ -161,3 +161,41 @@ async fn forks_start_in_constant_time_read_through_and_diverge() {
     })
     .await;
 }
+
+/// `delete` refuses a volume that forks read or that a writer holds, removes a fork together
+/// with its record in the source (whose GC then no longer keeps objects for it), and leaves
+/// nothing of a volume, so the name can be created afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_refuses_forked_or_served_volumes_and_removes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemStore::new());
+    let src = Layout::new("", "src").unwrap();
+    manage::create(store.as_ref(), &src, "src", SIZE, 256 * 1024).await.unwrap();
+    let data = pattern(7, MIB as usize);
+    with_volume(&store, &dir, "src", |v| async move { v.write(0, &data).await.unwrap() }).await;
+    manage::snapshot(store.as_ref(), &src, Some("s"), GRACE).await.unwrap();
+    manage::fork(store.clone(), None, &src, None, "child", GRACE).await.unwrap();
+    let child = Layout::new("", "child").unwrap();
+
+    let err = manage::delete(store.clone(), &src, &cfg(&dir, "del")).await.unwrap_err().to_string();
+    assert!(err.contains("has forks (child)"), "{err}");
+    let vol = Volume::open(store.clone(), child.clone(), cfg(&dir, "writer")).await.unwrap();
+    let err = manage::delete(store.clone(), &child, &cfg(&dir, "del")).await.unwrap_err();
+    assert!(matches!(err, VolumeError::LeaseHeld { .. }), "{err}");
+    vol.write(0, &[1; 4096]).await.unwrap();
+    vol.close().await.unwrap();
+    assert!(store.bytes_under("child/log/") > 0, "the fork wrote objects of its own");
+
+    let d = manage::delete(store.clone(), &child, &cfg(&dir, "del")).await.unwrap();
+    assert!(d.objects >= 2, "{d:?}");
+    assert_eq!(store.list("child/").await.unwrap(), vec![], "nothing of the fork is left");
+    assert_eq!(store.list("src/forks/").await.unwrap(), vec![], "the source no longer keeps objects for it");
+    assert!(disk(&store, &dir, "src").await[..MIB as usize] == pattern(7, MIB as usize)[..], "the source is intact");
+    let err = manage::delete(store.clone(), &child, &cfg(&dir, "del")).await.unwrap_err();
+    assert!(matches!(err, VolumeError::NoSuchVolume(_)), "{err}");
+
+    manage::delete(store.clone(), &src, &cfg(&dir, "del")).await.unwrap();
+    assert_eq!(store.list("").await.unwrap(), vec![], "the bucket is empty");
+    manage::create(store.as_ref(), &src, "src", SIZE, 256 * 1024).await.unwrap();
+    assert!(disk(&store, &dir, "src").await.iter().all(|&b| b == 0), "a new volume of the same name is blank");
+}
