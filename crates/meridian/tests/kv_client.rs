@@ -14,7 +14,8 @@ use bytes::Bytes;
 use common::{ACCESS_KEY, SECRET_KEY, Server, raw};
 use futures::StreamExt;
 use meridian_client::{
-    BatchOp, Client, Credentials, DeleteOptions, Error, Event, EventKind, Fence, PutOptions, Transaction, WatchStream,
+    BatchOp, Client, Consistency, Credentials, DeleteOptions, Error, Event, EventKind, Fence, GetOptions, PutOptions,
+    Transaction, WatchStream,
 };
 
 const BUCKET: &str = "kvtest";
@@ -165,6 +166,34 @@ async fn compare_and_set_and_create_only() {
     let gone = kv.delete_with("cfg", &DeleteOptions { if_revision: Some(r2), fence: None }).await;
     assert!(matches!(gone, Err(Error::VersionMismatch { current: 0, .. })), "{gone:?}");
     assert!(gone.unwrap_err().is_aborted());
+}
+
+/// S3's conditions through the client, reads at each consistency, and the session cookie kept
+/// and sent back like a browser's.
+#[tokio::test]
+async fn s3_conditions_read_consistency_and_the_session_cookie() {
+    let (_server, kv) = setup().await;
+    let first = kv.put_with("c", "1", &PutOptions::default().if_none_match()).await.unwrap();
+    let again = kv.put_with("c", "2", &PutOptions::default().if_none_match()).await.unwrap_err();
+    assert!(matches!(&again, Error::VersionMismatch { .. } | Error::Service { status: 412, .. }), "{again:?}");
+    let entry = kv.get_with("c", &GetOptions::default().consistency(Consistency::Strong)).await.unwrap().unwrap();
+    assert_eq!((entry.value.as_ref(), entry.revision), (&b"1"[..], first));
+    let stale = kv.put_with("c", "3", &PutOptions::default().if_match("0123456789abcdef0123456789abcdef")).await;
+    assert!(matches!(&stale, Err(Error::VersionMismatch { .. } | Error::Service { status: 412, .. })), "{stale:?}");
+    let second = kv.put_with("c", "4", &PutOptions::default().if_match(entry.etag)).await.unwrap();
+    let at_least = GetOptions::default().consistency(Consistency::AtLeast(second));
+    assert_eq!(kv.get_with("c", &at_least).await.unwrap().unwrap().value.as_ref(), b"4");
+
+    // Without a session nothing is kept; with one, every write's cookie is, and clones (and
+    // clients of other endpoints made from it) share it.
+    assert_eq!(kv.session_revision(), None);
+    let session = kv.clone().with_session();
+    let elsewhere = session.with_endpoint(session.endpoint()).unwrap();
+    let written = session.put("d", "x").await.unwrap();
+    assert_eq!(elsewhere.session_revision(), Some(written));
+    let deleted = elsewhere.delete("d").await.unwrap();
+    assert_eq!(session.session_revision(), Some(deleted));
+    assert_eq!(session.get("d").await.unwrap(), None);
 }
 
 #[tokio::test]
