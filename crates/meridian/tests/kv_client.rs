@@ -952,3 +952,49 @@ async fn cli_commands_and_exit_codes() {
     code(&o, 1);
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
 }
+
+/// `kv bench --compare-etcd start` runs every workload against this node, then starts a plain
+/// etcd (the real binary, its own port and data directory) and runs them against it too, and
+/// removes that etcd's data afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_bench_drives_a_plain_etcd_side_by_side() {
+    common::require_tool("etcd", "apt-get install etcd-server");
+    let (server, _kv) = setup().await;
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let dir = etcd_dir.path().to_str().unwrap();
+    let o = cli(
+        &server,
+        &[
+            "bench",
+            "--duration",
+            "1s",
+            "-c",
+            "4",
+            "--keys",
+            "40",
+            "--watch-writes",
+            "40",
+            "--json",
+            "--compare-etcd",
+            "start",
+            "--etcd-data-dir",
+            dir,
+        ],
+    );
+    code(&o, 0);
+    let results: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = results.as_array().unwrap();
+    for system in ["meridian", "etcd"] {
+        for workload in ["put", "get", "cas", "watch"] {
+            let row = rows.iter().find(|r| r["system"] == system && r["workload"] == workload);
+            let row = row.unwrap_or_else(|| panic!("no {system} {workload} in {results:#}"));
+            assert!(row["ops"].as_u64().unwrap() > 0, "{row:#}");
+            let errors = row["errors"].as_object().unwrap();
+            assert!(errors.keys().all(|k| k.starts_with("info:")), "{system} {workload} errors: {errors:?}");
+        }
+    }
+    // The etcd run's server CPU is measured (the bench knows its pid); its data is gone.
+    let etcd_put = rows.iter().find(|r| r["system"] == "etcd" && r["workload"] == "put").unwrap();
+    assert!(etcd_put["server_cpu_us_per_op"].as_f64().is_some(), "{etcd_put:#}");
+    assert_eq!(std::fs::read_dir(etcd_dir.path()).unwrap().count(), 0, "the bench's etcd data was removed");
+}

@@ -11,8 +11,8 @@ mod common;
 use std::time::Duration;
 
 use common::{ACCESS_KEY, SECRET_KEY, Server};
-use meridian_jepsen::register::{Op, Operation, Recorder, Value, Verdict, check};
 use meridian_client::{Client, Credentials, Error, PutOptions};
+use meridian_jepsen::register::{Op, Operation, Recorder, Value, Verdict, check};
 
 fn op(key: &str, call: u128, ret: u128, op: Op) -> Operation {
     Operation { key: key.into(), call, ret: Some(ret), op }

@@ -17,7 +17,16 @@ impl H {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn push(&mut self, process: usize, node: usize, key: &str, span: (u128, u128), outcome: Outcome, action: Action, revision: Option<u64>) -> &mut Self {
+    fn push(
+        &mut self,
+        process: usize,
+        node: usize,
+        key: &str,
+        span: (u128, u128),
+        outcome: Outcome,
+        action: Action,
+        revision: Option<u64>,
+    ) -> &mut Self {
         self.ops.push(Op {
             process,
             node,
@@ -41,7 +50,15 @@ impl H {
         self.push(p, 0, key, span, Outcome::Ok, Action::Delete, Some(revision))
     }
 
-    fn read(&mut self, p: usize, node: usize, key: &str, span: (u128, u128), mode: ReadMode, result: Option<Version>) -> &mut Self {
+    fn read(
+        &mut self,
+        p: usize,
+        node: usize,
+        key: &str,
+        span: (u128, u128),
+        mode: ReadMode,
+        result: Option<Version>,
+    ) -> &mut Self {
         self.push(p, node, key, span, Outcome::Ok, Action::Read { mode, result }, None)
     }
 
@@ -57,12 +74,36 @@ fn a_valid_history_passes_every_checker() {
     let mut h = H::new();
     h.put(1, "k", (0, 10), 1, 5)
         .read(2, 0, "k", (20, 30), ReadMode::Strong, v(1, 5))
-        .push(1, 1, "k", (40, 50), Outcome::Ok, Action::Put { value: 2, condition: Condition::IfMatch { expected: 1 } }, Some(8))
-        .push(2, 2, "k", (41, 49), Outcome::Fail, Action::Put { value: 3, condition: Condition::IfRevision { revision: 5, expected: Some(1) } }, Some(8))
+        .push(
+            1,
+            1,
+            "k",
+            (40, 50),
+            Outcome::Ok,
+            Action::Put { value: 2, condition: Condition::IfMatch { expected: 1 } },
+            Some(8),
+        )
+        .push(
+            2,
+            2,
+            "k",
+            (41, 49),
+            Outcome::Fail,
+            Action::Put { value: 3, condition: Condition::IfRevision { revision: 5, expected: Some(1) } },
+            Some(8),
+        )
         .read(3, 1, "k", (60, 70), ReadMode::MinRevision(8), v(2, 8))
         .read(4, 2, "k", (60, 70), ReadMode::Local, v(1, 5))
         .read(4, 2, "k", (80, 90), ReadMode::Local, v(2, 8))
-        .push(1, 0, "k", (100, 110), Outcome::Fail, Action::Put { value: 4, condition: Condition::IfNoneMatch }, Some(8))
+        .push(
+            1,
+            0,
+            "k",
+            (100, 110),
+            Outcome::Fail,
+            Action::Put { value: 4, condition: Condition::IfNoneMatch },
+            Some(8),
+        )
         .delete(1, "k", (120, 130), 12)
         .read(4, 2, "k", (140, 150), ReadMode::Local, None)
         // A put whose outcome is unknown may show up or not.
@@ -87,7 +128,15 @@ fn a_stale_strong_read_is_not_linearizable() {
 fn two_winning_conditional_creates_are_not_linearizable() {
     let mut h = H::new();
     let create = |value| Action::Put { value, condition: Condition::IfNoneMatch };
-    h.push(1, 0, "k", (0, 10), Outcome::Ok, create(1), Some(3)).push(2, 1, "k", (20, 30), Outcome::Ok, create(2), Some(4));
+    h.push(1, 0, "k", (0, 10), Outcome::Ok, create(1), Some(3)).push(
+        2,
+        1,
+        "k",
+        (20, 30),
+        Outcome::Ok,
+        create(2),
+        Some(4),
+    );
     assert!(matches!(linearizable(&h.ops, 10_000)[..], [Violation::NotLinearizable { .. }]));
 }
 
@@ -111,7 +160,15 @@ fn the_search_budget_gives_undecided_not_a_pass() {
     let mut h = H::new();
     // Many overlapping writes of unknown outcome and reads: more configurations than 10.
     for i in 0..12u64 {
-        h.push(i as usize, 0, "k", (0, 1000), Outcome::Info, Action::Put { value: i + 1, condition: Condition::None }, None);
+        h.push(
+            i as usize,
+            0,
+            "k",
+            (0, 1000),
+            Outcome::Info,
+            Action::Put { value: i + 1, condition: Condition::None },
+            None,
+        );
     }
     h.read(50, 0, "k", (2000, 2001), ReadMode::Strong, v(77, 1));
     assert_eq!(linearizable(&h.ops, 10), vec![Violation::Undecided { key: "k".into() }]);
@@ -120,7 +177,14 @@ fn the_search_budget_gives_undecided_not_a_pass() {
 #[test]
 fn a_read_below_its_min_revision_is_stale() {
     let mut h = H::new();
-    h.put(1, "k", (0, 10), 1, 5).put(1, "k", (20, 30), 2, 9).read(2, 1, "k", (40, 50), ReadMode::MinRevision(9), v(1, 5));
+    h.put(1, "k", (0, 10), 1, 5).put(1, "k", (20, 30), 2, 9).read(
+        2,
+        1,
+        "k",
+        (40, 50),
+        ReadMode::MinRevision(9),
+        v(1, 5),
+    );
     let found = read_floors(&h.ops);
     assert!(matches!(&found[..], [Violation::StaleRead { floor: 9, missed_revision: 9, .. }]), "{found:?}");
     // A floor below the overwrite allows the old value.
@@ -154,10 +218,14 @@ fn a_session_without_a_cookie_that_misses_its_own_write_is_caught() {
 #[test]
 fn a_local_read_going_back_in_time_is_caught() {
     let mut h = H::new();
-    h.put(1, "k", (0, 10), 1, 5)
-        .put(1, "k", (20, 30), 2, 6)
-        .read(2, 1, "k", (40, 50), ReadMode::Local, v(2, 6))
-        .read(2, 1, "k", (60, 70), ReadMode::Local, v(1, 5));
+    h.put(1, "k", (0, 10), 1, 5).put(1, "k", (20, 30), 2, 6).read(2, 1, "k", (40, 50), ReadMode::Local, v(2, 6)).read(
+        2,
+        1,
+        "k",
+        (60, 70),
+        ReadMode::Local,
+        v(1, 5),
+    );
     let found = monotonic_local(&h.ops);
     assert!(matches!(&found[..], [Violation::NonMonotonic { seen_revision: 6, .. }]), "{found:?}");
     // The same two reads by two sessions, or on two nodes, promise nothing.
@@ -171,7 +239,14 @@ fn a_local_read_going_back_in_time_is_caught() {
 #[test]
 fn a_local_read_of_absence_after_a_version_needs_a_delete() {
     let mut h = H::new();
-    h.put(1, "k", (0, 10), 1, 5).read(2, 1, "k", (20, 30), ReadMode::Local, v(1, 5)).read(2, 1, "k", (40, 50), ReadMode::Local, None);
+    h.put(1, "k", (0, 10), 1, 5).read(2, 1, "k", (20, 30), ReadMode::Local, v(1, 5)).read(
+        2,
+        1,
+        "k",
+        (40, 50),
+        ReadMode::Local,
+        None,
+    );
     assert!(matches!(&monotonic_local(&h.ops)[..], [Violation::NonMonotonic { .. }]));
     h.delete(1, "k", (32, 38), 8);
     assert!(monotonic_local(&h.ops).is_empty());
