@@ -408,11 +408,11 @@ impl Client {
         let Some(session) = &self.session else { return };
         for value in headers.get_all(http::header::SET_COOKIE).iter().filter_map(|v| v.to_str().ok()) {
             let first = value.split(';').next().unwrap_or_default();
-            if let Some(("meridian-min-revision", revision)) = first.split_once('=').map(|(k, v)| (k.trim(), v.trim()))
+            let pair = first.split_once('=').map(|(k, v)| (k.trim(), v.trim()));
+            if let Some(("meridian-min-revision", revision)) = pair
+                && let Ok(revision) = revision.parse()
             {
-                if let Ok(revision) = revision.parse() {
-                    session.store(revision, Ordering::SeqCst);
-                }
+                session.store(revision, Ordering::SeqCst);
             }
         }
     }
