@@ -15,6 +15,10 @@
 //!
 //! Before the measured phases, `--keys` keys are written (unmeasured); afterwards everything
 //! under the run's prefix is deleted unless `--keep`.
+//!
+//! With `--compare-etcd` (built with the `etcd` feature, as the `meridian` binary is) the same
+//! workloads then drive a plain etcd through Meridian's etcd client (gRPC), so both sets of
+//! figures come from one run: a [`Target`] is what the workloads drive.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +29,92 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use std::future::Future;
+
+use futures::stream::BoxStream;
+
 use crate::{BatchOp, Client, Error, PutOptions};
+
+#[cfg(feature = "etcd")]
+mod etcd;
+
+/// A key-value store the workloads drive. Errors are short kinds (`version-mismatch`,
+/// `transport`, `http-503-SlowDown`, ...), counted per kind.
+pub trait Target: Clone + Send + Sync + 'static {
+    /// Writes `value`; the key's new revision.
+    fn put(&self, key: &str, value: Bytes) -> impl Future<Output = Result<u64, String>> + Send;
+    /// Reads a key; whether it exists.
+    fn get(&self, key: &str) -> impl Future<Output = Result<bool, String>> + Send;
+    /// Writes only if the key is at `revision`: `Ok(new revision)`, or `Err(current)` on a
+    /// mismatch.
+    fn cas(
+        &self,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> impl Future<Output = Result<Result<u64, u64>, String>> + Send;
+    /// Writes many keys (unmeasured preparation).
+    fn put_all(&self, keys: Vec<String>, value: Bytes) -> impl Future<Output = Result<(), String>> + Send;
+    /// Deletes every key under `prefix`.
+    fn delete_prefix(&self, prefix: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// The store's current revision.
+    fn revision(&self) -> impl Future<Output = Result<u64, String>> + Send;
+    /// The revisions of changes under `prefix` from `since` on.
+    fn watch(
+        &self,
+        prefix: &str,
+        since: u64,
+    ) -> impl Future<Output = Result<BoxStream<'static, Result<u64, String>>, String>> + Send;
+}
+
+impl Target for Client {
+    async fn put(&self, key: &str, value: Bytes) -> Result<u64, String> {
+        Client::put(self, key, value).await.map_err(|e| error_kind(&e))
+    }
+
+    async fn get(&self, key: &str) -> Result<bool, String> {
+        Client::get(self, key).await.map(|e| e.is_some()).map_err(|e| error_kind(&e))
+    }
+
+    async fn cas(&self, key: &str, value: Bytes, revision: u64) -> Result<Result<u64, u64>, String> {
+        match self.put_with(key, value, &PutOptions::default().if_revision(revision)).await {
+            Ok(new) => Ok(Ok(new)),
+            Err(Error::VersionMismatch { current, .. }) => Ok(Err(current)),
+            Err(e) => Err(error_kind(&e)),
+        }
+    }
+
+    async fn put_all(&self, keys: Vec<String>, value: Bytes) -> Result<(), String> {
+        let chunks: Vec<Vec<String>> = keys.chunks(500).map(<[String]>::to_vec).collect();
+        let results = futures::stream::iter(chunks)
+            .map(|chunk| {
+                let ops = chunk.into_iter().map(|k| BatchOp::put(k, value.clone())).collect();
+                async move { self.batch(ops).await }
+            })
+            .buffer_unordered(4)
+            .collect::<Vec<_>>()
+            .await;
+        results.into_iter().try_for_each(|r| r.map(|_| ())).map_err(|e| e.to_string())
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), String> {
+        let keys: Vec<String> =
+            self.list_all(prefix).await.map_err(|e| e.to_string())?.into_iter().map(|e| e.key).collect();
+        for chunk in keys.chunks(1000) {
+            self.batch(chunk.iter().map(BatchOp::delete).collect()).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn revision(&self) -> Result<u64, String> {
+        Client::revision(self).await.map_err(|e| e.to_string())
+    }
+
+    async fn watch(&self, prefix: &str, since: u64) -> Result<BoxStream<'static, Result<u64, String>>, String> {
+        let events = Client::watch(self, prefix, since).await.map_err(|e| e.to_string())?;
+        Ok(events.map(|e| e.map(|e| e.revision).map_err(|e| e.to_string())).boxed())
+    }
+}
 
 /// Workloads of the KV bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -77,6 +166,22 @@ pub struct BenchArgs {
     /// Also report this server process's CPU time per operation (Linux /proc).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Then run the same workloads against a plain etcd: `start` runs one (the `etcd` binary on
+    /// PATH, or `--etcd-binary`, on a free loopback port with a data directory of its own under
+    /// `--etcd-data-dir`, default fsync policy), or give an existing etcd's client URL(s),
+    /// comma-separated.
+    #[cfg(feature = "etcd")]
+    #[arg(long, value_name = "start|URL[,URL...]")]
+    pub compare_etcd: Option<String>,
+    /// The etcd binary `--compare-etcd start` runs.
+    #[cfg(feature = "etcd")]
+    #[arg(long, default_value = "etcd")]
+    pub etcd_binary: String,
+    /// Where `--compare-etcd start` puts etcd's data directory (put it on the same file system
+    /// as the Meridian node's data, so both pay the same fsync). Default: the system's temp dir.
+    #[cfg(feature = "etcd")]
+    #[arg(long)]
+    pub etcd_data_dir: Option<std::path::PathBuf>,
 }
 
 /// Why a bench run stopped.
@@ -97,6 +202,8 @@ impl From<Error> for BenchError {
 /// The result of one workload.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
+    /// The store driven: `meridian` or `etcd`.
+    pub system: String,
     /// Which workload.
     pub workload: BenchWorkload,
     /// Workers (watch: writers).
@@ -147,13 +254,13 @@ impl Worker {
         Worker { hist: histogram(), ops: 0, errors: HashMap::new() }
     }
 
-    fn record(&mut self, started: Instant, result: Result<(), Error>) {
+    fn record(&mut self, started: Instant, result: Result<(), String>) {
         match result {
             Ok(()) => {
                 self.ops += 1;
                 let _ = self.hist.record((started.elapsed().as_micros() as u64).max(1));
             }
-            Err(e) => *self.errors.entry(error_kind(&e)).or_default() += 1,
+            Err(kind) => *self.errors.entry(kind).or_default() += 1,
         }
     }
 }
@@ -179,38 +286,67 @@ fn percentiles(h: &Histogram<u64>) -> [f64; 5] {
     ]
 }
 
-/// Runs the bench with `kv` (its bucket is created if missing) and prints the results.
+/// Runs the bench with `kv` (its bucket is created if missing) and prints the results; then,
+/// with `--compare-etcd`, the same workloads against etcd.
 pub async fn run(kv: &Client, args: &BenchArgs) -> Result<(), BenchError> {
     if args.concurrency == 0 || args.keys == 0 {
         return Err(BenchError::Other("--concurrency and --keys must be at least 1".into()));
     }
     kv.create_bucket().await?;
+    eprintln!("kv bench: {} on bucket {:?}", kv.endpoint(), kv.bucket());
+    #[cfg_attr(not(feature = "etcd"), allow(unused_mut))]
+    let mut results = run_workloads("meridian", kv, args, args.server_pid).await?;
+    #[cfg(feature = "etcd")]
+    if let Some(spec) = &args.compare_etcd {
+        let etcd = etcd::Etcd::open(spec, args).await.map_err(BenchError::Other)?;
+        eprintln!("kv bench: etcd at {}", etcd.endpoints());
+        results.extend(run_workloads("etcd", etcd.target(), args, etcd.pid()).await?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results).map_err(|e| BenchError::Other(e.to_string()))?);
+    }
+    Ok(())
+}
+
+/// Every workload of `args` against `target`, printed as they finish (unless `--json`).
+async fn run_workloads<T: Target>(
+    system: &str,
+    target: &T,
+    args: &BenchArgs,
+    server_pid: Option<u32>,
+) -> Result<Vec<BenchResult>, BenchError> {
     let prefix = args.prefix.clone().unwrap_or_else(|| format!("kv-bench/{:08x}/", rand_u32()));
     let value = Bytes::from(vec![b'v'; args.value_size]);
-    eprintln!("kv bench: {} on bucket {:?}, prefix {prefix:?}", kv.endpoint(), kv.bucket());
-    eprintln!("preparing {} keys of {} bytes...", args.keys, args.value_size);
-    prepare(kv, &prefix, args, &value).await?;
-
+    eprintln!("{system}: preparing {} keys of {} bytes under {prefix:?}...", args.keys, args.value_size);
+    let keys = (0..args.keys).map(|n| key(&prefix, n)).collect();
+    target.put_all(keys, value.clone()).await.map_err(BenchError::Other)?;
+    let run = Run { system, prefix: &prefix, args, value: &value, server_pid };
     let mut results = Vec::new();
     for workload in &args.workloads {
-        eprintln!("running {workload:?}...");
+        eprintln!("{system}: running {workload:?}...");
         let result = match workload {
-            BenchWorkload::Watch => watch_latency(kv, &prefix, args, &value).await?,
-            w => throughput(kv, &prefix, args, &value, *w).await?,
+            BenchWorkload::Watch => watch_latency(target, &run).await?,
+            w => throughput(target, &run, *w).await?,
         };
         if !args.json {
             print_result(&result);
         }
         results.push(result);
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&results).map_err(|e| BenchError::Other(e.to_string()))?);
-    }
     if !args.keep {
-        eprintln!("cleaning up {prefix:?}...");
-        cleanup(kv, &prefix).await?;
+        eprintln!("{system}: cleaning up {prefix:?}...");
+        target.delete_prefix(&prefix).await.map_err(BenchError::Other)?;
     }
-    Ok(())
+    Ok(results)
+}
+
+/// What every workload of one run shares.
+struct Run<'a> {
+    system: &'a str,
+    prefix: &'a str,
+    args: &'a BenchArgs,
+    value: &'a Bytes,
+    server_pid: Option<u32>,
 }
 
 fn rand_u32() -> u32 {
@@ -223,8 +359,9 @@ fn print_result(r: &BenchResult) {
     let errors: u64 = r.errors.iter().filter(|(k, _)| !k.starts_with("info:")).map(|(_, v)| v).sum();
     let cpu = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
     println!(
-        "{:<6} c={:<3} {:>9.0} ops/s  latency ms p50 {p50:.2} / p90 {p90:.2} / p99 {p99:.2} / p99.9 {p999:.2} / max {max:.1}  \
+        "{:<8} {:<6} c={:<3} {:>9.0} ops/s  latency ms p50 {p50:.2} / p90 {p90:.2} / p99 {p99:.2} / p99.9 {p999:.2} / max {max:.1}  \
          ops {}  errors {errors}  cpu µs/op client {} server {}",
+        r.system,
         format!("{:?}", r.workload).to_lowercase(),
         r.concurrency,
         r.ops_per_sec,
@@ -241,54 +378,24 @@ fn key(prefix: &str, n: usize) -> String {
     format!("{prefix}k/{n:08}")
 }
 
-async fn prepare(kv: &Client, prefix: &str, args: &BenchArgs, value: &Bytes) -> Result<(), BenchError> {
-    let chunks: Vec<Vec<usize>> =
-        (0..args.keys).collect::<Vec<_>>().chunks(500).map(<[usize]>::to_vec).collect::<Vec<_>>();
-    let results = futures::stream::iter(chunks)
-        .map(|chunk| {
-            let ops = chunk.iter().map(|n| BatchOp::put(key(prefix, *n), value.clone())).collect();
-            async move { kv.batch(ops).await }
-        })
-        .buffer_unordered(4)
-        .collect::<Vec<_>>()
-        .await;
-    for r in results {
-        r?;
-    }
-    Ok(())
-}
-
-async fn cleanup(kv: &Client, prefix: &str) -> Result<(), BenchError> {
-    let entries = kv.list_all(prefix).await?;
-    let keys: Vec<String> = entries.into_iter().map(|e| e.key).collect();
-    for chunk in keys.chunks(1000) {
-        kv.batch(chunk.iter().map(BatchOp::delete).collect()).await?;
-    }
-    Ok(())
-}
-
-async fn throughput(
-    kv: &Client,
-    prefix: &str,
-    args: &BenchArgs,
-    value: &Bytes,
-    workload: BenchWorkload,
-) -> Result<BenchResult, BenchError> {
+async fn throughput<T: Target>(target: &T, run: &Run<'_>, workload: BenchWorkload) -> Result<BenchResult, BenchError> {
+    let (args, prefix, value) = (run.args, run.prefix, run.value);
     let c = args.concurrency;
     // CAS: each worker's own key, at a known version.
     let mut cas_revisions = Vec::new();
     if workload == BenchWorkload::Cas {
         for w in 0..c {
-            cas_revisions.push(kv.put(&format!("{prefix}cas/{w:04}"), value.clone()).await?);
+            cas_revisions
+                .push(target.put(&format!("{prefix}cas/{w:04}"), value.clone()).await.map_err(BenchError::Other)?);
         }
     }
     let client_cpu0 = cpu_us(None);
-    let server_cpu0 = args.server_pid.and_then(|p| cpu_us(Some(p)));
+    let server_cpu0 = run.server_pid.and_then(|p| cpu_us(Some(p)));
     let started = Instant::now();
     let deadline = started + args.duration;
     let mut tasks = Vec::new();
     for w in 0..c {
-        let kv = kv.clone();
+        let target = target.clone();
         let value = value.clone();
         let prefix = prefix.to_string();
         let keys = args.keys;
@@ -303,29 +410,28 @@ async fn throughput(
                     BenchWorkload::Put => {
                         // Worker w owns the keys n ≡ w (mod c).
                         let n = (w + i * c) % keys.max(c);
-                        kv.put(&key(&prefix, n % keys), value.clone()).await.map(|_| ())
+                        target.put(&key(&prefix, n % keys), value.clone()).await.map(|_| ())
                     }
                     BenchWorkload::Get => {
                         rng ^= rng << 13;
                         rng ^= rng >> 7;
                         rng ^= rng << 17;
                         let n = (rng % keys as u64) as usize;
-                        match kv.get(&key(&prefix, n)).await {
-                            Ok(Some(_)) => Ok(()),
-                            Ok(None) => Err(Error::Protocol("prepared key missing".into())),
+                        match target.get(&key(&prefix, n)).await {
+                            Ok(true) => Ok(()),
+                            Ok(false) => Err("prepared key missing".to_string()),
                             Err(e) => Err(e),
                         }
                     }
                     BenchWorkload::Cas => {
-                        let opts = PutOptions::default().if_revision(revision);
-                        match kv.put_with(&format!("{prefix}cas/{w:04}"), value.clone(), &opts).await {
-                            Ok(new) => {
+                        match target.cas(&format!("{prefix}cas/{w:04}"), value.clone(), revision).await {
+                            Ok(Ok(new)) => {
                                 revision = new;
                                 Ok(())
                             }
-                            Err(Error::VersionMismatch { current, message }) => {
+                            Ok(Err(current)) => {
                                 revision = current;
-                                Err(Error::VersionMismatch { current, message })
+                                Err("version-mismatch".to_string())
                             }
                             Err(e) => Err(e),
                         }
@@ -358,6 +464,7 @@ async fn throughput(
         _ => None,
     };
     Ok(BenchResult {
+        system: run.system.to_string(),
         workload,
         concurrency: c,
         ops,
@@ -366,14 +473,15 @@ async fn throughput(
         ops_per_sec: ops as f64 / seconds,
         latency_ms: percentiles(&hist),
         client_cpu_us_per_op: per_op(client_cpu0, cpu_us(None)),
-        server_cpu_us_per_op: per_op(server_cpu0, args.server_pid.and_then(|p| cpu_us(Some(p)))),
+        server_cpu_us_per_op: per_op(server_cpu0, run.server_pid.and_then(|p| cpu_us(Some(p)))),
     })
 }
 
-async fn watch_latency(kv: &Client, prefix: &str, args: &BenchArgs, value: &Bytes) -> Result<BenchResult, BenchError> {
-    let watch_prefix = format!("{prefix}w/");
-    let since = kv.revision().await? + 1;
-    let mut events = kv.watch(&watch_prefix, since).await?;
+async fn watch_latency<T: Target>(target: &T, run: &Run<'_>) -> Result<BenchResult, BenchError> {
+    let (args, value) = (run.args, run.value);
+    let watch_prefix = format!("{}w/", run.prefix);
+    let since = target.revision().await.map_err(BenchError::Other)? + 1;
+    let mut events = target.watch(&watch_prefix, since).await.map_err(BenchError::Other)?;
     let total = args.watch_writes;
     let arrivals: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let subscriber = {
@@ -382,9 +490,9 @@ async fn watch_latency(kv: &Client, prefix: &str, args: &BenchArgs, value: &Byte
             let mut seen = 0;
             while seen < total {
                 match tokio::time::timeout(Duration::from_secs(30), events.next()).await {
-                    Ok(Some(Ok(e))) => {
+                    Ok(Some(Ok(revision))) => {
                         if let Ok(mut a) = arrivals.lock() {
-                            a.insert(e.revision, Instant::now());
+                            a.insert(revision, Instant::now());
                         }
                         seen += 1;
                     }
@@ -397,22 +505,22 @@ async fn watch_latency(kv: &Client, prefix: &str, args: &BenchArgs, value: &Byte
         })
     };
     let client_cpu0 = cpu_us(None);
-    let server_cpu0 = args.server_pid.and_then(|p| cpu_us(Some(p)));
+    let server_cpu0 = run.server_pid.and_then(|p| cpu_us(Some(p)));
     let started = Instant::now();
     let writers = args.watch_writers.max(1);
     let acks: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..writers {
-        let (kv, value, acks, next, prefix) =
-            (kv.clone(), value.clone(), Arc::clone(&acks), Arc::clone(&next), watch_prefix.clone());
+        let (target, value, acks, next, prefix) =
+            (target.clone(), value.clone(), Arc::clone(&acks), Arc::clone(&next), watch_prefix.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= total {
-                    return Ok::<(), Error>(());
+                    return Ok::<(), String>(());
                 }
-                let revision = kv.put(&format!("{prefix}{i:08}"), value.clone()).await?;
+                let revision = target.put(&format!("{prefix}{i:08}"), value.clone()).await?;
                 if let Ok(mut a) = acks.lock() {
                     a.insert(revision, Instant::now());
                 }
@@ -420,12 +528,12 @@ async fn watch_latency(kv: &Client, prefix: &str, args: &BenchArgs, value: &Byte
         }));
     }
     for task in tasks {
-        task.await.map_err(|e| BenchError::Other(format!("writer failed: {e}")))??;
+        task.await.map_err(|e| BenchError::Other(format!("writer failed: {e}")))?.map_err(BenchError::Other)?;
     }
     let write_seconds = started.elapsed().as_secs_f64();
     subscriber.await.map_err(|e| BenchError::Other(format!("subscriber failed: {e}")))?.map_err(BenchError::Other)?;
     let client_cpu1 = cpu_us(None);
-    let server_cpu1 = args.server_pid.and_then(|p| cpu_us(Some(p)));
+    let server_cpu1 = run.server_pid.and_then(|p| cpu_us(Some(p)));
     let acks = acks.lock().map_err(|_| BenchError::Other("poisoned".into()))?;
     let arrivals = arrivals.lock().map_err(|_| BenchError::Other("poisoned".into()))?;
     let mut hist = histogram();
@@ -450,6 +558,7 @@ async fn watch_latency(kv: &Client, prefix: &str, args: &BenchArgs, value: &Byte
         _ => None,
     };
     Ok(BenchResult {
+        system: run.system.to_string(),
         workload: BenchWorkload::Watch,
         concurrency: writers,
         ops,

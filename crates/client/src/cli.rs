@@ -417,6 +417,7 @@ async fn execute(args: KvArgs) -> CmdResult {
                 transaction: put
                     .transaction
                     .then(|| Transaction { wait: put.wait.unwrap_or(Duration::ZERO), lock_ttl: put.lock_ttl }),
+                ..PutOptions::default()
             };
             let revision = kv.put_with(&put.key, value, &options).await.map_err(fail)?;
             println_out(&revision.to_string())

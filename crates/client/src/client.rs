@@ -1,6 +1,7 @@
 //! [`Client`]: the KV operations over HTTP.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -58,6 +59,8 @@ pub struct Client {
     bucket: Arc<str>,
     signer: Arc<Signer>,
     pub(crate) timeout: Option<Duration>,
+    /// With [`Client::with_session`]: the revision of the session cookie the server last set.
+    session: Option<Arc<AtomicU64>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -89,6 +92,41 @@ pub struct Fence {
     pub lock: String,
     /// The token [`Client::lock`] returned.
     pub token: u64,
+}
+
+/// How fresh a read must be (docs/consistency.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// The node's local view of the metadata (the server's default): never behind the node's
+    /// own writes; overwrites made through other regions show after the replication lag.
+    #[default]
+    Local,
+    /// `x-meridian-consistency: strong`: every write acknowledged anywhere before the read.
+    Strong,
+    /// `x-meridian-min-revision: R`: the node's view at revision R or later (pass a write's
+    /// revision to read your writes through another region).
+    AtLeast(u64),
+}
+
+/// Settings of a read.
+///
+/// ```
+/// use meridian_client::{Consistency, GetOptions};
+/// let opts = GetOptions::default().consistency(Consistency::AtLeast(1042));
+/// assert_eq!(opts.consistency, Consistency::AtLeast(1042));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GetOptions {
+    /// How fresh the read must be.
+    pub consistency: Consistency,
+}
+
+impl GetOptions {
+    /// Sets [`GetOptions::consistency`].
+    pub fn consistency(mut self, consistency: Consistency) -> Self {
+        self.consistency = consistency;
+        self
+    }
 }
 
 /// Take the key's lock around the write (put_transaction).
@@ -123,9 +161,25 @@ pub struct PutOptions {
     pub fence: Option<Fence>,
     /// Hold the key's lock while writing (put_transaction).
     pub transaction: Option<Transaction>,
+    /// S3's `If-Match`: write only if the value's ETag (unquoted, as in [`Entry::etag`]) is this.
+    pub if_match: Option<String>,
+    /// S3's `If-None-Match: *`: write only if the key does not exist.
+    pub if_none_match: bool,
 }
 
 impl PutOptions {
+    /// Sets [`PutOptions::if_match`].
+    pub fn if_match(mut self, etag: impl Into<String>) -> Self {
+        self.if_match = Some(etag.into());
+        self
+    }
+
+    /// Sets [`PutOptions::if_none_match`].
+    pub fn if_none_match(mut self) -> Self {
+        self.if_none_match = true;
+        self
+    }
+
     /// Sets [`PutOptions::if_revision`].
     pub fn if_revision(mut self, revision: u64) -> Self {
         self.if_revision = Some(revision);
@@ -299,6 +353,7 @@ impl Client {
             bucket: bucket.into(),
             signer: Arc::new(Signer::new(&credentials, "us-east-1")),
             timeout: Some(DEFAULT_TIMEOUT),
+            session: None,
         })
     }
 
@@ -315,6 +370,13 @@ impl Client {
         Ok(Client { bucket: bucket.into(), ..self.clone() })
     }
 
+    /// The same credentials, settings and session (see [`Client::with_session`]), another node:
+    /// a client that moves between regions keeps its read-your-writes session.
+    pub fn with_endpoint(&self, endpoint: &str) -> Result<Self> {
+        let (base, host) = parse_endpoint(endpoint)?;
+        Ok(Client { base: base.into(), host: host.into(), ..self.clone() })
+    }
+
     /// Signs for this region (default `us-east-1`; a single Meridian node accepts any).
     pub fn with_region(mut self, region: &str) -> Self {
         self.signer = Arc::new(self.signer.for_region(region));
@@ -326,6 +388,33 @@ impl Client {
     pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// Keeps the read-your-writes session cookie like a browser: every write's answer sets
+    /// `meridian-min-revision` to the write's revision, and every later request of this client
+    /// (and its clones) carries it, so reads through any node reflect this session's writes.
+    pub fn with_session(mut self) -> Self {
+        self.session = Some(Arc::new(AtomicU64::new(0)));
+        self
+    }
+
+    /// The revision in the session cookie (see [`Client::with_session`]), if the server set one.
+    pub fn session_revision(&self) -> Option<u64> {
+        self.session.as_ref().map(|s| s.load(Ordering::SeqCst)).filter(|r| *r > 0)
+    }
+
+    /// Stores the session cookie a response sets, when this client keeps one.
+    fn keep_session_cookie(&self, headers: &http::HeaderMap) {
+        let Some(session) = &self.session else { return };
+        for value in headers.get_all(http::header::SET_COOKIE).iter().filter_map(|v| v.to_str().ok()) {
+            let first = value.split(';').next().unwrap_or_default();
+            let pair = first.split_once('=').map(|(k, v)| (k.trim(), v.trim()));
+            if let Some(("meridian-min-revision", revision)) = pair
+                && let Ok(revision) = revision.parse()
+            {
+                session.store(revision, Ordering::SeqCst);
+            }
+        }
     }
 
     /// The bucket this client addresses.
@@ -364,12 +453,14 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<Response<Incoming>> {
         let url = format!("{}{}", self.base, path);
+        let cookie = self.session_revision().map(|r| ("cookie", format!("meridian-min-revision={r}")));
+        let headers: Vec<(&str, String)> = headers.iter().cloned().chain(cookie).collect();
         let mut to_sign: Vec<(&str, &str)> = Vec::with_capacity(headers.len() + 1);
         to_sign.push(("host", &self.host));
         to_sign.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
         let signature = self.signer.sign(method.as_str(), &url, &to_sign, &body)?;
         let mut builder = Request::builder().method(method).uri(&url).header(http::header::HOST, &*self.host);
-        for (k, v) in headers {
+        for (k, v) in &headers {
             builder = builder.header(*k, v);
         }
         for (k, v) in &signature {
@@ -384,7 +475,9 @@ impl Client {
                 .map_err(|_| Error::Transport(format!("no response within {} ms", limit.as_millis())))?,
             None => sent.await,
         };
-        result.map_err(|e| Error::Transport(chain(&e)))
+        let response = result.map_err(|e| Error::Transport(chain(&e)))?;
+        self.keep_session_cookie(response.headers());
+        Ok(response)
     }
 
     fn timeout_plus(&self, wait: Duration) -> Option<Duration> {
@@ -450,8 +543,28 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn get(&self, key: &str) -> Result<Option<Entry>> {
+        self.get_with(key, &GetOptions::default()).await
+    }
+
+    /// [`Client::get`] at a chosen consistency.
+    ///
+    /// ```no_run
+    /// # async fn demo(kv: meridian_client::Client, other_region: meridian_client::Client) -> meridian_client::Result<()> {
+    /// use meridian_client::{Consistency, GetOptions};
+    /// let revision = kv.put("users/42", "alice").await?;
+    /// // Through a node of another region: wait until its view holds the write.
+    /// let opts = GetOptions::default().consistency(Consistency::AtLeast(revision));
+    /// let entry = other_region.get_with("users/42", &opts).await?;
+    /// # let _ = entry; Ok(()) }
+    /// ```
+    pub async fn get_with(&self, key: &str, options: &GetOptions) -> Result<Option<Entry>> {
         check_key(key)?;
-        let resp = self.send(Method::GET, &self.object_path(key), &[], Bytes::new(), self.timeout).await?;
+        let headers: Vec<(&str, String)> = match options.consistency {
+            Consistency::Local => vec![],
+            Consistency::Strong => vec![("x-meridian-consistency", "strong".into())],
+            Consistency::AtLeast(revision) => vec![("x-meridian-min-revision", revision.to_string())],
+        };
+        let resp = self.send(Method::GET, &self.object_path(key), &headers, Bytes::new(), self.timeout).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             let err = self.finish(resp, 0).await.err();
             return match err {
@@ -513,6 +626,12 @@ impl Client {
         };
         if let Some(rev) = if_revision {
             headers.push(("x-meridian-if-revision", rev.to_string()));
+        }
+        if let Some(etag) = &options.if_match {
+            headers.push(("if-match", format!("\"{}\"", etag.trim_matches('"'))));
+        }
+        if options.if_none_match {
+            headers.push(("if-none-match", "*".into()));
         }
         match (options.ttl, options.expires_at) {
             (Some(_), Some(_)) => return Err(Error::InvalidInput("give a TTL or an expiry instant, not both".into())),

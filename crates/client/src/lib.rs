@@ -105,8 +105,8 @@ mod sign;
 mod watch;
 
 pub use client::{
-    BatchOp, Client, DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, DeleteOptions, Entry, Fence, ListEntry, Lock, Page, PutOptions,
-    Transaction,
+    BatchOp, Client, Consistency, DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, DeleteOptions, Entry, Fence, GetOptions,
+    ListEntry, Lock, Page, PutOptions, Transaction,
 };
 pub use error::{Error, Result};
 pub use sign::Credentials;

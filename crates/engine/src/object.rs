@@ -219,11 +219,21 @@ impl Engine {
         key: &str,
         consistency: Consistency,
     ) -> EngineResult<Option<Current>> {
+        Ok(self.read_current_at(bucket, key, consistency).await?.0)
+    }
+
+    /// [`Engine::read_current_with`], and the store revision the read saw.
+    async fn read_current_at(
+        &self,
+        bucket: &str,
+        key: &str,
+        consistency: Consistency,
+    ) -> EngineResult<(Option<Current>, u64)> {
         let reader = self.reader(consistency);
-        let (mut kvs, _) = reader.get_many(&[keys::object(bucket, key), keys::inline(bucket, key)]).await?;
+        let (mut kvs, revision) = reader.get_many(&[keys::object(bucket, key), keys::inline(bucket, key)]).await?;
         let inline = kvs.pop().flatten();
         let record = kvs.pop().flatten();
-        decode_current(record, inline)
+        Ok((decode_current(record, inline)?, revision))
     }
 
     /// The object if it exists and has not expired; otherwise `NoSuchKey` or `NoSuchBucket`.
@@ -532,7 +542,7 @@ impl Engine {
         // (a missing key, a failed condition) is confirmed with a strong read.
         let mut consistency = Consistency::Local;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
-            let found = self.read_current_with(bucket, key, consistency).await?;
+            let (found, read_at) = self.read_current_at(bucket, key, consistency).await?;
             let visible = found.as_ref().is_some_and(|c| c.is_visible(now_ms()));
             let checked = conditions.check(found.as_ref().filter(|_| visible).map(|c| (&c.record, c.revision)));
             if consistency != Consistency::Strong && (found.is_none() || checked.is_err()) {
@@ -542,7 +552,10 @@ impl Engine {
             let Some(current) = found else {
                 self.bucket(bucket).await?;
                 checked?;
-                return Ok(DeleteOutcome { revision: self.current_revision().await?, existed: false });
+                // The revision at which the key was seen absent, not the store's revision
+                // later: a put may have committed in between, and a reader at this revision
+                // must not find the key the delete reported gone.
+                return Ok(DeleteOutcome { revision: read_at, existed: false });
             };
             checked?;
             let change = object_change(bucket, key, Some(&current), None);

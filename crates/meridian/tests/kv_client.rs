@@ -14,7 +14,8 @@ use bytes::Bytes;
 use common::{ACCESS_KEY, SECRET_KEY, Server, raw};
 use futures::StreamExt;
 use meridian_client::{
-    BatchOp, Client, Credentials, DeleteOptions, Error, Event, EventKind, Fence, PutOptions, Transaction, WatchStream,
+    BatchOp, Client, Consistency, Credentials, DeleteOptions, Error, Event, EventKind, Fence, GetOptions, PutOptions,
+    Transaction, WatchStream,
 };
 
 const BUCKET: &str = "kvtest";
@@ -165,6 +166,34 @@ async fn compare_and_set_and_create_only() {
     let gone = kv.delete_with("cfg", &DeleteOptions { if_revision: Some(r2), fence: None }).await;
     assert!(matches!(gone, Err(Error::VersionMismatch { current: 0, .. })), "{gone:?}");
     assert!(gone.unwrap_err().is_aborted());
+}
+
+/// S3's conditions through the client, reads at each consistency, and the session cookie kept
+/// and sent back like a browser's.
+#[tokio::test]
+async fn s3_conditions_read_consistency_and_the_session_cookie() {
+    let (_server, kv) = setup().await;
+    let first = kv.put_with("c", "1", &PutOptions::default().if_none_match()).await.unwrap();
+    let again = kv.put_with("c", "2", &PutOptions::default().if_none_match()).await.unwrap_err();
+    assert!(matches!(&again, Error::VersionMismatch { .. } | Error::Service { status: 412, .. }), "{again:?}");
+    let entry = kv.get_with("c", &GetOptions::default().consistency(Consistency::Strong)).await.unwrap().unwrap();
+    assert_eq!((entry.value.as_ref(), entry.revision), (&b"1"[..], first));
+    let stale = kv.put_with("c", "3", &PutOptions::default().if_match("0123456789abcdef0123456789abcdef")).await;
+    assert!(matches!(&stale, Err(Error::VersionMismatch { .. } | Error::Service { status: 412, .. })), "{stale:?}");
+    let second = kv.put_with("c", "4", &PutOptions::default().if_match(entry.etag)).await.unwrap();
+    let at_least = GetOptions::default().consistency(Consistency::AtLeast(second));
+    assert_eq!(kv.get_with("c", &at_least).await.unwrap().unwrap().value.as_ref(), b"4");
+
+    // Without a session nothing is kept; with one, every write's cookie is, and clones (and
+    // clients of other endpoints made from it) share it.
+    assert_eq!(kv.session_revision(), None);
+    let session = kv.clone().with_session();
+    let elsewhere = session.with_endpoint(session.endpoint()).unwrap();
+    let written = session.put("d", "x").await.unwrap();
+    assert_eq!(elsewhere.session_revision(), Some(written));
+    let deleted = elsewhere.delete("d").await.unwrap();
+    assert_eq!(session.session_revision(), Some(deleted));
+    assert_eq!(session.get("d").await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -922,4 +951,50 @@ async fn cli_commands_and_exit_codes() {
     let o = cli(s, &["--bucket", "nope", "get", "k"]);
     code(&o, 1);
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+}
+
+/// `kv bench --compare-etcd start` runs every workload against this node, then starts a plain
+/// etcd (the real binary, its own port and data directory) and runs them against it too, and
+/// removes that etcd's data afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_bench_drives_a_plain_etcd_side_by_side() {
+    common::require_tool("etcd", "apt-get install etcd-server");
+    let (server, _kv) = setup().await;
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let dir = etcd_dir.path().to_str().unwrap();
+    let o = cli(
+        &server,
+        &[
+            "bench",
+            "--duration",
+            "1s",
+            "-c",
+            "4",
+            "--keys",
+            "40",
+            "--watch-writes",
+            "40",
+            "--json",
+            "--compare-etcd",
+            "start",
+            "--etcd-data-dir",
+            dir,
+        ],
+    );
+    code(&o, 0);
+    let results: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = results.as_array().unwrap();
+    for system in ["meridian", "etcd"] {
+        for workload in ["put", "get", "cas", "watch"] {
+            let row = rows.iter().find(|r| r["system"] == system && r["workload"] == workload);
+            let row = row.unwrap_or_else(|| panic!("no {system} {workload} in {results:#}"));
+            assert!(row["ops"].as_u64().unwrap() > 0, "{row:#}");
+            let errors = row["errors"].as_object().unwrap();
+            assert!(errors.keys().all(|k| k.starts_with("info:")), "{system} {workload} errors: {errors:?}");
+        }
+    }
+    // The etcd run's server CPU is measured (the bench knows its pid); its data is gone.
+    let etcd_put = rows.iter().find(|r| r["system"] == "etcd" && r["workload"] == "put").unwrap();
+    assert!(etcd_put["server_cpu_us_per_op"].as_f64().is_some(), "{etcd_put:#}");
+    assert_eq!(std::fs::read_dir(etcd_dir.path()).unwrap().count(), 0, "the bench's etcd data was removed");
 }

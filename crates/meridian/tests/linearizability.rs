@@ -2,19 +2,17 @@
 
 //! Linearizability of get / put / compare-and-set (and put_transaction) on single keys: real
 //! concurrent clients against a real server record a history with invocation and completion
-//! times, and a Wing–Gong checker (tests/common/linearizability.rs) searches for a valid
+//! times, and a Wing–Gong checker (`meridian_jepsen::register`) searches for a valid
 //! sequential order. The checker is itself tested on known linearizable and known
 //! non-linearizable histories.
 
 mod common;
-#[path = "common/linearizability.rs"]
-mod linearizability;
 
 use std::time::Duration;
 
 use common::{ACCESS_KEY, SECRET_KEY, Server};
-use linearizability::{Op, Operation, Recorder, Value, Verdict, check};
 use meridian_client::{Client, Credentials, Error, PutOptions};
+use meridian_jepsen::register::{Op, Operation, Recorder, Value, Verdict, check};
 
 fn op(key: &str, call: u128, ret: u128, op: Op) -> Operation {
     Operation { key: key.into(), call, ret: Some(ret), op }

@@ -28,6 +28,8 @@ pub enum Op {
     Read(Value),
     /// A write of a value (each write in a history writes a distinct value).
     Write(u64),
+    /// A delete: afterwards the key is absent.
+    Delete,
     /// Compare-and-set: write `new` only if the register holds `expected`. `ok` is what the
     /// store answered; `observed` is the value the store said the register held when it refused
     /// (`Some(v)` if known), checked like a read.
@@ -50,6 +52,7 @@ fn step(state: Value, op: &Op, known: bool) -> Option<Value> {
     match op {
         Op::Read(v) => (*v == state).then_some(state),
         Op::Write(v) => Some(Some(*v)),
+        Op::Delete => Some(None),
         Op::Cas { expected, new, ok, observed } => {
             if !known {
                 // Unknown outcome: linearizing it only makes sense where it succeeds (a failed
@@ -97,20 +100,44 @@ pub enum Verdict {
         key: String,
         longest_prefix: usize,
     },
+    /// The search of this key's history visited more configurations than allowed without an
+    /// answer (keep histories per key smaller, or raise the budget).
+    Unknown {
+        key: String,
+    },
 }
+
+/// Configurations (set of linearized operations, state) one key's search may visit by default.
+pub const DEFAULT_BUDGET: usize = 4_000_000;
 
 /// Checks a history of any number of keys, each key on its own.
 pub fn check(history: &[Operation], initial: Value) -> Verdict {
+    check_within(history, initial, DEFAULT_BUDGET)
+}
+
+/// [`check`], giving up on a key (`Verdict::Unknown`) after `budget` configurations.
+pub fn check_within(history: &[Operation], initial: Value, budget: usize) -> Verdict {
     let mut keys: Vec<&str> = history.iter().map(|o| o.key.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
     for key in keys {
         let ops: Vec<&Operation> = history.iter().filter(|o| o.key == key).collect();
-        if let Err(longest) = check_one(&ops, initial) {
-            return Verdict::NotLinearizable { key: key.to_string(), longest_prefix: longest };
+        match check_one(&ops, initial, budget) {
+            Ok(()) => {}
+            Err(Failure::Violation(longest)) => {
+                return Verdict::NotLinearizable { key: key.to_string(), longest_prefix: longest };
+            }
+            Err(Failure::OverBudget) => return Verdict::Unknown { key: key.to_string() },
         }
     }
     Verdict::Linearizable
+}
+
+/// Why one register's search ended without an order.
+enum Failure {
+    /// No order exists; at most this many operations could be linearized.
+    Violation(usize),
+    OverBudget,
 }
 
 /// The call/return events of one register's history as a doubly linked list: node 0 is the
@@ -144,8 +171,8 @@ impl Events {
     }
 }
 
-/// One register. `Err(n)`: not linearizable; at most `n` operations could be linearized.
-fn check_one(ops: &[&Operation], initial: Value) -> Result<(), usize> {
+/// One register.
+fn check_one(ops: &[&Operation], initial: Value, budget: usize) -> Result<(), Failure> {
     // Reads with an unknown result constrain nothing.
     let ops: Vec<&Operation> =
         ops.iter().copied().filter(|o| o.ret.is_some() || !matches!(o.op, Op::Read(_))).collect();
@@ -155,8 +182,8 @@ fn check_one(ops: &[&Operation], initial: Value) -> Result<(), usize> {
     for (i, o) in ops.iter().enumerate() {
         events.push((o.call, Kind::Call, i));
         if let Some(ret) = o.ret {
-            assert!(ret >= o.call, "operation returned before it was called: {o:?}");
-            events.push((ret, Kind::Return, i));
+            // A clock that went backwards cannot put a return before its call.
+            events.push((ret.max(o.call), Kind::Return, i));
         }
     }
     events.sort_by_key(|(t, kind, i)| (*t, *kind == Kind::Return, *i));
@@ -188,6 +215,9 @@ fn check_one(ops: &[&Operation], initial: Value) -> Result<(), usize> {
                 if let Some(new_state) = step(state, &o.op, o.ret.is_some()) {
                     let mut bits = linearized.clone();
                     bits.set(i);
+                    if cache.len() >= budget {
+                        return Err(Failure::OverBudget);
+                    }
                     if cache.insert((bits.clone(), new_state)) {
                         fits = Some((i, bits, new_state));
                     }
@@ -216,7 +246,7 @@ fn check_one(ops: &[&Operation], initial: Value) -> Result<(), usize> {
             }
             None => {
                 // Backtrack: take back the last operation linearized and try the next call.
-                let Some((call, before)) = stack.pop() else { return Err(longest) };
+                let Some((call, before)) = stack.pop() else { return Err(Failure::Violation(longest)) };
                 let i = events[call - 1].2;
                 if let Some(r) = return_node[i] {
                     list.relink(r);
