@@ -78,10 +78,10 @@ fn register_op(op: &Op) -> Option<register::Operation> {
     let ret = match op.outcome {
         Outcome::Ok => Some(op.complete),
         Outcome::Info => None,
-        Outcome::Fail if matches!(op.action, Action::Put { condition, .. } if condition != Condition::None) => {
-            Some(op.complete)
-        }
-        // An unconditional write that certainly failed changed nothing.
+        // A refused condition is evidence about the state when the server judged it.
+        Outcome::Refused => Some(op.complete),
+        // A write that certainly failed changed nothing and tells nothing: a conditional put
+        // refused a connection before its condition was ever judged.
         Outcome::Fail => return None,
     };
     let known = op.outcome != Outcome::Info;
@@ -260,7 +260,7 @@ pub fn integrity(ops: &[Op]) -> Vec<Violation> {
         let put = keys.get(op.key.as_str()).and_then(|w| w.puts.get(&v.value));
         let why = match put {
             None => Some("no put of this value to this key".to_string()),
-            Some(put) if put.outcome == Outcome::Fail => Some("its put failed".to_string()),
+            Some(put) if matches!(put.outcome, Outcome::Fail | Outcome::Refused) => Some("its put failed".to_string()),
             Some(put) if put.invoke > op.complete => Some("its put was invoked after the read returned".to_string()),
             Some(put) => match put.revision {
                 Some(r) if put.outcome == Outcome::Ok && r != v.revision => {

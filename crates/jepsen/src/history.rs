@@ -72,8 +72,12 @@ pub enum Action {
 pub enum Outcome {
     /// Took effect (a write) or returned its result (a read).
     Ok,
-    /// Certainly had no effect (e.g. a refused condition: 412).
+    /// Certainly had no effect, and says nothing about the state (a bad request, a connection
+    /// refused before the request was sent).
     Fail,
+    /// A conditional write whose condition did not hold (412, a revision mismatch): no effect,
+    /// and the condition was false when the server judged it.
+    Refused,
     /// Unknown: it may or may not have taken effect.
     Info,
 }
@@ -121,7 +125,7 @@ impl Op {
         };
         let kind = match self.outcome {
             Outcome::Ok => ":ok",
-            Outcome::Fail => ":fail",
+            Outcome::Fail | Outcome::Refused => ":fail",
             Outcome::Info => ":info",
         };
         let mut done = format!(
@@ -235,7 +239,7 @@ impl Summary {
         for op in ops {
             let slot = match op.outcome {
                 Outcome::Ok => 0,
-                Outcome::Fail => 1,
+                Outcome::Fail | Outcome::Refused => 1,
                 Outcome::Info => 2,
             };
             match op.action {

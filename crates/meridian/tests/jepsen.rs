@@ -84,8 +84,8 @@ struct Session {
 /// How a request ended, in Jepsen's terms.
 fn outcome_of(e: &Error) -> (Outcome, Option<u64>) {
     match e {
-        Error::VersionMismatch { current, .. } => (Outcome::Fail, Some(*current)),
-        Error::Service { status: 412, .. } => (Outcome::Fail, None),
+        Error::VersionMismatch { current, .. } => (Outcome::Refused, Some(*current)),
+        Error::Service { status: 412, .. } => (Outcome::Refused, None),
         // Refused before anything was applied (bad request, auth): certainly no effect.
         Error::Service { status, .. } if (400..500).contains(status) => (Outcome::Fail, None),
         // No connection (the node is down): the request was never sent.

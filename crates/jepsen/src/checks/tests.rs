@@ -88,7 +88,7 @@ fn a_valid_history_passes_every_checker() {
             2,
             "k",
             (41, 49),
-            Outcome::Fail,
+            Outcome::Refused,
             Action::Put { value: 3, condition: Condition::IfRevision { revision: 5, expected: Some(1) } },
             Some(8),
         )
@@ -100,7 +100,7 @@ fn a_valid_history_passes_every_checker() {
             0,
             "k",
             (100, 110),
-            Outcome::Fail,
+            Outcome::Refused,
             Action::Put { value: 4, condition: Condition::IfNoneMatch },
             Some(8),
         )
@@ -148,7 +148,7 @@ fn a_cas_refused_without_cause_is_not_linearizable() {
         1,
         "k",
         (20, 30),
-        Outcome::Fail,
+        Outcome::Refused,
         Action::Put { value: 2, condition: Condition::IfRevision { revision: 5, expected: Some(1) } },
         Some(5),
     );
@@ -258,7 +258,15 @@ fn phantom_values_and_wrong_revisions_are_caught() {
     h.put(1, "k", (0, 10), 1, 5)
         .read(2, 0, "k", (20, 30), ReadMode::Local, v(1, 4))
         .read(2, 0, "k", (20, 30), ReadMode::Local, v(42, 6))
-        .push(1, 0, "k", (40, 50), Outcome::Fail, Action::Put { value: 3, condition: Condition::IfNoneMatch }, Some(5))
+        .push(
+            1,
+            0,
+            "k",
+            (40, 50),
+            Outcome::Refused,
+            Action::Put { value: 3, condition: Condition::IfNoneMatch },
+            Some(5),
+        )
         .read(2, 0, "k", (60, 70), ReadMode::Local, v(3, 9));
     let found = integrity(&h.ops);
     assert_eq!(found.len(), 3, "{found:#?}");
@@ -288,4 +296,23 @@ fn jepsen_lines_name_the_outcome() {
         "{:time 5 :process 1 :node 2 :type :invoke :f :put :if [if-none-match *] :key \"k\"}\n\
          {:time 9 :process 1 :node 2 :type :info :f :put :if [if-none-match *] :key \"k\" :value 7 :error \"timeout\"}\n"
     );
+}
+
+#[test]
+fn a_conditional_put_never_sent_says_nothing_about_the_state() {
+    // The key is absent when a create-only put fails to connect: its condition would have held,
+    // but it was never judged, so it is no evidence either way.
+    let mut h = H::new();
+    h.push(1, 0, "k", (0, 10), Outcome::Fail, Action::Put { value: 1, condition: Condition::IfNoneMatch }, None).read(
+        2,
+        1,
+        "k",
+        (20, 30),
+        ReadMode::Strong,
+        None,
+    );
+    assert!(linearizable(&h.ops, 10_000).is_empty());
+    // Refused, the same put says the key existed: with nothing ever written, that is a violation.
+    h.ops[0].outcome = Outcome::Refused;
+    assert!(matches!(linearizable(&h.ops, 10_000)[..], [Violation::NotLinearizable { .. }]));
 }
