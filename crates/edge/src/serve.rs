@@ -151,13 +151,12 @@ async fn send(
     }
 }
 
-/// A bit per precompressed encoding, for [`CacheKey::encodings`].
+/// The precompressed encodings looked for, best first: `(Content-Encoding, key suffix)`.
+const PRECOMPRESSED: [(&str, &str); 2] = [("br", ".br"), ("gzip", ".gz")];
+
+/// The bit of an encoding of [`PRECOMPRESSED`] in [`CacheKey::encodings`].
 fn encoding_bit(name: &str) -> u8 {
-    match name {
-        "br" => 1,
-        "gzip" => 2,
-        _ => 4,
-    }
+    PRECOMPRESSED.iter().position(|(known, _)| *known == name).map_or(0, |i| 1 << i)
 }
 
 /// Whether the answer to this request may be kept: a plain GET of the object asked for.
@@ -306,7 +305,7 @@ fn accepted_encodings(headers: &HeaderMap) -> Vec<(&'static str, &'static str)> 
             (coding.eq_ignore_ascii_case(name) || coding == "*") && !refused
         })
     };
-    [("br", ".br"), ("gzip", ".gz")].into_iter().filter(|(name, _)| takes(name)).collect()
+    PRECOMPRESSED.into_iter().filter(|(name, _)| takes(name)).collect()
 }
 
 /// Types worth precompressing (the only ones whose siblings are looked for).
