@@ -11,7 +11,7 @@
 #
 # Environment: MERIDIAN_BIN (default $CARGO_TARGET_DIR/debug/meridian: sizes do not depend on
 # the build), N (objects per size, default 20000), SMALL, LARGE, HISTORY (the embedded node's
-# --history, default 1000 so its change history does not count as record cost). Needs etcd,
+# --history-revisions, default 1000 so its change history does not count as record cost). Needs etcd,
 # etcdctl, curl, python3.
 set -euo pipefail
 
@@ -46,7 +46,7 @@ etcd --name m --data-dir "$scratch/etcd" --quota-backend-bytes $((8 << 30)) \
   --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
   --initial-cluster "m=http://127.0.0.1:$peer_port" >"$scratch/etcd.log" 2>&1 &
 pids+=($!)
-wait_port 127.0.0.1 "$client_port" 30
+wait_port 127.0.0.1 "$client_port" 30 || { echo "etcd did not start:" >&2; tail -5 "$scratch/etcd.log" >&2; exit 1; }
 etcd_url="http://127.0.0.1:$client_port"
 etcdctl_() { ETCDCTL_API=3 etcdctl --endpoints "$etcd_url" "$@"; }
 
@@ -58,13 +58,13 @@ start_node() { # name extra-args...
   "$MERIDIAN_BIN" server --data "$scratch/$name" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
     "$@" >"$scratch/$name.log" 2>&1 &
   pids+=($!)
-  wait_port 127.0.0.1 "$port" 60
+  wait_port 127.0.0.1 "$port" 60 || { echo "node $name did not start:" >&2; tail -5 "$scratch/$name.log" >&2; exit 1; }
   endpoint="http://127.0.0.1:$port"
 }
 
 put_objects() { # endpoint bucket size
   "$MERIDIAN_BIN" bench --endpoint "$1" --bucket "$2" --create-bucket --workload put --size "$3" \
-    --objects "$N" --ops "$N" --concurrency 16 --json --label "$2" >"$scratch/$2.json" 2>"$scratch/$2.log"
+    --objects "$N" --ops "$N" --concurrency 16 --keep --json --label "$2" >"$scratch/$2.json" 2>"$scratch/$2.log"
 }
 
 # etcd's size in use after compacting away history and defragmenting.
@@ -90,7 +90,7 @@ redb_size() { stat -c %s "$scratch/embedded/meta.redb"; }
 
 start_node etcd-node --etcd "$etcd_url" --cluster-token "metadata-size-token-0123456789"
 on_etcd="$endpoint"
-start_node embedded --history "$HISTORY"
+start_node embedded --history-revisions "$HISTORY"
 on_embedded="$endpoint"
 
 echo "N=$N objects per size; key names like meridian-bench/<8 hex>/w0000-000000001 (36 bytes)"
