@@ -194,6 +194,10 @@ struct BucketView {
     public_read: bool,
     created_ms: i64,
     grants: std::collections::BTreeMap<String, Grant>,
+    /// `global`, `pinned:REGION` or `multi:R1,R2[;quorum=N]`.
+    location: String,
+    /// How many regions keep a copy of each object's bytes (global buckets).
+    replicas: u32,
 }
 
 impl BucketView {
@@ -204,6 +208,8 @@ impl BucketView {
             public_read: record.public_read,
             created_ms: record.created_ms,
             grants: record.grants,
+            location: record.location.to_string(),
+            replicas: record.replicas.unwrap_or(1),
         }
     }
 }
@@ -237,6 +243,9 @@ struct CreateBucket {
     owner: Option<String>,
     #[serde(default)]
     public_read: bool,
+    /// A location constraint as CreateBucket takes it (`global;replicas=2`, `multi:a,b`...).
+    #[serde(default)]
+    location: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -255,6 +264,12 @@ struct GrantChange {
 #[serde(deny_unknown_fields)]
 struct Public {
     read: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Replicas {
+    replicas: u32,
 }
 
 #[derive(Deserialize)]
@@ -479,7 +494,11 @@ impl AdminApi {
                 let req: CreateBucket = parse(body)?;
                 let owner = req.owner.unwrap_or_else(|| meridian_engine::iam::ADMIN_KEY.to_string());
                 engine.access_key(&owner).await?;
-                engine.create_bucket_with(&req.name, &owner, req.public_read).await?;
+                let placement = match &req.location {
+                    Some(text) => meridian_engine::record::parse_placement(text)?,
+                    None => Default::default(),
+                };
+                engine.create_bucket_at(&req.name, &owner, req.public_read, placement).await?;
                 let (record, _) = engine.bucket(&req.name).await?;
                 Ok(reply(StatusCode::CREATED, &BucketView::new(&req.name, record)))
             }
@@ -496,6 +515,11 @@ impl AdminApi {
             (Method::POST, ["v1", "buckets", bucket, "public"]) => {
                 let req: Public = parse(body)?;
                 let record = engine.set_public_read(bucket, req.read).await?;
+                Ok(reply(StatusCode::OK, &BucketView::new(bucket, record)))
+            }
+            (Method::POST, ["v1", "buckets", bucket, "replicas"]) => {
+                let req: Replicas = parse(body)?;
+                let record = engine.set_bucket_replicas(bucket, Some(req.replicas)).await?;
                 Ok(reply(StatusCode::OK, &BucketView::new(bucket, record)))
             }
             (Method::GET, ["v1", "sites"]) => Ok(reply(StatusCode::OK, &engine.list_sites().await?)),

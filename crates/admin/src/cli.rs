@@ -179,7 +179,15 @@ pub enum BucketCommand {
         owner: Option<String>,
         #[arg(long)]
         public_read: bool,
+        /// Where its bytes live: global (default), global;replicas=N, pinned:REGION or
+        /// multi:R1,R2[;quorum=N].
+        #[arg(long)]
+        location: Option<String>,
     },
+    /// Keep each object of a global bucket in this many regions: the writer's plus copies
+    /// made in the background in the nearest others (1: the writer's only). Objects already
+    /// written get their copies too.
+    Replicas { bucket: String, count: u32 },
     /// Delete an empty bucket (one holding objects or unfinished multipart uploads is refused,
     /// as S3's DeleteBucket does: delete or expire them first).
     Delete { name: String },
@@ -354,15 +362,15 @@ async fn execute(command: &AdminCommand, args: &AdminConnection) -> Result<(Valu
             }
             (v, text)
         }
-        AdminCommand::Bucket(BucketCommand::Create { name, owner, public_read }) => {
-            let v = call(
-                args,
-                "POST",
-                "/v1/buckets",
-                Some(json!({ "name": name, "owner": owner, "public_read": public_read })),
-            )
-            .await?;
+        AdminCommand::Bucket(BucketCommand::Create { name, owner, public_read, location }) => {
+            let body = json!({ "name": name, "owner": owner, "public_read": public_read, "location": location });
+            let v = call(args, "POST", "/v1/buckets", Some(body)).await?;
             (v, format!("Created bucket {name}."))
+        }
+        AdminCommand::Bucket(BucketCommand::Replicas { bucket, count }) => {
+            let path = format!("/v1/buckets/{}/replicas", enc(bucket));
+            let v = call(args, "POST", &path, Some(json!({ "replicas": count }))).await?;
+            (v, format!("Bucket {bucket}: each object is kept in {count} region(s)."))
         }
         AdminCommand::Bucket(BucketCommand::Delete { name }) => {
             let v = call(args, "DELETE", &format!("/v1/buckets/{}", enc(name)), None).await?;

@@ -3,7 +3,7 @@
 use meridian_meta::{Compare, Op, RangeRequest, Revision, Txn};
 
 use crate::error::{EngineError, EngineResult};
-use crate::record::{self, BucketRecord, Location};
+use crate::record::{self, BucketRecord, Location, Placement};
 use crate::{Engine, keys, now_ms};
 
 /// A DeleteBucket that crashed mid-way leaves its `deleting` mark; after this long writers
@@ -50,21 +50,24 @@ impl Engine {
         self.create_bucket_at(name, owner, public_read, Location::Global).await
     }
 
-    /// Creates a bucket with a location type (see [`Location`]).
+    /// Creates a bucket with a location type (see [`Location`]) and, for a global bucket, a
+    /// number of copies ([`BucketRecord::replicas`]).
     pub async fn create_bucket_at(
         &self,
         name: &str,
         owner: &str,
         public_read: bool,
-        location: Location,
+        placement: impl Into<Placement>,
     ) -> EngineResult<Revision> {
         validate_bucket_name(name)?;
+        let Placement { location, replicas } = placement.into();
         let key = keys::bucket(name);
         let record = BucketRecord {
             created_ms: now_ms(),
             owner: owner.to_string(),
             public_read,
             location,
+            replicas,
             ..Default::default()
         };
         let txn = Txn::new()

@@ -90,6 +90,7 @@ impl Engine {
             }
             if let Some(sample) = best {
                 known.insert(node.record.id.clone(), (sample.offset_ms, Instant::now()));
+                self.note_round_trip(&node.record.id, sample.round_trip_ms);
             }
         }
         known.retain(|_, (_, at)| at.elapsed() < OFFSET_KEPT_FOR);

@@ -76,6 +76,9 @@ pub struct EngineConfig {
     pub blob_delete_delay: Duration,
     /// This node: its id and its region. Blobs written here name it as their holder.
     pub node: record::Holder,
+    /// A holder of an object's bytes silent (or unregistered) this long counts as lost: the
+    /// objects whose copies it was are copied again elsewhere to keep their bucket's count.
+    pub holder_lost_after: Duration,
 }
 
 impl Default for EngineConfig {
@@ -86,6 +89,7 @@ impl Default for EngineConfig {
             min_part_size: 5 << 20,
             blob_delete_delay: Duration::from_secs(60),
             node: record::Holder { node: "local".into(), region: "local".into(), store: None },
+            holder_lost_after: Duration::from_secs(600),
         }
     }
 }
@@ -214,6 +218,7 @@ impl EngineBuilder {
                 lag: lag::LagState::default(),
                 write_queues: write_queue::WriteQueues::default(),
                 feed,
+                round_trips: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         };
         engine.spawn_lag_probe();
@@ -224,6 +229,7 @@ impl EngineBuilder {
         if engine.remote().is_some() {
             engine.spawn_clock();
             engine.spawn_repairs();
+            engine.spawn_copy_audit();
         }
         engine
     }
@@ -249,6 +255,9 @@ struct Inner {
     write_queues: write_queue::WriteQueues,
     /// Object changes, as the change follower handles them ([`Engine::subscribe_object_changes`]).
     feed: tokio::sync::broadcast::Sender<follow::ObjectEvent>,
+    /// The shortest round trip measured to each other node, in ms (by the clock measurements):
+    /// how near its region is.
+    round_trips: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl Engine {

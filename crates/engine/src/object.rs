@@ -112,6 +112,20 @@ pub struct Span {
     pub holders: Vec<crate::record::Holder>,
 }
 
+/// The blobs holding an object's bytes, in order (none for an inline object).
+pub(crate) fn spans(record: &crate::record::ObjectRecord) -> Vec<Span> {
+    match &record.data {
+        DataLayout::Inline => Vec::new(),
+        DataLayout::Blob { id, digests, holders } => {
+            vec![Span { blob: *id, blob_len: record.size, digests: digests.clone(), holders: holders.clone() }]
+        }
+        DataLayout::Parts { parts } => parts
+            .iter()
+            .map(|p| Span { blob: p.blob, blob_len: p.size, digests: p.digests.clone(), holders: p.holders.clone() })
+            .collect(),
+    }
+}
+
 /// Reads bytes held on other nodes (through a cache). Given to the engine's builder by the
 /// server when the node is part of a cluster.
 #[async_trait::async_trait]
@@ -308,7 +322,7 @@ impl Engine {
         let expires_at_ms = earliest(req.expires_at_ms, lifecycle_expiry);
         let (record, inline) = self.new_record(ingested, holders, req.headers, expires_at_ms);
         let mut extra = ExtraTxn::seen_bucket(bucket_revision);
-        extra.ops.extend(self.repair_op(&req.bucket, &req.key, &bucket.location, &record.data));
+        extra.ops.extend(self.repair_op(&req.bucket, &req.key, &bucket, &record).await?);
         let revision = self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, extra).await?;
         Ok(PutOutcome { etag: record.etag.clone(), size: record.size, revision, record })
     }
@@ -475,18 +489,7 @@ impl Engine {
                 let end = (last as usize + 1).min(data.len());
                 return Ok((body_from_bytes(data.slice((first as usize).min(end)..end)), None));
             }
-            DataLayout::Blob { id, digests, holders } => {
-                vec![Span { blob: *id, blob_len: size, digests: digests.clone(), holders: holders.clone() }]
-            }
-            DataLayout::Parts { parts } => parts
-                .iter()
-                .map(|p| Span {
-                    blob: p.blob,
-                    blob_len: p.size,
-                    digests: p.digests.clone(),
-                    holders: p.holders.clone(),
-                })
-                .collect(),
+            _ => spans(&current.record),
         };
         let mut segments = Vec::new();
         let mut start = 0u64;
@@ -515,7 +518,7 @@ impl Engine {
     }
 
     /// `len` bytes of one blob from `from`: from this node's disk, or through the remote reader.
-    async fn open_span(&self, span: &Span, from: u64, len: u64) -> EngineResult<(Body, Option<ReadSource>)> {
+    pub(crate) async fn open_span(&self, span: &Span, from: u64, len: u64) -> EngineResult<(Body, Option<ReadSource>)> {
         if self.is_local(&span.holders) {
             let stream = self.blobs().read(span.blob, from, len).await?;
             return Ok((Box::pin(stream.map_err(|e| Box::new(e) as BodyError)), None));
@@ -628,7 +631,7 @@ impl Engine {
             data,
         };
         let mut extra = ExtraTxn::seen_bucket(dst_revision);
-        extra.ops.extend(self.repair_op(&req.dst_bucket, &req.dst_key, &dst_bucket.location, &record.data));
+        extra.ops.extend(self.repair_op(&req.dst_bucket, &req.dst_key, &dst_bucket, &record).await?);
         let revision =
             self.commit_object(&req.dst_bucket, &req.dst_key, &record, inline, &req.conditions, extra).await?;
         Ok(CopyOutcome { etag: record.etag.clone(), modified_ms: record.modified_ms, revision, record })

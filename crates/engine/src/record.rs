@@ -43,6 +43,40 @@ pub struct BucketRecord {
     /// The bucket's tags (PutBucketTagging).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: crate::tagging::Tags,
+    /// For a global bucket: how many regions keep a copy of each object's bytes (the writer's
+    /// plus copies made in the background in the nearest others; `None`: the writer's only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+}
+
+/// Most copies a global bucket can ask for.
+pub const MAX_REPLICAS: u32 = 16;
+
+/// Where a new bucket's bytes live: its [`Location`] and, for a global bucket, how many regions
+/// keep a copy ([`BucketRecord::replicas`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub location: Location,
+    pub replicas: Option<u32>,
+}
+
+impl From<Location> for Placement {
+    fn from(location: Location) -> Self {
+        Placement { location, replicas: None }
+    }
+}
+
+/// Parses a bucket's location constraint: a [`Location`], or `global;replicas=N` for a global
+/// bucket whose objects are copied to N regions.
+pub fn parse_placement(text: &str) -> EngineResult<Placement> {
+    let Some((location, n)) = text.split_once(";replicas=") else { return Ok(Location::parse(text)?.into()) };
+    let replicas = n.parse::<u32>().ok().filter(|n| (1..=MAX_REPLICAS).contains(n));
+    match (Location::parse(location)?, replicas) {
+        (Location::Global, Some(n)) => Ok(Placement { location: Location::Global, replicas: Some(n) }),
+        _ => Err(EngineError::InvalidArgument(format!(
+            "invalid bucket location {text:?}: replicas=N goes with a global bucket (global;replicas=N, N from 1 to {MAX_REPLICAS})"
+        ))),
+    }
 }
 
 /// A bucket's location type: the consistency and durability model of its objects' bytes.
@@ -114,6 +148,14 @@ impl Location {
                 Ok(Location::MultiRegion { regions, write_quorum: quorum })
             }
             _ => Err(bad()),
+        }
+    }
+
+    /// The regions that must each hold a copy of an object's bytes, when the bucket names them.
+    pub fn listed_regions(&self) -> &[String] {
+        match self {
+            Location::MultiRegion { regions, .. } => regions,
+            _ => &[],
         }
     }
 }
@@ -319,5 +361,24 @@ mod tests {
         // Records written before the quorum existed still read.
         let old: Location = serde_json::from_str(r#"{"type":"multi_region","regions":["a","b"]}"#).unwrap();
         assert_eq!(old, multi(&["a", "b"], None));
+    }
+
+    #[test]
+    fn replicas_go_with_global_buckets_only() {
+        assert_eq!(
+            parse_placement("global;replicas=2").unwrap(),
+            Placement { location: Location::Global, replicas: Some(2) }
+        );
+        assert_eq!(parse_placement("global").unwrap(), Location::Global.into());
+        assert_eq!(parse_placement("pinned:eu").unwrap(), Location::Pinned { region: "eu".into() }.into());
+        for bad in [
+            "pinned:eu;replicas=2",
+            "multi:a,b;replicas=2",
+            "global;replicas=0",
+            "global;replicas=17",
+            "global;replicas=x",
+        ] {
+            assert!(parse_placement(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,47 +1,127 @@
-//! Background copies for regions of a multi-region bucket that missed a write acknowledged on
-//! the bucket's quorum.
+//! Background copies of objects' bytes: for regions of a multi-region bucket that missed a
+//! write acknowledged on the bucket's quorum, and for the extra regions of a global bucket with
+//! `replicas = N`.
 //!
-//! Such a write commits, with the object's record, a `y/<bucket>/<key>` marker naming the blob
-//! and the regions without a copy. Every node looks at the markers every [`REPAIR_INTERVAL`];
-//! one that names its region pulls the blob from a holder (through its chunk cache), stores it
-//! under the same id, checks it against the record's chunk digests and commits itself as a
-//! holder, comparing the record's revision (an object overwritten meanwhile drops the marker
-//! instead). A region still down is retried at the next round.
+//! Such a write commits, with the object's record, a `y/<bucket>/<key>` marker naming the
+//! object's first blob and the regions without a copy. Every node looks at the markers every
+//! [`REPAIR_INTERVAL`]; one that names its region pulls every blob of the object from a holder
+//! (through its chunk cache), stores each under the same id, checks it against the record's
+//! chunk digests and commits itself as a holder, comparing the record's revision (an object
+//! overwritten meanwhile drops the marker instead). A region still down is retried at the next
+//! round.
+//!
+//! Copies are also lost: the copy audit ([`Engine::spawn_copy_audit`]) walks the objects of
+//! buckets that keep several copies, on one node of the cluster at a time, and commits a new
+//! marker for an object whose surviving holders are fewer than its bucket asks for. A holder
+//! survives while its node's heartbeat is younger than [`crate::EngineConfig::holder_lost_after`]
+//! (for bytes on a shared regional store: while any node of its region's is).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use meridian_meta::{Compare, Op, RangeRequest, Txn};
+use meridian_meta::{Compare, Op, RangeRequest, Revision, Txn};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::NodeStatus;
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{IngestLimits, IngestedData, Integrity, ingest};
-use crate::object::Current;
-use crate::record::{self, DataLayout, Location};
+use crate::object::{Span, spans};
+use crate::record::{self, BucketRecord, DataLayout, Holder, Location, ObjectRecord};
 use crate::{Consistency, Engine, keys};
 
 /// How often a node looks for copies its region still owes.
 pub const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 /// Markers read per round.
 const REPAIR_PAGE: usize = 64;
+/// Object records the copy audit reads per round (it goes on from there at the next round).
+const AUDIT_BUDGET: usize = 10_000;
 
 /// The value of a `y/` marker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repair {
+    /// The object's first blob (its only one, or its first part's): which write the marker is for.
     pub blob: meridian_blob::BlobId,
     /// Regions that still need a copy.
     pub regions: Vec<String>,
 }
 
+/// How many regions must hold an object's bytes, by its bucket's settings (1: no copies kept).
+fn copies_wanted(bucket: &BucketRecord) -> usize {
+    match &bucket.location {
+        Location::MultiRegion { regions, .. } => regions.len(),
+        Location::Global => bucket.replicas.unwrap_or(1) as usize,
+        Location::Pinned { .. } => 1,
+    }
+}
+
+/// The regions that hold every blob of an object, among the holders `survives` accepts.
+fn holding_regions(record: &ObjectRecord, survives: impl Fn(&Holder) -> bool) -> BTreeSet<String> {
+    let spans = spans(record);
+    let mut regions: Option<BTreeSet<String>> = None;
+    for span in &spans {
+        let here: BTreeSet<String> = span.holders.iter().filter(|h| survives(h)).map(|h| h.region.clone()).collect();
+        regions = Some(match regions {
+            None => here,
+            Some(before) => before.intersection(&here).cloned().collect(),
+        });
+    }
+    regions.unwrap_or_default()
+}
+
 impl Engine {
-    /// The marker to commit with a multi-region object whose copies miss some listed regions.
-    pub(crate) fn repair_op(&self, bucket: &str, key: &str, location: &Location, data: &DataLayout) -> Option<Op> {
-        let (Location::MultiRegion { regions, .. }, DataLayout::Blob { id, holders, .. }) = (location, data) else {
-            return None;
+    /// The marker to commit with an object whose copies miss regions its bucket asks for.
+    pub(crate) async fn repair_op(
+        &self,
+        bucket: &str,
+        key: &str,
+        bucket_record: &BucketRecord,
+        record: &ObjectRecord,
+    ) -> EngineResult<Option<Op>> {
+        if copies_wanted(bucket_record) <= 1 || matches!(record.data, DataLayout::Inline) {
+            return Ok(None);
+        }
+        let have = holding_regions(record, |_| true);
+        let nodes = self.nodes_at(Consistency::Local).await?;
+        Ok(self
+            .marker_for(bucket_record, record, &have, &nodes)
+            .map(|m| Op::put(keys::repair(bucket, key), record::encode(&m))))
+    }
+
+    /// The marker naming the regions that should make a copy, if any: a multi-region bucket's
+    /// listed regions without one; for a global bucket with replicas, the nearest regions with a
+    /// live node, as many as copies are missing.
+    fn marker_for(
+        &self,
+        bucket: &BucketRecord,
+        record: &ObjectRecord,
+        have: &BTreeSet<String>,
+        nodes: &[NodeStatus],
+    ) -> Option<Repair> {
+        let blob = *record.data.blobs().first()?;
+        let regions: Vec<String> = match &bucket.location {
+            Location::MultiRegion { regions, .. } => regions.iter().filter(|r| !have.contains(*r)).cloned().collect(),
+            _ => {
+                let missing = copies_wanted(bucket).saturating_sub(have.len());
+                self.regions_by_distance(nodes).into_iter().filter(|r| !have.contains(r)).take(missing).collect()
+            }
         };
-        let missing: Vec<String> =
-            regions.iter().filter(|r| !holders.iter().any(|h| &h.region == *r)).cloned().collect();
-        let marker = Repair { blob: *id, regions: missing };
-        (!marker.regions.is_empty()).then(|| Op::put(keys::repair(bucket, key), record::encode(&marker)))
+        (!regions.is_empty()).then_some(Repair { blob, regions })
+    }
+
+    /// Regions with a live node, nearest first (by the shortest round trip measured to one of
+    /// their nodes; unmeasured ones last, by name); this node's region first of all.
+    pub(crate) fn regions_by_distance(&self, nodes: &[NodeStatus]) -> Vec<String> {
+        let here = &self.config().node.region;
+        let mut by_region: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+        for node in nodes.iter().filter(|n| n.healthy) {
+            let rtt =
+                if &node.record.region == here { -1 } else { self.round_trip(&node.record.id).unwrap_or(i64::MAX) };
+            let best = by_region.entry(&node.record.region).or_insert(rtt);
+            *best = (*best).min(rtt);
+        }
+        let mut regions: Vec<(&str, i64)> = by_region.into_iter().collect();
+        regions.sort_by_key(|(name, rtt)| (*rtt, *name));
+        regions.into_iter().map(|(name, _)| name.to_string()).collect()
     }
 
     pub(crate) fn spawn_repairs(&self) {
@@ -80,31 +160,29 @@ impl Engine {
     }
 
     async fn repair_one(&self, bucket: &str, key: &str, marker: &Repair, marker_revision: u64) -> EngineResult<()> {
-        let here = self.config().node.clone();
         let current = self.read_current(bucket, key).await?;
         let marker_key = keys::repair(bucket, key);
-        let still =
-            current.as_ref().filter(|c| matches!(&c.record.data, DataLayout::Blob { id, .. } if *id == marker.blob));
+        let still = current.as_ref().filter(|c| c.record.data.blobs().first() == Some(&marker.blob));
         let Some(current) = still else {
             // Overwritten or deleted since: nothing left to copy.
             let txn = Txn::new().when(Compare::mod_revision_is(marker_key.clone(), marker_revision));
             self.meta().txn(txn.then(Op::delete(marker_key))).await?;
             return Ok(());
         };
-        let DataLayout::Blob { digests, holders, .. } = &current.record.data else { return Ok(()) };
-        if !holders.iter().any(|h| h.node == here.node) {
-            self.pull_copy(current, digests).await?;
+        for span in spans(&current.record) {
+            if !self.is_local(&span.holders) {
+                self.pull_copy(&span).await?;
+            }
         }
         let mut record = current.record.clone();
-        if let DataLayout::Blob { holders, .. } = &mut record.data
-            && !holders.iter().any(|h| h.node == here.node)
-        {
-            holders.extend(self.here());
+        for holders in holder_lists(&mut record.data) {
+            if !self.is_local(holders) {
+                holders.extend(self.here());
+            }
         }
-        let rest = Repair {
-            blob: marker.blob,
-            regions: marker.regions.iter().filter(|r| **r != here.region).cloned().collect(),
-        };
+        let here = &self.config().node.region;
+        let rest =
+            Repair { blob: marker.blob, regions: marker.regions.iter().filter(|r| *r != here).cloned().collect() };
         let object_key = keys::object(bucket, key);
         let mut txn = Txn::new()
             .when(Compare::mod_revision_is(object_key.clone(), current.revision))
@@ -119,26 +197,178 @@ impl Engine {
             // change follower's deletion of the freed blob, or the orphan scan).
             return Ok(());
         }
-        tracing::info!(bucket, key, blob = %marker.blob, "made this region's copy of a multi-region object");
+        tracing::info!(bucket, key, blob = %marker.blob, "made this region's copy of an object's bytes");
         Ok(())
     }
 
-    /// Reads the object's blob from a holder and stores it here under the same id, checked
-    /// against the record's chunk digests.
-    async fn pull_copy(&self, current: &Current, digests: &[u32]) -> EngineResult<()> {
-        let DataLayout::Blob { id, .. } = &current.record.data else { return Ok(()) };
-        let (body, _) = self.open_body(current, None).await?;
-        let limits = IngestLimits { inline_max: 0, max_size: u64::MAX, blob_id: Some(*id) };
+    /// Reads one blob of an object from a holder and stores it here under the same id,
+    /// checked against the record's chunk digests.
+    async fn pull_copy(&self, span: &Span) -> EngineResult<()> {
+        let (body, _) = self.open_span(span, 0, span.blob_len).await?;
+        let limits = IngestLimits { inline_max: 0, max_size: u64::MAX, blob_id: Some(span.blob) };
         let copied = match ingest(self.blobs(), body, Integrity::default(), limits).await {
             Err(EngineError::Blob(meridian_blob::BlobError::Exists(_))) => return Ok(()), // pulled before
             other => other?,
         };
-        if copied.digests != digests {
+        if copied.digests != span.digests {
             if let IngestedData::Blob(blob) = copied.data {
                 self.delete_blobs_now(vec![blob]);
             }
-            return Err(EngineError::Corrupt(format!("the copy of blob {id} does not match its recorded digests")));
+            return Err(EngineError::Corrupt(format!(
+                "the copy of blob {} does not match its recorded digests",
+                span.blob
+            )));
         }
         Ok(())
+    }
+
+    /// Walks the objects of buckets that keep several copies, on the one node of the cluster
+    /// whose id sorts first among the live ones, and marks objects that lost copies.
+    pub(crate) fn spawn_copy_audit(&self) {
+        let interval = (self.config().holder_lost_after / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut cursor: Option<(String, String)> = None;
+            loop {
+                tokio::time::sleep(interval).await;
+                match engine.audit_round(cursor.take()).await {
+                    Ok(next) => cursor = next,
+                    Err(e) => tracing::debug!(error = %e, "copy audit round failed; retried"),
+                }
+            }
+        });
+    }
+
+    /// One round of the audit, from `cursor` (a bucket and the last key looked at); returns
+    /// where the next round goes on (`None`: from the start).
+    async fn audit_round(&self, cursor: Option<(String, String)>) -> EngineResult<Option<(String, String)>> {
+        let nodes = self.nodes_at(Consistency::Local).await?;
+        let me = &self.config().node.node;
+        let leader = nodes.iter().filter(|n| n.healthy).map(|n| &n.record.id).min();
+        if leader != Some(me) {
+            return Ok(None);
+        }
+        // Nodes silent for longer than `holder_lost_after` neither count as holders nor get
+        // new copies to make.
+        let lost_after = self.config().holder_lost_after.as_millis() as i64;
+        let nodes: Vec<NodeStatus> =
+            nodes.into_iter().filter(|n| n.healthy && n.heartbeat_age_ms < lost_after).collect();
+        let mut buckets: Vec<(String, BucketRecord)> =
+            self.list_buckets().await?.into_iter().filter(|(_, b)| copies_wanted(b) > 1).collect();
+        if let Some((from, _)) = &cursor {
+            buckets.retain(|(name, _)| name >= from);
+        }
+        let mut budget = AUDIT_BUDGET;
+        let mut after = cursor.map(|(_, key)| key);
+        for (name, bucket) in buckets {
+            let mut request = RangeRequest::prefix(keys::objects_prefix(&name)).limit(REPAIR_PAGE * 4);
+            if let Some(key) = after.take() {
+                request = request.after(keys::object(&name, &key));
+            }
+            loop {
+                let page = self.reader(Consistency::Local).range(request.clone()).await?;
+                for kv in &page.kvs {
+                    let Some((_, key)) = keys::parse_object_key(&kv.key) else { continue };
+                    let record: ObjectRecord = record::decode(&kv.value)?;
+                    self.audit_object(&name, key, &bucket, &record, kv.mod_revision, &nodes).await?;
+                }
+                budget = budget.saturating_sub(page.kvs.len());
+                let Some(last) = page.kvs.last() else { break };
+                if budget == 0 {
+                    return Ok(keys::parse_object_key(&last.key).map(|(_, key)| (name.clone(), key.to_string())));
+                }
+                if !page.more {
+                    break;
+                }
+                request = request.after(last.key.clone());
+            }
+        }
+        Ok(None)
+    }
+
+    /// Commits a marker for an object whose surviving copies are fewer than its bucket asks
+    /// for, unless one already names the regions it would. `nodes`: the live ones.
+    async fn audit_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        bucket_record: &BucketRecord,
+        record: &ObjectRecord,
+        revision: Revision,
+        nodes: &[NodeStatus],
+    ) -> EngineResult<()> {
+        if matches!(record.data, DataLayout::Inline) || record.is_expired(crate::now_ms()) {
+            return Ok(());
+        }
+        let survives = |holder: &Holder| {
+            nodes.iter().any(|n| match &holder.store {
+                // Bytes on a shared store outlive their writer: any node of the region reads them.
+                Some(_) => n.record.region == holder.region,
+                None => n.record.id == holder.node,
+            })
+        };
+        let have = holding_regions(record, survives);
+        if have.len() >= copies_wanted(bucket_record) {
+            return Ok(());
+        }
+        let Some(marker) = self.marker_for(bucket_record, record, &have, nodes) else { return Ok(()) };
+        let marker_key = keys::repair(bucket, key);
+        let existing = self.reader(Consistency::Local).get(&marker_key).await?;
+        let unchanged_marker = match &existing {
+            Some(kv) => {
+                let pending: Repair = record::decode(&kv.value)?;
+                if pending.blob == marker.blob && marker.regions.iter().all(|r| pending.regions.contains(r)) {
+                    return Ok(()); // already owed by the regions that would make them
+                }
+                Compare::mod_revision_is(marker_key.clone(), kv.mod_revision)
+            }
+            None => Compare::absent(marker_key.clone()),
+        };
+        let txn = Txn::new()
+            .when(Compare::mod_revision_is(keys::object(bucket, key), revision))
+            .when(unchanged_marker)
+            .then(Op::put(marker_key, record::encode(&marker)));
+        if self.meta().txn(txn).await?.succeeded {
+            tracing::info!(bucket, key, regions = ?marker.regions, "an object lost copies of its bytes; new ones are owed");
+        }
+        Ok(())
+    }
+
+    /// Sets how many regions keep a copy of a global bucket's objects (`None` or 1: the
+    /// writer's only). Objects already written get their copies from the copy audit.
+    pub async fn set_bucket_replicas(&self, bucket: &str, replicas: Option<u32>) -> EngineResult<BucketRecord> {
+        if replicas.is_some_and(|n| !(1..=record::MAX_REPLICAS).contains(&n)) {
+            return Err(EngineError::InvalidArgument(format!("replicas must be from 1 to {}", record::MAX_REPLICAS)));
+        }
+        self.update_bucket(bucket, |record| match &record.location {
+            Location::Global => {
+                record.replicas = replicas.filter(|n| *n > 1);
+                Ok(())
+            }
+            other => Err(EngineError::InvalidArgument(format!(
+                "replicas apply to global buckets; this bucket's location is {other}"
+            ))),
+        })
+        .await
+    }
+
+    /// Records the shortest round trip measured to a node.
+    pub(crate) fn note_round_trip(&self, node: &str, round_trip_ms: i64) {
+        if let Ok(mut known) = self.inner.round_trips.lock() {
+            known.insert(node.to_string(), round_trip_ms);
+        }
+    }
+
+    fn round_trip(&self, node: &str) -> Option<i64> {
+        self.inner.round_trips.lock().ok()?.get(node).copied()
+    }
+}
+
+/// The holder list of every blob of an object, to add a holder to.
+fn holder_lists(data: &mut DataLayout) -> Vec<&mut Vec<Holder>> {
+    match data {
+        DataLayout::Inline => Vec::new(),
+        DataLayout::Blob { holders, .. } => vec![holders],
+        DataLayout::Parts { parts } => parts.iter_mut().map(|p| &mut p.holders).collect(),
     }
 }

@@ -80,6 +80,9 @@ pub struct FileConfig {
     pub origins: Vec<meridian_edge::origin::SiteOrigin>,
     /// Most measured replication lag (ms) of a cluster node that is still ready.
     pub ready_max_lag_ms: Option<u64>,
+    /// How long (ms) a silent holder of objects' bytes has before its copies are made again
+    /// elsewhere.
+    pub holder_lost_after_ms: Option<u64>,
     /// Object bytes in this S3 bucket instead of the data directory.
     pub blob_s3_bucket: Option<String>,
     pub blob_s3_endpoint: Option<String>,

@@ -117,6 +117,11 @@ pub struct ServerArgs {
     /// not ready (/ready answers 503). A duration: 10s, 500ms. Default: 10s
     #[arg(long, env = "MERIDIAN_READY_MAX_LAG", value_parser = meridian_common::duration::parse_duration)]
     ready_max_lag: Option<Duration>,
+    /// A node holding copies of objects' bytes that has been silent this long counts as lost:
+    /// buckets that keep several copies (replicas, multi-region) get new ones made elsewhere.
+    /// A duration: 10m, 30s. Default: 10m
+    #[arg(long, env = "MERIDIAN_HOLDER_LOST_AFTER", value_parser = meridian_common::duration::parse_duration)]
+    holder_lost_after: Option<Duration>,
     #[command(flatten)]
     blob_s3: BlobS3Args,
 }
@@ -188,6 +193,7 @@ struct Settings {
     log_format: String,
     history_revisions: u64,
     readiness: meridian_engine::health::ReadinessLimits,
+    holder_lost_after: Duration,
     status_token: Option<String>,
     metrics_listen: Option<SocketAddr>,
     /// Object bytes in an S3 bucket instead of the data directory.
@@ -305,6 +311,10 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
                 .unwrap_or(meridian_engine::health::DEFAULT_MAX_VIEW_LAG),
             ..Default::default()
         },
+        holder_lost_after: args
+            .holder_lost_after
+            .or(file.holder_lost_after_ms.map(Duration::from_millis))
+            .unwrap_or(EngineConfig::default().holder_lost_after),
         status_token,
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
         blob_s3,
@@ -396,6 +406,7 @@ impl Settings {
             sites: self.sites.clone(),
             origins: self.origins.clone(),
             ready_max_lag_ms: Some(self.readiness.max_view_lag.as_millis() as u64),
+            holder_lost_after_ms: Some(self.holder_lost_after.as_millis() as u64),
             blob_s3_bucket: self.blob_s3.as_ref().map(|s3| s3.bucket.clone()),
             blob_s3_endpoint: self.blob_s3.as_ref().and_then(|s3| s3.endpoint.endpoint.clone()),
             blob_s3_prefix: self.blob_s3.as_ref().map(|s3| s3.prefix.clone()),
@@ -462,7 +473,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         None => config::node_id(&settings.data)?,
     };
     let node = meridian_engine::record::Holder { node: node_id.clone(), region: settings.region.clone(), store: None };
-    let engine_config = EngineConfig { inline_max: settings.inline_max, node, ..EngineConfig::default() };
+    let engine_config = EngineConfig {
+        inline_max: settings.inline_max,
+        node,
+        holder_lost_after: settings.holder_lost_after,
+        ..EngineConfig::default()
+    };
     let client_tls = ClientTls::new(settings.ca_file.as_deref()).context("cannot use the CA file (ca_file)")?;
     let server_tls = match &settings.tls {
         Some(files) => Some(ServerTls::load(files.clone()).context("cannot use the TLS certificate and key")?),

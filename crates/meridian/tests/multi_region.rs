@@ -2,7 +2,8 @@
 //! (20 ms each way) and a real etcd: a write is durable in every listed region before it is
 //! acknowledged, survives losing the region that took it, fails fast naming a listed region
 //! that is down (or succeeds on the bucket's quorum), and its bytes never reach an unlisted
-//! region.
+//! region. Global buckets with `replicas = N` keep N copies, in the nearest regions, and make
+//! new ones when a holder is lost.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -174,4 +175,85 @@ async fn heavy_a_listed_region_down_fails_writes_fast_naming_it_or_they_succeed_
     cluster.nodes[2].kill9();
     let repaired = get(&cluster.nodes[1], "/quorum/during");
     assert_eq!((repaired.status, repaired.body == data), (200, true), "{}", repaired.text());
+}
+
+/// Uploads `data` as a two-part multipart object (a 5 MiB part and the rest).
+async fn put_in_parts(client: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8]) {
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let upload = client.create_multipart_upload().bucket(bucket).key(key).send().await.unwrap();
+    let id = upload.upload_id().unwrap();
+    let mut done = Vec::new();
+    for (i, piece) in data.chunks(5 << 20).enumerate() {
+        let number = i as i32 + 1;
+        let part = client.upload_part().bucket(bucket).key(key).upload_id(id).part_number(number);
+        let etag = part.body(piece.to_vec().into()).send().await.unwrap().e_tag().unwrap().to_string();
+        done.push(CompletedPart::builder().part_number(number).e_tag(etag).build());
+    }
+    let parts = CompletedMultipartUpload::builder().set_parts(Some(done)).build();
+    client
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(id)
+        .multipart_upload(parts)
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_global_buckets_with_replicas_keep_copies_in_the_nearest_regions_and_replace_lost_ones() {
+    let mut cluster =
+        WanCluster::start(LinkConfig::one_way(Duration::from_millis(20)), &["--holder-lost-after", "4s"]).await;
+    // Region b is farther from everyone (60 ms each way to it) than a and c are from each other:
+    // nearest is by measured round trip, not by name.
+    cluster.node_links[1].set_config(LinkConfig::one_way(Duration::from_millis(60)));
+    tokio::time::sleep(Duration::from_secs(5)).await; // round trips measured by the clock samples
+    let a = cluster.client(0);
+    create(&a, "kept", "global;replicas=2").await;
+    let listed = common::admin::admin_ok(&cluster.nodes[0], &["bucket", "list"]);
+    let kept = listed.as_array().unwrap().iter().find(|b| b["name"] == "kept").unwrap().clone();
+    assert_eq!((kept["location"].as_str(), kept["replicas"].as_u64()), (Some("global"), Some(2)), "{kept}");
+
+    // Acknowledged at once (the copy is made in the background), then copied to region c, the
+    // nearest; a multipart object's parts too.
+    let big = pattern(3 << 20, 7);
+    assert_eq!(put(&cluster.nodes[0], "/kept/big.bin", &big).0.status, 200);
+    let parted = pattern((5 << 20) + 1_000_000, 8);
+    put_in_parts(&a, "kept", "parted.bin", &parted).await;
+    within(Duration::from_secs(20), "region c's copies", || {
+        blobs_of_size(&cluster.nodes[2], big.len()) == 1
+            && blobs_of_size(&cluster.nodes[2], 5 << 20) == 1
+            && blobs_of_size(&cluster.nodes[2], 1_000_000) == 1
+    })
+    .await;
+    assert_eq!(blobs_of_size(&cluster.nodes[1], big.len()), 0, "two copies only, not in the farther region b");
+
+    // Raising a bucket's replicas copies what it already holds.
+    create(&a, "later", "global").await;
+    let later = pattern(200_000, 9);
+    assert_eq!(put(&cluster.nodes[0], "/later/x", &later).0.status, 200);
+    common::admin::admin_ok(&cluster.nodes[0], &["bucket", "replicas", "later", "2"]);
+    within(Duration::from_secs(20), "region c's copy of later/x", || {
+        blobs_of_size(&cluster.nodes[2], later.len()) == 1
+    })
+    .await;
+
+    // Region c is lost: once its holder has been silent for 4 s, region b makes the copies.
+    cluster.nodes[2].kill9();
+    within(Duration::from_secs(40), "region b's copies after region c was lost", || {
+        blobs_of_size(&cluster.nodes[1], big.len()) == 1
+            && blobs_of_size(&cluster.nodes[1], 5 << 20) == 1
+            && blobs_of_size(&cluster.nodes[1], 1_000_000) == 1
+            && blobs_of_size(&cluster.nodes[1], later.len()) == 1
+    })
+    .await;
+    // Then the writer's region goes too: region b serves every object from its own copies.
+    cluster.nodes[0].kill9();
+    for (path, data) in [("/kept/big.bin", &big), ("/kept/parted.bin", &parted), ("/later/x", &later)] {
+        let read = get(&cluster.nodes[1], path);
+        assert_eq!(read.status, 200, "{path}: {}", read.text());
+        assert_eq!(md5_hex(&read.body), md5_hex(data), "{path}");
+        assert_eq!(read.header("x-meridian-served-from"), Some("region-b"), "{path}");
+    }
 }

@@ -2,7 +2,7 @@
 //! DeleteBucket.
 
 use meridian_engine::iam::{Access, authorize};
-use meridian_engine::record::Location;
+use meridian_engine::record::{Location, Placement, parse_placement};
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
@@ -50,9 +50,9 @@ pub(super) async fn create_bucket(
     }
     let owner = RequestContext::of(&req)?.key_name()?.to_string();
     let constraint = req.input.create_bucket_configuration.as_ref().and_then(|c| c.location_constraint.as_ref());
-    let location = location_from_constraint(s3, constraint.map(|c| c.as_str())).await?;
+    let placement = placement_from_constraint(s3, constraint.map(|c| c.as_str())).await?;
     let revision =
-        s3.engine.create_bucket_at(&req.input.bucket, &owner, public_read, location).await.map_err(s3_error)?;
+        s3.engine.create_bucket_at(&req.input.bucket, &owner, public_read, placement).await.map_err(s3_error)?;
     let output = CreateBucketOutput { location: Some(format!("/{}", req.input.bucket)) };
     Ok(with_revision(output, revision))
 }
@@ -103,27 +103,27 @@ pub(super) async fn delete_bucket(
     Ok(with_revision(DeleteBucketOutput::default(), revision))
 }
 
-/// The location type asked for by CreateBucket's `LocationConstraint`: `global`,
-/// `pinned:REGION` or `multi:R1,R2` explicitly; a bare name of a region of this cluster pins
-/// the bucket there. Any other bare name (SDKs send their configured region, e.g.
-/// `eu-west-1`) and no constraint mean a global bucket.
-async fn location_from_constraint(s3: &MeridianS3, constraint: Option<&str>) -> S3Result<Location> {
-    let Some(text) = constraint.map(str::trim).filter(|c| !c.is_empty()) else { return Ok(Location::Global) };
+/// The placement asked for by CreateBucket's `LocationConstraint`: `global`,
+/// `global;replicas=N`, `pinned:REGION` or `multi:R1,R2` explicitly; a bare name of a region of
+/// this cluster pins the bucket there. Any other bare name (SDKs send their configured region,
+/// e.g. `eu-west-1`) and no constraint mean a global bucket.
+async fn placement_from_constraint(s3: &MeridianS3, constraint: Option<&str>) -> S3Result<Placement> {
+    let Some(text) = constraint.map(str::trim).filter(|c| !c.is_empty()) else { return Ok(Placement::default()) };
     let invalid = |message: String| S3Error::with_message(S3ErrorCode::InvalidLocationConstraint, message);
     let nodes = s3.engine.nodes().await.map_err(s3_error)?;
     let known = |region: &str| nodes.iter().any(|n| n.record.region == region);
-    if text != "global" && !text.contains(':') {
+    if text != "global" && !text.contains(':') && !text.contains(';') {
         let pinned = known(text).then(|| Location::Pinned { region: text.to_string() });
-        return Ok(pinned.unwrap_or(Location::Global));
+        return Ok(pinned.unwrap_or(Location::Global).into());
     }
-    let location = Location::parse(text).map_err(|e| invalid(e.to_string()))?;
-    let regions = match &location {
+    let placement = parse_placement(text).map_err(|e| invalid(e.to_string()))?;
+    let regions = match &placement.location {
         Location::Global => vec![],
         Location::Pinned { region } => vec![region.clone()],
         Location::MultiRegion { regions, .. } => regions.clone(),
     };
     match regions.iter().find(|r| !known(r)) {
         Some(unknown) => Err(invalid(format!("no node of this cluster is in region {unknown:?}"))),
-        None => Ok(location),
+        None => Ok(placement),
     }
 }
