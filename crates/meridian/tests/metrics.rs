@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use common::wan_cluster::{WanCluster, wait_until};
 use common::metrics::{s3_ops as ops, sample, scrape, scrape_with};
+use common::wan_cluster::{WanCluster, wait_until};
 use common::{ACCESS_KEY, ADMIN_TOKEN, SECRET_KEY, Server, pattern, raw};
 use meridian_wan::LinkConfig;
 
@@ -22,7 +22,6 @@ fn addr_of(url: &str) -> &str {
 fn free_addr() -> String {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
 }
-
 
 /// Runs `promtool check metrics` on `text`; panics with its complaints.
 fn promtool_check(text: &str) {
@@ -91,7 +90,6 @@ fn metrics_need_the_admin_or_status_token_and_the_status_token_opens_nothing_els
 async fn cluster() -> WanCluster {
     WanCluster::start(LinkConfig::one_way(Duration::from_millis(5)), &[]).await
 }
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_s3_kv_and_remote_reads_move_the_right_metrics_on_every_region() {

@@ -44,9 +44,7 @@ pub enum CheckpointError {
     Read { path: PathBuf, error: std::io::Error },
     #[error("the checkpoint {path} is not a migration checkpoint: {error}")]
     Parse { path: PathBuf, error: serde_json::Error },
-    #[error(
-        "the checkpoint {path} belongs to the migration of {found}, not {wanted}; give another --checkpoint file"
-    )]
+    #[error("the checkpoint {path} belongs to the migration of {found}, not {wanted}; give another --checkpoint file")]
     Mismatch { path: PathBuf, found: String, wanted: String },
     #[error("cannot write the checkpoint {path}: {error}")]
     Write { path: PathBuf, error: std::io::Error },

@@ -72,28 +72,22 @@ pub async fn copy_object(
     key: &str,
     part_size: u64,
 ) -> Result<u64, CopyError> {
-    let got = source
-        .get_object()
-        .bucket(src_bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| CopyError::Source(chain(&e)))?;
+    let got = source.get_object().bucket(src_bucket).key(key).send().await.map_err(|e| CopyError::Source(chain(&e)))?;
     let announced = got.content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
     let source_etag = got.e_tag.as_deref().map(|e| bare_etag(e).to_string()).unwrap_or_default();
     let headers = Headers::of(&got);
-    let mut body = got.body;
+    let mut body = BodyReader { body: got.body, leftover: Bytes::new() };
     let mut whole = Md5::new();
     let sent = if announced <= part_size {
-        let bytes = read_up_to(&mut body, announced, &mut whole).await?;
+        let bytes = body.read_up_to(announced, &mut whole).await?;
         check_size(bytes.len() as u64, announced)?;
+        body.check_end(announced).await?;
         put_whole(dest, dst_bucket, key, bytes, &headers).await?;
         announced
     } else {
         let target = Target { client: dest, bucket: dst_bucket, key };
         put_in_parts(&target, &mut body, announced, part_size, &headers, &mut whole).await?
     };
-    check_size(sent, announced)?;
     let computed = hex::encode(whole.finalize());
     if !source_etag.is_empty() && !is_multipart_etag(&source_etag) && source_etag != computed {
         return Err(CopyError::SourceDigest { computed, etag: source_etag });
@@ -105,20 +99,43 @@ fn check_size(got: u64, announced: u64) -> Result<(), CopyError> {
     if got == announced { Ok(()) } else { Err(CopyError::Size { got, announced }) }
 }
 
-/// Reads up to `limit` bytes of `body` (all of it when it is shorter), feeding `whole`.
-async fn read_up_to(body: &mut ByteStream, limit: u64, whole: &mut Md5) -> Result<Bytes, CopyError> {
-    let mut buf = BytesMut::new();
-    while (buf.len() as u64) < limit {
-        let Some(chunk) = body.next().await else { break };
-        let chunk = chunk.map_err(|e| CopyError::Source(chain(&e)))?;
-        buf.extend_from_slice(&chunk);
+/// The source's body read in pieces of a chosen size (its chunks do not fall on part bounds).
+struct BodyReader {
+    body: ByteStream,
+    leftover: Bytes,
+}
+
+impl BodyReader {
+    /// The next `limit` bytes (fewer only at the end of the body), fed to `whole`.
+    async fn read_up_to(&mut self, limit: u64, whole: &mut Md5) -> Result<Bytes, CopyError> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut buf = BytesMut::new();
+        while buf.len() < limit {
+            let mut chunk = if self.leftover.is_empty() {
+                match self.body.next().await {
+                    Some(chunk) => chunk.map_err(|e| CopyError::Source(chain(&e)))?,
+                    None => break,
+                }
+            } else {
+                std::mem::take(&mut self.leftover)
+            };
+            if chunk.len() > limit - buf.len() {
+                self.leftover = chunk.split_off(limit - buf.len());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        whole.update(&buf);
+        Ok(buf.freeze())
     }
-    if buf.len() as u64 > limit {
-        // A source sending more than it announced: report the size it sent so far.
-        return Err(CopyError::Size { got: buf.len() as u64, announced: limit });
+
+    /// Fails if the body holds more than was read (the source sent more than it announced).
+    async fn check_end(&mut self, read: u64) -> Result<(), CopyError> {
+        let more = match self.body.next().await {
+            Some(chunk) => chunk.map_err(|e| CopyError::Source(chain(&e)))?.len() + self.leftover.len(),
+            None => self.leftover.len(),
+        };
+        check_size(read + more as u64, read)
     }
-    whole.update(&buf);
-    Ok(buf.freeze())
 }
 
 /// The MD5 of `bytes`: raw, as hex (an ETag) and as base64 (a Content-MD5).
@@ -168,7 +185,7 @@ struct Target<'a> {
 /// Sends `body` as a multipart upload; aborts the upload if anything fails. Returns the bytes sent.
 async fn put_in_parts(
     to: &Target<'_>,
-    body: &mut ByteStream,
+    body: &mut BodyReader,
     announced: u64,
     part_size: u64,
     h: &Headers,
@@ -201,7 +218,7 @@ async fn put_in_parts(
 async fn send_parts(
     to: &Target<'_>,
     upload_id: &str,
-    body: &mut ByteStream,
+    body: &mut BodyReader,
     announced: u64,
     part_size: u64,
     whole: &mut Md5,
@@ -210,7 +227,7 @@ async fn send_parts(
     let mut part_digests = Vec::new();
     let mut sent = 0u64;
     while sent < announced {
-        let bytes = read_up_to(body, part_size.min(announced - sent), whole).await?;
+        let bytes = body.read_up_to(part_size.min(announced - sent), whole).await?;
         if bytes.is_empty() {
             break; // the source ended early: the size check reports it
         }
@@ -236,6 +253,7 @@ async fn send_parts(
         sent += len;
     }
     check_size(sent, announced)?;
+    body.check_end(sent).await?;
     let expected = format!("{}-{}", hex::encode(Md5::digest(&part_digests)), parts.len());
     let done = to
         .client

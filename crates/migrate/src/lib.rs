@@ -394,19 +394,17 @@ fn clients(args: &MigrateArgs) -> Result<(Side, Side), MigrateError> {
 
 /// Runs the migration to the end of the source's listing; returns the final checkpoint.
 pub async fn migrate(args: &MigrateArgs) -> Result<Checkpoint, MigrateError> {
-    let source_name = format!(
-        "{}/{}/{}",
-        args.source_endpoint.as_deref().unwrap_or("aws"),
-        args.source_bucket,
-        args.source_prefix
-    );
+    let source_name =
+        format!("{}/{}/{}", args.source_endpoint.as_deref().unwrap_or("aws"), args.source_bucket, args.source_prefix);
     let dest_name = format!("{}/{}", args.endpoint, args.bucket);
     let cp = Checkpoint::load(&args.checkpoint, &source_name, &dest_name)?;
     let (source, dest) = clients(args)?;
-    dest.client.head_bucket().bucket(&dest.bucket).send().await.map_err(|e| MigrateError::Destination {
-        bucket: dest.bucket.clone(),
-        reason: chain(&e),
-    })?;
+    dest.client
+        .head_bucket()
+        .bucket(&dest.bucket)
+        .send()
+        .await
+        .map_err(|e| MigrateError::Destination { bucket: dest.bucket.clone(), reason: chain(&e) })?;
     if let Some(after) = &cp.after {
         eprintln!("migrate: resuming after {after:?} ({} objects handled before)", cp.passed);
     }
@@ -508,6 +506,7 @@ impl Run<'_> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn entry(size: u64, etag: &str, modified: i64) -> Entry {

@@ -55,7 +55,10 @@ impl Progress {
             }
             None if self.last_line.elapsed() >= self.interval => {
                 self.last_line = Instant::now();
-                eprintln!("migrate: {} objects  {line}", f.passed);
+                match f.total {
+                    Some((objects, _)) => eprintln!("migrate: {} of {objects} objects  {line}", f.passed),
+                    None => eprintln!("migrate: {} objects  {line}", f.passed),
+                }
             }
             None => {}
         }
@@ -67,24 +70,21 @@ impl Progress {
         }
     }
 
-    /// `4.0 MiB  812 objects/s  1.3 MiB/s  2m 10s left`
+    /// `4.0 MiB of 9.1 MiB  812 objects/s  1.3 MiB/s  2m 10s left` (bytes of this run, of the
+    /// source's total).
     fn describe(&self, f: &Figures) -> String {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let rate = f.passed_this_run as f64 / secs;
-        let byte_rate = f.bytes_this_run as f64 / secs;
-        let mut line = format!(
-            "{}  {rate:.0} objects/s  {}/s",
-            format_size(f.bytes_this_run),
-            format_size(byte_rate as u64)
-        );
+        let byte_rate = (f.bytes_this_run as f64 / secs) as u64;
+        let of_total = f.total.map(|(_, bytes)| format!(" of {}", format_size(bytes))).unwrap_or_default();
+        let mut line =
+            format!("{}{of_total}  {rate:.0} objects/s  {}/s", format_size(f.bytes_this_run), format_size(byte_rate));
         match f.total {
-            Some((objects, bytes)) => {
-                line = format!("of {} total, {line}", format_size(bytes));
-                if rate > 0.0 {
-                    let left = objects.saturating_sub(f.passed) as f64 / rate;
-                    line.push_str(&format!("  {} left", format_duration(Duration::from_secs_f64(left))));
-                }
+            Some((objects, _)) if rate > 0.0 => {
+                let left = objects.saturating_sub(f.passed) as f64 / rate;
+                line.push_str(&format!("  {} left", format_duration(Duration::from_secs_f64(left))));
             }
+            Some(_) => {}
             None => line.push_str("  (counting the source)"),
         }
         line
