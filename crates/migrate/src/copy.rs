@@ -53,6 +53,20 @@ impl Headers {
     }
 }
 
+/// Sets the kept headers on a PutObject or a CreateMultipartUpload request (two builder types
+/// with the same setters).
+macro_rules! with_headers {
+    ($req:expr, $h:expr) => {
+        $req.set_content_type($h.content_type.clone())
+            .set_cache_control($h.cache_control.clone())
+            .set_content_disposition($h.content_disposition.clone())
+            .set_content_encoding($h.content_encoding.clone())
+            .set_content_language($h.content_language.clone())
+            .set_expires($h.expires)
+            .set_metadata($h.metadata.clone())
+    };
+}
+
 /// An ETag without its quotes.
 pub fn bare_etag(etag: &str) -> &str {
     etag.trim_matches('"')
@@ -155,19 +169,10 @@ fn check_answer(answered: Option<&str>, expected: &str) -> Result<(), CopyError>
 
 async fn put_whole(dest: &Client, bucket: &str, key: &str, bytes: Bytes, h: &Headers) -> Result<(), CopyError> {
     let (_, hex_md5, b64_md5) = content_md5(&bytes);
-    let out = dest
-        .put_object()
-        .bucket(bucket)
-        .key(key)
+    let req = dest.put_object().bucket(bucket).key(key);
+    let out = with_headers!(req, h)
         .content_length(bytes.len() as i64)
         .content_md5(b64_md5)
-        .set_content_type(h.content_type.clone())
-        .set_cache_control(h.cache_control.clone())
-        .set_content_disposition(h.content_disposition.clone())
-        .set_content_encoding(h.content_encoding.clone())
-        .set_content_language(h.content_language.clone())
-        .set_expires(h.expires)
-        .set_metadata(h.metadata.clone())
         .body(ByteStream::from(bytes))
         .send()
         .await
@@ -191,18 +196,8 @@ async fn put_in_parts(
     h: &Headers,
     whole: &mut Md5,
 ) -> Result<u64, CopyError> {
-    let created = to
-        .client
-        .create_multipart_upload()
-        .bucket(to.bucket)
-        .key(to.key)
-        .set_content_type(h.content_type.clone())
-        .set_cache_control(h.cache_control.clone())
-        .set_content_disposition(h.content_disposition.clone())
-        .set_content_encoding(h.content_encoding.clone())
-        .set_content_language(h.content_language.clone())
-        .set_expires(h.expires)
-        .set_metadata(h.metadata.clone())
+    let req = to.client.create_multipart_upload().bucket(to.bucket).key(to.key);
+    let created = with_headers!(req, h)
         .send()
         .await
         .map_err(|e| CopyError::Destination(chain(&e)))?;
