@@ -197,10 +197,7 @@ async fn put_in_parts(
     whole: &mut Md5,
 ) -> Result<u64, CopyError> {
     let req = to.client.create_multipart_upload().bucket(to.bucket).key(to.key);
-    let created = with_headers!(req, h)
-        .send()
-        .await
-        .map_err(|e| CopyError::Destination(chain(&e)))?;
+    let created = with_headers!(req, h).send().await.map_err(|e| CopyError::Destination(chain(&e)))?;
     let upload_id = created.upload_id.unwrap_or_default();
     let result = send_parts(to, &upload_id, body, announced, part_size, whole).await;
     if result.is_err() {
