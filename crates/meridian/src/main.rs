@@ -28,6 +28,9 @@ enum Command {
     Volume(Box<meridian_volume::cli::VolumeCommand>),
     /// The KV API: get, put (CAS, TTL, put_transaction), delete, ls, locks, watch, batch.
     Kv(Box<meridian_client::cli::KvArgs>),
+    /// Copy a whole bucket from any S3 service into a Meridian bucket: parallel, resumable
+    /// (--checkpoint), verified, with a final report of anything it could not copy.
+    Migrate(Box<meridian_migrate::MigrateArgs>),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Volume(cmd) => volume(*cmd),
         Command::Kv(args) => Ok(meridian_client::cli::main(*args)),
+        Command::Migrate(args) => Ok(meridian_migrate::cli_main(*args)),
     }
 }
 

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
+use common::metrics::{s3_ops as ops, sample, scrape, scrape_with};
 use common::wan_cluster::{WanCluster, wait_until};
 use common::{ACCESS_KEY, ADMIN_TOKEN, SECRET_KEY, Server, pattern, raw};
 use meridian_wan::LinkConfig;
@@ -20,39 +21,6 @@ fn addr_of(url: &str) -> &str {
 
 fn free_addr() -> String {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
-}
-
-/// `GET /metrics` on a node's admin port with `token`.
-fn scrape_with(server: &Server, token: Option<&str>) -> raw::Response {
-    let headers: Vec<(&str, String)> = token.map(|t| ("authorization", format!("Bearer {t}"))).into_iter().collect();
-    raw::send(addr_of(&server.admin_url), "GET", "/metrics", &headers, b"")
-}
-
-/// The node's metrics, read with the admin token.
-fn scrape(server: &Server) -> String {
-    let resp = scrape_with(server, Some(ADMIN_TOKEN));
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    resp.text()
-}
-
-/// The value of the sample `name` whose labels include every pair of `labels` (0 when there is
-/// none: a counter that never moved has no sample yet).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        let (metric, label_text) = match series.split_once('{') {
-            Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let have: Vec<&str> = label_text.split(',').collect();
-        if metric == name && wanted.iter().all(|w| have.contains(&w.as_str())) {
-            assert!(found.is_none(), "more than one sample of {name} matches {labels:?}:\n{text}");
-            found = Some(value.parse::<f64>().unwrap());
-        }
-    }
-    found.unwrap_or(0.0)
 }
 
 /// Runs `promtool check metrics` on `text`; panics with its complaints.
@@ -121,11 +89,6 @@ fn metrics_need_the_admin_or_status_token_and_the_status_token_opens_nothing_els
 /// Starts the three-region cluster (5 ms each way between regions).
 async fn cluster() -> WanCluster {
     WanCluster::start(LinkConfig::one_way(Duration::from_millis(5)), &[]).await
-}
-
-fn ops(text: &str, op: &str, class: &str) -> f64 {
-    let labels = [("listener", "s3"), ("operation", op), ("status_class", class)];
-    sample(text, "meridian_http_requests_total", &labels)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::browser::{Browser, png_size};
+use common::metrics::scrape;
 use common::raw::{send, signed};
 use common::wan_cluster::{REGIONS, WanCluster};
 use common::{ADMIN_TOKEN, Server, pattern};
@@ -44,12 +45,6 @@ fn metric_sum(metrics: &str, family: &str, labels: &[&str]) -> f64 {
         .collect();
     assert!(!samples.is_empty(), "no {family} {labels:?} in /metrics");
     samples.iter().fold(0.0, |sum, v| sum + v)
-}
-
-fn scrape(server: &Server) -> String {
-    let resp = send(&admin_addr(server), "GET", "/metrics", &[("authorization", format!("Bearer {ADMIN_TOKEN}"))], b"");
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    resp.text()
 }
 
 /// The row of `table` whose first cells are `key`.
