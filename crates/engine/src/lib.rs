@@ -38,6 +38,7 @@ pub mod record;
 pub mod repair;
 pub mod replicate;
 pub mod tagging;
+pub mod versions;
 pub mod ttl;
 pub mod watch;
 pub mod website;

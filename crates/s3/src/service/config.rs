@@ -1,5 +1,5 @@
 //! Access control and bucket configuration: bucket and object ACLs (the canned `private` and
-//! `public-read`), lifecycle rules, and versioning (never enabled). The website configuration
+//! `public-read`), and lifecycle rules. Versioning is in `versions.rs`, the website configuration
 //! is in `website.rs`; other configuration operations fall through to s3s's `NotImplemented`.
 
 use meridian_engine::record::BucketRecord;
@@ -68,10 +68,14 @@ pub(super) async fn get_object_acl(
     req: S3Request<GetObjectAclInput>,
 ) -> S3Result<S3Response<GetObjectAclOutput>> {
     let (record, _) = s3.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
-    s3.engine
-        .head_object(GetRequest { bucket: req.input.bucket.clone(), key: req.input.key.clone(), ..Default::default() })
-        .await
-        .map_err(s3_error)?;
+    let input = &req.input;
+    let object = GetRequest {
+        bucket: input.bucket.clone(),
+        key: input.key.clone(),
+        version_id: input.version_id.clone(),
+        ..Default::default()
+    };
+    s3.engine.head_object(object).await.map_err(s3_error)?;
     // Objects have no ACL of their own: they share the bucket's.
     let (owner, grants) = acl_grants(&record);
     Ok(S3Response::new(GetObjectAclOutput { owner: Some(owner), grants: Some(grants), ..Default::default() }))
@@ -103,6 +107,14 @@ pub(super) async fn put_object_acl(
     if record.public_read {
         return Err(not_implemented("making one object private in a public-read bucket"));
     }
+    // The object (or the version asked for) must exist, as in S3.
+    let object = GetRequest {
+        bucket: input.bucket.clone(),
+        key: input.key.clone(),
+        version_id: input.version_id.clone(),
+        ..Default::default()
+    };
+    s3.engine.head_object(object).await.map_err(s3_error)?;
     Ok(S3Response::new(PutObjectAclOutput::default()))
 }
 
@@ -157,15 +169,6 @@ pub(super) async fn delete_bucket_lifecycle(
 ) -> S3Result<S3Response<DeleteBucketLifecycleOutput>> {
     s3.engine.set_lifecycle(&req.input.bucket, Vec::new()).await.map_err(s3_error)?;
     Ok(S3Response::new(DeleteBucketLifecycleOutput::default()))
-}
-
-pub(super) async fn get_bucket_versioning(
-    s3: &MeridianS3,
-    req: S3Request<GetBucketVersioningInput>,
-) -> S3Result<S3Response<GetBucketVersioningOutput>> {
-    // Versioning was never enabled on any Meridian bucket; S3 answers that with no status.
-    s3.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
-    Ok(S3Response::new(GetBucketVersioningOutput::default()))
 }
 
 /// An S3 lifecycle rule as Meridian stores it; what Meridian does not do is refused.
