@@ -66,9 +66,9 @@ impl KeyState {
 }
 
 /// A version as read from `v/`, with its inline bytes.
-pub struct StoredVersion {
-    pub record: VersionRecord,
-    pub revision: Revision,
+struct StoredVersion {
+    record: VersionRecord,
+    revision: Revision,
     inline: Option<Bytes>,
 }
 
