@@ -150,11 +150,20 @@ pub(super) async fn get_bucket_lifecycle_configuration(
                 ExpirationStatus::DISABLED
             }),
             filter: Some(lifecycle_filter(r.prefix, r.tags)),
-            expiration: r.expiration_days.map(|d| LifecycleExpiration { days: Some(d as i32), ..Default::default() }),
+            expiration: match (r.expiration_days, r.expired_object_delete_marker) {
+                (Some(d), _) => Some(LifecycleExpiration { days: Some(d as i32), ..Default::default() }),
+                (None, true) => {
+                    Some(LifecycleExpiration { expired_object_delete_marker: Some(true), ..Default::default() })
+                }
+                (None, false) => None,
+            },
             abort_incomplete_multipart_upload: r
                 .abort_incomplete_days
                 .map(|d| AbortIncompleteMultipartUpload { days_after_initiation: Some(d as i32) }),
-            noncurrent_version_expiration: None,
+            noncurrent_version_expiration: r.noncurrent_days.map(|d| NoncurrentVersionExpiration {
+                noncurrent_days: Some(d as i32),
+                newer_noncurrent_versions: r.newer_noncurrent_versions.map(|n| n as i32),
+            }),
             noncurrent_version_transitions: None,
             prefix: None,
             transitions: None,
@@ -175,9 +184,8 @@ pub(super) async fn delete_bucket_lifecycle(
 fn lifecycle_rule(rule: LifecycleRule) -> S3Result<meridian_engine::lifecycle::LifecycleRule> {
     if rule.transitions.as_ref().is_some_and(|t| !t.is_empty())
         || rule.noncurrent_version_transitions.as_ref().is_some_and(|t| !t.is_empty())
-        || rule.noncurrent_version_expiration.is_some()
     {
-        return Err(not_implemented("lifecycle transitions and noncurrent-version rules"));
+        return Err(not_implemented("lifecycle transitions"));
     }
     let mut prefix = rule.prefix.unwrap_or_default();
     let mut tags = Vec::new();
@@ -204,12 +212,22 @@ fn lifecycle_rule(rule: LifecycleRule) -> S3Result<meridian_engine::lifecycle::L
     }
     let pairs = tags.into_iter().map(|t| (t.key.unwrap_or_default(), t.value.unwrap_or_default())).collect();
     let tags = tags_from_pairs(pairs, TagTarget::Object).map_err(s3_error)?;
-    let expiration_days = match rule.expiration {
-        None => None,
-        Some(e) if e.date.is_some() || e.expired_object_delete_marker.is_some() => {
-            return Err(not_implemented("lifecycle expiration by date or of delete markers (use Days)"));
+    let (expiration_days, expired_object_delete_marker) = match rule.expiration {
+        None => (None, false),
+        Some(e) if e.date.is_some() => return Err(not_implemented("lifecycle expiration by date (use Days)")),
+        Some(LifecycleExpiration { days: None, expired_object_delete_marker: Some(marker), .. }) => (None, marker),
+        Some(e) if e.expired_object_delete_marker.is_some() => {
+            let message = "ExpiredObjectDeleteMarker cannot be specified with Days or Date";
+            return Err(S3Error::with_message(S3ErrorCode::InvalidRequest, message));
         }
-        Some(e) => Some(positive_days(e.days, "Expiration Days")?),
+        Some(e) => (Some(positive_days(e.days, "Expiration Days")?), false),
+    };
+    let (noncurrent_days, newer_noncurrent_versions) = match rule.noncurrent_version_expiration {
+        None => (None, None),
+        Some(n) => {
+            let newer = n.newer_noncurrent_versions.map(|v| positive_days(Some(v), "NewerNoncurrentVersions"));
+            (Some(positive_days(n.noncurrent_days, "NoncurrentDays")?), newer.transpose()?)
+        }
     };
     let abort_incomplete_days = match rule.abort_incomplete_multipart_upload {
         None => None,
@@ -222,6 +240,9 @@ fn lifecycle_rule(rule: LifecycleRule) -> S3Result<meridian_engine::lifecycle::L
         expiration_days,
         abort_incomplete_days,
         tags,
+        noncurrent_days,
+        newer_noncurrent_versions,
+        expired_object_delete_marker,
     })
 }
 
