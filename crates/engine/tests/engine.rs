@@ -497,3 +497,70 @@ async fn versions_keep_their_bytes_until_they_are_deleted() {
     assert_eq!((blob_files(f.dir.path()), version_keys(e).await), (0, 0));
     e.delete_bucket("ver").await.unwrap();
 }
+
+/// The ids of a key's versions (newest first) and whether each is a delete marker.
+async fn versions_of(engine: &Engine, bucket: &str, prefix: &str) -> Vec<(String, bool)> {
+    let req = versions::VersionListRequest { prefix: prefix.into(), max_keys: 1000, ..Default::default() };
+    let page = engine.list_versions(bucket, &req).await.unwrap();
+    page.versions.into_iter().map(|v| (v.version.stamp.id().to_string(), v.version.object.is_none())).collect()
+}
+
+#[tokio::test]
+async fn lifecycle_rules_expire_noncurrent_versions_and_lone_delete_markers() {
+    use meridian_engine::lifecycle::LifecycleRule;
+    use meridian_engine::record::Versioning;
+    const DAY_MS: i64 = 86_400_000;
+    let f = fixture();
+    let e = &f.engine;
+    e.create_bucket("aging", "me").await.unwrap();
+    e.set_versioning("aging", Versioning::Enabled).await.unwrap();
+    let mut logs = Vec::new();
+    for n in 0..4 {
+        logs.push(version_of(&e.put_object(put("aging", "logs/a", vec![n as u8; 3000])).await.unwrap()));
+    }
+    e.put_object(put("aging", "tmp/x", "temporary")).await.unwrap();
+    let marker = e.delete_object("aging", "tmp/x", &WriteConditions::default()).await.unwrap();
+    let keep_one = LifecycleRule {
+        id: "logs".into(),
+        prefix: "logs/".into(),
+        enabled: true,
+        noncurrent_days: Some(1),
+        newer_noncurrent_versions: Some(1),
+        ..Default::default()
+    };
+    let clean_tmp = LifecycleRule {
+        id: "tmp".into(),
+        prefix: "tmp/".into(),
+        enabled: true,
+        noncurrent_days: Some(2),
+        expired_object_delete_marker: true,
+        ..Default::default()
+    };
+    e.set_lifecycle("aging", vec![keep_one, clean_tmp]).await.unwrap();
+    assert_eq!(versions_of(e, "aging", "logs/").await.len(), 4, "nothing is a day old yet");
+    assert_eq!(versions_of(e, "aging", "tmp/").await.len(), 2, "the marker is not alone");
+
+    let now = meridian_engine::now_ms();
+    assert_eq!(e.expire_versions("aging", now + DAY_MS + 60_000).await.unwrap(), 2);
+    let left: Vec<String> = versions_of(e, "aging", "logs/").await.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(left, [logs[3].clone(), logs[2].clone()], "the current version and one newer noncurrent one stay");
+    assert_eq!(versions_of(e, "aging", "tmp/").await.len(), 2, "tmp/ waits two days");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(blob_files(f.dir.path()), 2, "expired versions' bytes are freed");
+
+    // Two days on: the version under the marker goes, then the marker left alone goes too.
+    assert_eq!(e.expire_versions("aging", now + 2 * DAY_MS + 60_000).await.unwrap(), 2);
+    assert!(versions_of(e, "aging", "tmp/").await.is_empty(), "{marker:?} and its object are gone");
+    assert_eq!(read(e, "aging", "logs/a").await, vec![3u8; 3000]);
+
+    // An expired current version in a versioned bucket is hidden by a marker, not removed.
+    let mut short = put("aging", "ttl", "short-lived");
+    short.expires_at_ms = Some(meridian_engine::now_ms() - 1);
+    let short = version_of(&e.put_object(short).await.unwrap());
+    e.reap_due().await.unwrap();
+    let ttl = versions_of(e, "aging", "ttl").await;
+    assert_eq!(ttl.len(), 2);
+    assert!(ttl[0].1, "a delete marker on top: {ttl:?}");
+    assert_eq!(ttl[1], (short.clone(), false));
+    assert!(read_version(e, "aging", "ttl", &short).await.is_ok());
+}

@@ -1209,3 +1209,51 @@ async fn versioning_listing_pages_with_key_and_version_markers() {
     let under = s3.list_object_versions().bucket("pages").prefix("dir/").key_marker("dir/x").send().await.unwrap();
     assert!(under.versions().iter().all(|v| v.key() == Some("dir/y")) && under.versions().len() == 6);
 }
+
+#[tokio::test]
+async fn versioning_lifecycle_rules_on_versions() {
+    use aws_sdk_s3::types::{
+        BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+        NoncurrentVersionExpiration,
+    };
+    let server = Server::start();
+    let s3 = server.client();
+    s3.create_bucket().bucket("aging").send().await.unwrap();
+    enable_versioning(&s3, "aging", aws_sdk_s3::types::BucketVersioningStatus::Enabled).await;
+    let kept = put_version(&s3, "aging", "kept", b"x").await;
+    s3.delete_object().bucket("aging").key("kept").send().await.unwrap();
+    let lone = s3.delete_object().bucket("aging").key("lone").send().await.unwrap();
+    assert_eq!(lone.delete_marker(), Some(true));
+    let rule = |id: &str| LifecycleRule::builder().id(id).status(ExpirationStatus::Enabled);
+    let markers = rule("markers")
+        .filter(LifecycleRuleFilter::builder().prefix("").build())
+        .expiration(LifecycleExpiration::builder().expired_object_delete_marker(true).build())
+        .noncurrent_version_expiration(
+            NoncurrentVersionExpiration::builder().noncurrent_days(30).newer_noncurrent_versions(2).build(),
+        )
+        .build()
+        .unwrap();
+    let config = BucketLifecycleConfiguration::builder().rules(markers).build().unwrap();
+    s3.put_bucket_lifecycle_configuration().bucket("aging").lifecycle_configuration(config).send().await.unwrap();
+    let got = s3.get_bucket_lifecycle_configuration().bucket("aging").send().await.unwrap();
+    let stored = &got.rules()[0];
+    assert_eq!(stored.expiration().and_then(|e| e.expired_object_delete_marker()), Some(true));
+    let noncurrent = stored.noncurrent_version_expiration().unwrap();
+    assert_eq!((noncurrent.noncurrent_days(), noncurrent.newer_noncurrent_versions()), (Some(30), Some(2)));
+
+    // Applied when set: the lone marker goes; a marker with a version under it stays.
+    let versions = s3.list_object_versions().bucket("aging").send().await.unwrap();
+    let markers: Vec<_> = versions.delete_markers().iter().filter_map(|m| m.key()).collect();
+    assert_eq!(markers, ["kept"]);
+    assert_eq!(versions.versions()[0].version_id(), Some(kept.as_str()));
+
+    let both = rule("both")
+        .filter(LifecycleRuleFilter::builder().prefix("").build())
+        .expiration(LifecycleExpiration::builder().days(3).expired_object_delete_marker(true).build())
+        .build()
+        .unwrap();
+    let config = BucketLifecycleConfiguration::builder().rules(both).build().unwrap();
+    let err =
+        s3.put_bucket_lifecycle_configuration().bucket("aging").lifecycle_configuration(config).send().await.unwrap_err();
+    assert_eq!(error_code(&err), "InvalidRequest");
+}
