@@ -14,7 +14,7 @@ use crate::conditions::WriteConditions;
 use crate::error::{EngineError, EngineResult};
 use crate::object::{Current, DeleteOutcome, ExtraTxn, check_fence_failure, decode_current, object_change, with_fence};
 use crate::record::{self, ObjectRecord, VersionHead, VersionRecord, VersionStamp, Versioning};
-use crate::{Consistency, Engine, keys, now_ms, validate_key};
+use crate::{Engine, keys, now_ms, validate_key};
 
 const MAX_ATTEMPTS: usize = 64;
 /// Most versions ListObjectVersions returns in one page.
