@@ -161,7 +161,12 @@ impl Engine {
 impl Engine {
     /// In a versioned bucket an expired current version is hidden by a new delete marker, as
     /// S3's Expiration does, and stays as a noncurrent version — unless the key changed since.
-    async fn expire_current_version(&self, bucket: &str, key: &str, current: &crate::object::Current) -> EngineResult<()> {
+    async fn expire_current_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        current: &crate::object::Current,
+    ) -> EngineResult<()> {
         let mut extra = crate::object::ExtraTxn::default();
         extra.compares.push(Compare::mod_revision_is(keys::object(bucket, key), current.revision));
         extra.still_valid = Some(Box::new(|_| Box::pin(async { Err(EngineError::PreconditionFailed) })));

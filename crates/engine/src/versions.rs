@@ -159,7 +159,8 @@ impl Engine {
                 let token = token_at((current.record.modified_ms.max(0) as u64) * 1000);
                 let mut txn = Txn::new().when(Compare::mod_revision_is(keys::version_head(bucket, key), 0));
                 let adopted = adopt(bucket, key, &current, &token, &mut txn);
-                let change = object_change(bucket, key, Some(&current), Some((&adopted.record, adopted.inline.as_ref())));
+                let change =
+                    object_change(bucket, key, Some(&current), Some((&adopted.record, adopted.inline.as_ref())));
                 txn.compares.extend(change.compares);
                 txn.ops.extend(change.ops);
                 put_head(bucket, key, &VersionHead { latest: token.clone(), null: Some(token) }, &mut txn);
@@ -206,9 +207,8 @@ impl Engine {
             let suspended = bucket_record.versioning == Some(Versioning::Suspended);
             let state = self.read_key_state(bucket, key).await?;
             let now = now_ms();
-            conditions.check(
-                state.current.as_ref().filter(|c| !c.record.is_expired(now)).map(|c| (&c.record, c.revision)),
-            )?;
+            conditions
+                .check(state.current.as_ref().filter(|c| !c.record.is_expired(now)).map(|c| (&c.record, c.revision)))?;
             let mut txn = Txn::new()
                 .when(Compare::mod_revision_is(keys::bucket(bucket), bucket_revision))
                 .when(Compare::mod_revision_is(keys::version_head(bucket, key), state.head_revision()));
@@ -355,8 +355,7 @@ impl Engine {
             let Some((mut head, head_revision)) = state.head.clone() else {
                 return Err(EngineError::Corrupt(format!("version {token} of {bucket}/{key} without a head")));
             };
-            let mut txn =
-                Txn::new().when(Compare::mod_revision_is(keys::version_head(bucket, key), head_revision));
+            let mut txn = Txn::new().when(Compare::mod_revision_is(keys::version_head(bucket, key), head_revision));
             let mut freed = remove_version(bucket, key, &version, &mut txn);
             if head.null.as_deref() == Some(token.as_str()) {
                 head.null = None;

@@ -277,7 +277,8 @@ async fn writes_to_a_bucket_pinned_to_another_region_are_refused_by_the_engine()
     let part =
         a.upload_part("ledger", "mp", &upload.upload_id, 2, body_from_bytes(vec![4u8; 50]), Integrity::default());
     refused(part.await.map(drop));
-    let part_copy = a.upload_part_copy("ledger", "mp", &upload.upload_id, 2, "ledger", "src", None, None, Default::default());
+    let part_copy =
+        a.upload_part_copy("ledger", "mp", &upload.upload_id, 2, "ledger", "src", None, None, Default::default());
     refused(part_copy.await.map(drop));
     let no_conditions = WriteConditions::default();
     refused(a.complete_multipart_upload("ledger", "mp", &upload.upload_id, &listed, &no_conditions).await.map(drop));
@@ -453,7 +454,10 @@ async fn versions_keep_their_bytes_until_they_are_deleted() {
     let marker_id = marker.version_id.unwrap();
     let current = e.get_object(GetRequest { bucket: "ver".into(), key: "k".into(), ..Default::default() }).await;
     assert!(matches!(current, Err(EngineError::DeleteMarker { by_id: false, .. })));
-    assert!(matches!(read_version(e, "ver", "k", &marker_id).await, Err(EngineError::DeleteMarker { by_id: true, .. })));
+    assert!(matches!(
+        read_version(e, "ver", "k", &marker_id).await,
+        Err(EngineError::DeleteMarker { by_id: true, .. })
+    ));
     assert_eq!(read_version(e, "ver", "k", &v4).await.unwrap(), b"inline four");
     let page = e.list_versions("ver", &versions::VersionListRequest { max_keys: 100, ..Default::default() }).await;
     let listed: Vec<(String, String, bool, bool)> = page

@@ -1066,7 +1066,8 @@ async fn versioning_versions_delete_markers_and_copies() {
     let versions = s3.list_object_versions().bucket("ver").send().await.unwrap();
     let markers: Vec<_> = versions.delete_markers().iter().map(|m| (m.key(), m.version_id(), m.is_latest())).collect();
     assert_eq!(markers, [(Some("k"), Some(marker.as_str()), Some(true))]);
-    let objects: Vec<_> = versions.versions().iter().map(|v| (v.key(), v.version_id(), v.is_latest(), v.size())).collect();
+    let objects: Vec<_> =
+        versions.versions().iter().map(|v| (v.key(), v.version_id(), v.is_latest(), v.size())).collect();
     assert_eq!(
         objects,
         [
@@ -1253,7 +1254,12 @@ async fn versioning_lifecycle_rules_on_versions() {
         .build()
         .unwrap();
     let config = BucketLifecycleConfiguration::builder().rules(both).build().unwrap();
-    let err =
-        s3.put_bucket_lifecycle_configuration().bucket("aging").lifecycle_configuration(config).send().await.unwrap_err();
+    let err = s3
+        .put_bucket_lifecycle_configuration()
+        .bucket("aging")
+        .lifecycle_configuration(config)
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(error_code(&err), "InvalidRequest");
 }

@@ -60,7 +60,8 @@ pub(super) async fn get_object_tagging(
 ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
     let input = req.input;
     let version_id = input.version_id;
-    let request = meridian_engine::GetRequest { bucket: input.bucket, key: input.key, version_id, ..Default::default() };
+    let request =
+        meridian_engine::GetRequest { bucket: input.bucket, key: input.key, version_id, ..Default::default() };
     let out = s3.engine.head_object(request).await.map_err(s3_error)?;
     let output = GetObjectTaggingOutput {
         version_id: super::objects::version_id(&out.record),
