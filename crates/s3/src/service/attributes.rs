@@ -7,7 +7,7 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::MeridianS3;
-use super::shared::{not_implemented, with_revision};
+use super::shared::with_revision;
 use crate::convert::{ChecksumFields, etag, s3_error, timestamp};
 use crate::kv::read_consistency;
 

@@ -7,7 +7,7 @@ use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::MeridianS3;
-use super::shared::{not_implemented, written};
+use super::shared::written;
 use crate::convert::s3_error;
 
 const BAD_HEADER: &str = "The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL query parameters without tag name duplicates.";
