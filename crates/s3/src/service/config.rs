@@ -69,13 +69,7 @@ pub(super) async fn get_object_acl(
 ) -> S3Result<S3Response<GetObjectAclOutput>> {
     let (record, _) = s3.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
     let input = &req.input;
-    let object = GetRequest {
-        bucket: input.bucket.clone(),
-        key: input.key.clone(),
-        version_id: input.version_id.clone(),
-        ..Default::default()
-    };
-    s3.engine.head_object(object).await.map_err(s3_error)?;
+    object_exists(s3, &input.bucket, &input.key, input.version_id.as_ref()).await?;
     // Objects have no ACL of their own: they share the bucket's.
     let (owner, grants) = acl_grants(&record);
     Ok(S3Response::new(GetObjectAclOutput { owner: Some(owner), grants: Some(grants), ..Default::default() }))
@@ -107,15 +101,20 @@ pub(super) async fn put_object_acl(
     if record.public_read {
         return Err(not_implemented("making one object private in a public-read bucket"));
     }
-    // The object (or the version asked for) must exist, as in S3.
+    object_exists(s3, &input.bucket, &input.key, input.version_id.as_ref()).await?;
+    Ok(S3Response::new(PutObjectAclOutput::default()))
+}
+
+/// The object (or the version asked for) must exist, as in S3's object ACL calls.
+async fn object_exists(s3: &MeridianS3, bucket: &str, key: &str, version_id: Option<&String>) -> S3Result<()> {
     let object = GetRequest {
-        bucket: input.bucket.clone(),
-        key: input.key.clone(),
-        version_id: input.version_id.clone(),
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        version_id: version_id.cloned(),
         ..Default::default()
     };
     s3.engine.head_object(object).await.map_err(s3_error)?;
-    Ok(S3Response::new(PutObjectAclOutput::default()))
+    Ok(())
 }
 
 pub(super) async fn put_bucket_lifecycle_configuration(
