@@ -226,10 +226,11 @@ impl Engine {
                 });
             }
             let mut freed = Vec::new();
-            if suspended && let Some(null) = head.null.take() {
-                if let Some(version) = self.read_stored_version(bucket, key, &null).await? {
-                    freed.extend(remove_version(bucket, key, &version, &mut txn));
-                }
+            if suspended
+                && let Some(null) = head.null.take()
+                && let Some(version) = self.read_stored_version(bucket, key, &null).await?
+            {
+                freed.extend(remove_version(bucket, key, &version, &mut txn));
             }
             let older: Vec<&str> = older.iter().map(String::as_str).collect();
             let stamp = VersionStamp { token: newer_token(&older), null: suspended };
