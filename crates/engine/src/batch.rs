@@ -41,6 +41,13 @@ impl Engine {
             }
         }
         let (record, _) = self.writable_bucket(bucket).await?;
+        if record.versioning.is_some() {
+            // A batch commits many keys in one transaction; versioned writes of a key each
+            // rewrite that key's version head, which a batch does not (yet) do.
+            return Err(EngineError::InvalidRequest(
+                "atomic batches are not supported in versioned buckets; write the keys one by one".into(),
+            ));
+        }
         if ops.iter().any(|op| matches!(op, BatchOp::Put { .. })) {
             // Values are object bytes: they stay in a pinned bucket's region.
             self.check_residency(bucket, &record)?;

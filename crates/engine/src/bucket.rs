@@ -183,7 +183,7 @@ impl Engine {
 
     async fn bucket_is_empty(&self, name: &str) -> EngineResult<bool> {
         let uploads = self.meta().range(RangeRequest::prefix(keys::uploads_prefix(name)).limit(1)).await?;
-        if !uploads.kvs.is_empty() {
+        if !uploads.kvs.is_empty() || self.has_versions(name).await? {
             return Ok(false);
         }
         // Markers of recently expired objects in the old layout (under `o/`) do not count.

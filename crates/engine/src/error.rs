@@ -42,6 +42,12 @@ pub enum EngineError {
     InvalidBucketName(String),
     #[error("the specified key does not exist")]
     NoSuchKey,
+    #[error("the specified version does not exist")]
+    NoSuchVersion,
+    /// The version read is a delete marker: the key's current version (`by_id`: false), or the
+    /// version asked for by id.
+    #[error("{}", if *by_id { "the specified method is not allowed against a delete marker" } else { "the specified key does not exist" })]
+    DeleteMarker { version_id: String, by_id: bool },
     #[error("your key is too long: {0} bytes, the limit is 1024")]
     KeyTooLong(usize),
     #[error("invalid object key: {0}")]
@@ -160,6 +166,8 @@ impl EngineError {
             E::AccessDenied(_) | E::PinnedElsewhere { .. } | E::OutsideRegions { .. } => K::Denied,
             E::NoSuchBucket
             | E::NoSuchKey
+            | E::NoSuchVersion
+            | E::DeleteMarker { .. }
             | E::NoSuchUpload
             | E::NoSuchAccessKey(_)
             | E::NoSuchNode(_)

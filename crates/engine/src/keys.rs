@@ -21,6 +21,9 @@
 //! | `n/<node id>` | [`crate::cluster::NodeRecord`] | each node's heartbeat; `forget_node` deletes |
 //! | `c/<node id>` | the node's change cursor: the revision, in decimal, through which it has handled every object change ([`crate::follow`]) | the node's change follower, at most once a second; `forget_node` deletes |
 //! | `s/<site name>` | [`crate::website::SiteRecord`] | `meridian admin site put/delete` |
+//! | `v/<bucket>/<key>` | [`crate::record::VersionHead`] (versioned buckets) | every versioned write, delete and version removal of the key |
+//! | `v/<bucket>/<key>\0<token>` | [`crate::record::VersionRecord`]: one version (or delete marker), newest first | the same transactions |
+//! | `i/<bucket>/<key>\0<token>` | the bytes of a version stored inline | the transaction that writes the version |
 
 use bytes::Bytes;
 
@@ -59,6 +62,44 @@ pub fn parse_object_key(key: &[u8]) -> Option<(&str, &str)> {
 /// the record so listings never read object bodies.
 pub fn inline(bucket: &str, key: &str) -> Bytes {
     Bytes::from(format!("i/{bucket}/{key}"))
+}
+
+/// `v/<bucket>/<key>` → [`crate::record::VersionHead`]. Sorts right before the key's versions.
+pub fn version_head(bucket: &str, key: &str) -> Bytes {
+    Bytes::from(format!("{VERSIONS_ROOT}{bucket}/{key}"))
+}
+
+/// `v/<bucket>/<key>\0<token>` → [`crate::record::VersionRecord`]. Tokens are fixed-width hex,
+/// smaller for newer versions, so a key's versions list newest first.
+pub fn version(bucket: &str, key: &str, token: &str) -> Bytes {
+    Bytes::from(format!("{}{token}", versions_of(bucket, key)))
+}
+
+const VERSIONS_ROOT: &str = "v/";
+
+/// Every version of one key (not its head).
+pub fn versions_of(bucket: &str, key: &str) -> String {
+    format!("{VERSIONS_ROOT}{bucket}/{key}\0")
+}
+
+/// Every version head and version of a bucket.
+pub fn versions_prefix(bucket: &str) -> String {
+    format!("{VERSIONS_ROOT}{bucket}/")
+}
+
+/// `i/<bucket>/<key>\0<token>` → the bytes of a version stored inline (the current version's
+/// bytes are also at [`inline`], which reads of the current object use).
+pub fn version_inline(bucket: &str, key: &str, token: &str) -> Bytes {
+    Bytes::from(format!("i/{bucket}/{key}\0{token}"))
+}
+
+/// The bucket, key and token (`None`: the key's head) of a `v/` key.
+pub fn parse_version_key(key: &[u8]) -> Option<(&str, &str, Option<&str>)> {
+    let (bucket, rest) = split_bucket(key, VERSIONS_ROOT)?;
+    Some(match rest.split_once('\0') {
+        Some((key, token)) => (bucket, key, Some(token)),
+        None => (bucket, rest, None),
+    })
 }
 
 /// `u/<bucket>/<key>\0<upload id>` → [`crate::record::UploadRecord`]; ordered by key like S3's
@@ -297,5 +338,18 @@ mod tests {
         assert!(!watched.contains(&change_cursor("n1").as_ref()), "writing a cursor is not a change");
         assert!(past_uploads_of("b", "k") > upload("b", "k", "zzzz"));
         assert!(past_uploads_of("b", "k") < upload("b", "k/", "a"));
+    }
+
+    #[test]
+    fn versions_sort_after_their_head_and_before_longer_keys() {
+        let head = version_head("b", "a");
+        let newer = version("b", "a", "0000000000000001");
+        let older = version("b", "a", "00000000000000ff");
+        assert!(head < newer && newer < older && older < version_head("b", "a/x"));
+        assert!(older < version_head("b", "a0"));
+        assert_eq!(parse_version_key(&head), Some(("b", "a", None)));
+        assert_eq!(parse_version_key(&older), Some(("b", "a", Some("00000000000000ff"))));
+        assert!(parse_object_key(&version("b", "a", "1")).is_none() && parse_blob_ref(&head).is_none());
+        assert!(version_inline("b", "a", "1") != inline("b", "a"));
     }
 }

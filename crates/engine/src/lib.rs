@@ -39,6 +39,7 @@ pub mod repair;
 pub mod replicate;
 pub mod tagging;
 pub mod ttl;
+pub mod versions;
 pub mod watch;
 pub mod website;
 mod write_queue;

@@ -1,19 +1,25 @@
 //! S3 lifecycle rules — expire objects N days after they were written, abort multipart uploads
 //! N days after they started — built on the same expiry machinery as KV TTLs: a rule sets the
 //! expiry instant in the record (and the expiry index), reads hide the object from that instant
-//! on, and the reaper reclaims it. Setting rules on a bucket also applies them to what is
-//! already there.
+//! on, and the reaper reclaims it (in a versioned bucket, by adding a delete marker). Setting
+//! rules on a bucket also applies them to what is already there.
+//!
+//! Rules on versions (noncurrent-version expiration, expired delete markers) are applied by a
+//! sweep of the bucket's versions ([`Engine::expire_versions`]): when the rules are set, and
+//! then by the reaper task every [`VERSION_SWEEP_EVERY`].
 
 use meridian_meta::{Compare, Op, RangeRequest, Txn};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, EngineResult};
 use crate::object::{object_change, with_expiry_index};
-use crate::record::{self, ObjectRecord, UploadRecord};
+use crate::record::{self, BucketRecord, ObjectRecord, UploadRecord, VersionRecord};
 use crate::tagging::Tags;
 use crate::{Engine, keys, now_ms};
 
 const DAY_MS: i64 = 86_400_000;
+/// How often the reaper task sweeps versioned buckets for versions their rules expire.
+pub const VERSION_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Most rules per bucket, as in S3.
 pub const MAX_RULES: usize = 1000;
 
@@ -35,6 +41,16 @@ pub struct LifecycleRule {
     /// Applies only to objects carrying every one of these tags.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub tags: Tags,
+    /// Noncurrent versions are deleted this many days after they became noncurrent (S3's
+    /// NoncurrentVersionExpiration NoncurrentDays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noncurrent_days: Option<u32>,
+    /// ...except the newest this many noncurrent versions of each key (NewerNoncurrentVersions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newer_noncurrent_versions: Option<u32>,
+    /// A delete marker that is the only version of its key is removed (ExpiredObjectDeleteMarker).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expired_object_delete_marker: bool,
 }
 
 fn enabled() -> bool {
@@ -48,6 +64,19 @@ impl LifecycleRule {
 
     fn matches_object(&self, key: &str, tags: &Tags) -> bool {
         self.matches(key) && self.tags.iter().all(|(k, v)| tags.get(k) == Some(v))
+    }
+
+    /// Whether the rule removes versions (only the version sweep applies it).
+    fn acts_on_versions(&self) -> bool {
+        self.enabled && (self.noncurrent_days.is_some() || self.expired_object_delete_marker)
+    }
+
+    /// Whether this rule removes the noncurrent version of `key` with `tags` that became
+    /// noncurrent at `since_ms` and has `newer` noncurrent versions of its key before it.
+    fn expires_noncurrent(&self, key: &str, tags: &Tags, since_ms: i64, newer: usize, now: i64) -> bool {
+        let Some(days) = self.noncurrent_days else { return false };
+        let kept = self.newer_noncurrent_versions.unwrap_or(0) as usize;
+        self.matches_object(key, tags) && newer >= kept && now >= since_ms + i64::from(days) * DAY_MS
     }
 }
 
@@ -85,9 +114,32 @@ fn validate(rules: &[LifecycleRule]) -> EngineResult<()> {
         return Err(EngineError::InvalidArgument(format!("a bucket has at most {MAX_RULES} lifecycle rules")));
     }
     for rule in rules {
-        if rule.expiration_days.is_none() && rule.abort_incomplete_days.is_none() {
+        if rule.expiration_days.is_none()
+            && rule.abort_incomplete_days.is_none()
+            && rule.noncurrent_days.is_none()
+            && !rule.expired_object_delete_marker
+        {
             return Err(EngineError::InvalidArgument(format!(
-                "lifecycle rule {:?} has no action: give Expiration Days or AbortIncompleteMultipartUpload",
+                "lifecycle rule {:?} has no action: give Expiration Days or ExpiredObjectDeleteMarker, \
+                 NoncurrentVersionExpiration or AbortIncompleteMultipartUpload",
+                rule.id
+            )));
+        }
+        if rule.expired_object_delete_marker && (rule.expiration_days.is_some() || !rule.tags.is_empty()) {
+            // S3's rules: the marker flag stands alone in Expiration, and markers have no tags.
+            return Err(EngineError::InvalidRequest(
+                "ExpiredObjectDeleteMarker cannot be specified with Days, Date or Tags.".into(),
+            ));
+        }
+        if rule.newer_noncurrent_versions.is_some() && rule.noncurrent_days.is_none() {
+            return Err(EngineError::InvalidArgument(format!(
+                "lifecycle rule {:?}: NewerNoncurrentVersions needs NoncurrentDays",
+                rule.id
+            )));
+        }
+        if rule.noncurrent_days == Some(0) || rule.newer_noncurrent_versions == Some(0) {
+            return Err(EngineError::InvalidArgument(format!(
+                "lifecycle rule {:?}: NoncurrentDays and NewerNoncurrentVersions must be positive",
                 rule.id
             )));
         }
@@ -130,7 +182,90 @@ impl Engine {
                 self.abort_existing(bucket, rules, &rule.prefix).await?;
             }
         }
+        if rules.iter().any(LifecycleRule::acts_on_versions) {
+            self.expire_versions(bucket, now_ms()).await?;
+        }
         Ok(())
+    }
+
+    /// Applies the bucket's rules on versions as of `now`: deletes the noncurrent versions they
+    /// expire and delete markers left alone; returns how many versions it deleted.
+    pub async fn expire_versions(&self, bucket: &str, now: i64) -> EngineResult<usize> {
+        let (record, _) = self.bucket(bucket).await?;
+        let rules: Vec<LifecycleRule> = record.lifecycle.into_iter().filter(LifecycleRule::acts_on_versions).collect();
+        if rules.is_empty() || record.versioning.is_none() {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        // One key's versions, newest first, as the scan meets them.
+        let mut pending: Option<(String, Vec<VersionRecord>)> = None;
+        let mut range = RangeRequest::prefix(keys::versions_prefix(bucket)).limit(1000);
+        loop {
+            let page = self.meta().range(range.clone()).await?;
+            for kv in &page.kvs {
+                let Some((_, key, Some(_))) = keys::parse_version_key(&kv.key) else { continue };
+                let version: VersionRecord = record::decode(&kv.value)?;
+                match &mut pending {
+                    Some((seen, versions)) if seen == key => versions.push(version),
+                    _ => {
+                        if let Some((seen, versions)) = pending.take() {
+                            removed += self.expire_key_versions(bucket, &seen, &versions, &rules, now).await?;
+                        }
+                        pending = Some((key.to_string(), vec![version]));
+                    }
+                }
+            }
+            match page.kvs.last() {
+                Some(last) if page.more => range = range.after(last.key.clone()),
+                _ => break,
+            }
+        }
+        if let Some((key, versions)) = pending {
+            removed += self.expire_key_versions(bucket, &key, &versions, &rules, now).await?;
+        }
+        Ok(removed)
+    }
+
+    /// [`Engine::expire_versions`] for one key's versions (newest first).
+    async fn expire_key_versions(
+        &self,
+        bucket: &str,
+        key: &str,
+        versions: &[VersionRecord],
+        rules: &[LifecycleRule],
+        now: i64,
+    ) -> EngineResult<usize> {
+        let no_tags = Tags::new();
+        let mut removed = 0;
+        for (newer, pair) in versions.windows(2).enumerate() {
+            let (successor, version) = (&pair[0], &pair[1]);
+            let tags = version.object.as_ref().map_or(&no_tags, |o| &o.headers.tags);
+            if rules.iter().any(|r| r.expires_noncurrent(key, tags, successor.modified_ms, newer, now)) {
+                self.delete_version(bucket, key, version.stamp.id()).await?;
+                removed += 1;
+            }
+        }
+        let alone = versions.len() - removed == 1;
+        let newest = &versions[0];
+        if alone && newest.object.is_none() && rules.iter().any(|r| r.expired_object_delete_marker && r.matches(key)) {
+            self.delete_version(bucket, key, newest.stamp.id()).await?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Runs [`Engine::expire_versions`] on every versioned bucket with rules on versions.
+    pub(crate) async fn sweep_versions(&self) -> EngineResult<usize> {
+        let page = self.meta().range(RangeRequest::prefix(keys::BUCKETS_PREFIX)).await?;
+        let mut removed = 0;
+        for kv in &page.kvs {
+            let Some(name) = keys::parse_bucket_key(&kv.key) else { continue };
+            let record: BucketRecord = record::decode(&kv.value)?;
+            if record.versioning.is_some() && record.lifecycle.iter().any(LifecycleRule::acts_on_versions) {
+                removed += self.expire_versions(name, now_ms()).await?;
+            }
+        }
+        Ok(removed)
     }
 
     async fn expire_existing(&self, bucket: &str, rules: &[LifecycleRule], prefix: &str) -> EngineResult<()> {
@@ -227,6 +362,7 @@ mod tests {
                 expiration_days: Some(30),
                 abort_incomplete_days: None,
                 tags: Tags::new(),
+                ..Default::default()
             },
             LifecycleRule {
                 id: "b".into(),
@@ -235,6 +371,7 @@ mod tests {
                 expiration_days: Some(1),
                 abort_incomplete_days: Some(2),
                 tags: Tags::new(),
+                ..Default::default()
             },
             LifecycleRule {
                 id: "c".into(),
@@ -243,6 +380,7 @@ mod tests {
                 expiration_days: Some(1),
                 abort_incomplete_days: None,
                 tags: Tags::new(),
+                ..Default::default()
             },
         ];
         let none = Tags::new();

@@ -124,7 +124,7 @@ fn start_after(base: &str, after: &str, prefix: &str, delimiter: Option<&str>) -
 
 /// The common prefix `key` rolls up into: the listing prefix plus everything up to and
 /// including the first delimiter after it.
-fn common_prefix(key: &str, prefix: &str, delimiter: &str) -> Option<String> {
+pub(crate) fn common_prefix(key: &str, prefix: &str, delimiter: &str) -> Option<String> {
     let rest = key.strip_prefix(prefix)?;
     let at = rest.find(delimiter)?;
     Some(format!("{prefix}{}", &rest[..at + delimiter.len()]))

@@ -179,13 +179,20 @@ impl Engine {
         part_number: u32,
         src_bucket: &str,
         src_key: &str,
+        src_version_id: Option<String>,
         range: Option<ByteRange>,
         source_conditions: ReadConditions,
     ) -> EngineResult<PartRecord> {
         check_part_number(part_number)?;
         let (upload, location) = self.upload_for_part(bucket, key, upload_id).await?;
         let source = self
-            .get_object(GetRequest { bucket: src_bucket.into(), key: src_key.into(), range, ..Default::default() })
+            .get_object(GetRequest {
+                bucket: src_bucket.into(),
+                key: src_key.into(),
+                range,
+                version_id: src_version_id,
+                ..Default::default()
+            })
             .await?;
         source_conditions.check_copy_source(&source.record)?;
         let integrity = Integrity { algorithm: upload.checksum_algorithm, ..Default::default() };
@@ -300,12 +307,13 @@ impl Engine {
                 upload.expires_at_ms,
                 object_expiry(&bucket_record.lifecycle, key, &upload.headers.tags, now_ms()),
             ),
+            version: None,
         };
         let used: std::collections::HashSet<_> = chosen.iter().map(|p| p.blob).collect();
         let unused: Vec<_> = stored.iter().map(|(_, p, _)| p.blob).filter(|b| !used.contains(b)).collect();
 
         let upload_key = keys::upload(bucket, key, upload_id);
-        let mut extra = ExtraTxn::default();
+        let mut extra = ExtraTxn { versioning: bucket_record.versioning, ..Default::default() };
         extra.ops.extend(self.repair_op(bucket, key, &bucket_record, &record).await?);
         extra.compares.push(Compare::mod_revision_is(upload_key.clone(), upload_revision));
         extra.ops.push(Op::delete(upload_key.clone()));
@@ -335,9 +343,9 @@ impl Engine {
         }));
         // Unlike other writes, a failed completion must not delete the part blobs: the upload
         // still owns them and may be completed again.
-        let revision = self.try_commit_object(bucket, key, &record, None, conditions, extra).await?;
+        let (revision, version) = self.try_commit_object(bucket, key, &record, None, conditions, extra).await?;
         self.delete_blobs_later(unused);
-        Ok((record, revision))
+        Ok((ObjectRecord { version, ..record }, revision))
     }
 
     fn choose_parts(

@@ -78,6 +78,8 @@ pub struct GetRequest {
     pub part_number: Option<u32>,
     pub conditions: ReadConditions,
     pub consistency: Consistency,
+    /// A version of the object (S3 `versionId`), read strongly.
+    pub version_id: Option<String>,
 }
 
 pub struct GetOutcome {
@@ -165,11 +167,17 @@ pub struct DeleteOutcome {
     /// The revision of the delete, or the current revision when there was nothing to delete.
     pub revision: Revision,
     pub existed: bool,
+    /// In a versioned bucket: the version removed, or the delete marker made.
+    pub version_id: Option<String>,
+    /// Whether that version is a delete marker.
+    pub delete_marker: bool,
 }
 
 pub struct CopyRequest {
     pub src_bucket: String,
     pub src_key: String,
+    /// A version of the source (`x-amz-copy-source: ...?versionId=`).
+    pub src_version_id: Option<String>,
     pub dst_bucket: String,
     pub dst_key: String,
     pub source_conditions: ReadConditions,
@@ -265,7 +273,11 @@ impl Engine {
         match found {
             Some(current) if current.is_visible(now_ms()) => Ok(current),
             _ => {
-                self.bucket(bucket).await?;
+                if self.bucket(bucket).await?.0.versioning.is_some()
+                    && let Some(version_id) = self.latest_marker(bucket, key).await?
+                {
+                    return Err(EngineError::DeleteMarker { version_id, by_id: false });
+                }
                 Err(EngineError::NoSuchKey)
             }
         }
@@ -321,9 +333,11 @@ impl Engine {
         let lifecycle_expiry = object_expiry(&bucket.lifecycle, &req.key, &req.headers.tags, now_ms());
         let expires_at_ms = earliest(req.expires_at_ms, lifecycle_expiry);
         let (record, inline) = self.new_record(ingested, holders, req.headers, expires_at_ms);
-        let mut extra = ExtraTxn::seen_bucket(bucket_revision);
+        let mut extra = ExtraTxn::seen_bucket(&bucket, bucket_revision);
         extra.ops.extend(self.repair_op(&req.bucket, &req.key, &bucket, &record).await?);
-        let revision = self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, extra).await?;
+        let (revision, version) =
+            self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, extra).await?;
+        let record = ObjectRecord { version, ..record };
         Ok(PutOutcome { etag: record.etag.clone(), size: record.size, revision, record })
     }
 
@@ -347,6 +361,7 @@ impl Engine {
             checksum: ingested.checksum,
             data,
             expires_at_ms,
+            version: None,
         };
         (record, inline)
     }
@@ -360,7 +375,7 @@ impl Engine {
         inline: Option<Bytes>,
         conditions: &WriteConditions,
         extra: ExtraTxn,
-    ) -> EngineResult<Revision> {
+    ) -> EngineResult<Committed> {
         let result = self.try_commit_object(bucket, key, record, inline, conditions, extra).await;
         if result.is_err() {
             self.discard_data(&record.data);
@@ -369,7 +384,8 @@ impl Engine {
     }
 
     /// Atomically replaces whatever is at `bucket/key` with `record`, if `conditions` hold
-    /// against the current object, retrying while other writers change the key.
+    /// against the current object, retrying while other writers change the key. In a versioned
+    /// bucket the record becomes a new version (its stamp is returned).
     pub(crate) async fn try_commit_object(
         &self,
         bucket: &str,
@@ -378,11 +394,16 @@ impl Engine {
         inline: Option<Bytes>,
         conditions: &WriteConditions,
         extra: ExtraTxn,
-    ) -> EngineResult<Revision> {
+    ) -> EngineResult<Committed> {
+        if extra.versioning.is_some() {
+            let new = Some((record, inline.as_ref()));
+            let done = self.commit_version(bucket, key, new, conditions, &extra).await?;
+            return Ok((done.revision, Some(done.stamp)));
+        }
         if conditions.is_unconditional() && extra.is_only_bucket_revision() {
             // Ordered behind this node's other writes of the key instead of racing them.
             match self.commit_queued(bucket, key, record, inline.clone(), extra.bucket_revision).await {
-                Queueing::Committed(revision) => return Ok(revision),
+                Queueing::Committed(revision) => return Ok((revision, None)),
                 Queueing::Contended => return Err(EngineError::Contended),
                 Queueing::Alone => {}
             }
@@ -419,7 +440,7 @@ impl Engine {
             let resp = self.meta().txn(txn).await?;
             if resp.succeeded {
                 self.delete_blobs_later(old_blobs);
-                return Ok(resp.revision);
+                return Ok((resp.revision, None));
             }
             check_fence_failure(&resp, conditions)?;
             if let Some(check) = &extra.still_valid {
@@ -444,7 +465,10 @@ impl Engine {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let current = self.read_visible(&req.bucket, &req.key, req.consistency).await?;
+            let current = match &req.version_id {
+                Some(id) => self.read_version(&req.bucket, &req.key, id).await?,
+                None => self.read_visible(&req.bucket, &req.key, req.consistency).await?,
+            };
             req.conditions.check_read(&current.record)?;
             let (range, parts_count) = select_range(&current.record, req.range, req.part_number)?;
             let (body, source) = if with_body {
@@ -552,13 +576,20 @@ impl Engine {
                 consistency = Consistency::Strong;
                 continue;
             }
+            // A stamped record is a version; a versioned bucket without the key makes a marker.
+            // (Enabling versioning stamps every object, so unversioned deletes read nothing more.)
+            if found.as_ref().is_some_and(|c| c.record.version.is_some()) {
+                return self.delete_versioned(bucket, key, conditions).await;
+            }
             let Some(current) = found else {
-                self.bucket(bucket).await?;
+                if self.bucket(bucket).await?.0.versioning.is_some() {
+                    return self.delete_versioned(bucket, key, conditions).await;
+                }
                 checked?;
                 // The revision at which the key was seen absent, not the store's revision
                 // later: a put may have committed in between, and a reader at this revision
                 // must not find the key the delete reported gone.
-                return Ok(DeleteOutcome { revision: read_at, existed: false });
+                return Ok(DeleteOutcome { revision: read_at, existed: false, version_id: None, delete_marker: false });
             };
             checked?;
             let change = object_change(bucket, key, Some(&current), None);
@@ -570,7 +601,12 @@ impl Engine {
             let resp = self.meta().txn(txn).await?;
             if resp.succeeded {
                 self.delete_blobs_later(blobs);
-                return Ok(DeleteOutcome { revision: resp.revision, existed: visible });
+                return Ok(DeleteOutcome {
+                    revision: resp.revision,
+                    existed: visible,
+                    version_id: None,
+                    delete_marker: false,
+                });
             }
             check_fence_failure(&resp, conditions)?;
             consistency = Consistency::Strong;
@@ -578,15 +614,23 @@ impl Engine {
         Err(EngineError::Contended)
     }
 
-    /// Deletes many keys (S3 DeleteObjects); each key succeeds or fails on its own.
-    pub async fn delete_objects(&self, bucket: &str, keys: Vec<String>) -> Vec<(String, EngineResult<DeleteOutcome>)> {
+    /// Deletes many keys, or versions of keys (S3 DeleteObjects); each succeeds or fails on its
+    /// own.
+    pub async fn delete_objects(
+        &self,
+        bucket: &str,
+        keys: Vec<(String, Option<String>)>,
+    ) -> Vec<((String, Option<String>), EngineResult<DeleteOutcome>)> {
         let none = WriteConditions::default();
         futures::stream::iter(keys)
-            .map(|key| {
+            .map(|(key, version_id)| {
                 let none = &none;
                 async move {
-                    let result = self.delete_object(bucket, &key, none).await;
-                    (key, result)
+                    let result = match &version_id {
+                        Some(id) => self.delete_version(bucket, &key, id).await,
+                        None => self.delete_object(bucket, &key, none).await,
+                    };
+                    ((key, version_id), result)
                 }
             })
             .buffered(16)
@@ -598,13 +642,17 @@ impl Engine {
     pub async fn copy_object(&self, req: CopyRequest) -> EngineResult<CopyOutcome> {
         validate_key(&req.src_key)?;
         validate_key(&req.dst_key)?;
-        let source = self.read_visible(&req.src_bucket, &req.src_key, Consistency::Strong).await?;
+        let source = match &req.src_version_id {
+            Some(id) => self.read_version(&req.src_bucket, &req.src_key, id).await?,
+            None => self.read_visible(&req.src_bucket, &req.src_key, Consistency::Strong).await?,
+        };
         req.source_conditions.check_copy_source(&source.record)?;
         let unchanged = req.replace_headers.is_none() && req.replace_tags.is_none();
         let mut headers = req.replace_headers.unwrap_or_else(|| source.record.headers.clone());
         headers.tags = req.replace_tags.unwrap_or_else(|| source.record.headers.tags.clone());
         headers.validate()?;
-        if req.src_bucket == req.dst_bucket && req.src_key == req.dst_key && unchanged {
+        // Copying an older version over its key restores it.
+        if req.src_bucket == req.dst_bucket && req.src_key == req.dst_key && unchanged && req.src_version_id.is_none() {
             return Err(EngineError::InvalidRequest(
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.".into(),
             ));
@@ -629,11 +677,13 @@ impl Engine {
             headers,
             checksum: source.record.checksum.clone(),
             data,
+            version: None,
         };
-        let mut extra = ExtraTxn::seen_bucket(dst_revision);
+        let mut extra = ExtraTxn::seen_bucket(&dst_bucket, dst_revision);
         extra.ops.extend(self.repair_op(&req.dst_bucket, &req.dst_key, &dst_bucket, &record).await?);
-        let revision =
+        let (revision, version) =
             self.commit_object(&req.dst_bucket, &req.dst_key, &record, inline, &req.conditions, extra).await?;
+        let record = ObjectRecord { version, ..record };
         Ok(CopyOutcome { etag: record.etag.clone(), modified_ms: record.modified_ms, revision, record })
     }
 
@@ -701,6 +751,9 @@ impl Engine {
     }
 }
 
+/// The revision of a committed object write, and the version it made in a versioned bucket.
+pub(crate) type Committed = (Revision, Option<record::VersionStamp>);
+
 /// The compares and writes that replace `current` (read at its revision) by `new` (record and
 /// inline bytes), or delete it when `new` is `None`, plus the blobs no longer referenced.
 pub(crate) struct Change {
@@ -717,8 +770,12 @@ pub(crate) fn object_change(
 ) -> Change {
     let object_key = keys::object(bucket, key);
     let inline_key = keys::inline(bucket, key);
-    let old_blobs: HashSet<BlobId> = current.map(|c| c.record.data.blobs().into_iter().collect()).unwrap_or_default();
-    let new_blobs: HashSet<BlobId> = new.map(|(r, _)| r.data.blobs().into_iter().collect()).unwrap_or_default();
+    // A version's blobs belong to its `v/` entry ([`crate::versions`]), never to the `o/` copy.
+    let owned = |r: &ObjectRecord| -> HashSet<BlobId> {
+        if r.version.is_some() { HashSet::new() } else { r.data.blobs().into_iter().collect() }
+    };
+    let old_blobs = current.map(|c| owned(&c.record)).unwrap_or_default();
+    let new_blobs = new.map(|(r, _)| owned(r)).unwrap_or_default();
     let had_inline = current.is_some_and(|c| c.inline.is_some());
     let mut txn = Txn::new().when(Compare::mod_revision_is(object_key.clone(), current.map_or(0, |c| c.revision)));
     match new {
@@ -811,12 +868,15 @@ pub(crate) struct ExtraTxn {
     /// The bucket record's revision as the caller read it: the first attempt compares it
     /// instead of reading the record again; a stale one fails the commit, and the retry reads it.
     pub bucket_revision: Option<Revision>,
+    /// The bucket's versioning as the caller read it: set, the write makes a new version
+    /// ([`Engine::commit_version`], which reads the bucket again for each attempt).
+    pub versioning: Option<record::Versioning>,
 }
 
 impl ExtraTxn {
     /// Nothing extra but the bucket revision the caller has read.
-    pub(crate) fn seen_bucket(revision: Revision) -> Self {
-        ExtraTxn { bucket_revision: Some(revision), ..Default::default() }
+    pub(crate) fn seen_bucket(bucket: &BucketRecord, revision: Revision) -> Self {
+        ExtraTxn { bucket_revision: Some(revision), versioning: bucket.versioning, ..Default::default() }
     }
 
     /// True when there is nothing to fold into the commit but the bucket revision.

@@ -47,6 +47,9 @@ pub struct BucketRecord {
     /// plus copies made in the background in the nearest others; `None`: the writer's only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
+    /// S3 versioning (PutBucketVersioning); `None`: never enabled, and never again once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versioning: Option<Versioning>,
 }
 
 /// Most copies a global bucket can ask for.
@@ -77,6 +80,56 @@ pub fn parse_placement(text: &str) -> EngineResult<Placement> {
             "invalid bucket location {text:?}: replicas=N goes with a global bucket (global;replicas=N, N from 1 to {MAX_REPLICAS})"
         ))),
     }
+}
+
+/// The versioning state of a bucket that has had versioning enabled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Versioning {
+    /// Every write and delete makes a new version with its own id.
+    Enabled,
+    /// Writes and deletes replace the `null` version; older versions stay.
+    Suspended,
+}
+
+/// Which version of its key an object record is ([`crate::versions`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionStamp {
+    /// 16 hex digits, smaller for newer versions of the same key: the version's place in the
+    /// key's `v/` entries, and its version id unless it is the `null` version.
+    pub token: String,
+    /// The `null` version (written while versioning was suspended, or before it was enabled).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub null: bool,
+}
+
+impl VersionStamp {
+    /// The id S3 clients see.
+    pub fn id(&self) -> &str {
+        if self.null { "null" } else { &self.token }
+    }
+}
+
+/// One version of a key in a versioned bucket, at `v/<bucket>/<key>\0<token>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub stamp: VersionStamp,
+    pub modified_ms: i64,
+    /// The object; `None`: a delete marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectRecord>,
+}
+
+/// `v/<bucket>/<key>`: the newest version of a key and its `null` version. Every versioned write
+/// of the key compares and rewrites it, so they are serialized even when none of them touches
+/// the key's `o/` record (delete markers).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionHead {
+    /// Token of the newest version.
+    pub latest: String,
+    /// Token of the `null` version, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null: Option<String>,
 }
 
 /// A bucket's location type: the consistency and durability model of its objects' bytes.
@@ -269,6 +322,10 @@ pub struct ObjectRecord {
     /// When set, the object is invisible from this instant on (KV TTL / lifecycle expiry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<i64>,
+    /// Set in versioned buckets: which version this is. Its blobs are then owned by its `v/`
+    /// entry, not by the `o/` record (which is only the current version's copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<VersionStamp>,
 }
 
 /// A node whose blob store holds a blob.

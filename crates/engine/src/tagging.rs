@@ -79,11 +79,23 @@ pub(crate) fn validate_object_tags(tags: &Tags) -> EngineResult<()> {
 }
 
 impl Engine {
-    /// Replaces an object's tags (S3 PutObjectTagging; empty: DeleteObjectTagging). The bytes,
-    /// ETag and modification time stay; the object gets a new revision.
-    pub async fn set_object_tags(&self, bucket: &str, key: &str, tags: Tags) -> EngineResult<Revision> {
+    /// Replaces an object's tags (S3 PutObjectTagging; empty: DeleteObjectTagging), or those of
+    /// one of its versions. The bytes, ETag and modification time stay; the object gets a new
+    /// revision.
+    pub async fn set_object_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        tags: Tags,
+    ) -> EngineResult<Revision> {
         validate_key(key)?;
         validate_object_tags(&tags)?;
+        if let Some(id) = version_id
+            && let Some(revision) = self.set_noncurrent_version_tags(bucket, key, id, &tags).await?
+        {
+            return Ok(revision);
+        }
         for _ in 0..MAX_ATTEMPTS {
             let (current, (bucket_record, _)) =
                 futures::try_join!(self.read_visible(bucket, key, Consistency::Strong), self.bucket(bucket))?;
@@ -97,6 +109,8 @@ impl Engine {
             };
             let change = object_change(bucket, key, Some(&current), Some((&record, current.inline.as_ref())));
             let mut txn = Txn::new();
+            // A version's entry holds the same record as the current copy.
+            crate::versions::put_version(bucket, key, &record, current.inline.as_ref(), &mut txn);
             txn.compares.extend(change.compares);
             txn.ops.extend(change.ops);
             let resp = self.meta().txn(txn).await?;

@@ -59,7 +59,14 @@ impl Engine {
     pub(crate) fn spawn_reaper(&self, interval: Duration) {
         let engine = self.clone();
         tokio::spawn(async move {
+            let mut versions_swept = std::time::Instant::now();
             loop {
+                if versions_swept.elapsed() >= crate::lifecycle::VERSION_SWEEP_EVERY {
+                    versions_swept = std::time::Instant::now();
+                    if let Err(err) = engine.sweep_versions().await {
+                        tracing::warn!(error = %err, "lifecycle sweep of versions failed");
+                    }
+                }
                 match engine.reap_due().await {
                     // More may be due right away.
                     Ok(n) if n >= REAP_BATCH => continue,
@@ -129,6 +136,11 @@ impl Engine {
             self.meta().txn(drop_index()).await?;
             return Ok(());
         };
+        if current.record.version.is_some() {
+            self.expire_current_version(bucket, key, &current).await?;
+            self.meta().txn(drop_index()).await?;
+            return Ok(());
+        }
         let marker = keys::expired_marker(bucket, key, current.revision);
         let change = object_change(bucket, key, Some(&current), None);
         let blobs = change.freed;
@@ -143,6 +155,26 @@ impl Engine {
             self.delete_blobs_later(blobs);
         }
         Ok(())
+    }
+}
+
+impl Engine {
+    /// In a versioned bucket an expired current version is hidden by a new delete marker, as
+    /// S3's Expiration does, and stays as a noncurrent version — unless the key changed since.
+    async fn expire_current_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        current: &crate::object::Current,
+    ) -> EngineResult<()> {
+        let mut extra = crate::object::ExtraTxn::default();
+        extra.compares.push(Compare::mod_revision_is(keys::object(bucket, key), current.revision));
+        extra.still_valid = Some(Box::new(|_| Box::pin(async { Err(EngineError::PreconditionFailed) })));
+        let none = crate::conditions::WriteConditions::default();
+        match self.commit_version(bucket, key, None, &none, &extra).await {
+            Ok(_) | Err(EngineError::PreconditionFailed) => Ok(()),
+            Err(err) => Err(err),
+        }
     }
 }
 

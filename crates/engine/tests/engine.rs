@@ -263,6 +263,7 @@ async fn writes_to_a_bucket_pinned_to_another_region_are_refused_by_the_engine()
     let copy = CopyRequest {
         src_bucket: "ledger".into(),
         src_key: "src".into(),
+        src_version_id: None,
         dst_bucket: "ledger".into(),
         dst_key: "copy".into(),
         source_conditions: Default::default(),
@@ -276,7 +277,8 @@ async fn writes_to_a_bucket_pinned_to_another_region_are_refused_by_the_engine()
     let part =
         a.upload_part("ledger", "mp", &upload.upload_id, 2, body_from_bytes(vec![4u8; 50]), Integrity::default());
     refused(part.await.map(drop));
-    let part_copy = a.upload_part_copy("ledger", "mp", &upload.upload_id, 2, "ledger", "src", None, Default::default());
+    let part_copy =
+        a.upload_part_copy("ledger", "mp", &upload.upload_id, 2, "ledger", "src", None, None, Default::default());
     refused(part_copy.await.map(drop));
     let no_conditions = WriteConditions::default();
     refused(a.complete_multipart_upload("ledger", "mp", &upload.upload_id, &listed, &no_conditions).await.map(drop));
@@ -387,4 +389,182 @@ async fn unconditional_writes_of_one_key_are_ordered_not_retried() {
     // Every replaced blob was freed: at most the current object's remains.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(blob_files(dir.path()) <= 1, "{} blob files left", blob_files(dir.path()));
+}
+
+async fn read_version(engine: &Engine, bucket: &str, key: &str, version_id: &str) -> EngineResult<Vec<u8>> {
+    let req = GetRequest {
+        bucket: bucket.into(),
+        key: key.into(),
+        version_id: Some(version_id.into()),
+        ..Default::default()
+    };
+    let out = engine.get_object(req).await?;
+    let chunks: Vec<Bytes> = out.body.try_collect().await.unwrap();
+    Ok(chunks.concat())
+}
+
+fn version_of(out: &PutOutcome) -> String {
+    out.record.version.as_ref().unwrap().id().to_string()
+}
+
+/// Every key the engine keeps under `v/`.
+async fn version_keys(engine: &Engine) -> usize {
+    engine.meta().range(meridian_meta::RangeRequest::prefix("v/")).await.unwrap().kvs.len()
+}
+
+#[tokio::test]
+async fn versions_keep_their_bytes_until_they_are_deleted() {
+    use meridian_engine::record::Versioning;
+    let f = fixture();
+    let e = &f.engine;
+    e.create_bucket("plain", "me").await.unwrap();
+    e.put_object(put("plain", "k", vec![1u8; 5000])).await.unwrap();
+    e.put_object(put("plain", "k", "small")).await.unwrap();
+    e.delete_object("plain", "k", &WriteConditions::default()).await.unwrap();
+    assert_eq!(version_keys(e).await, 0, "unversioned buckets write nothing under v/");
+
+    e.create_bucket("ver", "me").await.unwrap();
+    let before = e.put_object(put("ver", "old", "written before versioning")).await.unwrap();
+    assert!(before.record.version.is_none());
+    e.set_versioning("ver", Versioning::Enabled).await.unwrap();
+    assert_eq!(read_version(e, "ver", "old", "null").await.unwrap(), b"written before versioning");
+
+    let v1 = version_of(&e.put_object(put("ver", "k", vec![1u8; 5000])).await.unwrap());
+    let v2 = version_of(&e.put_object(put("ver", "k", vec![2u8; 5000])).await.unwrap());
+    let v3 = version_of(&e.put_object(put("ver", "k", "inline three")).await.unwrap());
+    let v4 = version_of(&e.put_object(put("ver", "k", "inline four")).await.unwrap());
+    assert!(v4 < v3 && v3 < v2 && v2 < v1, "newer ids sort first: {v1} {v2} {v3} {v4}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(blob_files(f.dir.path()), 2, "no version's blob was freed by an overwrite");
+    let (removed, _) = e.collect_orphan_blobs(std::time::SystemTime::now() + Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(removed, 0, "old versions' blobs are referenced");
+    assert_eq!(read_version(e, "ver", "k", &v1).await.unwrap(), vec![1u8; 5000]);
+    assert_eq!(read_version(e, "ver", "k", &v3).await.unwrap(), b"inline three", "noncurrent inline bytes stay");
+    assert_eq!(read(e, "ver", "k").await, b"inline four");
+    assert!(matches!(read_version(e, "ver", "k", "0000000000000000").await, Err(EngineError::NoSuchVersion)));
+    assert!(matches!(read_version(e, "ver", "k", "nope").await, Err(EngineError::InvalidArgument(_))));
+
+    e.delete_version("ver", "k", &v1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(blob_files(f.dir.path()), 1, "deleting a version frees its bytes");
+
+    // A delete makes a marker; removing the marker brings the object back.
+    let marker = e.delete_object("ver", "k", &WriteConditions::default()).await.unwrap();
+    assert!(marker.delete_marker);
+    let marker_id = marker.version_id.unwrap();
+    let current = e.get_object(GetRequest { bucket: "ver".into(), key: "k".into(), ..Default::default() }).await;
+    assert!(matches!(current, Err(EngineError::DeleteMarker { by_id: false, .. })));
+    assert!(matches!(
+        read_version(e, "ver", "k", &marker_id).await,
+        Err(EngineError::DeleteMarker { by_id: true, .. })
+    ));
+    assert_eq!(read_version(e, "ver", "k", &v4).await.unwrap(), b"inline four");
+    let page = e.list_versions("ver", &versions::VersionListRequest { max_keys: 100, ..Default::default() }).await;
+    let listed: Vec<(String, String, bool, bool)> = page
+        .unwrap()
+        .versions
+        .into_iter()
+        .map(|v| (v.key, v.version.stamp.id().to_string(), v.is_latest, v.version.object.is_none()))
+        .collect();
+    let expected = [
+        ("k", marker_id.as_str(), true, true),
+        ("k", v4.as_str(), false, false),
+        ("k", v3.as_str(), false, false),
+        ("k", v2.as_str(), false, false),
+        ("old", "null", true, false),
+    ];
+    let expected: Vec<_> = expected.iter().map(|(k, v, l, m)| (k.to_string(), v.to_string(), *l, *m)).collect();
+    assert_eq!(listed, expected);
+    e.delete_version("ver", "k", &marker_id).await.unwrap();
+    assert_eq!(read(e, "ver", "k").await, b"inline four");
+    // Deleting the current version makes the previous one current.
+    e.delete_version("ver", "k", &v4).await.unwrap();
+    e.delete_version("ver", "k", &v3).await.unwrap();
+    assert_eq!(read(e, "ver", "k").await, vec![2u8; 5000]);
+    assert!(matches!(e.delete_bucket("ver").await, Err(EngineError::BucketNotEmpty)));
+
+    // Suspended: writes replace the null version, freeing its bytes; older ids stay.
+    e.set_versioning("ver", Versioning::Suspended).await.unwrap();
+    let null = e.put_object(put("ver", "k", vec![5u8; 5000])).await.unwrap();
+    assert_eq!(version_of(&null), "null");
+    e.put_object(put("ver", "k", vec![6u8; 5000])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(blob_files(f.dir.path()), 2, "v2 and the newest null version");
+    assert_eq!(read_version(e, "ver", "k", "null").await.unwrap(), vec![6u8; 5000]);
+    assert_eq!(read_version(e, "ver", "k", &v2).await.unwrap(), vec![2u8; 5000]);
+
+    // Removing every version leaves nothing behind.
+    for (key, id) in [("k", "null"), ("k", v2.as_str()), ("old", "null")] {
+        e.delete_version("ver", key, id).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!((blob_files(f.dir.path()), version_keys(e).await), (0, 0));
+    e.delete_bucket("ver").await.unwrap();
+}
+
+/// The ids of a key's versions (newest first) and whether each is a delete marker.
+async fn versions_of(engine: &Engine, bucket: &str, prefix: &str) -> Vec<(String, bool)> {
+    let req = versions::VersionListRequest { prefix: prefix.into(), max_keys: 1000, ..Default::default() };
+    let page = engine.list_versions(bucket, &req).await.unwrap();
+    page.versions.into_iter().map(|v| (v.version.stamp.id().to_string(), v.version.object.is_none())).collect()
+}
+
+#[tokio::test]
+async fn lifecycle_rules_expire_noncurrent_versions_and_lone_delete_markers() {
+    use meridian_engine::lifecycle::LifecycleRule;
+    use meridian_engine::record::Versioning;
+    const DAY_MS: i64 = 86_400_000;
+    let f = fixture();
+    let e = &f.engine;
+    e.create_bucket("aging", "me").await.unwrap();
+    e.set_versioning("aging", Versioning::Enabled).await.unwrap();
+    let mut logs = Vec::new();
+    for n in 0..4 {
+        logs.push(version_of(&e.put_object(put("aging", "logs/a", vec![n as u8; 3000])).await.unwrap()));
+    }
+    e.put_object(put("aging", "tmp/x", "temporary")).await.unwrap();
+    let marker = e.delete_object("aging", "tmp/x", &WriteConditions::default()).await.unwrap();
+    let keep_one = LifecycleRule {
+        id: "logs".into(),
+        prefix: "logs/".into(),
+        enabled: true,
+        noncurrent_days: Some(1),
+        newer_noncurrent_versions: Some(1),
+        ..Default::default()
+    };
+    let clean_tmp = LifecycleRule {
+        id: "tmp".into(),
+        prefix: "tmp/".into(),
+        enabled: true,
+        noncurrent_days: Some(2),
+        expired_object_delete_marker: true,
+        ..Default::default()
+    };
+    e.set_lifecycle("aging", vec![keep_one, clean_tmp]).await.unwrap();
+    assert_eq!(versions_of(e, "aging", "logs/").await.len(), 4, "nothing is a day old yet");
+    assert_eq!(versions_of(e, "aging", "tmp/").await.len(), 2, "the marker is not alone");
+
+    let now = meridian_engine::now_ms();
+    assert_eq!(e.expire_versions("aging", now + DAY_MS + 60_000).await.unwrap(), 2);
+    let left: Vec<String> = versions_of(e, "aging", "logs/").await.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(left, [logs[3].clone(), logs[2].clone()], "the current version and one newer noncurrent one stay");
+    assert_eq!(versions_of(e, "aging", "tmp/").await.len(), 2, "tmp/ waits two days");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(blob_files(f.dir.path()), 2, "expired versions' bytes are freed");
+
+    // Two days on: the version under the marker goes, then the marker left alone goes too.
+    assert_eq!(e.expire_versions("aging", now + 2 * DAY_MS + 60_000).await.unwrap(), 2);
+    assert!(versions_of(e, "aging", "tmp/").await.is_empty(), "{marker:?} and its object are gone");
+    assert_eq!(read(e, "aging", "logs/a").await, vec![3u8; 3000]);
+
+    // An expired current version in a versioned bucket is hidden by a marker, not removed.
+    let mut short = put("aging", "ttl", "short-lived");
+    short.expires_at_ms = Some(meridian_engine::now_ms() - 1);
+    let short = version_of(&e.put_object(short).await.unwrap());
+    e.reap_due().await.unwrap();
+    let ttl = versions_of(e, "aging", "ttl").await;
+    assert_eq!(ttl.len(), 2);
+    assert!(ttl[0].1, "a delete marker on top: {ttl:?}");
+    assert_eq!(ttl[1], (short.clone(), false));
+    assert!(read_version(e, "aging", "ttl", &short).await.is_ok());
 }

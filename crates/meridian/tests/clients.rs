@@ -456,6 +456,12 @@ fn boto3_tagging_and_attributes() {
     run_boto3_script("boto3_tagging.py", "tagging checks passed");
 }
 
+/// S3 versioning through boto3: ids, markers, the ListObjectVersions paginator, version tags.
+#[test]
+fn boto3_versioning() {
+    run_boto3_script("boto3_versions.py", "versioning checks passed");
+}
+
 /// Browser-style form uploads (POST object) with boto3's generate_presigned_post.
 #[test]
 fn boto3_post_object() {
@@ -578,4 +584,34 @@ async fn rclone_copy_check_sync() {
     rclone.ok(&["copy", remote, path_str(&down)]);
     assert_same_tree(&files, &read_tree(&down), "rclone copy down");
     assert_same_tree(&read_tree(&local), &read_tree(&down), "local vs downloaded");
+}
+
+/// rclone's `--s3-versions`: an overwritten file's old version is listed with its time suffix
+/// and copied back down with its old bytes.
+#[tokio::test]
+async fn rclone_lists_and_restores_old_versions() {
+    let bin = require_tool("rclone", "apt-get install rclone");
+    let server = Server::start();
+    let s3 = server.client();
+    s3.create_bucket().bucket("rclone-versions").send().await.unwrap();
+    let enabled = aws_sdk_s3::types::VersioningConfiguration::builder()
+        .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+        .build();
+    s3.put_bucket_versioning().bucket("rclone-versions").versioning_configuration(enabled).send().await.unwrap();
+    for draft in ["first draft", "second draft"] {
+        let body = aws_sdk_s3::primitives::ByteStream::from_static(draft.as_bytes());
+        s3.put_object().bucket("rclone-versions").key("notes.txt").body(body).send().await.unwrap();
+    }
+    let rclone = Rclone { bin, endpoint: server.endpoint.clone(), home: tempfile::tempdir().expect("temp dir") };
+    let listed = rclone.ok(&["lsf", "--s3-versions", "meridian:rclone-versions"]);
+    let mut names: Vec<String> = text(&listed.stdout).lines().map(str::to_string).collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "the current file and one old version: {names:?}");
+    assert_eq!(names[1], "notes.txt");
+    assert!(names[0].starts_with("notes-v") && names[0].ends_with(".txt"), "{names:?}");
+    let down = tempfile::tempdir().expect("temp dir");
+    let restored = down.path().join("restored.txt");
+    let old = format!("meridian:rclone-versions/{}", names[0]);
+    rclone.ok(&["copyto", "--s3-versions", &old, path_str(&restored)]);
+    assert_eq!(std::fs::read(&restored).unwrap(), b"first draft");
 }

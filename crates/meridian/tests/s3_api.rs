@@ -998,3 +998,268 @@ async fn lifecycle_configuration() {
     let err = s3.get_bucket_lifecycle_configuration().bucket("lifecycle").send().await.unwrap_err();
     assert_eq!(error_code(&err), "NoSuchLifecycleConfiguration");
 }
+
+/// A response header of an SDK error.
+fn error_header<E, R: std::fmt::Debug>(
+    err: &aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::http::Response<R>>,
+    name: &str,
+) -> Option<String> {
+    match err {
+        aws_sdk_s3::error::SdkError::ServiceError(e) => e.raw().headers().get(name).map(str::to_string),
+        _ => None,
+    }
+}
+
+async fn get_version(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, version: &str) -> Vec<u8> {
+    body_bytes(s3.get_object().bucket(bucket).key(key).version_id(version).send().await.unwrap()).await
+}
+
+async fn put_version(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8]) -> String {
+    let out = s3.put_object().bucket(bucket).key(key).body(ByteStream::from(data.to_vec())).send().await.unwrap();
+    out.version_id().unwrap().to_string()
+}
+
+async fn enable_versioning(s3: &aws_sdk_s3::Client, bucket: &str, status: aws_sdk_s3::types::BucketVersioningStatus) {
+    let config = aws_sdk_s3::types::VersioningConfiguration::builder().status(status).build();
+    s3.put_bucket_versioning().bucket(bucket).versioning_configuration(config).send().await.unwrap();
+}
+
+#[tokio::test]
+async fn versioning_versions_delete_markers_and_copies() {
+    use aws_sdk_s3::types::BucketVersioningStatus as Status;
+    let server = Server::start();
+    let s3 = server.client();
+    s3.create_bucket().bucket("ver").send().await.unwrap();
+    put(&s3, "ver", "before", b"written before versioning").await;
+    let state = s3.get_bucket_versioning().bucket("ver").send().await.unwrap();
+    assert!(state.status().is_none(), "never enabled: no status");
+    enable_versioning(&s3, "ver", Status::Enabled).await;
+    let state = s3.get_bucket_versioning().bucket("ver").send().await.unwrap();
+    assert_eq!(state.status(), Some(&Status::Enabled));
+    assert_eq!(get_version(&s3, "ver", "before", "null").await, b"written before versioning");
+
+    let big = pattern(MIB, 1);
+    let v1 = put_version(&s3, "ver", "k", &big).await;
+    let v2 = put_version(&s3, "ver", "k", b"two").await;
+    assert_ne!(v1, v2);
+    let current = s3.get_object().bucket("ver").key("k").send().await.unwrap();
+    assert_eq!(current.version_id(), Some(v2.as_str()));
+    assert_eq!(body_bytes(current).await, b"two");
+    assert_eq!(get_version(&s3, "ver", "k", &v1).await, big, "an overwritten version keeps its bytes");
+    let head = s3.head_object().bucket("ver").key("k").version_id(&v1).send().await.unwrap();
+    assert_eq!((head.version_id(), head.content_length()), (Some(v1.as_str()), Some(MIB as i64)));
+
+    // DELETE without a version id: a delete marker hides the key.
+    let deleted = s3.delete_object().bucket("ver").key("k").send().await.unwrap();
+    assert_eq!(deleted.delete_marker(), Some(true));
+    let marker = deleted.version_id().unwrap().to_string();
+    let err = s3.get_object().bucket("ver").key("k").send().await.unwrap_err();
+    assert_eq!((error_code(&err).as_str(), error_status(&err)), ("NoSuchKey", 404));
+    assert_eq!(error_header(&err, "x-amz-delete-marker").as_deref(), Some("true"));
+    let err = s3.get_object().bucket("ver").key("k").version_id(&marker).send().await.unwrap_err();
+    assert_eq!((error_code(&err).as_str(), error_status(&err)), ("MethodNotAllowed", 405));
+    assert_eq!(error_header(&err, "x-amz-version-id"), Some(marker.clone()));
+    let listed = s3.list_objects_v2().bucket("ver").send().await.unwrap();
+    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, ["before"], "a key whose newest version is a marker is not listed");
+
+    let versions = s3.list_object_versions().bucket("ver").send().await.unwrap();
+    let markers: Vec<_> = versions.delete_markers().iter().map(|m| (m.key(), m.version_id(), m.is_latest())).collect();
+    assert_eq!(markers, [(Some("k"), Some(marker.as_str()), Some(true))]);
+    let objects: Vec<_> =
+        versions.versions().iter().map(|v| (v.key(), v.version_id(), v.is_latest(), v.size())).collect();
+    assert_eq!(
+        objects,
+        [
+            (Some("before"), Some("null"), Some(true), Some(25)),
+            (Some("k"), Some(v2.as_str()), Some(false), Some(3)),
+            (Some("k"), Some(v1.as_str()), Some(false), Some(MIB as i64)),
+        ]
+    );
+
+    // Removing the marker by id brings the key back; copying an old version restores it.
+    let removed = s3.delete_object().bucket("ver").key("k").version_id(&marker).send().await.unwrap();
+    assert_eq!((removed.delete_marker(), removed.version_id()), (Some(true), Some(marker.as_str())));
+    assert_eq!(get(&s3, "ver", "k").await, b"two");
+    let copied =
+        s3.copy_object().bucket("ver").key("k").copy_source(format!("ver/k?versionId={v1}")).send().await.unwrap();
+    assert_eq!(copied.copy_source_version_id(), Some(v1.as_str()));
+    let v3 = copied.version_id().unwrap().to_string();
+    assert!(![&v1, &v2].contains(&&v3));
+    assert_eq!(get(&s3, "ver", "k").await, big);
+
+    // A version deleted by id is gone for good; the next one becomes current.
+    s3.delete_object().bucket("ver").key("k").version_id(&v3).send().await.unwrap();
+    assert_eq!(get(&s3, "ver", "k").await, b"two");
+    let err = s3.get_object().bucket("ver").key("k").version_id(&v3).send().await.unwrap_err();
+    assert_eq!(error_code(&err), "NoSuchVersion");
+    let err = s3.get_object().bucket("ver").key("k").version_id("not-a-version").send().await.unwrap_err();
+    assert_eq!(error_code(&err), "InvalidArgument");
+
+    // Multipart completion makes a version too.
+    let upload = s3.create_multipart_upload().bucket("ver").key("mp").send().await.unwrap();
+    let upload_id = upload.upload_id().unwrap();
+    let parts = upload_parts(&s3, "ver", "mp", upload_id, &[big.clone()]).await;
+    let done = s3
+        .complete_multipart_upload()
+        .bucket("ver")
+        .key("mp")
+        .upload_id(upload_id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await
+        .unwrap();
+    let mp_version = done.version_id().unwrap();
+    assert_eq!(get_version(&s3, "ver", "mp", mp_version).await, big);
+
+    // DeleteObjects by version id, and a bucket with versions left is not empty.
+    let ids = [("k", v1.as_str()), ("k", v2.as_str()), ("mp", mp_version), ("before", "null")];
+    let objects = ids.iter().map(|(k, v)| ObjectIdentifier::builder().key(*k).version_id(*v).build().unwrap());
+    let batch = Delete::builder().set_objects(Some(objects.collect())).build().unwrap();
+    let out = s3.delete_objects().bucket("ver").delete(batch).send().await.unwrap();
+    let mut gone: Vec<_> = out.deleted().iter().map(|d| (d.key().unwrap(), d.version_id().unwrap())).collect();
+    gone.sort();
+    let mut expected = ids.to_vec();
+    expected.sort();
+    assert_eq!(gone, expected);
+    assert!(out.errors().is_empty());
+    let deleted = s3.delete_object().bucket("ver").key("gone").send().await.unwrap();
+    assert_eq!(deleted.delete_marker(), Some(true), "deleting a missing key still leaves a marker");
+    let err = s3.delete_bucket().bucket("ver").send().await.unwrap_err();
+    assert_eq!(error_code(&err), "BucketNotEmpty");
+    let marker = deleted.version_id().unwrap();
+    s3.delete_object().bucket("ver").key("gone").version_id(marker).send().await.unwrap();
+    let versions = s3.list_object_versions().bucket("ver").send().await.unwrap();
+    assert!(versions.versions().is_empty() && versions.delete_markers().is_empty());
+    s3.delete_bucket().bucket("ver").send().await.unwrap();
+}
+
+#[tokio::test]
+async fn versioning_suspended_writes_the_null_version() {
+    use aws_sdk_s3::types::BucketVersioningStatus as Status;
+    let server = Server::start();
+    let s3 = server.client();
+    s3.create_bucket().bucket("susp").send().await.unwrap();
+    enable_versioning(&s3, "susp", Status::Enabled).await;
+    let kept = put_version(&s3, "susp", "k", b"versioned").await;
+    enable_versioning(&s3, "susp", Status::Suspended).await;
+    let state = s3.get_bucket_versioning().bucket("susp").send().await.unwrap();
+    assert_eq!(state.status(), Some(&Status::Suspended));
+    assert_eq!(put_version(&s3, "susp", "k", b"null one").await, "null");
+    assert_eq!(put_version(&s3, "susp", "k", b"null two").await, "null");
+    assert_eq!(get_version(&s3, "susp", "k", "null").await, b"null two");
+    let versions = s3.list_object_versions().bucket("susp").send().await.unwrap();
+    let ids: Vec<_> = versions.versions().iter().map(|v| (v.version_id().unwrap(), v.is_latest().unwrap())).collect();
+    assert_eq!(ids, [("null", true), (kept.as_str(), false)], "a suspended write replaces the null version");
+    // A delete while suspended makes a null delete marker, replacing the null version.
+    let deleted = s3.delete_object().bucket("susp").key("k").send().await.unwrap();
+    assert_eq!((deleted.delete_marker(), deleted.version_id()), (Some(true), Some("null")));
+    let versions = s3.list_object_versions().bucket("susp").send().await.unwrap();
+    let ids: Vec<_> = versions.versions().iter().map(|v| v.version_id().unwrap()).collect();
+    assert_eq!(ids, [kept.as_str()]);
+    assert_eq!(versions.delete_markers()[0].version_id(), Some("null"));
+    assert_eq!(get_version(&s3, "susp", "k", &kept).await, b"versioned");
+    // Never back to unversioned.
+    let config = aws_sdk_s3::types::VersioningConfiguration::builder().build();
+    let err = s3.put_bucket_versioning().bucket("susp").versioning_configuration(config).send().await.unwrap_err();
+    assert_eq!(error_code(&err), "MalformedXML");
+}
+
+#[tokio::test]
+async fn versioning_listing_pages_with_key_and_version_markers() {
+    let server = Server::start();
+    let s3 = server.client();
+    s3.create_bucket().bucket("pages").send().await.unwrap();
+    enable_versioning(&s3, "pages", aws_sdk_s3::types::BucketVersioningStatus::Enabled).await;
+    let mut written = Vec::new(); // (key, version id), in listing order: keys ascending, newest first
+    for key in ["a", "dir/x", "dir/y", "z"] {
+        let mut ids = Vec::new();
+        for n in 0..6 {
+            ids.push(put_version(&s3, "pages", key, format!("{key} {n}").as_bytes()).await);
+        }
+        written.extend(ids.into_iter().rev().map(|id| (key.to_string(), id)));
+    }
+    let (mut seen, mut key_marker, mut version_marker) = (Vec::new(), None::<String>, None::<String>);
+    for _ in 0..20 {
+        let page = s3
+            .list_object_versions()
+            .bucket("pages")
+            .max_keys(5)
+            .set_key_marker(key_marker.clone())
+            .set_version_id_marker(version_marker.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(page.versions().len() <= 5);
+        for v in page.versions() {
+            let latest = seen.last().is_none_or(|(k, _): &(String, String)| k != v.key().unwrap());
+            assert_eq!(v.is_latest(), Some(latest), "only a key's first version is latest");
+            seen.push((v.key().unwrap().to_string(), v.version_id().unwrap().to_string()));
+        }
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        key_marker = page.next_key_marker().map(str::to_string);
+        version_marker = page.next_version_id_marker().map(str::to_string);
+    }
+    assert_eq!(seen, written, "every version once, in order, across pages");
+    let rolled = s3.list_object_versions().bucket("pages").delimiter("/").send().await.unwrap();
+    let prefixes: Vec<_> = rolled.common_prefixes().iter().filter_map(|p| p.prefix()).collect();
+    assert_eq!(prefixes, ["dir/"]);
+    assert_eq!(rolled.versions().len(), 12, "a and z, six versions each");
+    let under = s3.list_object_versions().bucket("pages").prefix("dir/").key_marker("dir/x").send().await.unwrap();
+    assert!(under.versions().iter().all(|v| v.key() == Some("dir/y")) && under.versions().len() == 6);
+}
+
+#[tokio::test]
+async fn versioning_lifecycle_rules_on_versions() {
+    use aws_sdk_s3::types::{
+        BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+        NoncurrentVersionExpiration,
+    };
+    let server = Server::start();
+    let s3 = server.client();
+    s3.create_bucket().bucket("aging").send().await.unwrap();
+    enable_versioning(&s3, "aging", aws_sdk_s3::types::BucketVersioningStatus::Enabled).await;
+    let kept = put_version(&s3, "aging", "kept", b"x").await;
+    s3.delete_object().bucket("aging").key("kept").send().await.unwrap();
+    let lone = s3.delete_object().bucket("aging").key("lone").send().await.unwrap();
+    assert_eq!(lone.delete_marker(), Some(true));
+    let rule = |id: &str| LifecycleRule::builder().id(id).status(ExpirationStatus::Enabled);
+    let markers = rule("markers")
+        .filter(LifecycleRuleFilter::builder().prefix("").build())
+        .expiration(LifecycleExpiration::builder().expired_object_delete_marker(true).build())
+        .noncurrent_version_expiration(
+            NoncurrentVersionExpiration::builder().noncurrent_days(30).newer_noncurrent_versions(2).build(),
+        )
+        .build()
+        .unwrap();
+    let config = BucketLifecycleConfiguration::builder().rules(markers).build().unwrap();
+    s3.put_bucket_lifecycle_configuration().bucket("aging").lifecycle_configuration(config).send().await.unwrap();
+    let got = s3.get_bucket_lifecycle_configuration().bucket("aging").send().await.unwrap();
+    let stored = &got.rules()[0];
+    assert_eq!(stored.expiration().and_then(|e| e.expired_object_delete_marker()), Some(true));
+    let noncurrent = stored.noncurrent_version_expiration().unwrap();
+    assert_eq!((noncurrent.noncurrent_days(), noncurrent.newer_noncurrent_versions()), (Some(30), Some(2)));
+
+    // Applied when set: the lone marker goes; a marker with a version under it stays.
+    let versions = s3.list_object_versions().bucket("aging").send().await.unwrap();
+    let markers: Vec<_> = versions.delete_markers().iter().filter_map(|m| m.key()).collect();
+    assert_eq!(markers, ["kept"]);
+    assert_eq!(versions.versions()[0].version_id(), Some(kept.as_str()));
+
+    let both = rule("both")
+        .filter(LifecycleRuleFilter::builder().prefix("").build())
+        .expiration(LifecycleExpiration::builder().days(3).expired_object_delete_marker(true).build())
+        .build()
+        .unwrap();
+    let config = BucketLifecycleConfiguration::builder().rules(both).build().unwrap();
+    let err = s3
+        .put_bucket_lifecycle_configuration()
+        .bucket("aging")
+        .lifecycle_configuration(config)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&err), "InvalidRequest");
+}

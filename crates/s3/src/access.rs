@@ -63,6 +63,7 @@ fn needs(op: &str) -> Needs {
         | "HeadBucket"
         | "ListObjects"
         | "ListObjectsV2"
+        | "ListObjectVersions"
         | "ListMultipartUploads"
         | "ListParts"
         | "GetBucketLocation"

@@ -10,6 +10,16 @@ use meridian_engine::{EngineError, ErrorKind};
 use s3s::dto::{self, ETag, ETagCondition, Timestamp, TimestampFormat};
 use s3s::{S3Error, S3ErrorCode};
 
+/// `x-amz-delete-marker: true` and the marker's `x-amz-version-id`.
+pub fn delete_marker_headers(version_id: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-amz-delete-marker", HeaderValue::from_static("true"));
+    if let Ok(v) = HeaderValue::from_str(version_id) {
+        headers.insert("x-amz-version-id", v);
+    }
+    headers
+}
+
 /// An engine error as S3 answers it: the specific code where S3 (or Meridian's KV extension)
 /// has one for the variant, otherwise the code and status of its [`ErrorKind`].
 pub fn s3_error(err: EngineError) -> S3Error {
@@ -26,6 +36,15 @@ pub fn s3_error(err: EngineError) -> S3Error {
         EngineError::BucketNotEmpty => C::BucketNotEmpty,
         EngineError::InvalidBucketName(_) => C::InvalidBucketName,
         EngineError::NoSuchKey => C::NoSuchKey,
+        EngineError::NoSuchVersion => C::NoSuchVersion,
+        EngineError::DeleteMarker { version_id, by_id } => {
+            let mut e = match by_id {
+                true => S3Error::with_message(C::MethodNotAllowed, message),
+                false => S3Error::with_message(C::NoSuchKey, message),
+            };
+            e.set_headers(delete_marker_headers(&version_id));
+            return e;
+        }
         EngineError::KeyTooLong(_) => C::KeyTooLongError,
         EngineError::InvalidKey(_) | EngineError::InvalidArgument(_) => C::InvalidArgument,
         EngineError::InvalidRequest(_) => C::InvalidRequest,

@@ -7,7 +7,7 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::MeridianS3;
-use super::shared::{not_implemented, with_revision};
+use super::shared::with_revision;
 use crate::convert::{ChecksumFields, etag, s3_error, timestamp};
 use crate::kv::read_consistency;
 
@@ -20,9 +20,6 @@ pub(super) async fn get_object_attributes(
 ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
     let consistency = read_consistency(&req.headers)?;
     let input = req.input;
-    if input.version_id.as_deref().is_some_and(|v| v != "null") {
-        return Err(not_implemented("attributes of a specific object version"));
-    }
     // One header, `x-amz-object-attributes: ETag,ObjectSize`, may list several.
     let asked: Vec<&str> = input.object_attributes.iter().flat_map(|a| a.as_str().split(',')).map(str::trim).collect();
     const KNOWN: [&str; 5] = [
@@ -36,7 +33,8 @@ pub(super) async fn get_object_attributes(
         return Err(s3_error!(InvalidArgument, "Invalid attribute name specified."));
     }
     let wants = |name: &str| asked.contains(&name);
-    let request = GetRequest { bucket: input.bucket, key: input.key, consistency, ..Default::default() };
+    let version_id = input.version_id;
+    let request = GetRequest { bucket: input.bucket, key: input.key, consistency, version_id, ..Default::default() };
     let out = s3.engine.head_object(request).await.map_err(s3_error)?;
     let record = &out.record;
     let checksum = wants(ObjectAttributes::CHECKSUM).then(|| ChecksumFields::from_stored(record.checksum.as_ref()));

@@ -1,5 +1,5 @@
 //! Access control and bucket configuration: bucket and object ACLs (the canned `private` and
-//! `public-read`), lifecycle rules, and versioning (never enabled). The website configuration
+//! `public-read`), and lifecycle rules. Versioning is in `versions.rs`, the website configuration
 //! is in `website.rs`; other configuration operations fall through to s3s's `NotImplemented`.
 
 use meridian_engine::record::BucketRecord;
@@ -68,10 +68,8 @@ pub(super) async fn get_object_acl(
     req: S3Request<GetObjectAclInput>,
 ) -> S3Result<S3Response<GetObjectAclOutput>> {
     let (record, _) = s3.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
-    s3.engine
-        .head_object(GetRequest { bucket: req.input.bucket.clone(), key: req.input.key.clone(), ..Default::default() })
-        .await
-        .map_err(s3_error)?;
+    let input = &req.input;
+    object_exists(s3, &input.bucket, &input.key, input.version_id.as_ref()).await?;
     // Objects have no ACL of their own: they share the bucket's.
     let (owner, grants) = acl_grants(&record);
     Ok(S3Response::new(GetObjectAclOutput { owner: Some(owner), grants: Some(grants), ..Default::default() }))
@@ -103,7 +101,20 @@ pub(super) async fn put_object_acl(
     if record.public_read {
         return Err(not_implemented("making one object private in a public-read bucket"));
     }
+    object_exists(s3, &input.bucket, &input.key, input.version_id.as_ref()).await?;
     Ok(S3Response::new(PutObjectAclOutput::default()))
+}
+
+/// The object (or the version asked for) must exist, as in S3's object ACL calls.
+async fn object_exists(s3: &MeridianS3, bucket: &str, key: &str, version_id: Option<&String>) -> S3Result<()> {
+    let object = GetRequest {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        version_id: version_id.cloned(),
+        ..Default::default()
+    };
+    s3.engine.head_object(object).await.map_err(s3_error)?;
+    Ok(())
 }
 
 pub(super) async fn put_bucket_lifecycle_configuration(
@@ -138,11 +149,20 @@ pub(super) async fn get_bucket_lifecycle_configuration(
                 ExpirationStatus::DISABLED
             }),
             filter: Some(lifecycle_filter(r.prefix, r.tags)),
-            expiration: r.expiration_days.map(|d| LifecycleExpiration { days: Some(d as i32), ..Default::default() }),
+            expiration: match (r.expiration_days, r.expired_object_delete_marker) {
+                (Some(d), _) => Some(LifecycleExpiration { days: Some(d as i32), ..Default::default() }),
+                (None, true) => {
+                    Some(LifecycleExpiration { expired_object_delete_marker: Some(true), ..Default::default() })
+                }
+                (None, false) => None,
+            },
             abort_incomplete_multipart_upload: r
                 .abort_incomplete_days
                 .map(|d| AbortIncompleteMultipartUpload { days_after_initiation: Some(d as i32) }),
-            noncurrent_version_expiration: None,
+            noncurrent_version_expiration: r.noncurrent_days.map(|d| NoncurrentVersionExpiration {
+                noncurrent_days: Some(d as i32),
+                newer_noncurrent_versions: r.newer_noncurrent_versions.map(|n| n as i32),
+            }),
             noncurrent_version_transitions: None,
             prefix: None,
             transitions: None,
@@ -159,22 +179,12 @@ pub(super) async fn delete_bucket_lifecycle(
     Ok(S3Response::new(DeleteBucketLifecycleOutput::default()))
 }
 
-pub(super) async fn get_bucket_versioning(
-    s3: &MeridianS3,
-    req: S3Request<GetBucketVersioningInput>,
-) -> S3Result<S3Response<GetBucketVersioningOutput>> {
-    // Versioning was never enabled on any Meridian bucket; S3 answers that with no status.
-    s3.engine.bucket(&req.input.bucket).await.map_err(s3_error)?;
-    Ok(S3Response::new(GetBucketVersioningOutput::default()))
-}
-
 /// An S3 lifecycle rule as Meridian stores it; what Meridian does not do is refused.
 fn lifecycle_rule(rule: LifecycleRule) -> S3Result<meridian_engine::lifecycle::LifecycleRule> {
     if rule.transitions.as_ref().is_some_and(|t| !t.is_empty())
         || rule.noncurrent_version_transitions.as_ref().is_some_and(|t| !t.is_empty())
-        || rule.noncurrent_version_expiration.is_some()
     {
-        return Err(not_implemented("lifecycle transitions and noncurrent-version rules"));
+        return Err(not_implemented("lifecycle transitions"));
     }
     let mut prefix = rule.prefix.unwrap_or_default();
     let mut tags = Vec::new();
@@ -201,12 +211,22 @@ fn lifecycle_rule(rule: LifecycleRule) -> S3Result<meridian_engine::lifecycle::L
     }
     let pairs = tags.into_iter().map(|t| (t.key.unwrap_or_default(), t.value.unwrap_or_default())).collect();
     let tags = tags_from_pairs(pairs, TagTarget::Object).map_err(s3_error)?;
-    let expiration_days = match rule.expiration {
-        None => None,
-        Some(e) if e.date.is_some() || e.expired_object_delete_marker.is_some() => {
-            return Err(not_implemented("lifecycle expiration by date or of delete markers (use Days)"));
+    let (expiration_days, expired_object_delete_marker) = match rule.expiration {
+        None => (None, false),
+        Some(e) if e.date.is_some() => return Err(not_implemented("lifecycle expiration by date (use Days)")),
+        Some(LifecycleExpiration { days: None, expired_object_delete_marker: Some(marker), .. }) => (None, marker),
+        Some(e) if e.expired_object_delete_marker.is_some() => {
+            let message = "ExpiredObjectDeleteMarker cannot be specified with Days or Date";
+            return Err(S3Error::with_message(S3ErrorCode::InvalidRequest, message));
         }
-        Some(e) => Some(positive_days(e.days, "Expiration Days")?),
+        Some(e) => (Some(positive_days(e.days, "Expiration Days")?), false),
+    };
+    let (noncurrent_days, newer_noncurrent_versions) = match rule.noncurrent_version_expiration {
+        None => (None, None),
+        Some(n) => {
+            let newer = n.newer_noncurrent_versions.map(|v| positive_days(Some(v), "NewerNoncurrentVersions"));
+            (Some(positive_days(n.noncurrent_days, "NoncurrentDays")?), newer.transpose()?)
+        }
     };
     let abort_incomplete_days = match rule.abort_incomplete_multipart_upload {
         None => None,
@@ -219,6 +239,9 @@ fn lifecycle_rule(rule: LifecycleRule) -> S3Result<meridian_engine::lifecycle::L
         expiration_days,
         abort_incomplete_days,
         tags,
+        noncurrent_days,
+        newer_noncurrent_versions,
+        expired_object_delete_marker,
     })
 }
 

@@ -95,7 +95,7 @@ fn continuation(token: &str) -> S3Result<String> {
     String::from_utf8(raw).map_err(|_| s3_error!(InvalidArgument, "The continuation token provided is incorrect"))
 }
 
-fn max_keys(value: Option<i32>) -> S3Result<usize> {
+pub(super) fn max_keys(value: Option<i32>) -> S3Result<usize> {
     match value {
         None => Ok(1000),
         Some(n) if n < 0 => Err(s3_error!(InvalidArgument, "max-keys must be a non-negative integer")),

@@ -100,7 +100,7 @@ pub(super) async fn upload_part_copy(
     s3: &MeridianS3,
     req: S3Request<UploadPartCopyInput>,
 ) -> S3Result<S3Response<UploadPartCopyOutput>> {
-    let (src_bucket, src_key) = source_of(&req.input.copy_source)?;
+    let (src_bucket, src_key, src_version_id) = source_of(&req.input.copy_source)?;
     check_source(s3, &RequestContext::of(&req)?, &src_bucket).await?;
     let input = req.input;
     let range = copy_source_range(input.copy_source_range.as_deref())?;
@@ -114,6 +114,7 @@ pub(super) async fn upload_part_copy(
             part_number,
             &src_bucket,
             &src_key,
+            src_version_id,
             range,
             read_conditions(
                 input.copy_source_if_match,
@@ -177,6 +178,7 @@ pub(super) async fn complete_multipart_upload(
         key: Some(input.key.clone()),
         location: Some(format!("/{}/{}", input.bucket, input.key)),
         e_tag: Some(etag(&record.etag)),
+        version_id: super::objects::version_id(&record),
         checksum_crc32: sums.crc32,
         checksum_crc32c: sums.crc32c,
         checksum_crc64nvme: sums.crc64nvme,

@@ -85,6 +85,7 @@ pub(super) async fn put_object(
         checksum_sha1: sums.sha1,
         checksum_sha256: sums.sha256,
         checksum_type: sums.kind,
+        version_id: version_id(&outcome.record),
         ..Default::default()
     };
     Ok(written(output, outcome.revision))
@@ -107,13 +108,11 @@ pub(super) async fn get_object(
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let consistency = object_read_consistency(&req, &req.input.bucket)?;
     let input = req.input;
-    if input.version_id.as_deref().is_some_and(|v| v != "null") {
-        return Err(not_implemented("reading a specific object version"));
-    }
     let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
     let out = s3
         .engine
         .get_object(GetRequest {
+            version_id: input.version_id,
             consistency,
             bucket: input.bucket,
             key: input.key,
@@ -154,6 +153,7 @@ pub(super) async fn get_object(
         expires: input.response_expires.or_else(|| headers.expires.as_deref().and_then(parse_expires)),
         metadata: metadata(headers),
         tag_count: tag_count(&headers.tags),
+        version_id: version_id(&out.record),
         parts_count: out.parts_count.map(|n| n as i32),
         checksum_crc32: sums.crc32,
         checksum_crc32c: sums.crc32c,
@@ -180,13 +180,11 @@ pub(super) async fn head_object(
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let consistency = object_read_consistency(&req, &req.input.bucket)?;
     let input = req.input;
-    if input.version_id.as_deref().is_some_and(|v| v != "null") {
-        return Err(not_implemented("reading a specific object version"));
-    }
     let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
     let out = s3
         .engine
         .head_object(GetRequest {
+            version_id: input.version_id,
             consistency,
             bucket: input.bucket,
             key: input.key,
@@ -220,6 +218,7 @@ pub(super) async fn head_object(
         cache_control: headers.cache_control.clone(),
         expires: headers.expires.as_deref().and_then(parse_expires),
         metadata: metadata(headers),
+        version_id: version_id(&out.record),
         parts_count: out.parts_count.map(|n| n as i32),
         checksum_crc32: sums.crc32,
         checksum_crc32c: sums.crc32c,
@@ -247,12 +246,18 @@ pub(super) async fn delete_object(
         return Err(s3_error!(InvalidArgument, "TTL and transaction headers apply to writes, not deletes"));
     }
     let input = req.input;
-    if input.version_id.as_deref().is_some_and(|v| v != "null") {
-        return Err(not_implemented("deleting a specific object version"));
-    }
     let conditions = kv.conditions(WriteConditions { if_match: etag_match(input.if_match), ..Default::default() });
-    let out = s3.engine.delete_object(&input.bucket, &input.key, &conditions).await.map_err(s3_error)?;
-    Ok(written(DeleteObjectOutput::default(), out.revision))
+    let out = match &input.version_id {
+        Some(id) => s3.engine.delete_version(&input.bucket, &input.key, id).await,
+        None => s3.engine.delete_object(&input.bucket, &input.key, &conditions).await,
+    }
+    .map_err(s3_error)?;
+    let output = DeleteObjectOutput {
+        delete_marker: out.delete_marker.then_some(true),
+        version_id: out.version_id.clone(),
+        ..Default::default()
+    };
+    Ok(written(output, out.revision))
 }
 
 pub(super) async fn delete_objects(
@@ -264,19 +269,27 @@ pub(super) async fn delete_objects(
         return Err(s3_error!(MalformedXML, "DeleteObjects accepts at most 1000 keys"));
     }
     let quiet = input.delete.quiet.unwrap_or(false);
-    let keys: Vec<String> = input.delete.objects.into_iter().map(|o| o.key).collect();
+    let keys: Vec<(String, Option<String>)> = input.delete.objects.into_iter().map(|o| (o.key, o.version_id)).collect();
     // A missing bucket fails the whole request, as in S3.
     s3.engine.bucket(&input.bucket).await.map_err(s3_error)?;
     let results = s3.engine.delete_objects(&input.bucket, keys).await;
     let mut deleted = Vec::new();
     let mut errors = Vec::new();
     let mut revision = 0;
-    for (key, result) in results {
+    for ((key, asked_version), result) in results {
         match result {
             Ok(out) => {
                 revision = revision.max(out.revision);
                 if !quiet {
-                    deleted.push(DeletedObject { key: Some(key), ..Default::default() });
+                    // A marker made by this delete is named by DeleteMarkerVersionId; a version
+                    // removed by id (marker or not) by VersionId.
+                    let made_marker = out.delete_marker && asked_version.is_none();
+                    deleted.push(DeletedObject {
+                        key: Some(key),
+                        delete_marker: out.delete_marker.then_some(true),
+                        delete_marker_version_id: if made_marker { out.version_id.clone() } else { None },
+                        version_id: if made_marker { None } else { asked_version },
+                    });
                 }
             }
             Err(e) => {
@@ -285,7 +298,7 @@ pub(super) async fn delete_objects(
                     code: Some(e.code().as_str().to_string()),
                     key: Some(key),
                     message: e.message().map(str::to_string),
-                    version_id: None,
+                    version_id: asked_version,
                 });
             }
         }
@@ -305,7 +318,7 @@ pub(super) async fn copy_object(
         input.sse_customer_algorithm.as_ref(),
         input.storage_class.as_ref(),
     )?;
-    let (src_bucket, src_key) = source_of(&input.copy_source)?;
+    let (src_bucket, src_key, src_version_id) = source_of(&input.copy_source)?;
     let context = RequestContext::of(&req)?;
     check_source(s3, &context, &src_bucket).await?;
     let dst_bucket_seen = context.seen_bucket(&input.bucket);
@@ -340,6 +353,7 @@ pub(super) async fn copy_object(
         .copy_object(CopyRequest {
             src_bucket,
             src_key,
+            src_version_id: src_version_id.clone(),
             dst_bucket: input.bucket,
             dst_key: input.key,
             source_conditions: read_conditions(
@@ -366,7 +380,12 @@ pub(super) async fn copy_object(
         checksum_sha256: sums.sha256,
         checksum_type: sums.kind,
     };
-    let output = CopyObjectOutput { copy_object_result: Some(result), ..Default::default() };
+    let output = CopyObjectOutput {
+        copy_object_result: Some(result),
+        version_id: version_id(&out.record),
+        copy_source_version_id: src_version_id,
+        ..Default::default()
+    };
     Ok(written(output, out.revision))
 }
 
@@ -382,6 +401,11 @@ fn source_headers(s3: &MeridianS3, source: Option<&meridian_engine::ReadSource>,
         headers.insert("x-meridian-served-from", v);
     }
     headers.insert("x-meridian-cache", http::HeaderValue::from_static(if hit { "hit" } else { "miss" }));
+}
+
+/// The `x-amz-version-id` of an object in a versioned bucket.
+pub(super) fn version_id(record: &meridian_engine::record::ObjectRecord) -> Option<String> {
+    record.version.as_ref().map(|v| v.id().to_string())
 }
 
 fn byte_range(range: Option<Range>) -> Option<ByteRange> {

@@ -144,13 +144,11 @@ pub(super) fn integrity<T>(
     Ok(out)
 }
 
-pub(super) fn source_of(copy_source: &CopySource) -> S3Result<(String, String)> {
+/// The bucket, key and version (`?versionId=`) of a copy source.
+pub(super) fn source_of(copy_source: &CopySource) -> S3Result<(String, String, Option<String>)> {
     match copy_source {
         CopySource::Bucket { bucket, key, version_id } => {
-            if version_id.as_deref().is_some_and(|v| v != "null") {
-                return Err(not_implemented("copying a specific object version"));
-            }
-            Ok((bucket.to_string(), key.to_string()))
+            Ok((bucket.to_string(), key.to_string(), version_id.as_deref().map(str::to_string)))
         }
         _ => Err(not_implemented("access point copy sources")),
     }

@@ -7,7 +7,7 @@ use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::MeridianS3;
-use super::shared::{not_implemented, written};
+use super::shared::written;
 use crate::convert::s3_error;
 
 const BAD_HEADER: &str = "The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL query parameters without tag name duplicates.";
@@ -43,22 +43,15 @@ fn to_tag_set(tags: Tags) -> TagSet {
     tags.into_iter().map(|(key, value)| Tag { key: Some(key), value: Some(value) }).collect()
 }
 
-fn no_versions(version_id: Option<&str>) -> S3Result<()> {
-    match version_id {
-        Some(v) if v != "null" => Err(not_implemented("tags of a specific object version")),
-        _ => Ok(()),
-    }
-}
-
 pub(super) async fn put_object_tagging(
     s3: &MeridianS3,
     req: S3Request<PutObjectTaggingInput>,
 ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
     let input = req.input;
-    no_versions(input.version_id.as_deref())?;
     let tags = from_tag_set(input.tagging.tag_set, TagTarget::Object)?;
-    let revision = s3.engine.set_object_tags(&input.bucket, &input.key, tags).await.map_err(s3_error)?;
-    Ok(written(PutObjectTaggingOutput::default(), revision))
+    let version = input.version_id.as_deref();
+    let revision = s3.engine.set_object_tags(&input.bucket, &input.key, version, tags).await.map_err(s3_error)?;
+    Ok(written(PutObjectTaggingOutput { version_id: input.version_id }, revision))
 }
 
 pub(super) async fn get_object_tagging(
@@ -66,10 +59,14 @@ pub(super) async fn get_object_tagging(
     req: S3Request<GetObjectTaggingInput>,
 ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
     let input = req.input;
-    no_versions(input.version_id.as_deref())?;
-    let request = meridian_engine::GetRequest { bucket: input.bucket, key: input.key, ..Default::default() };
+    let version_id = input.version_id;
+    let request =
+        meridian_engine::GetRequest { bucket: input.bucket, key: input.key, version_id, ..Default::default() };
     let out = s3.engine.head_object(request).await.map_err(s3_error)?;
-    let output = GetObjectTaggingOutput { tag_set: to_tag_set(out.record.headers.tags), ..Default::default() };
+    let output = GetObjectTaggingOutput {
+        version_id: super::objects::version_id(&out.record),
+        tag_set: to_tag_set(out.record.headers.tags),
+    };
     Ok(super::shared::with_revision(output, out.revision))
 }
 
@@ -78,9 +75,10 @@ pub(super) async fn delete_object_tagging(
     req: S3Request<DeleteObjectTaggingInput>,
 ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
     let input = req.input;
-    no_versions(input.version_id.as_deref())?;
-    let revision = s3.engine.set_object_tags(&input.bucket, &input.key, Tags::new()).await.map_err(s3_error)?;
-    Ok(written(DeleteObjectTaggingOutput::default(), revision))
+    let version = input.version_id.as_deref();
+    let revision =
+        s3.engine.set_object_tags(&input.bucket, &input.key, version, Tags::new()).await.map_err(s3_error)?;
+    Ok(written(DeleteObjectTaggingOutput { version_id: input.version_id }, revision))
 }
 
 pub(super) async fn put_bucket_tagging(

@@ -1,0 +1,606 @@
+//! S3 versioning (docs/decisions/056-versioning.md). In a versioned bucket every version of a key,
+//! delete markers included, is a `v/<bucket>/<key>\0<token>` entry that owns its blobs (and
+//! inline bytes); the current version, when it is an object, is also copied at `o/` so reads,
+//! listings and the KV API of current objects stay as they are. `v/<bucket>/<key>` (the head)
+//! names the newest version and the `null` one; every versioned change of the key compares it.
+//! Unversioned buckets never touch `v/`.
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+use meridian_meta::{Compare, Op, RangeRequest, Revision, Txn, prefix_end};
+
+use crate::conditions::WriteConditions;
+use crate::error::{EngineError, EngineResult};
+use crate::object::{Current, DeleteOutcome, ExtraTxn, check_fence_failure, decode_current, object_change, with_fence};
+use crate::record::{self, ObjectRecord, VersionHead, VersionRecord, VersionStamp, Versioning};
+use crate::{Engine, keys, now_ms, validate_key};
+
+const MAX_ATTEMPTS: usize = 64;
+/// Most versions ListObjectVersions returns in one page.
+pub const MAX_LIST_VERSIONS: usize = 1000;
+
+/// A committed versioned change.
+#[derive(Clone, Debug)]
+pub struct VersionCommit {
+    pub revision: Revision,
+    pub stamp: VersionStamp,
+}
+
+/// The token of a version written at `micros` (µs since the epoch): smaller is newer.
+fn token_at(micros: u64) -> String {
+    format!("{:016x}", u64::MAX - micros)
+}
+
+fn micros_of(token: &str) -> Option<u64> {
+    u64::from_str_radix(token, 16).ok().map(|t| u64::MAX - t)
+}
+
+/// A token newer than every one of `older` and than now: the clock of another node that wrote
+/// the key's newest version may be ahead of this one.
+fn newer_token(older: &[&str]) -> String {
+    let now = (now_ms().max(0) as u64) * 1000 + u64::from(rand::random::<u16>() % 1000);
+    let floor = older.iter().filter_map(|t| micros_of(t)).max().map_or(0, |m| m + 1);
+    token_at(now.max(floor))
+}
+
+/// The token a client's version id names (`None`: the `null` version).
+fn token_of(version_id: &str) -> EngineResult<Option<&str>> {
+    if version_id == "null" {
+        return Ok(None);
+    }
+    let valid = version_id.len() == 16 && version_id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    valid.then_some(Some(version_id)).ok_or_else(|| EngineError::InvalidArgument("Invalid version id specified".into()))
+}
+
+/// A key's current object and head, read at one revision.
+struct KeyState {
+    current: Option<Current>,
+    head: Option<(VersionHead, Revision)>,
+}
+
+impl KeyState {
+    fn head_revision(&self) -> Revision {
+        self.head.as_ref().map_or(0, |(_, r)| *r)
+    }
+}
+
+/// A version as read from `v/`, with its inline bytes.
+struct StoredVersion {
+    record: VersionRecord,
+    revision: Revision,
+    inline: Option<Bytes>,
+}
+
+impl StoredVersion {
+    /// The version as the read path serves it (a delete marker is not served).
+    fn into_current(self) -> EngineResult<Current> {
+        let id = self.record.stamp.id().to_string();
+        let record = self.record.object.ok_or(EngineError::DeleteMarker { version_id: id, by_id: true })?;
+        let inline = matches!(record.data, record::DataLayout::Inline).then(|| self.inline.unwrap_or_default());
+        Ok(Current { record, revision: self.revision, inline })
+    }
+}
+
+/// The writes that make an unversioned (pre-versioning) current object the key's `null`
+/// version: returns the object as stamped. Its blobs move to the version's entry.
+fn adopt(bucket: &str, key: &str, current: &Current, token: &str, txn: &mut Txn) -> Current {
+    let stamp = VersionStamp { token: token.to_string(), null: true };
+    let record = ObjectRecord { version: Some(stamp.clone()), ..current.record.clone() };
+    put_version(bucket, key, &record, current.inline.as_ref(), txn);
+    Current { record, revision: current.revision, inline: current.inline.clone() }
+}
+
+/// Writes a stamped object as its version's entry, owning its blobs and inline bytes.
+pub(crate) fn put_version(bucket: &str, key: &str, record: &ObjectRecord, inline: Option<&Bytes>, txn: &mut Txn) {
+    let Some(stamp) = &record.version else { return };
+    let entry = keys::version(bucket, key, &stamp.token);
+    let version = VersionRecord { stamp: stamp.clone(), modified_ms: record.modified_ms, object: Some(record.clone()) };
+    txn.ops.push(Op::put(entry.clone(), record::encode(&version)));
+    if let Some(bytes) = inline {
+        txn.ops.push(Op::put(keys::version_inline(bucket, key, &stamp.token), bytes.clone()));
+    }
+    for blob in record.data.blobs() {
+        txn.ops.push(Op::put(keys::blob_ref(blob), entry.clone()));
+    }
+}
+
+/// Removes a version's entry, inline bytes and blob references; returns its blobs.
+fn remove_version(bucket: &str, key: &str, version: &StoredVersion, txn: &mut Txn) -> Vec<meridian_blob::BlobId> {
+    let token = &version.record.stamp.token;
+    let entry = keys::version(bucket, key, token);
+    txn.compares.push(Compare::mod_revision_is(entry.clone(), version.revision));
+    txn.ops.push(Op::delete(entry));
+    txn.ops.push(Op::delete(keys::version_inline(bucket, key, token)));
+    let blobs = version.record.object.as_ref().map(|o| o.data.blobs()).unwrap_or_default();
+    for blob in &blobs {
+        txn.ops.push(Op::delete(keys::blob_ref(*blob)));
+    }
+    blobs
+}
+
+fn put_head(bucket: &str, key: &str, head: &VersionHead, txn: &mut Txn) {
+    txn.ops.push(Op::put(keys::version_head(bucket, key), record::encode(head)));
+}
+
+impl Engine {
+    /// S3 PutBucketVersioning. Enabling it the first time makes every existing object its key's
+    /// `null` version.
+    pub async fn set_versioning(&self, bucket: &str, state: Versioning) -> EngineResult<()> {
+        self.update_bucket(bucket, |record| {
+            record.versioning = Some(state);
+            Ok(())
+        })
+        .await?;
+        self.adopt_existing(bucket).await
+    }
+
+    /// S3 GetBucketVersioning (`None`: never enabled).
+    pub async fn versioning(&self, bucket: &str) -> EngineResult<Option<Versioning>> {
+        Ok(self.bucket(bucket).await?.0.versioning)
+    }
+
+    /// Makes every unversioned object of a bucket its key's `null` version. A key written
+    /// meanwhile is skipped: its writer made it a version.
+    async fn adopt_existing(&self, bucket: &str) -> EngineResult<()> {
+        let mut range = RangeRequest::prefix(keys::objects_prefix(bucket)).limit(500);
+        loop {
+            let page = self.meta().range(range.clone()).await?;
+            for kv in &page.kvs {
+                let Some((_, key)) = keys::parse_object_key(&kv.key) else { continue };
+                let record: ObjectRecord = record::decode(&kv.value)?;
+                if record.version.is_some() {
+                    continue;
+                }
+                let Some(current) = self.read_current(bucket, key).await? else { continue };
+                if current.record.version.is_some() {
+                    continue;
+                }
+                let token = token_at((current.record.modified_ms.max(0) as u64) * 1000);
+                let mut txn = Txn::new().when(Compare::mod_revision_is(keys::version_head(bucket, key), 0));
+                let adopted = adopt(bucket, key, &current, &token, &mut txn);
+                let change =
+                    object_change(bucket, key, Some(&current), Some((&adopted.record, adopted.inline.as_ref())));
+                txn.compares.extend(change.compares);
+                txn.ops.extend(change.ops);
+                put_head(bucket, key, &VersionHead { latest: token.clone(), null: Some(token) }, &mut txn);
+                self.meta().txn(txn).await?;
+            }
+            match page.kvs.last() {
+                Some(last) if page.more => range = range.after(last.key.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    async fn read_key_state(&self, bucket: &str, key: &str) -> EngineResult<KeyState> {
+        let wanted = [keys::object(bucket, key), keys::inline(bucket, key), keys::version_head(bucket, key)];
+        let (mut kvs, _) = self.meta().get_many(&wanted).await?;
+        let head = kvs.pop().flatten().map(|kv| Ok::<_, EngineError>((record::decode(&kv.value)?, kv.mod_revision)));
+        let inline = kvs.pop().flatten();
+        let current = decode_current(kvs.pop().flatten(), inline)?;
+        Ok(KeyState { current, head: head.transpose()? })
+    }
+
+    /// One version by its token (`None`: there is none).
+    async fn read_stored_version(&self, bucket: &str, key: &str, token: &str) -> EngineResult<Option<StoredVersion>> {
+        let wanted = [keys::version(bucket, key, token), keys::version_inline(bucket, key, token)];
+        let (mut kvs, _) = self.meta().get_many(&wanted).await?;
+        let inline = kvs.pop().flatten().map(|kv| kv.value);
+        let Some(kv) = kvs.pop().flatten() else { return Ok(None) };
+        Ok(Some(StoredVersion { record: record::decode(&kv.value)?, revision: kv.mod_revision, inline }))
+    }
+
+    /// Makes `new` (an object and its inline bytes; `None`: a delete marker) the newest version
+    /// of `key`, if `conditions` hold against the current object. While versioning is suspended
+    /// it replaces the `null` version, whose bytes are then freed.
+    pub(crate) async fn commit_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        new: Option<(&ObjectRecord, Option<&Bytes>)>,
+        conditions: &WriteConditions,
+        extra: &ExtraTxn,
+    ) -> EngineResult<VersionCommit> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (bucket_record, bucket_revision) = self.writable_bucket(bucket).await?;
+            let suspended = bucket_record.versioning == Some(Versioning::Suspended);
+            let state = self.read_key_state(bucket, key).await?;
+            let now = now_ms();
+            conditions
+                .check(state.current.as_ref().filter(|c| !c.record.is_expired(now)).map(|c| (&c.record, c.revision)))?;
+            let mut txn = Txn::new()
+                .when(Compare::mod_revision_is(keys::bucket(bucket), bucket_revision))
+                .when(Compare::mod_revision_is(keys::version_head(bucket, key), state.head_revision()));
+            let mut head = state.head.as_ref().map(|(h, _)| h.clone()).unwrap_or_default();
+            let mut older = vec![head.latest.clone()];
+            let mut current = state.current;
+            if let Some(legacy) = current.take_if(|c| c.record.version.is_none()) {
+                let token = token_at((legacy.record.modified_ms.max(0) as u64) * 1000);
+                older.push(token.clone());
+                current = Some(if suspended {
+                    legacy // the null version, replaced below: its blobs are freed with the o/ record
+                } else {
+                    head.null = Some(token.clone());
+                    adopt(bucket, key, &legacy, &token, &mut txn)
+                });
+            }
+            let mut freed = Vec::new();
+            if suspended
+                && let Some(null) = head.null.take()
+                && let Some(version) = self.read_stored_version(bucket, key, &null).await?
+            {
+                freed.extend(remove_version(bucket, key, &version, &mut txn));
+            }
+            let older: Vec<&str> = older.iter().map(String::as_str).collect();
+            let stamp = VersionStamp { token: newer_token(&older), null: suspended };
+            let entry = keys::version(bucket, key, &stamp.token);
+            let change = match new {
+                Some((object, inline)) => {
+                    let stamped = ObjectRecord { version: Some(stamp.clone()), ..object.clone() };
+                    put_version(bucket, key, &stamped, inline, &mut txn);
+                    object_change(bucket, key, current.as_ref(), Some((&stamped, inline)))
+                }
+                None => {
+                    let marker = VersionRecord { stamp: stamp.clone(), modified_ms: now, object: None };
+                    txn.ops.push(Op::put(entry, record::encode(&marker)));
+                    object_change(bucket, key, current.as_ref(), None)
+                }
+            };
+            txn.compares.extend(change.compares);
+            txn.ops.extend(change.ops);
+            freed.extend(change.freed);
+            head.latest = stamp.token.clone();
+            if suspended {
+                head.null = Some(stamp.token.clone());
+            }
+            put_head(bucket, key, &head, &mut txn);
+            txn = with_fence(txn, bucket, conditions);
+            txn.compares.extend(extra.compares.iter().cloned());
+            txn.ops.extend(extra.ops.iter().cloned());
+            let resp = self.meta().txn(txn).await?;
+            if resp.succeeded {
+                self.delete_blobs_later(freed);
+                return Ok(VersionCommit { revision: resp.revision, stamp });
+            }
+            check_fence_failure(&resp, conditions)?;
+            if let Some(check) = &extra.still_valid {
+                check(self).await?;
+            }
+        }
+        Err(EngineError::Contended)
+    }
+
+    /// A DELETE without a version id in a versioned bucket: a new delete marker.
+    pub(crate) async fn delete_versioned(
+        &self,
+        bucket: &str,
+        key: &str,
+        conditions: &WriteConditions,
+    ) -> EngineResult<DeleteOutcome> {
+        let extra = ExtraTxn::default();
+        let done = self.commit_version(bucket, key, None, conditions, &extra).await?;
+        Ok(DeleteOutcome {
+            revision: done.revision,
+            existed: true,
+            version_id: Some(done.stamp.id().to_string()),
+            delete_marker: true,
+        })
+    }
+
+    /// The token of the version `version_id` names, and the key's state.
+    async fn resolve(&self, bucket: &str, key: &str, version_id: &str) -> EngineResult<(Option<String>, KeyState)> {
+        validate_key(key)?;
+        let wanted = token_of(version_id)?;
+        let state = self.read_key_state(bucket, key).await?;
+        let token = match wanted {
+            Some(token) => Some(token.to_string()),
+            None => state.head.as_ref().and_then(|(h, _)| h.null.clone()),
+        };
+        Ok((token, state))
+    }
+
+    /// One version of an object by id, for GET and HEAD (strongly read).
+    pub(crate) async fn read_version(&self, bucket: &str, key: &str, version_id: &str) -> EngineResult<Current> {
+        let (token, state) = self.resolve(bucket, key, version_id).await?;
+        if version_id == "null"
+            && let Some(current) = state.current.filter(|c| c.record.version.as_ref().is_none_or(|v| v.null))
+        {
+            return Ok(current); // an object written before versioning was enabled, or suspended
+        }
+        let found = match token {
+            Some(token) => self.read_stored_version(bucket, key, &token).await?,
+            None => None,
+        };
+        match found {
+            Some(version) => version.into_current(),
+            None => {
+                self.bucket(bucket).await?;
+                Err(EngineError::NoSuchVersion)
+            }
+        }
+    }
+
+    /// Why a key without a current object reads as missing: its newest version is a delete
+    /// marker (`Some(its id)`), or it has no version at all.
+    pub(crate) async fn latest_marker(&self, bucket: &str, key: &str) -> EngineResult<Option<String>> {
+        let Some(kv) = self.meta().get(&keys::version_head(bucket, key)).await? else { return Ok(None) };
+        let head: VersionHead = record::decode(&kv.value)?;
+        let marker = self.read_stored_version(bucket, key, &head.latest).await?;
+        Ok(marker.filter(|m| m.record.object.is_none()).map(|m| m.record.stamp.id().to_string()))
+    }
+
+    /// S3 DeleteObject with a version id: removes that version (or delete marker) for good and
+    /// frees its bytes. Removing the newest version makes the next one current.
+    pub async fn delete_version(&self, bucket: &str, key: &str, version_id: &str) -> EngineResult<DeleteOutcome> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (token, state) = self.resolve(bucket, key, version_id).await?;
+            let gone = |revision| DeleteOutcome {
+                revision,
+                existed: false,
+                version_id: Some(version_id.to_string()),
+                delete_marker: false,
+            };
+            let legacy = state.current.as_ref().is_some_and(|c| c.record.version.is_none());
+            if version_id == "null" && legacy {
+                return self.delete_unversioned(bucket, key, state).await;
+            }
+            let Some(token) = token else {
+                self.bucket(bucket).await?;
+                return Ok(gone(self.meta().current_revision().await?));
+            };
+            let Some(version) = self.read_stored_version(bucket, key, &token).await? else {
+                self.bucket(bucket).await?;
+                return Ok(gone(self.meta().current_revision().await?));
+            };
+            let Some((mut head, head_revision)) = state.head.clone() else {
+                return Err(EngineError::Corrupt(format!("version {token} of {bucket}/{key} without a head")));
+            };
+            let mut txn = Txn::new().when(Compare::mod_revision_is(keys::version_head(bucket, key), head_revision));
+            let mut freed = remove_version(bucket, key, &version, &mut txn);
+            if head.null.as_deref() == Some(token.as_str()) {
+                head.null = None;
+            }
+            let next = self.next_version(bucket, key, &token).await?;
+            if head.latest == token {
+                let promoted = next.as_ref().and_then(|n| n.record.object.as_ref().map(|o| (o, n.inline.clone())));
+                let promoted_ref = promoted.as_ref().map(|(o, inline)| (*o, inline.as_ref()));
+                let change = object_change(bucket, key, state.current.as_ref(), promoted_ref);
+                txn.compares.extend(change.compares);
+                txn.ops.extend(change.ops);
+                freed.extend(change.freed);
+                if let Some(next) = &next {
+                    head.latest = next.record.stamp.token.clone();
+                    txn.compares.push(Compare::mod_revision_is(
+                        keys::version(bucket, key, &next.record.stamp.token),
+                        next.revision,
+                    ));
+                }
+            }
+            if head.latest == token && next.is_none() {
+                txn.ops.push(Op::delete(keys::version_head(bucket, key)));
+            } else {
+                put_head(bucket, key, &head, &mut txn);
+            }
+            let resp = self.meta().txn(txn).await?;
+            if resp.succeeded {
+                self.delete_blobs_later(freed);
+                return Ok(DeleteOutcome {
+                    revision: resp.revision,
+                    existed: true,
+                    version_id: Some(version.record.stamp.id().to_string()),
+                    delete_marker: version.record.object.is_none(),
+                });
+            }
+        }
+        Err(EngineError::Contended)
+    }
+
+    /// Deletes an object written before versioning was enabled (its `null` version).
+    async fn delete_unversioned(&self, bucket: &str, key: &str, state: KeyState) -> EngineResult<DeleteOutcome> {
+        let change = object_change(bucket, key, state.current.as_ref(), None);
+        let mut txn = Txn::new().when(Compare::mod_revision_is(keys::version_head(bucket, key), state.head_revision()));
+        txn.compares.extend(change.compares);
+        txn.ops.extend(change.ops);
+        let resp = self.meta().txn(txn).await?;
+        if !resp.succeeded {
+            return Err(EngineError::Contended);
+        }
+        self.delete_blobs_later(change.freed);
+        Ok(DeleteOutcome {
+            revision: resp.revision,
+            existed: true,
+            version_id: Some("null".into()),
+            delete_marker: false,
+        })
+    }
+
+    /// The version right after (older than) `token`.
+    async fn next_version(&self, bucket: &str, key: &str, token: &str) -> EngineResult<Option<StoredVersion>> {
+        let range = RangeRequest::prefix(keys::versions_of(bucket, key)).after(keys::version(bucket, key, token));
+        let page = self.meta().range(range.limit(1)).await?;
+        let Some(kv) = page.kvs.first() else { return Ok(None) };
+        let Some((_, _, Some(next))) = keys::parse_version_key(&kv.key) else { return Ok(None) };
+        self.read_stored_version(bucket, key, next).await
+    }
+
+    /// Replaces the tags of version `version_id` when it is not the current object (`None`: it
+    /// is, and the caller updates the current object, which updates its version too).
+    pub(crate) async fn set_noncurrent_version_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        tags: &crate::tagging::Tags,
+    ) -> EngineResult<Option<Revision>> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (token, state) = self.resolve(bucket, key, version_id).await?;
+            let current_token = state.current.as_ref().map(|c| c.record.version.as_ref().map(|v| v.token.as_str()));
+            if current_token.is_some_and(|t| t.is_none_or(|t| Some(t) == token.as_deref())) {
+                return Ok(None);
+            }
+            let found = match &token {
+                Some(token) => self.read_stored_version(bucket, key, token).await?,
+                None => None,
+            };
+            let Some(version) = found else {
+                self.bucket(bucket).await?;
+                return Err(EngineError::NoSuchVersion);
+            };
+            let id = version.record.stamp.id().to_string();
+            let Some(object) = &version.record.object else {
+                return Err(EngineError::DeleteMarker { version_id: id, by_id: true });
+            };
+            let headers = record::ObjectHeaders { tags: tags.clone(), ..object.headers.clone() };
+            let tagged = ObjectRecord { headers, ..object.clone() };
+            let entry = keys::version(bucket, key, &version.record.stamp.token);
+            let mut txn = Txn::new()
+                .when(Compare::mod_revision_is(entry, version.revision))
+                .when(Compare::mod_revision_is(keys::object(bucket, key), state.current.map_or(0, |c| c.revision)));
+            put_version(bucket, key, &tagged, None, &mut txn);
+            let resp = self.meta().txn(txn).await?;
+            if resp.succeeded {
+                return Ok(Some(resp.revision));
+            }
+        }
+        Err(EngineError::Contended)
+    }
+
+    /// Whether a bucket has any version or delete marker left (DeleteBucket needs none).
+    pub(crate) async fn has_versions(&self, bucket: &str) -> EngineResult<bool> {
+        let page = self.meta().range(RangeRequest::prefix(keys::versions_prefix(bucket)).limit(1)).await?;
+        Ok(!page.kvs.is_empty())
+    }
+
+    /// S3 ListObjectVersions: versions and delete markers by key, newest first within a key.
+    pub async fn list_versions(&self, bucket: &str, req: &VersionListRequest) -> EngineResult<VersionPage> {
+        self.bucket(bucket).await?;
+        let base = keys::versions_prefix(bucket);
+        let max = req.max_keys.min(MAX_LIST_VERSIONS);
+        let delimiter = req.delimiter.as_deref().filter(|d| !d.is_empty());
+        let full_prefix = format!("{base}{}", req.prefix);
+        let end = prefix_end(full_prefix.as_bytes()).map_or(Bound::Unbounded, |e| Bound::Excluded(Bytes::from(e)));
+        let mut start = self.versions_start(bucket, &base, &full_prefix, req, delimiter).await?;
+        let mut page = VersionPage::default();
+        let mut latest: Option<(String, String)> = None; // (key, token) of the newest version seen
+        let mut count = 0;
+        loop {
+            let range = RangeRequest { start: start.clone(), end: end.clone(), limit: MAX_LIST_VERSIONS + 1 };
+            let resp = self.meta().range(range).await?;
+            let mut jumped = false;
+            for kv in &resp.kvs {
+                start = Bound::Excluded(kv.key.clone());
+                let Some((_, key, token)) = keys::parse_version_key(&kv.key) else { continue };
+                if let Some(prefix) = delimiter.and_then(|d| crate::list::common_prefix(key, &req.prefix, d)) {
+                    if count == max {
+                        page.is_truncated = true;
+                        return Ok(page);
+                    }
+                    count += 1;
+                    page.next_key_marker = Some(prefix.clone());
+                    page.next_version_id_marker = None;
+                    page.common_prefixes.push(prefix.clone());
+                    match prefix_end(format!("{base}{prefix}").as_bytes()) {
+                        Some(next) => start = Bound::Included(Bytes::from(next)),
+                        None => return Ok(page),
+                    }
+                    jumped = true;
+                    break;
+                }
+                let Some(token) = token else {
+                    let head: VersionHead = record::decode(&kv.value)?;
+                    latest = Some((key.to_string(), head.latest));
+                    continue;
+                };
+                if count == max {
+                    page.is_truncated = true;
+                    return Ok(page);
+                }
+                count += 1;
+                let version: VersionRecord = record::decode(&kv.value)?;
+                let is_latest = latest.as_ref().is_some_and(|(k, t)| k == key && t == token);
+                page.next_key_marker = Some(key.to_string());
+                page.next_version_id_marker = Some(version.stamp.id().to_string());
+                page.versions.push(ListedVersion { key: key.to_string(), is_latest, version });
+            }
+            if !jumped && !resp.more {
+                page.next_key_marker = None;
+                page.next_version_id_marker = None;
+                return Ok(page);
+            }
+        }
+    }
+
+    /// Where a version listing starts: after the key marker's versions, or after the version
+    /// the version-id marker names.
+    async fn versions_start(
+        &self,
+        bucket: &str,
+        base: &str,
+        full_prefix: &str,
+        req: &VersionListRequest,
+        delimiter: Option<&str>,
+    ) -> EngineResult<Bound<Bytes>> {
+        let Some(marker) = req.key_marker.as_deref().filter(|m| !m.is_empty()) else {
+            return Ok(Bound::Included(Bytes::from(full_prefix.to_string())));
+        };
+        if let Some(version_id) = req.version_id_marker.as_deref().filter(|v| !v.is_empty()) {
+            let (token, _) = self.resolve(bucket, marker, version_id).await?;
+            if let Some(token) = token {
+                return Ok(Bound::Excluded(keys::version(bucket, marker, &token)));
+            }
+        }
+        let rolled_up = delimiter.and_then(|d| crate::list::common_prefix(marker, &req.prefix, d));
+        let past = match rolled_up.filter(|p| p == marker) {
+            Some(prefix) => prefix_end(format!("{base}{prefix}").as_bytes()),
+            None => Some(format!("{}\u{1}", keys::versions_of(bucket, marker).trim_end_matches('\0')).into_bytes()),
+        };
+        Ok(past.map_or(Bound::Unbounded, |p| Bound::Included(Bytes::from(p))))
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct VersionListRequest {
+    pub prefix: String,
+    pub delimiter: Option<String>,
+    pub key_marker: Option<String>,
+    pub version_id_marker: Option<String>,
+    pub max_keys: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListedVersion {
+    pub key: String,
+    pub is_latest: bool,
+    pub version: VersionRecord,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct VersionPage {
+    pub versions: Vec<ListedVersion>,
+    pub common_prefixes: Vec<String>,
+    pub is_truncated: bool,
+    pub next_key_marker: Option<String>,
+    pub next_version_id_marker: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_sort_newest_first_and_stay_ahead_of_older_ones() {
+        let old = token_at(1_000);
+        let new = token_at(2_000);
+        assert!(new < old, "newer versions sort first");
+        let far_future = token_at(u64::MAX / 2);
+        let next = newer_token(&[&far_future, ""]);
+        assert!(next < far_future, "a skewed clock never orders a new version behind an older one");
+        assert_eq!(micros_of(&token_at(42)), Some(42));
+        assert!(token_of("null").unwrap().is_none());
+        assert_eq!(token_of(&new).unwrap(), Some(new.as_str()));
+        for bad in ["", "xyz", "0123456789ABCDEF", "0123456789abcde"] {
+            assert!(token_of(bad).is_err(), "{bad}");
+        }
+    }
+}
