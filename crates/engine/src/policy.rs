@@ -766,18 +766,18 @@ mod tests {
         let bad = |text: &str| Policy::parse(text, "b").unwrap_err().0;
         assert!(bad("{").contains("valid JSON"));
         assert!(bad(r#"{"Statement":[]}"#).contains("Statement is empty"));
-        let statement = |s: &str| bad(&format!(r#"{{"Statement":[{s}]}}"#));
+        let statement = |s: &str| bad(&format!(r#"{{"Statement":[{{{s}}}]}}"#));
         let base = r#""Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::b/*""#;
         assert!(statement(&base.replace("Allow", "Permit")).contains("Invalid effect"));
         assert!(statement(&base.replace(r#""Principal":"*","#, "")).contains("Missing required field Principal"));
         assert!(statement(&base.replace("s3:GetObject", "iam:PassRole")).contains("invalid action"));
         assert!(statement(&base.replace("arn:aws:s3:::b/*", "arn:aws:s3:::other/*")).contains("invalid resource"));
         assert!(statement(&base.replace(r#""*""#, r#"{"AWS":"app1"}"#)).contains("Invalid principal"));
-        assert!(statement(&format!(r#"{{{base},"Condition":{{"StringEquals":{{"aws:Nope":"x"}}}}}}"#))
+        assert!(statement(&format!(r#"{base},"Condition":{{"StringEquals":{{"aws:Nope":"x"}}}}"#))
             .contains("invalid condition key"));
-        assert!(statement(&format!(r#"{{{base},"Condition":{{"Foo":{{"aws:Referer":"x"}}}}}}"#))
+        assert!(statement(&format!(r#"{base},"Condition":{{"Foo":{{"aws:Referer":"x"}}}}"#))
             .contains("Invalid Condition type"));
-        assert!(statement(&format!(r#"{{{base},"Condition":{{"IpAddress":{{"aws:SourceIp":"300.1.1.1/8"}}}}}}"#))
+        assert!(statement(&format!(r#"{base},"Condition":{{"IpAddress":{{"aws:SourceIp":"300.1.1.1/8"}}}}"#))
             .contains("Invalid IP address"));
         assert!(bad(&"x".repeat(MAX_POLICY_BYTES + 1)).contains("at most"));
     }
