@@ -216,7 +216,8 @@ impl Policy {
         if text.len() > MAX_POLICY_BYTES {
             return malformed(format!("Policies must be at most {MAX_POLICY_BYTES} bytes"));
         }
-        let doc: Value = serde_json::from_str(text).or_else(|e| malformed(format!("Policies must be valid JSON: {e}")))?;
+        let doc: Value =
+            serde_json::from_str(text).or_else(|e| malformed(format!("Policies must be valid JSON: {e}")))?;
         let Value::Object(doc) = doc else { return malformed("Policies must be a JSON object") };
         for field in doc.keys() {
             if !matches!(field.as_str(), "Version" | "Id" | "Statement") {
@@ -628,12 +629,16 @@ impl Engine {
             let parsed = Policy::parse(text, bucket).map_err(|e| EngineError::MalformedPolicy(e.0))?;
             for name in parsed.key_names() {
                 if self.access_key(name).await.is_err() {
-                    return Err(EngineError::MalformedPolicy(format!("Invalid principal in policy: no key named {name:?}")));
+                    return Err(EngineError::MalformedPolicy(format!(
+                        "Invalid principal in policy: no key named {name:?}"
+                    )));
                 }
             }
             let public = parsed.is_public();
             self.update_bucket(bucket, |record| match public && record.blocks(|b| b.block_public_policy) {
-                true => Err(EngineError::AccessDenied("the bucket's public access block refuses public policies".into())),
+                true => {
+                    Err(EngineError::AccessDenied("the bucket's public access block refuses public policies".into()))
+                }
                 false => {
                     record.policy = policy.clone();
                     Ok(())
@@ -730,7 +735,8 @@ mod tests {
                          "StringEqualsIfExists":{"s3:delimiter":"/"}}}]}"#;
         let p = Policy::parse(text, "b").unwrap();
         assert!(!p.is_public(), "a fixed source block makes the policy not public");
-        let list = |values: &[(&'static str, &str)]| p.evaluate(&request("s3:ListBucket", "arn:aws:s3:::b", None, values));
+        let list =
+            |values: &[(&'static str, &str)]| p.evaluate(&request("s3:ListBucket", "arn:aws:s3:::b", None, values));
         let good = [
             ("aws:sourceip", "127.0.0.1"),
             ("s3:prefix", "home/x"),
@@ -773,12 +779,18 @@ mod tests {
         assert!(statement(&base.replace("s3:GetObject", "iam:PassRole")).contains("invalid action"));
         assert!(statement(&base.replace("arn:aws:s3:::b/*", "arn:aws:s3:::other/*")).contains("invalid resource"));
         assert!(statement(&base.replace(r#""*""#, r#"{"AWS":"app1"}"#)).contains("Invalid principal"));
-        assert!(statement(&format!(r#"{base},"Condition":{{"StringEquals":{{"aws:Nope":"x"}}}}"#))
-            .contains("invalid condition key"));
-        assert!(statement(&format!(r#"{base},"Condition":{{"Foo":{{"aws:Referer":"x"}}}}"#))
-            .contains("Invalid Condition type"));
-        assert!(statement(&format!(r#"{base},"Condition":{{"IpAddress":{{"aws:SourceIp":"300.1.1.1/8"}}}}"#))
-            .contains("Invalid IP address"));
+        assert!(
+            statement(&format!(r#"{base},"Condition":{{"StringEquals":{{"aws:Nope":"x"}}}}"#))
+                .contains("invalid condition key")
+        );
+        assert!(
+            statement(&format!(r#"{base},"Condition":{{"Foo":{{"aws:Referer":"x"}}}}"#))
+                .contains("Invalid Condition type")
+        );
+        assert!(
+            statement(&format!(r#"{base},"Condition":{{"IpAddress":{{"aws:SourceIp":"300.1.1.1/8"}}}}"#))
+                .contains("Invalid IP address")
+        );
         assert!(bad(&"x".repeat(MAX_POLICY_BYTES + 1)).contains("at most"));
     }
 

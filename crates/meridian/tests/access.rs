@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use common::aws::{AwsCli, TOOL_TIMEOUT};
 use common::admin::{Key, admin, admin_ok, client, create_key};
+use common::aws::{AwsCli, TOOL_TIMEOUT};
 use common::raw::{send, signed_with};
 use common::{ADMIN_TOKEN, Server, body_bytes, client_for, error_code};
 
@@ -437,7 +437,8 @@ fn policy_conditions_on_address_transport_referer_and_time() {
     let status = aws.json(&["s3api", "get-bucket-policy-status", "--bucket", bucket]);
     assert_eq!(status["PolicyStatus"]["IsPublic"], true, "{status}");
 
-    let get = |dir: &str, headers: &[(&str, String)]| send(&server.addr, "GET", &format!("/{bucket}/{dir}/x"), headers, b"");
+    let get =
+        |dir: &str, headers: &[(&str, String)]| send(&server.addr, "GET", &format!("/{bucket}/{dir}/x"), headers, b"");
     let ok = get("loopback", &[]);
     assert_eq!((ok.status, ok.body.as_slice()), (200, &b"hello"[..]), "127.0.0.1 is in 127.0.0.0/8");
     assert_eq!(get("ten-net", &[]).status, 403, "127.0.0.1 is not in 10.0.0.0/8");

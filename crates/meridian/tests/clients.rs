@@ -594,7 +594,8 @@ fn s3fs_mounts_a_bucket() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let passwd = tmp.path().join("passwd");
     std::fs::write(&passwd, format!("{}:{}\n", common::ACCESS_KEY, common::SECRET_KEY)).expect("write passwd");
-    std::fs::set_permissions(&passwd, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600)).expect("chmod passwd");
+    std::fs::set_permissions(&passwd, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600))
+        .expect("chmod passwd");
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mount point");
     let options = format!(

@@ -570,9 +570,10 @@ fn volume_ext4_through_nbdfuse() {
     // Mount the filesystem with fuse2fs and write ordinary files through it.
     let fsdir = env.path("fs");
     std::fs::create_dir_all(&fsdir).unwrap();
-    let ext4 = Mount::start(&tool_path("fuse2fs"), &["-f", &devs, fsdir.to_str().unwrap(), "-o", "fakeroot"], &fsdir, || {
-        is_mountpoint(&fsdir)
-    });
+    let ext4 =
+        Mount::start(&tool_path("fuse2fs"), &["-f", &devs, fsdir.to_str().unwrap(), "-o", "fakeroot"], &fsdir, || {
+            is_mountpoint(&fsdir)
+        });
     let mut files = Vec::new();
     for i in 0..20u64 {
         let len = 1000 + (i as usize) * 37_000;

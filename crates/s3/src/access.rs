@@ -107,7 +107,11 @@ fn policy_action(op: &str) -> String {
         "ListMultipartUploads" => "ListBucketMultipartUploads",
         "ListParts" => "ListMultipartUploadParts",
         "DeleteObjects" => "DeleteObject",
-        "CopyObject" | "PostObject" | "CreateMultipartUpload" | "UploadPart" | "UploadPartCopy"
+        "CopyObject"
+        | "PostObject"
+        | "CreateMultipartUpload"
+        | "UploadPart"
+        | "UploadPartCopy"
         | "CompleteMultipartUpload" => "PutObject",
         "GetBucketLifecycleConfiguration" => "GetLifecycleConfiguration",
         "PutBucketLifecycleConfiguration" | "DeleteBucketLifecycle" => "PutLifecycleConfiguration",
@@ -169,7 +173,11 @@ const NO_POLICY: PolicyView = PolicyView { verdict: Verdict::Neither, public: fa
 
 /// Evaluates the policy of `record` (bucket `bucket`) for `request`. A stored policy that no
 /// longer parses (never written so) denies.
-pub(crate) fn evaluate_policy(bucket: &str, record: &BucketRecord, request: impl FnOnce() -> PolicyRequest) -> (Verdict, bool) {
+pub(crate) fn evaluate_policy(
+    bucket: &str,
+    record: &BucketRecord,
+    request: impl FnOnce() -> PolicyRequest,
+) -> (Verdict, bool) {
     let Some(text) = &record.policy else { return (Verdict::Neither, false) };
     match Policy::parse(text, bucket) {
         Ok(policy) => (policy.evaluate(&request()), policy.is_public()),
@@ -323,9 +331,8 @@ fn needs_bucket_record(op: &str) -> bool {
 /// The facts policy conditions test: the client's address and transport (as a proven
 /// forwarding node reported them, else the connection's), headers and listing parameters.
 fn request_facts(cx: &mut S3AccessContext<'_>) -> RequestFacts {
-    let header = |name: http::header::HeaderName| {
-        cx.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
-    };
+    let header =
+        |name: http::header::HeaderName| cx.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (referer, user_agent) = (header(http::header::REFERER), header(http::header::USER_AGENT));
     let list_params = list_params(cx.uri().query().unwrap_or(""));
     let client = cx.extensions_mut().get::<RequestContext>().and_then(|c| c.client());

@@ -18,7 +18,8 @@ impl Mount {
             Path::new("/dev/fuse").exists(),
             "/dev/fuse is missing: this test needs FUSE (run it where /dev/fuse exists, e.g. a container started with --device /dev/fuse)"
         );
-        let mut child = Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
+        let mut child =
+            Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ready() {
             if let Ok(Some(status)) = child.try_wait() {

@@ -34,7 +34,9 @@ pub(super) async fn check_source(s3: &MeridianS3, context: &Checked<'_>, bucket:
     });
     let admin = context.key().is_some_and(|k| k.admin);
     match verdict {
-        Verdict::Deny if !admin => Err(S3Error::with_message(S3ErrorCode::AccessDenied, "Access Denied to the copy source")),
+        Verdict::Deny if !admin => {
+            Err(S3Error::with_message(S3ErrorCode::AccessDenied, "Access Denied to the copy source"))
+        }
         Verdict::Allow => Ok(()),
         _ if authorize(context.key(), &record, Access::Read) => Ok(()),
         _ => Err(S3Error::with_message(S3ErrorCode::AccessDenied, "Access Denied to the copy source")),
