@@ -22,7 +22,7 @@ use sha2::Sha256;
 
 use meridian_common::bucket_address;
 
-use crate::context::{BucketView, Client, Forwarding};
+use crate::context::{BucketView, Client as RequestClient, Forwarding};
 
 /// Set on a forwarded request that has none (the forwarding node's id), for the logs; it
 /// proves nothing.
@@ -109,18 +109,18 @@ impl Forwarder {
     }
 
     /// The client a proven forwarder reported ([`FORWARDED_CLIENT_HEADER`]).
-    pub fn forwarded_client<B>(req: &Request<B>) -> Option<Client> {
+    pub fn forwarded_client<B>(req: &Request<B>) -> Option<RequestClient> {
         let value = req.headers().get(FORWARDED_CLIENT_HEADER)?.to_str().ok()?;
         let (ip, secure) = match value.strip_suffix(";tls") {
             Some(ip) => (ip, true),
             None => (value, false),
         };
-        Some(Client { ip: ip.parse().ok()?, secure })
+        Some(RequestClient { ip: ip.parse().ok()?, secure })
     }
 
     /// Tells the node a request is forwarded to who the client is (replacing whatever the
     /// client sent in that header).
-    pub fn report_client<B>(req: &mut Request<B>, client: Client) {
+    pub fn report_client<B>(req: &mut Request<B>, client: RequestClient) {
         let value = format!("{}{}", client.ip, if client.secure { ";tls" } else { "" });
         if let Ok(value) = HeaderValue::from_str(&value) {
             req.headers_mut().insert(FORWARDED_CLIENT_HEADER, value);
