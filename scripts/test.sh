@@ -25,6 +25,7 @@ install_debian_packages() {
     command -v nginx >/dev/null || missing+=(nginx)
     command -v ffmpeg >/dev/null || missing+=(ffmpeg)
     command -v faketime >/dev/null || missing+=(faketime)
+    command -v s3fs >/dev/null || missing+=(s3fs)
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Debian packages: ${missing[*]}"
     local sudo=()

@@ -106,7 +106,9 @@ impl SiteTable {
             Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
             Err(err) => return Err(crate::serve::engine_failure(&err)),
         };
-        let Some(website) = record.website.filter(|_| record.public_read) else { return Ok(None) };
+        // Not when the public access block ignores public ACLs or ACLs are disabled.
+        let public = record.acl_allows_public_read();
+        let Some(website) = record.website.filter(|_| public) else { return Ok(None) };
         Ok(Some(Target {
             site: None,
             bucket,

@@ -106,6 +106,12 @@ pub enum EngineError {
     AccessKeyExists(String),
     #[error("access denied: {0}")]
     AccessDenied(String),
+    #[error("{0}")]
+    MalformedPolicy(String),
+    #[error("Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced setting")]
+    InvalidBucketAclWithObjectOwnership,
+    #[error("The bucket does not allow ACLs")]
+    AccessControlListNotSupported,
     #[error(
         "bucket {bucket:?} is pinned to region {pinned}; this node is in region {here} and does not store its objects"
     )]
@@ -162,6 +168,9 @@ impl EngineError {
             | E::InvalidArgument(_)
             | E::InvalidRequest(_)
             | E::InvalidPartNumber
+            | E::MalformedPolicy(_)
+            | E::InvalidBucketAclWithObjectOwnership
+            | E::AccessControlListNotSupported
             | E::Body(_) => K::Invalid,
             E::AccessDenied(_) | E::PinnedElsewhere { .. } | E::OutsideRegions { .. } => K::Denied,
             E::NoSuchBucket

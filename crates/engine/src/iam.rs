@@ -101,7 +101,7 @@ pub enum Access {
 /// Whether `key` (`None`: anonymous) may do `access` on `bucket`.
 pub fn authorize(key: Option<&KeyRecord>, bucket: &BucketRecord, access: Access) -> bool {
     let Some(key) = key else {
-        return access == Access::Read && bucket.public_read;
+        return access == Access::Read && bucket.acl_allows_public_read();
     };
     if key.admin {
         return true;
@@ -393,6 +393,9 @@ impl Engine {
     pub async fn set_public_read(&self, bucket: &str, public: bool) -> EngineResult<BucketRecord> {
         let record = self
             .update_bucket(bucket, |record| {
+                if public {
+                    refuse_public_acl(record)?;
+                }
                 record.public_read = public;
                 Ok(())
             })
@@ -410,6 +413,12 @@ impl Engine {
         let grants: Grants = grants.into_iter().filter(|(_, g)| !g.is_empty()).collect();
         let record = self
             .update_bucket(bucket, |record| {
+                if record.acls_disabled() {
+                    return Err(EngineError::AccessControlListNotSupported);
+                }
+                if public {
+                    refuse_public_acl(record)?;
+                }
                 record.grants = grants.clone();
                 record.public_read = public;
                 Ok(())
@@ -418,6 +427,18 @@ impl Engine {
         self.settle().await?;
         Ok(record)
     }
+}
+
+/// A public ACL is refused while the bucket's public access block blocks them or ACLs are
+/// disabled, as S3 does.
+fn refuse_public_acl(record: &BucketRecord) -> EngineResult<()> {
+    if record.acls_disabled() {
+        return Err(EngineError::AccessControlListNotSupported);
+    }
+    if record.blocks(|b| b.block_public_acls) {
+        return Err(EngineError::AccessDenied("the bucket's public access block refuses public ACLs".into()));
+    }
+    Ok(())
 }
 
 /// Grants as stored in a bucket record.

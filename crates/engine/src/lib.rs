@@ -34,6 +34,7 @@ pub mod locks;
 mod multipart;
 mod object;
 pub mod peer;
+pub mod policy;
 pub mod record;
 pub mod repair;
 pub mod replicate;

@@ -50,7 +50,33 @@ pub struct BucketRecord {
     /// S3 versioning (PutBucketVersioning); `None`: never enabled, and never again once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub versioning: Option<Versioning>,
+    /// The bucket policy (PutBucketPolicy) as given; checked by `policy::Policy::parse`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// S3's Block Public Access settings (PutPublicAccessBlock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_access_block: Option<crate::policy::PublicAccessBlock>,
+    /// S3's object ownership (PutBucketOwnershipControls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_ownership: Option<crate::policy::ObjectOwnership>,
 }
+
+impl BucketRecord {
+    /// Whether the bucket's public access block has the setting `which` on.
+    pub fn blocks(&self, which: impl Fn(&crate::policy::PublicAccessBlock) -> bool) -> bool {
+        self.public_access_block.as_ref().is_some_and(which)
+    }
+
+    /// Whether ACLs are disabled (object ownership BucketOwnerEnforced).
+    pub fn acls_disabled(&self) -> bool {
+        self.object_ownership == Some(crate::policy::ObjectOwnership::BucketOwnerEnforced)
+    }
+
+    /// Whether the public-read ACL lets anonymous requests read: not when the public access
+    /// block ignores public ACLs or ACLs are disabled.
+    pub fn acl_allows_public_read(&self) -> bool {
+        self.public_read && !self.blocks(|b| b.ignore_public_acls) && !self.acls_disabled()
+    }
 
 /// Most copies a global bucket can ask for.
 pub const MAX_REPLICAS: u32 = 16;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use common::admin::{Key, admin, admin_ok, client, create_key};
+use common::aws::{AwsCli, TOOL_TIMEOUT};
 use common::raw::{send, signed_with};
 use common::{ADMIN_TOKEN, Server, body_bytes, client_for, error_code};
 
@@ -376,4 +377,90 @@ async fn acl_grant_headers_map_onto_key_grants() {
     }
     let err = root.create_bucket().bucket("with-grants").grant_read("id=\"reader\"").send().await.unwrap_err();
     assert_eq!(error_code(&err), "NotImplemented", "grant headers are not ignored on CreateBucket");
+}
+
+/// Bucket policies, Block Public Access and object ownership through boto3, anonymous requests
+/// through an UNSIGNED boto3 client (crates/meridian/tests/clients/boto3_policy.py).
+#[test]
+fn boto3_bucket_policies_public_access_block_and_ownership() {
+    let server = Server::start();
+    let reader = create_key(&server, "reader", false);
+    let writer = create_key(&server, "writer", false);
+    let aws = AwsCli::new(&server);
+    aws.ok(&["s3api", "create-bucket", "--bucket", "policy-bucket"]);
+    admin_ok(&server, &["bucket", "allow", "policy-bucket", "--key", "writer", "--write"]);
+    let python = common::require_tool("python3", "install Python 3 (apt-get install python3)");
+    let home = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/boto3_policy.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(&script).args([&server.endpoint, &reader.id, &reader.secret, &writer.id, &writer.secret]);
+    common::aws_env_only_ours(&mut cmd, home.path());
+    let out = common::run_with_timeout(&mut cmd, TOOL_TIMEOUT);
+    let stdout = common::expect_success("boto3_policy.py (is boto3 installed? scripts/test.sh installs it)", &out);
+    assert!(stdout.contains("policy checks passed"), "the script ran to the end:\n{stdout}");
+}
+
+/// Policy conditions on anonymous plain-HTTP requests, the policy put with the AWS CLI: the
+/// client's address against two blocks, aws:SecureTransport, aws:Referer and aws:CurrentTime.
+#[test]
+fn policy_conditions_on_address_transport_referer_and_time() {
+    let server = Server::start();
+    let aws = AwsCli::new(&server);
+    let bucket = "conditions";
+    aws.ok(&["s3api", "create-bucket", "--bucket", bucket]);
+    let dirs = ["loopback", "ten-net", "site", "past", "since", "tls-only", "not-ten"];
+    let body = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(body.path(), b"hello").unwrap();
+    for dir in dirs {
+        let key = format!("{dir}/x");
+        aws.ok(&["s3api", "put-object", "--bucket", bucket, "--key", &key, "--body", body.path().to_str().unwrap()]);
+    }
+    let allow = |dir: &str, condition: serde_json::Value| {
+        serde_json::json!({"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+            "Resource": format!("arn:aws:s3:::{bucket}/{dir}/*"), "Condition": condition})
+    };
+    let policy = serde_json::json!({"Version": "2012-10-17", "Statement": [
+        allow("loopback", serde_json::json!({"IpAddress": {"aws:SourceIp": ["127.0.0.0/8", "::1/128"]}})),
+        allow("ten-net", serde_json::json!({"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}})),
+        allow("not-ten", serde_json::json!({"NotIpAddress": {"aws:SourceIp": "10.0.0.0/8"}})),
+        allow("site", serde_json::json!({"StringLike": {"aws:Referer": ["https://www.example.com/*"]}})),
+        allow("past", serde_json::json!({"DateLessThan": {"aws:CurrentTime": "2001-01-01T00:00:00Z"}})),
+        allow("since", serde_json::json!({"DateGreaterThan": {"aws:CurrentTime": "2001-01-01T00:00:00Z"}})),
+        allow("tls-only", serde_json::json!({})),
+        {"Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": format!("arn:aws:s3:::{bucket}/tls-only/*"),
+         "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
+    ]});
+    let policy_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(policy_file.path(), policy.to_string()).unwrap();
+    let file_arg = format!("file://{}", policy_file.path().display());
+    aws.ok(&["s3api", "put-bucket-policy", "--bucket", bucket, "--policy", &file_arg]);
+    let status = aws.json(&["s3api", "get-bucket-policy-status", "--bucket", bucket]);
+    assert_eq!(status["PolicyStatus"]["IsPublic"], true, "{status}");
+
+    let get =
+        |dir: &str, headers: &[(&str, String)]| send(&server.addr, "GET", &format!("/{bucket}/{dir}/x"), headers, b"");
+    let ok = get("loopback", &[]);
+    assert_eq!((ok.status, ok.body.as_slice()), (200, &b"hello"[..]), "127.0.0.1 is in 127.0.0.0/8");
+    assert_eq!(get("ten-net", &[]).status, 403, "127.0.0.1 is not in 10.0.0.0/8");
+    assert_eq!(get("not-ten", &[]).status, 200, "NotIpAddress");
+    assert_eq!(get("site", &[]).status, 403, "no Referer");
+    assert_eq!(get("site", &[("referer", "https://evil.example.net/".into())]).status, 403);
+    assert_eq!(get("site", &[("referer", "https://www.example.com/page".into())]).status, 200);
+    assert_eq!(get("past", &[]).status, 403, "DateLessThan a past time");
+    assert_eq!(get("since", &[]).status, 200, "DateGreaterThan a past time");
+    let denied = get("tls-only", &[]);
+    assert_eq!((denied.status, denied.error_code().as_str()), (403, "AccessDenied"), "plain HTTP is denied");
+    // The admin key is not subject to the policy.
+    aws.ok(&["s3api", "head-object", "--bucket", bucket, "--key", "tls-only/x"]);
+
+    // A malformed policy through the CLI: MalformedPolicy, and the old policy stays.
+    std::fs::write(policy_file.path(), r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"s3:GetObject"}]}"#)
+        .unwrap();
+    let out = aws.run(&["s3api", "put-bucket-policy", "--bucket", bucket, "--policy", &file_arg]);
+    let stderr = common::text(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("MalformedPolicy"), "{stderr}");
+    assert!(stderr.contains("Missing required field Resource"), "{stderr}");
+    assert_eq!(get("loopback", &[]).status, 200);
+    aws.ok(&["s3api", "delete-bucket-policy", "--bucket", bucket]);
+    assert_eq!(get("loopback", &[]).status, 403);
 }

@@ -1,4 +1,5 @@
-//! Real third-party clients against a live `meridian server`: the AWS CLI, boto3 and rclone.
+//! Real third-party clients against a live `meridian server`: the AWS CLI, boto3, rclone and
+//! s3fs.
 //! Every tool must be installed (scripts/test.sh installs them); a missing one fails the test.
 
 mod common;
@@ -614,4 +615,63 @@ async fn rclone_lists_and_restores_old_versions() {
     let old = format!("meridian:rclone-versions/{}", names[0]);
     rclone.ok(&["copyto", "--s3-versions", &old, path_str(&restored)]);
     assert_eq!(std::fs::read(&restored).unwrap(), b"first draft");
+}
+
+/// s3fs (FUSE) mounts a bucket: files written through the mount read back through S3 (the AWS
+/// CLI), objects put through S3 read back through the mount, and renames and deletes through
+/// the mount show in S3. Without /dev/fuse or s3fs the test fails, naming what is missing.
+#[test]
+fn s3fs_mounts_a_bucket() {
+    let s3fs = require_tool("s3fs", "apt-get install -y s3fs");
+    let server = Server::start();
+    let aws = AwsCli::new(&server);
+    let bucket = "s3fs-bucket";
+    aws.ok(&["s3api", "create-bucket", "--bucket", bucket]);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let passwd = tmp.path().join("passwd");
+    std::fs::write(&passwd, format!("{}:{}\n", common::ACCESS_KEY, common::SECRET_KEY)).expect("write passwd");
+    std::fs::set_permissions(&passwd, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600))
+        .expect("chmod passwd");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mount point");
+    let options = format!(
+        "use_path_request_style,url={},passwd_file={},sigv4,endpoint=us-east-1,stat_cache_expire=1,retries=1",
+        server.endpoint,
+        passwd.display()
+    );
+    let mount = common::fuse::Mount::start(&s3fs, &[bucket, path_str(&mnt), "-f", "-o", &options], &mnt, || {
+        common::fuse::is_mountpoint(&mnt)
+    });
+
+    // Through the mount, then through S3.
+    let big = pattern(3 * MIB + 17, 5);
+    std::fs::write(mnt.join("hello.txt"), b"written through s3fs").expect("write through the mount");
+    std::fs::create_dir(mnt.join("dir")).expect("mkdir through the mount");
+    std::fs::write(mnt.join("dir/big.bin"), &big).expect("write a larger file");
+    let out = tmp.path().join("out");
+    aws.ok(&["s3api", "get-object", "--bucket", bucket, "--key", "hello.txt", path_str(&out)]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"written through s3fs");
+    aws.ok(&["s3api", "get-object", "--bucket", bucket, "--key", "dir/big.bin", path_str(&out)]);
+    assert_eq!(md5_hex(&std::fs::read(&out).unwrap()), md5_hex(&big), "the larger file's bytes");
+
+    // Through S3, then through the mount.
+    let src = tmp.path().join("src");
+    std::fs::write(&src, b"put through S3").unwrap();
+    aws.ok(&["s3api", "put-object", "--bucket", bucket, "--key", "dir/from-s3.txt", "--body", path_str(&src)]);
+    let mut names: Vec<String> = std::fs::read_dir(mnt.join("dir"))
+        .expect("list through the mount")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["big.bin", "from-s3.txt"]);
+    assert_eq!(std::fs::read(mnt.join("dir/from-s3.txt")).unwrap(), b"put through S3");
+
+    // A rename and a delete through the mount.
+    std::fs::rename(mnt.join("hello.txt"), mnt.join("renamed.txt")).expect("rename through the mount");
+    std::fs::remove_file(mnt.join("dir/big.bin")).expect("delete through the mount");
+    mount.finish();
+    let listing = aws.json(&["s3api", "list-objects-v2", "--bucket", bucket]);
+    let keys: Vec<&str> = listing["Contents"].as_array().unwrap().iter().map(|o| o["Key"].as_str().unwrap()).collect();
+    assert!(keys.contains(&"renamed.txt") && keys.contains(&"dir/from-s3.txt"), "{keys:?}");
+    assert!(!keys.contains(&"hello.txt") && !keys.contains(&"dir/big.bin"), "{keys:?}");
 }

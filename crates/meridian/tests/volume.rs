@@ -15,6 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::fuse::{Mount, is_mountpoint};
 use common::{ACCESS_KEY, SECRET_KEY, Server, TestCert, rss_kib_of, run_with_timeout};
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -54,6 +55,11 @@ fn require(tool: &str) {
         _ => format!("apt-get install -y {}", package_of(tool)),
     };
     assert!(ok, "required tool `{tool}` is missing: install it with `{install}` (scripts/test.sh does)");
+}
+
+/// The path of an external tool, failing the test with the package to install.
+fn tool_path(name: &str) -> PathBuf {
+    common::require_tool(name, &format!("apt-get install -y {}", package_of(name)))
 }
 
 /// Runs an external tool; panics with its output unless it succeeds.
@@ -543,51 +549,6 @@ fn heavy_volume_nbdcopy_round_trip() {
     assert!(same_files(&input, &exported), "export differs");
 }
 
-/// A FUSE daemon (nbdfuse, fuse2fs) running in the foreground; unmounted and reaped on drop,
-/// so a failing test leaves no mount behind.
-struct Mount {
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Mount {
-    fn start(tool_name: &str, args: &[&str], dir: &Path, ready: impl Fn() -> bool) -> Mount {
-        require(tool_name);
-        let child = Command::new(tool_name).args(args).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
-        let m = Mount { dir: dir.to_path_buf(), child: Some(child) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ready() {
-            assert!(Instant::now() < deadline, "{tool_name} did not mount {}", dir.display());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        m
-    }
-
-    /// Unmounts and waits for the daemon to finish writing back (fuse2fs writes the superblock
-    /// on exit).
-    fn finish(mut self) {
-        tool("umount", &[self.dir.to_str().unwrap()]);
-        let status = self.child.take().unwrap().wait().unwrap();
-        assert!(status.success(), "FUSE daemon exited with {status}");
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("umount").arg(&self.dir).output();
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn is_mountpoint(dir: &Path) -> bool {
-    std::fs::read_to_string("/proc/mounts")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == dir.to_str()))
-        .unwrap_or(false)
-}
-
 /// mkfs.ext4 on the device through nbdfuse, files written through fuse2fs and checked with
 /// debugfs and e2fsck, on the live device and on an exported image.
 #[test]
@@ -602,16 +563,17 @@ fn volume_ext4_through_nbdfuse() {
     std::fs::create_dir_all(&mnt).unwrap();
     let dev = mnt.join("disk");
     let devs = dev.to_str().unwrap().to_string();
-    let nbd_mount = Mount::start("nbdfuse", &[&devs, &srv.url], &mnt, || {
+    let nbd_mount = Mount::start(&tool_path("nbdfuse"), &[&devs, &srv.url], &mnt, || {
         std::fs::metadata(&dev).map(|m| m.len()).unwrap_or(0) == 256 * MIB
     });
     tool("mkfs.ext4", &["-q", "-F", &devs]);
     // Mount the filesystem with fuse2fs and write ordinary files through it.
     let fsdir = env.path("fs");
     std::fs::create_dir_all(&fsdir).unwrap();
-    let ext4 = Mount::start("fuse2fs", &["-f", &devs, fsdir.to_str().unwrap(), "-o", "fakeroot"], &fsdir, || {
-        is_mountpoint(&fsdir)
-    });
+    let ext4 =
+        Mount::start(&tool_path("fuse2fs"), &["-f", &devs, fsdir.to_str().unwrap(), "-o", "fakeroot"], &fsdir, || {
+            is_mountpoint(&fsdir)
+        });
     let mut files = Vec::new();
     for i in 0..20u64 {
         let len = 1000 + (i as usize) * 37_000;

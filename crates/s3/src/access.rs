@@ -1,8 +1,14 @@
 //! Who may do what: SigV4 secrets come from the keys in the metadata store, and every
-//! operation is checked against the bucket's grants before it runs. Anonymous requests may only
-//! GET or HEAD objects of a public-read bucket.
+//! operation is checked against the bucket's grants, ACL and policy before it runs
+//! (docs/access.md#how-grants-acls-and-policies-combine): an explicit Deny in the bucket policy
+//! refuses anything but the admin key; otherwise a grant, a public-read ACL (anonymous GET and
+//! HEAD of objects) or an Allow of the policy lets the request through.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
 
 use meridian_engine::iam::{Access, KeyRecord, authorize};
+use meridian_engine::policy::{Policy, PolicyRequest, Verdict, resource_arn};
 use meridian_engine::record::BucketRecord;
 use meridian_engine::{Engine, EngineError};
 use s3s::access::{S3Access, S3AccessContext};
@@ -94,6 +100,95 @@ fn anonymous_allowed(op: &str) -> bool {
     matches!(op, "GetObject" | "HeadObject")
 }
 
+/// The IAM action bucket policies name an S3 operation by.
+fn policy_action(op: &str) -> String {
+    let action = match op {
+        "HeadObject" => "GetObject",
+        "HeadBucket" | "ListObjects" | "ListObjectsV2" => "ListBucket",
+        "ListMultipartUploads" => "ListBucketMultipartUploads",
+        "ListParts" => "ListMultipartUploadParts",
+        "DeleteObjects" => "DeleteObject",
+        "CopyObject"
+        | "PostObject"
+        | "CreateMultipartUpload"
+        | "UploadPart"
+        | "UploadPartCopy"
+        | "CompleteMultipartUpload" => "PutObject",
+        "GetBucketLifecycleConfiguration" => "GetLifecycleConfiguration",
+        "PutBucketLifecycleConfiguration" | "DeleteBucketLifecycle" => "PutLifecycleConfiguration",
+        "GetBucketCors" => "GetBucketCORS",
+        "PutBucketCors" | "DeleteBucketCors" => "PutBucketCORS",
+        "DeleteBucketTagging" => "PutBucketTagging",
+        "GetPublicAccessBlock" => "GetBucketPublicAccessBlock",
+        "PutPublicAccessBlock" | "DeletePublicAccessBlock" => "PutBucketPublicAccessBlock",
+        "DeleteBucketOwnershipControls" => "PutBucketOwnershipControls",
+        other => other,
+    };
+    format!("s3:{action}")
+}
+
+/// The facts of a request that bucket policy conditions test, as [`MeridianAccess::check`]
+/// gathers them.
+#[derive(Clone, Debug, Default)]
+pub struct RequestFacts {
+    /// The client's address: the connection's peer, or the address a proven forwarding node
+    /// reported.
+    pub source_ip: Option<IpAddr>,
+    pub secure: bool,
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
+    /// `prefix`, `delimiter` and `max-keys` of a listing.
+    pub list_params: Vec<(&'static str, String)>,
+}
+
+impl RequestFacts {
+    /// What a policy is asked about `action` on `resource` by `key`.
+    pub fn policy_request(&self, action: String, resource: String, key: Option<&KeyRecord>) -> PolicyRequest {
+        let now = time::OffsetDateTime::now_utc();
+        let mut values: HashMap<&'static str, String> = HashMap::new();
+        values.insert("aws:securetransport", self.secure.to_string());
+        values.insert("aws:epochtime", now.unix_timestamp().to_string());
+        if let Ok(current) = now.format(&time::format_description::well_known::Rfc3339) {
+            values.insert("aws:currenttime", current);
+        }
+        let optional = [
+            ("aws:sourceip", self.source_ip.map(|ip| ip.to_canonical().to_string())),
+            ("aws:referer", self.referer.clone()),
+            ("aws:useragent", self.user_agent.clone()),
+            ("aws:username", key.map(|k| k.name.clone())),
+        ];
+        values.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        values.extend(self.list_params.iter().cloned());
+        PolicyRequest { action, resource, key: key.map(|k| k.name.clone()), values }
+    }
+}
+
+/// What a bucket's policy says about a request, and whether the policy is public.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PolicyView {
+    verdict: Verdict,
+    public: bool,
+}
+
+const NO_POLICY: PolicyView = PolicyView { verdict: Verdict::Neither, public: false };
+
+/// Evaluates the policy of `record` (bucket `bucket`) for `request`. A stored policy that no
+/// longer parses (never written so) denies.
+pub(crate) fn evaluate_policy(
+    bucket: &str,
+    record: &BucketRecord,
+    request: impl FnOnce() -> PolicyRequest,
+) -> (Verdict, bool) {
+    let Some(text) = &record.policy else { return (Verdict::Neither, false) };
+    match Policy::parse(text, bucket) {
+        Ok(policy) => (policy.evaluate(&request()), policy.is_public()),
+        Err(e) => {
+            tracing::error!(bucket, error = %e, "stored bucket policy does not parse; denying");
+            (Verdict::Deny, false)
+        }
+    }
+}
+
 /// The per-operation checks.
 #[derive(Clone)]
 pub struct MeridianAccess {
@@ -176,13 +271,15 @@ impl S3Access for MeridianAccess {
         if let Some(notes) = &notes {
             notes.set_operation(op);
         }
-        let bucket = match cx.s3_path() {
-            S3Path::Root => None,
-            S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => Some(bucket.to_string()),
+        let (bucket, object) = match cx.s3_path() {
+            S3Path::Root => (None, None),
+            S3Path::Bucket { bucket } => (Some(bucket.to_string()), None),
+            S3Path::Object { bucket, key } => (Some(bucket.to_string()), Some(key.to_string())),
         };
+        let facts = request_facts(cx);
         let access_key_id = cx.credentials().map(|c| c.access_key.clone());
         let context = cx.extensions_mut().get_mut::<RequestContext>().ok_or_else(no_context)?;
-        let wanted = bucket.as_deref().filter(|_| needs_bucket_record(op, access_key_id.is_none()));
+        let wanted = bucket.as_deref().filter(|_| needs_bucket_record(op));
         let seen = wanted.and_then(|name| context.bucket(name)).cloned();
         // The key and the bucket are independent reads: in parallel.
         let (key, record) = tokio::join!(self.principal(access_key_id.as_deref()), async {
@@ -196,12 +293,21 @@ impl S3Access for MeridianAccess {
         if let Some(notes) = &notes {
             notes.set_principal(key.as_ref().map_or("anonymous", |k| k.name.as_str()));
         }
-        let grant = decide(op, key.as_ref(), bucket.is_some(), record.as_ref().map(|b| &b.record))?;
+        let policy = match (&bucket, &record) {
+            (Some(name), Some(view)) if matches!(needs(op), Needs::Bucket(_)) => {
+                let (verdict, public) = evaluate_policy(name, &view.record, || {
+                    facts.policy_request(policy_action(op), resource_arn(name, object.as_deref()), key.as_ref())
+                });
+                PolicyView { verdict, public }
+            }
+            _ => NO_POLICY,
+        };
+        let grant = decide(op, key.as_ref(), bucket.is_some(), record.as_ref().map(|b| &b.record), policy)?;
         let principal = key.map_or(Principal::Anonymous, Principal::Key);
         if wanted.is_some() {
             context.set_bucket(record);
         }
-        context.decide(AccessDecision { principal, grant });
+        context.decide(AccessDecision { principal, grant, facts });
         Ok(())
     }
 
@@ -218,17 +324,65 @@ impl S3Access for MeridianAccess {
     }
 }
 
-/// Whether deciding on `op` needs the bucket's record.
-fn needs_bucket_record(op: &str, anonymous: bool) -> bool {
-    if anonymous { anonymous_allowed(op) } else { matches!(needs(op), Needs::Bucket(_)) }
+/// Whether deciding on `op` needs the bucket's record (its grants, ACL and policy).
+fn needs_bucket_record(op: &str) -> bool {
+    matches!(needs(op), Needs::Bucket(_))
+}
+
+/// The facts policy conditions test: the client's address and transport (as a proven
+/// forwarding node reported them, else the connection's), headers and listing parameters.
+fn request_facts(cx: &mut S3AccessContext<'_>) -> RequestFacts {
+    let header =
+        |name: http::header::HeaderName| cx.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (referer, user_agent) = (header(http::header::REFERER), header(http::header::USER_AGENT));
+    let list_params = list_params(cx.uri().query().unwrap_or(""));
+    let client = cx.extensions_mut().get::<RequestContext>().and_then(|c| c.client());
+    let info = cx.extensions_mut().get::<meridian_http::RequestInfo>();
+    let (source_ip, secure) = match (client, info) {
+        (Some(client), _) => (Some(client.ip), client.secure),
+        (None, Some(info)) => (Some(info.peer.ip()), info.secure),
+        (None, None) => (None, false),
+    };
+    RequestFacts { source_ip, secure, referer, user_agent, list_params }
+}
+
+/// A listing's `prefix`, `delimiter` and `max-keys` query parameters (the `s3:` condition
+/// keys of ListBucket).
+fn list_params(query: &str) -> Vec<(&'static str, String)> {
+    let mut params = Vec::new();
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = match name {
+            "prefix" => "s3:prefix",
+            "delimiter" => "s3:delimiter",
+            "max-keys" => "s3:max-keys",
+            _ => continue,
+        };
+        let value = value.replace('+', " ");
+        params.push((key, percent_encoding::percent_decode_str(&value).decode_utf8_lossy().into_owned()));
+    }
+    params
 }
 
 /// What `key` (`None`: anonymous) is granted for `op`, given the record of the request's bucket
-/// when the request addresses one.
-fn decide(op: &str, key: Option<&KeyRecord>, addresses_bucket: bool, record: Option<&BucketRecord>) -> S3Result<Grant> {
+/// when the request addresses one and what the bucket's policy says.
+fn decide(
+    op: &str,
+    key: Option<&KeyRecord>,
+    addresses_bucket: bool,
+    record: Option<&BucketRecord>,
+    policy: PolicyView,
+) -> S3Result<Grant> {
+    // The admin key is not subject to policies, so a policy can never lock a bucket away.
+    if policy.verdict == Verdict::Deny && !key.is_some_and(|k| k.admin) {
+        return Err(denied());
+    }
     match (key, needs(op), addresses_bucket) {
-        (None, _, true) if anonymous_allowed(op) => {
-            check_bucket(None, record, Access::Read).map(|()| Grant::Bucket(Access::Read))
+        (None, Needs::Bucket(access), true) => {
+            let by_acl = anonymous_allowed(op) && check_bucket(None, record, Access::Read).is_ok();
+            let restricted = policy.public && record.is_some_and(|r| r.blocks(|b| b.restrict_public_buckets));
+            let by_policy = policy.verdict == Verdict::Allow && !restricted;
+            if by_acl || by_policy { Ok(Grant::Bucket(access)) } else { Err(denied()) }
         }
         (None, _, _) => Err(denied()),
         (Some(_), Needs::Authenticated, _) => Ok(Grant::Authenticated),
@@ -236,6 +390,7 @@ fn decide(op: &str, key: Option<&KeyRecord>, addresses_bucket: bool, record: Opt
         (Some(_), Needs::CreateBucket, _) => {
             Err(S3Error::with_message(S3ErrorCode::AccessDenied, "this key may not create buckets"))
         }
+        (Some(_), Needs::Bucket(access), true) if policy.verdict == Verdict::Allow => Ok(Grant::Bucket(access)),
         (Some(k), Needs::Bucket(access), true) => check_bucket(Some(k), record, access).map(|()| Grant::Bucket(access)),
         (Some(_), Needs::Bucket(_), false) => Err(denied()),
     }

@@ -9,11 +9,14 @@
 //! read it.
 
 use std::cell::RefCell;
+use std::net::IpAddr;
 
 use meridian_engine::Revision;
 use meridian_engine::iam::{Access, KeyRecord};
 use meridian_engine::record::BucketRecord;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Result};
+
+pub use crate::access::RequestFacts;
 
 /// A bucket's record and its revision, as read once for this request.
 #[derive(Clone, Debug)]
@@ -58,6 +61,16 @@ pub enum Grant {
 pub struct AccessDecision {
     pub principal: Principal,
     pub grant: Grant,
+    /// What bucket policies are evaluated against (a copy's source bucket's policy too).
+    pub facts: RequestFacts,
+}
+
+/// The client of a request another node of the cluster forwarded here, as that node reported
+/// it (trusted only from a proven forwarder).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Client {
+    pub ip: IpAddr,
+    pub secure: bool,
 }
 
 /// The per-request facts, in the request's extensions: inserted once by [`crate::S3Handler`]
@@ -67,6 +80,7 @@ pub struct RequestContext {
     forwarding: Forwarding,
     bucket: Option<BucketView>,
     access: Option<AccessDecision>,
+    client: Option<Client>,
 }
 
 /// A request context the access check completed: what operations see.
@@ -75,13 +89,24 @@ pub struct Checked<'a> {
     pub forwarding: &'a Forwarding,
     pub principal: &'a Principal,
     pub grant: Grant,
+    pub facts: &'a RequestFacts,
     bucket: Option<&'a BucketView>,
 }
 
 impl RequestContext {
     /// A request this node serves, with the bucket record read to decide so (if any).
     pub fn arriving(forwarding: Forwarding, bucket: Option<BucketView>) -> Self {
-        RequestContext { forwarding, bucket, access: None }
+        RequestContext { forwarding, bucket, access: None, client: None }
+    }
+
+    /// The client as the node that forwarded the request reported it.
+    pub fn with_client(mut self, client: Option<Client>) -> Self {
+        self.client = client;
+        self
+    }
+
+    pub(crate) fn client(&self) -> Option<Client> {
+        self.client
     }
 
     /// The context of a request that passed the access check; an internal error if the
@@ -94,6 +119,7 @@ impl RequestContext {
             forwarding: &context.forwarding,
             principal: &access.principal,
             grant: access.grant,
+            facts: &access.facts,
             bucket: context.bucket.as_ref(),
         })
     }
@@ -205,7 +231,11 @@ mod tests {
         assert_eq!(RequestContext::of(&unchecked).err().map(|e| e.code().clone()), Some(S3ErrorCode::InternalError));
 
         let mut context = RequestContext::arriving(Forwarding::ServedHere, None);
-        context.decide(AccessDecision { principal: Principal::Anonymous, grant: Grant::Bucket(Access::Read) });
+        context.decide(AccessDecision {
+            principal: Principal::Anonymous,
+            grant: Grant::Bucket(Access::Read),
+            facts: RequestFacts::default(),
+        });
         let checked = request(Some(context));
         let seen = RequestContext::of(&checked).unwrap();
         assert_eq!(seen.forwarding, &Forwarding::ServedHere);

@@ -49,6 +49,9 @@ pub fn s3_error(err: EngineError) -> S3Error {
         EngineError::InvalidKey(_) | EngineError::InvalidArgument(_) => C::InvalidArgument,
         EngineError::InvalidRequest(_) => C::InvalidRequest,
         EngineError::MalformedXml => C::MalformedXML,
+        EngineError::MalformedPolicy(_) => C::MalformedPolicy,
+        EngineError::InvalidBucketAclWithObjectOwnership => C::InvalidBucketAclWithObjectOwnership,
+        EngineError::AccessControlListNotSupported => C::AccessControlListNotSupported,
         EngineError::InvalidTag(_) => C::InvalidTag,
         EngineError::InvalidRange { size } => {
             let mut e = S3Error::with_message(C::InvalidRange, message);

@@ -22,7 +22,7 @@ use sha2::Sha256;
 
 use meridian_common::bucket_address;
 
-use crate::context::{BucketView, Forwarding};
+use crate::context::{BucketView, Client as RequestClient, Forwarding};
 
 /// Set on a forwarded request that has none (the forwarding node's id), for the logs; it
 /// proves nothing.
@@ -32,6 +32,10 @@ pub const FORWARDED_HEADER: &str = "x-meridian-forwarded-by";
 pub const FORWARD_PROOF_HEADER: &str = "x-meridian-forward-proof";
 /// How far a proof's timestamp may be from the receiver's clock (either way).
 pub const MAX_PROOF_SKEW_SECS: u64 = 300;
+/// Set on a forwarded request by the forwarding node: `IP` or `IP;tls`, the client's address
+/// and transport as that node saw them, for bucket policy conditions (aws:SourceIp,
+/// aws:SecureTransport). Trusted only on a request with a valid proof.
+pub const FORWARDED_CLIENT_HEADER: &str = "x-meridian-forwarded-client";
 /// Set on the response: the region that served a forwarded request.
 pub const FORWARDED_TO_HEADER: &str = "x-meridian-forwarded-to";
 
@@ -102,6 +106,25 @@ impl Forwarder {
                 ),
             )
         }))
+    }
+
+    /// The client a proven forwarder reported ([`FORWARDED_CLIENT_HEADER`]).
+    pub fn forwarded_client<B>(req: &Request<B>) -> Option<RequestClient> {
+        let value = req.headers().get(FORWARDED_CLIENT_HEADER)?.to_str().ok()?;
+        let (ip, secure) = match value.strip_suffix(";tls") {
+            Some(ip) => (ip, true),
+            None => (value, false),
+        };
+        Some(RequestClient { ip: ip.parse().ok()?, secure })
+    }
+
+    /// Tells the node a request is forwarded to who the client is (replacing whatever the
+    /// client sent in that header).
+    pub fn report_client<B>(req: &mut Request<B>, client: RequestClient) {
+        let value = format!("{}{}", client.ip, if client.secure { ";tls" } else { "" });
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            req.headers_mut().insert(FORWARDED_CLIENT_HEADER, value);
+        }
     }
 
     /// The bucket a request addresses, if any.

@@ -6,7 +6,7 @@ use http::{Method, Request, Response, StatusCode};
 use meridian_http::{RequestBody, RequestInfo, ResponseBody};
 use s3s::service::S3Service;
 
-use crate::context::{Forwarding, RequestContext, with_key_slot};
+use crate::context::{Client, Forwarding, RequestContext, with_key_slot};
 use crate::cors::Cors;
 use crate::forward::{Forwarder, Route};
 
@@ -45,6 +45,7 @@ impl S3Handler {
                 Route::Here { forwarding, bucket } => (forwarding, bucket.map(|b| *b)),
                 Route::There { targets } => {
                     info.notes.set_operation("forward");
+                    Forwarder::report_client(&mut req, Client { ip: info.peer.ip(), secure: info.secure });
                     return fw.forward(req, &targets).await;
                 }
                 Route::Unreachable(refused) | Route::Refused(refused) => {
@@ -53,7 +54,11 @@ impl S3Handler {
                 }
             },
         };
-        req.extensions_mut().insert(RequestContext::arriving(forwarding, bucket));
+        let client = match &forwarding {
+            Forwarding::ForwardedBy(_) => Forwarder::forwarded_client(&req),
+            _ => None,
+        };
+        req.extensions_mut().insert(RequestContext::arriving(forwarding, bucket).with_client(client));
         // Most requests (GET, HEAD, DELETE) have no body: skip boxing one.
         let req = req.map(|body| {
             if hyper::body::Body::is_end_stream(&body) { s3s::Body::empty() } else { s3s::Body::http_body_unsync(body) }

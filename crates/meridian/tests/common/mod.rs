@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod aws;
 pub mod browser;
+pub mod fuse;
 pub mod metrics;
 pub mod raw;
 pub mod wan_cluster;

@@ -80,6 +80,19 @@ pub(super) async fn put_object_acl(
     req: S3Request<PutObjectAclInput>,
 ) -> S3Result<S3Response<PutObjectAclOutput>> {
     let input = &req.input;
+    let (record, _) = s3.engine.bucket(&input.bucket).await.map_err(s3_error)?;
+    if record.acls_disabled() {
+        return Err(s3_error(EngineError::AccessControlListNotSupported));
+    }
+    let public = input.acl.as_ref().is_some_and(|a| {
+        matches!(
+            a.as_str(),
+            ObjectCannedACL::PUBLIC_READ | ObjectCannedACL::PUBLIC_READ_WRITE | ObjectCannedACL::AUTHENTICATED_READ
+        )
+    });
+    if public && record.blocks(|b| b.block_public_acls) {
+        return Err(s3_error(EngineError::AccessDenied("the bucket's public access block refuses public ACLs".into())));
+    }
     refuse_acl_details(
         &[
             input.grant_full_control.as_ref(),
@@ -97,7 +110,6 @@ pub(super) async fn put_object_acl(
             )));
         }
     }
-    let (record, _) = s3.engine.bucket(&input.bucket).await.map_err(s3_error)?;
     if record.public_read {
         return Err(not_implemented("making one object private in a public-read bucket"));
     }

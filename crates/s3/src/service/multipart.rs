@@ -101,7 +101,7 @@ pub(super) async fn upload_part_copy(
     req: S3Request<UploadPartCopyInput>,
 ) -> S3Result<S3Response<UploadPartCopyOutput>> {
     let (src_bucket, src_key, src_version_id) = source_of(&req.input.copy_source)?;
-    check_source(s3, &RequestContext::of(&req)?, &src_bucket).await?;
+    check_source(s3, &RequestContext::of(&req)?, &src_bucket, &src_key).await?;
     let input = req.input;
     let range = copy_source_range(input.copy_source_range.as_deref())?;
     let part_number = u32::try_from(input.part_number).unwrap_or(0);

@@ -320,7 +320,7 @@ pub(super) async fn copy_object(
     )?;
     let (src_bucket, src_key, src_version_id) = source_of(&input.copy_source)?;
     let context = RequestContext::of(&req)?;
-    check_source(s3, &context, &src_bucket).await?;
+    check_source(s3, &context, &src_bucket, &src_key).await?;
     let dst_bucket_seen = context.seen_bucket(&input.bucket);
     let input = req.input;
     let replace = match input.metadata_directive.as_ref().map(MetadataDirective::as_str) {
@@ -431,7 +431,11 @@ mod tests {
         let bucket =
             BucketView { name: "bkt".into(), record: BucketRecord { location, ..Default::default() }, revision: 1 };
         let mut context = RequestContext::arriving(Forwarding::ServedHere, Some(bucket));
-        context.decide(AccessDecision { principal: Principal::Anonymous, grant: Grant::Bucket(Access::Read) });
+        context.decide(AccessDecision {
+            principal: Principal::Anonymous,
+            grant: Grant::Bucket(Access::Read),
+            facts: Default::default(),
+        });
         let mut headers = http::HeaderMap::new();
         headers.insert(crate::kv::CONSISTENCY_HEADER, http::HeaderValue::from_str(consistency).unwrap());
         crate::context::test_request(Some(context), headers)

@@ -8,14 +8,19 @@ use meridian_engine::{Body, BodyError, Integrity, Revision};
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
+use meridian_engine::policy::{Verdict, resource_arn};
+
 use super::MeridianS3;
 use crate::REVISION_HEADER;
+use crate::access::evaluate_policy;
 use crate::context::Checked;
 use crate::convert::{etag_match, s3_error, unix_seconds};
 
-/// A copy reads its source: the key needs read access there as well. The source bucket's
-/// record is read unless it is the request's own bucket, which the access check has read.
-pub(super) async fn check_source(s3: &MeridianS3, context: &Checked<'_>, bucket: &str) -> S3Result<()> {
+/// A copy reads its source: the key needs read access there as well (a grant, or an Allow of
+/// s3:GetObject in the source bucket's policy; an explicit Deny there refuses). The source
+/// bucket's record is read unless it is the request's own bucket, which the access check has
+/// read.
+pub(super) async fn check_source(s3: &MeridianS3, context: &Checked<'_>, bucket: &str, key: &str) -> S3Result<()> {
     let record = match context.bucket(bucket) {
         Some(seen) => seen.record.clone(),
         None => match s3.engine.bucket_for_access(bucket).await {
@@ -24,10 +29,17 @@ pub(super) async fn check_source(s3: &MeridianS3, context: &Checked<'_>, bucket:
             Err(e) => return Err(s3_error(e)),
         },
     };
-    if authorize(context.key(), &record, Access::Read) {
-        Ok(())
-    } else {
-        Err(S3Error::with_message(S3ErrorCode::AccessDenied, "Access Denied to the copy source"))
+    let (verdict, _) = evaluate_policy(bucket, &record, || {
+        context.facts.policy_request("s3:GetObject".into(), resource_arn(bucket, Some(key)), context.key())
+    });
+    let admin = context.key().is_some_and(|k| k.admin);
+    match verdict {
+        Verdict::Deny if !admin => {
+            Err(S3Error::with_message(S3ErrorCode::AccessDenied, "Access Denied to the copy source"))
+        }
+        Verdict::Allow => Ok(()),
+        _ if authorize(context.key(), &record, Access::Read) => Ok(()),
+        _ => Err(S3Error::with_message(S3ErrorCode::AccessDenied, "Access Denied to the copy source")),
     }
 }
 
