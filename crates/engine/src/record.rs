@@ -77,6 +77,7 @@ impl BucketRecord {
     pub fn acl_allows_public_read(&self) -> bool {
         self.public_read && !self.blocks(|b| b.ignore_public_acls) && !self.acls_disabled()
     }
+}
 
 /// Most copies a global bucket can ask for.
 pub const MAX_REPLICAS: u32 = 16;
