@@ -1099,7 +1099,7 @@ async fn versioning_versions_delete_markers_and_copies() {
     // Multipart completion makes a version too.
     let upload = s3.create_multipart_upload().bucket("ver").key("mp").send().await.unwrap();
     let upload_id = upload.upload_id().unwrap();
-    let parts = upload_parts(&s3, "ver", "mp", upload_id, &[big.clone()]).await;
+    let parts = upload_parts(&s3, "ver", "mp", upload_id, std::slice::from_ref(&big)).await;
     let done = s3
         .complete_multipart_upload()
         .bucket("ver")

@@ -2,6 +2,8 @@
 //! on drop, so a failing test leaves no mount behind. Without /dev/fuse the test fails and says
 //! so: a FUSE test never passes by skipping.
 
+#![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
