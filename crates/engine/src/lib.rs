@@ -257,9 +257,9 @@ struct Inner {
     write_queues: write_queue::WriteQueues,
     /// Object changes, as the change follower handles them ([`Engine::subscribe_object_changes`]).
     feed: tokio::sync::broadcast::Sender<follow::ObjectEvent>,
-    /// The shortest round trip measured to each other node, in ms (by the clock measurements):
-    /// how near its region is.
-    round_trips: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// The shortest round trip measured to each other node, in ms, and when (by the clock
+    /// measurements): how near its region is.
+    round_trips: std::sync::Mutex<std::collections::HashMap<String, (i64, std::time::Instant)>>,
 }
 
 impl Engine {

@@ -10,9 +10,11 @@
 //! overwritten meanwhile drops the marker instead). A region still down is retried at the next
 //! round.
 //!
-//! Copies are also lost: the copy audit ([`Engine::spawn_copy_audit`]) walks the objects of
-//! buckets that keep several copies, on one node of the cluster at a time, and commits a new
-//! marker for an object whose surviving holders are fewer than its bucket asks for. A holder
+//! Copies are also lost: the copy audit ([`Engine::spawn_copy_audit`]) on every node walks the
+//! objects of buckets that keep several copies and commits a new marker for an object whose
+//! surviving holders are fewer than its bucket asks for; of all nodes, the one with the lowest
+//! id in the first region still holding the object does it, so nearness is measured from the
+//! bytes. A holder
 //! survives while its node's heartbeat is younger than [`crate::EngineConfig::holder_lost_after`]
 //! (for bytes on a shared regional store: while any node of its region's is).
 
@@ -33,6 +35,8 @@ use crate::{Consistency, Engine, keys};
 pub const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 /// Markers read per round.
 const REPAIR_PAGE: usize = 64;
+/// How long the shortest round trip measured to a node stands for its distance.
+const ROUND_TRIP_KEPT_FOR: Duration = Duration::from_secs(600);
 /// Object records the copy audit reads per round (it goes on from there at the next round).
 const AUDIT_BUDGET: usize = 10_000;
 
@@ -222,8 +226,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Walks the objects of buckets that keep several copies, on the one node of the cluster
-    /// whose id sorts first among the live ones, and marks objects that lost copies.
+    /// Walks the objects of buckets that keep several copies and marks objects that lost
+    /// copies (those this node audits: [`Engine::audits_for`]).
     pub(crate) fn spawn_copy_audit(&self) {
         let interval = (self.config().holder_lost_after / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let engine = self.clone();
@@ -243,11 +247,6 @@ impl Engine {
     /// where the next round goes on (`None`: from the start).
     async fn audit_round(&self, cursor: Option<(String, String)>) -> EngineResult<Option<(String, String)>> {
         let nodes = self.nodes_at(Consistency::Local).await?;
-        let me = &self.config().node.node;
-        let leader = nodes.iter().filter(|n| n.healthy).map(|n| &n.record.id).min();
-        if leader != Some(me) {
-            return Ok(None);
-        }
         // Nodes silent for longer than `holder_lost_after` neither count as holders nor get
         // new copies to make.
         let lost_after = self.config().holder_lost_after.as_millis() as i64;
@@ -308,7 +307,7 @@ impl Engine {
             })
         };
         let have = holding_regions(record, survives);
-        if have.len() >= copies_wanted(bucket_record) {
+        if have.len() >= copies_wanted(bucket_record) || !self.audits_for(&have, nodes) {
             return Ok(());
         }
         let Some(marker) = self.marker_for(bucket_record, record, &have, nodes) else { return Ok(()) };
@@ -352,15 +351,29 @@ impl Engine {
         .await
     }
 
+    /// Whether this node is the one to mark an object whose copies are in `have`: the live
+    /// node with the lowest id in the first of those regions, so that "nearest" is measured
+    /// from where the bytes are.
+    fn audits_for(&self, have: &BTreeSet<String>, nodes: &[NodeStatus]) -> bool {
+        let Some(region) = have.iter().next() else { return false };
+        let auditor = nodes.iter().filter(|n| &n.record.region == region).map(|n| &n.record.id).min();
+        auditor == Some(&self.config().node.node)
+    }
+
     /// Records the shortest round trip measured to a node.
+    /// A busy machine only lengthens round trips, so the shortest one seen in the last
+    /// [`ROUND_TRIP_KEPT_FOR`] is the distance.
     pub(crate) fn note_round_trip(&self, node: &str, round_trip_ms: i64) {
         if let Ok(mut known) = self.inner.round_trips.lock() {
-            known.insert(node.to_string(), round_trip_ms);
+            let entry = known.entry(node.to_string()).or_insert((round_trip_ms, std::time::Instant::now()));
+            if round_trip_ms <= entry.0 || entry.1.elapsed() > ROUND_TRIP_KEPT_FOR {
+                *entry = (round_trip_ms, std::time::Instant::now());
+            }
         }
     }
 
     fn round_trip(&self, node: &str) -> Option<i64> {
-        self.inner.round_trips.lock().ok()?.get(node).copied()
+        self.inner.round_trips.lock().ok()?.get(node).map(|(ms, _)| *ms)
     }
 }
 

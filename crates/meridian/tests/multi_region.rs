@@ -208,7 +208,15 @@ async fn heavy_global_buckets_with_replicas_keep_copies_in_the_nearest_regions_a
     // Region b is farther from everyone (60 ms each way to it) than a and c are from each other:
     // nearest is by measured round trip, not by name.
     cluster.node_links[1].set_config(LinkConfig::one_way(Duration::from_millis(60)));
-    tokio::time::sleep(Duration::from_secs(5)).await; // round trips measured by the clock samples
+    // Round trips are measured with the clock samples: wait until region a published its clock
+    // offset (a measurement round done), and for another round with every node registered.
+    within(Duration::from_secs(30), "region a's first clock measurement", || {
+        let status = common::wan_cluster::cluster_status(&cluster.nodes[0]);
+        let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
+        nodes.iter().any(|n| n["region"] == "region-a" && n["clock_offset_ms"].is_i64())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let a = cluster.client(0);
     create(&a, "kept", "global;replicas=2").await;
     let listed = common::admin::admin_ok(&cluster.nodes[0], &["bucket", "list"]);
@@ -221,7 +229,7 @@ async fn heavy_global_buckets_with_replicas_keep_copies_in_the_nearest_regions_a
     assert_eq!(put(&cluster.nodes[0], "/kept/big.bin", &big).0.status, 200);
     let parted = pattern((5 << 20) + 1_000_000, 8);
     put_in_parts(&a, "kept", "parted.bin", &parted).await;
-    within(Duration::from_secs(20), "region c's copies", || {
+    within(Duration::from_secs(40), "region c's copies", || {
         blobs_of_size(&cluster.nodes[2], big.len()) == 1
             && blobs_of_size(&cluster.nodes[2], 5 << 20) == 1
             && blobs_of_size(&cluster.nodes[2], 1_000_000) == 1
@@ -234,7 +242,7 @@ async fn heavy_global_buckets_with_replicas_keep_copies_in_the_nearest_regions_a
     let later = pattern(200_000, 9);
     assert_eq!(put(&cluster.nodes[0], "/later/x", &later).0.status, 200);
     common::admin::admin_ok(&cluster.nodes[0], &["bucket", "replicas", "later", "2"]);
-    within(Duration::from_secs(20), "region c's copy of later/x", || {
+    within(Duration::from_secs(40), "region c's copy of later/x", || {
         blobs_of_size(&cluster.nodes[2], later.len()) == 1
     })
     .await;
