@@ -143,11 +143,14 @@ async fn migrate_survives_kill_9_halfway_and_copies_every_object_exactly_once() 
     assert_eq!(copied + present, total, "{cp}");
     assert!(out.contains(&format!("{total} objects: {copied} copied")), "{out}");
 
-    // No object was written twice: the node answered exactly one successful PutObject per small
-    // object (the objects in flight at the kill were found present, not sent again), and one
-    // completed multipart upload for the large one.
+    // No object was written twice: the node answered at most one successful PutObject per small
+    // object (the objects in flight at the kill were found present, not sent again). A PUT the
+    // node committed while the killed client was going away is stored but not answered 2xx, so
+    // up to `--parallel` (16) may lack one. And one completed multipart upload for the large one.
     let metrics = scrape(&node);
-    assert_eq!(s3_ops(&metrics, "PutObject", "2xx"), n as f64, "PutObjects on the node");
+    let stored = s3_ops(&metrics, "PutObject", "2xx");
+    assert!(stored <= n as f64, "{stored} successful PutObjects for {n} small objects: some were written twice");
+    assert!(stored >= n.saturating_sub(16) as f64, "only {stored} successful PutObjects for {n} small objects");
     assert_eq!(s3_ops(&metrics, "CompleteMultipartUpload", "2xx"), 1.0);
 
     // The destination holds what the source holds: same keys, sizes and ETags (MD5s).
