@@ -230,14 +230,6 @@ impl Location {
             _ => Err(bad()),
         }
     }
-
-    /// The regions that must each hold a copy of an object's bytes, when the bucket names them.
-    pub fn listed_regions(&self) -> &[String] {
-        match self {
-            Location::MultiRegion { regions, .. } => regions,
-            _ => &[],
-        }
-    }
 }
 
 impl std::fmt::Display for Location {

@@ -85,7 +85,12 @@ impl Engine {
             return Ok(None);
         }
         let have = holding_regions(record, |_| true);
-        let nodes = self.nodes_at(Consistency::Local).await?;
+        // Only a global bucket's replicas are placed by distance: a multi-region write needs no
+        // read of the registry.
+        let nodes = match bucket_record.location {
+            Location::MultiRegion { .. } => Vec::new(),
+            _ => self.nodes_at(Consistency::Local).await?,
+        };
         Ok(self
             .marker_for(bucket_record, record, &have, &nodes)
             .map(|m| Op::put(keys::repair(bucket, key), record::encode(&m))))
