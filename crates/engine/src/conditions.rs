@@ -150,6 +150,7 @@ mod tests {
             checksum: None,
             data: DataLayout::Inline,
             expires_at_ms: None,
+            encryption: None,
         }
     }
 

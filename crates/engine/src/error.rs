@@ -100,6 +100,14 @@ pub enum EngineError {
     AccessKeyExists(String),
     #[error("access denied: {0}")]
     AccessDenied(String),
+    #[error("Invalid keyId {0}: no such key in this node's keyring")]
+    KmsKeyNotFound(String),
+    #[error(
+        "The object was stored using a form of Server Side Encryption. The correct parameters must be provided to retrieve the object."
+    )]
+    CustomerKeyRequired,
+    #[error("an encryption key is unavailable: {0}")]
+    KeyUnavailable(String),
     #[error(
         "bucket {bucket:?} is pinned to region {pinned}; this node is in region {here} and does not store its objects"
     )]
@@ -156,6 +164,8 @@ impl EngineError {
             | E::InvalidArgument(_)
             | E::InvalidRequest(_)
             | E::InvalidPartNumber
+            | E::KmsKeyNotFound(_)
+            | E::CustomerKeyRequired
             | E::Body(_) => K::Invalid,
             E::AccessDenied(_) | E::PinnedElsewhere { .. } | E::OutsideRegions { .. } => K::Denied,
             E::NoSuchBucket
@@ -178,7 +188,7 @@ impl EngineError {
             | E::NodeIsLive { .. } => K::Conflict,
             E::Contended | E::LockContended { .. } => K::Contended,
             E::Unavailable(_) | E::RegionUnavailable { .. } => K::Unavailable,
-            E::Corrupt(_) => K::Internal,
+            E::Corrupt(_) | E::KeyUnavailable(_) => K::Internal,
             E::Meta(e) => meta_kind(e),
             E::Blob(e) => blob_kind(e),
         }

@@ -20,6 +20,7 @@ pub mod clock;
 pub mod cluster;
 pub mod conditions;
 pub mod cors;
+pub mod crypt;
 mod error;
 pub mod follow;
 mod gc;
@@ -76,6 +77,10 @@ pub struct EngineConfig {
     pub blob_delete_delay: Duration,
     /// This node: its id and its region. Blobs written here name it as their holder.
     pub node: record::Holder,
+    /// Master keys and named (KMS) keys for encryption at rest.
+    pub keyring: Arc<crypt::Keyring>,
+    /// Encrypt every new object (SSE-S3) unless the request or the bucket asks otherwise.
+    pub encrypt_all: bool,
 }
 
 impl Default for EngineConfig {
@@ -86,6 +91,8 @@ impl Default for EngineConfig {
             min_part_size: 5 << 20,
             blob_delete_delay: Duration::from_secs(60),
             node: record::Holder { node: "local".into(), region: "local".into(), store: None },
+            keyring: Arc::default(),
+            encrypt_all: false,
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct BucketRecord {
     /// The bucket's tags (PutBucketTagging).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: crate::tagging::Tags,
+    /// Default encryption of new objects (PutBucketEncryption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::crypt::BucketEncryption>,
 }
 
 /// A bucket's location type: the consistency and durability model of its objects' bytes.
@@ -200,6 +203,9 @@ pub struct PartLayout {
     pub digests: Vec<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holders: Vec<Holder>,
+    /// The part's data key, wrapped (encrypted objects: each part has its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped_key: Option<String>,
 }
 
 impl DataLayout {
@@ -227,6 +233,9 @@ pub struct ObjectRecord {
     /// When set, the object is invisible from this instant on (KV TTL / lifecycle expiry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<i64>,
+    /// How the stored bytes are encrypted (`None`: they are the plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::crypt::Encryption>,
 }
 
 /// A node whose blob store holds a blob.
@@ -272,6 +281,9 @@ pub struct UploadRecord {
     /// When a lifecycle rule aborts the upload if it is still incomplete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort_at_ms: Option<i64>,
+    /// How every part is encrypted (without a data key: each part has its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::crypt::Encryption>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,6 +298,9 @@ pub struct PartRecord {
     pub holders: Vec<Holder>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<StoredChecksum>,
+    /// The part's data key, wrapped (parts of an encrypted upload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped_key: Option<String>,
 }
 
 pub fn encode<T: Serialize>(record: &T) -> Bytes {

@@ -127,8 +127,8 @@ impl Engine {
     /// against the record's chunk digests.
     async fn pull_copy(&self, current: &Current, digests: &[u32]) -> EngineResult<()> {
         let DataLayout::Blob { id, .. } = &current.record.data else { return Ok(()) };
-        let (body, _) = self.open_body(current, None).await?;
-        let limits = IngestLimits { inline_max: 0, max_size: u64::MAX, blob_id: Some(*id) };
+        let (body, _) = self.open_body(current, None, crate::object::Reading::Stored).await?;
+        let limits = IngestLimits { blob_id: Some(*id), ..IngestLimits::to_blob(None) };
         let copied = match ingest(self.blobs(), body, Integrity::default(), limits).await {
             Err(EngineError::Blob(meridian_blob::BlobError::Exists(_))) => return Ok(()), // pulled before
             other => other?,
