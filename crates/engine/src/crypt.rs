@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Bytes, BytesMut};
-use chacha20poly1305::aead::{AeadInPlace, KeyInit, Payload};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag, XChaCha20Poly1305, XNonce};
 use futures::StreamExt;
 use md5::{Digest as _, Md5};
@@ -113,9 +113,21 @@ impl CustomerKey {
         match (algorithm, key, md5) {
             (None, None, None) => return Ok(None),
             (Some(_), Some(_), Some(_)) => {}
-            (None, ..) => return invalid("Requests specifying Server Side Encryption with Customer provided keys must provide a valid encryption algorithm."),
-            (_, None, _) => return invalid("Requests specifying Server Side Encryption with Customer provided keys must provide an appropriate secret key."),
-            (_, _, None) => return invalid("Requests specifying Server Side Encryption with Customer provided keys must provide the client calculated MD5 of the secret key."),
+            (None, ..) => {
+                return invalid(
+                    "Requests specifying Server Side Encryption with Customer provided keys must provide a valid encryption algorithm.",
+                );
+            }
+            (_, None, _) => {
+                return invalid(
+                    "Requests specifying Server Side Encryption with Customer provided keys must provide an appropriate secret key.",
+                );
+            }
+            (_, _, None) => {
+                return invalid(
+                    "Requests specifying Server Side Encryption with Customer provided keys must provide the client calculated MD5 of the secret key.",
+                );
+            }
         }
         let (Some(algorithm), Some(key), Some(md5)) = (algorithm, key, md5) else { unreachable!() };
         if algorithm != "AES256" {
@@ -250,7 +262,9 @@ impl Keyring {
                 let kek = self.kms_key(&name)?.clone();
                 (SseMode::Kms, Some(name), None, kek)
             }
-            Protection::Customer(customer) => (SseMode::Customer, None, Some(customer.md5.clone()), customer.key.clone()),
+            Protection::Customer(customer) => {
+                (SseMode::Customer, None, Some(customer.md5.clone()), customer.key.clone())
+            }
         };
         let data = DataKey::random();
         let wrapped = wrap(&kek, &data.key, mode);
@@ -259,7 +273,11 @@ impl Keyring {
 
     /// Wraps another data key for an object already protected as `encryption` (a part of a
     /// multipart upload).
-    pub fn new_part_key(&self, encryption: &Encryption, customer: Option<&CustomerKey>) -> EngineResult<(String, DataKey)> {
+    pub fn new_part_key(
+        &self,
+        encryption: &Encryption,
+        customer: Option<&CustomerKey>,
+    ) -> EngineResult<(String, DataKey)> {
         let kek = self.wrapping_key(encryption, customer)?;
         let data = DataKey::random();
         Ok((wrap(&kek, &data.key, encryption.mode), data))
@@ -277,16 +295,23 @@ impl Keyring {
         check_customer_key(encryption, customer)?;
         let id = encryption.key_id.as_deref().unwrap_or("");
         match encryption.mode {
-            SseMode::S3 => self.masters.get(id).cloned().ok_or_else(|| {
-                EngineError::KeyUnavailable(format!("master key {id:?} is not in this node's keyring"))
-            }),
+            SseMode::S3 => {
+                self.masters.get(id).cloned().ok_or_else(|| {
+                    EngineError::KeyUnavailable(format!("master key {id:?} is not in this node's keyring"))
+                })
+            }
             SseMode::Kms => self.kms_key(id).cloned(),
             SseMode::Customer => customer.map(|c| c.key.clone()).ok_or(EngineError::CustomerKeyRequired),
         }
     }
 
     /// Unwraps a data key of an object protected as `encryption`.
-    pub fn unwrap(&self, encryption: &Encryption, wrapped: &str, customer: Option<&CustomerKey>) -> EngineResult<DataKey> {
+    pub fn unwrap(
+        &self,
+        encryption: &Encryption,
+        wrapped: &str,
+        customer: Option<&CustomerKey>,
+    ) -> EngineResult<DataKey> {
         let kek = self.wrapping_key(encryption, customer)?;
         unwrap(&kek, wrapped, encryption.mode).ok_or_else(|| match encryption.mode {
             SseMode::Customer => EngineError::AccessDenied("the SSE-C key does not open this object".into()),
@@ -318,9 +343,9 @@ pub fn check_customer_key(encryption: &Encryption, customer: Option<&CustomerKey
             Err(EngineError::AccessDenied("the SSE-C key does not match the object's key".into()))
         }
         (SseMode::Customer, Some(_)) => Ok(()),
-        (_, Some(_)) => Err(EngineError::InvalidRequest(
-            "The encryption parameters are not applicable to this object.".into(),
-        )),
+        (_, Some(_)) => {
+            Err(EngineError::InvalidRequest("The encryption parameters are not applicable to this object.".into()))
+        }
         (_, None) => Ok(()),
     }
 }
@@ -463,8 +488,7 @@ impl Sealer {
     }
 
     fn seal_pending(&mut self, last: bool) -> Bytes {
-        let mut chunk =
-            std::mem::replace(&mut self.pending, BytesMut::with_capacity((SEAL_CHUNK + TAG_LEN) as usize));
+        let mut chunk = std::mem::replace(&mut self.pending, BytesMut::with_capacity((SEAL_CHUNK + TAG_LEN) as usize));
         self.key.seal(self.index, last, &mut chunk);
         self.index += 1;
         chunk.freeze()
@@ -528,7 +552,10 @@ impl OpenState {
         }
         let mut chunk = self.buf.split_to(want);
         self.key.open(self.index, last, &mut chunk).map_err(|()| -> BodyError {
-            Box::new(EngineError::Corrupt(format!("sealed chunk {} does not open: the stored bytes were altered", self.index)))
+            Box::new(EngineError::Corrupt(format!(
+                "sealed chunk {} does not open: the stored bytes were altered",
+                self.index
+            )))
         })?;
         self.index += 1;
         let mut plain = chunk.freeze().slice(std::mem::take(&mut self.skip)..);
@@ -624,8 +651,10 @@ mod tests {
 
     async fn open(key: &DataKey, sealed: &[u8], size: u64, from: u64, len: u64) -> Result<Vec<u8>, BodyError> {
         let (start, slen, _) = sealed_range(size, from, len);
-        let body = crate::ingest::body_from_bytes(Bytes::copy_from_slice(&sealed[start as usize..(start + slen) as usize]));
-        let pieces: Vec<Bytes> = futures::TryStreamExt::try_collect(open_stream(body, key.clone(), size, from, len)).await?;
+        let body =
+            crate::ingest::body_from_bytes(Bytes::copy_from_slice(&sealed[start as usize..(start + slen) as usize]));
+        let pieces: Vec<Bytes> =
+            futures::TryStreamExt::try_collect(open_stream(body, key.clone(), size, from, len)).await?;
         Ok(pieces.concat())
     }
 
@@ -660,7 +689,13 @@ mod tests {
 
     #[test]
     fn data_keys_unwrap_only_under_their_key_and_mode() {
-        let ring = Keyring::parse("master m1 {k1}\nkms app {k2}\n".replace("{k1}", &"11".repeat(32)).replace("{k2}", &"22".repeat(32)).as_str()).unwrap();
+        let ring = Keyring::parse(
+            "master m1 {k1}\nkms app {k2}\n"
+                .replace("{k1}", &"11".repeat(32))
+                .replace("{k2}", &"22".repeat(32))
+                .as_str(),
+        )
+        .unwrap();
         let (enc, data) = ring.new_data_key(&Protection::S3).unwrap();
         assert_eq!(enc.key_id.as_deref(), Some("m1"));
         let wrapped = enc.wrapped_key.clone().unwrap();

@@ -10,8 +10,8 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use meridian_blob::{BlobId, BlobStore, BlobWriter};
 
-use crate::crypt::{DataKey, Sealer};
 use crate::checksum::{ChecksumAlgorithm, ChecksumType, Hasher, StoredChecksum, decode_checksum};
+use crate::crypt::{DataKey, Sealer};
 use crate::error::{EngineError, EngineResult};
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -134,17 +134,17 @@ impl Sink {
 }
 
 /// Where plaintext goes: straight to the sink, or sealed first.
-struct Store<'a> {
+struct Store<'a, 't> {
     blobs: &'a BlobStore,
     sink: Sink,
     sealer: Option<Sealer>,
     digester: meridian_blob::ChunkHasher,
     stored: u64,
-    tee: Option<&'a mut dyn Tee>,
+    tee: Option<&'t mut (dyn Tee + 'a)>,
     sealed: Vec<Bytes>,
 }
 
-impl Store<'_> {
+impl Store<'_, '_> {
     async fn take(&mut self, limits: &IngestLimits, chunk: Bytes) -> EngineResult<()> {
         match &mut self.sealer {
             None => self.put(limits, chunk).await,
@@ -181,17 +181,22 @@ impl Store<'_> {
 }
 
 /// Consumes `body`. On any error nothing durable is left behind.
-pub async fn ingest(blobs: &BlobStore, body: Body, integrity: Integrity, limits: IngestLimits) -> EngineResult<Ingested> {
+pub async fn ingest(
+    blobs: &BlobStore,
+    body: Body,
+    integrity: Integrity,
+    limits: IngestLimits,
+) -> EngineResult<Ingested> {
     ingest_teed(blobs, body, integrity, limits, None).await
 }
 
 /// [`ingest`], handing every stored chunk to `tee` as well.
-pub(crate) async fn ingest_teed(
-    blobs: &BlobStore,
+pub(crate) async fn ingest_teed<'a>(
+    blobs: &'a BlobStore,
     mut body: Body,
     integrity: Integrity,
     limits: IngestLimits,
-    tee: Option<&mut dyn Tee>,
+    tee: Option<&'a mut (dyn Tee + 'a)>,
 ) -> EngineResult<Ingested> {
     if let Some(len) = integrity.content_length
         && len > limits.max_size

@@ -156,8 +156,7 @@ impl Engine {
         if integrity.algorithm.is_none() {
             integrity.algorithm = upload.checksum_algorithm;
         }
-        self.store_part(bucket, key, upload_id, part_number, (&upload, &location), body, integrity, customer_key)
-            .await
+        self.store_part(bucket, key, upload_id, part_number, (&upload, &location), body, integrity, customer_key).await
     }
 
     /// Ingests one part's bytes (sealed under a data key of its own when the upload is

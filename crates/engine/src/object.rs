@@ -558,7 +558,8 @@ impl Engine {
             let Some(encryption) = encryption else {
                 return Ok(Piece { stored, len: stored_len(plain), key: None });
             };
-            let wrapped = wrapped.ok_or_else(|| EngineError::Corrupt("an encrypted object without its data key".into()))?;
+            let wrapped =
+                wrapped.ok_or_else(|| EngineError::Corrupt("an encrypted object without its data key".into()))?;
             let key = self.config().keyring.unwrap(encryption, wrapped, customer)?;
             Ok(Piece { stored, len: plain, key: Some(key) })
         };
@@ -569,8 +570,12 @@ impl Engine {
                 Ok(vec![piece(Stored::Inline(data), record.size, whole_key)?])
             }
             DataLayout::Blob { id, digests, holders } => {
-                let span =
-                    Span { blob: *id, blob_len: stored_len(record.size), digests: digests.clone(), holders: holders.clone() };
+                let span = Span {
+                    blob: *id,
+                    blob_len: stored_len(record.size),
+                    digests: digests.clone(),
+                    holders: holders.clone(),
+                };
                 Ok(vec![piece(Stored::Blob(span), record.size, whole_key)?])
             }
             DataLayout::Parts { parts } => parts

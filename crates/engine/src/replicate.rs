@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use meridian_blob::{BlobId, StoredCopy};
 use tokio::sync::mpsc;
 
@@ -75,7 +74,6 @@ impl Copies {
             reasons: reasons.join("; "),
         }
     }
-
 }
 
 #[async_trait::async_trait]

@@ -157,7 +157,8 @@ async fn listing_with_delimiter_pages_and_markers() {
 async fn multipart_complete_and_ranges_across_parts() {
     let f = fixture();
     f.engine.create_bucket("bkt", "me").await.unwrap();
-    let upload = f.engine.create_multipart_upload("bkt", "mp", ObjectHeaders::default(), None, false, None).await.unwrap();
+    let upload =
+        f.engine.create_multipart_upload("bkt", "mp", ObjectHeaders::default(), None, false, None).await.unwrap();
     let parts: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![b'a' + i; 20 + i as usize])).collect();
     let mut listed = Vec::new();
     for (i, data) in parts.iter().enumerate() {
@@ -279,7 +280,17 @@ async fn writes_to_a_bucket_pinned_to_another_region_are_refused_by_the_engine()
     let part =
         a.upload_part("ledger", "mp", &upload.upload_id, 2, body_from_bytes(vec![4u8; 50]), Integrity::default(), None);
     refused(part.await.map(drop));
-    let part_copy = a.upload_part_copy("ledger", "mp", &upload.upload_id, 2, "ledger", "src", None, Default::default(), (None, None));
+    let part_copy = a.upload_part_copy(
+        "ledger",
+        "mp",
+        &upload.upload_id,
+        2,
+        "ledger",
+        "src",
+        None,
+        Default::default(),
+        (None, None),
+    );
     refused(part_copy.await.map(drop));
     let no_conditions = WriteConditions::default();
     refused(a.complete_multipart_upload("ledger", "mp", &upload.upload_id, &listed, &no_conditions).await.map(drop));

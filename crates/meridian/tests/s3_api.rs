@@ -999,17 +999,6 @@ async fn lifecycle_configuration() {
     assert_eq!(error_code(&err), "NoSuchLifecycleConfiguration");
 }
 
-/// A keyring file (owner-only) with a master key and the KMS key `app`, for a server started
-/// with `--sse-keyring`.
-fn sse_keyring(dir: &std::path::Path) -> std::path::PathBuf {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join("keyring");
-    let text = format!("master m1 {}\nkms app {}\n", "a1".repeat(32), "b2".repeat(32));
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).unwrap();
-    std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
-    path
-}
-
 /// An SSE-C key: (base64 key, base64 MD5 of the key).
 fn customer_key(byte: u8) -> (String, String) {
     use base64::Engine as _;
@@ -1050,9 +1039,12 @@ fn files_containing(root: &std::path::Path, needle: &[u8]) -> Vec<std::path::Pat
 /// any file under the node's data directory (nor, clustered, the other regions' caches).
 #[tokio::test]
 async fn server_side_encryption() {
-    use aws_sdk_s3::types::{ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule};
+    use aws_sdk_s3::types::{
+        ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration,
+        ServerSideEncryptionRule,
+    };
     let keys = tempfile::tempdir().unwrap();
-    let keyring = sse_keyring(keys.path());
+    let keyring = common::sse_keyring(keys.path());
     let server = Server::start_with(&["--sse-keyring", keyring.to_str().unwrap()]);
     let s3 = server.client();
     let b = "sealed";
@@ -1062,8 +1054,15 @@ async fn server_side_encryption() {
     let big = secret_body(300_000, 1);
     let small = secret_body(200, 2);
     for (key, data) in [("s3/big", &big), ("s3/small", &small)] {
-        let put = s3.put_object().bucket(b).key(key).server_side_encryption(ServerSideEncryption::Aes256)
-            .body(ByteStream::from(data.clone())).send().await.unwrap();
+        let put = s3
+            .put_object()
+            .bucket(b)
+            .key(key)
+            .server_side_encryption(ServerSideEncryption::Aes256)
+            .body(ByteStream::from(data.clone()))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(put.server_side_encryption(), Some(&ServerSideEncryption::Aes256));
         assert_eq!(put.e_tag().unwrap(), format!("\"{}\"", md5_hex(data)));
         let got = s3.get_object().bucket(b).key(key).send().await.unwrap();
@@ -1084,80 +1083,211 @@ async fn server_side_encryption() {
 
     // SSE-KMS against the keyring; an unknown key id is refused as AWS KMS does.
     let kms = secret_body(100_000, 3);
-    let put = s3.put_object().bucket(b).key("kms").server_side_encryption(ServerSideEncryption::AwsKms)
-        .ssekms_key_id("app").body(ByteStream::from(kms.clone())).send().await.unwrap();
+    let put = s3
+        .put_object()
+        .bucket(b)
+        .key("kms")
+        .server_side_encryption(ServerSideEncryption::AwsKms)
+        .ssekms_key_id("app")
+        .body(ByteStream::from(kms.clone()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.ssekms_key_id(), Some("app"));
     assert_ne!(put.e_tag().unwrap(), format!("\"{}\"", md5_hex(&kms)), "an SSE-KMS ETag is not the MD5");
     let got = s3.get_object().bucket(b).key("kms").send().await.unwrap();
     assert_eq!((got.server_side_encryption(), got.ssekms_key_id()), (Some(&ServerSideEncryption::AwsKms), Some("app")));
     assert!(body_bytes(got).await == kms);
-    let err = s3.put_object().bucket(b).key("kms2").server_side_encryption(ServerSideEncryption::AwsKms)
-        .ssekms_key_id("nope").body(ByteStream::from_static(b"x")).send().await.unwrap_err();
+    let err = s3
+        .put_object()
+        .bucket(b)
+        .key("kms2")
+        .server_side_encryption(ServerSideEncryption::AwsKms)
+        .ssekms_key_id("nope")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!((error_code(&err).as_str(), error_status(&err)), ("KMS.NotFoundException", 400));
 
     // SSE-C: the same key opens it; none, or another, is refused as S3 does.
     let (key1, md5_1) = customer_key(1);
     let (key2, md5_2) = customer_key(2);
     let sse_c = secret_body(150_000, 4);
-    let put = s3.put_object().bucket(b).key("c").sse_customer_algorithm("AES256").sse_customer_key(&key1)
-        .sse_customer_key_md5(&md5_1).body(ByteStream::from(sse_c.clone())).send().await.unwrap();
+    let put = s3
+        .put_object()
+        .bucket(b)
+        .key("c")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&key1)
+        .sse_customer_key_md5(&md5_1)
+        .body(ByteStream::from(sse_c.clone()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!((put.sse_customer_algorithm(), put.sse_customer_key_md5()), (Some("AES256"), Some(md5_1.as_str())));
-    let got = s3.get_object().bucket(b).key("c").sse_customer_algorithm("AES256").sse_customer_key(&key1)
-        .sse_customer_key_md5(&md5_1).range("bytes=70000-70009").send().await.unwrap();
+    let got = s3
+        .get_object()
+        .bucket(b)
+        .key("c")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&key1)
+        .sse_customer_key_md5(&md5_1)
+        .range("bytes=70000-70009")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(got.sse_customer_key_md5(), Some(md5_1.as_str()));
     assert!(body_bytes(got).await == sse_c[70_000..70_010]);
     let err = s3.get_object().bucket(b).key("c").send().await.unwrap_err();
     assert_eq!((error_code(&err).as_str(), error_status(&err)), ("InvalidRequest", 400));
-    let err = s3.get_object().bucket(b).key("c").sse_customer_algorithm("AES256").sse_customer_key(&key2)
-        .sse_customer_key_md5(&md5_2).send().await.unwrap_err();
+    let err = s3
+        .get_object()
+        .bucket(b)
+        .key("c")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&key2)
+        .sse_customer_key_md5(&md5_2)
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!((error_code(&err).as_str(), error_status(&err)), ("AccessDenied", 403));
-    let err = s3.head_object().bucket(b).key("c").sse_customer_algorithm("AES256").sse_customer_key(&key2)
-        .sse_customer_key_md5(&md5_2).send().await.unwrap_err();
+    let err = s3
+        .head_object()
+        .bucket(b)
+        .key("c")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&key2)
+        .sse_customer_key_md5(&md5_2)
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(error_status(&err), 403, "HEAD needs the right key too");
-    let err = s3.put_object().bucket(b).key("bad-md5").sse_customer_algorithm("AES256").sse_customer_key(&key1)
-        .sse_customer_key_md5(&md5_2).body(ByteStream::from_static(b"x")).send().await.unwrap_err();
+    let err = s3
+        .put_object()
+        .bucket(b)
+        .key("bad-md5")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&key1)
+        .sse_customer_key_md5(&md5_2)
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!((error_code(&err).as_str(), error_status(&err)), ("InvalidArgument", 400));
 
     // Copies between modes: SSE-C → SSE-S3 (with the copy-source key), SSE-S3 → SSE-C.
     let err = s3.copy_object().bucket(b).key("c-copy").copy_source(format!("{b}/c")).send().await.unwrap_err();
     assert_eq!(error_status(&err), 400, "copying an SSE-C source needs its key");
-    let copied = s3.copy_object().bucket(b).key("c-copy").copy_source(format!("{b}/c"))
-        .copy_source_sse_customer_algorithm("AES256").copy_source_sse_customer_key(&key1)
-        .copy_source_sse_customer_key_md5(&md5_1).server_side_encryption(ServerSideEncryption::Aes256)
-        .send().await.unwrap();
+    let copied = s3
+        .copy_object()
+        .bucket(b)
+        .key("c-copy")
+        .copy_source(format!("{b}/c"))
+        .copy_source_sse_customer_algorithm("AES256")
+        .copy_source_sse_customer_key(&key1)
+        .copy_source_sse_customer_key_md5(&md5_1)
+        .server_side_encryption(ServerSideEncryption::Aes256)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(copied.server_side_encryption(), Some(&ServerSideEncryption::Aes256));
     assert!(body_bytes(s3.get_object().bucket(b).key("c-copy").send().await.unwrap()).await == sse_c);
-    let copied = s3.copy_object().bucket(b).key("big-c").copy_source(format!("{b}/s3/big"))
-        .sse_customer_algorithm("AES256").sse_customer_key(&key2).sse_customer_key_md5(&md5_2).send().await.unwrap();
+    let copied = s3
+        .copy_object()
+        .bucket(b)
+        .key("big-c")
+        .copy_source(format!("{b}/s3/big"))
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&key2)
+        .sse_customer_key_md5(&md5_2)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(copied.sse_customer_key_md5(), Some(md5_2.as_str()));
-    let got = s3.get_object().bucket(b).key("big-c").sse_customer_algorithm("AES256").sse_customer_key(&key2)
-        .sse_customer_key_md5(&md5_2).send().await.unwrap();
+    let got = s3
+        .get_object()
+        .bucket(b)
+        .key("big-c")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&key2)
+        .sse_customer_key_md5(&md5_2)
+        .send()
+        .await
+        .unwrap();
     assert!(body_bytes(got).await == big);
 
     // Multipart with SSE-C: every part needs the upload's key; UploadPartCopy of an SSE-KMS source.
-    let create = s3.create_multipart_upload().bucket(b).key("mp").sse_customer_algorithm("AES256")
-        .sse_customer_key(&key1).sse_customer_key_md5(&md5_1).send().await.unwrap();
+    let create = s3
+        .create_multipart_upload()
+        .bucket(b)
+        .key("mp")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&key1)
+        .sse_customer_key_md5(&md5_1)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(create.sse_customer_key_md5(), Some(md5_1.as_str()));
     let id = create.upload_id().unwrap();
     let part1 = secret_body(5 * MIB, 5);
-    let err = s3.upload_part().bucket(b).key("mp").upload_id(id).part_number(1)
-        .body(ByteStream::from(part1.clone())).send().await.unwrap_err();
+    let err = s3
+        .upload_part()
+        .bucket(b)
+        .key("mp")
+        .upload_id(id)
+        .part_number(1)
+        .body(ByteStream::from(part1.clone()))
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(error_status(&err), 400, "a part without the upload's SSE-C key");
-    let up1 = s3.upload_part().bucket(b).key("mp").upload_id(id).part_number(1).sse_customer_algorithm("AES256")
-        .sse_customer_key(&key1).sse_customer_key_md5(&md5_1).body(ByteStream::from(part1.clone())).send().await.unwrap();
+    let up1 = s3
+        .upload_part()
+        .bucket(b)
+        .key("mp")
+        .upload_id(id)
+        .part_number(1)
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&key1)
+        .sse_customer_key_md5(&md5_1)
+        .body(ByteStream::from(part1.clone()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(up1.sse_customer_key_md5(), Some(md5_1.as_str()));
-    let up2 = s3.upload_part_copy().bucket(b).key("mp").upload_id(id).part_number(2).copy_source(format!("{b}/kms"))
-        .sse_customer_algorithm("AES256").sse_customer_key(&key1).sse_customer_key_md5(&md5_1).send().await.unwrap();
+    let up2 = s3
+        .upload_part_copy()
+        .bucket(b)
+        .key("mp")
+        .upload_id(id)
+        .part_number(2)
+        .copy_source(format!("{b}/kms"))
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&key1)
+        .sse_customer_key_md5(&md5_1)
+        .send()
+        .await
+        .unwrap();
     let parts = CompletedMultipartUpload::builder()
         .parts(CompletedPart::builder().part_number(1).e_tag(up1.e_tag().unwrap()).build())
         .parts(CompletedPart::builder().part_number(2).e_tag(up2.copy_part_result().unwrap().e_tag().unwrap()).build())
         .build();
-    let done = s3.complete_multipart_upload().bucket(b).key("mp").upload_id(id).multipart_upload(parts)
-        .send().await.unwrap();
+    let done =
+        s3.complete_multipart_upload().bucket(b).key("mp").upload_id(id).multipart_upload(parts).send().await.unwrap();
     assert!(done.e_tag().unwrap().ends_with("-2\""));
     let whole = [part1.as_slice(), kms.as_slice()].concat();
-    let got = s3.get_object().bucket(b).key("mp").sse_customer_algorithm("AES256").sse_customer_key(&key1)
-        .sse_customer_key_md5(&md5_1).range(format!("bytes={}-{}", 5 * MIB - 10, 5 * MIB + 9)).send().await.unwrap();
+    let got = s3
+        .get_object()
+        .bucket(b)
+        .key("mp")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&key1)
+        .sse_customer_key_md5(&md5_1)
+        .range(format!("bytes={}-{}", 5 * MIB - 10, 5 * MIB + 9))
+        .send()
+        .await
+        .unwrap();
     assert!(body_bytes(got).await == whole[5 * MIB - 10..5 * MIB + 10], "a range across the parts");
     let err = s3.get_object().bucket(b).key("mp").send().await.unwrap_err();
     assert_eq!(error_status(&err), 400);
@@ -1165,7 +1295,11 @@ async fn server_side_encryption() {
     // Default bucket encryption applies to writes that ask for nothing.
     let rule = ServerSideEncryptionRule::builder()
         .apply_server_side_encryption_by_default(
-            ServerSideEncryptionByDefault::builder().sse_algorithm(ServerSideEncryption::AwsKms).kms_master_key_id("app").build().unwrap(),
+            ServerSideEncryptionByDefault::builder()
+                .sse_algorithm(ServerSideEncryption::AwsKms)
+                .kms_master_key_id("app")
+                .build()
+                .unwrap(),
         )
         .build();
     let config = ServerSideEncryptionConfiguration::builder().rules(rule).build().unwrap();
@@ -1174,7 +1308,8 @@ async fn server_side_encryption() {
     let rule = &got.server_side_encryption_configuration().unwrap().rules()[0];
     let default = rule.apply_server_side_encryption_by_default().unwrap();
     assert_eq!((default.sse_algorithm(), default.kms_master_key_id()), (&ServerSideEncryption::AwsKms, Some("app")));
-    let put = s3.put_object().bucket(b).key("by-default").body(ByteStream::from(secret_body(5000, 6))).send().await.unwrap();
+    let put =
+        s3.put_object().bucket(b).key("by-default").body(ByteStream::from(secret_body(5000, 6))).send().await.unwrap();
     assert_eq!((put.server_side_encryption(), put.ssekms_key_id()), (Some(&ServerSideEncryption::AwsKms), Some("app")));
     s3.delete_bucket_encryption().bucket(b).send().await.unwrap();
     let err = s3.get_bucket_encryption().bucket(b).send().await.unwrap_err();

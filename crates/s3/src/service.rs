@@ -6,12 +6,12 @@ mod attributes;
 mod buckets;
 mod config;
 mod cors;
-mod sse;
 mod grants;
 mod listing;
 mod multipart;
 mod objects;
 mod shared;
+mod sse;
 mod tagging;
 mod website;
 

@@ -120,10 +120,12 @@ pub(super) async fn get_bucket_encryption(
     req: S3Request<GetBucketEncryptionInput>,
 ) -> S3Result<S3Response<GetBucketEncryptionOutput>> {
     let Some(default) = s3.engine.bucket_encryption(&req.input.bucket).await.map_err(s3_error)? else {
-        return Err(S3Error::with_message(
+        let mut e = S3Error::with_message(
             S3ErrorCode::Custom("ServerSideEncryptionConfigurationNotFoundError".into()),
             "The server side encryption configuration was not found",
-        ));
+        );
+        e.set_status_code(http::StatusCode::NOT_FOUND);
+        return Err(e);
     };
     let algorithm = match default.mode {
         SseMode::Kms => ServerSideEncryption::AWS_KMS,
