@@ -9,8 +9,8 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::MeridianS3;
 use super::shared::{
-    ChecksumAlgorithm_from, ChecksumHeaders, check_source, integrity, not_implemented, read_conditions,
-    refuse_unsupported, request_body, source_of, written,
+    ChecksumAlgorithm_from, ChecksumHeaders, check_source, integrity, read_conditions, refuse_unsupported,
+    request_body, source_of, written,
 };
 use super::sse::{CustomerHeaders, SseFields, SseHeaders};
 use super::tagging::tags_from_header;
