@@ -188,6 +188,10 @@ pub struct BenchArgs {
     /// `--objects`): skip preparing them.
     #[arg(long)]
     pub prepared: bool,
+    /// Ask for server-side encryption on every PUT (`AES256` for SSE-S3, `aws:kms`): sent as
+    /// `x-amz-server-side-encryption`.
+    #[arg(long)]
+    pub sse: Option<String>,
 }
 
 impl BenchArgs {
@@ -222,6 +226,7 @@ impl BenchArgs {
             read_endpoint: None,
             mirror_dir: None,
             prepared: false,
+            sse: None,
             put_keys: None,
         }
     }

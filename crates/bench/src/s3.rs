@@ -64,6 +64,8 @@ pub struct S3Client {
     endpoint: Endpoint,
     bucket: String,
     signer: Option<Signer>,
+    /// `x-amz-server-side-encryption` sent with every PUT.
+    sse: Option<String>,
 }
 
 /// A parsed `http://host:port` or `https://host:port` endpoint.
@@ -179,10 +181,22 @@ pub struct Conn {
 impl S3Client {
     /// A client for `bucket` at `endpoint`; `creds` `None` sends unsigned requests.
     pub fn new(endpoint: &Endpoint, bucket: &str, creds: Option<(&str, &str)>, region: &str) -> Arc<Self> {
+        Self::with_sse(endpoint, bucket, creds, region, None)
+    }
+
+    /// [`S3Client::new`], asking for server-side encryption (`AES256`, `aws:kms`) on every PUT.
+    pub fn with_sse(
+        endpoint: &Endpoint,
+        bucket: &str,
+        creds: Option<(&str, &str)>,
+        region: &str,
+        sse: Option<String>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             endpoint: endpoint.clone(),
             bucket: bucket.to_owned(),
             signer: creds.map(|(ak, sk)| Signer::new(ak, sk, region, "s3")),
+            sse,
         })
     }
 
@@ -312,7 +326,9 @@ impl S3Client {
 
     /// PUT an object.
     pub async fn put(&self, conn: &mut Conn, key: &str, body: Bytes) -> Result<(), OpError> {
-        self.send(conn, Method::PUT, Some(key), &[], &[], body, false).await.map(|_| ())
+        let sse: Vec<(&str, &str)> =
+            self.sse.as_deref().map(|s| ("x-amz-server-side-encryption", s)).into_iter().collect();
+        self.send(conn, Method::PUT, Some(key), &[], &sse, body, false).await.map(|_| ())
     }
 
     /// GET an object; returns the number of body bytes received.

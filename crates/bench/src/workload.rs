@@ -203,7 +203,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, BenchError> {
                     "credentials missing: pass --access-key and --secret-key or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
                 ));
             };
-            let c = S3Client::new(&ep, &args.bucket, Some((ak, sk)), &args.region);
+            let c = S3Client::with_sse(&ep, &args.bucket, Some((ak, sk)), &args.region, args.sse.clone());
             (Backend::S3(c), format!("s3 {url}"))
         }
         TargetSpec::NullHttp => {

@@ -52,6 +52,11 @@ pub fn check_private_dir(dir: &Path) -> Result<(), NotPrivate> {
     Ok(())
 }
 
+/// Checks that a file of secrets (a key file) gives the group and others no access.
+pub fn check_private_file(path: &Path) -> Result<(), NotPrivate> {
+    check_one(path, path)
+}
+
 fn check_one(path: &Path, root: &Path) -> Result<(), NotPrivate> {
     let meta = std::fs::symlink_metadata(path).map_err(|error| NotPrivate::Io { path: path.to_path_buf(), error })?;
     if meta.file_type().is_symlink() {

@@ -73,10 +73,12 @@ impl Engine {
                 out.push(None);
                 continue;
             };
+            let (encryption, sealing) = self.new_sealing(self.protection_for(None, record).as_ref())?;
             let limits = IngestLimits {
                 inline_max: self.config().inline_max,
                 max_size: self.config().max_object_size,
                 blob_id: None,
+                sealing: sealing.clone(),
             };
             let body = body_from_bytes(value.clone());
             let ingested = self.ingest_placed(bucket, &record.location, body, Integrity::default(), limits).await;
@@ -91,7 +93,13 @@ impl Engine {
                 ttl.map(expires_after),
                 crate::lifecycle::object_expiry(rules, key, &crate::tagging::Tags::new(), now_ms()),
             );
-            let (record, inline) = self.new_record(ingested, holders, ObjectHeaders::default(), expires_at_ms);
+            let (record, inline) = self.new_record(
+                ingested,
+                holders,
+                ObjectHeaders::default(),
+                expires_at_ms,
+                crate::object::Sealed { encryption, key: sealing },
+            );
             out.push(Some(Prepared { record, inline }));
         }
         Ok(out)

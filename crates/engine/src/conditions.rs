@@ -151,6 +151,7 @@ mod tests {
             data: DataLayout::Inline,
             expires_at_ms: None,
             version: None,
+            encryption: None,
         }
     }
 

@@ -112,6 +112,14 @@ pub enum EngineError {
     InvalidBucketAclWithObjectOwnership,
     #[error("The bucket does not allow ACLs")]
     AccessControlListNotSupported,
+    #[error("Invalid keyId {0}: no such key in this node's keyring")]
+    KmsKeyNotFound(String),
+    #[error(
+        "The object was stored using a form of Server Side Encryption. The correct parameters must be provided to retrieve the object."
+    )]
+    CustomerKeyRequired,
+    #[error("an encryption key is unavailable: {0}")]
+    KeyUnavailable(String),
     #[error(
         "bucket {bucket:?} is pinned to region {pinned}; this node is in region {here} and does not store its objects"
     )]
@@ -171,6 +179,8 @@ impl EngineError {
             | E::MalformedPolicy(_)
             | E::InvalidBucketAclWithObjectOwnership
             | E::AccessControlListNotSupported
+            | E::KmsKeyNotFound(_)
+            | E::CustomerKeyRequired
             | E::Body(_) => K::Invalid,
             E::AccessDenied(_) | E::PinnedElsewhere { .. } | E::OutsideRegions { .. } => K::Denied,
             E::NoSuchBucket
@@ -195,7 +205,7 @@ impl EngineError {
             | E::NodeIsLive { .. } => K::Conflict,
             E::Contended | E::LockContended { .. } => K::Contended,
             E::Unavailable(_) | E::RegionUnavailable { .. } => K::Unavailable,
-            E::Corrupt(_) => K::Internal,
+            E::Corrupt(_) | E::KeyUnavailable(_) => K::Internal,
             E::Meta(e) => meta_kind(e),
             E::Blob(e) => blob_kind(e),
         }

@@ -413,7 +413,7 @@ impl Follower {
     }
 
     async fn read_through(&self, current: &Current) -> EngineResult<()> {
-        let (body, _) = self.engine.open_body(current, None).await?;
+        let (body, _) = self.engine.open_body(current, None, crate::object::Reading::Stored).await?;
         body.try_for_each(|_| async { Ok(()) }).await.map_err(|e| EngineError::Unavailable(e.to_string()))
     }
 

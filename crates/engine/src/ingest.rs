@@ -11,6 +11,7 @@ use futures::{Stream, StreamExt};
 use meridian_blob::{BlobId, BlobStore, BlobWriter};
 
 use crate::checksum::{ChecksumAlgorithm, ChecksumType, Hasher, StoredChecksum, decode_checksum};
+use crate::crypt::{DataKey, Sealer};
 use crate::error::{EngineError, EngineResult};
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -59,11 +60,14 @@ pub enum IngestedData {
 }
 
 pub struct Ingested {
+    /// Plaintext bytes.
     pub size: u64,
+    /// Bytes stored (sealed when encrypted).
+    pub stored_size: u64,
     pub md5: [u8; 16],
     pub checksum: Option<StoredChecksum>,
     pub data: IngestedData,
-    /// CRC32C per chunk of the bytes (for blobs; empty when inline).
+    /// CRC32C per chunk of the stored bytes (for blobs; empty when inline).
     pub digests: Vec<u32>,
 }
 
@@ -81,6 +85,21 @@ pub struct IngestLimits {
     /// The id of the blob to write (a multi-region write names it before the bytes arrive, so
     /// its copies in other regions carry the same id); `None`: a fresh one.
     pub blob_id: Option<BlobId>,
+    /// Seal the bytes under this data key before they are stored (or sent anywhere).
+    pub sealing: Option<DataKey>,
+}
+
+impl IngestLimits {
+    /// Every byte to a blob, no size limit (copies of existing objects).
+    pub fn to_blob(sealing: Option<DataKey>) -> IngestLimits {
+        IngestLimits { inline_max: 0, max_size: u64::MAX, blob_id: None, sealing }
+    }
+}
+
+/// Gets every stored chunk too, as it is stored (a multi-region write's copies).
+#[async_trait::async_trait]
+pub(crate) trait Tee: Send {
+    async fn send(&mut self, chunk: &Bytes) -> Result<(), BodyError>;
 }
 
 enum Sink {
@@ -88,31 +107,9 @@ enum Sink {
     Blob(BlobWriter),
 }
 
-/// Consumes `body`. On any error nothing durable is left behind.
-pub async fn ingest(
-    blobs: &BlobStore,
-    mut body: Body,
-    integrity: Integrity,
-    limits: IngestLimits,
-) -> EngineResult<Ingested> {
-    if let Some(len) = integrity.content_length
-        && len > limits.max_size
-    {
-        return Err(EngineError::EntityTooLarge { max: limits.max_size });
-    }
-    let mut hasher = Hasher::new(integrity.algorithm);
-    let mut digester = meridian_blob::ChunkHasher::new(crate::CHUNK_SIZE);
-    let mut size: u64 = 0;
-    let mut sink = Sink::Memory(BytesMut::new());
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(EngineError::Body)?;
-        size += chunk.len() as u64;
-        if size > limits.max_size {
-            return Err(EngineError::EntityTooLarge { max: limits.max_size });
-        }
-        hasher.update(&chunk);
-        digester.update(&chunk);
-        sink = match sink {
+impl Sink {
+    async fn store(self, blobs: &BlobStore, limits: &IngestLimits, chunk: Bytes) -> EngineResult<Sink> {
+        Ok(match self {
             Sink::Memory(mut buf) if buf.len() + chunk.len() <= limits.inline_max => {
                 buf.extend_from_slice(&chunk);
                 Sink::Memory(buf)
@@ -132,7 +129,99 @@ pub async fn ingest(
                 writer.write(chunk).await?;
                 Sink::Blob(writer)
             }
-        };
+        })
+    }
+}
+
+/// Where plaintext goes: straight to the sink, or sealed first.
+struct Store<'a, 't> {
+    blobs: &'a BlobStore,
+    sink: Sink,
+    sealer: Option<Sealer>,
+    digester: meridian_blob::ChunkHasher,
+    stored: u64,
+    tee: Option<&'t mut (dyn Tee + 'a)>,
+    sealed: Vec<Bytes>,
+}
+
+impl Store<'_, '_> {
+    async fn take(&mut self, limits: &IngestLimits, chunk: Bytes) -> EngineResult<()> {
+        match &mut self.sealer {
+            None => self.put(limits, chunk).await,
+            Some(sealer) => {
+                sealer.push(&chunk, &mut self.sealed);
+                for sealed in std::mem::take(&mut self.sealed) {
+                    self.put(limits, sealed).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn put(&mut self, limits: &IngestLimits, chunk: Bytes) -> EngineResult<()> {
+        if let Some(tee) = &mut self.tee {
+            tee.send(&chunk).await.map_err(EngineError::Body)?;
+        }
+        self.stored += chunk.len() as u64;
+        self.digester.update(&chunk);
+        let sink = std::mem::replace(&mut self.sink, Sink::Memory(BytesMut::new()));
+        self.sink = sink.store(self.blobs, limits, chunk).await?;
+        Ok(())
+    }
+
+    async fn finish(mut self, limits: &IngestLimits) -> EngineResult<(IngestedData, Vec<u32>, u64)> {
+        if let Some(last) = self.sealer.take().and_then(Sealer::finish) {
+            self.put(limits, last).await?;
+        }
+        Ok(match self.sink {
+            Sink::Memory(buf) => (IngestedData::Inline(buf.freeze()), Vec::new(), self.stored),
+            Sink::Blob(writer) => (IngestedData::Blob(writer.finish().await?), self.digester.finish(), self.stored),
+        })
+    }
+}
+
+/// Consumes `body`. On any error nothing durable is left behind.
+pub async fn ingest(
+    blobs: &BlobStore,
+    body: Body,
+    integrity: Integrity,
+    limits: IngestLimits,
+) -> EngineResult<Ingested> {
+    ingest_teed(blobs, body, integrity, limits, None).await
+}
+
+/// [`ingest`], handing every stored chunk to `tee` as well.
+pub(crate) async fn ingest_teed<'a>(
+    blobs: &'a BlobStore,
+    mut body: Body,
+    integrity: Integrity,
+    limits: IngestLimits,
+    tee: Option<&'a mut (dyn Tee + 'a)>,
+) -> EngineResult<Ingested> {
+    if let Some(len) = integrity.content_length
+        && len > limits.max_size
+    {
+        return Err(EngineError::EntityTooLarge { max: limits.max_size });
+    }
+    let mut hasher = Hasher::new(integrity.algorithm);
+    let mut size: u64 = 0;
+    let mut store = Store {
+        blobs,
+        sink: Sink::Memory(BytesMut::new()),
+        sealer: limits.sealing.clone().map(Sealer::new),
+        digester: meridian_blob::ChunkHasher::new(crate::CHUNK_SIZE),
+        stored: 0,
+        tee,
+        sealed: Vec::new(),
+    };
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(EngineError::Body)?;
+        size += chunk.len() as u64;
+        if size > limits.max_size {
+            return Err(EngineError::EntityTooLarge { max: limits.max_size });
+        }
+        hasher.update(&chunk);
+        store.take(&limits, chunk).await?;
     }
     if let Some(len) = integrity.content_length
         && len != size
@@ -142,11 +231,8 @@ pub async fn ingest(
     let (md5, extra) = hasher.finish();
     verify_md5(&integrity, &md5)?;
     let checksum = verify_checksum(integrity, extra)?;
-    let (data, digests) = match sink {
-        Sink::Memory(buf) => (IngestedData::Inline(buf.freeze()), Vec::new()),
-        Sink::Blob(writer) => (IngestedData::Blob(writer.finish().await?), digester.finish()),
-    };
-    Ok(Ingested { size, md5, checksum, data, digests })
+    let (data, digests, stored_size) = store.finish(&limits).await?;
+    Ok(Ingested { size, stored_size, md5, checksum, data, digests })
 }
 
 fn verify_md5(integrity: &Integrity, md5: &[u8; 16]) -> EngineResult<()> {

@@ -20,6 +20,7 @@ pub mod clock;
 pub mod cluster;
 pub mod conditions;
 pub mod cors;
+pub mod crypt;
 mod error;
 pub mod follow;
 mod gc;
@@ -81,6 +82,10 @@ pub struct EngineConfig {
     /// A holder of an object's bytes silent (or unregistered) this long counts as lost: the
     /// objects whose copies it was are copied again elsewhere to keep their bucket's count.
     pub holder_lost_after: Duration,
+    /// Master keys and named (KMS) keys for encryption at rest.
+    pub keyring: Arc<crypt::Keyring>,
+    /// Encrypt every new object (SSE-S3) unless the request or the bucket asks otherwise.
+    pub encrypt_all: bool,
 }
 
 impl Default for EngineConfig {
@@ -92,6 +97,8 @@ impl Default for EngineConfig {
             blob_delete_delay: Duration::from_secs(60),
             node: record::Holder { node: "local".into(), region: "local".into(), store: None },
             holder_lost_after: Duration::from_secs(600),
+            keyring: Arc::default(),
+            encrypt_all: false,
         }
     }
 }

@@ -6,6 +6,7 @@ use meridian_meta::{Compare, Op, RangeRequest, Revision, Txn};
 
 use crate::checksum::{self, ChecksumAlgorithm, StoredChecksum, decode_checksum};
 use crate::conditions::{ReadConditions, WriteConditions};
+use crate::crypt::{CustomerKey, Encryption, Protection};
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{Body, IngestLimits, IngestedData, Integrity};
 use crate::lifecycle::{earliest, object_expiry, upload_abort};
@@ -76,11 +77,13 @@ impl Engine {
         headers: ObjectHeaders,
         checksum_algorithm: Option<ChecksumAlgorithm>,
         full_object_checksum: bool,
+        protection: Option<Protection>,
     ) -> EngineResult<UploadRecord> {
         validate_key(key)?;
         headers.validate()?;
         let (bucket_record, bucket_revision) = self.writable_bucket(bucket).await?;
         self.check_residency(bucket, &bucket_record)?;
+        let (encryption, _) = self.new_sealing(self.protection_for(protection, &bucket_record).as_ref())?;
         let initiated_ms = now_ms();
         let upload = UploadRecord {
             key: key.to_string(),
@@ -91,6 +94,7 @@ impl Engine {
             full_object_checksum,
             expires_at_ms: None,
             abort_at_ms: upload_abort(&bucket_record.lifecycle, key, initiated_ms),
+            encryption: encryption.map(|e| e.without_key()),
         };
         let upload_key = keys::upload(bucket, key, &upload.upload_id);
         let txn = Txn::new()
@@ -145,28 +149,60 @@ impl Engine {
         part_number: u32,
         body: Body,
         mut integrity: Integrity,
-    ) -> EngineResult<PartRecord> {
+        customer_key: Option<&CustomerKey>,
+    ) -> EngineResult<(PartRecord, Option<Encryption>)> {
         check_part_number(part_number)?;
         let (upload, location) = self.upload_for_part(bucket, key, upload_id).await?;
         if integrity.algorithm.is_none() {
             integrity.algorithm = upload.checksum_algorithm;
         }
-        let limits = IngestLimits { inline_max: 0, max_size: self.config().max_object_size, blob_id: None };
-        let (ingested, holders) = self.ingest_placed(bucket, &location, body, integrity, limits).await?;
+        self.store_part(bucket, key, upload_id, part_number, (&upload, &location), body, integrity, customer_key).await
+    }
+
+    /// Ingests one part's bytes (sealed under a data key of its own when the upload is
+    /// encrypted) and commits its record.
+    #[allow(clippy::too_many_arguments)]
+    async fn store_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        (upload, location): (&UploadRecord, &crate::record::Location),
+        body: Body,
+        integrity: Integrity,
+        customer_key: Option<&CustomerKey>,
+    ) -> EngineResult<(PartRecord, Option<Encryption>)> {
+        crate::crypt::check_plain_read(upload.encryption.as_ref(), customer_key)?;
+        let (wrapped_key, sealing) = match &upload.encryption {
+            Some(encryption) => {
+                let (wrapped, key) = self.config().keyring.new_part_key(encryption, customer_key)?;
+                (Some(wrapped), Some(key))
+            }
+            None => (None, None),
+        };
+        let limits = IngestLimits {
+            inline_max: 0,
+            max_size: self.config().max_object_size,
+            blob_id: None,
+            sealing: sealing.clone(),
+        };
+        let (ingested, holders) = self.ingest_placed(bucket, location, body, integrity, limits).await?;
         let IngestedData::Blob(blob) = ingested.data else {
             return Err(EngineError::Corrupt("a part was not written to a blob".into()));
         };
         let part = PartRecord {
             size: ingested.size,
-            etag: hex::encode(ingested.md5),
+            etag: Engine::etag_of(upload.encryption.as_ref(), sealing.as_ref(), &ingested.md5),
             modified_ms: now_ms(),
             blob,
             digests: ingested.digests,
             holders,
             checksum: ingested.checksum,
+            wrapped_key,
         };
         self.commit_part(bucket, key, upload_id, part_number, &part).await?;
-        Ok(part)
+        Ok((part, upload.encryption.clone()))
     }
 
     /// UploadPartCopy: a part made from (a range of) an existing object.
@@ -182,7 +218,8 @@ impl Engine {
         src_version_id: Option<String>,
         range: Option<ByteRange>,
         source_conditions: ReadConditions,
-    ) -> EngineResult<PartRecord> {
+        (source_key, customer_key): (Option<CustomerKey>, Option<&CustomerKey>),
+    ) -> EngineResult<(PartRecord, Option<Encryption>)> {
         check_part_number(part_number)?;
         let (upload, location) = self.upload_for_part(bucket, key, upload_id).await?;
         let source = self
@@ -191,27 +228,14 @@ impl Engine {
                 key: src_key.into(),
                 range,
                 version_id: src_version_id,
+                customer_key: source_key,
                 ..Default::default()
             })
             .await?;
         source_conditions.check_copy_source(&source.record)?;
         let integrity = Integrity { algorithm: upload.checksum_algorithm, ..Default::default() };
-        let limits = IngestLimits { inline_max: 0, max_size: self.config().max_object_size, blob_id: None };
-        let (ingested, holders) = self.ingest_placed(bucket, &location, source.body, integrity, limits).await?;
-        let IngestedData::Blob(blob) = ingested.data else {
-            return Err(EngineError::Corrupt("a part was not written to a blob".into()));
-        };
-        let part = PartRecord {
-            size: ingested.size,
-            etag: hex::encode(ingested.md5),
-            modified_ms: now_ms(),
-            blob,
-            digests: ingested.digests,
-            holders,
-            checksum: ingested.checksum,
-        };
-        self.commit_part(bucket, key, upload_id, part_number, &part).await?;
-        Ok(part)
+        self.store_part(bucket, key, upload_id, part_number, (&upload, &location), source.body, integrity, customer_key)
+            .await
     }
 
     async fn commit_part(
@@ -300,9 +324,11 @@ impl Engine {
                         size: p.size,
                         digests: p.digests.clone(),
                         holders: p.holders.clone(),
+                        wrapped_key: p.wrapped_key.clone(),
                     })
                     .collect(),
             },
+            encryption: upload.encryption.clone(),
             expires_at_ms: earliest(
                 upload.expires_at_ms,
                 object_expiry(&bucket_record.lifecycle, key, &upload.headers.tags, now_ms()),

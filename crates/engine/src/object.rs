@@ -8,6 +8,7 @@ use meridian_blob::{BlobError, BlobId};
 use meridian_meta::{Compare, KeyValue, Op, Revision, Txn};
 
 use crate::conditions::{ReadConditions, WriteConditions};
+use crate::crypt::{CustomerKey, DataKey, Encryption, Protection};
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{Body, BodyError, IngestLimits, Ingested, IngestedData, Integrity, body_from_bytes, ingest};
 use crate::lifecycle::{earliest, object_expiry};
@@ -29,6 +30,8 @@ pub struct PutRequest {
     pub conditions: WriteConditions,
     /// Makes the object expire at this instant (Unix ms).
     pub expires_at_ms: Option<i64>,
+    /// Server-side encryption asked for (`None`: the bucket's default or the node's).
+    pub protection: Option<Protection>,
 }
 
 #[derive(Clone, Debug)]
@@ -37,6 +40,13 @@ pub struct PutOutcome {
     pub size: u64,
     pub revision: Revision,
     pub record: ObjectRecord,
+}
+
+/// The encryption of freshly written bytes and the data key they were sealed under.
+#[derive(Default)]
+pub(crate) struct Sealed {
+    pub encryption: Option<Encryption>,
+    pub key: Option<DataKey>,
 }
 
 /// A byte range of a GET, as in the `Range` header.
@@ -80,6 +90,30 @@ pub struct GetRequest {
     pub consistency: Consistency,
     /// A version of the object (S3 `versionId`), read strongly.
     pub version_id: Option<String>,
+    /// The SSE-C key, for objects stored with one.
+    pub customer_key: Option<CustomerKey>,
+}
+
+/// Which bytes a read returns.
+#[derive(Clone, Copy)]
+pub(crate) enum Reading<'a> {
+    /// The plaintext (opened with this SSE-C key when the object has one).
+    Plain(Option<&'a CustomerKey>),
+    /// The bytes as stored (sealed, for encrypted objects): what copies and caches hold.
+    Stored,
+}
+
+/// One stored piece of an object (its inline bytes, its blob, or one part) and how to open it.
+struct Piece {
+    stored: Stored,
+    /// Length of the piece as read (plaintext when `key` is set, else as stored).
+    len: u64,
+    key: Option<DataKey>,
+}
+
+enum Stored {
+    Inline(Bytes),
+    Blob(Span),
 }
 
 pub struct GetOutcome {
@@ -116,14 +150,26 @@ pub struct Span {
 
 /// The blobs holding an object's bytes, in order (none for an inline object).
 pub(crate) fn spans(record: &crate::record::ObjectRecord) -> Vec<Span> {
+    let stored_len = |plain: u64| match record.encryption {
+        Some(_) => crate::crypt::sealed_len(plain),
+        None => plain,
+    };
     match &record.data {
         DataLayout::Inline => Vec::new(),
-        DataLayout::Blob { id, digests, holders } => {
-            vec![Span { blob: *id, blob_len: record.size, digests: digests.clone(), holders: holders.clone() }]
-        }
+        DataLayout::Blob { id, digests, holders } => vec![Span {
+            blob: *id,
+            blob_len: stored_len(record.size),
+            digests: digests.clone(),
+            holders: holders.clone(),
+        }],
         DataLayout::Parts { parts } => parts
             .iter()
-            .map(|p| Span { blob: p.blob, blob_len: p.size, digests: p.digests.clone(), holders: p.holders.clone() })
+            .map(|p| Span {
+                blob: p.blob,
+                blob_len: stored_len(p.size),
+                digests: p.digests.clone(),
+                holders: p.holders.clone(),
+            })
             .collect(),
     }
 }
@@ -189,6 +235,10 @@ pub struct CopyRequest {
     /// The destination bucket's record and revision when the caller has just read them (a
     /// stale record only costs the commit a retry); `None`: read here.
     pub dst_bucket_seen: Option<(BucketRecord, Revision)>,
+    /// The source's SSE-C key (`x-amz-copy-source-server-side-encryption-customer-*`).
+    pub source_key: Option<CustomerKey>,
+    /// Encryption asked for the copy (`None`: the destination bucket's default or the node's).
+    pub protection: Option<Protection>,
 }
 
 #[derive(Clone, Debug)]
@@ -323,16 +373,19 @@ impl Engine {
             None => self.writable_bucket(&req.bucket).await?,
         };
         self.check_residency(&req.bucket, &bucket)?;
+        let (encryption, sealing) = self.new_sealing(self.protection_for(req.protection, &bucket).as_ref())?;
         let limits = IngestLimits {
             inline_max: self.config().inline_max,
             max_size: self.config().max_object_size,
             blob_id: None,
+            sealing: sealing.clone(),
         };
         let (ingested, holders) =
             self.ingest_placed(&req.bucket, &bucket.location, req.body, req.integrity, limits).await?;
         let lifecycle_expiry = object_expiry(&bucket.lifecycle, &req.key, &req.headers.tags, now_ms());
         let expires_at_ms = earliest(req.expires_at_ms, lifecycle_expiry);
-        let (record, inline) = self.new_record(ingested, holders, req.headers, expires_at_ms);
+        let sealed = Sealed { encryption, key: sealing };
+        let (record, inline) = self.new_record(ingested, holders, req.headers, expires_at_ms, sealed);
         let mut extra = ExtraTxn::seen_bucket(&bucket, bucket_revision);
         extra.ops.extend(self.repair_op(&req.bucket, &req.key, &bucket, &record).await?);
         let (revision, version) =
@@ -348,6 +401,7 @@ impl Engine {
         holders: Vec<record::Holder>,
         headers: ObjectHeaders,
         expires_at_ms: Option<i64>,
+        sealed: Sealed,
     ) -> (ObjectRecord, Option<Bytes>) {
         let (data, inline) = match ingested.data {
             IngestedData::Inline(bytes) => (DataLayout::Inline, Some(bytes)),
@@ -355,13 +409,14 @@ impl Engine {
         };
         let record = ObjectRecord {
             size: ingested.size,
-            etag: hex::encode(ingested.md5),
+            etag: Engine::etag_of(sealed.encryption.as_ref(), sealed.key.as_ref(), &ingested.md5),
             modified_ms: now_ms(),
             headers,
             checksum: ingested.checksum,
             data,
             expires_at_ms,
             version: None,
+            encryption: sealed.encryption,
         };
         (record, inline)
     }
@@ -469,10 +524,11 @@ impl Engine {
                 Some(id) => self.read_version(&req.bucket, &req.key, id).await?,
                 None => self.read_visible(&req.bucket, &req.key, req.consistency).await?,
             };
+            crate::crypt::check_plain_read(current.record.encryption.as_ref(), req.customer_key.as_ref())?;
             req.conditions.check_read(&current.record)?;
             let (range, parts_count) = select_range(&current.record, req.range, req.part_number)?;
             let (body, source) = if with_body {
-                match self.open_body(&current, range).await {
+                match self.open_body(&current, range, Reading::Plain(req.customer_key.as_ref())).await {
                     Ok(opened) => opened,
                     // Replaced between our metadata read and the open: read again.
                     Err(EngineError::Blob(BlobError::NotFound(_))) if attempts < MAX_READ_ATTEMPTS => {
@@ -495,50 +551,101 @@ impl Engine {
     }
 
     /// A stream of the object's bytes in `range` (inclusive), or all of them, and where the
-    /// first bytes come from when not from this node's disk.
+    /// first bytes come from when not from this node's disk. A range of an encrypted object
+    /// reads and opens only the sealed chunks holding it.
     pub(crate) async fn open_body(
         &self,
         current: &Current,
         range: Option<(u64, u64)>,
+        reading: Reading<'_>,
     ) -> EngineResult<(Body, Option<ReadSource>)> {
-        let size = current.record.size;
+        let pieces = self.pieces(current, reading)?;
+        let size: u64 = pieces.iter().map(|p| p.len).sum();
         let (first, last) = match range {
             Some(r) => r,
             None if size == 0 => return Ok((body_from_bytes(Bytes::new()), None)),
             None => (0, size - 1),
         };
-        let spans: Vec<Span> = match &current.record.data {
-            DataLayout::Inline => {
-                let data = current.inline.clone().unwrap_or_default();
-                let end = (last as usize + 1).min(data.len());
-                return Ok((body_from_bytes(data.slice((first as usize).min(end)..end)), None));
-            }
-            _ => spans(&current.record),
-        };
         let mut segments = Vec::new();
         let mut start = 0u64;
-        for span in spans {
-            let end = start + span.blob_len; // exclusive
-            if span.blob_len > 0 && end > first && start <= last {
+        for piece in pieces {
+            let end = start + piece.len; // exclusive
+            if piece.len > 0 && end > first && start <= last {
                 let from = first.max(start) - start;
                 let to = (last + 1).min(end) - start;
-                segments.push((span, from, to - from));
+                segments.push((piece, from, to - from));
             }
             start = end;
         }
         // Open the first segment now so a replaced object is noticed before any byte is sent.
         let mut segments = segments.into_iter();
-        let Some((span, from, len)) = segments.next() else { return Ok((body_from_bytes(Bytes::new()), None)) };
-        let (head, source) = self.open_span(&span, from, len).await?;
+        let Some((piece, from, len)) = segments.next() else { return Ok((body_from_bytes(Bytes::new()), None)) };
+        let (head, source) = self.open_piece(&piece, from, len).await?;
         let engine = self.clone();
         let tail = futures::stream::iter(segments)
-            .then(move |(span, from, len)| {
+            .then(move |(piece, from, len)| {
                 let engine = engine.clone();
-                async move { engine.open_span(&span, from, len).await.map(|(body, _)| body) }
+                async move { engine.open_piece(&piece, from, len).await.map(|(body, _)| body) }
             })
             .map_err(|e| Box::new(e) as BodyError)
             .try_flatten();
         Ok((Box::pin(head.chain(tail)), source))
+    }
+
+    /// The stored pieces of an object, each with its data key when read as plaintext.
+    fn pieces(&self, current: &Current, reading: Reading<'_>) -> EngineResult<Vec<Piece>> {
+        let record = &current.record;
+        let encryption = record.encryption.as_ref().filter(|_| !matches!(reading, Reading::Stored));
+        let customer = match reading {
+            Reading::Plain(key) => key,
+            Reading::Stored => None,
+        };
+        let stored_len = |plain: u64| match record.encryption {
+            Some(_) => crate::crypt::sealed_len(plain),
+            None => plain,
+        };
+        let piece = |stored: Stored, plain: u64, wrapped: Option<&String>| -> EngineResult<Piece> {
+            let Some(encryption) = encryption else {
+                return Ok(Piece { stored, len: stored_len(plain), key: None });
+            };
+            let wrapped =
+                wrapped.ok_or_else(|| EngineError::Corrupt("an encrypted object without its data key".into()))?;
+            let key = self.config().keyring.unwrap(encryption, wrapped, customer)?;
+            Ok(Piece { stored, len: plain, key: Some(key) })
+        };
+        let whole_key = record.encryption.as_ref().and_then(|e| e.wrapped_key.as_ref());
+        match &record.data {
+            DataLayout::Inline => {
+                let data = current.inline.clone().unwrap_or_default();
+                Ok(vec![piece(Stored::Inline(data), record.size, whole_key)?])
+            }
+            DataLayout::Blob { .. } => {
+                spans(record).into_iter().map(|span| piece(Stored::Blob(span), record.size, whole_key)).collect()
+            }
+            DataLayout::Parts { parts } => spans(record)
+                .into_iter()
+                .zip(parts)
+                .map(|(span, part)| piece(Stored::Blob(span), part.size, part.wrapped_key.as_ref()))
+                .collect(),
+        }
+    }
+
+    /// `len` bytes of a piece from `from`, opened when it has a key.
+    async fn open_piece(&self, piece: &Piece, from: u64, len: u64) -> EngineResult<(Body, Option<ReadSource>)> {
+        let Some(key) = &piece.key else { return self.open_stored(&piece.stored, from, len).await };
+        let (sealed_from, sealed_len, _) = crate::crypt::sealed_range(piece.len, from, len);
+        let (sealed, source) = self.open_stored(&piece.stored, sealed_from, sealed_len).await?;
+        Ok((crate::crypt::open_stream(sealed, key.clone(), piece.len, from, len), source))
+    }
+
+    async fn open_stored(&self, stored: &Stored, from: u64, len: u64) -> EngineResult<(Body, Option<ReadSource>)> {
+        match stored {
+            Stored::Inline(data) => {
+                let end = ((from + len) as usize).min(data.len());
+                Ok((body_from_bytes(data.slice((from as usize).min(end)..end)), None))
+            }
+            Stored::Blob(span) => self.open_span(span, from, len).await,
+        }
     }
 
     /// `len` bytes of one blob from `from`: from this node's disk, or through the remote reader.
@@ -662,23 +769,43 @@ impl Engine {
             None => self.writable_bucket(&req.dst_bucket).await?,
         };
         self.check_residency(&req.dst_bucket, &dst_bucket)?;
-        let data = match &dst_bucket.location {
-            multi @ record::Location::MultiRegion { .. } => {
-                self.copy_to_regions(&source, &req.dst_bucket, multi).await?
-            }
-            _ => self.duplicate_data(&source).await?,
+        crate::crypt::check_plain_read(source.record.encryption.as_ref(), req.source_key.as_ref())?;
+        let protection = self.protection_for(req.protection, &dst_bucket);
+        let expires_at_ms = object_expiry(&dst_bucket.lifecycle, &req.dst_key, &headers.tags, now_ms());
+        let record = if source.record.encryption.is_some() || protection.is_some() {
+            // Encrypted on either side: the plaintext is sealed again under a new data key.
+            let (body, _) = self.open_body(&source, None, Reading::Plain(req.source_key.as_ref())).await?;
+            let (encryption, sealing) = self.new_sealing(protection.as_ref())?;
+            let limits = IngestLimits::to_blob(sealing.clone());
+            let (copied, holders) =
+                self.ingest_placed(&req.dst_bucket, &dst_bucket.location, body, Integrity::default(), limits).await?;
+            let checksum = source.record.checksum.clone();
+            let (mut record, inline) =
+                self.new_record(copied, holders, headers, expires_at_ms, Sealed { encryption, key: sealing });
+            record.checksum = checksum;
+            (record, inline)
+        } else {
+            let data = match &dst_bucket.location {
+                multi @ record::Location::MultiRegion { .. } => {
+                    self.copy_to_regions(&source, &req.dst_bucket, multi).await?
+                }
+                _ => self.duplicate_data(&source).await?,
+            };
+            let inline = source.inline.clone().filter(|_| matches!(data, DataLayout::Inline));
+            let record = ObjectRecord {
+                size: source.record.size,
+                etag: source.record.etag.clone(),
+                modified_ms: now_ms(),
+                expires_at_ms,
+                headers,
+                checksum: source.record.checksum.clone(),
+                data,
+                encryption: None,
+                version: None,
+            };
+            (record, inline)
         };
-        let inline = source.inline.filter(|_| matches!(data, DataLayout::Inline));
-        let record = ObjectRecord {
-            size: source.record.size,
-            etag: source.record.etag.clone(),
-            modified_ms: now_ms(),
-            expires_at_ms: object_expiry(&dst_bucket.lifecycle, &req.dst_key, &headers.tags, now_ms()),
-            headers,
-            checksum: source.record.checksum.clone(),
-            data,
-            version: None,
-        };
+        let (record, inline) = record;
         let mut extra = ExtraTxn::seen_bucket(&dst_bucket, dst_revision);
         extra.ops.extend(self.repair_op(&req.dst_bucket, &req.dst_key, &dst_bucket, &record).await?);
         let (revision, version) =
@@ -695,8 +822,8 @@ impl Engine {
         bucket: &str,
         location: &record::Location,
     ) -> EngineResult<DataLayout> {
-        let (body, _) = self.open_body(source, None).await?;
-        let limits = IngestLimits { inline_max: 0, max_size: u64::MAX, blob_id: None };
+        let (body, _) = self.open_body(source, None, Reading::Plain(None)).await?;
+        let limits = IngestLimits::to_blob(None);
         let (copied, holders) = self.ingest_placed(bucket, location, body, Integrity::default(), limits).await?;
         match copied.data {
             IngestedData::Blob(id) => Ok(DataLayout::Blob { id, digests: copied.digests, holders }),
@@ -714,8 +841,8 @@ impl Engine {
             DataLayout::Parts { parts } => parts.iter().all(|p| self.is_local(&p.holders)),
         };
         if !all_local {
-            let (body, _) = self.open_body(source, None).await?;
-            let limits = IngestLimits { inline_max: 0, max_size: u64::MAX, blob_id: None };
+            let (body, _) = self.open_body(source, None, Reading::Plain(None)).await?;
+            let limits = IngestLimits::to_blob(None);
             let copied = ingest(self.blobs(), body, Integrity::default(), limits).await?;
             let IngestedData::Blob(id) = copied.data else {
                 return Err(EngineError::Corrupt("a copied object was not written to a blob".into()));
@@ -738,6 +865,7 @@ impl Engine {
                             size: part.size,
                             digests: part.digests.clone(),
                             holders: self.here(),
+                            wrapped_key: None,
                         }),
                         Err(e) => {
                             self.delete_blobs_now(copied.iter().map(|p| p.blob).collect());

@@ -59,6 +59,9 @@ pub struct BucketRecord {
     /// S3's object ownership (PutBucketOwnershipControls).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_ownership: Option<crate::policy::ObjectOwnership>,
+    /// Default encryption of new objects (PutBucketEncryption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::crypt::BucketEncryption>,
 }
 
 impl BucketRecord {
@@ -314,6 +317,9 @@ pub struct PartLayout {
     pub digests: Vec<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holders: Vec<Holder>,
+    /// The part's data key, wrapped (encrypted objects: each part has its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped_key: Option<String>,
 }
 
 impl DataLayout {
@@ -345,6 +351,9 @@ pub struct ObjectRecord {
     /// entry, not by the `o/` record (which is only the current version's copy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<VersionStamp>,
+    /// How the stored bytes are encrypted (`None`: they are the plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::crypt::Encryption>,
 }
 
 /// A node whose blob store holds a blob.
@@ -390,6 +399,9 @@ pub struct UploadRecord {
     /// When a lifecycle rule aborts the upload if it is still incomplete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort_at_ms: Option<i64>,
+    /// How every part is encrypted (without a data key: each part has its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::crypt::Encryption>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -404,6 +416,9 @@ pub struct PartRecord {
     pub holders: Vec<Holder>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<StoredChecksum>,
+    /// The part's data key, wrapped (parts of an encrypted upload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped_key: Option<String>,
 }
 
 pub fn encode<T: Serialize>(record: &T) -> Bytes {

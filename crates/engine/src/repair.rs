@@ -210,11 +210,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Reads one blob of an object from a holder and stores it here under the same id,
-    /// checked against the record's chunk digests.
+    /// Reads one blob of an object from a holder and stores it here under the same id, as
+    /// stored (sealed bytes stay sealed), checked against the record's chunk digests.
     async fn pull_copy(&self, span: &Span) -> EngineResult<()> {
         let (body, _) = self.open_span(span, 0, span.blob_len).await?;
-        let limits = IngestLimits { inline_max: 0, max_size: u64::MAX, blob_id: Some(span.blob) };
+        let limits = IngestLimits { blob_id: Some(span.blob), ..IngestLimits::to_blob(None) };
         let copied = match ingest(self.blobs(), body, Integrity::default(), limits).await {
             Err(EngineError::Blob(meridian_blob::BlobError::Exists(_))) => return Ok(()), // pulled before
             other => other?,

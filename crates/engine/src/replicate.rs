@@ -15,12 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use meridian_blob::{BlobId, StoredCopy};
 use tokio::sync::mpsc;
 
 use crate::error::{EngineError, EngineResult};
-use crate::ingest::{Body, BodyError, IngestLimits, Ingested, IngestedData, Integrity, ingest};
+use crate::ingest::{Body, BodyError, IngestLimits, Ingested, IngestedData, Integrity, Tee, ingest, ingest_teed};
 use crate::record::{Holder, Location};
 use crate::{Consistency, Engine};
 
@@ -75,7 +74,10 @@ impl Copies {
             reasons: reasons.join("; "),
         }
     }
+}
 
+#[async_trait::async_trait]
+impl Tee for Copies {
     /// Hands one chunk to every live copy (all at once); a copy that takes none for
     /// [`COPY_STALL`] is dropped. Fails when the quorum can no longer be met.
     async fn send(&mut self, chunk: &Bytes) -> Result<(), BodyError> {
@@ -102,7 +104,9 @@ impl Copies {
         }
         Ok(())
     }
+}
 
+impl Copies {
     /// Ends every live copy and waits (at most [`COPY_ACK`]) for each to be durable; keeps the
     /// holders of those that match `ingested`.
     async fn finish(&mut self, ingested: &Ingested) -> Vec<Holder> {
@@ -119,9 +123,9 @@ impl Copies {
                 Err(_) => Err(format!("did not confirm the copy within {} s", COPY_ACK.as_secs())),
                 Ok(Err(joined)) => Err(format!("copy task failed: {joined}")),
                 Ok(Ok(Err(e))) => Err(format!("could not store the copy: {e}")),
-                Ok(Ok(Ok(stored))) if stored.size != ingested.size || stored.digest != digest => Err(format!(
+                Ok(Ok(Ok(stored))) if stored.size != ingested.stored_size || stored.digest != digest => Err(format!(
                     "stored {} bytes with digest {:08x} where {} bytes with {digest:08x} were sent",
-                    stored.size, stored.digest, ingested.size
+                    stored.size, stored.digest, ingested.stored_size
                 )),
                 Ok(Ok(Ok(_))) => Ok(()),
             };
@@ -161,18 +165,8 @@ impl Engine {
         // the metadata store.
         limits.inline_max = 0;
         limits.blob_id = Some(blob);
-        let copies = Arc::new(tokio::sync::Mutex::new(copies));
-        let fed = Arc::clone(&copies);
-        let teed: Body = Box::pin(body.then(move |chunk| {
-            let fed = Arc::clone(&fed);
-            async move {
-                let chunk = chunk?;
-                fed.lock().await.send(&chunk).await?;
-                Ok(chunk)
-            }
-        }));
-        let ingested = ingest(self.blobs(), teed, integrity, limits).await;
-        let mut copies = copies.lock().await;
+        let mut copies = copies;
+        let ingested = ingest_teed(self.blobs(), body, integrity, limits, Some(&mut copies)).await;
         let ingested = match ingested {
             Ok(ingested) => ingested,
             Err(e) => {

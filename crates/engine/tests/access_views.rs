@@ -201,6 +201,7 @@ fn put_request(key: &str, value: &'static [u8]) -> PutRequest {
         integrity: Integrity::default(),
         conditions: Default::default(),
         expires_at_ms: None,
+        protection: None,
     }
 }
 

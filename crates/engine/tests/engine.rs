@@ -36,6 +36,7 @@ fn put(bucket: &str, key: &str, data: impl Into<Bytes>) -> PutRequest {
         integrity: Integrity::default(),
         conditions: WriteConditions::default(),
         expires_at_ms: None,
+        protection: None,
     }
 }
 
@@ -156,14 +157,15 @@ async fn listing_with_delimiter_pages_and_markers() {
 async fn multipart_complete_and_ranges_across_parts() {
     let f = fixture();
     f.engine.create_bucket("bkt", "me").await.unwrap();
-    let upload = f.engine.create_multipart_upload("bkt", "mp", ObjectHeaders::default(), None, false).await.unwrap();
+    let upload =
+        f.engine.create_multipart_upload("bkt", "mp", ObjectHeaders::default(), None, false, None).await.unwrap();
     let parts: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![b'a' + i; 20 + i as usize])).collect();
     let mut listed = Vec::new();
     for (i, data) in parts.iter().enumerate() {
         let n = i as u32 + 1;
-        let part = f
+        let (part, _) = f
             .engine
-            .upload_part("bkt", "mp", &upload.upload_id, n, body_from_bytes(data.clone()), Integrity::default())
+            .upload_part("bkt", "mp", &upload.upload_id, n, body_from_bytes(data.clone()), Integrity::default(), None)
             .await
             .unwrap();
         listed.push(CompletePart { part_number: n, etag: part.etag, checksum: None });
@@ -246,9 +248,9 @@ async fn writes_to_a_bucket_pinned_to_another_region_are_refused_by_the_engine()
     let pinned = record::Location::Pinned { region: "region-b".into() };
     b.create_bucket_at("ledger", "me", false, pinned).await.unwrap();
     b.put_object(put("ledger", "src", vec![1u8; 5000])).await.unwrap();
-    let upload = b.create_multipart_upload("ledger", "mp", ObjectHeaders::default(), None, false).await.unwrap();
-    let part = b
-        .upload_part("ledger", "mp", &upload.upload_id, 1, body_from_bytes(vec![2u8; 50]), Integrity::default())
+    let upload = b.create_multipart_upload("ledger", "mp", ObjectHeaders::default(), None, false, None).await.unwrap();
+    let (part, _) = b
+        .upload_part("ledger", "mp", &upload.upload_id, 1, body_from_bytes(vec![2u8; 50]), Integrity::default(), None)
         .await
         .unwrap();
     let listed = [CompletePart { part_number: 1, etag: part.etag, checksum: None }];
@@ -271,14 +273,26 @@ async fn writes_to_a_bucket_pinned_to_another_region_are_refused_by_the_engine()
         replace_tags: None,
         conditions: WriteConditions::default(),
         dst_bucket_seen: None,
+        source_key: None,
+        protection: None,
     };
     refused(a.copy_object(copy).await.map(drop));
-    refused(a.create_multipart_upload("ledger", "mp2", ObjectHeaders::default(), None, false).await.map(drop));
+    refused(a.create_multipart_upload("ledger", "mp2", ObjectHeaders::default(), None, false, None).await.map(drop));
     let part =
-        a.upload_part("ledger", "mp", &upload.upload_id, 2, body_from_bytes(vec![4u8; 50]), Integrity::default());
+        a.upload_part("ledger", "mp", &upload.upload_id, 2, body_from_bytes(vec![4u8; 50]), Integrity::default(), None);
     refused(part.await.map(drop));
-    let part_copy =
-        a.upload_part_copy("ledger", "mp", &upload.upload_id, 2, "ledger", "src", None, None, Default::default());
+    let part_copy = a.upload_part_copy(
+        "ledger",
+        "mp",
+        &upload.upload_id,
+        2,
+        "ledger",
+        "src",
+        None,
+        None,
+        Default::default(),
+        (None, None),
+    );
     refused(part_copy.await.map(drop));
     let no_conditions = WriteConditions::default();
     refused(a.complete_multipart_upload("ledger", "mp", &upload.upload_id, &listed, &no_conditions).await.map(drop));

@@ -32,6 +32,7 @@ fn put_req(key: &str, value: &[u8], ttl: Option<Duration>) -> PutRequest {
         integrity: Integrity::default(),
         conditions: WriteConditions::default(),
         expires_at_ms: ttl.map(ttl::expires_after),
+        protection: None,
     }
 }
 
@@ -361,8 +362,10 @@ async fn lifecycle_rules_expire_objects_and_abort_uploads() {
     engine.put_object(put_req("keep/old", b"old", None)).await.unwrap();
     age_record(&engine, &meridian_engine::keys::object("kvs", "logs/old"), "modified_ms", 3).await;
     age_record(&engine, &meridian_engine::keys::object("kvs", "keep/old"), "modified_ms", 3).await;
-    let upload =
-        engine.create_multipart_upload("kvs", "logs/upload", ObjectHeaders::default(), None, false).await.unwrap();
+    let upload = engine
+        .create_multipart_upload("kvs", "logs/upload", ObjectHeaders::default(), None, false, None)
+        .await
+        .unwrap();
     age_record(&engine, &meridian_engine::keys::upload("kvs", "logs/upload", &upload.upload_id), "initiated_ms", 3)
         .await;
 

@@ -217,6 +217,26 @@ pub fn open_data_dir(data: &Path) -> anyhow::Result<()> {
     private_files::check_private_dir(data).context("refusing to start on a data directory open to other users")
 }
 
+/// The node's encryption keys: the keyring file (which must be the owner's alone) and/or a
+/// master key from the environment (id `env`).
+pub fn load_keyring(file: Option<&Path>, env_master: Option<&str>) -> anyhow::Result<meridian_engine::crypt::Keyring> {
+    use meridian_engine::crypt::{Key, Keyring};
+    let mut ring = Keyring::default();
+    if let Some(hex) = env_master.filter(|k| !k.trim().is_empty()) {
+        let key = Key::from_hex(hex)
+            .context("MERIDIAN_SSE_MASTER_KEY must be 64 hex digits (e.g. from `openssl rand -hex 32`)")?;
+        ring = Keyring::with_master("env", key);
+    }
+    if let Some(path) = file {
+        private_files::check_private_file(path).context("refusing a keyring file open to other users")?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read the keyring {}", path.display()))?;
+        let parsed = Keyring::parse(&text).with_context(|| format!("in the keyring {}", path.display()))?;
+        ring.merge(parsed).with_context(|| format!("in the keyring {}", path.display()))?;
+    }
+    Ok(ring)
+}
+
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");

@@ -124,6 +124,24 @@ pub struct ServerArgs {
     holder_lost_after: Option<Duration>,
     #[command(flatten)]
     blob_s3: BlobS3Args,
+    #[command(flatten)]
+    sse: SseArgs,
+}
+
+/// Encryption at rest (docs/encryption.md).
+#[derive(Args, Debug)]
+struct SseArgs {
+    /// Keyring file (owner-only): `master <id> <64 hex>` lines (the last, or the one named by a
+    /// `current <id>` line, wraps new SSE-S3 data keys) and `kms <name> <64 hex>` lines (keys
+    /// SSE-KMS requests may name).
+    #[arg(long, env = "MERIDIAN_SSE_KEYRING")]
+    sse_keyring: Option<PathBuf>,
+    /// A master key (64 hex digits) given in the environment instead of a file; its id is `env`.
+    #[arg(long = "sse-master-key-from-env", env = "MERIDIAN_SSE_MASTER_KEY", hide_env_values = true, hide = true)]
+    sse_master_key: Option<String>,
+    /// Encrypt every new object (SSE-S3) that asks for nothing else; needs a master key.
+    #[arg(long, env = "MERIDIAN_ENCRYPT_ALL")]
+    encrypt_all: bool,
 }
 
 /// Where object bytes go instead of DATA/blobs.
@@ -198,6 +216,8 @@ struct Settings {
     metrics_listen: Option<SocketAddr>,
     /// Object bytes in an S3 bucket instead of the data directory.
     blob_s3: Option<meridian_blob::s3::S3BackendConfig>,
+    keyring: Arc<meridian_engine::crypt::Keyring>,
+    encrypt_all: bool,
     orphan_grace: Duration,
     /// The same settings as a config file would write them, secrets redacted (`--print-config`).
     printable: FileConfig,
@@ -217,6 +237,12 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         .or(file.blob_orphan_grace_secs.map(Duration::from_secs))
         .unwrap_or(DEFAULT_ORPHAN_GRACE);
     let blob_s3 = blob_s3_settings(args.blob_s3, &file, orphan_grace)?;
+    let keyring = config::load_keyring(args.sse.sse_keyring.as_deref(), args.sse.sse_master_key.as_deref())?;
+    if args.sse.encrypt_all && keyring.current_master().is_none() {
+        anyhow::bail!(
+            "--encrypt-all needs a master key: a keyring (--sse-keyring) with a `master` line, or MERIDIAN_SSE_MASTER_KEY"
+        );
+    }
     let tls = match (args.tls_cert.or(file.tls_cert.clone()), args.tls_key.or(file.tls_key.clone())) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
@@ -318,6 +344,8 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         status_token,
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
         blob_s3,
+        keyring: Arc::new(keyring),
+        encrypt_all: args.sse.encrypt_all,
         orphan_grace,
         printable: FileConfig::default(),
     };
@@ -477,6 +505,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         inline_max: settings.inline_max,
         node,
         holder_lost_after: settings.holder_lost_after,
+        keyring: settings.keyring.clone(),
+        encrypt_all: settings.encrypt_all,
         ..EngineConfig::default()
     };
     let client_tls = ClientTls::new(settings.ca_file.as_deref()).context("cannot use the CA file (ca_file)")?;

@@ -120,6 +120,29 @@ async fn one_node_keeps_object_bytes_in_a_moto_bucket() {
     }
 }
 
+/// With `--encrypt-all`, the bucket holds only sealed bytes: no object's plaintext is in any
+/// backend object, while reads through the node return it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_objects_reach_the_moto_bucket_sealed() {
+    let (moto, backend) = moto_bucket("sealed").await;
+    let keys = tempfile::tempdir().unwrap();
+    let keyring = common::sse_keyring(keys.path());
+    let mut args = bucket_args(&moto.endpoint, "sealed", MOTO_KEYS, "1h");
+    args.extend(["--sse-keyring".to_string(), keyring.to_str().unwrap().to_string(), "--encrypt-all".to_string()]);
+    let node = Server::start_with(&strs(&args));
+    let objects = write_and_read(&node).await;
+    let names = backend_keys(&backend, "sealed").await;
+    let blobs: Vec<&String> = names.iter().filter(|k| k.starts_with("meridian/blobs/")).collect();
+    assert_eq!(blobs.len(), 3, "{names:?}");
+    for name in blobs {
+        let stored = body_bytes(backend.get_object().bucket("sealed").key(name).send().await.unwrap()).await;
+        for (key, data) in &objects {
+            let probe = &data[1000..1064];
+            assert!(!stored.windows(probe.len()).any(|w| w == probe), "plaintext of {key} in {name}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_keeps_object_bytes_in_another_meridian() {
     let backend_node = Server::start();

@@ -423,6 +423,11 @@ async fn aws_cli_s3api_commands() {
 /// Runs `tests/clients/SCRIPT` with boto3 against a fresh server; it prints `DONE` as its last
 /// check.
 fn run_boto3_script(script: &str, done: &str) {
+    run_boto3_script_on(script, done, &[]);
+}
+
+/// [`run_boto3_script`] against a server started with `server_args`.
+fn run_boto3_script_on(script: &str, done: &str, server_args: &[&str]) {
     let python = require_tool("python3", "install Python 3 (apt-get install python3)");
     let probe = run_with_timeout(Command::new(&python).args(["-c", "import boto3"]), Duration::from_secs(60));
     assert!(
@@ -432,7 +437,7 @@ fn run_boto3_script(script: &str, done: &str) {
         python.display(),
         text(&probe.stderr)
     );
-    let server = Server::start();
+    let server = Server::start_with(server_args);
     let home = tempfile::tempdir().expect("temp dir");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients").join(script);
     let mut cmd = Command::new(&python);
@@ -461,6 +466,15 @@ fn boto3_tagging_and_attributes() {
 #[test]
 fn boto3_versioning() {
     run_boto3_script("boto3_versions.py", "versioning checks passed");
+}
+
+/// Server-side encryption (SSE-S3, SSE-KMS, SSE-C, multipart, copies, bucket default) through
+/// boto3, on a node with a keyring.
+#[test]
+fn boto3_server_side_encryption() {
+    let keys = tempfile::tempdir().expect("temp dir");
+    let keyring = common::sse_keyring(keys.path());
+    run_boto3_script_on("boto3_sse.py", "sse checks passed", &["--sse-keyring", path_str(&keyring)]);
 }
 
 /// Browser-style form uploads (POST object) with boto3's generate_presigned_post.

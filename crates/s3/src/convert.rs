@@ -88,6 +88,10 @@ pub fn s3_error(err: EngineError) -> S3Error {
         EngineError::BadDigest | EngineError::ChecksumMismatch { .. } => C::BadDigest,
         EngineError::IncompleteBody => C::IncompleteBody,
         EngineError::AccessDenied(_) => C::AccessDenied,
+        EngineError::CustomerKeyRequired => C::InvalidRequest,
+        EngineError::KmsKeyNotFound(_) => {
+            return custom("KMS.NotFoundException", http::StatusCode::BAD_REQUEST, message);
+        }
         EngineError::PinnedElsewhere { .. } | EngineError::OutsideRegions { .. } => {
             return custom("PinnedToAnotherRegion", http::StatusCode::FORBIDDEN, message);
         }
@@ -130,6 +134,7 @@ pub fn s3_error(err: EngineError) -> S3Error {
         | EngineError::Unavailable(_)
         | EngineError::Meta(_)
         | EngineError::Blob(_)
+        | EngineError::KeyUnavailable(_)
         | EngineError::Corrupt(_) => return kind_error(kind, message),
     };
     S3Error::with_message(code, message)

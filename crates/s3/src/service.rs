@@ -12,6 +12,7 @@ mod multipart;
 mod objects;
 mod policy;
 mod shared;
+mod sse;
 mod tagging;
 mod versions;
 mod website;
@@ -255,6 +256,27 @@ impl S3 for MeridianS3 {
         req: S3Request<DeleteBucketCorsInput>,
     ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
         cors::delete_bucket_cors(self, req).await
+    }
+
+    async fn put_bucket_encryption(
+        &self,
+        req: S3Request<PutBucketEncryptionInput>,
+    ) -> S3Result<S3Response<PutBucketEncryptionOutput>> {
+        sse::put_bucket_encryption(self, req).await
+    }
+
+    async fn get_bucket_encryption(
+        &self,
+        req: S3Request<GetBucketEncryptionInput>,
+    ) -> S3Result<S3Response<GetBucketEncryptionOutput>> {
+        sse::get_bucket_encryption(self, req).await
+    }
+
+    async fn delete_bucket_encryption(
+        &self,
+        req: S3Request<DeleteBucketEncryptionInput>,
+    ) -> S3Result<S3Response<DeleteBucketEncryptionOutput>> {
+        sse::delete_bucket_encryption(self, req).await
     }
 
     async fn get_object_attributes(

@@ -282,6 +282,7 @@ async fn store_marker(engine: &Engine, bucket: &str, key: &str, names: &[String]
         integrity: Default::default(),
         conditions: Default::default(),
         expires_at_ms,
+        protection: None,
     };
     if let Err(err) = engine.put_object(req).await {
         tracing::warn!(bucket, key, error = %err, "cannot record the headers an answer varies on");

@@ -120,6 +120,7 @@ async fn store(at: StoreAt, headers: ObjectHeaders, content_length: Option<u64>,
         integrity: Integrity { content_length, ..Default::default() },
         conditions: Default::default(),
         expires_at_ms,
+        protection: None,
     };
     match at.engine.put_object(req).await {
         Ok(outcome) => {

@@ -337,6 +337,17 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A keyring file (owner-only) in `dir` with a master key and the KMS key `app`, for a server
+/// started with `--sse-keyring` (docs/encryption.md).
+pub fn sse_keyring(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("keyring");
+    let text = format!("master m1 {}\nkms app {}\n", "a1".repeat(32), "b2".repeat(32));
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).expect("keyring");
+    std::io::Write::write_all(&mut file, text.as_bytes()).expect("keyring written");
+    path
+}
+
 pub fn md5_hex(data: &[u8]) -> String {
     use md5::Digest;
     hex::encode(md5::Md5::digest(data))

@@ -9,9 +9,10 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::MeridianS3;
 use super::shared::{
-    ChecksumAlgorithm_from, ChecksumHeaders, check_source, integrity, not_implemented, read_conditions,
-    refuse_unsupported, request_body, source_of, written,
+    ChecksumAlgorithm_from, ChecksumHeaders, check_source, integrity, read_conditions, refuse_unsupported,
+    request_body, source_of, written,
 };
+use super::sse::{CustomerHeaders, SseFields, SseHeaders};
 use super::tagging::tags_from_header;
 use crate::context::RequestContext;
 use crate::convert::{ChecksumFields, HeaderInput, checksum_algorithm, etag, etag_match, s3_error, timestamp};
@@ -21,12 +22,17 @@ pub(super) async fn create_multipart_upload(
     req: S3Request<CreateMultipartUploadInput>,
 ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
     let input = req.input;
-    refuse_unsupported(
-        input.acl.as_ref().map(ObjectCannedACL::as_str),
-        input.server_side_encryption.as_ref(),
-        input.sse_customer_algorithm.as_ref(),
-        input.storage_class.as_ref(),
-    )?;
+    refuse_unsupported(input.acl.as_ref().map(ObjectCannedACL::as_str), input.storage_class.as_ref())?;
+    let protection = SseHeaders {
+        sse: input.server_side_encryption.as_ref(),
+        kms_key_id: input.ssekms_key_id.as_ref(),
+        customer: CustomerHeaders {
+            algorithm: input.sse_customer_algorithm.as_ref(),
+            key: input.sse_customer_key.as_ref(),
+            md5: input.sse_customer_key_md5.as_ref(),
+        },
+    }
+    .protection()?;
     let algorithm = checksum_algorithm(input.checksum_algorithm.as_ref())?;
     let full_object = input.checksum_type.as_ref().is_some_and(|t| t.as_str() == ChecksumType::FULL_OBJECT);
     if full_object && matches!(algorithm, Some(ChecksumAlgorithm::Sha1 | ChecksumAlgorithm::Sha256)) {
@@ -45,10 +51,15 @@ pub(super) async fn create_multipart_upload(
     .into_headers();
     let upload = s3
         .engine
-        .create_multipart_upload(&input.bucket, &input.key, headers, algorithm, full_object)
+        .create_multipart_upload(&input.bucket, &input.key, headers, algorithm, full_object, protection)
         .await
         .map_err(s3_error)?;
+    let sse = SseFields::of(upload.encryption.as_ref());
     let output = CreateMultipartUploadOutput {
+        server_side_encryption: sse.sse,
+        ssekms_key_id: sse.kms_key_id,
+        sse_customer_algorithm: sse.customer_algorithm,
+        sse_customer_key_md5: sse.customer_key_md5,
         bucket: Some(input.bucket),
         key: Some(input.key),
         upload_id: Some(upload.upload_id),
@@ -64,9 +75,12 @@ pub(super) async fn upload_part(
     mut req: S3Request<UploadPartInput>,
 ) -> S3Result<S3Response<UploadPartOutput>> {
     let input = &mut req.input;
-    if input.sse_customer_algorithm.is_some() {
-        return Err(not_implemented("server-side encryption"));
+    let customer_key = CustomerHeaders {
+        algorithm: input.sse_customer_algorithm.as_ref(),
+        key: input.sse_customer_key.as_ref(),
+        md5: input.sse_customer_key_md5.as_ref(),
     }
+    .key()?;
     let sums = ChecksumHeaders {
         algorithm: checksum_algorithm(input.checksum_algorithm.as_ref())?,
         crc32: input.checksum_crc32.take(),
@@ -78,14 +92,20 @@ pub(super) async fn upload_part(
     let integrity = integrity(&req, sums, req.input.content_md5.clone(), req.input.content_length)?;
     let input = req.input;
     let part_number = u32::try_from(input.part_number).unwrap_or(0);
-    let part = s3
+    let body = request_body(input.body);
+    let (part, encryption) = s3
         .engine
-        .upload_part(&input.bucket, &input.key, &input.upload_id, part_number, request_body(input.body), integrity)
+        .upload_part(&input.bucket, &input.key, &input.upload_id, part_number, body, integrity, customer_key.as_ref())
         .await
         .map_err(s3_error)?;
     let sums = ChecksumFields::from_stored(part.checksum.as_ref());
+    let sse = SseFields::of(encryption.as_ref());
     let output = UploadPartOutput {
         e_tag: Some(etag(&part.etag)),
+        server_side_encryption: sse.sse,
+        ssekms_key_id: sse.kms_key_id,
+        sse_customer_algorithm: sse.customer_algorithm,
+        sse_customer_key_md5: sse.customer_key_md5,
         checksum_crc32: sums.crc32,
         checksum_crc32c: sums.crc32c,
         checksum_crc64nvme: sums.crc64nvme,
@@ -105,7 +125,19 @@ pub(super) async fn upload_part_copy(
     let input = req.input;
     let range = copy_source_range(input.copy_source_range.as_deref())?;
     let part_number = u32::try_from(input.part_number).unwrap_or(0);
-    let part = s3
+    let source_key = CustomerHeaders {
+        algorithm: input.copy_source_sse_customer_algorithm.as_ref(),
+        key: input.copy_source_sse_customer_key.as_ref(),
+        md5: input.copy_source_sse_customer_key_md5.as_ref(),
+    }
+    .key()?;
+    let customer_key = CustomerHeaders {
+        algorithm: input.sse_customer_algorithm.as_ref(),
+        key: input.sse_customer_key.as_ref(),
+        md5: input.sse_customer_key_md5.as_ref(),
+    }
+    .key()?;
+    let (part, encryption) = s3
         .engine
         .upload_part_copy(
             &input.bucket,
@@ -122,6 +154,7 @@ pub(super) async fn upload_part_copy(
                 input.copy_source_if_modified_since.as_ref(),
                 input.copy_source_if_unmodified_since.as_ref(),
             ),
+            (source_key, customer_key.as_ref()),
         )
         .await
         .map_err(s3_error)?;
@@ -135,7 +168,15 @@ pub(super) async fn upload_part_copy(
         checksum_sha1: sums.sha1,
         checksum_sha256: sums.sha256,
     };
-    Ok(S3Response::new(UploadPartCopyOutput { copy_part_result: Some(result), ..Default::default() }))
+    let sse = SseFields::of(encryption.as_ref());
+    Ok(S3Response::new(UploadPartCopyOutput {
+        copy_part_result: Some(result),
+        server_side_encryption: sse.sse,
+        ssekms_key_id: sse.kms_key_id,
+        sse_customer_algorithm: sse.customer_algorithm,
+        sse_customer_key_md5: sse.customer_key_md5,
+        ..Default::default()
+    }))
 }
 
 pub(super) async fn complete_multipart_upload(
@@ -173,7 +214,10 @@ pub(super) async fn complete_multipart_upload(
         .await
         .map_err(s3_error)?;
     let sums = ChecksumFields::from_stored(record.checksum.as_ref());
+    let sse = SseFields::of(record.encryption.as_ref());
     let output = CompleteMultipartUploadOutput {
+        server_side_encryption: sse.sse,
+        ssekms_key_id: sse.kms_key_id,
         bucket: Some(input.bucket.clone()),
         key: Some(input.key.clone()),
         location: Some(format!("/{}/{}", input.bucket, input.key)),

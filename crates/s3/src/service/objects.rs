@@ -11,6 +11,7 @@ use super::shared::{
     ChecksumHeaders, check_source, integrity, not_implemented, read_conditions, refuse_unsupported, request_body,
     source_of, with_revision, written,
 };
+use super::sse::{CustomerHeaders, SseFields, SseHeaders};
 use super::tagging::{tag_count, tags_from_header};
 use crate::context::RequestContext;
 use crate::convert::{
@@ -24,12 +25,17 @@ pub(super) async fn put_object(
     mut req: S3Request<PutObjectInput>,
 ) -> S3Result<S3Response<PutObjectOutput>> {
     let input = &mut req.input;
-    refuse_unsupported(
-        input.acl.as_ref().map(ObjectCannedACL::as_str),
-        input.server_side_encryption.as_ref(),
-        input.sse_customer_algorithm.as_ref(),
-        input.storage_class.as_ref(),
-    )?;
+    refuse_unsupported(input.acl.as_ref().map(ObjectCannedACL::as_str), input.storage_class.as_ref())?;
+    let protection = SseHeaders {
+        sse: input.server_side_encryption.as_ref(),
+        kms_key_id: input.ssekms_key_id.as_ref(),
+        customer: CustomerHeaders {
+            algorithm: input.sse_customer_algorithm.as_ref(),
+            key: input.sse_customer_key.as_ref(),
+            md5: input.sse_customer_key_md5.as_ref(),
+        },
+    }
+    .protection()?;
     if input.write_offset_bytes.is_some() {
         return Err(not_implemented("appending with x-amz-write-offset-bytes"));
     }
@@ -69,6 +75,7 @@ pub(super) async fn put_object(
         integrity,
         conditions,
         expires_at_ms: kv.expires_at_ms,
+        protection,
     };
     let outcome = match kv.transaction {
         Some((wait, lock_ttl)) => s3.engine.put_transaction(request, wait, lock_ttl).await,
@@ -76,9 +83,14 @@ pub(super) async fn put_object(
     }
     .map_err(s3_error)?;
     let sums = ChecksumFields::from_stored(outcome.record.checksum.as_ref());
+    let sse = SseFields::of(outcome.record.encryption.as_ref());
     let output = PutObjectOutput {
         e_tag: Some(etag(&outcome.etag)),
         size: Some(outcome.size as i64),
+        server_side_encryption: sse.sse,
+        ssekms_key_id: sse.kms_key_id,
+        sse_customer_algorithm: sse.customer_algorithm,
+        sse_customer_key_md5: sse.customer_key_md5,
         checksum_crc32: sums.crc32,
         checksum_crc32c: sums.crc32c,
         checksum_crc64nvme: sums.crc64nvme,
@@ -109,10 +121,17 @@ pub(super) async fn get_object(
     let consistency = object_read_consistency(&req, &req.input.bucket)?;
     let input = req.input;
     let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+    let customer_key = CustomerHeaders {
+        algorithm: input.sse_customer_algorithm.as_ref(),
+        key: input.sse_customer_key.as_ref(),
+        md5: input.sse_customer_key_md5.as_ref(),
+    }
+    .key()?;
     let out = s3
         .engine
         .get_object(GetRequest {
             version_id: input.version_id,
+            customer_key,
             consistency,
             bucket: input.bucket,
             key: input.key,
@@ -134,7 +153,12 @@ pub(super) async fn get_object(
         ChecksumFields::default()
     };
     let headers = &out.record.headers;
+    let sse = SseFields::of(out.record.encryption.as_ref());
     let output = GetObjectOutput {
+        server_side_encryption: sse.sse,
+        ssekms_key_id: sse.kms_key_id,
+        sse_customer_algorithm: sse.customer_algorithm,
+        sse_customer_key_md5: sse.customer_key_md5,
         accept_ranges: Some("bytes".into()),
         content_length: Some(out.content_length() as i64),
         content_range: content_range(&out),
@@ -181,10 +205,17 @@ pub(super) async fn head_object(
     let consistency = object_read_consistency(&req, &req.input.bucket)?;
     let input = req.input;
     let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+    let customer_key = CustomerHeaders {
+        algorithm: input.sse_customer_algorithm.as_ref(),
+        key: input.sse_customer_key.as_ref(),
+        md5: input.sse_customer_key_md5.as_ref(),
+    }
+    .key()?;
     let out = s3
         .engine
         .head_object(GetRequest {
             version_id: input.version_id,
+            customer_key,
             consistency,
             bucket: input.bucket,
             key: input.key,
@@ -205,7 +236,12 @@ pub(super) async fn head_object(
         ChecksumFields::default()
     };
     let headers = &out.record.headers;
+    let sse = SseFields::of(out.record.encryption.as_ref());
     let output = HeadObjectOutput {
+        server_side_encryption: sse.sse,
+        ssekms_key_id: sse.kms_key_id,
+        sse_customer_algorithm: sse.customer_algorithm,
+        sse_customer_key_md5: sse.customer_key_md5,
         accept_ranges: Some("bytes".into()),
         content_length: Some(out.content_length() as i64),
         content_range: content_range(&out),
@@ -312,12 +348,23 @@ pub(super) async fn copy_object(
     req: S3Request<CopyObjectInput>,
 ) -> S3Result<S3Response<CopyObjectOutput>> {
     let input = &req.input;
-    refuse_unsupported(
-        input.acl.as_ref().map(ObjectCannedACL::as_str),
-        input.server_side_encryption.as_ref(),
-        input.sse_customer_algorithm.as_ref(),
-        input.storage_class.as_ref(),
-    )?;
+    refuse_unsupported(input.acl.as_ref().map(ObjectCannedACL::as_str), input.storage_class.as_ref())?;
+    let protection = SseHeaders {
+        sse: input.server_side_encryption.as_ref(),
+        kms_key_id: input.ssekms_key_id.as_ref(),
+        customer: CustomerHeaders {
+            algorithm: input.sse_customer_algorithm.as_ref(),
+            key: input.sse_customer_key.as_ref(),
+            md5: input.sse_customer_key_md5.as_ref(),
+        },
+    }
+    .protection()?;
+    let source_key = CustomerHeaders {
+        algorithm: input.copy_source_sse_customer_algorithm.as_ref(),
+        key: input.copy_source_sse_customer_key.as_ref(),
+        md5: input.copy_source_sse_customer_key_md5.as_ref(),
+    }
+    .key()?;
     let (src_bucket, src_key, src_version_id) = source_of(&input.copy_source)?;
     let context = RequestContext::of(&req)?;
     check_source(s3, &context, &src_bucket, &src_key).await?;
@@ -366,6 +413,8 @@ pub(super) async fn copy_object(
             replace_tags,
             conditions: WriteConditions::default(),
             dst_bucket_seen,
+            source_key,
+            protection,
         })
         .await
         .map_err(s3_error)?;
@@ -380,8 +429,13 @@ pub(super) async fn copy_object(
         checksum_sha256: sums.sha256,
         checksum_type: sums.kind,
     };
+    let sse = SseFields::of(out.record.encryption.as_ref());
     let output = CopyObjectOutput {
         copy_object_result: Some(result),
+        server_side_encryption: sse.sse,
+        ssekms_key_id: sse.kms_key_id,
+        sse_customer_algorithm: sse.customer_algorithm,
+        sse_customer_key_md5: sse.customer_key_md5,
         version_id: version_id(&out.record),
         copy_source_version_id: src_version_id,
         ..Default::default()

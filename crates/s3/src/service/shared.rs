@@ -64,19 +64,11 @@ pub(super) fn not_implemented(what: &str) -> S3Error {
 }
 
 /// Refuses request features we do not implement instead of silently ignoring them.
-pub(super) fn refuse_unsupported(
-    acl: Option<&str>,
-    sse: Option<&ServerSideEncryption>,
-    sse_customer: Option<&String>,
-    storage_class: Option<&StorageClass>,
-) -> S3Result<()> {
+pub(super) fn refuse_unsupported(acl: Option<&str>, storage_class: Option<&StorageClass>) -> S3Result<()> {
     if let Some(acl) = acl
         && acl != ObjectCannedACL::PRIVATE
     {
         return Err(not_implemented(&format!("the {acl:?} canned ACL")));
-    }
-    if sse.is_some() || sse_customer.is_some() {
-        return Err(not_implemented("server-side encryption"));
     }
     if let Some(class) = storage_class
         && class.as_str() != StorageClass::STANDARD
