@@ -141,6 +141,7 @@ impl Engine {
     }
 
     /// Stores one part. Re-uploading a part number replaces it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn upload_part(
         &self,
         bucket: &str,

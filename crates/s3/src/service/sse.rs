@@ -137,7 +137,6 @@ pub(super) async fn get_bucket_encryption(
             sse_algorithm: ServerSideEncryption::from_static(algorithm),
         }),
         bucket_key_enabled: Some(false),
-        ..Default::default()
     };
     Ok(S3Response::new(GetBucketEncryptionOutput {
         server_side_encryption_configuration: Some(ServerSideEncryptionConfiguration { rules: vec![rule] }),
