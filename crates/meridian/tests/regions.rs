@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use common::wan_cluster::{REGIONS, WanCluster, cache_entries, within};
-use common::{Server, body_bytes, error_code, md5_hex, pattern};
+use common::{Sealing, Server, body_bytes, error_code, md5_hex, pattern};
 use meridian_wan::LinkConfig;
 
 const ONE_WAY: Duration = Duration::from_millis(20);
@@ -363,51 +363,6 @@ async fn heavy_revoked_grants_and_deleted_keys_stop_working_at_once_in_every_reg
     for (i, s3) in clients.iter().enumerate() {
         let err = s3.get_object().bucket("shared").key("from-0").send().await;
         assert_eq!(error_code(&err.unwrap_err()), "InvalidAccessKeyId", "region {i}");
-    }
-}
-
-/// How an object of the encryption test is written (and, for SSE-C, read).
-#[derive(Clone, Copy, Debug)]
-enum Sealing {
-    SseS3,
-    SseKms,
-    SseC,
-    Plain,
-}
-
-impl Sealing {
-    /// The request headers asking for it on a PUT.
-    fn put_headers(self) -> Vec<(&'static str, String)> {
-        match self {
-            Sealing::SseS3 => vec![("x-amz-server-side-encryption", "AES256".into())],
-            Sealing::SseKms => vec![
-                ("x-amz-server-side-encryption", "aws:kms".into()),
-                ("x-amz-server-side-encryption-aws-kms-key-id", "app".into()),
-            ],
-            Sealing::SseC => self.get_headers(),
-            Sealing::Plain => Vec::new(),
-        }
-    }
-
-    /// What a PUT's response says of it: (`x-amz-server-side-encryption`, the SSE-C algorithm).
-    fn answered(self) -> (Option<&'static str>, Option<&'static str>) {
-        match self {
-            Sealing::SseS3 => (Some("AES256"), None),
-            Sealing::SseKms => (Some("aws:kms"), None),
-            Sealing::SseC => (None, Some("AES256")),
-            Sealing::Plain => (None, None),
-        }
-    }
-
-    /// The request headers a GET needs: the customer's key for SSE-C, nothing otherwise.
-    fn get_headers(self) -> Vec<(&'static str, String)> {
-        let Sealing::SseC = self else { return Vec::new() };
-        let (key, md5) = common::customer_key(7);
-        vec![
-            ("x-amz-server-side-encryption-customer-algorithm", "AES256".into()),
-            ("x-amz-server-side-encryption-customer-key", key),
-            ("x-amz-server-side-encryption-customer-key-md5", md5),
-        ]
     }
 }
 
