@@ -265,3 +265,47 @@ async fn heavy_global_buckets_with_replicas_keep_copies_in_the_nearest_regions_a
         assert_eq!(read.header("x-meridian-served-from"), Some("region-b"), "{path}");
     }
 }
+
+/// The repair of a multi-region bucket copies an encrypted object's stored bytes: the region
+/// that missed the write gets the sealed blob whole (`crypt::sealed_len` of the plaintext, not
+/// the plaintext's size), holds no plaintext, and serves the object alone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_repaired_copy_of_an_encrypted_object_is_its_whole_sealed_blob() {
+    use common::{SECRET_MARKER, Sealing, files_containing, secret_body};
+    use meridian_engine::crypt::sealed_len;
+    let keys = tempfile::tempdir().unwrap();
+    let keyring = common::sse_keyring(keys.path());
+    let args = ["--sse-keyring", keyring.to_str().unwrap()];
+    let mut cluster = WanCluster::start(LinkConfig::one_way(Duration::from_millis(20)), &args).await;
+    create(&cluster.client(0), "quorum", "multi:region-a,region-b,region-c;quorum=2").await;
+
+    // Written while region b is down: in a and c, sealed; b is repaired when it returns.
+    cluster.nodes[1].kill9();
+    let objects = [
+        ("/quorum/s3", Sealing::SseS3, secret_body(1_000_000, 1)),
+        ("/quorum/kms", Sealing::SseKms, secret_body(1_100_000, 2)),
+        ("/quorum/c", Sealing::SseC, secret_body(1_200_000, 3)),
+    ];
+    let sealed = |data: &[u8]| sealed_len(data.len() as u64) as usize;
+    for (path, sealing, data) in &objects {
+        let put = common::raw::signed(&cluster.nodes[0].addr, "PUT", path, &sealing.put_headers(), data);
+        assert_eq!(put.status, 200, "{path}: {}", put.text());
+        assert_eq!(blobs_of_size(&cluster.nodes[2], sealed(data)), 1, "{path}: region c's sealed copy");
+    }
+    cluster.nodes[1].restart();
+    within(Duration::from_secs(20), "region b's repaired copies", || {
+        objects.iter().all(|(_, _, data)| blobs_of_size(&cluster.nodes[1], sealed(data)) == 1)
+    })
+    .await;
+
+    // Region b alone serves them, opened from its repaired copies.
+    cluster.nodes[0].kill9();
+    cluster.nodes[2].kill9();
+    for (path, sealing, data) in &objects {
+        let got = common::raw::signed(&cluster.nodes[1].addr, "GET", path, &sealing.get_headers(), b"");
+        assert_eq!(got.status, 200, "{path}: {}", got.text());
+        assert_eq!(got.header("x-meridian-served-from"), Some("region-b"), "{path}");
+        assert_eq!(md5_hex(&got.body), md5_hex(data), "{path} from region b's repaired copy");
+    }
+    assert_eq!(files_containing(&cluster.nodes[1].data, SECRET_MARKER), Vec::<std::path::PathBuf>::new());
+}

@@ -9,8 +9,8 @@ mod common;
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use common::wan_cluster::{REGIONS, WanCluster};
-use common::{Server, body_bytes, error_code, md5_hex, pattern};
+use common::wan_cluster::{REGIONS, WanCluster, cache_entries, within};
+use common::{Sealing, Server, body_bytes, error_code, md5_hex, pattern};
 use meridian_wan::LinkConfig;
 
 const ONE_WAY: Duration = Duration::from_millis(20);
@@ -22,7 +22,12 @@ async fn start_cluster() -> WanCluster {
 
 /// GET through the raw client: (status, body, headers).
 fn raw_get(server: &Server, path: &str) -> common::raw::Response {
-    common::raw::signed(&server.addr, "GET", path, &[], b"")
+    raw_get_with(server, path, &[])
+}
+
+/// GET through the raw client with extra request headers.
+fn raw_get_with(server: &Server, path: &str, headers: &[(&str, String)]) -> common::raw::Response {
+    common::raw::signed(&server.addr, "GET", path, headers, b"")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,5 +363,128 @@ async fn heavy_revoked_grants_and_deleted_keys_stop_working_at_once_in_every_reg
     for (i, s3) in clients.iter().enumerate() {
         let err = s3.get_object().bucket("shared").key("from-0").send().await;
         assert_eq!(error_code(&err.unwrap_err()), "InvalidAccessKeyId", "region {i}");
+    }
+}
+
+/// At most this much of each direction of each link is captured (more fails the test: the wire
+/// scan would be incomplete).
+const CAPTURE_BYTES: usize = 48 << 20;
+
+/// Bytes of the unencrypted control objects: found where the scans look, so they can fail.
+const CONTROL_MARKER: &[u8] = b"MERIDIAN-SSE-CONTROL-UNENCRYPTED;";
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Issue 18 across regions: objects sealed with SSE-S3, SSE-KMS and SSE-C in region a — blobs
+/// that region b pulls into its cache when it reads them, small ones the change follower pushes
+/// into every region's cache, tiny ones inline in etcd, and the synchronous copies of a
+/// multi-region bucket — read back whole in regions b and c; then no file of any node or etcd
+/// member, and no byte that crossed a link between nodes or between etcd members, holds their
+/// plaintext, while unencrypted control objects are found in b's cache, in etcd's files and
+/// on both kinds of links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_encrypted_objects_stay_sealed_in_other_regions_caches_and_on_the_wire() {
+    use common::{SECRET_MARKER, files_containing, secret_body};
+    let keys = tempfile::tempdir().unwrap();
+    let keyring = common::sse_keyring(keys.path());
+    let args = ["--sse-keyring", keyring.to_str().unwrap()];
+    let cluster = WanCluster::start(LinkConfig::one_way(ONE_WAY), &args).await;
+    let links: Vec<&meridian_wan::WanHandle> = cluster.node_links.iter().chain(&cluster.etcd_links).collect();
+    for link in &links {
+        link.start_capture(CAPTURE_BYTES);
+    }
+    let a = cluster.client(0);
+    a.create_bucket().bucket("vault").send().await.unwrap();
+    let both = aws_sdk_s3::types::CreateBucketConfiguration::builder()
+        .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from("multi:region-a,region-b"))
+        .build();
+    a.create_bucket().bucket("mirrored").create_bucket_configuration(both).send().await.unwrap();
+
+    // A blob of many sealed 64 KiB chunks, a small one (up to --replicate-small-bytes: pushed
+    // into every cache), a tiny one (up to --inline-max: inline in etcd).
+    let sizes = [("big", 3 << 19), ("small", 60_000), ("tiny", 600)];
+    let mut objects = Vec::new();
+    for (seed, sealing) in [Sealing::SseS3, Sealing::SseKms, Sealing::SseC, Sealing::Plain].into_iter().enumerate() {
+        for (size_name, size) in sizes {
+            let data = match sealing {
+                Sealing::Plain => CONTROL_MARKER.repeat(size / CONTROL_MARKER.len() + 1)[..size].to_vec(),
+                _ => secret_body(size, seed as u64),
+            };
+            objects.push((format!("/vault/{sealing:?}-{size_name}"), sealing, data));
+        }
+    }
+    for (seed, sealing) in [Sealing::SseKms, Sealing::SseC].into_iter().enumerate() {
+        objects.push((format!("/mirrored/{sealing:?}"), sealing, secret_body(1 << 20, 10 + seed as u64)));
+    }
+    for (path, sealing, data) in &objects {
+        let put = common::raw::signed(&cluster.nodes[0].addr, "PUT", path, &sealing.put_headers(), data);
+        assert_eq!(put.status, 200, "{path}: {}", put.text());
+        let answered =
+            (put.header("x-amz-server-side-encryption"), put.header("x-amz-server-side-encryption-customer-algorithm"));
+        assert_eq!(answered, sealing.answered(), "{path}");
+    }
+
+    // Region c has read nothing: the small objects are pushed into its cache, each a hit at once.
+    let small: Vec<_> = objects.iter().filter(|(path, _, _)| path.ends_with("-small")).collect();
+    let node_c = &cluster.nodes[2];
+    within(Duration::from_secs(10), "small objects pushed into region c's cache", || {
+        cache_entries(node_c).len() >= small.len()
+    })
+    .await;
+    for (path, sealing, data) in &small {
+        let got = raw_get_with(node_c, path, &sealing.get_headers());
+        assert_eq!((got.status, got.header("x-meridian-cache")), (200, Some("hit")), "{path}: {}", got.text());
+        assert_eq!(got.body, *data, "{path} pushed to region c");
+    }
+
+    // Region b reads everything: the blobs of the global bucket are pulled from region a into its
+    // cache, the small ones are pushed there too, the multi-region bucket's are on its own disk.
+    for (path, sealing, data) in &objects {
+        let got = raw_get_with(&cluster.nodes[1], path, &sealing.get_headers());
+        assert_eq!(got.status, 200, "{path}: {}", got.text());
+        assert_eq!(md5_hex(&got.body), md5_hex(data), "{path} reads back whole in region b");
+    }
+    for (path, sealing, data) in objects.iter().filter(|(path, _, _)| path.ends_with("-big")) {
+        // Read again: opened from the sealed bytes now in b's cache.
+        let cached = raw_get_with(&cluster.nodes[1], path, &sealing.get_headers());
+        assert_eq!((cached.status, cached.header("x-meridian-cache")), (200, Some("hit")), "{path}");
+        assert_eq!(md5_hex(&cached.body), md5_hex(data), "{path} from b's cache");
+        // A range across sealed chunks, fetched by region c, which has nothing of it yet.
+        let mut headers = sealing.get_headers();
+        headers.push(("range", "bytes=65000-200999".to_string()));
+        let range = raw_get_with(&cluster.nodes[2], path, &headers);
+        assert_eq!(range.status, 206, "{path}: {}", range.text());
+        assert_eq!(range.body, data[65_000..201_000], "{path}: a range read in region c");
+    }
+    // The scans can fail: the control objects are in b's cache, in etcd's files, and on the wire.
+    let cache_b = cluster.nodes[1].data.join("cache");
+    assert!(files_containing(&cache_b, CONTROL_MARKER).len() >= 2, "the control blob and small object");
+    assert!(!files_containing(cluster.etcd.dir(), CONTROL_MARKER).is_empty(), "the inline control object");
+    let wire: Vec<meridian_wan::Captured> = links.iter().map(|l| l.captured()).collect();
+    for (i, captured) in wire.iter().enumerate() {
+        assert!(captured.forward.len() < CAPTURE_BYTES && captured.backward.len() < CAPTURE_BYTES, "link {i} full");
+    }
+    let region_a = &wire[0];
+    assert!(contains(&region_a.backward, CONTROL_MARKER), "the control objects went from region a to the others");
+    let sealed_blobs = 4 * (3 << 19);
+    assert!(region_a.backward.len() > sealed_blobs, "region a sent its blobs through the capture");
+    assert!(wire[1].forward.len() > 2 << 20, "region a sent the multi-region bucket's copies to region b");
+    let etcd_peers = &wire[cluster.node_links.len()..cluster.node_links.len() + 3];
+    assert!(
+        etcd_peers.iter().any(|c| contains(&c.forward, CONTROL_MARKER) || contains(&c.backward, CONTROL_MARKER)),
+        "the inline control object crossed etcd's peer links"
+    );
+
+    // No plaintext of an encrypted object in any file of any node (blobs, caches) or etcd
+    // member, nor on any link between nodes or etcd members.
+    for node in &cluster.nodes {
+        assert_eq!(files_containing(&node.data, SECRET_MARKER), Vec::<std::path::PathBuf>::new(), "plaintext on disk");
+    }
+    assert_eq!(files_containing(cluster.etcd.dir(), SECRET_MARKER), Vec::<std::path::PathBuf>::new());
+    for (i, captured) in wire.iter().enumerate() {
+        assert!(!contains(&captured.forward, SECRET_MARKER), "plaintext on link {i}, forward");
+        assert!(!contains(&captured.backward, SECRET_MARKER), "plaintext on link {i}, backward");
     }
 }

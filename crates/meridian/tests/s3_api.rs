@@ -9,7 +9,10 @@ use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, Delete, EncodingType, MetadataDirective,
     ObjectIdentifier,
 };
-use common::{Server, body_bytes, error_code, error_status, md5_hex, pattern};
+use common::{
+    SECRET_MARKER, Server, body_bytes, customer_key, error_code, error_status, files_containing, md5_hex, pattern,
+    secret_body,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -1262,41 +1265,6 @@ async fn versioning_lifecycle_rules_on_versions() {
         .await
         .unwrap_err();
     assert_eq!(error_code(&err), "InvalidRequest");
-}
-
-/// An SSE-C key: (base64 key, base64 MD5 of the key).
-fn customer_key(byte: u8) -> (String, String) {
-    use base64::Engine as _;
-    use md5::Digest;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    (b64.encode([byte; 32]), b64.encode(md5::Md5::digest([byte; 32])))
-}
-
-/// Plaintext that is easy to find on disk: a marker repeated, then pattern bytes.
-fn secret_body(len: usize, seed: u64) -> Vec<u8> {
-    let mut body = SECRET_MARKER.repeat(len / SECRET_MARKER.len() / 2);
-    body.extend(pattern(len - body.len(), seed));
-    body
-}
-
-const SECRET_MARKER: &[u8] = b"MERIDIAN-SSE-PLAINTEXT-MARKER-7f3a;";
-
-/// Every file under `root` that contains `needle`.
-fn files_containing(root: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if std::fs::read(&path).is_ok_and(|data| data.windows(needle.len()).any(|w| w == needle)) {
-                found.push(path);
-            }
-        }
-    }
-    found
 }
 
 /// SSE-S3, SSE-KMS and SSE-C on PUT/GET/HEAD and ranges, bucket default encryption, copies

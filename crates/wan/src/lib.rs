@@ -16,6 +16,8 @@
 //!   forwarding (connections stall, as when every packet is lost, and resume
 //!   on heal; new connections are held or refused), [`PartitionMode::Reset`]
 //!   resets every connection and refuses new ones until healed.
+//! * **Capture** on command ([`WanHandle::start_capture`]): a copy of the bytes forwarded each
+//!   way, bounded, so a test can check what crossed the link.
 //!
 //! ```no_run
 //! # async fn demo(upstream: std::net::SocketAddr) -> Result<(), meridian_wan::WanError> {
@@ -145,6 +147,29 @@ pub struct WanStats {
     pub resets: u64,
 }
 
+/// The bytes a link forwarded since [`WanHandle::start_capture`], per direction, in the order
+/// they were forwarded. Chunks (up to 64 KiB) of concurrent connections interleave, so one
+/// connection's bytes are contiguous only within a chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Captured {
+    /// Client to upstream.
+    pub forward: Vec<u8>,
+    /// Upstream to client.
+    pub backward: Vec<u8>,
+}
+
+/// A running capture: what is kept of each direction, at most `limit` bytes each.
+#[derive(Debug)]
+struct Capture {
+    limit: usize,
+    kept: [Vec<u8>; 2],
+}
+
+/// Locks `m`; a panic while it was held left nothing half-updated here, so poisoning is ignored.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// How much idle link time pacing may catch up on (tokio's timers have 1 ms granularity).
 const PACING_SLACK: Duration = Duration::from_millis(5);
 
@@ -165,26 +190,30 @@ struct Inner {
     connections: AtomicU64,
     bytes: [AtomicU64; 2],
     resets: AtomicU64,
+    capture: Mutex<Option<Capture>>,
 }
 
 impl Inner {
+    /// Keeps a copy of `data`, forwarded in direction `dir`, when a capture runs and has room.
+    fn capture(&self, dir: usize, data: &[u8]) {
+        let mut capture = locked(&self.capture);
+        if let Some(c) = capture.as_mut() {
+            let room = c.limit.saturating_sub(c.kept[dir].len());
+            c.kept[dir].extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+
     fn direction(&self, dir: usize) -> (Direction, f64) {
         let c = self.config.read().map(|c| *c).unwrap_or_default();
         (if dir == 0 { c.forward } else { c.backward }, c.reset_probability)
     }
 
     fn conn_token(&self) -> CancellationToken {
-        match self.epoch.lock() {
-            Ok(e) => e.child_token(),
-            Err(p) => p.into_inner().child_token(),
-        }
+        locked(&self.epoch).child_token()
     }
 
     fn reset_all(&self) {
-        let mut e = match self.epoch.lock() {
-            Ok(e) => e,
-            Err(p) => p.into_inner(),
-        };
+        let mut e = locked(&self.epoch);
         e.cancel();
         *e = self.root.child_token();
     }
@@ -195,10 +224,7 @@ impl Inner {
     fn pace(&self, dir: usize, n: usize, rate: Option<u64>) -> Option<Instant> {
         let rate = rate.filter(|r| *r > 0)?;
         let now = Instant::now();
-        let mut p = match self.pacers[dir].lock() {
-            Ok(p) => p,
-            Err(p) => p.into_inner(),
-        };
+        let mut p = locked(&self.pacers[dir]);
         let earliest = now.checked_sub(PACING_SLACK).unwrap_or(now);
         let start = p.next_free.map_or(now, |t| t.max(earliest));
         p.next_free = Some(start + Duration::from_secs_f64(n as f64 / rate as f64));
@@ -239,6 +265,7 @@ impl WanProxy {
             connections: AtomicU64::new(0),
             bytes: [AtomicU64::new(0), AtomicU64::new(0)],
             resets: AtomicU64::new(0),
+            capture: Mutex::new(None),
         });
         tokio::spawn(accept_loop(listener, inner.clone()));
         Ok(WanHandle { addr, inner })
@@ -296,6 +323,22 @@ impl WanHandle {
     /// Resets every open connection (new ones are accepted as usual).
     pub fn reset_connections(&self) {
         self.inner.reset_all();
+    }
+
+    /// Starts keeping a copy of the bytes forwarded from now on, the first `max_bytes` of each
+    /// direction (later ones are forwarded, not kept); an earlier capture is discarded.
+    pub fn start_capture(&self, max_bytes: usize) {
+        let capture = Capture { limit: max_bytes, kept: [Vec::new(), Vec::new()] };
+        *locked(&self.inner.capture) = Some(capture);
+    }
+
+    /// A copy of what the capture kept so far (empty when none was started).
+    pub fn captured(&self) -> Captured {
+        let capture = locked(&self.inner.capture);
+        match capture.as_ref() {
+            Some(c) => Captured { forward: c.kept[0].clone(), backward: c.kept[1].clone() },
+            None => Captured::default(),
+        }
     }
 
     /// Counters.
@@ -514,6 +557,8 @@ async fn writer(
                     token.cancel();
                     break;
                 }
+                // Kept before it is written: whatever the far side has seen is in the capture.
+                inner.capture(dir, &data);
                 let r = tokio::select! {
                     r = wr.write_all(&data) => r,
                     _ = token.cancelled() => break,

@@ -305,3 +305,26 @@ async fn unreachable_upstream_resets_the_client() {
     let mut s = TcpStream::connect(p.local_addr()).await.unwrap();
     assert_reset(&mut s).await;
 }
+
+#[tokio::test]
+async fn capture_keeps_the_first_bytes_of_each_direction_up_to_its_bound() {
+    let echo = echo_server().await;
+    let p = WanProxy::start(local(), echo, LinkConfig::none()).await.unwrap();
+    let mut s = TcpStream::connect(p.local_addr()).await.unwrap();
+    round_trip(&mut s, b"before the capture;").await;
+    assert_eq!(p.captured(), meridian_wan::Captured::default(), "nothing is kept before a capture starts");
+
+    p.start_capture(40);
+    round_trip(&mut s, b"first message;").await;
+    round_trip(&mut s, b"second message, long enough to pass the bound;").await;
+    let kept = p.captured();
+    let sent = b"first message;second message, long enough to pass the bound;";
+    assert_eq!(kept.forward, sent[..40], "the first 40 bytes sent, then nothing more");
+    assert_eq!(kept.backward, sent[..40], "the echo the other way, bounded the same");
+    assert!(p.stats().forward_bytes > 40 + 19, "bytes beyond the bound are still forwarded");
+
+    // A new capture starts empty.
+    p.start_capture(1 << 20);
+    round_trip(&mut s, b"third;").await;
+    assert_eq!(p.captured().forward, b"third;");
+}

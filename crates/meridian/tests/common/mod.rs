@@ -348,6 +348,87 @@ pub fn sse_keyring(dir: &Path) -> PathBuf {
     path
 }
 
+/// An SSE-C key: (base64 key, base64 MD5 of the key).
+pub fn customer_key(byte: u8) -> (String, String) {
+    use base64::Engine as _;
+    use md5::Digest;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    (b64.encode([byte; 32]), b64.encode(md5::Md5::digest([byte; 32])))
+}
+
+/// Plaintext that is easy to find on disk: a marker repeated, then pattern bytes.
+pub fn secret_body(len: usize, seed: u64) -> Vec<u8> {
+    let mut body = SECRET_MARKER.repeat(len / SECRET_MARKER.len() / 2);
+    body.extend(pattern(len - body.len(), seed));
+    body
+}
+
+pub const SECRET_MARKER: &[u8] = b"MERIDIAN-SSE-PLAINTEXT-MARKER-7f3a;";
+
+/// Every file under `root` that contains `needle`.
+pub fn files_containing(root: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if std::fs::read(&path).is_ok_and(|data| data.windows(needle.len()).any(|w| w == needle)) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// How a test object is written, sealed with one of the SSE modes (docs/encryption.md) or not;
+/// SSE-KMS uses the key `app` of [`sse_keyring`], SSE-C [`customer_key`]`(7)`.
+#[derive(Clone, Copy, Debug)]
+pub enum Sealing {
+    SseS3,
+    SseKms,
+    SseC,
+    Plain,
+}
+
+impl Sealing {
+    /// The request headers asking for it on a PUT.
+    pub fn put_headers(self) -> Vec<(&'static str, String)> {
+        match self {
+            Sealing::SseS3 => vec![("x-amz-server-side-encryption", "AES256".into())],
+            Sealing::SseKms => vec![
+                ("x-amz-server-side-encryption", "aws:kms".into()),
+                ("x-amz-server-side-encryption-aws-kms-key-id", "app".into()),
+            ],
+            Sealing::SseC => self.get_headers(),
+            Sealing::Plain => Vec::new(),
+        }
+    }
+
+    /// What a PUT's response says of it: (`x-amz-server-side-encryption`, the SSE-C algorithm).
+    pub fn answered(self) -> (Option<&'static str>, Option<&'static str>) {
+        match self {
+            Sealing::SseS3 => (Some("AES256"), None),
+            Sealing::SseKms => (Some("aws:kms"), None),
+            Sealing::SseC => (None, Some("AES256")),
+            Sealing::Plain => (None, None),
+        }
+    }
+
+    /// The request headers a GET needs: the customer's key for SSE-C, nothing otherwise.
+    pub fn get_headers(self) -> Vec<(&'static str, String)> {
+        let Sealing::SseC = self else { return Vec::new() };
+        let (key, md5) = customer_key(7);
+        vec![
+            ("x-amz-server-side-encryption-customer-algorithm", "AES256".into()),
+            ("x-amz-server-side-encryption-customer-key", key),
+            ("x-amz-server-side-encryption-customer-key-md5", md5),
+        ]
+    }
+}
+
 pub fn md5_hex(data: &[u8]) -> String {
     use md5::Digest;
     hex::encode(md5::Md5::digest(data))
