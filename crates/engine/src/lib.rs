@@ -33,6 +33,7 @@ mod list;
 pub mod locks;
 mod multipart;
 mod object;
+pub mod notify;
 pub mod peer;
 pub mod policy;
 pub mod record;
@@ -173,6 +174,7 @@ pub struct EngineBuilder {
     remote: Option<RemoteReading>,
     reaper_interval: Option<Duration>,
     metrics: meridian_metrics::EngineMetrics,
+    webhooks: Option<notify::Webhooks>,
 }
 
 struct RemoteReading {
@@ -204,6 +206,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Delivers event notifications to these webhook targets ([`notify`]); without targets,
+    /// buckets cannot have notification rules.
+    pub fn webhooks(mut self, webhooks: notify::Webhooks) -> Self {
+        self.webhooks = Some(webhooks).filter(|w| !w.targets.is_empty());
+        self
+    }
+
     /// The engine, complete, with its background tasks (reaper, change follower, lag
     /// measurement) running: those need a Tokio runtime.
     pub fn build(self) -> Engine {
@@ -221,8 +230,12 @@ impl EngineBuilder {
                 write_queues: write_queue::WriteQueues::default(),
                 feed,
                 round_trips: std::sync::Mutex::new(std::collections::HashMap::new()),
+                webhooks: self.webhooks,
             }),
         };
+        if engine.webhooks().is_some() {
+            engine.spawn_notifier();
+        }
         engine.spawn_lag_probe();
         if let Some(interval) = self.reaper_interval {
             engine.spawn_reaper(interval);
@@ -260,6 +273,8 @@ struct Inner {
     /// The shortest round trip measured to each other node, in ms, and when (by the clock
     /// measurements): how near its region is.
     round_trips: std::sync::Mutex<std::collections::HashMap<String, (i64, std::time::Instant)>>,
+    /// The operator's webhook targets for event notifications.
+    webhooks: Option<notify::Webhooks>,
 }
 
 impl Engine {
@@ -272,6 +287,7 @@ impl Engine {
             remote: None,
             reaper_interval: None,
             metrics: meridian_metrics::EngineMetrics::default(),
+            webhooks: None,
         }
     }
 
@@ -335,6 +351,10 @@ impl Engine {
 
     pub(crate) fn metrics(&self) -> &meridian_metrics::EngineMetrics {
         &self.inner.metrics
+    }
+
+    pub(crate) fn webhooks(&self) -> Option<&notify::Webhooks> {
+        self.inner.webhooks.as_ref()
     }
 
     pub(crate) fn remote(&self) -> Option<&Arc<dyn object::RemoteReader>> {

@@ -11,6 +11,7 @@ use crate::conditions::{ReadConditions, WriteConditions};
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{Body, BodyError, IngestLimits, Ingested, IngestedData, Integrity, body_from_bytes, ingest};
 use crate::lifecycle::{earliest, object_expiry};
+use crate::notify::{self, EventKind};
 use crate::record::{self, BucketRecord, DataLayout, ObjectHeaders, ObjectRecord};
 use crate::write_queue::Queueing;
 use crate::{Consistency, Engine, keys, now_ms, validate_key};
@@ -335,6 +336,7 @@ impl Engine {
         let (record, inline) = self.new_record(ingested, holders, req.headers, expires_at_ms);
         let mut extra = ExtraTxn::seen_bucket(&bucket, bucket_revision);
         extra.ops.extend(self.repair_op(&req.bucket, &req.key, &bucket, &record).await?);
+        extra.ops.extend(notify::event_op(&req.bucket, &bucket, &req.key, EventKind::Put, Some(&record)));
         let (revision, version) =
             self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, extra).await?;
         let record = ObjectRecord { version, ..record };
@@ -597,6 +599,9 @@ impl Engine {
             let mut txn = Txn::new();
             txn.compares.extend(change.compares);
             txn.ops.extend(change.ops);
+            if let Ok((record, _)) = self.bucket(bucket).await {
+                txn.ops.extend(notify::event_op(bucket, &record, key, EventKind::Delete, None));
+            }
             txn = with_fence(txn, bucket, conditions);
             let resp = self.meta().txn(txn).await?;
             if resp.succeeded {
@@ -681,6 +686,7 @@ impl Engine {
         };
         let mut extra = ExtraTxn::seen_bucket(&dst_bucket, dst_revision);
         extra.ops.extend(self.repair_op(&req.dst_bucket, &req.dst_key, &dst_bucket, &record).await?);
+        extra.ops.extend(notify::event_op(&req.dst_bucket, &dst_bucket, &req.dst_key, EventKind::Copy, Some(&record)));
         let (revision, version) =
             self.commit_object(&req.dst_bucket, &req.dst_key, &record, inline, &req.conditions, extra).await?;
         let record = ObjectRecord { version, ..record };

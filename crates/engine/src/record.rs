@@ -59,6 +59,9 @@ pub struct BucketRecord {
     /// S3's object ownership (PutBucketOwnershipControls).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_ownership: Option<crate::policy::ObjectOwnership>,
+    /// S3's event notification rules (PutBucketNotificationConfiguration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification: Option<crate::notify::NotificationConfig>,
 }
 
 impl BucketRecord {

@@ -278,7 +278,11 @@ impl Engine {
         key: &str,
         conditions: &WriteConditions,
     ) -> EngineResult<DeleteOutcome> {
-        let extra = ExtraTxn::default();
+        let mut extra = ExtraTxn::default();
+        if let Ok((record, _)) = self.bucket(bucket).await {
+            let marker = crate::notify::EventKind::DeleteMarkerCreated;
+            extra.ops.extend(crate::notify::event_op(bucket, &record, key, marker, None));
+        }
         let done = self.commit_version(bucket, key, None, conditions, &extra).await?;
         Ok(DeleteOutcome {
             revision: done.revision,
