@@ -93,6 +93,37 @@ pub struct FileConfig {
     pub blob_s3_ca_file: Option<PathBuf>,
     /// Age (seconds) at which the orphan scan of a blob bucket removes unreferenced blobs.
     pub blob_orphan_grace_secs: Option<u64>,
+    /// Webhook targets of event notifications, each `NAME=URL`.
+    #[serde(default)]
+    pub notify_webhook: Vec<String>,
+}
+
+/// Webhook targets from `NAME=URL` entries: names as [`meridian_engine::notify`] allows them,
+/// `http://` or `https://` URLs, each name once.
+pub fn webhooks(entries: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut targets = std::collections::BTreeMap::new();
+    for entry in entries {
+        let Some((name, url)) = entry.split_once('=') else {
+            anyhow::bail!("a webhook target (--notify-webhook) is NAME=URL, not {entry:?}");
+        };
+        meridian_engine::notify::validate_target_name(name).map_err(anyhow::Error::msg)?;
+        let uri: http::Uri = url.parse().with_context(|| format!("webhook target {name}: bad URL {url:?}"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            anyhow::bail!("webhook target {name}: the URL must be http:// or https:// with a host, not {url:?}");
+        }
+        if targets.insert(name.to_string(), url.to_string()).is_some() {
+            anyhow::bail!("webhook target {name} is given twice");
+        }
+    }
+    Ok(targets)
+}
+
+/// A webhook target as `--print-config` shows it: the query (which may carry a token) redacted.
+pub fn printable_webhook(name: &str, url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{name}={base}?{REDACTED}"),
+        None => format!("{name}={url}"),
+    }
 }
 
 /// A size in the TOML file: a number of bytes (`65536`) or a string in the one size grammar

@@ -122,6 +122,11 @@ pub struct ServerArgs {
     /// A duration: 10m, 30s. Default: 10m
     #[arg(long, env = "MERIDIAN_HOLDER_LOST_AFTER", value_parser = meridian_common::duration::parse_duration)]
     holder_lost_after: Option<Duration>,
+    /// A webhook target for S3 event notifications, NAME=URL (repeatable; the environment
+    /// variable takes a comma-separated list). Buckets name it as the QueueArn
+    /// arn:meridian:sqs::NAME:webhook. Give every node of a cluster the same targets.
+    #[arg(long = "notify-webhook", env = "MERIDIAN_NOTIFY_WEBHOOK", value_delimiter = ',', value_name = "NAME=URL")]
+    notify_webhook: Vec<String>,
     #[command(flatten)]
     blob_s3: BlobS3Args,
 }
@@ -199,6 +204,8 @@ struct Settings {
     /// Object bytes in an S3 bucket instead of the data directory.
     blob_s3: Option<meridian_blob::s3::S3BackendConfig>,
     orphan_grace: Duration,
+    /// Webhook targets of event notifications, by name.
+    webhooks: std::collections::BTreeMap<String, String>,
     /// The same settings as a config file would write them, secrets redacted (`--print-config`).
     printable: FileConfig,
 }
@@ -319,6 +326,7 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
         blob_s3,
         orphan_grace,
+        webhooks: config::webhooks(if args.notify_webhook.is_empty() { &file.notify_webhook } else { &args.notify_webhook })?,
         printable: FileConfig::default(),
     };
     settings.printable = settings.printable_config(limits);
@@ -415,6 +423,7 @@ impl Settings {
             blob_s3_secret_key: self.blob_s3.as_ref().map(|_| config::REDACTED.to_string()),
             blob_s3_ca_file: self.blob_s3.as_ref().and_then(|s3| s3.endpoint.ca_file.clone()),
             blob_orphan_grace_secs: self.blob_s3.as_ref().map(|_| self.orphan_grace.as_secs()),
+            notify_webhook: self.webhooks.iter().map(|(name, url)| config::printable_webhook(name, url)).collect(),
             ..limits
         }
     }
@@ -498,6 +507,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if !settings.webhooks.is_empty() {
+        let poster = meridian_http::client::Poster::new(&client_tls, Duration::from_secs(5));
+        let sender = Arc::new(crate::notify::WebhookPoster(poster));
+        builder = builder.webhooks(meridian_engine::notify::Webhooks { targets: settings.webhooks.clone(), sender });
+    }
     let engine = builder.build();
 
     let (creds, source) = config::admin_credentials(&settings.data)?;
