@@ -420,6 +420,17 @@ impl Engine {
                 state.lease = Some((lock.token, lock.expires_at_ms));
                 Ok(true)
             }
+            // Held by this node before a restart: take it over rather than wait out its TTL.
+            Err(EngineError::LockContended { owner, .. }) if owner == self.config().node.node => {
+                let Some(held) = self.lock_owner(bucket, &name).await? else { return Ok(false) };
+                match self.renew_lock(bucket, &name, held.token, LEASE_TTL).await {
+                    Ok(renewed) if renewed.owner == self.config().node.node => {
+                        state.lease = Some((held.token, renewed.expires_at_ms));
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
+            }
             Err(EngineError::LockContended { .. }) => Ok(false),
             Err(err) => Err(err),
         }
