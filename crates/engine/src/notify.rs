@@ -57,7 +57,7 @@ pub fn validate_target_name(name: &str) -> Result<(), String> {
 }
 
 /// The event names a rule may list, as S3 spells them.
-const EVENT_NAMES: [&str; 7] = [
+const EVENT_NAMES: [&str; 10] = [
     "s3:ObjectCreated:*",
     "s3:ObjectCreated:Put",
     "s3:ObjectCreated:Copy",
@@ -65,6 +65,9 @@ const EVENT_NAMES: [&str; 7] = [
     "s3:ObjectRemoved:*",
     "s3:ObjectRemoved:Delete",
     "s3:ObjectRemoved:DeleteMarkerCreated",
+    "s3:LifecycleExpiration:*",
+    "s3:LifecycleExpiration:Delete",
+    "s3:LifecycleExpiration:DeleteMarkerCreated",
 ];
 
 /// One rule: events of these types on keys with this prefix and suffix go to `target`.
@@ -96,6 +99,10 @@ pub enum EventKind {
     CompleteMultipartUpload,
     Delete,
     DeleteMarkerCreated,
+    /// Removed by a lifecycle rule or a TTL.
+    LifecycleDelete,
+    /// Hidden by a delete marker of a lifecycle rule or a TTL (versioned buckets).
+    LifecycleDeleteMarkerCreated,
 }
 
 impl EventKind {
@@ -107,6 +114,8 @@ impl EventKind {
             EventKind::CompleteMultipartUpload => "ObjectCreated:CompleteMultipartUpload",
             EventKind::Delete => "ObjectRemoved:Delete",
             EventKind::DeleteMarkerCreated => "ObjectRemoved:DeleteMarkerCreated",
+            EventKind::LifecycleDelete => "LifecycleExpiration:Delete",
+            EventKind::LifecycleDeleteMarkerCreated => "LifecycleExpiration:DeleteMarkerCreated",
         }
     }
 }
@@ -208,18 +217,22 @@ pub struct StoredEvent {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub etag: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule_id: Option<String>,
     pub time_ms: i64,
 }
 
 /// The write that queues the event of `kind` on `bucket/key` (`object`: the new record, for
-/// creations) when one of the bucket's rules matches: to fold into the change's transaction.
+/// creations; `version_id`: the version made or removed) when one of the bucket's rules
+/// matches: to fold into the change's transaction.
 pub(crate) fn event_op(
     bucket: &str,
     record: &BucketRecord,
     key: &str,
     kind: EventKind,
     object: Option<&ObjectRecord>,
+    version_id: Option<&str>,
 ) -> Option<Op> {
     let rule = record.notification.as_ref()?.rule_for(kind, key)?;
     let time_ms = now_ms();
@@ -228,6 +241,7 @@ pub(crate) fn event_op(
         key: key.to_string(),
         size: object.map_or(0, |o| o.size),
         etag: object.map(|o| o.etag.clone()).unwrap_or_default(),
+        version_id: version_id.map(str::to_string),
         rule_id: rule.id.clone(),
         time_ms,
     };
@@ -449,6 +463,15 @@ fn batch_body(bucket: &str, region: &str, batch: &[KeyValue]) -> EngineResult<By
 }
 
 fn event_json(bucket: &str, region: &str, event: &StoredEvent, revision: u64) -> serde_json::Value {
+    let mut object = serde_json::json!({
+        "key": encode_key(&event.key),
+        "size": event.size,
+        "eTag": event.etag,
+        "sequencer": format!("{revision:016X}"),
+    });
+    if let Some(version_id) = &event.version_id {
+        object["versionId"] = serde_json::Value::from(version_id.as_str());
+    }
     serde_json::json!({
         "eventVersion": "2.1",
         "eventSource": "meridian:s3",
@@ -459,12 +482,7 @@ fn event_json(bucket: &str, region: &str, event: &StoredEvent, revision: u64) ->
             "s3SchemaVersion": "1.0",
             "configurationId": event.rule_id.clone().unwrap_or_default(),
             "bucket": { "name": bucket, "arn": format!("arn:aws:s3:::{bucket}") },
-            "object": {
-                "key": encode_key(&event.key),
-                "size": event.size,
-                "eTag": event.etag,
-                "sequencer": format!("{revision:016X}"),
-            },
+            "object": object,
         },
         "meridian": { "revision": revision },
     })

@@ -336,7 +336,7 @@ impl Engine {
         let (record, inline) = self.new_record(ingested, holders, req.headers, expires_at_ms);
         let mut extra = ExtraTxn::seen_bucket(&bucket, bucket_revision);
         extra.ops.extend(self.repair_op(&req.bucket, &req.key, &bucket, &record).await?);
-        extra.ops.extend(notify::event_op(&req.bucket, &bucket, &req.key, EventKind::Put, Some(&record)));
+        extra.notify(&req.bucket, &bucket, &req.key, EventKind::Put, &record);
         let (revision, version) =
             self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, extra).await?;
         let record = ObjectRecord { version, ..record };
@@ -600,7 +600,7 @@ impl Engine {
             txn.compares.extend(change.compares);
             txn.ops.extend(change.ops);
             if let Ok((record, _)) = self.bucket(bucket).await {
-                txn.ops.extend(notify::event_op(bucket, &record, key, EventKind::Delete, None));
+                txn.ops.extend(notify::event_op(bucket, &record, key, EventKind::Delete, None, None));
             }
             txn = with_fence(txn, bucket, conditions);
             let resp = self.meta().txn(txn).await?;
@@ -686,7 +686,7 @@ impl Engine {
         };
         let mut extra = ExtraTxn::seen_bucket(&dst_bucket, dst_revision);
         extra.ops.extend(self.repair_op(&req.dst_bucket, &req.dst_key, &dst_bucket, &record).await?);
-        extra.ops.extend(notify::event_op(&req.dst_bucket, &dst_bucket, &req.dst_key, EventKind::Copy, Some(&record)));
+        extra.notify(&req.dst_bucket, &dst_bucket, &req.dst_key, EventKind::Copy, &record);
         let (revision, version) =
             self.commit_object(&req.dst_bucket, &req.dst_key, &record, inline, &req.conditions, extra).await?;
         let record = ObjectRecord { version, ..record };
@@ -877,12 +877,24 @@ pub(crate) struct ExtraTxn {
     /// The bucket's versioning as the caller read it: set, the write makes a new version
     /// ([`Engine::commit_version`], which reads the bucket again for each attempt).
     pub versioning: Option<record::Versioning>,
+    /// The event of a versioned write, queued by [`Engine::commit_version`] with the version it
+    /// makes (unversioned writes queue theirs in `ops`).
+    pub event: Option<EventKind>,
 }
 
 impl ExtraTxn {
     /// Nothing extra but the bucket revision the caller has read.
     pub(crate) fn seen_bucket(bucket: &BucketRecord, revision: Revision) -> Self {
         ExtraTxn { bucket_revision: Some(revision), versioning: bucket.versioning, ..Default::default() }
+    }
+
+    /// Queues the write's event notification if a rule of `bucket` matches (see [`notify`]).
+    pub(crate) fn notify(&mut self, name: &str, bucket: &BucketRecord, key: &str, kind: EventKind, new: &ObjectRecord) {
+        if bucket.versioning.is_some() {
+            self.event = Some(kind);
+        } else {
+            self.ops.extend(notify::event_op(name, bucket, key, kind, Some(new), None));
+        }
     }
 
     /// True when there is nothing to fold into the commit but the bucket revision.

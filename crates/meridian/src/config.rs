@@ -343,6 +343,20 @@ mod tests {
     }
 
     #[test]
+    fn webhook_targets_are_name_equals_url_and_their_queries_are_redacted() {
+        let entries = ["orders=http://127.0.0.1:8080/hook".to_string(), "audit=https://hooks.example/x?token=t".into()];
+        let targets = webhooks(&entries).unwrap();
+        assert_eq!(targets["orders"], "http://127.0.0.1:8080/hook");
+        assert_eq!(printable_webhook("audit", &targets["audit"]), format!("audit=https://hooks.example/x?{REDACTED}"));
+        for bad in ["no-url", "bad name=http://h/", "ftp=ftp://h/", "nohost=http:///x", "x=http://h/,x=http://h/"] {
+            let entries: Vec<String> = bad.split(',').map(String::from).collect();
+            assert!(webhooks(&entries).is_err(), "{bad} was accepted");
+        }
+        let file: FileConfig = toml::from_str(r#"notify_webhook = ["a=http://h:1/"]"#).unwrap();
+        assert_eq!(webhooks(&file.notify_webhook).unwrap().len(), 1);
+    }
+
+    #[test]
     fn sites_are_tables_of_the_file() {
         let text = "web_listen = \"127.0.0.1:0\"\n[[site]]\nname = \"xedn\"\nbucket = \"xedn\"\npath_prefix = \"/file/christine-static\"\n[[site]]\nname = \"www\"\nhost = \"www.example.com\"\nbucket = \"www\"\ncache_control = \"public, max-age=60\"\n";
         let file: FileConfig = toml::from_str(text).unwrap();

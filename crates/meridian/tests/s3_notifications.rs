@@ -342,15 +342,36 @@ async fn events_arrive_in_commit_order_filtered_with_their_revisions() {
     }
     assert_eq!(records[0]["s3"]["object"]["eTag"], md5_hex(b"hello"));
 
-    // A versioned bucket: a DELETE makes a delete marker.
+    // A versioned bucket: events name the version made or removed.
     s3.create_bucket().bucket("versioned").send().await.unwrap();
     let enabled = VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build();
     s3.put_bucket_versioning().bucket("versioned").versioning_configuration(enabled).send().await.unwrap();
-    configure(&s3, "versioned", vec![rule(&["s3:ObjectRemoved:DeleteMarkerCreated"], None, None)]).await;
-    put(&s3, "versioned", "doc", b"v1").await;
-    s3.delete_object().bucket("versioned").key("doc").send().await.unwrap();
-    let records = receiver.wait_for("versioned", 1);
-    assert_eq!(summaries(&records), [s("ObjectRemoved:DeleteMarkerCreated", "doc", 0)]);
+    configure(&s3, "versioned", vec![rule(&["s3:ObjectCreated:*", "s3:ObjectRemoved:*"], None, None)]).await;
+    let written = s3.put_object().bucket("versioned").key("doc").body(ByteStream::from_static(b"v1")).send().await;
+    let v1 = written.unwrap().version_id().unwrap().to_string();
+    let marker = s3.delete_object().bucket("versioned").key("doc").send().await.unwrap();
+    let marker = marker.version_id().unwrap().to_string();
+    s3.delete_object().bucket("versioned").key("doc").version_id(&v1).send().await.unwrap();
+    let records = receiver.wait_for("versioned", 3);
+    assert_eq!(
+        summaries(&records),
+        [
+            s("ObjectCreated:Put", "doc", 2),
+            s("ObjectRemoved:DeleteMarkerCreated", "doc", 0),
+            s("ObjectRemoved:Delete", "doc", 0)
+        ]
+    );
+    let versions: Vec<&str> = records.iter().map(|r| r["s3"]["object"]["versionId"].as_str().unwrap()).collect();
+    assert_eq!(versions, [v1.as_str(), marker.as_str(), v1.as_str()]);
+
+    // An expiry (here a TTL, removed by the reaper) is a lifecycle expiration.
+    s3.create_bucket().bucket("expiring").send().await.unwrap();
+    configure(&s3, "expiring", vec![rule(&["s3:LifecycleExpiration:*"], None, None)]).await;
+    let ttl = [("x-meridian-ttl", "1s".to_string())];
+    let resp = common::raw::signed(&server.addr, "PUT", "/expiring/brief", &ttl, b"brief");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let records = receiver.wait_for("expiring", 1);
+    assert_eq!(summaries(&records), [s("LifecycleExpiration:Delete", "brief", 0)]);
 
     // Nothing more arrives: no event for what matched no rule.
     tokio::time::sleep(Duration::from_millis(600)).await;
