@@ -51,8 +51,9 @@ pub fn target_of_arn(arn: &str) -> Option<&str> {
 
 /// Target names: 1–64 characters from `A-Z a-z 0-9 _ -`.
 pub fn validate_target_name(name: &str) -> Result<(), String> {
-    let ok =
-        !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok { Ok(()) } else { Err(format!("invalid webhook target name {name:?}: use 1 to 64 of A-Z a-z 0-9 _ -")) }
 }
 
@@ -490,7 +491,8 @@ fn event_json(bucket: &str, region: &str, event: &StoredEvent, revision: u64) ->
 
 /// RFC 3339 with milliseconds, as S3 writes `eventTime`.
 fn event_time(ms: i64) -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&format).ok())
@@ -551,8 +553,14 @@ mod tests {
             Err(EngineError::InvalidArgument(m)) => assert!(m.contains(needle), "{m}"),
             other => panic!("expected InvalidArgument with {needle:?}, got {other:?}"),
         };
-        invalid(NotificationConfig { rules: vec![rule("nope", &["s3:ObjectCreated:*"], None, None)] }, "Unable to validate");
-        invalid(NotificationConfig { rules: vec![rule("hook", &["s3:ObjectCreated:Sideways"], None, None)] }, "not supported");
+        invalid(
+            NotificationConfig { rules: vec![rule("nope", &["s3:ObjectCreated:*"], None, None)] },
+            "Unable to validate",
+        );
+        invalid(
+            NotificationConfig { rules: vec![rule("hook", &["s3:ObjectCreated:Sideways"], None, None)] },
+            "not supported",
+        );
         let overlapping = NotificationConfig {
             rules: vec![
                 rule("hook", &["s3:ObjectCreated:*"], Some("a/"), None),

@@ -12,8 +12,8 @@ use meridian_meta::{Compare, Op, RangeRequest, Revision, Txn, prefix_end};
 
 use crate::conditions::WriteConditions;
 use crate::error::{EngineError, EngineResult};
-use crate::object::{Current, DeleteOutcome, ExtraTxn, check_fence_failure, decode_current, object_change, with_fence};
 use crate::notify::{self, EventKind};
+use crate::object::{Current, DeleteOutcome, ExtraTxn, check_fence_failure, decode_current, object_change, with_fence};
 use crate::record::{self, ObjectRecord, VersionHead, VersionRecord, VersionStamp, Versioning};
 use crate::{Engine, keys, now_ms, validate_key};
 

@@ -140,7 +140,11 @@ async fn refusals_leave_the_configuration_alone() {
     let dir = tempfile::tempdir().unwrap();
     let engine = node(&store(dir.path()), dir.path(), "n1", &Arc::default());
     watch_everything(&engine, "bkt", None).await;
-    let unknown = NotificationRule { target: "elsewhere".into(), events: vec!["s3:ObjectCreated:*".into()], ..Default::default() };
+    let unknown = NotificationRule {
+        target: "elsewhere".into(),
+        events: vec!["s3:ObjectCreated:*".into()],
+        ..Default::default()
+    };
     let refused = engine.set_notification("bkt", Some(NotificationConfig { rules: vec![unknown] })).await;
     assert!(matches!(refused, Err(EngineError::InvalidArgument(m)) if m.contains("Unable to validate")));
     assert_eq!(engine.notification("bkt").await.unwrap().unwrap().rules[0].target, "hook");

@@ -326,7 +326,11 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
         blob_s3,
         orphan_grace,
-        webhooks: config::webhooks(if args.notify_webhook.is_empty() { &file.notify_webhook } else { &args.notify_webhook })?,
+        webhooks: config::webhooks(if args.notify_webhook.is_empty() {
+            &file.notify_webhook
+        } else {
+            &args.notify_webhook
+        })?,
         printable: FileConfig::default(),
     };
     settings.printable = settings.printable_config(limits);

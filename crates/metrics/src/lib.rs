@@ -495,7 +495,11 @@ impl EngineMetrics {
             "Event notifications this node delivered to webhook targets (answered 2xx)",
             self.notify_delivered.clone(),
         );
-        r.register("notify_failures", "Event notification POSTs that failed (retried with backoff)", self.notify_failures.clone());
+        r.register(
+            "notify_failures",
+            "Event notification POSTs that failed (retried with backoff)",
+            self.notify_failures.clone(),
+        );
         r.register(
             "notify_backlog",
             "Event notifications waiting for delivery, as this node's last delivery pass counted them",

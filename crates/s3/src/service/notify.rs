@@ -49,7 +49,8 @@ fn config_from_s3(config: NotificationConfiguration) -> S3Result<NotificationCon
              functions or EventBridge",
         ));
     }
-    let rules = config.queue_configurations.unwrap_or_default().into_iter().map(rule_from_s3).collect::<S3Result<_>>()?;
+    let rules =
+        config.queue_configurations.unwrap_or_default().into_iter().map(rule_from_s3).collect::<S3Result<_>>()?;
     Ok(NotificationConfig { rules })
 }
 
@@ -99,7 +100,7 @@ fn rule_to_s3(rule: NotificationRule) -> QueueConfiguration {
     QueueConfiguration {
         events: rule.events.into_iter().map(Event::from).collect(),
         filter: (!filter_rules.is_empty())
-            .then(|| NotificationConfigurationFilter { key: Some(S3KeyFilter { filter_rules: Some(filter_rules) }) }),
+            .then_some(NotificationConfigurationFilter { key: Some(S3KeyFilter { filter_rules: Some(filter_rules) }) }),
         id: rule.id,
         queue_arn: engine::target_arn(&rule.target),
     }
