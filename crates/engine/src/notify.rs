@@ -7,7 +7,7 @@
 //! is the change's commit revision. The delivery worker ([`Engine::spawn_notifier`]) posts each
 //! (bucket, target) stream in commit-revision order, deletes events only after a 2xx, and
 //! backs off while a target fails. In a cluster one node at a time delivers a stream: it holds
-//! the bucket's lock `notify:<target>` ([`crate::locks`]).
+//! the bucket's lock `#notify/<target>` ([`crate::locks`]; `#` keeps clients' locks apart).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -387,16 +387,12 @@ impl Engine {
             if !self.hold_stream(bucket, target, state).await? {
                 break;
             }
-            let body = match batch_body(bucket, &self.config().node.region, batch) {
-                Ok(body) => body,
-                Err(err) => {
-                    tracing::error!(%bucket, %target, error = %err, "cannot encode queued events; delivery waits");
-                    return Ok(left);
-                }
-            };
-            let sent = match tokio::time::timeout(REQUEST_TIMEOUT, webhooks.sender.post(url, body)).await {
-                Ok(result) => result,
-                Err(_) => Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
+            let sent = match batch_body(bucket, &self.config().node.region, batch) {
+                Ok(body) => match tokio::time::timeout(REQUEST_TIMEOUT, webhooks.sender.post(url, body)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
+                },
+                Err(err) => Err(format!("cannot encode the queued events: {err}")),
             };
             if let Err(err) = sent {
                 let backoff = state.backoff.map_or(BACKOFF_START, |b| (b * 2).min(BACKOFF_CAP));
@@ -418,14 +414,14 @@ impl Engine {
 
     /// Whether this node holds (taking or renewing) the lock that lets it deliver the stream.
     async fn hold_stream(&self, bucket: &str, target: &str, state: &mut StreamState) -> EngineResult<bool> {
-        let name = format!("notify:{target}");
+        let name = format!("#notify/{target}");
         let now = now_ms();
         if let Some((token, expires)) = state.lease {
             if expires - now > LEASE_TTL.as_millis() as i64 / 2 {
                 return Ok(true);
             }
             state.lease = None;
-            if let Ok(renewed) = self.renew_lock(bucket, &name, token, LEASE_TTL).await {
+            if let Ok(renewed) = self.extend_lock(bucket, &name, token, LEASE_TTL).await {
                 state.lease = Some((token, renewed.expires_at_ms));
                 return Ok(true);
             }
@@ -437,8 +433,8 @@ impl Engine {
             }
             // Held by this node before a restart: take it over rather than wait out its TTL.
             Err(EngineError::LockContended { owner, .. }) if owner == self.config().node.node => {
-                let Some(held) = self.lock_owner(bucket, &name).await? else { return Ok(false) };
-                match self.renew_lock(bucket, &name, held.token, LEASE_TTL).await {
+                let Some(held) = self.read_lock(bucket, &name).await?.0 else { return Ok(false) };
+                match self.extend_lock(bucket, &name, held.token, LEASE_TTL).await {
                     Ok(renewed) if renewed.owner == self.config().node.node => {
                         state.lease = Some((held.token, renewed.expires_at_ms));
                         Ok(true)

@@ -427,4 +427,19 @@ async fn events_survive_a_failing_target_and_kill_9_in_order_per_key() {
         let sizes: Vec<u64> = delivered.iter().filter(|(k, _)| k == key).map(|(_, size)| *size).collect();
         assert!(sizes.windows(2).all(|w| w[0] < w[1]), "{key}'s events out of order: {sizes:?}");
     }
+
+    // The restarted node counted its deliveries and the failures while the target was away,
+    // and its backlog drains to nothing.
+    let deadline = Instant::now() + ARRIVAL;
+    loop {
+        let text = common::metrics::scrape(&server);
+        let delivered = common::metrics::sample(&text, "meridian_notify_delivered_total", &[]);
+        let failures = common::metrics::sample(&text, "meridian_notify_failures_total", &[]);
+        let backlog = common::metrics::sample(&text, "meridian_notify_backlog", &[]);
+        if delivered >= expected.len() as f64 && failures >= 1.0 && backlog == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "delivered {delivered}, failures {failures}, backlog {backlog}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
