@@ -200,7 +200,7 @@ async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8]) {
 }
 
 #[test]
-fn boto3_configures_notifications_and_gets_aws_error_codes() {
+fn boto3_and_the_aws_cli_configure_notifications_and_get_aws_error_codes() {
     let receiver = Receiver::start("127.0.0.1:0", Arc::default());
     let server = node_with_hook(&receiver);
     let script = r#"
@@ -273,6 +273,23 @@ print("boto3 notifications OK")
     );
     let stdout = common::expect_success("boto3 notification script", &out);
     assert!(stdout.contains("boto3 notifications OK"), "{stdout}");
+
+    // The AWS CLI, the same way.
+    let cli = common::aws::AwsCli::new(&server);
+    let config = format!(
+        r#"{{"QueueConfigurations":[{{"Id":"cli","QueueArn":"{ARN}","Events":["s3:ObjectRemoved:*"],
+            "Filter":{{"Key":{{"FilterRules":[{{"Name":"suffix","Value":".log"}}]}}}}}}]}}"#
+    );
+    let put = ["s3api", "put-bucket-notification-configuration", "--bucket", "conf", "--notification-configuration"];
+    cli.ok(&[&put[..], &[config.as_str()]].concat());
+    let got = cli.json(&["s3api", "get-bucket-notification-configuration", "--bucket", "conf"]);
+    let queue = &got["QueueConfigurations"][0];
+    assert_eq!((queue["Id"].as_str(), queue["QueueArn"].as_str()), (Some("cli"), Some(ARN)), "{got}");
+    assert_eq!(queue["Events"], serde_json::json!(["s3:ObjectRemoved:*"]));
+    let unknown = config.replace(ARN, "arn:meridian:sqs::elsewhere:webhook");
+    let refused = cli.run(&[&put[..], &[unknown.as_str()]].concat());
+    let stderr = common::text(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("(InvalidArgument)"), "{stderr}");
 
     let malformed = b"<NotificationConfiguration><QueueConfiguration><Queue>";
     let resp = common::raw::signed(&server.addr, "PUT", "/conf?notification", &[], malformed);
