@@ -404,7 +404,9 @@ impl Engine {
         }
         if conditions.is_unconditional() && extra.is_only_bucket_revision() {
             // Ordered behind this node's other writes of the key instead of racing them.
-            match self.commit_queued(bucket, key, record, inline.clone(), extra.bucket_revision).await {
+            let queued =
+                self.commit_queued(bucket, key, record, inline.clone(), extra.bucket_revision, &extra.event_ops);
+            match queued.await {
                 Queueing::Committed(revision) => return Ok((revision, None)),
                 Queueing::Contended => return Err(EngineError::Contended),
                 Queueing::Alone => {}
@@ -438,7 +440,7 @@ impl Engine {
             let old_blobs = change.freed;
             txn = with_fence(txn, bucket, conditions);
             txn.compares.extend(extra.compares.iter().cloned());
-            txn.ops.extend(extra.ops.iter().cloned());
+            txn.ops.extend(extra.ops.iter().chain(&extra.event_ops).cloned());
             let resp = self.meta().txn(txn).await?;
             if resp.succeeded {
                 self.delete_blobs_later(old_blobs);
@@ -878,8 +880,11 @@ pub(crate) struct ExtraTxn {
     /// ([`Engine::commit_version`], which reads the bucket again for each attempt).
     pub versioning: Option<record::Versioning>,
     /// The event of a versioned write, queued by [`Engine::commit_version`] with the version it
-    /// makes (unversioned writes queue theirs in `ops`).
+    /// makes.
     pub event: Option<EventKind>,
+    /// The event write of an unversioned write (kept apart from `ops`: it may go through the
+    /// per-key write queue with its write).
+    pub event_ops: Vec<Op>,
 }
 
 impl ExtraTxn {
@@ -893,7 +898,7 @@ impl ExtraTxn {
         if bucket.versioning.is_some() {
             self.event = Some(kind);
         } else {
-            self.ops.extend(notify::event_op(name, bucket, key, kind, Some(new), None));
+            self.event_ops.extend(notify::event_op(name, bucket, key, kind, Some(new), None));
         }
     }
 

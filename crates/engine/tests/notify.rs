@@ -177,3 +177,24 @@ async fn one_node_at_a_time_delivers_a_stream() {
     let senders: std::collections::BTreeSet<&str> = posts.iter().map(|(node, _)| node.as_str()).collect();
     assert_eq!(senders.len(), 1, "both nodes delivered: {senders:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_of_one_key_each_get_their_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    recorder.failing.store(true, Ordering::SeqCst);
+    let engine = node(&store(dir.path()), dir.path(), "n1", &recorder);
+    watch_everything(&engine, "hot", None).await;
+    let writes = (0..32).map(|_| {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.put_object(put("hot", "key", b"same key")).await.unwrap().revision })
+    });
+    let mut revisions: Vec<u64> = futures::future::join_all(writes).await.into_iter().map(Result::unwrap).collect();
+    revisions.sort();
+    let events: Vec<u64> = {
+        let mut events: Vec<u64> = queued(&engine, "hot").await.into_iter().map(|(_, revision)| revision).collect();
+        events.sort();
+        events
+    };
+    assert_eq!(events, revisions, "one event per acknowledged write, at its revision");
+}
