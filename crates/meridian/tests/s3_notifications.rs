@@ -390,6 +390,20 @@ async fn events_arrive_in_commit_order_filtered_with_their_revisions() {
     let records = receiver.wait_for("expiring", 1);
     assert_eq!(summaries(&records), [s("LifecycleExpiration:Delete", "brief", 0)]);
 
+    // Only the bucket's owner configures notifications.
+    let outsider = common::admin::create_key(&server, "outsider", false);
+    let outsider = common::admin::client(&server, &outsider);
+    let config = NotificationConfiguration::builder().build();
+    let denied = outsider
+        .put_bucket_notification_configuration()
+        .bucket("events")
+        .notification_configuration(config)
+        .send()
+        .await;
+    assert_eq!(common::error_code(&denied.unwrap_err()), "AccessDenied");
+    let denied = outsider.get_bucket_notification_configuration().bucket("events").send().await;
+    assert_eq!(common::error_code(&denied.unwrap_err()), "AccessDenied");
+
     // Nothing more arrives: no event for what matched no rule.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(summaries(&receiver.wait_for("events", 5)).len(), 5);
