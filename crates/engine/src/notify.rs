@@ -250,10 +250,10 @@ pub(crate) fn event_op(
     Some(Op::put(keys::event(bucket, &rule.target, &id), record::encode(&event)))
 }
 
-/// Sends a batch of events to a webhook: `Ok` for a 2xx answer.
+/// Sends a batch of events to the webhook target `target` at `url`: `Ok` for a 2xx answer.
 #[async_trait::async_trait]
 pub trait WebhookSender: Send + Sync {
-    async fn post(&self, url: &str, body: Bytes) -> Result<(), String>;
+    async fn post(&self, target: &str, url: &str, body: Bytes) -> Result<(), String>;
 }
 
 /// The operator's webhook targets (name → URL) and how to reach them.
@@ -388,10 +388,12 @@ impl Engine {
                 break;
             }
             let sent = match batch_body(bucket, &self.config().node.region, batch) {
-                Ok(body) => match tokio::time::timeout(REQUEST_TIMEOUT, webhooks.sender.post(url, body)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
-                },
+                Ok(body) => {
+                    match tokio::time::timeout(REQUEST_TIMEOUT, webhooks.sender.post(target, url, body)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
+                    }
+                }
                 Err(err) => Err(format!("cannot encode the queued events: {err}")),
             };
             if let Err(err) = sent {

@@ -32,7 +32,7 @@ struct NodeSender {
 
 #[async_trait::async_trait]
 impl WebhookSender for NodeSender {
-    async fn post(&self, _url: &str, body: Bytes) -> Result<(), String> {
+    async fn post(&self, _target: &str, _url: &str, body: Bytes) -> Result<(), String> {
         if self.recorder.failing.load(Ordering::SeqCst) {
             return Err("target down".into());
         }

@@ -42,19 +42,22 @@ impl Poster {
         Poster { client }
     }
 
-    /// POSTs `body` (of `content_type`) to `url` and reads the answer's body away, all within
-    /// `timeout`; the answer's status, or why there was none.
+    /// POSTs `body` (of `content_type`, with `authorization` if any) to `url` and reads the
+    /// answer's body away, all within `timeout`; the answer's status, or why there was none.
     pub async fn post(
         &self,
         url: &str,
         content_type: &str,
+        authorization: Option<&str>,
         body: bytes::Bytes,
         timeout: Duration,
     ) -> Result<http::StatusCode, String> {
-        let request = http::Request::post(url)
-            .header(http::header::CONTENT_TYPE, content_type)
-            .body(http_body_util::Full::new(body))
-            .map_err(|e| format!("bad request to {url}: {e}"))?;
+        let mut request = http::Request::post(url).header(http::header::CONTENT_TYPE, content_type);
+        if let Some(value) = authorization {
+            request = request.header(http::header::AUTHORIZATION, value);
+        }
+        let request =
+            request.body(http_body_util::Full::new(body)).map_err(|e| format!("bad request to {url}: {e}"))?;
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| format!("{url}: {e}"))?;
             let status = response.status();

@@ -96,6 +96,9 @@ pub struct FileConfig {
     /// Webhook targets of event notifications, each `NAME=URL`.
     #[serde(default)]
     pub notify_webhook: Vec<String>,
+    /// Bearer tokens of webhook targets, each `NAME=TOKEN`.
+    #[serde(default)]
+    pub notify_webhook_token: Vec<String>,
 }
 
 /// Webhook targets from `NAME=URL` entries: names as [`meridian_engine::notify`] allows them,
@@ -116,6 +119,29 @@ pub fn webhooks(entries: &[String]) -> anyhow::Result<std::collections::BTreeMap
         }
     }
     Ok(targets)
+}
+
+/// Bearer tokens from `NAME=TOKEN` entries, each naming one of `targets` once.
+pub fn webhook_tokens(
+    entries: &[String],
+    targets: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut tokens = std::collections::BTreeMap::new();
+    for entry in entries {
+        let Some((name, token)) = entry.split_once('=') else {
+            anyhow::bail!("a webhook token (--notify-webhook-token) is NAME=TOKEN");
+        };
+        if !targets.contains_key(name) {
+            anyhow::bail!("a webhook token names {name:?}, which is no webhook target (--notify-webhook)");
+        }
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            anyhow::bail!("the webhook token of {name} must be printable ASCII without spaces");
+        }
+        if tokens.insert(name.to_string(), token.to_string()).is_some() {
+            anyhow::bail!("webhook target {name} has two tokens");
+        }
+    }
+    Ok(tokens)
 }
 
 /// A webhook target as `--print-config` shows it: the query (which may carry a token) redacted.
@@ -354,6 +380,11 @@ mod tests {
         }
         let file: FileConfig = toml::from_str(r#"notify_webhook = ["a=http://h:1/"]"#).unwrap();
         assert_eq!(webhooks(&file.notify_webhook).unwrap().len(), 1);
+        let tokens = webhook_tokens(&["orders=t0k3n".to_string()], &targets).unwrap();
+        assert_eq!(tokens["orders"], "t0k3n");
+        for bad in ["nobody=t", "orders=", "orders=with space", "no-equals"] {
+            assert!(webhook_tokens(&[bad.to_string()], &targets).is_err(), "{bad} was accepted");
+        }
     }
 
     #[test]

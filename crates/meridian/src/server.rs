@@ -127,6 +127,16 @@ pub struct ServerArgs {
     /// arn:meridian:sqs::NAME:webhook. Give every node of a cluster the same targets.
     #[arg(long = "notify-webhook", env = "MERIDIAN_NOTIFY_WEBHOOK", value_delimiter = ',', value_name = "NAME=URL")]
     notify_webhook: Vec<String>,
+    /// A bearer token sent (`Authorization: Bearer TOKEN`) to a webhook target, NAME=TOKEN
+    /// (repeatable; comma-separated in the environment variable).
+    #[arg(
+        long = "notify-webhook-token",
+        env = "MERIDIAN_NOTIFY_WEBHOOK_TOKEN",
+        value_delimiter = ',',
+        value_name = "NAME=TOKEN",
+        hide_env_values = true
+    )]
+    notify_webhook_token: Vec<String>,
     #[command(flatten)]
     blob_s3: BlobS3Args,
 }
@@ -206,6 +216,8 @@ struct Settings {
     orphan_grace: Duration,
     /// Webhook targets of event notifications, by name.
     webhooks: std::collections::BTreeMap<String, String>,
+    /// Bearer tokens of webhook targets, by name.
+    webhook_tokens: std::collections::BTreeMap<String, String>,
     /// The same settings as a config file would write them, secrets redacted (`--print-config`).
     printable: FileConfig,
 }
@@ -256,6 +268,8 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
     if let Some(url) = &web_advertise {
         meridian_common::origin::check_url("web advertise (--web-advertise)", url)?;
     }
+    let webhooks =
+        config::webhooks(if args.notify_webhook.is_empty() { &file.notify_webhook } else { &args.notify_webhook })?;
     let inline_default = if etcd.is_empty() { EngineConfig::default().inline_max } else { ETCD_INLINE_MAX };
     let limits = FileConfig {
         max_connections: file.max_connections,
@@ -326,11 +340,11 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
         blob_s3,
         orphan_grace,
-        webhooks: config::webhooks(if args.notify_webhook.is_empty() {
-            &file.notify_webhook
-        } else {
-            &args.notify_webhook
-        })?,
+        webhook_tokens: config::webhook_tokens(
+            if args.notify_webhook_token.is_empty() { &file.notify_webhook_token } else { &args.notify_webhook_token },
+            &webhooks,
+        )?,
+        webhooks,
         printable: FileConfig::default(),
     };
     settings.printable = settings.printable_config(limits);
@@ -428,6 +442,11 @@ impl Settings {
             blob_s3_ca_file: self.blob_s3.as_ref().and_then(|s3| s3.endpoint.ca_file.clone()),
             blob_orphan_grace_secs: self.blob_s3.as_ref().map(|_| self.orphan_grace.as_secs()),
             notify_webhook: self.webhooks.iter().map(|(name, url)| config::printable_webhook(name, url)).collect(),
+            notify_webhook_token: self
+                .webhook_tokens
+                .keys()
+                .map(|name| format!("{name}={}", config::REDACTED))
+                .collect(),
             ..limits
         }
     }
@@ -513,7 +532,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     if !settings.webhooks.is_empty() {
         let poster = meridian_http::client::Poster::new(&client_tls, Duration::from_secs(5));
-        let sender = Arc::new(crate::notify::WebhookPoster(poster));
+        let authorizations =
+            settings.webhook_tokens.iter().map(|(name, token)| (name.clone(), format!("Bearer {token}"))).collect();
+        let sender = Arc::new(crate::notify::WebhookPoster { poster, authorizations });
         builder = builder.webhooks(meridian_engine::notify::Webhooks { targets: settings.webhooks.clone(), sender });
     }
     let engine = builder.build();

@@ -32,6 +32,8 @@ struct Seen {
     answer: u16,
     posts: usize,
     records: Vec<Value>,
+    /// The `Authorization` header of each POST.
+    authorizations: Vec<String>,
 }
 
 /// A webhook target: a one-thread HTTP/1.1 server answering every POST with `answer`.
@@ -116,6 +118,7 @@ fn serve(stream: TcpStream, seen: &Mutex<Seen>) {
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut reader = BufReader::new(stream);
     let mut length = 0;
+    let mut authorization = String::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -124,10 +127,12 @@ fn serve(stream: TcpStream, seen: &Mutex<Seen>) {
         if line == "\r\n" {
             break;
         }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap();
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap();
+            } else if name.eq_ignore_ascii_case("authorization") {
+                authorization = value.trim().to_string();
+            }
         }
     }
     let mut body = vec![0; length];
@@ -137,6 +142,7 @@ fn serve(stream: TcpStream, seen: &Mutex<Seen>) {
     let status = {
         let mut seen = seen.lock().unwrap();
         seen.posts += 1;
+        seen.authorizations.push(authorization);
         let status = if seen.answer == 0 { 200 } else { seen.answer };
         if (200..300).contains(&status) {
             let batch: Value = serde_json::from_slice(&body).unwrap();
@@ -171,7 +177,7 @@ fn summaries(records: &[Value]) -> Vec<(String, String, u64)> {
 
 fn node_with_hook(receiver: &Receiver) -> Server {
     let target = format!("hook={}", receiver.url());
-    Server::start_with(&["--notify-webhook", &target])
+    Server::start_with(&["--notify-webhook", &target, "--notify-webhook-token", "hook=hook-secret"])
 }
 
 fn rule(events: &[&str], prefix: Option<&str>, suffix: Option<&str>) -> QueueConfiguration {
@@ -358,6 +364,8 @@ async fn events_arrive_in_commit_order_filtered_with_their_revisions() {
         assert!(record["eventTime"].as_str().unwrap().ends_with('Z'), "{record}");
     }
     assert_eq!(records[0]["s3"]["object"]["eTag"], md5_hex(b"hello"));
+    let authorizations = receiver.seen.lock().unwrap().authorizations.clone();
+    assert!(authorizations.iter().all(|a| a == "Bearer hook-secret"), "{authorizations:?}");
 
     // A versioned bucket: events name the version made or removed.
     s3.create_bucket().bucket("versioned").send().await.unwrap();
