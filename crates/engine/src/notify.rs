@@ -348,9 +348,11 @@ impl Engine {
         let Some(webhooks) = self.webhooks().cloned() else { return Ok(()) };
         let mut from = Bytes::from(keys::EVENTS_ROOT);
         let mut backlog = 0;
+        let mut visited = std::collections::HashSet::new();
         for _ in 0..MAX_STREAMS_PER_PASS {
             let Some((bucket, target)) = self.next_stream(&from).await? else { break };
             from = keys::past_events_of(&bucket, &target);
+            visited.insert((bucket.clone(), target.clone()));
             let state = streams.entry((bucket.clone(), target.clone())).or_default();
             let Some(url) = webhooks.targets.get(&target) else {
                 if !state.warned {
@@ -365,6 +367,8 @@ impl Engine {
             backlog += state.left;
         }
         self.metrics().notify_backlog.set(backlog as i64);
+        // Streams with nothing queued are forgotten (a lock still held is taken over later).
+        streams.retain(|stream, _| visited.contains(stream));
         Ok(())
     }
 
