@@ -297,6 +297,15 @@ print("boto3 notifications OK")
     let stderr = common::text(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("(InvalidArgument)"), "{stderr}");
 
+    let none = common::raw::signed(&server.addr, "GET", "/unconfigured?notification", &[], b"");
+    assert_eq!(none.status, 404, "{}", none.text());
+    let cleared = br#"<NotificationConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>"#;
+    let resp = common::raw::signed(&server.addr, "PUT", "/conf?notification", &[], cleared);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let empty = common::raw::signed(&server.addr, "GET", "/conf?notification", &[], b"");
+    assert_eq!(empty.status, 200, "{}", empty.text());
+    assert!(empty.text().contains("NotificationConfiguration") && !empty.text().contains("Queue"), "{}", empty.text());
+
     let malformed = b"<NotificationConfiguration><QueueConfiguration><Queue>";
     let resp = common::raw::signed(&server.addr, "PUT", "/conf?notification", &[], malformed);
     assert_eq!((resp.status, resp.error_code()), (400, "MalformedXML".to_string()), "{}", resp.text());
