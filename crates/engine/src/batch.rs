@@ -8,6 +8,7 @@ use meridian_meta::{Compare, Revision, Txn};
 
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{IngestLimits, Integrity, body_from_bytes};
+use crate::notify::{self, EventKind};
 use crate::object::{Current, object_change};
 use crate::record::{ObjectHeaders, ObjectRecord};
 use crate::ttl::expires_after;
@@ -53,7 +54,7 @@ impl Engine {
             self.check_residency(bucket, &record)?;
         }
         let prepared = self.prepare_puts(bucket, &ops, &record).await?;
-        let result = self.commit_batch(bucket, &ops, &prepared).await;
+        let result = self.commit_batch(bucket, &record, &ops, &prepared).await;
         if result.is_err() {
             prepared.iter().flatten().for_each(|p| self.discard_data(&p.record.data));
         }
@@ -108,6 +109,7 @@ impl Engine {
     async fn commit_batch(
         &self,
         bucket: &str,
+        bucket_record: &crate::record::BucketRecord,
         ops: &[BatchOp],
         prepared: &[Option<Prepared>],
     ) -> EngineResult<Revision> {
@@ -133,6 +135,14 @@ impl Engine {
                 let change = object_change(bucket, op.key(), current.as_ref(), new);
                 txn.compares.extend(change.compares);
                 txn.ops.extend(change.ops);
+                let event = match (new, current) {
+                    (Some((record, _)), _) => Some((EventKind::Put, Some(record))),
+                    (None, Some(_)) => Some((EventKind::Delete, None)),
+                    (None, None) => None,
+                };
+                if let Some((kind, record)) = event {
+                    txn.ops.extend(notify::event_op(bucket, bucket_record, op.key(), kind, record, None));
+                }
                 freed.extend(change.freed);
             }
             let resp = self.meta().txn(txn).await?;

@@ -24,6 +24,7 @@
 //! | `v/<bucket>/<key>` | [`crate::record::VersionHead`] (versioned buckets) | every versioned write, delete and version removal of the key |
 //! | `v/<bucket>/<key>\0<token>` | [`crate::record::VersionRecord`]: one version (or delete marker), newest first | the same transactions |
 //! | `i/<bucket>/<key>\0<token>` | the bytes of a version stored inline | the transaction that writes the version |
+//! | `d/<bucket>/<target>/<ms, 16 hex digits><random, 16 hex digits>` | [`crate::notify::StoredEvent`]: an event notification not yet delivered; its mod revision is the object change's commit revision | the transaction of the object change (put, copy, complete multipart, delete, delete marker); the delivery worker deletes it once the target answered 2xx |
 
 use bytes::Bytes;
 
@@ -297,6 +298,34 @@ pub fn site(name: &str) -> Bytes {
 
 pub const SITES_PREFIX: &str = "s/";
 
+/// `d/<bucket>/<target>/<id>` → [`crate::notify::StoredEvent`]. Outside the range the change
+/// follower watches. Ids start with the commit attempt's time, so the oldest events come first
+/// in a range read; delivery orders them by mod revision.
+pub fn event(bucket: &str, target: &str, id: &str) -> Bytes {
+    Bytes::from(format!("{}{id}", events_of(bucket, target)))
+}
+
+/// Prefix of every `d/` key.
+pub const EVENTS_ROOT: &str = "d/";
+/// The end (exclusive) of every `d/` key.
+pub const EVENTS_END: &str = "d0";
+
+/// Every queued event of one bucket for one target.
+pub fn events_of(bucket: &str, target: &str) -> String {
+    format!("{EVENTS_ROOT}{bucket}/{target}/")
+}
+
+/// The first key after every queued event of one bucket for one target (`0` sorts right after `/`).
+pub fn past_events_of(bucket: &str, target: &str) -> Bytes {
+    Bytes::from(format!("{EVENTS_ROOT}{bucket}/{target}0"))
+}
+
+/// The bucket and target of a `d/` key.
+pub fn parse_event_key(key: &[u8]) -> Option<(&str, &str)> {
+    let (bucket, rest) = split_bucket(key, EVENTS_ROOT)?;
+    Some((bucket, rest.split_once('/')?.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +367,18 @@ mod tests {
         assert!(!watched.contains(&change_cursor("n1").as_ref()), "writing a cursor is not a change");
         assert!(past_uploads_of("b", "k") > upload("b", "k", "zzzz"));
         assert!(past_uploads_of("b", "k") < upload("b", "k/", "a"));
+    }
+
+    #[test]
+    fn events_parse_back_and_stay_out_of_the_change_range() {
+        let key = event("photos", "hook-1", "0000000000000001ff");
+        assert_eq!(parse_event_key(&key), Some(("photos", "hook-1")));
+        assert!(key.starts_with(events_of("photos", "hook-1").as_bytes()));
+        assert!(key.as_ref() < past_events_of("photos", "hook-1").as_ref());
+        assert!(past_events_of("photos", "hook-1").as_ref() < event("photos", "hook-10", "0").as_ref());
+        assert!(key.as_ref() < EVENTS_END.as_bytes());
+        let watched = CHANGES_FROM.as_bytes()..CHANGES_TO.as_bytes();
+        assert!(!watched.contains(&key.as_ref()), "queued events are not object changes");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod lifecycle;
 mod list;
 pub mod locks;
 mod multipart;
+pub mod notify;
 mod object;
 pub mod peer;
 pub mod policy;
@@ -180,6 +181,7 @@ pub struct EngineBuilder {
     remote: Option<RemoteReading>,
     reaper_interval: Option<Duration>,
     metrics: meridian_metrics::EngineMetrics,
+    webhooks: Option<notify::Webhooks>,
 }
 
 struct RemoteReading {
@@ -211,6 +213,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Delivers event notifications to these webhook targets ([`notify`]); without targets,
+    /// buckets cannot have notification rules.
+    pub fn webhooks(mut self, webhooks: notify::Webhooks) -> Self {
+        self.webhooks = Some(webhooks).filter(|w| !w.targets.is_empty());
+        self
+    }
+
     /// The engine, complete, with its background tasks (reaper, change follower, lag
     /// measurement) running: those need a Tokio runtime.
     pub fn build(self) -> Engine {
@@ -228,8 +237,12 @@ impl EngineBuilder {
                 write_queues: write_queue::WriteQueues::default(),
                 feed,
                 round_trips: std::sync::Mutex::new(std::collections::HashMap::new()),
+                webhooks: self.webhooks,
             }),
         };
+        if engine.webhooks().is_some() {
+            engine.spawn_notifier();
+        }
         engine.spawn_lag_probe();
         if let Some(interval) = self.reaper_interval {
             engine.spawn_reaper(interval);
@@ -267,6 +280,8 @@ struct Inner {
     /// The shortest round trip measured to each other node, in ms, and when (by the clock
     /// measurements): how near its region is.
     round_trips: std::sync::Mutex<std::collections::HashMap<String, (i64, std::time::Instant)>>,
+    /// The operator's webhook targets for event notifications.
+    webhooks: Option<notify::Webhooks>,
 }
 
 impl Engine {
@@ -279,6 +294,7 @@ impl Engine {
             remote: None,
             reaper_interval: None,
             metrics: meridian_metrics::EngineMetrics::default(),
+            webhooks: None,
         }
     }
 
@@ -342,6 +358,10 @@ impl Engine {
 
     pub(crate) fn metrics(&self) -> &meridian_metrics::EngineMetrics {
         &self.inner.metrics
+    }
+
+    pub(crate) fn webhooks(&self) -> Option<&notify::Webhooks> {
+        self.inner.webhooks.as_ref()
     }
 
     pub(crate) fn remote(&self) -> Option<&Arc<dyn object::RemoteReader>> {

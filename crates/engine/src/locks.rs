@@ -73,7 +73,7 @@ fn validate_ttl(ttl: Duration) -> EngineResult<()> {
 
 impl Engine {
     /// The lock record, its revision (0 when absent) and the store revision of the read.
-    async fn read_lock(&self, bucket: &str, name: &str) -> EngineResult<(Option<LockRecord>, u64, u64)> {
+    pub(crate) async fn read_lock(&self, bucket: &str, name: &str) -> EngineResult<(Option<LockRecord>, u64, u64)> {
         let (mut kvs, read_revision) = self.meta().get_many(&[keys::lock(bucket, name)]).await?;
         let kv = kvs.pop().flatten();
         let revision = kv.as_ref().map_or(0, |kv| kv.mod_revision);
@@ -149,6 +149,17 @@ impl Engine {
     pub async fn renew_lock(&self, bucket: &str, name: &str, token: u64, ttl: Duration) -> EngineResult<LockInfo> {
         validate_lock_name(name)?;
         validate_ttl(ttl)?;
+        self.extend_lock(bucket, name, token, ttl).await
+    }
+
+    /// [`Engine::renew_lock`] without validating (internal locks have names clients cannot use).
+    pub(crate) async fn extend_lock(
+        &self,
+        bucket: &str,
+        name: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> EngineResult<LockInfo> {
         let not_held = || EngineError::LockNotHeld { name: name.to_string(), token };
         loop {
             let (current, revision, _) = self.read_lock(bucket, name).await?;

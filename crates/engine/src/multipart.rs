@@ -342,6 +342,8 @@ impl Engine {
         let upload_key = keys::upload(bucket, key, upload_id);
         let mut extra = ExtraTxn { versioning: bucket_record.versioning, ..Default::default() };
         extra.ops.extend(self.repair_op(bucket, key, &bucket_record, &record).await?);
+        let completed = crate::notify::EventKind::CompleteMultipartUpload;
+        extra.notify(bucket, &bucket_record, key, completed, &record);
         extra.compares.push(Compare::mod_revision_is(upload_key.clone(), upload_revision));
         extra.ops.push(Op::delete(upload_key.clone()));
         if let Some(at) = upload.abort_at_ms {

@@ -12,6 +12,7 @@ use crate::crypt::{CustomerKey, DataKey, Encryption, Protection};
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{Body, BodyError, IngestLimits, Ingested, IngestedData, Integrity, body_from_bytes, ingest};
 use crate::lifecycle::{earliest, object_expiry};
+use crate::notify::{self, EventKind};
 use crate::record::{self, BucketRecord, DataLayout, ObjectHeaders, ObjectRecord};
 use crate::write_queue::Queueing;
 use crate::{Consistency, Engine, keys, now_ms, validate_key};
@@ -388,6 +389,7 @@ impl Engine {
         let (record, inline) = self.new_record(ingested, holders, req.headers, expires_at_ms, sealed);
         let mut extra = ExtraTxn::seen_bucket(&bucket, bucket_revision);
         extra.ops.extend(self.repair_op(&req.bucket, &req.key, &bucket, &record).await?);
+        extra.notify(&req.bucket, &bucket, &req.key, EventKind::Put, &record);
         let (revision, version) =
             self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, extra).await?;
         let record = ObjectRecord { version, ..record };
@@ -457,7 +459,9 @@ impl Engine {
         }
         if conditions.is_unconditional() && extra.is_only_bucket_revision() {
             // Ordered behind this node's other writes of the key instead of racing them.
-            match self.commit_queued(bucket, key, record, inline.clone(), extra.bucket_revision).await {
+            let queued =
+                self.commit_queued(bucket, key, record, inline.clone(), extra.bucket_revision, &extra.event_ops);
+            match queued.await {
                 Queueing::Committed(revision) => return Ok((revision, None)),
                 Queueing::Contended => return Err(EngineError::Contended),
                 Queueing::Alone => {}
@@ -491,7 +495,7 @@ impl Engine {
             let old_blobs = change.freed;
             txn = with_fence(txn, bucket, conditions);
             txn.compares.extend(extra.compares.iter().cloned());
-            txn.ops.extend(extra.ops.iter().cloned());
+            txn.ops.extend(extra.ops.iter().chain(&extra.event_ops).cloned());
             let resp = self.meta().txn(txn).await?;
             if resp.succeeded {
                 self.delete_blobs_later(old_blobs);
@@ -704,6 +708,10 @@ impl Engine {
             let mut txn = Txn::new();
             txn.compares.extend(change.compares);
             txn.ops.extend(change.ops);
+            // The object existed, so its bucket does: an error here is the store's, and the
+            // delete must not commit without the event a rule may ask for.
+            let (bucket_record, _) = self.bucket(bucket).await?;
+            txn.ops.extend(notify::event_op(bucket, &bucket_record, key, EventKind::Delete, None, None));
             txn = with_fence(txn, bucket, conditions);
             let resp = self.meta().txn(txn).await?;
             if resp.succeeded {
@@ -808,6 +816,7 @@ impl Engine {
         let (record, inline) = record;
         let mut extra = ExtraTxn::seen_bucket(&dst_bucket, dst_revision);
         extra.ops.extend(self.repair_op(&req.dst_bucket, &req.dst_key, &dst_bucket, &record).await?);
+        extra.notify(&req.dst_bucket, &dst_bucket, &req.dst_key, EventKind::Copy, &record);
         let (revision, version) =
             self.commit_object(&req.dst_bucket, &req.dst_key, &record, inline, &req.conditions, extra).await?;
         let record = ObjectRecord { version, ..record };
@@ -999,12 +1008,27 @@ pub(crate) struct ExtraTxn {
     /// The bucket's versioning as the caller read it: set, the write makes a new version
     /// ([`Engine::commit_version`], which reads the bucket again for each attempt).
     pub versioning: Option<record::Versioning>,
+    /// The event of a versioned write, queued by [`Engine::commit_version`] with the version it
+    /// makes.
+    pub event: Option<EventKind>,
+    /// The event write of an unversioned write (kept apart from `ops`: it may go through the
+    /// per-key write queue with its write).
+    pub event_ops: Vec<Op>,
 }
 
 impl ExtraTxn {
     /// Nothing extra but the bucket revision the caller has read.
     pub(crate) fn seen_bucket(bucket: &BucketRecord, revision: Revision) -> Self {
         ExtraTxn { bucket_revision: Some(revision), versioning: bucket.versioning, ..Default::default() }
+    }
+
+    /// Queues the write's event notification if a rule of `bucket` matches (see [`notify`]).
+    pub(crate) fn notify(&mut self, name: &str, bucket: &BucketRecord, key: &str, kind: EventKind, new: &ObjectRecord) {
+        if bucket.versioning.is_some() {
+            self.event = Some(kind);
+        } else {
+            self.event_ops.extend(notify::event_op(name, bucket, key, kind, Some(new), None));
+        }
     }
 
     /// True when there is nothing to fold into the commit but the bucket revision.

@@ -62,6 +62,9 @@ pub struct BucketRecord {
     /// Default encryption of new objects (PutBucketEncryption).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<crate::crypt::BucketEncryption>,
+    /// S3's event notification rules (PutBucketNotificationConfiguration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification: Option<crate::notify::NotificationConfig>,
 }
 
 impl BucketRecord {

@@ -151,6 +151,10 @@ impl Engine {
             .then(Op::put(keys::expiry(now_ms() + MARKER_LIFETIME.as_millis() as i64, &marker), Bytes::new()));
         txn.compares.extend(change.compares);
         txn.ops.extend(change.ops);
+        if let Ok((bucket_record, _)) = self.bucket(bucket).await {
+            let expired = crate::notify::EventKind::LifecycleDelete;
+            txn.ops.extend(crate::notify::event_op(bucket, &bucket_record, key, expired, None, None));
+        }
         if self.meta().txn(txn).await?.succeeded {
             self.delete_blobs_later(blobs);
         }
@@ -167,7 +171,10 @@ impl Engine {
         key: &str,
         current: &crate::object::Current,
     ) -> EngineResult<()> {
-        let mut extra = crate::object::ExtraTxn::default();
+        let mut extra = crate::object::ExtraTxn {
+            event: Some(crate::notify::EventKind::LifecycleDeleteMarkerCreated),
+            ..Default::default()
+        };
         extra.compares.push(Compare::mod_revision_is(keys::object(bucket, key), current.revision));
         extra.still_valid = Some(Box::new(|_| Box::pin(async { Err(EngineError::PreconditionFailed) })));
         let none = crate::conditions::WriteConditions::default();

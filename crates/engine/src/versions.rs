@@ -12,6 +12,7 @@ use meridian_meta::{Compare, Op, RangeRequest, Revision, Txn, prefix_end};
 
 use crate::conditions::WriteConditions;
 use crate::error::{EngineError, EngineResult};
+use crate::notify::{self, EventKind};
 use crate::object::{Current, DeleteOutcome, ExtraTxn, check_fence_failure, decode_current, object_change, with_fence};
 use crate::record::{self, ObjectRecord, VersionHead, VersionRecord, VersionStamp, Versioning};
 use crate::{Engine, keys, now_ms, validate_key};
@@ -255,6 +256,10 @@ impl Engine {
                 head.null = Some(stamp.token.clone());
             }
             put_head(bucket, key, &head, &mut txn);
+            if let Some(kind) = extra.event {
+                let object = new.map(|(object, _)| object);
+                txn.ops.extend(notify::event_op(bucket, &bucket_record, key, kind, object, Some(stamp.id())));
+            }
             txn = with_fence(txn, bucket, conditions);
             txn.compares.extend(extra.compares.iter().cloned());
             txn.ops.extend(extra.ops.iter().cloned());
@@ -278,7 +283,7 @@ impl Engine {
         key: &str,
         conditions: &WriteConditions,
     ) -> EngineResult<DeleteOutcome> {
-        let extra = ExtraTxn::default();
+        let extra = ExtraTxn { event: Some(EventKind::DeleteMarkerCreated), ..Default::default() };
         let done = self.commit_version(bucket, key, None, conditions, &extra).await?;
         Ok(DeleteOutcome {
             revision: done.revision,
@@ -382,6 +387,7 @@ impl Engine {
             } else {
                 put_head(bucket, key, &head, &mut txn);
             }
+            self.queue_removal_event(bucket, key, version.record.stamp.id(), &mut txn).await;
             let resp = self.meta().txn(txn).await?;
             if resp.succeeded {
                 self.delete_blobs_later(freed);
@@ -396,12 +402,21 @@ impl Engine {
         Err(EngineError::Contended)
     }
 
+    /// Adds the `ObjectRemoved:Delete` event of removing version `version_id` for good, if a
+    /// rule of the bucket (as this node sees it) matches.
+    async fn queue_removal_event(&self, bucket: &str, key: &str, version_id: &str, txn: &mut Txn) {
+        if let Ok((record, _)) = self.bucket(bucket).await {
+            txn.ops.extend(notify::event_op(bucket, &record, key, EventKind::Delete, None, Some(version_id)));
+        }
+    }
+
     /// Deletes an object written before versioning was enabled (its `null` version).
     async fn delete_unversioned(&self, bucket: &str, key: &str, state: KeyState) -> EngineResult<DeleteOutcome> {
         let change = object_change(bucket, key, state.current.as_ref(), None);
         let mut txn = Txn::new().when(Compare::mod_revision_is(keys::version_head(bucket, key), state.head_revision()));
         txn.compares.extend(change.compares);
         txn.ops.extend(change.ops);
+        self.queue_removal_event(bucket, key, "null", &mut txn).await;
         let resp = self.meta().txn(txn).await?;
         if !resp.succeeded {
             return Err(EngineError::Contended);

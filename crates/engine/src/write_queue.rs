@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use meridian_meta::{Compare, CompareOp, CompareTarget, Revision, Txn};
+use meridian_meta::{Compare, CompareOp, CompareTarget, Op, Revision, Txn};
 use tokio::sync::oneshot;
 
 use crate::object::{Current, object_change};
@@ -43,6 +43,8 @@ struct Queued {
     inline: Option<Bytes>,
     /// The bucket's revision as the writer read it.
     bucket_revision: Option<Revision>,
+    /// More writes of the same transaction (its event notification).
+    ops: Vec<Op>,
     /// Chains it was in that writers elsewhere broke.
     broken: usize,
     reply: oneshot::Sender<Queueing>,
@@ -68,9 +70,10 @@ impl Engine {
         record: &ObjectRecord,
         inline: Option<Bytes>,
         bucket_revision: Option<Revision>,
+        ops: &[Op],
     ) -> Queueing {
         let (reply, outcome) = oneshot::channel();
-        let queued = Queued { record: record.clone(), inline, bucket_revision, broken: 0, reply };
+        let queued = Queued { record: record.clone(), inline, bucket_revision, ops: ops.to_vec(), broken: 0, reply };
         let object_key = keys::object(bucket, key);
         let start_drainer = {
             let mut busy = self.write_queues().lock();
@@ -169,6 +172,7 @@ impl Engine {
             let mut txn = Txn::new().when(Compare::mod_revision_is(keys::bucket(bucket), bucket_revision));
             txn.compares.extend(change.compares);
             txn.ops.extend(change.ops);
+            txn.ops.extend(queued.ops.iter().cloned());
             txns.push(txn);
             freed.push(change.freed);
             previous = Some(Current { record: queued.record.clone(), revision: 0, inline: queued.inline.clone() });

@@ -26,3 +26,44 @@ pub fn connector(tls: &ClientTls, connect_timeout: Duration, http1_only: bool) -
         builder.enable_all_versions().wrap_connector(http)
     }
 }
+
+/// Posts bodies to `http://` and `https://` URLs and reports the answer's status: the client
+/// of outgoing webhooks (event notifications).
+#[derive(Clone)]
+pub struct Poster {
+    client: hyper_util::client::legacy::Client<Connector, http_body_util::Full<bytes::Bytes>>,
+}
+
+impl Poster {
+    pub fn new(tls: &ClientTls, connect_timeout: Duration) -> Self {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector(tls, connect_timeout, false));
+        Poster { client }
+    }
+
+    /// POSTs `body` (of `content_type`, with `authorization` if any) to `url` and reads the
+    /// answer's body away, all within `timeout`; the answer's status, or why there was none.
+    pub async fn post(
+        &self,
+        url: &str,
+        content_type: &str,
+        authorization: Option<&str>,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<http::StatusCode, String> {
+        let mut request = http::Request::post(url).header(http::header::CONTENT_TYPE, content_type);
+        if let Some(value) = authorization {
+            request = request.header(http::header::AUTHORIZATION, value);
+        }
+        let request =
+            request.body(http_body_util::Full::new(body)).map_err(|e| format!("bad request to {url}: {e}"))?;
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| format!("{url}: {e}"))?;
+            let status = response.status();
+            http_body_util::BodyExt::collect(response.into_body()).await.map_err(|e| format!("{url}: {e}"))?;
+            Ok(status)
+        };
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| format!("{url}: no answer within {timeout:?}"))?
+    }
+}

@@ -93,6 +93,63 @@ pub struct FileConfig {
     pub blob_s3_ca_file: Option<PathBuf>,
     /// Age (seconds) at which the orphan scan of a blob bucket removes unreferenced blobs.
     pub blob_orphan_grace_secs: Option<u64>,
+    /// Webhook targets of event notifications, each `NAME=URL`.
+    #[serde(default)]
+    pub notify_webhook: Vec<String>,
+    /// Bearer tokens of webhook targets, each `NAME=TOKEN`.
+    #[serde(default)]
+    pub notify_webhook_token: Vec<String>,
+}
+
+/// Webhook targets from `NAME=URL` entries: names as [`meridian_engine::notify`] allows them,
+/// `http://` or `https://` URLs, each name once.
+pub fn webhooks(entries: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut targets = std::collections::BTreeMap::new();
+    for entry in entries {
+        let Some((name, url)) = entry.split_once('=') else {
+            anyhow::bail!("a webhook target (--notify-webhook) is NAME=URL, not {entry:?}");
+        };
+        meridian_engine::notify::validate_target_name(name).map_err(anyhow::Error::msg)?;
+        let uri: http::Uri = url.parse().with_context(|| format!("webhook target {name}: bad URL {url:?}"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            anyhow::bail!("webhook target {name}: the URL must be http:// or https:// with a host, not {url:?}");
+        }
+        if targets.insert(name.to_string(), url.to_string()).is_some() {
+            anyhow::bail!("webhook target {name} is given twice");
+        }
+    }
+    Ok(targets)
+}
+
+/// Bearer tokens from `NAME=TOKEN` entries, each naming one of `targets` once.
+pub fn webhook_tokens(
+    entries: &[String],
+    targets: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut tokens = std::collections::BTreeMap::new();
+    for entry in entries {
+        let Some((name, token)) = entry.split_once('=') else {
+            anyhow::bail!("a webhook token (--notify-webhook-token) is NAME=TOKEN");
+        };
+        if !targets.contains_key(name) {
+            anyhow::bail!("a webhook token names {name:?}, which is no webhook target (--notify-webhook)");
+        }
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            anyhow::bail!("the webhook token of {name} must be printable ASCII without spaces");
+        }
+        if tokens.insert(name.to_string(), token.to_string()).is_some() {
+            anyhow::bail!("webhook target {name} has two tokens");
+        }
+    }
+    Ok(tokens)
+}
+
+/// A webhook target as `--print-config` shows it: the query (which may carry a token) redacted.
+pub fn printable_webhook(name: &str, url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{name}={base}?{REDACTED}"),
+        None => format!("{name}={url}"),
+    }
 }
 
 /// A size in the TOML file: a number of bytes (`65536`) or a string in the one size grammar
@@ -328,6 +385,25 @@ mod tests {
         for key in &keys {
             let refused = toml::from_str::<FileConfig>(&format!("{key}x = 1")).unwrap_err().to_string();
             assert!(refused.contains("unknown field"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn webhook_targets_are_name_equals_url_and_their_queries_are_redacted() {
+        let entries = ["orders=http://127.0.0.1:8080/hook".to_string(), "audit=https://hooks.example/x?token=t".into()];
+        let targets = webhooks(&entries).unwrap();
+        assert_eq!(targets["orders"], "http://127.0.0.1:8080/hook");
+        assert_eq!(printable_webhook("audit", &targets["audit"]), format!("audit=https://hooks.example/x?{REDACTED}"));
+        for bad in ["no-url", "bad name=http://h/", "ftp=ftp://h/", "nohost=http:///x", "x=http://h/,x=http://h/"] {
+            let entries: Vec<String> = bad.split(',').map(String::from).collect();
+            assert!(webhooks(&entries).is_err(), "{bad} was accepted");
+        }
+        let file: FileConfig = toml::from_str(r#"notify_webhook = ["a=http://h:1/"]"#).unwrap();
+        assert_eq!(webhooks(&file.notify_webhook).unwrap().len(), 1);
+        let tokens = webhook_tokens(&["orders=t0k3n".to_string()], &targets).unwrap();
+        assert_eq!(tokens["orders"], "t0k3n");
+        for bad in ["nobody=t", "orders=", "orders=with space", "no-equals"] {
+            assert!(webhook_tokens(&[bad.to_string()], &targets).is_err(), "{bad} was accepted");
         }
     }
 

@@ -3,6 +3,7 @@
 mod config;
 mod log_writer;
 mod metrics;
+mod notify;
 mod server;
 
 use clap::{Parser, Subcommand};

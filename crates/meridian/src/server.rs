@@ -122,6 +122,21 @@ pub struct ServerArgs {
     /// A duration: 10m, 30s. Default: 10m
     #[arg(long, env = "MERIDIAN_HOLDER_LOST_AFTER", value_parser = meridian_common::duration::parse_duration)]
     holder_lost_after: Option<Duration>,
+    /// A webhook target for S3 event notifications, NAME=URL (repeatable; the environment
+    /// variable takes a comma-separated list). Buckets name it as the QueueArn
+    /// arn:meridian:sqs::NAME:webhook. Give every node of a cluster the same targets.
+    #[arg(long = "notify-webhook", env = "MERIDIAN_NOTIFY_WEBHOOK", value_delimiter = ',', value_name = "NAME=URL")]
+    notify_webhook: Vec<String>,
+    /// A bearer token sent (`Authorization: Bearer TOKEN`) to a webhook target, NAME=TOKEN
+    /// (repeatable; comma-separated in the environment variable).
+    #[arg(
+        long = "notify-webhook-token",
+        env = "MERIDIAN_NOTIFY_WEBHOOK_TOKEN",
+        value_delimiter = ',',
+        value_name = "NAME=TOKEN",
+        hide_env_values = true
+    )]
+    notify_webhook_token: Vec<String>,
     #[command(flatten)]
     blob_s3: BlobS3Args,
     #[command(flatten)]
@@ -219,6 +234,10 @@ struct Settings {
     keyring: Arc<meridian_engine::crypt::Keyring>,
     encrypt_all: bool,
     orphan_grace: Duration,
+    /// Webhook targets of event notifications, by name.
+    webhooks: std::collections::BTreeMap<String, String>,
+    /// Bearer tokens of webhook targets, by name.
+    webhook_tokens: std::collections::BTreeMap<String, String>,
     /// The same settings as a config file would write them, secrets redacted (`--print-config`).
     printable: FileConfig,
 }
@@ -275,6 +294,8 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
     if let Some(url) = &web_advertise {
         meridian_common::origin::check_url("web advertise (--web-advertise)", url)?;
     }
+    let webhooks =
+        config::webhooks(if args.notify_webhook.is_empty() { &file.notify_webhook } else { &args.notify_webhook })?;
     let inline_default = if etcd.is_empty() { EngineConfig::default().inline_max } else { ETCD_INLINE_MAX };
     let limits = FileConfig {
         max_connections: file.max_connections,
@@ -347,6 +368,11 @@ fn settings(args: ServerArgs) -> anyhow::Result<Settings> {
         keyring: Arc::new(keyring),
         encrypt_all: args.sse.encrypt_all,
         orphan_grace,
+        webhook_tokens: config::webhook_tokens(
+            if args.notify_webhook_token.is_empty() { &file.notify_webhook_token } else { &args.notify_webhook_token },
+            &webhooks,
+        )?,
+        webhooks,
         printable: FileConfig::default(),
     };
     settings.printable = settings.printable_config(limits);
@@ -443,6 +469,12 @@ impl Settings {
             blob_s3_secret_key: self.blob_s3.as_ref().map(|_| config::REDACTED.to_string()),
             blob_s3_ca_file: self.blob_s3.as_ref().and_then(|s3| s3.endpoint.ca_file.clone()),
             blob_orphan_grace_secs: self.blob_s3.as_ref().map(|_| self.orphan_grace.as_secs()),
+            notify_webhook: self.webhooks.iter().map(|(name, url)| config::printable_webhook(name, url)).collect(),
+            notify_webhook_token: self
+                .webhook_tokens
+                .keys()
+                .map(|name| format!("{name}={}", config::REDACTED))
+                .collect(),
             ..limits
         }
     }
@@ -528,6 +560,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if !settings.webhooks.is_empty() {
+        let poster = meridian_http::client::Poster::new(&client_tls, Duration::from_secs(5));
+        let authorizations =
+            settings.webhook_tokens.iter().map(|(name, token)| (name.clone(), format!("Bearer {token}"))).collect();
+        let sender = Arc::new(crate::notify::WebhookPoster { poster, authorizations });
+        builder = builder.webhooks(meridian_engine::notify::Webhooks { targets: settings.webhooks.clone(), sender });
+    }
     let engine = builder.build();
 
     let (creds, source) = config::admin_credentials(&settings.data)?;

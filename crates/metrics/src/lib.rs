@@ -388,6 +388,11 @@ pub struct EngineMetrics {
     pub reaper_runs: Counter,
     pub reaper_removed: Counter,
     pub reaper_duration: Histogram,
+    /// Event notifications delivered (2xx) by this node, failed POSTs, and the events waiting
+    /// in the streams this node delivers (counted once per pass, up to the delivery window each).
+    pub notify_delivered: Counter,
+    pub notify_failures: Counter,
+    pub notify_backlog: Gauge,
 }
 
 impl Default for EngineMetrics {
@@ -408,6 +413,9 @@ impl Default for EngineMetrics {
             reaper_runs: Counter::default(),
             reaper_removed: Counter::default(),
             reaper_duration: latency_histogram(),
+            notify_delivered: Counter::default(),
+            notify_failures: Counter::default(),
+            notify_backlog: Gauge::default(),
         }
     }
 }
@@ -481,6 +489,21 @@ impl EngineMetrics {
             "Time one reaper pass took",
             Unit::Seconds,
             self.reaper_duration.clone(),
+        );
+        r.register(
+            "notify_delivered",
+            "Event notifications this node delivered to webhook targets (answered 2xx)",
+            self.notify_delivered.clone(),
+        );
+        r.register(
+            "notify_failures",
+            "Event notification POSTs that failed (retried with backoff)",
+            self.notify_failures.clone(),
+        );
+        r.register(
+            "notify_backlog",
+            "Event notifications waiting for delivery, as this node's last delivery pass counted them",
+            self.notify_backlog.clone(),
         );
     }
 }

@@ -119,6 +119,8 @@ fn policy_action(op: &str) -> String {
         "GetBucketCors" => "GetBucketCORS",
         "PutBucketCors" | "DeleteBucketCors" => "PutBucketCORS",
         "DeleteBucketTagging" => "PutBucketTagging",
+        "PutBucketNotificationConfiguration" => "PutBucketNotification",
+        "GetBucketNotificationConfiguration" => "GetBucketNotification",
         "GetPublicAccessBlock" => "GetBucketPublicAccessBlock",
         "PutPublicAccessBlock" | "DeletePublicAccessBlock" => "PutBucketPublicAccessBlock",
         "DeleteBucketOwnershipControls" => "PutBucketOwnershipControls",

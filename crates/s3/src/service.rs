@@ -9,6 +9,7 @@ mod cors;
 mod grants;
 mod listing;
 mod multipart;
+mod notify;
 mod objects;
 mod policy;
 mod shared;
@@ -277,6 +278,20 @@ impl S3 for MeridianS3 {
         req: S3Request<DeleteBucketEncryptionInput>,
     ) -> S3Result<S3Response<DeleteBucketEncryptionOutput>> {
         sse::delete_bucket_encryption(self, req).await
+    }
+
+    async fn put_bucket_notification_configuration(
+        &self,
+        req: S3Request<PutBucketNotificationConfigurationInput>,
+    ) -> S3Result<S3Response<PutBucketNotificationConfigurationOutput>> {
+        notify::put_bucket_notification_configuration(self, req).await
+    }
+
+    async fn get_bucket_notification_configuration(
+        &self,
+        req: S3Request<GetBucketNotificationConfigurationInput>,
+    ) -> S3Result<S3Response<GetBucketNotificationConfigurationOutput>> {
+        notify::get_bucket_notification_configuration(self, req).await
     }
 
     async fn get_object_attributes(
