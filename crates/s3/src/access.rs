@@ -247,6 +247,23 @@ impl MeridianAccess {
     }
 }
 
+/// Headers that carry an SSE-C key.
+const CUSTOMER_KEY_HEADERS: [&str; 2] =
+    ["x-amz-server-side-encryption-customer-key", "x-amz-copy-source-server-side-encryption-customer-key"];
+
+/// S3 refuses SSE-C keys sent over plain HTTP: the key would cross the network readable. A
+/// client on this machine (loopback) is exempt, its key never leaving it.
+fn refuse_customer_key_in_clear(headers: &http::HeaderMap, facts: &RequestFacts) -> S3Result<()> {
+    let in_clear = !facts.secure && !facts.source_ip.is_some_and(|ip| ip.is_loopback());
+    if in_clear && CUSTOMER_KEY_HEADERS.iter().any(|name| headers.contains_key(*name)) {
+        return Err(S3Error::with_message(
+            S3ErrorCode::InvalidRequest,
+            "Requests specifying Server Side Encryption with Customer provided keys must be made over a secure connection.",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks `access` on a bucket for `key`. A bucket that does not exist passes for a key, so
 /// the operation itself answers NoSuchBucket.
 fn check_bucket(key: Option<&KeyRecord>, record: Option<&BucketRecord>, access: Access) -> S3Result<()> {
@@ -279,6 +296,7 @@ impl S3Access for MeridianAccess {
             S3Path::Object { bucket, key } => (Some(bucket.to_string()), Some(key.to_string())),
         };
         let facts = request_facts(cx);
+        refuse_customer_key_in_clear(cx.headers(), &facts)?;
         let access_key_id = cx.credentials().map(|c| c.access_key.clone());
         let context = cx.extensions_mut().get_mut::<RequestContext>().ok_or_else(no_context)?;
         let wanted = bucket.as_deref().filter(|_| needs_bucket_record(op));
@@ -401,4 +419,30 @@ fn decide(
 fn no_context() -> S3Error {
     tracing::error!("an S3 request reached the access check without a request context");
     S3Error::with_message(S3ErrorCode::InternalError, "internal error: the request carries no request context")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(ip: &str, secure: bool) -> RequestFacts {
+        RequestFacts { source_ip: Some(ip.parse().unwrap()), secure, ..Default::default() }
+    }
+
+    #[test]
+    fn customer_keys_need_tls_unless_the_client_is_on_this_machine() {
+        let mut with_key = http::HeaderMap::new();
+        with_key.insert(CUSTOMER_KEY_HEADERS[0], "a2V5".parse().unwrap());
+        let mut copy_key = http::HeaderMap::new();
+        copy_key.insert(CUSTOMER_KEY_HEADERS[1], "a2V5".parse().unwrap());
+        let plain_remote = facts("10.1.2.3", false);
+        for headers in [&with_key, &copy_key] {
+            let err = refuse_customer_key_in_clear(headers, &plain_remote).unwrap_err();
+            assert_eq!(err.code(), &S3ErrorCode::InvalidRequest);
+            assert!(refuse_customer_key_in_clear(headers, &facts("10.1.2.3", true)).is_ok(), "over TLS");
+            assert!(refuse_customer_key_in_clear(headers, &facts("127.0.0.1", false)).is_ok(), "loopback");
+            assert!(refuse_customer_key_in_clear(headers, &facts("::1", false)).is_ok(), "loopback v6");
+        }
+        assert!(refuse_customer_key_in_clear(&http::HeaderMap::new(), &plain_remote).is_ok(), "no SSE-C key");
+    }
 }
