@@ -13,12 +13,14 @@
 //! customer's key for SSE-C (which Meridian never stores; only its MD5, as S3 returns it).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Bytes, BytesMut};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag, XChaCha20Poly1305, XNonce};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use futures::StreamExt;
 use md5::{Digest as _, Md5};
 use serde::{Deserialize, Serialize};
@@ -396,16 +398,17 @@ fn wrap_context(mode: SseMode) -> &'static [u8] {
     }
 }
 
-/// The key one blob's chunks are sealed under.
+/// The key one blob's chunks are sealed under (AES-256-GCM, aws-lc's assembly: decision 058).
 #[derive(Clone)]
 pub struct DataKey {
     key: Key,
-    cipher: ChaCha20Poly1305,
+    cipher: Arc<LessSafeKey>,
 }
 
 impl From<Key> for DataKey {
     fn from(key: Key) -> Self {
-        DataKey { cipher: ChaCha20Poly1305::new((&key.0).into()), key }
+        let unbound = UnboundKey::new(&AES_256_GCM, &key.0).expect("AES-256-GCM takes a 32-byte key");
+        DataKey { cipher: Arc::new(LessSafeKey::new(unbound)), key }
     }
 }
 
@@ -422,26 +425,28 @@ impl DataKey {
         hex::encode(&digest[..16])
     }
 
+    /// Each chunk index is sealed once under a data key (a new key for every blob and part), so
+    /// the index is a nonce that never repeats.
     fn seal(&self, index: u64, last: bool, chunk: &mut BytesMut) {
         let tag = self
             .cipher
-            .encrypt_in_place_detached(&nonce(index), &chunk_aad(index, last), chunk)
-            .expect("sealing a chunk cannot fail");
-        chunk.extend_from_slice(&tag);
+            .seal_in_place_separate_tag(nonce(index), Aad::from(chunk_aad(index, last)), chunk)
+            .expect("sealing a chunk of at most 64 KiB cannot fail");
+        chunk.extend_from_slice(tag.as_ref());
     }
 
-    fn open(&self, index: u64, last: bool, sealed: &mut BytesMut) -> Result<(), ()> {
-        let split = sealed.len().checked_sub(TAG_LEN as usize).ok_or(())?;
-        let tag = *Tag::from_slice(&sealed[split..]);
-        sealed.truncate(split);
-        self.cipher.decrypt_in_place_detached(&nonce(index), &chunk_aad(index, last), sealed, &tag).map_err(|_| ())
+    /// Opens the sealed chunk at `in_out[sealed_at..]` and moves its plaintext to the front of
+    /// `in_out`; returns the plaintext's length.
+    fn open_within(&self, index: u64, last: bool, in_out: &mut [u8], sealed_at: usize) -> Result<usize, ()> {
+        let aad = Aad::from(chunk_aad(index, last));
+        self.cipher.open_within(nonce(index), aad, in_out, sealed_at..).map(|plain| plain.len()).map_err(|_| ())
     }
 }
 
 fn nonce(index: u64) -> Nonce {
     let mut n = [0u8; 12];
     n[..8].copy_from_slice(&index.to_le_bytes());
-    n.into()
+    Nonce::assume_unique_for_key(n)
 }
 
 fn chunk_aad(index: u64, last: bool) -> [u8; 9] {
@@ -539,26 +544,47 @@ struct OpenState {
     buf: BytesMut,
 }
 
+/// Sealed chunks opened into one piece of the plaintext stream at most (a read chunk's worth:
+/// fewer, larger frames for the HTTP layer).
+const OPEN_BATCH: usize = meridian_blob::READ_CHUNK / SEAL_CHUNK as usize;
+
 impl OpenState {
+    fn sealed_len_of(&self, index: u64) -> usize {
+        let plain = if index + 1 == self.chunks { self.size - index * SEAL_CHUNK } else { SEAL_CHUNK };
+        (plain + TAG_LEN) as usize
+    }
+
+    /// The plaintext of the next sealed chunk and of those after it already buffered (up to
+    /// [`OPEN_BATCH`]), opened in place and joined.
     async fn next_chunk(&mut self) -> Result<Bytes, BodyError> {
-        let last = self.index + 1 == self.chunks;
-        let plain_len = if last { self.size - self.index * SEAL_CHUNK } else { SEAL_CHUNK };
-        let want = (plain_len + TAG_LEN) as usize;
-        while self.buf.len() < want {
+        while self.buf.len() < self.sealed_len_of(self.index) {
             match self.sealed.next().await {
                 Some(piece) => self.buf.extend_from_slice(&piece?),
                 None => return Err("the stored object ended before its last sealed chunk".into()),
             }
         }
-        let mut chunk = self.buf.split_to(want);
-        self.key.open(self.index, last, &mut chunk).map_err(|()| -> BodyError {
-            Box::new(EngineError::Corrupt(format!(
-                "sealed chunk {} does not open: the stored bytes were altered",
-                self.index
-            )))
-        })?;
-        self.index += 1;
-        let mut plain = chunk.freeze().slice(std::mem::take(&mut self.skip)..);
+        let (mut opened, mut plain_len) = (0usize, 0usize);
+        for _ in 0..OPEN_BATCH {
+            let want = self.sealed_len_of(self.index);
+            if self.index == self.chunks || opened + want > self.buf.len() {
+                break;
+            }
+            let last = self.index + 1 == self.chunks;
+            let in_out = &mut self.buf[plain_len..opened + want];
+            let len =
+                self.key.open_within(self.index, last, in_out, opened - plain_len).map_err(|()| -> BodyError {
+                    Box::new(EngineError::Corrupt(format!(
+                        "sealed chunk {} does not open: the stored bytes were altered",
+                        self.index
+                    )))
+                })?;
+            plain_len += len;
+            opened += want;
+            self.index += 1;
+        }
+        let mut plain = self.buf.split_to(opened);
+        plain.truncate(plain_len);
+        let mut plain = plain.freeze().slice(std::mem::take(&mut self.skip)..);
         plain.truncate(self.left.min(plain.len() as u64) as usize);
         self.left -= plain.len() as u64;
         Ok(plain)
