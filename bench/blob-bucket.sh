@@ -12,29 +12,15 @@
 # (pip install 'moto[server]') and curl.
 set -euo pipefail
 
-here="$(cd "$(dirname "$0")" && pwd)"
-repo="$(cd "$here/.." && pwd)"
-# shellcheck source=bench/peers.sh
-source "$here/peers.sh"
-
-target_dir="${CARGO_TARGET_DIR:-$repo/target}"
-MERIDIAN_BIN="${MERIDIAN_BIN:-$target_dir/release/meridian}"
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 DURATION="${DURATION:-10s}"
 DURATION_LARGE="${DURATION_LARGE:-30s}"
 OUT="${OUT:-$repo/bench/results/blob-bucket-$(date -u +%Y%m%dT%H%M%SZ)}"
 command -v moto_server >/dev/null || { echo "moto_server is missing (pip install 'moto[server]')" >&2; exit 1; }
-[[ -x "$MERIDIAN_BIN" ]] || { echo "MERIDIAN_BIN=$MERIDIAN_BIN is not executable (cargo build --release -p meridian)" >&2; exit 1; }
-# The load generator: BENCH_BIN if set, else `meridian bench` of MERIDIAN_BIN.
-if [[ -n "${BENCH_BIN:-}" ]]; then bench=("$BENCH_BIN"); else bench=("$MERIDIAN_BIN" bench); fi
+use_meridian
 mkdir -p "$OUT"
-scratch="$(mktemp -d /var/tmp/meridian-blob-bucket.XXXXXX)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$scratch"
-}
-trap cleanup EXIT
+make_scratch blob-bucket
 
 export AWS_ACCESS_KEY_ID="$BENCH_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$BENCH_SECRET_KEY"
 

@@ -13,18 +13,13 @@
 # 20s), OUT (default bench/results/edge-DATE), BENCH_DIR (scratch, default a new /var/tmp dir).
 set -euo pipefail
 
-here="$(cd "$(dirname "$0")" && pwd)"
-repo="$(cd "$here/.." && pwd)"
-# shellcheck source=bench/peers.sh
-source "$here/peers.sh"
-
-target_dir="${CARGO_TARGET_DIR:-$repo/target}"
-MERIDIAN_BIN="${MERIDIAN_BIN:-$target_dir/release/meridian}"
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 BENCH_BIN="${BENCH_BIN:-$target_dir/release/meridian-bench}"
 DURATION="${DURATION:-20s}"
 OUT="${OUT:-$repo/bench/results/edge-$(date -u +%Y%m%dT%H%M%SZ)}"
 command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install nginx)" >&2; exit 1; }
-[[ -x "$MERIDIAN_BIN" ]] || { echo "MERIDIAN_BIN=$MERIDIAN_BIN is not executable (cargo build --release -p meridian)" >&2; exit 1; }
+use_meridian
 [[ -x "$BENCH_BIN" ]] || { echo "BENCH_BIN=$BENCH_BIN is not executable (cargo build --release -p meridian-bench)" >&2; exit 1; }
 mkdir -p "$OUT"
 own_dir=""

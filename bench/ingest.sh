@@ -13,28 +13,15 @@
 # bench/results/ingest-DATE).
 set -euo pipefail
 
-here="$(cd "$(dirname "$0")" && pwd)"
-repo="$(cd "$here/.." && pwd)"
-# shellcheck source=bench/peers.sh
-source "$here/peers.sh"
-
-target_dir="${CARGO_TARGET_DIR:-$repo/target}"
-MERIDIAN_BIN="${MERIDIAN_BIN:-$target_dir/release/meridian}"
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10s}"
 WORKLOADS="${WORKLOADS:-put-64m get-64m put-4k get-4k}"
 OUT="${OUT:-$repo/bench/results/ingest-$(date -u +%Y%m%dT%H%M%SZ)}"
-[[ -x "$MERIDIAN_BIN" ]] || { echo "MERIDIAN_BIN=$MERIDIAN_BIN is not executable (cargo build --release -p meridian)" >&2; exit 1; }
-if [[ -n "${BENCH_BIN:-}" ]]; then bench=("$BENCH_BIN"); else bench=("$MERIDIAN_BIN" bench); fi
+use_meridian
 mkdir -p "$OUT"
-scratch="$(mktemp -d "${BENCH_DIR:-/var/tmp}/meridian-ingest.XXXXXX")"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$scratch"
-}
-trap cleanup EXIT
+make_scratch ingest
 
 export AWS_ACCESS_KEY_ID="$BENCH_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$BENCH_SECRET_KEY"
 mkdir -p "$scratch/files"

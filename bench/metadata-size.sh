@@ -15,13 +15,8 @@
 # etcdctl, curl, python3.
 set -euo pipefail
 
-here="$(cd "$(dirname "$0")" && pwd)"
-repo="$(cd "$here/.." && pwd)"
-# shellcheck source=bench/peers.sh
-source "$here/peers.sh"
-
-target_dir="${CARGO_TARGET_DIR:-$repo/target}"
-MERIDIAN_BIN="${MERIDIAN_BIN:-$target_dir/debug/meridian}"
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 N="${N:-20000}"
 SMALL="${SMALL:-100B}"
 LARGE="${LARGE:-40KiB}"
@@ -29,15 +24,8 @@ HISTORY="${HISTORY:-1000}"
 for tool in etcd etcdctl curl python3; do
   command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }
 done
-[[ -x "$MERIDIAN_BIN" ]] || { echo "MERIDIAN_BIN=$MERIDIAN_BIN is not executable" >&2; exit 1; }
-scratch="$(mktemp -d /var/tmp/meridian-metadata-size.XXXXXX)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$scratch"
-}
-trap cleanup EXIT
+use_meridian debug
+make_scratch metadata-size
 export AWS_ACCESS_KEY_ID="$BENCH_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$BENCH_SECRET_KEY"
 
 client_port="$(free_port)"; peer_port="$(free_port)"

@@ -10,26 +10,14 @@
 # (pip install 'moto[server]' brings both) and curl.
 set -euo pipefail
 
-here="$(cd "$(dirname "$0")" && pwd)"
-repo="$(cd "$here/.." && pwd)"
-# shellcheck source=bench/peers.sh
-source "$here/peers.sh"
-
-target_dir="${CARGO_TARGET_DIR:-$repo/target}"
-MERIDIAN_BIN="${MERIDIAN_BIN:-$target_dir/release/meridian}"
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 OBJECTS="${OBJECTS:-10000}"
 SIZE="${SIZE:-4096}"
 PARALLEL="${PARALLEL:-16}"
 command -v moto_server >/dev/null || { echo "moto_server is missing (pip install 'moto[server]')" >&2; exit 1; }
-[[ -x "$MERIDIAN_BIN" ]] || { echo "MERIDIAN_BIN=$MERIDIAN_BIN is not executable (cargo build --release -p meridian)" >&2; exit 1; }
-scratch="$(mktemp -d /var/tmp/meridian-migrate.XXXXXX)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$scratch"
-}
-trap cleanup EXIT
+use_meridian
+make_scratch migrate
 
 moto_port="$(free_port)"
 moto_server -H 127.0.0.1 -p "$moto_port" >"$scratch/moto.log" 2>&1 &
