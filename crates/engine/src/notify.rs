@@ -58,9 +58,10 @@ pub fn validate_target_name(name: &str) -> Result<(), String> {
 }
 
 /// The event names a rule may list, as S3 spells them.
-const EVENT_NAMES: [&str; 10] = [
+const EVENT_NAMES: [&str; 11] = [
     "s3:ObjectCreated:*",
     "s3:ObjectCreated:Put",
+    "s3:ObjectCreated:Post",
     "s3:ObjectCreated:Copy",
     "s3:ObjectCreated:CompleteMultipartUpload",
     "s3:ObjectRemoved:*",
@@ -96,6 +97,8 @@ pub struct NotificationConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     Put,
+    /// A POST object (HTML form) upload.
+    Post,
     Copy,
     CompleteMultipartUpload,
     Delete,
@@ -111,6 +114,7 @@ impl EventKind {
     pub fn name(self) -> &'static str {
         match self {
             EventKind::Put => "ObjectCreated:Put",
+            EventKind::Post => "ObjectCreated:Post",
             EventKind::Copy => "ObjectCreated:Copy",
             EventKind::CompleteMultipartUpload => "ObjectCreated:CompleteMultipartUpload",
             EventKind::Delete => "ObjectRemoved:Delete",

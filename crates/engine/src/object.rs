@@ -33,6 +33,8 @@ pub struct PutRequest {
     pub expires_at_ms: Option<i64>,
     /// Server-side encryption asked for (`None`: the bucket's default or the node's).
     pub protection: Option<Protection>,
+    /// Sent as an HTML form (POST object): its event notification is `ObjectCreated:Post`.
+    pub form_upload: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -389,7 +391,8 @@ impl Engine {
         let (record, inline) = self.new_record(ingested, holders, req.headers, expires_at_ms, sealed);
         let mut extra = ExtraTxn::seen_bucket(&bucket, bucket_revision);
         extra.ops.extend(self.repair_op(&req.bucket, &req.key, &bucket, &record).await?);
-        extra.notify(&req.bucket, &bucket, &req.key, EventKind::Put, &record);
+        let event = if req.form_upload { EventKind::Post } else { EventKind::Put };
+        extra.notify(&req.bucket, &bucket, &req.key, event, &record);
         let (revision, version) =
             self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, extra).await?;
         let record = ObjectRecord { version, ..record };

@@ -202,6 +202,7 @@ fn put_request(key: &str, value: &'static [u8]) -> PutRequest {
         conditions: Default::default(),
         expires_at_ms: None,
         protection: None,
+        form_upload: false,
     }
 }
 

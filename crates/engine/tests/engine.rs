@@ -37,6 +37,7 @@ fn put(bucket: &str, key: &str, data: impl Into<Bytes>) -> PutRequest {
         conditions: WriteConditions::default(),
         expires_at_ms: None,
         protection: None,
+        form_upload: false,
     }
 }
 

@@ -33,6 +33,7 @@ fn put_req(key: &str, value: &[u8], ttl: Option<Duration>) -> PutRequest {
         conditions: WriteConditions::default(),
         expires_at_ms: ttl.map(ttl::expires_after),
         protection: None,
+        form_upload: false,
     }
 }
 

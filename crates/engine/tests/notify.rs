@@ -71,6 +71,7 @@ fn put(bucket: &str, key: &str, value: &'static [u8]) -> PutRequest {
         conditions: WriteConditions::default(),
         expires_at_ms: None,
         protection: None,
+        form_upload: false,
     }
 }
 
@@ -198,4 +199,28 @@ async fn concurrent_writes_of_one_key_each_get_their_event() {
         events
     };
     assert_eq!(events, revisions, "one event per acknowledged write, at its revision");
+}
+
+/// A form upload (POST object) is `ObjectCreated:Post`, which a rule may ask for alone.
+#[tokio::test]
+async fn form_uploads_are_post_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    recorder.failing.store(true, Ordering::SeqCst);
+    let engine = node(&store(dir.path()), dir.path(), "n1", &recorder);
+    engine.create_bucket("forms", "admin").await.unwrap();
+    let rule =
+        NotificationRule { target: "hook".into(), events: vec!["s3:ObjectCreated:Post".into()], ..Default::default() };
+    engine.set_notification("forms", Some(NotificationConfig { rules: vec![rule] })).await.unwrap();
+
+    engine.put_object(put("forms", "by-put", b"put")).await.unwrap();
+    let posted = engine.put_object(PutRequest { form_upload: true, ..put("forms", "by-form", b"form") }).await.unwrap();
+
+    let range = RangeRequest::prefix("d/forms/hook/".to_string());
+    let kvs = engine.meta().range(range).await.unwrap().kvs;
+    let events: Vec<serde_json::Value> = kvs.iter().map(|kv| serde_json::from_slice(&kv.value).unwrap()).collect();
+    assert_eq!(events.len(), 1, "only the form upload matches: {events:?}");
+    assert_eq!(events[0]["key"], "by-form");
+    assert_eq!(events[0]["event"], "ObjectCreated:Post");
+    assert_eq!(kvs[0].mod_revision, posted.revision);
 }

@@ -283,6 +283,7 @@ async fn store_marker(engine: &Engine, bucket: &str, key: &str, names: &[String]
         conditions: Default::default(),
         expires_at_ms,
         protection: None,
+        form_upload: false,
     };
     if let Err(err) = engine.put_object(req).await {
         tracing::warn!(bucket, key, error = %err, "cannot record the headers an answer varies on");

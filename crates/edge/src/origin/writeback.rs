@@ -121,6 +121,7 @@ async fn store(at: StoreAt, headers: ObjectHeaders, content_length: Option<u64>,
         conditions: Default::default(),
         expires_at_ms,
         protection: None,
+        form_upload: false,
     };
     match at.engine.put_object(req).await {
         Ok(outcome) => {

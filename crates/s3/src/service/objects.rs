@@ -76,6 +76,7 @@ pub(super) async fn put_object(
         conditions,
         expires_at_ms: kv.expires_at_ms,
         protection,
+        form_upload: req.method == http::Method::POST,
     };
     let outcome = match kv.transaction {
         Some((wait, lock_ttl)) => s3.engine.put_transaction(request, wait, lock_ttl).await,
