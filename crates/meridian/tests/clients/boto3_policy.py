@@ -177,10 +177,25 @@ def main():
                         "AccessControlListNotSupported", 400, "ACLs disabled: PutBucketAcl")
     expect_client_error(lambda: admin.put_object_acl(Bucket=BUCKET, Key="home/r/x", ACL="public-read"),
                         "AccessControlListNotSupported", 400, "ACLs disabled: PutObjectAcl")
+    # Object writes may name only bucket-owner-full-control while ACLs are disabled.
+    admin.put_object(Bucket=BUCKET, Key="acl/owner", Body=b"o", ACL="bucket-owner-full-control")
+    expect_client_error(lambda: admin.put_object(Bucket=BUCKET, Key="acl/private", Body=b"p", ACL="private"),
+                        "AccessControlListNotSupported", 400, "ACLs disabled: PutObject with an ACL")
+    expect_client_error(lambda: admin.copy_object(Bucket=BUCKET, Key="acl/copy", ACL="public-read",
+                                                  CopySource={"Bucket": BUCKET, "Key": "acl/owner"}),
+                        "AccessControlListNotSupported", 400, "ACLs disabled: CopyObject with an ACL")
+    expect_client_error(lambda: admin.create_multipart_upload(Bucket=BUCKET, Key="acl/mp", ACL="private"),
+                        "AccessControlListNotSupported", 400, "ACLs disabled: CreateMultipartUpload with an ACL")
+    expect_client_error(lambda: admin.head_object(Bucket=BUCKET, Key="acl/private"), "404", 404,
+                        "a refused write stores nothing")
     admin.get_bucket_acl(Bucket=BUCKET)
     admin.delete_bucket_ownership_controls(Bucket=BUCKET)
     expect_client_error(lambda: admin.get_bucket_ownership_controls(Bucket=BUCKET),
                         "OwnershipControlsNotFoundError", 404, "ownership controls deleted")
+    admin.put_object(Bucket=BUCKET, Key="acl/private", Body=b"p", ACL="private")
+    admin.put_object(Bucket=BUCKET, Key="acl/owner", Body=b"o", ACL="bucket-owner-full-control")
+    expect_client_error(lambda: admin.put_object(Bucket=BUCKET, Key="acl/public", Body=b"x", ACL="public-read"),
+                        "NotImplemented", 501, "object ACLs beyond the bucket's grants")
     print("ok: ownership controls")
 
     admin.delete_bucket_policy(Bucket=BUCKET)

@@ -9,8 +9,8 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::MeridianS3;
 use super::shared::{
-    ChecksumAlgorithm_from, ChecksumHeaders, check_source, integrity, read_conditions, refuse_unsupported,
-    request_body, source_of, written,
+    ChecksumAlgorithm_from, ChecksumHeaders, acls_disabled, check_source, integrity, read_conditions,
+    refuse_unsupported, request_body, source_of, written,
 };
 use super::sse::{CustomerHeaders, SseFields, SseHeaders};
 use super::tagging::tags_from_header;
@@ -21,8 +21,9 @@ pub(super) async fn create_multipart_upload(
     s3: &MeridianS3,
     req: S3Request<CreateMultipartUploadInput>,
 ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+    let acl = req.input.acl.as_ref().map(ObjectCannedACL::as_str);
+    refuse_unsupported(acl, req.input.storage_class.as_ref(), acls_disabled(s3, &req, &req.input.bucket, acl).await?)?;
     let input = req.input;
-    refuse_unsupported(input.acl.as_ref().map(ObjectCannedACL::as_str), input.storage_class.as_ref())?;
     let protection = SseHeaders {
         sse: input.server_side_encryption.as_ref(),
         kms_key_id: input.ssekms_key_id.as_ref(),

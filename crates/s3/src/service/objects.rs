@@ -8,8 +8,8 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::MeridianS3;
 use super::shared::{
-    ChecksumHeaders, check_source, integrity, not_implemented, read_conditions, refuse_unsupported, request_body,
-    source_of, with_revision, written,
+    ChecksumHeaders, acls_disabled, check_source, integrity, not_implemented, read_conditions, refuse_unsupported,
+    request_body, source_of, with_revision, written,
 };
 use super::sse::{CustomerHeaders, SseFields, SseHeaders};
 use super::tagging::{tag_count, tags_from_header};
@@ -24,8 +24,9 @@ pub(super) async fn put_object(
     s3: &MeridianS3,
     mut req: S3Request<PutObjectInput>,
 ) -> S3Result<S3Response<PutObjectOutput>> {
+    let acl = req.input.acl.as_ref().map(ObjectCannedACL::as_str);
+    refuse_unsupported(acl, req.input.storage_class.as_ref(), acls_disabled(s3, &req, &req.input.bucket, acl).await?)?;
     let input = &mut req.input;
-    refuse_unsupported(input.acl.as_ref().map(ObjectCannedACL::as_str), input.storage_class.as_ref())?;
     let protection = SseHeaders {
         sse: input.server_side_encryption.as_ref(),
         kms_key_id: input.ssekms_key_id.as_ref(),
@@ -349,7 +350,8 @@ pub(super) async fn copy_object(
     req: S3Request<CopyObjectInput>,
 ) -> S3Result<S3Response<CopyObjectOutput>> {
     let input = &req.input;
-    refuse_unsupported(input.acl.as_ref().map(ObjectCannedACL::as_str), input.storage_class.as_ref())?;
+    let acl = input.acl.as_ref().map(ObjectCannedACL::as_str);
+    refuse_unsupported(acl, input.storage_class.as_ref(), acls_disabled(s3, &req, &input.bucket, acl).await?)?;
     let protection = SseHeaders {
         sse: input.server_side_encryption.as_ref(),
         kms_key_id: input.ssekms_key_id.as_ref(),

@@ -4,7 +4,7 @@ use futures::TryStreamExt;
 use meridian_engine::checksum::ChecksumAlgorithm;
 use meridian_engine::conditions::ReadConditions;
 use meridian_engine::iam::{Access, authorize};
-use meridian_engine::{Body, BodyError, Integrity, Revision};
+use meridian_engine::{Body, BodyError, EngineError, Integrity, Revision};
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
@@ -13,7 +13,7 @@ use meridian_engine::policy::{Verdict, resource_arn};
 use super::MeridianS3;
 use crate::REVISION_HEADER;
 use crate::access::evaluate_policy;
-use crate::context::Checked;
+use crate::context::{Checked, RequestContext};
 use crate::convert::{etag_match, s3_error, unix_seconds};
 
 /// A copy reads its source: the key needs read access there as well (a grant, or an Allow of
@@ -63,12 +63,21 @@ pub(super) fn not_implemented(what: &str) -> S3Error {
     S3Error::with_message(S3ErrorCode::NotImplemented, format!("{what} is not implemented by Meridian"))
 }
 
-/// Refuses request features we do not implement instead of silently ignoring them.
-pub(super) fn refuse_unsupported(acl: Option<&str>, storage_class: Option<&StorageClass>) -> S3Result<()> {
-    if let Some(acl) = acl
-        && acl != ObjectCannedACL::PRIVATE
-    {
-        return Err(not_implemented(&format!("the {acl:?} canned ACL")));
+/// Refuses request features we do not implement instead of silently ignoring them. Objects
+/// carry no ACL of their own (the bucket's grants decide), so of the canned ACLs an object write
+/// may name only `private` and `bucket-owner-full-control` (the bucket's owner owns every object)
+/// are honoured as they are; with ACLs disabled (`BucketOwnerEnforced`) S3 accepts only the
+/// latter and answers others `AccessControlListNotSupported`.
+pub(super) fn refuse_unsupported(
+    acl: Option<&str>,
+    storage_class: Option<&StorageClass>,
+    acls_disabled: bool,
+) -> S3Result<()> {
+    match acl {
+        None | Some(ObjectCannedACL::BUCKET_OWNER_FULL_CONTROL) => {}
+        Some(_) if acls_disabled => return Err(s3_error(EngineError::AccessControlListNotSupported)),
+        Some(ObjectCannedACL::PRIVATE) => {}
+        Some(acl) => return Err(not_implemented(&format!("the {acl:?} canned ACL"))),
     }
     if let Some(class) = storage_class
         && class.as_str() != StorageClass::STANDARD
@@ -76,6 +85,27 @@ pub(super) fn refuse_unsupported(acl: Option<&str>, storage_class: Option<&Stora
         return Err(not_implemented(&format!("storage class {:?}", class.as_str())));
     }
     Ok(())
+}
+
+/// Whether the bucket an object write goes to has ACLs disabled: from the record the access
+/// check read, else read now, but only when an ACL is named (the only case it matters).
+pub(super) async fn acls_disabled<T>(
+    s3: &MeridianS3,
+    req: &S3Request<T>,
+    bucket: &str,
+    acl: Option<&str>,
+) -> S3Result<bool> {
+    if acl.is_none() {
+        return Ok(false);
+    }
+    if let Some((record, _)) = RequestContext::of(req)?.seen_bucket(bucket) {
+        return Ok(record.acls_disabled());
+    }
+    match s3.engine.bucket_for_access(bucket).await {
+        Ok((record, _)) => Ok(record.acls_disabled()),
+        Err(EngineError::NoSuchBucket) => Err(s3_error!(NoSuchBucket)),
+        Err(e) => Err(s3_error(e)),
+    }
 }
 
 pub(super) fn request_body(body: Option<StreamingBlob>) -> Body {
