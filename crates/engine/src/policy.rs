@@ -274,6 +274,11 @@ impl Policy {
         })
     }
 
+    /// Whether any statement denies something (to anyone).
+    pub fn denies_anything(&self) -> bool {
+        self.statements.iter().any(|s| s.effect == Effect::Deny)
+    }
+
     /// What the policy says about `request`: an explicit deny wins over any allow.
     pub fn evaluate(&self, request: &PolicyRequest) -> Verdict {
         let mut verdict = Verdict::Neither;

@@ -243,7 +243,27 @@ impl MeridianAccess {
             }
         };
         let (key, record) = tokio::join!(self.principal(Some(access_key_id)), record);
-        check_bucket(key?.as_ref(), record?.as_ref().map(|b| &b.record), access)
+        let (key, record) = (key?, record?);
+        let record = record.as_ref().map(|b| &b.record);
+        check_bucket(key.as_ref(), record, access)?;
+        match record {
+            Some(record) if !key.as_ref().is_some_and(|k| k.admin) => refuse_kv_under_denials(bucket, record),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The KV endpoints do not evaluate bucket policies key by key, so an explicit Deny could be
+/// walked around through them: on a bucket whose policy denies anything (or does not parse),
+/// they are refused to every key but the admin's.
+fn refuse_kv_under_denials(bucket: &str, record: &BucketRecord) -> S3Result<()> {
+    let Some(text) = &record.policy else { return Ok(()) };
+    match Policy::parse(text, bucket) {
+        Ok(policy) if !policy.denies_anything() => Ok(()),
+        _ => Err(S3Error::with_message(
+            S3ErrorCode::AccessDenied,
+            "Access Denied: the bucket policy has Deny statements, which the KV endpoints do not evaluate; use the S3 API",
+        )),
     }
 }
 
