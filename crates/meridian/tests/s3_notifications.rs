@@ -491,3 +491,43 @@ async fn events_survive_a_failing_target_and_kill_9_in_order_per_key() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An HTML form upload (POST object, signed by boto3's generate_presigned_post and sent as
+/// multipart/form-data) is an `ObjectCreated:Post` event, which a rule can ask for alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_form_upload_is_an_object_created_post_event() {
+    let receiver = Receiver::start("127.0.0.1:0", Arc::default());
+    let server = node_with_hook(&receiver);
+    let s3 = server.client();
+    s3.create_bucket().bucket("forms").send().await.unwrap();
+    configure(&s3, "forms", vec![rule(&["s3:ObjectCreated:Post"], None, None)]).await;
+    put(&s3, "forms", "by-put.txt", b"not a form").await;
+
+    let script = format!(
+        r#"import boto3, urllib.request, uuid
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url={endpoint:?}, config=Config(signature_version="s3v4", s3={{"addressing_style": "path"}}))
+post = s3.generate_presigned_post("forms", "by-form.txt", ExpiresIn=300)
+boundary = uuid.uuid4().hex
+parts = [f'--{{boundary}}\r\nContent-Disposition: form-data; name="{{k}}"\r\n\r\n{{v}}\r\n' for k, v in post["fields"].items()]
+body = "".join(parts).encode() + (f'--{{boundary}}\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+    f'Content-Type: text/plain\r\n\r\nfrom a form\r\n--{{boundary}}--\r\n').encode()
+request = urllib.request.Request(post["url"], data=body, method="POST",
+    headers={{"Content-Type": f"multipart/form-data; boundary={{boundary}}"}})
+print("status", urllib.request.urlopen(request).status)
+"#,
+        endpoint = server.endpoint
+    );
+    let python = common::require_tool("python3", "install Python 3 (apt-get install python3)");
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg("-c").arg(script);
+    common::aws_env_only_ours(&mut cmd, home.path());
+    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(60));
+    let stdout = common::expect_success("a form upload with boto3's presigned POST", &out);
+    assert!(stdout.contains("status 204"), "{stdout}");
+
+    let records = receiver.wait_for("forms", 1);
+    let s = |name: &str, key: &str, size: u64| (name.to_string(), key.to_string(), size);
+    assert_eq!(summaries(&records), [s("ObjectCreated:Post", "by-form.txt", 11)], "the form upload only");
+}
