@@ -6,8 +6,9 @@
 //! object's first blob and the regions without a copy. Every node looks at the markers every
 //! [`REPAIR_INTERVAL`]; one that names its region pulls every blob of the object from a holder
 //! (through its chunk cache), stores each under the same id, checks it against the record's
-//! chunk digests and commits itself as a holder, comparing the record's revision (an object
-//! overwritten meanwhile drops the marker instead). A region still down is retried at the next
+//! chunk digests and commits itself as a holder (in a versioned bucket, of the version's `v/`
+//! entry too), comparing the records' revisions (an object overwritten meanwhile drops the
+//! marker instead). A region still down is retried at the next
 //! round.
 //!
 //! Copies are also lost: the copy audit ([`Engine::spawn_copy_audit`]) on every node walks the
@@ -28,7 +29,7 @@ use crate::cluster::NodeStatus;
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{IngestLimits, IngestedData, Integrity, ingest};
 use crate::object::{Span, spans};
-use crate::record::{self, BucketRecord, DataLayout, Holder, Location, ObjectRecord};
+use crate::record::{self, BucketRecord, DataLayout, Holder, Location, ObjectRecord, VersionRecord, VersionStamp};
 use crate::{Consistency, Engine, keys};
 
 /// How often a node looks for copies its region still owes.
@@ -184,11 +185,7 @@ impl Engine {
             }
         }
         let mut record = current.record.clone();
-        for holders in holder_lists(&mut record.data) {
-            if !self.is_local(holders) {
-                holders.extend(self.here());
-            }
-        }
+        self.hold_here(&mut record.data);
         let here = &self.config().node.region;
         let rest =
             Repair { blob: marker.blob, regions: marker.regions.iter().filter(|r| *r != here).cloned().collect() };
@@ -201,6 +198,9 @@ impl Engine {
             true => txn.then(Op::delete(marker_key)),
             false => txn.then(Op::put(marker_key, record::encode(&rest))),
         };
+        if let Some(stamp) = &record.version {
+            txn = self.hold_version_here(bucket, key, stamp, txn).await?;
+        }
         if !self.meta().txn(txn).await?.succeeded {
             // Changed meanwhile: the next round looks again (an orphaned copy goes with the
             // change follower's deletion of the freed blob, or the orphan scan).
@@ -208,6 +208,29 @@ impl Engine {
         }
         tracing::info!(bucket, key, blob = %marker.blob, "made this region's copy of an object's bytes");
         Ok(())
+    }
+
+    /// Adds this node as a holder of every blob of `data` that no node of its region holds.
+    fn hold_here(&self, data: &mut DataLayout) {
+        for holders in holder_lists(data) {
+            if !self.is_local(holders) {
+                holders.extend(self.here());
+            }
+        }
+    }
+
+    /// Adds to `txn` this node as a holder in a versioned object's `v/` entry too: the entry
+    /// owns the version's bytes, and reads by version id (also once the version is no longer
+    /// the current one) take its holders from there.
+    async fn hold_version_here(&self, bucket: &str, key: &str, stamp: &VersionStamp, txn: Txn) -> EngineResult<Txn> {
+        let entry = keys::version(bucket, key, &stamp.token);
+        let Some(kv) = self.meta().get(&entry).await? else { return Ok(txn) };
+        let mut version: VersionRecord = record::decode(&kv.value)?;
+        let Some(object) = version.object.as_mut() else { return Ok(txn) };
+        self.hold_here(&mut object.data);
+        Ok(txn
+            .when(Compare::mod_revision_is(entry.clone(), kv.mod_revision))
+            .then(Op::put(entry, record::encode(&version))))
     }
 
     /// Reads one blob of an object from a holder and stores it here under the same id, as

@@ -309,3 +309,63 @@ async fn heavy_a_repaired_copy_of_an_encrypted_object_is_its_whole_sealed_blob()
     }
     assert_eq!(files_containing(&cluster.nodes[1].data, SECRET_MARKER), Vec::<std::path::PathBuf>::new());
 }
+
+/// In a versioned bucket a repair records its copy in the version's own entry too: once the
+/// repaired version is no longer the current one, region b alone still serves it by version id
+/// from its copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_repaired_copy_of_a_version_stays_readable_by_its_version_id() {
+    use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+    use meridian_meta::MetaStore;
+    let mut cluster = WanCluster::start(LinkConfig::one_way(Duration::from_millis(20)), &[]).await;
+    let a = cluster.client(0);
+    create(&a, "quorum", "multi:region-a,region-b,region-c;quorum=2").await;
+    let enabled = VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build();
+    a.put_bucket_versioning().bucket("quorum").versioning_configuration(enabled).send().await.unwrap();
+    let put_version = |data: Vec<u8>| {
+        let a = a.clone();
+        async move {
+            let out = a.put_object().bucket("quorum").key("k").body(data.into()).send().await.unwrap();
+            out.version_id().unwrap().to_string()
+        }
+    };
+
+    // Version 1 is written while region b is down; b's copy is owed (a `y/` marker).
+    cluster.nodes[1].kill9();
+    let v1 = pattern(1_000_000, 1);
+    let v1_id = put_version(v1.clone()).await;
+    let etcd =
+        meridian_meta_etcd::EtcdStore::connect(meridian_meta_etcd::EtcdOptions::new(cluster.etcd.client_endpoints()))
+            .await
+            .unwrap();
+    let marker = meridian_engine::keys::repair("quorum", "k");
+    assert!(etcd.get(&marker).await.unwrap().is_some(), "region b's copy is owed");
+    // Repaired once b is back: the marker goes in the transaction that records b's copy.
+    cluster.nodes[1].restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while etcd.get(&marker).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "region b's copy was not recorded within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(blobs_of_size(&cluster.nodes[1], v1.len()), 1, "region b's repaired copy");
+
+    // Version 2 (written everywhere) makes version 1 noncurrent; then b is alone, restarted
+    // without its chunk cache (the repair pulled version 1 through it), so only its own blobs
+    // and the records naming them can serve.
+    let v2 = pattern(1_100_000, 2);
+    let v2_id = put_version(v2.clone()).await;
+    assert_ne!(v1_id, v2_id);
+    assert_eq!(blobs_of_size(&cluster.nodes[1], v2.len()), 1, "region b has version 2 when the write returns");
+    cluster.nodes[0].kill9();
+    cluster.nodes[2].kill9();
+    cluster.nodes[1].kill9();
+    std::fs::remove_dir_all(cluster.nodes[1].data.join("cache")).unwrap();
+    cluster.nodes[1].restart();
+    let b = cluster.client(1);
+    for (id, data) in [(&v1_id, &v1), (&v2_id, &v2)] {
+        let got = b.get_object().bucket("quorum").key("k").version_id(id).send().await;
+        let got = got.unwrap_or_else(|e| panic!("version {id} from region b alone: {e:?}"));
+        let body = got.body.collect().await.unwrap().into_bytes();
+        assert_eq!(md5_hex(&body), md5_hex(data), "version {id} from region b's copy");
+    }
+}
