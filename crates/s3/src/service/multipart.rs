@@ -12,7 +12,7 @@ use super::shared::{
     ChecksumAlgorithm_from, ChecksumHeaders, acls_disabled, check_source, integrity, read_conditions,
     refuse_unsupported, request_body, source_of, written,
 };
-use super::sse::{CustomerHeaders, SseFields, SseHeaders};
+use super::sse::{SseFields, copy_source_customer_headers, customer_headers, write_protection};
 use super::tagging::tags_from_header;
 use crate::context::RequestContext;
 use crate::convert::{ChecksumFields, HeaderInput, checksum_algorithm, etag, etag_match, s3_error, timestamp};
@@ -24,16 +24,7 @@ pub(super) async fn create_multipart_upload(
     let acl = req.input.acl.as_ref().map(ObjectCannedACL::as_str);
     refuse_unsupported(acl, req.input.storage_class.as_ref(), acls_disabled(s3, &req, &req.input.bucket, acl).await?)?;
     let input = req.input;
-    let protection = SseHeaders {
-        sse: input.server_side_encryption.as_ref(),
-        kms_key_id: input.ssekms_key_id.as_ref(),
-        customer: CustomerHeaders {
-            algorithm: input.sse_customer_algorithm.as_ref(),
-            key: input.sse_customer_key.as_ref(),
-            md5: input.sse_customer_key_md5.as_ref(),
-        },
-    }
-    .protection()?;
+    let protection = write_protection!(input)?;
     let algorithm = checksum_algorithm(input.checksum_algorithm.as_ref())?;
     let full_object = input.checksum_type.as_ref().is_some_and(|t| t.as_str() == ChecksumType::FULL_OBJECT);
     if full_object && matches!(algorithm, Some(ChecksumAlgorithm::Sha1 | ChecksumAlgorithm::Sha256)) {
@@ -76,12 +67,7 @@ pub(super) async fn upload_part(
     mut req: S3Request<UploadPartInput>,
 ) -> S3Result<S3Response<UploadPartOutput>> {
     let input = &mut req.input;
-    let customer_key = CustomerHeaders {
-        algorithm: input.sse_customer_algorithm.as_ref(),
-        key: input.sse_customer_key.as_ref(),
-        md5: input.sse_customer_key_md5.as_ref(),
-    }
-    .key()?;
+    let customer_key = customer_headers!(input).key()?;
     let sums = ChecksumHeaders {
         algorithm: checksum_algorithm(input.checksum_algorithm.as_ref())?,
         crc32: input.checksum_crc32.take(),
@@ -126,18 +112,8 @@ pub(super) async fn upload_part_copy(
     let input = req.input;
     let range = copy_source_range(input.copy_source_range.as_deref())?;
     let part_number = u32::try_from(input.part_number).unwrap_or(0);
-    let source_key = CustomerHeaders {
-        algorithm: input.copy_source_sse_customer_algorithm.as_ref(),
-        key: input.copy_source_sse_customer_key.as_ref(),
-        md5: input.copy_source_sse_customer_key_md5.as_ref(),
-    }
-    .key()?;
-    let customer_key = CustomerHeaders {
-        algorithm: input.sse_customer_algorithm.as_ref(),
-        key: input.sse_customer_key.as_ref(),
-        md5: input.sse_customer_key_md5.as_ref(),
-    }
-    .key()?;
+    let source_key = copy_source_customer_headers!(input).key()?;
+    let customer_key = customer_headers!(input).key()?;
     let (part, encryption) = s3
         .engine
         .upload_part_copy(

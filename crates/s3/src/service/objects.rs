@@ -11,7 +11,7 @@ use super::shared::{
     ChecksumHeaders, acls_disabled, check_source, integrity, not_implemented, read_conditions, refuse_unsupported,
     request_body, source_of, with_revision, written,
 };
-use super::sse::{CustomerHeaders, SseFields, SseHeaders};
+use super::sse::{SseFields, copy_source_customer_headers, customer_headers, write_protection};
 use super::tagging::{tag_count, tags_from_header};
 use crate::context::RequestContext;
 use crate::convert::{
@@ -27,16 +27,7 @@ pub(super) async fn put_object(
     let acl = req.input.acl.as_ref().map(ObjectCannedACL::as_str);
     refuse_unsupported(acl, req.input.storage_class.as_ref(), acls_disabled(s3, &req, &req.input.bucket, acl).await?)?;
     let input = &mut req.input;
-    let protection = SseHeaders {
-        sse: input.server_side_encryption.as_ref(),
-        kms_key_id: input.ssekms_key_id.as_ref(),
-        customer: CustomerHeaders {
-            algorithm: input.sse_customer_algorithm.as_ref(),
-            key: input.sse_customer_key.as_ref(),
-            md5: input.sse_customer_key_md5.as_ref(),
-        },
-    }
-    .protection()?;
+    let protection = write_protection!(input)?;
     if input.write_offset_bytes.is_some() {
         return Err(not_implemented("appending with x-amz-write-offset-bytes"));
     }
@@ -123,12 +114,7 @@ pub(super) async fn get_object(
     let consistency = object_read_consistency(&req, &req.input.bucket)?;
     let input = req.input;
     let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
-    let customer_key = CustomerHeaders {
-        algorithm: input.sse_customer_algorithm.as_ref(),
-        key: input.sse_customer_key.as_ref(),
-        md5: input.sse_customer_key_md5.as_ref(),
-    }
-    .key()?;
+    let customer_key = customer_headers!(input).key()?;
     let out = s3
         .engine
         .get_object(GetRequest {
@@ -207,12 +193,7 @@ pub(super) async fn head_object(
     let consistency = object_read_consistency(&req, &req.input.bucket)?;
     let input = req.input;
     let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
-    let customer_key = CustomerHeaders {
-        algorithm: input.sse_customer_algorithm.as_ref(),
-        key: input.sse_customer_key.as_ref(),
-        md5: input.sse_customer_key_md5.as_ref(),
-    }
-    .key()?;
+    let customer_key = customer_headers!(input).key()?;
     let out = s3
         .engine
         .head_object(GetRequest {
@@ -352,22 +333,8 @@ pub(super) async fn copy_object(
     let input = &req.input;
     let acl = input.acl.as_ref().map(ObjectCannedACL::as_str);
     refuse_unsupported(acl, input.storage_class.as_ref(), acls_disabled(s3, &req, &input.bucket, acl).await?)?;
-    let protection = SseHeaders {
-        sse: input.server_side_encryption.as_ref(),
-        kms_key_id: input.ssekms_key_id.as_ref(),
-        customer: CustomerHeaders {
-            algorithm: input.sse_customer_algorithm.as_ref(),
-            key: input.sse_customer_key.as_ref(),
-            md5: input.sse_customer_key_md5.as_ref(),
-        },
-    }
-    .protection()?;
-    let source_key = CustomerHeaders {
-        algorithm: input.copy_source_sse_customer_algorithm.as_ref(),
-        key: input.copy_source_sse_customer_key.as_ref(),
-        md5: input.copy_source_sse_customer_key_md5.as_ref(),
-    }
-    .key()?;
+    let protection = write_protection!(input)?;
+    let source_key = copy_source_customer_headers!(input).key()?;
     let (src_bucket, src_key, src_version_id) = source_of(&input.copy_source)?;
     let context = RequestContext::of(&req)?;
     check_source(s3, &context, &src_bucket, &src_key).await?;

@@ -9,6 +9,43 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use super::MeridianS3;
 use crate::convert::s3_error;
 
+/// The SSE-C headers of a request's input (every input that takes them names them alike).
+macro_rules! customer_headers {
+    ($input:expr) => {
+        super::sse::CustomerHeaders {
+            algorithm: $input.sse_customer_algorithm.as_ref(),
+            key: $input.sse_customer_key.as_ref(),
+            md5: $input.sse_customer_key_md5.as_ref(),
+        }
+    };
+}
+
+/// The copy-source SSE-C headers of a copy's input.
+macro_rules! copy_source_customer_headers {
+    ($input:expr) => {
+        super::sse::CustomerHeaders {
+            algorithm: $input.copy_source_sse_customer_algorithm.as_ref(),
+            key: $input.copy_source_sse_customer_key.as_ref(),
+            md5: $input.copy_source_sse_customer_key_md5.as_ref(),
+        }
+    };
+}
+
+/// The protection the SSE headers of a write's input ask for (PutObject, CopyObject and
+/// CreateMultipartUpload name them alike).
+macro_rules! write_protection {
+    ($input:expr) => {
+        super::sse::SseHeaders {
+            sse: $input.server_side_encryption.as_ref(),
+            kms_key_id: $input.ssekms_key_id.as_ref(),
+            customer: super::sse::customer_headers!($input),
+        }
+        .protection()
+    };
+}
+
+pub(super) use {copy_source_customer_headers, customer_headers, write_protection};
+
 /// The SSE headers of a write.
 pub(super) struct SseHeaders<'a> {
     pub sse: Option<&'a ServerSideEncryption>,
