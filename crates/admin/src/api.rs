@@ -98,7 +98,9 @@ impl From<EngineError> for ApiError {
             EngineError::NoSuchSite(_) => "NoSuchSite",
             EngineError::AccessKeyExists(_) => "KeyExists",
             EngineError::BucketAlreadyExists | EngineError::BucketAlreadyOwnedByYou => "BucketExists",
-            EngineError::BucketNotEmpty => "BucketNotEmpty",
+            EngineError::BucketNotEmpty | EngineError::BucketHasSnapshots(_) => "BucketNotEmpty",
+            EngineError::NoSuchSnapshot(_) => "NoSuchSnapshot",
+            EngineError::SnapshotExists(_) => "SnapshotExists",
             EngineError::NoSuchNode(_) => "NoSuchNode",
             EngineError::NodeIsLive { .. } => "NodeIsLive",
             _ => kind_code,
@@ -198,6 +200,11 @@ struct BucketView {
     location: String,
     /// How many regions keep a copy of each object's bytes (global buckets).
     replicas: u32,
+    /// How many snapshots the bucket has.
+    snapshots: u32,
+    /// For a fork: `SOURCE@SNAPSHOT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fork_of: Option<String>,
 }
 
 impl BucketView {
@@ -210,6 +217,8 @@ impl BucketView {
             grants: record.grants,
             location: record.location.to_string(),
             replicas: record.replicas.unwrap_or(1),
+            snapshots: record.snapshots,
+            fork_of: record.fork_of.map(|o| format!("{}@{}", o.bucket, o.snapshot)),
         }
     }
 }
@@ -233,6 +242,47 @@ struct UpdateKey {
 struct Rotate {
     #[serde(default)]
     grace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSnapshot {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateFork {
+    /// The new bucket.
+    name: String,
+    /// The source's snapshot to start from (`None`: the source as it is now).
+    #[serde(default)]
+    snapshot: Option<String>,
+    #[serde(default)]
+    owner: Option<String>,
+}
+
+/// One page of objects of a bucket, or of one of its snapshots.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListObjects {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    snapshot: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ObjectView {
+    key: String,
+    size: u64,
+    etag: String,
+    modified_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -521,6 +571,52 @@ impl AdminApi {
                 let req: Replicas = parse(body)?;
                 let record = engine.set_bucket_replicas(bucket, Some(req.replicas)).await?;
                 Ok(reply(StatusCode::OK, &BucketView::new(bucket, record)))
+            }
+            (Method::GET, ["v1", "buckets", bucket, "snapshots"]) => {
+                Ok(reply(StatusCode::OK, &engine.list_snapshots(bucket).await?))
+            }
+            (Method::POST, ["v1", "buckets", bucket, "snapshots"]) => {
+                let req: CreateSnapshot = parse(body)?;
+                Ok(reply(StatusCode::CREATED, &engine.create_snapshot(bucket, req.name.as_deref()).await?))
+            }
+            (Method::DELETE, ["v1", "buckets", bucket, "snapshots", name]) => {
+                engine.delete_snapshot(bucket, name).await?;
+                Ok(reply(StatusCode::OK, &json!({ "deleted": format!("{bucket}@{name}") })))
+            }
+            (Method::POST, ["v1", "buckets", bucket, "forks"]) => {
+                let req: CreateFork = parse(body)?;
+                if let Some(owner) = &req.owner {
+                    engine.access_key(owner).await?;
+                }
+                let record =
+                    engine.fork_bucket(bucket, req.snapshot.as_deref(), &req.name, req.owner.as_deref()).await?;
+                Ok(reply(StatusCode::CREATED, &BucketView::new(&req.name, record)))
+            }
+            (Method::POST, ["v1", "buckets", bucket, "objects"]) => {
+                let req: ListObjects = parse(body)?;
+                let list = meridian_engine::ListRequest {
+                    prefix: req.prefix,
+                    after: req.after,
+                    max_keys: meridian_engine::MAX_LIST_KEYS,
+                    ..Default::default()
+                };
+                let page = match &req.snapshot {
+                    Some(name) => engine.list_objects_in_snapshot(bucket, name, &list).await?,
+                    None => engine.list_objects(bucket, &list).await?,
+                };
+                let objects: Vec<ObjectView> = page
+                    .objects
+                    .into_iter()
+                    .map(|o| ObjectView {
+                        size: o.record.size,
+                        etag: o.record.etag.clone(),
+                        modified_ms: o.record.modified_ms,
+                        version_id: o.record.version.as_ref().map(|v| v.id().to_string()),
+                        key: o.key,
+                    })
+                    .collect();
+                let next = page.is_truncated.then_some(page.next_after);
+                Ok(reply(StatusCode::OK, &json!({ "objects": objects, "next_after": next.flatten() })))
             }
             (Method::GET, ["v1", "sites"]) => Ok(reply(StatusCode::OK, &engine.list_sites().await?)),
             (Method::GET, ["v1", "sites", name]) => Ok(reply(StatusCode::OK, &engine.site(name).await?)),

@@ -195,6 +195,33 @@ pub enum BucketCommand {
     Allow(GrantArgs),
     /// Take permissions away from a key.
     Deny(GrantArgs),
+    /// Record a versioned bucket as it is now, in constant time; read it later with
+    /// `?snapshot=NAME` (or `x-meridian-snapshot: NAME`) on S3 GET, HEAD and listings.
+    Snapshot {
+        bucket: String,
+        /// The snapshot's name (default: the time, like 20261206t101500.123z).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List a bucket's snapshots.
+    Snapshots { bucket: String },
+    /// Delete a snapshot (BUCKET@NAME); bytes only it kept are freed.
+    DeleteSnapshot { target: String },
+    /// Create bucket NEW as a copy-on-write fork of SOURCE (or SOURCE@SNAPSHOT): it starts with
+    /// the source's objects, without copying any bytes, and then diverges on its own.
+    Fork {
+        source: String,
+        new: String,
+        /// The key that owns the fork (default: the source's owner).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// List the objects of BUCKET, or of BUCKET@SNAPSHOT as the snapshot shows them.
+    Ls {
+        target: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
     /// Make objects readable without credentials (GET/HEAD only), or private again.
     Public {
         bucket: String,
@@ -397,6 +424,44 @@ async fn execute(command: &AdminCommand, args: &AdminConnection) -> Result<(Valu
                 ),
             )
         }
+        AdminCommand::Bucket(BucketCommand::Snapshot { bucket, name }) => {
+            let path = format!("/v1/buckets/{}/snapshots", enc(bucket));
+            let v = call(args, "POST", &path, Some(json!({ "name": name }))).await?;
+            let text =
+                format!("Snapshot {bucket}@{} at revision {}.", v["name"].as_str().unwrap_or_default(), v["revision"]);
+            (v, text)
+        }
+        AdminCommand::Bucket(BucketCommand::Snapshots { bucket }) => {
+            let v = call(args, "GET", &format!("/v1/buckets/{}/snapshots", enc(bucket)), None).await?;
+            let mut text = format!("{:<32} {:>10} {:<24} {}", "NAME", "REVISION", "CREATED", "FORKS");
+            for snap in v.as_array().into_iter().flatten() {
+                let forks: Vec<&str> =
+                    snap["forks"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                text.push_str(&format!(
+                    "\n{:<32} {:>10} {:<24} {}",
+                    snap["name"].as_str().unwrap_or_default(),
+                    snap["revision"],
+                    format_ms(snap["created_ms"].as_i64().unwrap_or_default()),
+                    forks.join(",")
+                ));
+            }
+            (v, text)
+        }
+        AdminCommand::Bucket(BucketCommand::DeleteSnapshot { target }) => {
+            let (bucket, name) = split_target(target)?;
+            let name = name.ok_or_else(|| CliError::Usage(format!("name the snapshot: {bucket}@NAME")))?;
+            let path = format!("/v1/buckets/{}/snapshots/{}", enc(bucket), enc(name));
+            let v = call(args, "DELETE", &path, None).await?;
+            (v, format!("Deleted snapshot {bucket}@{name}."))
+        }
+        AdminCommand::Bucket(BucketCommand::Fork { source, new, owner }) => {
+            let (bucket, snapshot) = split_target(source)?;
+            let body = json!({ "name": new, "snapshot": snapshot, "owner": owner });
+            let v = call(args, "POST", &format!("/v1/buckets/{}/forks", enc(bucket)), Some(body)).await?;
+            let from = v["fork_of"].as_str().unwrap_or(source).to_string();
+            (v, format!("Created bucket {new}, a fork of {from}."))
+        }
+        AdminCommand::Bucket(BucketCommand::Ls { target, prefix }) => return list_objects(args, target, prefix).await,
         AdminCommand::Bucket(BucketCommand::Public { bucket, read, .. }) => {
             let v = call(args, "POST", &format!("/v1/buckets/{}/public", enc(bucket)), Some(json!({ "read": read })))
                 .await?;
@@ -404,6 +469,54 @@ async fn execute(command: &AdminCommand, args: &AdminConnection) -> Result<(Valu
             (v, format!("Bucket {bucket} is now {state}."))
         }
     })
+}
+
+/// Unix milliseconds as RFC 3339 (UTC), to the second.
+fn format_ms(ms: i64) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000));
+    at.ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// `BUCKET` or `BUCKET@SNAPSHOT`.
+fn split_target(target: &str) -> Result<(&str, Option<&str>), CliError> {
+    match target.split_once('@') {
+        Some((bucket, "")) => Err(CliError::Usage(format!("{bucket}@ names no snapshot"))),
+        Some((bucket, snapshot)) => Ok((bucket, Some(snapshot))),
+        None => Ok((target, None)),
+    }
+}
+
+/// Most pages `ls` reads (of 1,000 objects each).
+const MAX_LIST_PAGES: usize = 10_000;
+
+/// Every object of `BUCKET[@SNAPSHOT]` under `prefix`, a page at a time.
+async fn list_objects(args: &AdminConnection, target: &str, prefix: &str) -> Result<(Value, String), CliError> {
+    let (bucket, snapshot) = split_target(target)?;
+    let path = format!("/v1/buckets/{}/objects", enc(bucket));
+    let mut objects = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..MAX_LIST_PAGES {
+        let body = json!({ "prefix": prefix, "after": after, "snapshot": snapshot });
+        let page = call(args, "POST", &path, Some(body)).await?;
+        objects.extend(page["objects"].as_array().cloned().unwrap_or_default());
+        after = page["next_after"].as_str().map(str::to_string);
+        if after.is_none() {
+            break;
+        }
+    }
+    let mut text = format!("{:<48} {:>12} {:<24} {}", "KEY", "SIZE", "MODIFIED", "VERSION");
+    for o in &objects {
+        text.push_str(&format!(
+            "\n{:<48} {:>12} {:<24} {}",
+            o["key"].as_str().unwrap_or_default(),
+            o["size"],
+            format_ms(o["modified_ms"].as_i64().unwrap_or_default()),
+            o["version_id"].as_str().unwrap_or("-")
+        ));
+    }
+    Ok((Value::Array(objects), text))
 }
 
 fn site_text(site: &Value) -> String {

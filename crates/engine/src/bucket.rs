@@ -157,6 +157,11 @@ impl Engine {
     pub async fn delete_bucket(&self, name: &str) -> EngineResult<Revision> {
         let key = keys::bucket(name);
         let (mut record, revision) = self.bucket(name).await?;
+        if record.snapshots > 0 {
+            return Err(EngineError::BucketHasSnapshots(record.snapshots));
+        }
+        // Versions a deleted snapshot kept, if a crash stopped its sweep.
+        self.sweep_retained(name).await?;
         record.deleting_since_ms = Some(now_ms());
         let mark = Txn::new()
             .when(Compare::mod_revision_is(key.clone(), revision))
@@ -177,6 +182,9 @@ impl Engine {
         let resp = self.meta().txn(delete).await?;
         if !resp.succeeded {
             return Err(EngineError::Contended);
+        }
+        if let Some(origin) = &record.fork_of {
+            self.release_fork(name, origin).await?;
         }
         Ok(resp.revision)
     }

@@ -38,6 +38,12 @@ pub enum EngineError {
     BucketAlreadyExists,
     #[error("the bucket you tried to delete is not empty")]
     BucketNotEmpty,
+    #[error("the bucket has {0} snapshot(s): delete them (and the forks made from them) first")]
+    BucketHasSnapshots(u32),
+    #[error("no snapshot {0}")]
+    NoSuchSnapshot(String),
+    #[error("a snapshot named {0:?} already exists")]
+    SnapshotExists(String),
     #[error("invalid bucket name: {0}")]
     InvalidBucketName(String),
     #[error("the specified key does not exist")]
@@ -191,10 +197,13 @@ impl EngineError {
             | E::NoSuchAccessKey(_)
             | E::NoSuchNode(_)
             | E::NoSuchSite(_)
+            | E::NoSuchSnapshot(_)
             | E::RevisionCompacted { .. } => K::NotFound,
             E::BucketAlreadyOwnedByYou
             | E::BucketAlreadyExists
             | E::BucketNotEmpty
+            | E::BucketHasSnapshots(_)
+            | E::SnapshotExists(_)
             | E::AccessKeyExists(_)
             | E::PreconditionFailed
             | E::NotModified { .. }
@@ -284,6 +293,7 @@ mod tests {
             EngineError::NoSuchUpload,
             EngineError::NoSuchAccessKey("k".into()),
             EngineError::NoSuchSite("s".into()),
+            EngineError::NoSuchSnapshot("b@s".into()),
             EngineError::RevisionCompacted { requested: 1, oldest: 5 },
             EngineError::Meta(MetaError::Compacted { requested: 1, oldest: 5 }),
         ];
@@ -298,6 +308,8 @@ mod tests {
             EngineError::BucketAlreadyOwnedByYou,
             EngineError::BucketAlreadyExists,
             EngineError::BucketNotEmpty,
+            EngineError::BucketHasSnapshots(1),
+            EngineError::SnapshotExists("s".into()),
             EngineError::AccessKeyExists("k".into()),
             EngineError::PreconditionFailed,
             EngineError::NotModified { etag: "e".into(), last_modified_ms: 0 },

@@ -25,6 +25,8 @@
 //! | `v/<bucket>/<key>\0<token>` | [`crate::record::VersionRecord`]: one version (or delete marker), newest first | the same transactions |
 //! | `i/<bucket>/<key>\0<token>` | the bytes of a version stored inline | the transaction that writes the version |
 //! | `d/<bucket>/<target>/<ms, 16 hex digits><random, 16 hex digits>` | [`crate::notify::StoredEvent`]: an event notification not yet delivered; its mod revision is the object change's commit revision | the transaction of the object change (put, copy, complete multipart, delete, delete marker); the delivery worker deletes it once the target answered 2xx |
+//! | `h/<bucket>/<name>` | [`crate::snapshot::SnapshotRecord`]: a bucket snapshot; its create revision is the snapshot's revision | `meridian admin bucket snapshot`/`fork` (with the bucket record, whose snapshot count changes) |
+//! | `z/<bucket>/<key>\0<token>` | [`crate::snapshot::RetainedVersion`]: a version removed while a snapshot still shows it; create revision = removal | the version's removal; the snapshot sweep deletes it once no snapshot shows it |
 
 use bytes::Bytes;
 
@@ -101,6 +103,50 @@ pub fn parse_version_key(key: &[u8]) -> Option<(&str, &str, Option<&str>)> {
         Some((key, token)) => (bucket, key, Some(token)),
         None => (bucket, rest, None),
     })
+}
+
+/// `h/<bucket>/<name>` → [`crate::snapshot::SnapshotRecord`]. The key's create revision is the
+/// revision the snapshot records the bucket at.
+pub fn snapshot(bucket: &str, name: &str) -> Bytes {
+    Bytes::from(format!("{}{name}", snapshots_of(bucket)))
+}
+
+const SNAPSHOTS_ROOT: &str = "h/";
+
+/// Every snapshot of a bucket.
+pub fn snapshots_of(bucket: &str) -> String {
+    format!("{SNAPSHOTS_ROOT}{bucket}/")
+}
+
+/// The snapshot name of an `h/` key.
+pub fn parse_snapshot_key(key: &[u8]) -> Option<(&str, &str)> {
+    split_bucket(key, SNAPSHOTS_ROOT)
+}
+
+/// `z/<bucket>/<key>\0<token>` → [`crate::snapshot::RetainedVersion`]: a version removed from
+/// `v/` that a snapshot still shows. Its blobs' owner keys point here and its inline bytes stay
+/// at [`version_inline`]; the key's create revision is the revision of the removal.
+pub fn retained(bucket: &str, key: &str, token: &str) -> Bytes {
+    Bytes::from(format!("{RETAINED_ROOT}{bucket}/{key}\0{token}"))
+}
+
+const RETAINED_ROOT: &str = "z/";
+
+/// Every retained version of a bucket.
+pub fn retained_prefix(bucket: &str) -> String {
+    format!("{RETAINED_ROOT}{bucket}/")
+}
+
+/// Every retained version of one key.
+pub fn retained_of(bucket: &str, key: &str) -> String {
+    format!("{RETAINED_ROOT}{bucket}/{key}\0")
+}
+
+/// The bucket, key and token of a `z/` key.
+pub fn parse_retained_key(key: &[u8]) -> Option<(&str, &str, &str)> {
+    let (bucket, rest) = split_bucket(key, RETAINED_ROOT)?;
+    let (key, token) = rest.split_once('\0')?;
+    Some((bucket, key, token))
 }
 
 /// `u/<bucket>/<key>\0<upload id>` → [`crate::record::UploadRecord`]; ordered by key like S3's

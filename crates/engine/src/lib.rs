@@ -40,6 +40,7 @@ pub mod policy;
 pub mod record;
 pub mod repair;
 pub mod replicate;
+pub mod snapshot;
 pub mod tagging;
 pub mod ttl;
 pub mod versions;
@@ -52,7 +53,7 @@ pub use bucket::validate_bucket_name;
 pub use error::{EngineError, EngineResult, ErrorKind};
 pub use follow::{ObjectChange, ObjectEvent};
 pub use ingest::{Body, BodyError, Integrity, body_from_bytes};
-pub use list::{ListPage, ListRequest, ListedObject};
+pub use list::{ListPage, ListRequest, ListedObject, MAX_LIST_KEYS};
 pub use meridian_meta::{MetaError, Revision};
 pub use multipart::{CompletePart, ListPartsPage, ListUploadsPage, ListUploadsRequest, UploadSummary};
 pub use object::{

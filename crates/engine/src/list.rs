@@ -42,14 +42,18 @@ pub struct ListPage {
     pub revision: Revision,
 }
 
-enum Entry {
+pub(crate) enum Entry {
     Object(Box<ListedObject>),
     Prefix(String),
 }
 
 impl Engine {
     pub async fn list_objects(&self, bucket: &str, req: &ListRequest) -> EngineResult<ListPage> {
-        self.bucket(bucket).await?;
+        let (record, _) = self.bucket(bucket).await?;
+        if record.fork_of.is_some() {
+            let layers = self.layers(bucket, &record, Revision::MAX).await?;
+            return self.list_layers(&layers, req).await;
+        }
         let reader = self.reader(req.consistency);
         let base = keys::objects_prefix(bucket);
         let max_keys = req.max_keys.min(MAX_LIST_KEYS);
@@ -130,7 +134,7 @@ pub(crate) fn common_prefix(key: &str, prefix: &str, delimiter: &str) -> Option<
     Some(format!("{prefix}{}", &rest[..at + delimiter.len()]))
 }
 
-fn finish(mut page: ListPage, mut entries: Vec<Entry>, max_keys: usize, truncated: bool) -> ListPage {
+pub(crate) fn finish(mut page: ListPage, mut entries: Vec<Entry>, max_keys: usize, truncated: bool) -> ListPage {
     entries.truncate(max_keys);
     page.is_truncated = truncated;
     page.next_after = entries.last().map(|e| match e {

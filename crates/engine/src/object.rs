@@ -326,10 +326,14 @@ impl Engine {
         match found {
             Some(current) if current.is_visible(now_ms()) => Ok(current),
             _ => {
-                if self.bucket(bucket).await?.0.versioning.is_some()
+                let (record, _) = self.bucket(bucket).await?;
+                if record.versioning.is_some()
                     && let Some(version_id) = self.latest_marker(bucket, key).await?
                 {
                     return Err(EngineError::DeleteMarker { version_id, by_id: false });
+                }
+                if record.fork_of.is_some() {
+                    return self.read_inherited(bucket, &record, key).await;
                 }
                 Err(EngineError::NoSuchKey)
             }
@@ -514,22 +518,36 @@ impl Engine {
     }
 
     pub async fn get_object(&self, req: GetRequest) -> EngineResult<GetOutcome> {
-        self.read_object(req, true).await
+        self.read_object(req, None, true).await
     }
 
     /// Like GET without the bytes.
     pub async fn head_object(&self, req: GetRequest) -> EngineResult<GetOutcome> {
-        self.read_object(req, false).await
+        self.read_object(req, None, false).await
     }
 
-    async fn read_object(&self, req: GetRequest, with_body: bool) -> EngineResult<GetOutcome> {
+    /// GET (`with_body`) or HEAD of the object as the bucket's snapshot `snapshot` shows it.
+    pub async fn read_object_in_snapshot(
+        &self,
+        req: GetRequest,
+        snapshot: &str,
+        with_body: bool,
+    ) -> EngineResult<GetOutcome> {
+        if req.version_id.is_some() {
+            return Err(EngineError::InvalidArgument("a read names a version id or a snapshot, not both".into()));
+        }
+        self.read_object(req, Some(snapshot), with_body).await
+    }
+
+    async fn read_object(&self, req: GetRequest, snapshot: Option<&str>, with_body: bool) -> EngineResult<GetOutcome> {
         validate_key(&req.key)?;
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let current = match &req.version_id {
-                Some(id) => self.read_version(&req.bucket, &req.key, id).await?,
-                None => self.read_visible(&req.bucket, &req.key, req.consistency).await?,
+            let current = match (snapshot, &req.version_id) {
+                (Some(name), _) => self.read_at_snapshot(&req.bucket, name, &req.key).await?,
+                (None, Some(id)) => self.read_version(&req.bucket, &req.key, id).await?,
+                (None, None) => self.read_visible(&req.bucket, &req.key, req.consistency).await?,
             };
             crate::crypt::check_plain_read(current.record.encryption.as_ref(), req.customer_key.as_ref())?;
             req.conditions.check_read(&current.record)?;

@@ -65,6 +65,21 @@ pub struct BucketRecord {
     /// S3's event notification rules (PutBucketNotificationConfiguration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notification: Option<crate::notify::NotificationConfig>,
+    /// How many snapshots the bucket has (`h/` keys). Every snapshot change rewrites the record,
+    /// and removing a version compares the record's revision, so the removal knows every
+    /// snapshot that may still show the version.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub snapshots: u32,
+    /// For a fork: the bucket and snapshot it started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_of: Option<crate::snapshot::ForkOrigin>,
+    /// Every object written before versioning was enabled has been made a version.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub versions_adopted: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl BucketRecord {

@@ -15,6 +15,7 @@ use crate::error::{EngineError, EngineResult};
 use crate::notify::{self, EventKind};
 use crate::object::{Current, DeleteOutcome, ExtraTxn, check_fence_failure, decode_current, object_change, with_fence};
 use crate::record::{self, ObjectRecord, VersionHead, VersionRecord, VersionStamp, Versioning};
+use crate::snapshot::Retention;
 use crate::{Engine, keys, now_ms, validate_key};
 
 const MAX_ATTEMPTS: usize = 64;
@@ -67,15 +68,17 @@ impl KeyState {
 }
 
 /// A version as read from `v/`, with its inline bytes.
-struct StoredVersion {
-    record: VersionRecord,
-    revision: Revision,
-    inline: Option<Bytes>,
+pub(crate) struct StoredVersion {
+    pub record: VersionRecord,
+    pub revision: Revision,
+    /// The revision that wrote the version (rewriting its tags keeps it).
+    pub created: Revision,
+    pub inline: Option<Bytes>,
 }
 
 impl StoredVersion {
     /// The version as the read path serves it (a delete marker is not served).
-    fn into_current(self) -> EngineResult<Current> {
+    pub(crate) fn into_current(self) -> EngineResult<Current> {
         let id = self.record.stamp.id().to_string();
         let record = self.record.object.ok_or(EngineError::DeleteMarker { version_id: id, by_id: true })?;
         let inline = matches!(record.data, record::DataLayout::Inline).then(|| self.inline.unwrap_or_default());
@@ -106,12 +109,23 @@ pub(crate) fn put_version(bucket: &str, key: &str, record: &ObjectRecord, inline
     }
 }
 
-/// Removes a version's entry, inline bytes and blob references; returns its blobs.
-fn remove_version(bucket: &str, key: &str, version: &StoredVersion, txn: &mut Txn) -> Vec<meridian_blob::BlobId> {
+/// Removes a version's entry, inline bytes and blob references; returns its blobs. A version
+/// a snapshot of the bucket still shows moves to `z/` instead, keeping its bytes.
+fn remove_version(
+    bucket: &str,
+    key: &str,
+    version: &StoredVersion,
+    retention: &Retention,
+    txn: &mut Txn,
+) -> Vec<meridian_blob::BlobId> {
     let token = &version.record.stamp.token;
     let entry = keys::version(bucket, key, token);
     txn.compares.push(Compare::mod_revision_is(entry.clone(), version.revision));
     txn.ops.push(Op::delete(entry));
+    if retention.keeps(version.created) {
+        crate::snapshot::retain(bucket, key, &version.record, version.created, txn);
+        return Vec::new();
+    }
     txn.ops.push(Op::delete(keys::version_inline(bucket, key, token)));
     let blobs = version.record.object.as_ref().map(|o| o.data.blobs()).unwrap_or_default();
     for blob in &blobs {
@@ -133,7 +147,13 @@ impl Engine {
             Ok(())
         })
         .await?;
-        self.adopt_existing(bucket).await
+        self.adopt_existing(bucket).await?;
+        self.update_bucket(bucket, |record| {
+            record.versions_adopted = true;
+            Ok(())
+        })
+        .await?;
+        Ok(())
     }
 
     /// S3 GetBucketVersioning (`None`: never enabled).
@@ -143,7 +163,7 @@ impl Engine {
 
     /// Makes every unversioned object of a bucket its key's `null` version. A key written
     /// meanwhile is skipped: its writer made it a version.
-    async fn adopt_existing(&self, bucket: &str) -> EngineResult<()> {
+    pub(crate) async fn adopt_existing(&self, bucket: &str) -> EngineResult<()> {
         let mut range = RangeRequest::prefix(keys::objects_prefix(bucket)).limit(500);
         loop {
             let page = self.meta().range(range.clone()).await?;
@@ -189,7 +209,12 @@ impl Engine {
         let (mut kvs, _) = self.meta().get_many(&wanted).await?;
         let inline = kvs.pop().flatten().map(|kv| kv.value);
         let Some(kv) = kvs.pop().flatten() else { return Ok(None) };
-        Ok(Some(StoredVersion { record: record::decode(&kv.value)?, revision: kv.mod_revision, inline }))
+        Ok(Some(StoredVersion {
+            record: record::decode(&kv.value)?,
+            revision: kv.mod_revision,
+            created: kv.create_revision,
+            inline,
+        }))
     }
 
     /// Makes `new` (an object and its inline bytes; `None`: a delete marker) the newest version
@@ -231,7 +256,8 @@ impl Engine {
                 && let Some(null) = head.null.take()
                 && let Some(version) = self.read_stored_version(bucket, key, &null).await?
             {
-                freed.extend(remove_version(bucket, key, &version, &mut txn));
+                let retention = self.retention(bucket, &bucket_record).await?;
+                freed.extend(remove_version(bucket, key, &version, &retention, &mut txn));
             }
             let older: Vec<&str> = older.iter().map(String::as_str).collect();
             let stamp = VersionStamp { token: newer_token(&older), null: suspended };
@@ -361,8 +387,13 @@ impl Engine {
             let Some((mut head, head_revision)) = state.head.clone() else {
                 return Err(EngineError::Corrupt(format!("version {token} of {bucket}/{key} without a head")));
             };
-            let mut txn = Txn::new().when(Compare::mod_revision_is(keys::version_head(bucket, key), head_revision));
-            let mut freed = remove_version(bucket, key, &version, &mut txn);
+            // Comparing the bucket's revision keeps the snapshot set read here current.
+            let (bucket_record, bucket_revision) = self.bucket(bucket).await?;
+            let retention = self.retention(bucket, &bucket_record).await?;
+            let mut txn = Txn::new()
+                .when(Compare::mod_revision_is(keys::version_head(bucket, key), head_revision))
+                .when(Compare::mod_revision_is(keys::bucket(bucket), bucket_revision));
+            let mut freed = remove_version(bucket, key, &version, &retention, &mut txn);
             if head.null.as_deref() == Some(token.as_str()) {
                 head.null = None;
             }

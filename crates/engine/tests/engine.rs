@@ -583,3 +583,113 @@ async fn lifecycle_rules_expire_noncurrent_versions_and_lone_delete_markers() {
     assert_eq!(ttl[1], (short.clone(), false));
     assert!(read_version(e, "aging", "ttl", &short).await.is_ok());
 }
+
+async fn read_in_snapshot(engine: &Engine, bucket: &str, snapshot: &str, key: &str) -> EngineResult<Vec<u8>> {
+    let req = GetRequest { bucket: bucket.into(), key: key.into(), ..Default::default() };
+    let out = engine.read_object_in_snapshot(req, snapshot, true).await?;
+    let chunks: Vec<Bytes> = out.body.try_collect().await.unwrap();
+    Ok(chunks.concat())
+}
+
+/// Every key a listing shows, read a page of `page` keys at a time.
+async fn listed_keys(engine: &Engine, bucket: &str, snapshot: Option<&str>, page: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut req = ListRequest { max_keys: page, ..Default::default() };
+    for _ in 0..100 {
+        let out = match snapshot {
+            Some(name) => engine.list_objects_in_snapshot(bucket, name, &req).await.unwrap(),
+            None => engine.list_objects(bucket, &req).await.unwrap(),
+        };
+        keys.extend(out.objects.into_iter().map(|o| o.key));
+        if !out.is_truncated {
+            return keys;
+        }
+        req.after = out.next_after;
+    }
+    panic!("listing did not end");
+}
+
+/// Every key the engine keeps under `z/` (versions kept for snapshots).
+async fn retained_keys(engine: &Engine) -> usize {
+    engine.meta().range(meridian_meta::RangeRequest::prefix("z/")).await.unwrap().kvs.len()
+}
+
+#[tokio::test]
+async fn snapshots_show_the_bucket_as_it_was_and_forks_diverge_without_copying() {
+    use meridian_engine::record::Versioning;
+    let f = fixture();
+    let e = &f.engine;
+    e.create_bucket("src", "me").await.unwrap();
+    e.put_object(put("src", "legacy", "written before versioning")).await.unwrap();
+    assert!(matches!(e.create_snapshot("src", Some("s0")).await, Err(EngineError::InvalidRequest(_))));
+    e.set_versioning("src", Versioning::Enabled).await.unwrap();
+    let big = vec![7u8; 5000];
+    let big_version = version_of(&e.put_object(put("src", "big", big.clone())).await.unwrap());
+    e.put_object(put("src", "small", "small one")).await.unwrap();
+    e.put_object(put("src", "gone", "deleted later")).await.unwrap();
+    let snapshot = e.create_snapshot("src", Some("s1")).await.unwrap();
+    assert!(snapshot.revision > 0);
+    assert!(matches!(e.create_snapshot("src", Some("s1")).await, Err(EngineError::SnapshotExists(_))));
+    assert!(matches!(e.create_snapshot("src", Some("Bad/Name")).await, Err(EngineError::InvalidArgument(_))));
+
+    // After the snapshot: an overwrite, a delete marker, two versions removed for good, a new key.
+    e.put_object(put("src", "small", "small two")).await.unwrap();
+    e.delete_object("src", "gone", &WriteConditions::default()).await.unwrap();
+    e.delete_version("src", "big", &big_version).await.unwrap();
+    e.delete_version("src", "legacy", "null").await.unwrap();
+    e.put_object(put("src", "new", "after the snapshot")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(blob_files(f.dir.path()), 1, "the snapshot keeps the removed version's bytes");
+    let (orphans, _) = e.collect_orphan_blobs(std::time::SystemTime::now() + Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(orphans, 0, "kept bytes are referenced");
+    assert_eq!(retained_keys(e).await, 2);
+
+    assert_eq!(read_in_snapshot(e, "src", "s1", "big").await.unwrap(), big);
+    assert_eq!(read_in_snapshot(e, "src", "s1", "small").await.unwrap(), b"small one");
+    assert_eq!(read_in_snapshot(e, "src", "s1", "gone").await.unwrap(), b"deleted later");
+    assert_eq!(read_in_snapshot(e, "src", "s1", "legacy").await.unwrap(), b"written before versioning");
+    assert!(matches!(read_in_snapshot(e, "src", "s1", "new").await, Err(EngineError::NoSuchKey)));
+    assert!(matches!(read_in_snapshot(e, "src", "nope", "big").await, Err(EngineError::NoSuchSnapshot(_))));
+    let then = ["big", "gone", "legacy", "small"];
+    for page in [1, 2, 1000] {
+        assert_eq!(listed_keys(e, "src", Some("s1"), page).await, then, "pages of {page}");
+    }
+    assert_eq!(listed_keys(e, "src", None, 1000).await, ["new", "small"]);
+    assert_eq!(read(e, "src", "small").await, b"small two");
+
+    // A fork of the snapshot starts with its objects and diverges; the source is unaffected.
+    e.fork_bucket("src", Some("s1"), "fork", None).await.unwrap();
+    assert_eq!(read(e, "fork", "big").await, big);
+    assert_eq!(listed_keys(e, "fork", None, 2).await, then);
+    e.put_object(put("fork", "small", "the fork's own")).await.unwrap();
+    e.delete_object("fork", "gone", &WriteConditions::default()).await.unwrap();
+    e.put_object(put("fork", "extra", "only in the fork")).await.unwrap();
+    assert_eq!(read(e, "fork", "small").await, b"the fork's own");
+    let gone = e.get_object(GetRequest { bucket: "fork".into(), key: "gone".into(), ..Default::default() }).await;
+    assert!(matches!(gone, Err(EngineError::DeleteMarker { .. })));
+    assert_eq!(listed_keys(e, "fork", None, 1).await, ["big", "extra", "legacy", "small"]);
+    assert_eq!(listed_keys(e, "src", None, 1000).await, ["new", "small"]);
+    assert_eq!(read(e, "src", "small").await, b"small two");
+    assert_eq!(blob_files(f.dir.path()), 1, "forking copied no bytes");
+
+    // A fork of the source as it is now goes through a snapshot made for it.
+    e.fork_bucket("src", None, "now", None).await.unwrap();
+    assert_eq!(listed_keys(e, "now", None, 1000).await, ["new", "small"]);
+    let names: Vec<String> = e.list_snapshots("src").await.unwrap().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["fork-now", "s1"]);
+
+    // Nothing a fork stands on can go.
+    assert!(matches!(e.delete_snapshot("src", "s1").await, Err(EngineError::InvalidRequest(_))));
+    assert!(matches!(e.delete_bucket("src").await, Err(EngineError::BucketHasSnapshots(2))));
+    e.delete_bucket("now").await.unwrap();
+    let names: Vec<String> = e.list_snapshots("src").await.unwrap().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["s1"], "a fork's own snapshot goes with it");
+    let all = versions::VersionListRequest { max_keys: 100, ..Default::default() };
+    for version in e.list_versions("fork", &all).await.unwrap().versions {
+        e.delete_version("fork", &version.key, version.version.stamp.id()).await.unwrap();
+    }
+    e.delete_bucket("fork").await.unwrap();
+    e.delete_snapshot("src", "s1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!((blob_files(f.dir.path()), retained_keys(e).await), (0, 0), "the last snapshot's bytes are freed");
+}

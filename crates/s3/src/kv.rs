@@ -190,6 +190,24 @@ pub fn read_consistency(headers: &HeaderMap) -> S3Result<Consistency> {
     Ok(session_revision(headers).map_or(Consistency::Local, Consistency::AtLeast))
 }
 
+pub const SNAPSHOT_HEADER: &str = "x-meridian-snapshot";
+pub const SNAPSHOT_QUERY: &str = "snapshot";
+
+/// The bucket snapshot a read asks for: `x-meridian-snapshot: NAME` or `?snapshot=NAME`.
+pub fn snapshot_asked(headers: &HeaderMap, uri: &http::Uri) -> S3Result<Option<String>> {
+    if let Some(name) = header(headers, SNAPSHOT_HEADER)? {
+        return Ok(Some(name.to_string()));
+    }
+    let value = uri.query().into_iter().flat_map(|q| q.split('&')).find_map(|pair| match pair.split_once('=') {
+        Some((SNAPSHOT_QUERY, value)) => Some(value),
+        _ => None,
+    });
+    let Some(value) = value else { return Ok(None) };
+    let decoded = percent_encoding::percent_decode_str(value).decode_utf8();
+    let name = decoded.map_err(|_| s3_error!(InvalidArgument, "the {SNAPSHOT_QUERY} parameter is not valid UTF-8"))?;
+    Ok(Some(name.into_owned()))
+}
+
 /// The revision in the session cookie, if the request carries one.
 fn session_revision(headers: &HeaderMap) -> Option<u64> {
     let values = headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok());

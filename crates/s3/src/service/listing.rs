@@ -9,13 +9,28 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 use super::MeridianS3;
 use super::shared::{ChecksumAlgorithm_from, with_revision};
 use crate::convert::{etag, s3_error, timestamp, url_encode};
-use crate::kv::read_consistency;
+use crate::kv::{read_consistency, snapshot_asked};
+
+/// A listing of the bucket as it is, or as one of its snapshots shows it.
+async fn list(
+    s3: &MeridianS3,
+    bucket: &str,
+    snapshot: Option<&str>,
+    request: &ListRequest,
+) -> S3Result<meridian_engine::ListPage> {
+    let page = match snapshot {
+        Some(name) => s3.engine.list_objects_in_snapshot(bucket, name, request).await,
+        None => s3.engine.list_objects(bucket, request).await,
+    };
+    page.map_err(s3_error)
+}
 
 pub(super) async fn list_objects(
     s3: &MeridianS3,
     req: S3Request<ListObjectsInput>,
 ) -> S3Result<S3Response<ListObjectsOutput>> {
     let consistency = read_consistency(&req.headers)?;
+    let snapshot = snapshot_asked(&req.headers, &req.uri)?;
     let input = req.input;
     let url = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
     let enc = |s: String| if url { url_encode(&s) } else { s };
@@ -26,7 +41,7 @@ pub(super) async fn list_objects(
         max_keys: max_keys(input.max_keys)?,
         consistency,
     };
-    let page = s3.engine.list_objects(&input.bucket, &request).await.map_err(s3_error)?;
+    let page = list(s3, &input.bucket, snapshot.as_deref(), &request).await?;
     let output = ListObjectsOutput {
         name: Some(input.bucket),
         prefix: Some(enc(request.prefix)),
@@ -50,6 +65,7 @@ pub(super) async fn list_objects_v2(
     req: S3Request<ListObjectsV2Input>,
 ) -> S3Result<S3Response<ListObjectsV2Output>> {
     let consistency = read_consistency(&req.headers)?;
+    let snapshot = snapshot_asked(&req.headers, &req.uri)?;
     let input = req.input;
     let url = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
     let enc = |s: String| if url { url_encode(&s) } else { s };
@@ -64,7 +80,7 @@ pub(super) async fn list_objects_v2(
         max_keys: max_keys(input.max_keys)?,
         consistency,
     };
-    let page = s3.engine.list_objects(&input.bucket, &request).await.map_err(s3_error)?;
+    let page = list(s3, &input.bucket, snapshot.as_deref(), &request).await?;
     let key_count = page.objects.len() + page.common_prefixes.len();
     let output = ListObjectsV2Output {
         name: Some(input.bucket),

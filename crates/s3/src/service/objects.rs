@@ -112,28 +112,30 @@ pub(super) async fn get_object(
     req: S3Request<GetObjectInput>,
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let consistency = object_read_consistency(&req, &req.input.bucket)?;
+    let snapshot = crate::kv::snapshot_asked(&req.headers, &req.uri)?;
     let input = req.input;
     let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
     let customer_key = customer_headers!(input).key()?;
-    let out = s3
-        .engine
-        .get_object(GetRequest {
-            version_id: input.version_id,
-            customer_key,
-            consistency,
-            bucket: input.bucket,
-            key: input.key,
-            range: byte_range(input.range),
-            part_number: input.part_number.map(|n| n.max(0) as u32),
-            conditions: read_conditions(
-                input.if_match,
-                input.if_none_match,
-                input.if_modified_since.as_ref(),
-                input.if_unmodified_since.as_ref(),
-            ),
-        })
-        .await
-        .map_err(s3_error)?;
+    let read = GetRequest {
+        version_id: input.version_id,
+        customer_key,
+        consistency,
+        bucket: input.bucket,
+        key: input.key,
+        range: byte_range(input.range),
+        part_number: input.part_number.map(|n| n.max(0) as u32),
+        conditions: read_conditions(
+            input.if_match,
+            input.if_none_match,
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        ),
+    };
+    let out = match &snapshot {
+        Some(name) => s3.engine.read_object_in_snapshot(read, name, true).await,
+        None => s3.engine.get_object(read).await,
+    }
+    .map_err(s3_error)?;
     let whole = out.range.is_none();
     let sums = if want_checksum && whole {
         ChecksumFields::from_stored(out.record.checksum.as_ref())
@@ -191,28 +193,30 @@ pub(super) async fn head_object(
     req: S3Request<HeadObjectInput>,
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let consistency = object_read_consistency(&req, &req.input.bucket)?;
+    let snapshot = crate::kv::snapshot_asked(&req.headers, &req.uri)?;
     let input = req.input;
     let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
     let customer_key = customer_headers!(input).key()?;
-    let out = s3
-        .engine
-        .head_object(GetRequest {
-            version_id: input.version_id,
-            customer_key,
-            consistency,
-            bucket: input.bucket,
-            key: input.key,
-            range: byte_range(input.range),
-            part_number: input.part_number.map(|n| n.max(0) as u32),
-            conditions: read_conditions(
-                input.if_match,
-                input.if_none_match,
-                input.if_modified_since.as_ref(),
-                input.if_unmodified_since.as_ref(),
-            ),
-        })
-        .await
-        .map_err(s3_error)?;
+    let read = GetRequest {
+        version_id: input.version_id,
+        customer_key,
+        consistency,
+        bucket: input.bucket,
+        key: input.key,
+        range: byte_range(input.range),
+        part_number: input.part_number.map(|n| n.max(0) as u32),
+        conditions: read_conditions(
+            input.if_match,
+            input.if_none_match,
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        ),
+    };
+    let out = match &snapshot {
+        Some(name) => s3.engine.read_object_in_snapshot(read, name, false).await,
+        None => s3.engine.head_object(read).await,
+    }
+    .map_err(s3_error)?;
     let sums = if want_checksum && out.range.is_none() {
         ChecksumFields::from_stored(out.record.checksum.as_ref())
     } else {
