@@ -71,4 +71,4 @@ log "cargo nextest run"
 cargo nextest run --workspace --profile ci "$@"
 # The S3 suite once more, against a node of a three-region cluster on etcd.
 log "cargo nextest run (S3 suite on a clustered node)"
-MERIDIAN_TEST_CLUSTER=1 cargo nextest run --profile ci -p meridian --test s3_api --test s3_errors --test access --test s3_notifications --test clients "$@"
+MERIDIAN_TEST_CLUSTER=1 cargo nextest run --profile ci -p meridian --test s3_api --test s3_errors --test access --test s3_notifications --test clients --test snapshots "$@"
