@@ -254,7 +254,8 @@ impl Engine {
         Ok(removed)
     }
 
-    /// Runs [`Engine::expire_versions`] on every versioned bucket with rules on versions.
+    /// Runs [`Engine::expire_versions`] on every versioned bucket with rules on versions, and
+    /// frees the versions no snapshot shows any more ([`Engine::sweep_retained`]).
     pub(crate) async fn sweep_versions(&self) -> EngineResult<usize> {
         let page = self.meta().range(RangeRequest::prefix(keys::BUCKETS_PREFIX)).await?;
         let mut removed = 0;
@@ -263,6 +264,10 @@ impl Engine {
             let record: BucketRecord = record::decode(&kv.value)?;
             if record.versioning.is_some() && record.lifecycle.iter().any(LifecycleRule::acts_on_versions) {
                 removed += self.expire_versions(name, now_ms()).await?;
+            }
+            if record.versioning.is_some() {
+                // Versions a deleted snapshot kept, if a crash stopped the deletion's own sweep.
+                self.sweep_retained(name).await?;
             }
         }
         Ok(removed)
