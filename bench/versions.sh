@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Versions, snapshots and forks (issue 17), in one run on one node:
+#   1. 4 KiB PUT and GET (c=32) in an unversioned and a versioned bucket, taking turns ROUNDS
+#      rounds (the goal: versioned within 10% of unversioned);
+#   2. ListObjectVersions of one key's 1,000 versions, and ListObjectsV2 of 1,000 keys beside it
+#      (LISTS timed requests each, p50 and p90);
+#   3. `meridian admin bucket snapshot` and `fork` of versioned buckets holding each of SIZES
+#      objects (REPEAT timed commands each, median): the time must not grow with the bucket.
+#
+#   MERIDIAN_BIN=target/release/meridian bench/versions.sh
+#
+# Environment: MERIDIAN_BIN (default $CARGO_TARGET_DIR/release/meridian), BENCH_BIN (default
+# `$MERIDIAN_BIN bench`), ROUNDS (default 3), DURATION (default 10s per run), LISTS (default
+# 200), SIZES (default "1000 10000 100000"), REPEAT (default 5), BENCH_DIR (default /var/tmp),
+# OUT (default bench/results/versions-DATE). Needs curl (with --aws-sigv4) and python3.
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-10s}"
+LISTS="${LISTS:-200}"
+SIZES="${SIZES:-1000 10000 100000}"
+REPEAT="${REPEAT:-5}"
+OUT="${OUT:-$repo/bench/results/versions-$(date -u +%Y%m%dT%H%M%SZ)}"
+use_meridian
+mkdir -p "$OUT"
+make_scratch versions
+
+export AWS_ACCESS_KEY_ID="$BENCH_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$BENCH_SECRET_KEY"
+port="$(free_port)"; admin_port="$(free_port)"
+"$MERIDIAN_BIN" server --data "$scratch/node" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin_port" \
+  >"$scratch/node.log" 2>&1 &
+pids+=($!)
+server_pid=$!
+wait_port 127.0.0.1 "$port" 60
+endpoint="http://127.0.0.1:$port"
+
+s3() { curl -fsS --aws-sigv4 "aws:amz:us-east-1:s3" --user "$BENCH_ACCESS_KEY:$BENCH_SECRET_KEY" "$@"; }
+admin() { "$MERIDIAN_BIN" admin --url "http://127.0.0.1:$admin_port" --data "$scratch/node" "$@"; }
+versioned_bucket() { # name
+  s3 -X PUT "$endpoint/$1" >/dev/null
+  s3 -X PUT "$endpoint/$1?versioning" -H 'content-type: application/xml' --data-binary \
+    '<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Status>Enabled</Status></VersioningConfiguration>'
+}
+fill() { # bucket objects
+  "${bench[@]}" --endpoint "$endpoint" --bucket "$1" --workload put --size 1KiB --concurrency 32 --ops "$2" \
+    --prefix fill/ --keep --no-progress >/dev/null 2>>"$OUT/fill.log"
+}
+
+# 1. PUT and GET of 4 KiB, unversioned and versioned.
+run() { # kind workload round
+  local label="$2-$1-r$3" bucket="ab-$1-$2-$3"
+  local args=(--bucket "$bucket")
+  if [[ "$1" == versioned ]]; then versioned_bucket "$bucket"; else args+=(--create-bucket); fi
+  case "$2" in
+    put-4k) args+=(--workload put --size 4KiB --concurrency 32) ;;
+    get-4k) args+=(--workload get --size 4KiB --concurrency 32 --objects 1000) ;;
+  esac
+  "${bench[@]}" --endpoint "$endpoint" --server-pid "$server_pid" "${args[@]}" --keep --duration "$DURATION" \
+    --json --label "$label" >"$OUT/$label.json" 2>"$OUT/$label.log"
+}
+for workload in put-4k get-4k; do
+  for round in $(seq 1 "$ROUNDS"); do
+    for kind in unversioned versioned; do run "$kind" "$workload" "$round"; done
+  done
+done
+
+# 2. Listing 1,000 versions of one key, and 1,000 keys.
+versioned_bucket vlist
+"${bench[@]}" --endpoint "$endpoint" --bucket vlist --workload put --size 1KiB --put-keys 1 --concurrency 8 \
+  --ops 1000 --prefix one/ --keep --no-progress >/dev/null 2>>"$OUT/fill.log"
+s3 -X PUT "$endpoint/klist" >/dev/null
+fill klist 1000
+time_requests() { # url file
+  for _ in $(seq 1 "$LISTS"); do
+    s3 -o /dev/null -w '%{time_total}\n' "$1"
+  done >"$2"
+}
+versions="$(s3 "$endpoint/vlist?versions&max-keys=1000" | grep -o '<Version>' | wc -l)"
+[[ "$versions" -eq 1000 ]] || { echo "expected 1000 versions listed, got $versions" >&2; exit 1; }
+time_requests "$endpoint/vlist?versions&max-keys=1000" "$OUT/list-versions.txt"
+time_requests "$endpoint/klist?list-type=2&max-keys=1000" "$OUT/list-keys.txt"
+
+# 3. Snapshot and fork as the bucket grows.
+for size in $SIZES; do
+  versioned_bucket "snap$size"
+  fill "snap$size" "$size"
+  for n in $(seq 1 "$REPEAT"); do
+    start=$(date +%s%N); admin bucket snapshot "snap$size" --name "s$n" >/dev/null; end=$(date +%s%N)
+    echo "snapshot $size $(( (end - start) / 1000 ))" >>"$OUT/snapshot-fork.txt"
+    start=$(date +%s%N); admin bucket fork "snap$size@s$n" "fork$size-$n" >/dev/null; end=$(date +%s%N)
+    echo "fork $size $(( (end - start) / 1000 ))" >>"$OUT/snapshot-fork.txt"
+  done
+  listed="$(admin --json bucket ls "fork$size-1" --prefix fill/ | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')"
+  [[ "$listed" -eq "$size" ]] || { echo "fork of $size objects lists $listed" >&2; exit 1; }
+done
+
+python3 - "$OUT" "$ROUNDS" <<'EOF' | tee "$OUT/summary.md"
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+print("| workload | bucket | runs (ops/s) | median | / unversioned | p50 ms (median run) | errors |")
+print("|---|---|---|---:|---:|---:|---:|")
+for w in ("put-4k", "get-4k"):
+    medians = {}
+    for kind in ("unversioned", "versioned"):
+        reports = [json.load(open(f"{out}/{w}-{kind}-r{r}.json"))["ops"][0] for r in range(1, rounds + 1)]
+        values = [op["ops_per_sec"] for op in reports]
+        medians[kind] = statistics.median(values)
+        mid = sorted(reports, key=lambda op: op["ops_per_sec"])[len(reports) // 2]
+        rel = "%.2f" % (medians[kind] / medians["unversioned"]) if kind == "versioned" else ""
+        errors = sum(op["errors"] for op in reports)
+        print("| %s | %s | %s | %.0f | %s | %.2f | %d |" % (
+            w, kind, ", ".join("%.0f" % v for v in values), medians[kind], rel, mid["latency_ms"]["p50"], errors))
+print()
+print("| listing (1,000 entries) | p50 ms | p90 ms |")
+print("|---|---:|---:|")
+for name, label in (("list-versions", "ListObjectVersions, one key's 1,000 versions"),
+                    ("list-keys", "ListObjectsV2, 1,000 keys")):
+    times = sorted(float(t) * 1000 for t in open(f"{out}/{name}.txt"))
+    print("| %s | %.2f | %.2f |" % (label, times[len(times) // 2], times[int(len(times) * 0.9)]))
+print()
+print("| command | objects in the bucket | median ms (runs) |")
+print("|---|---:|---|")
+rows = {}
+for line in open(f"{out}/snapshot-fork.txt"):
+    what, size, micros = line.split()
+    rows.setdefault((what, int(size)), []).append(int(micros) / 1000)
+for (what, size), ms in sorted(rows.items()):
+    print("| %s | %d | %.1f (%s) |" % (what, size, statistics.median(ms), ", ".join("%.0f" % m for m in ms)))
+EOF
