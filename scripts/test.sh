@@ -26,6 +26,7 @@ install_debian_packages() {
     command -v ffmpeg >/dev/null || missing+=(ffmpeg)
     command -v faketime >/dev/null || missing+=(faketime)
     command -v s3fs >/dev/null || missing+=(s3fs)
+    command -v restic >/dev/null || missing+=(restic)
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Debian packages: ${missing[*]}"
     local sudo=()

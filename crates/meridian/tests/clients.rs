@@ -631,6 +631,50 @@ async fn rclone_lists_and_restores_old_versions() {
     assert_eq!(std::fs::read(&restored).unwrap(), b"first draft");
 }
 
+/// restic keeps its repository in a Meridian bucket: `init` creates the bucket, two backups
+/// (the second after changes), `check --read-data` reads every pack back and verifies it, and
+/// restoring the first snapshot gives back the first tree byte for byte.
+#[test]
+fn restic_backs_up_checks_and_restores() {
+    let bin = require_tool("restic", "apt-get install restic");
+    let server = Server::start();
+    let home = tempfile::tempdir().expect("temp dir");
+    let source = home.path().join("source");
+    write_file(&source, "docs/readme.txt", b"restic keeps this");
+    write_file(&source, "data/big.bin", &big_data(3 * MIB, 1));
+    for n in 0..20 {
+        write_file(&source, &format!("many/{n:02}.txt"), format!("file {n}").as_bytes());
+    }
+    let first = read_tree(&source);
+    let restic = |args: &[&str]| -> String {
+        let mut cmd = Command::new(&bin);
+        cmd.args(args)
+            .env_clear()
+            .env("HOME", home.path())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
+            .env("RESTIC_PASSWORD", "a test repository password")
+            .env("RESTIC_REPOSITORY", format!("s3:{}/restic-repo", server.endpoint))
+            .env("RESTIC_CACHE_DIR", home.path().join("cache"));
+        expect_success(&format!("restic {args:?}"), &run_with_timeout(&mut cmd, TOOL_TIMEOUT))
+    };
+    restic(&["init"]);
+    restic(&["backup", "--host", "test", path_str(&source)]);
+    write_file(&source, "docs/readme.txt", b"changed after the first backup");
+    std::fs::remove_file(source.join("many/07.txt")).expect("remove");
+    write_file(&source, "data/new.bin", &big_data(MIB, 2));
+    restic(&["backup", "--host", "test", path_str(&source)]);
+    let snapshots: serde_json::Value = serde_json::from_str(&restic(&["snapshots", "--json"])).expect("JSON");
+    let ids: Vec<&str> = snapshots.as_array().expect("a list").iter().filter_map(|s| s["short_id"].as_str()).collect();
+    assert_eq!(ids.len(), 2, "{snapshots}");
+    let checked = restic(&["check", "--read-data"]);
+    assert!(checked.contains("no errors were found"), "{checked}");
+    let target = home.path().join("restored");
+    restic(&["restore", ids[0], "--target", path_str(&target)]);
+    assert_same_tree(&first, &read_tree(&target.join(source.strip_prefix("/").expect("absolute"))), "restored");
+}
+
 /// s3fs (FUSE) mounts a bucket: files written through the mount read back through S3 (the AWS
 /// CLI), objects put through S3 read back through the mount, and renames and deletes through
 /// the mount show in S3. Without /dev/fuse or s3fs the test fails, naming what is missing.
