@@ -42,13 +42,6 @@ impl Engine {
             }
         }
         let (record, _) = self.writable_bucket(bucket).await?;
-        if record.versioning.is_some() {
-            // A batch commits many keys in one transaction; versioned writes of a key each
-            // rewrite that key's version head, which a batch does not (yet) do.
-            return Err(EngineError::InvalidRequest(
-                "atomic batches are not supported in versioned buckets; write the keys one by one".into(),
-            ));
-        }
         if ops.iter().any(|op| matches!(op, BatchOp::Put { .. })) {
             // Values are object bytes: they stay in a pinned bucket's region.
             self.check_residency(bucket, &record)?;
@@ -113,6 +106,9 @@ impl Engine {
         ops: &[BatchOp],
         prepared: &[Option<Prepared>],
     ) -> EngineResult<Revision> {
+        if bucket_record.versioning.is_some() {
+            return self.commit_versioned_batch(bucket, ops, prepared).await;
+        }
         for _ in 0..64 {
             let bucket_revision = self.bucket_for_write(bucket).await?;
             let currents = self.read_currents(bucket, ops).await?;
@@ -144,6 +140,47 @@ impl Engine {
                     txn.ops.extend(notify::event_op(bucket, bucket_record, op.key(), kind, record, None));
                 }
                 freed.extend(change.freed);
+            }
+            let resp = self.meta().txn(txn).await?;
+            if resp.succeeded {
+                self.delete_blobs_later(freed);
+                return Ok(resp.revision);
+            }
+        }
+        Err(EngineError::Contended)
+    }
+
+    /// A batch in a versioned bucket: each put a new version of its key, each delete a delete
+    /// marker, every key's head compared and rewritten, all in one transaction.
+    async fn commit_versioned_batch(
+        &self,
+        bucket: &str,
+        ops: &[BatchOp],
+        prepared: &[Option<Prepared>],
+    ) -> EngineResult<Revision> {
+        for _ in 0..64 {
+            let (bucket_record, bucket_revision) = self.writable_bucket(bucket).await?;
+            let mut txn = Txn::new().when(Compare::mod_revision_is(keys::bucket(bucket), bucket_revision));
+            let mut freed = Vec::new();
+            let now = now_ms();
+            for (op, prepared) in ops.iter().zip(prepared) {
+                let state = self.read_key_state(bucket, op.key()).await?;
+                if let Some(want) = op.condition() {
+                    let have = state.current.as_ref().filter(|c| !c.record.is_expired(now)).map_or(0, |c| c.revision);
+                    if have != want {
+                        return Err(EngineError::BatchRevisionMismatch {
+                            key: op.key().to_string(),
+                            expected: want,
+                            current: have,
+                        });
+                    }
+                }
+                let new = prepared.as_ref().map(|p| (&p.record, p.inline.as_ref()));
+                let (stamp, frees) = self.plan_version(bucket, op.key(), &bucket_record, state, new, &mut txn).await?;
+                freed.extend(frees);
+                let kind = if new.is_some() { EventKind::Put } else { EventKind::DeleteMarkerCreated };
+                let record = new.map(|(record, _)| record);
+                txn.ops.extend(notify::event_op(bucket, &bucket_record, op.key(), kind, record, Some(stamp.id())));
             }
             let resp = self.meta().txn(txn).await?;
             if resp.succeeded {

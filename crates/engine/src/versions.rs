@@ -14,7 +14,7 @@ use crate::conditions::WriteConditions;
 use crate::error::{EngineError, EngineResult};
 use crate::notify::{self, EventKind};
 use crate::object::{Current, DeleteOutcome, ExtraTxn, check_fence_failure, decode_current, object_change, with_fence};
-use crate::record::{self, ObjectRecord, VersionHead, VersionRecord, VersionStamp, Versioning};
+use crate::record::{self, BucketRecord, ObjectRecord, VersionHead, VersionRecord, VersionStamp, Versioning};
 use crate::snapshot::Retention;
 use crate::{Engine, keys, now_ms, validate_key};
 
@@ -56,8 +56,8 @@ fn token_of(version_id: &str) -> EngineResult<Option<&str>> {
 }
 
 /// A key's current object and head, read at one revision.
-struct KeyState {
-    current: Option<Current>,
+pub(crate) struct KeyState {
+    pub current: Option<Current>,
     head: Option<(VersionHead, Revision)>,
 }
 
@@ -194,7 +194,7 @@ impl Engine {
         }
     }
 
-    async fn read_key_state(&self, bucket: &str, key: &str) -> EngineResult<KeyState> {
+    pub(crate) async fn read_key_state(&self, bucket: &str, key: &str) -> EngineResult<KeyState> {
         let wanted = [keys::object(bucket, key), keys::inline(bucket, key), keys::version_head(bucket, key)];
         let (mut kvs, _) = self.meta().get_many(&wanted).await?;
         let head = kvs.pop().flatten().map(|kv| Ok::<_, EngineError>((record::decode(&kv.value)?, kv.mod_revision)));
@@ -230,58 +230,12 @@ impl Engine {
     ) -> EngineResult<VersionCommit> {
         for _ in 0..MAX_ATTEMPTS {
             let (bucket_record, bucket_revision) = self.writable_bucket(bucket).await?;
-            let suspended = bucket_record.versioning == Some(Versioning::Suspended);
             let state = self.read_key_state(bucket, key).await?;
             let now = now_ms();
             conditions
                 .check(state.current.as_ref().filter(|c| !c.record.is_expired(now)).map(|c| (&c.record, c.revision)))?;
-            let mut txn = Txn::new()
-                .when(Compare::mod_revision_is(keys::bucket(bucket), bucket_revision))
-                .when(Compare::mod_revision_is(keys::version_head(bucket, key), state.head_revision()));
-            let mut head = state.head.as_ref().map(|(h, _)| h.clone()).unwrap_or_default();
-            let mut older = vec![head.latest.clone()];
-            let mut current = state.current;
-            if let Some(legacy) = current.take_if(|c| c.record.version.is_none()) {
-                let token = token_at((legacy.record.modified_ms.max(0) as u64) * 1000);
-                older.push(token.clone());
-                current = Some(if suspended {
-                    legacy // the null version, replaced below: its blobs are freed with the o/ record
-                } else {
-                    head.null = Some(token.clone());
-                    adopt(bucket, key, &legacy, &token, &mut txn)
-                });
-            }
-            let mut freed = Vec::new();
-            if suspended
-                && let Some(null) = head.null.take()
-                && let Some(version) = self.read_stored_version(bucket, key, &null).await?
-            {
-                let retention = self.retention(bucket, &bucket_record).await?;
-                freed.extend(remove_version(bucket, key, &version, &retention, &mut txn));
-            }
-            let older: Vec<&str> = older.iter().map(String::as_str).collect();
-            let stamp = VersionStamp { token: newer_token(&older), null: suspended };
-            let entry = keys::version(bucket, key, &stamp.token);
-            let change = match new {
-                Some((object, inline)) => {
-                    let stamped = ObjectRecord { version: Some(stamp.clone()), ..object.clone() };
-                    put_version(bucket, key, &stamped, inline, &mut txn);
-                    object_change(bucket, key, current.as_ref(), Some((&stamped, inline)))
-                }
-                None => {
-                    let marker = VersionRecord { stamp: stamp.clone(), modified_ms: now, object: None };
-                    txn.ops.push(Op::put(entry, record::encode(&marker)));
-                    object_change(bucket, key, current.as_ref(), None)
-                }
-            };
-            txn.compares.extend(change.compares);
-            txn.ops.extend(change.ops);
-            freed.extend(change.freed);
-            head.latest = stamp.token.clone();
-            if suspended {
-                head.null = Some(stamp.token.clone());
-            }
-            put_head(bucket, key, &head, &mut txn);
+            let mut txn = Txn::new().when(Compare::mod_revision_is(keys::bucket(bucket), bucket_revision));
+            let (stamp, freed) = self.plan_version(bucket, key, &bucket_record, state, new, &mut txn).await?;
             if let Some(kind) = extra.event {
                 let object = new.map(|(object, _)| object);
                 txn.ops.extend(notify::event_op(bucket, &bucket_record, key, kind, object, Some(stamp.id())));
@@ -300,6 +254,69 @@ impl Engine {
             }
         }
         Err(EngineError::Contended)
+    }
+
+    /// Appends to `txn` the writes that make `new` (an object and its inline bytes; `None`: a
+    /// delete marker) the newest version of `key`, given the key's state as read: its version
+    /// entry, the `o/` copy, the head (compared), and, while suspended, the removal of the
+    /// `null` version it replaces. Returns the new version's stamp and the blobs it frees.
+    pub(crate) async fn plan_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        bucket_record: &BucketRecord,
+        state: KeyState,
+        new: Option<(&ObjectRecord, Option<&Bytes>)>,
+        txn: &mut Txn,
+    ) -> EngineResult<(VersionStamp, Vec<meridian_blob::BlobId>)> {
+        let suspended = bucket_record.versioning == Some(Versioning::Suspended);
+        let now = now_ms();
+        txn.compares.push(Compare::mod_revision_is(keys::version_head(bucket, key), state.head_revision()));
+        let mut head = state.head.as_ref().map(|(h, _)| h.clone()).unwrap_or_default();
+        let mut older = vec![head.latest.clone()];
+        let mut current = state.current;
+        if let Some(legacy) = current.take_if(|c| c.record.version.is_none()) {
+            let token = token_at((legacy.record.modified_ms.max(0) as u64) * 1000);
+            older.push(token.clone());
+            current = Some(if suspended {
+                legacy // the null version, replaced below: its blobs are freed with the o/ record
+            } else {
+                head.null = Some(token.clone());
+                adopt(bucket, key, &legacy, &token, txn)
+            });
+        }
+        let mut freed = Vec::new();
+        if suspended
+            && let Some(null) = head.null.take()
+            && let Some(version) = self.read_stored_version(bucket, key, &null).await?
+        {
+            let retention = self.retention(bucket, &bucket_record).await?;
+            freed.extend(remove_version(bucket, key, &version, &retention, txn));
+        }
+        let older: Vec<&str> = older.iter().map(String::as_str).collect();
+        let stamp = VersionStamp { token: newer_token(&older), null: suspended };
+        let entry = keys::version(bucket, key, &stamp.token);
+        let change = match new {
+            Some((object, inline)) => {
+                let stamped = ObjectRecord { version: Some(stamp.clone()), ..object.clone() };
+                put_version(bucket, key, &stamped, inline, txn);
+                object_change(bucket, key, current.as_ref(), Some((&stamped, inline)))
+            }
+            None => {
+                let marker = VersionRecord { stamp: stamp.clone(), modified_ms: now, object: None };
+                txn.ops.push(Op::put(entry, record::encode(&marker)));
+                object_change(bucket, key, current.as_ref(), None)
+            }
+        };
+        txn.compares.extend(change.compares);
+        txn.ops.extend(change.ops);
+        freed.extend(change.freed);
+        head.latest = stamp.token.clone();
+        if suspended {
+            head.null = Some(stamp.token.clone());
+        }
+        put_head(bucket, key, &head, txn);
+        Ok((stamp, freed))
     }
 
     /// A DELETE without a version id in a versioned bucket: a new delete marker.

@@ -302,6 +302,55 @@ async fn batches_are_all_or_nothing() {
     assert!(matches!(dup, Err(EngineError::InvalidArgument(_))));
 }
 
+/// In a versioned bucket a batch makes a new version of each key it puts and a delete marker
+/// for each it deletes, all in one transaction; a stale condition applies nothing.
+#[tokio::test]
+async fn batches_in_a_versioned_bucket_make_versions_and_markers() {
+    let (engine, _dir) = engine();
+    engine.create_bucket("kvs", "me").await.unwrap();
+    engine.set_versioning("kvs", record::Versioning::Enabled).await.unwrap();
+    let a = engine.put_object(put_req("a", b"a0", None)).await.unwrap();
+    engine.put_object(put_req("gone", b"g", None)).await.unwrap();
+    let put = |key: &str, value: &[u8], if_revision| BatchOp::Put {
+        key: key.into(),
+        value: Bytes::copy_from_slice(value),
+        if_revision,
+        ttl: None,
+    };
+    let ops = vec![
+        put("a", b"a1", Some(a.revision)),
+        put("b", &[7u8; 500], Some(0)),
+        BatchOp::Delete { key: "gone".into(), if_revision: None },
+    ];
+    let rev = engine.batch("kvs", ops).await.unwrap();
+    assert_eq!(get(&engine, "a").await.as_deref(), Some(&b"a1"[..]));
+    assert_eq!(get(&engine, "b").await.unwrap().len(), 500);
+    let gone = engine.get_object(GetRequest { bucket: "kvs".into(), key: "gone".into(), ..Default::default() }).await;
+    assert!(matches!(gone, Err(EngineError::DeleteMarker { .. })), "a batch delete leaves a marker");
+    let versions = |engine: Engine| async move {
+        let all = versions::VersionListRequest { max_keys: 100, ..Default::default() };
+        let page = engine.list_versions("kvs", &all).await.unwrap();
+        page.versions.into_iter().map(|v| (v.key, v.is_latest, v.version.object.is_none())).collect::<Vec<_>>()
+    };
+    let expected = vec![
+        ("a".to_string(), true, false),
+        ("a".to_string(), false, false),
+        ("b".to_string(), true, false),
+        ("gone".to_string(), true, true),
+        ("gone".to_string(), false, false),
+    ];
+    assert_eq!(versions(engine.clone()).await, expected);
+    let old = a.record.version.as_ref().unwrap().id().to_string();
+    let req = GetRequest { bucket: "kvs".into(), key: "a".into(), version_id: Some(old), ..Default::default() };
+    let chunks: Vec<Bytes> =
+        futures::TryStreamExt::try_collect(engine.get_object(req).await.unwrap().body).await.unwrap();
+    assert_eq!(chunks.concat(), b"a0", "the batch kept the version it replaced");
+
+    let stale = engine.batch("kvs", vec![put("c", b"c", None), put("a", b"a2", Some(a.revision))]).await;
+    assert!(matches!(stale, Err(EngineError::BatchRevisionMismatch { current, .. }) if current == rev), "{stale:?}");
+    assert_eq!(versions(engine.clone()).await, expected, "nothing applied");
+}
+
 #[tokio::test]
 async fn if_revision_compare_and_set_counts_exactly() {
     let (engine, _dir) = engine();
