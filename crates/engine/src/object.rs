@@ -311,12 +311,29 @@ impl Engine {
         Ok((decode_current(record, inline)?, revision))
     }
 
-    /// The object if it exists and has not expired; otherwise `NoSuchKey` or `NoSuchBucket`.
+    /// The object if it exists and has not expired (in a fork, also one it inherits from its
+    /// source); otherwise `NoSuchKey` or `NoSuchBucket`.
     pub(crate) async fn read_visible(
         &self,
         bucket: &str,
         key: &str,
         consistency: Consistency,
+    ) -> EngineResult<Current> {
+        self.read_visible_in(bucket, key, consistency, true).await
+    }
+
+    /// [`Engine::read_visible`] for a change of the object record in place (its tags): an
+    /// object a fork inherits is its source's, so it is refused.
+    pub(crate) async fn read_own_visible(&self, bucket: &str, key: &str) -> EngineResult<Current> {
+        self.read_visible_in(bucket, key, Consistency::Strong, false).await
+    }
+
+    async fn read_visible_in(
+        &self,
+        bucket: &str,
+        key: &str,
+        consistency: Consistency,
+        inherit: bool,
     ) -> EngineResult<Current> {
         let mut found = self.read_current_with(bucket, key, consistency).await?;
         if consistency != Consistency::Strong && !found.as_ref().is_some_and(|c| c.is_visible(now_ms())) {
@@ -333,7 +350,14 @@ impl Engine {
                     return Err(EngineError::DeleteMarker { version_id, by_id: false });
                 }
                 if record.fork_of.is_some() {
-                    return self.read_inherited(bucket, &record, key).await;
+                    let inherited = self.read_inherited(bucket, &record, key).await?;
+                    if !inherit {
+                        return Err(EngineError::InvalidRequest(format!(
+                            "{key} is inherited from the source of fork {bucket}: write it in the fork first \
+                             (for example, copy it onto itself)"
+                        )));
+                    }
+                    return Ok(inherited);
                 }
                 Err(EngineError::NoSuchKey)
             }

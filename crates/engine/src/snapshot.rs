@@ -605,11 +605,8 @@ impl Engine {
                     let object = version.object.ok_or(EngineError::NoSuchKey)?;
                     let inline = match object.data {
                         DataLayout::Inline => {
-                            let kv = self.meta().get(&keys::version_inline(&layer.bucket, key, &token)).await?;
-                            Some(
-                                kv.ok_or_else(|| EngineError::Corrupt("inline version without its bytes".into()))?
-                                    .value,
-                            )
+                            let bytes = self.read_version_inline(&layer.bucket, key, &token).await?;
+                            Some(bytes.ok_or_else(|| EngineError::Corrupt("inline version without its bytes".into()))?)
                         }
                         _ => None,
                     };

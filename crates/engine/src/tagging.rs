@@ -12,7 +12,7 @@ use crate::error::{EngineError, EngineResult};
 use crate::lifecycle::{earliest, object_expiry};
 use crate::object::object_change;
 use crate::record::ObjectRecord;
-use crate::{Consistency, Engine, validate_key};
+use crate::{Engine, validate_key};
 
 /// Tags by key.
 pub type Tags = BTreeMap<String, String>;
@@ -98,7 +98,7 @@ impl Engine {
         }
         for _ in 0..MAX_ATTEMPTS {
             let (current, (bucket_record, _)) =
-                futures::try_join!(self.read_visible(bucket, key, Consistency::Strong), self.bucket(bucket))?;
+                futures::try_join!(self.read_own_visible(bucket, key), self.bucket(bucket))?;
             // A lifecycle rule the new tags match applies from the object's write, as in S3; an
             // expiry already set stays (it may come from a TTL or an earlier rule).
             let rule_expiry = object_expiry(&bucket_record.lifecycle, key, &tags, current.record.modified_ms);
@@ -110,7 +110,7 @@ impl Engine {
             let change = object_change(bucket, key, Some(&current), Some((&record, current.inline.as_ref())));
             let mut txn = Txn::new();
             // A version's entry holds the same record as the current copy.
-            crate::versions::put_version(bucket, key, &record, current.inline.as_ref(), &mut txn);
+            crate::versions::put_version(bucket, key, &record, None, &mut txn);
             txn.compares.extend(change.compares);
             txn.ops.extend(change.ops);
             let resp = self.meta().txn(txn).await?;

@@ -8,7 +8,7 @@
 use std::ops::Bound;
 
 use bytes::Bytes;
-use meridian_meta::{Compare, Op, RangeRequest, Revision, Txn, prefix_end};
+use meridian_meta::{Compare, KeyValue, Op, RangeRequest, Revision, Txn, prefix_end};
 
 use crate::conditions::WriteConditions;
 use crate::error::{EngineError, EngineResult};
@@ -91,11 +91,15 @@ impl StoredVersion {
 fn adopt(bucket: &str, key: &str, current: &Current, token: &str, txn: &mut Txn) -> Current {
     let stamp = VersionStamp { token: token.to_string(), null: true };
     let record = ObjectRecord { version: Some(stamp.clone()), ..current.record.clone() };
-    put_version(bucket, key, &record, current.inline.as_ref(), txn);
+    put_version(bucket, key, &record, None, txn);
     Current { record, revision: current.revision, inline: current.inline.clone() }
 }
 
-/// Writes a stamped object as its version's entry, owning its blobs and inline bytes.
+/// Writes a stamped object as its version's entry, owning its blobs, and its inline bytes when
+/// given. The current version's inline bytes live only at `i/<bucket>/<key>` (where reads of
+/// the current object find them) until a newer version replaces it: then they are written to
+/// the version's own `i/<bucket>/<key>\0<token>` ([`keep_replaced_inline`]), so a small PUT in
+/// a versioned bucket writes its bytes once.
 pub(crate) fn put_version(bucket: &str, key: &str, record: &ObjectRecord, inline: Option<&Bytes>, txn: &mut Txn) {
     let Some(stamp) = &record.version else { return };
     let entry = keys::version(bucket, key, &stamp.token);
@@ -107,6 +111,31 @@ pub(crate) fn put_version(bucket: &str, key: &str, record: &ObjectRecord, inline
     for blob in record.data.blobs() {
         txn.ops.push(Op::put(keys::blob_ref(blob), entry.clone()));
     }
+}
+
+/// Writes the inline bytes of `current`, the version being replaced, to its own key.
+fn keep_replaced_inline(bucket: &str, key: &str, current: &Current, txn: &mut Txn) {
+    if let (Some(stamp), Some(bytes)) = (&current.record.version, &current.inline) {
+        txn.ops.push(Op::put(keys::version_inline(bucket, key, &stamp.token), bytes.clone()));
+    }
+}
+
+/// The inline bytes of version `token`: at its own key, or, while it is the current version,
+/// at the current object's (`current` and `current_inline`: the `o/` and `i/` entries, read at
+/// the same revision).
+fn version_inline_bytes(
+    token: &str,
+    own: Option<KeyValue>,
+    current: Option<KeyValue>,
+    current_inline: Option<KeyValue>,
+) -> EngineResult<Option<Bytes>> {
+    if let Some(own) = own {
+        return Ok(Some(own.value));
+    }
+    let (Some(current), Some(inline)) = (current, current_inline) else { return Ok(None) };
+    let record: ObjectRecord = record::decode(&current.value)?;
+    let is_current = record.version.is_some_and(|v| v.token == token);
+    Ok((is_current && inline.mod_revision == current.mod_revision).then_some(inline.value))
 }
 
 /// Removes a version's entry, inline bytes and blob references; returns its blobs. A version
@@ -124,6 +153,10 @@ fn remove_version(
     txn.ops.push(Op::delete(entry));
     if retention.keeps(version.created) {
         crate::snapshot::retain(bucket, key, &version.record, version.created, txn);
+        if let Some(bytes) = &version.inline {
+            // The current version's bytes were only at the current object's key.
+            txn.ops.push(Op::put(keys::version_inline(bucket, key, token), bytes.clone()));
+        }
         return Vec::new();
     }
     txn.ops.push(Op::delete(keys::version_inline(bucket, key, token)));
@@ -203,12 +236,33 @@ impl Engine {
         Ok(KeyState { current, head: head.transpose()? })
     }
 
+    /// The inline bytes of version `token` of `key` (see [`version_inline_bytes`]).
+    pub(crate) async fn read_version_inline(
+        &self,
+        bucket: &str,
+        key: &str,
+        token: &str,
+    ) -> EngineResult<Option<Bytes>> {
+        let wanted = [keys::version_inline(bucket, key, token), keys::object(bucket, key), keys::inline(bucket, key)];
+        let (kvs, _) = self.meta().get_many(&wanted).await?;
+        let [own, current, current_inline]: [Option<KeyValue>; 3] =
+            kvs.try_into().map_err(|_| EngineError::Corrupt("a read of three keys answered another count".into()))?;
+        version_inline_bytes(token, own, current, current_inline)
+    }
+
     /// One version by its token (`None`: there is none).
     async fn read_stored_version(&self, bucket: &str, key: &str, token: &str) -> EngineResult<Option<StoredVersion>> {
-        let wanted = [keys::version(bucket, key, token), keys::version_inline(bucket, key, token)];
-        let (mut kvs, _) = self.meta().get_many(&wanted).await?;
-        let inline = kvs.pop().flatten().map(|kv| kv.value);
-        let Some(kv) = kvs.pop().flatten() else { return Ok(None) };
+        let wanted = [
+            keys::version(bucket, key, token),
+            keys::version_inline(bucket, key, token),
+            keys::object(bucket, key),
+            keys::inline(bucket, key),
+        ];
+        let (kvs, _) = self.meta().get_many(&wanted).await?;
+        let [entry, own, current, current_inline]: [Option<KeyValue>; 4] =
+            kvs.try_into().map_err(|_| EngineError::Corrupt("a read of four keys answered another count".into()))?;
+        let Some(kv) = entry else { return Ok(None) };
+        let inline = version_inline_bytes(token, own, current, current_inline)?;
         Ok(Some(StoredVersion {
             record: record::decode(&kv.value)?,
             revision: kv.mod_revision,
@@ -286,12 +340,19 @@ impl Engine {
             });
         }
         let mut freed = Vec::new();
+        let mut removed = None;
         if suspended
             && let Some(null) = head.null.take()
             && let Some(version) = self.read_stored_version(bucket, key, &null).await?
         {
-            let retention = self.retention(bucket, &bucket_record).await?;
+            let retention = self.retention(bucket, bucket_record).await?;
             freed.extend(remove_version(bucket, key, &version, &retention, txn));
+            removed = Some(null);
+        }
+        if let Some(replaced) = &current
+            && replaced.record.version.as_ref().is_some_and(|v| Some(&v.token) != removed.as_ref())
+        {
+            keep_replaced_inline(bucket, key, replaced, txn);
         }
         let older: Vec<&str> = older.iter().map(String::as_str).collect();
         let stamp = VersionStamp { token: newer_token(&older), null: suspended };
@@ -299,7 +360,7 @@ impl Engine {
         let change = match new {
             Some((object, inline)) => {
                 let stamped = ObjectRecord { version: Some(stamp.clone()), ..object.clone() };
-                put_version(bucket, key, &stamped, inline, txn);
+                put_version(bucket, key, &stamped, None, txn);
                 object_change(bucket, key, current.as_ref(), Some((&stamped, inline)))
             }
             None => {

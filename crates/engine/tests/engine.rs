@@ -693,3 +693,36 @@ async fn snapshots_show_the_bucket_as_it_was_and_forks_diverge_without_copying()
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!((blob_files(f.dir.path()), retained_keys(e).await), (0, 0), "the last snapshot's bytes are freed");
 }
+
+/// Every key the engine keeps under `i/` (inline bytes).
+async fn inline_keys(engine: &Engine) -> usize {
+    engine.meta().range(meridian_meta::RangeRequest::prefix("i/")).await.unwrap().kvs.len()
+}
+
+#[tokio::test]
+async fn a_small_versioned_put_stores_its_bytes_once_until_it_is_replaced() {
+    use meridian_engine::record::Versioning;
+    let f = fixture();
+    let e = &f.engine;
+    e.create_bucket("small", "me").await.unwrap();
+    e.set_versioning("small", Versioning::Enabled).await.unwrap();
+    let v1 = version_of(&e.put_object(put("small", "k", "one")).await.unwrap());
+    assert_eq!(inline_keys(e).await, 1, "the current version's bytes are written once");
+    assert_eq!(read_version(e, "small", "k", &v1).await.unwrap(), b"one", "by id while current");
+    let v2 = version_of(&e.put_object(put("small", "k", "two")).await.unwrap());
+    assert_eq!(inline_keys(e).await, 2, "the replaced version's bytes moved to its own key");
+    assert_eq!(read_version(e, "small", "k", &v1).await.unwrap(), b"one");
+    assert_eq!(read_version(e, "small", "k", &v2).await.unwrap(), b"two");
+    e.delete_object("small", "k", &WriteConditions::default()).await.unwrap();
+    assert_eq!(read_version(e, "small", "k", &v2).await.unwrap(), b"two", "kept behind a delete marker");
+    assert_eq!(inline_keys(e).await, 2);
+    // Removing the current version by id makes the previous one current again.
+    let v3 = version_of(&e.put_object(put("small", "k", "three")).await.unwrap());
+    e.delete_version("small", "k", &v3).await.unwrap();
+    let marker = e.get_object(GetRequest { bucket: "small".into(), key: "k".into(), ..Default::default() }).await;
+    assert!(matches!(marker, Err(EngineError::DeleteMarker { .. })));
+    for id in [&v1, &v2] {
+        e.delete_version("small", "k", id).await.unwrap();
+    }
+    assert_eq!(inline_keys(e).await, 0, "nothing is left behind");
+}
