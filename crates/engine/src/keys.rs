@@ -314,19 +314,27 @@ pub fn change_cursor(node_id: &str) -> Bytes {
 pub const CHANGES_FROM: &str = OBJECTS_ROOT;
 /// The end (exclusive) of that range: just past every `x/` key.
 pub const CHANGES_TO: &str = "x0";
-/// `y/<bucket>/<key>` → a [`crate::repair::Repair`]: regions of a multi-region bucket that
-/// missed the object's write (it was acknowledged on the quorum) and must still get a copy.
-/// Outside the range the change follower watches.
-pub fn repair(bucket: &str, key: &str) -> Bytes {
-    Bytes::from(format!("{REPAIRS_PREFIX}{bucket}/{key}"))
+/// `y/<bucket>/<key>\0<blob id>` → a [`crate::repair::Repair`]: regions that missed the write
+/// whose first blob is `blob` (a multi-region bucket's write acknowledged on the quorum, or a
+/// global bucket's replicas) and must still get a copy. One marker per write, so a newer version
+/// of the key never replaces the marker of an older one. Outside the range the change follower
+/// watches. (Markers of older databases are `y/<bucket>/<key>`.)
+pub fn repair(bucket: &str, key: &str, blob: meridian_blob::BlobId) -> Bytes {
+    Bytes::from(format!("{REPAIRS_PREFIX}{bucket}/{key}\0{blob}"))
 }
 
 /// Prefix of every `y/` key.
 pub const REPAIRS_PREFIX: &str = "y/";
 
+/// Every repair marker of one object key (the old layout's included).
+pub fn repairs_of(bucket: &str, key: &str) -> String {
+    format!("{REPAIRS_PREFIX}{bucket}/{key}")
+}
+
 /// The bucket and object key of a `y/` key.
 pub fn parse_repair_key(key: &[u8]) -> Option<(&str, &str)> {
-    split_bucket(key, REPAIRS_PREFIX)
+    let (bucket, rest) = split_bucket(key, REPAIRS_PREFIX)?;
+    Some((bucket, rest.split_once('\0').map_or(rest, |(key, _)| key)))
 }
 
 /// Prefix of `x/<blob id>`.

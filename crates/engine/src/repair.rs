@@ -2,26 +2,29 @@
 //! write acknowledged on the bucket's quorum, and for the extra regions of a global bucket with
 //! `replicas = N`.
 //!
-//! Such a write commits, with the object's record, a `y/<bucket>/<key>` marker naming the
-//! object's first blob and the regions without a copy. Every node looks at the markers every
-//! [`REPAIR_INTERVAL`]; one that names its region pulls every blob of the object from a holder
-//! (through its chunk cache), stores each under the same id, checks it against the record's
-//! chunk digests and commits itself as a holder (in a versioned bucket, of the version's `v/`
-//! entry too), comparing the records' revisions (an object overwritten meanwhile drops the
-//! marker instead). A region still down is retried at the next
-//! round.
+//! Such a write commits, with the object's record, a `y/<bucket>/<key>\0<blob>` marker naming
+//! the write's first blob and the regions without a copy (one marker per write, so a newer
+//! version of a key never replaces an older version's marker). Every node looks at the markers
+//! every [`REPAIR_INTERVAL`]; one that names its region finds the record owning the blob (`x/`):
+//! the current object, or, in a versioned bucket, the version's `v/` entry. It pulls every blob
+//! of that record from a holder (through its chunk cache), stores each under the same id, checks
+//! it against the record's chunk digests and commits itself as a holder (of the version's entry,
+//! and of the current object too when that is the same version), comparing the records'
+//! revisions. A blob freed meanwhile (an unversioned object overwritten or deleted, a version
+//! removed) drops the marker instead. A region still down is retried at the next round.
 //!
 //! Copies are also lost: the copy audit ([`Engine::spawn_copy_audit`]) on every node walks the
-//! objects of buckets that keep several copies and commits a new marker for an object whose
-//! surviving holders are fewer than its bucket asks for; of all nodes, the one with the lowest
-//! id in the first region still holding the object does it, so nearness is measured from the
-//! bytes. A holder
-//! survives while its node's heartbeat is younger than [`crate::EngineConfig::holder_lost_after`]
-//! (for bytes on a shared regional store: while any node of its region's is).
+//! objects of buckets that keep several copies (every version, in a versioned bucket) and
+//! commits a new marker for one whose surviving holders are fewer than its bucket asks for; of
+//! all nodes, the one with the lowest id in the first region still holding it does it, so
+//! nearness is measured from the bytes. A holder survives while its node's heartbeat is younger
+//! than [`crate::EngineConfig::holder_lost_after`] (for bytes on a shared regional store: while
+//! any node of its region's is).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use bytes::Bytes;
 use meridian_meta::{Compare, Op, RangeRequest, Revision, Txn};
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +32,7 @@ use crate::cluster::NodeStatus;
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{IngestLimits, IngestedData, Integrity, ingest};
 use crate::object::{Span, spans};
-use crate::record::{self, BucketRecord, DataLayout, Holder, Location, ObjectRecord, VersionRecord, VersionStamp};
+use crate::record::{self, BucketRecord, DataLayout, Holder, Location, ObjectRecord, VersionRecord};
 use crate::{Consistency, Engine, keys};
 
 /// How often a node looks for copies its region still owes.
@@ -94,7 +97,7 @@ impl Engine {
         };
         Ok(self
             .marker_for(bucket_record, record, &have, &nodes)
-            .map(|m| Op::put(keys::repair(bucket, key), record::encode(&m))))
+            .map(|m| Op::put(keys::repair(bucket, key, m.blob), record::encode(&m))))
     }
 
     /// The marker naming the regions that should make a copy, if any: a multi-region bucket's
@@ -157,7 +160,7 @@ impl Engine {
                 let Some((bucket, key)) = keys::parse_repair_key(&kv.key) else { continue };
                 let marker: Repair = record::decode(&kv.value)?;
                 if marker.regions.contains(&here)
-                    && let Err(e) = self.repair_one(bucket, key, &marker, kv.mod_revision).await
+                    && let Err(e) = self.repair_one(bucket, key, &kv.key, &marker, kv.mod_revision).await
                 {
                     tracing::warn!(bucket, key, error = %e, "could not make this region's copy; retried");
                 }
@@ -169,15 +172,32 @@ impl Engine {
         }
     }
 
-    async fn repair_one(&self, bucket: &str, key: &str, marker: &Repair, marker_revision: u64) -> EngineResult<()> {
+    /// Makes this region's copy of the write a marker names: the current object, or a version
+    /// (current or not) of a versioned bucket, found through the owner of the marker's blob.
+    async fn repair_one(
+        &self,
+        bucket: &str,
+        key: &str,
+        marker_key: &Bytes,
+        marker: &Repair,
+        marker_revision: u64,
+    ) -> EngineResult<()> {
+        let owner = self.meta().get(&keys::blob_ref(marker.blob)).await?.map(|kv| kv.value);
+        let token = owner.as_deref().and_then(|owner| match keys::parse_version_key(owner) {
+            Some((b, k, Some(token))) if b == bucket && k == key => Some(token.to_string()),
+            _ => None,
+        });
+        if let Some(token) = token {
+            return self.repair_version(bucket, key, &token, marker_key, marker, marker_revision).await;
+        }
+        if owner.as_deref() != Some(keys::object(bucket, key).as_ref()) {
+            // Freed, or kept only for a snapshot: nothing left to copy.
+            return self.drop_marker(marker_key, marker_revision).await;
+        }
         let current = self.read_current(bucket, key).await?;
-        let marker_key = keys::repair(bucket, key);
-        let still = current.as_ref().filter(|c| c.record.data.blobs().first() == Some(&marker.blob));
-        let Some(current) = still else {
+        let Some(current) = current.filter(|c| c.record.data.blobs().first() == Some(&marker.blob)) else {
             // Overwritten or deleted since: nothing left to copy.
-            let txn = Txn::new().when(Compare::mod_revision_is(marker_key.clone(), marker_revision));
-            self.meta().txn(txn.then(Op::delete(marker_key))).await?;
-            return Ok(());
+            return self.drop_marker(marker_key, marker_revision).await;
         };
         for span in spans(&current.record) {
             if !self.is_local(&span.holders) {
@@ -186,27 +206,87 @@ impl Engine {
         }
         let mut record = current.record.clone();
         self.hold_here(&mut record.data);
+        let object_key = keys::object(bucket, key);
+        let txn = Txn::new()
+            .when(Compare::mod_revision_is(object_key.clone(), current.revision))
+            .then(Op::put(object_key, record::encode(&record)));
+        self.commit_copy(bucket, key, txn, marker_key, marker, marker_revision).await
+    }
+
+    /// [`Engine::repair_one`] for version `token`: its `v/` entry records the copy, and so does
+    /// the current object when it is that version.
+    async fn repair_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        token: &str,
+        marker_key: &Bytes,
+        marker: &Repair,
+        marker_revision: u64,
+    ) -> EngineResult<()> {
+        let entry = keys::version(bucket, key, token);
+        let object_key = keys::object(bucket, key);
+        let (mut kvs, _) = self.meta().get_many(&[entry.clone(), object_key.clone()]).await?;
+        let current_kv = kvs.pop().flatten();
+        let Some(version_kv) = kvs.pop().flatten() else {
+            return self.drop_marker(marker_key, marker_revision).await;
+        };
+        let mut version: VersionRecord = record::decode(&version_kv.value)?;
+        let Some(object) = version.object.as_mut() else {
+            return self.drop_marker(marker_key, marker_revision).await;
+        };
+        for span in spans(object) {
+            if !self.is_local(&span.holders) {
+                self.pull_copy(&span).await?;
+            }
+        }
+        self.hold_here(&mut object.data);
+        let mut txn = Txn::new()
+            .when(Compare::mod_revision_is(entry.clone(), version_kv.mod_revision))
+            .then(Op::put(entry, record::encode(&version)));
+        if let Some(kv) = current_kv {
+            let mut current: ObjectRecord = record::decode(&kv.value)?;
+            if current.version.as_ref().is_some_and(|v| v.token == token) {
+                self.hold_here(&mut current.data);
+                txn = txn
+                    .when(Compare::mod_revision_is(object_key.clone(), kv.mod_revision))
+                    .then(Op::put(object_key, record::encode(&current)));
+            }
+        }
+        self.commit_copy(bucket, key, txn, marker_key, marker, marker_revision).await
+    }
+
+    /// Commits `txn` (this region's copy recorded) with the marker's update: this region taken
+    /// off it, or the marker deleted when no region is left.
+    async fn commit_copy(
+        &self,
+        bucket: &str,
+        key: &str,
+        txn: Txn,
+        marker_key: &Bytes,
+        marker: &Repair,
+        marker_revision: u64,
+    ) -> EngineResult<()> {
         let here = &self.config().node.region;
         let rest =
             Repair { blob: marker.blob, regions: marker.regions.iter().filter(|r| *r != here).cloned().collect() };
-        let object_key = keys::object(bucket, key);
-        let mut txn = Txn::new()
-            .when(Compare::mod_revision_is(object_key.clone(), current.revision))
-            .when(Compare::mod_revision_is(marker_key.clone(), marker_revision))
-            .then(Op::put(object_key, record::encode(&record)));
-        txn = match rest.regions.is_empty() {
-            true => txn.then(Op::delete(marker_key)),
-            false => txn.then(Op::put(marker_key, record::encode(&rest))),
+        let txn = txn.when(Compare::mod_revision_is(marker_key.clone(), marker_revision));
+        let txn = match rest.regions.is_empty() {
+            true => txn.then(Op::delete(marker_key.clone())),
+            false => txn.then(Op::put(marker_key.clone(), record::encode(&rest))),
         };
-        if let Some(stamp) = &record.version {
-            txn = self.hold_version_here(bucket, key, stamp, txn).await?;
-        }
         if !self.meta().txn(txn).await?.succeeded {
             // Changed meanwhile: the next round looks again (an orphaned copy goes with the
             // change follower's deletion of the freed blob, or the orphan scan).
             return Ok(());
         }
         tracing::info!(bucket, key, blob = %marker.blob, "made this region's copy of an object's bytes");
+        Ok(())
+    }
+
+    async fn drop_marker(&self, marker_key: &Bytes, marker_revision: u64) -> EngineResult<()> {
+        let txn = Txn::new().when(Compare::mod_revision_is(marker_key.clone(), marker_revision));
+        self.meta().txn(txn.then(Op::delete(marker_key.clone()))).await?;
         Ok(())
     }
 
@@ -217,20 +297,6 @@ impl Engine {
                 holders.extend(self.here());
             }
         }
-    }
-
-    /// Adds to `txn` this node as a holder in a versioned object's `v/` entry too: the entry
-    /// owns the version's bytes, and reads by version id (also once the version is no longer
-    /// the current one) take its holders from there.
-    async fn hold_version_here(&self, bucket: &str, key: &str, stamp: &VersionStamp, txn: Txn) -> EngineResult<Txn> {
-        let entry = keys::version(bucket, key, &stamp.token);
-        let Some(kv) = self.meta().get(&entry).await? else { return Ok(txn) };
-        let mut version: VersionRecord = record::decode(&kv.value)?;
-        let Some(object) = version.object.as_mut() else { return Ok(txn) };
-        self.hold_here(&mut object.data);
-        Ok(txn
-            .when(Compare::mod_revision_is(entry.clone(), kv.mod_revision))
-            .then(Op::put(entry, record::encode(&version))))
     }
 
     /// Reads one blob of an object from a holder and stores it here under the same id, as
@@ -254,13 +320,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Walks the objects of buckets that keep several copies and marks objects that lost
-    /// copies (those this node audits: [`Engine::audits_for`]).
+    /// Walks the objects of buckets that keep several copies (every version, in a versioned
+    /// bucket) and marks those that lost copies (those this node audits: [`Engine::audits_for`]).
     pub(crate) fn spawn_copy_audit(&self) {
         let interval = (self.config().holder_lost_after / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let engine = self.clone();
         tokio::spawn(async move {
-            let mut cursor: Option<(String, String)> = None;
+            let mut cursor: Option<(String, Bytes)> = None;
             loop {
                 tokio::time::sleep(interval).await;
                 match engine.audit_round(cursor.take()).await {
@@ -271,9 +337,9 @@ impl Engine {
         });
     }
 
-    /// One round of the audit, from `cursor` (a bucket and the last key looked at); returns
-    /// where the next round goes on (`None`: from the start).
-    async fn audit_round(&self, cursor: Option<(String, String)>) -> EngineResult<Option<(String, String)>> {
+    /// One round of the audit, from `cursor` (a bucket and the last record key looked at);
+    /// returns where the next round goes on (`None`: from the start).
+    async fn audit_round(&self, cursor: Option<(String, Bytes)>) -> EngineResult<Option<(String, Bytes)>> {
         let nodes = self.nodes_at(Consistency::Local).await?;
         // Nodes silent for longer than `holder_lost_after` neither count as holders nor get
         // new copies to make.
@@ -288,21 +354,37 @@ impl Engine {
         let mut budget = AUDIT_BUDGET;
         let mut after = cursor.map(|(_, key)| key);
         for (name, bucket) in buckets {
-            let mut request = RangeRequest::prefix(keys::objects_prefix(&name)).limit(REPAIR_PAGE * 4);
+            // A versioned bucket's records are its versions (the current one included).
+            let versioned = bucket.versioning.is_some();
+            let prefix = if versioned { keys::versions_prefix(&name) } else { keys::objects_prefix(&name) };
+            let mut request = RangeRequest::prefix(prefix).limit(REPAIR_PAGE * 4);
             if let Some(key) = after.take() {
-                request = request.after(keys::object(&name, &key));
+                request = request.after(key);
             }
             loop {
                 let page = self.reader(Consistency::Local).range(request.clone()).await?;
                 for kv in &page.kvs {
-                    let Some((_, key)) = keys::parse_object_key(&kv.key) else { continue };
-                    let record: ObjectRecord = record::decode(&kv.value)?;
-                    self.audit_object(&name, key, &bucket, &record, kv.mod_revision, &nodes).await?;
+                    let audited = match versioned {
+                        true => match keys::parse_version_key(&kv.key) {
+                            Some((_, key, Some(_))) => {
+                                record::decode::<VersionRecord>(&kv.value)?.object.map(|o| (key, o))
+                            }
+                            _ => None,
+                        },
+                        false => match keys::parse_object_key(&kv.key) {
+                            Some((_, key)) => Some((key, record::decode::<ObjectRecord>(&kv.value)?)),
+                            None => None,
+                        },
+                    };
+                    if let Some((key, record)) = audited {
+                        let at = (&kv.key, kv.mod_revision);
+                        self.audit_object(&name, key, &bucket, &record, at, &nodes).await?;
+                    }
                 }
                 budget = budget.saturating_sub(page.kvs.len());
                 let Some(last) = page.kvs.last() else { break };
                 if budget == 0 {
-                    return Ok(keys::parse_object_key(&last.key).map(|(_, key)| (name.clone(), key.to_string())));
+                    return Ok(Some((name.clone(), last.key.clone())));
                 }
                 if !page.more {
                     break;
@@ -313,15 +395,16 @@ impl Engine {
         Ok(None)
     }
 
-    /// Commits a marker for an object whose surviving copies are fewer than its bucket asks
-    /// for, unless one already names the regions it would. `nodes`: the live ones.
+    /// Commits a marker for an object (or version) whose surviving copies are fewer than its
+    /// bucket asks for, unless one already names the regions it would. `at`: the record's key
+    /// and revision, compared on commit. `nodes`: the live ones.
     async fn audit_object(
         &self,
         bucket: &str,
         key: &str,
         bucket_record: &BucketRecord,
         record: &ObjectRecord,
-        revision: Revision,
+        at: (&Bytes, Revision),
         nodes: &[NodeStatus],
     ) -> EngineResult<()> {
         if matches!(record.data, DataLayout::Inline) || record.is_expired(crate::now_ms()) {
@@ -339,12 +422,12 @@ impl Engine {
             return Ok(());
         }
         let Some(marker) = self.marker_for(bucket_record, record, &have, nodes) else { return Ok(()) };
-        let marker_key = keys::repair(bucket, key);
+        let marker_key = keys::repair(bucket, key, marker.blob);
         let existing = self.reader(Consistency::Local).get(&marker_key).await?;
         let unchanged_marker = match &existing {
             Some(kv) => {
                 let pending: Repair = record::decode(&kv.value)?;
-                if pending.blob == marker.blob && marker.regions.iter().all(|r| pending.regions.contains(r)) {
+                if marker.regions.iter().all(|r| pending.regions.contains(r)) {
                     return Ok(()); // already owed by the regions that would make them
                 }
                 Compare::mod_revision_is(marker_key.clone(), kv.mod_revision)
@@ -352,7 +435,7 @@ impl Engine {
             None => Compare::absent(marker_key.clone()),
         };
         let txn = Txn::new()
-            .when(Compare::mod_revision_is(keys::object(bucket, key), revision))
+            .when(Compare::mod_revision_is(at.0.clone(), at.1))
             .when(unchanged_marker)
             .then(Op::put(marker_key, record::encode(&marker)));
         if self.meta().txn(txn).await?.succeeded {

@@ -310,11 +310,11 @@ async fn heavy_a_repaired_copy_of_an_encrypted_object_is_its_whole_sealed_blob()
     assert_eq!(files_containing(&cluster.nodes[1].data, SECRET_MARKER), Vec::<std::path::PathBuf>::new());
 }
 
-/// In a versioned bucket a repair records its copy in the version's own entry too: once the
-/// repaired version is no longer the current one, region b alone still serves it by version id
-/// from its copy.
+/// In a versioned bucket every version written while a region was down gets its copy there,
+/// also one a newer version replaced before the repair ran, and the copy is recorded in the
+/// version's own entry: region b alone then serves each version by id from its copies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heavy_a_repaired_copy_of_a_version_stays_readable_by_its_version_id() {
+async fn heavy_every_version_written_while_a_region_was_down_gets_its_copy() {
     use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
     use meridian_meta::MetaStore;
     let mut cluster = WanCluster::start(LinkConfig::one_way(Duration::from_millis(20)), &[]).await;
@@ -330,32 +330,32 @@ async fn heavy_a_repaired_copy_of_a_version_stays_readable_by_its_version_id() {
         }
     };
 
-    // Version 1 is written while region b is down; b's copy is owed (a `y/` marker).
+    // Versions 1 and 2 are written while region b is down; b's copies are owed (one `y/` marker
+    // each: version 2's write does not replace version 1's).
     cluster.nodes[1].kill9();
     let v1 = pattern(1_000_000, 1);
     let v1_id = put_version(v1.clone()).await;
+    let v2 = pattern(1_100_000, 2);
+    let v2_id = put_version(v2.clone()).await;
+    assert_ne!(v1_id, v2_id);
     let etcd =
         meridian_meta_etcd::EtcdStore::connect(meridian_meta_etcd::EtcdOptions::new(cluster.etcd.client_endpoints()))
             .await
             .unwrap();
-    let marker = meridian_engine::keys::repair("quorum", "k");
-    assert!(etcd.get(&marker).await.unwrap().is_some(), "region b's copy is owed");
-    // Repaired once b is back: the marker goes in the transaction that records b's copy.
+    let markers = meridian_meta::RangeRequest::prefix(meridian_engine::keys::repairs_of("quorum", "k"));
+    assert_eq!(etcd.range(markers.clone()).await.unwrap().kvs.len(), 2, "region b's copies are owed");
+    // Repaired once b is back: each marker goes in the transaction that records b's copy.
     cluster.nodes[1].restart();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while etcd.get(&marker).await.unwrap().is_some() {
-        assert!(Instant::now() < deadline, "region b's copy was not recorded within 30 s");
+    while !etcd.range(markers.clone()).await.unwrap().kvs.is_empty() {
+        assert!(Instant::now() < deadline, "region b's copies were not recorded within 30 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(blobs_of_size(&cluster.nodes[1], v1.len()), 1, "region b's repaired copy");
+    assert_eq!(blobs_of_size(&cluster.nodes[1], v1.len()), 1, "region b's copy of version 1");
+    assert_eq!(blobs_of_size(&cluster.nodes[1], v2.len()), 1, "region b's copy of version 2");
 
-    // Version 2 (written everywhere) makes version 1 noncurrent; then b is alone, restarted
-    // without its chunk cache (the repair pulled version 1 through it), so only its own blobs
-    // and the records naming them can serve.
-    let v2 = pattern(1_100_000, 2);
-    let v2_id = put_version(v2.clone()).await;
-    assert_ne!(v1_id, v2_id);
-    assert_eq!(blobs_of_size(&cluster.nodes[1], v2.len()), 1, "region b has version 2 when the write returns");
+    // b alone, restarted without its chunk cache (the repair pulled the versions through it),
+    // so only its own blobs and the records naming them can serve.
     cluster.nodes[0].kill9();
     cluster.nodes[2].kill9();
     cluster.nodes[1].kill9();
