@@ -276,6 +276,7 @@ async fn writes_to_a_bucket_pinned_to_another_region_are_refused_by_the_engine()
         dst_bucket_seen: None,
         source_key: None,
         protection: None,
+        lock: Default::default(),
     };
     refused(a.copy_object(copy).await.map(drop));
     refused(a.create_multipart_upload("ledger", "mp2", ObjectHeaders::default(), None, false, None).await.map(drop));
