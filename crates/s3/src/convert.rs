@@ -258,6 +258,7 @@ impl HeaderInput {
                 .map(|m| m.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect::<BTreeMap<_, _>>())
                 .unwrap_or_default(),
             tags: self.tags,
+            lock: Default::default(),
         }
     }
 }

@@ -30,7 +30,12 @@ pub(super) async fn create_multipart_upload(
     if full_object && matches!(algorithm, Some(ChecksumAlgorithm::Sha1 | ChecksumAlgorithm::Sha256)) {
         return Err(s3_error!(InvalidRequest, "The FULL_OBJECT checksum type is not supported for SHA checksums"));
     }
-    let headers = HeaderInput {
+    let lock = super::lock::requested_lock(
+        input.object_lock_mode.as_ref(),
+        input.object_lock_retain_until_date.as_ref(),
+        input.object_lock_legal_hold_status.as_ref(),
+    )?;
+    let mut headers = HeaderInput {
         content_type: input.content_type.map(|c| c.to_string()),
         content_encoding: input.content_encoding,
         content_disposition: input.content_disposition,
@@ -41,6 +46,7 @@ pub(super) async fn create_multipart_upload(
         tags: tags_from_header(input.tagging.as_deref())?,
     }
     .into_headers();
+    headers.lock = lock;
     let upload = s3
         .engine
         .create_multipart_upload(&input.bucket, &input.key, headers, algorithm, full_object, protection)
