@@ -94,7 +94,9 @@ impl DefaultRetention {
             _ => return Err(EngineError::MalformedXml),
         };
         if count <= 0 {
-            return Err(EngineError::InvalidArgument("Default retention period must be a positive integer value".into()));
+            return Err(EngineError::InvalidArgument(
+                "Default retention period must be a positive integer value".into(),
+            ));
         }
         let count = u32::try_from(count).ok().filter(|c| *c <= max);
         let count = count.ok_or_else(|| EngineError::InvalidArgument("Default retention period too large".into()))?;
@@ -256,7 +258,13 @@ impl Engine {
     }
 
     /// S3 PutObjectLegalHold. Returns the version id changed.
-    pub async fn set_legal_hold(&self, bucket: &str, key: &str, version_id: Option<&str>, on: bool) -> EngineResult<String> {
+    pub async fn set_legal_hold(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        on: bool,
+    ) -> EngineResult<String> {
         self.require_bucket_lock(bucket).await?;
         self.rewrite_version(bucket, key, version_id, |object| {
             let mut changed = object.clone();
@@ -326,12 +334,17 @@ mod tests {
         assert_eq!(rule.retention_from(10).until_ms, 10 + 2 * DAY_MS);
         let years = DefaultRetention::new(Some("GOVERNANCE"), None, Some(1)).unwrap();
         assert_eq!(years.retention_from(0), Retention { mode: LockMode::Governance, until_ms: 365 * DAY_MS });
-        for (mode, days, years) in [(None, Some(1), None), (Some("x"), Some(1), None), (Some("COMPLIANCE"), Some(1), Some(1))] {
+        for (mode, days, years) in
+            [(None, Some(1), None), (Some("x"), Some(1), None), (Some("COMPLIANCE"), Some(1), Some(1))]
+        {
             assert!(matches!(DefaultRetention::new(mode, days, years), Err(EngineError::MalformedXml)));
         }
         assert!(matches!(DefaultRetention::new(Some("COMPLIANCE"), None, None), Err(EngineError::MalformedXml)));
         for (days, years) in [(Some(0), None), (Some(-1), None), (Some(36_501), None), (None, Some(101))] {
-            assert!(matches!(DefaultRetention::new(Some("GOVERNANCE"), days, years), Err(EngineError::InvalidArgument(_))));
+            assert!(matches!(
+                DefaultRetention::new(Some("GOVERNANCE"), days, years),
+                Err(EngineError::InvalidArgument(_))
+            ));
         }
     }
 

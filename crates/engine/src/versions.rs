@@ -536,7 +536,8 @@ impl Engine {
             let stamp = &version.record.stamp;
             let current_revision = state.current.as_ref().map_or(0, |c| c.revision);
             let current = state.current.filter(|c| c.record.version.as_ref() == Some(stamp));
-            let mut txn = Txn::new().when(Compare::mod_revision_is(keys::version(bucket, key, &stamp.token), version.revision));
+            let mut txn =
+                Txn::new().when(Compare::mod_revision_is(keys::version(bucket, key, &stamp.token), version.revision));
             put_version(bucket, key, &changed, None, &mut txn);
             match &current {
                 Some(current) => {

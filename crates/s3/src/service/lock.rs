@@ -182,10 +182,7 @@ pub(super) async fn put_object_legal_hold(
     let input = req.input;
     let status = input.legal_hold.and_then(|h| h.status).ok_or_else(|| s3_error!(MalformedXML))?;
     let on = hold_of(status.as_str())?;
-    s3.engine
-        .set_legal_hold(&input.bucket, &input.key, input.version_id.as_deref(), on)
-        .await
-        .map_err(s3_error)?;
+    s3.engine.set_legal_hold(&input.bucket, &input.key, input.version_id.as_deref(), on).await.map_err(s3_error)?;
     Ok(S3Response::new(PutObjectLegalHoldOutput::default()))
 }
 
