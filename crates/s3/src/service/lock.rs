@@ -27,9 +27,22 @@ fn hold_of(status: &str) -> S3Result<bool> {
     }
 }
 
+/// [`parse_lock`] from the lock fields of a PutObject, CopyObject or CreateMultipartUpload
+/// input (the same three fields on each).
+macro_rules! requested_lock {
+    ($input:expr) => {
+        super::lock::parse_lock(
+            $input.object_lock_mode.as_ref(),
+            $input.object_lock_retain_until_date.as_ref(),
+            $input.object_lock_legal_hold_status.as_ref(),
+        )
+    };
+}
+pub(super) use requested_lock;
+
 /// The lock a write asks for with `x-amz-object-lock-mode`, `-retain-until-date` and
 /// `-legal-hold` (mode and date go together).
-pub(super) fn requested_lock(
+pub(super) fn parse_lock(
     mode: Option<&ObjectLockMode>,
     until: Option<&Timestamp>,
     hold: Option<&ObjectLockLegalHoldStatus>,
@@ -206,13 +219,13 @@ mod tests {
         let mode = ObjectLockMode::from_static(ObjectLockMode::GOVERNANCE);
         let until = timestamp(5_000);
         let on = ObjectLockLegalHoldStatus::from_static(ObjectLockLegalHoldStatus::ON);
-        let lock = requested_lock(Some(&mode), Some(&until), Some(&on)).unwrap();
+        let lock = parse_lock(Some(&mode), Some(&until), Some(&on)).unwrap();
         assert_eq!(lock.retention, Some(Retention { mode: LockMode::Governance, until_ms: 5_000 }));
         assert!(lock.legal_hold);
-        assert!(requested_lock(Some(&mode), None, None).is_err());
-        assert!(requested_lock(None, Some(&until), None).is_err());
+        assert!(parse_lock(Some(&mode), None, None).is_err());
+        assert!(parse_lock(None, Some(&until), None).is_err());
         let bad = ObjectLockLegalHoldStatus::from("maybe".to_string());
-        assert!(requested_lock(None, None, Some(&bad)).is_err());
-        assert!(requested_lock(None, None, None).unwrap().is_empty());
+        assert!(parse_lock(None, None, Some(&bad)).is_err());
+        assert!(parse_lock(None, None, None).unwrap().is_empty());
     }
 }

@@ -30,11 +30,7 @@ pub(super) async fn create_multipart_upload(
     if full_object && matches!(algorithm, Some(ChecksumAlgorithm::Sha1 | ChecksumAlgorithm::Sha256)) {
         return Err(s3_error!(InvalidRequest, "The FULL_OBJECT checksum type is not supported for SHA checksums"));
     }
-    let lock = super::lock::requested_lock(
-        input.object_lock_mode.as_ref(),
-        input.object_lock_retain_until_date.as_ref(),
-        input.object_lock_legal_hold_status.as_ref(),
-    )?;
+    let lock = super::lock::requested_lock!(input)?;
     let mut headers = HeaderInput {
         content_type: input.content_type.map(|c| c.to_string()),
         content_encoding: input.content_encoding,

@@ -44,11 +44,7 @@ pub(super) async fn put_object(
     let kv = KvWrite::from_headers(&req.headers)?;
     let seen = RequestContext::of(&req)?.seen_bucket(&req.input.bucket);
     let input = &req.input;
-    let lock = requested_lock(
-        input.object_lock_mode.as_ref(),
-        input.object_lock_retain_until_date.as_ref(),
-        input.object_lock_legal_hold_status.as_ref(),
-    )?;
+    let lock = requested_lock!(input)?;
     require_write_integrity(&req, &req.input.bucket, &lock)?;
     let input = req.input;
     let mut headers = HeaderInput {
@@ -359,11 +355,7 @@ pub(super) async fn copy_object(
     let context = RequestContext::of(&req)?;
     check_source(s3, &context, &src_bucket, &src_key).await?;
     let dst_bucket_seen = context.seen_bucket(&input.bucket);
-    let lock = requested_lock(
-        input.object_lock_mode.as_ref(),
-        input.object_lock_retain_until_date.as_ref(),
-        input.object_lock_legal_hold_status.as_ref(),
-    )?;
+    let lock = requested_lock!(input)?;
     let input = req.input;
     let replace = match input.metadata_directive.as_ref().map(MetadataDirective::as_str) {
         None | Some(MetadataDirective::COPY) => false,
