@@ -59,13 +59,18 @@ pub struct Retention {
 pub struct ObjectLock {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub legal_hold: bool,
+    /// `None`: never set (S3 then answers NoSuchObjectLockConfiguration); `Some(false)`: OFF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legal_hold: Option<bool>,
 }
 
 impl ObjectLock {
     pub fn is_empty(&self) -> bool {
-        self.retention.is_none() && !self.legal_hold
+        self.retention.is_none() && self.legal_hold.is_none()
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.legal_hold == Some(true)
     }
 }
 
@@ -268,7 +273,7 @@ impl Engine {
         self.require_bucket_lock(bucket).await?;
         self.rewrite_version(bucket, key, version_id, |object| {
             let mut changed = object.clone();
-            changed.headers.lock.legal_hold = on;
+            changed.headers.lock.legal_hold = Some(on);
             Ok(changed)
         })
         .await
@@ -285,7 +290,7 @@ impl Engine {
     /// `bypass`: the caller may bypass GOVERNANCE retention and asked to.
     pub(crate) async fn check_removable(&self, version: &VersionRecord, bypass: bool) -> EngineResult<()> {
         let Some(lock) = version.object.as_ref().map(|o| o.headers.lock) else { return Ok(()) };
-        if lock.legal_hold {
+        if lock.is_held() {
             return Err(locked());
         }
         let Some(retention) = lock.retention else { return Ok(()) };

@@ -603,7 +603,7 @@ async fn object_lock_keeps_locked_versions_from_every_removal() {
     let retention = lock.retention.expect("the default retention applies");
     assert!(retention.until_ms >= before + DAY_MS && retention.until_ms <= meridian_engine::now_ms() + DAY_MS);
     let mut held = put("locked", "k", "held");
-    held.headers.lock = ObjectLock { retention: None, legal_hold: true };
+    held.headers.lock = ObjectLock { retention: None, legal_hold: Some(true) };
     let held = version_of(&e.put_object(held).await.unwrap());
     e.put_object(put("locked", "k", "current")).await.unwrap();
 
@@ -625,7 +625,7 @@ async fn object_lock_keeps_locked_versions_from_every_removal() {
     // Lock settings go only to lock buckets; records from before lock still read.
     e.create_bucket("plain", "me").await.unwrap();
     let mut asked = put("plain", "k", "x");
-    asked.headers.lock.legal_hold = true;
+    asked.headers.lock.legal_hold = Some(false);
     assert!(matches!(e.put_object(asked).await, Err(EngineError::InvalidRequest(_))));
     assert!(matches!(e.lock_config("plain").await, Err(EngineError::NoLockConfiguration)));
     assert!(record::decode::<ObjectHeaders>(b"{}").unwrap().lock.is_empty());

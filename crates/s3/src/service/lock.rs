@@ -57,7 +57,7 @@ pub(super) fn parse_lock(
             ));
         }
     };
-    let legal_hold = hold.map(|h| hold_of(h.as_str())).transpose()?.unwrap_or(false);
+    let legal_hold = hold.map(|h| hold_of(h.as_str())).transpose()?;
     Ok(ObjectLock { retention, legal_hold })
 }
 
@@ -67,8 +67,16 @@ pub(super) fn lock_headers(
 ) -> (Option<ObjectLockMode>, Option<Timestamp>, Option<ObjectLockLegalHoldStatus>) {
     let mode = lock.retention.map(|r| ObjectLockMode::from(r.mode.as_str().to_string()));
     let until = lock.retention.map(|r| timestamp(r.until_ms));
-    let hold = lock.legal_hold.then(|| ObjectLockLegalHoldStatus::from_static(ObjectLockLegalHoldStatus::ON));
+    let hold = lock.legal_hold.map(hold_status);
     (mode, until, hold)
+}
+
+fn hold_status(on: bool) -> ObjectLockLegalHoldStatus {
+    ObjectLockLegalHoldStatus::from_static(if on {
+        ObjectLockLegalHoldStatus::ON
+    } else {
+        ObjectLockLegalHoldStatus::OFF
+    })
 }
 
 /// Whether the request carries a Content-MD5 or a checksum of its body (header or trailer).
@@ -205,8 +213,8 @@ pub(super) async fn get_object_legal_hold(
 ) -> S3Result<S3Response<GetObjectLegalHoldOutput>> {
     let input = req.input;
     let lock = s3.engine.object_lock(&input.bucket, &input.key, input.version_id.as_deref()).await.map_err(s3_error)?;
-    let status = if lock.legal_hold { ObjectLockLegalHoldStatus::ON } else { ObjectLockLegalHoldStatus::OFF };
-    let legal_hold = ObjectLockLegalHold { status: Some(ObjectLockLegalHoldStatus::from_static(status)) };
+    let on = lock.legal_hold.ok_or_else(|| s3_error(meridian_engine::EngineError::NoObjectLock))?;
+    let legal_hold = ObjectLockLegalHold { status: Some(hold_status(on)) };
     Ok(S3Response::new(GetObjectLegalHoldOutput { legal_hold: Some(legal_hold) }))
 }
 
@@ -221,7 +229,7 @@ mod tests {
         let on = ObjectLockLegalHoldStatus::from_static(ObjectLockLegalHoldStatus::ON);
         let lock = parse_lock(Some(&mode), Some(&until), Some(&on)).unwrap();
         assert_eq!(lock.retention, Some(Retention { mode: LockMode::Governance, until_ms: 5_000 }));
-        assert!(lock.legal_hold);
+        assert_eq!(lock.legal_hold, Some(true));
         assert!(parse_lock(Some(&mode), None, None).is_err());
         assert!(parse_lock(None, Some(&until), None).is_err());
         let bad = ObjectLockLegalHoldStatus::from("maybe".to_string());
