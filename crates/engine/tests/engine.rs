@@ -628,6 +628,10 @@ async fn object_lock_keeps_locked_versions_from_every_removal() {
     asked.headers.lock.legal_hold = Some(false);
     assert!(matches!(e.put_object(asked).await, Err(EngineError::InvalidRequest(_))));
     assert!(matches!(e.lock_config("plain").await, Err(EngineError::NoLockConfiguration)));
+    // A versioned bucket may turn lock on, and then keeps versioning Enabled.
+    e.set_versioning("plain", Versioning::Enabled).await.unwrap();
+    e.set_lock_config("plain", LockConfig::default()).await.unwrap();
+    assert!(matches!(e.set_versioning("plain", Versioning::Suspended).await, Err(EngineError::InvalidBucketState(_))));
     assert!(record::decode::<ObjectHeaders>(b"{}").unwrap().lock.is_empty());
     assert!(record::decode::<BucketRecord>(br#"{"created_ms":1}"#).unwrap().object_lock.is_none());
 }
