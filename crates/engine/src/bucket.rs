@@ -59,8 +59,20 @@ impl Engine {
         public_read: bool,
         placement: impl Into<Placement>,
     ) -> EngineResult<Revision> {
+        self.create_bucket_like(name, owner, public_read, placement.into(), BucketRecord::default()).await
+    }
+
+    /// Creates a bucket whose record starts as `settings` with the given owner and placement.
+    pub(crate) async fn create_bucket_like(
+        &self,
+        name: &str,
+        owner: &str,
+        public_read: bool,
+        placement: Placement,
+        settings: BucketRecord,
+    ) -> EngineResult<Revision> {
         validate_bucket_name(name)?;
-        let Placement { location, replicas } = placement.into();
+        let Placement { location, replicas } = placement;
         let key = keys::bucket(name);
         let record = BucketRecord {
             created_ms: now_ms(),
@@ -68,7 +80,7 @@ impl Engine {
             public_read,
             location,
             replicas,
-            ..Default::default()
+            ..settings
         };
         let txn = Txn::new()
             .when(Compare::absent(key.clone()))

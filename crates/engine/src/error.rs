@@ -152,6 +152,12 @@ pub enum EngineError {
         "node {id:?} is alive (last heartbeat {heartbeat_age_ms} ms ago): stop it first, or pass --force (a running node registers again at its next heartbeat)"
     )]
     NodeIsLive { id: String, heartbeat_age_ms: i64 },
+    #[error("{0}")]
+    InvalidBucketState(String),
+    #[error("Object Lock configuration does not exist for this bucket")]
+    NoLockConfiguration,
+    #[error("The specified object does not have a ObjectLock configuration")]
+    NoObjectLock,
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("corrupt metadata record: {0}")]
@@ -198,6 +204,8 @@ impl EngineError {
             | E::NoSuchNode(_)
             | E::NoSuchSite(_)
             | E::NoSuchSnapshot(_)
+            | E::NoLockConfiguration
+            | E::NoObjectLock
             | E::RevisionCompacted { .. } => K::NotFound,
             E::BucketAlreadyOwnedByYou
             | E::BucketAlreadyExists
@@ -211,6 +219,7 @@ impl EngineError {
             | E::BatchRevisionMismatch { .. }
             | E::LockNotHeld { .. }
             | E::FenceRejected { .. }
+            | E::InvalidBucketState(_)
             | E::NodeIsLive { .. } => K::Conflict,
             E::Contended | E::LockContended { .. } => K::Contended,
             E::Unavailable(_) | E::RegionUnavailable { .. } => K::Unavailable,

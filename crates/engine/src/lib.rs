@@ -35,6 +35,7 @@ pub mod locks;
 mod multipart;
 pub mod notify;
 mod object;
+pub mod object_lock;
 pub mod peer;
 pub mod policy;
 pub mod record;

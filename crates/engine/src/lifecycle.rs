@@ -241,8 +241,12 @@ impl Engine {
             let (successor, version) = (&pair[0], &pair[1]);
             let tags = version.object.as_ref().map_or(&no_tags, |o| &o.headers.tags);
             if rules.iter().any(|r| r.expires_noncurrent(key, tags, successor.modified_ms, newer, now)) {
-                self.delete_version(bucket, key, version.stamp.id()).await?;
-                removed += 1;
+                // A version under object lock stays until its lock ends, as in S3.
+                match self.delete_version(bucket, key, version.stamp.id()).await {
+                    Ok(_) => removed += 1,
+                    Err(EngineError::AccessDenied(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         let alone = versions.len() - removed == 1;

@@ -82,6 +82,7 @@ impl Engine {
         validate_key(key)?;
         headers.validate()?;
         let (bucket_record, bucket_revision) = self.writable_bucket(bucket).await?;
+        crate::object_lock::check_requested(&bucket_record, &headers.lock)?;
         self.check_residency(bucket, &bucket_record)?;
         let (encryption, _) = self.new_sealing(self.protection_for(protection, &bucket_record).as_ref())?;
         let initiated_ms = now_ms();

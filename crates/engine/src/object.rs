@@ -242,6 +242,8 @@ pub struct CopyRequest {
     pub source_key: Option<CustomerKey>,
     /// Encryption asked for the copy (`None`: the destination bucket's default or the node's).
     pub protection: Option<Protection>,
+    /// The copy's object lock (a source's lock is never copied).
+    pub lock: crate::object_lock::ObjectLock,
 }
 
 #[derive(Clone, Debug)]
@@ -404,6 +406,7 @@ impl Engine {
             None => self.writable_bucket(&req.bucket).await?,
         };
         self.check_residency(&req.bucket, &bucket)?;
+        crate::object_lock::check_requested(&bucket, &req.headers.lock)?;
         let (encryption, sealing) = self.new_sealing(self.protection_for(req.protection, &bucket).as_ref())?;
         let limits = IngestLimits {
             inline_max: self.config().inline_max,
@@ -775,11 +778,12 @@ impl Engine {
     }
 
     /// Deletes many keys, or versions of keys (S3 DeleteObjects); each succeeds or fails on its
-    /// own.
+    /// own. `bypass`: the caller may bypass GOVERNANCE retention and asked to.
     pub async fn delete_objects(
         &self,
         bucket: &str,
         keys: Vec<(String, Option<String>)>,
+        bypass: bool,
     ) -> Vec<((String, Option<String>), EngineResult<DeleteOutcome>)> {
         let none = WriteConditions::default();
         futures::stream::iter(keys)
@@ -787,7 +791,7 @@ impl Engine {
                 let none = &none;
                 async move {
                     let result = match &version_id {
-                        Some(id) => self.delete_version(bucket, &key, id).await,
+                        Some(id) => self.delete_version_with(bucket, &key, id, bypass).await,
                         None => self.delete_object(bucket, &key, none).await,
                     };
                     ((key, version_id), result)
@@ -810,6 +814,7 @@ impl Engine {
         let unchanged = req.replace_headers.is_none() && req.replace_tags.is_none();
         let mut headers = req.replace_headers.unwrap_or_else(|| source.record.headers.clone());
         headers.tags = req.replace_tags.unwrap_or_else(|| source.record.headers.tags.clone());
+        headers.lock = req.lock;
         headers.validate()?;
         // Copying an older version over its key restores it.
         if req.src_bucket == req.dst_bucket && req.src_key == req.dst_key && unchanged && req.src_version_id.is_none() {
@@ -822,6 +827,7 @@ impl Engine {
             None => self.writable_bucket(&req.dst_bucket).await?,
         };
         self.check_residency(&req.dst_bucket, &dst_bucket)?;
+        crate::object_lock::check_requested(&dst_bucket, &headers.lock)?;
         crate::crypt::check_plain_read(source.record.encryption.as_ref(), req.source_key.as_ref())?;
         let protection = self.protection_for(req.protection, &dst_bucket);
         let expires_at_ms = object_expiry(&dst_bucket.lifecycle, &req.dst_key, &headers.tags, now_ms());

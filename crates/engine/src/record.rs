@@ -65,6 +65,9 @@ pub struct BucketRecord {
     /// S3's event notification rules (PutBucketNotificationConfiguration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notification: Option<crate::notify::NotificationConfig>,
+    /// S3 Object Lock: set exactly when lock is enabled (then versioning stays Enabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<crate::object_lock::LockConfig>,
     /// How many snapshots the bucket has (`h/` keys). Every snapshot change rewrites the record,
     /// and removing a version compares the record's revision, so the removal knows every
     /// snapshot that may still show the version.
@@ -288,6 +291,9 @@ pub struct ObjectHeaders {
     /// The object's tags (`x-amz-tagging`, PutObjectTagging).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: crate::tagging::Tags,
+    /// The version's S3 Object Lock retention and legal hold (records from before have none).
+    #[serde(default, skip_serializing_if = "crate::object_lock::ObjectLock::is_empty")]
+    pub lock: crate::object_lock::ObjectLock,
 }
 
 /// S3's limit on user metadata (names plus values).

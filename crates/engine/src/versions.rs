@@ -176,6 +176,10 @@ impl Engine {
     /// `null` version.
     pub async fn set_versioning(&self, bucket: &str, state: Versioning) -> EngineResult<()> {
         self.update_bucket(bucket, |record| {
+            if record.object_lock.is_some() && state == Versioning::Suspended {
+                let why = "An Object Lock configuration is present on this bucket, so the versioning state cannot be changed.";
+                return Err(EngineError::InvalidBucketState(why.into()));
+            }
             record.versioning = Some(state);
             Ok(())
         })
@@ -345,6 +349,7 @@ impl Engine {
             && let Some(null) = head.null.take()
             && let Some(version) = self.read_stored_version(bucket, key, &null).await?
         {
+            self.check_removable(&version.record, false).await?;
             let retention = self.retention(bucket, bucket_record).await?;
             freed.extend(remove_version(bucket, key, &version, &retention, txn));
             removed = Some(null);
@@ -360,6 +365,8 @@ impl Engine {
         let change = match new {
             Some((object, inline)) => {
                 let stamped = ObjectRecord { version: Some(stamp.clone()), ..object.clone() };
+                let written_ms = micros_of(&stamp.token).map_or(now, |m| (m / 1000) as i64);
+                let stamped = crate::object_lock::with_default_retention(bucket_record, stamped, written_ms);
                 put_version(bucket, key, &stamped, None, txn);
                 object_change(bucket, key, current.as_ref(), Some((&stamped, inline)))
             }
@@ -442,6 +449,18 @@ impl Engine {
     /// S3 DeleteObject with a version id: removes that version (or delete marker) for good and
     /// frees its bytes. Removing the newest version makes the next one current.
     pub async fn delete_version(&self, bucket: &str, key: &str, version_id: &str) -> EngineResult<DeleteOutcome> {
+        self.delete_version_with(bucket, key, version_id, false).await
+    }
+
+    /// [`Engine::delete_version`]; `bypass`: the caller may bypass GOVERNANCE retention and
+    /// asked to (a locked version is refused otherwise).
+    pub async fn delete_version_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        bypass: bool,
+    ) -> EngineResult<DeleteOutcome> {
         for _ in 0..MAX_ATTEMPTS {
             let (token, state) = self.resolve(bucket, key, version_id).await?;
             let gone = |revision| DeleteOutcome {
@@ -462,6 +481,7 @@ impl Engine {
                 self.bucket(bucket).await?;
                 return Ok(gone(self.meta().current_revision().await?));
             };
+            self.check_removable(&version.record, bypass).await?;
             let Some((mut head, head_revision)) = state.head.clone() else {
                 return Err(EngineError::Corrupt(format!("version {token} of {bucket}/{key} without a head")));
             };
@@ -585,6 +605,59 @@ impl Engine {
             let resp = self.meta().txn(txn).await?;
             if resp.succeeded {
                 return Ok(Some(resp.revision));
+            }
+        }
+        Err(EngineError::Contended)
+    }
+
+    /// Rewrites the object record of version `version_id` (`None`: the current one) with
+    /// `change`, and the current object's `o/` copy when it is that version, in one transaction
+    /// comparing both. Returns the version id.
+    pub(crate) async fn rewrite_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        change: impl Fn(&ObjectRecord) -> EngineResult<ObjectRecord>,
+    ) -> EngineResult<String> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (token, state) = match version_id {
+                Some(id) => self.resolve(bucket, key, id).await?,
+                None => {
+                    let state = self.read_key_state(bucket, key).await?;
+                    let stamp = state.current.as_ref().and_then(|c| c.record.version.as_ref());
+                    (stamp.map(|v| v.token.clone()), state)
+                }
+            };
+            let found = match &token {
+                Some(token) => self.read_stored_version(bucket, key, token).await?,
+                None => None,
+            };
+            let Some(version) = found else {
+                self.bucket(bucket).await?;
+                return Err(if version_id.is_some() { EngineError::NoSuchVersion } else { EngineError::NoSuchKey });
+            };
+            let id = version.record.stamp.id().to_string();
+            let Some(object) = &version.record.object else {
+                return Err(EngineError::DeleteMarker { version_id: id, by_id: true });
+            };
+            let changed = change(object)?;
+            let stamp = &version.record.stamp;
+            let current_revision = state.current.as_ref().map_or(0, |c| c.revision);
+            let current = state.current.filter(|c| c.record.version.as_ref() == Some(stamp));
+            let mut txn =
+                Txn::new().when(Compare::mod_revision_is(keys::version(bucket, key, &stamp.token), version.revision));
+            put_version(bucket, key, &changed, None, &mut txn);
+            match &current {
+                Some(current) => {
+                    let copy = object_change(bucket, key, Some(current), Some((&changed, current.inline.as_ref())));
+                    txn.compares.extend(copy.compares);
+                    txn.ops.extend(copy.ops);
+                }
+                None => txn.compares.push(Compare::mod_revision_is(keys::object(bucket, key), current_revision)),
+            }
+            if self.meta().txn(txn).await?.succeeded {
+                return Ok(id);
             }
         }
         Err(EngineError::Contended)

@@ -276,6 +276,7 @@ async fn writes_to_a_bucket_pinned_to_another_region_are_refused_by_the_engine()
         dst_bucket_seen: None,
         source_key: None,
         protection: None,
+        lock: Default::default(),
     };
     refused(a.copy_object(copy).await.map(drop));
     refused(a.create_multipart_upload("ledger", "mp2", ObjectHeaders::default(), None, false, None).await.map(drop));
@@ -725,4 +726,85 @@ async fn a_small_versioned_put_stores_its_bytes_once_until_it_is_replaced() {
         e.delete_version("small", "k", id).await.unwrap();
     }
     assert_eq!(inline_keys(e).await, 0, "nothing is left behind");
+}
+
+#[tokio::test]
+async fn object_lock_keeps_locked_versions_from_every_removal() {
+    use meridian_engine::lifecycle::LifecycleRule;
+    use meridian_engine::object_lock::{DefaultRetention, LockConfig, ObjectLock};
+    use meridian_engine::record::{self, BucketRecord, Location, ObjectHeaders, Versioning};
+    const DAY_MS: i64 = 86_400_000;
+    let f = fixture();
+    let e = &f.engine;
+    e.create_locked_bucket("locked", "me", false, Location::Global).await.unwrap();
+    assert!(matches!(e.set_versioning("locked", Versioning::Suspended).await, Err(EngineError::InvalidBucketState(_))));
+    let default = DefaultRetention::new(Some("GOVERNANCE"), Some(1), None).unwrap();
+    e.set_lock_config("locked", LockConfig { default_retention: Some(default) }).await.unwrap();
+    let before = meridian_engine::now_ms();
+    let old = version_of(&e.put_object(put("locked", "k", "old")).await.unwrap());
+    let lock = e.object_lock("locked", "k", Some(&old)).await.unwrap();
+    let retention = lock.retention.expect("the default retention applies");
+    assert!(retention.until_ms >= before + DAY_MS && retention.until_ms <= meridian_engine::now_ms() + DAY_MS);
+    let mut held = put("locked", "k", "held");
+    held.headers.lock = ObjectLock { retention: None, legal_hold: Some(true) };
+    let held = version_of(&e.put_object(held).await.unwrap());
+    e.put_object(put("locked", "k", "current")).await.unwrap();
+
+    let expire_all = LifecycleRule { id: "all".into(), enabled: true, noncurrent_days: Some(1), ..Default::default() };
+    e.set_lifecycle("locked", vec![expire_all]).await.unwrap();
+    let far = meridian_engine::now_ms() + 30 * DAY_MS;
+    assert_eq!(e.expire_versions("locked", far).await.unwrap(), 0, "lifecycle leaves locked versions");
+    for id in [&old, &held] {
+        assert!(matches!(e.delete_version("locked", "k", id).await, Err(EngineError::AccessDenied(_))), "{id}");
+    }
+    let refused = e.delete_objects("locked", vec![("k".into(), Some(old.clone()))], false).await;
+    assert!(matches!(refused[0].1, Err(EngineError::AccessDenied(_))));
+    assert!(e.delete_object("locked", "k", &WriteConditions::default()).await.unwrap().delete_marker);
+    assert!(matches!(e.delete_version_with("locked", "k", &held, true).await, Err(EngineError::AccessDenied(_))));
+    e.delete_version_with("locked", "k", &old, true).await.expect("GOVERNANCE gives way to a bypass");
+    e.set_legal_hold("locked", "k", Some(&held), false).await.unwrap();
+    e.delete_version_with("locked", "k", &held, true).await.expect("hold off: its default GOVERNANCE bypassed");
+
+    // Lock settings go only to lock buckets; records from before lock still read.
+    e.create_bucket("plain", "me").await.unwrap();
+    let mut asked = put("plain", "k", "x");
+    asked.headers.lock.legal_hold = Some(false);
+    assert!(matches!(e.put_object(asked).await, Err(EngineError::InvalidRequest(_))));
+    assert!(matches!(e.lock_config("plain").await, Err(EngineError::NoLockConfiguration)));
+    // A versioned bucket may turn lock on, and then keeps versioning Enabled.
+    e.set_versioning("plain", Versioning::Enabled).await.unwrap();
+    e.set_lock_config("plain", LockConfig::default()).await.unwrap();
+    assert!(matches!(e.set_versioning("plain", Versioning::Suspended).await, Err(EngineError::InvalidBucketState(_))));
+    assert!(record::decode::<ObjectHeaders>(b"{}").unwrap().lock.is_empty());
+    assert!(record::decode::<BucketRecord>(br#"{"created_ms":1}"#).unwrap().object_lock.is_none());
+}
+
+/// Retention that this node's clock says has ended stays in force while the heartbeats the
+/// cluster's nodes recorded say it is earlier: a node whose clock ran ahead cannot delete early.
+#[tokio::test]
+async fn retention_is_judged_against_the_recorded_heartbeats_too() {
+    use meridian_engine::cluster::NodeRecord;
+    use meridian_engine::object_lock::{LockMode, ObjectLock, Retention};
+    use meridian_engine::record::{self, Location};
+    let f = fixture();
+    let e = &f.engine;
+    e.create_locked_bucket("judged", "me", false, Location::Global).await.unwrap();
+    let mut short = put("judged", "k", "short");
+    let until_ms = meridian_engine::now_ms() + 300;
+    short.headers.lock =
+        ObjectLock { retention: Some(Retention { mode: LockMode::Compliance, until_ms }), ..Default::default() };
+    let version = version_of(&e.put_object(short).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Two of three nodes last recorded a time a minute before this node's clock.
+    let behind = meridian_engine::now_ms() - 60_000;
+    for (id, heartbeat_ms) in [("a", behind), ("b", behind), ("c", meridian_engine::now_ms())] {
+        let node = NodeRecord { id: id.into(), heartbeat_ms, ..Default::default() };
+        let op = meridian_meta::Op::put(meridian_engine::keys::node(id), record::encode(&node));
+        e.meta().txn(meridian_meta::Txn::new().then(op)).await.unwrap();
+    }
+    assert!(matches!(e.delete_version("judged", "k", &version).await, Err(EngineError::AccessDenied(_))));
+    let node = NodeRecord { id: "b".into(), heartbeat_ms: meridian_engine::now_ms(), ..Default::default() };
+    let op = meridian_meta::Op::put(meridian_engine::keys::node("b"), record::encode(&node));
+    e.meta().txn(meridian_meta::Txn::new().then(op)).await.unwrap();
+    e.delete_version("judged", "k", &version).await.expect("the majority of clocks agree it has ended");
 }

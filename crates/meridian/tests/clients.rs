@@ -438,10 +438,17 @@ fn run_boto3_script_on(script: &str, done: &str, server_args: &[&str]) {
         text(&probe.stderr)
     );
     let server = Server::start_with(server_args);
+    run_boto3_script_against(&server, script, &[], done);
+}
+
+/// Runs `tests/clients/SCRIPT ENDPOINT ARGS...` with boto3 against `server`; it prints `done`
+/// as its last check.
+fn run_boto3_script_against(server: &Server, script: &str, args: &[&str], done: &str) {
+    let python = require_tool("python3", "install Python 3 (apt-get install python3)");
     let home = tempfile::tempdir().expect("temp dir");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients").join(script);
     let mut cmd = Command::new(&python);
-    cmd.arg(&script).arg(&server.endpoint);
+    cmd.arg(&script).arg(&server.endpoint).args(args);
     common::aws_env_only_ours(&mut cmd, home.path());
     cmd.env("PYTHONUNBUFFERED", "1");
     let out = run_with_timeout(&mut cmd, TOOL_TIMEOUT);
@@ -466,6 +473,40 @@ fn boto3_tagging_and_attributes() {
 #[test]
 fn boto3_versioning() {
     run_boto3_script("boto3_versions.py", "versioning checks passed");
+}
+
+/// S3 Object Lock through boto3 (crates/meridian/tests/clients/boto3_lock.py): default
+/// retention, deletes by version refused, GOVERNANCE bypass with and without the permission,
+/// COMPLIANCE, legal hold, lock headers on copy and multipart, the errors; then the AWS CLI's
+/// put-object-lock-configuration and get-object-retention.
+#[test]
+fn boto3_and_aws_cli_object_lock() {
+    let server = Server::start();
+    let aws = AwsCli::new(&server);
+    aws.ok(&["s3api", "create-bucket", "--bucket", "boto3-lock", "--object-lock-enabled-for-bucket"]);
+    let writer = common::admin::create_key(&server, "writer", false);
+    common::admin::admin_ok(&server, &["bucket", "allow", "boto3-lock", "--key", "writer", "--write"]);
+    run_boto3_script_against(&server, "boto3_lock.py", &[&writer.id, &writer.secret], "object lock checks passed");
+
+    let bucket = "cli-lock";
+    aws.ok(&["s3api", "create-bucket", "--bucket", bucket, "--object-lock-enabled-for-bucket"]);
+    let rule = r#"{"ObjectLockEnabled":"Enabled","Rule":{"DefaultRetention":{"Mode":"COMPLIANCE","Days":2}}}"#;
+    aws.ok(&["s3api", "put-object-lock-configuration", "--bucket", bucket, "--object-lock-configuration", rule]);
+    let config = aws.json(&["s3api", "get-object-lock-configuration", "--bucket", bucket]);
+    assert_eq!(config["ObjectLockConfiguration"]["Rule"]["DefaultRetention"]["Days"], 2, "{config}");
+    let body = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(body.path(), b"kept").unwrap();
+    let body_path = body.path().to_str().unwrap();
+    let put = aws.json(&["s3api", "put-object", "--bucket", bucket, "--key", "k", "--body", body_path]);
+    let version = put["VersionId"].as_str().expect("a version id").to_string();
+    let retention = aws.json(&["s3api", "get-object-retention", "--bucket", bucket, "--key", "k"]);
+    assert_eq!(retention["Retention"]["Mode"], "COMPLIANCE", "{retention}");
+    let until = retention["Retention"]["RetainUntilDate"].as_str().expect("a date");
+    let until = time::OffsetDateTime::parse(until, &time::format_description::well_known::Rfc3339).unwrap();
+    let days = (until - time::OffsetDateTime::now_utc()).whole_hours();
+    assert!((47..=48).contains(&days), "two days of retention: {until}");
+    let refused = aws.run(&["s3api", "delete-object", "--bucket", bucket, "--key", "k", "--version-id", &version]);
+    assert!(!refused.status.success() && text(&refused.stderr).contains("AccessDenied"), "{}", text(&refused.stderr));
 }
 
 /// Server-side encryption (SSE-S3, SSE-KMS, SSE-C, multipart, copies, bucket default) through

@@ -926,7 +926,7 @@ async fn unsupported_operations_say_not_implemented() {
     s3.create_bucket().bucket("notimpl").send().await.unwrap();
     let err = s3.get_bucket_replication().bucket("notimpl").send().await.unwrap_err();
     assert_eq!(error_code(&err), "NotImplemented");
-    let err = s3.get_object_legal_hold().bucket("notimpl").key("k").send().await.unwrap_err();
+    let err = s3.get_bucket_accelerate_configuration().bucket("notimpl").send().await.unwrap_err();
     assert_eq!(error_code(&err), "NotImplemented");
     let err = s3
         .put_object()

@@ -17,7 +17,7 @@ use s3s::path::S3Path;
 use s3s::{S3Error, S3ErrorCode, S3Result, s3_error};
 
 use crate::context::{
-    AccessDecision, BucketView, Grant, Principal, RequestContext, remember_verified_key, take_verified_key,
+    AccessDecision, BucketView, Checked, Grant, Principal, RequestContext, remember_verified_key, take_verified_key,
 };
 use crate::convert::s3_error;
 
@@ -77,6 +77,8 @@ fn needs(op: &str) -> Needs {
         | "GetObjectAcl"
         | "GetObjectTagging"
         | "GetObjectAttributes"
+        | "GetObjectRetention"
+        | "GetObjectLegalHold"
         | "GetBucketAcl" => Needs::Bucket(Read),
         "PutObject"
         | "PostObject"
@@ -89,6 +91,8 @@ fn needs(op: &str) -> Needs {
         | "CompleteMultipartUpload"
         | "AbortMultipartUpload"
         | "PutObjectTagging"
+        | "PutObjectRetention"
+        | "PutObjectLegalHold"
         | "DeleteObjectTagging" => Needs::Bucket(Write),
         // Bucket configuration, and anything not listed above: owners only.
         _ => Needs::Bucket(Owner),
@@ -124,6 +128,8 @@ fn policy_action(op: &str) -> String {
         "GetPublicAccessBlock" => "GetBucketPublicAccessBlock",
         "PutPublicAccessBlock" | "DeletePublicAccessBlock" => "PutBucketPublicAccessBlock",
         "DeleteBucketOwnershipControls" => "PutBucketOwnershipControls",
+        "GetObjectLockConfiguration" => "GetBucketObjectLockConfiguration",
+        "PutObjectLockConfiguration" => "PutBucketObjectLockConfiguration",
         other => other,
     };
     format!("s3:{action}")
@@ -188,6 +194,26 @@ pub(crate) fn evaluate_policy(
             tracing::error!(bucket, error = %e, "stored bucket policy does not parse; denying");
             (Verdict::Deny, false)
         }
+    }
+}
+
+/// Whether the request's key may bypass GOVERNANCE retention of `bucket`/`key`
+/// (s3:BypassGovernanceRetention): the admin key always; any other key as the bucket policy
+/// says (an explicit Deny refuses, an Allow grants), and without either only an owner.
+pub(crate) fn may_bypass_governance(context: &Checked<'_>, bucket: &str, key: &str) -> bool {
+    let Some(principal) = context.key() else { return false };
+    if principal.admin {
+        return true;
+    }
+    let Some(view) = context.bucket(bucket) else { return false };
+    let (verdict, _) = evaluate_policy(bucket, &view.record, || {
+        let action = "s3:BypassGovernanceRetention".to_string();
+        context.facts.policy_request(action, resource_arn(bucket, Some(key)), Some(principal))
+    });
+    match verdict {
+        Verdict::Deny => false,
+        Verdict::Allow => true,
+        Verdict::Neither => authorize(Some(principal), &view.record, Access::Owner),
     }
 }
 

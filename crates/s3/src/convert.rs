@@ -50,6 +50,9 @@ pub fn s3_error(err: EngineError) -> S3Error {
         EngineError::KeyTooLong(_) => C::KeyTooLongError,
         EngineError::InvalidKey(_) | EngineError::InvalidArgument(_) => C::InvalidArgument,
         EngineError::InvalidRequest(_) => C::InvalidRequest,
+        EngineError::InvalidBucketState(_) => C::InvalidBucketState,
+        EngineError::NoLockConfiguration => C::ObjectLockConfigurationNotFoundError,
+        EngineError::NoObjectLock => C::NoSuchObjectLockConfiguration,
         EngineError::MalformedXml => C::MalformedXML,
         EngineError::MalformedPolicy(_) => C::MalformedPolicy,
         EngineError::InvalidBucketAclWithObjectOwnership => C::InvalidBucketAclWithObjectOwnership,
@@ -257,6 +260,7 @@ impl HeaderInput {
                 .map(|m| m.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect::<BTreeMap<_, _>>())
                 .unwrap_or_default(),
             tags: self.tags,
+            lock: Default::default(),
         }
     }
 }

@@ -45,14 +45,15 @@ pub(super) async fn create_bucket(
     {
         return Err(not_implemented("grant headers on CreateBucket (create the bucket, then PutBucketAcl)"));
     }
-    if req.input.object_lock_enabled_for_bucket == Some(true) {
-        return Err(not_implemented("object lock"));
-    }
     let owner = RequestContext::of(&req)?.key_name()?.to_string();
     let constraint = req.input.create_bucket_configuration.as_ref().and_then(|c| c.location_constraint.as_ref());
     let placement = placement_from_constraint(s3, constraint.map(|c| c.as_str())).await?;
-    let revision =
-        s3.engine.create_bucket_at(&req.input.bucket, &owner, public_read, placement).await.map_err(s3_error)?;
+    let bucket = &req.input.bucket;
+    let revision = match req.input.object_lock_enabled_for_bucket {
+        Some(true) => s3.engine.create_locked_bucket(bucket, &owner, public_read, placement).await,
+        _ => s3.engine.create_bucket_at(bucket, &owner, public_read, placement).await,
+    }
+    .map_err(s3_error)?;
     let output = CreateBucketOutput { location: Some(format!("/{}", req.input.bucket)) };
     Ok(with_revision(output, revision))
 }

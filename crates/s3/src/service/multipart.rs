@@ -30,7 +30,8 @@ pub(super) async fn create_multipart_upload(
     if full_object && matches!(algorithm, Some(ChecksumAlgorithm::Sha1 | ChecksumAlgorithm::Sha256)) {
         return Err(s3_error!(InvalidRequest, "The FULL_OBJECT checksum type is not supported for SHA checksums"));
     }
-    let headers = HeaderInput {
+    let lock = super::lock::requested_lock!(input)?;
+    let mut headers = HeaderInput {
         content_type: input.content_type.map(|c| c.to_string()),
         content_encoding: input.content_encoding,
         content_disposition: input.content_disposition,
@@ -41,6 +42,7 @@ pub(super) async fn create_multipart_upload(
         tags: tags_from_header(input.tagging.as_deref())?,
     }
     .into_headers();
+    headers.lock = lock;
     let upload = s3
         .engine
         .create_multipart_upload(&input.bucket, &input.key, headers, algorithm, full_object, protection)

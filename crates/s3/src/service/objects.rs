@@ -7,6 +7,7 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::MeridianS3;
+use super::lock::{bypass, lock_headers, requested_lock, require_write_integrity};
 use super::shared::{
     ChecksumHeaders, acls_disabled, check_source, integrity, not_implemented, read_conditions, refuse_unsupported,
     request_body, source_of, with_revision, written,
@@ -42,8 +43,11 @@ pub(super) async fn put_object(
     let integrity = integrity(&req, sums, req.input.content_md5.clone(), req.input.content_length)?;
     let kv = KvWrite::from_headers(&req.headers)?;
     let seen = RequestContext::of(&req)?.seen_bucket(&req.input.bucket);
+    let input = &req.input;
+    let lock = requested_lock!(input)?;
+    require_write_integrity(&req, &req.input.bucket, &lock)?;
     let input = req.input;
-    let headers = HeaderInput {
+    let mut headers = HeaderInput {
         content_type: input.content_type.map(|c| c.to_string()),
         content_encoding: input.content_encoding,
         content_disposition: input.content_disposition,
@@ -54,6 +58,7 @@ pub(super) async fn put_object(
         tags: tags_from_header(input.tagging.as_deref())?,
     }
     .into_headers();
+    headers.lock = lock;
     let conditions = kv.conditions(WriteConditions {
         if_match: etag_match(input.if_match),
         if_none_match: etag_match(input.if_none_match),
@@ -143,6 +148,7 @@ pub(super) async fn get_object(
         ChecksumFields::default()
     };
     let headers = &out.record.headers;
+    let (lock_mode, lock_until, legal_hold) = lock_headers(&headers.lock);
     let sse = SseFields::of(out.record.encryption.as_ref());
     let output = GetObjectOutput {
         server_side_encryption: sse.sse,
@@ -168,6 +174,9 @@ pub(super) async fn get_object(
         metadata: metadata(headers),
         tag_count: tag_count(&headers.tags),
         version_id: version_id(&out.record),
+        object_lock_mode: lock_mode,
+        object_lock_retain_until_date: lock_until,
+        object_lock_legal_hold_status: legal_hold,
         parts_count: out.parts_count.map(|n| n as i32),
         checksum_crc32: sums.crc32,
         checksum_crc32c: sums.crc32c,
@@ -223,6 +232,7 @@ pub(super) async fn head_object(
         ChecksumFields::default()
     };
     let headers = &out.record.headers;
+    let (lock_mode, lock_until, legal_hold) = lock_headers(&headers.lock);
     let sse = SseFields::of(out.record.encryption.as_ref());
     let output = HeadObjectOutput {
         server_side_encryption: sse.sse,
@@ -242,6 +252,9 @@ pub(super) async fn head_object(
         expires: headers.expires.as_deref().and_then(parse_expires),
         metadata: metadata(headers),
         version_id: version_id(&out.record),
+        object_lock_mode: lock_mode,
+        object_lock_retain_until_date: lock_until,
+        object_lock_legal_hold_status: legal_hold,
         parts_count: out.parts_count.map(|n| n as i32),
         checksum_crc32: sums.crc32,
         checksum_crc32c: sums.crc32c,
@@ -268,10 +281,11 @@ pub(super) async fn delete_object(
     if kv.expires_at_ms.is_some() || kv.transaction.is_some() {
         return Err(s3_error!(InvalidArgument, "TTL and transaction headers apply to writes, not deletes"));
     }
+    let bypass = bypass(&req, req.input.bypass_governance_retention, &req.input.bucket, &req.input.key)?;
     let input = req.input;
     let conditions = kv.conditions(WriteConditions { if_match: etag_match(input.if_match), ..Default::default() });
     let out = match &input.version_id {
-        Some(id) => s3.engine.delete_version(&input.bucket, &input.key, id).await,
+        Some(id) => s3.engine.delete_version_with(&input.bucket, &input.key, id, bypass).await,
         None => s3.engine.delete_object(&input.bucket, &input.key, &conditions).await,
     }
     .map_err(s3_error)?;
@@ -287,6 +301,8 @@ pub(super) async fn delete_objects(
     s3: &MeridianS3,
     req: S3Request<DeleteObjectsInput>,
 ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+    // The permission is asked for the bucket's objects as a whole.
+    let bypass = bypass(&req, req.input.bypass_governance_retention, &req.input.bucket, "*")?;
     let input = req.input;
     if input.delete.objects.len() > 1000 {
         return Err(s3_error!(MalformedXML, "DeleteObjects accepts at most 1000 keys"));
@@ -295,7 +311,7 @@ pub(super) async fn delete_objects(
     let keys: Vec<(String, Option<String>)> = input.delete.objects.into_iter().map(|o| (o.key, o.version_id)).collect();
     // A missing bucket fails the whole request, as in S3.
     s3.engine.bucket(&input.bucket).await.map_err(s3_error)?;
-    let results = s3.engine.delete_objects(&input.bucket, keys).await;
+    let results = s3.engine.delete_objects(&input.bucket, keys, bypass).await;
     let mut deleted = Vec::new();
     let mut errors = Vec::new();
     let mut revision = 0;
@@ -343,6 +359,7 @@ pub(super) async fn copy_object(
     let context = RequestContext::of(&req)?;
     check_source(s3, &context, &src_bucket, &src_key).await?;
     let dst_bucket_seen = context.seen_bucket(&input.bucket);
+    let lock = requested_lock!(input)?;
     let input = req.input;
     let replace = match input.metadata_directive.as_ref().map(MetadataDirective::as_str) {
         None | Some(MetadataDirective::COPY) => false,
@@ -389,6 +406,7 @@ pub(super) async fn copy_object(
             dst_bucket_seen,
             source_key,
             protection,
+            lock,
         })
         .await
         .map_err(s3_error)?;
