@@ -20,6 +20,8 @@
 //! | `POST /v1/buckets/NAME/allow` | `{"key","read"?,"write"?,"owner"?}` | the bucket |
 //! | `POST /v1/buckets/NAME/deny` | `{"key","read"?,"write"?,"owner"?}` | the bucket |
 //! | `POST /v1/buckets/NAME/public` | `{"read":true}` | the bucket |
+//! | `PUT /v1/buckets/NAME/shadow` | `{"endpoint","bucket","region","access_key","secret_key","write_through"?}` | the bucket (its shadow without the secret) |
+//! | `DELETE /v1/buckets/NAME/shadow` | | the bucket, no longer shadowing |
 //! | `GET /v1/sites` | | the sites stored for the web edge (not those of TOML files) |
 //! | `GET /v1/sites/NAME` | | one stored site |
 //! | `PUT /v1/sites/NAME` | `{"bucket","host"?,"path_prefix"?,"key_prefix"?,"cache_control"?,"index_document"?,"error_document"?,"origin"?}` (`origin`: `{"region":[{"name","edge"?,"instances":[{"id","url"}]}],"pin_seconds"?,"revision_wait_ms"?}`) | the site |
@@ -40,6 +42,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use meridian_engine::health::ReadinessProbe;
 use meridian_engine::iam::{Credential, Grant, KeyRecord};
 use meridian_engine::record::BucketRecord;
+use meridian_engine::shadow::ShadowSource;
 use meridian_engine::website::SiteRecord;
 use meridian_engine::{Engine, EngineError, ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -198,6 +201,25 @@ struct BucketView {
     location: String,
     /// How many regions keep a copy of each object's bytes (global buckets).
     replicas: u32,
+    /// The bucket of another S3 service it shadows (never its secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow: Option<ShadowView>,
+}
+
+#[derive(Serialize)]
+struct ShadowView {
+    endpoint: String,
+    bucket: String,
+    region: String,
+    access_key: String,
+    write_through: bool,
+}
+
+impl ShadowView {
+    fn new(source: ShadowSource) -> Self {
+        let ShadowSource { endpoint, bucket, region, access_key, write_through, .. } = source;
+        ShadowView { endpoint, bucket, region, access_key, write_through }
+    }
 }
 
 impl BucketView {
@@ -210,6 +232,7 @@ impl BucketView {
             grants: record.grants,
             location: record.location.to_string(),
             replicas: record.replicas.unwrap_or(1),
+            shadow: record.shadow.map(ShadowView::new),
         }
     }
 }
@@ -520,6 +543,15 @@ impl AdminApi {
             (Method::POST, ["v1", "buckets", bucket, "replicas"]) => {
                 let req: Replicas = parse(body)?;
                 let record = engine.set_bucket_replicas(bucket, Some(req.replicas)).await?;
+                Ok(reply(StatusCode::OK, &BucketView::new(bucket, record)))
+            }
+            (Method::PUT, ["v1", "buckets", bucket, "shadow"]) => {
+                let source: ShadowSource = parse(body)?;
+                let record = engine.set_shadow(bucket, source).await?;
+                Ok(reply(StatusCode::OK, &BucketView::new(bucket, record)))
+            }
+            (Method::DELETE, ["v1", "buckets", bucket, "shadow"]) => {
+                let record = engine.remove_shadow(bucket).await?;
                 Ok(reply(StatusCode::OK, &BucketView::new(bucket, record)))
             }
             (Method::GET, ["v1", "sites"]) => Ok(reply(StatusCode::OK, &engine.list_sites().await?)),

@@ -40,6 +40,7 @@ pub mod policy;
 pub mod record;
 pub mod repair;
 pub mod replicate;
+pub mod shadow;
 pub mod tagging;
 pub mod ttl;
 pub mod versions;

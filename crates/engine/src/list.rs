@@ -49,6 +49,11 @@ enum Entry {
 
 impl Engine {
     pub async fn list_objects(&self, bucket: &str, req: &ListRequest) -> EngineResult<ListPage> {
+        let page = self.list_local(bucket, req).await?;
+        self.merge_shadow_listing(bucket, req, page).await
+    }
+
+    async fn list_local(&self, bucket: &str, req: &ListRequest) -> EngineResult<ListPage> {
         self.bucket(bucket).await?;
         let reader = self.reader(req.consistency);
         let base = keys::objects_prefix(bucket);

@@ -260,7 +260,7 @@ pub(crate) struct Current {
 }
 
 impl Current {
-    fn is_visible(&self, now: i64) -> bool {
+    pub(crate) fn is_visible(&self, now: i64) -> bool {
         !self.record.is_expired(now)
     }
 }
@@ -368,6 +368,19 @@ impl Engine {
         bucket: Option<(BucketRecord, Revision)>,
         req: PutRequest,
     ) -> EngineResult<PutOutcome> {
+        let (name, key) = (req.bucket.clone(), req.key.clone());
+        let outcome = self.put_object_guarded(bucket, req, |_| {}).await?;
+        self.write_through(&name, &key).await?;
+        Ok(outcome)
+    }
+
+    /// [`Engine::put_object_in`] without write-through, with `guard` adding to the commit.
+    pub(crate) async fn put_object_guarded(
+        &self,
+        bucket: Option<(BucketRecord, Revision)>,
+        req: PutRequest,
+        guard: impl FnOnce(&mut ExtraTxn),
+    ) -> EngineResult<PutOutcome> {
         validate_key(&req.key)?;
         req.headers.validate()?;
         // Fail fast, before reading a possibly large body into a bucket that isn't there.
@@ -393,6 +406,7 @@ impl Engine {
         extra.ops.extend(self.repair_op(&req.bucket, &req.key, &bucket, &record).await?);
         let event = if req.form_upload { EventKind::Post } else { EventKind::Put };
         extra.notify(&req.bucket, &bucket, &req.key, event, &record);
+        guard(&mut extra);
         let (revision, version) =
             self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, extra).await?;
         let record = ObjectRecord { version, ..record };
@@ -522,14 +536,17 @@ impl Engine {
         self.read_object(req, false).await
     }
 
-    async fn read_object(&self, req: GetRequest, with_body: bool) -> EngineResult<GetOutcome> {
+    pub(crate) async fn read_object(&self, req: GetRequest, with_body: bool) -> EngineResult<GetOutcome> {
         validate_key(&req.key)?;
         let mut attempts = 0;
         loop {
             attempts += 1;
             let current = match &req.version_id {
                 Some(id) => self.read_version(&req.bucket, &req.key, id).await?,
-                None => self.read_visible(&req.bucket, &req.key, req.consistency).await?,
+                None => match self.read_visible(&req.bucket, &req.key, req.consistency).await {
+                    Err(EngineError::NoSuchKey) => return self.read_through(req, with_body).await,
+                    found => found?,
+                },
             };
             crate::crypt::check_plain_read(current.record.encryption.as_ref(), req.customer_key.as_ref())?;
             req.conditions.check_read(&current.record)?;
@@ -679,6 +696,18 @@ impl Engine {
         conditions: &WriteConditions,
     ) -> EngineResult<DeleteOutcome> {
         validate_key(key)?;
+        self.shadow_before_delete(bucket, key).await?;
+        let deleted = self.delete_object_here(bucket, key, conditions).await?;
+        self.write_through(bucket, key).await?;
+        Ok(deleted)
+    }
+
+    async fn delete_object_here(
+        &self,
+        bucket: &str,
+        key: &str,
+        conditions: &WriteConditions,
+    ) -> EngineResult<DeleteOutcome> {
         // Local view first, as in `try_commit_object`; anything answered without a commit
         // (a missing key, a failed condition) is confirmed with a strong read.
         let mut consistency = Consistency::Local;
@@ -823,6 +852,7 @@ impl Engine {
         let (revision, version) =
             self.commit_object(&req.dst_bucket, &req.dst_key, &record, inline, &req.conditions, extra).await?;
         let record = ObjectRecord { version, ..record };
+        self.write_through(&req.dst_bucket, &req.dst_key).await?;
         Ok(CopyOutcome { etag: record.etag.clone(), modified_ms: record.modified_ms, revision, record })
     }
 

@@ -65,6 +65,9 @@ pub struct BucketRecord {
     /// S3's event notification rules (PutBucketNotificationConfiguration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notification: Option<crate::notify::NotificationConfig>,
+    /// The bucket of another S3 service this one shadows while moving in ([`crate::shadow`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::ShadowSource>,
 }
 
 impl BucketRecord {
