@@ -252,8 +252,16 @@ impl Engine {
         let engine = self.clone();
         let (bucket, key) = (req.bucket.clone(), req.key.clone());
         tokio::spawn(async move {
-            if let Err(e) = engine.fill(&bucket, &key, found, Some(tx)).await {
-                tracing::warn!(bucket, key, error = %e, "could not store an object read from the shadow source");
+            // The client's body ends only once the copy is committed (or failed: then with an
+            // error), so its next read is local.
+            let mut last = tx.clone();
+            match engine.fill(&bucket, &key, found, Some(tx)).await {
+                // Written or deleted here meanwhile: what was sent was the source's object.
+                Ok(()) | Err(EngineError::PreconditionFailed | EngineError::NoSuchKey) => {}
+                Err(e) => {
+                    tracing::warn!(bucket, key, error = %e, "could not store an object read from the shadow source");
+                    let _ = last.send(Err(BodyError::from(format!("storing the object failed: {e}")))).await;
+                }
             }
         });
         req.conditions.check_read(&record)?;
