@@ -13,7 +13,7 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use common::admin::{admin, admin_ok};
-use common::{ADMIN_TOKEN, Server, binary, body_bytes, error_status, pattern, run_with_timeout};
+use common::{ADMIN_TOKEN, Server, binary, body_bytes, error_status, pattern, raw, run_with_timeout};
 use meridian_s3_client::testing::Moto;
 
 const SOURCE_SECRET: &str = "moto-secret-key";
@@ -37,6 +37,25 @@ fn shadow(node: &Server, moto: &Moto, bucket: &str, write_through: bool) {
     for text in [&out.to_string(), &err.to_string(), &listed] {
         assert!(!text.contains(SOURCE_SECRET), "the source's secret was shown: {text}");
     }
+}
+
+/// moto's request recorder (`/moto-api/recorder/...`): from `start_recording` on, moto keeps
+/// every request it serves.
+fn start_recording(moto: &Moto) {
+    let addr = moto.endpoint.trim_start_matches("http://");
+    assert_eq!(raw::send(addr, "POST", "/moto-api/recorder/start-recording", &[], b"").status, 200);
+}
+
+/// How many GETs of `path` moto served since recording started.
+fn gets_of(moto: &Moto, path: &str) -> usize {
+    let addr = moto.endpoint.trim_start_matches("http://");
+    let recording = raw::send(addr, "GET", "/moto-api/recorder/download-recording", &[], b"").text();
+    let url = format!("{}{path}", moto.endpoint);
+    recording
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|r| r["method"] == "GET" && r["url"].as_str().is_some_and(|u| u.split('?').next() == Some(&url)))
+        .count()
 }
 
 async fn put(client: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec<u8>) {
@@ -129,6 +148,7 @@ async fn shadow_bucket_reads_through_once_merges_listings_and_keeps_deletes() {
     let missing = client.get_object().bucket("moving").key("a.txt").send().await.unwrap_err();
     assert_eq!(error_status(&missing), 404);
     shadow(&node, &moto, "moving", false);
+    start_recording(&moto);
 
     // First reads come from the source, with its headers; a whole GET streams, HEAD and a range
     // store the object first.
@@ -137,6 +157,10 @@ async fn shadow_bucket_reads_through_once_merges_listings_and_keeps_deletes() {
     assert_eq!(got.cache_control(), Some("max-age=77"));
     assert_eq!(got.metadata().unwrap().get("origin").map(String::as_str), Some("moto"));
     assert_eq!(body_bytes(got).await, b"from the source");
+    assert_eq!(gets_of(&moto, "/source/a.txt"), 1, "the source did not see the first read");
+    let got = client.get_object().bucket("moving").key("a.txt").send().await.unwrap();
+    assert_eq!(body_bytes(got).await, b"from the source");
+    assert_eq!(gets_of(&moto, "/source/a.txt"), 1, "the second read went to the source");
     let got = client.get_object().bucket("moving").key("streamed").send().await.unwrap();
     assert_eq!(got.content_length(), Some(5 << 20));
     assert!(body_bytes(got).await == streamed, "the streamed object's bytes");
@@ -262,4 +286,40 @@ async fn write_through_reaches_the_source_and_a_refusal_is_an_error() {
     assert_eq!(code, 0, "{out}{err}");
     let got = client.get_object().bucket("both").key("late").send().await.unwrap();
     assert_eq!(body_bytes(got).await, b"late");
+}
+
+/// The source dies in the middle of a read-through: the client's read fails and no partial
+/// object is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_failing_midway_leaves_no_object_behind() {
+    let moto = Moto::start();
+    let source = meridian_s3_client::client(&moto.s3_endpoint(), "test").unwrap();
+    source.create_bucket().bucket("source").send().await.unwrap();
+    // Far more than the socket buffers between moto, the node and the client hold.
+    put(&source, "source", "huge", pattern(32 << 20, 4)).await;
+    let node = Server::start();
+    let client = node.client();
+    client.create_bucket().bucket("cut").send().await.unwrap();
+    shadow(&node, &moto, "cut", false);
+
+    let mut got = client.get_object().bucket("cut").key("huge").send().await.unwrap();
+    let first = got.body.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(moto);
+    let mut received = first.len();
+    let broke = loop {
+        match got.body.next().await {
+            Some(Ok(chunk)) => received += chunk.len(),
+            Some(Err(_)) => break true,
+            None => break false,
+        }
+    };
+    assert!(broke || received < 32 << 20, "the read did not fail though the source died");
+
+    let err = client.head_object().bucket("cut").key("huge").send().await.unwrap_err();
+    assert_eq!(error_status(&err), 503, "a partial object was stored");
+    let (code, out, err) = admin(&node, &["bucket", "shadow", "cut", "--remove"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let err = client.head_object().bucket("cut").key("huge").send().await.unwrap_err();
+    assert_eq!(error_status(&err), 404, "a partial object was stored");
 }
