@@ -322,11 +322,12 @@ impl Engine {
             return deleted.map(drop).map_err(|e| source.fail("a write-through DELETE", e));
         };
         let (body, _) = self.open_body(&current, None, Reading::Plain(None)).await?;
-        let (mut tx, rx) = futures::channel::mpsc::channel::<Result<http_body::Frame<Bytes>, BodyError>>(TEE_DEPTH);
+        // Through a channel: the SDK wants a body it can share between threads.
+        let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, BodyError>>(TEE_DEPTH);
         tokio::spawn(async move {
             let mut body = body;
             while let Some(chunk) = body.next().await {
-                if tx.send(chunk.map(http_body::Frame::data)).await.is_err() {
+                if tx.send(chunk).await.is_err() {
                     return;
                 }
             }
@@ -344,7 +345,7 @@ impl Engine {
             .set_content_language(headers.content_language.clone())
             .set_cache_control(headers.cache_control.clone())
             .set_metadata(Some(metadata))
-            .body(ByteStream::from_body_1_x(http_body_util::StreamBody::new(rx)))
+            .body(meridian_s3_client::streamed_body(rx))
             .send()
             .await
             .map(drop)
