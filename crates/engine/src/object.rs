@@ -368,18 +368,19 @@ impl Engine {
         bucket: Option<(BucketRecord, Revision)>,
         req: PutRequest,
     ) -> EngineResult<PutOutcome> {
-        let (name, key) = (req.bucket.clone(), req.key.clone());
-        let outcome = self.put_object_guarded(bucket, req, |_| {}).await?;
-        self.write_through(&name, &key).await?;
+        let (name, key, mut shadow) = (req.bucket.clone(), req.key.clone(), None);
+        let outcome = self.put_object_guarded(bucket, req, |record, _| shadow = record.shadow.clone()).await?;
+        self.write_through(shadow.as_ref(), &name, &key).await?;
         Ok(outcome)
     }
 
-    /// [`Engine::put_object_in`] without write-through, with `guard` adding to the commit.
+    /// [`Engine::put_object_in`] without write-through, with `guard` seeing the bucket and
+    /// adding to the commit.
     pub(crate) async fn put_object_guarded(
         &self,
         bucket: Option<(BucketRecord, Revision)>,
         req: PutRequest,
-        guard: impl FnOnce(&mut ExtraTxn),
+        guard: impl FnOnce(&BucketRecord, &mut ExtraTxn),
     ) -> EngineResult<PutOutcome> {
         validate_key(&req.key)?;
         req.headers.validate()?;
@@ -406,7 +407,7 @@ impl Engine {
         extra.ops.extend(self.repair_op(&req.bucket, &req.key, &bucket, &record).await?);
         let event = if req.form_upload { EventKind::Post } else { EventKind::Put };
         extra.notify(&req.bucket, &bucket, &req.key, event, &record);
-        guard(&mut extra);
+        guard(&bucket, &mut extra);
         let (revision, version) =
             self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, extra).await?;
         let record = ObjectRecord { version, ..record };
@@ -696,9 +697,9 @@ impl Engine {
         conditions: &WriteConditions,
     ) -> EngineResult<DeleteOutcome> {
         validate_key(key)?;
-        self.shadow_before_delete(bucket, key).await?;
+        let shadow = self.shadow_before_delete(bucket, key).await?;
         let deleted = self.delete_object_here(bucket, key, conditions).await?;
-        self.write_through(bucket, key).await?;
+        self.write_through(shadow.as_ref(), bucket, key).await?;
         Ok(deleted)
     }
 
@@ -852,7 +853,7 @@ impl Engine {
         let (revision, version) =
             self.commit_object(&req.dst_bucket, &req.dst_key, &record, inline, &req.conditions, extra).await?;
         let record = ObjectRecord { version, ..record };
-        self.write_through(&req.dst_bucket, &req.dst_key).await?;
+        self.write_through(dst_bucket.shadow.as_ref(), &req.dst_bucket, &req.dst_key).await?;
         Ok(CopyOutcome { etag: record.etag.clone(), modified_ms: record.modified_ms, revision, record })
     }
 

@@ -227,11 +227,13 @@ impl Engine {
     /// Before a delete in a shadowing bucket: records that the key is gone, so that the
     /// source's copy does not show through once the local one is deleted. Written before the
     /// delete, so a crash between the two leaves the local object (which wins) and the mark.
-    pub(crate) async fn shadow_before_delete(&self, bucket: &str, key: &str) -> EngineResult<()> {
-        if self.shadow_of(bucket).await?.is_some() {
+    /// Returns the bucket's shadow source, for [`Engine::write_through`] after the delete.
+    pub(crate) async fn shadow_before_delete(&self, bucket: &str, key: &str) -> EngineResult<Option<ShadowSource>> {
+        let source = self.shadow_of(bucket).await?;
+        if source.is_some() {
             self.meta().txn(Txn::new().then(Op::put(keys::shadow_tombstone(bucket, key), Bytes::new()))).await?;
         }
-        Ok(())
+        Ok(source)
     }
 
     /// A read of a key missing here: from the bucket's source, if it has one and the key was
@@ -294,7 +296,7 @@ impl Engine {
             form_upload: false,
         };
         let (bucket, key) = (bucket.to_string(), key.to_string());
-        self.put_object_guarded(None, req, move |extra| {
+        self.put_object_guarded(None, req, move |_, extra| {
             extra.compares.push(Compare::absent(keys::shadow_tombstone(&bucket, &key)));
             extra.still_valid = Some(Box::new(move |engine: &Engine| {
                 let (bucket, key) = (bucket.clone(), key.clone());
@@ -313,8 +315,9 @@ impl Engine {
     /// After a write or delete of `key` committed here: with write-through on, makes the
     /// source's copy the same (the object's bytes and headers, or no object). A refusal is an
     /// error for the caller; the local change stands (decision 062).
-    pub(crate) async fn write_through(&self, bucket: &str, key: &str) -> EngineResult<()> {
-        let Some(source) = self.shadow_of(bucket).await?.filter(|s| s.write_through) else { return Ok(()) };
+    /// `source` is the bucket's shadow as the write read it.
+    pub(crate) async fn write_through(&self, source: Option<&ShadowSource>, bucket: &str, key: &str) -> EngineResult<()> {
+        let Some(source) = source.filter(|s| s.write_through) else { return Ok(()) };
         let client = source.client()?;
         let current = self.read_current(bucket, key).await?.filter(|c| c.is_visible(now_ms()));
         let Some(current) = current else {
