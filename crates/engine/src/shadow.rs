@@ -246,7 +246,11 @@ impl Engine {
         }
         let Some(found) = source.get(&req.key).await? else { return Err(EngineError::NoSuchKey) };
         if !with_body || req.range.is_some() || req.part_number.is_some() {
-            self.fill(&req.bucket, &req.key, found, None).await?;
+            match self.fill(&req.bucket, &req.key, found, None).await {
+                // A PUT here won the race: read it.
+                Ok(()) | Err(EngineError::PreconditionFailed) => {}
+                Err(e) => return Err(e),
+            }
             return Box::pin(self.read_object(req, with_body)).await;
         }
         let record = source_record(&found);
