@@ -320,7 +320,12 @@ impl Engine {
     /// source's copy the same (the object's bytes and headers, or no object). A refusal is an
     /// error for the caller; the local change stands (decision 062).
     /// `source` is the bucket's shadow as the write read it.
-    pub(crate) async fn write_through(&self, source: Option<&ShadowSource>, bucket: &str, key: &str) -> EngineResult<()> {
+    pub(crate) async fn write_through(
+        &self,
+        source: Option<&ShadowSource>,
+        bucket: &str,
+        key: &str,
+    ) -> EngineResult<()> {
         let Some(source) = source.filter(|s| s.write_through) else { return Ok(()) };
         let client = source.client()?;
         let current = self.read_current(bucket, key).await?.filter(|c| c.is_visible(now_ms()));

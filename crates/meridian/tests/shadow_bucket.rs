@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -18,17 +18,23 @@ use meridian_s3_client::testing::Moto;
 
 const SOURCE_SECRET: &str = "moto-secret-key";
 
-/// Shadows `bucket` of the node with moto's `source` bucket; the secret goes by environment
-/// and must not come back in the answer or any output.
-fn shadow(node: &Server, moto: &Moto, bucket: &str, write_through: bool) {
+/// `meridian admin bucket shadow BUCKET` onto moto's bucket `source_bucket`, the secret given
+/// by environment.
+fn shadow_command(node: &Server, moto: &Moto, bucket: &str, source_bucket: &str, write_through: bool) -> Output {
     let mut cmd = Command::new(binary());
     cmd.args(["admin", "--url", &node.admin_url, "--token", ADMIN_TOKEN, "bucket", "shadow", bucket])
-        .args(["--endpoint", &moto.endpoint, "--source-bucket", "source", "--access-key", "moto-access-key"])
+        .args(["--endpoint", &moto.endpoint, "--source-bucket", source_bucket, "--access-key", "moto-access-key"])
         .env("MERIDIAN_SHADOW_SECRET_KEY", SOURCE_SECRET);
     if write_through {
         cmd.arg("--write-through");
     }
-    let done = run_with_timeout(&mut cmd, Duration::from_secs(30));
+    run_with_timeout(&mut cmd, Duration::from_secs(30))
+}
+
+/// Shadows `bucket` of the node with moto's `source` bucket; the secret must not come back in
+/// the answer or any output.
+fn shadow(node: &Server, moto: &Moto, bucket: &str, write_through: bool) {
+    let done = shadow_command(node, moto, bucket, "source", write_through);
     let (out, err) = (String::from_utf8_lossy(&done.stdout), String::from_utf8_lossy(&done.stderr));
     assert!(done.status.success(), "admin bucket shadow failed: {out}{err}");
     assert!(out.contains("now shadows"), "{out}");
@@ -230,6 +236,10 @@ async fn write_through_reaches_the_source_and_a_refusal_is_an_error() {
     let node = Server::start();
     let client = node.client();
     client.create_bucket().bucket("both").send().await.unwrap();
+    // A source bucket that does not exist is refused at once, naming the source.
+    let refused = shadow_command(&node, &moto, "both", "no-such-bucket", true);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("shadow source") && err.contains("no-such-bucket"), "{err}");
     shadow(&node, &moto, "both", true);
 
     client
