@@ -792,7 +792,7 @@ impl Engine {
         validate_key(&req.dst_key)?;
         let source = match &req.src_version_id {
             Some(id) => self.read_version(&req.src_bucket, &req.src_key, id).await?,
-            None => self.read_visible(&req.src_bucket, &req.src_key, Consistency::Strong).await?,
+            None => self.read_visible_through(&req.src_bucket, &req.src_key).await?,
         };
         req.source_conditions.check_copy_source(&source.record)?;
         let unchanged = req.replace_headers.is_none() && req.replace_tags.is_none();

@@ -22,7 +22,7 @@ use crate::conditions::{ETagMatch, WriteConditions};
 use crate::error::{EngineError, EngineResult};
 use crate::ingest::{Body, BodyError, Integrity};
 use crate::list::{ListPage, ListRequest, ListedObject, common_prefix};
-use crate::object::{GetOutcome, GetRequest, PutRequest, Reading};
+use crate::object::{Current, GetOutcome, GetRequest, PutRequest, Reading};
 use crate::record::{DataLayout, ObjectHeaders, ObjectRecord};
 use crate::{Consistency, Engine, keys, now_ms};
 
@@ -240,17 +240,9 @@ impl Engine {
     /// not deleted here. A whole GET streams the source's bytes to the client while storing
     /// them; HEAD, ranges and parts store the object first and then read it here.
     pub(crate) async fn read_through(&self, req: GetRequest, with_body: bool) -> EngineResult<GetOutcome> {
-        let Some(source) = self.shadow_of(&req.bucket).await? else { return Err(EngineError::NoSuchKey) };
-        if self.is_tombstoned(&req.bucket, &req.key).await? {
-            return Err(EngineError::NoSuchKey);
-        }
-        let Some(found) = source.get(&req.key).await? else { return Err(EngineError::NoSuchKey) };
+        let Some(found) = self.source_object(&req.bucket, &req.key).await? else { return Err(EngineError::NoSuchKey) };
         if !with_body || req.range.is_some() || req.part_number.is_some() {
-            match self.fill(&req.bucket, &req.key, found, None).await {
-                // A PUT here won the race: read it.
-                Ok(()) | Err(EngineError::PreconditionFailed) => {}
-                Err(e) => return Err(e),
-            }
+            self.store_source_object(&req.bucket, &req.key, found).await?;
             return Box::pin(self.read_object(req, with_body)).await;
         }
         let record = source_record(&found);
@@ -272,6 +264,38 @@ impl Engine {
         });
         req.conditions.check_read(&record)?;
         Ok(GetOutcome { record, revision: 0, body: Box::pin(rx), range: None, parts_count: None, source: None })
+    }
+
+    /// The source of a copy: when missing here, the shadow source's object, stored first.
+    pub(crate) async fn read_visible_through(&self, bucket: &str, key: &str) -> EngineResult<Current> {
+        match self.read_visible(bucket, key, Consistency::Strong).await {
+            Err(EngineError::NoSuchKey) => match self.source_object(bucket, key).await? {
+                Some(found) => {
+                    self.store_source_object(bucket, key, found).await?;
+                    self.read_visible(bucket, key, Consistency::Strong).await
+                }
+                None => Err(EngineError::NoSuchKey),
+            },
+            found => found,
+        }
+    }
+
+    /// The source's object at `key` when `bucket` shadows one and the key was not deleted here.
+    async fn source_object(&self, bucket: &str, key: &str) -> EngineResult<Option<GetObjectOutput>> {
+        let Some(source) = self.shadow_of(bucket).await? else { return Ok(None) };
+        if self.is_tombstoned(bucket, key).await? {
+            return Ok(None);
+        }
+        source.get(key).await
+    }
+
+    /// Stores a source object before it is read here.
+    async fn store_source_object(&self, bucket: &str, key: &str, found: GetObjectOutput) -> EngineResult<()> {
+        match self.fill(bucket, key, found, None).await {
+            // A PUT here won the race: it is what is read.
+            Ok(()) | Err(EngineError::PreconditionFailed) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Stores what the source answered through the put path (so a failure leaves nothing

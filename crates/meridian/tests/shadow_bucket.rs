@@ -141,7 +141,7 @@ async fn shadow_bucket_reads_through_once_merges_listings_and_keeps_deletes() {
     let (big, streamed) = (pattern(3 << 20, 1), pattern(5 << 20, 2));
     put(&source, "source", "big", big.clone()).await;
     put(&source, "source", "streamed", streamed.clone()).await;
-    for key in ["dir/b", "dir/c", "dir/sub/d", "gone", "p/0", "p/1", "p/2", "p/3", "p/4"] {
+    for key in ["copy-me", "dir/b", "dir/c", "dir/sub/d", "gone", "p/0", "p/1", "p/2", "p/3", "p/4"] {
         put(&source, "source", key, key.as_bytes().to_vec()).await;
     }
 
@@ -174,6 +174,8 @@ async fn shadow_bucket_reads_through_once_merges_listings_and_keeps_deletes() {
     assert_eq!(body_bytes(ranged).await, &big[1000..2000]);
     let head = client.head_object().bucket("moving").key("dir/b").send().await.unwrap();
     assert_eq!(head.content_length(), Some(5));
+    // A copy whose source key is only in the source.
+    client.copy_object().bucket("moving").key("copied").copy_source("moving/copy-me").send().await.unwrap();
     // Local wins over the source.
     let got = client.get_object().bucket("moving").key("p/2").send().await.unwrap();
     assert_eq!(body_bytes(got).await, b"newer here");
@@ -187,13 +189,27 @@ async fn shadow_bucket_reads_through_once_merges_listings_and_keeps_deletes() {
     }
 
     // Listings merge both sides, page by page (2 entries a page), without the deleted keys.
-    let every: Vec<&str> =
-        vec!["a.txt", "big", "dir/c", "dir/local", "dir/sub/d", "p/0", "p/1", "p/2", "p/3", "p/4", "streamed"];
+    let every: Vec<&str> = vec![
+        "a.txt",
+        "big",
+        "copied",
+        "copy-me",
+        "dir/c",
+        "dir/local",
+        "dir/sub/d",
+        "p/0",
+        "p/1",
+        "p/2",
+        "p/3",
+        "p/4",
+        "streamed",
+    ];
     for v1 in [false, true] {
         assert_eq!(list_all(&client, "moving", "", None, v1).await, every, "v1={v1}");
         let rolled = list_all(&client, "moving", "", Some("/"), v1).await;
         let rolled: BTreeSet<String> = rolled.into_iter().collect();
-        let expected: BTreeSet<String> = ["a.txt", "big", "streamed", "dir/", "p/"].map(String::from).into();
+        let expected: BTreeSet<String> =
+            ["a.txt", "big", "copied", "copy-me", "streamed", "dir/", "p/"].map(String::from).into();
         assert_eq!(rolled, expected, "v1={v1}");
         let dir = list_all(&client, "moving", "dir/", Some("/"), v1).await;
         assert_eq!(
@@ -223,7 +239,9 @@ async fn shadow_bucket_reads_through_once_merges_listings_and_keeps_deletes() {
     let err = client.get_object().bucket("moving").key("dir/c").send().await.unwrap_err();
     assert_eq!(error_status(&err), 404);
     let local = list_all(&client, "moving", "", None, false).await;
-    assert_eq!(local, ["a.txt", "big", "dir/local", "p/2", "streamed"]);
+    assert_eq!(local, ["a.txt", "big", "copied", "copy-me", "dir/local", "p/2", "streamed"]);
+    let got = client.get_object().bucket("moving").key("copied").send().await.unwrap();
+    assert_eq!(body_bytes(got).await, b"copy-me");
     assert!(!admin_ok(&node, &["bucket", "list"]).to_string().contains("moto-access-key"));
 }
 
