@@ -13,7 +13,7 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use common::admin::{admin, admin_ok};
-use common::{ADMIN_TOKEN, Server, binary, body_bytes, error_status, pattern, raw, run_with_timeout};
+use common::{ADMIN_TOKEN, Server, binary, body_bytes, cluster_args, error_status, pattern, raw, run_with_timeout};
 use meridian_s3_client::testing::Moto;
 
 const SOURCE_SECRET: &str = "moto-secret-key";
@@ -350,4 +350,41 @@ async fn a_source_failing_midway_leaves_no_object_behind() {
     assert_eq!(code, 0, "{out}{err}");
     let err = client.head_object().bucket("cut").key("huge").send().await.unwrap_err();
     assert_eq!(error_status(&err), 404, "a partial object was stored");
+}
+
+/// Two nodes on one etcd: a shadow set through one is used by the other, and so are its
+/// tombstones and its removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_of_a_cluster_uses_the_shadow() {
+    let moto = Moto::start();
+    let source = meridian_s3_client::client(&moto.s3_endpoint(), "test").unwrap();
+    source.create_bucket().bucket("source").send().await.unwrap();
+    for key in ["read", "gone", "never"] {
+        put(&source, "source", key, key.as_bytes().to_vec()).await;
+    }
+    let etcd = meridian_meta_etcd::testing::EtcdCluster::builder(1).start();
+    let tmp = tempfile::tempdir().unwrap();
+    let args = cluster_args(&etcd.client_endpoints().join(","), "region-a");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let start = |name: &str| Server::start_in(&tmp.path().join(name), &args, None, None);
+    let (a, b) = (start("a"), start("b"));
+    a.client().create_bucket().bucket("shared").send().await.unwrap();
+    shadow(&a, &moto, "shared", false);
+    start_recording(&moto);
+
+    let got = b.client().get_object().bucket("shared").key("read").send().await.unwrap();
+    assert_eq!(body_bytes(got).await, b"read");
+    let got = a.client().get_object().bucket("shared").key("read").send().await.unwrap();
+    assert_eq!(body_bytes(got).await, b"read");
+    assert_eq!(gets_of(&moto, "/source/read"), 1, "one read at the source for reads through both nodes");
+
+    a.client().delete_object().bucket("shared").key("gone").send().await.unwrap();
+    let err = b.client().get_object().bucket("shared").key("gone").send().await.unwrap_err();
+    assert_eq!(error_status(&err), 404, "a key deleted through A came back through B");
+
+    let (code, out, err) = admin(&b, &["bucket", "shadow", "shared", "--remove"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let err = a.client().get_object().bucket("shared").key("never").send().await.unwrap_err();
+    assert_eq!(error_status(&err), 404);
+    assert_eq!(gets_of(&moto, "/source/never"), 0);
 }
