@@ -351,6 +351,15 @@ impl Engine {
         key: &str,
     ) -> EngineResult<()> {
         let Some(source) = source.filter(|s| s.write_through) else { return Ok(()) };
+        let mirrored = self.mirror(source, bucket, key).await;
+        if let Err(e) = &mirrored {
+            tracing::warn!(bucket, key, error = %e, "write-through to the shadow source failed; the change here stands");
+        }
+        mirrored
+    }
+
+    /// Makes the source's `key` what it is here: the object's bytes and headers, or none.
+    async fn mirror(&self, source: &ShadowSource, bucket: &str, key: &str) -> EngineResult<()> {
         let client = source.client()?;
         let current = self.read_current(bucket, key).await?.filter(|c| c.is_visible(now_ms()));
         let Some(current) = current else {
