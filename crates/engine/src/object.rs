@@ -697,10 +697,7 @@ impl Engine {
         conditions: &WriteConditions,
     ) -> EngineResult<DeleteOutcome> {
         validate_key(key)?;
-        let shadow = self.shadow_before_delete(bucket, key).await?;
-        let deleted = self.delete_object_here(bucket, key, conditions).await?;
-        self.write_through(shadow.as_ref(), bucket, key).await?;
-        Ok(deleted)
+        self.delete_with_tombstone(bucket, key, self.delete_object_here(bucket, key, conditions)).await
     }
 
     async fn delete_object_here(

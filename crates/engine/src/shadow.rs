@@ -6,7 +6,7 @@
 //! the source after they commit here. Removing the shadow ends all of it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -149,21 +149,40 @@ fn md5_of_etag(etag: &str) -> Option<String> {
     Some(base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
-/// The source's bytes as a body for the put path, each chunk also sent to `client` while it
-/// listens (a client that goes away does not stop the copy).
-fn tee_body(source: ByteStream, client: Option<futures::channel::mpsc::Sender<Result<Bytes, BodyError>>>) -> Body {
-    Box::pin(futures::stream::unfold((source, client), |(mut source, mut client)| async move {
-        let item = match source.next().await? {
-            Ok(chunk) => Ok(chunk),
-            Err(e) => Err(format!("the shadow source broke off: {}", chain(&e))),
-        };
-        if let Some(tx) = &mut client {
-            let copy = item.clone().map_err(|e| BodyError::from(e.clone()));
-            if tx.send(copy).await.is_err() {
-                client = None;
+/// Where a read-through's client gets the bytes: all but the last chunk as they are stored;
+/// the last one (`held`) once the copy is committed, so that a client that stops reading at
+/// Content-Length has its copy stored when its read ends.
+struct ClientTee {
+    tx: futures::channel::mpsc::Sender<Result<Bytes, BodyError>>,
+    held: Arc<Mutex<Option<Bytes>>>,
+}
+
+/// The source's bytes as a body for the put path, each chunk but the last also sent to the
+/// client while it listens (a client that goes away does not stop the copy).
+fn tee_body(source: ByteStream, client: Option<ClientTee>) -> Body {
+    let state = (source, client, None::<Bytes>);
+    Box::pin(futures::stream::unfold(state, |(mut source, mut client, pending)| async move {
+        let item = match source.next().await {
+            None => {
+                if let (Some(tee), Some(last)) = (&client, pending) {
+                    *tee.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
+                }
+                return None;
             }
+            Some(Ok(chunk)) => Ok(chunk),
+            Some(Err(e)) => Err(format!("the shadow source broke off: {}", chain(&e))),
+        };
+        let send = match &item {
+            Ok(_) => pending.map(Ok),
+            Err(e) => Some(Err(BodyError::from(e.clone()))),
+        };
+        if let (Some(tee), Some(send)) = (&mut client, send)
+            && tee.tx.send(send).await.is_err()
+        {
+            client = None;
         }
-        Some((item.map_err(BodyError::from), (source, client)))
+        let pending = item.as_ref().ok().filter(|_| client.is_some()).cloned();
+        Some((item.map_err(BodyError::from), (source, client, pending)))
     }))
 }
 
@@ -224,16 +243,32 @@ impl Engine {
         Ok(self.meta().get(&keys::shadow_tombstone(bucket, key)).await?.is_some())
     }
 
-    /// Before a delete in a shadowing bucket: records that the key is gone, so that the
-    /// source's copy does not show through once the local one is deleted. Written before the
-    /// delete, so a crash between the two leaves the local object (which wins) and the mark.
-    /// Returns the bucket's shadow source, for [`Engine::write_through`] after the delete.
-    pub(crate) async fn shadow_before_delete(&self, bucket: &str, key: &str) -> EngineResult<Option<ShadowSource>> {
-        let source = self.shadow_of(bucket).await?;
-        if source.is_some() {
-            self.meta().txn(Txn::new().then(Op::put(keys::shadow_tombstone(bucket, key), Bytes::new()))).await?;
-        }
-        Ok(source)
+    /// A delete (`delete`, not yet started) in a bucket that may shadow another: first records
+    /// a tombstone, so that the source's copy does not show through once the local one is gone
+    /// (written before the delete, so a read-through racing it cannot store the key after it;
+    /// a crash between the two leaves the local object, which wins, and the mark), then writes
+    /// the delete through. A delete that fails takes back the tombstone it made.
+    pub(crate) async fn delete_with_tombstone(
+        &self,
+        bucket: &str,
+        key: &str,
+        delete: impl std::future::Future<Output = EngineResult<crate::DeleteOutcome>>,
+    ) -> EngineResult<crate::DeleteOutcome> {
+        let Some(source) = self.shadow_of(bucket).await? else { return delete.await };
+        let mark = keys::shadow_tombstone(bucket, key);
+        let new = Txn::new().when(Compare::absent(mark.clone())).then(Op::put(mark.clone(), Bytes::new()));
+        let made = self.meta().txn(new).await?.succeeded;
+        let deleted = match delete.await {
+            Ok(deleted) => deleted,
+            Err(e) => {
+                if made {
+                    self.meta().txn(Txn::new().then(Op::delete(mark))).await?;
+                }
+                return Err(e);
+            }
+        };
+        self.write_through(Some(&source), bucket, key).await?;
+        Ok(deleted)
     }
 
     /// A read of a key missing here: from the bucket's source, if it has one and the key was
@@ -250,16 +285,22 @@ impl Engine {
         let engine = self.clone();
         let (bucket, key) = (req.bucket.clone(), req.key.clone());
         tokio::spawn(async move {
-            // The client's body ends only once the copy is committed (or failed: then with an
-            // error), so its next read is local.
+            // The client's last bytes go once the copy is committed (or failed: then an error
+            // instead), so its next read is local.
+            let held = Arc::new(Mutex::new(None));
             let mut last = tx.clone();
-            match engine.fill(&bucket, &key, found, Some(tx)).await {
+            let tail = match engine.fill(&bucket, &key, found, Some(ClientTee { tx, held: held.clone() })).await {
                 // Written or deleted here meanwhile: what was sent was the source's object.
-                Ok(()) | Err(EngineError::PreconditionFailed | EngineError::NoSuchKey) => {}
+                Ok(()) | Err(EngineError::PreconditionFailed | EngineError::NoSuchKey) => {
+                    held.lock().unwrap_or_else(|p| p.into_inner()).take().map(Ok)
+                }
                 Err(e) => {
                     tracing::warn!(bucket, key, error = %e, "could not store an object read from the shadow source");
-                    let _ = last.send(Err(BodyError::from(format!("storing the object failed: {e}")))).await;
+                    Some(Err(BodyError::from(format!("storing the object failed: {e}"))))
                 }
+            };
+            if let Some(tail) = tail {
+                let _ = last.send(tail).await;
             }
         });
         req.conditions.check_read(&record)?;
@@ -305,7 +346,7 @@ impl Engine {
         bucket: &str,
         key: &str,
         found: GetObjectOutput,
-        client: Option<futures::channel::mpsc::Sender<Result<Bytes, BodyError>>>,
+        client: Option<ClientTee>,
     ) -> EngineResult<()> {
         let record = source_record(&found);
         let req = PutRequest {

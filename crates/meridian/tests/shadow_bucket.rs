@@ -187,6 +187,12 @@ async fn shadow_bucket_reads_through_once_merges_listings_and_keeps_deletes() {
         let err = client.get_object().bucket("moving").key(key).send().await.unwrap_err();
         assert_eq!(error_status(&err), 404, "{key} came back from the source after its delete");
     }
+    // A conditional delete that fails (its condition is checked against this bucket, where the
+    // key is not) hides nothing.
+    let refused = client.delete_object().bucket("moving").key("p/3").if_match("\"not-its-etag\"").send().await;
+    assert_eq!(error_status(&refused.unwrap_err()), 404);
+    let got = client.get_object().bucket("moving").key("p/3").send().await.unwrap();
+    assert_eq!(body_bytes(got).await, b"p/3");
 
     // Listings merge both sides, page by page (2 entries a page), without the deleted keys.
     let every: Vec<&str> = vec![
@@ -239,7 +245,7 @@ async fn shadow_bucket_reads_through_once_merges_listings_and_keeps_deletes() {
     let err = client.get_object().bucket("moving").key("dir/c").send().await.unwrap_err();
     assert_eq!(error_status(&err), 404);
     let local = list_all(&client, "moving", "", None, false).await;
-    assert_eq!(local, ["a.txt", "big", "copied", "copy-me", "dir/local", "p/2", "streamed"]);
+    assert_eq!(local, ["a.txt", "big", "copied", "copy-me", "dir/local", "p/2", "p/3", "streamed"]);
     let got = client.get_object().bucket("moving").key("copied").send().await.unwrap();
     assert_eq!(body_bytes(got).await, b"copy-me");
     assert!(!admin_ok(&node, &["bucket", "list"]).to_string().contains("moto-access-key"));
