@@ -405,6 +405,12 @@ async fn execute(command: &AdminCommand, args: &AdminConnection) -> Result<(Valu
                     b["public_read"].as_bool().unwrap_or(false),
                     grants.join(" ")
                 ));
+                if let Some(shadow) = b["shadow"].as_object() {
+                    let field = |name: &str| shadow.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
+                    let through = shadow.get("write_through").and_then(Value::as_bool).unwrap_or(false);
+                    let mode = if through { "write-through" } else { "read-through" };
+                    text.push_str(&format!("  (shadows {}/{}, {mode})", field("endpoint"), field("bucket")));
+                }
             }
             (v, text)
         }

@@ -38,9 +38,11 @@ fn shadow(node: &Server, moto: &Moto, bucket: &str, write_through: bool) {
     let (out, err) = (String::from_utf8_lossy(&done.stdout), String::from_utf8_lossy(&done.stderr));
     assert!(done.status.success(), "admin bucket shadow failed: {out}{err}");
     assert!(out.contains("now shadows"), "{out}");
+    let (code, table, _) = admin(node, &["bucket", "list"]);
+    assert!(code == 0 && table.contains(&format!("(shadows {}/source", moto.endpoint)), "{table}");
     let listed = admin_ok(node, &["bucket", "list"]).to_string();
     assert!(listed.contains("moto-access-key") && listed.contains("\"write_through\""), "{listed}");
-    for text in [&out.to_string(), &err.to_string(), &listed] {
+    for text in [&out.to_string(), &err.to_string(), &table, &listed] {
         assert!(!text.contains(SOURCE_SECRET), "the source's secret was shown: {text}");
     }
 }
