@@ -149,19 +149,30 @@ fn md5_of_etag(etag: &str) -> Option<String> {
     Some(base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
-/// Where a read-through's client gets the bytes: all but the last chunk as they are stored;
-/// the last one (`held`) once the copy is committed, so that a client that stops reading at
-/// Content-Length has its copy stored when its read ends.
+/// Where a read-through's client gets the bytes: those of `range` (inclusive) as they are
+/// stored, but for the last piece (`held`), which goes once the copy is committed, so that a
+/// client that stops reading at Content-Length has its copy stored when its read ends.
 struct ClientTee {
     tx: futures::channel::mpsc::Sender<Result<Bytes, BodyError>>,
+    range: (u64, u64),
     held: Arc<Mutex<Option<Bytes>>>,
 }
 
-/// The source's bytes as a body for the put path, each chunk but the last also sent to the
+impl ClientTee {
+    /// The part of `chunk`, found at `offset` in the object, that the client asked for.
+    fn wanted(&self, chunk: &Bytes, offset: u64) -> Option<Bytes> {
+        let (first, last) = self.range;
+        let start = first.max(offset) - offset;
+        let end = (last + 1).min(offset + chunk.len() as u64).saturating_sub(offset);
+        (start < end).then(|| chunk.slice(start as usize..end as usize))
+    }
+}
+
+/// The source's bytes as a body for the put path, the client's range of them also sent to the
 /// client while it listens (a client that goes away does not stop the copy).
 fn tee_body(source: ByteStream, client: Option<ClientTee>) -> Body {
-    let state = (source, client, None::<Bytes>);
-    Box::pin(futures::stream::unfold(state, |(mut source, mut client, pending)| async move {
+    let state = (source, client, None::<Bytes>, 0u64);
+    Box::pin(futures::stream::unfold(state, |(mut source, mut client, pending, offset)| async move {
         let item = match source.next().await {
             None => {
                 if let (Some(tee), Some(last)) = (&client, pending) {
@@ -172,8 +183,12 @@ fn tee_body(source: ByteStream, client: Option<ClientTee>) -> Body {
             Some(Ok(chunk)) => Ok(chunk),
             Some(Err(e)) => Err(format!("the shadow source broke off: {}", chain(&e))),
         };
+        let wanted = match (&item, &client) {
+            (Ok(chunk), Some(tee)) => tee.wanted(chunk, offset),
+            _ => None,
+        };
         let send = match &item {
-            Ok(_) => pending.map(Ok),
+            Ok(_) => wanted.as_ref().and(pending.clone()).map(Ok),
             Err(e) => Some(Err(BodyError::from(e.clone()))),
         };
         if let (Some(tee), Some(send)) = (&mut client, send)
@@ -181,8 +196,9 @@ fn tee_body(source: ByteStream, client: Option<ClientTee>) -> Body {
         {
             client = None;
         }
-        let pending = item.as_ref().ok().filter(|_| client.is_some()).cloned();
-        Some((item.map_err(BodyError::from), (source, client, pending)))
+        let pending = if wanted.is_some() { wanted } else { pending }.filter(|_| client.is_some());
+        let offset = offset + item.as_ref().map_or(0, |chunk| chunk.len() as u64);
+        Some((item.map_err(BodyError::from), (source, client, pending, offset)))
     }))
 }
 
@@ -272,15 +288,18 @@ impl Engine {
     }
 
     /// A read of a key missing here: from the bucket's source, if it has one and the key was
-    /// not deleted here. A whole GET streams the source's bytes to the client while storing
-    /// them; HEAD, ranges and parts store the object first and then read it here.
+    /// not deleted here. A GET (of a range too) streams the source's bytes to the client while
+    /// storing the whole object; HEAD and part reads store the object first and then read it
+    /// here.
     pub(crate) async fn read_through(&self, req: GetRequest, with_body: bool) -> EngineResult<GetOutcome> {
         let Some(found) = self.source_object(&req.bucket, &req.key).await? else { return Err(EngineError::NoSuchKey) };
-        if !with_body || req.range.is_some() || req.part_number.is_some() {
+        if !with_body || req.part_number.is_some() {
             self.store_source_object(&req.bucket, &req.key, found).await?;
             return Box::pin(self.read_object(req, with_body)).await;
         }
         let record = source_record(&found);
+        let range = req.range.map(|r| r.resolve(record.size)).transpose()?;
+        let wanted = range.unwrap_or((0, record.size.saturating_sub(1)));
         let (tx, rx) = futures::channel::mpsc::channel(TEE_DEPTH);
         let engine = self.clone();
         let (bucket, key) = (req.bucket.clone(), req.key.clone());
@@ -289,7 +308,8 @@ impl Engine {
             // instead), so its next read is local.
             let held = Arc::new(Mutex::new(None));
             let mut last = tx.clone();
-            let tail = match engine.fill(&bucket, &key, found, Some(ClientTee { tx, held: held.clone() })).await {
+            let tee = ClientTee { tx, range: wanted, held: held.clone() };
+            let tail = match engine.fill(&bucket, &key, found, Some(tee)).await {
                 // Written or deleted here meanwhile: what was sent was the source's object.
                 Ok(()) | Err(EngineError::PreconditionFailed | EngineError::NoSuchKey) => {
                     held.lock().unwrap_or_else(|p| p.into_inner()).take().map(Ok)
@@ -304,7 +324,7 @@ impl Engine {
             }
         });
         req.conditions.check_read(&record)?;
-        Ok(GetOutcome { record, revision: 0, body: Box::pin(rx), range: None, parts_count: None, source: None })
+        Ok(GetOutcome { record, revision: 0, body: Box::pin(rx), range, parts_count: None, source: None })
     }
 
     /// The source of a copy: when missing here, the shadow source's object, stored first.
@@ -570,6 +590,17 @@ mod tests {
 
     fn keys_of(page: &ListPage) -> Vec<(String, u64)> {
         page.objects.iter().map(|o| (o.key.clone(), o.revision)).collect()
+    }
+
+    #[test]
+    fn a_range_takes_its_bytes_out_of_the_chunks_that_hold_them() {
+        let (tx, _rx) = futures::channel::mpsc::channel(1);
+        let tee = ClientTee { tx, range: (3, 6), held: Arc::default() };
+        let chunk = Bytes::from_static(b"abcd");
+        assert_eq!(tee.wanted(&chunk, 0).as_deref(), Some(&b"d"[..]));
+        assert_eq!(tee.wanted(&chunk, 4).as_deref(), Some(&b"abc"[..]));
+        assert_eq!(tee.wanted(&chunk, 8), None);
+        assert_eq!(tee.wanted(&Bytes::from_static(b"ab"), 0), None);
     }
 
     #[test]

@@ -143,6 +143,8 @@ async fn shadow_bucket_reads_through_once_merges_listings_and_keeps_deletes() {
     let (big, streamed) = (pattern(3 << 20, 1), pattern(5 << 20, 2));
     put(&source, "source", "big", big.clone()).await;
     put(&source, "source", "streamed", streamed.clone()).await;
+    let tail = pattern(1 << 20, 3);
+    put(&source, "source", "tail", tail.clone()).await;
     for key in ["copy-me", "dir/b", "dir/c", "dir/sub/d", "gone", "p/0", "p/1", "p/2", "p/3", "p/4"] {
         put(&source, "source", key, key.as_bytes().to_vec()).await;
     }
@@ -158,8 +160,8 @@ async fn shadow_bucket_reads_through_once_merges_listings_and_keeps_deletes() {
     shadow(&node, &moto, "moving", false);
     start_recording(&moto);
 
-    // First reads come from the source, with its headers; a whole GET streams, HEAD and a range
-    // store the object first.
+    // First reads come from the source, with its headers; GETs (a range too) stream, HEAD
+    // stores the object first.
     let got = client.get_object().bucket("moving").key("a.txt").send().await.unwrap();
     assert_eq!(got.content_type(), Some("text/x-shadow"));
     assert_eq!(got.cache_control(), Some("max-age=77"));
@@ -174,6 +176,9 @@ async fn shadow_bucket_reads_through_once_merges_listings_and_keeps_deletes() {
     assert!(body_bytes(got).await == streamed, "the streamed object's bytes");
     let ranged = client.get_object().bucket("moving").key("big").range("bytes=1000-1999").send().await.unwrap();
     assert_eq!(body_bytes(ranged).await, &big[1000..2000]);
+    let ranged = client.get_object().bucket("moving").key("tail").range("bytes=-10").send().await.unwrap();
+    assert_eq!(ranged.content_range(), Some("bytes 1048566-1048575/1048576"));
+    assert_eq!(body_bytes(ranged).await, &tail[(1 << 20) - 10..]);
     let head = client.head_object().bucket("moving").key("dir/b").send().await.unwrap();
     assert_eq!(head.content_length(), Some(5));
     // A copy whose source key is only in the source.
@@ -211,13 +216,14 @@ async fn shadow_bucket_reads_through_once_merges_listings_and_keeps_deletes() {
         "p/3",
         "p/4",
         "streamed",
+        "tail",
     ];
     for v1 in [false, true] {
         assert_eq!(list_all(&client, "moving", "", None, v1).await, every, "v1={v1}");
         let rolled = list_all(&client, "moving", "", Some("/"), v1).await;
         let rolled: BTreeSet<String> = rolled.into_iter().collect();
         let expected: BTreeSet<String> =
-            ["a.txt", "big", "copied", "copy-me", "streamed", "dir/", "p/"].map(String::from).into();
+            ["a.txt", "big", "copied", "copy-me", "streamed", "tail", "dir/", "p/"].map(String::from).into();
         assert_eq!(rolled, expected, "v1={v1}");
         let dir = list_all(&client, "moving", "dir/", Some("/"), v1).await;
         assert_eq!(
@@ -237,6 +243,8 @@ async fn shadow_bucket_reads_through_once_merges_listings_and_keeps_deletes() {
     assert!(body_bytes(got).await == streamed, "the streamed object's bytes, read again");
     let got = client.get_object().bucket("moving").key("big").send().await.unwrap();
     assert!(body_bytes(got).await == big, "the object stored by a range GET");
+    let got = client.get_object().bucket("moving").key("tail").send().await.unwrap();
+    assert!(body_bytes(got).await == tail, "the object stored by a suffix range GET");
     // A key never read still needs the source, which is down: an error, not a 404.
     let err = client.get_object().bucket("moving").key("dir/c").send().await.unwrap_err();
     assert_eq!(error_status(&err), 503);
@@ -247,7 +255,7 @@ async fn shadow_bucket_reads_through_once_merges_listings_and_keeps_deletes() {
     let err = client.get_object().bucket("moving").key("dir/c").send().await.unwrap_err();
     assert_eq!(error_status(&err), 404);
     let local = list_all(&client, "moving", "", None, false).await;
-    assert_eq!(local, ["a.txt", "big", "copied", "copy-me", "dir/local", "p/2", "p/3", "streamed"]);
+    assert_eq!(local, ["a.txt", "big", "copied", "copy-me", "dir/local", "p/2", "p/3", "streamed", "tail"]);
     let got = client.get_object().bucket("moving").key("copied").send().await.unwrap();
     assert_eq!(body_bytes(got).await, b"copy-me");
     assert!(!admin_ok(&node, &["bucket", "list"]).to_string().contains("moto-access-key"));
