@@ -110,7 +110,13 @@ impl ShadowSource {
     async fn get(&self, key: &str) -> EngineResult<Option<GetObjectOutput>> {
         match self.client()?.get_object().bucket(&self.bucket).key(key).send().await {
             Ok(found) => Ok(Some(found)),
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
+            // A 404 for the key, not for the source's bucket (which is then a broken source).
+            Err(e)
+                if e.raw_response().is_some_and(|r| r.status().as_u16() == 404)
+                    && e.as_service_error().and_then(|e| e.code()) != Some("NoSuchBucket") =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(self.fail("a GET", e)),
         }
     }

@@ -326,6 +326,8 @@ async fn write_through_reaches_the_source_and_a_refusal_is_an_error() {
     source.delete_bucket().bucket("source").send().await.unwrap();
     let refused = client.put_object().bucket("both").key("late").body(ByteStream::from_static(b"late")).send().await;
     assert_eq!(error_status(&refused.unwrap_err()), 503);
+    let err = client.get_object().bucket("both").key("never-here").send().await.unwrap_err();
+    assert_eq!(error_status(&err), 503, "a source without its bucket is broken, not a source without the key");
     let (code, out, err) = admin(&node, &["bucket", "shadow", "both", "--remove"]);
     assert_eq!(code, 0, "{out}{err}");
     let got = client.get_object().bucket("both").key("late").send().await.unwrap();
