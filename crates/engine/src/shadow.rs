@@ -249,7 +249,7 @@ impl Engine {
     }
 
     async fn drop_tombstones(&self, bucket: &str) -> EngineResult<()> {
-        let range = RangeRequest::prefix(keys::shadow_tombstones_prefix(bucket)).limit(256);
+        let range = RangeRequest::prefix(keys::shadow_tombstones_prefix(bucket)).limit(128);
         loop {
             let found = self.meta().range(range.clone()).await?;
             if found.kvs.is_empty() {
