@@ -24,7 +24,7 @@
 //! | `v/<bucket>/<key>` | [`crate::record::VersionHead`] (versioned buckets) | every versioned write, delete and version removal of the key |
 //! | `v/<bucket>/<key>\0<token>` | [`crate::record::VersionRecord`]: one version (or delete marker), newest first | the same transactions |
 //! | `i/<bucket>/<key>\0<token>` | the bytes of a version stored inline | the transaction that writes the version |
-//! | `t/<bucket>/<key>` | empty: the key was deleted in a shadowing bucket, so its source's copy stays hidden ([`crate::shadow`]) | a delete in a shadowing bucket; removing the shadow deletes them all |
+//! | `t/<bucket>/<key>` | empty: the key was deleted in a shadowing bucket, so its source's copy stays hidden ([`crate::shadow`]) | a delete in a shadowing bucket (a KV batch's in its transaction); removing the shadow deletes them all |
 //! | `d/<bucket>/<target>/<ms, 16 hex digits><random, 16 hex digits>` | [`crate::notify::StoredEvent`]: an event notification not yet delivered; its mod revision is the object change's commit revision | the transaction of the object change (put, copy, complete multipart, delete, delete marker); the delivery worker deletes it once the target answered 2xx |
 
 use bytes::Bytes;

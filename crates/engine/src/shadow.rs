@@ -208,6 +208,17 @@ fn tee_body(source: ByteStream, client: Option<ClientTee>) -> Body {
     }))
 }
 
+/// For a delete committed in one transaction with others (a KV batch): the tombstone to write
+/// with it when the bucket shadows a source.
+pub(crate) fn tombstone_of_delete(
+    bucket: &str,
+    record: &crate::record::BucketRecord,
+    key: &str,
+    deleted: bool,
+) -> Option<Op> {
+    (deleted && record.shadow.is_some()).then(|| Op::put(keys::shadow_tombstone(bucket, key), Bytes::new()))
+}
+
 impl Engine {
     /// The bucket's shadow source, if it has one.
     async fn shadow_of(&self, bucket: &str) -> EngineResult<Option<ShadowSource>> {
