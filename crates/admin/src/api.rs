@@ -20,6 +20,8 @@
 //! | `POST /v1/buckets/NAME/allow` | `{"key","read"?,"write"?,"owner"?}` | the bucket |
 //! | `POST /v1/buckets/NAME/deny` | `{"key","read"?,"write"?,"owner"?}` | the bucket |
 //! | `POST /v1/buckets/NAME/public` | `{"read":true}` | the bucket |
+//! | `PUT /v1/buckets/NAME/shadow` | `{"endpoint","bucket","region","access_key","secret_key","write_through"?}` | the bucket (its shadow without the secret) |
+//! | `DELETE /v1/buckets/NAME/shadow` | | the bucket, no longer shadowing |
 //! | `GET /v1/sites` | | the sites stored for the web edge (not those of TOML files) |
 //! | `GET /v1/sites/NAME` | | one stored site |
 //! | `PUT /v1/sites/NAME` | `{"bucket","host"?,"path_prefix"?,"key_prefix"?,"cache_control"?,"index_document"?,"error_document"?,"origin"?}` (`origin`: `{"region":[{"name","edge"?,"instances":[{"id","url"}]}],"pin_seconds"?,"revision_wait_ms"?}`) | the site |
@@ -40,6 +42,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use meridian_engine::health::ReadinessProbe;
 use meridian_engine::iam::{Credential, Grant, KeyRecord};
 use meridian_engine::record::BucketRecord;
+use meridian_engine::shadow::ShadowSource;
 use meridian_engine::website::SiteRecord;
 use meridian_engine::{Engine, EngineError, ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -205,6 +208,25 @@ struct BucketView {
     /// For a fork: `SOURCE@SNAPSHOT`.
     #[serde(skip_serializing_if = "Option::is_none")]
     fork_of: Option<String>,
+    /// The bucket of another S3 service it shadows (never its secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow: Option<ShadowView>,
+}
+
+#[derive(Serialize)]
+struct ShadowView {
+    endpoint: String,
+    bucket: String,
+    region: String,
+    access_key: String,
+    write_through: bool,
+}
+
+impl ShadowView {
+    fn new(source: ShadowSource) -> Self {
+        let ShadowSource { endpoint, bucket, region, access_key, write_through, .. } = source;
+        ShadowView { endpoint, bucket, region, access_key, write_through }
+    }
 }
 
 impl BucketView {
@@ -219,6 +241,7 @@ impl BucketView {
             replicas: record.replicas.unwrap_or(1),
             snapshots: record.snapshots,
             fork_of: record.fork_of.map(|o| format!("{}@{}", o.bucket, o.snapshot)),
+            shadow: record.shadow.map(ShadowView::new),
         }
     }
 }
@@ -617,6 +640,15 @@ impl AdminApi {
                     .collect();
                 let next = page.is_truncated.then_some(page.next_after);
                 Ok(reply(StatusCode::OK, &json!({ "objects": objects, "next_after": next.flatten() })))
+            }
+            (Method::PUT, ["v1", "buckets", bucket, "shadow"]) => {
+                let source: ShadowSource = parse(body)?;
+                let record = engine.set_shadow(bucket, source).await?;
+                Ok(reply(StatusCode::OK, &BucketView::new(bucket, record)))
+            }
+            (Method::DELETE, ["v1", "buckets", bucket, "shadow"]) => {
+                let record = engine.remove_shadow(bucket).await?;
+                Ok(reply(StatusCode::OK, &BucketView::new(bucket, record)))
             }
             (Method::GET, ["v1", "sites"]) => Ok(reply(StatusCode::OK, &engine.list_sites().await?)),
             (Method::GET, ["v1", "sites", name]) => Ok(reply(StatusCode::OK, &engine.site(name).await?)),

@@ -222,6 +222,10 @@ pub enum BucketCommand {
         #[arg(long, default_value = "")]
         prefix: String,
     },
+    /// Put the bucket in front of a bucket of another S3 service while moving in: keys missing
+    /// here are read from it (and stored here), listings merge both; with --write-through,
+    /// writes and deletes reach it too. --remove ends it (the migration is done).
+    Shadow(ShadowArgs),
     /// Make objects readable without credentials (GET/HEAD only), or private again.
     Public {
         bucket: String,
@@ -230,6 +234,48 @@ pub enum BucketCommand {
         #[arg(long)]
         private: bool,
     },
+}
+
+#[derive(Args)]
+pub struct ShadowArgs {
+    pub bucket: String,
+    /// Stop consulting the source: reads, listings and writes are this bucket's alone.
+    #[arg(long, conflicts_with_all = ["endpoint", "source_bucket", "write_through"])]
+    pub remove: bool,
+    /// URL of the source S3 service, e.g. https://s3.example.com.
+    #[arg(long, required_unless_present = "remove")]
+    pub endpoint: Option<String>,
+    /// The bucket in the source service.
+    #[arg(long, required_unless_present = "remove")]
+    pub source_bucket: Option<String>,
+    /// The source's region (signing).
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    /// Access key id for the source.
+    #[arg(long, env = "MERIDIAN_SHADOW_ACCESS_KEY", required_unless_present = "remove")]
+    pub access_key: Option<String>,
+    /// Secret key for the source (prefer the environment: a flag shows in `ps`).
+    #[arg(long, env = "MERIDIAN_SHADOW_SECRET_KEY", hide_env_values = true, required_unless_present = "remove")]
+    pub secret_key: Option<String>,
+    /// Also apply PUT, DELETE, copies and completed multipart uploads to the source.
+    #[arg(long)]
+    pub write_through: bool,
+}
+
+/// Like a derived `Debug`, without the secret.
+impl std::fmt::Debug for ShadowArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShadowArgs")
+            .field("bucket", &self.bucket)
+            .field("remove", &self.remove)
+            .field("endpoint", &self.endpoint)
+            .field("source_bucket", &self.source_bucket)
+            .field("region", &self.region)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "<redacted>"))
+            .field("write_through", &self.write_through)
+            .finish()
+    }
 }
 
 #[derive(Args, Debug)]
@@ -386,6 +432,12 @@ async fn execute(command: &AdminCommand, args: &AdminConnection) -> Result<(Valu
                     b["public_read"].as_bool().unwrap_or(false),
                     grants.join(" ")
                 ));
+                if let Some(shadow) = b["shadow"].as_object() {
+                    let field = |name: &str| shadow.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
+                    let through = shadow.get("write_through").and_then(Value::as_bool).unwrap_or(false);
+                    let mode = if through { "write-through" } else { "read-through" };
+                    text.push_str(&format!("  (shadows {}/{}, {mode})", field("endpoint"), field("bucket")));
+                }
             }
             (v, text)
         }
@@ -462,6 +514,7 @@ async fn execute(command: &AdminCommand, args: &AdminConnection) -> Result<(Valu
             (v, format!("Created bucket {new}, a fork of {from}."))
         }
         AdminCommand::Bucket(BucketCommand::Ls { target, prefix }) => return list_objects(args, target, prefix).await,
+        AdminCommand::Bucket(BucketCommand::Shadow(shadow)) => return execute_shadow(shadow, args).await,
         AdminCommand::Bucket(BucketCommand::Public { bucket, read, .. }) => {
             let v = call(args, "POST", &format!("/v1/buckets/{}/public", enc(bucket)), Some(json!({ "read": read })))
                 .await?;
@@ -517,6 +570,27 @@ async fn list_objects(args: &AdminConnection, target: &str, prefix: &str) -> Res
         ));
     }
     Ok((Value::Array(objects), text))
+}
+
+async fn execute_shadow(shadow: &ShadowArgs, args: &AdminConnection) -> Result<(Value, String), CliError> {
+    let path = format!("/v1/buckets/{}/shadow", enc(&shadow.bucket));
+    if shadow.remove {
+        let v = call(args, "DELETE", &path, None).await?;
+        return Ok((v, format!("Bucket {} no longer shadows another bucket.", shadow.bucket)));
+    }
+    let body = json!({
+        "endpoint": shadow.endpoint, "bucket": shadow.source_bucket, "region": shadow.region,
+        "access_key": shadow.access_key, "secret_key": shadow.secret_key, "write_through": shadow.write_through,
+    });
+    let v = call(args, "PUT", &path, Some(body)).await?;
+    let text = format!(
+        "Bucket {} now shadows {}/{} (write-through {}).",
+        shadow.bucket,
+        v["shadow"]["endpoint"].as_str().unwrap_or_default().trim_end_matches('/'),
+        v["shadow"]["bucket"].as_str().unwrap_or_default(),
+        if shadow.write_through { "on" } else { "off" }
+    );
+    Ok((v, text))
 }
 
 fn site_text(site: &Value) -> String {

@@ -131,6 +131,7 @@ impl Engine {
                 let change = object_change(bucket, op.key(), current.as_ref(), new);
                 txn.compares.extend(change.compares);
                 txn.ops.extend(change.ops);
+                txn.ops.extend(crate::shadow::tombstone_of_delete(bucket, bucket_record, op.key(), new.is_none()));
                 let event = match (new, current) {
                     (Some((record, _)), _) => Some((EventKind::Put, Some(record))),
                     (None, Some(_)) => Some((EventKind::Delete, None)),

@@ -24,6 +24,7 @@
 //! | `v/<bucket>/<key>` | [`crate::record::VersionHead`] (versioned buckets) | every versioned write, delete and version removal of the key |
 //! | `v/<bucket>/<key>\0<token>` | [`crate::record::VersionRecord`]: one version (or delete marker), newest first | the same transactions |
 //! | `i/<bucket>/<key>\0<token>` | the bytes of a version stored inline | the transaction that writes the version |
+//! | `t/<bucket>/<key>` | empty: the key was deleted in a shadowing bucket, so its source's copy stays hidden ([`crate::shadow`]) | a delete in a shadowing bucket (a KV batch's in its transaction); removing the shadow deletes them all |
 //! | `d/<bucket>/<target>/<ms, 16 hex digits><random, 16 hex digits>` | [`crate::notify::StoredEvent`]: an event notification not yet delivered; its mod revision is the object change's commit revision | the transaction of the object change (put, copy, complete multipart, delete, delete marker); the delivery worker deletes it once the target answered 2xx |
 //! | `h/<bucket>/<name>` | [`crate::snapshot::SnapshotRecord`]: a bucket snapshot; its create revision is the snapshot's revision | `meridian admin bucket snapshot`/`fork` (with the bucket record, whose snapshot count changes) |
 //! | `z/<bucket>/<key>\0<token>` | [`crate::snapshot::RetainedVersion`]: a version removed while a snapshot still shows it; create revision = removal | the version's removal; the snapshot sweep deletes it once no snapshot shows it |
@@ -40,6 +41,15 @@ pub const BUCKETS_PREFIX: &str = "b/";
 /// The bucket name of a bucket record's key.
 pub fn parse_bucket_key(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(key.strip_prefix(BUCKETS_PREFIX.as_bytes())?).ok()
+}
+
+/// `t/<bucket>/<key>` → empty: a key deleted in a shadowing bucket.
+pub fn shadow_tombstone(bucket: &str, key: &str) -> Bytes {
+    Bytes::from(format!("{}{key}", shadow_tombstones_prefix(bucket)))
+}
+
+pub fn shadow_tombstones_prefix(bucket: &str) -> String {
+    format!("t/{bucket}/")
 }
 
 /// `o/<bucket>/<key>` → [`crate::record::ObjectRecord`].

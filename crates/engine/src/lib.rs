@@ -41,6 +41,7 @@ pub mod policy;
 pub mod record;
 pub mod repair;
 pub mod replicate;
+pub mod shadow;
 pub mod snapshot;
 pub mod tagging;
 pub mod ttl;

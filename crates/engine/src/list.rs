@@ -49,6 +49,11 @@ pub(crate) enum Entry {
 
 impl Engine {
     pub async fn list_objects(&self, bucket: &str, req: &ListRequest) -> EngineResult<ListPage> {
+        let page = self.list_local(bucket, req).await?;
+        self.merge_shadow_listing(bucket, req, page).await
+    }
+
+    async fn list_local(&self, bucket: &str, req: &ListRequest) -> EngineResult<ListPage> {
         let (record, _) = self.bucket(bucket).await?;
         if record.fork_of.is_some() {
             let layers = self.layers(bucket, &record, Revision::MAX).await?;

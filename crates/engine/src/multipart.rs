@@ -375,6 +375,7 @@ impl Engine {
         // still owns them and may be completed again.
         let (revision, version) = self.try_commit_object(bucket, key, &record, None, conditions, extra).await?;
         self.delete_blobs_later(unused);
+        self.write_through(bucket_record.shadow.as_ref(), bucket, key).await?;
         Ok((ObjectRecord { version, ..record }, revision))
     }
 

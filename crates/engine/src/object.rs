@@ -262,7 +262,7 @@ pub(crate) struct Current {
 }
 
 impl Current {
-    fn is_visible(&self, now: i64) -> bool {
+    pub(crate) fn is_visible(&self, now: i64) -> bool {
         !self.record.is_expired(now)
     }
 }
@@ -398,6 +398,20 @@ impl Engine {
         bucket: Option<(BucketRecord, Revision)>,
         req: PutRequest,
     ) -> EngineResult<PutOutcome> {
+        let (name, key, mut shadow) = (req.bucket.clone(), req.key.clone(), None);
+        let outcome = self.put_object_guarded(bucket, req, |record, _| shadow = record.shadow.clone()).await?;
+        self.write_through(shadow.as_ref(), &name, &key).await?;
+        Ok(outcome)
+    }
+
+    /// [`Engine::put_object_in`] without write-through, with `guard` seeing the bucket and
+    /// adding to the commit.
+    pub(crate) async fn put_object_guarded(
+        &self,
+        bucket: Option<(BucketRecord, Revision)>,
+        req: PutRequest,
+        guard: impl FnOnce(&BucketRecord, &mut ExtraTxn),
+    ) -> EngineResult<PutOutcome> {
         validate_key(&req.key)?;
         req.headers.validate()?;
         // Fail fast, before reading a possibly large body into a bucket that isn't there.
@@ -424,6 +438,7 @@ impl Engine {
         extra.ops.extend(self.repair_op(&req.bucket, &req.key, &bucket, &record).await?);
         let event = if req.form_upload { EventKind::Post } else { EventKind::Put };
         extra.notify(&req.bucket, &bucket, &req.key, event, &record);
+        guard(&bucket, &mut extra);
         let (revision, version) =
             self.commit_object(&req.bucket, &req.key, &record, inline, &req.conditions, extra).await?;
         let record = ObjectRecord { version, ..record };
@@ -566,7 +581,12 @@ impl Engine {
         self.read_object(req, Some(snapshot), with_body).await
     }
 
-    async fn read_object(&self, req: GetRequest, snapshot: Option<&str>, with_body: bool) -> EngineResult<GetOutcome> {
+    pub(crate) async fn read_object(
+        &self,
+        req: GetRequest,
+        snapshot: Option<&str>,
+        with_body: bool,
+    ) -> EngineResult<GetOutcome> {
         validate_key(&req.key)?;
         let mut attempts = 0;
         loop {
@@ -574,7 +594,10 @@ impl Engine {
             let current = match (snapshot, &req.version_id) {
                 (Some(name), _) => self.read_at_snapshot(&req.bucket, name, &req.key).await?,
                 (None, Some(id)) => self.read_version(&req.bucket, &req.key, id).await?,
-                (None, None) => self.read_visible(&req.bucket, &req.key, req.consistency).await?,
+                (None, None) => match self.read_visible(&req.bucket, &req.key, req.consistency).await {
+                    Err(EngineError::NoSuchKey) => return self.read_through(req, with_body).await,
+                    found => found?,
+                },
             };
             crate::crypt::check_plain_read(current.record.encryption.as_ref(), req.customer_key.as_ref())?;
             req.conditions.check_read(&current.record)?;
@@ -724,6 +747,15 @@ impl Engine {
         conditions: &WriteConditions,
     ) -> EngineResult<DeleteOutcome> {
         validate_key(key)?;
+        self.delete_with_tombstone(bucket, key, self.delete_object_here(bucket, key, conditions)).await
+    }
+
+    async fn delete_object_here(
+        &self,
+        bucket: &str,
+        key: &str,
+        conditions: &WriteConditions,
+    ) -> EngineResult<DeleteOutcome> {
         // Local view first, as in `try_commit_object`; anything answered without a commit
         // (a missing key, a failed condition) is confirmed with a strong read.
         let mut consistency = Consistency::Local;
@@ -808,7 +840,7 @@ impl Engine {
         validate_key(&req.dst_key)?;
         let source = match &req.src_version_id {
             Some(id) => self.read_version(&req.src_bucket, &req.src_key, id).await?,
-            None => self.read_visible(&req.src_bucket, &req.src_key, Consistency::Strong).await?,
+            None => self.read_visible_through(&req.src_bucket, &req.src_key).await?,
         };
         req.source_conditions.check_copy_source(&source.record)?;
         let unchanged = req.replace_headers.is_none() && req.replace_tags.is_none();
@@ -871,6 +903,7 @@ impl Engine {
         let (revision, version) =
             self.commit_object(&req.dst_bucket, &req.dst_key, &record, inline, &req.conditions, extra).await?;
         let record = ObjectRecord { version, ..record };
+        self.write_through(dst_bucket.shadow.as_ref(), &req.dst_bucket, &req.dst_key).await?;
         Ok(CopyOutcome { etag: record.etag.clone(), modified_ms: record.modified_ms, revision, record })
     }
 

@@ -79,6 +79,9 @@ pub struct BucketRecord {
     /// Every object written before versioning was enabled has been made a version.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub versions_adopted: bool,
+    /// The bucket of another S3 service this one shadows while moving in ([`crate::shadow`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::ShadowSource>,
 }
 
 fn is_zero(n: &u32) -> bool {

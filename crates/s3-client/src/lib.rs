@@ -1,7 +1,8 @@
 //! An `aws-sdk-s3` client for any S3 service — AWS, R2, Ceph RGW, MinIO, SeaweedFS, moto or
 //! another Meridian: path-style addressing, an optional custom endpoint, static credentials and
 //! an optional CA file trusted besides the system's roots for an `https://` endpoint. Used by
-//! volumes (`crates/volume`) and by the blob store's S3 backend (`crates/blob`).
+//! volumes (`crates/volume`), by the blob store's S3 backend (`crates/blob`) and by shadow
+//! buckets' sources (`crates/engine/src/shadow.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,18 @@ use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore};
 use meridian_common::errors::chain;
 
 pub mod testing;
+
+/// A request body streamed from `chunks` (its length must be given to the request, as
+/// `content_length`): for callers that hold a stream of bytes, not an HTTP body.
+pub fn streamed_body<S, E>(chunks: S) -> aws_sdk_s3::primitives::ByteStream
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Send + Sync + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    use futures::StreamExt;
+    let frames = chunks.map(|chunk| chunk.map(http_body::Frame::data));
+    aws_sdk_s3::primitives::ByteStream::from_body_1_x(http_body_util::StreamBody::new(frames))
+}
 
 /// Where an S3 service is and how to sign for it.
 #[derive(Debug, Clone)]
