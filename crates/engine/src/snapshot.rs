@@ -149,7 +149,7 @@ pub(crate) struct Layer {
 
 /// What a layer shows of one key.
 enum Seen {
-    Object { version: VersionRecord, created: Revision },
+    Object { version: Box<VersionRecord>, created: Revision },
     Marker { version_id: String },
 }
 
@@ -169,7 +169,7 @@ impl Seen {
     fn from_best(best: Option<(Revision, VersionRecord)>) -> Option<Seen> {
         let (created, version) = best?;
         Some(match version.object {
-            Some(_) => Seen::Object { version, created },
+            Some(_) => Seen::Object { version: Box::new(version), created },
             None => Seen::Marker { version_id: version.stamp.id().to_string() },
         })
     }
