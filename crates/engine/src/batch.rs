@@ -116,17 +116,7 @@ impl Engine {
             let mut txn = Txn::new().when(Compare::mod_revision_is(keys::bucket(bucket), bucket_revision));
             let mut freed = Vec::new();
             for ((op, current), prepared) in ops.iter().zip(&currents).zip(prepared) {
-                let visible = current.as_ref().filter(|c| !c.record.is_expired(now));
-                if let Some(want) = op.condition() {
-                    let have = visible.map_or(0, |c| c.revision);
-                    if have != want {
-                        return Err(EngineError::BatchRevisionMismatch {
-                            key: op.key().to_string(),
-                            expected: want,
-                            current: have,
-                        });
-                    }
-                }
+                check_condition(op, current.as_ref(), now)?;
                 let new = prepared.as_ref().map(|p| (&p.record, p.inline.as_ref()));
                 let change = object_change(bucket, op.key(), current.as_ref(), new);
                 txn.compares.extend(change.compares);
@@ -166,16 +156,7 @@ impl Engine {
             let now = now_ms();
             for (op, prepared) in ops.iter().zip(prepared) {
                 let state = self.read_key_state(bucket, op.key()).await?;
-                if let Some(want) = op.condition() {
-                    let have = state.current.as_ref().filter(|c| !c.record.is_expired(now)).map_or(0, |c| c.revision);
-                    if have != want {
-                        return Err(EngineError::BatchRevisionMismatch {
-                            key: op.key().to_string(),
-                            expected: want,
-                            current: have,
-                        });
-                    }
-                }
+                check_condition(op, state.current.as_ref(), now)?;
                 let new = prepared.as_ref().map(|p| (&p.record, p.inline.as_ref()));
                 let (stamp, frees) = self.plan_version(bucket, op.key(), &bucket_record, state, new, &mut txn).await?;
                 freed.extend(frees);
@@ -206,4 +187,14 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// An op's `if_revision` against the key's current object (expired ones count as absent).
+fn check_condition(op: &BatchOp, current: Option<&Current>, now: i64) -> EngineResult<()> {
+    let Some(want) = op.condition() else { return Ok(()) };
+    let have = current.filter(|c| !c.record.is_expired(now)).map_or(0, |c| c.revision);
+    if have != want {
+        return Err(EngineError::BatchRevisionMismatch { key: op.key().to_string(), expected: want, current: have });
+    }
+    Ok(())
 }
