@@ -15,12 +15,11 @@ use common::{ACCESS_KEY, SECRET_KEY, Server, binary, body_bytes, pattern};
 use futures::StreamExt;
 use meridian_s3_client::testing::Moto;
 
-/// Small objects in the source bucket: 2,000 by default, so the test takes well under a minute
-/// (moto, a single Python process, stores and serves about 100–400 objects/s on the shared CI
-/// machine). The long form is `MERIDIAN_MIGRATE_TEST_OBJECTS=10000` (2 min 42 s on a loaded
-/// 2-core machine).
+/// Small objects in the source bucket: 10,000 by default, as issue 16 asks (84 s on a quiet
+/// 2-core machine, 2 min 42 s on a loaded one: moto, a single Python process, stores and serves
+/// about 100–400 objects/s). `MERIDIAN_MIGRATE_TEST_OBJECTS=N` runs it with another count.
 fn object_count() -> usize {
-    std::env::var("MERIDIAN_MIGRATE_TEST_OBJECTS").ok().and_then(|n| n.parse().ok()).unwrap_or(2_000)
+    std::env::var("MERIDIAN_MIGRATE_TEST_OBJECTS").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000)
 }
 
 fn small_key(i: usize) -> String {
