@@ -182,7 +182,8 @@ async fn snapshots_and_forks_through_the_admin_cli_and_s3() {
 }
 
 /// ListObjectVersions pages through 10,000 versions (100 keys × 100 versions) in S3's order:
-/// by key, newest first, each version exactly once.
+/// by key, newest first, each version exactly once — through aws-sdk-rust's markers and the AWS
+/// CLI's own pagination.
 #[tokio::test]
 async fn ten_thousand_versions_page_in_order() {
     const KEYS: usize = 100;
@@ -233,4 +234,17 @@ async fn ten_thousand_versions_page_in_order() {
         assert_eq!(of_key.iter().map(|(_, id, _)| id.as_str()).collect::<Vec<_>>(), newest_first, "k{k:03}");
         assert!(of_key[0].2 && of_key[1..].iter().all(|(_, _, latest)| !latest), "only the newest is latest");
     }
+    // The AWS CLI pages through them on its own (1,000 per request) and finds the same list.
+    let aws = common::aws::AwsCli::new(&server);
+    let all = aws.json(&["s3api", "list-object-versions", "--bucket", "history", "--page-size", "1000"]);
+    let by_cli: Vec<(String, String, bool)> = all["Versions"]
+        .as_array()
+        .expect("a Versions list")
+        .iter()
+        .map(|v| {
+            let field = |name: &str| v[name].as_str().expect("a string field").to_string();
+            (field("Key"), field("VersionId"), v["IsLatest"].as_bool().expect("IsLatest"))
+        })
+        .collect();
+    assert_eq!(by_cli, listed, "the AWS CLI lists the 10,000 versions in the same order");
 }
