@@ -672,6 +672,9 @@ async fn snapshots_show_the_bucket_as_it_was_and_forks_diverge_without_copying()
     assert_eq!(listed_keys(e, "src", None, 1000).await, ["new", "small"]);
     assert_eq!(read(e, "src", "small").await, b"small two");
     assert_eq!(blob_files(f.dir.path()), 1, "forking copied no bytes");
+    let tags = meridian_engine::tagging::Tags::from([("k".to_string(), "v".to_string())]);
+    let retag = e.set_object_tags("fork", "legacy", None, tags).await;
+    assert!(matches!(retag, Err(EngineError::InvalidRequest(_))), "an inherited object is the source's: {retag:?}");
 
     // A fork of the source as it is now goes through a snapshot made for it.
     e.fork_bucket("src", None, "now", None).await.unwrap();
