@@ -3,8 +3,8 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -76,7 +76,15 @@ impl RequestBody {
 
     /// A body with no bytes (for requests made inside the process, e.g. in tests).
     pub fn empty() -> RequestBody {
-        RequestBody { inner: None, limit: 0, seen: 0, counted: Arc::default(), polled: false, ended: false, unread: Arc::default() }
+        RequestBody {
+            inner: None,
+            limit: 0,
+            seen: 0,
+            counted: Arc::default(),
+            polled: false,
+            ended: false,
+            unread: Arc::default(),
+        }
     }
 
     fn hand_back(&mut self) {

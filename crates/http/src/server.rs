@@ -5,8 +5,8 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, StatusCode, Version};
@@ -299,7 +299,13 @@ impl<H: Handler> Shared<H> {
         }
     }
 
-    async fn respond(&self, req: Request<Incoming>, peer: SocketAddr, secure: bool, linger: Linger) -> Response<Reported> {
+    async fn respond(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        secure: bool,
+        linger: Linger,
+    ) -> Response<Reported> {
         let started = Instant::now();
         let in_flight = self.load.request();
         let info =
@@ -320,7 +326,8 @@ impl<H: Handler> Shared<H> {
                 let unread = Arc::new(Mutex::new(Unread::default()));
                 let (mut parts, body) = req.into_parts();
                 parts.extensions.insert(info.clone());
-                let body = RequestBody::new(body, self.policy.max_body_bytes, Arc::clone(&bytes_in), Arc::clone(&unread));
+                let body =
+                    RequestBody::new(body, self.policy.max_body_bytes, Arc::clone(&bytes_in), Arc::clone(&unread));
                 let mut resp = self.handler.handle(Request::from_parts(parts, body), info.clone()).await;
                 let unread = std::mem::take(&mut *unread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
                 if http1 {
