@@ -225,5 +225,6 @@ async fn a_refused_put_with_a_large_body_gets_its_s3_error() {
         assert_eq!(error_status(&err), 404, "round {round}");
         s3.put_object().bucket("guard").key("after").body(ByteStream::from_static(b"fine")).send().await.unwrap();
     }
+    s3.delete_object().bucket("guard").key("after").send().await.unwrap();
     assert_untouched(&s3).await;
 }
