@@ -321,20 +321,7 @@ impl<H: Handler> Shared<H> {
                 }
                 refusal
             }
-            None => {
-                let expects_continue = expects_continue(&req);
-                let unread = Arc::new(Mutex::new(Unread::default()));
-                let (mut parts, body) = req.into_parts();
-                parts.extensions.insert(info.clone());
-                let body =
-                    RequestBody::new(body, self.policy.max_body_bytes, Arc::clone(&bytes_in), Arc::clone(&unread));
-                let mut resp = self.handler.handle(Request::from_parts(parts, body), info.clone()).await;
-                let unread = std::mem::take(&mut *unread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
-                if http1 {
-                    settle_unread(unread, expects_continue, &mut resp, &linger).await;
-                }
-                resp
-            }
+            None => self.handle(req, &info, &bytes_in, http1.then_some(&linger)).await,
         };
         if let Ok(id) = HeaderValue::from_str(&info.id.to_string()) {
             resp.headers_mut().insert(self.policy.request_id_header, id);
@@ -343,6 +330,27 @@ impl<H: Handler> Shared<H> {
         let observers = Arc::clone(&self.observers);
         let pending = Pending { info, method, path, status, started, bytes_in, observers, _in_flight: in_flight };
         resp.map(|body| Reported::new(body, pending))
+    }
+
+    /// Runs the handler; then, on HTTP/1.1 (`linger` given), settles a body it left unread.
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        info: &RequestInfo,
+        bytes_in: &Arc<AtomicU64>,
+        linger: Option<&Linger>,
+    ) -> Response<ResponseBody> {
+        let expects_continue = expects_continue(&req);
+        let unread = Arc::new(Mutex::new(Unread::default()));
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(info.clone());
+        let body = RequestBody::new(body, self.policy.max_body_bytes, Arc::clone(bytes_in), Arc::clone(&unread));
+        let mut resp = self.handler.handle(Request::from_parts(parts, body), info.clone()).await;
+        let unread = std::mem::take(&mut *unread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        if let Some(linger) = linger {
+            settle_unread(unread, expects_continue, &mut resp, linger).await;
+        }
+        resp
     }
 
     /// A 413 when the declared body is over the limit, before any of it is read.
