@@ -2,8 +2,8 @@
 //! to the observers once they have been sent.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -48,22 +48,58 @@ pub enum BodyError {
 }
 
 /// A request body as the handler sees it: the connection's bytes, cut off with
-/// [`BodyError::TooLarge`] once they pass the listener's limit.
+/// [`BodyError::TooLarge`] once they pass the listener's limit. Dropped before its end, it
+/// hands the unread rest back to the layer ([`Unread`]), which decides whether the connection
+/// can be kept (see `server::settle_unread`).
 pub struct RequestBody {
     inner: Option<Incoming>,
     limit: u64,
     seen: u64,
     counted: Arc<AtomicU64>,
+    polled: bool,
+    ended: bool,
+    unread: Arc<Mutex<Unread>>,
+}
+
+/// The rest of a request body its handler did not read.
+#[derive(Default)]
+pub(crate) struct Unread {
+    pub(crate) body: Option<Incoming>,
+    /// Whether the handler ever asked for the body (which makes hyper send `100 Continue`).
+    pub(crate) polled: bool,
 }
 
 impl RequestBody {
-    pub(crate) fn new(inner: Incoming, limit: u64, counted: Arc<AtomicU64>) -> RequestBody {
-        RequestBody { inner: Some(inner), limit, seen: 0, counted }
+    pub(crate) fn new(inner: Incoming, limit: u64, counted: Arc<AtomicU64>, unread: Arc<Mutex<Unread>>) -> RequestBody {
+        RequestBody { inner: Some(inner), limit, seen: 0, counted, polled: false, ended: false, unread }
     }
 
     /// A body with no bytes (for requests made inside the process, e.g. in tests).
     pub fn empty() -> RequestBody {
-        RequestBody { inner: None, limit: 0, seen: 0, counted: Arc::default() }
+        RequestBody {
+            inner: None,
+            limit: 0,
+            seen: 0,
+            counted: Arc::default(),
+            polled: false,
+            ended: false,
+            unread: Arc::default(),
+        }
+    }
+
+    fn hand_back(&mut self) {
+        let Some(inner) = self.inner.take() else { return };
+        if self.ended || inner.is_end_stream() {
+            return;
+        }
+        let mut unread = self.unread.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *unread = Unread { body: Some(inner), polled: self.polled };
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.hand_back();
     }
 }
 
@@ -73,17 +109,21 @@ impl Body for RequestBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        this.polled = true;
         let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
         let frame = match ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
             Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-            None => return Poll::Ready(None),
+            None => {
+                this.ended = true;
+                return Poll::Ready(None);
+            }
         };
         if let Some(data) = frame.data_ref() {
             this.seen += data.len() as u64;
             this.counted.store(this.seen, Ordering::Relaxed);
             if this.seen > this.limit {
-                this.inner = None;
+                this.hand_back();
                 return Poll::Ready(Some(Err(BodyError::TooLarge { limit: this.limit })));
             }
         }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -41,10 +41,69 @@ impl Activity {
     }
 }
 
-/// A stream that records activity.
+/// How long and how much a lingering close reads and discards before it gives up.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: u64 = 64 << 20;
+
+/// Set when a response went out before its request body was read and the connection must
+/// close: the close then half-closes (FIN after the response) and reads and discards what the
+/// client still sends until it closes too, for at most [`LINGER_TIME`] and [`LINGER_BYTES`].
+/// Closing a socket with unread bytes makes the kernel send a reset, which can reach the
+/// client before it has read the response.
+#[derive(Clone, Default)]
+pub(crate) struct Linger(Arc<AtomicBool>);
+
+impl Linger {
+    pub(crate) fn want(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn wanted(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A lingering close under way.
+struct Lingering {
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    left: u64,
+}
+
+/// A stream that records activity and closes lingering when asked to ([`Linger`]).
 pub(crate) struct Tracked<S> {
-    pub(crate) inner: S,
-    pub(crate) activity: Activity,
+    inner: S,
+    activity: Activity,
+    linger: Linger,
+    lingering: Option<Lingering>,
+}
+
+impl<S> Tracked<S> {
+    pub(crate) fn new(inner: S, activity: Activity, linger: Linger) -> Tracked<S> {
+        Tracked { inner, activity, linger, lingering: None }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Tracked<S> {
+    /// Reads and discards until the client closes, or the time or byte bound is reached.
+    fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut scratch = [0u8; 8 << 10];
+        loop {
+            let Some(lingering) = self.lingering.as_mut() else { return Poll::Ready(()) };
+            if lingering.left == 0 || lingering.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {
+                    lingering.left = lingering.left.saturating_sub(buf.filled().len() as u64);
+                    self.activity.touch();
+                }
+            }
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
@@ -58,7 +117,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
@@ -88,7 +147,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if !self.linger.wanted() {
+            return Pin::new(&mut self.inner).poll_shutdown(cx);
+        }
+        if self.lingering.is_none() {
+            std::task::ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+            let deadline = Box::pin(tokio::time::sleep(LINGER_TIME));
+            self.lingering = Some(Lingering { deadline, left: LINGER_BYTES });
+        }
+        self.poll_discard(cx).map(Ok)
     }
 }
 

@@ -5,11 +5,12 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -20,8 +21,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::access_log::AccessLog;
-use crate::body::{Pending, Reported, RequestBody, ResponseBody, full};
-use crate::conn::{Activity, AddressSlot, PerAddress, Tracked};
+use crate::body::{Pending, Reported, RequestBody, ResponseBody, Unread, full};
+use crate::conn::{Activity, AddressSlot, Linger, PerAddress, Tracked};
 use crate::policy::Policy;
 use crate::request::{Load, Notes, Observer, RequestId, RequestInfo};
 use crate::tls::ServerTls;
@@ -221,6 +222,7 @@ struct Timing {
     header_timeout: Duration,
     watcher: Watcher,
     served: Arc<AtomicBool>,
+    linger: Linger,
 }
 
 /// A client over its address's connection limit gets a short answer, not a slot.
@@ -244,19 +246,20 @@ impl<H: Handler> Shared<H> {
         let _open = self.load.connection();
         let activity = Activity::new();
         let first_request = Arc::new(AtomicBool::new(false));
-        let timing = Timing { header_timeout, watcher, served: Arc::clone(&first_request) };
+        let linger = Linger::default();
+        let timing = Timing { header_timeout, watcher, served: Arc::clone(&first_request), linger: linger.clone() };
         let name = self.policy.name;
         let idle = self.policy.idle_timeout;
         let this = Arc::clone(&self);
         let watched = activity.clone();
         let connection = async move {
             match &this.tls {
-                None => this.serve_io(Tracked { inner: stream, activity: activity.clone() }, peer, timing).await,
+                None => this.serve_io(Tracked::new(stream, activity.clone(), linger), peer, timing).await,
                 Some(tls) => {
                     let handshake = tokio::time::timeout(header_timeout, tls.acceptor().accept(stream)).await;
                     match handshake {
                         Ok(Ok(stream)) => {
-                            this.serve_io(Tracked { inner: stream, activity: activity.clone() }, peer, timing).await
+                            this.serve_io(Tracked::new(stream, activity.clone(), linger), peer, timing).await
                         }
                         Ok(Err(e)) => tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(listener = name, %peer, "TLS handshake timed out"),
@@ -279,13 +282,14 @@ impl<H: Handler> Shared<H> {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let Timing { header_timeout, watcher, served } = timing;
+        let Timing { header_timeout, watcher, served, linger } = timing;
         let this = Arc::clone(self);
         let secure = self.tls.is_some();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             served.store(true, Ordering::Relaxed);
             let this = Arc::clone(&this);
-            async move { Ok::<_, std::convert::Infallible>(this.respond(req, peer, secure).await) }
+            let linger = linger.clone();
+            async move { Ok::<_, std::convert::Infallible>(this.respond(req, peer, secure, linger).await) }
         });
         let mut builder = self.builder.clone();
         builder.http1().header_read_timeout(header_timeout);
@@ -295,7 +299,13 @@ impl<H: Handler> Shared<H> {
         }
     }
 
-    async fn respond(&self, req: Request<Incoming>, peer: SocketAddr, secure: bool) -> Response<Reported> {
+    async fn respond(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        secure: bool,
+        linger: Linger,
+    ) -> Response<Reported> {
         let started = Instant::now();
         let in_flight = self.load.request();
         let info =
@@ -303,14 +313,15 @@ impl<H: Handler> Shared<H> {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let bytes_in = Arc::new(AtomicU64::new(0));
+        let http1 = req.version() <= Version::HTTP_11;
         let mut resp = match self.too_large(&req) {
-            Some(refusal) => refusal,
-            None => {
-                let (mut parts, body) = req.into_parts();
-                parts.extensions.insert(info.clone());
-                let body = RequestBody::new(body, self.policy.max_body_bytes, Arc::clone(&bytes_in));
-                self.handler.handle(Request::from_parts(parts, body), info.clone()).await
+            Some(refusal) => {
+                if http1 {
+                    linger.want();
+                }
+                refusal
             }
+            None => self.handle(req, &info, &bytes_in, http1.then_some(&linger)).await,
         };
         if let Ok(id) = HeaderValue::from_str(&info.id.to_string()) {
             resp.headers_mut().insert(self.policy.request_id_header, id);
@@ -319,6 +330,27 @@ impl<H: Handler> Shared<H> {
         let observers = Arc::clone(&self.observers);
         let pending = Pending { info, method, path, status, started, bytes_in, observers, _in_flight: in_flight };
         resp.map(|body| Reported::new(body, pending))
+    }
+
+    /// Runs the handler; then, on HTTP/1.1 (`linger` given), settles a body it left unread.
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        info: &RequestInfo,
+        bytes_in: &Arc<AtomicU64>,
+        linger: Option<&Linger>,
+    ) -> Response<ResponseBody> {
+        let expects_continue = expects_continue(&req);
+        let unread = Arc::new(Mutex::new(Unread::default()));
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(info.clone());
+        let body = RequestBody::new(body, self.policy.max_body_bytes, Arc::clone(bytes_in), Arc::clone(&unread));
+        let mut resp = self.handler.handle(Request::from_parts(parts, body), info.clone()).await;
+        let unread = std::mem::take(&mut *unread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        if let Some(linger) = linger {
+            settle_unread(unread, expects_continue, &mut resp, linger).await;
+        }
+        resp
     }
 
     /// A 413 when the declared body is over the limit, before any of it is read.
@@ -338,6 +370,51 @@ impl<H: Handler> Shared<H> {
         resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         Some(resp)
     }
+}
+
+/// How much of a request body its handler left unread the layer reads and discards to keep
+/// the connection, and for how long at most.
+const DRAIN_BYTES: u64 = 1 << 20;
+const DRAIN_TIME: Duration = Duration::from_millis(500);
+
+fn expects_continue<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+}
+
+/// An HTTP/1.1 response is going out before its request body was read (RFC 9110 §10.1.1,
+/// RFC 9112 §9.6). The connection is kept only when the rest of the body is read first: up to
+/// [`DRAIN_BYTES`] within [`DRAIN_TIME`]. Otherwise the response says `Connection: close` and the
+/// connection closes lingering ([`Linger`]), so what the client still sends is never read as a
+/// request. A client that asked for `100 Continue` and never got it may or may not send the
+/// body, so its connection is always closed (hyper sends `100 Continue` only when the body is
+/// read, and reading it here would ask the client for a body nobody wants).
+async fn settle_unread(unread: Unread, expects_continue: bool, resp: &mut Response<ResponseBody>, linger: &Linger) {
+    let Some(body) = unread.body else { return };
+    if (expects_continue && !unread.polled) || !drain(body).await {
+        resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        linger.want();
+    }
+}
+
+/// Reads and discards the rest of `body`; false when it is over the bounds or fails.
+async fn drain(mut body: Incoming) -> bool {
+    if http_body::Body::size_hint(&body).lower() > DRAIN_BYTES {
+        return false;
+    }
+    let read = async {
+        let mut left = DRAIN_BYTES;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            let len = frame.data_ref().map_or(0, |data| data.len() as u64);
+            let Some(rest) = left.checked_sub(len) else { return false };
+            left = rest;
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIME, read).await.unwrap_or(false)
 }
 
 /// Resolves when the connection has sent no complete request head within `limit` (covers the

@@ -383,3 +383,80 @@ fn mismatched_certificate_and_key_are_refused() {
     let err = ServerTls::load(TlsFiles { cert: dir.path().join("none.crt"), key: a.key }).err().expect("missing file");
     assert!(err.to_string().contains("cannot read"), "{err}");
 }
+
+/// A policy that takes bodies large enough for the unread-body tests.
+fn large_bodies() -> Policy {
+    Policy { max_body_bytes: 1 << 30, ..policy() }
+}
+
+/// Writes `bytes` and reads what comes back until the server closes or `limit` passes.
+async fn send_and_read_all(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn a_small_unread_body_is_read_for_the_client_and_the_connection_kept() {
+    let server = start(large_bodies(), None).await;
+    // The default route answers without reading the body; the next request follows the body.
+    let mut bytes = b"PUT /refused HTTP/1.1\r\nhost: x\r\ncontent-length: 300000\r\n\r\n".to_vec();
+    bytes.extend_from_slice(&vec![b'z'; 300_000]);
+    bytes.extend_from_slice(b"GET /next HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let got = send_and_read_all(server.addr, &bytes, Duration::from_secs(10)).await;
+    assert_eq!(got.matches("HTTP/1.1 200 OK").count(), 2, "both requests answered on one connection:\n{got}");
+    assert!(!got.contains("400"), "body bytes were read as a request:\n{got}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_expect_continue_request_closes_instead_of_reading_leftovers_as_a_request() {
+    let server = start(large_bodies(), None).await;
+    // The client got no 100 Continue, so it may skip the body and send its next request at once
+    // (as botocore does after a final answer). Those bytes are not the body.
+    let bytes = b"PUT /refused HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 10\r\n\r\n\
+        GET /next HTTP/1.1\r\nhost: x\r\n\r\n";
+    for _ in 0..5 {
+        let got = send_and_read_all(server.addr, bytes, Duration::from_secs(5)).await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "no final answer first:\n{got}");
+        assert!(!got.contains("100 Continue"), "asked for a body nobody reads:\n{got}");
+        assert!(got.to_ascii_lowercase().contains("connection: close"), "the close is not announced:\n{got}");
+        assert_eq!(got.matches("HTTP/1.1").count(), 1, "leftover bytes answered as a request:\n{got}");
+    }
+    server.stop().await;
+}
+
+/// PUTs 32 MiB to a route that answers without reading the body, three times.
+async fn put_large_unread_bodies(base: &str, http1_only: bool, ca: Option<&Path>) {
+    let connector = meridian_http::client::connector(&ClientTls::new(ca).unwrap(), Duration::from_secs(5), http1_only);
+    let client = Client::builder(TokioExecutor::new()).build::<_, http_body_util::Full<Bytes>>(connector);
+    for _ in 0..3 {
+        let body = http_body_util::Full::new(Bytes::from(vec![b'z'; 32 << 20]));
+        let req = Request::put(format!("{base}/refused")).body(body).unwrap();
+        let resp = client.request(req).await.map_err(|e| meridian_common::errors::chain(&e));
+        let resp = resp.expect("the answer was lost to a reset");
+        assert_eq!(resp.status(), 200);
+        if resp.version() == http::Version::HTTP_11 {
+            assert_eq!(resp.headers().get(http::header::CONNECTION).unwrap(), "close");
+        }
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+    }
+}
+
+#[tokio::test]
+async fn a_large_unread_body_gets_its_answer_not_a_reset() {
+    let server = start(large_bodies(), None).await;
+    put_large_unread_bodies(&format!("http://{}", server.addr), true, None).await;
+    server.stop().await;
+
+    // Over TLS the lingering close reads under the TLS session; HTTP/2 resets only the stream.
+    let dir = tempfile::tempdir().unwrap();
+    let (files, _) = write_certificate(dir.path(), "server");
+    let server = start(large_bodies(), Some(ServerTls::load(files.clone()).unwrap())).await;
+    let base = format!("https://127.0.0.1:{}", server.addr.port());
+    put_large_unread_bodies(&base, true, Some(&files.cert)).await;
+    put_large_unread_bodies(&base, false, Some(&files.cert)).await;
+    server.stop().await;
+}

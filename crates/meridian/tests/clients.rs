@@ -475,6 +475,13 @@ fn boto3_versioning() {
     run_boto3_script("boto3_versions.py", "versioning checks passed");
 }
 
+/// PUTs refused before their body is read (botocore sends `Expect: 100-continue`), with small,
+/// medium and large bodies, 20 rounds on one boto3 client: every later call on it is answered.
+#[test]
+fn boto3_refused_puts_keep_the_client_working() {
+    run_boto3_script("boto3_refused.py", "refused put checks passed");
+}
+
 /// S3 Object Lock through boto3 (crates/meridian/tests/clients/boto3_lock.py): default
 /// retention, deletes by version refused, GOVERNANCE bypass with and without the permission,
 /// COMPLIANCE, legal hold, lock headers on copy and multipart, the errors; then the AWS CLI's

@@ -1470,9 +1470,8 @@ async fn server_side_encryption() {
         .key("mp")
         .upload_id(id)
         .part_number(1)
-        // A small body: the refusal comes before the body is read, and a large one could still
-        // be in flight when the node closes the connection (the SDK then sees a broken pipe).
-        .body(ByteStream::from_static(b"refused unread"))
+        // Refused before the body is read: the node closes lingering, so the SDK reads the answer.
+        .body(ByteStream::from(part1.clone()))
         .send()
         .await
         .unwrap_err();

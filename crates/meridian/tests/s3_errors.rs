@@ -169,3 +169,62 @@ async fn too_many_headers_are_refused() {
     assert_eq!(resp.status, 431, "too many headers");
     assert_untouched(&s3).await;
 }
+
+/// A PUT refused before its body is read, sent with `Expect: 100-continue`: the client gets the
+/// S3 error without `100 Continue`, and bytes it sends next (here its next request, at once, as
+/// a client that skips the refused body does) are never read as the body or answered as a
+/// bare `400 Bad Request`: the connection closes after the answer.
+#[tokio::test]
+async fn a_refused_expect_continue_put_answers_once_and_closes() {
+    let (server, _s3) = setup().await;
+    let next = format!("GET /guard/keep HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    for round in 0..5 {
+        let body = b"0123456789";
+        let expect = ("expect", "100-continue".to_string());
+        // Anonymous: AccessDenied; signed, to a bucket that does not exist: NoSuchBucket.
+        let mut signed = common::raw::sign_headers(
+            &server.addr,
+            "PUT",
+            "/no-such-bucket/k",
+            &[],
+            body,
+            ACCESS_KEY,
+            common::SECRET_KEY,
+        );
+        signed.push(("expect".to_string(), "100-continue".to_string()));
+        let signed: Vec<(&str, String)> = signed.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        for (path, headers, code) in
+            [("/guard/k", vec![expect.clone()], "AccessDenied"), ("/no-such-bucket/k", signed, "NoSuchBucket")]
+        {
+            let (resp, answers) =
+                common::raw::head_then(&server.addr, "PUT", path, &headers, body.len(), next.as_bytes());
+            assert_eq!(resp.error_code(), code, "round {round}: {}", resp.text());
+            assert_eq!(resp.header("connection"), Some("close"), "round {round}: the close is not announced");
+            assert_eq!(answers, 1, "round {round}: the next bytes were answered as a request");
+        }
+    }
+    assert_untouched(&server.client()).await;
+}
+
+/// PUTs with 5 to 32 MiB bodies refused before the body is read, four at a time: aws-sdk-rust
+/// gets the S3 error (not an I/O error from a reset while it was still sending), and the client
+/// keeps working.
+#[tokio::test]
+async fn a_refused_put_with_a_large_body_gets_its_s3_error() {
+    let (_server, s3) = setup().await;
+    for round in 0..4 {
+        for mib in [5, 8, 32] {
+            let refused = (0..4).map(|_| {
+                s3.put_object().bucket("no-such-bucket").key("k").body(ByteStream::from(vec![7u8; mib << 20])).send()
+            });
+            for result in futures::future::join_all(refused).await {
+                let err = result.unwrap_err();
+                assert_eq!(error_code(&err), "NoSuchBucket", "round {round}, {mib} MiB");
+                assert_eq!(error_status(&err), 404, "round {round}, {mib} MiB");
+            }
+            s3.put_object().bucket("guard").key("after").body(ByteStream::from_static(b"fine")).send().await.unwrap();
+        }
+    }
+    s3.delete_object().bucket("guard").key("after").send().await.unwrap();
+    assert_untouched(&s3).await;
+}

@@ -75,6 +75,32 @@ fn exchange(
     parse(&raw)
 }
 
+/// Sends a request head declaring a `content_length` body, then `after` at once instead of the
+/// body (as a client that skips a body the server refused), and reads until the server closes.
+/// The first response and how many status lines came back in all.
+pub fn head_then(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    content_length: usize,
+    after: &[u8],
+) -> (Response, usize) {
+    let mut stream = connect(addr);
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {content_length}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(after);
+    stream.write_all(&bytes).expect("write");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let answers = raw.windows(9).filter(|w| w == b"HTTP/1.1 ").count();
+    (parse(&raw), answers)
+}
+
 /// [`signed`] over TLS (HTTP/1.1), trusting the system's CAs and the PEM file `ca`.
 pub fn signed_tls(
     addr: &str,
