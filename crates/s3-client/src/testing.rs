@@ -9,6 +9,8 @@ pub struct Moto {
     child: Child,
     /// `http://127.0.0.1:PORT`
     pub endpoint: String,
+    /// Where moto's request recorder writes (in the temp dir, not the working directory).
+    recording: std::path::PathBuf,
 }
 
 impl Moto {
@@ -18,8 +20,10 @@ impl Moto {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free loopback port");
+        let recording = std::env::temp_dir().join(format!("meridian-moto-recording-{port}"));
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("MOTO_RECORDER_FILEPATH", &recording)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -28,7 +32,7 @@ impl Moto {
                     "required tool `moto_server` cannot run ({e}): install it with `python3 -m pip install 'moto[server]'` (scripts/test.sh does)"
                 )
             });
-        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}"), recording };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "moto_server did not listen on {port} within 30s");
@@ -53,5 +57,6 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.recording);
     }
 }
