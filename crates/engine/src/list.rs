@@ -8,7 +8,7 @@ use bytes::Bytes;
 use meridian_meta::{RangeRequest, Revision, prefix_end};
 
 use crate::error::EngineResult;
-use crate::record::{self, ObjectRecord};
+use crate::record::{self, BucketRecord, ObjectRecord};
 use crate::{Engine, keys, now_ms};
 
 /// Most entries S3 returns in one page.
@@ -49,14 +49,17 @@ pub(crate) enum Entry {
 
 impl Engine {
     pub async fn list_objects(&self, bucket: &str, req: &ListRequest) -> EngineResult<ListPage> {
-        let page = self.list_local(bucket, req).await?;
-        self.merge_shadow_listing(bucket, req, page).await
+        let (record, _) = self.bucket(bucket).await?;
+        let page = self.list_local(bucket, &record, req).await?;
+        match &record.shadow {
+            Some(source) => self.merge_shadow_listing(bucket, source, req, page).await,
+            None => Ok(page),
+        }
     }
 
-    async fn list_local(&self, bucket: &str, req: &ListRequest) -> EngineResult<ListPage> {
-        let (record, _) = self.bucket(bucket).await?;
+    async fn list_local(&self, bucket: &str, record: &BucketRecord, req: &ListRequest) -> EngineResult<ListPage> {
         if record.fork_of.is_some() {
-            let layers = self.layers(bucket, &record, Revision::MAX).await?;
+            let layers = self.layers(bucket, record, Revision::MAX).await?;
             return self.list_layers(&layers, req).await;
         }
         let reader = self.reader(req.consistency);

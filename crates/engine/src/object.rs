@@ -568,17 +568,18 @@ impl Engine {
         self.read_object(req, None, false).await
     }
 
-    /// GET (`with_body`) or HEAD of the object as the bucket's snapshot `snapshot` shows it.
-    pub async fn read_object_in_snapshot(
+    /// GET (`with_body`) or HEAD of the object, as it is or as the bucket's snapshot `snapshot`
+    /// shows it.
+    pub async fn read_object_at(
         &self,
         req: GetRequest,
-        snapshot: &str,
+        snapshot: Option<&str>,
         with_body: bool,
     ) -> EngineResult<GetOutcome> {
-        if req.version_id.is_some() {
+        if snapshot.is_some() && req.version_id.is_some() {
             return Err(EngineError::InvalidArgument("a read names a version id or a snapshot, not both".into()));
         }
-        self.read_object(req, Some(snapshot), with_body).await
+        self.read_object(req, snapshot, with_body).await
     }
 
     pub(crate) async fn read_object(

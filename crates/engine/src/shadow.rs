@@ -481,12 +481,12 @@ impl Engine {
     pub(crate) async fn merge_shadow_listing(
         &self,
         bucket: &str,
+        source: &ShadowSource,
         req: &ListRequest,
         local: ListPage,
     ) -> EngineResult<ListPage> {
-        let Some(source) = self.shadow_of(bucket).await? else { return Ok(local) };
         let max_keys = req.max_keys.min(crate::list::MAX_LIST_KEYS);
-        let remote = self.source_page(&source, req, max_keys).await?;
+        let remote = self.source_page(source, req, max_keys).await?;
         let mut merged = merge_pages(local, remote, max_keys);
         let from_source = merged.objects.iter().filter(|o| o.revision == 0);
         let hidden: Vec<Bytes> = from_source.map(|o| keys::shadow_tombstone(bucket, &o.key)).collect();

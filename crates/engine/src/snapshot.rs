@@ -509,7 +509,6 @@ impl Engine {
             let mut snap: SnapshotRecord = record::decode(&kv.value)?;
             snap.forks.retain(|f| f != new);
             snap.forks.push(new.to_string());
-            let (source_record, _) = self.bucket(source).await?;
             let record = BucketRecord {
                 created_ms: now_ms(),
                 owner: owner.map_or_else(|| source_record.owner.clone(), str::to_string),
@@ -581,9 +580,11 @@ impl Engine {
 
     /// The layers of `bucket` at its snapshot `name`.
     async fn snapshot_layers(&self, bucket: &str, name: &str) -> EngineResult<Vec<Layer>> {
-        let info = self.snapshot(bucket, name).await?;
+        validate_name(name)?;
         let (record, _) = self.bucket(bucket).await?;
-        self.layers(bucket, &record, info.revision).await
+        let kv = self.meta().get(&keys::snapshot(bucket, name)).await?;
+        let kv = kv.ok_or_else(|| EngineError::NoSuchSnapshot(format!("{bucket}@{name}")))?;
+        self.layers(bucket, &record, kv.create_revision).await
     }
 
     /// What one layer shows of `key`. Reads `v/` before `z/`, so a version moving between them

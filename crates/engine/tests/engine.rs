@@ -587,7 +587,7 @@ async fn lifecycle_rules_expire_noncurrent_versions_and_lone_delete_markers() {
 
 async fn read_in_snapshot(engine: &Engine, bucket: &str, snapshot: &str, key: &str) -> EngineResult<Vec<u8>> {
     let req = GetRequest { bucket: bucket.into(), key: key.into(), ..Default::default() };
-    let out = engine.read_object_in_snapshot(req, snapshot, true).await?;
+    let out = engine.read_object_at(req, Some(snapshot), true).await?;
     let chunks: Vec<Bytes> = out.body.try_collect().await.unwrap();
     Ok(chunks.concat())
 }

@@ -112,6 +112,27 @@ fn object_read_consistency<T>(req: &S3Request<T>, bucket: &str) -> S3Result<Cons
     Ok(if multi { Consistency::Strong } else { asked })
 }
 
+/// The engine's read of a GetObject or HeadObject input (they name these fields alike).
+macro_rules! read_request {
+    ($input:ident, $customer_key:expr, $consistency:expr) => {
+        GetRequest {
+            version_id: $input.version_id,
+            customer_key: $customer_key,
+            consistency: $consistency,
+            bucket: $input.bucket,
+            key: $input.key,
+            range: byte_range($input.range),
+            part_number: $input.part_number.map(|n| n.max(0) as u32),
+            conditions: read_conditions(
+                $input.if_match,
+                $input.if_none_match,
+                $input.if_modified_since.as_ref(),
+                $input.if_unmodified_since.as_ref(),
+            ),
+        }
+    };
+}
+
 pub(super) async fn get_object(
     s3: &MeridianS3,
     req: S3Request<GetObjectInput>,
@@ -121,26 +142,8 @@ pub(super) async fn get_object(
     let input = req.input;
     let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
     let customer_key = customer_headers!(input).key()?;
-    let read = GetRequest {
-        version_id: input.version_id,
-        customer_key,
-        consistency,
-        bucket: input.bucket,
-        key: input.key,
-        range: byte_range(input.range),
-        part_number: input.part_number.map(|n| n.max(0) as u32),
-        conditions: read_conditions(
-            input.if_match,
-            input.if_none_match,
-            input.if_modified_since.as_ref(),
-            input.if_unmodified_since.as_ref(),
-        ),
-    };
-    let out = match &snapshot {
-        Some(name) => s3.engine.read_object_in_snapshot(read, name, true).await,
-        None => s3.engine.get_object(read).await,
-    }
-    .map_err(s3_error)?;
+    let read = read_request!(input, customer_key, consistency);
+    let out = s3.engine.read_object_at(read, snapshot.as_deref(), true).await.map_err(s3_error)?;
     let whole = out.range.is_none();
     let sums = if want_checksum && whole {
         ChecksumFields::from_stored(out.record.checksum.as_ref())
@@ -206,26 +209,8 @@ pub(super) async fn head_object(
     let input = req.input;
     let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
     let customer_key = customer_headers!(input).key()?;
-    let read = GetRequest {
-        version_id: input.version_id,
-        customer_key,
-        consistency,
-        bucket: input.bucket,
-        key: input.key,
-        range: byte_range(input.range),
-        part_number: input.part_number.map(|n| n.max(0) as u32),
-        conditions: read_conditions(
-            input.if_match,
-            input.if_none_match,
-            input.if_modified_since.as_ref(),
-            input.if_unmodified_since.as_ref(),
-        ),
-    };
-    let out = match &snapshot {
-        Some(name) => s3.engine.read_object_in_snapshot(read, name, false).await,
-        None => s3.engine.head_object(read).await,
-    }
-    .map_err(s3_error)?;
+    let read = read_request!(input, customer_key, consistency);
+    let out = s3.engine.read_object_at(read, snapshot.as_deref(), false).await.map_err(s3_error)?;
     let sums = if want_checksum && out.range.is_none() {
         ChecksumFields::from_stored(out.record.checksum.as_ref())
     } else {
