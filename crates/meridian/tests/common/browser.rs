@@ -56,6 +56,14 @@ impl Browser {
 
     /// Sends one DevTools command and returns its result (events in between are skipped).
     pub fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params) {
+            Ok(result) => result,
+            Err(message) => panic!("{method} failed: {message}"),
+        }
+    }
+
+    /// Sends one DevTools command: its result, or the whole answer when it is an error.
+    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let request = json!({ "id": id, "method": method, "params": params }).to_string();
@@ -68,8 +76,10 @@ impl Browser {
             };
             let message: Value = serde_json::from_str(text.as_str()).unwrap();
             if message["id"] == id {
-                assert!(message.get("error").is_none(), "{method} failed: {message}");
-                return message["result"].clone();
+                return match message.get("error") {
+                    None => Ok(message["result"].clone()),
+                    Some(_) => Err(message),
+                };
             }
         }
         panic!("no answer to {method} within 60 s");
@@ -91,14 +101,18 @@ impl Browser {
     pub fn wait_for(&mut self, expression: &str, limit: Duration) -> Value {
         let deadline = Instant::now() + limit;
         loop {
-            // Between navigations the page may have no context yet: try again.
-            let result = self.call(
+            // Between navigations the page may have no context yet, or the evaluation may be cut
+            // short by the navigation ("Inspected target navigated or closed"): try again.
+            let answer = self.try_call(
                 "Runtime.evaluate",
                 json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
             );
-            let value = result["result"]["value"].clone();
+            let (value, settled) = match &answer {
+                Ok(result) => (result["result"]["value"].clone(), result.get("exceptionDetails").is_none()),
+                Err(error) => (error.clone(), false),
+            };
             let truthy = !matches!(value, Value::Null | Value::Bool(false)) && value != json!("") && value != json!(0);
-            if (truthy && result.get("exceptionDetails").is_none()) || Instant::now() > deadline {
+            if (truthy && settled) || Instant::now() > deadline {
                 return value;
             }
             std::thread::sleep(Duration::from_millis(200));
