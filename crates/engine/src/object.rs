@@ -1091,8 +1091,11 @@ pub(crate) struct ExtraTxn {
     /// instead of reading the record again; a stale one fails the commit, and the retry reads it.
     pub bucket_revision: Option<Revision>,
     /// The bucket's versioning as the caller read it: set, the write makes a new version
-    /// ([`Engine::commit_version`], which reads the bucket again for each attempt).
+    /// ([`Engine::commit_version`]).
     pub versioning: Option<record::Versioning>,
+    /// The versioned bucket's record as the caller read it (at `bucket_revision`): the first
+    /// attempt of [`Engine::commit_version`] plans with it instead of reading it again.
+    pub versioned_bucket: Option<Box<BucketRecord>>,
     /// The event of a versioned write, queued by [`Engine::commit_version`] with the version it
     /// makes.
     pub event: Option<EventKind>,
@@ -1104,7 +1107,12 @@ pub(crate) struct ExtraTxn {
 impl ExtraTxn {
     /// Nothing extra but the bucket revision the caller has read.
     pub(crate) fn seen_bucket(bucket: &BucketRecord, revision: Revision) -> Self {
-        ExtraTxn { bucket_revision: Some(revision), versioning: bucket.versioning, ..Default::default() }
+        ExtraTxn {
+            bucket_revision: Some(revision),
+            versioning: bucket.versioning,
+            versioned_bucket: bucket.versioning.is_some().then(|| Box::new(bucket.clone())),
+            ..Default::default()
+        }
     }
 
     /// Queues the write's event notification if a rule of `bucket` matches (see [`notify`]).

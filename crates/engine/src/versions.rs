@@ -286,9 +286,14 @@ impl Engine {
         conditions: &WriteConditions,
         extra: &ExtraTxn,
     ) -> EngineResult<VersionCommit> {
+        let mut seen = extra.versioned_bucket.as_deref().cloned().zip(extra.bucket_revision);
         for _ in 0..MAX_ATTEMPTS {
-            let (bucket_record, bucket_revision) = self.writable_bucket(bucket).await?;
-            let state = self.read_key_state(bucket, key).await?;
+            // The caller's record of the bucket for the first attempt (the commit compares its
+            // revision); a retry reads both again, at once.
+            let ((bucket_record, bucket_revision), state) = match seen.take() {
+                Some(bucket_seen) => (bucket_seen, self.read_key_state(bucket, key).await?),
+                None => futures::try_join!(self.writable_bucket(bucket), self.read_key_state(bucket, key))?,
+            };
             let now = now_ms();
             conditions
                 .check(state.current.as_ref().filter(|c| !c.record.is_expired(now)).map(|c| (&c.record, c.revision)))?;
