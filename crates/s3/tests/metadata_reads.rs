@@ -1,6 +1,6 @@
 //! How often one S3 request reads the metadata store: a single-node PUT, from the handler
 //! through SigV4, the access check and the engine's commit, reads its bucket record and its
-//! key once.
+//! key once, in a versioned bucket too.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -177,6 +177,27 @@ async fn a_single_node_put_reads_its_bucket_record_and_its_key_once() {
     assert_eq!(put(&handler, &node.credential).await, http::StatusCode::OK);
     assert_eq!(node.store.reads(&keys::bucket("counted")), 1, "reads of the bucket record");
     assert_eq!(node.store.reads(&keys::key_id(&node.credential.access_key_id)), 1, "reads of the key");
+}
+
+#[tokio::test]
+async fn a_put_in_a_versioned_bucket_reads_its_bucket_record_once() {
+    let node = node().await;
+    node.engine.set_versioning("counted", meridian_engine::record::Versioning::Enabled).await.unwrap();
+    let handler = S3Handler::new(
+        build_service(node.engine.clone(), &S3Options::default()),
+        Cors::new(node.engine.clone(), None),
+        None,
+    );
+
+    for round in 1..=2 {
+        node.store.watch(keys::bucket("counted"));
+        assert_eq!(put(&handler, &node.credential).await, http::StatusCode::OK);
+        // The engine plans the new version with the record the access check read.
+        assert_eq!(node.store.reads(&keys::bucket("counted")), 1, "reads of the bucket record, PUT {round}");
+    }
+    let everything = meridian_engine::versions::VersionListRequest { max_keys: 1000, ..Default::default() };
+    let versions = node.engine.list_versions("counted", &everything).await.unwrap();
+    assert_eq!(versions.versions.len(), 2, "each PUT made a version");
 }
 
 #[tokio::test]
