@@ -210,8 +210,6 @@ async fn kill9_on_a_moto_bucket_loses_nothing_acknowledged_and_leftovers_are_col
     let (moto, backend) = moto_bucket("region-a").await;
     let mut node = Server::start_with(&strs(&bucket_args(&moto.endpoint, "region-a", MOTO_KEYS, "2s")));
     let objects = write_and_read(&node).await;
-    // Overwritten: the old blob is deleted a minute later, so the kill leaves it behind.
-    put(&node, "small", &pattern(100 * KIB, 3)).await;
     let _held = stalled_put(&node, "unfinished", 30 * MIB, 10 * MIB);
     eventually(Duration::from_secs(30), "the stalled PUT starts a multipart upload", || async {
         match backend_blobs(&backend, "region-a").await {
@@ -220,6 +218,9 @@ async fn kill9_on_a_moto_bucket_loses_nothing_acknowledged_and_leftovers_are_col
         }
     })
     .await;
+    // Overwritten just before the kill: the node deletes the old blob a minute later, and its
+    // orphan scan (every 2 s here) would take it sooner, so the kill comes right after.
+    put(&node, "small", &pattern(100 * KIB, 3)).await;
     node.kill9();
     assert_eq!(backend_blobs(&backend, "region-a").await, (4, 1), "blobs: 3 live and 1 replaced");
     node.restart();
