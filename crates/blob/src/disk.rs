@@ -38,9 +38,9 @@ fn aligned_buffer() -> AlignedBuffer {
 const READ_AHEAD: u64 = 4 << 20;
 
 /// Size of a read's chunks after its first [`READ_CHUNK`]: each chunk is one trip to the blocking
-/// pool (a futex wake and a context switch each way), which was a sixth of the S3 server's CPU
-/// time serving a volume's cold reads at 256 KiB (docs/benchmarks.md, "Cold reads: fewer trips
-/// to the blocking pool"). A stream holds at most one chunk in memory.
+/// pool (a futex wake and a context switch each way), whose futex calls were 14% of the S3
+/// server's CPU time serving a volume's cold reads in 256 KiB chunks (docs/benchmarks.md, "Cold
+/// reads: fewer trips to the blocking pool"). A stream holds at most one chunk in memory.
 const TAIL_CHUNK: usize = 1 << 20;
 
 /// The blob directories under a data directory.
