@@ -2,7 +2,8 @@
 //!
 //! A blob is an immutable file `blobs/<2 hex>/<32 hex>` named by its id. Writing one goes:
 //! stream into `tmp/`, fsync, rename into `blobs/xx/`, fsync the directory. Copies share bytes
-//! through hard links. Reads stream in [`READ_CHUNK`] pieces.
+//! through hard links. Reads stream in [`READ_CHUNK`] pieces, then [`TAIL_CHUNK`] pieces past the
+//! first.
 //!
 //! Blob files are written around the page cache (`O_DIRECT`) where the file system allows it:
 //! copying every byte into the page cache was half of a large PUT's CPU time
@@ -36,6 +37,12 @@ fn aligned_buffer() -> AlignedBuffer {
 /// object is 4 MiB: a ranged GET of a whole window is requested from the disk at once).
 const READ_AHEAD: u64 = 4 << 20;
 
+/// Size of a read's chunks after its first [`READ_CHUNK`]: each chunk is one trip to the blocking
+/// pool (a futex wake and a context switch each way), whose futex calls were 14% of the S3
+/// server's CPU time serving a volume's cold reads in 256 KiB chunks (docs/benchmarks.md, "Cold
+/// reads: fewer trips to the blocking pool"). A stream holds at most one chunk in memory.
+const TAIL_CHUNK: usize = 1 << 20;
+
 /// The blob directories under a data directory.
 pub struct DiskBackend {
     root: PathBuf,
@@ -45,9 +52,9 @@ pub struct DiskBackend {
     direct: bool,
 }
 
-/// The size of the next chunk of a read with `remaining` bytes to go.
-fn remaining_chunk(remaining: u64) -> usize {
-    remaining.min(READ_CHUNK as u64) as usize
+/// The size of the next chunk of at most `chunk` bytes of a read with `remaining` bytes to go.
+fn remaining_chunk(remaining: u64, chunk: usize) -> usize {
+    remaining.min(chunk as u64) as usize
 }
 
 /// Asks the kernel to start reading `file` up to [`READ_AHEAD`] past `from` (bounded by
@@ -197,7 +204,7 @@ impl BlobBackend for DiskBackend {
         let end = offset + len;
         // Opening and the first chunk share one trip to the blocking pool (a small object's
         // whole read is one trip).
-        let first = remaining_chunk(len);
+        let first = remaining_chunk(len, READ_CHUNK);
         let (file, head, advised) = blocking(move || {
             let file = std::fs::File::open(path)?;
             let advised = advise_ahead(&file, offset + first as u64, offset + first as u64, end);
@@ -214,7 +221,7 @@ impl BlobBackend for DiskBackend {
                 if at >= end {
                     return None;
                 }
-                let want = remaining_chunk(end - at);
+                let want = remaining_chunk(end - at, TAIL_CHUNK);
                 let read = blocking(move || {
                     let advised = advise_ahead(&file, at + want as u64, advised, end);
                     Ok((read_chunk_at(&file, at, want)?, advised))
@@ -481,6 +488,25 @@ mod tests {
             let resident = round_trip(&backend, &pattern(size)).await;
             assert!(size < 4096 || resident > 0, "a buffered {size}-byte blob is in the page cache");
         }
+    }
+
+    /// Past its first chunk a long read comes in TAIL_CHUNK pieces (one blocking-pool trip
+    /// each), exact to the last byte of the range.
+    #[tokio::test]
+    async fn a_long_read_comes_in_large_chunks_after_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = DiskBackend::open(dir.path()).unwrap();
+        let id = BlobId::random();
+        let data = pattern(4 * TAIL_CHUNK);
+        let mut writer = backend.create(id).await.unwrap();
+        writer.write(Bytes::from(data.clone())).await.unwrap();
+        writer.finish().await.unwrap();
+        let (offset, len) = (12_345, 3 * TAIL_CHUNK + 777);
+        let chunks: Vec<Bytes> = backend.read(id, offset, len as u64).await.unwrap().try_collect().await.unwrap();
+        let sizes: Vec<usize> = chunks.iter().map(Bytes::len).collect();
+        let tail = len - READ_CHUNK - 2 * TAIL_CHUNK;
+        assert_eq!(sizes, [READ_CHUNK, TAIL_CHUNK, TAIL_CHUNK, tail]);
+        assert_eq!(chunks.concat(), &data[offset as usize..offset as usize + len]);
     }
 
     /// Opening a large read asks the kernel for the next READ_AHEAD bytes at once, so a cold

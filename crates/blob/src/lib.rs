@@ -40,7 +40,8 @@ pub use peer::{
     serve_peer,
 };
 
-/// Size of each chunk when streaming a blob out.
+/// Size of the first chunk when streaming a blob out of the disk (a small object's whole read;
+/// later chunks are larger: `disk::TAIL_CHUNK`).
 pub const READ_CHUNK: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
