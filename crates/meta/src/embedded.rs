@@ -5,10 +5,11 @@
 //! a single redb write transaction and commits them with one fsync ("group commit"). Each
 //! logical transaction still gets its own revision and is evaluated against the effects of the
 //! ones before it in the batch, so the result is exactly as if they had run one after another.
-//! When nothing is queued and nobody is committing, a caller on a multi-threaded runtime commits
-//! its own transactions on its own thread (`block_in_place`), which saves the two thread
-//! hand-offs a lone writer would otherwise pay; one lock keeps a single committer at a time, and
-//! queued transactions always go first. Reads run on the caller's thread against a redb read
+//! A caller that writes alone (no other caller waiting for a write), on a multi-threaded runtime,
+//! with nothing queued and nobody committing, commits its own transactions on its own thread
+//! (`block_in_place`), which saves the two thread hand-offs a lone writer would otherwise pay;
+//! concurrent writers keep to the queue and its group commits. One lock keeps a single committer
+//! at a time, and queued transactions always go first. Reads run on the caller's thread against a redb read
 //! snapshot.
 //!
 //! History for watches is a log table keyed by revision that keeps the most recent
@@ -83,6 +84,8 @@ struct Shared {
     committer: Mutex<()>,
     /// Transactions handed to the writer thread and not answered yet.
     queued: AtomicUsize,
+    /// Callers of `txn` and `txns_in_order` waiting for their answer.
+    writers: AtomicUsize,
     history_revisions: u64,
     metrics: meridian_metrics::EmbeddedMetrics,
 }
@@ -128,6 +131,7 @@ impl EmbeddedStore {
             hot: crate::hot::HotKeys::new(),
             committer: Mutex::new(()),
             queued: AtomicUsize::new(0),
+            writers: AtomicUsize::new(0),
             history_revisions: options.history_revisions,
             metrics: options.metrics,
         });
@@ -534,10 +538,37 @@ fn trim_history(
 
 // ----- the trait --------------------------------------------------------------------------------
 
+/// One caller waiting for its transactions' answer, counted while it waits.
+struct Writing<'a> {
+    writers: &'a AtomicUsize,
+    /// Nobody else was writing when it started. Only such a caller commits on its own thread:
+    /// concurrent writers wait in the queue to share the writer thread's group commits, which
+    /// is what their throughput rests on.
+    alone: bool,
+}
+
+impl<'a> Writing<'a> {
+    fn start(writers: &'a AtomicUsize) -> Self {
+        let alone = writers.fetch_add(1, Ordering::SeqCst) == 0;
+        Writing { writers, alone }
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.writers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl EmbeddedStore {
-    /// Commits `txns` in this order, after everything queued before them: here when the writer
-    /// is idle, else through the writer's queue. The receivers get the responses.
-    async fn submit(&self, txns: Vec<Txn>) -> Vec<MetaResult<oneshot::Receiver<MetaResult<TxnResponse>>>> {
+    /// Commits `txns` in this order, after everything queued before them: here when the caller
+    /// writes alone and the writer is idle, else through the writer's queue. The receivers get
+    /// the responses.
+    async fn submit(
+        &self,
+        txns: Vec<Txn>,
+        writing: &Writing<'_>,
+    ) -> Vec<MetaResult<oneshot::Receiver<MetaResult<TxnResponse>>>> {
         let (requests, responses): (Vec<WriteRequest>, Vec<_>) = txns
             .into_iter()
             .map(|txn| {
@@ -545,7 +576,8 @@ impl EmbeddedStore {
                 (WriteRequest { txn, reply }, response)
             })
             .unzip();
-        let Err(requests) = self.commit_here(requests) else {
+        let here = if writing.alone { self.commit_here(requests) } else { Err(requests) };
+        let Err(requests) = here else {
             return responses.into_iter().map(Ok).collect();
         };
         let mut out = Vec::with_capacity(requests.len());
@@ -557,6 +589,7 @@ impl EmbeddedStore {
 
     /// Commits `requests` on this thread if nothing is queued, nobody is committing and the
     /// runtime has other threads to run the rest meanwhile; gives them back otherwise.
+    /// (`block_in_place` refuses a `LocalSet`; nothing in Meridian writes from one.)
     fn commit_here(&self, requests: Vec<WriteRequest>) -> Result<(), Vec<WriteRequest>> {
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
@@ -623,14 +656,16 @@ impl MetaStore for EmbeddedStore {
     }
 
     async fn txn(&self, txn: Txn) -> MetaResult<TxnResponse> {
-        let response = self.submit(vec![txn]).await.pop().unwrap_or(Err(MetaError::Closed))?;
+        let writing = Writing::start(&self.shared.writers);
+        let response = self.submit(vec![txn], &writing).await.pop().unwrap_or(Err(MetaError::Closed))?;
         response.await.map_err(|_| MetaError::Closed)?
     }
 
     async fn txns_in_order(&self, txns: Vec<Txn>) -> Vec<MetaResult<TxnResponse>> {
         // Committed here in one batch, or queued in order before any is awaited: either keeps
         // the order and lets them share a group commit.
-        let pending = self.submit(txns).await;
+        let writing = Writing::start(&self.shared.writers);
+        let pending = self.submit(txns, &writing).await;
         let mut responses = Vec::with_capacity(pending.len());
         for queued in pending {
             responses.push(match queued {
