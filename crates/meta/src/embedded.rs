@@ -5,12 +5,7 @@
 //! a single redb write transaction and commits them with one fsync ("group commit"). Each
 //! logical transaction still gets its own revision and is evaluated against the effects of the
 //! ones before it in the batch, so the result is exactly as if they had run one after another.
-//! A caller that writes alone (no other caller waiting for a write), on a multi-threaded runtime,
-//! with nothing queued and nobody committing, commits its own transactions on its own thread
-//! (`block_in_place`), which saves the two thread hand-offs a lone writer would otherwise pay;
-//! concurrent writers keep to the queue and its group commits. One lock keeps a single committer
-//! at a time, and queued transactions always go first. Reads run on the caller's thread against a redb read
-//! snapshot.
+//! Reads run on the caller's thread against a redb read snapshot.
 //!
 //! History for watches is a log table keyed by revision that keeps the most recent
 //! `history_revisions` revisions, and always the newest one: its key is the store's revision,
@@ -18,8 +13,9 @@
 
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use meridian_common::private_files;
@@ -80,14 +76,6 @@ struct Shared {
     events: broadcast::Sender<Arc<RevisionEvents>>,
     /// Recently read keys (point reads), kept exact by the writer.
     hot: crate::hot::HotKeys,
-    /// Held by whoever commits: the writer thread, or a caller committing on its own thread.
-    committer: Mutex<()>,
-    /// Transactions handed to the writer thread and not answered yet.
-    queued: AtomicUsize,
-    /// Callers of `txn` and `txns_in_order` waiting for their answer.
-    writers: AtomicUsize,
-    history_revisions: u64,
-    metrics: meridian_metrics::EmbeddedMetrics,
 }
 
 struct RevisionEvents {
@@ -129,17 +117,12 @@ impl EmbeddedStore {
             oldest: AtomicU64::new(oldest),
             events,
             hot: crate::hot::HotKeys::new(),
-            committer: Mutex::new(()),
-            queued: AtomicUsize::new(0),
-            writers: AtomicUsize::new(0),
-            history_revisions: options.history_revisions,
-            metrics: options.metrics,
         });
         let (writer, queue) = mpsc::sync_channel(4096);
         let writer_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("meta-writer".into())
-            .spawn(move || writer_loop(&writer_shared, &queue))
+            .spawn(move || writer_loop(&writer_shared, &queue, options.history_revisions, &options.metrics))
             .map_err(storage)?;
         Ok(EmbeddedStore { shared, writer })
     }
@@ -351,9 +334,13 @@ fn take_sized(data: &mut &[u8]) -> Option<Bytes> {
 
 // ----- the writer -------------------------------------------------------------------------------
 
-fn writer_loop(shared: &Shared, queue: &mpsc::Receiver<WriteRequest>) {
+fn writer_loop(
+    shared: &Shared,
+    queue: &mpsc::Receiver<WriteRequest>,
+    history_revisions: u64,
+    metrics: &meridian_metrics::EmbeddedMetrics,
+) {
     while let Ok(first) = queue.recv() {
-        let _committing = committer(shared);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -361,47 +348,32 @@ fn writer_loop(shared: &Shared, queue: &mpsc::Receiver<WriteRequest>) {
                 Err(_) => break,
             }
         }
-        let taken = batch.len();
-        commit_and_answer(shared, batch);
-        // Still under the lock: a caller may commit on its own thread only once this is 0.
-        shared.queued.fetch_sub(taken, Ordering::SeqCst);
-    }
-}
-
-/// The commit lock; a commit that panicked left nothing half-done in redb (it rolls back).
-fn committer(shared: &Shared) -> MutexGuard<'_, ()> {
-    shared.committer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Commits `batch` in one redb transaction, publishes it to reads, answers every request and
-/// broadcasts the events. The caller holds the commit lock.
-fn commit_and_answer(shared: &Shared, batch: Vec<WriteRequest>) {
-    let metrics = &shared.metrics;
-    let txns: Vec<&Txn> = batch.iter().map(|r| &r.txn).collect();
-    let started = std::time::Instant::now();
-    let outcome = commit_batch(shared, &txns, shared.history_revisions);
-    metrics.commit_duration.observe(started.elapsed().as_secs_f64());
-    metrics.batch_size.observe(txns.len() as f64);
-    metrics.commits.inc();
-    match outcome {
-        Ok((results, committed)) => {
-            let newest = committed.last().map(|c| c.revision);
-            let written = committed.iter().flat_map(|c| c.events.iter().map(|e| &e.kv.key));
-            shared.hot.publish(Some(written), newest, &shared.revision);
-            for (req, result) in batch.into_iter().zip(results) {
-                let _ = req.reply.send(result);
+        let txns: Vec<&Txn> = batch.iter().map(|r| &r.txn).collect();
+        let started = std::time::Instant::now();
+        let outcome = commit_batch(shared, &txns, history_revisions);
+        metrics.commit_duration.observe(started.elapsed().as_secs_f64());
+        metrics.batch_size.observe(txns.len() as f64);
+        metrics.commits.inc();
+        match outcome {
+            Ok((results, committed)) => {
+                let newest = committed.last().map(|c| c.revision);
+                let written = committed.iter().flat_map(|c| c.events.iter().map(|e| &e.kv.key));
+                shared.hot.publish(Some(written), newest, &shared.revision);
+                for (req, result) in batch.into_iter().zip(results) {
+                    let _ = req.reply.send(result);
+                }
+                for revision in committed {
+                    // No receivers is fine: nobody is watching.
+                    let _ = shared.events.send(Arc::new(revision));
+                }
             }
-            for revision in committed {
-                // No receivers is fine: nobody is watching.
-                let _ = shared.events.send(Arc::new(revision));
-            }
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "metadata commit failed");
-            // Whether redb kept any of it is unknown: forget every cached value.
-            shared.hot.publish(None::<std::iter::Empty<&Bytes>>, None, &shared.revision);
-            for req in batch {
-                let _ = req.reply.send(Err(MetaError::Storage(err.to_string())));
+            Err(err) => {
+                tracing::error!(error = %err, "metadata commit failed");
+                // Whether redb kept any of it is unknown: forget every cached value.
+                shared.hot.publish(None::<std::iter::Empty<&Bytes>>, None, &shared.revision);
+                for req in batch {
+                    let _ = req.reply.send(Err(MetaError::Storage(err.to_string())));
+                }
             }
         }
     }
@@ -538,100 +510,24 @@ fn trim_history(
 
 // ----- the trait --------------------------------------------------------------------------------
 
-/// One caller waiting for its transactions' answer, counted while it waits.
-struct Writing<'a> {
-    writers: &'a AtomicUsize,
-    /// Nobody else was writing when it started. Only such a caller commits on its own thread:
-    /// concurrent writers wait in the queue to share the writer thread's group commits, which
-    /// is what their throughput rests on.
-    alone: bool,
-}
-
-impl<'a> Writing<'a> {
-    fn start(writers: &'a AtomicUsize) -> Self {
-        let alone = writers.fetch_add(1, Ordering::SeqCst) == 0;
-        Writing { writers, alone }
-    }
-}
-
-impl Drop for Writing<'_> {
-    fn drop(&mut self) {
-        self.writers.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 impl EmbeddedStore {
-    /// Commits `txns` in this order, after everything queued before them: here when the caller
-    /// writes alone and the writer is idle, else through the writer's queue. The receivers get
-    /// the responses.
-    async fn submit(
-        &self,
-        txns: Vec<Txn>,
-        writing: &Writing<'_>,
-    ) -> Vec<MetaResult<oneshot::Receiver<MetaResult<TxnResponse>>>> {
-        let (requests, responses): (Vec<WriteRequest>, Vec<_>) = txns
-            .into_iter()
-            .map(|txn| {
-                let (reply, response) = oneshot::channel();
-                (WriteRequest { txn, reply }, response)
-            })
-            .unzip();
-        let here = if writing.alone { self.commit_here(requests) } else { Err(requests) };
-        let Err(requests) = here else {
-            return responses.into_iter().map(Ok).collect();
-        };
-        let mut out = Vec::with_capacity(requests.len());
-        for (request, response) in requests.into_iter().zip(responses) {
-            out.push(self.enqueue(request).await.map(|()| response));
-        }
-        out
-    }
-
-    /// Commits `requests` on this thread if nothing is queued, nobody is committing and the
-    /// runtime has other threads to run the rest meanwhile; gives them back otherwise.
-    /// (`block_in_place` refuses a `LocalSet`; nothing in Meridian writes from one.)
-    fn commit_here(&self, requests: Vec<WriteRequest>) -> Result<(), Vec<WriteRequest>> {
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let shared = &self.shared;
-        if !multi_thread || shared.queued.load(Ordering::SeqCst) != 0 {
-            return Err(requests);
-        }
-        let _committing = match shared.committer.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(requests),
-        };
-        // Checked again under the lock: a request queued before it took the lock goes first.
-        if shared.queued.load(Ordering::SeqCst) != 0 {
-            return Err(requests);
-        }
-        shared.metrics.caller_commits.inc();
-        tokio::task::block_in_place(|| commit_and_answer(shared, requests));
-        Ok(())
-    }
-
-    /// Puts a transaction in the writer's queue.
-    async fn enqueue(&self, request: WriteRequest) -> MetaResult<()> {
+    /// Puts a transaction in the writer's queue; the receiver gets its response.
+    async fn enqueue(&self, txn: Txn) -> MetaResult<oneshot::Receiver<MetaResult<TxnResponse>>> {
+        let (reply, response) = oneshot::channel();
         let writer = self.writer.clone();
-        let queued = &self.shared.queued;
-        // Counted before it is sent: from here no caller commits ahead of it.
-        queued.fetch_add(1, Ordering::SeqCst);
-        let sent = match writer.try_send(request) {
-            Ok(()) => Ok(()),
-            // The queue is bounded; a full queue means the disk is the bottleneck, so wait off
-            // the async threads.
-            Err(mpsc::TrySendError::Full(req)) => match tokio::task::spawn_blocking(move || writer.send(req)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(MetaError::Closed),
-                Err(err) => Err(storage(err)),
-            },
-            Err(mpsc::TrySendError::Disconnected(_)) => Err(MetaError::Closed),
-        };
-        if sent.is_err() {
-            queued.fetch_sub(1, Ordering::SeqCst);
+        // The queue is bounded; a full queue means the disk is the bottleneck, so wait off the
+        // async threads.
+        match writer.try_send(WriteRequest { txn, reply }) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(req)) => {
+                tokio::task::spawn_blocking(move || writer.send(req))
+                    .await
+                    .map_err(storage)?
+                    .map_err(|_| MetaError::Closed)?;
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(MetaError::Closed),
         }
-        sent
+        Ok(response)
     }
 }
 
@@ -656,16 +552,17 @@ impl MetaStore for EmbeddedStore {
     }
 
     async fn txn(&self, txn: Txn) -> MetaResult<TxnResponse> {
-        let writing = Writing::start(&self.shared.writers);
-        let response = self.submit(vec![txn], &writing).await.pop().unwrap_or(Err(MetaError::Closed))?;
+        let response = self.enqueue(txn).await?;
         response.await.map_err(|_| MetaError::Closed)?
     }
 
     async fn txns_in_order(&self, txns: Vec<Txn>) -> Vec<MetaResult<TxnResponse>> {
-        // Committed here in one batch, or queued in order before any is awaited: either keeps
+        // The writer applies its queue in order, so queueing them all before awaiting any keeps
         // the order and lets them share a group commit.
-        let writing = Writing::start(&self.shared.writers);
-        let pending = self.submit(txns, &writing).await;
+        let mut pending = Vec::with_capacity(txns.len());
+        for txn in txns {
+            pending.push(self.enqueue(txn).await);
+        }
         let mut responses = Vec::with_capacity(pending.len());
         for queued in pending {
             responses.push(match queued {
@@ -799,48 +696,6 @@ mod tests {
     async fn conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
         conformance::run_all(&open(&dir)).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn conformance_suite_with_commits_on_the_callers_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        conformance::run_all(&open(&dir)).await;
-    }
-
-    /// A lone writer on a multi-threaded runtime commits on its own thread (no hand-off to the
-    /// writer thread and back); many at once still share group commits through the queue, and
-    /// every one gets its own revision, in the order each caller saw.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_lone_writer_commits_on_its_own_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = meridian_metrics::EmbeddedMetrics::default();
-        let options = EmbeddedOptions { metrics: metrics.clone(), ..EmbeddedOptions::default() };
-        let store = EmbeddedStore::open(&dir.path().join("meta.redb"), options).unwrap();
-        for i in 1..=20u64 {
-            let resp = store.txn(Txn::new().then(Op::put("lone", format!("{i}")))).await.unwrap();
-            assert_eq!(resp.revision, i);
-        }
-        assert_eq!(metrics.caller_commits.get(), 20, "every lone commit ran on the caller's thread");
-        assert_eq!(metrics.commits.get(), 20);
-        let writers: Vec<_> = (0..64)
-            .map(|w| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let mut last = 0;
-                    for i in 0..20 {
-                        let resp = store.txn(Txn::new().then(Op::put(format!("w{w}"), format!("{i}")))).await.unwrap();
-                        assert!(resp.revision > last, "revision {} after {last}", resp.revision);
-                        last = resp.revision;
-                    }
-                })
-            })
-            .collect();
-        for writer in writers {
-            writer.await.unwrap();
-        }
-        assert_eq!(store.current_revision().await.unwrap(), 20 + 64 * 20);
-        assert!(metrics.commits.get() < 20 + 64 * 20, "concurrent writers shared no commit");
-        assert!(metrics.caller_commits.get() < metrics.commits.get(), "no writer went through the queue");
     }
 
     /// Each commit writes the same counter to `a` and `b`; a reader that reads `a` and then

@@ -555,8 +555,6 @@ pub struct EmbeddedMetrics {
     pub batch_size: Histogram,
     pub commit_duration: Histogram,
     pub commits: Counter,
-    /// Commits made on the writing caller's own thread (the writer thread was idle).
-    pub caller_commits: Counter,
 }
 
 impl Default for EmbeddedMetrics {
@@ -565,7 +563,6 @@ impl Default for EmbeddedMetrics {
             batch_size: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 11)),
             commit_duration: latency_histogram(),
             commits: Counter::default(),
-            caller_commits: Counter::default(),
         }
     }
 }
@@ -584,11 +581,6 @@ impl EmbeddedMetrics {
             self.commit_duration.clone(),
         );
         r.register("meta_commits", "Group commits of the embedded store", self.commits.clone());
-        r.register(
-            "meta_caller_commits",
-            "Commits of the embedded store made on the writing request's own thread, the writer thread being idle",
-            self.caller_commits.clone(),
-        );
     }
 }
 
