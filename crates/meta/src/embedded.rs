@@ -8,7 +8,8 @@
 //! Reads run on the caller's thread against a redb read snapshot.
 //!
 //! History for watches is a log table keyed by revision that keeps the most recent
-//! `history_revisions` revisions.
+//! `history_revisions` revisions, and always the newest one: its key is the store's revision,
+//! so a commit writes two tables (the keys and the log) and no separate revision counter.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -28,8 +29,9 @@ use crate::{
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const META_REVISION: &str = "revision";
+/// Where stores written before the log carried the revision kept it; read once on open.
+const LEGACY_META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const LEGACY_META_REVISION: &str = "revision";
 
 /// The most transactions folded into one commit.
 const MAX_BATCH: usize = 512;
@@ -107,20 +109,7 @@ impl EmbeddedStore {
         let backend = redb::backends::FileBackend::new(file).map_err(storage)?;
         let db =
             Database::builder().set_cache_size(options.cache_bytes).create_with_backend(backend).map_err(storage)?;
-        let (revision, oldest) = {
-            let wtx = db.begin_write().map_err(storage)?;
-            let revision = {
-                let mut meta = wtx.open_table(META).map_err(storage)?;
-                wtx.open_table(KV).map_err(storage)?;
-                let log = wtx.open_table(LOG).map_err(storage)?;
-                let revision = meta.get(META_REVISION).map_err(storage)?.map(|v| v.value()).unwrap_or(0);
-                meta.insert(META_REVISION, revision).map_err(storage)?;
-                let oldest = log.first().map_err(storage)?.map(|(k, _)| k.value()).unwrap_or(revision + 1);
-                (revision, oldest)
-            };
-            wtx.commit().map_err(storage)?;
-            revision
-        };
+        let (revision, oldest) = open_tables(&db)?;
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             db,
@@ -140,7 +129,7 @@ impl EmbeddedStore {
 
     fn read_range(&self, req: &RangeRequest) -> MetaResult<RangeResponse> {
         let rtx = self.shared.db.begin_read().map_err(storage)?;
-        let revision = read_revision(&rtx)?;
+        let revision = snapshot_revision(&rtx)?;
         let table = rtx.open_table(KV).map_err(storage)?;
         let start = bound_ref(&req.start);
         let end = bound_ref(&req.end);
@@ -180,7 +169,7 @@ impl EmbeddedStore {
 
     fn read_many(&self, keys: &[Bytes]) -> MetaResult<(Vec<Option<KeyValue>>, Revision)> {
         let rtx = self.shared.db.begin_read().map_err(storage)?;
-        let revision = read_revision(&rtx)?;
+        let revision = snapshot_revision(&rtx)?;
         let table = rtx.open_table(KV).map_err(storage)?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
@@ -210,9 +199,40 @@ impl EmbeddedStore {
     }
 }
 
-fn read_revision(rtx: &redb::ReadTransaction) -> MetaResult<Revision> {
-    let meta = rtx.open_table(META).map_err(storage)?;
-    Ok(meta.get(META_REVISION).map_err(storage)?.map(|v| v.value()).unwrap_or(0))
+/// Creates the tables of a new store, or moves an older store's revision into its log; returns
+/// the newest revision and the oldest one still in the history log.
+fn open_tables(db: &Database) -> MetaResult<(Revision, Revision)> {
+    let wtx = db.begin_write().map_err(storage)?;
+    let (revision, oldest) = {
+        wtx.open_table(KV).map_err(storage)?;
+        let mut log = wtx.open_table(LOG).map_err(storage)?;
+        let logged = logged_revision(&log)?;
+        let legacy = {
+            let meta = wtx.open_table(LEGACY_META).map_err(storage)?;
+            meta.get(LEGACY_META_REVISION).map_err(storage)?.map(|v| v.value()).unwrap_or(0)
+        };
+        if legacy > logged {
+            // Its log was emptied (history retention 0): an empty entry carries the revision.
+            log.insert(legacy, [].as_slice()).map_err(storage)?;
+        }
+        let revision = logged.max(legacy);
+        let oldest = log.first().map_err(storage)?.map(|(k, _)| k.value()).unwrap_or(revision + 1);
+        (revision, oldest)
+    };
+    // Left in place it would hold a revision that stops moving.
+    wtx.delete_table(LEGACY_META).map_err(storage)?;
+    wtx.commit().map_err(storage)?;
+    Ok((revision, oldest))
+}
+
+/// The newest revision in the history log: the store's revision, since the log always keeps its
+/// newest entry (see [`trim_history`]).
+fn logged_revision(log: &impl ReadableTable<u64, &'static [u8]>) -> MetaResult<Revision> {
+    Ok(log.last().map_err(storage)?.map(|(k, _)| k.value()).unwrap_or(0))
+}
+
+fn snapshot_revision(rtx: &redb::ReadTransaction) -> MetaResult<Revision> {
+    logged_revision(&rtx.open_table(LOG).map_err(storage)?)
 }
 
 fn bound_ref(bound: &Bound<Bytes>) -> Bound<&[u8]> {
@@ -368,8 +388,7 @@ fn commit_batch(shared: &Shared, txns: &[&Txn], history_revisions: u64) -> MetaR
     {
         let mut kv = wtx.open_table(KV).map_err(storage)?;
         let mut log = wtx.open_table(LOG).map_err(storage)?;
-        let mut meta = wtx.open_table(META).map_err(storage)?;
-        let mut revision = meta.get(META_REVISION).map_err(storage)?.map(|v| v.value()).unwrap_or(0);
+        let mut revision = logged_revision(&log)?;
         for txn in txns {
             if let Err(err) = validate(txn) {
                 results.push(Err(err));
@@ -399,7 +418,6 @@ fn commit_batch(shared: &Shared, txns: &[&Txn], history_revisions: u64) -> MetaR
             }
             results.push(Ok(TxnResponse { succeeded: true, revision, failure_reads: Vec::new() }));
         }
-        meta.insert(META_REVISION, revision).map_err(storage)?;
         trim_history(shared, &mut log, revision, history_revisions)?;
     }
     wtx.commit().map_err(storage)?;
@@ -471,14 +489,15 @@ fn apply_ops(table: &mut redb::Table<&[u8], &[u8]>, ops: &[Op], revision: Revisi
     Ok(events)
 }
 
-/// Drops history older than the retention window, a bounded amount per commit.
+/// Drops history older than the retention window, a bounded amount per commit. The newest
+/// entry always stays, whatever the window: its key is the store's revision.
 fn trim_history(
     shared: &Shared,
     log: &mut redb::Table<u64, &[u8]>,
     revision: Revision,
     history_revisions: u64,
 ) -> MetaResult<()> {
-    let keep_from = revision.saturating_sub(history_revisions) + 1;
+    let keep_from = (revision.saturating_sub(history_revisions) + 1).min(revision);
     let oldest = shared.oldest.load(Ordering::SeqCst);
     if oldest >= keep_from {
         return Ok(());
@@ -667,6 +686,7 @@ async fn replay(
 mod tests {
     use super::*;
     use crate::conformance;
+    use redb::TableHandle;
 
     fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
         EmbeddedStore::open(&dir.path().join("meta.redb"), EmbeddedOptions::default()).unwrap()
@@ -731,6 +751,94 @@ mod tests {
         assert_eq!(store.get(b"a").await.unwrap().unwrap().value, Bytes::from("1"));
         let resp = store.txn(Txn::new().then(Op::put("c", "3"))).await.unwrap();
         assert_eq!(resp.revision, 3);
+    }
+
+    /// Opens the store in `dir` once the previous one's writer thread has let go of the file.
+    async fn reopen(dir: &tempfile::TempDir, options: EmbeddedOptions) -> EmbeddedStore {
+        for _ in 0..500 {
+            if let Ok(store) = EmbeddedStore::open(&dir.path().join("meta.redb"), options.clone()) {
+                return store;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the store could not be reopened within 5 s");
+    }
+
+    /// The table names in the store's file, once the last store's writer thread has let go of it.
+    async fn tables(dir: &tempfile::TempDir) -> Vec<String> {
+        for _ in 0..500 {
+            if let Ok(db) = Database::open(dir.path().join("meta.redb")) {
+                let rtx = db.begin_read().unwrap();
+                let mut names: Vec<String> = rtx.list_tables().unwrap().map(|t| t.name().to_string()).collect();
+                names.sort();
+                return names;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the store's file stayed open for 5 s");
+    }
+
+    /// A commit touches the keys and the log only: the revision is the log's newest key.
+    #[tokio::test]
+    async fn commits_keep_the_revision_in_the_log_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(&dir);
+            store.txn(Txn::new().then(Op::put("a", "1"))).await.unwrap();
+        }
+        assert_eq!(tables(&dir).await, ["kv", "log"]);
+    }
+
+    /// With no history kept, the log still keeps its newest entry, so the revision survives a
+    /// reopen and is never handed out twice.
+    #[tokio::test]
+    async fn revision_survives_reopen_with_no_history_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = EmbeddedOptions { history_revisions: 0, ..EmbeddedOptions::default() };
+        {
+            let store = EmbeddedStore::open(&dir.path().join("meta.redb"), options.clone()).unwrap();
+            for i in 0..5 {
+                store.txn(Txn::new().then(Op::put("k", format!("{i}")))).await.unwrap();
+            }
+            let err = store.watch(RangeRequest::prefix("k"), 4).await.err().unwrap();
+            assert!(matches!(err, MetaError::Compacted { requested: 4, oldest: 5 }), "{err:?}");
+        }
+        let store = reopen(&dir, options).await;
+        assert_eq!(store.current_revision().await.unwrap(), 5);
+        assert_eq!(store.get(b"k").await.unwrap().unwrap().mod_revision, 5);
+        assert_eq!(store.txn(Txn::new().then(Op::put("k", "5"))).await.unwrap().revision, 6);
+    }
+
+    /// A store written when the revision was kept in a table of its own (`meta`) opens at that
+    /// revision, even with its log emptied, and the old table is gone afterwards.
+    #[tokio::test]
+    async fn a_store_with_the_legacy_revision_table_keeps_its_revision() {
+        for logged in [&[][..], &[6, 7][..]] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let db = Database::create(dir.path().join("meta.redb")).unwrap();
+                let wtx = db.begin_write().unwrap();
+                {
+                    let mut kv = wtx.open_table(KV).unwrap();
+                    kv.insert(b"k".as_slice(), encode_kv(1, 7, 3, b"v").as_slice()).unwrap();
+                    let mut log = wtx.open_table(LOG).unwrap();
+                    for rev in logged {
+                        log.insert(*rev, [].as_slice()).unwrap();
+                    }
+                    wtx.open_table(LEGACY_META).unwrap().insert(LEGACY_META_REVISION, 7).unwrap();
+                }
+                wtx.commit().unwrap();
+            }
+            {
+                let store = open(&dir);
+                assert_eq!(store.current_revision().await.unwrap(), 7, "log {logged:?}");
+                let (_, revision) = store.get_many(&[Bytes::from_static(b"k")]).await.unwrap();
+                assert_eq!(revision, 7, "log {logged:?}");
+                assert_eq!(store.txn(Txn::new().then(Op::put("k", "w"))).await.unwrap().revision, 8);
+            }
+            let store = reopen(&dir, EmbeddedOptions::default()).await;
+            assert_eq!(store.current_revision().await.unwrap(), 8, "log {logged:?}");
+        }
     }
 
     #[tokio::test]
