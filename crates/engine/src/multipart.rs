@@ -302,7 +302,7 @@ impl Engine {
         conditions: &WriteConditions,
     ) -> EngineResult<(ObjectRecord, Revision)> {
         let (upload, upload_revision) = self.upload(bucket, key, upload_id).await?;
-        let (bucket_record, _) = self.bucket(bucket).await?;
+        let (bucket_record, bucket_revision) = self.writable_bucket(bucket).await?;
         self.check_residency(bucket, &bucket_record)?;
         let stored = self.all_parts(upload_id).await?;
         let chosen = self.choose_parts(&stored, listed)?;
@@ -341,7 +341,7 @@ impl Engine {
         let unused: Vec<_> = stored.iter().map(|(_, p, _)| p.blob).filter(|b| !used.contains(b)).collect();
 
         let upload_key = keys::upload(bucket, key, upload_id);
-        let mut extra = ExtraTxn { versioning: bucket_record.versioning, ..Default::default() };
+        let mut extra = ExtraTxn::seen_bucket(&bucket_record, bucket_revision);
         extra.ops.extend(self.repair_op(bucket, key, &bucket_record, &record).await?);
         let completed = crate::notify::EventKind::CompleteMultipartUpload;
         extra.notify(bucket, &bucket_record, key, completed, &record);

@@ -501,7 +501,7 @@ impl Engine {
         conditions: &WriteConditions,
         extra: ExtraTxn,
     ) -> EngineResult<Committed> {
-        if extra.versioning.is_some() {
+        if extra.versioned_bucket.is_some() {
             let new = Some((record, inline.as_ref()));
             let done = self.commit_version(bucket, key, new, conditions, &extra).await?;
             return Ok((done.revision, Some(done.stamp)));
@@ -1090,11 +1090,9 @@ pub(crate) struct ExtraTxn {
     /// The bucket record's revision as the caller read it: the first attempt compares it
     /// instead of reading the record again; a stale one fails the commit, and the retry reads it.
     pub bucket_revision: Option<Revision>,
-    /// The bucket's versioning as the caller read it: set, the write makes a new version
-    /// ([`Engine::commit_version`]).
-    pub versioning: Option<record::Versioning>,
-    /// The versioned bucket's record as the caller read it (at `bucket_revision`): the first
-    /// attempt of [`Engine::commit_version`] plans with it instead of reading it again.
+    /// The bucket's record as the caller read it (at `bucket_revision`), when it is versioned:
+    /// set, the write makes a new version ([`Engine::commit_version`], whose first attempt plans
+    /// with this record instead of reading it again).
     pub versioned_bucket: Option<Box<BucketRecord>>,
     /// The event of a versioned write, queued by [`Engine::commit_version`] with the version it
     /// makes.
@@ -1109,7 +1107,6 @@ impl ExtraTxn {
     pub(crate) fn seen_bucket(bucket: &BucketRecord, revision: Revision) -> Self {
         ExtraTxn {
             bucket_revision: Some(revision),
-            versioning: bucket.versioning,
             versioned_bucket: bucket.versioning.is_some().then(|| Box::new(bucket.clone())),
             ..Default::default()
         }

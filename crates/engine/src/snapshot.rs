@@ -371,9 +371,13 @@ impl Engine {
     pub async fn snapshot(&self, bucket: &str, name: &str) -> EngineResult<SnapshotInfo> {
         validate_name(name)?;
         self.bucket(bucket).await?;
+        SnapshotInfo::new(bucket, name, &self.snapshot_entry(bucket, name).await?)
+    }
+
+    /// The snapshot key of `bucket@name` (its create revision is what the snapshot shows).
+    async fn snapshot_entry(&self, bucket: &str, name: &str) -> EngineResult<KeyValue> {
         let kv = self.meta().get(&keys::snapshot(bucket, name)).await?;
-        let kv = kv.ok_or_else(|| EngineError::NoSuchSnapshot(format!("{bucket}@{name}")))?;
-        SnapshotInfo::new(bucket, name, &kv)
+        kv.ok_or_else(|| EngineError::NoSuchSnapshot(format!("{bucket}@{name}")))
     }
 
     /// Every snapshot of a bucket, by name.
@@ -582,9 +586,8 @@ impl Engine {
     async fn snapshot_layers(&self, bucket: &str, name: &str) -> EngineResult<Vec<Layer>> {
         validate_name(name)?;
         let (record, _) = self.bucket(bucket).await?;
-        let kv = self.meta().get(&keys::snapshot(bucket, name)).await?;
-        let kv = kv.ok_or_else(|| EngineError::NoSuchSnapshot(format!("{bucket}@{name}")))?;
-        self.layers(bucket, &record, kv.create_revision).await
+        let revision = self.snapshot_entry(bucket, name).await?.create_revision;
+        self.layers(bucket, &record, revision).await
     }
 
     /// What one layer shows of `key`. Reads `v/` before `z/`, so a version moving between them

@@ -5,6 +5,7 @@
 //! names the newest version and the `null` one; every versioned change of the key compares it.
 //! Unversioned buckets never touch `v/`.
 
+use std::borrow::Cow;
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -286,13 +287,19 @@ impl Engine {
         conditions: &WriteConditions,
         extra: &ExtraTxn,
     ) -> EngineResult<VersionCommit> {
-        let mut seen = extra.versioned_bucket.as_deref().cloned().zip(extra.bucket_revision);
+        let mut seen = extra.versioned_bucket.as_deref().zip(extra.bucket_revision);
         for _ in 0..MAX_ATTEMPTS {
             // The caller's record of the bucket for the first attempt (the commit compares its
             // revision); a retry reads both again, at once.
             let ((bucket_record, bucket_revision), state) = match seen.take() {
-                Some(bucket_seen) => (bucket_seen, self.read_key_state(bucket, key).await?),
-                None => futures::try_join!(self.writable_bucket(bucket), self.read_key_state(bucket, key))?,
+                Some((record, revision)) => {
+                    ((Cow::Borrowed(record), revision), self.read_key_state(bucket, key).await?)
+                }
+                None => {
+                    let ((record, revision), state) =
+                        futures::try_join!(self.writable_bucket(bucket), self.read_key_state(bucket, key))?;
+                    ((Cow::Owned(record), revision), state)
+                }
             };
             let now = now_ms();
             conditions

@@ -519,6 +519,27 @@ async fn versions_keep_their_bytes_until_they_are_deleted() {
 }
 
 /// The ids of a key's versions (newest first) and whether each is a delete marker.
+/// A versioned PUT handed a bucket record that changed since it was read (here: versioning
+/// suspended meanwhile) makes the version the bucket calls for now: the stale record fails the
+/// commit's comparison and the retry reads the bucket again.
+#[tokio::test]
+async fn a_versioned_put_with_a_stale_bucket_record_follows_the_bucket_as_it_is() {
+    use meridian_engine::record::Versioning;
+    let f = fixture();
+    let e = &f.engine;
+    e.create_bucket("ver", "me").await.unwrap();
+    e.set_versioning("ver", Versioning::Enabled).await.unwrap();
+    let stale = e.bucket("ver").await.unwrap();
+    let fresh = e.put_object_in(Some(stale.clone()), put("ver", "k", "enabled")).await.unwrap();
+    assert_ne!(version_of(&fresh), "null", "a record still current is used as it is");
+
+    e.set_versioning("ver", Versioning::Suspended).await.unwrap();
+    let out = e.put_object_in(Some(stale), put("ver", "k", "suspended")).await.unwrap();
+    assert_eq!(version_of(&out), "null", "written as the suspended bucket's null version");
+    assert_eq!(read_version(e, "ver", "k", "null").await.unwrap(), b"suspended");
+    assert_eq!(read_version(e, "ver", "k", &version_of(&fresh)).await.unwrap(), b"enabled");
+}
+
 async fn versions_of(engine: &Engine, bucket: &str, prefix: &str) -> Vec<(String, bool)> {
     let req = versions::VersionListRequest { prefix: prefix.into(), max_keys: 1000, ..Default::default() };
     let page = engine.list_versions(bucket, &req).await.unwrap();
