@@ -75,7 +75,7 @@ async fn a_fresh_node_keeps_every_file_owner_only_even_under_umask_000() {
     write_some_objects(&client_for(&server.endpoint, &access, &secret)).await;
 
     let files = assert_owner_only(&data);
-    for name in ["meta.redb", "credentials.toml", "admin-token", "node-id"] {
+    for name in ["meta.redb", "meta.redb-wal", "credentials.toml", "admin-token", "node-id"] {
         assert!(data.join(name).is_file(), "{name} missing");
     }
     assert!(files >= 7, "only {files} files: the blobs of the large object and the parts are missing");

@@ -2,9 +2,12 @@
 //! `docs/decisions/002-embedded-metadata-store.md` for why redb).
 //!
 //! Writes go through one writer thread that gathers every transaction waiting in its queue into
-//! a single redb write transaction and commits them with one fsync ("group commit"). Each
-//! logical transaction still gets its own revision and is evaluated against the effects of the
-//! ones before it in the batch, so the result is exactly as if they had run one after another.
+//! a single redb write transaction ("group commit"). Each logical transaction still gets its own
+//! revision and is evaluated against the effects of the ones before it in the batch, so the
+//! result is exactly as if they had run one after another. The batch's revisions are appended to
+//! a write-ahead log (`<file>-wal`, [`crate::wal`]) with one `fdatasync`; redb then commits
+//! without syncing, and a durable redb commit now and then (a checkpoint) lets the log start
+//! over. Opening the store replays what the log holds beyond redb's last durable commit.
 //! Reads run on the caller's thread against a redb read snapshot.
 //!
 //! History for watches is a log table keyed by revision that keeps the most recent
@@ -22,6 +25,7 @@ use meridian_common::private_files;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
+use crate::wal::{LoggedRevision, Wal};
 use crate::{
     EventKind, KeyValue, MetaError, MetaResult, MetaStore, Op, RangeRequest, RangeResponse, Revision, Txn, TxnResponse,
     WatchEvent, WatchStream,
@@ -47,6 +51,10 @@ pub struct EmbeddedOptions {
     pub cache_bytes: usize,
     /// Where group-commit batch sizes and commit times are recorded.
     pub metrics: meridian_metrics::EmbeddedMetrics,
+    /// A checkpoint (a durable redb commit) is made once the write-ahead log holds this much.
+    pub checkpoint_bytes: u64,
+    /// ... or once the writer has had nothing to do for this long.
+    pub checkpoint_idle: std::time::Duration,
 }
 
 impl Default for EmbeddedOptions {
@@ -55,6 +63,8 @@ impl Default for EmbeddedOptions {
             history_revisions: 100_000,
             cache_bytes: 64 << 20,
             metrics: meridian_metrics::EmbeddedMetrics::default(),
+            checkpoint_bytes: 16 << 20,
+            checkpoint_idle: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -97,7 +107,7 @@ fn storage<E: std::fmt::Display>(err: E) -> MetaError {
 
 impl EmbeddedStore {
     /// Opens (or creates, mode 0600: it holds every secret of the node) the store in `path`
-    /// (a file).
+    /// (a file) and its write-ahead log beside it ([`wal_path`]).
     pub fn open(path: &Path, options: EmbeddedOptions) -> MetaResult<Self> {
         let file = private_files::file_options()
             .read(true)
@@ -109,7 +119,10 @@ impl EmbeddedStore {
         let backend = redb::backends::FileBackend::new(file).map_err(storage)?;
         let db =
             Database::builder().set_cache_size(options.cache_bytes).create_with_backend(backend).map_err(storage)?;
-        let (revision, oldest) = open_tables(&db)?;
+        let durable = open_tables(&db)?;
+        let (wal, logged) = Wal::open(&wal_path(path))?;
+        replay_wal(&db, durable, logged)?;
+        let (revision, oldest) = history_bounds(&db)?;
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             db,
@@ -122,7 +135,7 @@ impl EmbeddedStore {
         let writer_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("meta-writer".into())
-            .spawn(move || writer_loop(&writer_shared, &queue, options.history_revisions, &options.metrics))
+            .spawn(move || Writer { shared: &writer_shared, wal, options: &options, poisoned: None }.run(&queue))
             .map_err(storage)?;
         Ok(EmbeddedStore { shared, writer })
     }
@@ -199,11 +212,18 @@ impl EmbeddedStore {
     }
 }
 
+/// The write-ahead log of the store in `path`: the same name with `-wal` appended.
+pub fn wal_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
+}
+
 /// Creates the tables of a new store, or moves an older store's revision into its log; returns
-/// the newest revision and the oldest one still in the history log.
-fn open_tables(db: &Database) -> MetaResult<(Revision, Revision)> {
+/// the newest revision redb holds durably.
+fn open_tables(db: &Database) -> MetaResult<Revision> {
     let wtx = db.begin_write().map_err(storage)?;
-    let (revision, oldest) = {
+    let revision = {
         wtx.open_table(KV).map_err(storage)?;
         let mut log = wtx.open_table(LOG).map_err(storage)?;
         let logged = logged_revision(&log)?;
@@ -215,13 +235,59 @@ fn open_tables(db: &Database) -> MetaResult<(Revision, Revision)> {
             // Its log was emptied (history retention 0): an empty entry carries the revision.
             log.insert(legacy, [].as_slice()).map_err(storage)?;
         }
-        let revision = logged.max(legacy);
-        let oldest = log.first().map_err(storage)?.map(|(k, _)| k.value()).unwrap_or(revision + 1);
-        (revision, oldest)
+        logged.max(legacy)
     };
     // Left in place it would hold a revision that stops moving.
     wtx.delete_table(LEGACY_META).map_err(storage)?;
     wtx.commit().map_err(storage)?;
+    Ok(revision)
+}
+
+/// Applies the revisions the write-ahead log holds beyond `durable` (redb's newest durable
+/// revision) and commits them durably: the log may then be written over from its start.
+fn replay_wal(db: &Database, durable: Revision, logged: Vec<LoggedRevision>) -> MetaResult<()> {
+    let pending: Vec<LoggedRevision> = logged.into_iter().filter(|r| r.revision > durable).collect();
+    let Some(first) = pending.first() else {
+        return Ok(());
+    };
+    if first.revision != durable + 1 {
+        return Err(MetaError::Storage(format!(
+            "the metadata write-ahead log resumes at revision {} but the database ends at {durable}",
+            first.revision
+        )));
+    }
+    let wtx = db.begin_write().map_err(storage)?;
+    {
+        let mut kv = wtx.open_table(KV).map_err(storage)?;
+        let mut log = wtx.open_table(LOG).map_err(storage)?;
+        for logged in &pending {
+            for event in decode_events(logged.revision, &logged.events)? {
+                let kv_event = &event.kv;
+                match event.kind {
+                    EventKind::Put => {
+                        let record =
+                            encode_kv(kv_event.create_revision, logged.revision, kv_event.version, &kv_event.value);
+                        kv.insert(kv_event.key.as_ref(), record.as_slice()).map_err(storage)?;
+                    }
+                    EventKind::Delete => {
+                        kv.remove(kv_event.key.as_ref()).map_err(storage)?;
+                    }
+                }
+            }
+            log.insert(logged.revision, logged.events.as_ref()).map_err(storage)?;
+        }
+    }
+    wtx.commit().map_err(storage)?;
+    tracing::info!(from = durable + 1, to = durable + pending.len() as u64, "replayed the metadata write-ahead log");
+    Ok(())
+}
+
+/// The newest revision and the oldest one still in the history log.
+fn history_bounds(db: &Database) -> MetaResult<(Revision, Revision)> {
+    let rtx = db.begin_read().map_err(storage)?;
+    let log = rtx.open_table(LOG).map_err(storage)?;
+    let revision = logged_revision(&log)?;
+    let oldest = log.first().map_err(storage)?.map(|(k, _)| k.value()).unwrap_or(revision + 1);
     Ok((revision, oldest))
 }
 
@@ -334,28 +400,75 @@ fn take_sized(data: &mut &[u8]) -> Option<Bytes> {
 
 // ----- the writer -------------------------------------------------------------------------------
 
-fn writer_loop(
-    shared: &Shared,
-    queue: &mpsc::Receiver<WriteRequest>,
-    history_revisions: u64,
-    metrics: &meridian_metrics::EmbeddedMetrics,
-) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(req) => batch.push(req),
-                Err(_) => break,
+struct Writer<'a> {
+    shared: &'a Shared,
+    wal: Wal,
+    options: &'a EmbeddedOptions,
+    /// Why writes are refused: the log and redb may disagree after a failure between the log's
+    /// append and redb's commit, and only reopening (which replays the log) settles it.
+    poisoned: Option<String>,
+}
+
+type BatchOutcome = (Vec<MetaResult<TxnResponse>>, Vec<RevisionEvents>);
+
+/// A failed group commit, and whether its frame may have reached the write-ahead log.
+struct CommitFailure {
+    err: MetaError,
+    logged: bool,
+}
+
+impl Writer<'_> {
+    fn run(mut self, queue: &mpsc::Receiver<WriteRequest>) {
+        loop {
+            let first = if self.wal.len() == 0 {
+                queue.recv().ok()
+            } else {
+                match queue.recv_timeout(self.options.checkpoint_idle) {
+                    Ok(req) => Some(req),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.checkpoint_when_idle();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                }
+            };
+            let Some(first) = first else { break };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(req) => batch.push(req),
+                    Err(_) => break,
+                }
             }
+            self.commit(batch);
+        }
+        // Every handle is gone: leave nothing for the next open to replay.
+        if self.wal.len() > 0 {
+            self.checkpoint_when_idle();
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<WriteRequest>) {
+        if let Some(reason) = &self.poisoned {
+            for req in batch {
+                let _ = req.reply.send(Err(MetaError::Storage(reason.clone())));
+            }
+            return;
         }
         let txns: Vec<&Txn> = batch.iter().map(|r| &r.txn).collect();
+        let checkpoint = self.wal.len() >= self.options.checkpoint_bytes;
+        let metrics = &self.options.metrics;
         let started = std::time::Instant::now();
-        let outcome = commit_batch(shared, &txns, history_revisions);
+        let outcome = commit_batch(self.shared, &txns, self.options.history_revisions, &mut self.wal, checkpoint);
         metrics.commit_duration.observe(started.elapsed().as_secs_f64());
         metrics.batch_size.observe(txns.len() as f64);
         metrics.commits.inc();
+        let shared = self.shared;
         match outcome {
             Ok((results, committed)) => {
+                if checkpoint {
+                    metrics.checkpoints.inc();
+                }
                 let newest = committed.last().map(|c| c.revision);
                 let written = committed.iter().flat_map(|c| c.events.iter().map(|e| &e.kv.key));
                 shared.hot.publish(Some(written), newest, &shared.revision);
@@ -367,8 +480,13 @@ fn writer_loop(
                     let _ = shared.events.send(Arc::new(revision));
                 }
             }
-            Err(err) => {
+            Err(CommitFailure { err, logged }) => {
                 tracing::error!(error = %err, "metadata commit failed");
+                if logged {
+                    self.poisoned = Some(format!(
+                        "the metadata store stopped taking writes after a failed commit ({err}); restart the node"
+                    ));
+                }
                 // Whether redb kept any of it is unknown: forget every cached value.
                 shared.hot.publish(None::<std::iter::Empty<&Bytes>>, None, &shared.revision);
                 for req in batch {
@@ -377,51 +495,102 @@ fn writer_loop(
             }
         }
     }
+
+    /// A durable redb commit of nothing: everything the log holds is then in redb.
+    fn checkpoint_when_idle(&mut self) {
+        if self.poisoned.is_some() {
+            return;
+        }
+        let durable = || -> MetaResult<()> {
+            let mut wtx = self.shared.db.begin_write().map_err(storage)?;
+            wtx.set_durability(redb::Durability::Immediate).map_err(storage)?;
+            wtx.commit().map_err(storage)
+        };
+        match durable() {
+            Ok(()) => {
+                self.wal.checkpointed();
+                self.options.metrics.checkpoints.inc();
+            }
+            // The log still holds it all: the next checkpoint tries again.
+            Err(err) => tracing::warn!(error = %err, "metadata checkpoint failed"),
+        }
+    }
 }
 
-type BatchOutcome = (Vec<MetaResult<TxnResponse>>, Vec<RevisionEvents>);
+/// Applies `txns` in one redb transaction. A checkpoint commits it durably; otherwise its
+/// revisions go to the write-ahead log, synced, before redb commits without syncing.
+fn commit_batch(
+    shared: &Shared,
+    txns: &[&Txn],
+    history_revisions: u64,
+    wal: &mut Wal,
+    checkpoint: bool,
+) -> Result<BatchOutcome, CommitFailure> {
+    let failed = |err: MetaError| CommitFailure { err, logged: false };
+    let mut wtx = shared.db.begin_write().map_err(storage).map_err(failed)?;
+    let durability = if checkpoint { redb::Durability::Immediate } else { redb::Durability::None };
+    wtx.set_durability(durability).map_err(storage).map_err(failed)?;
+    let (results, committed, entries) = apply_batch(shared, &wtx, txns, history_revisions).map_err(failed)?;
+    if !checkpoint && !entries.is_empty() {
+        let records: Vec<(Revision, &[u8])> = entries.iter().map(|(r, e)| (*r, e.as_slice())).collect();
+        wal.append(&records).map_err(|err| CommitFailure { err, logged: true })?;
+    }
+    let logged = !checkpoint && !entries.is_empty();
+    wtx.commit().map_err(|err| CommitFailure { err: storage(err), logged })?;
+    if checkpoint {
+        wal.checkpointed();
+    }
+    Ok((results, committed))
+}
 
-fn commit_batch(shared: &Shared, txns: &[&Txn], history_revisions: u64) -> MetaResult<BatchOutcome> {
-    let wtx = shared.db.begin_write().map_err(storage)?;
+/// A batch's results, its committed revisions' events, and each one's history-log entry.
+type AppliedBatch = (Vec<MetaResult<TxnResponse>>, Vec<RevisionEvents>, Vec<(Revision, Vec<u8>)>);
+
+fn apply_batch(
+    shared: &Shared,
+    wtx: &redb::WriteTransaction,
+    txns: &[&Txn],
+    history_revisions: u64,
+) -> MetaResult<AppliedBatch> {
     let mut results = Vec::with_capacity(txns.len());
     let mut committed = Vec::new();
-    {
-        let mut kv = wtx.open_table(KV).map_err(storage)?;
-        let mut log = wtx.open_table(LOG).map_err(storage)?;
-        let mut revision = logged_revision(&log)?;
-        for txn in txns {
-            if let Err(err) = validate(txn) {
-                results.push(Err(err));
-                continue;
-            }
-            let mut holds = true;
-            for compare in &txn.compares {
-                let current = get_kv(&kv, &compare.key)?;
-                if !compare.evaluate(current.as_ref()) {
-                    holds = false;
-                    break;
-                }
-            }
-            if !holds {
-                let mut failure_reads = Vec::with_capacity(txn.read_on_failure.len());
-                for key in &txn.read_on_failure {
-                    failure_reads.push(get_kv(&kv, key)?);
-                }
-                results.push(Ok(TxnResponse { succeeded: false, revision, failure_reads }));
-                continue;
-            }
-            let events = apply_ops(&mut kv, &txn.ops, revision + 1)?;
-            if !events.is_empty() {
-                revision += 1;
-                log.insert(revision, encode_events(&events).as_slice()).map_err(storage)?;
-                committed.push(RevisionEvents { revision, events });
-            }
-            results.push(Ok(TxnResponse { succeeded: true, revision, failure_reads: Vec::new() }));
+    let mut entries = Vec::new();
+    let mut kv = wtx.open_table(KV).map_err(storage)?;
+    let mut log = wtx.open_table(LOG).map_err(storage)?;
+    let mut revision = logged_revision(&log)?;
+    for txn in txns {
+        if let Err(err) = validate(txn) {
+            results.push(Err(err));
+            continue;
         }
-        trim_history(shared, &mut log, revision, history_revisions)?;
+        let mut holds = true;
+        for compare in &txn.compares {
+            let current = get_kv(&kv, &compare.key)?;
+            if !compare.evaluate(current.as_ref()) {
+                holds = false;
+                break;
+            }
+        }
+        if !holds {
+            let mut failure_reads = Vec::with_capacity(txn.read_on_failure.len());
+            for key in &txn.read_on_failure {
+                failure_reads.push(get_kv(&kv, key)?);
+            }
+            results.push(Ok(TxnResponse { succeeded: false, revision, failure_reads }));
+            continue;
+        }
+        let events = apply_ops(&mut kv, &txn.ops, revision + 1)?;
+        if !events.is_empty() {
+            revision += 1;
+            let entry = encode_events(&events);
+            log.insert(revision, entry.as_slice()).map_err(storage)?;
+            entries.push((revision, entry));
+            committed.push(RevisionEvents { revision, events });
+        }
+        results.push(Ok(TxnResponse { succeeded: true, revision, failure_reads: Vec::new() }));
     }
-    wtx.commit().map_err(storage)?;
-    Ok((results, committed))
+    trim_history(shared, &mut log, revision, history_revisions)?;
+    Ok((results, committed, entries))
 }
 
 /// Same rule as etcd: a key may be written at most once per transaction.
@@ -686,6 +855,7 @@ async fn replay(
 mod tests {
     use super::*;
     use crate::conformance;
+    use futures::StreamExt;
     use redb::TableHandle;
 
     fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
@@ -776,6 +946,120 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         panic!("the store's file stayed open for 5 s");
+    }
+
+    /// Options whose checkpoints come only when a test asks: after `bytes` of log, or idle for
+    /// `idle`.
+    fn checkpoints(bytes: u64, idle: std::time::Duration) -> EmbeddedOptions {
+        EmbeddedOptions { checkpoint_bytes: bytes, checkpoint_idle: idle, ..EmbeddedOptions::default() }
+    }
+
+    const NEVER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    /// Copies the store's files as a crash would leave them (the writer is idle: every write
+    /// was acknowledged) into a new directory; `with_log: false` leaves the write-ahead log out.
+    fn crash_image(dir: &tempfile::TempDir, with_log: bool) -> tempfile::TempDir {
+        let image = tempfile::tempdir().unwrap();
+        let db = dir.path().join("meta.redb");
+        std::fs::copy(&db, image.path().join("meta.redb")).unwrap();
+        if with_log {
+            std::fs::copy(wal_path(&db), wal_path(&image.path().join("meta.redb"))).unwrap();
+        }
+        image
+    }
+
+    async fn put_keys(store: &EmbeddedStore, keys: std::ops::Range<u32>) {
+        for i in keys {
+            store.txn(Txn::new().then(Op::put(format!("k{i:03}"), format!("v{i}")))).await.unwrap();
+        }
+    }
+
+    async fn count_keys(store: &EmbeddedStore) -> usize {
+        store.range(RangeRequest::prefix("k")).await.unwrap().kvs.len()
+    }
+
+    /// Acknowledged writes are durable in the log before redb holds them durably: without the
+    /// log a crash image has none of them, with it all, history included.
+    #[tokio::test]
+    async fn acknowledged_writes_survive_a_crash_through_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("meta.redb"), checkpoints(u64::MAX, NEVER)).unwrap();
+        put_keys(&store, 0..50).await;
+        store.txn(Txn::new().then(Op::delete("k007"))).await.unwrap();
+
+        let redb_alone = crash_image(&dir, false);
+        let opened = reopen(&redb_alone, EmbeddedOptions::default()).await;
+        assert_eq!(count_keys(&opened).await, 0, "redb alone held the writes durably: the log was not used");
+        assert_eq!(opened.current_revision().await.unwrap(), 0);
+
+        let image = crash_image(&dir, true);
+        let recovered = reopen(&image, EmbeddedOptions::default()).await;
+        assert_eq!(recovered.current_revision().await.unwrap(), 51);
+        assert_eq!(count_keys(&recovered).await, 49);
+        let kv = recovered.get(b"k049").await.unwrap().unwrap();
+        assert_eq!((kv.value, kv.create_revision, kv.mod_revision), (Bytes::from("v49"), 50, 50));
+        let mut watch = recovered.watch(RangeRequest::prefix("k"), 50).await.unwrap();
+        let events = [watch.next().await.unwrap().unwrap(), watch.next().await.unwrap().unwrap()];
+        assert_eq!((events[0].kind, events[0].kv.mod_revision), (EventKind::Put, 50));
+        assert_eq!((events[1].kind, events[1].kv.key.as_ref()), (EventKind::Delete, b"k007".as_ref()));
+        // Replayed into redb durably: the log may now be written over.
+        put_keys(&recovered, 50..60).await;
+        drop((watch, recovered));
+        let again = reopen(&image, EmbeddedOptions::default()).await;
+        assert_eq!((count_keys(&again).await, again.current_revision().await.unwrap()), (59, 61));
+    }
+
+    /// With a checkpoint after every ~300 bytes of log (six one-key commits) the log restarts at
+    /// its beginning again and again, and its newest frames are followed by older ones from the
+    /// cycle before; a crash image still has every write, once.
+    #[tokio::test]
+    async fn frames_left_behind_by_checkpoints_are_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = meridian_metrics::EmbeddedMetrics::default();
+        let options = EmbeddedOptions { metrics: metrics.clone(), ..checkpoints(300, NEVER) };
+        let store = EmbeddedStore::open(&dir.path().join("meta.redb"), options).unwrap();
+        put_keys(&store, 0..39).await;
+        assert_eq!(metrics.checkpoints.get(), 5, "five cycles of six logged commits and a checkpoint");
+        let image = crash_image(&dir, true);
+        let recovered = reopen(&image, EmbeddedOptions::default()).await;
+        assert_eq!((count_keys(&recovered).await, recovered.current_revision().await.unwrap()), (39, 39));
+        for i in [0u32, 34, 35, 38] {
+            let kv = recovered.get(format!("k{i:03}").as_bytes()).await.unwrap().unwrap();
+            assert_eq!((kv.version, kv.mod_revision), (1, u64::from(i) + 1));
+        }
+    }
+
+    /// An idle writer checkpoints: redb alone then holds everything.
+    #[tokio::test]
+    async fn an_idle_writer_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(
+            &dir.path().join("meta.redb"),
+            checkpoints(u64::MAX, std::time::Duration::from_millis(50)),
+        )
+        .unwrap();
+        put_keys(&store, 0..10).await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let redb_alone = crash_image(&dir, false);
+        let opened = reopen(&redb_alone, EmbeddedOptions::default()).await;
+        assert_eq!((count_keys(&opened).await, opened.current_revision().await.unwrap()), (10, 10));
+    }
+
+    /// A log whose revisions do not continue the database's (a file from another time) is
+    /// refused, naming both, instead of being applied over a gap.
+    #[tokio::test]
+    async fn a_log_that_does_not_continue_the_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("meta.redb"), checkpoints(u64::MAX, NEVER)).unwrap();
+        put_keys(&store, 0..5).await;
+        let early = crash_image(&dir, false);
+        drop(store);
+        let store = reopen(&dir, checkpoints(u64::MAX, NEVER)).await;
+        put_keys(&store, 5..8).await;
+        let late = crash_image(&dir, true);
+        std::fs::copy(wal_path(&late.path().join("meta.redb")), wal_path(&early.path().join("meta.redb"))).unwrap();
+        let err = EmbeddedStore::open(&early.path().join("meta.redb"), EmbeddedOptions::default()).err().unwrap();
+        assert!(err.to_string().contains("resumes at revision 6 but the database ends at 0"), "{err}");
     }
 
     /// A commit touches the keys and the log only: the revision is the log's newest key.

@@ -23,6 +23,7 @@ pub mod conformance;
 pub mod embedded;
 mod hot;
 mod keys;
+mod wal;
 
 pub use keys::prefix_end;
 

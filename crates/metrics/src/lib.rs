@@ -555,6 +555,7 @@ pub struct EmbeddedMetrics {
     pub batch_size: Histogram,
     pub commit_duration: Histogram,
     pub commits: Counter,
+    pub checkpoints: Counter,
 }
 
 impl Default for EmbeddedMetrics {
@@ -563,6 +564,7 @@ impl Default for EmbeddedMetrics {
             batch_size: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 11)),
             commit_duration: latency_histogram(),
             commits: Counter::default(),
+            checkpoints: Counter::default(),
         }
     }
 }
@@ -571,16 +573,21 @@ impl EmbeddedMetrics {
     fn register(&self, r: &mut Registry) {
         r.register(
             "meta_commit_batch_size",
-            "Transactions committed together in one write and fsync of the embedded store",
+            "Transactions committed together in one write-ahead log append and fsync of the embedded store",
             self.batch_size.clone(),
         );
         r.register_with_unit(
             "meta_commit_duration",
-            "Time one group commit of the embedded store took, fsync included",
+            "Time one group commit of the embedded store took, its write-ahead log append and fsync included",
             Unit::Seconds,
             self.commit_duration.clone(),
         );
         r.register("meta_commits", "Group commits of the embedded store", self.commits.clone());
+        r.register(
+            "meta_checkpoints",
+            "Durable commits of the embedded store's database after which its write-ahead log starts over",
+            self.checkpoints.clone(),
+        );
     }
 }
 
