@@ -42,6 +42,14 @@ pub struct Integrity {
     pub content_length: Option<u64>,
 }
 
+impl Integrity {
+    /// Whether the client sent a value to check the body against (Content-MD5, or a checksum
+    /// as a header or trailer) or asked for one to be computed.
+    pub fn declared(&self) -> bool {
+        self.content_md5.is_some() || self.algorithm.is_some() || self.expected.is_some() || self.trailer.is_some()
+    }
+}
+
 impl std::fmt::Debug for Integrity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Integrity")

@@ -120,10 +120,10 @@ impl Engine {
         bucket: &str,
         key: &str,
         upload_id: &str,
-    ) -> EngineResult<(UploadRecord, crate::record::Location)> {
+    ) -> EngineResult<(UploadRecord, crate::record::BucketRecord)> {
         let (record, _) = self.bucket(bucket).await?;
         self.check_residency(bucket, &record)?;
-        Ok((self.upload_checked(bucket, key, upload_id, false).await?.0, record.location))
+        Ok((self.upload_checked(bucket, key, upload_id, false).await?.0, record))
     }
 
     async fn upload_checked(
@@ -154,10 +154,20 @@ impl Engine {
         customer_key: Option<&CustomerKey>,
     ) -> EngineResult<(PartRecord, Option<Encryption>)> {
         check_part_number(part_number)?;
-        let (upload, location) = self.upload_for_part(bucket, key, upload_id).await?;
+        let (upload, bucket_record) = self.upload_for_part(bucket, key, upload_id).await?;
+        // As S3: the parts of an object that will be locked need an integrity value of their own.
+        let locked = !upload.headers.lock.is_empty()
+            || bucket_record.object_lock.as_ref().is_some_and(|c| c.default_retention.is_some());
+        if locked && !integrity.declared() {
+            return Err(EngineError::InvalidRequest(
+                "Content-MD5 OR x-amz-checksum- HTTP header is required for Put Part requests with Object Lock parameters"
+                    .into(),
+            ));
+        }
         if integrity.algorithm.is_none() {
             integrity.algorithm = upload.checksum_algorithm;
         }
+        let location = bucket_record.location;
         self.store_part(bucket, key, upload_id, part_number, (&upload, &location), body, integrity, customer_key).await
     }
 
@@ -223,7 +233,8 @@ impl Engine {
         (source_key, customer_key): (Option<CustomerKey>, Option<&CustomerKey>),
     ) -> EngineResult<(PartRecord, Option<Encryption>)> {
         check_part_number(part_number)?;
-        let (upload, location) = self.upload_for_part(bucket, key, upload_id).await?;
+        let (upload, bucket_record) = self.upload_for_part(bucket, key, upload_id).await?;
+        let location = bucket_record.location;
         let source = self
             .get_object(GetRequest {
                 bucket: src_bucket.into(),

@@ -811,17 +811,18 @@ impl Engine {
     }
 
     /// Deletes many keys, or versions of keys (S3 DeleteObjects); each succeeds or fails on its
-    /// own. `bypass`: the caller may bypass GOVERNANCE retention and asked to.
+    /// own. `bypass(key)`: the caller asked to bypass GOVERNANCE retention and may, for `key`.
     pub async fn delete_objects(
         &self,
         bucket: &str,
         keys: Vec<(String, Option<String>)>,
-        bypass: bool,
+        bypass: impl Fn(&str) -> bool,
     ) -> Vec<((String, Option<String>), EngineResult<DeleteOutcome>)> {
         let none = WriteConditions::default();
         futures::stream::iter(keys)
             .map(|(key, version_id)| {
                 let none = &none;
+                let bypass = bypass(&key);
                 async move {
                     let result = match &version_id {
                         Some(id) => self.delete_version_with(bucket, &key, id, bypass).await,

@@ -781,7 +781,7 @@ async fn object_lock_keeps_locked_versions_from_every_removal() {
     for id in [&old, &held] {
         assert!(matches!(e.delete_version("locked", "k", id).await, Err(EngineError::AccessDenied(_))), "{id}");
     }
-    let refused = e.delete_objects("locked", vec![("k".into(), Some(old.clone()))], false).await;
+    let refused = e.delete_objects("locked", vec![("k".into(), Some(old.clone()))], |_| false).await;
     assert!(matches!(refused[0].1, Err(EngineError::AccessDenied(_))));
     assert!(e.delete_object("locked", "k", &WriteConditions::default()).await.unwrap().delete_marker);
     assert!(matches!(e.delete_version_with("locked", "k", &held, true).await, Err(EngineError::AccessDenied(_))));
@@ -801,6 +801,39 @@ async fn object_lock_keeps_locked_versions_from_every_removal() {
     assert!(matches!(e.set_versioning("plain", Versioning::Suspended).await, Err(EngineError::InvalidBucketState(_))));
     assert!(record::decode::<ObjectHeaders>(b"{}").unwrap().lock.is_empty());
     assert!(record::decode::<BucketRecord>(br#"{"created_ms":1}"#).unwrap().object_lock.is_none());
+}
+
+/// As S3: a part of an upload whose object will be locked (a lock asked for at creation, or the
+/// bucket's default retention) is refused without Content-MD5 or a checksum, and stored with one.
+#[tokio::test]
+async fn parts_of_a_locked_upload_need_an_integrity_value() {
+    use meridian_engine::object_lock::{DefaultRetention, LockConfig, ObjectLock};
+    use meridian_engine::record::Location;
+    let f = fixture();
+    let e = &f.engine;
+    let with_md5 = |data: &[u8]| Integrity {
+        content_md5: Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, md5_of(data))),
+        ..Integrity::default()
+    };
+    e.create_locked_bucket("locked", "me", false, Location::Global).await.unwrap();
+    let held = ObjectHeaders { lock: ObjectLock { retention: None, legal_hold: Some(true) }, ..Default::default() };
+    let asked = e.create_multipart_upload("locked", "held", held, None, false, None).await.unwrap();
+    let plain =
+        e.create_multipart_upload("locked", "plain", ObjectHeaders::default(), None, false, None).await.unwrap();
+    let part = |key: &'static str, id: String, integrity: Integrity| async move {
+        e.upload_part("locked", key, &id, 1, body_from_bytes(b"part".to_vec()), integrity, None).await
+    };
+    let refused = part("held", asked.upload_id.clone(), Integrity::default()).await;
+    assert!(matches!(&refused, Err(EngineError::InvalidRequest(m)) if m.contains("Content-MD5")), "{refused:?}");
+    part("held", asked.upload_id.clone(), with_md5(b"part")).await.expect("with Content-MD5");
+    part("plain", plain.upload_id.clone(), Integrity::default()).await.expect("nothing to lock: no value needed");
+
+    let default = DefaultRetention::new(Some("GOVERNANCE"), Some(1), None).unwrap();
+    e.set_lock_config("locked", LockConfig { default_retention: Some(default) }).await.unwrap();
+    let refused = part("plain", plain.upload_id.clone(), Integrity::default()).await;
+    assert!(matches!(refused, Err(EngineError::InvalidRequest(_))), "the default retention will lock it");
+    let checksum = Integrity { algorithm: Some(checksum::ChecksumAlgorithm::Crc32), ..Integrity::default() };
+    part("plain", plain.upload_id.clone(), checksum).await.expect("with a checksum");
 }
 
 /// Retention that this node's clock says has ended stays in force while the heartbeats the

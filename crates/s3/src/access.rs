@@ -201,19 +201,25 @@ pub(crate) fn evaluate_policy(
 /// (s3:BypassGovernanceRetention): the admin key always; any other key as the bucket policy
 /// says (an explicit Deny refuses, an Allow grants), and without either only an owner.
 pub(crate) fn may_bypass_governance(context: &Checked<'_>, bucket: &str, key: &str) -> bool {
+    may(context, "s3:BypassGovernanceRetention", bucket, key, Access::Owner)
+}
+
+/// Whether the request's key may also do `action` on `bucket`/`key`, beyond the operation it
+/// is making: the admin key always; any other key as the bucket policy says or, where it says
+/// nothing, as its grant allows `grant`. Anonymous requests never.
+pub(crate) fn may(context: &Checked<'_>, action: &str, bucket: &str, key: &str, grant: Access) -> bool {
     let Some(principal) = context.key() else { return false };
     if principal.admin {
         return true;
     }
     let Some(view) = context.bucket(bucket) else { return false };
     let (verdict, _) = evaluate_policy(bucket, &view.record, || {
-        let action = "s3:BypassGovernanceRetention".to_string();
-        context.facts.policy_request(action, resource_arn(bucket, Some(key)), Some(principal))
+        context.facts.policy_request(action.to_string(), resource_arn(bucket, Some(key)), Some(principal))
     });
     match verdict {
         Verdict::Deny => false,
         Verdict::Allow => true,
-        Verdict::Neither => authorize(Some(principal), &view.record, Access::Owner),
+        Verdict::Neither => authorize(Some(principal), &view.record, grant),
     }
 }
 

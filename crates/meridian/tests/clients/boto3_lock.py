@@ -122,7 +122,19 @@ def default_retention_and_deletes(s3, writer, writer_name):
     writer.delete_object(Bucket=BUCKET, Key="doc", VersionId=v1, BypassGovernanceRetention=True)
     expect_client_error(lambda: s3.head_object(Bucket=BUCKET, Key="doc", VersionId=v1), "404", 404,
                         "the bypassed version is gone")
+    # DeleteObjects judges the permission key by key: here the policy allows it under free/ only.
+    policy["Statement"][0]["Resource"] = f"arn:aws:s3:::{BUCKET}/free/*"
+    s3.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(policy))
+    freed = s3.put_object(Bucket=BUCKET, Key="free/a", Body=b"a")["VersionId"]
+    kept = s3.put_object(Bucket=BUCKET, Key="kept/b", Body=b"b")["VersionId"]
+    out = writer.delete_objects(Bucket=BUCKET, BypassGovernanceRetention=True, Delete={"Objects": [
+        {"Key": "free/a", "VersionId": freed}, {"Key": "kept/b", "VersionId": kept}]})
+    check_eq([(d["Key"], d.get("VersionId")) for d in out.get("Deleted", [])], [("free/a", freed)],
+             "DeleteObjects bypasses where the policy allows it")
+    check_eq([(e["Key"], e["Code"]) for e in out.get("Errors", [])], [("kept/b", "AccessDenied")],
+             "and nowhere else")
     s3.delete_bucket_policy(Bucket=BUCKET)
+    s3.delete_object(Bucket=BUCKET, Key="kept/b", VersionId=kept, BypassGovernanceRetention=True)
 
     # The owner (admin) has the permission; shortening GOVERNANCE needs the bypass too.
     v2 = s3.put_object(Bucket=BUCKET, Key="gov", Body=b"two")["VersionId"]
@@ -220,7 +232,45 @@ def legal_hold_copy_and_multipart(s3, endpoint):
         lambda: bare.put_object(Bucket=HOLD_BUCKET, Key="bare", Body=b"x", ObjectLockLegalHoldStatus="ON"),
         "InvalidRequest", 400, "a lock PUT without Content-MD5 or a checksum")
     bare.put_object(Bucket=HOLD_BUCKET, Key="bare", Body=b"x")  # no lock asked, no default: fine
+    locked = s3.create_multipart_upload(Bucket=HOLD_BUCKET, Key="multi-bare", ObjectLockLegalHoldStatus="ON")
+    expect_client_error(
+        lambda: bare.upload_part(Bucket=HOLD_BUCKET, Key="multi-bare", UploadId=locked["UploadId"], PartNumber=1,
+                                 Body=b"p"),
+        "InvalidRequest", 400, "a part of a locked upload without Content-MD5 or a checksum")
+    s3.abort_multipart_upload(Bucket=HOLD_BUCKET, Key="multi-bare", UploadId=locked["UploadId"])
     print("ok: lock headers on copy and multipart; Content-MD5 or a checksum required")
+
+
+def lock_headers_follow_permissions(s3, writer, writer_name):
+    """GET and HEAD show a version's retention only to callers allowed s3:GetObjectRetention and
+    its legal hold only to those allowed s3:GetObjectLegalHold ("multi" in HOLD_BUCKET has both;
+    the writer has no grant there, only what the policy below allows)."""
+    def allow(actions):
+        return json.dumps({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"AWS": [f"arn:aws:iam::meridian:user/{writer_name}"]},
+            "Action": actions, "Resource": [f"arn:aws:s3:::{HOLD_BUCKET}/*"]}]})
+
+    def seen(what):
+        head = writer.head_object(Bucket=HOLD_BUCKET, Key="multi")
+        got = writer.get_object(Bucket=HOLD_BUCKET, Key="multi")
+        got["Body"].read()
+        for response, name in ((head, "HEAD"), (got, "GET")):
+            shown = (response.get("ObjectLockMode"), "ObjectLockRetainUntilDate" in response,
+                     response.get("ObjectLockLegalHoldStatus"))
+            check_eq(shown, what, f"lock headers on {name}")
+
+    s3.put_bucket_policy(Bucket=HOLD_BUCKET, Policy=allow(["s3:GetObject"]))
+    seen((None, False, None))
+    s3.put_bucket_policy(Bucket=HOLD_BUCKET, Policy=allow(["s3:GetObject", "s3:GetObjectRetention"]))
+    seen(("COMPLIANCE", True, None))
+    s3.put_bucket_policy(Bucket=HOLD_BUCKET,
+                         Policy=allow(["s3:GetObject", "s3:GetObjectRetention", "s3:GetObjectLegalHold"]))
+    seen(("COMPLIANCE", True, "ON"))
+    s3.delete_bucket_policy(Bucket=HOLD_BUCKET)
+    head = s3.head_object(Bucket=HOLD_BUCKET, Key="multi")
+    check_eq((head.get("ObjectLockMode"), head.get("ObjectLockLegalHoldStatus")), ("COMPLIANCE", "ON"),
+             "the admin key sees every lock header")
+    print("ok: lock headers only to callers allowed to read the lock")
 
 
 def main():
@@ -234,6 +284,7 @@ def main():
     default_retention_and_deletes(s3, writer, "writer")
     compliance(s3)
     legal_hold_copy_and_multipart(s3, endpoint)
+    lock_headers_follow_permissions(s3, writer, "writer")
     print("object lock checks passed")
 
 

@@ -2,6 +2,7 @@
 //! Put/GetObjectLegalHold, and the lock headers of writes and reads. The engine keeps and
 //! enforces the lock (docs/decisions/062-object-lock.md); this module parses and serializes.
 
+use meridian_engine::iam::Access;
 use meridian_engine::object_lock::{DefaultRetention, LockConfig, LockMode, ObjectLock, Period, Retention};
 use s3s::dto::DefaultRetention as DefaultRetention_; // the XML element; the engine's has its name
 use s3s::dto::*;
@@ -61,13 +62,32 @@ pub(super) fn parse_lock(
     Ok(ObjectLock { retention, legal_hold })
 }
 
-/// The lock headers of a read: mode, retain-until date and legal hold.
+/// Which lock headers a read may carry: as S3, the retention only to callers allowed
+/// `s3:GetObjectRetention` and the legal hold only to those allowed `s3:GetObjectLegalHold`.
+#[derive(Clone, Copy)]
+pub(super) struct LockVisibility {
+    retention: bool,
+    legal_hold: bool,
+}
+
+/// What `req`'s caller may see of the locks of `bucket`/`key`. Nothing to decide (and no policy
+/// to evaluate) in a bucket without object lock, whose objects have none.
+pub(super) fn lock_visibility<T>(req: &S3Request<T>, bucket: &str, key: &str) -> S3Result<LockVisibility> {
+    let context = RequestContext::of(req)?;
+    let locking = context.bucket(bucket).is_some_and(|b| b.record.object_lock.is_some());
+    let may = |action| locking && crate::access::may(&context, action, bucket, key, Access::Read);
+    Ok(LockVisibility { retention: may("s3:GetObjectRetention"), legal_hold: may("s3:GetObjectLegalHold") })
+}
+
+/// The lock headers of a read: mode, retain-until date and legal hold, those `visible` allows.
 pub(super) fn lock_headers(
     lock: &ObjectLock,
+    visible: LockVisibility,
 ) -> (Option<ObjectLockMode>, Option<Timestamp>, Option<ObjectLockLegalHoldStatus>) {
-    let mode = lock.retention.map(|r| ObjectLockMode::from(r.mode.as_str().to_string()));
-    let until = lock.retention.map(|r| timestamp(r.until_ms));
-    let hold = lock.legal_hold.map(hold_status);
+    let retention = lock.retention.filter(|_| visible.retention);
+    let mode = retention.map(|r| ObjectLockMode::from(r.mode.as_str().to_string()));
+    let until = retention.map(|r| timestamp(r.until_ms));
+    let hold = lock.legal_hold.filter(|_| visible.legal_hold).map(hold_status);
     (mode, until, hold)
 }
 

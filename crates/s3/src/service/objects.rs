@@ -7,7 +7,7 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::MeridianS3;
-use super::lock::{bypass, lock_headers, requested_lock, require_write_integrity};
+use super::lock::{bypass, lock_headers, lock_visibility, requested_lock, require_write_integrity};
 use super::shared::{
     ChecksumHeaders, acls_disabled, check_source, integrity, not_implemented, read_conditions, refuse_unsupported,
     request_body, source_of, with_revision, written,
@@ -139,6 +139,7 @@ pub(super) async fn get_object(
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let consistency = object_read_consistency(&req, &req.input.bucket)?;
     let snapshot = crate::kv::snapshot_asked(&req.headers, &req.uri)?;
+    let visible = lock_visibility(&req, &req.input.bucket, &req.input.key)?;
     let input = req.input;
     let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
     let customer_key = customer_headers!(input).key()?;
@@ -151,7 +152,7 @@ pub(super) async fn get_object(
         ChecksumFields::default()
     };
     let headers = &out.record.headers;
-    let (lock_mode, lock_until, legal_hold) = lock_headers(&headers.lock);
+    let (lock_mode, lock_until, legal_hold) = lock_headers(&headers.lock, visible);
     let sse = SseFields::of(out.record.encryption.as_ref());
     let output = GetObjectOutput {
         server_side_encryption: sse.sse,
@@ -206,6 +207,7 @@ pub(super) async fn head_object(
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let consistency = object_read_consistency(&req, &req.input.bucket)?;
     let snapshot = crate::kv::snapshot_asked(&req.headers, &req.uri)?;
+    let visible = lock_visibility(&req, &req.input.bucket, &req.input.key)?;
     let input = req.input;
     let want_checksum = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
     let customer_key = customer_headers!(input).key()?;
@@ -217,7 +219,7 @@ pub(super) async fn head_object(
         ChecksumFields::default()
     };
     let headers = &out.record.headers;
-    let (lock_mode, lock_until, legal_hold) = lock_headers(&headers.lock);
+    let (lock_mode, lock_until, legal_hold) = lock_headers(&headers.lock, visible);
     let sse = SseFields::of(out.record.encryption.as_ref());
     let output = HeadObjectOutput {
         server_side_encryption: sse.sse,
@@ -286,17 +288,22 @@ pub(super) async fn delete_objects(
     s3: &MeridianS3,
     req: S3Request<DeleteObjectsInput>,
 ) -> S3Result<S3Response<DeleteObjectsOutput>> {
-    // The permission is asked for the bucket's objects as a whole.
-    let bypass = bypass(&req, req.input.bypass_governance_retention, &req.input.bucket, "*")?;
-    let input = req.input;
-    if input.delete.objects.len() > 1000 {
+    if req.input.delete.objects.len() > 1000 {
         return Err(s3_error!(MalformedXML, "DeleteObjects accepts at most 1000 keys"));
     }
+    // The permission is judged key by key, as a policy may allow it for some keys only.
+    let mut may_bypass = std::collections::HashSet::new();
+    for object in &req.input.delete.objects {
+        if bypass(&req, req.input.bypass_governance_retention, &req.input.bucket, &object.key)? {
+            may_bypass.insert(object.key.clone());
+        }
+    }
+    let input = req.input;
     let quiet = input.delete.quiet.unwrap_or(false);
     let keys: Vec<(String, Option<String>)> = input.delete.objects.into_iter().map(|o| (o.key, o.version_id)).collect();
     // A missing bucket fails the whole request, as in S3.
     s3.engine.bucket(&input.bucket).await.map_err(s3_error)?;
-    let results = s3.engine.delete_objects(&input.bucket, keys, bypass).await;
+    let results = s3.engine.delete_objects(&input.bucket, keys, |key| may_bypass.contains(key)).await;
     let mut deleted = Vec::new();
     let mut errors = Vec::new();
     let mut revision = 0;
