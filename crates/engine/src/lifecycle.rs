@@ -18,6 +18,8 @@ use crate::tagging::Tags;
 use crate::{Engine, keys, now_ms};
 
 const DAY_MS: i64 = 86_400_000;
+/// How lifecycle's removals of versions are reported to notifications, as in S3.
+const LIFECYCLE: crate::notify::EventKind = crate::notify::EventKind::LifecycleDelete;
 /// How often the reaper task sweeps versioned buckets for versions their rules expire.
 pub const VERSION_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Most rules per bucket, as in S3.
@@ -242,7 +244,8 @@ impl Engine {
             let tags = version.object.as_ref().map_or(&no_tags, |o| &o.headers.tags);
             if rules.iter().any(|r| r.expires_noncurrent(key, tags, successor.modified_ms, newer, now)) {
                 // A version under object lock stays until its lock ends, as in S3.
-                match self.delete_version(bucket, key, version.stamp.id()).await {
+                let expired = self.remove_version_as(bucket, key, version.stamp.id(), false, LIFECYCLE).await;
+                match expired {
                     Ok(_) => removed += 1,
                     Err(EngineError::AccessDenied(_)) => {}
                     Err(e) => return Err(e),
@@ -252,7 +255,7 @@ impl Engine {
         let alone = versions.len() - removed == 1;
         let newest = &versions[0];
         if alone && newest.object.is_none() && rules.iter().any(|r| r.expired_object_delete_marker && r.matches(key)) {
-            self.delete_version(bucket, key, newest.stamp.id()).await?;
+            self.remove_version_as(bucket, key, newest.stamp.id(), false, LIFECYCLE).await?;
             removed += 1;
         }
         Ok(removed)

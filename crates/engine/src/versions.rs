@@ -473,6 +473,19 @@ impl Engine {
         version_id: &str,
         bypass: bool,
     ) -> EngineResult<DeleteOutcome> {
+        self.remove_version_as(bucket, key, version_id, bypass, EventKind::Delete).await
+    }
+
+    /// [`Engine::delete_version_with`], reported to notifications as `event` (a client's
+    /// delete, or lifecycle's expiry of a noncurrent version).
+    pub(crate) async fn remove_version_as(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        bypass: bool,
+        event: EventKind,
+    ) -> EngineResult<DeleteOutcome> {
         for _ in 0..MAX_ATTEMPTS {
             let (token, state) = self.resolve(bucket, key, version_id).await?;
             let gone = |revision| DeleteOutcome {
@@ -528,7 +541,7 @@ impl Engine {
             } else {
                 put_head(bucket, key, &head, &mut txn);
             }
-            self.queue_removal_event(bucket, key, version.record.stamp.id(), &mut txn).await;
+            self.queue_removal_event(bucket, key, version.record.stamp.id(), event, &mut txn).await;
             let resp = self.meta().txn(txn).await?;
             if resp.succeeded {
                 self.delete_blobs_later(freed);
@@ -543,11 +556,11 @@ impl Engine {
         Err(EngineError::Contended)
     }
 
-    /// Adds the `ObjectRemoved:Delete` event of removing version `version_id` for good, if a
-    /// rule of the bucket (as this node sees it) matches.
-    async fn queue_removal_event(&self, bucket: &str, key: &str, version_id: &str, txn: &mut Txn) {
+    /// Adds the event (`kind`) of removing version `version_id` for good, if a rule of the bucket
+    /// (as this node sees it) matches.
+    async fn queue_removal_event(&self, bucket: &str, key: &str, version_id: &str, kind: EventKind, txn: &mut Txn) {
         if let Ok((record, _)) = self.bucket(bucket).await {
-            txn.ops.extend(notify::event_op(bucket, &record, key, EventKind::Delete, None, Some(version_id)));
+            txn.ops.extend(notify::event_op(bucket, &record, key, kind, None, Some(version_id)));
         }
     }
 
@@ -557,7 +570,7 @@ impl Engine {
         let mut txn = Txn::new().when(Compare::mod_revision_is(keys::version_head(bucket, key), state.head_revision()));
         txn.compares.extend(change.compares);
         txn.ops.extend(change.ops);
-        self.queue_removal_event(bucket, key, "null", &mut txn).await;
+        self.queue_removal_event(bucket, key, "null", EventKind::Delete, &mut txn).await;
         let resp = self.meta().txn(txn).await?;
         if !resp.succeeded {
             return Err(EngineError::Contended);

@@ -224,3 +224,62 @@ async fn form_uploads_are_post_events() {
     assert_eq!(events[0]["event"], "ObjectCreated:Post");
     assert_eq!(kvs[0].mod_revision, posted.revision);
 }
+
+/// Lifecycle's removals of versions (a noncurrent version expired, a delete marker left alone)
+/// are `LifecycleExpiration:Delete` events, as in S3, not a client's `ObjectRemoved:Delete`.
+#[tokio::test]
+async fn lifecycle_removals_of_versions_are_lifecycle_events() {
+    use meridian_engine::lifecycle::LifecycleRule;
+    use meridian_engine::record::Versioning;
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    recorder.failing.store(true, Ordering::SeqCst);
+    let engine = node(&store(dir.path()), dir.path(), "n1", &recorder);
+    engine.create_bucket("ver", "admin").await.unwrap();
+    engine.set_versioning("ver", Versioning::Enabled).await.unwrap();
+    let rule = NotificationRule {
+        target: "hook".into(),
+        events: vec!["s3:LifecycleExpiration:*".into(), "s3:ObjectRemoved:Delete".into()],
+        ..Default::default()
+    };
+    engine.set_notification("ver", Some(NotificationConfig { rules: vec![rule] })).await.unwrap();
+    engine.put_object(put("ver", "k", b"old")).await.unwrap();
+    engine.put_object(put("ver", "k", b"new")).await.unwrap();
+    let gone = engine.put_object(put("ver", "gone", b"x")).await.unwrap();
+    engine.delete_object("ver", "gone", &WriteConditions::default()).await.unwrap();
+    // Its only object version deleted by a client: the marker is left alone, for lifecycle.
+    let gone = gone.record.version.as_ref().unwrap().id().to_string();
+    engine.delete_version("ver", "gone", &gone).await.unwrap();
+    let rule = LifecycleRule {
+        id: "versions".into(),
+        enabled: true,
+        noncurrent_days: Some(1),
+        expired_object_delete_marker: true,
+        ..Default::default()
+    };
+    engine.set_lifecycle("ver", vec![rule]).await.unwrap();
+    let far = meridian_engine::now_ms() + 30 * 86_400_000;
+    // Setting the rules removed the lone marker already; this expires the noncurrent version.
+    let removed = engine.expire_versions("ver", far).await.unwrap();
+    let range = RangeRequest::prefix("d/ver/hook/");
+    let events: Vec<(String, String)> = engine
+        .meta()
+        .range(range)
+        .await
+        .unwrap()
+        .kvs
+        .iter()
+        .map(|kv| {
+            let event: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+            (event["event"].as_str().unwrap().to_string(), event["key"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let expected =
+        [("ObjectRemoved:Delete", "gone"), ("LifecycleExpiration:Delete", "gone"), ("LifecycleExpiration:Delete", "k")];
+    let mut sorted = events.clone();
+    sorted.sort();
+    let mut wanted: Vec<(String, String)> = expected.iter().map(|(e, k)| (e.to_string(), k.to_string())).collect();
+    wanted.sort();
+    assert_eq!(sorted, wanted, "{events:?}");
+    assert_eq!(removed, 1);
+}
