@@ -97,10 +97,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| BlobError::Task(e.to_string()))?.map_err(BlobError::Io)
 }
 
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// The same I/O error with what was being done in front of it.
 fn annotate(e: std::io::Error, doing: &str) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{doing}: {e}"))
@@ -132,8 +128,8 @@ impl DiskBackend {
         if removed > 0 {
             tracing::info!(removed, "removed temporary blob files left by an earlier run");
         }
-        fsync_dir(&blobs)?;
-        fsync_dir(root)?;
+        private_files::sync_dir(&blobs)?;
+        private_files::sync_dir(root)?;
         let direct = takes_direct_writes(&tmp);
         if !direct {
             tracing::info!(dir = %tmp.display(), "this file system refuses direct writes: blobs are written through the page cache");
@@ -184,7 +180,7 @@ impl BlobBackend for DiskBackend {
             let removed = std::fs::remove_file(&path);
             written.map_err(|e| annotate(e, &format!("cannot write a probe file in {}", dir.display())))?;
             removed.map_err(|e| annotate(e, &format!("cannot remove the probe file {}", path.display())))?;
-            fsync_dir(&dir).map_err(|e| annotate(e, &format!("cannot fsync {}", dir.display())))
+            private_files::sync_dir(&dir).map_err(|e| annotate(e, &format!("cannot fsync {}", dir.display())))
         })
         .await
     }
@@ -247,7 +243,7 @@ impl BlobBackend for DiskBackend {
         let (from, to) = (self.path(id), self.path(copy));
         blocking(move || {
             std::fs::hard_link(&from, &to)?;
-            fsync_dir(to.parent().unwrap_or(Path::new(".")))
+            private_files::sync_dir(to.parent().unwrap_or(Path::new(".")))
         })
         .await
         .map_err(not_found_as(id))
@@ -407,7 +403,7 @@ impl BackendWriter for DiskWriter {
             file.sync_data()?;
             drop(file);
             std::fs::rename(&tmp, &dest)?;
-            fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+            private_files::sync_dir(dest.parent().unwrap_or(Path::new(".")))
         })
         .await?;
         self.finished = true;

@@ -20,6 +20,12 @@ pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
     DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
 }
 
+/// Makes the entries of `dir` durable (files created or renamed in it): an fsync of the
+/// directory itself.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Options that create files with mode 0600 (add `.write(true).create_new(true)` etc.).
 pub fn file_options() -> OpenOptions {
     let mut options = OpenOptions::new();

@@ -66,6 +66,9 @@ impl Wal {
         })?;
         if (contents.len() as u64) < PREALLOCATED {
             preallocate(&file, contents.len() as u64).map_err(|e| io_error(path, "cannot extend", e))?;
+            // A new log's name must survive a crash as surely as the frames written into it.
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            private_files::sync_dir(dir).map_err(|e| io_error(path, "cannot sync the directory of", e))?;
         }
         Ok((Wal { file, path: path.to_path_buf(), end: 0 }, revisions))
     }
