@@ -109,12 +109,13 @@ impl Engine {
     }
 
     async fn upload(&self, bucket: &str, key: &str, upload_id: &str) -> EngineResult<(UploadRecord, Revision)> {
-        self.upload_checked(bucket, key, upload_id, false).await
+        self.bucket(bucket).await?;
+        self.upload_record(bucket, key, upload_id).await
     }
 
-    /// An upload that parts are about to be stored for: refused in a bucket pinned to another
-    /// region, so no part's bytes land here.
-    /// The upload a part is stored for, and its bucket's location (where the part's bytes go).
+    /// The upload a part is stored for, and its bucket's record (where the part's bytes go,
+    /// whether it will be locked). Refused in a bucket pinned to another region, so no part's
+    /// bytes land here.
     async fn upload_for_part(
         &self,
         bucket: &str,
@@ -123,20 +124,11 @@ impl Engine {
     ) -> EngineResult<(UploadRecord, crate::record::BucketRecord)> {
         let (record, _) = self.bucket(bucket).await?;
         self.check_residency(bucket, &record)?;
-        Ok((self.upload_checked(bucket, key, upload_id, false).await?.0, record))
+        Ok((self.upload_record(bucket, key, upload_id).await?.0, record))
     }
 
-    async fn upload_checked(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        storing_here: bool,
-    ) -> EngineResult<(UploadRecord, Revision)> {
-        let (record, _) = self.bucket(bucket).await?;
-        if storing_here {
-            self.check_residency(bucket, &record)?;
-        }
+    /// The upload's record, read without its bucket's (which the callers have checked).
+    async fn upload_record(&self, bucket: &str, key: &str, upload_id: &str) -> EngineResult<(UploadRecord, Revision)> {
         let kv = self.meta().get(&keys::upload(bucket, key, upload_id)).await?.ok_or(EngineError::NoSuchUpload)?;
         Ok((record::decode(&kv.value)?, kv.mod_revision))
     }

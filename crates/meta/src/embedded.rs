@@ -531,11 +531,12 @@ fn commit_batch(
     let durability = if checkpoint { redb::Durability::Immediate } else { redb::Durability::None };
     wtx.set_durability(durability).map_err(storage).map_err(failed)?;
     let (results, committed, entries) = apply_batch(shared, &wtx, txns, history_revisions).map_err(failed)?;
-    if !checkpoint && !entries.is_empty() {
-        let records: Vec<(Revision, &[u8])> = entries.iter().map(|(r, e)| (*r, e.as_slice())).collect();
-        wal.append(&records).map_err(|err| CommitFailure { err, logged: true })?;
-    }
+    // From the append on, the log may hold revisions redb does not.
     let logged = !checkpoint && !entries.is_empty();
+    if logged {
+        let records: Vec<(Revision, &[u8])> = entries.iter().map(|(r, e)| (*r, e.as_slice())).collect();
+        wal.append(&records).map_err(|err| CommitFailure { err, logged })?;
+    }
     wtx.commit().map_err(|err| CommitFailure { err: storage(err), logged })?;
     if checkpoint {
         wal.checkpointed();

@@ -182,6 +182,15 @@ mod tests {
         LoggedRevision { revision, events: Bytes::copy_from_slice(events.as_bytes()) }
     }
 
+    /// A new log in a directory of its own (kept alive by the caller) and its path.
+    fn new_log() -> (tempfile::TempDir, PathBuf, Wal) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let (wal, found) = Wal::open(&path).unwrap();
+        assert!(found.is_empty());
+        (dir, path, wal)
+    }
+
     fn append(wal: &mut Wal, revisions: &[(Revision, &str)]) {
         let records: Vec<(Revision, &[u8])> = revisions.iter().map(|(r, e)| (*r, e.as_bytes())).collect();
         wal.append(&records).unwrap();
@@ -189,10 +198,7 @@ mod tests {
 
     #[test]
     fn frames_read_back_in_order_and_the_file_is_owner_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wal");
-        let (mut wal, found) = Wal::open(&path).unwrap();
-        assert!(found.is_empty());
+        let (_dir, path, mut wal) = new_log();
         append(&mut wal, &[(1, "a"), (2, "bb")]);
         append(&mut wal, &[(3, "")]);
         drop(wal);
@@ -203,9 +209,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_frame_is_dropped_and_nothing_before_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wal");
-        let (mut wal, _) = Wal::open(&path).unwrap();
+        let (_dir, path, mut wal) = new_log();
         append(&mut wal, &[(1, "first")]);
         let torn_at = wal.len();
         append(&mut wal, &[(2, "second"), (3, "third")]);
@@ -219,9 +223,7 @@ mod tests {
 
     #[test]
     fn frames_left_from_before_a_checkpoint_are_not_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wal");
-        let (mut wal, _) = Wal::open(&path).unwrap();
+        let (_dir, path, mut wal) = new_log();
         append(&mut wal, &[(1, "a")]);
         append(&mut wal, &[(2, "b")]);
         append(&mut wal, &[(3, "c")]);
@@ -235,9 +237,7 @@ mod tests {
 
     #[test]
     fn a_gap_between_frames_is_refused_as_corruption() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wal");
-        let (mut wal, _) = Wal::open(&path).unwrap();
+        let (_dir, path, mut wal) = new_log();
         append(&mut wal, &[(1, "a")]);
         append(&mut wal, &[(3, "c")]);
         drop(wal);
