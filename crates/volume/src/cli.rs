@@ -551,6 +551,9 @@ async fn open_standby(store: Arc<dyn ObjectStore>, layout: Layout, cfg: WriterCo
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    if !crate::allocator::fix_thresholds() {
+        tracing::debug!("allocator thresholds left as they are (not glibc)");
+    }
     let listener = TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
     let mut cfg =

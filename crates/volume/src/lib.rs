@@ -1,6 +1,7 @@
 //! Meridian volumes: a block device whose data lives as a log of objects in any S3 bucket
 //! (seed 004 format), served over NBD. See `docs/volumes.md`.
 
+pub mod allocator;
 pub mod cli;
 pub mod crypt;
 pub mod error;
