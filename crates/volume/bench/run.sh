@@ -124,6 +124,8 @@ kill -TERM $SERVE; wait $SERVE || true
 drop_caches
 start_serve
 MERIDIAN+=$(job read-1m-qd8-cold read 1M 8 nbd://127.0.0.1:$NBD_PORT/bench)
+# What the cold job cost `serve`: CPU seconds and minor page faults (fields 14+15 and 10 of stat).
+COLD_SERVE_COST=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f s CPU, %d minor faults", ($14+$15)/hz, $10}' /proc/$SERVE/stat)
 kill -TERM $SERVE; wait $SERVE || true
 
 # --- qemu-nbd on a plain local file ----------------------------------------------------------
@@ -148,6 +150,7 @@ paste -d' ' <(echo "$MERIDIAN") <(echo "$BASELINE") | while read -r name mi mb m
     printf "%-20s %12s %6s %8s %9s %14s %6s %8s %9s   %5.0f%%\n" "$name" "$mi" "$mb" "$mf" "$ms" \
         "$qi" "$qb" "$qf" "$qs" "$(python3 -c "print(100*$mi/$qi)")"
 done
+echo "cold read job, serve's cost: $COLD_SERVE_COST"
 fi
 
 # --- RSS after a full random fill ------------------------------------------------------------
