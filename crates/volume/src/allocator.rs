@@ -43,3 +43,47 @@ pub fn fix_thresholds() -> bool {
         false
     }
 }
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::*;
+
+    /// Resident KiB of this process (nextest, which `scripts/test.sh` uses, runs each test in a
+    /// process of its own, so no other test allocates meanwhile).
+    fn rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS in KiB")
+    }
+
+    /// A log object's body at the default size, every page touched as an upload's read does.
+    fn body() -> Vec<u8> {
+        vec![1u8; (4 << 20) - 4096]
+    }
+
+    /// What `serve` does with bodies: one freed, then several alive at once between small
+    /// allocations that outlive them, then freed. With glibc's dynamic threshold the first free
+    /// raises the threshold above a body's size, the later bodies come from the heap, and the
+    /// small blocks between them keep that memory resident after they are freed (16 MiB here).
+    /// With the fixed thresholds each body is its own mapping and goes back on free.
+    #[test]
+    fn freed_object_bodies_leave_no_resident_memory() {
+        assert!(fix_thresholds(), "glibc took the thresholds");
+        drop(std::hint::black_box(body()));
+        let before = rss_kib();
+        let mut bodies = Vec::new();
+        let mut pins = Vec::new();
+        for _ in 0..4 {
+            bodies.push(std::hint::black_box(body()));
+            pins.push(std::hint::black_box(vec![2u8; 4096]));
+        }
+        drop(bodies);
+        let after = rss_kib();
+        assert!(
+            after < before + 4096,
+            "{} KiB still resident after the bodies were freed (before {before} KiB, after {after} KiB)",
+            after.saturating_sub(before)
+        );
+        drop(pins);
+    }
+}
