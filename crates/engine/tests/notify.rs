@@ -86,24 +86,31 @@ async fn watch_everything(engine: &Engine, bucket: &str, prefix: Option<&str>) {
     engine.set_notification(bucket, Some(NotificationConfig { rules: vec![rule] })).await.unwrap();
 }
 
-/// `(key, mod revision)` of every queued event of the bucket.
-async fn queued(engine: &Engine, bucket: &str) -> Vec<(String, u64)> {
+/// Every queued event of the bucket, parsed, with its mod revision.
+async fn queued_events(engine: &Engine, bucket: &str) -> Vec<(serde_json::Value, u64)> {
     let range = RangeRequest::prefix(format!("d/{bucket}/hook/"));
     let kvs = engine.meta().range(range).await.unwrap().kvs;
-    kvs.iter()
-        .map(|kv| {
-            let event: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
-            (event["key"].as_str().unwrap().to_string(), kv.mod_revision)
-        })
-        .collect()
+    kvs.iter().map(|kv| (serde_json::from_slice(&kv.value).unwrap(), kv.mod_revision)).collect()
+}
+
+/// `(key, mod revision)` of every queued event of the bucket.
+async fn queued(engine: &Engine, bucket: &str) -> Vec<(String, u64)> {
+    let events = queued_events(engine, bucket).await;
+    events.into_iter().map(|(event, revision)| (event["key"].as_str().unwrap().to_string(), revision)).collect()
+}
+
+/// One node whose webhook target fails every delivery, so its events stay queued until the
+/// test sets `recorder.failing` back to false.
+fn node_holding_events(dir: &std::path::Path) -> (Engine, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    recorder.failing.store(true, Ordering::SeqCst);
+    (node(&store(dir), dir, "n1", &recorder), recorder)
 }
 
 #[tokio::test]
 async fn events_are_written_by_the_transaction_of_their_change() {
     let dir = tempfile::tempdir().unwrap();
-    let recorder = Arc::new(Recorder::default());
-    recorder.failing.store(true, Ordering::SeqCst);
-    let engine = node(&store(dir.path()), dir.path(), "n1", &recorder);
+    let (engine, recorder) = node_holding_events(dir.path());
     watch_everything(&engine, "bkt", Some("in/")).await;
 
     let first = engine.put_object(put("bkt", "in/a", b"one")).await.unwrap();
@@ -183,9 +190,7 @@ async fn one_node_at_a_time_delivers_a_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writes_of_one_key_each_get_their_event() {
     let dir = tempfile::tempdir().unwrap();
-    let recorder = Arc::new(Recorder::default());
-    recorder.failing.store(true, Ordering::SeqCst);
-    let engine = node(&store(dir.path()), dir.path(), "n1", &recorder);
+    let (engine, _recorder) = node_holding_events(dir.path());
     watch_everything(&engine, "hot", None).await;
     let writes = (0..32).map(|_| {
         let engine = engine.clone();
@@ -205,9 +210,7 @@ async fn concurrent_writes_of_one_key_each_get_their_event() {
 #[tokio::test]
 async fn form_uploads_are_post_events() {
     let dir = tempfile::tempdir().unwrap();
-    let recorder = Arc::new(Recorder::default());
-    recorder.failing.store(true, Ordering::SeqCst);
-    let engine = node(&store(dir.path()), dir.path(), "n1", &recorder);
+    let (engine, _recorder) = node_holding_events(dir.path());
     engine.create_bucket("forms", "admin").await.unwrap();
     let rule =
         NotificationRule { target: "hook".into(), events: vec!["s3:ObjectCreated:Post".into()], ..Default::default() };
@@ -216,13 +219,11 @@ async fn form_uploads_are_post_events() {
     engine.put_object(put("forms", "by-put", b"put")).await.unwrap();
     let posted = engine.put_object(PutRequest { form_upload: true, ..put("forms", "by-form", b"form") }).await.unwrap();
 
-    let range = RangeRequest::prefix("d/forms/hook/".to_string());
-    let kvs = engine.meta().range(range).await.unwrap().kvs;
-    let events: Vec<serde_json::Value> = kvs.iter().map(|kv| serde_json::from_slice(&kv.value).unwrap()).collect();
+    let events = queued_events(&engine, "forms").await;
     assert_eq!(events.len(), 1, "only the form upload matches: {events:?}");
-    assert_eq!(events[0]["key"], "by-form");
-    assert_eq!(events[0]["event"], "ObjectCreated:Post");
-    assert_eq!(kvs[0].mod_revision, posted.revision);
+    assert_eq!(events[0].0["key"], "by-form");
+    assert_eq!(events[0].0["event"], "ObjectCreated:Post");
+    assert_eq!(events[0].1, posted.revision);
 }
 
 /// Lifecycle's removals of versions (a noncurrent version expired, a delete marker left alone)
@@ -232,9 +233,7 @@ async fn lifecycle_removals_of_versions_are_lifecycle_events() {
     use meridian_engine::lifecycle::LifecycleRule;
     use meridian_engine::record::Versioning;
     let dir = tempfile::tempdir().unwrap();
-    let recorder = Arc::new(Recorder::default());
-    recorder.failing.store(true, Ordering::SeqCst);
-    let engine = node(&store(dir.path()), dir.path(), "n1", &recorder);
+    let (engine, _recorder) = node_holding_events(dir.path());
     engine.create_bucket("ver", "admin").await.unwrap();
     engine.set_versioning("ver", Versioning::Enabled).await.unwrap();
     let rule = NotificationRule {
@@ -261,18 +260,10 @@ async fn lifecycle_removals_of_versions_are_lifecycle_events() {
     let far = meridian_engine::now_ms() + 30 * 86_400_000;
     // Setting the rules removed the lone marker already; this expires the noncurrent version.
     let removed = engine.expire_versions("ver", far).await.unwrap();
-    let range = RangeRequest::prefix("d/ver/hook/");
-    let events: Vec<(String, String)> = engine
-        .meta()
-        .range(range)
+    let events: Vec<(String, String)> = queued_events(&engine, "ver")
         .await
-        .unwrap()
-        .kvs
         .iter()
-        .map(|kv| {
-            let event: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
-            (event["event"].as_str().unwrap().to_string(), event["key"].as_str().unwrap().to_string())
-        })
+        .map(|(event, _)| (event["event"].as_str().unwrap().to_string(), event["key"].as_str().unwrap().to_string()))
         .collect();
     let expected =
         [("ObjectRemoved:Delete", "gone"), ("LifecycleExpiration:Delete", "gone"), ("LifecycleExpiration:Delete", "k")];
