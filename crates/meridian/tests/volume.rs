@@ -1218,8 +1218,8 @@ fn volume_serve_metrics_count_nbd_io() {
 /// The memory bar: `serve`'s RSS while and after a 16 GiB volume is written in random order,
 /// touching every page of its extent map, stays under 96 MiB (the measure): both the
 /// peak (`VmHWM`) and the RSS after the writes are asserted. (Before `serve` fixed glibc's mmap
-/// threshold, `crate::allocator` in meridian-volume, both varied between runs with upload
-/// timing: RSS after 38 to 99 MiB, peak 71 to 99 MiB; since, 38 and 63 MiB in every run.)
+/// and trim thresholds, `allocator` in meridian-volume, both varied between runs with upload
+/// timing: RSS after 37.6 to 96.9 MiB, peak 69.5 to 97.0 MiB; since, 38.8–39.3 and 62.6–63.1 MiB.)
 ///
 /// Exactly what happens: the volume (4 KiB sectors, one 8-byte map entry each) is cut into
 /// regions of `MERIDIAN_VOLUME_MEMORY_REGION_KIB` KiB (default 128: 131,072 regions); the regions

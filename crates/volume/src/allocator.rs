@@ -5,9 +5,9 @@
 //! that threshold to the size of each such block freed (up to 32 MiB). After the first object
 //! body is freed, later bodies come from the heap arenas, and what glibc keeps of them after
 //! free depends on upload timing and on which threads allocated: the RSS after the same 16 GiB
-//! random fill varied from 38 to 99 MiB between runs. Fixed thresholds turn the raising off:
+//! random fill varied from 38 to 97 MiB between runs. Fixed thresholds turn the raising off:
 //! object bodies always get their own mapping and go back to the kernel on free, so the same
-//! fill ends at 39 MiB every time. See `docs/decisions/068-volume-allocator-thresholds.md`.
+//! fill ends at 39 MiB (peak 63 MiB) every time. See `docs/decisions/068-volume-allocator-thresholds.md`.
 
 /// Blocks at least this large get their own mapping: above the 1 MiB request buffers of
 /// ordinary NBD clients (a mapping per request would cost its page faults every time), below a
@@ -19,7 +19,7 @@ pub const MMAP_THRESHOLD: usize = 2 << 20;
 /// glibc raising this one (it keeps it at twice the mmap threshold); left at its 128 KiB default,
 /// every free of a 1 MiB request buffer at the top returns it to the kernel and the next one
 /// faults it back in (the 1 MiB NBD write rate fell to about a third in the benchmark). At
-/// 4 MiB a cold read job still took 270,000 to 650,000 page faults in 15 s; at 32 MiB, 23,000.
+/// 4 MiB a cold read job still took 270,000 to 650,000 page faults in 15 s; at 32 MiB, 22,000 to 32,000.
 /// What this keeps is bounded (32 MiB per heap) and did not show in the memory bar.
 pub const TRIM_THRESHOLD: usize = 32 << 20;
 
