@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -210,7 +211,33 @@ pub fn resource_arn(bucket: &str, key: Option<&str>) -> String {
     }
 }
 
+/// Policies already parsed, by bucket, with the text each was parsed from. Every request to a
+/// bucket with a policy consults it, and parsing it (JSON to statements) cost about half the
+/// extra CPU such a request took; the text is compared whole, so a changed policy is parsed
+/// again. Bounded: emptied when it holds [`PARSED_POLICIES_MAX`] buckets.
+type ParsedPolicies = std::sync::Mutex<HashMap<String, (String, Arc<Policy>)>>;
+static PARSED_POLICIES: std::sync::LazyLock<ParsedPolicies> = std::sync::LazyLock::new(Default::default);
+const PARSED_POLICIES_MAX: usize = 1024;
+
 impl Policy {
+    /// [`Policy::parse`], remembered: the same text for the same bucket is parsed once. A text
+    /// that does not parse is not remembered.
+    pub fn parse_cached(text: &str, bucket: &str) -> Result<Arc<Policy>, MalformedPolicy> {
+        let lock = || PARSED_POLICIES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((parsed_text, policy)) = lock().get(bucket)
+            && parsed_text == text
+        {
+            return Ok(Arc::clone(policy));
+        }
+        let policy = Arc::new(Policy::parse(text, bucket)?);
+        let mut parsed = lock();
+        if parsed.len() >= PARSED_POLICIES_MAX {
+            parsed.clear();
+        }
+        parsed.insert(bucket.to_string(), (text.to_string(), Arc::clone(&policy)));
+        Ok(policy)
+    }
+
     /// Parses and checks a policy for `bucket`.
     pub fn parse(text: &str, bucket: &str) -> Result<Policy, MalformedPolicy> {
         if text.len() > MAX_POLICY_BYTES {
@@ -699,6 +726,27 @@ mod tests {
             key: key.map(str::to_string),
             values: values.iter().map(|(k, v)| (*k, v.to_string())).collect(),
         }
+    }
+
+    #[test]
+    fn a_policy_is_parsed_once_per_text_and_again_when_it_changes() {
+        // A bucket name of this test's own: the cache is shared by the whole process.
+        let bucket = "parse-cached-test";
+        let public = PUBLIC_PREFIX.replace("arn:aws:s3:::b/", &format!("arn:aws:s3:::{bucket}/"));
+        let first = Policy::parse_cached(&public, bucket).unwrap();
+        let again = Policy::parse_cached(&public, bucket).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the same text must not be parsed again");
+        let get = request("s3:GetObject", &format!("arn:aws:s3:::{bucket}/public/a"), None, &[]);
+        assert_eq!(again.evaluate(&get), Verdict::Allow);
+
+        let denying = public.replace("\"Allow\"", "\"Deny\"");
+        let changed = Policy::parse_cached(&denying, bucket).unwrap();
+        assert_eq!(changed.evaluate(&get), Verdict::Deny, "a changed policy must be parsed again");
+        // The same text for another bucket is another policy (its resources name the bucket).
+        assert!(Policy::parse_cached(&denying, "other-bucket").is_err_and(|e| e.0.contains("other-bucket")));
+        assert!(Policy::parse_cached("{", bucket).is_err(), "a text that does not parse is refused every time");
+        assert!(Policy::parse_cached("{", bucket).is_err());
+        assert_eq!(Policy::parse_cached(&denying, bucket).unwrap().evaluate(&get), Verdict::Deny);
     }
 
     #[test]

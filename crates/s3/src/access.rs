@@ -188,7 +188,7 @@ pub(crate) fn evaluate_policy(
     request: impl FnOnce() -> PolicyRequest,
 ) -> (Verdict, bool) {
     let Some(text) = &record.policy else { return (Verdict::Neither, false) };
-    match Policy::parse(text, bucket) {
+    match Policy::parse_cached(text, bucket) {
         Ok(policy) => (policy.evaluate(&request()), policy.is_public()),
         Err(e) => {
             tracing::error!(bucket, error = %e, "stored bucket policy does not parse; denying");
@@ -290,7 +290,7 @@ impl MeridianAccess {
 /// they are refused to every key but the admin's.
 fn refuse_kv_under_denials(bucket: &str, record: &BucketRecord) -> S3Result<()> {
     let Some(text) = &record.policy else { return Ok(()) };
-    match Policy::parse(text, bucket) {
+    match Policy::parse_cached(text, bucket) {
         Ok(policy) if !policy.denies_anything() => Ok(()),
         _ => Err(S3Error::with_message(
             S3ErrorCode::AccessDenied,
