@@ -86,7 +86,11 @@ fn main() {
     let small = pattern(4096, 1);
     let large = pattern(big, 2);
     println!("\nMulti-region PUTs from region-a, {rtt_ms:.0} ms RTT between regions (WAN proxy, no bandwidth limit)");
-    println!("one request at a time, a new client connection each; latency p50 / p90 / max in ms\n");
+    println!("one request at a time, a new client connection each; latency p50 / p90 / max in ms");
+    // A write pays its node's trip to the etcd leader and the leader's round trip to another
+    // voter (docs/etcd.md), so where the leader is sets the floor of every PUT below.
+    let leader = cluster.etcd.leader().map_or("none agreed", |member| common::wan_cluster::REGIONS[member]);
+    println!("etcd leader: the member in {leader}\n");
     println!("| bucket | PUT 4 KiB ({samples}×) | PUT {} MiB ({big_samples}×) |\n|---|---|---|", big >> 20);
     let mut large_p50 = Vec::new();
     for bucket in ["global", "two", "three"] {
