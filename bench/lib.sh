@@ -32,3 +32,22 @@ stop_and_clean() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$scratch"
 }
+
+# Starts `meridian server` on free loopback ports with its data in `$1` (its log beside it,
+# `$1.log`), stopped at exit; sets `node_pid`, `node_endpoint` and `node_admin_port`.
+start_node() { # data-dir
+  local port
+  port="$(free_port)"; node_admin_port="$(free_port)"; node_endpoint="http://127.0.0.1:$port"
+  "$MERIDIAN_BIN" server --data "$1" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$node_admin_port" \
+    >"$1.log" 2>&1 &
+  node_pid=$!
+  pids+=("$node_pid")
+  wait_port 127.0.0.1 "$port" 60
+}
+
+# curl signed as the bench key (SigV4, unsigned payload). curl signs the query as written: keep
+# parameters sorted and give each an `=`.
+s3() {
+  curl -fsS --aws-sigv4 "aws:amz:us-east-1:s3" --user "$BENCH_ACCESS_KEY:$BENCH_SECRET_KEY" \
+    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@"
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Versioned against unversioned 4 KiB PUTs (issue 17), each run on a fresh node, in pairs
-# (odd pairs unversioned first, even pairs versioned first), PAIRS times. Prints ops/s, server CPU µs per PUT and latency
-# percentiles per run; the ratio is versioned / unversioned of each pair. (bench/versions.sh
+# (odd pairs unversioned first, even pairs versioned first), PAIRS times. Prints ops/s, server
+# CPU µs per PUT and latency percentiles per run; the ratio is versioned / unversioned of each
+# pair. (bench/versions.sh
 # runs every round on one node, whose data grows run by run; this one does not.)
 #
 #   MERIDIAN_BIN=target/release/meridian PAIRS=4 bench/versioned-put-pairs.sh
@@ -18,19 +19,10 @@ use_meridian
 make_scratch versioned-put-pairs
 export AWS_ACCESS_KEY_ID="$BENCH_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$BENCH_SECRET_KEY"
 
-s3() {
-  curl -fsS --aws-sigv4 "aws:amz:us-east-1:s3" --user "$BENCH_ACCESS_KEY:$BENCH_SECRET_KEY" \
-    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@"
-}
-
 one() { # run kind (unversioned | versioned)
-  local data="$scratch/$1-$2" port admin_port pid endpoint
-  port="$(free_port)"; admin_port="$(free_port)"; endpoint="http://127.0.0.1:$port"
-  "$MERIDIAN_BIN" server --data "$data" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin_port" \
-    >"$scratch/$1-$2.log" 2>&1 &
-  pid=$!
-  pids+=("$pid")
-  wait_port 127.0.0.1 "$port" 60
+  local data="$scratch/$1-$2" pid endpoint
+  start_node "$data"
+  pid="$node_pid"; endpoint="$node_endpoint"
   s3 -X PUT "$endpoint/bench-b" >/dev/null
   if [[ "$2" == versioned ]]; then
     s3 -X PUT "$endpoint/bench-b?versioning=" -H 'content-type: application/xml' --data-binary \

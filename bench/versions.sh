@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Versions, snapshots and forks (issue 17), in one run on one node:
 #   1. 4 KiB PUT and GET (c=32) in an unversioned and a versioned bucket, taking turns ROUNDS
-#      rounds (which goes first alternates) (the goal: versioned within 10% of unversioned);
+#      rounds, which one goes first alternating (the goal: versioned within 10% of unversioned);
 #   2. ListObjectVersions of one key's 1,000 versions, and ListObjectsV2 of 1,000 keys beside it
 #      (LISTS timed requests each, p50 and p90);
 #   3. `meridian admin bucket snapshot` and `fork` of versioned buckets holding each of SIZES
@@ -30,20 +30,11 @@ mkdir -p "$OUT"
 make_scratch versions
 
 export AWS_ACCESS_KEY_ID="$BENCH_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$BENCH_SECRET_KEY"
-port="$(free_port)"; admin_port="$(free_port)"
-"$MERIDIAN_BIN" server --data "$scratch/node" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin_port" \
-  >"$scratch/node.log" 2>&1 &
-pids+=($!)
-server_pid=$!
-wait_port 127.0.0.1 "$port" 60
-endpoint="http://127.0.0.1:$port"
+start_node "$scratch/node"
+server_pid="$node_pid"
+endpoint="$node_endpoint"
 
-# curl signs the query as written: keep parameters sorted and give each an `=`.
-s3() {
-  curl -fsS --aws-sigv4 "aws:amz:us-east-1:s3" --user "$BENCH_ACCESS_KEY:$BENCH_SECRET_KEY" \
-    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@"
-}
-admin() { "$MERIDIAN_BIN" admin --url "http://127.0.0.1:$admin_port" --data "$scratch/node" "$@"; }
+admin() { "$MERIDIAN_BIN" admin --url "http://127.0.0.1:$node_admin_port" --data "$scratch/node" "$@"; }
 versioned_bucket() { # name
   s3 -X PUT "$endpoint/$1" >/dev/null
   s3 -X PUT "$endpoint/$1?versioning=" -H 'content-type: application/xml' --data-binary \
@@ -90,7 +81,9 @@ time_requests() { # url file
 }
 count_versions() { s3 "$endpoint/vlist?max-keys=1000&versions=" | grep -o '<Version>' | wc -l; }
 # The load generator may stop an op or two short of --ops: top up to exactly 1,000 versions.
-key="$(s3 "$endpoint/vlist?max-keys=1000&versions=" | grep -o '<Key>[^<]*</Key>' | head -1 | sed 's/<[^>]*>//g')"
+# (The first <Key> read whole: `grep | head -1` under pipefail fails when head closes the pipe.)
+key="$(s3 "$endpoint/vlist?max-keys=1000&versions=" \
+  | python3 -c 'import re, sys; print(re.search(r"<Key>([^<]*)</Key>", sys.stdin.read()).group(1))')"
 for _ in $(seq 1 100); do
   [[ "$(count_versions)" -ge 1000 ]] && break
   s3 -X PUT --data-binary 'top-up' "$endpoint/vlist/$key" >/dev/null

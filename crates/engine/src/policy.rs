@@ -744,9 +744,13 @@ mod tests {
         assert_eq!(changed.evaluate(&get), Verdict::Deny, "a changed policy must be parsed again");
         // The same text for another bucket is another policy (its resources name the bucket).
         assert!(Policy::parse_cached(&denying, "other-bucket").is_err_and(|e| e.0.contains("other-bucket")));
-        assert!(Policy::parse_cached("{", bucket).is_err(), "a text that does not parse is refused every time");
+        // A text that does not parse is refused each time it is asked for, and leaves the
+        // bucket's last parsed policy in place.
         assert!(Policy::parse_cached("{", bucket).is_err());
-        assert_eq!(Policy::parse_cached(&denying, bucket).unwrap().evaluate(&get), Verdict::Deny);
+        assert!(Policy::parse_cached("{", bucket).is_err());
+        let kept = Policy::parse_cached(&denying, bucket).unwrap();
+        assert!(Arc::ptr_eq(&kept, &changed), "a refused text must not replace the parsed policy");
+        assert_eq!(kept.evaluate(&get), Verdict::Deny);
     }
 
     #[test]

@@ -104,13 +104,13 @@ fn main() {
     let rounds = env_usize("ROUNDS", 3);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     println!("| round | bucket | writer CPU µs per PUT | PUT txns/s |\n|---|---|---:|---:|");
+    // ONLY=versioned or ONLY=unversioned runs one kind (for an instruction count under
+    // `valgrind --tool=callgrind`, which does not depend on the machine's load).
+    let only = std::env::var("ONLY").ok();
     let mut cost = [Vec::new(), Vec::new()];
     for round in 1..=rounds {
         // Alternate which kind runs first, so neither always follows the other.
         let order = if round % 2 == 1 { [false, true] } else { [true, false] };
-        // ONLY=versioned or ONLY=unversioned runs one kind (for an instruction count under
-        // `valgrind --tool=callgrind`, which does not depend on the machine's load).
-        let only = std::env::var("ONLY").ok();
         for versioned in order.into_iter().filter(|v| only.as_deref().is_none_or(|o| (o == "versioned") == *v)) {
             let (us, rate) = runtime.block_on(run(versioned, ops));
             cost[versioned as usize].push(us);
