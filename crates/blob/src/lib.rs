@@ -28,6 +28,7 @@ pub mod cache;
 pub mod disk;
 pub mod peer;
 pub mod s3;
+pub mod stripe;
 
 pub use backend::{BackendWriter, BlobBackend, BlobStream};
 
@@ -193,6 +194,8 @@ pub struct DiskSpace {
 pub struct BlobStore {
     backend: Arc<dyn BlobBackend>,
     root: Arc<PathBuf>,
+    /// Striped copies from other nodes being written here (see [`stripe`]).
+    assemblies: Arc<stripe::Assemblies>,
 }
 
 impl BlobStore {
@@ -203,7 +206,12 @@ impl BlobStore {
 
     /// Blobs in `backend`; `root` is the node's data directory.
     pub fn with_backend(root: &Path, backend: Arc<dyn BlobBackend>) -> Self {
-        BlobStore { backend, root: Arc::new(root.to_path_buf()) }
+        BlobStore { backend, root: Arc::new(root.to_path_buf()), assemblies: Arc::default() }
+    }
+
+    /// Striped copies being received now.
+    pub fn assemblies_open(&self) -> usize {
+        self.assemblies.len()
     }
 
     /// Where the blobs are, for logs.

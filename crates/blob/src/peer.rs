@@ -39,6 +39,7 @@ use sync_wrapper::SyncWrapper;
 use tokio::net::TcpListener;
 
 use crate::cache::ChunkSource;
+use crate::stripe::{self, Dealer, Layout};
 use crate::{BlobError, BlobId, BlobResult, BlobStore};
 
 /// Path prefix of the blob endpoint.
@@ -152,24 +153,32 @@ fn token_ok(expected: &str, headers: &HeaderMap) -> bool {
     !expected.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
 
+/// The number a query string gives `name` (decimal digits only), `None` when it has none.
+fn query_number(query: Option<&str>, name: &str) -> Result<Option<u64>, String> {
+    let pairs = query.unwrap_or("").split('&');
+    let Some(value) = pairs.rev().find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')) else {
+        return Ok(None);
+    };
+    match value.parse::<u64>() {
+        Ok(number) if value.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(number)),
+        _ => Err(format!("{name}={value} is not a byte count")),
+    }
+}
+
 /// Parses `offset` and `len` from a query string.
 fn range_query(query: Option<&str>) -> Result<(Option<u64>, Option<u64>), String> {
-    let (mut offset, mut len) = (None, None);
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let slot = match name {
-            "offset" => &mut offset,
-            "len" => &mut len,
-            _ => continue,
-        };
-        let parsed = value
-            .parse::<u64>()
-            .ok()
-            .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or_else(|| format!("{name}={value} is not a byte count"))?;
-        *slot = Some(parsed);
-    }
-    Ok((offset, len))
+    Ok((query_number(query, "offset")?, query_number(query, "len")?))
+}
+
+/// A query's number that must be there.
+fn required_number(query: Option<&str>, name: &str) -> Result<u64, String> {
+    query_number(query, name)?.ok_or_else(|| format!("the query needs {name}=<number>"))
+}
+
+/// The layout of a striped copy a query names.
+fn layout_query(query: Option<&str>) -> Result<Layout, String> {
+    let number = |name| required_number(query, name);
+    Layout { chunk: number("chunk")?, stripes: number("stripes")?, segment: number("segment")? }.check()
 }
 
 /// Answers one request to the peer blob endpoint from the local blob store. Mount it for every
@@ -184,16 +193,17 @@ where
         return plain(StatusCode::UNAUTHORIZED, &format!("missing or wrong {TOKEN_HEADER}"));
     }
     let head = req.method() == Method::HEAD;
-    if req.method() == Method::PUT || req.method() == Method::DELETE {
+    if matches!(*req.method(), Method::PUT | Method::POST | Method::DELETE) {
         return match blob_of(&req) {
             Ok(id) if req.method() == Method::PUT => receive_blob(store, id, req).await,
+            Ok(id) if req.method() == Method::POST => complete_striped(store, id, req.uri().query()).await,
             Ok(id) => delete_blob(store, id).await,
             Err((status, reason)) => plain(status, reason),
         };
     }
     if !head && req.method() != Method::GET {
-        let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET, HEAD, PUT and DELETE");
-        resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT, DELETE"));
+        let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET, HEAD, PUT, POST and DELETE");
+        resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT, POST, DELETE"));
         return resp;
     }
     if req.uri().path() == CLOCK_PATH {
@@ -272,6 +282,9 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin,
     B::Error: std::fmt::Display,
 {
+    if !matches!(query_number(req.uri().query(), "stripe"), Ok(None)) {
+        return receive_stripe(store, id, req).await;
+    }
     let chunk_size = match chunk_query(req.uri().query()) {
         Ok(size) => size,
         Err(reason) => return plain(StatusCode::BAD_REQUEST, &reason),
@@ -298,12 +311,7 @@ where
     if let Err(e) = writer.finish().await {
         return store_error(id, &e);
     }
-    let mut resp = Response::new(PeerBody::empty());
-    *resp.status_mut() = StatusCode::CREATED;
-    resp.headers_mut().insert(BLOB_SIZE_HEADER, header_value(size.to_string()));
-    let digest = digest_of_digests(&hasher.finish());
-    resp.headers_mut().insert(BLOB_DIGEST_HEADER, header_value(format!("{digest:08x}")));
-    resp
+    stored(StoredCopy { size, digest: digest_of_digests(&hasher.finish()) })
 }
 
 async fn delete_blob(store: &BlobStore, id: BlobId) -> Response<PeerBody> {
@@ -324,12 +332,50 @@ fn store_error(id: BlobId, e: &BlobError) -> Response<PeerBody> {
 
 /// The `chunk` parameter of a copy: the chunk size its digest covers.
 fn chunk_query(query: Option<&str>) -> Result<u64, String> {
-    let value = query
-        .unwrap_or("")
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("chunk="))
-        .ok_or("a copy needs chunk=<digest chunk size>")?;
-    value.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| format!("chunk={value} is not a chunk size"))
+    match required_number(query, "chunk")? {
+        0 => Err("chunk=0 is not a chunk size".into()),
+        size => Ok(size),
+    }
+}
+
+/// Receives one stripe of a striped copy (see [`crate::stripe`]): `200` once it is taken in.
+async fn receive_stripe<B>(store: &BlobStore, id: BlobId, req: Request<B>) -> Response<PeerBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let query = req.uri().query();
+    let (layout, stripe) = match layout_query(query).and_then(|l| Ok((l, required_number(query, "stripe")?))) {
+        Ok(parsed) => parsed,
+        Err(reason) => return plain(StatusCode::BAD_REQUEST, &reason),
+    };
+    match stripe::receive_stripe(store, id, layout, stripe, req.into_body()).await {
+        Ok(()) => Response::new(PeerBody::empty()),
+        Err((status, reason)) => plain(status, &reason),
+    }
+}
+
+/// Completes a striped copy: `201` with its size and digest once it is durable.
+async fn complete_striped(store: &BlobStore, id: BlobId, query: Option<&str>) -> Response<PeerBody> {
+    let parsed = layout_query(query)
+        .and_then(|layout| Ok((layout, required_number(query, "segments")?, required_number(query, "size")?)));
+    let (layout, segments, size) = match parsed {
+        Ok(parsed) => parsed,
+        Err(reason) => return plain(StatusCode::BAD_REQUEST, &reason),
+    };
+    match stripe::complete_stripes(store, id, layout, segments, size).await {
+        Ok(copy) => stored(copy),
+        Err((status, reason)) => plain(status, &reason),
+    }
+}
+
+/// The answer to a copy made durable.
+fn stored(copy: StoredCopy) -> Response<PeerBody> {
+    let mut resp = Response::new(PeerBody::empty());
+    *resp.status_mut() = StatusCode::CREATED;
+    resp.headers_mut().insert(BLOB_SIZE_HEADER, header_value(copy.size.to_string()));
+    resp.headers_mut().insert(BLOB_DIGEST_HEADER, header_value(format!("{:08x}", copy.digest)));
+    resp
 }
 
 /// This machine's wall clock, uncorrected, in milliseconds since the Unix epoch.
@@ -462,29 +508,113 @@ impl PeerClient {
     }
 
     /// Streams `body` to the peer as its copy of `blob` and returns once the peer has made it
-    /// durable (`chunk_size`: the chunk size of the digest it reports). No time limit of its
-    /// own: the caller bounds the whole copy.
+    /// durable (`chunk_size`: the chunk size of the digest it reports). A body longer than one
+    /// [`stripe::SEGMENT`] goes over several connections at once (see [`crate::stripe`]). No
+    /// time limit of its own, but for a stripe that takes nothing for the idle timeout: the
+    /// caller bounds the whole copy.
     pub async fn put_blob(
+        &self,
+        blob: BlobId,
+        chunk_size: u64,
+        mut body: BoxStream<'static, Result<Bytes, BlobError>>,
+    ) -> BlobResult<StoredCopy> {
+        let mut head = Vec::new();
+        let mut len = 0u64;
+        while len <= stripe::SEGMENT {
+            match body.next().await {
+                Some(data) => {
+                    let data = data?;
+                    len += data.len() as u64;
+                    head.push(Ok(data));
+                }
+                None => return self.put_whole(blob, chunk_size, stream::iter(head).boxed()).await,
+            }
+        }
+        self.put_striped(blob, Layout::sending(chunk_size), stream::iter(head).chain(body).boxed()).await
+    }
+
+    /// A copy on one stream: `PUT ?chunk=`.
+    async fn put_whole(
         &self,
         blob: BlobId,
         chunk_size: u64,
         body: BoxStream<'static, Result<Bytes, BlobError>>,
     ) -> BlobResult<StoredCopy> {
+        let frames = body.map(|r| r.map(Frame::data)).boxed();
+        let resp = self.upload(Method::PUT, &format!("{blob}?chunk={chunk_size}"), frames).await?;
+        self.stored_copy(&resp)
+    }
+
+    /// A striped copy: each segment of `body` to its stripe's stream (opened when its first
+    /// segment comes), then the `POST` that waits for the copy to be durable.
+    async fn put_striped(
+        &self,
+        blob: BlobId,
+        layout: Layout,
+        mut body: BoxStream<'static, Result<Bytes, BlobError>>,
+    ) -> BlobResult<StoredCopy> {
+        let mut dealer = Dealer::new(layout);
+        let mut stripes = Stripes::default();
+        while let Some(data) = body.next().await {
+            // An error here drops the stripes without their end: the peer abandons the copy.
+            for (stripe, piece) in dealer.deal(data?) {
+                while stripes.senders.len() <= stripe {
+                    stripes.open(self, blob, layout);
+                }
+                let sent = tokio::time::timeout(self.inner.idle, stripes.senders[stripe].send(Some(piece))).await;
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(stripes.failure(stripe).await),
+                    Err(_) => {
+                        let waited = self.inner.idle.as_secs_f64();
+                        let why = format!("stripe {stripe} of the copy took nothing for {waited:.1}s");
+                        return Err(self.error(PeerFailure::Timeout(why)));
+                    }
+                }
+            }
+        }
+        for sender in &stripes.senders {
+            // A stripe that has ended already says why below.
+            let _ = sender.send(None).await;
+        }
+        let query = format!("{blob}?{}&segments={}&size={}", layout.query(), dealer.segments(), dealer.size());
+        let completed = self.upload(Method::POST, &query, stream::empty().boxed());
+        let (completed, stripes) = tokio::join!(completed, stripes.all_taken());
+        match (completed.and_then(|resp| self.stored_copy(&resp)), stripes) {
+            // Durable and checked: a stripe's lost answer does not matter.
+            (Ok(copy), _) => Ok(copy),
+            // The peer's refusal says more than a stripe cut short by it.
+            (Err(refused @ BlobError::Peer { failure: PeerFailure::Status(_), .. }), _) => Err(refused),
+            (Err(completing), stripes) => Err(stripes.err().unwrap_or(completing)),
+        }
+    }
+
+    /// Sends one request with a streamed body to the blob endpoint (`path`: after [`BLOB_PATH`]).
+    async fn upload(
+        &self,
+        method: Method,
+        path: &str,
+        frames: BoxStream<'static, Result<Frame<Bytes>, BlobError>>,
+    ) -> BlobResult<Response<hyper::body::Incoming>> {
         let inner = &self.inner;
-        let frames: BoxStream<'static, Result<Frame<Bytes>, BlobError>> = body.map(|r| r.map(Frame::data)).boxed();
-        let req = Request::put(format!("{}{BLOB_PATH}{blob}?chunk={chunk_size}", inner.base))
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("{}{BLOB_PATH}{path}", inner.base))
             .header(TOKEN_HEADER, inner.token.clone())
             .body(http_body_util::StreamBody::new(frames))
             .map_err(|e| self.error(PeerFailure::Request(e.to_string())))?;
-        let resp = match inner.upload.request(req).await {
-            Ok(resp) => resp,
-            Err(e) if e.is_connect() => return Err(self.error(PeerFailure::Connect(chain(&e)))),
-            Err(e) => return Err(self.error(PeerFailure::Request(chain(&e)))),
-        };
-        match resp.status() {
-            StatusCode::CREATED => {}
-            StatusCode::UNAUTHORIZED => return Err(self.error(PeerFailure::Unauthorized)),
-            status => return Err(self.error(PeerFailure::Status(status.as_u16()))),
+        match inner.upload.request(req).await {
+            Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => Err(self.error(PeerFailure::Unauthorized)),
+            Ok(resp) => Ok(resp),
+            Err(e) if e.is_connect() => Err(self.error(PeerFailure::Connect(chain(&e)))),
+            Err(e) => Err(self.error(PeerFailure::Request(chain(&e)))),
+        }
+    }
+
+    /// The size and digest of a `201` answer to a copy.
+    fn stored_copy(&self, resp: &Response<hyper::body::Incoming>) -> BlobResult<StoredCopy> {
+        if resp.status() != StatusCode::CREATED {
+            return Err(self.error(PeerFailure::Status(resp.status().as_u16())));
         }
         let header = |name: &str, radix: u32| {
             resp.headers().get(name).and_then(|v| u64::from_str_radix(v.to_str().ok()?, radix).ok())
@@ -537,6 +667,70 @@ impl PeerClient {
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .ok_or_else(|| self.error(PeerFailure::Request(format!("the answer has no valid {CLOCK_HEADER}"))))?;
         Ok(ClockSample { offset_ms: peer - (sent + received) / 2, round_trip_ms: received - sent })
+    }
+}
+
+/// The open stripes of one striped copy: a piece (`None`: the stripe's end) goes to a
+/// stripe through its sender. Dropping this aborts the stripes' requests.
+#[derive(Default)]
+struct Stripes {
+    senders: Vec<tokio::sync::mpsc::Sender<Option<Bytes>>>,
+    requests: Vec<tokio::task::JoinHandle<BlobResult<()>>>,
+}
+
+/// Pieces queued per stripe ahead of its connection.
+const STRIPE_QUEUE: usize = 16;
+
+impl Stripes {
+    /// Opens the next stripe's `PUT`, streaming what its sender gets.
+    fn open(&mut self, client: &PeerClient, blob: BlobId, layout: Layout) {
+        let stripe = self.senders.len();
+        let (sender, receiver) = tokio::sync::mpsc::channel(STRIPE_QUEUE);
+        let frames = stream::unfold(Some(receiver), |state| async move {
+            let mut receiver = state?;
+            match receiver.recv().await {
+                Some(Some(piece)) => Some((Ok(Frame::data(piece)), Some(receiver))),
+                Some(None) => None,
+                None => Some((Err(BlobError::Task("the copy was abandoned".into())), None)),
+            }
+        })
+        .boxed();
+        let (client, path) = (client.clone(), format!("{blob}?{}&stripe={stripe}", layout.query()));
+        self.requests.push(tokio::spawn(async move {
+            let resp = client.upload(Method::PUT, &path, frames).await?;
+            match resp.status() {
+                StatusCode::OK => Ok(()),
+                status => Err(client.error(PeerFailure::Status(status.as_u16()))),
+            }
+        }));
+        self.senders.push(sender);
+    }
+
+    /// Why stripe `stripe`'s request ended before its end was sent.
+    async fn failure(&mut self, stripe: usize) -> BlobError {
+        match (&mut self.requests[stripe]).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => BlobError::Task(format!("stripe {stripe} of the copy ended early")),
+            Err(joined) => BlobError::Task(format!("stripe {stripe} of the copy failed: {joined}")),
+        }
+    }
+
+    /// Waits until every stripe was taken in; the first failure otherwise.
+    async fn all_taken(mut self) -> BlobResult<()> {
+        for stripe in 0..self.requests.len() {
+            match (&mut self.requests[stripe]).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(joined) => return Err(BlobError::Task(format!("stripe {stripe} of the copy failed: {joined}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Stripes {
+    fn drop(&mut self) {
+        self.requests.iter().for_each(tokio::task::JoinHandle::abort);
     }
 }
 

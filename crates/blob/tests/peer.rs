@@ -163,9 +163,27 @@ async fn the_endpoint_answers_each_bad_request_with_its_own_status() {
             raw(addr, &req("GET", &format!("{path}?offset=18446744073709551615&len=2"), Some(TOKEN))).await.0,
             416
         );
-        let (status, text) = raw(addr, &req("POST", &path, Some(TOKEN))).await;
+        let (status, text) = raw(addr, &req("PATCH", &path, Some(TOKEN))).await;
         assert_eq!(status, 405);
-        assert!(text.contains("allow: GET, HEAD, PUT, DELETE\r\n"));
+        assert!(text.contains("allow: GET, HEAD, PUT, POST, DELETE\r\n"), "{text}");
+        // Striped copies: a layout out of bounds, a stripe beyond it, a length that does not fit.
+        let fresh = format!("/_meridian/blob/{}", BlobId::random());
+        let layout = "chunk=1048576&stripes=2&segment=65536";
+        for (method, query, why) in [
+            ("POST", String::new(), "the query needs chunk=<number>"),
+            ("POST", format!("{layout}&segments=2"), "the query needs size=<number>"),
+            ("POST", format!("{layout}&segments=2&size=65536"), "65536 bytes do not make 2 segments of 65536"),
+            ("POST", format!("{layout}&segments=0&size=0"), "0 bytes do not make 0 segments"),
+            ("PUT", "chunk=1048576&stripes=1&segment=65536&stripe=0".into(), "stripes=1 is outside 2..=8"),
+            ("PUT", "chunk=1048576&stripes=2&segment=100&stripe=0".into(), "segment=100 is outside"),
+            ("PUT", format!("{layout}&stripe=2"), "stripe=2 is not below stripes=2"),
+            ("PUT", format!("{layout}&stripe=x"), "stripe=x is not a byte count"),
+        ] {
+            let (status, text) = raw(addr, &req(method, &format!("{fresh}?{query}"), Some(TOKEN))).await;
+            assert_eq!(status, 400, "{method} {query}: {text}");
+            assert!(text.contains(why), "{method} {query}: {text}");
+        }
+        assert_eq!(store.assemblies_open(), 0, "a refused copy is not kept open");
         assert_eq!(raw(addr, &req("PUT", &path, None)).await.0, 401, "copies need the token too");
         assert_eq!(raw(addr, &req("DELETE", &path, Some("wrong"))).await.0, 401);
 
@@ -344,4 +362,168 @@ async fn a_copy_is_stored_under_its_id_checked_and_deleted() {
         peer.delete_blob(blob).await.unwrap();
     })
     .await;
+}
+
+/// A body cut into pieces of `piece` bytes, as a copy's body.
+fn pieces(data: &Bytes, piece: usize) -> futures::stream::BoxStream<'static, Result<Bytes, BlobError>> {
+    let chunks: Vec<Result<Bytes, BlobError>> = data.chunks(piece).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    futures::stream::iter(chunks).boxed()
+}
+
+/// Waits (bounded) until the store has no striped copy open.
+async fn no_copy_open(store: &BlobStore) {
+    for _ in 0..100 {
+        if store.assemblies_open() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{} striped copies are still open", store.assemblies_open());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_copy_goes_over_several_connections_at_once() {
+    bounded(60, async {
+        let peer_dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(peer_dir.path()).unwrap();
+        let (addr, _server) = start_peer(&store).await;
+        // 20 ms each way: one stream carries one 4 MiB window per 40 ms round trip.
+        let link = WanProxy::start("127.0.0.1:0".parse().unwrap(), addr, LinkConfig::rtt(Duration::from_millis(40)))
+            .await
+            .unwrap();
+        for (len, piece) in [(24 * MIB + 5, 100_000), (8 * MIB, 1 << 20), (MIB + 1, 4096)] {
+            // A fresh client: no pooled connection to reuse.
+            let peer = client(link.local_addr());
+            let data = data(len, len);
+            let blob = BlobId::random();
+            let before = link.stats().connections;
+            let stored = peer.put_blob(blob, 8 * MIB, pieces(&data, piece)).await.unwrap();
+            assert_eq!(stored.size, len);
+            assert_eq!(stored.digest, meridian_blob::digest_of_digests(&chunk_digests(&data, 8 * MIB)));
+            assert!(store.read_all(blob).await.unwrap() == data, "{len} bytes stored in order");
+            if len >= meridian_blob::stripe::STRIPES * meridian_blob::stripe::SEGMENT {
+                let opened = link.stats().connections - before;
+                assert!(opened >= meridian_blob::stripe::STRIPES, "{len} bytes went over {opened} new connections");
+            }
+        }
+        // Up to one segment: one stream, as before.
+        let peer = client(link.local_addr());
+        let before = link.stats().connections;
+        let small = data(MIB, 7);
+        let blob = BlobId::random();
+        let stored = peer.put_blob(blob, 8 * MIB, pieces(&small, 70_000)).await.unwrap();
+        assert_eq!(stored.size, MIB);
+        assert!(store.read_all(blob).await.unwrap() == small);
+        assert_eq!(link.stats().connections - before, 1);
+        assert_eq!(store.assemblies_open(), 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_striped_copy_that_breaks_or_exists_leaves_nothing_new() {
+    bounded(60, async {
+        let peer_dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(peer_dir.path()).unwrap();
+        let (addr, _server) = start_peer(&store).await;
+        let peer = client(addr);
+
+        // The sender's body breaks off after some segments went out.
+        let data = data(6 * MIB, 11);
+        let broken = BlobId::random();
+        let mut parts: Vec<Result<Bytes, BlobError>> =
+            data.chunks(MIB as usize / 2).take(9).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        parts.push(Err(BlobError::Task("client went away".into())));
+        let err = peer.put_blob(broken, MIB, futures::stream::iter(parts).boxed()).await.unwrap_err();
+        assert!(err.to_string().contains("client went away"), "{err}");
+        no_copy_open(&store).await;
+        assert!(matches!(store.size(broken).await, Err(BlobError::NotFound(_))));
+        assert_eq!(std::fs::read_dir(peer_dir.path().join("tmp")).unwrap().count(), 0, "no temporary file left");
+
+        // A copy of a blob already here is refused, and the blob stays as it was.
+        let kept = BlobId::random();
+        peer.put_blob(kept, MIB, pieces(&data, MIB as usize)).await.unwrap();
+        let other = self::data(6 * MIB, 12);
+        let err = peer.put_blob(kept, MIB, pieces(&other, MIB as usize)).await.unwrap_err();
+        assert!(matches!(err, BlobError::Peer { .. }), "{err}");
+        no_copy_open(&store).await;
+        assert!(store.read_all(kept).await.unwrap() == data, "the blob already here is untouched");
+    })
+    .await;
+}
+
+/// Sends one request with a body on a fresh connection and reads the answer's status.
+async fn send_raw(addr: SocketAddr, head: String, body: Bytes) -> u16 {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body).await.unwrap();
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripes_arriving_out_of_order_are_written_in_order() {
+    bounded(30, async {
+        let peer_dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(peer_dir.path()).unwrap();
+        let (addr, _server) = start_peer(&store).await;
+        let segment = 64 << 10;
+        // Seven segments over two stripes (the last one short): stripe 0 carries 0, 2, 4, 6 and
+        // stripe 1 carries 1, 3, 5.
+        let data = data(6 * segment as u64 + 1000, 13);
+        let blob = BlobId::random();
+        let layout = "chunk=65536&stripes=2&segment=65536";
+        let stripe = |n: usize| {
+            let body: Vec<u8> =
+                data.chunks(segment).skip(n).step_by(2).flat_map(|c| c.iter().copied()).collect::<Vec<u8>>();
+            let head = format!(
+                "PUT /_meridian/blob/{blob}?{layout}&stripe={n} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+                 x-meridian-cluster-token: {TOKEN}\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            send_raw(addr, head, Bytes::from(body))
+        };
+        // Stripe 1 first: it waits for stripe 0 once it is more than the window ahead.
+        let late = tokio::spawn(stripe(1));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!late.is_finished(), "stripe 1 cannot be taken in whole before stripe 0");
+        let commit = format!(
+            "POST /_meridian/blob/{blob}?{layout}&segments=7&size={} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+             x-meridian-cluster-token: {TOKEN}\r\ncontent-length: 0\r\n\r\n",
+            data.len()
+        );
+        let committed = tokio::spawn(raw_owned(addr, commit));
+        assert_eq!(stripe(0).await, 200);
+        assert_eq!(late.await.unwrap(), 200);
+        let (status, text) = committed.await.unwrap();
+        assert_eq!(status, 201, "{text}");
+        let digest = meridian_blob::digest_of_digests(&chunk_digests(&data, 65536));
+        assert!(text.contains(&format!("x-meridian-blob-digest: {digest:08x}")), "{text}");
+        assert!(store.read_all(blob).await.unwrap() == data);
+        assert_eq!(store.assemblies_open(), 0);
+
+        // A commit announcing fewer segments than were sent abandons the copy.
+        let blob = BlobId::random();
+        let head = format!(
+            "PUT /_meridian/blob/{blob}?{layout}&stripe=0 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+             x-meridian-cluster-token: {TOKEN}\r\ncontent-length: {}\r\n\r\n",
+            3 * segment
+        );
+        assert_eq!(send_raw(addr, head, data.slice(..3 * segment)).await, 200);
+        let commit = format!(
+            "POST /_meridian/blob/{blob}?{layout}&segments=1&size=65536 HTTP/1.1\r\nhost: x\r\n\
+             connection: close\r\nx-meridian-cluster-token: {TOKEN}\r\ncontent-length: 0\r\n\r\n"
+        );
+        let (status, text) = raw(addr, &commit).await;
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("more than 1 segments were sent"), "{text}");
+        assert!(matches!(store.size(blob).await, Err(BlobError::NotFound(_))));
+        no_copy_open(&store).await;
+    })
+    .await;
+}
+
+async fn raw_owned(addr: SocketAddr, request: String) -> (u16, String) {
+    raw(addr, &request).await
 }
