@@ -13,8 +13,10 @@
 //! `201` once it is durable, with `x-meridian-blob-size` and `x-meridian-blob-digest` (see
 //! [`digest_of_digests`]; `N` is the chunk size of the CRC32C digests it covers), so the sender
 //! checks the copy against what it ingested. `409` when that blob is already here, `400` when
-//! the body broke off (nothing is kept). `DELETE /_meridian/blob/<id>` removes a copy (`204`,
-//! also when there was none): the writer's clean-up when its commit failed.
+//! the body broke off (nothing is kept). A copy longer than one segment goes as a striped copy
+//! instead: several `PUT`s with `stripe=` and a `POST` that completes it (see
+//! [`crate::stripe`]). `DELETE /_meridian/blob/<id>` removes a copy (`204`, also when there was
+//! none): the writer's clean-up when its commit failed.
 //!
 //! [`PeerClient`] is the other end, and a [`ChunkSource`] for the chunk cache.
 

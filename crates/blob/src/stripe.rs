@@ -482,6 +482,28 @@ mod tests {
         assert_eq!((exact.segments(), exact.size()), (2, 2 * segment as u64));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_that_stops_arriving_is_abandoned_after_the_idle_time() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = BlobStore::open(dir.path()).expect("blob store");
+        let (id, layout) = (BlobId::random(), layout());
+        let segment = Bytes::from(vec![7u8; layout.segment as usize]);
+        let body = http_body_util::Full::new(segment);
+        receive_stripe(&store, id, layout, 0, body).await.expect("stripe 0 taken in");
+        assert_eq!(store.assemblies_open(), 1);
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 1, "being written");
+
+        // Stripes 1 and 2 and the completion never come.
+        tokio::time::sleep(ASSEMBLY_IDLE + Duration::from_secs(1)).await;
+        assert_eq!(store.assemblies_open(), 0);
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0, "nothing kept");
+        assert!(matches!(store.size(id).await, Err(BlobError::NotFound(_))));
+        // A late completion starts over and finds nothing: its length does not match.
+        let late = complete_stripes(&store, id, layout, 1, 10);
+        let refused = tokio::time::timeout(ASSEMBLY_IDLE * 2, late).await.expect("answered");
+        assert_eq!(refused.map_err(|(status, _)| status), Err(StatusCode::REQUEST_TIMEOUT));
+    }
+
     #[test]
     fn layouts_out_of_bounds_are_refused() {
         assert!(layout().check().is_ok());

@@ -9,7 +9,8 @@
 //!
 //! Every wait is bounded: a listed region with no live node fails the write before its body is
 //! read (unless the quorum is met without it); a copy that accepts no bytes for [`COPY_STALL`]
-//! is dropped; after the body ended, copies have [`COPY_ACK`] to become durable.
+//! is dropped; after the body ended, copies have [`COPY_ACK`] to become durable. How long
+//! writes wait for that is the `multi_region_copy_wait` histogram.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,6 +171,8 @@ impl Engine {
         let ingested = match ingested {
             Ok(ingested) => ingested,
             Err(e) => {
+                let failed = copies.copies.iter().filter(|c| c.failure.is_some()).count();
+                self.metrics().multi_region_copy_failures.inc_by(failed as u64);
                 // Dropping the senders without an end abandons the copies.
                 copies.copies.iter_mut().for_each(|c| c.sender = None);
                 return Err(match e {
@@ -187,8 +190,11 @@ impl Engine {
             copies.copies.iter_mut().for_each(|c| c.sender = None);
             return Ok((ingested, holders));
         }
+        let body_ended = std::time::Instant::now();
         holders.extend(copies.finish(&ingested).await);
+        self.metrics().multi_region_copy_wait.observe(body_ended.elapsed().as_secs_f64());
         for failed in copies.copies.iter().filter(|c| c.failure.is_some()) {
+            self.metrics().multi_region_copy_failures.inc();
             tracing::warn!(bucket, region = %failed.holder.region, node = %failed.holder.node,
                 reason = failed.failure.as_deref().unwrap_or(""), "a multi-region copy failed");
             self.forget_copies(std::slice::from_ref(&failed.holder), blob);

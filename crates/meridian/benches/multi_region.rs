@@ -68,6 +68,15 @@ fn first_success(node: &Server, path: &str, since: Instant) -> (Duration, Durati
     }
 }
 
+/// The node's `meridian_multi_region_copy_wait_seconds` sum and count.
+fn copy_wait(node: &Server) -> (f64, f64) {
+    let text = common::metrics::scrape(node);
+    let sample = |suffix: &str| {
+        common::metrics::sample(&text, &format!("meridian_multi_region_copy_wait_seconds_{suffix}"), &[])
+    };
+    (sample("sum"), sample("count"))
+}
+
 fn main() {
     let one_way = Duration::from_millis(env_u64("ONE_WAY_MS", 20));
     let samples = env_u64("SAMPLES", 30).max(1);
@@ -93,9 +102,13 @@ fn main() {
     println!("etcd leader: the member in {leader}\n");
     println!("| bucket | PUT 4 KiB ({samples}×) | PUT {} MiB ({big_samples}×) |\n|---|---|---|", big >> 20);
     let mut large_p50 = Vec::new();
+    let mut copy_waits = Vec::new();
     for bucket in ["global", "two", "three"] {
         let s = puts(a, bucket, "small", &small, samples);
+        let before = copy_wait(a);
         let l = puts(a, bucket, "large", &large, big_samples);
+        let after = copy_wait(a);
+        copy_waits.push((after.0 - before.0) / (after.1 - before.1).max(1.0) * 1000.0);
         large_p50.push(p50_ms(l.clone()));
         let name = match bucket {
             "global" => "global (bytes stay in region-a)",
@@ -109,6 +122,13 @@ fn main() {
         big >> 20,
         large_p50[1] - large_p50[0],
         large_p50[2] - large_p50[0]
+    );
+    println!(
+        "{} MiB: the copies were durable {:.0} ms (two regions), {:.0} ms (three) after the body was taken in \
+         (mean of meridian_multi_region_copy_wait_seconds)",
+        big >> 20,
+        copy_waits[1],
+        copy_waits[2]
     );
 
     // Failover: region a's node dies; reads of an object written there.

@@ -64,6 +64,13 @@ async fn heavy_a_multi_region_write_is_in_every_listed_region_and_nowhere_else()
     assert_eq!(put_a.status, 200, "{}", put_a.text());
     assert_eq!(blobs_of_size(&cluster.nodes[0], big.len()), 1);
     assert_eq!(blobs_of_size(&cluster.nodes[1], big.len()), 1, "region b has its copy when the write returns");
+    // The write waited for its copy after taking in the body: at least one 40 ms round trip.
+    let metrics = common::metrics::scrape(&cluster.nodes[0]);
+    let waits = common::metrics::sample(&metrics, "meridian_multi_region_copy_wait_seconds_count", &[]);
+    let waited = common::metrics::sample(&metrics, "meridian_multi_region_copy_wait_seconds_sum", &[]);
+    assert_eq!(waits, 1.0, "{metrics}");
+    assert!((0.04..3.0).contains(&waited), "waited {waited} s for the copy");
+    assert_eq!(common::metrics::sample(&metrics, "meridian_multi_region_copy_failures_total", &[]), 0.0);
     // Small objects are blobs too (not inline in etcd, whose members are in every region).
     let small = pattern(2_000, 2);
     assert_eq!(put(&cluster.nodes[1], "/media/small.txt", &small).0.status, 200);
@@ -151,6 +158,9 @@ async fn heavy_a_listed_region_down_fails_writes_fast_naming_it_or_they_succeed_
     assert_eq!(quorum.status, 200, "{}", quorum.text());
     assert_eq!(blobs_of_size(&cluster.nodes[2], data.len()), 1, "region c has its copy");
     assert_eq!(get(&cluster.nodes[2], "/quorum/during").body, data);
+    let metrics = common::metrics::scrape(&cluster.nodes[0]);
+    let failures = common::metrics::sample(&metrics, "meridian_multi_region_copy_failures_total", &[]);
+    assert_eq!(failures, 2.0, "region b's copy failed in both writes");
 
     // Known down (no heartbeat for 10 s): refused before the body is read, naming the region.
     within(Duration::from_secs(20), "region b known down", || {

@@ -393,6 +393,11 @@ pub struct EngineMetrics {
     pub notify_delivered: Counter,
     pub notify_failures: Counter,
     pub notify_backlog: Gauge,
+    /// Time a multi-region write waited, after its body was taken in, for its copies in the
+    /// other listed regions to be durable.
+    pub multi_region_copy_wait: Histogram,
+    /// Copies of multi-region writes that failed (the region is in the node's log).
+    pub multi_region_copy_failures: Counter,
 }
 
 impl Default for EngineMetrics {
@@ -416,6 +421,8 @@ impl Default for EngineMetrics {
             notify_delivered: Counter::default(),
             notify_failures: Counter::default(),
             notify_backlog: Gauge::default(),
+            multi_region_copy_wait: latency_histogram(),
+            multi_region_copy_failures: Counter::default(),
         }
     }
 }
@@ -504,6 +511,17 @@ impl EngineMetrics {
             "notify_backlog",
             "Event notifications waiting for delivery, as this node's last delivery pass counted them",
             self.notify_backlog.clone(),
+        );
+        r.register_with_unit(
+            "multi_region_copy_wait",
+            "Time a multi-region write waited, after its body was taken in, for its copies in the other listed regions to be durable",
+            Unit::Seconds,
+            self.multi_region_copy_wait.clone(),
+        );
+        r.register(
+            "multi_region_copy_failures",
+            "Copies of multi-region writes that failed",
+            self.multi_region_copy_failures.clone(),
         );
     }
 }
