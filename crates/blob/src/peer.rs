@@ -535,8 +535,9 @@ impl PeerClient {
         self.put_striped(blob, Layout::sending(chunk_size), stream::iter(head).chain(body).boxed()).await
     }
 
-    /// A copy on one stream: `PUT ?chunk=`.
-    async fn put_whole(
+    /// A copy on one stream (`PUT ?chunk=`), however long: what [`PeerClient::put_blob`] does
+    /// for copies up to one segment, public so benchmarks can compare the two.
+    pub async fn put_whole(
         &self,
         blob: BlobId,
         chunk_size: u64,

@@ -1,8 +1,10 @@
 //! Multi-region bucket benchmark (issue 15): three regions, three etcd members and three nodes
 //! on one machine, the project's WAN proxy on every cross-region link. Measures PUT latency of
 //! 4 KiB and 64 MiB into a global bucket and into multi-region buckets of two and three regions
-//! (all written in region a), and how long reads take to fail over once region a's node is
-//! killed. Prints Markdown tables.
+//! (all written in region a), how long the large writes waited for their copies after the
+//! body (region a's `meridian_multi_region_copy_wait_seconds`), the CPU each process used per
+//! large PUT, and how long reads take to fail over once region a's node is killed. Prints
+//! Markdown tables.
 //!
 //! ```sh
 //! cargo bench -p meridian --bench multi_region
@@ -68,6 +70,15 @@ fn first_success(node: &Server, path: &str, since: Instant) -> (Duration, Durati
     }
 }
 
+/// CPU time a process has used (user and system), in ms.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks * 10.0 // USER_HZ is 100 on Linux
+}
+
 /// The node's `meridian_multi_region_copy_wait_seconds` sum and count.
 fn copy_wait(node: &Server) -> (f64, f64) {
     let text = common::metrics::scrape(node);
@@ -103,10 +114,17 @@ fn main() {
     println!("| bucket | PUT 4 KiB ({samples}×) | PUT {} MiB ({big_samples}×) |\n|---|---|---|", big >> 20);
     let mut large_p50 = Vec::new();
     let mut copy_waits = Vec::new();
+    // CPU per large PUT of: this process (the client and the WAN proxy), then the three nodes.
+    let processes: Vec<u32> =
+        std::iter::once(std::process::id()).chain(cluster.nodes.iter().map(|n| n.pid())).collect();
+    let mut cpu_per_put = Vec::new();
     for bucket in ["global", "two", "three"] {
         let s = puts(a, bucket, "small", &small, samples);
         let before = copy_wait(a);
+        let cpu_before = processes.iter().map(|pid| cpu_ms(*pid)).collect::<Vec<_>>();
         let l = puts(a, bucket, "large", &large, big_samples);
+        let cpu: Vec<f64> = processes.iter().zip(cpu_before).map(|(pid, was)| cpu_ms(*pid) - was).collect();
+        cpu_per_put.push(cpu.iter().map(|ms| ms / big_samples as f64).collect::<Vec<_>>());
         let after = copy_wait(a);
         copy_waits.push((after.0 - before.0) / (after.1 - before.1).max(1.0) * 1000.0);
         large_p50.push(p50_ms(l.clone()));
@@ -130,6 +148,14 @@ fn main() {
         copy_waits[1],
         copy_waits[2]
     );
+    println!("\nCPU per {} MiB PUT (ms, /proc/PID/stat, 10 ms ticks)\n", big >> 20);
+    println!(
+        "| bucket | client and WAN proxy | region-a node | region-b node | region-c node | all |\n|---|---|---|---|---|---|"
+    );
+    for (bucket, cpu) in ["global", "two", "three"].iter().zip(&cpu_per_put) {
+        let cells: Vec<String> = cpu.iter().map(|ms| format!("{ms:.0}")).collect();
+        println!("| {bucket} | {} | {:.0} |", cells.join(" | "), cpu.iter().sum::<f64>());
+    }
 
     // Failover: region a's node dies; reads of an object written there.
     timed(a, "PUT", "/two/failover", &small);
