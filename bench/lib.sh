@@ -51,3 +51,8 @@ s3() {
   curl -fsS --aws-sigv4 "aws:amz:us-east-1:s3" --user "$BENCH_ACCESS_KEY:$BENCH_SECRET_KEY" \
     -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@"
 }
+
+enable_versioning() { # endpoint bucket
+  s3 -X PUT "$1/$2?versioning=" -H 'content-type: application/xml' --data-binary \
+    '<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Status>Enabled</Status></VersioningConfiguration>'
+}

@@ -25,8 +25,7 @@ one() { # run kind (unversioned | versioned)
   pid="$node_pid"; endpoint="$node_endpoint"
   s3 -X PUT "$endpoint/bench-b" >/dev/null
   if [[ "$2" == versioned ]]; then
-    s3 -X PUT "$endpoint/bench-b?versioning=" -H 'content-type: application/xml' --data-binary \
-      '<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Status>Enabled</Status></VersioningConfiguration>'
+    enable_versioning "$endpoint" bench-b
   fi
   "${bench[@]}" --endpoint "$endpoint" --bucket bench-b --workload put --size 4KiB --concurrency 32 \
     --duration "$DURATION" --keep --server-pid "$pid" --json 2>/dev/null >"$scratch/$1-$2.json"

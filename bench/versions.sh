@@ -37,8 +37,7 @@ endpoint="$node_endpoint"
 admin() { "$MERIDIAN_BIN" admin --url "http://127.0.0.1:$node_admin_port" --data "$scratch/node" "$@"; }
 versioned_bucket() { # name
   s3 -X PUT "$endpoint/$1" >/dev/null
-  s3 -X PUT "$endpoint/$1?versioning=" -H 'content-type: application/xml' --data-binary \
-    '<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Status>Enabled</Status></VersioningConfiguration>'
+  enable_versioning "$endpoint" "$1"
 }
 fill() { # bucket objects
   "${bench[@]}" --endpoint "$endpoint" --bucket "$1" --workload put --size 1KiB --concurrency 32 --ops "$2" \

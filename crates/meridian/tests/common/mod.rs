@@ -111,7 +111,13 @@ impl Server {
 
     /// Starts `cmd` (a `meridian server` command line, e.g. from [`Server::command`]) and waits
     /// for its endpoints.
-    pub fn start_command(mut cmd: Command, data: &Path, extra: &[&str]) -> Server {
+    pub fn start_command(cmd: Command, data: &Path, extra: &[&str]) -> Server {
+        Self::try_start_command(cmd, data, extra).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// [`Server::start_command`], or why the server did not come up (it exited, or printed no
+    /// endpoints within 30 s; its stderr is the test's).
+    pub fn try_start_command(mut cmd: Command, data: &Path, extra: &[&str]) -> Result<Server, String> {
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn meridian server");
         let stdout = child.stdout.take().expect("stdout");
@@ -130,9 +136,14 @@ impl Server {
         while urls.len() < 2 + usize::from(with_web) {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(url) => urls.push(url),
-                Err(_) => {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
                     let _ = child.kill();
-                    panic!("meridian server did not print its endpoints within 30s");
+                    let _ = child.wait();
+                    return Err("meridian server did not print its endpoints within 30s".into());
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().map_or_else(|e| e.to_string(), |s| s.to_string());
+                    return Err(format!("meridian server exited before printing its endpoints ({status})"));
                 }
             }
         }
@@ -140,7 +151,7 @@ impl Server {
         let host_port = |url: &str| url.split_once("://").map_or(url, |(_, rest)| rest).to_string();
         let addr = host_port(&endpoint);
         let web_addr = urls.get(2).map(|url| host_port(url));
-        Server {
+        Ok(Server {
             _cluster: None,
             child: Some(child),
             endpoint,
@@ -150,7 +161,7 @@ impl Server {
             data: data.to_path_buf(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             _tmp: None,
-        }
+        })
     }
 
     /// Panics unless the server process is still running (it must never exit on its own).

@@ -48,8 +48,30 @@ async fn start_node(
     node_args: &[&str],
     clock_skew: Option<&str>,
 ) -> (Server, WanHandle) {
-    let listen = free_addr();
-    let node_link = proxy(listen, link).await;
+    // The port is free when picked and taken when the node binds it; anything on the machine
+    // can take it between the two. A node that exits at start is tried again on another port.
+    for attempt in 1.. {
+        let listen = free_addr();
+        let node_link = proxy(listen, link).await;
+        match try_start_node(dir, region, endpoints, &node_link, listen, node_args, clock_skew).await {
+            Ok(node) => return (node, node_link),
+            Err(why) if attempt < 3 => eprintln!("{region}'s node did not start on {listen} ({why}); another port"),
+            Err(why) => panic!("{region}'s node did not start, {attempt} times: {why}"),
+        }
+    }
+    unreachable!("the loop returns or panics")
+}
+
+/// One try of [`start_node`] with the node on `listen`, behind `node_link`.
+async fn try_start_node(
+    dir: &std::path::Path,
+    region: &str,
+    endpoints: &[String],
+    node_link: &WanHandle,
+    listen: SocketAddr,
+    node_args: &[&str],
+    clock_skew: Option<&str>,
+) -> Result<Server, String> {
     let mut args = vec![
         "--etcd".to_string(),
         endpoints.join(","),
@@ -64,18 +86,17 @@ async fn start_node(
     let data = dir.join(region);
     let listen = listen.to_string();
     let clock_skew = clock_skew.map(str::to_string);
-    let node = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let cmd = Server::command(&data, &args, Some(&listen), None);
         let cmd = match &clock_skew {
             Some(skew) => super::under_faketime(skew, cmd),
             None => cmd,
         };
-        Server::start_command(cmd, &data, &args)
+        Server::try_start_command(cmd, &data, &args)
     })
     .await
-    .unwrap();
-    (node, node_link)
+    .unwrap()
 }
 
 impl WanCluster {
