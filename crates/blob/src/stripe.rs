@@ -36,8 +36,10 @@ pub const SEGMENT: u64 = 1 << 20;
 pub const STRIPES: u64 = 4;
 /// Most streams a receiver accepts for one copy.
 const MAX_STRIPES: u64 = 8;
-/// Segment sizes a receiver accepts (it may hold two per stripe early).
-const SEGMENT_SIZES: std::ops::RangeInclusive<u64> = (64 << 10)..=(4 << 20);
+/// Segment sizes a receiver accepts (it may hold two per stripe early: 16 MiB at most).
+const SEGMENT_SIZES: std::ops::RangeInclusive<u64> = (64 << 10)..=SEGMENT;
+/// Copies a node assembles at once; a further one waits for a slot.
+const MAX_ASSEMBLIES: usize = 128;
 /// How long a copy being assembled may receive nothing before it is abandoned.
 pub const ASSEMBLY_IDLE: Duration = Duration::from_secs(30);
 
@@ -127,22 +129,49 @@ impl Dealer {
 pub type Refusal = (StatusCode, String);
 
 /// The copies being assembled on this node, by blob id. Shared by the requests of one copy.
-#[derive(Default)]
 pub struct Assemblies {
     open: std::sync::Mutex<HashMap<BlobId, Arc<Assembly>>>,
+    /// One permit per copy being assembled: a new copy waits for one.
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Assemblies {
+    fn default() -> Self {
+        Assemblies::with_limit(MAX_ASSEMBLIES)
+    }
 }
 
 impl Assemblies {
-    /// The assembly of `id`, started (with its watchdog) by the first request of the copy.
-    fn join(&self, store: &BlobStore, id: BlobId, layout: Layout) -> Arc<Assembly> {
+    /// A registry assembling at most `limit` copies at once.
+    pub fn with_limit(limit: usize) -> Assemblies {
+        Assemblies { open: Default::default(), slots: Arc::new(tokio::sync::Semaphore::new(limit)) }
+    }
+
+    fn find(&self, id: BlobId) -> Option<Arc<Assembly>> {
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).cloned()
+    }
+
+    /// The assembly of `id`, started (with its watchdog) by the first request of the copy
+    /// once a slot is free; refused when none frees up within [`ASSEMBLY_IDLE`].
+    async fn join(&self, store: &BlobStore, id: BlobId, layout: Layout) -> Result<Arc<Assembly>, Refusal> {
+        if let Some(found) = self.find(id) {
+            return Ok(found);
+        }
+        let slot = match tokio::time::timeout(ASSEMBLY_IDLE, Arc::clone(&self.slots).acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            _ => {
+                let why = format!("{} copies are being received; no room for another", self.len());
+                return Err((StatusCode::SERVICE_UNAVAILABLE, why));
+            }
+        };
         let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(found) = open.get(&id) {
-            return Arc::clone(found);
+            return Ok(Arc::clone(found)); // another request of the copy started it meanwhile
         }
-        let assembly = Arc::new(Assembly::new(id, layout));
+        let assembly = Arc::new(Assembly::new(id, layout, slot));
         open.insert(id, Arc::clone(&assembly));
         tokio::spawn(watch_idle(store.clone(), Arc::clone(&assembly)));
-        assembly
+        Ok(assembly)
     }
 
     /// Copies being assembled now.
@@ -190,6 +219,8 @@ pub struct Assembly {
     progress: watch::Sender<Progress>,
     /// Counts every piece received, for the idle watchdog.
     activity: AtomicU64,
+    /// This copy's place among those assembled at once, given back when it is dropped.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 struct State {
@@ -208,7 +239,7 @@ struct State {
 }
 
 impl Assembly {
-    fn new(id: BlobId, layout: Layout) -> Assembly {
+    fn new(id: BlobId, layout: Layout, slot: tokio::sync::OwnedSemaphorePermit) -> Assembly {
         let state = State {
             started: false,
             writer: None,
@@ -225,6 +256,7 @@ impl Assembly {
             state: tokio::sync::Mutex::new(state),
             progress: watch::Sender::new(Progress::default()),
             activity: AtomicU64::new(0),
+            _slot: slot,
         }
     }
 
@@ -450,7 +482,7 @@ pub async fn complete_stripes(
 
 /// The assembly of `id`, refusing (and abandoning it) when `layout` differs from its own.
 async fn joined(store: &BlobStore, id: BlobId, layout: Layout) -> Result<Arc<Assembly>, Refusal> {
-    let assembly = store.assemblies.join(store, id, layout);
+    let assembly = store.assemblies.join(store, id, layout).await?;
     if assembly.layout != layout {
         let refusal = (StatusCode::BAD_REQUEST, "the copy's requests disagree on its layout".to_string());
         assembly.fail(store, refusal.clone()).await;
@@ -504,6 +536,39 @@ mod tests {
         assert_eq!(refused.map_err(|(status, _)| status), Err(StatusCode::REQUEST_TIMEOUT));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_beyond_the_limit_waits_for_a_slot_and_is_refused_when_none_frees() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut store = BlobStore::open(dir.path()).expect("blob store");
+        store.assemblies = Arc::new(Assemblies::with_limit(1));
+        let layout = Layout { chunk: 8, stripes: 2, segment: 64 << 10 };
+        let segment = || http_body_util::Full::new(Bytes::from(vec![1u8; 64 << 10]));
+        let (first, second) = (BlobId::random(), BlobId::random());
+        receive_stripe(&store, first, layout, 0, segment()).await.expect("the first copy has the slot");
+
+        // The second and third copies wait, in that order, while the first holds the only slot.
+        let start = |id: BlobId| {
+            let store = store.clone();
+            tokio::spawn(async move { receive_stripe(&store, id, layout, 0, segment()).await })
+        };
+        let waiting = start(second);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let third = start(BlobId::random());
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(!waiting.is_finished() && !third.is_finished(), "no slot yet");
+        // The first copy completes and gives its slot back: the second goes on.
+        receive_stripe(&store, first, layout, 1, segment()).await.expect("stripe 1");
+        let done = complete_stripes(&store, first, layout, 2, 128 << 10).await.expect("complete");
+        assert_eq!(done.size, 128 << 10);
+        waiting.await.expect("joined").expect("the second copy got the freed slot");
+        assert_eq!(store.assemblies_open(), 1);
+        // The second holds the slot past the third's wait (30 s from t = 1 s; the second is
+        // abandoned as idle only at t = 35 s): the third is refused.
+        let refused = third.await.expect("joined");
+        assert_eq!(refused.map_err(|(status, _)| status), Err(StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(store.assemblies_open(), 1, "the second copy is still there");
+    }
+
     #[test]
     fn layouts_out_of_bounds_are_refused() {
         assert!(layout().check().is_ok());
@@ -511,7 +576,7 @@ mod tests {
         assert!(Layout { stripes: 1, ..layout() }.check().is_err());
         assert!(Layout { stripes: MAX_STRIPES + 1, ..layout() }.check().is_err());
         assert!(Layout { segment: 1000, ..layout() }.check().is_err());
-        assert!(Layout { segment: 64 << 20, ..layout() }.check().is_err());
+        assert!(Layout { segment: 2 << 20, ..layout() }.check().is_err());
         assert!(Layout { chunk: 0, ..layout() }.check().is_err());
     }
 }
