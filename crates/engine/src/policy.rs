@@ -369,10 +369,7 @@ impl Statement {
 
 impl Patterns {
     fn matches(&self, text: &str, ignore_case: bool) -> bool {
-        let any = self.patterns.iter().any(|p| match ignore_case {
-            true => glob(&p.to_ascii_lowercase(), &text.to_ascii_lowercase()),
-            false => glob(p, text),
-        });
+        let any = self.patterns.iter().any(|p| glob_with(p, text, ignore_case));
         any != self.negated
     }
 }
@@ -587,25 +584,44 @@ impl Condition {
 
 /// IAM wildcard matching: `*` any run of characters, `?` exactly one.
 fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    glob_with(pattern, text, false)
+}
+
+/// [`glob`], comparing ASCII letters without case when `ignore_case` (action names). Runs on
+/// bytes when the pattern has no `?`: a literal UTF-8 sequence only ever matches whole
+/// characters, so only `?` needs the text cut into characters. Allocates nothing then, which
+/// matters because every request to a bucket with a policy matches every statement's patterns.
+fn glob_with(pattern: &str, text: &str, ignore_case: bool) -> bool {
+    if pattern.contains('?') {
+        let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+        wildcard(&p, &t, '*', Some('?'), |a, b| if ignore_case { a.eq_ignore_ascii_case(&b) } else { a == b })
+    } else {
+        let same = |a: u8, b: u8| if ignore_case { a.eq_ignore_ascii_case(&b) } else { a == b };
+        wildcard(pattern.as_bytes(), text.as_bytes(), b'*', None, same)
+    }
+}
+
+/// Matches `t` against `p`, where `star` stands for any run and `one` (if any) for exactly
+/// one element: a linear scan that backtracks only to the last star.
+fn wildcard<T: Copy + PartialEq>(p: &[T], t: &[T], star: T, one: Option<T>, same: impl Fn(T, T) -> bool) -> bool {
     let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
+    let mut last_star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && p[pi] != star && (Some(p[pi]) == one || same(p[pi], t[ti])) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
+        } else if pi < p.len() && p[pi] == star {
+            last_star = Some((pi, ti));
             pi += 1;
-        } else if let Some((sp, st)) = star {
+        } else if let Some((sp, st)) = last_star {
             pi = sp + 1;
             ti = st + 1;
-            star = Some((sp, st + 1));
+            last_star = Some((sp, st + 1));
         } else {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == star)
 }
 
 /// S3's Block Public Access settings of a bucket (PutPublicAccessBlock).
@@ -855,5 +871,15 @@ mod tests {
     fn globs() {
         assert!(glob("a*c", "abbbc") && glob("a?c", "abc") && glob("*", "") && !glob("a?c", "ac"));
         assert!(glob("public/*", "public/x/y") && !glob("public/*", "publicx"));
+        // `?` is one character, however many bytes it takes; `*` any run, bytes or not.
+        assert!(glob("caf?/x", "café/x") && !glob("caf??/x", "café/x") && glob("?", "日"));
+        assert!(glob("*é*", "résumé") && glob("r*sum*", "résumé") && !glob("*é", "résume"));
+        assert!(glob("a*b*c", "a-b-b-c") && !glob("a*b*c", "a-c-b") && glob("**", "x"));
+        assert!(!glob("a*", "") && glob("", "") && !glob("", "a"));
+        // A `*` in the text is just a character; a `*` in the pattern is always a wildcard.
+        assert!(!glob("ab", "a*") && glob("a?", "a*") && glob("*b", "*ab") && glob("a*", "a*"));
+        // Action names compare without case; object ARNs do not.
+        assert!(glob_with("s3:get*", "s3:GetObject", true) && glob_with("S3:GETOBJEC?", "s3:GetObject", true));
+        assert!(!glob_with("s3:get*", "s3:GetObject", false) && !glob("Public/*", "public/x"));
     }
 }
