@@ -109,7 +109,10 @@ fn main() {
     println!("one request at a time, a new client connection each; latency p50 / p90 / max in ms");
     // A write pays its node's trip to the etcd leader and the leader's round trip to another
     // voter (docs/etcd.md), so where the leader is sets the floor of every PUT below.
-    let leader = cluster.etcd.leader().map_or("none agreed", |member| common::wan_cluster::REGIONS[member]);
+    let leader_region = |etcd: &meridian_meta_etcd::testing::EtcdCluster| {
+        etcd.leader().map_or("none agreed", |member| common::wan_cluster::REGIONS[member])
+    };
+    let leader = leader_region(&cluster.etcd);
     println!("etcd leader: the member in {leader}\n");
     println!("| bucket | PUT 4 KiB ({samples}×) | PUT {} MiB ({big_samples}×) |\n|---|---|---|", big >> 20);
     let mut large_p50 = Vec::new();
@@ -134,6 +137,10 @@ fn main() {
             _ => "multi:region-a,region-b,region-c",
         };
         println!("| {name} | {} | {} |", summary(s), summary(l));
+    }
+    let after = leader_region(&cluster.etcd);
+    if after != leader {
+        println!("\nThe etcd leader moved during the PUTs: now the member in {after}");
     }
     println!(
         "\n{} MiB: multi over global {:+.0} ms (two regions), {:+.0} ms (three); one RTT is {rtt_ms:.0} ms",
