@@ -556,11 +556,12 @@ impl PeerClient {
         layout: Layout,
         mut body: BoxStream<'static, Result<Bytes, BlobError>>,
     ) -> BlobResult<StoredCopy> {
-        let mut dealer = Dealer::new(layout);
+        let mut dealer = Dealer::new(layout.segment);
         let mut stripes = Stripes::default();
         while let Some(data) = body.next().await {
             // An error here drops the stripes without their end: the peer abandons the copy.
-            for (stripe, piece) in dealer.deal(data?) {
+            for (segment, piece, _) in dealer.deal(data?) {
+                let stripe = (segment % layout.stripes) as usize;
                 while stripes.senders.len() <= stripe {
                     stripes.open(self, blob, layout);
                 }
@@ -681,6 +682,21 @@ struct Stripes {
     requests: Vec<tokio::task::JoinHandle<BlobResult<()>>>,
 }
 
+/// The body of a copy fed through a channel: each `Some` is a piece of it and `None` its end.
+/// A sender dropped before the end makes the body fail, so the receiving node discards what
+/// it got instead of storing a truncated copy.
+pub fn channel_body(receiver: tokio::sync::mpsc::Receiver<Option<Bytes>>) -> BoxStream<'static, BlobResult<Bytes>> {
+    stream::unfold(Some(receiver), |state| async move {
+        let mut receiver = state?;
+        match receiver.recv().await {
+            Some(Some(piece)) => Some((Ok(piece), Some(receiver))),
+            Some(None) => None,
+            None => Some((Err(BlobError::Task("the copy was abandoned".into())), None)),
+        }
+    })
+    .boxed()
+}
+
 /// Pieces queued per stripe ahead of its connection.
 const STRIPE_QUEUE: usize = 16;
 
@@ -689,15 +705,7 @@ impl Stripes {
     fn open(&mut self, client: &PeerClient, blob: BlobId, layout: Layout) {
         let stripe = self.senders.len();
         let (sender, receiver) = tokio::sync::mpsc::channel(STRIPE_QUEUE);
-        let frames = stream::unfold(Some(receiver), |state| async move {
-            let mut receiver = state?;
-            match receiver.recv().await {
-                Some(Some(piece)) => Some((Ok(Frame::data(piece)), Some(receiver))),
-                Some(None) => None,
-                None => Some((Err(BlobError::Task("the copy was abandoned".into())), None)),
-            }
-        })
-        .boxed();
+        let frames = channel_body(receiver).map(|piece| piece.map(Frame::data)).boxed();
         let (client, path) = (client.clone(), format!("{blob}?{}&stripe={stripe}", layout.query()));
         self.requests.push(tokio::spawn(async move {
             let resp = client.upload(Method::PUT, &path, frames).await?;
@@ -709,23 +717,25 @@ impl Stripes {
         self.senders.push(sender);
     }
 
+    /// How stripe `stripe`'s request ended.
+    async fn ended(&mut self, stripe: usize) -> BlobResult<()> {
+        (&mut self.requests[stripe])
+            .await
+            .unwrap_or_else(|joined| Err(BlobError::Task(format!("stripe {stripe} of the copy failed: {joined}"))))
+    }
+
     /// Why stripe `stripe`'s request ended before its end was sent.
     async fn failure(&mut self, stripe: usize) -> BlobError {
-        match (&mut self.requests[stripe]).await {
-            Ok(Err(e)) => e,
-            Ok(Ok(())) => BlobError::Task(format!("stripe {stripe} of the copy ended early")),
-            Err(joined) => BlobError::Task(format!("stripe {stripe} of the copy failed: {joined}")),
+        match self.ended(stripe).await {
+            Err(e) => e,
+            Ok(()) => BlobError::Task(format!("stripe {stripe} of the copy ended early")),
         }
     }
 
     /// Waits until every stripe was taken in; the first failure otherwise.
     async fn all_taken(mut self) -> BlobResult<()> {
         for stripe in 0..self.requests.len() {
-            match (&mut self.requests[stripe]).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(joined) => return Err(BlobError::Task(format!("stripe {stripe} of the copy failed: {joined}"))),
-            }
+            self.ended(stripe).await?;
         }
         Ok(())
     }

@@ -84,29 +84,35 @@ impl Layout {
     }
 }
 
-/// Cuts a body into segments and says which stripe each piece of it goes to.
+/// Cuts a byte stream into segments: the sender's body into the copy's segments, and each
+/// stripe the receiver gets into that stripe's.
 #[derive(Debug)]
 pub struct Dealer {
-    layout: Layout,
+    segment_size: u64,
     /// The segment being filled, and how much of it is.
     segment: u64,
     filled: u64,
 }
 
+/// One piece of a cut stream: the segment it belongs to, its bytes, and whether it ends that
+/// segment.
+pub type Piece = (u64, Bytes, bool);
+
 impl Dealer {
-    pub fn new(layout: Layout) -> Dealer {
-        Dealer { layout, segment: 0, filled: 0 }
+    pub fn new(segment_size: u64) -> Dealer {
+        Dealer { segment_size, segment: 0, filled: 0 }
     }
 
-    /// `data` split at segment boundaries, each piece with its stripe.
-    pub fn deal(&mut self, mut data: Bytes) -> Vec<(usize, Bytes)> {
+    /// `data` split at segment boundaries.
+    pub fn deal(&mut self, mut data: Bytes) -> Vec<Piece> {
         let mut pieces = Vec::new();
         while !data.is_empty() {
-            let room = usize::try_from(self.layout.segment - self.filled).unwrap_or(usize::MAX);
+            let room = usize::try_from(self.segment_size - self.filled).unwrap_or(usize::MAX);
             let piece = if data.len() > room { data.split_to(room) } else { std::mem::take(&mut data) };
             self.filled += piece.len() as u64;
-            pieces.push(((self.segment % self.layout.stripes) as usize, piece));
-            if self.filled == self.layout.segment {
+            let ends = self.filled == self.segment_size;
+            pieces.push((self.segment, piece, ends));
+            if ends {
                 self.segment += 1;
                 self.filled = 0;
             }
@@ -121,7 +127,7 @@ impl Dealer {
 
     /// Bytes dealt so far.
     pub fn size(&self) -> u64 {
-        self.segment * self.layout.segment + self.filled
+        self.segment * self.segment_size + self.filled
     }
 }
 
@@ -432,9 +438,11 @@ where
         assembly.fail(store, refusal.clone()).await;
         return Err(refusal);
     }
-    let (mut nth, mut segment, mut filled) = (0u64, Vec::new(), 0u64);
+    // This stripe's `n`-th segment is the copy's segment `stripe + stripes × n`.
+    let index = |n: u64| stripe + layout.stripes * n;
+    let (mut dealer, mut segment) = (Dealer::new(layout.segment), Vec::new());
     while let Some(frame) = body.frame().await {
-        let mut data = match frame.map(http_body::Frame::into_data) {
+        let data = match frame.map(http_body::Frame::into_data) {
             Ok(Ok(data)) => data,
             Ok(Err(_)) => continue, // trailers
             Err(e) => {
@@ -444,19 +452,16 @@ where
             }
         };
         assembly.activity.fetch_add(1, Ordering::Relaxed);
-        while !data.is_empty() {
-            let room = usize::try_from(layout.segment - filled).unwrap_or(usize::MAX);
-            let piece = if data.len() > room { data.split_to(room) } else { std::mem::take(&mut data) };
-            filled += piece.len() as u64;
+        for (n, piece, ends) in dealer.deal(data) {
             segment.push(piece);
-            if filled == layout.segment {
-                assembly.take(store, stripe + layout.stripes * nth, std::mem::take(&mut segment)).await?;
-                (nth, filled) = (nth + 1, 0);
+            if ends {
+                assembly.take(store, index(n), std::mem::take(&mut segment)).await?;
             }
         }
     }
-    if filled > 0 {
-        assembly.take(store, stripe + layout.stripes * nth, segment).await?;
+    if !segment.is_empty() {
+        // The last segment, short: the one being filled.
+        assembly.take(store, index(dealer.segments() - 1), segment).await?;
     }
     Ok(())
 }
@@ -500,16 +505,16 @@ mod tests {
     }
 
     #[test]
-    fn a_dealer_cuts_at_segment_boundaries_round_robin() {
+    fn a_dealer_cuts_at_segment_boundaries() {
         let segment = 64 << 10;
-        let mut dealer = Dealer::new(layout());
+        let mut dealer = Dealer::new(segment as u64);
+        let cut = |pieces: Vec<Piece>| pieces.into_iter().map(|(n, p, ends)| (n, p.len(), ends)).collect::<Vec<_>>();
         let first = dealer.deal(Bytes::from(vec![1u8; segment + 10]));
-        assert_eq!(first.iter().map(|(s, p)| (*s, p.len())).collect::<Vec<_>>(), vec![(0, segment), (1, 10)]);
+        assert_eq!(cut(first), vec![(0, segment, true), (1, 10, false)]);
         let next = dealer.deal(Bytes::from(vec![2u8; 3 * segment]));
-        let dealt: Vec<(usize, usize)> = next.iter().map(|(s, p)| (*s, p.len())).collect();
-        assert_eq!(dealt, vec![(1, segment - 10), (2, segment), (0, segment), (1, 10)]);
+        assert_eq!(cut(next), vec![(1, segment - 10, true), (2, segment, true), (3, segment, true), (4, 10, false)]);
         assert_eq!((dealer.segments(), dealer.size()), (5, 4 * segment as u64 + 10));
-        let mut exact = Dealer::new(layout());
+        let mut exact = Dealer::new(segment as u64);
         exact.deal(Bytes::from(vec![0u8; 2 * segment]));
         assert_eq!((exact.segments(), exact.size()), (2, 2 * segment as u64));
     }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::TryStreamExt;
 use meridian_blob::{BlobId, StoredCopy};
 use tokio::sync::mpsc;
 
@@ -31,17 +32,11 @@ pub const COPY_ACK: Duration = Duration::from_secs(10);
 /// Chunks of the body buffered per copy ahead of the slowest region.
 const COPY_BUFFER: usize = 64;
 
-/// What a copy stream carries: the body's chunks, then an explicit end (a stream that stops
-/// without it was abandoned, and the receiving node discards what it got).
-enum Piece {
-    Data(Bytes),
-    End,
-}
-
 /// One other region's copy of the blob being written.
 struct Copy {
     holder: Holder,
-    sender: Option<mpsc::Sender<Piece>>,
+    /// The copy's body (see [`meridian_blob::channel_body`]): chunks, then `None` for the end.
+    sender: Option<mpsc::Sender<Option<Bytes>>>,
     task: tokio::task::JoinHandle<EngineResult<StoredCopy>>,
     /// Why this copy failed, once known.
     failure: Option<String>,
@@ -84,7 +79,7 @@ impl Tee for Copies {
     async fn send(&mut self, chunk: &Bytes) -> Result<(), BodyError> {
         let sends = self.copies.iter_mut().filter(|c| c.failure.is_none()).map(|copy| async move {
             let Some(sender) = &copy.sender else { return };
-            match tokio::time::timeout(COPY_STALL, sender.send(Piece::Data(chunk.clone()))).await {
+            match tokio::time::timeout(COPY_STALL, sender.send(Some(chunk.clone()))).await {
                 Ok(Ok(())) => {}
                 // The copy's request ended early: its task has its reason.
                 Ok(Err(_)) => {
@@ -118,7 +113,7 @@ impl Copies {
                 return None; // its task has already been awaited
             }
             if let Some(sender) = copy.sender.take() {
-                let _ = tokio::time::timeout_at(deadline, sender.send(Piece::End)).await;
+                let _ = tokio::time::timeout_at(deadline, sender.send(None)).await;
             }
             let result = match tokio::time::timeout_at(deadline, &mut copy.task).await {
                 Err(_) => Err(format!("did not confirm the copy within {} s", COPY_ACK.as_secs())),
@@ -233,7 +228,7 @@ impl Engine {
             let holder = Holder { node: node.record.id.clone(), region: region.clone(), store: None };
             let (sender, receiver) = mpsc::channel(COPY_BUFFER);
             let (remote, node_id) = (Arc::clone(&remote), holder.node.clone());
-            let task = tokio::spawn(async move { remote.send_copy(&node_id, blob, pieces(receiver)).await });
+            let task = tokio::spawn(async move { remote.send_copy(&node_id, blob, copy_body(receiver)).await });
             copies.copies.push(Copy { holder, sender: Some(sender), task, failure: None });
         }
         Ok(copies)
@@ -263,14 +258,7 @@ impl Engine {
     }
 }
 
-/// The body of one copy: the pieces sent to it, failing if the sender is dropped before the end.
-fn pieces(receiver: mpsc::Receiver<Piece>) -> Body {
-    Box::pin(futures::stream::unfold(Some(receiver), |state| async move {
-        let mut receiver = state?;
-        match receiver.recv().await {
-            Some(Piece::Data(bytes)) => Some((Ok(bytes), Some(receiver))),
-            Some(Piece::End) => None,
-            None => Some((Err("the write was abandoned".into()), None)),
-        }
-    }))
+/// The body of one copy: the chunks sent to it, failing if the sender is dropped before the end.
+fn copy_body(receiver: mpsc::Receiver<Option<Bytes>>) -> Body {
+    Box::pin(meridian_blob::channel_body(receiver).map_err(|e| Box::new(e) as crate::ingest::BodyError))
 }
