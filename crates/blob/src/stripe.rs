@@ -236,8 +236,6 @@ struct State {
     hasher: ChunkHasher,
     /// Segments that came before their turn, by index.
     early: BTreeMap<u64, Vec<Bytes>>,
-    written: u64,
-    size: u64,
     /// The last segment written was short, so it must have been the blob's last.
     ended_short: bool,
     /// Segments and bytes, once the sender said.
@@ -251,8 +249,6 @@ impl Assembly {
             writer: None,
             hasher: ChunkHasher::new(layout.chunk),
             early: BTreeMap::new(),
-            written: 0,
-            size: 0,
             ended_short: false,
             total: None,
         };
@@ -264,6 +260,11 @@ impl Assembly {
             activity: AtomicU64::new(0),
             _slot: slot,
         }
+    }
+
+    /// Segments written so far, in order (kept in the progress its waiters watch).
+    fn written(&self) -> u64 {
+        self.progress.borrow().written
     }
 
     fn outcome(&self) -> Option<Result<StoredCopy, Refusal>> {
@@ -333,7 +334,7 @@ impl Assembly {
         if state.total.is_some_and(|(segments, _)| index >= segments) {
             return bad(format!("segment {index} is beyond the copy's end"));
         }
-        if index < state.written || state.early.contains_key(&index) {
+        if index < self.written() || state.early.contains_key(&index) {
             return bad(format!("segment {index} was sent twice"));
         }
         state.early.insert(index, pieces);
@@ -342,10 +343,10 @@ impl Assembly {
     }
 
     async fn write_in_order(&self, state: &mut State) -> Result<(), Refusal> {
-        while let Some(pieces) = state.early.remove(&state.written) {
+        while let Some(pieces) = state.early.remove(&self.written()) {
             let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
             if state.ended_short || len > self.layout.segment {
-                let why = format!("segment {} follows a short one or is too long", state.written);
+                let why = format!("segment {} follows a short one or is too long", self.written());
                 return Err((StatusCode::BAD_REQUEST, why));
             }
             let Some(writer) = state.writer.as_mut() else {
@@ -358,11 +359,8 @@ impl Assembly {
                     (StatusCode::INTERNAL_SERVER_ERROR, "blob store error".to_string())
                 })?;
             }
-            state.size += len;
             state.ended_short = len < self.layout.segment;
-            state.written += 1;
-            let written = state.written;
-            self.progress.send_modify(|p| p.written = written);
+            self.progress.send_modify(|p| p.written += 1);
         }
         Ok(())
     }
@@ -370,12 +368,12 @@ impl Assembly {
     /// Makes the blob durable once the sender said how long it is and all of it is written.
     async fn finish_if_complete(&self, store: &BlobStore, state: &mut State) -> Result<(), Refusal> {
         let Some((segments, size)) = state.total else { return Ok(()) };
-        if state.written < segments {
+        let (written, received) = (self.written(), state.hasher.len());
+        if written < segments {
             return Ok(());
         }
-        if !state.early.is_empty() || state.size != size {
-            let why =
-                format!("received {} bytes in {} segments where {size} were announced", state.size, state.written);
+        if !state.early.is_empty() || received != size {
+            let why = format!("received {received} bytes in {written} segments where {size} were announced");
             return Err((StatusCode::BAD_REQUEST, why));
         }
         let Some(writer) = state.writer.take() else {
@@ -386,7 +384,7 @@ impl Assembly {
             (StatusCode::INTERNAL_SERVER_ERROR, "blob store error".to_string())
         })?;
         let digest = crate::digest_of_digests(&std::mem::replace(&mut state.hasher, ChunkHasher::new(1)).finish());
-        let copy = StoredCopy { size: state.size, digest };
+        let copy = StoredCopy { size: received, digest };
         self.progress.send_modify(|p| p.outcome = Some(Ok(copy)));
         self.forget(store);
         Ok(())
@@ -400,7 +398,7 @@ impl Assembly {
             if state.total.is_some_and(|total| total != (segments, size)) {
                 return Err((StatusCode::BAD_REQUEST, "the copy's length was announced twice".to_string()));
             }
-            if state.written > segments || state.early.range(segments..).next().is_some() {
+            if self.written() > segments || state.early.range(segments..).next().is_some() {
                 return Err((StatusCode::BAD_REQUEST, format!("more than {segments} segments were sent")));
             }
             state.total = Some((segments, size));
