@@ -23,15 +23,7 @@ export AWS_ACCESS_KEY_ID="$BENCH_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$BENCH_SECRE
 start_node "$scratch/node"
 endpoint="$node_endpoint"
 for bucket in plain withpolicy; do s3 -X PUT "$endpoint/$bucket" >/dev/null; done
-cat >"$scratch/policy.json" <<'POLICY'
-{"Version":"2012-10-17","Statement":[
-{"Sid":"DenyFromBlock","Effect":"Deny","Principal":"*","Action":"s3:*","Resource":["arn:aws:s3:::withpolicy","arn:aws:s3:::withpolicy/*"],"Condition":{"IpAddress":{"aws:SourceIp":"203.0.113.0/24"}}},
-{"Sid":"ReadFromOffice","Effect":"Allow","Principal":"*","Action":["s3:GetObject","s3:ListBucket"],"Resource":["arn:aws:s3:::withpolicy","arn:aws:s3:::withpolicy/*"],"Condition":{"IpAddress":{"aws:SourceIp":"198.51.100.0/24"}}},
-{"Sid":"DenyDeleteLogs","Effect":"Deny","Principal":"*","Action":"s3:DeleteObject","Resource":"arn:aws:s3:::withpolicy/logs/*"},
-{"Sid":"AllowPutTagged","Effect":"Allow","Principal":"*","Action":"s3:PutObject","Resource":"arn:aws:s3:::withpolicy/uploads/*","Condition":{"StringEquals":{"aws:UserAgent":"uploader"}}}
-]}
-POLICY
-s3 -X PUT "$endpoint/withpolicy?policy=" --data-binary @"$scratch/policy.json"
+s3 -X PUT "$endpoint/withpolicy?policy=" --data-binary @"$(dirname "$0")/policy-cost.json"
 
 for round in $(seq "$ROUNDS"); do
   for bucket in plain withpolicy; do

@@ -13,12 +13,8 @@ use std::time::Instant;
 
 use meridian_engine::policy::{Policy, PolicyRequest, Verdict};
 
-const POLICY: &str = r#"{"Version":"2012-10-17","Statement":[
-{"Sid":"DenyFromBlock","Effect":"Deny","Principal":"*","Action":"s3:*","Resource":["arn:aws:s3:::withpolicy","arn:aws:s3:::withpolicy/*"],"Condition":{"IpAddress":{"aws:SourceIp":"203.0.113.0/24"}}},
-{"Sid":"ReadFromOffice","Effect":"Allow","Principal":"*","Action":["s3:GetObject","s3:ListBucket"],"Resource":["arn:aws:s3:::withpolicy","arn:aws:s3:::withpolicy/*"],"Condition":{"IpAddress":{"aws:SourceIp":"198.51.100.0/24"}}},
-{"Sid":"DenyDeleteLogs","Effect":"Deny","Principal":"*","Action":"s3:DeleteObject","Resource":"arn:aws:s3:::withpolicy/logs/*"},
-{"Sid":"AllowPutTagged","Effect":"Allow","Principal":"*","Action":"s3:PutObject","Resource":"arn:aws:s3:::withpolicy/uploads/*","Condition":{"StringEquals":{"aws:UserAgent":"uploader"}}}
-]}"#;
+/// The policy `bench/policy-cost.sh` puts on its bucket.
+const POLICY: &str = include_str!("../../../bench/policy-cost.json");
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
