@@ -32,6 +32,14 @@ fn client(addr: SocketAddr) -> Arc<PeerClient> {
     Arc::new(PeerClient::new(&format!("http://{addr}"), TOKEN, &tls()).unwrap())
 }
 
+/// A peer serving an empty store: its directory, the store, its address and its task.
+async fn empty_peer() -> (tempfile::TempDir, BlobStore, SocketAddr, JoinHandle<std::io::Result<()>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    let (addr, server) = start_peer(&store).await;
+    (dir, store, addr, server)
+}
+
 /// A store holding one blob.
 async fn store_with(dir: &std::path::Path, data: &Bytes) -> (BlobStore, BlobId) {
     let store = BlobStore::open(dir).unwrap();
@@ -331,15 +339,11 @@ async fn a_peer_tells_its_clock_to_holders_of_the_token_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_is_stored_under_its_id_checked_and_deleted() {
     bounded(30, async {
-        let peer_dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(peer_dir.path()).unwrap();
-        let (addr, _server) = start_peer(&store).await;
+        let (peer_dir, store, addr, _server) = empty_peer().await;
         let peer = client(addr);
         let data = data(3 * MIB + 17, 105);
         let blob = BlobId::random();
-        let chunks: Vec<Result<Bytes, BlobError>> =
-            data.chunks(100_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-        let stored = peer.put_blob(blob, MIB, futures::stream::iter(chunks).boxed()).await.unwrap();
+        let stored = peer.put_blob(blob, MIB, pieces(&data, 100_000)).await.unwrap();
         assert_eq!(stored.size, data.len() as u64);
         assert_eq!(stored.digest, meridian_blob::digest_of_digests(&chunk_digests(&data, MIB)));
         assert_eq!(store.read_all(blob).await.unwrap(), data, "stored under the sender's id");
@@ -384,9 +388,7 @@ async fn no_copy_open(store: &BlobStore) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_copy_goes_over_several_connections_at_once() {
     bounded(60, async {
-        let peer_dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(peer_dir.path()).unwrap();
-        let (addr, _server) = start_peer(&store).await;
+        let (_peer_dir, store, addr, _server) = empty_peer().await;
         // 20 ms each way: one stream carries one 4 MiB window per 40 ms round trip.
         let link = WanProxy::start("127.0.0.1:0".parse().unwrap(), addr, LinkConfig::rtt(Duration::from_millis(40)))
             .await
@@ -423,9 +425,7 @@ async fn a_large_copy_goes_over_several_connections_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_striped_copy_that_breaks_or_exists_leaves_nothing_new() {
     bounded(60, async {
-        let peer_dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(peer_dir.path()).unwrap();
-        let (addr, _server) = start_peer(&store).await;
+        let (peer_dir, store, addr, _server) = empty_peer().await;
         let peer = client(addr);
 
         // The sender's body breaks off after some segments went out.
@@ -465,9 +465,7 @@ async fn send_raw(addr: SocketAddr, head: String, body: Bytes) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stripes_arriving_out_of_order_are_written_in_order() {
     bounded(30, async {
-        let peer_dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(peer_dir.path()).unwrap();
-        let (addr, _server) = start_peer(&store).await;
+        let (_peer_dir, store, addr, _server) = empty_peer().await;
         let segment = 64 << 10;
         // Seven segments over two stripes (the last one short): stripe 0 carries 0, 2, 4, 6 and
         // stripe 1 carries 1, 3, 5.
