@@ -10,7 +10,8 @@
 //! Every wait is bounded: a listed region with no live node fails the write before its body is
 //! read (unless the quorum is met without it); a copy that accepts no bytes for [`COPY_STALL`]
 //! is dropped; after the body ended, copies have [`COPY_ACK`] to become durable. How long
-//! writes wait for that is the `multi_region_copy_wait` histogram.
+//! writes wait for that is the `multi_region_copy_wait` histogram; how long they took to take
+//! the body in before it, the `ingest` histogram.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,7 +151,10 @@ impl Engine {
         mut limits: IngestLimits,
     ) -> EngineResult<(Ingested, Vec<Holder>)> {
         let Location::MultiRegion { regions, .. } = location else {
-            return Ok((ingest(self.blobs(), body, integrity, limits).await?, self.here()));
+            let started = std::time::Instant::now();
+            let ingested = ingest(self.blobs(), body, integrity, limits).await?;
+            self.metrics().observe_ingest(false, started.elapsed());
+            return Ok((ingested, self.here()));
         };
         let blob = BlobId::random();
         let copies = self.open_copies(bucket, regions, location.write_quorum(), blob).await?;
@@ -162,6 +166,7 @@ impl Engine {
         limits.inline_max = 0;
         limits.blob_id = Some(blob);
         let mut copies = copies;
+        let started = std::time::Instant::now();
         let ingested = ingest_teed(self.blobs(), body, integrity, limits, Some(&mut copies)).await;
         let ingested = match ingested {
             Ok(ingested) => ingested,
@@ -179,6 +184,7 @@ impl Engine {
                 });
             }
         };
+        self.metrics().observe_ingest(true, started.elapsed());
         let mut holders = self.here();
         if matches!(ingested.data, IngestedData::Inline(_)) {
             // An empty body: no blob; dropping the senders without an end abandons the copies.

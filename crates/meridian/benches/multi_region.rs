@@ -9,7 +9,14 @@
 //! ```sh
 //! cargo bench -p meridian --bench multi_region
 //! ONE_WAY_MS=20 SAMPLES=30 BIG_SAMPLES=3 BIG_MIB=64 cargo bench -p meridian --bench multi_region
+//! PIN=1 cargo bench -p meridian --bench multi_region   # region a's node alone on CPU 0
 //! ```
+//!
+//! All three regions share this machine's cores, so the other regions' work (the WAN proxy
+//! moving every byte, the receiving nodes) competes with region a's ingest. `PIN=1` gives
+//! region a's node CPU 0 to itself and puts everything else (this process with the client and
+//! the proxies, the other nodes, the etcd members) on CPU 1, which is closer to regions on
+//! machines of their own.
 
 #![allow(clippy::unwrap_used)] // a benchmark: a failed unwrap is a failed run
 
@@ -79,13 +86,49 @@ fn cpu_ms(pid: u32) -> f64 {
     ticks * 10.0 // USER_HZ is 100 on Linux
 }
 
-/// The node's `meridian_multi_region_copy_wait_seconds` sum and count.
-fn copy_wait(node: &Server) -> (f64, f64) {
-    let text = common::metrics::scrape(node);
-    let sample = |suffix: &str| {
-        common::metrics::sample(&text, &format!("meridian_multi_region_copy_wait_seconds_{suffix}"), &[])
+/// Pins every thread of `pid` to `cpu` (`taskset`; panics if it cannot).
+fn pin(pid: u32, cpu: usize) {
+    let status = std::process::Command::new("taskset")
+        .args(["--all-tasks", "--cpu-list", "--pid", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "taskset could not pin process {pid} to CPU {cpu}");
+}
+
+/// The processes this one started (the nodes and the etcd members), from `/proc`.
+fn children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let parent_of = |pid: &str| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat[stat.rfind(')')? + 2..].split(' ').nth(1).map(str::to_string)
     };
-    (sample("sum"), sample("count"))
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()) && parent_of(pid).as_deref() == Some(me.as_str()))
+        .map(|pid| pid.parse().unwrap())
+        .collect()
+}
+
+/// The node's sums (s) and counts of `meridian_ingest_seconds` (all placements) and of
+/// `meridian_multi_region_copy_wait_seconds`.
+fn waits(node: &Server) -> [f64; 4] {
+    let text = common::metrics::scrape(node);
+    let total = |name: &str| -> f64 {
+        let series = text.lines().filter(|l| !l.starts_with('#'));
+        series
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    ["meridian_ingest_seconds_sum", "meridian_ingest_seconds_count"]
+        .into_iter()
+        .chain(["meridian_multi_region_copy_wait_seconds_sum", "meridian_multi_region_copy_wait_seconds_count"])
+        .map(total)
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap()
 }
 
 fn main() {
@@ -99,6 +142,13 @@ fn main() {
     let link = LinkConfig::one_way(one_way);
     let mut cluster = runtime.block_on(WanCluster::start(link, &[]));
     let a = &cluster.nodes[0];
+    let pinned = env_u64("PIN", 0) == 1;
+    if pinned {
+        for pid in children().into_iter().chain([std::process::id()]) {
+            pin(pid, 1);
+        }
+        pin(a.pid(), 0);
+    }
     create(a, "global", "global");
     create(a, "two", "multi:region-a,region-b");
     create(a, "three", "multi:region-a,region-b,region-c");
@@ -107,6 +157,9 @@ fn main() {
     let large = pattern(big, 2);
     println!("\nMulti-region PUTs from region-a, {rtt_ms:.0} ms RTT between regions (WAN proxy, no bandwidth limit)");
     println!("one request at a time, a new client connection each; latency p50 / p90 / max in ms");
+    if pinned {
+        println!("PIN=1: region-a's node alone on CPU 0; the client, the proxies, the other nodes and etcd on CPU 1");
+    }
     // A write pays its node's trip to the etcd leader and the leader's round trip to another
     // voter (docs/etcd.md), so where the leader is sets the floor of every PUT below.
     let leader_region = |etcd: &meridian_meta_etcd::testing::EtcdCluster| {
@@ -116,6 +169,7 @@ fn main() {
     println!("etcd leader: the member in {leader}\n");
     println!("| bucket | PUT 4 KiB ({samples}×) | PUT {} MiB ({big_samples}×) |\n|---|---|---|", big >> 20);
     let mut large_p50 = Vec::new();
+    let mut ingests = Vec::new();
     let mut copy_waits = Vec::new();
     // CPU per large PUT of: this process (the client and the WAN proxy), then the three nodes.
     let processes: Vec<u32> =
@@ -123,13 +177,15 @@ fn main() {
     let mut cpu_per_put = Vec::new();
     for bucket in ["global", "two", "three"] {
         let s = puts(a, bucket, "small", &small, samples);
-        let before = copy_wait(a);
+        let before = waits(a);
         let cpu_before = processes.iter().map(|pid| cpu_ms(*pid)).collect::<Vec<_>>();
         let l = puts(a, bucket, "large", &large, big_samples);
         let cpu: Vec<f64> = processes.iter().zip(cpu_before).map(|(pid, was)| cpu_ms(*pid) - was).collect();
         cpu_per_put.push(cpu.iter().map(|ms| ms / big_samples as f64).collect::<Vec<_>>());
-        let after = copy_wait(a);
-        copy_waits.push((after.0 - before.0) / (after.1 - before.1).max(1.0) * 1000.0);
+        let after = waits(a);
+        let mean_ms = |sum: usize| (after[sum] - before[sum]) / (after[sum + 1] - before[sum + 1]).max(1.0) * 1000.0;
+        ingests.push(mean_ms(0));
+        copy_waits.push(mean_ms(2));
         large_p50.push(p50_ms(l.clone()));
         let name = match bucket {
             "global" => "global (bytes stay in region-a)",
@@ -154,6 +210,14 @@ fn main() {
         big >> 20,
         copy_waits[1],
         copy_waits[2]
+    );
+    println!(
+        "{} MiB: taking the body in took {:.0} ms (global), {:.0} ms (two regions), {:.0} ms (three) \
+         (mean of meridian_ingest_seconds)",
+        big >> 20,
+        ingests[0],
+        ingests[1],
+        ingests[2]
     );
     println!("\nCPU per {} MiB PUT (ms, /proc/PID/stat, 10 ms ticks)\n", big >> 20);
     println!(

@@ -71,6 +71,11 @@ async fn heavy_a_multi_region_write_is_in_every_listed_region_and_nowhere_else()
     assert_eq!(waits, 1.0, "{metrics}");
     assert!((0.04..3.0).contains(&waited), "waited {waited} s for the copy");
     assert_eq!(common::metrics::sample(&metrics, "meridian_multi_region_copy_failures_total", &[]), 0.0);
+    // Taking the body in (3 MiB streamed here and to region b) was timed once, before the wait.
+    let multi = [("placement", "multi_region")];
+    assert_eq!(common::metrics::sample(&metrics, "meridian_ingest_seconds_count", &multi), 1.0, "{metrics}");
+    let ingest = common::metrics::sample(&metrics, "meridian_ingest_seconds_sum", &multi);
+    assert!(ingest > 0.0 && ingest < 3.0, "took {ingest} s to take the body in");
     // Small objects are blobs too (not inline in etcd, whose members are in every region).
     let small = pattern(2_000, 2);
     assert_eq!(put(&cluster.nodes[1], "/media/small.txt", &small).0.status, 200);

@@ -398,6 +398,13 @@ pub struct EngineMetrics {
     pub multi_region_copy_wait: Histogram,
     /// Copies of multi-region writes that failed (the region is in the node's log).
     pub multi_region_copy_failures: Counter,
+    /// Time writes took to take their body in, by where its bytes go.
+    ingest: Family<PlacementLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlacementLabels {
+    placement: &'static str,
 }
 
 impl Default for EngineMetrics {
@@ -423,6 +430,7 @@ impl Default for EngineMetrics {
             notify_backlog: Gauge::default(),
             multi_region_copy_wait: latency_histogram(),
             multi_region_copy_failures: Counter::default(),
+            ingest: Family::new_with_constructor(latency_histogram),
         }
     }
 }
@@ -523,6 +531,19 @@ impl EngineMetrics {
             "Copies of multi-region writes that failed",
             self.multi_region_copy_failures.clone(),
         );
+        r.register_with_unit(
+            "ingest",
+            "Time a write took to take in its body, until its bytes were durable on this node (and, in a multi-region bucket, handed to every copy)",
+            Unit::Seconds,
+            self.ingest.clone(),
+        );
+    }
+
+    /// Records one write's body ingest: `multi_region` when it was also streamed to copies in
+    /// the other listed regions.
+    pub fn observe_ingest(&self, multi_region: bool, took: std::time::Duration) {
+        let placement = if multi_region { "multi_region" } else { "single_region" };
+        self.ingest.get_or_create(&PlacementLabels { placement }).observe(took.as_secs_f64());
     }
 }
 
