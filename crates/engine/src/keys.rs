@@ -21,7 +21,7 @@
 //! | `n/<node id>` | [`crate::cluster::NodeRecord`] | each node's heartbeat; `forget_node` deletes |
 //! | `c/<node id>` | the node's change cursor: the revision, in decimal, through which it has handled every object change ([`crate::follow`]) | the node's change follower, at most once a second; `forget_node` deletes |
 //! | `s/<site name>` | [`crate::website::SiteRecord`] | `meridian admin site put/delete` |
-//! | `v/<bucket>/<key>` | [`crate::record::VersionHead`] (versioned buckets) | every versioned write, delete and version removal of the key |
+//! | `v/<bucket>/<key>` | [`crate::record::VersionHead`] (versioned buckets) | delete markers, version removals, suspended writes and adoptions of the key (a versioned PUT only compares it) |
 //! | `v/<bucket>/<key>\0<token>` | [`crate::record::VersionRecord`]: one version (or delete marker), newest first | the same transactions |
 //! | `i/<bucket>/<key>\0<token>` | the bytes of a version stored inline | the transaction that writes the version |
 //! | `t/<bucket>/<key>` | empty: the key was deleted in a shadowing bucket, so its source's copy stays hidden ([`crate::shadow`]) | a delete in a shadowing bucket (a KV batch's in its transaction); removing the shadow deletes them all |

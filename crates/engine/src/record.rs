@@ -174,9 +174,10 @@ pub struct VersionRecord {
     pub object: Option<ObjectRecord>,
 }
 
-/// `v/<bucket>/<key>`: the newest version of a key and its `null` version. Every versioned write
-/// of the key compares and rewrites it, so they are serialized even when none of them touches
-/// the key's `o/` record (delete markers).
+/// `v/<bucket>/<key>`: the newest version of a key (while it has no current object, whose stamp
+/// names it otherwise) and its `null` version. Every versioned write of the key compares it, and
+/// every one but a PUT (which rewrites `o/`) rewrites it, so they are serialized even when none
+/// of them touches the key's `o/` record (delete markers).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionHead {
     /// Token of the newest version.

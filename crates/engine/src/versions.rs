@@ -2,8 +2,12 @@
 //! delete markers included, is a `v/<bucket>/<key>\0<token>` entry that owns its blobs (and
 //! inline bytes); the current version, when it is an object, is also copied at `o/` so reads,
 //! listings and the KV API of current objects stay as they are. `v/<bucket>/<key>` (the head)
-//! names the newest version and the `null` one; every versioned change of the key compares it.
-//! Unversioned buckets never touch `v/`.
+//! names the `null` version and, while the key has no current object, the newest version; every
+//! versioned change of the key compares it and the `o/` record. A PUT rewrites only `o/` (its
+//! version is then the newest), so it leaves the head alone unless the `null` version changes:
+//! one B-tree insert fewer per versioned PUT. Every other change (delete markers, removals,
+//! suspended writes) rewrites the head, so two changes of one key never both commit from the
+//! same read. Unversioned buckets never touch `v/`.
 
 use std::borrow::Cow;
 use std::ops::Bound;
@@ -65,6 +69,17 @@ pub(crate) struct KeyState {
 impl KeyState {
     fn head_revision(&self) -> Revision {
         self.head.as_ref().map_or(0, |(_, r)| *r)
+    }
+
+    /// The head as it stands: the stored one (or none yet), naming the current object's version
+    /// as the newest while there is one, since a PUT makes its version newest without
+    /// rewriting the head.
+    fn head_now(&self) -> VersionHead {
+        let mut head = self.head.as_ref().map(|(h, _)| h.clone()).unwrap_or_default();
+        if let Some(stamp) = self.current.as_ref().and_then(|c| c.record.version.as_ref()) {
+            head.latest = stamp.token.clone();
+        }
+        head
     }
 }
 
@@ -241,6 +256,14 @@ impl Engine {
         Ok(KeyState { current, head: head.transpose()? })
     }
 
+    /// Whether `key` has any version in `bucket`: a current object stands for its newest one;
+    /// without one, a key with versions has a head (every change that leaves no current
+    /// object writes it).
+    pub(crate) async fn has_written(&self, bucket: &str, key: &str) -> EngineResult<bool> {
+        let state = self.read_key_state(bucket, key).await?;
+        Ok(state.current.is_some() || state.head.is_some())
+    }
+
     /// The inline bytes of version `token` of `key` (see [`version_inline_bytes`]).
     pub(crate) async fn read_version_inline(
         &self,
@@ -342,8 +365,12 @@ impl Engine {
         let suspended = bucket_record.versioning == Some(Versioning::Suspended);
         let now = now_ms();
         txn.compares.push(Compare::mod_revision_is(keys::version_head(bucket, key), state.head_revision()));
-        let mut head = state.head.as_ref().map(|(h, _)| h.clone()).unwrap_or_default();
+        let stored_head = state.head.as_ref().map(|(h, _)| h.clone());
+        let mut head = state.head_now();
         let mut older = vec![head.latest.clone()];
+        if let Some(stored) = &stored_head {
+            older.push(stored.latest.clone());
+        }
         let mut current = state.current;
         if let Some(legacy) = current.take_if(|c| c.record.version.is_none()) {
             let token = token_at((legacy.record.modified_ms.max(0) as u64) * 1000);
@@ -395,7 +422,12 @@ impl Engine {
         if suspended {
             head.null = Some(stamp.token.clone());
         }
-        put_head(bucket, key, &head, txn);
+        // A new current object stands for the newest version itself; anything else (a delete
+        // marker, a changed `null` version) is written to the head.
+        let null_changed = stored_head.and_then(|stored| stored.null) != head.null;
+        if new.is_none() || null_changed {
+            put_head(bucket, key, &head, txn);
+        }
         Ok((stamp, freed))
     }
 
@@ -452,9 +484,13 @@ impl Engine {
     /// Why a key without a current object reads as missing: its newest version is a delete
     /// marker (`Some(its id)`), or it has no version at all.
     pub(crate) async fn latest_marker(&self, bucket: &str, key: &str) -> EngineResult<Option<String>> {
-        let Some(kv) = self.meta().get(&keys::version_head(bucket, key)).await? else { return Ok(None) };
-        let head: VersionHead = record::decode(&kv.value)?;
-        let marker = self.read_stored_version(bucket, key, &head.latest).await?;
+        // A current object (even an expired one) is the newest version; without one, the
+        // head names it.
+        let state = self.read_key_state(bucket, key).await?;
+        if state.current.is_some() || state.head.is_none() {
+            return Ok(None);
+        }
+        let marker = self.read_stored_version(bucket, key, &state.head_now().latest).await?;
         Ok(marker.filter(|m| m.record.object.is_none()).map(|m| m.record.stamp.id().to_string()))
     }
 
@@ -507,9 +543,8 @@ impl Engine {
                 return Ok(gone(self.meta().current_revision().await?));
             };
             self.check_removable(&version.record, bypass).await?;
-            let Some((mut head, head_revision)) = state.head.clone() else {
-                return Err(EngineError::Corrupt(format!("version {token} of {bucket}/{key} without a head")));
-            };
+            // A key whose versions all came from PUTs has no head yet.
+            let (mut head, head_revision) = (state.head_now(), state.head_revision());
             // Comparing the bucket's revision keeps the snapshot set read here current.
             let (bucket_record, bucket_revision) = self.bucket(bucket).await?;
             let retention = self.retention(bucket, &bucket_record).await?;
@@ -702,9 +737,8 @@ impl Engine {
         let delimiter = req.delimiter.as_deref().filter(|d| !d.is_empty());
         let full_prefix = format!("{base}{}", req.prefix);
         let end = prefix_end(full_prefix.as_bytes()).map_or(Bound::Unbounded, |e| Bound::Excluded(Bytes::from(e)));
-        let mut start = self.versions_start(bucket, &base, &full_prefix, req, delimiter).await?;
+        let (mut start, mut listed_key) = self.versions_start(bucket, &base, &full_prefix, req, delimiter).await?;
         let mut page = VersionPage::default();
-        let mut latest: Option<(String, String)> = None; // (key, token) of the newest version seen
         let mut count = 0;
         loop {
             let range = RangeRequest { start: start.clone(), end: end.clone(), limit: MAX_LIST_VERSIONS + 1 };
@@ -729,18 +763,20 @@ impl Engine {
                     jumped = true;
                     break;
                 }
-                let Some(token) = token else {
-                    let head: VersionHead = record::decode(&kv.value)?;
-                    latest = Some((key.to_string(), head.latest));
-                    continue;
-                };
+                if token.is_none() {
+                    continue; // the head
+                }
                 if count == max {
                     page.is_truncated = true;
                     return Ok(page);
                 }
                 count += 1;
                 let version: VersionRecord = record::decode(&kv.value)?;
-                let is_latest = latest.as_ref().is_some_and(|(k, t)| k == key && t == token);
+                // Versions list newest first: the first one of a key is its latest.
+                let is_latest = listed_key.as_deref() != Some(key);
+                if is_latest {
+                    listed_key = Some(key.to_string());
+                }
                 page.next_key_marker = Some(key.to_string());
                 page.next_version_id_marker = Some(version.stamp.id().to_string());
                 page.versions.push(ListedVersion { key: key.to_string(), is_latest, version });
@@ -754,7 +790,7 @@ impl Engine {
     }
 
     /// Where a version listing starts: after the key marker's versions, or after the version
-    /// the version-id marker names.
+    /// the version-id marker names (then also that key, whose next versions are not its latest).
     async fn versions_start(
         &self,
         bucket: &str,
@@ -762,14 +798,14 @@ impl Engine {
         full_prefix: &str,
         req: &VersionListRequest,
         delimiter: Option<&str>,
-    ) -> EngineResult<Bound<Bytes>> {
+    ) -> EngineResult<(Bound<Bytes>, Option<String>)> {
         let Some(marker) = req.key_marker.as_deref().filter(|m| !m.is_empty()) else {
-            return Ok(Bound::Included(Bytes::from(full_prefix.to_string())));
+            return Ok((Bound::Included(Bytes::from(full_prefix.to_string())), None));
         };
         if let Some(version_id) = req.version_id_marker.as_deref().filter(|v| !v.is_empty()) {
             let (token, _) = self.resolve(bucket, marker, version_id).await?;
             if let Some(token) = token {
-                return Ok(Bound::Excluded(keys::version(bucket, marker, &token)));
+                return Ok((Bound::Excluded(keys::version(bucket, marker, &token)), Some(marker.to_string())));
             }
         }
         let rolled_up = delimiter.and_then(|d| crate::list::common_prefix(marker, &req.prefix, d));
@@ -777,7 +813,7 @@ impl Engine {
             Some(prefix) => prefix_end(format!("{base}{prefix}").as_bytes()),
             None => Some(format!("{}\u{1}", keys::versions_of(bucket, marker).trim_end_matches('\0')).into_bytes()),
         };
-        Ok(past.map_or(Bound::Unbounded, |p| Bound::Included(Bytes::from(p))))
+        Ok((past.map_or(Bound::Unbounded, |p| Bound::Included(Bytes::from(p))), None))
     }
 }
 

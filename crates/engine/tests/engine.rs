@@ -419,6 +419,12 @@ async fn read_version(engine: &Engine, bucket: &str, key: &str, version_id: &str
     Ok(chunks.concat())
 }
 
+/// Creates `bucket` with versioning enabled.
+async fn versioned_bucket(engine: &Engine, bucket: &str) {
+    engine.create_bucket(bucket, "me").await.unwrap();
+    engine.set_versioning(bucket, meridian_engine::record::Versioning::Enabled).await.unwrap();
+}
+
 fn version_of(out: &PutOutcome) -> String {
     out.record.version.as_ref().unwrap().id().to_string()
 }
@@ -527,8 +533,7 @@ async fn a_versioned_put_with_a_stale_bucket_record_follows_the_bucket_as_it_is(
     use meridian_engine::record::Versioning;
     let f = fixture();
     let e = &f.engine;
-    e.create_bucket("ver", "me").await.unwrap();
-    e.set_versioning("ver", Versioning::Enabled).await.unwrap();
+    versioned_bucket(e, "ver").await;
     let stale = e.bucket("ver").await.unwrap();
     let fresh = e.put_object_in(Some(stale.clone()), put("ver", "k", "enabled")).await.unwrap();
     assert_ne!(version_of(&fresh), "null", "a record still current is used as it is");
@@ -549,12 +554,10 @@ async fn versions_of(engine: &Engine, bucket: &str, prefix: &str) -> Vec<(String
 #[tokio::test]
 async fn lifecycle_rules_expire_noncurrent_versions_and_lone_delete_markers() {
     use meridian_engine::lifecycle::LifecycleRule;
-    use meridian_engine::record::Versioning;
     const DAY_MS: i64 = 86_400_000;
     let f = fixture();
     let e = &f.engine;
-    e.create_bucket("aging", "me").await.unwrap();
-    e.set_versioning("aging", Versioning::Enabled).await.unwrap();
+    versioned_bucket(e, "aging").await;
     let mut logs = Vec::new();
     for n in 0..4 {
         logs.push(version_of(&e.put_object(put("aging", "logs/a", vec![n as u8; 3000])).await.unwrap()));
@@ -726,11 +729,9 @@ async fn inline_keys(engine: &Engine) -> usize {
 
 #[tokio::test]
 async fn a_small_versioned_put_stores_its_bytes_once_until_it_is_replaced() {
-    use meridian_engine::record::Versioning;
     let f = fixture();
     let e = &f.engine;
-    e.create_bucket("small", "me").await.unwrap();
-    e.set_versioning("small", Versioning::Enabled).await.unwrap();
+    versioned_bucket(e, "small").await;
     let v1 = version_of(&e.put_object(put("small", "k", "one")).await.unwrap());
     assert_eq!(inline_keys(e).await, 1, "the current version's bytes are written once");
     assert_eq!(read_version(e, "small", "k", &v1).await.unwrap(), b"one", "by id while current");
@@ -750,6 +751,121 @@ async fn a_small_versioned_put_stores_its_bytes_once_until_it_is_replaced() {
         e.delete_version("small", "k", id).await.unwrap();
     }
     assert_eq!(inline_keys(e).await, 0, "nothing is left behind");
+}
+
+/// The ids and latest flags of every version of `bucket` listed `per_page` at a time.
+async fn versions_paged(engine: &Engine, bucket: &str, per_page: usize) -> Vec<(String, bool)> {
+    let mut req = versions::VersionListRequest { max_keys: per_page, ..Default::default() };
+    let mut listed = Vec::new();
+    loop {
+        let page = engine.list_versions(bucket, &req).await.unwrap();
+        listed.extend(page.versions.iter().map(|v| (v.version.stamp.id().to_string(), v.is_latest)));
+        if !page.is_truncated {
+            return listed;
+        }
+        req.key_marker = page.next_key_marker;
+        req.version_id_marker = page.next_version_id_marker;
+    }
+}
+
+/// A versioned PUT writes its version's entry and the current object, and leaves the key's
+/// head alone (one B-tree insert fewer): the current object names the newest version. Reads,
+/// listings and removals by id agree with that, before and after a delete marker wrote a head.
+#[tokio::test]
+async fn a_versioned_put_leaves_the_head_alone_and_the_current_object_names_the_newest_version() {
+    let f = fixture();
+    let e = &f.engine;
+    versioned_bucket(e, "ver").await;
+    let head = || async { e.meta().get(&keys::version_head("ver", "k")).await.unwrap() };
+    let v1 = version_of(&e.put_object(put("ver", "k", "one")).await.unwrap());
+    let v2 = version_of(&e.put_object(put("ver", "k", "two")).await.unwrap());
+    assert!(head().await.is_none(), "PUTs write no head");
+    for per_page in [1, 1000] {
+        let listed = versions_paged(e, "ver", per_page).await;
+        assert_eq!(listed, [(v2.clone(), true), (v1.clone(), false)], "{per_page} per page");
+    }
+    // Removing a noncurrent version of a key without a head.
+    e.delete_version("ver", "k", &v1).await.unwrap();
+    assert_eq!(read(e, "ver", "k").await, b"two");
+    assert_eq!(versions_paged(e, "ver", 1000).await, [(v2.clone(), true)]);
+
+    // A delete marker writes the head; a PUT after it leaves that head as it was.
+    let marker = e.delete_object("ver", "k", &WriteConditions::default()).await.unwrap().version_id.unwrap();
+    let marked = head().await.expect("a delete marker writes the head");
+    let v3 = version_of(&e.put_object(put("ver", "k", "three")).await.unwrap());
+    assert_eq!(head().await.unwrap().mod_revision, marked.mod_revision, "the PUT left the head alone");
+    assert_eq!(read(e, "ver", "k").await, b"three");
+    let expected = [(v3.clone(), true), (marker.clone(), false), (v2.clone(), false)];
+    for per_page in [1, 2, 1000] {
+        assert_eq!(versions_paged(e, "ver", per_page).await, expected, "{per_page} per page");
+    }
+
+    // A current object that expired is still the newest version: no delete marker is named.
+    let expired = PutRequest { expires_at_ms: Some(meridian_engine::now_ms() - 1), ..put("ver", "k", "four") };
+    let v4 = version_of(&e.put_object(expired).await.unwrap());
+    let gone = e.get_object(GetRequest { bucket: "ver".into(), key: "k".into(), ..Default::default() }).await;
+    assert!(matches!(gone, Err(EngineError::NoSuchKey)), "{:?}", gone.map(|_| ()));
+
+    // Removing the current version (named by the object, not the head) makes the next current.
+    e.delete_version("ver", "k", &v4).await.unwrap();
+    e.delete_version("ver", "k", &v3).await.unwrap();
+    let current = e.get_object(GetRequest { bucket: "ver".into(), key: "k".into(), ..Default::default() }).await;
+    assert!(
+        matches!(&current, Err(EngineError::DeleteMarker { version_id, by_id: false }) if *version_id == marker),
+        "{:?}",
+        current.map(|_| ())
+    );
+    e.delete_version("ver", "k", &marker).await.unwrap();
+    assert_eq!(read(e, "ver", "k").await, b"two");
+    e.delete_version("ver", "k", &v2).await.unwrap();
+    assert_eq!(version_keys(e).await, 0, "no version and no head left");
+}
+
+/// PUTs (which leave the head alone) and delete markers (which write it) racing on one key:
+/// every acknowledged change is one version, and the newest listed is what a read sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_versioned_puts_and_delete_markers_each_make_one_version_and_agree_on_the_latest() {
+    let f = fixture();
+    let e = f.engine.clone();
+    versioned_bucket(&e, "ver").await;
+    for round in 0..5 {
+        let writers = (0..16).map(|w| {
+            let e = e.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for n in 0..4 {
+                    let id = if (w + n + round) % 3 == 0 {
+                        e.delete_object("ver", "hot", &WriteConditions::default()).await.unwrap().version_id
+                    } else {
+                        version_of(&e.put_object(put("ver", "hot", format!("{w}-{n}"))).await.unwrap()).into()
+                    };
+                    ids.push(id.unwrap());
+                }
+                ids
+            })
+        });
+        let mut acknowledged: Vec<String> = Vec::new();
+        for writer in futures::future::join_all(writers).await {
+            acknowledged.extend(writer.unwrap());
+        }
+        let listed = versions_paged(&e, "ver", 1000).await;
+        assert_eq!(listed.len(), 64 * (round + 1), "round {round}: one version per acknowledged change");
+        let mut listed_ids: Vec<&String> = listed.iter().map(|(id, _)| id).collect();
+        for id in &acknowledged {
+            assert!(listed_ids.contains(&id), "round {round}: acknowledged version {id} is listed");
+        }
+        listed_ids.sort();
+        listed_ids.dedup();
+        assert_eq!(listed_ids.len(), listed.len(), "round {round}: every version id is listed once");
+        assert_eq!(listed.iter().filter(|(_, latest)| *latest).count(), 1, "round {round}");
+        let (newest, _) = &listed[0];
+        let got = e.get_object(GetRequest { bucket: "ver".into(), key: "hot".into(), ..Default::default() }).await;
+        match got {
+            Ok(out) => assert_eq!(out.record.version.unwrap().id(), newest, "round {round}: the read is the newest"),
+            Err(EngineError::DeleteMarker { version_id, .. }) => assert_eq!(&version_id, newest, "round {round}"),
+            Err(other) => panic!("round {round}: {other}"),
+        }
+    }
 }
 
 #[tokio::test]

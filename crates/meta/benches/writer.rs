@@ -1,7 +1,7 @@
 //! The embedded store's writer alone, on the transactions a 4 KiB S3 PUT of a new key sends
 //! it: in an unversioned bucket (compare the bucket and the object, write the record and its
-//! inline bytes) and in a versioned one (also compare the key's version head, write the version
-//! entry and the head). No HTTP and no engine: the figures are the metadata writer's part of a
+//! inline bytes) and in a versioned one (also compare the key's version head and write the
+//! version entry; a PUT leaves the head alone, docs/decisions/056-versioning.md). No HTTP and no engine: the figures are the metadata writer's part of a
 //! PUT (issue 17). Its CPU time still moves with the machine's load; the instruction count
 //! under callgrind does not.
 //!
@@ -56,10 +56,7 @@ fn put_txn(n: usize, bucket_revision: u64, versioned: bool, record: &Bytes, inli
         .when(Compare::absent(format!("o/{key}")));
     if versioned {
         let token = format!("{:020}", u64::MAX - n as u64);
-        txn = txn
-            .when(Compare::absent(format!("v/{key}")))
-            .then(Op::put(format!("v/{key}\0{token}"), record.clone()))
-            .then(Op::put(format!("v/{key}"), Bytes::from(format!("{{\"latest\":\"{token}\"}}"))));
+        txn = txn.when(Compare::absent(format!("v/{key}"))).then(Op::put(format!("v/{key}\0{token}"), record.clone()));
     }
     txn.then(Op::put(format!("o/{key}"), record.clone())).then(Op::put(format!("i/{key}"), inline.clone()))
 }
