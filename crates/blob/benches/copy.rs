@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use meridian_blob::{BlobError, BlobId, BlobStore, DEFAULT_CHUNK_SIZE, PeerClient, serve_peer};
+use meridian_blob::{BlobError, BlobId, BlobStore, CopyStreams, DEFAULT_CHUNK_SIZE, PeerClient, serve_peer};
 use meridian_wan::{LinkConfig, WanProxy};
 
 const TOKEN: &str = "bench-cluster-token";
@@ -62,7 +62,7 @@ fn main() {
                 let blob = BlobId::random();
                 let started = Instant::now();
                 let copy = if striping {
-                    peer.put_blob(blob, DEFAULT_CHUNK_SIZE, body(&data)).await.unwrap()
+                    peer.put_blob(blob, DEFAULT_CHUNK_SIZE, body(&data), CopyStreams::Striped).await.unwrap()
                 } else {
                     peer.put_whole(blob, DEFAULT_CHUNK_SIZE, body(&data)).await.unwrap()
                 };

@@ -37,8 +37,8 @@ pub use cache::{
     chunk_digests, crc32c,
 };
 pub use peer::{
-    ClockSample, PeerAccess, PeerBody, PeerClient, PeerFailure, StoredCopy, channel_body, digest_of_digests,
-    serve_blob_request, serve_peer,
+    ClockSample, CopyStreams, PeerAccess, PeerBody, PeerClient, PeerFailure, StoredCopy, channel_body,
+    digest_of_digests, serve_blob_request, serve_peer,
 };
 
 /// Size of the first chunk when streaming a blob out of the disk (a small object's whole read;

@@ -455,6 +455,17 @@ struct ClientInner {
 /// The body of a copy sent to a peer.
 type UploadBody = http_body_util::StreamBody<BoxStream<'static, Result<Frame<Bytes>, BlobError>>>;
 
+/// How a copy travels to its peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyStreams {
+    /// One HTTP stream, however long the copy: the cheapest in CPU, and as fast as several on a
+    /// short link.
+    One,
+    /// A copy longer than one [`stripe::SEGMENT`] over [`stripe::STRIPES`] streams at once: on
+    /// a long link one stream's window, not the bytes, is what limits it.
+    Striped,
+}
+
 /// What a peer reported about a copy it stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoredCopy {
@@ -510,16 +521,20 @@ impl PeerClient {
     }
 
     /// Streams `body` to the peer as its copy of `blob` and returns once the peer has made it
-    /// durable (`chunk_size`: the chunk size of the digest it reports). A body longer than one
-    /// [`stripe::SEGMENT`] goes over several connections at once (see [`crate::stripe`]). No
-    /// time limit of its own, but for a stripe that takes nothing for the idle timeout: the
-    /// caller bounds the whole copy.
+    /// durable (`chunk_size`: the chunk size of the digest it reports). With
+    /// [`CopyStreams::Striped`], a body longer than one [`stripe::SEGMENT`] goes over several
+    /// connections at once (see [`crate::stripe`]). No time limit of its own, but for a stream
+    /// that takes nothing for the idle timeout: the caller bounds the whole copy.
     pub async fn put_blob(
         &self,
         blob: BlobId,
         chunk_size: u64,
         mut body: BoxStream<'static, Result<Bytes, BlobError>>,
+        streams: CopyStreams,
     ) -> BlobResult<StoredCopy> {
+        if streams == CopyStreams::One {
+            return self.put_whole(blob, chunk_size, body).await;
+        }
         let mut head = Vec::new();
         let mut len = 0u64;
         while len <= stripe::SEGMENT {

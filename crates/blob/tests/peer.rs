@@ -11,7 +11,7 @@ use bytes::Bytes;
 use common::*;
 use futures::StreamExt;
 use meridian_blob::{BlobError, BlobId, BlobStore, CacheOptions, ChunkCache, ChunkSource, PeerClient, PeerFailure};
-use meridian_blob::{chunk_digests, serve_peer};
+use meridian_blob::{CopyStreams, chunk_digests, serve_peer};
 use meridian_wan::{LinkConfig, WanProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -343,7 +343,7 @@ async fn a_copy_is_stored_under_its_id_checked_and_deleted() {
         let peer = client(addr);
         let data = data(3 * MIB + 17, 105);
         let blob = BlobId::random();
-        let stored = peer.put_blob(blob, MIB, pieces(&data, 100_000)).await.unwrap();
+        let stored = peer.put_blob(blob, MIB, pieces(&data, 100_000), CopyStreams::Striped).await.unwrap();
         assert_eq!(stored.size, data.len() as u64);
         assert_eq!(stored.digest, meridian_blob::digest_of_digests(&chunk_digests(&data, MIB)));
         assert_eq!(store.read_all(blob).await.unwrap(), data, "stored under the sender's id");
@@ -351,13 +351,13 @@ async fn a_copy_is_stored_under_its_id_checked_and_deleted() {
         // A small body: the 409 comes before the body is read, and a large one could still be
         // in flight when the peer closes the connection (the client then sees a broken pipe).
         let again = futures::stream::iter(vec![Ok(Bytes::from_static(b"again"))]).boxed();
-        let err = peer.put_blob(blob, MIB, again).await.unwrap_err();
+        let err = peer.put_blob(blob, MIB, again, CopyStreams::Striped).await.unwrap_err();
         assert!(matches!(err, BlobError::Peer { failure: PeerFailure::Status(409), .. }), "{err}");
 
         // A body that breaks off leaves nothing.
         let broken = BlobId::random();
         let parts = vec![Ok(Bytes::from_static(b"half")), Err(BlobError::Task("client went away".into()))];
-        assert!(peer.put_blob(broken, MIB, futures::stream::iter(parts).boxed()).await.is_err());
+        assert!(peer.put_blob(broken, MIB, futures::stream::iter(parts).boxed(), CopyStreams::Striped).await.is_err());
         assert!(matches!(store.size(broken).await, Err(BlobError::NotFound(_))));
         assert_eq!(std::fs::read_dir(peer_dir.path().join("tmp")).unwrap().count(), 0);
 
@@ -399,7 +399,7 @@ async fn a_large_copy_goes_over_several_connections_at_once() {
             let data = data(len, len);
             let blob = BlobId::random();
             let before = link.stats().connections;
-            let stored = peer.put_blob(blob, 8 * MIB, pieces(&data, piece)).await.unwrap();
+            let stored = peer.put_blob(blob, 8 * MIB, pieces(&data, piece), CopyStreams::Striped).await.unwrap();
             assert_eq!(stored.size, len);
             assert_eq!(stored.digest, meridian_blob::digest_of_digests(&chunk_digests(&data, 8 * MIB)));
             assert!(store.read_all(blob).await.unwrap() == data, "{len} bytes stored in order");
@@ -413,10 +413,19 @@ async fn a_large_copy_goes_over_several_connections_at_once() {
         let before = link.stats().connections;
         let small = data(MIB, 7);
         let blob = BlobId::random();
-        let stored = peer.put_blob(blob, 8 * MIB, pieces(&small, 70_000)).await.unwrap();
+        let stored = peer.put_blob(blob, 8 * MIB, pieces(&small, 70_000), CopyStreams::Striped).await.unwrap();
         assert_eq!(stored.size, MIB);
         assert!(store.read_all(blob).await.unwrap() == small);
         assert_eq!(link.stats().connections - before, 1);
+        // Asked for one stream (a near peer), a long copy takes one connection too.
+        let peer = client(link.local_addr());
+        let before = link.stats().connections;
+        let long = data(8 * MIB, 9);
+        let blob = BlobId::random();
+        let stored = peer.put_blob(blob, 8 * MIB, pieces(&long, 1 << 20), CopyStreams::One).await.unwrap();
+        assert_eq!(stored.digest, meridian_blob::digest_of_digests(&chunk_digests(&long, 8 * MIB)));
+        assert!(store.read_all(blob).await.unwrap() == long);
+        assert_eq!(link.stats().connections - before, 1, "one stream asked for, one connection opened");
         assert_eq!(store.assemblies_open(), 0);
     })
     .await;
@@ -434,7 +443,8 @@ async fn a_striped_copy_that_breaks_or_exists_leaves_nothing_new() {
         let mut parts: Vec<Result<Bytes, BlobError>> =
             data.chunks(MIB as usize / 2).take(9).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
         parts.push(Err(BlobError::Task("client went away".into())));
-        let err = peer.put_blob(broken, MIB, futures::stream::iter(parts).boxed()).await.unwrap_err();
+        let err =
+            peer.put_blob(broken, MIB, futures::stream::iter(parts).boxed(), CopyStreams::Striped).await.unwrap_err();
         assert!(err.to_string().contains("client went away"), "{err}");
         no_copy_open(&store).await;
         assert!(matches!(store.size(broken).await, Err(BlobError::NotFound(_))));
@@ -442,9 +452,9 @@ async fn a_striped_copy_that_breaks_or_exists_leaves_nothing_new() {
 
         // A copy of a blob already here is refused, and the blob stays as it was.
         let kept = BlobId::random();
-        peer.put_blob(kept, MIB, pieces(&data, MIB as usize)).await.unwrap();
+        peer.put_blob(kept, MIB, pieces(&data, MIB as usize), CopyStreams::Striped).await.unwrap();
         let other = self::data(6 * MIB, 12);
-        let err = peer.put_blob(kept, MIB, pieces(&other, MIB as usize)).await.unwrap_err();
+        let err = peer.put_blob(kept, MIB, pieces(&other, MIB as usize), CopyStreams::Striped).await.unwrap_err();
         assert!(matches!(err, BlobError::Peer { .. }), "{err}");
         no_copy_open(&store).await;
         assert!(store.read_all(kept).await.unwrap() == data, "the blob already here is untouched");

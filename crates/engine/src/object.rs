@@ -194,9 +194,15 @@ pub trait RemoteReader: Send + Sync {
     /// Measures another node's wall clock against this one's ([`crate::clock`]).
     async fn clock_sample(&self, node: &str) -> EngineResult<meridian_blob::ClockSample>;
 
-    /// Streams `body` to `node` as its copy of `blob`; returns once the node has it durably,
-    /// with what it stored (digest over chunks of [`crate::CHUNK_SIZE`]).
-    async fn send_copy(&self, node: &str, blob: BlobId, body: Body) -> EngineResult<meridian_blob::StoredCopy>;
+    /// Streams `body` to `node` as its copy of `blob`, the way `streams` says; returns once the
+    /// node has it durably, with what it stored (digest over chunks of [`crate::CHUNK_SIZE`]).
+    async fn send_copy(
+        &self,
+        node: &str,
+        blob: BlobId,
+        body: Body,
+        streams: meridian_blob::CopyStreams,
+    ) -> EngineResult<meridian_blob::StoredCopy>;
 
     /// Deletes `node`'s copy of `blob` (none is fine).
     async fn delete_copy(&self, node: &str, blob: BlobId) -> EngineResult<()>;

@@ -204,9 +204,15 @@ impl RemoteReader for PeerReader {
         Ok(self.client(node).await?.clock_sample().await?)
     }
 
-    async fn send_copy(&self, node: &str, blob: BlobId, body: Body) -> EngineResult<meridian_blob::StoredCopy> {
+    async fn send_copy(
+        &self,
+        node: &str,
+        blob: BlobId,
+        body: Body,
+        streams: meridian_blob::CopyStreams,
+    ) -> EngineResult<meridian_blob::StoredCopy> {
         let body = body.map_err(|e| BlobError::Task(e.to_string())).boxed();
-        Ok(self.client(node).await?.put_blob(blob, crate::CHUNK_SIZE, body).await?)
+        Ok(self.client(node).await?.put_blob(blob, crate::CHUNK_SIZE, body, streams).await?)
     }
 
     async fn delete_copy(&self, node: &str, blob: BlobId) -> EngineResult<()> {

@@ -483,7 +483,7 @@ impl Engine {
         }
     }
 
-    fn round_trip(&self, node: &str) -> Option<i64> {
+    pub(crate) fn round_trip(&self, node: &str) -> Option<i64> {
         self.inner.round_trips.lock().ok()?.get(node).map(|(ms, _)| *ms)
     }
 }

@@ -49,6 +49,43 @@ fn get(node: &Server, path: &str) -> common::raw::Response {
     common::raw::signed(&node.addr, "GET", path, &[], b"")
 }
 
+/// How many striped-copy requests (`?…&stripes=`) a link carried towards its node since its
+/// capture started.
+fn striped_requests(link: &meridian_wan::WanHandle) -> usize {
+    link.captured().forward.windows(b"&stripes=".len()).filter(|w| w == b"&stripes=").count()
+}
+
+/// A copy goes striped to a region far away and on one stream to a near one: the writing node
+/// chooses by the round trip its clock samples measured to the receiving node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_copies_are_striped_to_far_regions_and_sent_on_one_stream_to_near_ones() {
+    let cluster = WanCluster::start(LinkConfig::one_way(Duration::from_millis(20)), &[]).await;
+    create(&cluster.client(0), "media", "multi:region-a,region-b").await;
+    let to_b = &cluster.node_links[1];
+    let big = pattern(3 << 20, 3);
+    to_b.start_capture(32 << 20);
+    assert_eq!(put(&cluster.nodes[0], "/media/far", &big).0.status, 200);
+    assert!(striped_requests(to_b) >= 3, "a 3 MiB copy to a region 40 ms away goes over several streams");
+
+    // Region b comes near: once a's clock samples have measured it, copies take one stream.
+    to_b.set_config(LinkConfig::none());
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        to_b.start_capture(32 << 20);
+        assert_eq!(put(&cluster.nodes[0], &format!("/media/near-{attempt}"), &big).0.status, 200);
+        if striped_requests(to_b) == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "copies to a near region are still striped");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let copied = to_b.captured().forward;
+    assert!(copied.windows(b"PUT /_meridian/blob/".len()).any(|w| w == b"PUT /_meridian/blob/"), "the copy went to b");
+    assert_eq!(blobs_of_size(&cluster.nodes[1], big.len()), attempt + 1, "b has every copy");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_a_multi_region_write_is_in_every_listed_region_and_nowhere_else() {
     let mut cluster = WanCluster::start(LinkConfig::one_way(Duration::from_millis(20)), &[]).await;
