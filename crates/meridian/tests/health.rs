@@ -81,7 +81,8 @@ impl Probes {
 
 fn assert_ready(answers: &[(u16, serde_json::Value); 2]) {
     for (status, v) in answers {
-        assert_eq!((*status, &v["ready"], &v["status"]), (200, &serde_json::json!(true), &serde_json::json!("ready")));
+        let answer = (*status, &v["ready"], &v["status"]);
+        assert_eq!(answer, (200, &serde_json::json!(true), &serde_json::json!("ready")), "{v}");
         for name in ["metadata", "data_dir"] {
             let c = check(v, name);
             assert_eq!(c["ok"], true, "{v}");
@@ -220,8 +221,10 @@ async fn heavy_readiness_follows_a_nodes_link_to_etcd() {
         assert_eq!(check(v, "data_dir")["ok"], true, "{v}");
     }
     assert!(took < Duration::from_secs(6), "not ready after {took:?}");
-    // The region's own nodes keep their local member and stay ready.
-    assert_ready(&Probes::of(other).wait_async(|v| v["ready"] == true, Duration::from_secs(1)).await);
+    // The region's own nodes keep their local member and are ready meanwhile. (Their lag
+    // check allows 300 ms, which a fully loaded machine can exceed for a moment: the whole
+    // suite on two cores once failed a 1 s wait here, so they get 10 s.)
+    assert_ready(&Probes::of(other).wait_async(|v| v["ready"] == true, Duration::from_secs(10)).await);
     // Live all along.
     assert_eq!(send(&admin_addr(&node), "GET", "/health", &[], b"").status, 200);
 
