@@ -350,7 +350,10 @@ impl Engine {
         }
         match found {
             Some(current) if current.is_visible(now_ms()) => Ok(current),
-            _ => {
+            // An expired current object is still the key's newest version: no delete marker
+            // hides it, and a fork wrote it itself.
+            Some(_) => Err(EngineError::NoSuchKey),
+            None => {
                 let (record, _) = self.bucket(bucket).await?;
                 if record.versioning.is_some()
                     && let Some(version_id) = self.latest_marker(bucket, key).await?

@@ -635,10 +635,10 @@ impl Engine {
         self.read_layers(&layers, key).await
     }
 
-    /// A key a fork has never written (no object record, expired or not, and no version head):
-    /// what its source showed.
+    /// A key without a current object that a fork has never written (no version head: every
+    /// change that leaves no current object writes it): what its source showed.
     pub(crate) async fn read_inherited(&self, bucket: &str, record: &BucketRecord, key: &str) -> EngineResult<Current> {
-        if self.has_written(bucket, key).await? {
+        if self.meta().get(&keys::version_head(bucket, key)).await?.is_some() {
             return Err(EngineError::NoSuchKey);
         }
         let layers = self.layers(bucket, record, Revision::MAX).await?;

@@ -256,14 +256,6 @@ impl Engine {
         Ok(KeyState { current, head: head.transpose()? })
     }
 
-    /// Whether `key` has any version in `bucket`: a current object stands for its newest one;
-    /// without one, a key with versions has a head (every change that leaves no current
-    /// object writes it).
-    pub(crate) async fn has_written(&self, bucket: &str, key: &str) -> EngineResult<bool> {
-        let state = self.read_key_state(bucket, key).await?;
-        Ok(state.current.is_some() || state.head.is_some())
-    }
-
     /// The inline bytes of version `token` of `key` (see [`version_inline_bytes`]).
     pub(crate) async fn read_version_inline(
         &self,
@@ -482,15 +474,12 @@ impl Engine {
     }
 
     /// Why a key without a current object reads as missing: its newest version is a delete
-    /// marker (`Some(its id)`), or it has no version at all.
+    /// marker (`Some(its id)`), or it has no version at all. Without a current object the head
+    /// names the newest version (every change that leaves none writes it).
     pub(crate) async fn latest_marker(&self, bucket: &str, key: &str) -> EngineResult<Option<String>> {
-        // A current object (even an expired one) is the newest version; without one, the
-        // head names it.
-        let state = self.read_key_state(bucket, key).await?;
-        if state.current.is_some() || state.head.is_none() {
-            return Ok(None);
-        }
-        let marker = self.read_stored_version(bucket, key, &state.head_now().latest).await?;
+        let Some(kv) = self.meta().get(&keys::version_head(bucket, key)).await? else { return Ok(None) };
+        let head: VersionHead = record::decode(&kv.value)?;
+        let marker = self.read_stored_version(bucket, key, &head.latest).await?;
         Ok(marker.filter(|m| m.record.object.is_none()).map(|m| m.record.stamp.id().to_string()))
     }
 

@@ -111,24 +111,17 @@ fn children() -> Vec<u32> {
         .collect()
 }
 
-/// The node's sums (s) and counts of `meridian_ingest_seconds` (all placements) and of
+/// The node's sums (s) and counts of `meridian_ingest_seconds{placement}` and of
 /// `meridian_multi_region_copy_wait_seconds`.
-fn waits(node: &Server) -> [f64; 4] {
+fn waits(node: &Server, placement: &str) -> [f64; 4] {
     let text = common::metrics::scrape(node);
-    let total = |name: &str| -> f64 {
-        let series = text.lines().filter(|l| !l.starts_with('#'));
-        series
-            .filter(|l| l.split(['{', ' ']).next() == Some(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    let ingest = |suffix: &str| {
+        common::metrics::sample(&text, &format!("meridian_ingest_seconds_{suffix}"), &[("placement", placement)])
     };
-    ["meridian_ingest_seconds_sum", "meridian_ingest_seconds_count"]
-        .into_iter()
-        .chain(["meridian_multi_region_copy_wait_seconds_sum", "meridian_multi_region_copy_wait_seconds_count"])
-        .map(total)
-        .collect::<Vec<_>>()
-        .try_into()
-        .unwrap()
+    let copy_wait = |suffix: &str| {
+        common::metrics::sample(&text, &format!("meridian_multi_region_copy_wait_seconds_{suffix}"), &[])
+    };
+    [ingest("sum"), ingest("count"), copy_wait("sum"), copy_wait("count")]
 }
 
 fn main() {
@@ -177,12 +170,13 @@ fn main() {
     let mut cpu_per_put = Vec::new();
     for bucket in ["global", "two", "three"] {
         let s = puts(a, bucket, "small", &small, samples);
-        let before = waits(a);
+        let placement = if bucket == "global" { "single_region" } else { "multi_region" };
+        let before = waits(a, placement);
         let cpu_before = processes.iter().map(|pid| cpu_ms(*pid)).collect::<Vec<_>>();
         let l = puts(a, bucket, "large", &large, big_samples);
         let cpu: Vec<f64> = processes.iter().zip(cpu_before).map(|(pid, was)| cpu_ms(*pid) - was).collect();
         cpu_per_put.push(cpu.iter().map(|ms| ms / big_samples as f64).collect::<Vec<_>>());
-        let after = waits(a);
+        let after = waits(a, placement);
         let mean_ms = |sum: usize| (after[sum] - before[sum]) / (after[sum + 1] - before[sum + 1]).max(1.0) * 1000.0;
         ingests.push(mean_ms(0));
         copy_waits.push(mean_ms(2));
